@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Sets up everything percale needs on a Debian machine (run as root) and then runs the demo or
+# the whole test suite:  bash scripts/dev.sh demo | bash scripts/dev.sh test [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: Python with venv, a real etcd (server and etcdctl) for the datastore and its
+# tests, iproute2 for the namespaces later issues use, docker-compose to validate docker-compose.yml.
+APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 ca-certificates docker-compose)
+VENV=.venv
+PYTHON=/usr/bin/python3
+
+install_debian_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        echo "==> apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python_environment() {
+    # Re-install only when pyproject.toml changed since the last install.
+    local stamp="$VENV/.percale-installed" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return
+    fi
+    echo "==> creating $VENV from pyproject.toml"
+    [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+           "$VENV/bin/python" -m pip install -e '.[test]'; } >"$VENV/pip.log" 2>&1; then
+        tail -n 30 "$VENV/pip.log" >&2
+        echo "pip install failed; the whole log is in $VENV/pip.log" >&2
+        exit 1
+    fi
+    echo "$want" >"$stamp"
+}
+
+case "${1:-}" in
+    demo)
+        install_debian_packages
+        install_python_environment
+        shift
+        exec bash scripts/demo.sh "$@"
+        ;;
+    test)
+        install_debian_packages
+        install_python_environment
+        shift
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    setup)
+        install_debian_packages
+        install_python_environment
+        ;;
+    *)
+        echo "usage: bash scripts/dev.sh demo|test|setup" >&2
+        exit 2
+        ;;
+esac
