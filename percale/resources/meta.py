@@ -1,0 +1,184 @@
+"""The shape every percale resource shares: apiVersion, kind, metadata, spec (and status).
+
+Each kind registers itself here with its plural, its short names and whether it is namespaced, so
+the datastore can lay out keys and `percalectl` can resolve `ippools`, `ipp` or `IPPool` alike.
+Validation failures are turned into `InvalidResource`, whose problems name the field and the
+reason, never a pydantic dump.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "percale.io/v1"
+
+
+class Model(BaseModel):
+    """Base for every nested object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+class ObjectMeta(Model):
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    # Set by the datastore, never by the user: the opaque revision of the stored value, and the
+    # identity and birth time it got when it was created.
+    resource_version: str | None = None
+    uid: str | None = None
+    creation_timestamp: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            name = key.rsplit("/", 1)[-1]
+            if not name or len(name) > 63 or not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", name):
+                raise ValueError(f"label key {key!r} is not a valid label name")
+            if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"label {key!r} has an invalid value {value!r}")
+        return labels
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    namespaced: bool
+    # Kinds percale maintains itself (IPAM state); percalectl shows them but does not write them.
+    managed: bool
+
+
+class Resource(Model):
+    """A percale resource. Subclasses set `spec` (and `status`) and call `register`."""
+
+    api_version: Literal["percale.io/v1"] = API_VERSION
+    kind: str
+    metadata: ObjectMeta
+
+    info: ClassVar[KindInfo]
+    # The names this kind's objects may take; most kinds use Kubernetes DNS-subdomain names.
+    name_pattern: ClassVar[re.Pattern[str]] = _DNS_SUBDOMAIN
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_fits_kind(cls, meta: ObjectMeta) -> ObjectMeta:
+        if len(meta.name) > 253 or not cls.name_pattern.fullmatch(meta.name):
+            raise ValueError(f"name {meta.name!r} is not a valid {cls.info.kind} name")
+        if cls.info.namespaced and not meta.namespace:
+            meta.namespace = "default"
+        if not cls.info.namespaced and meta.namespace:
+            raise ValueError(f"{cls.info.kind} is not namespaced; remove metadata.namespace")
+        return meta
+
+    def to_document(self) -> dict[str, Any]:
+        """The wire form: what `-o yaml` prints and what the datastore stores."""
+        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # Like kubectl, leave out empty label and annotation maps rather than print "{}".
+        for empty in [k for k in ("labels", "annotations") if not doc["metadata"].get(k)]:
+            doc["metadata"].pop(empty, None)
+        return doc
+
+
+KINDS: dict[str, type[Resource]] = {}
+_BY_NAME: dict[str, type[Resource]] = {}
+
+
+def register(
+    cls: type[Resource], *, plural: str, short_names: tuple[str, ...] = (),
+    namespaced: bool = False, managed: bool = False,
+) -> type[Resource]:
+    kind = cls.model_fields["kind"].default
+    cls.info = KindInfo(kind, plural, short_names, namespaced, managed)
+    KINDS[kind] = cls
+    for alias in (kind, plural, *short_names):
+        _BY_NAME[alias.lower()] = cls
+    return cls
+
+
+def kind_named(name: str) -> type[Resource]:
+    """The kind a user means by `ippools`, `ipp`, `IPPool` or `ippool`; KeyError when none."""
+    return _BY_NAME[name.lower()]
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+class FieldError(ValueError):
+    """Raised by a check that spans several fields, to point at the field that is wrong.
+
+    `field` is the wire name relative to the object the validator belongs to ("blockSize",
+    "metadata.name"); the reported location becomes that object's location plus `field`.
+    """
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        super().__init__(reason)
+
+
+class InvalidResource(ValueError):
+    """A document is not a valid resource; `problems` says which field is wrong and why."""
+
+    def __init__(self, kind: str, name: str | None, problems: list[Problem]):
+        self.kind, self.name, self.problems = kind, name, problems
+        what = f"{kind} {name!r}" if name else kind
+        super().__init__(f"invalid {what}: " + "; ".join(map(str, problems)))
+
+
+def _problems(err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            problems.append(Problem(f"{loc}.{cause.field}" if loc else cause.field, str(cause)))
+            continue
+        if e["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif e["type"] == "missing":
+            reason = "required field is missing"
+        else:
+            reason = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problems.append(Problem(loc, reason))
+    return problems
+
+
+def parse(document: Any) -> Resource:
+    """Validate one document (a dict from YAML or JSON) into its resource class."""
+    if not isinstance(document, dict):
+        raise InvalidResource("resource", None, [Problem("", "a resource must be a mapping")])
+    name = (document.get("metadata") or {}).get("name") if isinstance(document.get("metadata"), dict) else None
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    if api_version != API_VERSION:
+        raise InvalidResource(
+            str(kind or "resource"), name,
+            [Problem("apiVersion", f"must be {API_VERSION!r}, got {api_version!r}")],
+        )
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        known = ", ".join(sorted(KINDS))
+        raise InvalidResource("resource", name, [Problem("kind", f"unknown kind {kind!r}; known kinds: {known}")])
+    try:
+        return cls.model_validate(document)
+    except ValidationError as err:
+        raise InvalidResource(kind, name, _problems(err)) from None

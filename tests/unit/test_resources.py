@@ -1,0 +1,716 @@
+"""The resource model through its public door, `percale.resources.parse`: defaults, wire spellings
+(round trips) and one test per validation rule, each checking the field and the reason reported."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from percale.resources import InvalidResource, kind_named, parse
+from percale.resources.bgp import DEFAULT_AS_NUMBER, DEFAULT_LISTEN_PORT
+from percale.resources.ipam import (
+    DEFAULT_MAX_BLOCKS_PER_HOST,
+    IPAMBlock,
+    affinity_name,
+    block_cidr,
+    block_name,
+    host_affinity,
+)
+from percale.resources.workloadendpoint import workload_endpoint_name
+
+pytestmark = pytest.mark.unit
+
+API = "percale.io/v1"
+
+
+def doc(kind: str, name: str, spec: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {"apiVersion": API, "kind": kind, "metadata": {"name": name}}
+    if spec is not None:
+        document["spec"] = spec
+    document.update(extra)
+    return document
+
+
+def rejected(document: dict[str, Any], field: str, reason: str) -> None:
+    """parse() refuses the document with a problem at `field` whose reason contains `reason`."""
+    with pytest.raises(InvalidResource) as caught:
+        parse(document)
+    problems = caught.value.problems
+    assert any(p.field == field and reason in p.reason for p in problems), problems
+
+
+def contained(small: Any, big: Any) -> bool:
+    """Every key and value of `small` appears, spelled the same, in `big`."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(k in big and contained(v, big[k]) for k, v in small.items())
+    if isinstance(small, list):
+        return isinstance(big, list) and len(small) == len(big) and all(map(contained, small, big))
+    return small == big
+
+
+def round_trips(document: dict[str, Any]):
+    """Parse, print and parse again; the printed form keeps every field's wire spelling."""
+    resource = parse(copy.deepcopy(document))
+    printed = resource.to_document()
+    assert parse(printed) == resource
+    assert contained(document, printed), printed
+    return resource
+
+
+# ---------------------------------------------------------------------------------------------
+# The envelope
+
+
+def test_wrong_api_version_is_rejected():
+    rejected({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}), "apiVersion": "projectcalico.org/v3"},
+             "apiVersion", "percale.io/v1")
+
+
+def test_unknown_kind_is_rejected():
+    rejected(doc("IPPoolz", "p", {"cidr": "10.0.0.0/16"}), "kind", "unknown kind")
+
+
+def test_namespace_on_a_cluster_scoped_kind_is_rejected():
+    document = doc("IPPool", "p", {"cidr": "10.0.0.0/16"})
+    document["metadata"]["namespace"] = "default"
+    rejected(document, "metadata", "not namespaced")
+
+
+def test_kinds_are_found_by_plural_and_short_names():
+    assert kind_named("ipamblocks").__name__ == "IPAMBlock"
+    assert kind_named("bgpconfig").__name__ == "BGPConfiguration"
+    assert kind_named("bps").__name__ == "BGPPeer"
+    assert kind_named("weps").info.namespaced
+    assert kind_named("blockaffinities").info.managed
+    assert not kind_named("ipamconfig").info.managed
+
+
+# ---------------------------------------------------------------------------------------------
+# IPPool
+
+
+def test_ippool_defaults_are_filled():
+    v4 = parse(doc("IPPool", "pool-a", {"cidr": "10.0.0.0/16"})).spec
+    assert (v4.block_size, v4.ipip_mode, v4.vxlan_mode, v4.nat_outgoing) == (26, "Never", "Never", False)
+    assert v4.node_selector == "all()"
+    assert v4.allowed_uses == ["Workload", "Tunnel"]
+    assert v4.assignment_mode == "Automatic"
+    assert parse(doc("IPPool", "pool-b", {"cidr": "fd00::/48"})).spec.block_size == 122
+
+
+def test_ippool_round_trips():
+    round_trips(doc("IPPool", "pool-a", {
+        "cidr": "10.1.0.0/16", "blockSize": 28, "vxlanMode": "CrossSubnet", "natOutgoing": True,
+        "disableBGPExport": True, "nodeSelector": "rack == 'a'", "allowedUses": ["Workload"],
+    }))
+
+
+def test_ippool_cidr_with_host_bits_is_rejected():
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.1/16"}), "spec.cidr", "host bits set")
+
+
+@pytest.mark.parametrize("cidr", ["169.254.0.0/16", "169.0.0.0/8", "fe80::/64"])
+def test_ippool_overlapping_link_local_is_rejected(cidr):
+    rejected(doc("IPPool", "p", {"cidr": cidr}), "spec.cidr", "link-local")
+
+
+@pytest.mark.parametrize("cidr,size", [("10.0.0.0/16", 19), ("10.0.0.0/16", 33), ("fd00::/48", 115)])
+def test_ippool_block_size_outside_the_family_range_is_rejected(cidr, size):
+    rejected(doc("IPPool", "p", {"cidr": cidr, "blockSize": size}), "spec.blockSize", "outside")
+
+
+def test_ippool_block_size_larger_than_the_pool_is_rejected():
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/28", "blockSize": 26}), "spec.blockSize", "larger than the pool")
+
+
+def test_ippool_ipip_and_vxlan_together_are_rejected():
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "ipipMode": "Always", "vxlanMode": "Always"}),
+             "spec.vxlanMode", "cannot both be enabled")
+
+
+def test_ippool_ipip_on_ipv6_is_rejected():
+    rejected(doc("IPPool", "p", {"cidr": "fd00::/48", "ipipMode": "CrossSubnet"}), "spec.ipipMode", "IPv6")
+
+
+def test_ippool_bad_node_selector_is_rejected():
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "nodeSelector": "rack == "}),
+             "spec.nodeSelector", "invalid selector")
+
+
+def test_ippool_unknown_field_is_rejected():
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "blockSze": 26}), "spec.blockSze", "unknown field")
+
+
+# ---------------------------------------------------------------------------------------------
+# IPAMConfig
+
+
+def test_ipamconfig_defaults():
+    config = parse(doc("IPAMConfig", "default"))
+    spec = config.spec
+    assert (spec.strict_affinity, spec.auto_allocate_blocks, spec.max_blocks_per_host) == (False, True, 0)
+    assert spec.ip_cooldown_seconds == 0
+    assert spec.effective_max_blocks_per_host == DEFAULT_MAX_BLOCKS_PER_HOST == 20
+
+
+def test_ipamconfig_round_trips():
+    config = round_trips(doc("IPAMConfig", "default", {
+        "strictAffinity": True, "autoAllocateBlocks": False, "maxBlocksPerHost": 4, "ipCooldownSeconds": 60,
+    }))
+    assert config.spec.effective_max_blocks_per_host == 4
+
+
+def test_ipamconfig_other_names_are_rejected():
+    rejected(doc("IPAMConfig", "mine"), "metadata", "singleton")
+
+
+def test_ipamconfig_neither_strict_nor_auto_is_rejected():
+    rejected(doc("IPAMConfig", "default", {"autoAllocateBlocks": False}),
+             "spec.autoAllocateBlocks", "strictAffinity and autoAllocateBlocks")
+
+
+def test_ipamconfig_max_blocks_without_strict_affinity_is_rejected():
+    rejected(doc("IPAMConfig", "default", {"maxBlocksPerHost": 5}), "spec.maxBlocksPerHost", "maxBlocksPerHost")
+
+
+def test_ipamconfig_negative_max_blocks_is_rejected():
+    rejected(doc("IPAMConfig", "default", {"strictAffinity": True, "maxBlocksPerHost": -1}),
+             "spec.maxBlocksPerHost", "greater than or equal to 0")
+
+
+def test_ipamconfig_cooldown_above_1200_is_rejected():
+    rejected(doc("IPAMConfig", "default", {"ipCooldownSeconds": 1201}), "spec.ipCooldownSeconds", "1200")
+
+
+# ---------------------------------------------------------------------------------------------
+# IPAMBlock
+
+
+def block_doc(cidr: str = "10.0.0.0/30", **spec: Any) -> dict[str, Any]:
+    document = IPAMBlock.empty(cidr, host_affinity("node1"), sequence_number=7).to_document()
+    document["spec"].update(spec)
+    return document
+
+
+def test_block_names_replace_only_the_slash():
+    assert block_name("10.0.0.0/26") == "10.0.0.0-26"
+    assert block_name("fd00::/122") == "fd00::-122"
+    assert block_cidr("10.0.0.0-26") == "10.0.0.0/26"
+    assert block_cidr("fd00::-122") == "fd00::/122"
+    with pytest.raises(ValueError):
+        block_cidr("10.0.0.0")
+    assert affinity_name("node1", "fd00::/122") == "node1-fd00::-122"
+
+
+def test_empty_block_has_every_address_free():
+    block = IPAMBlock.empty("fd00::/122", sequence_number=0)
+    assert block.metadata.name == "fd00::-122"
+    assert block.spec.allocations == [None] * 64
+    assert block.spec.unallocated == list(range(64))
+    assert block.spec.affinity is None
+    assert parse(block.to_document()) == block
+    assert IPAMBlock.empty("10.0.0.0/26").spec.sequence_number > 0  # starts at the time in ns
+
+
+def test_block_round_trips_with_allocations():
+    block = round_trips(block_doc(
+        allocations=[0, None, 1, None], unallocated=[3, 1],
+        affinityClaimTime="2024-05-01T12:00:00.123456789Z",
+        attributes=[
+            {"handle_id": "k8s-pod-network.abc123", "secondary": {"node": "node1", "pod": "web-0"}},
+            {"handle_id": "vxlan-tunnel-addr-node1", "secondary": {"type": "vxlanTunnelAddress"}},
+        ],
+        sequenceNumberForAllocation={"0": 5, "2": 6}, deleted=True,
+    ))
+    assert block.spec.affinity_node == "node1"
+    assert "handle_id" in block.to_document()["spec"]["attributes"][0]
+
+
+def test_block_name_must_match_its_cidr():
+    document = block_doc()
+    document["metadata"]["name"] = "10.0.0.4-30"
+    rejected(document, "metadata.name", "must be named '10.0.0.0-30'")
+
+
+def test_block_name_must_look_like_a_block():
+    document = block_doc()
+    document["metadata"]["name"] = "block-a"
+    rejected(document, "metadata", "not a valid IPAMBlock name")
+
+
+def test_block_cidr_must_be_strict():
+    document = block_doc()
+    document["spec"]["cidr"] = "10.0.0.1/30"
+    rejected(document, "spec.cidr", "host bits set")
+
+
+def test_block_wider_than_any_block_size_is_rejected():
+    document = block_doc()
+    document["spec"]["cidr"], document["metadata"]["name"] = "10.0.0.0/16", "10.0.0.0-16"
+    rejected(document, "spec.cidr", "prefix length must be 20-32")
+
+
+def test_block_allocations_must_cover_every_address():
+    rejected(block_doc(allocations=[None] * 3, unallocated=[0, 1, 2]), "spec.allocations", "needs exactly 4")
+
+
+def test_block_allocation_must_point_into_attributes():
+    rejected(block_doc(allocations=[1, None, None, None], unallocated=[1, 2, 3],
+                       attributes=[{"handle_id": "h"}]),
+             "spec.allocations", "allocations[0] points at attributes[1]")
+
+
+def test_block_unallocated_duplicates_are_rejected():
+    rejected(block_doc(unallocated=[0, 1, 2, 3, 1]), "spec.unallocated", "ordinal 1 twice")
+
+
+def test_block_unallocated_out_of_range_is_rejected():
+    rejected(block_doc(unallocated=[0, 1, 2, 3, 4]), "spec.unallocated", "outside the block")
+
+
+def test_block_unallocated_must_not_list_allocated_ordinals():
+    rejected(block_doc(allocations=[0, None, None, None], attributes=[{"handle_id": "h"}]),
+             "spec.unallocated", "ordinal 0 is allocated")
+
+
+def test_block_free_ordinals_must_all_be_unallocated():
+    rejected(block_doc(unallocated=[0, 2]), "spec.unallocated", "free ordinals 1, 3 are missing")
+
+
+def test_block_affinity_must_be_a_host():
+    rejected(block_doc(affinity="virtual:lb"), "spec.affinity", "host:<node name>")
+    rejected(block_doc(affinity="host:Node_1"), "spec.affinity", "valid node")
+
+
+def test_block_claim_time_must_be_rfc3339():
+    rejected(block_doc(affinityClaimTime="yesterday"), "spec.affinityClaimTime", "RFC 3339")
+
+
+def test_block_sequence_number_must_not_be_negative():
+    rejected(block_doc(sequenceNumber=-1), "spec.sequenceNumber", "greater than or equal to 0")
+
+
+def test_block_sequence_number_for_allocation_keys_are_ordinals():
+    rejected(block_doc(sequenceNumberForAllocation={"9": 1}), "spec.sequenceNumberForAllocation", "not an ordinal")
+
+
+# ---------------------------------------------------------------------------------------------
+# BlockAffinity
+
+
+def affinity_doc(**spec: Any) -> dict[str, Any]:
+    base = {"state": "confirmed", "node": "node-1", "cidr": "fd00::40/122"}
+    base.update(spec)
+    return doc("BlockAffinity", affinity_name(base["node"], base["cidr"]), base)
+
+
+def test_block_affinity_round_trips():
+    affinity = round_trips(affinity_doc(state="pendingDeletion", deleted=True))
+    assert affinity.metadata.name == "node-1-fd00::40-122"
+    assert parse(affinity_doc()).spec.type == "host"
+
+
+def test_block_affinity_name_must_match_node_and_cidr():
+    document = affinity_doc()
+    document["metadata"]["name"] = "node-2-fd00::40-122"
+    rejected(document, "metadata.name", "must be named 'node-1-fd00::40-122'")
+
+
+def test_block_affinity_state_must_be_known():
+    rejected(affinity_doc(state="claimed"), "spec.state", "pendingDeletion")
+
+
+def test_block_affinity_only_host_type():
+    rejected(affinity_doc(type="virtual"), "spec.type", "host")
+
+
+# ---------------------------------------------------------------------------------------------
+# IPAMHandle
+
+
+def test_handle_round_trips_and_keeps_case():
+    handle = round_trips(doc("IPAMHandle", "k8s-pod-network.ABCdef0123", {
+        "handleID": "k8s-pod-network.ABCdef0123", "block": {"10.0.0.0/26": 1, "fd00::/122": 2},
+    }))
+    assert handle.spec.deleted is False
+
+
+def test_handle_name_must_be_its_id():
+    rejected(doc("IPAMHandle", "h1", {"handleID": "h2"}), "metadata.name", "spec.handleID")
+
+
+def test_handle_counts_must_not_be_negative():
+    rejected(doc("IPAMHandle", "h", {"handleID": "h", "block": {"10.0.0.0/26": -1}}),
+             "spec.block.10.0.0.0/26", "greater than or equal to 0")
+
+
+def test_handle_block_keys_are_cidrs():
+    rejected(doc("IPAMHandle", "h", {"handleID": "h", "block": {"10.0.0.1/26": 1}}),
+             "spec.block.10.0.0.1/26.[key]", "host bits set")
+
+
+# ---------------------------------------------------------------------------------------------
+# BGPConfiguration
+
+
+def test_bgp_configuration_leaves_unset_fields_unset():
+    config = parse(doc("BGPConfiguration", "default"))
+    assert config.spec.as_number is None and config.spec.node_to_node_mesh_enabled is None
+    assert config.to_document()["spec"] == {}
+    assert config.spec.effective_as_number == DEFAULT_AS_NUMBER == 64512
+    assert config.spec.effective_listen_port == DEFAULT_LISTEN_PORT == 179
+    assert config.spec.effective_node_to_node_mesh_enabled is True
+    assert config.spec.effective_log_severity_screen == "Info"
+    assert config.is_global and config.node is None
+
+
+def test_bgp_configuration_round_trips():
+    config = round_trips(doc("BGPConfiguration", "default", {
+        "logSeverityScreen": "Debug", "nodeToNodeMeshEnabled": True, "asNumber": 63400,
+        "listenPort": 178, "bindMode": "NodeIP",
+        "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}],
+        "serviceExternalIPs": [{"cidr": "104.244.42.129/32"}],
+        "serviceLoadBalancerIPs": [{"cidr": "172.217.3.0/24"}],
+        "communities": [{"name": "large", "value": "63400:300:100"}],
+        "prefixAdvertisements": [{"cidr": "172.218.4.0/26", "communities": ["large", "63400:120"]}],
+        "nodeMeshPassword": {"secretKeyRef": {"name": "bgp-secrets", "key": "mesh"}},
+        "nodeMeshMaxRestartTime": "2m",
+        "ignoredInterfaces": ["eth9", "veth*"],
+    }))
+    assert config.spec.effective_as_number == 63400
+    assert parse(doc("BGPConfiguration", "default", {"asNumber": "1.10"})).spec.as_number == 65546
+
+
+def test_bgp_configuration_node_override():
+    config = round_trips(doc("BGPConfiguration", "node.node-1", {"listenPort": 1179, "logSeverityScreen": "Error"}))
+    assert not config.is_global and config.node == "node-1"
+
+
+@pytest.mark.parametrize("name", ["global", "node-1", "nodes.node-1"])
+def test_bgp_configuration_other_names_are_rejected(name):
+    rejected(doc("BGPConfiguration", name), "metadata", "node.<node name>")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("asNumber", 65000), ("nodeToNodeMeshEnabled", False),
+    ("nodeMeshPassword", {"secretKeyRef": {"name": "s", "key": "k"}}), ("nodeMeshMaxRestartTime", "30s"),
+    ("serviceClusterIPs", [{"cidr": "10.96.0.0/12"}]),
+])
+def test_bgp_configuration_global_only_fields_on_a_node_override_are_rejected(field, value):
+    rejected(doc("BGPConfiguration", "node.node-1", {field: value}),
+             f"spec.{field}", f"{field} can only be set on the global")
+
+
+def test_bgp_configuration_mesh_password_needs_the_mesh():
+    rejected(doc("BGPConfiguration", "default", {
+        "nodeToNodeMeshEnabled": False, "nodeMeshPassword": {"secretKeyRef": {"name": "s", "key": "k"}},
+    }), "spec.nodeMeshPassword", "nodeMeshPassword cannot be set when nodeToNodeMeshEnabled is false")
+
+
+def test_bgp_configuration_mesh_restart_time_needs_the_mesh():
+    rejected(doc("BGPConfiguration", "default", {"nodeToNodeMeshEnabled": False, "nodeMeshMaxRestartTime": "1m"}),
+             "spec.nodeMeshMaxRestartTime", "nodeMeshMaxRestartTime cannot be set")
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("65536:1", "16 bits"), ("1:2:4294967296", "32 bits"), ("100", "aa:nn"), ("1:2:3:4", "aa:nn"),
+])
+def test_bgp_configuration_bad_community_values_are_rejected(value, reason):
+    rejected(doc("BGPConfiguration", "default", {
+        "communities": [{"name": "c", "value": value}], "prefixAdvertisements": [{"cidr": "10.0.0.0/24"}],
+    }), "spec.communities.0.value", reason)
+
+
+def test_bgp_configuration_unused_communities_are_rejected():
+    rejected(doc("BGPConfiguration", "default", {"communities": [{"name": "c", "value": "1:2"}]}),
+             "spec.communities", "no prefixAdvertisements use them")
+
+
+def test_bgp_configuration_undefined_community_name_is_rejected():
+    rejected(doc("BGPConfiguration", "default", {
+        "prefixAdvertisements": [{"cidr": "10.0.0.0/24", "communities": ["nope"]}],
+    }), "spec.prefixAdvertisements.0.communities.0", "'nope'")
+
+
+def test_bgp_configuration_log_severity_is_calicos_set():
+    rejected(doc("BGPConfiguration", "default", {"logSeverityScreen": "Verbose"}),
+             "spec.logSeverityScreen", "Info")
+
+
+def test_bgp_configuration_listen_port_range():
+    rejected(doc("BGPConfiguration", "default", {"listenPort": 0}), "spec.listenPort", "between 1 and 65535")
+
+
+def test_bgp_configuration_ignored_interface_names():
+    rejected(doc("BGPConfiguration", "default", {"ignoredInterfaces": ["*"]}),
+             "spec.ignoredInterfaces", "interface name")
+
+
+# ---------------------------------------------------------------------------------------------
+# BGPPeer
+
+
+def peer(**spec: Any) -> dict[str, Any]:
+    return doc("BGPPeer", "peer-1", spec)
+
+
+def test_bgp_peer_round_trips_with_every_field():
+    bgp_peer = round_trips(peer(
+        node="node-1", peerIP="[fd00::1]:1179", asNumber=65001, localASNumber=65002,
+        nextHopMode="Self", password={"secretKeyRef": {"name": "bgp", "key": "tor"}},
+        sourceAddress="None", maxRestartTime="90s", keepaliveTime="10s", numAllowedLocalASNumbers=1,
+        ttlSecurity=2, reachableBy="fd00::fe", filters=["export-only"], reversePeering="Manual",
+    ))
+    assert bgp_peer.spec.scope == "node"
+
+
+def test_bgp_peer_defaults_and_scopes():
+    spec = parse(peer(peerIP="10.0.0.9", asNumber=64513)).spec
+    assert spec.scope == "global"
+    assert spec.source_address == "UseNodeIP" and spec.keep_original_next_hop is False
+    by_selector = parse(peer(nodeSelector="rack == 'a'", peerSelector="route-reflector == 'true'"))
+    assert by_selector.spec.scope == "nodeSelector"
+    assert parse(peer(localWorkloadSelector="app == 'bgp'", asNumber=65010)).spec.scope == "global"
+    assert parse(peer(peerIP="10.0.0.9:1179", asNumber=64513)).spec.peer_ip == "10.0.0.9:1179"
+
+
+def test_bgp_peer_node_and_node_selector_are_exclusive():
+    rejected(peer(node="node-1", nodeSelector="all()", peerIP="10.0.0.9", asNumber=1),
+             "spec.nodeSelector", "node and nodeSelector")
+
+
+def test_bgp_peer_peer_ip_and_peer_selector_are_exclusive():
+    rejected(peer(peerIP="10.0.0.9", peerSelector="all()"), "spec.peerSelector", "peerIP and peerSelector")
+
+
+def test_bgp_peer_needs_someone_to_peer_with():
+    rejected(peer(node="node-1", asNumber=1), "spec", "one of peerIP, peerSelector or localWorkloadSelector")
+
+
+def test_bgp_peer_local_workload_selector_excludes_peer_ip():
+    rejected(peer(peerIP="10.0.0.9", asNumber=1, localWorkloadSelector="all()"),
+             "spec.localWorkloadSelector", "localWorkloadSelector cannot")
+
+
+def test_bgp_peer_peer_ip_needs_as_number():
+    rejected(peer(peerIP="10.0.0.9"), "spec.asNumber", "peerIP needs asNumber")
+
+
+def test_bgp_peer_peer_selector_takes_the_as_from_the_node():
+    rejected(peer(peerSelector="all()", asNumber=65001), "spec.asNumber",
+             "asNumber must not be set with peerSelector")
+
+
+def test_bgp_peer_local_workload_selector_needs_as_number():
+    rejected(peer(localWorkloadSelector="all()"), "spec.asNumber", "localWorkloadSelector needs asNumber")
+
+
+def test_bgp_peer_reachable_by_needs_peer_ip():
+    rejected(peer(peerSelector="all()", reachableBy="10.0.0.1"), "spec.reachableBy", "reachableBy needs peerIP")
+
+
+def test_bgp_peer_reachable_by_must_be_the_peer_family():
+    rejected(peer(peerIP="10.0.0.9", asNumber=1, reachableBy="fd00::1"), "spec.reachableBy",
+             "is IPv6 but peerIP")
+
+
+def test_bgp_peer_keep_original_next_hop_conflicts_with_next_hop_mode():
+    rejected(peer(peerIP="10.0.0.9", asNumber=1, keepOriginalNextHop=True, nextHopMode="Keep"),
+             "spec.keepOriginalNextHop", "keepOriginalNextHop is deprecated")
+
+
+def test_bgp_peer_ttl_security_is_a_hop_count():
+    rejected(peer(peerIP="10.0.0.9", asNumber=1, ttlSecurity=256), "spec.ttlSecurity", "255")
+
+
+def test_bgp_peer_bad_peer_ip_is_rejected():
+    rejected(peer(peerIP="10.0.0.300", asNumber=1), "spec.peerIP", "not an IP address")
+
+
+def test_bgp_peer_next_hop_mode_values():
+    rejected(peer(peerIP="10.0.0.9", asNumber=1, nextHopMode="Never"), "spec.nextHopMode", "Keep")
+
+
+# ---------------------------------------------------------------------------------------------
+# Node
+
+
+def test_node_round_trips_with_calicos_spellings():
+    node = round_trips(doc("Node", "node-1", {
+        "bgp": {"ipv4Address": "10.0.0.5/24", "ipv6Address": "fd00::5/64", "asNumber": 65001,
+                "routeReflectorClusterID": "224.0.0.1", "ipv4IPIPTunnelAddr": "10.244.0.1"},
+        "ipv4VXLANTunnelAddr": "10.244.0.0", "vxlanTunnelMACAddr": "66:aa:bb:cc:dd:ee",
+        "ipv6VXLANTunnelAddr": "fd00:244::", "vxlanTunnelMACAddrV6": "66:aa:bb:cc:dd:ef",
+        "addresses": [{"address": "10.0.0.5/24", "type": "CalicoNodeIP"},
+                      {"address": "10.0.0.5", "type": "InternalIP"}],
+        "orchRefs": [{"nodeName": "node-1.example", "orchestrator": "k8s"}],
+    }))
+    assert node.spec.bgp.route_reflector_cluster_id == "224.0.0.1"
+    assert parse(doc("Node", "node-2")).spec.bgp is None
+
+
+def test_node_bgp_address_must_be_the_right_family():
+    rejected(doc("Node", "n", {"bgp": {"ipv4Address": "fd00::5/64"}}), "spec.bgp.ipv4Address", "not an IPv4")
+
+
+def test_node_empty_bgp_section_is_rejected():
+    rejected(doc("Node", "n", {"bgp": {}}), "spec.bgp", "bgp cannot be empty")
+
+
+def test_node_route_reflector_cluster_id_is_ipv4():
+    rejected(doc("Node", "n", {"bgp": {"ipv4Address": "10.0.0.5/24", "routeReflectorClusterID": "rr1"}}),
+             "spec.bgp.routeReflectorClusterID", "not a valid IP address")
+
+
+def test_node_vxlan_mac_must_be_a_mac():
+    rejected(doc("Node", "n", {"vxlanTunnelMACAddr": "66:aa:bb"}), "spec.vxlanTunnelMACAddr", "MAC address")
+
+
+def test_node_address_type_must_be_known():
+    rejected(doc("Node", "n", {"addresses": [{"address": "10.0.0.5", "type": "Hostname"}]}),
+             "spec.addresses.0.type", "InternalIP")
+
+
+# ---------------------------------------------------------------------------------------------
+# WorkloadEndpoint
+
+
+def wep(name: str | None = None, **spec: Any) -> dict[str, Any]:
+    base = {"orchestrator": "k8s", "node": "node-1", "pod": "nginx-5d4f", "endpoint": "eth0"}
+    base.update(spec)
+    document = doc("WorkloadEndpoint", name or workload_endpoint_name(
+        base["node"], base["orchestrator"], base["pod"], base["endpoint"]), base)
+    document["metadata"]["namespace"] = "web"
+    return document
+
+
+def test_workload_endpoint_name_doubles_dashes():
+    assert workload_endpoint_name("node1", "k8s", "nginx-5d4f", "eth0") == "node1-k8s-nginx--5d4f-eth0"
+    assert workload_endpoint_name("node-1", "k8s", "a-b-c", "eth0") == "node--1-k8s-a--b--c-eth0"
+
+
+def test_workload_endpoint_round_trips():
+    endpoint = round_trips(wep(
+        workload="", containerID="0123abcdef", serviceAccountName="default",
+        ipNetworks=["10.244.0.5/32", "fd00:244::5/128"],
+        ipNATs=[{"internalIP": "10.244.0.5", "externalIP": "172.16.0.5"}],
+        ipv4Gateway="169.254.1.1", ipv6Gateway="fe80::ecee:eeff:feee:eeee",
+        profiles=["kns.web", "ksa.web.default"], interfaceName="cali1234567890a", mac="ee:ee:ee:ee:ee:ee",
+        ports=[{"name": "http", "protocol": "TCP", "port": 80},
+               {"protocol": "UDP", "port": 53, "hostPort": 5353, "hostIP": "10.0.0.5"}],
+    ))
+    assert endpoint.metadata.name == "node--1-k8s-nginx--5d4f-eth0"
+    assert endpoint.metadata.namespace == "web"
+
+
+def test_workload_endpoint_namespace_defaults():
+    document = wep()
+    del document["metadata"]["namespace"]
+    assert parse(document).metadata.namespace == "default"
+
+
+def test_workload_endpoint_name_must_match_the_spec():
+    rejected(wep(name="node-1-k8s-nginx-5d4f-eth0"), "metadata.name", "must be named 'node--1-k8s-nginx--5d4f-eth0'")
+
+
+def test_workload_endpoint_needs_a_pod():
+    document = wep()
+    del document["spec"]["pod"]
+    rejected(document, "spec.pod", "pod is required")
+
+
+def test_workload_endpoint_networks_are_single_addresses():
+    rejected(wep(ipNetworks=["10.244.0.0/24"]), "spec.ipNetworks.0", "not a single address")
+
+
+def test_workload_endpoint_nat_must_land_on_its_address():
+    rejected(wep(ipNetworks=["10.244.0.5/32"], ipNATs=[{"internalIP": "10.244.0.6", "externalIP": "172.16.0.5"}]),
+             "spec.ipNATs.0.internalIP", "not one of the endpoint's ipNetworks")
+
+
+def test_workload_endpoint_nat_families_match():
+    rejected(wep(ipNATs=[{"internalIP": "10.244.0.6", "externalIP": "fd00::5"}]),
+             "spec.ipNATs.0.externalIP", "different IP versions")
+
+
+def test_workload_endpoint_port_needs_a_name_or_host_port():
+    rejected(wep(ports=[{"protocol": "TCP", "port": 80}]), "spec.ports.0.name", "needs a name")
+
+
+def test_field_errors_of_nested_objects_keep_the_nested_location():
+    # IPNAT's and WorkloadEndpointPort's checks span two fields and raise FieldError on the item;
+    # the problem is reported at spec.<list>.<index>.<field>, not at the item or at spec.
+    document = wep(
+        ipNetworks=["10.244.0.5/32"],
+        ipNATs=[{"internalIP": "10.244.0.5", "externalIP": "172.16.0.5"},
+                {"internalIP": "10.244.0.5", "externalIP": "fd00::5"}],
+        ports=[{"name": "http", "protocol": "TCP", "port": 80}, {"protocol": "UDP", "port": 53}],
+    )
+    with pytest.raises(InvalidResource) as caught:
+        parse(document)
+    fields = {p.field: p.reason for p in caught.value.problems}
+    assert fields.keys() == {"spec.ipNATs.1.externalIP", "spec.ports.1.name"}, fields
+    assert "different IP versions" in fields["spec.ipNATs.1.externalIP"]
+    assert "spec.ipNATs.1.externalIP: internalIP 10.244.0.5" in str(caught.value)
+
+
+def test_workload_endpoint_port_protocol():
+    rejected(wep(ports=[{"name": "ping", "protocol": "ICMP", "port": 1}]), "spec.ports.0.protocol", "SCTP")
+
+
+def test_workload_endpoint_gateway_family():
+    rejected(wep(ipv4Gateway="fe80::1"), "spec.ipv4Gateway", "not an IPv4")
+
+
+# ---------------------------------------------------------------------------------------------
+# NodeStatus
+
+
+def test_node_status_round_trips_with_status():
+    status = round_trips(doc("NodeStatus", "node-1-status", {
+        "node": "node-1", "classes": ["Agent", "BGP", "Routes"], "updatePeriodSeconds": 10,
+    }, status={
+        "lastUpdated": "2024-05-01T12:00:00Z",
+        "agent": {"bgpV4": {"state": "Ready", "version": "4.2.21", "routerID": "10.0.0.5",
+                            "lastBootTime": "2024-05-01 11:00:00", "lastReconfigurationTime": "2024-05-01 11:59:00"}},
+        "bgp": {"numberEstablishedV4": 1, "numberNotEstablishedV4": 1, "numberEstablishedV6": 0,
+                "numberNotEstablishedV6": 0,
+                "peersV4": [{"peerIP": "10.0.0.6", "type": "NodeMesh", "state": "Established", "since": "11:00:05"},
+                            {"peerIP": "10.0.0.9", "type": "GlobalPeer", "state": "Active", "since": "11:00:05"}]},
+        "routes": {"routesV4": [{"type": "FIB", "destination": "10.244.1.0/26", "gateway": "10.0.0.6",
+                                 "interface": "eth0", "learnedFrom": {"sourceType": "NodeMesh", "peerIP": "10.0.0.6"}}]},
+    }))
+    assert status.status.bgp.peers_v4[0].state == "Established"
+    bare = parse(doc("NodeStatus", "s", {"node": "node-1", "classes": [], "updatePeriodSeconds": 0}))
+    assert bare.status is None
+
+
+def test_node_status_classes_are_known_and_unique():
+    rejected(doc("NodeStatus", "s", {"node": "n", "classes": ["Felix"], "updatePeriodSeconds": 10}),
+             "spec.classes.0", "Routes")
+    rejected(doc("NodeStatus", "s", {"node": "n", "classes": ["BGP", "BGP"], "updatePeriodSeconds": 10}),
+             "spec.classes", "only once")
+
+
+def test_node_status_update_period_is_at_most_a_day():
+    rejected(doc("NodeStatus", "s", {"node": "n", "classes": ["BGP"], "updatePeriodSeconds": 86401}),
+             "spec.updatePeriodSeconds", "86400")
+
+
+def test_node_status_session_state_must_be_a_bgp_state():
+    rejected(doc("NodeStatus", "s", {"node": "n", "classes": ["BGP"], "updatePeriodSeconds": 10}, status={
+        "bgp": {"peersV4": [{"peerIP": "10.0.0.6", "type": "NodeMesh", "state": "up"}]},
+    }), "status.bgp.peersV4.0.state", "Established")
+
+
+@pytest.mark.parametrize("spec, field, reason", [
+    ({"allowedUses": []}, "spec.allowedUses", "cannot be empty"),
+    ({"allowedUses": ["LoadBalancer", "Workload"]}, "spec.allowedUses", "cannot be combined"),
+    ({"allowedUses": ["LoadBalancer"], "vxlanMode": "Always"}, "spec.vxlanMode", "LoadBalancer"),
+    ({"allowedUses": ["LoadBalancer"], "disableBGPExport": True}, "spec.disableBGPExport", "LoadBalancer"),
+    ({"allowedUses": ["LoadBalancer"], "nodeSelector": "rack == 'a'"}, "spec.nodeSelector", "all()"),
+])
+def test_ippool_load_balancer_rules(spec, field, reason):
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", **spec}), field, reason)
