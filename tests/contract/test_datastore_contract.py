@@ -1,0 +1,247 @@
+"""The datastore contract, run against every backend: memory and a real etcd.
+
+Each test states one promise the rest of percale relies on (IPAM's compare-and-swap loop, the
+agent's list-then-watch), so a backend that breaks it fails here first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+
+import pytest
+
+from percale.datastore import (
+    AlreadyExists,
+    Conflict,
+    Key,
+    MemoryDatastore,
+    NotFound,
+    RevisionCompacted,
+)
+from percale.datastore.etcd import EtcdDatastore
+from percale.resources import parse
+from percale.resources.workloadendpoint import workload_endpoint_name
+from tests.helpers import cas_worker
+
+pytestmark = pytest.mark.contract
+
+
+def pool(name: str, cidr: str, **spec) -> object:
+    return parse({
+        "apiVersion": "percale.io/v1", "kind": "IPPool",
+        "metadata": {"name": name}, "spec": {"cidr": cidr, **spec},
+    })
+
+
+def handle(handle_id: str, block: dict[str, int] | None = None) -> object:
+    return parse({
+        "apiVersion": "percale.io/v1", "kind": "IPAMHandle",
+        "metadata": {"name": handle_id}, "spec": {"handleID": handle_id, "block": block or {}},
+    })
+
+
+def endpoint(namespace: str, pod: str) -> object:
+    return parse({
+        "apiVersion": "percale.io/v1", "kind": "WorkloadEndpoint",
+        "metadata": {"name": workload_endpoint_name("node1", "k8s", pod, "eth0"),
+                     "namespace": namespace},
+        "spec": {"node": "node1", "pod": pod, "endpoint": "eth0", "orchestrator": "k8s",
+                 "ipNetworks": ["10.0.0.5/32"]},
+    })
+
+
+@pytest.fixture(params=["memory", "etcd"])
+async def store(request):
+    if request.param == "memory":
+        ds = MemoryDatastore()
+    else:
+        ds = EtcdDatastore([request.getfixturevalue("etcd").endpoint])
+    yield ds
+    await ds.close()
+
+
+async def test_create_then_get_returns_the_value_with_identity(store):
+    created = await store.create(pool("p1", "10.1.0.0/16"))
+    got = await store.get(Key("IPPool", "p1"))
+    assert got.revision == created.revision
+    assert got.value == created.value
+    assert got.value.spec.cidr == "10.1.0.0/16"
+    assert got.value.metadata.uid and got.value.metadata.creation_timestamp
+    assert got.value.metadata.resource_version == got.revision
+
+
+async def test_duplicate_create_fails_and_keeps_the_first(store):
+    first = await store.create(pool("p1", "10.1.0.0/16"))
+    with pytest.raises(AlreadyExists):
+        await store.create(pool("p1", "10.2.0.0/16"))
+    got = await store.get(Key("IPPool", "p1"))
+    assert got.value.spec.cidr == "10.1.0.0/16" and got.revision == first.revision
+
+
+async def test_get_missing_raises_not_found(store):
+    with pytest.raises(NotFound):
+        await store.get(Key("IPPool", "nope"))
+
+
+async def test_list_returns_one_kind_in_key_order(store):
+    for name, cidr in [("b", "10.2.0.0/16"), ("a", "10.1.0.0/16")]:
+        await store.create(pool(name, cidr))
+    await store.create(handle("k8s-pod-network.abc"))
+    await store.create(endpoint("ns1", "pod-a"))
+    await store.create(endpoint("ns2", "pod-b"))
+
+    pools = await store.list("IPPool")
+    assert [kv.key.name for kv in pools.items] == ["a", "b"]
+    assert all(kv.value.kind == "IPPool" for kv in pools.items)
+    assert [kv.key.name for kv in (await store.list("IPAMHandle")).items] == ["k8s-pod-network.abc"]
+    in_ns1 = await store.list("WorkloadEndpoint", namespace="ns1")
+    assert [(kv.key.namespace, kv.value.spec.pod) for kv in in_ns1.items] == [("ns1", "pod-a")]
+    assert len((await store.list("WorkloadEndpoint")).items) == 2
+    assert (await store.list("BGPPeer")).items == []
+
+
+async def test_update_is_compare_and_swap(store):
+    created = await store.create(pool("p1", "10.1.0.0/16"))
+    changed = created.value.model_copy(deep=True)
+    changed.spec.nat_outgoing = True
+    updated = await store.update(changed, revision=created.revision)
+    assert updated.revision != created.revision
+    assert (await store.get(Key("IPPool", "p1"))).value.spec.nat_outgoing is True
+
+    stale = created.value.model_copy(deep=True)
+    stale.spec.disabled = True
+    with pytest.raises(Conflict) as conflict:
+        await store.update(stale, revision=created.revision)
+    # The conflict carries what is stored now, so the caller can retry without another read.
+    assert conflict.value.current.revision == updated.revision
+    assert conflict.value.current.value.spec.nat_outgoing is True
+    got = await store.get(Key("IPPool", "p1"))
+    assert got.value.spec.disabled is False and got.revision == updated.revision
+
+
+async def test_update_without_revision_needs_an_existing_key(store):
+    with pytest.raises(NotFound):
+        await store.update(pool("ghost", "10.9.0.0/16"), revision=None)
+    created = await store.create(pool("p1", "10.1.0.0/16"))
+    assert (await store.update(created.value, revision=None)).revision != created.revision
+
+
+async def test_delete_with_revision_is_compare_and_swap(store):
+    created = await store.create(pool("p1", "10.1.0.0/16"))
+    updated = await store.update(created.value, revision=created.revision)
+    with pytest.raises(Conflict) as conflict:
+        await store.delete(Key("IPPool", "p1"), revision=created.revision)
+    assert conflict.value.current.revision == updated.revision
+    assert (await store.get(Key("IPPool", "p1"))).revision == updated.revision
+
+    gone = await store.delete(Key("IPPool", "p1"), revision=updated.revision)
+    assert gone.value.spec.cidr == "10.1.0.0/16"
+    with pytest.raises(NotFound):
+        await store.get(Key("IPPool", "p1"))
+    with pytest.raises(NotFound):
+        await store.delete(Key("IPPool", "p1"))
+
+
+async def _take(events, n: int, timeout: float = 5.0) -> list:
+    out = []
+    async def collect():
+        async for event in events:
+            out.append(event)
+            if len(out) == n:
+                return
+    await asyncio.wait_for(collect(), timeout)
+    return out
+
+
+async def test_watch_delivers_changes_in_order(store):
+    await store.create(pool("before", "10.9.0.0/16"))
+    start = (await store.list("IPPool")).revision
+    events = store.watch("IPPool", revision=start)
+    a = await store.create(pool("a", "10.1.0.0/16"))
+    await store.create(handle("not-a-pool"))  # another kind: not delivered
+    a2 = await store.update(a.value, revision=a.revision)
+    await store.delete(Key("IPPool", "a"))
+
+    got = await _take(events, 3)
+    await events.aclose()
+    assert [(e.type, e.key.name) for e in got] == [
+        ("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+    assert got[1].revision == a2.revision
+    assert got[2].value.spec.cidr == "10.1.0.0/16"
+    revisions = [int(e.revision) for e in got]
+    assert revisions == sorted(revisions) and len(set(revisions)) == 3
+
+
+async def test_watch_resumes_from_a_revision_without_loss(store):
+    start = (await store.list("IPPool")).revision
+    for i in range(3):
+        await store.create(pool(f"p{i}", f"10.{i}.0.0/16"))
+    first = store.watch("IPPool", revision=start)
+    seen = await _take(first, 2)
+    await first.aclose()
+
+    for i in range(3, 6):
+        await store.create(pool(f"p{i}", f"10.{i}.0.0/16"))
+    resumed = store.watch("IPPool", revision=seen[-1].revision)
+    rest = await _take(resumed, 4)
+    await resumed.aclose()
+    assert [e.key.name for e in seen + rest] == [f"p{i}" for i in range(6)]
+
+
+async def test_watch_from_a_compacted_revision_says_so(store):
+    start = (await store.list("IPPool")).revision
+    for i in range(4):
+        await store.create(pool(f"p{i}", f"10.{i}.0.0/16"))
+    now = (await store.list("IPPool")).revision
+    await store.compact(now)
+
+    with pytest.raises(RevisionCompacted):
+        await _take(store.watch("IPPool", revision=start), 1)
+    # Re-listing and watching from the list's revision works again.
+    after = store.watch("IPPool", revision=(await store.list("IPPool")).revision)
+    await store.create(pool("fresh", "10.200.0.0/16"))
+    assert [e.key.name for e in await _take(after, 1)] == ["fresh"]
+    await after.aclose()
+
+
+async def test_concurrent_cas_writers_never_lose_an_update(store):
+    key = Key("IPAMHandle", "counter")
+    await store.create(handle("counter"))
+    writers, times = 8, 15
+
+    async def writer() -> int:
+        return sum([await cas_worker.add_one(store, key, "10.0.0.0/26") for _ in range(times)])
+
+    retries = await asyncio.gather(*(writer() for _ in range(writers)))
+    assert (await store.get(key)).value.spec.block["10.0.0.0/26"] == writers * times
+    assert sum(retries) > 0, "the writers never raced; the test proves nothing"
+
+
+def test_concurrent_cas_processes_never_lose_an_update(etcd):
+    """Processes as separate nodes would be: only etcd is shared between processes."""
+    async def setup():
+        store = EtcdDatastore([etcd.endpoint])
+        await store.create(handle("counter"))
+        await store.close()
+
+    asyncio.run(setup())
+    key = Key("IPAMHandle", "counter")
+    processes, times = 4, 40
+    start_at = time.time() + 3  # after every spawned interpreter has started
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as workers:
+        retries = workers.starmap(
+            cas_worker.run, [(etcd.endpoint, key, "10.0.0.0/26", times, start_at)] * processes
+        )
+
+    async def read():
+        store = EtcdDatastore([etcd.endpoint])
+        try:
+            return (await store.get(key)).value.spec.block["10.0.0.0/26"]
+        finally:
+            await store.close()
+
+    assert asyncio.run(read()) == processes * times
+    assert sum(retries) > 0, "the writers never raced; the test proves nothing"
