@@ -1,0 +1,1 @@
+"""percalectl, the calicoctl-like command line: resource commands now, ipam and node later."""

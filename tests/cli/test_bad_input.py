@@ -1,0 +1,118 @@
+"""Bad input exits 1 with a message naming the file, document, field and reason, and writes
+nothing: the datastore is compared key by key, revision by revision, before and after."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.cli
+
+GOOD = """\
+apiVersion: percale.io/v1
+kind: IPPool
+metadata:
+  name: good-pool
+spec:
+  cidr: 10.10.0.0/16
+"""
+
+CASES = {
+    "malformed-yaml": (
+        GOOD + "---\napiVersion: percale.io/v1\nkind: IPPool\nmetadata:\n  name: [broken\n",
+        ["bad.yaml", "not valid YAML or JSON", "line"],
+    ),
+    "unknown-kind": (
+        GOOD + "---\napiVersion: percale.io/v1\nkind: IPPoool\nmetadata: {name: x}\nspec: {}\n",
+        ["bad.yaml, document 2", "kind: unknown kind 'IPPoool'"],
+    ),
+    "invalid-cidr": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.20.0.1/16"),
+        ["bad.yaml, document 2 (IPPool 'bad-pool')", "spec.cidr", "host bits set", "10.20.0.0/16"],
+    ),
+    "not-a-cidr": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.300.0.0/16"),
+        ["document 2 (IPPool 'bad-pool')", "spec.cidr", "not a valid CIDR"],
+    ),
+    "overlapping-pool": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.0.128.0/20"),
+        ["document 2 (IPPool 'bad-pool')", "spec.cidr", "overlaps IPPool 'stored-pool' (10.0.0.0/16)"],
+    ),
+    "overlap-within-file": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.10.0.0/24"),
+        ["(IPPool 'bad-pool')", "overlaps IPPool 'good-pool'"],
+    ),
+    "block-larger-than-pool": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.30.0.0/28")
+        + "  blockSize: 26\n",
+        ["document 2 (IPPool 'bad-pool')", "spec", "blockSize /26 is larger than the pool"],
+    ),
+    "unknown-field": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.40.0.0/16")
+        + "  blockSze: 26\n",
+        ["document 2 (IPPool 'bad-pool')", "spec.blockSze: unknown field"],
+    ),
+    "link-local": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "169.254.0.0/16"),
+        ["(IPPool 'bad-pool')", "link-local"],
+    ),
+    "ipip-and-vxlan": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.50.0.0/16")
+        + "  ipipMode: Always\n  vxlanMode: Always\n",
+        ["(IPPool 'bad-pool')", "ipipMode and vxlanMode cannot both be enabled"],
+    ),
+    "peer-node-and-selector": (
+        GOOD + "---\napiVersion: percale.io/v1\nkind: BGPPeer\nmetadata: {name: tor}\n"
+        "spec: {peerIP: 192.0.2.1, asNumber: 64600, node: node1, nodeSelector: all()}\n",
+        ["(BGPPeer 'tor')", "node", "nodeSelector"],
+    ),
+    "bad-selector": (
+        GOOD.replace("10.10.0.0/16", "10.60.0.0/16") + "  nodeSelector: rack == \n",
+        ["(IPPool 'good-pool')", "spec.nodeSelector", "invalid selector"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_1_names_the_problem_and_writes_nothing(cli, tmp_path, case):
+    stored_pool = tmp_path / "stored.yaml"
+    stored_pool.write_text(GOOD.replace("good-pool", "stored-pool").replace("10.10.0.0/16", "10.0.0.0/16"))
+    assert cli("apply", "-f", str(stored_pool)).code == 0
+    before = cli.stored()
+
+    text, expected = CASES[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent(text))
+    for verb in ("apply", "create"):
+        result = cli(verb, "-f", str(bad))
+        assert result.code == 1, result.out
+        for fragment in expected:
+            assert fragment in result.err, f"{fragment!r} not in {result.err!r}"
+        assert "No resources were changed." in result.err
+        assert result.out == ""
+        assert cli.stored() == before
+
+
+def test_a_bad_file_in_a_folder_stops_the_whole_folder(cli, tmp_path):
+    (tmp_path / "a-good.yaml").write_text(GOOD)
+    (tmp_path / "b-bad.yaml").write_text(GOOD.replace("good-pool", "b").replace("10.10.0.0/16", "10.70.0.1/16"))
+    result = cli("apply", "-f", str(tmp_path))
+    assert result.code == 1 and "b-bad.yaml (IPPool 'b'): spec.cidr" in result.err
+    assert cli.stored() == {}
+
+
+def test_missing_file_and_empty_input(cli, tmp_path):
+    missing = cli("apply", "-f", str(tmp_path / "nope.yaml"))
+    assert missing.code == 1 and "nope.yaml: no such file or folder" in missing.err
+    empty = cli("apply", "-f", "-", stdin="")
+    assert empty.code == 1 and "no resources found" in empty.err
+
+
+def test_managed_ipam_kinds_are_not_written_by_hand(cli, tmp_path):
+    handle = tmp_path / "handle.yaml"
+    handle.write_text("apiVersion: percale.io/v1\nkind: IPAMHandle\nmetadata: {name: h}\n"
+                      "spec: {handleID: h, block: {}}\n")
+    result = cli("apply", "-f", str(handle))
+    assert result.code == 1 and "maintained by percale's IPAM" in result.err
+    assert cli.stored() == {}

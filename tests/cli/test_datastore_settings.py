@@ -1,0 +1,43 @@
+"""Where percalectl finds its datastore: flags over environment over config file, and clear
+errors when it cannot."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.etcd_server import free_port
+
+pytestmark = pytest.mark.cli
+
+
+def test_unreachable_etcd_is_a_clear_error(cli):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = cli("get", "ippools", env={"ETCD_ENDPOINTS": dead})
+    assert result.code == 1
+    assert "cannot reach etcd" in result.err and dead in result.err
+
+
+def test_flag_beats_environment_and_config_file(cli, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "percalectl.cfg"
+    config.write_text(f"apiVersion: percale.io/v1\nkind: PercaleAPIConfig\nspec:\n  etcdEndpoints: {dead}\n")
+    # The environment names a live etcd, but the config file alone is overridden by it.
+    assert cli("--config", str(config), "get", "ippools").code == 0
+    # A flag beats the environment.
+    assert cli("--etcd-endpoints", dead, "get", "ippools").code == 1
+    # With no environment, the config file is used.
+    only_file = cli("--config", str(config), "get", "ippools", env={"ETCD_ENDPOINTS": ""})
+    assert only_file.code == 1 and dead in only_file.err
+
+
+def test_bad_settings_are_named(cli, tmp_path):
+    wrong_type = cli("get", "ippools", env={"PERCALE_DATASTORE_TYPE": "zookeeper"})
+    assert wrong_type.code == 1 and "datastore type 'zookeeper' is not supported" in wrong_type.err
+    no_key = cli("--etcd-cert-file", str(tmp_path), "get", "ippools")
+    assert no_key.code == 1 and "etcdCertFile and etcdKeyFile must be given together" in no_key.err
+    missing_ca = cli("--etcd-ca-cert-file", str(tmp_path / "ca.pem"), "get", "ippools")
+    assert missing_ca.code == 1 and "no such file" in missing_ca.err
+    bad_file = tmp_path / "bad.cfg"
+    bad_file.write_text("spec:\n  etcdEndpoint: x\n")
+    unknown = cli("--config", str(bad_file), "get", "ippools")
+    assert unknown.code == 1 and "unknown field spec.etcdEndpoint" in unknown.err
