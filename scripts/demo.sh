@@ -51,7 +51,8 @@ step percalectl get ippool default-ipv4-ippool -o yaml
 
 echo
 echo "==> applying what 'get -o yaml' printed changes nothing:"
-step bash -c "percalectl get ippools -o yaml | percalectl apply -f -"
+printf '\033[1m$ percalectl get ippools -o yaml | percalectl apply -f -\033[0m\n'
+percalectl get ippools -o yaml | percalectl apply -f -
 
 echo
 echo "==> bad input is refused whole, naming the field and the reason:"
