@@ -1,24 +1,23 @@
-"""The `percalectl` command: where the datastore comes from, and the resource commands.
+"""The `percalectl` command: where the datastore comes from, the resource commands, and the
+`ipam` command group (percale/cli/ipam_*.py).
 
-Every failure a user can cause ends here as a message on stderr and exit status 1, never a
-traceback: bad input names the file, document, field and reason; an unreachable datastore says
-which endpoints were tried.
+Bad input names the file, document, field and reason; an unreachable datastore says which
+endpoints were tried; neither prints a traceback (percale/cli/context.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
 from percale import __version__
-from percale.cli import crud, printer
+from percale.cli import crud, ipam_check, ipam_show, printer
+from percale.cli.context import fail, settings, with_datastore
 from percale.cli.documents import InputError, load
+from percale.cli.ipam_app import ipam_app
 from percale.datastore import Datastore, DatastoreError, Key, NotFound
-from percale.datastore.config import ConfigError, DatastoreConfig, load_config, open_datastore
 from percale.resources import KINDS, Resource, kind_named
 
 app = typer.Typer(
@@ -30,8 +29,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-T = TypeVar("T")
-_settings: dict[str, Optional[str]] = {}
+app.add_typer(ipam_app, name="ipam")
+# Imported for their effect: each module adds its commands to ipam_app.
+_IPAM_COMMANDS = (ipam_show, ipam_check)
 
 
 @app.callback()
@@ -50,40 +50,11 @@ def datastore_options(
         help="Client key for etcd TLS (env ETCD_KEY_FILE)")] = None,
 ) -> None:
     """Datastore settings: flags win over environment, environment over the config file."""
-    _settings.update(
+    settings.update(
         config_file=config, datastore_type=datastore_type, etcd_endpoints=etcd_endpoints,
         etcd_ca_cert_file=etcd_ca_cert_file, etcd_cert_file=etcd_cert_file,
         etcd_key_file=etcd_key_file,
     )
-
-
-def fail(*lines: str) -> typer.Exit:
-    for line in lines:
-        typer.echo(line, err=True)
-    return typer.Exit(1)
-
-
-def with_datastore(work: Callable[[Datastore], Awaitable[T]]) -> T:
-    """Run `work` against the configured datastore, turning every user-facing failure into a
-    message and exit 1."""
-    try:
-        config: DatastoreConfig = load_config(**_settings)
-    except ConfigError as err:
-        raise fail(f"Invalid datastore configuration: {err}") from None
-
-    async def main() -> T:
-        store = open_datastore(config)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    except InputError as err:
-        raise fail(*err.problems, "No resources were changed.") from None
-    except DatastoreError as err:
-        raise fail(f"Failed to execute command: {err}") from None
 
 
 FileOption = Annotated[list[str], typer.Option(

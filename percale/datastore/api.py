@@ -14,6 +14,10 @@ from typing import Literal, Protocol
 from percale.resources import Resource
 
 
+# Kinds whose objects belong to one node, so `list(kind, node=...)` can read just that node's.
+NODE_SCOPED_KINDS = frozenset({"BlockAffinity"})
+
+
 @dataclass(frozen=True, order=True)
 class Key:
     """Names one stored object: its kind, its name and, for namespaced kinds, its namespace."""
@@ -58,8 +62,11 @@ class Datastore(Protocol):
     async def get(self, key: Key) -> KVPair:
         """The stored value and its revision. Raises NotFound."""
 
-    async def list(self, kind: str, namespace: str | None = None) -> ListResult:
-        """Every object of a kind (in one namespace, if given), ordered by key."""
+    async def list(
+        self, kind: str, namespace: str | None = None, *, node: str | None = None
+    ) -> ListResult:
+        """Every object of a kind (in one namespace, if given), ordered by key. `node` narrows a
+        node-scoped kind (BlockAffinity) to one node's objects without reading the others'."""
 
     async def create(self, value: Resource) -> KVPair:
         """Store a new object; the datastore sets its uid and creationTimestamp.

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from percale.datastore.errors import DatastoreError
 from percale.resources import KINDS, Resource
+from percale.resources.fields import format_time
 
 
 def encode(value: Resource) -> bytes:
@@ -34,7 +35,7 @@ def stamped_for_create(value: Resource) -> Resource:
     meta = value.metadata.model_copy(
         update={
             "uid": str(uuid.uuid4()),
-            "creation_timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "creation_timestamp": format_time(datetime.now(timezone.utc)),
             "resource_version": None,
         }
     )

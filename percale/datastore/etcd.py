@@ -63,8 +63,11 @@ class EtcdDatastore:
             raise NotFound(key)
         return self._pair(key, response.kvs[0])
 
-    async def list(self, kind: str, namespace: str | None = None) -> ListResult:
-        response = await self.client.range(layout.prefix(kind, namespace).encode(), prefix=True)
+    async def list(
+        self, kind: str, namespace: str | None = None, *, node: str | None = None
+    ) -> ListResult:
+        prefix = layout.prefix(kind, namespace, node=node)
+        response = await self.client.range(prefix.encode(), prefix=True)
         items = [self._pair(layout.key(kind, kv.key.decode()), kv) for kv in response.kvs]
         return ListResult(items, str(response.header.revision))
 

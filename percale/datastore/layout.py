@@ -12,7 +12,7 @@ IPAM keys keep Calico's shape so that a node's affinities are one prefix scan aw
 
 from __future__ import annotations
 
-from percale.datastore.api import Key
+from percale.datastore.api import NODE_SCOPED_KINDS, Key
 from percale.resources import KINDS
 
 ROOT = "/percale"
@@ -43,12 +43,14 @@ def path(key: Key) -> str:
     return f"{_RESOURCES}/{plural}/{key.name}"
 
 
-def prefix(kind: str, namespace: str | None = None) -> str:
-    """The key prefix holding every object of a kind (in one namespace, if given)."""
+def prefix(kind: str, namespace: str | None = None, *, node: str | None = None) -> str:
+    """The key prefix holding every object of a kind (in one namespace, or of one node)."""
+    if node is not None and kind not in NODE_SCOPED_KINDS:
+        raise ValueError(f"{kind} is not node-scoped")
     if kind == "IPAMBlock":
         return f"{_IPAM}/assignment/"
     if kind == "BlockAffinity":
-        return f"{_IPAM}/host/"
+        return f"{_IPAM}/host/{node}/" if node else f"{_IPAM}/host/"
     if kind == "IPAMHandle":
         return f"{_IPAM}/handle/"
     if kind == "IPAMConfig":

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from percale.datastore.api import Key, KVPair, ListResult, WatchEvent
+from percale.datastore.api import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
 from percale.datastore.codec import decode, encode, stamped_for_create
 from percale.datastore.errors import AlreadyExists, Conflict, NotFound, RevisionCompacted
 from percale.resources import Resource
@@ -53,12 +53,18 @@ class MemoryDatastore:
             raise NotFound(key)
         return self._pair(key, stored)
 
-    async def list(self, kind: str, namespace: str | None = None) -> ListResult:
+    async def list(
+        self, kind: str, namespace: str | None = None, *, node: str | None = None
+    ) -> ListResult:
         items = [
             self._pair(key, stored)
             for key, stored in sorted(self._objects.items(), key=lambda kv: _sort_key(kv[0]))
             if key.kind == kind and (namespace is None or key.namespace == namespace)
         ]
+        if node is not None:
+            if kind not in NODE_SCOPED_KINDS:
+                raise ValueError(f"{kind} is not node-scoped")
+            items = [kv for kv in items if kv.value.spec.node == node]
         return ListResult(items, str(self._revision))
 
     # -- writes --------------------------------------------------------------------------------

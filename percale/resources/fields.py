@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator
@@ -203,3 +203,13 @@ def _timestamp(value: str) -> str:
 
 
 Timestamp = Annotated[str, AfterValidator(_timestamp)]
+
+
+def format_time(moment: datetime) -> str:
+    """A UTC time as the Timestamp fields store it: 2024-05-01T12:00:00Z."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """A Timestamp field's value as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

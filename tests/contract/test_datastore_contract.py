@@ -102,6 +102,20 @@ async def test_list_returns_one_kind_in_key_order(store):
     assert (await store.list("BGPPeer")).items == []
 
 
+async def test_list_narrows_node_scoped_kinds_to_one_node(store):
+    for node, cidr in [("node-1", "10.0.0.0/26"), ("node-1", "10.0.0.64/26"), ("node-10", "10.0.1.0/26")]:
+        await store.create(parse({
+            "apiVersion": "percale.io/v1", "kind": "BlockAffinity",
+            "metadata": {"name": f"{node}-{cidr.replace('/', '-')}"},
+            "spec": {"state": "confirmed", "node": node, "cidr": cidr},
+        }))
+    mine = await store.list("BlockAffinity", node="node-1")
+    assert [kv.value.spec.cidr for kv in mine.items] == ["10.0.0.0/26", "10.0.0.64/26"]
+    assert len((await store.list("BlockAffinity")).items) == 3
+    with pytest.raises(ValueError):
+        await store.list("IPPool", node="node-1")
+
+
 async def test_update_is_compare_and_swap(store):
     created = await store.create(pool("p1", "10.1.0.0/16"))
     changed = created.value.model_copy(deep=True)

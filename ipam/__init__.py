@@ -1,0 +1,10 @@
+"""percale's IPAM, installed as `percale.ipam`: IP pools cut into blocks with node affinity.
+
+Pure logic over the datastore contract (`percale.datastore.api.Datastore`): no backend is
+imported here, and every write is a compare-and-swap retried only on conflict.
+
+    blocks.py     block arithmetic on IPAMBlock values (assign, release, attributes)
+    pools.py      which pools a node may use, and the host-seeded order of candidate blocks
+    allocator.py  IPAM: auto-assign, assign a given address, release, affinities
+    errors.py     the IPAM exception tree
+"""

@@ -1,0 +1,688 @@
+"""The IPAM allocator: who gets which address, written only with compare-and-swap.
+
+Order of allocation, as Calico's autoAssign:
+  1. the node's own (confirmed-affinity) blocks in the usable pools;
+  2. a new block, claimed in two phases (affinity pending -> block created -> affinity
+     confirmed), searched in an order seeded by the node's name; an empty block of another node
+     is reclaimed only when its claim is over a minute old;
+  3. borrowing from any block with space, unless strictAffinity.
+
+Invariants:
+  * Every write is a compare-and-swap on the revision just read; only Conflict is retried, at most
+    `retries` times per loop. Any other datastore error goes to the caller.
+  * A handle is incremented before its block is written and decremented after; a crash between
+    the two leaves a handle that overstates, never an address without a handle.
+  * Allocations for one node are serialised in this process (a lock per node), so conflicts come
+    only from other nodes (other processes); Calico's CNI needed a host file lock for the same.
+  * A request is all-or-nothing: if it cannot be met in full, what it took is released again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from percale.datastore import AlreadyExists, Conflict, Datastore, Key, KVPair, NotFound
+from percale.ipam import blocks
+from percale.ipam.errors import (
+    AddressInUse,
+    BlockLimitReached,
+    IPAMError,
+    NoPools,
+    NotInPool,
+    PoolsExhausted,
+    StrictAffinityExhausted,
+    TooManyConflicts,
+)
+from percale.ipam.pools import block_of, candidate_blocks, pool_of, seeded_position, usable
+from percale.resources import (
+    BlockAffinity,
+    IPAMBlock,
+    IPAMConfig,
+    IPAMConfigSpec,
+    IPAMHandle,
+    IPPool,
+    ObjectMeta,
+)
+from percale.resources.fields import format_time, parse_time
+from percale.resources.ipam import (
+    DEFAULT_MAX_BLOCKS_PER_HOST,
+    BlockAffinitySpec,
+    IPAMHandleSpec,
+    affinity_name,
+    block_name,
+    host_affinity,
+)
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# An empty block another node claimed less than this long ago may be about to get its first
+# address; reclaiming it would race that node (Calico's EmptyBlockMinReclaimAge).
+EMPTY_BLOCK_MIN_RECLAIM_AGE = timedelta(minutes=1)
+DATASTORE_RETRIES = 100
+
+
+def tunnel_handle(node: str, version: int = 4) -> str:
+    """The handle of a node's VXLAN tunnel address, as Calico names it."""
+    return f"vxlan-tunnel-addr-{node}" if version == 4 else f"vxlan-v6-tunnel-addr-{node}"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Addresses given out by one request, each with its block's prefix (10.0.0.5/26); the CNI
+    plugin narrows them to /32 and /128."""
+
+    ipv4: list[ipaddress.IPv4Interface] = field(default_factory=list)
+    ipv6: list[ipaddress.IPv6Interface] = field(default_factory=list)
+
+
+@dataclass
+class ReleaseResult:
+    released: list[str] = field(default_factory=list)
+    # Free already, or in no block: releasing them again is not an error.
+    unallocated: list[str] = field(default_factory=list)
+    # Refused because the address was freed and handed out again since its sequence number was read.
+    stale: list[str] = field(default_factory=list)
+
+    def merge(self, other: ReleaseResult) -> None:
+        self.released += other.released
+        self.unallocated += other.unallocated
+        self.stale += other.stale
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the datastore says about one allocated address."""
+
+    address: str
+    block: str
+    handle_id: str | None
+    attributes: dict[str, str]
+    sequence_number: int | None
+    block_affinity: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class IPAM:
+    def __init__(
+        self, store: Datastore, *, retries: int = DATASTORE_RETRIES,
+        clock: Callable[[], datetime] = _now,
+    ):
+        self.store = store
+        self.retries = retries
+        self.clock = clock
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Conflicts seen since creation: the benchmark's "conflicts per allocation".
+        self.conflicts = 0
+
+    # -- configuration -------------------------------------------------------------------------
+
+    async def get_config(self) -> IPAMConfigSpec:
+        try:
+            return (await self.store.get(Key("IPAMConfig", "default"))).value.spec
+        except NotFound:
+            return IPAMConfigSpec()
+
+    async def set_config(self, **changes: object) -> IPAMConfigSpec:
+        """Change IPAMConfig fields (strict_affinity=..., ...), creating it with defaults first."""
+        for _ in range(self.retries):
+            try:
+                current = await self.store.get(Key("IPAMConfig", "default"))
+            except NotFound:
+                spec = IPAMConfigSpec.model_validate({**IPAMConfigSpec().model_dump(), **changes})
+                try:
+                    await self.store.create(IPAMConfig(metadata=ObjectMeta(name="default"), spec=spec))
+                    return spec
+                except AlreadyExists:
+                    continue
+            spec = IPAMConfigSpec.model_validate({**current.value.spec.model_dump(), **changes})
+            try:
+                await self.store.update(current.value.model_copy(update={"spec": spec}),
+                                        revision=current.revision)
+                return spec
+            except Conflict:
+                self.conflicts += 1
+        raise TooManyConflicts()
+
+    # -- auto-assign ---------------------------------------------------------------------------
+
+    async def auto_assign(
+        self, node: str, *, handle_id: str, num4: int = 0, num6: int = 0,
+        attrs: Mapping[str, str] | None = None, ipv4_pools: list[str] | None = None,
+        ipv6_pools: list[str] | None = None, use: str = "Workload", max_blocks_per_host: int = 0,
+    ) -> Assignment:
+        """Give `handle_id` num4 IPv4 and num6 IPv6 addresses for `node`, or nothing at all.
+
+        `attrs` (pod, namespace, ...) are stored with each address, with the node and a timestamp
+        added. Pools may be restricted by name or CIDR. Raises an IPAMError when the request
+        cannot be met in full; then no address is left allocated.
+        """
+        secondary = {"node": node, "timestamp": format_time(self.clock()),
+                     **(attrs or {})}
+        async with self._locks[node]:
+            config = await self.get_config()
+            pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+            labels = await self._node_labels(node)
+            got: list[Interface] = []
+            try:
+                for version, num, requested in ((4, num4, ipv4_pools), (6, num6, ipv6_pools)):
+                    if num > 0:
+                        eligible = _requested(usable(pools, version, labels, use), requested, node, version)
+                        got += await self._assign_family(
+                            node, version, num, handle_id, secondary, eligible, config,
+                            max_blocks_per_host,
+                        )
+            except BaseException:
+                # All-or-nothing: a dual-stack request that fails on IPv6 gives back its IPv4.
+                if got:
+                    await asyncio.shield(self.release_ips([str(i.ip) for i in got]))
+                raise
+        return Assignment(
+            ipv4=[i for i in got if i.version == 4],  # type: ignore[misc]
+            ipv6=[i for i in got if i.version == 6],  # type: ignore[misc]
+        )
+
+    async def _assign_family(
+        self, node: str, version: int, num: int, handle_id: str, secondary: dict[str, str],
+        pools: list[IPPool], config: IPAMConfigSpec, max_blocks_per_host: int,
+    ) -> list[Interface]:
+        got: list[Interface] = []
+        try:
+            affinities = (await self.store.list("BlockAffinity", node=node)).items
+            owned = [kv.value.spec.cidr for kv in affinities if kv.value.spec.state == "confirmed"]
+            mine = [c for c in owned if _in_pools(ipaddress.ip_network(c), pools)]
+            for cidr in mine:
+                if len(got) == num:
+                    break
+                got += await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
+
+            limits = [n for n in (config.max_blocks_per_host, max_blocks_per_host) if n > 0]
+            cap = min(limits) if limits else DEFAULT_MAX_BLOCKS_PER_HOST
+            at_limit = False
+            while len(got) < num and config.auto_allocate_blocks:
+                if len(owned) >= cap:
+                    at_limit = True
+                    break
+                cidr = await self._claim_new_block(node, pools)
+                if cidr is None:
+                    break
+                owned.append(cidr)
+                got += await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
+
+            if len(got) < num and config.strict_affinity:
+                raise BlockLimitReached(cap) if at_limit else StrictAffinityExhausted()
+            if len(got) < num:
+                got += await self._borrow(node, pools, num - len(got), handle_id, secondary)
+            if len(got) < num:
+                raise PoolsExhausted([p.spec.cidr for p in pools])
+            return got
+        except BaseException:
+            if got:
+                await asyncio.shield(self.release_ips([str(i.ip) for i in got]))
+            raise
+
+    async def _assign_from_block(
+        self, cidr: str, want: int, handle_id: str, secondary: Mapping[str, str],
+        owner: str | None,
+    ) -> list[Interface]:
+        """Up to `want` addresses from one block. With `owner`, only while the block is still
+        that node's; a confirmed affinity whose block is missing (a claim cut short) gets its
+        block created now."""
+        key = Key("IPAMBlock", block_name(cidr))
+        for _ in range(self.retries):
+            try:
+                current = await self.store.get(key)
+            except NotFound:
+                if owner is None:
+                    return []
+                try:
+                    await self.store.create(self._new_block(cidr, owner))
+                except AlreadyExists:
+                    pass
+                continue
+            spec = current.value.spec
+            if spec.deleted or (owner is not None and spec.affinity != host_affinity(owner)):
+                return []
+            count = min(want, blocks.free_count(spec))
+            if count == 0:
+                return []
+            new_spec, taken = blocks.assign(spec, count, handle_id, secondary)
+            await self._add_to_handle(handle_id, cidr, count)
+            try:
+                await self.store.update(current.value.model_copy(update={"spec": new_spec}),
+                                        revision=current.revision)
+            except Conflict:
+                self.conflicts += 1
+                await self._add_to_handle(handle_id, cidr, -count)
+                continue
+            except BaseException:
+                await asyncio.shield(self._add_to_handle(handle_id, cidr, -count))
+                raise
+            prefix = spec.network.prefixlen
+            return [ipaddress.ip_interface(f"{blocks.address(new_spec, o)}/{prefix}") for o in taken]
+        raise TooManyConflicts()
+
+    def _new_block(self, cidr: str, node: str) -> IPAMBlock:
+        return IPAMBlock.empty(
+            cidr, affinity=host_affinity(node),
+            affinity_claim_time=format_time(self.clock()),
+        )
+
+    # -- claiming blocks -----------------------------------------------------------------------
+
+    async def _claim_new_block(self, node: str, pools: list[IPPool]) -> str | None:
+        """Find a block for `node` and claim it; its CIDR, or None when every block is taken."""
+        existing = {kv.value.spec.cidr: kv for kv in (await self.store.list("IPAMBlock")).items}
+        reclaimable: list[KVPair] = []
+        for pool in pools:
+            seen = 0
+            for net in candidate_blocks(pool, node):
+                found = existing.get(str(net))
+                if found is None:
+                    if await self.claim_affinity(node, str(net)):
+                        return str(net)
+                    continue
+                spec = found.value.spec
+                if spec.affinity == host_affinity(node) and blocks.free_count(spec):
+                    # Ours already (a claim cut short before its affinity was confirmed).
+                    if await self.claim_affinity(node, str(net)):
+                        return str(net)
+                elif spec.affinity and blocks.is_empty(spec) and self._old_claim(spec.affinity_claim_time):
+                    reclaimable.append(found)
+                # Every block past the existing ones is free, so the walk ends after at most
+                # len(existing) + 1 steps even in a pool of 2^74 blocks.
+                seen += 1
+                if seen > len(existing):
+                    break
+        for found in reclaimable:
+            spec = found.value.spec
+            released = await self._release_block_affinity(
+                spec.affinity_node or "", spec.cidr, require_empty=True,
+                required_sequence=spec.sequence_number,
+            )
+            if released and await self.claim_affinity(node, spec.cidr):
+                return spec.cidr
+        return None
+
+    def _old_claim(self, claim_time: str | None) -> bool:
+        if claim_time is None:
+            return True
+        return self.clock() - parse_time(claim_time) >= EMPTY_BLOCK_MIN_RECLAIM_AGE
+
+    async def claim_affinity(self, node: str, cidr: str) -> bool:
+        """Make `cidr` node's block: affinity pending, block created, affinity confirmed.
+
+        Readers treat a pending affinity as absent, so a claim cut short at any step claims
+        nothing; the same node finishing the claim later is safe. False when another node owns
+        the block.
+        """
+        key = Key("BlockAffinity", affinity_name(node, cidr))
+        pending = BlockAffinity(
+            metadata=ObjectMeta(name=key.name),
+            spec=BlockAffinitySpec(state="pending", node=node, cidr=cidr),
+        )
+        try:
+            await self.store.create(pending)
+        except AlreadyExists:
+            current = await self.store.get(key)
+            if current.value.spec.state == "pendingDeletion":
+                return False  # being released right now; let that finish
+        try:
+            await self.store.create(self._new_block(cidr, node))
+        except AlreadyExists:
+            block = await self.store.get(Key("IPAMBlock", block_name(cidr)))
+            if block.value.spec.affinity != host_affinity(node):
+                await self._delete_quietly(key)
+                return False
+        for _ in range(self.retries):
+            current = await self.store.get(key)
+            if current.value.spec.state == "confirmed":
+                return True
+            confirmed = current.value.model_copy(
+                update={"spec": current.value.spec.model_copy(update={"state": "confirmed"})})
+            try:
+                await self.store.update(confirmed, revision=current.revision)
+                return True
+            except Conflict:
+                self.conflicts += 1
+        raise TooManyConflicts()
+
+    async def _release_block_affinity(
+        self, node: str, cidr: str, *, require_empty: bool, required_sequence: int | None = None,
+    ) -> bool:
+        """Take `cidr` away from `node`: affinity pendingDeletion, then the block deleted if
+        empty or made unaffine if not, then the affinity deleted. False if the block changed
+        under us (it is not empty any more, or its sequence number moved)."""
+        key = Key("BlockAffinity", affinity_name(node, cidr))
+        block_key = Key("IPAMBlock", block_name(cidr))
+        for _ in range(self.retries):
+            try:
+                block = await self.store.get(block_key)
+            except NotFound:
+                await self._delete_quietly(key)
+                return True
+            spec = block.value.spec
+            if required_sequence is not None and spec.sequence_number != required_sequence:
+                return False
+            if spec.affinity != host_affinity(node):
+                await self._delete_quietly(key)  # a stale affinity: the block is not ours
+                return True
+            empty = blocks.is_empty(spec)
+            if require_empty and not empty:
+                return False
+            try:
+                affinity = await self.store.get(key)
+                if affinity.value.spec.state != "pendingDeletion":
+                    marked = affinity.value.model_copy(update={
+                        "spec": affinity.value.spec.model_copy(update={"state": "pendingDeletion"})})
+                    await self.store.update(marked, revision=affinity.revision)
+            except NotFound:
+                pass
+            except Conflict:
+                self.conflicts += 1
+                continue
+            try:
+                if empty:
+                    await self.store.delete(block_key, revision=block.revision)
+                else:
+                    unaffine = spec.model_copy(update={"affinity": None, "affinity_claim_time": None})
+                    await self.store.update(block.value.model_copy(update={"spec": unaffine}),
+                                            revision=block.revision)
+            except Conflict:
+                self.conflicts += 1
+                if require_empty:
+                    await self._restore_affinity(key)
+                    return False
+                continue
+            await self._delete_quietly(key)
+            return True
+        raise TooManyConflicts()
+
+    async def _restore_affinity(self, key: Key) -> None:
+        try:
+            affinity = await self.store.get(key)
+            restored = affinity.value.model_copy(update={
+                "spec": affinity.value.spec.model_copy(update={"state": "confirmed"})})
+            await self.store.update(restored, revision=affinity.revision)
+        except (NotFound, Conflict):
+            pass
+
+    async def release_host_affinities(self, node: str) -> None:
+        """Give up every block `node` owns: empty ones are deleted, the others become unaffine
+        and are deleted when their last address is released."""
+        for kv in (await self.store.list("BlockAffinity", node=node)).items:
+            await self._release_block_affinity(node, kv.value.spec.cidr, require_empty=False)
+
+    # -- borrowing -----------------------------------------------------------------------------
+
+    async def _borrow(
+        self, node: str, pools: list[IPPool], want: int, handle_id: str,
+        secondary: Mapping[str, str],
+    ) -> list[Interface]:
+        got: list[Interface] = []
+        existing = [kv.value.spec for kv in (await self.store.list("IPAMBlock")).items]
+        for pool in pools:
+            inside = [s for s in existing if _in_pools(s.network, [pool])]
+            for spec in sorted(inside, key=lambda s, pool=pool: seeded_position(pool, node, s.network)):
+                if len(got) == want:
+                    return got
+                if blocks.free_count(spec) and not spec.deleted:
+                    got += await self._assign_from_block(
+                        spec.cidr, want - len(got), handle_id, secondary, None)
+        return got
+
+    # -- assign a given address ----------------------------------------------------------------
+
+    async def assign_ip(
+        self, node: str, address: str, *, handle_id: str, attrs: Mapping[str, str] | None = None,
+    ) -> None:
+        """Give `handle_id` exactly `address`; claims its block for `node` if no one has it."""
+        secondary = {"node": node, "timestamp": format_time(self.clock()),
+                     **(attrs or {})}
+        async with self._locks[node]:
+            pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+            pool = pool_of(pools, address)
+            if pool is None:
+                raise NotInPool(f"{address} is not in any IP pool")
+            cidr = str(block_of(pool, address))
+            config = await self.get_config()
+            key = Key("IPAMBlock", block_name(cidr))
+            for _ in range(self.retries):
+                try:
+                    current = await self.store.get(key)
+                except NotFound:
+                    await self.claim_affinity(node, cidr)
+                    continue
+                spec = current.value.spec
+                index = blocks.ordinal(spec, address)
+                if spec.allocations[index] is not None:
+                    raise AddressInUse(f"Address already assigned in block: {address}")
+                if config.strict_affinity and spec.affinity != host_affinity(node):
+                    raise IPAMError(
+                        f"block {cidr} is not affine to {node} and strict affinity is enabled")
+                new_spec, _ = blocks.assign(spec, 1, handle_id, secondary, ordinals=[index])
+                await self._add_to_handle(handle_id, cidr, 1)
+                try:
+                    await self.store.update(current.value.model_copy(update={"spec": new_spec}),
+                                            revision=current.revision)
+                    return
+                except Conflict:
+                    self.conflicts += 1
+                    await self._add_to_handle(handle_id, cidr, -1)
+            raise TooManyConflicts()
+
+    # -- release -------------------------------------------------------------------------------
+
+    async def release_ips(
+        self, addresses: list[str], *, sequence_numbers: Mapping[str, int] | None = None,
+    ) -> ReleaseResult:
+        """Free addresses. One given with a sequence number (from `get_allocation` or a leak
+        report) is freed only if it was not released and handed out again since."""
+        pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+        by_block: dict[str, list[str]] = defaultdict(list)
+        result = ReleaseResult()
+        all_blocks: list[str] | None = None
+        for text in addresses:
+            ip = str(ipaddress.ip_address(text))
+            pool = pool_of(pools, ip)
+            if pool is not None:
+                by_block[str(block_of(pool, ip))].append(ip)
+                continue
+            # The pool is gone; its blocks may not be.
+            if all_blocks is None:
+                all_blocks = [kv.value.spec.cidr for kv in (await self.store.list("IPAMBlock")).items]
+            holder = next((c for c in all_blocks if ipaddress.ip_address(ip) in ipaddress.ip_network(c)), None)
+            if holder is None:
+                result.unallocated.append(ip)
+            else:
+                by_block[holder].append(ip)
+        seqs = sequence_numbers or {}
+        for cidr, ips in by_block.items():
+            def choose(spec, ips=ips):
+                ordinals = {blocks.ordinal(spec, ip): ip for ip in ips}
+                guard = {o: seqs[ip] for o, ip in ordinals.items() if ip in seqs}
+                return ordinals, guard
+
+            result.merge(await self._release_in_block(cidr, choose, pools, ips))
+        return result
+
+    async def release_by_handle(self, handle_id: str) -> list[str]:
+        """Free every address of `handle_id` and delete the handle; [] when there is none."""
+        key = Key("IPAMHandle", handle_id)
+        try:
+            handle = await self.store.get(key)
+        except NotFound:
+            return []
+        pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+        released: list[str] = []
+        for cidr in list(handle.value.spec.block):
+            def choose(spec):
+                ordinals = blocks.ordinals_of_handle(spec, handle_id)
+                return {o: str(blocks.address(spec, o)) for o in ordinals}, {}
+
+            released += (await self._release_in_block(cidr, choose, pools)).released
+        # Decrements delete the handle at zero; one that overstated (a crash between handle and
+        # block writes) is deleted here.
+        await self._delete_quietly(key)
+        return released
+
+    async def _release_in_block(
+        self, cidr: str, choose: Callable[..., tuple[dict[int, str], dict[int, int]]],
+        pools: list[IPPool], asked: list[str] = (),
+    ) -> ReleaseResult:
+        """Release what `choose(spec)` picks in one block: {ordinal: address} and the sequence
+        numbers to hold some of them to. `asked` is reported unallocated if the block is gone."""
+        key = Key("IPAMBlock", block_name(cidr))
+        for _ in range(self.retries):
+            try:
+                current = await self.store.get(key)
+            except NotFound:
+                return ReleaseResult(unallocated=list(asked))
+            spec = current.value.spec
+            ordinals, guard = choose(spec)
+            outcome = blocks.release(spec, ordinals, guard)
+            result = ReleaseResult(
+                [ordinals[o] for o in outcome.released],
+                [ordinals[o] for o in outcome.already_free],
+                [ordinals[o] for o in outcome.stale],
+            )
+            if not outcome.released:
+                return result
+            drop = blocks.is_empty(outcome.spec) and (
+                spec.affinity is None or not self._pool_still_serves(spec.network, pools))
+            try:
+                if drop:
+                    await self.store.delete(key, revision=current.revision)
+                else:
+                    await self.store.update(current.value.model_copy(update={"spec": outcome.spec}),
+                                            revision=current.revision)
+            except Conflict:
+                self.conflicts += 1
+                continue
+            if drop and spec.affinity_node:
+                await self._delete_quietly(Key("BlockAffinity", affinity_name(spec.affinity_node, cidr)))
+            for handle_id, count in outcome.by_handle.items():
+                await self._add_to_handle(handle_id, cidr, -count)
+            return result
+        raise TooManyConflicts()
+
+    @staticmethod
+    def _pool_still_serves(network: Network, pools: list[IPPool]) -> bool:
+        """An empty affine block stays with its node only while an enabled pool still covers it."""
+        return _in_pools(network, [p for p in pools if not p.spec.disabled])
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get_allocation(self, address: str) -> Allocation | None:
+        """Who holds `address`, or None when it is free or in no block."""
+        ip = ipaddress.ip_address(address)
+        pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+        pool = pool_of(pools, str(ip))
+        if pool is not None:
+            cidrs = [str(block_of(pool, str(ip)))]
+        else:
+            cidrs = [kv.value.spec.cidr for kv in (await self.store.list("IPAMBlock")).items
+                     if ip in kv.value.spec.network]
+        for cidr in cidrs:
+            try:
+                spec = (await self.store.get(Key("IPAMBlock", block_name(cidr)))).value.spec
+            except NotFound:
+                continue
+            index = blocks.ordinal(spec, ip)
+            slot = spec.allocations[index]
+            if slot is None:
+                return None
+            attribute = spec.attributes[slot]
+            return Allocation(
+                str(ip), cidr, attribute.handle_id, dict(attribute.secondary),
+                spec.sequence_number_for_allocation.get(str(index)), spec.affinity,
+            )
+        return None
+
+    async def ips_by_handle(self, handle_id: str) -> list[str]:
+        try:
+            handle = await self.store.get(Key("IPAMHandle", handle_id))
+        except NotFound:
+            return []
+        found = []
+        for cidr in handle.value.spec.block:
+            try:
+                spec = (await self.store.get(Key("IPAMBlock", block_name(cidr)))).value.spec
+            except NotFound:
+                continue
+            found += [str(blocks.address(spec, o)) for o in blocks.ordinals_of_handle(spec, handle_id)]
+        return found
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _node_labels(self, node: str) -> dict[str, str]:
+        try:
+            return (await self.store.get(Key("Node", node))).value.metadata.labels
+        except NotFound:
+            return {}  # a node not registered yet: only all() pools select it
+
+    async def _add_to_handle(self, handle_id: str, cidr: str, delta: int) -> None:
+        key = Key("IPAMHandle", handle_id)
+        for _ in range(self.retries):
+            try:
+                current = await self.store.get(key)
+            except NotFound:
+                if delta <= 0:
+                    return
+                handle = IPAMHandle(metadata=ObjectMeta(name=handle_id),
+                                    spec=IPAMHandleSpec(handle_id=handle_id, block={cidr: delta}))
+                try:
+                    await self.store.create(handle)
+                    return
+                except AlreadyExists:
+                    continue
+            counts = dict(current.value.spec.block)
+            counts[cidr] = counts.get(cidr, 0) + delta
+            if counts[cidr] <= 0:
+                del counts[cidr]
+            try:
+                if counts:
+                    spec = current.value.spec.model_copy(update={"block": counts})
+                    await self.store.update(current.value.model_copy(update={"spec": spec}),
+                                            revision=current.revision)
+                else:
+                    await self.store.delete(key, revision=current.revision)
+                return
+            except Conflict:
+                self.conflicts += 1
+            except NotFound:
+                continue
+        raise TooManyConflicts()
+
+    async def _delete_quietly(self, key: Key) -> None:
+        try:
+            await self.store.delete(key)
+        except NotFound:
+            pass
+
+
+def _in_pools(network: Network, pools: list[IPPool]) -> bool:
+    return any(network.version == p.spec.network.version and network.subnet_of(p.spec.network)  # type: ignore[arg-type]
+               for p in pools)
+
+
+def _requested(pools: list[IPPool], requested: list[str] | None, node: str, version: int) -> list[IPPool]:
+    """The usable pools, narrowed to those requested by name or CIDR."""
+    if not requested:
+        if not pools:
+            raise NoPools(f"no configured percale IPv{version} pools for node {node}")
+        return pools
+    chosen = [p for p in pools if p.metadata.name in requested or p.spec.cidr in requested]
+    missing = sorted(set(requested) - {p.metadata.name for p in chosen} - {p.spec.cidr for p in chosen})
+    if missing:
+        raise NoPools(f"the requested pools {missing} are not usable by node {node} "
+                      "(missing, disabled, wrong family or not selecting the node)")
+    return chosen

@@ -1,0 +1,153 @@
+"""Block arithmetic: the pure part of allocation and release, on IPAMBlockSpec values.
+
+Every function returns a new spec and never changes the one it was given: the allocator keeps the
+value it read until its compare-and-swap succeeds (Calico learned this in PR 12697, where a
+mutated cached block outlived a failed write).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from percale.resources.ipam import AllocationAttribute, IPAMBlockSpec
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def ordinal(spec: IPAMBlockSpec, address: str | Address) -> int:
+    """The index of `address` in the block; ValueError if the block does not hold it."""
+    ip = ipaddress.ip_address(address)
+    net = spec.network
+    if ip not in net:
+        raise ValueError(f"{ip} is not in block {spec.cidr}")
+    return int(ip) - int(net.network_address)
+
+
+def address(spec: IPAMBlockSpec, index: int) -> Address:
+    return spec.network.network_address + index
+
+
+def free_count(spec: IPAMBlockSpec) -> int:
+    return len(spec.unallocated)
+
+
+def is_empty(spec: IPAMBlockSpec) -> bool:
+    return len(spec.unallocated) == len(spec.allocations)
+
+
+def handle_of(spec: IPAMBlockSpec, index: int) -> str | None:
+    slot = spec.allocations[index]
+    return None if slot is None else spec.attributes[slot].handle_id
+
+
+def ordinals_of_handle(spec: IPAMBlockSpec, handle_id: str) -> list[int]:
+    return [i for i, slot in enumerate(spec.allocations)
+            if slot is not None and spec.attributes[slot].handle_id == handle_id]
+
+
+def handle_counts(spec: IPAMBlockSpec) -> Counter[str]:
+    """How many addresses each handle holds in the block."""
+    return Counter(spec.attributes[slot].handle_id for slot in spec.allocations if slot is not None)
+
+
+def _with_attribute(
+    attributes: list[AllocationAttribute], handle_id: str, secondary: Mapping[str, str]
+) -> tuple[list[AllocationAttribute], int]:
+    """The attribute list holding (handle, secondary) once, and its index: allocations made
+    together share one entry, as Calico's findOrAddAttribute keeps them."""
+    wanted = AllocationAttribute(handle_id=handle_id, secondary=dict(secondary))
+    for i, existing in enumerate(attributes):
+        if existing == wanted:
+            return attributes, i
+    return [*attributes, wanted], len(attributes)
+
+
+def assign(
+    spec: IPAMBlockSpec, count: int, handle_id: str, secondary: Mapping[str, str],
+    ordinals: Iterable[int] | None = None,
+) -> tuple[IPAMBlockSpec, list[int]]:
+    """Allocate `count` addresses from the front of the free list (or exactly `ordinals`).
+
+    Returns the new spec and the ordinals taken. Each taken ordinal records the new sequence
+    number, which no other allocation in this block will ever share.
+    """
+    if ordinals is None:
+        taken = spec.unallocated[:count]
+    else:
+        taken = list(ordinals)
+        if any(spec.allocations[o] is not None for o in taken):
+            raise ValueError("an ordinal to assign is already allocated")
+    attributes, slot = _with_attribute(list(spec.attributes), handle_id, secondary)
+    allocations = list(spec.allocations)
+    sequence = spec.sequence_number + 1
+    per_ordinal = dict(spec.sequence_number_for_allocation)
+    for o in taken:
+        allocations[o] = slot
+        per_ordinal[str(o)] = sequence
+    chosen = set(taken)
+    new = spec.model_copy(update={
+        "allocations": allocations,
+        "unallocated": [o for o in spec.unallocated if o not in chosen],
+        "attributes": attributes,
+        "sequence_number": sequence,
+        "sequence_number_for_allocation": per_ordinal,
+    })
+    return new, taken
+
+
+@dataclass(frozen=True)
+class Released:
+    spec: IPAMBlockSpec
+    released: list[int]        # ordinals freed now
+    already_free: list[int]    # ordinals that were free already (release is idempotent)
+    stale: list[int]           # ordinals refused: their sequence number no longer matches
+    by_handle: Counter[str]    # addresses freed per handle, to decrement the handles
+
+
+def release(
+    spec: IPAMBlockSpec, ordinals: Iterable[int], sequence_numbers: Mapping[int, int] | None = None,
+) -> Released:
+    """Free `ordinals`. An ordinal given with a sequence number is freed only if it still carries
+    that number: the address was not released and handed out again since it was observed."""
+    allocations = list(spec.allocations)
+    unallocated = list(spec.unallocated)
+    per_ordinal = dict(spec.sequence_number_for_allocation)
+    released, already_free, stale = [], [], []
+    by_handle: Counter[str] = Counter()
+    for o in dict.fromkeys(ordinals):
+        slot = allocations[o]
+        if slot is None:
+            already_free.append(o)
+            continue
+        if sequence_numbers is not None and o in sequence_numbers \
+                and per_ordinal.get(str(o)) != sequence_numbers[o]:
+            stale.append(o)
+            continue
+        by_handle[spec.attributes[slot].handle_id or ""] += 1
+        allocations[o] = None
+        unallocated.append(o)  # to the back: the longest-free address is reused first
+        per_ordinal.pop(str(o), None)
+        released.append(o)
+    if not released:
+        return Released(spec, [], already_free, stale, by_handle)
+    attributes, allocations = _compact(spec.attributes, allocations)
+    new = spec.model_copy(update={
+        "allocations": allocations,
+        "unallocated": unallocated,
+        "attributes": attributes,
+        "sequence_number": spec.sequence_number + 1,
+        "sequence_number_for_allocation": per_ordinal,
+    })
+    return Released(new, released, already_free, stale, by_handle)
+
+
+def _compact(
+    attributes: list[AllocationAttribute], allocations: list[int | None]
+) -> tuple[list[AllocationAttribute], list[int | None]]:
+    """Drop attributes no allocation points at any more, renumbering the allocations."""
+    used = sorted({slot for slot in allocations if slot is not None})
+    renumber = {old: new for new, old in enumerate(used)}
+    return [attributes[i] for i in used], [None if s is None else renumber[s] for s in allocations]

@@ -1,0 +1,70 @@
+"""Which pools a node may take addresses from, and in what order it tries their blocks."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping
+
+from percale import selector
+from percale.resources import IPPool
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def usable(
+    pools: list[IPPool], version: int, node_labels: Mapping[str, str], use: str = "Workload",
+) -> list[IPPool]:
+    """Enabled pools of the family that allow `use` and whose nodeSelector selects the node."""
+    return [
+        p for p in pools
+        if not p.spec.disabled
+        and p.spec.network.version == version
+        and use in p.spec.allowed_uses
+        and selector.parse(p.spec.node_selector).matches(node_labels)
+    ]
+
+
+def fnv32a(text: str) -> int:
+    """The 32-bit FNV-1a hash: a stable seed per node name across processes and restarts
+    (Python's hash() is randomised per process)."""
+    h = 0x811C9DC5
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def block_count(pool: IPPool) -> int:
+    return 2 ** (pool.spec.block_size - pool.spec.network.prefixlen)
+
+
+def seeded_position(pool: IPPool, node: str, block: Network) -> int:
+    """Where `block` comes in `node`'s walk of the pool (see candidate_blocks)."""
+    size = 2 ** (pool.spec.network.max_prefixlen - pool.spec.block_size)
+    index = (int(block.network_address) - int(pool.spec.network.network_address)) // size
+    return (index - fnv32a(node) % block_count(pool)) % block_count(pool)
+
+
+def candidate_blocks(pool: IPPool, node: str) -> Iterator[Network]:
+    """Every block of the pool, starting at an index seeded by the node's name and wrapping round.
+
+    One node always probes in the same order, so its blocks sit next to each other; different
+    nodes start in different places, so they rarely race for the same block.
+    """
+    count = block_count(pool)
+    start = fnv32a(node) % count
+    base = int(pool.spec.network.network_address)
+    step = 2 ** (pool.spec.network.max_prefixlen - pool.spec.block_size)
+    cls = type(pool.spec.network)
+    for i in range(count):
+        index = (start + i) % count
+        yield cls((base + index * step, pool.spec.block_size))
+
+
+def block_of(pool: IPPool, address: str) -> Network:
+    """The block of `pool` that holds `address`."""
+    return ipaddress.ip_network(f"{address}/{pool.spec.block_size}", strict=False)
+
+
+def pool_of(pools: list[IPPool], address: str) -> IPPool | None:
+    ip = ipaddress.ip_address(address)
+    return next((p for p in pools if ip in p.spec.network), None)
