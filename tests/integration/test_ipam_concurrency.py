@@ -1,0 +1,72 @@
+"""Several processes, each a node, allocating and releasing at once from a small pool on a real
+etcd: blocks run out, nodes borrow from each other, and compare-and-swap must keep every address
+with one owner at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections import defaultdict
+
+import pytest
+
+from percale.datastore.etcd import EtcdDatastore
+from tests.helpers import ipam_worker
+from tests.helpers.ipam_world import add_pool, assert_consistent
+
+pytestmark = pytest.mark.integration
+
+NODES = 4
+
+
+def _in_store(endpoint: str, work):
+    async def main():
+        store = EtcdDatastore([endpoint])
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _no_address_held_twice(intervals) -> None:
+    by_address = defaultdict(list)
+    for address, handle, start, end in intervals:
+        by_address[address].append((start, end, handle))
+    for address, spans in by_address.items():
+        spans.sort()
+        for (s1, e1, h1), (s2, e2, h2) in zip(spans, spans[1:]):
+            assert s2 >= e1, f"{address} held by {h1} and {h2} at once"
+
+
+def _run_nodes(endpoint: str, iterations: int, seed: int, **per_node):
+    start_at = time.time() + 2.5
+    args = [(endpoint, f"node-{i}", iterations, seed + i, start_at,
+             per_node.get("release_all", False), per_node.get("inherited", [{}] * NODES)[i])
+            for i in range(NODES)]
+    with multiprocessing.get_context("spawn").Pool(NODES) as pool:
+        return pool.starmap(ipam_worker.run, args)
+
+
+def test_nodes_allocating_at_once_never_share_an_address(etcd):
+    # 64 addresses in blocks of 8: four nodes claim all eight blocks within moments and then
+    # borrow from each other and run out.
+    _in_store(etcd.endpoint, lambda s: add_pool(s, "small", "10.0.0.0/26", blockSize=29))
+
+    results = _run_nodes(etcd.endpoint, iterations=70, seed=1)
+    _no_address_held_twice([iv for r in results for iv in r["intervals"]])
+    held = {a: h for r in results for h, addrs in r["held"].items() for a in addrs}
+    assert sum(len(addrs) for r in results for addrs in r["held"].values()) == len(held)
+    assert _in_store(etcd.endpoint, assert_consistent) == held, "the store and the nodes disagree"
+    assert sum(r["borrowed"] for r in results) > 0, "no node borrowed; the pool is too big"
+    assert sum(r["exhausted"] for r in results) > 0, "the pool never ran out"
+
+    # Each node releases what it held while the others allocate and release, then lets go of
+    # everything: nothing may remain.
+    results = _run_nodes(etcd.endpoint, iterations=30, seed=100, release_all=True,
+                         inherited=[r["held"] for r in results])
+    _no_address_held_twice([iv for r in results for iv in r["intervals"]])
+    assert _in_store(etcd.endpoint, assert_consistent) == {}
+    assert _in_store(etcd.endpoint, lambda s: s.list("IPAMHandle")).items == []

@@ -1,0 +1,291 @@
+"""The allocator against the memory datastore: order of allocation, borrowing, limits, errors
+that leave nothing behind, release, and claims cut short."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from percale.datastore import Key, MemoryDatastore
+from percale.ipam import blocks
+from percale.ipam.allocator import IPAM, tunnel_handle
+from percale.ipam.errors import (
+    AddressInUse,
+    BlockLimitReached,
+    NoPools,
+    NotInPool,
+    PoolsExhausted,
+    StrictAffinityExhausted,
+)
+from percale.resources import BlockAffinity, ObjectMeta, parse
+from percale.resources.ipam import BlockAffinitySpec, IPAMBlock, affinity_name
+from tests.helpers.ipam_world import add_pool, allocations, assert_consistent
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def store():
+    return MemoryDatastore()
+
+
+async def test_a_node_fills_its_own_block_before_claiming_another(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    ipam = IPAM(store)
+    first = await ipam.auto_assign("n1", handle_id="h1", num4=10, attrs={"pod": "a", "namespace": "ns"})
+    second = await ipam.auto_assign("n1", handle_id="h2", num4=10)
+    assert all(i.network.prefixlen == 28 for i in first.ipv4)
+    nets = {i.network for i in first.ipv4 + second.ipv4}
+    assert len(nets) == 2  # 20 addresses: one /28 filled, then a second one
+    affinities = (await store.list("BlockAffinity", node="n1")).items
+    assert sorted(kv.value.spec.cidr for kv in affinities) == sorted(str(n) for n in nets)
+    assert all(kv.value.spec.state == "confirmed" for kv in affinities)
+    allocation = await ipam.get_allocation(str(first.ipv4[0].ip))
+    assert allocation.handle_id == "h1"
+    assert allocation.attributes["node"] == "n1" and allocation.attributes["pod"] == "a"
+    assert "timestamp" in allocation.attributes
+    await assert_consistent(store)
+
+
+async def test_nodes_get_different_blocks(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    ipam = IPAM(store)
+    a = await ipam.auto_assign("n1", handle_id="h1", num4=1)
+    b = await ipam.auto_assign("n2", handle_id="h2", num4=1)
+    assert a.ipv4[0].network != b.ipv4[0].network
+
+
+async def test_borrowing_when_no_block_is_free(store):
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)  # four blocks of four
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="h1", num4=13)
+    borrowed = await ipam.auto_assign("n2", handle_id="h2", num4=2)
+    assert len(borrowed.ipv4) == 2
+    for iface in borrowed.ipv4:
+        allocation = await ipam.get_allocation(str(iface.ip))
+        assert allocation.block_affinity == "host:n1" and allocation.attributes["node"] == "n2"
+    assert (await store.list("BlockAffinity", node="n2")).items == []
+    await assert_consistent(store)
+
+
+async def test_exhaustion_is_a_clear_error_and_leaves_nothing(store):
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="h1", num4=10)
+    before = await allocations(store)
+    with pytest.raises(PoolsExhausted, match=r"No IPs available in pools: \[10.0.0.0/28\]"):
+        await ipam.auto_assign("n2", handle_id="h2", num4=7)
+    assert await allocations(store) == before
+    with pytest.raises(Exception):
+        await store.get(Key("IPAMHandle", "h2"))
+    await assert_consistent(store)
+
+
+async def test_strict_affinity_forbids_borrowing(store):
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)
+    ipam = IPAM(store)
+    await ipam.set_config(strict_affinity=True)
+    await ipam.auto_assign("n1", handle_id="h1", num4=13)
+    with pytest.raises(StrictAffinityExhausted, match="No more free affine blocks and strict affinity enabled"):
+        await ipam.auto_assign("n2", handle_id="h2", num4=1)
+    await assert_consistent(store)
+
+
+async def test_block_limit_per_node(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=30)
+    ipam = IPAM(store)
+    await ipam.set_config(strict_affinity=True, max_blocks_per_host=2)
+    await ipam.auto_assign("n1", handle_id="h1", num4=8)
+    with pytest.raises(BlockLimitReached, match="limit of 2 blocks reached for this node"):
+        await ipam.auto_assign("n1", handle_id="h2", num4=1)
+    # A per-request cap below the configured one applies too.
+    with pytest.raises(BlockLimitReached, match="limit of 1 blocks"):
+        await ipam.auto_assign("n2", handle_id="h3", num4=5, max_blocks_per_host=1)
+    assert "h3" not in set((await allocations(store)).values())
+
+
+async def test_dual_stack_is_all_or_nothing(store):
+    await add_pool(store, "v4", "10.0.0.0/24")
+    ipam = IPAM(store)
+    with pytest.raises(NoPools, match="IPv6"):
+        await ipam.auto_assign("n1", handle_id="h", num4=1, num6=1)
+    assert await allocations(store) == {}
+    await add_pool(store, "v6", "fd00::/120", blockSize=124)
+    both = await ipam.auto_assign("n1", handle_id="h", num4=1, num6=1)
+    assert len(both.ipv4) == 1 and len(both.ipv6) == 1
+    assert both.ipv6[0].network.prefixlen == 124
+    await assert_consistent(store)
+
+
+async def test_pools_chosen_by_node_selector_and_by_request(store):
+    await add_pool(store, "rack-a", "10.1.0.0/24", nodeSelector="rack == 'a'")
+    await add_pool(store, "everyone", "10.2.0.0/24")
+    await store.create(parse({"apiVersion": "percale.io/v1", "kind": "Node",
+                              "metadata": {"name": "n1", "labels": {"rack": "b"}}, "spec": {}}))
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id="h1", num4=1)
+    assert got.ipv4[0].ip in ipaddress.ip_network("10.2.0.0/24")
+    with pytest.raises(NoPools, match="rack-a"):
+        await ipam.auto_assign("n1", handle_id="h2", num4=1, ipv4_pools=["rack-a"])
+    chosen = await ipam.auto_assign("n1", handle_id="h3", num4=1, ipv4_pools=["10.2.0.0/24"])
+    assert chosen.ipv4[0].ip in ipaddress.ip_network("10.2.0.0/24")
+
+
+async def test_disabled_pool_gives_no_new_addresses_but_releases(store):
+    await add_pool(store, "p", "10.0.0.0/24")
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id="h1", num4=2)
+    pool = await store.get(Key("IPPool", "p"))
+    disabled = pool.value.model_copy(deep=True)
+    disabled.spec.disabled = True
+    await store.update(disabled, revision=pool.revision)
+    with pytest.raises(NoPools):
+        await ipam.auto_assign("n1", handle_id="h2", num4=1)
+    released = await ipam.release_by_handle("h1")
+    assert sorted(released) == sorted(str(i.ip) for i in got.ipv4)
+    # The emptied block of a disabled pool goes back, with its affinity.
+    assert (await store.list("IPAMBlock")).items == []
+    assert (await store.list("BlockAffinity")).items == []
+    await assert_consistent(store)
+
+
+async def test_deleted_pool_addresses_can_still_be_released(store):
+    await add_pool(store, "p", "10.0.0.0/24")
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id="h1", num4=2)
+    await store.delete(Key("IPPool", "p"))
+    result = await ipam.release_ips([str(got.ipv4[0].ip)])
+    assert result.released == [str(got.ipv4[0].ip)]
+    assert await ipam.release_by_handle("h1") == [str(got.ipv4[1].ip)]
+    assert (await store.list("IPAMBlock")).items == []
+    await assert_consistent(store)
+
+
+async def test_assign_a_given_address(store):
+    await add_pool(store, "p", "10.0.0.0/24")
+    ipam = IPAM(store)
+    await ipam.assign_ip("n1", "10.0.0.77", handle_id="fixed", attrs={"pod": "db"})
+    allocation = await ipam.get_allocation("10.0.0.77")
+    assert allocation.handle_id == "fixed" and allocation.block_affinity == "host:n1"
+    with pytest.raises(AddressInUse):
+        await ipam.assign_ip("n2", "10.0.0.77", handle_id="other")
+    with pytest.raises(NotInPool):
+        await ipam.assign_ip("n1", "192.168.9.9", handle_id="x")
+    # The block now belongs to n1, so n1's next allocations come from it.
+    nxt = await ipam.auto_assign("n1", handle_id="h", num4=1)
+    assert nxt.ipv4[0].network == ipaddress.ip_network("10.0.0.64/26")
+    await assert_consistent(store)
+
+
+async def test_release_is_idempotent_and_guarded_by_sequence_numbers(store):
+    await add_pool(store, "p", "10.0.0.0/24")
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id="h1", num4=1)
+    ip = str(got.ipv4[0].ip)
+    seen = await ipam.get_allocation(ip)
+    first = await ipam.release_ips([ip])
+    again = await ipam.release_ips([ip])
+    assert first.released == [ip] and again.unallocated == [ip]
+    # The address goes to someone else; a release holding the old sequence number must not free it.
+    await ipam.assign_ip("n1", ip, handle_id="h2")
+    stale = await ipam.release_ips([ip], sequence_numbers={ip: seen.sequence_number})
+    assert stale.stale == [ip] and (await ipam.get_allocation(ip)).handle_id == "h2"
+    assert await ipam.release_by_handle("h2") == [ip]
+    assert await ipam.release_by_handle("h2") == []
+    assert await ipam.release_ips(["172.16.0.1"]) == type(first)(unallocated=["172.16.0.1"])
+    await assert_consistent(store)
+
+
+async def test_empty_blocks_of_other_nodes_are_reclaimed_only_after_a_minute(store):
+    await add_pool(store, "p", "10.0.0.0/29", blockSize=30)  # two blocks of four
+    clock = Clock()
+    ipam = IPAM(store, clock=clock)
+    await ipam.set_config(strict_affinity=True)
+    await ipam.auto_assign("n1", handle_id="a", num4=8)
+    await ipam.release_by_handle("a")  # n1 keeps both blocks, empty
+    with pytest.raises(StrictAffinityExhausted):
+        await ipam.auto_assign("n2", handle_id="b", num4=1)
+    clock.now += timedelta(minutes=2)
+    got = await ipam.auto_assign("n2", handle_id="b", num4=1)
+    block = ipaddress.ip_network(got.ipv4[0].network)
+    owner = (await store.get(Key("IPAMBlock", str(block).replace("/", "-")))).value.spec.affinity
+    assert owner == "host:n2"
+    assert len((await store.list("BlockAffinity", node="n1")).items) == 1
+    await assert_consistent(store)
+
+
+async def test_a_claim_cut_short_is_finished_by_the_same_node(store):
+    await add_pool(store, "p", "10.0.0.0/24")
+    ipam = IPAM(store)
+    probe = await ipam.auto_assign("n1", handle_id="probe", num4=1)
+    cidr = str(probe.ipv4[0].network)
+    await ipam.release_host_affinities("n1")
+    await ipam.release_by_handle("probe")
+    # The crash: pending affinity written, block created, affinity never confirmed.
+    await store.create(BlockAffinity(metadata=ObjectMeta(name=affinity_name("n1", cidr)),
+                                     spec=BlockAffinitySpec(state="pending", node="n1", cidr=cidr)))
+    await store.create(IPAMBlock.empty(cidr, affinity="host:n1"))
+    got = await ipam.auto_assign("n1", handle_id="h", num4=1)
+    assert str(got.ipv4[0].network) == cidr
+    affinity = await store.get(Key("BlockAffinity", affinity_name("n1", cidr)))
+    assert affinity.value.spec.state == "confirmed"
+    await assert_consistent(store)
+
+
+async def test_releasing_a_nodes_affinities(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="keep", num4=1)
+    await ipam.auto_assign("n1", handle_id="fill", num4=16)
+    await ipam.release_by_handle("fill")
+    await ipam.release_host_affinities("n1")
+    assert (await store.list("BlockAffinity", node="n1")).items == []
+    remaining = [kv.value.spec for kv in (await store.list("IPAMBlock")).items]
+    assert len(remaining) == 1 and remaining[0].affinity is None  # holds "keep", now unaffine
+    await ipam.release_by_handle("keep")
+    assert (await store.list("IPAMBlock")).items == []
+
+
+async def test_concurrent_nodes_in_one_process(store):
+    await add_pool(store, "p", "10.0.0.0/26", blockSize=29)
+    ipam = IPAM(store)
+
+    async def node(n: int) -> list[str]:
+        got = []
+        for i in range(6):
+            a = await ipam.auto_assign(f"n{n}", handle_id=f"h{n}-{i}", num4=1)
+            got.append(str(a.ipv4[0].ip))
+        return got
+
+    results = await asyncio.gather(*(node(n) for n in range(8)))
+    every = [ip for r in results for ip in r]
+    assert len(every) == len(set(every)) == 48
+    held = await assert_consistent(store)
+    assert sorted(held) == sorted(every)
+
+
+def test_tunnel_handles_follow_calicos_names():
+    assert tunnel_handle("node1") == "vxlan-tunnel-addr-node1"
+    assert tunnel_handle("node1", 6) == "vxlan-v6-tunnel-addr-node1"
+
+
+async def test_the_first_free_address_of_a_tunnel_block(store):
+    """Like Calico, a node's tunnel address is normally ordinal 0 of its first block."""
+    await add_pool(store, "p", "10.1.0.0/16", vxlanMode="Always")
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id=tunnel_handle("n1"), num4=1, use="Tunnel",
+                                 attrs={"type": "vxlanTunnelAddress"})
+    assert got.ipv4[0].ip == got.ipv4[0].network.network_address
+    spec = (await store.list("IPAMBlock")).items[0].value.spec
+    assert blocks.handle_of(spec, 0) == "vxlan-tunnel-addr-n1"

@@ -1,0 +1,95 @@
+"""The allocator as a state machine (hypothesis): random allocations and releases by several
+nodes from a small pool, checked after every step against a model and IPAM's invariants."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from percale.datastore import MemoryDatastore
+from percale.ipam.allocator import IPAM
+from percale.ipam.errors import IPAMError
+from tests.helpers.ipam_world import add_pool, assert_consistent
+
+pytestmark = pytest.mark.unit
+
+NODES = ["n1", "n2", "n3"]
+
+
+class Allocator(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.store = MemoryDatastore()
+        self.ipam = IPAM(self.store)
+        self.owned: dict[str, set[str]] = {}  # handle -> addresses, the model
+        self.counter = 0
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    @initialize(strict=st.booleans())
+    def pools(self, strict):
+        # 32 addresses in blocks of 4: blocks run out fast, so claiming, borrowing and
+        # exhaustion all happen.
+        self.run(add_pool(self.store, "v4", "10.0.0.0/27", blockSize=30))
+        self.run(add_pool(self.store, "v6", "fd00::/123", blockSize=126))
+        if strict:
+            self.run(self.ipam.set_config(strict_affinity=True))
+
+    @rule(node=st.sampled_from(NODES), num4=st.integers(0, 6), num6=st.integers(0, 3))
+    def allocate(self, node, num4, num6):
+        if num4 == num6 == 0:
+            return
+        self.counter += 1
+        handle = f"h{self.counter}"
+        try:
+            got = self.run(self.ipam.auto_assign(node, handle_id=handle, num4=num4, num6=num6))
+        except IPAMError:
+            return  # all-or-nothing: the invariant checks that nothing of it remains
+        addresses = {str(i.ip) for i in got.ipv4 + got.ipv6}
+        assert len(got.ipv4) == num4 and len(got.ipv6) == num6
+        for others in self.owned.values():
+            assert not addresses & others, "an address was handed out twice"
+        self.owned[handle] = addresses
+
+    @precondition(lambda self: self.owned)
+    @rule(data=st.data())
+    def release_handle(self, data):
+        handle = data.draw(st.sampled_from(sorted(self.owned)))
+        released = self.run(self.ipam.release_by_handle(handle))
+        assert set(released) == self.owned.pop(handle)
+        assert self.run(self.ipam.release_by_handle(handle)) == []
+
+    @precondition(lambda self: self.owned)
+    @rule(data=st.data())
+    def release_one_address_twice(self, data):
+        handle = data.draw(st.sampled_from(sorted(self.owned)))
+        address = data.draw(st.sampled_from(sorted(self.owned[handle])))
+        first = self.run(self.ipam.release_ips([address]))
+        second = self.run(self.ipam.release_ips([address]))
+        assert first.released == [address] and second.unallocated == [address]
+        self.owned[handle].discard(address)
+        if not self.owned[handle]:
+            del self.owned[handle]
+
+    @rule(node=st.sampled_from(NODES))
+    def node_leaves(self, node):
+        self.run(self.ipam.release_host_affinities(node))
+
+    @invariant()
+    def store_matches_model(self):
+        held = self.run(assert_consistent(self.store))
+        expected = {ip: h for h, ips in self.owned.items() for ip in ips}
+        assert held == expected
+
+    def teardown(self):
+        self.loop.close()
+
+
+Allocator.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+test_allocator_state_machine = Allocator.TestCase
