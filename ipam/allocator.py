@@ -421,6 +421,26 @@ class IPAM:
         for kv in (await self.store.list("BlockAffinity", node=node)).items:
             await self._release_block_affinity(node, kv.value.spec.cidr, require_empty=False)
 
+    async def delete_pool(self, name: str, *, revision: str | None = None) -> KVPair:
+        """Delete an IPPool the way Calico does: disable it (no new blocks or addresses), give up
+        every node's affinity for its blocks (empty blocks go, the others become unaffine and
+        go with their last address), then delete it. Running pods keep their addresses."""
+        key = Key("IPPool", name)
+        pool = await self.store.get(key)
+        if revision is not None and pool.revision != revision:
+            raise Conflict(key, pool)
+        if not pool.value.spec.disabled:
+            disabled = pool.value.model_copy(
+                update={"spec": pool.value.spec.model_copy(update={"disabled": True})})
+            pool = await self.store.update(disabled, revision=pool.revision)
+        network = pool.value.spec.network
+        for kv in (await self.store.list("BlockAffinity")).items:
+            block = ipaddress.ip_network(kv.value.spec.cidr)
+            if _in_pools(block, [pool.value]) and block.version == network.version:
+                await self._release_block_affinity(kv.value.spec.node, kv.value.spec.cidr,
+                                                   require_empty=False)
+        return await self.store.delete(key, revision=pool.revision)
+
     # -- borrowing -----------------------------------------------------------------------------
 
     async def _borrow(

@@ -13,6 +13,7 @@ from typing import Literal
 
 from percale.cli.documents import Document, InputError
 from percale.datastore import Datastore, DatastoreError, Key, KVPair, NotFound
+from percale.ipam.allocator import IPAM
 from percale.resources import IPPool, Resource
 from percale.resources.consistency import check_batch
 
@@ -115,7 +116,7 @@ async def run(store: Datastore, action: Action, documents: list[Document],
                 if current is None:
                     outcome.skipped += 1
                     continue
-                await store.delete(Key.of(resource), revision=resource.metadata.resource_version)
+                await _delete(store, Key.of(resource), resource.metadata.resource_version)
             elif current is None:
                 if action == "replace":
                     raise NotFound(Key.of(resource))
@@ -140,13 +141,20 @@ async def run(store: Datastore, action: Action, documents: list[Document],
     return outcome
 
 
+async def _delete(store: Datastore, key: Key, revision: str | None) -> KVPair:
+    if key.kind == "IPPool":
+        # Blocks and affinities hang off the pool: IPAM takes them down in Calico's order.
+        return await IPAM(store).delete_pool(key.name, revision=revision)
+    return await store.delete(key, revision=revision)
+
+
 async def delete_named(store: Datastore, kind: str, names: list[str], namespace: str | None,
                        skip_not_exists: bool) -> Outcome:
     outcome = Outcome("delete", total=len(names))
     for name in names:
         key = Key(kind, name, namespace)
         try:
-            gone = await store.delete(key)
+            gone = await _delete(store, key, None)
         except NotFound as err:
             if not skip_not_exists:
                 outcome.failed = err
