@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from pydantic import ValidationError
+
 from percale.datastore import AlreadyExists, Conflict, Datastore, Key, KVPair, NotFound
 from percale.ipam import blocks
 from percale.ipam.errors import (
@@ -49,6 +51,7 @@ from percale.resources import (
     ObjectMeta,
 )
 from percale.resources.fields import format_time, parse_time
+from percale.resources.meta import InvalidResource, Problem, validation_problems
 from percale.resources.ipam import (
     DEFAULT_MAX_BLOCKS_PER_HOST,
     BlockAffinitySpec,
@@ -132,18 +135,26 @@ class IPAM:
             return IPAMConfigSpec()
 
     async def set_config(self, **changes: object) -> IPAMConfigSpec:
-        """Change IPAMConfig fields (strict_affinity=..., ...), creating it with defaults first."""
+        """Change IPAMConfig fields (strict_affinity=..., ...), creating it with defaults first.
+        Raises InvalidResource, naming the field, for a combination IPAMConfig forbids."""
+        def validated(base: IPAMConfigSpec) -> IPAMConfigSpec:
+            try:
+                return IPAMConfigSpec.model_validate({**base.model_dump(), **changes})
+            except ValidationError as err:
+                problems = [Problem(f"spec.{p.field}", p.reason) for p in validation_problems(err)]
+                raise InvalidResource("IPAMConfig", "default", problems) from None
+
         for _ in range(self.retries):
             try:
                 current = await self.store.get(Key("IPAMConfig", "default"))
             except NotFound:
-                spec = IPAMConfigSpec.model_validate({**IPAMConfigSpec().model_dump(), **changes})
+                spec = validated(IPAMConfigSpec())
                 try:
                     await self.store.create(IPAMConfig(metadata=ObjectMeta(name="default"), spec=spec))
                     return spec
                 except AlreadyExists:
                     continue
-            spec = IPAMConfigSpec.model_validate({**current.value.spec.model_dump(), **changes})
+            spec = validated(current.value.spec)
             try:
                 await self.store.update(current.value.model_copy(update={"spec": spec}),
                                         revision=current.revision)
@@ -508,31 +519,52 @@ class IPAM:
         report) is freed only if it was not released and handed out again since."""
         pools = [kv.value for kv in (await self.store.list("IPPool")).items]
         by_block: dict[str, list[str]] = defaultdict(list)
-        result = ReleaseResult()
-        all_blocks: list[str] | None = None
+        lost: list[str] = []
         for text in addresses:
             ip = str(ipaddress.ip_address(text))
             pool = pool_of(pools, ip)
-            if pool is not None:
-                by_block[str(block_of(pool, ip))].append(ip)
-                continue
-            # The pool is gone; its blocks may not be.
-            if all_blocks is None:
-                all_blocks = [kv.value.spec.cidr for kv in (await self.store.list("IPAMBlock")).items]
-            holder = next((c for c in all_blocks if ipaddress.ip_address(ip) in ipaddress.ip_network(c)), None)
-            if holder is None:
-                result.unallocated.append(ip)
+            if pool is None:
+                lost.append(ip)
             else:
-                by_block[holder].append(ip)
+                by_block[str(block_of(pool, ip))].append(ip)
         seqs = sequence_numbers or {}
-        for cidr, ips in by_block.items():
-            def choose(spec, ips=ips):
-                ordinals = {blocks.ordinal(spec, ip): ip for ip in ips}
-                guard = {o: seqs[ip] for o, ip in ordinals.items() if ip in seqs}
-                return ordinals, guard
+        result = ReleaseResult()
 
-            result.merge(await self._release_in_block(cidr, choose, pools, ips))
+        async def release_from(cidr: str, ips: list[str]) -> None:
+            def choose(spec):
+                ordinals = {blocks.ordinal(spec, ip): ip for ip in ips}
+                return ordinals, {o: seqs[ip] for o, ip in ordinals.items() if ip in seqs}
+
+            result.merge(await self._release_in_block(cidr, choose, pools))
+
+        for cidr, ips in by_block.items():
+            try:
+                await release_from(cidr, ips)
+            except NotFound:
+                lost += ips
+        # Addresses whose pool is gone, or whose block was cut at another block size (the pool
+        # was recreated): find the block that really holds them.
+        if lost:
+            holders = await self._blocks_holding(lost)
+            for cidr, ips in holders.items():
+                try:
+                    await release_from(cidr, ips)
+                except NotFound:
+                    result.unallocated += ips
+            result.unallocated += [ip for ip in lost if not any(ip in v for v in holders.values())]
         return result
+
+    async def _blocks_holding(self, addresses: list[str]) -> dict[str, list[str]]:
+        """The existing blocks that contain `addresses`, by a scan of every block."""
+        found: dict[str, list[str]] = defaultdict(list)
+        nets = [kv.value.spec.network for kv in (await self.store.list("IPAMBlock")).items
+                if not kv.value.spec.deleted]
+        for text in addresses:
+            ip = ipaddress.ip_address(text)
+            holder = next((n for n in nets if ip in n), None)
+            if holder is not None:
+                found[str(holder)].append(text)
+        return found
 
     async def release_by_handle(self, handle_id: str) -> list[str]:
         """Free every address of `handle_id` and delete the handle; [] when there is none."""
@@ -548,7 +580,10 @@ class IPAM:
                 ordinals = blocks.ordinals_of_handle(spec, handle_id)
                 return {o: str(blocks.address(spec, o)) for o in ordinals}, {}
 
-            released += (await self._release_in_block(cidr, choose, pools)).released
+            try:
+                released += (await self._release_in_block(cidr, choose, pools)).released
+            except NotFound:
+                pass  # the handle overstated: that block holds nothing of it
         # Decrements delete the handle at zero; one that overstated (a crash between handle and
         # block writes) is deleted here.
         await self._delete_quietly(key)
@@ -556,16 +591,13 @@ class IPAM:
 
     async def _release_in_block(
         self, cidr: str, choose: Callable[..., tuple[dict[int, str], dict[int, int]]],
-        pools: list[IPPool], asked: list[str] = (),
+        pools: list[IPPool],
     ) -> ReleaseResult:
         """Release what `choose(spec)` picks in one block: {ordinal: address} and the sequence
-        numbers to hold some of them to. `asked` is reported unallocated if the block is gone."""
+        numbers to hold some of them to. Raises NotFound when there is no such block."""
         key = Key("IPAMBlock", block_name(cidr))
         for _ in range(self.retries):
-            try:
-                current = await self.store.get(key)
-            except NotFound:
-                return ReleaseResult(unallocated=list(asked))
+            current = await self.store.get(key)  # NotFound: the caller decides what that means
             spec = current.value.spec
             ordinals, guard = choose(spec)
             outcome = blocks.release(spec, ordinals, guard)
@@ -606,25 +638,26 @@ class IPAM:
         ip = ipaddress.ip_address(address)
         pools = [kv.value for kv in (await self.store.list("IPPool")).items]
         pool = pool_of(pools, str(ip))
-        if pool is not None:
-            cidrs = [str(block_of(pool, str(ip)))]
-        else:
-            cidrs = [kv.value.spec.cidr for kv in (await self.store.list("IPAMBlock")).items
-                     if ip in kv.value.spec.network]
-        for cidr in cidrs:
-            try:
-                spec = (await self.store.get(Key("IPAMBlock", block_name(cidr)))).value.spec
-            except NotFound:
-                continue
-            index = blocks.ordinal(spec, ip)
-            slot = spec.allocations[index]
-            if slot is None:
-                return None
-            attribute = spec.attributes[slot]
-            return Allocation(
-                str(ip), cidr, attribute.handle_id, dict(attribute.secondary),
-                spec.sequence_number_for_allocation.get(str(index)), spec.affinity,
-            )
+        candidates = [str(block_of(pool, str(ip)))] if pool is not None else []
+        for _ in range(2):
+            for cidr in candidates:
+                try:
+                    spec = (await self.store.get(Key("IPAMBlock", block_name(cidr)))).value.spec
+                except NotFound:
+                    continue
+                if spec.deleted:
+                    continue
+                index = blocks.ordinal(spec, ip)
+                slot = spec.allocations[index]
+                if slot is None:
+                    return None
+                attribute = spec.attributes[slot]
+                return Allocation(
+                    str(ip), cidr, attribute.handle_id, dict(attribute.secondary),
+                    spec.sequence_number_for_allocation.get(str(index)), spec.affinity,
+                )
+            # Not where the pool says: its pool is gone or was cut at another block size.
+            candidates = list(await self._blocks_holding([str(ip)]))
         return None
 
     async def ips_by_handle(self, handle_id: str) -> list[str]:

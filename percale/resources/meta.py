@@ -145,7 +145,8 @@ class InvalidResource(ValueError):
         super().__init__(f"invalid {what}: " + "; ".join(map(str, problems)))
 
 
-def _problems(err: ValidationError) -> list[Problem]:
+def validation_problems(err: ValidationError) -> list[Problem]:
+    """A pydantic error as problems naming the field (wire spelling) and the reason."""
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -181,4 +182,4 @@ def parse(document: Any) -> Resource:
     try:
         return cls.model_validate(document)
     except ValidationError as err:
-        raise InvalidResource(kind, name, _problems(err)) from None
+        raise InvalidResource(kind, name, validation_problems(err)) from None

@@ -37,8 +37,8 @@ def _no_address_held_twice(intervals) -> None:
         by_address[address].append((start, end, handle))
     for address, spans in by_address.items():
         spans.sort()
-        for (s1, e1, h1), (s2, e2, h2) in zip(spans, spans[1:]):
-            assert s2 >= e1, f"{address} held by {h1} and {h2} at once"
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+            assert start >= end, f"{address} held by {first} and {second} at once"
 
 
 def _run_nodes(endpoint: str, iterations: int, seed: int, **per_node):

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from percale.datastore import Key, MemoryDatastore
+from percale.datastore import Key, MemoryDatastore, NotFound
 from percale.ipam import blocks
 from percale.ipam.allocator import IPAM, tunnel_handle
 from percale.ipam.errors import (
@@ -87,7 +87,7 @@ async def test_exhaustion_is_a_clear_error_and_leaves_nothing(store):
     with pytest.raises(PoolsExhausted, match=r"No IPs available in pools: \[10.0.0.0/28\]"):
         await ipam.auto_assign("n2", handle_id="h2", num4=7)
     assert await allocations(store) == before
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         await store.get(Key("IPAMHandle", "h2"))
     await assert_consistent(store)
 
@@ -313,4 +313,29 @@ async def test_deleting_a_pool_releases_its_blocks_in_calicos_order(store):
     await ipam.release_by_handle("running-pod")
     assert all(c.startswith("10.9.") for c in
                (kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items))
+    await assert_consistent(store)
+
+
+async def test_a_forbidden_config_names_the_field_and_changes_nothing(store):
+    from percale.resources import InvalidResource
+
+    ipam = IPAM(store)
+    with pytest.raises(InvalidResource) as caught:
+        await ipam.set_config(max_blocks_per_host=3)
+    assert [(p.field, "strictAffinity" in p.reason) for p in caught.value.problems] == [
+        ("spec.maxBlocksPerHost", True)]
+    assert (await store.list("IPAMConfig")).items == []
+
+
+async def test_addresses_in_blocks_of_an_older_block_size_are_found_and_released(store):
+    """A pool deleted and created again with another blockSize leaves blocks cut the old way."""
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=26)
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id="old", num4=1)
+    ip = str(got.ipv4[0].ip)
+    await store.delete(Key("IPPool", "p"))
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    assert (await ipam.get_allocation(ip)).handle_id == "old"
+    assert (await ipam.release_ips([ip])).released == [ip]
+    assert await ipam.get_allocation(ip) is None
     await assert_consistent(store)
