@@ -5,6 +5,9 @@ imported here, and every write is a compare-and-swap retried only on conflict.
 
     blocks.py     block arithmetic on IPAMBlock values (assign, release, attributes)
     pools.py      which pools a node may use, and the host-seeded order of candidate blocks
-    allocator.py  IPAM: auto-assign, assign a given address, release, affinities
+    allocator.py  IPAM: auto-assign, assign a given address, release, affinities, pool deletion
+    usage.py      utilisation per pool and block, borrowed addresses (percalectl ipam show)
+    check.py      the leak check and its JSON report (percalectl ipam check)
+    gc.py         releasing confirmed leaks and empty blocks, for the agent to run
     errors.py     the IPAM exception tree
 """

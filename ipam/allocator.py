@@ -252,7 +252,9 @@ class IPAM:
             try:
                 current = await self.store.get(key)
             except NotFound:
-                if owner is None:
+                # Recreate the block only while the owner's affinity still stands: if the block
+                # was released meanwhile, creating it would leave a block no affinity claims.
+                if owner is None or not await self._holds_affinity(owner, cidr):
                     return []
                 try:
                     await self.store.create(self._new_block(cidr, owner))
@@ -270,8 +272,9 @@ class IPAM:
             try:
                 await self.store.update(current.value.model_copy(update={"spec": new_spec}),
                                         revision=current.revision)
-            except Conflict:
-                self.conflicts += 1
+            except (Conflict, NotFound) as err:
+                # Someone wrote the block first, or released and deleted it: read it again.
+                self.conflicts += isinstance(err, Conflict)
                 await self._add_to_handle(handle_id, cidr, -count)
                 continue
             except BaseException:
@@ -280,6 +283,13 @@ class IPAM:
             prefix = spec.network.prefixlen
             return [ipaddress.ip_interface(f"{blocks.address(new_spec, o)}/{prefix}") for o in taken]
         raise TooManyConflicts()
+
+    async def _holds_affinity(self, node: str, cidr: str) -> bool:
+        try:
+            affinity = await self.store.get(Key("BlockAffinity", affinity_name(node, cidr)))
+        except NotFound:
+            return False
+        return affinity.value.spec.state == "confirmed"
 
     def _new_block(self, cidr: str, node: str) -> IPAMBlock:
         return IPAMBlock.empty(
@@ -505,8 +515,8 @@ class IPAM:
                     await self.store.update(current.value.model_copy(update={"spec": new_spec}),
                                             revision=current.revision)
                     return
-                except Conflict:
-                    self.conflicts += 1
+                except (Conflict, NotFound) as err:
+                    self.conflicts += isinstance(err, Conflict)
                     await self._add_to_handle(handle_id, cidr, -1)
             raise TooManyConflicts()
 

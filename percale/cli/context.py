@@ -14,6 +14,7 @@ import typer
 from percale.cli.documents import InputError
 from percale.datastore import Datastore, DatastoreError
 from percale.datastore.config import ConfigError, DatastoreConfig, load_config, open_datastore
+from percale.ipam.errors import IPAMError
 
 T = TypeVar("T")
 
@@ -46,5 +47,5 @@ def with_datastore(work: Callable[[Datastore], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except InputError as err:
         raise fail(*err.problems, "No resources were changed.") from None
-    except DatastoreError as err:
+    except (DatastoreError, IPAMError) as err:
         raise fail(f"Failed to execute command: {err}") from None

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
@@ -25,7 +24,6 @@ from percale.cli.context import fail, with_datastore
 from percale.cli.ipam_app import ipam_app
 from percale.datastore import Datastore
 from percale.ipam.allocator import IPAM, Allocation
-from percale.ipam.errors import IPAMError
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.resources import IPAMBlock, IPAMConfigSpec
 from percale.resources.meta import InvalidResource
@@ -34,7 +32,6 @@ USAGE_HEADERS = ("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE")
 BORROWED_HEADERS = ("IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO")
 CONFIG_HEADERS = ("PROPERTY", "VALUE")
 
-T = TypeVar("T")
 
 # -- pure formatting ---------------------------------------------------------------------------
 
@@ -138,16 +135,16 @@ def show(
             address = str(ipaddress.ip_address(ip))
         except ValueError:
             raise fail(f"Error executing command: invalid IP address specified: {ip}") from None
-        allocation = _run(lambda store: IPAM(store).get_allocation(address))
+        allocation = with_datastore(lambda store: IPAM(store).get_allocation(address))
         sys.stdout.write(allocation_report(address, allocation))
     elif show_borrowed:
-        found = _run(_read_blocks)
+        found = with_datastore(_read_blocks)
         sys.stdout.write(borrowed_report(borrowed(found)))
     elif show_configuration:
-        config = _run(lambda store: IPAM(store).get_config())
+        config = with_datastore(lambda store: IPAM(store).get_config())
         sys.stdout.write(ascii_table.render(CONFIG_HEADERS, configuration_rows(config)))
     else:
-        found = _run(_read_usage)
+        found = with_datastore(_read_usage)
         sys.stdout.write(ascii_table.render(USAGE_HEADERS, usage_rows(found, show_blocks)))
 
 
@@ -170,7 +167,7 @@ def configure(
             return [str(p) for p in err.problems]
         return []
 
-    problems = _run(apply)
+    problems = with_datastore(apply)
     if problems:
         raise fail(f"Cannot set StrictAffinity to {go_value(strict)} in IPAMConfig 'default':",
                    *(f"  {p}" for p in problems), "IPAMConfig was not changed.")
@@ -178,14 +175,6 @@ def configure(
 
 
 # -- datastore ---------------------------------------------------------------------------------
-
-
-def _run(work: Callable[[Datastore], Awaitable[T]]) -> T:
-    """with_datastore, with IPAM's own failures (too many conflicts, ...) told the same way."""
-    try:
-        return with_datastore(work)
-    except IPAMError as err:
-        raise fail(f"Failed to execute command: {err}") from None
 
 
 async def _read_blocks(store: Datastore) -> list[IPAMBlock]:

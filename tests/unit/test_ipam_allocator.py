@@ -339,3 +339,38 @@ async def test_addresses_in_blocks_of_an_older_block_size_are_found_and_released
     assert (await ipam.release_ips([ip])).released == [ip]
     assert await ipam.get_allocation(ip) is None
     await assert_consistent(store)
+
+
+class _DeleteBlockBeforeWrite:
+    """A store that releases a block (as garbage collection or another node's reclaim would)
+    between the allocator's read of it and its compare-and-swap write."""
+
+    def __init__(self, store, victim: str):
+        self._store, self.victim, self.armed = store, victim, True
+
+    async def update(self, value, *, revision):
+        if self.armed and value.kind == "IPAMBlock" and value.spec.cidr == self.victim:
+            self.armed = False
+            await IPAM(self._store)._release_block_affinity("n1", self.victim, require_empty=True)
+        return await self._store.update(value, revision=revision)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+async def test_a_block_deleted_under_an_allocation_is_not_recreated_without_its_affinity(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=30)
+    ipam = IPAM(store)
+    for i in range(5):
+        await ipam.auto_assign("n1", handle_id=f"h{i}", num4=1)
+    await ipam.release_by_handle("h4")  # n1's second block is now empty
+    second = sorted(kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items
+                    if blocks.is_empty(kv.value.spec))[0]
+    got = await IPAM(_DeleteBlockBeforeWrite(store, second)).auto_assign("n1", handle_id="new", num4=1)
+    assert len(got.ipv4) == 1
+    held = await assert_consistent(store)
+    assert held[str(got.ipv4[0].ip)] == "new"
+    # Every block with an affinity on it has that affinity confirmed.
+    claimed = {kv.value.spec.cidr for kv in (await store.list("BlockAffinity")).items}
+    assert {kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items
+            if kv.value.spec.affinity} <= claimed

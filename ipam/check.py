@@ -1,0 +1,366 @@
+"""The IPAM leak check: one read-only scan of the datastore, cross-referenced (calico.md §1.9).
+
+`percalectl ipam check` prints it and writes it as a JSON report; the garbage collector
+(`gc.py`) takes its leak candidates from it, and both re-run it just before releasing anything.
+It reads through the datastore contract only and never writes.
+
+Reads, in Calico's order: blocks (every allocation), active pools, Nodes (their tunnel
+addresses), WorkloadEndpoints (their `ipNetworks`), handles. The lists are not one snapshot:
+blocks come first so that an address allocated and wired up while the scan runs is seen in use
+rather than leaked, and a handle written just before its block (the allocator's order) may look
+leaked. That is why nothing is released on the strength of one scan.
+
+Problems, as Calico counts them, plus one of percale's:
+  * allocated but not in use: no WorkloadEndpoint lists the address, and it is not a tunnel
+    address that its Node's spec names;
+  * in use but not allocated: an address a WorkloadEndpoint or Node uses that no block holds,
+    split into "in an active pool" and "in no active pool";
+  * handles with no matching addresses (a crash between the handle and the block write);
+  * handles whose counts overstate what the blocks hold (percale's addition: the same crash on a
+    handle that has other addresses, which Calico's check does not see).
+Handles that blocks mention but that do not exist are reported and, as in Calico, not counted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from percale.datastore import Datastore, KVPair
+from percale.ipam import blocks
+from percale.resources import IPAMBlockSpec, IPPool, Node, WorkloadEndpoint
+
+# The `type` attribute of tunnel addresses (calico.md §1.2); such an address belongs to a Node,
+# not to a workload.
+TUNNEL_TYPES = frozenset({
+    "ipipTunnelAddress", "vxlanTunnelAddress", "vxlanV6TunnelAddress",
+    "wireguardTunnelAddress", "wireguardV6TunnelAddress",
+})
+
+
+def _ip(text: str) -> str:
+    """An address in canonical form, from an address or a CIDR (a WEP lists 10.0.0.5/32)."""
+    return str(ipaddress.ip_interface(text).ip)
+
+
+def ip_order(ip: str) -> tuple[int, int]:
+    address = ipaddress.ip_address(ip)
+    return address.version, int(address)
+
+
+# --------------------------------------------------------------------------------------------
+# What was read
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the check reads, in the order it read it."""
+
+    blocks: list[IPAMBlockSpec]
+    pools: list[IPPool]
+    nodes: list[Node]
+    endpoints: list[WorkloadEndpoint]
+    handles: list[KVPair]
+
+
+async def load(store: Datastore) -> Snapshot:
+    """Read what the check needs. Blocks first, handles last: see the module docstring."""
+    block_specs = [kv.value.spec for kv in (await store.list("IPAMBlock")).items]
+    pools = [kv.value for kv in (await store.list("IPPool")).items]
+    nodes = [kv.value for kv in (await store.list("Node")).items]
+    endpoints = [kv.value for kv in (await store.list("WorkloadEndpoint")).items]
+    handles = (await store.list("IPAMHandle")).items
+    return Snapshot(
+        [b for b in block_specs if not b.deleted], pools, nodes, endpoints,
+        [h for h in handles if not h.value.spec.deleted],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What it means
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Something that uses an address: a workload endpoint or a node's tunnel."""
+
+    kind: Literal["Workload", "Node"]
+    name: str  # namespace/name for a workload, the node's name for a node
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.name})"
+
+
+@dataclass(frozen=True)
+class AllocationInfo:
+    """One allocated address, cross-referenced with its users."""
+
+    ip: str
+    block: str
+    handle: str | None
+    sequence_number: int | None
+    attributes: Mapping[str, str]
+    # The node the address was given to (its `node` attribute), else the block's owner.
+    node: str | None
+    # The node owning the block, None when the block is unaffine.
+    block_node: str | None
+    owners: tuple[Owner, ...]
+    in_use: bool
+
+    @property
+    def type(self) -> str | None:
+        return self.attributes.get("type")
+
+    @property
+    def borrowed(self) -> bool:
+        """Given to a node from a block that node does not own (Calico's definition)."""
+        return (self.node or "") != (self.block_node or "")
+
+    def attr_string(self) -> str:
+        """Calico's `Main:<handle> Extra:k=v,...` rendering of the allocation's attributes."""
+        extra = ",".join(f"{k}={self.attributes[k]}" for k in sorted(self.attributes))
+        return f"Main:{self.handle or '<none>'} Extra:{extra}"
+
+
+@dataclass(frozen=True)
+class HandleInfo:
+    """An IPAMHandle next to what the blocks really hold for it."""
+
+    id: str
+    uid: str | None
+    revision: str
+    recorded: Mapping[str, int]  # the handle's own counts: block CIDR -> addresses
+    actual: Mapping[str, int]    # counted in the blocks
+
+    @property
+    def overstated(self) -> dict[str, tuple[int, int]]:
+        """Blocks where the handle claims more than the block holds: cidr -> (recorded, actual)."""
+        return {cidr: (n, self.actual.get(cidr, 0)) for cidr, n in self.recorded.items()
+                if n > self.actual.get(cidr, 0)}
+
+
+@dataclass
+class Report:
+    blocks: list[IPAMBlockSpec]
+    allocations: dict[str, list[AllocationInfo]]   # ip -> allocations, in address order
+    active_pools: list[str]
+    node_ips: list[tuple[str, Owner]]              # tunnel addresses named by Node specs
+    workload_ips: list[tuple[str, Owner]]          # addresses listed by WorkloadEndpoints
+    in_use: dict[str, list[Owner]]                 # every used address -> its users
+    nodes: frozenset[str]
+    handles: dict[str, HandleInfo]
+    leaked: list[AllocationInfo] = field(default_factory=list)
+    not_in_pool: list[tuple[str, list[Owner]]] = field(default_factory=list)
+    not_allocated: list[tuple[str, list[Owner]]] = field(default_factory=list)
+    leaked_handles: list[HandleInfo] = field(default_factory=list)
+    overstated_handles: list[HandleInfo] = field(default_factory=list)
+    missing_handles: list[str] = field(default_factory=list)
+
+    @property
+    def allocation_count(self) -> int:
+        return sum(len(a) for a in self.allocations.values())
+
+    @property
+    def leaked_ips(self) -> list[str]:
+        return list(dict.fromkeys(a.ip for a in self.leaked))
+
+    @property
+    def handles_with_matches(self) -> int:
+        return sum(1 for h in self.handles.values() if h.actual)
+
+    @property
+    def problems(self) -> int:
+        """Calico's count (leaked addresses, both kinds of unallocated use, handles with no
+        addresses) plus handles that overstate. Missing handles are shown but not counted."""
+        return (len(self.leaked_ips) + len(self.not_in_pool) + len(self.not_allocated)
+                + len(self.leaked_handles) + len(self.overstated_handles))
+
+    def allocations_by_node(self) -> list[tuple[str, int]]:
+        """Nodes by number of allocations, most first (ties by name)."""
+        counts = Counter(a.node or "" for allocs in self.allocations.values() for a in allocs)
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _uses(allocation_type: str | None, node: str | None, owners: list[Owner]) -> bool:
+    """Whether an allocation is in use. A tunnel address is its node's only while that node
+    exists and its spec names the address; anything else is in use when anyone lists it."""
+    if allocation_type in TUNNEL_TYPES and node:
+        return any(o.kind == "Workload" or o.name == node for o in owners)
+    return bool(owners)
+
+
+def _node_ips(node: Node) -> list[str]:
+    spec = node.spec
+    found = [spec.ipv4_vxlan_tunnel_addr, spec.ipv6_vxlan_tunnel_addr,
+             spec.bgp.ipv4_ipip_tunnel_addr if spec.bgp else None]
+    return [_ip(a) for a in found if a]
+
+
+def analyse(snapshot: Snapshot) -> Report:
+    """Cross-reference a snapshot. Pure: the same snapshot always gives the same report."""
+    pools = [p for p in snapshot.pools if not p.spec.disabled]
+    node_ips = [(ip, Owner("Node", n.metadata.name)) for n in snapshot.nodes for ip in _node_ips(n)]
+    workload_ips = [
+        (_ip(net), Owner("Workload", f"{w.metadata.namespace}/{w.metadata.name}"))
+        for w in snapshot.endpoints for net in w.spec.ip_networks
+    ]
+    in_use: dict[str, list[Owner]] = defaultdict(list)
+    for ip, owner in node_ips + workload_ips:
+        in_use[ip].append(owner)
+
+    allocations: dict[str, list[AllocationInfo]] = defaultdict(list)
+    actual: dict[str, Counter[str]] = defaultdict(Counter)
+    for spec in sorted(snapshot.blocks, key=lambda b: ip_order(str(b.network.network_address))):
+        for ordinal, slot in enumerate(spec.allocations):
+            if slot is None:
+                continue
+            attribute = spec.attributes[slot]
+            attrs = dict(attribute.secondary)
+            ip = str(blocks.address(spec, ordinal))
+            node = attrs.get("node") or spec.affinity_node
+            owners = in_use.get(ip, [])
+            allocations[ip].append(AllocationInfo(
+                ip=ip, block=spec.cidr, handle=attribute.handle_id,
+                sequence_number=spec.sequence_number_for_allocation.get(str(ordinal)),
+                attributes=attrs, node=node, block_node=spec.affinity_node,
+                owners=tuple(owners), in_use=_uses(attrs.get("type"), node, owners),
+            ))
+            if attribute.handle_id is not None:
+                actual[attribute.handle_id][spec.cidr] += 1
+    allocations = dict(sorted(allocations.items(), key=lambda kv: ip_order(kv[0])))
+
+    handles = {
+        kv.value.spec.handle_id: HandleInfo(
+            kv.value.spec.handle_id, kv.value.metadata.uid, kv.revision,
+            dict(kv.value.spec.block), dict(actual.get(kv.value.spec.handle_id, {})),
+        )
+        for kv in snapshot.handles
+    }
+    report = Report(
+        blocks=snapshot.blocks, allocations=allocations,
+        active_pools=[p.spec.cidr for p in pools], node_ips=node_ips, workload_ips=workload_ips,
+        in_use=dict(sorted(in_use.items(), key=lambda kv: ip_order(kv[0]))),
+        nodes=frozenset(n.metadata.name for n in snapshot.nodes), handles=handles,
+    )
+    report.leaked = [a for allocs in allocations.values() for a in allocs if not a.in_use]
+    for ip, owners in report.in_use.items():
+        if ip in allocations:
+            continue
+        address = ipaddress.ip_address(ip)
+        if any(address in p.spec.network for p in pools):
+            report.not_allocated.append((ip, owners))
+        else:
+            report.not_in_pool.append((ip, owners))
+    for handle in sorted(handles.values(), key=lambda h: h.id):
+        if not handle.actual:
+            report.leaked_handles.append(handle)
+        elif handle.overstated:
+            report.overstated_handles.append(handle)
+    report.missing_handles = sorted(set(actual) - set(handles))
+    return report
+
+
+async def check(store: Datastore) -> Report:
+    """Scan the datastore now."""
+    return analyse(await load(store))
+
+
+# --------------------------------------------------------------------------------------------
+# The JSON report (`percalectl ipam check -o report.json`)
+#
+# Calico's shape (calico.md §1.9): {version, allocations{ip: [{ip, handle, sequenceNumber, pod,
+# namespace, node, type, creationTimestamp, inUse, borrowed, owners}]}, leakedHandles[{ID, UID,
+# Revision}]}. percale drops the cluster GUID / datastore-lock fields (it has neither; a report
+# from another cluster cannot match a block's sequence numbers, which start at the block's
+# creation time in ns) and adds: `generatedAt`, each allocation's `block`, and for handles their
+# counts (`block`, as in IPAMHandle, and `inBlocks`, what the blocks held), plus
+# `overstatedHandles`. The release re-checks against these before touching anything.
+
+REPORT_FIELDS_OMITTED_WHEN_EMPTY = ("handle", "pod", "namespace", "node", "type", "creationTimestamp")
+
+
+def _allocation_document(a: AllocationInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "ip": a.ip, "block": a.block, "handle": a.handle, "sequenceNumber": a.sequence_number,
+        "pod": a.attributes.get("pod"), "namespace": a.attributes.get("namespace"),
+        "node": a.node, "type": a.type, "creationTimestamp": a.attributes.get("timestamp"),
+        "inUse": a.in_use, "borrowed": a.borrowed, "owners": [str(o) for o in a.owners],
+    }
+    return {k: v for k, v in doc.items()
+            if not (k in REPORT_FIELDS_OMITTED_WHEN_EMPTY and not v)
+            and not (k == "sequenceNumber" and v is None)}
+
+
+def _handle_document(h: HandleInfo) -> dict[str, Any]:
+    return {"ID": h.id, "UID": h.uid, "Revision": h.revision,
+            "block": dict(h.recorded), "inBlocks": dict(h.actual)}
+
+
+def report_document(report: Report, *, version: str, generated_at: str) -> dict[str, Any]:
+    return {
+        "version": version,
+        "generatedAt": generated_at,
+        "allocations": {ip: [_allocation_document(a) for a in allocs]
+                        for ip, allocs in report.allocations.items()},
+        "leakedHandles": [_handle_document(h) for h in report.leaked_handles],
+        "overstatedHandles": [_handle_document(h) for h in report.overstated_handles],
+    }
+
+
+class _ReportModel(BaseModel):
+    # Unknown fields are ignored so that a Calico report's extra metadata does not stop a read.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ReportAllocation(_ReportModel):
+    ip: str
+    block: str | None = None
+    handle: str | None = None
+    sequence_number: int | None = Field(None, alias="sequenceNumber")
+    in_use: bool = Field(alias="inUse")
+
+
+class ReportHandle(_ReportModel):
+    id: str = Field(alias="ID")
+    uid: str | None = Field(None, alias="UID")
+    revision: str = Field(alias="Revision")
+    block: dict[str, int] = Field(default_factory=dict)
+    in_blocks: dict[str, int] = Field(default_factory=dict, alias="inBlocks")
+
+    def as_info(self) -> HandleInfo:
+        return HandleInfo(self.id, self.uid, self.revision, dict(self.block), dict(self.in_blocks))
+
+
+class ReportFile(_ReportModel):
+    version: str
+    generated_at: str | None = Field(None, alias="generatedAt")
+    allocations: dict[str, list[ReportAllocation]]
+    leaked_handles: list[ReportHandle] | None = Field(None, alias="leakedHandles")
+    overstated_handles: list[ReportHandle] | None = Field(None, alias="overstatedHandles")
+
+    def leaks(self) -> list[ReportAllocation]:
+        return [a for allocs in self.allocations.values() for a in allocs if not a.in_use]
+
+
+class ReportError(ValueError):
+    """A report file that cannot be used; the message says which field and why."""
+
+
+def parse_report(document: object) -> ReportFile:
+    try:
+        parsed = ReportFile.model_validate(document)
+        for allocs in parsed.allocations.values():
+            for a in allocs:
+                ipaddress.ip_address(a.ip)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the document"
+        raise ReportError(f"{where}: {first['msg']}") from None
+    except ValueError as err:
+        raise ReportError(str(err)) from None
+    return parsed

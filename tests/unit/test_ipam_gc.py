@@ -1,0 +1,208 @@
+"""The IPAM garbage collector on the memory datastore, with a fake clock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from percale.datastore import Key, MemoryDatastore, NotFound
+from percale.ipam.allocator import IPAM
+from percale.ipam.gc import GarbageCollector
+from percale.resources.ipam import affinity_name, block_name
+from tests.helpers.ipam_pods import add_pod, allocate, endpoint, node
+from tests.helpers.ipam_world import add_pool
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+GRACE = timedelta(minutes=15)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+@pytest.fixture
+async def ipam():
+    store = MemoryDatastore()
+    # /30 blocks (4 addresses) so that a few pods span several blocks.
+    await add_pool(store, "pool1", "10.0.0.0/24", blockSize=30)
+    for name in ("node1", "node2"):
+        await store.create(node(name))
+    return IPAM(store)
+
+
+class Interleaving:
+    """A datastore that runs `hook` once, inside the n-th list of WorkloadEndpoints after
+    arming: a write that lands in the middle of the collector's re-check."""
+
+    def __init__(self, store):
+        self._store = store
+        self._hook = None
+        self._skip = 0
+
+    def arm(self, hook, skip: int = 0) -> None:
+        self._hook, self._skip = hook, skip
+
+    async def list(self, kind, namespace=None, *, node=None):
+        if kind == "WorkloadEndpoint" and self._hook is not None:
+            if self._skip:
+                self._skip -= 1
+            else:
+                hook, self._hook = self._hook, None
+                await hook()
+        return await self._store.list(kind, namespace, node=node)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+async def test_a_leak_is_released_only_after_the_grace_period(ipam):
+    [used] = await add_pod(ipam, "node1", "web")
+    [leaked] = await allocate(ipam, "node1", "crashed")
+    gc = GarbageCollector(ipam)
+    first = await gc.run_once(at(0))
+    assert (first.candidates, first.confirmed, first.released) == (1, 0, 0)
+    assert (await gc.run_once(at(14.99))).released == 0
+    assert await ipam.get_allocation(leaked) is not None
+    done = await gc.run_once(at(15))
+    assert (done.confirmed, done.released) == (1, 1)
+    assert await ipam.get_allocation(leaked) is None
+    assert await ipam.get_allocation(used) is not None
+    # Its handle went with it.
+    assert [kv.value.spec.handle_id for kv in (await ipam.store.list("IPAMHandle")).items] == \
+        [(await ipam.get_allocation(used)).handle_id]
+    assert (await gc.run_once(at(16))).candidates == 0
+    assert gc.total_released == 1
+
+
+async def test_a_leak_on_a_deleted_node_is_released_at_once(ipam):
+    [on_node2] = await allocate(ipam, "node2", "orphan")
+    [unregistered] = await allocate(ipam, "node3", "early")  # node3 never had a Node
+    gc = GarbageCollector(ipam)
+    await gc.run_once(at(0))
+    await ipam.store.delete(Key("Node", "node2"))
+    done = await gc.run_once(at(0.1))
+    assert (done.confirmed, done.released) == (1, 1)
+    assert await ipam.get_allocation(on_node2) is None
+    # A node the collector never saw may just not have registered yet: it gets the grace period.
+    assert await ipam.get_allocation(unregistered) is not None
+    assert (await gc.run_once(at(15))).released == 1
+    assert await ipam.get_allocation(unregistered) is None
+
+
+async def test_a_handle_with_one_valid_address_is_left_whole(ipam):
+    ips = await allocate(ipam, "node1", "db", num4=2)
+    await ipam.store.create(endpoint("node1", "db", ips[:1]))  # only the first is wired up
+    gc = GarbageCollector(ipam)
+    await gc.run_once(at(0))
+    done = await gc.run_once(at(30))
+    assert (done.candidates, done.confirmed, done.released, done.skipped_handles) == (1, 1, 0, 1)
+    assert all([await ipam.get_allocation(ip) for ip in ips])
+
+
+async def test_a_handle_is_released_only_when_every_address_is_confirmed(ipam):
+    [first] = await allocate(ipam, "node1", "db", container_id="c1")
+    gc = GarbageCollector(ipam)
+    await gc.run_once(at(0))
+    # A second ADD for the same container takes another address under the same handle later.
+    [second] = await allocate(ipam, "node1", "db", container_id="c1")
+    done = await gc.run_once(at(15))
+    assert (done.confirmed, done.released, done.skipped_handles) == (1, 0, 1)
+    done = await gc.run_once(at(30))
+    assert done.released == 2
+    assert await ipam.get_allocation(first) is None and await ipam.get_allocation(second) is None
+
+
+async def test_an_address_reallocated_between_rounds_starts_over(ipam):
+    [ip] = await allocate(ipam, "node1", "old")
+    gc = GarbageCollector(ipam)
+    await gc.run_once(at(0))
+    await ipam.release_ips([ip])
+    await ipam.assign_ip("node1", ip, handle_id="k8s-pod-network.new", attrs={"pod": "new"})
+    done = await gc.run_once(at(15))
+    assert (done.candidates, done.confirmed, done.released) == (1, 0, 0)
+    assert (await ipam.get_allocation(ip)).handle_id == "k8s-pod-network.new"
+
+
+async def test_an_address_reallocated_during_the_recheck_is_not_released(ipam):
+    store = Interleaving(ipam.store)
+    gc_ipam = IPAM(store)
+    [ip] = await allocate(ipam, "node1", "old")
+    gc = GarbageCollector(gc_ipam)
+    await gc.run_once(at(0))
+
+    async def reuse():
+        # Between the re-check's read of the blocks and the release: the address is freed and
+        # handed to a new pod whose endpoint is not written yet.
+        await ipam.release_ips([ip])
+        await ipam.assign_ip("node1", ip, handle_id="k8s-pod-network.new", attrs={"pod": "new"})
+
+    store.arm(reuse, skip=1)  # the round's first scan, then the re-check
+    done = await gc.run_once(at(15))
+    assert (done.confirmed, done.released, done.changed) == (1, 0, 1)
+    assert (await ipam.get_allocation(ip)).handle_id == "k8s-pod-network.new"
+
+
+async def test_a_leaked_tunnel_address_of_a_deleted_node_goes_at_once(ipam):
+    got = await ipam.auto_assign("node2", handle_id="vxlan-tunnel-addr-node2", num4=1,
+                                 use="Tunnel", attrs={"type": "vxlanTunnelAddress"})
+    tunnel = str(got.ipv4[0].ip)
+    current = await ipam.store.get(Key("Node", "node2"))
+    await ipam.store.update(node("node2", ipv4VXLANTunnelAddr=tunnel), revision=current.revision)
+    gc = GarbageCollector(ipam)
+    assert (await gc.run_once(at(0))).candidates == 0
+    await ipam.store.delete(Key("Node", "node2"))
+    assert (await gc.run_once(at(1))).released == 1
+    assert await ipam.get_allocation(tunnel) is None
+
+
+async def block_exists(ipam: IPAM, cidr: str) -> bool:
+    try:
+        await ipam.store.get(Key("IPAMBlock", block_name(cidr)))
+        return True
+    except NotFound:
+        return False
+
+
+async def test_an_empty_block_goes_on_the_second_observation_and_the_last_block_stays(ipam):
+    ips = [(await add_pod(ipam, "node1", f"p{i}"))[0] for i in range(9)]  # blocks of 4, 4, 1
+    cidrs = sorted({(await ipam.get_allocation(ip)).block for ip in ips})
+    assert len(cidrs) == 3
+    by_block = {c: [ip for ip in ips if (await ipam.get_allocation(ip)).block == c] for c in cidrs}
+    # Empty two of the three blocks (the pods went away cleanly: addresses and endpoints).
+    for cidr in cidrs[1:]:
+        await ipam.release_ips(by_block[cidr])
+    gc = GarbageCollector(ipam)
+    first = await gc.run_once(at(0))
+    assert (first.empty_blocks, first.released_blocks) == (2, 0)
+    second = await gc.run_once(at(1))
+    assert second.released_blocks == 2
+    assert [await block_exists(ipam, c) for c in cidrs] == [True, False, False]
+    with pytest.raises(NotFound):
+        await ipam.store.get(Key("BlockAffinity", affinity_name("node1", cidrs[1])))
+    # Now the last block empties too: it is kept, however often it is seen.
+    await ipam.release_ips(by_block[cidrs[0]])
+    for minute in (2, 3, 4):
+        done = await gc.run_once(at(minute))
+        assert done.released_blocks == 0
+    assert done.kept_last_blocks == 1
+    assert await block_exists(ipam, cidrs[0])
+    assert gc.total_released_blocks == 2
+
+
+async def test_an_empty_block_that_changed_between_observations_waits_again(ipam):
+    ips = [(await add_pod(ipam, "node1", f"p{i}"))[0] for i in range(5)]  # blocks of 4, 1
+    [last] = ips[4:]
+    cidr = (await ipam.get_allocation(last)).block
+    await ipam.release_ips([last])
+    gc = GarbageCollector(ipam)
+    assert (await gc.run_once(at(0))).empty_blocks == 1
+    # Used and emptied again in between: its sequence number moved, so this is a first sighting.
+    [again] = await allocate(ipam, "node1", "brief")
+    assert (await ipam.get_allocation(again)).block == cidr
+    await ipam.release_ips([again])
+    assert (await gc.run_once(at(1))).released_blocks == 0
+    assert (await gc.run_once(at(2))).released_blocks == 1
+    assert not await block_exists(ipam, cidr)
