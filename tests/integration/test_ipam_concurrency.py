@@ -5,8 +5,13 @@ with one owner at a time."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from collections import defaultdict
 
 import pytest
@@ -41,6 +46,25 @@ def _no_address_held_twice(intervals) -> None:
             assert start >= end, f"{address} held by {first} and {second} at once"
 
 
+def _show_blocks_matches(endpoint: str, held: dict[str, str]) -> None:
+    """`percalectl ipam show --show-blocks` counts, per block, what the nodes say they hold."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "percalectl"), "ipam", "show", "--show-blocks"],
+        env={**os.environ, "ETCD_ENDPOINTS": endpoint}, capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("|")][1:]
+    shown = {cidr: int(in_use.split()[0]) for kind, cidr, _, in_use, _ in rows if kind == "Block"}
+    expected: dict[str, int] = defaultdict(int)
+    for address in held:
+        for cidr in shown:
+            if ipaddress.ip_address(address) in ipaddress.ip_network(cidr):
+                expected[cidr] += 1
+    assert {c: n for c, n in shown.items() if n} == dict(expected)
+    pool_row = next(r for r in rows if r[0] == "IP Pool")
+    assert int(pool_row[3].split()[0]) == len(held)
+
+
 def _run_nodes(endpoint: str, iterations: int, seed: int, **per_node):
     start_at = time.time() + 2.5
     args = [(endpoint, f"node-{i}", iterations, seed + i, start_at,
@@ -62,6 +86,7 @@ def test_nodes_allocating_at_once_never_share_an_address(etcd):
     assert _in_store(etcd.endpoint, assert_consistent) == held, "the store and the nodes disagree"
     assert sum(r["borrowed"] for r in results) > 0, "no node borrowed; the pool is too big"
     assert sum(r["exhausted"] for r in results) > 0, "the pool never ran out"
+    _show_blocks_matches(etcd.endpoint, held)
 
     # Each node releases what it held while the others allocate and release, then lets go of
     # everything: nothing may remain.
