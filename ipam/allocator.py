@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from percale.resources import (
     IPPool,
     ObjectMeta,
 )
-from percale.resources.fields import format_time, parse_time
+from percale.resources.fields import format_time, network_of, parse_time
 from percale.resources.meta import InvalidResource, Problem, validation_problems
 from percale.resources.ipam import (
     DEFAULT_MAX_BLOCKS_PER_HOST,
@@ -114,14 +115,45 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class _ReadCache:
+    """Datastore reads kept for `seconds` (0: none kept), keyed by what was read.
+
+    Only reads that a compare-and-swap later checks, or that may lag briefly without harm (pools,
+    config, a node's labels and blocks), are kept: a stale block costs one conflict, whose error
+    carries the current value; a pool disabled elsewhere is seen within `seconds`.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._entries: dict[tuple[str, str], tuple[float, object]] = {}
+
+    def get(self, kind: str, name: str = "") -> object | None:
+        entry = self._entries.get((kind, name))
+        if entry is None or time.monotonic() - entry[0] > self.seconds:
+            return None
+        return entry[1]
+
+    def put(self, kind: str, name: str, value: object) -> None:
+        if self.seconds > 0:
+            self._entries[(kind, name)] = (time.monotonic(), value)
+
+    def drop(self, kind: str, name: str = "") -> None:
+        self._entries.pop((kind, name), None)
+
+
 class IPAM:
     def __init__(
         self, store: Datastore, *, retries: int = DATASTORE_RETRIES,
-        clock: Callable[[], datetime] = _now,
+        clock: Callable[[], datetime] = _now, cache_seconds: float = 0.0,
     ):
+        """`cache_seconds` > 0 lets a long-running process (the node agent) reuse what it read
+        for that long: steady-state allocation then costs two writes and no reads. Changes made
+        by other processes to pools, IPAMConfig or node labels are seen within that time."""
         self.store = store
         self.retries = retries
         self.clock = clock
+        self._cache = _ReadCache(cache_seconds)
+        self._last_block: dict[str, str] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Conflicts seen since creation: the benchmark's "conflicts per allocation".
         self.conflicts = 0
@@ -129,10 +161,15 @@ class IPAM:
     # -- configuration -------------------------------------------------------------------------
 
     async def get_config(self) -> IPAMConfigSpec:
+        cached = self._cache.get("config")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         try:
-            return (await self.store.get(Key("IPAMConfig", "default"))).value.spec
+            config = (await self.store.get(Key("IPAMConfig", "default"))).value.spec
         except NotFound:
-            return IPAMConfigSpec()
+            config = IPAMConfigSpec()
+        self._cache.put("config", "", config)
+        return config
 
     async def set_config(self, **changes: object) -> IPAMConfigSpec:
         """Change IPAMConfig fields (strict_affinity=..., ...), creating it with defaults first.
@@ -144,6 +181,7 @@ class IPAM:
                 problems = [Problem(f"spec.{p.field}", p.reason) for p in validation_problems(err)]
                 raise InvalidResource("IPAMConfig", "default", problems) from None
 
+        self._cache.drop("config")
         for _ in range(self.retries):
             try:
                 current = await self.store.get(Key("IPAMConfig", "default"))
@@ -179,9 +217,8 @@ class IPAM:
         secondary = {"node": node, "timestamp": format_time(self.clock()),
                      **(attrs or {})}
         async with self._locks[node]:
-            config = await self.get_config()
-            pools = [kv.value for kv in (await self.store.list("IPPool")).items]
-            labels = await self._node_labels(node)
+            config, pools, labels = await asyncio.gather(
+                self.get_config(), self._pools(), self._node_labels(node))
             got: list[Interface] = []
             try:
                 for version, num, requested in ((4, num4, ipv4_pools), (6, num6, ipv6_pools)):
@@ -207,13 +244,17 @@ class IPAM:
     ) -> list[Interface]:
         got: list[Interface] = []
         try:
-            affinities = (await self.store.list("BlockAffinity", node=node)).items
-            owned = [kv.value.spec.cidr for kv in affinities if kv.value.spec.state == "confirmed"]
-            mine = [c for c in owned if _in_pools(ipaddress.ip_network(c), pools)]
+            owned = list(await self._owned(node))
+            mine = [c for c in owned if _in_pools(network_of(c), pools)]
+            # The block that served this node last most likely has room still.
+            mine.sort(key=lambda c: c != self._last_block.get(node))
             for cidr in mine:
                 if len(got) == num:
                     break
-                got += await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
+                taken = await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
+                if taken:
+                    self._last_block[node] = cidr
+                got += taken
 
             limits = [n for n in (config.max_blocks_per_host, max_blocks_per_host) if n > 0]
             cap = min(limits) if limits else DEFAULT_MAX_BLOCKS_PER_HOST
@@ -226,6 +267,7 @@ class IPAM:
                 if cidr is None:
                     break
                 owned.append(cidr)
+                self._last_block[node] = cidr
                 got += await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
 
             if len(got) < num and config.strict_affinity:
@@ -248,38 +290,51 @@ class IPAM:
         that node's; a confirmed affinity whose block is missing (a claim cut short) gets its
         block created now."""
         key = Key("IPAMBlock", block_name(cidr))
+        current: KVPair | None = self._cache.get("block", cidr)  # type: ignore[assignment]
         for _ in range(self.retries):
-            try:
-                current = await self.store.get(key)
-            except NotFound:
-                # Recreate the block only while the owner's affinity still stands: if the block
-                # was released meanwhile, creating it would leave a block no affinity claims.
-                if owner is None or not await self._holds_affinity(owner, cidr):
-                    return []
+            if current is None:
                 try:
-                    await self.store.create(self._new_block(cidr, owner))
-                except AlreadyExists:
-                    pass
-                continue
+                    current = await self.store.get(key)
+                except NotFound:
+                    # Recreate the block only while the owner's affinity still stands: if the
+                    # block was released meanwhile, creating it would leave a block no affinity
+                    # claims.
+                    if owner is None or not await self._holds_affinity(owner, cidr):
+                        return []
+                    try:
+                        await self.store.create(self._new_block(cidr, owner))
+                    except AlreadyExists:
+                        pass
+                    continue
             spec = current.value.spec
             if spec.deleted or (owner is not None and spec.affinity != host_affinity(owner)):
+                self._cache.drop("block", cidr)
                 return []
+            self._cache.put("block", cidr, current)
             count = min(want, blocks.free_count(spec))
             if count == 0:
                 return []
             new_spec, taken = blocks.assign(spec, count, handle_id, secondary)
             await self._add_to_handle(handle_id, cidr, count)
             try:
-                await self.store.update(current.value.model_copy(update={"spec": new_spec}),
-                                        revision=current.revision)
-            except (Conflict, NotFound) as err:
-                # Someone wrote the block first, or released and deleted it: read it again.
-                self.conflicts += isinstance(err, Conflict)
+                written = await self.store.update(
+                    current.value.model_copy(update={"spec": new_spec}), revision=current.revision)
+            except Conflict as err:
+                # Someone wrote the block first; the conflict carries what is stored now.
+                self.conflicts += 1
                 await self._add_to_handle(handle_id, cidr, -count)
+                current = err.current
+                continue
+            except NotFound:
+                # Released and deleted under us: look again.
+                await self._add_to_handle(handle_id, cidr, -count)
+                self._cache.drop("block", cidr)
+                current = None
                 continue
             except BaseException:
                 await asyncio.shield(self._add_to_handle(handle_id, cidr, -count))
                 raise
+            self._cache.put("block", cidr, written)
             prefix = spec.network.prefixlen
             return [ipaddress.ip_interface(f"{blocks.address(new_spec, o)}/{prefix}") for o in taken]
         raise TooManyConflicts()
@@ -357,7 +412,7 @@ class IPAM:
             if current.value.spec.state == "pendingDeletion":
                 return False  # being released right now; let that finish
         try:
-            await self.store.create(self._new_block(cidr, node))
+            self._cache.put("block", cidr, await self.store.create(self._new_block(cidr, node)))
         except AlreadyExists:
             block = await self.store.get(Key("IPAMBlock", block_name(cidr)))
             if block.value.spec.affinity != host_affinity(node):
@@ -365,15 +420,18 @@ class IPAM:
                 return False
         for _ in range(self.retries):
             current = await self.store.get(key)
-            if current.value.spec.state == "confirmed":
-                return True
-            confirmed = current.value.model_copy(
-                update={"spec": current.value.spec.model_copy(update={"state": "confirmed"})})
-            try:
-                await self.store.update(confirmed, revision=current.revision)
-                return True
-            except Conflict:
-                self.conflicts += 1
+            if current.value.spec.state != "confirmed":
+                confirmed = current.value.model_copy(
+                    update={"spec": current.value.spec.model_copy(update={"state": "confirmed"})})
+                try:
+                    await self.store.update(confirmed, revision=current.revision)
+                except Conflict:
+                    self.conflicts += 1
+                    continue
+            owned = self._cache.get("owned", node)
+            if owned is not None and cidr not in owned:  # type: ignore[operator]
+                self._cache.put("owned", node, [*owned, cidr])  # type: ignore[misc]
+            return True
         raise TooManyConflicts()
 
     async def _release_block_affinity(
@@ -384,6 +442,8 @@ class IPAM:
         under us (it is not empty any more, or its sequence number moved)."""
         key = Key("BlockAffinity", affinity_name(node, cidr))
         block_key = Key("IPAMBlock", block_name(cidr))
+        self._cache.drop("owned", node)
+        self._cache.drop("block", cidr)
         for _ in range(self.retries):
             try:
                 block = await self.store.get(block_key)
@@ -447,6 +507,7 @@ class IPAM:
         every node's affinity for its blocks (empty blocks go, the others become unaffine and
         go with their last address), then delete it. Running pods keep their addresses."""
         key = Key("IPPool", name)
+        self._cache.drop("pools")
         pool = await self.store.get(key)
         if revision is not None and pool.revision != revision:
             raise Conflict(key, pool)
@@ -456,7 +517,7 @@ class IPAM:
             pool = await self.store.update(disabled, revision=pool.revision)
         network = pool.value.spec.network
         for kv in (await self.store.list("BlockAffinity")).items:
-            block = ipaddress.ip_network(kv.value.spec.cidr)
+            block = network_of(kv.value.spec.cidr)
             if _in_pools(block, [pool.value]) and block.version == network.version:
                 await self._release_block_affinity(kv.value.spec.node, kv.value.spec.cidr,
                                                    require_empty=False)
@@ -489,7 +550,7 @@ class IPAM:
         secondary = {"node": node, "timestamp": format_time(self.clock()),
                      **(attrs or {})}
         async with self._locks[node]:
-            pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+            pools = await self._pools()
             pool = pool_of(pools, address)
             if pool is None:
                 raise NotInPool(f"{address} is not in any IP pool")
@@ -527,7 +588,7 @@ class IPAM:
     ) -> ReleaseResult:
         """Free addresses. One given with a sequence number (from `get_allocation` or a leak
         report) is freed only if it was not released and handed out again since."""
-        pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+        pools = await self._pools()
         by_block: dict[str, list[str]] = defaultdict(list)
         lost: list[str] = []
         for text in addresses:
@@ -583,7 +644,7 @@ class IPAM:
             handle = await self.store.get(key)
         except NotFound:
             return []
-        pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+        pools = await self._pools()
         released: list[str] = []
         for cidr in list(handle.value.spec.block):
             def choose(spec):
@@ -606,8 +667,10 @@ class IPAM:
         """Release what `choose(spec)` picks in one block: {ordinal: address} and the sequence
         numbers to hold some of them to. Raises NotFound when there is no such block."""
         key = Key("IPAMBlock", block_name(cidr))
+        current: KVPair | None = self._cache.get("block", cidr)  # type: ignore[assignment]
         for _ in range(self.retries):
-            current = await self.store.get(key)  # NotFound: the caller decides what that means
+            if current is None:
+                current = await self.store.get(key)  # NotFound: the caller decides what it means
             spec = current.value.spec
             ordinals, guard = choose(spec)
             outcome = blocks.release(spec, ordinals, guard)
@@ -617,17 +680,30 @@ class IPAM:
                 [ordinals[o] for o in outcome.stale],
             )
             if not outcome.released:
+                if self._cache.get("block", cidr) is current:
+                    # Nothing to free by what we remembered; make sure by reading the store.
+                    self._cache.drop("block", cidr)
+                    current = None
+                    continue
                 return result
             drop = blocks.is_empty(outcome.spec) and (
                 spec.affinity is None or not self._pool_still_serves(spec.network, pools))
             try:
                 if drop:
                     await self.store.delete(key, revision=current.revision)
+                    self._cache.drop("block", cidr)
                 else:
-                    await self.store.update(current.value.model_copy(update={"spec": outcome.spec}),
-                                            revision=current.revision)
-            except Conflict:
+                    written = await self.store.update(
+                        current.value.model_copy(update={"spec": outcome.spec}),
+                        revision=current.revision)
+                    self._cache.put("block", cidr, written)
+            except Conflict as err:
                 self.conflicts += 1
+                current = err.current
+                continue
+            except NotFound:
+                self._cache.drop("block", cidr)
+                current = None
                 continue
             if drop and spec.affinity_node:
                 await self._delete_quietly(Key("BlockAffinity", affinity_name(spec.affinity_node, cidr)))
@@ -646,7 +722,7 @@ class IPAM:
     async def get_allocation(self, address: str) -> Allocation | None:
         """Who holds `address`, or None when it is free or in no block."""
         ip = ipaddress.ip_address(address)
-        pools = [kv.value for kv in (await self.store.list("IPPool")).items]
+        pools = await self._pools()
         pool = pool_of(pools, str(ip))
         candidates = [str(block_of(pool, str(ip)))] if pool is not None else []
         for _ in range(2):
@@ -686,27 +762,52 @@ class IPAM:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    async def _pools(self) -> list[IPPool]:
+        cached = self._cache.get("pools")
+        if cached is None:
+            cached = [kv.value for kv in (await self.store.list("IPPool")).items]
+            self._cache.put("pools", "", cached)
+        return cached  # type: ignore[return-value]
+
+    async def _owned(self, node: str) -> list[str]:
+        """The blocks `node` holds a confirmed affinity for (a pending one counts as absent)."""
+        cached = self._cache.get("owned", node)
+        if cached is None:
+            affinities = (await self.store.list("BlockAffinity", node=node)).items
+            cached = [kv.value.spec.cidr for kv in affinities if kv.value.spec.state == "confirmed"]
+            self._cache.put("owned", node, cached)
+        return cached  # type: ignore[return-value]
+
     async def _node_labels(self, node: str) -> dict[str, str]:
-        try:
-            return (await self.store.get(Key("Node", node))).value.metadata.labels
-        except NotFound:
-            return {}  # a node not registered yet: only all() pools select it
+        cached = self._cache.get("labels", node)
+        if cached is None:
+            try:
+                cached = (await self.store.get(Key("Node", node))).value.metadata.labels
+            except NotFound:
+                cached = {}  # a node not registered yet: only all() pools select it
+            self._cache.put("labels", node, cached)
+        return cached  # type: ignore[return-value]
 
     async def _add_to_handle(self, handle_id: str, cidr: str, delta: int) -> None:
         key = Key("IPAMHandle", handle_id)
+        # Most handles are new (one per pod): try to create before reading.
+        try_create = delta > 0
         for _ in range(self.retries):
-            try:
-                current = await self.store.get(key)
-            except NotFound:
-                if delta <= 0:
-                    return
+            if try_create:
                 handle = IPAMHandle(metadata=ObjectMeta(name=handle_id),
                                     spec=IPAMHandleSpec(handle_id=handle_id, block={cidr: delta}))
                 try:
                     await self.store.create(handle)
                     return
                 except AlreadyExists:
-                    continue
+                    try_create = False
+            try:
+                current = await self.store.get(key)
+            except NotFound:
+                if delta <= 0:
+                    return
+                try_create = True
+                continue
             counts = dict(current.value.spec.block)
             counts[cidr] = counts.get(cidr, 0) + delta
             if counts[cidr] <= 0:

@@ -58,10 +58,11 @@ def _with_attribute(
 ) -> tuple[list[AllocationAttribute], int]:
     """The attribute list holding (handle, secondary) once, and its index: allocations made
     together share one entry, as Calico's findOrAddAttribute keeps them."""
-    wanted = AllocationAttribute(handle_id=handle_id, secondary=dict(secondary))
     for i, existing in enumerate(attributes):
-        if existing == wanted:
+        # Plain field comparisons: this runs over every attribute of the block per allocation.
+        if existing.handle_id == handle_id and existing.secondary == secondary:
             return attributes, i
+    wanted = AllocationAttribute(handle_id=handle_id, secondary=dict(secondary))
     return [*attributes, wanted], len(attributes)
 
 

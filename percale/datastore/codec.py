@@ -40,3 +40,9 @@ def stamped_for_create(value: Resource) -> Resource:
         }
     )
     return value.model_copy(update={"metadata": meta})
+
+
+def with_revision(value: Resource, revision: str) -> Resource:
+    """`value` as stored at `revision`: what a write returns, without decoding what it encoded."""
+    meta = value.metadata.model_copy(update={"resource_version": revision})
+    return value.model_copy(update={"metadata": meta})

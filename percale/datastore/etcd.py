@@ -14,7 +14,7 @@ from aetcd import rpc
 
 from percale.datastore import layout
 from percale.datastore.api import Key, KVPair, ListResult, WatchEvent
-from percale.datastore.codec import decode, encode, stamped_for_create
+from percale.datastore.codec import decode, encode, stamped_for_create, with_revision
 from percale.datastore.errors import AlreadyExists, Conflict, NotFound
 from percale.datastore.etcd_client import EtcdClient, TLSFiles
 from percale.resources import Resource
@@ -84,7 +84,7 @@ class EtcdDatastore:
         if not response.succeeded:
             raise AlreadyExists(key)
         rev = str(response.header.revision)
-        return KVPair(key, decode(key.kind, data, rev), rev)
+        return KVPair(key, with_revision(stored, rev), rev)
 
     async def update(self, value: Resource, *, revision: str | None) -> KVPair:
         key = Key.of(value)
@@ -98,7 +98,7 @@ class EtcdDatastore:
         if not response.succeeded:
             raise Conflict(key, self._current(key, response))
         rev = str(response.header.revision)
-        return KVPair(key, decode(key.kind, data, rev), rev)
+        return KVPair(key, with_revision(value, rev), rev)
 
     async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
         path = layout.path(key).encode()

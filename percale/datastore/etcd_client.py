@@ -73,6 +73,8 @@ class EtcdClient:
         self._timeout = timeout
         self._current = 0
         self._channel: grpc.aio.Channel | None = None
+        # Stubs are cheap but not free to build; one per type and channel.
+        self._stubs: dict[type, tuple[grpc.aio.Channel, object]] = {}
 
     @property
     def endpoint(self) -> str:
@@ -97,10 +99,17 @@ class EtcdClient:
             self._channel = None
         self._current = (self._current + 1) % len(self._endpoints)
 
+    def _stub(self, stub_type: type) -> object:
+        channel = self._open()
+        stub = self._stubs.get(stub_type)
+        if stub is None or stub[0] is not channel:
+            stub = self._stubs[stub_type] = (channel, stub_type(channel))
+        return stub[1]
+
     async def _unary(self, stub_type: type, method: str, request: object) -> object:
         last: grpc.aio.AioRpcError | None = None
         for _ in self._endpoints:
-            call = getattr(stub_type(self._open()), method)
+            call = getattr(self._stub(stub_type), method)
             try:
                 return await call(request, timeout=self._timeout)
             except grpc.aio.AioRpcError as err:

@@ -6,6 +6,7 @@ stored, so a resource read back from the datastore prints exactly as it was appl
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from datetime import datetime, timezone
@@ -213,3 +214,10 @@ def format_time(moment: datetime) -> str:
 def parse_time(text: str) -> datetime:
     """A Timestamp field's value as an aware datetime."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@functools.lru_cache(maxsize=65536)
+def network_of(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The parsed form of a validated CIDR. Parsed once per text: IPAM asks for the networks of
+    its pools and blocks on every allocation, and ip_network is slow enough to show up there."""
+    return ipaddress.ip_network(cidr)

@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
-from percale.resources.fields import CIDR, Timestamp
+from percale.resources.fields import CIDR, network_of, Timestamp
 from percale.resources.ippool import BLOCK_SIZE_RANGE
 from percale.resources.meta import FieldError, Model, ObjectMeta, Resource, register
 from percale.resources.node import Node, NodeName
@@ -148,7 +148,7 @@ class IPAMBlockSpec(Model):
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        return ipaddress.ip_network(self.cidr)
+        return network_of(self.cidr)
 
     @property
     def affinity_node(self) -> str | None:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from percale.resources.fields import CIDR, LINK_LOCAL, Selector
+from percale.resources.fields import CIDR, network_of, LINK_LOCAL, Selector
 from percale.resources.meta import FieldError, Model, ObjectMeta, Resource, register
 
 EncapMode = Literal["Never", "Always", "CrossSubnet"]
@@ -37,7 +37,7 @@ class IPPoolSpec(Model):
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        return ipaddress.ip_network(self.cidr)
+        return network_of(self.cidr)
 
     # Checks that involve one field and the CIDR are field validators, so the error points at
     # that field (spec.blockSize) rather than at the whole spec. They run in declaration order,

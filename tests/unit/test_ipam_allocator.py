@@ -374,3 +374,36 @@ async def test_a_block_deleted_under_an_allocation_is_not_recreated_without_its_
     claimed = {kv.value.spec.cidr for kv in (await store.list("BlockAffinity")).items}
     assert {kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items
             if kv.value.spec.affinity} <= claimed
+
+
+class _Counting:
+    """Counts the datastore calls the allocator makes."""
+
+    def __init__(self, store):
+        self._store, self.calls = store, []
+
+    def __getattr__(self, name):
+        method = getattr(self._store, name)
+
+        async def counted(*args, **kwargs):
+            self.calls.append(name)
+            return await method(*args, **kwargs)
+
+        return counted
+
+
+async def test_a_warm_agent_allocates_with_two_writes_and_no_reads(store):
+    """With cache_seconds (the node agent's setting) an allocation from the node's own block is
+    one handle create and one block compare-and-swap."""
+    await add_pool(store, "p", "10.0.0.0/16")
+    counting = _Counting(store)
+    ipam = IPAM(counting, cache_seconds=60)
+    await ipam.auto_assign("n1", handle_id="warm-up", num4=1)
+    counting.calls.clear()
+    for i in range(5):
+        await ipam.auto_assign("n1", handle_id=f"pod-{i}", num4=1)
+    assert counting.calls == ["create", "update"] * 5
+    counting.calls.clear()
+    await ipam.release_by_handle("pod-0")
+    assert counting.calls == ["get", "update", "get", "delete", "delete"]
+    await assert_consistent(store)

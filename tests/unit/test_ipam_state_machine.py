@@ -1,5 +1,9 @@
 """The allocator as a state machine (hypothesis): random allocations and releases by several
-nodes from a small pool, checked after every step against a model and IPAM's invariants."""
+nodes from a small pool, checked after every step against a model and IPAM's invariants.
+
+Two IPAM objects share the store, as two agents would, and take turns at random; the second
+variant lets both keep what they read (cache_seconds), so each works from stale blocks and
+must still never hand an address out twice."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from percale.datastore import MemoryDatastore
 from percale.ipam.allocator import IPAM
-from percale.ipam.errors import IPAMError
+from percale.ipam.errors import BlockLimitReached, PoolsExhausted, StrictAffinityExhausted
 from tests.helpers.ipam_world import add_pool, assert_consistent
 
 pytestmark = pytest.mark.unit
@@ -21,11 +25,14 @@ NODES = ["n1", "n2", "n3"]
 
 
 class Allocator(RuleBasedStateMachine):
+    cache_seconds = 0.0
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.store = MemoryDatastore()
-        self.ipam = IPAM(self.store)
+        self.agents = [IPAM(self.store, cache_seconds=self.cache_seconds) for _ in range(2)]
+        self.ipam = self.agents[0]
         self.owned: dict[str, set[str]] = {}  # handle -> addresses, the model
         self.counter = 0
 
@@ -41,15 +48,17 @@ class Allocator(RuleBasedStateMachine):
         if strict:
             self.run(self.ipam.set_config(strict_affinity=True))
 
-    @rule(node=st.sampled_from(NODES), num4=st.integers(0, 6), num6=st.integers(0, 3))
-    def allocate(self, node, num4, num6):
+    @rule(node=st.sampled_from(NODES), num4=st.integers(0, 6), num6=st.integers(0, 3),
+          agent=st.integers(0, 1))
+    def allocate(self, node, num4, num6, agent):
+        self.ipam = self.agents[agent]
         if num4 == num6 == 0:
             return
         self.counter += 1
         handle = f"h{self.counter}"
         try:
             got = self.run(self.ipam.auto_assign(node, handle_id=handle, num4=num4, num6=num6))
-        except IPAMError:
+        except (PoolsExhausted, StrictAffinityExhausted, BlockLimitReached):
             return  # all-or-nothing: the invariant checks that nothing of it remains
         addresses = {str(i.ip) for i in got.ipv4 + got.ipv6}
         assert len(got.ipv4) == num4 and len(got.ipv6) == num6
@@ -58,16 +67,18 @@ class Allocator(RuleBasedStateMachine):
         self.owned[handle] = addresses
 
     @precondition(lambda self: self.owned)
-    @rule(data=st.data())
-    def release_handle(self, data):
+    @rule(data=st.data(), agent=st.integers(0, 1))
+    def release_handle(self, data, agent):
+        self.ipam = self.agents[agent]
         handle = data.draw(st.sampled_from(sorted(self.owned)))
         released = self.run(self.ipam.release_by_handle(handle))
         assert set(released) == self.owned.pop(handle)
         assert self.run(self.ipam.release_by_handle(handle)) == []
 
     @precondition(lambda self: self.owned)
-    @rule(data=st.data())
-    def release_one_address_twice(self, data):
+    @rule(data=st.data(), agent=st.integers(0, 1))
+    def release_one_address_twice(self, data, agent):
+        self.ipam = self.agents[agent]
         handle = data.draw(st.sampled_from(sorted(self.owned)))
         address = data.draw(st.sampled_from(sorted(self.owned[handle])))
         first = self.run(self.ipam.release_ips([address]))
@@ -91,5 +102,12 @@ class Allocator(RuleBasedStateMachine):
         self.loop.close()
 
 
-Allocator.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+class CachingAllocator(Allocator):
+    cache_seconds = 3600.0
+
+
+SETTINGS = settings(max_examples=60, stateful_step_count=25, deadline=None)
+Allocator.TestCase.settings = SETTINGS
+CachingAllocator.TestCase.settings = SETTINGS
 test_allocator_state_machine = Allocator.TestCase
+test_caching_allocators_state_machine = CachingAllocator.TestCase

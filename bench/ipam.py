@@ -1,0 +1,630 @@
+"""IPAM benchmark: how close percale's allocator gets to what this machine's etcd can do.
+
+A script, not a test (timings never go into tests): `.venv/bin/python bench/ipam.py [--quick]`.
+It starts its own throwaway etcd (tests/helpers/etcd_server.py) and eight worker processes, then
+measures, against that one etcd, in one run:
+
+  a  etcd create transactions/s from 8 processes, one EtcdClient each: the write ceiling
+  b  IPAM.auto_assign allocations/s with 8 nodes allocating at once, one process per node
+  c  allocation latency p50/p99: from b, and one node allocating sequentially
+  d  compare-and-swap conflicts per allocation, from b
+  e  time to give 100 addresses to a fresh node: sequential calls, and asyncio.gather
+
+Every phase starts from an empty /percale/ prefix. bench/README.md says what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import math
+import multiprocessing
+import os
+import pstats
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+# The throwaway etcd of the tests is the one to reuse; it lives outside the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aetcd import rpc
+
+from percale.datastore.etcd import EtcdDatastore
+from percale.datastore.etcd_client import EtcdClient, prefix_end
+from percale.ipam import blocks
+from percale.ipam.allocator import IPAM
+from percale.resources import IPPool, ObjectMeta
+from percale.resources.ippool import IPPoolSpec
+from tests.helpers.etcd_server import ETCD, EtcdServer
+
+WORKERS = 8
+POOL_CIDR, BLOCK_SIZE = "10.0.0.0/8", 26
+BURST = 100
+VALUE = b"v" * 64
+ROOT = b"/percale/"
+# Time for every worker to get the command and warm its channel before the common start.
+START_LEAD = 1.0
+
+GOAL_RATIO, GOAL_P99_MS, GOAL_CONFLICTS = 0.3, 50.0, 0.1
+
+
+@dataclass(frozen=True)
+class Durations:
+    create: float      # a
+    allocate: float    # b
+    sequential: float  # c, one node
+
+
+FULL = Durations(create=5.0, allocate=10.0, sequential=5.0)
+QUICK = Durations(create=2.0, allocate=4.0, sequential=2.0)
+
+_CREATE = rpc.Compare.CompareTarget.Value("CREATE")
+_EQUAL = rpc.Compare.CompareResult.Value("EQUAL")
+
+
+# -- what a worker process runs ---------------------------------------------------------------
+
+async def _until(start_at: float) -> float:
+    """Sleep until the common wall-clock start; how late this process woke."""
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    return time.time() - start_at
+
+
+async def op_reset(endpoint: str, pool: bool) -> dict:
+    """Delete every percale key in one transaction, compact the history away, and create the
+    benchmark pool if asked, so no phase sees what the one before it wrote."""
+    store = EtcdDatastore([endpoint])
+    try:
+        delete = rpc.DeleteRangeRequest(key=ROOT, range_end=prefix_end(ROOT))
+        response = await store.client.txn([], [rpc.RequestOp(request_delete_range=delete)], [])
+        deleted = response.responses[0].response_delete_range.deleted
+        # etcd slows several-fold with a long uncompacted history (reference/performance.md §2);
+        # its own revision compactor only runs every five minutes, longer than this whole run.
+        await store.client.compact(response.header.revision)
+        if pool:
+            await store.create(IPPool(metadata=ObjectMeta(name="bench"),
+                                      spec=IPPoolSpec(cidr=POOL_CIDR, block_size=BLOCK_SIZE)))
+        return {"deleted": deleted}
+    finally:
+        await store.close()
+
+
+async def op_create_txns(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
+    """Phase a: `create_revision == 0 -> put` on fresh keys, one outstanding txn at a time."""
+    client = EtcdClient([endpoint])
+    try:
+        await client.range(b"/percale/bench/warmup")  # connect before the clock starts
+        late = await _until(start_at)
+        cpu = time.process_time()
+        deadline = start_at + duration
+        count = failed = n = 0
+        latencies = []
+        while time.time() < deadline:
+            key = f"/percale/bench/create/{worker}/{n}".encode()
+            n += 1
+            t = time.perf_counter()
+            response = await client.txn(
+                [rpc.Compare(key=key, target=_CREATE, result=_EQUAL, create_revision=0)],
+                [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))],
+                [],
+            )
+            latencies.append(time.perf_counter() - t)
+            if not response.succeeded:
+                failed += 1
+            elif time.time() <= deadline:
+                count += 1
+        return {"count": count, "failed": failed, "latencies": latencies, "late": late,
+                "cpu": time.process_time() - cpu}
+    finally:
+        await client.close()
+
+
+# The node agent keeps what it read for this long (IPAM cache_seconds); the CNI server in the
+# agent allocates with the same setting, so that is what is measured.
+AGENT_CACHE_SECONDS = 2.0
+PODS_PER_NODE = 640
+
+
+async def op_allocate(endpoint: str, node: str, start_at: float, duration: float) -> dict:
+    """Phases b and c: `node` calls auto_assign for one address, back to back, until the end."""
+    store = EtcdDatastore([endpoint])
+    ipam = IPAM(store, cache_seconds=AGENT_CACHE_SECONDS)
+    try:
+        await store.client.range(b"/percale/bench/warmup")
+        late = await _until(start_at)
+        cpu = time.process_time()
+        deadline = start_at + duration
+        count = n = 0
+        latencies, addresses = [], []
+        errors: Counter[str] = Counter()
+        while time.time() < deadline:
+            n += 1
+            t = time.perf_counter()
+            # A node holds at most 20 blocks (Calico's default cap, 1,280 addresses of /26s);
+            # a fast single node reaches that within seconds, so it moves on to a fresh node
+            # name every PODS_PER_NODE allocations, as pods spread over nodes would.
+            host = f"{node}-{len(addresses) // PODS_PER_NODE}" if len(addresses) >= PODS_PER_NODE else node
+            try:
+                got = await ipam.auto_assign(
+                    host, handle_id=f"k8s-pod-network.{uuid.uuid4().hex}", num4=1,
+                    attrs={"namespace": "bench", "pod": f"{node}-pod-{n}"},
+                )
+            except Exception as err:  # noqa: BLE001 - a failed allocation is a finding, not a crash
+                errors[f"{type(err).__name__}: {err}"[:160]] += 1
+                continue
+            latencies.append(time.perf_counter() - t)
+            addresses += [str(i.ip) for i in got.ipv4]
+            if time.time() <= deadline:
+                count += 1
+        return {"node": node, "count": count, "latencies": latencies, "addresses": addresses,
+                "conflicts": ipam.conflicts, "calls": n, "errors": dict(errors), "late": late,
+                "cpu": time.process_time() - cpu}
+    finally:
+        await store.close()
+
+
+async def op_burst(endpoint: str, node: str, concurrent: bool, profile: bool) -> dict:
+    """Phase e: BURST single-address requests for one fresh node, one after another or all
+    at once on one IPAM object (which serialises them on its per-node lock)."""
+    store = EtcdDatastore([endpoint])
+    ipam = IPAM(store, cache_seconds=AGENT_CACHE_SECONDS)
+    profiler = cProfile.Profile() if profile else None
+    try:
+        await store.client.range(b"/percale/bench/warmup")
+        # Sequential: each call's own latency. Concurrent: when each caller got its address,
+        # counted from the common start, which is what a pod in the burst waits.
+        done: list[float] = []
+        errors: Counter[str] = Counter()
+
+        async def one(i: int, since: float) -> None:
+            try:
+                await ipam.auto_assign(
+                    node, handle_id=f"k8s-pod-network.{uuid.uuid4().hex}", num4=1,
+                    attrs={"namespace": "bench", "pod": f"{node}-pod-{i}"},
+                )
+                done.append(time.perf_counter() - since)
+            except Exception as err:  # noqa: BLE001
+                errors[f"{type(err).__name__}: {err}"[:160]] += 1
+
+        if profiler:
+            profiler.enable()
+        cpu = time.process_time()
+        start = time.perf_counter()
+        if concurrent:
+            await asyncio.gather(*(one(i, start) for i in range(BURST)))
+        else:
+            for i in range(BURST):
+                await one(i, time.perf_counter())
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        if profiler:
+            profiler.disable()
+        report = None
+        if profiler:
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+            report = text.getvalue()
+        return {"elapsed": elapsed, "ok": len(done), "times": done, "conflicts": ipam.conflicts,
+                "errors": dict(errors), "profile": report, "cpu": cpu}
+    finally:
+        await store.close()
+
+
+async def op_census(endpoint: str) -> dict:
+    """What the datastore holds after phase b: allocated addresses, handles, blocks per node."""
+    store = EtcdDatastore([endpoint])
+    try:
+        specs = [kv.value.spec for kv in (await store.list("IPAMBlock")).items]
+        handles = (await store.list("IPAMHandle")).items
+        per_node = Counter(s.affinity_node for s in specs)
+        allocated = sum(len(s.allocations) - blocks.free_count(s) for s in specs)
+        return {"allocated": allocated, "handles": len(handles), "blocks": len(specs),
+                "blocks_per_node": dict(per_node)}
+    finally:
+        await store.close()
+
+
+OPS: dict[str, Callable] = {
+    "reset": op_reset, "create_txns": op_create_txns, "allocate": op_allocate,
+    "burst": op_burst, "census": op_census,
+}
+
+
+def worker_main(conn: Connection, endpoint: str) -> None:
+    """One worker process: runs the parent's commands on its own event loop until told to stop."""
+    # Ctrl-C reaches the whole process group; the parent decides what happens to the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send(("ready", os.getpid()))
+    with asyncio.Runner() as runner:
+        while True:
+            try:
+                name, kwargs = conn.recv()
+            except EOFError:
+                return  # the parent is gone
+            if name == "stop":
+                return
+            try:
+                conn.send(("ok", runner.run(OPS[name](endpoint, **kwargs))))
+            except Exception:  # noqa: BLE001 - sent to the parent, which stops the run
+                conn.send(("error", traceback.format_exc()))
+
+
+# -- the parent: start, command, collect ------------------------------------------------------
+
+class Worker:
+    def __init__(self, ctx: multiprocessing.context.BaseContext, endpoint: str):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, endpoint), daemon=True)
+        self.process.start()
+        child.close()
+
+    def send(self, name: str, **kwargs: object) -> None:
+        self.conn.send((name, kwargs))
+
+    def receive(self, timeout: float) -> object:
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"worker {self.process.pid} did not answer within {timeout:.0f}s")
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"worker {self.process.pid} died "
+                               f"(exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"worker {self.process.pid} failed:\n{value}")
+        return value
+
+    def call(self, name: str, timeout: float = 120.0, **kwargs: object) -> dict:
+        self.send(name, **kwargs)
+        return self.receive(timeout)  # type: ignore[return-value]
+
+    def stop(self, deadline: float) -> None:
+        if self.process.is_alive():
+            try:
+                self.send("stop")
+            except OSError:
+                pass
+            self.process.join(max(0.0, deadline - time.monotonic()))
+        if self.process.is_alive():
+            self.process.terminate()  # by its PID; it is ours
+            self.process.join(5)
+
+
+def start_workers(endpoint: str) -> list[Worker]:
+    # spawn, not fork: each process builds its own gRPC state from scratch.
+    ctx = multiprocessing.get_context("spawn")
+    workers = [Worker(ctx, endpoint) for _ in range(WORKERS)]
+    for w in workers:
+        w.receive(timeout=120)
+    return workers
+
+
+def run_together(workers: list[Worker], name: str, duration: float,
+                 per_worker: Callable[[int], dict], endpoint: str) -> tuple[list[dict], Load]:
+    """Run `name` in every worker from one wall-clock start, so spawn and connect are not timed;
+    the results, and the load from that start until the last worker answered."""
+    start_at = time.time() + START_LEAD
+    for i, w in enumerate(workers):
+        w.send(name, start_at=start_at, duration=duration, **per_worker(i))
+    time.sleep(max(0.0, start_at - time.time()))
+    before = Load.now(endpoint)
+    results = [w.receive(timeout=duration + 120) for w in workers]
+    return results, Load.now(endpoint) - before
+
+
+def measured(endpoint: str, phase: Callable[[], dict]) -> tuple[dict, Load]:
+    before = Load.now(endpoint)
+    result = phase()
+    return result, Load.now(endpoint) - before
+
+
+@dataclass(frozen=True)
+class Load:
+    """Counters read at the start and end of a phase; their difference is the phase's load.
+    etcd's come from its Prometheus /metrics (requests served, its process CPU), the machine's
+    from /proc/stat (CPU seconds busy on all cores), so CPU spent by neither etcd nor the
+    workers shows up too: other work on the machine skews every figure."""
+
+    range: float
+    txn: float
+    etcd_cpu: float
+    machine_cpu: float
+    wall: float
+
+    def __sub__(self, other: Load) -> Load:
+        return Load(*(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__))
+
+    @classmethod
+    def now(cls, endpoint: str) -> Load:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as response:
+                text = response.read().decode()
+        except OSError as err:
+            raise RuntimeError(f"etcd at {endpoint} stopped answering: {err}") from None
+        handled: Counter[str] = Counter()
+        etcd_cpu = 0.0
+        for line in text.splitlines():
+            if m := _KV_HANDLED.match(line):
+                handled[m[1]] += float(m[2])
+            elif line.startswith("process_cpu_seconds_total "):
+                etcd_cpu = float(line.split()[1])
+        return cls(handled["Range"], handled["Txn"], etcd_cpu, _machine_cpu(), time.monotonic())
+
+
+_KV_HANDLED = re.compile(r'^grpc_server_handled_total\{.*grpc_method="(\w+)"'
+                         r'.*grpc_service="etcdserverpb\.KV".*\} (\S+)$')
+
+
+def _machine_cpu() -> float:
+    """CPU seconds spent busy on all cores since boot (everything in /proc/stat but idle and
+    iowait; guest time is already inside user)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def start_etcd() -> EtcdServer:
+    """The tests' throwaway etcd, with revision auto-compaction. EtcdServer has no way to add
+    flags, so they go in as etcd's ETCD_* environment variables, for this one Popen only."""
+    extra = {"ETCD_AUTO_COMPACTION_MODE": "revision", "ETCD_AUTO_COMPACTION_RETENTION": "10000"}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    server = EtcdServer()
+    try:
+        return server.start()
+    except BaseException:
+        server.stop()
+        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile; nan when there are no samples."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def code_version() -> str:
+    """The commit measured, and whether the allocator or the datastore differ from it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                "--untracked-files=no", "--",
+                                "ipam", "percale/datastore", "percale/resources"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "percale (not a git checkout)"
+    return f"percale {commit}{' with uncommitted changes on the measured path' if dirty else ''}"
+
+
+def etcd_version() -> str:
+    try:
+        out = subprocess.run([ETCD, "--version"], check=False, capture_output=True, text=True,
+                             timeout=10).stdout
+        return out.splitlines()[0].replace("etcd Version: ", "etcd ")
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "etcd (version unknown)"
+
+
+def run(args: argparse.Namespace) -> None:
+    d = QUICK if args.quick else FULL
+    began = time.monotonic()
+    server: EtcdServer | None = None
+    workers: list[Worker] = []
+    try:
+        server = start_etcd()
+        progress(f"etcd {server.endpoint} (pid {server.process.pid}), starting {WORKERS} workers")
+        workers = start_workers(server.endpoint)
+        w0 = workers[0]
+
+        progress(f"a  create txns, {WORKERS} processes, {d.create:g} s")
+        w0.call("reset", pool=False)
+        a, load_a = run_together(workers, "create_txns", d.create, lambda i: {"worker": i},
+                                 server.endpoint)
+
+        progress(f"b  auto_assign, {WORKERS} nodes, {d.allocate:g} s")
+        w0.call("reset", pool=True)
+        b, load_b = run_together(workers, "allocate", d.allocate,
+                                 lambda i: {"node": f"node-{i}"}, server.endpoint)
+        census = w0.call("census")
+
+        progress(f"c  auto_assign, 1 node sequential, {d.sequential:g} s")
+        w0.call("reset", pool=True)
+        [c], load_c = run_together([w0], "allocate", d.sequential, lambda i: {"node": "node-0"},
+                                   server.endpoint)
+
+        progress(f"e  {BURST} addresses on a fresh node, sequential then asyncio.gather")
+        w0.call("reset", pool=True)
+        e_seq, load_e_seq = measured(server.endpoint, lambda: w0.call(
+            "burst", node="node-burst", concurrent=False, profile=False))
+        w0.call("reset", pool=True)
+        e_gather, load_e_gather = measured(server.endpoint, lambda: w0.call(
+            "burst", node="node-burst", concurrent=True, profile=False))
+        e_prof = None
+        if args.profile:
+            progress("e  once more, sequential, under cProfile")
+            w0.call("reset", pool=True)
+            e_prof = w0.call("burst", node="node-burst", concurrent=False, profile=True)
+        w0.call("reset", pool=False)
+
+        report(args, d, server, a, b, census, c, e_seq, e_gather, e_prof)
+        where_time_goes([
+            ("a  create txns", a, load_a),
+            (f"b  {WORKERS} nodes", b, load_b),
+            ("c  1 node sequential", [c], load_c),
+            ("e  sequential", [e_seq], load_e_seq),
+            ("e  asyncio.gather", [e_gather], load_e_gather),
+        ])
+        print(f"whole run {time.monotonic() - began:.1f} s")
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short and orphan etcd; every step
+        # below is bounded (etcd gets SIGKILL after 10 s).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # After an error or Ctrl-C the workers may be mid-phase and deaf to "stop": no waiting.
+        deadline = time.monotonic() + (0 if sys.exc_info()[1] else 5)
+        for w in workers:
+            w.stop(deadline)
+        if server is not None:
+            server.stop()
+
+
+def report(args, d: Durations, server: EtcdServer, a: list[dict], b: list[dict], census: dict,
+           c: dict, e_seq: dict, e_gather: dict, e_prof: dict | None) -> None:
+    rate_a = sum(r["count"] for r in a) / d.create
+    lat_a = [x for r in a for x in r["latencies"]]
+    failed_a = sum(r["failed"] for r in a)
+
+    allocs_b = sum(r["count"] for r in b)
+    rate_b = allocs_b / d.allocate
+    lat_b = [x for r in b for x in r["latencies"]]
+    calls_b = sum(len(r["latencies"]) for r in b)
+    conflicts_b = sum(r["conflicts"] for r in b)
+    per_alloc = conflicts_b / calls_b if calls_b else math.nan
+    ratio = rate_b / rate_a if rate_a else math.nan
+    p99_b = percentile(lat_b, 99) * 1000
+
+    rate_c = c["count"] / d.sequential
+    late = max(r["late"] for r in [*a, *b, c])
+
+    rows = [
+        ("a", f"etcd create txns/s, {WORKERS} processes", f"{rate_a:,.0f}/s",
+         f"p50 {ms(percentile(lat_a, 50))} / p99 {ms(percentile(lat_a, 99))} ms per txn", ""),
+        ("b", f"allocations/s, {WORKERS} nodes at once", f"{rate_b:,.1f}/s",
+         f"{allocs_b} allocations in {d.allocate:g} s", ""),
+        ("", "b / a", f"{ratio:.3f}", f"goal >= {GOAL_RATIO}", verdict(ratio >= GOAL_RATIO)),
+        ("c", f"allocation p50 / p99, {WORKERS} nodes",
+         f"{ms(percentile(lat_b, 50))} / {p99_b:.1f} ms", f"goal p99 <= {GOAL_P99_MS:g} ms",
+         verdict(p99_b <= GOAL_P99_MS)),
+        ("", "allocation p50 / p99, 1 node sequential",
+         f"{ms(percentile(c['latencies'], 50))} / {ms(percentile(c['latencies'], 99))} ms",
+         f"{rate_c:,.1f} allocations/s", ""),
+        ("d", f"conflicts per allocation, {WORKERS} nodes", f"{per_alloc:.3f}",
+         f"goal < {GOAL_CONFLICTS} ({conflicts_b} conflicts / {calls_b} calls)",
+         verdict(per_alloc < GOAL_CONFLICTS)),
+        ("e", f"{BURST} addresses on a fresh node, sequential", f"{e_seq['elapsed']:.2f} s",
+         f"p50 {ms(percentile(e_seq['times'], 50))} / p99 {ms(percentile(e_seq['times'], 99))} ms",
+         ""),
+        ("", f"{BURST} addresses, asyncio.gather, one IPAM", f"{e_gather['elapsed']:.2f} s",
+         f"median caller waited {ms(percentile(e_gather['times'], 50))} ms", ""),
+    ]
+    mode = "--quick" if args.quick else "full"
+    print(f"\npercale IPAM benchmark ({mode}): {code_version()}, {etcd_version()} at "
+          f"{server.endpoint}, {os.cpu_count()} CPUs, pool {POOL_CIDR} in /{BLOCK_SIZE} blocks")
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+    print(f"\nb per node:  {'node':8} {'allocs':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+          f"{'conflicts':>9} {'blocks':>6} {'errors':>6}")
+    for r in b:
+        lat = r["latencies"]
+        print(f"             {r['node']:8} {r['count']:>7} {ms(percentile(lat, 50)):>7} "
+              f"{ms(percentile(lat, 99)):>7} {ms(max(lat, default=math.nan)):>7} "
+              f"{r['conflicts']:>9} {census['blocks_per_node'].get(r['node'], 0):>6} "
+              f"{sum(r['errors'].values()):>6}")
+
+    handed_out = [ip for r in b for ip in r["addresses"]]
+    distinct = len(set(handed_out)) == len(handed_out)
+    consistent = census["allocated"] == len(handed_out) == census["handles"]
+    print(f"\ncheck after b: {len(handed_out)} addresses handed out"
+          f" ({'all distinct' if distinct else 'DUPLICATES'}); etcd holds {census['allocated']}"
+          f" allocated in {census['blocks']} blocks and {census['handles']} handles"
+          f" ({'consistent' if consistent else 'INCONSISTENT'})")
+    errors: Counter[str] = Counter()
+    for r in [*b, c]:
+        errors.update(r["errors"])
+    for e in (e_seq, e_gather):
+        errors.update(e["errors"])
+    for text, n in errors.most_common():
+        print(f"error x{n}: {text}")
+    if failed_a:
+        print(f"a: {failed_a} create txns found their fresh key taken")
+    burst_conflicts = e_seq["conflicts"] + e_gather["conflicts"]
+    if burst_conflicts or c["conflicts"]:
+        print(f"conflicts with one node alone: c {c['conflicts']}, e {burst_conflicts}")
+    if late > 0.05:
+        print(f"warning: a worker started {late * 1000:.0f} ms after the common start")
+    if e_prof:
+        print(f"\ncProfile of phase e, sequential ({e_prof['elapsed']:.2f} s under the profiler):")
+        print(e_prof["profile"])
+
+
+def where_time_goes(phases: list[tuple[str, list[dict], Load]]) -> None:
+    """Per operation: etcd requests served, CPU spent by etcd and by the worker processes; and
+    how busy the machine was, and how much of that was neither (other programs, this parent)."""
+    cpus = os.cpu_count() or 1
+    print(f"\nwhere the time goes (per txn in a, per allocation elsewhere; {cpus} CPUs):")
+    print(f"  {'phase':22} {'ops':>6} {'Range/op':>8} {'Txn/op':>7} {'etcd CPU':>9} "
+          f"{'client CPU':>10} {'wall/op':>8} {'machine busy':>12} {'others':>6}")
+    for name, results, load in phases:
+        ops = sum(len(r.get("latencies", r.get("times", []))) for r in results)
+        if not ops:
+            continue
+        clients = sum(r["cpu"] for r in results)
+        capacity = load.wall * cpus
+        others = max(0.0, load.machine_cpu - load.etcd_cpu - clients)
+        print(f"  {name:22} {ops:>6} {load.range / ops:>8.2f} {load.txn / ops:>7.2f} "
+              f"{ms(load.etcd_cpu / ops):>6} ms {ms(clients / ops):>7} ms "
+              f"{ms(load.wall / ops):>5} ms {load.machine_cpu / capacity:>12.0%} "
+              f"{others / capacity:>6.0%}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter phases (about 30 s in all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run phase e sequential under cProfile and print the top")
+    args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so etcd and the workers are stopped either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("interrupted; etcd and workers stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        # A worker's failure arrives here with its traceback in the message.
+        print(f"benchmark stopped: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
