@@ -48,6 +48,8 @@ step percalectl get nodes -o wide
 step percalectl get bgppeers
 step percalectl get bgpconfig
 step percalectl get ippool default-ipv4-ippool -o yaml
+step percalectl ipam show
+step percalectl ipam show --show-configuration
 
 echo
 echo "==> applying what 'get -o yaml' printed changes nothing:"
