@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: Python with venv, a real etcd (server and etcdctl) for the datastore and its
-# tests, iproute2 for the namespaces later issues use, docker-compose to validate docker-compose.yml.
-APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 ca-certificates docker-compose)
+# tests, iproute2 and iputils-ping for the network namespaces of the CNI tests, the reference CNI
+# plugins (bridge, host-local, ptp, portmap) to chain with and measure against, docker-compose to
+# validate docker-compose.yml.
+APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 iputils-ping ca-certificates docker-compose containernetworking-plugins)
 VENV=.venv
 PYTHON=/usr/bin/python3
 

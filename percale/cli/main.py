@@ -14,6 +14,7 @@ import typer
 
 from percale import __version__
 from percale.cli import crud, ipam_check, ipam_show, printer
+from percale.cli.cni_cmd import cni_app
 from percale.cli.context import fail, settings, with_datastore
 from percale.cli.documents import InputError, load
 from percale.cli.ipam_app import ipam_app
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 
 app.add_typer(ipam_app, name="ipam")
+app.add_typer(cni_app, name="cni")
 # Imported for their effect: each module adds its commands to ipam_app.
 _IPAM_COMMANDS = (ipam_show, ipam_check)
 
@@ -37,11 +39,11 @@ _IPAM_COMMANDS = (ipam_show, ipam_check)
 @app.callback()
 def datastore_options(
     config: Annotated[Optional[str], typer.Option(
-        "--config", "-c", help="Datastore config file [default: /etc/percale/percalectl.cfg if it exists]")] = None,
+        "--config", "-c", help="Datastore config file (default: /etc/percale/percalectl.cfg if it exists)")] = None,
     datastore_type: Annotated[Optional[str], typer.Option(
-        help="Datastore type (env PERCALE_DATASTORE_TYPE) [default: etcdv3]")] = None,
+        help="Datastore type (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")] = None,
     etcd_endpoints: Annotated[Optional[str], typer.Option(
-        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) [default: http://127.0.0.1:2379]")] = None,
+        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
     etcd_ca_cert_file: Annotated[Optional[str], typer.Option(
         help="CA certificate for etcd TLS (env ETCD_CA_CERT_FILE)")] = None,
     etcd_cert_file: Annotated[Optional[str], typer.Option(

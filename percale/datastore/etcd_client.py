@@ -83,7 +83,8 @@ class EtcdClient:
     def _open(self) -> grpc.aio.Channel:
         if self._channel is None:
             url = urlsplit(self.endpoint if "//" in self.endpoint else f"http://{self.endpoint}")
-            target = url.netloc
+            # unix:///path/to/socket reaches an etcd listening on a unix socket.
+            target = f"unix:{url.path}" if url.scheme == "unix" else url.netloc
             secure = url.scheme == "https" or (self._tls is not None and self._tls.ca_file)
             if secure:
                 self._channel = grpc.aio.secure_channel(

@@ -1,0 +1,85 @@
+"""`percale-node`: the node agent. Today it serves the CNI plugins; BGP joins it later.
+
+One asyncio process: it opens the datastore, turns on forwarding (pods on this node reach each
+other through the host), listens on the CNI socket, and stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from percale.datastore import DatastoreError
+from percale.datastore.config import ConfigError, load_config, open_datastore
+from percale.ipam.allocator import IPAM
+from percale.node.cni_handlers import CNIHandlers
+from percale.node.cni_server import DEFAULT_SOCKET, serve
+
+log = logging.getLogger("percale.node")
+
+# How long the agent reuses what it read (pools, IPAM config, its blocks): allocation then costs
+# two datastore writes. A pool disabled elsewhere is seen within this time.
+IPAM_CACHE_SECONDS = 2.0
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mtu: int) -> None:
+    store = open_datastore(load_config(**settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+        Path("/proc/sys", path).write_text("1")
+    handlers = CNIHandlers(store, IPAM(store, cache_seconds=IPAM_CACHE_SECONDS), node, mtu or None)
+    await handlers.start()
+    server = await serve(handlers, cni_socket)
+    log.info("percale-node %s serving CNI on %s", node, cni_socket)
+    print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+        Path(cni_socket).unlink(missing_ok=True)
+        handlers.close()
+        await store.close()
+
+
+@app.command()
+def main(
+    node_name: Annotated[Optional[str], typer.Option(
+        envvar="NODENAME", help="This node's name (default: the host name)")] = None,
+    cni_socket: Annotated[str, typer.Option(
+        envvar="PERCALE_CNI_SOCKET", help="Unix socket the CNI plugins talk to")] = DEFAULT_SOCKET,
+    mtu: Annotated[int, typer.Option(help="Pod MTU; 0 detects it from the underlay")] = 0,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Datastore config file")] = None,
+    etcd_endpoints: Annotated[Optional[str], typer.Option(
+        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
+    etcd_ca_cert_file: Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")] = None,
+    etcd_cert_file: Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")] = None,
+    etcd_key_file: Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the percale node agent (CNI server) until SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = {"config_file": config, "etcd_endpoints": etcd_endpoints,
+                "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
+                "etcd_key_file": etcd_key_file}
+    try:
+        asyncio.run(run(node_name or socket.gethostname(), cni_socket, settings, mtu))
+    except (ConfigError, DatastoreError, OSError) as err:
+        typer.echo(f"percale-node: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+def entry() -> None:
+    app()

@@ -1,0 +1,200 @@
+"""The pod's kernel side, as Calico wires it: a veth pair, the pod's /32 (and /128), a link-local
+gateway answered by proxy ARP on the host side, and a host route to the pod.
+
+    pod netns:  eth0  10.244.3.7/32
+                169.254.1.1 dev eth0 scope link
+                default via 169.254.1.1 dev eth0
+    host:       pcl<hash>  (mac ee:ee:ee:ee:ee:ee, proxy_arp=1, no address)
+                10.244.3.7 dev pcl<hash> scope link proto percale
+
+Owner: this module owns the host veths and the /32 (/128) host routes of pods, all tagged with
+ROUTE_PROTOCOL; nothing else in percale touches them. Functions here block (netlink); the CNI
+handlers run them in worker processes (see cni_handlers.DATAPLANE_WORKERS for why).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+# Every route percale programs carries this protocol number, so percale reconciles only its own
+# routes (kube-router and Calico's felix learned to do this the hard way).
+ROUTE_PROTOCOL = 201
+HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = "169.254.1.1"
+# The link-local address the kernel gives a host veth with HOST_VETH_MAC (EUI-64).
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+HOST_VETH_PREFIX = "pcl"
+_SCOPE_LINK = 253
+_IFA_F_NODAD = 0x02
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class DataplaneError(Exception):
+    """The kernel refused a step; whatever this module had set up is gone again."""
+
+
+class InterfaceExists(DataplaneError):
+    pass
+
+
+def host_veth_name(namespace: str, pod: str) -> str:
+    """pcl + 12 hex digits of SHA-1("<namespace>.<pod>"): stable for a pod across restarts and
+    container IDs, so DEL finds it from the pod's name alone; 15 characters, the kernel's limit."""
+    return HOST_VETH_PREFIX + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PodLink:
+    host_name: str
+    host_mac: str
+    container_name: str
+    container_mac: str
+    mtu: int
+
+
+def _sysctl(path: str, value: str) -> None:
+    Path("/proc/sys", path).write_text(value)
+
+
+def warm_up() -> None:
+    """Open and close one netlink socket, so a worker's first pod pays no start-up cost."""
+    with IPRoute() as ipr:
+        ipr.get_links()
+
+
+def detect_mtu() -> int:
+    """The MTU of the interface that carries the default route (the underlay), else 1500."""
+    with IPRoute() as ipr:
+        for family in (2, 10):
+            for route in ipr.get_default_routes(family=family):
+                oif = route.get_attr("RTA_OIF")
+                if oif:
+                    links = ipr.get_links(oif)
+                    if links:
+                        return int(links[0].get_attr("IFLA_MTU"))
+    return 1500
+
+
+def set_up(netns: str, ifname: str, host_name: str, addresses: list[Interface], mtu: int) -> PodLink:
+    """Wire the pod in `netns`; raises InterfaceExists or DataplaneError having undone its work."""
+    v6 = any(a.version == 6 for a in addresses)
+    with IPRoute() as host:
+        stale = host.link_lookup(ifname=host_name)
+        try:
+            with IPRoute(netns=netns) as pod:
+                if pod.link_lookup(ifname=ifname):
+                    raise InterfaceExists(f"the container already has an interface named {ifname}")
+                if stale:
+                    # A host veth left by an earlier ADD of this pod: its container is gone.
+                    host.link("del", index=stale[0])
+                # The peer is born inside the pod's netns under its final name.
+                host.link("add", ifname=host_name, kind="veth", address=HOST_VETH_MAC, mtu=mtu,
+                          peer={"ifname": ifname, "net_ns_fd": netns, "mtu": mtu})
+                host_index = host.link_lookup(ifname=host_name)[0]
+                _host_sysctls(host_name, v6)
+                host.link("set", index=host_index, state="up")
+
+                index = pod.link_lookup(ifname=ifname)[0]
+                pod.link("set", index=index, state="up")
+                for address in addresses:
+                    prefix = 32 if address.version == 4 else 128
+                    pod.addr("add", index=index, address=str(address.ip), prefixlen=prefix,
+                             flags=_IFA_F_NODAD if address.version == 6 else 0)
+                if any(a.version == 4 for a in addresses):
+                    pod.route("add", dst=f"{GATEWAY_V4}/32", oif=index, scope=_SCOPE_LINK)
+                    pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=index)
+                if v6:
+                    pod.route("add", dst="::/0", gateway=GATEWAY_V6, oif=index)
+                container_mac = pod.get_links(index)[0].get_attr("IFLA_ADDRESS")
+
+                for address in addresses:
+                    _route_to_pod(host, address, host_index, host_name)
+        except InterfaceExists:
+            raise
+        except (NetlinkError, OSError, IndexError) as err:
+            _delete(host, host_name)
+            raise DataplaneError(f"setting up {ifname} in {netns}: {err}") from None
+        except BaseException:
+            _delete(host, host_name)
+            raise
+    return PodLink(host_name, HOST_VETH_MAC, ifname, container_mac, mtu)
+
+
+def _host_sysctls(host_name: str, v6: bool) -> None:
+    # Proxy ARP makes the host answer for 169.254.1.1 with its own MAC, without an address on
+    # the veth; no delay, or the pod's first packets wait for the proxy timer.
+    _sysctl(f"net/ipv4/conf/{host_name}/proxy_arp", "1")
+    _sysctl(f"net/ipv4/neigh/{host_name}/proxy_delay", "0")
+    _sysctl(f"net/ipv4/conf/{host_name}/forwarding", "1")
+    if v6:
+        _sysctl(f"net/ipv6/conf/{host_name}/proxy_ndp", "1")
+        _sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0")
+        _sysctl(f"net/ipv6/conf/{host_name}/forwarding", "1")
+
+
+def _route_to_pod(host: IPRoute, address: Interface, host_index: int, host_name: str) -> None:
+    prefix = 32 if address.version == 4 else 128
+    dst = f"{address.ip}/{prefix}"
+    try:
+        host.route("add", dst=dst, oif=host_index, scope=_SCOPE_LINK, proto=ROUTE_PROTOCOL)
+    except NetlinkError as err:
+        if err.code != errno.EEXIST:
+            raise
+        # Calico refuses too: the address is already routed to another interface (a blackhole
+        # for a /32 block, another pod), and replacing that route would steal traffic.
+        raise DataplaneError(f"{dst} is already routed elsewhere; not replacing that route") from None
+
+
+def _delete(host: IPRoute, host_name: str) -> bool:
+    try:
+        host.link("del", ifname=host_name)
+        return True
+    except NetlinkError as err:
+        if err.code in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise
+
+
+def tear_down(host_name: str) -> bool:
+    """Delete the pod's veth pair (the pod side and the host routes go with it). False if it was
+    already gone."""
+    with IPRoute() as host:
+        return _delete(host, host_name)
+
+
+def check(netns: str, ifname: str, host_name: str, addresses: list[Interface]) -> list[str]:
+    """What differs from what set_up leaves behind; [] when the pod is wired as it should be."""
+    problems: list[str] = []
+    with IPRoute() as host:
+        found = host.link_lookup(ifname=host_name)
+        if not found:
+            return [f"host interface {host_name} is missing"]
+        routes = {(r.get_attr("RTA_DST"), r.get_attr("RTA_OIF"))
+                  for family in (2, 10) for r in host.get_routes(family=family, proto=ROUTE_PROTOCOL)}
+        for address in addresses:
+            if (str(address.ip), found[0]) not in routes:
+                problems.append(f"host route to {address.ip} via {host_name} is missing")
+    if not Path(netns).exists():
+        return problems + [f"network namespace {netns} is gone"]
+    with IPRoute(netns=netns) as pod:
+        index = pod.link_lookup(ifname=ifname)
+        if not index:
+            return problems + [f"container interface {ifname} is missing"]
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=index[0])}
+        for address in addresses:
+            want = (str(address.ip), 32 if address.version == 4 else 128)
+            if want not in have:
+                problems.append(f"address {want[0]}/{want[1]} is missing from {ifname}")
+        if any(a.version == 4 for a in addresses):
+            gateways = {r.get_attr("RTA_GATEWAY") for r in pod.get_default_routes(family=2)}
+            if GATEWAY_V4 not in gateways:
+                problems.append(f"default route via {GATEWAY_V4} is missing")
+    return problems

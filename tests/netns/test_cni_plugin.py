@@ -1,0 +1,228 @@
+"""The percale CNI plugins called exactly as a container runtime calls them, in real network
+namespaces, with percale-node serving them and a real etcd behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from percale.datastore import Key
+from percale.datastore.etcd import EtcdDatastore
+from percale.resources.workloadendpoint import workload_endpoint_name
+from tests.helpers.cni_node import netconf
+
+pytestmark = pytest.mark.netns
+
+
+def k8s(namespace: str, pod: str) -> str:
+    return f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=x"
+
+
+def in_pod(netns: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True)
+
+
+def store_read(endpoint: str, work):
+    async def main():
+        store = EtcdDatastore([endpoint])
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+def pod_ip(result: dict) -> str:
+    return result["ips"][0]["address"].split("/")[0]
+
+
+def test_add_check_del(node, etcd_server):
+    netns = node.new_pod_netns()
+    conf = netconf(node)
+    added = node.plugin("percale", "ADD", conf, container_id="c-basic", netns=netns, args=k8s("shop", "web-1"))
+    assert added.code == 0, added.out + added.err
+    result = added.json
+    address = ipaddress.ip_interface(result["ips"][0]["address"])
+    assert address.network.prefixlen == 32 and address.ip in ipaddress.ip_network("10.244.0.0/16")
+    assert result["ips"][0]["interface"] == 1
+    assert result["interfaces"][1] == {"name": "eth0", "mac": result["interfaces"][1]["mac"],
+                                       "sandbox": f"/var/run/netns/{netns}"}
+    assert result["interfaces"][0]["mac"] == "ee:ee:ee:ee:ee:ee"
+
+    # The pod's side, as Calico wires it.
+    routes = in_pod(netns, "ip", "route").stdout.splitlines()
+    assert any(r.startswith("default via 169.254.1.1 dev eth0") for r in routes), routes
+    assert any(r.startswith("169.254.1.1 dev eth0") and "scope link" in r for r in routes), routes
+    assert f"inet {address.ip}/32" in in_pod(netns, "ip", "-o", "addr", "show", "eth0").stdout
+    # The host's side: a /32 route to the pod through its veth, tagged with percale's protocol.
+    host_veth = result["interfaces"][0]["name"]
+    assert f"{address.ip} dev {host_veth} proto 201 scope link" in node.exec("ip", "route").stdout
+    assert node.exec("cat", f"/proc/sys/net/ipv4/conf/{host_veth}/proxy_arp").stdout.strip() == "1"
+    # The host reaches the pod (proxy ARP answers the pod's gateway lookups).
+    assert node.exec("ping", "-c1", "-W2", str(address.ip), check=False).returncode == 0
+
+    wep_name = workload_endpoint_name(node.name, "k8s", "web-1", "eth0")
+    wep = store_read(etcd_server.endpoint,
+                     lambda s: s.get(Key("WorkloadEndpoint", wep_name, "shop"))).value
+    assert wep.spec.container_id == "c-basic" and wep.spec.ip_networks == [str(address)]
+    assert wep.spec.interface_name == host_veth
+
+    checked = node.plugin("percale", "CHECK", {**conf, "prevResult": result},
+                          container_id="c-basic", netns=netns, args=k8s("shop", "web-1"))
+    assert checked.code == 0, checked.out
+
+    # CHECK really checks: remove the pod's default route and it fails, naming what is wrong.
+    in_pod(netns, "ip", "route", "del", "default")
+    broken = node.plugin("percale", "CHECK", {**conf, "prevResult": result},
+                         container_id="c-basic", netns=netns, args=k8s("shop", "web-1"))
+    assert broken.code == 1 and broken.json["code"] == 101
+    assert "default route" in broken.json["msg"]
+
+    for _ in range(2):  # DEL is idempotent
+        deleted = node.plugin("percale", "DEL", {**conf, "prevResult": result},
+                              container_id="c-basic", netns=netns, args=k8s("shop", "web-1"))
+        assert deleted.code == 0, deleted.out
+    assert host_veth not in node.exec("ip", "link").stdout
+    held = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    assert "k8s-pod-network.c-basic" not in [kv.key.name for kv in held.items]
+    weps = store_read(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "shop"))
+    assert wep_name not in [kv.key.name for kv in weps.items]
+
+
+def test_del_after_the_netns_is_gone_releases_everything(node, etcd_server):
+    netns = node.new_pod_netns()
+    added = node.plugin("percale", "ADD", netconf(node), container_id="c-gone", netns=netns, args=k8s("default", "gone"))
+    assert added.code == 0
+    subprocess.run(["ip", "netns", "del", netns], check=True)
+    deleted = node.plugin("percale", "DEL", netconf(node), container_id="c-gone", netns=netns, args=k8s("default", "gone"))
+    assert deleted.code == 0, deleted.out
+    handles = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    assert "k8s-pod-network.c-gone" not in [kv.key.name for kv in handles.items]
+    assert added.json["interfaces"][0]["name"] not in node.exec("ip", "link").stdout
+
+
+def test_second_add_for_the_same_container_is_refused_and_leaks_nothing(node, etcd_server):
+    netns = node.new_pod_netns()
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-twice", netns=netns, args=k8s("default", "twice"))
+    assert first.code == 0
+    second = node.plugin("percale", "ADD", netconf(node), container_id="c-twice", netns=netns, args=k8s("default", "twice"))
+    assert second.code == 1 and second.json["code"] == 102
+    assert "eth0" in second.json["msg"]
+    # The first pod is untouched and the second attempt's address went back.
+    held = store_read(etcd_server.endpoint,
+                      lambda s: s.get(Key("IPAMHandle", "k8s-pod-network.c-twice"))).value.spec.block
+    assert sum(held.values()) == 1
+    assert node.exec("ping", "-c1", "-W2", pod_ip(first.json), check=False).returncode == 0
+
+
+def test_pods_on_one_node_reach_each_other(node):
+    pods = []
+    for i in range(2):
+        netns = node.new_pod_netns()
+        added = node.plugin("percale", "ADD", netconf(node), container_id=f"c-ping-{i}", netns=netns,
+                            args=k8s("default", f"ping-{i}"))
+        assert added.code == 0, added.out
+        pods.append((netns, pod_ip(added.json)))
+    (a, ip_a), (b, ip_b) = pods
+    assert in_pod(a, "ping", "-c2", "-W2", ip_b).returncode == 0
+    assert in_pod(b, "ping", "-c2", "-W2", ip_a).returncode == 0
+
+
+def test_fifty_concurrent_adds(node):
+    netnses = [node.new_pod_netns() for _ in range(50)]
+
+    def add(i: int):
+        return node.plugin("percale", "ADD", netconf(node), container_id=f"c-many-{i}",
+                           netns=netnses[i], args=k8s("load", f"many-{i}"))
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(add, range(50)))
+    assert all(r.code == 0 for r in results), [r.out for r in results if r.code][:3]
+    addresses = [pod_ip(r.json) for r in results]
+    assert len(set(addresses)) == 50
+    unreachable = [ip for ip in addresses
+                   if node.exec("ping", "-c1", "-W2", ip, check=False).returncode != 0]
+    assert unreachable == []
+
+
+def test_chained_with_portmap(node):
+    """percale's result feeds the next plugin in the list, as a runtime chains a conflist."""
+    netns = node.new_pod_netns()
+    added = node.plugin("percale", "ADD", netconf(node), container_id="c-chain", netns=netns,
+                        args=k8s("default", "chain"))
+    assert added.code == 0
+    portmap = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "portmap", "snat": True,
+               "capabilities": {"portMappings": True},
+               "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
+               "prevResult": added.json}
+    mapped = node.plugin("portmap", "ADD", portmap, container_id="c-chain", netns=netns)
+    assert mapped.code == 0, mapped.out + mapped.err
+    assert mapped.json["ips"] == added.json["ips"]  # passed through
+    assert node.plugin("portmap", "DEL", portmap, container_id="c-chain", netns=netns).code == 0
+    deleted = node.plugin("percale", "DEL", {**netconf(node), "prevResult": added.json},
+                          container_id="c-chain", netns=netns, args=k8s("default", "chain"))
+    assert deleted.code == 0
+
+
+def test_percale_ipam_under_ptp(node, etcd_server):
+    netns = node.new_pod_netns()
+    # ptp hands its whole configuration to its IPAM plugin; percale-ipam reads its settings from
+    # the top level, as Calico's calico-ipam does.
+    conf = {"cniVersion": "1.0.0", "name": "ptp-net", "type": "ptp", "ipMasq": False,
+            "agent_socket": node.socket, "nodename": node.name, "ipam": {"type": "percale-ipam"}}
+    added = node.plugin("ptp", "ADD", conf, container_id="c-ptp", netns=netns, args=k8s("default", "ptp"))
+    assert added.code == 0, added.out + added.err
+    address = pod_ip(added.json)
+    assert ipaddress.ip_address(address) in ipaddress.ip_network("10.244.0.0/16")
+    assert f"inet {added.json['ips'][0]['address']}" in in_pod(netns, "ip", "-o", "addr").stdout
+    assert ipaddress.ip_interface(added.json["ips"][0]["address"]).network.prefixlen == 26
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    assert node.plugin("ptp", "DEL", conf, container_id="c-ptp", netns=netns).code == 0
+    handles = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    assert "ptp-net.c-ptp" not in [kv.key.name for kv in handles.items]
+
+
+def test_version_status_and_gc(node, etcd_server):
+    version = node.plugin("percale", "VERSION", netconf(node, version="1.1.0"))
+    assert version.code == 0
+    assert set(version.json["supportedVersions"]) == {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+    assert node.plugin("percale", "STATUS", netconf(node, version="1.1.0")).code == 0
+
+    netns = node.new_pod_netns()
+    kept = node.plugin("percale", "ADD", netconf(node), container_id="c-keep", netns=netns, args=k8s("default", "keep"))
+    stray = node.plugin("percale-ipam", "ADD", netconf(node), container_id="c-stray",
+                        netns=node.new_pod_netns(), args=k8s("default", "stray"))
+    assert kept.code == 0 and stray.code == 0
+    gc = node.plugin("percale", "GC", {**netconf(node, version="1.1.0"),
+                                       "cni.dev/valid-attachments": [{"containerID": "c-keep", "ifname": "eth0"}]})
+    assert gc.code == 0, gc.out
+    handles = [kv.key.name for kv in store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+    assert "k8s-pod-network.c-keep" in handles and "k8s-pod-network.c-stray" not in handles
+
+
+def test_error_codes(node):
+    netns = node.new_pod_netns()
+    no_netns = node.plugin("percale", "ADD", netconf(node), container_id="c-err", netns=None)
+    assert no_netns.code == 1 and no_netns.json["code"] == 4
+    garbage = node.plugin("percale", "ADD", "{not json", container_id="c-err", netns=netns)
+    assert garbage.json["code"] == 6
+    bad_mtu = node.plugin("percale", "ADD", netconf(node, mtu=12), container_id="c-err", netns=netns)
+    assert bad_mtu.json["code"] == 7 and "mtu" in bad_mtu.json["msg"]
+    old = node.plugin("percale", "ADD", netconf(node, version="0.1.0"), container_id="c-err", netns=netns)
+    assert old.json["code"] == 1
+    no_pool = node.plugin("percale", "ADD", netconf(node, ipam={"type": "percale-ipam", "ipv4_pools": ["nope"]}),
+                          container_id="c-err", netns=netns, args=k8s("default", "err"))
+    assert no_pool.json["code"] == 100 and "nope" in no_pool.json["msg"]
+    # Nothing of the failed ADDs is left in the pod.
+    assert "eth0" not in in_pod(netns, "ip", "link").stdout
+
+
+def test_agent_down_means_try_again_later(node):
+    netns = node.new_pod_netns()
+    down = node.plugin("percale", "ADD", {**netconf(node), "agent_socket": node.socket + ".absent"},
+                       container_id="c-down", netns=netns)
+    assert down.code == 1 and down.json["code"] == 11
