@@ -218,7 +218,7 @@ class IPAM:
                      **(attrs or {})}
         async with self._locks[node]:
             config, pools, labels = await asyncio.gather(
-                self.get_config(), self._pools(), self._node_labels(node))
+                self.get_config(), self.pools(), self._node_labels(node))
             got: list[Interface] = []
             try:
                 for version, num, requested in ((4, num4, ipv4_pools), (6, num6, ipv6_pools)):
@@ -550,7 +550,7 @@ class IPAM:
         secondary = {"node": node, "timestamp": format_time(self.clock()),
                      **(attrs or {})}
         async with self._locks[node]:
-            pools = await self._pools()
+            pools = await self.pools()
             pool = pool_of(pools, address)
             if pool is None:
                 raise NotInPool(f"{address} is not in any IP pool")
@@ -588,7 +588,7 @@ class IPAM:
     ) -> ReleaseResult:
         """Free addresses. One given with a sequence number (from `get_allocation` or a leak
         report) is freed only if it was not released and handed out again since."""
-        pools = await self._pools()
+        pools = await self.pools()
         by_block: dict[str, list[str]] = defaultdict(list)
         lost: list[str] = []
         for text in addresses:
@@ -644,7 +644,7 @@ class IPAM:
             handle = await self.store.get(key)
         except NotFound:
             return []
-        pools = await self._pools()
+        pools = await self.pools()
         released: list[str] = []
         for cidr in list(handle.value.spec.block):
             def choose(spec):
@@ -722,7 +722,7 @@ class IPAM:
     async def get_allocation(self, address: str) -> Allocation | None:
         """Who holds `address`, or None when it is free or in no block."""
         ip = ipaddress.ip_address(address)
-        pools = await self._pools()
+        pools = await self.pools()
         pool = pool_of(pools, str(ip))
         candidates = [str(block_of(pool, str(ip)))] if pool is not None else []
         for _ in range(2):
@@ -762,7 +762,8 @@ class IPAM:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _pools(self) -> list[IPPool]:
+    async def pools(self) -> list[IPPool]:
+        """Every IPPool (kept for cache_seconds)."""
         cached = self._cache.get("pools")
         if cached is None:
             cached = [kv.value for kv in (await self.store.list("IPPool")).items]

@@ -65,6 +65,9 @@ T = TypeVar("T")
 # stay warm (pyroute2 imported once), and let several pods be wired at the same time.
 DATAPLANE_WORKERS = 4
 
+# Bytes a tunnel adds to each packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70; IPIP 20.
+ENCAPSULATION_OVERHEAD = {("vxlan", 4): 50, ("vxlan", 6): 70, ("ipip", 4): 20}
+
 
 class CNIHandlers:
     def __init__(self, store: Datastore, ipam: IPAM, node: str, mtu: int | None = None):
@@ -142,11 +145,18 @@ class CNIHandlers:
         return [ipaddress.ip_interface(f"{a.ip}/{a.max_prefixlen}") for a in addresses]
 
     async def _mtu_for(self, conf: NetConf) -> int:
+        """The configured MTU, else the underlay's minus the largest encapsulation overhead an
+        enabled pool uses: a pod whose packets grow past the underlay MTU inside a tunnel loses
+        them silently (Calico users meet this as "large packets vanish")."""
         if conf.mtu:
             return conf.mtu
         if self._mtu is None:
             self._mtu = await self._kernel(pod_network.detect_mtu)
-        return self._mtu
+        pools = [p.spec for p in await self.ipam.pools() if not p.spec.disabled]
+        overhead = max([ENCAPSULATION_OVERHEAD["vxlan", p.network.version] for p in pools if p.vxlan_mode != "Never"]
+                       + [ENCAPSULATION_OVERHEAD["ipip", 4] for p in pools if p.ipip_mode != "Never"]
+                       + [0])
+        return self._mtu - overhead
 
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)
@@ -168,7 +178,7 @@ class CNIHandlers:
         except BaseException:
             # Undo in reverse: the veth, then the addresses this ADD took (not earlier ones).
             if wired:
-                await asyncio.shield(self._kernel(pod_network.tear_down, pod.host_veth))
+                await asyncio.shield(self._kernel(pod_network.remove_host_veth, pod.host_veth))
             await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
             raise
         interfaces = [
@@ -225,7 +235,7 @@ class CNIHandlers:
                 await self.store.delete(key, revision=current.revision)
         except NotFound:
             pass
-        await self._kernel(pod_network.tear_down, pod.host_veth)
+        await self._kernel(pod_network.tear_down, pod.netns, pod.ifname)
         await self.ipam.release_by_handle(pod.handle_id)
         await self.ipam.release_by_handle(pod.workload_handle_id)
 

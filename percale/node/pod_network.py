@@ -163,9 +163,28 @@ def _delete(host: IPRoute, host_name: str) -> bool:
         raise
 
 
-def tear_down(host_name: str) -> bool:
-    """Delete the pod's veth pair (the pod side and the host routes go with it). False if it was
-    already gone."""
+def tear_down(netns: str, ifname: str) -> bool:
+    """Delete the pod's interface from inside its namespace; its host end and the host routes go
+    with it. Found by the container's side, not by the host veth's name: a newer container of
+    the same pod may own that name by now. False if there was nothing to delete (the namespace
+    is gone, and the kernel removed the pair with it)."""
+    if not netns or not Path(netns).exists():
+        return False
+    try:
+        with IPRoute(netns=netns) as pod:
+            found = pod.link_lookup(ifname=ifname)
+            if not found:
+                return False
+            pod.link("del", index=found[0])
+            return True
+    except NetlinkError as err:
+        if err.code in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise
+
+
+def remove_host_veth(host_name: str) -> bool:
+    """Undo a set_up that failed after the pair was made."""
     with IPRoute() as host:
         return _delete(host, host_name)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,7 +14,10 @@ import pytest
 from percale.datastore import Key
 from percale.datastore.etcd import EtcdDatastore
 from percale.resources.workloadendpoint import workload_endpoint_name
+from percale.ipam.allocator import IPAM
+from percale.node.main import IPAM_CACHE_SECONDS
 from tests.helpers.cni_node import netconf
+from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.netns
 
@@ -226,3 +230,57 @@ def test_agent_down_means_try_again_later(node):
     down = node.plugin("percale", "ADD", {**netconf(node), "agent_socket": node.socket + ".absent"},
                        container_id="c-down", netns=netns)
     assert down.code == 1 and down.json["code"] == 11
+
+
+def test_mtu_from_config_or_the_underlay_minus_the_tunnel(node, etcd_server):
+    netns = node.new_pod_netns()
+    fixed = node.plugin("percale", "ADD", netconf(node, mtu=1400), container_id="c-mtu1", netns=netns,
+                        args=k8s("default", "mtu1"))
+    assert fixed.code == 0
+    assert "mtu 1400" in in_pod(netns, "ip", "link", "show", "eth0").stdout
+    # No tunnel in use: the uplink's 1500. A VXLAN pool takes 50 bytes for its header.
+    netns2 = node.new_pod_netns()
+    plain = node.plugin("percale", "ADD", netconf(node), container_id="c-mtu2", netns=netns2,
+                        args=k8s("default", "mtu2"))
+    assert plain.code == 0 and "mtu 1500" in in_pod(netns2, "ip", "link", "show", "eth0").stdout
+    store_read(etcd_server.endpoint, lambda s: add_pool(s, "tunnelled", "10.245.0.0/16", vxlanMode="Always"))
+    time.sleep(IPAM_CACHE_SECONDS + 0.2)  # the agent sees pool changes within this time
+    try:
+        netns3 = node.new_pod_netns()
+        vxlan = node.plugin("percale", "ADD", netconf(node), container_id="c-mtu3", netns=netns3,
+                            args=k8s("default", "mtu3"))
+        assert vxlan.code == 0 and "mtu 1450" in in_pod(netns3, "ip", "link", "show", "eth0").stdout
+    finally:
+        store_read(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tunnelled"))
+
+
+def test_del_of_an_older_container_leaves_the_newer_one_alone(node, etcd_server):
+    """A pod's sandbox replaced: the new container's ADD comes before the old one's DEL."""
+    old_netns, new_netns = node.new_pod_netns(), node.new_pod_netns()
+    old = node.plugin("percale", "ADD", netconf(node), container_id="c-old", netns=old_netns, args=k8s("default", "redo"))
+    new = node.plugin("percale", "ADD", netconf(node), container_id="c-new", netns=new_netns, args=k8s("default", "redo"))
+    assert old.code == 0 and new.code == 0
+    deleted = node.plugin("percale", "DEL", netconf(node), container_id="c-old", netns=old_netns, args=k8s("default", "redo"))
+    assert deleted.code == 0
+    wep_name = workload_endpoint_name(node.name, "k8s", "redo", "eth0")
+    wep = store_read(etcd_server.endpoint, lambda s: s.get(Key("WorkloadEndpoint", wep_name, "default"))).value
+    assert wep.spec.container_id == "c-new"
+    assert node.exec("ping", "-c1", "-W2", pod_ip(new.json), check=False).returncode == 0
+    handles = [kv.key.name for kv in store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+    assert "k8s-pod-network.c-new" in handles and "k8s-pod-network.c-old" not in handles
+
+
+def test_an_agent_without_its_datastore_says_try_again(etcd_server):
+    from tests.helpers.cni_node import CNINode
+    from tests.helpers.etcd_server import free_port
+
+    cut_off = CNINode(f"http://127.0.0.1:{free_port()}").start()
+    try:
+        netns = cut_off.new_pod_netns()
+        status = cut_off.plugin("percale", "STATUS", netconf(cut_off, version="1.1.0"))
+        assert status.code == 1 and status.json["code"] == 50
+        add = cut_off.plugin("percale", "ADD", netconf(cut_off), container_id="c-x", netns=netns, args=k8s("default", "x"))
+        assert add.json["code"] == 11 and "etcd" in add.json["msg"]
+        assert "eth0" not in in_pod(netns, "ip", "link").stdout
+    finally:
+        cut_off.stop()
