@@ -190,7 +190,18 @@ class CNIHandlers:
             routes.append({"dst": "0.0.0.0/0"})
         if any(a.version == 6 for a in addresses):
             routes.append({"dst": "::/0"})
-        return result(conf.cni_version, addresses, interfaces, 1, routes, conf.dns)
+        prev = conf.prev_result or {}
+        # A plugin earlier in the chain already reported its interfaces: ours follow them, and
+        # everything it reported passes through (CNI spec, "prevResult").
+        first = len(prev.get("interfaces", []))
+        ours = result(conf.cni_version, addresses, interfaces, first + 1, routes, conf.dns)
+        if not prev:
+            return ours
+        return {**prev, "cniVersion": conf.cni_version,
+                "interfaces": prev.get("interfaces", []) + ours["interfaces"],
+                "ips": prev.get("ips", []) + ours["ips"],
+                "routes": prev.get("routes", []) + ours["routes"],
+                "dns": prev.get("dns") or ours["dns"]}
 
     async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
                               addresses: list[Interface]) -> None:

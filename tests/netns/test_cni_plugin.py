@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -284,3 +285,25 @@ def test_an_agent_without_its_datastore_says_try_again(etcd_server):
         assert "eth0" not in in_pod(netns, "ip", "link").stdout
     finally:
         cut_off.stop()
+
+
+def test_socket_is_for_root_only_and_older_result_versions_are_served(node):
+    assert os.stat(node.socket).st_mode & 0o777 == 0o600
+    netns = node.new_pod_netns()
+    old = node.plugin("percale", "ADD", netconf(node, version="0.4.0"), container_id="c-v04", netns=netns,
+                      args=k8s("default", "v04"))
+    assert old.code == 0
+    assert old.json["cniVersion"] == "0.4.0" and old.json["ips"][0]["version"] == "4"
+
+
+def test_add_after_another_plugin_keeps_its_result(node):
+    netns = node.new_pod_netns()
+    earlier = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": f"/var/run/netns/{netns}"}],
+               "ips": [{"address": "192.168.50.2/24", "interface": 0}], "routes": [], "dns": {"nameservers": ["10.96.0.10"]}}
+    added = node.plugin("percale", "ADD", {**netconf(node), "prevResult": earlier}, container_id="c-prev",
+                        netns=netns, args=k8s("default", "prev"))
+    assert added.code == 0, added.out
+    out = added.json
+    assert out["interfaces"][0] == earlier["interfaces"][0] and len(out["interfaces"]) == 3
+    assert out["ips"][0] == earlier["ips"][0] and out["ips"][1]["interface"] == 2
+    assert out["dns"] == earlier["dns"]
