@@ -11,11 +11,20 @@ import asyncio
 import ipaddress
 import json
 import multiprocessing
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from percale.datastore import Datastore, DatastoreError, DatastoreUnavailable, Key, NotFound
+from percale.datastore import (
+    AlreadyExists,
+    Conflict,
+    Datastore,
+    DatastoreError,
+    DatastoreUnavailable,
+    Key,
+    NotFound,
+)
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
 from percale.node import pod_network
@@ -58,6 +67,7 @@ class Pod:
 
 
 T = TypeVar("T")
+log = logging.getLogger("percale.node.cni")
 
 # Netlink work runs in these worker processes, never in the agent itself: entering a pod's
 # network namespace makes pyroute2 fork, and forking a process that has gRPC threads can leave the
@@ -74,12 +84,31 @@ class CNIHandlers:
         self.store, self.ipam, self.node = store, ipam, node
         self._mtu = mtu
         self._dataplane: ProcessPoolExecutor | None = None
+        self._background: set[asyncio.Future] = set()
 
     async def start(self) -> None:
         self._dataplane = ProcessPoolExecutor(
             DATAPLANE_WORKERS, mp_context=multiprocessing.get_context("spawn"))
         # Start every worker now rather than on the first pod.
         await asyncio.gather(*(self._kernel(pod_network.warm_up) for _ in range(DATAPLANE_WORKERS)))
+
+    async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
+        try:
+            await linking
+        except (pod_network.DataplaneError, Exception):
+            return  # it made nothing, or removed what it made
+        await self._kernel(pod_network.remove_host_veth, host_veth)
+
+    def _in_background(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+
+        def done(finished: asyncio.Future) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("deleting a pod's interface failed: %s", finished.exception())
+
+        task.add_done_callback(done)
 
     def close(self) -> None:
         if self._dataplane is not None:
@@ -162,24 +191,30 @@ class CNIHandlers:
         pod = Pod(request, conf)
         if not pod.container_id or not pod.netns:
             raise CNIError(INVALID_ENVIRONMENT, "ADD needs CNI_CONTAINERID and CNI_NETNS")
-        addresses = await self._allocate(pod, conf)
-        wired = False
+        mtu = await self._mtu_for(conf)
+        # The veth pair needs no address: make it while IPAM picks one.
+        linking = asyncio.ensure_future(
+            self._kernel(pod_network.create_link, pod.netns, pod.ifname, pod.host_veth, mtu))
+        addresses: list[Interface] = []
         try:
-            mtu = await self._mtu_for(conf)
+            addresses = await self._allocate(pod, conf)
             try:
-                link = await self._kernel(
-                    pod_network.set_up, pod.netns, pod.ifname, pod.host_veth, addresses, mtu)
+                link = await linking
             except pod_network.InterfaceExists as err:
                 raise CNIError(INTERFACE_EXISTS, str(err)) from None
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
-            wired = True
+            try:
+                await self._kernel(pod_network.configure, pod.netns, pod.ifname, pod.host_veth, addresses)
+            except pod_network.DataplaneError as err:
+                raise CNIError(DATAPLANE_FAILED, str(err)) from None
             await self._write_endpoint(pod, conf, link, addresses)
         except BaseException:
-            # Undo in reverse: the veth, then the addresses this ADD took (not earlier ones).
-            if wired:
-                await asyncio.shield(self._kernel(pod_network.remove_host_veth, pod.host_veth))
-            await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
+            # Undo in reverse: the veth (if this ADD made it), then the addresses this ADD took
+            # (not those of an earlier ADD under the same handle).
+            await asyncio.shield(self._undo_link(linking, pod.host_veth))
+            if addresses:
+                await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
             raise
         interfaces = [
             {"name": link.host_name, "mac": link.host_mac},
@@ -219,17 +254,15 @@ class CNIHandlers:
         # that container's DEL then leaves it alone because the container ID differs.
         for _ in range(10):
             try:
-                current = await self.store.get(Key.of(endpoint))
-            except NotFound:
-                try:
-                    await self.store.create(endpoint)
-                    return
-                except DatastoreError:
-                    continue
+                await self.store.create(endpoint)  # the common case: a new pod
+                return
+            except AlreadyExists:
+                pass
             try:
+                current = await self.store.get(Key.of(endpoint))
                 await self.store.update(endpoint, revision=current.revision)
                 return
-            except DatastoreError:
+            except (NotFound, Conflict):
                 continue
         raise CNIError(TRY_AGAIN_LATER, f"could not write WorkloadEndpoint {pod.namespace}/{name}")
 
@@ -239,16 +272,27 @@ class CNIHandlers:
             raise CNIError(INVALID_ENVIRONMENT, "DEL needs CNI_CONTAINERID")
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         key = Key("WorkloadEndpoint", name, pod.namespace)
-        try:
-            current = await self.store.get(key)
-            # Only this container's endpoint: a newer ADD for the same pod may own it by now.
-            if current.value.spec.container_id == pod.container_id:
-                await self.store.delete(key, revision=current.revision)
-        except NotFound:
-            pass
-        await self._kernel(pod_network.tear_down, pod.netns, pod.ifname)
-        await self.ipam.release_by_handle(pod.handle_id)
-        await self.ipam.release_by_handle(pod.workload_handle_id)
+
+        async def forget_endpoint() -> None:
+            try:
+                current = await self.store.get(key)
+                # Only this container's endpoint: a newer ADD for the same pod may own it by now.
+                if current.value.spec.container_id == pod.container_id:
+                    await self.store.delete(key, revision=current.revision)
+            except NotFound:
+                pass
+
+        async def unwire_then_release() -> None:
+            # The host routes to the pod go first; only then may its addresses be handed out
+            # again, or the next pod to get one would find its route taken.
+            await self._kernel(pod_network.unwire, pod.netns, pod.ifname)
+            await self.ipam.release_by_handle(pod.handle_id)
+            await self.ipam.release_by_handle(pod.workload_handle_id)
+
+        await asyncio.gather(forget_endpoint(), unwire_then_release())
+        # Deleting the veth pair is slow in the kernel and nothing waits on it any more: the
+        # pod is cut off, and the runtime deletes its namespace (and with it the pair) next.
+        self._in_background(self._kernel(pod_network.tear_down, pod.netns, pod.ifname))
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)

@@ -8,15 +8,21 @@ gateway answered by proxy ARP on the host side, and a host route to the pod.
                 10.244.3.7 dev pcl<hash> scope link proto percale
 
 Owner: this module owns the host veths and the /32 (/128) host routes of pods, all tagged with
-ROUTE_PROTOCOL; nothing else in percale touches them. Functions here block (netlink); the CNI
-handlers run them in worker processes (see cni_handlers.DATAPLANE_WORKERS for why).
+ROUTE_PROTOCOL; nothing else in percale touches them. Functions here block (netlink) and enter
+other network namespaces with setns(2) for the whole process: the CNI handlers run them only in
+single-threaded worker processes (cni_handlers.DATAPLANE_WORKERS), never in the agent itself.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import ipaddress
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,80 +70,145 @@ def _sysctl(path: str, value: str) -> None:
     Path("/proc/sys", path).write_text(value)
 
 
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_host: IPRoute | None = None
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def _in_pod(netns: str) -> Iterator[IPRoute]:
+    """A netlink socket inside the pod's namespace. A socket stays in the namespace it was made
+    in, so the process steps in, makes it, and steps back at once; pyroute2's own netns=
+    option forks a child per call instead, which costs about 4 ms a pod."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(netns, os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            pod = IPRoute()
+            pod.link_lookup(ifname="lo")  # the socket is opened here, inside the pod's namespace
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+    try:
+        yield pod
+    finally:
+        pod.close()
+
+
+def _host_netlink() -> IPRoute:
+    """This worker's netlink socket in the node's namespace, kept open between pods."""
+    global _host
+    if _host is None:
+        _host = IPRoute()
+    return _host
+
+
 def warm_up() -> None:
-    """Open and close one netlink socket, so a worker's first pod pays no start-up cost."""
-    with IPRoute() as ipr:
-        ipr.get_links()
+    """Open the node's netlink socket, so a worker's first pod pays no start-up cost."""
+    _host_netlink().get_links()
+
+
+def _random_mac() -> str:
+    # Locally administered, unicast: the kernel would pick one like it, but knowing it saves
+    # reading the link back.
+    octets = [random.randrange(256) for _ in range(6)]
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def detect_mtu() -> int:
     """The MTU of the interface that carries the default route (the underlay), else 1500."""
-    with IPRoute() as ipr:
-        for family in (2, 10):
-            for route in ipr.get_default_routes(family=family):
-                oif = route.get_attr("RTA_OIF")
-                if oif:
-                    links = ipr.get_links(oif)
-                    if links:
-                        return int(links[0].get_attr("IFLA_MTU"))
+    ipr = _host_netlink()
+    for family in (2, 10):
+        for route in ipr.get_default_routes(family=family):
+            oif = route.get_attr("RTA_OIF")
+            if oif:
+                links = ipr.get_links(oif)
+                if links:
+                    return int(links[0].get_attr("IFLA_MTU"))
     return 1500
 
 
-def set_up(netns: str, ifname: str, host_name: str, addresses: list[Interface], mtu: int) -> PodLink:
-    """Wire the pod in `netns`; raises InterfaceExists or DataplaneError having undone its work."""
-    v6 = any(a.version == 6 for a in addresses)
-    with IPRoute() as host:
-        stale = host.link_lookup(ifname=host_name)
-        try:
-            with IPRoute(netns=netns) as pod:
-                if pod.link_lookup(ifname=ifname):
-                    raise InterfaceExists(f"the container already has an interface named {ifname}")
-                if stale:
-                    # A host veth left by an earlier ADD of this pod: its container is gone.
-                    host.link("del", index=stale[0])
-                # The peer is born inside the pod's netns under its final name.
-                host.link("add", ifname=host_name, kind="veth", address=HOST_VETH_MAC, mtu=mtu,
-                          peer={"ifname": ifname, "net_ns_fd": netns, "mtu": mtu})
-                host_index = host.link_lookup(ifname=host_name)[0]
-                _host_sysctls(host_name, v6)
-                host.link("set", index=host_index, state="up")
-
-                index = pod.link_lookup(ifname=ifname)[0]
-                pod.link("set", index=index, state="up")
-                for address in addresses:
-                    prefix = 32 if address.version == 4 else 128
-                    pod.addr("add", index=index, address=str(address.ip), prefixlen=prefix,
-                             flags=_IFA_F_NODAD if address.version == 6 else 0)
-                if any(a.version == 4 for a in addresses):
-                    pod.route("add", dst=f"{GATEWAY_V4}/32", oif=index, scope=_SCOPE_LINK)
-                    pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=index)
-                if v6:
-                    pod.route("add", dst="::/0", gateway=GATEWAY_V6, oif=index)
-                container_mac = pod.get_links(index)[0].get_attr("IFLA_ADDRESS")
-
-                for address in addresses:
-                    _route_to_pod(host, address, host_index, host_name)
-        except InterfaceExists:
-            raise
-        except (NetlinkError, OSError, IndexError) as err:
-            _delete(host, host_name)
-            raise DataplaneError(f"setting up {ifname} in {netns}: {err}") from None
-        except BaseException:
-            _delete(host, host_name)
-            raise
+def create_link(netns: str, ifname: str, host_name: str, mtu: int) -> PodLink:
+    """The veth pair, up, with the host side's sysctls: the part of wiring a pod that needs no
+    address, so it runs while IPAM picks one. Raises InterfaceExists, or DataplaneError having
+    removed what it made."""
+    host = _host_netlink()
+    container_mac = _random_mac()
+    try:
+        with _in_pod(netns) as pod:
+            if pod.link_lookup(ifname=ifname):
+                raise InterfaceExists(f"the container already has an interface named {ifname}")
+            stale = host.link_lookup(ifname=host_name)
+            if stale:
+                # A host veth left by an earlier ADD of this pod: its container is gone.
+                host.link("del", index=stale[0])
+            # The peer is born inside the pod's netns under its final name.
+            host.link("add", ifname=host_name, kind="veth", address=HOST_VETH_MAC, mtu=mtu,
+                      peer={"ifname": ifname, "net_ns_fd": netns, "mtu": mtu,
+                            "address": container_mac})
+            _host_sysctls(host_name)
+            host.link("set", ifname=host_name, state="up")
+            pod.link("set", ifname=ifname, state="up")
+    except InterfaceExists:
+        raise
+    except (NetlinkError, OSError) as err:
+        _delete(host, host_name)
+        raise DataplaneError(f"creating {ifname} in {netns}: {err}") from None
+    except BaseException:
+        _delete(host, host_name)
+        raise
     return PodLink(host_name, HOST_VETH_MAC, ifname, container_mac, mtu)
 
 
-def _host_sysctls(host_name: str, v6: bool) -> None:
+def configure(netns: str, ifname: str, host_name: str, addresses: list[Interface]) -> None:
+    """The pod's addresses and routes, and the host's routes to it. Raises DataplaneError; the
+    caller removes the pair."""
+    host = _host_netlink()
+    try:
+        if any(a.version == 6 for a in addresses):
+            _host_sysctls_v6(host_name)
+        with _in_pod(netns) as pod:
+            index = pod.link_lookup(ifname=ifname)[0]
+            for address in addresses:
+                prefix = 32 if address.version == 4 else 128
+                pod.addr("add", index=index, address=str(address.ip), prefixlen=prefix,
+                         flags=_IFA_F_NODAD if address.version == 6 else 0)
+            if any(a.version == 4 for a in addresses):
+                pod.route("add", dst=f"{GATEWAY_V4}/32", oif=index, scope=_SCOPE_LINK)
+                pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=index)
+            if any(a.version == 6 for a in addresses):
+                pod.route("add", dst="::/0", gateway=GATEWAY_V6, oif=index)
+        host_index = host.link_lookup(ifname=host_name)[0]
+        for address in addresses:
+            _route_to_pod(host, address, host_index, host_name)
+    except DataplaneError:
+        raise
+    except (NetlinkError, OSError, IndexError) as err:
+        raise DataplaneError(f"configuring {ifname} in {netns}: {err}") from None
+
+
+def _host_sysctls(host_name: str) -> None:
     # Proxy ARP makes the host answer for 169.254.1.1 with its own MAC, without an address on
     # the veth; no delay, or the pod's first packets wait for the proxy timer.
     _sysctl(f"net/ipv4/conf/{host_name}/proxy_arp", "1")
     _sysctl(f"net/ipv4/neigh/{host_name}/proxy_delay", "0")
     _sysctl(f"net/ipv4/conf/{host_name}/forwarding", "1")
-    if v6:
-        _sysctl(f"net/ipv6/conf/{host_name}/proxy_ndp", "1")
-        _sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0")
-        _sysctl(f"net/ipv6/conf/{host_name}/forwarding", "1")
+
+
+def _host_sysctls_v6(host_name: str) -> None:
+    _sysctl(f"net/ipv6/conf/{host_name}/proxy_ndp", "1")
+    _sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0")
+    _sysctl(f"net/ipv6/conf/{host_name}/forwarding", "1")
 
 
 def _route_to_pod(host: IPRoute, address: Interface, host_index: int, host_name: str) -> None:
@@ -171,39 +242,73 @@ def tear_down(netns: str, ifname: str) -> bool:
     if not netns or not Path(netns).exists():
         return False
     try:
-        with IPRoute(netns=netns) as pod:
+        with _in_pod(netns) as pod:
             found = pod.link_lookup(ifname=ifname)
             if not found:
                 return False
             pod.link("del", index=found[0])
             return True
+    except FileNotFoundError:
+        return False  # the runtime deleted the namespace meanwhile; the pair went with it
     except NetlinkError as err:
         if err.code in (errno.ENODEV, errno.ENOENT):
             return False
         raise
 
 
+def unwire(netns: str, ifname: str) -> bool:
+    """Cut the pod off at once: its host routes removed and its host veth down. Deleting the pair
+    takes the kernel tens of milliseconds, so DEL answers after this and deletes the pair
+    afterwards (tear_down); the routes are gone before the pod's addresses can be reused."""
+    if not netns or not Path(netns).exists():
+        return False
+    try:
+        with _in_pod(netns) as pod:
+            found = pod.link_lookup(ifname=ifname)
+            if not found:
+                return False
+            peer = pod.get_links(found[0])[0].get_attr("IFLA_LINK")
+    except (OSError, NetlinkError):
+        return False
+    host = _host_netlink()
+    if not peer:
+        return False
+    for family in (2, 10):
+        for route in host.get_routes(family=family, proto=ROUTE_PROTOCOL, oif=peer):
+            try:
+                host.route("del", dst=route.get_attr("RTA_DST"), dst_len=route["dst_len"],
+                           family=family, oif=peer, proto=ROUTE_PROTOCOL)
+            except NetlinkError as err:
+                if err.code != errno.ESRCH:
+                    raise
+    try:
+        host.link("set", index=peer, state="down")
+    except NetlinkError as err:
+        if err.code not in (errno.ENODEV, errno.ENOENT):
+            raise
+    return True
+
+
 def remove_host_veth(host_name: str) -> bool:
     """Undo a set_up that failed after the pair was made."""
-    with IPRoute() as host:
-        return _delete(host, host_name)
+    return _delete(_host_netlink(), host_name)
 
 
 def check(netns: str, ifname: str, host_name: str, addresses: list[Interface]) -> list[str]:
     """What differs from what set_up leaves behind; [] when the pod is wired as it should be."""
     problems: list[str] = []
-    with IPRoute() as host:
-        found = host.link_lookup(ifname=host_name)
-        if not found:
-            return [f"host interface {host_name} is missing"]
-        routes = {(r.get_attr("RTA_DST"), r.get_attr("RTA_OIF"))
-                  for family in (2, 10) for r in host.get_routes(family=family, proto=ROUTE_PROTOCOL)}
-        for address in addresses:
-            if (str(address.ip), found[0]) not in routes:
-                problems.append(f"host route to {address.ip} via {host_name} is missing")
+    host = _host_netlink()
+    found = host.link_lookup(ifname=host_name)
+    if not found:
+        return [f"host interface {host_name} is missing"]
+    routes = {(r.get_attr("RTA_DST"), r.get_attr("RTA_OIF"))
+              for family in (2, 10) for r in host.get_routes(family=family, proto=ROUTE_PROTOCOL)}
+    for address in addresses:
+        if (str(address.ip), found[0]) not in routes:
+            problems.append(f"host route to {address.ip} via {host_name} is missing")
     if not Path(netns).exists():
         return problems + [f"network namespace {netns} is gone"]
-    with IPRoute(netns=netns) as pod:
+    with _in_pod(netns) as pod:
         index = pod.link_lookup(ifname=ifname)
         if not index:
             return problems + [f"container interface {ifname} is missing"]

@@ -41,6 +41,15 @@ def store_read(endpoint: str, work):
     return asyncio.run(main())
 
 
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def pod_ip(result: dict) -> str:
     return result["ips"][0]["address"].split("/")[0]
 
@@ -91,7 +100,10 @@ def test_add_check_del(node, etcd_server):
         deleted = node.plugin("percale", "DEL", {**conf, "prevResult": result},
                               container_id="c-basic", netns=netns, args=k8s("shop", "web-1"))
         assert deleted.code == 0, deleted.out
-    assert host_veth not in node.exec("ip", "link").stdout
+    # At once: no route to the pod any more. Shortly after: no veth either (deleting a veth
+    # pair takes the kernel a while, so DEL does not wait for it).
+    assert str(address.ip) not in node.exec("ip", "route").stdout
+    assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
     held = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "k8s-pod-network.c-basic" not in [kv.key.name for kv in held.items]
     weps = store_read(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "shop"))
@@ -307,3 +319,27 @@ def test_add_after_another_plugin_keeps_its_result(node):
     assert out["interfaces"][0] == earlier["interfaces"][0] and len(out["interfaces"]) == 3
     assert out["ips"][0] == earlier["ips"][0] and out["ips"][1]["interface"] == 2
     assert out["dns"] == earlier["dns"]
+
+
+def test_a_failed_add_undoes_every_step(node, etcd_server):
+    """The kernel refuses the host route (the address is already routed, as a /32 block's
+    blackhole would be): the veth goes, the address goes back, no endpoint is left."""
+    store_read(etcd_server.endpoint, lambda s: add_pool(s, "tiny", "10.246.0.0/30", blockSize=30))
+    for i in range(4):
+        node.exec("ip", "route", "add", "blackhole", f"10.246.0.{i}/32")
+    time.sleep(IPAM_CACHE_SECONDS + 0.2)  # the agent sees the new pool within this time
+    try:
+        netns = node.new_pod_netns()
+        failed = node.plugin("percale", "ADD", netconf(node, ipam={"type": "percale-ipam", "ipv4_pools": ["tiny"]}),
+                             container_id="c-fail", netns=netns, args=k8s("default", "fail"))
+        assert failed.code == 1 and failed.json["code"] == 103, failed.out
+        assert "already routed" in failed.json["msg"]
+        assert "eth0" not in in_pod(netns, "ip", "link").stdout
+        handles = [kv.key.name for kv in store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+        assert "k8s-pod-network.c-fail" not in handles
+        weps = store_read(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "default"))
+        assert all(kv.value.spec.container_id != "c-fail" for kv in weps.items)
+    finally:
+        for i in range(4):
+            node.exec("ip", "route", "del", "blackhole", f"10.246.0.{i}/32", check=False)
+        store_read(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tiny"))
