@@ -69,10 +69,11 @@ class Pod:
 T = TypeVar("T")
 log = logging.getLogger("percale.node.cni")
 
-# Netlink work runs in these worker processes, never in the agent itself: entering a pod's
-# network namespace makes pyroute2 fork, and forking a process that has gRPC threads can leave the
-# child blocked on a lock some thread held. The workers are started fresh ("spawn"), hold no gRPC,
-# stay warm (pyroute2 imported once), and let several pods be wired at the same time.
+# Netlink work runs in these worker processes, never in the agent itself: it enters pods' network
+# namespaces with setns(2), which must not happen in a process whose other threads (gRPC's) would
+# follow it in, and forking a process that has gRPC threads can leave the child blocked on a lock
+# some thread held. The workers hold no gRPC, stay warm (pyroute2 imported once), and let several
+# pods be wired at the same time.
 DATAPLANE_WORKERS = 4
 
 # Bytes a tunnel adds to each packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70; IPIP 20.
@@ -87,10 +88,22 @@ class CNIHandlers:
         self._background: set[asyncio.Future] = set()
 
     async def start(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        # Workers fork from a clean server process that has imported only the netlink code:
+        # they start in a millisecond, already ignoring the agent's stop signals, and never hold
+        # the agent's gRPC threads.
+        context.set_forkserver_preload(["percale.node.pod_network"])
         self._dataplane = ProcessPoolExecutor(
-            DATAPLANE_WORKERS, mp_context=multiprocessing.get_context("spawn"))
-        # Start every worker now rather than on the first pod.
-        await asyncio.gather(*(self._kernel(pod_network.warm_up) for _ in range(DATAPLANE_WORKERS)))
+            DATAPLANE_WORKERS, mp_context=context, initializer=pod_network.ignore_stop_signals)
+        # Serve only once every worker has started (and ignores stop signals): until a worker
+        # has run its initializer, a Ctrl-C to the agent's process group would kill it.
+        started: set[int] = set()
+        for _ in range(200):
+            started |= set(await asyncio.gather(
+                *(self._kernel(pod_network.warm_up) for _ in range(DATAPLANE_WORKERS))))
+            if len(started) >= DATAPLANE_WORKERS:
+                break
+            await asyncio.sleep(0.01)
 
     async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
         try:

@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import os
 import random
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,9 +113,18 @@ def _host_netlink() -> IPRoute:
     return _host
 
 
-def warm_up() -> None:
-    """Open the node's netlink socket, so a worker's first pod pays no start-up cost."""
+def ignore_stop_signals() -> None:
+    """For the agent's netlink workers: a Ctrl-C or SIGTERM sent to the agent's process group
+    must not kill a worker halfway through a pod; the agent stops its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def warm_up() -> int:
+    """Open the node's netlink socket, so a worker's first pod pays no start-up cost; returns
+    the worker's PID, so the agent can tell that every worker is up."""
     _host_netlink().get_links()
+    return os.getpid()
 
 
 def _random_mac() -> str:

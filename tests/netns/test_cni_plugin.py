@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -343,3 +345,47 @@ def test_a_failed_add_undoes_every_step(node, etcd_server):
         for i in range(4):
             node.exec("ip", "route", "del", "blackhole", f"10.246.0.{i}/32", check=False)
         store_read(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tiny"))
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [child for child, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
+    """Ctrl-C reaches the agent's whole process group: its netlink workers must not die under
+    it halfway through a pod; the agent stops them and leaves nothing behind."""
+    from tests.helpers.cni_node import CNINode
+
+    async def ensure_pool(store):
+        if not (await store.list("IPPool")).items:
+            await add_pool(store, "pods", "10.244.0.0/16")
+
+    store_read(etcd_server.endpoint, ensure_pool)
+    node = CNINode(etcd_server.unix_endpoint).start()
+    try:
+        workers = _descendants(node.agent.pid)
+        assert len(workers) >= 4  # the netlink workers, and the process they fork from
+        # The signal reaches the workers first: they carry on, and so does the agent.
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.3)
+        added = node.plugin("percale", "ADD", netconf(node), container_id="c-sigint",
+                            netns=node.new_pod_netns(), args=k8s("default", "sigint"))
+        assert added.code == 0, added.out
+        os.kill(node.agent.pid, signal.SIGINT)
+        assert node.agent.wait(15) == 0
+        assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+        assert not Path(node.socket).exists()
+    finally:
+        node.stop()
