@@ -4,7 +4,6 @@ with one owner at a time."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import multiprocessing
 import os
@@ -16,24 +15,13 @@ from collections import defaultdict
 
 import pytest
 
-from percale.datastore.etcd import EtcdDatastore
 from tests.helpers import ipam_worker
+from tests.helpers.store import with_store
 from tests.helpers.ipam_world import add_pool, assert_consistent
 
 pytestmark = pytest.mark.integration
 
 NODES = 4
-
-
-def _in_store(endpoint: str, work):
-    async def main():
-        store = EtcdDatastore([endpoint])
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def _no_address_held_twice(intervals) -> None:
@@ -77,13 +65,13 @@ def _run_nodes(endpoint: str, iterations: int, seed: int, **per_node):
 def test_nodes_allocating_at_once_never_share_an_address(etcd):
     # 64 addresses in blocks of 8: four nodes claim all eight blocks within moments and then
     # borrow from each other and run out.
-    _in_store(etcd.endpoint, lambda s: add_pool(s, "small", "10.0.0.0/26", blockSize=29))
+    with_store(etcd.endpoint, lambda s: add_pool(s, "small", "10.0.0.0/26", blockSize=29))
 
     results = _run_nodes(etcd.endpoint, iterations=70, seed=1)
     _no_address_held_twice([iv for r in results for iv in r["intervals"]])
     held = {a: h for r in results for h, addrs in r["held"].items() for a in addrs}
     assert sum(len(addrs) for r in results for addrs in r["held"].values()) == len(held)
-    assert _in_store(etcd.endpoint, assert_consistent) == held, "the store and the nodes disagree"
+    assert with_store(etcd.endpoint, assert_consistent) == held, "the store and the nodes disagree"
     assert sum(r["borrowed"] for r in results) > 0, "no node borrowed; the pool is too big"
     assert sum(r["exhausted"] for r in results) > 0, "the pool never ran out"
     _show_blocks_matches(etcd.endpoint, held)
@@ -93,5 +81,5 @@ def test_nodes_allocating_at_once_never_share_an_address(etcd):
     results = _run_nodes(etcd.endpoint, iterations=30, seed=100, release_all=True,
                          inherited=[r["held"] for r in results])
     _no_address_held_twice([iv for r in results for iv in r["intervals"]])
-    assert _in_store(etcd.endpoint, assert_consistent) == {}
-    assert _in_store(etcd.endpoint, lambda s: s.list("IPAMHandle")).items == []
+    assert with_store(etcd.endpoint, assert_consistent) == {}
+    assert with_store(etcd.endpoint, lambda s: s.list("IPAMHandle")).items == []

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 
 import pytest
 
-from percale.datastore.etcd import EtcdDatastore
 from tests.helpers.cni_node import CNINode
 from tests.helpers.ipam_world import add_pool
+from tests.helpers.store import with_store
 
 POOL = "10.244.0.0/16"
 
@@ -18,13 +17,11 @@ def reset_store(endpoint: str, pools: dict[str, dict]) -> None:
     subprocess.run(["etcdctl", "--endpoints", endpoint, "del", "--prefix", "/percale/"],
                    env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
 
-    async def create() -> None:
-        store = EtcdDatastore([endpoint])
+    async def create(store) -> None:
         for name, spec in pools.items():
             await add_pool(store, name, **spec)
-        await store.close()
 
-    asyncio.run(create())
+    with_store(endpoint, create)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ namespaces, with percale-node serving them and a real etcd behind it."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import signal
@@ -15,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from percale.datastore import Key
-from percale.datastore.etcd import EtcdDatastore
 from percale.resources.workloadendpoint import workload_endpoint_name
 from percale.ipam.allocator import IPAM
 from percale.node.main import IPAM_CACHE_SECONDS
 from tests.helpers.cni_node import netconf
+from tests.helpers.store import with_store
 from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.netns
@@ -31,16 +30,6 @@ def k8s(namespace: str, pod: str) -> str:
 
 def in_pod(netns: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True)
-
-
-def store_read(endpoint: str, work):
-    async def main():
-        store = EtcdDatastore([endpoint])
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-    return asyncio.run(main())
 
 
 def wait_until(condition, timeout: float = 5.0) -> bool:
@@ -82,7 +71,7 @@ def test_add_check_del(node, etcd_server):
     assert node.exec("ping", "-c1", "-W2", str(address.ip), check=False).returncode == 0
 
     wep_name = workload_endpoint_name(node.name, "k8s", "web-1", "eth0")
-    wep = store_read(etcd_server.endpoint,
+    wep = with_store(etcd_server.endpoint,
                      lambda s: s.get(Key("WorkloadEndpoint", wep_name, "shop"))).value
     assert wep.spec.container_id == "c-basic" and wep.spec.ip_networks == [str(address)]
     assert wep.spec.interface_name == host_veth
@@ -106,9 +95,9 @@ def test_add_check_del(node, etcd_server):
     # pair takes the kernel a while, so DEL does not wait for it).
     assert str(address.ip) not in node.exec("ip", "route").stdout
     assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
-    held = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    held = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "k8s-pod-network.c-basic" not in [kv.key.name for kv in held.items]
-    weps = store_read(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "shop"))
+    weps = with_store(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "shop"))
     assert wep_name not in [kv.key.name for kv in weps.items]
 
 
@@ -119,7 +108,7 @@ def test_del_after_the_netns_is_gone_releases_everything(node, etcd_server):
     subprocess.run(["ip", "netns", "del", netns], check=True)
     deleted = node.plugin("percale", "DEL", netconf(node), container_id="c-gone", netns=netns, args=k8s("default", "gone"))
     assert deleted.code == 0, deleted.out
-    handles = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    handles = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "k8s-pod-network.c-gone" not in [kv.key.name for kv in handles.items]
     assert added.json["interfaces"][0]["name"] not in node.exec("ip", "link").stdout
 
@@ -132,7 +121,7 @@ def test_second_add_for_the_same_container_is_refused_and_leaks_nothing(node, et
     assert second.code == 1 and second.json["code"] == 102
     assert "eth0" in second.json["msg"]
     # The first pod is untouched and the second attempt's address went back.
-    held = store_read(etcd_server.endpoint,
+    held = with_store(etcd_server.endpoint,
                       lambda s: s.get(Key("IPAMHandle", "k8s-pod-network.c-twice"))).value.spec.block
     assert sum(held.values()) == 1
     assert node.exec("ping", "-c1", "-W2", pod_ip(first.json), check=False).returncode == 0
@@ -201,7 +190,7 @@ def test_percale_ipam_under_ptp(node, etcd_server):
     assert ipaddress.ip_interface(added.json["ips"][0]["address"]).network.prefixlen == 26
     assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
     assert node.plugin("ptp", "DEL", conf, container_id="c-ptp", netns=netns).code == 0
-    handles = store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    handles = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "ptp-net.c-ptp" not in [kv.key.name for kv in handles.items]
 
 
@@ -219,7 +208,7 @@ def test_version_status_and_gc(node, etcd_server):
     gc = node.plugin("percale", "GC", {**netconf(node, version="1.1.0"),
                                        "cni.dev/valid-attachments": [{"containerID": "c-keep", "ifname": "eth0"}]})
     assert gc.code == 0, gc.out
-    handles = [kv.key.name for kv in store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+    handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
     assert "k8s-pod-network.c-keep" in handles and "k8s-pod-network.c-stray" not in handles
 
 
@@ -258,7 +247,7 @@ def test_mtu_from_config_or_the_underlay_minus_the_tunnel(node, etcd_server):
     plain = node.plugin("percale", "ADD", netconf(node), container_id="c-mtu2", netns=netns2,
                         args=k8s("default", "mtu2"))
     assert plain.code == 0 and "mtu 1500" in in_pod(netns2, "ip", "link", "show", "eth0").stdout
-    store_read(etcd_server.endpoint, lambda s: add_pool(s, "tunnelled", "10.245.0.0/16", vxlanMode="Always"))
+    with_store(etcd_server.endpoint, lambda s: add_pool(s, "tunnelled", "10.245.0.0/16", vxlanMode="Always"))
     time.sleep(IPAM_CACHE_SECONDS + 0.2)  # the agent sees pool changes within this time
     try:
         netns3 = node.new_pod_netns()
@@ -266,7 +255,7 @@ def test_mtu_from_config_or_the_underlay_minus_the_tunnel(node, etcd_server):
                             args=k8s("default", "mtu3"))
         assert vxlan.code == 0 and "mtu 1450" in in_pod(netns3, "ip", "link", "show", "eth0").stdout
     finally:
-        store_read(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tunnelled"))
+        with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tunnelled"))
 
 
 def test_del_of_an_older_container_leaves_the_newer_one_alone(node, etcd_server):
@@ -278,10 +267,10 @@ def test_del_of_an_older_container_leaves_the_newer_one_alone(node, etcd_server)
     deleted = node.plugin("percale", "DEL", netconf(node), container_id="c-old", netns=old_netns, args=k8s("default", "redo"))
     assert deleted.code == 0
     wep_name = workload_endpoint_name(node.name, "k8s", "redo", "eth0")
-    wep = store_read(etcd_server.endpoint, lambda s: s.get(Key("WorkloadEndpoint", wep_name, "default"))).value
+    wep = with_store(etcd_server.endpoint, lambda s: s.get(Key("WorkloadEndpoint", wep_name, "default"))).value
     assert wep.spec.container_id == "c-new"
     assert node.exec("ping", "-c1", "-W2", pod_ip(new.json), check=False).returncode == 0
-    handles = [kv.key.name for kv in store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+    handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
     assert "k8s-pod-network.c-new" in handles and "k8s-pod-network.c-old" not in handles
 
 
@@ -326,7 +315,7 @@ def test_add_after_another_plugin_keeps_its_result(node):
 def test_a_failed_add_undoes_every_step(node, etcd_server):
     """The kernel refuses the host route (the address is already routed, as a /32 block's
     blackhole would be): the veth goes, the address goes back, no endpoint is left."""
-    store_read(etcd_server.endpoint, lambda s: add_pool(s, "tiny", "10.246.0.0/30", blockSize=30))
+    with_store(etcd_server.endpoint, lambda s: add_pool(s, "tiny", "10.246.0.0/30", blockSize=30))
     for i in range(4):
         node.exec("ip", "route", "add", "blackhole", f"10.246.0.{i}/32")
     time.sleep(IPAM_CACHE_SECONDS + 0.2)  # the agent sees the new pool within this time
@@ -337,14 +326,14 @@ def test_a_failed_add_undoes_every_step(node, etcd_server):
         assert failed.code == 1 and failed.json["code"] == 103, failed.out
         assert "already routed" in failed.json["msg"]
         assert "eth0" not in in_pod(netns, "ip", "link").stdout
-        handles = [kv.key.name for kv in store_read(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+        handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
         assert "k8s-pod-network.c-fail" not in handles
-        weps = store_read(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "default"))
+        weps = with_store(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "default"))
         assert all(kv.value.spec.container_id != "c-fail" for kv in weps.items)
     finally:
         for i in range(4):
             node.exec("ip", "route", "del", "blackhole", f"10.246.0.{i}/32", check=False)
-        store_read(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tiny"))
+        with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tiny"))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -371,7 +360,7 @@ def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
         if not (await store.list("IPPool")).items:
             await add_pool(store, "pods", "10.244.0.0/16")
 
-    store_read(etcd_server.endpoint, ensure_pool)
+    with_store(etcd_server.endpoint, ensure_pool)
     node = CNINode(etcd_server.unix_endpoint).start()
     try:
         workers = _descendants(node.agent.pid)
