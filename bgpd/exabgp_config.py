@@ -1,0 +1,98 @@
+"""ExaBGP's configuration, rendered from the sessions percale computed (bgpd/peering.py).
+
+Pure: text in, text out; `exabgp validate` checks the result in the tests. ExaBGP 5.0 traps this
+avoids (../shared/reference/exabgp.md):
+  * manual-eor: after a restart ExaBGP would send End-of-RIB before percale has re-announced
+    anything, and peers would flush the routes graceful restart was keeping for us;
+  * one helper (the bridge) on every neighbour, so every command reaches every peer;
+  * peer-as is mandatory since 5.0.12; passive neighbours need their own `listen`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+HELPER = "percale"
+DEFAULT_RESTART_TIME = 120
+HOLD_TIME = 90
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """What ExaBGP needs to know about one session (a view of bgpd.peering.Session)."""
+
+    name: str
+    family: int
+    peer_address: str
+    peer_port: int
+    peer_as: int
+    local_as: int
+    local_address: str | None
+    passive: bool
+    restart_time: int = DEFAULT_RESTART_TIME
+    password: str | None = None
+    ttl_security: int | None = None
+    listen_port: int = 179
+
+
+def _quote(text: str) -> str:
+    if '"' in text or "\n" in text:
+        raise ValueError("a BGP password cannot contain a double quote or a newline")
+    return f'"{text}"'
+
+
+def render(router_id: str, neighbors: Iterable[Neighbor], helper_command: str) -> str:
+    lines = [
+        f"process {HELPER} {{",
+        f"    run {helper_command};",
+        "    encoder json;",
+        "}",
+        "",
+        "template {",
+        "    neighbor percale {",
+        f"        router-id {router_id};",
+        f"        hold-time {HOLD_TIME};",
+        "        manual-eor true;",
+        "        api {",
+        f"            processes [ {HELPER} ];",
+        "            neighbor-changes;",
+        "            receive { parsed; update; open; notification; }",
+        "        }",
+        "    }",
+        "}",
+    ]
+    for n in sorted(neighbors, key=lambda n: (n.family, n.peer_address, n.peer_port)):
+        lines += ["", f"neighbor {n.peer_address} {{", "    inherit percale;",
+                  f'    description "{n.name}";']
+        if n.local_address:
+            lines.append(f"    local-address {n.local_address};")
+        lines += [f"    local-as {n.local_as};", f"    peer-as {n.peer_as};"]
+        if n.peer_port != 179:
+            lines.append(f"    connect {n.peer_port};")
+        if n.passive:
+            lines += ["    passive true;", f"    listen {n.listen_port};"]
+        if n.password:
+            lines.append(f"    md5-password {_quote(n.password)};")
+        if n.ttl_security:
+            # GTSM (RFC 5082): accept only packets that crossed at most `hops` routers.
+            lines.append(f"    incoming-ttl {256 - n.ttl_security};")
+        family = "ipv4 unicast" if n.family == 4 else "ipv6 unicast"
+        lines += [f"    family {{ {family}; }}",
+                  f"    capability {{ graceful-restart {n.restart_time}; route-refresh; }}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def environment(log_file: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """ExaBGP's settings as environment variables. It must stay root: the bridge helper is
+    started by it and percale's routes are announced through it (by default ExaBGP drops to
+    `nobody`, and then cannot start the helper)."""
+    return {
+        "exabgp_daemon_user": "root",
+        "exabgp_daemon_daemonize": "false",
+        "exabgp_log_destination": log_file,
+        "exabgp_log_level": "INFO",
+        "exabgp_api_ack": "true",
+        "exabgp_api_cli": "false",
+        **(extra or {}),
+    }

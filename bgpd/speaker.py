@@ -1,0 +1,174 @@
+"""ExaBGP as a child of percale-node: started, fed, drained, restarted.
+
+The agent listens on a unix socket; ExaBGP's helper (bgpd/bridge.py) connects to it and relays
+every line both ways. Lines from ExaBGP are JSON events (`{...}`), acknowledgements (`done`,
+`error`, one per command, in order), or text. Commands wait for their acknowledgement, so a
+caller knows ExaBGP queued the change (exabgp.md §1.5). Reading never stops while ExaBGP runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from percale.bgpd import exabgp_config
+
+log = logging.getLogger("percale.bgpd.speaker")
+
+
+class SpeakerError(Exception):
+    """ExaBGP refused a command, or is not there to take it."""
+
+
+class ExaBGP:
+    def __init__(
+        self, workdir: Path, on_event: Callable[[dict], None], *,
+        netns: str | None = None, exabgp: str | None = None, python: str = sys.executable,
+        on_connect: Callable[[], None] | None = None,
+    ):
+        self.workdir = workdir
+        self.on_event = on_event
+        # Called when a (new) bridge connects: ExaBGP started or restarted, and knows nothing
+        # percale announced before; the agent re-announces and then sends End-of-RIB.
+        self.on_connect = on_connect
+        self.netns = netns
+        self.exabgp = exabgp or str(Path(sys.executable).parent / "exabgp")
+        self.python = python
+        self.process: asyncio.subprocess.Process | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._acks: deque[asyncio.Future[str]] = deque()
+        self._connected = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "exabgp.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "exabgp.conf"
+
+    def render(self, router_id: str, neighbors: list[exabgp_config.Neighbor]) -> str:
+        helper = f"{self.python} -I -m percale.bgpd.bridge {self.socket_path}"
+        return exabgp_config.render(router_id, neighbors, helper)
+
+    async def start(self, config: str) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(config)
+        self.socket_path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._on_bridge, path=str(self.socket_path),
+                                                       limit=2**24)
+        os.chmod(self.socket_path, 0o600)
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        command = [self.exabgp, "server", str(self.config_path)]
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        env = {**os.environ, **exabgp_config.environment(str(self.workdir / "exabgp.log"))}
+        self.process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True)
+        log.info("started ExaBGP (pid %s)", self.process.pid)
+
+    async def wait_connected(self, timeout: float = 30) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def _on_bridge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            self._writer.close()  # an older bridge: ExaBGP replaced it
+        self._fail_pending("ExaBGP's helper reconnected")
+        self._writer = writer
+        self._connected.set()
+        if self.on_connect:
+            self.on_connect()
+        try:
+            while line := await reader.readline():
+                self._dispatch(line.decode(errors="replace").rstrip("\n"))
+        finally:
+            if self._writer is writer:
+                self._writer = None
+                self._connected.clear()
+                self._fail_pending("ExaBGP's helper went away")
+
+    def _dispatch(self, line: str) -> None:
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.warning("ExaBGP sent a line that is not JSON: %.200s", line)
+                return
+            self.on_event(event)
+        elif line in ("done", "error"):
+            if self._acks:
+                future = self._acks.popleft()
+                if not future.done():
+                    future.set_result(line)
+        elif line:
+            log.debug("ExaBGP: %s", line)
+
+    def _fail_pending(self, why: str) -> None:
+        while self._acks:
+            future = self._acks.popleft()
+            if not future.done():
+                future.set_exception(SpeakerError(why))
+
+    async def send(self, command: str, timeout: float = 30) -> None:
+        """Give ExaBGP one command and wait until it acknowledges it; SpeakerError if it refuses."""
+        if "\n" in command:
+            raise ValueError("one command per call")
+        await self.wait_connected(timeout)
+        assert self._writer is not None
+        ack: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._acks.append(ack)
+        self._writer.write(command.encode() + b"\n")
+        await self._writer.drain()
+        if await asyncio.wait_for(ack, timeout) != "done":
+            raise SpeakerError(f"ExaBGP refused: {command}")
+
+    async def reload(self, config: str) -> None:
+        """Apply a new configuration. Sessions whose settings did not change stay up; new
+        neighbours connect; removed ones are shut down (ExaBGP's SIGUSR1 reload)."""
+        self.config_path.write_text(config)
+        if self.process and self.process.returncode is None:
+            os.kill(self.process.pid, signal.SIGUSR1)
+
+    async def supervise(self) -> None:
+        """Restart ExaBGP whenever it exits, until stop(); run it as a task."""
+        delay = 0.5
+        while not self._stopping:
+            assert self.process is not None
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            log.warning("ExaBGP exited with %s; starting it again in %.1fs", code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+            await self._spawn()
+
+    async def stop(self) -> None:
+        """Stop ExaBGP. With graceful restart negotiated it closes sessions without a
+        NOTIFICATION, so peers keep percale's routes while the agent is away."""
+        self._stopping = True
+        if self.process and self.process.returncode is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except asyncio.TimeoutError:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                await self.process.wait()
+        if self._server:
+            self._server.close()
+        if self._writer:
+            self._writer.close()
+        self._fail_pending("stopped")
+        self.socket_path.unlink(missing_ok=True)

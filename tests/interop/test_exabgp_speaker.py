@@ -1,0 +1,84 @@
+"""percale's ExaBGP speaker against a real GoBGP peer: sessions come up, percale's routes reach
+the peer, the peer's routes reach percale, and ExaBGP's configuration validates."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from percale.bgpd.exabgp_config import Neighbor, render
+from percale.bgpd.speaker import ExaBGP, SpeakerError
+from tests.helpers.bgp_lab import Lab, wait_for
+
+pytestmark = pytest.mark.interop
+
+EXABGP = str(Path(sys.executable).parent / "exabgp")
+
+
+def test_rendered_configuration_validates(tmp_path):
+    neighbors = [
+        Neighbor("Mesh_10_0_0_2", 4, "10.0.0.2", 179, 64512, 64512, "10.0.0.1", passive=False),
+        Neighbor("Mesh_10_0_0_3", 4, "10.0.0.3", 179, 64512, 64512, "10.0.0.1", passive=True),
+        Neighbor("Node_192_0_2_1_port_1179", 4, "192.0.2.1", 1179, 64600, 64512, "10.0.0.1",
+                 passive=False, password="s3cr3t", ttl_security=1, restart_time=300),
+        Neighbor("Global_fd00__1", 6, "fd00::1", 179, 64512, 64512, "fd00::2", passive=False),
+    ]
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(render("10.0.0.1", neighbors, f"{sys.executable} -m percale.bgpd.bridge /tmp/x.sock"))
+    done = subprocess.run([EXABGP, "validate", str(conf)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = conf.read_text()
+    assert "manual-eor true;" in text and "md5-password \"s3cr3t\";" in text
+    assert "incoming-ttl 255;" in text and "connect 1179;" in text
+    assert "passive true;\n    listen 179;" in text
+
+
+def test_routes_flow_both_ways_with_gobgp():
+    lab = Lab().up()
+    events: list[dict] = []
+    try:
+        lab.gobgp([("10.99.0.1", 64512)])
+
+        async def scenario():
+            speaker = ExaBGP(lab.workdir / "percale", events.append, netns=lab.a)
+            neighbor = Neighbor("Global_10_99_0_3", 4, "10.99.0.3", 179, 64512, 64512, "10.99.0.1", passive=False)
+            await speaker.start(speaker.render("10.99.0.1", [neighbor]))
+            supervisor = asyncio.create_task(speaker.supervise())
+            try:
+                await speaker.wait_connected()
+                for _ in range(300):
+                    if any(e.get("type") == "state" and e["neighbor"].get("state") == "up" for e in events):
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"the session never came up: {events[-3:]}")
+                await speaker.send("announce route 10.244.1.0/26 next-hop self")
+                await speaker.send("announce eor ipv4 unicast")
+                with pytest.raises(SpeakerError):
+                    await speaker.send("announce route 10.244.9.0/26 next-hop self bogus-keyword 1")
+                assert await asyncio.to_thread(
+                    wait_for, lambda: "10.244.1.0/26" in lab.gobgp_rib(), 10)
+                path = lab.gobgp_rib()["10.244.1.0/26"][0]
+                assert any(a.get("nexthop") == "10.99.0.1" for a in path["attrs"])
+
+                lab.exec(lab.b, "gobgp", "global", "rib", "add", "-a", "ipv4", "10.244.2.0/26",
+                         "nexthop", "10.99.0.3")
+                for _ in range(100):
+                    learned = [e for e in events if e.get("type") == "update"
+                               and "announce" in e["neighbor"]["message"].get("update", {})]
+                    if learned:
+                        break
+                    await asyncio.sleep(0.1)
+                announce = learned[0]["neighbor"]["message"]["update"]["announce"]["ipv4 unicast"]
+                assert announce == {"10.99.0.3": [{"nlri": "10.244.2.0/26"}]}
+            finally:
+                await speaker.stop()
+                supervisor.cancel()
+
+        asyncio.run(scenario())
+    finally:
+        lab.down()
