@@ -1,0 +1,39 @@
+"""What a node announces: its confirmed blocks, and /32s of what it borrowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from percale.bgpd.announcements import announcements
+from percale.datastore import MemoryDatastore
+from percale.ipam.allocator import IPAM
+from tests.helpers.ipam_world import add_pool
+
+pytestmark = pytest.mark.unit
+
+
+async def test_own_blocks_and_borrowed_addresses():
+    store = MemoryDatastore()
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="a", num4=13)   # n1 claims all four blocks
+    got = await ipam.auto_assign("n2", handle_id="b", num4=2)  # n2 borrows from n1's last block
+    affinities = [kv.value for kv in (await store.list("BlockAffinity")).items]
+    all_blocks = [kv.value for kv in (await store.list("IPAMBlock")).items]
+
+    n1 = announcements("n1", affinities, all_blocks)
+    assert n1.blocks == {"10.0.0.0/30", "10.0.0.4/30", "10.0.0.8/30", "10.0.0.12/30"}
+    assert n1.borrowed == set()
+    n2 = announcements("n2", affinities, all_blocks)
+    assert n2.blocks == set()
+    assert n2.borrowed == {f"{i.ip}/32" for i in got.ipv4}
+    assert n2.prefixes == n2.borrowed
+
+
+async def test_pending_affinities_are_not_announced():
+    from percale.resources import parse
+
+    pending = parse({"apiVersion": "percale.io/v1", "kind": "BlockAffinity",
+                     "metadata": {"name": "n1-10.0.0.0-26"},
+                     "spec": {"state": "pending", "node": "n1", "cidr": "10.0.0.0/26"}})
+    assert announcements("n1", [pending], []).blocks == set()
