@@ -1,0 +1,77 @@
+"""percale's BGP driver against GoBGP: sessions from the datastore, blocks announced as IPAM
+claims them and withdrawn as it gives them up."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+
+from percale.bgpd.controller import BGPController
+from percale.datastore.etcd import EtcdDatastore
+from percale.ipam.allocator import IPAM
+from percale.resources import parse
+from tests.helpers.bgp_lab import Lab
+from tests.helpers.ipam_world import add_pool
+
+pytestmark = pytest.mark.interop
+
+
+def resource(kind: str, name: str, spec: dict, **meta) -> object:
+    return parse({"apiVersion": "percale.io/v1", "kind": kind,
+                  "metadata": {"name": name, **meta}, "spec": spec})
+
+
+def test_blocks_reach_the_peer_within_a_second(etcd):
+    lab = Lab().up()
+    try:
+        lab.gobgp([("10.99.0.1", 64512)])
+
+        async def scenario():
+            store = EtcdDatastore([etcd.endpoint])
+            await add_pool(store, "pods", "10.244.0.0/16")
+            await store.create(resource("Node", "node-a", {"bgp": {"ipv4Address": "10.99.0.1/24"}}))
+            await store.create(resource("BGPPeer", "gobgp", {"peerIP": "10.99.0.3", "asNumber": 64512}))
+            controller = BGPController(store, "node-a", lab.workdir / "percale", netns=lab.a)
+            running = asyncio.create_task(controller.run())
+            try:
+                deadline = time.monotonic() + 30
+                while not lab_peer_up(lab) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                assert lab_peer_up(lab), "the session to GoBGP never came up"
+
+                ipam = IPAM(store)
+                claimed_at = time.monotonic()
+                got = await ipam.auto_assign("node-a", handle_id="pod-1", num4=1)
+                block = str(got.ipv4[0].network)
+                while block not in lab.gobgp_rib() and time.monotonic() - claimed_at < 5:
+                    await asyncio.sleep(0.02)
+                took = time.monotonic() - claimed_at
+                assert block in lab.gobgp_rib()
+                assert took < 1.0, f"block claim to route at the peer took {took:.2f}s"
+
+                await ipam.release_by_handle("pod-1")
+                await ipam.release_host_affinities("node-a")
+                deadline = time.monotonic() + 5
+                while block in lab.gobgp_rib() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert block not in lab.gobgp_rib()
+            finally:
+                running.cancel()
+                try:
+                    await running
+                except asyncio.CancelledError:
+                    pass
+                await store.close()
+
+        asyncio.run(scenario())
+    finally:
+        lab.down()
+
+
+def lab_peer_up(lab: Lab) -> bool:
+    out = subprocess.run(["ip", "netns", "exec", lab.b, "gobgp", "neighbor"],
+                         capture_output=True, text=True).stdout
+    return "Establ" in out
