@@ -7,20 +7,25 @@ It keeps three things in step with the datastore:
     withdraw commands; everything again, then End-of-RIB, whenever ExaBGP (re)connects, and
     everything towards a peer whose session comes up (ExaBGP does not send routes announced
     before a neighbour existed, exabgp.md §1.8);
-  * events — every JSON event ExaBGP reports is handed to `on_event` (the RIB).
-It re-reads the datastore when a watched kind changes, or every `resync` seconds at the latest.
+  * what the node learns — ExaBGP's events feed the RIB (bgpd.rib); its changes go to the FIB
+    (bgpd.fib, given by the agent; tests running outside a node's namespace leave it out).
+It re-reads the datastore when a watched kind changes, or every `resync` seconds at the latest,
+and then also reconciles the FIB and sweeps stale routes whose restart time has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
 from pathlib import Path
+from typing import Any
 
 from percale.bgpd import peering
 from percale.bgpd.announcements import Announcements, announcements
 from percale.bgpd.exabgp_config import Neighbor
+from percale.bgpd.exabgp_json import MalformedMessage, PeerState, RibFeed
+from percale.bgpd.rib import Rib
 from percale.bgpd.speaker import ExaBGP, SpeakerError
 from percale.datastore import Datastore, DatastoreError, RevisionCompacted
 
@@ -51,10 +56,13 @@ def neighbors(sessions: list[peering.Session], listen_port: int,
 
 class BGPController:
     def __init__(self, store: Datastore, node: str, workdir: Path, *,
-                 on_event: Callable[[dict], None] | None = None, netns: str | None = None,
+                 fib: Any = None, netns: str | None = None,
                  secrets_dir: Path | None = None, resync: float = 30.0):
         self.store, self.node = store, node
-        self.on_event = on_event or (lambda event: None)
+        self.fib = fib
+        self.rib: Rib | None = None
+        self.feed: RibFeed | None = None
+        self._fib_due = asyncio.Event()
         self.secrets_dir = secrets_dir
         self.resync = resync
         self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
@@ -70,11 +78,17 @@ class BGPController:
 
     # -- events from ExaBGP --------------------------------------------------------------------
 
-    def _event(self, event: dict) -> None:
-        neighbor = event.get("neighbor", {})
-        if event.get("type") == "state" and neighbor.get("state") == "up":
-            self._peer_ups.put_nowait(neighbor["address"]["peer"])
-        self.on_event(event)
+    def _event(self, line: str) -> None:
+        if self.feed is None:
+            return
+        try:
+            event = self.feed.feed(line, time.monotonic())
+        except MalformedMessage as err:
+            log.warning("ExaBGP sent an event percale cannot read: %s", err)
+            return
+        if isinstance(event, PeerState) and event.state == "up":
+            self._peer_ups.put_nowait(str(event.peer.address))
+        self._fib_due.set()
 
     def _on_connect(self) -> None:
         # A fresh ExaBGP knows none of our routes.
@@ -87,6 +101,7 @@ class BGPController:
         for kind in WATCHED:
             self._spawn(self._watch(kind))
         self._spawn(self._peers_coming_up())
+        self._spawn(self._program_fib())
         try:
             while True:
                 try:
@@ -152,6 +167,15 @@ class BGPController:
         if speaker is None or speaker.router_id is None:
             return  # this node has no BGP address yet
         self.sessions = peering.sessions_for(self.node, nodes, peers, configs)
+        pools = [kv.value.spec.cidr for kv in (await self.store.list("IPPool")).items
+                 if not kv.value.spec.disabled]
+        own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
+        if self.rib is None:
+            self.rib = Rib(router_id=speaker.router_id, pools=pools, own_addresses=own_addresses)
+            self.feed = RibFeed(self.rib)
+        else:
+            self.rib.set_pools(pools)
+            self.rib.set_own_addresses(own_addresses)
         config = self.speaker.render(speaker.router_id,
                                      neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
         if self._config is None:
@@ -165,7 +189,33 @@ class BGPController:
         affinities = [kv.value for kv in (await self.store.list("BlockAffinity", node=self.node)).items]
         blocks = [kv.value for kv in (await self.store.list("IPAMBlock")).items]
         self.desired = announcements(self.node, affinities, blocks)
+        self.rib.set_own_blocks(self.desired.blocks)
         await self._announce_changes()
+        self.rib.expire(time.monotonic())
+        self._fib_due.set()
+        if self.fib is not None:
+            await asyncio.to_thread(self.fib.reconcile)
+
+    async def _program_fib(self) -> None:
+        """Hand the RIB's changes to the FIB, batched: a burst of updates becomes one netlink
+        batch, and the event loop (and ExaBGP's pipe) never waits on the kernel."""
+        while True:
+            await self._fib_due.wait()
+            self._fib_due.clear()
+            if self.rib is None:
+                continue
+            changes = self.rib.changes()
+            if not changes or self.fib is None:
+                continue
+            batch: dict[Any, Any] = {**changes.added, **changes.changed}
+            batch.update({prefix: None for prefix in changes.removed})
+            try:
+                outcome = await asyncio.to_thread(self.fib.apply, batch)
+                if outcome.failed:
+                    log.warning("the kernel refused %d routes: %s", len(outcome.failed),
+                                dict(list(outcome.failed.items())[:3]))
+            except Exception as err:  # the next reconcile repairs whatever did not land
+                log.warning("programming routes failed: %s", err)
 
     async def _announce_changes(self) -> None:
         first = self._reannounce_all.is_set()

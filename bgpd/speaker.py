@@ -1,15 +1,14 @@
 """ExaBGP as a child of percale-node: started, fed, drained, restarted.
 
 The agent listens on a unix socket; ExaBGP's helper (bgpd/bridge.py) connects to it and relays
-every line both ways. Lines from ExaBGP are JSON events (`{...}`), acknowledgements (`done`,
-`error`, one per command, in order), or text. Commands wait for their acknowledgement, so a
+every line both ways. Lines from ExaBGP are JSON events (`{...}`, handed on as they are), acknowledgements
+(`done`, `error`, one per command, in order), or text. Commands wait for their acknowledgement, so a
 caller knows ExaBGP queued the change (exabgp.md §1.5). Reading never stops while ExaBGP runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -29,7 +28,7 @@ class SpeakerError(Exception):
 
 class ExaBGP:
     def __init__(
-        self, workdir: Path, on_event: Callable[[dict], None], *,
+        self, workdir: Path, on_event: Callable[[str], None], *,
         netns: str | None = None, exabgp: str | None = None, python: str = sys.executable,
         on_connect: Callable[[], None] | None = None,
     ):
@@ -102,12 +101,7 @@ class ExaBGP:
 
     def _dispatch(self, line: str) -> None:
         if line.startswith("{"):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                log.warning("ExaBGP sent a line that is not JSON: %.200s", line)
-                return
-            self.on_event(event)
+            self.on_event(line)  # a JSON event; bgpd.exabgp_json reads it
         elif line in ("done", "error"):
             if self._acks:
                 future = self._acks.popleft()

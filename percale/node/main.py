@@ -1,7 +1,10 @@
-"""`percale-node`: the node agent. Today it serves the CNI plugins; BGP joins it later.
+"""`percale-node`: the node agent: the CNI server and the BGP driver in one asyncio process.
 
-One asyncio process: it opens the datastore, turns on forwarding (pods on this node reach each
-other through the host), listens on the CNI socket, and stops cleanly on SIGTERM or SIGINT.
+It opens the datastore, turns on forwarding (pods reach each other through the host), listens on
+the CNI socket, and runs BGP (bgpd.controller) once this node's Node resource has a BGP address:
+ExaBGP announces the node's blocks, and learned routes go through the RIB to the kernel. It
+stops cleanly on SIGTERM or SIGINT, leaving its routes in the kernel and letting peers keep ours
+(graceful restart).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from percale.bgpd.controller import BGPController
+from percale.bgpd.fib import FIB
 from percale.datastore import DatastoreError
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
@@ -31,7 +36,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mtu: int) -> None:
+async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mtu: int,
+              bgp_dir: Path, secrets_dir: Optional[Path]) -> None:
     store = open_datastore(load_config(**settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -44,9 +50,18 @@ async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mt
     server = await serve(handlers, cni_socket)
     log.info("percale-node %s serving CNI on %s", node, cni_socket)
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
+    fib = FIB()
+    bgp = asyncio.create_task(
+        BGPController(store, node, bgp_dir, fib=fib, secrets_dir=secrets_dir).run())
     try:
         await stop.wait()
     finally:
+        bgp.cancel()
+        try:
+            await bgp
+        except asyncio.CancelledError:
+            pass
+        fib.close()
         server.close()
         await server.wait_closed()
         Path(cni_socket).unlink(missing_ok=True)
@@ -67,6 +82,10 @@ def main(
     etcd_ca_cert_file: Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")] = None,
     etcd_cert_file: Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")] = None,
     etcd_key_file: Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")] = None,
+    bgp_dir: Annotated[Path, typer.Option(
+        help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
+    secrets_dir: Annotated[Optional[Path], typer.Option(
+        help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the percale node agent (CNI server) until SIGTERM."""
@@ -75,7 +94,8 @@ def main(
                 "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
                 "etcd_key_file": etcd_key_file}
     try:
-        asyncio.run(run(node_name or socket.gethostname(), cni_socket, settings, mtu))
+        asyncio.run(run(node_name or socket.gethostname(), cni_socket, settings, mtu,
+                        bgp_dir, secrets_dir))
     except (ConfigError, DatastoreError, OSError) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None

@@ -72,7 +72,8 @@ class CNINode:
         log = open(self.workdir / "agent.log", "w")
         args = ["ip", "netns", "exec", self.name, str(VENV_BIN / "percale-node"),
                 "--node-name", self.name, "--cni-socket", self.socket,
-                "--etcd-endpoints", self.etcd_endpoint]  # a unix:// endpoint
+                "--etcd-endpoints", self.etcd_endpoint,  # a unix:// endpoint
+                "--bgp-dir", str(self.workdir / "bgp")]
         if mtu:
             args += ["--mtu", str(mtu)]
         self.agent = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)

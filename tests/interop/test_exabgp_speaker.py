@@ -4,6 +4,7 @@ the peer, the peer's routes reach percale, and ExaBGP's configuration validates.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_routes_flow_both_ways_with_gobgp():
         lab.gobgp([("10.99.0.1", 64512)])
 
         async def scenario():
-            speaker = ExaBGP(lab.workdir / "percale", events.append, netns=lab.a)
+            speaker = ExaBGP(lab.workdir / "percale", lambda line: events.append(json.loads(line)),
+                             netns=lab.a)
             neighbor = Neighbor("Global_10_99_0_3", 4, "10.99.0.3", 179, 64512, 64512, "10.99.0.1", passive=False)
             await speaker.start(speaker.render("10.99.0.1", [neighbor]))
             supervisor = asyncio.create_task(speaker.supervise())
