@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,21 @@ from percale.datastore import Datastore, DatastoreError, RevisionCompacted
 log = logging.getLogger("percale.bgpd")
 
 WATCHED = ("Node", "BGPPeer", "BGPConfiguration", "BlockAffinity", "IPAMBlock", "IPPool")
+
+
+@dataclass
+class PeerStatus:
+    """One row of `percalectl node status`, in BIRD's words as calicoctl shows them: STATE is
+    the protocol state (up, start), INFO the BGP state (Established, Connect, Passive, ...)."""
+
+    session: peering.Session
+    state: str = "start"
+    info: str = "Connect"
+    since: float = field(default_factory=time.time)  # wall-clock seconds
+
+    def set(self, state: str, info: str) -> None:
+        if (state, info) != (self.state, self.info):
+            self.state, self.info, self.since = state, info, time.time()
 
 
 def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str | None:
@@ -67,6 +83,8 @@ class BGPController:
         self.resync = resync
         self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
         self.sessions: list[peering.Session] = []
+        # Peer address -> status, for every configured session.
+        self.peers: dict[str, PeerStatus] = {}
         self.announced: frozenset[str] = frozenset()
         self.desired = Announcements(frozenset(), frozenset())
         self._changed = asyncio.Event()
@@ -86,8 +104,17 @@ class BGPController:
         except MalformedMessage as err:
             log.warning("ExaBGP sent an event percale cannot read: %s", err)
             return
-        if isinstance(event, PeerState) and event.state == "up":
-            self._peer_ups.put_nowait(str(event.peer.address))
+        if isinstance(event, PeerState):
+            status = self.peers.get(str(event.peer.address))
+            if event.state == "up":
+                self._peer_ups.put_nowait(str(event.peer.address))
+                if status:
+                    status.set("up", "Established")
+            elif status and event.state == "connected":
+                status.set("start", "OpenSent")
+            elif status and event.state == "down":
+                status.set("start", f"{_waiting(status.session)} ({event.reason})" if event.reason
+                           else _waiting(status.session))
         self._fib_due.set()
 
     def _on_connect(self) -> None:
@@ -167,6 +194,12 @@ class BGPController:
         if speaker is None or speaker.router_id is None:
             return  # this node has no BGP address yet
         self.sessions = peering.sessions_for(self.node, nodes, peers, configs)
+        self.peers = {
+            s.peer_address: self.peers.get(s.peer_address) or PeerStatus(s, info=_waiting(s))
+            for s in self.sessions
+        }
+        for s in self.sessions:
+            self.peers[s.peer_address].session = s
         pools = [kv.value.spec.cidr for kv in (await self.store.list("IPPool")).items
                  if not kv.value.spec.disabled]
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
@@ -239,3 +272,8 @@ class BGPController:
             await self.speaker.send(f"neighbor {peer} announce route {prefix} next-hop self")
         family = "ipv6" if ":" in peer else "ipv4"
         await self.speaker.send(f"neighbor {peer} announce eor {family} unicast")
+
+
+def _waiting(session: peering.Session) -> str:
+    # A passive side waits for the other to connect; an active one keeps trying.
+    return "Passive" if session.passive else "Connect"
