@@ -24,7 +24,7 @@ def resource(kind: str, name: str, spec: dict, **meta) -> object:
                   "metadata": {"name": name, **meta}, "spec": spec})
 
 
-def test_blocks_reach_the_peer_within_a_second(etcd):
+def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
     lab = Lab().up()
     try:
         lab.gobgp([("10.99.0.1", 64512)])
@@ -48,9 +48,8 @@ def test_blocks_reach_the_peer_within_a_second(etcd):
                 block = str(got.ipv4[0].network)
                 while block not in lab.gobgp_rib() and time.monotonic() - claimed_at < 5:
                     await asyncio.sleep(0.02)
-                took = time.monotonic() - claimed_at
+                # How fast is measured by bench/bgp.py; here only that it arrives.
                 assert block in lab.gobgp_rib()
-                assert took < 1.0, f"block claim to route at the peer took {took:.2f}s"
 
                 await ipam.release_by_handle("pod-1")
                 await ipam.release_host_affinities("node-a")
