@@ -8,7 +8,8 @@ It keeps three things in step with the datastore:
     everything towards a peer whose session comes up (ExaBGP does not send routes announced
     before a neighbour existed, exabgp.md §1.8);
   * what the node learns — ExaBGP's events feed the RIB (bgpd.rib); its changes go to the FIB
-    (bgpd.fib, given by the agent; tests running outside a node's namespace leave it out).
+    (bgpd.fib), and the node's own blocks get blackhole routes (bgpd.blackholes); the agent
+    passes both in, tests running outside a node's namespace leave them out.
 It re-reads the datastore when a watched kind changes, or every `resync` seconds at the latest,
 and then also reconciles the FIB and sweeps stale routes whose restart time has passed.
 """
@@ -72,10 +73,11 @@ def neighbors(sessions: list[peering.Session], listen_port: int,
 
 class BGPController:
     def __init__(self, store: Datastore, node: str, workdir: Path, *,
-                 fib: Any = None, netns: str | None = None,
+                 fib: Any = None, blackholes: Any = None, netns: str | None = None,
                  secrets_dir: Path | None = None, resync: float = 30.0):
         self.store, self.node = store, node
         self.fib = fib
+        self.blackholes = blackholes
         self.rib: Rib | None = None
         self.feed: RibFeed | None = None
         self._fib_due = asyncio.Event()
@@ -223,6 +225,8 @@ class BGPController:
         blocks = [kv.value for kv in (await self.store.list("IPAMBlock")).items]
         self.desired = announcements(self.node, affinities, blocks)
         self.rib.set_own_blocks(self.desired.blocks)
+        if self.blackholes is not None:
+            await asyncio.to_thread(self.blackholes.sync, self.desired.blocks)
         await self._announce_changes()
         self.rib.expire(time.monotonic())
         self._fib_due.set()

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from percale.bgpd.blackholes import Blackholes
 from percale.bgpd.controller import BGPController
 from percale.bgpd.fib import FIB
 from percale.datastore import DatastoreError
@@ -50,9 +51,9 @@ async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mt
     server = await serve(handlers, cni_socket)
     log.info("percale-node %s serving CNI on %s", node, cni_socket)
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
-    fib = FIB()
-    bgp = asyncio.create_task(
-        BGPController(store, node, bgp_dir, fib=fib, secrets_dir=secrets_dir).run())
+    fib, blackholes = FIB(), Blackholes()
+    bgp = asyncio.create_task(BGPController(
+        store, node, bgp_dir, fib=fib, blackholes=blackholes, secrets_dir=secrets_dir).run())
     try:
         await stop.wait()
     finally:
