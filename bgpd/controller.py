@@ -17,6 +17,7 @@ and then also reconciles the FIB and sweeps stale routes whose restart time has 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from percale.bgpd import peering
 from percale.bgpd.announcements import Announcements, announcements
 from percale.bgpd.exabgp_config import Neighbor
 from percale.bgpd.exabgp_json import MalformedMessage, PeerState, RibFeed
-from percale.bgpd.rib import Rib
+from percale.bgpd.rib import Path as BGPPath
+from percale.bgpd.rib import Peer, Rib, reflect
 from percale.bgpd.speaker import ExaBGP, SpeakerError
 from percale.datastore import Datastore, DatastoreError, RevisionCompacted
 
@@ -85,6 +87,9 @@ class BGPController:
         self.resync = resync
         self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
         self.sessions: list[peering.Session] = []
+        # Route reflection (this node has a routeReflectorClusterID): what was sent to each peer.
+        self.cluster_id: str | None = None
+        self.reflected: dict[str, dict[str, str]] = {}
         # Peer address -> status, for every configured session.
         self.peers: dict[str, PeerStatus] = {}
         self.announced: frozenset[str] = frozenset()
@@ -182,9 +187,46 @@ class BGPController:
         while True:
             peer = await self._peer_ups.get()
             try:
+                # What we reflected to it before is gone with its old session.
+                self.reflected.pop(peer, None)
+                if self.cluster_id:
+                    await self._reflect()
                 await self._announce_to(peer, sorted(self.announced))
             except SpeakerError as err:
                 log.warning("re-announcing to %s: %s", peer, err)
+
+    async def _reflect(self) -> None:
+        """Route reflection in the agent (RFC 4456), since ExaBGP cannot reflect: each best path
+        learned from an iBGP peer goes to the other iBGP peers its client status allows, with
+        ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged."""
+        assert self.rib is not None and self.feed is not None and self.cluster_id
+        ibgp = [s for s in self.sessions if s.peer_as == s.local_as]
+        clients = {ipaddress.ip_address(s.peer_address) for s in ibgp if s.route_reflector_client}
+        up = {a for a, status in self.peers.items() if status.state == "up"}
+        for session in ibgp:
+            if session.peer_address not in up:
+                continue
+            to = self.feed.peer(session.peer_address) or Peer(
+                session.peer_address, session.peer_as, session.local_as)
+            want: dict[str, str] = {}
+            for prefix in self.rib.fib:
+                best = self.rib.best(prefix)
+                if best is None:
+                    continue
+                try:
+                    path = reflect(best, to, cluster_id=self.cluster_id, clients=clients)
+                except ValueError:
+                    continue  # the sender's identifier is not known yet (its OPEN is pending)
+                if path is not None:
+                    want[str(prefix)] = _announcement(path)
+            sent = self.reflected.setdefault(session.peer_address, {})
+            for prefix in sorted(set(sent) - set(want)):
+                await self.speaker.send(f"neighbor {session.peer_address} withdraw route {prefix}")
+                del sent[prefix]
+            for prefix, announcement in sorted(want.items()):
+                if sent.get(prefix) != announcement:
+                    await self.speaker.send(f"neighbor {session.peer_address} {announcement}")
+                    sent[prefix] = announcement
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -195,6 +237,7 @@ class BGPController:
         speaker = peering.local_speaker(self.node, nodes, configs)
         if speaker is None or speaker.router_id is None:
             return  # this node has no BGP address yet
+        self.cluster_id = speaker.cluster_id
         self.sessions = peering.sessions_for(self.node, nodes, peers, configs)
         self.peers = {
             s.peer_address: self.peers.get(s.peer_address) or PeerStatus(s, info=_waiting(s))
@@ -242,6 +285,8 @@ class BGPController:
             if self.rib is None:
                 continue
             changes = self.rib.changes()
+            if changes and self.cluster_id:
+                await self._reflect()
             if not changes or self.fib is None:
                 continue
             batch: dict[Any, Any] = {**changes.added, **changes.changed}
@@ -281,3 +326,19 @@ class BGPController:
 def _waiting(session: peering.Session) -> str:
     # A passive side waits for the other to connect; an active one keeps trying.
     return "Passive" if session.passive else "Connect"
+
+
+def _announcement(path: BGPPath) -> str:
+    """An ExaBGP `announce route` carrying a reflected path's attributes."""
+    parts = [f"announce route {path.prefix} next-hop {path.next_hop}",
+             f"origin {path.origin.name.lower()}"]
+    asns = [asn for segment in path.as_path for asn in segment.asns]
+    if asns:
+        parts.append(f"as-path [ {' '.join(map(str, asns))} ]")
+    if path.local_pref is not None:
+        parts.append(f"local-preference {path.local_pref}")
+    if path.med is not None:
+        parts.append(f"med {path.med}")
+    parts.append(f"originator-id {path.originator_id}")
+    parts.append(f"cluster-list [ {' '.join(map(str, path.cluster_list))} ]")
+    return " ".join(parts)

@@ -5,7 +5,8 @@ avoids (../shared/reference/exabgp.md):
   * manual-eor: after a restart ExaBGP would send End-of-RIB before percale has re-announced
     anything, and peers would flush the routes graceful restart was keeping for us;
   * one helper (the bridge) on every neighbour, so every command reaches every peer;
-  * peer-as is mandatory since 5.0.12; passive neighbours need their own `listen`.
+  * peer-as is mandatory since 5.0.12; ExaBGP accepts connections only for neighbours with a
+    `listen`, so every neighbour gets one.
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def render(router_id: str, neighbors: Iterable[Neighbor], helper_command: str) -
         if n.peer_port != 179:
             lines.append(f"    connect {n.peer_port};")
         if n.passive:
-            lines += ["    passive true;", f"    listen {n.listen_port};"]
+            lines.append("    passive true;")
+        if n.local_address:
+            # Every session accepts connections, not only the passive ones: two active sides
+            # (a route reflector and its client both peering by selector) would otherwise only
+            # ever dial each other and never answer. ExaBGP resolves the collision (RFC 4271 §6.8).
+            lines.append(f"    listen {n.listen_port};")
         if n.password:
             lines.append(f"    md5-password {_quote(n.password)};")
         if n.ttl_security:

@@ -36,6 +36,7 @@ def test_rendered_configuration_validates(tmp_path):
     assert "manual-eor true;" in text and "md5-password \"s3cr3t\";" in text
     assert "incoming-ttl 255;" in text and "connect 1179;" in text
     assert "passive true;\n    listen 179;" in text
+    assert text.count("listen 179;") == 4  # every session with a local address accepts connections
 
 
 def test_routes_flow_both_ways_with_gobgp():
