@@ -84,6 +84,10 @@ class BGPController:
         self.feed: RibFeed | None = None
         self._fib_due = asyncio.Event()
         self.secrets_dir = secrets_dir
+        # For /readyz: the datastore answered a whole sync; the FIB was reconciled once.
+        self.synced = False
+        self.reconciled = False
+        self.on_sync: Any = None  # called with each sync's duration in seconds
         self.resync = resync
         self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
         self.sessions: list[peering.Session] = []
@@ -138,12 +142,17 @@ class BGPController:
         self._spawn(self._program_fib())
         try:
             while True:
+                started = time.monotonic()
                 try:
                     await self.sync()
+                    self.synced = True
                 except (DatastoreError, SpeakerError, OSError, ValueError) as err:
+                    self.synced = False
                     log.warning("BGP sync failed, trying again: %s", err)
                     await asyncio.sleep(1)
                     continue
+                if self.on_sync:
+                    self.on_sync(time.monotonic() - started)
                 try:
                     await asyncio.wait_for(self._wake(), self.resync)
                 except asyncio.TimeoutError:
@@ -275,6 +284,7 @@ class BGPController:
         self._fib_due.set()
         if self.fib is not None:
             await asyncio.to_thread(self.fib.reconcile)
+            self.reconciled = True
 
     async def _program_fib(self) -> None:
         """Hand the RIB's changes to the FIB, batched: a burst of updates becomes one netlink
