@@ -100,7 +100,7 @@ class BGPController:
         self.desired = Announcements(frozenset(), frozenset())
         self._changed = asyncio.Event()
         self._config: str | None = None
-        self._router_id: str | None = None
+        self.router_id: str | None = None
         self._tasks: set[asyncio.Task] = set()
         self._peer_ups: asyncio.Queue[str] = asyncio.Queue()
         self._reannounce_all = asyncio.Event()
@@ -247,6 +247,7 @@ class BGPController:
         if speaker is None or speaker.router_id is None:
             return  # this node has no BGP address yet
         self.cluster_id = speaker.cluster_id
+        self.router_id = speaker.router_id
         self.sessions = peering.sessions_for(self.node, nodes, peers, configs)
         self.peers = {
             s.peer_address: self.peers.get(s.peer_address) or PeerStatus(s, info=_waiting(s))

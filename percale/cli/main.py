@@ -1,5 +1,5 @@
-"""The `percalectl` command: where the datastore comes from, the resource commands, and the
-`ipam` command group (percale/cli/ipam_*.py).
+"""The `percalectl` command: where the datastore comes from, the resource commands, the
+`ipam` command group (percale/cli/ipam_*.py), `cni install` and `node status` (node_cmd.py).
 
 Bad input names the file, document, field and reason; an unreachable datastore says which
 endpoints were tried; neither prints a traceback (percale/cli/context.py).
@@ -18,6 +18,7 @@ from percale.cli.cni_cmd import cni_app
 from percale.cli.context import fail, settings, with_datastore
 from percale.cli.documents import InputError, load
 from percale.cli.ipam_app import ipam_app
+from percale.cli.node_cmd import node_app
 from percale.datastore import Datastore, DatastoreError, Key, NotFound
 from percale.resources import KINDS, Resource, kind_named
 
@@ -32,6 +33,7 @@ app = typer.Typer(
 
 app.add_typer(ipam_app, name="ipam")
 app.add_typer(cni_app, name="cni")
+app.add_typer(node_app, name="node")
 # Imported for their effect: each module adds its commands to ipam_app.
 _IPAM_COMMANDS = (ipam_show, ipam_check)
 

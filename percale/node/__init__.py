@@ -8,4 +8,5 @@ netlink work in a warm process; the BGP speaker joins it later.
     cni_types.py    CNI network configuration, results and errors (spec 1.1)
     cni_handlers.py ADD, DEL, CHECK, STATUS and GC for the percale and percale-ipam plugins
     pod_network.py  the pod's kernel side: veth pair, addresses, routes, sysctls (pyroute2)
+    status.py       BGP status: the socket `percalectl node status` reads, the NodeStatus record
 """

@@ -2,9 +2,10 @@
 
 It opens the datastore, turns on forwarding (pods reach each other through the host), listens on
 the CNI socket, and runs BGP (bgpd.controller) once this node's Node resource has a BGP address:
-ExaBGP announces the node's blocks, and learned routes go through the RIB to the kernel. It
-stops cleanly on SIGTERM or SIGINT, leaving its routes in the kernel and letting peers keep ours
-(graceful restart).
+ExaBGP announces the node's blocks, and learned routes go through the RIB to the kernel. Its BGP
+status is answered on the status socket (`percalectl node status`) and published as the node's
+NodeStatus (node/status.py). It stops cleanly on SIGTERM or SIGINT, leaving its routes in the
+kernel and letting peers keep ours (graceful restart).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
+from percale.node import health
+from percale.node.status import DEFAULT_STATUS_SOCKET, NodeStatusPublisher, serve_status
 
 log = logging.getLogger("percale.node")
 
@@ -37,8 +40,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mtu: int,
-              bgp_dir: Path, secrets_dir: Optional[Path]) -> None:
+async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str, Optional[str]],
+              mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str) -> None:
     store = open_datastore(load_config(**settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -52,16 +55,32 @@ async def run(node: str, cni_socket: str, settings: dict[str, Optional[str]], mt
     log.info("percale-node %s serving CNI on %s", node, cni_socket)
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
     fib, blackholes = FIB(), Blackholes()
-    bgp = asyncio.create_task(BGPController(
-        store, node, bgp_dir, fib=fib, blackholes=blackholes, secrets_dir=secrets_dir).run())
+    controller = BGPController(store, node, bgp_dir, fib=fib, blackholes=blackholes,
+                               secrets_dir=secrets_dir)
+    controller.on_sync = health.SYNC_SECONDS.observe
+    status_server = await serve_status(controller, node, status_socket)
+    log.info("percale-node %s answering status on %s", node, status_socket)
+    health_server = None
+    if health_listen:
+        host, _, port = health_listen.rpartition(":")
+        health_server = await health.serve(controller, host or "127.0.0.1", int(port))
+    bgp = asyncio.create_task(controller.run())
+    publisher = asyncio.create_task(NodeStatusPublisher(store, node, controller).run())
     try:
         await stop.wait()
     finally:
-        bgp.cancel()
-        try:
-            await bgp
-        except asyncio.CancelledError:
-            pass
+        # Gone first, so `node status` says the agent is not running while it stops.
+        status_server.close()
+        Path(status_socket).unlink(missing_ok=True)
+        for task in (publisher, bgp):
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await status_server.wait_closed()
+        if health_server is not None:
+            health_server.close()
         fib.close()
         server.close()
         await server.wait_closed()
@@ -76,6 +95,9 @@ def main(
         envvar="NODENAME", help="This node's name (default: the host name)")] = None,
     cni_socket: Annotated[str, typer.Option(
         envvar="PERCALE_CNI_SOCKET", help="Unix socket the CNI plugins talk to")] = DEFAULT_SOCKET,
+    status_socket: Annotated[str, typer.Option(
+        envvar="PERCALE_STATUS_SOCKET",
+        help="Unix socket `percalectl node status` reads")] = DEFAULT_STATUS_SOCKET,
     mtu: Annotated[int, typer.Option(help="Pod MTU; 0 detects it from the underlay")] = 0,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="Datastore config file")] = None,
     etcd_endpoints: Annotated[Optional[str], typer.Option(
@@ -87,16 +109,18 @@ def main(
         help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
     secrets_dir: Annotated[Optional[Path], typer.Option(
         help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret")] = None,
+    health_listen: Annotated[str, typer.Option(
+        help="HOST:PORT for /livez, /readyz and /metrics; empty to turn them off")] = "127.0.0.1:9099",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run the percale node agent (CNI server) until SIGTERM."""
+    """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = {"config_file": config, "etcd_endpoints": etcd_endpoints,
                 "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
                 "etcd_key_file": etcd_key_file}
     try:
-        asyncio.run(run(node_name or socket.gethostname(), cni_socket, settings, mtu,
-                        bgp_dir, secrets_dir))
+        asyncio.run(run(node_name or socket.gethostname(), cni_socket, status_socket, settings,
+                        mtu, bgp_dir, secrets_dir, health_listen))
     except (ConfigError, DatastoreError, OSError) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None

@@ -7,6 +7,7 @@ routes or sysctls; plugins run inside it exactly as a runtime on that host runs 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -43,6 +44,9 @@ class CNINode:
     pods: list[str] = field(default_factory=list)
     agent: subprocess.Popen | None = None
     workdir: Path = field(default_factory=lambda: Path(f"/tmp/percale-cni-{uuid.uuid4().hex[:8]}"))
+    # More percale-node options, e.g. ["--secrets-dir", ...]
+    agent_args: list[str] = field(default_factory=list)
+    mtu: int | None = None
 
     @property
     def netns(self) -> str:
@@ -51,6 +55,11 @@ class CNINode:
     @property
     def socket(self) -> str:
         return str(self.workdir / "cni.sock")
+
+    @property
+    def status_socket(self) -> str:
+        """`percalectl node status --status-socket` for this node (not the host's default)."""
+        return str(self.workdir / "status.sock")
 
     @property
     def bin_dir(self) -> Path:
@@ -69,20 +78,54 @@ class CNINode:
         self.exec("ip", "addr", "add", "192.0.2.10/24", "dev", up)
         self.exec("ip", "route", "add", "default", "via", "192.0.2.1", "dev", up, "onlink")
         self.install()
-        log = open(self.workdir / "agent.log", "w")
+        if mtu:
+            self.mtu = mtu
+        self.start_agent()
+        return self
+
+    def start_agent(self) -> None:
+        """Start percale-node in the node's namespace and wait until it serves CNI. Its output
+        goes to <workdir>/agent.log, appended across restarts."""
+        log = open(self.workdir / "agent.log", "a")
         args = ["ip", "netns", "exec", self.name, str(VENV_BIN / "percale-node"),
                 "--node-name", self.name, "--cni-socket", self.socket,
                 "--etcd-endpoints", self.etcd_endpoint,  # a unix:// endpoint
-                "--bgp-dir", str(self.workdir / "bgp")]
-        if mtu:
-            args += ["--mtu", str(mtu)]
+                "--bgp-dir", str(self.workdir / "bgp"), "--status-socket", self.status_socket,
+                *self.agent_args]
+        if self.mtu:
+            args += ["--mtu", str(self.mtu)]
+        # A socket left by an agent that was killed would look like a live one.
+        Path(self.socket).unlink(missing_ok=True)
         self.agent = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not Path(self.socket).exists():
             if self.agent.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("percale-node did not start: " + (self.workdir / "agent.log").read_text())
             time.sleep(0.05)
-        return self
+
+    def restart_agent(self) -> None:
+        """SIGTERM the agent (as a node's init system stops it), then start it again."""
+        self.stop_agent()
+        self.start_agent()
+
+    def agent_children(self) -> list[tuple[int, str]]:
+        """The agent's child processes: (pid, command line)."""
+        if self.agent is None or self.agent.poll() is not None:
+            return []
+        children = []
+        for task in Path(f"/proc/{self.agent.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except FileNotFoundError:
+                    continue
+                children.append((int(pid), cmdline.decode(errors="replace").strip()))
+        return children
+
+    def exabgp_pid(self) -> int | None:
+        """The ExaBGP the agent runs, if it runs one now."""
+        return next((pid for pid, cmd in self.agent_children() if " server " in f"{cmd} "
+                     and "exabgp" in cmd), None)
 
     def install(self) -> None:
         """The plugins as `percalectl cni install` writes them."""
@@ -125,6 +168,24 @@ class CNINode:
             env=environ, capture_output=True, text=True, timeout=120)
         return PluginResult(done.returncode, done.stdout, done.stderr)
 
+    def add_pod(self) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """A pod: a fresh namespace wired by a CNI ADD, as a runtime does. (netns, its address)."""
+        netns = self.new_pod_netns()
+        added = self.plugin("percale", "ADD", netconf(self), container_id=f"c-{netns}", netns=netns,
+                            args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=p-{netns}")
+        if added.code != 0:
+            raise RuntimeError(f"CNI ADD failed: {added.out} {added.err}")
+        return netns, ipaddress.ip_interface(added.json["ips"][0]["address"]).ip
+
+    def routes(self, proto: int) -> dict[str, str | None]:
+        """The node's IPv4 routes of one protocol: prefix -> gateway (None without one)."""
+        out = self.exec("ip", "-j", "-4", "route", "show", "proto", str(proto), check=False).stdout
+        try:
+            found = json.loads(out or "[]")
+        except json.JSONDecodeError:
+            return {}
+        return {r["dst"] if "/" in r["dst"] else f"{r['dst']}/32": r.get("gateway") for r in found}
+
     def stop_agent(self) -> None:
         if self.agent and self.agent.poll() is None:
             os.kill(self.agent.pid, signal.SIGTERM)
@@ -136,6 +197,13 @@ class CNINode:
 
     def stop(self) -> None:
         self.stop_agent()
+        # Whatever the agent left running in the namespace (an ExaBGP orphaned by a killed
+        # agent would keep it alive).
+        for pid in sh("ip", "netns", "pids", self.name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pod in self.pods:
             sh("ip", "netns", "del", pod, check=False)
         sh("ip", "netns", "del", self.name, check=False)
