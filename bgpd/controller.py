@@ -27,7 +27,7 @@ from typing import Any
 from percale.bgpd import peering
 from percale.bgpd.announcements import Announcements, announcements
 from percale.bgpd.exabgp_config import Neighbor
-from percale.bgpd.exabgp_json import MalformedMessage, PeerState, RibFeed
+from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.rib import Path as BGPPath
 from percale.bgpd.rib import Peer, Rib, reflect
 from percale.bgpd.speaker import ExaBGP, SpeakerError
@@ -103,6 +103,14 @@ class BGPController:
         self.router_id: str | None = None
         self._tasks: set[asyncio.Task] = set()
         self._peer_ups: asyncio.Queue[str] = asyncio.Queue()
+        # Set once the current ExaBGP has been given everything we announce: only then may a
+        # peer be sent End-of-RIB, or it would drop routes graceful restart kept for us.
+        self._ready = asyncio.Event()
+        # After the agent starts, the kernel routes it adopted are checked against the RIB once
+        # every peer has sent End-of-RIB (or the restart time has passed).
+        self._started = time.monotonic()
+        self._swept = False
+        self._end_of_rib: set[str] = set()
         self._reannounce_all = asyncio.Event()
 
     # -- events from ExaBGP --------------------------------------------------------------------
@@ -115,6 +123,10 @@ class BGPController:
         except MalformedMessage as err:
             log.warning("ExaBGP sent an event percale cannot read: %s", err)
             return
+        if isinstance(event, EndOfRib):
+            self._end_of_rib.add(str(event.peer.address))
+            if not self._swept:
+                self._changed.set()  # the initial sweep may be due now
         if isinstance(event, PeerState):
             status = self.peers.get(str(event.peer.address))
             if event.state == "up":
@@ -129,9 +141,13 @@ class BGPController:
         self._fib_due.set()
 
     def _on_connect(self) -> None:
-        # A fresh ExaBGP knows none of our routes.
+        # A fresh ExaBGP knows none of our routes, and every session of the old one has ended.
         self.announced = frozenset()
+        self._ready.clear()
         self._reannounce_all.set()
+        if self.feed is not None:
+            self.feed.speaker_restarted(time.monotonic())
+            self._fib_due.set()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -195,6 +211,7 @@ class BGPController:
     async def _peers_coming_up(self) -> None:
         while True:
             peer = await self._peer_ups.get()
+            await self._ready.wait()
             try:
                 # What we reflected to it before is gone with its old session.
                 self.reflected.pop(peer, None)
@@ -284,8 +301,19 @@ class BGPController:
         self.rib.expire(time.monotonic())
         self._fib_due.set()
         if self.fib is not None:
+            if not self._swept and self._initial_sweep_due():
+                # Routes adopted from before the restart that no peer re-announced go now.
+                await asyncio.to_thread(self.fib.replace_all, dict(self.rib.fib))
+                self._swept = True
             await asyncio.to_thread(self.fib.reconcile)
             self.reconciled = True
+
+    def _initial_sweep_due(self) -> bool:
+        if time.monotonic() - self._started > peering.DEFAULT_RESTART_TIME:
+            return True
+        return bool(self.peers) and all(
+            status.state == "up" and address in self._end_of_rib
+            for address, status in self.peers.items())
 
     async def _program_fib(self) -> None:
         """Hand the RIB's changes to the FIB, batched: a burst of updates becomes one netlink
@@ -321,6 +349,7 @@ class BGPController:
         for prefix in sorted(want - self.announced):
             await self.speaker.send(f"announce route {prefix} next-hop self")
         self.announced = want
+        self._ready.set()
         if first:
             # Everything re-announced: now peers may drop whatever they kept stale for us
             # (graceful restart, RFC 4724 §4.1).

@@ -282,9 +282,23 @@ class RibFeed:
         self._peers: dict[Address, Peer] = {}
         self._graceful_restart: dict[Address, GracefulRestart | None] = {}
         self._open_seen: set[Address] = set()
+        # Peers whose session is Established: ExaBGP also reports `down` for connection attempts
+        # that never got there, and those end nothing (and must not sweep routes a restarting
+        # peer's graceful restart is keeping).
+        self._established: set[Address] = set()
 
     def peer(self, address: str | Address) -> Peer | None:
         return self._peers.get(as_address(address))
+
+    def speaker_restarted(self, now: float) -> None:
+        """ExaBGP died and a new one started: it said `down` for none of its sessions, yet all
+        of them ended. Treat each Established one as going down now (gracefully, if the peer
+        offered graceful restart), so its routes are kept stale until it says End-of-RIB."""
+        for address in sorted(self._established):
+            peer = self._peers.get(address)
+            if peer is not None:
+                self.apply(PeerState(peer, "down", "ExaBGP restarted"), now)
+        self._established.clear()
 
     def feed(self, line: str, now: float) -> Event | None:
         """Parse one line and apply it; returns the event (None if the line was not one)."""
@@ -312,6 +326,7 @@ class RibFeed:
         address = event.peer.address
         graceful_restart = self._graceful_restart.get(address)
         if event.state == "up":
+            self._established.add(address)
             # With the new session's OPEN read, families whose Forwarding State bit is clear
             # lose their stale paths now (RFC 4724 §4.2); without it, nothing is known.
             preserved: Collection[int] | None = None
@@ -321,6 +336,9 @@ class RibFeed:
             self.rib.peer_up(event.peer, now, preserved=preserved, stale_time=self.stale_time)
         elif event.state == "down":
             self._open_seen.discard(address)
+            if address not in self._established:
+                return
+            self._established.discard(address)
             graceful = graceful_down(event.reason, graceful_restart)
             self.rib.peer_down(
                 event.peer, now, graceful=graceful,

@@ -1,10 +1,19 @@
 """Small BGP labs for interop tests: namespaces joined by veth pairs, real peers (GoBGP, BIRD)
-started inside them and stopped by PID, everything removed by name afterwards."""
+started inside them and stopped by PID, everything removed by name afterwards.
+
+Two shapes:
+  * `Lab`: two bare namespaces, `a` (percale's speaker, driven by the test) and `b` (the peer);
+  * `Router`: one namespace with a real router in it and a bridge that percale nodes (CNINode,
+    each in its own namespace) join with a veth pair, so several nodes and the router share one
+    L2 segment, as nodes under a top-of-rack switch do.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,13 +26,81 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True)
 
 
+def resource(kind: str, name: str, spec: dict, **meta) -> object:
+    """A percale resource, parsed as the datastore stores it."""
+    from percale.resources import parse
+    return parse({"apiVersion": "percale.io/v1", "kind": kind,
+                  "metadata": {"name": name, **meta}, "spec": spec})
+
+
 @dataclass
-class Lab:
+class _Processes:
+    """Processes started inside namespaces, logging into `workdir`, stopped by PID."""
+
+    workdir: Path = field(default_factory=lambda: Path(f"/tmp/percale-bgp-{uuid.uuid4().hex[:8]}"))
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def exec(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns, *args, check=check)
+
+    def start(self, ns: str, *args: str, log: str) -> subprocess.Popen:
+        out = open(self.workdir / log, "a")
+        process = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out,
+                                   stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.processes.append(process)
+        return process
+
+    def stop_processes(self) -> None:
+        for process in self.processes:
+            stop_process(process)
+
+    def _gobgp(self, ns: str, conf: str) -> None:
+        (self.workdir / "gobgpd.toml").write_text(conf)
+        self.start(ns, "gobgpd", "-f", str(self.workdir / "gobgpd.toml"), "-p",
+                   "--api-hosts", "127.0.0.1:50051", "--pprof-disable", log="gobgpd.log")
+        wait_for(lambda: self.exec(ns, "gobgp", "neighbor", check=False).returncode == 0, 15)
+
+    def _gobgp_rib(self, ns: str) -> dict:
+        out = self.exec(ns, "gobgp", "global", "rib", "-a", "ipv4", "-j", check=False).stdout
+        try:
+            return json.loads(out or "{}")
+        except json.JSONDecodeError:
+            return {}  # gobgpd is starting or stopping
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def gobgp_config(asn: int, router_id: str, local_address: str,
+                 neighbors: list[tuple[str, int]], *, restart_time: int = 120) -> str:
+    """gobgpd.toml: one neighbour per (address, AS), graceful restart on (helper mode)."""
+    conf = [f'[global.config]\n  as = {asn}\n  router-id = "{router_id}"\n'
+            f'  local-address-list = ["{local_address}"]\n']
+    for address, peer_as in neighbors:
+        conf.append(
+            f'[[neighbors]]\n  [neighbors.config]\n    neighbor-address = "{address}"\n'
+            f'    peer-as = {peer_as}\n  [neighbors.timers.config]\n    hold-time = 30\n'
+            '    connect-retry = 1\n'
+            '  [neighbors.graceful-restart.config]\n    enabled = true\n'
+            f'    restart-time = {restart_time}\n'
+            '  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n'
+            '      afi-safi-name = "ipv4-unicast"\n'
+            '    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n')
+    return "".join(conf)
+
+
+@dataclass
+class Lab(_Processes):
     """Two namespaces, `a` (percale) and `b` (the peer), on 10.99.0.0/24 and fd00:99::/64."""
 
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    workdir: Path = field(default_factory=lambda: Path(f"/tmp/percale-bgp-{uuid.uuid4().hex[:8]}"))
-    processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def a(self) -> str:
@@ -46,54 +123,272 @@ class Lab:
             self.exec(ns, "ip", "link", "set", dev, "up")
         return self
 
-    def exec(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", ns, *args, check=check)
-
-    def start(self, ns: str, *args: str, log: str) -> subprocess.Popen:
-        out = open(self.workdir / log, "w")
-        process = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=out,
-                                   stderr=subprocess.STDOUT, cwd=self.workdir)
-        self.processes.append(process)
-        return process
-
     def gobgp(self, neighbors: list[tuple[str, int]], asn: int = 64512, router_id: str = "10.99.0.3") -> None:
-        conf = [f'[global.config]\n  as = {asn}\n  router-id = "{router_id}"\n'
-                f'  local-address-list = ["10.99.0.3"]\n']
-        for address, peer_as in neighbors:
-            conf.append(
-                f'[[neighbors]]\n  [neighbors.config]\n    neighbor-address = "{address}"\n'
-                f'    peer-as = {peer_as}\n  [neighbors.timers.config]\n    hold-time = 30\n'
-                '  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120\n'
-                '  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n'
-                '      afi-safi-name = "ipv4-unicast"\n'
-                '    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n')
-        (self.workdir / "gobgpd.toml").write_text("".join(conf))
-        self.start(self.b, "gobgpd", "-f", str(self.workdir / "gobgpd.toml"), "-p",
-                   "--api-hosts", "127.0.0.1:50051", "--pprof-disable", log="gobgpd.log")
-        wait_for(lambda: self.exec(self.b, "gobgp", "neighbor", check=False).returncode == 0, 15)
+        self._gobgp(self.b, gobgp_config(asn, router_id, "10.99.0.3", neighbors))
 
     def gobgp_rib(self) -> dict:
-        out = self.exec(self.b, "gobgp", "global", "rib", "-a", "ipv4", "-j").stdout
-        return json.loads(out or "{}")
+        return self._gobgp_rib(self.b)
 
     def down(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.kill(process.pid, signal.SIGKILL)
-                    process.wait()
+        self.stop_processes()
         for ns in (self.a, self.b):
             sh("ip", "netns", "del", ns, check=False)
         sh("rm", "-rf", str(self.workdir), check=False)
 
 
-def wait_for(condition, timeout: float) -> bool:
+# ---------------------------------------------------------------------------------------------
+# A router namespace that percale nodes join
+
+
+@dataclass(frozen=True)
+class BirdPeer:
+    """One `protocol bgp` of a BIRD config. `export`: "all", "none", or "static" (the routes of
+    the config's static protocol only)."""
+
+    name: str
+    local: str
+    local_as: int
+    neighbor: str
+    neighbor_as: int
+    rr_client: bool = False
+    password: str | None = None
+    graceful_restart: bool = True
+    export: str = "all"
+    # Trace the session to BIRD's log (`debug all`: messages sent and received, routes added and
+    # removed), which Router.bird_log() reads.
+    debug: bool = False
+
+
+def bird_config(router_id: str, peers: list[BirdPeer], static: list[str] = ()) -> str:
+    """A BIRD 2 configuration: the peers, and `static` prefixes originated as blackholes.
+
+    iBGP sessions take `direct` + `gateway direct` (reference/exabgp.md §2.1): BIRD as a route
+    reflector then needs no IGP to resolve next hops, and reflects them unchanged. Timers are
+    short so a session comes back within a second or two in a test."""
+    lines = [f"router id {router_id};", "log stderr all;", "protocol device { scan time 1; }"]
+    if static:
+        lines.append("protocol static originated {")
+        lines.append("    ipv4;")
+        lines += [f"    route {prefix} blackhole;" for prefix in static]
+        lines.append("}")
+    for p in peers:
+        ibgp = p.local_as == p.neighbor_as
+        export = {"all": "all", "none": "none",
+                  "static": 'where proto = "originated"'}[p.export]
+        lines += [
+            f"protocol bgp {p.name} {{",
+            f"    local {p.local} as {p.local_as};",
+            f"    neighbor {p.neighbor} as {p.neighbor_as};",
+            "    hold time 30;",
+            "    connect delay time 1;",
+            "    connect retry time 1;",
+            "    error wait time 1, 5;",
+            f"    graceful restart {'on' if p.graceful_restart else 'off'};",
+        ]
+        if ibgp:
+            lines.append("    direct;")
+        if p.rr_client:
+            lines.append("    rr client;")
+        if p.debug:
+            lines.append("    debug all;")
+        if p.password is not None:
+            lines.append(f'    password "{p.password}";')
+        lines.append(f"    ipv4 {{ {'gateway direct; ' if ibgp else ''}import all; export {export}; }};")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class BirdRoute:
+    prefix: str
+    via: str | None  # the gateway; None for a blackhole
+    protocol: str  # the BIRD protocol it came from
+
+
+# "10.244.9.0/26   unicast [gob 14:53:33.013] * (100) [?]"; further routes to the same prefix
+# leave the prefix out.
+_BIRD_ROUTE = re.compile(r"^(?:(?P<prefix>[0-9a-f.:]+/\d+)|\s+)\s*\w+\s+\[(?P<proto>\S+)\s[^\]]*\]\s*(?P<best>\*)?")
+
+
+@dataclass
+class Router(_Processes):
+    """A namespace with a bridge `br0` holding `address`: the router's side of an L2 segment
+    that nodes join with `attach`. Runs BIRD (`bird`) or GoBGP (`gobgp`)."""
+
+    address: str = "10.99.0.254/24"
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    ports: int = 0
+    bird_process: subprocess.Popen | None = None
+
+    @property
+    def ns(self) -> str:
+        return f"rt{self.tag}"
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+    def up(self) -> Router:
+        self.workdir.mkdir(parents=True)
+        sh("ip", "netns", "add", self.ns)
+        self.exec(self.ns, "ip", "link", "set", "lo", "up")
+        self.exec(self.ns, "ip", "link", "add", "br0", "type", "bridge")
+        self.exec(self.ns, "ip", "addr", "add", self.address, "dev", "br0")
+        self.exec(self.ns, "ip", "link", "set", "br0", "up")
+        return self
+
+    def attach(self, netns: str, address: str, ifname: str = "fabric") -> None:
+        """Join namespace `netns` (a CNINode's, say) to the segment: a veth pair, `ifname` with
+        `address` on the node's side, the other end a port of br0."""
+        port = f"port{self.ports}"
+        self.ports += 1
+        sh("ip", "link", "add", ifname, "netns", netns, "type", "veth", "peer", "name", port,
+           "netns", self.ns)
+        self.exec(netns, "ip", "addr", "add", address, "dev", ifname)
+        self.exec(netns, "ip", "link", "set", ifname, "up")
+        self.exec(self.ns, "ip", "link", "set", port, "master", "br0")
+        self.exec(self.ns, "ip", "link", "set", port, "up")
+
+    # -- BIRD ------------------------------------------------------------------------------
+
+    @property
+    def bird_socket(self) -> str:
+        return str(self.workdir / "bird.ctl")
+
+    def bird(self, config: str) -> None:
+        """Start BIRD 2 with this configuration (in the foreground, so it is ours to stop)."""
+        (self.workdir / "bird.conf").write_text(config)
+        self.bird_process = self.start(
+            self.ns, "bird", "-f", "-c", str(self.workdir / "bird.conf"), "-s", self.bird_socket,
+            "-P", str(self.workdir / "bird.pid"), log="bird.log")
+        if not wait_for(lambda: self.birdc_ok("show status"), 10):
+            raise RuntimeError("BIRD did not start: " + (self.workdir / "bird.log").read_text())
+
+    def bird_reconfigure(self, config: str) -> None:
+        (self.workdir / "bird.conf").write_text(config)
+        out = self.birdc("configure")
+        if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+            raise RuntimeError(f"birdc configure: {out}")
+
+    def bird_log(self) -> str:
+        return (self.workdir / "bird.log").read_text(errors="replace")
+
+    def birdc(self, command: str, check: bool = True) -> str:
+        return sh("birdc", "-s", self.bird_socket, *command.split(), check=check).stdout
+
+    def birdc_ok(self, command: str) -> bool:
+        return sh("birdc", "-s", self.bird_socket, *command.split(), check=False).returncode == 0
+
+    def bird_state(self, protocol: str) -> str:
+        """A protocol's BGP state as `show protocols` gives it (Established, Active, Connect,
+        OpenSent, ...), '' when BIRD does not answer."""
+        for line in self.birdc(f"show protocols {protocol}", check=False).splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[0] == protocol:
+                return fields[5] if len(fields) > 5 else fields[3]
+        return ""
+
+    def bird_established(self, protocol: str) -> bool:
+        return self.bird_state(protocol) == "Established"
+
+    def bird_routes(self, protocol: str | None = None) -> dict[str, BirdRoute]:
+        """BIRD's routes in master4, prefix -> the route it prefers (`show route`)."""
+        args = ["show", "route"] + (["protocol", protocol] if protocol else [])
+        out = sh("birdc", "-s", self.bird_socket, *args, check=False).stdout
+        routes: dict[str, BirdRoute] = {}
+        prefix, current = None, None
+        for line in out.splitlines():
+            first = _BIRD_ROUTE.match(line)
+            if first:
+                prefix = first.group("prefix") or prefix
+                current = BirdRoute(prefix, None, first.group("proto"))
+                if prefix not in routes or first.group("best"):
+                    routes[prefix] = current
+            elif current is not None and (via := re.match(r"^\s+via\s+(\S+)", line)):
+                current.via = via.group(1)
+        return routes
+
+    # -- GoBGP -----------------------------------------------------------------------------
+
+    def gobgp(self, neighbors: list[tuple[str, int]], asn: int = 64512,
+              router_id: str | None = None, *, restart_time: int = 120) -> None:
+        self._gobgp(self.ns, gobgp_config(asn, router_id or self.ip, self.ip, neighbors,
+                                          restart_time=restart_time))
+
+    def gobgp_rib(self) -> dict:
+        """GoBGP's global RIB, prefix -> paths (each with "stale" when graceful restart keeps it)."""
+        return self._gobgp_rib(self.ns)
+
+    def gobgp_established(self, neighbor: str) -> bool:
+        out = self.exec(self.ns, "gobgp", "neighbor", neighbor, "-j", check=False).stdout
+        try:
+            return json.loads(out)["state"]["session_state"] in (6, "established", "ESTABLISHED")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+
+    def down(self) -> None:
+        self.stop_processes()
+        sh("ip", "netns", "del", self.ns, check=False)
+        sh("rm", "-rf", str(self.workdir), check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Percale nodes (tests/helpers/cni_node.py) on a router's segment
+
+POOL = "10.244.0.0/16"
+
+
+def setup_store(etcd, *resources, pool: str = POOL) -> None:
+    """The IP pool, then `resources` (Nodes, BGPPeers, ...), written to the test's etcd."""
+    from tests.helpers.ipam_world import add_pool
+    from tests.helpers.store import with_store
+
+    async def work(store):
+        await add_pool(store, "pods", pool)
+        for r in resources:
+            await store.create(r)
+
+    with_store(etcd.endpoint, work)
+
+
+def block_of(ip, size: int = 26) -> str:
+    """The IPAM block holding a pod's address."""
+    return str(ipaddress.ip_interface(f"{ip}/{size}").network)
+
+
+def far_block(*node_names: str, pool: str = POOL) -> str:
+    """A block of the pool that none of these nodes claims for its first pods, for a route a
+    router originates inside the pool: the last block of the first node's walk of the pool
+    (ipam/pools.py), checked against every node's first block."""
+    from percale.ipam.pools import candidate_blocks
+    ippool = resource("IPPool", "pods", {"cidr": pool})
+    firsts = {str(next(candidate_blocks(ippool, name))) for name in node_names}
+    for block in reversed(list(candidate_blocks(ippool, node_names[0]))):
+        if str(block) not in firsts:
+            return str(block)
+    raise ValueError("no free block")
+
+
+def diagnose(router: Router, *nodes) -> str:
+    """What to print when a lab test fails: the router's view and log, each node's routes and
+    agent log."""
+    parts = []
+    if router.bird_process is not None:
+        parts += [router.birdc("show protocols all", check=False),
+                  router.birdc("show route", check=False)]
+    for log in ("gobgpd.log", "bird.log"):
+        if (router.workdir / log).exists():
+            parts.append((router.workdir / log).read_text(errors="replace")[-3000:])
+    for node in nodes:
+        parts.append(node.exec("ip", "route", check=False).stdout)
+        parts.append((node.workdir / "agent.log").read_text(errors="replace")[-3000:])
+    return "\n".join(parts)
+
+
+def wait_for(condition, timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.1)
+        time.sleep(interval)
     return False

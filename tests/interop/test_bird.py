@@ -1,0 +1,165 @@
+"""percale nodes against BIRD 2: BIRD as an eBGP top-of-rack router, as an iBGP route reflector
+for two nodes with the mesh off, and with an MD5 password.
+
+Each test builds its own lab: a router namespace holding BIRD and a bridge, and percale nodes
+(CNINode: percale-node in its own namespace, pods wired by the real CNI plugins) joined to the
+bridge with veth pairs. Everything is configured through the datastore, as in a cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers.bgp_lab import (
+    BirdPeer,
+    Router,
+    bird_config,
+    block_of,
+    diagnose,
+    far_block,
+    resource,
+    setup_store,
+    wait_for,
+)
+from tests.helpers.cni_node import CNINode
+
+pytestmark = pytest.mark.interop
+
+NODE_AS, TOR_AS, CLUSTER_AS = 64513, 64600, 64512
+PROTO_BGP = 202  # bgpd.fib.ROUTE_PROTOCOL_BGP
+
+
+def ping(netns: str, ip, count: int = 3) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", str(count), "-i", "0.2",
+                           "-W", "2", str(ip)], capture_output=True, text=True, check=False)
+
+
+def test_bird_as_ebgp_top_of_rack(etcd):
+    """Node AS 64513, BIRD AS 64600: the node's block reaches BIRD with the node's address as
+    next hop, and a route BIRD originates inside the pool lands in the node's kernel via BIRD."""
+    router, node = Router(), CNINode(etcd.unix_endpoint)
+    try:
+        router.up()
+        node.start()
+        router.attach(node.netns, "10.99.0.1/24")
+        tor_route = far_block(node.name)
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", NODE_AS, export="static"),
+        ], static=[tor_route]))
+        setup_store(
+            etcd,
+            resource("Node", node.name, {"bgp": {"ipv4Address": "10.99.0.1/24", "asNumber": NODE_AS}}),
+            resource("BGPPeer", "tor", {"nodeSelector": "all()", "peerIP": router.ip,
+                                        "asNumber": TOR_AS}),
+        )
+        assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, node)
+
+        _, pod_ip = node.add_pod()
+        block = block_of(pod_ip)
+        assert wait_for(lambda: block in router.bird_routes("node_a"), 10), diagnose(router, node)
+        assert router.bird_routes("node_a")[block].via == "10.99.0.1"
+
+        assert wait_for(lambda: node.routes(PROTO_BGP).get(tor_route) == router.ip, 10), (
+            diagnose(router, node))
+        # Only the pool route: the node's own block is not learned back.
+        assert set(node.routes(PROTO_BGP)) == {tor_route}
+    finally:
+        node.stop()
+        router.down()
+
+
+def test_bird_as_route_reflector_for_two_nodes(etcd):
+    """Mesh off, each node peers only with BIRD (`rr client`): each node's block reaches the
+    other's kernel with the originating node as next hop, and pods ping across."""
+    router = Router()
+    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
+    try:
+        router.up()
+        a.start(), b.start()
+        router.attach(a.netns, "10.99.0.1/24")
+        router.attach(b.netns, "10.99.0.2/24")
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a", router.ip, CLUSTER_AS, "10.99.0.1", CLUSTER_AS, rr_client=True),
+            BirdPeer("node_b", router.ip, CLUSTER_AS, "10.99.0.2", CLUSTER_AS, rr_client=True),
+        ]))
+        setup_store(
+            etcd,
+            resource("BGPConfiguration", "default", {"nodeToNodeMeshEnabled": False}),
+            resource("Node", a.name, {"bgp": {"ipv4Address": "10.99.0.1/24"}}),
+            resource("Node", b.name, {"bgp": {"ipv4Address": "10.99.0.2/24"}}),
+            resource("BGPPeer", "rr", {"peerIP": router.ip, "asNumber": CLUSTER_AS}),
+        )
+        assert wait_for(lambda: router.bird_established("node_a") and router.bird_established("node_b"),
+                        15), diagnose(router, a, b)
+        # The mesh is off: neither node has a session with the other.
+        for node, other in ((a, "10.99.0.2"), (b, "10.99.0.1")):
+            assert f"neighbor {other} " not in (node.workdir / "bgp" / "exabgp.conf").read_text()
+
+        pod_a, ip_a = a.add_pod()
+        pod_b, ip_b = b.add_pod()
+        block_a, block_b = block_of(ip_a), block_of(ip_b)
+        assert block_a != block_b
+        # Reflected with the next hop unchanged: the originating node, not the reflector.
+        assert wait_for(lambda: a.routes(PROTO_BGP).get(block_b) == "10.99.0.2"
+                        and b.routes(PROTO_BGP).get(block_a) == "10.99.0.1", 15), diagnose(router, a, b)
+        assert router.bird_routes()[block_a].via == "10.99.0.1"
+        assert router.bird_routes()[block_b].via == "10.99.0.2"
+
+        there = ping(pod_a, ip_b)
+        assert there.returncode == 0, there.stdout
+        back = ping(pod_b, ip_a)
+        assert back.returncode == 0, back.stdout
+    finally:
+        a.stop()
+        b.stop()
+        router.down()
+
+
+def test_md5_password_with_bird(etcd, tmp_path):
+    """A BGPPeer password from a secret (percale-node --secrets-dir <dir>/<name>/<key>): the
+    session comes up with BIRD holding the same password, stays down while BIRD's differs,
+    and comes back when they agree again."""
+    secrets = tmp_path / "secrets"
+    (secrets / "bgp-passwords").mkdir(parents=True)
+    (secrets / "bgp-passwords" / "tor").write_text("s3cr3t-tor\n")
+    router = Router()
+    node = CNINode(etcd.unix_endpoint, agent_args=["--secrets-dir", str(secrets)])
+
+    def config(password: str) -> str:
+        return bird_config(router.ip, [BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", NODE_AS,
+                                                password=password)])
+
+    try:
+        router.up()
+        node.start()
+        router.attach(node.netns, "10.99.0.1/24")
+        router.bird(config("s3cr3t-tor"))
+        setup_store(
+            etcd,
+            resource("Node", node.name, {"bgp": {"ipv4Address": "10.99.0.1/24", "asNumber": NODE_AS}}),
+            resource("BGPPeer", "tor", {
+                "nodeSelector": "all()", "peerIP": router.ip, "asNumber": TOR_AS,
+                "password": {"secretKeyRef": {"name": "bgp-passwords", "key": "tor"}}}),
+        )
+        assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, node)
+        # The password is in ExaBGP's configuration and on the socket (TCP-MD5, RFC 2385).
+        assert 'md5-password "s3cr3t-tor";' in (node.workdir / "bgp" / "exabgp.conf").read_text()
+        sockets = node.exec("ss", "-tni", "state", "established", "( sport = :179 or dport = :179 )").stdout
+        assert "md5keys" in sockets, sockets
+
+        router.bird_reconfigure(config("not-the-password"))
+        assert wait_for(lambda: not router.bird_established("node_a"), 10), diagnose(router, node)
+        # Both sides keep trying (BIRD every second); none of it gets through.
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert not router.bird_established("node_a"), "up with the wrong password"
+            time.sleep(0.2)
+
+        router.bird_reconfigure(config("s3cr3t-tor"))
+        assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, node)
+    finally:
+        node.stop()
+        router.down()
