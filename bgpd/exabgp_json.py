@@ -286,6 +286,7 @@ class RibFeed:
         # that never got there, and those end nothing (and must not sweep routes a restarting
         # peer's graceful restart is keeping).
         self._established: set[Address] = set()
+        self._we_restarted: set[Address] = set()
 
     def peer(self, address: str | Address) -> Peer | None:
         return self._peers.get(as_address(address))
@@ -298,6 +299,9 @@ class RibFeed:
             peer = self._peers.get(address)
             if peer is not None:
                 self.apply(PeerState(peer, "down", "ExaBGP restarted"), now)
+                # It is our side that restarted: the peer's forwarding state is intact, whatever
+                # its OPEN's F bit says, so its paths wait for its End-of-RIB.
+                self._we_restarted.add(address)
         self._established.clear()
 
     def feed(self, line: str, now: float) -> Event | None:
@@ -330,7 +334,9 @@ class RibFeed:
             # With the new session's OPEN read, families whose Forwarding State bit is clear
             # lose their stale paths now (RFC 4724 §4.2); without it, nothing is known.
             preserved: Collection[int] | None = None
-            if address in self._open_seen:
+            if address in self._we_restarted:
+                self._we_restarted.discard(address)
+            elif address in self._open_seen:
                 families = graceful_restart.families if graceful_restart else {}
                 preserved = {version for version, forwarding in families.items() if forwarding}
             self.rib.peer_up(event.peer, now, preserved=preserved, stale_time=self.stale_time)
