@@ -132,7 +132,11 @@ class ExaBGP:
     async def reload(self, config: str) -> None:
         """Apply a new configuration. Sessions whose settings did not change stay up; new
         neighbours connect; removed ones are shut down (ExaBGP's SIGUSR1 reload)."""
-        self.config_path.write_text(config)
+        # Replaced whole, never rewritten in place: ExaBGP reading a half-written file fails the
+        # reload and then refuses every later one (seen with 100 peers added at once).
+        staging = self.config_path.with_suffix(".new")
+        staging.write_text(config)
+        os.replace(staging, self.config_path)
         if self.process and self.process.returncode is None:
             os.kill(self.process.pid, signal.SIGUSR1)
 
