@@ -84,11 +84,18 @@ class RouteMonitor:
             self.lines.append(line.rstrip("\n"))
 
     def _mark(self, dst: str) -> None:
-        self.ns.ip("route", "add", dst, "dev", "uplink", "proto", "static")
+        # `ip monitor` may not have subscribed yet when it is first marked (a busy machine):
+        # mark again until it shows, for up to 5 s.
         deadline = time.monotonic() + 5
-        while not any(line.startswith(dst + " ") for line in self.lines):
+        while True:
+            self.ns.ip("route", "replace", dst, "dev", "uplink", "proto", "static")
+            retry = time.monotonic() + 0.5
+            while time.monotonic() < retry:
+                if any(line.startswith(dst + " ") for line in self.lines):
+                    return
+                time.sleep(0.02)
             assert time.monotonic() < deadline, "ip monitor printed nothing"
-            time.sleep(0.02)
+            self.ns.ip("route", "del", dst, "dev", "uplink")
 
     def stop(self) -> list[str]:
         """The events between the markers (a multipath route's nexthop lines included)."""
