@@ -111,6 +111,12 @@ class BGPController:
         self._started = time.monotonic()
         self._swept = False
         self._end_of_rib: set[str] = set()
+        # What the RIB was last told, so unchanged inputs cost nothing; when the kernel was last
+        # checked in full (blackholes, FIB reconcile).
+        self._pools: list[str] = []
+        self._own_addresses: list[str] = []
+        self._own_blocks: frozenset[str] = frozenset()
+        self._last_housekeeping = 0.0
         self._reannounce_all = asyncio.Event()
 
     # -- events from ExaBGP --------------------------------------------------------------------
@@ -279,8 +285,13 @@ class BGPController:
             self.rib = Rib(router_id=speaker.router_id, pools=pools, own_addresses=own_addresses)
             self.feed = RibFeed(self.rib)
         else:
-            self.rib.set_pools(pools)
-            self.rib.set_own_addresses(own_addresses)
+            # Each setter re-judges every prefix: only when something changed (a node with a
+            # large learned table would otherwise pay it on every block claim).
+            if pools != self._pools:
+                self.rib.set_pools(pools)
+            if own_addresses != self._own_addresses:
+                self.rib.set_own_addresses(own_addresses)
+        self._pools, self._own_addresses = pools, own_addresses
         config = self.speaker.render(speaker.router_id,
                                      neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
         if self._config is None:
@@ -294,10 +305,14 @@ class BGPController:
         affinities = [kv.value for kv in (await self.store.list("BlockAffinity", node=self.node)).items]
         blocks = [kv.value for kv in (await self.store.list("IPAMBlock")).items]
         self.desired = announcements(self.node, affinities, blocks)
-        self.rib.set_own_blocks(self.desired.blocks)
-        if self.blackholes is not None:
-            await asyncio.to_thread(self.blackholes.sync, self.desired.blocks)
+        if self.desired.blocks != self._own_blocks:
+            self.rib.set_own_blocks(self.desired.blocks)
+        # Announce first: a claimed block should reach the peers before any kernel housekeeping.
         await self._announce_changes()
+        if self.blackholes is not None and (self.desired.blocks != self._own_blocks
+                                            or self._housekeeping_due()):
+            await asyncio.to_thread(self.blackholes.sync, self.desired.blocks)
+        self._own_blocks = self.desired.blocks
         self.rib.expire(time.monotonic())
         self._fib_due.set()
         if self.fib is not None:
@@ -305,8 +320,16 @@ class BGPController:
                 # Routes adopted from before the restart that no peer re-announced go now.
                 await asyncio.to_thread(self.fib.replace_all, dict(self.rib.fib))
                 self._swept = True
-            await asyncio.to_thread(self.fib.reconcile)
-            self.reconciled = True
+            if not self.reconciled or self._housekeeping_due():
+                # A full dump of the kernel's table: every `resync` seconds, not on every change
+                # (changes reach the kernel through _program_fib as they happen).
+                await asyncio.to_thread(self.fib.reconcile)
+                self.reconciled = True
+        if self._housekeeping_due():
+            self._last_housekeeping = time.monotonic()
+
+    def _housekeeping_due(self) -> bool:
+        return time.monotonic() - self._last_housekeeping >= self.resync
 
     def _initial_sweep_due(self) -> bool:
         if time.monotonic() - self._started > peering.DEFAULT_RESTART_TIME:

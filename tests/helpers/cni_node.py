@@ -114,7 +114,11 @@ class CNINode:
             return []
         children = []
         for task in Path(f"/proc/{self.agent.pid}/task").iterdir():
-            for pid in (task / "children").read_text().split():
+            try:
+                pids = (task / "children").read_text().split()
+            except FileNotFoundError:
+                continue  # that thread ended meanwhile
+            for pid in pids:
                 try:
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                 except FileNotFoundError:
