@@ -73,8 +73,12 @@ def test_pods_on_two_nodes_reach_each_other(etcd):
         assert route["gateway"] == "10.99.0.2"
         # Each node blackholes its own block: unused addresses in it stop here.
         own_block = str(ipaddress.ip_interface(f"{pods[a.name][1]}/26").network)
-        blackholes = json.loads(a.exec("ip", "-j", "route", "show", "proto", "203").stdout)
-        assert [(r["dst"], r["type"]) for r in blackholes] == [(own_block, "blackhole")]
+        def blackholes() -> list:
+            routes = json.loads(a.exec("ip", "-j", "route", "show", "proto", "203").stdout or "[]")
+            return [(r["dst"], r["type"]) for r in routes]
+
+        # Installed right after the block is announced (announcing goes first).
+        assert wait(lambda: blackholes() == [(own_block, "blackhole")], 10), blackholes()
 
         netns_a, ip_a = pods[a.name]
         netns_b, ip_b = pods[b.name]
