@@ -219,3 +219,36 @@ def netconf(node: CNINode, *, version: str = "1.0.0", **extra) -> dict:
     return {"cniVersion": version, "name": "k8s-pod-network", "type": "percale",
             "nodename": node.name, "agent_socket": node.socket, "mtu": 0,
             "ipam": {"type": "percale-ipam"}, **extra}
+
+
+def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str) -> tuple[CNINode, CNINode]:
+    """Two started nodes joined by a veth pair on 10.99.0.0/24 (.1 and .2), each registered as a
+    Node with that BGP address, and a pod pool: with the default BGPConfiguration they form a
+    node-to-node mesh. The caller stops both nodes."""
+    from percale.resources import parse
+    from tests.helpers.ipam_world import add_pool
+    from tests.helpers.store import with_store
+
+    a, b = CNINode(etcd_unix_endpoint), CNINode(etcd_unix_endpoint)
+    try:
+        a.start(), b.start()
+        sh("ip", "link", "add", "fabric", "netns", a.netns, "type", "veth", "peer", "name", "fabric",
+           "netns", b.netns)
+        addresses = ((a, "10.99.0.1/24"), (b, "10.99.0.2/24"))
+        for node, address in addresses:
+            node.exec("ip", "addr", "add", address, "dev", "fabric")
+            node.exec("ip", "link", "set", "fabric", "up")
+
+        async def register(store):
+            await add_pool(store, "pods", "10.244.0.0/16")
+            for node, address in addresses:
+                await store.create(parse({
+                    "apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": node.name},
+                    "spec": {"bgp": {"ipv4Address": address}}}))
+
+        with_store(etcd_endpoint, register)
+    except BaseException:
+        a.stop()
+        b.stop()
+        raise
+    return a, b

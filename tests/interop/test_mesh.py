@@ -6,53 +6,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import time
 
 import pytest
 
-from percale.resources import parse
-from tests.helpers.cni_node import CNINode, netconf, sh
-from tests.helpers.ipam_world import add_pool
-from tests.helpers.store import with_store
+from tests.helpers.bgp_lab import wait_for
+from tests.helpers.cni_node import CNINode, meshed_pair, netconf
 
 pytestmark = pytest.mark.interop
 
 
-def node_resource(name: str, address: str) -> object:
-    return parse({"apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": name},
-                  "spec": {"bgp": {"ipv4Address": address}}})
-
-
-def wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_pods_on_two_nodes_reach_each_other(etcd):
-    async def setup(store):
-        await add_pool(store, "pods", "10.244.0.0/16")
-
-    with_store(etcd.endpoint, setup)
-    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
+    a, b = meshed_pair(etcd.endpoint, etcd.unix_endpoint)
     try:
-        # The nodes' own link: a veth pair between the two namespaces, one /24.
-        a.start(), b.start()
-        sh("ip", "link", "add", "fabric", "netns", a.netns, "type", "veth", "peer", "name", "fabric",
-           "netns", b.netns)
-        for node, address in ((a, "10.99.0.1/24"), (b, "10.99.0.2/24")):
-            node.exec("ip", "addr", "add", address, "dev", "fabric")
-            node.exec("ip", "link", "set", "fabric", "up")
-
-        async def register(store):
-            await store.create(node_resource(a.name, "10.99.0.1/24"))
-            await store.create(node_resource(b.name, "10.99.0.2/24"))
-
-        with_store(etcd.endpoint, register)
-
         pods = {}
         for node in (a, b):
             netns = node.new_pod_netns()
@@ -66,7 +31,7 @@ def test_pods_on_two_nodes_reach_each_other(etcd):
             other_ip = pods[other.name][1]
             return any(ipaddress.ip_address(other_ip) in ipaddress.ip_network(r["dst"]) for r in routes)
 
-        assert wait(lambda: learned(a, b) and learned(b, a), 30), (
+        assert wait_for(lambda: learned(a, b) and learned(b, a), 30), (
             a.exec("ip", "route").stdout + b.exec("ip", "route").stdout
             + (a.workdir / "agent.log").read_text()[-2000:])
         route = json.loads(a.exec("ip", "-j", "route", "show", "proto", "202").stdout)[0]
@@ -78,7 +43,7 @@ def test_pods_on_two_nodes_reach_each_other(etcd):
             return [(r["dst"], r["type"]) for r in routes]
 
         # Installed right after the block is announced (announcing goes first).
-        assert wait(lambda: blackholes() == [(own_block, "blackhole")], 10), blackholes()
+        assert wait_for(lambda: blackholes() == [(own_block, "blackhole")], 10), blackholes()
 
         netns_a, ip_a = pods[a.name]
         netns_b, ip_b = pods[b.name]

@@ -12,11 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from percale.resources import parse
 from tests.helpers.bgp_lab import wait_for
-from tests.helpers.cni_node import VENV_BIN, CNINode, sh
-from tests.helpers.ipam_world import add_pool
-from tests.helpers.store import with_store
+from tests.helpers.cni_node import VENV_BIN, CNINode, meshed_pair
 
 pytestmark = pytest.mark.interop
 
@@ -75,26 +72,8 @@ def shown(run: Callable[[], subprocess.CompletedProcess], pattern: str,
 
 
 def test_node_status_shows_the_mesh_locally_and_from_the_datastore(etcd):
-    async def setup(store):
-        await add_pool(store, "pods", "10.244.0.0/16")
-
-    with_store(etcd.endpoint, setup)
-    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
+    a, b = meshed_pair(etcd.endpoint, etcd.unix_endpoint)
     try:
-        a.start(), b.start()
-        sh("ip", "link", "add", "fabric", "netns", a.netns, "type", "veth", "peer", "name", "fabric",
-           "netns", b.netns)
-        for node, address in ((a, "10.99.0.1/24"), (b, "10.99.0.2/24")):
-            node.exec("ip", "addr", "add", address, "dev", "fabric")
-            node.exec("ip", "link", "set", "fabric", "up")
-
-        async def register(store):
-            for node, address in ((a, "10.99.0.1/24"), (b, "10.99.0.2/24")):
-                await store.create(parse({"apiVersion": "percale.io/v1", "kind": "Node",
-                                          "metadata": {"name": node.name},
-                                          "spec": {"bgp": {"ipv4Address": address}}}))
-
-        with_store(etcd.endpoint, register)
         peer_of = {a.name: "10.99.0.2", b.name: "10.99.0.1"}
 
         def logs() -> str:

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from percale.resources import parse
+from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import CNINode, netconf, sh
 from tests.helpers.ipam_world import add_pool
 from tests.helpers.store import with_store
@@ -22,15 +23,6 @@ pytestmark = pytest.mark.interop
 def doc(kind: str, name: str, spec: dict, labels: dict | None = None) -> object:
     return parse({"apiVersion": "percale.io/v1", "kind": kind,
                   "metadata": {"name": name, "labels": labels or {}}, "spec": spec})
-
-
-def wait(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_percale_reflector_carries_routes_between_clients(etcd):
@@ -73,7 +65,7 @@ def test_percale_reflector_carries_routes_between_clients(etcd):
             routes = json.loads(node.exec("ip", "-j", "route", "show", "proto", "202").stdout or "[]")
             return next((r for r in routes if address in ipaddress.ip_network(r["dst"])), None)
 
-        assert wait(lambda: route_to(a, pods[b.name][1]) and route_to(b, pods[a.name][1]), 40), (
+        assert wait_for(lambda: route_to(a, pods[b.name][1]) and route_to(b, pods[a.name][1]), 40), (
             a.exec("ip", "route").stdout + (reflector.workdir / "agent.log").read_text()[-2000:]
             + (reflector.workdir / "bgp" / "exabgp.log").read_text()[-3000:])
         # Reflected with the next hop unchanged: straight to the other client, not via the reflector.
