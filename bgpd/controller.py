@@ -311,7 +311,8 @@ class BGPController:
         await self._announce_changes()
         if self.blackholes is not None and (self.desired.blocks != self._own_blocks
                                             or self._housekeeping_due()):
-            await asyncio.to_thread(self.blackholes.sync, self.desired.blocks)
+            await asyncio.to_thread(self.blackholes.sync, self.desired.blocks,
+                                    check=self._housekeeping_due())
         self._own_blocks = self.desired.blocks
         self.rib.expire(time.monotonic())
         self._fib_due.set()

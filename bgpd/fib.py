@@ -258,6 +258,13 @@ class FIB:
             self._desired = {p: h for p, h in self._kernel.items() if h}
             return Outcome(adopted=len(self._desired))
 
+    def kernel_prefixes(self) -> set[Prefix]:
+        """The prefixes of the kernel's routes with our protocol in our table, whatever their
+        type: one dump the kernel filters, so a large table of other routes costs nothing."""
+        with self._lock:
+            routes, strays = self._dump()
+            return set(routes) | {prefix for prefix, _ in strays}
+
     def close(self) -> None:
         self._sock.close()
 
