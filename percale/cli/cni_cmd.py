@@ -98,8 +98,9 @@ def install(
     bin_dir: Annotated[Path, typer.Option(help="Where the runtime looks for CNI plugins")] = Path("/opt/cni/bin"),
     conf_dir: Annotated[Path, typer.Option(help="Where the runtime looks for network configs")] = Path("/etc/cni/net.d"),
     node_name: Annotated[Optional[str], typer.Option(
-        help="This node's name, as percale-node knows it (default: the host name)")] = None,
-    agent_socket: Annotated[str, typer.Option(help="percale-node's CNI socket")] = shim.DEFAULT_SOCKET,
+        envvar="NODENAME", help="This node's name, as percale-node knows it (default: the host name)")] = None,
+    agent_socket: Annotated[str, typer.Option(
+        envvar="PERCALE_CNI_SOCKET", help="percale-node's CNI socket")] = shim.DEFAULT_SOCKET,
     mtu: Annotated[int, typer.Option(min=0, help="Pod MTU; 0 lets percale-node detect it")] = 0,
     cni_version: Annotated[str, typer.Option(help="cniVersion of the network config")] = "1.0.0",
     python: Annotated[str, typer.Option(

@@ -124,7 +124,7 @@ def query(path: str, timeout: float = QUERY_TIMEOUT_SECONDS) -> NodeView:
 @node_app.command()
 def status(
     status_socket: Annotated[Optional[str], typer.Option(
-        help=f"This node's percale-node status socket (default: {DEFAULT_STATUS_SOCKET})")] = None,
+        envvar="PERCALE_STATUS_SOCKET", help=f"This node's percale-node status socket (default: {DEFAULT_STATUS_SOCKET})")] = None,
     node: Annotated[Optional[str], typer.Option(
         "--node", help="Another node: read its NodeStatus from the datastore")] = None,
     all_nodes: Annotated[bool, typer.Option(

@@ -27,7 +27,7 @@ from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
-from percale.node import health
+from percale.node import health, registration
 from percale.node.status import DEFAULT_STATUS_SOCKET, NodeStatusPublisher, serve_status
 
 log = logging.getLogger("percale.node")
@@ -41,8 +41,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 
 
 async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str, Optional[str]],
-              mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str) -> None:
+              mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str,
+              addresses: tuple = (None, None, None)) -> None:
     store = open_datastore(load_config(**settings))
+    try:
+        await registration.register(store, node, *addresses)
+    except BaseException:
+        await store.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,11 +112,24 @@ def main(
     etcd_cert_file: Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")] = None,
     etcd_key_file: Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")] = None,
     bgp_dir: Annotated[Path, typer.Option(
-        help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
+        envvar="PERCALE_BGP_DIR", help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
     secrets_dir: Annotated[Optional[Path], typer.Option(
         help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret")] = None,
     health_listen: Annotated[str, typer.Option(
         help="HOST:PORT for /livez, /readyz and /metrics; empty to turn them off")] = "127.0.0.1:9099",
+    ip: Annotated[Optional[str], typer.Option(
+        "--ip", envvar="IP", help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none';"
+        " unset leaves the Node resource as it is")] = None,
+    ip6: Annotated[Optional[str], typer.Option(
+        "--ip6", envvar="IP6", help="This node's IPv6 BGP address, as --ip")] = None,
+    ip_autodetection_method: Annotated[str, typer.Option(
+        envvar="IP_AUTODETECTION_METHOD", help="first-found, interface=REGEX,..., skip-interface=REGEX,...,"
+        " cidr=CIDR,... or can-reach=ADDRESS")] = "first-found",
+    ip6_autodetection_method: Annotated[str, typer.Option(
+        envvar="IP6_AUTODETECTION_METHOD", help="As --ip-autodetection-method, for --ip6")] = "first-found",
+    as_number: Annotated[Optional[int], typer.Option(
+        "--as", envvar="AS", min=1, max=4294967295,
+        help="This node's AS number (default: BGPConfiguration's asNumber)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
@@ -119,9 +138,11 @@ def main(
                 "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
                 "etcd_key_file": etcd_key_file}
     try:
+        addresses = (registration.resolve(4, ip, ip_autodetection_method),
+                     registration.resolve(6, ip6, ip6_autodetection_method), as_number)
         asyncio.run(run(node_name or socket.gethostname(), cni_socket, status_socket, settings,
-                        mtu, bgp_dir, secrets_dir, health_listen))
-    except (ConfigError, DatastoreError, OSError) as err:
+                        mtu, bgp_dir, secrets_dir, health_listen, addresses))
+    except (ConfigError, DatastoreError, OSError, registration.RegistrationError) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None
 

@@ -1,0 +1,112 @@
+"""percale-node's registration of its own Node (--ip, --ip6, --as and address autodetection),
+against the in-memory datastore; detection is fed a fixed list of host addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from percale.datastore import Key, MemoryDatastore
+from percale.node.registration import HostAddress, RegistrationError, autodetect, register, resolve
+from percale.resources import parse
+
+pytestmark = pytest.mark.unit
+
+HOST = [
+    HostAddress("lo", ipaddress.ip_interface("127.0.0.1/8")),
+    HostAddress("docker0", ipaddress.ip_interface("172.17.0.1/16")),
+    HostAddress("eth0", ipaddress.ip_interface("172.20.20.3/24")),
+    HostAddress("eth1", ipaddress.ip_interface("10.0.0.11/24")),
+    HostAddress("eth1", ipaddress.ip_interface("fd00::11/64")),
+    HostAddress("pcl0123456789ab", ipaddress.ip_interface("10.244.0.1/32")),
+]
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("first-found", "172.20.20.3/24"),
+    ("interface=eth1", "10.0.0.11/24"),
+    ("interface=eth9,eth.*", "172.20.20.3/24"),
+    ("skip-interface=eth0,lo,docker.*", "10.0.0.11/24"),
+    ("cidr=10.0.0.0/8", "10.0.0.11/24"),
+])
+def test_detection_methods_pick_as_calico_does(method, expected):
+    assert str(autodetect(4, method, HOST)) == expected
+
+
+def test_can_reach_picks_the_source_address_of_the_route():
+    assert str(autodetect(4, "can-reach=10.0.0.1", HOST, can_reach=lambda _: "10.0.0.11")) == "10.0.0.11/24"
+
+
+def test_ipv6_detection_ignores_ipv4_addresses():
+    assert str(autodetect(6, "first-found", HOST)) == "fd00::11/64"
+
+
+@pytest.mark.parametrize("method, message", [
+    ("interface=wlan.*", "--ip-autodetection-method: no IPv4 address found with interface=wlan.*"),
+    ("nearest", "--ip-autodetection-method: 'nearest' is not a detection method"),
+    ("interface=(", "bad regular expression"),
+    ("cidr=10.0.0.0/33", "--ip-autodetection-method:"),
+])
+def test_detection_failures_name_the_setting(method, message):
+    with pytest.raises(RegistrationError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        autodetect(4, method, HOST)
+
+
+def test_explicit_addresses_need_their_prefix_and_family():
+    assert str(resolve(4, "10.0.0.5/24", None)) == "10.0.0.5/24"
+    assert resolve(4, None, None) is None
+    assert resolve(6, "none", None) == "none"
+    with pytest.raises(RegistrationError, match=r"--ip: '10.0.0.5' needs its prefix length"):
+        resolve(4, "10.0.0.5", None)
+    with pytest.raises(RegistrationError, match=r"--ip6: 10.0.0.5/24 is not an IPv6 address"):
+        resolve(6, "10.0.0.5/24", None)
+    with pytest.raises(RegistrationError, match=r"--ip: 'ten/8' is not an address with a prefix"):
+        resolve(4, "ten/8", None)
+
+
+def node(name: str, **bgp):
+    return parse({"apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": name},
+                  "spec": {"bgp": bgp} if bgp else {}})
+
+
+def test_register_creates_updates_and_removes():
+    async def scenario():
+        store = MemoryDatastore()
+        await register(store, "n1", ipaddress.ip_interface("10.0.0.11/24"), None, 65001)
+        got = (await store.get(Key("Node", "n1"))).value
+        assert str(got.spec.bgp.ipv4_address) == "10.0.0.11/24" and got.spec.bgp.as_number == 65001
+
+        # An existing Node keeps what registration does not set (here its reflector cluster ID).
+        await store.update(node("n1", ipv4Address="10.0.0.11/24", asNumber=65001,
+                                routeReflectorClusterID="1.0.0.1"),
+                           revision=(await store.get(Key("Node", "n1"))).revision)
+        await register(store, "n1", ipaddress.ip_interface("10.0.0.12/24"),
+                       ipaddress.ip_interface("fd00::12/64"), None)
+        got = (await store.get(Key("Node", "n1"))).value.spec.bgp
+        assert (str(got.ipv4_address), str(got.ipv6_address)) == ("10.0.0.12/24", "fd00::12/64")
+        assert str(got.route_reflector_cluster_id) == "1.0.0.1" and got.as_number == 65001
+
+        # Nothing asked: not even a write.
+        before = (await store.get(Key("Node", "n1"))).revision
+        await register(store, "n1", None, None, None)
+        assert (await store.get(Key("Node", "n1"))).revision == before
+
+        await register(store, "n1", "none", "none", None)
+        got = (await store.get(Key("Node", "n1"))).value.spec.bgp
+        assert got.ipv4_address is None and got.ipv6_address is None
+
+    asyncio.run(scenario())
+
+
+def test_an_address_another_node_has_is_refused_and_nothing_written():
+    async def scenario():
+        store = MemoryDatastore()
+        await store.create(node("n2", ipv4Address="10.0.0.11/24"))
+        with pytest.raises(RegistrationError,
+                           match=r"spec.bgp.ipv4Address: 10.0.0.11 is already used by Node 'n2'"):
+            await register(store, "n1", ipaddress.ip_interface("10.0.0.11/16"), None, None)
+        assert [i.key.name for i in (await store.list("Node")).items] == ["n2"]
+
+    asyncio.run(scenario())
