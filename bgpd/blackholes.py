@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import socket
+import struct
 from collections.abc import Iterable
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from percale.bgpd.fib import FIB
 
 ROUTE_PROTOCOL_BLACKHOLE = 203
-_RTN_BLACKHOLE = 6
+
+# Netlink, by hand, as bgpd/fib.py does: pyroute2 would add ~20 MB to the agent's resident size
+# for two message types (the agent's own netlink work needs nothing else from it).
+_RTM_NEWROUTE, _RTM_DELROUTE, _NLMSG_ERROR = 24, 25, 2
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+_RT_TABLE_MAIN, _RT_SCOPE_UNIVERSE, _RTN_BLACKHOLE, _RTA_DST = 254, 0, 6, 1
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTA = struct.Struct("=HH")
 
 
 class Blackholes:
-    """Blocking; the agent calls it from a worker thread. pyroute2's IPRoute cannot be made on a
-    thread that runs an asyncio loop, so each sync opens its own socket there (about a
-    millisecond, for a handful of routes).
+    """Blocking; the agent calls it from a worker thread. Each sync opens its own netlink socket
+    there (about a millisecond, for a handful of routes).
 
     It remembers what it installed, so a block claimed or released costs one route change; the
     kernel is read only on the first sync and when the caller asks for a check. The read is a
@@ -50,21 +57,37 @@ class Blackholes:
             self._installed = want
             return
         self._installed = None  # unknown until every change below has landed
-        with IPRoute() as ipr:
-            for prefix in sorted(have - want):
-                self._route(ipr, "del", prefix)
-            for prefix in sorted(want - have):
-                self._route(ipr, "add", prefix)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           socket.NETLINK_ROUTE) as sock:
+            sock.settimeout(5)
+            sock.bind((0, 0))
+            for seq, prefix in enumerate(sorted(have - want), 1):
+                _route(sock, _RTM_DELROUTE, seq, prefix)
+            for seq, prefix in enumerate(sorted(want - have), 1_000_000):
+                _route(sock, _RTM_NEWROUTE, seq, prefix)
         self._installed = want
 
-    @staticmethod
-    def _route(ipr: IPRoute, verb: str, prefix: str) -> None:
-        net = ipaddress.ip_network(prefix)
-        try:
-            ipr.route(verb, dst=str(net.network_address), dst_len=net.prefixlen,
-                      family=2 if net.version == 4 else 10, type=_RTN_BLACKHOLE,
-                      proto=ROUTE_PROTOCOL_BLACKHOLE)
-        except NetlinkError as err:
-            # Gone already, or there already: the state we wanted.
-            if err.code not in (errno.ESRCH, errno.EEXIST, errno.ENOENT):
-                raise
+
+def _route(sock: socket.socket, kind: int, seq: int, prefix: str) -> None:
+    """Add or delete one blackhole and wait for the kernel's answer."""
+    net = ipaddress.ip_network(prefix)
+    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    dst = net.network_address.packed
+    flags = _NLM_F_REQUEST | _NLM_F_ACK
+    if kind == _RTM_NEWROUTE:
+        flags |= _NLM_F_CREATE | _NLM_F_EXCL
+    body = (_RTMSG.pack(family, net.prefixlen, 0, 0, _RT_TABLE_MAIN, ROUTE_PROTOCOL_BLACKHOLE,
+                        _RT_SCOPE_UNIVERSE, _RTN_BLACKHOLE, 0)
+            + _RTA.pack(4 + len(dst), _RTA_DST) + dst)
+    sock.send(_HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body)
+    while True:
+        answer = sock.recv(65536)
+        length, mtype, _, answered, _ = _HEADER.unpack_from(answer)
+        if mtype != _NLMSG_ERROR or answered != seq:
+            continue
+        code = -struct.unpack_from("=i", answer, _HEADER.size)[0]
+        # Gone already, or there already: the state we wanted.
+        if code in (0, errno.ESRCH, errno.EEXIST, errno.ENOENT):
+            return
+        raise OSError(code, f"{'adding' if kind == _RTM_NEWROUTE else 'deleting'} blackhole "
+                            f"{prefix}: {os.strerror(code)}")

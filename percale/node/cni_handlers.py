@@ -12,7 +12,7 @@ import ipaddress
 import json
 import multiprocessing
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from percale.datastore import (
 )
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
-from percale.node import pod_network
+from percale.node import pod_link
 from percale.node.cni_types import (
     CHECK_FAILED,
     DATAPLANE_FAILED,
@@ -63,7 +63,7 @@ class Pod:
         self.handle_id = f"{conf.name}.{self.container_id}"
         # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
         self.workload_handle_id = f"{self.namespace}.{self.name}"
-        self.host_veth = pod_network.host_veth_name(self.namespace, self.name)
+        self.host_veth = pod_link.host_veth_name(self.namespace, self.name)
 
 
 T = TypeVar("T")
@@ -94,13 +94,14 @@ class CNIHandlers:
         # the agent's gRPC threads.
         context.set_forkserver_preload(["percale.node.pod_network"])
         self._dataplane = ProcessPoolExecutor(
-            DATAPLANE_WORKERS, mp_context=context, initializer=pod_network.ignore_stop_signals)
+            DATAPLANE_WORKERS, mp_context=context, initializer=pod_link.in_worker,
+            initargs=("ignore_stop_signals",))
         # Serve only once every worker has started (and ignores stop signals): until a worker
         # has run its initializer, a Ctrl-C to the agent's process group would kill it.
         started: set[int] = set()
         for _ in range(200):
             started |= set(await asyncio.gather(
-                *(self._kernel(pod_network.warm_up) for _ in range(DATAPLANE_WORKERS))))
+                *(self._kernel("warm_up") for _ in range(DATAPLANE_WORKERS))))
             if len(started) >= DATAPLANE_WORKERS:
                 break
             await asyncio.sleep(0.01)
@@ -108,9 +109,9 @@ class CNIHandlers:
     async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
         try:
             await linking
-        except (pod_network.DataplaneError, Exception):
+        except (pod_link.DataplaneError, Exception):
             return  # it made nothing, or removed what it made
-        await self._kernel(pod_network.remove_host_veth, host_veth)
+        await self._kernel("remove_host_veth", host_veth)
 
     def _in_background(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(work)
@@ -127,10 +128,12 @@ class CNIHandlers:
         if self._dataplane is not None:
             self._dataplane.shutdown(cancel_futures=True)
 
-    async def _kernel(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _kernel(self, name: str, *args: Any) -> Any:
+        """pod_network.<name>(*args) in a dataplane worker."""
         if self._dataplane is None:
             await self.start()
-        return await asyncio.get_running_loop().run_in_executor(self._dataplane, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._dataplane, pod_link.in_worker, name, *args)
 
     async def handle(self, request: dict[str, Any]) -> tuple[int, str]:
         version = "1.0.0"
@@ -193,7 +196,7 @@ class CNIHandlers:
         if conf.mtu:
             return conf.mtu
         if self._mtu is None:
-            self._mtu = await self._kernel(pod_network.detect_mtu)
+            self._mtu = await self._kernel("detect_mtu")
         pools = [p.spec for p in await self.ipam.pools() if not p.spec.disabled]
         overhead = max([ENCAPSULATION_OVERHEAD["vxlan", p.network.version] for p in pools if p.vxlan_mode != "Never"]
                        + [ENCAPSULATION_OVERHEAD["ipip", 4] for p in pools if p.ipip_mode != "Never"]
@@ -207,19 +210,19 @@ class CNIHandlers:
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
-            self._kernel(pod_network.create_link, pod.netns, pod.ifname, pod.host_veth, mtu))
+            self._kernel("create_link", pod.netns, pod.ifname, pod.host_veth, mtu))
         addresses: list[Interface] = []
         try:
             addresses = await self._allocate(pod, conf)
             try:
                 link = await linking
-            except pod_network.InterfaceExists as err:
+            except pod_link.InterfaceExists as err:
                 raise CNIError(INTERFACE_EXISTS, str(err)) from None
-            except pod_network.DataplaneError as err:
+            except pod_link.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
             try:
-                await self._kernel(pod_network.configure, pod.netns, pod.ifname, pod.host_veth, addresses)
-            except pod_network.DataplaneError as err:
+                await self._kernel("configure", pod.netns, pod.ifname, pod.host_veth, addresses)
+            except pod_link.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
             await self._write_endpoint(pod, conf, link, addresses)
         except BaseException:
@@ -251,7 +254,7 @@ class CNIHandlers:
                 "routes": prev.get("routes", []) + ours["routes"],
                 "dns": prev.get("dns") or ours["dns"]}
 
-    async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
+    async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_link.PodLink,
                               addresses: list[Interface]) -> None:
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         endpoint = WorkloadEndpoint(
@@ -298,14 +301,14 @@ class CNIHandlers:
         async def unwire_then_release() -> None:
             # The host routes to the pod go first; only then may its addresses be handed out
             # again, or the next pod to get one would find its route taken.
-            await self._kernel(pod_network.unwire, pod.netns, pod.ifname)
+            await self._kernel("unwire", pod.netns, pod.ifname)
             await self.ipam.release_by_handle(pod.handle_id)
             await self.ipam.release_by_handle(pod.workload_handle_id)
 
         await asyncio.gather(forget_endpoint(), unwire_then_release())
         # Deleting the veth pair is slow in the kernel and nothing waits on it any more: the
         # pod is cut off, and the runtime deletes its namespace (and with it the pair) next.
-        self._in_background(self._kernel(pod_network.tear_down, pod.netns, pod.ifname))
+        self._in_background(self._kernel("tear_down", pod.netns, pod.ifname))
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
@@ -313,8 +316,7 @@ class CNIHandlers:
         if not prev or not prev.get("ips"):
             raise CNIError(CHECK_FAILED, "CHECK needs prevResult with the addresses ADD returned")
         addresses = [ipaddress.ip_interface(ip["address"]) for ip in prev["ips"]]
-        problems = await self._kernel(
-            pod_network.check, pod.netns, pod.ifname, pod.host_veth, addresses)
+        problems = await self._kernel("check", pod.netns, pod.ifname, pod.host_veth, addresses)
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         try:
             endpoint = (await self.store.get(Key("WorkloadEndpoint", name, pod.namespace))).value
@@ -341,7 +343,7 @@ class CNIHandlers:
         # uses, so a main plugin that puts it on the host veth needs no address from the pool.
         addresses = await self._allocate(pod, conf, narrow=False)
         return result(conf.cni_version, addresses, dns=conf.dns,
-                      gateways={4: pod_network.GATEWAY_V4})
+                      gateways={4: pod_link.GATEWAY_V4})
 
     async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)

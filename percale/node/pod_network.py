@@ -17,54 +17,36 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import ipaddress
 import os
 import random
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+# Shared with the agent's process, which does not import this module (pod_link says why).
+from percale.node.pod_link import (  # noqa: F401  (re-exported for callers of this module)
+    GATEWAY_V4,
+    GATEWAY_V6,
+    HOST_VETH_MAC,
+    HOST_VETH_PREFIX,
+    DataplaneError,
+    InterfaceExists,
+    PodLink,
+    host_veth_name,
+)
+
 # Every route percale programs carries this protocol number, so percale reconciles only its own
 # routes (kube-router and Calico's felix learned to do this the hard way).
 ROUTE_PROTOCOL = 201
-HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"
-GATEWAY_V4 = "169.254.1.1"
-# The link-local address the kernel gives a host veth with HOST_VETH_MAC (EUI-64).
-GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
-HOST_VETH_PREFIX = "pcl"
 _SCOPE_LINK = 253
 _IFA_F_NODAD = 0x02
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-class DataplaneError(Exception):
-    """The kernel refused a step; whatever this module had set up is gone again."""
-
-
-class InterfaceExists(DataplaneError):
-    pass
-
-
-def host_veth_name(namespace: str, pod: str) -> str:
-    """pcl + 12 hex digits of SHA-1("<namespace>.<pod>"): stable for a pod across restarts and
-    container IDs, so DEL finds it from the pod's name alone; 15 characters, the kernel's limit."""
-    return HOST_VETH_PREFIX + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class PodLink:
-    host_name: str
-    host_mac: str
-    container_name: str
-    container_mac: str
-    mtu: int
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -331,4 +313,10 @@ def check(netns: str, ifname: str, host_name: str, addresses: list[Interface]) -
             gateways = {r.get_attr("RTA_GATEWAY") for r in pod.get_default_routes(family=2)}
             if GATEWAY_V4 not in gateways:
                 problems.append(f"default route via {GATEWAY_V4} is missing")
+        # The same for IPv6, which `configure` sets up just as it does IPv4: without this a
+        # dual-stack pod that lost its IPv6 default route passed CHECK.
+        if any(a.version == 6 for a in addresses):
+            gateways = {r.get_attr("RTA_GATEWAY") for r in pod.get_default_routes(family=10)}
+            if GATEWAY_V6 not in gateways:
+                problems.append(f"default route via {GATEWAY_V6} is missing")
     return problems
