@@ -18,6 +18,7 @@ from percale.cli.cni_cmd import cni_app
 from percale.cli.context import fail, settings, with_datastore
 from percale.cli.documents import InputError, load
 from percale.cli.ipam_app import ipam_app
+from percale.cli.lab_cmd import lab_app
 from percale.cli.node_cmd import node_app
 from percale.datastore import Datastore, DatastoreError, Key, NotFound
 from percale.resources import KINDS, Resource, kind_named
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.add_typer(ipam_app, name="ipam")
 app.add_typer(cni_app, name="cni")
 app.add_typer(node_app, name="node")
+app.add_typer(lab_app, name="lab")
 # Imported for their effect: each module adds its commands to ipam_app.
 _IPAM_COMMANDS = (ipam_show, ipam_check)
 

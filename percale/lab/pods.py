@@ -1,0 +1,165 @@
+"""Pods in a lab: a network namespace wired by the node's CNI plugins, called exactly as a
+container runtime calls them (libcni's way of running a conflist):
+
+  ADD   each plugin of 10-percale.conflist in order, in the node's namespace, with the CNI_*
+        environment and the plugin's config on stdin (`name` and `cniVersion` from the list,
+        `prevResult` from the plugin before); a failure runs DEL for the whole list, as a
+        runtime cleans up a sandbox it could not set up
+  DEL   the plugins in reverse order, with the ADD's result as prevResult
+
+and the ping matrix between pods.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from percale.lab.runner import Lab, LabError, sh
+
+IFNAME = "eth0"
+K8S_NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    node: str
+    namespace: str  # its network namespace
+    container_id: str
+    addresses: tuple[str, ...]
+
+    @classmethod
+    def from_record(cls, record: dict) -> Pod:
+        return cls(record["name"], record["node"], record["namespace"], record["container_id"],
+                   tuple(record["addresses"]))
+
+
+def pods(lab: Lab) -> list[Pod]:
+    return [Pod.from_record(r) for r in lab.state().get("pods", {}).values()]
+
+
+def _conflist(lab: Lab, node: str) -> dict:
+    path = lab.node_dir(node) / "cni" / "net.d" / "10-percale.conflist"
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        raise LabError(f"node {node} has no CNI network config ({path}): is it a percale node?") from None
+
+
+def _run_plugin(lab: Lab, node: str, command: str, conf: dict, pod_netns: str,
+                container_id: str, pod: str) -> dict:
+    plugin = lab.node_dir(node) / "cni" / "bin" / conf["type"]
+    env = {
+        "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": f"/var/run/netns/{pod_netns}", "CNI_IFNAME": IFNAME,
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={K8S_NAMESPACE};K8S_POD_NAME={pod};"
+                    f"K8S_POD_INFRA_CONTAINER_ID={container_id}",
+        "CNI_PATH": str(plugin.parent), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    done = subprocess.run(["ip", "netns", "exec", lab.topology.namespace(node), str(plugin)],
+                          input=json.dumps(conf), env=env, capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        try:
+            error = json.loads(done.stdout)
+            reason = f"{error.get('msg')}" + (f": {error['details']}" if error.get("details") else "")
+        except ValueError:
+            reason = (done.stderr or done.stdout).strip()
+        raise LabError(f"CNI {command} by {conf['type']} on {node} for pod {pod}: {reason}")
+    return json.loads(done.stdout) if done.stdout.strip() else {}
+
+
+def _chain(lab: Lab, node: str, command: str, pod_netns: str, container_id: str, pod: str,
+           previous: dict | None = None) -> dict:
+    conflist = _conflist(lab, node)
+    plugins = conflist["plugins"] if command == "ADD" else list(reversed(conflist["plugins"]))
+    result = previous
+    for plugin in plugins:
+        conf = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+        if result:
+            conf["prevResult"] = result
+        answer = _run_plugin(lab, node, command, conf, pod_netns, container_id, pod)
+        if command == "ADD":
+            result = answer
+    return result or {}
+
+
+def add(lab: Lab, node: str, name: str) -> Pod:
+    """A pod on `node`: its namespace, a CNI ADD through the conflist, recorded in the lab."""
+    lab.node(node)
+    if not lab.is_percale(lab.topology.nodes[node]):
+        raise LabError(f"node {node} is not a percale node (image {lab.topology.nodes[node].image!r})")
+    if any(p.name == name for p in pods(lab)):
+        raise LabError(f"a pod named {name!r} exists already")
+    netns = f"{lab.topology.namespace(node)}.{name}"
+    container_id = uuid.uuid4().hex
+    with lab._editing() as state:
+        state.setdefault("pods", {})[name] = {"name": name, "node": node, "namespace": netns,
+                                              "container_id": container_id, "addresses": []}
+    sh("ip", "netns", "add", netns)
+    sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
+    try:
+        result = _chain(lab, node, "ADD", netns, container_id, name)
+    except BaseException:
+        try:
+            _chain(lab, node, "DEL", netns, container_id, name)
+        finally:
+            _forget(lab, name, netns)
+        raise
+    addresses = tuple(ip["address"].split("/")[0] for ip in result.get("ips", []))
+    with lab._editing() as state:
+        state["pods"][name]["addresses"] = list(addresses)
+        state["pods"][name]["result"] = result
+    return Pod(name, node, netns, container_id, addresses)
+
+
+def delete(lab: Lab, name: str) -> None:
+    record = lab.state().get("pods", {}).get(name)
+    if record is None:
+        raise LabError(f"no pod named {name!r} in lab {lab.topology.name!r}")
+    try:
+        _chain(lab, record["node"], "DEL", record["namespace"], record["container_id"], name,
+               record.get("result"))
+    finally:
+        _forget(lab, name, record["namespace"])
+
+
+def _forget(lab: Lab, name: str, netns: str) -> None:
+    sh("ip", "netns", "del", netns, check=False)
+    with lab._editing() as state:
+        state.get("pods", {}).pop(name, None)
+
+
+def ping(source: Pod, address: str, count: int = 1, wait: float = 1.0) -> bool:
+    done = subprocess.run(["ip", "netns", "exec", source.namespace, "ping", "-n", "-q",
+                           "-c", str(count), "-W", f"{wait:g}", address],
+                          capture_output=True, text=True)
+    return done.returncode == 0
+
+
+def ping_matrix(lab: Lab, count: int = 1, wait: float = 1.0) -> dict[tuple[str, str], bool]:
+    """(from pod, to pod) -> reached, for every ordered pair of distinct pods, first address."""
+    every = pods(lab)
+    pairs = [(a, b) for a in every for b in every if a.name != b.name and b.addresses]
+    with ThreadPoolExecutor(8) as pool:
+        results = pool.map(lambda pair: ping(pair[0], pair[1].addresses[0], count, wait), pairs)
+        return {(a.name, b.name): ok for (a, b), ok in zip(pairs, results, strict=True)}
+
+
+def format_matrix(lab: Lab, matrix: dict[tuple[str, str], bool]) -> str:
+    names = [p.name for p in pods(lab)]
+    width = max([len(n) for n in names] + [4])
+    lines = [" " * width + "  " + " ".join(n.rjust(width) for n in names)]
+    for a in names:
+        cells = ["-" if a == b else ("ok" if matrix.get((a, b)) else "FAIL") for b in names]
+        lines.append(a.ljust(width) + "  " + " ".join(c.rjust(width) for c in cells))
+    return "\n".join(lines)
+
+
+def namespace_path(pod: Pod) -> Path:
+    return Path("/var/run/netns") / pod.namespace

@@ -1,0 +1,437 @@
+"""A containerlab topology realised with network namespaces, no Docker (exabgp.md §3.3).
+
+  node (any kind but bridge)  a namespace `clab-<lab>-<node>`; its `cmd` runs there in the
+                              background, then its `exec` commands in order, as containerlab
+                              runs them in the container
+  kind: bridge                a Linux bridge, in a namespace of its own (never in the host's)
+  link                        a veth pair, ends named as the endpoints say; MTU 9500 unless set
+  mgmt network                a bridge in `clab-<lab>-mgmt` with the gateway (.1); each node's
+                              eth0 on it, with its mgmt address and the default route
+  binds                       there is no mount namespace: a bind's path inside the node is
+                              replaced by its host path wherever it appears in cmd, exec and env
+  percale nodes               (image percale/node) the CNI plugins installed in the node's
+                              directory, and percale's sockets there (PERCALE_* env), as the
+                              image has them in /opt/cni/bin and /var/run/percale
+  NODENAME                    set to the node's name, which containerlab makes the hostname
+
+Every process is started in its own session, logged to <lab dir>/<node>/<node>.log, and recorded
+(PID and start time) in <lab dir>/state.json before the next step, so `down` stops exactly what
+`up` started even after `up` itself crashed, and removes every namespace by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from percale.lab.topology import Node, Topology, TopologyError
+
+LAB_ROOT = Path(os.environ.get("PERCALE_LAB_DIR", "/var/run/percale/lab"))
+PERCALE_IMAGE = "percale/node"
+CNI_REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+VENV_BIN = Path(sys.executable).parent
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message says which node and step."""
+
+
+def sh(*args: str, check: bool = True, env: dict | None = None,
+       input: str | None = None, timeout: float | None = 60) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, capture_output=True, text=True, env=env, input=input,
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise LabError(f"{shlex.join(args)}: {(done.stderr or done.stdout).strip()}")
+    return done
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the PID, it
+    tells our process from a later one that reused the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):
+        return None  # ended; only its exit status is left for its parent to collect
+    return int(fields[19])
+
+
+def alive(record: dict) -> bool:
+    return _start_time(record["pid"]) == record["start"]
+
+
+@dataclass
+class Lab:
+    topology: Topology
+
+    # -- where things are --------------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return LAB_ROOT / self.topology.name
+
+    def node_dir(self, node: str) -> Path:
+        return self.dir / node
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {"namespaces": [], "processes": [], "pods": {}}
+
+    @contextlib.contextmanager
+    def _editing(self):
+        """The state, read and written back under a lock (pods may be added in parallel)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "state.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.state()
+            yield state
+            temporary = self.state_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(state, indent=1))
+            os.replace(temporary, self.state_file)
+
+    def is_up(self) -> bool:
+        return self.state_file.exists() or any(
+            self._namespace_exists(self.topology.namespace(n)) for n in self.topology.nodes)
+
+    @staticmethod
+    def _namespace_exists(name: str) -> bool:
+        return Path("/var/run/netns", name).exists()
+
+    def is_percale(self, node: Node) -> bool:
+        return node.image.split(":")[0] == PERCALE_IMAGE
+
+    # -- the node's view: binds, environment -------------------------------------------------
+
+    def binds(self, node: Node) -> list[tuple[str, str]]:
+        """(host path, path in the node), placeholders expanded, longest node path first."""
+        found = []
+        for host, target in node.binds:
+            host = host.replace("__clabNodeDir__", str(self.node_dir(node.name)))
+            host = host.replace("__clabDir__", str(self.dir))
+            found.append((host, target))
+        return sorted(found, key=lambda b: -len(b[1]))
+
+    def rewrite(self, node: Node, text: str) -> str:
+        """`text` with each bind's path in the node replaced by its host path."""
+        for host, target in self.binds(node):
+            text = re.sub(rf"(?<![\w/.-]){re.escape(target)}(?=$|[/\s'\":;,=])", host, text)
+        return text
+
+    def environment(self, node: Node) -> dict[str, str]:
+        env = {
+            "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+            "NODENAME": node.name, "CLAB_LABEL_CLAB_NODE_NAME": node.name,
+        }
+        if self.is_percale(node):
+            run = self.node_dir(node.name) / "run"
+            env.update(PERCALE_CNI_SOCKET=str(run / "cni.sock"),
+                       PERCALE_STATUS_SOCKET=str(run / "status.sock"),
+                       PERCALE_BGP_DIR=str(run / "bgp"))
+        env.update({key: self.rewrite(node, value) for key, value in node.env.items()})
+        return env
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def up(self, progress=lambda message: None) -> None:
+        """Create every namespace, link and process; on any failure remove all of it again."""
+        if self.is_up():
+            raise LabError(f"lab {self.topology.name!r} is already up "
+                           f"(percalectl lab down -t {self.topology.path} first)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._editing() as state:
+            state.update(topology=str(self.topology.path), started=time.time())
+        try:
+            self._networks(progress)
+            for node in self.topology.start_order():
+                self._start_node(node, progress)
+        except BaseException:
+            self.down()
+            raise
+
+    def _namespace(self, name: str) -> None:
+        with self._editing() as state:
+            state["namespaces"].append(name)  # recorded first: a crash between still cleans it
+        sh("ip", "netns", "add", name)
+        sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+
+    def _networks(self, progress) -> None:
+        topology = self.topology
+        mgmt = topology.mgmt_namespace
+        self._namespace(mgmt)
+        gateway = next(topology.mgmt_subnet.hosts())
+        sh("ip", "netns", "exec", mgmt, "ip", "link", "add", "mgmt", "type", "bridge")
+        sh("ip", "netns", "exec", mgmt, "ip", "addr", "add",
+           f"{gateway}/{topology.mgmt_subnet.prefixlen}", "dev", "mgmt")
+        sh("ip", "netns", "exec", mgmt, "ip", "link", "set", "mgmt", "up")
+        addresses = topology.mgmt_addresses()
+        for index, node in enumerate(topology.nodes.values()):
+            ns = topology.namespace(node.name)
+            self._namespace(ns)
+            self.node_dir(node.name).mkdir(parents=True, exist_ok=True)
+            if node.is_bridge:
+                sh("ip", "netns", "exec", ns, "ip", "link", "add", node.name[:15], "type", "bridge")
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", node.name[:15], "up")
+                continue
+            port = f"m{index}"
+            sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
+               "netns", mgmt)
+            sh("ip", "netns", "exec", mgmt, "ip", "link", "set", port, "master", "mgmt", "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", str(addresses[node.name]), "dev", "eth0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+            sh("ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", str(gateway))
+        progress(f"{len(topology.nodes)} nodes and the management network {topology.mgmt_subnet}")
+        for link in topology.links:
+            a, b = link.a, link.b
+            sh("ip", "link", "add", a.interface, "netns", topology.namespace(a.node), "mtu",
+               str(link.mtu), "type", "veth", "peer", "name", b.interface, "netns",
+               topology.namespace(b.node), "mtu", str(link.mtu))
+            for end in (a, b):
+                ns = topology.namespace(end.node)
+                if end.mac:
+                    sh("ip", "netns", "exec", ns, "ip", "link", "set", end.interface, "address", end.mac)
+                for address in (end.ipv4, end.ipv6):
+                    if address:
+                        sh("ip", "netns", "exec", ns, "ip", "addr", "add", address, "dev", end.interface)
+                if topology.nodes[end.node].is_bridge:
+                    sh("ip", "netns", "exec", ns, "ip", "link", "set", end.interface, "master",
+                       end.node[:15])
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", end.interface, "up")
+        progress(f"{len(topology.links)} links")
+
+    def _start_node(self, node: Node, progress) -> None:
+        for other in node.wait_for:
+            self._wait_healthy(self.topology.nodes[other])
+        for host, _ in self.binds(node):
+            if str(self.dir) in host and not Path(host).suffix:
+                Path(host).mkdir(parents=True, exist_ok=True)  # a node directory bind
+        if self.is_percale(node):
+            self._install_cni(node)
+        if node.cmd:
+            self.start_process(node)
+        if self.is_percale(node):
+            self._wait_for_agent(node)
+        self._wait_healthy(node)
+        for command in node.exec:
+            done = self.exec(node.name, ["sh", "-c", self.rewrite(node, command)], capture=True)
+            if done.returncode != 0:
+                raise LabError(f"node {node.name}: exec {command!r} failed: "
+                               f"{(done.stderr or done.stdout).strip()}")
+        progress(f"{node.name} started")
+
+    def start_process(self, node: Node) -> dict:
+        """Start the node's cmd in its namespace, in a session of its own; record it."""
+        ns = self.topology.namespace(node.name)
+        log = open(self.node_dir(node.name) / f"{node.name}.log", "a")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "sh", "-c", "exec " + self.rewrite(node, node.cmd)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=self.environment(node), cwd=self.node_dir(node.name), start_new_session=True)
+        log.close()
+        record = {"node": node.name, "pid": process.pid, "start": _start_time(process.pid),
+                  "cmd": node.cmd}
+        with self._editing() as state:
+            state["processes"].append(record)
+        return record
+
+    def _install_cni(self, node: Node) -> None:
+        cni = self.node_dir(node.name) / "cni"
+        env = self.environment(node)
+        sh(str(VENV_BIN / "percalectl"), "cni", "install", "--bin-dir", str(cni / "bin"),
+           "--conf-dir", str(cni / "net.d"), "--node-name", node.name,
+           "--agent-socket", env["PERCALE_CNI_SOCKET"], "--python", sys.executable, env=env)
+        # The reference plugins beside ours, as in a node's /opt/cni/bin (portmap is chained).
+        for plugin in CNI_REFERENCE_PLUGINS.iterdir():
+            target = cni / "bin" / plugin.name
+            if not target.exists():
+                target.symlink_to(plugin)
+
+    def _wait_for_agent(self, node: Node, timeout: float = 60) -> None:
+        socket = Path(self.environment(node)["PERCALE_CNI_SOCKET"])
+        deadline = time.monotonic() + timeout
+        while not socket.exists():
+            if not self.node_running(node.name) or time.monotonic() > deadline:
+                raise LabError(f"node {node.name}: percale-node did not start: "
+                               + self.log_tail(node.name))
+            time.sleep(0.05)
+
+    def _wait_healthy(self, node: Node) -> None:
+        check = node.healthcheck
+        if check is None:
+            return
+        time.sleep(check.start_period)
+        for _ in range(max(check.retries, 1)):
+            try:
+                done = self.exec(node.name, ["sh", "-c", self.rewrite(node, check.test)],
+                                 capture=True, timeout=check.timeout)
+                if done.returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            if node.cmd and not self.node_running(node.name):
+                break
+            time.sleep(check.interval)
+        raise LabError(f"node {node.name}: not healthy ({check.test!r} keeps failing): "
+                       + self.log_tail(node.name))
+
+    def log_tail(self, node: str, lines: int = 15) -> str:
+        log = self.node_dir(node) / f"{node}.log"
+        try:
+            return "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- using a running lab -----------------------------------------------------------------
+
+    def node(self, name: str) -> Node:
+        try:
+            return self.topology.nodes[name]
+        except KeyError:
+            raise LabError(f"lab {self.topology.name!r} has no node {name!r} (nodes: "
+                           f"{', '.join(self.topology.nodes)})") from None
+
+    def exec(self, node: str, argv: list[str], *, capture: bool = False,
+             timeout: float | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run argv in the node, with its environment, from its directory."""
+        spec = self.node(node)
+        ns = self.topology.namespace(node)
+        if not self._namespace_exists(ns):
+            raise LabError(f"node {node} is not up (percalectl lab up -t {self.topology.path})")
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], env=self.environment(spec),
+                              cwd=self.node_dir(node), capture_output=capture, text=True,
+                              timeout=timeout, input=input)
+
+    def processes(self, node: str) -> list[dict]:
+        return [p for p in self.state()["processes"] if p["node"] == node]
+
+    def node_running(self, node: str) -> bool:
+        records = self.processes(node)
+        return bool(records) and all(alive(r) for r in records[-1:])
+
+    def stop(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        """Stop the node's cmd (its whole session: the agent and its ExaBGP alike with SIGKILL;
+        with SIGTERM the agent stops its own children)."""
+        for record in self.processes(node):
+            _signal_session(record, sig, timeout)
+
+    def start(self, node: str) -> None:
+        """Start a stopped node's cmd again (and wait for a percale agent's socket)."""
+        spec = self.node(node)
+        if self.node_running(node):
+            raise LabError(f"node {node} is already running")
+        if not spec.cmd:
+            raise LabError(f"node {node} has no cmd to start")
+        with self._editing() as state:
+            state["processes"] = [p for p in state["processes"] if p["node"] != node]
+        if self.is_percale(spec):
+            Path(self.environment(spec)["PERCALE_CNI_SOCKET"]).unlink(missing_ok=True)
+        self.start_process(spec)
+        if self.is_percale(spec):
+            self._wait_for_agent(spec)
+
+    def status(self) -> list[dict]:
+        """One row per node: name, kind, image, state, management address, PIDs."""
+        addresses = self.topology.mgmt_addresses()
+        rows = []
+        for node in self.topology.nodes.values():
+            ns = self.topology.namespace(node.name)
+            records = self.processes(node.name)
+            if not self._namespace_exists(ns):
+                state = "absent"
+            elif node.is_bridge or not node.cmd:
+                state = "up"
+            elif records and all(alive(r) for r in records):
+                state = "running"
+            else:
+                state = "exited"
+            rows.append({"name": node.name, "namespace": ns, "kind": node.kind,
+                         "image": node.image, "state": state,
+                         "ipv4": str(addresses.get(node.name, "")),
+                         "pids": [r["pid"] for r in records if alive(r)]})
+        return rows
+
+    # -- down --------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop every recorded process, then remove every namespace of the lab (those recorded
+        and those its names say are ours), pods included; then the lab's directory."""
+        state = self.state()
+        for record in state["processes"]:
+            _signal_session(record, signal.SIGTERM, 10)
+        names = set(state["namespaces"])
+        names |= {pod["namespace"] for pod in state.get("pods", {}).values()}
+        names |= {self.topology.namespace(n) for n in self.topology.nodes}
+        names.add(self.topology.mgmt_namespace)
+        pod_prefixes = tuple(f"{self.topology.namespace(n)}." for n in self.topology.nodes)
+        for listed in sh("ip", "netns", "list", check=False).stdout.splitlines():
+            name = listed.split()[0] if listed.split() else ""
+            if name.startswith(pod_prefixes):
+                names.add(name)
+        removed = []
+        # Pods first (their veths' host ends live in the nodes), then nodes.
+        for name in sorted(names, key=lambda n: ("." not in n, n)):
+            if not self._namespace_exists(name):
+                continue
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            for _ in range(50):
+                if not sh("ip", "netns", "pids", name, check=False).stdout.split():
+                    break
+                time.sleep(0.1)
+            sh("ip", "netns", "del", name, check=False)
+            removed.append(name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return removed
+
+
+def _signal_session(record: dict, sig: int, timeout: float) -> None:
+    """Signal the recorded process's session (it leads it), wait for it to go, then SIGKILL."""
+    if not alive(record):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record["pid"], sig)
+    deadline = time.monotonic() + timeout
+    while alive(record) and time.monotonic() < deadline:
+        _reap(record["pid"])
+        time.sleep(0.05)
+    if alive(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record["pid"], signal.SIGKILL)
+        while alive(record):
+            _reap(record["pid"])
+            time.sleep(0.02)
+
+
+def _reap(pid: int) -> None:
+    """Collect a child of this process that has ended (when `up` and `down` share a process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def open_lab(path: str | Path) -> Lab:
+    from percale.lab.topology import load
+
+    return Lab(load(path))
+
+
+__all__ = ["Lab", "LabError", "TopologyError", "open_lab"]

@@ -1,0 +1,346 @@
+"""containerlab topology files (`*.clab.yml`), read into plain data (pure: no side effects).
+
+The subset percale's runner honours, with containerlab's meaning (exabgp.md §3.1):
+  name, prefix, mgmt.{network, ipv4-subnet}
+  topology.defaults / topology.kinds.<kind> / topology.nodes.<name> — merged in that order:
+    kind, image, cmd, exec, env, binds, mgmt-ipv4, healthcheck, stages.<stage>.wait-for, labels
+  topology.links: the brief form `endpoints: ["a:eth1", "b:eth1"]` (optional `mtu`), and the
+    extended `type: veth` form with endpoints {node, interface, mac, ipv4, ipv6}
+  kind `bridge` nodes: a switch that links join as ports; every other kind is a host running
+    its `cmd` and `exec` commands. `__clabNodeDir__` and `__clabDir__` in binds expand to the
+    node's and the lab's directories, as containerlab expands them.
+
+Everything else in the file is accepted and ignored (so files written for containerlab load),
+except what would make the runner do something other than containerlab would: those are errors
+naming the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MGMT_SUBNET = "172.20.20.0/24"  # containerlab's default management network
+DEFAULT_MTU = 9500  # containerlab's default for veth links
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+BRIDGE_KINDS = ("bridge", "ovs-bridge")
+
+
+class TopologyError(ValueError):
+    """The topology file cannot be run; the message names the file, the field and the reason."""
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: str  # a shell command; healthy when it exits 0
+    start_period: float = 0.0
+    interval: float = 1.0
+    timeout: float = 5.0
+    retries: int = 60
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    kind: str
+    image: str = ""
+    cmd: str = ""
+    exec: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    binds: tuple[tuple[str, str], ...] = ()  # (host path, path in the node)
+    mgmt_ipv4: str | None = None
+    healthcheck: Healthcheck | None = None
+    wait_for: tuple[str, ...] = ()  # nodes that must be healthy (or started) first
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.kind in BRIDGE_KINDS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    node: str
+    interface: str
+    mac: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    a: Endpoint
+    b: Endpoint
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    path: Path
+    prefix: str
+    mgmt_subnet: ipaddress.IPv4Network
+    nodes: dict[str, Node]
+    links: tuple[Link, ...]
+
+    def namespace(self, node: str) -> str:
+        """The node's network namespace, named as containerlab names the node's container."""
+        return f"{self.prefix}-{self.name}-{node}" if self.prefix else node
+
+    @property
+    def mgmt_namespace(self) -> str:
+        return self.namespace("mgmt")
+
+    def start_order(self) -> list[Node]:
+        """Hosts in file order, each after the nodes it waits for."""
+        done: list[Node] = []
+        seen: set[str] = set()
+
+        def visit(node: Node, path: tuple[str, ...]) -> None:
+            if node.name in seen:
+                return
+            if node.name in path:
+                raise TopologyError(f"{self.path}: stages.wait-for: {' -> '.join(path + (node.name,))}"
+                                    " is a cycle")
+            for other in node.wait_for:
+                visit(self.nodes[other], path + (node.name,))
+            seen.add(node.name)
+            done.append(node)
+
+        for node in self.nodes.values():
+            if not node.is_bridge:
+                visit(node, ())
+        return done
+
+    def mgmt_addresses(self) -> dict[str, ipaddress.IPv4Interface]:
+        """Every host's management address: its mgmt-ipv4, or the next free one (as Docker
+        hands them out); .1 is the gateway."""
+        subnet = self.mgmt_subnet
+        taken = {ipaddress.ip_address(n.mgmt_ipv4) for n in self.nodes.values() if n.mgmt_ipv4}
+        free = (a for a in list(subnet.hosts())[1:] if a not in taken)
+        found = {}
+        for node in self.nodes.values():
+            if node.is_bridge:
+                continue
+            address = ipaddress.ip_address(node.mgmt_ipv4) if node.mgmt_ipv4 else next(free, None)
+            if address is None:
+                raise TopologyError(f"{self.path}: mgmt.ipv4-subnet: {subnet} has no address left "
+                                    f"for node {node.name!r}")
+            found[node.name] = ipaddress.IPv4Interface(f"{address}/{subnet.prefixlen}")
+        return found
+
+
+def load(path: str | Path) -> Topology:
+    """Read and check a topology file; raises TopologyError naming the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise TopologyError(f"{path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise TopologyError(f"{path}: not valid YAML: {err}") from None
+    return parse(data, path)
+
+
+def parse(data: Any, path: Path) -> Topology:
+    where = str(path)
+
+    def fail(field_name: str, reason: str) -> TopologyError:
+        return TopologyError(f"{where}: {field_name}: {reason}")
+
+    if not isinstance(data, dict):
+        raise TopologyError(f"{where}: a topology is a mapping with name and topology")
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise fail("name", "must be a name of letters, digits, '-', '_' or '.'")
+    prefix = data.get("prefix", "clab")
+    if prefix == "__lab-name":
+        prefix = name
+    if not isinstance(prefix, str):
+        raise fail("prefix", "must be a string")
+    mgmt = data.get("mgmt") or {}
+    if not isinstance(mgmt, dict):
+        raise fail("mgmt", "must be a mapping")
+    try:
+        subnet = ipaddress.IPv4Network(mgmt.get("ipv4-subnet", DEFAULT_MGMT_SUBNET))
+    except ValueError as err:
+        raise fail("mgmt.ipv4-subnet", str(err)) from None
+    topology = data.get("topology")
+    if not isinstance(topology, dict) or not isinstance(topology.get("nodes"), dict) \
+            or not topology["nodes"]:
+        raise fail("topology.nodes", "must name at least one node")
+    defaults = _mapping(topology.get("defaults"), "topology.defaults", fail)
+    kinds = _mapping(topology.get("kinds"), "topology.kinds", fail)
+    nodes = {}
+    for node_name, spec in topology["nodes"].items():
+        field_name = f"topology.nodes.{node_name}"
+        if not isinstance(node_name, str) or not _NAME.match(node_name):
+            raise fail(field_name, "a node name is letters, digits, '-', '_' or '.'")
+        spec = _mapping(spec, field_name, fail)
+        kind = spec.get("kind", defaults.get("kind"))
+        if not isinstance(kind, str):
+            raise fail(f"{field_name}.kind", "is missing")
+        merged = _merge(defaults, _mapping(kinds.get(kind), f"topology.kinds.{kind}", fail), spec)
+        nodes[node_name] = _node(node_name, kind, merged, path, field_name, fail)
+    for node in nodes.values():
+        for other in node.wait_for:
+            if other not in nodes:
+                raise fail(f"topology.nodes.{node.name}.stages", f"waits for unknown node {other!r}")
+    links = tuple(_link(i, link, nodes, fail)
+                  for i, link in enumerate(topology.get("links") or []))
+    _unique_interfaces(links, fail)
+    if "mgmt" in nodes:
+        raise fail("topology.nodes.mgmt", "'mgmt' is the management network's name here")
+    parsed = Topology(name, path.resolve(), prefix, subnet, nodes, links)
+    for node in nodes.values():
+        if node.mgmt_ipv4:
+            try:
+                address = ipaddress.IPv4Address(node.mgmt_ipv4)
+            except ValueError as err:
+                raise fail(f"topology.nodes.{node.name}.mgmt-ipv4", str(err)) from None
+            if address not in subnet or address in (subnet.network_address, next(subnet.hosts())):
+                raise fail(f"topology.nodes.{node.name}.mgmt-ipv4",
+                           f"{address} is not a host address of {subnet} other than its gateway")
+    parsed.start_order()  # cycles are errors now, not halfway through `up`
+    parsed.mgmt_addresses()
+    return parsed
+
+
+def _mapping(value: Any, field_name: str, fail) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(field_name, "must be a mapping")
+    return value
+
+
+def _merge(*layers: dict) -> dict:
+    """containerlab's inheritance: later layers win; env and labels merge key by key; binds and
+    exec from the most specific layer that has them."""
+    merged: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in ("env", "labels") and isinstance(value, dict):
+                merged[key] = {**merged.get(key, {}), **value}
+            else:
+                merged[key] = value
+    return merged
+
+
+def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -> Node:
+    def text(key: str) -> str:
+        value = spec.get(key, "")
+        if isinstance(value, list):  # containerlab accepts cmd as a list too
+            value = shlex.join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise fail(f"{field_name}.{key}", "must be a string")
+        return value
+
+    commands = spec.get("exec") or []
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise fail(f"{field_name}.exec", "must be a list of commands")
+    env = spec.get("env") or {}
+    if not isinstance(env, dict):
+        raise fail(f"{field_name}.env", "must be a mapping of names to values")
+    binds = []
+    for i, bind in enumerate(spec.get("binds") or []):
+        parts = str(bind).split(":")
+        if len(parts) not in (2, 3) or not parts[1].startswith("/"):
+            raise fail(f"{field_name}.binds[{i}]", f"{bind!r} is not HOST:/PATH[:ro]")
+        host = parts[0]
+        if not host.startswith("/") and "__clab" not in host:
+            host = str((path.parent / host).resolve())  # relative to the topology file
+        binds.append((host, parts[1].rstrip("/") or "/"))
+    healthcheck = None
+    if spec.get("healthcheck") is not None:
+        healthcheck = _healthcheck(spec["healthcheck"], f"{field_name}.healthcheck", fail)
+    wait_for = []
+    stages = _mapping(spec.get("stages"), f"{field_name}.stages", fail)
+    for stage, body in stages.items():
+        body = _mapping(body, f"{field_name}.stages.{stage}", fail)
+        for i, wait in enumerate(body.get("wait-for") or []):
+            if not isinstance(wait, dict) or not isinstance(wait.get("node"), str):
+                raise fail(f"{field_name}.stages.{stage}.wait-for[{i}]", "needs a node")
+            wait_for.append(wait["node"])
+    mgmt = spec.get("mgmt-ipv4")
+    if kind in BRIDGE_KINDS and (spec.get("cmd") or commands):
+        raise fail(field_name, f"a {kind} node runs no commands")
+    return Node(name, kind, str(spec.get("image", "")), text("cmd"), tuple(commands),
+                {str(k): str(v) for k, v in env.items()}, tuple(binds),
+                str(mgmt) if mgmt else None, healthcheck, tuple(wait_for),
+                {str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
+
+
+def _healthcheck(spec: Any, field_name: str, fail) -> Healthcheck:
+    spec = _mapping(spec, field_name, fail)
+    test = spec.get("test")
+    if isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL"):
+        test = test[1] if test[0] == "CMD-SHELL" and len(test) == 2 else shlex.join(test[1:])
+    if not isinstance(test, str) or not test:
+        raise fail(f"{field_name}.test", "must be a command (a string, or [CMD-SHELL, ...])")
+    numbers = {}
+    for key, default in (("start-period", 0.0), ("interval", 1.0), ("timeout", 5.0),
+                         ("retries", 60)):
+        value = spec.get(key, default)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise fail(f"{field_name}.{key}", "must be a number of seconds (retries: a count)")
+        numbers[key.replace("-", "_")] = value
+    return Healthcheck(test, numbers["start_period"], numbers["interval"], numbers["timeout"],
+                       int(numbers["retries"]))
+
+
+def _endpoint(value: Any, field_name: str, nodes: dict[str, Node], fail) -> Endpoint:
+    if isinstance(value, str):
+        node, sep, interface = value.partition(":")
+        value = {"node": node, "interface": interface} if sep else {}
+    if not isinstance(value, dict) or not value.get("node") or not value.get("interface"):
+        raise fail(field_name, "an endpoint is NODE:INTERFACE")
+    node, interface = str(value["node"]), str(value["interface"])
+    if node not in nodes:
+        raise fail(field_name, f"no node named {node!r}")
+    if not _IFNAME.match(interface):
+        raise fail(field_name, f"{interface!r} is not an interface name (at most 15 characters)")
+    if interface in ("lo", "eth0") and not nodes[node].is_bridge:
+        raise fail(field_name, f"{interface} is the node's {'loopback' if interface == 'lo' else 'management'} interface")
+    for family in ("ipv4", "ipv6"):
+        if value.get(family) is not None:
+            try:
+                ipaddress.ip_interface(str(value[family]))
+            except ValueError as err:
+                raise fail(f"{field_name}.{family}", str(err)) from None
+    return Endpoint(node, interface, value.get("mac"), value.get("ipv4"), value.get("ipv6"))
+
+
+def _link(i: int, spec: Any, nodes: dict[str, Node], fail) -> Link:
+    field_name = f"topology.links[{i}]"
+    spec = _mapping(spec, field_name, fail)
+    if spec.get("type", "veth") != "veth":
+        raise fail(f"{field_name}.type", f"{spec['type']!r} links are not supported here (veth only)")
+    endpoints = spec.get("endpoints")
+    if not isinstance(endpoints, list) or len(endpoints) != 2:
+        raise fail(f"{field_name}.endpoints", "a link has two endpoints")
+    a, b = (_endpoint(e, f"{field_name}.endpoints[{j}]", nodes, fail) for j, e in enumerate(endpoints))
+    if a.node == b.node:
+        raise fail(f"{field_name}.endpoints", "both ends are on one node")
+    mtu = spec.get("mtu", DEFAULT_MTU)
+    if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise fail(f"{field_name}.mtu", "must be a number from 68 to 65535")
+    return Link(a, b, mtu)
+
+
+def _unique_interfaces(links: tuple[Link, ...], fail) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for i, link in enumerate(links):
+        for end in (link.a, link.b):
+            key = (end.node, end.interface)
+            if key in seen:
+                raise fail(f"topology.links[{i}]",
+                           f"{end.node}:{end.interface} is already used by topology.links[{seen[key]}]")
+            seen[key] = i
