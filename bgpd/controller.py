@@ -376,9 +376,19 @@ class BGPController:
         self._ready.set()
         if first:
             # Everything re-announced: now peers may drop whatever they kept stale for us
-            # (graceful restart, RFC 4724 §4.1).
-            for family in sorted({s.family for s in self.sessions}):
-                await self.speaker.send(f"announce eor {'ipv4' if family == 4 else 'ipv6'} unicast")
+            # (graceful restart, RFC 4724 §4.1). Only to sessions that are up, each in its own
+            # family: ExaBGP refuses `announce eor` that matches no established neighbour (so a
+            # fresh ExaBGP, with none up yet, failed this sync every time), and a dual-stack
+            # node must not send an IPv6 End-of-RIB on an IPv4-only session. A session that
+            # comes up later gets its End-of-RIB from _peers_coming_up.
+            for address, status in sorted(self.peers.items()):
+                if status.state != "up":
+                    continue
+                family = "ipv4" if status.session.family == 4 else "ipv6"
+                try:
+                    await self.speaker.send(f"neighbor {address} announce eor {family} unicast")
+                except SpeakerError as err:
+                    log.debug("End-of-RIB to %s: %s (it gets one when it comes up)", address, err)
 
     async def _announce_to(self, peer: str, prefixes: list[str]) -> None:
         for prefix in prefixes:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,10 @@ class ExaBGP:
         self._acks: deque[asyncio.Future[str]] = deque()
         self._connected = asyncio.Event()
         self._stopping = False
+        # Wall-clock seconds: when the running ExaBGP started, and when it was last given a new
+        # configuration (NodeStatus's lastBootTime and lastReconfigurationTime). None: never.
+        self.started_at: float | None = None
+        self.reconfigured_at: float | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -77,6 +82,7 @@ class ExaBGP:
             *command, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True)
+        self.started_at = time.time()
         log.info("started ExaBGP (pid %s)", self.process.pid)
 
     async def wait_connected(self, timeout: float = 30) -> None:
@@ -139,6 +145,7 @@ class ExaBGP:
         os.replace(staging, self.config_path)
         if self.process and self.process.returncode is None:
             os.kill(self.process.pid, signal.SIGUSR1)
+            self.reconfigured_at = time.time()
 
     async def supervise(self) -> None:
         """Restart ExaBGP whenever it exits, until stop(); run it as a task."""

@@ -4,6 +4,7 @@ driver's peer table, answered on a unix socket, and published cluster-wide as a 
     NodeView, PeerRow        what `node status` shows: is BGP running, and one row per peer (pure)
     view_of                  the BGP driver's state as a NodeView
     to_json / from_json      the socket's form: one JSON document per connection
+    routes_of                the routes the driver learned and programmed, capped per family
     status_record / view_of_record / staleness
                              the NodeStatus form (Calico's CalicoNodeStatus fields)
     serve_status             the socket server (mode 0600, like the CNI socket)
@@ -21,6 +22,8 @@ Calico node reports BIRD.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import ipaddress
 import json
 import logging
 import math
@@ -49,7 +52,10 @@ from percale.resources.nodestatus import (
     NodeAgentStatus,
     NodeBGPStatus,
     NodePeerStatus,
+    NodeRoutesStatus,
+    NodeRouteStatus,
     NodeStatusStatus,
+    RouteLearnedFrom,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +68,13 @@ DEFAULT_STATUS_SOCKET = "/var/run/percale/status.sock"
 DEFAULT_UPDATE_PERIOD_SECONDS = 10
 # A record not refreshed for this many periods is stale: its agent is gone or cannot write.
 STALE_AFTER_PERIODS = 3
-# What a record the agent creates for itself asks for. Routes is not filled yet.
-OWN_CLASSES = ["Agent", "BGP"]
+# What a record the agent creates for itself asks for.
+OWN_CLASSES = ["Agent", "BGP", "Routes"]
+# The routes list of each family stops at this many entries (the lowest destinations first):
+# the record is rewritten every updatePeriodSeconds, and a node that learned a large table
+# would otherwise write hundreds of kilobytes to the datastore each time (etcd refuses values
+# over 1.5 MB). Calico's CalicoNodeStatus lists every route; the cap is percale's.
+MAX_ROUTES_PER_FAMILY = 200
 
 try:
     _EXABGP_VERSION: str | None = f"ExaBGP {metadata.version('exabgp')}"
@@ -90,6 +101,10 @@ class PeerRow:
 class NodeView:
     bgp_running: bool
     peers: tuple[PeerRow, ...] = ()
+    # For the NodeStatus record's agent entries; the socket's form leaves them out.
+    router_id: str | None = None
+    boot_time: datetime | None = None  # when the running ExaBGP started
+    reconfiguration_time: datetime | None = None  # when it last took a new configuration
 
     def table(self) -> tuple:
         """The part whose change is published at once: running, and each peer's state."""
@@ -102,13 +117,66 @@ def view_of(controller: BGPController) -> NodeView:
     process = controller.speaker.process
     if process is None or process.returncode is not None:
         # No BGP address yet, or ExaBGP died and is being restarted: its sessions are gone.
-        return NodeView(bgp_running=False)
+        return NodeView(bgp_running=False, router_id=controller.router_id)
     rows = tuple(
         PeerRow(address, status.session.family, status.session.kind, status.state, status.info,
                 datetime.fromtimestamp(status.since, timezone.utc))
         for address, status in list(controller.peers.items())
     )
-    return NodeView(True, rows)
+    return NodeView(True, rows, router_id=controller.router_id,
+                    boot_time=_utc(controller.speaker.started_at),
+                    reconfiguration_time=_utc(controller.speaker.reconfigured_at))
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def routes_of(controller: BGPController,
+              limit: int = MAX_ROUTES_PER_FAMILY) -> NodeRoutesStatus:
+    """The routes of `status.routes`, per family, sorted by destination, at most `limit` each:
+
+      * FIB, learned from Static: each of the node's own blocks, blackholed in the kernel;
+      * FIB, learned from NodeMesh or BGPPeer: each next hop of a prefix the RIB chose and the
+        agent programs into the kernel (one entry per ECMP next hop), with the peer that sent it;
+      * RIB: every other path a peer sent for that prefix that import policy accepts, not
+        chosen (a backup).
+
+    The interface is left out: the kernel picks it from the next hop, and asking it for every
+    route would cost a netlink dump per record. Only the first `limit` destinations of each
+    family are looked at (heapq.nsmallest), so a large table costs one pass, not a sort.
+    """
+    rib = controller.rib
+    if rib is None:
+        return NodeRoutesStatus()
+    kinds = {address: status.session.kind for address, status in list(controller.peers.items())}
+    own = [ipaddress.ip_network(b) for b in controller.desired.blocks]
+    found: dict[int, list[NodeRouteStatus]] = {4: [], 6: []}
+    for version in (4, 6):
+        entries: list[tuple[object, NodeRouteStatus]] = []
+        blocks = heapq.nsmallest(limit, (b for b in own if b.version == version))
+        entries += [(b, NodeRouteStatus(type="FIB", destination=str(b),
+                                        learned_from=RouteLearnedFrom(source_type="Static")))
+                    for b in blocks]
+        fib = rib.fib
+        for prefix in heapq.nsmallest(limit, (p for p in fib if p.version == version)):
+            next_hops = fib[prefix]
+            paths = sorted(rib.candidates(prefix), key=lambda p: (p.next_hop, p.peer.address))
+            installed: set[object] = set()
+            for path in paths:
+                chosen = path.next_hop in next_hops and path.next_hop not in installed
+                if chosen:
+                    installed.add(path.next_hop)
+                peer = str(path.peer.address)
+                source = "NodeMesh" if kinds.get(peer) == MESH else "BGPPeer"
+                entries.append((prefix, NodeRouteStatus(
+                    type="FIB" if chosen else "RIB", destination=str(prefix),
+                    gateway=str(path.next_hop),
+                    learned_from=RouteLearnedFrom(source_type=source, peer_ip=peer))))
+        # Own blocks and learned prefixes never overlap (the RIB refuses our own blocks back).
+        entries.sort(key=lambda entry: entry[0])
+        found[version] = [route for _, route in entries[:limit]]
+    return NodeRoutesStatus(routes_v4=found[4], routes_v6=found[6])
 
 
 # -- the socket's form -------------------------------------------------------------------------
@@ -157,14 +225,19 @@ def session_state(info: str) -> str:
     return word if word in _SESSION_STATES else "Idle"
 
 
-def status_record(classes: list[str], view: NodeView, now: datetime) -> NodeStatusStatus:
-    """The `status` of a NodeStatus asking for `classes`. ExaBGP serves both families, so the
-    two daemon entries Calico keeps for bird and bird6 say the same. Their routerID and times
-    stay empty: the BGP driver does not expose them."""
-    agent = bgp = None
+def status_record(classes: list[str], view: NodeView, now: datetime,
+                  routes: NodeRoutesStatus | None = None) -> NodeStatusStatus:
+    """The `status` of a NodeStatus asking for `classes`; `routes` (routes_of) fills class
+    Routes. ExaBGP serves both families, so the two daemon entries Calico keeps for bird and
+    bird6 say the same: the router ID is an IPv4 address for IPv6 sessions too (RFC 6286)."""
+    agent = bgp = routes_status = None
     if "Agent" in classes:
-        daemon = BGPDaemonStatus(state="Ready" if view.bgp_running else "NotReady",
-                                 version=_EXABGP_VERSION)
+        daemon = BGPDaemonStatus(
+            state="Ready" if view.bgp_running else "NotReady", version=_EXABGP_VERSION,
+            router_id=view.router_id,
+            last_boot_time=format_time(view.boot_time) if view.boot_time else None,
+            last_reconfiguration_time=(format_time(view.reconfiguration_time)
+                                       if view.reconfiguration_time else None))
         agent = NodeAgentStatus(bgp_v4=daemon, bgp_v6=daemon)
     if "BGP" in classes:
         peers: dict[int, list[NodePeerStatus]] = {4: [], 6: []}
@@ -181,7 +254,10 @@ def status_record(classes: list[str], view: NodeView, now: datetime) -> NodeStat
             number_established_v6=established[6],
             number_not_established_v6=len(peers[6]) - established[6],
             peers_v4=peers[4], peers_v6=peers[6])
-    return NodeStatusStatus(last_updated=format_time(now), agent=agent, bgp=bgp)
+    if "Routes" in classes:
+        routes_status = routes or NodeRoutesStatus()
+    return NodeStatusStatus(last_updated=format_time(now), agent=agent, bgp=bgp,
+                            routes=routes_status)
 
 
 def view_of_record(record: NodeStatus) -> NodeView:
@@ -305,7 +381,8 @@ class NodeStatusPublisher:
                 spec = NodeStatusSpec(node=self.node, classes=list(OWN_CLASSES),
                                       update_period_seconds=self.default_period)
                 record = NodeStatus(metadata=ObjectMeta(name=self.node), spec=spec,
-                                    status=status_record(spec.classes, view, now))
+                                    status=status_record(spec.classes, view, now,
+                                                         self._routes(spec.classes)))
                 try:
                     await self.store.create(record)
                     return spec.update_period_seconds
@@ -323,7 +400,8 @@ class NodeStatusPublisher:
             if spec.update_period_seconds == 0:
                 return 0  # Calico: 0 means do not refresh
             updated = current.value.model_copy(
-                update={"status": status_record(spec.classes, view, now)})
+                update={"status": status_record(spec.classes, view, now,
+                                                self._routes(spec.classes))})
             try:
                 await self.store.update(updated, revision=current.revision)
                 return spec.update_period_seconds
@@ -333,6 +411,11 @@ class NodeStatusPublisher:
                 current = None  # deleted meanwhile: create it again
         raise DatastoreError(f"NodeStatus {self.node} kept changing under "
                              f"{self.CAS_ATTEMPTS} attempts to write it")
+
+    def _routes(self, classes: list[str]) -> NodeRoutesStatus | None:
+        # Read at each write, not at each poll: walking a large table twice a second for a
+        # record written every few seconds would be waste.
+        return routes_of(self.controller) if "Routes" in classes else None
 
     async def _read(self, key: Key) -> KVPair | None:
         try:

@@ -157,24 +157,37 @@ class BirdPeer:
     # Trace the session to BIRD's log (`debug all`: messages sent and received, routes added and
     # removed), which Router.bird_log() reads.
     debug: bool = False
+    # The session's address family (4 or 6): its `ipv4` or `ipv6` channel; "static" exports
+    # the static routes of that family.
+    family: int = 4
 
 
-def bird_config(router_id: str, peers: list[BirdPeer], static: list[str] = ()) -> str:
-    """A BIRD 2 configuration: the peers, and `static` prefixes originated as blackholes.
+def bird_config(router_id: str, peers: list[BirdPeer], static: list[str] = (), *,
+                precise_since: bool = False) -> str:
+    """A BIRD 2 configuration: the peers, and `static` prefixes (IPv4 or IPv6) originated as
+    blackholes. `precise_since`: `show protocols` gives each protocol's last state change to the
+    microsecond, date included, in one word (Router.bird_since), so a session that went down and
+    came back within the same second still shows a new time.
 
     iBGP sessions take `direct` + `gateway direct` (reference/exabgp.md §2.1): BIRD as a route
     reflector then needs no IGP to resolve next hops, and reflects them unchanged. Timers are
     short so a session comes back within a second or two in a test."""
     lines = [f"router id {router_id};", "log stderr all;", "protocol device { scan time 1; }"]
-    if static:
-        lines.append("protocol static originated {")
-        lines.append("    ipv4;")
-        lines += [f"    route {prefix} blackhole;" for prefix in static]
-        lines.append("}")
+    if precise_since:
+        lines.insert(1, 'timeformat protocol "%FT%T.%6f";')
+    static4 = [p for p in static if ipaddress.ip_network(p).version == 4]
+    static6 = [p for p in static if ipaddress.ip_network(p).version == 6]
+    for name, channel, prefixes in (("originated", "ipv4", static4), ("originated6", "ipv6", static6)):
+        if prefixes:
+            lines.append(f"protocol static {name} {{")
+            lines.append(f"    {channel};")
+            lines += [f"    route {prefix} blackhole;" for prefix in prefixes]
+            lines.append("}")
     for p in peers:
         ibgp = p.local_as == p.neighbor_as
         export = {"all": "all", "none": "none",
-                  "static": 'where proto = "originated"'}[p.export]
+                  "static": 'where proto = "originated"' if p.family == 4
+                  else 'where proto = "originated6"'}[p.export]
         lines += [
             f"protocol bgp {p.name} {{",
             f"    local {p.local} as {p.local_as};",
@@ -193,7 +206,8 @@ def bird_config(router_id: str, peers: list[BirdPeer], static: list[str] = ()) -
             lines.append("    debug all;")
         if p.password is not None:
             lines.append(f'    password "{p.password}";')
-        lines.append(f"    ipv4 {{ {'gateway direct; ' if ibgp else ''}import all; export {export}; }};")
+        channel = "ipv4" if p.family == 4 else "ipv6"
+        lines.append(f"    {channel} {{ {'gateway direct; ' if ibgp else ''}import all; export {export}; }};")
         lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -236,6 +250,19 @@ class Router(_Processes):
         self.exec(self.ns, "ip", "addr", "add", self.address, "dev", "br0")
         self.exec(self.ns, "ip", "link", "set", "br0", "up")
         return self
+
+    def join(self, other: Router) -> None:
+        """Put `other` (started with `up`, its address in this router's subnet) on this router's
+        segment: a veth pair whose ends are ports of both bridges, so several routers (each its
+        own GoBGP or BIRD, each in its own namespace) and the nodes share one L2 segment."""
+        port = f"port{self.ports}"
+        self.ports += 1
+        sh("ip", "link", "add", port, "netns", self.ns, "type", "veth", "peer", "name", "uplink",
+           "netns", other.ns)
+        self.exec(self.ns, "ip", "link", "set", port, "master", "br0")
+        self.exec(other.ns, "ip", "link", "set", "uplink", "master", "br0")
+        self.exec(self.ns, "ip", "link", "set", port, "up")
+        self.exec(other.ns, "ip", "link", "set", "uplink", "up")
 
     def attach(self, netns: str, address: str, ifname: str = "fabric") -> None:
         """Join namespace `netns` (a CNINode's, say) to the segment: a veth pair, `ifname` with
@@ -291,9 +318,21 @@ class Router(_Processes):
     def bird_established(self, protocol: str) -> bool:
         return self.bird_state(protocol) == "Established"
 
-    def bird_routes(self, protocol: str | None = None) -> dict[str, BirdRoute]:
-        """BIRD's routes in master4, prefix -> the route it prefers (`show route`)."""
+    def bird_since(self, protocol: str) -> str:
+        """When the protocol last changed state (`show protocols`' Since column), '' when BIRD
+        does not answer; see bird_config's precise_since."""
+        for line in self.birdc(f"show protocols {protocol}", check=False).splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[0] == protocol:
+                return fields[4]
+        return ""
+
+    def bird_routes(self, protocol: str | None = None, family: int = 4) -> dict[str, BirdRoute]:
+        """BIRD's routes in master4 (master6 for family 6), prefix -> the route it prefers
+        (`show route`)."""
         args = ["show", "route"] + (["protocol", protocol] if protocol else [])
+        if family == 6:
+            args += ["table", "master6"]
         out = sh("birdc", "-s", self.bird_socket, *args, check=False).stdout
         routes: dict[str, BirdRoute] = {}
         prefix, current = None, None
@@ -318,6 +357,16 @@ class Router(_Processes):
     def gobgp_rib(self) -> dict:
         """GoBGP's global RIB, prefix -> paths (each with "stale" when graceful restart keeps it)."""
         return self._gobgp_rib(self.ns)
+
+    def gobgp_neighbor(self, neighbor: str) -> dict:
+        """`gobgp neighbor <address> -j`: GoBGP's view of one session ({} when it does not
+        answer)."""
+        out = self.exec(self.ns, "gobgp", "neighbor", neighbor, "-j", check=False).stdout
+        try:
+            found = json.loads(out or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def gobgp_established(self, neighbor: str) -> bool:
         out = self.exec(self.ns, "gobgp", "neighbor", neighbor, "-j", check=False).stdout

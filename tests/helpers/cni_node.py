@@ -181,14 +181,17 @@ class CNINode:
             raise RuntimeError(f"CNI ADD failed: {added.out} {added.err}")
         return netns, ipaddress.ip_interface(added.json["ips"][0]["address"]).ip
 
-    def routes(self, proto: int) -> dict[str, str | None]:
-        """The node's IPv4 routes of one protocol: prefix -> gateway (None without one)."""
-        out = self.exec("ip", "-j", "-4", "route", "show", "proto", str(proto), check=False).stdout
+    def routes(self, proto: int, family: int = 4) -> dict[str, str | None]:
+        """The node's routes of one protocol and family (4 or 6): prefix -> gateway (None
+        without one)."""
+        out = self.exec("ip", "-j", f"-{family}", "route", "show", "proto", str(proto),
+                        check=False).stdout
         try:
             found = json.loads(out or "[]")
         except json.JSONDecodeError:
             return {}
-        return {r["dst"] if "/" in r["dst"] else f"{r['dst']}/32": r.get("gateway") for r in found}
+        host = 32 if family == 4 else 128
+        return {r["dst"] if "/" in r["dst"] else f"{r['dst']}/{host}": r.get("gateway") for r in found}
 
     def stop_agent(self) -> None:
         if self.agent and self.agent.poll() is None:
@@ -221,10 +224,13 @@ def netconf(node: CNINode, *, version: str = "1.0.0", **extra) -> dict:
             "ipam": {"type": "percale-ipam"}, **extra}
 
 
-def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str) -> tuple[CNINode, CNINode]:
+def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str, *,
+                ipv6_pool: str | None = None) -> tuple[CNINode, CNINode]:
     """Two started nodes joined by a veth pair on 10.99.0.0/24 (.1 and .2), each registered as a
     Node with that BGP address, and a pod pool: with the default BGPConfiguration they form a
-    node-to-node mesh. The caller stops both nodes."""
+    node-to-node mesh. With `ipv6_pool` the nodes are dual-stack: fd00:99::1 and ::2/64 on the
+    same link as spec.bgp.ipv6Address too (an IPv6 mesh beside the IPv4 one), and that pool is
+    created as well. The caller stops both nodes."""
     from percale.resources import parse
     from tests.helpers.ipam_world import add_pool
     from tests.helpers.store import with_store
@@ -234,17 +240,23 @@ def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str) -> tuple[CNINode, C
         a.start(), b.start()
         sh("ip", "link", "add", "fabric", "netns", a.netns, "type", "veth", "peer", "name", "fabric",
            "netns", b.netns)
-        addresses = ((a, "10.99.0.1/24"), (b, "10.99.0.2/24"))
-        for node, address in addresses:
+        addresses = ((a, "10.99.0.1/24", "fd00:99::1/64"), (b, "10.99.0.2/24", "fd00:99::2/64"))
+        for node, address, address6 in addresses:
             node.exec("ip", "addr", "add", address, "dev", "fabric")
+            if ipv6_pool:
+                # nodad: ExaBGP cannot bind a tentative address while duplicate detection runs.
+                node.exec("ip", "addr", "add", address6, "dev", "fabric", "nodad")
             node.exec("ip", "link", "set", "fabric", "up")
 
         async def register(store):
             await add_pool(store, "pods", "10.244.0.0/16")
-            for node, address in addresses:
+            if ipv6_pool:
+                await add_pool(store, "pods6", ipv6_pool)
+            for node, address, address6 in addresses:
+                bgp = {"ipv4Address": address, **({"ipv6Address": address6} if ipv6_pool else {})}
                 await store.create(parse({
                     "apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": node.name},
-                    "spec": {"bgp": {"ipv4Address": address}}}))
+                    "spec": {"bgp": bgp}}))
 
         with_store(etcd_endpoint, register)
     except BaseException:

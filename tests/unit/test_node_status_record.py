@@ -25,8 +25,9 @@ def controller(state: str = "start", info: str = "Connect", running: bool = True
     session = Session(name="Mesh_10_99_0_2", kind=MESH, family=4, peer_address="10.99.0.2",
                       peer_port=179, peer_as=64512, local_as=64512, local_address="10.99.0.1")
     return SimpleNamespace(
-        speaker=SimpleNamespace(process=SimpleNamespace(returncode=None) if running else None),
-        peers={"10.99.0.2": PeerStatus(session, state, info)}, rib=None)
+        speaker=SimpleNamespace(process=SimpleNamespace(returncode=None) if running else None,
+                                started_at=None, reconfigured_at=None),
+        peers={"10.99.0.2": PeerStatus(session, state, info)}, rib=None, router_id="10.99.0.1")
 
 
 def users_record(period: int = 60, node: str = "node1") -> NodeStatus:
@@ -41,7 +42,7 @@ async def test_a_missing_record_is_created_with_calicos_defaults():
     stored = (await store.get(KEY)).value
     assert period == 10
     assert (stored.spec.node, stored.spec.classes, stored.spec.update_period_seconds) == (
-        "node1", ["Agent", "BGP"], 10)
+        "node1", ["Agent", "BGP", "Routes"], 10)
     assert [(p.peer_ip, p.type, p.state) for p in stored.status.bgp.peers_v4] == [
         ("10.99.0.2", "NodeMesh", "Established")]
     assert stored.status.agent.bgp_v4.state == "Ready"
