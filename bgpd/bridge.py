@@ -20,9 +20,13 @@ import time
 
 def _connect(path: str) -> socket.socket:
     # The agent may be restarting: keep trying for a while rather than die (ExaBGP would count
-    # that as a helper death, and gives up after five).
+    # that as a helper death, and gives up after five). But not once ExaBGP itself is gone:
+    # a bridge left behind would connect to the next agent and pass for its ExaBGP.
     deadline = time.monotonic() + 60
+    exabgp = os.getppid()
     while True:
+        if os.getppid() != exabgp:
+            os._exit(0)
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(path)

@@ -73,7 +73,33 @@ class ExaBGP:
         os.chmod(self.socket_path, 0o600)
         await self._spawn()
 
+    @property
+    def pid_path(self) -> Path:
+        return self.workdir / "exabgp.pid"
+
+    def _stop_leftover(self) -> None:
+        """Stop an ExaBGP that an earlier agent of this node started and left running (that
+        agent was killed: ExaBGP runs in a session of its own, so it survives, sessions and all,
+        but nobody drives it any more). Two ExaBGPs would fight over the node's sessions; this
+        one goes, and peers keep our routes through graceful restart until ours are re-sent."""
+        try:
+            pid = int(self.pid_path.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return
+        if str(self.config_path).encode() not in cmdline:
+            return  # the number now belongs to some other process
+        log.info("stopping ExaBGP (pid %s) left by an earlier agent", pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     async def _spawn(self) -> None:
+        self._stop_leftover()
         command = [self.exabgp, "server", str(self.config_path)]
         if self.netns:
             command = ["ip", "netns", "exec", self.netns, *command]
@@ -83,6 +109,7 @@ class ExaBGP:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True)
         self.started_at = time.time()
+        self.pid_path.write_text(f"{self.process.pid}\n")
         log.info("started ExaBGP (pid %s)", self.process.pid)
 
     async def wait_connected(self, timeout: float = 30) -> None:
