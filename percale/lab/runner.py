@@ -9,7 +9,7 @@
                               eth0 on it, with its mgmt address and the default route
   binds                       there is no mount namespace: a bind's path inside the node is
                               replaced by its host path wherever it appears in cmd, exec and env
-  percale nodes               (image percale/node) the CNI plugins installed in the node's
+  percale nodes               (image percale/node, cmd percale-node) the CNI plugins in the node's
                               directory, and percale's sockets there (PERCALE_* env), as the
                               image has them in /opt/cni/bin and /var/run/percale
   NODENAME                    set to the node's name, which containerlab makes the hostname
@@ -117,7 +117,9 @@ class Lab:
         return Path("/var/run/netns", name).exists()
 
     def is_percale(self, node: Node) -> bool:
-        return node.image.split(":")[0] == PERCALE_IMAGE
+        """A node running percale-node from percale's image (the image also runs
+        percale-controllers, which serves no pods)."""
+        return node.image.split(":")[0] == PERCALE_IMAGE and node.cmd.split()[:1] == ["percale-node"]
 
     # -- the node's view: binds, environment -------------------------------------------------
 
@@ -328,10 +330,15 @@ class Lab:
         return bool(records) and all(alive(r) for r in records[-1:])
 
     def stop(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        """Stop the node's cmd (its whole session: the agent and its ExaBGP alike with SIGKILL;
-        with SIGTERM the agent stops its own children)."""
+        """Stop the node's cmd as a container stops: `sig` to its process group (with SIGTERM
+        the agent stops its own children), and once it has gone, SIGKILL to whatever it started
+        that is still running. percale-node starts ExaBGP in a session of its own, so a killed
+        agent would otherwise leave ExaBGP holding the node's BGP sessions up, driven by
+        nobody, where a killed container takes them down."""
         for record in self.processes(node):
+            started = _descendants(record["pid"]) if alive(record) else []
             _signal_session(record, sig, timeout)
+            _kill_all(started)
 
     def start(self, node: str) -> None:
         """Start a stopped node's cmd again (and wait for a percale agent's socket)."""
@@ -420,6 +427,34 @@ def _signal_session(record: dict, sig: int, timeout: float) -> None:
         while alive(record):
             _reap(record["pid"])
             time.sleep(0.02)
+
+
+def _descendants(pid: int) -> list[dict]:
+    """Every process below `pid` (children, theirs, ...) as records `alive` can check."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop()
+        found.append({"pid": child, "start": _start_time(child)})
+        queue += children.get(child, [])
+    return [r for r in found if r["start"] is not None]
+
+
+def _kill_all(records: list[dict], timeout: float = 10) -> None:
+    """SIGKILL each recorded process still running, and wait until none is."""
+    for record in records:
+        if alive(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(alive(r) for r in records) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _reap(pid: int) -> None:

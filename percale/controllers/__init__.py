@@ -1,0 +1,1 @@
+"""percale-controllers: the cluster-wide controllers (Calico's calico-kube-controllers)."""
