@@ -1,72 +1,73 @@
 #!/usr/bin/env bash
-# The demo: a local etcd, the example resources applied with percalectl, and shown back.
-# Run through `bash scripts/dev.sh demo`, which installs what this needs. Pass --keep to leave
-# etcd running afterwards (it prints how to stop it).
+# The demo: three percale nodes in a node-to-node mesh (topologies/mesh3.clab.yml) on network
+# namespaces, with etcd and percale-controllers beside them; two pods per node, wired by the CNI
+# plugins as a container runtime wires them; then the ping matrix, every node's BGP status and
+# the IPAM blocks. Run through `bash scripts/dev.sh demo`, which installs what this needs.
+#
+#   bash scripts/dev.sh demo          # waits for Enter (or Ctrl-C), then removes the lab
+#   bash scripts/dev.sh demo --keep   # leaves the lab running; prints how to remove it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
 KEEP=false
 [[ "${1:-}" == "--keep" ]] && KEEP=true
+TOPO=topologies/mesh3.clab.yml
 
-DEMO_DIR=$PWD/.demo
-mkdir -p "$DEMO_DIR"
-port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-peer=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export ETCD_ENDPOINTS=http://127.0.0.1:$port
-
-etcd_pid=
-stop_etcd() {
-    if [[ -n "$etcd_pid" ]] && kill -0 "$etcd_pid" 2>/dev/null; then
-        kill "$etcd_pid"
-        wait "$etcd_pid" 2>/dev/null || true
-    fi
-    rm -rf "$DEMO_DIR/etcd"
-}
-$KEEP || trap stop_etcd EXIT
-
+bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-echo "==> starting etcd on $ETCD_ENDPOINTS (data in $DEMO_DIR/etcd)"
-rm -rf "$DEMO_DIR/etcd"
-etcd --name demo --data-dir "$DEMO_DIR/etcd" \
-    --listen-client-urls "$ETCD_ENDPOINTS" --advertise-client-urls "$ETCD_ENDPOINTS" \
-    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "demo=http://127.0.0.1:$peer" \
-    --auto-compaction-mode revision --auto-compaction-retention 10000 \
-    --logger zap --log-outputs "$DEMO_DIR/etcd.log" >/dev/null 2>&1 &
-etcd_pid=$!
-for _ in $(seq 100); do
-    python -c "import urllib.request,sys; urllib.request.urlopen('$ETCD_ENDPOINTS/health', timeout=1)" 2>/dev/null && break
-    sleep 0.1
+cleanup() {
+    trap - EXIT INT TERM
+    echo
+    echo "==> removing the lab"
+    percalectl lab down -t "$TOPO"
+}
+
+# A lab left by an earlier run that was killed: start from nothing.
+percalectl lab down -t "$TOPO" >/dev/null 2>&1 || true
+$KEEP || trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step percalectl lab up -t "$TOPO"
+
+bold "==> two pods on each node (a namespace and a CNI ADD each, as a runtime does)"
+for node in node1 node2 node3; do
+    for i in 1 2; do
+        percalectl lab pod add -t "$TOPO" "$node" "$node-pod$i"
+    done
 done
 
-step percalectl version
-step percalectl apply -f examples/
-step percalectl get ippools -o wide
-step percalectl get nodes -o wide
-step percalectl get bgppeers
-step percalectl get bgpconfig
-step percalectl get ippool default-ipv4-ippool -o yaml
-step percalectl ipam show
-step percalectl ipam show --show-configuration
+bold "==> waiting for every node to learn every other node's block"
+for _ in $(seq 60); do
+    percalectl lab ping -t "$TOPO" >/dev/null 2>&1 && break
+    sleep 0.5
+done
 
-echo
-echo "==> applying what 'get -o yaml' printed changes nothing:"
-printf '\033[1m$ percalectl get ippools -o yaml | percalectl apply -f -\033[0m\n'
-percalectl get ippools -o yaml | percalectl apply -f -
+step percalectl lab ping -t "$TOPO"
+for node in node1 node2 node3; do
+    step percalectl lab exec -t "$TOPO" "$node" percalectl node status
+done
+step percalectl lab exec -t "$TOPO" node1 percalectl ipam show --show-blocks
+step percalectl lab exec -t "$TOPO" node1 ip route show proto 202
 
-echo
-echo "==> bad input is refused whole, naming the field and the reason:"
-printf '$ percalectl apply -f examples/invalid/overlapping-pool.yaml\n'
-percalectl apply -f examples/invalid/overlapping-pool.yaml || true
+cat <<EOF
 
-echo
+$(printf '\033[1m')Try next$(printf '\033[0m') (in another shell, as root, from $PWD):
+  export PATH=$PWD/.venv/bin:\$PATH
+  percalectl lab status -t $TOPO                      # nodes, processes, pods
+  percalectl lab exec -t $TOPO node2 percalectl get nodes -o wide
+  percalectl lab stop -t $TOPO node2 --kill           # crash node2's agent: routes stay (graceful restart)
+  percalectl lab ping -t $TOPO                        # ... and pods still reach each other
+  percalectl lab start -t $TOPO node2                 # back; sessions Established again
+  percalectl lab pod add -t $TOPO node3 extra         # a pod; percalectl lab pod del -t $TOPO extra
+  percalectl lab exec -t $TOPO node1 percalectl ipam check
+EOF
+
 if $KEEP; then
-    echo "etcd is still running (pid $etcd_pid). Try:"
-    echo "  export ETCD_ENDPOINTS=$ETCD_ENDPOINTS PATH=$PWD/.venv/bin:\$PATH"
-    echo "  percalectl get ippools -o yaml"
-    echo "Stop it with: kill $etcd_pid"
-else
-    echo "Next: run 'bash scripts/dev.sh demo --keep' to keep etcd running and try percalectl yourself."
+    echo
+    echo "The lab keeps running. Remove it with: percalectl lab down -t $TOPO"
+elif [[ -t 0 ]]; then
+    echo
+    read -r -p "Press Enter to remove the lab (Ctrl-C also removes it) " _ || true
 fi
