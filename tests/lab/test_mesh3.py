@@ -60,7 +60,7 @@ def test_every_pod_reaches_every_pod(lab):
 
 def test_node_status_shows_every_mesh_peer_established(lab):
     for node in NODES:
-        assert wait_for(lambda: all_established(lab, node, 2), 30), node_status(lab, node)
+        assert wait_for(lambda node=node: all_established(lab, node, 2), 30), node_status(lab, node)
         others = {ADDRESSES[n] for n in NODES if n != node}
         assert set(node_status(lab, node)) == others
         out = lab.exec(node, ["percalectl", "node", "status"], capture=True).stdout
@@ -73,7 +73,7 @@ def test_each_node_has_a_route_to_every_other_nodes_block(lab):
         expected = {block: ADDRESSES[other] for other in NODES if other != node
                     for block in blocks_of(lab, other)}
         assert len(expected) == 2
-        assert wait_for(lambda: kernel_routes(lab, node) == expected, 20), (
+        assert wait_for(lambda node=node, expected=expected: kernel_routes(lab, node) == expected, 20), (
             node, kernel_routes(lab, node), expected)
 
 
@@ -108,7 +108,7 @@ def test_killed_agent_keeps_routes_both_ways_then_comes_back(lab):
         assert len(kernel_routes(lab, "node2")) == 2  # node2's own kernel, agent gone
         lab.start("node2")
         for node in NODES:
-            assert wait_for(lambda: all_established(lab, node, 2), 60), (node, node_status(lab, node))
+            assert wait_for(lambda node=node: all_established(lab, node, 2), 60), (node, node_status(lab, node))
         time.sleep(2)  # and a while after, for anything swept late
     finally:
         stop_sampling.set()
@@ -158,12 +158,12 @@ def test_pod_churn_releases_and_reclaims_blocks_and_routes_follow(lab):
         assert wait_for(lambda: len(blocks_of(lab, "node3")) == 2, 20), blocks_of(lab, "node3")
         second = blocks_of(lab, "node3") - first
         for node in ("node1", "node2"):
-            assert wait_for(lambda: second <= set(kernel_routes(lab, node)), 20), node
+            assert wait_for(lambda node=node, second=second: second <= set(kernel_routes(lab, node)), 20), node
         delete_all()
         # The controllers' rounds (every 2 s) see the block empty twice, then give it back.
         assert wait_for(lambda: blocks_of(lab, "node3") == first, 60), blocks_of(lab, "node3")
         for node in ("node1", "node2"):
-            assert wait_for(lambda: not second & set(kernel_routes(lab, node)), 20), node
+            assert wait_for(lambda node=node, second=second: not second & set(kernel_routes(lab, node)), 20), node
 
     assert every_pod_reaches_every_pod(lab) == []
     check = lab.exec("node1", ["percalectl", "ipam", "check"], capture=True)
