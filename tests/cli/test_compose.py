@@ -95,7 +95,8 @@ def _bird_neighbours() -> dict[str, tuple[ipaddress.IPv4Address, int]]:
 
 
 def test_config_is_valid_and_has_every_service(compose):
-    assert {"etcd", "setup", "bird-rr", *NODES} <= set(compose["services"])
+    assert {"etcd", "setup", "controllers", "bird-rr", *NODES} <= set(compose["services"])
+    assert compose["services"]["controllers"]["command"][0] == "percale-controllers"
 
 
 def test_nodes_are_privileged_node_images_running_the_agent(compose):
