@@ -100,5 +100,9 @@ def environment(log_file: str, extra: Mapping[str, str] | None = None) -> dict[s
         "exabgp_log_level": "INFO",
         "exabgp_api_ack": "true",
         "exabgp_api_cli": "false",
+        # The reactor's idle poll timeout is speed/100 s: 10 ms by default, which cost ~1.3% of a
+        # core per idle ExaBGP plus ~0.09% per peer (bench/lab.py). Sockets and the helper's pipe
+        # still wake it at once; only timers (keepalives, connect retries) run on this beat.
+        "exabgp_reactor_speed": "5.0",
         **(extra or {}),
     }

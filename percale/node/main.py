@@ -22,7 +22,7 @@ import typer
 from percale.bgpd.blackholes import Blackholes
 from percale.bgpd.controller import BGPController
 from percale.bgpd.fib import FIB
-from percale.datastore import DatastoreError
+from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
 from percale.node.cni_handlers import CNIHandlers
@@ -40,19 +40,40 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
+async def register_when_reachable(store, node: str, addresses: tuple, stop: asyncio.Event) -> bool:
+    """Register the node, waiting for the datastore as long as it takes (as calico-node waits
+    for its datastore): a node that starts with its etcd, or on a machine too busy to answer
+    within the client's deadline, must not give up. False if stopped meanwhile."""
+    delay = 0.5
+    while True:
+        try:
+            await registration.register(store, node, *addresses)
+            return True
+        except DatastoreUnavailable as err:
+            log.warning("datastore not reachable yet (%s); trying again in %.1f s", err, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return False
+        except asyncio.TimeoutError:
+            delay = min(delay * 2, 10)
+
+
 async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str, Optional[str]],
               mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str,
               addresses: tuple = (None, None, None)) -> None:
     store = open_datastore(load_config(**settings))
-    try:
-        await registration.register(store, node, *addresses)
-    except BaseException:
-        await store.close()
-        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        registered = await register_when_reachable(store, node, addresses, stop)
+    except BaseException:
+        await store.close()
+        raise
+    if not registered:  # stopped while waiting for the datastore
+        await store.close()
+        return
     for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
         Path("/proc/sys", path).write_text("1")
     handlers = CNIHandlers(store, IPAM(store, cache_seconds=IPAM_CACHE_SECONDS), node, mtu or None)
