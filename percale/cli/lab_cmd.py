@@ -170,3 +170,23 @@ def ping(topology: TopologyOption,
     typer.echo(f"{len(matrix) - failed}/{len(matrix)} pairs reached")
     if failed:
         sys.exit(1)
+
+
+@lab_app.command("generate-mesh")
+def generate_mesh(
+        nodes: Annotated[int, typer.Option("--nodes", "-n", help="How many percale nodes")],
+        output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                                 help="Where to write the files")] = Path(".")) -> None:
+    """Write a node-to-node mesh topology of N nodes (like mesh3) and its cluster.yaml; print
+    the topology file's path."""
+    from percale.lab.generate import write_mesh
+
+    try:
+        path = write_mesh(nodes, output_dir)
+    except ValueError as err:
+        typer.echo(f"Error: --nodes: {err}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as err:
+        typer.echo(f"Error: {output_dir}: {err.strerror}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))
