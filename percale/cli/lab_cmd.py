@@ -96,7 +96,9 @@ def exec_(topology: TopologyOption,
           command: Annotated[list[str], typer.Argument(help="The command and its arguments")]) -> None:
     """Run a command in a node, with its environment (e.g. `percalectl node status`)."""
     lab = _lab(topology)
-    done = _run(lambda: lab.exec(node, command))
+    # Paths inside the node (a bind's target, e.g. BIRD's socket) mean their host paths here.
+    spec = _run(lambda: lab.node(node))
+    done = _run(lambda: lab.exec(node, [lab.rewrite(spec, arg) for arg in command]))
     raise typer.Exit(done.returncode)
 
 

@@ -40,6 +40,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
+class AgentFailed(Exception):
+    """A part of the agent that must run until it stops ended on its own."""
+
+
 async def register_when_reachable(store, node: str, addresses: tuple, stop: asyncio.Event) -> bool:
     """Register the node, waiting for the datastore as long as it takes (as calico-node waits
     for its datastore): a node that starts with its etcd, or on a machine too busy to answer
@@ -91,11 +95,22 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
     if health_listen:
         host, _, port = health_listen.rpartition(":")
         health_server = await health.serve(controller, host or "127.0.0.1", int(port))
-    bgp = asyncio.create_task(controller.run())
-    publisher = asyncio.create_task(NodeStatusPublisher(store, node, controller).run())
+    bgp = asyncio.create_task(controller.run(), name="BGP")
+    publisher = asyncio.create_task(NodeStatusPublisher(store, node, controller).run(),
+                                    name="NodeStatus")
+    stopping = asyncio.create_task(stop.wait())
+    failed: str | None = None
     try:
-        await stop.wait()
+        # Both run until cancelled: one that ends has failed, and an agent without its BGP
+        # side must not look healthy. It stops, and its supervisor starts it again.
+        done, _ = await asyncio.wait({stopping, bgp, publisher}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (bgp, publisher):
+            if task in done:
+                error = task.exception() or RuntimeError("it returned")
+                failed = f"the {task.get_name()} task ended: {error!r}"
+                log.error("%s; stopping", failed, exc_info=error)
     finally:
+        stopping.cancel()
         # Gone first, so `node status` says the agent is not running while it stops.
         status_server.close()
         Path(status_socket).unlink(missing_ok=True)
@@ -103,8 +118,8 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
             task.cancel()
             try:
                 await task
-            except asyncio.CancelledError:
-                pass
+            except (asyncio.CancelledError, Exception):
+                pass  # a failure was logged above
         await status_server.wait_closed()
         if health_server is not None:
             health_server.close()
@@ -114,6 +129,8 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
         Path(cni_socket).unlink(missing_ok=True)
         handlers.close()
         await store.close()
+    if failed is not None:
+        raise AgentFailed(failed)
 
 
 @app.command()
@@ -163,7 +180,7 @@ def main(
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
         asyncio.run(run(node_name or socket.gethostname(), cni_socket, status_socket, settings,
                         mtu, bgp_dir, secrets_dir, health_listen, addresses))
-    except (ConfigError, DatastoreError, OSError, registration.RegistrationError) as err:
+    except (ConfigError, DatastoreError, OSError, registration.RegistrationError, AgentFailed) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None
 

@@ -78,11 +78,11 @@ def test_each_node_has_a_route_to_every_other_nodes_block(lab):
 
 
 def test_killed_agent_keeps_routes_both_ways_then_comes_back(lab):
-    """SIGKILL node2's agent, as a crash does. Its ExaBGP outlives it (a session of its own) and
-    keeps the sessions; the agent that starts next stops that leftover and starts its own, so
-    the peers see a graceful restart: node2's block stays in node1's and node3's kernels all
-    along (stale, then refreshed), node2's kernel keeps its routes, and a ping from a pod on
-    node1 to a pod on node2 loses nothing."""
+    """SIGKILL node2's agent, as a crash of its container does (`lab stop --kill` kills the
+    node's whole process tree, ExaBGP included; tests/interop/test_exabgp_leftover.py covers an
+    agent killed alone). The peers see a graceful restart: node2's block stays in node1's and
+    node3's kernels all along (stale, then refreshed), node2's kernel keeps its routes, and a
+    ping from a pod on node1 to a pod on node2 loses nothing."""
     node2_block = blocks_of(lab, "node2")
     source = next(p for p in pods.pods(lab) if p.node == "node1")
     target = next(p for p in pods.pods(lab) if p.node == "node2")
