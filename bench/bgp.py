@@ -500,7 +500,7 @@ def agent_tree(agent_pid: int) -> dict[str, list[int]]:
             continue
         # The CNI dataplane's process pool (percale/node/cni_handlers.py): multiprocessing's
         # forkserver, the workers forked from it, and its resource tracker.
-        role = ("bridge" if "percale.bgpd.bridge" in command
+        role = ("bridge" if "bgpd/bridge.py" in command or "percale.bgpd.bridge" in command
                 else "ExaBGP" if "exabgp" in command
                 else "CNI workers" if "multiprocessing" in command else "other")
         roles[role].append(pid)

@@ -6,7 +6,7 @@ program only shuttles lines, in both directions, and always drains: everything E
 to the agent's unix socket, everything the agent says goes to ExaBGP. It imports nothing heavy;
 ExaBGP respawns it if it dies, and the agent accepts the new connection.
 
-    python3 -m percale.bgpd.bridge /var/run/percale/exabgp.sock
+    python3 -I -S .../percale/bgpd/bridge.py /var/run/percale/exabgp.sock   (standard library only)
 """
 
 from __future__ import annotations

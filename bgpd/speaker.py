@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from percale.bgpd import exabgp_config
+from percale.bgpd import bridge, exabgp_config
 
 log = logging.getLogger("percale.bgpd.speaker")
 
@@ -61,7 +61,9 @@ class ExaBGP:
         return self.workdir / "exabgp.conf"
 
     def render(self, router_id: str, neighbors: list[exabgp_config.Neighbor]) -> str:
-        helper = f"{self.python} -I -m percale.bgpd.bridge {self.socket_path}"
+        # Run as a file, without site: it needs only the standard library, and skipping the
+        # package machinery makes this process (one per node, always running) smaller.
+        helper = f"{self.python} -I -S {bridge.__file__} {self.socket_path}"
         return exabgp_config.render(router_id, neighbors, helper)
 
     async def start(self, config: str) -> None:
