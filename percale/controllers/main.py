@@ -21,6 +21,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from percale.daemon_options import (
+    ConfigFile,
+    EtcdCACertFile,
+    EtcdCertFile,
+    EtcdEndpoints,
+    EtcdKeyFile,
+    datastore_settings,
+)
 from percale.datastore import DatastoreError
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
@@ -77,12 +85,11 @@ async def run(settings: dict, interval: float, grace: float, rounds: int | None)
 
 @app.command()
 def main(
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Datastore config file")] = None,
-    etcd_endpoints: Annotated[Optional[str], typer.Option(
-        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
-    etcd_ca_cert_file: Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")] = None,
-    etcd_cert_file: Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")] = None,
-    etcd_key_file: Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")] = None,
+    config: ConfigFile = None,
+    etcd_endpoints: EtcdEndpoints = None,
+    etcd_ca_cert_file: EtcdCACertFile = None,
+    etcd_cert_file: EtcdCertFile = None,
+    etcd_key_file: EtcdKeyFile = None,
     gc_interval: Annotated[str, typer.Option(
         envvar="PERCALE_GC_INTERVAL", help="Time between IPAM GC rounds (30s, 5m, ...)")] = "5m",
     leak_grace_period: Annotated[str, typer.Option(
@@ -97,9 +104,8 @@ def main(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     interval = seconds(gc_interval, "--gc-interval")
     grace = seconds(leak_grace_period, "--leak-grace-period")
-    settings = {"config_file": config, "etcd_endpoints": etcd_endpoints,
-                "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
-                "etcd_key_file": etcd_key_file}
+    settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
+                                  etcd_key_file)
     try:
         asyncio.run(run(settings, interval, grace, rounds))
     except (ConfigError, DatastoreError, OSError) as err:

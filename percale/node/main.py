@@ -22,12 +22,20 @@ import typer
 from percale.bgpd.blackholes import Blackholes
 from percale.bgpd.controller import BGPController
 from percale.bgpd.fib import FIB
+from percale.daemon_options import (
+    ConfigFile,
+    EtcdCACertFile,
+    EtcdCertFile,
+    EtcdEndpoints,
+    EtcdKeyFile,
+    datastore_settings,
+)
 from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
+from percale.node import health, registration
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
-from percale.node import health, registration
 from percale.node.status import DEFAULT_STATUS_SOCKET, NodeStatusPublisher, serve_status
 
 log = logging.getLogger("percale.node")
@@ -143,12 +151,11 @@ def main(
         envvar="PERCALE_STATUS_SOCKET",
         help="Unix socket `percalectl node status` reads")] = DEFAULT_STATUS_SOCKET,
     mtu: Annotated[int, typer.Option(help="Pod MTU; 0 detects it from the underlay")] = 0,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Datastore config file")] = None,
-    etcd_endpoints: Annotated[Optional[str], typer.Option(
-        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
-    etcd_ca_cert_file: Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")] = None,
-    etcd_cert_file: Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")] = None,
-    etcd_key_file: Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")] = None,
+    config: ConfigFile = None,
+    etcd_endpoints: EtcdEndpoints = None,
+    etcd_ca_cert_file: EtcdCACertFile = None,
+    etcd_cert_file: EtcdCertFile = None,
+    etcd_key_file: EtcdKeyFile = None,
     bgp_dir: Annotated[Path, typer.Option(
         envvar="PERCALE_BGP_DIR", help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
     secrets_dir: Annotated[Optional[Path], typer.Option(
@@ -172,9 +179,8 @@ def main(
 ) -> None:
     """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = {"config_file": config, "etcd_endpoints": etcd_endpoints,
-                "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
-                "etcd_key_file": etcd_key_file}
+    settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
+                                  etcd_key_file)
     try:
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)

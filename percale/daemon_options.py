@@ -1,0 +1,24 @@
+"""The datastore options the long-running programs (percale-node, percale-controllers) share,
+spelled as percalectl spells its own (percale/cli/main.py), so one setting works for all three."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ConfigFile = Annotated[Optional[str], typer.Option("--config", "-c", help="Datastore config file")]
+EtcdEndpoints = Annotated[Optional[str], typer.Option(
+    help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")]
+EtcdCACertFile = Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")]
+EtcdCertFile = Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")]
+EtcdKeyFile = Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")]
+
+
+def datastore_settings(config: Optional[str], etcd_endpoints: Optional[str],
+                       etcd_ca_cert_file: Optional[str], etcd_cert_file: Optional[str],
+                       etcd_key_file: Optional[str]) -> dict[str, Optional[str]]:
+    """The keyword arguments of percale.datastore.config.load_config."""
+    return {"config_file": config, "etcd_endpoints": etcd_endpoints,
+            "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
+            "etcd_key_file": etcd_key_file}
