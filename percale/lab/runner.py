@@ -159,6 +159,8 @@ class Lab:
         if self.is_up():
             raise LabError(f"lab {self.topology.name!r} is already up "
                            f"(percalectl lab down -t {self.topology.path} first)")
+        if warning := neighbour_table_warning(self.topology):
+            progress(warning)
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._editing() as state:
             state.update(topology=str(self.topology.path), started=time.time())
@@ -409,6 +411,38 @@ class Lab:
             removed.append(name)
         shutil.rmtree(self.dir, ignore_errors=True)
         return removed
+
+
+NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def neighbour_entries(topology: Topology) -> int:
+    """ARP entries the lab needs when every node talks to every node on each shared segment:
+    k hosts on one bridge hold k*(k-1) entries; on the management network each node knows the
+    gateway and etcd-like neighbours, and those know every node (counted as 3 per node)."""
+    hosts = [n for n in topology.nodes.values() if not n.is_bridge]
+    total = 3 * len(hosts)
+    for bridge in (n for n in topology.nodes.values() if n.is_bridge):
+        ports = sum(1 for link in topology.links for end in (link.a, link.b) if end.node == bridge.name)
+        total += ports * (ports - 1)
+    return total
+
+
+def neighbour_table_warning(topology: Topology) -> str | None:
+    """The kernel's ARP table is one for the whole machine, every namespace included
+    (gc_thresh3, 1024 by default): past it, neighbours stay INCOMPLETE and sends fail with
+    ENOBUFS, and a big lab's BGP sessions flap for no visible reason. Say so before `up`."""
+    try:
+        limit = int(NEIGHBOUR_LIMIT.read_text())
+    except (OSError, ValueError):
+        return None
+    needed = neighbour_entries(topology)
+    if needed <= limit * 0.8:
+        return None
+    return (f"warning: this lab needs about {needed} ARP entries and the kernel's table holds "
+            f"{limit} for the whole machine (net.ipv4.neigh.default.gc_thresh3); raise it, e.g. "
+            f"sysctl -w net.ipv4.neigh.default.gc_thresh3={needed * 2} "
+            f"net.ipv4.neigh.default.gc_thresh2={needed * 2}")
 
 
 def _signal_session(record: dict, sig: int, timeout: float) -> None:

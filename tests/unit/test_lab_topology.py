@@ -115,3 +115,18 @@ def test_the_shipped_topologies_load(tmp_path):
         load(tmp_path / "bad.clab.yml")
     with pytest.raises(TopologyError, match="No such file"):
         load(tmp_path / "missing.clab.yml")
+
+
+def test_a_big_lab_is_warned_about_the_machine_wide_arp_table(tmp_path, monkeypatch):
+    from percale.lab import runner
+    from percale.lab.generate import mesh
+
+    limit = tmp_path / "gc_thresh3"
+    limit.write_text("1024\n")
+    monkeypatch.setattr(runner, "NEIGHBOUR_LIMIT", limit)
+    small, big = parse(mesh(3), HERE), parse(mesh(40), HERE)
+    # 40 nodes on one switch know each other: 40 * 39, plus the management network.
+    assert runner.neighbour_entries(big) == 40 * 39 + 3 * 41
+    assert runner.neighbour_table_warning(small) is None
+    warning = runner.neighbour_table_warning(big)
+    assert "net.ipv4.neigh.default.gc_thresh3" in warning and "1683 ARP entries" in warning
