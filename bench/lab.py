@@ -38,6 +38,7 @@ bench/README.md says what each figure means and how it is taken.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -476,6 +477,37 @@ def sizes(args: argparse.Namespace) -> list[int]:
     return chosen
 
 
+NEIGHBOUR_SYSCTLS = ("gc_thresh2", "gc_thresh3")
+
+
+@contextlib.contextmanager
+def neighbour_room(n: int):
+    """The kernel's ARP table is one for the whole machine (gc_thresh3, 1024 by default), and
+    an N-node mesh on one machine needs about N * (N + 2) entries: past the limit neighbours stay
+    INCOMPLETE, sends fail with ENOBUFS, and sessions flap (40 nodes did). Real nodes each have
+    their own table, so for the run the limit is raised to twice what the lab needs, and put
+    back afterwards; the script says so."""
+    from percale.lab.runner import neighbour_entries
+
+    base = Path("/proc/sys/net/ipv4/neigh/default")
+    before = {name: int((base / name).read_text()) for name in NEIGHBOUR_SYSCTLS}
+    with tempfile.TemporaryDirectory() as scratch:
+        needed = 2 * neighbour_entries(load(generate.write_mesh(n, Path(scratch))))
+    if needed <= before["gc_thresh3"]:
+        yield
+        return
+    print(f"(N={n}: net.ipv4.neigh.default.gc_thresh2/3 raised from "
+          f"{before['gc_thresh2']}/{before['gc_thresh3']} to {needed} for this size: one ARP "
+          "table serves every namespace on this machine)")
+    try:
+        for name in NEIGHBOUR_SYSCTLS:
+            (base / name).write_text(str(max(needed, before[name])))
+        yield
+    finally:
+        for name in NEIGHBOUR_SYSCTLS[::-1]:
+            (base / name).write_text(str(before[name]))
+
+
 def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     chosen = sizes(args)
@@ -486,7 +518,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for n in chosen:
             progress(f"N={n}: up")
-            result = measure(n, workdir)
+            with neighbour_room(n):
+                result = measure(n, workdir)
             results.append(result)
             report(result)
             sys.stdout.flush()
