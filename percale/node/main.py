@@ -11,6 +11,7 @@ kernel and letting peers keep ours (graceful restart).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import socket
@@ -179,6 +180,9 @@ def main(
 ) -> None:
     """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `kill -QUIT <pid>` prints every thread's stack to stderr and the agent carries on, as a Go
+    # program (calico-node) prints its goroutines: for an agent that seems stuck.
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
                                   etcd_key_file)
     try:

@@ -373,7 +373,15 @@ def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
                             netns=node.new_pod_netns(), args=k8s("default", "sigint"))
         assert added.code == 0, added.out
         os.kill(node.agent.pid, signal.SIGINT)
-        assert node.agent.wait(15) == 0
+        try:
+            code = node.agent.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(node.agent.pid, signal.SIGQUIT)  # its threads' stacks into its log
+            time.sleep(1)
+            log = (node.workdir / "agent.log").read_text(errors="replace")
+            raise AssertionError("the agent did not stop within 15 s of SIGINT; its log ends:\n"
+                                 + "\n".join(log.splitlines()[-80:])) from None
+        assert code == 0
         assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
         assert not Path(node.socket).exists()
     finally:
