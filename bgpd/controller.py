@@ -180,8 +180,11 @@ class BGPController:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            for task in self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            # Wait for the watches to let go of the datastore before the agent closes it.
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.speaker.stop()
 
     async def _wake(self) -> None:
