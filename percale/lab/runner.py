@@ -2,7 +2,8 @@
 
   node (any kind but bridge)  a namespace `clab-<lab>-<node>`; its `cmd` runs there in the
                               background, then its `exec` commands in order, as containerlab
-                              runs them in the container
+                              runs them in the container; nodes start several at a time, each
+                              once the nodes in its `stages.*.wait-for` are up
   kind: bridge                a Linux bridge, in a namespace of its own (never in the host's)
   link                        a veth pair, ends named as the endpoints say; MTU 9500 unless set
   mgmt network                a bridge in `clab-<lab>-mgmt` with the gateway (.1); each node's
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,8 @@ LAB_ROOT = Path(os.environ.get("PERCALE_LAB_DIR", "/var/run/percale/lab"))
 PERCALE_IMAGE = "percale/node"
 CNI_REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 VENV_BIN = Path(sys.executable).parent
+# Nodes started at once: each start is mostly waiting (an interpreter starting, etcd answering).
+START_PARALLELISM = 8
 
 
 class LabError(RuntimeError):
@@ -166,11 +170,32 @@ class Lab:
             state.update(topology=str(self.topology.path), started=time.time())
         try:
             self._networks(progress)
-            for node in self.topology.start_order():
-                self._start_node(node, progress)
+            self._start_nodes(progress)
         except BaseException:
             self.down()
             raise
+
+    def _start_nodes(self, progress) -> None:
+        """Start every host, several at once as containerlab does: a node as soon as the nodes
+        it waits for are up (and healthy, when they have a healthcheck). The first failure
+        stops further starts; those under way finish before `up` cleans up."""
+        pending = {node.name: node for node in self.topology.start_order()}
+        done: set[str] = set()
+        with ThreadPoolExecutor(START_PARALLELISM) as pool:
+            running: dict = {}
+            try:
+                while pending or running:
+                    for name, node in list(pending.items()):
+                        if set(node.wait_for) <= done:
+                            running[pool.submit(self._start_node, node, progress)] = name
+                            del pending[name]
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        future.result()  # a failure: raised here, the rest are not started
+                        done.add(running.pop(future))
+            finally:
+                for future in running:
+                    future.cancel()
 
     def _namespace(self, name: str) -> None:
         with self._editing() as state:
