@@ -61,6 +61,7 @@ from percale.ipam.allocator import IPAM
 
 from bench.cni import AgentCPU, _cpu, _descendants, stop_node, table
 from bench.fib import batch_file, measure
+from bench.harness import run_script
 from bench.ipam import etcd_version, ms, percentile, progress, start_etcd, verdict
 from percale.datastore import Key
 from percale.datastore.etcd import EtcdDatastore
@@ -1104,20 +1105,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="10k routes only (no 100k case)")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/bgp.py needs root (network namespaces)", file=sys.stderr)
-        return 1
-    # SIGTERM unwinds like Ctrl-C, so the daemons, etcd and the namespaces go either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print("interrupted; daemons, etcd and namespaces removed", file=sys.stderr)
-        return 130
-    except RuntimeError as err:
-        print(f"benchmark stopped: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_script("bench/bgp.py", lambda: run(args),
+                      cleaned="daemons, etcd and namespaces removed")
 
 
 if __name__ == "__main__":

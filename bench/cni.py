@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from percale_cni import shim
 
+from bench.harness import run_script
 from bench.ipam import Load, etcd_version, ms, percentile, progress, start_etcd, verdict
 from percale.datastore.etcd import EtcdDatastore
 from tests.helpers.cni_node import CNINode, PluginResult, netconf, sh
@@ -523,20 +524,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.pods} pods one by one, {QUICK.burst} at once")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/cni.py needs root (network namespaces)", file=sys.stderr)
-        return 1
-    # SIGTERM unwinds like Ctrl-C, so the agent, etcd and the namespaces go either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print("interrupted; agent, etcd and namespaces removed", file=sys.stderr)
-        return 130
-    except RuntimeError as err:
-        print(f"benchmark stopped: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_script("bench/cni.py", lambda: run(args),
+                      cleaned="agent, etcd and namespaces removed")
 
 
 if __name__ == "__main__":

@@ -41,11 +41,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aetcd import rpc
-
-from percale.datastore.etcd import EtcdDatastore
-from percale.datastore.etcd_client import EtcdClient, prefix_end
 from percale.ipam import blocks
 from percale.ipam.allocator import IPAM
+
+from bench.harness import run_script
+from percale.datastore.etcd import EtcdDatastore
+from percale.datastore.etcd_client import EtcdClient, prefix_end
 from percale.resources import IPPool, ObjectMeta
 from percale.resources.ippool import IPPoolSpec
 from tests.helpers.etcd_server import ETCD, EtcdServer
@@ -612,18 +613,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also run phase e sequential under cProfile and print the top")
     args = parser.parse_args()
-    # SIGTERM unwinds like Ctrl-C, so etcd and the workers are stopped either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print("interrupted; etcd and workers stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as err:
-        # A worker's failure arrives here with its traceback in the message.
-        print(f"benchmark stopped: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_script("bench/ipam.py", lambda: run(args), needs_root=False,
+                      cleaned="etcd and workers stopped")
 
 
 if __name__ == "__main__":

@@ -61,10 +61,11 @@ from percale.bgpd.fib import ROUTE_PROTOCOL_BGP
 from bench.bgp import KernelRoutes, Memory, agent_tree, code_version, memory_kb
 from bench.cni import _cpu, table
 from bench.fib import batch_file, reset, run_ip_batch
+from bench.harness import run_script
 from bench.ipam import percentile, progress
 from percale.lab import generate, pods
 from percale.lab.runner import Lab, LabError
-from percale.lab.topology import load
+from percale.lab.topology import load, parse
 from tests.helpers.fib_worker import FibNamespace
 
 DEFAULT_SIZES = (10, 20, 40)
@@ -491,8 +492,7 @@ def neighbour_room(n: int):
 
     base = Path("/proc/sys/net/ipv4/neigh/default")
     before = {name: int((base / name).read_text()) for name in NEIGHBOUR_SYSCTLS}
-    with tempfile.TemporaryDirectory() as scratch:
-        needed = 2 * neighbour_entries(load(generate.write_mesh(n, Path(scratch))))
+    needed = 2 * neighbour_entries(parse(generate.mesh(n), Path(f"mesh{n}.clab.yml")))
     if needed <= before["gc_thresh3"]:
         yield
         return
@@ -540,16 +540,8 @@ def main() -> int:
     parser.add_argument("--nodes", help="sizes, comma-separated (default 10,20,40)")
     parser.add_argument("--quick", action="store_true", help="N = 10 only")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/lab.py needs root (network namespaces)", file=sys.stderr)
-        return 1
-    # SIGTERM unwinds like Ctrl-C, so measure()'s finally takes the lab down either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; the lab is down and its namespaces removed", file=sys.stderr)
-        return 130
+    return run_script("bench/lab.py", lambda: run(args),
+                      cleaned="the lab is down and its namespaces removed")
 
 
 if __name__ == "__main__":

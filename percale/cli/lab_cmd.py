@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -158,12 +158,12 @@ def pod_list(topology: TopologyOption) -> None:
 @lab_app.command()
 def ping(topology: TopologyOption,
          count: Annotated[int, typer.Option(min=1, help="Pings per pair")] = 1,
-         wait: Annotated[Optional[float], typer.Option(help="Seconds to wait for each reply")] = 1.0) -> None:
+         wait: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for each reply")] = 1.0) -> None:
     """Ping every pod from every other pod; print the matrix; exit 1 if any pair failed."""
     from percale.lab import pods
 
     lab = _lab(topology)
-    matrix = pods.ping_matrix(lab, count, wait or 1.0)
+    matrix = pods.ping_matrix(lab, count, wait)
     if not matrix:
         typer.echo("no pods: add some with `percalectl lab pod add -t FILE NODE NAME`")
         raise typer.Exit(1)

@@ -17,7 +17,6 @@ import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from percale.lab.runner import Lab, LabError, sh
 
@@ -159,7 +158,3 @@ def format_matrix(lab: Lab, matrix: dict[tuple[str, str], bool]) -> str:
         cells = ["-" if a == b else ("ok" if matrix.get((a, b)) else "FAIL") for b in names]
         lines.append(a.ljust(width) + "  " + " ".join(c.rjust(width) for c in cells))
     return "\n".join(lines)
-
-
-def namespace_path(pod: Pod) -> Path:
-    return Path("/var/run/netns") / pod.namespace

@@ -217,6 +217,21 @@ class CNINode:
         subprocess.run(["rm", "-rf", str(self.workdir)], check=False)
 
 
+def exabgp_servers(netns: str) -> list[int]:
+    """PIDs of the ExaBGP servers running in a namespace, whoever started them (an agent, or an
+    agent that is gone); processes that have ended but are not yet reaped do not count."""
+    found = []
+    for pid in sh("ip", "netns", "pids", netns, check=False).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and b"server" in argv and any(a.endswith(b"exabgp") for a in argv):
+            found.append(int(pid))
+    return found
+
+
 def netconf(node: CNINode, *, version: str = "1.0.0", **extra) -> dict:
     """The percale entry of 10-percale.conflist, as a runtime passes it to the plugin."""
     return {"cniVersion": version, "name": "k8s-pod-network", "type": "percale",

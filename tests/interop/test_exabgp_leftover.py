@@ -14,23 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.bgp_lab import wait_for
-from tests.helpers.cni_node import meshed_pair
+from tests.helpers.cni_node import exabgp_servers, meshed_pair
 
 pytestmark = pytest.mark.interop
-
-
-def exabgp_servers(netns: str) -> list[int]:
-    found = []
-    for pid in subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
-                              text=True).stdout.split():
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"server" in argv and any(a.endswith(b"exabgp") for a in argv):
-            found.append(int(pid))
-    return found
 
 
 def b_status(node) -> str:

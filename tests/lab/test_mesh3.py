@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from percale.lab import pods
+from tests.helpers.cni_node import exabgp_servers
 from tests.helpers.lab_e2e import (
     TOPOLOGIES,
     all_established,
@@ -119,23 +120,9 @@ def test_killed_agent_keeps_routes_both_ways_then_comes_back(lab):
     sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
     assert sent > 20 and received == sent, out
     assert blocks_of(lab, "node2") == node2_block
-    assert len(exabgp_servers(lab, "node2")) == 1, exabgp_servers(lab, "node2")
+    node2_ns = lab.topology.namespace("node2")
+    assert len(exabgp_servers(node2_ns)) == 1, exabgp_servers(node2_ns)
     assert every_pod_reaches_every_pod(lab) == []
-
-
-def exabgp_servers(lab, node: str) -> list[int]:
-    """PIDs of the ExaBGP servers running in the node's namespace."""
-    found = []
-    listed = subprocess.run(["ip", "netns", "pids", lab.topology.namespace(node)],
-                            capture_output=True, text=True).stdout.split()
-    for pid in listed:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"server" in argv and any(a.endswith(b"exabgp") for a in argv):
-            found.append(int(pid))
-    return found
 
 
 def test_pod_churn_releases_and_reclaims_blocks_and_routes_follow(lab):
