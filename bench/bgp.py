@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 # to reuse; they live outside the installed package.
 sys.path.insert(0, str(REPO))
 
-from percale.bgpd.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
 from percale.ipam.allocator import IPAM
 
 from bench.cni import AgentCPU, _cpu, _descendants, stop_node, table
@@ -66,7 +66,7 @@ from bench.ipam import etcd_version, ms, percentile, progress, start_etcd, verdi
 from percale.datastore import Key
 from percale.datastore.etcd import EtcdDatastore
 from percale.node.main import IPAM_CACHE_SECONDS
-from percale.resources import parse
+from percale.api import parse
 from tests.helpers.cni_node import CNINode, sh
 from tests.helpers.fib_worker import FibNamespace
 from tests.helpers.ipam_world import add_pool

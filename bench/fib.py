@@ -1,4 +1,4 @@
-"""FIB benchmark: installing N /26 routes with percale's FIB (percale.bgpd.fib) against `ip -batch`.
+"""FIB benchmark: installing N /26 routes with percale's FIB (percale.dataplane.fib) against `ip -batch`.
 
 A script, not a test (timings never go into tests): `.venv/bin/python bench/fib.py`, as root,
 about 20 s. It makes one fresh network namespace (tests/helpers/fib_worker.py: a veth uplink at
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test helpers live outside the installed package
 
-from percale.bgpd.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
 
 from tests.helpers.fib_worker import FibNamespace, FibWorker
 

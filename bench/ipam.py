@@ -47,8 +47,8 @@ from percale.ipam.allocator import IPAM
 from bench.harness import run_script
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.etcd_client import EtcdClient, prefix_end
-from percale.resources import IPPool, ObjectMeta
-from percale.resources.ippool import IPPoolSpec
+from percale.api import IPPool, ObjectMeta
+from percale.api.ippool import IPPoolSpec
 from tests.helpers.etcd_server import ETCD, EtcdServer
 
 WORKERS = 8

@@ -56,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the other benches' pieces and the test helpers live outside
 
-from percale.bgpd.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
 
 from bench.bgp import KernelRoutes, Memory, agent_tree, code_version, memory_kb
 from bench.cni import _cpu, table

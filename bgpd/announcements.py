@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from percale.ipam import blocks
-from percale.resources import BlockAffinity, IPAMBlock
+from percale.api import BlockAffinity, IPAMBlock
 
 
 @dataclass(frozen=True)

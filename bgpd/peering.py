@@ -35,8 +35,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from percale import selector
-from percale.resources.bgp import (
+from percale.api import selector
+from percale.api.bgp import (
     DEFAULT_LISTEN_PORT,
     BGPConfiguration,
     BGPConfigurationSpec,
@@ -44,8 +44,8 @@ from percale.resources.bgp import (
     BGPPeer,
     BGPPeerSpec,
 )
-from percale.resources.fields import duration_seconds, split_peer_ip
-from percale.resources.node import Node
+from percale.api.fields import duration_seconds, split_peer_ip
+from percale.api.node import Node
 
 __all__ = [
     "DEFAULT_RESTART_TIME", "GLOBAL", "MESH", "NODE", "LocalSpeaker", "SecretRef", "Session",

@@ -1,6 +1,6 @@
 """percale's IPAM, installed as `percale.ipam`: IP pools cut into blocks with node affinity.
 
-Pure logic over the datastore contract (`percale.datastore.api.Datastore`): no backend is
+Pure logic over the datastore contract (`percale.datastore.contract.Datastore`): no backend is
 imported here, and every write is a compare-and-swap retried only on conflict.
 
     blocks.py     block arithmetic on IPAMBlock values (assign, release, attributes)

@@ -42,7 +42,7 @@ from percale.ipam.errors import (
     TooManyConflicts,
 )
 from percale.ipam.pools import block_of, candidate_blocks, pool_of, seeded_position, usable
-from percale.resources import (
+from percale.api import (
     BlockAffinity,
     IPAMBlock,
     IPAMConfig,
@@ -51,9 +51,9 @@ from percale.resources import (
     IPPool,
     ObjectMeta,
 )
-from percale.resources.fields import format_time, network_of, parse_time
-from percale.resources.meta import InvalidResource, Problem, validation_problems
-from percale.resources.ipam import (
+from percale.api.fields import format_time, network_of, parse_time
+from percale.api.meta import InvalidResource, Problem, validation_problems
+from percale.api.ipam import (
     DEFAULT_MAX_BLOCKS_PER_HOST,
     BlockAffinitySpec,
     IPAMHandleSpec,

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from percale.resources.ipam import AllocationAttribute, IPAMBlockSpec
+from percale.api.ipam import AllocationAttribute, IPAMBlockSpec
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

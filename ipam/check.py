@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from percale.datastore import Datastore, KVPair
 from percale.ipam import blocks
-from percale.resources import IPAMBlockSpec, IPPool, Node, WorkloadEndpoint
+from percale.api import IPAMBlockSpec, IPPool, Node, WorkloadEndpoint
 
 # The `type` attribute of tunnel addresses (calico.md §1.2); such an address belongs to a Node,
 # not to a workload.

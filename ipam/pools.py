@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Mapping
 
-from percale import selector
-from percale.resources import IPPool
+from percale.api import selector
+from percale.api import IPPool
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

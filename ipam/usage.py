@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from percale.ipam import blocks as block_math
-from percale.resources import IPAMBlock, IPPool
-from percale.resources.ipam import IPAMBlockSpec
+from percale.api import IPAMBlock, IPPool
+from percale.api.ipam import IPAMBlockSpec
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from percale.cli.documents import load
-from percale.resources import BGPConfiguration, BGPPeer, IPPool, parse
+from percale.ctl.documents import load
+from percale.api import BGPConfiguration, BGPPeer, IPPool, parse
 
 pytestmark = pytest.mark.cli
 

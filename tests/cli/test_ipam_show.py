@@ -10,7 +10,7 @@ import pytest
 from percale.datastore import Key
 from percale.datastore.etcd import EtcdDatastore
 from percale.ipam.allocator import IPAM, tunnel_handle
-from percale.resources import parse
+from percale.api import parse
 from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.cli

@@ -171,8 +171,8 @@ def test_version(cli):
 async def test_every_kind_prints_as_a_table(cli):
     """IPAM state and status kinds are written by percale itself; percalectl shows them all."""
     from percale.datastore.etcd import EtcdDatastore
-    from percale.resources import KINDS, parse
-    from percale.resources.ipam import IPAMBlock
+    from percale.api import KINDS, parse
+    from percale.api.ipam import IPAMBlock
 
     store = EtcdDatastore([cli.endpoint])
     api = {"apiVersion": "percale.io/v1"}

@@ -21,8 +21,8 @@ from percale.datastore import (
     RevisionCompacted,
 )
 from percale.datastore.etcd import EtcdDatastore
-from percale.resources import parse
-from percale.resources.workloadendpoint import workload_endpoint_name
+from percale.api import parse
+from percale.api.workloadendpoint import workload_endpoint_name
 from tests.helpers import cas_worker
 
 pytestmark = pytest.mark.contract

@@ -12,7 +12,7 @@ import pytest
 from percale.datastore import DatastoreError, DatastoreUnavailable, Key
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.etcd_client import TLSFiles
-from percale.resources import parse
+from percale.api import parse
 from tests.helpers.etcd_server import EtcdServer, free_port
 
 pytestmark = pytest.mark.contract

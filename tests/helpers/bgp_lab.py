@@ -28,7 +28,7 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def resource(kind: str, name: str, spec: dict, **meta) -> object:
     """A percale resource, parsed as the datastore stores it."""
-    from percale.resources import parse
+    from percale.api import parse
     return parse({"apiVersion": "percale.io/v1", "kind": kind,
                   "metadata": {"name": name, **meta}, "spec": spec})
 

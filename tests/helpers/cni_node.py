@@ -246,7 +246,7 @@ def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str, *,
     node-to-node mesh. With `ipv6_pool` the nodes are dual-stack: fd00:99::1 and ::2/64 on the
     same link as spec.bgp.ipv6Address too (an IPv6 mesh beside the IPv4 one), and that pool is
     created as well. The caller stops both nodes."""
-    from percale.resources import parse
+    from percale.api import parse
     from tests.helpers.ipam_world import add_pool
     from tests.helpers.store import with_store
 

@@ -3,7 +3,7 @@
 `FibNamespace` makes a namespace with a veth uplink whose two ends both stay inside it
 (10.0.0.1/24 and 2001:db8::1/64 on `uplink`, so next hops on those subnets resolve), and removes it
 by name. `FibWorker` runs this file as a process inside that namespace (`ip netns exec`), where
-it holds one `percale.bgpd.fib.FIB` and answers one JSON command per line on stdin:
+it holds one `percale.dataplane.fib.FIB` and answers one JSON command per line on stdin:
 
     {"op": "open", "adopt": true, "table": 254}        a new FIB (closing the previous one)
     {"op": "apply", "changes": {prefix: [hop, ...] | null}}
@@ -116,7 +116,7 @@ class FibWorker:
 def _hop(spec):
     import socket
 
-    from percale.bgpd.fib import NextHop
+    from percale.dataplane.fib import NextHop
 
     if isinstance(spec, str):
         return NextHop(spec)
@@ -137,7 +137,7 @@ def _outcome(outcome) -> dict:
 def _serve() -> None:
     import ipaddress
 
-    from percale.bgpd.fib import FIB, NextHop
+    from percale.dataplane.fib import FIB, NextHop
 
     fib = None
     for line in sys.stdin:

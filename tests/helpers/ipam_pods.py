@@ -9,8 +9,8 @@ import uuid
 
 from percale.datastore import Datastore
 from percale.ipam.allocator import IPAM
-from percale.resources import Node, WorkloadEndpoint, parse
-from percale.resources.workloadendpoint import workload_endpoint_name
+from percale.api import Node, WorkloadEndpoint, parse
+from percale.api.workloadendpoint import workload_endpoint_name
 
 NAMESPACE = "default"
 

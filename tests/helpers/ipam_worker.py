@@ -15,7 +15,7 @@ from percale.datastore import Key
 from percale.datastore.etcd import EtcdDatastore
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError
-from percale.resources.ipam import block_name
+from percale.api.ipam import block_name
 
 
 async def _work(endpoint: str, node: str, iterations: int, seed: int, release_all: bool,

@@ -7,7 +7,7 @@ from collections import Counter
 
 from percale.datastore import Datastore
 from percale.ipam import blocks
-from percale.resources import parse
+from percale.api import parse
 
 
 async def add_pool(store: Datastore, name: str, cidr: str, **spec) -> None:

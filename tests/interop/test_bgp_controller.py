@@ -12,7 +12,7 @@ import pytest
 from percale.bgpd.controller import BGPController
 from percale.datastore.etcd import EtcdDatastore
 from percale.ipam.allocator import IPAM
-from percale.resources import parse
+from percale.api import parse
 from tests.helpers.bgp_lab import Lab
 from tests.helpers.ipam_world import add_pool
 

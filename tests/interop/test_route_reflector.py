@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from percale.resources import parse
+from percale.api import parse
 from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import CNINode, netconf, sh
 from tests.helpers.ipam_world import add_pool

@@ -1,4 +1,4 @@
-"""The BGP FIB (percale.bgpd.fib) against the real kernel: each test makes its own network
+"""The BGP FIB (percale.dataplane.fib) against the real kernel: each test makes its own network
 namespace and runs the FIB inside it through tests/helpers/fib_worker.py, then reads the kernel
 back with `ip -json route show proto 202`."""
 
@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
-from percale.bgpd.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
 
-from percale.node.pod_network import ROUTE_PROTOCOL as POD_PROTOCOL
+from percale.dataplane.pod_network import ROUTE_PROTOCOL as POD_PROTOCOL
 from tests.helpers.fib_worker import FibNamespace
 
 pytestmark = pytest.mark.netns
@@ -53,7 +53,7 @@ def counts(answer: dict) -> tuple[int, int, int]:
 
 
 def add_pod_route(ns: FibNamespace, address: str) -> None:
-    """A pod host route as percale.node.pod_network makes it: dev <veth>, scope link, proto 201."""
+    """A pod host route as percale.dataplane.pod_network makes it: dev <veth>, scope link, proto 201."""
     if ns.ip("link", "show", "pclpod", check=False).returncode != 0:
         ns.ip("link", "add", "pclpod", "type", "veth", "peer", "name", "eth0pod")
         ns.ip("link", "set", "pclpod", "up")

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.netns
 
 SCRIPT = """
 import json, sys
-from percale.bgpd.blackholes import Blackholes
+from percale.dataplane.blackholes import Blackholes
 holes = Blackholes()
 for line in sys.stdin:
     step = json.loads(line)

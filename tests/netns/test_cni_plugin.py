@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from percale.datastore import Key
-from percale.resources.workloadendpoint import workload_endpoint_name
+from percale.api.workloadendpoint import workload_endpoint_name
 from percale.ipam.allocator import IPAM
 from percale.node.main import IPAM_CACHE_SECONDS
 from tests.helpers.cni_node import netconf

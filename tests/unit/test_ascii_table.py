@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from percale.cli import ascii_table
-from percale.cli.ipam_show import USAGE_HEADERS, usage_row
+from percale.ctl import ascii_table
+from percale.ctl.ipam_show import USAGE_HEADERS, usage_row
 
 pytestmark = pytest.mark.unit
 

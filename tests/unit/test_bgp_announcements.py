@@ -31,7 +31,7 @@ async def test_own_blocks_and_borrowed_addresses():
 
 
 async def test_pending_affinities_are_not_announced():
-    from percale.resources import parse
+    from percale.api import parse
 
     pending = parse({"apiVersion": "percale.io/v1", "kind": "BlockAffinity",
                      "metadata": {"name": "n1-10.0.0.0-26"},

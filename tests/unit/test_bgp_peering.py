@@ -19,7 +19,7 @@ from percale.bgpd.peering import (
     router_id,
     sessions_for,
 )
-from percale.resources import BGPConfiguration, BGPPeer, Node, parse
+from percale.api import BGPConfiguration, BGPPeer, Node, parse
 
 pytestmark = pytest.mark.unit
 

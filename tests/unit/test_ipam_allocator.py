@@ -20,8 +20,8 @@ from percale.ipam.errors import (
     PoolsExhausted,
     StrictAffinityExhausted,
 )
-from percale.resources import BlockAffinity, ObjectMeta, parse
-from percale.resources.ipam import BlockAffinitySpec, IPAMBlock, affinity_name
+from percale.api import BlockAffinity, ObjectMeta, parse
+from percale.api.ipam import BlockAffinitySpec, IPAMBlock, affinity_name
 from tests.helpers.ipam_world import add_pool, allocations, assert_consistent
 
 pytestmark = pytest.mark.unit
@@ -317,7 +317,7 @@ async def test_deleting_a_pool_releases_its_blocks_in_calicos_order(store):
 
 
 async def test_a_forbidden_config_names_the_field_and_changes_nothing(store):
-    from percale.resources import InvalidResource
+    from percale.api import InvalidResource
 
     ipam = IPAM(store)
     with pytest.raises(InvalidResource) as caught:

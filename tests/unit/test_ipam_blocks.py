@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from percale.ipam import blocks
-from percale.resources.ipam import IPAMBlock
+from percale.api.ipam import IPAMBlock
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import pytest
 from percale.datastore import Key, MemoryDatastore, NotFound
 from percale.ipam.allocator import IPAM
 from percale.ipam.gc import GarbageCollector
-from percale.resources.ipam import affinity_name, block_name
+from percale.api.ipam import affinity_name, block_name
 from tests.helpers.ipam_pods import add_pod, allocate, endpoint, node
 from tests.helpers.ipam_world import add_pool
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from percale.cli.ipam_show import (
+from percale.ctl.ipam_show import (
     allocation_report,
     borrowed_report,
     configuration_rows,
@@ -16,7 +16,7 @@ from percale.cli.ipam_show import (
 from percale.ipam import blocks
 from percale.ipam.allocator import Allocation
 from percale.ipam.usage import BlockUsage, Borrowing, BorrowedAddress, borrowed, usage
-from percale.resources import IPAMBlock, IPAMConfigSpec, IPPool, parse
+from percale.api import IPAMBlock, IPAMConfigSpec, IPPool, parse
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import yaml
 
 from percale.lab import generate
 from percale.lab.topology import load, parse
-from percale.resources import parse as parse_resource
+from percale.api import parse as parse_resource
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from percale.datastore import MemoryDatastore, RevisionCompacted
-from percale.resources import parse
+from percale.api import parse
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import pytest
 
 from percale.datastore import Key, MemoryDatastore
 from percale.node.registration import HostAddress, RegistrationError, autodetect, register, resolve
-from percale.resources import parse
+from percale.api import parse
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from percale.cli.main import app
-from percale.cli.node_cmd import render, render_record
+from percale.ctl.main import app
+from percale.ctl.node_cmd import render, render_record
 from percale.node.status import (
     NodeView,
     PeerRow,
@@ -19,7 +19,7 @@ from percale.node.status import (
     to_json,
     view_of_record,
 )
-from percale.resources import NodeStatus, NodeStatusSpec, ObjectMeta
+from percale.api import NodeStatus, NodeStatusSpec, ObjectMeta
 
 pytestmark = pytest.mark.unit
 

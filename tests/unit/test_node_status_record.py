@@ -13,7 +13,7 @@ from percale.bgpd.peering import MESH, Session
 
 from percale.datastore import DatastoreError, DatastoreUnavailable, Key, MemoryDatastore
 from percale.node.status import NodeStatusPublisher, view_of
-from percale.resources import NodeStatus, NodeStatusSpec, ObjectMeta
+from percale.api import NodeStatus, NodeStatusSpec, ObjectMeta
 
 pytestmark = pytest.mark.unit
 

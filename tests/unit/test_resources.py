@@ -1,4 +1,4 @@
-"""The resource model through its public door, `percale.resources.parse`: defaults, wire spellings
+"""The resource model through its public door, `percale.api.parse`: defaults, wire spellings
 (round trips) and one test per validation rule, each checking the field and the reason reported."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from percale.resources import InvalidResource, kind_named, parse
-from percale.resources.bgp import DEFAULT_AS_NUMBER, DEFAULT_LISTEN_PORT
-from percale.resources.ipam import (
+from percale.api import InvalidResource, kind_named, parse
+from percale.api.bgp import DEFAULT_AS_NUMBER, DEFAULT_LISTEN_PORT
+from percale.api.ipam import (
     DEFAULT_MAX_BLOCKS_PER_HOST,
     IPAMBlock,
     affinity_name,
@@ -18,7 +18,7 @@ from percale.resources.ipam import (
     block_name,
     host_affinity,
 )
-from percale.resources.workloadendpoint import workload_endpoint_name
+from percale.api.workloadendpoint import workload_endpoint_name
 
 pytestmark = pytest.mark.unit
 

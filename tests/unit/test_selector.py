@@ -1,7 +1,7 @@
 """Calico's selector language: examples, error positions, and properties checked against an oracle.
 
 The property tests build selectors as plain tuples and judge them with `oracle` below, which shares
-nothing with percale.selector, so a bug has to be made twice to go unnoticed.
+nothing with percale.api.selector, so a bug has to be made twice to go unnoticed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from percale.selector import MAX_NESTING, Selector, SelectorError, matches, parse
+from percale.api.selector import MAX_NESTING, Selector, SelectorError, matches, parse
 
 pytestmark = pytest.mark.unit
 

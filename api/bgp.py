@@ -1,0 +1,307 @@
+"""BGP kinds: BGPConfiguration (cluster-wide and per-node BGP settings) and BGPPeer (extra sessions).
+
+Users write both with `percalectl apply`; the BGP speaker on every node reads them to decide its
+AS, listen port, mesh and peerings (calico.md §2.1, §2.2, §2.4), and `percalectl get` prints them.
+BGPConfiguration keeps unset fields as None so the CLI can print `-` for them; the `effective_*`
+properties and the DEFAULT_* constants give the value that applies when a field is unset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
+from percale.api.fields import (
+    CIDR,
+    ASNumber,
+    Duration,
+    IPAddress,
+    PeerIP,
+    Port,
+    Selector,
+    split_peer_ip,
+)
+from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
+from percale.api.node import Node, NodeName
+
+# The values that apply when BGPConfiguration leaves a field unset (calico.md §2.1).
+DEFAULT_AS_NUMBER = 64512
+DEFAULT_NODE_TO_NODE_MESH_ENABLED = True
+DEFAULT_LISTEN_PORT = 179
+DEFAULT_LOG_SEVERITY_SCREEN = "Info"
+
+GLOBAL_CONFIG_NAME = "default"
+NODE_CONFIG_PREFIX = "node."
+
+# Calico's logLevel validation set.
+LogSeverity = Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"]
+
+
+class SecretKeyRef(Model):
+    name: str
+    key: str
+
+
+class BGPPassword(Model):
+    """A TCP-MD5 password read from a Kubernetes Secret in the node agent's namespace."""
+
+    secret_key_ref: SecretKeyRef
+
+
+_STANDARD_COMMUNITY = re.compile(r"(\d+):(\d+)")
+_LARGE_COMMUNITY = re.compile(r"(\d+):(\d+):(\d+)")
+
+
+def community_problem(value: str) -> str | None:
+    """Why `value` is not a BGP community literal, or None when it is one."""
+    if m := _STANDARD_COMMUNITY.fullmatch(value):
+        bits, parts = 16, m.groups()  # RFC 1997: two 16-bit halves
+    elif m := _LARGE_COMMUNITY.fullmatch(value):
+        bits, parts = 32, m.groups()  # RFC 8092: three 32-bit parts
+    else:
+        return f"{value!r} is not a community: use aa:nn (standard) or aa:nn:mm (large)"
+    if any(int(part) >= 1 << bits for part in parts):
+        return f"community {value!r} has a part that does not fit in {bits} bits"
+    return None
+
+
+def _community(value: str) -> str:
+    if problem := community_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+class Community(Model):
+    name: str
+    value: Annotated[str, AfterValidator(_community)]
+
+
+class PrefixAdvertisement(Model):
+    cidr: CIDR
+    # Literal communities or names from spec.communities.
+    communities: list[str] = Field(default_factory=list)
+
+
+class ServiceIPBlock(Model):
+    cidr: CIDR
+
+
+# Calico's ignoredInterface pattern: interface names (at most 15 characters) with * wildcards.
+_IGNORED_INTERFACE = re.compile(r"[A-Za-z0-9_.*-]{1,15}")
+
+# Only the global instance may set these (Calico's ValidateDefaultOnlyFields plus the documented
+# global-only mesh settings): they describe the whole cluster's mesh and AS, not one node.
+_GLOBAL_ONLY = (
+    "node_to_node_mesh_enabled", "as_number", "node_mesh_password", "node_mesh_max_restart_time",
+    "service_cluster_ips", "service_external_ips", "service_load_balancer_ips",
+)
+
+
+class BGPConfigurationSpec(Model):
+    log_severity_screen: LogSeverity | None = None
+    node_to_node_mesh_enabled: bool | None = None
+    as_number: ASNumber | None = None
+    listen_port: Port | None = None
+    # NodeIP: listen on the node's address only, not on every address.
+    bind_mode: Literal["None", "NodeIP"] | None = None
+    service_cluster_ips: list[ServiceIPBlock] | None = Field(None, alias="serviceClusterIPs")
+    service_external_ips: list[ServiceIPBlock] | None = Field(None, alias="serviceExternalIPs")
+    service_load_balancer_ips: list[ServiceIPBlock] | None = Field(None, alias="serviceLoadBalancerIPs")
+    communities: list[Community] | None = None
+    prefix_advertisements: list[PrefixAdvertisement] | None = None
+    node_mesh_password: BGPPassword | None = None
+    # Graceful-restart time for mesh sessions; None keeps the speaker's default (120s).
+    node_mesh_max_restart_time: Duration | None = None
+    ignored_interfaces: list[str] | None = None
+
+    @property
+    def effective_as_number(self) -> int:
+        return DEFAULT_AS_NUMBER if self.as_number is None else self.as_number
+
+    @property
+    def effective_node_to_node_mesh_enabled(self) -> bool:
+        if self.node_to_node_mesh_enabled is None:
+            return DEFAULT_NODE_TO_NODE_MESH_ENABLED
+        return self.node_to_node_mesh_enabled
+
+    @property
+    def effective_listen_port(self) -> int:
+        return DEFAULT_LISTEN_PORT if self.listen_port is None else self.listen_port
+
+    @property
+    def effective_log_severity_screen(self) -> str:
+        return self.log_severity_screen or DEFAULT_LOG_SEVERITY_SCREEN
+
+    @field_validator("ignored_interfaces")
+    @classmethod
+    def _interface_names(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or ():
+            if name == "*" or not _IGNORED_INTERFACE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not an interface name (up to 15 of A-Z a-z 0-9 _ . - *, not just *)"
+                )
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BGPConfigurationSpec:
+        names = {c.name for c in self.communities or ()}
+        if names and not self.prefix_advertisements:
+            raise FieldError("communities", "communities are defined but no prefixAdvertisements use them")
+        for i, adv in enumerate(self.prefix_advertisements or ()):
+            for j, community in enumerate(adv.communities):
+                if community not in names and community_problem(community):
+                    raise FieldError(
+                        f"prefixAdvertisements.{i}.communities.{j}",
+                        f"prefixAdvertisements community {community!r} for {adv.cidr} is neither a "
+                        f"community value (aa:nn or aa:nn:mm) nor a name defined in communities"
+                    )
+        if self.node_to_node_mesh_enabled is False:
+            # Both only configure mesh sessions; with no mesh they would silently do nothing.
+            if self.node_mesh_password is not None:
+                raise FieldError(
+                    "nodeMeshPassword", "nodeMeshPassword cannot be set when nodeToNodeMeshEnabled is false"
+                )
+            if self.node_mesh_max_restart_time is not None:
+                raise FieldError(
+                    "nodeMeshMaxRestartTime",
+                    "nodeMeshMaxRestartTime cannot be set when nodeToNodeMeshEnabled is false",
+                )
+        return self
+
+
+class BGPConfiguration(Resource):
+    kind: Literal["BGPConfiguration"] = "BGPConfiguration"
+    metadata: ObjectMeta
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+    @property
+    def is_global(self) -> bool:
+        return self.metadata.name == GLOBAL_CONFIG_NAME
+
+    @property
+    def node(self) -> str | None:
+        """The node a `node.<name>` override applies to; None for the global instance."""
+        return None if self.is_global else self.metadata.name.removeprefix(NODE_CONFIG_PREFIX)
+
+    @field_validator("metadata")
+    @classmethod
+    def _global_or_node(cls, meta: ObjectMeta) -> ObjectMeta:
+        node = meta.name.removeprefix(NODE_CONFIG_PREFIX)
+        if meta.name != GLOBAL_CONFIG_NAME and (node == meta.name or not Node.name_pattern.fullmatch(node)):
+            raise ValueError(
+                f"a BGPConfiguration is named {GLOBAL_CONFIG_NAME!r} (global) or node.<node name> "
+                f"(one node's overrides), not {meta.name!r}"
+            )
+        return meta
+
+    @field_validator("spec")
+    @classmethod
+    def _global_only_fields(cls, spec: BGPConfigurationSpec, info: ValidationInfo) -> BGPConfigurationSpec:
+        meta = info.data.get("metadata")
+        if meta is None or meta.name == GLOBAL_CONFIG_NAME:
+            return spec
+        for name in _GLOBAL_ONLY:
+            # An explicit false is a setting; an empty list is not (Calico checks len > 0).
+            if getattr(spec, name) not in (None, []):
+                alias = BGPConfigurationSpec.model_fields[name].alias
+                # A check on the whole spec: FieldError points at the offending field inside it.
+                raise FieldError(
+                    alias,
+                    f"{alias} can only be set on the global BGPConfiguration {GLOBAL_CONFIG_NAME!r}, "
+                    f"not on {meta.name!r}"
+                )
+        return spec
+
+
+register(BGPConfiguration, plural="bgpconfigurations", short_names=("bgpconfig", "bgpconfigs"))
+
+# --------------------------------------------------------------------------------------------
+# BGPPeer
+
+PeerScope = Literal["global", "node", "nodeSelector"]
+
+
+class BGPPeerSpec(Model):
+    # Which local nodes get the session: one node, the nodes a selector matches, or (neither) all.
+    node: NodeName | None = None
+    node_selector: Selector | None = None
+    # Whom to peer with: one address, every percale node matching peerSelector, or local pods.
+    peer_ip: PeerIP | None = Field(None, alias="peerIP")
+    as_number: ASNumber | None = None
+    local_as_number: ASNumber | None = Field(None, alias="localASNumber")
+    peer_selector: Selector | None = None
+    local_workload_selector: Selector | None = None
+    keep_original_next_hop: bool = False  # deprecated by nextHopMode
+    next_hop_mode: Literal["Auto", "Self", "Keep"] | None = None
+    password: BGPPassword | None = None
+    source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
+    max_restart_time: Duration | None = None
+    keepalive_time: Duration | None = None
+    num_allowed_local_as_numbers: int | None = Field(None, ge=0, alias="numAllowedLocalASNumbers")
+    ttl_security: int | None = Field(None, ge=0, le=255)
+    # Gateway to the peer: the speaker adds a static route peerIP/32 via this address.
+    reachable_by: IPAddress | None = None
+    filters: list[str] | None = None
+    reverse_peering: Literal["Auto", "Manual"] | None = None
+
+    @property
+    def scope(self) -> PeerScope:
+        """Which nodes the peering applies to; `percalectl get bgppeers` prints global as `(global)`."""
+        if self.node:
+            return "node"
+        if self.node_selector:
+            return "nodeSelector"
+        return "global"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BGPPeerSpec:
+        if self.node and self.node_selector:
+            raise FieldError(
+                "nodeSelector", "node and nodeSelector cannot both be set; use one to choose the local nodes"
+            )
+        if self.peer_ip and self.peer_selector:
+            raise FieldError("peerSelector", "peerIP and peerSelector cannot both be set")
+        if self.local_workload_selector and (self.peer_ip or self.peer_selector):
+            raise FieldError(
+                "localWorkloadSelector",
+                "localWorkloadSelector cannot be combined with peerIP or peerSelector",
+            )
+        if not (self.peer_ip or self.peer_selector or self.local_workload_selector):
+            raise ValueError("one of peerIP, peerSelector or localWorkloadSelector is required")
+        if self.peer_selector and self.as_number:
+            raise FieldError(
+                "asNumber", "asNumber must not be set with peerSelector: each selected node's own AS is used"
+            )
+        if self.peer_ip and not self.as_number:
+            raise FieldError("asNumber", "peerIP needs asNumber, the remote peer's AS")
+        if self.local_workload_selector and not self.as_number:
+            raise FieldError("asNumber", "localWorkloadSelector needs asNumber, the workloads' AS")
+        if self.reachable_by:
+            if not self.peer_ip:
+                raise FieldError("reachableBy", "reachableBy needs peerIP: it is the gateway to that address")
+            peer, _ = split_peer_ip(self.peer_ip)
+            gateway = ipaddress.ip_address(self.reachable_by)
+            if peer.version != gateway.version:
+                raise FieldError(
+                    "reachableBy",
+                    f"reachableBy {self.reachable_by} is IPv{gateway.version} but peerIP "
+                    f"{self.peer_ip} is IPv{peer.version}"
+                )
+        if self.keep_original_next_hop and self.next_hop_mode is not None:
+            raise FieldError(
+                "keepOriginalNextHop",
+                "keepOriginalNextHop is deprecated and cannot be true when nextHopMode is set",
+            )
+        return self
+
+
+class BGPPeer(Resource):
+    kind: Literal["BGPPeer"] = "BGPPeer"
+    metadata: ObjectMeta
+    spec: BGPPeerSpec
+
+
+register(BGPPeer, plural="bgppeers", short_names=("bgpp", "bgpps", "bp", "bps"))

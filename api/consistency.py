@@ -1,0 +1,82 @@
+"""Rules that span more than one resource, checked before anything is written.
+
+One document can be valid alone and still wrong against the rest: a pool overlapping another
+pool, or a change to a field Calico makes immutable. These checks see the whole batch and what is
+stored, so a bad batch is refused whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from percale.api.ippool import IPPool
+from percale.api.meta import Problem, Resource
+
+# Fields that cannot change once an object exists, and why (shown to the user).
+_IMMUTABLE = {
+    "IPPool": {
+        "cidr": "a pool's CIDR cannot be changed; create a new pool and migrate to it",
+        "block_size": "a pool's blockSize cannot be changed; existing blocks would not be re-cut",
+    },
+}
+_WIRE_NAMES = {"block_size": "blockSize"}
+
+
+def immutable_changes(stored: Resource, new: Resource) -> list[Problem]:
+    problems = []
+    for field, why in _IMMUTABLE.get(new.kind, {}).items():
+        before, after = getattr(stored.spec, field), getattr(new.spec, field)
+        if before != after:
+            name = _WIRE_NAMES.get(field, field)
+            problems.append(Problem(f"spec.{name}", f"{why} (stored {before}, given {after})"))
+    return problems
+
+
+def overlapping_pools(new: Iterable[IPPool], stored: Iterable[IPPool]) -> dict[str, Problem]:
+    """For each new pool that overlaps another pool (stored or in the same batch), the problem.
+
+    A pool replacing a stored pool of the same name is not compared with its old self.
+    """
+    new = list(new)
+    replacing = {p.metadata.name for p in new}
+    others = [p for p in stored if p.metadata.name not in replacing] + new
+    problems: dict[str, Problem] = {}
+    for pool in new:
+        for other in others:
+            if other is pool or other.metadata.name == pool.metadata.name:
+                continue
+            a, b = pool.spec.network, other.spec.network
+            if a.version == b.version and a.overlaps(b):
+                problems[pool.metadata.name] = Problem(
+                    "spec.cidr",
+                    f"{pool.spec.cidr} overlaps IPPool {other.metadata.name!r} ({other.spec.cidr})",
+                )
+                break
+    return problems
+
+
+def check_batch(
+    batch: list[Resource], stored: Mapping[tuple[str, str | None, str], Resource],
+    stored_pools: Iterable[IPPool],
+) -> dict[int, list[Problem]]:
+    """Problems by position in `batch`. `stored` maps (kind, namespace, name) to what is stored
+    now for the objects the batch names; `stored_pools` is every stored pool."""
+    problems: dict[int, list[Problem]] = {}
+    for i, resource in enumerate(batch):
+        key = (resource.kind, resource.metadata.namespace, resource.metadata.name)
+        if key in stored:
+            problems.setdefault(i, []).extend(immutable_changes(stored[key], resource))
+    pools = [(i, r) for i, r in enumerate(batch) if isinstance(r, IPPool)]
+    overlaps = overlapping_pools([p for _, p in pools], stored_pools)
+    for i, pool in pools:
+        if pool.metadata.name in overlaps:
+            problems.setdefault(i, []).append(overlaps[pool.metadata.name])
+    seen: dict[tuple[str, str | None, str], int] = {}
+    for i, resource in enumerate(batch):
+        key = (resource.kind, resource.metadata.namespace, resource.metadata.name)
+        if key in seen:
+            problems.setdefault(i, []).append(
+                Problem("metadata.name", f"the same {resource.kind} is also given at item {seen[key] + 1}")
+            )
+        seen[key] = i
+    return problems

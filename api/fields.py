@@ -1,0 +1,223 @@
+"""Field types shared by the resource kinds: addresses, CIDRs, AS numbers, durations, selectors.
+
+Each type validates the way Calico's API validation does and normalises to the text form that is
+stored, so a resource read back from the datastore prints exactly as it was applied.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from datetime import datetime, timezone
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator
+
+from percale.api import selector as _selector
+
+# Link-local ranges are the node's own business (169.254.1.1 is every pod's gateway), so no pool
+# may cover them.
+LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+
+
+def _network(value: str) -> str:
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/16")
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid CIDR") from None
+    raise ValueError(f"{value!r} has host bits set; the network is {loose}")
+
+
+def _address(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be an IP address string")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IP address") from None
+
+
+def _ipv4(value: str) -> str:
+    text = _address(value)
+    if ipaddress.ip_address(text).version != 4:
+        raise ValueError(f"{value!r} is not an IPv4 address")
+    return text
+
+
+def _ipv6(value: str) -> str:
+    text = _address(value)
+    if ipaddress.ip_address(text).version != 6:
+        raise ValueError(f"{value!r} is not an IPv6 address")
+    return text
+
+
+def _interface(version: int):
+    """An address with the prefix of the subnet it sits in, e.g. 10.0.0.5/24 (Node spec.bgp)."""
+
+    def check(value: str) -> str:
+        if not isinstance(value, str):
+            raise ValueError("must be an address with a prefix length, such as 10.0.0.5/24")
+        try:
+            iface = ipaddress.ip_interface(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address with a prefix length") from None
+        if iface.version != version:
+            raise ValueError(f"{value!r} is not an IPv{version} address")
+        return str(iface)
+
+    return check
+
+
+def _as_number(value: int | str) -> int:
+    """AS numbers as Calico's numorstring.ASNumber: a plain number or AS-dot notation ("1.10")."""
+    if isinstance(value, bool):
+        raise ValueError("must be an AS number, not a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+", text):
+            value = int(text)
+        elif m := re.fullmatch(r"(\d+)\.(\d+)", text):
+            high, low = int(m[1]), int(m[2])
+            if high > 0xFFFF or low > 0xFFFF:
+                raise ValueError(f"{value!r} is not a valid AS-dot number")
+            value = high << 16 | low
+        else:
+            raise ValueError(f"{value!r} is not an AS number")
+    if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{value!r} is not an AS number between 0 and 4294967295")
+    return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Go-style duration such as "120s" or "1m30s" (Kubernetes metav1.Duration)."""
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if not m:
+            raise ValueError(f"{text!r} is not a duration such as 120s or 2m30s")
+        total += float(m[1]) * _DURATION_UNITS[m[2]]
+        pos = m.end()
+    if not text:
+        raise ValueError("a duration cannot be empty")
+    return total
+
+
+def _duration(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a duration string such as 120s")
+    duration_seconds(value)
+    return value
+
+
+def _selector_text(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a selector string such as all() or rack == 'a'")
+    try:
+        _selector.parse(value)
+    except _selector.SelectorError as err:
+        raise ValueError(str(err)) from None
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port between 1 and 65535")
+    return value
+
+
+def _peer_ip(value: str) -> str:
+    """`IPv4`, `IPv4:port`, `IPv6` or `[IPv6]:port`, as BGPPeer.peerIP takes them."""
+    if not isinstance(value, str):
+        raise ValueError("must be an IP address, optionally with a port")
+    split = split_peer_ip(value)
+    return str(split[0]) if split[1] is None else value
+
+
+def split_peer_ip(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
+    """Split a peerIP into address and optional port; raise ValueError when it is neither form."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", value)
+    if m:
+        addr, port = m[1], int(m[2])
+        if ipaddress.ip_address(addr).version != 6:
+            raise ValueError(f"{value!r}: brackets are only for IPv6 addresses")
+    elif value.count(":") == 1:
+        addr, port_text = value.split(":")
+        if not port_text.isdigit():
+            raise ValueError(f"{value!r} is not an address with a port")
+        port = int(port_text)
+    else:
+        addr, port = value, None
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address, IP:port or [IPv6]:port") from None
+    if port is not None:
+        _port(port)
+    return ip, port
+
+
+def _mac(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", value):
+        raise ValueError(f"{value!r} is not a MAC address such as 66:aa:bb:cc:dd:ee")
+    return value.lower()
+
+
+CIDR = Annotated[str, AfterValidator(_network)]
+IPAddress = Annotated[str, AfterValidator(_address)]
+IPv4Address = Annotated[str, AfterValidator(_ipv4)]
+IPv6Address = Annotated[str, AfterValidator(_ipv6)]
+IPv4Interface = Annotated[str, AfterValidator(_interface(4))]
+IPv6Interface = Annotated[str, AfterValidator(_interface(6))]
+ASNumber = Annotated[int, BeforeValidator(_as_number)]
+Duration = Annotated[str, AfterValidator(_duration)]
+Selector = Annotated[str, AfterValidator(_selector_text)]
+Port = Annotated[int, AfterValidator(_port)]
+PeerIP = Annotated[str, AfterValidator(_peer_ip)]
+MACAddress = Annotated[str, AfterValidator(_mac)]
+
+
+# RFC 3339 as Kubernetes metav1.Time writes it; Go adds up to nine fractional digits.
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+
+
+def _timestamp(value: str) -> str:
+    """A point in time such as 2024-05-01T12:00:00Z (IPAMBlock affinityClaimTime, lastUpdated)."""
+    m = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{value!r} is not an RFC 3339 time such as 2024-05-01T12:00:00Z")
+    try:
+        datetime.fromisoformat(m[1])
+    except ValueError:
+        raise ValueError(f"{value!r} is not a real date and time") from None
+    return value
+
+
+Timestamp = Annotated[str, AfterValidator(_timestamp)]
+
+
+def format_time(moment: datetime) -> str:
+    """A UTC time as the Timestamp fields store it: 2024-05-01T12:00:00Z."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """A Timestamp field's value as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@functools.lru_cache(maxsize=65536)
+def network_of(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The parsed form of a validated CIDR. Parsed once per text: IPAM asks for the networks of
+    its pools and blocks on every allocation, and ip_network is slow enough to show up there."""
+    return ipaddress.ip_network(cidr)

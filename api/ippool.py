@@ -1,0 +1,113 @@
+"""IPPool: a range pods (and tunnel devices) take addresses from, cut into blocks for nodes.
+
+Fields, defaults and rules follow Calico's IPPool. Rules that need other pools (no overlap) live in
+`percale.api.consistency`, because one pool alone cannot know them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from percale.api.fields import CIDR, network_of, LINK_LOCAL, Selector
+from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
+
+EncapMode = Literal["Never", "Always", "CrossSubnet"]
+AllowedUse = Literal["Workload", "Tunnel", "LoadBalancer"]
+
+DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
+
+
+class IPPoolSpec(Model):
+    cidr: CIDR
+    # Left out, it becomes the family's default: 26 for IPv4, 122 for IPv6.
+    block_size: int | None = Field(None, validate_default=True)
+    ipip_mode: EncapMode = "Never"
+    vxlan_mode: EncapMode = "Never"
+    nat_outgoing: bool = False
+    disabled: bool = False
+    disable_bgp_export: bool = Field(False, alias="disableBGPExport")
+    node_selector: Selector = "all()"
+    namespace_selector: Selector | None = None
+    allowed_uses: list[AllowedUse] = Field(default_factory=lambda: ["Workload", "Tunnel"])
+    assignment_mode: Literal["Automatic", "Manual"] = "Automatic"
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return network_of(self.cidr)
+
+    # Checks that involve one field and the CIDR are field validators, so the error points at
+    # that field (spec.blockSize) rather than at the whole spec. They run in declaration order,
+    # after cidr; if cidr itself was invalid they have nothing to check against.
+
+    @field_validator("cidr")
+    @classmethod
+    def _not_link_local(cls, cidr: str) -> str:
+        net = ipaddress.ip_network(cidr)
+        for reserved in LINK_LOCAL:
+            if net.version == reserved.version and net.overlaps(reserved):
+                raise ValueError(f"{cidr} overlaps the link-local range {reserved}")
+        return cidr
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_fits_pool(cls, size: int | None, info: ValidationInfo) -> int | None:
+        if "cidr" not in info.data:
+            return size
+        net = ipaddress.ip_network(info.data["cidr"])
+        if size is None:
+            return DEFAULT_BLOCK_SIZE[net.version]
+        low, high = BLOCK_SIZE_RANGE[net.version]
+        if not low <= size <= high:
+            raise ValueError(f"{size} is outside {low}-{high} for an IPv{net.version} pool")
+        if size < net.prefixlen:
+            raise ValueError(
+                f"blockSize /{size} is larger than the pool {net}; "
+                f"use a block size of at least {net.prefixlen}"
+            )
+        return size
+
+    @field_validator("ipip_mode")
+    @classmethod
+    def _ipip_is_ipv4_only(cls, mode: str, info: ValidationInfo) -> str:
+        cidr = info.data.get("cidr")
+        if mode != "Never" and cidr and ipaddress.ip_network(cidr).version == 6:
+            raise ValueError("must be Never for an IPv6 pool (IPIP carries IPv4 only)")
+        return mode
+
+    @field_validator("vxlan_mode")
+    @classmethod
+    def _one_encapsulation(cls, mode: str, info: ValidationInfo) -> str:
+        if mode != "Never" and info.data.get("ipip_mode", "Never") != "Never":
+            raise ValueError("ipipMode and vxlanMode cannot both be enabled")
+        return mode
+
+    @model_validator(mode="after")
+    def _load_balancer_rules(self) -> IPPoolSpec:
+        if not self.allowed_uses:
+            raise FieldError("allowedUses", "allowedUses cannot be empty")
+        if "LoadBalancer" in self.allowed_uses:
+            if len(self.allowed_uses) > 1:
+                raise FieldError(
+                    "allowedUses", "allowedUses LoadBalancer cannot be combined with Workload or Tunnel"
+                )
+            if self.ipip_mode != "Never" or self.vxlan_mode != "Never":
+                mode = "ipipMode" if self.ipip_mode != "Never" else "vxlanMode"
+                raise FieldError(mode, "a LoadBalancer pool cannot use IPIP or VXLAN")
+            if self.disable_bgp_export:
+                raise FieldError("disableBGPExport", "a LoadBalancer pool cannot set disableBGPExport")
+            if self.node_selector.strip() != "all()":
+                raise FieldError("nodeSelector", "a LoadBalancer pool needs nodeSelector all()")
+        return self
+
+
+class IPPool(Resource):
+    kind: Literal["IPPool"] = "IPPool"
+    metadata: ObjectMeta
+    spec: IPPoolSpec
+
+
+register(IPPool, plural="ippools", short_names=("ippool", "ipp", "ipps", "pool", "pools"))

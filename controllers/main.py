@@ -1,0 +1,117 @@
+"""`percale-controllers`: cluster-wide work that belongs to no one node, one instance per cluster
+(as Calico runs calico-kube-controllers as a single-replica Deployment).
+
+Today that is IPAM garbage collection (ipam/gc.py, Calico's kube-controllers IPAM GC, calico.md
+§1.9): every `--gc-interval` a full round finds addresses no pod uses and releases them once
+they are confirmed leaks (`--leak-grace-period`, 15 minutes; at once for a deleted node), and
+gives back a node's empty blocks after two rounds saw them empty (never its last block). A block
+given back is withdrawn by its node's agent and can be claimed again by any node.
+
+Several instances would be safe (every release is a compare-and-swap with the sequence number
+it checked) but wasteful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Optional
+
+import typer
+
+from percale.datastore.options import (
+    ConfigFile,
+    EtcdCACertFile,
+    EtcdCertFile,
+    EtcdEndpoints,
+    EtcdKeyFile,
+    datastore_settings,
+)
+from percale.datastore import DatastoreError
+from percale.datastore.config import ConfigError, load_config, open_datastore
+from percale.ipam.allocator import IPAM
+from percale.ipam.gc import DEFAULT_GRACE_PERIOD, GarbageCollector
+
+log = logging.getLogger("percale.controllers")
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def seconds(text: str, option: str) -> float:
+    """'300', '300s', '5m', '1h' -> seconds; a bad value names the option."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 30s, 5m or 1h",
+                                 param_hint=option)
+    return value
+
+
+async def run(settings: dict, interval: float, grace: float, rounds: int | None) -> None:
+    store = open_datastore(load_config(**settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    collector = GarbageCollector(IPAM(store), grace_period=timedelta(seconds=grace))
+    done = 0
+    try:
+        while not stop.is_set() and (rounds is None or done < rounds):
+            try:
+                outcome = await collector.run_once(datetime.now(timezone.utc))
+                if outcome.released or outcome.released_blocks or outcome.candidates:
+                    log.info("IPAM GC: %d candidate leaks, %d addresses released, %d empty "
+                             "blocks released", outcome.candidates, outcome.released,
+                             outcome.released_blocks)
+            except DatastoreError as err:
+                log.warning("IPAM GC round failed, trying again next round: %s", err)
+            done += 1
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await store.close()
+
+
+@app.command()
+def main(
+    config: ConfigFile = None,
+    etcd_endpoints: EtcdEndpoints = None,
+    etcd_ca_cert_file: EtcdCACertFile = None,
+    etcd_cert_file: EtcdCertFile = None,
+    etcd_key_file: EtcdKeyFile = None,
+    gc_interval: Annotated[str, typer.Option(
+        envvar="PERCALE_GC_INTERVAL", help="Time between IPAM GC rounds (30s, 5m, ...)")] = "5m",
+    leak_grace_period: Annotated[str, typer.Option(
+        envvar="PERCALE_LEAK_GRACE_PERIOD",
+        help="How long an unused address stays allocated before GC releases it")] =
+        f"{int(DEFAULT_GRACE_PERIOD.total_seconds())}s",
+    rounds: Annotated[Optional[int], typer.Option(
+        min=1, help="Stop after this many rounds (default: run until SIGTERM)")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run percale's cluster-wide controllers (IPAM garbage collection) until SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    interval = seconds(gc_interval, "--gc-interval")
+    grace = seconds(leak_grace_period, "--leak-grace-period")
+    settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
+                                  etcd_key_file)
+    try:
+        asyncio.run(run(settings, interval, grace, rounds))
+    except (ConfigError, DatastoreError, OSError) as err:
+        typer.echo(f"percale-controllers: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+def entry() -> None:
+    app()

@@ -1,0 +1,128 @@
+"""`percalectl cni install`: put the CNI plugins and their network config on a node.
+
+This is what Calico's install-cni init container does. It copies the shim
+(cni-plugin/percale_cni/shim.py) into the bin dir as `percale` and `percale-ipam`, with a shebang
+for the node's python, and writes `10-percale.conflist` into the conf dir. It needs no datastore.
+
+A runtime may read either directory while the install runs. Every file is therefore replaced by a
+rename: the runtime sees the old file or the new one, never part of one. The binaries are written
+before the conflist, so a config never names a plugin that is not yet installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from percale_cni import shim
+
+from percale.ctl.context import fail
+
+cni_app = typer.Typer(
+    help="The CNI plugins: install the percale binaries and network config on this node.",
+    no_args_is_help=True,
+)
+
+NETWORK_NAME = "k8s-pod-network"
+CONFLIST_NAME = "10-percale.conflist"
+PLUGIN_NAMES = ("percale", "percale-ipam")
+
+
+def conflist(node_name: str, agent_socket: str, mtu: int, cni_version: str) -> dict:
+    """The network config, in the shape of Calico's 10-calico.conflist."""
+    return {
+        "name": NETWORK_NAME,
+        "cniVersion": cni_version,
+        "plugins": [
+            {"type": "percale", "nodename": node_name, "agent_socket": agent_socket, "mtu": mtu,
+             "ipam": {"type": "percale-ipam"}},
+            {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def plugin_source(python: str) -> str:
+    """The shim's source, with its first line replaced by a shebang for `python`."""
+    source = Path(shim.__file__).read_text()
+    body = source.split("\n", 1)[1] if source.startswith("#!") else source
+    return f"#!{python} -IS\n{body}"
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data`: write a temporary file beside it, fsync it, and rename it over
+    `path`. On failure the temporary file is removed and `path` is left as it was."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    # Sync the directory as well, so that the rename survives a crash.
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _check(cni_version: str, agent_socket: str, python: str, node_name: str) -> None:
+    problems = []
+    if cni_version not in shim.SUPPORTED_VERSIONS:
+        problems.append(f"--cni-version {cni_version!r}: use one of {', '.join(shim.SUPPORTED_VERSIONS)}")
+    if not os.path.isabs(agent_socket):
+        problems.append(f"--agent-socket {agent_socket!r}: must be an absolute path "
+                        "(the runtime runs the plugins from any directory)")
+    if not os.path.isabs(python) or any(c.isspace() for c in python):
+        problems.append(f"--python {python!r}: must be an absolute path without spaces "
+                        "(it becomes the plugins' #! line)")
+    if not node_name:
+        problems.append("--node-name: must not be empty")
+    if problems:
+        raise fail(*problems, "Nothing was installed.")
+
+
+@cni_app.command()
+def install(
+    bin_dir: Annotated[Path, typer.Option(help="Where the runtime looks for CNI plugins")] = Path("/opt/cni/bin"),
+    conf_dir: Annotated[Path, typer.Option(help="Where the runtime looks for network configs")] = Path("/etc/cni/net.d"),
+    node_name: Annotated[Optional[str], typer.Option(
+        envvar="NODENAME", help="This node's name, as percale-node knows it (default: the host name)")] = None,
+    agent_socket: Annotated[str, typer.Option(
+        envvar="PERCALE_CNI_SOCKET", help="percale-node's CNI socket")] = shim.DEFAULT_SOCKET,
+    mtu: Annotated[int, typer.Option(min=0, help="Pod MTU; 0 lets percale-node detect it")] = 0,
+    cni_version: Annotated[str, typer.Option(help="cniVersion of the network config")] = "1.0.0",
+    python: Annotated[str, typer.Option(
+        help="The node's python3, written into the plugins' #! line as '#!PYTHON -IS'")] = "/usr/bin/python3",
+) -> None:
+    """Install the percale and percale-ipam plugins and 10-percale.conflist; re-running replaces them."""
+    node_name = socket.gethostname() if node_name is None else node_name
+    _check(cni_version, agent_socket, python, node_name)
+    plugin = plugin_source(python).encode()
+    config = json.dumps(conflist(node_name, agent_socket, mtu, cni_version), indent=2) + "\n"
+    step = f"create {bin_dir}"
+    try:
+        for directory in (bin_dir, conf_dir):
+            step = f"create {directory}"
+            directory.mkdir(parents=True, exist_ok=True)
+        for name in PLUGIN_NAMES:
+            step = f"write {bin_dir / name}"
+            write_atomically(bin_dir / name, plugin, 0o755)
+            typer.echo(f"Installed {bin_dir / name}")
+        step = f"write {conf_dir / CONFLIST_NAME}"
+        write_atomically(conf_dir / CONFLIST_NAME, config.encode(), 0o644)
+    except OSError as err:
+        raise fail(f"Failed to install the CNI plugins: cannot {step}: {err.strerror or err}") from None
+    typer.echo(f"Wrote {conf_dir / CONFLIST_NAME} (node {node_name}, agent socket {agent_socket}, "
+               f"mtu {mtu or 'detected'}, cniVersion {cni_version})")

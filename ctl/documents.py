@@ -1,0 +1,107 @@
+"""Reading resources from `-f FILE|DIR|-`: YAML or JSON, several documents, `List` wrappers.
+
+Every document is validated before anything is written, and every problem is reported with where
+it came from: the file, the document's position in it, the kind and name, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from percale.api import InvalidResource, Resource, parse
+
+_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str  # "pools.yaml, document 2" — what a message points the user at
+    resource: Resource
+
+
+class InputError(Exception):
+    """One or more documents cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _files(target: str) -> list[tuple[str, str]]:
+    """(display name, text) for each file `-f` names; a folder gives its YAML and JSON files."""
+    if target == "-":
+        return [("<stdin>", sys.stdin.read())]
+    path = Path(target)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+        if not files:
+            raise InputError([f"{target}: no .yaml, .yml or .json files in this folder"])
+    elif path.exists():
+        files = [path]
+    else:
+        raise InputError([f"{target}: no such file or folder"])
+    out = []
+    for file in files:
+        try:
+            out.append((str(file), file.read_text()))
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError([f"{file}: cannot read: {err}"]) from None
+    return out
+
+
+def _where(source: str, doc: object) -> str:
+    if isinstance(doc, dict):
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        if doc.get("kind") and meta.get("name"):
+            return f"{source} ({doc['kind']} {meta['name']!r})"
+    return source
+
+
+def _expand(source: str, doc: object) -> list[tuple[str, object]]:
+    """A `List` (or `IPPoolList`, ...) stands for its items, as kubectl and calicoctl read it."""
+    if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
+        items = doc["items"]
+        if not isinstance(items, list):
+            return [(source, {"kind": doc["kind"], "items": "not a list"})]
+        return [(f"{source}, item {i}", item) for i, item in enumerate(items, 1)]
+    return [(source, doc)]
+
+
+def load(targets: list[str]) -> list[Document]:
+    """Every resource in the named files, in order; raises InputError naming every problem."""
+    documents: list[Document] = []
+    problems: list[str] = []
+    for target in targets:
+        try:
+            files = _files(target)
+        except InputError as err:
+            problems += err.problems
+            continue
+        for name, text in files:
+            try:
+                raw = [d for d in yaml.safe_load_all(text)]
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                reason = getattr(err, "problem", None) or str(err)
+                problems.append(f"{name}: not valid YAML or JSON{at}: {reason}")
+                continue
+            for number, doc in enumerate(raw, 1):
+                if doc is None:
+                    continue  # an empty document between two "---"
+                source = f"{name}, document {number}" if len(raw) > 1 else name
+                for where, item in _expand(source, doc):
+                    try:
+                        documents.append(Document(where, parse(item)))
+                    except InvalidResource as err:
+                        for problem in err.problems:
+                            problems.append(f"{_where(where, item)}: {problem}")
+    if problems:
+        raise InputError(problems)
+    if not documents:
+        raise InputError([f"{', '.join(targets)}: no resources found"])
+    return documents

@@ -1,0 +1,186 @@
+"""`percalectl ipam show` and `percalectl ipam configure`, in calicoctl's words and formats.
+
+    ipam show                       one row per pool: total, in use, free
+    ipam show --show-blocks         ... each pool followed by its blocks; orphan blocks last
+    ipam show --ip ADDR             who holds one address
+    ipam show --show-borrowed       addresses nodes took from other nodes' blocks
+    ipam show --show-configuration  the IPAMConfig values in force
+    ipam configure --strictaffinity=true|false
+
+Counting lives in `percale.ipam.usage`, drawing in `percale.ctl.ascii_table` (calicoctl's classic
+tables, calico.md §5.1 and §5.3); this module reads the datastore and formats numbers as Go does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from percale.ctl import ascii_table
+from percale.ctl.context import fail, with_datastore
+from percale.ctl.ipam_app import ipam_app
+from percale.datastore import Datastore
+from percale.ipam.allocator import IPAM, Allocation
+from percale.ipam.usage import Borrowing, Usage, borrowed, usage
+from percale.api import IPAMBlock, IPAMConfigSpec
+from percale.api.meta import InvalidResource
+
+USAGE_HEADERS = ("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE")
+BORROWED_HEADERS = ("IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO")
+CONFIG_HEADERS = ("PROPERTY", "VALUE")
+
+
+# -- pure formatting ---------------------------------------------------------------------------
+
+
+def go_count(n: float) -> str:
+    """A count as calicoctl prints it, Go's %.5g: 65536, but 1.6777e+07 for a /8."""
+    return "%.5g" % n
+
+
+def usage_row(grouping: str, cidr: str, capacity: int, in_use: int) -> list[str]:
+    """One row of the utilisation table: `78 (0%)`, `65458 (100%)`.
+
+    calicoctl works in float64 and prints percentages with Go's %.f; Python's % formatting rounds
+    the same way (the exact binary value, halves to even), so 0.5% shows as 0% in both.
+    """
+    total, used = float(capacity), float(in_use)
+    free = total - used
+    return [
+        grouping, cidr, go_count(total),
+        f"{go_count(used)} ({'%.0f' % (100 * used / total)}%)",
+        f"{go_count(free)} ({'%.0f' % (100 * free / total)}%)",
+    ]
+
+
+def usage_rows(found: Usage, show_blocks: bool) -> list[list[str]]:
+    rows = []
+    for pool in found.pools:
+        rows.append(usage_row("IP Pool", pool.cidr, pool.capacity, pool.in_use))
+        if show_blocks:
+            rows += [usage_row("Block", b.cidr, b.capacity, b.in_use) for b in pool.blocks]
+    if show_blocks:
+        # No pool row: there is no pool, and its "total" would mean nothing.
+        rows += [usage_row("Block", b.cidr, b.capacity, b.in_use) for b in found.orphans]
+    return rows
+
+
+def borrowed_report(found: Borrowing) -> str:
+    out = ascii_table.render(BORROWED_HEADERS, [
+        [a.address, a.borrowing_node, a.block, a.block_owner, a.type, a.allocated_to]
+        for a in found.addresses
+    ])
+    if found.unclassified:
+        out += (f"\nNote: found {found.unclassified} IP allocations without an explicit node "
+                "association. Unable to determine if they are borrowed.\n")
+    return out
+
+
+def allocation_report(address: str, allocation: Allocation | None) -> str:
+    if allocation is None:
+        return f"{address} is not assigned\n"
+    lines = [f"IP {address} is in use", f"Handle ID: {allocation.handle_id or '<none>'}"]
+    if allocation.attributes:
+        lines.append("Active Owner Attributes:")
+        lines += [f"  {k}: {v}" for k, v in sorted(allocation.attributes.items())]
+    else:
+        lines.append("No Active Owner attributes defined")
+    return "\n".join(lines) + "\n"
+
+
+def go_value(value: bool | int) -> str:
+    """A value as Go's %#v prints a bool or an int."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def configuration_rows(config: IPAMConfigSpec) -> list[list[str]]:
+    # The stored maxBlocksPerHost, 0 when unset, as calicoctl shows it; the allocator then
+    # applies its default cap.
+    return [
+        ["StrictAffinity", go_value(config.strict_affinity)],
+        ["AutoAllocateBlocks", go_value(config.auto_allocate_blocks)],
+        ["MaxBlocksPerHost", go_value(config.max_blocks_per_host)],
+    ]
+
+
+# Go's strconv.ParseBool, which calicoctl uses for --strictaffinity.
+_GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@ipam_app.command()
+def show(
+    ip: Annotated[Optional[str], typer.Option(
+        "--ip", help="Report whether this specific IP address is in use.")] = None,
+    show_blocks: Annotated[bool, typer.Option(
+        "--show-blocks", help="Show detailed information for IP blocks as well as pools.")] = False,
+    show_borrowed: Annotated[bool, typer.Option(
+        "--show-borrowed", help='Show detailed information for "borrowed" IP addresses.')] = False,
+    show_configuration: Annotated[bool, typer.Option(
+        "--show-configuration", help="Show current IPAM configuration.")] = False,
+) -> None:
+    """Show IP pool and block usage, who holds an address, borrowed addresses or the config."""
+    if (ip is not None) + show_blocks + show_borrowed + show_configuration > 1:
+        raise fail("Give at most one of --ip, --show-blocks, --show-borrowed and --show-configuration.")
+    if ip is not None:
+        try:
+            address = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise fail(f"Error executing command: invalid IP address specified: {ip}") from None
+        allocation = with_datastore(lambda store: IPAM(store).get_allocation(address))
+        sys.stdout.write(allocation_report(address, allocation))
+    elif show_borrowed:
+        found = with_datastore(_read_blocks)
+        sys.stdout.write(borrowed_report(borrowed(found)))
+    elif show_configuration:
+        config = with_datastore(lambda store: IPAM(store).get_config())
+        sys.stdout.write(ascii_table.render(CONFIG_HEADERS, configuration_rows(config)))
+    else:
+        found = with_datastore(_read_usage)
+        sys.stdout.write(ascii_table.render(USAGE_HEADERS, usage_rows(found, show_blocks)))
+
+
+@ipam_app.command()
+def configure(
+    strictaffinity: Annotated[str, typer.Option(
+        "--strictaffinity", metavar="true|false",
+        help="Set StrictAffinity to true/false. When StrictAffinity is true, borrowing IP "
+             "addresses is not allowed.")],
+) -> None:
+    """Modify configuration for IP address management."""
+    strict = _GO_BOOLS.get(strictaffinity)
+    if strict is None:
+        raise fail("Invalid value. Use true or false to set strictaffinity")
+
+    async def apply(store: Datastore) -> list[str]:
+        try:
+            await IPAM(store).set_config(strict_affinity=strict)
+        except InvalidResource as err:
+            return [str(p) for p in err.problems]
+        return []
+
+    problems = with_datastore(apply)
+    if problems:
+        raise fail(f"Cannot set StrictAffinity to {go_value(strict)} in IPAMConfig 'default':",
+                   *(f"  {p}" for p in problems), "IPAMConfig was not changed.")
+    typer.echo(f"Successfully set StrictAffinity to: {go_value(strict)}")
+
+
+# -- datastore ---------------------------------------------------------------------------------
+
+
+async def _read_blocks(store: Datastore) -> list[IPAMBlock]:
+    return [kv.value for kv in (await store.list("IPAMBlock")).items]
+
+
+async def _read_usage(store: Datastore) -> Usage:
+    pools = [kv.value for kv in (await store.list("IPPool")).items]
+    return usage(pools, await _read_blocks(store))

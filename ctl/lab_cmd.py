@@ -1,0 +1,194 @@
+"""`percalectl lab`: containerlab topology files run on network namespaces (percale/lab/).
+
+Needs root (namespaces) but no datastore of its own: the lab brings its etcd as a node.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from percale.ctl.printer import tabwrite
+
+lab_app = typer.Typer(
+    help="Run containerlab topologies (*.clab.yml) on network namespaces: nodes, links, pods.",
+    no_args_is_help=True)
+
+TopologyOption = Annotated[Path, typer.Option("--topo", "-t", help="The topology file (*.clab.yml)")]
+
+
+def _lab(topology: Path):
+    from percale.lab.runner import open_lab
+    from percale.lab.topology import TopologyError
+
+    try:
+        return open_lab(topology)
+    except TopologyError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _run(work):
+    """Run `work`, turning lab failures into a one-line error and exit 1."""
+    from percale.lab.runner import LabError
+
+    try:
+        return work()
+    except LabError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@lab_app.command()
+def up(topology: TopologyOption) -> None:
+    """Create the lab: namespaces, links, the management network, every node's processes."""
+    lab = _lab(topology)
+    # Ctrl-C or SIGTERM halfway: `up` removes what it made before exiting.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        _run(lambda: lab.up(progress=lambda m: typer.echo(f"lab {lab.topology.name}: {m}")))
+    except KeyboardInterrupt:
+        typer.echo(f"lab {lab.topology.name}: interrupted; everything it made is removed", err=True)
+        raise typer.Exit(130) from None
+    _print_status(lab)
+
+
+@lab_app.command()
+def down(topology: TopologyOption) -> None:
+    """Stop every process of the lab and remove its namespaces (also after a crash)."""
+    lab = _lab(topology)
+    removed = lab.down()
+    typer.echo(f"lab {lab.topology.name}: removed {len(removed)} namespaces")
+
+
+@lab_app.command()
+def status(topology: TopologyOption) -> None:
+    """Each node's namespace, state, management address and processes; the pods."""
+    lab = _lab(topology)
+    _print_status(lab)
+    if not lab.is_up():
+        raise typer.Exit(1)
+
+
+def _print_status(lab) -> None:
+    from percale.lab import pods
+
+    rows = [["NAME", "KIND", "IMAGE", "STATE", "IPV4 ADDRESS", "PIDS"]]
+    for row in lab.status():
+        rows.append([row["name"], row["kind"], row["image"] or "-", row["state"],
+                     row["ipv4"] or "-", ",".join(map(str, row["pids"])) or "-"])
+    typer.echo(tabwrite(rows), nl=False)
+    found = pods.pods(lab)
+    if found:
+        typer.echo()
+        table = [["POD", "NODE", "ADDRESSES", "NAMESPACE"]]
+        table += [[p.name, p.node, ",".join(p.addresses), p.namespace] for p in found]
+        typer.echo(tabwrite(table), nl=False)
+
+
+@lab_app.command(name="exec", context_settings={"allow_interspersed_args": False})
+def exec_(topology: TopologyOption,
+          node: Annotated[str, typer.Argument(help="The node to run the command in")],
+          command: Annotated[list[str], typer.Argument(help="The command and its arguments")]) -> None:
+    """Run a command in a node, with its environment (e.g. `percalectl node status`)."""
+    lab = _lab(topology)
+    # Paths inside the node (a bind's target, e.g. BIRD's socket) mean their host paths here.
+    spec = _run(lambda: lab.node(node))
+    done = _run(lambda: lab.exec(node, [lab.rewrite(spec, arg) for arg in command]))
+    raise typer.Exit(done.returncode)
+
+
+@lab_app.command()
+def stop(topology: TopologyOption, node: Annotated[str, typer.Argument()],
+         kill: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM")] = False) -> None:
+    """Stop a node's processes (its agent, for a percale node); the namespace stays."""
+    lab = _lab(topology)
+    _run(lambda: (lab.node(node), lab.stop(node, signal.SIGKILL if kill else signal.SIGTERM)))
+    typer.echo(f"{node}: stopped")
+
+
+@lab_app.command()
+def start(topology: TopologyOption, node: Annotated[str, typer.Argument()]) -> None:
+    """Start a stopped node's processes again."""
+    lab = _lab(topology)
+    _run(lambda: lab.start(node))
+    typer.echo(f"{node}: started")
+
+
+pod_app = typer.Typer(help="Pods: namespaces wired by a node's CNI plugins.", no_args_is_help=True)
+lab_app.add_typer(pod_app, name="pod")
+
+
+@pod_app.command("add")
+def pod_add(topology: TopologyOption, node: Annotated[str, typer.Argument()],
+            name: Annotated[str, typer.Argument(help="The pod's name (unique in the lab)")]) -> None:
+    """Create a pod on a node: a namespace and a CNI ADD, as a container runtime does."""
+    from percale.lab import pods
+
+    lab = _lab(topology)
+    pod = _run(lambda: pods.add(lab, node, name))
+    typer.echo(f"{pod.name} on {pod.node}: {', '.join(pod.addresses)}")
+
+
+@pod_app.command("del")
+def pod_del(topology: TopologyOption, name: Annotated[str, typer.Argument()]) -> None:
+    """Delete a pod: a CNI DEL, then its namespace."""
+    from percale.lab import pods
+
+    lab = _lab(topology)
+    _run(lambda: pods.delete(lab, name))
+    typer.echo(f"{name}: deleted")
+
+
+@pod_app.command("list")
+def pod_list(topology: TopologyOption) -> None:
+    """The lab's pods."""
+    from percale.lab import pods
+
+    lab = _lab(topology)
+    table = [["POD", "NODE", "ADDRESSES", "NAMESPACE"]]
+    table += [[p.name, p.node, ",".join(p.addresses), p.namespace] for p in pods.pods(lab)]
+    typer.echo(tabwrite(table), nl=False)
+
+
+@lab_app.command()
+def ping(topology: TopologyOption,
+         count: Annotated[int, typer.Option(min=1, help="Pings per pair")] = 1,
+         wait: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for each reply")] = 1.0) -> None:
+    """Ping every pod from every other pod; print the matrix; exit 1 if any pair failed."""
+    from percale.lab import pods
+
+    lab = _lab(topology)
+    matrix = pods.ping_matrix(lab, count, wait)
+    if not matrix:
+        typer.echo("no pods: add some with `percalectl lab pod add -t FILE NODE NAME`")
+        raise typer.Exit(1)
+    typer.echo(pods.format_matrix(lab, matrix))
+    failed = sum(1 for ok in matrix.values() if not ok)
+    typer.echo(f"{len(matrix) - failed}/{len(matrix)} pairs reached")
+    if failed:
+        sys.exit(1)
+
+
+@lab_app.command("generate-mesh")
+def generate_mesh(
+        nodes: Annotated[int, typer.Option("--nodes", "-n", help="How many percale nodes")],
+        output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
+                                                 help="Where to write the files")] = Path(".")) -> None:
+    """Write a node-to-node mesh topology of N nodes (like mesh3) and its cluster.yaml; print
+    the topology file's path."""
+    from percale.lab.generate import write_mesh
+
+    try:
+        path = write_mesh(nodes, output_dir)
+    except ValueError as err:
+        typer.echo(f"Error: --nodes: {err}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as err:
+        typer.echo(f"Error: {output_dir}: {err.strerror}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))

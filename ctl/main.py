@@ -1,0 +1,204 @@
+"""The `percalectl` command: where the datastore comes from, the resource commands, the
+`ipam` command group (percale/cli/ipam_*.py), `cni install` and `node status` (node_cmd.py).
+
+Bad input names the file, document, field and reason; an unreachable datastore says which
+endpoints were tried; neither prints a traceback (percale/cli/context.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from percale.ctl import __version__
+from percale.ctl import crud, ipam_check, ipam_show, printer
+from percale.ctl.cni_cmd import cni_app
+from percale.ctl.context import fail, settings, with_datastore
+from percale.ctl.documents import InputError, load
+from percale.ctl.ipam_app import ipam_app
+from percale.ctl.lab_cmd import lab_app
+from percale.ctl.node_cmd import node_app
+from percale.datastore import Datastore, DatastoreError, Key, NotFound
+from percale.api import KINDS, Resource, kind_named
+
+app = typer.Typer(
+    name="percalectl",
+    help="Manage percale resources (IP pools, BGP peers, nodes, ...) in the datastore.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.add_typer(ipam_app, name="ipam")
+app.add_typer(cni_app, name="cni")
+app.add_typer(node_app, name="node")
+app.add_typer(lab_app, name="lab")
+# Imported for their effect: each module adds its commands to ipam_app.
+_IPAM_COMMANDS = (ipam_show, ipam_check)
+
+
+@app.callback()
+def datastore_options(
+    config: Annotated[Optional[str], typer.Option(
+        "--config", "-c", help="Datastore config file (default: /etc/percale/percalectl.cfg if it exists)")] = None,
+    datastore_type: Annotated[Optional[str], typer.Option(
+        help="Datastore type (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")] = None,
+    etcd_endpoints: Annotated[Optional[str], typer.Option(
+        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
+    etcd_ca_cert_file: Annotated[Optional[str], typer.Option(
+        help="CA certificate for etcd TLS (env ETCD_CA_CERT_FILE)")] = None,
+    etcd_cert_file: Annotated[Optional[str], typer.Option(
+        help="Client certificate for etcd TLS (env ETCD_CERT_FILE)")] = None,
+    etcd_key_file: Annotated[Optional[str], typer.Option(
+        help="Client key for etcd TLS (env ETCD_KEY_FILE)")] = None,
+) -> None:
+    """Datastore settings: flags win over environment, environment over the config file."""
+    settings.update(
+        config_file=config, datastore_type=datastore_type, etcd_endpoints=etcd_endpoints,
+        etcd_ca_cert_file=etcd_ca_cert_file, etcd_cert_file=etcd_cert_file,
+        etcd_key_file=etcd_key_file,
+    )
+
+
+FileOption = Annotated[list[str], typer.Option(
+    "--filename", "-f", help="File, folder or - (stdin) holding YAML or JSON resources")]
+
+
+def _write(action: crud.Action, filenames: list[str], skip: bool = False) -> None:
+    try:
+        documents = load(filenames)
+    except InputError as err:
+        raise fail(*err.problems, "No resources were changed.") from None
+    outcome = with_datastore(lambda store: crud.run(store, action, documents, skip))
+    message, ok = crud.summary(outcome, [d.resource.kind for d in documents])
+    if not ok:
+        raise fail(message)
+    typer.echo(message)
+
+
+@app.command()
+def apply(filename: FileOption) -> None:
+    """Create or update resources from files; unchanged resources are left as they are."""
+    _write("apply", filename)
+
+
+@app.command()
+def create(
+    filename: FileOption,
+    skip_exists: Annotated[bool, typer.Option(help="Skip resources that already exist")] = False,
+) -> None:
+    """Create resources from files; fails, writing nothing, if any already exists."""
+    _write("create", filename, skip_exists)
+
+
+@app.command()
+def replace(filename: FileOption) -> None:
+    """Replace existing resources from files; fails, writing nothing, if any does not exist."""
+    _write("replace", filename)
+
+
+def _kind(name: str) -> type[Resource]:
+    try:
+        return kind_named(name)
+    except KeyError:
+        known = ", ".join(sorted(c.info.plural for c in KINDS.values()))
+        raise fail(f"Failed to execute command: resource type '{name}' is not supported; "
+                   f"use one of: {known}") from None
+
+
+def _namespace(cls: type[Resource], namespace: Optional[str], all_namespaces: bool = False) -> Optional[str]:
+    if not cls.info.namespaced or all_namespaces:
+        return None
+    return namespace or "default"
+
+
+@app.command()
+def delete(
+    kind: Annotated[Optional[str], typer.Argument(help="Kind, e.g. ippool")] = None,
+    names: Annotated[Optional[list[str]], typer.Argument(help="Names of the resources")] = None,
+    filename: Annotated[Optional[list[str]], typer.Option(
+        "--filename", "-f", help="File, folder or - naming the resources to delete")] = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n")] = None,
+    skip_not_exists: Annotated[bool, typer.Option(
+        help="Skip resources that do not exist")] = False,
+) -> None:
+    """Delete resources named on the command line (KIND NAME...) or in files (-f)."""
+    if filename:
+        if kind:
+            raise fail("Give either -f or KIND NAME, not both.")
+        _write("delete", filename, skip_not_exists)
+        return
+    if not kind or not names:
+        raise fail("Give the resources to delete: percalectl delete KIND NAME... or -f FILE.")
+    cls = _kind(kind)
+    ns = _namespace(cls, namespace)
+    outcome = with_datastore(
+        lambda store: crud.delete_named(store, cls.info.kind, names, ns, skip_not_exists))
+    message, ok = crud.summary(outcome, [cls.info.kind])
+    if not ok:
+        raise fail(message)
+    typer.echo(message)
+
+
+OUTPUTS = ("ps", "table", "wide", "yaml", "json")
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="Kind, e.g. ippools, nodes, bgppeers, bgpconfig")],
+    names: Annotated[Optional[list[str]], typer.Argument(help="Names; all when omitted")] = None,
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="table (also ps), wide, yaml or json")] = "ps",
+    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+) -> None:
+    """Show resources as a table, or as YAML/JSON that `apply -f` takes back unchanged."""
+    if output not in OUTPUTS:
+        raise fail(f"Invalid value for --output: {output!r}; use one of: {', '.join(OUTPUTS)}")
+    cls = _kind(kind)
+    ns = _namespace(cls, namespace, all_namespaces)
+
+    async def read(store: Datastore) -> tuple[list[Resource], str | None, int]:
+        revision = None
+        if names:
+            try:
+                found = [(await store.get(Key(cls.info.kind, n, ns or _namespace(cls, None)))).value
+                         for n in names]
+            except NotFound as err:
+                raise DatastoreError(str(err)) from None
+        else:
+            listed = await store.list(cls.info.kind, ns)
+            found, revision = [kv.value for kv in listed.items], listed.revision
+        default_as = 64512
+        if cls.info.kind == "Node" and output == "wide":
+            try:
+                config = (await store.get(Key("BGPConfiguration", "default"))).value
+                default_as = config.spec.as_number or default_as
+            except NotFound:
+                pass
+        return found, revision, default_as
+
+    resources, revision, default_as = with_datastore(read)
+    if output in ("yaml", "json"):
+        doc = printer.document(cls.info.kind, resources, revision, single=len(names or []) == 1)
+        sys.stdout.write(printer.as_yaml(doc) if output == "yaml" else printer.as_json(doc))
+    else:
+        ctx = printer.Context(default_as)
+        sys.stdout.write(printer.table(cls.info.kind, resources, output == "wide", ctx))
+
+
+@app.command()
+def version() -> None:
+    """Print percalectl's version."""
+    typer.echo(f"Client Version:    v{__version__}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Output of `percalectl get`: calicoctl's tables, or YAML/JSON that `apply` takes back unchanged.
+
+Tables are laid out as Go's text/tabwriter lays out calicoctl's (minimum cell width 5, padding 3,
+spaces), so scripts written against calicoctl's columns keep working.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import yaml
+
+from percale.api import API_VERSION, Resource
+
+Row = Callable[[Resource, "Context"], str]
+
+
+class Context:
+    """What a column may need beyond the resource itself."""
+
+    def __init__(self, default_as_number: int):
+        self.default_as_number = default_as_number
+
+
+def _bool(value: bool | None) -> str:
+    return "-" if value is None else str(value).lower()
+
+
+def _unset(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _peer_node(peer: Resource, _: Context) -> str:
+    spec = peer.spec
+    if spec.node:
+        return spec.node
+    return spec.node_selector or "(global)"
+
+
+def _node_asn(node: Resource, ctx: Context) -> str:
+    bgp = node.spec.bgp
+    if bgp is not None and bgp.as_number is not None:
+        return str(bgp.as_number)
+    # Inherited from the global BGPConfiguration: calicoctl shows it in parentheses.
+    return f"({ctx.default_as_number})"
+
+
+def _node_ip(version: int) -> Row:
+    def cell(node: Resource, _: Context) -> str:
+        bgp = node.spec.bgp
+        value = None if bgp is None else (bgp.ipv4_address if version == 4 else bgp.ipv6_address)
+        return value or ""
+
+    return cell
+
+
+_NAME: tuple[str, Row] = ("NAME", lambda r, _: r.metadata.name)
+
+_BGP_PEER = [
+    _NAME,
+    ("PEERIP", lambda r, _: r.spec.peer_ip or ""),
+    ("NODE", _peer_node),
+    ("ASN", lambda r, _: _unset(r.spec.as_number) if r.spec.peer_ip else ""),
+]
+_BGP_CONFIGURATION = [
+    _NAME,
+    ("LOGSEVERITY", lambda r, _: _unset(r.spec.log_severity_screen)),
+    ("MESHENABLED", lambda r, _: _bool(r.spec.node_to_node_mesh_enabled)),
+    ("ASNUMBER", lambda r, _: _unset(r.spec.as_number)),
+]
+_IPAM_CONFIG = [
+    _NAME,
+    ("STRICTAFFINITY", lambda r, _: _bool(r.spec.strict_affinity)),
+    ("AUTOALLOCATEBLOCKS", lambda r, _: _bool(r.spec.auto_allocate_blocks)),
+    ("MAXBLOCKSPERHOST", lambda r, _: str(r.spec.max_blocks_per_host)),
+]
+_BLOCK_AFFINITY = [
+    _NAME,
+    ("NODE", lambda r, _: r.spec.node),
+    ("CIDR", lambda r, _: r.spec.cidr),
+    ("STATE", lambda r, _: r.spec.state),
+]
+_IPAM_HANDLE = [
+    _NAME,
+    ("BLOCKS", lambda r, _: ",".join(f"{b}:{n}" for b, n in sorted(r.spec.block.items()))),
+]
+_NODE_STATUS = [
+    _NAME,
+    ("NODE", lambda r, _: r.spec.node or ""),
+    ("CLASSES", lambda r, _: ",".join(r.spec.classes)),
+]
+
+# kind -> (default columns, wide columns)
+COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
+    "IPPool": (
+        [_NAME, ("CIDR", lambda r, _: r.spec.cidr), ("SELECTOR", lambda r, _: r.spec.node_selector)],
+        [
+            _NAME,
+            ("CIDR", lambda r, _: r.spec.cidr),
+            ("NAT", lambda r, _: _bool(r.spec.nat_outgoing)),
+            ("IPIPMODE", lambda r, _: r.spec.ipip_mode or "Never"),
+            ("VXLANMODE", lambda r, _: r.spec.vxlan_mode or "Never"),
+            ("DISABLED", lambda r, _: _bool(r.spec.disabled)),
+            ("DISABLEBGPEXPORT", lambda r, _: _bool(r.spec.disable_bgp_export)),
+            ("SELECTOR", lambda r, _: r.spec.node_selector),
+        ],
+    ),
+    "Node": (
+        [_NAME],
+        [_NAME, ("ASN", _node_asn), ("IPV4", _node_ip(4)), ("IPV6", _node_ip(6))],
+    ),
+    "BGPPeer": (_BGP_PEER, _BGP_PEER),
+    "BGPConfiguration": (_BGP_CONFIGURATION, _BGP_CONFIGURATION),
+    "WorkloadEndpoint": (
+        [
+            ("NAMESPACE", lambda r, _: r.metadata.namespace),
+            ("WORKLOAD", lambda r, _: r.spec.pod or r.spec.workload or ""),
+            ("NODE", lambda r, _: r.spec.node or ""),
+            ("NETWORKS", lambda r, _: ",".join(r.spec.ip_networks)),
+            ("INTERFACE", lambda r, _: r.spec.interface_name or ""),
+        ],
+        [
+            ("NAMESPACE", lambda r, _: r.metadata.namespace),
+            _NAME,
+            ("WORKLOAD", lambda r, _: r.spec.pod or r.spec.workload or ""),
+            ("NODE", lambda r, _: r.spec.node or ""),
+            ("NETWORKS", lambda r, _: ",".join(r.spec.ip_networks)),
+            ("INTERFACE", lambda r, _: r.spec.interface_name or ""),
+            ("PROFILES", lambda r, _: ",".join(r.spec.profiles)),
+        ],
+    ),
+    "IPAMConfig": (_IPAM_CONFIG, _IPAM_CONFIG),
+    "IPAMBlock": (
+        [_NAME, ("CIDR", lambda r, _: r.spec.cidr), ("AFFINITY", lambda r, _: r.spec.affinity or "")],
+        [
+            _NAME,
+            ("CIDR", lambda r, _: r.spec.cidr),
+            ("AFFINITY", lambda r, _: r.spec.affinity or ""),
+            ("IN USE", lambda r, _: str(sum(a is not None for a in r.spec.allocations))),
+            ("FREE", lambda r, _: str(len(r.spec.unallocated))),
+        ],
+    ),
+    "BlockAffinity": (_BLOCK_AFFINITY, _BLOCK_AFFINITY),
+    "IPAMHandle": (_IPAM_HANDLE, _IPAM_HANDLE),
+    "NodeStatus": (_NODE_STATUS, _NODE_STATUS),
+}
+
+
+def tabwrite(rows: list[list[str]], minwidth: int = 5, padding: int = 3) -> str:
+    """Go text/tabwriter with calicoctl's settings: each column but the last is padded to its
+    widest cell plus `padding`, and at least `minwidth`."""
+    widths = [
+        max(minwidth, max(len(row[i]) for row in rows) + padding)
+        for i in range(len(rows[0]) - 1)
+    ]
+    return "".join(
+        "".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + row[-1] + "\n"
+        for row in rows
+    )
+
+
+def table(kind: str, resources: list[Resource], wide: bool, ctx: Context) -> str:
+    columns = COLUMNS.get(kind, ([_NAME], [_NAME]))[1 if wide else 0]
+    rows = [[title for title, _ in columns]]
+    rows += [[cell(r, ctx) for _, cell in columns] for r in resources]
+    return tabwrite(rows)
+
+
+def document(kind: str, resources: list[Resource], revision: str | None, single: bool) -> dict:
+    """One resource as itself; several as a `<Kind>List`, which `apply -f` takes back."""
+    if single:
+        return resources[0].to_document()
+    return {
+        "apiVersion": API_VERSION,
+        "kind": f"{kind}List",
+        "metadata": {"resourceVersion": revision} if revision else {},
+        "items": [r.to_document() for r in resources],
+    }
+
+
+def as_yaml(doc: dict) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def as_json(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"

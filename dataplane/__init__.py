@@ -1,0 +1,1 @@
+"""percale's dataplane: everything that writes the kernel (pod wiring, the FIB, blackholes)."""

@@ -1,0 +1,48 @@
+"""How a resource is stored: JSON of its wire form, without the revision (the store owns that)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+from pydantic import ValidationError
+
+from percale.datastore.errors import DatastoreError
+from percale.api import KINDS, Resource
+from percale.api.fields import format_time
+
+
+def encode(value: Resource) -> bytes:
+    doc = value.to_document()
+    doc["metadata"].pop("resourceVersion", None)
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(kind: str, data: bytes, revision: str) -> Resource:
+    # Stored values were validated when they were written; validating again on read keeps a
+    # hand-edited or corrupt value from travelling further as if it were sound.
+    try:
+        value = KINDS[kind].model_validate_json(data)
+    except ValidationError as err:
+        raise DatastoreError(f"a stored {kind} is not valid (revision {revision}): {err}") from None
+    value.metadata.resource_version = revision
+    return value
+
+
+def stamped_for_create(value: Resource) -> Resource:
+    """A copy carrying the identity a new object gets: a fresh uid and its creation time."""
+    meta = value.metadata.model_copy(
+        update={
+            "uid": str(uuid.uuid4()),
+            "creation_timestamp": format_time(datetime.now(timezone.utc)),
+            "resource_version": None,
+        }
+    )
+    return value.model_copy(update={"metadata": meta})
+
+
+def with_revision(value: Resource, revision: str) -> Resource:
+    """`value` as stored at `revision`: what a write returns, without decoding what it encoded."""
+    meta = value.metadata.model_copy(update={"resource_version": revision})
+    return value.model_copy(update={"metadata": meta})

@@ -1,0 +1,59 @@
+"""The datastore's exceptions, one tree for every backend.
+
+    DatastoreError
+     ├── AlreadyExists        create: the key is taken                      -> fix the input
+     ├── NotFound             get/update/delete: no such key                -> fix the input
+     ├── Conflict             update/delete: the revision is stale; carries -> re-read, retry
+     │                        the current value
+     ├── RevisionCompacted    watch: history before the revision is gone    -> list again, re-watch
+     └── DatastoreUnavailable the backend cannot be reached                 -> retry with backoff
+
+Callers retry only `Conflict` (at once) and `DatastoreUnavailable` (with backoff); everything else
+is a verdict.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from percale.datastore.contract import Key, KVPair
+
+
+class DatastoreError(Exception):
+    """Base of every datastore failure."""
+
+
+class AlreadyExists(DatastoreError):
+    def __init__(self, key: Key):
+        self.key = key
+        super().__init__(f"resource already exists: {key}")
+
+
+class NotFound(DatastoreError):
+    def __init__(self, key: Key):
+        self.key = key
+        super().__init__(f"resource does not exist: {key}")
+
+
+class Conflict(DatastoreError):
+    """A compare-and-swap lost: someone else wrote first. `current` is what is stored now."""
+
+    def __init__(self, key: Key, current: KVPair):
+        self.key, self.current = key, current
+        super().__init__(
+            f"update conflict: {key} has been modified (current revision {current.revision})"
+        )
+
+
+class RevisionCompacted(DatastoreError):
+    def __init__(self, requested: str, oldest: str):
+        self.requested, self.oldest = requested, oldest
+        super().__init__(
+            f"revision {requested} has been compacted (the oldest kept is {oldest}); "
+            "list again and watch from the list's revision"
+        )
+
+
+class DatastoreUnavailable(DatastoreError):
+    """The backend did not answer; the operation may be retried after a pause."""

@@ -1,0 +1,143 @@
+"""The datastore contract in one process: for unit tests and single-process demos.
+
+It keeps the contract's hard parts rather than skipping them: values are stored encoded (a reader
+never shares an object with a writer), every write bumps one global revision, compare-and-swap
+conflicts carry the current value, and watches replay a bounded history that can be compacted,
+so code that forgets to handle RevisionCompacted fails here as it would on etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
+from percale.datastore.codec import decode, encode, stamped_for_create
+from percale.datastore.errors import AlreadyExists, Conflict, NotFound, RevisionCompacted
+from percale.api import Resource
+
+
+@dataclass(frozen=True)
+class _Stored:
+    data: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class _Change:
+    type: str
+    key: Key
+    data: bytes
+    revision: int
+
+
+class MemoryDatastore:
+    def __init__(self, *, history_limit: int = 100_000):
+        self._objects: dict[Key, _Stored] = {}
+        self._revision = 1
+        self._history: list[_Change] = []
+        self._history_limit = history_limit
+        self._compacted = 0
+        self._changed = asyncio.Event()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _pair(self, key: Key, stored: _Stored) -> KVPair:
+        rev = str(stored.mod_revision)
+        return KVPair(key, decode(key.kind, stored.data, rev), rev)
+
+    async def get(self, key: Key) -> KVPair:
+        stored = self._objects.get(key)
+        if stored is None:
+            raise NotFound(key)
+        return self._pair(key, stored)
+
+    async def list(
+        self, kind: str, namespace: str | None = None, *, node: str | None = None
+    ) -> ListResult:
+        items = [
+            self._pair(key, stored)
+            for key, stored in sorted(self._objects.items(), key=lambda kv: _sort_key(kv[0]))
+            if key.kind == kind and (namespace is None or key.namespace == namespace)
+        ]
+        if node is not None:
+            if kind not in NODE_SCOPED_KINDS:
+                raise ValueError(f"{kind} is not node-scoped")
+            items = [kv for kv in items if kv.value.spec.node == node]
+        return ListResult(items, str(self._revision))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def _write(self, type_: str, key: Key, data: bytes) -> KVPair:
+        self._revision += 1
+        if type_ == "DELETED":
+            del self._objects[key]
+        else:
+            self._objects[key] = _Stored(data, self._revision)
+        self._history.append(_Change(type_, key, data, self._revision))
+        if len(self._history) > self._history_limit:
+            drop = len(self._history) - self._history_limit
+            self._compacted = self._history[drop - 1].revision
+            del self._history[:drop]
+        # Wake every watcher; each one re-reads the history from its own position.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        rev = str(self._revision)
+        return KVPair(key, decode(key.kind, data, rev), rev)
+
+    def _check_revision(self, key: Key, revision: str | None) -> _Stored:
+        stored = self._objects.get(key)
+        if stored is None:
+            raise NotFound(key)
+        if revision is not None and revision != str(stored.mod_revision):
+            raise Conflict(key, self._pair(key, stored))
+        return stored
+
+    async def create(self, value: Resource) -> KVPair:
+        key = Key.of(value)
+        if key in self._objects:
+            raise AlreadyExists(key)
+        return self._write("ADDED", key, encode(stamped_for_create(value)))
+
+    async def update(self, value: Resource, *, revision: str | None) -> KVPair:
+        key = Key.of(value)
+        self._check_revision(key, revision)
+        return self._write("MODIFIED", key, encode(value))
+
+    async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
+        stored = self._check_revision(key, revision)
+        self._write("DELETED", key, stored.data)
+        return self._pair(key, stored)
+
+    async def compact(self, revision: str) -> None:
+        rev = int(revision)
+        self._history = [c for c in self._history if c.revision > rev]
+        self._compacted = max(self._compacted, rev)
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    async def watch(
+        self, kind: str, *, revision: str | None = None, namespace: str | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        after = self._revision if revision is None else int(revision)
+        while True:
+            if after < self._compacted:
+                raise RevisionCompacted(str(after), str(self._compacted + 1))
+            changed = self._changed
+            pending = [c for c in self._history if c.revision > after]
+            for change in pending:
+                after = change.revision
+                if change.key.kind != kind or (namespace and change.key.namespace != namespace):
+                    continue
+                rev = str(change.revision)
+                yield WatchEvent(change.type, change.key, decode(kind, change.data, rev), rev)  # type: ignore[arg-type]
+            if not pending:
+                await changed.wait()
+
+    async def close(self) -> None:
+        return None
+
+
+def _sort_key(key: Key) -> tuple[str, str, str]:
+    return (key.kind, key.namespace or "", key.name)

@@ -1,0 +1,384 @@
+"""What the agent does for each CNI request from the `percale` and `percale-ipam` plugins.
+
+ADD undoes every earlier step when a later one fails (the addresses it took, the veth), so a
+failed ADD leaves nothing behind. DEL is idempotent and works when the netns is already gone.
+The request arrives as cni-plugin/PROTOCOL.md describes; the answer is (CNI code, stdout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import multiprocessing
+import logging
+from collections.abc import Awaitable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from percale.datastore import (
+    AlreadyExists,
+    Conflict,
+    Datastore,
+    DatastoreError,
+    DatastoreUnavailable,
+    Key,
+    NotFound,
+)
+from percale.ipam.allocator import IPAM
+from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
+from percale.dataplane import pod_link
+from percale.node.cni_types import (
+    CHECK_FAILED,
+    DATAPLANE_FAILED,
+    INTERFACE_EXISTS,
+    INVALID_ENVIRONMENT,
+    NO_ADDRESSES,
+    NOT_AVAILABLE,
+    SUPPORTED_VERSIONS,
+    TRY_AGAIN_LATER,
+    CNIError,
+    NetConf,
+    parse_cni_args,
+    parse_netconf,
+    result,
+)
+from percale.api import ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec
+from percale.api.workloadendpoint import workload_endpoint_name
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class Pod:
+    """Who a request is for: the container, and the Kubernetes pod when CNI_ARGS names it."""
+
+    def __init__(self, request: dict[str, Any], conf: NetConf):
+        args = parse_cni_args(request.get("args", ""))
+        self.container_id = request.get("containerID") or ""
+        self.ifname = request.get("ifname") or "eth0"
+        self.netns = request.get("netns") or ""
+        self.namespace = args.get("K8S_POD_NAMESPACE") or "default"
+        # Without Kubernetes arguments the container stands for the pod, as in Calico.
+        self.name = args.get("K8S_POD_NAME") or self.container_id
+        self.handle_id = f"{conf.name}.{self.container_id}"
+        # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
+        self.workload_handle_id = f"{self.namespace}.{self.name}"
+        self.host_veth = pod_link.host_veth_name(self.namespace, self.name)
+
+
+log = logging.getLogger("percale.node.cni")
+
+# Netlink work runs in these worker processes, never in the agent itself: it enters pods' network
+# namespaces with setns(2), which must not happen in a process whose other threads (gRPC's) would
+# follow it in, and forking a process that has gRPC threads can leave the child blocked on a lock
+# some thread held. The workers hold no gRPC, stay warm (pyroute2 imported once), and let several
+# pods be wired at the same time. Two, not four: each is ~45 MB resident, and bench/cni.py wired
+# 40 pods at once as fast with two (0.70 s) as with four (0.80 s) — the kernel's work is the cost.
+DATAPLANE_WORKERS = 2
+
+# Bytes a tunnel adds to each packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70; IPIP 20.
+ENCAPSULATION_OVERHEAD = {("vxlan", 4): 50, ("vxlan", 6): 70, ("ipip", 4): 20}
+
+
+class CNIHandlers:
+    def __init__(self, store: Datastore, ipam: IPAM, node: str, mtu: int | None = None):
+        self.store, self.ipam, self.node = store, ipam, node
+        self._mtu = mtu
+        self._dataplane: ProcessPoolExecutor | None = None
+        self._background: set[asyncio.Future] = set()
+
+    async def start(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        # Workers fork from a clean server process that has imported only the netlink code:
+        # they start in a millisecond, already ignoring the agent's stop signals, and never hold
+        # the agent's gRPC threads.
+        context.set_forkserver_preload(["percale.dataplane.pod_network"])
+        self._dataplane = ProcessPoolExecutor(
+            DATAPLANE_WORKERS, mp_context=context, initializer=pod_link.in_worker,
+            initargs=("ignore_stop_signals",))
+        # Serve only once every worker has started (and ignores stop signals): until a worker
+        # has run its initializer, a Ctrl-C to the agent's process group would kill it.
+        started: set[int] = set()
+        for _ in range(200):
+            started |= set(await asyncio.gather(
+                *(self._kernel("warm_up") for _ in range(DATAPLANE_WORKERS))))
+            if len(started) >= DATAPLANE_WORKERS:
+                break
+            await asyncio.sleep(0.01)
+
+    async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
+        try:
+            await linking
+        except (pod_link.DataplaneError, Exception):
+            return  # it made nothing, or removed what it made
+        await self._kernel("remove_host_veth", host_veth)
+
+    def _in_background(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+
+        def done(finished: asyncio.Future) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("deleting a pod's interface failed: %s", finished.exception())
+
+        task.add_done_callback(done)
+
+    def close(self) -> None:
+        if self._dataplane is not None:
+            self._dataplane.shutdown(cancel_futures=True)
+
+    async def _kernel(self, name: str, *args: Any) -> Any:
+        """pod_network.<name>(*args) in a dataplane worker."""
+        if self._dataplane is None:
+            await self.start()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._dataplane, pod_link.in_worker, name, *args)
+
+    async def handle(self, request: dict[str, Any]) -> tuple[int, str]:
+        version = "1.0.0"
+        try:
+            conf = parse_netconf(request.get("config", ""))
+            version = conf.cni_version
+            command = request.get("command")
+            ipam_only = request.get("plugin") == "percale-ipam"
+            if command == "ADD":
+                return 0, json.dumps(await (self.ipam_add if ipam_only else self.add)(request, conf))
+            if command == "DEL":
+                await (self.ipam_del if ipam_only else self.delete)(request, conf)
+                return 0, ""
+            if command == "CHECK":
+                await (self.ipam_check if ipam_only else self.check)(request, conf)
+                return 0, ""
+            if command == "STATUS":
+                await self.status()
+                return 0, ""
+            if command == "GC":
+                await self.gc(conf)
+                return 0, ""
+            if command == "VERSION":
+                return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            raise CNIError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}")
+        except CNIError as err:
+            return err.code, err.to_json(version)
+        except (DatastoreUnavailable, TooManyConflicts) as err:
+            return TRY_AGAIN_LATER, CNIError(TRY_AGAIN_LATER, str(err)).to_json(version)
+        except DatastoreError as err:
+            return TRY_AGAIN_LATER, CNIError(TRY_AGAIN_LATER, f"datastore: {err}").to_json(version)
+
+    # -- percale (main plugin) -----------------------------------------------------------------
+
+    def _node(self, conf: NetConf) -> str:
+        return conf.nodename or self.node
+
+    async def _allocate(self, pod: Pod, conf: NetConf, narrow: bool = True) -> list[Interface]:
+        try:
+            got = await self.ipam.auto_assign(
+                self._node(conf), handle_id=pod.handle_id,
+                num4=1 if conf.ipam.assign_ipv4 else 0, num6=1 if conf.ipam.assign_ipv6 else 0,
+                attrs={"namespace": pod.namespace, "pod": pod.name},
+                ipv4_pools=conf.ipam.ipv4_pools or None, ipv6_pools=conf.ipam.ipv6_pools or None,
+            )
+        except TooManyConflicts:
+            raise
+        except (NoPools, IPAMError) as err:
+            raise CNIError(NO_ADDRESSES, f"failed to allocate an address: {err}") from None
+        addresses = [*got.ipv4, *got.ipv6]
+        if not narrow:
+            return addresses
+        # Pods get /32 and /128; the block prefix is for routing between nodes.
+        return [ipaddress.ip_interface(f"{a.ip}/{a.max_prefixlen}") for a in addresses]
+
+    async def _mtu_for(self, conf: NetConf) -> int:
+        """The configured MTU, else the underlay's minus the largest encapsulation overhead an
+        enabled pool uses: a pod whose packets grow past the underlay MTU inside a tunnel loses
+        them silently (Calico users meet this as "large packets vanish")."""
+        if conf.mtu:
+            return conf.mtu
+        if self._mtu is None:
+            self._mtu = await self._kernel("detect_mtu")
+        pools = [p.spec for p in await self.ipam.pools() if not p.spec.disabled]
+        overhead = max([ENCAPSULATION_OVERHEAD["vxlan", p.network.version] for p in pools if p.vxlan_mode != "Never"]
+                       + [ENCAPSULATION_OVERHEAD["ipip", 4] for p in pools if p.ipip_mode != "Never"]
+                       + [0])
+        return self._mtu - overhead
+
+    async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
+        pod = Pod(request, conf)
+        if not pod.container_id or not pod.netns:
+            raise CNIError(INVALID_ENVIRONMENT, "ADD needs CNI_CONTAINERID and CNI_NETNS")
+        mtu = await self._mtu_for(conf)
+        # The veth pair needs no address: make it while IPAM picks one.
+        linking = asyncio.ensure_future(
+            self._kernel("create_link", pod.netns, pod.ifname, pod.host_veth, mtu))
+        addresses: list[Interface] = []
+        try:
+            addresses = await self._allocate(pod, conf)
+            try:
+                link = await linking
+            except pod_link.InterfaceExists as err:
+                raise CNIError(INTERFACE_EXISTS, str(err)) from None
+            except pod_link.DataplaneError as err:
+                raise CNIError(DATAPLANE_FAILED, str(err)) from None
+            try:
+                await self._kernel("configure", pod.netns, pod.ifname, pod.host_veth, addresses)
+            except pod_link.DataplaneError as err:
+                raise CNIError(DATAPLANE_FAILED, str(err)) from None
+            await self._write_endpoint(pod, conf, link, addresses)
+        except BaseException:
+            # Undo in reverse: the veth (if this ADD made it), then the addresses this ADD took
+            # (not those of an earlier ADD under the same handle).
+            await asyncio.shield(self._undo_link(linking, pod.host_veth))
+            if addresses:
+                await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
+            raise
+        interfaces = [
+            {"name": link.host_name, "mac": link.host_mac},
+            {"name": link.container_name, "mac": link.container_mac, "sandbox": pod.netns},
+        ]
+        routes = []
+        if any(a.version == 4 for a in addresses):
+            routes.append({"dst": "0.0.0.0/0"})
+        if any(a.version == 6 for a in addresses):
+            routes.append({"dst": "::/0"})
+        prev = conf.prev_result or {}
+        # A plugin earlier in the chain already reported its interfaces: ours follow them, and
+        # everything it reported passes through (CNI spec, "prevResult").
+        first = len(prev.get("interfaces", []))
+        ours = result(conf.cni_version, addresses, interfaces, first + 1, routes, conf.dns)
+        if not prev:
+            return ours
+        return {**prev, "cniVersion": conf.cni_version,
+                "interfaces": prev.get("interfaces", []) + ours["interfaces"],
+                "ips": prev.get("ips", []) + ours["ips"],
+                "routes": prev.get("routes", []) + ours["routes"],
+                "dns": prev.get("dns") or ours["dns"]}
+
+    async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_link.PodLink,
+                              addresses: list[Interface]) -> None:
+        name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
+        endpoint = WorkloadEndpoint(
+            metadata=ObjectMeta(name=name, namespace=pod.namespace),
+            spec=WorkloadEndpointSpec.model_validate({
+                "orchestrator": "k8s", "node": self._node(conf),
+                "containerID": pod.container_id, "pod": pod.name, "endpoint": pod.ifname,
+                "ipNetworks": [str(a) for a in addresses], "profiles": [f"kns.{pod.namespace}"],
+                "interfaceName": link.host_name, "mac": link.container_mac,
+            }),
+        )
+        # An ADD always writes the endpoint, even over an older container's (Calico does too);
+        # that container's DEL then leaves it alone because the container ID differs.
+        for _ in range(10):
+            try:
+                await self.store.create(endpoint)  # the common case: a new pod
+                return
+            except AlreadyExists:
+                pass
+            try:
+                current = await self.store.get(Key.of(endpoint))
+                await self.store.update(endpoint, revision=current.revision)
+                return
+            except (NotFound, Conflict):
+                continue
+        raise CNIError(TRY_AGAIN_LATER, f"could not write WorkloadEndpoint {pod.namespace}/{name}")
+
+    async def delete(self, request: dict[str, Any], conf: NetConf) -> None:
+        pod = Pod(request, conf)
+        if not pod.container_id:
+            raise CNIError(INVALID_ENVIRONMENT, "DEL needs CNI_CONTAINERID")
+        name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
+        key = Key("WorkloadEndpoint", name, pod.namespace)
+
+        async def forget_endpoint() -> None:
+            try:
+                current = await self.store.get(key)
+                # Only this container's endpoint: a newer ADD for the same pod may own it by now.
+                if current.value.spec.container_id == pod.container_id:
+                    await self.store.delete(key, revision=current.revision)
+            except NotFound:
+                pass
+
+        async def unwire_then_release() -> None:
+            # The host routes to the pod go first; only then may its addresses be handed out
+            # again, or the next pod to get one would find its route taken.
+            await self._kernel("unwire", pod.netns, pod.ifname)
+            await self.ipam.release_by_handle(pod.handle_id)
+            await self.ipam.release_by_handle(pod.workload_handle_id)
+
+        await asyncio.gather(forget_endpoint(), unwire_then_release())
+        # Deleting the veth pair is slow in the kernel and nothing waits on it any more: the
+        # pod is cut off, and the runtime deletes its namespace (and with it the pair) next.
+        self._in_background(self._kernel("tear_down", pod.netns, pod.ifname))
+
+    async def check(self, request: dict[str, Any], conf: NetConf) -> None:
+        pod = Pod(request, conf)
+        prev = conf.prev_result
+        if not prev or not prev.get("ips"):
+            raise CNIError(CHECK_FAILED, "CHECK needs prevResult with the addresses ADD returned")
+        addresses = [ipaddress.ip_interface(ip["address"]) for ip in prev["ips"]]
+        problems = await self._kernel("check", pod.netns, pod.ifname, pod.host_veth, addresses)
+        name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
+        try:
+            endpoint = (await self.store.get(Key("WorkloadEndpoint", name, pod.namespace))).value
+            if endpoint.spec.container_id != pod.container_id:
+                problems.append(f"WorkloadEndpoint {name} belongs to container {endpoint.spec.container_id}")
+            if sorted(endpoint.spec.ip_networks) != sorted(str(a) for a in addresses):
+                problems.append(f"WorkloadEndpoint {name} lists {endpoint.spec.ip_networks}")
+        except NotFound:
+            problems.append(f"WorkloadEndpoint {pod.namespace}/{name} is missing")
+        held = set(await self.ipam.ips_by_handle(pod.handle_id))
+        problems += [f"{a.ip} is not allocated to {pod.handle_id}" for a in addresses if str(a.ip) not in held]
+        if problems:
+            raise CNIError(CHECK_FAILED, "; ".join(problems))
+
+    # -- percale-ipam --------------------------------------------------------------------------
+
+    async def ipam_add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
+        pod = Pod(request, conf)
+        if not pod.container_id:
+            raise CNIError(INVALID_ENVIRONMENT, "ADD needs CNI_CONTAINERID")
+        # As IPAM hands them out, with the block's prefix (10.244.3.7/26), like calico-ipam's
+        # library: a main plugin such as ptp expects a subnet it can route, and percale's own
+        # main plugin narrows to /32 itself. The gateway is the link-local one every percale pod
+        # uses, so a main plugin that puts it on the host veth needs no address from the pool.
+        addresses = await self._allocate(pod, conf, narrow=False)
+        return result(conf.cni_version, addresses, dns=conf.dns,
+                      gateways={4: pod_link.GATEWAY_V4})
+
+    async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
+        pod = Pod(request, conf)
+        await self.ipam.release_by_handle(pod.handle_id)
+        await self.ipam.release_by_handle(pod.workload_handle_id)
+
+    async def ipam_check(self, request: dict[str, Any], conf: NetConf) -> None:
+        pod = Pod(request, conf)
+        held = set(await self.ipam.ips_by_handle(pod.handle_id))
+        want = {str(ipaddress.ip_interface(ip["address"]).ip) for ip in (conf.prev_result or {}).get("ips", [])}
+        if not held or not want <= held:
+            raise CNIError(CHECK_FAILED, f"{pod.handle_id} holds {sorted(held)}, expected {sorted(want)}")
+
+    # -- STATUS and GC -------------------------------------------------------------------------
+
+    async def status(self) -> None:
+        try:
+            pools = await self.store.list("IPPool")
+        except DatastoreError as err:
+            raise CNIError(NOT_AVAILABLE, f"the datastore is not reachable: {err}") from None
+        if not any(not kv.value.spec.disabled for kv in pools.items):
+            raise CNIError(NOT_AVAILABLE, "no enabled IP pool: pods cannot get addresses yet")
+
+    async def gc(self, conf: NetConf) -> None:
+        """Release this network's allocations on this node whose attachment the runtime no
+        longer lists in cni.dev/valid-attachments."""
+        if conf.valid_attachments is None:
+            raise CNIError(INVALID_ENVIRONMENT, "GC needs cni.dev/valid-attachments")
+        valid = {f"{conf.name}.{a.get('containerID')}" for a in conf.valid_attachments}
+        node = self._node(conf)
+        for kv in (await self.store.list("IPAMHandle")).items:
+            handle = kv.value.spec.handle_id
+            if not handle.startswith(f"{conf.name}.") or handle in valid:
+                continue
+            addresses = await self.ipam.ips_by_handle(handle)
+            owners = [await self.ipam.get_allocation(a) for a in addresses]
+            if owners and all(o is not None and o.attributes.get("node") == node for o in owners):
+                await self.ipam.release_by_handle(handle)

@@ -1,0 +1,199 @@
+"""`percale-node`: the node agent: the CNI server and the BGP driver in one asyncio process.
+
+It opens the datastore, turns on forwarding (pods reach each other through the host), listens on
+the CNI socket, and runs BGP (bgpd.controller) once this node's Node resource has a BGP address:
+ExaBGP announces the node's blocks, and learned routes go through the RIB to the kernel. Its BGP
+status is answered on the status socket (`percalectl node status`) and published as the node's
+NodeStatus (node/status.py). It stops cleanly on SIGTERM or SIGINT, leaving its routes in the
+kernel and letting peers keep ours (graceful restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from percale.dataplane.blackholes import Blackholes
+from percale.bgpd.controller import BGPController
+from percale.dataplane.fib import FIB
+from percale.datastore.options import (
+    ConfigFile,
+    EtcdCACertFile,
+    EtcdCertFile,
+    EtcdEndpoints,
+    EtcdKeyFile,
+    datastore_settings,
+)
+from percale.datastore import DatastoreError, DatastoreUnavailable
+from percale.datastore.config import ConfigError, load_config, open_datastore
+from percale.ipam.allocator import IPAM
+from percale.node import health, registration
+from percale.node.cni_handlers import CNIHandlers
+from percale.node.cni_server import DEFAULT_SOCKET, serve
+from percale.node.status import DEFAULT_STATUS_SOCKET, NodeStatusPublisher, serve_status
+
+log = logging.getLogger("percale.node")
+
+# How long the agent reuses what it read (pools, IPAM config, its blocks): allocation then costs
+# two datastore writes. A pool disabled elsewhere is seen within this time.
+IPAM_CACHE_SECONDS = 2.0
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+class AgentFailed(Exception):
+    """A part of the agent that must run until it stops ended on its own."""
+
+
+async def register_when_reachable(store, node: str, addresses: tuple, stop: asyncio.Event) -> bool:
+    """Register the node, waiting for the datastore as long as it takes (as calico-node waits
+    for its datastore): a node that starts with its etcd, or on a machine too busy to answer
+    within the client's deadline, must not give up. False if stopped meanwhile."""
+    delay = 0.5
+    while True:
+        try:
+            await registration.register(store, node, *addresses)
+            return True
+        except DatastoreUnavailable as err:
+            log.warning("datastore not reachable yet (%s); trying again in %.1f s", err, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return False
+        except asyncio.TimeoutError:
+            delay = min(delay * 2, 10)
+
+
+async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str, Optional[str]],
+              mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str,
+              addresses: tuple = (None, None, None)) -> None:
+    store = open_datastore(load_config(**settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        registered = await register_when_reachable(store, node, addresses, stop)
+    except BaseException:
+        await store.close()
+        raise
+    if not registered:  # stopped while waiting for the datastore
+        await store.close()
+        return
+    for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+        Path("/proc/sys", path).write_text("1")
+    handlers = CNIHandlers(store, IPAM(store, cache_seconds=IPAM_CACHE_SECONDS), node, mtu or None)
+    await handlers.start()
+    server = await serve(handlers, cni_socket)
+    log.info("percale-node %s serving CNI on %s", node, cni_socket)
+    print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
+    fib, blackholes = FIB(), Blackholes()
+    controller = BGPController(store, node, bgp_dir, fib=fib, blackholes=blackholes,
+                               secrets_dir=secrets_dir)
+    controller.on_sync = health.SYNC_SECONDS.observe
+    status_server = await serve_status(controller, node, status_socket)
+    log.info("percale-node %s answering status on %s", node, status_socket)
+    health_server = None
+    if health_listen:
+        host, _, port = health_listen.rpartition(":")
+        health_server = await health.serve(controller, host or "127.0.0.1", int(port))
+    bgp = asyncio.create_task(controller.run(), name="BGP")
+    publisher = asyncio.create_task(NodeStatusPublisher(store, node, controller).run(),
+                                    name="NodeStatus")
+    stopping = asyncio.create_task(stop.wait())
+    failed: str | None = None
+    try:
+        # Both run until cancelled: one that ends has failed, and an agent without its BGP
+        # side must not look healthy. It stops, and its supervisor starts it again.
+        done, _ = await asyncio.wait({stopping, bgp, publisher}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (bgp, publisher):
+            if task in done:
+                error = task.exception() or RuntimeError("it returned")
+                failed = f"the {task.get_name()} task ended: {error!r}"
+                log.error("%s; stopping", failed, exc_info=error)
+    finally:
+        stopping.cancel()
+        # Gone first, so `node status` says the agent is not running while it stops.
+        status_server.close()
+        Path(status_socket).unlink(missing_ok=True)
+        for task in (publisher, bgp):
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass  # a failure was logged above
+        await status_server.wait_closed()
+        if health_server is not None:
+            health_server.close()
+        fib.close()
+        server.close()
+        await server.wait_closed()
+        Path(cni_socket).unlink(missing_ok=True)
+        handlers.close()
+        await store.close()
+    if failed is not None:
+        raise AgentFailed(failed)
+
+
+@app.command()
+def main(
+    node_name: Annotated[Optional[str], typer.Option(
+        envvar="NODENAME", help="This node's name (default: the host name)")] = None,
+    cni_socket: Annotated[str, typer.Option(
+        envvar="PERCALE_CNI_SOCKET", help="Unix socket the CNI plugins talk to")] = DEFAULT_SOCKET,
+    status_socket: Annotated[str, typer.Option(
+        envvar="PERCALE_STATUS_SOCKET",
+        help="Unix socket `percalectl node status` reads")] = DEFAULT_STATUS_SOCKET,
+    mtu: Annotated[int, typer.Option(help="Pod MTU; 0 detects it from the underlay")] = 0,
+    config: ConfigFile = None,
+    etcd_endpoints: EtcdEndpoints = None,
+    etcd_ca_cert_file: EtcdCACertFile = None,
+    etcd_cert_file: EtcdCertFile = None,
+    etcd_key_file: EtcdKeyFile = None,
+    bgp_dir: Annotated[Path, typer.Option(
+        envvar="PERCALE_BGP_DIR", help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
+    secrets_dir: Annotated[Optional[Path], typer.Option(
+        help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret")] = None,
+    health_listen: Annotated[str, typer.Option(
+        help="HOST:PORT for /livez, /readyz and /metrics; empty to turn them off")] = "127.0.0.1:9099",
+    ip: Annotated[Optional[str], typer.Option(
+        "--ip", envvar="IP", help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none';"
+        " unset leaves the Node resource as it is")] = None,
+    ip6: Annotated[Optional[str], typer.Option(
+        "--ip6", envvar="IP6", help="This node's IPv6 BGP address, as --ip")] = None,
+    ip_autodetection_method: Annotated[str, typer.Option(
+        envvar="IP_AUTODETECTION_METHOD", help="first-found, interface=REGEX,..., skip-interface=REGEX,...,"
+        " cidr=CIDR,... or can-reach=ADDRESS")] = "first-found",
+    ip6_autodetection_method: Annotated[str, typer.Option(
+        envvar="IP6_AUTODETECTION_METHOD", help="As --ip-autodetection-method, for --ip6")] = "first-found",
+    as_number: Annotated[Optional[int], typer.Option(
+        "--as", envvar="AS", min=1, max=4294967295,
+        help="This node's AS number (default: BGPConfiguration's asNumber)")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `kill -QUIT <pid>` prints every thread's stack to stderr and the agent carries on, as a Go
+    # program (calico-node) prints its goroutines: for an agent that seems stuck.
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
+    settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
+                                  etcd_key_file)
+    try:
+        addresses = (registration.resolve(4, ip, ip_autodetection_method),
+                     registration.resolve(6, ip6, ip6_autodetection_method), as_number)
+        asyncio.run(run(node_name or socket.gethostname(), cni_socket, status_socket, settings,
+                        mtu, bgp_dir, secrets_dir, health_listen, addresses))
+    except (ConfigError, DatastoreError, OSError, registration.RegistrationError, AgentFailed) as err:
+        typer.echo(f"percale-node: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+def entry() -> None:
+    app()

@@ -1,0 +1,183 @@
+"""The node's own Node resource, written at start as calico-node's startup writes it.
+
+`--ip` / `IP` (and `--ip6` / `IP6`) say where this node's BGP address comes from:
+  * empty: leave whatever the Node says (it may have been written with percalectl);
+  * `autodetect`: find it with `--ip-autodetection-method` (calico.md §1.10: first-found,
+    interface=REGEX,..., skip-interface=REGEX,..., cidr=CIDR,..., can-reach=ADDRESS);
+  * `none`: this node has no address of that family (the field is removed);
+  * an address with its prefix (10.0.0.5/24): used as given. The prefix matters — CrossSubnet
+    compares subnets — so a bare address is refused rather than stored as a /32.
+
+The Node is created when it does not exist. Another node already using the address is an error,
+as in Calico: two nodes with one BGP address would steal each other's sessions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from percale.datastore import AlreadyExists, Conflict, Datastore, Key, NotFound
+from percale.api import parse
+
+# calico.md §1.10: interfaces first-found never picks (container, bridge, tunnel and pod links).
+FIRST_FOUND_EXCLUDED = (
+    r"^docker.*", r"^cbr.*", r"^dummy.*", r"^podman.*", r"^virbr.*", r"^lxcbr.*", r"^veth.*",
+    r"^lo", r"^br-.*", r"^cali.*", r"^tunl.*", r"^flannel.*", r"^kube-ipvs.*", r"^cni.*",
+    r"^vxlan\.calico.*", r"^vxlan-v6\.calico.*", r"^wireguard\.cali.*", r"^wg-v6\.cali.*",
+    r"^nodelocaldns.*",
+    # percale's own pod and tunnel links.
+    r"^pcl.*", r"^vxlan\.percale.*",
+)
+
+
+class RegistrationError(ValueError):
+    """The node's address settings cannot be honoured; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    interface: str
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def host_addresses() -> list[HostAddress]:
+    """Global-scope addresses on this network namespace's links, in link order."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        found = []
+        for msg in sorted(ipr.get_addr(), key=lambda m: m["index"]):
+            if msg["scope"] != 0:  # RT_SCOPE_UNIVERSE only: no link-local or host addresses
+                continue
+            address = msg.get_attr("IFA_ADDRESS")
+            found.append(HostAddress(names.get(msg["index"], "?"),
+                                     ipaddress.ip_interface(f"{address}/{msg['prefixlen']}")))
+        return found
+
+
+def source_address_towards(destination: str) -> str | None:
+    """The address the kernel would send from to reach `destination` (can-reach=)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=destination)
+        except Exception:  # unreachable: the kernel answers with an error
+            return None
+        for route in routes:
+            if source := route.get_attr("RTA_PREFSRC"):
+                return source
+    return None
+
+
+def autodetect(version: int, method: str, addresses: list[HostAddress],
+               can_reach=source_address_towards) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """This node's address of one IP version, picked from `addresses` by a Calico detection
+    method. Raises RegistrationError naming the method when nothing matches."""
+    setting = "--ip-autodetection-method" if version == 4 else "--ip6-autodetection-method"
+    candidates = [a for a in addresses if a.address.version == version]
+    name, _, value = (method or "first-found").partition("=")
+    values = [v.strip() for v in value.split(",") if v.strip()]
+    if name == "first-found":
+        picked = [a for a in candidates
+                  if not any(re.match(p, a.interface) for p in FIRST_FOUND_EXCLUDED)]
+    elif name in ("interface", "skip-interface") and values:
+        try:
+            patterns = [re.compile(v) for v in values]
+        except re.error as err:
+            raise RegistrationError(f"{setting}: {name}={value}: bad regular expression: {err}") from None
+        matches = [a for a in candidates if any(p.match(a.interface) for p in patterns)]
+        picked = matches if name == "interface" else [a for a in candidates if a not in matches]
+    elif name == "cidr" and values:
+        try:
+            networks = [ipaddress.ip_network(v, strict=False) for v in values]
+        except ValueError as err:
+            raise RegistrationError(f"{setting}: {err}") from None
+        picked = [a for a in candidates if any(a.address.ip in n for n in networks)]
+    elif name == "can-reach" and len(values) == 1:
+        source = can_reach(values[0])
+        picked = [a for a in candidates if source and str(a.address.ip) == source]
+    else:
+        raise RegistrationError(
+            f"{setting}: {method!r} is not a detection method; use first-found, interface=REGEX,"
+            " skip-interface=REGEX, cidr=CIDR or can-reach=ADDRESS")
+    if not picked:
+        raise RegistrationError(f"{setting}: no IPv{version} address found with {method or 'first-found'}")
+    return picked[0].address
+
+
+def resolve(version: int, setting: str | None, method: str | None,
+            addresses=host_addresses) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | str | None:
+    """What `--ip` (4) or `--ip6` (6) asks for: None to leave the Node alone, "none" to remove the
+    address, or the address with its prefix."""
+    flag = "--ip" if version == 4 else "--ip6"
+    if not setting:
+        return None
+    if setting == "none":
+        return "none"
+    if setting == "autodetect":
+        return autodetect(version, method or "first-found", addresses())
+    if "/" not in setting:
+        raise RegistrationError(
+            f"{flag}: {setting!r} needs its prefix length (for example {setting}/24): the subnet"
+            " decides which peers are in another subnet")
+    try:
+        address = ipaddress.ip_interface(setting)
+    except ValueError:
+        raise RegistrationError(f"{flag}: {setting!r} is not an address with a prefix") from None
+    if address.version != version:
+        raise RegistrationError(f"{flag}: {setting} is not an IPv{version} address")
+    return address
+
+
+async def register(store: Datastore, node: str, ipv4, ipv6, as_number: int | None = None) -> None:
+    """Create or update Node `node` with the resolved addresses (see resolve) and AS number,
+    refusing an address another Node already has. Retries on a concurrent update."""
+    if ipv4 is None and ipv6 is None and as_number is None:
+        return
+    for _ in range(10):
+        try:
+            current = await store.get(Key("Node", node))
+            document, revision = current.value.to_document(), current.revision
+        except NotFound:
+            document = {"apiVersion": "percale.io/v1", "kind": "Node",
+                        "metadata": {"name": node}, "spec": {}}
+            revision = None
+        bgp = dict(document.get("spec", {}).get("bgp") or {})
+        for field, value in (("ipv4Address", ipv4), ("ipv6Address", ipv6)):
+            if value == "none":
+                bgp.pop(field, None)
+            elif value is not None:
+                await _refuse_duplicate(store, node, field, value)
+                bgp[field] = str(value)
+        if as_number is not None:
+            bgp["asNumber"] = as_number
+        spec = document.setdefault("spec", {})
+        if bgp:
+            spec["bgp"] = bgp
+        else:
+            spec.pop("bgp", None)
+        wanted = parse(document)
+        try:
+            if revision is None:
+                await store.create(wanted)
+            elif wanted != current.value:
+                await store.update(wanted, revision=revision)
+            return
+        except (Conflict, AlreadyExists):
+            continue  # someone else wrote the Node meanwhile: read it again
+    raise RegistrationError(f"Node {node!r}: kept changing while it was being registered")
+
+
+async def _refuse_duplicate(store: Datastore, node: str, field: str, address) -> None:
+    for item in (await store.list("Node")).items:
+        other = item.value
+        if other.metadata.name == node or other.spec.bgp is None:
+            continue
+        theirs = other.spec.bgp.ipv4_address if field == "ipv4Address" else other.spec.bgp.ipv6_address
+        if theirs is not None and ipaddress.ip_interface(str(theirs)).ip == address.ip:
+            raise RegistrationError(
+                f"spec.bgp.{field}: {address.ip} is already used by Node {other.metadata.name!r}")

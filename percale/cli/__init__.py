@@ -1,1 +1,0 @@
-"""percalectl, the calicoctl-like command line: resource commands now, ipam and node later."""
