@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 # to reuse; they live outside the installed package.
 sys.path.insert(0, str(REPO))
 
-from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.route_owners import RouteProtocol
 from percale.ipam.allocator import IPAM
 
 from bench.cni import AgentCPU, _cpu, _descendants, stop_node, table
@@ -675,7 +675,7 @@ def phase_claims(lab: Lab, endpoint: str, claims: int, *, release: bool = True,
 def phase_claims_loaded(lab: Lab, endpoint: str, n: int, claims: int) -> dict:
     """c once more, on a node that has learned a's n routes: percale's session opened again,
     all n routes in its kernel, then `claims` claims; the session closed at the end."""
-    counter = KernelRoutes(lab.node.netns, ROUTE_PROTOCOL_BGP)
+    counter = KernelRoutes(lab.node.netns, RouteProtocol.BGP)
     try:
         counter.expect(n)
         lab.percale_peer(True)
@@ -687,7 +687,7 @@ def phase_claims_loaded(lab: Lab, endpoint: str, n: int, claims: int) -> dict:
     result = phase_claims(lab, endpoint, claims, release=False, timeout=60)
     started = time.perf_counter()
     lab.percale_peer(False)
-    wait_for(lambda: dump_count(lab.node.netns, ROUTE_PROTOCOL_BGP) == 0, 120 + n / 1000,
+    wait_for(lambda: dump_count(lab.node.netns, RouteProtocol.BGP) == 0, 120 + n / 1000,
              "percale's kernel emptied after the session went down", interval=0.2)
     result.update(n=n, flush=time.perf_counter() - started)
     return result
@@ -764,7 +764,7 @@ def receive(lab: Lab, who: str, n: int) -> dict:
     """a, one receiver: open its session with GoBGP, wait for Established, then for all n routes
     in its kernel; then close the session and wait until its kernel has none left."""
     if who == "percale":
-        address, netns, protocol = PERCALE_IP, lab.node.netns, ROUTE_PROTOCOL_BGP
+        address, netns, protocol = PERCALE_IP, lab.node.netns, RouteProtocol.BGP
         session = lab.percale_peer
         agent = lab.node.agent.pid
         tree = agent_tree(agent)

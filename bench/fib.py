@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test helpers live outside the installed package
 
-from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.route_owners import RouteProtocol
 
 from tests.helpers.fib_worker import FibNamespace, FibWorker
 
@@ -46,11 +46,11 @@ def progress(text: str) -> None:
 
 
 def count(ns: FibNamespace) -> int:
-    return len(ns.ip("-4", "route", "show", "proto", str(ROUTE_PROTOCOL_BGP)).stdout.splitlines())
+    return len(ns.ip("-4", "route", "show", "proto", str(RouteProtocol.BGP)).stdout.splitlines())
 
 
 def reset(ns: FibNamespace) -> None:
-    ns.ip("-4", "route", "flush", "proto", str(ROUTE_PROTOCOL_BGP))
+    ns.ip("-4", "route", "flush", "proto", str(RouteProtocol.BGP))
     left = count(ns)
     if left:
         raise SystemExit(f"flush left {left} routes")
@@ -59,7 +59,7 @@ def reset(ns: FibNamespace) -> None:
 def batch_file(directory: Path, n: int) -> Path:
     path = directory / f"routes-{n}.batch"
     subnets = ipaddress.ip_network(BASE).subnets(new_prefix=26)
-    path.write_text("".join(f"route add {next(subnets)} via {VIA} proto {ROUTE_PROTOCOL_BGP}\n"
+    path.write_text("".join(f"route add {next(subnets)} via {VIA} proto {RouteProtocol.BGP}\n"
                             for _ in range(n)))
     return path
 
@@ -114,7 +114,7 @@ def main() -> int:
     finally:
         ns.remove()
 
-    print(f"FIB install, {BASE} as /26 via {VIA} proto {ROUTE_PROTOCOL_BGP}, one fresh netns, "
+    print(f"FIB install, {BASE} as /26 via {VIA} proto {RouteProtocol.BGP}, one fresh netns, "
           f"{args.rounds} rounds, median (all rounds in ms)")
     print(f"{'routes':>8}  {'method':<10} {'median':>9} {'routes/s':>10}   rounds")
     for n, times in results.items():

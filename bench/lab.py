@@ -56,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the other benches' pieces and the test helpers live outside
 
-from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
+from percale.dataplane.route_owners import RouteProtocol
 
 from bench.bgp import KernelRoutes, Memory, agent_tree, code_version, memory_kb
 from bench.cni import _cpu, table
@@ -97,7 +97,7 @@ class StampedPrefixes(set):
 
 
 def watch(netns: str) -> KernelRoutes:
-    routes = KernelRoutes(netns, ROUTE_PROTOCOL_BGP)
+    routes = KernelRoutes(netns, RouteProtocol.BGP)
     routes.prefixes = StampedPrefixes()  # before anything arrives: expect() comes next
     return routes
 
@@ -187,7 +187,7 @@ def block_of(address: str) -> ipaddress.IPv4Network:
 def kernel_routes(lab: Lab, node: str) -> dict[str, set[str]]:
     """The node's protocol 202 routes: prefix -> next hops, by dump."""
     done = subprocess.run(["ip", "-n", lab.topology.namespace(node), "-4", "-j", "route", "show",
-                           "proto", str(ROUTE_PROTOCOL_BGP)], capture_output=True, text=True,
+                           "proto", str(RouteProtocol.BGP)], capture_output=True, text=True,
                           check=True)
     found: dict[str, set[str]] = {}
     for route in json.loads(done.stdout or "[]"):

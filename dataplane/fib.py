@@ -16,13 +16,10 @@ lock, so a timer thread and the RIB's worker may share one.
 
 One owner per class of kernel state
 -----------------------------------
-Every route percale programs carries a route protocol number, and each class of route has its own
-number and exactly one owner, which reconciles only routes carrying that number:
+Every route percale programs carries a route protocol number, one per owner
+(dataplane/route_owners.py); this module owns RouteProtocol.BGP (202) and reconciles only those.
 
-    protocol 201  pod host routes (/32, /128 dev <pod veth>)   percale.dataplane.pod_network
-    protocol 202  BGP-learned routes (via a peer's next hop)   this module (ROUTE_PROTOCOL_BGP)
-
-Why a second number rather than sharing 201 and telling routes apart by prefix or by shape: a
+Why a number of its own rather than sharing the pods' 201 and telling routes apart by shape: a
 node learns borrowed /32s over BGP, so prefix length proves nothing, and a restarted agent must
 know which routes are its own before the RIB has relearned anything (to adopt them, below). A
 number is the one tag the kernel keeps, lets a dump filter on, and checks on delete. So this module:
@@ -44,12 +41,9 @@ desired state: a restarted agent leaves the routes it installed before in place 
 re-add, so pod traffic does not notice), BGP graceful restart keeps them while the sessions come
 back, and `replace_all()` removes whatever the RIB did not relearn.
 
-Speed. Messages are packed by hand (struct, no pyroute2: it spends about 400 µs building one
-message, reference/performance.md §3) and sent many to a send(). They carry no NLM_F_ACK except the
-last of each batch: the kernel always answers a failed request with an error, and it handles a
-batch in order inside send(), so the ACK of the last message, read after any errors, proves every
-other message went in. That is one ACK read per batch instead of per route, with every route's
-outcome still checked.
+Speed. Messages are packed by hand here (the route's head is one struct.pack, the next hops'
+attributes are packed once per set of hops) and sent many to a send() through
+dataplane.netlink's batches: one ACK read per batch, every route's outcome still checked.
 """
 
 from __future__ import annotations
@@ -65,55 +59,57 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Self
 
-ROUTE_PROTOCOL_BGP = 202
-RT_TABLE_MAIN = 254
+from percale.dataplane import netlink
+from percale.dataplane.netlink import (
+    BODY_AT,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSGHDR,
+    RT_SCOPE_NOWHERE,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    RTA,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_MULTIPATH,
+    RTA_OIF,
+    RTA_PRIORITY,
+    RTA_TABLE,
+    RTA_U32,
+    RTM_DELROUTE,
+    RTM_GETROUTE,
+    RTM_NEWROUTE,
+    RTMSG,
+    RTN_UNICAST,
+    RTNH,
+    RTNH_F_ONLINK,
+    U32,
+    attr,
+)
+from percale.dataplane.route_owners import RouteProtocol
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PREFIX_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# linux/netlink.h, linux/rtnetlink.h
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_RTM_NEWROUTE, _RTM_DELROUTE, _RTM_GETROUTE = 24, 25, 26
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP_INTR, _NLM_F_DUMP = 0x1, 0x4, 0x10, 0x300
-_NLM_F_REPLACE, _NLM_F_EXCL, _NLM_F_CREATE = 0x100, 0x200, 0x400
-_NLM_F_ACK_TLVS = 0x200
-_NLMSGERR_ATTR_MSG = 1
-_SOL_NETLINK = 270
-_NETLINK_CAP_ACK, _NETLINK_EXT_ACK, _NETLINK_GET_STRICT_CHK = 10, 11, 12
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
-_RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PRIORITY, _RTA_MULTIPATH, _RTA_TABLE = 1, 4, 5, 6, 9, 15
-_RTN_UNICAST = 1
-_RT_SCOPE_UNIVERSE, _RT_SCOPE_NOWHERE = 0, 255
-_RTNH_F_ONLINK = 4
 # The metric the kernel gives a route added without one (IPv6: IP6_RT_PRIO_USER). Routes are keyed
 # by (prefix, metric); ours always have the default, so any other metric is a stray.
 _DEFAULT_METRIC = {socket.AF_INET: 0, socket.AF_INET6: 1024}
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_ERRNO = struct.Struct("=i")
-_U32 = struct.Struct("=I")
-_RTA = struct.Struct("=HH")
-_RTA_U32 = struct.Struct("=HHI")
-_RTNH = struct.Struct("=HBBi")
 # nlmsghdr + rtmsg + RTA_DST, for each family: the part of a message that differs per route.
 _HEAD = {
     socket.AF_INET: struct.Struct("=IHHIIBBBBBBBBIHH4s"),
     socket.AF_INET6: struct.Struct("=IHHIIBBBBBBBBIHH16s"),
 }
 _DST_ATTR_LEN = {socket.AF_INET: 8, socket.AF_INET6: 20}
-_FLAGS = struct.Struct("=H")
-_FLAGS_AT = 6  # nlmsg_flags inside nlmsghdr
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_RTMSG_AT = _NLMSGHDR.size
-_ATTRS_AT = _NLMSGHDR.size + 12
-
 # One send() carries at most this much. The kernel answers inside send(), so a batch also bounds
 # how many error messages can wait in the receive buffer (sized below for a batch of failures).
 BATCH_BYTES = 128 * 1024
 _SNDBUF = 1 << 20
 _RCVBUF = 8 << 20
-_TIMEOUT = 30.0
 
 
 class FIBError(Exception):
@@ -184,7 +180,7 @@ class FIB:
     empty desired state, and the first reconcile() deletes them.
     """
 
-    def __init__(self, *, table: int = RT_TABLE_MAIN, protocol: int = ROUTE_PROTOCOL_BGP,
+    def __init__(self, *, table: int = RT_TABLE_MAIN, protocol: int = RouteProtocol.BGP,
                  adopt: bool = True) -> None:
         self.table = table
         self.protocol = protocol
@@ -196,16 +192,17 @@ class FIB:
         self._hops: dict[object, tuple[Hops, int]] = {}  # input → (canonical hops, family)
         self._dumped_hops: dict[object, Hops] = {}  # wire form → hops, during one dump
         self._tails: dict[Hops, tuple[int, bytes]] = {}  # hops → (rtm_flags, attributes)
-        self._table_attr = _RTA_U32.pack(8, _RTA_TABLE, table)
+        self._table_attr = RTA_U32.pack(8, RTA_TABLE, table)
         self._rtm_table = table if table < 256 else 0
         self._stale = False  # a batch's answers were lost: read the kernel before the next apply
-        self._seq = 0
-        self._rbuf = bytearray(1 << 16)
-        self._sock = self._open()
+        try:
+            self._netlink = netlink.Netlink(send_buffer=_SNDBUF, receive_buffer=_RCVBUF)
+        except OSError as err:
+            raise NetlinkFailure(f"opening a netlink socket: {err}") from err
         try:
             self._kernel, _ = self._dump()
         except BaseException:
-            self._sock.close()
+            self._netlink.close()
             raise
         if adopt:
             self._desired = {p: h for p, h in self._kernel.items() if h}
@@ -258,15 +255,8 @@ class FIB:
             self._desired = {p: h for p, h in self._kernel.items() if h}
             return Outcome(adopted=len(self._desired))
 
-    def kernel_prefixes(self) -> set[Prefix]:
-        """The prefixes of the kernel's routes with our protocol in our table, whatever their
-        type: one dump the kernel filters, so a large table of other routes costs nothing."""
-        with self._lock:
-            routes, strays = self._dump()
-            return set(routes) | {prefix for prefix, _ in strays}
-
     def close(self) -> None:
-        self._sock.close()
+        self._netlink.close()
 
     def __enter__(self) -> Self:
         return self
@@ -359,19 +349,19 @@ class FIB:
         ordered = sorted(hops, key=lambda h: (h.gateway, h.ifindex, h.onlink))
         if len(ordered) == 1:
             hop = ordered[0]
-            body = _attr(_RTA_GATEWAY, hop.gateway.packed)
+            body = attr(RTA_GATEWAY, hop.gateway.packed)
             if hop.ifindex:
-                body += _RTA_U32.pack(8, _RTA_OIF, hop.ifindex)
-            flags = _RTNH_F_ONLINK if hop.onlink else 0
+                body += RTA_U32.pack(8, RTA_OIF, hop.ifindex)
+            flags = RTNH_F_ONLINK if hop.onlink else 0
         else:
             nexthops = b""
             for hop in ordered:
-                gateway = _attr(_RTA_GATEWAY, hop.gateway.packed)
-                hop_flags = _RTNH_F_ONLINK if hop.onlink else 0
-                nexthops += _RTNH.pack(_RTNH.size + len(gateway), hop_flags, 0, hop.ifindex)
+                gateway = attr(RTA_GATEWAY, hop.gateway.packed)
+                hop_flags = RTNH_F_ONLINK if hop.onlink else 0
+                nexthops += RTNH.pack(RTNH.size + len(gateway), hop_flags, 0, hop.ifindex)
                 nexthops += gateway
             flags = 0  # onlink travels in each rtnexthop
-            body = _attr(_RTA_MULTIPATH, nexthops)
+            body = attr(RTA_MULTIPATH, nexthops)
         found = (flags, self._table_attr + body)
         if len(self._tails) < 65536:
             self._tails[hops] = found
@@ -382,16 +372,17 @@ class FIB:
         outcome = Outcome()
         if not plan:
             return outcome
-        self._wrap_seq()
         kernel = self._kernel
-        new_flags = {_ADD: _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_EXCL,
-                     _REPLACE: _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_REPLACE}
+        new_flags = {_ADD: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
+                     _REPLACE: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE}
         heads = _HEAD
         rtm_table, protocol, table_attr = self._rtm_table, self.protocol, self._table_attr
         buf = bytearray()
         batch: list[tuple] = []  # (kind, prefix, what the kernel held before)
         last = 0  # offset of the batch's last message, which asks for the ACK
-        seq = self._seq
+        # Sequence numbers for the whole plan at once: a batch's numbers never wrap inside it.
+        seq = self._netlink.next_seq(len(plan)) - 1
+        first = seq + 1
         for kind, prefix, hops in plan:
             family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
             if kind is _ADD or kind is _REPLACE:
@@ -399,10 +390,10 @@ class FIB:
                 head = heads[family]
                 last = len(buf)
                 seq += 1
-                buf += head.pack(head.size + len(tail), _RTM_NEWROUTE, new_flags[kind], seq, 0,
+                buf += head.pack(head.size + len(tail), RTM_NEWROUTE, new_flags[kind], seq, 0,
                                  family, prefix.prefixlen, 0, 0, rtm_table, protocol,
-                                 _RT_SCOPE_UNIVERSE, _RTN_UNICAST, rflags,
-                                 _DST_ATTR_LEN[family], _RTA_DST, prefix.network_address.packed)
+                                 RT_SCOPE_UNIVERSE, RTN_UNICAST, rflags,
+                                 _DST_ATTR_LEN[family], RTA_DST, prefix.network_address.packed)
                 buf += tail
                 batch.append((kind, prefix, kernel.get(prefix)))
                 kernel[prefix] = hops
@@ -410,42 +401,32 @@ class FIB:
                 tail = table_attr
                 if kind is _DELETE_STRAY:
                     metric, stray_hops = hops
-                    tail += _RTA_U32.pack(8, _RTA_PRIORITY, metric)
+                    tail += RTA_U32.pack(8, RTA_PRIORITY, metric)
                     if stray_hops:
                         tail += self._tail(stray_hops)[1][len(table_attr):]
                 head = heads[family]
                 last = len(buf)
                 seq += 1
-                buf += head.pack(head.size + len(tail), _RTM_DELROUTE, _NLM_F_REQUEST, seq, 0,
+                buf += head.pack(head.size + len(tail), RTM_DELROUTE, NLM_F_REQUEST, seq, 0,
                                  family, prefix.prefixlen, 0, 0, rtm_table, protocol,
-                                 _RT_SCOPE_NOWHERE, 0, 0,
-                                 _DST_ATTR_LEN[family], _RTA_DST, prefix.network_address.packed)
+                                 RT_SCOPE_NOWHERE, 0, 0,
+                                 _DST_ATTR_LEN[family], RTA_DST, prefix.network_address.packed)
                 buf += tail
                 if kind is _DELETE:
                     batch.append((kind, prefix, kernel.pop(prefix, None)))
                 else:
                     batch.append((kind, prefix, None))
             if len(buf) >= BATCH_BYTES:
-                self._seq = seq
-                self._flush(buf, last, batch, outcome)
-                buf, batch = bytearray(), []
-        self._seq = seq
+                self._flush(buf, first, last, batch, outcome)
+                buf, batch, first = bytearray(), [], seq + 1
         if batch:
-            self._flush(buf, last, batch, outcome)
+            self._flush(buf, first, last, batch, outcome)
         return outcome
 
-    def _wrap_seq(self) -> None:
-        # nlmsg_seq is 32 bits; a batch's numbers must not wrap inside it.
-        if self._seq > 0x7FFFFFFF:
-            self._seq = 0
-
-    def _flush(self, buf: bytearray, last: int, batch: list[tuple], outcome: Outcome) -> None:
-        flags = _FLAGS.unpack_from(buf, last + _FLAGS_AT)[0]
-        _FLAGS.pack_into(buf, last + _FLAGS_AT, flags | _NLM_F_ACK)
-        first_seq = self._seq - len(batch) + 1
+    def _flush(self, buf: bytearray, first_seq: int, last: int, batch: list[tuple],
+               outcome: Outcome) -> None:
         try:
-            self._sock.send(buf)
-            errors = self._collect_errors(first_seq, self._seq)
+            errors = self._netlink.send_batch(buf, first_seq, first_seq + len(batch) - 1, last)
         except OSError as err:
             self._stale = True
             raise NetlinkFailure(f"netlink: {err}; routes in this batch may or may not be in the "
@@ -478,25 +459,6 @@ class FIB:
                           "know as its own (another protocol's); left alone")
             outcome.failed[prefix] = reason
 
-    def _collect_errors(self, first: int, last: int) -> dict[int, tuple[int, str]]:
-        """Read the kernel's answers to messages first..last until the ACK of `last`."""
-        errors: dict[int, tuple[int, str]] = {}
-        rbuf, sock = self._rbuf, self._sock
-        while True:
-            n = sock.recv_into(rbuf)
-            offset = 0
-            while offset + 16 <= n:
-                length, mtype, mflags, seq, _ = _NLMSGHDR.unpack_from(rbuf, offset)
-                if length < 16:
-                    raise OSError(errno.EPROTO, "malformed netlink message")
-                if mtype == _NLMSG_ERROR and first <= seq <= last:
-                    code = -_ERRNO.unpack_from(rbuf, offset + 16)[0]
-                    if code:
-                        errors[seq] = (code, _ext_ack_message(rbuf, offset, length, mflags))
-                    if seq == last:
-                        return errors
-                offset += (length + 3) & ~3
-
     # -- dump -------------------------------------------------------------------------------
 
     def _dump(self) -> tuple[dict[Prefix, Hops], list[tuple[Prefix, tuple[int, Hops]]]]:
@@ -514,63 +476,43 @@ class FIB:
         return routes, strays  # still changing under us; the next reconcile looks again
 
     def _dump_family(self, family: int, routes: dict, strays: list) -> bool:
-        self._wrap_seq()
-        self._seq += 1
-        seq = self._seq
-        request = (_NLMSGHDR.pack(16 + 12 + 8, _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
-                   + _RTMSG.pack(family, 0, 0, 0, self._rtm_table, self.protocol, 0, 0, 0)
-                   + self._table_attr)
-        interrupted = False
+        request = netlink.message(
+            RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
+            RTMSG.pack(family, 0, 0, 0, self._rtm_table, self.protocol, 0, 0, 0) + self._table_attr)
+
+        def take(buf: bytearray, start: int, end: int) -> None:
+            if NLMSGHDR.unpack_from(buf, start)[1] == RTM_NEWROUTE:
+                self._take(buf, start, end, family, routes, strays)
+
         try:
-            self._sock.send(request)
-            rbuf, sock = self._rbuf, self._sock
-            while True:
-                n = sock.recv_into(rbuf)
-                offset = 0
-                while offset + 16 <= n:
-                    length, mtype, mflags, mseq, _ = _NLMSGHDR.unpack_from(rbuf, offset)
-                    if length < 16:
-                        raise OSError(errno.EPROTO, "malformed netlink message")
-                    if mseq == seq:
-                        if mflags & _NLM_F_DUMP_INTR:
-                            interrupted = True
-                        if mtype == _NLMSG_DONE:
-                            return interrupted
-                        if mtype == _NLMSG_ERROR:
-                            code = -_ERRNO.unpack_from(rbuf, offset + 16)[0]
-                            if code == errno.ENOENT:  # the table does not exist (yet): empty
-                                return interrupted
-                            raise OSError(code, os.strerror(code))
-                        if mtype == _RTM_NEWROUTE:
-                            self._take(rbuf, offset, offset + length, family, routes, strays)
-                    offset += (length + 3) & ~3
+            return self._netlink.dump(request, take)
         except OSError as err:
             raise NetlinkFailure(f"netlink dump: {err}; try again") from err
 
     def _take(self, buf: bytearray, start: int, end: int, family: int, routes: dict,
               strays: list) -> None:
-        rfamily, dst_len, _, _, table, protocol, _, rtype, rflags = _RTMSG.unpack_from(
-            buf, start + _RTMSG_AT)
+        rfamily, dst_len, _, _, table, protocol, _, rtype, rflags = RTMSG.unpack_from(
+            buf, start + BODY_AT)
         if rfamily != family or protocol != self.protocol:
             return
         dst, metric, gateway, oif, multipath = None, 0, None, 0, None
-        offset = start + _ATTRS_AT
+        offset = start + BODY_AT + RTMSG.size
         while offset + 4 <= end:
-            alen, atype = _RTA.unpack_from(buf, offset)
+            alen, atype = RTA.unpack_from(buf, offset)
             if alen < 4:
                 break
             atype &= 0x3FFF
-            if atype == _RTA_DST:
+            if atype == RTA_DST:
                 dst = bytes(buf[offset + 4:offset + alen])
-            elif atype == _RTA_GATEWAY:
+            elif atype == RTA_GATEWAY:
                 gateway = bytes(buf[offset + 4:offset + alen])
-            elif atype == _RTA_OIF:
-                oif = _U32.unpack_from(buf, offset + 4)[0]
-            elif atype == _RTA_TABLE:
-                table = _U32.unpack_from(buf, offset + 4)[0]
-            elif atype == _RTA_PRIORITY:
-                metric = _U32.unpack_from(buf, offset + 4)[0]
-            elif atype == _RTA_MULTIPATH:
+            elif atype == RTA_OIF:
+                oif = U32.unpack_from(buf, offset + 4)[0]
+            elif atype == RTA_TABLE:
+                table = U32.unpack_from(buf, offset + 4)[0]
+            elif atype == RTA_PRIORITY:
+                metric = U32.unpack_from(buf, offset + 4)[0]
+            elif atype == RTA_MULTIPATH:
                 multipath = bytes(buf[offset + 4:offset + alen])
             offset += (alen + 3) & ~3
         if table != self.table:
@@ -580,54 +522,23 @@ class FIB:
         else:
             network = ipaddress.IPv6Network((dst or bytes(16), dst_len), strict=False)
         hops: Hops = frozenset()
-        if rtype == _RTN_UNICAST and (multipath is not None or gateway is not None):
+        if rtype == RTN_UNICAST and (multipath is not None or gateway is not None):
             # A mesh has one next hop per node: parse each distinct one once per dump.
-            key = multipath if multipath is not None else (gateway, oif, rflags & _RTNH_F_ONLINK)
+            key = multipath if multipath is not None else (gateway, oif, rflags & RTNH_F_ONLINK)
             hops = self._dumped_hops.get(key)
             if hops is None:
                 if multipath is not None:
                     hops = _parse_multipath(multipath)
                 else:
                     hops = frozenset((NextHop(ipaddress.ip_address(gateway), oif,
-                                              bool(rflags & _RTNH_F_ONLINK)),))
+                                              bool(rflags & RTNH_F_ONLINK)),))
                 self._dumped_hops[key] = hops
         known = len(routes)
         if metric != _DEFAULT_METRIC[family] or routes.setdefault(network, hops) is not hops \
                 or len(routes) == known:
             strays.append((network, (metric, hops)))
 
-    def _open(self) -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             socket.NETLINK_ROUTE)
-        try:
-            for force, plain, size in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF, _SNDBUF),
-                                       (_SO_RCVBUFFORCE, socket.SO_RCVBUF, _RCVBUF)):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, size)
-                except PermissionError:
-                    sock.setsockopt(socket.SOL_SOCKET, plain, size)
-            # Short error answers (no copy of our message) with the kernel's reason attached, and
-            # dumps the kernel filters by protocol and table. Older kernels lack the last two.
-            sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
-            for option in (_NETLINK_EXT_ACK, _NETLINK_GET_STRICT_CHK):
-                try:
-                    sock.setsockopt(_SOL_NETLINK, option, 1)
-                except OSError:
-                    pass
-            sock.settimeout(_TIMEOUT)
-            sock.bind((0, 0))
-            sock.connect((0, 0))
-        except OSError as err:
-            sock.close()
-            raise NetlinkFailure(f"opening a netlink socket: {err}") from err
-        return sock
-
-
 _ADD, _REPLACE, _DELETE, _DELETE_STRAY = "add", "replace", "delete", "delete-stray"
-
-
-def _attr(kind: int, value: bytes) -> bytes:
-    return _RTA.pack(4 + len(value), kind) + value + bytes(-len(value) % 4)
 
 
 class _Same:
@@ -669,35 +580,18 @@ def _same(want: Hops, have: Hops) -> bool:
 def _parse_multipath(value: bytes) -> Hops:
     hops = []
     offset = 0
-    while offset + _RTNH.size <= len(value):
-        length, flags, _, ifindex = _RTNH.unpack_from(value, offset)
-        if length < _RTNH.size:
+    while offset + RTNH.size <= len(value):
+        length, flags, _, ifindex = RTNH.unpack_from(value, offset)
+        if length < RTNH.size:
             break
-        inner = offset + _RTNH.size
+        inner = offset + RTNH.size
         while inner + 4 <= offset + length:
-            alen, atype = _RTA.unpack_from(value, inner)
+            alen, atype = RTA.unpack_from(value, inner)
             if alen < 4:
                 break
-            if atype == _RTA_GATEWAY:
+            if atype == RTA_GATEWAY:
                 hops.append(NextHop(ipaddress.ip_address(value[inner + 4:inner + alen]), ifindex,
-                                    bool(flags & _RTNH_F_ONLINK)))
+                                    bool(flags & RTNH_F_ONLINK)))
             inner += (alen + 3) & ~3
         offset += (length + 3) & ~3
     return frozenset(hops)
-
-
-def _ext_ack_message(buf: bytearray, offset: int, length: int, flags: int) -> str:
-    """The kernel's own words for a refusal (NETLINK_EXT_ACK), if it gave any."""
-    if not flags & _NLM_F_ACK_TLVS:
-        return ""
-    # nlmsghdr, error, then the request's nlmsghdr alone (NETLINK_CAP_ACK), then the TLVs.
-    inner = offset + 16 + 4 + 16
-    end = offset + length
-    while inner + 4 <= end:
-        alen, atype = _RTA.unpack_from(buf, inner)
-        if alen < 4:
-            break
-        if atype == _NLMSGERR_ATTR_MSG:
-            return bytes(buf[inner + 4:inner + alen]).rstrip(b"\0").decode(errors="replace")
-        inner += (alen + 3) & ~3
-    return ""

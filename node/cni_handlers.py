@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import multiprocessing
 import logging
 from collections.abc import Awaitable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from percale.datastore import (
@@ -27,7 +25,8 @@ from percale.datastore import (
 )
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
-from percale.dataplane import pod_link
+from percale.dataplane import host, pod_network
+from percale.dataplane.workers import DataplaneWorkers
 from percale.node.cni_types import (
     CHECK_FAILED,
     DATAPLANE_FAILED,
@@ -63,18 +62,10 @@ class Pod:
         self.handle_id = f"{conf.name}.{self.container_id}"
         # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
         self.workload_handle_id = f"{self.namespace}.{self.name}"
-        self.host_veth = pod_link.host_veth_name(self.namespace, self.name)
+        self.host_veth = pod_network.host_veth_name(self.namespace, self.name)
 
 
 log = logging.getLogger("percale.node.cni")
-
-# Netlink work runs in these worker processes, never in the agent itself: it enters pods' network
-# namespaces with setns(2), which must not happen in a process whose other threads (gRPC's) would
-# follow it in, and forking a process that has gRPC threads can leave the child blocked on a lock
-# some thread held. The workers hold no gRPC, stay warm (pyroute2 imported once), and let several
-# pods be wired at the same time. Two, not four: each is ~45 MB resident, and bench/cni.py wired
-# 40 pods at once as fast with two (0.70 s) as with four (0.80 s) — the kernel's work is the cost.
-DATAPLANE_WORKERS = 2
 
 # Bytes a tunnel adds to each packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70; IPIP 20.
 ENCAPSULATION_OVERHEAD = {("vxlan", 4): 50, ("vxlan", 6): 70, ("ipip", 4): 20}
@@ -84,34 +75,18 @@ class CNIHandlers:
     def __init__(self, store: Datastore, ipam: IPAM, node: str, mtu: int | None = None):
         self.store, self.ipam, self.node = store, ipam, node
         self._mtu = mtu
-        self._dataplane: ProcessPoolExecutor | None = None
+        self.workers = DataplaneWorkers()
         self._background: set[asyncio.Future] = set()
 
     async def start(self) -> None:
-        context = multiprocessing.get_context("forkserver")
-        # Workers fork from a clean server process that has imported only the netlink code:
-        # they start in a millisecond, already ignoring the agent's stop signals, and never hold
-        # the agent's gRPC threads.
-        context.set_forkserver_preload(["percale.dataplane.pod_network"])
-        self._dataplane = ProcessPoolExecutor(
-            DATAPLANE_WORKERS, mp_context=context, initializer=pod_link.in_worker,
-            initargs=("ignore_stop_signals",))
-        # Serve only once every worker has started (and ignores stop signals): until a worker
-        # has run its initializer, a Ctrl-C to the agent's process group would kill it.
-        started: set[int] = set()
-        for _ in range(200):
-            started |= set(await asyncio.gather(
-                *(self._kernel("warm_up") for _ in range(DATAPLANE_WORKERS))))
-            if len(started) >= DATAPLANE_WORKERS:
-                break
-            await asyncio.sleep(0.01)
+        await self.workers.start()
 
     async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
         try:
             await linking
-        except (pod_link.DataplaneError, Exception):
+        except Exception:
             return  # it made nothing, or removed what it made
-        await self._kernel("remove_host_veth", host_veth)
+        await self.workers.run(pod_network.remove_host_veth, host_veth)
 
     def _in_background(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(work)
@@ -125,15 +100,7 @@ class CNIHandlers:
         task.add_done_callback(done)
 
     def close(self) -> None:
-        if self._dataplane is not None:
-            self._dataplane.shutdown(cancel_futures=True)
-
-    async def _kernel(self, name: str, *args: Any) -> Any:
-        """pod_network.<name>(*args) in a dataplane worker."""
-        if self._dataplane is None:
-            await self.start()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._dataplane, pod_link.in_worker, name, *args)
+        self.workers.close()
 
     async def handle(self, request: dict[str, Any]) -> tuple[int, str]:
         version = "1.0.0"
@@ -196,7 +163,7 @@ class CNIHandlers:
         if conf.mtu:
             return conf.mtu
         if self._mtu is None:
-            self._mtu = await self._kernel("detect_mtu")
+            self._mtu = await asyncio.to_thread(host.underlay_mtu)
         pools = [p.spec for p in await self.ipam.pools() if not p.spec.disabled]
         overhead = max([ENCAPSULATION_OVERHEAD["vxlan", p.network.version] for p in pools if p.vxlan_mode != "Never"]
                        + [ENCAPSULATION_OVERHEAD["ipip", 4] for p in pools if p.ipip_mode != "Never"]
@@ -210,19 +177,20 @@ class CNIHandlers:
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
-            self._kernel("create_link", pod.netns, pod.ifname, pod.host_veth, mtu))
+            self.workers.run(pod_network.create_link, pod.netns, pod.ifname, pod.host_veth, mtu))
         addresses: list[Interface] = []
         try:
             addresses = await self._allocate(pod, conf)
             try:
                 link = await linking
-            except pod_link.InterfaceExists as err:
+            except pod_network.InterfaceExists as err:
                 raise CNIError(INTERFACE_EXISTS, str(err)) from None
-            except pod_link.DataplaneError as err:
+            except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
             try:
-                await self._kernel("configure", pod.netns, pod.ifname, pod.host_veth, addresses)
-            except pod_link.DataplaneError as err:
+                await self.workers.run(pod_network.configure, pod.netns, pod.ifname, pod.host_veth,
+                                       addresses)
+            except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
             await self._write_endpoint(pod, conf, link, addresses)
         except BaseException:
@@ -254,7 +222,7 @@ class CNIHandlers:
                 "routes": prev.get("routes", []) + ours["routes"],
                 "dns": prev.get("dns") or ours["dns"]}
 
-    async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_link.PodLink,
+    async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
                               addresses: list[Interface]) -> None:
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         endpoint = WorkloadEndpoint(
@@ -301,14 +269,14 @@ class CNIHandlers:
         async def unwire_then_release() -> None:
             # The host routes to the pod go first; only then may its addresses be handed out
             # again, or the next pod to get one would find its route taken.
-            await self._kernel("unwire", pod.netns, pod.ifname)
+            await self.workers.run(pod_network.unwire, pod.netns, pod.ifname)
             await self.ipam.release_by_handle(pod.handle_id)
             await self.ipam.release_by_handle(pod.workload_handle_id)
 
         await asyncio.gather(forget_endpoint(), unwire_then_release())
         # Deleting the veth pair is slow in the kernel and nothing waits on it any more: the
         # pod is cut off, and the runtime deletes its namespace (and with it the pair) next.
-        self._in_background(self._kernel("tear_down", pod.netns, pod.ifname))
+        self._in_background(self.workers.run(pod_network.tear_down, pod.netns, pod.ifname))
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
@@ -316,7 +284,8 @@ class CNIHandlers:
         if not prev or not prev.get("ips"):
             raise CNIError(CHECK_FAILED, "CHECK needs prevResult with the addresses ADD returned")
         addresses = [ipaddress.ip_interface(ip["address"]) for ip in prev["ips"]]
-        problems = await self._kernel("check", pod.netns, pod.ifname, pod.host_veth, addresses)
+        problems = await self.workers.run(pod_network.check, pod.netns, pod.ifname, pod.host_veth,
+                                          addresses)
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         try:
             endpoint = (await self.store.get(Key("WorkloadEndpoint", name, pod.namespace))).value
@@ -343,7 +312,7 @@ class CNIHandlers:
         # uses, so a main plugin that puts it on the host veth needs no address from the pool.
         addresses = await self._allocate(pod, conf, narrow=False)
         return result(conf.cni_version, addresses, dns=conf.dns,
-                      gateways={4: pod_link.GATEWAY_V4})
+                      gateways={4: pod_network.GATEWAY_V4})
 
     async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)

@@ -31,6 +31,7 @@ from percale.datastore.options import (
     EtcdKeyFile,
     datastore_settings,
 )
+from percale.dataplane.host import enable_forwarding
 from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
@@ -87,8 +88,7 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
     if not registered:  # stopped while waiting for the datastore
         await store.close()
         return
-    for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
-        Path("/proc/sys", path).write_text("1")
+    enable_forwarding()
     handlers = CNIHandlers(store, IPAM(store, cache_seconds=IPAM_CACHE_SECONDS), node, mtu or None)
     await handlers.start()
     server = await serve(handlers, cni_socket)

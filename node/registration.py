@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 
+from percale.dataplane.host import HostAddress, host_addresses, source_address_towards
 from percale.datastore import AlreadyExists, Conflict, Datastore, Key, NotFound
 from percale.api import parse
 
@@ -34,43 +34,6 @@ FIRST_FOUND_EXCLUDED = (
 
 class RegistrationError(ValueError):
     """The node's address settings cannot be honoured; the message names the setting."""
-
-
-@dataclass(frozen=True)
-class HostAddress:
-    interface: str
-    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-def host_addresses() -> list[HostAddress]:
-    """Global-scope addresses on this network namespace's links, in link order."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        found = []
-        for msg in sorted(ipr.get_addr(), key=lambda m: m["index"]):
-            if msg["scope"] != 0:  # RT_SCOPE_UNIVERSE only: no link-local or host addresses
-                continue
-            address = msg.get_attr("IFA_ADDRESS")
-            found.append(HostAddress(names.get(msg["index"], "?"),
-                                     ipaddress.ip_interface(f"{address}/{msg['prefixlen']}")))
-        return found
-
-
-def source_address_towards(destination: str) -> str | None:
-    """The address the kernel would send from to reach `destination` (can-reach=)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=destination)
-        except Exception:  # unreachable: the kernel answers with an error
-            return None
-        for route in routes:
-            if source := route.get_attr("RTA_PREFSRC"):
-                return source
-    return None
 
 
 def autodetect(version: int, method: str, addresses: list[HostAddress],

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from percale.dataplane.route_owners import RouteProtocol
 from percale.lab import pods
 from percale.lab.runner import Lab, open_lab
 
@@ -57,7 +58,7 @@ def all_established(lab: Lab, node: str, expected: int) -> bool:
     return len(rows) == expected and all(info == "Established" for _, info in rows.values())
 
 
-def kernel_routes(lab: Lab, node: str, proto: int = 202) -> dict[str, str | None]:
+def kernel_routes(lab: Lab, node: str, proto: int = RouteProtocol.BGP) -> dict[str, str | None]:
     """The node's IPv4 routes of one protocol: prefix -> gateway."""
     import json
 

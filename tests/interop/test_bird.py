@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from tests.helpers.bgp_lab import (
     BirdPeer,
     Router,
@@ -29,7 +31,7 @@ from tests.helpers.cni_node import CNINode
 pytestmark = pytest.mark.interop
 
 NODE_AS, TOR_AS, CLUSTER_AS = 64513, 64600, 64512
-PROTO_BGP = 202  # bgpd.fib.ROUTE_PROTOCOL_BGP
+PROTO_BGP = RouteProtocol.BGP
 
 
 def ping(netns: str, ip, count: int = 3) -> subprocess.CompletedProcess:

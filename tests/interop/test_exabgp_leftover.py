@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import exabgp_servers, meshed_pair
 
@@ -31,8 +33,8 @@ def test_the_next_agent_stops_the_exabgp_a_killed_one_left(etcd):
         assert wait_for(lambda: len(exabgp_servers(a.netns)) == 1, 20)
         [old] = exabgp_servers(a.netns)
         a.add_pod()  # a block for a, announced to b
-        assert wait_for(lambda: len(b.routes(202)) == 1, 30), b.routes(202)
-        block = set(b.routes(202))
+        assert wait_for(lambda: len(b.routes(RouteProtocol.BGP)) == 1, 30), b.routes(RouteProtocol.BGP)
+        block = set(b.routes(RouteProtocol.BGP))
         os.kill(a.agent.pid, signal.SIGKILL)
         a.agent.wait()
         # Whether it outlives the agent for long is ExaBGP's business; if it does, the next
@@ -44,7 +46,7 @@ def test_the_next_agent_stops_the_exabgp_a_killed_one_left(etcd):
         assert old not in exabgp_servers(a.netns)
         # The new ExaBGP's session is up and a's block announced (and never lost by b).
         assert wait_for(lambda: "Established" in b_status(b), 30), b_status(b)
-        assert set(b.routes(202)) == block
+        assert set(b.routes(RouteProtocol.BGP)) == block
         assert survived, "ExaBGP went with its agent: this test no longer tests the leftover case"
     finally:
         a.stop()

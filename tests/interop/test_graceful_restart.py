@@ -25,6 +25,8 @@ from typing import ClassVar, Self
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from tests.helpers.bgp_lab import (
     BirdPeer,
     Router,
@@ -42,7 +44,7 @@ pytestmark = pytest.mark.interop
 
 NODE_IP = "10.99.0.1"
 CLUSTER_AS = 64512
-PROTO_BGP = 202  # bgpd.fib.ROUTE_PROTOCOL_BGP
+PROTO_BGP = RouteProtocol.BGP
 
 
 class Sampler:

@@ -18,6 +18,8 @@ import subprocess
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from tests.helpers.bgp_lab import (
     BirdPeer,
     Router,
@@ -32,8 +34,8 @@ from tests.helpers.store import with_store
 
 pytestmark = pytest.mark.interop
 
-PROTO_BGP = 202  # bgpd.fib.ROUTE_PROTOCOL_BGP
-PROTO_BLACKHOLE = 203  # bgpd.blackholes.ROUTE_PROTOCOL_BLACKHOLE
+PROTO_BGP = RouteProtocol.BGP
+PROTO_BLACKHOLE = RouteProtocol.BLACKHOLE
 POOL6 = "fd00:10:244::/64"  # blockSize left out: Calico's IPv6 default, /122
 NODE_AS, TOR_AS = 64513, 64600
 

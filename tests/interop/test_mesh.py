@@ -9,6 +9,8 @@ import subprocess
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import CNINode, meshed_pair, netconf
 
@@ -27,19 +29,19 @@ def test_pods_on_two_nodes_reach_each_other(etcd):
             pods[node.name] = (netns, ipaddress.ip_interface(added.json["ips"][0]["address"]).ip)
 
         def learned(node: CNINode, other: CNINode) -> bool:
-            routes = json.loads(node.exec("ip", "-j", "route", "show", "proto", "202").stdout or "[]")
+            routes = json.loads(node.exec("ip", "-j", "route", "show", "proto", str(RouteProtocol.BGP)).stdout or "[]")
             other_ip = pods[other.name][1]
             return any(ipaddress.ip_address(other_ip) in ipaddress.ip_network(r["dst"]) for r in routes)
 
         assert wait_for(lambda: learned(a, b) and learned(b, a), 30), (
             a.exec("ip", "route").stdout + b.exec("ip", "route").stdout
             + (a.workdir / "agent.log").read_text()[-2000:])
-        route = json.loads(a.exec("ip", "-j", "route", "show", "proto", "202").stdout)[0]
+        route = json.loads(a.exec("ip", "-j", "route", "show", "proto", str(RouteProtocol.BGP)).stdout)[0]
         assert route["gateway"] == "10.99.0.2"
         # Each node blackholes its own block: unused addresses in it stop here.
         own_block = str(ipaddress.ip_interface(f"{pods[a.name][1]}/26").network)
         def blackholes() -> list:
-            routes = json.loads(a.exec("ip", "-j", "route", "show", "proto", "203").stdout or "[]")
+            routes = json.loads(a.exec("ip", "-j", "route", "show", "proto", str(RouteProtocol.BLACKHOLE)).stdout or "[]")
             return [(r["dst"], r["type"]) for r in routes]
 
         # Installed right after the block is announced (announcing goes first).

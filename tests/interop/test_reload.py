@@ -16,6 +16,8 @@ from datetime import datetime
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from percale.datastore import Key
 from percale.ipam.pools import candidate_blocks
 from tests.helpers.bgp_lab import (
@@ -33,7 +35,7 @@ from tests.helpers.store import with_store
 
 pytestmark = pytest.mark.interop
 
-PROTO_BGP = 202  # bgpd.fib.ROUTE_PROTOCOL_BGP
+PROTO_BGP = RouteProtocol.BGP
 NODE_AS = 64513
 GOBGP_AS, BIRD_AS, THIRD_AS = 64600, 64601, 64602
 NODE_IP = "10.99.0.1"

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from percale.api import parse
 from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import CNINode, netconf, sh
@@ -62,7 +64,7 @@ def test_percale_reflector_carries_routes_between_clients(etcd):
             pods[node.name] = (netns, ipaddress.ip_interface(added.json["ips"][0]["address"]).ip)
 
         def route_to(node: CNINode, address) -> dict | None:
-            routes = json.loads(node.exec("ip", "-j", "route", "show", "proto", "202").stdout or "[]")
+            routes = json.loads(node.exec("ip", "-j", "route", "show", "proto", str(RouteProtocol.BGP)).stdout or "[]")
             return next((r for r in routes if address in ipaddress.ip_network(r["dst"])), None)
 
         assert wait_for(lambda: route_to(a, pods[b.name][1]) and route_to(b, pods[a.name][1]), 40), (

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 from percale.lab import pods
 from tests.helpers.cni_node import exabgp_servers
 from tests.helpers.lab_e2e import (
@@ -47,7 +49,7 @@ def lab():
 
 def blocks_of(lab, node: str) -> set[str]:
     """The blocks `node` blackholes: exactly the blocks it owns."""
-    return set(kernel_routes(lab, node, proto=203))
+    return set(kernel_routes(lab, node, proto=RouteProtocol.BLACKHOLE))
 
 
 def test_every_pod_reaches_every_pod(lab):

@@ -9,14 +9,14 @@ import threading
 import time
 
 import pytest
-from percale.dataplane.fib import ROUTE_PROTOCOL_BGP
 
-from percale.dataplane.pod_network import ROUTE_PROTOCOL as POD_PROTOCOL
+from percale.dataplane.route_owners import RouteProtocol
 from tests.helpers.fib_worker import FibNamespace
 
 pytestmark = pytest.mark.netns
 
-BGP = ROUTE_PROTOCOL_BGP
+BGP = RouteProtocol.BGP
+POD_PROTOCOL = RouteProtocol.POD
 
 
 @pytest.fixture

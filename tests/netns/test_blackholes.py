@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from percale.dataplane.route_owners import RouteProtocol
+
 pytestmark = pytest.mark.netns
 
 SCRIPT = """
@@ -36,7 +38,7 @@ def test_blackholes_follow_the_blocks_and_the_check_repairs():
     try:
         ip(ns, "link", "set", "lo", "up")
         # Other owners' routes, including another blackhole: never touched.
-        ip(ns, "route", "add", "10.9.0.0/26", "dev", "lo", "proto", "202")
+        ip(ns, "route", "add", "10.9.0.0/26", "dev", "lo", "proto", str(RouteProtocol.BGP))
         ip(ns, "route", "add", "blackhole", "10.8.0.0/26")
         agent = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -48,7 +50,7 @@ def test_blackholes_follow_the_blocks_and_the_check_repairs():
 
         assert sync(["10.244.0.0/26", "fd00:10::/122"]) == ["10.244.0.0/26", "fd00:10::/122"]
         assert sync(["10.244.0.0/26", "10.244.0.64/26"]) == ["10.244.0.0/26", "10.244.0.64/26"]
-        ip(ns, "route", "del", "blackhole", "10.244.0.0/26", "proto", "203")
+        ip(ns, "route", "del", "blackhole", "10.244.0.0/26", "proto", str(RouteProtocol.BLACKHOLE))
         # Without a check it trusts what it installed; the periodic check repairs.
         assert sync(["10.244.0.0/26", "10.244.0.64/26"]) == ["10.244.0.64/26"]
         assert sync(["10.244.0.0/26", "10.244.0.64/26"], check=True) == [

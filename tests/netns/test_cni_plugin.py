@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from percale.dataplane.workers import DEFAULT_WORKERS
+
 from percale.datastore import Key
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.ipam.allocator import IPAM
@@ -336,6 +338,25 @@ def test_a_failed_add_undoes_every_step(node, etcd_server):
         with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tiny"))
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _ignored_signals(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            mask = int(line.split()[1], 16)
+            return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+    return set()
+
+
 def _descendants(pid: int) -> list[int]:
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -363,15 +384,21 @@ def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
     with_store(etcd_server.endpoint, ensure_pool)
     node = CNINode(etcd_server.unix_endpoint).start()
     try:
-        workers = _descendants(node.agent.pid)
-        assert len(workers) >= 4  # the netlink workers, and the process they fork from
-        # The signal reaches the workers first: they carry on, and so does the agent.
+        everything = _descendants(node.agent.pid)  # forkserver, its workers, resource tracker
+        forkserver = [pid for pid in everything
+                      if _parent(pid) == node.agent.pid and b"forkserver" in _cmdline(pid)]
+        assert len(forkserver) == 1, [_cmdline(pid) for pid in everything]
+        workers = [pid for pid in everything if _parent(pid) == forkserver[0]]
+        assert len(workers) == DEFAULT_WORKERS
+        # They ignore the stop signals a Ctrl-C sends to the whole process group ...
         for pid in workers:
+            assert _ignored_signals(pid) >= {signal.SIGINT, signal.SIGTERM}
             os.kill(pid, signal.SIGINT)
-        time.sleep(0.3)
+        # ... and carry on wiring pods.
         added = node.plugin("percale", "ADD", netconf(node), container_id="c-sigint",
                             netns=node.new_pod_netns(), args=k8s("default", "sigint"))
         assert added.code == 0, added.out
+        assert all(Path(f"/proc/{pid}").exists() for pid in workers)
         os.kill(node.agent.pid, signal.SIGINT)
         try:
             code = node.agent.wait(15)

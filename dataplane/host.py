@@ -1,0 +1,62 @@
+"""The node's own side of the network, as the agent reads and sets it at start: its addresses,
+the source address it would use towards a destination, the underlay's MTU, and forwarding.
+
+Each call opens a netlink socket in the caller's namespace and closes it; none is on a hot path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from percale.dataplane.netlink import RT_SCOPE_UNIVERSE, Netlink
+
+DEFAULT_MTU = 1500
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    interface: str
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def host_addresses() -> list[HostAddress]:
+    """Global-scope addresses on this network namespace's links, in link order (no link-local
+    or host-scope addresses)."""
+    with Netlink() as nl:
+        names = {link.index: link.name for link in nl.links()}
+        found = sorted((a for a in nl.addresses() if a.scope == RT_SCOPE_UNIVERSE),
+                       key=lambda a: a.index)
+    return [HostAddress(names.get(a.index, "?"), a.interface) for a in found]
+
+
+def source_address_towards(destination: str) -> str | None:
+    """The address the kernel would send from to reach `destination` (can-reach=); None when it
+    has no route there."""
+    try:
+        target = ipaddress.ip_address(destination)
+    except ValueError:
+        return None
+    with Netlink() as nl:
+        route = nl.route_to(target)
+    return str(route.preferred_source) if route and route.preferred_source else None
+
+
+def underlay_mtu() -> int:
+    """The MTU of the interface that carries the default route (the underlay), else 1500."""
+    with Netlink() as nl:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in nl.routes(family, default_only=True):
+                if route.oif:
+                    link = nl.link(index=route.oif)
+                    if link is not None and link.mtu:
+                        return link.mtu
+    return DEFAULT_MTU
+
+
+def enable_forwarding() -> None:
+    """Pods reach each other and the world through the host."""
+    for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+        Path("/proc/sys", path).write_text("1")
