@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from percale.bgpd import bridge, exabgp_config
+from percale.ipc.unix_server import serve_unix
 
 log = logging.getLogger("percale.bgpd.speaker")
 
@@ -69,10 +70,7 @@ class ExaBGP:
     async def start(self, config: str) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(config)
-        self.socket_path.unlink(missing_ok=True)
-        self._server = await asyncio.start_unix_server(self._on_bridge, path=str(self.socket_path),
-                                                       limit=2**24)
-        os.chmod(self.socket_path, 0o600)
+        self._server = await serve_unix(self._on_bridge, self.socket_path, limit=2**24)
         await self._spawn()
 
     @property

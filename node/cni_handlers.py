@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 from percale.datastore import (
@@ -36,8 +37,12 @@ from percale.node.cni_types import (
     NOT_AVAILABLE,
     SUPPORTED_VERSIONS,
     TRY_AGAIN_LATER,
+    DECODING_FAILURE,
+    INTERNAL,
     CNIError,
     NetConf,
+    check_container_id,
+    check_interface_name,
     parse_cni_args,
     parse_netconf,
     result,
@@ -53,9 +58,12 @@ class Pod:
 
     def __init__(self, request: dict[str, Any], conf: NetConf):
         args = parse_cni_args(request.get("args", ""))
-        self.container_id = request.get("containerID") or ""
-        self.ifname = request.get("ifname") or "eth0"
-        self.netns = request.get("netns") or ""
+        self.container_id = check_container_id(request.get("containerID"))
+        self.ifname = check_interface_name(request.get("ifname") or "eth0")
+        netns = request.get("netns") or ""
+        if not isinstance(netns, str):
+            raise CNIError(INVALID_ENVIRONMENT, "CNI_NETNS must be a path")
+        self.netns = netns
         self.namespace = args.get("K8S_POD_NAMESPACE") or "default"
         # Without Kubernetes arguments the container stands for the pod, as in Calico.
         self.name = args.get("K8S_POD_NAME") or self.container_id
@@ -102,9 +110,14 @@ class CNIHandlers:
     def close(self) -> None:
         self.workers.close()
 
-    async def handle(self, request: dict[str, Any]) -> tuple[int, str]:
+    async def handle(self, request: Any) -> tuple[int, str]:
+        """(CNI code, stdout) for one request (cni-plugin/PROTOCOL.md). Bad input and failures
+        a retry can cure come back as CNI errors; anything else is a bug, raised for the server
+        to log and answer with 999."""
         version = "1.0.0"
         try:
+            if not isinstance(request, dict):
+                raise CNIError(DECODING_FAILURE, "the request is not a JSON object")
             conf = parse_netconf(request.get("config", ""))
             version = conf.cni_version
             command = request.get("command")
@@ -129,9 +142,13 @@ class CNIHandlers:
         except CNIError as err:
             return err.code, err.to_json(version)
         except (DatastoreUnavailable, TooManyConflicts) as err:
+            # The datastore cannot be reached, or other nodes kept winning the compare-and-swap:
+            # both pass, so the runtime's retry can succeed.
             return TRY_AGAIN_LATER, CNIError(TRY_AGAIN_LATER, str(err)).to_json(version)
         except DatastoreError as err:
-            return TRY_AGAIN_LATER, CNIError(TRY_AGAIN_LATER, f"datastore: {err}").to_json(version)
+            # The datastore answered and refused: retrying the same request would meet the same
+            # answer.
+            return INTERNAL, CNIError(INTERNAL, f"the datastore refused: {err}").to_json(version)
 
     # -- percale (main plugin) -----------------------------------------------------------------
 
@@ -172,8 +189,7 @@ class CNIHandlers:
 
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)
-        if not pod.container_id or not pod.netns:
-            raise CNIError(INVALID_ENVIRONMENT, "ADD needs CNI_CONTAINERID and CNI_NETNS")
+        _check_netns(pod.netns, "ADD")
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
@@ -252,8 +268,10 @@ class CNIHandlers:
 
     async def delete(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
-        if not pod.container_id:
-            raise CNIError(INVALID_ENVIRONMENT, "DEL needs CNI_CONTAINERID")
+        if pod.netns and Path(pod.netns).exists():
+            # A netns that is gone is normal for DEL (the runtime may delete it first); one that
+            # is there but is no network namespace would have DEL step into the wrong place.
+            _check_netns(pod.netns, "DEL")
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         key = Key("WorkloadEndpoint", name, pod.namespace)
 
@@ -280,6 +298,7 @@ class CNIHandlers:
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
+        _check_netns(pod.netns, "CHECK")
         prev = conf.prev_result
         if not prev or not prev.get("ips"):
             raise CNIError(CHECK_FAILED, "CHECK needs prevResult with the addresses ADD returned")
@@ -304,8 +323,6 @@ class CNIHandlers:
 
     async def ipam_add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)
-        if not pod.container_id:
-            raise CNIError(INVALID_ENVIRONMENT, "ADD needs CNI_CONTAINERID")
         # As IPAM hands them out, with the block's prefix (10.244.3.7/26), like calico-ipam's
         # library: a main plugin such as ptp expects a subnet it can route, and percale's own
         # main plugin narrows to /32 itself. The gateway is the link-local one every percale pod
@@ -351,3 +368,9 @@ class CNIHandlers:
             owners = [await self.ipam.get_allocation(a) for a in addresses]
             if owners and all(o is not None and o.attributes.get("node") == node for o in owners):
                 await self.ipam.release_by_handle(handle)
+
+
+def _check_netns(path: str, command: str) -> None:
+    problem = pod_network.netns_problem(path)
+    if problem:
+        raise CNIError(INVALID_ENVIRONMENT, f"{command}: CNI_NETNS {path!r} {problem}")

@@ -1,7 +1,13 @@
 """The agent's end of cni-plugin/PROTOCOL.md: a unix socket, one JSON line in, one JSON line out.
 
 Requests are served concurrently; IPAM serialises allocations per node itself, and each pod's
-netlink work runs in a thread so one slow pod does not hold up the others.
+netlink work runs in a dataplane worker, so one slow pod does not hold up the others.
+
+Every request gets an answer; the connection is never just closed. A request too long or not
+JSON is refused with the CNI code for it (7, 6); a handler that fails in a way no input explains
+is a bug: its traceback goes to the log, the shim gets code 999 with one line saying so, and the
+server carries on. (A closed connection makes the shim answer 11, "try again later", and a
+runtime would retry a deterministic bug forever.)
 """
 
 from __future__ import annotations
@@ -9,46 +15,83 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from percale.node.cni_handlers import CNIHandlers
-from percale.node.cni_types import DECODING_FAILURE, CNIError
+from percale.ipc.unix_server import serve_unix
+from percale.node.cni_types import DECODING_FAILURE, INTERNAL, INVALID_CONFIG, MAX_REQUEST_BYTES, CNIError
 
 log = logging.getLogger("percale.node.cni")
 
 DEFAULT_SOCKET = "/var/run/percale/cni.sock"
 
+Handle = Callable[[Any], Awaitable[tuple[int, str]]]
 
-async def serve(handlers: CNIHandlers, path: str = DEFAULT_SOCKET) -> asyncio.AbstractServer:
+
+async def answer(handle: Handle, line: bytes) -> tuple[int, str]:
+    """(code, stdout) for one request line."""
+    try:
+        request = json.loads(line)
+    except ValueError:  # UnicodeDecodeError too
+        return DECODING_FAILURE, CNIError(DECODING_FAILURE, "the request is not JSON").to_json("1.0.0")
+    try:
+        code, out = await handle(request)
+    except Exception as err:
+        log.exception("CNI request failed: %s", _describe(request))
+        message = f"percale-node failed on this request ({type(err).__name__}: {err}); see its log"
+        return INTERNAL, CNIError(INTERNAL, message.splitlines()[0][:500]).to_json(_version(request))
+    log.info("%s -> %s", _describe(request), code)
+    return code, out
+
+
+async def serve(handle: Handle, path: str = DEFAULT_SOCKET) -> asyncio.AbstractServer:
     """Listen on `path` (mode 0600: only root may ask for pod networking)."""
-    socket_path = Path(path)
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    if socket_path.exists() or socket_path.is_symlink():
-        socket_path.unlink()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
             try:
-                request = json.loads(line)
-            except ValueError:
-                code, out = DECODING_FAILURE, CNIError(DECODING_FAILURE, "request is not JSON").to_json("1.0.0")
+                line: bytes | None = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as err:
+                line = err.partial  # the client closed its side after the line: serve it
+            except asyncio.LimitOverrunError:
+                line = None
+                await _discard_line(reader)  # so a client still writing can read the answer
+            if line is None:
+                code, out = INVALID_CONFIG, CNIError(
+                    INVALID_CONFIG, f"the request is over {MAX_REQUEST_BYTES} bytes; percale "
+                    "accepts network configurations up to that size").to_json("1.0.0")
+            elif not line.strip():
+                return  # nothing was asked
             else:
-                code, out = await handlers.handle(request)
-                log.info("%s %s %s -> %s", request.get("plugin"), request.get("command"),
-                         request.get("containerID"), code)
+                code, out = await answer(handle, line)
             writer.write(json.dumps({"code": code, "stdout": out}).encode() + b"\n")
             await writer.drain()
-        except Exception:  # a bug must not take the server down; the shim sees the socket close
-            log.exception("CNI request failed")
+        except ConnectionError:
+            pass  # the shim gave up waiting; nobody is left to answer
         finally:
             writer.close()
 
-    old_mask = os.umask(0o177)
+    return await serve_unix(on_connect, path, limit=MAX_REQUEST_BYTES + 1)
+
+
+async def _discard_line(reader: asyncio.StreamReader, most: int = 256 << 20) -> None:
+    seen = 0
+    while seen < most:
+        chunk = await reader.read(1 << 16)
+        if not chunk or b"\n" in chunk:
+            return
+        seen += len(chunk)
+
+
+def _describe(request: Any) -> str:
+    if not isinstance(request, dict):
+        return "a request that is not an object"
+    return " ".join(str(request.get(k))[:80] for k in ("plugin", "command", "containerID"))
+
+
+def _version(request: Any) -> str:
     try:
-        server = await asyncio.start_unix_server(on_connect, path=str(socket_path), limit=2**22)
-    finally:
-        os.umask(old_mask)
-    os.chmod(socket_path, 0o600)
-    return server
+        version = json.loads(request["config"])["cniVersion"]
+        return version if isinstance(version, str) else "1.0.0"
+    except Exception:
+        return "1.0.0"

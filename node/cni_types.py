@@ -1,12 +1,20 @@
-"""CNI network configuration in, results and errors out (CNI spec 1.1, conventions B1).
+"""CNI requests in, results and errors out (CNI spec 1.1, conventions B1).
 
-Pure: no I/O. Errors carry the spec's codes so the shim can hand them to the runtime as they are.
+Pure: no I/O. Everything a request carries is checked here before any of it is used, and every
+refusal is a CNIError whose code tells the runtime what to do (cni-plugin/PROTOCOL.md):
+
+    4    the runtime's environment is wrong (CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS, CNI_ARGS):
+         retrying the same call cannot help
+    6, 7 the network configuration cannot be read, or a field of it is wrong: fix the config
+    11   try again later: only for an agent or datastore that cannot be reached (node/)
+    999  percale failed in a way no input explains: a bug, logged with its traceback by the agent
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +27,25 @@ DECODING_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
 NOT_AVAILABLE = 50
+INTERNAL = 999          # libcni's ErrInternal
 NO_ADDRESSES = 100      # the pools are exhausted, or none is usable by this node
 CHECK_FAILED = 101      # CHECK found the pod's network not as ADD left it
 INTERFACE_EXISTS = 102  # ADD: the container already has an interface of that name
 DATAPLANE_FAILED = 103  # ADD: the kernel refused part of the set-up (all of it was undone)
+
+
+# One request line may be this long; CNI configurations are a few kilobytes, and a prevResult
+# with many interfaces stays far below. The shim refuses more before it asks the agent.
+MAX_REQUEST_BYTES = 1 << 20
+
+# libcni's rules: a container ID and a network name are used in file names, handle IDs and
+# datastore keys, so they are restricted to these characters (ValidateContainerID,
+# ValidateNetworkName).
+_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+# The kernel's rules for an interface name (dev_valid_name): 1-15 bytes, not "." or "..",
+# no "/", ":" or white space.
+_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class CNIError(Exception):
@@ -69,7 +92,9 @@ def _flag(value: Any, where: str) -> bool:
     raise CNIError(INVALID_CONFIG, f"{where} must be true or false, not {value!r}")
 
 
-def parse_netconf(text: str) -> NetConf:
+def parse_netconf(text: Any) -> NetConf:
+    if not isinstance(text, str):
+        raise CNIError(DECODING_FAILURE, "the network configuration must be JSON text")
     try:
         raw = json.loads(text)
     except ValueError as err:
@@ -85,6 +110,12 @@ def parse_netconf(text: str) -> NetConf:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise CNIError(INVALID_CONFIG, "name is missing from the network configuration")
+    if not _ID.fullmatch(name):
+        raise CNIError(INVALID_CONFIG, f"name {name!r} may hold only letters, digits, '_', '.' and '-'"
+                       " and must start with a letter or digit")
+    kind = raw.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise CNIError(INVALID_CONFIG, f"type must be the plugin's name as a string, not {kind!r}")
     mtu = raw.get("mtu", 0)
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not (mtu == 0 or 576 <= mtu <= 65535):
         raise CNIError(INVALID_CONFIG, f"mtu must be 0 (detect) or 576-65535, not {mtu!r}")
@@ -94,26 +125,78 @@ def parse_netconf(text: str) -> NetConf:
     settings = IPAMSettings(
         assign_ipv4=_flag(ipam.get("assign_ipv4", True), "ipam.assign_ipv4"),
         assign_ipv6=_flag(ipam.get("assign_ipv6", False), "ipam.assign_ipv6"),
-        ipv4_pools=list(ipam.get("ipv4_pools") or []),
-        ipv6_pools=list(ipam.get("ipv6_pools") or []),
+        ipv4_pools=_strings(ipam.get("ipv4_pools"), "ipam.ipv4_pools"),
+        ipv6_pools=_strings(ipam.get("ipv6_pools"), "ipam.ipv6_pools"),
     )
     if not settings.assign_ipv4 and not settings.assign_ipv6:
         raise CNIError(INVALID_CONFIG, "ipam.assign_ipv4 and ipam.assign_ipv6 are both false")
+    nodename = raw.get("nodename")
+    if nodename is not None and (not isinstance(nodename, str) or not nodename
+                                 or _CONTROL.search(nodename) or "/" in nodename):
+        raise CNIError(INVALID_CONFIG, f"nodename must be a node's name, not {nodename!r}")
+    prev = raw.get("prevResult")
+    if prev is not None and not isinstance(prev, dict):
+        raise CNIError(INVALID_CONFIG, "prevResult must be an object")
+    dns = raw.get("dns")
+    if dns is not None and not isinstance(dns, dict):
+        raise CNIError(INVALID_CONFIG, "dns must be an object")
+    attachments = raw.get("cni.dev/valid-attachments")
+    if attachments is not None and (not isinstance(attachments, list)
+                                    or not all(isinstance(a, dict) for a in attachments)):
+        raise CNIError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
     return NetConf(
-        name=name, cni_version=version, mtu=mtu, nodename=raw.get("nodename"),
-        ipam=settings, prev_result=raw.get("prevResult"), dns=raw.get("dns"),
-        valid_attachments=raw.get("cni.dev/valid-attachments"), raw=raw,
+        name=name, cni_version=version, mtu=mtu, nodename=nodename,
+        ipam=settings, prev_result=prev, dns=dns, valid_attachments=attachments, raw=raw,
     )
 
 
-def parse_cni_args(text: str) -> dict[str, str]:
-    """CNI_ARGS: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;..." """
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CNIError(INVALID_CONFIG, f"{where} must be a list of pool names or CIDRs")
+    return list(value)
+
+
+def check_container_id(container_id: Any) -> str:
+    if not isinstance(container_id, str) or not container_id:
+        raise CNIError(INVALID_ENVIRONMENT, "CNI_CONTAINERID is not set")
+    if not _ID.fullmatch(container_id):
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"CNI_CONTAINERID {container_id!r} may hold only letters, digits, '_', '.'"
+                       " and '-', and must start with a letter or digit")
+    return container_id
+
+
+def check_interface_name(ifname: Any) -> str:
+    if not isinstance(ifname, str) or not ifname:
+        raise CNIError(INVALID_ENVIRONMENT, "CNI_IFNAME is not set")
+    if len(ifname.encode()) > 15:
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is longer than the kernel's 15 bytes")
+    if ifname in (".", "..") or _IFNAME_FORBIDDEN.search(ifname) or _CONTROL.search(ifname):
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"CNI_IFNAME {ifname!r} is not an interface name (no '/', ':', spaces"
+                       " or control characters, not '.' or '..')")
+    return ifname
+
+
+def parse_cni_args(text: Any) -> dict[str, str]:
+    """CNI_ARGS: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;..." The pod's namespace and name
+    become datastore keys and attributes, so they may not hold "/" or control characters."""
+    if not isinstance(text, str):
+        raise CNIError(INVALID_ENVIRONMENT, "CNI_ARGS must be text")
     out = {}
-    for part in filter(None, (text or "").split(";")):
+    for part in filter(None, text.split(";")):
         key, sep, value = part.partition("=")
         if not sep:
             raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS part {part!r} is not KEY=VALUE")
         out[key] = value
+    for key, limit in (("K8S_POD_NAMESPACE", 63), ("K8S_POD_NAME", 253)):
+        value = out.get(key)
+        if value is not None and (len(value) > limit or "/" in value or _CONTROL.search(value)):
+            raise CNIError(INVALID_ENVIRONMENT,
+                           f"CNI_ARGS {key} {value[:80]!r} is not a Kubernetes name (at most {limit}"
+                           " characters, no '/' or control characters)")
     return out
 
 

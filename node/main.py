@@ -91,7 +91,7 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
     enable_forwarding()
     handlers = CNIHandlers(store, IPAM(store, cache_seconds=IPAM_CACHE_SECONDS), node, mtu or None)
     await handlers.start()
-    server = await serve(handlers, cni_socket)
+    server = await serve(handlers.handle, cni_socket)
     log.info("percale-node %s serving CNI on %s", node, cni_socket)
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
     fib, blackholes = FIB(), Blackholes()

@@ -27,15 +27,14 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from percale.bgpd.peering import GLOBAL, MESH, NODE
+from percale.ipc.unix_server import serve_unix
 from percale.datastore import (
     AlreadyExists,
     Conflict,
@@ -301,11 +300,6 @@ async def serve_status(controller: BGPController, node: str,
                        path: str = DEFAULT_STATUS_SOCKET) -> asyncio.AbstractServer:
     """Listen on `path` (mode 0600: calicoctl node status, too, is for root on the node). Each
     connection gets the status as one JSON line, then the server closes it; nothing is read."""
-    socket_path = Path(path)
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
-    if socket_path.exists() or socket_path.is_symlink():
-        socket_path.unlink()
-
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             writer.write(json.dumps(to_json(node, view_of(controller))).encode() + b"\n")
@@ -317,13 +311,7 @@ async def serve_status(controller: BGPController, node: str,
         finally:
             writer.close()
 
-    old_mask = os.umask(0o177)  # no moment at which others could connect
-    try:
-        server = await asyncio.start_unix_server(on_connect, path=str(socket_path))
-    finally:
-        os.umask(old_mask)
-    os.chmod(socket_path, 0o600)
-    return server
+    return await serve_unix(on_connect, path)
 
 
 # -- the NodeStatus record ---------------------------------------------------------------------

@@ -29,6 +29,9 @@ DEFAULT_SOCKET = "/var/run/percale/cni.sock"
 CONNECT_TIMEOUT = 2.0
 # An ADD may wait in the agent while datastore conflicts are retried.
 ANSWER_TIMEOUT = 120.0
+# The largest network configuration passed on (the agent's limit too: cni_types.MAX_REQUEST_BYTES
+# bounds the whole request line, of which the configuration is most).
+MAX_CONFIG_BYTES = 1 << 20
 
 # The variables each command cannot do without (CNI spec, "Parameters"). DEL may come after the
 # netns is gone, and GC and STATUS concern no single container.
@@ -125,6 +128,9 @@ def run(plugin, environ, stdin):
         if missing:
             raise CNIError(INVALID_ENVIRONMENT, f"{command} needs {', '.join(missing)}",
                            "the container runtime must set " + ", ".join(missing))
+        if len(stdin) > MAX_CONFIG_BYTES:
+            raise CNIError(INVALID_CONFIG, f"the network configuration on stdin is {len(stdin)} bytes",
+                           f"percale accepts up to {MAX_CONFIG_BYTES} bytes")
         if conf_error is not None:
             raise CNIError(DECODING_FAILURE, "the network configuration on stdin is not a JSON object",
                            str(conf_error))

@@ -4,8 +4,10 @@ namespaces, with percale-node serving them and a real etcd behind it."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from percale.dataplane import pod_network
 from percale.dataplane.workers import DEFAULT_WORKERS
 
 from percale.datastore import Key
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.ipam.allocator import IPAM
 from percale.node.main import IPAM_CACHE_SECONDS
-from tests.helpers.cni_node import netconf
+from tests.helpers.cni_node import PluginResult, netconf
 from tests.helpers.store import with_store
 from tests.helpers.ipam_world import add_pool
 
@@ -413,3 +416,76 @@ def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
         assert not Path(node.socket).exists()
     finally:
         node.stop()
+
+
+def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_server, tmp_path):
+    """Each refused with the code that tells a runtime what to do (4: fix the environment, 6/7:
+    fix the config), naming what is wrong; no address, endpoint or veth is left, and the agent
+    serves the next pod as before."""
+    netns = node.new_pod_netns()
+    not_a_namespace = tmp_path / "netns-file"
+    not_a_namespace.write_text("")
+    conf = netconf(node)
+
+    def run(config=None, *, raw: bytes | None = None, **how):
+        how.setdefault("container_id", "c-hostile")
+        how.setdefault("netns", netns)
+        how.setdefault("args", k8s("default", "hostile"))
+        if raw is None:
+            return node.plugin("percale", "ADD", config or conf, **how)
+        environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c-hostile", "CNI_IFNAME": "eth0",
+                   "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_ARGS": "", "CNI_PATH": str(node.bin_dir),
+                   "PERCALE_CNI_SOCKET": node.socket, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(["ip", "netns", "exec", node.name, str(node.bin_dir / "percale")],
+                              input=raw, env=environ, capture_output=True, timeout=60)
+        return PluginResult(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+    cases = [
+        # (what, result, code, words the message must hold)
+        ("huge stdin", run({**conf, "padding": "x" * (2 << 20)}), 7, "bytes"),
+        ("binary stdin", run(raw=b"\xff\xfe\x00\x01binary\x80" * 100), 6, "JSON"),
+        ("type not a string", run({**conf, "type": 5}), 7, "type"),
+        ("name with a slash", run({**conf, "name": "k8s/pod-network"}), 7, "name"),
+        ("interface name too long", run(ifname="eth0123456789012"), 4, "CNI_IFNAME"),
+        ("interface name with /", run(ifname="eth/0"), 4, "CNI_IFNAME"),
+        ("netns missing", run(env={"CNI_NETNS": "/var/run/netns/no-such-pod"}), 4, "CNI_NETNS"),
+        ("netns a plain file", run(env={"CNI_NETNS": str(not_a_namespace)}), 4, "CNI_NETNS"),
+        ("netns of another kind", run(env={"CNI_NETNS": "/proc/self/ns/uts"}), 4, "network namespace"),
+        ("container ID with a newline", run(container_id="c-\nhostile"), 4, "CNI_CONTAINERID"),
+        ("container ID with a control character", run(container_id="c-\x01x"), 4, "CNI_CONTAINERID"),
+        ("pod name with /", run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b"), 4, "K8S_POD_NAME"),
+    ]
+    for what, result, code, words in cases:
+        assert result.code == 1, (what, result.out, result.err)
+        error = json.loads(result.out)
+        assert (error["code"], words in error["msg"]) == (code, True), (what, error)
+        assert "\n" not in error["msg"], what
+
+    async def leftovers(store):
+        handles = [kv.key.name for kv in (await store.list("IPAMHandle")).items if "hostile" in kv.key.name]
+        endpoints = [kv.key.name for kv in (await store.list("WorkloadEndpoint")).items if "hostile" in kv.key.name]
+        return handles, endpoints
+
+    assert with_store(etcd_server.endpoint, leftovers) == ([], [])
+    assert pod_network.host_veth_name("default", "hostile") not in node.exec("ip", "link").stdout
+    assert in_pod(netns, "ip", "-o", "link").stdout.count("\n") == 1  # lo only
+    added = node.plugin("percale", "ADD", conf, container_id="c-after", netns=netns, args=k8s("default", "after"))
+    assert added.code == 0, added.out
+    assert node.plugin("percale", "DEL", conf, container_id="c-after", netns=netns,
+                       args=k8s("default", "after")).code == 0
+
+
+def test_the_agent_answers_a_request_too_long_for_it_and_keeps_serving(node):
+    """Past the shim's own check (another client of the socket): the agent reads the whole
+    over-long line, answers code 7, and the next request is served."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(node.socket)
+        client.sendall(b'{"padding": "' + b"y" * (3 << 20) + b'"}\n')
+        answer = json.loads(client.makefile("rb").readline())
+    assert answer["code"] == 7 and json.loads(answer["stdout"])["code"] == 7
+    status = node.plugin("percale", "VERSION", netconf(node))
+    assert status.code == 0
+    netns = node.new_pod_netns()
+    added = node.plugin("percale", "ADD", netconf(node), container_id="c-long", netns=netns,
+                        args=k8s("default", "long"))
+    assert added.code == 0, added.out

@@ -194,6 +194,12 @@ def test_stdin_that_is_not_a_json_object_is_code_6(stdin, agent):
     assert agent.received == []
 
 
+def test_stdin_over_a_mebibyte_is_code_7_and_the_agent_is_not_asked(agent):
+    ran = run_plugin("ADD", conf(agent_socket=agent.path, padding="x" * (1 << 20)))
+    assert_error(ran, 7, "bytes")
+    assert agent.received == []
+
+
 def test_a_missing_socket_is_code_11_naming_the_socket(sockets):
     missing = str(sockets / "nobody-listens.sock")
     ran = run_plugin("ADD", conf(agent_socket=missing))
