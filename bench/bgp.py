@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from percale.dataplane.route_owners import RouteProtocol
+from percale.datastore.cache import followed
 from percale.ipam.allocator import IPAM
 
 from bench.cni import AgentCPU, _cpu, _descendants, stop_node, table
@@ -65,7 +66,6 @@ from bench.harness import run_script
 from bench.ipam import etcd_version, ms, percentile, progress, start_etcd, verdict
 from percale.datastore import Key
 from percale.datastore.etcd import EtcdDatastore
-from percale.node.main import IPAM_CACHE_SECONDS
 from percale.api import parse
 from tests.helpers.cni_node import CNINode, sh
 from tests.helpers.fib_worker import FibNamespace
@@ -637,7 +637,10 @@ def phase_claims(lab: Lab, endpoint: str, claims: int, *, release: bool = True,
     time.sleep(0.3)  # the monitor's stream is open before the first claim
 
     async def work(store):
-        ipam = IPAM(store, cache_seconds=IPAM_CACHE_SECONDS)
+        async with followed(store, node=lab.node.name) as view:
+            return await claim_all(store, IPAM(view, authority=store))
+
+    async def claim_all(store, ipam):
         rows = []
         for i in range(claims):
             started = time.perf_counter()

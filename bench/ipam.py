@@ -45,6 +45,7 @@ from percale.ipam import blocks
 from percale.ipam.allocator import IPAM
 
 from bench.harness import run_script
+from percale.datastore.cache import followed
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.etcd_client import EtcdClient, prefix_end
 from percale.api import IPPool, ObjectMeta
@@ -133,95 +134,103 @@ async def op_create_txns(endpoint: str, worker: int, start_at: float, duration: 
         await client.close()
 
 
-# The node agent keeps what it read for this long (IPAM cache_seconds); the CNI server in the
-# agent allocates with the same setting, so that is what is measured.
-AGENT_CACHE_SECONDS = 2.0
+# The node agent's IPAM reads from its watch-fed view (datastore/cache.py) and writes to etcd;
+# the benchmark allocates the same way (datastore.cache.followed), so that is what is measured.
 PODS_PER_NODE = 640
 
 
 async def op_allocate(endpoint: str, node: str, start_at: float, duration: float) -> dict:
     """Phases b and c: `node` calls auto_assign for one address, back to back, until the end."""
     store = EtcdDatastore([endpoint])
-    ipam = IPAM(store, cache_seconds=AGENT_CACHE_SECONDS)
     try:
-        await store.client.range(b"/percale/bench/warmup")
-        late = await _until(start_at)
-        cpu = time.process_time()
-        deadline = start_at + duration
-        count = n = 0
-        latencies, addresses = [], []
-        errors: Counter[str] = Counter()
-        while time.time() < deadline:
-            n += 1
-            t = time.perf_counter()
-            # A node holds at most 20 blocks (Calico's default cap, 1,280 addresses of /26s);
-            # a fast single node reaches that within seconds, so it moves on to a fresh node
-            # name every PODS_PER_NODE allocations, as pods spread over nodes would.
-            host = f"{node}-{len(addresses) // PODS_PER_NODE}" if len(addresses) >= PODS_PER_NODE else node
-            try:
-                got = await ipam.auto_assign(
-                    host, handle_id=f"k8s-pod-network.{uuid.uuid4().hex}", num4=1,
-                    attrs={"namespace": "bench", "pod": f"{node}-pod-{n}"},
-                )
-            except Exception as err:  # noqa: BLE001 - a failed allocation is a finding, not a crash
-                errors[f"{type(err).__name__}: {err}"[:160]] += 1
-                continue
-            latencies.append(time.perf_counter() - t)
-            addresses += [str(i.ip) for i in got.ipv4]
-            if time.time() <= deadline:
-                count += 1
-        return {"node": node, "count": count, "latencies": latencies, "addresses": addresses,
-                "conflicts": ipam.conflicts, "calls": n, "errors": dict(errors), "late": late,
-                "cpu": time.process_time() - cpu}
+        async with followed(store) as view:
+            return await _allocate(store, IPAM(view, authority=store), node, start_at, duration)
     finally:
         await store.close()
+
+
+async def _allocate(store: EtcdDatastore, ipam: IPAM, node: str, start_at: float,
+                    duration: float) -> dict:
+    await store.client.range(b"/percale/bench/warmup")
+    late = await _until(start_at)
+    cpu = time.process_time()
+    deadline = start_at + duration
+    count = n = 0
+    latencies, addresses = [], []
+    errors: Counter[str] = Counter()
+    while time.time() < deadline:
+        n += 1
+        t = time.perf_counter()
+        # A node holds at most 20 blocks (Calico's default cap, 1,280 addresses of /26s);
+        # a fast single node reaches that within seconds, so it moves on to a fresh node
+        # name every PODS_PER_NODE allocations, as pods spread over nodes would.
+        host = f"{node}-{len(addresses) // PODS_PER_NODE}" if len(addresses) >= PODS_PER_NODE else node
+        try:
+            got = await ipam.auto_assign(
+                host, handle_id=f"k8s-pod-network.{uuid.uuid4().hex}", num4=1,
+                attrs={"namespace": "bench", "pod": f"{node}-pod-{n}"},
+            )
+        except Exception as err:  # noqa: BLE001 - a failed allocation is a finding, not a crash
+            errors[f"{type(err).__name__}: {err}"[:160]] += 1
+            continue
+        latencies.append(time.perf_counter() - t)
+        addresses += [str(i.ip) for i in got.ipv4]
+        if time.time() <= deadline:
+            count += 1
+    return {"node": node, "count": count, "latencies": latencies, "addresses": addresses,
+            "conflicts": ipam.conflicts, "calls": n, "errors": dict(errors), "late": late,
+            "cpu": time.process_time() - cpu}
 
 
 async def op_burst(endpoint: str, node: str, concurrent: bool, profile: bool) -> dict:
     """Phase e: BURST single-address requests for one fresh node, one after another or all
     at once on one IPAM object (which serialises them on its per-node lock)."""
     store = EtcdDatastore([endpoint])
-    ipam = IPAM(store, cache_seconds=AGENT_CACHE_SECONDS)
-    profiler = cProfile.Profile() if profile else None
     try:
-        await store.client.range(b"/percale/bench/warmup")
-        # Sequential: each call's own latency. Concurrent: when each caller got its address,
-        # counted from the common start, which is what a pod in the burst waits.
-        done: list[float] = []
-        errors: Counter[str] = Counter()
-
-        async def one(i: int, since: float) -> None:
-            try:
-                await ipam.auto_assign(
-                    node, handle_id=f"k8s-pod-network.{uuid.uuid4().hex}", num4=1,
-                    attrs={"namespace": "bench", "pod": f"{node}-pod-{i}"},
-                )
-                done.append(time.perf_counter() - since)
-            except Exception as err:  # noqa: BLE001
-                errors[f"{type(err).__name__}: {err}"[:160]] += 1
-
-        if profiler:
-            profiler.enable()
-        cpu = time.process_time()
-        start = time.perf_counter()
-        if concurrent:
-            await asyncio.gather(*(one(i, start) for i in range(BURST)))
-        else:
-            for i in range(BURST):
-                await one(i, time.perf_counter())
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu
-        if profiler:
-            profiler.disable()
-        report = None
-        if profiler:
-            text = io.StringIO()
-            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
-            report = text.getvalue()
-        return {"elapsed": elapsed, "ok": len(done), "times": done, "conflicts": ipam.conflicts,
-                "errors": dict(errors), "profile": report, "cpu": cpu}
+        async with followed(store, node=node) as view:
+            return await _burst(store, IPAM(view, authority=store), node, concurrent, profile)
     finally:
         await store.close()
+
+
+async def _burst(store: EtcdDatastore, ipam: IPAM, node: str, concurrent: bool, profile: bool) -> dict:
+    profiler = cProfile.Profile() if profile else None
+    await store.client.range(b"/percale/bench/warmup")
+    # Sequential: each call's own latency. Concurrent: when each caller got its address,
+    # counted from the common start, which is what a pod in the burst waits.
+    done: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def one(i: int, since: float) -> None:
+        try:
+            await ipam.auto_assign(
+                node, handle_id=f"k8s-pod-network.{uuid.uuid4().hex}", num4=1,
+                attrs={"namespace": "bench", "pod": f"{node}-pod-{i}"},
+            )
+            done.append(time.perf_counter() - since)
+        except Exception as err:  # noqa: BLE001
+            errors[f"{type(err).__name__}: {err}"[:160]] += 1
+
+    if profiler:
+        profiler.enable()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    if concurrent:
+        await asyncio.gather(*(one(i, start) for i in range(BURST)))
+    else:
+        for i in range(BURST):
+            await one(i, time.perf_counter())
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    if profiler:
+        profiler.disable()
+    report = None
+    if profiler:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+        report = text.getvalue()
+    return {"elapsed": elapsed, "ok": len(done), "times": done, "conflicts": ipam.conflicts,
+            "errors": dict(errors), "profile": report, "cpu": cpu}
 
 
 async def op_census(endpoint: str) -> dict:

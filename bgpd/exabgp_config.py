@@ -35,6 +35,7 @@ class Neighbor:
     password: str | None = None
     ttl_security: int | None = None
     listen_port: int = 179
+    keepalive_time: int | None = None  # BGPPeer keepaliveTime, seconds
 
 
 def _quote(text: str) -> str:
@@ -80,6 +81,10 @@ def render(router_id: str, neighbors: Iterable[Neighbor], helper_command: str) -
             lines.append(f"    listen {n.listen_port};")
         if n.password:
             lines.append(f"    md5-password {_quote(n.password)};")
+        if n.keepalive_time:
+            # ExaBGP has no keepalive setting: it sends keepalives every hold time / 3 (RFC 4271
+            # §10's suggestion), so BIRD's `keepalive time N` becomes a hold time of 3N.
+            lines.append(f"    hold-time {3 * n.keepalive_time};")
         if n.ttl_security:
             # GTSM (RFC 5082): accept only packets that crossed at most `hops` routers.
             lines.append(f"    incoming-ttl {256 - n.ttl_security};")

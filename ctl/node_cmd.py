@@ -6,7 +6,7 @@
 
 The local form prints calicoctl's text with percale's name in the running line and ExaBGP's in
 the BGP backend line; scripts that read calicoctl's output read this. The datastore forms print
-the same block from what the node last published (percale/node/status.py writes it), and say so
+the same block from what the node last published (node/status.py writes it), and say so
 when there is no record or it is stale (not refreshed for three update periods).
 
 Rendering is pure (`render`, `render_record`); the command reads the socket or the datastore.
@@ -26,7 +26,7 @@ import typer
 from percale.ctl import ascii_table
 from percale.ctl.context import fail, with_datastore
 from percale.datastore import Datastore, Key, NotFound
-from percale.node.status import (
+from percale.bgpd.status import (
     DEFAULT_STATUS_SOCKET,
     STALE_AFTER_PERIODS,
     NodeView,

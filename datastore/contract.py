@@ -18,6 +18,14 @@ from percale.api import Resource
 NODE_SCOPED_KINDS = frozenset({"BlockAffinity"})
 
 
+def node_of(key: "Key") -> str:
+    """The node a node-scoped object belongs to, from its name alone: a BlockAffinity is named
+    <node>-<block name>, and a block name holds exactly one "-" (before its prefix length)."""
+    if key.kind not in NODE_SCOPED_KINDS:
+        raise ValueError(f"{key.kind} is not node-scoped")
+    return key.name.rsplit("-", 2)[0]
+
+
 @dataclass(frozen=True, order=True)
 class Key:
     """Names one stored object: its kind, its name and, for namespaced kinds, its namespace."""
@@ -82,11 +90,13 @@ class Datastore(Protocol):
         update. Raises NotFound."""
 
     def watch(
-        self, kind: str, *, revision: str | None = None, namespace: str | None = None
+        self, kind: str, *, revision: str | None = None, namespace: str | None = None,
+        node: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
-        """Changes to a kind, in revision order, strictly after `revision` (from now if None).
-        Raises RevisionCompacted when that history is gone, DatastoreUnavailable when the
-        connection breaks: resume by watching again from the last event's revision."""
+        """Changes to a kind, in revision order, strictly after `revision` (from now if None);
+        `node` narrows a node-scoped kind to one node's objects, as for list. Raises
+        RevisionCompacted when that history is gone, DatastoreUnavailable when the connection
+        breaks: resume by watching again from the last event's revision."""
 
     async def compact(self, revision: str) -> None:
         """Forget history at and before `revision`; watches from there raise RevisionCompacted."""

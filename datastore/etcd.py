@@ -112,9 +112,10 @@ class EtcdDatastore:
         return self._pair(key, response.responses[0].response_delete_range.prev_kvs[0])
 
     async def watch(
-        self, kind: str, *, revision: str | None = None, namespace: str | None = None
+        self, kind: str, *, revision: str | None = None, namespace: str | None = None,
+        node: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
-        prefix = layout.prefix(kind, namespace).encode()
+        prefix = layout.prefix(kind, namespace, node=node).encode()
         if revision is None:
             revision = str((await self.client.range(prefix)).header.revision)
         async for response in self.client.watch(prefix, after=int(revision)):

@@ -6,6 +6,18 @@ aetcd 1.0's own client has no TLS. See docs/datastore.md for the choice.
 
 Every gRPC failure that means "could not talk to etcd" becomes DatastoreUnavailable; with several
 endpoints, the next one is tried before giving up.
+
+Coming back after an outage. gRPC reconnects a channel by itself, but with a back-off that grows
+to 120 s, and new channels to the same address share the old one's connection and its back-off
+(the global subchannel pool): after a 30 s etcd outage, calls kept failing for 14 s once etcd
+was back. So every channel has a subchannel of its own and a reconnect back-off bounded at
+0.5 s, and a call fails at once while the channel is down (no wait for ready), so a CNI ADD during
+an outage answers "try again later" instead of hanging. Keepalive pings find a connection whose
+far end vanished without closing it (a watch on it would otherwise wait forever).
+
+A channel replaced after a failure is closed only when the client closes: closing it at once
+cancelled other calls in flight on it, which gRPC reports as asyncio.CancelledError in tasks
+that were never cancelled.
 """
 
 from __future__ import annotations
@@ -21,17 +33,32 @@ from aetcd import rpc
 
 from percale.datastore.errors import DatastoreError, DatastoreUnavailable, RevisionCompacted
 
-# Codes that say the request did not reach a working etcd; anything else is an answer.
+# Codes that say the request did not reach a working etcd, or etcd asks to be asked again later;
+# anything else is an answer.
 _UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
+RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 500
 
-# gRPC refuses responses over 4 MiB by default; listing every IPAM block of a large cluster is
-# one range response and can be bigger than that.
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
+_CHANNEL_OPTIONS = [
+    # gRPC refuses responses over 4 MiB by default; listing every IPAM block of a large cluster
+    # is one range response and can be bigger than that.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    # Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the deadline of a connection
+    # attempt, and 100 ms cut TLS handshakes short.
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    # etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
 
 
 @dataclass(frozen=True)
@@ -73,8 +100,11 @@ class EtcdClient:
         self._timeout = timeout
         self._current = 0
         self._channel: grpc.aio.Channel | None = None
+        self._retired: list[grpc.aio.Channel] = []
         # Stubs are cheap but not free to build; one per type and channel.
         self._stubs: dict[type, tuple[grpc.aio.Channel, object]] = {}
+        # Requests made, by method ("Range", "Txn", "Watch", ...): percale-node's metrics.
+        self.requests: dict[str, int] = {}
 
     @property
     def endpoint(self) -> str:
@@ -94,10 +124,13 @@ class EtcdClient:
                 self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         return self._channel
 
-    async def _rotate(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+    def _rotate(self, failed: grpc.aio.Channel | None) -> None:
+        """Move on to the next endpoint (with one endpoint: a fresh channel to it), unless
+        another call already did since `failed` was used."""
+        if failed is None or failed is not self._channel:
+            return
+        self._retired.append(failed)
+        self._channel = None
         self._current = (self._current + 1) % len(self._endpoints)
 
     def _stub(self, stub_type: type) -> object:
@@ -108,20 +141,24 @@ class EtcdClient:
         return stub[1]
 
     async def _unary(self, stub_type: type, method: str, request: object) -> object:
-        last: grpc.aio.AioRpcError | None = None
+        last = ""
         for _ in self._endpoints:
-            call = getattr(self._stub(stub_type), method)
+            stub = self._stub(stub_type)
+            channel = self._channel
+            self.requests[method] = self.requests.get(method, 0) + 1
             try:
-                return await call(request, timeout=self._timeout)
+                return await getattr(stub, method)(request, timeout=self._timeout)
             except grpc.aio.AioRpcError as err:
                 if err.code() not in _UNREACHABLE:
                     raise DatastoreError(f"etcd refused {method}: {err.details()}") from None
-                last = err
-                await self._rotate()
-        assert last is not None
-        raise DatastoreUnavailable(
-            f"cannot reach etcd at {', '.join(self._endpoints)}: {last.details()}"
-        )
+                last = err.details() or err.code().name
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
+                last = "the call was cancelled by gRPC"  # its channel went away under it
+            if len(self._endpoints) > 1:
+                self._rotate(channel)
+        raise DatastoreUnavailable(f"cannot reach etcd at {', '.join(self._endpoints)}: {last}")
 
     async def range(self, key: bytes, *, prefix: bool = False) -> rpc.RangeResponse:
         request = rpc.RangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
@@ -148,7 +185,9 @@ class EtcdClient:
 
     async def watch(self, prefix: bytes, *, after: int) -> AsyncIterator[rpc.WatchResponse]:
         """Responses carrying events on keys under `prefix` with revisions greater than `after`."""
-        call = rpc.WatchStub(self._open()).Watch()
+        channel = self._open()
+        call = rpc.WatchStub(channel).Watch()
+        self.requests["Watch"] = self.requests.get("Watch", 0) + 1
         try:
             await call.write(
                 rpc.WatchRequest(
@@ -170,13 +209,28 @@ class EtcdClient:
                     yield response
         except grpc.aio.AioRpcError as err:
             if err.code() in _UNREACHABLE:
-                await self._rotate()
+                if len(self._endpoints) > 1:
+                    self._rotate(channel)
                 raise DatastoreUnavailable(f"watch on etcd broke: {err.details()}") from None
             raise DatastoreError(f"etcd refused the watch: {err.details()}") from None
+        except asyncio.CancelledError:
+            if _really_cancelled():
+                raise
+            raise DatastoreUnavailable("watch on etcd was cancelled by gRPC") from None
         finally:
             call.cancel()
 
     async def close(self) -> None:
+        channels, self._retired = self._retired, []
         if self._channel is not None:
-            channel, self._channel = self._channel, None
+            channels.append(self._channel)
+            self._channel = None
+        for channel in channels:
             await asyncio.shield(channel.close())
+
+
+def _really_cancelled() -> bool:
+    """Whether the running task is being cancelled (by its owner), as opposed to gRPC raising
+    CancelledError for a call it cancelled itself."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
+from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent, node_of
 from percale.datastore.codec import decode, encode, stamped_for_create
 from percale.datastore.errors import AlreadyExists, Conflict, NotFound, RevisionCompacted
 from percale.api import Resource
@@ -118,8 +118,11 @@ class MemoryDatastore:
     # -- watch ---------------------------------------------------------------------------------
 
     async def watch(
-        self, kind: str, *, revision: str | None = None, namespace: str | None = None
+        self, kind: str, *, revision: str | None = None, namespace: str | None = None,
+        node: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
+        if node is not None and kind not in NODE_SCOPED_KINDS:
+            raise ValueError(f"{kind} is not node-scoped")
         after = self._revision if revision is None else int(revision)
         while True:
             if after < self._compacted:
@@ -129,6 +132,8 @@ class MemoryDatastore:
             for change in pending:
                 after = change.revision
                 if change.key.kind != kind or (namespace and change.key.namespace != namespace):
+                    continue
+                if node is not None and node_of(change.key) != node:
                     continue
                 rev = str(change.revision)
                 yield WatchEvent(change.type, change.key, decode(kind, change.data, rev), rev)  # type: ignore[arg-type]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,44 +114,19 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class _ReadCache:
-    """Datastore reads kept for `seconds` (0: none kept), keyed by what was read.
-
-    Only reads that a compare-and-swap later checks, or that may lag briefly without harm (pools,
-    config, a node's labels and blocks), are kept: a stale block costs one conflict, whose error
-    carries the current value; a pool disabled elsewhere is seen within `seconds`.
-    """
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._entries: dict[tuple[str, str], tuple[float, object]] = {}
-
-    def get(self, kind: str, name: str = "") -> object | None:
-        entry = self._entries.get((kind, name))
-        if entry is None or time.monotonic() - entry[0] > self.seconds:
-            return None
-        return entry[1]
-
-    def put(self, kind: str, name: str, value: object) -> None:
-        if self.seconds > 0:
-            self._entries[(kind, name)] = (time.monotonic(), value)
-
-    def drop(self, kind: str, name: str = "") -> None:
-        self._entries.pop((kind, name), None)
-
-
 class IPAM:
     def __init__(
         self, store: Datastore, *, retries: int = DATASTORE_RETRIES,
-        clock: Callable[[], datetime] = _now, cache_seconds: float = 0.0,
+        clock: Callable[[], datetime] = _now, authority: Datastore | None = None,
     ):
-        """`cache_seconds` > 0 lets a long-running process (the node agent) reuse what it read
-        for that long: steady-state allocation then costs two writes and no reads. Changes made
-        by other processes to pools, IPAMConfig or node labels are seen within that time."""
+        """`store` may answer reads from a view that lags the datastore by a moment (the node
+        agent's CachedDatastore): every decision read there is written with compare-and-swap,
+        so a stale read costs a conflict, never a wrong allocation. `authority` is the store
+        itself, for the reads that must not be stale (_holds_affinity, _release_in_block)."""
         self.store = store
+        self.authority = authority or store
         self.retries = retries
         self.clock = clock
-        self._cache = _ReadCache(cache_seconds)
         self._last_block: dict[str, str] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Conflicts seen since creation: the benchmark's "conflicts per allocation".
@@ -161,15 +135,10 @@ class IPAM:
     # -- configuration -------------------------------------------------------------------------
 
     async def get_config(self) -> IPAMConfigSpec:
-        cached = self._cache.get("config")
-        if cached is not None:
-            return cached  # type: ignore[return-value]
         try:
-            config = (await self.store.get(Key("IPAMConfig", "default"))).value.spec
+            return (await self.store.get(Key("IPAMConfig", "default"))).value.spec
         except NotFound:
-            config = IPAMConfigSpec()
-        self._cache.put("config", "", config)
-        return config
+            return IPAMConfigSpec()
 
     async def set_config(self, **changes: object) -> IPAMConfigSpec:
         """Change IPAMConfig fields (strict_affinity=..., ...), creating it with defaults first.
@@ -181,7 +150,6 @@ class IPAM:
                 problems = [Problem(f"spec.{p.field}", p.reason) for p in validation_problems(err)]
                 raise InvalidResource("IPAMConfig", "default", problems) from None
 
-        self._cache.drop("config")
         for _ in range(self.retries):
             try:
                 current = await self.store.get(Key("IPAMConfig", "default"))
@@ -290,7 +258,7 @@ class IPAM:
         that node's; a confirmed affinity whose block is missing (a claim cut short) gets its
         block created now."""
         key = Key("IPAMBlock", block_name(cidr))
-        current: KVPair | None = self._cache.get("block", cidr)  # type: ignore[assignment]
+        current: KVPair | None = None
         for _ in range(self.retries):
             if current is None:
                 try:
@@ -308,16 +276,14 @@ class IPAM:
                     continue
             spec = current.value.spec
             if spec.deleted or (owner is not None and spec.affinity != host_affinity(owner)):
-                self._cache.drop("block", cidr)
                 return []
-            self._cache.put("block", cidr, current)
             count = min(want, blocks.free_count(spec))
             if count == 0:
                 return []
             new_spec, taken = blocks.assign(spec, count, handle_id, secondary)
             await self._add_to_handle(handle_id, cidr, count)
             try:
-                written = await self.store.update(
+                await self.store.update(
                     current.value.model_copy(update={"spec": new_spec}), revision=current.revision)
             except Conflict as err:
                 # Someone wrote the block first; the conflict carries what is stored now.
@@ -328,20 +294,22 @@ class IPAM:
             except NotFound:
                 # Released and deleted under us: look again.
                 await self._add_to_handle(handle_id, cidr, -count)
-                self._cache.drop("block", cidr)
                 current = None
                 continue
             except BaseException:
                 await asyncio.shield(self._add_to_handle(handle_id, cidr, -count))
                 raise
-            self._cache.put("block", cidr, written)
             prefix = spec.network.prefixlen
             return [ipaddress.ip_interface(f"{blocks.address(new_spec, o)}/{prefix}") for o in taken]
         raise TooManyConflicts()
 
     async def _holds_affinity(self, node: str, cidr: str) -> bool:
+        # From the store itself, not a view: the answer decides whether a missing block is
+        # created again, a write no compare-and-swap guards. A view a moment behind a release
+        # (percale-controllers giving an empty block back) recreated the block without its
+        # affinity, and its addresses were handed out from a block no node announced.
         try:
-            affinity = await self.store.get(Key("BlockAffinity", affinity_name(node, cidr)))
+            affinity = await self.authority.get(Key("BlockAffinity", affinity_name(node, cidr)))
         except NotFound:
             return False
         return affinity.value.spec.state == "confirmed"
@@ -412,7 +380,7 @@ class IPAM:
             if current.value.spec.state == "pendingDeletion":
                 return False  # being released right now; let that finish
         try:
-            self._cache.put("block", cidr, await self.store.create(self._new_block(cidr, node)))
+            await self.store.create(self._new_block(cidr, node))
         except AlreadyExists:
             block = await self.store.get(Key("IPAMBlock", block_name(cidr)))
             if block.value.spec.affinity != host_affinity(node):
@@ -428,9 +396,6 @@ class IPAM:
                 except Conflict:
                     self.conflicts += 1
                     continue
-            owned = self._cache.get("owned", node)
-            if owned is not None and cidr not in owned:  # type: ignore[operator]
-                self._cache.put("owned", node, [*owned, cidr])  # type: ignore[misc]
             return True
         raise TooManyConflicts()
 
@@ -442,8 +407,6 @@ class IPAM:
         under us (it is not empty any more, or its sequence number moved)."""
         key = Key("BlockAffinity", affinity_name(node, cidr))
         block_key = Key("IPAMBlock", block_name(cidr))
-        self._cache.drop("owned", node)
-        self._cache.drop("block", cidr)
         for _ in range(self.retries):
             try:
                 block = await self.store.get(block_key)
@@ -507,7 +470,6 @@ class IPAM:
         every node's affinity for its blocks (empty blocks go, the others become unaffine and
         go with their last address), then delete it. Running pods keep their addresses."""
         key = Key("IPPool", name)
-        self._cache.drop("pools")
         pool = await self.store.get(key)
         if revision is not None and pool.revision != revision:
             raise Conflict(key, pool)
@@ -667,7 +629,8 @@ class IPAM:
         """Release what `choose(spec)` picks in one block: {ordinal: address} and the sequence
         numbers to hold some of them to. Raises NotFound when there is no such block."""
         key = Key("IPAMBlock", block_name(cidr))
-        current: KVPair | None = self._cache.get("block", cidr)  # type: ignore[assignment]
+        current: KVPair | None = None
+        checked = self.authority is self.store
         for _ in range(self.retries):
             if current is None:
                 current = await self.store.get(key)  # NotFound: the caller decides what it means
@@ -680,10 +643,11 @@ class IPAM:
                 [ordinals[o] for o in outcome.stale],
             )
             if not outcome.released:
-                if self._cache.get("block", cidr) is current:
-                    # Nothing to free by what we remembered; make sure by reading the store.
-                    self._cache.drop("block", cidr)
-                    current = None
+                if not checked:
+                    # Nothing to free by a view that may lag: an address another process handed
+                    # out a moment ago would leak if we stopped here. Make sure in the store.
+                    checked = True
+                    current = await self.authority.get(key)
                     continue
                 return result
             drop = blocks.is_empty(outcome.spec) and (
@@ -691,18 +655,14 @@ class IPAM:
             try:
                 if drop:
                     await self.store.delete(key, revision=current.revision)
-                    self._cache.drop("block", cidr)
                 else:
-                    written = await self.store.update(
-                        current.value.model_copy(update={"spec": outcome.spec}),
-                        revision=current.revision)
-                    self._cache.put("block", cidr, written)
+                    await self.store.update(current.value.model_copy(update={"spec": outcome.spec}),
+                                            revision=current.revision)
             except Conflict as err:
                 self.conflicts += 1
                 current = err.current
                 continue
             except NotFound:
-                self._cache.drop("block", cidr)
                 current = None
                 continue
             if drop and spec.affinity_node:
@@ -763,31 +723,18 @@ class IPAM:
     # -- helpers -------------------------------------------------------------------------------
 
     async def pools(self) -> list[IPPool]:
-        """Every IPPool (kept for cache_seconds)."""
-        cached = self._cache.get("pools")
-        if cached is None:
-            cached = [kv.value for kv in (await self.store.list("IPPool")).items]
-            self._cache.put("pools", "", cached)
-        return cached  # type: ignore[return-value]
+        return [kv.value for kv in (await self.store.list("IPPool")).items]
 
     async def _owned(self, node: str) -> list[str]:
         """The blocks `node` holds a confirmed affinity for (a pending one counts as absent)."""
-        cached = self._cache.get("owned", node)
-        if cached is None:
-            affinities = (await self.store.list("BlockAffinity", node=node)).items
-            cached = [kv.value.spec.cidr for kv in affinities if kv.value.spec.state == "confirmed"]
-            self._cache.put("owned", node, cached)
-        return cached  # type: ignore[return-value]
+        affinities = (await self.store.list("BlockAffinity", node=node)).items
+        return [kv.value.spec.cidr for kv in affinities if kv.value.spec.state == "confirmed"]
 
     async def _node_labels(self, node: str) -> dict[str, str]:
-        cached = self._cache.get("labels", node)
-        if cached is None:
-            try:
-                cached = (await self.store.get(Key("Node", node))).value.metadata.labels
-            except NotFound:
-                cached = {}  # a node not registered yet: only all() pools select it
-            self._cache.put("labels", node, cached)
-        return cached  # type: ignore[return-value]
+        try:
+            return (await self.store.get(Key("Node", node))).value.metadata.labels
+        except NotFound:
+            return {}  # a node not registered yet: only all() pools select it
 
     async def _add_to_handle(self, handle_id: str, cidr: str, delta: int) -> None:
         key = Key("IPAMHandle", handle_id)

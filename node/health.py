@@ -1,31 +1,54 @@
 """percale-node's health and metrics over HTTP: /livez, /readyz and /metrics.
 
     /livez    200 while the agent's event loop answers at all
-    /readyz   200 once the datastore answered the last sync, the kernel was reconciled at least
-              once, and every configured BGP peer is Established; else 503 and the reasons
+    /readyz   200 once the agent's view of the datastore is listed, its BGP configuration is
+              applied, the kernel was reconciled at least once, and every configured BGP peer is
+              Established; else 503 and the reasons
     /metrics  Prometheus text: percale_bgp_sessions{state}, percale_bgp_routes_learned,
-              percale_bgp_routes_programmed, percale_bgp_sync_seconds (a sync ends with the
-              node's announcements sent, so it bounds the claim-to-announce delay)
+              percale_bgp_routes_programmed, percale_bgp_sync_seconds (one pass from a change
+              of the node's blocks to its announcements sent: the claim-to-announce delay);
+              percale_datastore_requests_total{method} (every request to etcd: Range, Txn,
+              Watch, ...), percale_datastore_view_events_total, percale_datastore_view_lists_total
 
 A tiny asyncio server (two paths and a text body do not need a web framework); the metrics are
-read from the BGP driver when asked, so nothing can drift.
+read from the agent's parts when asked, so nothing can drift.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 SYNC_SECONDS = Histogram(
     "percale_bgp_sync_seconds", "Time of one pass from the datastore to ExaBGP (announcements sent)",
     registry=None, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 
+class PeerState(Protocol):
+    state: str
+
+
+class BGPHealth(Protocol):
+    """What health reads of the BGP agent (bgpd.agent.BGPAgent)."""
+
+    @property
+    def peers(self) -> Mapping[str, PeerState]: ...
+    @property
+    def rib(self) -> Any: ...
+    @property
+    def fib(self) -> Any: ...
+    @property
+    def synced(self) -> bool: ...
+    @property
+    def reconciled(self) -> bool: ...
+
+
 class _BGPCollector:
-    def __init__(self, bgp: Any):
+    def __init__(self, bgp: BGPHealth):
         self.bgp = bgp
 
     def collect(self):
@@ -45,18 +68,40 @@ class _BGPCollector:
                                 value=programmed)
 
 
-def registry_for(bgp: Any) -> CollectorRegistry:
+class _DatastoreCollector:
+    def __init__(self, datastore: Any, cache: Any):
+        self.datastore, self.cache = datastore, cache
+
+    def collect(self):
+        requests = CounterMetricFamily("percale_datastore_requests",
+                                       "Requests this agent made to the datastore", labels=["method"])
+        counts = getattr(getattr(self.datastore, "client", None), "requests", {})
+        for method, count in sorted(counts.items()):
+            requests.add_metric([method], count)
+        yield requests
+        if self.cache is not None:
+            yield CounterMetricFamily("percale_datastore_view_events",
+                                      "Watch events applied to the agent's view", value=self.cache.events)
+            yield CounterMetricFamily("percale_datastore_view_lists",
+                                      "Lists that filled the agent's view (one per kind, and one per "
+                                      "kind whose history was compacted)", value=self.cache.lists)
+
+
+def registry_for(bgp: BGPHealth, datastore: Any = None, cache: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(_BGPCollector(bgp))
+    registry.register(_DatastoreCollector(datastore, cache))
     registry.register(SYNC_SECONDS)
     return registry
 
 
-def readiness(bgp: Any) -> list[str]:
+def readiness(bgp: BGPHealth, cache: Any = None) -> list[str]:
     """Why the node is not ready; [] when it is."""
     problems = []
+    if cache is not None and not cache.synced:
+        problems.append("the agent's view of the datastore is not listed yet")
     if not bgp.synced:
-        problems.append("the datastore has not answered a sync yet")
+        problems.append("BGP has not been configured from the datastore yet")
     if bgp.fib is not None and not bgp.reconciled:
         problems.append("the kernel's routes have not been reconciled yet")
     down = [a for a, s in sorted(bgp.peers.items()) if s.state != "up"]
@@ -65,8 +110,9 @@ def readiness(bgp: Any) -> list[str]:
     return problems
 
 
-async def serve(bgp: Any, host: str, port: int) -> asyncio.AbstractServer:
-    registry = registry_for(bgp)
+async def serve(bgp: BGPHealth, host: str, port: int, *, datastore: Any = None,
+                cache: Any = None) -> asyncio.AbstractServer:
+    registry = registry_for(bgp, datastore, cache)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -77,7 +123,7 @@ async def serve(bgp: Any, host: str, port: int) -> asyncio.AbstractServer:
             if path == "/livez":
                 status, body, kind = 200, b"ok\n", "text/plain"
             elif path == "/readyz":
-                problems = readiness(bgp)
+                problems = readiness(bgp, cache)
                 status = 503 if problems else 200
                 body = ("\n".join(problems) + "\n" if problems else "ok\n").encode()
                 kind = "text/plain"

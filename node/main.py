@@ -1,16 +1,25 @@
-"""`percale-node`: the node agent: the CNI server and the BGP driver in one asyncio process.
+"""`percale-node`: the node agent: the CNI server and the BGP agent in one asyncio process.
 
-It opens the datastore, turns on forwarding (pods reach each other through the host), listens on
-the CNI socket, and runs BGP (bgpd.controller) once this node's Node resource has a BGP address:
-ExaBGP announces the node's blocks, and learned routes go through the RIB to the kernel. Its BGP
-status is answered on the status socket (`percalectl node status`) and published as the node's
-NodeStatus (node/status.py). It stops cleanly on SIGTERM or SIGINT, leaving its routes in the
-kernel and letting peers keep ours (graceful restart).
+It opens the datastore, registers the node, turns on forwarding (pods reach each other through
+the host), and then runs, side by side:
+
+  * the view (datastore/cache.py): each kind the agent needs listed once and followed by its
+    watch; every part below reads it and reacts to its changes;
+  * the CNI server (node/cni_server.py, cni_handlers.py): IPAM over the view, writes to the
+    datastore, pods wired by the dataplane workers;
+  * BGP (bgpd/agent.py), once this node's Node has a BGP address: ExaBGP announces the node's
+    blocks, and learned routes go through the RIB to the kernel (dataplane/fib.py);
+  * its status on the status socket and as the node's NodeStatus (node/status.py), and
+    /livez, /readyz, /metrics (node/health.py).
+
+It stops cleanly on SIGTERM or SIGINT, leaving its routes in the kernel and letting peers keep
+ours (graceful restart). Assembly only: the logic lives in the packages it wires together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import faulthandler
 import logging
 import signal
@@ -21,7 +30,7 @@ from typing import Annotated, Optional
 import typer
 
 from percale.dataplane.blackholes import Blackholes
-from percale.bgpd.controller import BGPController
+from percale.bgpd.agent import BGPAgent
 from percale.dataplane.fib import FIB
 from percale.datastore.options import (
     ConfigFile,
@@ -33,18 +42,16 @@ from percale.datastore.options import (
 )
 from percale.dataplane.host import enable_forwarding
 from percale.datastore import DatastoreError, DatastoreUnavailable
+from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
 from percale.node import health, registration
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
-from percale.node.status import DEFAULT_STATUS_SOCKET, NodeStatusPublisher, serve_status
+from percale.bgpd.status import DEFAULT_STATUS_SOCKET
+from percale.node.status import NodeStatusPublisher, serve_status
 
 log = logging.getLogger("percale.node")
-
-# How long the agent reuses what it read (pools, IPAM config, its blocks): allocation then costs
-# two datastore writes. A pool disabled elsewhere is seen within this time.
-IPAM_CACHE_SECONDS = 2.0
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,7 +81,7 @@ async def register_when_reachable(store, node: str, addresses: tuple, stop: asyn
 
 async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str, Optional[str]],
               mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str,
-              addresses: tuple = (None, None, None)) -> None:
+              addresses: tuple = (None, None, None), router_id: Optional[str] = None) -> None:
     store = open_datastore(load_config(**settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -89,31 +96,37 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
         await store.close()
         return
     enable_forwarding()
-    handlers = CNIHandlers(store, IPAM(store, cache_seconds=IPAM_CACHE_SECONDS), node, mtu or None)
+    cache = Cache(store, AGENT_KINDS, node=node)
+    view = CachedDatastore(store, cache)
+    handlers = CNIHandlers(view, IPAM(view, authority=store), node, mtu or None)
+    fib, blackholes = FIB(), Blackholes()
+    bgp_agent = BGPAgent(cache, node, bgp_dir, fib=fib, blackholes=blackholes,
+                         secrets_dir=secrets_dir, router_id=router_id)
+    bgp_agent.on_sync = health.SYNC_SECONDS.observe
+    # Before the first list completes, reads go to the datastore itself: CNI is served at once.
+    following = asyncio.create_task(cache.run(), name="datastore view")
     await handlers.start()
     server = await serve(handlers.handle, cni_socket)
     log.info("percale-node %s serving CNI on %s", node, cni_socket)
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
-    fib, blackholes = FIB(), Blackholes()
-    controller = BGPController(store, node, bgp_dir, fib=fib, blackholes=blackholes,
-                               secrets_dir=secrets_dir)
-    controller.on_sync = health.SYNC_SECONDS.observe
-    status_server = await serve_status(controller, node, status_socket)
+    status_server = await serve_status(bgp_agent, node, status_socket)
     log.info("percale-node %s answering status on %s", node, status_socket)
     health_server = None
     if health_listen:
         host, _, port = health_listen.rpartition(":")
-        health_server = await health.serve(controller, host or "127.0.0.1", int(port))
-    bgp = asyncio.create_task(controller.run(), name="BGP")
-    publisher = asyncio.create_task(NodeStatusPublisher(store, node, controller).run(),
+        health_server = await health.serve(bgp_agent, host or "127.0.0.1", int(port),
+                                           datastore=store, cache=cache)
+    bgp = asyncio.create_task(bgp_agent.run(), name="BGP")
+    publisher = asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(),
                                     name="NodeStatus")
     stopping = asyncio.create_task(stop.wait())
     failed: str | None = None
+    parts = (following, bgp, publisher)
     try:
-        # Both run until cancelled: one that ends has failed, and an agent without its BGP
-        # side must not look healthy. It stops, and its supervisor starts it again.
-        done, _ = await asyncio.wait({stopping, bgp, publisher}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (bgp, publisher):
+        # Each runs until cancelled: one that ends has failed, and an agent without its view
+        # or its BGP side must not look healthy. It stops, and its supervisor starts it again.
+        done, _ = await asyncio.wait({stopping, *parts}, return_when=asyncio.FIRST_COMPLETED)
+        for task in parts:
             if task in done:
                 error = task.exception() or RuntimeError("it returned")
                 failed = f"the {task.get_name()} task ended: {error!r}"
@@ -123,7 +136,7 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
         # Gone first, so `node status` says the agent is not running while it stops.
         status_server.close()
         Path(status_socket).unlink(missing_ok=True)
-        for task in (publisher, bgp):
+        for task in (publisher, bgp, following):
             task.cancel()
             try:
                 await task
@@ -176,6 +189,10 @@ def main(
     as_number: Annotated[Optional[int], typer.Option(
         "--as", envvar="AS", min=1, max=4294967295,
         help="This node's AS number (default: BGPConfiguration's asNumber)")] = None,
+    router_id: Annotated[Optional[str], typer.Option(
+        "--router-id", envvar="PERCALE_ROUTER_ID",
+        help="BGP router ID, as Calico's CALICO_ROUTER_ID: unset uses the node's IPv4 address;"
+        " 'hash' derives one from the node name (for IPv6-only nodes); else an IPv4 address")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
@@ -186,10 +203,16 @@ def main(
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
                                   etcd_key_file)
     try:
+        if router_id not in (None, "", "hash"):
+            try:
+                ipaddress.IPv4Address(router_id)
+            except ValueError:
+                raise registration.RegistrationError(
+                    f"--router-id: {router_id!r} is neither 'hash' nor an IPv4 address") from None
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
         asyncio.run(run(node_name or socket.gethostname(), cni_socket, status_socket, settings,
-                        mtu, bgp_dir, secrets_dir, health_listen, addresses))
+                        mtu, bgp_dir, secrets_dir, health_listen, addresses, router_id or None))
     except (ConfigError, DatastoreError, OSError, registration.RegistrationError, AgentFailed) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None

@@ -188,6 +188,20 @@ async def test_watch_delivers_changes_in_order(store):
     assert revisions == sorted(revisions) and len(set(revisions)) == 3
 
 
+async def test_watch_narrows_node_scoped_kinds_to_one_node(store):
+    start = (await store.list("BlockAffinity")).revision
+    events = store.watch("BlockAffinity", revision=start, node="node-1")
+    for node, cidr in [("node-10", "10.0.1.0/26"), ("node-1", "10.0.0.0/26")]:
+        await store.create(parse({
+            "apiVersion": "percale.io/v1", "kind": "BlockAffinity",
+            "metadata": {"name": f"{node}-{cidr.replace('/', '-')}"},
+            "spec": {"state": "confirmed", "node": node, "cidr": cidr},
+        }))
+    got = await _take(events, 1)
+    await events.aclose()
+    assert [e.value.spec.node for e in got] == ["node-1"]
+
+
 async def test_watch_resumes_from_a_revision_without_loss(store):
     start = (await store.list("IPPool")).revision
     for i in range(3):

@@ -126,6 +126,25 @@ class CNINode:
                 children.append((int(pid), cmdline.decode(errors="replace").strip()))
         return children
 
+    def metric(self, name: str) -> float:
+        """A value of the agent's /metrics (127.0.0.1:9099 in the node's namespace); 0 if absent."""
+        script = ("import urllib.request;"
+                  "print(urllib.request.urlopen('http://127.0.0.1:9099/metrics', timeout=5).read().decode())")
+        text = self.exec(sys.executable, "-c", script).stdout
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    def wait_for_view(self, change) -> None:
+        """Make a datastore change (`change()`) and wait until the agent's view has applied at
+        least one more event: what the agent reads then includes it."""
+        before = self.metric("percale_datastore_view_events_total")
+        change()
+        deadline = time.monotonic() + 10
+        while self.metric("percale_datastore_view_events_total") <= before:
+            if time.monotonic() > deadline:
+                raise AssertionError("the agent's view did not see the change within 10 s")
+            time.sleep(0.02)
+
     def exabgp_pid(self) -> int | None:
         """The ExaBGP the agent runs, if it runs one now."""
         return next((pid for pid, cmd in self.agent_children() if " server " in f"{cmd} "

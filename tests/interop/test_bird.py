@@ -8,6 +8,7 @@ bridge with veth pairs. Everything is configured through the datastore, as in a 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -55,9 +56,14 @@ def test_bird_as_ebgp_top_of_rack(etcd):
             etcd,
             resource("Node", node.name, {"bgp": {"ipv4Address": "10.99.0.1/24", "asNumber": NODE_AS}}),
             resource("BGPPeer", "tor", {"nodeSelector": "all()", "peerIP": router.ip,
-                                        "asNumber": TOR_AS}),
+                                        "asNumber": TOR_AS, "keepaliveTime": "10s"}),
         )
         assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, node)
+        # keepaliveTime 10s: ExaBGP offers a hold time of 30 s and sends a keepalive every 10 s,
+        # as BIRD's `keepalive time 10` would (BIRD's own default hold time is 240 s).
+        details = router.birdc("show protocols all node_a")
+        assert re.search(r"Hold timer:\s+[\d.]+/30\b", details), details
+        assert re.search(r"Keepalive timer:\s+[\d.]+/10\b", details), details
 
         _, pod_ip = node.add_pod()
         block = block_of(pod_ip)

@@ -199,3 +199,35 @@ def test_ipv6_session_with_bird_as_ebgp_top_of_rack(etcd):
     finally:
         node.stop()
         router.down()
+
+
+def test_an_ipv6_only_node_with_a_hashed_router_id_peers_with_bird(etcd):
+    """A Node with only an IPv6 BGP address has no IPv4 address for its router ID; with
+    `--router-id hash` (Calico's CALICO_ROUTER_ID=hash) it derives one from its name, and its
+    session with BIRD comes up carrying that ID."""
+    from percale.bgpd.peering import router_id
+
+    router = Router()
+    node = CNINode(etcd.unix_endpoint, agent_args=["--router-id", "hash"])
+    tor6, node6 = "fd00:99::fe", "fd00:99::1"
+    try:
+        router.up()
+        router.exec(router.ns, "ip", "addr", "add", f"{tor6}/64", "dev", "br0", "nodad")
+        node.start()
+        router.attach(node.netns, "10.99.0.1/24")
+        node.exec("ip", "addr", "add", f"{node6}/64", "dev", "fabric", "nodad")
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a6", tor6, TOR_AS, node6, NODE_AS, family=6),
+        ]))
+        node_resource = resource("Node", node.name, {"bgp": {"ipv6Address": f"{node6}/64", "asNumber": NODE_AS}})
+        setup_store(
+            etcd, resource("IPPool", "pods6", {"cidr": POOL6}), node_resource,
+            resource("BGPPeer", "tor6", {"nodeSelector": "all()", "peerIP": tor6, "asNumber": TOR_AS}),
+        )
+        assert wait_for(lambda: router.bird_established("node_a6"), 20), diagnose(router, node)
+        expected = router_id(node_resource, "hash")
+        assert expected and expected != "10.99.0.1"
+        assert f"Neighbor ID:      {expected}" in router.birdc("show protocols all node_a6")
+    finally:
+        node.stop()
+        router.down()

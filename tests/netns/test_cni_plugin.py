@@ -21,7 +21,6 @@ from percale.dataplane.workers import DEFAULT_WORKERS
 from percale.datastore import Key
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.ipam.allocator import IPAM
-from percale.node.main import IPAM_CACHE_SECONDS
 from tests.helpers.cni_node import PluginResult, netconf
 from tests.helpers.store import with_store
 from tests.helpers.ipam_world import add_pool
@@ -252,8 +251,8 @@ def test_mtu_from_config_or_the_underlay_minus_the_tunnel(node, etcd_server):
     plain = node.plugin("percale", "ADD", netconf(node), container_id="c-mtu2", netns=netns2,
                         args=k8s("default", "mtu2"))
     assert plain.code == 0 and "mtu 1500" in in_pod(netns2, "ip", "link", "show", "eth0").stdout
-    with_store(etcd_server.endpoint, lambda s: add_pool(s, "tunnelled", "10.245.0.0/16", vxlanMode="Always"))
-    time.sleep(IPAM_CACHE_SECONDS + 0.2)  # the agent sees pool changes within this time
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint,
+                                          lambda s: add_pool(s, "tunnelled", "10.245.0.0/16", vxlanMode="Always")))
     try:
         netns3 = node.new_pod_netns()
         vxlan = node.plugin("percale", "ADD", netconf(node), container_id="c-mtu3", netns=netns3,
@@ -320,10 +319,10 @@ def test_add_after_another_plugin_keeps_its_result(node):
 def test_a_failed_add_undoes_every_step(node, etcd_server):
     """The kernel refuses the host route (the address is already routed, as a /32 block's
     blackhole would be): the veth goes, the address goes back, no endpoint is left."""
-    with_store(etcd_server.endpoint, lambda s: add_pool(s, "tiny", "10.246.0.0/30", blockSize=30))
     for i in range(4):
         node.exec("ip", "route", "add", "blackhole", f"10.246.0.{i}/32")
-    time.sleep(IPAM_CACHE_SECONDS + 0.2)  # the agent sees the new pool within this time
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint,
+                                          lambda s: add_pool(s, "tiny", "10.246.0.0/30", blockSize=30)))
     try:
         netns = node.new_pod_netns()
         failed = node.plugin("percale", "ADD", netconf(node, ipam={"type": "percale-ipam", "ipv4_pools": ["tiny"]}),

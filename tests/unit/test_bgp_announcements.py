@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from percale.bgpd.announcements import announcements
@@ -37,3 +39,52 @@ async def test_pending_affinities_are_not_announced():
                      "metadata": {"name": "n1-10.0.0.0-26"},
                      "spec": {"state": "pending", "node": "n1", "cidr": "10.0.0.0/26"}})
     assert announcements("n1", [pending], []).blocks == set()
+
+
+async def test_the_incremental_table_agrees_with_the_whole_computation_after_every_change():
+    """AnnouncementTable, fed one affinity or block change at a time (as the agent's view tells
+    it), says what `announcements` says of the whole state, and says `changed` only when it
+    changed: borrowing, claiming, releasing, and another node's traffic."""
+    from percale.bgpd.announcements import AnnouncementTable
+    from percale.datastore.cache import Cache
+
+    store = MemoryDatastore()
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)
+    cache = Cache(store, ["BlockAffinity", "IPAMBlock"])
+    table = AnnouncementTable("n2")
+    changed: list[bool] = []
+
+    def told(change):
+        if change.kind == "BlockAffinity":
+            changed.append(table.affinity(change.key.name, change.new.value if change.new else None))
+        else:
+            cidr = (change.new or change.old).value.spec.cidr
+            changed.append(table.block(cidr, change.new.value if change.new else None))
+
+    cache.subscribe(told)
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        ipam = IPAM(store)
+        steps = [
+            lambda: ipam.auto_assign("n1", handle_id="a", num4=13),   # n1 takes every block
+            lambda: ipam.auto_assign("n2", handle_id="b", num4=2),    # n2 borrows two
+            lambda: ipam.auto_assign("n1", handle_id="c", num4=1),    # n1 alone: nothing for n2
+            lambda: ipam.release_by_handle("b"),                      # n2 gives back what it borrowed
+            lambda: ipam.release_by_handle("a"),
+            lambda: ipam.release_by_handle("c"),
+            lambda: ipam.release_host_affinities("n1"),
+            lambda: ipam.auto_assign("n2", handle_id="d", num4=1),    # n2 claims a block of its own
+        ]
+        before = table.current
+        for step in steps:
+            await step()
+            await asyncio.sleep(0.01)  # the watch delivers
+            affinities = [kv.value for kv in (await store.list("BlockAffinity")).items]
+            all_blocks = [kv.value for kv in (await store.list("IPAMBlock")).items]
+            assert table.current == announcements("n2", affinities, all_blocks)
+            assert any(changed) == (table.current != before)
+            before, changed[:] = table.current, []
+        assert table.current.blocks and not table.current.borrowed
+    finally:
+        following.cancel()

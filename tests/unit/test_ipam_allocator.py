@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from percale.datastore import Key, MemoryDatastore, NotFound
+from percale.datastore.cache import Cache, CachedDatastore
 from percale.ipam import blocks
 from percale.ipam.allocator import IPAM, tunnel_handle
 from percale.ipam.errors import (
@@ -393,17 +394,69 @@ class _Counting:
 
 
 async def test_a_warm_agent_allocates_with_two_writes_and_no_reads(store):
-    """With cache_seconds (the node agent's setting) an allocation from the node's own block is
-    one handle create and one block compare-and-swap."""
+    """Over the agent's view (CachedDatastore) an allocation from the node's own block is one
+    handle create and one block compare-and-swap: pools, IPAM config, the node, its affinities
+    and the block come from memory."""
     await add_pool(store, "p", "10.0.0.0/16")
     counting = _Counting(store)
-    ipam = IPAM(counting, cache_seconds=60)
-    await ipam.auto_assign("n1", handle_id="warm-up", num4=1)
-    counting.calls.clear()
-    for i in range(5):
-        await ipam.auto_assign("n1", handle_id=f"pod-{i}", num4=1)
-    assert counting.calls == ["create", "update"] * 5
-    counting.calls.clear()
-    await ipam.release_by_handle("pod-0")
-    assert counting.calls == ["get", "update", "get", "delete", "delete"]
-    await assert_consistent(store)
+    cache = Cache(store, node="n1")
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        ipam = IPAM(CachedDatastore(counting, cache), authority=counting)
+        await ipam.auto_assign("n1", handle_id="warm-up", num4=1)
+        counting.calls.clear()
+        for i in range(5):
+            await ipam.auto_assign("n1", handle_id=f"pod-{i}", num4=1)
+        assert counting.calls == ["create", "update"] * 5
+        counting.calls.clear()
+        await ipam.release_by_handle("pod-0")
+        assert counting.calls == ["get", "update", "get", "delete", "delete"]
+        await assert_consistent(store)
+    finally:
+        following.cancel()
+
+
+async def test_a_release_the_view_cannot_see_yet_is_made_sure_of_in_the_store(store):
+    """An address handed out by another process a moment ago is not in the agent's view yet:
+    releasing its handle must still free it (the view said there was nothing to free)."""
+    await add_pool(store, "p", "10.0.0.0/16")
+    cache = Cache(store, node="n1")
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        agent = IPAM(CachedDatastore(store, cache), authority=store)
+        await agent.auto_assign("n1", handle_id="warm-up", num4=1)
+        following.cancel()  # the view stops here
+        elsewhere = IPAM(store)
+        got = await elsewhere.auto_assign("n1", handle_id="late", num4=1)
+        assert await agent.release_by_handle("late") == [str(got.ipv4[0].ip)]
+        assert sorted((await allocations(store)).values()) == ["warm-up"]
+    finally:
+        following.cancel()
+
+
+async def test_a_view_behind_a_released_block_does_not_bring_the_block_back(store):
+    """percale-controllers gives an empty block back while the agent's view still shows it as
+    the node's: the allocation must not recreate the block (without its affinity, no node would
+    announce it), but go to a block the node really holds."""
+    await add_pool(store, "p", "10.0.0.0/16")
+    cache = Cache(store, node="n1")
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        agent = IPAM(CachedDatastore(store, cache), authority=store)
+        first = (await agent.auto_assign("n1", handle_id="a", num4=1)).ipv4[0].network
+        await agent.release_by_handle("a")
+        await asyncio.sleep(0.05)  # the view has seen all of it
+        following.cancel()  # ... and sees nothing from here on
+        controllers = IPAM(store)
+        assert await controllers._release_block_affinity("n1", str(first), require_empty=True)
+        got = await agent.auto_assign("n1", handle_id="b", num4=1)
+        blocks_now = {kv.value.spec.cidr: kv.value.spec for kv in (await store.list("IPAMBlock")).items}
+        affinities = {kv.value.spec.cidr for kv in (await store.list("BlockAffinity")).items}
+        assert str(got.ipv4[0].network) in affinities
+        assert set(blocks_now) <= affinities, "a block without its affinity"
+        await assert_consistent(store)
+    finally:
+        following.cancel()

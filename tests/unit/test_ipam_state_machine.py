@@ -2,8 +2,9 @@
 nodes from a small pool, checked after every step against a model and IPAM's invariants.
 
 Two IPAM objects share the store, as two agents would, and take turns at random; the second
-variant lets both keep what they read (cache_seconds), so each works from stale blocks and
-must still never hand an address out twice."""
+variant gives each its own watch-fed view (CachedDatastore, as percale-node reads), which catches
+up only while a step runs, so each works from stale blocks and must still never hand an address
+out twice."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from percale.datastore import MemoryDatastore
+from percale.datastore.cache import Cache, CachedDatastore
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import BlockLimitReached, PoolsExhausted, StrictAffinityExhausted
 from tests.helpers.ipam_world import add_pool, assert_consistent
@@ -25,16 +27,18 @@ NODES = ["n1", "n2", "n3"]
 
 
 class Allocator(RuleBasedStateMachine):
-    cache_seconds = 0.0
-
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.store = MemoryDatastore()
-        self.agents = [IPAM(self.store, cache_seconds=self.cache_seconds) for _ in range(2)]
+        self.following: list[asyncio.Task] = []
+        self.agents = [self.agent() for _ in range(2)]
         self.ipam = self.agents[0]
         self.owned: dict[str, set[str]] = {}  # handle -> addresses, the model
         self.counter = 0
+
+    def agent(self) -> IPAM:
+        return IPAM(self.store)
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -99,11 +103,18 @@ class Allocator(RuleBasedStateMachine):
         assert held == expected
 
     def teardown(self):
+        for task in self.following:
+            task.cancel()
+            self.loop.run_until_complete(asyncio.wait([task]))
         self.loop.close()
 
 
 class CachingAllocator(Allocator):
-    cache_seconds = 3600.0
+    def agent(self) -> IPAM:
+        cache = Cache(self.store)  # every node's affinities: one agent allocates for several
+        self.following.append(self.loop.create_task(cache.run()))
+        self.run(cache.wait_synced())
+        return IPAM(CachedDatastore(self.store, cache), authority=self.store)
 
 
 SETTINGS = settings(max_examples=60, stateful_step_count=25, deadline=None)

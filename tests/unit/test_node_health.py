@@ -37,7 +37,7 @@ async def test_live_ready_and_metrics():
         assert await get(port, "/livez") == (200, "ok\n")
         status, body = await get(port, "/readyz")
         assert status == 503
-        assert "has not answered" in body and "not been reconciled" in body
+        assert "not been configured" in body and "not been reconciled" in body
         assert "BGP not established with 10.0.0.2" in body
 
         bgp.synced = bgp.reconciled = True

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from percale.ctl.main import app
 from percale.ctl.node_cmd import render, render_record
-from percale.node.status import (
+from percale.bgpd.status import (
     NodeView,
     PeerRow,
     from_json,

@@ -8,11 +8,12 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from percale.bgpd.controller import PeerStatus
+from percale.bgpd.peers import PeerStatus
 from percale.bgpd.peering import MESH, Session
 
 from percale.datastore import DatastoreError, DatastoreUnavailable, Key, MemoryDatastore
-from percale.node.status import NodeStatusPublisher, view_of
+from percale.bgpd.status import view_of
+from percale.node.status import NodeStatusPublisher
 from percale.api import NodeStatus, NodeStatusSpec, ObjectMeta
 
 pytestmark = pytest.mark.unit

@@ -12,17 +12,12 @@ from types import SimpleNamespace
 import pytest
 
 from percale.bgpd.announcements import Announcements
-from percale.bgpd.controller import PeerStatus
+from percale.bgpd.peers import PeerStatus
 from percale.bgpd.peering import GLOBAL, MESH, Session
 from percale.bgpd.rib import Path, Peer, Rib
 from percale.datastore import Key, MemoryDatastore
-from percale.node.status import (
-    MAX_ROUTES_PER_FAMILY,
-    NodeStatusPublisher,
-    routes_of,
-    status_record,
-    view_of,
-)
+from percale.bgpd.status import MAX_ROUTES_PER_FAMILY, routes_of, status_record, view_of
+from percale.node.status import NodeStatusPublisher
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,5 @@
-"""percale's BGP driver against GoBGP: sessions from the datastore, blocks announced as IPAM
-claims them and withdrawn as it gives them up."""
+"""percale's BGP agent against GoBGP: sessions from the datastore (through the agent's view),
+blocks announced as IPAM claims them and withdrawn as it gives them up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from percale.bgpd.controller import BGPController
+from percale.bgpd.agent import BGPAgent
+from percale.datastore.cache import Cache
 from percale.datastore.etcd import EtcdDatastore
 from percale.ipam.allocator import IPAM
 from percale.api import parse
@@ -34,8 +35,10 @@ def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
             await add_pool(store, "pods", "10.244.0.0/16")
             await store.create(resource("Node", "node-a", {"bgp": {"ipv4Address": "10.99.0.1/24"}}))
             await store.create(resource("BGPPeer", "gobgp", {"peerIP": "10.99.0.3", "asNumber": 64512}))
-            controller = BGPController(store, "node-a", lab.workdir / "percale", netns=lab.a)
-            running = asyncio.create_task(controller.run())
+            cache = Cache(store, node="node-a")
+            agent = BGPAgent(cache, "node-a", lab.workdir / "percale", netns=lab.a)
+            following = asyncio.create_task(cache.run())
+            running = asyncio.create_task(agent.run())
             try:
                 deadline = time.monotonic() + 30
                 while not lab_peer_up(lab) and time.monotonic() < deadline:
@@ -59,10 +62,8 @@ def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
                 assert block not in lab.gobgp_rib()
             finally:
                 running.cancel()
-                try:
-                    await running
-                except asyncio.CancelledError:
-                    pass
+                following.cancel()
+                await asyncio.gather(running, following, return_exceptions=True)
                 await store.close()
 
         asyncio.run(scenario())

@@ -1,0 +1,337 @@
+"""percale-node's BGP side, assembled: the agent's view of the datastore in, ExaBGP configured
+and fed, learned routes out to the kernel.
+
+Its parts, each one job:
+
+    bgpd.peering + exabgp_config   which sessions this node holds -> ExaBGP's configuration,
+                                   reloaded when Nodes, BGPPeers, BGPConfigurations or IPPools
+                                   change (unchanged sessions stay up)
+    announcements.AnnouncementTable + announcer.Announcer
+                                   what the node announces (own blocks, borrowed /32s), kept
+                                   current per changed affinity or block, said to ExaBGP
+    rib.Rib + exabgp_json.RibFeed  what the node learns, from ExaBGP's events
+    reflector.Reflector            in-agent route reflection, on a route-reflector node
+    programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer
+    peers.PeerTable                each session's state, for status and health
+
+React, don't re-read. The agent reads nothing from the datastore itself: the Cache it is given
+(datastore/cache.py) lists each kind once and tells it every change. A block claimed or released
+on another node is one IPAMBlock change here: the AnnouncementTable looks at that block alone
+(does it hold an address of ours?) and nothing else happens. Sessions are recomputed only when a
+kind that decides them changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from percale.bgpd import peering
+from percale.bgpd.announcements import Announcements, AnnouncementTable
+from percale.bgpd.announcer import Announcer
+from percale.bgpd.exabgp_config import Neighbor
+from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
+from percale.bgpd.peers import PeerTable
+from percale.bgpd.programmer import FibProgrammer
+from percale.bgpd.reflector import Reflector
+from percale.bgpd.rib import Rib
+from percale.bgpd.seams import BlackholeTable, RouteTable
+from percale.bgpd.speaker import ExaBGP, SpeakerError
+from percale.datastore.cache import Cache, Change
+
+log = logging.getLogger("percale.bgpd")
+
+# Kinds whose change may change this node's sessions, router ID or the RIB's import policy.
+SESSION_KINDS = frozenset({"Node", "BGPPeer", "BGPConfiguration", "IPPool"})
+# A burst of changes (a node and its peers applied together) is taken as one.
+SETTLE_SECONDS = 0.02
+RETRY_SECONDS = 1.0
+
+
+def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str | None:
+    """A BGP password from `<secrets_dir>/<secret name>/<key>` (a mounted Kubernetes secret has
+    this layout)."""
+    if ref is None:
+        return None
+    if secrets_dir is None:
+        raise ValueError(f"a BGP password refers to secret {ref.name}, but no secrets directory is set")
+    return (secrets_dir / ref.name / ref.key).read_text().strip()
+
+
+def neighbors(sessions: list[peering.Session], listen_port: int,
+              secrets_dir: Path | None) -> list[Neighbor]:
+    return [
+        Neighbor(s.name, s.family, s.peer_address, s.peer_port, s.peer_as, s.local_as,
+                 s.local_address, s.passive, s.restart_time, read_secret(secrets_dir, s.password),
+                 s.ttl_security, listen_port, s.keepalive_time)
+        for s in sessions
+    ]
+
+
+class BGPAgent:
+    def __init__(self, cache: Cache, node: str, workdir: Path, *,
+                 fib: RouteTable | None = None, blackholes: BlackholeTable | None = None,
+                 netns: str | None = None, secrets_dir: Path | None = None,
+                 router_id: str | None = None, resync: float = 30.0):
+        self.cache, self.node = cache, node
+        self.secrets_dir = secrets_dir
+        self.router_id_setting = router_id  # CALICO_ROUTER_ID's meaning: None, "hash" or an ID
+        self.resync = resync
+        self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
+        self.table = AnnouncementTable(node)
+        self.announcer = Announcer(self.speaker)
+        self.reflector = Reflector(self.speaker)
+        self.programmer = FibProgrammer(fib, blackholes)
+        self.peers = PeerTable()
+        self.rib: Rib | None = None
+        self.feed: RibFeed | None = None
+        self.sessions: list[peering.Session] = []
+        self.cluster_id: str | None = None  # set: this node reflects routes
+        self.router_id: str | None = None
+        # For /readyz: this node's BGP configuration is applied (or it has no BGP address).
+        self.synced = False
+        self.on_sync: Callable[[float], None] | None = None  # each announcement pass's duration
+        self._config: str | None = None
+        self._supervisor: asyncio.Future[None] | None = None
+        self._pools: list[str] = []
+        self._own_addresses: list[str] = []
+        self._rib_blocks: frozenset[str] = frozenset()
+        self._configure_due = asyncio.Event()
+        self._announce_due = asyncio.Event()
+        self._fib_due = asyncio.Event()
+        self._housekeeping_due = asyncio.Event()
+        self._peer_ups: asyncio.Queue[str] = asyncio.Queue()
+        # After the agent starts, the kernel routes it adopted are checked against the RIB once
+        # every peer has sent End-of-RIB (or the restart time has passed).
+        self._started = time.monotonic()
+        self._end_of_rib: set[str] = set()
+        cache.subscribe(self._changed)
+
+    # -- what readers see -----------------------------------------------------------------------
+
+    @property
+    def desired(self) -> Announcements:
+        return self.table.current
+
+    @property
+    def fib(self) -> RouteTable | None:
+        return self.programmer.routes
+
+    @property
+    def reconciled(self) -> bool:
+        return self.programmer.reconciled
+
+    # -- changes from the datastore -------------------------------------------------------------
+
+    def _changed(self, change: Change) -> None:
+        kind = change.kind
+        if kind in SESSION_KINDS:
+            self._configure_due.set()
+        elif kind == "BlockAffinity":
+            if self.table.affinity(change.key.name, change.new.value if change.new else None):
+                self._announce_due.set()
+        elif kind == "IPAMBlock":
+            present = change.new or change.old
+            assert present is not None
+            if self.table.block(present.value.spec.cidr, change.new.value if change.new else None):
+                self._announce_due.set()
+
+    # -- events from ExaBGP -------------------------------------------------------------------
+
+    def _event(self, line: str) -> None:
+        if self.feed is None:
+            return
+        try:
+            event = self.feed.feed(line, time.monotonic())
+        except MalformedMessage as err:
+            log.warning("ExaBGP sent an event percale cannot read: %s", err)
+            return
+        if isinstance(event, EndOfRib):
+            self._end_of_rib.add(str(event.peer.address))
+            if not self.programmer.swept:
+                self._housekeeping_due.set()  # the sweep after a restart may be due now
+        if isinstance(event, PeerState):
+            if event.state == "up":
+                self._peer_ups.put_nowait(str(event.peer.address))
+            self.peers.heard(event)
+        self._fib_due.set()
+
+    def _on_connect(self) -> None:
+        # A fresh ExaBGP knows none of our routes, and every session of the old one has ended.
+        self.announcer.speaker_restarted()
+        self._announce_due.set()
+        if self.feed is not None:
+            self.feed.speaker_restarted(time.monotonic())
+            self._fib_due.set()
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.cache.wait_synced()
+        # Whatever was listed before this agent subscribed (a late subscriber misses nothing).
+        for kv in self.cache.items("BlockAffinity").values():
+            self.table.affinity(kv.key.name, kv.value)
+        for kv in self.cache.items("IPAMBlock").values():
+            self.table.block(kv.value.spec.cidr, kv.value)
+        self._configure_due.set()
+        self._announce_due.set()
+        loops = [self._configuring(), self._announcing(), self._peers_coming_up(),
+                 self._programming(), self._housekeeping()]
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a loop that ended has failed: say why
+        finally:
+            if self._supervisor is not None:
+                tasks.append(self._supervisor)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.speaker.stop()
+
+    async def _retrying(self, due: asyncio.Event, work: Callable[[], Awaitable[None]],
+                        what: str) -> None:
+        """Run `work` whenever `due` is set; on a failure a retry can cure, again after a pause."""
+        while True:
+            await due.wait()
+            await asyncio.sleep(SETTLE_SECONDS)
+            due.clear()
+            try:
+                await work()
+            except (SpeakerError, OSError, ValueError, asyncio.TimeoutError) as err:
+                log.warning("%s failed, trying again: %s", what, err)
+                await asyncio.sleep(RETRY_SECONDS)
+                due.set()
+
+    def _configuring(self) -> Coroutine[Any, Any, None]:
+        return self._retrying(self._configure_due, self._configure, "configuring BGP")
+
+    def _announcing(self) -> Coroutine[Any, Any, None]:
+        return self._retrying(self._announce_due, self._announce, "announcing")
+
+    async def _configure(self) -> None:
+        nodes = self.cache.values("Node")
+        configs = self.cache.values("BGPConfiguration")
+        speaker = peering.local_speaker(self.node, nodes, configs, self.router_id_setting)  # type: ignore[arg-type]
+        if speaker is None or speaker.router_id is None:
+            self.synced = True  # this node has no BGP address (yet): nothing to run
+            return
+        self.cluster_id, self.router_id = speaker.cluster_id, speaker.router_id
+        self.sessions = peering.sessions_for(self.node, nodes, self.cache.values("BGPPeer"), configs)  # type: ignore[arg-type]
+        self.peers.configure(self.sessions)
+        pools = [p.spec.cidr for p in self.cache.values("IPPool") if not p.spec.disabled]  # type: ignore[attr-defined]
+        own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
+        if self.rib is None:
+            self.rib = Rib(router_id=speaker.router_id, pools=pools, own_addresses=own_addresses,
+                           own_blocks=self.table.current.blocks)
+            self._rib_blocks = self.table.current.blocks
+            self.feed = RibFeed(self.rib)
+        else:
+            # Each setter re-judges every prefix: only when something changed.
+            if pools != self._pools:
+                self.rib.set_pools(pools)
+            if own_addresses != self._own_addresses:
+                self.rib.set_own_addresses(own_addresses)
+            self._fib_due.set()
+        self._pools, self._own_addresses = pools, own_addresses
+        config = self.speaker.render(speaker.router_id,
+                                     neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
+        if self._config is None:
+            await self.speaker.start(config)
+            self._supervisor = asyncio.ensure_future(self.speaker.supervise())
+        elif config != self._config:
+            await self.speaker.reload(config)
+        self._config = config
+        await self.speaker.wait_connected()
+        self.synced = True
+        self._announce_due.set()
+
+    async def _announce(self) -> None:
+        if self._config is None:
+            return  # ExaBGP is not running yet; configuring it announces when it is
+        started = time.monotonic()
+        desired = self.table.current
+        if self.rib is not None and desired.blocks != self._rib_blocks:
+            self.rib.set_own_blocks(desired.blocks)
+            self._rib_blocks = desired.blocks
+            self._fib_due.set()
+        # Announce first: a claimed block should reach the peers before any kernel housekeeping.
+        await self.announcer.announce(desired.prefixes, self.peers.established())
+        await self.programmer.own_blocks(desired.blocks)
+        if self.on_sync:
+            self.on_sync(time.monotonic() - started)
+
+    async def _peers_coming_up(self) -> None:
+        while True:
+            peer = await self._peer_ups.get()
+            await self.announcer.ready.wait()
+            try:
+                self.reflector.forget(peer)
+                await self._reflect()
+                await self.announcer.announce_to(peer)
+            except SpeakerError as err:
+                log.warning("re-announcing to %s: %s", peer, err)
+
+    async def _reflect(self) -> None:
+        if self.cluster_id and self.rib is not None and self.feed is not None:
+            up = {address for address, _ in self.peers.established()}
+            await self.reflector.reflect(self.rib, self.feed, self.sessions, up, self.cluster_id)
+
+    async def _programming(self) -> None:
+        """Hand the RIB's changes on as they come: a burst of updates is one netlink batch."""
+        while True:
+            await self._fib_due.wait()
+            self._fib_due.clear()
+            if self.rib is None:
+                continue
+            changes = self.rib.changes()
+            if not changes:
+                continue
+            try:
+                await self._reflect()
+            except SpeakerError as err:
+                log.warning("reflecting routes: %s", err)
+            await self.programmer.apply(changes)
+
+    async def _housekeeping(self) -> None:
+        """Expire stale routes when their restart time is up, sweep adopted routes once every
+        peer has sent End-of-RIB, and every `resync` seconds check the kernel in full."""
+        last_full = -float("inf")
+        while True:
+            now = time.monotonic()
+            try:
+                if self.rib is not None:
+                    self.rib.expire(now)
+                    self._fib_due.set()
+                    if not self.programmer.swept and self._sweep_due():
+                        await self.programmer.sweep(self.rib)
+                if now - last_full >= self.resync:
+                    if self._config is not None:
+                        await self.programmer.own_blocks(self.table.current.blocks, check=True)
+                    await self.programmer.reconcile()
+                    last_full = now
+            except Exception as err:  # the next round tries again
+                log.warning("checking the kernel's routes failed: %s", err)
+            wait = self.resync - (time.monotonic() - last_full)
+            expiry = self.rib.next_expiry() if self.rib is not None else None
+            if expiry is not None:
+                wait = min(wait, max(0.05, expiry - time.monotonic()))
+            if not self.programmer.swept:
+                wait = min(wait, 1.0)
+            try:
+                await asyncio.wait_for(self._housekeeping_due.wait(), max(wait, 0.05))
+            except asyncio.TimeoutError:
+                pass
+            self._housekeeping_due.clear()
+
+    def _sweep_due(self) -> bool:
+        if time.monotonic() - self._started > peering.DEFAULT_RESTART_TIME:
+            return True
+        return bool(self.peers) and all(
+            status.state == "up" and address in self._end_of_rib
+            for address, status in self.peers.items())

@@ -1,0 +1,76 @@
+"""Announcing the node's own prefixes through ExaBGP: what changed, as it changes; everything
+again, then End-of-RIB, whenever ExaBGP (re)starts; everything towards a peer whose session
+comes up (ExaBGP does not send routes announced before a neighbour existed, exabgp.md §1.8).
+
+What to announce comes from bgpd.announcements (the AnnouncementTable the agent keeps current);
+this module only says it to the speaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from percale.bgpd.peers import PeerStatus
+from percale.bgpd.seams import Speaker
+from percale.bgpd.speaker import SpeakerError
+
+log = logging.getLogger("percale.bgpd.announcer")
+
+
+def _family(address: str) -> str:
+    return "ipv6" if ":" in address else "ipv4"
+
+
+class Announcer:
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+        self.announced: frozenset[str] = frozenset()
+        self._everything = True  # the speaker knows nothing of ours yet
+        # Set once the current ExaBGP has been given everything we announce: only then may a
+        # peer be sent End-of-RIB, or it would drop routes graceful restart kept for us.
+        self.ready = asyncio.Event()
+
+    def speaker_restarted(self) -> None:
+        """A fresh ExaBGP knows none of our routes, and every session of the old one ended."""
+        self.announced = frozenset()
+        self._everything = True
+        self.ready.clear()
+
+    @property
+    def behind(self) -> bool:
+        """Whether the speaker must be told everything again."""
+        return self._everything
+
+    async def announce(self, want: frozenset[str], peers: Iterable[tuple[str, PeerStatus]]) -> None:
+        """Make the speaker announce exactly `want`: withdrawals first, then announcements; after
+        a (re)start of the speaker, End-of-RIB to each established session in `peers` too."""
+        first = self._everything
+        for prefix in sorted(self.announced - want):
+            await self.speaker.send(f"withdraw route {prefix}")
+            self.announced = self.announced - {prefix}
+        for prefix in sorted(want - self.announced):
+            await self.speaker.send(f"announce route {prefix} next-hop self")
+            self.announced = self.announced | {prefix}
+        self._everything = False
+        self.ready.set()
+        if first:
+            # Everything re-announced: now peers may drop whatever they kept stale for us
+            # (graceful restart, RFC 4724 §4.1). Only to sessions that are up, each in its own
+            # family: ExaBGP refuses `announce eor` that matches no established neighbour (so a
+            # fresh ExaBGP, with none up yet, failed here every time), and a dual-stack node
+            # must not send an IPv6 End-of-RIB on an IPv4-only session. A session that comes up
+            # later gets its End-of-RIB from announce_to.
+            for address, status in peers:
+                family = "ipv4" if status.session.family == 4 else "ipv6"
+                try:
+                    await self.speaker.send(f"neighbor {address} announce eor {family} unicast")
+                except SpeakerError as err:
+                    log.debug("End-of-RIB to %s: %s (it gets one when it comes up)", address, err)
+
+    async def announce_to(self, peer: str) -> None:
+        """Everything we announce, then End-of-RIB, to one peer whose session just came up."""
+        for prefix in sorted(self.announced):
+            await self.speaker.send(f"neighbor {peer} announce route {prefix} next-hop self")
+        await self.speaker.send(f"neighbor {peer} announce eor {_family(peer)} unicast")

@@ -1,0 +1,67 @@
+"""From the RIB to the kernel: the RIB's changes handed to the route table as they happen, in
+batches; the node's own blocks kept as blackholes; and, on a timer, a full check of both.
+
+The kernel side is behind bgpd.seams (dataplane.fib and dataplane.blackholes in the agent, none
+in tests that run outside a node's namespace). Every call into it blocks, so it runs in a worker
+thread: the event loop, and ExaBGP's pipe with it, never wait on the kernel.
+
+After a restart the route table holds the routes the previous agent installed (it adopts them).
+Once every peer has sent End-of-RIB, or the restart time has passed, `sweep` makes the table
+exactly what the RIB relearned: what no peer announced again goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from percale.bgpd.rib import FibChanges, Rib
+from percale.bgpd.seams import BlackholeTable, RouteTable
+
+log = logging.getLogger("percale.bgpd.programmer")
+
+
+class FibProgrammer:
+    def __init__(self, routes: RouteTable | None, blackholes: BlackholeTable | None) -> None:
+        self.routes = routes
+        self.blackholes = blackholes
+        self.reconciled = False  # the kernel's routes were checked in full at least once
+        self.swept = False  # routes adopted from before the restart were judged
+        self._blocks: frozenset[str] | None = None
+
+    async def apply(self, changes: FibChanges) -> None:
+        """The RIB's changes since the last call, as one batch."""
+        if not changes or self.routes is None:
+            return
+        batch: dict[Any, Any] = {**changes.added, **changes.changed}
+        batch.update({prefix: None for prefix in changes.removed})
+        try:
+            outcome = await asyncio.to_thread(self.routes.apply, batch)
+            if outcome.failed:
+                log.warning("the kernel refused %d routes: %s", len(outcome.failed),
+                            dict(list(outcome.failed.items())[:3]))
+        except Exception as err:  # the next reconcile repairs whatever did not land
+            log.warning("programming routes failed: %s", err)
+
+    async def own_blocks(self, blocks: Iterable[str], *, check: bool = False) -> None:
+        """A blackhole for each of the node's own blocks; `check` reads the kernel first."""
+        blocks = frozenset(blocks)
+        if self.blackholes is None or (blocks == self._blocks and not check):
+            return
+        await asyncio.to_thread(self.blackholes.sync, blocks, check=check)
+        self._blocks = blocks
+
+    async def sweep(self, rib: Rib) -> None:
+        """Routes adopted from before the restart that no peer re-announced go now."""
+        if self.routes is not None:
+            await asyncio.to_thread(self.routes.replace_all, dict(rib.fib))
+        self.swept = True
+
+    async def reconcile(self) -> None:
+        """A full dump of the kernel's BGP routes, repairing what changed behind our back: on a
+        timer, not on every change (changes reach the kernel through `apply`)."""
+        if self.routes is not None:
+            await asyncio.to_thread(self.routes.reconcile)
+        self.reconciled = True

@@ -1,0 +1,369 @@
+"""The agent's view of the datastore: each kind listed once, then kept current by its watch
+(Calico's watchersyncer), with a Datastore over it that reads from memory.
+
+    cache = Cache(store, AGENT_KINDS, node="node1")   # BlockAffinity: only node1's
+    cache.subscribe(on_change)       # every change, in revision order per kind, as it lands
+    task = asyncio.create_task(cache.run())
+    await cache.wait_synced()        # every kind listed once
+    cache.items("Node"), cache.get(key)
+    ipam = IPAM(CachedDatastore(store, cache))   # reads from the view, writes to the store
+
+Who uses it: percale-node's parts (BGP, IPAM, status) read the view and react to the changes
+they are told of, so a block claimed on another node costs this node one event and no reads.
+
+How it keeps up. A watch resumes from the revision of the last event it delivered, so nothing is
+lost or repeated across a broken connection; it is retried with a back-off bounded at
+`max_retry_delay` (an agent must be current again within a second of etcd's return). When the
+history it needs is compacted (RevisionCompacted), the kind is listed again and the difference
+with the view is delivered as changes: what vanished as deletions, what changed as updates.
+
+Consistency. The view is exactly what the watches said, in their order: it never runs ahead of
+them. A process that writes needs to read its own writes at once, though (the IPAM claims a
+block, then confirms the affinity it just created), so CachedDatastore keeps each of its own
+writes in an overlay that reads consult first, until the watch delivers that revision of that
+key. Everything read from the view may be a moment old; whoever decides on it writes with
+compare-and-swap, and a Conflict carries the current value, which the overlay keeps too.
+
+Values are shared between readers: never mutate what the view hands out (model_copy it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from percale.api import Resource
+from percale.datastore.contract import NODE_SCOPED_KINDS, Datastore, Key, KVPair, ListResult, WatchEvent, node_of
+from percale.datastore.errors import AlreadyExists, Conflict, DatastoreError, NotFound, RevisionCompacted
+
+log = logging.getLogger("percale.datastore.cache")
+
+# What percale-node keeps: everything its BGP side, IPAM and status read more than once. Not
+# handles, endpoints or NodeStatus: the agent reads those only for the object at hand.
+AGENT_KINDS = ("Node", "BGPPeer", "BGPConfiguration", "IPPool", "IPAMConfig", "BlockAffinity",
+               "IPAMBlock")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One object as it was and as it is: `old` None for a new object, `new` None for a deleted
+    one."""
+
+    key: Key
+    old: KVPair | None
+    new: KVPair | None
+
+    @property
+    def kind(self) -> str:
+        return self.key.kind
+
+
+Listener = Callable[[Change], None]
+
+
+class Cache:
+    def __init__(self, store: Datastore, kinds: Iterable[str] = AGENT_KINDS, *,
+                 node: str | None = None, retry_delay: float = 0.05,
+                 max_retry_delay: float = 0.5) -> None:
+        self.store = store
+        self.kinds = tuple(kinds)
+        self.node = node  # node-scoped kinds are followed for this node only
+        self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
+        self._objects: dict[str, dict[Key, KVPair]] = {kind: {} for kind in self.kinds}
+        self._revisions: dict[str, str] = {}
+        self._listed: set[str] = set()
+        self._synced = asyncio.Event()
+        self._listeners: list[Listener] = []
+        # Counts for tests, benchmarks and /metrics.
+        self.lists = 0
+        self.events = 0
+        self.watch_restarts = 0
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def covers(self, key: Key) -> bool:
+        """Whether this cache follows `key` (its kind, and for a node-scoped kind its node)."""
+        if key.kind not in self._objects:
+            return False
+        return self.node is None or key.kind not in NODE_SCOPED_KINDS or node_of(key) == self.node
+
+    def listed(self, kind: str) -> bool:
+        """Whether `kind` has been listed, so the view answers for it."""
+        return kind in self._listed
+
+    def get(self, key: Key) -> KVPair | None:
+        return self._objects[key.kind].get(key)
+
+    def items(self, kind: str) -> Mapping[Key, KVPair]:
+        """Every object of a kind, read-only and live (it changes as the watch delivers)."""
+        return MappingProxyType(self._objects[kind])
+
+    def values(self, kind: str) -> list[Resource]:
+        return [kv.value for kv in self._objects[kind].values()]
+
+    def revision(self, kind: str) -> str:
+        return self._revisions.get(kind, "0")
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` with every change, the initial list included (as additions). It runs
+        on the event loop inside the watch: it must be quick and must not block."""
+        self._listeners.append(listener)
+
+    # -- following -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List every kind, then follow each one's watch until cancelled."""
+        await asyncio.gather(*(self._follow(kind) for kind in self.kinds))
+
+    def _scope(self, kind: str) -> str | None:
+        return self.node if kind in NODE_SCOPED_KINDS else None
+
+    async def _follow(self, kind: str) -> None:
+        delay = self.retry_delay
+        while kind not in self._listed:
+            try:
+                await self._list(kind)
+            except DatastoreError as err:
+                log.warning("listing %s: %s; trying again in %.2f s", kind, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+        delay = self.retry_delay
+        while True:
+            try:
+                async for event in self.store.watch(kind, revision=self._revisions[kind],
+                                                    node=self._scope(kind)):
+                    self._apply(event)
+                    delay = self.retry_delay
+            except RevisionCompacted:
+                log.info("the history of %s was compacted; listing it again", kind)
+                await self._relist(kind)
+                continue
+            except DatastoreError as err:
+                log.warning("watching %s: %s; resuming in %.2f s", kind, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+            self.watch_restarts += 1
+
+    async def _list(self, kind: str) -> None:
+        result = await self.store.list(kind, node=self._scope(kind))
+        self.lists += 1
+        self._revisions[kind] = result.revision
+        objects = self._objects[kind]
+        for kv in result.items:
+            objects[kv.key] = kv
+        self._listed.add(kind)
+        for kv in result.items:
+            self._tell(Change(kv.key, None, kv))
+        if self._listed.issuperset(self.kinds):
+            self._synced.set()
+
+    async def _relist(self, kind: str) -> None:
+        while True:
+            try:
+                result = await self.store.list(kind, node=self._scope(kind))
+                break
+            except DatastoreError as err:
+                log.warning("listing %s again: %s", kind, err)
+                await asyncio.sleep(self.max_retry_delay)
+        self.lists += 1
+        before = self._objects[kind]
+        after = {kv.key: kv for kv in result.items}
+        self._objects[kind] = after
+        self._revisions[kind] = result.revision
+        for key, old in before.items():
+            if key not in after:
+                self._tell(Change(key, old, None))
+        for key, new in after.items():
+            old = before.get(key)
+            if old is None or old.revision != new.revision:
+                self._tell(Change(key, old, new))
+
+    def _apply(self, event: WatchEvent) -> None:
+        self.events += 1
+        objects = self._objects[event.key.kind]
+        old = objects.get(event.key)
+        self._revisions[event.key.kind] = event.revision
+        if event.type == "DELETED":
+            if old is None:
+                return
+            del objects[event.key]
+            self._tell(Change(event.key, old, None))
+        else:
+            assert event.value is not None
+            new = KVPair(event.key, event.value, event.revision)
+            objects[event.key] = new
+            self._tell(Change(event.key, old, new))
+
+    def _tell(self, change: Change) -> None:
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # one part's bug must not stop the others hearing of changes
+                log.exception("a listener failed on %s", change.key)
+
+
+# -- the Datastore over the view ---------------------------------------------------------------
+
+_GONE = object()  # in the overlay: deleted by this process; the watch has not said so yet
+_ASK = object()  # in the overlay: unknown (a create found the key taken); read it from the store
+
+
+class CachedDatastore:
+    """The Datastore contract with reads served by a Cache: get and list of the kinds it follows
+    come from memory (before the kind is listed, and for other kinds, from the store); writes
+    go to the store, and what they return is kept in an overlay so this process reads its own
+    writes at once (see the module's docstring)."""
+
+    OVERLAY_SECONDS = 10.0  # a safety net: the watch normally clears an entry within milliseconds
+
+    def __init__(self, store: Datastore, cache: Cache) -> None:
+        self.store, self.cache = store, cache
+        self._overlay: dict[Key, tuple[object, str | None, float]] = {}  # key -> (KVPair|_GONE|_ASK, revision, when)
+        cache.subscribe(self._caught_up)
+        self.reads_from_store = 0  # gets and lists the view could not answer
+
+    def _served(self, key: Key) -> bool:
+        return self.cache.covers(key) and self.cache.listed(key.kind)
+
+    def _caught_up(self, change: Change) -> None:
+        entry = self._overlay.get(change.key)
+        if entry is None:
+            return
+        value, revision, _ = entry
+        seen = change.new.revision if change.new is not None else None
+        # The view has caught up with what this process wrote (or, for a key it knew nothing
+        # of, now holds the current value).
+        if (value is _ASK or (value is _GONE and change.new is None)
+                or (revision is not None and seen == revision)):
+            del self._overlay[change.key]
+
+    def _remember(self, key: Key, value: object, revision: str | None) -> None:
+        if self.cache.covers(key):
+            self._overlay[key] = (value, revision, time.monotonic())
+
+    def _overlaid(self, key: Key) -> object | None:
+        entry = self._overlay.get(key)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[2] > self.OVERLAY_SECONDS:
+            del self._overlay[key]
+            return None
+        return entry[0]
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, key: Key) -> KVPair:
+        if not self._served(key):
+            self.reads_from_store += 1
+            return await self.store.get(key)
+        found = self._overlaid(key)
+        if found is _ASK:
+            self.reads_from_store += 1
+            try:
+                kv = await self.store.get(key)
+            except NotFound:
+                self._remember(key, _GONE, None)
+                raise
+            self._remember(key, kv, kv.revision)
+            return kv
+        if found is _GONE:
+            raise NotFound(key)
+        if isinstance(found, KVPair):
+            return found
+        kv = self.cache.get(key)
+        if kv is None:
+            raise NotFound(key)
+        return kv
+
+    async def list(self, kind: str, namespace: str | None = None, *,
+                   node: str | None = None) -> ListResult:
+        scoped = kind in NODE_SCOPED_KINDS and self.cache.node is not None
+        if not (kind in self.cache.kinds and self.cache.listed(kind)) or (scoped and node != self.cache.node):
+            self.reads_from_store += 1
+            return await self.store.list(kind, namespace, node=node)
+        found = dict(self.cache.items(kind))
+        for key in [k for k in self._overlay if k.kind == kind]:
+            value = self._overlaid(key)
+            if value is _GONE:
+                found.pop(key, None)
+            elif isinstance(value, KVPair):
+                found[key] = value
+            elif value is _ASK:
+                self.reads_from_store += 1
+                return await self.store.list(kind, namespace, node=node)
+        items = [kv for key, kv in sorted(found.items())
+                 if (namespace is None or key.namespace == namespace)
+                 and (node is None or kind not in NODE_SCOPED_KINDS or node_of(key) == node)]
+        return ListResult(items, self.cache.revision(kind))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def create(self, value: Resource) -> KVPair:
+        try:
+            kv = await self.store.create(value)
+        except AlreadyExists as err:
+            self._remember(err.key, _ASK, None)
+            raise
+        self._remember(kv.key, kv, kv.revision)
+        return kv
+
+    async def update(self, value: Resource, *, revision: str | None) -> KVPair:
+        try:
+            kv = await self.store.update(value, revision=revision)
+        except Conflict as err:
+            self._remember(err.key, err.current, err.current.revision)
+            raise
+        except NotFound as err:
+            self._remember(err.key, _GONE, None)
+            raise
+        self._remember(kv.key, kv, kv.revision)
+        return kv
+
+    async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
+        try:
+            kv = await self.store.delete(key, revision=revision)
+        except Conflict as err:
+            self._remember(key, err.current, err.current.revision)
+            raise
+        except NotFound:
+            self._remember(key, _GONE, None)
+            raise
+        self._remember(key, _GONE, None)
+        return kv
+
+    def watch(self, kind: str, *, revision: str | None = None, namespace: str | None = None,
+              node: str | None = None) -> AsyncIterator[WatchEvent]:
+        return self.store.watch(kind, revision=revision, namespace=namespace, node=node)
+
+    async def compact(self, revision: str) -> None:
+        await self.store.compact(revision)
+
+    async def close(self) -> None:
+        """The store belongs to whoever made it; closing this view closes nothing."""
+
+
+@asynccontextmanager
+async def followed(store: Datastore, kinds: Iterable[str] = AGENT_KINDS, *,
+                   node: str | None = None) -> AsyncIterator[CachedDatastore]:
+    """A CachedDatastore over a Cache that follows `store` while the block runs, in sync at the
+    start: for tools and benchmarks that want to read as percale-node does."""
+    cache = Cache(store, kinds, node=node)
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        yield CachedDatastore(store, cache)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

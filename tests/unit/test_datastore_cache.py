@@ -1,0 +1,199 @@
+"""The agent's watch-fed view (datastore/cache.py) on the memory datastore, which keeps the
+contract's hard parts (bounded history, RevisionCompacted): the view follows every change in
+order, resumes a broken watch without losing an event, lists again after compaction and reports
+the difference, follows only its own node's affinities, and CachedDatastore reads its own writes
+at once without asking the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from percale.api import BlockAffinity, IPPool, ObjectMeta, parse
+from percale.api.ipam import BlockAffinitySpec, affinity_name
+from percale.datastore import DatastoreUnavailable, Key, MemoryDatastore, NotFound
+from percale.datastore.cache import Cache, CachedDatastore, Change
+from percale.datastore.errors import Conflict
+
+pytestmark = pytest.mark.unit
+
+
+def pool(name: str, cidr: str, disabled: bool = False) -> IPPool:
+    return parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": name},
+                  "spec": {"cidr": cidr, "disabled": disabled}})
+
+
+def affinity(node: str, cidr: str) -> BlockAffinity:
+    return BlockAffinity(metadata=ObjectMeta(name=affinity_name(node, cidr)),
+                         spec=BlockAffinitySpec(state="confirmed", node=node, cidr=cidr))
+
+
+async def settle(cache: Cache, store, kind: str) -> None:
+    """Until the view of `kind` is what the store holds."""
+    for _ in range(200):
+        want = {kv.key: kv.revision for kv in (await store.list(kind)).items}
+        if {k: kv.revision for k, kv in cache.items(kind).items()} == want:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the view of {kind} did not catch up")
+
+
+class FlakyWatches:
+    """The memory datastore whose watches break after `every` events (as a connection to etcd
+    does), raising DatastoreUnavailable; `reads` counts gets and lists."""
+
+    def __init__(self, store: MemoryDatastore, every: int):
+        self.store, self.every, self.reads, self.breaks = store, every, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def get(self, key):
+        self.reads += 1
+        return await self.store.get(key)
+
+    async def list(self, kind, namespace=None, *, node=None):
+        self.reads += 1
+        return await self.store.list(kind, namespace, node=node)
+
+    async def watch(self, kind, *, revision=None, namespace=None, node=None) -> AsyncIterator:
+        seen = 0
+        async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node):
+            yield event
+            seen += 1
+            if seen >= self.every:
+                self.breaks += 1
+                raise DatastoreUnavailable("the connection broke")
+
+
+async def test_the_view_follows_every_change_in_order_across_broken_watches():
+    memory = MemoryDatastore()
+    await memory.create(pool("before", "10.1.0.0/16"))
+    store = FlakyWatches(memory, every=3)
+    cache = Cache(store, ["IPPool"], retry_delay=0.001)
+    seen: list[Change] = []
+    cache.subscribe(seen.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        assert [c.key.name for c in seen] == ["before"] and seen[0].old is None
+        for i in range(20):
+            await memory.create(pool(f"p{i}", f"10.{i + 2}.0.0/16"))
+        current = await memory.get(Key("IPPool", "p3"))
+        await memory.update(current.value.model_copy(update={"spec": current.value.spec.model_copy(
+            update={"disabled": True})}), revision=current.revision)
+        await memory.delete(Key("IPPool", "p5"))
+        await settle(cache, memory, "IPPool")
+        assert store.breaks >= 5  # the watch broke again and again, and nothing was lost
+        names = [(c.key.name, c.old is None, c.new is None) for c in seen[1:]]
+        assert names == [(f"p{i}", True, False) for i in range(20)] + [("p3", False, False), ("p5", False, True)]
+        assert cache.get(Key("IPPool", "p3")).value.spec.disabled
+        assert cache.lists == 1
+    finally:
+        task.cancel()
+
+
+async def test_compacted_history_is_listed_again_and_the_difference_reported():
+    memory = MemoryDatastore(history_limit=5)
+    for name in ("a", "b", "c"):
+        await memory.create(pool(name, f"10.{ord(name)}.0.0/16"))
+
+    class Paused(FlakyWatches):
+        """Watches that wait until released, so the history moves on without them."""
+        release = asyncio.Event()
+
+        async def watch(self, kind, *, revision=None, namespace=None, node=None):
+            await self.release.wait()
+            async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node):
+                yield event
+
+    store = Paused(memory, every=10**9)
+    cache = Cache(store, ["IPPool"])
+    seen: list[Change] = []
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        cache.subscribe(seen.append)
+        await memory.delete(Key("IPPool", "a"))
+        for i in range(10):  # more than the history keeps
+            await memory.create(pool(f"n{i}", f"10.{100 + i}.0.0/16"))
+        Paused.release.set()
+        await settle(cache, memory, "IPPool")
+        assert cache.lists == 2
+        assert ("a", False, True) in [(c.key.name, c.old is None, c.new is None) for c in seen]
+        assert {c.key.name for c in seen if c.old is None} == {f"n{i}" for i in range(10)}
+    finally:
+        task.cancel()
+
+
+async def test_a_node_follows_only_its_own_affinities():
+    memory = MemoryDatastore()
+    await memory.create(affinity("node1", "10.0.0.0/26"))
+    await memory.create(affinity("node2", "10.0.0.64/26"))
+    await memory.create(affinity("node1-b", "10.0.0.128/26"))  # a name that starts like node1's
+    cache = Cache(memory, ["BlockAffinity"], node="node1")
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        await memory.create(affinity("node2", "10.0.1.0/26"))
+        await memory.create(affinity("node1", "10.0.1.64/26"))
+        for _ in range(100):
+            if len(cache.items("BlockAffinity")) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(kv.value.spec.cidr for kv in cache.items("BlockAffinity").values()) == [
+            "10.0.0.0/26", "10.0.1.64/26"]
+        # Another node's affinity is not in the view: CachedDatastore asks the store for it.
+        view = CachedDatastore(memory, cache)
+        other = await view.get(Key("BlockAffinity", affinity_name("node2", "10.0.1.0/26")))
+        assert other.value.spec.node == "node2" and view.reads_from_store == 1
+    finally:
+        task.cancel()
+
+
+async def test_cached_reads_cost_the_store_nothing_and_a_writer_reads_its_own_writes():
+    memory = MemoryDatastore()
+    await memory.create(pool("pods", "10.244.0.0/16"))
+    store = FlakyWatches(memory, every=10**9)
+    cache = Cache(store, ["IPPool"])
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        view = CachedDatastore(store, cache)
+        reads = store.reads
+        for _ in range(100):
+            assert [kv.key.name for kv in (await view.list("IPPool")).items] == ["pods"]
+            await view.get(Key("IPPool", "pods"))
+        assert store.reads == reads  # all from memory
+
+        # Written and read back before the watch can have delivered it (no await between).
+        created = await view.create(pool("new", "10.245.0.0/16"))
+        assert (await view.get(created.key)).revision == created.revision
+        assert "new" in [kv.key.name for kv in (await view.list("IPPool")).items]
+        await view.delete(created.key)
+        with pytest.raises(NotFound):
+            await view.get(created.key)
+
+        # A write by someone else that the view has not seen yet: the Conflict carries it, and
+        # the next read returns it.
+        stale = await view.get(Key("IPPool", "pods"))
+        await memory.update(stale.value, revision=stale.revision)
+        with pytest.raises(Conflict) as lost:
+            await view.update(stale.value, revision=stale.revision)
+        assert (await view.get(stale.key)).revision == lost.value.current.revision
+        assert store.reads == reads
+        await settle(cache, memory, "IPPool")
+        assert not view._overlay  # the watch caught up with every write
+    finally:
+        task.cancel()
+
+
+async def test_before_its_first_list_the_view_sends_reads_to_the_store():
+    memory = MemoryDatastore()
+    await memory.create(pool("pods", "10.244.0.0/16"))
+    cache = Cache(memory, ["IPPool"])  # never run
+    view = CachedDatastore(memory, cache)
+    assert [kv.key.name for kv in (await view.list("IPPool")).items] == ["pods"]
+    assert view.reads_from_store == 1
