@@ -308,6 +308,7 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     node: CNINode | None = None
     extra_nodes: list[CNINode] = field(default_factory=list)  # d's
+    agent_command: list[str] | None = None  # bench/scale.py: an older percale's agent
 
     @property
     def speaker(self) -> str:
@@ -326,6 +327,8 @@ class Lab:
         sh("ip", "-n", self.speaker, "addr", "add", f"{GOBGP_IP}/24", "dev", "br0")
         sh("ip", "-n", self.speaker, "link", "set", "br0", "up")
         self.node = CNINode(self.etcd_unix, name=f"bbn{self.tag}")
+        if self.agent_command:
+            self.node.agent_command = self.agent_command
         self.node.start()
         for ns, port, address in ((self.node.netns, "pn", PERCALE_IP), (self.bird, "pb", BIRD_IP)):
             sh("ip", "link", "add", "fabric", "netns", ns, "type", "veth", "peer", "name", port,
@@ -623,7 +626,9 @@ class RibWatch:
                 paths = json.loads(line)
             except ValueError:
                 continue
-            for path in paths:
+            for path in paths if isinstance(paths, list) else [paths]:
+                if not isinstance(path, dict):
+                    continue  # not a path (gobgp prints other messages on this stream too)
                 prefix = path.get("nlri", {}).get("prefix")
                 if prefix and not path.get("withdrawal") and prefix not in self.seen:
                     self.seen[prefix] = now

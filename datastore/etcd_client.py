@@ -11,8 +11,9 @@ Coming back after an outage. gRPC reconnects a channel by itself, but with a bac
 to 120 s, and new channels to the same address share the old one's connection and its back-off
 (the global subchannel pool): after a 30 s etcd outage, calls kept failing for 14 s once etcd
 was back. So every channel has a subchannel of its own and a reconnect back-off bounded at
-0.5 s, and a call fails at once while the channel is down (no wait for ready), so a CNI ADD during
-an outage answers "try again later" instead of hanging. Keepalive pings find a connection whose
+0.5 s. A call on a channel that worked before waits for it to reconnect, up to the call's
+deadline: the first request after etcd's return succeeds, and one during an outage fails after
+the deadline (a CNI ADD then answers "try again later"). Keepalive pings find a connection whose
 far end vanished without closing it (a watch on it would otherwise wait forever).
 
 A channel replaced after a failure is closed only when the client closes: closing it at once
@@ -101,6 +102,7 @@ class EtcdClient:
         self._current = 0
         self._channel: grpc.aio.Channel | None = None
         self._retired: list[grpc.aio.Channel] = []
+        self._connected_once = False
         # Stubs are cheap but not free to build; one per type and channel.
         self._stubs: dict[type, tuple[grpc.aio.Channel, object]] = {}
         # Requests made, by method ("Range", "Txn", "Watch", ...): percale-node's metrics.
@@ -145,9 +147,19 @@ class EtcdClient:
         for _ in self._endpoints:
             stub = self._stub(stub_type)
             channel = self._channel
+            assert channel is not None
+            # A channel that worked before and is down now is reconnecting: wait for it (up to
+            # the deadline) rather than fail at once, so the first request after etcd's return
+            # succeeds instead of meeting the back-off. Never-connected channels fail at once:
+            # `percalectl` against a wrong address says so without a wait.
+            reconnecting = self._connected_once and (
+                channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY)
             self.requests[method] = self.requests.get(method, 0) + 1
             try:
-                return await getattr(stub, method)(request, timeout=self._timeout)
+                answer = await getattr(stub, method)(request, timeout=self._timeout,
+                                                     wait_for_ready=reconnecting)
+                self._connected_once = True
+                return answer
             except grpc.aio.AioRpcError as err:
                 if err.code() not in _UNREACHABLE:
                     raise DatastoreError(f"etcd refused {method}: {err.details()}") from None

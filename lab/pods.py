@@ -24,6 +24,14 @@ IFNAME = "eth0"
 K8S_NAMESPACE = "default"
 
 
+class PluginFailed(LabError):
+    """A CNI plugin answered with an error: `code` is its CNI error code."""
+
+    def __init__(self, message: str, code: int | None):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Pod:
     name: str
@@ -64,12 +72,14 @@ def _run_plugin(lab: Lab, node: str, command: str, conf: dict, pod_netns: str,
                           input=json.dumps(conf), env=env, capture_output=True, text=True,
                           timeout=120)
     if done.returncode != 0:
+        code = None
         try:
             error = json.loads(done.stdout)
+            code = error.get("code")
             reason = f"{error.get('msg')}" + (f": {error['details']}" if error.get("details") else "")
         except ValueError:
             reason = (done.stderr or done.stdout).strip()
-        raise LabError(f"CNI {command} by {conf['type']} on {node} for pod {pod}: {reason}")
+        raise PluginFailed(f"CNI {command} by {conf['type']} on {node} for pod {pod}: {reason}", code)
     return json.loads(done.stdout) if done.stdout.strip() else {}
 
 
@@ -107,6 +117,8 @@ def add(lab: Lab, node: str, name: str) -> Pod:
     except BaseException:
         try:
             _chain(lab, node, "DEL", netns, container_id, name)
+        except LabError:
+            pass  # the ADD's failure is the one to report (a runtime retries the DEL later)
         finally:
             _forget(lab, name, netns)
         raise

@@ -47,6 +47,8 @@ class CNINode:
     # More percale-node options, e.g. ["--secrets-dir", ...]
     agent_args: list[str] = field(default_factory=list)
     mtu: int | None = None
+    # How to start the agent (bench/scale.py runs an older percale's this way).
+    agent_command: list[str] = field(default_factory=lambda: [str(VENV_BIN / "percale-node")])
 
     @property
     def netns(self) -> str:
@@ -87,7 +89,7 @@ class CNINode:
         """Start percale-node in the node's namespace and wait until it serves CNI. Its output
         goes to <workdir>/agent.log, appended across restarts."""
         log = open(self.workdir / "agent.log", "a")
-        args = ["ip", "netns", "exec", self.name, str(VENV_BIN / "percale-node"),
+        args = ["ip", "netns", "exec", self.name, *self.agent_command,
                 "--node-name", self.name, "--cni-socket", self.socket,
                 "--etcd-endpoints", self.etcd_endpoint,  # a unix:// endpoint
                 "--bgp-dir", str(self.workdir / "bgp"), "--status-socket", self.status_socket,
