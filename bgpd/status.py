@@ -119,28 +119,28 @@ class NodeView:
         return self.bgp_running, tuple((p.address, p.state, p.info) for p in self.peers)
 
 
-def view_of(controller: BGPState) -> NodeView:
+def view_of(bgp: BGPState) -> NodeView:
     """The driver's state now. Its peer table lists every configured session, mesh first, then
     global, then node-specific peers: the order calicoctl shows BIRD's protocols in."""
-    process = controller.speaker.process
+    process = bgp.speaker.process
     if process is None or process.returncode is not None:
         # No BGP address yet, or ExaBGP died and is being restarted: its sessions are gone.
-        return NodeView(bgp_running=False, router_id=controller.router_id)
+        return NodeView(bgp_running=False, router_id=bgp.router_id)
     rows = tuple(
         PeerRow(address, status.session.family, status.session.kind, status.state, status.info,
                 datetime.fromtimestamp(status.since, timezone.utc))
-        for address, status in list(controller.peers.items())
+        for address, status in list(bgp.peers.items())
     )
-    return NodeView(True, rows, router_id=controller.router_id,
-                    boot_time=_utc(controller.speaker.started_at),
-                    reconfiguration_time=_utc(controller.speaker.reconfigured_at))
+    return NodeView(True, rows, router_id=bgp.router_id,
+                    boot_time=_utc(bgp.speaker.started_at),
+                    reconfiguration_time=_utc(bgp.speaker.reconfigured_at))
 
 
 def _utc(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
 
 
-def routes_of(controller: BGPState,
+def routes_of(bgp: BGPState,
               limit: int = MAX_ROUTES_PER_FAMILY) -> NodeRoutesStatus:
     """The routes of `status.routes`, per family, sorted by destination, at most `limit` each:
 
@@ -154,11 +154,11 @@ def routes_of(controller: BGPState,
     route would cost a netlink dump per record. Only the first `limit` destinations of each
     family are looked at (heapq.nsmallest), so a large table costs one pass, not a sort.
     """
-    rib = controller.rib
+    rib = bgp.rib
     if rib is None:
         return NodeRoutesStatus()
-    kinds = {address: status.session.kind for address, status in list(controller.peers.items())}
-    own = [ipaddress.ip_network(b) for b in controller.desired.blocks]
+    kinds = {address: status.session.kind for address, status in list(bgp.peers.items())}
+    own = [ipaddress.ip_network(b) for b in bgp.desired.blocks]
     found: dict[int, list[NodeRouteStatus]] = {4: [], 6: []}
     for version in (4, 6):
         entries: list[tuple[object, NodeRouteStatus]] = []

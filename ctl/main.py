@@ -1,8 +1,8 @@
 """The `percalectl` command: where the datastore comes from, the resource commands, the
-`ipam` command group (percale/cli/ipam_*.py), `cni install` and `node status` (node_cmd.py).
+`ipam` command group (ctl/ipam_*.py), `cni install` and `node status` (node_cmd.py).
 
 Bad input names the file, document, field and reason; an unreachable datastore says which
-endpoints were tried; neither prints a traceback (percale/cli/context.py).
+endpoints were tried; neither prints a traceback (ctl/context.py).
 """
 
 from __future__ import annotations

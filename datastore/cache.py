@@ -250,8 +250,21 @@ class CachedDatastore:
             del self._overlay[change.key]
 
     def _remember(self, key: Key, value: object, revision: str | None) -> None:
-        if self.cache.covers(key):
-            self._overlay[key] = (value, revision, time.monotonic())
+        if not self.cache.covers(key):
+            return
+        seen = self.cache.get(key) if self.cache.listed(key.kind) else None
+        if (value is _GONE and seen is None and self.cache.listed(key.kind)) or (
+                seen is not None and revision is not None and seen.revision == revision):
+            # The view holds this already (the watch was quicker): nothing to remember, and an
+            # entry the watch will never match again would linger.
+            self._overlay.pop(key, None)
+            return
+        now = time.monotonic()
+        if len(self._overlay) > 1000:  # entries the watch never matched: let them go in time
+            for stale in [k for k, (_, _, when) in self._overlay.items()
+                          if now - when > self.OVERLAY_SECONDS]:
+                del self._overlay[stale]
+        self._overlay[key] = (value, revision, now)
 
     def _overlaid(self, key: Key) -> object | None:
         entry = self._overlay.get(key)

@@ -11,9 +11,9 @@ Coming back after an outage. gRPC reconnects a channel by itself, but with a bac
 to 120 s, and new channels to the same address share the old one's connection and its back-off
 (the global subchannel pool): after a 30 s etcd outage, calls kept failing for 14 s once etcd
 was back. So every channel has a subchannel of its own and a reconnect back-off bounded at
-0.5 s. A call on a channel that worked before waits for it to reconnect, up to the call's
-deadline: the first request after etcd's return succeeds, and one during an outage fails after
-the deadline (a CNI ADD then answers "try again later"). Keepalive pings find a connection whose
+0.5 s. A call on a channel that worked before waits up to 2 s for it to reconnect: the first
+request after etcd's return succeeds, and one during an outage fails after those 2 s (a CNI ADD
+then answers "try again later"). Keepalive pings find a connection whose
 far end vanished without closing it (a watch on it would otherwise wait forever).
 
 A channel replaced after a failure is closed only when the client closes: closing it at once
@@ -45,6 +45,8 @@ _UNREACHABLE = {
 
 RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 500
+# How long a call waits for a channel that is reconnecting: a few of its attempts.
+RECONNECT_WAIT_SECONDS = 2.0
 
 _CHANNEL_OPTIONS = [
     # gRPC refuses responses over 4 MiB by default; listing every IPAM block of a large cluster
@@ -156,7 +158,8 @@ class EtcdClient:
                 channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY)
             self.requests[method] = self.requests.get(method, 0) + 1
             try:
-                answer = await getattr(stub, method)(request, timeout=self._timeout,
+                timeout = min(self._timeout, RECONNECT_WAIT_SECONDS) if reconnecting else self._timeout
+                answer = await getattr(stub, method)(request, timeout=timeout,
                                                      wait_for_ready=reconnecting)
                 self._connected_once = True
                 return answer

@@ -1,5 +1,5 @@
 """The datastore options the long-running programs (percale-node, percale-controllers) share,
-spelled as percalectl spells its own (percale/cli/main.py), so one setting works for all three."""
+spelled as percalectl spells its own (ctl/main.py), so one setting works for all three."""
 
 from __future__ import annotations
 

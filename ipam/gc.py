@@ -1,7 +1,7 @@
 """IPAM garbage collection: release leaked addresses, repair handles, give back empty blocks.
 
 Two callers share what is here:
-  * `percalectl ipam release --from-report` (percale/cli/ipam_check.py), with a report a user
+  * `percalectl ipam release --from-report` (ctl/ipam_check.py), with a report a user
     took earlier;
   * the agent's periodic collector, `GarbageCollector.run_once(now)`, with the time injected so
     that tests drive the clock.

@@ -2,7 +2,7 @@
 nodes borrowed from other nodes' blocks.
 
 Pure: it reads the IPPool and IPAMBlock values it is handed and imports no datastore.
-`percalectl ipam show` renders it (percale/cli/ipam_show.py).
+`percalectl ipam show` renders it (ctl/ipam_show.py).
 
 Counting follows Calico's GetUtilization (calico.md §5.3):
   * a block counts under the first pool, in the order given, whose CIDR overlaps it; a pool's

@@ -33,13 +33,13 @@ from percale.ipc.unix_server import serve_unix
 log = logging.getLogger("percale.node.status")
 
 
-async def serve_status(controller: BGPState, node: str,
+async def serve_status(bgp: BGPState, node: str,
                        path: str = DEFAULT_STATUS_SOCKET) -> asyncio.AbstractServer:
     """Listen on `path` (mode 0600: calicoctl node status, too, is for root on the node). Each
     connection gets the status as one JSON line, then the server closes it; nothing is read."""
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(json.dumps(to_json(node, view_of(controller))).encode() + b"\n")
+            writer.write(json.dumps(to_json(node, view_of(bgp))).encode() + b"\n")
             await writer.drain()
         except ConnectionError:
             pass  # the client gave up; nothing to tell it
@@ -65,9 +65,9 @@ class NodeStatusPublisher:
     FIRST_BACKOFF_SECONDS = 1.0
     MAX_BACKOFF_SECONDS = 30.0
 
-    def __init__(self, store: Datastore, node: str, controller: BGPState, *,
+    def __init__(self, store: Datastore, node: str, bgp: BGPState, *,
                  default_period: int = DEFAULT_UPDATE_PERIOD_SECONDS):
-        self.store, self.node, self.controller = store, node, controller
+        self.store, self.node, self.bgp = store, node, bgp
         self.default_period = default_period
         self._warned_foreign = False
         # The record as this publisher last wrote it: the next write compares-and-swaps against
@@ -79,7 +79,7 @@ class NodeStatusPublisher:
         due = retry_at = 0.0  # monotonic
         backoff = self.FIRST_BACKOFF_SECONDS
         while True:
-            view = view_of(self.controller)
+            view = view_of(self.bgp)
             now = time.monotonic()
             if now >= retry_at and (view.table() != written or now >= due):
                 try:
@@ -141,7 +141,7 @@ class NodeStatusPublisher:
     def _routes(self, classes: list[str]) -> NodeRoutesStatus | None:
         # Read at each write, not at each poll: walking a large table twice a second for a
         # record written every few seconds would be waste.
-        return routes_of(self.controller) if "Routes" in classes else None
+        return routes_of(self.bgp) if "Routes" in classes else None
 
     async def _read(self, key: Key) -> KVPair | None:
         try:
