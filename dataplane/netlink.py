@@ -29,7 +29,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Self
 
@@ -321,22 +321,31 @@ class Netlink:
         seq = self.next_seq()
         struct.pack_into("=HI", data, FLAGS_AT, flags, seq)
         self.sock.send(data)
+        for mtype, mflags, mseq, offset, length in self._answers():
+            if mseq != seq:
+                continue
+            if mtype == NLMSG_ERROR:
+                code = -ERRNO.unpack_from(self.rbuf, offset + 16)[0]
+                if code:
+                    text = ext_ack_message(self.rbuf, offset, length, mflags)
+                    raise NetlinkError(code, os.strerror(code) + (f": {text}" if text else ""))
+                return None
+            if not ack:
+                return bytes(self.rbuf[offset:offset + length]), 0, length
+        raise AssertionError("unreachable: _answers reads until the socket fails")
+
+    def _answers(self) -> Iterator[tuple[int, int, int, int, int]]:
+        """(type, flags, seq, offset, length) of each message the kernel sends, as they are read
+        into self.rbuf (valid until the next is read); the one receive loop of this module."""
+        rbuf, sock = self.rbuf, self.sock
         while True:
-            n = self.sock.recv_into(self.rbuf)
+            n = sock.recv_into(rbuf)
             offset = 0
             while offset + 16 <= n:
-                length, mtype, mflags, mseq, _ = NLMSGHDR.unpack_from(self.rbuf, offset)
+                length, mtype, mflags, seq, _ = NLMSGHDR.unpack_from(rbuf, offset)
                 if length < 16:
                     raise NetlinkError(errno.EPROTO, "malformed netlink message")
-                if mseq == seq:
-                    if mtype == NLMSG_ERROR:
-                        code = -ERRNO.unpack_from(self.rbuf, offset + 16)[0]
-                        if code:
-                            text = ext_ack_message(self.rbuf, offset, length, mflags)
-                            raise NetlinkError(code, os.strerror(code) + (f": {text}" if text else ""))
-                        return None
-                    if not ack:
-                        return bytes(self.rbuf[offset:offset + length]), 0, length
+                yield mtype, mflags, seq, offset, length
                 offset += (length + 3) & ~3
 
     # -- dumps -------------------------------------------------------------------------------
@@ -353,25 +362,20 @@ class Netlink:
         self.sock.send(data)
         interrupted = False
         rbuf = self.rbuf
-        while True:
-            n = self.sock.recv_into(rbuf)
-            offset = 0
-            while offset + 16 <= n:
-                length, mtype, mflags, mseq, _ = NLMSGHDR.unpack_from(rbuf, offset)
-                if length < 16:
-                    raise NetlinkError(errno.EPROTO, "malformed netlink message")
-                if mseq == seq:
-                    if mflags & NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if mtype == NLMSG_DONE:
-                        return interrupted
-                    if mtype == NLMSG_ERROR:
-                        code = -ERRNO.unpack_from(rbuf, offset + 16)[0]
-                        if code == errno.ENOENT:  # e.g. a table that does not exist (yet): empty
-                            return interrupted
-                        raise NetlinkError(code, os.strerror(code))
-                    visit(rbuf, offset, offset + length)
-                offset += (length + 3) & ~3
+        for mtype, mflags, mseq, offset, length in self._answers():
+            if mseq != seq:
+                continue
+            if mflags & NLM_F_DUMP_INTR:
+                interrupted = True
+            if mtype == NLMSG_DONE:
+                return interrupted
+            if mtype == NLMSG_ERROR:
+                code = -ERRNO.unpack_from(rbuf, offset + 16)[0]
+                if code == errno.ENOENT:  # e.g. a table that does not exist (yet): empty
+                    return interrupted
+                raise NetlinkError(code, os.strerror(code))
+            visit(rbuf, offset, offset + length)
+        raise AssertionError("unreachable: _answers reads until the socket fails")
 
     def _collect(self, msg: bytes, parse: Callable[[bytearray, int, int], object],
                  keep: Callable[[bytearray, int, int], bool] = lambda *_: True) -> list:
@@ -500,18 +504,11 @@ class Netlink:
         struct.pack_into("=H", buf, last_offset + FLAGS_AT, flags | NLM_F_ACK)
         self.sock.send(buf)
         errors: dict[int, tuple[int, str]] = {}
-        rbuf, sock = self.rbuf, self.sock
-        while True:
-            n = sock.recv_into(rbuf)
-            offset = 0
-            while offset + 16 <= n:
-                length, mtype, mflags, seq, _ = NLMSGHDR.unpack_from(rbuf, offset)
-                if length < 16:
-                    raise NetlinkError(errno.EPROTO, "malformed netlink message")
-                if mtype == NLMSG_ERROR and first <= seq <= last:
-                    code = -ERRNO.unpack_from(rbuf, offset + 16)[0]
-                    if code:
-                        errors[seq] = (code, ext_ack_message(rbuf, offset, length, mflags))
-                    if seq == last:
-                        return errors
-                offset += (length + 3) & ~3
+        for mtype, mflags, seq, offset, length in self._answers():
+            if mtype == NLMSG_ERROR and first <= seq <= last:
+                code = -ERRNO.unpack_from(self.rbuf, offset + 16)[0]
+                if code:
+                    errors[seq] = (code, ext_ack_message(self.rbuf, offset, length, mflags))
+                if seq == last:
+                    return errors
+        raise AssertionError("unreachable: _answers reads until the socket fails")

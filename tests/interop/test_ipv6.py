@@ -161,22 +161,30 @@ def test_ipv6_mesh_routes_blocks_and_pods_ping(etcd):
         b.stop()
 
 
+TOR6, NODE6 = "fd00:99::fe", "fd00:99::1"
+
+
+def ipv6_tor(router: Router, node: CNINode, peer: BirdPeer, static: list[str] = ()) -> None:
+    """BIRD as a top-of-rack router reached over IPv6: the router and the node up, joined, each
+    with its IPv6 address on the shared link, and BIRD peering with the node."""
+    router.up()
+    router.exec(router.ns, "ip", "addr", "add", f"{TOR6}/64", "dev", "br0", "nodad")
+    node.start()
+    router.attach(node.netns, "10.99.0.1/24")
+    node.exec("ip", "addr", "add", f"{NODE6}/64", "dev", "fabric", "nodad")
+    router.bird(bird_config(router.ip, [peer], static=list(static)))
+
+
 def test_ipv6_session_with_bird_as_ebgp_top_of_rack(etcd):
     """Node AS 64513, BIRD AS 64600, peering over IPv6 only (the BGPPeer's peerIP is BIRD's IPv6
     address): the node's /122 reaches BIRD with the node's IPv6 address as next hop, and a /122
     BIRD originates inside the pool lands in the node's kernel via BIRD."""
     router, node = Router(), CNINode(etcd.unix_endpoint)
-    tor6, node6 = "fd00:99::fe", "fd00:99::1"
     tor_route = "fd00:10:244:0:ffff:ffff:ffff:ffc0/122"  # the pool's last block
     try:
-        router.up()
-        router.exec(router.ns, "ip", "addr", "add", f"{tor6}/64", "dev", "br0", "nodad")
-        node.start()
-        router.attach(node.netns, "10.99.0.1/24")
-        node.exec("ip", "addr", "add", f"{node6}/64", "dev", "fabric", "nodad")
-        router.bird(bird_config(router.ip, [
-            BirdPeer("node_a6", tor6, TOR_AS, node6, NODE_AS, export="static", family=6),
-        ], static=[tor_route]))
+        ipv6_tor(router, node, BirdPeer("node_a6", TOR6, TOR_AS, NODE6, NODE_AS, export="static",
+                                        family=6), static=[tor_route])
+        tor6, node6 = TOR6, NODE6
         setup_store(
             etcd,
             resource("IPPool", "pods6", {"cidr": POOL6}),
@@ -209,16 +217,9 @@ def test_an_ipv6_only_node_with_a_hashed_router_id_peers_with_bird(etcd):
 
     router = Router()
     node = CNINode(etcd.unix_endpoint, agent_args=["--router-id", "hash"])
-    tor6, node6 = "fd00:99::fe", "fd00:99::1"
     try:
-        router.up()
-        router.exec(router.ns, "ip", "addr", "add", f"{tor6}/64", "dev", "br0", "nodad")
-        node.start()
-        router.attach(node.netns, "10.99.0.1/24")
-        node.exec("ip", "addr", "add", f"{node6}/64", "dev", "fabric", "nodad")
-        router.bird(bird_config(router.ip, [
-            BirdPeer("node_a6", tor6, TOR_AS, node6, NODE_AS, family=6),
-        ]))
+        ipv6_tor(router, node, BirdPeer("node_a6", TOR6, TOR_AS, NODE6, NODE_AS, family=6))
+        tor6, node6 = TOR6, NODE6
         node_resource = resource("Node", node.name, {"bgp": {"ipv6Address": f"{node6}/64", "asNumber": NODE_AS}})
         setup_store(
             etcd, resource("IPPool", "pods6", {"cidr": POOL6}), node_resource,

@@ -393,17 +393,24 @@ class _Counting:
         return counted
 
 
+async def agent_view(store, node: str = "n1") -> tuple[CachedDatastore, asyncio.Task]:
+    """The agent's view of `store` for `node`, in sync, and the task that keeps it so (cancel it
+    to freeze the view)."""
+    cache = Cache(store, node=node)
+    following = asyncio.create_task(cache.run())
+    await cache.wait_synced()
+    return CachedDatastore(store, cache), following
+
+
 async def test_a_warm_agent_allocates_with_two_writes_and_no_reads(store):
     """Over the agent's view (CachedDatastore) an allocation from the node's own block is one
     handle create and one block compare-and-swap: pools, IPAM config, the node, its affinities
     and the block come from memory."""
     await add_pool(store, "p", "10.0.0.0/16")
     counting = _Counting(store)
-    cache = Cache(store, node="n1")
-    following = asyncio.create_task(cache.run())
+    view, following = await agent_view(store)
     try:
-        await cache.wait_synced()
-        ipam = IPAM(CachedDatastore(counting, cache), authority=counting)
+        ipam = IPAM(CachedDatastore(counting, view.cache), authority=counting)
         await ipam.auto_assign("n1", handle_id="warm-up", num4=1)
         counting.calls.clear()
         for i in range(5):
@@ -421,11 +428,9 @@ async def test_a_release_the_view_cannot_see_yet_is_made_sure_of_in_the_store(st
     """An address handed out by another process a moment ago is not in the agent's view yet:
     releasing its handle must still free it (the view said there was nothing to free)."""
     await add_pool(store, "p", "10.0.0.0/16")
-    cache = Cache(store, node="n1")
-    following = asyncio.create_task(cache.run())
+    view, following = await agent_view(store)
     try:
-        await cache.wait_synced()
-        agent = IPAM(CachedDatastore(store, cache), authority=store)
+        agent = IPAM(view, authority=store)
         await agent.auto_assign("n1", handle_id="warm-up", num4=1)
         following.cancel()  # the view stops here
         elsewhere = IPAM(store)
@@ -441,11 +446,9 @@ async def test_a_view_behind_a_released_block_does_not_bring_the_block_back(stor
     the node's: the allocation must not recreate the block (without its affinity, no node would
     announce it), but go to a block the node really holds."""
     await add_pool(store, "p", "10.0.0.0/16")
-    cache = Cache(store, node="n1")
-    following = asyncio.create_task(cache.run())
+    view, following = await agent_view(store)
     try:
-        await cache.wait_synced()
-        agent = IPAM(CachedDatastore(store, cache), authority=store)
+        agent = IPAM(view, authority=store)
         first = (await agent.auto_assign("n1", handle_id="a", num4=1)).ipv4[0].network
         await agent.release_by_handle("a")
         await asyncio.sleep(0.05)  # the view has seen all of it
