@@ -178,9 +178,11 @@ class Cache:
                 log.warning("listing %s again: %s", kind, err)
                 await asyncio.sleep(self.max_retry_delay)
         self.lists += 1
-        before = self._objects[kind]
+        objects = self._objects[kind]
+        before = dict(objects)
         after = {kv.key: kv for kv in result.items}
-        self._objects[kind] = after
+        objects.clear()  # in place: a view handed out by items() stays live
+        objects.update(after)
         self._revisions[kind] = result.revision
         for key, old in before.items():
             if key not in after:
