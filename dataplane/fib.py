@@ -181,9 +181,13 @@ class FIB:
     """
 
     def __init__(self, *, table: int = RT_TABLE_MAIN, protocol: int = RouteProtocol.BGP,
-                 adopt: bool = True) -> None:
+                 adopt: bool = True, takeover: bool = False) -> None:
         self.table = table
         self.protocol = protocol
+        # takeover: a prefix held by another owner's route is replaced rather than left alone.
+        # For the VXLAN routes (protocol 204), which take a block over from BGP when its pool's
+        # mode changes; never for BGP's own FIB, which must not steal a pod's route.
+        self._new = _REPLACE if takeover else _ADD
         self._lock = threading.Lock()
         self._desired: dict[Prefix, Hops] = {}
         # What this module believes the kernel holds of its own: from the last dump, updated by
@@ -314,7 +318,7 @@ class FIB:
                 desired[prefix] = hops
                 current = kernel.get(prefix)
                 if current is None:
-                    plan.append((_ADD, prefix, hops))
+                    plan.append((self._new, prefix, hops))
                 elif not same(hops, current):
                     plan.append((_REPLACE, prefix, hops))
             else:
@@ -332,7 +336,7 @@ class FIB:
         for prefix, hops in self._desired.items():
             current = kernel.get(prefix)
             if current is None:
-                plan.append((_ADD, prefix, hops))
+                plan.append((self._new, prefix, hops))
             elif not same(hops, current):
                 plan.append((_REPLACE, prefix, hops))
         plan.extend((_DELETE, prefix, None) for prefix in kernel if prefix not in self._desired)

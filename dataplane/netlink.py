@@ -49,8 +49,13 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 
 # linux/rtnetlink.h
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+AF_BRIDGE = 7
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = (
     1, 4, 5, 6, 7, 9, 15)
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
@@ -61,6 +66,7 @@ RTNH_F_ONLINK = 4
 # linux/if_link.h, linux/if_addr.h, linux/veth.h
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
 VETH_INFO_PEER = 1
 IFF_UP = 0x1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -70,6 +76,7 @@ NLMSGHDR = struct.Struct("=IHHII")       # length, type, flags, seq, port id
 RTMSG = struct.Struct("=BBBBBBBBI")       # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 IFINFOMSG = struct.Struct("=BxHiII")      # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")       # family, prefixlen, flags, scope, index
+NDMSG = struct.Struct("=BxxxiHBB")        # family, (3 pad), ifindex, state, flags, type
 RTA = struct.Struct("=HH")                # attribute length, type
 RTA_U32 = struct.Struct("=HHI")
 RTNH = struct.Struct("=HBBi")             # rtnexthop: length, flags, hops, ifindex
@@ -187,6 +194,20 @@ class Link:
     mtu: int
     mac: str | None
     peer_index: int  # IFLA_LINK: a veth's other end, 0 if none
+    kind: str = ""  # IFLA_INFO_KIND: "veth", "vxlan", ... ("" for a plain device)
+    info: dict[int, bytes] | None = None  # IFLA_INFO_DATA's attributes (a vxlan's VNI, port...)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """An ARP/NDP entry (family AF_INET/AF_INET6) or a bridge FDB entry (AF_BRIDGE)."""
+
+    family: int
+    index: int
+    state: int
+    flags: int
+    destination: Address | None  # NDA_DST: the neighbour's address; for FDB, the remote VTEP
+    mac: str | None
 
 
 @dataclass(frozen=True)
@@ -217,10 +238,25 @@ def parse_route(buf: bytes | bytearray | memoryview, start: int, end: int) -> Ro
 def parse_link(buf: bytes | bytearray | memoryview, start: int, end: int) -> Link:
     _, _, index, flags, _ = IFINFOMSG.unpack_from(buf, start + BODY_AT)
     found = attributes(buf, start + BODY_AT + IFINFOMSG.size, end)
+    kind, info = "", None
+    if IFLA_LINKINFO in found:
+        linkinfo = found[IFLA_LINKINFO]
+        nested_attrs = attributes(linkinfo, 0, len(linkinfo))
+        kind = nested_attrs.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode(errors="replace")
+        data = nested_attrs.get(IFLA_INFO_DATA)
+        info = attributes(data, 0, len(data)) if data is not None else {}
     return Link(index, found.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace"), flags,
                 U32.unpack(found[IFLA_MTU])[0] if IFLA_MTU in found else 0,
                 mac_text(found[IFLA_ADDRESS]) if IFLA_ADDRESS in found else None,
-                ERRNO.unpack(found[IFLA_LINK])[0] if IFLA_LINK in found else 0)
+                ERRNO.unpack(found[IFLA_LINK])[0] if IFLA_LINK in found else 0, kind, info)
+
+
+def parse_neighbour(buf: bytes | bytearray | memoryview, start: int, end: int) -> Neighbour:
+    family, index, state, flags, _ = NDMSG.unpack_from(buf, start + BODY_AT)
+    found = attributes(buf, start + BODY_AT + NDMSG.size, end)
+    raw = found.get(NDA_LLADDR)
+    return Neighbour(family, index, state, flags, _address(found.get(NDA_DST)),
+                     mac_text(raw) if raw and len(raw) == 6 else None)
 
 
 def parse_address(buf: bytes | bytearray | memoryview, start: int, end: int) -> InterfaceAddress:
@@ -437,6 +473,25 @@ class Netlink:
                          nested(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_info))))
         self.request(message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, body))
 
+    def add_vxlan(self, name: str, *, vni: int, port: int, local: ipaddress.IPv4Address,
+                  parent: int, mac: str, mtu: int) -> None:
+        """A VXLAN device that learns nothing (every remote end is written in by percale)."""
+        data = (attr_u32(IFLA_VXLAN_ID, vni) + attr_u32(IFLA_VXLAN_LINK, parent)
+                + attr(IFLA_VXLAN_LOCAL, local.packed) + attr(IFLA_VXLAN_LEARNING, b"\0")
+                + attr(IFLA_VXLAN_PORT, struct.pack("!H", port)))
+        body = (_link_body() + attr_str(IFLA_IFNAME, name) + attr(IFLA_ADDRESS, mac_bytes(mac))
+                + attr_u32(IFLA_MTU, mtu)
+                + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "vxlan"), nested(IFLA_INFO_DATA, data)))
+        self.request(message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, body))
+
+    def set_link(self, index: int, *, mtu: int | None = None, mac: str | None = None) -> None:
+        body = _link_body(index)
+        if mtu is not None:
+            body += attr_u32(IFLA_MTU, mtu)
+        if mac is not None:
+            body += attr(IFLA_ADDRESS, mac_bytes(mac))
+        self.request(message(RTM_NEWLINK, NLM_F_REQUEST, body))
+
     def set_link_up(self, index: int, up: bool = True) -> None:
         body = _link_body(index, IFF_UP if up else 0, IFF_UP)
         self.request(message(RTM_NEWLINK, NLM_F_REQUEST, body))
@@ -477,6 +532,51 @@ class Netlink:
             return True
         except NetlinkError as err:
             if err.errno == errno.ESRCH:
+                return False
+            raise
+
+    def neighbours(self, family: int, index: int) -> list[Neighbour]:
+        """The ARP/NDP entries (AF_INET, AF_INET6) or FDB entries (AF_BRIDGE) of one device."""
+        # The device goes in NDA_IFINDEX: a strict neighbour dump refuses it in the header.
+        request = message(RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP,
+                          NDMSG.pack(family, 0, 0, 0, 0) + attr_u32(NDA_IFINDEX, index))
+        found = self._collect(request, parse_neighbour,
+                              lambda b, s, e: NLMSGHDR.unpack_from(b, s)[1] == RTM_NEWNEIGH)
+        return [n for n in found if n.index == index and n.family == family]
+
+    def set_neighbour(self, family: int, index: int, destination: Address, mac: str, *,
+                      flags: int = 0) -> None:
+        """A permanent entry, replacing whatever was there for that key: for AF_INET, the MAC
+        of a neighbour address; for AF_BRIDGE (FDB, with NTF_SELF), the VTEP behind a MAC."""
+        body = (NDMSG.pack(family, index, NUD_PERMANENT, flags, 0)
+                + attr(NDA_LLADDR, mac_bytes(mac)) + attr(NDA_DST, destination.packed))
+        self.request(message(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, body))
+
+    def delete_neighbour(self, family: int, index: int, destination: Address | None, mac: str | None,
+                         *, flags: int = 0) -> bool:
+        """False if it was gone already."""
+        body = NDMSG.pack(family, index, 0, flags, 0)
+        if mac is not None:
+            body += attr(NDA_LLADDR, mac_bytes(mac))
+        if destination is not None:
+            body += attr(NDA_DST, destination.packed)
+        try:
+            self.request(message(RTM_DELNEIGH, NLM_F_REQUEST, body))
+            return True
+        except NetlinkError as err:
+            if err.errno in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+                return False
+            raise
+
+    def delete_address(self, index: int, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bool:
+        family = family_of(interface)
+        body = (IFADDRMSG.pack(family, interface.network.prefixlen, 0, 0, index)
+                + attr(IFA_LOCAL, interface.ip.packed) + attr(IFA_ADDRESS, interface.ip.packed))
+        try:
+            self.request(message(RTM_DELADDR, NLM_F_REQUEST, body))
+            return True
+        except NetlinkError as err:
+            if err.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
                 return False
             raise
 

@@ -1,0 +1,97 @@
+"""dataplane/vxlan.py in two namespaces joined by a veth pair, as two nodes on one link: the
+device as Calico's felix makes it (VNI 4096, port 4789, no learning, the tunnel address /32), a
+permanent neighbour and FDB entry per remote end, traffic through the tunnel both ways, a device
+with the wrong VNI made again, and remote ends removed when they go."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+SCRIPT = r"""
+import ipaddress, json, sys
+from percale.dataplane.fib import FIB, NextHop
+from percale.dataplane.netlink import Netlink
+from percale.dataplane.route_owners import RouteProtocol
+from percale.dataplane.vxlan import Device, Tunnel, Vtep
+step = json.loads(sys.argv[1])
+ip = ipaddress.ip_address
+with Netlink() as nl:
+    parent = nl.link(name="under").index
+tunnel = Tunnel()
+index = tunnel.ensure(Device(ip(step["tunnel"]), step["mac"], step["mtu"], ip(step["local"]), parent))
+tunnel.set_vteps({Vtep(ip(v[0]), v[1], ip(v[2])) for v in step["vteps"]})
+with FIB(protocol=RouteProtocol.VXLAN, takeover=True) as fib:
+    fib.replace_all({net: {NextHop(ip(via), index, onlink=True)} for net, via in step["routes"].items()})
+print(index)
+"""
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def configure(ns: str, **step) -> int:
+    done = sh("ip", "netns", "exec", ns, sys.executable, "-c", SCRIPT, json.dumps(step), check=False)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_two_nodes_reach_each_other_through_vxlan_percale():
+    a, b = f"vxa{uuid.uuid4().hex[:5]}", f"vxb{uuid.uuid4().hex[:5]}"
+    for ns in (a, b):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    try:
+        sh("ip", "link", "add", "under", "netns", a, "type", "veth", "peer", "name", "under", "netns", b)
+        for ns, address in ((a, "192.0.2.1/24"), (b, "192.0.2.2/24")):
+            sh("ip", "-n", ns, "addr", "add", address, "dev", "under")
+            sh("ip", "-n", ns, "link", "set", "under", "up")
+        mac_a, mac_b = "66:00:00:00:00:0a", "66:00:00:00:00:0b"
+        # A block behind each tunnel end: its route goes via the other's tunnel address.
+        sh("ip", "-n", a, "addr", "add", "10.244.1.5/32", "dev", "lo")
+        sh("ip", "-n", b, "addr", "add", "10.244.2.5/32", "dev", "lo")
+        configure(a, tunnel="10.244.1.0", mac=mac_a, mtu=1450, local="192.0.2.1",
+                  vteps=[["10.244.2.0", mac_b, "192.0.2.2"]], routes={"10.244.2.0/26": "10.244.2.0"})
+        configure(b, tunnel="10.244.2.0", mac=mac_b, mtu=1450, local="192.0.2.2",
+                  vteps=[["10.244.1.0", mac_a, "192.0.2.1"]], routes={"10.244.1.0/26": "10.244.1.0"})
+
+        details = json.loads(sh("ip", "-j", "-d", "-n", a, "link", "show", "vxlan.percale").stdout)[0]
+        data = details["linkinfo"]["info_data"]
+        assert (data["id"], data["port"], data["learning"], data["local"]) == (4096, 4789, False, "192.0.2.1")
+        assert (details["mtu"], details["address"]) == (1450, mac_a)
+        assert "10.244.1.0/32" in sh("ip", "-n", a, "-4", "addr", "show", "vxlan.percale").stdout
+        neigh = sh("ip", "-n", a, "neigh", "show", "dev", "vxlan.percale").stdout
+        assert "10.244.2.0 lladdr 66:00:00:00:00:0b PERMANENT" in neigh
+        fdb = sh("bridge", "-n", a, "fdb", "show", "dev", "vxlan.percale").stdout
+        assert f"{mac_b} dst 192.0.2.2 self permanent" in fdb
+        route = sh("ip", "-n", a, "route", "show", "10.244.2.0/26").stdout
+        assert "via 10.244.2.0 dev vxlan.percale proto 204 onlink" in route
+
+        ping = sh("ip", "netns", "exec", a, "ping", "-c", "2", "-W", "2", "-I", "10.244.1.5", "10.244.2.5",
+                  check=False)
+        assert ping.returncode == 0, ping.stdout
+        counters = json.loads(sh("ip", "-j", "-s", "-n", a, "link", "show", "vxlan.percale").stdout)[0]
+        assert counters["stats64"]["tx"]["packets"] >= 2
+
+        # A device made by someone else with another VNI is made again; a VTEP that went away
+        # loses its neighbour and FDB entries.
+        sh("ip", "-n", b, "link", "del", "vxlan.percale")
+        sh("ip", "-n", b, "link", "add", "vxlan.percale", "type", "vxlan", "id", "7", "dstport", "4789",
+           "dev", "under")
+        configure(b, tunnel="10.244.2.0", mac=mac_b, mtu=1400, local="192.0.2.2", vteps=[], routes={})
+        data = json.loads(sh("ip", "-j", "-d", "-n", b, "link", "show", "vxlan.percale").stdout)[0]
+        assert data["linkinfo"]["info_data"]["id"] == 4096 and data["mtu"] == 1400
+        configure(a, tunnel="10.244.1.0", mac=mac_a, mtu=1450, local="192.0.2.1", vteps=[], routes={})
+        assert sh("ip", "-n", a, "neigh", "show", "dev", "vxlan.percale").stdout.strip() == ""
+        assert mac_b not in sh("bridge", "-n", a, "fdb", "show", "dev", "vxlan.percale").stdout
+        assert sh("ip", "-n", a, "route", "show", "proto", "204").stdout.strip() == ""
+    finally:
+        for ns in (a, b):
+            sh("ip", "netns", "del", ns, check=False)
