@@ -105,6 +105,7 @@ class BGPAgent:
         self._fib_due = asyncio.Event()
         self._housekeeping_due = asyncio.Event()
         self._peer_ups: asyncio.Queue[str] = asyncio.Queue()
+        self._reapply = False
         # After the agent starts, the kernel routes it adopted are checked against the RIB once
         # every peer has sent End-of-RIB (or the restart time has passed).
         self._started = time.monotonic()
@@ -124,6 +125,12 @@ class BGPAgent:
     @property
     def reconciled(self) -> bool:
         return self.programmer.reconciled
+
+    async def exclusions_changed(self) -> None:
+        """What `programmer.exclude` says changed (the VXLAN side took or gave back prefixes):
+        the whole RIB goes through it again."""
+        self._reapply = True
+        self._fib_due.set()
 
     # -- changes from the datastore -------------------------------------------------------------
 
@@ -290,6 +297,9 @@ class BGPAgent:
             if self.rib is None:
                 continue
             changes = self.rib.changes()
+            if self._reapply:
+                self._reapply = False
+                await self.programmer.reapply(self.rib)
             if not changes:
                 continue
             try:

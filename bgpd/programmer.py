@@ -8,13 +8,17 @@ thread: the event loop, and ExaBGP's pipe with it, never wait on the kernel.
 After a restart the route table holds the routes the previous agent installed (it adopts them).
 Once every peer has sent End-of-RIB, or the restart time has passed, `sweep` makes the table
 exactly what the RIB relearned: what no peer announced again goes.
+
+Some prefixes are another owner's even though a peer announces them: blocks of VXLAN pools are
+routed by the VXLAN side (vxlan/plan.py claims them). `exclude` says which; they never reach the
+table, and `reapply` follows a change of what is excluded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from percale.bgpd.rib import FibChanges, Rib
@@ -24,9 +28,11 @@ log = logging.getLogger("percale.bgpd.programmer")
 
 
 class FibProgrammer:
-    def __init__(self, routes: RouteTable | None, blackholes: BlackholeTable | None) -> None:
+    def __init__(self, routes: RouteTable | None, blackholes: BlackholeTable | None, *,
+                 exclude: Callable[[Any], bool] | None = None) -> None:
         self.routes = routes
         self.blackholes = blackholes
+        self.exclude = exclude
         self.reconciled = False  # the kernel's routes were checked in full at least once
         self.swept = False  # routes adopted from before the restart were judged
         self._blocks: frozenset[str] | None = None
@@ -37,6 +43,20 @@ class FibProgrammer:
             return
         batch: dict[Any, Any] = {**changes.added, **changes.changed}
         batch.update({prefix: None for prefix in changes.removed})
+        if self.exclude is not None:
+            batch = {p: (None if hops is not None and self.exclude(p) else hops) for p, hops in batch.items()}
+        await self._apply(batch)
+
+    async def reapply(self, rib: Rib) -> None:
+        """The whole RIB again, through the current exclusions: what became another owner's is
+        withdrawn, what came back is installed (unchanged routes cost nothing)."""
+        if self.routes is None:
+            return
+        exclude = self.exclude or (lambda prefix: False)
+        await self._apply({p: (None if exclude(p) else hops) for p, hops in rib.fib.items()})
+
+    async def _apply(self, batch: dict[Any, Any]) -> None:
+        assert self.routes is not None
         try:
             outcome = await asyncio.to_thread(self.routes.apply, batch)
             if outcome.failed:
@@ -56,7 +76,9 @@ class FibProgrammer:
     async def sweep(self, rib: Rib) -> None:
         """Routes adopted from before the restart that no peer re-announced go now."""
         if self.routes is not None:
-            await asyncio.to_thread(self.routes.replace_all, dict(rib.fib))
+            exclude = self.exclude or (lambda prefix: False)
+            await asyncio.to_thread(self.routes.replace_all,
+                                    {p: hops for p, hops in rib.fib.items() if not exclude(p)})
         self.swept = True
 
     async def reconcile(self) -> None:

@@ -90,6 +90,25 @@ except metadata.PackageNotFoundError:
     _EXABGP_VERSION = None
 
 
+class NoBGP:
+    """The BGP state of a node that runs no BGP (`--networking-backend vxlan` or `none`): no
+    speaker, no peers, nothing learned; ready as far as BGP goes."""
+
+    class _NoSpeaker:
+        process = None
+        started_at: float | None = None
+        reconfigured_at: float | None = None
+
+    speaker = _NoSpeaker()
+    peers: dict[str, PeerStatus] = {}
+    rib = None
+    fib = None
+    router_id = None
+    desired = Announcements(frozenset(), frozenset())
+    synced = True
+    reconciled = True
+
+
 # -- what `node status` shows ------------------------------------------------------------------
 
 

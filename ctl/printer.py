@@ -108,7 +108,9 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     ),
     "Node": (
         [_NAME],
-        [_NAME, ("ASN", _node_asn), ("IPV4", _node_ip(4)), ("IPV6", _node_ip(6))],
+        # calicoctl's four, then percale's: the VXLAN tunnel address in use, if any.
+        [_NAME, ("ASN", _node_asn), ("IPV4", _node_ip(4)), ("IPV6", _node_ip(6)),
+         ("VXLANTUNNEL", lambda r, _: str(r.spec.ipv4_vxlan_tunnel_addr or ""))],
     ),
     "BGPPeer": (_BGP_PEER, _BGP_PEER),
     "BGPConfiguration": (_BGP_CONFIGURATION, _BGP_CONFIGURATION),

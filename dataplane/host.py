@@ -7,6 +7,7 @@ Each call opens a netlink socket in the caller's namespace and closes it; none i
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,11 @@ from pathlib import Path
 from percale.dataplane.netlink import RT_SCOPE_UNIVERSE, Netlink
 
 DEFAULT_MTU = 1500
+# felix's MTUIfacePattern: physical-looking interfaces, not bridges, tunnels, veths or pods'.
+DEFAULT_MTU_PATTERN = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)"
+# What felix assumes when nothing matches (calico#4522).
+FALLBACK_MTU = 1460
+_IFF_UP = 0x1
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,22 @@ def source_address_towards(destination: str) -> str | None:
     with Netlink() as nl:
         route = nl.route_to(target)
     return str(route.preferred_source) if route and route.preferred_source else None
+
+
+def host_mtu(pattern: str = DEFAULT_MTU_PATTERN) -> int:
+    """The smallest MTU among the interfaces that are up and whose names match `pattern`
+    (felix's findHostMTU); FALLBACK_MTU when none does. `pattern` is a compiled-checked regex."""
+    matcher = re.compile(pattern)
+    with Netlink() as nl:
+        mtus = [link.mtu for link in nl.links()
+                if link.flags & _IFF_UP and link.mtu and matcher.search(link.name)]
+    return min(mtus) if mtus else FALLBACK_MTU
+
+
+def interface_holding(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
+    """The index of the interface that has `address` (the VXLAN device's parent)."""
+    with Netlink() as nl:
+        return next((a.index for a in nl.addresses() if a.interface.ip == address), None)
 
 
 def underlay_mtu() -> int:

@@ -99,6 +99,10 @@ class Cache:
     def get(self, key: Key) -> KVPair | None:
         return self._objects[key.kind].get(key)
 
+    def get_value(self, kind: str, name: str, namespace: str | None = None) -> Resource | None:
+        kv = self._objects[kind].get(Key(kind, name, namespace))
+        return kv.value if kv is not None else None
+
     def items(self, kind: str) -> Mapping[Key, KVPair]:
         """Every object of a kind, read-only and live (it changes as the watch delivers)."""
         return MappingProxyType(self._objects[kind])

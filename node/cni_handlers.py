@@ -26,7 +26,8 @@ from percale.datastore import (
 )
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
-from percale.dataplane import host, pod_network
+from percale.vxlan.plan import pod_mtu
+from percale.dataplane import pod_network
 from percale.dataplane.workers import DataplaneWorkers
 from percale.node.cni_types import (
     CHECK_FAILED,
@@ -75,14 +76,12 @@ class Pod:
 
 log = logging.getLogger("percale.node.cni")
 
-# Bytes a tunnel adds to each packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70; IPIP 20.
-ENCAPSULATION_OVERHEAD = {("vxlan", 4): 50, ("vxlan", 6): 70, ("ipip", 4): 20}
 
 
 class CNIHandlers:
-    def __init__(self, store: Datastore, ipam: IPAM, node: str, mtu: int | None = None):
+    def __init__(self, store: Datastore, ipam: IPAM, node: str, host_mtu: int):
         self.store, self.ipam, self.node = store, ipam, node
-        self._mtu = mtu
+        self.host_mtu = host_mtu  # the underlay's, detected at start (or --mtu)
         self.workers = DataplaneWorkers()
         self._background: set[asyncio.Future] = set()
 
@@ -174,18 +173,12 @@ class CNIHandlers:
         return [ipaddress.ip_interface(f"{a.ip}/{a.max_prefixlen}") for a in addresses]
 
     async def _mtu_for(self, conf: NetConf) -> int:
-        """The configured MTU, else the underlay's minus the largest encapsulation overhead an
+        """The config's MTU, else the host's less the largest overhead of an encapsulation an
         enabled pool uses: a pod whose packets grow past the underlay MTU inside a tunnel loses
         them silently (Calico users meet this as "large packets vanish")."""
         if conf.mtu:
             return conf.mtu
-        if self._mtu is None:
-            self._mtu = await asyncio.to_thread(host.underlay_mtu)
-        pools = [p.spec for p in await self.ipam.pools() if not p.spec.disabled]
-        overhead = max([ENCAPSULATION_OVERHEAD["vxlan", p.network.version] for p in pools if p.vxlan_mode != "Never"]
-                       + [ENCAPSULATION_OVERHEAD["ipip", 4] for p in pools if p.ipip_mode != "Never"]
-                       + [0])
-        return self._mtu - overhead
+        return pod_mtu(self.host_mtu, await self.ipam.pools())
 
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)

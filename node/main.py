@@ -22,8 +22,10 @@ import asyncio
 import ipaddress
 import faulthandler
 import logging
+import re
 import signal
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +33,7 @@ import typer
 
 from percale.dataplane.blackholes import Blackholes
 from percale.bgpd.agent import BGPAgent
+from percale.bgpd.status import NoBGP
 from percale.dataplane.fib import FIB
 from percale.datastore.options import (
     ConfigFile,
@@ -40,7 +43,11 @@ from percale.datastore.options import (
     EtcdKeyFile,
     datastore_settings,
 )
-from percale.dataplane.host import enable_forwarding
+from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding
+from percale.dataplane.host import host_mtu as detect_host_mtu
+from percale.dataplane.nat import OutgoingNAT
+from percale.dataplane.route_owners import RouteProtocol
+from percale.dataplane.vxlan import Tunnel
 from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
@@ -49,7 +56,9 @@ from percale.node import health, registration
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
 from percale.bgpd.status import DEFAULT_STATUS_SOCKET
+from percale.node.pools import DEFAULT_MTU_FILE, PoolFollower
 from percale.node.status import NodeStatusPublisher, serve_status
+from percale.vxlan.agent import VXLANAgent
 
 log = logging.getLogger("percale.node")
 
@@ -79,9 +88,26 @@ async def register_when_reachable(store, node: str, addresses: tuple, stop: asyn
             delay = min(delay * 2, 10)
 
 
-async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str, Optional[str]],
-              mtu: int, bgp_dir: Path, secrets_dir: Optional[Path], health_listen: str,
-              addresses: tuple = (None, None, None), router_id: Optional[str] = None) -> None:
+@dataclass(frozen=True)
+class Options:
+    """percale-node's settings, checked (main() turns the command line into these)."""
+
+    node: str
+    cni_socket: str = DEFAULT_SOCKET
+    status_socket: str = DEFAULT_STATUS_SOCKET
+    host_mtu: int = 0  # 0: detect it from the interfaces matching mtu_pattern
+    mtu_pattern: str = DEFAULT_MTU_PATTERN
+    mtu_file: str = DEFAULT_MTU_FILE
+    backend: str = "bgp"  # bgp, vxlan or none (Calico's CALICO_NETWORKING_BACKEND)
+    bgp_dir: Path = Path("/var/run/percale/bgp")
+    secrets_dir: Optional[Path] = None
+    health_listen: str = "127.0.0.1:9099"
+    router_id: Optional[str] = None
+
+
+async def run(options: Options, settings: dict[str, Optional[str]],
+              addresses: tuple = (None, None, None)) -> None:
+    node, cni_socket, status_socket = options.node, options.cni_socket, options.status_socket
     store = open_datastore(load_config(**settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,13 +122,29 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
         await store.close()
         return
     enable_forwarding()
+    host_mtu = options.host_mtu or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
+    log.info("host MTU %d (%s)", host_mtu, "given" if options.host_mtu else f"detected, {options.mtu_pattern}")
     cache = Cache(store, AGENT_KINDS, node=node)
     view = CachedDatastore(store, cache)
-    handlers = CNIHandlers(view, IPAM(view, authority=store), node, mtu or None)
-    fib, blackholes = FIB(), Blackholes()
-    bgp_agent = BGPAgent(cache, node, bgp_dir, fib=fib, blackholes=blackholes,
-                         secrets_dir=secrets_dir, router_id=router_id)
-    bgp_agent.on_sync = health.SYNC_SECONDS.observe
+    ipam = IPAM(view, authority=store)
+    handlers = CNIHandlers(view, ipam, node, host_mtu)
+    bgp_on = options.backend == "bgp"
+    vxlan_fib = FIB(protocol=RouteProtocol.VXLAN, takeover=True)
+    vxlan_agent = VXLANAgent(cache, node, store=view, ipam=ipam, routes=vxlan_fib, tunnel=Tunnel(),
+                             host_mtu=host_mtu, bgp=bgp_on, blackholes=None if bgp_on else Blackholes())
+    fib: FIB | None = None
+    bgp_agent: BGPAgent | NoBGP
+    if bgp_on:
+        fib = FIB()
+        bgp_agent = BGPAgent(cache, node, options.bgp_dir, fib=fib, blackholes=Blackholes(),
+                             secrets_dir=options.secrets_dir, router_id=options.router_id)
+        bgp_agent.on_sync = health.SYNC_SECONDS.observe
+        # Blocks the VXLAN side routes are never BGP's to install.
+        bgp_agent.programmer.exclude = vxlan_agent.plan.claims
+        vxlan_agent.on_claims = bgp_agent.exclusions_changed
+    else:
+        bgp_agent = NoBGP()
+    pools = PoolFollower(cache, host_mtu, options.mtu_file, OutgoingNAT())
     # Before the first list completes, reads go to the datastore itself: CNI is served at once.
     following = asyncio.create_task(cache.run(), name="datastore view")
     await handlers.start()
@@ -112,16 +154,18 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
     status_server = await serve_status(bgp_agent, node, status_socket)
     log.info("percale-node %s answering status on %s", node, status_socket)
     health_server = None
-    if health_listen:
-        host, _, port = health_listen.rpartition(":")
+    if options.health_listen:
+        host, _, port = options.health_listen.rpartition(":")
         health_server = await health.serve(bgp_agent, host or "127.0.0.1", int(port),
                                            datastore=store, cache=cache)
-    bgp = asyncio.create_task(bgp_agent.run(), name="BGP")
-    publisher = asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(),
-                                    name="NodeStatus")
+    parts = [following]
+    if isinstance(bgp_agent, BGPAgent):
+        parts.append(asyncio.create_task(bgp_agent.run(), name="BGP"))
+    parts += [asyncio.create_task(vxlan_agent.run(), name="VXLAN"),
+              asyncio.create_task(pools.run(), name="IPPool follower"),
+              asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(), name="NodeStatus")]
     stopping = asyncio.create_task(stop.wait())
     failed: str | None = None
-    parts = (following, bgp, publisher)
     try:
         # Each runs until cancelled: one that ends has failed, and an agent without its view
         # or its BGP side must not look healthy. It stops, and its supervisor starts it again.
@@ -136,7 +180,7 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
         # Gone first, so `node status` says the agent is not running while it stops.
         status_server.close()
         Path(status_socket).unlink(missing_ok=True)
-        for task in (publisher, bgp, following):
+        for task in reversed(parts):
             task.cancel()
             try:
                 await task
@@ -145,7 +189,9 @@ async def run(node: str, cni_socket: str, status_socket: str, settings: dict[str
         await status_server.wait_closed()
         if health_server is not None:
             health_server.close()
-        fib.close()
+        for table in (fib, vxlan_fib):
+            if table is not None:
+                table.close()
         server.close()
         await server.wait_closed()
         Path(cni_socket).unlink(missing_ok=True)
@@ -164,7 +210,20 @@ def main(
     status_socket: Annotated[str, typer.Option(
         envvar="PERCALE_STATUS_SOCKET",
         help="Unix socket `percalectl node status` reads")] = DEFAULT_STATUS_SOCKET,
-    mtu: Annotated[int, typer.Option(help="Pod MTU; 0 detects it from the underlay")] = 0,
+    mtu: Annotated[int, typer.Option(
+        envvar="PERCALE_MTU", min=0, max=65535,
+        help="The host's (underlay) MTU; 0 detects it: the smallest MTU of the up interfaces"
+        " matching --mtu-iface-pattern. Pods get it less the overhead of the encapsulations"
+        " the enabled pools use (VXLAN 50, IPv6 VXLAN 70); a conflist mtu wins")] = 0,
+    mtu_iface_pattern: Annotated[str, typer.Option(
+        envvar="PERCALE_MTU_IFACE_PATTERN",
+        help="Interfaces whose MTU is the host's (felix's MTUIfacePattern)")] = DEFAULT_MTU_PATTERN,
+    mtu_file: Annotated[str, typer.Option(
+        envvar="PERCALE_MTU_FILE", help="Where the pod MTU is written for other tools")] = DEFAULT_MTU_FILE,
+    networking_backend: Annotated[str, typer.Option(
+        envvar="PERCALE_NETWORKING_BACKEND",
+        help="bgp (ExaBGP, with VXLAN for pools that ask for it), vxlan (VXLAN only: no BGP"
+        " process, as Calico's CALICO_NETWORKING_BACKEND=vxlan) or none")] = "bgp",
     config: ConfigFile = None,
     etcd_endpoints: EtcdEndpoints = None,
     etcd_ca_cert_file: EtcdCACertFile = None,
@@ -195,7 +254,7 @@ def main(
         " 'hash' derives one from the node name (for IPv6-only nodes); else an IPv4 address")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run the percale node agent (CNI server, BGP, status) until SIGTERM."""
+    """Run the percale node agent (CNI server, BGP, VXLAN, natOutgoing, status) until SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # `kill -QUIT <pid>` prints every thread's stack to stderr and the agent carries on, as a Go
     # program (calico-node) prints its goroutines: for an agent that seems stuck.
@@ -203,6 +262,15 @@ def main(
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
                                   etcd_key_file)
     try:
+        backend = {"bird": "bgp"}.get(networking_backend, networking_backend)
+        if backend not in ("bgp", "vxlan", "none"):
+            raise registration.RegistrationError(
+                f"--networking-backend: {networking_backend!r} is not bgp, vxlan or none")
+        try:
+            re.compile(mtu_iface_pattern)
+        except re.error as err:
+            raise registration.RegistrationError(
+                f"--mtu-iface-pattern: {mtu_iface_pattern!r} is not a regular expression: {err}") from None
         if router_id not in (None, "", "hash"):
             try:
                 ipaddress.IPv4Address(router_id)
@@ -211,8 +279,10 @@ def main(
                     f"--router-id: {router_id!r} is neither 'hash' nor an IPv4 address") from None
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
-        asyncio.run(run(node_name or socket.gethostname(), cni_socket, status_socket, settings,
-                        mtu, bgp_dir, secrets_dir, health_listen, addresses, router_id or None))
+        options = Options(node_name or socket.gethostname(), cni_socket, status_socket, mtu,
+                          mtu_iface_pattern, mtu_file, backend, bgp_dir, secrets_dir, health_listen,
+                          router_id or None)
+        asyncio.run(run(options, settings, addresses))
     except (ConfigError, DatastoreError, OSError, registration.RegistrationError, AgentFailed) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None

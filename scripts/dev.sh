@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # Debian packages: Python with venv, a real etcd (server and etcdctl) for the datastore and its
 # tests, iproute2 and iputils-ping for the network namespaces of the CNI tests, the reference CNI
 # plugins (bridge, host-local, ptp, portmap) to chain with and measure against, docker-compose to
-# validate docker-compose.yml, GoBGP and BIRD as real BGP peers for the interop tests.
-APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 iputils-ping ca-certificates docker-compose containernetworking-plugins gobgpd bird2)
+# validate docker-compose.yml, GoBGP and BIRD as real BGP peers for the interop tests, nftables
+# for natOutgoing.
+APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 iputils-ping nftables ca-certificates docker-compose containernetworking-plugins gobgpd bird2)
 VENV=.venv
 PYTHON=/usr/bin/python3
 

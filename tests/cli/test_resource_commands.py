@@ -44,11 +44,12 @@ def test_apply_examples_then_get_wide_shows_calicos_columns(cli, examples):
         "default-ipv4-ippool   10.244.0.0/16      all()\n"
         "default-ipv6-ippool   fd00:10:244::/48   all()\n"
     )
+    # calicoctl's columns, then the VXLAN tunnel address (empty: these nodes run no agent).
     assert cli("get", "nodes", "-o", "wide").out == (
-        "NAME    ASN       IPV4          IPV6\n"
-        "node1   (64512)   10.0.0.1/24   \n"
-        "node2   (64512)   10.0.0.2/24   fd00:0:0:1::2/64\n"
-        "node3   64513     10.0.0.3/24   \n"
+        "NAME    ASN       IPV4          IPV6               VXLANTUNNEL\n"
+        "node1   (64512)   10.0.0.1/24                      \n"
+        "node2   (64512)   10.0.0.2/24   fd00:0:0:1::2/64   \n"
+        "node3   64513     10.0.0.3/24                      \n"
     )
     assert cli("get", "bgppeers").out == (
         "NAME         PEERIP      NODE          ASN\n"

@@ -73,7 +73,7 @@ class CNINode:
         # An uplink with a default route: proxy ARP answers for 169.254.1.1 only when the node
         # has a route to it through another interface, as a real host does.
         # Both ends stay inside the node's namespace (this kernel has no dummy device).
-        up, peer = "uplink", "uplink-peer"
+        up, peer = "eth0", "uplink-peer"  # eth0: the name felix's MTU pattern looks for
         self.exec("ip", "link", "add", up, "type", "veth", "peer", "name", peer)
         for link in ("lo", up, peer):
             self.exec("ip", "link", "set", link, "up")

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
     "api": "percale.api", "ipc": "percale.ipc", "datastore": "percale.datastore",
     "ipam": "percale.ipam", "bgpd": "percale.bgpd", "dataplane": "percale.dataplane",
-    "node": "percale.node", "controllers": "percale.controllers", "lab": "percale.lab",
+    "vxlan": "percale.vxlan", "node": "percale.node", "controllers": "percale.controllers",
+    "lab": "percale.lab",
     "ctl": "percale.ctl", "cni-plugin/percale_cni": "percale_cni",
 }
 
@@ -41,8 +42,9 @@ LAYERS: dict[str, set[str]] = {
     "percale.ipam": {"percale.api", "percale.datastore"},
     "percale.bgpd": {"percale.api", "percale.datastore", "percale.ipc"},
     "percale.dataplane": set(),
+    "percale.vxlan": {"percale.api", "percale.datastore", "percale.ipam", "percale.dataplane"},
     "percale.node": {"percale.api", "percale.datastore", "percale.ipam", "percale.bgpd",
-                     "percale.dataplane", "percale.ipc"},
+                     "percale.dataplane", "percale.vxlan", "percale.ipc"},
     "percale.controllers": {"percale.api", "percale.datastore", "percale.ipam"},
     "percale.lab": set(),
     "percale.ctl": {"percale.api", "percale.datastore", "percale.ipam", "percale.bgpd",
@@ -55,7 +57,8 @@ PURE = [
     "percale.ipam.blocks", "percale.ipam.pools", "percale.ipam.usage", "percale.ipam.errors",
     "percale.bgpd.peering", "percale.bgpd.rib", "percale.bgpd.announcements",
     "percale.bgpd.exabgp_config", "percale.bgpd.exabgp_json", "percale.bgpd.peers",
-    "percale.bgpd.status", "percale.node.cni_types",
+    "percale.bgpd.status", "percale.vxlan.plan", "percale.dataplane.route_owners",
+    "percale.node.cni_types",
 ]
 # What a pure module may not reach: sockets, processes, the kernel, the datastore's clients,
 # the event loop, and percale's own I/O modules.

@@ -1,0 +1,119 @@
+"""The VXLAN route plan (vxlan/plan.py): felix's decisions, pure. Two subnets; blocks owned by
+nodes on each; pools in each mode; a borrowed address; tunnel ends known or not yet; BGP on or
+off; and the claims the BGP side must respect."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from percale.api import IPAMBlock, parse
+from percale.ipam import blocks as block_math
+from percale.vxlan.plan import Hop, RoutePlan, pod_mtu, vtep_mac
+
+pytestmark = pytest.mark.unit
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+
+
+def node(name: str, address: str, tunnel: str | None = None, mac: str | None = None):
+    spec: dict = {"bgp": {"ipv4Address": address}}
+    if tunnel:
+        spec["ipv4VXLANTunnelAddr"] = tunnel
+    if mac:
+        spec["vxlanTunnelMACAddr"] = mac
+    return parse({"apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": name}, "spec": spec})
+
+
+def pool(cidr: str, mode: str):
+    return parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "p" + str(abs(hash(cidr)))},
+                  "spec": {"cidr": cidr, "vxlanMode": mode}})
+
+
+def block(cidr: str, owner: str | None, *holders: str) -> IPAMBlock:
+    value = IPAMBlock.empty(cidr, affinity=f"host:{owner}" if owner else None)
+    spec = value.spec
+    for i, holder in enumerate(holders):
+        spec, _ = block_math.assign(spec, 1, f"h{i}", {"node": holder})
+    return value.model_copy(update={"spec": spec})
+
+
+def plan_for(mode: str, *, bgp: bool) -> RoutePlan:
+    plan = RoutePlan("a", bgp=bgp)
+    plan.set_pools([pool("10.244.0.0/16", mode)])
+    for n in (node("a", "10.0.1.11/24", "10.244.1.0"), node("b", "10.0.1.12/24", "10.244.2.0"),
+              node("c", "10.0.2.13/24", "10.244.3.0", "66:00:00:00:00:0c")):
+        plan.set_node(n.metadata.name, n)
+    # a's own block, with an address c borrowed; b's block; c's block.
+    plan.set_block("10.244.1.0/26", block("10.244.1.0/26", "a", "a", "c"))
+    plan.set_block("10.244.2.0/26", block("10.244.2.0/26", "b", "b"))
+    plan.set_block("10.244.3.0/26", block("10.244.3.0/26", "c", "c"))
+    return plan
+
+
+def test_cross_subnet_with_bgp_tunnels_only_to_the_other_subnet():
+    plan = plan_for("CrossSubnet", bgp=True)
+    assert dict(plan.routes) == {
+        net("10.244.3.0/26"): Hop(ip("10.244.3.0"), tunnel=True),
+        net("10.244.1.1/32"): Hop(ip("10.244.3.0"), tunnel=True),  # borrowed by c: to c
+    }
+    assert plan.claims(net("10.244.3.0/26")) and not plan.claims(net("10.244.2.0/26"))
+
+
+def test_cross_subnet_without_bgp_routes_the_own_subnet_directly():
+    plan = plan_for("CrossSubnet", bgp=False)
+    assert plan.routes[net("10.244.2.0/26")] == Hop(ip("10.0.1.12"), tunnel=False)
+    assert plan.claims(net("10.244.2.0/26"))
+
+
+def test_always_tunnels_to_every_node_and_never_leaves_all_to_bgp():
+    always = plan_for("Always", bgp=True)
+    assert always.routes[net("10.244.2.0/26")] == Hop(ip("10.244.2.0"), tunnel=True)
+    assert net("10.244.1.0/26") not in always.routes  # never a route to its own block
+    never = plan_for("Never", bgp=False)
+    assert dict(never.routes) == {} and not never.claims(net("10.244.2.0/26"))
+
+
+def test_mode_changes_report_the_difference_and_flip_the_claims():
+    plan = plan_for("Never", bgp=True)
+    plan.changes()
+    plan.set_pools([pool("10.244.0.0/16", "Always")])
+    added = plan.changes()
+    assert set(added) == {net("10.244.2.0/26"), net("10.244.3.0/26"), net("10.244.1.1/32")}
+    assert plan.claims_changed
+    plan.set_pools([pool("10.244.0.0/16", "Never")])
+    assert plan.changes() == {prefix: None for prefix in added}
+    assert not plan.claims(net("10.244.2.0/26"))
+
+
+def test_a_route_waits_for_its_tunnel_end_and_follows_a_node_that_goes():
+    plan = RoutePlan("a", bgp=True)
+    plan.set_pools([pool("10.244.0.0/16", "Always")])
+    plan.set_node("a", node("a", "10.0.1.11/24", "10.244.1.0"))
+    plan.set_block("10.244.4.0/26", block("10.244.4.0/26", "d", "d"))
+    assert dict(plan.routes) == {} and plan.claims(net("10.244.4.0/26"))  # claimed, not routed
+    plan.set_node("d", node("d", "10.0.2.14/24", "10.244.4.0"))
+    assert plan.changes() == {net("10.244.4.0/26"): Hop(ip("10.244.4.0"), tunnel=True)}
+    assert {v.node for v in plan.vteps()} == {"d"}
+    assert next(iter(plan.vteps())).mac == vtep_mac("d")
+    plan.set_node("d", None)
+    assert plan.changes() == {net("10.244.4.0/26"): None} and plan.vteps() == set()
+
+
+def test_a_block_changed_elsewhere_costs_only_that_block():
+    plan = plan_for("Always", bgp=True)
+    plan.changes()
+    plan.set_block("10.244.3.0/26", block("10.244.3.0/26", "c", "c", "b"))  # b borrows in c's block
+    assert plan.changes() == {net("10.244.3.1/32"): Hop(ip("10.244.2.0"), tunnel=True)}
+    plan.set_block("10.244.3.0/26", None)
+    assert set(plan.changes()) == {net("10.244.3.0/26"), net("10.244.3.1/32")}
+
+
+def test_macs_and_mtus_as_felix_makes_them():
+    mac = vtep_mac("node1")
+    assert mac.startswith("66:") and len(mac.split(":")) == 6 and vtep_mac("node1", 6) != mac
+    assert pod_mtu(1500, [pool("10.244.0.0/16", "Always")]) == 1450
+    assert pod_mtu(1500, [pool("10.244.0.0/16", "Never")]) == 1500
+    assert pod_mtu(9000, [pool("fd00::/48", "CrossSubnet")]) == 8930

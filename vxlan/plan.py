@@ -1,0 +1,220 @@
+"""Which routes go through VXLAN, decided as Calico's felix decides them (calico.md §3,
+dataplane.md §D). Pure: Nodes, IPPools and IPAMBlocks in, routes and tunnel ends out.
+
+For each remote block (its owner from the block's affinity) and each address borrowed by another
+node (a /32 to the borrower), by the mode of the pool that holds it:
+
+    Never                     BGP's (nothing here)
+    CrossSubnet, same subnet  BGP's when BGP runs; else a direct route via the node's address
+    CrossSubnet, other subnet `via <its tunnel address> dev vxlan.percale onlink`
+    Always                    the same, whatever the subnet
+
+"Same subnet" is felix's test, asymmetric on purpose: this node's `spec.bgp.ipv4Address` prefix
+contains the other node's address. Every prefix decided here is *claimed*: the BGP side never
+installs it (`RoutePlan.claims`), and a VXLAN route waits until its node's tunnel end is known.
+
+`RoutePlan` keeps the answer current one change at a time: a block changed anywhere costs a look
+at that block, a node changed a look at the prefixes it serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from percale.api import IPAMBlock, IPPool, Node
+
+IPv4Net = ipaddress.IPv4Network
+
+# Bytes each encapsulation adds to a packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70.
+VXLAN_OVERHEAD = {4: 50, 6: 70}
+
+
+def vtep_mac(node: str, version: int = 4) -> str:
+    """felix's MAC for a node that has none stored: 0x66 then the first five bytes of
+    SHA-1(node name; for IPv6 "<name>-v6"). Locally administered, unicast, stable."""
+    digest = hashlib.sha1((node if version == 4 else f"{node}-v6").encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x66, *digest[:5]))
+
+
+def vxlan_pools(pools: Iterable[IPPool], version: int = 4) -> list[IPPool]:
+    return [p for p in pools if not p.spec.disabled and p.spec.vxlan_mode != "Never"
+            and p.spec.network.version == version]
+
+
+def pod_mtu(host_mtu: int, pools: Iterable[IPPool]) -> int:
+    """The host's MTU less the largest overhead of an encapsulation an enabled pool uses: a
+    pod's packets must still fit the underlay once wrapped."""
+    enabled = [p for p in pools if not p.spec.disabled]
+    overhead = max([VXLAN_OVERHEAD[p.spec.network.version] for p in enabled if p.spec.vxlan_mode != "Never"]
+                   + [20 for p in enabled if p.spec.ipip_mode != "Never"] + [0])
+    return host_mtu - overhead
+
+
+@dataclass(frozen=True)
+class Vtep:
+    """A node's tunnel end, as its Node publishes it."""
+
+    node: str
+    tunnel_address: ipaddress.IPv4Address
+    mac: str
+    node_address: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where a prefix goes: through the tunnel to a node's tunnel address, or directly to a
+    node's underlay address."""
+
+    via: ipaddress.IPv4Address
+    tunnel: bool
+
+
+def node_interface(node: Node | None) -> ipaddress.IPv4Interface | None:
+    """A node's IPv4 address with its prefix (the resource keeps it as the user wrote it)."""
+    if node is None or node.spec.bgp is None or node.spec.bgp.ipv4_address is None:
+        return None
+    return ipaddress.IPv4Interface(str(node.spec.bgp.ipv4_address))
+
+
+def vtep_of(node: Node) -> Vtep | None:
+    spec = node.spec
+    interface = node_interface(node)
+    if spec.ipv4_vxlan_tunnel_addr is None or interface is None:
+        return None
+    mac = str(spec.vxlan_tunnel_mac_addr) if spec.vxlan_tunnel_mac_addr else vtep_mac(node.metadata.name)
+    return Vtep(node.metadata.name, ipaddress.IPv4Address(str(spec.ipv4_vxlan_tunnel_addr)), mac.lower(),
+                interface.ip)
+
+
+def _owner(block: IPAMBlock) -> str | None:
+    affinity = block.spec.affinity or ""
+    return affinity[len("host:"):] if affinity.startswith("host:") else None
+
+
+def served(block: IPAMBlock) -> dict[IPv4Net, str]:
+    """What a block routes to which node: the block to its owner, and each address another node
+    borrowed (or every address, for a block no node owns) to that node."""
+    spec = block.spec
+    if spec.deleted or spec.network.version != 4:
+        return {}
+    owner = _owner(block)
+    found: dict[IPv4Net, str] = {}
+    if owner:
+        found[spec.network] = owner
+    base = spec.network.network_address
+    for ordinal, slot in enumerate(spec.allocations):
+        if slot is None:
+            continue
+        holder = spec.attributes[slot].secondary.get("node")
+        if holder and holder != owner:
+            found[ipaddress.IPv4Network(base + ordinal)] = holder
+    return found
+
+
+class RoutePlan:
+    def __init__(self, me: str, *, bgp: bool) -> None:
+        self.me = me
+        self.bgp = bgp  # BGP runs and routes the same-subnet and Never-pool prefixes
+        self._pools: list[IPPool] = []
+        self._nodes: dict[str, Node] = {}
+        self._by_block: dict[str, dict[IPv4Net, str]] = {}  # block -> what it serves
+        self._target: dict[IPv4Net, str] = {}  # prefix -> the node that serves it
+        self._by_node: dict[str, set[IPv4Net]] = {}
+        self._routes: dict[IPv4Net, Hop] = {}
+        self._claims: set[IPv4Net] = set()
+        self._changed: dict[IPv4Net, Hop | None] = {}
+        self.claims_changed = False
+
+    # -- what it says ------------------------------------------------------------------------
+
+    @property
+    def routes(self) -> Mapping[IPv4Net, Hop]:
+        return self._routes
+
+    def claims(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Whether this prefix is VXLAN's (the BGP side leaves it alone)."""
+        return prefix in self._claims
+
+    def changes(self) -> dict[IPv4Net, Hop | None]:
+        """Routes added or changed (a Hop) and removed (None) since the last call."""
+        changed, self._changed = self._changed, {}
+        return changed
+
+    def vteps(self) -> set[Vtep]:
+        """Every other node's tunnel end that is known."""
+        return {v for name, node in self._nodes.items() if name != self.me and (v := vtep_of(node))}
+
+    def own_blocks(self) -> set[str]:
+        """The blocks this node owns (for its blackholes when no BGP side keeps them)."""
+        return {cidr for cidr, served_ in self._by_block.items()
+                if served_.get(ipaddress.IPv4Network(cidr)) == self.me}
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def set_pools(self, pools: Iterable[IPPool]) -> None:
+        self._pools = sorted(pools, key=lambda p: p.spec.network.prefixlen, reverse=True)
+        self._decide(list(self._target))
+
+    def set_node(self, name: str, node: Node | None) -> None:
+        if node is None:
+            self._nodes.pop(name, None)
+        else:
+            self._nodes[name] = node
+        if name == self.me:
+            self._decide(list(self._target))  # this node's subnet decides for every prefix
+        else:
+            self._decide(list(self._by_node.get(name, ())))
+
+    def set_block(self, cidr: str, block: IPAMBlock | None) -> None:
+        before = self._by_block.pop(cidr, {})
+        after = served(block) if block is not None else {}
+        if after:
+            self._by_block[cidr] = after
+        if before == after:
+            return
+        for prefix, node in before.items():
+            if after.get(prefix) != node:
+                self._target.pop(prefix, None)
+                self._by_node.get(node, set()).discard(prefix)
+        for prefix, node in after.items():
+            self._target[prefix] = node
+            self._by_node.setdefault(node, set()).add(prefix)
+        self._decide(set(before) | set(after))
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def _decide(self, prefixes: Iterable[IPv4Net]) -> None:
+        mine = node_interface(self._nodes.get(self.me))
+        subnet = mine.network if mine else None
+        for prefix in prefixes:
+            hop, claimed = self._hop(prefix, subnet)
+            if claimed != (prefix in self._claims):
+                self.claims_changed = True
+                (self._claims.add if claimed else self._claims.discard)(prefix)
+            if self._routes.get(prefix) != hop:
+                if hop is None:
+                    self._routes.pop(prefix, None)
+                else:
+                    self._routes[prefix] = hop
+                self._changed[prefix] = hop
+
+    def _hop(self, prefix: IPv4Net, subnet: IPv4Net | None) -> tuple[Hop | None, bool]:
+        node_name = self._target.get(prefix)
+        if node_name is None or node_name == self.me:
+            return None, False
+        pool = next((p for p in self._pools if prefix.subnet_of(p.spec.network)), None)  # type: ignore[arg-type]
+        mode = pool.spec.vxlan_mode if pool is not None else "Never"
+        if mode == "Never":
+            return None, False
+        node = self._nodes.get(node_name)
+        interface = node_interface(node)
+        address = interface.ip if interface else None
+        if mode == "CrossSubnet" and address is not None and subnet is not None and address in subnet:
+            if self.bgp:
+                return None, False  # BGP routes it directly
+            return Hop(address, tunnel=False), True
+        vtep = vtep_of(node) if node is not None else None
+        return (Hop(vtep.tunnel_address, tunnel=True) if vtep else None), True
