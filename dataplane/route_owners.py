@@ -9,7 +9,8 @@ learned to tag their routes; felix's guessing by shape is what it regrets).
     201     dataplane.pod_network          /32 and /128 host routes to a pod's veth
     202     dataplane.fib                  routes learned over BGP, via a peer's next hop
     203     dataplane.blackholes           a blackhole for each of the node's own blocks
-    204     (VXLAN, to come)               routes to other subnets' blocks over vxlan.percale
+    204     vxlan.agent (dataplane.fib)    blocks routed through vxlan.percale, or directly
+                                           when no BGP runs (CrossSubnet, same subnet)
 
 Tests import these numbers instead of writing them out.
 """

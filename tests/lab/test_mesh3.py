@@ -160,3 +160,93 @@ def test_pod_churn_releases_and_reclaims_blocks_and_routes_follow(lab):
     assert "Found 0 IPs that are allocated in IPAM but not actually in use." in check.stdout
     assert re.search(r"Found 0 handles with no matching IPs", check.stdout), check.stdout
     assert "Found 0 handles whose counts overstate" in check.stdout
+
+
+POOL = """apiVersion: percale.io/v1
+kind: IPPool
+metadata: {{name: pods}}
+spec: {{cidr: 10.244.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: {mode}, natOutgoing: {nat}}}
+"""
+
+
+def apply_pool(lab, mode: str = "Never", nat: str = "true") -> None:
+    done = lab.exec("node1", ["percalectl", "apply", "-f", "-"], capture=True,
+                    input=POOL.format(mode=mode, nat=nat))
+    assert done.returncode == 0, done.stderr
+
+
+def test_switching_the_pool_between_modes_keeps_every_pod_reachable_and_no_old_route(lab):
+    """Never -> CrossSubnet -> Always -> Never on the running lab. One subnet: CrossSubnet
+    leaves every block to BGP (202); Always takes each over into vxlan.percale (204) and BGP lets
+    go; Never gives them back. After each change the matrix is complete and the other mode's
+    routes for the other nodes' blocks are gone."""
+    blocks = {node: blocks_of(lab, node) for node in NODES}
+    try:
+        for mode, protocol, other in (("CrossSubnet", RouteProtocol.BGP, RouteProtocol.VXLAN),
+                                      ("Always", RouteProtocol.VXLAN, RouteProtocol.BGP),
+                                      ("Never", RouteProtocol.BGP, RouteProtocol.VXLAN)):
+            apply_pool(lab, mode)
+
+            def settled() -> bool:
+                for node in NODES:
+                    theirs = set().union(*(blocks[n] for n in NODES if n != node))
+                    mine = set(kernel_routes(lab, node, proto=protocol))
+                    left = set(kernel_routes(lab, node, proto=other))
+                    if not theirs <= mine or theirs & left:
+                        return False
+                return True
+
+            assert wait_for(settled, 20), (mode, {n: (kernel_routes(lab, n, proto=RouteProtocol.BGP),
+                                                      kernel_routes(lab, n, proto=RouteProtocol.VXLAN))
+                                                  for n in NODES})
+            assert every_pod_reaches_every_pod(lab) == [], mode
+        for node in NODES:  # Never: the device, its tunnel ends and its routes are gone
+            assert "vxlan.percale" not in lab.exec(node, ["ip", "-o", "link"], capture=True).stdout
+    finally:
+        apply_pool(lab, "Never")
+
+
+LISTEN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 7777)); s.settimeout(10)
+print("ready", flush=True)
+data, (source, _) = s.recvfrom(100)
+print(source, flush=True)
+"""
+SEND = r"""
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"hello", (sys.argv[1], 7777))
+"""
+
+
+def source_seen_outside(lab, pod) -> str:
+    """The source address a host outside the pools (the management network's gateway, an
+    "internet" host on the underlay) sees for a datagram from `pod`."""
+    mgmt = lab.topology.mgmt_namespace
+    gateway = str(next(lab.topology.mgmt_subnet.hosts()))
+    listener = subprocess.Popen(["ip", "netns", "exec", mgmt, sys.executable, "-c", LISTEN],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        subprocess.run(["ip", "netns", "exec", pod.namespace, sys.executable, "-c", SEND, gateway],
+                       check=True)
+        return listener.stdout.readline().strip()
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_nat_outgoing_masquerades_only_traffic_leaving_the_pools(lab):
+    source = next(p for p in pods.pods(lab) if p.node == "node2")
+    node_address = str(lab.topology.mgmt_addresses()["node2"].ip)
+    try:
+        apply_pool(lab, nat="true")
+        assert wait_for(lambda: source_seen_outside(lab, source) == node_address, 10)
+        apply_pool(lab, nat="false")
+        assert wait_for(lambda: source_seen_outside(lab, source) == source.addresses[0], 10)
+        table = lab.exec("node2", ["nft", "list", "tables"], capture=True).stdout
+        assert "percale" not in table  # no pool to masquerade: the table is gone
+    finally:
+        apply_pool(lab, nat="true")
+    # Pod to pod keeps the pods' addresses (the matrix pings would not reach otherwise either).
+    assert every_pod_reaches_every_pod(lab) == []
