@@ -178,13 +178,15 @@ def ping(topology: TopologyOption,
 def generate_mesh(
         nodes: Annotated[int, typer.Option("--nodes", "-n", help="How many percale nodes")],
         output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
-                                                 help="Where to write the files")] = Path(".")) -> None:
-    """Write a node-to-node mesh topology of N nodes (like mesh3) and its cluster.yaml; print
-    the topology file's path."""
+                                                 help="Where to write the files")] = Path("."),
+        vxlan: Annotated[bool, typer.Option(
+            "--vxlan", help="No BGP: every block through VXLAN (like vxlan3)")] = False) -> None:
+    """Write a node-to-node mesh topology of N nodes (like mesh3, or vxlan3 with --vxlan) and
+    its cluster.yaml; print the topology file's path."""
     from percale.lab.generate import write_mesh
 
     try:
-        path = write_mesh(nodes, output_dir)
+        path = write_mesh(nodes, output_dir, vxlan=vxlan)
     except ValueError as err:
         typer.echo(f"Error: --nodes: {err}", err=True)
         raise typer.Exit(1) from None

@@ -67,6 +67,7 @@ RTNH_F_ONLINK = 4
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
+IFLA_VXLAN_LOCAL6 = 17
 VETH_INFO_PEER = 1
 IFF_UP = 0x1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -473,11 +474,13 @@ class Netlink:
                          nested(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_info))))
         self.request(message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, body))
 
-    def add_vxlan(self, name: str, *, vni: int, port: int, local: ipaddress.IPv4Address,
+    def add_vxlan(self, name: str, *, vni: int, port: int, local: Address,
                   parent: int, mac: str, mtu: int) -> None:
-        """A VXLAN device that learns nothing (every remote end is written in by percale)."""
+        """A VXLAN device that learns nothing (every remote end is written in by percale),
+        over IPv4 or IPv6 as `local` is."""
+        local_attr = IFLA_VXLAN_LOCAL if local.version == 4 else IFLA_VXLAN_LOCAL6
         data = (attr_u32(IFLA_VXLAN_ID, vni) + attr_u32(IFLA_VXLAN_LINK, parent)
-                + attr(IFLA_VXLAN_LOCAL, local.packed) + attr(IFLA_VXLAN_LEARNING, b"\0")
+                + attr(local_attr, local.packed) + attr(IFLA_VXLAN_LEARNING, b"\0")
                 + attr(IFLA_VXLAN_PORT, struct.pack("!H", port)))
         body = (_link_body() + attr_str(IFLA_IFNAME, name) + attr(IFLA_ADDRESS, mac_bytes(mac))
                 + attr_u32(IFLA_MTU, mtu)

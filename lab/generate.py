@@ -58,9 +58,11 @@ def _check(n: int) -> None:
                          f"not {n!r}")
 
 
-def mesh(n: int, name: str | None = None) -> dict:
+def mesh(n: int, name: str | None = None, *, vxlan: bool = False) -> dict:
     """The containerlab topology of n percale nodes meshed on one switch, with etcd; named
-    `mesh<n>` unless `name` says otherwise. Raises ValueError for an n out of range."""
+    `mesh<n>` unless `name` says otherwise. With `vxlan` the nodes run no BGP (networking backend
+    vxlan) and cluster(vxlan=True) routes every block through VXLAN. Raises ValueError for an n
+    out of range."""
     _check(n)
     name = name or f"mesh{n}"
     subnet = mgmt_subnet(n)
@@ -106,7 +108,8 @@ def mesh(n: int, name: str | None = None) -> dict:
                 "linux": {
                     "image": NODE_IMAGE,
                     "cmd": "percale-node",
-                    "env": {"ETCD_ENDPOINTS": f"http://{etcd_ip}:2379"},
+                    "env": {"ETCD_ENDPOINTS": f"http://{etcd_ip}:2379",
+                            **({"PERCALE_NETWORKING_BACKEND": "vxlan"} if vxlan else {})},
                     "stages": {"create": {"wait-for": [{"node": "etcd", "stage": "healthy"}]}},
                 },
             },
@@ -116,22 +119,23 @@ def mesh(n: int, name: str | None = None) -> dict:
     }
 
 
-def cluster(n: int) -> list[dict]:
-    """The cluster's resources: one pod pool; BGPConfiguration left at Calico's defaults."""
+def cluster(n: int, *, vxlan: bool = False) -> list[dict]:
+    """The cluster's resources: one pod pool (vxlanMode Always with `vxlan`); BGPConfiguration
+    left at Calico's defaults."""
     _check(n)
     return [{
         "apiVersion": "percale.io/v1",
         "kind": "IPPool",
         "metadata": {"name": "pods"},
         "spec": {"cidr": POD_POOL, "blockSize": POD_BLOCK_SIZE, "ipipMode": "Never",
-                 "vxlanMode": "Never", "natOutgoing": True},
+                 "vxlanMode": "Always" if vxlan else "Never", "natOutgoing": True},
     }]
 
 
-def write_mesh(n: int, directory: str | Path, name: str | None = None) -> Path:
+def write_mesh(n: int, directory: str | Path, name: str | None = None, *, vxlan: bool = False) -> Path:
     """Write `<name>.clab.yml` and `<name>/cluster.yaml` into `directory` (made if missing);
     return the topology file's path."""
-    topology = mesh(n, name)
+    topology = mesh(n, name, vxlan=vxlan)
     name = topology["name"]
     directory = Path(directory)
     (directory / name).mkdir(parents=True, exist_ok=True)
@@ -143,5 +147,5 @@ def write_mesh(n: int, directory: str | Path, name: str | None = None) -> Path:
     (directory / name / CLUSTER_FILE).write_text(
         f"# The cluster's resources for {name}: one pod pool; BGPConfiguration at Calico's\n"
         f"# defaults (AS 64512, node-to-node mesh on).\n"
-        + yaml.safe_dump_all(cluster(n), sort_keys=False))
+        + yaml.safe_dump_all(cluster(n, vxlan=vxlan), sort_keys=False))
     return path

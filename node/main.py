@@ -47,7 +47,6 @@ from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding
 from percale.dataplane.host import host_mtu as detect_host_mtu
 from percale.dataplane.nat import OutgoingNAT
 from percale.dataplane.route_owners import RouteProtocol
-from percale.dataplane.vxlan import Tunnel
 from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
@@ -130,7 +129,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     handlers = CNIHandlers(view, ipam, node, host_mtu)
     bgp_on = options.backend == "bgp"
     vxlan_fib = FIB(protocol=RouteProtocol.VXLAN, takeover=True)
-    vxlan_agent = VXLANAgent(cache, node, store=view, ipam=ipam, routes=vxlan_fib, tunnel=Tunnel(),
+    vxlan_agent = VXLANAgent(cache, node, store=view, ipam=ipam, routes=vxlan_fib, tunnels=True,
                              host_mtu=host_mtu, bgp=bgp_on, blackholes=None if bgp_on else Blackholes())
     fib: FIB | None = None
     bgp_agent: BGPAgent | NoBGP
@@ -140,7 +139,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
                              secrets_dir=options.secrets_dir, router_id=options.router_id)
         bgp_agent.on_sync = health.SYNC_SECONDS.observe
         # Blocks the VXLAN side routes are never BGP's to install.
-        bgp_agent.programmer.exclude = vxlan_agent.plan.claims
+        bgp_agent.programmer.exclude = vxlan_agent.claims
         vxlan_agent.on_claims = bgp_agent.exclusions_changed
     else:
         bgp_agent = NoBGP()

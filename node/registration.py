@@ -28,7 +28,7 @@ FIRST_FOUND_EXCLUDED = (
     r"^vxlan\.calico.*", r"^vxlan-v6\.calico.*", r"^wireguard\.cali.*", r"^wg-v6\.cali.*",
     r"^nodelocaldns.*",
     # percale's own pod and tunnel links.
-    r"^pcl.*", r"^vxlan\.percale.*",
+    r"^pcl.*", r"^vxlan\.percale.*", r"^vxlan6\.percale.*",
 )
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from percale.api import IPAMBlock, IPPool, Node
 
-IPv4Net = ipaddress.IPv4Network
+IPv4Net = ipaddress.IPv4Network | ipaddress.IPv6Network  # a prefix of the plan's family
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Bytes each encapsulation adds to a packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70.
 VXLAN_OVERHEAD = {4: 50, 6: 70}
@@ -58,9 +59,9 @@ class Vtep:
     """A node's tunnel end, as its Node publishes it."""
 
     node: str
-    tunnel_address: ipaddress.IPv4Address
+    tunnel_address: Address
     mac: str
-    node_address: ipaddress.IPv4Address
+    node_address: Address
 
 
 @dataclass(frozen=True)
@@ -68,25 +69,36 @@ class Hop:
     """Where a prefix goes: through the tunnel to a node's tunnel address, or directly to a
     node's underlay address."""
 
-    via: ipaddress.IPv4Address
+    via: Address
     tunnel: bool
 
 
-def node_interface(node: Node | None) -> ipaddress.IPv4Interface | None:
-    """A node's IPv4 address with its prefix (the resource keeps it as the user wrote it)."""
-    if node is None or node.spec.bgp is None or node.spec.bgp.ipv4_address is None:
+def node_interface(node: Node | None, version: int = 4
+                   ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+    """A node's address of one family with its prefix (the resource keeps it as written)."""
+    if node is None or node.spec.bgp is None:
         return None
-    return ipaddress.IPv4Interface(str(node.spec.bgp.ipv4_address))
+    address = node.spec.bgp.ipv4_address if version == 4 else node.spec.bgp.ipv6_address
+    return ipaddress.ip_interface(str(address)) if address is not None else None  # type: ignore[return-value]
 
 
-def vtep_of(node: Node) -> Vtep | None:
+def tunnel_fields(node: Node, version: int = 4) -> tuple[Address | None, str | None]:
+    """A node's tunnel address and MAC of one family, as its Node publishes them."""
     spec = node.spec
-    interface = node_interface(node)
-    if spec.ipv4_vxlan_tunnel_addr is None or interface is None:
+    if version == 4:
+        address, mac = spec.ipv4_vxlan_tunnel_addr, spec.vxlan_tunnel_mac_addr
+    else:
+        address, mac = spec.ipv6_vxlan_tunnel_addr, spec.vxlan_tunnel_mac_addr_v6
+    return (ipaddress.ip_address(str(address)) if address is not None else None,
+            str(mac).lower() if mac is not None else None)
+
+
+def vtep_of(node: Node, version: int = 4) -> Vtep | None:
+    interface = node_interface(node, version)
+    address, mac = tunnel_fields(node, version)
+    if address is None or interface is None:
         return None
-    mac = str(spec.vxlan_tunnel_mac_addr) if spec.vxlan_tunnel_mac_addr else vtep_mac(node.metadata.name)
-    return Vtep(node.metadata.name, ipaddress.IPv4Address(str(spec.ipv4_vxlan_tunnel_addr)), mac.lower(),
-                interface.ip)
+    return Vtep(node.metadata.name, address, mac or vtep_mac(node.metadata.name, version), interface.ip)
 
 
 def _owner(block: IPAMBlock) -> str | None:
@@ -94,11 +106,11 @@ def _owner(block: IPAMBlock) -> str | None:
     return affinity[len("host:"):] if affinity.startswith("host:") else None
 
 
-def served(block: IPAMBlock) -> dict[IPv4Net, str]:
+def served(block: IPAMBlock, version: int = 4) -> dict[IPv4Net, str]:
     """What a block routes to which node: the block to its owner, and each address another node
     borrowed (or every address, for a block no node owns) to that node."""
     spec = block.spec
-    if spec.deleted or spec.network.version != 4:
+    if spec.deleted or spec.network.version != version:
         return {}
     owner = _owner(block)
     found: dict[IPv4Net, str] = {}
@@ -110,13 +122,16 @@ def served(block: IPAMBlock) -> dict[IPv4Net, str]:
             continue
         holder = spec.attributes[slot].secondary.get("node")
         if holder and holder != owner:
-            found[ipaddress.IPv4Network(base + ordinal)] = holder
+            found[ipaddress.ip_network(base + ordinal)] = holder
     return found
 
 
 class RoutePlan:
-    def __init__(self, me: str, *, bgp: bool) -> None:
+    """The plan of one address family (4: vxlan.percale, 6: vxlan6.percale)."""
+
+    def __init__(self, me: str, *, bgp: bool, version: int = 4) -> None:
         self.me = me
+        self.version = version
         self.bgp = bgp  # BGP runs and routes the same-subnet and Never-pool prefixes
         self._pools: list[IPPool] = []
         self._nodes: dict[str, Node] = {}
@@ -145,17 +160,19 @@ class RoutePlan:
 
     def vteps(self) -> set[Vtep]:
         """Every other node's tunnel end that is known."""
-        return {v for name, node in self._nodes.items() if name != self.me and (v := vtep_of(node))}
+        return {v for name, node in self._nodes.items()
+                if name != self.me and (v := vtep_of(node, self.version))}
 
     def own_blocks(self) -> set[str]:
         """The blocks this node owns (for its blackholes when no BGP side keeps them)."""
         return {cidr for cidr, served_ in self._by_block.items()
-                if served_.get(ipaddress.IPv4Network(cidr)) == self.me}
+                if served_.get(ipaddress.ip_network(cidr)) == self.me}
 
     # -- changes -------------------------------------------------------------------------------
 
     def set_pools(self, pools: Iterable[IPPool]) -> None:
-        self._pools = sorted(pools, key=lambda p: p.spec.network.prefixlen, reverse=True)
+        self._pools = sorted((p for p in pools if p.spec.network.version == self.version),
+                             key=lambda p: p.spec.network.prefixlen, reverse=True)
         self._decide(list(self._target))
 
     def set_node(self, name: str, node: Node | None) -> None:
@@ -170,7 +187,7 @@ class RoutePlan:
 
     def set_block(self, cidr: str, block: IPAMBlock | None) -> None:
         before = self._by_block.pop(cidr, {})
-        after = served(block) if block is not None else {}
+        after = served(block, self.version) if block is not None else {}
         if after:
             self._by_block[cidr] = after
         if before == after:
@@ -187,7 +204,7 @@ class RoutePlan:
     # -- deciding ------------------------------------------------------------------------------
 
     def _decide(self, prefixes: Iterable[IPv4Net]) -> None:
-        mine = node_interface(self._nodes.get(self.me))
+        mine = node_interface(self._nodes.get(self.me), self.version)
         subnet = mine.network if mine else None
         for prefix in prefixes:
             hop, claimed = self._hop(prefix, subnet)
@@ -201,7 +218,8 @@ class RoutePlan:
                     self._routes[prefix] = hop
                 self._changed[prefix] = hop
 
-    def _hop(self, prefix: IPv4Net, subnet: IPv4Net | None) -> tuple[Hop | None, bool]:
+    def _hop(self, prefix: IPv4Net, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+             ) -> tuple[Hop | None, bool]:
         node_name = self._target.get(prefix)
         if node_name is None or node_name == self.me:
             return None, False
@@ -210,11 +228,11 @@ class RoutePlan:
         if mode == "Never":
             return None, False
         node = self._nodes.get(node_name)
-        interface = node_interface(node)
+        interface = node_interface(node, self.version)
         address = interface.ip if interface else None
         if mode == "CrossSubnet" and address is not None and subnet is not None and address in subnet:
             if self.bgp:
                 return None, False  # BGP routes it directly
             return Hop(address, tunnel=False), True
-        vtep = vtep_of(node) if node is not None else None
+        vtep = vtep_of(node, self.version) if node is not None else None
         return (Hop(vtep.tunnel_address, tunnel=True) if vtep else None), True

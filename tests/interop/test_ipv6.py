@@ -232,3 +232,42 @@ def test_an_ipv6_only_node_with_a_hashed_router_id_peers_with_bird(etcd):
     finally:
         node.stop()
         router.down()
+
+
+def test_an_ipv6_pool_with_vxlan_always_carries_ipv6_pods_through_vxlan6(etcd):
+    """The IPv6 pool of a dual-stack pair switched to vxlanMode Always: each node takes an IPv6
+    tunnel address (handle vxlan-v6-tunnel-addr-<node>) and a MAC onto its Node, makes
+    vxlan6.percale (MTU host - 70), and the other node's /122 goes through it (protocol 204)
+    instead of BGP; IPv6 pods ping across, and the IPv4 side stays on BGP."""
+    from percale.datastore import Key
+
+    a, b = meshed_pair(etcd.endpoint, etcd.unix_endpoint, ipv6_pool=POOL6)
+    try:
+        async def always(store):
+            pool = await store.get(Key("IPPool", "pods6"))
+            spec = pool.value.spec.model_copy(update={"vxlan_mode": "Always"})
+            await store.update(pool.value.model_copy(update={"spec": spec}), revision=pool.revision)
+
+        with_store(etcd.endpoint, always)
+        pod_a, ip4_a, ip6_a = add_dual_stack_pod(a)
+        pod_b, ip4_b, ip6_b = add_dual_stack_pod(b)
+        block_a, block_b = block6_of(ip6_a), block6_of(ip6_b)
+
+        def tunnel6(node: CNINode) -> str | None:
+            return with_store(etcd.endpoint, lambda s: s.get(Key("Node", node.name))).value.spec.ipv6_vxlan_tunnel_addr
+
+        assert wait_for(lambda: tunnel6(a) and tunnel6(b), 15)
+        for node in (a, b):
+            link = json.loads(node.exec("ip", "-j", "link", "show", "vxlan6.percale").stdout)[0]
+            assert link["mtu"] == 1500 - 70
+        assert wait_for(lambda: a.routes(RouteProtocol.VXLAN, 6).get(block_b) == str(tunnel6(b))
+                        and b.routes(RouteProtocol.VXLAN, 6).get(block_a) == str(tunnel6(a)), 15), (
+            a.exec("ip", "-6", "route").stdout)
+        assert block_b not in a.routes(PROTO_BGP, 6)  # BGP leaves VXLAN's prefixes alone
+        assert wait_for(lambda: ping6(pod_a, ip6_b), 20)
+        assert wait_for(lambda: ping6(pod_b, ip6_a), 20)
+        ipv4_block_b = str(ipaddress.ip_interface(f"{ip4_b}/26").network)
+        assert wait_for(lambda: a.routes(PROTO_BGP).get(ipv4_block_b) == "10.99.0.2", 15)
+    finally:
+        a.stop()
+        b.stop()

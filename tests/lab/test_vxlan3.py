@@ -25,7 +25,7 @@ GHOST_BLOCK = "10.244.250.0/26"
 GHOST_MAC = "66:00:00:00:0a:0b"
 
 JOIN = f"""
-import asyncio, sys
+import asyncio, sys, time
 from percale.api import parse
 from percale.datastore.config import load_config, open_datastore
 from percale.datastore import Key
@@ -39,10 +39,13 @@ async def main(join):
                 "metadata": {{"name": "ghost"}},
                 "spec": {{"bgp": {{"ipv4Address": "10.0.0.50/24"}}, "ipv4VXLANTunnelAddr": "10.244.250.0",
                          "vxlanTunnelMACAddr": "{GHOST_MAC}"}}}}))
+            changed = time.monotonic()  # the block's claim: what brings its route
             assert await IPAM(store).claim_affinity("ghost", "{GHOST_BLOCK}")
         else:
+            changed = time.monotonic()
             await IPAM(store)._release_block_affinity("ghost", "{GHOST_BLOCK}", require_empty=True)
             await store.delete(Key("Node", "ghost"))
+        print(changed)  # CLOCK_MONOTONIC: comparable across this machine's processes
     finally:
         await store.close()
 

@@ -95,3 +95,40 @@ def test_two_nodes_reach_each_other_through_vxlan_percale():
     finally:
         for ns in (a, b):
             sh("ip", "netns", "del", ns, check=False)
+
+
+def test_the_ipv6_device_carries_ipv6_pods_between_two_nodes():
+    """vxlan6.percale over an IPv6 underlay: the tunnel /128, IPv6 neighbour and FDB entries,
+    a /122 through it, and ping6 between addresses behind each end."""
+    a, b = f"v6a{uuid.uuid4().hex[:5]}", f"v6b{uuid.uuid4().hex[:5]}"
+    script = SCRIPT.replace("Tunnel()", "Tunnel(DEVICE_V6)").replace(
+        "from percale.dataplane.vxlan import Device, Tunnel, Vtep",
+        "from percale.dataplane.vxlan import DEVICE_V6, Device, Tunnel, Vtep")
+    for ns in (a, b):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    try:
+        sh("ip", "link", "add", "under", "netns", a, "type", "veth", "peer", "name", "under", "netns", b)
+        for ns, address in ((a, "fd00:99::1/64"), (b, "fd00:99::2/64")):
+            sh("ip", "-n", ns, "addr", "add", address, "dev", "under", "nodad")
+            sh("ip", "-n", ns, "link", "set", "under", "up")
+        sh("ip", "-n", a, "addr", "add", "fd00:10:0:1::5/128", "dev", "lo")
+        sh("ip", "-n", b, "addr", "add", "fd00:10:0:2::5/128", "dev", "lo")
+        for ns, own, other, mac, far_mac, far_block in (
+                (a, "fd00:10:0:1::", "fd00:10:0:2::", "66:00:00:00:06:0a", "66:00:00:00:06:0b", "fd00:10:0:2::/122"),
+                (b, "fd00:10:0:2::", "fd00:10:0:1::", "66:00:00:00:06:0b", "66:00:00:00:06:0a", "fd00:10:0:1::/122")):
+            local, remote = ("fd00:99::1", "fd00:99::2") if ns == a else ("fd00:99::2", "fd00:99::1")
+            step = {"tunnel": own, "mac": mac, "mtu": 1430, "local": local,
+                    "vteps": [[other, far_mac, remote]], "routes": {far_block: other}}
+            done = sh("ip", "netns", "exec", ns, sys.executable, "-c", script, json.dumps(step), check=False)
+            assert done.returncode == 0, done.stderr
+        details = json.loads(sh("ip", "-j", "-d", "-n", a, "link", "show", "vxlan6.percale").stdout)[0]
+        assert details["linkinfo"]["info_data"]["local6"] == "fd00:99::1" and details["mtu"] == 1430
+        assert "66:00:00:00:06:0b PERMANENT" in sh("ip", "-n", a, "-6", "neigh", "show", "dev", "vxlan6.percale").stdout
+        assert "dst fd00:99::2 self permanent" in sh("bridge", "-n", a, "fdb", "show", "dev", "vxlan6.percale").stdout
+        ping = sh("ip", "netns", "exec", a, "ping", "-6", "-c", "2", "-W", "2", "-I", "fd00:10:0:1::5",
+                  "fd00:10:0:2::5", check=False)
+        assert ping.returncode == 0, ping.stdout
+    finally:
+        for ns in (a, b):
+            sh("ip", "netns", "del", ns, check=False)

@@ -117,3 +117,20 @@ def test_macs_and_mtus_as_felix_makes_them():
     assert pod_mtu(1500, [pool("10.244.0.0/16", "Always")]) == 1450
     assert pod_mtu(1500, [pool("10.244.0.0/16", "Never")]) == 1500
     assert pod_mtu(9000, [pool("fd00::/48", "CrossSubnet")]) == 8930
+
+
+def test_the_ipv6_plan_routes_ipv6_blocks_to_ipv6_tunnel_ends():
+    def node6(name: str, address: str, tunnel: str):
+        return parse({"apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": name},
+                      "spec": {"bgp": {"ipv4Address": "10.0.1.1/24", "ipv6Address": address},
+                               "ipv6VXLANTunnelAddr": tunnel}})
+
+    plan = RoutePlan("a", bgp=True, version=6)
+    plan.set_pools([pool("fd00:10::/48", "CrossSubnet"), pool("10.244.0.0/16", "Always")])
+    plan.set_node("a", node6("a", "fd00:1::1/64", "fd00:10:0:1::"))
+    plan.set_node("b", node6("b", "fd00:2::2/64", "fd00:10:0:2::"))
+    plan.set_block("fd00:10:0:2::/122", block("fd00:10:0:2::/122", "b", "b"))
+    plan.set_block("10.244.2.0/26", block("10.244.2.0/26", "b", "b"))  # IPv4: the other plan's
+    assert dict(plan.routes) == {net("fd00:10:0:2::/122"): Hop(ip("fd00:10:0:2::"), tunnel=True)}
+    (vtep,) = plan.vteps()
+    assert (vtep.node_address, vtep.mac) == (ip("fd00:2::2"), vtep_mac("b", 6))
