@@ -65,6 +65,9 @@ class VXLANAgent:
         self._applied: dict[int, int | None] | None = None  # device indices the routes were written with
         self._address_due = asyncio.Event()
         self._kernel_due = asyncio.Event()
+        # The devices are looked at again only when this node, the pools, or a resync ask; a
+        # block changed elsewhere touches routes alone.
+        self._devices_due = True
         cache.subscribe(self._changed)
 
     # -- changes from the datastore -------------------------------------------------------------
@@ -88,6 +91,7 @@ class VXLANAgent:
                 return
         if change.kind == "IPPool" or (change.kind == "Node" and change.key.name == self.node):
             self._address_due.set()
+            self._devices_due = True
         self._kernel_due.set()
 
     # -- running ------------------------------------------------------------------------------
@@ -136,6 +140,10 @@ class VXLANAgent:
             except OSError as err:
                 log.warning("programming VXLAN failed, trying again: %s", err)
                 await asyncio.sleep(RETRY_SECONDS)
+                self._devices_due = True
+                self._applied = None
+                for plan in self.plans.values():
+                    plan.vteps_changed = True
                 self._kernel_due.set()
 
     async def _checking(self) -> None:
@@ -145,7 +153,10 @@ class VXLANAgent:
             try:
                 if self.routes is not None:
                     await asyncio.to_thread(self.routes.reconcile)
-                self._applied = None  # write the tunnel ends and routes in full again
+                self._applied = None  # write the devices, tunnel ends and routes in full again
+                self._devices_due = True
+                for plan in self.plans.values():
+                    plan.vteps_changed = True
                 self._kernel_due.set()
             except OSError as err:
                 log.warning("checking VXLAN routes failed: %s", err)
@@ -172,15 +183,22 @@ class VXLANAgent:
         """The devices, the tunnel ends and the routes as the plans say; then the BGP side is
         told if the claims changed."""
         started = time.monotonic()
+        devices_due, self._devices_due = self._devices_due, False
         for version, tunnel in self.tunnels.items():
-            device = await asyncio.to_thread(self.wanted_device, version)
-            if device is None:
-                if self.device_index[version] is not None or self._applied is None:
-                    await asyncio.to_thread(tunnel.remove)
-                self.device_index[version] = None
-            else:
-                self.device_index[version] = await asyncio.to_thread(tunnel.ensure, device)
-                await asyncio.to_thread(tunnel.set_vteps, self.plans[version].vteps())
+            plan = self.plans[version]
+            if devices_due:
+                device = await asyncio.to_thread(self.wanted_device, version)
+                if device is None:
+                    if self.device_index[version] is not None or self._applied is None:
+                        await asyncio.to_thread(tunnel.remove)
+                    self.device_index[version] = None
+                else:
+                    index = await asyncio.to_thread(tunnel.ensure, device)
+                    plan.vteps_changed |= index != self.device_index[version]
+                    self.device_index[version] = index
+            if self.device_index[version] is not None and plan.vteps_changed:
+                plan.vteps_changed = False
+                await asyncio.to_thread(tunnel.set_vteps, plan.vteps())
         if self.routes is not None:
             changes = {p: hop for plan in self.plans.values() for p, hop in plan.changes().items()}
             if self._applied != self.device_index:

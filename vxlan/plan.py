@@ -142,6 +142,7 @@ class RoutePlan:
         self._claims: set[IPv4Net] = set()
         self._changed: dict[IPv4Net, Hop | None] = {}
         self.claims_changed = False
+        self.vteps_changed = True  # another node's tunnel end came, went or moved
 
     # -- what it says ------------------------------------------------------------------------
 
@@ -176,6 +177,10 @@ class RoutePlan:
         self._decide(list(self._target))
 
     def set_node(self, name: str, node: Node | None) -> None:
+        before = self._nodes.get(name)
+        if name != self.me and (vtep_of(before, self.version) if before else None) != (
+                vtep_of(node, self.version) if node else None):
+            self.vteps_changed = True
         if node is None:
             self._nodes.pop(name, None)
         else:
