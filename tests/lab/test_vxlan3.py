@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,6 +16,7 @@ from percale.dataplane.route_owners import RouteProtocol
 from percale.lab import pods
 from tests.helpers.lab_checks import add_pods
 from tests.helpers.lab_e2e import every_pod_reaches_every_pod, kernel_routes, running
+from tests.helpers.processes import cmdline, descendants
 
 pytestmark = pytest.mark.lab
 
@@ -78,7 +78,8 @@ def test_a_cluster_without_bgp_routes_every_pod_through_vxlan():
         add_pods(lab, per_node=2)
         assert every_pod_reaches_every_pod(lab) == []
         for node in NODES:
-            tree = [cmdline(pid) for record in lab.processes(node) for pid in descendants(record["pid"])]
+            tree = [cmdline(pid) for record in lab.processes(node)
+                    for pid in [record["pid"], *descendants(record["pid"])]]
             assert tree and not [c for c in tree if "exabgp" in c], tree
             routes = kernel_routes(lab, node, proto=RouteProtocol.VXLAN)
             others = {str(p.addresses[0]) for p in pods.pods(lab) if p.node != node}
@@ -100,28 +101,6 @@ def test_a_cluster_without_bgp_routes_every_pod_through_vxlan():
         print(f"\nnode joined -> on all 3 nodes {joined:.2f} s; left -> gone {left:.2f} s")
         assert joined < 1 and left < 1, (joined, left)
         assert every_pod_reaches_every_pod(lab) == []
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-    found, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
 
 
 def _within(address: str, prefix: str) -> bool:

@@ -24,6 +24,7 @@ from percale.ipam.allocator import IPAM
 from tests.helpers.cni_node import PluginResult, netconf
 from tests.helpers.store import with_store
 from tests.helpers.ipam_world import add_pool
+from tests.helpers.processes import cmdline, descendants, parent
 
 pytestmark = pytest.mark.netns
 
@@ -340,38 +341,12 @@ def test_a_failed_add_undoes_every_step(node, etcd_server):
         with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tiny"))
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def _ignored_signals(pid: int) -> set[int]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("SigIgn:"):
             mask = int(line.split()[1], 16)
             return {n for n in range(1, 65) if mask & (1 << (n - 1))}
     return set()
-
-
-def _descendants(pid: int) -> list[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-    found, frontier = [], [pid]
-    while frontier:
-        kids = [child for child, parent in parents.items() if parent in frontier]
-        found += kids
-        frontier = kids
-    return found
 
 
 def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
@@ -386,11 +361,11 @@ def test_ctrl_c_stops_the_agent_and_its_workers(etcd_server):
     with_store(etcd_server.endpoint, ensure_pool)
     node = CNINode(etcd_server.unix_endpoint).start()
     try:
-        everything = _descendants(node.agent.pid)  # forkserver, its workers, resource tracker
+        everything = descendants(node.agent.pid)  # forkserver, its workers, resource tracker
         forkserver = [pid for pid in everything
-                      if _parent(pid) == node.agent.pid and b"forkserver" in _cmdline(pid)]
-        assert len(forkserver) == 1, [_cmdline(pid) for pid in everything]
-        workers = [pid for pid in everything if _parent(pid) == forkserver[0]]
+                      if parent(pid) == node.agent.pid and "forkserver" in cmdline(pid)]
+        assert len(forkserver) == 1, [cmdline(pid) for pid in everything]
+        workers = [pid for pid in everything if parent(pid) == forkserver[0]]
         assert len(workers) == DEFAULT_WORKERS
         # They ignore the stop signals a Ctrl-C sends to the whole process group ...
         for pid in workers:
