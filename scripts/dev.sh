@@ -43,22 +43,31 @@ install_python_environment() {
     echo "$want" >"$stamp"
 }
 
+kubernetes_binaries() {
+    # The real kube-apiserver, controller-manager, scheduler and kubectl the Kubernetes-datastore
+    # tests and labs run, built from the Go module proxy once per release into ~/.cache/percale.
+    bash scripts/k8s-binaries.sh >/dev/null
+}
+
 case "${1:-}" in
     demo)
         install_debian_packages
         install_python_environment
+        kubernetes_binaries
         shift
         exec bash scripts/demo.sh "$@"
         ;;
     test)
         install_debian_packages
         install_python_environment
+        kubernetes_binaries
         shift
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     setup)
         install_debian_packages
         install_python_environment
+        kubernetes_binaries
         ;;
     *)
         echo "usage: bash scripts/dev.sh demo|test|setup" >&2
