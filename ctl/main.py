@@ -45,7 +45,7 @@ def datastore_options(
     config: Annotated[Optional[str], typer.Option(
         "--config", "-c", help="Datastore config file (default: /etc/percale/percalectl.cfg if it exists)")] = None,
     datastore_type: Annotated[Optional[str], typer.Option(
-        help="Datastore type (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")] = None,
+        help="etcdv3 or kubernetes (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")] = None,
     etcd_endpoints: Annotated[Optional[str], typer.Option(
         help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
     etcd_ca_cert_file: Annotated[Optional[str], typer.Option(
@@ -54,12 +54,14 @@ def datastore_options(
         help="Client certificate for etcd TLS (env ETCD_CERT_FILE)")] = None,
     etcd_key_file: Annotated[Optional[str], typer.Option(
         help="Client key for etcd TLS (env ETCD_KEY_FILE)")] = None,
+    kubeconfig: Annotated[Optional[str], typer.Option(
+        help="kubeconfig for the kubernetes datastore (env KUBECONFIG) (default: ~/.kube/config)")] = None,
 ) -> None:
     """Datastore settings: flags win over environment, environment over the config file."""
     settings.update(
         config_file=config, datastore_type=datastore_type, etcd_endpoints=etcd_endpoints,
         etcd_ca_cert_file=etcd_ca_cert_file, etcd_cert_file=etcd_cert_file,
-        etcd_key_file=etcd_key_file,
+        etcd_key_file=etcd_key_file, kubeconfig=kubeconfig,
     )
 
 
@@ -188,6 +190,24 @@ def get(
     else:
         ctx = printer.Context(default_as)
         sys.stdout.write(printer.table(cls.info.kind, resources, output == "wide", ctx))
+
+
+@app.command()
+def crds(
+    output_dir: Annotated[Optional[str], typer.Option(
+        help="Write one file per kind into this folder instead of printing them")] = None,
+) -> None:
+    """Print the CustomResourceDefinitions of percale's kinds (for the Kubernetes datastore), made
+    from the same models `percalectl apply` validates with."""
+    from pathlib import Path
+
+    from percale.ctl import crd_schema
+
+    if output_dir is None:
+        sys.stdout.write("---\n".join(crd_schema.rendered().values()))
+        return
+    for name in crd_schema.write(Path(output_dir)):
+        typer.echo(f"{output_dir.rstrip('/')}/{name}")
 
 
 @app.command()
