@@ -26,7 +26,9 @@ from percale.datastore.options import (
     EtcdCACertFile,
     EtcdCertFile,
     EtcdEndpoints,
+    DatastoreType,
     EtcdKeyFile,
+    Kubeconfig,
     datastore_settings,
 )
 from percale.datastore import DatastoreError
@@ -90,6 +92,8 @@ def main(
     etcd_ca_cert_file: EtcdCACertFile = None,
     etcd_cert_file: EtcdCertFile = None,
     etcd_key_file: EtcdKeyFile = None,
+    datastore_type: DatastoreType = None,
+    kubeconfig: Kubeconfig = None,
     gc_interval: Annotated[str, typer.Option(
         envvar="PERCALE_GC_INTERVAL", help="Time between IPAM GC rounds (30s, 5m, ...)")] = "5m",
     leak_grace_period: Annotated[str, typer.Option(
@@ -105,7 +109,7 @@ def main(
     interval = seconds(gc_interval, "--gc-interval")
     grace = seconds(leak_grace_period, "--leak-grace-period")
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
-                                  etcd_key_file)
+                                  etcd_key_file, datastore_type, kubeconfig)
     try:
         asyncio.run(run(settings, interval, grace, rounds))
     except (ConfigError, DatastoreError, OSError) as err:

@@ -2,8 +2,8 @@
 
 Later sources win: built-in defaults (etcd on 127.0.0.1:2379), then the config file
 (`/etc/percale/percalectl.cfg` if present, or the one named), then environment variables
-(PERCALE_DATASTORE_TYPE, ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE),
-then command-line flags. The file has calicoctl.cfg's shape:
+(PERCALE_DATASTORE_TYPE, ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE,
+KUBECONFIG), then command-line flags. The file has calicoctl.cfg's shape:
 
     apiVersion: percale.io/v1
     kind: PercaleAPIConfig
@@ -13,6 +13,13 @@ then command-line flags. The file has calicoctl.cfg's shape:
       etcdCACertFile: /etc/percale/etcd-ca.pem
       etcdCertFile: /etc/percale/etcd-client.pem
       etcdKeyFile: /etc/percale/etcd-client-key.pem
+
+or, for the Kubernetes datastore (custom resources; without a kubeconfig, $KUBECONFIG, then
+~/.kube/config, then the pod's service account):
+
+    spec:
+      datastoreType: kubernetes
+      kubeconfig: /etc/percale/kubeconfig
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from percale.datastore.contract import Datastore
 from percale.datastore.etcd_client import TLSFiles
 
 DEFAULT_CONFIG_FILE = Path("/etc/percale/percalectl.cfg")
-DATASTORE_TYPES = ("etcdv3",)
+DATASTORE_TYPES = ("etcdv3", "kubernetes")
 
 _FILE_FIELDS = {
     "datastoreType": "datastore_type",
@@ -36,6 +43,7 @@ _FILE_FIELDS = {
     "etcdCACertFile": "etcd_ca_cert_file",
     "etcdCertFile": "etcd_cert_file",
     "etcdKeyFile": "etcd_key_file",
+    "kubeconfig": "kubeconfig",
 }
 _ENV_FIELDS = {
     "PERCALE_DATASTORE_TYPE": "datastore_type",
@@ -43,6 +51,7 @@ _ENV_FIELDS = {
     "ETCD_CA_CERT_FILE": "etcd_ca_cert_file",
     "ETCD_CERT_FILE": "etcd_cert_file",
     "ETCD_KEY_FILE": "etcd_key_file",
+    "KUBECONFIG": "kubeconfig",
 }
 
 
@@ -57,6 +66,7 @@ class DatastoreConfig:
     etcd_ca_cert_file: str | None = None
     etcd_cert_file: str | None = None
     etcd_key_file: str | None = None
+    kubeconfig: str | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -68,6 +78,10 @@ class DatastoreConfig:
                 f"datastore type {self.datastore_type!r} is not supported; "
                 f"use one of: {', '.join(DATASTORE_TYPES)}"
             )
+        if self.datastore_type == "kubernetes":
+            if self.kubeconfig and not Path(self.kubeconfig).is_file():
+                raise ConfigError(f"kubeconfig {self.kubeconfig}: no such file")
+            return self
         if not self.endpoints:
             raise ConfigError("etcdEndpoints is empty")
         if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
@@ -111,6 +125,10 @@ def load_config(
 
 
 def open_datastore(config: DatastoreConfig) -> Datastore:
+    if config.datastore_type == "kubernetes":
+        from percale.datastore.kubernetes import KubeDatastore
+
+        return KubeDatastore(config.kubeconfig)
     from percale.datastore.etcd import EtcdDatastore
 
     tls = None

@@ -13,12 +13,19 @@ EtcdEndpoints = Annotated[Optional[str], typer.Option(
 EtcdCACertFile = Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")]
 EtcdCertFile = Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")]
 EtcdKeyFile = Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")]
+DatastoreType = Annotated[Optional[str], typer.Option(
+    help="etcdv3 or kubernetes (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")]
+Kubeconfig = Annotated[Optional[str], typer.Option(
+    help="kubeconfig for the kubernetes datastore (env KUBECONFIG) (default: ~/.kube/config,"
+    " else the pod's service account)")]
 
 
 def datastore_settings(config: Optional[str], etcd_endpoints: Optional[str],
                        etcd_ca_cert_file: Optional[str], etcd_cert_file: Optional[str],
-                       etcd_key_file: Optional[str]) -> dict[str, Optional[str]]:
+                       etcd_key_file: Optional[str], datastore_type: Optional[str] = None,
+                       kubeconfig: Optional[str] = None) -> dict[str, Optional[str]]:
     """The keyword arguments of percale.datastore.config.load_config."""
     return {"config_file": config, "etcd_endpoints": etcd_endpoints,
             "etcd_ca_cert_file": etcd_ca_cert_file, "etcd_cert_file": etcd_cert_file,
-            "etcd_key_file": etcd_key_file}
+            "etcd_key_file": etcd_key_file, "datastore_type": datastore_type,
+            "kubeconfig": kubeconfig}

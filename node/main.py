@@ -40,7 +40,9 @@ from percale.datastore.options import (
     EtcdCACertFile,
     EtcdCertFile,
     EtcdEndpoints,
+    DatastoreType,
     EtcdKeyFile,
+    Kubeconfig,
     datastore_settings,
 )
 from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding
@@ -228,6 +230,8 @@ def main(
     etcd_ca_cert_file: EtcdCACertFile = None,
     etcd_cert_file: EtcdCertFile = None,
     etcd_key_file: EtcdKeyFile = None,
+    datastore_type: DatastoreType = None,
+    kubeconfig: Kubeconfig = None,
     bgp_dir: Annotated[Path, typer.Option(
         envvar="PERCALE_BGP_DIR", help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
     secrets_dir: Annotated[Optional[Path], typer.Option(
@@ -259,7 +263,7 @@ def main(
     # program (calico-node) prints its goroutines: for an agent that seems stuck.
     faulthandler.register(signal.SIGQUIT, all_threads=True)
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
-                                  etcd_key_file)
+                                  etcd_key_file, datastore_type, kubeconfig)
     try:
         backend = {"bird": "bgp"}.get(networking_backend, networking_backend)
         if backend not in ("bgp", "vxlan", "none"):

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from percale.datastore import Conflict, Key
-from percale.datastore.etcd import EtcdDatastore
+from tests.helpers.store import open_store
 
 
 async def add_one(store, key: Key, slot: str) -> int:
@@ -33,7 +33,7 @@ def run(endpoint: str, key: Key, slot: str, times: int, start_at: float) -> int:
 
     async def main() -> int:
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        store = EtcdDatastore([endpoint])
+        store = open_store(endpoint)
         try:
             return sum([await add_one(store, key, slot) for _ in range(times)])
         finally:

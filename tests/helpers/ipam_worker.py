@@ -12,7 +12,7 @@ import random
 import time
 
 from percale.datastore import Key
-from percale.datastore.etcd import EtcdDatastore
+from tests.helpers.store import open_store
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError
 from percale.api.ipam import block_name
@@ -21,7 +21,7 @@ from percale.api.ipam import block_name
 async def _work(endpoint: str, node: str, iterations: int, seed: int, release_all: bool,
                 inherited: dict[str, list[str]]):
     rng = random.Random(seed)
-    store = EtcdDatastore([endpoint])
+    store = open_store(endpoint)
     ipam = IPAM(store)
     # Handles this node held in an earlier run: released first, while the others are busy.
     held: dict[str, tuple[list[str], float]] = {h: (a, 0.0) for h, a in inherited.items()}

@@ -1,4 +1,8 @@
-"""Running one piece of async datastore work from synchronous test code."""
+"""Running one piece of async datastore work from synchronous test code, on either real backend.
+
+A test names its datastore with one string, so worker processes can be handed it: an etcd URL
+(`http://127.0.0.1:2379`) or a kubeconfig path (the Kubernetes datastore).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,37 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from percale.datastore.etcd import EtcdDatastore
+from percale.datastore import Datastore
 
 T = TypeVar("T")
 
 
-def with_store(endpoint: str, work: Callable[[EtcdDatastore], Awaitable[T]]) -> T:
-    """Open the etcd at `endpoint`, run `work` with it, close it, return what `work` returned."""
+def is_kubernetes(where: str) -> bool:
+    return not where.startswith(("http://", "https://", "unix://"))
+
+
+def open_store(where: str) -> Datastore:
+    if is_kubernetes(where):
+        from percale.datastore.kubernetes import KubeDatastore
+
+        return KubeDatastore(where)
+    from percale.datastore.etcd import EtcdDatastore
+
+    return EtcdDatastore([where])
+
+
+def store_env(where: str) -> dict[str, str]:
+    """The environment that points percalectl, percale-node and percale-controllers there."""
+    if is_kubernetes(where):
+        return {"PERCALE_DATASTORE_TYPE": "kubernetes", "KUBECONFIG": where}
+    return {"ETCD_ENDPOINTS": where}
+
+
+def with_store(endpoint: str, work: Callable[[Datastore], Awaitable[T]]) -> T:
+    """Open the datastore at `endpoint`, run `work` with it, close it, return what `work` returned."""
 
     async def main() -> T:
-        store = EtcdDatastore([endpoint])
+        store = open_store(endpoint)
         try:
             return await work(store)
         finally:

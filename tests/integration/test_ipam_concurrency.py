@@ -1,5 +1,5 @@
 """Several processes, each a node, allocating and releasing at once from a small pool on a real
-etcd: blocks run out, nodes borrow from each other, and compare-and-swap must keep every address
+etcd and on a real kube-apiserver: blocks run out, nodes borrow from each other, and compare-and-swap must keep every address
 with one owner at a time."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import defaultdict
 import pytest
 
 from tests.helpers import ipam_worker
-from tests.helpers.store import with_store
+from tests.helpers.store import store_env, with_store
 from tests.helpers.ipam_world import add_pool, assert_consistent
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def _show_blocks_matches(endpoint: str, held: dict[str, str]) -> None:
     """`percalectl ipam show --show-blocks` counts, per block, what the nodes say they hold."""
     out = subprocess.run(
         [str(Path(sys.executable).parent / "percalectl"), "ipam", "show", "--show-blocks"],
-        env={**os.environ, "ETCD_ENDPOINTS": endpoint}, capture_output=True, text=True, check=True,
+        env={**os.environ, **store_env(endpoint)}, capture_output=True, text=True, check=True,
     ).stdout
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
             if line.startswith("|")][1:]
@@ -62,24 +62,25 @@ def _run_nodes(endpoint: str, iterations: int, seed: int, **per_node):
         return pool.starmap(ipam_worker.run, args)
 
 
-def test_nodes_allocating_at_once_never_share_an_address(etcd):
+def test_nodes_allocating_at_once_never_share_an_address(real_datastore):
     # 64 addresses in blocks of 8: four nodes claim all eight blocks within moments and then
     # borrow from each other and run out.
-    with_store(etcd.endpoint, lambda s: add_pool(s, "small", "10.0.0.0/26", blockSize=29))
+    endpoint = real_datastore
+    with_store(endpoint, lambda s: add_pool(s, "small", "10.0.0.0/26", blockSize=29))
 
-    results = _run_nodes(etcd.endpoint, iterations=70, seed=1)
+    results = _run_nodes(endpoint, iterations=70, seed=1)
     _no_address_held_twice([iv for r in results for iv in r["intervals"]])
     held = {a: h for r in results for h, addrs in r["held"].items() for a in addrs}
     assert sum(len(addrs) for r in results for addrs in r["held"].values()) == len(held)
-    assert with_store(etcd.endpoint, assert_consistent) == held, "the store and the nodes disagree"
+    assert with_store(endpoint, assert_consistent) == held, "the store and the nodes disagree"
     assert sum(r["borrowed"] for r in results) > 0, "no node borrowed; the pool is too big"
     assert sum(r["exhausted"] for r in results) > 0, "the pool never ran out"
-    _show_blocks_matches(etcd.endpoint, held)
+    _show_blocks_matches(endpoint, held)
 
     # Each node releases what it held while the others allocate and release, then lets go of
     # everything: nothing may remain.
-    results = _run_nodes(etcd.endpoint, iterations=30, seed=100, release_all=True,
+    results = _run_nodes(endpoint, iterations=30, seed=100, release_all=True,
                          inherited=[r["held"] for r in results])
     _no_address_held_twice([iv for r in results for iv in r["intervals"]])
-    assert with_store(etcd.endpoint, assert_consistent) == {}
-    assert with_store(etcd.endpoint, lambda s: s.list("IPAMHandle")).items == []
+    assert with_store(endpoint, assert_consistent) == {}
+    assert with_store(endpoint, lambda s: s.list("IPAMHandle")).items == []

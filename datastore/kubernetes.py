@@ -1,0 +1,442 @@
+"""The datastore contract on the Kubernetes API: every percale kind is a custom resource in
+`percale.io/v1` (the CRDs in crds/), as Calico's KDD stores its kinds.
+
+- revision = `metadata.resourceVersion`;
+- create is a POST (409 AlreadyExists), update a PUT carrying the revision (409 Conflict, then
+  one GET for the current value the Conflict carries); an update without a revision reads the
+  current revision first, because the apiserver refuses unconditional updates of custom objects;
+- delete sends `preconditions.resourceVersion`, the apiserver's compare-and-delete;
+- lists are paged; a list's revision is the collection's, so a watch from it misses nothing;
+- watches ask for bookmarks and resume by themselves from the newest revision they saw (event or
+  bookmark) when the server ends the stream; a 410 ("too old resource version") is
+  RevisionCompacted, and the caller lists again.
+
+Names are translated as `kube_names` explains; a kind with a status writes it through the status
+subresource after the object itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from percale.api import KINDS, Resource
+from percale.api.meta import API_VERSION
+from percale.datastore import kube_names, kube_native
+from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
+from percale.datastore.errors import (
+    AlreadyExists, Conflict, DatastoreError, DatastoreUnavailable, NotFound, RevisionCompacted,
+)
+from percale.datastore.kube_client import KubeClient, KubeError, configuration
+
+GROUP, VERSION = API_VERSION.split("/")
+PAGE = 500
+# How long the server keeps one watch request open before the backend opens the next one.
+WATCH_SECONDS = 300
+# Labels percale sets for its own lookups; they are not part of the resource the user wrote.
+_OWN_LABELS = {kube_names.HOSTNAME_HASH_LABEL, kube_names.AFFINITY_TYPE_LABEL,
+               kube_names.IP_VERSION_LABEL}
+# What Kubernetes adds to metadata that percale's ObjectMeta does not carry.
+_KEPT_METADATA = ("namespace", "labels", "annotations", "resourceVersion", "uid",
+                  "creationTimestamp")
+
+
+NATIVE = {"Node": "nodes", "WorkloadEndpoint": "pods"}
+
+
+def collection_path(kind: str, namespace: str | None = None) -> str:
+    if kind == "Node":
+        return "/api/v1/nodes"
+    if kind == "WorkloadEndpoint":
+        return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+    plural = KINDS[kind].info.plural
+    if namespace:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+    return f"/apis/{GROUP}/{VERSION}/{plural}"
+
+
+def object_path(key: Key, name: str | None = None) -> str:
+    if key.kind == "WorkloadEndpoint":
+        return f"{collection_path(key.kind, key.namespace)}/{kube_native.split_endpoint_name(key.name)[2]}"
+    return f"{collection_path(key.kind, key.namespace)}/{name or kube_names.object_name(key)}"
+
+
+def to_object(value: Resource, revision: str | None = None) -> dict[str, Any]:
+    """The custom object for a percale resource (revision included when given)."""
+    doc = value.to_document()
+    meta = doc["metadata"]
+    key = Key.of(value)
+    spec = doc.get("spec")
+    meta["name"] = kube_names.object_name(key, spec)
+    for field in ("resourceVersion", "creationTimestamp"):
+        meta.pop(field, None)
+    if revision is not None:
+        meta["resourceVersion"] = revision
+    if value.kind == "BlockAffinity":
+        meta["labels"] = {**meta.get("labels", {}),
+                          **kube_names.affinity_labels(spec["node"], spec["cidr"])}
+    return doc
+
+
+def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
+    """The percale resource a custom object holds, under its percale name."""
+    if kind == "Node":
+        return kube_native.node_from_object(obj)
+    meta = obj.get("metadata", {})
+    spec = obj.get("spec") or {}
+    doc = {k: v for k, v in obj.items() if k in ("apiVersion", "kind", "spec", "status")}
+    doc["kind"] = kind
+    kept = {k: meta[k] for k in _KEPT_METADATA if k in meta}
+    if "labels" in kept:
+        kept["labels"] = {k: v for k, v in kept["labels"].items() if k not in _OWN_LABELS}
+    revision = meta.get("resourceVersion", "")
+    try:
+        kept["name"] = kube_names.percale_name(kind, meta.get("name", ""), spec)
+        value = KINDS[kind].model_validate({**doc, "metadata": kept})
+    except (ValidationError, KeyError, ValueError) as err:
+        raise DatastoreError(
+            f"the {kind} {meta.get('name')!r} stored in Kubernetes is not valid "
+            f"(resourceVersion {revision}): {err}") from None
+    return KVPair(Key.of(value), value, revision)
+
+
+class KubeDatastore:
+    """`kubeconfig`: a kubeconfig file; None means $KUBECONFIG, ~/.kube/config, or the pod's
+    service account. It is read at the first request (loading it is a coroutine)."""
+
+    def __init__(self, kubeconfig: str | None = None):
+        self.client = _LazyClient(kubeconfig)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, key: Key) -> KVPair:
+        try:
+            obj = await self.client.request("GET", object_path(key))
+        except KubeError as err:
+            raise _verdict(err, key) from None
+        if key.kind == "WorkloadEndpoint":
+            pair = kube_native.endpoint_from_pod(obj)
+            if pair is None or pair.key != key:
+                raise NotFound(key)
+            return pair
+        return from_object(key.kind, obj)
+
+    async def list(
+        self, kind: str, namespace: str | None = None, *, node: str | None = None
+    ) -> ListResult:
+        query: dict[str, Any] = {"limit": PAGE}
+        if node is not None:
+            if kind not in NODE_SCOPED_KINDS:
+                raise ValueError(f"{kind} is not node-scoped")
+            query["labelSelector"] = kube_names.node_selector(node)
+        items: list[KVPair] = []
+        revision = ""
+        while True:
+            try:
+                page = await self.client.request("GET", collection_path(kind, namespace), query=query)
+            except KubeError as err:
+                if err.status == 410:
+                    # The continue token expired between pages: start the list again.
+                    query.pop("continue", None)
+                    items = []
+                    continue
+                raise _verdict(err, Key(kind, "", namespace)) from None
+            if kind == "WorkloadEndpoint":
+                found = (kube_native.endpoint_from_pod(pod) for pod in page.get("items", []))
+                items.extend(pair for pair in found if pair is not None)
+            else:
+                items.extend(from_object(kind, obj) for obj in page.get("items", []))
+            revision = revision or page["metadata"]["resourceVersion"]
+            token = page["metadata"].get("continue")
+            if not token:
+                break
+            query["continue"] = token
+        items.sort(key=lambda kv: (kv.key.namespace or "", kv.key.name))
+        return ListResult(items, revision)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def _write_status(self, value: Resource, written: dict[str, Any]) -> dict[str, Any]:
+        """Kinds with a status subresource ignore `status` in the object's own writes."""
+        if getattr(value, "status", None) is None:
+            return written
+        doc = to_object(value, written["metadata"]["resourceVersion"])
+        return await self.client.request("PUT", object_path(Key.of(value), written["metadata"]["name"]) + "/status", body=doc)
+
+    async def create(self, value: Resource) -> KVPair:
+        key = Key.of(value)
+        if key.kind == "Node":
+            return await self._create_node(value)
+        if key.kind == "WorkloadEndpoint":
+            return await self._write_endpoint(key, value, None, create=True)
+        doc = to_object(value)
+        for field in ("uid",):
+            doc["metadata"].pop(field, None)
+        try:
+            written = await self.client.request("POST", collection_path(key.kind, key.namespace), body=doc)
+            written = await self._write_status(value, written)
+        except KubeError as err:
+            if err.status == 409:
+                raise AlreadyExists(key) from None
+            raise _verdict(err, key) from None
+        return from_object(key.kind, written)
+
+    async def update(self, value: Resource, *, revision: str | None) -> KVPair:
+        key = Key.of(value)
+        if key.kind == "Node":
+            return await self._update_node(value, revision)
+        if key.kind == "WorkloadEndpoint":
+            return await self._write_endpoint(key, value, revision)
+        while True:
+            current = revision if revision is not None else (await self.get(key)).revision
+            doc = to_object(value, current)
+            doc["metadata"].pop("uid", None)
+            try:
+                written = await self.client.request("PUT", object_path(key, doc["metadata"]["name"]), body=doc)
+                written = await self._write_status(value, written)
+            except KubeError as err:
+                if err.status == 409 and revision is None:
+                    continue
+                if err.status == 409:
+                    raise Conflict(key, await self.get(key)) from None
+                raise _verdict(err, key) from None
+            return from_object(key.kind, written)
+
+    async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
+        if key.kind == "Node":
+            raise DatastoreError(
+                f"{key}: on the Kubernetes datastore a Node is the Kubernetes Node; delete it with "
+                "kubectl delete node (percale-controllers then frees its addresses)")
+        if key.kind == "WorkloadEndpoint":
+            current = await self.get(key)
+            await self._write_endpoint(key, None, revision or current.revision)
+            return current
+        # The apiserver answers a delete with a Status, not the object: read it first, and delete
+        # exactly that version, so what is returned is what was deleted.
+        while True:
+            current = await self.get(key)
+            if revision is not None and current.revision != revision:
+                raise Conflict(key, current)
+            body = {"apiVersion": "v1", "kind": "DeleteOptions",
+                    "preconditions": {"resourceVersion": current.revision}}
+            try:
+                await self.client.request("DELETE", object_path(key), body=body)
+                return current
+            except KubeError as err:
+                if err.status == 409 and revision is None:
+                    continue
+                if err.status == 409:
+                    raise Conflict(key, await self.get(key)) from None
+                raise _verdict(err, key) from None
+
+    # -- Node and WorkloadEndpoint: Kubernetes' own objects (kube_native) ---------------------
+
+    async def _create_node(self, value: Resource) -> KVPair:
+        key = Key.of(value)
+        try:
+            current = await self.client.request("GET", object_path(key))
+        except KubeError as err:
+            if err.status == 404:
+                raise DatastoreError(
+                    f"{key}: no Kubernetes Node of that name; on the Kubernetes datastore nodes are "
+                    "registered by their kubelet") from None
+            raise _verdict(err, key) from None
+        if any(k.startswith(kube_native.PREFIX) for k in current["metadata"].get("annotations") or {}):
+            raise AlreadyExists(key)
+        return await self._update_node(value, current["metadata"]["resourceVersion"], current)
+
+    async def _update_node(self, value: Resource, revision: str | None,
+                           current: dict[str, Any] | None = None) -> KVPair:
+        key = Key.of(value)
+        while True:
+            try:
+                if current is None:
+                    current = await self.client.request("GET", object_path(key))
+                rev = revision if revision is not None else current["metadata"]["resourceVersion"]
+                doc = kube_native.node_status_object(value, current, rev)
+                written = await self.client.request("PUT", object_path(key) + "/status", body=doc)
+                return kube_native.node_from_object(written)
+            except KubeError as err:
+                if err.status == 409 and revision is None:
+                    current = None
+                    continue
+                if err.status == 409:
+                    raise Conflict(key, await self.get(key)) from None
+                raise _verdict(err, key) from None
+
+    async def _write_endpoint(self, key: Key, value: Resource | None, revision: str | None,
+                              *, create: bool = False) -> KVPair:
+        path = object_path(key) + "/status"
+        while True:
+            try:
+                pod = await self.client.request("GET", object_path(key))
+            except KubeError as err:
+                if err.status == 404 and value is not None:
+                    raise DatastoreError(
+                        f"{key}: Pod {key.namespace}/{kube_native.split_endpoint_name(key.name)[2]} "
+                        "does not exist; on the Kubernetes datastore an endpoint belongs to its Pod") from None
+                raise _verdict(err, key) from None
+            existing = kube_native.endpoint_from_pod(pod)
+            if create and existing is not None:
+                raise AlreadyExists(key)
+            if not create and (existing is None or existing.key != key):
+                raise NotFound(key)
+            rev = pod["metadata"]["resourceVersion"] if create else revision
+            patch = kube_native.endpoint_patch(value, rev)
+            try:
+                written = await self.client.request(
+                    "PATCH", path, body=patch, content_type="application/strategic-merge-patch+json")
+            except KubeError as err:
+                if err.status == 409 and (create or revision is None):
+                    continue  # the Pod changed for another reason (its status): read it again
+                if err.status == 409:
+                    raise Conflict(key, await self.get(key)) from None
+                raise _verdict(err, key) from None
+            if value is None:
+                return existing
+            pair = kube_native.endpoint_from_pod(written)
+            assert pair is not None
+            return pair
+
+    async def compact(self, revision: str) -> None:
+        # The apiserver compacts its etcd itself (every 5 minutes by default); a client cannot.
+        raise NotImplementedError("the Kubernetes datastore compacts its own history")
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    async def watch(
+        self, kind: str, *, revision: str | None = None, namespace: str | None = None,
+        node: str | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        query: dict[str, Any] = {"watch": "true", "allowWatchBookmarks": "true",
+                                 "timeoutSeconds": WATCH_SECONDS}
+        if node is not None:
+            if kind not in NODE_SCOPED_KINDS:
+                raise ValueError(f"{kind} is not node-scoped")
+            query["labelSelector"] = kube_names.node_selector(node)
+        if revision is None:
+            probe = await self.client.request(
+                "GET", collection_path(kind, namespace), query={"limit": 1})
+            revision = probe["metadata"]["resourceVersion"]
+        last = revision
+        endpoints, nodes = _EndpointEvents(), _NodeChanges()
+        while True:
+            query["resourceVersion"] = last
+            try:
+                async for event in self.client.stream(collection_path(kind, namespace), query):
+                    type_, obj = event.get("type"), event.get("object") or {}
+                    if type_ == "BOOKMARK":
+                        last = obj["metadata"]["resourceVersion"]
+                        continue
+                    if type_ == "ERROR":
+                        raise _watch_error(obj, last)
+                    last = obj["metadata"]["resourceVersion"]
+                    if kind == "WorkloadEndpoint":
+                        event_out = endpoints.event(type_, obj)
+                        if event_out is not None:
+                            yield event_out
+                        continue
+                    pair = from_object(kind, obj)
+                    if kind == "Node" and not nodes.changed(type_, pair):
+                        continue  # a kubelet heartbeat: nothing percale reads changed
+                    yield WatchEvent(type_, pair.key, pair.value, pair.revision)
+            except KubeError as err:
+                raise _watch_error(err.body, last) from None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class _EndpointEvents:
+    """Pod events as WorkloadEndpoint events: a Pod that gains the endpoint annotation is ADDED,
+    one that keeps it MODIFIED (only when the endpoint itself changed), one that loses it or goes
+    away DELETED; Pods without an endpoint are not reported."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], KVPair] = {}
+
+    def event(self, type_: str, pod: dict[str, Any]) -> WatchEvent | None:
+        meta = pod.get("metadata", {})
+        where = (meta.get("namespace", ""), meta.get("name", ""))
+        now = None if type_ == "DELETED" else kube_native.endpoint_from_pod(pod)
+        before = self._known.pop(where, None)
+        if now is not None:
+            self._known[where] = now
+            if before is not None and before.value.spec == now.value.spec and \
+                    before.value.metadata.labels == now.value.metadata.labels:
+                return None
+            return WatchEvent("MODIFIED" if before else "ADDED", now.key, now.value, now.revision)
+        if before is None:
+            if type_ == "DELETED":
+                gone = kube_native.endpoint_from_pod(pod)
+                if gone is not None:
+                    return WatchEvent("DELETED", gone.key, gone.value, meta["resourceVersion"])
+            return None
+        return WatchEvent("DELETED", before.key, before.value, meta["resourceVersion"])
+
+
+class _NodeChanges:
+    """Kubelets rewrite their Node's status every few seconds; percale reports a Node event only
+    when the Node it derives from it differs."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Resource] = {}
+
+    def changed(self, type_: str, pair: KVPair) -> bool:
+        meta = pair.value.metadata.model_copy(update={"resource_version": None})
+        bare = pair.value.model_copy(update={"metadata": meta})
+        if type_ == "DELETED":
+            self._seen.pop(pair.key.name, None)
+            return True
+        if self._seen.get(pair.key.name) == bare:
+            return False
+        self._seen[pair.key.name] = bare
+        return True
+
+
+class _LazyClient:
+    """A KubeClient made at the first request, so the datastore can be built outside a loop."""
+
+    def __init__(self, kubeconfig: str | None):
+        self._kubeconfig = kubeconfig
+        self._client: KubeClient | None = None
+
+    async def _get(self) -> KubeClient:
+        if self._client is None:
+            self._client = KubeClient(await configuration(self._kubeconfig))
+        return self._client
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return await (await self._get()).request(method, path, **kwargs)
+
+    async def stream(self, path: str, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async for doc in (await self._get()).stream(path, query):
+            yield doc
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def _verdict(err: KubeError, key: Key) -> Exception:
+    if err.status == 404:
+        return NotFound(key)
+    return DatastoreError(f"Kubernetes refused {key}: {err}")
+
+
+def _watch_error(status: dict[str, Any], revision: str) -> Exception:
+    code = status.get("code")
+    if code == 410:
+        return RevisionCompacted(revision, _oldest(status.get("message", "")))
+    if code in (429, 500, 503, 504):
+        return DatastoreUnavailable(f"the Kubernetes watch ended: {status.get('message')}")
+    return DatastoreError(f"the Kubernetes watch failed: {code} {status.get('message')}")
+
+
+def _oldest(message: str) -> str:
+    # "too old resource version: 5 (12)": the number in brackets is the oldest still kept.
+    if "(" in message and message.endswith(")"):
+        return message.rsplit("(", 1)[1].rstrip(")")
+    return "unknown"

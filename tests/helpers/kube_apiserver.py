@@ -1,0 +1,189 @@
+"""A real Kubernetes control plane for tests, started as envtest starts one: a real etcd, the
+kube-apiserver built from k8s.io/kubernetes (scripts/k8s-binaries.sh, cached per release), its own
+CA, serving certificate and service-account keys, RBAC on, an admin client certificate in
+system:masters, a kubeconfig per user, and percale's CRDs installed and established.
+
+Everything is stopped by PID; the binaries are built on first use, so no test is skipped for
+want of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from tests.helpers.etcd_server import EtcdServer, free_port
+from tests.helpers.pki import CertificateAuthority, signing_key
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "crds"
+
+
+@cache
+def binaries() -> Path:
+    """The folder holding kube-apiserver, kube-controller-manager, kube-scheduler and kubectl."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "k8s-binaries.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class KubeControlPlane:
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="percale-kube-")))
+    port: int = field(default_factory=free_port)
+    etcd: EtcdServer | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> KubeControlPlane:
+        bin_dir = binaries()
+        self.etcd = EtcdServer().start()
+        self.ca = CertificateAuthority(self.work / "pki")
+        serving = self.ca.issue("apiserver", "kube-apiserver", server=True,
+                                hosts=("localhost", "127.0.0.1", "10.0.0.1", "kubernetes.default.svc"))
+        sa_private, sa_public = signing_key(self.work / "pki", "service-accounts")
+        args = [
+            str(bin_dir / "kube-apiserver"),
+            f"--etcd-servers={self.etcd.endpoint}",
+            "--etcd-prefix=/registry",
+            f"--secure-port={self.port}", "--bind-address=127.0.0.1",
+            f"--advertise-address=127.0.0.1",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={self.ca.cert}",
+            f"--service-account-issuer={self.url}",
+            f"--service-account-key-file={sa_public}",
+            f"--service-account-signing-key-file={sa_private}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={self.work / 'certs'}",
+            "--v=0",
+        ]
+        log = open(self.work / "kube-apiserver.log", "wb")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+        self.admin = self.kubeconfig("admin", groups=("system:masters",))
+        self._wait_ready(timeout)
+        self.kubectl("apply", "-f", str(CRDS))
+        self.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd", "--all")
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        context = ssl.create_default_context(cafile=self.ca.cert)
+        pair = self._users["admin"]
+        context.load_cert_chain(pair.cert, pair.key)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kube-apiserver exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", context=context, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"kube-apiserver was not ready within {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, size: int = 3000) -> str:
+        return (self.work / "kube-apiserver.log").read_text(errors="replace")[-size:]
+
+    def kubeconfig(self, user: str, *, groups: tuple[str, ...] = ()) -> str:
+        """A kubeconfig for a client certificate with that user name (CN) and groups (O)."""
+        if not hasattr(self, "_users"):
+            self._users = {}
+        pair = self.ca.issue(f"user-{user.replace(':', '-')}", user, groups=groups)
+        self._users[user] = pair
+        config = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": self.url,
+                                                      "certificate-authority": self.ca.cert}}],
+            "users": [{"name": user, "user": {"client-certificate": pair.cert,
+                                              "client-key": pair.key}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+            "current-context": "test",
+        }
+        path = self.work / f"kubeconfig-{user.replace(':', '-')}"
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
+
+    def kubectl(self, *args: str, kubeconfig: str | None = None, check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(binaries() / "kubectl"), f"--kubeconfig={kubeconfig or self.admin}", *args],
+            check=check, capture_output=True, text=True, input=input, timeout=60)
+
+    def get_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def wipe(self) -> None:
+        """Delete every percale custom object and every Pod: each test starts from an empty
+        datastore. (Namespaces stay: without a namespace controller they never finish
+        terminating.)"""
+        kinds = ",".join(p.name.split("_", 1)[1].removesuffix(".yaml") + ".percale.io"
+                         for p in sorted(CRDS.glob("percale.io_*.yaml")))
+        self.kubectl("delete", kinds, "--all", "--wait=false")
+        self.kubectl("delete", "pods", "--all", "--all-namespaces", "--force",
+                     "--grace-period=0", "--wait=false")
+
+    def pod(self, namespace: str, name: str, *, node: str | None = None,
+            labels: dict[str, str] | None = None) -> dict:
+        """Create a Pod (and its namespace when missing), as the Kubernetes side of a pod the
+        CNI plugin is asked to wire. No kubelet runs it; it is an object to annotate."""
+        if self.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+            self.kubectl("create", "namespace", namespace)
+        spec: dict = {"containers": [{"name": "main", "image": "percale.invalid/pause"}]}
+        if node:
+            spec["nodeName"] = node
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+               "spec": spec}
+        return json.loads(self.kubectl("create", "-o", "json", "-f", "-",
+                                       input=json.dumps(pod)).stdout)
+
+    def node(self, name: str, address: str | None = None,
+             labels: dict[str, str] | None = None) -> dict:
+        """Create a Kubernetes Node as a kubelet registers one (a lab has no kubelet)."""
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                                                      **(labels or {})}}}
+        created = json.loads(self.kubectl("create", "-o", "json", "-f", "-",
+                                          input=json.dumps(node)).stdout)
+        if address:
+            created["status"] = {"addresses": [{"type": "InternalIP", "address": address},
+                                               {"type": "Hostname", "address": name}]}
+            created = json.loads(self.kubectl(
+                "replace", "--subresource=status", "-o", "json", "-f", "-",
+                input=json.dumps(created)).stdout)
+        return created
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.etcd:
+            self.etcd.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
