@@ -49,6 +49,11 @@ class CNINode:
     mtu: int | None = None
     # How to start the agent (bench/scale.py runs an older percale's this way).
     agent_command: list[str] = field(default_factory=lambda: [str(VENV_BIN / "percale-node")])
+    # The Kubernetes datastore instead of etcd: the control plane (tests/helpers/kube_apiserver.py)
+    # and the user the agent authenticates as (a client certificate; see its kubeconfig()).
+    kube: object | None = None
+    kube_user: tuple[str, tuple[str, ...]] = ("admin", ("system:masters",))
+    relay: subprocess.Popen | None = None
 
     @property
     def netns(self) -> str:
@@ -79,19 +84,41 @@ class CNINode:
             self.exec("ip", "link", "set", link, "up")
         self.exec("ip", "addr", "add", "192.0.2.10/24", "dev", up)
         self.exec("ip", "route", "add", "default", "via", "192.0.2.1", "dev", up, "onlink")
+        if self.kube is not None:
+            self._reach_apiserver()
         self.install()
         if mtu:
             self.mtu = mtu
         self.start_agent()
         return self
 
+    KUBE_PORT = 6443
+
+    def _reach_apiserver(self) -> None:
+        """The apiserver listens on the host's loopback: relay 127.0.0.1:6443 inside the node to
+        it, register the node's Kubernetes Node as a kubelet would, and write the agent's
+        kubeconfig."""
+        self.relay = subprocess.Popen(
+            [sys.executable, "-m", "tests.helpers.netns_relay", self.name, str(self.KUBE_PORT),
+             "127.0.0.1", str(self.kube.port)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.relay.stdout.readline().strip() == "ready"
+        user, groups = self.kube_user
+        self.kubeconfig = self.kube.kubeconfig(user, groups=groups,
+                                               server=f"https://127.0.0.1:{self.KUBE_PORT}")
+        self.kube.node(self.name, "192.0.2.10")
+
+    @property
+    def datastore_args(self) -> list[str]:
+        if self.kube is not None:
+            return ["--datastore-type", "kubernetes", "--kubeconfig", self.kubeconfig]
+        return ["--etcd-endpoints", self.etcd_endpoint]  # a unix:// endpoint
+
     def start_agent(self) -> None:
         """Start percale-node in the node's namespace and wait until it serves CNI. Its output
         goes to <workdir>/agent.log, appended across restarts."""
         log = open(self.workdir / "agent.log", "a")
         args = ["ip", "netns", "exec", self.name, *self.agent_command,
-                "--node-name", self.name, "--cni-socket", self.socket,
-                "--etcd-endpoints", self.etcd_endpoint,  # a unix:// endpoint
+                "--node-name", self.name, "--cni-socket", self.socket, *self.datastore_args,
                 "--bgp-dir", str(self.workdir / "bgp"), "--status-socket", self.status_socket,
                 *self.agent_args]
         if self.mtu:
@@ -196,6 +223,8 @@ class CNINode:
     def add_pod(self) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """A pod: a fresh namespace wired by a CNI ADD, as a runtime does. (netns, its address)."""
         netns = self.new_pod_netns()
+        if self.kube is not None:
+            self.kube.pod("default", f"p-{netns}", node=self.name)
         added = self.plugin("percale", "ADD", netconf(self), container_id=f"c-{netns}", netns=netns,
                             args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME=p-{netns}")
         if added.code != 0:
@@ -235,6 +264,9 @@ class CNINode:
         for pod in self.pods:
             sh("ip", "netns", "del", pod, check=False)
         sh("ip", "netns", "del", self.name, check=False)
+        if self.relay is not None and self.relay.poll() is None:
+            self.relay.kill()
+            self.relay.wait()
         subprocess.run(["rm", "-rf", str(self.workdir)], check=False)
 
 
@@ -261,17 +293,20 @@ def netconf(node: CNINode, *, version: str = "1.0.0", **extra) -> dict:
 
 
 def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str, *,
-                ipv6_pool: str | None = None) -> tuple[CNINode, CNINode]:
+                ipv6_pool: str | None = None, kube=None) -> tuple[CNINode, CNINode]:
     """Two started nodes joined by a veth pair on 10.99.0.0/24 (.1 and .2), each registered as a
     Node with that BGP address, and a pod pool: with the default BGPConfiguration they form a
     node-to-node mesh. With `ipv6_pool` the nodes are dual-stack: fd00:99::1 and ::2/64 on the
     same link as spec.bgp.ipv6Address too (an IPv6 mesh beside the IPv4 one), and that pool is
-    created as well. The caller stops both nodes."""
+    created as well. With `kube` (a KubeControlPlane) the nodes keep their state in the Kubernetes
+    datastore instead of etcd. The caller stops both nodes."""
     from percale.api import parse
     from tests.helpers.ipam_world import add_pool
     from tests.helpers.store import with_store
 
-    a, b = CNINode(etcd_unix_endpoint), CNINode(etcd_unix_endpoint)
+    from percale.datastore import AlreadyExists, Key
+
+    a, b = CNINode(etcd_unix_endpoint, kube=kube), CNINode(etcd_unix_endpoint, kube=kube)
     try:
         a.start(), b.start()
         sh("ip", "link", "add", "fabric", "netns", a.netns, "type", "veth", "peer", "name", "fabric",
@@ -290,11 +325,18 @@ def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str, *,
                 await add_pool(store, "pods6", ipv6_pool)
             for node, address, address6 in addresses:
                 bgp = {"ipv4Address": address, **({"ipv6Address": address6} if ipv6_pool else {})}
-                await store.create(parse({
+                wanted = parse({
                     "apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": node.name},
-                    "spec": {"bgp": bgp}}))
+                    "spec": {"bgp": bgp}})
+                try:
+                    await store.create(wanted)
+                except AlreadyExists:  # the agent registered it first
+                    current = await store.get(Key("Node", node.name))
+                    spec = current.value.spec.model_copy(update={"bgp": wanted.spec.bgp})
+                    await store.update(current.value.model_copy(update={"spec": spec}),
+                                       revision=current.revision)
 
-        with_store(etcd_endpoint, register)
+        with_store(kube.admin if kube is not None else etcd_endpoint, register)
     except BaseException:
         a.stop()
         b.stop()

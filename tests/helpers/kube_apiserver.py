@@ -107,22 +107,24 @@ class KubeControlPlane:
     def log_tail(self, size: int = 3000) -> str:
         return (self.work / "kube-apiserver.log").read_text(errors="replace")[-size:]
 
-    def kubeconfig(self, user: str, *, groups: tuple[str, ...] = ()) -> str:
-        """A kubeconfig for a client certificate with that user name (CN) and groups (O)."""
+    def kubeconfig(self, user: str, *, groups: tuple[str, ...] = (), server: str | None = None) -> str:
+        """A kubeconfig for a client certificate with that user name (CN) and groups (O);
+        `server` when the apiserver is reached another way than its own address (a relay)."""
         if not hasattr(self, "_users"):
             self._users = {}
         pair = self.ca.issue(f"user-{user.replace(':', '-')}", user, groups=groups)
         self._users[user] = pair
         config = {
             "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "test", "cluster": {"server": self.url,
+            "clusters": [{"name": "test", "cluster": {"server": server or self.url,
                                                       "certificate-authority": self.ca.cert}}],
             "users": [{"name": user, "user": {"client-certificate": pair.cert,
                                               "client-key": pair.key}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
             "current-context": "test",
         }
-        path = self.work / f"kubeconfig-{user.replace(':', '-')}"
+        self._written = getattr(self, "_written", 0) + 1
+        path = self.work / f"kubeconfig-{self._written}-{user.replace(':', '-')}"
         path.write_text(yaml.safe_dump(config))
         return str(path)
 
@@ -144,6 +146,7 @@ class KubeControlPlane:
         self.kubectl("delete", kinds, "--all", "--wait=false")
         self.kubectl("delete", "pods", "--all", "--all-namespaces", "--force",
                      "--grace-period=0", "--wait=false")
+        self.kubectl("delete", "nodes", "--all", "--wait=false")
 
     def pod(self, namespace: str, name: str, *, node: str | None = None,
             labels: dict[str, str] | None = None) -> dict:

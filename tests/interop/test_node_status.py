@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import VENV_BIN, CNINode, meshed_pair
+from tests.helpers.store import store_env
 
 pytestmark = pytest.mark.interop
 
@@ -52,7 +53,7 @@ def local_status(node: CNINode) -> subprocess.CompletedProcess:
 
 def datastore_status(etcd_endpoint: str, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run([PERCALECTL, "node", "status", *args], capture_output=True, text=True,
-                          env={**os.environ, "ETCD_ENDPOINTS": etcd_endpoint}, timeout=60,
+                          env={**os.environ, **store_env(etcd_endpoint)}, timeout=60,
                           check=False)
     assert "Traceback" not in done.stderr, done.stderr
     return done
