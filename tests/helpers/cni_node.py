@@ -50,9 +50,11 @@ class CNINode:
     # How to start the agent (bench/scale.py runs an older percale's this way).
     agent_command: list[str] = field(default_factory=lambda: [str(VENV_BIN / "percale-node")])
     # The Kubernetes datastore instead of etcd: the control plane (tests/helpers/kube_apiserver.py)
-    # and the user the agent authenticates as (a client certificate; see its kubeconfig()).
+    # and the user the agent authenticates as (a client certificate; see its kubeconfig()): by
+    # default percale-node:<name> in group percale:nodes, which manifests/rbac.yaml binds to the
+    # percale-node ClusterRole -- the agent runs with least privilege, not as system:masters.
     kube: object | None = None
-    kube_user: tuple[str, tuple[str, ...]] = ("admin", ("system:masters",))
+    kube_user: tuple[str, tuple[str, ...]] | None = None
     relay: subprocess.Popen | None = None
 
     @property
@@ -102,7 +104,7 @@ class CNINode:
             [sys.executable, "-m", "tests.helpers.netns_relay", self.name, str(self.KUBE_PORT),
              "127.0.0.1", str(self.kube.port)], cwd=REPO, stdout=subprocess.PIPE, text=True)
         assert self.relay.stdout.readline().strip() == "ready"
-        user, groups = self.kube_user
+        user, groups = self.kube_user or (f"percale-node:{self.name}", ("percale:nodes",))
         self.kubeconfig = self.kube.kubeconfig(user, groups=groups,
                                                server=f"https://127.0.0.1:{self.KUBE_PORT}")
         self.kube.node(self.name, "192.0.2.10")

@@ -83,6 +83,7 @@ class KubeControlPlane:
         self.admin = self.kubeconfig("admin", groups=("system:masters",))
         self._wait_ready(timeout)
         self.kubectl("apply", "-f", str(CRDS))
+        self.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac.yaml"))
         self.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd", "--all")
         return self
 
