@@ -1,0 +1,64 @@
+"""percale-controllers on the Kubernetes datastore, with its own least-privilege identity: when a
+Kubernetes Node is deleted (and its Pods with it), the addresses its pods held go back in the
+next round, without waiting for the leak grace period; another node's stay."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from percale.api import ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec
+from percale.api.workloadendpoint import workload_endpoint_name
+from percale.ipam.allocator import IPAM
+from tests.cli.test_controllers import CONTROLLERS
+from tests.helpers.ipam_world import add_pool, assert_consistent
+from tests.helpers.store import with_store
+
+pytestmark = pytest.mark.cli
+
+
+def test_a_deleted_node_gives_its_addresses_back(kube):
+    for node in ("node-a", "node-b"):
+        kube.node(node, None)
+    pods = {"web-1": "node-a", "web-2": "node-a", "db-1": "node-b"}
+    for pod, node in pods.items():
+        kube.pod("default", pod, node=node)
+
+    async def wire(store):
+        await add_pool(store, "pods", "10.251.0.0/24")
+        ipam = IPAM(store)
+        for pod, node in pods.items():
+            got = await ipam.auto_assign(node, handle_id=f"k8s-pod-network.{pod}", num4=1)
+            name = workload_endpoint_name(node, "k8s", pod, "eth0")
+            await store.create(WorkloadEndpoint(
+                metadata=ObjectMeta(name=name, namespace="default"),
+                spec=WorkloadEndpointSpec.model_validate({
+                    "orchestrator": "k8s", "node": node, "pod": pod, "endpoint": "eth0",
+                    "containerID": f"c-{pod}", "ipNetworks": [f"{got.ipv4[0].ip}/32"]})))
+
+    async def holders(store):
+        ipam = IPAM(store)
+        return {pod: await ipam.ips_by_handle(f"k8s-pod-network.{pod}") for pod in pods}
+
+    with_store(kube.admin, wire)
+    controllers = kube.kubeconfig("percale-controllers", groups=("percale:controllers",))
+    # A node counts as gone only once a round has seen it (it may not have registered yet), so
+    # the controllers run on while the node goes.
+    running = subprocess.Popen(
+        [CONTROLLERS, "--datastore-type", "kubernetes", "--kubeconfig", controllers,
+         "--rounds", "8", "--gc-interval", "1s"], stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    assert all(with_store(kube.admin, holders).values()), "addresses in use were released"
+
+    # The node goes, and its pods with it (Kubernetes' pod GC would delete them).
+    kube.kubectl("delete", "pods", "web-1", "web-2", "-n", "default", "--force", "--grace-period=0")
+    kube.kubectl("delete", "node", "node-a")
+    _, err = running.communicate(timeout=60)
+    assert running.returncode == 0 and "Traceback" not in err, err
+    assert "node node-a is gone" in err
+    held = with_store(kube.admin, holders)
+    assert held["web-1"] == [] and held["web-2"] == [], held
+    assert held["db-1"], "another node's address went too"
+    with_store(kube.admin, assert_consistent)
