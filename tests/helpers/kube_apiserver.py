@@ -76,16 +76,28 @@ class KubeControlPlane:
             f"--cert-dir={self.work / 'certs'}",
             "--v=0",
         ]
-        log = open(self.work / "kube-apiserver.log", "wb")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        log.close()
+        self._args = args
+        self._launch()
         self.admin = self.kubeconfig("admin", groups=("system:masters",))
         self._wait_ready(timeout)
         self.kubectl("apply", "-f", str(CRDS))
         self.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac.yaml"))
         self.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd", "--all")
         return self
+
+    def _launch(self) -> None:
+        log = open(self.work / "kube-apiserver.log", "ab")
+        self.process = subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Stop the apiserver and start it again on the same etcd: its watch cache starts anew,
+        at the newest revision, so a client resuming an older watch is told 410."""
+        os.kill(self.process.pid, signal.SIGTERM)
+        self.process.wait(30)
+        self._launch()
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         context = ssl.create_default_context(cafile=self.ca.cert)
