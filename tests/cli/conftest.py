@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.store import store_env
+
 PERCALECTL = shutil.which("percalectl", path=str(Path(sys.executable).parent)) or "percalectl"
 
 
@@ -25,10 +27,11 @@ class Result:
 
 @dataclass
 class CLI:
+    # An etcd URL, or a kubeconfig for the Kubernetes datastore (tests/helpers/store.py).
     endpoint: str
 
     def __call__(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:
-        environ = {**os.environ, "ETCD_ENDPOINTS": self.endpoint, **(env or {})}
+        environ = {**os.environ, **store_env(self.endpoint), **(env or {})}
         done = subprocess.run(
             [PERCALECTL, *args], input=stdin, capture_output=True, text=True, env=environ,
             timeout=60,

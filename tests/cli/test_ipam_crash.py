@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from percale.datastore.etcd import EtcdDatastore
-from tests.helpers.ipam_pods import allocated_and_used, overstating_handles
+from tests.cli.conftest import CLI
+from tests.helpers.ipam_pods import NAMESPACE, allocated_and_used, overstating_handles
 from tests.helpers.ipam_world import add_pool
+from tests.helpers.store import open_store
 
 pytestmark = pytest.mark.cli
 
@@ -69,7 +70,7 @@ def kill_at_random_moments(workers: list[subprocess.Popen], rng: random.Random) 
 
 
 async def truth(endpoint: str) -> tuple[dict, set[str], set[str]]:
-    store = EtcdDatastore([endpoint])
+    store = open_store(endpoint)
     try:
         allocated, used = await allocated_and_used(store)
         return allocated, used, await overstating_handles(store)
@@ -77,8 +78,22 @@ async def truth(endpoint: str) -> tuple[dict, set[str], set[str]]:
         await store.close()
 
 
+@pytest.fixture(params=["etcd", "kubernetes"])
+def cli(request) -> CLI:
+    """percalectl on each real backend; on Kubernetes the nodes and the pods' namespace exist, as
+    their kubelets and the user made them."""
+    if request.param == "etcd":
+        return CLI(request.getfixturevalue("etcd").endpoint)
+    kube = request.getfixturevalue("kube")
+    for name in NODES:
+        kube.node(name)
+    if kube.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+        kube.kubectl("create", "namespace", NAMESPACE)
+    return CLI(kube.admin)
+
+
 async def test_kill_9_leaks_are_found_and_cleaned_up(cli, tmp_path):
-    store = EtcdDatastore([cli.endpoint])
+    store = open_store(cli.endpoint)
     # /28 blocks: the nodes claim blocks often, so kills land in claims too.
     await add_pool(store, "pool1", "10.50.0.0/16", blockSize=28)
     await store.close()

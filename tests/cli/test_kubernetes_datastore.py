@@ -9,7 +9,7 @@ import pytest
 from percale.datastore import DatastoreError, Key
 from percale.ipam.allocator import IPAM
 from tests.cli.conftest import CLI
-from tests.helpers.store import store_env, with_store
+from tests.helpers.store import with_store
 
 POOL = """apiVersion: percale.io/v1
 kind: IPPool
@@ -23,14 +23,7 @@ spec:
 @pytest.fixture
 def kcli(kube) -> CLI:
     """percalectl pointed at the apiserver (PERCALE_DATASTORE_TYPE=kubernetes, KUBECONFIG)."""
-    cli = CLI("unused")
-    base = cli.__call__
-
-    def run(*args, stdin=None, env=None):
-        return base(*args, stdin=stdin, env={**store_env(kube.admin), **(env or {})})
-
-    cli.__call__ = run  # type: ignore[method-assign]
-    return run
+    return CLI(kube.admin)
 
 
 def test_kubectl_and_percalectl_read_the_same_pools(kube, kcli, examples):
