@@ -8,6 +8,10 @@ container runtime calls them (libcni's way of running a conflist):
   DEL   the plugins in reverse order, with the ADD's result as prevResult
 
 and the ping matrix between pods.
+
+In a lab that runs Kubernetes (its control plane leaves an admin kubeconfig and kubectl in
+<lab dir>/kube/, as topologies/k8s3/control-plane.sh does), a pod is first created as a Pod bound
+to its node, as the scheduler would, since the endpoint is written on it; and deleted after DEL.
 """
 
 from __future__ import annotations
@@ -98,6 +102,25 @@ def _chain(lab: Lab, node: str, command: str, pod_netns: str, container_id: str,
     return result or {}
 
 
+def _kubectl(lab: Lab, node: str, *args: str, input: str | None = None) -> None:
+    """kubectl as the lab's admin, from inside `node` (the apiserver is on the lab's management
+    network, which the host is not on)."""
+    kube = lab.dir / "kube"
+    sh("ip", "netns", "exec", lab.topology.namespace(node), str(kube / "kubectl"),
+       "--kubeconfig", str(kube / "kubeconfig"), *args, input=input)
+
+
+def _runs_kubernetes(lab: Lab) -> bool:
+    return (lab.dir / "kube" / "kubeconfig").exists()
+
+
+def _create_pod(lab: Lab, node: str, name: str) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": K8S_NAMESPACE, "labels": {"run": name}},
+           "spec": {"nodeName": node, "containers": [{"name": name, "image": "percale.invalid/pause"}]}}
+    _kubectl(lab, node, "create", "-f", "-", input=json.dumps(pod))
+
+
 def add(lab: Lab, node: str, name: str) -> Pod:
     """A pod on `node`: its namespace, a CNI ADD through the conflist, recorded in the lab."""
     lab.node(node)
@@ -113,6 +136,8 @@ def add(lab: Lab, node: str, name: str) -> Pod:
     sh("ip", "netns", "add", netns)
     sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
     try:
+        if _runs_kubernetes(lab):
+            _create_pod(lab, node, name)
         result = _chain(lab, node, "ADD", netns, container_id, name)
     except BaseException:
         try:
@@ -142,6 +167,13 @@ def delete(lab: Lab, name: str) -> None:
 
 def _forget(lab: Lab, name: str, netns: str) -> None:
     sh("ip", "netns", "del", netns, check=False)
+    record = lab.state().get("pods", {}).get(name)
+    if record and _runs_kubernetes(lab):
+        try:
+            _kubectl(lab, record["node"], "delete", "pod", name, "-n", K8S_NAMESPACE, "--force",
+                     "--grace-period=0", "--ignore-not-found")
+        except LabError:
+            pass  # the control plane is gone already (lab down)
     with lab._editing() as state:
         state.get("pods", {}).pop(name, None)
 

@@ -340,11 +340,13 @@ class Lab:
 
     def exec(self, node: str, argv: list[str], *, capture: bool = False,
              timeout: float | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-        """Run argv in the node, with its environment, from its directory."""
+        """Run argv in the node, with its environment, from its directory; bind paths in argv
+        are rewritten as in the node's own commands."""
         spec = self.node(node)
         ns = self.topology.namespace(node)
         if not self._namespace_exists(ns):
             raise LabError(f"node {node} is not up (percalectl lab up -t {self.topology.path})")
+        argv = [self.rewrite(spec, arg) for arg in argv]
         return subprocess.run(["ip", "netns", "exec", ns, *argv], env=self.environment(spec),
                               cwd=self.node_dir(node), capture_output=capture, text=True,
                               timeout=timeout, input=input)
