@@ -1,16 +1,20 @@
-"""IPAM benchmark: how close percale's allocator gets to what this machine's etcd can do.
+"""IPAM benchmark: how close percale's allocator gets to what this machine's datastore can do.
 
-A script, not a test (timings never go into tests): `.venv/bin/python bench/ipam.py [--quick]`.
-It starts its own throwaway etcd (tests/helpers/etcd_server.py) and eight worker processes, then
-measures, against that one etcd, in one run:
+A script, not a test (timings never go into tests): `.venv/bin/python bench/ipam.py [--quick]
+[--datastore etcd|kubernetes]`. It starts its own throwaway etcd (tests/helpers/etcd_server.py),
+or etcd and a real kube-apiserver with percale's CRDs (tests/helpers/kube_apiserver.py), and
+eight worker processes, then measures, against that one datastore, in one run:
 
-  a  etcd create transactions/s from 8 processes, one EtcdClient each: the write ceiling
+  a  the write ceiling from 8 processes: etcd create transactions/s, one EtcdClient each; or,
+     on Kubernetes, creates/s of a small custom resource (an empty IPAMHandle), one client each
   b  IPAM.auto_assign allocations/s with 8 nodes allocating at once, one process per node
   c  allocation latency p50/p99: from b, and one node allocating sequentially
   d  compare-and-swap conflicts per allocation, from b
   e  time to give 100 addresses to a fresh node: sequential calls, and asyncio.gather
+  f  (Kubernetes) watch event -> reaction: a block claimed by another node, until an agent's
+     view (datastore/cache.py) has it
 
-Every phase starts from an empty /percale/ prefix. bench/README.md says what each figure means.
+Every phase starts from an empty datastore. bench/README.md says what each figure means.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ from percale.datastore.cache import followed
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.etcd_client import EtcdClient, prefix_end
 from percale.api import IPPool, ObjectMeta
+from percale.api.ipam import block_name as blocks_name
 from percale.api.ippool import IPPoolSpec
 from tests.helpers.etcd_server import ETCD, EtcdServer
+from tests.helpers.store import is_kubernetes, open_store
 
 WORKERS = 8
 POOL_CIDR, BLOCK_SIZE = "10.0.0.0/8", 26
@@ -104,6 +110,99 @@ async def op_reset(endpoint: str, pool: bool) -> dict:
         await store.close()
 
 
+KUBE_KINDS = ("ipamblocks", "blockaffinities", "ipamhandles", "ipamconfigs", "ippools")
+
+
+async def op_reset_kubernetes(endpoint: str, pool: bool) -> dict:
+    """The same on Kubernetes: every percale object of the IPAM kinds goes (one
+    deletecollection per kind), then the benchmark pool."""
+    store = open_store(endpoint)
+    try:
+        deleted = 0
+        for plural in KUBE_KINDS:
+            path = f"/apis/percale.io/v1/{plural}"
+            deleted += len((await store.client.request("GET", path)).get("items", []))
+            await store.client.request("DELETE", path)
+        for _ in range(100):  # deletecollection returns before the objects are gone
+            left = [(await store.client.request("GET", f"/apis/percale.io/v1/{p}"))["items"]
+                    for p in KUBE_KINDS]
+            if not any(left):
+                break
+            await asyncio.sleep(0.1)
+        if pool:
+            await store.create(IPPool(metadata=ObjectMeta(name="bench"),
+                                      spec=IPPoolSpec(cidr=POOL_CIDR, block_size=BLOCK_SIZE)))
+        return {"deleted": deleted}
+    finally:
+        await store.close()
+
+
+async def op_create_crs(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
+    """Phase a on Kubernetes: POST of a small custom resource (an IPAMHandle with no blocks) on
+    fresh names, one outstanding at a time -- the apiserver's own create rate."""
+    store = open_store(endpoint)
+    try:
+        await store.list("IPPool")  # connect before the clock starts
+        late = await _until(start_at)
+        cpu = time.process_time()
+        deadline = start_at + duration
+        count = failed = n = 0
+        latencies = []
+        while time.time() < deadline:
+            name = f"bench-{worker}-{n}"
+            n += 1
+            body = {"apiVersion": "percale.io/v1", "kind": "IPAMHandle", "metadata": {"name": name},
+                    "spec": {"handleID": name, "block": {}}}
+            t = time.perf_counter()
+            try:
+                await store.client.request("POST", "/apis/percale.io/v1/ipamhandles", body=body)
+            except Exception:  # noqa: BLE001 - counted, as a failed etcd txn is
+                failed += 1
+                continue
+            latencies.append(time.perf_counter() - t)
+            if time.time() <= deadline:
+                count += 1
+        return {"count": count, "failed": failed, "latencies": latencies, "late": late,
+                "cpu": time.process_time() - cpu}
+    finally:
+        await store.close()
+
+
+async def op_watch_reaction(endpoint: str, samples: int) -> dict:
+    """Phase f: another node claims blocks (its writes: the block, then the affinity); an
+    agent's view of IPAMBlock (a Cache on its own connection) reports each. The time from the
+    block's write being sent to the view's change, per block."""
+    from percale.api import IPAMBlock
+    from percale.api.ipam import host_affinity
+    from percale.datastore.cache import Cache
+
+    writer, watcher = open_store(endpoint), open_store(endpoint)
+    cache = Cache(watcher, ["IPAMBlock"])
+    arrived: dict[str, float] = {}
+    cache.subscribe(lambda change: change.new is not None and arrived.setdefault(
+        change.key.name, time.perf_counter()))
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        await writer.list("IPPool")  # connected
+        delays = []
+        for i in range(samples):
+            cidr = f"10.200.{i}.0/26"
+            sent = time.perf_counter()
+            await writer.create(IPAMBlock.empty(cidr, host_affinity(f"far-node-{i}")))
+            block = blocks_name(cidr)
+            for _ in range(5000):
+                if block in arrived:
+                    break
+                await asyncio.sleep(0.001)
+            delays.append(arrived.get(block, math.inf) - sent)
+        return {"delays": delays}
+    finally:
+        task.cancel()
+        await writer.close()
+        await watcher.close()
+
+
 async def op_create_txns(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
     """Phase a: `create_revision == 0 -> put` on fresh keys, one outstanding txn at a time."""
     client = EtcdClient([endpoint])
@@ -141,7 +240,7 @@ PODS_PER_NODE = 640
 
 async def op_allocate(endpoint: str, node: str, start_at: float, duration: float) -> dict:
     """Phases b and c: `node` calls auto_assign for one address, back to back, until the end."""
-    store = EtcdDatastore([endpoint])
+    store = open_store(endpoint)
     try:
         async with followed(store) as view:
             return await _allocate(store, IPAM(view, authority=store), node, start_at, duration)
@@ -149,9 +248,8 @@ async def op_allocate(endpoint: str, node: str, start_at: float, duration: float
         await store.close()
 
 
-async def _allocate(store: EtcdDatastore, ipam: IPAM, node: str, start_at: float,
-                    duration: float) -> dict:
-    await store.client.range(b"/percale/bench/warmup")
+async def _allocate(store, ipam: IPAM, node: str, start_at: float, duration: float) -> dict:
+    await store.list("IPPool")  # connect before the clock starts
     late = await _until(start_at)
     cpu = time.process_time()
     deadline = start_at + duration
@@ -185,7 +283,7 @@ async def _allocate(store: EtcdDatastore, ipam: IPAM, node: str, start_at: float
 async def op_burst(endpoint: str, node: str, concurrent: bool, profile: bool) -> dict:
     """Phase e: BURST single-address requests for one fresh node, one after another or all
     at once on one IPAM object (which serialises them on its per-node lock)."""
-    store = EtcdDatastore([endpoint])
+    store = open_store(endpoint)
     try:
         async with followed(store, node=node) as view:
             return await _burst(store, IPAM(view, authority=store), node, concurrent, profile)
@@ -193,9 +291,9 @@ async def op_burst(endpoint: str, node: str, concurrent: bool, profile: bool) ->
         await store.close()
 
 
-async def _burst(store: EtcdDatastore, ipam: IPAM, node: str, concurrent: bool, profile: bool) -> dict:
+async def _burst(store, ipam: IPAM, node: str, concurrent: bool, profile: bool) -> dict:
     profiler = cProfile.Profile() if profile else None
-    await store.client.range(b"/percale/bench/warmup")
+    await store.list("IPPool")
     # Sequential: each call's own latency. Concurrent: when each caller got its address,
     # counted from the common start, which is what a pod in the burst waits.
     done: list[float] = []
@@ -235,7 +333,7 @@ async def _burst(store: EtcdDatastore, ipam: IPAM, node: str, concurrent: bool, 
 
 async def op_census(endpoint: str) -> dict:
     """What the datastore holds after phase b: allocated addresses, handles, blocks per node."""
-    store = EtcdDatastore([endpoint])
+    store = open_store(endpoint)
     try:
         specs = [kv.value.spec for kv in (await store.list("IPAMBlock")).items]
         handles = (await store.list("IPAMHandle")).items
@@ -249,8 +347,9 @@ async def op_census(endpoint: str) -> dict:
 
 OPS: dict[str, Callable] = {
     "reset": op_reset, "create_txns": op_create_txns, "allocate": op_allocate,
-    "burst": op_burst, "census": op_census,
+    "burst": op_burst, "census": op_census, "watch_reaction": op_watch_reaction,
 }
+KUBE_OPS = {**OPS, "reset": op_reset_kubernetes, "create_txns": op_create_crs}
 
 
 def worker_main(conn: Connection, endpoint: str) -> None:
@@ -267,7 +366,8 @@ def worker_main(conn: Connection, endpoint: str) -> None:
             if name == "stop":
                 return
             try:
-                conn.send(("ok", runner.run(OPS[name](endpoint, **kwargs))))
+                ops = KUBE_OPS if is_kubernetes(endpoint) else OPS
+                conn.send(("ok", runner.run(ops[name](endpoint, **kwargs))))
             except Exception:  # noqa: BLE001 - sent to the parent, which stops the run
                 conn.send(("error", traceback.format_exc()))
 
@@ -322,30 +422,32 @@ def start_workers(endpoint: str) -> list[Worker]:
 
 
 def run_together(workers: list[Worker], name: str, duration: float,
-                 per_worker: Callable[[int], dict], endpoint: str) -> tuple[list[dict], Load]:
+                 per_worker: Callable[[int], dict], probe: Callable[[], Load]) -> tuple[list[dict], Load]:
     """Run `name` in every worker from one wall-clock start, so spawn and connect are not timed;
     the results, and the load from that start until the last worker answered."""
     start_at = time.time() + START_LEAD
     for i, w in enumerate(workers):
         w.send(name, start_at=start_at, duration=duration, **per_worker(i))
     time.sleep(max(0.0, start_at - time.time()))
-    before = Load.now(endpoint)
+    before = probe()
     results = [w.receive(timeout=duration + 120) for w in workers]
-    return results, Load.now(endpoint) - before
+    return results, probe() - before
 
 
-def measured(endpoint: str, phase: Callable[[], dict]) -> tuple[dict, Load]:
-    before = Load.now(endpoint)
+def measured(probe: Callable[[], Load], phase: Callable[[], dict]) -> tuple[dict, Load]:
+    before = probe()
     result = phase()
-    return result, Load.now(endpoint) - before
+    return result, probe() - before
 
 
 @dataclass(frozen=True)
 class Load:
     """Counters read at the start and end of a phase; their difference is the phase's load.
     etcd's come from its Prometheus /metrics (requests served, its process CPU), the machine's
-    from /proc/stat (CPU seconds busy on all cores), so CPU spent by neither etcd nor the
-    workers shows up too: other work on the machine skews every figure."""
+    from /proc/stat (CPU seconds busy on all cores), so CPU spent by neither the server nor the
+    workers shows up too: other work on the machine skews every figure. On Kubernetes `range`
+    and `txn` are the apiserver's reads (GET, LIST) and writes, and the server CPU is the
+    apiserver's and its etcd's together."""
 
     range: float
     txn: float
@@ -371,6 +473,30 @@ class Load:
             elif line.startswith("process_cpu_seconds_total "):
                 etcd_cpu = float(line.split()[1])
         return cls(handled["Range"], handled["Txn"], etcd_cpu, _machine_cpu(), time.monotonic())
+
+
+def kube_load(plane) -> Load:
+    """Load on Kubernetes: the apiserver's request counters (its /metrics, as admin), the CPU of
+    the apiserver and etcd processes (/proc), the machine's."""
+    import ssl
+
+    pair = plane._users["admin"]
+    context = ssl.create_default_context(cafile=plane.ca.cert)
+    context.load_cert_chain(pair.cert, pair.key)
+    with urllib.request.urlopen(f"{plane.url}/metrics", context=context, timeout=10) as response:
+        text = response.read().decode()
+    counted: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'group="percale.io"' in line:
+            verb = re.search(r'verb="(\w+)"', line)[1]
+            counted["reads" if verb in ("GET", "LIST") else "writes" if verb != "WATCH" else "watch"] += float(line.split()[-1])
+    cpu = sum(_process_cpu(p.pid) for p in (plane.process, plane.etcd.process))
+    return Load(counted["reads"], counted["writes"], cpu, _machine_cpu(), time.monotonic())
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _KV_HANDLED = re.compile(r'^grpc_server_handled_total\{.*grpc_method="(\w+)"'
@@ -454,57 +580,73 @@ def etcd_version() -> str:
 
 def run(args: argparse.Namespace) -> None:
     d = QUICK if args.quick else FULL
+    kubernetes = args.datastore == "kubernetes"
     began = time.monotonic()
     server: EtcdServer | None = None
+    plane = None
     workers: list[Worker] = []
     try:
-        server = start_etcd()
-        progress(f"etcd {server.endpoint} (pid {server.process.pid}), starting {WORKERS} workers")
-        workers = start_workers(server.endpoint)
+        if kubernetes:
+            from tests.helpers.kube_apiserver import KubeControlPlane
+
+            plane = KubeControlPlane().start()
+            endpoint, where = plane.admin, f"kube-apiserver {plane.url} on etcd {plane.etcd.endpoint}"
+            probe: Callable[[], Load] = lambda: kube_load(plane)
+        else:
+            server = start_etcd()
+            endpoint, where = server.endpoint, f"etcd {server.endpoint} (pid {server.process.pid})"
+            probe = lambda: Load.now(server.endpoint)
+        progress(f"{where}, starting {WORKERS} workers")
+        workers = start_workers(endpoint)
         w0 = workers[0]
 
-        progress(f"a  create txns, {WORKERS} processes, {d.create:g} s")
+        what = "creates of a small custom resource" if kubernetes else "create txns"
+        progress(f"a  {what}, {WORKERS} processes, {d.create:g} s")
         w0.call("reset", pool=False)
-        a, load_a = run_together(workers, "create_txns", d.create, lambda i: {"worker": i},
-                                 server.endpoint)
+        a, load_a = run_together(workers, "create_txns", d.create, lambda i: {"worker": i}, probe)
 
         progress(f"b  auto_assign, {WORKERS} nodes, {d.allocate:g} s")
         w0.call("reset", pool=True)
         b, load_b = run_together(workers, "allocate", d.allocate,
-                                 lambda i: {"node": f"node-{i}"}, server.endpoint)
+                                 lambda i: {"node": f"node-{i}"}, probe)
         census = w0.call("census")
 
         progress(f"c  auto_assign, 1 node sequential, {d.sequential:g} s")
         w0.call("reset", pool=True)
         [c], load_c = run_together([w0], "allocate", d.sequential, lambda i: {"node": "node-0"},
-                                   server.endpoint)
+                                   probe)
 
         progress(f"e  {BURST} addresses on a fresh node, sequential then asyncio.gather")
         w0.call("reset", pool=True)
-        e_seq, load_e_seq = measured(server.endpoint, lambda: w0.call(
+        e_seq, load_e_seq = measured(probe, lambda: w0.call(
             "burst", node="node-burst", concurrent=False, profile=False))
         w0.call("reset", pool=True)
-        e_gather, load_e_gather = measured(server.endpoint, lambda: w0.call(
+        e_gather, load_e_gather = measured(probe, lambda: w0.call(
             "burst", node="node-burst", concurrent=True, profile=False))
         e_prof = None
         if args.profile:
             progress("e  once more, sequential, under cProfile")
             w0.call("reset", pool=True)
             e_prof = w0.call("burst", node="node-burst", concurrent=False, profile=True)
+        f = None
+        if kubernetes:
+            progress("f  a block claimed by another node -> an agent's view has it")
+            w0.call("reset", pool=True)
+            f = w0.call("watch_reaction", samples=20 if args.quick else 50)
         w0.call("reset", pool=False)
 
-        report(args, d, server, a, b, census, c, e_seq, e_gather, e_prof)
+        report(args, d, where, a, b, census, c, e_seq, e_gather, e_prof, f)
         where_time_goes([
-            ("a  create txns", a, load_a),
+            (f"a  {'creates' if kubernetes else 'create txns'}", a, load_a),
             (f"b  {WORKERS} nodes", b, load_b),
             ("c  1 node sequential", [c], load_c),
             ("e  sequential", [e_seq], load_e_seq),
             ("e  asyncio.gather", [e_gather], load_e_gather),
-        ])
+        ], kubernetes)
         print(f"whole run {time.monotonic() - began:.1f} s")
     finally:
-        # A second Ctrl-C or SIGTERM must not cut the cleanup short and orphan etcd; every step
-        # below is bounded (etcd gets SIGKILL after 10 s).
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short and orphan a server; every
+        # step below is bounded (etcd gets SIGKILL after 10 s).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # After an error or Ctrl-C the workers may be mid-phase and deaf to "stop": no waiting.
@@ -513,10 +655,13 @@ def run(args: argparse.Namespace) -> None:
             w.stop(deadline)
         if server is not None:
             server.stop()
+        if plane is not None:
+            plane.stop()
 
 
-def report(args, d: Durations, server: EtcdServer, a: list[dict], b: list[dict], census: dict,
-           c: dict, e_seq: dict, e_gather: dict, e_prof: dict | None) -> None:
+def report(args, d: Durations, where: str, a: list[dict], b: list[dict], census: dict,
+           c: dict, e_seq: dict, e_gather: dict, e_prof: dict | None, f: dict | None) -> None:
+    kubernetes = f is not None
     rate_a = sum(r["count"] for r in a) / d.create
     lat_a = [x for r in a for x in r["latencies"]]
     failed_a = sum(r["failed"] for r in a)
@@ -534,7 +679,8 @@ def report(args, d: Durations, server: EtcdServer, a: list[dict], b: list[dict],
     late = max(r["late"] for r in [*a, *b, c])
 
     rows = [
-        ("a", f"etcd create txns/s, {WORKERS} processes", f"{rate_a:,.0f}/s",
+        ("a", f"{'custom resource creates' if kubernetes else 'etcd create txns'}/s, {WORKERS} processes",
+         f"{rate_a:,.0f}/s",
          f"p50 {ms(percentile(lat_a, 50))} / p99 {ms(percentile(lat_a, 99))} ms per txn", ""),
         ("b", f"allocations/s, {WORKERS} nodes at once", f"{rate_b:,.1f}/s",
          f"{allocs_b} allocations in {d.allocate:g} s", ""),
@@ -554,9 +700,14 @@ def report(args, d: Durations, server: EtcdServer, a: list[dict], b: list[dict],
         ("", f"{BURST} addresses, asyncio.gather, one IPAM", f"{e_gather['elapsed']:.2f} s",
          f"median caller waited {ms(percentile(e_gather['times'], 50))} ms", ""),
     ]
+    if f is not None:
+        delays = f["delays"]
+        rows.append(("f", "block written by another node -> agent's view, p50 / p99 / max",
+                     f"{ms(percentile(delays, 50))} / {ms(percentile(delays, 99))} / "
+                     f"{ms(max(delays))} ms", f"{len(delays)} blocks", ""))
     mode = "--quick" if args.quick else "full"
-    print(f"\npercale IPAM benchmark ({mode}): {code_version()}, {etcd_version()} at "
-          f"{server.endpoint}, {os.cpu_count()} CPUs, pool {POOL_CIDR} in /{BLOCK_SIZE} blocks")
+    print(f"\npercale IPAM benchmark ({mode}): {code_version()}, {etcd_version()}, {where}, "
+          f"{os.cpu_count()} CPUs, pool {POOL_CIDR} in /{BLOCK_SIZE} blocks")
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
@@ -574,7 +725,7 @@ def report(args, d: Durations, server: EtcdServer, a: list[dict], b: list[dict],
     distinct = len(set(handed_out)) == len(handed_out)
     consistent = census["allocated"] == len(handed_out) == census["handles"]
     print(f"\ncheck after b: {len(handed_out)} addresses handed out"
-          f" ({'all distinct' if distinct else 'DUPLICATES'}); etcd holds {census['allocated']}"
+          f" ({'all distinct' if distinct else 'DUPLICATES'}); the datastore holds {census['allocated']}"
           f" allocated in {census['blocks']} blocks and {census['handles']} handles"
           f" ({'consistent' if consistent else 'INCONSISTENT'})")
     errors: Counter[str] = Counter()
@@ -596,12 +747,14 @@ def report(args, d: Durations, server: EtcdServer, a: list[dict], b: list[dict],
         print(e_prof["profile"])
 
 
-def where_time_goes(phases: list[tuple[str, list[dict], Load]]) -> None:
-    """Per operation: etcd requests served, CPU spent by etcd and by the worker processes; and
-    how busy the machine was, and how much of that was neither (other programs, this parent)."""
+def where_time_goes(phases: list[tuple[str, list[dict], Load]], kubernetes: bool = False) -> None:
+    """Per operation: requests served, CPU spent by the server (etcd; or the apiserver and its
+    etcd) and by the worker processes; and how busy the machine was, and how much of that was
+    neither (other programs, this parent)."""
     cpus = os.cpu_count() or 1
-    print(f"\nwhere the time goes (per txn in a, per allocation elsewhere; {cpus} CPUs):")
-    print(f"  {'phase':22} {'ops':>6} {'Range/op':>8} {'Txn/op':>7} {'etcd CPU':>9} "
+    reads, writes, cpu = ("reads/op", "writes/op", "server CPU") if kubernetes else ("Range/op", "Txn/op", "etcd CPU")
+    print(f"\nwhere the time goes (per {'create' if kubernetes else 'txn'} in a, per allocation elsewhere; {cpus} CPUs):")
+    print(f"  {'phase':22} {'ops':>6} {reads:>8} {writes:>7} {cpu:>9} "
           f"{'client CPU':>10} {'wall/op':>8} {'machine busy':>12} {'others':>6}")
     for name, results, load in phases:
         ops = sum(len(r.get("latencies", r.get("times", []))) for r in results)
@@ -619,11 +772,13 @@ def where_time_goes(phases: list[tuple[str, list[dict], Load]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases (about 30 s in all)")
+    parser.add_argument("--datastore", choices=("etcd", "kubernetes"), default="etcd",
+                        help="etcd (default), or a real kube-apiserver with percale's CRDs")
     parser.add_argument("--profile", action="store_true",
                         help="also run phase e sequential under cProfile and print the top")
     args = parser.parse_args()
     return run_script("bench/ipam.py", lambda: run(args), needs_root=False,
-                      cleaned="etcd and workers stopped")
+                      cleaned="servers and workers stopped")
 
 
 if __name__ == "__main__":
