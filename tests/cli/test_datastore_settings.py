@@ -41,3 +41,23 @@ def test_bad_settings_are_named(cli, tmp_path):
     bad_file.write_text("spec:\n  etcdEndpoint: x\n")
     unknown = cli("--config", str(bad_file), "get", "ippools")
     assert unknown.code == 1 and "unknown field spec.etcdEndpoint" in unknown.err
+
+
+def test_kubernetes_settings_are_checked_and_an_unreachable_apiserver_is_clear(cli, tmp_path):
+    kube = {"PERCALE_DATASTORE_TYPE": "kubernetes"}
+    missing = cli("get", "ippools", env={**kube, "KUBECONFIG": str(tmp_path / "nope")})
+    assert missing.code == 1 and "kubeconfig" in missing.err and "no such file" in missing.err
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n"
+        f"    server: https://127.0.0.1:{free_port()}\n    insecure-skip-tls-verify: true\n"
+        "users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n"
+        "current-context: c\n")
+    dead = cli("--kubeconfig", str(config), "get", "ippools", env=kube)
+    assert dead.code == 1 and "Kubernetes API cannot be reached" in dead.err
+    # The config file names the type and the kubeconfig as well.
+    cfg = tmp_path / "percalectl.cfg"
+    cfg.write_text("apiVersion: percale.io/v1\nkind: PercaleAPIConfig\nspec:\n"
+                   f"  datastoreType: kubernetes\n  kubeconfig: {tmp_path / 'absent'}\n")
+    from_file = cli("--config", str(cfg), "get", "ippools")
+    assert from_file.code == 1 and "absent: no such file" in from_file.err
