@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from percale.datastore import DatastoreError, DatastoreUnavailable, Key
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.etcd_client import TLSFiles
 from percale.api import parse
+from tests.helpers.pki import CertificateAuthority
 from tests.helpers.etcd_server import EtcdServer, free_port
 
 pytestmark = pytest.mark.contract
@@ -79,50 +79,10 @@ async def test_second_endpoint_is_used_when_the_first_is_down(etcd):
 
 def _certificates(directory: Path) -> tuple[str, str, str, str, str]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    import ipaddress
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write(stem: str, key, cert) -> tuple[str, str]:
-        key_path, cert_path = directory / f"{stem}-key.pem", directory / f"{stem}.pem"
-        key_path.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return str(cert_path), str(key_path)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("percale-test-ca")).issuer_name(name("percale-test-ca"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    ca_path, _ = write("ca", ca_key, ca)
-
-    def leaf(cn: str, usage) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                    critical=False)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        return write(cn, key, cert)
-
-    server_cert, server_key = leaf("server", ExtendedKeyUsageOID.SERVER_AUTH)
-    client_cert, client_key = leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH)
-    return ca_path, server_cert, server_key, client_cert, client_key
+    ca = CertificateAuthority(directory)
+    server = ca.issue("server", "server", server=True)
+    client = ca.issue("client", "client")
+    return ca.cert, server.cert, server.key, client.cert, client.key
 
 
 async def test_tls_with_client_certificates(tmp_path):
