@@ -17,7 +17,7 @@ subresource after the object itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -158,6 +158,21 @@ class KubeDatastore:
 
     # -- writes --------------------------------------------------------------------------------
 
+    async def _swap(self, key: Key, revision: str | None,
+                    attempt: Callable[[], Awaitable[KVPair]]) -> KVPair:
+        """Run one compare-and-swap `attempt` until it is decided. A 409 means the object changed
+        since the revision the attempt wrote against: with the caller's revision that is the
+        caller's Conflict; without one, the attempt reads the current revision and tries again."""
+        while True:
+            try:
+                return await attempt()
+            except KubeError as err:
+                if err.status == 409 and revision is None:
+                    continue
+                if err.status == 409:
+                    raise Conflict(key, await self.get(key)) from None
+                raise _verdict(err, key) from None
+
     async def _write_status(self, value: Resource, written: dict[str, Any]) -> dict[str, Any]:
         """Kinds with a status subresource ignore `status` in the object's own writes."""
         if getattr(value, "status", None) is None:
@@ -189,20 +204,15 @@ class KubeDatastore:
             return await self._update_node(value, revision)
         if key.kind == "WorkloadEndpoint":
             return await self._write_endpoint(key, value, revision)
-        while True:
+
+        async def attempt() -> KVPair:
             current = revision if revision is not None else (await self.get(key)).revision
             doc = to_object(value, current)
             doc["metadata"].pop("uid", None)
-            try:
-                written = await self.client.request("PUT", object_path(key, doc["metadata"]["name"]), body=doc)
-                written = await self._write_status(value, written)
-            except KubeError as err:
-                if err.status == 409 and revision is None:
-                    continue
-                if err.status == 409:
-                    raise Conflict(key, await self.get(key)) from None
-                raise _verdict(err, key) from None
-            return from_object(key.kind, written)
+            written = await self.client.request("PUT", object_path(key, doc["metadata"]["name"]), body=doc)
+            return from_object(key.kind, await self._write_status(value, written))
+
+        return await self._swap(key, revision, attempt)
 
     async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
         if key.kind == "Node":
@@ -215,21 +225,16 @@ class KubeDatastore:
             return current
         # The apiserver answers a delete with a Status, not the object: read it first, and delete
         # exactly that version, so what is returned is what was deleted.
-        while True:
+        async def attempt() -> KVPair:
             current = await self.get(key)
             if revision is not None and current.revision != revision:
                 raise Conflict(key, current)
             body = {"apiVersion": "v1", "kind": "DeleteOptions",
                     "preconditions": {"resourceVersion": current.revision}}
-            try:
-                await self.client.request("DELETE", object_path(key), body=body)
-                return current
-            except KubeError as err:
-                if err.status == 409 and revision is None:
-                    continue
-                if err.status == 409:
-                    raise Conflict(key, await self.get(key)) from None
-                raise _verdict(err, key) from None
+            await self.client.request("DELETE", object_path(key), body=body)
+            return current
+
+        return await self._swap(key, revision, attempt)
 
     # -- Node and WorkloadEndpoint: Kubernetes' own objects (kube_native) ---------------------
 
@@ -250,21 +255,18 @@ class KubeDatastore:
     async def _update_node(self, value: Resource, revision: str | None,
                            current: dict[str, Any] | None = None) -> KVPair:
         key = Key.of(value)
-        while True:
-            try:
-                if current is None:
-                    current = await self.client.request("GET", object_path(key))
-                rev = revision if revision is not None else current["metadata"]["resourceVersion"]
-                doc = kube_native.node_status_object(value, current, rev)
-                written = await self.client.request("PUT", object_path(key) + "/status", body=doc)
-                return kube_native.node_from_object(written)
-            except KubeError as err:
-                if err.status == 409 and revision is None:
-                    current = None
-                    continue
-                if err.status == 409:
-                    raise Conflict(key, await self.get(key)) from None
-                raise _verdict(err, key) from None
+        known = [current]
+
+        async def attempt() -> KVPair:
+            node, known[0] = known[0], None  # a retry reads the Node again
+            if node is None:
+                node = await self.client.request("GET", object_path(key))
+            rev = revision if revision is not None else node["metadata"]["resourceVersion"]
+            doc = kube_native.node_status_object(value, node, rev)
+            written = await self.client.request("PUT", object_path(key) + "/status", body=doc)
+            return kube_native.node_from_object(written)
+
+        return await self._swap(key, revision, attempt)
 
     async def _write_endpoint(self, key: Key, value: Resource | None, revision: str | None,
                               *, create: bool = False) -> KVPair:

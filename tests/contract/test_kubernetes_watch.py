@@ -15,6 +15,7 @@ from percale.datastore import Key
 from percale.datastore.cache import Cache, Change
 from percale.datastore.kubernetes import KubeDatastore
 from tests.helpers.etcd_server import free_port
+from tests.helpers.netns_relay import pipe
 
 pytestmark = pytest.mark.contract
 
@@ -41,17 +42,6 @@ class Cable:
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers |= {writer, up_writer}
-
-        async def pipe(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def snip(self) -> None:
