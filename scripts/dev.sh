@@ -65,9 +65,9 @@ case "${1:-}" in
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     setup)
+        # What a node needs (docker/node.Dockerfile runs this): no Kubernetes binaries, no Go.
         install_debian_packages
         install_python_environment
-        kubernetes_binaries
         ;;
     *)
         echo "usage: bash scripts/dev.sh demo|test|setup" >&2
