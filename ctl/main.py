@@ -211,6 +211,24 @@ def crds(
 
 
 @app.command()
+def manifests(
+    output_dir: Annotated[str, typer.Option(help="Folder to write rbac.yaml and operator.yaml into")] = "manifests",
+) -> None:
+    """Write manifests/rbac.yaml (percale's RBAC) and manifests/operator.yaml (the CRDs and
+    percale-operator), made from the same code the operator renders with."""
+    from pathlib import Path
+
+    from percale.ctl import crd_schema
+    from percale.installation import manifests as files
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.rendered(crd_schema.rendered(), __version__).items():
+        (folder / name).write_text(text)
+        typer.echo(f"{output_dir.rstrip('/')}/{name}")
+
+
+@app.command()
 def version() -> None:
     """Print percalectl's version."""
     typer.echo(f"Client Version:    v{__version__}")

@@ -237,6 +237,7 @@ def main(
     secrets_dir: Annotated[Optional[Path], typer.Option(
         help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret")] = None,
     health_listen: Annotated[str, typer.Option(
+        envvar="PERCALE_HEALTH_LISTEN",
         help="HOST:PORT for /livez, /readyz and /metrics; empty to turn them off")] = "127.0.0.1:9099",
     ip: Annotated[Optional[str], typer.Option(
         "--ip", envvar="IP", help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none';"

@@ -50,7 +50,9 @@ class KubeControlPlane:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> KubeControlPlane:
+    def start(self, timeout: float = 90.0, *, controller_manager: bool = False) -> KubeControlPlane:
+        """`controller_manager` also runs the real kube-controller-manager (garbage collector,
+        namespace, DaemonSet and Deployment controllers), as admin."""
         bin_dir = binaries()
         self.etcd = EtcdServer().start()
         self.ca = CertificateAuthority(self.work / "pki")
@@ -82,6 +84,16 @@ class KubeControlPlane:
         self._wait_ready(timeout)
         self.kubectl("apply", "-f", str(CRDS))
         self.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac.yaml"))
+        if controller_manager:
+            log = open(self.work / "kube-controller-manager.log", "ab")
+            self.manager = subprocess.Popen(
+                [str(bin_dir / "kube-controller-manager"), f"--kubeconfig={self.admin}",
+                 "--leader-elect=false", "--controllers=garbagecollector,namespace,daemonset,"
+                 "deployment,replicaset,serviceaccount", "--secure-port=0",
+                 f"--service-account-private-key-file={sa_private}",
+                 f"--root-ca-file={self.ca.cert}", "--concurrent-gc-syncs=5",
+                 "--v=0"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
         self.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd", "--all")
         return self
 
@@ -193,6 +205,14 @@ class KubeControlPlane:
         return created
 
     def stop(self) -> None:
+        manager = getattr(self, "manager", None)
+        if manager is not None and manager.poll() is None:
+            manager.terminate()
+            try:
+                manager.wait(10)
+            except subprocess.TimeoutExpired:
+                manager.kill()
+                manager.wait()
         if self.process and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
             try:

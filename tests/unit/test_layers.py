@@ -30,6 +30,7 @@ PACKAGES = {
     "ipam": "percale.ipam", "bgpd": "percale.bgpd", "dataplane": "percale.dataplane",
     "vxlan": "percale.vxlan", "node": "percale.node", "controllers": "percale.controllers",
     "lab": "percale.lab",
+    "installation": "percale.installation",
     "ctl": "percale.ctl", "cni-plugin/percale_cni": "percale_cni",
 }
 
@@ -47,8 +48,9 @@ LAYERS: dict[str, set[str]] = {
                      "percale.dataplane", "percale.vxlan", "percale.ipc"},
     "percale.controllers": {"percale.api", "percale.datastore", "percale.ipam"},
     "percale.lab": set(),
+    "percale.installation": {"percale.api", "percale.datastore"},
     "percale.ctl": {"percale.api", "percale.datastore", "percale.ipam", "percale.bgpd",
-                    "percale.lab", "percale_cni"},
+                    "percale.lab", "percale.installation", "percale_cni"},
 }
 
 # Decisions, not I/O: pure functions and classes of values in, values out.
@@ -59,6 +61,7 @@ PURE = [
     "percale.bgpd.exabgp_config", "percale.bgpd.exabgp_json", "percale.bgpd.peers",
     "percale.bgpd.status", "percale.vxlan.plan", "percale.dataplane.route_owners",
     "percale.node.cni_types",
+    "percale.installation.model", "percale.installation.render", "percale.installation.status",
 ]
 # What a pure module may not reach: sockets, processes, the kernel, the datastore's clients,
 # the event loop, and percale's own I/O modules.

@@ -1,0 +1,230 @@
+"""The `Installation` resource (`operator.percale.io/v1`, cluster-scoped, named `default`): how a
+cluster wants percale installed, in the tigera operator's terms where they apply
+(kubernetes.md §B1, calico.md §6.1).
+
+The schema (what the CRD enforces, generated from these classes) holds types and the closed sets
+of values; what needs the whole spec -- pools that overlap, a block size outside its family's
+range, an encapsulation percale does not have yet -- is `problems()`, which the operator turns
+into a Degraded condition naming the field, changing nothing that runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from percale.api import IPPool, ObjectMeta
+from percale.api.consistency import overlapping_pools
+from percale.api.meta import Model, Problem, validation_problems
+
+GROUP, VERSION, KIND, PLURAL = "operator.percale.io", "v1", "Installation", "installations"
+API_VERSION = f"{GROUP}/{VERSION}"
+NAME = "default"
+
+Encapsulation = Literal["IPIP", "IPIPCrossSubnet", "VXLAN", "VXLANCrossSubnet", "None"]
+Switch = Literal["Enabled", "Disabled"]
+UNSUPPORTED_ENCAPSULATIONS = {"IPIP", "IPIPCrossSubnet"}
+
+
+class IPPoolEntry(Model):
+    name: str | None = None
+    cidr: str
+    encapsulation: Encapsulation | None = None
+    nat_outgoing: Switch | None = None
+    node_selector: str | None = None
+    block_size: int | None = None
+    disable_bgp_export: bool | None = Field(None, alias="disableBGPExport")
+    disable_new_allocations: bool | None = None
+
+
+class NodeAddressAutodetection(Model):
+    """One way to find a node's address (Calico's IP_AUTODETECTION_METHOD)."""
+
+    first_found: bool | None = None
+    kubernetes: Literal["NodeInternalIP"] | None = None
+    interface: str | None = None
+    skip_interface: str | None = None
+    can_reach: str | None = None
+    cidrs: list[str] | None = None
+
+
+class CalicoNetworkSpec(Model):
+    bgp: Switch | None = None
+    ip_pools: list[IPPoolEntry] | None = Field(None, alias="ipPools", max_length=25)
+    mtu: int | None = Field(None, ge=0, le=65535)
+    node_address_autodetection_v4: NodeAddressAutodetection | None = Field(
+        None, alias="nodeAddressAutodetectionV4")
+    node_address_autodetection_v6: NodeAddressAutodetection | None = Field(
+        None, alias="nodeAddressAutodetectionV6")
+    linux_dataplane: Literal["Iptables", "Nftables", "BPF", "VPP"] | None = None
+
+
+class LocalObjectReference(Model):
+    name: str
+
+
+class RollingUpdate(Model):
+    max_unavailable: int | None = None
+
+
+class NodeUpdateStrategy(Model):
+    type: Literal["RollingUpdate", "OnDelete"] | None = None
+    rolling_update: RollingUpdate | None = None
+
+
+class InstallationSpec(Model):
+    registry: str | None = None
+    image_pull_secrets: list[LocalObjectReference] | None = None
+    control_plane_node_selector: dict[str, str] | None = None
+    node_update_strategy: NodeUpdateStrategy | None = None
+    calico_network: CalicoNetworkSpec | None = None
+
+
+class Condition(Model):
+    type: Literal["Ready", "Progressing", "Degraded"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class InstallationStatus(Model):
+    mtu: int | None = None
+    computed: InstallationSpec | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Installation(Model):
+    api_version: Literal["operator.percale.io/v1"] = API_VERSION
+    kind: Literal["Installation"] = KIND
+    metadata: ObjectMeta
+    spec: InstallationSpec = Field(default_factory=InstallationSpec)
+    status: InstallationStatus | None = None
+
+
+# -- defaults, written back into the spec as tigera does -----------------------------------------
+
+DEFAULT_POOL_CIDR = "192.168.0.0/16"
+
+
+def _family(cidr: str) -> int | None:
+    try:
+        return ipaddress.ip_network(cidr, strict=False).version
+    except ValueError:
+        return None
+
+
+def with_defaults(spec: InstallationSpec) -> InstallationSpec:
+    """The spec with every default filled in (tigera's fillDefaults, in percale's terms): BGP on;
+    no pool list means one IPv4 pool 192.168.0.0/16 (an empty list means none); IPv4 pools
+    VXLANCrossSubnet and NAT on (IPIP, tigera's default, needs a device this kernel may lack),
+    IPv6 pools no encapsulation and no NAT -- VXLAN for both when BGP is off; /26 and /122
+    blocks; first-found address detection for each family that has a pool; the nftables
+    dataplane; rolling updates one node at a time."""
+    network = (spec.calico_network or CalicoNetworkSpec()).model_copy(deep=True)
+    network.bgp = network.bgp or "Enabled"
+    bgp = network.bgp == "Enabled"
+    if network.ip_pools is None:
+        network.ip_pools = [IPPoolEntry(cidr=DEFAULT_POOL_CIDR)]
+    pools = []
+    for pool in network.ip_pools:
+        family = _family(pool.cidr)
+        v6 = family == 6
+        pools.append(pool.model_copy(update={
+            "name": pool.name or (f"default-ipv{family or 4}-ippool"
+                                  if sum(_family(p.cidr) == family for p in network.ip_pools) == 1
+                                  else pool_name_from_cidr(pool.cidr)),
+            "encapsulation": pool.encapsulation or ("VXLAN" if not bgp else "None" if v6 else "VXLANCrossSubnet"),
+            "nat_outgoing": pool.nat_outgoing or ("Disabled" if v6 else "Enabled"),
+            "node_selector": pool.node_selector or "all()",
+            "block_size": pool.block_size or (122 if v6 else 26),
+            "disable_bgp_export": bool(pool.disable_bgp_export),
+            "disable_new_allocations": bool(pool.disable_new_allocations),
+        }))
+    network.ip_pools = pools
+    families = {_family(p.cidr) for p in pools}
+    if network.node_address_autodetection_v4 is None and 4 in families:
+        network.node_address_autodetection_v4 = NodeAddressAutodetection(first_found=True)
+    if network.node_address_autodetection_v6 is None and 6 in families:
+        network.node_address_autodetection_v6 = NodeAddressAutodetection(first_found=True)
+    network.linux_dataplane = network.linux_dataplane or "Nftables"
+    strategy = (spec.node_update_strategy or NodeUpdateStrategy()).model_copy(deep=True)
+    strategy.type = strategy.type or "RollingUpdate"
+    if strategy.type == "RollingUpdate":
+        strategy.rolling_update = strategy.rolling_update or RollingUpdate(max_unavailable=1)
+    return spec.model_copy(update={"calico_network": network, "node_update_strategy": strategy,
+                                   "registry": spec.registry or ""})
+
+
+def pool_name_from_cidr(cidr: str) -> str:
+    return "pool-" + cidr.replace(".", "-").replace(":", "-").replace("/", "-").strip("-")
+
+
+# -- what the operator refuses (Degraded) ------------------------------------------------------------
+
+def ip_pool(entry: IPPoolEntry) -> IPPool:
+    """The percale IPPool an effective pool entry stands for (raises ValidationError)."""
+    encapsulation = entry.encapsulation or "None"
+    vxlan = {"VXLAN": "Always", "VXLANCrossSubnet": "CrossSubnet"}.get(encapsulation, "Never")
+    return IPPool.model_validate({
+        "metadata": {"name": entry.name},
+        "spec": {"cidr": entry.cidr, "blockSize": entry.block_size, "vxlanMode": vxlan,
+                 "natOutgoing": entry.nat_outgoing == "Enabled", "nodeSelector": entry.node_selector,
+                 "disableBGPExport": bool(entry.disable_bgp_export),
+                 "disabled": bool(entry.disable_new_allocations)},
+    })
+
+
+def problems(spec: InstallationSpec, installed_pools: dict[str, str] | None = None) -> list[Problem]:
+    """What is wrong with an effective spec, each naming its field. `installed_pools` maps the
+    names of pools this Installation created earlier to their CIDRs: a pool's CIDR cannot change
+    after install."""
+    found: list[Problem] = []
+    network = spec.calico_network or CalicoNetworkSpec()
+    good: list[IPPool] = []
+    where_of: dict[str, str] = {}
+    for i, entry in enumerate(network.ip_pools or []):
+        where = f"spec.calicoNetwork.ipPools[{i}]"
+        if entry.encapsulation in UNSUPPORTED_ENCAPSULATIONS:
+            found.append(Problem(f"{where}.encapsulation",
+                                 f"{entry.encapsulation} is not supported by percale yet; use VXLAN, "
+                                 "VXLANCrossSubnet or None"))
+        try:
+            pool = ip_pool(entry)
+        except ValidationError as err:
+            for p in validation_problems(err):
+                field = p.field.removeprefix("spec.").removeprefix("metadata.")
+                found.append(Problem(f"{where}.{field}", p.reason))
+            continue
+        before = (installed_pools or {}).get(pool.metadata.name)
+        if before is not None and before != pool.spec.cidr:
+            found.append(Problem(f"{where}.cidr", f"pool {pool.metadata.name} was installed with "
+                                 f"{before}; a pool's CIDR cannot be changed after install"))
+        good.append(pool)
+        where_of[pool.metadata.name] = where
+    names = [p.metadata.name for p in good]
+    for name in {n for n in names if names.count(n) > 1}:
+        found.append(Problem(f"{where_of[name]}.name", f"two pools are named {name}"))
+    for name, problem in overlapping_pools(good, []).items():
+        found.append(Problem(f"{where_of[name]}.cidr", problem.reason))
+    if network.linux_dataplane not in (None, "Nftables"):
+        found.append(Problem("spec.calicoNetwork.linuxDataplane",
+                             f"{network.linux_dataplane} is not supported; percale's dataplane is Nftables"))
+    for family in ("V4", "V6"):
+        method = getattr(network, f"node_address_autodetection_{family.lower()}")
+        if method is not None and sum(v is not None and v is not False
+                                      for v in method.model_dump().values()) > 1:
+            found.append(Problem(f"spec.calicoNetwork.nodeAddressAutodetection{family}",
+                                 "set no more than one detection method"))
+    return found
+
+
+def parse_installation(document: dict) -> Installation:
+    return Installation.model_validate(document)
+
+
+__all__ = ["Installation", "InstallationSpec", "IPPoolEntry", "ObjectMeta", "problems",
+           "with_defaults", "ip_pool"]

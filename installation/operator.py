@@ -1,0 +1,226 @@
+"""percale-operator: the kopf shell around render() (kubernetes.md §D). Thin on purpose: every
+decision is in model.py (defaults, what is refused), render.py (what runs) and status.py
+(conditions); this module reads, applies and reports.
+
+For the Installation `default`, on create, update, resume and every RESYNC seconds:
+  1. fill the defaults and write them back into its spec (tigera's "poor man's defaulting");
+  2. refuse an invalid spec -- overlapping pools, a block size outside its family's range, an
+     encapsulation percale lacks, a pool whose CIDR changed since it was installed -- with
+     Degraded naming the field, and change nothing that runs;
+  3. server-side apply every rendered object (field manager percale-operator, forced, owned by
+     the Installation), which also puts back a deleted DaemonSet or a hand-edited field; create
+     each IP pool once and never overwrite it;
+  4. write Ready / Progressing / Degraded from the workloads' own status, and `computed` and
+     `mtu` once Ready.
+A DaemonSet or Deployment of percale's that is deleted is put back at once, not at the next
+resync. Deleting the Installation leaves its objects to Kubernetes' garbage collector (owner
+references); the pools stay, as tigera's do.
+
+    percale-operator [--standalone] [--namespace ...]    (kopf run, as `kopf run -m ...`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from percale.api.meta import Problem, validation_problems
+from percale.datastore.errors import DatastoreError
+from percale.datastore.kube_client import KubeClient, KubeError, configuration
+from percale.installation import model, render, status
+from percale.installation.rbac import NAMESPACE
+
+log = logging.getLogger("percale.operator")
+FIELD_MANAGER = "percale-operator"
+RESYNC = 5.0
+_INSTALLATION = f"/apis/{model.GROUP}/{model.VERSION}/{model.PLURAL}/{model.NAME}"
+_client: KubeClient | None = None
+_lock = asyncio.Lock()
+
+
+def version() -> str:
+    return metadata.version("percale")
+
+
+def _plural(kind: str) -> str:
+    lower = kind.lower()
+    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    """The REST path of an object from its apiVersion, kind, namespace and name."""
+    api_version, meta = obj["apiVersion"], obj["metadata"]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    where = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
+    return f"{base}{where}/{_plural(obj['kind'])}/{meta['name']}"
+
+
+async def client() -> KubeClient:
+    global _client
+    if _client is None:
+        _client = KubeClient(await configuration())
+    return _client
+
+
+async def _get(path: str) -> dict[str, Any] | None:
+    try:
+        return await (await client()).request("GET", path)
+    except KubeError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    meta = {**obj["metadata"], "ownerReferences": [{
+        "apiVersion": model.API_VERSION, "kind": model.KIND, "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False}]}
+    return {**obj, "metadata": meta}
+
+
+async def apply(obj: dict[str, Any]) -> None:
+    await (await client()).request(
+        "PATCH", object_path(obj), query={"fieldManager": FIELD_MANAGER, "force": "true"},
+        body=obj, content_type="application/apply-patch+yaml")
+
+
+async def create_once(obj: dict[str, Any]) -> None:
+    path = object_path(obj).rsplit("/", 1)[0]
+    try:
+        await (await client()).request("POST", path, body=obj)
+    except KubeError as err:
+        if err.status != 409:  # exists: the administrator's now, never overwritten
+            raise
+
+
+async def installed_pools(spec: model.InstallationSpec) -> dict[str, str]:
+    """Pools of this spec's names that exist already, with their CIDRs."""
+    found = {}
+    for entry in spec.calico_network.ip_pools or []:
+        if entry.name:
+            pool = await _get(f"/apis/percale.io/v1/ippools/{entry.name}")
+            if pool is not None:
+                found[entry.name] = pool["spec"]["cidr"]
+    return found
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def reconcile(body: dict[str, Any]) -> None:
+    """One pass over the Installation; serialised, since handlers and the timer may overlap."""
+    async with _lock:
+        await _reconcile(body)
+
+
+async def _reconcile(body: dict[str, Any]) -> None:
+    generation = body["metadata"].get("generation", 0)
+    previous = [model.Condition.model_validate(c)
+                for c in (body.get("status") or {}).get("conditions", [])]
+    found: list[Problem] = []
+    failure = None
+    effective = None
+    try:
+        spec = model.InstallationSpec.model_validate(body.get("spec") or {})
+        effective = model.with_defaults(spec)
+        found = model.problems(effective, await installed_pools(effective))
+    except ValidationError as err:
+        found = [Problem(f"spec.{p.field}", p.reason) for p in validation_problems(err)]
+    if effective is not None and not found:
+        try:
+            written = effective.model_dump(by_alias=True, exclude_none=True, mode="json")
+            if written != body.get("spec"):
+                await (await client()).request(
+                    "PATCH", _INSTALLATION, body={"spec": written},
+                    content_type="application/merge-patch+json")
+            for obj in render.render(effective, version()):
+                await apply(owned(obj, body))
+            for pool in render.pools(effective):
+                await create_once(pool)
+        except (KubeError, DatastoreError) as err:
+            failure = str(err)
+            log.warning("applying the Installation failed: %s", err)
+    for problem in found:
+        log.warning("Installation refused: %s", problem)
+    daemonset = await _get(f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/percale-node")
+    deployment = await _get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/percale-controllers")
+    conditions = status.conditions(generation=generation, problems=found, failure=failure,
+                                   daemonset=daemonset, deployment=deployment,
+                                   previous=previous, now=_now())
+    new_status: dict[str, Any] = {"conditions": [c.model_dump(by_alias=True, exclude_none=True)
+                                                 for c in conditions]}
+    ready = conditions[0].status == "True"
+    if ready and effective is not None:
+        new_status["computed"] = effective.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if effective.calico_network.mtu:
+            new_status["mtu"] = effective.calico_network.mtu
+    if new_status != _comparable(body.get("status")):
+        await (await client()).request(
+            "PATCH", _INSTALLATION + "/status", body={"status": new_status},
+            content_type="application/merge-patch+json")
+
+
+def _comparable(old: dict[str, Any] | None) -> dict[str, Any]:
+    old = old or {}
+    return {k: old[k] for k in ("conditions", "computed", "mtu") if k in old}
+
+
+# -- kopf wiring -----------------------------------------------------------------------------------
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Progress and the last-handled spec live in annotations, not in status, which the CRD's
+    # structural schema would prune.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="operator.percale.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="operator.percale.io")
+    settings.persistence.finalizer = "operator.percale.io/finalizer"
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 60
+
+
+def _is_default(name: str, **_: Any) -> bool:
+    return name == model.NAME
+
+
+@kopf.on.resume(model.GROUP, model.VERSION, model.PLURAL, when=_is_default)
+@kopf.on.create(model.GROUP, model.VERSION, model.PLURAL, when=_is_default)
+@kopf.on.update(model.GROUP, model.VERSION, model.PLURAL, when=_is_default)
+async def on_change(body: kopf.Body, **_: Any) -> None:
+    await reconcile(dict(body))
+
+
+@kopf.timer(model.GROUP, model.VERSION, model.PLURAL, interval=RESYNC, when=_is_default)
+async def resync(body: kopf.Body, **_: Any) -> None:
+    await reconcile(dict(body))
+
+
+@kopf.on.event("apps", "v1", "daemonsets", labels={"app.kubernetes.io/part-of": "percale"})
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/part-of": "percale"})
+async def workload_changed(event: dict[str, Any], **_: Any) -> None:
+    """A workload of percale's was deleted (put it back now) or its status moved (report it)."""
+    body = await _get(_INSTALLATION)
+    if body is not None and event.get("type") in ("DELETED", "MODIFIED", None):
+        await reconcile(body)
+
+
+def main() -> None:
+    """`percale-operator`: kopf run with this module, standalone (one replica, no peering),
+    cluster-wide."""
+    args = sys.argv[1:] or ["--standalone", "--all-namespaces"]
+    sys.argv = ["kopf", "run", "-m", __name__, *args]
+    from kopf.cli import main as kopf_main
+
+    kopf_main()
+
+
+if __name__ == "__main__":
+    main()
