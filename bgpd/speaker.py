@@ -24,6 +24,10 @@ from percale.ipc.unix_server import serve_unix
 log = logging.getLogger("percale.bgpd.speaker")
 
 
+# The shortest time between two reload signals to ExaBGP (see reload()).
+RELOAD_SPACING = 1.0
+
+
 class SpeakerError(Exception):
     """ExaBGP refused a command, or is not there to take it."""
 
@@ -52,6 +56,7 @@ class ExaBGP:
         # configuration (NodeStatus's lastBootTime and lastReconfigurationTime). None: never.
         self.started_at: float | None = None
         self.reconfigured_at: float | None = None
+        self._reload_lock = asyncio.Lock()
 
     @property
     def socket_path(self) -> Path:
@@ -170,9 +175,16 @@ class ExaBGP:
         staging = self.config_path.with_suffix(".new")
         staging.write_text(config)
         os.replace(staging, self.config_path)
-        if self.process and self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGUSR1)
-            self.reconfigured_at = time.time()
+        # A SIGUSR1 that lands while ExaBGP is still applying the previous one leaves it with no
+        # neighbours and no listening socket, for good (seen in the rr lab: two reloads 10 ms
+        # apart at start). So signals are spaced; the file already holds the newest config, so
+        # a later signal carries every change made while waiting.
+        async with self._reload_lock:
+            last = max(self.reconfigured_at or 0.0, getattr(self, "started_at", None) or 0.0)
+            await asyncio.sleep(max(0.0, last + RELOAD_SPACING - time.time()))
+            if self.process and self.process.returncode is None:
+                os.kill(self.process.pid, signal.SIGUSR1)
+                self.reconfigured_at = time.time()
 
     async def supervise(self) -> None:
         """Restart ExaBGP whenever it exits, until stop(); run it as a task."""

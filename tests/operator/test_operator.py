@@ -95,6 +95,9 @@ def test_the_installation_renders_everything_it_owns(plane, operator):
     assert progressing and "percale-controllers" in progressing["message"], condition(plane, "Progressing")
     env = {e["name"]: e.get("value") for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PERCALE_DATASTORE_TYPE"] == "kubernetes" and env["IP_AUTODETECTION_METHOD"] == "first-found"
+    table = plane.kubectl("get", "installation").stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "PROGRESSING", "DEGRADED", "MTU", "AGE"]
+    assert table[1].split()[:4] == ["default", "False", "True", "False"]
 
 
 def test_a_deleted_daemonset_comes_back_and_a_hand_edit_is_reverted(plane, operator):
