@@ -24,8 +24,12 @@ from percale.ipc.unix_server import serve_unix
 log = logging.getLogger("percale.bgpd.speaker")
 
 
-# The shortest time between two reload signals to ExaBGP (see reload()).
+# The shortest time between two reload signals to ExaBGP, how long to wait for one to show in its
+# log, and how many signals to send before giving up on a reload (see reload()).
 RELOAD_SPACING = 1.0
+RELOAD_CONFIRM = 2.0
+RELOAD_ATTEMPTS = 10
+RELOAD_SEEN = b"performing reload"
 
 
 class SpeakerError(Exception):
@@ -108,7 +112,7 @@ class ExaBGP:
         command = [self.exabgp, "server", str(self.config_path)]
         if self.netns:
             command = ["ip", "netns", "exec", self.netns, *command]
-        env = {**os.environ, **exabgp_config.environment(str(self.workdir / "exabgp.log"))}
+        env = {**os.environ, **exabgp_config.environment(str(self.log_path))}
         self.process = await asyncio.create_subprocess_exec(
             *command, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -175,16 +179,50 @@ class ExaBGP:
         staging = self.config_path.with_suffix(".new")
         staging.write_text(config)
         os.replace(staging, self.config_path)
-        # A SIGUSR1 that lands while ExaBGP is still applying the previous one leaves it with no
-        # neighbours and no listening socket, for good (seen in the rr lab: two reloads 10 ms
-        # apart at start). So signals are spaced; the file already holds the newest config, so
-        # a later signal carries every change made while waiting.
+        # ExaBGP 5.0 drops a SIGUSR1 that arrives while it still has updates to send (its
+        # reactor clears the signal, sees pending adj-rib-out, and moves on): the reload never
+        # happens and a node keeps the neighbours it had, possibly none, for good (seen in the rr
+        # and k8sop3 labs). So every signal is confirmed in ExaBGP's log and sent again until
+        # ExaBGP performs it; the file holds the newest config, so one reload carries every
+        # change made meanwhile. Signals are spaced, which gives pending updates time to go.
         async with self._reload_lock:
-            last = max(self.reconfigured_at or 0.0, getattr(self, "started_at", None) or 0.0)
-            await asyncio.sleep(max(0.0, last + RELOAD_SPACING - time.time()))
-            if self.process and self.process.returncode is None:
+            for attempt in range(RELOAD_ATTEMPTS):
+                last = max(self.reconfigured_at or 0.0, getattr(self, "started_at", None) or 0.0)
+                await asyncio.sleep(max(0.0, last + RELOAD_SPACING - time.time()))
+                if not self.process or self.process.returncode is not None:
+                    return  # supervise() starts a new ExaBGP, which reads the file
+                mark = self._log_size()
                 os.kill(self.process.pid, signal.SIGUSR1)
                 self.reconfigured_at = time.time()
+                if await self._reload_logged(mark):
+                    return
+                log.info("ExaBGP did not perform reload %d (busy sending updates); signalling again",
+                         attempt + 1)
+            log.warning("ExaBGP performed none of %d reload signals", RELOAD_ATTEMPTS)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "exabgp.log"
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    async def _reload_logged(self, since: int) -> bool:
+        """Whether ExaBGP's log shows a reload after byte `since`, waiting RELOAD_CONFIRM."""
+        deadline = time.monotonic() + RELOAD_CONFIRM
+        while time.monotonic() < deadline:
+            try:
+                with open(self.log_path, "rb") as log_file:
+                    log_file.seek(since)
+                    if RELOAD_SEEN in log_file.read():
+                        return True
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+        return False
 
     async def supervise(self) -> None:
         """Restart ExaBGP whenever it exits, until stop(); run it as a task."""
