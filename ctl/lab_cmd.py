@@ -6,6 +6,7 @@ Needs root (namespaces) but no datastore of its own: the lab brings its etcd as 
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -153,6 +154,22 @@ def pod_list(topology: TopologyOption) -> None:
     table = [["POD", "NODE", "ADDRESSES", "NAMESPACE"]]
     table += [[p.name, p.node, ",".join(p.addresses), p.namespace] for p in pods.pods(lab)]
     typer.echo(tabwrite(table), nl=False)
+
+
+@pod_app.command("exec", context_settings={"allow_interspersed_args": False})
+def pod_exec(topology: TopologyOption,
+             name: Annotated[str, typer.Argument(help="The pod (NAMESPACE/NAME for a kubelet's pod "
+                                                      "outside default, or its bare name when unique)")],
+             command: Annotated[list[str], typer.Argument(help="The command and its arguments")],
+             container: Annotated[str | None, typer.Option(
+                 "--container", "-c", help="In a kubelet's pod: which container (default the first)")] = None) -> None:
+    """Run a command in a pod, as `kubectl exec` does: in a lab kubelet's pod, inside the
+    container (its mounts and network); in a pod `pod add` made, in its network namespace."""
+    from percale.lab import pods
+
+    lab = _lab(topology)
+    prefix, env = _run(lambda: pods.exec_argv(lab, name, container))
+    sys.exit(subprocess.run([*prefix, *command], env=env).returncode)
 
 
 @lab_app.command()

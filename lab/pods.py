@@ -17,10 +17,12 @@ to its node, as the scheduler would, since the endpoint is written on it; and de
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from percale.lab.runner import Lab, LabError, sh
 
@@ -51,7 +53,63 @@ class Pod:
 
 
 def pods(lab: Lab) -> list[Pod]:
-    return [Pod.from_record(r) for r in lab.state().get("pods", {}).values()]
+    """The lab's pods with a network namespace of their own: those `add` made, and those lab
+    kubelets run (hostNetwork pods left out: they are their node)."""
+    made = [Pod.from_record(r) for r in lab.state().get("pods", {}).values()]
+    return made + [Pod(_kubelet_pod_name(r), r["node"], r["netns"], r["uid"], tuple(r["addresses"]))
+                   for r in kubelet_pods(lab) if r["netns"]]
+
+
+def kubelet_pods(lab: Lab) -> list[dict]:
+    """The records lab kubelets keep of the pods they run (lab/kubelet.py: pod.json)."""
+    found = []
+    for node in lab.topology.nodes.values():
+        if not lab.is_kubelet(node):
+            continue
+        argv = shlex.split(lab.rewrite(node, node.cmd))
+        root = Path(argv[argv.index("--root") + 1])
+        for path in sorted(root.glob("pods/*/pod.json")):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # the pod is going away
+    return found
+
+
+def _kubelet_pod_name(record: dict) -> str:
+    """A pod's name in the lab: its own in `default`, NAMESPACE/NAME elsewhere."""
+    if record["namespace"] == K8S_NAMESPACE:
+        return record["name"]
+    return f"{record['namespace']}/{record['name']}"
+
+
+def exec_argv(lab: Lab, name: str, container: str | None = None) -> tuple[list[str], dict | None]:
+    """The command prefix and environment that run a program in a pod: in a kubelet's pod,
+    inside the container (its mounts, network namespace and environment, as `kubectl exec`
+    does); in a pod `add` made, in its network namespace. NAME is a pod's lab name or, when
+    unique, its bare name."""
+    records = kubelet_pods(lab)
+    matches = [r for r in records if name in (_kubelet_pod_name(r), r["name"])]
+    if len(matches) > 1:
+        raise LabError(f"{len(matches)} pods are named {name!r}: say NAMESPACE/NAME")
+    if matches:
+        containers = matches[0]["containers"]
+        if container is None:
+            container = next(iter(containers))
+        if container not in containers:
+            raise LabError(f"pod {name} has no container {container!r} (it has "
+                           f"{', '.join(containers)})")
+        pid = containers[container]
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            raise LabError(f"pod {name}: container {container} is not running") from None
+        env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+        return ["nsenter", "-t", str(pid), "-m", "-n", "--"], env
+    made = [p for p in pods(lab) if p.name == name]
+    if not made:
+        raise LabError(f"lab {lab.topology.name!r} has no pod {name!r}")
+    return ["ip", "netns", "exec", made[0].namespace], None
 
 
 def _conflist(lab: Lab, node: str) -> dict:
@@ -195,10 +253,19 @@ def ping_matrix(lab: Lab, count: int = 1, wait: float = 1.0) -> dict[tuple[str, 
 
 
 def format_matrix(lab: Lab, matrix: dict[tuple[str, str], bool]) -> str:
+    """Rows are sources, columns destinations; long names (a Deployment's pods) number the
+    columns after the rows instead of repeating the names."""
     names = [p.name for p in pods(lab)]
     width = max([len(n) for n in names] + [4])
-    lines = [" " * width + "  " + " ".join(n.rjust(width) for n in names)]
-    for a in names:
+    if width <= 16:
+        labels, cell = names, width
+    else:
+        labels, cell = [str(i) for i in range(1, len(names) + 1)], 4
+        names_width = width
+        width = names_width + 5
+    lines = [" " * width + "  " + " ".join(label.rjust(cell) for label in labels)]
+    for i, a in enumerate(names):
         cells = ["-" if a == b else ("ok" if matrix.get((a, b)) else "FAIL") for b in names]
-        lines.append(a.ljust(width) + "  " + " ".join(c.rjust(width) for c in cells))
+        row = a if labels is names else f"{i + 1:>2}  {a}"
+        lines.append(row.ljust(width) + "  " + " ".join(c.rjust(cell) for c in cells))
     return "\n".join(lines)

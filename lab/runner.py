@@ -13,6 +13,8 @@
   percale nodes               (image percale/node, cmd percale-node) the CNI plugins in the node's
                               directory, and percale's sockets there (PERCALE_* env), as the
                               image has them in /opt/cni/bin and /var/run/percale
+  lab kubelets                (cmd percale-lab-kubelet) run in the node's network namespace but
+                              the machine's mount namespace, as a kubelet runs on its host
   NODENAME                    set to the node's name, which containerlab makes the hostname
 
 Every process is started in its own session, logged to <lab dir>/<node>/<node>.log, and recorded
@@ -124,6 +126,11 @@ class Lab:
         """A node running percale-node from percale's image (the image also runs
         percale-controllers, which serves no pods)."""
         return node.image.split(":")[0] == PERCALE_IMAGE and node.cmd.split()[:1] == ["percale-node"]
+
+    @staticmethod
+    def is_kubelet(node: Node) -> bool:
+        """A node whose cmd is a lab kubelet (lab/kubelet.py)."""
+        return node.cmd.split()[:1] == ["percale-lab-kubelet"]
 
     # -- the node's view: binds, environment -------------------------------------------------
 
@@ -271,8 +278,13 @@ class Lab:
         """Start the node's cmd in its namespace, in a session of its own; record it."""
         ns = self.topology.namespace(node.name)
         log = open(self.node_dir(node.name) / f"{node.name}.log", "a")
+        # `ip netns exec` gives the process a mount namespace of its own; a lab kubelet keeps
+        # the machine's, as a kubelet runs in its host's: the pod network namespaces it adds
+        # must be visible to the lab's tools and to the pods it starts later.
+        enter = (["nsenter", f"--net=/var/run/netns/{ns}"] if self.is_kubelet(node)
+                 else ["ip", "netns", "exec", ns])
         process = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "sh", "-c", "exec " + self.rewrite(node, node.cmd)],
+            [*enter, "sh", "-c", "exec " + self.rewrite(node, node.cmd)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=self.environment(node), cwd=self.node_dir(node.name), start_new_session=True)
         log.close()

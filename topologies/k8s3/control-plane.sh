@@ -9,6 +9,10 @@
 #
 # DIR receives pki/, a kubeconfig per identity (admin, percale-node:<node>, percale-controllers)
 # and, for the lab's own use (pods, tests), DIR/kubeconfig and DIR/kubectl.
+#
+# With KUBELETS=yes the lab's nodes run lab kubelets (lab/kubelet.py), which register their own
+# Nodes: the control plane adds kube-controller-manager and kube-scheduler and installs nothing
+# (an empty cluster, for manifests/operator.yaml and an Installation).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -91,6 +95,19 @@ for _ in $(seq 300); do
     kill -0 $apiserver 2>/dev/null || exit 1
     sleep 0.2
 done
+if [[ ${KUBELETS:-} == yes ]]; then
+    "$bin/kube-controller-manager" --kubeconfig="$dir/kubeconfig" --leader-elect=false \
+        --service-account-private-key-file="$pki/service-accounts.key" --root-ca-file="$pki/ca.crt" \
+        --use-service-account-credentials=false --secure-port=0 --cluster-name=k8s3 &
+    manager=$!
+    "$bin/kube-scheduler" --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 &
+    scheduler=$!
+    trap 'kill $apiserver $manager $scheduler 2>/dev/null' TERM INT
+    touch "$dir/ready"
+    echo "control plane ready (with controller-manager and scheduler): kubectl --kubeconfig $dir/kubeconfig"
+    wait $apiserver
+    exit
+fi
 kubectl apply -f "$repo/crds/" -f "$repo/manifests/rbac.yaml" >/dev/null
 kubectl wait --for condition=Established --timeout=60s crd --all >/dev/null
 kubectl apply -f "$here/cluster.yaml" >/dev/null
