@@ -8,7 +8,7 @@ identity from manifests/operator.yaml:
 
     .venv/bin/python bench/operator.py
 
-Time to Ready needs pods that run, which needs the lab kubelet (not yet): not measured here.
+Time to Ready needs pods that run: bench/operator_lab.py measures it on a lab cluster.
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
+# `demo k8s`: the Kubernetes demo (percale installed by its operator), scripts/demo-k8s.sh.
+if [[ "${1:-}" == "k8s" ]]; then
+    shift
+    exec bash scripts/demo-k8s.sh "$@"
+fi
+
 KEEP=false
 [[ "${1:-}" == "--keep" ]] && KEEP=true
 TOPO=topologies/mesh3.clab.yml

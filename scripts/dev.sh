@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything percale needs on a Debian machine (run as root) and then runs the demo or
-# the whole test suite:  bash scripts/dev.sh demo | bash scripts/dev.sh test [pytest args...]
+# the whole test suite:  bash scripts/dev.sh demo [k8s] | bash scripts/dev.sh test [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,7 +70,7 @@ case "${1:-}" in
         install_python_environment
         ;;
     *)
-        echo "usage: bash scripts/dev.sh demo|test|setup" >&2
+        echo "usage: bash scripts/dev.sh demo [k8s] [--keep] | test [pytest args] | setup" >&2
         exit 2
         ;;
 esac
