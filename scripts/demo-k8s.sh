@@ -11,38 +11,23 @@
 #   bash scripts/dev.sh demo k8s --keep   # leaves the lab running; prints how to remove it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PWD/.venv/bin:$PATH"
 
-KEEP=false
-[[ "${1:-}" == "--keep" ]] && KEEP=true
 TOPO=topologies/k8sop3.clab.yml
-
-bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+source scripts/demo-common.sh
 # kubectl runs inside the control plane's namespace: the apiserver is on the lab's management
 # network, which the machine itself is not on.
 kubectl() { percalectl lab exec -t "$TOPO" kube /etc/percale/kube/kubectl "$@"; }
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-
-cleanup() {
-    trap - EXIT INT TERM
-    echo
-    echo "==> removing the lab"
-    percalectl lab down -t "$TOPO"
-}
-
-percalectl lab down -t "$TOPO" >/dev/null 2>&1 || true
-$KEEP || trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 step percalectl lab up -t "$TOPO"
 step kubectl get nodes -o wide
 
 step kubectl create -f "$PWD/manifests/operator.yaml"
 kubectl wait --for condition=Established crd --all --timeout 60s >/dev/null
-start=$(date +%s.%N)
+start=$(date +%s%N)
 step kubectl create -f "$PWD/topologies/k8sop3/installation.yaml"
 step kubectl wait --for condition=Ready installation/default --timeout 120s
-printf 'Installation Ready %.1f s after kubectl create\n' "$(echo "$(date +%s.%N) - $start" | bc)"
+elapsed=$(( ($(date +%s%N) - start) / 100000000 ))  # tenths of a second
+echo "Installation Ready $((elapsed / 10)).$((elapsed % 10)) s after kubectl create"
 step kubectl get installation
 
 step kubectl apply -f "$PWD/topologies/k8sop3/pingers.yaml"
@@ -50,10 +35,7 @@ step kubectl rollout status deployment/pingers --timeout 90s
 step kubectl get pods -A -o wide
 
 bold "==> waiting for every pod to reach every other pod"
-for _ in $(seq 60); do
-    percalectl lab ping -t "$TOPO" >/dev/null 2>&1 && break
-    sleep 0.5
-done
+wait_for_pings
 step percalectl lab ping -t "$TOPO"
 
 pod=$(kubectl get pods -n percale-system -l app.kubernetes.io/name=percale-node \
@@ -73,10 +55,4 @@ $(printf '\033[1m')Try next$(printf '\033[0m') (in another shell, as root, from 
   percalectl lab pod exec -t $TOPO percale-system/$pod percalectl get nodes -o wide
 TRY
 
-if $KEEP; then
-    echo
-    echo "The lab keeps running. Remove it with: percalectl lab down -t $TOPO"
-elif [[ -t 0 ]]; then
-    echo
-    read -r -p "Press Enter to remove the lab (Ctrl-C also removes it) " _ || true
-fi
+finish

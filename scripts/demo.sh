@@ -8,7 +8,6 @@
 #   bash scripts/dev.sh demo --keep   # leaves the lab running; prints how to remove it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PWD/.venv/bin:$PATH"
 
 # `demo k8s`: the Kubernetes demo (percale installed by its operator), scripts/demo-k8s.sh.
 if [[ "${1:-}" == "k8s" ]]; then
@@ -16,24 +15,8 @@ if [[ "${1:-}" == "k8s" ]]; then
     exec bash scripts/demo-k8s.sh "$@"
 fi
 
-KEEP=false
-[[ "${1:-}" == "--keep" ]] && KEEP=true
 TOPO=topologies/mesh3.clab.yml
-
-bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-
-cleanup() {
-    trap - EXIT INT TERM
-    echo
-    echo "==> removing the lab"
-    percalectl lab down -t "$TOPO"
-}
-
-# A lab left by an earlier run that was killed: start from nothing.
-percalectl lab down -t "$TOPO" >/dev/null 2>&1 || true
-$KEEP || trap cleanup EXIT
-trap 'exit 130' INT TERM
+source scripts/demo-common.sh
 
 step percalectl lab up -t "$TOPO"
 
@@ -45,10 +28,7 @@ for node in node1 node2 node3; do
 done
 
 bold "==> waiting for every node to learn every other node's block"
-for _ in $(seq 60); do
-    percalectl lab ping -t "$TOPO" >/dev/null 2>&1 && break
-    sleep 0.5
-done
+wait_for_pings
 
 step percalectl lab ping -t "$TOPO"
 for node in node1 node2 node3; do
@@ -70,10 +50,4 @@ $(printf '\033[1m')Try next$(printf '\033[0m') (in another shell, as root, from 
   percalectl lab exec -t $TOPO node1 percalectl ipam check
 EOF
 
-if $KEEP; then
-    echo
-    echo "The lab keeps running. Remove it with: percalectl lab down -t $TOPO"
-elif [[ -t 0 ]]; then
-    echo
-    read -r -p "Press Enter to remove the lab (Ctrl-C also removes it) " _ || true
-fi
+finish
