@@ -31,6 +31,7 @@ from percale.api.bgp import BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGP
 from percale.api.node import Node, NodeSpec
 from percale.api.workloadendpoint import WorkloadEndpoint, WorkloadEndpointSpec
 from percale.api.nodestatus import NodeStatus, NodeStatusSpec
+from percale.api.policy import GlobalNetworkPolicy, NetworkPolicy, Profile
 
 __all__ = [
     "API_VERSION", "KINDS", "InvalidResource", "KindInfo", "ObjectMeta", "Problem", "Resource",
@@ -40,4 +41,5 @@ __all__ = [
     "BlockAffinitySpec", "IPAMHandle", "IPAMHandleSpec",
     "BGPConfiguration", "BGPConfigurationSpec", "BGPPeer", "BGPPeerSpec",
     "Node", "NodeSpec", "WorkloadEndpoint", "WorkloadEndpointSpec", "NodeStatus", "NodeStatusSpec",
+    "NetworkPolicy", "GlobalNetworkPolicy", "Profile",
 ]

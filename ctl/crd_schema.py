@@ -68,6 +68,13 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any], where: str) -> dic
     out: dict[str, Any] = {}
     if "anyOf" in schema:
         options = [o for o in schema["anyOf"] if o.get("type") != "null"]
+        if sorted(o.get("type", "") for o in options) == ["integer", "string"]:
+            # A port (80, "80:90" or a name) or a protocol (6 or "TCP"): Kubernetes' own
+            # int-or-string, as IntOrString fields are declared.
+            inner = {"x-kubernetes-int-or-string": True}
+            if len(options) < len(schema["anyOf"]):
+                inner["nullable"] = True
+            return inner
         if len(options) != 1:
             raise ValueError(f"{where}: a union of {len(options)} types has no structural schema")
         inner = _structural(options[0], defs, where)

@@ -31,6 +31,7 @@ PACKAGES = {
     "vxlan": "percale.vxlan", "node": "percale.node", "controllers": "percale.controllers",
     "lab": "percale.lab",
     "installation": "percale.installation",
+    "policy": "percale.policy",
     "ctl": "percale.ctl", "cni-plugin/percale_cni": "percale_cni",
 }
 
@@ -49,6 +50,7 @@ LAYERS: dict[str, set[str]] = {
     "percale.controllers": {"percale.api", "percale.datastore", "percale.ipam"},
     "percale.lab": set(),
     "percale.installation": {"percale.api", "percale.datastore"},
+    "percale.policy": {"percale.api"},
     "percale.ctl": {"percale.api", "percale.datastore", "percale.ipam", "percale.bgpd",
                     "percale.lab", "percale.installation", "percale_cni"},
 }
@@ -62,6 +64,7 @@ PURE = [
     "percale.bgpd.status", "percale.vxlan.plan", "percale.dataplane.route_owners",
     "percale.node.cni_types",
     "percale.installation.model", "percale.installation.render", "percale.installation.status",
+    "percale.policy.*",
 ]
 # What a pure module may not reach: sockets, processes, the kernel, the datastore's clients,
 # the event loop, and percale's own I/O modules.

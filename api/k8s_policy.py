@@ -1,0 +1,151 @@
+"""Kubernetes NetworkPolicy (networking.k8s.io/v1), validated as the apiserver validates it.
+
+percale reads these from YAML (`percalectl apply`, stored converted, as Calico's policy controller
+does) and, on the Kubernetes datastore, from the apiserver; percale.policy.convert turns one into
+percale's NetworkPolicy. The semantics are Kubernetes' (dataplane.md §A1): a pod is isolated for a
+direction when some policy selecting it lists that direction in policyTypes; rules only allow, and
+the rules of every policy selecting a pod add up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+
+from percale.api.fields import CIDR
+from percale.api.meta import FieldError, InvalidResource, Model, ObjectMeta, validation_problems
+from percale.api.policy import port_name_problem
+
+API_VERSION = "networking.k8s.io/v1"
+
+
+class LabelSelectorRequirement(Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise FieldError("values", f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise FieldError("values", f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(Model):
+    """Empty: every pod (or namespace)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+
+class IPBlock(Model):
+    cidr: CIDR
+    except_: list[CIDR] = Field(default_factory=list, alias="except")
+
+    @model_validator(mode="after")
+    def _except_inside(self) -> IPBlock:
+        outer = ipaddress.ip_network(self.cidr)
+        for i, text in enumerate(self.except_):
+            inner = ipaddress.ip_network(text)
+            if inner.version != outer.version or not inner.subnet_of(outer) or inner == outer:
+                raise FieldError(f"except[{i}]", f"{text} is not strictly inside cidr {self.cidr}")
+        return self
+
+
+class NetworkPolicyPeer(Model):
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NetworkPolicyPeer:
+        if self.ip_block is not None and (self.pod_selector is not None or
+                                          self.namespace_selector is not None):
+            raise FieldError("ipBlock", "ipBlock cannot be combined with podSelector or "
+                             "namespaceSelector in one peer")
+        if self.ip_block is None and self.pod_selector is None and self.namespace_selector is None:
+            raise FieldError("podSelector", "a peer needs podSelector, namespaceSelector or ipBlock")
+        return self
+
+
+def _int_or_name(value: Any) -> Any:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+class NetworkPolicyPort(Model):
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    port: Annotated[int | str, BeforeValidator(_int_or_name)] | None = None
+    end_port: int | None = None
+
+    @model_validator(mode="after")
+    def _valid_port(self) -> NetworkPolicyPort:
+        if isinstance(self.port, int) and not 1 <= self.port <= 65535:
+            raise FieldError("port", f"{self.port} is not between 1 and 65535")
+        if isinstance(self.port, str) and (problem := port_name_problem(self.port)):
+            raise FieldError("port", problem)
+        if self.end_port is not None:
+            if not isinstance(self.port, int):
+                raise FieldError("endPort", "endPort needs a numeric port")
+            if not self.port <= self.end_port <= 65535:
+                raise FieldError("endPort", f"endPort {self.end_port} must be between port "
+                                 f"{self.port} and 65535")
+        return self
+
+
+class IngressRule(Model):
+    from_: list[NetworkPolicyPeer] = Field(default_factory=list, alias="from")
+    ports: list[NetworkPolicyPort] = Field(default_factory=list)
+
+
+class EgressRule(Model):
+    to: list[NetworkPolicyPeer] = Field(default_factory=list)
+    ports: list[NetworkPolicyPort] = Field(default_factory=list)
+
+
+class NetworkPolicySpec(Model):
+    pod_selector: LabelSelector = Field(default_factory=LabelSelector)
+    policy_types: list[Literal["Ingress", "Egress"]] | None = None
+    ingress: list[IngressRule] = Field(default_factory=list)
+    egress: list[EgressRule] = Field(default_factory=list)
+
+    @property
+    def effective_types(self) -> tuple[str, ...]:
+        """policyTypes, or Kubernetes' default: Ingress always, Egress when there are egress
+        rules (so a policy with egress rules and no policyTypes isolates ingress too)."""
+        if self.policy_types:
+            return tuple(t for t in ("Ingress", "Egress") if t in self.policy_types)
+        return ("Ingress", "Egress") if self.egress else ("Ingress",)
+
+
+class KubernetesNetworkPolicy(Model):
+    api_version: Literal["networking.k8s.io/v1"] = API_VERSION
+    kind: Literal["NetworkPolicy"] = "NetworkPolicy"
+    metadata: ObjectMeta
+    spec: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+
+    @model_validator(mode="after")
+    def _namespaced(self) -> KubernetesNetworkPolicy:
+        if not self.metadata.namespace:
+            self.metadata.namespace = "default"
+        return self
+
+
+def is_kubernetes_policy(document: Any) -> bool:
+    return (isinstance(document, dict) and document.get("apiVersion") == API_VERSION
+            and document.get("kind") == "NetworkPolicy")
+
+
+def parse_kubernetes_policy(document: dict) -> KubernetesNetworkPolicy:
+    """Validate a networking.k8s.io/v1 NetworkPolicy document; InvalidResource names the field."""
+    name = (document.get("metadata") or {}).get("name") if isinstance(document.get("metadata"), dict) else None
+    try:
+        return KubernetesNetworkPolicy.model_validate(document)
+    except ValidationError as err:
+        raise InvalidResource("NetworkPolicy (networking.k8s.io/v1)", name,
+                              validation_problems(err)) from None

@@ -1,0 +1,244 @@
+"""percale's own policy: NetworkPolicy (namespaced) and GlobalNetworkPolicy, with Calico's fields
+(dataplane.md §A2).
+
+A policy selects endpoints (`selector`, and for a global policy `namespaceSelector`) and gives
+them ordered rules per direction. A rule's `action` is Allow (accept, stop), Deny (drop), Pass
+(skip the policies left, on to the profiles), or Log (note and go on). `order` sorts policies, lower
+first, unset last, then by name. `types` says which directions a policy governs; left out, it is
+Egress when the policy has only egress rules, both when it has both, else Ingress.
+
+Kubernetes NetworkPolicies (percale.api.k8s_policy) are converted into this model
+(percale.policy.convert), with order 1000 as Calico gives them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from percale.api.fields import CIDR, Selector
+from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
+
+Action = Literal["Allow", "Deny", "Log", "Pass"]
+Direction = Literal["Ingress", "Egress"]
+PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+# IANA protocol numbers for the names Calico accepts.
+PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPv6": 58, "SCTP": 132, "UDPLite": 136}
+MAX_RULES = 1024  # per direction, as Calico's validation allows
+
+# Kubernetes port names (IANA service names): at most 15 lower-case letters, digits and single
+# inner dashes, at least one letter.
+_PORT_NAME = re.compile(r"(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+
+
+def port_name_problem(name: str) -> str | None:
+    if len(name) > 15:
+        return f"port name {name!r} is longer than 15 characters"
+    if not _PORT_NAME.fullmatch(name):
+        return (f"{name!r} is not a port name (lower-case letters, digits and inner dashes, "
+                "with at least one letter)")
+    return None
+
+
+def _port(value: int | str) -> int | str:
+    """A port: a number, a range `first:last`, or a named port (resolved per endpoint)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a port")
+    if isinstance(value, int):
+        if not 0 <= value <= 65535:
+            raise ValueError(f"port {value} is not between 0 and 65535")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a port, a range first:last or a port name")
+    if re.fullmatch(r"\d+", value):
+        return _port(int(value))
+    if match := re.fullmatch(r"(\d+):(\d+)", value):
+        first, last = int(match[1]), int(match[2])
+        if not 0 <= first <= last <= 65535:
+            raise ValueError(f"port range {value} must run from a lower to a higher port, "
+                             "within 0-65535")
+        return value
+    if problem := port_name_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+PolicyPort = Annotated[int | str, BeforeValidator(_port)]
+
+
+def port_range(port: int | str) -> tuple[int, int] | None:
+    """(first, last) of a numeric port or range; None for a named port."""
+    if isinstance(port, int):
+        return port, port
+    if match := re.fullmatch(r"(\d+):(\d+)", port):
+        return int(match[1]), int(match[2])
+    return None
+
+
+def _protocol(value: str | int) -> str | int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a protocol")
+    if isinstance(value, int):
+        if not 1 <= value <= 255:
+            raise ValueError(f"protocol number {value} is not between 1 and 255")
+        return value
+    for name in PROTOCOL_NUMBERS:
+        if value.lower() == name.lower():
+            return name
+    raise ValueError(f"unknown protocol {value!r}: use one of {', '.join(PROTOCOL_NUMBERS)} or a "
+                     "number 1-255")
+
+
+Protocol = Annotated[str | int, BeforeValidator(_protocol)]
+
+
+def protocol_number(protocol: str | int) -> int:
+    return protocol if isinstance(protocol, int) else PROTOCOL_NUMBERS[protocol]
+
+
+class ICMPMatch(Model):
+    type: Annotated[int, Field(ge=0, le=254)] | None = None
+    code: Annotated[int, Field(ge=0, le=255)] | None = None
+
+    @model_validator(mode="after")
+    def _code_needs_type(self) -> ICMPMatch:
+        if self.code is not None and self.type is None:
+            raise FieldError("code", "an ICMP code needs a type")
+        return self
+
+
+class EntityRule(Model):
+    """One end of a rule: where traffic comes from (source) or goes to (destination)."""
+
+    nets: list[CIDR] = Field(default_factory=list)
+    not_nets: list[CIDR] = Field(default_factory=list)
+    selector: Selector | None = None
+    not_selector: Selector | None = None
+    namespace_selector: Selector | None = None
+    ports: list[PolicyPort] = Field(default_factory=list)
+    not_ports: list[PolicyPort] = Field(default_factory=list)
+
+    @property
+    def has_ports(self) -> bool:
+        return bool(self.ports or self.not_ports)
+
+
+class Rule(Model):
+    action: Action
+    ip_version: Literal[4, 6] | None = None
+    protocol: Protocol | None = None
+    not_protocol: Protocol | None = None
+    icmp: ICMPMatch | None = None
+    not_icmp: ICMPMatch | None = Field(None, alias="notICMP")
+    source: EntityRule = Field(default_factory=EntityRule)
+    destination: EntityRule = Field(default_factory=EntityRule)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        for side in ("source", "destination"):
+            entity: EntityRule = getattr(self, side)
+            if entity.has_ports and self.protocol not in PORT_PROTOCOLS:
+                field = "ports" if entity.ports else "notPorts"
+                raise FieldError(f"{side}.{field}",
+                                 "ports need protocol TCP, UDP or SCTP in the same rule")
+            for key in ("nets", "not_nets"):
+                for net in getattr(entity, key):
+                    version = ipaddress.ip_network(net).version
+                    if self.ip_version is not None and version != self.ip_version:
+                        raise FieldError(f"{side}.{'notNets' if key == 'not_nets' else 'nets'}",
+                                         f"{net} is not IPv{self.ip_version} (ipVersion)")
+        icmp_protocols = ("ICMP", "ICMPv6", 1, 58)
+        for key, match in (("icmp", self.icmp), ("notICMP", self.not_icmp)):
+            if match is not None and self.protocol not in icmp_protocols:
+                raise FieldError(key, "ICMP type and code need protocol ICMP or ICMPv6")
+        return self
+
+
+def _rules(rules: list[Rule]) -> list[Rule]:
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"{len(rules)} rules: at most {MAX_RULES} per direction")
+    return rules
+
+
+Rules = Annotated[list[Rule], AfterValidator(_rules)]
+
+
+class PolicySpec(Model):
+    order: float | None = None
+    tier: Literal["default"] = "default"
+    selector: Selector = "all()"
+    types: list[Direction] | None = None
+    ingress: Rules = Field(default_factory=list)
+    egress: Rules = Field(default_factory=list)
+
+    @property
+    def effective_types(self) -> tuple[Direction, ...]:
+        """`types`, or Calico's default: Egress for egress rules alone, both for both, else
+        Ingress."""
+        if self.types:
+            return tuple(t for t in ("Ingress", "Egress") if t in self.types)
+        if self.egress and not self.ingress:
+            return ("Egress",)
+        if self.egress:
+            return ("Ingress", "Egress")
+        return ("Ingress",)
+
+    @model_validator(mode="after")
+    def _types_unique(self) -> PolicySpec:
+        if self.types is not None and len(set(self.types)) != len(self.types):
+            raise FieldError("types", "a type is listed twice")
+        return self
+
+
+class GlobalPolicySpec(PolicySpec):
+    namespace_selector: Selector | None = None
+
+
+class NetworkPolicy(Resource):
+    """Rules for the endpoints of one namespace."""
+
+    kind: Literal["NetworkPolicy"] = "NetworkPolicy"
+    metadata: ObjectMeta
+    spec: PolicySpec = Field(default_factory=PolicySpec)
+
+
+class GlobalNetworkPolicy(Resource):
+    """Rules for endpoints of every namespace (narrowed by namespaceSelector)."""
+
+    kind: Literal["GlobalNetworkPolicy"] = "GlobalNetworkPolicy"
+    metadata: ObjectMeta
+    spec: GlobalPolicySpec = Field(default_factory=GlobalPolicySpec)
+
+
+register(NetworkPolicy, plural="networkpolicies", short_names=("netpol", "netpols", "np"),
+         namespaced=True)
+register(GlobalNetworkPolicy, plural="globalnetworkpolicies", short_names=("gnp", "gnps"))
+
+
+class ProfileSpec(Model):
+    """A namespace's profile (`kns.<namespace>`): labels every endpoint of the namespace gets for
+    namespaceSelectors to match, and the rules that apply when no policy selects an endpoint
+    (Calico's: allow everything both ways)."""
+
+    labels_to_apply: dict[str, str] = Field(default_factory=dict)
+    ingress: Rules = Field(default_factory=lambda: [Rule(action="Allow")])
+    egress: Rules = Field(default_factory=lambda: [Rule(action="Allow")])
+
+
+class Profile(Resource):
+    kind: Literal["Profile"] = "Profile"
+    metadata: ObjectMeta
+    spec: ProfileSpec = Field(default_factory=ProfileSpec)
+
+
+NAMESPACE_PROFILE_PREFIX = "kns."
+
+
+def namespace_profile_name(namespace: str) -> str:
+    return f"{NAMESPACE_PROFILE_PREFIX}{namespace}"
+
+
+register(Profile, plural="profiles", short_names=("pro", "pros"))
