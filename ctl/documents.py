@@ -1,4 +1,5 @@
-"""Reading resources from `-f FILE|DIR|-`: YAML or JSON, several documents, `List` wrappers.
+"""Reading resources from `-f FILE|DIR|-`: YAML or JSON, several documents, `List` wrappers;
+Kubernetes NetworkPolicies (networking.k8s.io/v1) too, converted into percale's NetworkPolicy.
 
 Every document is validated before anything is written, and every problem is reported with where
 it came from: the file, the document's position in it, the kind and name, the field and the reason.
@@ -13,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from percale.api import InvalidResource, Resource, parse
+from percale.api.k8s_policy import is_kubernetes_policy, parse_kubernetes_policy
+from percale.policy.convert import convert
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -71,6 +74,14 @@ def _expand(source: str, doc: object) -> list[tuple[str, object]]:
     return [(source, doc)]
 
 
+def _resource(document: object) -> Resource:
+    """A percale resource, or a Kubernetes NetworkPolicy stored converted as Calico's policy
+    controller stores it (knp.default.<name>)."""
+    if is_kubernetes_policy(document):
+        return convert(parse_kubernetes_policy(document))
+    return parse(document)
+
+
 def load(targets: list[str]) -> list[Document]:
     """Every resource in the named files, in order; raises InputError naming every problem."""
     documents: list[Document] = []
@@ -96,7 +107,7 @@ def load(targets: list[str]) -> list[Document]:
                 source = f"{name}, document {number}" if len(raw) > 1 else name
                 for where, item in _expand(source, doc):
                     try:
-                        documents.append(Document(where, parse(item)))
+                        documents.append(Document(where, _resource(item)))
                     except InvalidResource as err:
                         for problem in err.problems:
                             problems.append(f"{_where(where, item)}: {problem}")

@@ -44,6 +44,11 @@ def _run(work):
         raise typer.Exit(1) from None
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(2)
+
+
 @lab_app.command()
 def up(topology: TopologyOption) -> None:
     """Create the lab: namespaces, links, the management network, every node's processes."""
@@ -126,12 +131,31 @@ lab_app.add_typer(pod_app, name="pod")
 
 @pod_app.command("add")
 def pod_add(topology: TopologyOption, node: Annotated[str, typer.Argument()],
-            name: Annotated[str, typer.Argument(help="The pod's name (unique in the lab)")]) -> None:
+            name: Annotated[str, typer.Argument(help="The pod's name (unique in the lab)")],
+            namespace: Annotated[str, typer.Option(
+                "--namespace", "-n", help="Its Kubernetes namespace")] = "default",
+            label: Annotated[list[str], typer.Option(
+                "--label", "-l", help="A label KEY=VALUE (repeat for more); policy selects by them")] = [],
+            port: Annotated[list[str], typer.Option(
+                "--port", help="A named port NAME=PROTOCOL/PORT, e.g. serve-80-tcp=TCP/80 (repeat)")] = []) -> None:
     """Create a pod on a node: a namespace and a CNI ADD, as a container runtime does."""
     from percale.lab import pods
 
     lab = _lab(topology)
-    pod = _run(lambda: pods.add(lab, node, name))
+    labels, ports = [], []
+    for item in label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--label {item!r}: expected KEY=VALUE")
+        labels.append((key, value))
+    for item in port:
+        port_name, sep, rest = item.partition("=")
+        protocol, slash, number = rest.partition("/")
+        if not sep or not slash or not number.isdigit():
+            _fail(f"--port {item!r}: expected NAME=PROTOCOL/PORT, e.g. serve-80-tcp=TCP/80")
+        ports.append((port_name, protocol.upper(), int(number)))
+    meta = pods.PodMeta(namespace, tuple(sorted(labels)), tuple(ports))
+    pod = _run(lambda: pods.add(lab, node, name, meta))
     typer.echo(f"{pod.name} on {pod.node}: {', '.join(pod.addresses)}")
 
 

@@ -91,6 +91,20 @@ _NODE_STATUS = [
     ("CLASSES", lambda r, _: ",".join(r.spec.classes)),
 ]
 
+def _order(resource, _) -> str:
+    order = resource.spec.order
+    return "" if order is None else f"{order:g}"
+
+
+def _source(resource, _) -> str:
+    # Kubernetes NetworkPolicies are stored converted (knp.default.<name>), marked where they
+    # came from; percale's own have no mark.
+    return "kubernetes" if resource.metadata.annotations.get("percale.io/source") else "percale"
+
+
+_NAMESPACE = ("NAMESPACE", lambda r, _: r.metadata.namespace or "")
+_SELECTOR = ("SELECTOR", lambda r, _: r.spec.selector)
+
 # kind -> (default columns, wide columns)
 COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     "IPPool": (
@@ -146,6 +160,13 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     "BlockAffinity": (_BLOCK_AFFINITY, _BLOCK_AFFINITY),
     "IPAMHandle": (_IPAM_HANDLE, _IPAM_HANDLE),
     "NodeStatus": (_NODE_STATUS, _NODE_STATUS),
+    "NetworkPolicy": (
+        [_NAMESPACE, _NAME],
+        [_NAMESPACE, _NAME, ("ORDER", _order), _SELECTOR, ("SOURCE", _source)],
+    ),
+    "GlobalNetworkPolicy": ([_NAME], [_NAME, ("ORDER", _order), _SELECTOR]),
+    "Profile": ([_NAME], [_NAME, ("LABELS", lambda r, _: ",".join(
+        f"{k}={v}" for k, v in sorted(r.spec.labels_to_apply.items())))]),
 }
 
 

@@ -120,13 +120,43 @@ def _conflist(lab: Lab, node: str) -> dict:
         raise LabError(f"node {node} has no CNI network config ({path}): is it a percale node?") from None
 
 
+@dataclass(frozen=True)
+class PodMeta:
+    """What a runtime tells the plugins of a pod besides its sandbox: its Kubernetes namespace
+    (CNI_ARGS), its labels (the network config's `args.cni.labels`) and its named ports
+    (`args.percale.namedPorts`, as NAME -> (PROTOCOL, PORT))."""
+
+    namespace: str = K8S_NAMESPACE
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[tuple[str, str, int], ...] = ()
+
+    def conf_args(self) -> dict:
+        args: dict = {}
+        if self.labels:
+            args["cni"] = {"labels": [{"key": k, "value": v} for k, v in self.labels]}
+        if self.ports:
+            args["percale"] = {"namedPorts": [{"name": n, "protocol": p, "port": port}
+                                              for n, p, port in self.ports]}
+        return args
+
+    def record(self) -> dict:
+        return {"k8s_namespace": self.namespace, "labels": dict(self.labels),
+                "ports": [list(p) for p in self.ports]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> PodMeta:
+        return cls(record.get("k8s_namespace", K8S_NAMESPACE),
+                   tuple(sorted(record.get("labels", {}).items())),
+                   tuple(tuple(p) for p in record.get("ports", [])))
+
+
 def _run_plugin(lab: Lab, node: str, command: str, conf: dict, pod_netns: str,
-                container_id: str, pod: str) -> dict:
+                container_id: str, pod: str, meta: PodMeta) -> dict:
     plugin = lab.node_dir(node) / "cni" / "bin" / conf["type"]
     env = {
         "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
         "CNI_NETNS": f"/var/run/netns/{pod_netns}", "CNI_IFNAME": IFNAME,
-        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={K8S_NAMESPACE};K8S_POD_NAME={pod};"
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={meta.namespace};K8S_POD_NAME={pod};"
                     f"K8S_POD_INFRA_CONTAINER_ID={container_id}",
         "CNI_PATH": str(plugin.parent), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     }
@@ -146,15 +176,17 @@ def _run_plugin(lab: Lab, node: str, command: str, conf: dict, pod_netns: str,
 
 
 def _chain(lab: Lab, node: str, command: str, pod_netns: str, container_id: str, pod: str,
-           previous: dict | None = None) -> dict:
+           meta: PodMeta, previous: dict | None = None) -> dict:
     conflist = _conflist(lab, node)
     plugins = conflist["plugins"] if command == "ADD" else list(reversed(conflist["plugins"]))
     result = previous
     for plugin in plugins:
         conf = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+        if meta.conf_args():
+            conf["args"] = meta.conf_args()
         if result:
             conf["prevResult"] = result
-        answer = _run_plugin(lab, node, command, conf, pod_netns, container_id, pod)
+        answer = _run_plugin(lab, node, command, conf, pod_netns, container_id, pod, meta)
         if command == "ADD":
             result = answer
     return result or {}
@@ -172,14 +204,15 @@ def _runs_kubernetes(lab: Lab) -> bool:
     return (lab.dir / "kube" / "kubeconfig").exists()
 
 
-def _create_pod(lab: Lab, node: str, name: str) -> None:
+def _create_pod(lab: Lab, node: str, name: str, meta: PodMeta) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": K8S_NAMESPACE, "labels": {"run": name}},
+           "metadata": {"name": name, "namespace": meta.namespace,
+                        "labels": {"run": name, **dict(meta.labels)}},
            "spec": {"nodeName": node, "containers": [{"name": name, "image": "percale.invalid/pause"}]}}
     _kubectl(lab, node, "create", "-f", "-", input=json.dumps(pod))
 
 
-def add(lab: Lab, node: str, name: str) -> Pod:
+def add(lab: Lab, node: str, name: str, meta: PodMeta = PodMeta()) -> Pod:
     """A pod on `node`: its namespace, a CNI ADD through the conflist, recorded in the lab."""
     lab.node(node)
     if not lab.is_percale(lab.topology.nodes[node]):
@@ -190,16 +223,17 @@ def add(lab: Lab, node: str, name: str) -> Pod:
     container_id = uuid.uuid4().hex
     with lab._editing() as state:
         state.setdefault("pods", {})[name] = {"name": name, "node": node, "namespace": netns,
-                                              "container_id": container_id, "addresses": []}
+                                              "container_id": container_id, "addresses": [],
+                                              **meta.record()}
     sh("ip", "netns", "add", netns)
     sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
     try:
         if _runs_kubernetes(lab):
-            _create_pod(lab, node, name)
-        result = _chain(lab, node, "ADD", netns, container_id, name)
+            _create_pod(lab, node, name, meta)
+        result = _chain(lab, node, "ADD", netns, container_id, name, meta)
     except BaseException:
         try:
-            _chain(lab, node, "DEL", netns, container_id, name)
+            _chain(lab, node, "DEL", netns, container_id, name, meta)
         except LabError:
             pass  # the ADD's failure is the one to report (a runtime retries the DEL later)
         finally:
@@ -218,7 +252,7 @@ def delete(lab: Lab, name: str) -> None:
         raise LabError(f"no pod named {name!r} in lab {lab.topology.name!r}")
     try:
         _chain(lab, record["node"], "DEL", record["namespace"], record["container_id"], name,
-               record.get("result"))
+               PodMeta.from_record(record), record.get("result"))
     finally:
         _forget(lab, name, record["namespace"])
 
@@ -228,7 +262,8 @@ def _forget(lab: Lab, name: str, netns: str) -> None:
     record = lab.state().get("pods", {}).get(name)
     if record and _runs_kubernetes(lab):
         try:
-            _kubectl(lab, record["node"], "delete", "pod", name, "-n", K8S_NAMESPACE, "--force",
+            _kubectl(lab, record["node"], "delete", "pod", name, "-n",
+                     record.get("k8s_namespace", K8S_NAMESPACE), "--force",
                      "--grace-period=0", "--ignore-not-found")
         except LabError:
             pass  # the control plane is gone already (lab down)

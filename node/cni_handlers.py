@@ -11,9 +11,11 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from percale.datastore import (
     AlreadyExists,
@@ -33,6 +35,7 @@ from percale.node.cni_types import (
     CHECK_FAILED,
     DATAPLANE_FAILED,
     INTERFACE_EXISTS,
+    INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     NO_ADDRESSES,
     NOT_AVAILABLE,
@@ -49,7 +52,7 @@ from percale.node.cni_types import (
     result,
 )
 from percale.api import ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec
-from percale.api.workloadendpoint import workload_endpoint_name
+from percale.api.workloadendpoint import WorkloadEndpointPort, workload_endpoint_name
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -79,8 +82,11 @@ log = logging.getLogger("percale.node.cni")
 
 
 class CNIHandlers:
-    def __init__(self, store: Datastore, ipam: IPAM, node: str, host_mtu: int):
+    def __init__(self, store: Datastore, ipam: IPAM, node: str, host_mtu: int,
+                 policy_programmed: Callable[[str], Awaitable[bool]] | None = None):
         self.store, self.ipam, self.node = store, ipam, node
+        # Waits until a host interface has its policy in the kernel (node/policy_agent.py).
+        self.policy_programmed = policy_programmed
         self.host_mtu = host_mtu  # the underlay's, detected at start (or --mtu)
         self.workers = DataplaneWorkers()
         self._background: set[asyncio.Future] = set()
@@ -183,6 +189,7 @@ class CNIHandlers:
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)
         _check_netns(pod.netns, "ADD")
+        endpoint_args(conf)  # refused before anything is taken
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
@@ -202,6 +209,11 @@ class CNIHandlers:
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
             await self._write_endpoint(pod, conf, link, addresses)
+            if self.policy_programmed is not None and not await self.policy_programmed(link.host_name):
+                # The table drops the pod's traffic until its chains are in (fail closed); the
+                # pod is wired, its connectivity follows when the policy side catches up.
+                log.warning("pod %s/%s: policy not programmed yet for %s; its traffic is dropped "
+                            "until it is", pod.namespace, pod.name, link.host_name)
         except BaseException:
             # Undo in reverse: the veth (if this ADD made it), then the addresses this ADD took
             # (not those of an earlier ADD under the same handle).
@@ -234,13 +246,14 @@ class CNIHandlers:
     async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
                               addresses: list[Interface]) -> None:
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
+        labels, ports = endpoint_args(conf)
         endpoint = WorkloadEndpoint(
-            metadata=ObjectMeta(name=name, namespace=pod.namespace),
+            metadata=ObjectMeta(name=name, namespace=pod.namespace, labels=labels),
             spec=WorkloadEndpointSpec.model_validate({
                 "orchestrator": "k8s", "node": self._node(conf),
                 "containerID": pod.container_id, "pod": pod.name, "endpoint": pod.ifname,
                 "ipNetworks": [str(a) for a in addresses], "profiles": [f"kns.{pod.namespace}"],
-                "interfaceName": link.host_name, "mac": link.container_mac,
+                "interfaceName": link.host_name, "mac": link.container_mac, "ports": ports,
             }),
         )
         # An ADD always writes the endpoint, even over an older container's (Calico does too);
@@ -361,6 +374,31 @@ class CNIHandlers:
             owners = [await self.ipam.get_allocation(a) for a in addresses]
             if owners and all(o is not None and o.attributes.get("node") == node for o in owners):
                 await self.ipam.release_by_handle(handle)
+
+
+def endpoint_args(conf: NetConf) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The pod's labels and named ports a runtime passes in the network configuration's args:
+    `args.cni.labels` ([{key, value}], the CNI conventions' form) and percale's
+    `args.percale.namedPorts` ([{name, protocol, port}]). Policy selects and resolves with them
+    where no Kubernetes Pod says (the etcd datastore, the lab)."""
+    args = conf.raw.get("args") or {}
+    if not isinstance(args, dict):
+        raise CNIError(INVALID_CONFIG, "args must be an object")
+    labels: dict[str, str] = {}
+    for item in ((args.get("cni") or {}).get("labels") or []):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("value"), str):
+            raise CNIError(INVALID_CONFIG, "args.cni.labels: each label is {\"key\": ..., \"value\": ...} with strings")
+        labels[item["key"]] = item["value"]
+    ports = (args.get("percale") or {}).get("namedPorts") or []
+    if not isinstance(ports, list):
+        raise CNIError(INVALID_CONFIG, "args.percale.namedPorts must be a list")
+    try:
+        ObjectMeta(name="labels", labels=labels)
+        checked = [WorkloadEndpointPort.model_validate(p).model_dump(by_alias=True, exclude_none=True)
+                   for p in ports]
+    except ValidationError as err:
+        raise CNIError(INVALID_CONFIG, f"args: {err.errors()[0]['msg']}") from None
+    return labels, checked
 
 
 def _check_netns(path: str, command: str) -> None:

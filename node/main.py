@@ -57,6 +57,7 @@ from percale.node import health, registration
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
 from percale.bgpd.status import DEFAULT_STATUS_SOCKET
+from percale.node.policy_agent import POLICY_KINDS, PolicyAgent
 from percale.node.pools import DEFAULT_MTU_FILE, PoolFollower
 from percale.node.status import NodeStatusPublisher, serve_status
 from percale.vxlan.agent import VXLANAgent
@@ -125,10 +126,11 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     enable_forwarding()
     host_mtu = options.host_mtu or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
     log.info("host MTU %d (%s)", host_mtu, "given" if options.host_mtu else f"detected, {options.mtu_pattern}")
-    cache = Cache(store, AGENT_KINDS, node=node)
+    cache = Cache(store, AGENT_KINDS + POLICY_KINDS, node=node)
     view = CachedDatastore(store, cache)
     ipam = IPAM(view, authority=store)
-    handlers = CNIHandlers(view, ipam, node, host_mtu)
+    policy_agent = PolicyAgent(cache, node)
+    handlers = CNIHandlers(view, ipam, node, host_mtu, policy_programmed=policy_agent.wait_programmed)
     bgp_on = options.backend == "bgp"
     vxlan_fib = FIB(protocol=RouteProtocol.VXLAN, takeover=True)
     vxlan_agent = VXLANAgent(cache, node, store=view, ipam=ipam, routes=vxlan_fib, tunnels=True,
@@ -164,6 +166,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
         parts.append(asyncio.create_task(bgp_agent.run(), name="BGP"))
     parts += [asyncio.create_task(vxlan_agent.run(), name="VXLAN"),
               asyncio.create_task(pools.run(), name="IPPool follower"),
+              asyncio.create_task(policy_agent.run(), name="policy"),
               asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(), name="NodeStatus")]
     stopping = asyncio.create_task(stop.wait())
     failed: str | None = None

@@ -201,4 +201,5 @@ async def test_every_kind_prints_as_a_table(cli):
         "node1-10.0.0.0-26", "node1", "10.0.0.0/26", "confirmed"]
     assert set(k for k in KINDS) == {
         "IPPool", "IPAMConfig", "IPAMBlock", "BlockAffinity", "IPAMHandle", "BGPConfiguration",
-        "BGPPeer", "Node", "WorkloadEndpoint", "NodeStatus"}
+        "BGPPeer", "Node", "WorkloadEndpoint", "NodeStatus", "NetworkPolicy",
+        "GlobalNetworkPolicy", "Profile"}

@@ -46,13 +46,13 @@ LAYERS: dict[str, set[str]] = {
     "percale.dataplane": set(),
     "percale.vxlan": {"percale.api", "percale.datastore", "percale.ipam", "percale.dataplane"},
     "percale.node": {"percale.api", "percale.datastore", "percale.ipam", "percale.bgpd",
-                     "percale.dataplane", "percale.vxlan", "percale.ipc"},
+                     "percale.dataplane", "percale.vxlan", "percale.ipc", "percale.policy"},
     "percale.controllers": {"percale.api", "percale.datastore", "percale.ipam"},
     "percale.lab": set(),
     "percale.installation": {"percale.api", "percale.datastore"},
     "percale.policy": {"percale.api"},
     "percale.ctl": {"percale.api", "percale.datastore", "percale.ipam", "percale.bgpd",
-                    "percale.lab", "percale.installation", "percale_cni"},
+                    "percale.lab", "percale.installation", "percale.policy", "percale_cni"},
 }
 
 # Decisions, not I/O: pure functions and classes of values in, values out.
@@ -64,7 +64,7 @@ PURE = [
     "percale.bgpd.status", "percale.vxlan.plan", "percale.dataplane.route_owners",
     "percale.node.cni_types",
     "percale.installation.model", "percale.installation.render", "percale.installation.status",
-    "percale.policy.*",
+    "percale.policy.convert", "percale.policy.reference", "percale.policy.compile",
 ]
 # What a pure module may not reach: sockets, processes, the kernel, the datastore's clients,
 # the event loop, and percale's own I/O modules.

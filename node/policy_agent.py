@@ -1,0 +1,125 @@
+"""percale-node's policy side: the view's policies, profiles and endpoints in, this node's
+`inet percale` table out (policy/compile.py decides, policy/nft.py writes).
+
+Every change to a NetworkPolicy, GlobalNetworkPolicy, Profile or WorkloadEndpoint marks the
+table due; after SETTLE_SECONDS (so a burst of changes is one transaction) the whole ruleset is
+compiled again and the difference applied. The table is checked against the kernel every
+RECONCILE_SECONDS and written whole when it drifted. The CNI ADD waits (`wait_programmed`) until
+the new pod's interface is in the table: until then the table's dispatch drops everything to or
+from an unknown pcl* interface, so a pod is never reachable before its policy holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+
+from percale.api import GlobalNetworkPolicy, NetworkPolicy, Profile, WorkloadEndpoint
+from percale.api.policy import NAMESPACE_PROFILE_PREFIX
+from percale.datastore.cache import Cache, Change
+from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, compile_ruleset
+from percale.policy.nft import NftError, PolicyTable
+
+log = logging.getLogger("percale.node.policy")
+
+POLICY_KINDS = ("WorkloadEndpoint", "NetworkPolicy", "GlobalNetworkPolicy", "Profile")
+SETTLE_SECONDS = 0.005
+RECONCILE_SECONDS = 30.0
+RETRY_SECONDS = 1.0
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+
+
+def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
+                    namespace_labels: dict[str, dict[str, str]]) -> PolicyEndpoint:
+    namespace = endpoint.metadata.namespace or "default"
+    return PolicyEndpoint(
+        key=f"{namespace}/{endpoint.spec.workload_name}",
+        namespace=namespace,
+        interface=endpoint.spec.interface_name if endpoint.spec.node == node else None,
+        addresses=tuple(str(ipaddress.ip_network(n).network_address) for n in endpoint.spec.ip_networks),
+        labels=dict(endpoint.metadata.labels),
+        namespace_labels=namespace_labels.get(namespace, {NAMESPACE_LABEL: namespace}),
+        ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in endpoint.spec.ports if p.name))
+
+
+class PolicyAgent:
+    def __init__(self, cache: Cache, node: str, table: PolicyTable | None = None):
+        self.cache, self.node = cache, node
+        self.table = table or PolicyTable()
+        self._due = asyncio.Event()
+        self._programmed: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self.last_apply_seconds = 0.0
+        cache.subscribe(self._changed)
+
+    def _changed(self, change: Change) -> None:
+        if change.kind in POLICY_KINDS:
+            self._due.set()
+
+    def desired(self) -> Ruleset:
+        profiles: dict[str, Profile] = {}
+        namespace_labels: dict[str, dict[str, str]] = {}
+        for profile in self.cache.values("Profile"):
+            name = profile.metadata.name
+            if name.startswith(NAMESPACE_PROFILE_PREFIX):
+                namespace = name[len(NAMESPACE_PROFILE_PREFIX):]
+                profiles[namespace] = profile
+                namespace_labels[namespace] = {NAMESPACE_LABEL: namespace,
+                                               **profile.spec.labels_to_apply}
+        endpoints = [policy_endpoint(e, self.node, namespace_labels)
+                     for e in self.cache.values("WorkloadEndpoint")]
+        policies = [*self.cache.values("NetworkPolicy"), *self.cache.values("GlobalNetworkPolicy")]
+        return compile_ruleset(policies, profiles, endpoints)
+
+    async def wait_programmed(self, interface: str, timeout: float = 10.0) -> bool:
+        """Until `interface` has its chains in the kernel (True), or `timeout` (False)."""
+        if interface in self._programmed:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(interface, []).append(waiter)
+        self._due.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(interface, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    async def run(self) -> None:
+        await self.cache.wait_synced()
+        self._due.set()
+        next_check = time.monotonic() + RECONCILE_SECONDS
+        while True:
+            try:
+                await asyncio.wait_for(self._due.wait(), max(0.0, next_check - time.monotonic()))
+            except asyncio.TimeoutError:
+                next_check = time.monotonic() + RECONCILE_SECONDS
+                if await asyncio.to_thread(self.table.drifted):
+                    log.warning("the policy table changed behind percale; writing it whole")
+                    self.table.applied = None
+                    self._due.set()
+                continue
+            await asyncio.sleep(SETTLE_SECONDS)
+            self._due.clear()
+            try:
+                await self.program()
+            except (NftError, OSError) as err:
+                log.warning("programming policy failed, trying again: %s", err)
+                await asyncio.sleep(RETRY_SECONDS)
+                self._due.set()
+
+    async def program(self) -> None:
+        ruleset = self.desired()
+        started = time.perf_counter()
+        await asyncio.to_thread(self.table.apply, ruleset)
+        self.last_apply_seconds = time.perf_counter() - started
+        self._programmed = set(ruleset.from_endpoint)
+        for interface in list(self._waiters):
+            if interface in self._programmed:
+                for waiter in self._waiters.pop(interface):
+                    if not waiter.done():
+                        waiter.set_result(True)

@@ -1,0 +1,384 @@
+"""The policy compiler: the policies and profiles in force and the endpoints of the cluster -> the
+nftables ruleset a node wants (dataplane.md §B, in felix's shape). Pure: no kernel, no nft; the
+writer (percale.dataplane.policy_nft) applies what this returns.
+
+One table, `inet percale`:
+
+  forward, input      base chains (filter priority): a packet from a pod interface (pcl*) goes
+                      through its endpoint's egress chain, one to a pod interface through the
+                      endpoint's ingress chain, pod-to-pod on one node through both
+  from-endpoint       verdict maps: interface -> `goto` its endpoint chain; an interface named
+  to-endpoint         pcl* that is in no map is dropped (fail closed: a pod whose chains are
+                      not programmed yet gets nothing through)
+  fw-<if>, tw-<if>    an endpoint's egress (from workload) and ingress (to workload) chain:
+                      replies of allowed connections accepted, invalid dropped, then each
+                      policy that selects the endpoint in order, then its namespace profile
+  po-<id>, pi-<id>    a policy's egress and ingress rules, shared by every endpoint it selects
+  pro-<id>, pri-<id>  a profile's rules
+  s4-…, s6-…          addresses of the endpoints a rule's selector matches
+  n4-…, n6-…          address . protocol . port of a rule's named ports, per endpoint
+
+A rule that allows sets the ACCEPT mark and returns; Pass sets PASS and returns; Deny drops; Log
+logs and goes on. After each policy the endpoint chain returns on ACCEPT and jumps to the profile
+on PASS; when policies applied and none decided, it drops; with none, the profile decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from percale.api import selector
+from percale.api.policy import (
+    EntityRule,
+    GlobalNetworkPolicy,
+    NetworkPolicy,
+    Profile,
+    Rule,
+    port_range,
+    protocol_number,
+)
+
+TABLE = "percale"
+FAMILY = "inet"
+INTERFACE_PREFIX = "pcl"
+ACCEPT_MARK, PASS_MARK = 0x10000, 0x20000
+LOG_PREFIX = "percale-policy "
+PROTOCOL_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp", 136: "udplite"}
+
+
+@dataclass(frozen=True)
+class NamedPort:
+    name: str
+    protocol: str  # TCP, UDP, SCTP
+    port: int
+
+
+@dataclass(frozen=True)
+class PolicyEndpoint:
+    """A pod as policy sees it."""
+
+    key: str  # namespace/name, for messages
+    namespace: str
+    interface: str | None  # the host-side veth; None for endpoints of other nodes
+    addresses: tuple[str, ...]  # without prefix length
+    labels: Mapping[str, str] = field(default_factory=dict)
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[NamedPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class NftSet:
+    type: str
+    interval: bool
+    elements: tuple[str, ...]
+
+    def declaration(self, name: str) -> str:
+        flags = " flags interval;" if self.interval else ""
+        body = f" elements = {{ {', '.join(self.elements)} }};" if self.elements else ""
+        return f"set {name} {{ type {self.type};{flags}{body} }}"
+
+
+@dataclass
+class Ruleset:
+    """What the table should hold: sets, chains (name -> rules), and the dispatch maps."""
+
+    sets: dict[str, NftSet] = field(default_factory=dict)
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    from_endpoint: dict[str, str] = field(default_factory=dict)  # interface -> chain
+    to_endpoint: dict[str, str] = field(default_factory=dict)
+
+
+BASE_CHAINS = {
+    "forward": ["type filter hook forward priority filter; policy accept;",
+                f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch',
+                f'oifname "{INTERFACE_PREFIX}*" jump to-endpoint-dispatch'],
+    "input": ["type filter hook input priority filter; policy accept;",
+              f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch'],
+}
+DISPATCH_CHAINS = {
+    "from-endpoint-dispatch": ["iifname vmap @from-endpoint",
+                               f'iifname "{INTERFACE_PREFIX}*" counter drop comment "no policy programmed yet"'],
+    "to-endpoint-dispatch": ["oifname vmap @to-endpoint",
+                             f'oifname "{INTERFACE_PREFIX}*" counter drop comment "no policy programmed yet"'],
+}
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+def policy_id(policy: NetworkPolicy | GlobalNetworkPolicy) -> str:
+    """`<namespace>/<name>` for a namespaced policy, `<name>` for a global one."""
+    if isinstance(policy, NetworkPolicy):
+        return f"{policy.metadata.namespace}/{policy.metadata.name}"
+    return policy.metadata.name
+
+
+def policy_chain(direction: str, policy_key: str) -> str:
+    return ("pi-" if direction == "Ingress" else "po-") + _digest("policy", policy_key)
+
+
+def sort_key(policy: NetworkPolicy | GlobalNetworkPolicy) -> tuple:
+    order = policy.spec.order
+    namespace = policy.metadata.namespace if isinstance(policy, NetworkPolicy) else ""
+    return (math.inf if order is None else order, namespace or "", policy.metadata.name)
+
+
+def selects(policy: NetworkPolicy | GlobalNetworkPolicy, endpoint: PolicyEndpoint) -> bool:
+    if isinstance(policy, NetworkPolicy):
+        if policy.metadata.namespace != endpoint.namespace:
+            return False
+    elif policy.spec.namespace_selector is not None and not selector.matches(
+            policy.spec.namespace_selector, endpoint.namespace_labels):
+        return False
+    return selector.matches(policy.spec.selector, endpoint.labels)
+
+
+def _families(addresses: Iterable[str]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {4: [], 6: []}
+    for address in addresses:
+        found[ipaddress.ip_network(address, strict=False).version].append(address)
+    return found
+
+
+class _Compiler:
+    def __init__(self, endpoints: list[PolicyEndpoint]):
+        self.endpoints = endpoints
+        self.ruleset = Ruleset()
+
+    # -- sets ------------------------------------------------------------------------------
+
+    def _set(self, prefix: str, version: int, kind: str, elements: Iterable[str], *key) -> str:
+        name = f"{prefix}{version}-{_digest(*key)}"
+        if name not in self.ruleset.sets:
+            address = "ipv4_addr" if version == 4 else "ipv6_addr"
+            nft_type = address if kind == "addresses" else f"{address} . inet_proto . inet_service"
+            self.ruleset.sets[name] = NftSet(nft_type, False, tuple(sorted(set(elements))))
+        return name
+
+    def selector_set(self, entity: EntityRule, which: str, scope: str | None, version: int) -> str:
+        """The addresses of the endpoints `which` (selector or notSelector) matches, scoped as
+        the rule says: its namespaceSelector, else the policy's namespace (None: any)."""
+        chosen = getattr(entity, which)
+        members = []
+        for endpoint in self.endpoints:
+            if which == "selector":
+                if entity.namespace_selector is not None:
+                    if not selector.matches(entity.namespace_selector, endpoint.namespace_labels):
+                        continue
+                elif scope is not None and endpoint.namespace != scope:
+                    continue
+            if chosen is not None and not selector.matches(chosen, endpoint.labels):
+                continue
+            members += [a for a in endpoint.addresses if ipaddress.ip_address(a).version == version]
+        key = (which, chosen, entity.namespace_selector if which == "selector" else None,
+               scope if which == "selector" else None)
+        return self._set("s", version, "addresses", members, *key)
+
+    def named_port_set(self, names: list[str], protocol: str, version: int) -> str:
+        members = [f"{address} . {protocol.lower()} . {port.port}"
+                   for endpoint in self.endpoints for port in endpoint.ports
+                   if port.name in names and port.protocol == protocol
+                   for address in endpoint.addresses if ipaddress.ip_address(address).version == version]
+        return self._set("n", version, "ports", members, tuple(sorted(names)), protocol)
+
+    # -- rules -----------------------------------------------------------------------------
+
+    def rule(self, rule: Rule, scope: str | None, comment: str) -> list[str]:
+        """nft rules for one policy rule: one per address family it can match, and per kind
+        of port (numbers and names OR together, which one nft rule cannot say)."""
+        rendered = []
+        for port_kind in self._port_kinds(rule):
+            per_family = []
+            for version in (4, 6):
+                if rule.ip_version not in (None, version):
+                    continue
+                if (rule.protocol in ("ICMP", 1) and version == 6
+                        or rule.protocol in ("ICMPv6", 58) and version == 4):
+                    continue
+                matches = self._matches(rule, scope, version, port_kind)
+                if matches is not None:  # None: its nets are all of the other family
+                    per_family.append(matches)
+            if len(per_family) == 2 and per_family[0][1:] == per_family[1][1:]:
+                per_family = [per_family[0][1:]]  # nothing family-specific: one rule for both
+            rendered += [" ".join([*matches, "counter", *self._verdict(rule), f'comment "{comment}"'])
+                         for matches in per_family]
+        return rendered
+
+    @staticmethod
+    def _port_kinds(rule: Rule) -> list[tuple[str, str]]:
+        """Which (side, kind) of a rule's `ports` to render as separate nft rules: numbers and
+        names of one side OR together. ("", "") when no side lists ports."""
+        kinds = []
+        for side, entity in (("source", rule.source), ("destination", rule.destination)):
+            numeric = [p for p in entity.ports if port_range(p) is not None]
+            named = [p for p in entity.ports if port_range(p) is None]
+            side_kinds = [k for k, present in (("numeric", numeric), ("named", named)) if present]
+            kinds.append([(side, k) for k in side_kinds] or [(side, "")])
+        return [(a, b) for a in kinds[0] for b in kinds[1]]
+
+    def _matches(self, rule: Rule, scope: str | None, version: int, port_kind) -> list[str] | None:
+        ip = "ip" if version == 4 else "ip6"
+        parts = [f"meta nfproto {'ipv4' if version == 4 else 'ipv6'}"]
+        protocol = None
+        if rule.protocol is not None:
+            protocol = protocol_number(rule.protocol)
+            parts.append(f"meta l4proto {PROTOCOL_NAMES.get(protocol, protocol)}")
+        if rule.not_protocol is not None:
+            number = protocol_number(rule.not_protocol)
+            parts.append(f"meta l4proto != {PROTOCOL_NAMES.get(number, number)}")
+        if rule.icmp is not None or rule.not_icmp is not None:
+            icmp = "icmp" if version == 4 else "icmpv6"
+            for match, negate in ((rule.icmp, ""), (rule.not_icmp, "!= ")):
+                if match is not None and match.type is not None:
+                    parts.append(f"{icmp} type {negate}{match.type}")
+                    if match.code is not None:
+                        parts.append(f"{icmp} code {negate}{match.code}")
+        for (side, entity), kind in zip((("source", rule.source), ("destination", rule.destination)),
+                                        (k for _, k in port_kind)):
+            address = f"{ip} {'saddr' if side == 'source' else 'daddr'}"
+            port_field = "th sport" if side == "source" else "th dport"
+            nets = _families(entity.nets)
+            if entity.nets and not nets[version]:
+                return None
+            if nets[version]:
+                parts.append(f"{address} {{ {', '.join(nets[version])} }}")
+            not_nets = _families(entity.not_nets)[version]
+            if not_nets:
+                parts.append(f"{address} != {{ {', '.join(not_nets)} }}")
+            if entity.selector is not None or entity.namespace_selector is not None:
+                parts.append(f"{address} @{self.selector_set(entity, 'selector', scope, version)}")
+            if entity.not_selector is not None:
+                parts.append(f"{address} != @{self.selector_set(entity, 'not_selector', scope, version)}")
+            assert protocol is not None or not (entity.ports or entity.not_ports)  # the model's rule
+            name = PROTOCOL_NAMES.get(protocol or 0, "").upper()
+            if kind == "numeric":
+                numeric = [p for p in entity.ports if port_range(p) is not None]
+                parts.append(f"{port_field} {{ {_port_list(numeric)} }}")
+            elif kind == "named":
+                names = [p for p in entity.ports if port_range(p) is None]
+                parts.append(f"{address} . meta l4proto . {port_field} "
+                             f"@{self.named_port_set(names, name, version)}")
+            numeric_not = [p for p in entity.not_ports if port_range(p) is not None]
+            named_not = [p for p in entity.not_ports if port_range(p) is None]
+            if numeric_not:
+                parts.append(f"{port_field} != {{ {_port_list(numeric_not)} }}")
+            if named_not:
+                parts.append(f"{address} . meta l4proto . {port_field} "
+                             f"!= @{self.named_port_set(named_not, name, version)}")
+        return parts
+
+    @staticmethod
+    def _verdict(rule: Rule) -> list[str]:
+        return {
+            "Allow": [f"meta mark set mark or 0x{ACCEPT_MARK:x}", "return"],
+            "Pass": [f"meta mark set mark or 0x{PASS_MARK:x}", "return"],
+            "Deny": ["drop"],
+            "Log": [f'log prefix "{LOG_PREFIX}"'],
+        }[rule.action]
+
+    # -- chains ----------------------------------------------------------------------------
+
+    def policy_chains(self, policy: NetworkPolicy | GlobalNetworkPolicy, direction: str) -> str:
+        key = f"{policy.kind}/{policy_id(policy)}"
+        chain = policy_chain(direction, key)
+        if chain not in self.ruleset.chains:
+            scope = policy.metadata.namespace if isinstance(policy, NetworkPolicy) else None
+            rules = policy.spec.ingress if direction == "Ingress" else policy.spec.egress
+            self.ruleset.chains[chain] = [
+                r for i, rule in enumerate(rules)
+                for r in self.rule(rule, scope, f"{key} {direction.lower()} {i} {rule.action}")]
+        return chain
+
+    def profile_chain(self, profile: Profile, direction: str) -> str:
+        chain = ("pri-" if direction == "Ingress" else "pro-") + _digest("profile", profile.metadata.name)
+        if chain not in self.ruleset.chains:
+            rules = profile.spec.ingress if direction == "Ingress" else profile.spec.egress
+            self.ruleset.chains[chain] = [
+                r for i, rule in enumerate(rules)
+                for r in self.rule(rule, None, f"Profile/{profile.metadata.name} {direction.lower()} {i} {rule.action}")]
+        return chain
+
+    def endpoint_chain(self, endpoint: PolicyEndpoint, direction: str,
+                       policies: list[NetworkPolicy | GlobalNetworkPolicy], profile: Profile) -> str:
+        prefix = "tw-" if direction == "Ingress" else "fw-"
+        name, profile_name = prefix + endpoint.interface, prefix + endpoint.interface + "-profile"
+        rules = ["ct state established,related accept", "ct state invalid drop",
+                 f"meta mark set mark and 0x{~(ACCEPT_MARK | PASS_MARK) & 0xffffffff:x}"]
+        applicable = [p for p in policies if direction in p.spec.effective_types and selects(p, endpoint)]
+        for policy in applicable:
+            rules += [f"jump {self.policy_chains(policy, direction)}",
+                      f"meta mark and 0x{ACCEPT_MARK:x} == 0x{ACCEPT_MARK:x} return",
+                      f"meta mark and 0x{PASS_MARK:x} == 0x{PASS_MARK:x} goto {profile_name}"]
+        if applicable:
+            rules.append(f'counter drop comment "{endpoint.key}: no policy allowed it"')
+        else:
+            rules.append(f"goto {profile_name}")
+        self.ruleset.chains[name] = rules
+        self.ruleset.chains[profile_name] = [
+            f"jump {self.profile_chain(profile, direction)}",
+            f"meta mark and 0x{ACCEPT_MARK:x} == 0x{ACCEPT_MARK:x} return",
+            f'counter drop comment "{endpoint.key}: the profile did not allow it"']
+        return name
+
+
+def _port_list(ports) -> str:
+    spans = sorted(port_range(p) for p in ports)
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def default_profile(namespace: str) -> Profile:
+    """A namespace with no Profile stored behaves as Calico's kns.<namespace>: allow both ways."""
+    return Profile(metadata={"name": f"kns.{namespace}"})
+
+
+def compile_ruleset(policies: Iterable[NetworkPolicy | GlobalNetworkPolicy],
+                    profiles: Mapping[str, Profile], endpoints: Iterable[PolicyEndpoint]) -> Ruleset:
+    """The ruleset for the endpoints with an interface (this node's), against every endpoint
+    (the cluster's: selectors and named ports reach pods of other nodes). `profiles` maps a
+    namespace to its profile."""
+    everyone = list(endpoints)
+    compiler = _Compiler(everyone)
+    ordered = sorted(policies, key=sort_key)
+    for endpoint in sorted((e for e in everyone if e.interface), key=lambda e: e.interface):
+        profile = profiles.get(endpoint.namespace) or default_profile(endpoint.namespace)
+        compiler.ruleset.from_endpoint[endpoint.interface] = compiler.endpoint_chain(
+            endpoint, "Egress", ordered, profile)
+        compiler.ruleset.to_endpoint[endpoint.interface] = compiler.endpoint_chain(
+            endpoint, "Ingress", ordered, profile)
+    return compiler.ruleset
+
+
+# -- text for nft -f ------------------------------------------------------------------------
+
+def _vmap(name: str, entries: Mapping[str, str]) -> str:
+    elements = ", ".join(f'"{interface}" : goto {chain}' for interface, chain in sorted(entries.items()))
+    body = f" elements = {{ {elements} }};" if elements else ""
+    return f"map {name} {{ type ifname : verdict;{body} }}"
+
+
+def render(ruleset: Ruleset) -> str:
+    """The whole table, as one `nft -f` transaction that replaces whatever the table held:
+    `add table` (so the delete never fails), `delete table`, then everything. nft applies the
+    file atomically: no packet sees a half-written table."""
+    lines = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}",
+             f"table {FAMILY} {TABLE} {{"]
+    for name, declared in sorted(ruleset.sets.items()):
+        lines.append("  " + declared.declaration(name))
+    lines.append("  " + _vmap("from-endpoint", ruleset.from_endpoint))
+    lines.append("  " + _vmap("to-endpoint", ruleset.to_endpoint))
+    chains = {**ruleset.chains}
+    for name in sorted(chains, key=lambda n: (n.startswith(("fw-", "tw-")), n)):
+        lines.append(f"  chain {name} {{")
+        lines += [f"    {rule}" for rule in chains[name]]
+        lines.append("  }")
+    for name, rules in {**DISPATCH_CHAINS, **BASE_CHAINS}.items():
+        lines.append(f"  chain {name} {{")
+        lines += [f"    {rule}" for rule in rules]
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,153 @@
+"""The policy ruleset into the kernel: `nft -f -`, one transaction per change (dataplane.md §B8, G2).
+
+    writer = PolicyTable()                 # in the network namespace it runs in
+    writer.apply(ruleset)                  # first call: the whole table, replacing what was there
+    writer.apply(next_ruleset)             # later: only the sets, chains and map entries that changed
+    writer.drifted()                       # someone changed the table behind us?
+
+The first apply (and any apply after a failure or drift) writes the whole table in one
+transaction -- `add table`, `delete table`, the table -- so packets see the old rules or the new
+ones, never none: an agent that restarts adopts the rules it left in the kernel without a gap.
+Later applies change what differs: new chains and sets first, then the rewritten chains (flush +
+rules), then the map entries, then what went away; all in one transaction too. Only
+`inet percale` is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Mapping
+
+from percale.policy.compile import FAMILY, TABLE, Ruleset, render
+
+log = logging.getLogger("percale.policy")
+
+T = f"{FAMILY} {TABLE}"
+
+
+class NftError(RuntimeError):
+    """nft refused a transaction (nothing of it was applied)."""
+
+
+def run_nft(script: str) -> None:
+    done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NftError(done.stderr.strip() or f"nft exited with {done.returncode}")
+
+
+def _vmap_changes(name: str, old: Mapping[str, str], new: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(deletes, adds) for a verdict map's elements."""
+    gone = [i for i in old if old[i] != new.get(i)]
+    come = [i for i in new if new[i] != old.get(i)]
+    deletes = ([f'delete element {T} {name} {{ {", ".join(chr(34) + i + chr(34) for i in sorted(gone))} }}']
+               if gone else [])
+    adds = ([f'add element {T} {name} {{ {", ".join(f"{chr(34)}{i}{chr(34)} : goto {new[i]}" for i in sorted(come))} }}']
+            if come else [])
+    return deletes, adds
+
+
+def update_script(old: Ruleset, new: Ruleset) -> str:
+    """The nft commands that turn the table holding `old` into one holding `new`."""
+    lines: list[str] = []
+    # Sets first, as every rule that references one needs it.
+    for name, declared in sorted(new.sets.items()):
+        before = old.sets.get(name)
+        if before is None:
+            lines.append(f"add {declared.declaration(name).replace('set ', f'set {T} ', 1)}")
+        elif before != declared:
+            lines.append(f"flush set {T} {name}")
+            if declared.elements:
+                lines.append(f"add element {T} {name} {{ {', '.join(declared.elements)} }}")
+    for name in sorted(set(new.chains) - set(old.chains)):
+        lines.append(f"add chain {T} {name}")
+    for name, rules in sorted(new.chains.items()):
+        if old.chains.get(name) == rules:
+            continue
+        if name in old.chains:
+            lines.append(f"flush chain {T} {name}")
+        lines += [f"add rule {T} {name} {rule}" for rule in rules]
+    from_deletes, from_adds = _vmap_changes("from-endpoint", old.from_endpoint, new.from_endpoint)
+    to_deletes, to_adds = _vmap_changes("to-endpoint", old.to_endpoint, new.to_endpoint)
+    lines += from_deletes + to_deletes + from_adds + to_adds
+    # What went away, now that nothing refers to it: chains (flushed first, so one gone chain
+    # may jump to another gone chain), then sets.
+    gone_chains = sorted(set(old.chains) - set(new.chains))
+    lines += [f"flush chain {T} {name}" for name in gone_chains]
+    lines += [f"delete chain {T} {name}" for name in gone_chains]
+    lines += [f"delete set {T} {name}" for name in sorted(set(old.sets) - set(new.sets))]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+class PolicyTable:
+    """The `inet percale` table of the network namespace this process is in."""
+
+    def __init__(self, nft=run_nft):
+        self._nft = nft
+        self.applied: Ruleset | None = None
+
+    def apply(self, ruleset: Ruleset) -> bool:
+        """Make the table hold `ruleset`; True when something was written."""
+        if self.applied is None:
+            self._nft(render(ruleset))
+        else:
+            script = update_script(self.applied, ruleset)
+            if not script:
+                return False
+            try:
+                self._nft(script)
+            except NftError as err:
+                # The table is not what we think (changed behind us?): write it whole.
+                log.warning("policy update refused (%s); rewriting the table", err)
+                self._nft(render(ruleset))
+        self.applied = ruleset
+        return True
+
+    def drifted(self) -> bool:
+        """Whether the kernel's table differs from the last one applied in its chains, rule
+        counts, sets or map entries (a hand edit, a `nft flush ruleset`)."""
+        if self.applied is None:
+            return False
+        done = subprocess.run(["nft", "-j", "list", "table", FAMILY, TABLE],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return True
+        rules: dict[str, int] = {}
+        sets: dict[str, int] = {}
+        maps: dict[str, int] = {}
+        for item in json.loads(done.stdout).get("nftables", []):
+            if "rule" in item:
+                rules[item["rule"]["chain"]] = rules.get(item["rule"]["chain"], 0) + 1
+            elif "chain" in item:
+                rules.setdefault(item["chain"]["name"], 0)
+            elif "set" in item:
+                sets[item["set"]["name"]] = len(item["set"].get("elem", []))
+            elif "map" in item:
+                maps[item["map"]["name"]] = len(item["map"].get("elem", []))
+        want = self.applied
+        expected_rules = {name: len(body) for name, body in want.chains.items()}
+        present = {name: count for name, count in rules.items()
+                   if name not in ("forward", "input", "from-endpoint-dispatch", "to-endpoint-dispatch")}
+        return (present != expected_rules
+                or sets != {name: len(s.elements) for name, s in want.sets.items()}
+                or maps != {"from-endpoint": len(want.from_endpoint), "to-endpoint": len(want.to_endpoint)})
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Packets and bytes per rule comment (a policy rule's identity), summed over the nft
+        rules it became."""
+        done = subprocess.run(["nft", "-j", "list", "table", FAMILY, TABLE],
+                              capture_output=True, text=True)
+        found: dict[str, tuple[int, int]] = {}
+        if done.returncode != 0:
+            return found
+        for item in json.loads(done.stdout).get("nftables", []):
+            rule = item.get("rule")
+            if not rule or "comment" not in rule:
+                continue
+            for expression in rule.get("expr", []):
+                if "counter" in expression:
+                    packets, size = found.get(rule["comment"], (0, 0))
+                    found[rule["comment"]] = (packets + expression["counter"]["packets"],
+                                              size + expression["counter"]["bytes"])
+        return found
