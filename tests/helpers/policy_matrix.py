@@ -28,21 +28,29 @@ NAMED_PORTS = tuple((f"serve-{port}-{proto.lower()}", proto, port) for port in P
 _libc = ctypes.CDLL(None, use_errno=True)
 _setns_lock = threading.Lock()
 
-# Serves TCP (accept, close) and UDP (echo) on 80 and 81 on every address of its namespace.
+# Serves TCP (echo, until the client closes) and UDP (echo) on the ports in argv (default 80 and
+# 81) on every address of its namespace.
 SERVER = """
-import selectors, socket
+import selectors, socket, sys
 sel = selectors.DefaultSelector()
-for port in (80, 81):
+for port in [int(p) for p in sys.argv[1:]] or [80, 81]:
     t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("0.0.0.0", port)); t.listen(256); t.setblocking(False); sel.register(t, selectors.EVENT_READ, "tcp")
+    t.bind(("0.0.0.0", port)); t.listen(256); t.setblocking(False); sel.register(t, selectors.EVENT_READ, "listen")
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
     u.setblocking(False); sel.register(u, selectors.EVENT_READ, "udp")
 print("serving", flush=True)
 while True:
     for key, _ in sel.select():
         try:
-            if key.data == "tcp":
-                conn, _ = key.fileobj.accept(); conn.close()
+            if key.data == "listen":
+                conn, _ = key.fileobj.accept(); conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ, "conn")
+            elif key.data == "conn":
+                data = key.fileobj.recv(4096)
+                if data:
+                    key.fileobj.sendall(data)
+                else:
+                    sel.unregister(key.fileobj); key.fileobj.close()
             else:
                 data, peer = key.fileobj.recvfrom(512); key.fileobj.sendto(data, peer)
         except OSError:
@@ -82,8 +90,9 @@ class Party:
     address: str
 
 
-def serve(netns: str) -> subprocess.Popen:
-    process = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER],
+def serve(netns: str, ports: tuple[int, ...] = PORTS) -> subprocess.Popen:
+    process = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER,
+                                *map(str, ports)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout.readline().strip() == "serving", f"server in {netns} did not start"
     return process
@@ -92,47 +101,53 @@ def serve(netns: str) -> subprocess.Popen:
 Probe = tuple[str, str, str, int]  # (from, to, protocol, port)
 
 
-def probe_all(parties: list[Party], timeout: float = 1.0) -> dict[Probe, bool]:
-    """Every ordered pair of distinct parties, each port and protocol: reached or not."""
+def reaches(source: Party, destination: Party, protocol: str, port: int, timeout: float = 0.5) -> bool:
+    """One probe, as probe_all makes them."""
+    return probe_many([(source, destination, protocol, port)], timeout)[0]
+
+
+def probe_many(probes: list[tuple[Party, Party, str, int]], timeout: float = 0.5) -> list[bool]:
+    """Some probes at once: (source, destination, protocol, port) -> reached, in order."""
     selector = selectors.DefaultSelector()
-    results: dict[Probe, bool] = {}
-    pending: dict[socket.socket, Probe] = {}
-    for source in parties:
-        for destination in parties:
-            if source is destination:
-                continue
-            for protocol in PROTOCOLS:
-                for port in PORTS:
-                    probe = (source.name, destination.name, protocol, port)
-                    results[probe] = False
-                    if protocol == "TCP":
-                        sock = socket_in(source.netns, socket.SOCK_STREAM)
-                        sock.connect_ex((destination.address, port))
-                        selector.register(sock, selectors.EVENT_WRITE)
-                    else:
-                        sock = socket_in(source.netns, socket.SOCK_DGRAM)
-                        sock.sendto(b"probe", (destination.address, port))
-                        selector.register(sock, selectors.EVENT_READ)
-                    pending[sock] = probe
+    results = [False] * len(probes)
+    pending: dict[socket.socket, int] = {}
+    for i, (source, destination, protocol, port) in enumerate(probes):
+        if protocol == "TCP":
+            sock = socket_in(source.netns, socket.SOCK_STREAM)
+            sock.connect_ex((destination.address, port))
+            selector.register(sock, selectors.EVENT_WRITE)
+        else:
+            sock = socket_in(source.netns, socket.SOCK_DGRAM)
+            sock.sendto(b"probe", (destination.address, port))
+            selector.register(sock, selectors.EVENT_READ)
+        pending[sock] = i
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
             sock = key.fileobj
-            probe = pending.pop(sock)
+            i = pending.pop(sock)
             selector.unregister(sock)
-            if probe[2] == "TCP":
-                results[probe] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            if probes[i][2] == "TCP":
+                results[i] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
             else:
                 try:
-                    results[probe] = sock.recv(64) == b"probe"
+                    results[i] = sock.recv(64) == b"probe"
                 except OSError:
-                    results[probe] = False
+                    results[i] = False
             sock.close()
     for sock in pending:
         selector.unregister(sock)
         sock.close()
     selector.close()
     return results
+
+
+def probe_all(parties: list[Party], timeout: float = 1.0) -> dict[Probe, bool]:
+    """Every ordered pair of distinct parties, each port and protocol: reached or not."""
+    probes = [(a, b, protocol, port) for a in parties for b in parties if a is not b
+              for protocol in PROTOCOLS for port in PORTS]
+    return {(a.name, b.name, protocol, port): ok
+            for (a, b, protocol, port), ok in zip(probes, probe_many(probes, timeout), strict=True)}
 
 
 def differences(observed: dict[Probe, bool], expected: dict[Probe, bool]) -> list[str]:
