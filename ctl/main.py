@@ -20,6 +20,7 @@ from percale.ctl.documents import InputError, load
 from percale.ctl.ipam_app import ipam_app
 from percale.ctl.lab_cmd import lab_app
 from percale.ctl.node_cmd import node_app
+from percale.ctl.policy_cmd import policy_app
 from percale.datastore import Datastore, DatastoreError, Key, NotFound
 from percale.api import KINDS, Resource, kind_named
 
@@ -36,6 +37,7 @@ app.add_typer(ipam_app, name="ipam")
 app.add_typer(cni_app, name="cni")
 app.add_typer(node_app, name="node")
 app.add_typer(lab_app, name="lab")
+app.add_typer(policy_app, name="policy")
 # Imported for their effect: each module adds its commands to ipam_app.
 _IPAM_COMMANDS = (ipam_show, ipam_check)
 

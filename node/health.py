@@ -17,6 +17,7 @@ read from the agent's parts when asked, so nothing can drift.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -87,10 +88,43 @@ class _DatastoreCollector:
                                       "kind whose history was compacted)", value=self.cache.lists)
 
 
-def registry_for(bgp: BGPHealth, datastore: Any = None, cache: Any = None) -> CollectorRegistry:
+# A policy rule's nft comment: "<Kind>/<id> <direction> <index> <action>" (policy/compile.py).
+_RULE_COMMENT = re.compile(r"(?P<policy>\S+) (?P<direction>ingress|egress) (?P<index>\d+) (?P<action>Allow|Deny|Pass|Log)")
+
+
+class _PolicyCollector:
+    """Packets and bytes per policy rule, read from the nft counters of the node's table."""
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+
+    def collect(self):
+        packets = CounterMetricFamily("percale_policy_packets", "Packets that matched a policy rule",
+                                      labels=["policy", "rule", "action"])
+        size = CounterMetricFamily("percale_policy_bytes", "Bytes that matched a policy rule",
+                                   labels=["policy", "rule", "action"])
+        for comment, (count, octets) in sorted(self.policy.table.counters().items()):
+            match = _RULE_COMMENT.fullmatch(comment)
+            if match:
+                labels = [match["policy"], f"{match['direction']} {match['index']}", match["action"]]
+                packets.add_metric(labels, count)
+                size.add_metric(labels, octets)
+        yield packets
+        yield size
+        applied = self.policy.table.applied
+        yield GaugeMetricFamily("percale_policy_endpoints", "Local endpoints with policy chains",
+                                value=len(applied.from_endpoint) if applied else 0)
+        yield GaugeMetricFamily("percale_policy_last_apply_seconds",
+                                "How long the last nft transaction took", value=self.policy.last_apply_seconds)
+
+
+def registry_for(bgp: BGPHealth, datastore: Any = None, cache: Any = None,
+                 policy: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(_BGPCollector(bgp))
     registry.register(_DatastoreCollector(datastore, cache))
+    if policy is not None:
+        registry.register(_PolicyCollector(policy))
     registry.register(SYNC_SECONDS)
     return registry
 
@@ -111,8 +145,8 @@ def readiness(bgp: BGPHealth, cache: Any = None) -> list[str]:
 
 
 async def serve(bgp: BGPHealth, host: str, port: int, *, datastore: Any = None,
-                cache: Any = None) -> asyncio.AbstractServer:
-    registry = registry_for(bgp, datastore, cache)
+                cache: Any = None, policy: Any = None) -> asyncio.AbstractServer:
+    registry = registry_for(bgp, datastore, cache, policy)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -128,7 +162,9 @@ async def serve(bgp: BGPHealth, host: str, port: int, *, datastore: Any = None,
                 body = ("\n".join(problems) + "\n" if problems else "ok\n").encode()
                 kind = "text/plain"
             elif path == "/metrics":
-                status, body, kind = 200, generate_latest(registry), "text/plain; version=0.0.4"
+                # The policy counters come from nft: off the event loop.
+                body = await asyncio.to_thread(generate_latest, registry)
+                status, kind = 200, "text/plain; version=0.0.4"
             else:
                 status, body, kind = 404, b"not found\n", "text/plain"
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]

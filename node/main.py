@@ -160,7 +160,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     if options.health_listen:
         host, _, port = options.health_listen.rpartition(":")
         health_server = await health.serve(bgp_agent, host or "127.0.0.1", int(port),
-                                           datastore=store, cache=cache)
+                                           datastore=store, cache=cache, policy=policy_agent)
     parts = [following]
     if isinstance(bgp_agent, BGPAgent):
         parts.append(asyncio.create_task(bgp_agent.run(), name="BGP"))

@@ -226,3 +226,39 @@ def test_the_agent_restarted_keeps_and_adopts_the_rules_without_a_gap(world):
         watcher.join()
         world.percalectl("delete", "networkpolicy", "backend-only-from-frontend", "-n", "production")
     assert wrong == []
+
+
+def test_policy_show_lists_what_applies_in_order_and_metrics_count_rules(world):
+    assert world.percalectl("apply", "-f", str(SEED)).returncode == 0
+    extra = {"apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "first"},
+             "spec": {"order": 10, "selector": "app == 'backend'",
+                      "ingress": [{"action": "Log"}, {"action": "Pass", "protocol": "UDP"}]}}
+    assert world.percalectl("apply", "-f", "-", input=yaml.safe_dump(extra)).returncode == 0
+    try:
+        shown = world.percalectl("policy", "show", "backend", "-n", "production")
+        assert shown.returncode == 0, shown.stderr
+        text = shown.stdout
+        assert "labels: app=backend" in text
+        ingress = text.split("Ingress:")[1].split("Egress:")[0]
+        # Order 10 before the Kubernetes policy's 1000, each with its rules.
+        assert ingress.index("GlobalNetworkPolicy first (order 10)") < ingress.index(
+            "NetworkPolicy production/knp.default.allow-frontend-to-backend (order 1000)")
+        assert 'rule 0: Allow TCP from selector app == "frontend" to ports 8080' in ingress
+        assert "then: drop" in ingress
+        egress = text.split("Egress:")[1]
+        assert "rule 1: Allow UDP to ports 53" in egress
+        other = world.percalectl("policy", "show", "other", "-n", "staging").stdout
+        assert "no policy selects it: profile kns.staging: Allow (any peer)" in other
+        assert world.percalectl("policy", "show", "nobody").returncode != 0
+
+        assert world.settled(lambda: not world.reaches("other", "backend", "TCP", 8080))
+        for _ in range(3):
+            world.reaches("frontend", "backend", "TCP", 8080)
+        metrics = world.nodes[1].exec("curl", "-s", "http://127.0.0.1:9099/metrics").stdout
+        allowed = [line for line in metrics.splitlines() if line.startswith("percale_policy_packets_total{")
+                   and "knp.default.allow-frontend-to-backend" in line and 'rule="ingress 0"' in line]
+        assert allowed and float(allowed[0].split()[-1]) >= 3, metrics
+        assert "percale_policy_endpoints 2.0" in metrics  # backend and other on this node
+    finally:
+        world.percalectl("delete", "-f", str(SEED))
+        world.percalectl("delete", "globalnetworkpolicy", "first")
