@@ -22,7 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from percale.api import Node, Resource, WorkloadEndpoint
+from percale.api import InvalidResource, Node, Profile, Resource, WorkloadEndpoint
+from percale.api.k8s_policy import parse_kubernetes_policy
+from percale.policy.convert import convert
 from percale.datastore.contract import Key, KVPair
 from percale.datastore.errors import DatastoreError
 
@@ -139,11 +141,46 @@ def endpoint_from_pod(pod: dict[str, Any]) -> KVPair | None:
     except ValueError:
         raise DatastoreError(
             f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation {ENDPOINT} is not JSON") from None
+    spec = dict(stored.get("spec", {}))
+    # Named ports, for policy: the Pod's containers' (percale's own record has none).
+    named = [{"name": port["name"], "protocol": port.get("protocol", "TCP"), "port": port["containerPort"]}
+             for container in (pod.get("spec") or {}).get("containers") or []
+             for port in container.get("ports") or [] if port.get("name") and port.get("containerPort")]
+    if named:
+        spec["ports"] = named
     return _validated(WorkloadEndpoint, {
         "apiVersion": "percale.io/v1", "kind": "WorkloadEndpoint",
         "metadata": _meta(pod, stored.get("name", ""), meta.get("namespace")),
-        "spec": stored.get("spec", {}),
+        "spec": spec,
     })
+
+
+def profile_from_namespace(namespace: dict[str, Any]) -> KVPair:
+    """A Namespace as its profile `kns.<name>`: its labels applied to its pods for
+    namespaceSelectors, and the default rules (allow both ways), as Calico's conversion makes it."""
+    meta = namespace.get("metadata", {})
+    return _validated(Profile, {
+        "apiVersion": "percale.io/v1", "kind": "Profile",
+        "metadata": {"name": f"kns.{meta.get('name', '')}",
+                     "resourceVersion": meta.get("resourceVersion"), "uid": meta.get("uid")},
+        "spec": {"labelsToApply": meta.get("labels") or {}},
+    })
+
+
+def policy_from_kubernetes(obj: dict[str, Any]) -> KVPair:
+    """A networking.k8s.io NetworkPolicy as percale's, converted (knp.default.<name>)."""
+    meta = obj.get("metadata", {})
+    try:
+        policy = parse_kubernetes_policy({**obj, "metadata": {
+            k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}})
+    except InvalidResource as err:
+        raise DatastoreError(f"the Kubernetes NetworkPolicy {meta.get('namespace')}/{meta.get('name')} "
+                             f"cannot be used: {err}") from None
+    converted = convert(policy)
+    meta_out = converted.metadata.model_copy(update={"resource_version": meta.get("resourceVersion"),
+                                                     "uid": meta.get("uid")})
+    value = converted.model_copy(update={"metadata": meta_out})
+    return KVPair(Key.of(value), value, meta.get("resourceVersion", ""))
 
 
 def endpoint_patch(value: WorkloadEndpoint | None, revision: str | None,

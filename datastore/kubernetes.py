@@ -17,6 +17,7 @@ subresource after the object itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from pydantic import ValidationError
 
 from percale.api import KINDS, Resource
 from percale.api.meta import API_VERSION
+from percale.api.policy import NAMESPACE_PROFILE_PREFIX
+from percale.policy.convert import KUBERNETES_POLICY_PREFIX
 from percale.datastore import kube_names, kube_native
 from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
 from percale.datastore.errors import (
@@ -44,11 +47,19 @@ _KEPT_METADATA = ("namespace", "labels", "annotations", "resourceVersion", "uid"
 
 
 NATIVE = {"Node": "nodes", "WorkloadEndpoint": "pods"}
+# Profiles are the Namespaces (read-only); NetworkPolicies are percale's custom objects and, beside
+# them, Kubernetes' own NetworkPolicies, converted (knp.default.<name>, read-only here).
+KUBERNETES_POLICIES = "/apis/networking.k8s.io/v1"
 
 
 def collection_path(kind: str, namespace: str | None = None) -> str:
     if kind == "Node":
         return "/api/v1/nodes"
+    if kind == "Profile":
+        return "/api/v1/namespaces"
+    if kind == "KubernetesNetworkPolicy":
+        where = f"/namespaces/{namespace}" if namespace else ""
+        return f"{KUBERNETES_POLICIES}{where}/networkpolicies"
     if kind == "WorkloadEndpoint":
         return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
     plural = KINDS[kind].info.plural
@@ -58,6 +69,10 @@ def collection_path(kind: str, namespace: str | None = None) -> str:
 
 
 def object_path(key: Key, name: str | None = None) -> str:
+    if key.kind == "Profile":
+        return f"/api/v1/namespaces/{key.name.removeprefix(NAMESPACE_PROFILE_PREFIX)}"
+    if key.kind == "KubernetesNetworkPolicy":
+        return f"{collection_path(key.kind, key.namespace)}/{key.name.removeprefix(KUBERNETES_POLICY_PREFIX)}"
     if key.kind == "WorkloadEndpoint":
         return f"{collection_path(key.kind, key.namespace)}/{kube_native.split_endpoint_name(key.name)[2]}"
     return f"{collection_path(key.kind, key.namespace)}/{name or kube_names.object_name(key)}"
@@ -84,6 +99,10 @@ def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
     """The percale resource a custom object holds, under its percale name."""
     if kind == "Node":
         return kube_native.node_from_object(obj)
+    if kind == "Profile":
+        return kube_native.profile_from_namespace(obj)
+    if kind == "KubernetesNetworkPolicy":
+        return kube_native.policy_from_kubernetes(obj)
     meta = obj.get("metadata", {})
     spec = obj.get("spec") or {}
     doc = {k: v for k, v in obj.items() if k in ("apiVersion", "kind", "spec", "status")}
@@ -112,6 +131,11 @@ class KubeDatastore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, key: Key) -> KVPair:
+        if key.kind == "NetworkPolicy" and key.name.startswith(KUBERNETES_POLICY_PREFIX):
+            pair = await self.get(Key("KubernetesNetworkPolicy", key.name, key.namespace))
+            return pair
+        if key.kind == "Profile" and not key.name.startswith(NAMESPACE_PROFILE_PREFIX):
+            raise NotFound(key)
         try:
             obj = await self.client.request("GET", object_path(key))
         except KubeError as err:
@@ -124,6 +148,16 @@ class KubeDatastore:
         return from_object(key.kind, obj)
 
     async def list(
+        self, kind: str, namespace: str | None = None, *, node: str | None = None
+    ) -> ListResult:
+        if kind == "NetworkPolicy":
+            own = await self._list(kind, namespace, node=node)
+            native = await self._list("KubernetesNetworkPolicy", namespace, node=node)
+            items = sorted(own.items + native.items, key=lambda kv: (kv.key.namespace or "", kv.key.name))
+            return ListResult(items, max(own.revision, native.revision, key=_revision_order))
+        return await self._list(kind, namespace, node=node)
+
+    async def _list(
         self, kind: str, namespace: str | None = None, *, node: str | None = None
     ) -> ListResult:
         query: dict[str, Any] = {"limit": PAGE}
@@ -180,8 +214,20 @@ class KubeDatastore:
         doc = to_object(value, written["metadata"]["resourceVersion"])
         return await self.client.request("PUT", object_path(Key.of(value), written["metadata"]["name"]) + "/status", body=doc)
 
+    @staticmethod
+    def _writable(key: Key) -> None:
+        if key.kind == "Profile":
+            raise DatastoreError(f"{key}: on the Kubernetes datastore a namespace's profile is its "
+                                 "Namespace; change the Namespace's labels with kubectl")
+        if key.kind == "NetworkPolicy" and key.name.startswith(KUBERNETES_POLICY_PREFIX):
+            raise DatastoreError(
+                f"{key}: this is the Kubernetes NetworkPolicy {key.namespace}/"
+                f"{key.name.removeprefix(KUBERNETES_POLICY_PREFIX)}; on the Kubernetes datastore "
+                "create, change and delete it with kubectl")
+
     async def create(self, value: Resource) -> KVPair:
         key = Key.of(value)
+        self._writable(key)
         if key.kind == "Node":
             return await self._create_node(value)
         if key.kind == "WorkloadEndpoint":
@@ -200,6 +246,7 @@ class KubeDatastore:
 
     async def update(self, value: Resource, *, revision: str | None) -> KVPair:
         key = Key.of(value)
+        self._writable(key)
         if key.kind == "Node":
             return await self._update_node(value, revision)
         if key.kind == "WorkloadEndpoint":
@@ -215,6 +262,7 @@ class KubeDatastore:
         return await self._swap(key, revision, attempt)
 
     async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
+        self._writable(key)
         if key.kind == "Node":
             raise DatastoreError(
                 f"{key}: on the Kubernetes datastore a Node is the Kubernetes Node; delete it with "
@@ -309,6 +357,37 @@ class KubeDatastore:
     # -- watch ---------------------------------------------------------------------------------
 
     async def watch(
+        self, kind: str, *, revision: str | None = None, namespace: str | None = None,
+        node: str | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        if kind != "NetworkPolicy":
+            async for event in self._watch(kind, revision=revision, namespace=namespace, node=node):
+                yield event
+            return
+        # percale's NetworkPolicies and Kubernetes' side by side, as one stream. Both come from
+        # the apiserver's one etcd, so one resourceVersion resumes either.
+        events: asyncio.Queue = asyncio.Queue()
+
+        async def follow(sub: str) -> None:
+            try:
+                async for event in self._watch(sub, revision=revision, namespace=namespace, node=node):
+                    await events.put(event)
+            except BaseException as err:  # noqa: BLE001 - handed to the reader below
+                await events.put(err)
+
+        followers = [asyncio.create_task(follow(sub)) for sub in ("NetworkPolicy", "KubernetesNetworkPolicy")]
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+
+    async def _watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
         node: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
@@ -420,6 +499,10 @@ class _LazyClient:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _revision_order(revision: str) -> tuple[int, str]:
+    return (int(revision), revision) if revision.isdigit() else (-1, revision)
 
 
 def _verdict(err: KubeError, key: Key) -> Exception:

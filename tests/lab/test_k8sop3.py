@@ -168,3 +168,23 @@ def test_an_invalid_installation_is_degraded_and_changes_nothing_that_runs(clust
         valid = {"spec": {"calicoNetwork": {"ipPools": overlapping["spec"]["calicoNetwork"]["ipPools"][:1]}}}
         cluster.kubectl("patch", "installation", "default", "--type", "merge", "-p", json.dumps(valid))
     assert wait_for(lambda: cluster.condition("Degraded").get("status") == "False", 30)
+
+
+def test_a_kubernetes_network_policy_applied_with_kubectl_is_enforced(cluster):
+    deny = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny-ingress", "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"app": "pingers"}}}}
+    done = cluster.lab.exec("kube", [KUBECTL, "apply", "-f", "-"], capture=True, input=json.dumps(deny))
+    assert done.returncode == 0, done.stderr
+    pingers = [p for p in pods.pods(cluster.lab) if p.name.startswith("pingers-")]
+    controllers = next(p for p in pods.pods(cluster.lab) if "percale-controllers" in p.name)
+    try:
+        def isolated():
+            return not any(pods.ping(a, b.addresses[0], wait=0.3) for a in [controllers, *pingers[:2]]
+                           for b in pingers if a is not b)
+        assert wait_for(isolated, 20)
+        # Egress is not isolated: the pingers still reach the controllers' pod.
+        assert pods.ping(pingers[0], controllers.addresses[0])
+    finally:
+        cluster.kubectl("delete", "networkpolicy", "deny-ingress")
+    assert every_pod_reaches_every_pod(cluster.lab) == []

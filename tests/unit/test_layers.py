@@ -40,7 +40,8 @@ LAYERS: dict[str, set[str]] = {
     "percale_cni": set(),
     "percale.api": set(),
     "percale.ipc": set(),
-    "percale.datastore": {"percale.api"},
+    # The Kubernetes backend serves Kubernetes NetworkPolicies converted (percale.policy.convert).
+    "percale.datastore": {"percale.api", "percale.policy"},
     "percale.ipam": {"percale.api", "percale.datastore"},
     "percale.bgpd": {"percale.api", "percale.datastore", "percale.ipc"},
     "percale.dataplane": set(),
