@@ -9,6 +9,8 @@ the host), and then runs, side by side:
     datastore, pods wired by the dataplane workers;
   * BGP (bgpd/agent.py), once this node's Node has a BGP address: ExaBGP announces the node's
     blocks, and learned routes go through the RIB to the kernel (dataplane/fib.py);
+  * network policy (node/policy_agent.py): the view's policies, profiles and endpoints compiled
+    into the `inet percale` nftables table; a CNI ADD returns once the pod's chains are in;
   * its status on the status socket and as the node's NodeStatus (node/status.py), and
     /livez, /readyz, /metrics (node/health.py).
 
