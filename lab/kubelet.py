@@ -27,7 +27,6 @@ Standard library and PyYAML only: the lab imports nothing of percale's own packa
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import os
@@ -37,7 +36,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 
-from percale.api import GlobalNetworkPolicy, NetworkPolicy, Profile, WorkloadEndpoint
+from percale.api import Profile, WorkloadEndpoint
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
 from percale.datastore.cache import Cache, Change
 from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, compile_ruleset

@@ -155,3 +155,33 @@ def differences(observed: dict[Probe, bool], expected: dict[Probe, bool]) -> lis
             f"{'reached' if observed[k] else 'blocked'}"
             for k in sorted(expected) if observed.get(k) != expected[k]
             for a, b, proto, port in [k]]
+
+
+def empty_etcd(server) -> None:
+    """The session's etcd without percale keys (a module-scoped world starts from nothing)."""
+    subprocess.run(["etcdctl", "--endpoints", server.endpoint, "del", "--prefix", "/percale/"],
+                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+
+
+EXTERNAL_ADDRESS = "198.51.100.2"
+
+
+def add_external_host(a, b) -> str:
+    """A namespace outside the pools, behind node `a` on 198.51.100.0/24 (node `b` routes there
+    through `a`); removed with `a`. Its name."""
+    from tests.helpers.cni_node import sh
+
+    external = "pclext" + a.name[-4:]
+    sh("ip", "netns", "add", external)
+    a.pods.append(external)
+    sh("ip", "link", "add", "ext", "netns", a.name, "type", "veth", "peer", "name", "eth0",
+       "netns", external)
+    a.exec("ip", "addr", "add", "198.51.100.1/24", "dev", "ext")
+    a.exec("ip", "link", "set", "ext", "up")
+    for command in (["ip", "addr", "add", f"{EXTERNAL_ADDRESS}/24", "dev", "eth0"],
+                    ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
+                    ["ip", "route", "add", "default", "via", "198.51.100.1"]):
+        sh("ip", "netns", "exec", external, *command)
+    routed = b.exec("ip", "route", "replace", "198.51.100.0/24", "via", "10.99.0.1", check=False)
+    assert routed.returncode == 0, routed.stderr
+    return external

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,15 +17,22 @@ import pytest
 import yaml
 
 from percale.api import Profile
-from tests.helpers.cni_node import VENV_BIN, meshed_pair, netconf, sh
-from tests.helpers.policy_matrix import Party, reaches, serve, socket_in
+from tests.helpers.cni_node import VENV_BIN, meshed_pair, netconf
+from tests.helpers.policy_matrix import (
+    EXTERNAL_ADDRESS,
+    Party,
+    add_external_host,
+    empty_etcd,
+    reaches,
+    serve,
+    socket_in,
+)
 from tests.helpers.store import store_env, with_store
 
 pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "examples" / "policy" / "allow-frontend-to-backend.yaml"
-EXTERNAL_ADDRESS = "198.51.100.2"
 # (namespace, pod, app label, node index, ports it serves)
 PODS = [("production", "frontend", "frontend", 0, (80,)),
         ("production", "backend", "backend", 1, (8080, 80)),
@@ -63,8 +68,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(etcd_server):
-    subprocess.run(["etcdctl", "--endpoints", etcd_server.endpoint, "del", "--prefix", "/percale/"],
-                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+    empty_etcd(etcd_server)
     a, b = meshed_pair(etcd_server.endpoint, etcd_server.unix_endpoint)
     servers = []
     try:
@@ -82,18 +86,7 @@ def world(etcd_server):
             assert added.code == 0, added.out
             parties[pod] = Party(pod, netns, added.json["ips"][0]["address"].split("/")[0])
             servers.append(serve(netns, ports))
-        external = "pclext" + a.name[-4:]
-        sh("ip", "netns", "add", external)
-        a.pods.append(external)
-        sh("ip", "link", "add", "ext", "netns", a.name, "type", "veth", "peer", "name", "eth0",
-           "netns", external)
-        a.exec("ip", "addr", "add", "198.51.100.1/24", "dev", "ext")
-        a.exec("ip", "link", "set", "ext", "up")
-        for command in (["ip", "addr", "add", f"{EXTERNAL_ADDRESS}/24", "dev", "eth0"],
-                        ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
-                        ["ip", "route", "add", "default", "via", "198.51.100.1"]):
-            sh("ip", "netns", "exec", external, *command)
-        assert b.exec("ip", "route", "replace", "198.51.100.0/24", "via", "10.99.0.1", check=False).returncode == 0
+        external = add_external_host(a, b)
         parties["dns"] = Party("dns", external, EXTERNAL_ADDRESS)
         servers.append(serve(external, (53, 80)))
         world = World(etcd_server.endpoint, (a, b), parties)

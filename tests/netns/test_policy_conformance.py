@@ -6,7 +6,6 @@ upstream e2e suite and Cyclonus, plus Calico's Deny, Pass and order."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -17,13 +16,16 @@ from percale.api.k8s_policy import parse_kubernetes_policy
 from percale.datastore import Key
 from percale.policy.convert import convert
 from percale.policy.reference import Endpoint, Flow, NamedPort, World
-from tests.helpers.cni_node import meshed_pair, netconf, sh
+from tests.helpers.cni_node import meshed_pair, netconf
 from tests.helpers.policy_matrix import (
+    EXTERNAL_ADDRESS,
     NAMED_PORTS,
     PORTS,
     PROTOCOLS,
     Party,
+    add_external_host,
     differences,
+    empty_etcd,
     probe_all,
     serve,
 )
@@ -33,7 +35,6 @@ pytestmark = pytest.mark.netns
 
 NAMESPACES, PODS = "xyz", "abc"
 EXTERNAL = "external"
-EXTERNAL_ADDRESS = "198.51.100.2"
 SETTLE = 5.0  # seconds a case may take to be in force everywhere before it counts as failed
 
 
@@ -121,11 +122,9 @@ async def _exists(store, resource) -> bool:
 
 @pytest.fixture(scope="module")
 def conformance(etcd_server):
-    subprocess.run(["etcdctl", "--endpoints", etcd_server.endpoint, "del", "--prefix", "/percale/"],
-                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+    empty_etcd(etcd_server)
     a, b = meshed_pair(etcd_server.endpoint, etcd_server.unix_endpoint)
     servers = []
-    external = "pclext" + a.name[-4:]
     try:
         async def profiles(store):
             for namespace in NAMESPACES:
@@ -150,19 +149,7 @@ def conformance(etcd_server):
             pods[name] = Endpoint(pod, namespace, address,
                                   ports=tuple(NamedPort(*p) for p in NAMED_PORTS))
             labels[name] = {"pod": pod}
-        # The host outside the pools: a namespace behind node a, on 198.51.100.0/24.
-        sh("ip", "netns", "add", external)
-        a.pods.append(external)  # removed with node a
-        sh("ip", "link", "add", "ext", "netns", a.name, "type", "veth", "peer", "name", "eth0",
-           "netns", external)
-        a.exec("ip", "addr", "add", "198.51.100.1/24", "dev", "ext")
-        a.exec("ip", "link", "set", "ext", "up")
-        sh("ip", "netns", "exec", external, "ip", "addr", "add", f"{EXTERNAL_ADDRESS}/24", "dev", "eth0")
-        sh("ip", "netns", "exec", external, "ip", "link", "set", "eth0", "up")
-        sh("ip", "netns", "exec", external, "ip", "link", "set", "lo", "up")
-        sh("ip", "netns", "exec", external, "ip", "route", "add", "default", "via", "198.51.100.1")
-        routed = b.exec("ip", "route", "replace", "198.51.100.0/24", "via", "10.99.0.1", check=False)
-        assert routed.returncode == 0, routed.stderr
+        external = add_external_host(a, b)
         parties.append(Party(EXTERNAL, external, EXTERNAL_ADDRESS))
         servers = [serve(p.netns) for p in parties]
         world = Conformance(etcd_server.endpoint, parties, pods, labels,
