@@ -163,7 +163,7 @@ def test_connections_survive_an_unrelated_update_and_a_new_deny_holds_within_a_s
         assert _echoes(open_connection)  # established before the deny: conntrack keeps it
     finally:
         open_connection.close()
-        world.percalectl("delete", "networkpolicy", "unrelated", "-n", "staging")
+        world.percalectl("delete", "networkpolicy", "knp.default.unrelated", "-n", "staging")
         world.percalectl("delete", "networkpolicy", "no-frontend", "-n", "production")
     assert world.settled(lambda: world.reaches("frontend", "backend", "TCP", 8080))
 
@@ -217,7 +217,7 @@ def test_the_agent_restarted_keeps_and_adopts_the_rules_without_a_gap(world):
     finally:
         watching.set()
         watcher.join()
-        world.percalectl("delete", "networkpolicy", "backend-only-from-frontend", "-n", "production")
+        world.percalectl("delete", "networkpolicy", "knp.default.backend-only-from-frontend", "-n", "production")
     assert wrong == []
 
 
