@@ -22,7 +22,6 @@ references); the pools stay, as tigera's do.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from datetime import datetime, timezone

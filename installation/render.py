@@ -90,7 +90,6 @@ def _host_path(name: str, path: str, kind: str = "DirectoryOrCreate") -> dict[st
 
 
 def node_daemonset(spec: InstallationSpec, version: str) -> dict[str, Any]:
-    network = spec.calico_network
     settings_hash = hashlib.sha256(json.dumps(cni_config(spec)["data"], sort_keys=True).encode()).hexdigest()[:16]
     strategy: dict[str, Any] = {"type": spec.node_update_strategy.type}
     if spec.node_update_strategy.rolling_update is not None:
