@@ -5,7 +5,8 @@
   apply       1,000 local endpoints in 10 namespaces and 200 policies (each selecting one app in one
               namespace, allowing two apps on two TCP ports, denying one app, egress to a CIDR):
               full program, then one policy changed, then one pod added. percale's whole path
-              (compile, diff, `nft -f`) against `nft -f` of the same text alone (the floor) and
+              (compile, diff, the transaction through libnftables in-process, as percale-node
+              applies it) against `nft -f` of the same text alone (the floor) and
               against `ipset restore` + `iptables-restore` of the equivalent iptables ruleset
               (Calico's iptables mode: ipsets for selectors, a linear dispatch, mark-and-return
               policy chains), each in a fresh network namespace.
@@ -84,6 +85,24 @@ def in_netns(name: str, argv: list[str], text: str) -> float:
     subprocess.run(["ip", "netns", "exec", name, *argv], input=text, text=True, check=True,
                    capture_output=True)
     return time.perf_counter() - started
+
+
+# Applies stdin with libnftables (what percale-node uses) inside the namespace; prints the seconds.
+LIBRARY_APPLY = """
+import sys, time
+from percale.policy.nft import LibNftables
+apply = LibNftables()
+text = sys.stdin.read()
+started = time.perf_counter()
+apply(text)
+print(time.perf_counter() - started)
+"""
+
+
+def library_apply(name: str, text: str) -> float:
+    done = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", LIBRARY_APPLY],
+                          input=text, text=True, check=True, capture_output=True)
+    return float(done.stdout)
 
 
 class Netns:
@@ -200,9 +219,9 @@ def apply_times(n_endpoints: int, n_policies: int, rounds: int) -> dict[str, dic
             compiled = {}
             note("full", "compile", timed(lambda: compiled.setdefault("full", compile_ruleset(base, {}, everyone))))
             text = render(compiled["full"])
-            # The whole path: compiling, rendering and loading.
+            # The whole path: compiling, rendering and loading (with libnftables, as the agent).
             note("full", "percale", rows["full"]["compile"][-1] + timed(lambda: render(compiled["full"]))
-                 + in_netns(ns, ["nft", "-f", "-"], text))
+                 + library_apply(ns, text))
         with Netns() as ns:
             note("full", "nft -f (floor)", in_netns(ns, ["nft", "-f", "-"], text))
             ipsets, iptables = iptables_text(compiled["full"])
@@ -215,7 +234,7 @@ def apply_times(n_endpoints: int, n_policies: int, rounds: int) -> dict[str, dic
                 prepare = time.perf_counter() - started
                 # percale's change and the floor, each applied to the full table.
                 subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True)
-                note(step, "percale", prepare + in_netns(ns, ["nft", "-f", "-"], script))
+                note(step, "percale", prepare + library_apply(ns, script))
                 subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True)
                 note(step, "nft -f (floor)", in_netns(ns, ["nft", "-f", "-"], script))
                 # iptables-restore rewrites its whole table for any change (Calico's iptables

@@ -24,6 +24,7 @@ from percale.datastore import (
     DatastoreError,
     DatastoreUnavailable,
     Key,
+    KVPair,
     NotFound,
 )
 from percale.ipam.allocator import IPAM
@@ -83,9 +84,10 @@ log = logging.getLogger("percale.node.cni")
 
 class CNIHandlers:
     def __init__(self, store: Datastore, ipam: IPAM, node: str, host_mtu: int,
-                 policy_programmed: Callable[[str], Awaitable[bool]] | None = None):
+                 policy_programmed: Callable[[KVPair], Awaitable[bool]] | None = None):
         self.store, self.ipam, self.node = store, ipam, node
-        # Waits until a host interface has its policy in the kernel (node/policy_agent.py).
+        # Told of each endpoint written, waits until its host interface has its policy in the
+        # kernel (node/policy_agent.py).
         self.policy_programmed = policy_programmed
         self.host_mtu = host_mtu  # the underlay's, detected at start (or --mtu)
         self.workers = DataplaneWorkers()
@@ -208,8 +210,8 @@ class CNIHandlers:
                                        addresses)
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
-            await self._write_endpoint(pod, conf, link, addresses)
-            if self.policy_programmed is not None and not await self.policy_programmed(link.host_name):
+            written = await self._write_endpoint(pod, conf, link, addresses)
+            if self.policy_programmed is not None and not await self.policy_programmed(written):
                 # The table drops the pod's traffic until its chains are in (fail closed); the
                 # pod is wired, its connectivity follows when the policy side catches up.
                 log.warning("pod %s/%s: policy not programmed yet for %s; its traffic is dropped "
@@ -244,7 +246,7 @@ class CNIHandlers:
                 "dns": prev.get("dns") or ours["dns"]}
 
     async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
-                              addresses: list[Interface]) -> None:
+                              addresses: list[Interface]) -> KVPair:
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
         labels, ports = endpoint_args(conf)
         endpoint = WorkloadEndpoint(
@@ -260,14 +262,12 @@ class CNIHandlers:
         # that container's DEL then leaves it alone because the container ID differs.
         for _ in range(10):
             try:
-                await self.store.create(endpoint)  # the common case: a new pod
-                return
+                return await self.store.create(endpoint)  # the common case: a new pod
             except AlreadyExists:
                 pass
             try:
                 current = await self.store.get(Key.of(endpoint))
-                await self.store.update(endpoint, revision=current.revision)
-                return
+                return await self.store.update(endpoint, revision=current.revision)
             except (NotFound, Conflict):
                 continue
         raise CNIError(TRY_AGAIN_LATER, f"could not write WorkloadEndpoint {pod.namespace}/{name}")

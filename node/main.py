@@ -132,7 +132,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     view = CachedDatastore(store, cache)
     ipam = IPAM(view, authority=store)
     policy_agent = PolicyAgent(cache, node)
-    handlers = CNIHandlers(view, ipam, node, host_mtu, policy_programmed=policy_agent.wait_programmed)
+    handlers = CNIHandlers(view, ipam, node, host_mtu, policy_programmed=policy_agent.endpoint_programmed)
     bgp_on = options.backend == "bgp"
     vxlan_fib = FIB(protocol=RouteProtocol.VXLAN, takeover=True)
     vxlan_agent = VXLANAgent(cache, node, store=view, ipam=ipam, routes=vxlan_fib, tunnels=True,

@@ -18,6 +18,7 @@ import time
 
 from percale.api import Profile, WorkloadEndpoint
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
+from percale.datastore import Key, KVPair
 from percale.datastore.cache import Cache, Change
 from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, compile_ruleset
 from percale.policy.nft import NftError, PolicyTable
@@ -50,6 +51,9 @@ class PolicyAgent:
         self.table = table or PolicyTable()
         self._due = asyncio.Event()
         self._programmed: set[str] = set()
+        # Endpoints this agent's CNI side just wrote, until the watch brings them: a pod's chains
+        # need not wait for the round trip through the datastore.
+        self._written: dict[Key, KVPair] = {}
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self.last_apply_seconds = 0.0
         cache.subscribe(self._changed)
@@ -57,6 +61,15 @@ class PolicyAgent:
     def _changed(self, change: Change) -> None:
         if change.kind in POLICY_KINDS:
             self._due.set()
+        ours = self._written.get(change.key)
+        if ours is not None and any(pair is not None and pair.revision == ours.revision
+                                    for pair in (change.new, change.old)):
+            del self._written[change.key]  # the view has it (or has seen it go)
+
+    def endpoint_written(self, pair: KVPair) -> None:
+        """The CNI side wrote this endpoint: program it now, not when the watch says so."""
+        self._written[pair.key] = pair
+        self._due.set()
 
     def desired(self) -> Ruleset:
         profiles: dict[str, Profile] = {}
@@ -68,10 +81,15 @@ class PolicyAgent:
                 profiles[namespace] = profile
                 namespace_labels[namespace] = {NAMESPACE_LABEL: namespace,
                                                **profile.spec.labels_to_apply}
-        endpoints = [policy_endpoint(e, self.node, namespace_labels)
-                     for e in self.cache.values("WorkloadEndpoint")]
+        known = {**self.cache.items("WorkloadEndpoint"), **self._written}
+        endpoints = [policy_endpoint(pair.value, self.node, namespace_labels) for pair in known.values()]
         policies = [*self.cache.values("NetworkPolicy"), *self.cache.values("GlobalNetworkPolicy")]
         return compile_ruleset(policies, profiles, endpoints)
+
+    async def endpoint_programmed(self, pair: KVPair, timeout: float = 10.0) -> bool:
+        """The CNI side's hook: note the endpoint it wrote, and wait for its chains."""
+        self.endpoint_written(pair)
+        return await self.wait_programmed(pair.value.spec.interface_name, timeout)
 
     async def wait_programmed(self, interface: str, timeout: float = 10.0) -> bool:
         """Until `interface` has its chains in the kernel (True), or `timeout` (False)."""

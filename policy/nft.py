@@ -15,9 +15,11 @@ rules), then the map entries, then what went away; all in one transaction too. O
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import subprocess
+import threading
 from collections.abc import Mapping
 
 from percale.policy.compile import FAMILY, TABLE, Ruleset, render
@@ -31,10 +33,64 @@ class NftError(RuntimeError):
     """nft refused a transaction (nothing of it was applied)."""
 
 
-def run_nft(script: str) -> None:
+def run_nft(script: str, *, release: bool = False) -> None:
+    """`nft -f -`: a process per transaction (about 5 ms on an idle machine); nothing is kept
+    (`release` has nothing to free)."""
     done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
     if done.returncode != 0:
         raise NftError(done.stderr.strip() or f"nft exited with {done.returncode}")
+
+
+class LibNftables:
+    """The same transactions through libnftables in this process (the library `nft` itself is
+    built on): no process to start, about 0.1 ms for a small change against ~5 ms for `nft -f`.
+    Netlink talks to the network namespace of the calling thread, which for percale-node is the
+    node's.
+
+    The context is kept between transactions (making one costs ~10 ms), but libnftables caches
+    the kernel's ruleset in it: for a table of thousands of rules that is hundreds of MB. So after
+    a transaction on a big table (`release`) the context is freed and the heap trimmed, and the
+    next one pays for a new context."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._lib = lib
+        self._ctx = None
+        self._trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+        self._lock = threading.Lock()
+
+    def __call__(self, script: str, *, release: bool = False) -> None:
+        with self._lock:
+            if self._ctx is None:
+                self._ctx = self._lib.nft_ctx_new(0)
+                # Output and errors into buffers, not onto the agent's stdout and stderr.
+                self._lib.nft_ctx_buffer_output(self._ctx)
+                self._lib.nft_ctx_buffer_error(self._ctx)
+            try:
+                if self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode()) != 0:
+                    raise NftError((self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(
+                        errors="replace").strip() or "libnftables refused the transaction")
+            finally:
+                if release:
+                    self._lib.nft_ctx_free(self._ctx)
+                    self._ctx = None
+                    if self._trim is not None:
+                        self._trim(0)
+
+
+def default_runner():
+    """libnftables when the machine has it (Debian's nftables package brings it), else `nft`."""
+    try:
+        return LibNftables()
+    except OSError:
+        return run_nft
 
 
 def _vmap_changes(name: str, old: Mapping[str, str], new: Mapping[str, str]) -> tuple[list[str], list[str]]:
@@ -80,27 +136,38 @@ def update_script(old: Ruleset, new: Ruleset) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+# Rules plus set elements past which libnftables' cached copy of the table is not kept.
+BIG_TABLE = 2000
+
+
+def _size(ruleset: Ruleset) -> int:
+    return (sum(len(rules) for rules in ruleset.chains.values())
+            + sum(len(declared.elements) for declared in ruleset.sets.values())
+            + len(ruleset.from_endpoint))
+
+
 class PolicyTable:
     """The `inet percale` table of the network namespace this process is in."""
 
-    def __init__(self, nft=run_nft):
-        self._nft = nft
+    def __init__(self, nft=None):
+        self._nft = nft or default_runner()
         self.applied: Ruleset | None = None
 
     def apply(self, ruleset: Ruleset) -> bool:
         """Make the table hold `ruleset`; True when something was written."""
+        release = _size(ruleset) > BIG_TABLE or (self.applied is not None and _size(self.applied) > BIG_TABLE)
         if self.applied is None:
-            self._nft(render(ruleset))
+            self._nft(render(ruleset), release=release)
         else:
             script = update_script(self.applied, ruleset)
             if not script:
                 return False
             try:
-                self._nft(script)
+                self._nft(script, release=release)
             except NftError as err:
                 # The table is not what we think (changed behind us?): write it whole.
                 log.warning("policy update refused (%s); rewriting the table", err)
-                self._nft(render(ruleset))
+                self._nft(render(ruleset), release=release)
         self.applied = ruleset
         return True
 
