@@ -107,6 +107,7 @@ class Options:
     secrets_dir: Optional[Path] = None
     health_listen: str = "127.0.0.1:9099"
     router_id: Optional[str] = None
+    policy_reconcile_seconds: float = 30.0
 
 
 async def run(options: Options, settings: dict[str, Optional[str]],
@@ -131,7 +132,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     cache = Cache(store, AGENT_KINDS + POLICY_KINDS, node=node)
     view = CachedDatastore(store, cache)
     ipam = IPAM(view, authority=store)
-    policy_agent = PolicyAgent(cache, node)
+    policy_agent = PolicyAgent(cache, node, reconcile_seconds=options.policy_reconcile_seconds)
     handlers = CNIHandlers(view, ipam, node, host_mtu, policy_programmed=policy_agent.endpoint_programmed)
     bgp_on = options.backend == "bgp"
     vxlan_fib = FIB(protocol=RouteProtocol.VXLAN, takeover=True)
@@ -261,9 +262,14 @@ def main(
         "--router-id", envvar="PERCALE_ROUTER_ID",
         help="BGP router ID, as Calico's CALICO_ROUTER_ID: unset uses the node's IPv4 address;"
         " 'hash' derives one from the node name (for IPv6-only nodes); else an IPv4 address")] = None,
+    policy_reconcile_seconds: Annotated[float, typer.Option(
+        envvar="PERCALE_POLICY_RECONCILE_SECONDS", min=0.1,
+        help="How often the policy table in the kernel is compared with what percale wrote "
+        "(and written whole again when someone changed it)")] = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run the percale node agent (CNI server, BGP, VXLAN, natOutgoing, status) until SIGTERM."""
+    """Run the percale node agent (CNI server, BGP, VXLAN, natOutgoing, network policy, status)
+    until SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # `kill -QUIT <pid>` prints every thread's stack to stderr and the agent carries on, as a Go
     # program (calico-node) prints its goroutines: for an agent that seems stuck.
@@ -290,7 +296,7 @@ def main(
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
         options = Options(node_name or socket.gethostname(), cni_socket, status_socket, mtu,
                           mtu_iface_pattern, mtu_file, backend, bgp_dir, secrets_dir, health_listen,
-                          router_id or None)
+                          router_id or None, policy_reconcile_seconds)
         asyncio.run(run(options, settings, addresses))
     except (ConfigError, DatastoreError, OSError, registration.RegistrationError, AgentFailed) as err:
         typer.echo(f"percale-node: {err}", err=True)

@@ -4,7 +4,8 @@
 Every change to a NetworkPolicy, GlobalNetworkPolicy, Profile or WorkloadEndpoint marks the
 table due; after SETTLE_SECONDS (so a burst of changes is one transaction) the whole ruleset is
 compiled again and the difference applied. The table is checked against the kernel every
-RECONCILE_SECONDS and written whole when it drifted. The CNI ADD waits (`wait_programmed`) until
+`reconcile_seconds` (--policy-reconcile-seconds, 30 by default) and written whole when it
+drifted. The CNI ADD waits (`endpoint_programmed`) until
 the new pod's interface is in the table: until then the table's dispatch drops everything to or
 from an unknown pcl* interface, so a pod is never reachable before its policy holds.
 """
@@ -46,8 +47,10 @@ def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
 
 
 class PolicyAgent:
-    def __init__(self, cache: Cache, node: str, table: PolicyTable | None = None):
+    def __init__(self, cache: Cache, node: str, table: PolicyTable | None = None,
+                 reconcile_seconds: float = RECONCILE_SECONDS):
         self.cache, self.node = cache, node
+        self.reconcile_seconds = reconcile_seconds
         self.table = table or PolicyTable()
         self._due = asyncio.Event()
         self._programmed: set[str] = set()
@@ -110,12 +113,12 @@ class PolicyAgent:
     async def run(self) -> None:
         await self.cache.wait_synced()
         self._due.set()
-        next_check = time.monotonic() + RECONCILE_SECONDS
+        next_check = time.monotonic() + self.reconcile_seconds
         while True:
             try:
                 await asyncio.wait_for(self._due.wait(), max(0.0, next_check - time.monotonic()))
             except asyncio.TimeoutError:
-                next_check = time.monotonic() + RECONCILE_SECONDS
+                next_check = time.monotonic() + self.reconcile_seconds
                 if await asyncio.to_thread(self.table.drifted):
                     log.warning("the policy table changed behind percale; writing it whole")
                     self.table.applied = None

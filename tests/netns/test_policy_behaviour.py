@@ -66,9 +66,19 @@ class World:
         return True
 
 
+RECONCILE_SECONDS = "1"  # the agents compare their table with the kernel's every second here
+
+
 @pytest.fixture(scope="module")
 def world(etcd_server):
     empty_etcd(etcd_server)
+    # The agents inherit it, also when a test starts one again.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PERCALE_POLICY_RECONCILE_SECONDS", RECONCILE_SECONDS)
+        yield from _world(etcd_server)
+
+
+def _world(etcd_server):
     a, b = meshed_pair(etcd_server.endpoint, etcd_server.unix_endpoint)
     servers = []
     try:
@@ -255,3 +265,32 @@ def test_policy_show_lists_what_applies_in_order_and_metrics_count_rules(world):
     finally:
         world.percalectl("delete", "-f", str(SEED))
         world.percalectl("delete", "globalnetworkpolicy", "first")
+
+
+def test_a_table_changed_by_hand_is_put_back(world):
+    deny = {"apiVersion": "percale.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "no-other", "namespace": "production"},
+            "spec": {"selector": "app == 'backend'",
+                     "ingress": [{"action": "Deny", "source": {"namespaceSelector": "all()", "selector": "app == 'other'"}},
+                                 {"action": "Allow"}]}}
+    assert world.percalectl("apply", "-f", "-", input=yaml.safe_dump(deny)).returncode == 0
+    try:
+        assert world.settled(lambda: not world.reaches("other", "backend", "TCP", 8080))
+        node = world.nodes[1]
+        interface = next(line.split('"')[1] for line in node.exec(
+            "nft", "list", "map", "inet", "percale", "to-endpoint").stdout.splitlines()
+            if "goto tw-" in line and '"' in line and _serves(world, node, line.split('"')[1], "backend"))
+        # Someone empties the backend's ingress chain: its policy no longer holds...
+        node.exec("nft", "flush", "chain", "inet", "percale", f"tw-{interface}")
+        assert world.reaches("other", "backend", "TCP", 8080)
+        # ... until the agent's next comparison writes the table whole again.
+        assert world.settled(lambda: not world.reaches("other", "backend", "TCP", 8080), 5)
+        assert world.reaches("frontend", "backend", "TCP", 8080)
+    finally:
+        world.percalectl("delete", "networkpolicy", "no-other", "-n", "production")
+
+
+def _serves(world: World, node, interface: str, pod: str) -> bool:
+    """Whether `interface` on `node` is the host end of `pod`'s veth (its /32 route)."""
+    routes = node.exec("ip", "-4", "route", "show", "dev", interface).stdout
+    return world.parties[pod].address in routes
