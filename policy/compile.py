@@ -149,6 +149,13 @@ class _Compiler:
     def __init__(self, endpoints: list[PolicyEndpoint]):
         self.endpoints = endpoints
         self.ruleset = Ruleset()
+        # Endpoints alike for policy (namespace, labels, namespace labels: a Deployment's
+        # replicas) are matched once: selectors are evaluated per group, not per endpoint.
+        self.groups: dict[tuple, list[PolicyEndpoint]] = {}
+        for endpoint in endpoints:
+            self.groups.setdefault(_likeness(endpoint), []).append(endpoint)
+        self._members: dict[tuple, dict[int, list[str]]] = {}
+        self._applicable: dict[tuple, list] = {}
 
     # -- sets ------------------------------------------------------------------------------
 
@@ -164,20 +171,25 @@ class _Compiler:
         """The addresses of the endpoints `which` (selector or notSelector) matches, scoped as
         the rule says: its namespaceSelector, else the policy's namespace (None: any)."""
         chosen = getattr(entity, which)
-        members = []
-        for endpoint in self.endpoints:
-            if which == "selector":
-                if entity.namespace_selector is not None:
-                    if not selector.matches(entity.namespace_selector, endpoint.namespace_labels):
-                        continue
-                elif scope is not None and endpoint.namespace != scope:
-                    continue
-            if chosen is not None and not selector.matches(chosen, endpoint.labels):
-                continue
-            members += [a for a in endpoint.addresses if ipaddress.ip_address(a).version == version]
         key = (which, chosen, entity.namespace_selector if which == "selector" else None,
                scope if which == "selector" else None)
-        return self._set("s", version, "addresses", members, *key)
+        if key not in self._members:
+            members: dict[int, list[str]] = {4: [], 6: []}
+            for group in self.groups.values():
+                endpoint = group[0]
+                if which == "selector":
+                    if entity.namespace_selector is not None:
+                        if not selector.matches(entity.namespace_selector, endpoint.namespace_labels):
+                            continue
+                    elif scope is not None and endpoint.namespace != scope:
+                        continue
+                if chosen is not None and not selector.matches(chosen, endpoint.labels):
+                    continue
+                for member in group:
+                    for address in member.addresses:
+                        members[ipaddress.ip_address(address).version].append(address)
+            self._members[key] = members
+        return self._set("s", version, "addresses", self._members[key][version], *key)
 
     def named_port_set(self, names: list[str], protocol: str, version: int) -> str:
         members = [f"{address} . {protocol.lower()} . {port.port}"
@@ -304,12 +316,18 @@ class _Compiler:
         return chain
 
     def endpoint_chain(self, endpoint: PolicyEndpoint, direction: str,
-                       policies: list[NetworkPolicy | GlobalNetworkPolicy], profile: Profile) -> str:
+                       policies: list[tuple[NetworkPolicy | GlobalNetworkPolicy, tuple[str, ...]]],
+                       profile: Profile) -> str:
+        """`policies`: in order, each with its effective types."""
         prefix = "tw-" if direction == "Ingress" else "fw-"
         name, profile_name = prefix + endpoint.interface, prefix + endpoint.interface + "-profile"
         rules = ["ct state established,related accept", "ct state invalid drop",
                  f"meta mark set mark and 0x{~(ACCEPT_MARK | PASS_MARK) & 0xffffffff:x}"]
-        applicable = [p for p in policies if direction in p.spec.effective_types and selects(p, endpoint)]
+        likeness = (_likeness(endpoint), direction)
+        if likeness not in self._applicable:
+            self._applicable[likeness] = [p for p, types in policies
+                                          if direction in types and selects(p, endpoint)]
+        applicable = self._applicable[likeness]
         for policy in applicable:
             rules += [f"jump {self.policy_chains(policy, direction)}",
                       f"meta mark and 0x{ACCEPT_MARK:x} == 0x{ACCEPT_MARK:x} return",
@@ -324,6 +342,11 @@ class _Compiler:
             f"meta mark and 0x{ACCEPT_MARK:x} == 0x{ACCEPT_MARK:x} return",
             f'counter drop comment "{endpoint.key}: the profile did not allow it"']
         return name
+
+
+def _likeness(endpoint: PolicyEndpoint) -> tuple:
+    return (endpoint.namespace, frozenset(endpoint.labels.items()),
+            frozenset(endpoint.namespace_labels.items()))
 
 
 def _port_list(ports) -> str:
@@ -343,7 +366,7 @@ def compile_ruleset(policies: Iterable[NetworkPolicy | GlobalNetworkPolicy],
     namespace to its profile."""
     everyone = list(endpoints)
     compiler = _Compiler(everyone)
-    ordered = sorted(policies, key=sort_key)
+    ordered = [(p, p.spec.effective_types) for p in sorted(policies, key=sort_key)]
     for endpoint in sorted((e for e in everyone if e.interface), key=lambda e: e.interface):
         profile = profiles.get(endpoint.namespace) or default_profile(endpoint.namespace)
         compiler.ruleset.from_endpoint[endpoint.interface] = compiler.endpoint_chain(
