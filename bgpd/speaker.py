@@ -187,7 +187,7 @@ class ExaBGP:
         # change made meanwhile. Signals are spaced, which gives pending updates time to go.
         async with self._reload_lock:
             for attempt in range(RELOAD_ATTEMPTS):
-                last = max(self.reconfigured_at or 0.0, getattr(self, "started_at", None) or 0.0)
+                last = max(self.reconfigured_at or 0.0, self.started_at or 0.0)
                 await asyncio.sleep(max(0.0, last + RELOAD_SPACING - time.time()))
                 if not self.process or self.process.returncode is not None:
                     return  # supervise() starts a new ExaBGP, which reads the file

@@ -132,8 +132,7 @@ class KubeDatastore:
 
     async def get(self, key: Key) -> KVPair:
         if key.kind == "NetworkPolicy" and key.name.startswith(KUBERNETES_POLICY_PREFIX):
-            pair = await self.get(Key("KubernetesNetworkPolicy", key.name, key.namespace))
-            return pair
+            return await self.get(Key("KubernetesNetworkPolicy", key.name, key.namespace))
         if key.kind == "Profile" and not key.name.startswith(NAMESPACE_PROFILE_PREFIX):
             raise NotFound(key)
         try:

@@ -191,7 +191,7 @@ class CNIHandlers:
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)
         _check_netns(pod.netns, "ADD")
-        endpoint_args(conf)  # refused before anything is taken
+        labels, ports = endpoint_args(conf)  # refused before anything is taken
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
@@ -210,7 +210,7 @@ class CNIHandlers:
                                        addresses)
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
-            written = await self._write_endpoint(pod, conf, link, addresses)
+            written = await self._write_endpoint(pod, conf, link, addresses, labels, ports)
             if self.policy_programmed is not None and not await self.policy_programmed(written):
                 # The table drops the pod's traffic until its chains are in (fail closed); the
                 # pod is wired, its connectivity follows when the policy side catches up.
@@ -246,9 +246,9 @@ class CNIHandlers:
                 "dns": prev.get("dns") or ours["dns"]}
 
     async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
-                              addresses: list[Interface]) -> KVPair:
+                              addresses: list[Interface], labels: dict[str, str],
+                              ports: list[dict[str, Any]]) -> KVPair:
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
-        labels, ports = endpoint_args(conf)
         endpoint = WorkloadEndpoint(
             metadata=ObjectMeta(name=name, namespace=pod.namespace, labels=labels),
             spec=WorkloadEndpointSpec.model_validate({

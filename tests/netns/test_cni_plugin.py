@@ -428,6 +428,13 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
         ("container ID with a newline", run(container_id="c-\nhostile"), 4, "CNI_CONTAINERID"),
         ("container ID with a control character", run(container_id="c-\x01x"), 4, "CNI_CONTAINERID"),
         ("pod name with /", run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b"), 4, "K8S_POD_NAME"),
+        # The pod's labels and named ports for policy (args.cni.labels, args.percale.namedPorts).
+        ("label not key/value", run({**conf, "args": {"cni": {"labels": [{"key": "app"}]}}}), 7,
+         "args.cni.labels"),
+        ("label value invalid", run({**conf, "args": {"cni": {"labels": [{"key": "app", "value": "a b"}]}}}),
+         7, "invalid value"),
+        ("named port too long", run({**conf, "args": {"percale": {"namedPorts": [
+            {"name": "a-port-name-over-fifteen", "protocol": "TCP", "port": 80}]}}}), 7, "port name"),
     ]
     for what, result, code, words in cases:
         assert result.code == 1, (what, result.out, result.err)
