@@ -1,8 +1,11 @@
 """`percalectl cni install`: put the CNI plugins and their network config on a node.
 
-This is what Calico's install-cni init container does. It copies the shim
-(cni-plugin/percale_cni/shim.py) into the bin dir as `percale` and `percale-ipam`, with a shebang
-for the node's python, and writes `10-percale.conflist` into the conf dir. It needs no datastore.
+This is what Calico's install-cni init container does. It copies the shim into the bin dir as
+`percale` and `percale-ipam` and writes `10-percale.conflist` into the conf dir. It needs no
+datastore. The shim is the compiled one (cni-plugin/percale_cni/shim.c, built beside percalectl
+by `python -m percale_cni.build`) when it is there and current, else the Python one (shim.py)
+with a shebang for the node's python; both do the same (PROTOCOL.md), the compiled one without
+starting an interpreter for every pod.
 
 A runtime may read either directory while the install runs. Every file is therefore replaced by a
 rename: the runtime sees the old file or the new one, never part of one. The binaries are written
@@ -15,12 +18,13 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from percale_cni import shim
+from percale_cni import build, shim
 
 from percale.ctl.context import fail
 
@@ -32,6 +36,7 @@ cni_app = typer.Typer(
 NETWORK_NAME = "k8s-pod-network"
 CONFLIST_NAME = "10-percale.conflist"
 PLUGIN_NAMES = ("percale", "percale-ipam")
+SHIM_KINDS = ("auto", "compiled", "python")
 
 
 def conflist(node_name: str, agent_socket: str, mtu: int, cni_version: str) -> dict:
@@ -77,8 +82,22 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
         os.close(directory)
 
 
-def _check(cni_version: str, agent_socket: str, python: str, node_name: str) -> None:
+def plugin_file(kind: str, python: str) -> tuple[bytes, str]:
+    """The plugin's bytes and what they are, for --shim `kind`."""
+    compiled = build.installed_binary()
+    if kind == "compiled" and compiled is None:
+        raise fail(f"--shim compiled: no current {build.BINARY_NAME} beside percalectl "
+                   f"(build it with: {Path(sys.executable)} -m percale_cni.build "
+                   f"{Path(sys.executable).parent / build.BINARY_NAME})", "Nothing was installed.")
+    if kind != "python" and compiled is not None:
+        return compiled.read_bytes(), "compiled"
+    return plugin_source(python).encode(), f"python, {python} -IS"
+
+
+def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shim_kind: str) -> None:
     problems = []
+    if shim_kind not in SHIM_KINDS:
+        problems.append(f"--shim {shim_kind!r}: use one of {', '.join(SHIM_KINDS)}")
     if cni_version not in shim.SUPPORTED_VERSIONS:
         problems.append(f"--cni-version {cni_version!r}: use one of {', '.join(shim.SUPPORTED_VERSIONS)}")
     if not os.path.isabs(agent_socket):
@@ -104,12 +123,15 @@ def install(
     mtu: Annotated[int, typer.Option(min=0, help="Pod MTU; 0 lets percale-node detect it")] = 0,
     cni_version: Annotated[str, typer.Option(help="cniVersion of the network config")] = "1.0.0",
     python: Annotated[str, typer.Option(
-        help="The node's python3, written into the plugins' #! line as '#!PYTHON -IS'")] = "/usr/bin/python3",
+        help="The node's python3, written into the Python shim's #! line as '#!PYTHON -IS'")] = "/usr/bin/python3",
+    shim_kind: Annotated[str, typer.Option(
+        "--shim", help="Which shim: compiled (percale-cni beside percalectl), python (shim.py), "
+        "or auto: compiled when it is built, else python")] = "auto",
 ) -> None:
     """Install the percale and percale-ipam plugins and 10-percale.conflist; re-running replaces them."""
     node_name = socket.gethostname() if node_name is None else node_name
-    _check(cni_version, agent_socket, python, node_name)
-    plugin = plugin_source(python).encode()
+    _check(cni_version, agent_socket, python, node_name, shim_kind)
+    plugin, kind = plugin_file(shim_kind, python)
     config = json.dumps(conflist(node_name, agent_socket, mtu, cni_version), indent=2) + "\n"
     step = f"create {bin_dir}"
     try:
@@ -119,7 +141,7 @@ def install(
         for name in PLUGIN_NAMES:
             step = f"write {bin_dir / name}"
             write_atomically(bin_dir / name, plugin, 0o755)
-            typer.echo(f"Installed {bin_dir / name}")
+            typer.echo(f"Installed {bin_dir / name} ({kind})")
         step = f"write {conf_dir / CONFLIST_NAME}"
         write_atomically(conf_dir / CONFLIST_NAME, config.encode(), 0o644)
     except OSError as err:

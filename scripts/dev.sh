@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 # tests, iproute2 and iputils-ping for the network namespaces of the CNI tests, the reference CNI
 # plugins (bridge, host-local, ptp, portmap) to chain with and measure against, docker-compose to
 # validate docker-compose.yml, GoBGP and BIRD as real BGP peers for the interop tests, nftables
-# for natOutgoing.
-APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 iputils-ping nftables ca-certificates docker-compose containernetworking-plugins gobgpd bird2)
+# for natOutgoing, a C compiler for the compiled CNI shim.
+APT_PACKAGES=(python3 python3-venv python3-pip etcd-server etcd-client iproute2 iputils-ping nftables ca-certificates docker-compose containernetworking-plugins gobgpd bird2 gcc libc6-dev)
 VENV=.venv
 PYTHON=/usr/bin/python3
 
@@ -43,6 +43,12 @@ install_python_environment() {
     echo "$want" >"$stamp"
 }
 
+build_cni_shim() {
+    # The compiled CNI shim (cni-plugin/percale_cni/shim.c) beside percalectl, where
+    # `percalectl cni install` takes it from; rebuilt only when its source changed.
+    "$VENV/bin/python" -m percale_cni.build "$VENV/bin/percale-cni" >/dev/null
+}
+
 kubernetes_binaries() {
     # The real kube-apiserver, controller-manager, scheduler and kubectl the Kubernetes-datastore
     # tests and labs run, built from the Go module proxy once per release into ~/.cache/percale.
@@ -53,6 +59,7 @@ case "${1:-}" in
     demo)
         install_debian_packages
         install_python_environment
+        build_cni_shim
         kubernetes_binaries
         shift
         exec bash scripts/demo.sh "$@"
@@ -60,6 +67,7 @@ case "${1:-}" in
     test)
         install_debian_packages
         install_python_environment
+        build_cni_shim
         kubernetes_binaries
         shift
         exec "$VENV/bin/python" -m pytest "$@"
@@ -68,6 +76,7 @@ case "${1:-}" in
         # What a node needs (docker/node.Dockerfile runs this): no Kubernetes binaries, no Go.
         install_debian_packages
         install_python_environment
+        build_cni_shim
         ;;
     *)
         echo "usage: bash scripts/dev.sh demo [k8s] [--keep] | test [pytest args] | setup" >&2

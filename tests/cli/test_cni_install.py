@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import CLI, Result
+from tests.helpers.shims import compiled_shim
 
 pytestmark = pytest.mark.cli
 
@@ -45,7 +46,8 @@ def leftovers(*directories: Path) -> list[str]:
 def test_install_writes_both_plugins_and_the_conflist(percalectl, dirs):
     bin_dir, conf_dir = dirs
     done = install(percalectl, dirs, "--node-name", "node1", "--agent-socket", "/run/p/cni.sock",
-                   "--mtu", "1410", "--cni-version", "1.1.0", "--python", "/usr/local/bin/python3.11")
+                   "--mtu", "1410", "--cni-version", "1.1.0", "--python", "/usr/local/bin/python3.11",
+                   "--shim", "python")
     assert done.code == 0, done.err
 
     shim = SHIM.read_text()
@@ -73,18 +75,23 @@ def test_install_writes_both_plugins_and_the_conflist(percalectl, dirs):
 
 
 def test_the_defaults(percalectl, dirs):
+    compiled = compiled_shim()  # what the README's set-up builds beside percalectl
     done = install(percalectl, dirs)
     assert done.code == 0, done.err
     bin_dir, conf_dir = dirs
-    assert (bin_dir / "percale").read_text().startswith("#!/usr/bin/python3 -IS\n")
+    for name in PLUGINS:
+        assert (bin_dir / name).read_bytes() == compiled.read_bytes()
+        assert f"{bin_dir / name} (compiled)" in done.out
     plugin = json.loads((conf_dir / "10-percale.conflist").read_text())["plugins"][0]
     assert plugin["nodename"] == os.uname().nodename
     assert (plugin["agent_socket"], plugin["mtu"]) == ("/var/run/percale/cni.sock", 0)
     assert json.loads((conf_dir / "10-percale.conflist").read_text())["cniVersion"] == "1.0.0"
 
 
-def test_the_installed_plugin_runs_as_a_runtime_runs_it(percalectl, dirs):
-    assert install(percalectl, dirs).code == 0
+@pytest.mark.parametrize("shim", ["compiled", "python"])
+def test_the_installed_plugin_runs_as_a_runtime_runs_it(percalectl, dirs, shim):
+    compiled_shim()
+    assert install(percalectl, dirs, "--shim", shim).code == 0
     done = subprocess.run([str(dirs[0] / "percale-ipam")], input='{"cniVersion": "1.0.0"}',
                           env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -132,6 +139,7 @@ def test_a_directory_that_cannot_be_created_fails_with_its_name(percalectl, dirs
     ("--agent-socket", "relative.sock", "--agent-socket"),
     ("--python", "python3", "--python"),
     ("--node-name", "", "--node-name"),
+    ("--shim", "rust", "--shim"),
 ])
 def test_bad_options_install_nothing(percalectl, dirs, option, value, word):
     done = install(percalectl, dirs, option, value)

@@ -56,6 +56,8 @@ class CNINode:
     kube: object | None = None
     kube_user: tuple[str, tuple[str, ...]] | None = None
     relay: subprocess.Popen | None = None
+    # Which CNI shim `percalectl cni install` puts in bin/: auto (the compiled one), compiled, python.
+    shim: str = "auto"
 
     @property
     def netns(self) -> str:
@@ -186,7 +188,7 @@ class CNINode:
         done = subprocess.run(
             [str(VENV_BIN / "percalectl"), "cni", "install", "--bin-dir", str(self.bin_dir),
              "--conf-dir", str(self.workdir / "net.d"), "--node-name", self.name,
-             "--agent-socket", self.socket], capture_output=True, text=True)
+             "--agent-socket", self.socket, "--shim", self.shim], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
         # The reference plugins from Debian sit beside ours, as in /opt/cni/bin.

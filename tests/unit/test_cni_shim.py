@@ -1,8 +1,10 @@
-"""The CNI shim run the way a container runtime runs it: `/usr/bin/python3 -IS <plugin>` with the
-CNI_* environment and the network config on stdin. A fake percale-node records what it is asked.
+"""The CNI shims run the way a container runtime runs them: the compiled one (shim.c) exec'd,
+the Python one as `/usr/bin/python3 -IS <plugin>`, with the CNI_* environment and the network
+config on stdin. A fake percale-node records what it is asked. Every test runs against both
+shims: they must answer alike.
 
 The request must match cni-plugin/PROTOCOL.md field for field, because the real agent is written
-against that document and not against this shim.
+against that document and not against either shim.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.shims import compiled_shim
 
 pytestmark = pytest.mark.unit
 
@@ -49,16 +53,31 @@ class Ran:
         return json.loads(self.out)
 
 
-def run_plugin(command: str | None, stdin: str | bytes, *, plugin: Path = SHIM,
+class UnderTest:
+    """The shim the current test runs: set by the `shim` fixture."""
+    kind = "python"
+    path = SHIM
+
+
+@pytest.fixture(params=["compiled", "python"], autouse=True)
+def shim(request) -> str:
+    UnderTest.kind = request.param
+    UnderTest.path = compiled_shim() if request.param == "compiled" else SHIM
+    return request.param
+
+
+def run_plugin(command: str | None, stdin: str | bytes, *, plugin: Path | None = None,
                env: dict | None = None, drop: tuple[str, ...] = (), direct: bool = False) -> Ran:
     """Run the plugin as a runtime does. `drop` removes variables from the full CNI environment.
-    With `direct` the file is exec'd itself, so its #! line chooses the interpreter."""
+    With `direct` the file is exec'd itself, so its #! line chooses the interpreter (the compiled
+    shim is always exec'd itself)."""
+    plugin = plugin or UnderTest.path
     environ = {k: v for k, v in FULL_ENV.items() if k not in drop}
     if command is not None:
         environ["CNI_COMMAND"] = command
     environ.update(env or {})
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    argv = [str(plugin)] if direct else [PYTHON, "-IS", str(plugin)]
+    argv = [str(plugin)] if direct or UnderTest.kind == "compiled" else [PYTHON, "-IS", str(plugin)]
     done = subprocess.run(argv, input=data, env=environ, capture_output=True, timeout=30)
     return Ran(done.returncode, done.stdout, done.stderr.decode())
 
@@ -131,7 +150,7 @@ def agent(agents) -> FakeAgent:
 def installed(tmp_path: Path) -> Path:
     """The shim copied under both plugin names, as `percalectl cni install` leaves it."""
     for name in ("percale", "percale-ipam"):
-        shutil.copy(SHIM, tmp_path / name)
+        shutil.copy(UnderTest.path, tmp_path / name)
         (tmp_path / name).chmod(0o755)
     return tmp_path
 
@@ -306,7 +325,7 @@ def test_an_installed_copy_runs_by_its_own_shebang(installed, agent):
 
 
 def test_any_other_name_is_percale(agent):
-    run_plugin("ADD", conf(agent_socket=agent.path))  # run as shim.py
+    run_plugin("ADD", conf(agent_socket=agent.path))  # run as shim.py or percale-cni
     assert agent.requests[0]["plugin"] == "percale"
 
 
@@ -334,8 +353,9 @@ def test_the_default_socket_is_used_last():
 
 # Speed: the shim must not import the packages that make a Python start slow.
 
+@pytest.mark.parametrize("shim", ["python"], indirect=True)
 @pytest.mark.parametrize("command", ["VERSION", "ADD"])
-def test_the_shim_imports_neither_json_nor_socket(command, agent):
+def test_the_shim_imports_neither_json_nor_socket(command, agent, shim):
     environ = {**FULL_ENV, "CNI_COMMAND": command}
     done = subprocess.run([PYTHON, "-IS", "-X", "importtime", str(SHIM)],
                           input=conf(agent_socket=agent.path).encode(), env=environ,
@@ -345,3 +365,88 @@ def test_the_shim_imports_neither_json_nor_socket(command, agent):
                 if line.startswith("import time:") and "|" in line}
     assert imported, done.stderr
     assert not imported & {"json", "socket", "re", "enum", "selectors"}, sorted(imported)
+
+
+# The two shims side by side, on input a runtime or a bad agent might send: the same exit status,
+# the same answer (a `details` text that quotes a Python exception may be worded differently),
+# and the same request reaching the agent.
+
+ODD_CONFIGS = [
+    '{"cniVersion": "0.4.0", "cniVersion": "1.0.0"}',        # the last duplicate counts
+    '{"\\u0063niVersion": "0.3.1"}',                          # an escaped key
+    '{"cniVersion": "\\u00e9\\ud83d\\ude00"}',                # escapes, a surrogate pair
+    '{"cniVersion": "\\udc80"}',                              # a lone surrogate
+    '{"cniVersion": 1.0}', '{"cniVersion": ""}', '{"cniVersion": null}',
+    '{"a": NaN, "b": -Infinity, "c": Infinity}', '{"a": -0.5e+3, "b": 0, "c": -0}',
+    '{"a": 01}', '{"a": 1e}', '{"a": -}', '{"a": .5}', '{"a": 1.}', '{"a": tru}',
+    '{"a": "tab\there"}', '{"a": "\\x"}', '{"a": "\\u12"}', '{"a": [1, 2,]}', '{"a": 1,}',
+    '{"a": {"b": [{"c": []}]}}', ' \n\t{"cniVersion": "1.0.0"}\r\n ', '{"a": "\x7f"}',
+    '[' * 1200 + ']' * 1200, '{"a":' * 1200 + '1' + '}' * 1200,
+    b'\xef\xbb\xbf{}', b'{"a": "\xed\xa0\x80"}', b'{"a": "\xc0\xaf"}', b'{"a": "\xf4\x90\x80\x80"}',
+    '{"agent_socket": null}', '{"agent_socket": "/no/such/\\u00e9.sock"}',
+    '{"agent_socket": "/tmp/' + "x" * 120 + '"}', '{"agent_socket": "/tmp/a\\u0000b"}',
+    '{"agent_socket": {"path": 1}}', '{"agent_socket": false}',
+]
+
+
+def run_both(command, stdin, **how) -> tuple[Ran, Ran]:
+    ran = []
+    for kind, path in (("python", SHIM), ("compiled", compiled_shim())):
+        UnderTest.kind, UnderTest.path = kind, path
+        ran.append(run_plugin(command, stdin, **how))
+    return ran[0], ran[1]
+
+
+def assert_alike(python: Ran, compiled: Ran) -> None:
+    assert python.code == compiled.code, (python, compiled)
+    try:
+        want = json.loads(python.out)
+    except ValueError:
+        assert compiled.out == python.out
+        return
+    got = json.loads(compiled.out)
+    if isinstance(want, dict) and want.get("code") in (DECODING_FAILURE_CODE, 999):
+        want.pop("details"), got.pop("details")
+    if isinstance(want, dict) and want.get("code") == 999 and "failed: " in want["msg"]:
+        # "<plugin> failed: <a Python exception>": the compiled shim names the cause in words.
+        want["msg"], got["msg"] = want["msg"].split(": ")[0], got["msg"].split(": ")[0]
+    assert got == want
+
+
+DECODING_FAILURE_CODE = 6
+
+
+@pytest.mark.parametrize("shim", ["python"], indirect=True)
+@pytest.mark.parametrize("command", ["VERSION", "ADD", "DEL"])
+@pytest.mark.parametrize("stdin", ODD_CONFIGS)
+def test_both_shims_answer_odd_configs_alike(stdin, command, shim, monkeypatch):
+    monkeypatch.chdir("/")
+    python, compiled = run_both(command, stdin, env={"PERCALE_CNI_SOCKET": "/nonexistent/p.sock"})
+    assert_alike(python, compiled)
+
+
+@pytest.mark.parametrize("shim", ["python"], indirect=True)
+@pytest.mark.parametrize("environ", [
+    {"CNI_COMMAND": "a\x01'b"}, {"CNI_COMMAND": "it's"}, {"CNI_COMMAND": "\u00e9t\u00e9"},
+    {"CNI_ARGS": "K8S_POD_NAME=caf\u00e9;X=\u2603"}, {"CNI_NETNS": "/var/run/netns/\t\"q\""},
+])
+def test_both_shims_handle_odd_environments_alike(environ, agent, shim):
+    python, compiled = run_both(None, conf(agent_socket=agent.path), env=environ)
+    assert_alike(python, compiled)
+    assert len(agent.received) in (0, 2)
+    if agent.received:
+        assert agent.requests[0] == agent.requests[1]
+
+
+@pytest.mark.parametrize("shim", ["python"], indirect=True)
+@pytest.mark.parametrize("answer", [
+    b'{"code": 0, "stdout": "caf\\u00e9 \\ud83d\\ude00"}\n', b'{"code": 0, "stdout": "\\ud800x"}\n',
+    b'{"code": -0, "stdout": ""}\n', b'{"code": true, "stdout": "x"}\n', b'{"code": false, "stdout": "x"}\n',
+    b'{"code": 0.0, "stdout": "x"}\n', b'{"code": 0, "stdout": 5}\n', b'[0, "x"]\n', b'\n',
+    b'  {"stdout": "a", "code": 100, "extra": [1]}  \n', b'{"code": 0, "stdout": "\xff"}\n',
+    b'{"code": 0, "stdout": "x"} {"code": 1}\n', b'{"code": 12345678901234567890, "stdout": "x"}\n',
+])
+def test_both_shims_relay_odd_answers_alike(answer, agent, shim):
+    agent.answer = answer
+    python, compiled = run_both("ADD", conf(agent_socket=agent.path))
+    assert_alike(python, compiled)
