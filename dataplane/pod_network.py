@@ -11,8 +11,8 @@ Owner: this module owns the host veths and the /32 (/128) host routes of pods, t
 RouteProtocol.POD; nothing else in percale touches them.
 
 Where it runs: the functions block (netlink) and step into the pod's network namespace with
-setns(2) to open a socket there, then step back. The agent runs them in its dataplane workers
-(dataplane/workers.py), single-threaded processes, never on its own event loop. Each function is
+setns(2) to open a socket there, then step back; setns moves only the calling thread. The agent
+runs them in its dataplane worker threads (dataplane/workers.py), never on its own event loop. Each function is
 all or nothing: what it made is removed again when a later step fails.
 """
 
@@ -26,6 +26,7 @@ import ipaddress
 import os
 import random
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 _CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 _libc = ctypes.CDLL(None, use_errno=True)
-_host: Netlink | None = None
+# Each worker thread's netlink socket in the node's namespace: a socket is not shared between
+# threads, as one thread's request would read another's answer.
+_local = threading.local()
 
 
 class DataplaneError(Exception):
@@ -87,7 +90,8 @@ def _setns(fd: int) -> None:
 def _in_pod(netns: str) -> Iterator[Netlink]:
     """A netlink socket inside the pod's namespace. A socket stays in the namespace it was made
     in, so the thread steps in, makes it, and steps back at once."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    # thread-self: /proc/self is the main thread, and a worker thread must come back to its own.
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(netns, os.O_RDONLY)
     except OSError:
@@ -127,18 +131,16 @@ def netns_problem(path: str) -> str | None:
 
 
 def _host_netlink() -> Netlink:
-    """This worker's netlink socket in the node's namespace, kept open between pods."""
-    global _host
-    if _host is None:
-        _host = Netlink()
-    return _host
+    """This thread's netlink socket in the node's namespace, kept open between pods."""
+    host = getattr(_local, "host", None)
+    if host is None:
+        host = _local.host = Netlink()
+    return host
 
 
-def warm_up() -> int:
-    """Open the node's netlink socket, so a worker's first pod pays no start-up cost; returns
-    the worker's PID, so the agent can tell that every worker is up."""
+def warm_up() -> None:
+    """Open this thread's netlink socket, so its first pod pays no start-up cost."""
     _host_netlink()
-    return os.getpid()
 
 
 def _random_mac() -> str:
