@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
 from percale.vxlan.plan import pod_mtu
 from percale.dataplane import pod_network
 from percale.dataplane.workers import DataplaneWorkers
+from percale.node.policy_agent import NOT_STORED, PolicyAgent
 from percale.node.cni_types import (
     CHECK_FAILED,
     DATAPLANE_FAILED,
@@ -84,11 +85,11 @@ log = logging.getLogger("percale.node.cni")
 
 class CNIHandlers:
     def __init__(self, store: Datastore, ipam: IPAM, node: str, host_mtu: int,
-                 policy_programmed: Callable[[KVPair], Awaitable[bool]] | None = None):
+                 policy: PolicyAgent | None = None):
         self.store, self.ipam, self.node = store, ipam, node
-        # Told of each endpoint written, waits until its host interface has its policy in the
-        # kernel (node/policy_agent.py).
-        self.policy_programmed = policy_programmed
+        # Told of each endpoint as it is written; an ADD waits until the pod's host interface
+        # has its policy in the kernel (node/policy_agent.py).
+        self.policy = policy
         self.host_mtu = host_mtu  # the underlay's, detected at start (or --mtu)
         self.workers = DataplaneWorkers()
         self._background: set[asyncio.Future] = set()
@@ -197,6 +198,7 @@ class CNIHandlers:
         linking = asyncio.ensure_future(
             self.workers.run(pod_network.create_link, pod.netns, pod.ifname, pod.host_veth, mtu))
         addresses: list[Interface] = []
+        announced: Key | None = None
         try:
             addresses = await self._allocate(pod, conf)
             try:
@@ -210,15 +212,25 @@ class CNIHandlers:
                                        addresses)
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
-            written = await self._write_endpoint(pod, conf, link, addresses, labels, ports)
-            if self.policy_programmed is not None and not await self.policy_programmed(written):
+            endpoint = self._endpoint(pod, conf, link, addresses, labels, ports)
+            if self.policy is not None:
+                # Its chains are compiled and written while the datastore stores it.
+                announced = Key.of(endpoint)
+                self.policy.endpoint_written(KVPair(announced, endpoint, NOT_STORED))
+            written = await self._write_endpoint(endpoint)
+            announced = None
+            if self.policy is not None:
+                self.policy.endpoint_written(written)
+            if self.policy is not None and not await self.policy.wait_programmed(link.host_name):
                 # The table drops the pod's traffic until its chains are in (fail closed); the
                 # pod is wired, its connectivity follows when the policy side catches up.
                 log.warning("pod %s/%s: policy not programmed yet for %s; its traffic is dropped "
                             "until it is", pod.namespace, pod.name, link.host_name)
         except BaseException:
-            # Undo in reverse: the veth (if this ADD made it), then the addresses this ADD took
-            # (not those of an earlier ADD under the same handle).
+            # Undo in reverse: the announced endpoint, the veth (if this ADD made it), then the
+            # addresses this ADD took (not those of an earlier ADD under the same handle).
+            if announced is not None and self.policy is not None:
+                self.policy.endpoint_dropped(announced)
             await asyncio.shield(self._undo_link(linking, pod.host_veth))
             if addresses:
                 await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
@@ -245,11 +257,11 @@ class CNIHandlers:
                 "routes": prev.get("routes", []) + ours["routes"],
                 "dns": prev.get("dns") or ours["dns"]}
 
-    async def _write_endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
-                              addresses: list[Interface], labels: dict[str, str],
-                              ports: list[dict[str, Any]]) -> KVPair:
+    def _endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
+                  addresses: list[Interface], labels: dict[str, str],
+                  ports: list[dict[str, Any]]) -> WorkloadEndpoint:
         name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
-        endpoint = WorkloadEndpoint(
+        return WorkloadEndpoint(
             metadata=ObjectMeta(name=name, namespace=pod.namespace, labels=labels),
             spec=WorkloadEndpointSpec.model_validate({
                 "orchestrator": "k8s", "node": self._node(conf),
@@ -258,6 +270,8 @@ class CNIHandlers:
                 "interfaceName": link.host_name, "mac": link.container_mac, "ports": ports,
             }),
         )
+
+    async def _write_endpoint(self, endpoint: WorkloadEndpoint) -> KVPair:
         # An ADD always writes the endpoint, even over an older container's (Calico does too);
         # that container's DEL then leaves it alone because the container ID differs.
         for _ in range(10):
@@ -270,7 +284,8 @@ class CNIHandlers:
                 return await self.store.update(endpoint, revision=current.revision)
             except (NotFound, Conflict):
                 continue
-        raise CNIError(TRY_AGAIN_LATER, f"could not write WorkloadEndpoint {pod.namespace}/{name}")
+        raise CNIError(TRY_AGAIN_LATER, f"could not write WorkloadEndpoint "
+                                        f"{endpoint.metadata.namespace}/{endpoint.metadata.name}")
 
     async def delete(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)

@@ -133,7 +133,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     view = CachedDatastore(store, cache)
     ipam = IPAM(view, authority=store)
     policy_agent = PolicyAgent(cache, node, reconcile_seconds=options.policy_reconcile_seconds)
-    handlers = CNIHandlers(view, ipam, node, host_mtu, policy_programmed=policy_agent.endpoint_programmed)
+    handlers = CNIHandlers(view, ipam, node, host_mtu, policy=policy_agent)
     bgp_on = options.backend == "bgp"
     vxlan_fib = FIB(protocol=RouteProtocol.VXLAN, takeover=True)
     vxlan_agent = VXLANAgent(cache, node, store=view, ipam=ipam, routes=vxlan_fib, tunnels=True,

@@ -2,11 +2,12 @@
 `inet percale` table out (policy/compile.py decides, policy/nft.py writes).
 
 Every change to a NetworkPolicy, GlobalNetworkPolicy, Profile or WorkloadEndpoint marks the
-table due; after SETTLE_SECONDS (so a burst of changes is one transaction) the whole ruleset is
-compiled again and the difference applied. The table is checked against the kernel every
+table due; the changes that arrive while a ruleset is compiled and written are taken together in
+the next (so a burst of changes is few transactions), and the whole ruleset is compiled again and
+the difference applied. An endpoint is converted for the compiler once per revision. The table is checked against the kernel every
 `reconcile_seconds` (--policy-reconcile-seconds, 30 by default) and written whole when it
-drifted. The CNI ADD waits (`endpoint_programmed`) until
-the new pod's interface is in the table: until then the table's dispatch drops everything to or
+drifted. The CNI ADD announces its endpoint before writing it (`endpoint_written`), and waits
+(`wait_programmed`) until the new pod's interface is in the table: until then the table's dispatch drops everything to or
 from an unknown pcl* interface, so a pod is never reachable before its policy holds.
 """
 
@@ -27,9 +28,11 @@ from percale.policy.nft import NftError, PolicyTable
 log = logging.getLogger("percale.node.policy")
 
 POLICY_KINDS = ("WorkloadEndpoint", "NetworkPolicy", "GlobalNetworkPolicy", "Profile")
-SETTLE_SECONDS = 0.005
 RECONCILE_SECONDS = 30.0
 RETRY_SECONDS = 1.0
+# The revision of an endpoint the CNI side announced before its write came back: its chains are
+# compiled while the datastore stores it (node/cni_handlers.py).
+NOT_STORED = ""
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
 
@@ -58,6 +61,9 @@ class PolicyAgent:
         # need not wait for the round trip through the datastore.
         self._written: dict[Key, KVPair] = {}
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        # Each endpoint as the compiler sees it, by key: (revision, its namespace's labels,
+        # PolicyEndpoint), so a compilation converts only what changed.
+        self._converted: dict[Key, tuple[str | None, dict[str, str] | None, PolicyEndpoint]] = {}
         self.last_apply_seconds = 0.0
         cache.subscribe(self._changed)
 
@@ -70,9 +76,21 @@ class PolicyAgent:
             del self._written[change.key]  # the view has it (or has seen it go)
 
     def endpoint_written(self, pair: KVPair) -> None:
-        """The CNI side wrote this endpoint: program it now, not when the watch says so."""
-        self._written[pair.key] = pair
+        """The CNI side wrote this endpoint, or is about to (revision NOT_STORED): program it
+        now, not when the watch says so."""
+        current = self.cache.get(pair.key)
+        if current is not None and current.revision == pair.revision:
+            self._written.pop(pair.key, None)  # the watch was faster
+        else:
+            self._written[pair.key] = pair
         self._due.set()
+
+    def endpoint_dropped(self, key: Key) -> None:
+        """The CNI side gave up an endpoint it announced and did not store (its ADD failed)."""
+        pair = self._written.get(key)
+        if pair is not None and pair.revision == NOT_STORED:
+            del self._written[key]
+            self._due.set()
 
     def desired(self) -> Ruleset:
         profiles: dict[str, Profile] = {}
@@ -85,14 +103,19 @@ class PolicyAgent:
                 namespace_labels[namespace] = {NAMESPACE_LABEL: namespace,
                                                **profile.spec.labels_to_apply}
         known = {**self.cache.items("WorkloadEndpoint"), **self._written}
-        endpoints = [policy_endpoint(pair.value, self.node, namespace_labels) for pair in known.values()]
+        converted: dict[Key, tuple[str | None, dict[str, str] | None, PolicyEndpoint]] = {}
+        for key, pair in known.items():
+            labels = namespace_labels.get(key.namespace or "default")
+            was = self._converted.get(key)
+            if was is not None and was[0] == pair.revision and was[1] == labels:
+                converted[key] = was
+            else:
+                converted[key] = (pair.revision, labels,
+                                  policy_endpoint(pair.value, self.node, namespace_labels))
+        self._converted = converted
+        endpoints = [endpoint for _, _, endpoint in converted.values()]
         policies = [*self.cache.values("NetworkPolicy"), *self.cache.values("GlobalNetworkPolicy")]
         return compile_ruleset(policies, profiles, endpoints)
-
-    async def endpoint_programmed(self, pair: KVPair, timeout: float = 10.0) -> bool:
-        """The CNI side's hook: note the endpoint it wrote, and wait for its chains."""
-        self.endpoint_written(pair)
-        return await self.wait_programmed(pair.value.spec.interface_name, timeout)
 
     async def wait_programmed(self, interface: str, timeout: float = 10.0) -> bool:
         """Until `interface` has its chains in the kernel (True), or `timeout` (False)."""
@@ -124,7 +147,6 @@ class PolicyAgent:
                     self.table.applied = None
                     self._due.set()
                 continue
-            await asyncio.sleep(SETTLE_SECONDS)
             self._due.clear()
             try:
                 await self.program()

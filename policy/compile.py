@@ -25,6 +25,7 @@ on PASS; when policies applied and none decided, it drops; with none, the profil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import math
@@ -111,6 +112,13 @@ def _digest(*parts: object) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=65536)
+def _name_digest(kind: str, name: str) -> str:
+    """_digest of a policy's or profile's name: asked again on every compilation, for every
+    endpoint, so it is remembered."""
+    return _digest(kind, name)
+
+
 def policy_id(policy: NetworkPolicy | GlobalNetworkPolicy) -> str:
     """`<namespace>/<name>` for a namespaced policy, `<name>` for a global one."""
     if isinstance(policy, NetworkPolicy):
@@ -119,7 +127,7 @@ def policy_id(policy: NetworkPolicy | GlobalNetworkPolicy) -> str:
 
 
 def policy_chain(direction: str, policy_key: str) -> str:
-    return ("pi-" if direction == "Ingress" else "po-") + _digest("policy", policy_key)
+    return ("pi-" if direction == "Ingress" else "po-") + _name_digest("policy", policy_key)
 
 
 def sort_key(policy: NetworkPolicy | GlobalNetworkPolicy) -> tuple:
@@ -307,7 +315,7 @@ class _Compiler:
         return chain
 
     def profile_chain(self, profile: Profile, direction: str) -> str:
-        chain = ("pri-" if direction == "Ingress" else "pro-") + _digest("profile", profile.metadata.name)
+        chain = ("pri-" if direction == "Ingress" else "pro-") + _name_digest("profile", profile.metadata.name)
         if chain not in self.ruleset.chains:
             rules = profile.spec.ingress if direction == "Ingress" else profile.spec.egress
             self.ruleset.chains[chain] = [
@@ -354,8 +362,11 @@ def _port_list(ports) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
+@functools.lru_cache(maxsize=4096)
 def default_profile(namespace: str) -> Profile:
-    """A namespace with no Profile stored behaves as Calico's kns.<namespace>: allow both ways."""
+    """A namespace with no Profile stored behaves as Calico's kns.<namespace>: allow both ways.
+    Remembered: building the model costs more than the rest of a small endpoint's compilation,
+    and nothing changes a Profile after it is made."""
     return Profile(metadata={"name": f"kns.{namespace}"})
 
 

@@ -1,0 +1,100 @@
+"""The node's policy side against a real view (Cache over the memory datastore) and a table that
+records what it is asked to write: an endpoint the CNI side announces before storing it gets its
+chains at once, one given up is forgotten, and a stored one follows the datastore afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from percale.api import ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec
+from percale.datastore import Key, KVPair, MemoryDatastore
+from percale.datastore.cache import Cache
+from percale.node.policy_agent import NOT_STORED, POLICY_KINDS, PolicyAgent
+
+pytestmark = pytest.mark.unit
+
+
+class RecordingTable:
+    """PolicyTable's interface, writing nothing: the rulesets it was given, in order."""
+
+    def __init__(self) -> None:
+        self.applied = None
+        self.history = []
+
+    def apply(self, ruleset) -> bool:
+        self.applied = ruleset
+        self.history.append(ruleset)
+        return True
+
+    def drifted(self) -> bool:
+        return False
+
+
+def endpoint(pod: str, interface: str, labels: dict[str, str] | None = None) -> WorkloadEndpoint:
+    return WorkloadEndpoint(
+        metadata=ObjectMeta(name=f"node1-k8s-{pod}-eth0", namespace="shop", labels=labels or {}),
+        spec=WorkloadEndpointSpec.model_validate({
+            "orchestrator": "k8s", "node": "node1", "containerID": "c1", "pod": pod,
+            "endpoint": "eth0", "ipNetworks": ["10.0.0.1/32"], "profiles": ["kns.shop"],
+            "interfaceName": interface, "mac": "02:00:00:00:00:01"}))
+
+
+@pytest.fixture
+async def world():
+    memory = MemoryDatastore()
+    cache = Cache(memory, POLICY_KINDS, node="node1")
+    table = RecordingTable()
+    agent = PolicyAgent(cache, "node1", table=table)
+    tasks = [asyncio.create_task(cache.run()), asyncio.create_task(agent.run())]
+    await cache.wait_synced()
+    yield memory, cache, agent, table
+    for task in tasks:
+        task.cancel()
+
+
+async def test_an_announced_endpoint_is_programmed_before_it_is_stored(world):
+    memory, cache, agent, table = world
+    announced = endpoint("web", "pcl000000000001")
+    agent.endpoint_written(KVPair(Key.of(announced), announced, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000001", timeout=2)
+    assert "pcl000000000001" in table.applied.from_endpoint
+    assert (await memory.list("WorkloadEndpoint")).items == []
+
+
+async def test_an_announced_endpoint_given_up_is_forgotten(world):
+    memory, cache, agent, table = world
+    announced = endpoint("web", "pcl000000000002")
+    agent.endpoint_written(KVPair(Key.of(announced), announced, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000002", timeout=2)
+    agent.endpoint_dropped(Key.of(announced))
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if "pcl000000000002" not in table.applied.from_endpoint:
+            break
+    assert "pcl000000000002" not in table.applied.from_endpoint
+
+
+async def test_a_stored_endpoint_follows_the_datastore_once_written(world):
+    """The CNI side hands over what it wrote; when the watch has been faster, a later change by
+    someone else (a relabel) must still win over the pair the CNI side holds."""
+    memory, cache, agent, table = world
+    written = await memory.create(endpoint("web", "pcl000000000003", {"app": "web"}))
+    for _ in range(200):
+        if cache.get(written.key) is not None:
+            break
+        await asyncio.sleep(0.005)
+    agent.endpoint_written(written)  # the watch already brought it
+    relabelled = await memory.update(endpoint("web", "pcl000000000003", {"app": "db"}),
+                                     revision=written.revision)
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        current = cache.get(written.key)
+        if current is not None and current.revision == relabelled.revision:
+            break
+    await asyncio.sleep(0.05)
+    assert agent._written == {}
+    assert agent.desired() is not None
+    labels = [e for e in agent._converted.values() if e[2].interface == "pcl000000000003"][0][2].labels
+    assert labels == {"app": "db"}
