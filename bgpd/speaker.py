@@ -48,7 +48,10 @@ class ExaBGP:
         # percale announced before; the agent re-announces and then sends End-of-RIB.
         self.on_connect = on_connect
         self.netns = netns
-        self.exabgp = exabgp or str(Path(sys.executable).parent / "exabgp")
+        # By default ExaBGP through bgpd/exabgp_pace.py (its reactor sleeps while idle), run as a
+        # file with `-P`: this directory's modules must not shadow any that ExaBGP imports.
+        # Not imported here: that would load ExaBGP into the agent.
+        self.exabgp = [exabgp] if exabgp else [python, "-P", str(Path(__file__).with_name("exabgp_pace.py"))]
         self.python = python
         self.process: asyncio.subprocess.Process | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -109,7 +112,7 @@ class ExaBGP:
 
     async def _spawn(self) -> None:
         self._stop_leftover()
-        command = [self.exabgp, "server", str(self.config_path)]
+        command = [*self.exabgp, "server", str(self.config_path)]
         if self.netns:
             command = ["ip", "netns", "exec", self.netns, *command]
         env = {**os.environ, **exabgp_config.environment(str(self.log_path))}

@@ -77,10 +77,62 @@ def test_routes_flow_both_ways_with_gobgp():
                         break
                     await asyncio.sleep(0.1)
                 announce = learned[0]["neighbor"]["message"]["update"]["announce"]["ipv4 unicast"]
-                assert announce == {"10.99.0.3": [{"nlri": "10.244.2.0/26"}]}
+                # NLRIs as bare strings: percale runs ExaBGP with api.compact (exabgp_config.environment)
+                assert announce == {"10.99.0.3": ["10.244.2.0/26"]}
             finally:
                 await speaker.stop()
                 supervisor.cancel()
+
+        asyncio.run(scenario())
+    finally:
+        lab.down()
+
+
+def _wakeups(pid: int) -> int:
+    """How often ExaBGP's main thread has gone to sleep and been woken (voluntary switches)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_an_idle_exabgp_sleeps_and_still_serves_its_session():
+    """bgpd/exabgp_pace.py: once every session is established and nothing is pending, the
+    reactor stops waking on its 50 ms beat; a reload signal, an API command and the peer's
+    routes still reach it at once."""
+    lab = Lab().up()
+    events: list[dict] = []
+    try:
+        lab.gobgp([("10.99.0.1", 64512)])
+
+        async def scenario():
+            speaker = ExaBGP(lab.workdir / "percale", lambda line: events.append(json.loads(line)),
+                             netns=lab.a)
+            neighbor = Neighbor("Global_10_99_0_3", 4, "10.99.0.3", 179, 64512, 64512, "10.99.0.1",
+                                passive=False)
+            config = speaker.render("10.99.0.1", [neighbor])
+            await speaker.start(config)
+            try:
+                await speaker.wait_connected()
+                for _ in range(300):
+                    if any(e.get("type") == "state" and e["neighbor"].get("state") == "up" for e in events):
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"the session never came up: {events[-3:]}")
+                cmdline = Path(f"/proc/{speaker.process.pid}/cmdline").read_bytes()
+                assert b"exabgp_pace.py" in cmdline, cmdline
+                await asyncio.sleep(1.5)
+                before = _wakeups(speaker.process.pid)
+                await asyncio.sleep(3)
+                woke = _wakeups(speaker.process.pid) - before
+                # The 50 ms beat would be 60 wake-ups; idle it is one a second.
+                assert woke <= 12, woke
+                await speaker.reload(config)  # confirmed in ExaBGP's log
+                await speaker.send("announce route 10.244.1.0/26 next-hop self")
+                assert await asyncio.to_thread(wait_for, lambda: "10.244.1.0/26" in lab.gobgp_rib(), 10)
+            finally:
+                await speaker.stop()
 
         asyncio.run(scenario())
     finally:

@@ -1,0 +1,94 @@
+"""ExaBGP as percale runs it: `exabgp server CONFIG`, with a reactor that sleeps while nothing
+happens.
+
+    python .../percale/bgpd/exabgp_pace.py server /var/run/percale/exabgp.conf
+
+Run as a file, not as part of the percale package: the process imports ExaBGP and nothing of
+percale (bgpd/speaker.py starts it).
+
+Why. ExaBGP's reactor wakes on a fixed beat (its poll timeout, `reactor.speed` / 100 s) to run
+every peer's state machine, whether anything happened or not. Sockets and the API pipe wake it
+anyway; the beat is there for timers: keepalives, hold timers, connection retries. Each beat
+walks every peer, so an idle node of an N-node mesh spent CPU in proportion to N: a 60-node
+mesh of idle nodes kept more than a whole core busy (bench/lab.py, issue #15).
+
+What changes. The beat is kept while there is anything to do soon: a session that is not
+established (its connect and OPEN exchange are driven by the beat), scheduled API work, updates
+still to send. When every session is established and nothing is pending, the reactor sleeps up
+to IDLE_SECONDS instead: a keepalive (every 30 s with percale's hold time of 90 s) then goes out
+at most that late. A signal (SIGUSR1, the agent's reload; SIGTERM) wakes the sleep at once
+through a wake-up pipe, since Python would otherwise resume the poll after running the handler.
+Nothing else in ExaBGP is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+from exabgp.application.main import main as exabgp_main
+from exabgp.bgp.fsm import FSM
+from exabgp.reactor.loop import Reactor
+
+# How long an idle reactor sleeps between looks at its timers, at most.
+IDLE_SECONDS = 1.0
+
+_beat = Reactor._wait_for_io
+
+
+def _idle(reactor: Reactor) -> bool:
+    """Every session established and nothing queued: only timers can need the reactor now."""
+    if not reactor.asynchronous.ready():
+        return False
+    for peer in reactor._peers.values():
+        # Updates still to send make the peer ask for another turn at once anyway; looking at
+        # them here too keeps a slow peer's queue from waiting on a long sleep.
+        if peer.fsm != FSM.ESTABLISHED or peer.neighbor.rib.outgoing.pending():
+            return False
+    return bool(reactor._peers)
+
+
+class _WakeUp:
+    """A pipe that a signal writes to (signal.set_wakeup_fd), polled beside ExaBGP's sockets."""
+
+    def __init__(self) -> None:
+        self.read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self.registered: set[int] = set()
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+_wakeup: _WakeUp | None = None
+
+
+def _paced_wait_for_io(self: Reactor, sleeptime: int):
+    if sleeptime and _idle(self):
+        sleeptime = int(IDLE_SECONDS * 1000)
+    if _wakeup is not None and id(self._poller) not in _wakeup.registered:
+        self._poller.register(_wakeup.read_fd, select.POLLIN)
+        _wakeup.registered.add(id(self._poller))
+    for fd in _beat(self, sleeptime):
+        if _wakeup is not None and fd == _wakeup.read_fd:
+            _wakeup.drain()  # the signal's handler has run; the loop looks at its flag next
+            continue
+        yield fd
+
+
+def main() -> int:
+    global _wakeup
+    Reactor._wait_for_io = _paced_wait_for_io
+    _wakeup = _WakeUp()
+    sys.argv[0] = "exabgp"
+    return exabgp_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
