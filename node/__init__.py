@@ -3,7 +3,7 @@ below it (docs/architecture.md).
 
 It registers the node (its BGP address, --ip), follows the datastore through its view
 (datastore/cache.py), serves CNI requests for the thin plugins in cni-plugin/ with IPAM over that
-view and pod wiring in its dataplane workers (dataplane/), and runs BGP (bgpd/agent.py) with its
+view and pod wiring in its dataplane worker threads (dataplane/), and runs BGP (bgpd/agent.py) with its
 status socket, NodeStatus record and health endpoints.
 
     main.py         the percale-node command: settings, the parts it runs, signals

@@ -1,7 +1,7 @@
 """The agent's end of cni-plugin/PROTOCOL.md: a unix socket, one JSON line in, one JSON line out.
 
 Requests are served concurrently; IPAM serialises allocations per node itself, and each pod's
-netlink work runs in a dataplane worker, so one slow pod does not hold up the others.
+netlink work runs in a dataplane worker thread, so one slow pod does not hold up the others.
 
 Every request gets an answer; the connection is never just closed. A request too long or not
 JSON is refused with the CNI code for it (7, 6); a handler that fails in a way no input explains

@@ -6,7 +6,7 @@ the host), and then runs, side by side:
   * the view (datastore/cache.py): each kind the agent needs listed once and followed by its
     watch; every part below reads it and reacts to its changes;
   * the CNI server (node/cni_server.py, cni_handlers.py): IPAM over the view, writes to the
-    datastore, pods wired by the dataplane workers;
+    datastore, pods wired by the dataplane worker threads;
   * BGP (bgpd/agent.py), once this node's Node has a BGP address: ExaBGP announces the node's
     blocks, and learned routes go through the RIB to the kernel (dataplane/fib.py);
   * network policy (node/policy_agent.py): the view's policies, profiles and endpoints compiled
