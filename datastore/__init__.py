@@ -12,10 +12,12 @@ from percale.datastore.errors import (
     DatastoreUnavailable,
     NotFound,
     RevisionCompacted,
+    TransactionConflict,
 )
 from percale.datastore.memory import MemoryDatastore
 
 __all__ = [
     "AlreadyExists", "Conflict", "Datastore", "DatastoreError", "DatastoreUnavailable", "Key",
-    "KVPair", "ListResult", "MemoryDatastore", "NotFound", "RevisionCompacted", "WatchEvent",
+    "KVPair", "ListResult", "MemoryDatastore", "NotFound", "RevisionCompacted",
+    "TransactionConflict", "WatchEvent",
 ]

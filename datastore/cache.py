@@ -22,7 +22,9 @@ them. A process that writes needs to read its own writes at once, though (the IP
 block, then confirms the affinity it just created), so CachedDatastore keeps each of its own
 writes in an overlay that reads consult first, until the watch delivers that revision of that
 key. Everything read from the view may be a moment old; whoever decides on it writes with
-compare-and-swap, and a Conflict carries the current value, which the overlay keeps too.
+compare-and-swap, and a Conflict carries the current value, which the overlay keeps too. When the
+watch brings back a revision this process wrote, the view keeps the object it wrote rather than
+decode the event's copy (Cache.known); values of others' writes are decoded when first read.
 
 Values are shared between readers: never mutate what the view hands out (model_copy it).
 """
@@ -32,14 +34,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from percale.api import Resource
-from percale.datastore.contract import NODE_SCOPED_KINDS, Datastore, Key, KVPair, ListResult, WatchEvent, node_of
-from percale.datastore.errors import AlreadyExists, Conflict, DatastoreError, NotFound, RevisionCompacted
+from percale.datastore.contract import (
+    NODE_SCOPED_KINDS, Datastore, Delete, Key, KVPair, ListResult, WatchEvent, Write, WriteTogether,
+    node_of, writes_together,
+)
+from percale.datastore.errors import (
+    AlreadyExists, Conflict, DatastoreError, NotFound, RevisionCompacted, TransactionConflict,
+)
 
 log = logging.getLogger("percale.datastore.cache")
 
@@ -79,6 +86,7 @@ class Cache:
         self._listed: set[str] = set()
         self._synced = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._known: dict[Key, list[KVPair]] = {}  # see known()
         # Counts for tests, benchmarks and /metrics.
         self.lists = 0
         self.events = 0
@@ -182,6 +190,8 @@ class Cache:
                 log.warning("listing %s again: %s", kind, err)
                 await asyncio.sleep(self.max_retry_delay)
         self.lists += 1
+        for key in [k for k in self._known if k.kind == kind]:
+            del self._known[key]
         objects = self._objects[kind]
         before = dict(objects)
         after = {kv.key: kv for kv in result.items}
@@ -202,15 +212,55 @@ class Cache:
         old = objects.get(event.key)
         self._revisions[event.key.kind] = event.revision
         if event.type == "DELETED":
+            # Every revision this process held of the key came before, or never will.
+            self._known.pop(event.key, None)
             if old is None:
                 return
             del objects[event.key]
             self._tell(Change(event.key, old, None))
         else:
-            assert event.value is not None
-            new = KVPair(event.key, event.value, event.revision)
+            new = self._adopt(event)
+            if new is None:
+                assert event.pair is not None
+                new = event.pair
             objects[event.key] = new
             self._tell(Change(event.key, old, new))
+
+    def known(self, kv: KVPair) -> None:
+        """`kv` is a revision of a key this process holds already (it wrote it, or a conflict
+        handed it back): when the watch delivers that revision, the view keeps this object, the
+        same value, instead of decoding the event's copy. An agent reads back every block it
+        writes, and decoding a block costs about as much as encoding it did."""
+        if not self.covers(kv.key):
+            return
+        objects = self._objects[kv.key.kind]
+        held = objects.get(kv.key)
+        if held is not None and held.revision == kv.revision:
+            # The watch was quicker than the write's answer: the view has this revision already,
+            # still undecoded. Same value, so no change to tell anyone of.
+            objects[kv.key] = kv
+            return
+        if len(self._known) > 1000:
+            # Revisions the watch will never deliver (one it had delivered already): let them go.
+            self._known.clear()
+        # Several writes of one key can land before the watch delivers the first: keep each, in
+        # the order written, which is the order the watch delivers them.
+        self._known[kv.key] = [*self._known.get(kv.key, [])[-7:], kv]
+
+    def _adopt(self, event: WatchEvent) -> KVPair | None:
+        """The object this process holds of the event's revision, if any (see known())."""
+        held = self._known.get(event.key)
+        if not held:
+            return None
+        for i, kv in enumerate(held):
+            if kv.revision == event.revision:
+                # The ones before it were delivered already (or skipped): never to come.
+                if i + 1 < len(held):
+                    self._known[event.key] = held[i + 1:]
+                else:
+                    del self._known[event.key]
+                return kv
+        return None  # an older revision, delivered late: what this process holds is still to come
 
     def _tell(self, change: Change) -> None:
         for listener in self._listeners:
@@ -258,6 +308,8 @@ class CachedDatastore:
     def _remember(self, key: Key, value: object, revision: str | None) -> None:
         if not self.cache.covers(key):
             return
+        if isinstance(value, KVPair):
+            self.cache.known(value)
         seen = self.cache.get(key) if self.cache.listed(key.kind) else None
         if (value is _GONE and seen is None and self.cache.listed(key.kind)) or (
                 seen is not None and revision is not None and seen.revision == revision):
@@ -361,6 +413,31 @@ class CachedDatastore:
             raise
         self._remember(key, _GONE, None)
         return kv
+
+    @property
+    def write_together(self) -> WriteTogether | None:
+        """The store's multi-key transaction, with its outcome kept as for single writes; None
+        when the store has none."""
+        return self._write_together if writes_together(self.store) is not None else None
+
+    async def _write_together(self, writes: Sequence[Write]) -> list[KVPair]:
+        write_together = writes_together(self.store)
+        assert write_together is not None
+        try:
+            done = await write_together(writes)
+        except TransactionConflict as err:
+            for key, now in err.current.items():
+                if now is None:
+                    self._remember(key, _GONE, None)
+                else:
+                    self._remember(key, now, now.revision)
+            raise
+        for write, kv in zip(writes, done, strict=True):
+            if isinstance(write, Delete):
+                self._remember(write.key, _GONE, None)
+            else:
+                self._remember(kv.key, kv, kv.revision)
+        return done
 
     def watch(self, kind: str, *, revision: str | None = None, namespace: str | None = None,
               node: str | None = None) -> AsyncIterator[WatchEvent]:

@@ -7,7 +7,7 @@ mod_revision or a Kubernetes resourceVersion.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -43,11 +43,47 @@ class Key:
         return f"{self.kind}({where}{self.name})"
 
 
-@dataclass(frozen=True)
 class KVPair:
-    key: Key
-    value: Resource
-    revision: str
+    """A stored object: its key, its value and the revision it was stored at.
+
+    A backend may hand one out before decoding it (`KVPair.later`): the value is decoded, and
+    checked, when first read, once, and kept. A watch-fed view follows every block of the
+    cluster; a process that reads few of them decodes few, and a corrupt value fails whoever
+    reads it, not the whole watch. Treat it as immutable, as its value: both are shared between
+    readers."""
+
+    __slots__ = ("key", "revision", "_value", "_decode")
+
+    def __init__(self, key: Key, value: Resource, revision: str):
+        self.key, self.revision = key, revision
+        self._value: Resource | None = value
+        self._decode: Callable[[], Resource] | None = None
+
+    @classmethod
+    def later(cls, key: Key, revision: str, decode: Callable[[], Resource]) -> KVPair:
+        """A pair whose value `decode()` gives, called on first use (it may raise
+        DatastoreError)."""
+        pair = cls.__new__(cls)
+        pair.key, pair.revision, pair._value, pair._decode = key, revision, None, decode
+        return pair
+
+    @property
+    def value(self) -> Resource:
+        if self._decode is not None:
+            self._value, self._decode = self._decode(), None
+        return self._value  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KVPair):
+            return NotImplemented
+        return (self.key, self.revision, self.value) == (other.key, other.revision, other.value)
+
+    # Not hashable, as the dataclass it replaced was not: its value is a mutable model.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = "<not decoded yet>" if self._decode is not None else repr(self._value)
+        return f"KVPair(key={self.key!r}, value={shown}, revision={self.revision!r})"
 
 
 @dataclass(frozen=True)
@@ -57,13 +93,41 @@ class ListResult:
     revision: str
 
 
-@dataclass(frozen=True)
 class WatchEvent:
-    type: Literal["ADDED", "MODIFIED", "DELETED"]
-    key: Key
-    # The new value; for DELETED, the last value before deletion.
-    value: Resource | None
-    revision: str
+    """One change: `value` is the new value; for DELETED, the last value before deletion (None
+    when the backend no longer has it). `pair` is the same as a KVPair, decoded at most once
+    between them (see KVPair)."""
+
+    __slots__ = ("type", "key", "revision", "pair")
+
+    def __init__(self, type: Literal["ADDED", "MODIFIED", "DELETED"], key: Key,
+                 value: Resource | None, revision: str):
+        self.type, self.key, self.revision = type, key, revision
+        self.pair: KVPair | None = None if value is None else KVPair(key, value, revision)
+
+    @classmethod
+    def later(cls, type: Literal["ADDED", "MODIFIED", "DELETED"], key: Key, revision: str,
+              decode: Callable[[], Resource] | None) -> WatchEvent:
+        """An event whose value `decode()` gives on first use (None: no value)."""
+        event = cls(type, key, None, revision)
+        if decode is not None:
+            event.pair = KVPair.later(key, revision, decode)
+        return event
+
+    @property
+    def value(self) -> Resource | None:
+        return None if self.pair is None else self.pair.value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WatchEvent):
+            return NotImplemented
+        return ((self.type, self.key, self.revision, self.value)
+                == (other.type, other.key, other.revision, other.value))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"WatchEvent(type={self.type!r}, key={self.key!r}, revision={self.revision!r})"
 
 
 class Datastore(Protocol):
@@ -102,3 +166,74 @@ class Datastore(Protocol):
         """Forget history at and before `revision`; watches from there raise RevisionCompacted."""
 
     async def close(self) -> None: ...
+
+
+# -- an optional capability: several keys written in one transaction ---------------------------
+
+@dataclass(frozen=True)
+class Create:
+    """In write_together: store a new object; its key must not exist."""
+
+    value: Resource
+
+    @property
+    def key(self) -> Key:
+        return Key.of(self.value)
+
+
+@dataclass(frozen=True)
+class Update:
+    """In write_together: replace an object only if its stored revision is still `revision`."""
+
+    value: Resource
+    revision: str
+
+    @property
+    def key(self) -> Key:
+        return Key.of(self.value)
+
+
+@dataclass(frozen=True)
+class Delete:
+    """In write_together: delete an object only if its stored revision is still `revision`."""
+
+    key: Key
+    revision: str
+
+
+Write = Create | Update | Delete
+WriteTogether = Callable[[Sequence[Write]], Awaitable[list[KVPair]]]
+
+
+class MultiKeyDatastore(Datastore, Protocol):
+    """A datastore that can write several keys in one transaction: etcd (a Txn) and memory.
+    Kubernetes cannot (one object per request), so callers keep a path without it.
+
+    `write_together(writes)` compares every write (a Create: the key is absent; an Update or
+    Delete: the stored revision is the one given), and only if all hold makes them all, at one
+    revision; else it writes nothing and raises TransactionConflict carrying what every key
+    holds now, read in the same transaction. It returns one KVPair per write, in order: the
+    value stored (a Create's with its uid and creationTimestamp), or for a Delete the last
+    value. No key may appear twice."""
+
+    write_together: WriteTogether
+
+
+def writes_together(store: Datastore) -> WriteTogether | None:
+    """`store`'s multi-key transaction, or None when it has none. A view over another store
+    (CachedDatastore) offers it exactly when the store beneath does, so ask the object in hand."""
+    return getattr(store, "write_together", None)
+
+
+def failed_compares(writes: Sequence[Write], current: dict[Key, KVPair | None]) -> list[Key]:
+    """The keys of `writes` whose compare does not hold against `current` (what each key holds:
+    None when absent)."""
+    failed = []
+    for write in writes:
+        now = current[write.key]
+        if isinstance(write, Create):
+            if now is not None:
+                failed.append(write.key)
+        elif now is None or now.revision != write.revision:
+            failed.append(write.key)
+    return failed

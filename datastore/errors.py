@@ -5,11 +5,13 @@
      ├── NotFound             get/update/delete: no such key                -> fix the input
      ├── Conflict             update/delete: the revision is stale; carries -> re-read, retry
      │                        the current value
+     ├── TransactionConflict  write_together: a compare failed, nothing    -> retry with what
+     │                        was written; carries what every key holds      it carries
      ├── RevisionCompacted    watch: history before the revision is gone    -> list again, re-watch
      └── DatastoreUnavailable the backend cannot be reached                 -> retry with backoff
 
-Callers retry only `Conflict` (at once) and `DatastoreUnavailable` (with backoff); everything else
-is a verdict.
+Callers retry only `Conflict` and `TransactionConflict` (at once) and `DatastoreUnavailable` (with
+backoff); everything else is a verdict.
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ class Conflict(DatastoreError):
         self.key, self.current = key, current
         super().__init__(
             f"update conflict: {key} has been modified (current revision {current.revision})"
+        )
+
+
+class TransactionConflict(DatastoreError):
+    """A multi-key write (write_together) lost: some key was not as the caller said (taken,
+    missing, or at another revision), so nothing was written. `current` maps every key of the
+    transaction to what is stored now (None: absent), read in the same transaction; `failed`
+    names the keys whose compare failed."""
+
+    def __init__(self, failed: list[Key], current: dict[Key, KVPair | None]):
+        self.failed, self.current = failed, current
+        super().__init__(
+            f"transaction conflict: {', '.join(map(str, failed))} "
+            f"{'has' if len(failed) == 1 else 'have'} been modified; nothing was written"
         )
 
 

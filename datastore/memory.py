@@ -4,17 +4,27 @@ It keeps the contract's hard parts rather than skipping them: values are stored 
 never shares an object with a writer), every write bumps one global revision, compare-and-swap
 conflicts carry the current value, and watches replay a bounded history that can be compacted,
 so code that forgets to handle RevisionCompacted fails here as it would on etcd.
+
+It offers write_together as etcd does (every write at one revision, or none). With
+`multi_key=False` it does not, as the Kubernetes datastore does not: tests run the allocator's
+two-step path that way.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent, node_of
+from percale.datastore.contract import (
+    NODE_SCOPED_KINDS, Create, Delete, Key, KVPair, ListResult, WatchEvent, Write, WriteTogether,
+    failed_compares, node_of,
+)
 from percale.datastore.codec import decode, encode, stamped_for_create
-from percale.datastore.errors import AlreadyExists, Conflict, NotFound, RevisionCompacted
+from percale.datastore.errors import (
+    AlreadyExists, Conflict, NotFound, RevisionCompacted, TransactionConflict,
+)
 from percale.api import Resource
 
 
@@ -33,7 +43,8 @@ class _Change:
 
 
 class MemoryDatastore:
-    def __init__(self, *, history_limit: int = 100_000):
+    def __init__(self, *, history_limit: int = 100_000, multi_key: bool = True):
+        self._multi_key = multi_key
         self._objects: dict[Key, _Stored] = {}
         self._revision = 1
         self._history: list[_Change] = []
@@ -45,7 +56,7 @@ class MemoryDatastore:
 
     def _pair(self, key: Key, stored: _Stored) -> KVPair:
         rev = str(stored.mod_revision)
-        return KVPair(key, decode(key.kind, stored.data, rev), rev)
+        return KVPair.later(key, rev, partial(decode, key.kind, stored.data, rev))
 
     async def get(self, key: Key) -> KVPair:
         stored = self._objects.get(key)
@@ -71,20 +82,32 @@ class MemoryDatastore:
 
     def _write(self, type_: str, key: Key, data: bytes) -> KVPair:
         self._revision += 1
+        kv = self._apply(type_, key, data)
+        self._wake()
+        return kv
+
+    def _apply(self, type_: str, key: Key, data: bytes) -> KVPair:
+        """One change at the current revision (a transaction applies several at one)."""
         if type_ == "DELETED":
             del self._objects[key]
         else:
             self._objects[key] = _Stored(data, self._revision)
         self._history.append(_Change(type_, key, data, self._revision))
+        rev = str(self._revision)
+        return KVPair.later(key, rev, partial(decode, key.kind, data, rev))
+
+    def _wake(self) -> None:
         if len(self._history) > self._history_limit:
             drop = len(self._history) - self._history_limit
+            # Never between two changes of one revision: a watch resumes after a whole revision.
+            history = self._history
+            while drop < len(history) and history[drop].revision == history[drop - 1].revision:
+                drop += 1
             self._compacted = self._history[drop - 1].revision
             del self._history[:drop]
         # Wake every watcher; each one re-reads the history from its own position.
         self._changed.set()
         self._changed = asyncio.Event()
-        rev = str(self._revision)
-        return KVPair(key, decode(key.kind, data, rev), rev)
 
     def _check_revision(self, key: Key, revision: str | None) -> _Stored:
         stored = self._objects.get(key)
@@ -109,6 +132,34 @@ class MemoryDatastore:
         stored = self._check_revision(key, revision)
         self._write("DELETED", key, stored.data)
         return self._pair(key, stored)
+
+    @property
+    def write_together(self) -> WriteTogether | None:
+        """contract.MultiKeyDatastore's transaction; None with multi_key=False."""
+        return self._write_together if self._multi_key else None
+
+    async def _write_together(self, writes: Sequence[Write]) -> list[KVPair]:
+        keys = [w.key for w in writes]
+        if len(set(keys)) != len(keys):
+            raise ValueError("write_together: a key appears twice")
+        current = {key: self._pair(key, self._objects[key]) if key in self._objects else None
+                   for key in keys}
+        failed = failed_compares(writes, current)
+        if failed:
+            raise TransactionConflict(failed, current)
+        self._revision += 1
+        done = []
+        for write in writes:
+            if isinstance(write, Delete):
+                self._apply("DELETED", write.key, self._objects[write.key].data)
+                done.append(current[write.key])
+            elif isinstance(write, Create):
+                data = encode(stamped_for_create(write.value))
+                done.append(self._apply("ADDED", write.key, data))
+            else:
+                done.append(self._apply("MODIFIED", write.key, encode(write.value)))
+        self._wake()
+        return done
 
     async def compact(self, revision: str) -> None:
         rev = int(revision)
@@ -136,7 +187,8 @@ class MemoryDatastore:
                 if node is not None and node_of(change.key) != node:
                     continue
                 rev = str(change.revision)
-                yield WatchEvent(change.type, change.key, decode(kind, change.data, rev), rev)  # type: ignore[arg-type]
+                yield WatchEvent.later(change.type, change.key, rev,  # type: ignore[arg-type]
+                                       partial(decode, kind, change.data, rev))
             if not pending:
                 await changed.wait()
 

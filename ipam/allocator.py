@@ -11,7 +11,10 @@ Invariants:
   * Every write is a compare-and-swap on the revision just read; only Conflict is retried, at most
     `retries` times per loop. Any other datastore error goes to the caller.
   * A handle is incremented before its block is written and decremented after; a crash between
-    the two leaves a handle that overstates, never an address without a handle.
+    the two leaves a handle that overstates, never an address without a handle. On a datastore
+    with multi-key transactions (etcd, `writes_together`) the handle and the block are written in
+    one transaction instead, both compared: there is no "between", and one round trip instead
+    of two. Kubernetes writes one object per request and keeps the two steps.
   * Allocations for one node are serialised in this process (a lock per node), so conflicts come
     only from other nodes (other processes); Calico's CNI needed a host file lock for the same.
   * A request is all-or-nothing: if it cannot be met in full, what it took is released again.
@@ -28,7 +31,10 @@ from datetime import datetime, timedelta, timezone
 
 from pydantic import ValidationError
 
-from percale.datastore import AlreadyExists, Conflict, Datastore, Key, KVPair, NotFound
+from percale.datastore import (
+    AlreadyExists, Conflict, Datastore, Key, KVPair, NotFound, TransactionConflict,
+)
+from percale.datastore.contract import Create, Delete, Update, WriteTogether, writes_together
 from percale.ipam import blocks
 from percale.ipam.errors import (
     AddressInUse,
@@ -114,6 +120,43 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@dataclass
+class _Handle:
+    """One request's handle, as far as it knows it: `stored` is its last value seen (None:
+    believed absent, as a new pod's handle is), so the handle is written in the same transaction
+    as a block without being read first. A wrong belief costs a TransactionConflict, which says
+    what is stored."""
+
+    id: str
+    stored: KVPair | None = None
+
+    def write_adding(self, cidr: str, count: int) -> Create | Update:
+        """The write that adds `count` addresses in `cidr` to the handle as it is believed to be."""
+        if self.stored is None:
+            return Create(IPAMHandle(metadata=ObjectMeta(name=self.id),
+                                     spec=IPAMHandleSpec(handle_id=self.id, block={cidr: count})))
+        value = self.stored.value
+        counts = dict(value.spec.block)
+        counts[cidr] = counts.get(cidr, 0) + count
+        spec = value.spec.model_copy(update={"block": counts})
+        return Update(value.model_copy(update={"spec": spec}), self.stored.revision)
+
+    def write_removing(self, cidr: str, count: int) -> Update | Delete | None:
+        """The write that takes `count` addresses in `cidr` off the handle (deleting it at zero,
+        as _add_to_handle does); None when it is believed absent: nothing to take off."""
+        if self.stored is None:
+            return None
+        value = self.stored.value
+        counts = dict(value.spec.block)
+        counts[cidr] = counts.get(cidr, 0) - count
+        if counts[cidr] <= 0:
+            del counts[cidr]
+        if not counts:
+            return Delete(self.stored.key, self.stored.revision)
+        spec = value.spec.model_copy(update={"block": counts})
+        return Update(value.model_copy(update={"spec": spec}), self.stored.revision)
+
+
 class IPAM:
     def __init__(
         self, store: Datastore, *, retries: int = DATASTORE_RETRIES,
@@ -184,6 +227,7 @@ class IPAM:
         """
         secondary = {"node": node, "timestamp": format_time(self.clock()),
                      **(attrs or {})}
+        handle = _Handle(handle_id)
         async with self._locks[node]:
             config, pools, labels = await asyncio.gather(
                 self.get_config(), self.pools(), self._node_labels(node))
@@ -193,7 +237,7 @@ class IPAM:
                     if num > 0:
                         eligible = _requested(usable(pools, version, labels, use), requested, node, version)
                         got += await self._assign_family(
-                            node, version, num, handle_id, secondary, eligible, config,
+                            node, version, num, handle, secondary, eligible, config,
                             max_blocks_per_host,
                         )
             except BaseException:
@@ -207,7 +251,7 @@ class IPAM:
         )
 
     async def _assign_family(
-        self, node: str, version: int, num: int, handle_id: str, secondary: dict[str, str],
+        self, node: str, version: int, num: int, handle: _Handle, secondary: dict[str, str],
         pools: list[IPPool], config: IPAMConfigSpec, max_blocks_per_host: int,
     ) -> list[Interface]:
         got: list[Interface] = []
@@ -219,7 +263,7 @@ class IPAM:
             for cidr in mine:
                 if len(got) == num:
                     break
-                taken = await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
+                taken = await self._assign_from_block(cidr, num - len(got), handle, secondary, node)
                 if taken:
                     self._last_block[node] = cidr
                 got += taken
@@ -236,12 +280,12 @@ class IPAM:
                     break
                 owned.append(cidr)
                 self._last_block[node] = cidr
-                got += await self._assign_from_block(cidr, num - len(got), handle_id, secondary, node)
+                got += await self._assign_from_block(cidr, num - len(got), handle, secondary, node)
 
             if len(got) < num and config.strict_affinity:
                 raise BlockLimitReached(cap) if at_limit else StrictAffinityExhausted()
             if len(got) < num:
-                got += await self._borrow(node, pools, num - len(got), handle_id, secondary)
+                got += await self._borrow(node, pools, num - len(got), handle, secondary)
             if len(got) < num:
                 raise PoolsExhausted([p.spec.cidr for p in pools])
             return got
@@ -251,7 +295,7 @@ class IPAM:
             raise
 
     async def _assign_from_block(
-        self, cidr: str, want: int, handle_id: str, secondary: Mapping[str, str],
+        self, cidr: str, want: int, handle: _Handle, secondary: Mapping[str, str],
         owner: str | None,
     ) -> list[Interface]:
         """Up to `want` addresses from one block. With `owner`, only while the block is still
@@ -280,28 +324,58 @@ class IPAM:
             count = min(want, blocks.free_count(spec))
             if count == 0:
                 return []
-            new_spec, taken = blocks.assign(spec, count, handle_id, secondary)
-            await self._add_to_handle(handle_id, cidr, count)
-            try:
-                await self.store.update(
-                    current.value.model_copy(update={"spec": new_spec}), revision=current.revision)
-            except Conflict as err:
-                # Someone wrote the block first; the conflict carries what is stored now.
-                self.conflicts += 1
-                await self._add_to_handle(handle_id, cidr, -count)
-                current = err.current
-                continue
-            except NotFound:
-                # Released and deleted under us: look again.
-                await self._add_to_handle(handle_id, cidr, -count)
-                current = None
-                continue
-            except BaseException:
-                await asyncio.shield(self._add_to_handle(handle_id, cidr, -count))
-                raise
+            new_spec, taken = blocks.assign(spec, count, handle.id, secondary)
+            new_block = current.value.model_copy(update={"spec": new_spec})
+            write_together = writes_together(self.store)
+            if write_together is not None:
+                written, current = await self._write_with_handle(
+                    write_together, new_block, current, handle, cidr, count)
+                if not written:
+                    continue
+            else:
+                await self._add_to_handle(handle.id, cidr, count)
+                try:
+                    await self.store.update(new_block, revision=current.revision)
+                except Conflict as err:
+                    # Someone wrote the block first; the conflict carries what is stored now.
+                    self.conflicts += 1
+                    await self._add_to_handle(handle.id, cidr, -count)
+                    current = err.current
+                    continue
+                except NotFound:
+                    # Released and deleted under us: look again.
+                    await self._add_to_handle(handle.id, cidr, -count)
+                    current = None
+                    continue
+                except BaseException:
+                    await asyncio.shield(self._add_to_handle(handle.id, cidr, -count))
+                    raise
             prefix = spec.network.prefixlen
             return [ipaddress.ip_interface(f"{blocks.address(new_spec, o)}/{prefix}") for o in taken]
         raise TooManyConflicts()
+
+    async def _write_with_handle(
+        self, write_together: WriteTogether, new_block: IPAMBlock, block: KVPair,
+        handle: _Handle, cidr: str, count: int,
+    ) -> tuple[bool, KVPair | None]:
+        """Write `new_block` (compared with `block`, as read) and the handle's count for it in one
+        transaction. Returns whether it was written, and the block as it stands now (None: gone).
+
+        Nothing is written unless both compares hold, so no undo is needed on failure, and a
+        crash or cancellation leaves both written or neither: an address is never held without
+        its handle counting it, and a handle never overstates."""
+        try:
+            handle_now, block_now = await write_together([
+                handle.write_adding(cidr, count), Update(new_block, block.revision)])
+        except TransactionConflict as err:
+            handle.stored = err.current[Key("IPAMHandle", handle.id)]
+            block_key = Key.of(new_block)
+            if block_key not in err.failed:
+                return False, block  # only the handle was not as believed: same block, once more
+            self.conflicts += 1  # someone wrote the block first
+            return False, err.current[block_key]
+        handle.stored = handle_now
+        return True, block_now
 
     async def _holds_affinity(self, node: str, cidr: str) -> bool:
         # From the store itself, not a view: the answer decides whether a missing block is
@@ -488,7 +562,7 @@ class IPAM:
     # -- borrowing -----------------------------------------------------------------------------
 
     async def _borrow(
-        self, node: str, pools: list[IPPool], want: int, handle_id: str,
+        self, node: str, pools: list[IPPool], want: int, handle: _Handle,
         secondary: Mapping[str, str],
     ) -> list[Interface]:
         got: list[Interface] = []
@@ -500,7 +574,7 @@ class IPAM:
                     return got
                 if blocks.free_count(spec) and not spec.deleted:
                     got += await self._assign_from_block(
-                        spec.cidr, want - len(got), handle_id, secondary, None)
+                        spec.cidr, want - len(got), handle, secondary, None)
         return got
 
     # -- assign a given address ----------------------------------------------------------------
@@ -519,6 +593,7 @@ class IPAM:
             cidr = str(block_of(pool, address))
             config = await self.get_config()
             key = Key("IPAMBlock", block_name(cidr))
+            handle = _Handle(handle_id)
             for _ in range(self.retries):
                 try:
                     current = await self.store.get(key)
@@ -533,10 +608,17 @@ class IPAM:
                     raise IPAMError(
                         f"block {cidr} is not affine to {node} and strict affinity is enabled")
                 new_spec, _ = blocks.assign(spec, 1, handle_id, secondary, ordinals=[index])
+                new_block = current.value.model_copy(update={"spec": new_spec})
+                write_together = writes_together(self.store)
+                if write_together is not None:
+                    written, _ = await self._write_with_handle(
+                        write_together, new_block, current, handle, cidr, 1)
+                    if written:
+                        return
+                    continue  # read the block again: the address may be taken now
                 await self._add_to_handle(handle_id, cidr, 1)
                 try:
-                    await self.store.update(current.value.model_copy(update={"spec": new_spec}),
-                                            revision=current.revision)
+                    await self.store.update(new_block, revision=current.revision)
                     return
                 except (Conflict, NotFound) as err:
                     self.conflicts += isinstance(err, Conflict)
@@ -608,29 +690,36 @@ class IPAM:
             return []
         pools = await self.pools()
         released: list[str] = []
+        handles = {handle_id: _Handle(handle_id, handle)}
         for cidr in list(handle.value.spec.block):
             def choose(spec):
                 ordinals = blocks.ordinals_of_handle(spec, handle_id)
                 return {o: str(blocks.address(spec, o)) for o in ordinals}, {}
 
             try:
-                released += (await self._release_in_block(cidr, choose, pools)).released
+                released += (await self._release_in_block(cidr, choose, pools, handles)).released
             except NotFound:
                 pass  # the handle overstated: that block holds nothing of it
         # Decrements delete the handle at zero; one that overstated (a crash between handle and
-        # block writes) is deleted here.
-        await self._delete_quietly(key)
+        # block writes) is deleted here. Written together with its blocks, it is known gone.
+        if handles[handle_id].stored is not None:
+            await self._delete_quietly(key)
         return released
 
     async def _release_in_block(
         self, cidr: str, choose: Callable[..., tuple[dict[int, str], dict[int, int]]],
-        pools: list[IPPool],
+        pools: list[IPPool], handles: dict[str, _Handle] | None = None,
     ) -> ReleaseResult:
         """Release what `choose(spec)` picks in one block: {ordinal: address} and the sequence
-        numbers to hold some of them to. Raises NotFound when there is no such block."""
+        numbers to hold some of them to. Raises NotFound when there is no such block.
+
+        With multi-key transactions the block and the decrements of its handles are one write;
+        `handles` holds what is known of them (read here when missing) and is kept current."""
         key = Key("IPAMBlock", block_name(cidr))
         current: KVPair | None = None
         checked = self.authority is self.store
+        write_together = writes_together(self.store)
+        handles = {} if handles is None else handles
         for _ in range(self.retries):
             if current is None:
                 current = await self.store.get(key)  # NotFound: the caller decides what it means
@@ -652,25 +741,68 @@ class IPAM:
                 return result
             drop = blocks.is_empty(outcome.spec) and (
                 spec.affinity is None or not self._pool_still_serves(spec.network, pools))
-            try:
-                if drop:
-                    await self.store.delete(key, revision=current.revision)
-                else:
-                    await self.store.update(current.value.model_copy(update={"spec": outcome.spec}),
-                                            revision=current.revision)
-            except Conflict as err:
-                self.conflicts += 1
-                current = err.current
-                continue
-            except NotFound:
-                current = None
-                continue
+            block_write = (Delete(key, current.revision) if drop else
+                           Update(current.value.model_copy(update={"spec": outcome.spec}),
+                                  current.revision))
+            if write_together is not None:
+                written, current = await self._release_with_handles(
+                    write_together, block_write, current, cidr, outcome.by_handle, handles)
+                if not written:
+                    continue
+            else:
+                try:
+                    if isinstance(block_write, Delete):
+                        await self.store.delete(key, revision=block_write.revision)
+                    else:
+                        await self.store.update(block_write.value, revision=block_write.revision)
+                except Conflict as err:
+                    self.conflicts += 1
+                    current = err.current
+                    continue
+                except NotFound:
+                    current = None
+                    continue
             if drop and spec.affinity_node:
                 await self._delete_quietly(Key("BlockAffinity", affinity_name(spec.affinity_node, cidr)))
-            for handle_id, count in outcome.by_handle.items():
-                await self._add_to_handle(handle_id, cidr, -count)
+            if write_together is None:
+                for handle_id, count in outcome.by_handle.items():
+                    await self._add_to_handle(handle_id, cidr, -count)
             return result
         raise TooManyConflicts()
+
+    async def _release_with_handles(
+        self, write_together: WriteTogether, block_write: Update | Delete, block: KVPair,
+        cidr: str, by_handle: Mapping[str, int], handles: dict[str, _Handle],
+    ) -> tuple[bool, KVPair | None]:
+        """Write the block (`block_write`, compared with `block` as read) and take the freed
+        addresses off their handles, in one transaction. Returns whether it was written, and the
+        block as it stands now when not (None: gone)."""
+        for handle_id in by_handle:
+            if handle_id and handle_id not in handles:
+                handle = handles[handle_id] = _Handle(handle_id)
+                try:
+                    handle.stored = await self.store.get(Key("IPAMHandle", handle_id))
+                except NotFound:
+                    pass  # an address without a handle object: nothing to take off
+        writes: list[Create | Update | Delete] = [block_write]
+        touched: list[_Handle] = []
+        for handle_id, count in by_handle.items():
+            write = handles[handle_id].write_removing(cidr, count) if handle_id else None
+            if write is not None:
+                writes.append(write)
+                touched.append(handles[handle_id])
+        try:
+            done = await write_together(writes)
+        except TransactionConflict as err:
+            for handle in touched:
+                handle.stored = err.current[Key("IPAMHandle", handle.id)]
+            if block.key not in err.failed:
+                return False, block  # only a handle had moved on: same block, once more
+            self.conflicts += 1
+            return False, err.current[block.key]
+        for handle, write, kv in zip(touched, writes[1:], done[1:], strict=True):
+            handle.stored = None if isinstance(write, Delete) else kv
+        return True, None
 
     @staticmethod
     def _pool_still_serves(network: Network, pools: list[IPPool]) -> bool:

@@ -15,7 +15,8 @@ Problems, as Calico counts them, plus one of percale's:
     address that its Node's spec names;
   * in use but not allocated: an address a WorkloadEndpoint or Node uses that no block holds,
     split into "in an active pool" and "in no active pool";
-  * handles with no matching addresses (a crash between the handle and the block write);
+  * handles with no matching addresses (a crash between the handle and the block write, on a
+    datastore that writes them in two steps: Kubernetes; etcd writes both in one transaction);
   * handles whose counts overstate what the blocks hold (percale's addition: the same crash on a
     handle that has other addresses, which Calico's check does not see).
 Handles that blocks mention but that do not exist are reported and, as in Calico, not counted.

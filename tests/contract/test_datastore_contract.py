@@ -19,7 +19,10 @@ from percale.datastore import (
     MemoryDatastore,
     NotFound,
     RevisionCompacted,
+    TransactionConflict,
 )
+from percale.datastore.cache import Cache, CachedDatastore
+from percale.datastore.contract import Create, Delete, Update, writes_together
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.kubernetes import KubeDatastore
 from percale.api import parse
@@ -282,3 +285,184 @@ def test_concurrent_cas_processes_never_lose_an_update(real_datastore):
     stored = with_store(real_datastore, lambda store: store.get(key))
     assert stored.value.spec.block["10.0.0.0/26"] == processes * times
     assert sum(retries) > 0, "the writers never raced; the test proves nothing"
+
+
+# -- write_together: several keys in one transaction (etcd and memory; not Kubernetes) ----------
+
+@pytest.fixture(params=["memory", "etcd"])
+async def together_store(request):
+    """The backends with a multi-key transaction (Kubernetes has none: see the test below)."""
+    ds = MemoryDatastore() if request.param == "memory" else EtcdDatastore(
+        [request.getfixturevalue("etcd").endpoint])
+    yield ds
+    await ds.close()
+
+
+def _together(store):
+    """The store's multi-key transaction, as the allocator asks for it."""
+    write_together = writes_together(store)
+    assert write_together is not None
+    return write_together
+
+
+async def test_the_kubernetes_datastore_offers_no_multi_key_transaction(kube):
+    store = KubeDatastore(kube.admin)
+    try:
+        assert writes_together(store) is None, "the Kubernetes datastore writes one object per request"
+    finally:
+        await store.close()
+
+
+async def test_write_together_writes_every_key_at_one_revision(together_store):
+    store = together_store
+    write_together = _together(store)
+    block = await store.create(handle("block-like"))
+    changed = block.value.model_copy(deep=True)
+    changed.spec.block = {"10.0.0.0/26": 1}
+    created, updated = await write_together([
+        Create(handle("k8s-pod-network.c1", {"10.0.0.0/26": 1})),
+        Update(changed, block.revision),
+    ])
+    assert created.revision == updated.revision != block.revision
+    assert created.value.metadata.uid and created.value.metadata.creation_timestamp
+    got = await store.get(Key("IPAMHandle", "k8s-pod-network.c1"))
+    assert got.revision == created.revision and got.value == created.value
+    got = await store.get(Key("IPAMHandle", "block-like"))
+    assert got.revision == updated.revision and got.value.spec.block == {"10.0.0.0/26": 1}
+
+
+async def test_write_together_deletes_with_compare_and_swap(together_store):
+    store = together_store
+    write_together = _together(store)
+    old = await store.create(handle("old", {"10.0.0.0/26": 2}))
+    keep = await store.create(handle("keep"))
+    gone, kept = await write_together([Delete(old.key, old.revision),
+                                       Update(keep.value, keep.revision)])
+    assert gone.value.spec.block == {"10.0.0.0/26": 2}  # the last value, as delete returns
+    assert kept.revision != keep.revision
+    with pytest.raises(NotFound):
+        await store.get(old.key)
+
+
+@pytest.mark.parametrize("breaks", ["stale revision", "key taken", "key missing"])
+async def test_write_together_writes_nothing_when_one_compare_fails(together_store, breaks):
+    """Each compare is checked, whichever of the writes it belongs to, and a failure leaves every
+    key as it was and says what each holds now."""
+    store = together_store
+    write_together = _together(store)
+    first = await store.create(handle("first", {"10.0.0.0/26": 1}))
+    second = await store.create(handle("second", {"10.0.0.64/26": 1}))
+    newer = second.value.model_copy(deep=True)
+    newer.spec.block = {"10.0.0.64/26": 5}
+    moved = await store.update(newer, revision=second.revision)  # someone else's write
+    bumped = first.value.model_copy(deep=True)
+    bumped.spec.block = {"10.0.0.0/26": 2}
+    writes = [Update(bumped, first.revision)]
+    if breaks == "stale revision":
+        writes.append(Update(second.value, second.revision))
+        broken = second.key
+    elif breaks == "key taken":
+        writes.append(Create(handle("second")))
+        broken = second.key
+    else:
+        writes.append(Delete(Key("IPAMHandle", "ghost"), second.revision))
+        broken = Key("IPAMHandle", "ghost")
+
+    with pytest.raises(TransactionConflict) as conflict:
+        await write_together(writes)
+    assert conflict.value.failed == [broken]
+    current = conflict.value.current
+    assert set(current) == {first.key, broken}
+    assert current[first.key].revision == first.revision  # it held, and still holds
+    if breaks == "key missing":
+        assert current[broken] is None
+    else:
+        assert current[broken].revision == moved.revision
+        assert current[broken].value.spec.block == {"10.0.0.64/26": 5}
+    # Nothing was written: the first key keeps its value and revision.
+    got = await store.get(first.key)
+    assert got.revision == first.revision and got.value.spec.block == {"10.0.0.0/26": 1}
+    assert (await store.get(second.key)).revision == moved.revision
+    with pytest.raises(NotFound):
+        await store.get(Key("IPAMHandle", "ghost"))
+
+
+async def test_write_together_refuses_a_key_twice(together_store):
+    store = together_store
+    write_together = _together(store)
+    with pytest.raises(ValueError):
+        await write_together([Create(handle("twice")), Create(handle("twice"))])
+    with pytest.raises(NotFound):
+        await store.get(Key("IPAMHandle", "twice"))
+
+
+async def test_write_together_is_watched_as_one_revision(together_store):
+    store = together_store
+    write_together = _together(store)
+    start = (await store.list("IPPool")).revision
+    pools = store.watch("IPPool", revision=start)
+    handles = store.watch("IPAMHandle", revision=start)
+    await write_together([Create(pool("p1", "10.1.0.0/16")), Create(handle("h1"))])
+    [p], [h] = await _take(pools, 1), await _take(handles, 1)
+    await pools.aclose()
+    await handles.aclose()
+    assert (p.type, p.key.name, h.type, h.key.name) == ("ADDED", "p1", "ADDED", "h1")
+    assert p.revision == h.revision
+
+
+async def test_concurrent_transactions_never_lose_an_update_on_either_key(together_store):
+    """Writers that each add one to two counters in one transaction, retrying lost races: both
+    end at the total, so no write was lost and none was half made."""
+    store = together_store
+    write_together = _together(store)
+    keys = [Key("IPAMHandle", "left"), Key("IPAMHandle", "right")]
+    for key in keys:
+        await store.create(handle(key.name))
+    writers, times = 8, 10
+
+    async def add_to_both() -> int:
+        retries = 0
+        while True:
+            writes = []
+            for key in keys:
+                current = await store.get(key)
+                counts = {"10.0.0.0/26": current.value.spec.block.get("10.0.0.0/26", 0) + 1}
+                value = current.value.model_copy(
+                    update={"spec": current.value.spec.model_copy(update={"block": counts})})
+                writes.append(Update(value, current.revision))
+                await asyncio.sleep(0)  # let the writers interleave, even in memory
+            try:
+                await write_together(writes)
+                return retries
+            except TransactionConflict:
+                retries += 1
+
+    async def writer() -> int:
+        return sum([await add_to_both() for _ in range(times)])
+
+    retries = await asyncio.gather(*(writer() for _ in range(writers)))
+    for key in keys:
+        assert (await store.get(key)).value.spec.block["10.0.0.0/26"] == writers * times
+    assert sum(retries) > 0, "the writers never raced; the test proves nothing"
+
+
+async def test_a_view_offers_write_together_as_its_store_does_and_reads_it_back(store):
+    """CachedDatastore over the store: the same capability, and what it wrote is read back at
+    once from the view, before the watch has delivered it."""
+    cache = Cache(store, ["IPAMHandle", "IPPool"])
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        view = CachedDatastore(store, cache)
+        if writes_together(store) is None:
+            assert writes_together(view) is None
+            return
+        write_together = writes_together(view)
+        created, _ = await write_together([Create(pool("p1", "10.1.0.0/16")), Create(handle("h1"))])
+        assert (await view.get(created.key)).revision == created.revision
+        with pytest.raises(TransactionConflict):
+            await write_together([Create(pool("p1", "10.1.0.0/16"))])
+        assert [kv.key.name for kv in (await view.list("IPPool")).items] == ["p1"]
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)

@@ -1,7 +1,9 @@
-"""What only the etcd backend has: Calico's key layout, an unreachable server, TLS."""
+"""What only the etcd backend has: Calico's key layout, an unreachable server, TLS, and what an
+agent's view over it never decodes."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -9,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from percale.datastore import DatastoreError, DatastoreUnavailable, Key
+from percale.datastore import etcd as etcd_module
+from percale.datastore.cache import Cache, CachedDatastore
 from percale.datastore.etcd import EtcdDatastore
+from percale.ipam.allocator import IPAM
+from tests.helpers.ipam_world import add_pool
 from percale.datastore.etcd_client import TLSFiles
 from percale.api import parse
 from tests.helpers.pki import CertificateAuthority
@@ -102,3 +108,45 @@ async def test_tls_with_client_certificates(tmp_path):
         await anonymous.close()
     finally:
         server.stop()
+
+
+async def test_an_agent_decodes_neither_its_own_blocks_nor_blocks_it_does_not_read(etcd, monkeypatch):
+    """etcd hands values out undecoded (KVPair.later), and a view keeps the block its process
+    wrote when the watch brings that revision back (Cache.known): an agent allocating from its
+    block decodes no block at all, though its view follows another node's block changing too."""
+    store, elsewhere = EtcdDatastore([etcd.endpoint]), EtcdDatastore([etcd.endpoint])
+    await add_pool(store, "p", "10.0.0.0/16")
+    cache = Cache(store, node="n1")
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        agent = IPAM(CachedDatastore(store, cache), authority=store)
+        other = IPAM(elsewhere)  # no view: it reads its block from etcd each time
+        await agent.auto_assign("n1", handle_id="warm-up", num4=1)
+        await other.auto_assign("n2", handle_id="warm-up-2", num4=1)
+        decoded: list[str] = []
+        real = etcd_module.decode
+        monkeypatch.setattr(etcd_module, "decode",
+                            lambda kind, data, rev: decoded.append(kind) or real(kind, data, rev))
+        for i in range(5):
+            await agent.auto_assign("n1", handle_id=f"pod-{i}", num4=1)
+            await other.auto_assign("n2", handle_id=f"far-{i}", num4=1)
+        # The other node read its block from etcd five times; each read decoded it once.
+        assert decoded.count("IPAMBlock") == 5
+        stored = {kv.key: kv.revision for kv in (await elsewhere.list("IPAMBlock")).items}
+        decoded.clear()  # that list decoded nothing, but be sure
+        for _ in range(100):  # until the view has every write of both nodes
+            if {k: kv.revision for k, kv in cache.items("IPAMBlock").items()} == stored:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the view did not catch up")
+        assert len(stored) == 2
+        # Nothing was decoded for the agent or its view: not its own block, though it read it
+        # back for every allocation, nor the other node's, which it was told of five times.
+        assert "IPAMBlock" not in decoded
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await store.close()
+        await elsewhere.close()

@@ -4,7 +4,8 @@ nodes from a small pool, checked after every step against a model and IPAM's inv
 Two IPAM objects share the store, as two agents would, and take turns at random; the second
 variant gives each its own watch-fed view (CachedDatastore, as percale-node reads), which catches
 up only while a step runs, so each works from stale blocks and must still never hand an address
-out twice."""
+out twice. Both run on a store with multi-key transactions, as etcd (a handle and its block
+written together), and on one without, as Kubernetes (the handle, then the block)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ NODES = ["n1", "n2", "n3"]
 
 
 class Allocator(RuleBasedStateMachine):
+    MULTI_KEY = True
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.store = MemoryDatastore()
+        self.store = MemoryDatastore(multi_key=self.MULTI_KEY)
         self.following: list[asyncio.Task] = []
         self.agents = [self.agent() for _ in range(2)]
         self.ipam = self.agents[0]
@@ -117,8 +120,18 @@ class CachingAllocator(Allocator):
         return IPAM(CachedDatastore(self.store, cache), authority=self.store)
 
 
+class TwoStepAllocator(Allocator):
+    MULTI_KEY = False
+
+
+class TwoStepCachingAllocator(CachingAllocator):
+    MULTI_KEY = False
+
+
 SETTINGS = settings(max_examples=60, stateful_step_count=25, deadline=None)
-Allocator.TestCase.settings = SETTINGS
-CachingAllocator.TestCase.settings = SETTINGS
+for machine in (Allocator, CachingAllocator, TwoStepAllocator, TwoStepCachingAllocator):
+    machine.TestCase.settings = SETTINGS
 test_allocator_state_machine = Allocator.TestCase
 test_caching_allocators_state_machine = CachingAllocator.TestCase
+test_two_step_allocator_state_machine = TwoStepAllocator.TestCase
+test_two_step_caching_allocators_state_machine = TwoStepCachingAllocator.TestCase
