@@ -31,6 +31,7 @@ Quirks this module absorbs, each seen in that source:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Collection, Mapping
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from percale.bgpd.rib import (
-    AS_SET, Address, AsPathSegment, NLRI, Origin, Path, Peer, Rib, as_address,
+    AS_SET, Address, AsPathSegment, NLRI, Origin, Path, PathAttributes, Peer, Rib, as_address,
 )
 
 UNICAST_FAMILIES = {"ipv4 unicast": 4, "ipv6 unicast": 6}
@@ -191,27 +192,37 @@ def _update(peer: Peer, body: dict[str, Any]) -> UpdateReceived | None:
     announce = {f: by_nh for f, by_nh in body.get("announce", {}).items() if f in UNICAST_FAMILIES}
     if announce:
         attributes = _attributes(body.get("attribute", {}))
+        make = Path.with_attributes
         for by_next_hop in announce.values():
             if len(by_next_hop) == 1:
                 (next_hop_text, entries), = by_next_hop.items()
                 if next_hop_text != "null":  # no usable next hop: nothing to install
-                    next_hop = as_address(next_hop_text)
-                    announced.extend(
-                        Path(nlri.prefix, next_hop, peer, nlri.path_id, **attributes)
-                        for nlri in map(_nlri, entries)
-                    )
+                    next_hop = _next_hop(next_hop_text)
+                    # The bulk of a large table: every prefix of the UPDATE shares the next hop
+                    # and the attributes, so a path is its prefix and two references.
+                    network = ipaddress.ip_network
+                    for entry in entries:
+                        if isinstance(entry, str):  # api.compact
+                            announced.append(make(network(entry), next_hop, peer, 0, attributes))
+                        elif len(entry) == 1:  # {"nlri": ..}
+                            announced.append(make(network(entry["nlri"]), next_hop, peer, 0,
+                                                  attributes))
+                        else:  # with "path-information" (ADD-PATH)
+                            nlri = _nlri(entry)
+                            announced.append(make(nlri.prefix, next_hop, peer, nlri.path_id,
+                                                  attributes))
                 continue
             chosen: dict[NLRI, Address] = {}
             for next_hop_text, entries in by_next_hop.items():
                 if next_hop_text == "null":
                     continue  # no usable next hop: nothing to install
-                next_hop = as_address(next_hop_text)
+                next_hop = _next_hop(next_hop_text)
                 for entry in entries:
                     nlri = _nlri(entry)
                     if nlri not in chosen or (chosen[nlri].is_link_local and not next_hop.is_link_local):
                         chosen[nlri] = next_hop
             announced.extend(
-                Path(nlri.prefix, next_hop, peer, nlri.path_id, **attributes)
+                make(nlri.prefix, next_hop, peer, nlri.path_id, attributes)
                 for nlri, next_hop in chosen.items()
             )
     if not announced and not withdrawn:
@@ -227,8 +238,21 @@ def _nlri(entry: dict[str, Any] | str) -> NLRI:
     return NLRI(ipaddress.ip_network(entry["nlri"]), path_id)
 
 
-def _attributes(attribute: dict[str, Any]) -> dict[str, Any]:
-    """ExaBGP's "attribute" object -> Path keyword arguments, parsed once per UPDATE."""
+@functools.lru_cache(maxsize=1024)
+def _next_hop(text: str) -> Address:
+    """One address object per next hop (a mesh has one per node): the RIB then shares one
+    next-hop set between all of a node's prefixes, and compares them by identity."""
+    return ipaddress.ip_address(text)
+
+
+# Equal attribute sets from different UPDATEs share one object; bounded, and started again when
+# full (a peer sending a distinct MED per prefix would otherwise grow it without end).
+_ATTRIBUTE_SETS_KEPT = 1024
+_attribute_sets: dict[PathAttributes, PathAttributes] = {}
+
+
+def _attributes(attribute: dict[str, Any]) -> PathAttributes:
+    """ExaBGP's "attribute" object -> the PathAttributes, parsed once per UPDATE."""
     out: dict[str, Any] = {}
     if "origin" in attribute:
         out["origin"] = Origin[attribute["origin"].upper()]
@@ -252,7 +276,13 @@ def _attributes(attribute: dict[str, Any]) -> dict[str, Any]:
         out["communities"] = tuple(tuple(c) for c in attribute["community"])
     if "large-community" in attribute:
         out["large_communities"] = tuple(tuple(c) for c in attribute["large-community"])
-    return out
+    attributes = PathAttributes(**out)
+    shared = _attribute_sets.get(attributes)
+    if shared is None:
+        if len(_attribute_sets) >= _ATTRIBUTE_SETS_KEPT:
+            _attribute_sets.clear()
+        shared = _attribute_sets[attributes] = attributes
+    return shared
 
 
 # ---------------------------------------------------------------- applying

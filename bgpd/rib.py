@@ -20,13 +20,21 @@ later takes effect at once, without asking every peer for a route refresh.
 Graceful restart (RFC 4724 §4.2, the Receiving Speaker): ExaBGP 5.0 does nothing when a peer
 restarts (reference/exabgp.md §0 finding 3), so the RIB keeps the peer's paths as stale until the
 peer's End-of-RIB or until its restart time runs out.
+
+Storage, as BIRD and GoBGP keep a large table: one `Destination` per prefix holds the paths from
+every peer (the peers' Adj-RIBs-In are those paths, found per peer through the destinations, not
+a second dict keyed by NLRI); a prefix with one path holds that path alone, without a dict; the
+attributes other than the next hop are one `PathAttributes` shared by every path of an UPDATE;
+prefixes with the same next hops share one frozenset, which is also what the FIB layer caches
+its messages by. 100k routes from one peer cost about 38 MB here (was ~150 MB), half of it the
+ipaddress prefix objects, which the FIB layer keys the kernel's routes by too.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, ItemsView, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
 from typing import NamedTuple
@@ -103,18 +111,12 @@ class Peer:
         return self.asn == self.local_asn
 
 
-@dataclass(frozen=True, slots=True)
-class Path:
-    """One route from one peer: an NLRI with its next hop and path attributes (RFC 4271 §5).
+class PathAttributes(NamedTuple):
+    """A path's attributes apart from its next hop (RFC 4271 §5): one object for every prefix of
+    an UPDATE, and for every UPDATE that carries the same ones, as BIRD's rta and GoBGP's
+    PathAttribute lists are shared. A 100k-route table from one peer holds a handful of these,
+    not 100k."""
 
-    Strings are accepted and normalised (`prefix="10.244.1.0/26"`, `next_hop="10.0.0.2"`), and a
-    plain tuple of AS numbers is taken as one AS_SEQUENCE.
-    """
-
-    prefix: Prefix
-    next_hop: Address
-    peer: Peer
-    path_id: int = 0
     origin: Origin = Origin.IGP
     as_path: tuple[AsPathSegment, ...] = ()
     med: int | None = None
@@ -124,24 +126,124 @@ class Path:
     communities: tuple[tuple[int, int], ...] = ()
     large_communities: tuple[tuple[int, int, int], ...] = ()
 
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        if not isinstance(self.prefix, _PREFIX_TYPES):
-            set_(self, "prefix", ipaddress.ip_network(self.prefix))
-        if not isinstance(self.next_hop, _ADDRESS_TYPES):
-            set_(self, "next_hop", ipaddress.ip_address(self.next_hop))
-        if not isinstance(self.origin, Origin):
-            origin = self.origin
-            set_(self, "origin", Origin[origin.upper()] if isinstance(origin, str) else Origin(origin))
-        if self.as_path and not isinstance(self.as_path[0], AsPathSegment):
-            if isinstance(self.as_path[0], int):
-                set_(self, "as_path", (AsPathSegment(AS_SEQUENCE, tuple(self.as_path)),))
+    @classmethod
+    def of(cls, origin: Origin | str | int = Origin.IGP, as_path: tuple = (),
+           med: int | None = None, local_pref: int | None = None,
+           originator_id: str | ipaddress.IPv4Address | None = None,
+           cluster_list: Iterable[str | ipaddress.IPv4Address] = (),
+           communities: Iterable[tuple[int, int]] = (),
+           large_communities: Iterable[tuple[int, int, int]] = ()) -> PathAttributes:
+        """Attributes from friendlier forms: strings for addresses and ORIGIN, a plain tuple of
+        AS numbers taken as one AS_SEQUENCE."""
+        if not isinstance(origin, Origin):
+            origin = Origin[origin.upper()] if isinstance(origin, str) else Origin(origin)
+        as_path = tuple(as_path)
+        if as_path and not isinstance(as_path[0], AsPathSegment):
+            if isinstance(as_path[0], int):
+                as_path = (AsPathSegment(AS_SEQUENCE, as_path),)
             else:
-                set_(self, "as_path", tuple(AsPathSegment(t, tuple(a)) for t, a in self.as_path))
-        if self.originator_id is not None and not isinstance(self.originator_id, ipaddress.IPv4Address):
-            set_(self, "originator_id", ipaddress.IPv4Address(self.originator_id))
-        if self.cluster_list and not isinstance(self.cluster_list[0], ipaddress.IPv4Address):
-            set_(self, "cluster_list", tuple(ipaddress.IPv4Address(c) for c in self.cluster_list))
+                as_path = tuple(AsPathSegment(t, tuple(a)) for t, a in as_path)
+        if originator_id is not None and not isinstance(originator_id, ipaddress.IPv4Address):
+            originator_id = ipaddress.IPv4Address(originator_id)
+        cluster_list = tuple(cluster_list)
+        if cluster_list and not isinstance(cluster_list[0], ipaddress.IPv4Address):
+            cluster_list = tuple(ipaddress.IPv4Address(c) for c in cluster_list)
+        return cls(origin, as_path, med, local_pref, originator_id, cluster_list,
+                   tuple(communities), tuple(large_communities))
+
+
+_NO_ATTRIBUTES = PathAttributes()
+_PATH_FIELDS = ("prefix", "next_hop", "peer", "path_id", *PathAttributes._fields)
+
+
+class Path:
+    """One route from one peer: an NLRI with its next hop and path attributes (RFC 4271 §5).
+
+    Strings are accepted and normalised (`prefix="10.244.1.0/26"`, `next_hop="10.0.0.2"`), and a
+    plain tuple of AS numbers is taken as one AS_SEQUENCE. Immutable; the attributes other than
+    the next hop live in a shared PathAttributes (`attributes`), each readable here by name.
+    """
+
+    __slots__ = ("prefix", "next_hop", "peer", "path_id", "attributes")
+
+    prefix: Prefix
+    next_hop: Address
+    peer: Peer
+    path_id: int
+    attributes: PathAttributes
+
+    def __init__(self, prefix: str | Prefix, next_hop: str | Address, peer: Peer,
+                 path_id: int = 0, origin: Origin | str | int = Origin.IGP, as_path: tuple = (),
+                 med: int | None = None, local_pref: int | None = None,
+                 originator_id: str | ipaddress.IPv4Address | None = None,
+                 cluster_list: Iterable[str | ipaddress.IPv4Address] = (),
+                 communities: Iterable[tuple[int, int]] = (),
+                 large_communities: Iterable[tuple[int, int, int]] = ()) -> None:
+        set_ = object.__setattr__
+        set_(self, "prefix", prefix if isinstance(prefix, _PREFIX_TYPES) else ipaddress.ip_network(prefix))
+        set_(self, "next_hop",
+             next_hop if isinstance(next_hop, _ADDRESS_TYPES) else ipaddress.ip_address(next_hop))
+        set_(self, "peer", peer)
+        set_(self, "path_id", path_id)
+        set_(self, "attributes", PathAttributes.of(origin, as_path, med, local_pref, originator_id,
+                                                   cluster_list, communities, large_communities))
+
+    @classmethod
+    def with_attributes(cls, prefix: Prefix, next_hop: Address, peer: Peer, path_id: int = 0,
+                        attributes: PathAttributes = _NO_ATTRIBUTES) -> Path:
+        """A path from parts already in their final types (a decoder's), the attributes shared
+        as they are: nothing is converted or checked."""
+        self = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(self, "prefix", prefix)
+        set_(self, "next_hop", next_hop)
+        set_(self, "peer", peer)
+        set_(self, "path_id", path_id)
+        set_(self, "attributes", attributes)
+        return self
+
+    def replace(self, **changes) -> Path:
+        """This path with some fields changed (any of `Path`'s arguments)."""
+        values = {name: getattr(self, name) for name in _PATH_FIELDS}
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"Path has no field {sorted(unknown)[0]!r}")
+        values.update(changes)
+        return Path(**values)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a Path is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: a Path is immutable")
+
+    def _key(self) -> tuple:
+        return (self.prefix, self.next_hop, self.peer, self.path_id, self.attributes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Path):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _PATH_FIELDS)
+        return f"Path({fields})"
+
+    def __reduce__(self) -> tuple:
+        return (Path.with_attributes, (self.prefix, self.next_hop, self.peer, self.path_id,
+                                       self.attributes))
+
+    origin = property(lambda self: self.attributes.origin)
+    as_path = property(lambda self: self.attributes.as_path)
+    med = property(lambda self: self.attributes.med)
+    local_pref = property(lambda self: self.attributes.local_pref)
+    originator_id = property(lambda self: self.attributes.originator_id)
+    cluster_list = property(lambda self: self.attributes.cluster_list)
+    communities = property(lambda self: self.attributes.communities)
+    large_communities = property(lambda self: self.attributes.large_communities)
 
     @property
     def nlri(self) -> NLRI:
@@ -156,16 +258,18 @@ class Path:
     def neighbour_as(self) -> int:
         """RFC 4271 §9.1.2.2 c, neighborAS(): the first AS of the path; the local AS when the path
         is empty or begins with an AS_SET (the route originated, or was aggregated, in our AS)."""
-        if self.as_path and self.as_path[0].type == AS_SEQUENCE and self.as_path[0].asns:
-            return self.as_path[0].asns[0]
+        as_path = self.as_path
+        if as_path and as_path[0].type == AS_SEQUENCE and as_path[0].asns:
+            return as_path[0].asns[0]
         return self.peer.local_asn
 
     @property
     def degree_of_preference(self) -> int:
         """RFC 4271 §9.1.1: LOCAL_PREF for a route from an internal peer. §5.1.5: a LOCAL_PREF
         received from an external peer MUST be ignored, so eBGP routes get the default."""
-        if self.peer.ibgp and self.local_pref is not None:
-            return self.local_pref
+        local_pref = self.attributes.local_pref
+        if local_pref is not None and self.peer.ibgp:
+            return local_pref
         return DEFAULT_LOCAL_PREF
 
 
@@ -264,11 +368,31 @@ def reflect(path: Path, to: Peer, *, cluster_id: str | ipaddress.IPv4Address,
         raise ValueError(f"cannot reflect {path.prefix}: the BGP Identifier of {source.address} is unknown")
     if to.router_id == originator:
         return None
-    return replace(path, originator_id=originator, cluster_list=(cluster, *path.cluster_list))
+    return path.replace(originator_id=originator, cluster_list=(cluster, *path.cluster_list))
 
 
 def _key(peer: Peer | str | Address) -> Address:
     return peer.address if isinstance(peer, Peer) else as_address(peer)
+
+
+# A peer's Adj-RIB-In is keyed by NLRI; for the usual path identifier 0 the key is the prefix
+# itself, which the destination already holds, rather than a new NLRI per route. A prefix and an
+# NLRI never compare equal, so the two kinds of key cannot collide.
+def _adj_key(prefix: Prefix, path_id: int) -> Prefix | NLRI:
+    return NLRI(prefix, path_id) if path_id else prefix
+
+
+def _adj_nlri(key: Prefix | NLRI) -> NLRI:
+    return key if isinstance(key, NLRI) else NLRI(key)
+
+
+def _adj_prefix(key: Prefix | NLRI) -> Prefix:
+    return key.prefix if isinstance(key, NLRI) else key
+
+
+def _same_peer(a: Address, b: Address) -> bool:
+    # Paths from one peer usually share its address object; the comparison is the slow part.
+    return a is b or a == b
 
 
 _UNJUDGED = object()
@@ -283,12 +407,110 @@ class Destination:
 
     def __init__(self, prefix: Prefix) -> None:
         self.prefix = prefix
-        self.paths: dict[tuple[Address, int], Path] = {}
+        # None, the one path, or {(peer address, path id): path} when there are several: most
+        # prefixes have a single path, and a dict for it would weigh more than the route itself
+        self.paths: Path | dict[tuple[Address, int], Path] | None = None
         self.best: Path | None = None
         self.next_hops: frozenset[Address] | None = None  # its FIB entry
         self.verdict: object = _UNJUDGED  # import policy on the prefix: None or why not
         # the FIB entry at the last Rib.changes(), or _CLEAN when unchanged since
         self.reported: object = _CLEAN
+
+    def add(self, path: Path) -> bool:
+        """Add `path`, replacing the one from its peer under its path identifier; whether
+        there was one."""
+        paths = self.paths
+        if paths is None:
+            self.paths = path
+            return False
+        if isinstance(paths, Path):
+            if paths.path_id == path.path_id and _same_peer(paths.peer.address, path.peer.address):
+                self.paths = path
+                return True
+            self.paths = {(paths.peer.address, paths.path_id): paths,
+                          (path.peer.address, path.path_id): path}
+            return False
+        key = (path.peer.address, path.path_id)
+        replaced = key in paths
+        paths[key] = path
+        return replaced
+
+    def remove(self, address: Address, path_id: int) -> Path | None:
+        """Remove the path from `address` under `path_id`; the path, or None if there was none."""
+        paths = self.paths
+        if paths is None:
+            return None
+        if isinstance(paths, Path):
+            if paths.path_id != path_id or not _same_peer(paths.peer.address, address):
+                return None
+            self.paths = None
+            return paths
+        path = paths.pop((address, path_id), None)
+        if path is not None and len(paths) == 1:
+            self.paths = next(iter(paths.values()))
+        return path
+
+    def of(self, address: Address) -> list[Path]:
+        """The paths from the peer at `address` (several under ADD-PATH)."""
+        paths = self.paths
+        if paths is None:
+            return []
+        if isinstance(paths, Path):
+            return [paths] if _same_peer(paths.peer.address, address) else []
+        return [p for (a, _), p in paths.items() if _same_peer(a, address)]
+
+    def all(self) -> Iterable[Path]:
+        paths = self.paths
+        if paths is None:
+            return ()
+        if isinstance(paths, Path):
+            return (paths,)
+        return paths.values()
+
+
+class _FibView(Mapping):
+    """The desired FIB, read-only and live, read from the destinations themselves: a second
+    dict of every installed prefix would cost as much as a route's own state."""
+
+    __slots__ = ("_rib",)
+
+    def __init__(self, rib: Rib) -> None:
+        self._rib = rib
+
+    def __getitem__(self, prefix: Prefix) -> frozenset[Address]:
+        destination = self._rib._destinations.get(prefix)
+        if destination is None or destination.next_hops is None:
+            raise KeyError(prefix)
+        return destination.next_hops
+
+    def __iter__(self):
+        return (d.prefix for d in self._rib._destinations.values() if d.next_hops is not None)
+
+    def __len__(self) -> int:
+        return self._rib._installed
+
+    def items(self):
+        return _FibItems(self, self._rib)
+
+    def __repr__(self) -> str:
+        return f"{{{', '.join(f'{p!r}: {h!r}' for p, h in self.items())}}}"
+
+
+class _FibItems(ItemsView):
+    """Pairs straight from the destinations, not a lookup per prefix."""
+
+    def __init__(self, view: _FibView, rib: Rib) -> None:
+        super().__init__(view)
+        self._rib = rib
+
+    def __iter__(self):
+        return ((d.prefix, d.next_hops) for d in self._rib._destinations.values()
+                if d.next_hops is not None)
+
+
+# How many distinct next-hop sets the RIB remembers to share between prefixes (one per node in a
+# mesh, a few per node with ECMP); beyond that it starts again rather than grow.
+_HOP_SETS_KEPT = 4096
 
 
 class Rib:
@@ -309,26 +531,51 @@ class Rib:
         allow_own_as: int = 0,
     ) -> None:
         self._router_id = ipaddress.IPv4Address(router_id)
-        self._pools = tuple(as_prefix(p) for p in pools)
-        self._own_blocks = frozenset(as_prefix(p) for p in own_blocks)
-        self._own_addresses = frozenset(as_address(a) for a in own_addresses)
         self._cluster_id = ipaddress.IPv4Address(cluster_id) if cluster_id is not None else None
         # Calico's BGPPeer.numAllowedLocalASNumbers: designs with one AS per rack need it.
         self._allow_own_as = allow_own_as
+        self._set_pools(pools)
+        self._set_own_blocks(own_blocks)
+        self._set_own_addresses(own_addresses)
 
-        self._adj_in: dict[Address, dict[NLRI, Path]] = {}
+        # Each peer's Adj-RIB-In is the paths from it in the destinations (BIRD's one table with
+        # a route per source): a second dict per peer, keyed by NLRI, cost as much memory as the
+        # destinations' own. Per peer, how many paths it holds, so a peer with none costs no scan.
         self._destinations: dict[Prefix, Destination] = {}
-        self._stale: dict[Address, set[NLRI]] = {}
+        self._path_counts: dict[Address, int] = {}
+        self._stale: dict[Address, set[Prefix | NLRI]] = {}
         self._stale_deadline: dict[Address, float] = {}
-        self._fib: dict[Prefix, frozenset[Address]] = {}
+        self._installed = 0  # destinations with a FIB entry
         # destinations whose FIB entry may have changed since the last changes()
         self._dirty: list[Destination] = []
+        # One frozenset per distinct set of next hops, shared by every prefix that has it.
+        self._hop_sets: dict[object, frozenset[Address]] = {}
+        self._last_hop: tuple[object, frozenset[Address]] = (None, frozenset())
 
     # ---------------------------------------------------------------- configuration
 
+    def _set_pools(self, pools: Iterable[str | Prefix]) -> None:
+        self._pools = tuple(as_prefix(p) for p in pools)
+        # (version, network as an int, mask, length): "inside a pool" as integer arithmetic, not
+        # ipaddress's subnet_of, which caches two more addresses on every prefix it is asked about
+        self._pool_ranges = tuple(
+            (pool.version, int(pool.network_address), int(pool.netmask), pool.prefixlen)
+            for pool in self._pools)
+
+    def _set_own_blocks(self, blocks: Iterable[str | Prefix]) -> None:
+        self._own_blocks = frozenset(as_prefix(b) for b in blocks)
+        self._own_block_keys = frozenset(
+            (b.version, int(b.network_address), b.prefixlen) for b in self._own_blocks)
+
+    def _set_own_addresses(self, addresses: Iterable[str | Address]) -> None:
+        self._own_addresses = frozenset(as_address(a) for a in addresses)
+        # next hop -> whether it is one of ours, for the last next hop asked about: a decoder
+        # hands every path of an UPDATE the same next hop object
+        self._own_memo: tuple[object, bool] = (None, False)
+
     def set_pools(self, pools: Iterable[str | Prefix]) -> None:
         """The IP pool CIDRs; a prefix inside none of them is never installed."""
-        self._pools = tuple(as_prefix(p) for p in pools)
+        self._set_pools(pools)
         for destination in self._destinations.values():
             destination.verdict = _UNJUDGED
         self._decide_all()
@@ -336,10 +583,9 @@ class Rib:
     def set_own_blocks(self, blocks: Iterable[str | Prefix]) -> None:
         """This node's blocks. Only the exact prefix is ours: a /32 inside our block is an
         address another node borrowed from it (Calico IPAM), and must be routed to that node."""
-        new = frozenset(as_prefix(b) for b in blocks)
-        touched = new ^ self._own_blocks
-        self._own_blocks = new
-        for prefix in touched:
+        old = self._own_blocks
+        self._set_own_blocks(blocks)
+        for prefix in self._own_blocks ^ old:
             destination = self._destinations.get(prefix)
             if destination is not None:
                 destination.verdict = _UNJUDGED
@@ -347,7 +593,7 @@ class Rib:
 
     def set_own_addresses(self, addresses: Iterable[str | Address]) -> None:
         """This node's addresses: a path with one of them as next hop is our own route."""
-        self._own_addresses = frozenset(as_address(a) for a in addresses)
+        self._set_own_addresses(addresses)
         self._decide_all()
 
     # ---------------------------------------------------------------- input
@@ -361,35 +607,45 @@ class Rib:
         (implicit withdraw, §3.1) and, if that path was stale, is fresh again (RFC 4724 §4.2).
         """
         key = _key(peer)
-        adj_in = self._adj_in.setdefault(key, {})
         destinations = self._destinations
         stale = self._stale.get(key)
+        held = 0  # the change in the peer's path count
         touched: dict[Destination, None] = {}  # an ordered set: FIB changes in arrival order
         for item in withdrawn:
-            nlri = as_nlri(item)
-            if adj_in.pop(nlri, None) is not None:
-                destination = destinations[nlri.prefix]
-                del destination.paths[(key, nlri.path_id)]
+            nlri = item if isinstance(item, NLRI) else as_nlri(item)
+            destination = destinations.get(nlri.prefix)
+            if destination is not None and destination.remove(key, nlri.path_id) is not None:
+                held -= 1
                 touched[destination] = None
                 if stale:
-                    stale.discard(nlri)
+                    stale.discard(_adj_key(nlri.prefix, nlri.path_id))
+        spare: Destination | None = None
         for path in announced:
-            if path.peer.address != key:
-                raise ValueError(f"path {path.prefix} is from {path.peer.address}, not from {key}")
+            source = path.peer
+            if source is not peer and source.address != key:
+                raise ValueError(f"path {path.prefix} is from {source.address}, not from {key}")
             prefix = path.prefix
-            nlri = NLRI(prefix, path.path_id)
-            adj_in[nlri] = path
-            destination = destinations.get(prefix)
-            if destination is None:
-                destination = destinations[prefix] = Destination(prefix)
-            destination.paths[(key, path.path_id)] = path
+            # One lookup for a new prefix as for a known one: the spare is only used up when
+            # the prefix is new.
+            if spare is None:
+                spare = Destination(prefix)
+            else:
+                spare.prefix = prefix
+            destination = destinations.setdefault(prefix, spare)
+            if destination is spare:
+                spare = None
+            if not destination.add(path):
+                held += 1
             touched[destination] = None
             if stale:
-                stale.discard(nlri)
+                stale.discard(_adj_key(prefix, path.path_id))
+        if held:
+            self._count(key, held)
         if stale is not None and not stale:
             self._forget_stale(key)
+        decide = self._decide
         for destination in touched:
-            self._decide(destination)
+            decide(destination)
 
     def peer_down(self, peer: Peer | str | Address, now: float, *, graceful: bool,
                   restart_time: float = 0.0, families: Collection[int] | None = None) -> None:
@@ -404,16 +660,15 @@ class Rib:
         """
         key = _key(peer)
         if not graceful:
-            self._remove(key, list(self._adj_in.get(key, ())))
-            self._adj_in.pop(key, None)
+            self._drop(key)
             self._forget_stale(key)
             return
         self._remove(key, list(self._stale.get(key, ())))
-        adj_in = self._adj_in.get(key, {})
         if families is not None:
-            self._remove(key, [n for n in adj_in if n.prefix.version not in families])
-        if adj_in:
-            self._stale[key] = set(adj_in)
+            self._drop(key, lambda prefix: prefix.version not in families)
+        held = [_adj_key(path.prefix, path.path_id) for path in self._paths_of(key)]
+        if held:
+            self._stale[key] = set(held)
             self._stale_deadline[key] = now + restart_time
         else:
             self._forget_stale(key)
@@ -434,7 +689,7 @@ class Rib:
         if not stale:
             return
         if preserved is not None:
-            self._sweep(key, lambda nlri: nlri.prefix.version not in preserved)
+            self._sweep(key, lambda prefix: prefix.version not in preserved)
         if key in self._stale_deadline and stale_time is not None:
             self._stale_deadline[key] = now + stale_time
 
@@ -442,7 +697,7 @@ class Rib:
         """The peer's End-of-RIB for unicast of `ip_version` (None: every family). RFC 4724
         §4.2: "it MUST immediately remove any routes from the peer that are still marked as stale
         for that address family"."""
-        self._sweep(_key(peer), lambda nlri: ip_version is None or nlri.prefix.version == ip_version)
+        self._sweep(_key(peer), lambda prefix: ip_version is None or prefix.version == ip_version)
 
     def expire(self, now: float) -> list[Address]:
         """Sweep the stale paths of every peer whose restart time has run out (RFC 4724 §4.2:
@@ -450,7 +705,7 @@ class Rib:
         Returns the peers swept."""
         due = [key for key, deadline in self._stale_deadline.items() if deadline <= now]
         for key in due:
-            self._sweep(key, lambda nlri: True)
+            self._sweep(key, lambda prefix: True)
         return due
 
     def next_expiry(self) -> float | None:
@@ -461,8 +716,9 @@ class Rib:
 
     @property
     def fib(self) -> Mapping[Prefix, frozenset[Address]]:
-        """The desired FIB: every installable prefix and the next hops of its multipath set."""
-        return MappingProxyType(self._fib)
+        """The desired FIB: every installable prefix and the next hops of its multipath set
+        (a live, read-only view). Prefixes with the same next hops share one frozenset."""
+        return _FibView(self)
 
     def changes(self) -> FibChanges:
         """The FIB's net changes since the previous call; a prefix that changed and changed
@@ -470,12 +726,15 @@ class Rib:
         added: dict[Prefix, frozenset[Address]] = {}
         changed: dict[Prefix, frozenset[Address]] = {}
         removed: set[Prefix] = set()
+        destinations = self._destinations
         for destination in self._dirty:
             old, new = destination.reported, destination.next_hops
             destination.reported = _CLEAN
-            if not destination.paths and self._destinations.get(destination.prefix) is destination:
-                del self._destinations[destination.prefix]
-            if new == old:
+            if destination.paths is None:
+                forgotten = destinations.pop(destination.prefix, None)
+                if forgotten is not None and forgotten is not destination:
+                    destinations[destination.prefix] = forgotten  # a newer one for the prefix
+            if new is old or new == old:
                 continue
             if new is None:
                 removed.add(destination.prefix)
@@ -493,14 +752,15 @@ class Rib:
     def candidates(self, prefix: str | Prefix) -> list[Path]:
         """Every path for `prefix` that import policy accepts."""
         destination = self._destinations.get(as_prefix(prefix))
-        paths = destination.paths.values() if destination is not None else ()
+        paths = destination.all() if destination is not None else ()
         return [p for p in paths if self.rejection(p) is None]
 
     def adj_rib_in(self, peer: Peer | str | Address) -> Mapping[NLRI, Path]:
-        return MappingProxyType(self._adj_in.get(_key(peer), {}))
+        """The peer's paths as it sent them, before import policy (RFC 4271 §3.2); a copy."""
+        return MappingProxyType({NLRI(p.prefix, p.path_id): p for p in self._paths_of(_key(peer))})
 
     def stale(self, peer: Peer | str | Address) -> frozenset[NLRI]:
-        return frozenset(self._stale.get(_key(peer), ()))
+        return frozenset(_adj_nlri(k) for k in self._stale.get(_key(peer), ()))
 
     def rejection(self, path: Path) -> str | None:
         """Why import policy refuses `path`, or None if it is a candidate."""
@@ -514,49 +774,106 @@ class Rib:
         return verdict or self._path_rejection(path)
 
     def _path_rejection(self, path: Path) -> str | None:
-        if path.originator_id == self._router_id:
+        attributes = path.attributes
+        originator_id = attributes.originator_id
+        if originator_id is not None and originator_id == self._router_id:
             # a reflector sent our own route back (FRR does: reference/exabgp.md §2.3)
             return "own route: ORIGINATOR_ID is our router id"
-        if path.next_hop in self._own_addresses:
+        next_hop = path.next_hop
+        memo = self._own_memo
+        if memo[0] is next_hop:
+            own = memo[1]
+        else:
+            own = next_hop in self._own_addresses
+            self._own_memo = (next_hop, own)
+        if own:
             return "own route: the next hop is one of our addresses"
-        if self._cluster_id is not None and self._cluster_id in path.cluster_list:
+        if self._cluster_id is not None and self._cluster_id in attributes.cluster_list:
             return "loop: our CLUSTER_ID is in the CLUSTER_LIST (RFC 4456 §8)"
-        if path.as_path and self._own_as_count(path) > self._allow_own_as:
+        if attributes.as_path and self._own_as_count(path) > self._allow_own_as:
             return "loop: our AS is in the AS_PATH (RFC 4271 §9.1.2)"
         return None
 
     # ---------------------------------------------------------------- internals
 
     def _judge_prefix(self, prefix: Prefix) -> str | None:
-        if prefix in self._own_blocks:
+        version, address, length = prefix.version, int(prefix.network_address), prefix.prefixlen
+        if (version, address, length) in self._own_block_keys:
             return "own route: one of our blocks"
-        if not any(prefix.version == pool.version and prefix.subnet_of(pool) for pool in self._pools):
-            return "outside every IP pool"
-        return None
+        for pool_version, network, mask, pool_length in self._pool_ranges:
+            if version == pool_version and length >= pool_length and address & mask == network:
+                return None
+        return "outside every IP pool"
 
     @staticmethod
     def _own_as_count(path: Path) -> int:
         own = path.peer.local_asn
         return sum(seg.asns.count(own) for seg in path.as_path)
 
-    def _remove(self, key: Address, nlris: Iterable[NLRI]) -> None:
-        adj_in = self._adj_in.get(key, {})
+    def _count(self, key: Address, change: int) -> None:
+        held = self._path_counts.get(key, 0) + change
+        if held:
+            self._path_counts[key] = held
+        else:
+            self._path_counts.pop(key, None)
+
+    def _paths_of(self, key: Address) -> Iterable[Path]:
+        """The peer's Adj-RIB-In: a scan of the destinations, unless it holds nothing."""
+        if not self._path_counts.get(key):
+            return []
+        return [p for d in self._destinations.values() for p in d.of(key)]
+
+    def _remove(self, key: Address, adj_keys: Iterable[Prefix | NLRI]) -> None:
         stale = self._stale.get(key)
+        destinations = self._destinations
+        removed = 0
         touched: dict[Destination, None] = {}  # an ordered set: FIB changes in arrival order
-        for nlri in nlris:
-            if adj_in.pop(nlri, None) is not None:
-                destination = self._destinations[nlri.prefix]
-                del destination.paths[(key, nlri.path_id)]
+        for adj_key in adj_keys:
+            nlri = _adj_nlri(adj_key)
+            destination = destinations.get(nlri.prefix)
+            if destination is not None and destination.remove(key, nlri.path_id) is not None:
+                removed += 1
                 touched[destination] = None
             if stale:
-                stale.discard(nlri)
+                stale.discard(adj_key)
+        if removed:
+            self._count(key, -removed)
         for destination in touched:
             self._decide(destination)
 
+    def _drop(self, key: Address, which=None) -> None:
+        """Every path of the peer (whose prefix `which` selects, if given), in one pass over
+        the destinations: a session lost without graceful restart, or families it does not
+        keep. Each destination is decided once."""
+        if not self._path_counts.get(key):
+            return
+        removed = 0
+        decide = self._decide
+        # a copy: deciding forgets destinations left without paths
+        for destination in list(self._destinations.values()):
+            if which is not None and not which(destination.prefix):
+                continue
+            paths = destination.paths
+            if isinstance(paths, Path):  # most prefixes: one path
+                if not _same_peer(paths.peer.address, key):
+                    continue
+                destination.paths = None
+                removed += 1
+            else:
+                held = destination.of(key)
+                if not held:
+                    continue
+                for path in held:
+                    destination.remove(key, path.path_id)
+                removed += len(held)
+            decide(destination)
+        self._count(key, -removed)
+
     def _sweep(self, key: Address, which) -> None:
+        """Remove the peer's stale paths whose prefix `which` selects."""
         stale = self._stale.get(key)
         if stale:
-            self._remove(key, [nlri for nlri in stale if which(nlri)])
+            self._remove(key, [k for k in stale if which(_adj_prefix(k))])
         if not self._stale.get(key):
             self._forget_stale(key)
 
@@ -568,32 +885,57 @@ class Rib:
         for destination in list(self._destinations.values()):
             self._decide(destination)
 
+    def _one_hop(self, next_hop: Address) -> frozenset[Address]:
+        last = self._last_hop
+        if last[0] is next_hop:  # the usual case: the previous path's next hop, the same object
+            return last[1]
+        hop_sets = self._hop_sets
+        found = hop_sets.get(next_hop)
+        if found is None:
+            if len(hop_sets) >= _HOP_SETS_KEPT:
+                hop_sets.clear()
+            found = hop_sets[next_hop] = frozenset((next_hop,))
+        self._last_hop = (next_hop, found)
+        return found
+
     def _decide(self, destination: Destination) -> None:
-        if destination.verdict is _UNJUDGED:
-            destination.verdict = self._judge_prefix(destination.prefix)
-        if destination.verdict is None:
-            candidates = [p for p in destination.paths.values() if self._path_rejection(p) is None]
+        verdict = destination.verdict
+        if verdict is _UNJUDGED:
+            verdict = destination.verdict = self._judge_prefix(destination.prefix)
+        paths = destination.paths
+        best: Path | None = None
+        next_hops: frozenset[Address] | None = None
+        if verdict is not None or paths is None:
+            pass
+        elif isinstance(paths, Path):
+            if self._path_rejection(paths) is None:
+                best = paths
+                next_hops = self._one_hop(paths.next_hop)
         else:
-            candidates = []
-        if not candidates:
-            best, next_hops = None, None
-        elif len(candidates) == 1:
-            best = candidates[0]
-            next_hops = frozenset((best.next_hop,))
-        else:
-            best, multipath = select(candidates)
-            # a set: two reflectors passing on the same route are one next hop, not two
-            next_hops = frozenset(p.next_hop for p in multipath)
+            candidates = [p for p in paths.values() if self._path_rejection(p) is None]
+            if len(candidates) == 1:
+                best = candidates[0]
+                next_hops = self._one_hop(best.next_hop)
+            elif candidates:
+                best, multipath = select(candidates)
+                # a set: two reflectors passing on the same route are one next hop, not two
+                hops = frozenset(p.next_hop for p in multipath)
+                next_hops = self._hop_sets.get(hops)
+                if next_hops is None:
+                    if len(self._hop_sets) >= _HOP_SETS_KEPT:
+                        self._hop_sets.clear()
+                    next_hops = self._hop_sets[hops] = hops
         destination.best = best
-        if next_hops != destination.next_hops:
+        before = destination.next_hops
+        if next_hops is not before and next_hops != before:
             if destination.reported is _CLEAN:
-                destination.reported = destination.next_hops
+                destination.reported = before
                 self._dirty.append(destination)
             destination.next_hops = next_hops
-            if next_hops is None:
-                del self._fib[destination.prefix]
-            else:
-                self._fib[destination.prefix] = next_hops
-        if not destination.paths and destination.reported is _CLEAN:
+            if before is None:
+                self._installed += 1
+            elif next_hops is None:
+                self._installed -= 1
+        if paths is None and destination.reported is _CLEAN:
             # no path left and nothing to report: forget the prefix (changes() forgets the rest)
             del self._destinations[destination.prefix]

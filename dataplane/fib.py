@@ -54,7 +54,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Self
@@ -235,7 +235,7 @@ class FIB:
             if self._stale:
                 self._kernel, _ = self._dump()
                 self._stale = False
-            return self._program(self._plan_apply(normal))
+            return self._program(self._plan_apply(normal), len(changes))
 
     def replace_all(self, routes: Mapping[object, Iterable[object]]) -> Outcome:
         """Make `routes` the whole desired state and reconcile: what is not in it goes."""
@@ -271,7 +271,27 @@ class FIB:
     # -- desired state ----------------------------------------------------------------------
 
     def _normalise(self, changes: Mapping[object, Iterable[object] | None]
-                   ) -> list[tuple[Prefix, Hops | None]]:
+                   ) -> Iterable[tuple[Prefix, Hops | None]]:
+        """(prefix, canonical next hops or None) for each change; InvalidRoute, before anything
+        is yielded, if any change is malformed.
+
+        What the RIB hands over is already canonical: ipaddress prefixes, and a few next-hop
+        sets shared by every prefix, each known to the cache after its first use. That is
+        checked in one pass and the pairs are then made as they are used (so `changes` must
+        not change until `apply` returns): a 100k-route batch no longer builds a list of them
+        and another of its plan, ~17 MB between them."""
+        hop_cache = self._hops
+        for prefix, hops in changes.items():
+            if type(prefix) not in _PREFIX_TYPES:
+                return self._normalised(changes)
+            if hops is not None:
+                found = hop_cache.get(hops) if type(hops) is frozenset else None
+                if found is None or (found[0] and found[1] != prefix.version):
+                    return self._normalised(changes)
+        return ((p, h if h is None else hop_cache[h][0] or None) for p, h in changes.items())
+
+    def _normalised(self, changes: Mapping[object, Iterable[object] | None]
+                    ) -> list[tuple[Prefix, Hops | None]]:
         out = []
         hop_cache = self._hops
         for prefix, hops in changes.items():
@@ -309,38 +329,47 @@ class FIB:
             self._hops[hops] = (canonical, version)
         return canonical, version
 
-    def _plan_apply(self, normal: list[tuple[Prefix, Hops | None]]) -> list[tuple]:
+    def _plan_apply(self, normal: Iterable[tuple[Prefix, Hops | None]]) -> Iterator[tuple]:
+        """The plan for `apply`, made as `_program` sends it; the desired state changes as it
+        goes (`_program` sees the plan through, even when the kernel cannot be reached)."""
         desired, kernel = self._desired, self._kernel
         same = _Same()
-        plan = []
+        new = self._new
         for prefix, hops in normal:
             if hops:
                 desired[prefix] = hops
                 current = kernel.get(prefix)
                 if current is None:
-                    plan.append((self._new, prefix, hops))
+                    yield (new, prefix, hops, None)
                 elif not same(hops, current):
-                    plan.append((_REPLACE, prefix, hops))
+                    yield (_REPLACE, prefix, hops, current)
             else:
                 desired.pop(prefix, None)
-                if prefix in kernel:
-                    plan.append((_DELETE, prefix, None))
-        return plan
+                # gone from what we believe the kernel holds as it is planned (one lookup, not
+                # two); a refusal puts it back, and a lost batch makes the next call read the
+                # kernel again
+                current = kernel.pop(prefix, None)
+                if current is not None:
+                    yield (_DELETE, prefix, None, current)
 
     def _reconcile(self) -> Outcome:
         kernel, strays = self._dump()
         self._kernel = kernel
         self._stale = False
-        plan: list[tuple] = [(_DELETE_STRAY, prefix, stray) for prefix, stray in strays]
+        plan: list[tuple] = [(_DELETE_STRAY, prefix, stray, None) for prefix, stray in strays]
         same = _Same()
         for prefix, hops in self._desired.items():
             current = kernel.get(prefix)
             if current is None:
-                plan.append((self._new, prefix, hops))
+                plan.append((self._new, prefix, hops, None))
             elif not same(hops, current):
-                plan.append((_REPLACE, prefix, hops))
-        plan.extend((_DELETE, prefix, None) for prefix in kernel if prefix not in self._desired)
-        return self._program(plan)
+                plan.append((_REPLACE, prefix, hops, current))
+        deletes = [(prefix, current) for prefix, current in kernel.items()
+                   if prefix not in self._desired]
+        for prefix, _ in deletes:  # as `_plan_apply` does: out when planned, back if refused
+            del kernel[prefix]
+        plan.extend((_DELETE, prefix, None, current) for prefix, current in deletes)
+        return self._program(plan, len(plan))
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -371,11 +400,26 @@ class FIB:
             self._tails[hops] = found
         return found
 
-    def _program(self, plan: list[tuple]) -> Outcome:
-        """Send the plan in batches; update what we believe the kernel holds as answers come."""
+    def _program(self, plan: Iterable[tuple], count: int) -> Outcome:
+        """Send the plan, at most `count` entries, in batches; update what we believe the kernel
+        holds as answers come.
+
+        A plan entry is (kind, prefix, next hops or a stray's (metric, hops), what the kernel
+        held for the prefix): the planner looked that up already, and took a deleted prefix out
+        of `_kernel`; a 100k-route load or flush should not hash every prefix once more."""
         outcome = Outcome()
-        if not plan:
+        if not count:
             return outcome
+        plan = iter(plan)
+        try:
+            self._send_plan(plan, count, outcome)
+        except BaseException:
+            for _ in plan:  # the rest of the desired state, for the next reconcile to program
+                pass
+            raise
+        return outcome
+
+    def _send_plan(self, plan: Iterator[tuple], count: int, outcome: Outcome) -> None:
         kernel = self._kernel
         new_flags = {_ADD: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
                      _REPLACE: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE}
@@ -385,12 +429,15 @@ class FIB:
         batch: list[tuple] = []  # (kind, prefix, what the kernel held before)
         last = 0  # offset of the batch's last message, which asks for the ACK
         # Sequence numbers for the whole plan at once: a batch's numbers never wrap inside it.
-        seq = self._netlink.next_seq(len(plan)) - 1
+        seq = self._netlink.next_seq(count) - 1
         first = seq + 1
-        for kind, prefix, hops in plan:
+        last_hops, last_tail = None, (0, b"")
+        for kind, prefix, hops, before in plan:
             family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
             if kind is _ADD or kind is _REPLACE:
-                rflags, tail = self._tail(hops)
+                if hops is not last_hops:  # a load is long runs of one set of next hops
+                    last_hops, last_tail = hops, self._tail(hops)
+                rflags, tail = last_tail
                 head = heads[family]
                 last = len(buf)
                 seq += 1
@@ -399,7 +446,7 @@ class FIB:
                                  RT_SCOPE_UNIVERSE, RTN_UNICAST, rflags,
                                  _DST_ATTR_LEN[family], RTA_DST, prefix.network_address.packed)
                 buf += tail
-                batch.append((kind, prefix, kernel.get(prefix)))
+                batch.append((kind, prefix, before))
                 kernel[prefix] = hops
             else:
                 tail = table_attr
@@ -416,16 +463,13 @@ class FIB:
                                  RT_SCOPE_NOWHERE, 0, 0,
                                  _DST_ATTR_LEN[family], RTA_DST, prefix.network_address.packed)
                 buf += tail
-                if kind is _DELETE:
-                    batch.append((kind, prefix, kernel.pop(prefix, None)))
-                else:
-                    batch.append((kind, prefix, None))
+                # a _DELETE's prefix left `kernel` when it was planned
+                batch.append((kind, prefix, before if kind is _DELETE else None))
             if len(buf) >= BATCH_BYTES:
                 self._flush(buf, first, last, batch, outcome)
                 buf, batch, first = bytearray(), [], seq + 1
         if batch:
             self._flush(buf, first, last, batch, outcome)
-        return outcome
 
     def _flush(self, buf: bytearray, first_seq: int, last: int, batch: list[tuple],
                outcome: Outcome) -> None:

@@ -284,7 +284,9 @@ def exabgp_servers(netns: str) -> list[int]:
             state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if state != "Z" and b"server" in argv and any(a.endswith(b"exabgp") for a in argv):
+        # `exabgp server ...`, or percale's way of running it: `python -P .../exabgp_pace.py server ...`
+        if state != "Z" and b"server" in argv and any(
+                a.endswith((b"exabgp", b"exabgp_pace.py")) for a in argv):
             found.append(int(pid))
     return found
 

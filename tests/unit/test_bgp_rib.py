@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from percale.bgpd.rib import (
-    NLRI, AsPathSegment, FibChanges, Origin, Path, Peer, Rib, reflect, select,
+    NLRI, AsPathSegment, FibChanges, Origin, Path, PathAttributes, Peer, Rib, reflect, select,
 )
 
 pytestmark = pytest.mark.unit
@@ -639,6 +639,7 @@ def test_incremental_fib_equals_a_fresh_decision_over_the_surviving_paths(ops):
         for prefix in delta.removed:
             del applied[prefix]
         assert applied == dict(rib.fib)
+        assert len(rib.fib) == len(applied) and all(prefix in rib.fib for prefix in applied)
         # no prefix without paths outlives changes()
         assert set(rib._destinations) == {k[1].prefix for k in model.paths}
 
@@ -655,3 +656,117 @@ def test_incremental_fib_equals_a_fresh_decision_over_the_surviving_paths(ops):
         assert dict(rib.fib) == dict(fresh.fib)
         for prefix in rib.fib:
             assert rib.best(prefix) == fresh.best(prefix)
+
+
+# ---------------------------------------------------------------- the shapes that keep it small
+
+
+def test_a_path_normalises_what_it_is_given_and_is_immutable():
+    p = Path(P, "10.0.0.2", A, 3, origin="egp", as_path=(65001, 65002), med=5, local_pref=200,
+             originator_id="10.0.0.9", cluster_list=["1.0.0.1"], communities=[(64512, 1)])
+    assert p.prefix == net(P) and p.next_hop == ip("10.0.0.2") and p.path_id == 3
+    assert p.origin is Origin.EGP and p.as_path == (AsPathSegment("as-sequence", (65001, 65002)),)
+    assert (p.med, p.local_pref) == (5, 200)
+    assert p.originator_id == ip("10.0.0.9") and p.cluster_list == (ip("1.0.0.1"),)
+    assert p.communities == ((64512, 1),) and p.large_communities == ()
+    assert p.nlri == NLRI(net(P), 3)
+    with pytest.raises(AttributeError):
+        p.next_hop = ip("10.0.0.3")
+    with pytest.raises(AttributeError):
+        del p.prefix
+    assert "next_hop=IPv4Address('10.0.0.2')" in repr(p) and "med=5" in repr(p)
+
+
+def test_a_path_from_shared_parts_equals_one_made_field_by_field():
+    attributes = PathAttributes.of(origin="igp", local_pref=100, as_path=(65001,))
+    shared = Path.with_attributes(net(P), ip("10.0.0.2"), A, 0, attributes)
+    plain = Path(P, "10.0.0.2", A, origin=Origin.IGP, local_pref=100, as_path=(65001,))
+    assert shared == plain and hash(shared) == hash(plain) and {shared: 1}[plain] == 1
+    assert shared.attributes is attributes
+    assert shared != Path(P, "10.0.0.2", A, local_pref=101, as_path=(65001,))
+    assert shared != Path(P, "10.0.0.2", B, local_pref=100, as_path=(65001,))
+
+
+def test_replace_changes_only_what_it_is_told():
+    p = path(A, med=7)
+    q = p.replace(originator_id="10.0.0.2", cluster_list=(ip("1.0.0.1"),))
+    assert (q.prefix, q.next_hop, q.peer, q.med) == (p.prefix, p.next_hop, p.peer, 7)
+    assert q.originator_id == ip("10.0.0.2") and q.cluster_list == (ip("1.0.0.1"),)
+    assert p.originator_id is None  # the original is untouched
+    with pytest.raises(TypeError):
+        p.replace(colour="blue")
+
+
+def test_prefixes_with_the_same_next_hops_share_one_set():
+    rib = make_rib()
+    announce(rib, *(path(A, f"10.244.{i}.0/26") for i in range(2, 40)))
+    announce(rib, path(A, "10.244.50.0/26"), path(B, "10.244.50.0/26"),
+             path(A, "10.244.51.0/26"), path(B, "10.244.51.0/26"))
+    single = {id(rib.fib[net(f"10.244.{i}.0/26")]) for i in range(2, 40)}
+    assert len(single) == 1
+    assert rib.fib[net("10.244.50.0/26")] is rib.fib[net("10.244.51.0/26")]
+    assert rib.fib[net("10.244.50.0/26")] == hops("10.0.0.2", "10.0.0.3")
+
+
+def test_a_prefix_with_one_path_keeps_no_dict_for_it():
+    rib = make_rib()
+    announce(rib, path(A))
+    assert rib._destinations[net(P)].paths == path(A)
+    announce(rib, path(B))
+    assert isinstance(rib._destinations[net(P)].paths, dict)
+    rib.update(A, withdrawn=[P])
+    assert rib._destinations[net(P)].paths == path(B)
+    assert rib.best(P) == path(B) and rib.candidates(P) == [path(B)]
+
+
+def test_the_fib_is_a_live_read_only_mapping():
+    rib = make_rib()
+    view = rib.fib
+    announce(rib, path(A), path(A, "10.244.3.0/26"), path(A, "192.168.0.0/26"))  # the last: no pool
+    assert len(view) == 2 and set(view) == {net(P), net("10.244.3.0/26")}
+    assert view == {net(P): hops("10.0.0.2"), net("10.244.3.0/26"): hops("10.0.0.2")}
+    assert net("192.168.0.0/26") not in view and view.get(net("192.168.0.0/26")) is None
+    with pytest.raises(KeyError):
+        view[net("10.244.9.0/26")]
+    assert dict(view.items()) == dict(view) and list(view.values()) == [hops("10.0.0.2")] * 2
+    rib.update(A, withdrawn=[P])
+    assert len(view) == 1 and net(P) not in view  # before changes() forgets the destination
+    rib.changes()
+    assert list(view) == [net("10.244.3.0/26")]
+    with pytest.raises(TypeError):
+        view[net(P)] = hops("10.0.0.2")  # type: ignore[index]
+
+
+def test_the_adj_rib_in_is_keyed_by_nlri_with_or_without_a_path_identifier():
+    rib = make_rib()
+    announce(rib, path(R1, next_hop="10.0.0.5", path_id=1), path(R1, next_hop="10.0.0.6", path_id=2),
+             path(R1, "10.244.3.0/26", next_hop="10.0.0.5"), path(A))
+    assert dict(rib.adj_rib_in(R1)) == {
+        NLRI(net(P), 1): path(R1, next_hop="10.0.0.5", path_id=1),
+        NLRI(net(P), 2): path(R1, next_hop="10.0.0.6", path_id=2),
+        NLRI(net("10.244.3.0/26")): path(R1, "10.244.3.0/26", next_hop="10.0.0.5"),
+    }
+    assert dict(rib.adj_rib_in(A)) == {NLRI(net(P)): path(A)}
+    rib.peer_down(R1, now=0.0, graceful=True, restart_time=10)
+    assert rib.stale(R1) == {NLRI(net(P), 1), NLRI(net(P), 2), NLRI(net("10.244.3.0/26"))}
+    assert rib.stale(A) == frozenset()
+    rib.peer_down(R1, now=1.0, graceful=False)
+    assert fib(rib) == {net(P): hops("10.0.0.2")} and rib.adj_rib_in(R1) == {}
+
+
+def test_a_peer_is_known_by_its_address_not_by_the_object():
+    """RibFeed makes a new Peer per line until the peer's OPEN is read: equal peers, other objects."""
+    def again():
+        return Peer("10.0.0.2", 64512, 64512, "10.0.0.2")
+
+    rib = make_rib()
+    rib.update(again(), [path(again()), path(again(), "10.244.3.0/26")])
+    rib.update(again(), [path(again(), next_hop="10.0.0.9")])  # replaces, does not add
+    assert len(rib.adj_rib_in("10.0.0.2")) == 2 and rib.candidates(P) == [path(A, next_hop="10.0.0.9")]
+    announce(rib, path(B), path(again(), "10.244.3.0/26", path_id=4))
+    rib.update(again(), withdrawn=[NLRI(net("10.244.3.0/26"), 4)])
+    assert len(rib.candidates("10.244.3.0/26")) == 1
+    rib.peer_down(ipaddress.ip_address("10.0.0.2"), now=0.0, graceful=True, restart_time=5)
+    assert rib.stale("10.0.0.2") == {NLRI(net(P)), NLRI(net("10.244.3.0/26"))}
+    rib.end_of_rib("10.0.0.2")
+    assert fib(rib) == {net(P): hops("10.0.0.3")} and rib.adj_rib_in(again()) == {}

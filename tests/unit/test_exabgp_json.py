@@ -16,7 +16,7 @@ from percale.bgpd.exabgp_json import (
     EndOfRib, GracefulRestart, MalformedMessage, OpenReceived, PeerState, RibFeed, UpdateReceived,
     graceful_down, parse,
 )
-from percale.bgpd.rib import NLRI, AsPathSegment, Origin, Peer, Rib
+from percale.bgpd.rib import NLRI, AsPathSegment, Origin, Path, Peer, Rib
 
 pytestmark = pytest.mark.unit
 
@@ -355,3 +355,150 @@ def test_feed_drops_our_own_routes_reflected_back():
                      '{ "10.99.0.1": [ { "nlri": "10.244.1.0/26" } ] } } } }'), 1.0)
     feed.feed(announce_v4("192.168.5.0/26"), 1.0)  # outside every pool
     assert not feed.rib.fib
+
+
+# ---------------------------------------------------------------- the decoder against a reference
+#
+# parse() builds paths without the Path constructor's conversions and checks (it already holds
+# the right types) and shares one attributes object, and one next hop object, between paths. It
+# must give exactly what the plain route would: ExaBGP's JSON read whole with json.loads, each
+# path made by Path(...) from the JSON's own text. `reference` is that plain route, written from
+# the JSON shapes in the module docstring.
+
+
+def reference(text: str) -> UpdateReceived | None:
+    import json
+
+    neighbor = json.loads(text)["neighbor"]
+    peer = Peer(neighbor["address"]["peer"], neighbor["asn"]["peer"], neighbor["asn"]["local"])
+    body = neighbor["message"]["update"]
+    attribute = body.get("attribute", {})
+    kwargs: dict = {}
+    if "origin" in attribute:
+        kwargs["origin"] = attribute["origin"]
+    if "as-path" in attribute:
+        kwargs["as_path"] = [(seg["element"], seg["value"])
+                             for _, seg in sorted(attribute["as-path"].items(), key=lambda kv: int(kv[0]))]
+    for json_name, name in (("med", "med"), ("local-preference", "local_pref"),
+                            ("originator-id", "originator_id"), ("cluster-list", "cluster_list")):
+        if json_name in attribute:
+            kwargs[name] = attribute[json_name]
+    if "community" in attribute:
+        kwargs["communities"] = [tuple(c) for c in attribute["community"]]
+    if "large-community" in attribute:
+        kwargs["large_communities"] = [tuple(c) for c in attribute["large-community"]]
+
+    def nlri(entry):
+        if isinstance(entry, str):
+            return entry, 0
+        info = entry.get("path-information")
+        return entry["nlri"], int(ipaddress.ip_address(info)) if info else 0
+
+    announced, withdrawn = [], []
+    for family, entries in body.get("withdraw", {}).items():
+        if family in ("ipv4 unicast", "ipv6 unicast"):
+            withdrawn += [NLRI(net(p), i) for p, i in map(nlri, entries)]
+    for family, by_next_hop in body.get("announce", {}).items():
+        if family not in ("ipv4 unicast", "ipv6 unicast"):
+            continue
+        usable = {nh: entries for nh, entries in by_next_hop.items() if nh != "null"}
+        if len(by_next_hop) == 1:  # every NLRI as it comes
+            for next_hop, entries in usable.items():
+                announced += [Path(p, next_hop, peer, i, **kwargs) for p, i in map(nlri, entries)]
+            continue
+        chosen: dict = {}  # one next hop per NLRI: a global one over a link-local one
+        for next_hop, entries in usable.items():
+            for p, i in map(nlri, entries):
+                key = (net(p), i)
+                if key not in chosen or (ip(chosen[key]).is_link_local and not ip(next_hop).is_link_local):
+                    chosen[key] = next_hop
+        announced += [Path(p, nh, peer, i, **kwargs) for (p, i), nh in chosen.items()]
+    if not announced and not withdrawn:
+        return None
+    return UpdateReceived(peer, tuple(announced), tuple(withdrawn))
+
+
+def announce_lines(*bodies: str) -> list[str]:
+    return [update(f'{{ "update": {b} }}') for b in bodies]
+
+
+CORPUS = [
+    FULL_V4, V6_TWO_NEXT_HOPS, V6_WITHDRAW, ADD_PATH, announce_v4("10.244.2.0/26", "10.244.3.0/26"),
+    *announce_lines(
+        # api.compact, announce and withdraw
+        '{ "attribute": { "origin": "igp", "local-preference": 100 }, "announce": { "ipv4 unicast": '
+        '{ "10.99.0.2": [ "10.244.2.0/26", "10.244.3.0/26", "10.244.4.5/32" ] } }, '
+        '"withdraw": { "ipv4 unicast": [ "10.244.8.0/26" ] } }',
+        # both families in one update, a withdrawal of what is announced beside it
+        '{ "attribute": { "origin": "incomplete", "med": 0 }, "announce": { "ipv4 unicast": { "10.99.0.2": '
+        '[ { "nlri": "10.244.2.0/26" } ] }, "ipv6 unicast": { "fd00:99::2": [ { "nlri": "fd00:244::40/122" } ] } }, '
+        '"withdraw": { "ipv4 unicast": [ { "nlri": "10.244.2.0/26" } ] } }',
+        # a family the RIB does not carry beside one it does
+        '{ "attribute": { "origin": "igp" }, "announce": { "ipv4 flow": { "no-nexthop": '
+        '[ { "destination-ipv4": [ "10.0.0.0/24" ] } ] }, "ipv6 unicast": { "fd00:99::2": '
+        '[ "fd00:244::/122" ] } } }',
+        # only a link-local next hop; no attributes at all
+        '{ "announce": { "ipv6 unicast": { "fe80::2": [ { "nlri": "fd00:244::/122" } ] } } }',
+        # the same prefix twice under one next hop, eBGP attributes, an empty AS_PATH segment list
+        '{ "attribute": { "origin": "egp", "as-path": { "0": { "element": "as-sequence", "value": [ 65001 ] } }, '
+        '"med": 7, "community": [ [ 65001, 1 ], [ 65001, 2 ] ] }, "announce": { "ipv4 unicast": { '
+        '"192.0.2.1": [ { "nlri": "10.244.2.0/26" }, { "nlri": "10.244.2.0/26" } ] } } }',
+        # ADD-PATH beside plain NLRIs, under two next hops
+        '{ "attribute": { "origin": "igp" }, "announce": { "ipv4 unicast": { "10.99.0.5": [ { "nlri": '
+        '"10.244.2.0/26", "path-information": "0.0.0.1" } ], "10.99.0.6": [ { "nlri": "10.244.2.0/26", '
+        '"path-information": "0.0.0.2" }, { "nlri": "10.244.3.0/26" } ] } } }',
+        # a null next hop beside a usable one
+        '{ "attribute": { "origin": "igp" }, "announce": { "ipv4 unicast": { "null": [ { "nlri": '
+        '"10.244.5.0/26" } ], "10.99.0.2": [ { "nlri": "10.244.6.0/26" } ] } } }',
+        # withdrawals only, ADD-PATH and plain
+        '{ "withdraw": { "ipv4 unicast": [ { "nlri": "10.244.2.0/26", "path-information": "0.0.0.3" }, '
+        '"10.244.3.0/26" ], "ipv6 unicast": [ "fd00:244::/122" ] } }',
+    ),
+]
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_the_decoder_agrees_with_the_plain_json_route(text):
+    got, want = parse(text), reference(text)
+    assert got == want
+    if got is not None:
+        assert [repr(p) for p in got.announced] == [repr(p) for p in want.announced]
+        assert [type(p.prefix) for p in got.announced] == [type(p.prefix) for p in want.announced]
+
+
+def test_the_paths_of_an_update_share_their_attributes_and_next_hop():
+    nlris = ", ".join(f'{{ "nlri": "10.244.{i}.0/26" }}' for i in range(50))
+    text = update(f'{{ "update": {{ "attribute": {{ "origin": "igp", "local-preference": 100, '
+                  f'"community": [ [ 64512, 1 ] ] }}, "announce": {{ "ipv4 unicast": {{ "10.99.0.2": [ {nlris} ] }} }} }} }}')
+    first, second = parse(text), parse(text.replace("10.244.", "10.245."))
+    paths = first.announced + second.announced
+    assert len(paths) == 100 and list(paths) == list(reference(text).announced) + list(
+        reference(text.replace("10.244.", "10.245.")).announced)
+    assert len({id(p.attributes) for p in paths}) == 1  # across UPDATEs as well
+    assert len({id(p.next_hop) for p in paths}) == 1
+
+
+def test_a_different_attribute_is_not_shared():
+    a = parse(announce_v4("10.244.2.0/26"))
+    b = parse(update('{ "update": { "attribute": { "origin": "igp", "local-preference": 200 }, "announce": '
+                     '{ "ipv4 unicast": { "10.99.0.2": [ { "nlri": "10.244.2.0/26" } ] } } } }'))
+    assert a.announced[0].local_pref == 100 and b.announced[0].local_pref == 200
+    assert a.announced[0] != b.announced[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{ "announce": { "ipv4 unicast": { "10.99.0.2": [ "10.244.2.1/26" ] } } }',  # host bits, compact
+        '{ "announce": { "ipv4 unicast": { "10.99.0.2": [ { "prefix": "10.244.2.0/26" } ] } } }',
+        '{ "announce": { "ipv4 unicast": { "10.99.0.2": [ [ "10.244.2.0/26" ] ] } } }',
+        '{ "announce": { "ipv4 unicast": { "10.99.0.2": [ 42 ] } } }',
+        '{ "announce": { "ipv4 unicast": { "10.99.0.2": [ "010.244.2.0/26" ] } } }',  # not canonical
+        '{ "announce": { "ipv4 unicast": { "10.99.0.2": [ { "nlri": "10.244.2.0/26", '
+        '"path-information": "one" } ] } } }',
+        '{ "withdraw": { "ipv4 unicast": [ { "prefix": "10.244.2.0/26" } ] } }',
+    ],
+)
+def test_shapes_the_decoder_does_not_know_are_malformed(body):
+    with pytest.raises(MalformedMessage):
+        parse(update(f'{{ "update": {body} }}'))
