@@ -24,6 +24,7 @@ kind that decides them changes.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import time
@@ -51,6 +52,18 @@ SESSION_KINDS = frozenset({"Node", "BGPPeer", "BGPConfiguration", "IPPool"})
 # A burst of changes (a node and its peers applied together) is taken as one.
 SETTLE_SECONDS = 0.02
 RETRY_SECONDS = 1.0
+
+
+# A FIB change this large (a full table learned or flushed) leaves megabytes the C allocator
+# keeps for later; they go back to the system (malloc_trim) rather than staying in the RSS.
+TRIM_AFTER_ROUTES = 10_000
+
+
+def _return_freed_memory() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str | None:
@@ -241,6 +254,9 @@ class BGPAgent:
         self.cluster_id, self.router_id = speaker.cluster_id, speaker.router_id
         self.sessions = peering.sessions_for(self.node, nodes, self.cache.values("BGPPeer"), configs)  # type: ignore[arg-type]
         self.peers.configure(self.sessions)
+        if self.feed is not None and self.feed.configured(
+                [s.peer_address for s in self.sessions], time.monotonic()):
+            self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends
         pools = [p.spec.cidr for p in self.cache.values("IPPool") if not p.spec.disabled]  # type: ignore[attr-defined]
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
         if self.rib is None:
@@ -317,6 +333,8 @@ class BGPAgent:
             except SpeakerError as err:
                 log.warning("reflecting routes: %s", err)
             await self.programmer.apply(changes)
+            if len(changes.added) + len(changes.changed) + len(changes.removed) >= TRIM_AFTER_ROUTES:
+                _return_freed_memory()
 
     async def _housekeeping(self) -> None:
         """Expire stale routes when their restart time is up, sweep adopted routes once every

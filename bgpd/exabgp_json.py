@@ -317,6 +317,9 @@ class RibFeed:
         # peer's graceful restart is keeping).
         self._established: set[Address] = set()
         self._we_restarted: set[Address] = set()
+        # Peers no longer configured whose session ExaBGP has not closed yet (a reload waits for
+        # its turn): what they still send is not taken.
+        self._removed: set[Address] = set()
 
     def peer(self, address: str | Address) -> Peer | None:
         return self._peers.get(as_address(address))
@@ -334,6 +337,18 @@ class RibFeed:
                 self._we_restarted.add(address)
         self._established.clear()
 
+    def configured(self, addresses: Collection[str], now: float) -> bool:
+        """The peers percale's configuration now names. A peer it no longer names loses its
+        paths at once, without waiting for ExaBGP's reload to end the session: removing a peer
+        is not a restart, so graceful restart keeps nothing. Returns whether any peer went."""
+        wanted = {as_address(a) for a in addresses}
+        self._removed -= wanted
+        gone = (set(self._peers) | self._established) - wanted - self._removed
+        for address in gone:
+            self._removed.add(address)
+            self.rib.peer_down(address, now, graceful=False)
+        return bool(gone)
+
     def feed(self, line: str, now: float) -> Event | None:
         """Parse one line and apply it; returns the event (None if the line was not one)."""
         event = parse(line, self._peers)
@@ -343,6 +358,8 @@ class RibFeed:
 
     def apply(self, event: Event, now: float) -> None:
         rib = self.rib
+        if isinstance(event, (UpdateReceived, EndOfRib)) and event.peer.address in self._removed:
+            return
         if isinstance(event, UpdateReceived):
             rib.update(event.peer, event.announced, event.withdrawn)
         elif isinstance(event, EndOfRib):

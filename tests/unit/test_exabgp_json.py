@@ -321,6 +321,28 @@ def test_feed_removes_routes_at_once_without_graceful_restart(capabilities, reas
     assert not feed.rib.fib
 
 
+def test_a_peer_no_longer_configured_loses_its_routes_before_its_session_ends():
+    """Removing a peer is not a restart: graceful restart keeps nothing, and what the peer still
+    sends before ExaBGP's reload closes the session is not taken."""
+    feed = make_feed()
+    session(feed)  # a peer offering graceful restart
+    feed.feed(announce_v4("10.244.2.0/26", "10.244.3.0/26"), 1.0)
+    assert not feed.configured(["10.99.0.2"], 2.0)
+    assert len(feed.rib.fib) == 2
+
+    assert feed.configured([], 3.0)
+    assert not feed.rib.fib
+    feed.feed(announce_v4("10.244.4.0/26"), 4.0)  # still on the wire
+    assert not feed.rib.fib
+    feed.feed(state("down", "closing connection"), 5.0)
+    assert not feed.rib.fib and feed.rib.next_expiry() is None
+
+    assert not feed.configured(["10.99.0.2"], 6.0)  # configured again: taken again
+    session(feed, now=7.0)
+    feed.feed(announce_v4("10.244.2.0/26"), 8.0)
+    assert set(feed.rib.fib) == {net("10.244.2.0/26")}
+
+
 def test_feed_restarted_peer_without_forwarding_state_loses_stale_routes_at_up():
     feed = make_feed()
     session(feed)
