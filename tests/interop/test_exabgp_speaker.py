@@ -39,6 +39,24 @@ def test_rendered_configuration_validates(tmp_path):
     assert text.count("listen 179;") == 4  # every session with a local address accepts connections
 
 
+async def speaker_with_gobgp(lab: Lab, events: list[dict]) -> tuple[ExaBGP, str]:
+    """percale's ExaBGP in the lab's node, its session with the lab's GoBGP Established; the
+    events it reports are appended to `events`. Returns the speaker and its configuration."""
+    speaker = ExaBGP(lab.workdir / "percale", lambda line: events.append(json.loads(line)),
+                     netns=lab.a)
+    neighbor = Neighbor("Global_10_99_0_3", 4, "10.99.0.3", 179, 64512, 64512, "10.99.0.1",
+                        passive=False)
+    config = speaker.render("10.99.0.1", [neighbor])
+    await speaker.start(config)
+    await speaker.wait_connected()
+    for _ in range(300):
+        if any(e.get("type") == "state" and e["neighbor"].get("state") == "up" for e in events):
+            return speaker, config
+        await asyncio.sleep(0.1)
+    await speaker.stop()
+    raise AssertionError(f"the session never came up: {events[-3:]}")
+
+
 def test_routes_flow_both_ways_with_gobgp():
     lab = Lab().up()
     events: list[dict] = []
@@ -46,19 +64,9 @@ def test_routes_flow_both_ways_with_gobgp():
         lab.gobgp([("10.99.0.1", 64512)])
 
         async def scenario():
-            speaker = ExaBGP(lab.workdir / "percale", lambda line: events.append(json.loads(line)),
-                             netns=lab.a)
-            neighbor = Neighbor("Global_10_99_0_3", 4, "10.99.0.3", 179, 64512, 64512, "10.99.0.1", passive=False)
-            await speaker.start(speaker.render("10.99.0.1", [neighbor]))
+            speaker, _ = await speaker_with_gobgp(lab, events)
             supervisor = asyncio.create_task(speaker.supervise())
             try:
-                await speaker.wait_connected()
-                for _ in range(300):
-                    if any(e.get("type") == "state" and e["neighbor"].get("state") == "up" for e in events):
-                        break
-                    await asyncio.sleep(0.1)
-                else:
-                    raise AssertionError(f"the session never came up: {events[-3:]}")
                 await speaker.send("announce route 10.244.1.0/26 next-hop self")
                 await speaker.send("announce eor ipv4 unicast")
                 with pytest.raises(SpeakerError):
@@ -106,20 +114,8 @@ def test_an_idle_exabgp_sleeps_and_still_serves_its_session():
         lab.gobgp([("10.99.0.1", 64512)])
 
         async def scenario():
-            speaker = ExaBGP(lab.workdir / "percale", lambda line: events.append(json.loads(line)),
-                             netns=lab.a)
-            neighbor = Neighbor("Global_10_99_0_3", 4, "10.99.0.3", 179, 64512, 64512, "10.99.0.1",
-                                passive=False)
-            config = speaker.render("10.99.0.1", [neighbor])
-            await speaker.start(config)
+            speaker, config = await speaker_with_gobgp(lab, events)
             try:
-                await speaker.wait_connected()
-                for _ in range(300):
-                    if any(e.get("type") == "state" and e["neighbor"].get("state") == "up" for e in events):
-                        break
-                    await asyncio.sleep(0.1)
-                else:
-                    raise AssertionError(f"the session never came up: {events[-3:]}")
                 cmdline = Path(f"/proc/{speaker.process.pid}/cmdline").read_bytes()
                 assert b"exabgp_pace.py" in cmdline, cmdline
                 await asyncio.sleep(1.5)
