@@ -92,10 +92,13 @@ class CNIHandlers:
         self.policy = policy
         self.host_mtu = host_mtu  # the underlay's, detected at start (or --mtu)
         self.workers = DataplaneWorkers()
+        # Deleting a veth pair waits out RCU grace periods in the kernel (~16 ms each, one at a
+        # time): a thread of its own, so no ADD or DEL queues behind a burst of them.
+        self.teardowns = DataplaneWorkers(count=1)
         self._background: set[asyncio.Future] = set()
 
     async def start(self) -> None:
-        await self.workers.start()
+        await asyncio.gather(self.workers.start(), self.teardowns.start())
 
     async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
         try:
@@ -117,6 +120,7 @@ class CNIHandlers:
 
     def close(self) -> None:
         self.workers.close()
+        self.teardowns.close()
 
     async def handle(self, request: Any) -> tuple[int, str]:
         """(CNI code, stdout) for one request (cni-plugin/PROTOCOL.md). Bad input and failures
@@ -315,7 +319,7 @@ class CNIHandlers:
         await asyncio.gather(forget_endpoint(), unwire_then_release())
         # Deleting the veth pair is slow in the kernel and nothing waits on it any more: the
         # pod is cut off, and the runtime deletes its namespace (and with it the pair) next.
-        self._in_background(self.workers.run(pod_network.tear_down, pod.netns, pod.ifname))
+        self._in_background(self.teardowns.run(pod_network.tear_down, pod.netns, pod.ifname))
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)

@@ -68,21 +68,26 @@ class PolicyAgent:
         cache.subscribe(self._changed)
 
     def _changed(self, change: Change) -> None:
-        if change.kind in POLICY_KINDS:
-            self._due.set()
         ours = self._written.get(change.key)
         if ours is not None and any(pair is not None and pair.revision == ours.revision
                                     for pair in (change.new, change.old)):
             del self._written[change.key]  # the view has it (or has seen it go)
+            if change.new is not None and change.new.revision == ours.revision:
+                return  # this agent's own write coming back: programmed from it already
+        if change.kind in POLICY_KINDS:
+            self._due.set()
 
     def endpoint_written(self, pair: KVPair) -> None:
         """The CNI side wrote this endpoint, or is about to (revision NOT_STORED): program it
         now, not when the watch says so."""
+        announced = self._written.get(pair.key)
         current = self.cache.get(pair.key)
         if current is not None and current.revision == pair.revision:
             self._written.pop(pair.key, None)  # the watch was faster
         else:
             self._written[pair.key] = pair
+        if announced is not None and announced.revision == NOT_STORED != pair.revision:
+            return  # the announced endpoint, now stored: its chains hold as compiled
         self._due.set()
 
     def endpoint_dropped(self, key: Key) -> None:

@@ -98,3 +98,22 @@ async def test_a_stored_endpoint_follows_the_datastore_once_written(world):
     assert agent.desired() is not None
     labels = [e for e in agent._converted.values() if e[2].interface == "pcl000000000003"][0][2].labels
     assert labels == {"app": "db"}
+
+
+async def test_an_add_compiles_the_ruleset_once_not_again_for_its_own_write(world):
+    """The CNI side's endpoint is compiled when announced; its stored revision and the watch
+    bringing that revision back change nothing the table holds, so neither compiles again."""
+    memory, cache, agent, table = world
+    value = endpoint("web", "pcl000000000004")
+    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000004", timeout=2)
+    compiled = len(table.history)
+    written = await memory.create(value)
+    agent.endpoint_written(written)
+    for _ in range(200):
+        if cache.get(written.key) is not None:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    assert len(table.history) == compiled
+    assert agent._written == {}
