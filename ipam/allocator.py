@@ -120,6 +120,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+MAX_HANDLES_PER_TXN = 100
+
+
 @dataclass
 class _Handle:
     """One request's handle, as far as it knows it: `stored` is its last value seen (None:
@@ -744,9 +747,12 @@ class IPAM:
             block_write = (Delete(key, current.revision) if drop else
                            Update(current.value.model_copy(update={"spec": outcome.spec}),
                                   current.revision))
-            if write_together is not None:
+            # etcd takes at most 128 operations in a transaction: a release touching more handles
+            # than that (a large block, a GC sweep) takes the two-step path.
+            together = write_together if len(outcome.by_handle) < MAX_HANDLES_PER_TXN else None
+            if together is not None:
                 written, current = await self._release_with_handles(
-                    write_together, block_write, current, cidr, outcome.by_handle, handles)
+                    together, block_write, current, cidr, outcome.by_handle, handles)
                 if not written:
                     continue
             else:
@@ -764,7 +770,7 @@ class IPAM:
                     continue
             if drop and spec.affinity_node:
                 await self._delete_quietly(Key("BlockAffinity", affinity_name(spec.affinity_node, cidr)))
-            if write_together is None:
+            if together is None:
                 for handle_id, count in outcome.by_handle.items():
                     await self._add_to_handle(handle_id, cidr, -count)
             return result

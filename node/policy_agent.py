@@ -112,7 +112,10 @@ class PolicyAgent:
         for key, pair in known.items():
             labels = namespace_labels.get(key.namespace or "default")
             was = self._converted.get(key)
-            if was is not None and was[0] == pair.revision and was[1] == labels:
+            # An announced endpoint (NOT_STORED) is converted each time: a retried ADD may
+            # announce other values under the same key and the same (non-)revision.
+            if (was is not None and was[0] == pair.revision != NOT_STORED
+                    and was[1] == labels):
                 converted[key] = was
             else:
                 converted[key] = (pair.revision, labels,
