@@ -416,6 +416,9 @@ class FIB:
         except BaseException:
             for _ in plan:  # the rest of the desired state, for the next reconcile to program
                 pass
+            # Draining the plan took its deletes out of what we believe the kernel holds, and
+            # they were never sent: read the kernel again before trusting that belief.
+            self._stale = True
             raise
         return outcome
 
