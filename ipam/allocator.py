@@ -234,6 +234,12 @@ class IPAM:
         async with self._locks[node]:
             config, pools, labels = await asyncio.gather(
                 self.get_config(), self.pools(), self._node_labels(node))
+            if self.authority is not self.store and any(
+                    num > 0 and not usable(pools, version, labels, use)
+                    for version, num in ((4, num4), (6, num6))):
+                # The view may lag a pool created a moment ago (a pod's ADD right after it):
+                # ask the store itself before answering that there is none.
+                pools = [kv.value for kv in (await self.authority.list("IPPool")).items]
             got: list[Interface] = []
             try:
                 for version, num, requested in ((4, num4, ipv4_pools), (6, num6, ipv6_pools)):

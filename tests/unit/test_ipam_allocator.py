@@ -496,3 +496,23 @@ async def test_a_view_behind_a_released_block_does_not_bring_the_block_back(stor
         await assert_consistent(store)
     finally:
         following.cancel()
+
+
+async def test_a_view_behind_a_new_pool_does_not_refuse_the_pod():
+    """A pod's ADD right after its pool was created: the agent's view has not seen the pool yet,
+    the store has. The allocator asks the store before answering that there is no pool."""
+    memory = MemoryDatastore()
+    cache = Cache(memory, ["IPPool", "IPAMBlock", "BlockAffinity", "IPAMConfig", "Node"])
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        following.cancel()  # the view stops here: it will not see the pool
+        await asyncio.gather(following, return_exceptions=True)
+        await add_pool(memory, "p", "10.0.0.0/24", blockSize=28)
+        view = CachedDatastore(memory, cache)
+        assert (await view.list("IPPool")).items == []
+        got = await IPAM(view, authority=memory).auto_assign("node1", handle_id="h1", num4=1)
+        [address] = got.ipv4
+        assert address.ip in ipaddress.ip_network("10.0.0.0/24")
+    finally:
+        following.cancel()
