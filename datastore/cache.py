@@ -374,10 +374,13 @@ class CachedDatastore:
             elif value is _ASK:
                 self.reads_from_store += 1
                 return await self.store.list(kind, namespace, node=node)
-        items = [kv for key, kv in sorted(found.items())
-                 if (namespace is None or key.namespace == namespace)
-                 and (node is None or kind not in NODE_SCOPED_KINDS or node_of(key) == node)]
-        return ListResult(items, self.cache.revision(kind))
+        # Select, then sort what is left: an allocation lists one node's affinities out of
+        # every node's, and comparing Keys is slow enough to show in an allocation's cost.
+        chosen = [(key, kv) for key, kv in found.items()
+                  if (namespace is None or key.namespace == namespace)
+                  and (node is None or kind not in NODE_SCOPED_KINDS or node_of(key) == node)]
+        chosen.sort(key=_by_name)
+        return ListResult([kv for _, kv in chosen], self.cache.revision(kind))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -448,6 +451,11 @@ class CachedDatastore:
 
     async def close(self) -> None:
         """The store belongs to whoever made it; closing this view closes nothing."""
+
+
+def _by_name(item: tuple[Key, KVPair]) -> tuple[str, str]:
+    """The order Keys of one kind sort in (by name, then namespace), without comparing Keys."""
+    return item[0].name, item[0].namespace or ""
 
 
 @asynccontextmanager

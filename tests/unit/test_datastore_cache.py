@@ -197,3 +197,28 @@ async def test_before_its_first_list_the_view_sends_reads_to_the_store():
     view = CachedDatastore(memory, cache)
     assert [kv.key.name for kv in (await view.list("IPPool")).items] == ["pods"]
     assert view.reads_from_store == 1
+
+
+async def test_the_view_lists_in_the_stores_order_and_narrows_to_a_node():
+    memory = MemoryDatastore()
+    for name, cidr in [("c", "10.3.0.0/16"), ("a", "10.1.0.0/16"), ("b", "10.2.0.0/16")]:
+        await memory.create(pool(name, cidr))
+    for node, cidr in [("node-1", "10.9.0.64/26"), ("node-10", "10.9.1.0/26"),
+                       ("node-1", "10.9.0.0/26"), ("node-2", "10.9.2.0/26")]:
+        await memory.create(affinity(node, cidr))
+    cache = Cache(memory, ["IPPool", "BlockAffinity"])
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        view = CachedDatastore(memory, cache)
+        # An overlaid write of this process joins the list in its place.
+        await view.create(pool("b2", "10.4.0.0/16"))
+        for kind, node in [("IPPool", None), ("BlockAffinity", None), ("BlockAffinity", "node-1"),
+                           ("BlockAffinity", "node-10")]:
+            want = [kv.key for kv in (await memory.list(kind, node=node)).items]
+            assert [kv.key for kv in (await view.list(kind, node=node)).items] == want
+        assert [kv.value.spec.cidr for kv in (await view.list("BlockAffinity", node="node-1")).items] == [
+            "10.9.0.0/26", "10.9.0.64/26"]
+        assert view.reads_from_store == 0
+    finally:
+        task.cancel()
