@@ -338,3 +338,8 @@ def test_every_refusal_is_reported_across_batches(ns, fib):
     assert counts(answer) == (6000 - len(bad), 0, 0)
     assert set(answer["outcome"]["failed"]) == bad and len(bad) == 14
     assert len(table(ns)) == 6000 - len(bad)
+    # The same plan's size the other way: every batch of deletes goes through the sender thread
+    # in order, and each route's outcome is still counted.
+    gone = fib.call("apply", changes={p: None for p in prefixes})
+    assert counts(gone) == (0, 0, 6000 - len(bad)) and gone["outcome"]["failed"] == {}
+    assert table(ns) == {}
