@@ -51,6 +51,8 @@ log = logging.getLogger("percale.bgpd")
 SESSION_KINDS = frozenset({"Node", "BGPPeer", "BGPConfiguration", "IPPool"})
 # A burst of changes (a node and its peers applied together) is taken as one.
 SETTLE_SECONDS = 0.02
+# The Cease subcode (RFC 4486) of a session percale restarts on purpose.
+CEASE_ADMINISTRATIVE_RESET = 4
 RETRY_SECONDS = 1.0
 
 
@@ -281,8 +283,22 @@ class BGPAgent:
             await self.speaker.reload(config)
         self._config = config
         await self.speaker.wait_connected()
+        await self._restart_revived()
         self.synced = True
         self._announce_due.set()
+
+    async def _restart_revived(self) -> None:
+        """Restart each session that outlived its peer's removal (RibFeed.to_restart): the
+        peer sent its routes once on it, and they were dropped. A Cease NOTIFICATION with
+        "Administrative Reset" (RFC 4486) ends it, ExaBGP connects again, and the peer sends
+        everything anew."""
+        if self.feed is None:
+            return
+        for address in sorted(self.feed.to_restart, key=str):
+            log.info("restarting the session with %s: it was configured again before it ended",
+                     address)
+            await self.speaker.send(f"neighbor {address} teardown {CEASE_ADMINISTRATIVE_RESET}")
+            self.feed.to_restart.discard(address)
 
     async def _announce(self) -> None:
         if self._config is None:

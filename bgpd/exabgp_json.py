@@ -320,6 +320,11 @@ class RibFeed:
         # Peers no longer configured whose session ExaBGP has not closed yet (a reload waits for
         # its turn): what they still send is not taken.
         self._removed: set[Address] = set()
+        # Peers configured again while the session they were removed on is still up (ExaBGP's
+        # reload that should have closed it never happened, or the peer came back within it).
+        # Their paths were dropped and the peer will not send them again on that session: the
+        # caller restarts it (and takes the address out of this set when it has).
+        self.to_restart: set[Address] = set()
 
     def peer(self, address: str | Address) -> Peer | None:
         return self._peers.get(as_address(address))
@@ -340,8 +345,10 @@ class RibFeed:
     def configured(self, addresses: Collection[str], now: float) -> bool:
         """The peers percale's configuration now names. A peer it no longer names loses its
         paths at once, without waiting for ExaBGP's reload to end the session: removing a peer
-        is not a restart, so graceful restart keeps nothing. Returns whether any peer went."""
+        is not a restart, so graceful restart keeps nothing. Returns whether any peer went.
+        A peer named again before its session ended is put in `to_restart`."""
         wanted = {as_address(a) for a in addresses}
+        self.to_restart |= wanted & self._removed & self._established
         self._removed -= wanted
         gone = (set(self._peers) | self._established) - wanted - self._removed
         for address in gone:

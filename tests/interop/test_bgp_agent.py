@@ -4,16 +4,21 @@ blocks announced as IPAM claims them and withdrawn as it gives them up."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
+import signal
 import subprocess
 import time
 
 import pytest
 
+from percale.bgpd import speaker as exabgp_speaker
 from percale.bgpd.agent import BGPAgent
 from percale.datastore.cache import Cache
 from percale.datastore.etcd import EtcdDatastore
 from percale.ipam.allocator import IPAM
 from percale.api import parse
+from percale.datastore import Key
 from tests.helpers.bgp_lab import Lab
 from tests.helpers.ipam_world import add_pool
 
@@ -60,6 +65,63 @@ def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
                 while block in lab.gobgp_rib() and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 assert block not in lab.gobgp_rib()
+            finally:
+                running.cancel()
+                following.cancel()
+                await asyncio.gather(running, following, return_exceptions=True)
+                await store.close()
+
+        asyncio.run(scenario())
+    finally:
+        lab.down()
+
+
+def test_a_peer_configured_again_before_its_session_ended_sends_its_routes_again(etcd, monkeypatch):
+    """A BGPPeer deleted and created again while ExaBGP never performed the reload that would
+    have ended the session (here: ExaBGP stopped meanwhile). Its routes were dropped when it
+    went; on a session that stays up the peer would never send them again, so the agent
+    restarts that session and learns them anew."""
+    monkeypatch.setattr(exabgp_speaker, "RELOAD_ATTEMPTS", 1)  # give up on a stopped ExaBGP soon
+    route = ipaddress.ip_network("10.244.99.0/26")
+    lab = Lab().up()
+    try:
+        lab.gobgp([("10.99.0.1", 64512)])
+        lab.exec(lab.b, "gobgp", "global", "rib", "add", str(route), "-a", "ipv4")
+        peer = resource("BGPPeer", "gobgp", {"peerIP": "10.99.0.3", "asNumber": 64512})
+
+        async def until(condition, seconds: float, what: str) -> None:
+            deadline = time.monotonic() + seconds
+            while not condition():
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.05)
+
+        async def scenario():
+            store = EtcdDatastore([etcd.endpoint])
+            await add_pool(store, "pods", "10.244.0.0/16")
+            await store.create(resource("Node", "node-a", {"bgp": {"ipv4Address": "10.99.0.1/24"}}))
+            await store.create(peer)
+            cache = Cache(store, node="node-a")
+            agent = BGPAgent(cache, "node-a", lab.workdir / "percale", netns=lab.a)
+            following = asyncio.create_task(cache.run())
+            running = asyncio.create_task(agent.run())
+
+            def learned() -> bool:
+                return agent.rib is not None and route in agent.rib.fib
+
+            try:
+                await until(learned, 30, "GoBGP's route was never learned")
+                exabgp = agent.speaker.process.pid
+                os.kill(exabgp, signal.SIGSTOP)
+                try:
+                    await store.delete(Key("BGPPeer", "gobgp"))
+                    await until(lambda: not learned(), 10, "the removed peer's route stayed")
+                    await store.create(peer)
+                    # The file ExaBGP will read when it runs again names the peer once more.
+                    await until(lambda: "10.99.0.3" in agent.speaker.config_path.read_text(), 20,
+                                "the peer never came back into ExaBGP's configuration")
+                finally:
+                    os.kill(exabgp, signal.SIGCONT)
+                await until(learned, 20, "the route of the peer configured again never came back")
             finally:
                 running.cancel()
                 following.cancel()

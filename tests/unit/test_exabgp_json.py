@@ -524,3 +524,23 @@ def test_a_different_attribute_is_not_shared():
 def test_shapes_the_decoder_does_not_know_are_malformed(body):
     with pytest.raises(MalformedMessage):
         parse(update(f'{{ "update": {body} }}'))
+
+
+def test_a_peer_configured_again_before_its_session_ended_is_to_be_restarted():
+    """Its paths were dropped when it went, and on a session that never ended it will not send
+    them again: the agent has to restart that session (bgpd/agent.py)."""
+    feed = make_feed()
+    session(feed)
+    feed.feed(announce_v4("10.244.2.0/26"), 1.0)
+    assert feed.configured([], 2.0) and not feed.rib.fib
+    assert not feed.configured(["10.99.0.2"], 3.0)  # back, and ExaBGP never said `down`
+    assert feed.to_restart == {ipaddress.ip_address("10.99.0.2")}
+    feed.feed(announce_v4("10.244.3.0/26"), 4.0)  # the session's updates count again
+    assert set(feed.rib.fib) == {net("10.244.3.0/26")}
+
+    # A peer whose session did end on its removal starts afresh: nothing to restart.
+    other = make_feed()
+    session(other)
+    assert other.configured([], 2.0)
+    other.feed(state("down", "closing connection"), 3.0)
+    assert not other.configured(["10.99.0.2"], 4.0) and other.to_restart == set()
