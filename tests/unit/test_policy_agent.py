@@ -117,3 +117,21 @@ async def test_an_add_compiles_the_ruleset_once_not_again_for_its_own_write(worl
     await asyncio.sleep(0.05)
     assert len(table.history) == compiled
     assert agent._written == {}
+
+
+@pytest.mark.parametrize("dropped_between", [False, True])
+async def test_an_endpoint_announced_again_is_programmed_with_its_new_values(world, dropped_between):
+    """A retried ADD announces its endpoint again under the same key and the same (non-)
+    revision, with other values (here its interface): those are what gets programmed, whether
+    or not the failed attempt's endpoint was given up in between."""
+    memory, cache, agent, table = world
+    first = endpoint("web", "pcl000000000007")
+    agent.endpoint_written(KVPair(Key.of(first), first, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000007", timeout=2)
+    again = endpoint("web", "pcl000000000008")
+    if dropped_between:
+        agent.endpoint_dropped(Key.of(first))
+    agent.endpoint_written(KVPair(Key.of(again), again, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000008", timeout=2)
+    assert "pcl000000000008" in table.applied.from_endpoint
+    assert "pcl000000000007" not in table.applied.from_endpoint
