@@ -33,6 +33,11 @@ RETRY_SECONDS = 1.0
 # The revision of an endpoint the CNI side announced before its write came back: its chains are
 # compiled while the datastore stores it (node/cni_handlers.py).
 NOT_STORED = ""
+# How long a stored endpoint this agent wrote outranks the view while the watch has not brought
+# that revision back. The watch normally does within milliseconds; a view that lists again
+# after compaction may skip the revision (it jumps to a later one, a relabel for instance), and
+# then the view is current and must win.
+TRUST_WRITTEN_SECONDS = 10.0
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
 
@@ -51,15 +56,18 @@ def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
 
 class PolicyAgent:
     def __init__(self, cache: Cache, node: str, table: PolicyTable | None = None,
-                 reconcile_seconds: float = RECONCILE_SECONDS):
+                 reconcile_seconds: float = RECONCILE_SECONDS,
+                 trust_written_seconds: float = TRUST_WRITTEN_SECONDS):
         self.cache, self.node = cache, node
         self.reconcile_seconds = reconcile_seconds
+        self.trust_written_seconds = trust_written_seconds
         self.table = table or PolicyTable()
         self._due = asyncio.Event()
         self._programmed: set[str] = set()
         # Endpoints this agent's CNI side just wrote, until the watch brings them: a pod's chains
         # need not wait for the round trip through the datastore.
         self._written: dict[Key, KVPair] = {}
+        self._written_at: dict[Key, float] = {}  # when each stored one was handed over
         self._waiters: dict[str, list[asyncio.Future]] = {}
         # Each endpoint as the compiler sees it, by key: (revision, its namespace's labels,
         # PolicyEndpoint), so a compilation converts only what changed.
@@ -71,7 +79,7 @@ class PolicyAgent:
         ours = self._written.get(change.key)
         if ours is not None and any(pair is not None and pair.revision == ours.revision
                                     for pair in (change.new, change.old)):
-            del self._written[change.key]  # the view has it (or has seen it go)
+            self._forget_written(change.key)  # the view has it (or has seen it go)
             if change.new is not None and change.new.revision == ours.revision:
                 return  # this agent's own write coming back: programmed from it already
         if change.kind in POLICY_KINDS:
@@ -83,9 +91,13 @@ class PolicyAgent:
         announced = self._written.get(pair.key)
         current = self.cache.get(pair.key)
         if current is not None and current.revision == pair.revision:
-            self._written.pop(pair.key, None)  # the watch was faster
+            self._forget_written(pair.key)  # the watch was faster
         else:
             self._written[pair.key] = pair
+            if pair.revision != NOT_STORED:
+                self._written_at[pair.key] = time.monotonic()
+                # a look once the trust has run out, should nothing else happen meanwhile
+                asyncio.get_running_loop().call_later(self.trust_written_seconds, self._due.set)
         if announced is not None and announced.revision == NOT_STORED != pair.revision:
             return  # the announced endpoint, now stored: its chains hold as compiled
         self._due.set()
@@ -97,6 +109,19 @@ class PolicyAgent:
             del self._written[key]
             self._due.set()
 
+    def _forget_written(self, key: Key) -> None:
+        self._written.pop(key, None)
+        self._written_at.pop(key, None)
+
+    def _expire_written(self) -> None:
+        """Stored endpoints the watch has not confirmed within the trust: the view wins."""
+        now = time.monotonic()
+        for key, since in list(self._written_at.items()):
+            if now - since >= self.trust_written_seconds:
+                log.info("the view never showed endpoint %s at the revision written; "
+                         "following the view", key.name)
+                self._forget_written(key)
+
     def desired(self) -> Ruleset:
         profiles: dict[str, Profile] = {}
         namespace_labels: dict[str, dict[str, str]] = {}
@@ -107,6 +132,7 @@ class PolicyAgent:
                 profiles[namespace] = profile
                 namespace_labels[namespace] = {NAMESPACE_LABEL: namespace,
                                                **profile.spec.labels_to_apply}
+        self._expire_written()
         known = {**self.cache.items("WorkloadEndpoint"), **self._written}
         converted: dict[Key, tuple[str | None, dict[str, str] | None, PolicyEndpoint]] = {}
         for key, pair in known.items():

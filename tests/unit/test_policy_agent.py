@@ -135,3 +135,33 @@ async def test_an_endpoint_announced_again_is_programmed_with_its_new_values(wor
     assert await agent.wait_programmed("pcl000000000008", timeout=2)
     assert "pcl000000000008" in table.applied.from_endpoint
     assert "pcl000000000007" not in table.applied.from_endpoint
+
+
+async def test_a_written_endpoint_the_view_skips_past_gives_way_to_the_view():
+    """The view may never show the revision the CNI side wrote (it listed again after
+    compaction and jumped to a later one: a relabel). Once the trust in its own write runs out,
+    the agent follows the view."""
+    memory = MemoryDatastore()
+    cache = Cache(memory, POLICY_KINDS, node="node1")
+    table = RecordingTable()
+    agent = PolicyAgent(cache, "node1", table=table, trust_written_seconds=0.3)
+    tasks = [asyncio.create_task(cache.run()), asyncio.create_task(agent.run())]
+    try:
+        await cache.wait_synced()
+        stored = await memory.create(endpoint("web", "pcl000000000009", {"app": "web"}))
+        # What the CNI side hands over: a revision this view is never told of.
+        agent.endpoint_written(KVPair(stored.key, stored.value, "a revision the watch skipped"))
+        relabelled = await memory.update(endpoint("web", "pcl000000000009", {"app": "db"}),
+                                         revision=stored.revision)
+        labels = None
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            current = cache.get(stored.key)
+            entry = agent._converted.get(stored.key)
+            labels = entry[2].labels if entry else None
+            if current is not None and current.revision == relabelled.revision and labels == {"app": "db"}:
+                break
+        assert labels == {"app": "db"} and agent._written == {}
+    finally:
+        for task in tasks:
+            task.cancel()
