@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -30,21 +31,37 @@ def resource(kind: str, name: str, spec: dict, **meta) -> object:
                   "metadata": {"name": name, **meta}, "spec": spec})
 
 
+PEER = {"peerIP": "10.99.0.3", "asNumber": 64512}
+
+
+@asynccontextmanager
+async def agent_of_node_a(lab: Lab, endpoint: str):
+    """node-a (10.99.0.1) with pool 10.244.0.0/16 and a BGPPeer for GoBGP in the datastore, and
+    its BGP agent running in the lab's namespace: (store, agent), both stopped at the end."""
+    store = EtcdDatastore([endpoint])
+    await add_pool(store, "pods", "10.244.0.0/16")
+    await store.create(resource("Node", "node-a", {"bgp": {"ipv4Address": "10.99.0.1/24"}}))
+    await store.create(resource("BGPPeer", "gobgp", PEER))
+    cache = Cache(store, node="node-a")
+    agent = BGPAgent(cache, "node-a", lab.workdir / "percale", netns=lab.a)
+    following = asyncio.create_task(cache.run())
+    running = asyncio.create_task(agent.run())
+    try:
+        yield store, agent
+    finally:
+        running.cancel()
+        following.cancel()
+        await asyncio.gather(running, following, return_exceptions=True)
+        await store.close()
+
+
 def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
     lab = Lab().up()
     try:
         lab.gobgp([("10.99.0.1", 64512)])
 
         async def scenario():
-            store = EtcdDatastore([etcd.endpoint])
-            await add_pool(store, "pods", "10.244.0.0/16")
-            await store.create(resource("Node", "node-a", {"bgp": {"ipv4Address": "10.99.0.1/24"}}))
-            await store.create(resource("BGPPeer", "gobgp", {"peerIP": "10.99.0.3", "asNumber": 64512}))
-            cache = Cache(store, node="node-a")
-            agent = BGPAgent(cache, "node-a", lab.workdir / "percale", netns=lab.a)
-            following = asyncio.create_task(cache.run())
-            running = asyncio.create_task(agent.run())
-            try:
+            async with agent_of_node_a(lab, etcd.endpoint) as (store, _):
                 deadline = time.monotonic() + 30
                 while not lab_peer_up(lab) and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
@@ -65,11 +82,6 @@ def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
                 while block in lab.gobgp_rib() and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 assert block not in lab.gobgp_rib()
-            finally:
-                running.cancel()
-                following.cancel()
-                await asyncio.gather(running, following, return_exceptions=True)
-                await store.close()
 
         asyncio.run(scenario())
     finally:
@@ -87,7 +99,6 @@ def test_a_peer_configured_again_before_its_session_ended_sends_its_routes_again
     try:
         lab.gobgp([("10.99.0.1", 64512)])
         lab.exec(lab.b, "gobgp", "global", "rib", "add", str(route), "-a", "ipv4")
-        peer = resource("BGPPeer", "gobgp", {"peerIP": "10.99.0.3", "asNumber": 64512})
 
         async def until(condition, seconds: float, what: str) -> None:
             deadline = time.monotonic() + seconds
@@ -96,37 +107,23 @@ def test_a_peer_configured_again_before_its_session_ended_sends_its_routes_again
                 await asyncio.sleep(0.05)
 
         async def scenario():
-            store = EtcdDatastore([etcd.endpoint])
-            await add_pool(store, "pods", "10.244.0.0/16")
-            await store.create(resource("Node", "node-a", {"bgp": {"ipv4Address": "10.99.0.1/24"}}))
-            await store.create(peer)
-            cache = Cache(store, node="node-a")
-            agent = BGPAgent(cache, "node-a", lab.workdir / "percale", netns=lab.a)
-            following = asyncio.create_task(cache.run())
-            running = asyncio.create_task(agent.run())
+            async with agent_of_node_a(lab, etcd.endpoint) as (store, agent):
+                def learned() -> bool:
+                    return agent.rib is not None and route in agent.rib.fib
 
-            def learned() -> bool:
-                return agent.rib is not None and route in agent.rib.fib
-
-            try:
                 await until(learned, 30, "GoBGP's route was never learned")
                 exabgp = agent.speaker.process.pid
                 os.kill(exabgp, signal.SIGSTOP)
                 try:
                     await store.delete(Key("BGPPeer", "gobgp"))
                     await until(lambda: not learned(), 10, "the removed peer's route stayed")
-                    await store.create(peer)
+                    await store.create(resource("BGPPeer", "gobgp", PEER))
                     # The file ExaBGP will read when it runs again names the peer once more.
                     await until(lambda: "10.99.0.3" in agent.speaker.config_path.read_text(), 20,
                                 "the peer never came back into ExaBGP's configuration")
                 finally:
                     os.kill(exabgp, signal.SIGCONT)
                 await until(learned, 20, "the route of the peer configured again never came back")
-            finally:
-                running.cancel()
-                following.cancel()
-                await asyncio.gather(running, following, return_exceptions=True)
-                await store.close()
 
         asyncio.run(scenario())
     finally:
