@@ -94,10 +94,14 @@ class PolicyAgent:
             self._forget_written(pair.key)  # the watch was faster
         else:
             self._written[pair.key] = pair
-            if pair.revision != NOT_STORED:
+            if pair.revision == NOT_STORED:
+                self._written_at.pop(pair.key, None)  # announced anew: no stored write to doubt
+            else:
                 self._written_at[pair.key] = time.monotonic()
-                # a look once the trust has run out, should nothing else happen meanwhile
-                asyncio.get_running_loop().call_later(self.trust_written_seconds, self._due.set)
+                # A look once the trust has run out, only if the watch has not confirmed the
+                # write by then: an ADD confirmed as usual costs no second compilation.
+                asyncio.get_running_loop().call_later(
+                    self.trust_written_seconds, self._unconfirmed_after_trust, pair.key)
         if announced is not None and announced.revision == NOT_STORED != pair.revision:
             return  # the announced endpoint, now stored: its chains hold as compiled
         self._due.set()
@@ -107,6 +111,10 @@ class PolicyAgent:
         pair = self._written.get(key)
         if pair is not None and pair.revision == NOT_STORED:
             del self._written[key]
+            self._due.set()
+
+    def _unconfirmed_after_trust(self, key: Key) -> None:
+        if key in self._written_at:
             self._due.set()
 
     def _forget_written(self, key: Key) -> None:

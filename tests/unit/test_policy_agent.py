@@ -165,3 +165,27 @@ async def test_a_written_endpoint_the_view_skips_past_gives_way_to_the_view():
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def test_a_confirmed_write_costs_no_compilation_when_its_trust_runs_out():
+    memory = MemoryDatastore()
+    cache = Cache(memory, POLICY_KINDS, node="node1")
+    table = RecordingTable()
+    agent = PolicyAgent(cache, "node1", table=table, trust_written_seconds=0.2)
+    tasks = [asyncio.create_task(cache.run()), asyncio.create_task(agent.run())]
+    try:
+        await cache.wait_synced()
+        value = endpoint("web", "pcl000000000010")
+        agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
+        assert await agent.wait_programmed("pcl000000000010", timeout=2)
+        agent.endpoint_written(await memory.create(value))
+        for _ in range(200):
+            if agent._written == {}:
+                break
+            await asyncio.sleep(0.005)
+        compiled = len(table.history)
+        await asyncio.sleep(0.4)  # past the trust
+        assert agent._written == {} and len(table.history) == compiled
+    finally:
+        for task in tasks:
+            task.cancel()
