@@ -154,8 +154,9 @@ class Cache:
         delay = self.retry_delay
         while True:
             try:
+                # A deletion's last value is the one the view holds: etcd need not send it.
                 async for event in self.store.watch(kind, revision=self._revisions[kind],
-                                                    node=self._scope(kind)):
+                                                    node=self._scope(kind), deleted_values=False):
                     self._apply(event)
                     delay = self.retry_delay
             except RevisionCompacted:
@@ -443,8 +444,9 @@ class CachedDatastore:
         return done
 
     def watch(self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-              node: str | None = None) -> AsyncIterator[WatchEvent]:
-        return self.store.watch(kind, revision=revision, namespace=namespace, node=node)
+              node: str | None = None, deleted_values: bool = True) -> AsyncIterator[WatchEvent]:
+        return self.store.watch(kind, revision=revision, namespace=namespace, node=node,
+                                deleted_values=deleted_values)
 
     async def compact(self, revision: str) -> None:
         await self.store.compact(revision)

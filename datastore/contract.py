@@ -155,12 +155,16 @@ class Datastore(Protocol):
 
     def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None,
+        node: str | None = None, deleted_values: bool = True,
     ) -> AsyncIterator[WatchEvent]:
         """Changes to a kind, in revision order, strictly after `revision` (from now if None);
         `node` narrows a node-scoped kind to one node's objects, as for list. Raises
         RevisionCompacted when that history is gone, DatastoreUnavailable when the connection
-        breaks: resume by watching again from the last event's revision."""
+        breaks: resume by watching again from the last event's revision.
+
+        `deleted_values=False`: a watcher that keeps its own copy of every object (the Cache)
+        does not need DELETED events to carry the last value, and a backend may leave it out
+        (etcd then skips reading the previous revision for every event and every watcher)."""
 
     async def compact(self, revision: str) -> None:
         """Forget history at and before `revision`; watches from there raise RevisionCompacted."""

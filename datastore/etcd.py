@@ -166,12 +166,13 @@ class EtcdDatastore:
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None,
+        node: str | None = None, deleted_values: bool = True,
     ) -> AsyncIterator[WatchEvent]:
         prefix = layout.prefix(kind, namespace, node=node).encode()
         if revision is None:
             revision = str((await self.client.range(prefix)).header.revision)
-        async for response in self.client.watch(prefix, after=int(revision)):
+        async for response in self.client.watch(prefix, after=int(revision),
+                                                 previous=deleted_values):
             for event in response.events:
                 key = layout.key(kind, event.kv.key.decode())
                 rev = str(event.kv.mod_revision)

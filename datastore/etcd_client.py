@@ -198,8 +198,12 @@ class EtcdClient:
             if "compacted" not in str(err):
                 raise
 
-    async def watch(self, prefix: bytes, *, after: int) -> AsyncIterator[rpc.WatchResponse]:
-        """Responses carrying events on keys under `prefix` with revisions greater than `after`."""
+    async def watch(self, prefix: bytes, *, after: int,
+                    previous: bool = True) -> AsyncIterator[rpc.WatchResponse]:
+        """Responses carrying events on keys under `prefix` with revisions greater than `after`;
+        with `previous`, each event carries the key's value before it too (prev_kv). That costs
+        etcd a read per event and per watcher: with 8 watchers of 7 kB blocks, a third of its
+        CPU per write."""
         channel = self._open()
         call = rpc.WatchStub(channel).Watch()
         self.requests["Watch"] = self.requests.get("Watch", 0) + 1
@@ -208,7 +212,7 @@ class EtcdClient:
                 rpc.WatchRequest(
                     create_request=rpc.WatchCreateRequest(
                         key=prefix, range_end=prefix_end(prefix), start_revision=after + 1,
-                        prev_kv=True,
+                        prev_kv=previous,
                     )
                 )
             )

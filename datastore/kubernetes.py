@@ -357,8 +357,9 @@ class KubeDatastore:
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None,
+        node: str | None = None, deleted_values: bool = True,
     ) -> AsyncIterator[WatchEvent]:
+        # deleted_values is moot: the apiserver's DELETED events always carry the object.
         if kind != "NetworkPolicy":
             async for event in self._watch(kind, revision=revision, namespace=namespace, node=node):
                 yield event

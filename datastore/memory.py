@@ -170,8 +170,9 @@ class MemoryDatastore:
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None,
+        node: str | None = None, deleted_values: bool = True,
     ) -> AsyncIterator[WatchEvent]:
+        # deleted_values is moot: the last value is at hand anyway.
         if node is not None and kind not in NODE_SCOPED_KINDS:
             raise ValueError(f"{kind} is not node-scoped")
         after = self._revision if revision is None else int(revision)

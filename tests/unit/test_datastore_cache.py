@@ -58,9 +58,11 @@ class FlakyWatches:
         self.reads += 1
         return await self.store.list(kind, namespace, node=node)
 
-    async def watch(self, kind, *, revision=None, namespace=None, node=None) -> AsyncIterator:
+    async def watch(self, kind, *, revision=None, namespace=None, node=None,
+                    deleted_values=True) -> AsyncIterator:
         seen = 0
-        async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node):
+        async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node,
+                                            deleted_values=deleted_values):
             yield event
             seen += 1
             if seen >= self.every:
@@ -104,9 +106,10 @@ async def test_compacted_history_is_listed_again_and_the_difference_reported():
         """Watches that wait until released, so the history moves on without them."""
         release = asyncio.Event()
 
-        async def watch(self, kind, *, revision=None, namespace=None, node=None):
+        async def watch(self, kind, *, revision=None, namespace=None, node=None, deleted_values=True):
             await self.release.wait()
-            async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node):
+            async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node,
+                                                deleted_values=deleted_values):
                 yield event
 
     store = Paused(memory, every=10**9)
