@@ -185,10 +185,13 @@ async def _take(events, n: int, timeout: float = 5.0) -> list:
     return out
 
 
-async def test_watch_delivers_changes_in_order(store):
+@pytest.mark.parametrize("deleted_values", [True, False])
+async def test_watch_delivers_changes_in_order(store, deleted_values):
+    # deleted_values=False is the Cache's watch: it holds the last value itself, so a backend
+    # may leave it out of a DELETED event; every change still arrives.
     await store.create(pool("before", "10.9.0.0/16"))
     start = (await store.list("IPPool")).revision
-    events = store.watch("IPPool", revision=start)
+    events = store.watch("IPPool", revision=start, deleted_values=deleted_values)
     a = await store.create(pool("a", "10.1.0.0/16"))
     await store.create(handle("not-a-pool"))  # another kind: not delivered
     changed = a.value.model_copy(deep=True)
@@ -201,27 +204,11 @@ async def test_watch_delivers_changes_in_order(store):
     assert [(e.type, e.key.name) for e in got] == [
         ("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
     assert got[1].revision == a2.revision
-    assert got[2].value.spec.cidr == "10.1.0.0/16"
+    assert got[1].value.spec.nat_outgoing is True
+    if deleted_values:
+        assert got[2].value.spec.cidr == "10.1.0.0/16"
     revisions = [int(e.revision) for e in got]
     assert revisions == sorted(revisions) and len(set(revisions)) == 3
-
-async def test_a_watch_without_deleted_values_still_delivers_every_change(store):
-    # The Cache's watch: it holds the last value itself, so a backend may leave it out.
-    start = (await store.list("IPPool")).revision
-    events = store.watch("IPPool", revision=start, deleted_values=False)
-    a = await store.create(pool("a", "10.1.0.0/16"))
-    changed = a.value.model_copy(deep=True)
-    changed.spec.nat_outgoing = True
-    a2 = await store.update(changed, revision=a.revision)
-    await store.delete(Key("IPPool", "a"))
-
-    got = await _take(events, 3)
-    await events.aclose()
-    assert [(e.type, e.key.name) for e in got] == [
-        ("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
-    assert got[1].revision == a2.revision and got[1].value.spec.nat_outgoing is True
-    assert got[2].value is None or got[2].value.spec.cidr == "10.1.0.0/16"
-
 
 
 async def test_watch_narrows_node_scoped_kinds_to_one_node(store):
@@ -481,6 +468,31 @@ async def test_a_view_offers_write_together_as_its_store_does_and_reads_it_back(
         with pytest.raises(TransactionConflict):
             await write_together([Create(pool("p1", "10.1.0.0/16"))])
         assert [kv.key.name for kv in (await view.list("IPPool")).items] == ["p1"]
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_a_view_tells_of_a_deletion_with_the_value_it_held(store):
+    """The view's watch goes without the deleted value (deleted_values=False): what it tells its
+    listeners of a deletion is the last value it held, and the object leaves the view."""
+    cache = Cache(store, ["IPPool"])
+    changes = []
+    cache.subscribe(changes.append)
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        created = await store.create(pool("p1", "10.1.0.0/16"))
+        await store.delete(created.key)
+
+        async def deleted() -> None:
+            while not any(c.new is None for c in changes):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(deleted(), 10)
+        gone = next(c for c in changes if c.new is None)
+        assert gone.key == created.key and gone.old.value.spec.cidr == "10.1.0.0/16"
+        assert cache.get(created.key) is None
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
