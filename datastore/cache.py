@@ -16,9 +16,12 @@ lost or repeated across a broken connection; it is retried with a back-off bound
 `max_retry_delay` (an agent must be current again within a second of etcd's return). When the
 history it needs is compacted (RevisionCompacted), the kind is listed again and the difference
 with the view is delivered as changes: what vanished as deletions, what changed as updates.
+A kind too busy to take event by event (more than `busy_events` in a second: IPAMBlock while
+pods start everywhere; only the kinds in `poll_when_busy`) is read every `poll_seconds` instead, when the store can say what changed
+since a revision (etcd, memory), until the store calms down (_poll_while_busy).
 
-Consistency. The view is exactly what the watches said, in their order: it never runs ahead of
-them. A process that writes needs to read its own writes at once, though (the IPAM claims a
+Consistency. The view is exactly what the watches (or those reads) said, in their order: it
+never runs ahead of them. A process that writes needs to read its own writes at once, though (the IPAM claims a
 block, then confirms the affinity it just created), so CachedDatastore keeps each of its own
 writes in an overlay that reads consult first, until the watch delivers that revision of that
 key. Everything read from the view may be a moment old; whoever decides on it writes with
@@ -35,14 +38,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from percale.api import Resource
 from percale.datastore.contract import (
-    NODE_SCOPED_KINDS, Datastore, Delete, Key, KVPair, ListResult, WatchEvent, Write, WriteTogether,
-    node_of, writes_together,
+    NODE_SCOPED_KINDS, Changes, ChangesSince, Datastore, Delete, Key, KVPair, ListResult,
+    WatchEvent, Write, WriteTogether, node_of, reads_changes, writes_together,
 )
 from percale.datastore.errors import (
     AlreadyExists, Conflict, DatastoreError, NotFound, RevisionCompacted, TransactionConflict,
@@ -54,6 +57,15 @@ log = logging.getLogger("percale.datastore.cache")
 # handles, endpoints or NodeStatus: the agent reads those only for the object at hand.
 AGENT_KINDS = ("Node", "BGPPeer", "BGPConfiguration", "IPPool", "IPAMConfig", "BlockAffinity",
                "IPAMBlock")
+
+# A kind whose watch brings more than BUSY_EVENTS changes within a second is followed by reading
+# what changed every POLL_SECONDS instead, while the store stays that busy (Cache._poll_while_busy).
+# Only kinds whose readers need where each object ends up, not every step on the way: a block's
+# owner and borrowed addresses make routes. Not endpoints: the policy agent matches the revision
+# its CNI side wrote, and a pod added and deleted between two reads would never be told.
+POLL_WHEN_BUSY = ("IPAMBlock",)
+BUSY_EVENTS = 100
+POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,15 @@ Listener = Callable[[Change], None]
 class Cache:
     def __init__(self, store: Datastore, kinds: Iterable[str] = AGENT_KINDS, *,
                  node: str | None = None, retry_delay: float = 0.05,
-                 max_retry_delay: float = 0.5) -> None:
+                 max_retry_delay: float = 0.5, poll_when_busy: Iterable[str] = POLL_WHEN_BUSY,
+                 busy_events: int = BUSY_EVENTS, poll_seconds: float = POLL_SECONDS) -> None:
         self.store = store
         self.kinds = tuple(kinds)
         self.node = node  # node-scoped kinds are followed for this node only
         self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
+        # See _poll_while_busy.
+        self.poll_when_busy = frozenset(poll_when_busy)
+        self.busy_events, self.poll_seconds = busy_events, poll_seconds
         self._objects: dict[str, dict[Key, KVPair]] = {kind: {} for kind in self.kinds}
         self._revisions: dict[str, str] = {}
         self._listed: set[str] = set()
@@ -91,6 +107,8 @@ class Cache:
         self.lists = 0
         self.events = 0
         self.watch_restarts = 0
+        self.polls = 0  # reads of what changed in a busy kind (_poll_while_busy)
+        self.polling: set[str] = set()  # the kinds followed that way now
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -152,13 +170,28 @@ class Cache:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
         delay = self.retry_delay
+        changes_since = reads_changes(self.store) if kind in self.poll_when_busy else None
         while True:
             try:
+                busy = False
                 # A deletion's last value is the one the view holds: etcd need not send it.
-                async for event in self.store.watch(kind, revision=self._revisions[kind],
-                                                    node=self._scope(kind), deleted_values=False):
-                    self._apply(event)
-                    delay = self.retry_delay
+                watch = self.store.watch(kind, revision=self._revisions[kind],
+                                         node=self._scope(kind), deleted_values=False)
+                async with aclosing(watch) as events:
+                    window_end, count = time.monotonic() + 1.0, 0
+                    async for event in events:
+                        self._apply(event)
+                        delay = self.retry_delay
+                        count += 1
+                        if count > self.busy_events and changes_since is not None:
+                            now = time.monotonic()
+                            if now < window_end:
+                                busy = True
+                                break
+                            window_end, count = now + 1.0, 0
+                if busy:
+                    await self._poll_while_busy(kind, changes_since)
+                    continue
             except RevisionCompacted:
                 log.info("the history of %s was compacted; listing it again", kind)
                 await self._relist(kind)
@@ -168,6 +201,44 @@ class Cache:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
             self.watch_restarts += 1
+
+    async def _poll_while_busy(self, kind: str, changes_since: ChangesSince) -> None:
+        """Follow `kind` by reading what changed every `poll_seconds`, until the store takes
+        fewer than `busy_events` writes in a second; then the watch resumes from there.
+
+        Why: a kind written hundreds of times a second (every allocation rewrites its block)
+        costs every view one message per write, though a view needs only where each object
+        ends up: which node a block belongs to, which addresses another node borrowed. Ten
+        reads a second give the same end state, and the same changes to listeners, less the
+        revisions in between; listeners hear of a change up to `poll_seconds` later."""
+        log.info("%s changes more than %d times a second: reading what changed every %.2f s "
+                 "until it calms down", kind, self.busy_events, self.poll_seconds)
+        polls_a_second = max(1, round(1.0 / self.poll_seconds))
+        polled = writes = 0
+        self.polling.add(kind)
+        try:
+            while True:
+                await asyncio.sleep(self.poll_seconds)
+                changes = await changes_since(kind, self._revisions[kind], node=self._scope(kind))
+                self.polls += 1
+                self._apply_changes(kind, changes)
+                polled, writes = polled + 1, writes + changes.writes
+                if polled == polls_a_second:
+                    if writes < self.busy_events:
+                        log.info("%s is quiet again: following its watch", kind)
+                        return
+                    polled = writes = 0
+        finally:
+            self.polling.discard(kind)
+
+    def _apply_changes(self, kind: str, changes: Changes) -> None:
+        """A poll's answer, told as the watch would have told it, less the revisions between."""
+        objects = self._objects[kind]
+        for key in [key for key in objects if key not in changes.present]:
+            self._apply(WatchEvent.later("DELETED", key, changes.revision, None))
+        for kv in changes.changed:
+            self._apply(WatchEvent.of("MODIFIED" if kv.key in objects else "ADDED", kv))
+        self._revisions[kind] = changes.revision
 
     async def _list(self, kind: str) -> None:
         result = await self.store.list(kind, node=self._scope(kind))

@@ -22,11 +22,11 @@ from aetcd import rpc
 
 from percale.datastore import layout
 from percale.datastore.contract import (
-    Create, Delete, Key, KVPair, ListResult, Update, WatchEvent, Write, failed_compares,
+    Changes, Create, Delete, Key, KVPair, ListResult, Update, WatchEvent, Write, failed_compares,
 )
 from percale.datastore.codec import decode, encode, stamped_for_create, with_revision
 from percale.datastore.errors import AlreadyExists, Conflict, NotFound, TransactionConflict
-from percale.datastore.etcd_client import EtcdClient, TLSFiles
+from percale.datastore.etcd_client import EtcdClient, TLSFiles, prefix_end
 from percale.api import Resource
 
 _EQUAL = rpc.Compare.CompareResult.Value("EQUAL")
@@ -163,6 +163,27 @@ class EtcdDatastore:
             else:
                 done.append(KVPair(key, with_revision(value, rev), rev))
         return done
+
+    async def changes_since(self, kind: str, revision: str, *,
+                            node: str | None = None) -> Changes:
+        """What changed in `kind` after `revision` (contract.ChangesDatastore): one transaction,
+        so both ranges read the same revision; the keys-only range costs etcd no values."""
+        prefix = layout.prefix(kind, None, node=node).encode()
+        end = prefix_end(prefix)
+        response = await self.client.txn([], [
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=end,
+                                                         keys_only=True)),
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=end,
+                                                         min_mod_revision=int(revision) + 1)),
+        ], [])
+        keys, changed = (answer.response_range.kvs for answer in response.responses)
+        in_order = sorted(changed, key=lambda kv: kv.mod_revision)
+        return Changes(
+            str(response.header.revision),
+            [self._pair(layout.key(kind, kv.key.decode()), kv) for kv in in_order],
+            frozenset(layout.key(kind, kv.key.decode()) for kv in keys),
+            response.header.revision - int(revision),
+        )
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,

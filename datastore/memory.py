@@ -7,7 +7,7 @@ so code that forgets to handle RevisionCompacted fails here as it would on etcd.
 
 It offers write_together as etcd does (every write at one revision, or none). With
 `multi_key=False` it does not, as the Kubernetes datastore does not: tests run the allocator's
-two-step path that way.
+two-step path that way. It offers changes_since as etcd does, whatever `multi_key` says.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from percale.datastore.contract import (
-    NODE_SCOPED_KINDS, Create, Delete, Key, KVPair, ListResult, WatchEvent, Write, WriteTogether,
+    NODE_SCOPED_KINDS, Changes, Create, Delete, Key, KVPair, ListResult, WatchEvent, Write, WriteTogether,
     failed_compares, node_of,
 )
 from percale.datastore.codec import decode, encode, stamped_for_create
@@ -165,6 +165,16 @@ class MemoryDatastore:
         rev = int(revision)
         self._history = [c for c in self._history if c.revision > rev]
         self._compacted = max(self._compacted, rev)
+
+    async def changes_since(self, kind: str, revision: str, *,
+                            node: str | None = None) -> Changes:
+        """What changed in `kind` after `revision`, as etcd's changes_since says it."""
+        after = int(revision)
+        mine = [kv for kv in (await self.list(kind, node=node)).items]
+        changed = sorted((kv for kv in mine if int(kv.revision) > after),
+                         key=lambda kv: int(kv.revision))
+        return Changes(str(self._revision), changed, frozenset(kv.key for kv in mine),
+                       self._revision - after)
 
     # -- watch ---------------------------------------------------------------------------------
 

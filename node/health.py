@@ -86,6 +86,9 @@ class _DatastoreCollector:
             yield CounterMetricFamily("percale_datastore_view_lists",
                                       "Lists that filled the agent's view (one per kind, and one per "
                                       "kind whose history was compacted)", value=self.cache.lists)
+            yield CounterMetricFamily("percale_datastore_view_polls",
+                                      "Reads of what changed in a kind that was too busy to follow "
+                                      "event by event", value=self.cache.polls)
 
 
 # A policy rule's nft comment: "<Kind>/<id> <direction> <index> <action>" (policy/compile.py).

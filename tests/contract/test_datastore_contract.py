@@ -22,7 +22,7 @@ from percale.datastore import (
     TransactionConflict,
 )
 from percale.datastore.cache import Cache, CachedDatastore
-from percale.datastore.contract import Create, Delete, Update, writes_together
+from percale.datastore.contract import Create, Delete, Update, reads_changes, writes_together
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.kubernetes import KubeDatastore
 from percale.api import parse
@@ -496,3 +496,117 @@ async def test_a_view_tells_of_a_deletion_with_the_value_it_held(store):
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
+
+
+# -- changes_since: what changed in a kind since a revision (etcd and memory; not Kubernetes) ----
+
+@pytest.fixture(params=["memory", "etcd"])
+async def changes_store(request):
+    """The backends that can say what changed since a revision (Kubernetes cannot)."""
+    ds = MemoryDatastore() if request.param == "memory" else EtcdDatastore(
+        [request.getfixturevalue("etcd").endpoint])
+    yield ds
+    await ds.close()
+
+
+async def test_changes_since_gives_each_changed_object_once_in_revision_order(changes_store):
+    store = changes_store
+    changes_since = reads_changes(store)
+    assert changes_since is not None
+    kept = await store.create(pool("kept", "10.1.0.0/16"))
+    doomed = await store.create(pool("doomed", "10.2.0.0/16"))
+    busy = await store.create(pool("busy", "10.3.0.0/16"))
+    since = (await store.list("IPPool")).revision
+    for cidr in ("10.4.0.0/16", "10.5.0.0/16"):  # written twice: told once, as it ends
+        busy = await store.update(busy.value.model_copy(
+            update={"spec": busy.value.spec.model_copy(update={"cidr": cidr})}), revision=busy.revision)
+    fresh = await store.create(pool("fresh", "10.6.0.0/16"))
+    await store.delete(doomed.key)
+    await store.create(handle("not-a-pool"))  # another kind: counted as a write, never told
+
+    changes = await changes_since("IPPool", since)
+    assert [(kv.key.name, kv.revision) for kv in changes.changed] == [
+        ("busy", busy.revision), ("fresh", fresh.revision)]
+    assert changes.changed[0].value.spec.cidr == "10.5.0.0/16"
+    assert changes.present == {kept.key, busy.key, fresh.key}, "the deleted pool is absent"
+    assert changes.revision == (await store.list("IPPool")).revision
+    assert changes.writes == 5
+    nothing = await changes_since("IPPool", changes.revision)
+    assert (nothing.changed, nothing.writes) == ([], 0) and nothing.present == changes.present
+
+
+async def test_changes_since_narrows_node_scoped_kinds_to_one_node(changes_store):
+    store = changes_store
+    since = (await store.list("BlockAffinity")).revision
+    for node, cidr in [("node-1", "10.0.0.0/26"), ("node-10", "10.0.1.0/26")]:
+        await store.create(parse({
+            "apiVersion": "percale.io/v1", "kind": "BlockAffinity",
+            "metadata": {"name": f"{node}-{cidr.replace('/', '-')}"},
+            "spec": {"state": "confirmed", "node": node, "cidr": cidr},
+        }))
+    changes = await reads_changes(store)("BlockAffinity", since, node="node-1")
+    assert [kv.value.spec.node for kv in changes.changed] == ["node-1"]
+    assert [key.name for key in changes.present] == ["node-1-10.0.0.0-26"]
+
+
+async def test_the_kubernetes_datastore_offers_no_changes_since(kube):
+    store = KubeDatastore(kube.admin)
+    try:
+        assert reads_changes(store) is None, "a view on Kubernetes follows every watch event"
+    finally:
+        await store.close()
+
+
+async def test_a_view_of_a_busy_kind_ends_where_the_store_ends(store):
+    """Past `busy_events` changes a second, a view on etcd or memory reads what changed in a kind
+    of `poll_when_busy` every `poll_seconds` instead of taking every event (on Kubernetes it
+    keeps the watch). Either
+    way it ends holding what the store holds, tells the last value of every object, tells a
+    deletion with the value it held, and takes up its watch again once the kind is quiet."""
+    cache = Cache(store, ["IPPool"], poll_when_busy=["IPPool"], busy_events=5, poll_seconds=0.05)
+    told: dict = {}
+    cache.subscribe(lambda change: told.__setitem__(change.key, change))
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        doomed = await store.create(pool("doomed", "10.99.0.0/16"))
+        pools = [await store.create(pool(f"p{i}", f"10.{i}.0.0/16")) for i in range(4)]
+        for round_ in range(6):
+            for i, kv in enumerate(pools):
+                spec = kv.value.spec.model_copy(update={"node_selector": f"rack == 'r{round_}'"})
+                pools[i] = await store.update(kv.value.model_copy(update={"spec": spec}),
+                                              revision=kv.revision)
+        await store.delete(doomed.key)
+        last = await store.create(pool("last", "10.98.0.0/16"))
+
+        async def settled() -> None:
+            while not (last.key in told and cache.get(doomed.key) is None
+                       and all(cache.get(kv.key) and cache.get(kv.key).revision == kv.revision
+                               for kv in pools)):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(settled(), 10)
+        if reads_changes(store) is not None:
+            assert cache.polls > 0, "25 changes at once never made the view poll"
+        held = {kv.key: kv.value.spec for kv in (await store.list("IPPool")).items}
+        assert {key: kv.value.spec for key, kv in cache.items("IPPool").items()} == held
+        assert {key: change.new.value.spec for key, change in told.items()
+                if change.new is not None} == held
+        assert {spec.node_selector for spec in held.values()} == {"rack == 'r5'", "all()"}
+        assert told[doomed.key].new is None and told[doomed.key].old.value.spec.cidr == "10.99.0.0/16"
+
+        # Quiet again: the watch is back, so the next change needs no poll.
+        await asyncio.wait_for(_until(lambda: not cache.polling), 10)
+        polls = cache.polls
+        again = await store.create(pool("again", "10.97.0.0/16"))
+        await asyncio.wait_for(_until(lambda: again.key in told), 10)
+        await asyncio.sleep(0.2)
+        assert cache.polls == polls, "the view still polls a quiet kind"
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)

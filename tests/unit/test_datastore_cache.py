@@ -225,3 +225,33 @@ async def test_the_view_lists_in_the_stores_order_and_narrows_to_a_node():
         assert view.reads_from_store == 0
     finally:
         task.cancel()
+
+
+async def test_only_the_kinds_polled_when_busy_give_up_their_watch():
+    """A burst of writes makes the view read what changed in IPAMBlock (routes need only where a
+    block ends up), but every other kind (endpoints: the policy agent matches the revision it
+    wrote) keeps its watch and is told every change."""
+    from percale.api import IPAMBlock
+    from percale.api.ipam import host_affinity
+
+    memory = MemoryDatastore()
+    cache = Cache(memory, ["IPPool", "IPAMBlock"], busy_events=5, poll_seconds=0.05)
+    assert cache.poll_when_busy == {"IPAMBlock"}
+    told: list[Change] = []
+    cache.subscribe(told.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        for i in range(20):
+            await memory.create(pool(f"p{i}", f"10.{i}.0.0/16"))
+        await settle(cache, memory, "IPPool")
+        assert cache.polls == 0 and not cache.polling
+        assert len([c for c in told if c.kind == "IPPool"]) == 20
+
+        for i in range(20):
+            await memory.create(IPAMBlock.empty(f"10.200.{i}.0/26", host_affinity("node-1")))
+        await settle(cache, memory, "IPAMBlock")
+        assert cache.polls > 0, "20 blocks at once never made the view poll"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
