@@ -436,22 +436,28 @@ class CachedDatastore:
         if not (kind in self.cache.kinds and self.cache.listed(kind)) or (scoped and node != self.cache.node):
             self.reads_from_store += 1
             return await self.store.list(kind, namespace, node=node)
-        found = dict(self.cache.items(kind))
+        # Select first, then overlay and sort what is left: an allocation lists one node's
+        # affinities out of every node's, and hashing or comparing every Key shows in its cost.
+        narrow = node is not None and kind in NODE_SCOPED_KINDS and self.cache.node is None
+        prefix = f"{node}-"
+
+        def wanted(key: Key) -> bool:
+            return ((namespace is None or key.namespace == namespace)
+                    and (not narrow or (key.name.startswith(prefix) and node_of(key) == node)))
+
+        found = {key: kv for key, kv in self.cache.items(kind).items() if wanted(key)}
         for key in [k for k in self._overlay if k.kind == kind]:
             value = self._overlaid(key)
+            if value is _ASK:
+                self.reads_from_store += 1
+                return await self.store.list(kind, namespace, node=node)
+            if not wanted(key):
+                continue
             if value is _GONE:
                 found.pop(key, None)
             elif isinstance(value, KVPair):
                 found[key] = value
-            elif value is _ASK:
-                self.reads_from_store += 1
-                return await self.store.list(kind, namespace, node=node)
-        # Select, then sort what is left: an allocation lists one node's affinities out of
-        # every node's, and comparing Keys is slow enough to show in an allocation's cost.
-        chosen = [(key, kv) for key, kv in found.items()
-                  if (namespace is None or key.namespace == namespace)
-                  and (node is None or kind not in NODE_SCOPED_KINDS or node_of(key) == node)]
-        chosen.sort(key=_by_name)
+        chosen = sorted(found.items(), key=_by_name)
         return ListResult([kv for _, kv in chosen], self.cache.revision(kind))
 
     # -- writes --------------------------------------------------------------------------------
