@@ -25,7 +25,9 @@ def _network(value: str) -> str:
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/16")
     try:
-        return str(ipaddress.ip_network(value, strict=True))
+        # Parsed once per text (network_of is strict too): every handle IPAM writes carries a
+        # block CIDR to validate.
+        return str(network_of(value))
     except ValueError:
         pass
     try:
@@ -218,6 +220,7 @@ def parse_time(text: str) -> datetime:
 
 @functools.lru_cache(maxsize=65536)
 def network_of(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The parsed form of a validated CIDR. Parsed once per text: IPAM asks for the networks of
-    its pools and blocks on every allocation, and ip_network is slow enough to show up there."""
+    """The parsed form of a CIDR (strict: ValueError for host bits set). Parsed once per text:
+    IPAM asks for the networks of its pools and blocks on every allocation, and ip_network is
+    slow enough to show up there. A text that does not parse is not cached."""
     return ipaddress.ip_network(cidr)

@@ -85,7 +85,8 @@ _BLOCK_NAME = r"[0-9a-f.:]+-[0-9]{1,3}"
 
 def block_name(cidr: str) -> str:
     """The IPAMBlock name for a block CIDR: `10.0.0.0/26` -> `10.0.0.0-26`."""
-    return str(ipaddress.ip_network(cidr)).replace("/", "-")
+    # network_of: IPAM names the block it writes on every allocation.
+    return str(network_of(cidr)).replace("/", "-")
 
 
 def block_cidr(name: str) -> str:

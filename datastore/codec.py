@@ -13,10 +13,14 @@ from percale.api import KINDS, Resource
 from percale.api.fields import format_time
 
 
+# One encoder for every write: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def encode(value: Resource) -> bytes:
     doc = value.to_document()
     doc["metadata"].pop("resourceVersion", None)
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    return _JSON.encode(doc).encode()
 
 
 def decode(kind: str, data: bytes, revision: str) -> Resource:

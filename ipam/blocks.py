@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from percale.api.ipam import AllocationAttribute, IPAMBlockSpec
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def ordinal(spec: IPAMBlockSpec, address: str | Address) -> int:
@@ -28,6 +29,15 @@ def ordinal(spec: IPAMBlockSpec, address: str | Address) -> int:
 
 def address(spec: IPAMBlockSpec, index: int) -> Address:
     return spec.network.network_address + index
+
+
+def interface(spec: IPAMBlockSpec, index: int) -> Interface:
+    """The address at `index` with the block's prefix length (10.0.0.5/26), as IPAM hands it out."""
+    net = spec.network
+    # Built from integers: parsing "10.0.0.5/26" back from its text cost more than the rest of
+    # an allocation's block arithmetic.
+    cls = ipaddress.IPv4Interface if net.version == 4 else ipaddress.IPv6Interface
+    return cls((int(net.network_address) + index, net.prefixlen))
 
 
 def free_count(spec: IPAMBlockSpec) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,6 +62,17 @@ def test_release_is_idempotent_and_honours_sequence_numbers():
     assert guarded.stale == [1] and guarded.released == []
     ok = blocks.release(spec, [1], {1: spec.sequence_number_for_allocation["1"]})
     assert ok.released == [1]
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/28", "10.1.2.252/30", "fd00::/124", "::/124"])
+def test_interface_is_the_address_with_the_block_prefix(cidr):
+    # Built from integers: the same value as parsing the text, of the block's family even for a
+    # low IPv6 block whose integers would fit IPv4.
+    spec = fresh(cidr)
+    for o in range(len(spec.allocations)):
+        got = blocks.interface(spec, o)
+        assert got == ipaddress.ip_interface(f"{blocks.address(spec, o)}/{spec.network.prefixlen}")
+        assert got.version == spec.network.version and got.network == spec.network
 
 
 def test_ordinal_outside_the_block_is_refused():
