@@ -21,8 +21,11 @@ API_VERSION = "percale.io/v1"
 class Model(BaseModel):
     """Base for every nested object: camelCase on the wire, unknown fields rejected."""
 
+    # ser_json_inf_nan: an infinite policy order is stored as Infinity, as json.dumps wrote it,
+    # not as null (which reads back as no order at all).
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True
+        extra="forbid", alias_generator=to_camel, populate_by_name=True,
+        ser_json_inf_nan="constants",
     )
 
 

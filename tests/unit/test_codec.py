@@ -1,4 +1,5 @@
-"""The stored form of a resource: the codec's JSON, byte for byte what it has always been."""
+"""The stored form of a resource: the codec's JSON is the wire form (to_document) without the
+revision, compact, and reads back as the value written."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from percale.api import IPAMBlock, IPAMHandle, IPPool, Node, ObjectMeta
+from percale.api import IPAMBlock, IPAMHandle, IPPool, Node, ObjectMeta, parse
 from percale.api.ipam import IPAMHandleSpec
 from percale.api.ippool import IPPoolSpec
 from percale.datastore.codec import decode, encode
@@ -37,11 +38,20 @@ RESOURCES = [
 
 
 @pytest.mark.parametrize("value", RESOURCES, ids=lambda v: v.kind)
-def test_encode_is_the_sorted_compact_wire_form_without_revision(value):
+def test_encode_is_the_compact_wire_form_without_revision(value):
     doc = value.to_document()
     doc["metadata"].pop("resourceVersion", None)
-    assert encode(value) == json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-    assert b"resourceVersion" not in encode(value)
+    data = encode(value)
+    assert json.loads(data) == doc
+    assert b"resourceVersion" not in data
+    assert data == json.dumps(json.loads(data), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_an_infinite_policy_order_is_stored_as_infinity_not_as_no_order():
+    policy = parse({"apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy",
+                    "metadata": {"name": "last"}, "spec": {"order": float("inf")}})
+    assert b'"order":Infinity' in encode(policy)
+    assert decode(policy.kind, encode(policy), "7").spec.order == float("inf")
 
 
 @pytest.mark.parametrize("value", RESOURCES, ids=lambda v: v.kind)
