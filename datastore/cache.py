@@ -44,7 +44,7 @@ from types import MappingProxyType
 
 from percale.api import Resource
 from percale.datastore.contract import (
-    NODE_SCOPED_KINDS, Changes, ChangesSince, Datastore, Delete, Key, KVPair, ListResult,
+    NODE_SCOPED_KINDS, Changes, ChangesDatastore, Datastore, Delete, Key, KVPair, ListResult,
     WatchEvent, Write, WriteTogether, node_of, reads_changes, writes_together,
 )
 from percale.datastore.errors import (
@@ -58,14 +58,15 @@ log = logging.getLogger("percale.datastore.cache")
 AGENT_KINDS = ("Node", "BGPPeer", "BGPConfiguration", "IPPool", "IPAMConfig", "BlockAffinity",
                "IPAMBlock")
 
-# A kind whose watch brings more than BUSY_EVENTS changes within a second is followed by reading
-# what changed every POLL_SECONDS instead, while the store stays that busy (Cache._poll_while_busy).
+# A kind whose watch brings more than BUSY_EVENTS changes within a second, and more than a read
+# of all its objects every POLL_SECONDS would, is followed by such reads instead while the store
+# stays that busy (Cache._busy_limit, Cache._poll_while_busy).
 # Only kinds whose readers need where each object ends up, not every step on the way: a block's
 # owner and borrowed addresses make routes. Not endpoints: the policy agent matches the revision
 # its CNI side wrote, and a pod added and deleted between two reads would never be told.
 POLL_WHEN_BUSY = ("IPAMBlock",)
 BUSY_EVENTS = 100
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class Cache:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
         delay = self.retry_delay
-        changes_since = reads_changes(self.store) if kind in self.poll_when_busy else None
+        changes = reads_changes(self.store) if kind in self.poll_when_busy else None
         while True:
             try:
                 busy = False
@@ -178,19 +179,20 @@ class Cache:
                 watch = self.store.watch(kind, revision=self._revisions[kind],
                                          node=self._scope(kind), deleted_values=False)
                 async with aclosing(watch) as events:
-                    window_end, count = time.monotonic() + 1.0, 0
+                    window_end, count, limit = time.monotonic() + 1.0, 0, self._busy_limit(kind)
                     async for event in events:
                         self._apply(event)
                         delay = self.retry_delay
                         count += 1
-                        if count > self.busy_events and changes_since is not None:
+                        if count > limit and changes is not None:
                             now = time.monotonic()
                             if now < window_end:
                                 busy = True
                                 break
-                            window_end, count = now + 1.0, 0
+                            window_end, count, limit = now + 1.0, 0, self._busy_limit(kind)
                 if busy:
-                    await self._poll_while_busy(kind, changes_since)
+                    assert changes is not None
+                    await self._poll_while_busy(kind, changes)
                     continue
             except RevisionCompacted:
                 log.info("the history of %s was compacted; listing it again", kind)
@@ -202,40 +204,54 @@ class Cache:
                 delay = min(delay * 2, self.max_retry_delay)
             self.watch_restarts += 1
 
-    async def _poll_while_busy(self, kind: str, changes_since: ChangesSince) -> None:
-        """Follow `kind` by reading what changed every `poll_seconds`, until the store takes
-        fewer than `busy_events` writes in a second; then the watch resumes from there.
+    def _busy_limit(self, kind: str) -> float:
+        """How many changes a second make `kind` worth polling: at least `busy_events`, and
+        enough that a poll, which reads every object of the kind (etcd reads them all to filter
+        on revision), replaces at least as many events. A big cluster's blocks, written at a
+        modest rate, stay on the watch: polling them would cost etcd more than the events."""
+        return max(self.busy_events, len(self._objects[kind]) / self.poll_seconds)
+
+    async def _poll_while_busy(self, kind: str, store: ChangesDatastore) -> None:
+        """Follow `kind` by reading what changed every `poll_seconds` while it stays busy (see
+        _busy_limit, counting the store's writes of every kind); then the watch resumes from
+        the last read.
 
         Why: a kind written hundreds of times a second (every allocation rewrites its block)
         costs every view one message per write, though a view needs only where each object
-        ends up: which node a block belongs to, which addresses another node borrowed. Ten
+        ends up: which node a block belongs to, which addresses another node borrowed. A few
         reads a second give the same end state, and the same changes to listeners, less the
         revisions in between; listeners hear of a change up to `poll_seconds` later."""
         log.info("%s changes more than %d times a second: reading what changed every %.2f s "
-                 "until it calms down", kind, self.busy_events, self.poll_seconds)
+                 "until it calms down", kind, self._busy_limit(kind), self.poll_seconds)
         polls_a_second = max(1, round(1.0 / self.poll_seconds))
         polled = writes = 0
         self.polling.add(kind)
         try:
             while True:
                 await asyncio.sleep(self.poll_seconds)
-                changes = await changes_since(kind, self._revisions[kind], node=self._scope(kind))
+                changes = await store.changes_since(kind, self._revisions[kind],
+                                                    node=self._scope(kind))
                 self.polls += 1
-                self._apply_changes(kind, changes)
+                await self._apply_changes(kind, changes, store)
                 polled, writes = polled + 1, writes + changes.writes
                 if polled == polls_a_second:
-                    if writes < self.busy_events:
+                    if writes <= self._busy_limit(kind):
                         log.info("%s is quiet again: following its watch", kind)
                         return
                     polled = writes = 0
         finally:
             self.polling.discard(kind)
 
-    def _apply_changes(self, kind: str, changes: Changes) -> None:
+    async def _apply_changes(self, kind: str, changes: Changes, store: ChangesDatastore) -> None:
         """A poll's answer, told as the watch would have told it, less the revisions between."""
         objects = self._objects[kind]
-        for key in [key for key in objects if key not in changes.present]:
-            self._apply(WatchEvent.later("DELETED", key, changes.revision, None))
+        fresh = sum(1 for kv in changes.changed if kv.key not in objects)
+        if changes.count != len(objects) + fresh:
+            # Fewer than held plus new: something was deleted. Which keys are left, at the
+            # same revision (rare: blocks are deleted when emptied and released).
+            present = await store.keys_at(kind, changes.revision, node=self._scope(kind))
+            for key in [key for key in objects if key not in present]:
+                self._apply(WatchEvent.later("DELETED", key, changes.revision, None))
         for kv in changes.changed:
             self._apply(WatchEvent.of("MODIFIED" if kv.key in objects else "ADDED", kv))
         self._revisions[kind] = changes.revision

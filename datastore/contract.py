@@ -256,30 +256,35 @@ def failed_compares(writes: Sequence[Write], current: dict[Key, KVPair | None]) 
 class Changes:
     """A kind as it stands at `revision`, told against an earlier revision: `changed` holds the
     current value of every object written after it (a key written ten times appears once), in
-    the order of their revisions; `present` names every object there is, so what a reader holds
-    and is not in it was deleted; `writes` says how busy the store was meanwhile."""
+    the order of their revisions; `count` is how many objects there are, so a reader that holds
+    more than it can account for knows something was deleted (keys_at says what); `writes`
+    says how busy the store was meanwhile (every kind's writes)."""
 
     revision: str
     changed: list[KVPair]
-    present: frozenset[Key]
-    writes: int  # how many writes the store took after the earlier revision, of every kind
-
-
-ChangesSince = Callable[..., Awaitable[Changes]]
+    count: int
+    writes: int
 
 
 class ChangesDatastore(Datastore, Protocol):
     """A datastore that can say, in one consistent read, what changed in a kind since a revision
-    (etcd: one transaction of a keys-only range and a range filtered on mod_revision; memory).
-    A watcher that falls behind a busy kind reads this every so often instead of receiving every
-    write of it (the Cache's polling): the same end state at a fraction of the cost.
+    (etcd: one transaction of a count and a range filtered on mod_revision; memory). A watcher
+    of a kind written far more often than it has objects reads this every so often instead of
+    receiving every write (the Cache's polling): the same end state for less.
 
-    `changes_since(kind, revision, *, node=None)` -> Changes; `node` narrows a node-scoped kind
-    as for list."""
+    `changes_since(kind, revision, *, node=None)` -> Changes; `keys_at(kind, revision, *,
+    node=None)` -> the keys of every object there was at `revision` (RevisionCompacted when that
+    is forgotten). `node` narrows a node-scoped kind as for list."""
 
-    changes_since: ChangesSince
+    async def changes_since(self, kind: str, revision: str, *,
+                            node: str | None = None) -> Changes: ...
+
+    async def keys_at(self, kind: str, revision: str, *,
+                      node: str | None = None) -> frozenset[Key]: ...
 
 
-def reads_changes(store: Datastore) -> ChangesSince | None:
-    """`store`'s changes_since, or None when it has none (Kubernetes)."""
-    return getattr(store, "changes_since", None)
+def reads_changes(store: Datastore) -> ChangesDatastore | None:
+    """`store` if it offers changes_since and keys_at, else None (Kubernetes)."""
+    if hasattr(store, "changes_since") and hasattr(store, "keys_at"):
+        return store  # type: ignore[return-value]
+    return None

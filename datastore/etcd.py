@@ -167,23 +167,34 @@ class EtcdDatastore:
     async def changes_since(self, kind: str, revision: str, *,
                             node: str | None = None) -> Changes:
         """What changed in `kind` after `revision` (contract.ChangesDatastore): one transaction,
-        so both ranges read the same revision; the keys-only range costs etcd no values."""
+        so the count and the range read the same revision. etcd reads every value under the
+        prefix to filter on mod_revision (about 7 us per 13 kB block), so a poller must keep
+        its reads fewer than the events they replace (Cache._poll_while_busy)."""
         prefix = layout.prefix(kind, None, node=node).encode()
         end = prefix_end(prefix)
         response = await self.client.txn([], [
             rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=end,
-                                                         keys_only=True)),
+                                                         count_only=True)),
             rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=end,
                                                          min_mod_revision=int(revision) + 1)),
         ], [])
-        keys, changed = (answer.response_range.kvs for answer in response.responses)
-        in_order = sorted(changed, key=lambda kv: kv.mod_revision)
+        counted, changed = (answer.response_range for answer in response.responses)
+        in_order = sorted(changed.kvs, key=lambda kv: kv.mod_revision)
         return Changes(
             str(response.header.revision),
             [self._pair(layout.key(kind, kv.key.decode()), kv) for kv in in_order],
-            frozenset(layout.key(kind, kv.key.decode()) for kv in keys),
+            counted.count,
             response.header.revision - int(revision),
         )
+
+    async def keys_at(self, kind: str, revision: str, *,
+                      node: str | None = None) -> frozenset[Key]:
+        """The keys of every object of `kind` at `revision` (contract.ChangesDatastore)."""
+        prefix = layout.prefix(kind, None, node=node).encode()
+        request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), keys_only=True,
+                                   revision=int(revision))
+        response = await self.client.read(request)
+        return frozenset(layout.key(kind, kv.key.decode()) for kv in response.kvs)
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,

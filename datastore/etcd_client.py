@@ -175,6 +175,10 @@ class EtcdClient:
                 self._rotate(channel)
         raise DatastoreUnavailable(f"cannot reach etcd at {', '.join(self._endpoints)}: {last}")
 
+    async def read(self, request: rpc.RangeRequest) -> rpc.RangeResponse:
+        """A Range as the caller built it (keys only, at a revision, ...)."""
+        return await self._unary(rpc.KVStub, "Range", request)  # type: ignore[return-value]
+
     async def range(self, key: bytes, *, prefix: bool = False) -> rpc.RangeResponse:
         request = rpc.RangeRequest(key=key, range_end=prefix_end(key) if prefix else b"")
         return await self._unary(rpc.KVStub, "Range", request)  # type: ignore[return-value]

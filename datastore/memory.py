@@ -7,7 +7,8 @@ so code that forgets to handle RevisionCompacted fails here as it would on etcd.
 
 It offers write_together as etcd does (every write at one revision, or none). With
 `multi_key=False` it does not, as the Kubernetes datastore does not: tests run the allocator's
-two-step path that way. It offers changes_since as etcd does, whatever `multi_key` says.
+two-step path that way. It offers changes_since and keys_at as etcd does, whatever `multi_key`
+says.
 """
 
 from __future__ import annotations
@@ -170,11 +171,28 @@ class MemoryDatastore:
                             node: str | None = None) -> Changes:
         """What changed in `kind` after `revision`, as etcd's changes_since says it."""
         after = int(revision)
-        mine = [kv for kv in (await self.list(kind, node=node)).items]
+        mine = (await self.list(kind, node=node)).items
         changed = sorted((kv for kv in mine if int(kv.revision) > after),
                          key=lambda kv: int(kv.revision))
-        return Changes(str(self._revision), changed, frozenset(kv.key for kv in mine),
-                       self._revision - after)
+        return Changes(str(self._revision), changed, len(mine), self._revision - after)
+
+    async def keys_at(self, kind: str, revision: str, *,
+                      node: str | None = None) -> frozenset[Key]:
+        """The keys of `kind` at `revision`: today's, with the history since undone."""
+        at = int(revision)
+        if at < self._compacted:
+            raise RevisionCompacted(revision, str(self._compacted + 1))
+        keys = {kv.key for kv in (await self.list(kind, node=node)).items}
+        for change in reversed(self._history):
+            if change.revision <= at:
+                break
+            if change.key.kind != kind or (node is not None and node_of(change.key) != node):
+                continue
+            if change.type == "ADDED":
+                keys.discard(change.key)
+            elif change.type == "DELETED":
+                keys.add(change.key)
+        return frozenset(keys)
 
     # -- watch ---------------------------------------------------------------------------------
 

@@ -511,8 +511,7 @@ async def changes_store(request):
 
 async def test_changes_since_gives_each_changed_object_once_in_revision_order(changes_store):
     store = changes_store
-    changes_since = reads_changes(store)
-    assert changes_since is not None
+    assert reads_changes(store) is store
     kept = await store.create(pool("kept", "10.1.0.0/16"))
     doomed = await store.create(pool("doomed", "10.2.0.0/16"))
     busy = await store.create(pool("busy", "10.3.0.0/16"))
@@ -524,15 +523,19 @@ async def test_changes_since_gives_each_changed_object_once_in_revision_order(ch
     await store.delete(doomed.key)
     await store.create(handle("not-a-pool"))  # another kind: counted as a write, never told
 
-    changes = await changes_since("IPPool", since)
+    changes = await store.changes_since("IPPool", since)
     assert [(kv.key.name, kv.revision) for kv in changes.changed] == [
         ("busy", busy.revision), ("fresh", fresh.revision)]
     assert changes.changed[0].value.spec.cidr == "10.5.0.0/16"
-    assert changes.present == {kept.key, busy.key, fresh.key}, "the deleted pool is absent"
+    assert changes.count == 3, "kept, busy and fresh: the deleted pool is not counted"
     assert changes.revision == (await store.list("IPPool")).revision
     assert changes.writes == 5
-    nothing = await changes_since("IPPool", changes.revision)
-    assert (nothing.changed, nothing.writes) == ([], 0) and nothing.present == changes.present
+    nothing = await store.changes_since("IPPool", changes.revision)
+    assert (nothing.changed, nothing.count, nothing.writes) == ([], 3, 0)
+
+    # Which keys there were, at either revision: the deleted pool only at the first.
+    assert await store.keys_at("IPPool", changes.revision) == {kept.key, busy.key, fresh.key}
+    assert await store.keys_at("IPPool", since) == {kept.key, doomed.key, busy.key}
 
 
 async def test_changes_since_narrows_node_scoped_kinds_to_one_node(changes_store):
@@ -544,9 +547,11 @@ async def test_changes_since_narrows_node_scoped_kinds_to_one_node(changes_store
             "metadata": {"name": f"{node}-{cidr.replace('/', '-')}"},
             "spec": {"state": "confirmed", "node": node, "cidr": cidr},
         }))
-    changes = await reads_changes(store)("BlockAffinity", since, node="node-1")
+    changes = await store.changes_since("BlockAffinity", since, node="node-1")
     assert [kv.value.spec.node for kv in changes.changed] == ["node-1"]
-    assert [key.name for key in changes.present] == ["node-1-10.0.0.0-26"]
+    assert changes.count == 1
+    keys = await store.keys_at("BlockAffinity", changes.revision, node="node-1")
+    assert [key.name for key in keys] == ["node-1-10.0.0.0-26"]
 
 
 async def test_the_kubernetes_datastore_offers_no_changes_since(kube):
@@ -558,12 +563,13 @@ async def test_the_kubernetes_datastore_offers_no_changes_since(kube):
 
 
 async def test_a_view_of_a_busy_kind_ends_where_the_store_ends(store):
-    """Past `busy_events` changes a second, a view on etcd or memory reads what changed in a kind
-    of `poll_when_busy` every `poll_seconds` instead of taking every event (on Kubernetes it
-    keeps the watch). Either
+    """A kind of `poll_when_busy` changing more often in a second than `busy_events`, and than
+    its objects every `poll_seconds`: a view on etcd or memory reads what changed every
+    `poll_seconds` instead of taking every event (on Kubernetes it keeps the watch). Either
     way it ends holding what the store holds, tells the last value of every object, tells a
     deletion with the value it held, and takes up its watch again once the kind is quiet."""
-    cache = Cache(store, ["IPPool"], poll_when_busy=["IPPool"], busy_events=5, poll_seconds=0.05)
+    # Five pools: a poll reads five objects, so ten changes a second make polling pay.
+    cache = Cache(store, ["IPPool"], poll_when_busy=["IPPool"], busy_events=5, poll_seconds=0.5)
     told: dict = {}
     cache.subscribe(lambda change: told.__setitem__(change.key, change))
     following = asyncio.create_task(cache.run())
