@@ -43,6 +43,14 @@ def _compare_revision(path: bytes, revision: str | None) -> rpc.Compare:
     return rpc.Compare(key=path, target=_MOD, result=_EQUAL, mod_revision=int(revision))
 
 
+def _fresh_at(stamped: Resource, revision: str) -> Resource:
+    """A created value, as stored at `revision`. `stamped` is stamped_for_create's copy, which
+    no one else holds yet, so the revision goes in place: with_revision's two more copies of a
+    full block showed in every allocation."""
+    stamped.metadata.resource_version = revision
+    return stamped
+
+
 def _read(path: bytes) -> rpc.RequestOp:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=path))
 
@@ -95,7 +103,7 @@ class EtcdDatastore:
         if not response.succeeded:
             raise AlreadyExists(key)
         rev = str(response.header.revision)
-        return KVPair(key, with_revision(stored, rev), rev)
+        return KVPair(key, _fresh_at(stored, rev), rev)
 
     async def update(self, value: Resource, *, revision: str | None) -> KVPair:
         key = Key.of(value)
@@ -157,11 +165,13 @@ class EtcdDatastore:
             raise TransactionConflict(failed_compares(writes, current), current)
         rev = str(response.header.revision)
         done = []
-        for key, value, answer in zip(keys, stored, response.responses, strict=True):
+        for write, key, value, answer in zip(writes, keys, stored, response.responses,
+                                             strict=True):
             if value is None:
                 done.append(self._pair(key, answer.response_delete_range.prev_kvs[0]))
             else:
-                done.append(KVPair(key, with_revision(value, rev), rev))
+                at = _fresh_at(value, rev) if isinstance(write, Create) else with_revision(value, rev)
+                done.append(KVPair(key, at, rev))
         return done
 
     async def changes_since(self, kind: str, revision: str, *,
