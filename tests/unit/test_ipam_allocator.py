@@ -516,3 +516,28 @@ async def test_a_view_behind_a_new_pool_does_not_refuse_the_pod():
         assert address.ip in ipaddress.ip_network("10.0.0.0/24")
     finally:
         following.cancel()
+
+
+@pytest.mark.parametrize("multi_key, first_allocation", [
+    # etcd: the confirmed affinity and the block in one transaction, then the allocation.
+    (True, ["write_together", "write_together"]),
+    # Kubernetes: affinity pending, block, affinity confirmed, then handle and block.
+    (False, ["create", "create", "update", "create", "update"]),
+])
+async def test_a_new_block_is_claimed_in_one_transaction_where_the_store_allows(
+        multi_key, first_allocation):
+    """A node's first pod waits for its block to be claimed: one round trip on etcd, not three,
+    and never an affinity without its block (nor a pending one left behind)."""
+    store = MemoryDatastore(multi_key=multi_key)
+    await add_pool(store, "p", "10.0.0.0/16")
+    counting = _Counting(store)
+    view, following = await agent_view(store)
+    try:
+        ipam = IPAM(CachedDatastore(counting, view.cache), authority=counting)
+        got = await ipam.auto_assign("n1", handle_id="first", num4=1)
+        assert counting.calls == first_allocation
+        affinity = await store.get(Key("BlockAffinity", affinity_name("n1", str(got.ipv4[0].network))))
+        assert affinity.value.spec.state == "confirmed"
+        await assert_consistent(store)
+    finally:
+        following.cancel()
