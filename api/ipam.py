@@ -95,7 +95,7 @@ def block_cidr(name: str) -> str:
     try:
         if not prefix.isdigit():
             raise ValueError
-        return str(ipaddress.ip_network(f"{address}/{prefix}"))
+        return str(network_of(f"{address}/{prefix}"))  # cached: IPAM names every block it walks
     except ValueError:
         raise ValueError(f"{name!r} is not a block name such as 10.0.0.0-26") from None
 

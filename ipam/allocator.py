@@ -63,6 +63,7 @@ from percale.api.ipam import (
     BlockAffinitySpec,
     IPAMHandleSpec,
     affinity_name,
+    block_cidr,
     block_name,
     host_affinity,
 )
@@ -417,7 +418,11 @@ class IPAM:
 
     async def _claim_new_block(self, node: str, pools: list[IPPool]) -> str | None:
         """Find a block for `node` and claim it; its CIDR, or None when every block is taken."""
-        existing = {kv.value.spec.cidr: kv for kv in (await self.store.list("IPAMBlock")).items}
+        # By name, which is the CIDR: a view decodes a block's value when first read, and only
+        # the blocks on this node's walk need reading (decoding every block of the cluster
+        # made a claim cost 20 ms with 200 blocks).
+        existing = {block_cidr(kv.key.name): kv
+                    for kv in (await self.store.list("IPAMBlock")).items}
         reclaimable: list[KVPair] = []
         for pool in pools:
             seen = 0
