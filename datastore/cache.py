@@ -377,6 +377,9 @@ class CachedDatastore:
         self._overlay: dict[Key, tuple[object, str | None, float]] = {}  # key -> (KVPair|_GONE|_ASK, revision, when)
         cache.subscribe(self._caught_up)
         self.reads_from_store = 0  # gets and lists the view could not answer
+        # (kind, namespace, node) -> (the kind's revision, the selection, sorted): see list().
+        self._selections: dict[tuple[str, str | None, str | None],
+                               tuple[str, dict[Key, KVPair], list[KVPair]]] = {}
 
     def _served(self, key: Key) -> bool:
         return self.cache.covers(key) and self.cache.listed(key.kind)
@@ -461,8 +464,21 @@ class CachedDatastore:
             return ((namespace is None or key.namespace == namespace)
                     and (not narrow or (key.name.startswith(prefix) and node_of(key) == node)))
 
-        found = {key: kv for key, kv in self.cache.items(kind).items() if wanted(key)}
-        for key in [k for k in self._overlay if k.kind == kind]:
+        # The selection from the view, kept while the kind stands still: an allocation lists its
+        # node's affinities and the pools every time, and they seldom change.
+        revision = self.cache.revision(kind)
+        kept = self._selections.get((kind, namespace, node))
+        if kept is None or kept[0] != revision:
+            if len(self._selections) > 256:
+                self._selections.clear()
+            selected = {key: kv for key, kv in self.cache.items(kind).items() if wanted(key)}
+            kept = self._selections[(kind, namespace, node)] = (
+                revision, selected, [kv for _, kv in sorted(selected.items(), key=_by_name)])
+        overlaid = [k for k in self._overlay if k.kind == kind]
+        if not overlaid:
+            return ListResult(list(kept[2]), revision)
+        found = dict(kept[1])
+        for key in overlaid:
             value = self._overlaid(key)
             if value is _ASK:
                 self.reads_from_store += 1
@@ -474,7 +490,7 @@ class CachedDatastore:
             elif isinstance(value, KVPair):
                 found[key] = value
         chosen = sorted(found.items(), key=_by_name)
-        return ListResult([kv for _, kv in chosen], self.cache.revision(kind))
+        return ListResult([kv for _, kv in chosen], revision)
 
     # -- writes --------------------------------------------------------------------------------
 
