@@ -3,7 +3,8 @@
 Order of allocation, as Calico's autoAssign:
   1. the node's own (confirmed-affinity) blocks in the usable pools;
   2. a new block, claimed in two phases (affinity pending -> block created -> affinity
-     confirmed), searched in an order seeded by the node's name; an empty block of another node
+     confirmed; on etcd a block nobody has in one transaction, affinity confirmed and block
+     together), searched in an order seeded by the node's name; an empty block of another node
      is reclaimed only when its claim is over a minute old;
   3. borrowing from any block with space, unless strictAffinity.
 
