@@ -310,10 +310,11 @@ def _together(store):
     return write_together
 
 
-async def test_the_kubernetes_datastore_offers_no_multi_key_transaction(kube):
+async def test_the_kubernetes_datastore_offers_neither_multi_key_transactions_nor_changes_since(kube):
     store = KubeDatastore(kube.admin)
     try:
         assert writes_together(store) is None, "the Kubernetes datastore writes one object per request"
+        assert reads_changes(store) is None, "a view on Kubernetes follows every watch event"
     finally:
         await store.close()
 
@@ -498,15 +499,13 @@ async def test_a_view_tells_of_a_deletion_with_the_value_it_held(store):
         await asyncio.gather(following, return_exceptions=True)
 
 
-# -- changes_since: what changed in a kind since a revision (etcd and memory; not Kubernetes) ----
+# -- changes_since and keys_at: what changed since a revision (etcd and memory; not Kubernetes) -
 
-@pytest.fixture(params=["memory", "etcd"])
-async def changes_store(request):
-    """The backends that can say what changed since a revision (Kubernetes cannot)."""
-    ds = MemoryDatastore() if request.param == "memory" else EtcdDatastore(
-        [request.getfixturevalue("etcd").endpoint])
-    yield ds
-    await ds.close()
+@pytest.fixture
+def changes_store(together_store):
+    """The backends that can say what changed since a revision: the same two as write several
+    keys at once (Kubernetes can do neither)."""
+    return together_store
 
 
 async def test_changes_since_gives_each_changed_object_once_in_revision_order(changes_store):
@@ -552,14 +551,6 @@ async def test_changes_since_narrows_node_scoped_kinds_to_one_node(changes_store
     assert changes.count == 1
     keys = await store.keys_at("BlockAffinity", changes.revision, node="node-1")
     assert [key.name for key in keys] == ["node-1-10.0.0.0-26"]
-
-
-async def test_the_kubernetes_datastore_offers_no_changes_since(kube):
-    store = KubeDatastore(kube.admin)
-    try:
-        assert reads_changes(store) is None, "a view on Kubernetes follows every watch event"
-    finally:
-        await store.close()
 
 
 async def test_a_view_of_a_busy_kind_ends_where_the_store_ends(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -438,12 +439,7 @@ async def test_a_warm_agent_allocates_with_the_fewest_writes_and_no_reads(multi_
                                                                           release):
     """Over the agent's view (CachedDatastore) an allocation from the node's own block reads
     nothing: pools, IPAM config, the node, its affinities and the block come from memory."""
-    store = MemoryDatastore(multi_key=multi_key)
-    await add_pool(store, "p", "10.0.0.0/16")
-    counting = _Counting(store)
-    view, following = await agent_view(store)
-    try:
-        ipam = IPAM(CachedDatastore(counting, view.cache), authority=counting)
+    async with counted_agent(multi_key) as (store, ipam, counting):
         await ipam.auto_assign("n1", handle_id="warm-up", num4=1)
         counting.calls.clear()
         for i in range(5):
@@ -453,6 +449,18 @@ async def test_a_warm_agent_allocates_with_the_fewest_writes_and_no_reads(multi_
         await ipam.release_by_handle("pod-0")
         assert counting.calls == release
         await assert_consistent(store)
+
+
+@asynccontextmanager
+async def counted_agent(multi_key: bool):
+    """A store with one pool, and an agent's IPAM over its view whose every request to the
+    store is counted: (store, ipam, counting)."""
+    store = MemoryDatastore(multi_key=multi_key)
+    await add_pool(store, "p", "10.0.0.0/16")
+    counting = _Counting(store)
+    view, following = await agent_view(store)
+    try:
+        yield store, IPAM(CachedDatastore(counting, view.cache), authority=counting), counting
     finally:
         following.cancel()
 
@@ -528,16 +536,9 @@ async def test_a_new_block_is_claimed_in_one_transaction_where_the_store_allows(
         multi_key, first_allocation):
     """A node's first pod waits for its block to be claimed: one round trip on etcd, not three,
     and never an affinity without its block (nor a pending one left behind)."""
-    store = MemoryDatastore(multi_key=multi_key)
-    await add_pool(store, "p", "10.0.0.0/16")
-    counting = _Counting(store)
-    view, following = await agent_view(store)
-    try:
-        ipam = IPAM(CachedDatastore(counting, view.cache), authority=counting)
+    async with counted_agent(multi_key) as (store, ipam, counting):
         got = await ipam.auto_assign("n1", handle_id="first", num4=1)
         assert counting.calls == first_allocation
         affinity = await store.get(Key("BlockAffinity", affinity_name("n1", str(got.ipv4[0].network))))
         assert affinity.value.spec.state == "confirmed"
         await assert_consistent(store)
-    finally:
-        following.cancel()
