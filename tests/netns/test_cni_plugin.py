@@ -129,7 +129,10 @@ def test_del_after_the_netns_is_gone_releases_everything(node, etcd_server):
     assert deleted.code == 0, deleted.out
     handles = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "k8s-pod-network.c-gone" not in [kv.key.name for kv in handles.items]
-    assert added.json["interfaces"][0]["name"] not in node.exec("ip", "link").stdout
+    # The kernel tears the pair down as it destroys the namespace, and DEL does not wait for a
+    # veth's deletion: the host end goes shortly after.
+    host_veth = added.json["interfaces"][0]["name"]
+    assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
 
 
 def test_second_add_for_the_same_container_is_refused_and_leaks_nothing(node, etcd_server):
