@@ -90,11 +90,15 @@ class Resource(Model):
 
     def to_document(self) -> dict[str, Any]:
         """The wire form: what `-o yaml` prints and what the datastore stores."""
-        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        # Like kubectl, leave out empty label and annotation maps rather than print "{}".
-        for empty in [k for k in ("labels", "annotations") if not doc["metadata"].get(k)]:
-            doc["metadata"].pop(empty, None)
-        return doc
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True,
+                               exclude={"metadata": self.empty_maps()})
+
+    def empty_maps(self) -> set[str]:
+        """The metadata fields the wire form leaves out: like kubectl, empty label and
+        annotation maps rather than "{}"."""
+        meta = self.metadata
+        return {name for name, held in (("labels", meta.labels), ("annotations", meta.annotations))
+                if not held}
 
 
 KINDS: dict[str, type[Resource]] = {}

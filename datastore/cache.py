@@ -16,18 +16,19 @@ lost or repeated across a broken connection; it is retried with a back-off bound
 `max_retry_delay` (an agent must be current again within a second of etcd's return). When the
 history it needs is compacted (RevisionCompacted), the kind is listed again and the difference
 with the view is delivered as changes: what vanished as deletions, what changed as updates.
-A kind too busy to take event by event (more than `busy_events` in a second: IPAMBlock while
-pods start everywhere; only the kinds in `poll_when_busy`) is read every `poll_seconds` instead, when the store can say what changed
-since a revision (etcd, memory), until the store calms down (_poll_while_busy).
+A kind too busy to take event by event (IPAMBlock while pods start everywhere; only the kinds
+in `poll_when_busy`) is read every `poll_seconds` instead, when the store can say what changed
+since a revision (etcd, memory), until the store calms down (_busy_limit, _poll_while_busy).
 
 Consistency. The view is exactly what the watches (or those reads) said, in their order: it
-never runs ahead of them. A process that writes needs to read its own writes at once, though (the IPAM claims a
-block, then confirms the affinity it just created), so CachedDatastore keeps each of its own
-writes in an overlay that reads consult first, until the watch delivers that revision of that
-key. Everything read from the view may be a moment old; whoever decides on it writes with
-compare-and-swap, and a Conflict carries the current value, which the overlay keeps too. When the
-watch brings back a revision this process wrote, the view keeps the object it wrote rather than
-decode the event's copy (Cache.known); values of others' writes are decoded when first read.
+never runs ahead of them. A process that writes needs to read its own writes at once, though
+(the IPAM claims a block, then confirms the affinity it just created), so CachedDatastore keeps
+each of its own writes in an overlay that reads consult first, until the watch delivers that
+revision of that key. Everything read from the view may be a moment old; whoever decides on it
+writes with compare-and-swap, and a Conflict carries the current value, which the overlay keeps
+too. When the watch brings back a revision this process wrote, the view keeps the object it
+wrote rather than decode the event's copy (Cache.known); values of others' writes are decoded
+when first read.
 
 Values are shared between readers: never mutate what the view hands out (model_copy it).
 """
@@ -178,18 +179,14 @@ class Cache:
                 # A deletion's last value is the one the view holds: etcd need not send it.
                 watch = self.store.watch(kind, revision=self._revisions[kind],
                                          node=self._scope(kind), deleted_values=False)
+                burst = _Burst(lambda: self._busy_limit(kind)) if changes is not None else None
                 async with aclosing(watch) as events:
-                    window_end, count, limit = time.monotonic() + 1.0, 0, self._busy_limit(kind)
                     async for event in events:
                         self._apply(event)
                         delay = self.retry_delay
-                        count += 1
-                        if count > limit and changes is not None:
-                            now = time.monotonic()
-                            if now < window_end:
-                                busy = True
-                                break
-                            window_end, count, limit = now + 1.0, 0, self._busy_limit(kind)
+                        if burst is not None and burst.outran():
+                            busy = True
+                            break
                 if busy:
                     assert changes is not None
                     await self._poll_while_busy(kind, changes)
@@ -356,6 +353,27 @@ class Cache:
                 listener(change)
             except Exception:  # one part's bug must not stop the others hearing of changes
                 log.exception("a listener failed on %s", change.key)
+
+
+class _Burst:
+    """Counts a watch's events and says when more than `limit()` came within one second."""
+
+    def __init__(self, limit: Callable[[], float]) -> None:
+        self.limit = limit
+        self._start(time.monotonic())
+
+    def _start(self, now: float) -> None:
+        self.until, self.count, self.most = now + 1.0, 0, self.limit()
+
+    def outran(self) -> bool:
+        self.count += 1
+        if self.count <= self.most:
+            return False
+        now = time.monotonic()
+        if now < self.until:
+            return True
+        self._start(now)
+        return False
 
 
 # -- the Datastore over the view ---------------------------------------------------------------

@@ -16,13 +16,8 @@ def encode(value: Resource) -> bytes:
     """The wire form (Resource.to_document) as compact JSON, fields in the models' order, as
     Calico's Go structs write theirs. pydantic's own serializer writes it: a full /26 block (13
     kB, rewritten by every allocation) in 30 us, where to_document and json.dumps took 140."""
-    meta = value.metadata
-    left_out = {"resource_version"}  # the store owns the revision
-    # Like to_document, no empty label or annotation maps.
-    if not meta.labels:
-        left_out.add("labels")
-    if not meta.annotations:
-        left_out.add("annotations")
+    # The store owns the revision.
+    left_out = {"resource_version", *value.empty_maps()}
     return value.model_dump_json(by_alias=True, exclude_none=True,
                                  exclude={"metadata": left_out}).encode()
 

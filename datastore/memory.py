@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 
 from percale.datastore.contract import (
-    NODE_SCOPED_KINDS, Changes, Create, Delete, Key, KVPair, ListResult, WatchEvent, Write, WriteTogether,
-    failed_compares, node_of,
+    NODE_SCOPED_KINDS, Changes, Create, Delete, Key, KVPair, ListResult, WatchEvent, Write,
+    WriteTogether, failed_compares, node_of,
 )
 from percale.datastore.codec import decode, encode, stamped_for_create
 from percale.datastore.errors import (
