@@ -4,10 +4,12 @@
 Every change to a NetworkPolicy, GlobalNetworkPolicy, Profile or WorkloadEndpoint marks the
 table due; the changes that arrive while a ruleset is compiled and written are taken together in
 the next (so a burst of changes is few transactions), and the whole ruleset is compiled again and
-the difference applied. An endpoint is converted for the compiler once per revision. The table is checked against the kernel every
-`reconcile_seconds` (--policy-reconcile-seconds, 30 by default) and written whole when it
-drifted. The CNI ADD announces its endpoint before writing it (`endpoint_written`), and waits
-(`wait_programmed`) until the new pod's interface is in the table: until then the table's dispatch drops everything to or
+the difference applied. An endpoint is converted for the compiler once per revision, and its
+chains are built again only when it, its profile or a policy changed (RulesetCompiler). The
+table is checked against the kernel every `reconcile_seconds` (--policy-reconcile-seconds, 30
+by default) and written whole when it drifted. The CNI ADD announces its endpoint before
+writing it (`endpoint_written`), and waits (`wait_programmed`) until the new pod's interface is
+in the table: until then the table's dispatch drops everything to or
 from an unknown pcl* interface, so a pod is never reachable before its policy holds.
 """
 
@@ -22,7 +24,7 @@ from percale.api import Profile, WorkloadEndpoint
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
 from percale.datastore import Key, KVPair
 from percale.datastore.cache import Cache, Change
-from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, compile_ruleset
+from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, RulesetCompiler
 from percale.policy.nft import NftError, PolicyTable
 
 log = logging.getLogger("percale.node.policy")
@@ -72,6 +74,7 @@ class PolicyAgent:
         # Each endpoint as the compiler sees it, by key: (revision, its namespace's labels,
         # PolicyEndpoint), so a compilation converts only what changed.
         self._converted: dict[Key, tuple[str | None, dict[str, str] | None, PolicyEndpoint]] = {}
+        self._compiler = RulesetCompiler()  # keeps unchanged endpoints' chains between compilations
         self.last_apply_seconds = 0.0
         cache.subscribe(self._changed)
 
@@ -157,7 +160,7 @@ class PolicyAgent:
         self._converted = converted
         endpoints = [endpoint for _, _, endpoint in converted.values()]
         policies = [*self.cache.values("NetworkPolicy"), *self.cache.values("GlobalNetworkPolicy")]
-        return compile_ruleset(policies, profiles, endpoints)
+        return self._compiler.compile(policies, profiles, endpoints)
 
     async def wait_programmed(self, interface: str, timeout: float = 10.0) -> bool:
         """Until `interface` has its chains in the kernel (True), or `timeout` (False)."""

@@ -70,6 +70,13 @@ class PolicyEndpoint:
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[NamedPort, ...] = ()
 
+    @functools.cached_property
+    def likeness(self) -> tuple:
+        """What policy can tell apart: namespace, labels, namespace labels (a Deployment's
+        replicas are alike). Kept on the endpoint, which is built once per revision."""
+        return (self.namespace, frozenset(self.labels.items()),
+                frozenset(self.namespace_labels.items()))
+
 
 @dataclass(frozen=True)
 class NftSet:
@@ -153,17 +160,42 @@ def _families(addresses: Iterable[str]) -> dict[int, list[str]]:
     return found
 
 
+@dataclass(frozen=True)
+class _EndpointChains:
+    """One direction of one endpoint as compiled: its chain, its profile chain, and the policy
+    and profile chains they jump to."""
+
+    endpoint: PolicyEndpoint
+    chain: str
+    rules: list[str]
+    profile_chain: str
+    profile_rules: list[str]
+    policies: tuple
+    profile: Profile
+
+
 class _Compiler:
-    def __init__(self, endpoints: list[PolicyEndpoint]):
+    def __init__(self, endpoints: list[PolicyEndpoint],
+                 kept: Mapping[tuple[str, str], _EndpointChains]):
         self.endpoints = endpoints
         self.ruleset = Ruleset()
-        # Endpoints alike for policy (namespace, labels, namespace labels: a Deployment's
-        # replicas) are matched once: selectors are evaluated per group, not per endpoint.
-        self.groups: dict[tuple, list[PolicyEndpoint]] = {}
-        for endpoint in endpoints:
-            self.groups.setdefault(_likeness(endpoint), []).append(endpoint)
+        # Endpoint chains of the previous compilation, reusable when their endpoint and profile
+        # are the same (the caller drops them when a policy changed).
+        self.kept = kept
+        self.built: dict[tuple[str, str], _EndpointChains] = {}
+        self._groups: dict[tuple, list[PolicyEndpoint]] | None = None
         self._members: dict[tuple, dict[int, list[str]]] = {}
-        self._applicable: dict[tuple, list] = {}
+        self._applicable: dict[tuple, tuple] = {}
+
+    @property
+    def groups(self) -> dict[tuple, list[PolicyEndpoint]]:
+        """Endpoints alike for policy, so selectors are evaluated per group, not per endpoint.
+        Grouped when a selector first asks: with no selector in force, never."""
+        if self._groups is None:
+            self._groups = {}
+            for endpoint in self.endpoints:
+                self._groups.setdefault(endpoint.likeness, []).append(endpoint)
+        return self._groups
 
     # -- sets ------------------------------------------------------------------------------
 
@@ -327,14 +359,31 @@ class _Compiler:
                        policies: list[tuple[NetworkPolicy | GlobalNetworkPolicy, tuple[str, ...]]],
                        profile: Profile) -> str:
         """`policies`: in order, each with its effective types."""
+        kept = self.kept.get((endpoint.interface, direction))
+        if (kept is not None and kept.profile is profile
+                and (kept.endpoint is endpoint or kept.endpoint == endpoint)):
+            built = kept
+            for policy in built.policies:
+                self.policy_chains(policy, direction)
+            self.profile_chain(profile, direction)
+        else:
+            built = self._build_endpoint_chains(endpoint, direction, policies, profile)
+        self.built[endpoint.interface, direction] = built
+        self.ruleset.chains[built.chain] = built.rules
+        self.ruleset.chains[built.profile_chain] = built.profile_rules
+        return built.chain
+
+    def _build_endpoint_chains(self, endpoint: PolicyEndpoint, direction: str,
+                               policies: list[tuple[NetworkPolicy | GlobalNetworkPolicy, tuple[str, ...]]],
+                               profile: Profile) -> _EndpointChains:
         prefix = "tw-" if direction == "Ingress" else "fw-"
         name, profile_name = prefix + endpoint.interface, prefix + endpoint.interface + "-profile"
         rules = ["ct state established,related accept", "ct state invalid drop",
                  f"meta mark set mark and 0x{~(ACCEPT_MARK | PASS_MARK) & 0xffffffff:x}"]
-        likeness = (_likeness(endpoint), direction)
+        likeness = (endpoint.likeness, direction)
         if likeness not in self._applicable:
-            self._applicable[likeness] = [p for p, types in policies
-                                          if direction in types and selects(p, endpoint)]
+            self._applicable[likeness] = tuple(p for p, types in policies
+                                               if direction in types and selects(p, endpoint))
         applicable = self._applicable[likeness]
         for policy in applicable:
             rules += [f"jump {self.policy_chains(policy, direction)}",
@@ -344,17 +393,11 @@ class _Compiler:
             rules.append(f'counter drop comment "{endpoint.key}: no policy allowed it"')
         else:
             rules.append(f"goto {profile_name}")
-        self.ruleset.chains[name] = rules
-        self.ruleset.chains[profile_name] = [
+        profile_rules = [
             f"jump {self.profile_chain(profile, direction)}",
             f"meta mark and 0x{ACCEPT_MARK:x} == 0x{ACCEPT_MARK:x} return",
             f'counter drop comment "{endpoint.key}: the profile did not allow it"']
-        return name
-
-
-def _likeness(endpoint: PolicyEndpoint) -> tuple:
-    return (endpoint.namespace, frozenset(endpoint.labels.items()),
-            frozenset(endpoint.namespace_labels.items()))
+        return _EndpointChains(endpoint, name, rules, profile_name, profile_rules, applicable, profile)
 
 
 def _port_list(ports) -> str:
@@ -375,16 +418,36 @@ def compile_ruleset(policies: Iterable[NetworkPolicy | GlobalNetworkPolicy],
     """The ruleset for the endpoints with an interface (this node's), against every endpoint
     (the cluster's: selectors and named ports reach pods of other nodes). `profiles` maps a
     namespace to its profile."""
-    everyone = list(endpoints)
-    compiler = _Compiler(everyone)
-    ordered = [(p, p.spec.effective_types) for p in sorted(policies, key=sort_key)]
-    for endpoint in sorted((e for e in everyone if e.interface), key=lambda e: e.interface):
-        profile = profiles.get(endpoint.namespace) or default_profile(endpoint.namespace)
-        compiler.ruleset.from_endpoint[endpoint.interface] = compiler.endpoint_chain(
-            endpoint, "Egress", ordered, profile)
-        compiler.ruleset.to_endpoint[endpoint.interface] = compiler.endpoint_chain(
-            endpoint, "Ingress", ordered, profile)
-    return compiler.ruleset
+    return RulesetCompiler().compile(policies, profiles, endpoints)
+
+
+class RulesetCompiler:
+    """compile_ruleset with a memory of the last compilation: while the policies stay the same
+    objects in the same order, an endpoint whose value and profile did not change keeps the
+    chains it had. A CNI ADD on a node of 150 pods used to rebuild all 300 (0.95 ms) for the
+    one new pod. Policy chains and sets are always built again: their members can change with
+    any endpoint."""
+
+    def __init__(self) -> None:
+        self._policies: list[tuple] = []
+        self._kept: dict[tuple[str, str], _EndpointChains] = {}
+
+    def compile(self, policies: Iterable[NetworkPolicy | GlobalNetworkPolicy],
+                profiles: Mapping[str, Profile], endpoints: Iterable[PolicyEndpoint]) -> Ruleset:
+        everyone = list(endpoints)
+        ordered = [(p, p.spec.effective_types) for p in sorted(policies, key=sort_key)]
+        unchanged = len(ordered) == len(self._policies) and all(
+            policy is before and types == types_before
+            for (policy, types), (before, types_before) in zip(ordered, self._policies))
+        compiler = _Compiler(everyone, self._kept if unchanged else {})
+        for endpoint in sorted((e for e in everyone if e.interface), key=lambda e: e.interface):
+            profile = profiles.get(endpoint.namespace) or default_profile(endpoint.namespace)
+            compiler.ruleset.from_endpoint[endpoint.interface] = compiler.endpoint_chain(
+                endpoint, "Egress", ordered, profile)
+            compiler.ruleset.to_endpoint[endpoint.interface] = compiler.endpoint_chain(
+                endpoint, "Ingress", ordered, profile)
+        self._policies, self._kept = ordered, compiler.built
+        return compiler.ruleset
 
 
 # -- text for nft -f ------------------------------------------------------------------------

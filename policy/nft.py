@@ -119,7 +119,8 @@ def update_script(old: Ruleset, new: Ruleset) -> str:
     for name in sorted(set(new.chains) - set(old.chains)):
         lines.append(f"add chain {T} {name}")
     for name, rules in sorted(new.chains.items()):
-        if old.chains.get(name) == rules:
+        before = old.chains.get(name)
+        if before is rules or before == rules:  # an unchanged endpoint's chains are the same list
             continue
         if name in old.chains:
             lines.append(f"flush chain {T} {name}")
