@@ -83,6 +83,15 @@ log = logging.getLogger("percale.node.cni")
 
 
 
+async def _settled(future: asyncio.Future) -> Any:
+    """`future`'s result once it is done; None when it failed or was cancelled (its error
+    belongs to whoever reports the ADD's failure)."""
+    await asyncio.wait((future,))
+    if future.cancelled() or future.exception() is not None:
+        return None
+    return future.result()
+
+
 class CNIHandlers:
     def __init__(self, store: Datastore, ipam: IPAM, node: str, host_mtu: int,
                  policy: PolicyAgent | None = None):
@@ -100,12 +109,27 @@ class CNIHandlers:
     async def start(self) -> None:
         await asyncio.gather(self.workers.start(), self.teardowns.start())
 
-    async def _undo_link(self, linking: asyncio.Future, host_veth: str) -> None:
+    async def _undo_link(self, linking: asyncio.Future, host_veth: str,
+                         configuring: asyncio.Future | None = None) -> None:
+        if configuring is not None:
+            await _settled(configuring)  # its link goes only once it is done with it
         try:
             await linking
         except Exception:
             return  # it made nothing, or removed what it made
         await self.workers.run(pod_network.remove_host_veth, host_veth)
+
+    async def _undo_endpoint(self, writing: asyncio.Future | None) -> None:
+        """Delete the endpoint a failed ADD stored, if it did, and if it is still that one."""
+        written = await _settled(writing) if writing is not None else None
+        if written is None:
+            return
+        try:
+            await self.store.delete(written.key, revision=written.revision)
+        except (NotFound, Conflict):
+            pass  # gone already, or a newer ADD for the pod has written its own
+        except DatastoreError as err:
+            log.warning("could not delete endpoint %s of a failed ADD: %s", written.key.name, err)
 
     def _in_background(self, work: Awaitable[object]) -> None:
         task = asyncio.ensure_future(work)
@@ -203,6 +227,8 @@ class CNIHandlers:
             self.workers.run(pod_network.create_link, pod.netns, pod.ifname, pod.host_veth, mtu))
         addresses: list[Interface] = []
         announced: Key | None = None
+        configuring: asyncio.Future | None = None
+        writing: asyncio.Future | None = None
         try:
             addresses = await self._allocate(pod, conf)
             try:
@@ -211,17 +237,24 @@ class CNIHandlers:
                 raise CNIError(INTERFACE_EXISTS, str(err)) from None
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
-            try:
-                await self.workers.run(pod_network.configure, pod.netns, pod.ifname, pod.host_veth,
-                                       addresses)
-            except pod_network.DataplaneError as err:
-                raise CNIError(DATAPLANE_FAILED, str(err)) from None
             endpoint = self._endpoint(pod, conf, link, addresses, labels, ports)
             if self.policy is not None:
-                # Its chains are compiled and written while the datastore stores it.
+                # Its chains are compiled and written while the pod is configured and the
+                # datastore stores it.
                 announced = Key.of(endpoint)
                 self.policy.endpoint_written(KVPair(announced, endpoint, NOT_STORED))
-            written = await self._write_endpoint(endpoint)
+            # The pod's addresses and routes, and its endpoint in the datastore, at once: neither
+            # needs the other, and one after the other they were half an ADD. A failure of
+            # either undoes both (below).
+            configuring = asyncio.ensure_future(self.workers.run(
+                pod_network.configure, pod.netns, pod.ifname, pod.host_veth, addresses))
+            writing = asyncio.ensure_future(self._write_endpoint(endpoint))
+            await asyncio.wait((configuring, writing))
+            try:
+                configuring.result()
+            except pod_network.DataplaneError as err:
+                raise CNIError(DATAPLANE_FAILED, str(err)) from None
+            written = writing.result()
             announced = None
             if self.policy is not None:
                 self.policy.endpoint_written(written)
@@ -231,11 +264,13 @@ class CNIHandlers:
                 log.warning("pod %s/%s: policy not programmed yet for %s; its traffic is dropped "
                             "until it is", pod.namespace, pod.name, link.host_name)
         except BaseException:
-            # Undo in reverse: the announced endpoint, the veth (if this ADD made it), then the
-            # addresses this ADD took (not those of an earlier ADD under the same handle).
+            # Undo in reverse: the announced endpoint, the stored one, the veth (if this ADD
+            # made it), then the addresses this ADD took (not those of an earlier ADD under the
+            # same handle).
             if announced is not None and self.policy is not None:
                 self.policy.endpoint_dropped(announced)
-            await asyncio.shield(self._undo_link(linking, pod.host_veth))
+            await asyncio.shield(self._undo_endpoint(writing))
+            await asyncio.shield(self._undo_link(linking, pod.host_veth, configuring))
             if addresses:
                 await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
             raise

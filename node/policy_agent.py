@@ -70,6 +70,9 @@ class PolicyAgent:
         # need not wait for the round trip through the datastore.
         self._written: dict[Key, KVPair] = {}
         self._written_at: dict[Key, float] = {}  # when each stored one was handed over
+        # Announced endpoints whose key the watch changed while their write was on its way:
+        # most likely that write itself, coming back before its answer. Judged on the answer.
+        self._changed_while_announced: set[Key] = set()
         self._waiters: dict[str, list[asyncio.Future]] = {}
         # Each endpoint as the compiler sees it, by key: (revision, its namespace's labels,
         # PolicyEndpoint), so a compilation converts only what changed.
@@ -85,6 +88,11 @@ class PolicyAgent:
             self._forget_written(change.key)  # the view has it (or has seen it go)
             if change.new is not None and change.new.revision == ours.revision:
                 return  # this agent's own write coming back: programmed from it already
+        elif ours is not None and ours.revision == NOT_STORED and change.new is not None:
+            # The watch often brings the write before the write's own answer comes: compiling
+            # now would only find what the announcement programmed. endpoint_written() decides.
+            self._changed_while_announced.add(change.key)
+            return
         if change.kind in POLICY_KINDS:
             self._due.set()
 
@@ -93,8 +101,11 @@ class PolicyAgent:
         now, not when the watch says so."""
         announced = self._written.get(pair.key)
         current = self.cache.get(pair.key)
+        changed_meanwhile = pair.key in self._changed_while_announced
+        self._changed_while_announced.discard(pair.key)
         if current is not None and current.revision == pair.revision:
             self._forget_written(pair.key)  # the watch was faster
+            changed_meanwhile = False  # and what it brought was this write
         else:
             self._written[pair.key] = pair
             if pair.revision == NOT_STORED:
@@ -106,11 +117,14 @@ class PolicyAgent:
                 asyncio.get_running_loop().call_later(
                     self.trust_written_seconds, self._unconfirmed_after_trust, pair.key)
         if announced is not None and announced.revision == NOT_STORED != pair.revision:
+            if changed_meanwhile:
+                self._due.set()  # the watch brought something other than this write
             return  # the announced endpoint, now stored: its chains hold as compiled
         self._due.set()
 
     def endpoint_dropped(self, key: Key) -> None:
         """The CNI side gave up an endpoint it announced and did not store (its ADD failed)."""
+        self._changed_while_announced.discard(key)
         pair = self._written.get(key)
         if pair is not None and pair.revision == NOT_STORED:
             del self._written[key]

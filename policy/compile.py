@@ -99,6 +99,14 @@ class Ruleset:
     from_endpoint: dict[str, str] = field(default_factory=dict)  # interface -> chain
     to_endpoint: dict[str, str] = field(default_factory=dict)
 
+    @functools.cached_property
+    def size(self) -> int:
+        """Rules, set elements and endpoints: what nft's copy of the table grows with. Counted
+        once, when the ruleset is complete (the writer asks after compilation)."""
+        return (sum(len(rules) for rules in self.chains.values())
+                + sum(len(declared.elements) for declared in self.sets.values())
+                + len(self.from_endpoint))
+
 
 BASE_CHAINS = {
     "forward": ["type filter hook forward priority filter; policy accept;",

@@ -118,13 +118,14 @@ def update_script(old: Ruleset, new: Ruleset) -> str:
                 lines.append(f"add element {T} {name} {{ {', '.join(declared.elements)} }}")
     for name in sorted(set(new.chains) - set(old.chains)):
         lines.append(f"add chain {T} {name}")
-    for name, rules in sorted(new.chains.items()):
-        before = old.chains.get(name)
-        if before is rules or before == rules:  # an unchanged endpoint's chains are the same list
-            continue
+    # Most chains are the same list as before (RulesetCompiler keeps them): find the few that
+    # changed, then sort only those, for a stable script.
+    changed = [name for name, rules in new.chains.items()
+               if (before := old.chains.get(name)) is not rules and before != rules]
+    for name in sorted(changed):
         if name in old.chains:
             lines.append(f"flush chain {T} {name}")
-        lines += [f"add rule {T} {name} {rule}" for rule in rules]
+        lines += [f"add rule {T} {name} {rule}" for rule in new.chains[name]]
     from_deletes, from_adds = _vmap_changes("from-endpoint", old.from_endpoint, new.from_endpoint)
     to_deletes, to_adds = _vmap_changes("to-endpoint", old.to_endpoint, new.to_endpoint)
     lines += from_deletes + to_deletes + from_adds + to_adds
@@ -141,12 +142,6 @@ def update_script(old: Ruleset, new: Ruleset) -> str:
 BIG_TABLE = 2000
 
 
-def _size(ruleset: Ruleset) -> int:
-    return (sum(len(rules) for rules in ruleset.chains.values())
-            + sum(len(declared.elements) for declared in ruleset.sets.values())
-            + len(ruleset.from_endpoint))
-
-
 class PolicyTable:
     """The `inet percale` table of the network namespace this process is in."""
 
@@ -156,7 +151,7 @@ class PolicyTable:
 
     def apply(self, ruleset: Ruleset) -> bool:
         """Make the table hold `ruleset`; True when something was written."""
-        release = _size(ruleset) > BIG_TABLE or (self.applied is not None and _size(self.applied) > BIG_TABLE)
+        release = ruleset.size > BIG_TABLE or (self.applied is not None and self.applied.size > BIG_TABLE)
         if self.applied is None:
             self._nft(render(ruleset), release=release)
         else:

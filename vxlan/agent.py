@@ -77,6 +77,10 @@ class VXLANAgent:
         return self.plans[prefix.version].claims(prefix)
 
     def _changed(self, change: Change) -> None:
+        if change.kind not in ("IPPool", "Node", "IPAMBlock"):
+            # The view hands every kind to every listener: endpoints and handles are not
+            # VXLAN's, and their values are left undecoded.
+            return
         value: Any = change.new.value if change.new else None
         for plan in self.plans.values():
             if change.kind == "IPPool":
@@ -87,8 +91,6 @@ class VXLANAgent:
                 present = change.new or change.old
                 assert present is not None
                 plan.set_block(present.value.spec.cidr, value)  # type: ignore[attr-defined]
-            else:
-                return
         if change.kind == "IPPool" or (change.kind == "Node" and change.key.name == self.node):
             self._address_due.set()
             self._devices_due = True

@@ -336,7 +336,9 @@ def test_add_after_another_plugin_keeps_its_result(node):
 
 def test_a_failed_add_undoes_every_step(node, etcd_server):
     """The kernel refuses the host route (the address is already routed, as a /32 block's
-    blackhole would be): the veth goes, the address goes back, no endpoint is left."""
+    blackhole would be): the veth goes, the address goes back, no endpoint is left (it is
+    written while the pod is configured, so it was stored and is deleted again), and the policy
+    table holds no chains for the pod."""
     for i in range(4):
         node.exec("ip", "route", "add", "blackhole", f"10.246.0.{i}/32")
     node.wait_for_view(lambda: with_store(etcd_server.endpoint,
@@ -352,6 +354,11 @@ def test_a_failed_add_undoes_every_step(node, etcd_server):
         assert "k8s-pod-network.c-fail" not in handles
         weps = with_store(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint", "default"))
         assert all(kv.value.spec.container_id != "c-fail" for kv in weps.items)
+        veth = pod_network.host_veth_name("default", "fail")
+        deadline = time.monotonic() + 5
+        while veth in node.exec("nft", "list", "table", "inet", "percale").stdout:
+            assert time.monotonic() < deadline, f"the policy table still has chains for {veth}"
+            time.sleep(0.05)
     finally:
         for i in range(4):
             node.exec("ip", "route", "del", "blackhole", f"10.246.0.{i}/32", check=False)

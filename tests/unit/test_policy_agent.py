@@ -119,6 +119,51 @@ async def test_an_add_compiles_the_ruleset_once_not_again_for_its_own_write(worl
     assert agent._written == {}
 
 
+async def test_the_watch_bringing_the_write_before_its_answer_compiles_nothing(world):
+    """On a busy node the watch often delivers the endpoint before the CNI side has the
+    create's answer: while the endpoint is announced, that change waits for the answer, which
+    shows it was the write itself. Compiling again for it cost every ADD a second compilation."""
+    memory, cache, agent, table = world
+    value = endpoint("web", "pcl000000000005")
+    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000005", timeout=2)
+    compiled = len(table.history)
+    written = await memory.create(value)
+    for _ in range(200):
+        if cache.get(written.key) is not None:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the watch was faster: nothing compiled meanwhile
+    assert len(table.history) == compiled
+    agent.endpoint_written(written)
+    await asyncio.sleep(0.05)
+    assert len(table.history) == compiled and agent._written == {}
+
+
+async def test_a_change_by_someone_else_while_announced_is_compiled_on_the_answer(world):
+    """Someone else writes the key after the CNI side's write and before its answer: the view
+    then holds another revision, so the answer compiles what the view holds."""
+    memory, cache, agent, table = world
+    value = endpoint("web", "pcl000000000006", {"app": "web"})
+    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000006", timeout=2)
+    written = await memory.create(value)
+    relabelled = await memory.update(endpoint("web", "pcl000000000006", {"app": "db"}),
+                                     revision=written.revision)
+    for _ in range(200):
+        current = cache.get(written.key)
+        if current is not None and current.revision == relabelled.revision:
+            break
+        await asyncio.sleep(0.005)
+    compiled = len(table.history)
+    agent.endpoint_written(written)
+    for _ in range(200):
+        if len(table.history) > compiled:
+            break
+        await asyncio.sleep(0.005)
+    assert len(table.history) > compiled
+
+
 @pytest.mark.parametrize("dropped_between", [False, True])
 async def test_an_endpoint_announced_again_is_programmed_with_its_new_values(world, dropped_between):
     """A retried ADD announces its endpoint again under the same key and the same (non-)
