@@ -232,6 +232,12 @@ CASES = [
             {"action": "Pass", "protocol": "UDP"}]}, "pass"),
         own({"order": 20, "selector": "all()", "ingress": [
             {"action": "Allow", "protocol": "TCP", "destination": {"ports": [81]}}]}, "allow")]),
+    # A pass skips every later policy, a Deny among them too, and the profile decides.
+    ("calico-pass-skips-a-later-deny", [], [
+        own({"order": 5, "selector": "pod == 'a'", "ingress": [
+            {"action": "Pass", "protocol": "UDP"}]}, "pass"),
+        own({"order": 20, "selector": "pod == 'a'", "ingress": [
+            {"action": "Deny", "protocol": "UDP"}, {"action": "Allow", "protocol": "TCP"}]}, "deny")]),
     ("calico-global-deny-with-k8s-allow", [k8s(podSelector={}, ingress=[{}])], [
         own({"order": 1, "selector": "pod == 'c'", "namespaceSelector": "ns == 'z'", "ingress": [
             {"action": "Deny", "protocol": "TCP", "source": {"nets": ["0.0.0.0/0"]},
