@@ -77,11 +77,17 @@ class PolicyAgent:
         # Each endpoint as the compiler sees it, by key: (revision, its namespace's labels,
         # PolicyEndpoint), so a compilation converts only what changed.
         self._converted: dict[Key, tuple[str | None, dict[str, str] | None, PolicyEndpoint]] = {}
+        # Endpoint keys that may have changed since the last conversion (None: all of them), so
+        # a compilation looks at what changed, not at every endpoint of the cluster.
+        self._stale: set[Key] | None = None
+        self._namespace_labels: dict[str, dict[str, str]] = {}
         self._compiler = RulesetCompiler()  # keeps unchanged endpoints' chains between compilations
         self.last_apply_seconds = 0.0
         cache.subscribe(self._changed)
 
     def _changed(self, change: Change) -> None:
+        if change.kind == "WorkloadEndpoint":
+            self._mark_stale(change.key)
         ours = self._written.get(change.key)
         if ours is not None and any(pair is not None and pair.revision == ours.revision
                                     for pair in (change.new, change.old)):
@@ -99,6 +105,7 @@ class PolicyAgent:
     def endpoint_written(self, pair: KVPair) -> None:
         """The CNI side wrote this endpoint, or is about to (revision NOT_STORED): program it
         now, not when the watch says so."""
+        self._mark_stale(pair.key)
         announced = self._written.get(pair.key)
         current = self.cache.get(pair.key)
         changed_meanwhile = pair.key in self._changed_while_announced
@@ -125,6 +132,7 @@ class PolicyAgent:
     def endpoint_dropped(self, key: Key) -> None:
         """The CNI side gave up an endpoint it announced and did not store (its ADD failed)."""
         self._changed_while_announced.discard(key)
+        self._mark_stale(key)
         pair = self._written.get(key)
         if pair is not None and pair.revision == NOT_STORED:
             del self._written[key]
@@ -137,6 +145,11 @@ class PolicyAgent:
     def _forget_written(self, key: Key) -> None:
         self._written.pop(key, None)
         self._written_at.pop(key, None)
+        self._mark_stale(key)
+
+    def _mark_stale(self, key: Key) -> None:
+        if self._stale is not None:
+            self._stale.add(key)
 
     def _expire_written(self) -> None:
         """Stored endpoints the watch has not confirmed within the trust: the view wins."""
@@ -146,6 +159,18 @@ class PolicyAgent:
                 log.info("the view never showed endpoint %s at the revision written; "
                          "following the view", key.name)
                 self._forget_written(key)
+
+    def _convert(self, key: Key, pair: KVPair, namespace_labels: dict[str, dict[str, str]]
+                 ) -> tuple[str | None, dict[str, str] | None, PolicyEndpoint]:
+        """(revision, namespace labels, PolicyEndpoint) for an endpoint: the one converted
+        before while both are the same, so the compiler sees the same object."""
+        labels = namespace_labels.get(key.namespace or "default")
+        was = self._converted.get(key)
+        # An announced endpoint (NOT_STORED) is converted each time: a retried ADD may announce
+        # other values under the same key and the same (non-)revision.
+        if was is not None and was[0] == pair.revision != NOT_STORED and was[1] == labels:
+            return was
+        return (pair.revision, labels, policy_endpoint(pair.value, self.node, namespace_labels))
 
     def desired(self) -> Ruleset:
         profiles: dict[str, Profile] = {}
@@ -158,20 +183,23 @@ class PolicyAgent:
                 namespace_labels[namespace] = {NAMESPACE_LABEL: namespace,
                                                **profile.spec.labels_to_apply}
         self._expire_written()
-        known = {**self.cache.items("WorkloadEndpoint"), **self._written}
-        converted: dict[Key, tuple[str | None, dict[str, str] | None, PolicyEndpoint]] = {}
-        for key, pair in known.items():
-            labels = namespace_labels.get(key.namespace or "default")
-            was = self._converted.get(key)
-            # An announced endpoint (NOT_STORED) is converted each time: a retried ADD may
-            # announce other values under the same key and the same (non-)revision.
-            if (was is not None and was[0] == pair.revision != NOT_STORED
-                    and was[1] == labels):
-                converted[key] = was
-            else:
-                converted[key] = (pair.revision, labels,
-                                  policy_endpoint(pair.value, self.node, namespace_labels))
-        self._converted = converted
+        if namespace_labels != self._namespace_labels:
+            self._stale = None  # a namespace's labels changed: its endpoints convert anew
+        self._namespace_labels = namespace_labels
+        if self._stale is None:
+            # Everything: what the view holds and what the CNI side wrote, the latter first.
+            converted = {}
+            for key, pair in {**self.cache.items("WorkloadEndpoint"), **self._written}.items():
+                converted[key] = self._convert(key, pair, namespace_labels)
+        else:
+            converted = self._converted
+            for key in self._stale:
+                pair = self._written.get(key) or self.cache.get(key)
+                if pair is None:
+                    converted.pop(key, None)
+                else:
+                    converted[key] = self._convert(key, pair, namespace_labels)
+        self._converted, self._stale = converted, set()
         endpoints = [endpoint for _, _, endpoint in converted.values()]
         policies = [*self.cache.values("NetworkPolicy"), *self.cache.values("GlobalNetworkPolicy")]
         return self._compiler.compile(policies, profiles, endpoints)

@@ -8,10 +8,11 @@ import asyncio
 
 import pytest
 
-from percale.api import ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec
+from percale.api import ObjectMeta, Profile, WorkloadEndpoint, WorkloadEndpointSpec, parse
 from percale.datastore import Key, KVPair, MemoryDatastore
 from percale.datastore.cache import Cache
 from percale.node.policy_agent import NOT_STORED, POLICY_KINDS, PolicyAgent
+from percale.policy.compile import render
 
 pytestmark = pytest.mark.unit
 
@@ -234,3 +235,53 @@ async def test_a_confirmed_write_costs_no_compilation_when_its_trust_runs_out():
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def test_compiling_what_changed_gives_what_compiling_everything_gives(world):
+    """The agent converts only the endpoints the watch or the CNI side changed since its last
+    compilation; after creates, relabels, deletes and a namespace's labels changing, its ruleset
+    is the one an agent converting every endpoint afresh compiles."""
+    memory, cache, agent, table = world
+    # Labels and namespace labels decide which endpoints it selects, so a stale conversion
+    # shows in the ruleset.
+    for name, spec in (("front-web", {"selector": "app == 'web'", "namespaceSelector": "tier == 'front'"}),
+                       ("db", {"selector": "app == 'db'"})):
+        await memory.create(parse({
+            "apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": name},
+            "spec": {**spec, "ingress": [{"action": "Allow", "source": {"selector": "app == 'web'"}}]}}))
+    stored = {}
+
+    def held(key, kv) -> bool:
+        now = cache.get(key)
+        return now is None if kv is None else now is not None and now.revision == kv.revision
+
+    async def settled():
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if all(held(key, kv) for key, kv in stored.items()):
+                break
+        assert all(held(key, kv) for key, kv in stored.items())
+        fresh = PolicyAgent(cache, "node1", table=RecordingTable())
+        assert render(agent.desired()) == render(fresh.desired())
+
+    for i in range(6):
+        kv = await memory.create(endpoint(f"pod{i}", f"pcl00000000010{i}", {"app": "web"}))
+        stored[kv.key] = kv
+        await settled()
+    for i in (1, 3):
+        key = next(k for k in stored if f"pod{i}" in k.name)
+        stored[key] = await memory.update(endpoint(f"pod{i}", f"pcl00000000010{i}", {"app": "db"}),
+                                          revision=stored[key].revision)
+        await settled()
+    key = next(k for k in stored if "pod2" in k.name)
+    await memory.delete(key, revision=stored[key].revision)
+    stored[key] = None
+    await settled()
+    await memory.create(Profile(metadata={"name": "kns.shop"},
+                                spec={"labelsToApply": {"tier": "front"}}))
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if cache.get(Key("Profile", "kns.shop")) is not None:
+            break
+    await settled()
+    assert len(agent._converted) == 5 and all(e.namespace_labels.get("tier") == "front" for _, _, e in agent._converted.values())

@@ -30,11 +30,11 @@ def policy(name: str, namespace: str | None, app: str, order: float | None, peer
     return parse({"apiVersion": "percale.io/v1", "kind": kind, "metadata": meta, "spec": spec})
 
 
-def profile(namespace: str, tier: str) -> object:
+def profile(namespace: str, tier: str, peer: str | None = None) -> object:
     return parse({"apiVersion": "percale.io/v1", "kind": "Profile",
                   "metadata": {"name": f"kns.{namespace}"},
                   "spec": {"labelsToApply": {"tier": tier},
-                           "ingress": [{"action": "Allow", "source": {"selector": f"tier == '{tier}'"}}],
+                           "ingress": [{"action": "Allow", "source": {"selector": f"tier == '{peer or tier}'"}}],
                            "egress": [{"action": "Allow"}]}})
 
 
@@ -45,8 +45,10 @@ POLICIES = [policy(f"p{i}", ns, app, order, peer)
                 ("shop", "web", 10, "api"), ("shop", "web", 20, "web"), (None, "api", None, "web"),
                 ("bank", "api", 5, "db"), (None, "db", 1, "api")])]
 EDITED = {0: policy("p0", "shop", "api", 10, "db"), 2: policy("p2", None, "web", 3, "db")}
-PROFILES = {("shop", "a"): profile("shop", "a"), ("shop", "b"): profile("shop", "b"),
-            ("bank", "a"): profile("bank", "a")}
+# ("shop", "a2") differs from ("shop", "a") in its rules only: the namespace's endpoints stay
+# the same, and only the profile's own chains change.
+PROFILES = {("shop", "a"): profile("shop", "a"), ("shop", "a2"): profile("shop", "a", peer="b"),
+            ("shop", "b"): profile("shop", "b"), ("bank", "a"): profile("bank", "a")}
 
 pods = st.fixed_dictionaries({
     "namespace": st.sampled_from(NAMESPACES),
@@ -120,3 +122,14 @@ def test_an_unchanged_endpoint_keeps_its_chains_and_a_relabelled_one_does_not():
     assert second.chains["tw-pcl000000000002"] == compile_ruleset(
         [POLICIES[0]], {}, [web, relabelled]).chains["tw-pcl000000000002"]
     assert any(rule.startswith("jump pi-") for rule in second.chains["tw-pcl000000000002"])
+
+
+def test_a_profile_whose_rules_change_is_compiled_again_though_its_endpoints_did_not():
+    compiler = RulesetCompiler()
+    web = PolicyEndpoint(key="shop/web", namespace="shop", interface="pcl000000000001",
+                         addresses=("10.244.0.1",), labels={"app": "web"},
+                         namespace_labels={"kubernetes.io/metadata.name": "shop", "tier": "a"})
+    before = compiler.compile([], {"shop": PROFILES["shop", "a"]}, [web])
+    after = compiler.compile([], {"shop": PROFILES["shop", "a2"]}, [web])
+    assert render(after) == render(compile_ruleset([], {"shop": PROFILES["shop", "a2"]}, [web]))
+    assert render(after) != render(before)
