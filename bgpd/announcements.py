@@ -16,6 +16,7 @@ block changed anywhere in the cluster costs this node one look at that block.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,13 +47,25 @@ def own_block(node: str, affinity: BlockAffinity | None) -> str | None:
 def borrowed_in(node: str, block: IPAMBlock | None) -> frozenset[str]:
     """The /32s (/128s) of `block`'s addresses allocated to `node`: borrowed unless the block
     is the node's own, which the caller knows."""
+    if block is None:
+        return frozenset()
+    return frozenset(host_prefix(block.spec.cidr, o) for o in ordinals_of(node, block))
+
+
+def ordinals_of(node: str, block: IPAMBlock | None) -> frozenset[int]:
+    """Which addresses of `block` (by ordinal) are allocated to `node`. Cheaper than their
+    prefixes, which a node's own block (every one of its pods) never needs."""
     if block is None or block.spec.deleted:
         return frozenset()
     spec = block.spec
-    base = spec.network.network_address
-    return frozenset(str(ipaddress.ip_network(base + ordinal))
-                     for ordinal, slot in enumerate(spec.allocations)
+    return frozenset(ordinal for ordinal, slot in enumerate(spec.allocations)
                      if slot is not None and spec.attributes[slot].secondary.get("node") == node)
+
+
+@functools.lru_cache(maxsize=8192)
+def host_prefix(cidr: str, ordinal: int) -> str:
+    """The /32 (/128) of the address `ordinal` of block `cidr`."""
+    return str(ipaddress.ip_network(ipaddress.ip_network(cidr).network_address + ordinal))
 
 
 def announcements(node: str, affinities: Iterable[BlockAffinity],
@@ -72,7 +85,7 @@ class AnnouncementTable:
     def __init__(self, node: str) -> None:
         self.node = node
         self._own: dict[str, str] = {}  # affinity name -> block
-        self._borrowed: dict[str, frozenset[str]] = {}  # block -> this node's /32s in it
+        self._borrowed: dict[str, frozenset[int]] = {}  # block -> this node's addresses in it
         self._current = Announcements(frozenset(), frozenset())
 
     @property
@@ -90,7 +103,7 @@ class AnnouncementTable:
 
     def block(self, cidr: str, block: IPAMBlock | None) -> bool:
         """Block `cidr` is now `block` (None: deleted)."""
-        mine = borrowed_in(self.node, block)
+        mine = ordinals_of(self.node, block)
         if mine:
             self._borrowed[cidr] = mine
         elif self._borrowed.pop(cidr, None) is None:
@@ -99,7 +112,7 @@ class AnnouncementTable:
 
     def _refresh(self) -> bool:
         own = frozenset(self._own.values())
-        borrowed = frozenset(p for cidr, prefixes in self._borrowed.items() if cidr not in own
-                             for p in prefixes)
+        borrowed = frozenset(host_prefix(cidr, o) for cidr, ordinals in self._borrowed.items()
+                             if cidr not in own for o in ordinals)
         before, self._current = self._current, Announcements(own, borrowed)
         return self._current != before
