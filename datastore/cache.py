@@ -36,9 +36,10 @@ Values are shared between readers: never mutate what the view hands out (model_c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -105,6 +106,10 @@ class Cache:
         self._synced = asyncio.Event()
         self._listeners: list[Listener] = []
         self._known: dict[Key, list[KVPair]] = {}  # see known()
+        # Keys this process is writing through a CachedDatastore (how many writes each), and the
+        # changes of them the watch brought meanwhile, told once the writes are answered.
+        self._writing: dict[Key, int] = {}
+        self._held: dict[Key, list[Change]] = {}
         # Counts for tests, benchmarks and /metrics.
         self.lists = 0
         self.events = 0
@@ -348,11 +353,41 @@ class Cache:
         return None  # an older revision, delivered late: what this process holds is still to come
 
     def _tell(self, change: Change) -> None:
+        if change.key in self._writing:
+            self._held.setdefault(change.key, []).append(change)
+            return
         for listener in self._listeners:
             try:
                 listener(change)
             except Exception:  # one part's bug must not stop the others hearing of changes
                 log.exception("a listener failed on %s", change.key)
+
+    @contextlib.contextmanager
+    def writing(self, keys: Iterable[Key]) -> Iterator[None]:
+        """While this process writes `keys`, their changes wait to be told until the write is
+        answered. The watch often brings a write before its answer does; told at once, every
+        listener decoded the event's copy of a value this process holds decoded already (an
+        agent reads back every block it writes). Told after the answer, known() has swapped in
+        the writer's object of that revision. Listeners hear of the same changes in the same
+        order, a round trip later at most."""
+        keys = [key for key in keys if self.covers(key)]
+        for key in keys:
+            self._writing[key] = self._writing.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            for key in keys:
+                left = self._writing[key] - 1
+                if left:
+                    self._writing[key] = left
+                    continue
+                del self._writing[key]
+                for change in self._held.pop(key, ()):
+                    new = change.new
+                    now = self._objects[key.kind].get(key)
+                    if new is not None and now is not None and now is not new and now.revision == new.revision:
+                        change = Change(key, change.old, now)  # the writer's decoded object
+                    self._tell(change)
 
 
 class _Burst:
@@ -513,37 +548,40 @@ class CachedDatastore:
     # -- writes --------------------------------------------------------------------------------
 
     async def create(self, value: Resource) -> KVPair:
-        try:
-            kv = await self.store.create(value)
-        except AlreadyExists as err:
-            self._remember(err.key, _ASK, None)
-            raise
-        self._remember(kv.key, kv, kv.revision)
-        return kv
+        with self.cache.writing([Key.of(value)]):
+            try:
+                kv = await self.store.create(value)
+            except AlreadyExists as err:
+                self._remember(err.key, _ASK, None)
+                raise
+            self._remember(kv.key, kv, kv.revision)
+            return kv
 
     async def update(self, value: Resource, *, revision: str | None) -> KVPair:
-        try:
-            kv = await self.store.update(value, revision=revision)
-        except Conflict as err:
-            self._remember(err.key, err.current, err.current.revision)
-            raise
-        except NotFound as err:
-            self._remember(err.key, _GONE, None)
-            raise
-        self._remember(kv.key, kv, kv.revision)
-        return kv
+        with self.cache.writing([Key.of(value)]):
+            try:
+                kv = await self.store.update(value, revision=revision)
+            except Conflict as err:
+                self._remember(err.key, err.current, err.current.revision)
+                raise
+            except NotFound as err:
+                self._remember(err.key, _GONE, None)
+                raise
+            self._remember(kv.key, kv, kv.revision)
+            return kv
 
     async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
-        try:
-            kv = await self.store.delete(key, revision=revision)
-        except Conflict as err:
-            self._remember(key, err.current, err.current.revision)
-            raise
-        except NotFound:
+        with self.cache.writing([key]):
+            try:
+                kv = await self.store.delete(key, revision=revision)
+            except Conflict as err:
+                self._remember(key, err.current, err.current.revision)
+                raise
+            except NotFound:
+                self._remember(key, _GONE, None)
+                raise
             self._remember(key, _GONE, None)
-            raise
-        self._remember(key, _GONE, None)
-        return kv
+            return kv
 
     @property
     def write_together(self) -> WriteTogether | None:
@@ -554,21 +592,22 @@ class CachedDatastore:
     async def _write_together(self, writes: Sequence[Write]) -> list[KVPair]:
         write_together = writes_together(self.store)
         assert write_together is not None
-        try:
-            done = await write_together(writes)
-        except TransactionConflict as err:
-            for key, now in err.current.items():
-                if now is None:
-                    self._remember(key, _GONE, None)
+        with self.cache.writing([write.key for write in writes]):
+            try:
+                done = await write_together(writes)
+            except TransactionConflict as err:
+                for key, now in err.current.items():
+                    if now is None:
+                        self._remember(key, _GONE, None)
+                    else:
+                        self._remember(key, now, now.revision)
+                raise
+            for write, kv in zip(writes, done, strict=True):
+                if isinstance(write, Delete):
+                    self._remember(write.key, _GONE, None)
                 else:
-                    self._remember(key, now, now.revision)
-            raise
-        for write, kv in zip(writes, done, strict=True):
-            if isinstance(write, Delete):
-                self._remember(write.key, _GONE, None)
-            else:
-                self._remember(kv.key, kv, kv.revision)
-        return done
+                    self._remember(kv.key, kv, kv.revision)
+            return done
 
     def watch(self, kind: str, *, revision: str | None = None, namespace: str | None = None,
               node: str | None = None, deleted_values: bool = True) -> AsyncIterator[WatchEvent]:

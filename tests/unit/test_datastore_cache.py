@@ -280,3 +280,49 @@ async def test_a_poll_never_reads_more_objects_than_the_events_it_replaces():
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class SlowAnswers(FlakyWatches):
+    """Writes land at once, but their answers come `delay` later: the watch delivers first, as
+    it often does from etcd. `seen_before_answer` records what a listener had heard by then."""
+
+    def __init__(self, store: MemoryDatastore, delay: float, heard: list):
+        super().__init__(store, every=10**9)
+        self.delay, self.heard, self.seen_before_answer = delay, heard, []
+
+    async def create(self, value):
+        try:
+            return await self.store.create(value)
+        finally:
+            await asyncio.sleep(self.delay)
+            self.seen_before_answer.append(list(self.heard))
+
+
+async def test_changes_of_a_key_being_written_are_told_after_the_answer_with_the_writers_object():
+    heard: list[Change] = []
+    memory = MemoryDatastore()
+    store = SlowAnswers(memory, 0.05, heard)
+    cache = Cache(store, ["IPPool"])
+    cache.subscribe(lambda change: heard.append(change))
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        view = CachedDatastore(store, cache)
+        created = await view.create(pool("new", "10.245.0.0/16"))
+        assert cache.get(created.key).revision == created.revision  # the watch had brought it
+        assert store.seen_before_answer == [[]]  # and nobody was told before the answer
+        assert [(c.key, c.new.revision) for c in heard] == [(created.key, created.revision)]
+        assert heard[0].new is created  # the writer's object: nothing to decode again
+
+        # A write that fails releases the key too: a later change is told at once.
+        with pytest.raises(Exception):
+            await view.create(pool("new", "10.246.0.0/16"))
+        updated = await memory.update(pool("new", "10.247.0.0/16"), revision=created.revision)
+        for _ in range(100):
+            if len(heard) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [c.new.revision for c in heard] == [created.revision, updated.revision]
+        assert not cache._writing and not cache._held
+    finally:
+        task.cancel()
