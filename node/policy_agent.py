@@ -170,7 +170,12 @@ class PolicyAgent:
         # other values under the same key and the same (non-)revision.
         if was is not None and was[0] == pair.revision != NOT_STORED and was[1] == labels:
             return was
-        return (pair.revision, labels, policy_endpoint(pair.value, self.node, namespace_labels))
+        endpoint = policy_endpoint(pair.value, self.node, namespace_labels)
+        if was is not None and was[2] == endpoint:
+            # The same endpoint at another revision (an announced one, now stored): the same
+            # object, so the compiler keeps its chains instead of building them again.
+            endpoint = was[2]
+        return (pair.revision, labels, endpoint)
 
     def desired(self) -> Ruleset:
         profiles: dict[str, Profile] = {}

@@ -285,3 +285,18 @@ async def test_compiling_what_changed_gives_what_compiling_everything_gives(worl
             break
     await settled()
     assert len(agent._converted) == 5 and all(e.namespace_labels.get("tier") == "front" for _, _, e in agent._converted.values())
+
+
+async def test_an_announced_endpoint_once_stored_keeps_the_chains_built_for_it(world):
+    """Stored, the endpoint is the one announced at another revision: the next compilation
+    (for another pod) carries its chains over instead of building them a second time."""
+    memory, cache, agent, table = world
+    value = endpoint("web", "pcl000000000011")
+    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000011", timeout=2)
+    built = table.applied.chains["fw-pcl000000000011"]
+    agent.endpoint_written(await memory.create(value))
+    other = endpoint("db", "pcl000000000012")
+    agent.endpoint_written(KVPair(Key.of(other), other, NOT_STORED))
+    assert await agent.wait_programmed("pcl000000000012", timeout=2)
+    assert table.applied.chains["fw-pcl000000000011"] is built
