@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -279,7 +280,8 @@ class IPAM:
         got: list[Interface] = []
         try:
             owned = list(await self._owned(node))
-            mine = [c for c in owned if _in_pools(network_of(c), pools)]
+            pool_cidrs = tuple(p.spec.cidr for p in pools)
+            mine = [c for c in owned if _block_in_pools(c, pool_cidrs)]
             # The block that served this node last most likely has room still.
             mine.sort(key=lambda c: c != self._last_block.get(node))
             for cidr in mine:
@@ -956,6 +958,15 @@ class IPAM:
             await self.store.delete(key)
         except NotFound:
             pass
+
+
+@functools.lru_cache(maxsize=65536)
+def _block_in_pools(cidr: str, pool_cidrs: tuple[str, ...]) -> bool:
+    """_in_pools by CIDR texts, remembered: asked for every block of the node on every
+    allocation."""
+    network = network_of(cidr)
+    return any(network.version == (pool := network_of(p)).version and network.subnet_of(pool)  # type: ignore[arg-type]
+               for p in pool_cidrs)
 
 
 def _in_pools(network: Network, pools: list[IPPool]) -> bool:
