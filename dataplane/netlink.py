@@ -463,13 +463,16 @@ class Netlink:
         return parse_link(*answer) if answer else None
 
     def add_veth(self, name: str, mac: str, mtu: int, *, peer: str, peer_mac: str,
-                 peer_netns_fd: int) -> None:
+                 peer_netns_fd: int, up: bool = False) -> None:
         """A veth pair: `name` here, `peer` born inside the namespace `peer_netns_fd` under its
-        final name (never visible in this namespace). EEXIST if `name` is taken here."""
+        final name (never visible in this namespace). EEXIST if `name` is taken here. With `up`
+        this end is created up (as `ip link add ... up`), sparing a lookup of its index and a
+        request. Not the peer: the kernel refuses a peer created up (ENOTCONN)."""
+        flags = IFF_UP if up else 0
         peer_info = (_link_body() + attr_str(IFLA_IFNAME, peer) + attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
                      + attr_u32(IFLA_MTU, mtu) + attr(IFLA_ADDRESS, mac_bytes(peer_mac)))
-        body = (_link_body() + attr_str(IFLA_IFNAME, name) + attr(IFLA_ADDRESS, mac_bytes(mac))
-                + attr_u32(IFLA_MTU, mtu)
+        body = (_link_body(0, flags, flags) + attr_str(IFLA_IFNAME, name)
+                + attr(IFLA_ADDRESS, mac_bytes(mac)) + attr_u32(IFLA_MTU, mtu)
                 + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "veth"),
                          nested(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_info))))
         self.request(message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, body))

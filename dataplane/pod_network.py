@@ -77,7 +77,11 @@ def host_veth_name(namespace: str, pod: str) -> str:
 
 
 def _sysctl(path: str, value: str) -> None:
-    Path("/proc/sys", path).write_text(value)
+    fd = os.open(f"/proc/sys/{path}", os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _setns(fd: int) -> None:
@@ -152,8 +156,8 @@ def _random_mac() -> str:
 
 
 def create_link(netns: str, ifname: str, host_name: str, mtu: int) -> PodLink:
-    """The veth pair, up, with the host side's sysctls: the part of wiring a pod that needs no
-    address, so it runs while IPAM picks one. Raises InterfaceExists, or DataplaneError having
+    """The veth pair, the host end up and with its sysctls: the part of wiring a pod that needs
+    no address, so it runs while IPAM picks one. Raises InterfaceExists, or DataplaneError having
     removed what it made."""
     host = _host_netlink()
     container_mac = _random_mac()
@@ -166,21 +170,17 @@ def create_link(netns: str, ifname: str, host_name: str, mtu: int) -> PodLink:
             if stale is not None:
                 # A host veth left by an earlier ADD of this pod: its container is gone.
                 host.delete_link(stale.index)
-            # The peer is born inside the pod's netns under its final name.
+            # The peer is born inside the pod's netns under its final name; the host end is born
+            # up (the pod has no address or route yet, so nothing flows before the sysctls
+            # below hold), the pod's end is brought up by configure(), which looks it up anyway.
             fd = os.open(netns, os.O_RDONLY)
             try:
                 host.add_veth(host_name, HOST_VETH_MAC, mtu, peer=ifname, peer_mac=container_mac,
-                              peer_netns_fd=fd)
+                              peer_netns_fd=fd, up=True)
                 made = True
             finally:
                 os.close(fd)
             _host_sysctls(host_name)
-            host_link = host.link(name=host_name)
-            pod_link = pod.link(name=ifname)
-            if host_link is None or pod_link is None:
-                raise NetlinkError(errno.ENODEV, "the new veth pair vanished")
-            host.set_link_up(host_link.index)
-            pod.set_link_up(pod_link.index)
     except InterfaceExists:
         raise
     except OSError as err:
@@ -205,6 +205,7 @@ def configure(netns: str, ifname: str, host_name: str, addresses: list[Interface
             link = pod.link(name=ifname)
             if link is None:
                 raise DataplaneError(f"configuring {ifname} in {netns}: the interface is gone")
+            pod.set_link_up(link.index)  # before the routes: the kernel refuses a route via a down link
             for address in addresses:
                 pod.add_address(link.index, ipaddress.ip_interface(address.ip),
                                 nodad=address.version == 6)
