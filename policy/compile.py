@@ -443,9 +443,20 @@ class RulesetCompiler:
                 and profiles.keys() == self._profiles.keys()
                 and all(profile is self._profiles[name] for name, profile in profiles.items()))
         if not same:
-            self._local, self._built, self._chains, self._from, self._to, self._jumps = {}, {}, {}, {}, {}, {}
+            self._start_over()
         self._policies, self._profiles = ordered, dict(profiles)
-        compiler = _Compiler(everyone)
+        try:
+            return self._compile(_Compiler(everyone), everyone, ordered, profiles)
+        except BaseException:
+            self._start_over()  # half carried over: the next compilation builds everything
+            raise
+
+    def _start_over(self) -> None:
+        self._policies, self._profiles = [], {}
+        self._local, self._built, self._chains, self._from, self._to, self._jumps = {}, {}, {}, {}, {}, {}
+
+    def _compile(self, compiler: _Compiler, everyone: list[PolicyEndpoint], ordered: list[tuple],
+                 profiles: Mapping[str, Profile]) -> Ruleset:
         local = {e.interface: e for e in everyone if e.interface}
         for interface in self._local.keys() - local.keys():
             self._forget(interface)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from percale.api import parse
-from percale.policy.compile import PolicyEndpoint, RulesetCompiler, compile_ruleset, render
+from percale.policy.compile import PolicyEndpoint, RulesetCompiler, _Compiler, compile_ruleset, render
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +133,24 @@ def test_a_profile_whose_rules_change_is_compiled_again_though_its_endpoints_did
     after = compiler.compile([], {"shop": PROFILES["shop", "a2"]}, [web])
     assert render(after) == render(compile_ruleset([], {"shop": PROFILES["shop", "a2"]}, [web]))
     assert render(after) != render(before)
+
+
+def test_a_compilation_that_fails_halfway_leaves_nothing_half_carried_over(monkeypatch):
+    compiler = RulesetCompiler()
+    endpoints = [PolicyEndpoint(key=f"shop/p{i}", namespace="shop", interface=f"pcl00000000000{i}",
+                                addresses=(f"10.244.0.{i + 1}",), labels={"app": "web"})
+                 for i in range(3)]
+    compiler.compile([], {}, endpoints[:2])
+    real = _Compiler.endpoint_chain
+
+    def fails_for_the_third(self, endpoint, *args):
+        if endpoint is endpoints[2]:
+            raise RuntimeError("a bug met halfway")
+        return real(self, endpoint, *args)
+
+    monkeypatch.setattr(_Compiler, "endpoint_chain", fails_for_the_third)
+    with pytest.raises(RuntimeError):
+        compiler.compile([], {}, [endpoints[2]])  # p0 and p1 forgotten, p2 failed
+    monkeypatch.setattr(_Compiler, "endpoint_chain", real)
+    for world in ([endpoints[0]], endpoints):
+        assert render(compiler.compile([], {}, world)) == render(compile_ruleset([], {}, world))
