@@ -55,6 +55,21 @@ async def world():
         task.cancel()
 
 
+async def announced(agent: PolicyAgent, value: WorkloadEndpoint, table: RecordingTable) -> int:
+    """`value` announced as the CNI side does before storing it, and programmed: how many
+    rulesets the table had been given by then."""
+    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
+    assert await agent.wait_programmed(value.spec.interface_name, timeout=2)
+    return len(table.history)
+
+
+async def in_view(cache: Cache, key: Key) -> None:
+    for _ in range(200):
+        if cache.get(key) is not None:
+            return
+        await asyncio.sleep(0.005)
+
+
 async def test_an_announced_endpoint_is_programmed_before_it_is_stored(world):
     memory, cache, agent, table = world
     announced = endpoint("web", "pcl000000000001")
@@ -105,16 +120,10 @@ async def test_an_add_compiles_the_ruleset_once_not_again_for_its_own_write(worl
     """The CNI side's endpoint is compiled when announced; its stored revision and the watch
     bringing that revision back change nothing the table holds, so neither compiles again."""
     memory, cache, agent, table = world
-    value = endpoint("web", "pcl000000000004")
-    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
-    assert await agent.wait_programmed("pcl000000000004", timeout=2)
-    compiled = len(table.history)
+    compiled = await announced(agent, value := endpoint("web", "pcl000000000004"), table)
     written = await memory.create(value)
     agent.endpoint_written(written)
-    for _ in range(200):
-        if cache.get(written.key) is not None:
-            break
-        await asyncio.sleep(0.005)
+    await in_view(cache, written.key)
     await asyncio.sleep(0.05)
     assert len(table.history) == compiled
     assert agent._written == {}
@@ -125,15 +134,9 @@ async def test_the_watch_bringing_the_write_before_its_answer_compiles_nothing(w
     create's answer: while the endpoint is announced, that change waits for the answer, which
     shows it was the write itself. Compiling again for it cost every ADD a second compilation."""
     memory, cache, agent, table = world
-    value = endpoint("web", "pcl000000000005")
-    agent.endpoint_written(KVPair(Key.of(value), value, NOT_STORED))
-    assert await agent.wait_programmed("pcl000000000005", timeout=2)
-    compiled = len(table.history)
+    compiled = await announced(agent, value := endpoint("web", "pcl000000000005"), table)
     written = await memory.create(value)
-    for _ in range(200):
-        if cache.get(written.key) is not None:
-            break
-        await asyncio.sleep(0.005)
+    await in_view(cache, written.key)
     await asyncio.sleep(0.05)  # the watch was faster: nothing compiled meanwhile
     assert len(table.history) == compiled
     agent.endpoint_written(written)
