@@ -383,9 +383,8 @@ class Cache:
                     continue
                 del self._writing[key]
                 for change in self._held.pop(key, ()):
-                    new = change.new
                     now = self._objects[key.kind].get(key)
-                    if new is not None and now is not None and now is not new and now.revision == new.revision:
+                    if change.new is not None and now is not None and now.revision == change.new.revision:
                         change = Change(key, change.old, now)  # the writer's decoded object
                     self._tell(change)
 

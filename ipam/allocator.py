@@ -962,16 +962,15 @@ class IPAM:
 
 @functools.lru_cache(maxsize=65536)
 def _block_in_pools(cidr: str, pool_cidrs: tuple[str, ...]) -> bool:
-    """_in_pools by CIDR texts, remembered: asked for every block of the node on every
-    allocation."""
+    """Whether block `cidr` lies in one of the pools (by their CIDRs), remembered: asked for
+    every block of the node on every allocation."""
     network = network_of(cidr)
-    return any(network.version == (pool := network_of(p)).version and network.subnet_of(pool)  # type: ignore[arg-type]
-               for p in pool_cidrs)
+    return any(network.version == pool.version and network.subnet_of(pool)  # type: ignore[arg-type]
+               for pool in map(network_of, pool_cidrs))
 
 
 def _in_pools(network: Network, pools: list[IPPool]) -> bool:
-    return any(network.version == p.spec.network.version and network.subnet_of(p.spec.network)  # type: ignore[arg-type]
-               for p in pools)
+    return _block_in_pools(str(network), tuple(p.spec.cidr for p in pools))
 
 
 def _requested(pools: list[IPPool], requested: list[str] | None, node: str, version: int) -> list[IPPool]:
