@@ -38,6 +38,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from percale.bgpd.prefixes import parse_prefix
 from percale.bgpd.rib import (
     AS_SET, Address, AsPathSegment, NLRI, Origin, Path, PathAttributes, Peer, Rib, as_address,
 )
@@ -200,7 +201,7 @@ def _update(peer: Peer, body: dict[str, Any]) -> UpdateReceived | None:
                     next_hop = _next_hop(next_hop_text)
                     # The bulk of a large table: every prefix of the UPDATE shares the next hop
                     # and the attributes, so a path is its prefix and two references.
-                    network = ipaddress.ip_network
+                    network = parse_prefix
                     for entry in entries:
                         if isinstance(entry, str):  # api.compact
                             announced.append(make(network(entry), next_hop, peer, 0, attributes))
@@ -232,10 +233,10 @@ def _update(peer: Peer, body: dict[str, Any]) -> UpdateReceived | None:
 
 def _nlri(entry: dict[str, Any] | str) -> NLRI:
     if isinstance(entry, str):  # api.compact
-        return NLRI(ipaddress.ip_network(entry))
+        return NLRI(parse_prefix(entry))
     path_info = entry.get("path-information")
     path_id = int(ipaddress.IPv4Address(path_info)) if path_info else 0
-    return NLRI(ipaddress.ip_network(entry["nlri"]), path_id)
+    return NLRI(parse_prefix(entry["nlri"]), path_id)
 
 
 @functools.lru_cache(maxsize=1024)

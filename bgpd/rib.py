@@ -39,8 +39,9 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import NamedTuple
 
+from percale.bgpd.prefixes import Prefix, parse_prefix
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 _PREFIX_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)
 
@@ -80,7 +81,7 @@ def as_address(value: str | Address) -> Address:
 
 def as_prefix(value: str | Prefix) -> Prefix:
     """A network; host bits set is a ValueError, as it would be on the wire."""
-    return value if isinstance(value, _PREFIX_TYPES) else ipaddress.ip_network(value)
+    return value if isinstance(value, _PREFIX_TYPES) else parse_prefix(value)
 
 
 def as_nlri(value: NLRI | tuple | str | Prefix) -> NLRI:
@@ -180,7 +181,7 @@ class Path:
                  communities: Iterable[tuple[int, int]] = (),
                  large_communities: Iterable[tuple[int, int, int]] = ()) -> None:
         set_ = object.__setattr__
-        set_(self, "prefix", prefix if isinstance(prefix, _PREFIX_TYPES) else ipaddress.ip_network(prefix))
+        set_(self, "prefix", prefix if isinstance(prefix, _PREFIX_TYPES) else parse_prefix(prefix))
         set_(self, "next_hop",
              next_hop if isinstance(next_hop, _ADDRESS_TYPES) else ipaddress.ip_address(next_hop))
         set_(self, "peer", peer)

@@ -484,8 +484,14 @@ def test_the_decoder_agrees_with_the_plain_json_route(text):
     got, want = parse(text), reference(text)
     assert got == want
     if got is not None:
-        assert [repr(p) for p in got.announced] == [repr(p) for p in want.announced]
-        assert [type(p.prefix) for p in got.announced] == [type(p.prefix) for p in want.announced]
+        # the decoder's prefixes are bgpd/prefixes.py's (ipaddress networks, hashed faster)
+        assert [plain(repr(p)) for p in got.announced] == [plain(repr(p)) for p in want.announced]
+        assert all(isinstance(p.prefix, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                   for p in got.announced)
+
+
+def plain(text: str) -> str:
+    return text.replace("IPv4Prefix(", "IPv4Network(").replace("IPv6Prefix(", "IPv6Network(")
 
 
 def test_the_paths_of_an_update_share_their_attributes_and_next_hop():
