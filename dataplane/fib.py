@@ -54,6 +54,8 @@ import os
 import socket
 import struct
 import threading
+from operator import itemgetter
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -282,7 +284,7 @@ class FIB:
         and another of its plan, ~17 MB between them."""
         hop_cache = self._hops
         for prefix, hops in changes.items():
-            if type(prefix) not in _PREFIX_TYPES:
+            if not isinstance(prefix, _PREFIX_TYPES):  # subclasses too: the RIB's hash faster
                 return self._normalised(changes)
             if hops is not None:
                 found = hop_cache.get(hops) if type(hops) is frozenset else None
@@ -295,7 +297,7 @@ class FIB:
         out = []
         hop_cache = self._hops
         for prefix, hops in changes.items():
-            if type(prefix) not in _PREFIX_TYPES:
+            if not isinstance(prefix, _PREFIX_TYPES):
                 try:
                     prefix = ipaddress.ip_network(prefix)
                 except (ValueError, TypeError) as err:
@@ -482,6 +484,12 @@ class FIB:
             self._stale = True
             raise NetlinkFailure(f"netlink: {err}; routes in this batch may or may not be in the "
                                  f"kernel, call reconcile()") from err
+        if not errors:  # the usual batch: every message went in, counted by kind at once
+            kinds = Counter(map(_KIND, batch))
+            outcome.added += kinds[_ADD]
+            outcome.replaced += kinds[_REPLACE]
+            outcome.deleted += kinds[_DELETE] + kinds[_DELETE_STRAY]
+            return
         kernel = self._kernel
         for index, (kind, prefix, before) in enumerate(batch):
             failure = errors.get(first_seq + index)
@@ -590,6 +598,7 @@ class FIB:
             strays.append((network, (metric, hops)))
 
 _ADD, _REPLACE, _DELETE, _DELETE_STRAY = "add", "replace", "delete", "delete-stray"
+_KIND = itemgetter(0)  # of a batch entry (kind, prefix, what the kernel held before)
 
 
 class _Same:
