@@ -143,7 +143,7 @@ class BGPAgent:
         return self.programmer.reconciled
 
     async def exclusions_changed(self) -> None:
-        """What `programmer.exclude` says changed (the VXLAN side took or gave back prefixes):
+        """What `programmer.claimed` says changed (the VXLAN side took or gave back prefixes):
         the whole RIB goes through it again."""
         self._reapply = True
         self._fib_due.set()

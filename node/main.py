@@ -146,7 +146,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
                              secrets_dir=options.secrets_dir, router_id=options.router_id)
         bgp_agent.on_sync = health.SYNC_SECONDS.observe
         # Blocks the VXLAN side routes are never BGP's to install.
-        bgp_agent.programmer.exclude = vxlan_agent.claims
+        bgp_agent.programmer.claimed = vxlan_agent.claimed
         vxlan_agent.on_claims = bgp_agent.exclusions_changed
     else:
         bgp_agent = NoBGP()

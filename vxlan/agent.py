@@ -9,7 +9,7 @@
 
 VXLAN routes come from the datastore, not from BGP, so they work with BGP off (`bgp=False`:
 then this agent also routes same-subnet blocks of CrossSubnet pools directly and keeps the
-node's own blocks blackholed, as no BGP side does). With BGP on, `plan.claims` tells the BGP side
+node's own blocks blackholed, as no BGP side does). With BGP on, `claimed()` tells the BGP side
 which prefixes to leave alone, and `on_claims` is awaited after this agent changed the kernel for
 a change of claims: a block moving to VXLAN is taken over first (replace), a block moving back
 to BGP is let go first, so a route is never missing for longer than that handover.
@@ -72,9 +72,9 @@ class VXLANAgent:
 
     # -- changes from the datastore -------------------------------------------------------------
 
-    def claims(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-        """Whether the prefix is VXLAN's: the BGP side leaves it alone."""
-        return self.plans[prefix.version].claims(prefix)
+    def claimed(self) -> frozenset[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The prefixes that are VXLAN's: the BGP side leaves them alone."""
+        return frozenset().union(*(plan.claimed for plan in self.plans.values()))
 
     def _changed(self, change: Change) -> None:
         if change.kind not in ("IPPool", "Node", "IPAMBlock"):

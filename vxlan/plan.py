@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from percale.api import IPAMBlock, IPPool, Node
@@ -153,6 +154,11 @@ class RoutePlan:
     def claims(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
         """Whether this prefix is VXLAN's (the BGP side leaves it alone)."""
         return prefix in self._claims
+
+    @property
+    def claimed(self) -> AbstractSet[IPv4Net]:
+        """Every prefix `claims` answers yes for (live: read it, do not keep it)."""
+        return self._claims
 
     def changes(self) -> dict[IPv4Net, Hop | None]:
         """Routes added or changed (a Hop) and removed (None) since the last call."""

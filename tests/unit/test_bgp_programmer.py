@@ -41,9 +41,9 @@ class RecordingTable:
         return Outcome()
 
 
-def applied(changes: FibChanges, exclude=None) -> list[dict]:
+def applied(changes: FibChanges, claimed=None) -> list[dict]:
     table = RecordingTable()
-    programmer = FibProgrammer(table, None, exclude=exclude)
+    programmer = FibProgrammer(table, None, claimed=claimed)
     asyncio.run(programmer.apply(changes))
     return table.batches
 
@@ -66,12 +66,20 @@ def test_a_mixed_batch_carries_every_change():
                                  net("10.244.3.0/26"): None}]
 
 
-def test_what_another_owner_takes_is_withdrawn_not_installed():
-    vxlan = net("10.99.0.0/26")
-    changes = FibChanges(added={net("10.244.1.0/26"): HOPS, vxlan: HOPS},
+@pytest.mark.parametrize("others", [0, 10])  # claims fewer than the changes, and more
+def test_what_another_owner_takes_is_withdrawn_not_installed(others):
+    vxlan, changed = net("10.99.0.0/26"), net("10.99.0.64/26")
+    claimed = {vxlan, changed, *(net(f"10.98.{i}.0/26") for i in range(others))}
+    changes = FibChanges(added={net("10.244.1.0/26"): HOPS, vxlan: HOPS}, changed={changed: OTHER},
                          removed=frozenset({net("10.244.3.0/26")}))
-    (batch,) = applied(changes, exclude=lambda prefix: prefix == vxlan)
-    assert batch == {net("10.244.1.0/26"): HOPS, vxlan: None, net("10.244.3.0/26"): None}
+    (batch,) = applied(changes, claimed=lambda: claimed)
+    assert batch == {net("10.244.1.0/26"): HOPS, vxlan: None, changed: None,
+                     net("10.244.3.0/26"): None}
+
+
+def test_a_load_with_nothing_claimed_among_it_is_handed_over_as_it_is():
+    added = {net("10.244.1.0/26"): HOPS}
+    assert applied(FibChanges(added=added), claimed=lambda: {net("10.99.0.0/26")}) == [added]
 
 
 def test_nothing_to_do_tells_the_table_nothing():
