@@ -18,7 +18,9 @@ still to send. When every session is established and nothing is pending, the rea
 to IDLE_SECONDS instead: a keepalive (every 30 s with percale's hold time of 90 s) then goes out
 at most that late. A signal (SIGUSR1, the agent's reload; SIGTERM) wakes the sleep at once
 through a wake-up pipe, since Python would otherwise resume the poll after running the handler.
-Nothing else in ExaBGP is changed.
+
+Received routes are decoded with two of ExaBGP's per-NLRI costs taken away (`_lean_parsing`);
+nothing else in ExaBGP is changed.
 """
 
 from __future__ import annotations
@@ -82,8 +84,53 @@ def _paced_wait_for_io(self: Reactor, sleeptime: int):
         yield fd
 
 
+def _lean_parsing() -> None:
+    """Two of ExaBGP's costs per received NLRI, taken away where nothing depends on them.
+
+    * `log.debug` builds and calls a closure per NLRI even when debug logging is off, which it
+      always is under percale (exabgp_config.environment: INFO). The wrapper asks the level
+      first, as ExaBGP's own `log.logger` does, one call sooner.
+    * `NLRI.unpack_nlri` made the family's AFI and SAFI objects and formatted their names into
+      a lookup key for every NLRI. The lookup is remembered per (afi, safi) pair; the decoder
+      called, and what it raises for an unknown family, are ExaBGP's own. With debug logging on,
+      ExaBGP's original runs, so its per-NLRI log lines stay.
+
+    Together a quarter of ExaBGP's CPU on a 100k-route load (bench/bgp.py: 0.58 -> 0.43 s).
+    tests/unit/test_exabgp_pace.py decodes the same NLRIs both ways.
+    """
+    from exabgp.bgp.message.notification import Notify
+    from exabgp.bgp.message.update.nlri.nlri import NLRI
+    from exabgp.logger import _log, option
+    from exabgp.protocol.family import AFI, SAFI
+
+    debug_as_shipped = _log.debug.__func__
+    unpack_as_shipped = NLRI.unpack_nlri.__func__
+
+    def debug(cls, message, source="", level="DEBUG"):
+        if option.logit.get("DEBUG"):
+            debug_as_shipped(cls, message, source, level)
+
+    families: dict = {}
+
+    def unpack_nlri(cls, afi, safi, data, action, addpath):
+        if option.logit.get("DEBUG"):
+            return unpack_as_shipped(cls, afi, safi, data, action, addpath)
+        found = families.get((afi, safi))
+        if found is None:
+            a, s = AFI.create(afi), SAFI.create(safi)
+            found = families[(afi, safi)] = (a, s, cls.registered_nlri.get(f"{a}/{s}"))
+        a, s, decoder = found
+        if decoder is None:
+            raise Notify(3, 0, f"trying to decode unknown family {a}/{s}")
+        return decoder.unpack_nlri(a, s, data, action, addpath)
+
+    _log.debug = classmethod(debug)
+    NLRI.unpack_nlri = classmethod(unpack_nlri)
+
+
 def main() -> int:
     global _wakeup
+    _lean_parsing()
     Reactor._wait_for_io = _paced_wait_for_io
     _wakeup = _WakeUp()
     sys.argv[0] = "exabgp"
