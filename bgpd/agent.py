@@ -59,6 +59,8 @@ RETRY_SECONDS = 1.0
 # A FIB change this large (a full table learned or flushed) leaves megabytes the C allocator
 # keeps for later; they go back to the system (malloc_trim) rather than staying in the RSS.
 TRIM_AFTER_ROUTES = 10_000
+# The most prefixes one batch to the route table carries (bgpd.agent._programming).
+FIB_PART_ROUTES = 4_000
 
 
 def _return_freed_memory() -> None:
@@ -332,25 +334,44 @@ class BGPAgent:
             await self.reflector.reflect(self.rib, self.feed, self.sessions, up, self.cluster_id)
 
     async def _programming(self) -> None:
-        """Hand the RIB's changes on as they come: a burst of updates is one netlink batch."""
-        while True:
-            await self._fib_due.wait()
-            self._fib_due.clear()
-            if self.rib is None:
-                continue
-            changes = self.rib.changes()
-            if self._reapply:
-                self._reapply = False
-                await self.programmer.reapply(self.rib)
-            if not changes:
-                continue
-            try:
-                await self._reflect()
-            except SpeakerError as err:
-                log.warning("reflecting routes: %s", err)
-            await self.programmer.apply(changes)
-            if len(changes.added) + len(changes.changed) + len(changes.removed) >= TRIM_AFTER_ROUTES:
-                _return_freed_memory()
+        """Hand the RIB's changes on as they come: a burst of updates is one netlink batch.
+
+        At most FIB_PART_ROUTES prefixes at a time, and the next part is worked out while the
+        route table's thread programs the one before: a session lost with 100k routes began
+        deleting them only once all 100k changes were known (~90 ms), and the kernel's share
+        of the deletions now overlaps the RIB's share of the rest."""
+        in_kernel: asyncio.Future[None] | None = None  # the part the route table's thread has
+        programmed = 0  # by the parts of one batch so far
+        try:
+            while True:
+                await self._fib_due.wait()
+                self._fib_due.clear()
+                if self.rib is None:
+                    continue
+                changes = self.rib.changes(limit=FIB_PART_ROUTES)
+                if self.rib.pending:
+                    self._fib_due.set()
+                if self._reapply:
+                    self._reapply = False
+                    await self.programmer.reapply(self.rib)
+                if not changes:
+                    continue
+                try:
+                    await self._reflect()
+                except SpeakerError as err:
+                    log.warning("reflecting routes: %s", err)
+                if in_kernel is not None:
+                    await in_kernel  # one part waiting behind the one being programmed, no more
+                in_kernel = asyncio.ensure_future(self.programmer.apply(changes))
+                programmed += len(changes.added) + len(changes.changed) + len(changes.removed)
+                if not self.rib.pending:  # the batch's last part
+                    if programmed >= TRIM_AFTER_ROUTES:
+                        await in_kernel
+                        _return_freed_memory()
+                    programmed = 0
+        finally:
+            if in_kernel is not None:
+                in_kernel.cancel()
 
     async def _housekeeping(self) -> None:
         """Expire stale routes when their restart time is up, sweep adopted routes once every

@@ -721,14 +721,20 @@ class Rib:
         (a live, read-only view). Prefixes with the same next hops share one frozenset."""
         return _FibView(self)
 
-    def changes(self) -> FibChanges:
+    def changes(self, limit: int | None = None) -> FibChanges:
         """The FIB's net changes since the previous call; a prefix that changed and changed
-        back is not reported."""
+        back is not reported. With `limit`, those of at most that many prefixes, in the order
+        they changed: the rest stay `pending` for the next call."""
         added: dict[Prefix, frozenset[Address]] = {}
         changed: dict[Prefix, frozenset[Address]] = {}
         removed: set[Prefix] = set()
         destinations = self._destinations
-        for destination in self._dirty:
+        dirty = self._dirty
+        if limit is not None and len(dirty) > limit:
+            dirty, self._dirty = dirty[:limit], dirty[limit:]
+        else:
+            self._dirty = []
+        for destination in dirty:
             old, new = destination.reported, destination.next_hops
             destination.reported = _CLEAN
             if destination.paths is None:
@@ -743,8 +749,13 @@ class Rib:
                 added[destination.prefix] = new
             else:
                 changed[destination.prefix] = new
-        self._dirty = []
         return FibChanges(added, changed, frozenset(removed))
+
+    @property
+    def pending(self) -> bool:
+        """Whether prefixes changed since the last `changes()` (what it reports may still be
+        nothing: a prefix that changed back)."""
+        return bool(self._dirty)
 
     def best(self, prefix: str | Prefix) -> Path | None:
         destination = self._destinations.get(as_prefix(prefix))

@@ -460,6 +460,27 @@ def test_a_change_undone_before_it_is_read_is_not_reported():
     assert not rib.changes()
 
 
+def test_changes_in_parts_add_up_to_the_whole_in_the_order_they_happened():
+    blocks = [f"10.244.{i}.0/26" for i in range(10, 20)]
+    whole, parted = make_rib(), make_rib()
+    for rib in (whole, parted):
+        announce(rib, *(path(A, b) for b in blocks))
+        rib.changes()
+        rib.peer_down(A, 0.0, graceful=False)  # a flush: ten removals
+        announce(rib, path(B, blocks[3]))       # and one prefix back, by another peer
+    expected = whole.changes()
+    parts = []
+    while parted.pending:
+        parts.append(parted.changes(limit=4))
+    assert [len(p.added) + len(p.changed) + len(p.removed) for p in parts] == [4, 4, 2]
+    # in order: the first part is the first four prefixes the flush touched
+    assert sorted(map(str, parts[0].removed)) == blocks[:3]
+    assert parts[0].changed == {net(blocks[3]): hops("10.0.0.3")}
+    assert frozenset().union(*(p.removed for p in parts)) == expected.removed
+    assert {k: v for p in parts for k, v in p.changed.items()} == dict(expected.changed)
+    assert not parted.pending and not parted.changes(limit=4)
+
+
 # ---------------------------------------------------------------- route reflection
 
 
