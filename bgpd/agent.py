@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from percale.bgpd import peering
+from percale.bgpd import collector, peering
 from percale.bgpd.announcements import Announcements, AnnouncementTable
 from percale.bgpd.announcer import Announcer
 from percale.bgpd.exabgp_config import Neighbor
@@ -124,6 +123,10 @@ class BGPAgent:
         self._housekeeping_due = asyncio.Event()
         self._peer_ups: asyncio.Queue[str] = asyncio.Queue()
         self._reapply = False
+        # the collector's pause (bgpd/collector.py), held from an UPDATE until its routes are in
+        # the kernel
+        self._collector_held = False
+        self._programming_runs = False
         # After the agent starts, the kernel routes it adopted are checked against the RIB once
         # every peer has sent End-of-RIB (or the restart time has passed).
         self._started = time.monotonic()
@@ -171,19 +174,14 @@ class BGPAgent:
         if self.feed is None:
             return
         # One UPDATE line carries up to ~1,000 routes, ~4,000 new objects that live on in the
-        # RIB and form no cycles. The collector, counting allocations, would run six young
-        # collections per line and, as the RIB grows, full ones over the whole heap: a tenth of
-        # a 100k-route load's CPU. Paused for the line (a line is ~1 ms), it runs once after.
-        collecting = gc.isenabled()
-        gc.disable()
+        # RIB and form no cycles: the collector stays paused until the burst's routes are in
+        # the kernel (bgpd/collector.py, _programming).
+        self._hold_collector(True)
         try:
             event = self.feed.feed(line, time.monotonic())
         except MalformedMessage as err:
             log.warning("ExaBGP sent an event percale cannot read: %s", err)
             return
-        finally:
-            if collecting:
-                gc.enable()
         if isinstance(event, EndOfRib):
             self._end_of_rib.add(str(event.peer.address))
             if not self.programmer.swept:
@@ -339,11 +337,19 @@ class BGPAgent:
         At most FIB_PART_ROUTES prefixes at a time, and the next part is worked out while the
         route table's thread programs the one before: a session lost with 100k routes began
         deleting them only once all 100k changes were known (~90 ms), and the kernel's share
-        of the deletions now overlaps the RIB's share of the rest."""
+        of the deletions now overlaps the RIB's share of the rest. Once the last part is in the
+        kernel and nothing more is due, the collector's pause taken by `_event` ends."""
         in_kernel: asyncio.Future[None] | None = None  # the part the route table's thread has
         programmed = 0  # by the parts of one batch so far
+        self._programming_runs = True
         try:
             while True:
+                if not self._fib_due.is_set():  # idle once the last part is in the kernel
+                    if in_kernel is not None:
+                        await in_kernel
+                        in_kernel = None
+                    if not self._fib_due.is_set():
+                        self._hold_collector(False)
                 await self._fib_due.wait()
                 self._fib_due.clear()
                 if self.rib is None:
@@ -372,6 +378,15 @@ class BGPAgent:
         finally:
             if in_kernel is not None:
                 in_kernel.cancel()
+            self._programming_runs = False
+            self._hold_collector(False)
+
+    def _hold_collector(self, hold: bool) -> None:
+        # only while _programming runs: it is what lets go
+        hold = hold and self._programming_runs
+        if hold != self._collector_held:
+            (collector.pause if hold else collector.resume)()
+            self._collector_held = hold
 
     async def _housekeeping(self) -> None:
         """Expire stale routes when their restart time is up, sweep adopted routes once every

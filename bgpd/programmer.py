@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from typing import Any, TypeVar
 
+from percale.bgpd import collector
 from percale.bgpd.rib import FibChanges, Rib
 from percale.bgpd.seams import BlackholeTable, RouteTable
 
@@ -95,12 +96,18 @@ class FibProgrammer:
     async def _apply(self, batch: Mapping[Any, Any]) -> None:
         assert self.routes is not None
         try:
-            outcome = await self._in_worker(self.routes.apply, batch)
+            outcome = await self._in_worker(self._paused_apply, batch)
             if outcome.failed:
                 log.warning("the kernel refused %d routes: %s", len(outcome.failed),
                             dict(list(outcome.failed.items())[:3]))
         except Exception as err:  # the next reconcile repairs whatever did not land
             log.warning("programming routes failed: %s", err)
+
+    def _paused_apply(self, batch: Mapping[Any, Any]) -> Any:
+        # the batch's plan and messages are objects too (bgpd/collector.py)
+        assert self.routes is not None
+        with collector.paused():
+            return self.routes.apply(batch)
 
     async def own_blocks(self, blocks: Iterable[str], *, check: bool = False) -> None:
         """A blackhole for each of the node's own blocks; `check` reads the kernel first."""
