@@ -21,6 +21,7 @@ PRELUDE = textwrap.dedent("""
     from exabgp.bgp.message.action import Action
     from exabgp.bgp.message.notification import Notify
     from exabgp.bgp.message.update.nlri.nlri import NLRI
+    from exabgp.bgp.message.update.nlri.qualifier.path import PathInfo
     from exabgp.logger import log, option
     from exabgp.protocol.family import AFI, SAFI
     import percale.bgpd.exabgp_pace as pace
@@ -45,21 +46,43 @@ PRELUDE = textwrap.dedent("""
             out += head + bytes([bits]) + body
         return out
 
+    V4 = [str(ipaddress.ip_network((0x0AF4_1234 if n else 0, n), strict=False)) for n in range(33)]
+    V6 = [str(ipaddress.ip_network((0xFD00_0244_1234_5678 << 64 if n else 0, n), strict=False))
+          for n in range(0, 129, 7)]
     CASES = [
-        (AFI.ipv4, SAFI.unicast, packed("0.0.0.0/0", "10.0.0.0/8", "10.244.1.0/24",
-                                        "10.244.1.64/26", "192.0.2.7/32"), False),
-        (AFI.ipv6, SAFI.unicast, packed("::/0", "2001:db8::/32", "fd00:244::40/122"), False),
+        (AFI.ipv4, SAFI.unicast, packed(*V4), False),
+        (AFI.ipv4, SAFI.multicast, packed("232.1.0.0/16"), False),
+        (AFI.ipv6, SAFI.unicast, packed(*V6, "::/0", "fd00:244::40/122"), False),
+        (AFI.ipv6, SAFI.multicast, packed("ff3e::/32"), False),
         (AFI.ipv4, SAFI.unicast, packed("10.244.1.0/26", "10.244.2.0/26", path_id=7), True),
         (AFI.ipv4, SAFI.nlri_mpls, packed("10.244.3.0/24", label=100), False),
     ]
+    # Malformed: a mask longer than the family, a prefix cut short, no mask at all.
+    BROKEN = [(AFI.ipv4, SAFI.unicast, b"\\x21\\x0a\\x00\\x00\\x00\\x00"),
+              (AFI.ipv4, SAFI.unicast, b"\\x18\\x0a\\xf4"),
+              (AFI.ipv6, SAFI.unicast, b"\\x40\\xfd\\x00"),
+              (AFI.ipv4, SAFI.unicast, b"")]
+
+    def described(nlri):
+        cidr = nlri.cidr
+        return [type(nlri).__name__, sorted(vars(nlri)), str(nlri.afi), str(nlri.safi),
+                type(nlri.afi).__name__, type(nlri.safi).__name__, int(nlri.action),
+                nlri.path_info is PathInfo.NOPATH, str(nlri.path_info), repr(nlri.nexthop),
+                type(cidr).__name__, sorted(vars(cidr)), cidr._packed.hex(), cidr.mask, cidr._ip,
+                nlri.json(compact=True), nlri.index().hex()]
 
     def decoded():
         out = []
         for afi, safi, data, addpath in CASES:
             while data:
                 nlri, data = NLRI.unpack_nlri(afi, safi, data, Action.ANNOUNCE, addpath)
-                out.append([type(nlri).__name__, str(nlri.afi), str(nlri.safi),
-                            nlri.json(compact=True), nlri.index().hex()])
+                out.append(described(nlri))
+        for afi, safi, data in BROKEN:
+            try:
+                NLRI.unpack_nlri(afi, safi, data, Action.ANNOUNCE, False)
+                out.append("no error")
+            except Notify as err:
+                out.append(str(err))
         return out
 
     def unknown_family():
@@ -87,9 +110,12 @@ def test_the_patched_decoder_reads_every_nlri_as_exabgp_does():
     """)
     assert got["patched"] == got["shipped"]
     nlris, unknown = got["patched"]
-    assert len(nlris) == 11 and unknown and "unknown family" in unknown
-    assert [n[3] for n in nlris[:5]] == ['"0.0.0.0/0"', '"10.0.0.0/8"', '"10.244.1.0/24"',
-                                         '"10.244.1.64/26"', '"192.0.2.7/32"']
+    assert unknown and "unknown family" in unknown
+    decoded, broken = nlris[:-4], nlris[-4:]
+    assert len(decoded) == 33 + 1 + 21 + 1 + 2 + 1
+    assert [d[15] for d in decoded[:33:8]] == ['"0.0.0.0/0"', '"10.0.0.0/8"', '"10.244.0.0/16"',
+                                               '"10.244.18.0/24"', '"10.244.18.52/32"']
+    assert "no error" not in broken
 
 
 def test_debug_logging_still_logs_each_nlri_and_is_skipped_when_off():
@@ -105,4 +131,4 @@ def test_debug_logging_still_logs_each_nlri_and_is_skipped_when_off():
         decoded()
         print(json.dumps({"quiet": quiet, "parser": sum(1 for s, _ in seen if s == "parser")}))
     """)
-    assert got == {"quiet": 0, "parser": 11}
+    assert got == {"quiet": 0, "parser": 59 + 4}  # every NLRI read, and each broken one
