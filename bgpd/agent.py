@@ -178,7 +178,8 @@ class BGPAgent:
         # the kernel (bgpd/collector.py, _programming).
         self._hold_collector(True)
         try:
-            event = self.feed.feed(line, time.monotonic())
+            with collector.paused():  # the line's own: where a pause that went on too long collects
+                event = self.feed.feed(line, time.monotonic())
         except MalformedMessage as err:
             log.warning("ExaBGP sent an event percale cannot read: %s", err)
             return

@@ -10,28 +10,39 @@ other's allocations to start collections.
 Pauses are counted across threads: the collector is off while any is held, and back on (if it
 was on before the first) when the last is resumed. The agent holds one from the first UPDATE of
 a burst until its routes are in the kernel (`BGPAgent._programming`), and the route table's
-thread one per batch; garbage waits at most a burst, and the collection after it runs once.
+thread one per batch; garbage waits at most a burst (or MAX_PAUSE_SECONDS), and the collection
+after it runs once.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# A pause that goes on this long (routes changing without a break) collects the young
+# generations at the next pause taken, so garbage cannot pile up for ever.
+MAX_PAUSE_SECONDS = 10.0
 
 _lock = threading.Lock()
 _inside = 0
 _was_enabled = False
+_since = 0.0  # when the collector was last paused, or last collected during a pause
 
 
 def pause() -> None:
     """One more reason to keep the collector off; `resume()` takes it back."""
-    global _inside, _was_enabled
+    global _inside, _was_enabled, _since
     with _lock:
         if _inside == 0:
             _was_enabled = gc.isenabled()
             gc.disable()
+            _since = time.monotonic()
+        elif _was_enabled and time.monotonic() - _since > MAX_PAUSE_SECONDS:
+            gc.collect(1)
+            _since = time.monotonic()
         _inside += 1
 
 

@@ -53,3 +53,18 @@ def test_a_collector_that_was_off_stays_off():
     with collector.paused():
         pass
     assert not gc.isenabled()
+
+
+def test_a_pause_that_never_ends_still_collects_now_and_then(monkeypatch):
+    monkeypatch.setattr(collector, "MAX_PAUSE_SECONDS", 0.0)
+    collections = []
+    callback = lambda phase, info: phase == "stop" and collections.append(info["generation"])
+    gc.callbacks.append(callback)
+    try:
+        with collector.paused():
+            with collector.paused():  # a burst that goes on: the young are collected
+                assert collections and max(collections) <= 1
+            assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(callback)
+    assert gc.isenabled()
