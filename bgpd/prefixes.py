@@ -7,7 +7,8 @@ RIB's destinations, the FIB's desired state and its picture of the kernel) and p
 the load that cannot run beside ExaBGP (`bench/bgp.py`): `ipaddress.ip_network` takes ~2.2 µs
 for "10.1.2.0/24", mostly parsing octets in Python, and `_BaseNetwork.__hash__` ~0.2 µs.
 
-`parse_prefix` builds the same IPv4 object from the four octets and the cached netmask: ~1.3 µs.
+`parse_prefix` builds the same IPv4 object from the four octets, each looked up in a table of
+the 256 canonical spellings, and the cached netmask: ~1.0 µs.
 `IPv4Prefix` and `IPv6Prefix` are the ipaddress classes with a hash that reads the two integers
 directly (~0.07 µs). They are equal to, and hash as, the plain networks, so a dict keyed by one
 finds the other, and every caller sees an ordinary `IPv4Network` / `IPv6Network`.
@@ -40,6 +41,8 @@ class IPv6Prefix(ipaddress.IPv6Network):
         return hash(self.network_address._ip ^ self.netmask._ip)
 
 
+_OCTETS = {str(n): n for n in range(256)}
+_V4_LENGTHS = {str(n): n for n in range(33)}
 _new = object.__new__
 _make_v4_netmask = IPv4Prefix._make_netmask
 
@@ -54,13 +57,10 @@ def parse_prefix(text: str) -> Prefix:
         except ValueError:
             return ipaddress.ip_network(text)  # its error, worded as ip_network words it
     try:
-        a, b, c, d = map(int, address.split("."))
-        length = int(length_text)
-    except ValueError:
-        return ipaddress.ip_network(text)
-    # int() also reads " 1", "+1", "01" and "1_0": only the canonical spelling is taken here
-    if ((a | b | c | d) & ~0xFF or length > 32 or f"{a}.{b}.{c}.{d}" != address
-            or not length_text.isdigit() or not length_text.isascii()):
+        # only the canonical spelling is in the tables ("01", "+1", " 1", "256" are not)
+        a, b, c, d = map(_OCTETS.__getitem__, address.split("."))
+        length = _V4_LENGTHS[length_text]
+    except (KeyError, ValueError):  # ValueError: not four parts
         return ipaddress.ip_network(text)
     value = (a << 24) | (b << 16) | (c << 8) | d
     netmask, _ = _make_v4_netmask(length)
