@@ -74,6 +74,20 @@ def test_arbitrary_text_gets_ipaddress_answers_and_errors(text):
     same_answer(text)
 
 
-@pytest.mark.parametrize("text", ["10.1.2.1/24", "2001:db8::1/32", "10.0.0.0/33", "fe80::/129"])
-def test_host_bits_and_lengths_are_refused_as_ipaddress_refuses_them(text):
-    assert same_answer(text) is None
+# A network's text with one part misspelt: each must get ipaddress's own answer (an error for
+# all but "024", which ipaddress reads as 24).
+MISSPELT = ["01", "+1", " 1", "1 ", "1_0", "٣", "-1", "256", "0x1", ""]
+
+
+@settings(max_examples=300)
+@given(v4_networks, st.integers(0, 4), st.sampled_from(MISSPELT + ["024", "+8", "٣", "33"]))
+def test_one_misspelt_part_gets_ipaddress_answers_and_errors(network, which, spelling):
+    parts = str(network.network_address).split(".") + [str(network.prefixlen)]
+    parts[which] = spelling
+    same_answer(".".join(parts[:4]) + "/" + parts[4])
+
+
+@pytest.mark.parametrize("text", ["10.1.2.1/24", "2001:db8::1/32", "10.0.0.0/33", "fe80::/129",
+                                  "01.1.2.0/24", "1.2.3.0/024", "10.0.0.0/ 8", "1_0.0.0.0/8"])
+def test_host_bits_lengths_and_spellings_get_ipaddress_answers(text):
+    same_answer(text)
