@@ -54,10 +54,10 @@ import os
 import socket
 import struct
 import threading
-from operator import itemgetter
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Self
 
