@@ -58,7 +58,7 @@ RETRY_SECONDS = 1.0
 # A FIB change this large (a full table learned or flushed) leaves megabytes the C allocator
 # keeps for later; they go back to the system (malloc_trim) rather than staying in the RSS.
 TRIM_AFTER_ROUTES = 10_000
-# The most prefixes one batch to the route table carries (bgpd.agent._programming).
+# The most prefixes one batch to the route table carries (`_programming`).
 FIB_PART_ROUTES = 4_000
 
 

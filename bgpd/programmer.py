@@ -82,11 +82,14 @@ class FibProgrammer:
         withdrawn, what came back is installed (unchanged routes cost nothing)."""
         if self.routes is None:
             return
-        claimed = self.claimed() if self.claimed is not None else ()
+        claimed = self._claimed()
         await self._apply({p: (None if p in claimed else hops) for p, hops in rib.fib.items()})
 
+    def _claimed(self) -> Collection[Any]:
+        return self.claimed() if self.claimed is not None else ()
+
     def _claimed_among(self, *routes: Mapping[Any, Any]) -> list[Any]:
-        claimed = self.claimed() if self.claimed is not None else ()
+        claimed = self._claimed()
         if not claimed:
             return []
         if len(claimed) < sum(map(len, routes)):
@@ -120,7 +123,7 @@ class FibProgrammer:
     async def sweep(self, rib: Rib) -> None:
         """Routes adopted from before the restart that no peer re-announced go now."""
         if self.routes is not None:
-            claimed = self.claimed() if self.claimed is not None else ()
+            claimed = self._claimed()
             await self._in_worker(self.routes.replace_all,
                                   {p: hops for p, hops in rib.fib.items() if p not in claimed})
         self.swept = True

@@ -11,7 +11,7 @@ node (a /32 to the borrower), by the mode of the pool that holds it:
 
 "Same subnet" is felix's test, asymmetric on purpose: this node's `spec.bgp.ipv4Address` prefix
 contains the other node's address. Every prefix decided here is *claimed*: the BGP side never
-installs it (`RoutePlan.claims`), and a VXLAN route waits until its node's tunnel end is known.
+installs it (`RoutePlan.claimed`), and a VXLAN route waits until its node's tunnel end is known.
 
 `RoutePlan` keeps the answer current one change at a time: a block changed anywhere costs a look
 at that block, a node changed a look at the prefixes it serves.
@@ -151,13 +151,10 @@ class RoutePlan:
     def routes(self) -> Mapping[IPv4Net, Hop]:
         return self._routes
 
-    def claims(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-        """Whether this prefix is VXLAN's (the BGP side leaves it alone)."""
-        return prefix in self._claims
-
     @property
     def claimed(self) -> AbstractSet[IPv4Net]:
-        """Every prefix `claims` answers yes for (live: read it, do not keep it)."""
+        """The prefixes that are VXLAN's: the BGP side leaves them alone (live: read it, do not
+        keep it)."""
         return self._claims
 
     def changes(self) -> dict[IPv4Net, Hop | None]:
