@@ -132,3 +132,92 @@ def test_debug_logging_still_logs_each_nlri_and_is_skipped_when_off():
         print(json.dumps({"quiet": quiet, "parser": sum(1 for s, _ in seen if s == "parser")}))
     """)
     assert got == {"quiet": 0, "parser": 59 + 4}  # every NLRI read, and each broken one
+
+
+UPDATES = textwrap.dedent("""
+    from exabgp.bgp.message.update import Update
+    from exabgp.bgp.message.update.eor import EOR
+    from exabgp.bgp.message.update.attribute import Attributes
+    from exabgp.bgp.message.update.attribute.aspath import SEQUENCE, ASPath
+    from exabgp.bgp.message.update.attribute.localpref import LocalPreference
+    from exabgp.bgp.message.update.attribute.med import MED
+    from exabgp.bgp.message.update.attribute.nexthop import NextHop
+    from exabgp.bgp.message.update.attribute.origin import Origin
+    from exabgp.reactor.api.response.json import JSON
+
+    def hop(text):
+        return NextHop(text, ipaddress.ip_address(text).packed)
+
+    def nlris(afi, safi, data, action, next_hop=None, addpath=False):
+        out = []
+        while data:
+            nlri, data = NLRI.unpack_nlri(afi, safi, data, action, addpath)
+            if next_hop is not None:
+                nlri.nexthop = next_hop
+            out.append(nlri)
+        return out
+
+    def updates():
+        attributes = Attributes()
+        for attribute in (Origin(Origin.IGP), ASPath([SEQUENCE([64512, 64513])]), MED(20),
+                          LocalPreference(100)):
+            attributes.add(attribute)
+        one, two, six = hop("192.168.1.2"), hop("192.168.1.3"), hop("fd00::2")
+        v4 = nlris(AFI.ipv4, SAFI.unicast, packed(*V4), Action.ANNOUNCE, one)
+        v6 = nlris(AFI.ipv6, SAFI.unicast, packed(*V6), Action.ANNOUNCE, six)
+        gone4 = nlris(AFI.ipv4, SAFI.unicast, packed(*V4[::3]), Action.WITHDRAW)
+        gone6 = nlris(AFI.ipv6, SAFI.unicast, packed(*V6[::2]), Action.WITHDRAW)
+        other = nlris(AFI.ipv4, SAFI.unicast, packed("10.245.0.0/26", "10.245.0.64/26"),
+                      Action.ANNOUNCE, two)
+        paths = nlris(AFI.ipv4, SAFI.unicast, packed("10.244.1.0/26", "10.244.2.0/26",
+                                                      path_id=7), Action.ANNOUNCE, one, True)
+        labelled = nlris(AFI.ipv4, SAFI.nlri_mpls, packed("10.244.3.0/24", label=100),
+                         Action.ANNOUNCE, one)
+        multicast = nlris(AFI.ipv4, SAFI.multicast, packed("232.1.0.0/16"), Action.ANNOUNCE, two)
+        # The same next hop in two families, taking turns.
+        shared = nlris(AFI.ipv4, SAFI.multicast, packed("232.2.0.0/16", "232.3.0.0/16"),
+                       Action.ANNOUNCE, one)
+        bare = nlris(AFI.ipv4, SAFI.unicast, packed("10.246.0.0/24"), Action.ANNOUNCE)
+        del bare[0].nexthop  # ExaBGP writes "null" for a next hop it cannot read
+        interleaved = [n for pair in zip(v4, other * 20) for n in pair]
+        return [
+            Update(v4, attributes), Update(v6, attributes), Update(gone4, Attributes()),
+            Update(gone6 + gone4, Attributes()), Update(v4[:5] + gone6 + v6[:3], attributes),
+            Update(interleaved, attributes), Update(paths + v4[:2], attributes),
+            Update(labelled + multicast + v4[:1], attributes), Update(bare, attributes),
+            Update(v4[:4], Attributes()), Update([], attributes), Update([], Attributes()),
+            Update([v4[0], shared[0], v4[1], shared[1]], attributes),
+            EOR(AFI.ipv4, SAFI.unicast), EOR(AFI.ipv6, SAFI.unicast),
+        ]
+
+    def encoded():
+        out = []
+        for compact in (True, False):
+            encoder = JSON.__new__(JSON)
+            encoder.compact = compact
+            out += [encoder._update(update) for update in updates()]
+        return out
+""")
+
+
+def test_the_patched_encoder_writes_every_update_as_exabgp_does():
+    got = run(UPDATES + textwrap.dedent("""
+        shipped = encoded()
+        pace._lean_parsing()
+        pace._lean_update_json()
+        patched = encoded()
+        print(json.dumps({"shipped": shipped, "patched": patched}))
+    """))
+    assert got["patched"] == got["shipped"]
+    texts = [json.loads(answer["message"]) for answer in got["patched"]]
+    compact, full = texts[:15], texts[15:]
+    assert compact[0]["update"]["announce"]["ipv4 unicast"]["192.168.1.2"][8] == "10.0.0.0/8"
+    assert full[0]["update"]["announce"]["ipv4 unicast"]["192.168.1.2"][8] == {"nlri": "10.0.0.0/8"}
+    assert set(compact[5]["update"]["announce"]["ipv4 unicast"]) == {"192.168.1.2", "192.168.1.3"}
+    assert compact[6]["update"]["announce"]["ipv4 unicast"]["192.168.1.2"][0] == {
+        "nlri": "10.244.1.0/26", "path-information": "0.0.0.7"}
+    assert compact[8]["update"]["announce"]["ipv4 unicast"] == {"null": ["10.246.0.0/24"]}
+    assert set(compact[4]["update"]) == {"attribute", "announce", "withdraw"}
+    assert compact[12]["update"]["announce"]["ipv4 multicast"] == {
+        "192.168.1.2": ["232.2.0.0/16", "232.3.0.0/16"]}
+    assert "eor" in compact[13]
