@@ -107,6 +107,13 @@ _HEAD = {
     socket.AF_INET6: struct.Struct("=IHHIIBBBBBBBBIHH16s"),
 }
 _DST_ATTR_LEN = {socket.AF_INET: 8, socket.AF_INET6: 20}
+# By a prefix's IP version: its family, head, RTA_DST length and address width. The plan reads
+# ipaddress's own fields (_version, _prefixlen, the address's _ip) rather than its properties:
+# a 100k-route load calls each of those once per route.
+_BY_VERSION = {
+    4: (socket.AF_INET, _HEAD[socket.AF_INET], _DST_ATTR_LEN[socket.AF_INET], 4),
+    6: (socket.AF_INET6, _HEAD[socket.AF_INET6], _DST_ATTR_LEN[socket.AF_INET6], 16),
+}
 # One send() carries at most this much. The kernel answers inside send(), so a batch also bounds
 # how many error messages can wait in the receive buffer (sized below for a batch of failures).
 BATCH_BYTES = 128 * 1024
@@ -232,12 +239,13 @@ class FIB:
         set withdraws the prefix. Prefixes and next hops may be ipaddress objects, NextHop or
         strings. A route already in the kernel as desired is not sent again. Raises InvalidRoute
         before touching anything if any entry is malformed."""
-        normal = self._normalise(changes)
+        translate = self._translation(changes)
+        pairs = changes.items() if translate is not None else self._normalised(changes)
         with self._lock:
             if self._stale:
                 self._kernel, _ = self._dump()
                 self._stale = False
-            return self._program(self._plan_apply(normal), len(changes))
+            return self._program(self._plan_apply(pairs, translate), len(changes))
 
     def replace_all(self, routes: Mapping[object, Iterable[object]]) -> Outcome:
         """Make `routes` the whole desired state and reconcile: what is not in it goes."""
@@ -275,22 +283,38 @@ class FIB:
     def _normalise(self, changes: Mapping[object, Iterable[object] | None]
                    ) -> Iterable[tuple[Prefix, Hops | None]]:
         """(prefix, canonical next hops or None) for each change; InvalidRoute, before anything
-        is yielded, if any change is malformed.
+        is yielded, if any change is malformed."""
+        translate = self._translation(changes)
+        if translate is None:
+            return self._normalised(changes)
+        return ((p, h if h is None else translate[h]) for p, h in changes.items())
 
-        What the RIB hands over is already canonical: ipaddress prefixes, and a few next-hop
-        sets shared by every prefix, each known to the cache after its first use. That is
-        checked in one pass and the pairs are then made as they are used (so `changes` must
-        not change until `apply` returns): a 100k-route batch no longer builds a list of them
-        and another of its plan, ~17 MB between them."""
+    def _translation(self, changes: Mapping[object, Iterable[object] | None]
+                     ) -> dict[object, Hops | None] | None:
+        """For changes that are canonical already, each of their next-hop sets -> its canonical
+        set (None: a withdrawal); None if any change needs `_normalised`.
+
+        What the RIB hands over is canonical: ipaddress prefixes, and a few next-hop sets shared
+        by every prefix, each known to the cache after its first use. That is checked in one
+        pass, and the plan then reads `changes` as it goes (so they must not change until
+        `apply` returns): a 100k-route batch builds no list of pairs, nor one of its plan."""
         hop_cache = self._hops
+        translate: dict[object, Hops | None] = {}
+        last_hops: object = None
+        needs = 0  # the IP version the last next-hop set needs of its prefixes (0: any)
         for prefix, hops in changes.items():
             if not isinstance(prefix, _PREFIX_TYPES):  # subclasses too: the RIB's hash faster
-                return self._normalised(changes)
+                return None
             if hops is not None:
-                found = hop_cache.get(hops) if type(hops) is frozenset else None
-                if found is None or (found[0] and found[1] != prefix.version):
-                    return self._normalised(changes)
-        return ((p, h if h is None else hop_cache[h][0] or None) for p, h in changes.items())
+                if hops is not last_hops:  # a load is long runs of one set of next hops
+                    found = hop_cache.get(hops) if type(hops) is frozenset else None
+                    if found is None:
+                        return None
+                    translate[hops] = found[0] or None
+                    last_hops, needs = hops, found[1] if found[0] else 0
+                if needs and needs != prefix._version:
+                    return None
+        return translate
 
     def _normalised(self, changes: Mapping[object, Iterable[object] | None]
                     ) -> list[tuple[Prefix, Hops | None]]:
@@ -331,13 +355,18 @@ class FIB:
             self._hops[hops] = (canonical, version)
         return canonical, version
 
-    def _plan_apply(self, normal: Iterable[tuple[Prefix, Hops | None]]) -> Iterator[tuple]:
+    def _plan_apply(self, pairs: Iterable[tuple[Prefix, object]],
+                    translate: Mapping[object, Hops | None] | None) -> Iterator[tuple]:
         """The plan for `apply`, made as `_program` sends it; the desired state changes as it
-        goes (`_program` sees the plan through, even when the kernel cannot be reached)."""
+        goes (`_program` sees the plan through, even when the kernel cannot be reached).
+        `pairs` are normalised already, or canonical but for the next-hop sets `translate`
+        maps (see `_translation`)."""
         desired, kernel = self._desired, self._kernel
         same = _Same()
         new = self._new
-        for prefix, hops in normal:
+        for prefix, hops in pairs:
+            if translate is not None and hops is not None:
+                hops = translate[hops]
             if hops:
                 desired[prefix] = hops
                 current = kernel.get(prefix)
@@ -428,7 +457,7 @@ class FIB:
         kernel = self._kernel
         new_flags = {_ADD: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
                      _REPLACE: NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE}
-        heads = _HEAD
+        by_version = _BY_VERSION
         rtm_table, protocol, table_attr = self._rtm_table, self.protocol, self._table_attr
         buf = bytearray()
         batch: list[tuple] = []  # (kind, prefix, what the kernel held before)
@@ -438,18 +467,18 @@ class FIB:
         first = seq + 1
         last_hops, last_tail = None, (0, b"")
         for kind, prefix, hops, before in plan:
-            family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
+            family, head, dst_length, width = by_version[prefix._version]
+            destination = prefix.network_address._ip.to_bytes(width)
             if kind is _ADD or kind is _REPLACE:
                 if hops is not last_hops:  # a load is long runs of one set of next hops
                     last_hops, last_tail = hops, self._tail(hops)
                 rflags, tail = last_tail
-                head = heads[family]
                 last = len(buf)
                 seq += 1
                 buf += head.pack(head.size + len(tail), RTM_NEWROUTE, new_flags[kind], seq, 0,
-                                 family, prefix.prefixlen, 0, 0, rtm_table, protocol,
+                                 family, prefix._prefixlen, 0, 0, rtm_table, protocol,
                                  RT_SCOPE_UNIVERSE, RTN_UNICAST, rflags,
-                                 _DST_ATTR_LEN[family], RTA_DST, prefix.network_address.packed)
+                                 dst_length, RTA_DST, destination)
                 buf += tail
                 batch.append((kind, prefix, before))
                 kernel[prefix] = hops
@@ -460,13 +489,12 @@ class FIB:
                     tail += RTA_U32.pack(8, RTA_PRIORITY, metric)
                     if stray_hops:
                         tail += self._tail(stray_hops)[1][len(table_attr):]
-                head = heads[family]
                 last = len(buf)
                 seq += 1
                 buf += head.pack(head.size + len(tail), RTM_DELROUTE, NLM_F_REQUEST, seq, 0,
-                                 family, prefix.prefixlen, 0, 0, rtm_table, protocol,
+                                 family, prefix._prefixlen, 0, 0, rtm_table, protocol,
                                  RT_SCOPE_NOWHERE, 0, 0,
-                                 _DST_ATTR_LEN[family], RTA_DST, prefix.network_address.packed)
+                                 dst_length, RTA_DST, destination)
                 buf += tail
                 # a _DELETE's prefix left `kernel` when it was planned
                 batch.append((kind, prefix, before if kind is _DELETE else None))
