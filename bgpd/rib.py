@@ -535,6 +535,9 @@ class Rib:
         self._cluster_id = ipaddress.IPv4Address(cluster_id) if cluster_id is not None else None
         # Calico's BGPPeer.numAllowedLocalASNumbers: designs with one AS per rack need it.
         self._allow_own_as = allow_own_as
+        # attributes object, local AS -> _attributes_rejection's answer, for the last asked: the
+        # router id, cluster id and allowance it depends on are fixed for the RIB's life
+        self._attributes_memo: tuple[object, int, tuple] = (None, 0, (None, None))
         self._set_pools(pools)
         self._set_own_blocks(own_blocks)
         self._set_own_addresses(own_addresses)
@@ -786,11 +789,15 @@ class Rib:
         return verdict or self._path_rejection(path)
 
     def _path_rejection(self, path: Path) -> str | None:
-        attributes = path.attributes
-        originator_id = attributes.originator_id
-        if originator_id is not None and originator_id == self._router_id:
-            # a reflector sent our own route back (FRR does: reference/exabgp.md §2.3)
-            return "own route: ORIGINATOR_ID is our router id"
+        attributes, local_asn = path.attributes, path.peer.local_asn
+        memo = self._attributes_memo
+        if memo[0] is attributes and memo[1] == local_asn:
+            mine, loop = memo[2]
+        else:
+            mine, loop = self._attributes_rejection(attributes, local_asn)
+            self._attributes_memo = (attributes, local_asn, (mine, loop))
+        if mine:
+            return mine
         next_hop = path.next_hop
         memo = self._own_memo
         if memo[0] is next_hop:
@@ -800,27 +807,35 @@ class Rib:
             self._own_memo = (next_hop, own)
         if own:
             return "own route: the next hop is one of our addresses"
+        return loop
+
+    def _attributes_rejection(self, attributes: PathAttributes, local_asn: int
+                              ) -> tuple[str | None, str | None]:
+        """What the attributes alone say against a path, as (own route, loop): the part of the
+        judgement a decoder's paths share, since every prefix of an UPDATE has the same
+        attributes object."""
+        originator_id = attributes.originator_id
+        if originator_id is not None and originator_id == self._router_id:
+            # a reflector sent our own route back (FRR does: reference/exabgp.md §2.3)
+            return "own route: ORIGINATOR_ID is our router id", None
         if self._cluster_id is not None and self._cluster_id in attributes.cluster_list:
-            return "loop: our CLUSTER_ID is in the CLUSTER_LIST (RFC 4456 §8)"
-        if attributes.as_path and self._own_as_count(path) > self._allow_own_as:
-            return "loop: our AS is in the AS_PATH (RFC 4271 §9.1.2)"
-        return None
+            return None, "loop: our CLUSTER_ID is in the CLUSTER_LIST (RFC 4456 §8)"
+        own_as_count = sum(segment.asns.count(local_asn) for segment in attributes.as_path)
+        if own_as_count > self._allow_own_as:
+            return None, "loop: our AS is in the AS_PATH (RFC 4271 §9.1.2)"
+        return None, None
 
     # ---------------------------------------------------------------- internals
 
     def _judge_prefix(self, prefix: Prefix) -> str | None:
-        version, address, length = prefix.version, int(prefix.network_address), prefix.prefixlen
+        # ipaddress's own fields, not its properties: this runs for every new prefix
+        version, address, length = prefix._version, prefix.network_address._ip, prefix._prefixlen
         if (version, address, length) in self._own_block_keys:
             return "own route: one of our blocks"
         for pool_version, network, mask, pool_length in self._pool_ranges:
             if version == pool_version and length >= pool_length and address & mask == network:
                 return None
         return "outside every IP pool"
-
-    @staticmethod
-    def _own_as_count(path: Path) -> int:
-        own = path.peer.local_asn
-        return sum(seg.asns.count(own) for seg in path.as_path)
 
     def _count(self, key: Address, change: int) -> None:
         held = self._path_counts.get(key, 0) + change

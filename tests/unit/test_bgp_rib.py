@@ -293,6 +293,22 @@ def test_a_path_holding_our_cluster_id_has_looped():
     assert "CLUSTER_ID" in rib.rejection(p)
 
 
+def test_one_attributes_object_is_judged_against_each_peers_own_as():
+    """A decoder shares one PathAttributes between paths; the RIB remembers its verdict on the
+    last one it saw, which must not carry over to a peer with another local AS."""
+    shared = PathAttributes.of(as_path=(65001, 64512))
+    other_side = Peer("192.0.2.9", 65001, 64999, "192.0.2.9")  # we are AS 64999 on this session
+    rib = make_rib()
+    looped = Path.with_attributes(net(P), ip("192.0.2.1"), E, 0, shared)
+    fine = Path.with_attributes(net("10.244.3.0/26"), ip("192.0.2.9"), other_side, 0, shared)
+    rib.update(E, [looped])
+    rib.update(other_side, [fine])
+    assert fib(rib) == {net("10.244.3.0/26"): hops("192.0.2.9")}
+    assert "AS_PATH" in rib.rejection(looped)
+    assert rib.rejection(fine) is None
+    assert "AS_PATH" in rib.rejection(looped)
+
+
 def test_allow_own_as():
     rib = make_rib(allow_own_as=1)
     announce(rib, path(E, as_path=(65001, 64512)))
