@@ -7,6 +7,9 @@ eight worker processes, then measures, against that one datastore, in one run:
 
   a  the write ceiling from 8 processes: etcd create transactions/s, one EtcdClient each; or,
      on Kubernetes, creates/s of a small custom resource (an empty IPAMHandle), one client each
+  a2 (etcd) the transaction an allocation makes, without the allocator: 8 processes, each
+     following the datastore as an agent does, write a new handle and their block together,
+     values encoded ahead of time at the allocator's sizes; a2 / a is the most b / a could be
   b  IPAM.auto_assign allocations/s with 8 nodes allocating at once, one process per node
   c  allocation latency p50/p99: from b, and one node allocating sequentially
   d  compare-and-swap conflicts per allocation, from b
@@ -39,6 +42,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -54,8 +58,13 @@ from percale.datastore.cache import followed
 from percale.datastore.contract import writes_together
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.etcd_client import EtcdClient, prefix_end
-from percale.api import IPPool, ObjectMeta
+from percale.api import IPAMBlock, IPAMHandle, IPPool, ObjectMeta
+from percale.api.fields import format_time
+from percale.api.ipam import IPAMHandleSpec, host_affinity
 from percale.api.ipam import block_name as blocks_name
+from percale.datastore import layout
+from percale.datastore.codec import encode, stamped_for_create
+from percale.datastore.contract import Key
 from percale.api.ippool import IPPoolSpec
 from tests.helpers.etcd_server import ETCD, EtcdServer
 from tests.helpers.store import is_kubernetes, open_store
@@ -83,6 +92,7 @@ FULL = Durations(create=5.0, allocate=10.0, sequential=5.0)
 QUICK = Durations(create=2.0, allocate=4.0, sequential=2.0)
 
 _CREATE = rpc.Compare.CompareTarget.Value("CREATE")
+_MOD = rpc.Compare.CompareTarget.Value("MOD")
 _EQUAL = rpc.Compare.CompareResult.Value("EQUAL")
 
 
@@ -236,6 +246,87 @@ async def op_create_txns(endpoint: str, worker: int, start_at: float, duration: 
         await client.close()
 
 
+def _stored_values(node: str) -> tuple[bytes, list[bytes]]:
+    """Phase a2's values, encoded as the allocator stores them: a handle (its name replaced per
+    write), and a node's /26 block 10.0.0.0/26 holding 1, 2, ... 64 addresses (its CIDR replaced
+    per block)."""
+    now = format_time(datetime.now(timezone.utc))
+    name = "k8s-pod-network." + "0" * 32
+    handle = encode(stamped_for_create(IPAMHandle(
+        metadata=ObjectMeta(name=name),
+        spec=IPAMHandleSpec(handle_id=name, block={"10.0.0.0/26": 1}))))
+    block = IPAMBlock.empty("10.0.0.0/26", host_affinity(node), affinity_claim_time=now)
+    spec, values = block.spec, []
+    for n in range(64):
+        spec, _ = blocks.assign(spec, 1, f"k8s-pod-network.{uuid.uuid4().hex}",
+                                {"node": node, "timestamp": now, "namespace": "bench",
+                                 "pod": f"{node}-pod-{n}"})
+        values.append(encode(stamped_for_create(block.model_copy(update={"spec": spec}))))
+    return handle, values
+
+
+async def op_block_txns(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
+    """Phase a2: the transaction an allocation makes, without the allocator. Each process is a
+    node following the datastore as an agent does (a view), and writes, one at a time, a new
+    handle and its block in one transaction (the handle's create_revision == 0, the block's
+    mod_revision as last written; the failure branch reads both), with values encoded ahead
+    of the clock at the sizes the allocator writes: the block grows by an address per write,
+    and a full one is followed by a fresh block, as in phase b."""
+    handle, values = _stored_values(f"node-{worker}")
+    template = b"0" * 32
+    store = EtcdDatastore([endpoint])
+    try:
+        async with followed(store):
+            client = store.client
+            await client.range(b"/percale/bench/warmup")  # connect before the clock starts
+            late = await _until(start_at)
+            cpu = time.process_time()
+            deadline = start_at + duration
+            count = failed = n = 0
+            latencies = []
+            block_path, block_values, block_revision = b"", values, 0
+            while time.time() < deadline:
+                if n % 64 == 0:
+                    # A fresh /26 per 64 writes, each worker's apart (10.<worker>.<k>.<0|64|..>).
+                    cidr = f"10.{worker}.{n // 256}.{n // 64 % 4 * 64}/26"
+                    name = blocks_name(cidr)
+                    block_path = layout.path(Key("IPAMBlock", name)).encode()
+                    block_values = [v.replace(b"10.0.0.0/26", cidr.encode())
+                                     .replace(b"10.0.0.0-26", name.encode()) for v in values]
+                    block_revision = 0
+                name = uuid.uuid4().hex
+                handle_path = layout.path(Key("IPAMHandle", f"k8s-pod-network.{name}")).encode()
+                compare = [
+                    rpc.Compare(key=handle_path, target=_CREATE, result=_EQUAL, create_revision=0),
+                    rpc.Compare(key=block_path, target=_CREATE, result=_EQUAL, create_revision=0)
+                    if block_revision == 0 else
+                    rpc.Compare(key=block_path, target=_MOD, result=_EQUAL,
+                                mod_revision=block_revision),
+                ]
+                success = [
+                    rpc.RequestOp(request_put=rpc.PutRequest(
+                        key=handle_path, value=handle.replace(template, name.encode()))),
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=block_path,
+                                                             value=block_values[n % 64])),
+                ]
+                failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=path))
+                           for path in (handle_path, block_path)]
+                n += 1
+                t = time.perf_counter()
+                response = await client.txn(compare, success, failure)
+                latencies.append(time.perf_counter() - t)
+                if not response.succeeded:
+                    failed += 1
+                    continue
+                block_revision = response.header.revision
+                if time.time() <= deadline:
+                    count += 1
+            return {"count": count, "failed": failed, "latencies": latencies, "late": late,
+                    "cpu": time.process_time() - cpu}
+    finally:
+        await store.close()
+
+
 # The node agent's IPAM reads from its watch-fed view (datastore/cache.py) and writes to etcd;
 # the benchmark allocates the same way (datastore.cache.followed), so that is what is measured.
 PODS_PER_NODE = 640
@@ -362,7 +453,8 @@ async def op_census(endpoint: str) -> dict:
 
 
 OPS: dict[str, Callable] = {
-    "reset": op_reset, "create_txns": op_create_txns, "allocate": op_allocate,
+    "reset": op_reset, "create_txns": op_create_txns, "block_txns": op_block_txns,
+    "allocate": op_allocate,
     "burst": op_burst, "census": op_census, "watch_reaction": op_watch_reaction,
 }
 KUBE_OPS = {**OPS, "reset": op_reset_kubernetes, "create_txns": op_create_crs}
@@ -621,6 +713,13 @@ def run(args: argparse.Namespace) -> None:
         w0.call("reset", pool=False)
         a, load_a = run_together(workers, "create_txns", d.create, lambda i: {"worker": i}, probe)
 
+        a2, load_a2 = None, None
+        if not kubernetes:
+            progress(f"a2 the same transactions as b's, without the allocator, {d.create:g} s")
+            w0.call("reset", pool=False)
+            a2, load_a2 = run_together(workers, "block_txns", d.create,
+                                       lambda i: {"worker": i}, probe)
+
         progress(f"b  auto_assign, {WORKERS} nodes, {d.allocate:g} s")
         w0.call("reset", pool=True)
         b, load_b = run_together(workers, "allocate", d.allocate,
@@ -658,9 +757,10 @@ def run(args: argparse.Namespace) -> None:
             f = w0.call("watch_reaction", samples=20 if args.quick else 50)
         w0.call("reset", pool=False)
 
-        report(args, d, where, a, b, census, c, e_seq, e_gather, e_prof, f, b_prof)
+        report(args, d, where, a, a2, b, census, c, e_seq, e_gather, e_prof, f, b_prof)
         where_time_goes([
             (f"a  {'creates' if kubernetes else 'create txns'}", a, load_a),
+            *([("a2 handle+block txns", a2, load_a2)] if a2 is not None else []),
             (f"b  {WORKERS} nodes", b, load_b),
             ("c  1 node sequential", [c], load_c),
             ("e  sequential", [e_seq], load_e_seq),
@@ -682,7 +782,8 @@ def run(args: argparse.Namespace) -> None:
             plane.stop()
 
 
-def report(args, d: Durations, where: str, a: list[dict], b: list[dict], census: dict,
+def report(args, d: Durations, where: str, a: list[dict], a2: list[dict] | None,
+           b: list[dict], census: dict,
            c: dict, e_seq: dict, e_gather: dict, e_prof: dict | None, f: dict | None,
            b_prof: dict | None = None) -> None:
     kubernetes = f is not None
@@ -709,6 +810,7 @@ def report(args, d: Durations, where: str, a: list[dict], b: list[dict], census:
         ("b", f"allocations/s, {WORKERS} nodes at once", f"{rate_b:,.1f}/s",
          f"{allocs_b} allocations in {d.allocate:g} s", ""),
         ("", "b / a", f"{ratio:.3f}", f"goal >= {GOAL_RATIO}", verdict(ratio >= GOAL_RATIO)),
+        *_without_allocator(a2, d, rate_a, rate_b),
         ("c", f"allocation p50 / p99, {WORKERS} nodes",
          f"{ms(percentile(lat_b, 50))} / {p99_b:.1f} ms", f"goal p99 <= {GOAL_P99_MS:g} ms",
          verdict(p99_b <= GOAL_P99_MS)),
@@ -778,6 +880,25 @@ def report(args, d: Durations, where: str, a: list[dict], b: list[dict], census:
         print(b_prof["profile"])
 
 
+def _without_allocator(a2: list[dict] | None, d: Durations, rate_a: float,
+                       rate_b: float) -> list[tuple[str, str, str, str, str]]:
+    """Phase a2's rows: how far the datastore write alone (b's transactions, values as big, a
+    view in each process) falls below a, and how much of b it explains."""
+    if a2 is None:
+        return []
+    rate = sum(r["count"] for r in a2) / d.create
+    lat = [x for r in a2 for x in r["latencies"]]
+    failed = sum(r["failed"] for r in a2)
+    return [
+        ("a2", f"handle+block txns/s, {WORKERS} nodes, no allocator", f"{rate:,.0f}/s",
+         f"p50 {ms(percentile(lat, 50))} / p99 {ms(percentile(lat, 99))} ms per txn"
+         + (f", {failed} FAILED" if failed else ""), ""),
+        ("", "a2 / a: the write alone", f"{rate / rate_a if rate_a else math.nan:.3f}",
+         "the most b / a could be with a free allocator", ""),
+        ("", "b / a2: the allocator's share", f"{rate_b / rate if rate else math.nan:.3f}", "", ""),
+    ]
+
+
 def where_time_goes(phases: list[tuple[str, list[dict], Load]], kubernetes: bool = False) -> None:
     """Per operation: requests served, CPU spent by the server (etcd; or the apiserver and its
     etcd) and by the worker processes; and how busy the machine was, and how much of that was
@@ -802,7 +923,7 @@ def where_time_goes(phases: list[tuple[str, list[dict], Load]], kubernetes: bool
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter phases (about 30 s in all)")
+    parser.add_argument("--quick", action="store_true", help="shorter phases (about 18 s in all)")
     parser.add_argument("--datastore", choices=("etcd", "kubernetes"), default="etcd",
                         help="etcd (default), or a real kube-apiserver with percale's CRDs")
     parser.add_argument("--profile", action="store_true",
