@@ -486,6 +486,12 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> No
         time.sleep(interval)
 
 
+# One event loop for every datastore call of the run. gRPC hands a closed call's last events
+# to whichever loop polls it next; with a loop per call (asyncio.run), a later loop was handed
+# events of an earlier, closed one, and printed "Event loop is closed" for each of them.
+_LOOP = asyncio.Runner()
+
+
 def store_work(endpoint: str, work) -> object:
     async def main():
         store = EtcdDatastore([endpoint])
@@ -494,7 +500,7 @@ def store_work(endpoint: str, work) -> object:
         finally:
             await store.close()
 
-    return asyncio.run(main())
+    return _LOOP.run(main())
 
 
 def resource(kind: str, name: str, spec: dict) -> object:
@@ -1132,6 +1138,7 @@ def run(args: argparse.Namespace) -> None:
             lab.down()
         if server is not None:
             server.stop()
+        _LOOP.close()
 
 
 def agent_log_tail(lab: Lab, lines: int = 30) -> None:
