@@ -18,7 +18,9 @@ eight worker processes, then measures, against that one datastore, in one run:
   f  (Kubernetes) watch event -> reaction: a block claimed by another node, until an agent's
      view (datastore/cache.py) has it
 
-Every phase starts from an empty datastore. bench/README.md says what each figure means.
+a, a2 and b run in turn, three rounds of them (--quick: one), and each ratio is the median of
+the rounds' own. Every phase starts from an empty datastore. bench/README.md says what each
+figure means.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import pstats
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -83,13 +86,14 @@ GOAL_RATIO, GOAL_P99_MS, GOAL_CONFLICTS = 0.6, 20.0, 0.1
 
 @dataclass(frozen=True)
 class Durations:
-    create: float      # a
-    allocate: float    # b
+    create: float      # a and a2, per round
+    allocate: float    # b, per round
     sequential: float  # c, one node
+    rounds: int        # of a, a2 and b in turn
 
 
-FULL = Durations(create=5.0, allocate=10.0, sequential=5.0)
-QUICK = Durations(create=2.0, allocate=4.0, sequential=2.0)
+FULL = Durations(create=3.0, allocate=6.0, sequential=5.0, rounds=3)
+QUICK = Durations(create=2.0, allocate=4.0, sequential=2.0, rounds=1)
 
 _CREATE = rpc.Compare.CompareTarget.Value("CREATE")
 _MOD = rpc.Compare.CompareTarget.Value("MOD")
@@ -566,6 +570,9 @@ class Load:
     def __sub__(self, other: Load) -> Load:
         return Load(*(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__))
 
+    def __add__(self, other: Load) -> Load:
+        return Load(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
+
     @classmethod
     def now(cls, endpoint: str) -> Load:
         try:
@@ -709,22 +716,27 @@ def run(args: argparse.Namespace) -> None:
         w0 = workers[0]
 
         what = "creates of a small custom resource" if kubernetes else "create txns"
-        progress(f"a  {what}, {WORKERS} processes, {d.create:g} s")
-        w0.call("reset", pool=False)
-        a, load_a = run_together(workers, "create_txns", d.create, lambda i: {"worker": i}, probe)
-
-        a2, load_a2 = None, None
-        if not kubernetes:
-            progress(f"a2 the same transactions as b's, without the allocator, {d.create:g} s")
+        # a, a2 and b in turn, round after round: each ratio is taken within a round, so this
+        # machine's speed drifting over the run (it does, by a third within minutes) moves both
+        # sides of it; the figures are the median round's.
+        rounds = Rounds()
+        for n in range(1, d.rounds + 1):
+            of = f"round {n}/{d.rounds}: " if d.rounds > 1 else ""
+            progress(f"a  {of}{what}, {WORKERS} processes, {d.create:g} s")
             w0.call("reset", pool=False)
-            a2, load_a2 = run_together(workers, "block_txns", d.create,
-                                       lambda i: {"worker": i}, probe)
-
-        progress(f"b  auto_assign, {WORKERS} nodes, {d.allocate:g} s")
-        w0.call("reset", pool=True)
-        b, load_b = run_together(workers, "allocate", d.allocate,
-                                 lambda i: {"node": f"node-{i}"}, probe)
-        census = w0.call("census")
+            rounds.add("a", *run_together(workers, "create_txns", d.create,
+                                          lambda i: {"worker": i}, probe))
+            if not kubernetes:
+                progress(f"a2 {of}the same transactions as b's, without the allocator, "
+                         f"{d.create:g} s")
+                w0.call("reset", pool=False)
+                rounds.add("a2", *run_together(workers, "block_txns", d.create,
+                                               lambda i: {"worker": i}, probe))
+            progress(f"b  {of}auto_assign, {WORKERS} nodes, {d.allocate:g} s")
+            w0.call("reset", pool=True)
+            rounds.add("b", *run_together(workers, "allocate", d.allocate,
+                                          lambda i: {"node": f"node-{i}"}, probe))
+            rounds.censuses.append(w0.call("census"))
         b_prof = None
         if args.profile:
             progress(f"b  once more, {WORKERS} nodes, node-0 under cProfile")
@@ -757,11 +769,11 @@ def run(args: argparse.Namespace) -> None:
             f = w0.call("watch_reaction", samples=20 if args.quick else 50)
         w0.call("reset", pool=False)
 
-        report(args, d, where, a, a2, b, census, c, e_seq, e_gather, e_prof, f, b_prof)
+        report(args, d, where, rounds, c, e_seq, e_gather, e_prof, f, b_prof)
         where_time_goes([
-            (f"a  {'creates' if kubernetes else 'create txns'}", a, load_a),
-            *([("a2 handle+block txns", a2, load_a2)] if a2 is not None else []),
-            (f"b  {WORKERS} nodes", b, load_b),
+            (f"a  {'creates' if kubernetes else 'create txns'}", *rounds.pooled("a")),
+            *([("a2 handle+block txns", *rounds.pooled("a2"))] if rounds.has("a2") else []),
+            (f"b  {WORKERS} nodes", *rounds.pooled("b")),
             ("c  1 node sequential", [c], load_c),
             ("e  sequential", [e_seq], load_e_seq),
             ("e  asyncio.gather", [e_gather], load_e_gather),
@@ -782,23 +794,69 @@ def run(args: argparse.Namespace) -> None:
             plane.stop()
 
 
-def report(args, d: Durations, where: str, a: list[dict], a2: list[dict] | None,
-           b: list[dict], census: dict,
-           c: dict, e_seq: dict, e_gather: dict, e_prof: dict | None, f: dict | None,
+class Rounds:
+    """Every round's results of a phase (a list per round of the workers' answers), the loads
+    summed over the rounds, and b's census after each round."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, list[list[dict]]] = {}
+        self.loads: dict[str, Load] = {}
+        self.censuses: list[dict] = []
+
+    def add(self, phase: str, results: list[dict], load: Load) -> None:
+        self.results.setdefault(phase, []).append(results)
+        held = self.loads.get(phase)
+        self.loads[phase] = load if held is None else held + load
+
+    def has(self, phase: str) -> bool:
+        return phase in self.results
+
+    def pooled(self, phase: str) -> tuple[list[dict], Load]:
+        """Every worker answer of every round, and the load of all rounds."""
+        return [r for results in self.results[phase] for r in results], self.loads[phase]
+
+    def rates(self, phase: str, seconds: float) -> list[float]:
+        return [sum(r["count"] for r in results) / seconds for results in self.results[phase]]
+
+
+def ratios(tops: list[float], bottoms: list[float]) -> list[float]:
+    """Round by round, top / bottom."""
+    return [t / b if b else math.nan for t, b in zip(tops, bottoms, strict=True)]
+
+
+def by_node(results: list[dict]) -> dict[str, dict]:
+    """b's answers of every round, one entry per node: counts summed, latencies pooled."""
+    nodes: dict[str, dict] = {}
+    for r in results:
+        held = nodes.setdefault(r["node"], {"count": 0, "latencies": [], "conflicts": 0,
+                                            "errors": 0})
+        held["count"] += r["count"]
+        held["latencies"] += r["latencies"]
+        held["conflicts"] += r["conflicts"]
+        held["errors"] += sum(r["errors"].values())
+    return nodes
+
+
+def report(args, d: Durations, where: str, rounds: Rounds, c: dict, e_seq: dict,
+           e_gather: dict, e_prof: dict | None, f: dict | None,
            b_prof: dict | None = None) -> None:
     kubernetes = f is not None
-    rate_a = sum(r["count"] for r in a) / d.create
+    a, _ = rounds.pooled("a")
+    b, _ = rounds.pooled("b")
+    rates_a, rates_b = rounds.rates("a", d.create), rounds.rates("b", d.allocate)
+    rate_a, rate_b = statistics.median(rates_a), statistics.median(rates_b)
     lat_a = [x for r in a for x in r["latencies"]]
     failed_a = sum(r["failed"] for r in a)
 
     allocs_b = sum(r["count"] for r in b)
-    rate_b = allocs_b / d.allocate
     lat_b = [x for r in b for x in r["latencies"]]
     calls_b = sum(len(r["latencies"]) for r in b)
     conflicts_b = sum(r["conflicts"] for r in b)
     per_alloc = conflicts_b / calls_b if calls_b else math.nan
-    ratio = rate_b / rate_a if rate_a else math.nan
+    b_over_a = ratios(rates_b, rates_a)
+    ratio = statistics.median(b_over_a)
     p99_b = percentile(lat_b, 99) * 1000
+    per_round = f" per round, median of {d.rounds}" if d.rounds > 1 else ""
 
     rate_c = c["count"] / d.sequential
     late = max(r["late"] for r in [*a, *b, c])
@@ -808,9 +866,10 @@ def report(args, d: Durations, where: str, a: list[dict], a2: list[dict] | None,
          f"{rate_a:,.0f}/s",
          f"p50 {ms(percentile(lat_a, 50))} / p99 {ms(percentile(lat_a, 99))} ms per txn", ""),
         ("b", f"allocations/s, {WORKERS} nodes at once", f"{rate_b:,.1f}/s",
-         f"{allocs_b} allocations in {d.allocate:g} s", ""),
-        ("", "b / a", f"{ratio:.3f}", f"goal >= {GOAL_RATIO}", verdict(ratio >= GOAL_RATIO)),
-        *_without_allocator(a2, d, rate_a, rate_b),
+         f"{allocs_b} allocations in {d.rounds * d.allocate:g} s", ""),
+        ("", f"b / a{per_round}", f"{ratio:.3f}", f"goal >= {GOAL_RATIO}",
+         verdict(ratio >= GOAL_RATIO)),
+        *_without_allocator(rounds, d, rates_a, rates_b),
         ("c", f"allocation p50 / p99, {WORKERS} nodes",
          f"{ms(percentile(lat_b, 50))} / {p99_b:.1f} ms", f"goal p99 <= {GOAL_P99_MS:g} ms",
          verdict(p99_b <= GOAL_P99_MS)),
@@ -840,23 +899,39 @@ def report(args, d: Durations, where: str, a: list[dict], a2: list[dict] | None,
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    if d.rounds > 1:
+        columns = {"b / a": b_over_a}
+        if rounds.has("a2"):
+            rates_a2 = rounds.rates("a2", d.create)
+            columns |= {"a2 / a": ratios(rates_a2, rates_a), "b / a2": ratios(rates_b, rates_a2)}
+        print(f"\nround by round: {'  '.join(f'{name:>7}' for name in columns)}   a/s    b/s")
+        for n in range(d.rounds):
+            print(f"  round {n + 1}:     {'  '.join(f'{col[n]:>7.3f}' for col in columns.values())}"
+                  f" {rates_a[n]:>6,.0f} {rates_b[n]:>6,.0f}")
 
     print(f"\nb per node:  {'node':8} {'allocs':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
           f"{'conflicts':>9} {'blocks':>6} {'errors':>6}")
-    for r in b:
+    blocks_per_node = Counter[str]()
+    for census in rounds.censuses:
+        blocks_per_node.update(census["blocks_per_node"])
+    for node, r in by_node(b).items():
         lat = r["latencies"]
-        print(f"             {r['node']:8} {r['count']:>7} {ms(percentile(lat, 50)):>7} "
+        print(f"             {node:8} {r['count']:>7} {ms(percentile(lat, 50)):>7} "
               f"{ms(percentile(lat, 99)):>7} {ms(max(lat, default=math.nan)):>7} "
-              f"{r['conflicts']:>9} {census['blocks_per_node'].get(r['node'], 0):>6} "
-              f"{sum(r['errors'].values()):>6}")
+              f"{r['conflicts']:>9} {blocks_per_node.get(node, 0):>6} {r['errors']:>6}")
 
-    handed_out = [ip for r in b for ip in r["addresses"]]
-    distinct = len(set(handed_out)) == len(handed_out)
-    consistent = census["allocated"] == len(handed_out) == census["handles"]
-    print(f"\ncheck after b: {len(handed_out)} addresses handed out"
-          f" ({'all distinct' if distinct else 'DUPLICATES'}); the datastore holds {census['allocated']}"
-          f" allocated in {census['blocks']} blocks and {census['handles']} handles"
-          f" ({'consistent' if consistent else 'INCONSISTENT'})")
+    # Each round starts from an empty datastore: its addresses are checked against its census.
+    print()
+    for n, (results, census) in enumerate(zip(rounds.results["b"], rounds.censuses,
+                                              strict=True), start=1):
+        handed_out = [ip for r in results for ip in r["addresses"]]
+        distinct = len(set(handed_out)) == len(handed_out)
+        consistent = census["allocated"] == len(handed_out) == census["handles"]
+        after = f"b, round {n}" if d.rounds > 1 else "b"
+        print(f"check after {after}: {len(handed_out)} addresses handed out"
+              f" ({'all distinct' if distinct else 'DUPLICATES'}); the datastore holds {census['allocated']}"
+              f" allocated in {census['blocks']} blocks and {census['handles']} handles"
+              f" ({'consistent' if consistent else 'INCONSISTENT'})")
     errors: Counter[str] = Counter()
     for r in [*b, c]:
         errors.update(r["errors"])
@@ -880,22 +955,26 @@ def report(args, d: Durations, where: str, a: list[dict], a2: list[dict] | None,
         print(b_prof["profile"])
 
 
-def _without_allocator(a2: list[dict] | None, d: Durations, rate_a: float,
-                       rate_b: float) -> list[tuple[str, str, str, str, str]]:
+def _without_allocator(rounds: Rounds, d: Durations, rates_a: list[float],
+                       rates_b: list[float]) -> list[tuple[str, str, str, str, str]]:
     """Phase a2's rows: how far the datastore write alone (b's transactions, values as big, a
     view in each process) falls below a, and how much of b it explains."""
-    if a2 is None:
+    if not rounds.has("a2"):
         return []
-    rate = sum(r["count"] for r in a2) / d.create
+    a2, _ = rounds.pooled("a2")
+    rates = rounds.rates("a2", d.create)
     lat = [x for r in a2 for x in r["latencies"]]
     failed = sum(r["failed"] for r in a2)
+    alone = statistics.median(ratios(rates, rates_a))
+    share = statistics.median(ratios(rates_b, rates))
     return [
-        ("a2", f"handle+block txns/s, {WORKERS} nodes, no allocator", f"{rate:,.0f}/s",
+        ("a2", f"handle+block txns/s, {WORKERS} nodes, no allocator",
+         f"{statistics.median(rates):,.0f}/s",
          f"p50 {ms(percentile(lat, 50))} / p99 {ms(percentile(lat, 99))} ms per txn"
          + (f", {failed} FAILED" if failed else ""), ""),
-        ("", "a2 / a: the write alone", f"{rate / rate_a if rate_a else math.nan:.3f}",
+        ("", "a2 / a: the write alone", f"{alone:.3f}",
          "the most b / a could be with a free allocator", ""),
-        ("", "b / a2: the allocator's share", f"{rate_b / rate if rate else math.nan:.3f}", "", ""),
+        ("", "b / a2: the allocator's share", f"{share:.3f}", "", ""),
     ]
 
 
