@@ -21,6 +21,18 @@ have_all() {
 }
 
 if ! have_all; then
+    # One build at a time per cache (say the demo and the tests started together on a fresh
+    # machine): both would build into the same staging directory, and one would replace the
+    # binaries under the other. The second waits for the first, then finds the cache filled.
+    mkdir -p "$(dirname "$CACHE")"
+    exec 9>"$CACHE.lock"
+    if ! flock -n 9; then
+        echo "==> another build of Kubernetes $VERSION is under way; waiting for it" >&2
+        flock 9
+    fi
+fi
+
+if ! have_all; then
     command -v go >/dev/null || { echo "k8s-binaries: Go is needed to build Kubernetes $VERSION" >&2; exit 1; }
     echo "==> building Kubernetes $VERSION (${BINARIES[*]}) into $CACHE; the first build takes 10-20 minutes" >&2
     staging="$CACHE.partial"
