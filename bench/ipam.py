@@ -30,6 +30,7 @@ import asyncio
 import cProfile
 import io
 import ipaddress
+import itertools
 import math
 import multiprocessing
 import os
@@ -44,7 +45,7 @@ import traceback
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
@@ -224,32 +225,48 @@ async def op_watch_reaction(endpoint: str, samples: int) -> dict:
         await watcher.close()
 
 
+# One transaction to send: compares, success branch, failure branch.
+Txn = tuple[list[rpc.Compare], list[rpc.RequestOp], list[rpc.RequestOp]]
+
+
+async def _one_at_a_time(client: EtcdClient, start_at: float, duration: float,
+                         txns: Generator[Txn, rpc.TxnResponse, None]) -> dict:
+    """Phases a and a2: from `start_at`, for `duration`, send what `txns` yields, one
+    transaction outstanding at a time, handing each answer back to it (send)."""
+    await client.range(b"/percale/bench/warmup")  # connect before the clock starts
+    txn = next(txns)  # and prepare what comes before the first transaction (a2's values)
+    late = await _until(start_at)
+    cpu = time.process_time()
+    deadline = start_at + duration
+    count = failed = 0
+    latencies = []
+    while time.time() < deadline:
+        t = time.perf_counter()
+        response = await client.txn(*txn)
+        latencies.append(time.perf_counter() - t)
+        if not response.succeeded:
+            failed += 1
+        elif time.time() <= deadline:
+            count += 1
+        txn = txns.send(response)
+    return {"count": count, "failed": failed, "latencies": latencies, "late": late,
+            "cpu": time.process_time() - cpu}
+
+
+def _creates(worker: int) -> Generator[Txn, rpc.TxnResponse, None]:
+    """Phase a's transactions: `create_revision == 0 -> put` of 64 bytes on fresh keys."""
+    for n in itertools.count():
+        key = f"/percale/bench/create/{worker}/{n}".encode()
+        yield ([rpc.Compare(key=key, target=_CREATE, result=_EQUAL, create_revision=0)],
+               [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))],
+               [])
+
+
 async def op_create_txns(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
     """Phase a: `create_revision == 0 -> put` on fresh keys, one outstanding txn at a time."""
     client = EtcdClient([endpoint])
     try:
-        await client.range(b"/percale/bench/warmup")  # connect before the clock starts
-        late = await _until(start_at)
-        cpu = time.process_time()
-        deadline = start_at + duration
-        count = failed = n = 0
-        latencies = []
-        while time.time() < deadline:
-            key = f"/percale/bench/create/{worker}/{n}".encode()
-            n += 1
-            t = time.perf_counter()
-            response = await client.txn(
-                [rpc.Compare(key=key, target=_CREATE, result=_EQUAL, create_revision=0)],
-                [rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=VALUE))],
-                [],
-            )
-            latencies.append(time.perf_counter() - t)
-            if not response.succeeded:
-                failed += 1
-            elif time.time() <= deadline:
-                count += 1
-        return {"count": count, "failed": failed, "latencies": latencies, "late": late,
-                "cpu": time.process_time() - cpu}
+        return await _one_at_a_time(client, start_at, duration, _creates(worker))
     finally:
         await client.close()
 
@@ -273,65 +290,50 @@ def _stored_values(node: str) -> tuple[bytes, list[bytes]]:
     return handle, values
 
 
-async def op_block_txns(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
-    """Phase a2: the transaction an allocation makes, without the allocator. Each process is a
-    node following the datastore as an agent does (a view), and writes, one at a time, a new
-    handle and its block in one transaction (the handle's create_revision == 0, the block's
-    mod_revision as last written; the failure branch reads both), with values encoded ahead
-    of the clock at the sizes the allocator writes: the block grows by an address per write,
-    and a full one is followed by a fresh block, as in phase b."""
+def _handles_and_blocks(worker: int) -> Generator[Txn, rpc.TxnResponse, None]:
+    """Phase a2's transactions: a new handle and the worker's block in one, as write_together
+    writes them (the handle's create_revision == 0, the block's mod_revision as last written; the
+    failure branch reads both), with values encoded here at the sizes the allocator writes: the
+    block grows by an address per write, and a full one is followed by a fresh block."""
     handle, values = _stored_values(f"node-{worker}")
     template = b"0" * 32
+    block_path, block_values, block_revision = b"", values, 0
+    for n in itertools.count():
+        if n % 64 == 0:
+            # A fresh /26 per 64 writes; each worker's from a /13 of its own in 10/8.
+            cidr = str(ipaddress.IPv4Network((A2_BASE + (worker << 19) + n // 64 * 64,
+                                              BLOCK_SIZE)))
+            block = blocks_name(cidr)
+            block_path = layout.path(Key("IPAMBlock", block)).encode()
+            block_values = [v.replace(b"10.0.0.0/26", cidr.encode())
+                            .replace(b"10.0.0.0-26", block.encode()) for v in values]
+            block_revision = 0
+        name = uuid.uuid4().hex
+        handle_path = layout.path(Key("IPAMHandle", f"k8s-pod-network.{name}")).encode()
+        response = yield (
+            [rpc.Compare(key=handle_path, target=_CREATE, result=_EQUAL, create_revision=0),
+             rpc.Compare(key=block_path, target=_CREATE, result=_EQUAL, create_revision=0)
+             if block_revision == 0 else
+             rpc.Compare(key=block_path, target=_MOD, result=_EQUAL, mod_revision=block_revision)],
+            [rpc.RequestOp(request_put=rpc.PutRequest(
+                key=handle_path, value=handle.replace(template, name.encode()))),
+             rpc.RequestOp(request_put=rpc.PutRequest(key=block_path,
+                                                      value=block_values[n % 64]))],
+            [rpc.RequestOp(request_range=rpc.RangeRequest(key=path))
+             for path in (handle_path, block_path)],
+        )
+        if response.succeeded:
+            block_revision = response.header.revision
+
+
+async def op_block_txns(endpoint: str, worker: int, start_at: float, duration: float) -> dict:
+    """Phase a2: the transaction an allocation makes, without the allocator, by a process that
+    follows the datastore as an agent does (a view), one outstanding txn at a time."""
+    txns = _handles_and_blocks(worker)
     store = EtcdDatastore([endpoint])
     try:
         async with followed(store):
-            client = store.client
-            await client.range(b"/percale/bench/warmup")  # connect before the clock starts
-            late = await _until(start_at)
-            cpu = time.process_time()
-            deadline = start_at + duration
-            count = failed = n = 0
-            latencies = []
-            block_path, block_values, block_revision = b"", values, 0
-            while time.time() < deadline:
-                if n % 64 == 0:
-                    # A fresh /26 per 64 writes; each worker's from a /13 of its own in 10/8.
-                    cidr = str(ipaddress.IPv4Network(
-                        (A2_BASE + (worker << 19) + n // 64 * 64, BLOCK_SIZE)))
-                    block = blocks_name(cidr)
-                    block_path = layout.path(Key("IPAMBlock", block)).encode()
-                    block_values = [v.replace(b"10.0.0.0/26", cidr.encode())
-                                     .replace(b"10.0.0.0-26", block.encode()) for v in values]
-                    block_revision = 0
-                name = uuid.uuid4().hex
-                handle_path = layout.path(Key("IPAMHandle", f"k8s-pod-network.{name}")).encode()
-                compare = [
-                    rpc.Compare(key=handle_path, target=_CREATE, result=_EQUAL, create_revision=0),
-                    rpc.Compare(key=block_path, target=_CREATE, result=_EQUAL, create_revision=0)
-                    if block_revision == 0 else
-                    rpc.Compare(key=block_path, target=_MOD, result=_EQUAL,
-                                mod_revision=block_revision),
-                ]
-                success = [
-                    rpc.RequestOp(request_put=rpc.PutRequest(
-                        key=handle_path, value=handle.replace(template, name.encode()))),
-                    rpc.RequestOp(request_put=rpc.PutRequest(key=block_path,
-                                                             value=block_values[n % 64])),
-                ]
-                failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=path))
-                           for path in (handle_path, block_path)]
-                n += 1
-                t = time.perf_counter()
-                response = await client.txn(compare, success, failure)
-                latencies.append(time.perf_counter() - t)
-                if not response.succeeded:
-                    failed += 1
-                    continue
-                block_revision = response.header.revision
-                if time.time() <= deadline:
-                    count += 1
-            return {"count": count, "failed": failed, "latencies": latencies, "late": late,
-                    "cpu": time.process_time() - cpu}
+            return await _one_at_a_time(store.client, start_at, duration, txns)
     finally:
         await store.close()
 
