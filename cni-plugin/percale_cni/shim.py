@@ -19,14 +19,16 @@ the same encoder and scanner as json.dumps and json.loads, so they behave the sa
 
 import _json
 import _socket
+import _struct
 import os
 import sys
 
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 DEFAULT_VERSION = "1.1.0"
 DEFAULT_SOCKET = "/var/run/percale/cni.sock"
-# A live agent accepts at once. Waiting longer only delays the runtime's retry.
-CONNECT_TIMEOUT = 2.0
+# Seconds a connect waits for room in the agent's listen queue. A live agent accepts at once, or
+# soon after a burst of pods; waiting longer only delays the runtime's retry.
+CONNECT_TIMEOUT = 2
 # An ADD may wait in the agent while datastore conflicts are retried.
 ANSWER_TIMEOUT = 120.0
 # The largest network configuration passed on (the agent's limit too: cni_types.MAX_REQUEST_BYTES
@@ -170,7 +172,11 @@ def ask_agent(path, request):
     """
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
+        # A blocking connect bounded by SO_SNDTIMEO, as the compiled shim's: when a burst of pods
+        # has filled the agent's listen queue it waits for room. settimeout() would make the
+        # socket non-blocking, and a unix-socket connect then fails at once (EAGAIN).
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,
+                        _struct.pack("ll", CONNECT_TIMEOUT, 0))
         try:
             sock.connect(path)
         except OSError as err:
@@ -206,6 +212,9 @@ def ask_agent(path, request):
 
 
 def reason(err):
+    # A timeout is worded as Python's socket timeout is, whichever way it ran out.
+    if isinstance(err, BlockingIOError):
+        return "timed out"
     return err.strerror or str(err)
 
 

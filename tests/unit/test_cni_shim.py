@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import socketserver
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +234,56 @@ def test_a_socket_with_no_listener_is_code_11(sockets):
     assert stale.exists()
     ran = run_plugin("DEL", conf(agent_socket=str(stale)))
     assert_error(ran, 11, str(stale))
+
+
+def _full_listener(path: str) -> tuple[socket.socket, socket.socket]:
+    """A listener whose queue is full: backlog 0 holds one connection, which is made."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    filler.connect(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        with pytest.raises(BlockingIOError):  # no room: a connect now would have to wait
+            probe.connect(path)
+    return listener, filler
+
+
+def test_a_full_listen_queue_is_waited_for(sockets):
+    """A burst of pod starts can fill percale-node's listen queue. The shim waits for room (up
+    to its connect timeout, 2 s) rather than failing at once, and gets its answer."""
+    path = str(sockets / "busy.sock")
+    listener, filler = _full_listener(path)
+
+    def agent_catches_up() -> None:
+        time.sleep(0.5)
+        listener.accept()[0].close()  # the connection that filled the queue
+        conn, _ = listener.accept()  # the shim's, once it found room
+        with conn:
+            conn.makefile("rb").readline()
+            conn.sendall(b'{"code": 0, "stdout": "{\\"ok\\": 1}"}\n')
+
+    thread = threading.Thread(target=agent_catches_up, daemon=True)
+    thread.start()
+    try:
+        ran = run_plugin("ADD", conf(agent_socket=path))
+    finally:
+        thread.join(5)
+        filler.close()
+        listener.close()
+    assert (ran.code, ran.out) == (0, b'{"ok": 1}'), ran
+
+
+def test_a_listen_queue_that_stays_full_is_code_11(sockets):
+    path = str(sockets / "stuck.sock")
+    listener, filler = _full_listener(path)
+    try:
+        ran = run_plugin("ADD", conf(agent_socket=path))
+    finally:
+        filler.close()
+        listener.close()
+    assert_error(ran, 11, path, "timed out")
 
 
 def test_an_agent_that_closes_without_answering_is_code_11(agent):
