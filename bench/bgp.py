@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import ctypes
 import errno
 import importlib.metadata
@@ -489,7 +490,9 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05) -> No
 # One event loop for every datastore call of the run. gRPC hands a closed call's last events
 # to whichever loop polls it next; with a loop per call (asyncio.run), a later loop was handed
 # events of an earlier, closed one, and printed "Event loop is closed" for each of them.
+# Closed at exit, so the scripts that borrow store_work (bench/scale.py) close it too.
 _LOOP = asyncio.Runner()
+atexit.register(_LOOP.close)
 
 
 def store_work(endpoint: str, work) -> object:
@@ -1138,7 +1141,6 @@ def run(args: argparse.Namespace) -> None:
             lab.down()
         if server is not None:
             server.stop()
-        _LOOP.close()
 
 
 def agent_log_tail(lab: Lab, lines: int = 30) -> None:
