@@ -84,10 +84,10 @@ class KubeControlPlane:
         self._wait_ready(timeout)
         self.kubectl("apply", "-f", str(CRDS))
         self.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac.yaml"))
-        self.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd", "--all")
-        # The garbage collector learns the kinds from discovery when it starts and then only
-        # every 30 s. An owner of a kind it does not know yet (an Installation) is retried with
-        # a doubling back-off, so its deletion could go unnoticed for a minute or more.
+        # Before the controller-manager: its garbage collector learns the kinds from discovery
+        # when it starts and then only every 30 s. An owner of a kind it does not know yet (an
+        # Installation) is retried with a doubling back-off, so its deletion could go unnoticed
+        # for a minute or more.
         self._wait_discoverable(timeout)
         if controller_manager:
             log = open(self.work / "kube-controller-manager.log", "ab")
@@ -102,7 +102,8 @@ class KubeControlPlane:
         return self
 
     def _wait_discoverable(self, timeout: float) -> None:
-        """Until discovery lists every served resource of every CRD installed."""
+        """Until discovery lists every served resource of every CRD installed (it lists only
+        established CRDs, so they are established too)."""
         wanted: dict[str, set[str]] = {}
         for crd in self.get_json("crd")["items"]:
             for version in crd["spec"]["versions"]:
@@ -110,17 +111,18 @@ class KubeControlPlane:
                     group_version = f"{crd['spec']['group']}/{version['name']}"
                     wanted.setdefault(group_version, set()).add(crd["spec"]["names"]["plural"])
         deadline = time.monotonic() + timeout
-        while wanted:
+        while True:
             for group_version in list(wanted):
                 done = self.kubectl("get", "--raw", f"/apis/{group_version}", check=False)
                 if done.returncode == 0:
                     wanted[group_version] -= {r["name"] for r in json.loads(done.stdout)["resources"]}
                     if not wanted[group_version]:
                         del wanted[group_version]
-            if wanted and time.monotonic() > deadline:
+            if not wanted:
+                return
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"CRDs not in discovery within {timeout}s: {wanted}")
-            if wanted:
-                time.sleep(0.2)
+            time.sleep(0.2)
 
     def _launch(self) -> None:
         log = open(self.work / "kube-apiserver.log", "ab")
