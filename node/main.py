@@ -74,14 +74,17 @@ class AgentFailed(Exception):
     """A part of the agent that must run until it stops ended on its own."""
 
 
-async def register_when_reachable(store, node: str, addresses: tuple, stop: asyncio.Event) -> bool:
-    """Register the node, waiting for the datastore as long as it takes (as calico-node waits
-    for its datastore): a node that starts with its etcd, or on a machine too busy to answer
-    within the client's deadline, must not give up. False if stopped meanwhile."""
+async def register_when_reachable(store, node: str, addresses: tuple, stop: asyncio.Event,
+                                  kubeconfig: str | None = None) -> bool:
+    """Register the node, waiting for the datastore (and for kubernetes-internal-ip, the
+    Kubernetes API) as long as it takes (as calico-node waits for its datastore): a node that
+    starts with its etcd, or on a machine too busy to answer within the client's deadline, must
+    not give up. False if stopped meanwhile."""
     delay = 0.5
     while True:
         try:
-            await registration.register(store, node, *addresses)
+            resolved = await registration.kubernetes_addresses(addresses, node, store, kubeconfig)
+            await registration.register(store, node, *resolved)
             return True
         except DatastoreUnavailable as err:
             log.warning("datastore not reachable yet (%s); trying again in %.1f s", err, delay)
@@ -113,13 +116,14 @@ class Options:
 async def run(options: Options, settings: dict[str, Optional[str]],
               addresses: tuple = (None, None, None)) -> None:
     node, cni_socket, status_socket = options.node, options.cni_socket, options.status_socket
-    store = open_datastore(load_config(**settings))
+    config = load_config(**settings)
+    store = open_datastore(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        registered = await register_when_reachable(store, node, addresses, stop)
+        registered = await register_when_reachable(store, node, addresses, stop, config.kubeconfig)
     except BaseException:
         await store.close()
         raise
@@ -252,7 +256,8 @@ def main(
         "--ip6", envvar="IP6", help="This node's IPv6 BGP address, as --ip")] = None,
     ip_autodetection_method: Annotated[str, typer.Option(
         envvar="IP_AUTODETECTION_METHOD", help="first-found, interface=REGEX,..., skip-interface=REGEX,...,"
-        " cidr=CIDR,... or can-reach=ADDRESS")] = "first-found",
+        " cidr=CIDR,..., can-reach=ADDRESS or kubernetes-internal-ip (the Kubernetes Node's"
+        " InternalIP)")] = "first-found",
     ip6_autodetection_method: Annotated[str, typer.Option(
         envvar="IP6_AUTODETECTION_METHOD", help="As --ip-autodetection-method, for --ip6")] = "first-found",
     as_number: Annotated[Optional[int], typer.Option(

@@ -3,7 +3,9 @@
 `--ip` / `IP` (and `--ip6` / `IP6`) say where this node's BGP address comes from:
   * empty: leave whatever the Node says (it may have been written with percalectl);
   * `autodetect`: find it with `--ip-autodetection-method` (calico.md §1.10: first-found,
-    interface=REGEX,..., skip-interface=REGEX,..., cidr=CIDR,..., can-reach=ADDRESS);
+    interface=REGEX,..., skip-interface=REGEX,..., cidr=CIDR,..., can-reach=ADDRESS, or
+    kubernetes-internal-ip: the InternalIP of this node's Kubernetes Node, as the operator's
+    `kubernetes: NodeInternalIP` asks, read from the API once it answers);
   * `none`: this node has no address of that family (the field is removed);
   * an address with its prefix (10.0.0.5/24): used as given. The prefix matters — CrossSubnet
     compares subnets — so a bare address is refused rather than stored as a /32.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from percale.dataplane.host import HostAddress, host_addresses, source_address_towards
 from percale.datastore import AlreadyExists, Conflict, Datastore, Key, NotFound
@@ -32,15 +36,34 @@ FIRST_FOUND_EXCLUDED = (
 )
 
 
+KUBERNETES_INTERNAL_IP = "kubernetes-internal-ip"
+
+
 class RegistrationError(ValueError):
     """The node's address settings cannot be honoured; the message names the setting."""
 
 
+@dataclass(frozen=True)
+class FromKubernetesNode:
+    """What resolve() answers for `autodetect` with kubernetes-internal-ip: the address is known
+    only once the Kubernetes API answers (from_kubernetes_node), and the agent waits for that as
+    it waits for its datastore."""
+    version: int
+
+
+def _method_setting(version: int) -> str:
+    return "--ip-autodetection-method" if version == 4 else "--ip6-autodetection-method"
+
+
 def autodetect(version: int, method: str, addresses: list[HostAddress],
-               can_reach=source_address_towards) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+               can_reach=source_address_towards,
+               internal_ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+               ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """This node's address of one IP version, picked from `addresses` by a Calico detection
-    method. Raises RegistrationError naming the method when nothing matches."""
-    setting = "--ip-autodetection-method" if version == 4 else "--ip6-autodetection-method"
+    method (for kubernetes-internal-ip, the host's address that is one of the Kubernetes Node's
+    `internal_ips`, with that interface's prefix). Raises RegistrationError naming the method
+    when nothing matches."""
+    setting = _method_setting(version)
     candidates = [a for a in addresses if a.address.version == version]
     name, _, value = (method or "first-found").partition("=")
     values = [v.strip() for v in value.split(",") if v.strip()]
@@ -63,24 +86,36 @@ def autodetect(version: int, method: str, addresses: list[HostAddress],
     elif name == "can-reach" and len(values) == 1:
         source = can_reach(values[0])
         picked = [a for a in candidates if source and str(a.address.ip) == source]
+    elif name == KUBERNETES_INTERNAL_IP and not value:
+        wanted = [ip for ip in internal_ips if ip.version == version]
+        if not wanted:
+            raise RegistrationError(
+                f"{setting}: {KUBERNETES_INTERNAL_IP}: the Kubernetes Node has no IPv{version} InternalIP")
+        picked = [a for a in candidates if a.address.ip in wanted]
+        if not picked:
+            raise RegistrationError(
+                f"{setting}: {KUBERNETES_INTERNAL_IP}: the Kubernetes Node's InternalIP "
+                f"{', '.join(map(str, wanted))} is on none of this host's interfaces")
     else:
         raise RegistrationError(
             f"{setting}: {method!r} is not a detection method; use first-found, interface=REGEX,"
-            " skip-interface=REGEX, cidr=CIDR or can-reach=ADDRESS")
+            f" skip-interface=REGEX, cidr=CIDR, can-reach=ADDRESS or {KUBERNETES_INTERNAL_IP}")
     if not picked:
         raise RegistrationError(f"{setting}: no IPv{version} address found with {method or 'first-found'}")
     return picked[0].address
 
 
-def resolve(version: int, setting: str | None, method: str | None,
-            addresses=host_addresses) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | str | None:
+def resolve(version: int, setting: str | None, method: str | None, addresses=host_addresses,
+            ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | FromKubernetesNode | str | None:
     """What `--ip` (4) or `--ip6` (6) asks for: None to leave the Node alone, "none" to remove the
-    address, or the address with its prefix."""
+    address, the address with its prefix, or FromKubernetesNode."""
     flag = "--ip" if version == 4 else "--ip6"
     if not setting:
         return None
     if setting == "none":
         return "none"
+    if setting == "autodetect" and method == KUBERNETES_INTERNAL_IP:
+        return FromKubernetesNode(version)
     if setting == "autodetect":
         return autodetect(version, method or "first-found", addresses())
     if "/" not in setting:
@@ -94,6 +129,60 @@ def resolve(version: int, setting: str | None, method: str | None,
     if address.version != version:
         raise RegistrationError(f"{flag}: {setting} is not an IPv{version} address")
     return address
+
+
+async def from_kubernetes_node(wanted: FromKubernetesNode, node: str, client,
+                               addresses=host_addresses) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """The address kubernetes-internal-ip picks: the Kubernetes Node `node`'s InternalIP of the
+    wanted version, as this host carries it. `client` is a KubeClient (datastore/kube_client.py);
+    its DatastoreUnavailable is left to the caller, which waits and asks again."""
+    from percale.datastore.kube_client import KubeError
+
+    setting = f"{_method_setting(wanted.version)}: {KUBERNETES_INTERNAL_IP}"
+    try:
+        obj = await client.request("GET", f"/api/v1/nodes/{node}")
+    except KubeError as err:
+        if err.status == 404:
+            raise RegistrationError(f"{setting}: there is no Kubernetes Node {node!r}") from None
+        raise RegistrationError(f"{setting}: reading the Kubernetes Node {node!r}: {err}") from None
+    internal = []
+    for entry in (obj.get("status") or {}).get("addresses") or []:
+        if entry.get("type") == "InternalIP":
+            try:
+                internal.append(ipaddress.ip_address(entry.get("address", "")))
+            except ValueError:
+                continue  # not an address: the kubelet never writes one; skip rather than fail
+    return autodetect(wanted.version, KUBERNETES_INTERNAL_IP, addresses(), internal_ips=internal)
+
+
+async def kubernetes_addresses(addresses: tuple, node: str, store: Datastore,
+                               kubeconfig: str | None, host=host_addresses) -> tuple:
+    """`addresses` (resolve()'s answers, then the AS number) with each FromKubernetesNode replaced
+    by the address it names. The Kubernetes API is the datastore's own on the kubernetes
+    datastore; with etcd it is reached through `kubeconfig` (else $KUBECONFIG, ~/.kube/config or
+    the pod's service account), as calico-node reaches it for this method."""
+    if not any(isinstance(a, FromKubernetesNode) for a in addresses):
+        return addresses
+    from percale.datastore.kube_client import KubeClient, KubeConfigError, configuration
+    from percale.datastore.kubernetes import KubeDatastore
+
+    own = None
+    if isinstance(store, KubeDatastore):
+        client = store.client
+    else:
+        try:
+            client = own = KubeClient(await configuration(kubeconfig))
+        except KubeConfigError as err:
+            version = next(a.version for a in addresses if isinstance(a, FromKubernetesNode))
+            raise RegistrationError(f"{_method_setting(version)}: {KUBERNETES_INTERNAL_IP} needs the"
+                                    f" Kubernetes API: {err}") from None
+    try:
+        return tuple([await from_kubernetes_node(a, node, client, host)
+                      if isinstance(a, FromKubernetesNode)
+                      else a for a in addresses])
+    finally:
+        if own is not None:
+            await own.close()
 
 
 async def register(store: Datastore, node: str, ipv4, ipv6, as_number: int | None = None) -> None:

@@ -69,3 +69,17 @@ def test_two_nodes_on_the_kubernetes_datastore(etcd, kube):
     finally:
         a.stop()
         b.stop()
+
+
+def test_an_agent_takes_its_address_from_its_kubernetes_node(etcd, kube):
+    """IP=autodetect with kubernetes-internal-ip (what the operator renders for `kubernetes:
+    NodeInternalIP`): the node's BGP address is its Kubernetes Node's InternalIP, 192.0.2.10,
+    with the prefix of the interface that carries it."""
+    node = CNINode(etcd.unix_endpoint, kube=kube,
+                   agent_args=["--ip", "autodetect", "--ip-autodetection-method", "kubernetes-internal-ip"])
+    try:
+        node.start()
+        annotations = kube.get_json("node", node.name)["metadata"]["annotations"]
+        assert annotations["percale.io/IPv4Address"] == "192.0.2.10/24"
+    finally:
+        node.stop()

@@ -9,7 +9,14 @@ import ipaddress
 import pytest
 
 from percale.datastore import Key, MemoryDatastore
-from percale.node.registration import HostAddress, RegistrationError, autodetect, register, resolve
+from percale.node.registration import (
+    FromKubernetesNode,
+    HostAddress,
+    RegistrationError,
+    autodetect,
+    register,
+    resolve,
+)
 from percale.api import parse
 
 pytestmark = pytest.mark.unit
@@ -52,6 +59,31 @@ def test_ipv6_detection_ignores_ipv4_addresses():
 def test_detection_failures_name_the_setting(method, message):
     with pytest.raises(RegistrationError, match=message.replace("(", r"\(").replace("*", r"\*")):
         autodetect(4, method, HOST)
+
+
+def test_kubernetes_internal_ip_takes_the_host_address_that_is_the_nodes_internal_ip():
+    internal = [ipaddress.ip_address("10.0.0.11"), ipaddress.ip_address("fd00::11")]
+    # The host's address, with its interface's prefix: CrossSubnet compares subnets.
+    assert str(autodetect(4, "kubernetes-internal-ip", HOST, internal_ips=internal)) == "10.0.0.11/24"
+    assert str(autodetect(6, "kubernetes-internal-ip", HOST, internal_ips=internal)) == "fd00::11/64"
+    # Decided only once the Kubernetes API answers.
+    assert resolve(4, "autodetect", "kubernetes-internal-ip") == FromKubernetesNode(4)
+
+
+@pytest.mark.parametrize("version, internal, message", [
+    (4, ["fd00::11"], "--ip-autodetection-method: kubernetes-internal-ip: the Kubernetes Node has"
+                      " no IPv4 InternalIP"),
+    (6, [], "--ip6-autodetection-method: kubernetes-internal-ip: the Kubernetes Node has no IPv6"
+            " InternalIP"),
+    (4, ["192.0.2.7", "10.0.0.99"], "--ip-autodetection-method: kubernetes-internal-ip: the"
+                                    " Kubernetes Node's InternalIP 192.0.2.7, 10.0.0.99 is on none"
+                                    " of this host's interfaces"),
+])
+def test_kubernetes_internal_ip_failures_say_what_is_missing(version, internal, message):
+    with pytest.raises(RegistrationError) as refused:
+        autodetect(version, "kubernetes-internal-ip", HOST,
+                   internal_ips=[ipaddress.ip_address(a) for a in internal])
+    assert str(refused.value) == message
 
 
 def test_explicit_addresses_need_their_prefix_and_family():
