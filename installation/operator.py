@@ -16,7 +16,7 @@ A DaemonSet or Deployment of percale's that is deleted is put back at once, not 
 resync. Deleting the Installation leaves its objects to Kubernetes' garbage collector (owner
 references); the pools stay, as tigera's do.
 
-    percale-operator [--standalone] [--namespace ...]    (kopf run, as `kopf run -m ...`)
+    percale-operator [KOPF RUN OPTIONS]    (kopf run -m percale.installation.operator; see main)
 """
 
 from __future__ import annotations
@@ -211,11 +211,36 @@ async def workload_changed(event: dict[str, Any], **_: Any) -> None:
         await reconcile(body)
 
 
+def kopf_arguments(args: list[str]) -> list[str]:
+    """`kopf run`'s arguments for percale-operator's: this module, standalone (one replica, no
+    peering) and cluster-wide, each default dropped only where the arguments choose otherwise
+    (a peering name, a namespace), so `-v` alone still runs the operator as it is deployed."""
+    def chosen(long: tuple[str, ...], short: tuple[str, ...]) -> bool:
+        # --peering=NAME and -PNAME are the same choice as --peering NAME.
+        return any(a.split("=", 1)[0] in long or a.startswith(short) for a in args)
+
+    defaults = []
+    if not chosen(("--standalone", "--peering"), ("-P",)):
+        defaults.append("--standalone")
+    if not chosen(("--all-namespaces", "--namespace"), ("-A", "-n")):
+        defaults.append("--all-namespaces")
+    return ["run", "-m", __name__, *defaults, *args]
+
+
+HELP_PREFACE = (
+    "percale-operator: installs percale from the Installation resource `default`. It runs kopf:\n"
+    "  kopf run -m percale.installation.operator --standalone --all-namespaces [OPTIONS]\n"
+    "with --standalone left out when --peering is given, and --all-namespaces when --namespace\n"
+    "is. kopf's options:\n")
+
+
 def main() -> None:
-    """`percale-operator`: kopf run with this module, standalone (one replica, no peering),
-    cluster-wide."""
-    args = sys.argv[1:] or ["--standalone", "--all-namespaces"]
-    sys.argv = ["kopf", "run", "-m", __name__, *args]
+    """`percale-operator [OPTIONS]`: kopf run with this module (kopf_arguments)."""
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print(HELP_PREFACE)
+        args = ["--help"]
+    sys.argv = ["kopf", *kopf_arguments(args)]
     from kopf.cli import main as kopf_main
 
     kopf_main()
