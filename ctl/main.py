@@ -22,6 +22,15 @@ from percale.ctl.lab_cmd import lab_app
 from percale.ctl.node_cmd import node_app
 from percale.ctl.policy_cmd import policy_app
 from percale.datastore import Datastore, DatastoreError, Key, NotFound
+from percale.datastore.options import (
+    ConfigFile,
+    DatastoreType,
+    EtcdCACertFile,
+    EtcdCertFile,
+    EtcdEndpoints,
+    EtcdKeyFile,
+    Kubeconfig,
+)
 from percale.api import KINDS, Resource, kind_named
 
 app = typer.Typer(
@@ -44,20 +53,13 @@ _IPAM_COMMANDS = (ipam_show, ipam_check)
 
 @app.callback()
 def datastore_options(
-    config: Annotated[Optional[str], typer.Option(
-        "--config", "-c", help="Datastore config file (default: /etc/percale/percalectl.cfg if it exists)")] = None,
-    datastore_type: Annotated[Optional[str], typer.Option(
-        help="etcdv3 or kubernetes (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")] = None,
-    etcd_endpoints: Annotated[Optional[str], typer.Option(
-        help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")] = None,
-    etcd_ca_cert_file: Annotated[Optional[str], typer.Option(
-        help="CA certificate for etcd TLS (env ETCD_CA_CERT_FILE)")] = None,
-    etcd_cert_file: Annotated[Optional[str], typer.Option(
-        help="Client certificate for etcd TLS (env ETCD_CERT_FILE)")] = None,
-    etcd_key_file: Annotated[Optional[str], typer.Option(
-        help="Client key for etcd TLS (env ETCD_KEY_FILE)")] = None,
-    kubeconfig: Annotated[Optional[str], typer.Option(
-        help="kubeconfig for the kubernetes datastore (env KUBECONFIG) (default: ~/.kube/config)")] = None,
+    config: ConfigFile = None,
+    datastore_type: DatastoreType = None,
+    etcd_endpoints: EtcdEndpoints = None,
+    etcd_ca_cert_file: EtcdCACertFile = None,
+    etcd_cert_file: EtcdCertFile = None,
+    etcd_key_file: EtcdKeyFile = None,
+    kubeconfig: Kubeconfig = None,
 ) -> None:
     """Datastore settings: flags win over environment, environment over the config file."""
     settings.update(

@@ -1,5 +1,7 @@
-"""The datastore contract on the Kubernetes API: every percale kind is a custom resource in
-`percale.io/v1` (the CRDs in crds/), as Calico's KDD stores its kinds.
+"""The datastore contract on the Kubernetes API: percale's kinds are custom resources in
+`percale.io/v1` (the CRDs in crds/), as Calico's KDD stores its kinds, except those kept in
+Kubernetes' own objects (kube_native.py: Node, WorkloadEndpoint, Profile, Kubernetes
+NetworkPolicy).
 
 - revision = `metadata.resourceVersion`;
 - create is a POST (409 AlreadyExists), update a PUT carrying the revision (409 Conflict, then

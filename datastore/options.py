@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-ConfigFile = Annotated[Optional[str], typer.Option("--config", "-c", help="Datastore config file")]
+ConfigFile = Annotated[Optional[str], typer.Option(
+    "--config", "-c", help="Datastore config file (default: /etc/percale/percalectl.cfg if it exists)")]
 EtcdEndpoints = Annotated[Optional[str], typer.Option(
     help="Comma-separated etcd URLs (env ETCD_ENDPOINTS) (default: http://127.0.0.1:2379)")]
-EtcdCACertFile = Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS")]
-EtcdCertFile = Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS")]
-EtcdKeyFile = Annotated[Optional[str], typer.Option(help="Client key for etcd TLS")]
+EtcdCACertFile = Annotated[Optional[str], typer.Option(help="CA certificate for etcd TLS (env ETCD_CA_CERT_FILE)")]
+EtcdCertFile = Annotated[Optional[str], typer.Option(help="Client certificate for etcd TLS (env ETCD_CERT_FILE)")]
+EtcdKeyFile = Annotated[Optional[str], typer.Option(help="Client key for etcd TLS (env ETCD_KEY_FILE)")]
 DatastoreType = Annotated[Optional[str], typer.Option(
     help="etcdv3 or kubernetes (env PERCALE_DATASTORE_TYPE) (default: etcdv3)")]
 Kubeconfig = Annotated[Optional[str], typer.Option(

@@ -233,8 +233,9 @@ def main(
         envvar="PERCALE_MTU_FILE", help="Where the pod MTU is written for other tools")] = DEFAULT_MTU_FILE,
     networking_backend: Annotated[str, typer.Option(
         envvar="PERCALE_NETWORKING_BACKEND",
-        help="bgp (ExaBGP, with VXLAN for pools that ask for it), vxlan (VXLAN only: no BGP"
-        " process, as Calico's CALICO_NETWORKING_BACKEND=vxlan) or none")] = "bgp",
+        help="bgp (ExaBGP, with VXLAN for pools that ask for it; Calico's 'bird' is taken for it),"
+        " vxlan (VXLAN only: no BGP process, as Calico's CALICO_NETWORKING_BACKEND=vxlan) or"
+        " none (the same here: no BGP process, VXLAN only for pools that ask for it)")] = "bgp",
     config: ConfigFile = None,
     etcd_endpoints: EtcdEndpoints = None,
     etcd_ca_cert_file: EtcdCACertFile = None,

@@ -1,6 +1,6 @@
 """The policy compiler: the policies and profiles in force and the endpoints of the cluster -> the
 nftables ruleset a node wants (dataplane.md §B, in felix's shape). Pure: no kernel, no nft; the
-writer (percale.dataplane.policy_nft) applies what this returns.
+writer (percale.policy.nft) applies what this returns.
 
 One table, `inet percale`:
 

@@ -6,7 +6,8 @@
 #   bash scripts/k8s-binaries.sh            -> ~/.cache/percale/k8s/v1.37.2
 #
 # The release is the one tools/k8s/go.mod requires. The first build downloads about 800 MB of
-# modules and compiles for 10-20 minutes on 2 cores; later calls find the cache and return at once.
+# modules and compiles for about 5 minutes on 2 cores (longer on a slow link); later calls find the
+# cache and return at once.
 set -euo pipefail
 cd "$(dirname "$0")/../tools/k8s"
 
@@ -34,7 +35,7 @@ fi
 
 if ! have_all; then
     command -v go >/dev/null || { echo "k8s-binaries: Go is needed to build Kubernetes $VERSION" >&2; exit 1; }
-    echo "==> building Kubernetes $VERSION (${BINARIES[*]}) into $CACHE; the first build takes 10-20 minutes" >&2
+    echo "==> building Kubernetes $VERSION (${BINARIES[*]}) into $CACHE; the first build takes about 5 minutes on 2 cores" >&2
     staging="$CACHE.partial"
     rm -rf "$staging"
     mkdir -p "$staging"
