@@ -65,6 +65,16 @@ async def _stored(store: Datastore, documents: list[Document]) -> dict[int, KVPa
     return found
 
 
+def managed_refusal(kind: str, action: Action) -> str:
+    """Why percalectl neither writes nor deletes IPAM's own kinds: blocks, affinities and handles
+    are kept consistent with each other by the allocator, and a block deleted by hand while it
+    holds addresses is claimed again and gives a running pod's address to the next one."""
+    if action == "delete":
+        return (f"{kind} resources are maintained by percale's IPAM; they cannot be deleted with "
+                "percalectl (free addresses with `percalectl ipam release`)")
+    return f"{kind} resources are maintained by percale's IPAM; they cannot be written with percalectl"
+
+
 async def preflight(store: Datastore, action: Action, documents: list[Document],
                     skip: bool = False) -> dict[int, KVPair]:
     """Everything that can be known before writing; raises InputError listing every problem.
@@ -72,9 +82,8 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
     `skip` is --skip-exists for create and --skip-not-exists for delete."""
     for doc in documents:
         info = doc.resource.info
-        if info.managed and action != "delete":
-            raise InputError([f"{doc.source}: {info.kind} resources are maintained by percale's "
-                              "IPAM; they cannot be written with percalectl"])
+        if info.managed:
+            raise InputError([f"{doc.source}: {managed_refusal(info.kind, action)}"])
     stored = await _stored(store, documents)
     problems: list[str] = []
     for i, doc in enumerate(documents):

@@ -140,6 +140,8 @@ def delete(
     if not kind or not names:
         raise fail("Give the resources to delete: percalectl delete KIND NAME... or -f FILE.")
     cls = _kind(kind)
+    if cls.info.managed:
+        raise fail(crud.managed_refusal(cls.info.kind, "delete"), "No resources were changed.")
     ns = _namespace(cls, namespace)
     outcome = with_datastore(
         lambda store: crud.delete_named(store, cls.info.kind, names, ns, skip_not_exists))

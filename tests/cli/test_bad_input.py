@@ -3,9 +3,14 @@ nothing: the datastore is compared key by key, revision by revision, before and 
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 
 import pytest
+
+from percale.datastore.etcd import EtcdDatastore
+from percale.ipam.allocator import IPAM
+from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.cli
 
@@ -116,3 +121,34 @@ def test_managed_ipam_kinds_are_not_written_by_hand(cli, tmp_path):
     result = cli("apply", "-f", str(handle))
     assert result.code == 1 and "maintained by percale's IPAM" in result.err
     assert cli.stored() == {}
+
+
+def test_ipam_kinds_are_not_deleted_by_hand(cli, tmp_path):
+    """A block deleted while it holds a pod's address would be claimed again and give that
+    address to the next pod: percalectl refuses, by name and by file, and deletes nothing."""
+    async def allocate():
+        store = EtcdDatastore([cli.endpoint])
+        try:
+            await add_pool(store, "pods", "10.10.0.0/16")
+            await IPAM(store).auto_assign("node1", handle_id="k8s-pod-network.web-0", num4=1,
+                                          attrs={"namespace": "default", "pod": "web-0"})
+        finally:
+            await store.close()
+
+    asyncio.run(allocate())
+    before = cli.stored()
+    refusal = ("maintained by percale's IPAM; they cannot be deleted with percalectl (free "
+               "addresses with `percalectl ipam release`)")
+    for kind in ("ipamblocks", "blockaffinities", "ipamhandles"):
+        listed = cli("get", kind, "-o", "yaml")
+        assert listed.code == 0, listed.err
+        name = next(line.split(":", 1)[1].strip() for line in listed.out.splitlines()
+                    if line.strip().startswith("name:"))
+        by_name = cli("delete", kind, name)
+        assert by_name.code == 1 and refusal in by_name.err, by_name.err
+        assert "No resources were changed." in by_name.err
+        saved = tmp_path / f"{kind}.yaml"
+        saved.write_text(listed.out)
+        by_file = cli("delete", "-f", str(saved))
+        assert by_file.code == 1 and refusal in by_file.err, by_file.err
+    assert cli.stored() == before
