@@ -12,13 +12,28 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from percale.api.fields import CIDR
-from percale.api.meta import FieldError, InvalidResource, Model, ObjectMeta, validation_problems
+from percale.api.meta import (
+    DNS_SUBDOMAIN_RULE,
+    FieldError,
+    InvalidResource,
+    Model,
+    ObjectMeta,
+    Resource,
+    validation_problems,
+)
 from percale.api.policy import port_name_problem
+# The checks percale's own labels and selectors use: a selector that passes here also parses
+# once converted.
+from percale.api.selector import label_key_problem, label_value_problem
 
 API_VERSION = "networking.k8s.io/v1"
+# What messages call this kind, to tell it from percale's own NetworkPolicy.
+KIND = f"NetworkPolicy ({API_VERSION})"
+# A NetworkPolicy's name is a DNS subdomain: the apiserver refuses a longer one.
+MAX_NAME_LENGTH = 253
 
 
 class LabelSelectorRequirement(Model):
@@ -26,12 +41,22 @@ class LabelSelectorRequirement(Model):
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
 
+    @field_validator("key")
+    @classmethod
+    def _key_is_a_label_key(cls, key: str) -> str:
+        if problem := label_key_problem(key):
+            raise ValueError(problem)
+        return key
+
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
         if self.operator in ("In", "NotIn") and not self.values:
             raise FieldError("values", f"operator {self.operator} needs at least one value")
         if self.operator in ("Exists", "DoesNotExist") and self.values:
             raise FieldError("values", f"operator {self.operator} takes no values")
+        for value in self.values:
+            if problem := label_value_problem(value):
+                raise FieldError("values", problem)
         return self
 
 
@@ -40,6 +65,16 @@ class LabelSelector(Model):
 
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+    @field_validator("match_labels")
+    @classmethod
+    def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if problem := label_key_problem(key):
+                raise ValueError(problem)
+            if problem := label_value_problem(value):
+                raise ValueError(f"{problem} (label {key!r})")
+        return labels
 
 
 class IPBlock(Model):
@@ -130,7 +165,14 @@ class KubernetesNetworkPolicy(Model):
     spec: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     @model_validator(mode="after")
-    def _namespaced(self) -> KubernetesNetworkPolicy:
+    def _named_and_namespaced(self) -> KubernetesNetworkPolicy:
+        name = self.metadata.name
+        if len(name) > MAX_NAME_LENGTH:
+            raise FieldError("metadata.name", f"a name has at most {MAX_NAME_LENGTH} characters, "
+                             f"this one has {len(name)}")
+        # The pattern percale's own names follow: the converted knp.default.<name> fits it too.
+        if not Resource.name_pattern.fullmatch(name):
+            raise FieldError("metadata.name", f"{name!r} is not a valid name: {DNS_SUBDOMAIN_RULE}")
         if not self.metadata.namespace:
             self.metadata.namespace = "default"
         return self
@@ -147,5 +189,4 @@ def parse_kubernetes_policy(document: dict) -> KubernetesNetworkPolicy:
     try:
         return KubernetesNetworkPolicy.model_validate(document)
     except ValidationError as err:
-        raise InvalidResource("NetworkPolicy (networking.k8s.io/v1)", name,
-                              validation_problems(err)) from None
+        raise InvalidResource(KIND, name, validation_problems(err)) from None

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from percale.api.selector import label_key_problem, label_value_problem
+
 API_VERSION = "percale.io/v1"
 
 
@@ -29,8 +31,15 @@ class Model(BaseModel):
     )
 
 
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# Kubernetes' (and Calico's) DNS names: a label is 1-63 lower-case letters, digits and '-', not
+# starting or ending with '-'; a subdomain is labels joined by '.', at most 253 characters.
+_DNS_LABEL_FORMAT = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_LABEL = re.compile(_DNS_LABEL_FORMAT)
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL_FORMAT}(\.{_DNS_LABEL_FORMAT})*")
+DNS_SUBDOMAIN_RULE = ("lower-case letters, digits, '-' and '.', each part between dots starting and "
+                      "ending with a letter or digit, at most 253 characters")
+# What the apiserver allows in one object's annotations, keys and values together.
+ANNOTATIONS_LIMIT = 256 * 1024
 
 
 class ObjectMeta(Model):
@@ -48,12 +57,31 @@ class ObjectMeta(Model):
     @classmethod
     def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
-            name = key.rsplit("/", 1)[-1]
-            if not name or len(name) > 63 or not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", name):
-                raise ValueError(f"label key {key!r} is not a valid label name")
-            if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
-                raise ValueError(f"label {key!r} has an invalid value {value!r}")
+            if problem := label_key_problem(key):
+                raise ValueError(problem)
+            if problem := label_value_problem(value):
+                raise ValueError(f"{problem} (label {key!r})")
         return labels
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_a_dns_label(cls, namespace: str | None) -> str | None:
+        # The namespace is one segment of the stored key: a '/' in it would put the object
+        # under another namespace when the key is read back.
+        if namespace is not None and (len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)):
+            raise ValueError(f"namespace {namespace!r} is not a valid namespace: lower-case letters, "
+                             "digits and '-', starting and ending with a letter or digit, at most 63 "
+                             "characters")
+        return namespace
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_fit_kubernetes(cls, annotations: dict[str, str]) -> dict[str, str]:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+        if size > ANNOTATIONS_LIMIT:
+            raise ValueError(f"annotations hold {size} bytes; at most {ANNOTATIONS_LIMIT} (256 KiB) "
+                             "in all, as Kubernetes allows")
+        return annotations
 
 
 @dataclass(frozen=True)
@@ -81,7 +109,8 @@ class Resource(Model):
     @classmethod
     def _metadata_fits_kind(cls, meta: ObjectMeta) -> ObjectMeta:
         if len(meta.name) > 253 or not cls.name_pattern.fullmatch(meta.name):
-            raise ValueError(f"name {meta.name!r} is not a valid {cls.info.kind} name")
+            rule = f": {DNS_SUBDOMAIN_RULE}" if cls.name_pattern is _DNS_SUBDOMAIN else ""
+            raise ValueError(f"name {meta.name!r} is not a valid {cls.info.kind} name{rule}")
         if cls.info.namespaced and not meta.namespace:
             meta.namespace = "default"
         if not cls.info.namespaced and meta.namespace:

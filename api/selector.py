@@ -237,7 +237,22 @@ class _Or(Selector):
         return " || ".join(str(operand) for operand in self.operands)
 
 
-def _label_key_problem(key: str) -> str | None:
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why `value` is not a Kubernetes label value, or None when it is one."""
+    if len(value) > 63:
+        return f"label value {value!r} is longer than 63 characters"
+    if not _LABEL_VALUE.fullmatch(value):
+        return (f"label value {value!r} is not valid: a value is empty, or starts and ends with a "
+                "letter or digit, with only letters, digits, '-', '_' and '.' between")
+    return None
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why `key` is not a Kubernetes label key (an optional DNS-subdomain prefix and '/', then a
+    name), or None when it is one."""
     prefix, slash, name = key.rpartition("/")
     if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         return f"label key {key!r} has a prefix that is not a DNS subdomain"
@@ -384,7 +399,7 @@ class _Parser:
 
     def _key(self) -> str:
         token = self._expect(_WORD_KIND, "expected a label key")
-        if problem := _label_key_problem(token.text):
+        if problem := label_key_problem(token.text):
             raise SelectorError(self._text, token.position, problem)
         return token.text
 

@@ -93,6 +93,10 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
         if action in ("replace", "delete") and i not in stored and not (skip and action == "delete"):
             problems.append(f"{doc.source}: resource does not exist: {key}")
         given = doc.resource.metadata.resource_version
+        if action == "create" and given:
+            # As calicoctl: a revision names a stored version, and a new object has none yet.
+            problems.append(f"{doc.source}: metadata.resourceVersion: must not be set when creating "
+                            f"{key} (got {given!r})")
         if action in ("apply", "replace") and i in stored and given and given != stored[i].revision:
             problems.append(
                 f"{doc.source}: update conflict: {key} has been modified since resourceVersion "

@@ -171,12 +171,12 @@ def policy_from_kubernetes(obj: dict[str, Any]) -> KVPair:
     """A networking.k8s.io NetworkPolicy as percale's, converted (knp.default.<name>)."""
     meta = obj.get("metadata", {})
     try:
-        policy = parse_kubernetes_policy({**obj, "metadata": {
-            k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}})
+        # convert() refuses too: the apiserver accepts names knp.default.<name> cannot hold.
+        converted = convert(parse_kubernetes_policy({**obj, "metadata": {
+            k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}}))
     except InvalidResource as err:
         raise DatastoreError(f"the Kubernetes NetworkPolicy {meta.get('namespace')}/{meta.get('name')} "
                              f"cannot be used: {err}") from None
-    converted = convert(policy)
     meta_out = converted.metadata.model_copy(update={"resource_version": meta.get("resourceVersion"),
                                                      "uid": meta.get("uid")})
     value = converted.model_copy(update={"metadata": meta_out})

@@ -8,20 +8,31 @@ directions); a rule with no ports allows any protocol; ipBlock becomes nets and 
 
 A peer without namespaceSelector means the policy's own namespace; percale's model says the same
 by a rule selector without namespaceSelector in a namespaced policy, so nothing is added here.
+
+A policy percale cannot hold raises InvalidResource naming the Kubernetes field, as parsing does:
+`percalectl apply` reports it with the other bad documents, and the Kubernetes datastore turns it
+into a DatastoreError, as it does any object it cannot read.
 """
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from percale.api.k8s_policy import (
+    KIND,
+    MAX_NAME_LENGTH,
     KubernetesNetworkPolicy,
     LabelSelector,
     NetworkPolicyPeer,
     NetworkPolicyPort,
 )
-from percale.api.meta import ObjectMeta
+from percale.api.meta import InvalidResource, ObjectMeta, Problem, validation_problems
 from percale.api.policy import EntityRule, NetworkPolicy, PolicySpec, Rule
 
 KUBERNETES_POLICY_PREFIX = "knp.default."
+# knp.default.<name> is itself a name of at most 253 characters, so the apiserver accepts names
+# (242 to 253 characters) that percale cannot store.
+MAX_CONVERTIBLE_NAME_LENGTH = MAX_NAME_LENGTH - len(KUBERNETES_POLICY_PREFIX)
 KUBERNETES_POLICY_ORDER = 1000.0
 # On the converted policy: where it came from, for `percalectl get networkpolicies`.
 SOURCE_ANNOTATION = "percale.io/source"
@@ -91,16 +102,31 @@ def _rules(peers: list[NetworkPolicyPeer], ports: list[NetworkPolicyPort],
 
 
 def convert(policy: KubernetesNetworkPolicy) -> NetworkPolicy:
+    """percale's NetworkPolicy for `policy`; InvalidResource when percale cannot hold it."""
+    name = policy.metadata.name
+    if len(name) > MAX_CONVERTIBLE_NAME_LENGTH:
+        raise InvalidResource(KIND, name, [Problem(
+            "metadata.name", f"percale stores this policy as {converted_name('<name>')}, so the "
+            f"name has at most {MAX_CONVERTIBLE_NAME_LENGTH} characters; this one has "
+            f"{len(name)}")])
     spec = policy.spec
-    meta = ObjectMeta(name=converted_name(policy.metadata.name),
-                      namespace=policy.metadata.namespace,
-                      labels=dict(policy.metadata.labels),
-                      annotations={**policy.metadata.annotations,
-                                   SOURCE_ANNOTATION: SOURCE_KUBERNETES})
-    return NetworkPolicy(metadata=meta, spec=PolicySpec(
-        order=KUBERNETES_POLICY_ORDER,
-        selector=selector_text(spec.pod_selector),
-        types=list(spec.effective_types),
-        ingress=[r for rule in spec.ingress for r in _rules(rule.from_, rule.ports, True)],
-        egress=[r for rule in spec.egress for r in _rules(rule.to, rule.ports, False)],
-    ))
+    try:
+        meta = ObjectMeta(name=converted_name(name),
+                          namespace=policy.metadata.namespace,
+                          labels=dict(policy.metadata.labels),
+                          annotations={**policy.metadata.annotations,
+                                       SOURCE_ANNOTATION: SOURCE_KUBERNETES})
+        return NetworkPolicy(metadata=meta, spec=PolicySpec(
+            order=KUBERNETES_POLICY_ORDER,
+            selector=selector_text(spec.pod_selector),
+            types=list(spec.effective_types),
+            ingress=[r for rule in spec.ingress for r in _rules(rule.from_, rule.ports, True)],
+            egress=[r for rule in spec.egress for r in _rules(rule.to, rule.ports, False)],
+        ))
+    except ValidationError as err:
+        # The Kubernetes model checks what the conversion needs, so this is a check it lacks; the
+        # field named is then one of the converted policy's, and the message says so.
+        raise InvalidResource(KIND, name, [
+            Problem("", f"cannot be converted to percale's NetworkPolicy "
+                        f"{converted_name(name)!r}: {problem}")
+            for problem in validation_problems(err)]) from None

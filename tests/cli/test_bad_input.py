@@ -76,6 +76,27 @@ CASES = {
         GOOD.replace("10.10.0.0/16", "10.60.0.0/16") + "  nodeSelector: rack == \n",
         ["(IPPool 'good-pool')", "spec.nodeSelector", "invalid selector"],
     ),
+    "name-with-an-empty-part": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad..pool").replace("10.10.0.0/16", "10.70.0.0/16"),
+        ["document 2", "name 'bad..pool' is not a valid IPPool name", "each part between dots"],
+    ),
+    "label-key-prefix": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "labelled").replace("10.10.0.0/16", "10.90.0.0/16")
+        .replace("  name: labelled\n", "  name: labelled\n  labels: {Bad_Prefix/rack: r1}\n"),
+        ["document 2", "metadata.labels", "label key 'Bad_Prefix/rack' has a prefix that is not a DNS subdomain"],
+    ),
+    # A '/' in a namespace would file the policy under another namespace's key.
+    "namespace-with-a-slash": (
+        GOOD + "---\napiVersion: percale.io/v1\nkind: NetworkPolicy\n"
+        "metadata: {name: np, namespace: a/b}\nspec: {selector: all()}\n",
+        ["document 2", "metadata.namespace", "'a/b' is not a valid namespace"],
+    ),
+    # etcd refuses a request over 1.5 MiB only when the batch is half written: caught first.
+    "annotations-too-large": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "big-pool").replace("10.10.0.0/16", "10.80.0.0/16")
+        .replace("  name: big-pool\n", "  name: big-pool\n  annotations: {note: " + "x" * 2_000_000 + "}\n"),
+        ["document 2", "metadata.annotations", "at most 262144 (256 KiB)"],
+    ),
 }
 
 
@@ -152,3 +173,12 @@ def test_ipam_kinds_are_not_deleted_by_hand(cli, tmp_path):
         by_file = cli("delete", "-f", str(saved))
         assert by_file.code == 1 and refusal in by_file.err, by_file.err
     assert cli.stored() == before
+
+
+def test_create_refuses_a_resource_version(cli, tmp_path):
+    versioned = tmp_path / "versioned.yaml"
+    versioned.write_text(GOOD.replace("  name: good-pool\n", "  name: good-pool\n  resourceVersion: '42'\n"))
+    result = cli("create", "-f", str(versioned))
+    assert result.code == 1
+    assert "metadata.resourceVersion: must not be set when creating IPPool(good-pool) (got '42')" in result.err
+    assert cli.stored() == {}

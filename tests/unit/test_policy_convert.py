@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from percale.api.k8s_policy import parse_kubernetes_policy
+from percale.api import InvalidResource
+from percale.api.k8s_policy import LabelSelector, parse_kubernetes_policy
+from percale.datastore import DatastoreError
+from percale.datastore.kube_native import policy_from_kubernetes
 from percale.policy.convert import convert, selector_text
 
 pytestmark = pytest.mark.unit
@@ -80,3 +83,113 @@ def test_ip_blocks_become_nets_and_not_nets():
     assert rules(policy, "egress") == [
         {"action": "Allow", "destination": {"nets": ["10.0.0.0/8"], "notNets": ["10.1.0.0/16"]}}]
     assert policy.spec.types == ["Ingress", "Egress"]  # Kubernetes' default, made explicit
+
+
+KEY_RULE = ("is not valid: a name starts and ends with a letter or digit, with only letters, "
+            "digits, '-', '_' and '.' between")
+VALUE_RULE = ("is not valid: a value is empty, or starts and ends with a letter or digit, with only "
+              "letters, digits, '-', '_' and '.' between")
+SPACED = {"matchLabels": {"a b": "c"}}
+SPACED_EXPRESSION = {"matchExpressions": [{"key": "a b", "operator": "Exists"}]}
+LONG = "a" * 242
+
+# Each once reached percale's own model unchecked, and percalectl printed pydantic's traceback.
+REFUSED = {
+    "upper-case name": (
+        {"name": "UPPER"}, {},
+        "invalid NetworkPolicy (networking.k8s.io/v1) 'UPPER': metadata.name: 'UPPER' is not a "
+        "valid name: lower-case letters, digits, '-' and '.', each part between dots starting and "
+        "ending with a letter or digit, at most 253 characters"),
+    # Kubernetes accepts it; knp.default.<name> would be 254 characters.
+    "name too long to convert": (
+        {"name": LONG}, {},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) '{LONG}': metadata.name: percale stores "
+        "this policy as knp.default.<name>, so the name has at most 241 characters; this one has 242"),
+    "name longer than Kubernetes allows": (
+        {"name": "a" * 254}, {},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) '{'a' * 254}': metadata.name: a name has at "
+        "most 253 characters, this one has 254"),
+    "matchLabels key": (
+        {}, {"podSelector": SPACED},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': spec.podSelector.matchLabels: label "
+        f"key 'a b' {KEY_RULE}"),
+    "matchExpressions key": (
+        {}, {"podSelector": SPACED_EXPRESSION},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': "
+        f"spec.podSelector.matchExpressions.0.key: label key 'a b' {KEY_RULE}"),
+    "matchLabels value with a quote": (
+        {}, {"podSelector": {"matchLabels": {"app": 'we"b'}}},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': spec.podSelector.matchLabels: label "
+        f"value 'we\"b' {VALUE_RULE} (label 'app')"),
+    "matchExpressions value with a quote": (
+        {}, {"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["web", 'we"b']}]}},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': "
+        f"spec.podSelector.matchExpressions.0.values: label value 'we\"b' {VALUE_RULE}"),
+    "matchLabels value too long": (
+        {}, {"podSelector": {"matchLabels": {"app": "v" * 64}}},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': spec.podSelector.matchLabels: label "
+        f"value '{'v' * 64}' is longer than 63 characters (label 'app')"),
+    "ingress peer podSelector": (
+        {}, {"ingress": [{"from": [{"podSelector": SPACED}]}]},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': "
+        f"spec.ingress.0.from.0.podSelector.matchLabels: label key 'a b' {KEY_RULE}"),
+    "ingress peer namespaceSelector": (
+        {}, {"ingress": [{"from": [{"namespaceSelector": SPACED_EXPRESSION}]}]},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': "
+        f"spec.ingress.0.from.0.namespaceSelector.matchExpressions.0.key: label key 'a b' "
+        f"{KEY_RULE}"),
+    "egress peer podSelector": (
+        {}, {"egress": [{"to": [{"podSelector": SPACED}]}]},
+        f"invalid NetworkPolicy (networking.k8s.io/v1) 'p': "
+        f"spec.egress.0.to.0.podSelector.matchLabels: label key 'a b' {KEY_RULE}"),
+}
+
+
+def document(metadata: dict, spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x", **metadata}, "spec": spec}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_policy_percale_cannot_hold_is_refused_naming_the_kubernetes_field(case):
+    metadata, spec, message = REFUSED[case]
+    # Parsing then converting, as `percalectl apply` reads a document.
+    with pytest.raises(InvalidResource) as caught:
+        convert(parse_kubernetes_policy(document(metadata, spec)))
+    assert str(caught.value) == message
+
+
+def test_the_longest_names_and_valid_labels_still_convert():
+    longest = convert(parse_kubernetes_policy(document({"name": "a" * 241}, {"podSelector": {
+        "matchLabels": {"example.com/app": "", "tier": "A-1_b.c"},
+        "matchExpressions": [{"key": "env", "operator": "In", "values": ["", "prod"]}]}})))
+    assert longest.metadata.name == "knp.default." + "a" * 241
+    assert longest.spec.selector == ('example.com/app == "" && tier == "A-1_b.c" && '
+                                     'env in {"", "prod"}')
+
+
+def test_a_conversion_the_kubernetes_model_let_through_is_still_a_named_problem():
+    """The safety net: a check missing from the Kubernetes model surfaces as InvalidResource
+    naming the converted policy's field, not as pydantic's ValidationError."""
+    policy = parse_kubernetes_policy(document({}, {}))
+    policy.spec.pod_selector = LabelSelector.model_construct(
+        match_labels={"a b": "c"}, match_expressions=[])  # unchecked, as a missing check would be
+    with pytest.raises(InvalidResource) as caught:
+        convert(policy)
+    assert str(caught.value) == (
+        "invalid NetworkPolicy (networking.k8s.io/v1) 'p': cannot be converted to percale's "
+        "NetworkPolicy 'knp.default.p': selector: invalid selector \"a b == \"c\"\": expected an "
+        "operator: ==, !=, in, not in, contains, starts with or ends with at position 2")
+
+
+def test_the_kubernetes_datastore_reports_a_policy_it_cannot_convert_as_a_datastore_error():
+    # The apiserver accepts this name; the agent's view must get DatastoreError (which it logs
+    # and retries), never pydantic's ValidationError, which would end its task group.
+    stored = document({"name": LONG, "resourceVersion": "7"}, {})
+    with pytest.raises(DatastoreError) as caught:
+        policy_from_kubernetes(stored)
+    assert str(caught.value) == (
+        f"the Kubernetes NetworkPolicy x/{LONG} cannot be used: invalid NetworkPolicy "
+        f"(networking.k8s.io/v1) '{LONG}': metadata.name: percale stores this policy as "
+        "knp.default.<name>, so the name has at most 241 characters; this one has 242")
