@@ -20,6 +20,13 @@ or, for the Kubernetes datastore (custom resources; without a kubeconfig, $KUBEC
     spec:
       datastoreType: kubernetes
       kubeconfig: /etc/percale/kubeconfig
+
+Every field is a string: several etcd endpoints are one comma-separated string, as calicoctl.cfg
+writes them. An endpoint is http://host[:port], https://host[:port], unix:///path/to/socket, or a
+bare host[:port] (http).
+
+A wrong setting is a ConfigError that names it as the user wrote it (`--etcd-endpoints`,
+`ETCD_ENDPOINTS`, or `spec.etcdEndpoints` in the config file) and says what is wrong.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from pathlib import Path
 import yaml
 
 from percale.datastore.contract import Datastore
-from percale.datastore.etcd_client import TLSFiles
+from percale.datastore.etcd_client import TLSFiles, channel_target
+from percale.datastore.yaml_text import yaml_problem
 
 DEFAULT_CONFIG_FILE = Path("/etc/percale/percalectl.cfg")
 DATASTORE_TYPES = ("etcdv3", "kubernetes")
@@ -72,7 +80,10 @@ class DatastoreConfig:
     def endpoints(self) -> list[str]:
         return [e.strip() for e in self.etcd_endpoints.split(",") if e.strip()]
 
-    def check(self) -> DatastoreConfig:
+    def check(self, given_as: Mapping[str, str] | None = None) -> DatastoreConfig:
+        """This configuration, or ConfigError for the first wrong setting. `given_as` says how
+        the user spelt each field (load_config knows: a flag, a variable or a file's field);
+        a field it does not name goes by its config file name."""
         if self.datastore_type not in DATASTORE_TYPES:
             raise ConfigError(
                 f"datastore type {self.datastore_type!r} is not supported; "
@@ -82,8 +93,14 @@ class DatastoreConfig:
             if self.kubeconfig and not Path(self.kubeconfig).is_file():
                 raise ConfigError(f"kubeconfig {self.kubeconfig}: no such file")
             return self
+        endpoints_name = (given_as or {}).get("etcd_endpoints", "etcdEndpoints")
         if not self.endpoints:
-            raise ConfigError("etcdEndpoints is empty")
+            raise ConfigError(f"{endpoints_name} is empty")
+        for endpoint in self.endpoints:
+            try:
+                channel_target(endpoint)
+            except ValueError as err:
+                raise ConfigError(f"{endpoints_name}: {endpoint!r}: {err}") from None
         if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
             raise ConfigError("etcdCertFile and etcdKeyFile must be given together")
         for name in ("etcd_ca_cert_file", "etcd_cert_file", "etcd_key_file"):
@@ -93,20 +110,38 @@ class DatastoreConfig:
         return self
 
 
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "a mapping", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
 def _from_file(path: Path) -> dict[str, str]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        # Bytes, so that a file that is no text is a YAML error rather than a UnicodeDecodeError.
+        doc = yaml.safe_load(path.read_bytes())
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
     spec = doc.get("spec") if isinstance(doc, dict) else None
     if not isinstance(spec, dict):
         raise ConfigError(f"config file {path} has no spec mapping")
     unknown = set(spec) - set(_FILE_FIELDS)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown field spec.{sorted(unknown)[0]}")
-    return {_FILE_FIELDS[k]: str(v) for k, v in spec.items() if v is not None}
+        raise ConfigError(f"config file {path}: unknown field spec.{sorted(map(str, unknown))[0]}")
+    for key, value in spec.items():
+        # str() of a list reads as one endpoint "['a', 'b']"; of true, as a file named "True".
+        if value is not None and not isinstance(value, str):
+            hint = ""
+            if key == "etcdEndpoints" and isinstance(value, list):
+                joined = ",".join(map(str, value))
+                hint = f" (several endpoints are one comma-separated string: {joined})"
+            raise ConfigError(f"config file {path}: spec.{key} must be a string, not"
+                              f" {_kind(value)}{hint}")
+    return {_FILE_FIELDS[k]: v for k, v in spec.items() if v is not None}
 
 
 def load_config(
@@ -115,13 +150,22 @@ def load_config(
     **flags: str | None,
 ) -> DatastoreConfig:
     config = DatastoreConfig()
+    # How the user spelt each setting that is not a default, for check()'s messages.
+    given_as: dict[str, str] = {}
     path = Path(config_file) if config_file else DEFAULT_CONFIG_FILE
     if config_file or path.exists():
-        config = replace(config, **_from_file(path))
-    config = replace(config, **{f: environ[e] for e, f in _ENV_FIELDS.items() if environ.get(e)})
+        from_file = _from_file(path)
+        config = replace(config, **from_file)
+        given_as |= {f: f"config file {path}: spec.{k}"
+                     for k, f in _FILE_FIELDS.items() if f in from_file}
+    from_env = {f: environ[e] for e, f in _ENV_FIELDS.items() if environ.get(e)}
+    config = replace(config, **from_env)
+    given_as |= {f: e for e, f in _ENV_FIELDS.items() if f in from_env}
     known = {f.name for f in fields(DatastoreConfig)}
-    config = replace(config, **{k: v for k, v in flags.items() if v and k in known})
-    return config.check()
+    from_flags = {k: v for k, v in flags.items() if v and k in known}
+    config = replace(config, **from_flags)
+    given_as |= {f: f"--{f.replace('_', '-')}" for f in from_flags}
+    return config.check(given_as)
 
 
 def open_datastore(config: DatastoreConfig) -> Datastore:

@@ -43,6 +43,8 @@ _UNREACHABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
+ENDPOINT_SCHEMES = ("http", "https", "unix")
+
 RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 500
 # How long a call waits for a channel that is reconnecting: a few of its attempts.
@@ -81,6 +83,41 @@ class TLSFiles:
         )
 
 
+def channel_target(endpoint: str) -> tuple[str, bool]:
+    """The gRPC target an etcd endpoint names, and whether its scheme asks for TLS; ValueError
+    saying what is wrong when it names none.
+
+    Endpoints are written as etcdctl and calicoctl take them: http://host[:port],
+    https://host[:port], or unix:///path/to/socket for an etcd listening on a unix socket; a bare
+    host[:port] means http. Checked before any channel exists, because gRPC takes what it is given:
+    an empty target logs C-core errors on stderr, a port over 65535 silently becomes another port
+    (121563 is 56027), and any other scheme would be taken for http.
+    """
+    try:
+        url = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
+    except ValueError as err:  # "Invalid IPv6 URL": a '[' without its ']', or the reverse
+        raise ValueError(f"not a valid URL ({err})") from None
+    if url.scheme not in ENDPOINT_SCHEMES:
+        raise ValueError("the scheme must be http, https or unix")
+    if url.scheme == "unix":
+        # gRPC's unix: target is the path alone; a host would be dropped without a word.
+        if url.netloc or not url.path:
+            raise ValueError("a unix endpoint is unix:///path/to/socket"
+                             " (an absolute path, no host)")
+        return f"unix:{url.path}", False
+    if url.netloc.count(":") > 1 and "[" not in url.netloc:
+        raise ValueError("an IPv6 address goes in brackets, as in http://[::1]:2379")
+    if not url.hostname:
+        raise ValueError("the host is missing")
+    try:
+        port = url.port
+    except ValueError:  # not a number, or over 65535
+        port = 0
+    if port == 0 or url.netloc.endswith(":"):
+        raise ValueError("the port must be 1-65535")
+    return url.netloc, url.scheme == "https"
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range_end that makes a range cover every key starting with `prefix`."""
     end = bytearray(prefix)
@@ -98,6 +135,11 @@ class EtcdClient:
     ):
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
+        for endpoint in endpoints:
+            try:
+                channel_target(endpoint)
+            except ValueError as err:
+                raise ValueError(f"etcd endpoint {endpoint!r}: {err}") from None
         self._endpoints = list(endpoints)
         self._tls = tls
         self._timeout = timeout
@@ -116,10 +158,8 @@ class EtcdClient:
 
     def _open(self) -> grpc.aio.Channel:
         if self._channel is None:
-            url = urlsplit(self.endpoint if "//" in self.endpoint else f"http://{self.endpoint}")
-            # unix:///path/to/socket reaches an etcd listening on a unix socket.
-            target = f"unix:{url.path}" if url.scheme == "unix" else url.netloc
-            secure = url.scheme == "https" or (self._tls is not None and self._tls.ca_file)
+            target, https = channel_target(self.endpoint)
+            secure = https or (self._tls is not None and self._tls.ca_file)
             if secure:
                 self._channel = grpc.aio.secure_channel(
                     target, (self._tls or TLSFiles()).credentials(), options=_CHANNEL_OPTIONS

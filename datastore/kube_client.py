@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from kubernetes.aio import client as kube
 from kubernetes.aio.config import kube_config
 from kubernetes.aio.config.config_exception import ConfigException
 from kubernetes.aio.config.incluster_config import load_incluster_config
 
 from percale.datastore.errors import DatastoreError, DatastoreUnavailable
+from percale.datastore.yaml_text import yaml_problem
 
 # Server answers that mean "try again later" rather than "no".
 _RETRYABLE = {429, 500, 502, 503, 504}
@@ -58,11 +60,35 @@ async def configuration(kubeconfig: str | None = None) -> kube.Configuration:
         path = path or str(default)
         if not Path(path).is_file():
             raise KubeConfigError(f"kubeconfig {path}: no such file")
+        _check_shape(path)
         await kube_config.load_kube_config(config_file=path, client_configuration=config,
                                            persist_config=False)
     except ConfigException as err:
         raise KubeConfigError(f"kubeconfig {path}: {err}") from None
     return config
+
+
+def _check_shape(path: str) -> None:
+    """KubeConfigError unless the file is YAML with a kubeconfig's top level. The kubernetes
+    package reads it again, but would raise yaml's multi-line errors, or a TypeError from deep
+    inside for an empty file, a list, or `clusters: 5`."""
+    try:
+        with open(path, "rb") as stream:
+            doc = yaml.safe_load(stream)
+    except OSError as err:
+        raise KubeConfigError(f"kubeconfig {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise KubeConfigError(f"kubeconfig {path}: not valid YAML: {yaml_problem(err)}") from None
+    if not isinstance(doc, dict):
+        raise KubeConfigError(f"kubeconfig {path}: not a kubeconfig (no mapping at the top)")
+    for section, entry in (("clusters", "cluster"), ("contexts", "context"), ("users", "user")):
+        items = doc.get(section) or []
+        if not isinstance(items, list):
+            raise KubeConfigError(f"kubeconfig {path}: {section} must be a list")
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get(entry) or {}, dict):
+                raise KubeConfigError(f"kubeconfig {path}: {section}[{n}] must be a mapping"
+                                      f" with a {entry} mapping")
 
 
 class KubeClient:

@@ -61,3 +61,45 @@ def test_kubernetes_settings_are_checked_and_an_unreachable_apiserver_is_clear(c
                    f"  datastoreType: kubernetes\n  kubeconfig: {tmp_path / 'absent'}\n")
     from_file = cli("--config", str(cfg), "get", "ippools")
     assert from_file.code == 1 and "absent: no such file" in from_file.err
+
+
+def test_bad_etcd_endpoints_are_one_line_naming_the_setting(cli, tmp_path):
+    """Each once a traceback, gRPC C-core log lines, or a connection to the wrong port."""
+    cases = [
+        (["--etcd-endpoints", "http://127.0.0.1:121563"], {},
+         "--etcd-endpoints: 'http://127.0.0.1:121563': the port must be 1-65535"),
+        (["--etcd-endpoints", "http://[::1"], {},
+         "--etcd-endpoints: 'http://[::1': not a valid URL (Invalid IPv6 URL)"),
+        (["--etcd-endpoints", "http://"], {}, "--etcd-endpoints: 'http://': the host is missing"),
+        ([], {"ETCD_ENDPOINTS": "ftp://127.0.0.1:2379"},
+         "ETCD_ENDPOINTS: 'ftp://127.0.0.1:2379': the scheme must be http, https or unix"),
+    ]
+    for flags, env, message in cases:
+        result = cli(*flags, "get", "ippools", env=env)
+        assert result.code == 1
+        assert "Traceback" not in result.err
+        assert result.err == f"Invalid datastore configuration: {message}\n"
+
+
+def test_a_list_of_endpoints_in_the_config_file_is_named(cli, tmp_path):
+    config = tmp_path / "percalectl.cfg"
+    config.write_text("apiVersion: percale.io/v1\nkind: PercaleAPIConfig\nspec:\n"
+                      "  etcdEndpoints: [http://127.0.0.1:2379, http://127.0.0.2:2379]\n")
+    result = cli("--config", str(config), "get", "ippools")
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert result.err == (
+        f"Invalid datastore configuration: config file {config}: spec.etcdEndpoints must be a"
+        " string, not a list (several endpoints are one comma-separated string:"
+        " http://127.0.0.1:2379,http://127.0.0.2:2379)\n")
+
+
+def test_a_malformed_kubeconfig_is_one_line_naming_the_file(cli, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nclusters:\n- name: c\n  cluster: {server: [\n")
+    result = cli("--datastore-type", "kubernetes", "--kubeconfig", str(kubeconfig), "get", "ippools")
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert result.err == (
+        f"Failed to execute command: kubeconfig {kubeconfig}: not valid YAML: expected the node"
+        " content, but found '<stream end>' at line 5, column 1\n")
