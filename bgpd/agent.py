@@ -7,8 +7,9 @@ Its parts, each one job:
                                    reloaded when Nodes, BGPPeers, BGPConfigurations or IPPools
                                    change (unchanged sessions stay up)
     announcements.AnnouncementTable + announcer.Announcer
-                                   what the node announces (own blocks, borrowed /32s), kept
-                                   current per changed affinity or block, said to ExaBGP
+                                   what the node announces (own blocks, borrowed /32s, less
+                                   those of pools with disableBGPExport), kept current per
+                                   changed affinity, block or pool, said to ExaBGP
     rib.Rib + exabgp_json.RibFeed  what the node learns, from ExaBGP's events
     reflector.Reflector            in-agent route reflection, on a route-reflector node
     programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer
@@ -159,6 +160,10 @@ class BGPAgent:
         kind = change.kind
         if kind in SESSION_KINDS:
             self._configure_due.set()
+        if kind == "IPPool":
+            # A pool's disableBGPExport turned on or off: its prefixes are withdrawn or announced.
+            if self.table.pool(change.key.name, change.new.value if change.new else None):
+                self._announce_due.set()
         elif kind == "BlockAffinity":
             if self.table.affinity(change.key.name, change.new.value if change.new else None):
                 self._announce_due.set()
@@ -210,6 +215,8 @@ class BGPAgent:
             self.table.affinity(kv.key.name, kv.value)
         for kv in self.cache.items("IPAMBlock").values():
             self.table.block(kv.value.spec.cidr, kv.value)
+        for kv in self.cache.items("IPPool").values():
+            self.table.pool(kv.key.name, kv.value)
         self._configure_due.set()
         self._announce_due.set()
         loops = [self._configuring(), self._announcing(), self._peers_coming_up(),

@@ -6,12 +6,17 @@
     match delivers that pod's traffic here and not to the block's owner, whose blackhole route
     would drop it (calico#3246).
 
+Neither is announced inside a pool with `disableBGPExport`: BIRD's export filter rejects such a
+pool's CIDR before anything else (calico.md §2.5), so none of its blocks or borrowed /32s reach a
+peer. They are `withheld`: still the node's own for everything else (blackholes, the RIB's "own
+route back from a reflector" filter, status), only not announced.
+
 Each own block also gets a local blackhole route (dataplane/blackholes.py installs it): traffic
 to unused addresses of the block stops here instead of bouncing along the default route.
 
 Pure: IPAM resources in, prefixes out. `announcements` computes the whole answer at once;
-`AnnouncementTable` keeps it as the agent's view changes, one affinity or block at a time, so a
-block changed anywhere in the cluster costs this node one look at that block.
+`AnnouncementTable` keeps it as the agent's view changes, one affinity, block or pool at a time,
+so a block changed anywhere in the cluster costs this node one look at that block.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from percale.api import BlockAffinity, IPAMBlock
+from percale.api import BlockAffinity, IPAMBlock, IPPool
 
 
 @dataclass(frozen=True)
 class Announcements:
-    blocks: frozenset[str]      # the node's own blocks: announced, and blackholed locally
+    blocks: frozenset[str]      # the node's own blocks: blackholed locally, announced unless withheld
     borrowed: frozenset[str]    # /32 and /128 of addresses it borrowed from other nodes' blocks
+    # Those of the two above inside a pool with disableBGPExport: never sent to a peer.
+    withheld: frozenset[str] = frozenset()
 
     @property
     def prefixes(self) -> frozenset[str]:
-        return self.blocks | self.borrowed
+        """What the node announces to its BGP peers."""
+        return (self.blocks | self.borrowed) - self.withheld
 
 
 def own_block(node: str, affinity: BlockAffinity | None) -> str | None:
@@ -62,6 +70,29 @@ def ordinals_of(node: str, block: IPAMBlock | None) -> frozenset[int]:
                      if slot is not None and spec.attributes[slot].secondary.get("node") == node)
 
 
+def unexported_pool(pool: IPPool | None) -> str | None:
+    """The CIDR of `pool` if it says disableBGPExport (disabled or not: BIRD's filter rejects it
+    either way), else None."""
+    return pool.spec.cidr if pool is not None and pool.spec.disable_bgp_export else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _inside_any(prefix: str, pools: frozenset[str]) -> bool:
+    """Whether `prefix` lies in one of the pool CIDRs; remembered, as each change asks again of
+    every prefix the node announces."""
+    net = ipaddress.ip_network(prefix)
+    return any(net.version == pool.version and net.subnet_of(pool)  # type: ignore[arg-type]
+               for pool in map(ipaddress.ip_network, pools))
+
+
+def withheld_of(unexported: frozenset[str], *prefixes: Iterable[str]) -> frozenset[str]:
+    """Those of `prefixes` inside a pool of `unexported` (CIDRs of pools with disableBGPExport);
+    nothing to look at while no pool says so, the usual case."""
+    if not unexported:
+        return frozenset()
+    return frozenset(p for group in prefixes for p in group if _inside_any(p, unexported))
+
+
 @functools.lru_cache(maxsize=8192)
 def host_prefix(cidr: str, ordinal: int) -> str:
     """The /32 (/128) of the address `ordinal` of block `cidr`."""
@@ -69,13 +100,14 @@ def host_prefix(cidr: str, ordinal: int) -> str:
 
 
 def announcements(node: str, affinities: Iterable[BlockAffinity],
-                  ipam_blocks: Iterable[IPAMBlock]) -> Announcements:
+                  ipam_blocks: Iterable[IPAMBlock], pools: Iterable[IPPool] = ()) -> Announcements:
     own = frozenset(filter(None, (own_block(node, a) for a in affinities)))
     borrowed: set[str] = set()
     for block in ipam_blocks:
         if block.spec.cidr not in own:
             borrowed |= borrowed_in(node, block)
-    return Announcements(own, frozenset(borrowed))
+    unexported = frozenset(filter(None, map(unexported_pool, pools)))
+    return Announcements(own, frozenset(borrowed), withheld_of(unexported, own, borrowed))
 
 
 class AnnouncementTable:
@@ -86,6 +118,7 @@ class AnnouncementTable:
         self.node = node
         self._own: dict[str, str] = {}  # affinity name -> block
         self._borrowed: dict[str, frozenset[int]] = {}  # block -> this node's addresses in it
+        self._unexported: dict[str, str] = {}  # pool name -> CIDR, for pools with disableBGPExport
         self._current = Announcements(frozenset(), frozenset())
 
     @property
@@ -110,9 +143,21 @@ class AnnouncementTable:
             return False  # none of ours before or after: nothing to look at
         return self._refresh()
 
+    def pool(self, name: str, pool: IPPool | None) -> bool:
+        """IPPool `name` is now `pool` (None: deleted); only its disableBGPExport matters here."""
+        cidr = unexported_pool(pool)
+        if cidr == self._unexported.get(name):
+            return False  # any other field of a pool: nothing to look at
+        if cidr is None:
+            del self._unexported[name]
+        else:
+            self._unexported[name] = cidr
+        return self._refresh()
+
     def _refresh(self) -> bool:
         own = frozenset(self._own.values())
         borrowed = frozenset(host_prefix(cidr, o) for cidr, ordinals in self._borrowed.items()
                              if cidr not in own for o in ordinals)
-        before, self._current = self._current, Announcements(own, borrowed)
+        withheld = withheld_of(frozenset(self._unexported.values()), own, borrowed)
+        before, self._current = self._current, Announcements(own, borrowed, withheld)
         return self._current != before

@@ -1,5 +1,10 @@
 """The IPAM allocator: who gets which address, written only with compare-and-swap.
 
+Pools, as Calico's determinePools: enabled, of the family and use, selecting the node
+(pools.usable); then those the request names, whatever their assignmentMode, or, naming none,
+the Automatic ones whose namespaceSelector selects its namespace (pools.automatic). Every step
+below keeps to those pools: own blocks, new blocks and borrowing.
+
 Order of allocation, as Calico's autoAssign:
   1. the node's own (confirmed-affinity) blocks in the usable pools;
   2. a new block, claimed in two phases (affinity pending -> block created -> affinity
@@ -48,7 +53,9 @@ from percale.ipam.errors import (
     StrictAffinityExhausted,
     TooManyConflicts,
 )
-from percale.ipam.pools import block_of, candidate_blocks, pool_of, seeded_position, usable
+from percale.ipam.pools import (
+    automatic, block_of, candidate_blocks, pool_of, seeded_position, selects_namespace, usable,
+)
 from percale.api import (
     BlockAffinity,
     IPAMBlock,
@@ -60,6 +67,7 @@ from percale.api import (
 )
 from percale.api.fields import format_time, network_of, parse_time
 from percale.api.meta import InvalidResource, Problem, validation_problems
+from percale.api.policy import namespace_profile_name
 from percale.api.ipam import (
     DEFAULT_MAX_BLOCKS_PER_HOST,
     BlockAffinitySpec,
@@ -77,6 +85,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # address; reclaiming it would race that node (Calico's EmptyBlockMinReclaimAge).
 EMPTY_BLOCK_MIN_RECLAIM_AGE = timedelta(minutes=1)
 DATASTORE_RETRIES = 100
+# The label Kubernetes gives every Namespace (1.21+), its name: a namespace's labels carry it
+# even where no Profile kns.<namespace> is stored (etcd, unless one was applied), as the policy
+# agent gives it to policies' namespaceSelectors (node/policy_agent.py NAMESPACE_LABEL).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # What get_config answers while no IPAMConfig exists (every allocation asks). Shared, like every
 # value read from the datastore: never mutated.
 _DEFAULT_CONFIG = IPAMConfigSpec()
@@ -227,12 +239,15 @@ class IPAM:
         self, node: str, *, handle_id: str, num4: int = 0, num6: int = 0,
         attrs: Mapping[str, str] | None = None, ipv4_pools: list[str] | None = None,
         ipv6_pools: list[str] | None = None, use: str = "Workload", max_blocks_per_host: int = 0,
+        namespace: str | None = None,
     ) -> Assignment:
         """Give `handle_id` num4 IPv4 and num6 IPv6 addresses for `node`, or nothing at all.
 
         `attrs` (pod, namespace, ...) are stored with each address, with the node and a timestamp
-        added. Pools may be restricted by name or CIDR. Raises an IPAMError when the request
-        cannot be met in full; then no address is left allocated.
+        added. Pools may be named (by name or CIDR), Manual ones included; a request that names
+        none takes only Automatic pools whose namespaceSelector, if set, selects `namespace` (the
+        pod's, by the labels of its Profile kns.<namespace>; None: matched as no labels). Raises
+        an IPAMError when the request cannot be met in full; then no address is left allocated.
         """
         secondary = {"node": node, "timestamp": format_time(self.clock()),
                      **(attrs or {})}
@@ -255,10 +270,16 @@ class IPAM:
                 # ask the store itself before answering that there is none.
                 pools = [kv.value for kv in (await self.authority.list("IPPool")).items]
             got: list[Interface] = []
+            namespace_labels: Mapping[str, str] | None = None  # read once, and only if a pool asks
             try:
                 for version, num, requested in ((4, num4, ipv4_pools), (6, num6, ipv6_pools)):
                     if num > 0:
-                        eligible = _requested(usable(pools, version, labels, use), requested, node, version)
+                        candidates = usable(pools, version, labels, use)
+                        if (not requested and namespace_labels is None
+                                and any(p.spec.namespace_selector for p in candidates)):
+                            namespace_labels = await self._namespace_labels(namespace)
+                        eligible = _requested(candidates, requested, node, version,
+                                              namespace, namespace_labels or {})
                         got += await self._assign_family(
                             node, version, num, handle, secondary, eligible, config,
                             max_blocks_per_host,
@@ -915,6 +936,26 @@ class IPAM:
         except NotFound:
             return {}  # a node not registered yet: only all() pools select it
 
+    async def _namespace_labels(self, namespace: str | None) -> dict[str, str]:
+        """What a pool's namespaceSelector sees of `namespace`: the labels of its Profile
+        kns.<namespace> (on Kubernetes, the Namespace's own) and its name; {} for none."""
+        if namespace is None:
+            return {}
+        key = Key("Profile", namespace_profile_name(namespace))
+        profile: KVPair | None = None
+        try:
+            profile = await self.store.get(key)
+        except NotFound:
+            if self.authority is not self.store:
+                # The view may lag a namespace made (or labelled) a moment before its first pod;
+                # a wrong answer here would put the pod in another pool for good.
+                try:
+                    profile = await self.authority.get(key)
+                except NotFound:
+                    pass
+        applied = profile.value.spec.labels_to_apply if profile is not None else {}
+        return {NAMESPACE_NAME_LABEL: namespace, **applied}
+
     async def _add_to_handle(self, handle_id: str, cidr: str, delta: int) -> None:
         key = Key("IPAMHandle", handle_id)
         # Most handles are new (one per pod): try to create before reading.
@@ -973,15 +1014,32 @@ def _in_pools(network: Network, pools: list[IPPool]) -> bool:
     return _block_in_pools(str(network), tuple(p.spec.cidr for p in pools))
 
 
-def _requested(pools: list[IPPool], requested: list[str] | None, node: str, version: int) -> list[IPPool]:
-    """The usable pools, narrowed to those requested by name or CIDR."""
+def _requested(pools: list[IPPool], requested: list[str] | None, node: str, version: int,
+               namespace: str | None, namespace_labels: Mapping[str, str]) -> list[IPPool]:
+    """Of the usable pools, those the request named (by name or CIDR), whatever their
+    assignmentMode; naming none, the automatic ones (pools.automatic)."""
     if not requested:
-        if not pools:
-            raise NoPools(f"no configured percale IPv{version} pools for node {node}")
-        return pools
+        chosen = automatic(pools, namespace_labels)
+        if not chosen:
+            raise NoPools(f"no configured percale IPv{version} pools for node {node}"
+                          + _left_out(pools, namespace, namespace_labels))
+        return chosen
     chosen = [p for p in pools if p.metadata.name in requested or p.spec.cidr in requested]
     missing = sorted(set(requested) - {p.metadata.name for p in chosen} - {p.spec.cidr for p in chosen})
     if missing:
         raise NoPools(f"the requested pools {missing} are not usable by node {node} "
                       "(missing, disabled, wrong family or not selecting the node)")
     return chosen
+
+
+def _left_out(pools: list[IPPool], namespace: str | None, namespace_labels: Mapping[str, str]) -> str:
+    """Why usable pools served no automatic request: what the user would otherwise look for."""
+    reasons = []
+    for pool in pools:
+        if pool.spec.assignment_mode != "Automatic":
+            reasons.append(f"{pool.metadata.name} (assignmentMode {pool.spec.assignment_mode}: "
+                           "used only when a request names it)")
+        elif not selects_namespace(pool, namespace_labels):
+            whose = f"namespace {namespace}" if namespace is not None else "a request without a namespace"
+            reasons.append(f"{pool.metadata.name} (its namespaceSelector does not select {whose})")
+    return f"; left out: {', '.join(reasons)}" if reasons else ""

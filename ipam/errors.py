@@ -20,7 +20,9 @@ class IPAMError(Exception):
 
 
 class NoPools(IPAMError):
-    pass
+    """No pool may serve the request: none usable by the node, a named pool that is not, or,
+    for a request that names none, only Manual pools or pools whose namespaceSelector leaves
+    its namespace out (the message says which)."""
 
 
 class PoolsExhausted(IPAMError):

@@ -1,4 +1,10 @@
-"""Which pools a node may take addresses from, and in what order it tries their blocks."""
+"""Which pools a node may take addresses from, and in what order it tries their blocks.
+
+Choosing pools is two steps, as Calico's determinePools: `usable` (enabled, the family, the use,
+the nodeSelector) for every request; then, for a request that names no pool, `automatic`
+(assignmentMode and namespaceSelector). A request that names its pools (the CNI config's
+`ipam.ipv4_pools`, a node's tunnel address) takes them from the usable ones as named.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,23 @@ def usable(
         and use in p.spec.allowed_uses
         and selector.parse(p.spec.node_selector).matches(node_labels)
     ]
+
+
+def selects_namespace(pool: IPPool, namespace_labels: Mapping[str, str]) -> bool:
+    """Whether the pool's namespaceSelector selects a namespace with these labels; a pool
+    without one (or with an empty one, as in Calico) selects every namespace."""
+    text = pool.spec.namespace_selector
+    return not text or selector.parse(text).matches(namespace_labels)
+
+
+def automatic(pools: list[IPPool], namespace_labels: Mapping[str, str]) -> list[IPPool]:
+    """Of `pools`, those a request that names no pool may take from: assignmentMode Automatic
+    (a Manual pool serves only requests that name it, calico.md §1.1), and a namespaceSelector,
+    when set, selecting the request's namespace (`namespace_labels`; {} for a request without
+    one, as Calico matches it). Borrowing and the node's own blocks keep to the same pools, so
+    an automatic request never takes an address of a Manual pool by any route."""
+    return [p for p in pools
+            if p.spec.assignment_mode == "Automatic" and selects_namespace(p, namespace_labels)]
 
 
 def fnv32a(text: str) -> int:

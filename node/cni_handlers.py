@@ -198,6 +198,7 @@ class CNIHandlers:
                 num4=1 if conf.ipam.assign_ipv4 else 0, num6=1 if conf.ipam.assign_ipv6 else 0,
                 attrs={"namespace": pod.namespace, "pod": pod.name},
                 ipv4_pools=conf.ipam.ipv4_pools or None, ipv6_pools=conf.ipam.ipv6_pools or None,
+                namespace=pod.namespace,  # for pools with a namespaceSelector
             )
         except TooManyConflicts:
             raise

@@ -1,5 +1,6 @@
 """percale's BGP agent against GoBGP: sessions from the datastore (through the agent's view),
-blocks announced as IPAM claims them and withdrawn as it gives them up."""
+blocks announced as IPAM claims them and withdrawn as it gives them up, or as their pool's
+disableBGPExport says."""
 
 from __future__ import annotations
 
@@ -82,6 +83,46 @@ def test_blocks_are_announced_as_claimed_and_withdrawn_as_released(etcd):
                 while block in lab.gobgp_rib() and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 assert block not in lab.gobgp_rib()
+
+        asyncio.run(scenario())
+    finally:
+        lab.down()
+
+
+def test_a_pool_with_disable_bgp_export_is_not_announced_until_the_flag_is_cleared(etcd):
+    """disableBGPExport on the pool: GoBGP loses the node's block (BIRD's export filter rejects
+    the pool in Calico), the node still holds it; cleared, GoBGP receives it again."""
+    lab = Lab().up()
+    try:
+        lab.gobgp([("10.99.0.1", 64512)])
+
+        async def until(condition, seconds: float, what: str) -> None:
+            deadline = time.monotonic() + seconds
+            while not condition():
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.05)
+
+        async def set_disable_bgp_export(store, flag: bool) -> None:
+            current = await store.get(Key("IPPool", "pods"))
+            spec = current.value.spec.model_copy(update={"disable_bgp_export": flag})
+            await store.update(current.value.model_copy(update={"spec": spec}),
+                               revision=current.revision)
+
+        async def scenario():
+            async with agent_of_node_a(lab, etcd.endpoint) as (store, agent):
+                await until(lambda: lab_peer_up(lab), 30, "the session to GoBGP never came up")
+                got = await IPAM(store).auto_assign("node-a", handle_id="pod-1", num4=1)
+                block = str(got.ipv4[0].network)
+                await until(lambda: block in lab.gobgp_rib(), 10, "the block was never announced")
+
+                await set_disable_bgp_export(store, True)
+                await until(lambda: block not in lab.gobgp_rib(), 10,
+                            "GoBGP still has the block of a pool with disableBGPExport")
+                assert block in agent.desired.blocks  # still the node's: its blackhole stays
+
+                await set_disable_bgp_export(store, False)
+                await until(lambda: block in lab.gobgp_rib(), 10,
+                            "the block was not announced again once disableBGPExport was cleared")
 
         asyncio.run(scenario())
     finally:

@@ -542,3 +542,108 @@ async def test_a_new_block_is_claimed_in_one_transaction_where_the_store_allows(
         affinity = await store.get(Key("BlockAffinity", affinity_name("n1", str(got.ipv4[0].network))))
         assert affinity.value.spec.state == "confirmed"
         await assert_consistent(store)
+
+
+# -- assignmentMode and namespaceSelector (Calico's determinePools) -------------------------------
+
+
+async def test_an_automatic_allocation_never_comes_from_a_manual_pool(store):
+    """assignmentMode Manual: "used only when explicitly requested". A request that names no
+    pool takes nothing from it, not from a block the node already holds there, not by
+    borrowing, and not when the Automatic pools run out."""
+    await add_pool(store, "manual", "10.9.0.0/24", blockSize=30, assignmentMode="Manual")
+    ipam = IPAM(store)
+    with pytest.raises(NoPools, match="manual .assignmentMode Manual: used only when a request names it"):
+        await ipam.auto_assign("n1", handle_id="h0", num4=1)
+    assert await allocations(store) == {}
+
+    # n1 holds a Manual block with room (it named the pool once), and n1 takes every block of
+    # the Automatic pool, so n2 must borrow: neither may touch the Manual pool.
+    named = await ipam.auto_assign("n1", handle_id="named", num4=1, ipv4_pools=["manual"])
+    assert named.ipv4[0].ip in ipaddress.ip_network("10.9.0.0/24")
+    await add_pool(store, "auto", "10.0.0.0/28", blockSize=30)
+    n1 = await ipam.auto_assign("n1", handle_id="n1-pods", num4=14)
+    assert {str(i.network) for i in n1.ipv4} == {
+        "10.0.0.0/30", "10.0.0.4/30", "10.0.0.8/30", "10.0.0.12/30"}
+    n2 = await ipam.auto_assign("n2", handle_id="n2-pod", num4=2)
+    assert all(i.ip in ipaddress.ip_network("10.0.0.0/28") for i in n2.ipv4)  # borrowed from n1
+    with pytest.raises(PoolsExhausted, match=r"\[10.0.0.0/28\]"):
+        await ipam.auto_assign("n2", handle_id="too-many", num4=1)
+    held = await allocations(store)
+    assert [ip for ip, handle in held.items() if ip.startswith("10.9.")] == [str(named.ipv4[0].ip)]
+    await assert_consistent(store)
+
+
+async def test_a_request_naming_a_manual_pool_gets_it(store):
+    """The CNI config's ipam.ipv4_pools (or any caller) naming a Manual pool, by name or CIDR,
+    is served from it, and only from it."""
+    await add_pool(store, "auto", "10.0.0.0/24")
+    await add_pool(store, "manual", "10.9.0.0/24", assignmentMode="Manual")
+    ipam = IPAM(store)
+    by_name = await ipam.auto_assign("n1", handle_id="a", num4=1, ipv4_pools=["manual"])
+    by_cidr = await ipam.auto_assign("n1", handle_id="b", num4=1, ipv4_pools=["10.9.0.0/24"])
+    plain = await ipam.auto_assign("n1", handle_id="c", num4=1)
+    assert by_name.ipv4[0].ip in ipaddress.ip_network("10.9.0.0/24")
+    assert by_cidr.ipv4[0].ip in ipaddress.ip_network("10.9.0.0/24")
+    assert plain.ipv4[0].ip in ipaddress.ip_network("10.0.0.0/24")
+    await assert_consistent(store)
+
+
+async def _namespace(store, name: str, **labels: str) -> None:
+    """The namespace's profile kns.<name>, as the Kubernetes datastore makes it of a Namespace."""
+    await store.create(parse({"apiVersion": "percale.io/v1", "kind": "Profile",
+                              "metadata": {"name": f"kns.{name}"},
+                              "spec": {"labelsToApply": labels}}))
+
+
+async def test_a_namespace_selector_must_select_the_pods_namespace(store):
+    """namespaceSelector set: an automatic request takes from the pool only for a namespace it
+    selects (its labels, and its name under kubernetes.io/metadata.name); nodeSelector must
+    still select the node; a request naming the pool is not held to it, as in Calico."""
+    await add_pool(store, "team-a", "10.1.0.0/24", namespaceSelector="team == 'a'")
+    await add_pool(store, "by-name", "10.3.0.0/24",
+                   namespaceSelector="kubernetes.io/metadata.name == 'ops'")
+    await _namespace(store, "web", team="a")
+    await _namespace(store, "db", team="b")
+    ipam = IPAM(store)
+    web = await ipam.auto_assign("n1", handle_id="web", num4=1, namespace="web")
+    assert web.ipv4[0].ip in ipaddress.ip_network("10.1.0.0/24")
+    ops = await ipam.auto_assign("n1", handle_id="ops", num4=1, namespace="ops")  # no profile
+    assert ops.ipv4[0].ip in ipaddress.ip_network("10.3.0.0/24")
+    with pytest.raises(NoPools, match="team-a .its namespaceSelector does not select namespace db"):
+        await ipam.auto_assign("n1", handle_id="db", num4=1, namespace="db")
+    with pytest.raises(NoPools, match="does not select a request without a namespace"):
+        await ipam.auto_assign("n1", handle_id="none", num4=1)
+    named = await ipam.auto_assign("n1", handle_id="db", num4=1, namespace="db", ipv4_pools=["team-a"])
+    assert named.ipv4[0].ip in ipaddress.ip_network("10.1.0.0/24")
+
+    # Both selectors: a node the pool does not select gets nothing from it, whatever the namespace.
+    await add_pool(store, "rack-b", "10.2.0.0/24", nodeSelector="rack == 'b'",
+                   namespaceSelector="team == 'b'")
+    await store.create(parse({"apiVersion": "percale.io/v1", "kind": "Node",
+                              "metadata": {"name": "n2", "labels": {"rack": "b"}}, "spec": {}}))
+    in_rack = await ipam.auto_assign("n2", handle_id="db-2", num4=1, namespace="db")
+    assert in_rack.ipv4[0].ip in ipaddress.ip_network("10.2.0.0/24")
+    with pytest.raises(NoPools):
+        await ipam.auto_assign("n1", handle_id="db-1", num4=1, namespace="db")
+    await assert_consistent(store)
+
+
+async def test_a_view_behind_a_namespaces_labels_asks_the_store():
+    """A pod's ADD right after its namespace was labelled: the agent's view has not seen the
+    label yet, the store has. The pool chosen is the one the store's labels select."""
+    memory = MemoryDatastore()
+    await add_pool(memory, "team-a", "10.1.0.0/24", namespaceSelector="team == 'a'")
+    await add_pool(memory, "others", "10.2.0.0/24", namespaceSelector="!has(team)")
+    cache = Cache(memory, ["IPPool", "IPAMBlock", "BlockAffinity", "IPAMConfig", "Node", "Profile"])
+    following = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        following.cancel()  # the view stops here: it will not see the namespace
+        await asyncio.gather(following, return_exceptions=True)
+        await _namespace(memory, "web", team="a")
+        got = await IPAM(CachedDatastore(memory, cache), authority=memory).auto_assign(
+            "node1", handle_id="h1", num4=1, namespace="web")
+        assert got.ipv4[0].ip in ipaddress.ip_network("10.1.0.0/24")
+    finally:
+        following.cancel()
