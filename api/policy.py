@@ -241,4 +241,16 @@ def namespace_profile_name(namespace: str) -> str:
     return f"{NAMESPACE_PROFILE_PREFIX}{namespace}"
 
 
+# The label Kubernetes gives every Namespace (1.21+), its name: a namespace's labels carry it even
+# where no Profile kns.<namespace> is stored (etcd, unless one was applied).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def namespace_labels(namespace: str, profile: Profile | None) -> dict[str, str]:
+    """What a namespaceSelector (a policy's, a rule's, an IPPool's) sees of `namespace`: the
+    labels its Profile kns.<namespace> applies (on Kubernetes, the Namespace's own), and its name."""
+    applied = profile.spec.labels_to_apply if profile is not None else {}
+    return {NAMESPACE_NAME_LABEL: namespace, **applied}
+
+
 register(Profile, plural="profiles", short_names=("pro", "pros"))

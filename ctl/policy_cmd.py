@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from percale.api import Profile, WorkloadEndpoint
-from percale.api.policy import EntityRule, Rule
+from percale.api.policy import EntityRule, Rule, namespace_labels
 from percale.ctl.context import fail, with_datastore
 from percale.datastore import Datastore, Key, NotFound
 from percale.policy.compile import PolicyEndpoint, default_profile, policy_id, selects, sort_key
@@ -106,8 +106,8 @@ def show(pod: Annotated[str, typer.Argument(help="The pod's name")],
     endpoints, policies, profile = with_datastore(read)
     if not endpoints:
         raise fail(f"no workload endpoint for pod {pod!r} in namespace {namespace!r}")
-    namespace_labels = {"kubernetes.io/metadata.name": namespace, **profile.spec.labels_to_apply}
-    typer.echo("\n\n".join(render(e, policies, profile, namespace_labels) for e in endpoints))
+    labels = namespace_labels(namespace, profile)
+    typer.echo("\n\n".join(render(e, policies, profile, labels) for e in endpoints))
 
 
 

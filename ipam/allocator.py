@@ -68,6 +68,7 @@ from percale.api import (
 from percale.api.fields import format_time, network_of, parse_time
 from percale.api.meta import InvalidResource, Problem, validation_problems
 from percale.api.policy import namespace_profile_name
+from percale.api.policy import namespace_labels as labels_of_namespace
 from percale.api.ipam import (
     DEFAULT_MAX_BLOCKS_PER_HOST,
     BlockAffinitySpec,
@@ -85,10 +86,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # address; reclaiming it would race that node (Calico's EmptyBlockMinReclaimAge).
 EMPTY_BLOCK_MIN_RECLAIM_AGE = timedelta(minutes=1)
 DATASTORE_RETRIES = 100
-# The label Kubernetes gives every Namespace (1.21+), its name: a namespace's labels carry it
-# even where no Profile kns.<namespace> is stored (etcd, unless one was applied), as the policy
-# agent gives it to policies' namespaceSelectors (node/policy_agent.py NAMESPACE_LABEL).
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # What get_config answers while no IPAMConfig exists (every allocation asks). Shared, like every
 # value read from the datastore: never mutated.
 _DEFAULT_CONFIG = IPAMConfigSpec()
@@ -953,8 +950,7 @@ class IPAM:
                     profile = await self.authority.get(key)
                 except NotFound:
                     pass
-        applied = profile.value.spec.labels_to_apply if profile is not None else {}
-        return {NAMESPACE_NAME_LABEL: namespace, **applied}
+        return labels_of_namespace(namespace, profile.value if profile is not None else None)
 
     async def _add_to_handle(self, handle_id: str, cidr: str, delta: int) -> None:
         key = Key("IPAMHandle", handle_id)

@@ -22,6 +22,8 @@ import time
 
 from percale.api import Profile, WorkloadEndpoint
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
+# Aliased: namespace_labels is the name of the per-namespace map in this module.
+from percale.api.policy import namespace_labels as labels_of_namespace
 from percale.datastore import Key, KVPair
 from percale.datastore.cache import Cache, Change
 from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, RulesetCompiler
@@ -40,7 +42,6 @@ NOT_STORED = ""
 # after compaction may skip the revision (it jumps to a later one, a relabel for instance), and
 # then the view is current and must win.
 TRUST_WRITTEN_SECONDS = 10.0
-NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
 
 def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
@@ -52,7 +53,7 @@ def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
         interface=endpoint.spec.interface_name if endpoint.spec.node == node else None,
         addresses=tuple(str(ipaddress.ip_network(n).network_address) for n in endpoint.spec.ip_networks),
         labels=dict(endpoint.metadata.labels),
-        namespace_labels=namespace_labels.get(namespace, {NAMESPACE_LABEL: namespace}),
+        namespace_labels=namespace_labels.get(namespace, labels_of_namespace(namespace, None)),
         ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in endpoint.spec.ports if p.name))
 
 
@@ -185,8 +186,7 @@ class PolicyAgent:
             if name.startswith(NAMESPACE_PROFILE_PREFIX):
                 namespace = name[len(NAMESPACE_PROFILE_PREFIX):]
                 profiles[namespace] = profile
-                namespace_labels[namespace] = {NAMESPACE_LABEL: namespace,
-                                               **profile.spec.labels_to_apply}
+                namespace_labels[namespace] = labels_of_namespace(namespace, profile)
         self._expire_written()
         if namespace_labels != self._namespace_labels:
             self._stale = None  # a namespace's labels changed: its endpoints convert anew
