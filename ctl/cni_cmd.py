@@ -26,6 +26,8 @@ from typing import Annotated, Optional
 import typer
 from percale_cni import build, shim
 
+from percale.api import Node
+from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.ctl.context import fail
 
 cni_app = typer.Typer(
@@ -94,7 +96,13 @@ def plugin_file(kind: str, python: str) -> tuple[bytes, str]:
     return plugin_source(python).encode(), f"python, {python} -IS"
 
 
-def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shim_kind: str) -> None:
+# The pod MTUs percale-node's CNI side accepts (node/cni_types.py): a config outside them would
+# be installed and then fail every ADD with error 7.
+MTU_MIN, MTU_MAX = 576, 65535
+
+
+def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shim_kind: str,
+           mtu: int = 0) -> None:
     problems = []
     if shim_kind not in SHIM_KINDS:
         problems.append(f"--shim {shim_kind!r}: use one of {', '.join(SHIM_KINDS)}")
@@ -108,6 +116,10 @@ def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shi
                         "(it becomes the plugins' #! line)")
     if not node_name:
         problems.append("--node-name: must not be empty")
+    elif len(node_name) > 253 or not Node.name_pattern.fullmatch(node_name):
+        problems.append(f"--node-name {node_name!r}: not a node name ({DNS_SUBDOMAIN_RULE})")
+    if mtu and not MTU_MIN <= mtu <= MTU_MAX:
+        problems.append(f"--mtu {mtu}: must be 0 (percale-node detects it) or {MTU_MIN}-{MTU_MAX}")
     if problems:
         raise fail(*problems, "Nothing was installed.")
 
@@ -117,7 +129,7 @@ def install(
     bin_dir: Annotated[Path, typer.Option(help="Where the runtime looks for CNI plugins")] = Path("/opt/cni/bin"),
     conf_dir: Annotated[Path, typer.Option(help="Where the runtime looks for network configs")] = Path("/etc/cni/net.d"),
     node_name: Annotated[Optional[str], typer.Option(
-        envvar="NODENAME", help="This node's name, as percale-node knows it (default: the host name)")] = None,
+        envvar="NODENAME", help="This node's name, as percale-node knows it (default: the host name, lower-cased)")] = None,
     agent_socket: Annotated[str, typer.Option(
         envvar="PERCALE_CNI_SOCKET", help="percale-node's CNI socket")] = shim.DEFAULT_SOCKET,
     mtu: Annotated[int, typer.Option(min=0, help="Pod MTU; 0 lets percale-node detect it")] = 0,
@@ -129,8 +141,9 @@ def install(
         "or auto: compiled when it is built, else python")] = "auto",
 ) -> None:
     """Install the percale and percale-ipam plugins and 10-percale.conflist; re-running replaces them."""
-    node_name = socket.gethostname() if node_name is None else node_name
-    _check(cni_version, agent_socket, python, node_name, shim_kind)
+    # percale-node's default, the host name lower-cased, as calico-node and the kubelet name nodes.
+    node_name = socket.gethostname().strip().lower() if node_name is None else node_name
+    _check(cni_version, agent_socket, python, node_name, shim_kind, mtu)
     plugin, kind = plugin_file(shim_kind, python)
     config = json.dumps(conflist(node_name, agent_socket, mtu, cni_version), indent=2) + "\n"
     step = f"create {bin_dir}"

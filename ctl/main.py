@@ -212,8 +212,17 @@ def crds(
     if output_dir is None:
         sys.stdout.write("---\n".join(crd_schema.rendered().values()))
         return
-    for name in crd_schema.write(Path(output_dir)):
+    try:
+        written = crd_schema.write(Path(output_dir))
+    except OSError as err:
+        raise fail(_write_failure("--output-dir", output_dir, err)) from None
+    for name in written:
         typer.echo(f"{output_dir.rstrip('/')}/{name}")
+
+
+def _write_failure(option: str, folder: str, err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename and str(err.filename) != folder else ""
+    return f"{option} {folder}: cannot write there{where}: {err.strerror or err}"
 
 
 @app.command()
@@ -228,10 +237,13 @@ def manifests(
     from percale.installation import manifests as files
 
     folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.rendered(crd_schema.rendered(), __version__).items():
-        (folder / name).write_text(text)
-        typer.echo(f"{output_dir.rstrip('/')}/{name}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.rendered(crd_schema.rendered(), __version__).items():
+            (folder / name).write_text(text)
+            typer.echo(f"{output_dir.rstrip('/')}/{name}")
+    except OSError as err:
+        raise fail(_write_failure("--output-dir", output_dir, err)) from None
 
 
 @app.command()

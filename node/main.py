@@ -215,7 +215,7 @@ async def run(options: Options, settings: dict[str, Optional[str]],
 @app.command()
 def main(
     node_name: Annotated[Optional[str], typer.Option(
-        envvar="NODENAME", help="This node's name (default: the host name)")] = None,
+        envvar="NODENAME", help="This node's name (default: the host name, lower-cased)")] = None,
     cni_socket: Annotated[str, typer.Option(
         envvar="PERCALE_CNI_SOCKET", help="Unix socket the CNI plugins talk to")] = DEFAULT_SOCKET,
     status_socket: Annotated[str, typer.Option(
@@ -300,7 +300,8 @@ def main(
                     f"--router-id: {router_id!r} is neither 'hash' nor an IPv4 address") from None
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
-        options = Options(node_name or socket.gethostname(), cni_socket, status_socket, mtu,
+        # As calico-node and the kubelet name a node by default: the host name, lower-cased.
+        options = Options(node_name or socket.gethostname().strip().lower(), cni_socket, status_socket, mtu,
                           mtu_iface_pattern, mtu_file, backend, bgp_dir, secrets_dir, health_listen,
                           router_id or None, policy_reconcile_seconds)
         asyncio.run(run(options, settings, addresses))

@@ -182,3 +182,12 @@ def test_create_refuses_a_resource_version(cli, tmp_path):
     assert result.code == 1
     assert "metadata.resourceVersion: must not be set when creating IPPool(good-pool) (got '42')" in result.err
     assert cli.stored() == {}
+
+
+@pytest.mark.parametrize("command", ["manifests", "crds"])
+def test_generated_files_into_a_folder_that_cannot_be_made_is_one_line(cli, tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cli(command, "--output-dir", str(blocker / "sub"))
+    assert result.code == 1
+    assert result.err == f"--output-dir {blocker / 'sub'}: cannot write there: Not a directory\n"

@@ -83,7 +83,7 @@ def test_the_defaults(percalectl, dirs):
         assert (bin_dir / name).read_bytes() == compiled.read_bytes()
         assert f"{bin_dir / name} (compiled)" in done.out
     plugin = json.loads((conf_dir / "10-percale.conflist").read_text())["plugins"][0]
-    assert plugin["nodename"] == os.uname().nodename
+    assert plugin["nodename"] == os.uname().nodename.lower()
     assert (plugin["agent_socket"], plugin["mtu"]) == ("/var/run/percale/cni.sock", 0)
     assert json.loads((conf_dir / "10-percale.conflist").read_text())["cniVersion"] == "1.0.0"
 
@@ -139,6 +139,9 @@ def test_a_directory_that_cannot_be_created_fails_with_its_name(percalectl, dirs
     ("--agent-socket", "relative.sock", "--agent-socket"),
     ("--python", "python3", "--python"),
     ("--node-name", "", "--node-name"),
+    ("--node-name", "Bad Name", "--node-name 'Bad Name': not a node name"),
+    ("--mtu", "70000", "--mtu 70000: must be 0 (percale-node detects it) or 576-65535"),
+    ("--mtu", "100", "--mtu 100"),
     ("--shim", "rust", "--shim"),
 ])
 def test_bad_options_install_nothing(percalectl, dirs, option, value, word):
