@@ -32,22 +32,23 @@ def immutable_changes(stored: Resource, new: Resource) -> list[Problem]:
     return problems
 
 
-def overlapping_pools(new: Iterable[IPPool], stored: Iterable[IPPool]) -> dict[str, Problem]:
-    """For each new pool that overlaps another pool (stored or in the same batch), the problem.
+def overlapping_pools(new: Iterable[IPPool], stored: Iterable[IPPool]) -> dict[int, Problem]:
+    """For each new pool that overlaps another pool (stored or in the same batch), the problem,
+    by its position in `new` (a batch may name one pool twice, with two CIDRs).
 
     A pool replacing a stored pool of the same name is not compared with its old self.
     """
     new = list(new)
     replacing = {p.metadata.name for p in new}
     others = [p for p in stored if p.metadata.name not in replacing] + new
-    problems: dict[str, Problem] = {}
-    for pool in new:
+    problems: dict[int, Problem] = {}
+    for position, pool in enumerate(new):
         for other in others:
             if other is pool or other.metadata.name == pool.metadata.name:
                 continue
             a, b = pool.spec.network, other.spec.network
             if a.version == b.version and a.overlaps(b):
-                problems[pool.metadata.name] = Problem(
+                problems[position] = Problem(
                     "spec.cidr",
                     f"{pool.spec.cidr} overlaps IPPool {other.metadata.name!r} ({other.spec.cidr})",
                 )
@@ -57,10 +58,11 @@ def overlapping_pools(new: Iterable[IPPool], stored: Iterable[IPPool]) -> dict[s
 
 def check_batch(
     batch: list[Resource], stored: Mapping[tuple[str, str | None, str], Resource],
-    stored_pools: Iterable[IPPool],
+    stored_pools: Iterable[IPPool], sources: list[str] | None = None,
 ) -> dict[int, list[Problem]]:
     """Problems by position in `batch`. `stored` maps (kind, namespace, name) to what is stored
-    now for the objects the batch names; `stored_pools` is every stored pool."""
+    now for the objects the batch names; `stored_pools` is every stored pool; `sources`, where
+    each resource of the batch was given (a file and document), for the messages."""
     problems: dict[int, list[Problem]] = {}
     for i, resource in enumerate(batch):
         key = (resource.kind, resource.metadata.namespace, resource.metadata.name)
@@ -68,15 +70,14 @@ def check_batch(
             problems.setdefault(i, []).extend(immutable_changes(stored[key], resource))
     pools = [(i, r) for i, r in enumerate(batch) if isinstance(r, IPPool)]
     overlaps = overlapping_pools([p for _, p in pools], stored_pools)
-    for i, pool in pools:
-        if pool.metadata.name in overlaps:
-            problems.setdefault(i, []).append(overlaps[pool.metadata.name])
+    for position, problem in overlaps.items():
+        problems.setdefault(pools[position][0], []).append(problem)
     seen: dict[tuple[str, str | None, str], int] = {}
     for i, resource in enumerate(batch):
         key = (resource.kind, resource.metadata.namespace, resource.metadata.name)
         if key in seen:
+            first = sources[seen[key]] if sources else f"resource {seen[key] + 1} of the batch"
             problems.setdefault(i, []).append(
-                Problem("metadata.name", f"the same {resource.kind} is also given at item {seen[key] + 1}")
-            )
+                Problem("metadata.name", f"the same {resource.kind} is also given in {first}"))
         seen[key] = i
     return problems

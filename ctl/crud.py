@@ -110,7 +110,8 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
         pools = [kv.value for kv in (await store.list("IPPool")).items] if any(
             isinstance(d.resource, IPPool) for d in documents) else []
         batch = [d.resource for d in documents]
-        for i, found in sorted(check_batch(batch, stored_by_key, pools).items()):
+        sources = [d.source for d in documents]
+        for i, found in sorted(check_batch(batch, stored_by_key, pools, sources).items()):
             where = f"{documents[i].source} ({batch[i].kind} {batch[i].metadata.name!r})"
             problems += [f"{where}: {p}" for p in found]
     if problems:

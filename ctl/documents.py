@@ -65,11 +65,12 @@ def _where(source: str, doc: object) -> str:
 
 
 def _expand(source: str, doc: object) -> list[tuple[str, object]]:
-    """A `List` (or `IPPoolList`, ...) stands for its items, as kubectl and calicoctl read it."""
+    """A `List` (or `IPPoolList`, ...) stands for its items, as kubectl and calicoctl read it;
+    InputError when its items are no list."""
     if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc:
         items = doc["items"]
         if not isinstance(items, list):
-            return [(source, {"kind": doc["kind"], "items": "not a list"})]
+            raise InputError([f"{source} ({doc['kind']}): items: must be a list of resources"])
         return [(f"{source}, item {i}", item) for i, item in enumerate(items, 1)]
     return [(source, doc)]
 
@@ -105,7 +106,12 @@ def load(targets: list[str]) -> list[Document]:
                 if doc is None:
                     continue  # an empty document between two "---"
                 source = f"{name}, document {number}" if len(raw) > 1 else name
-                for where, item in _expand(source, doc):
+                try:
+                    expanded = _expand(source, doc)
+                except InputError as err:
+                    problems += err.problems
+                    continue
+                for where, item in expanded:
                     try:
                         documents.append(Document(where, _resource(item)))
                     except InvalidResource as err:

@@ -208,8 +208,8 @@ def problems(spec: InstallationSpec, installed_pools: dict[str, str] | None = No
     names = [p.metadata.name for p in good]
     for name in {n for n in names if names.count(n) > 1}:
         found.append(Problem(f"{where_of[name]}.name", f"two pools are named {name}"))
-    for name, problem in overlapping_pools(good, []).items():
-        found.append(Problem(f"{where_of[name]}.cidr", problem.reason))
+    for position, problem in overlapping_pools(good, []).items():
+        found.append(Problem(f"{where_of[good[position].metadata.name]}.cidr", problem.reason))
     if network.linux_dataplane not in (None, "Nftables"):
         found.append(Problem("spec.calicoNetwork.linuxDataplane",
                              f"{network.linux_dataplane} is not supported; percale's dataplane is Nftables"))

@@ -191,3 +191,25 @@ def test_generated_files_into_a_folder_that_cannot_be_made_is_one_line(cli, tmp_
     result = cli(command, "--output-dir", str(blocker / "sub"))
     assert result.code == 1
     assert result.err == f"--output-dir {blocker / 'sub'}: cannot write there: Not a directory\n"
+
+
+def test_a_pool_given_twice_is_reported_where_each_problem_is(cli, tmp_path):
+    pool = GOOD.replace("good-pool", "{name}").replace("10.10.0.0/16", "{cidr}")
+    batch = tmp_path / "twice.yaml"
+    batch.write_text("---\n".join([pool.format(name="m1", cidr="10.40.0.0/16"),
+                                   pool.format(name="m2", cidr="10.41.0.0/16"),
+                                   pool.format(name="m1", cidr="10.41.128.0/17")]))
+    result = cli("apply", "-f", str(batch))
+    assert result.code == 1
+    lines = result.err.splitlines()
+    third = f"{batch}, document 3 (IPPool 'm1')"
+    assert f"{third}: spec.cidr: 10.41.128.0/17 overlaps IPPool 'm2' (10.41.0.0/16)" in lines
+    assert f"{third}: metadata.name: the same IPPool is also given in {batch}, document 1" in lines
+    assert not any("document 1 (" in line for line in lines), result.err  # the first m1 is fine
+    assert "items" not in result.err
+    listed = tmp_path / "list.yaml"
+    listed.write_text("apiVersion: percale.io/v1\nkind: List\nitems: 5\n")
+    result = cli("apply", "-f", str(listed))
+    assert result.code == 1
+    assert result.err == f"{listed} (List): items: must be a list of resources\nNo resources were changed.\n"
+    assert cli.stored() == {}
