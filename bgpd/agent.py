@@ -7,9 +7,10 @@ Its parts, each one job:
                                    reloaded when Nodes, BGPPeers, BGPConfigurations or IPPools
                                    change (unchanged sessions stay up)
     announcements.AnnouncementTable + announcer.Announcer
-                                   what the node announces (own blocks, borrowed /32s, less
-                                   those of pools with disableBGPExport), kept current per
-                                   changed affinity, block or pool, said to ExaBGP
+                                   what the node announces (own blocks, borrowed /32s and the
+                                   service CIDRs, less those of pools with disableBGPExport),
+                                   kept current per changed affinity, block, pool,
+                                   BGPConfiguration or own Node, said to ExaBGP
     rib.Rib + exabgp_json.RibFeed  what the node learns, from ExaBGP's events
     reflector.Reflector            in-agent route reflection, on a route-reflector node
     programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from percale.bgpd import collector, peering
-from percale.bgpd.announcements import Announcements, AnnouncementTable
+from percale.bgpd.announcements import Announcements, AnnouncementTable, service_cidrs
 from percale.bgpd.announcer import Announcer
 from percale.bgpd.exabgp_config import Neighbor
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
@@ -117,6 +118,8 @@ class BGPAgent:
         self._supervisor: asyncio.Future[None] | None = None
         self._pools: list[str] = []
         self._own_addresses: list[str] = []
+        self._services: list[str] = []
+        self._allow_own_as: dict[str, int] = {}
         self._rib_blocks: frozenset[str] = frozenset()
         self._configure_due = asyncio.Event()
         self._announce_due = asyncio.Event()
@@ -160,7 +163,15 @@ class BGPAgent:
         kind = change.kind
         if kind in SESSION_KINDS:
             self._configure_due.set()
-        if kind == "IPPool":
+        if kind == "BGPConfiguration":
+            # Service CIDRs added or removed: announced or withdrawn, no session touched.
+            if self.table.configuration(change.key.name, change.new.value if change.new else None):
+                self._announce_due.set()
+        elif kind == "Node":
+            if change.key.name == self.node and self.table.own_node(
+                    change.new.value if change.new else None):
+                self._announce_due.set()
+        elif kind == "IPPool":
             # A pool's disableBGPExport turned on or off: its prefixes are withdrawn or announced.
             if self.table.pool(change.key.name, change.new.value if change.new else None):
                 self._announce_due.set()
@@ -217,6 +228,11 @@ class BGPAgent:
             self.table.block(kv.value.spec.cidr, kv.value)
         for kv in self.cache.items("IPPool").values():
             self.table.pool(kv.key.name, kv.value)
+        for kv in self.cache.items("BGPConfiguration").values():
+            self.table.configuration(kv.key.name, kv.value)
+        for kv in self.cache.items("Node").values():
+            if kv.key.name == self.node:
+                self.table.own_node(kv.value)
         self._configure_due.set()
         self._announce_due.set()
         loops = [self._configuring(), self._announcing(), self._peers_coming_up(),
@@ -269,9 +285,14 @@ class BGPAgent:
             self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends
         pools = [p.spec.cidr for p in self.cache.values("IPPool") if not p.spec.disabled]  # type: ignore[attr-defined]
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
+        # Every node announces the service CIDRs: what the others send of them is never routed,
+        # on a node excluded from announcing them too (confd's /rejectcidrs).
+        services = sorted({cidr for c in configs for cidr in service_cidrs(c)})  # type: ignore[arg-type]
+        allow_own_as = {s.peer_address: s.allow_local_as for s in self.sessions if s.allow_local_as}
         if self.rib is None:
             self.rib = Rib(router_id=speaker.router_id, pools=pools, own_addresses=own_addresses,
-                           own_blocks=self.table.current.blocks)
+                           own_blocks=self.table.current.blocks, service_cidrs=services)
+            self.rib.set_allow_own_as(allow_own_as)
             self._rib_blocks = self.table.current.blocks
             self.feed = RibFeed(self.rib)
         else:
@@ -280,8 +301,13 @@ class BGPAgent:
                 self.rib.set_pools(pools)
             if own_addresses != self._own_addresses:
                 self.rib.set_own_addresses(own_addresses)
+            if services != self._services:
+                self.rib.set_service_cidrs(services)
+            if allow_own_as != self._allow_own_as:
+                self.rib.set_allow_own_as(allow_own_as)
             self._fib_due.set()
         self._pools, self._own_addresses = pools, own_addresses
+        self._services, self._allow_own_as = services, allow_own_as
         config = self.speaker.render(speaker.router_id,
                                      neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
         if self._config is None:

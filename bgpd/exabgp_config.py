@@ -7,6 +7,13 @@ avoids (../shared/reference/exabgp.md):
   * one helper (the bridge) on every neighbour, so every command reaches every peer;
   * peer-as is mandatory since 5.0.12; ExaBGP accepts connections only for neighbours with a
     `listen`, so every neighbour gets one;
+  * a neighbour's `listen` socket is bound to its local-address, the node's address, so percale
+    listens on the node's address and nowhere else: BGPConfiguration bindMode NodeIP (BIRD's
+    `listen bgp address <node IP>`), whatever bindMode says. BIRD's default, every address, is
+    not copied: ExaBGP takes a connection only for a neighbour whose local-address it reached
+    (reactor/listener.py, new_connections), so a wildcard socket would admit no more sessions.
+    A session with sourceAddress: None has no local-address and so no `listen`: it only
+    connects out;
   * no Adj-RIB-In in ExaBGP: the RIB keeps one, and ExaBGP's second copy only cost memory and CPU
     per received route (`show adj-rib in` then answers nothing; percale never asks it).
 """

@@ -101,6 +101,9 @@ class Session:
     next_hop_self: bool = False
     # The percale node at the other end, for mesh and node-derived (peerSelector) sessions.
     peer_node: str | None = None
+    # BIRD's `allow local as N`: the peer's routes may hold our AS this many times in their
+    # AS_PATH (BGPPeer numAllowedLocalASNumbers); the RIB applies it.
+    allow_local_as: int = 0
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,7 @@ class _Peering:
     ttl_security: int | None = None
     keep_original_next_hop: bool = False
     next_hop_mode: str | None = None
+    allow_local_as: int = 0
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -374,6 +378,9 @@ def _forward(peer: BGPPeer, cluster: _Cluster) -> list[_Peering]:
         as_number=spec.as_number,
         local_as=spec.local_as_number,
         calico_node=cluster.is_node_address(address),
+        # confd copies numAllowedLocalASNumbers onto peerIP peerings only: peerSelector and
+        # reverse peerings (between percale nodes) never carry it.
+        allow_local_as=spec.num_allowed_local_as_numbers or 0,
         **_settings(spec),
     )]
 
@@ -490,4 +497,5 @@ def _render(peering: _Peering, kind: SessionKind, me: _Host, cluster: _Cluster) 
         keep_next_hop=peering.next_hop_mode == "Keep" or (peering.keep_original_next_hop and not ibgp),
         next_hop_self=peering.next_hop_mode == "Self",
         peer_node=peering.peer_node,
+        allow_local_as=peering.allow_local_as,
     )

@@ -13,9 +13,12 @@ paths equal to it for ECMP. The result is the desired FIB: prefix -> frozenset o
 Import policy is Calico's (reference/calico.md §2.6, §2.9) plus the loop checks BGP itself asks
 for: a path is not a candidate when it is our own route coming back (its ORIGINATOR_ID is our
 router id, its next hop is one of our addresses, its prefix is one of our own blocks, or its
-CLUSTER_LIST or AS_PATH already holds us), or when its prefix is outside every IP pool. Policy is
-applied between the Adj-RIB-In and the decision, not by dropping paths on arrival, so a pool added
-later takes effect at once, without asking every peer for a route refresh.
+CLUSTER_LIST or AS_PATH already holds us), when its prefix is outside every IP pool, or when it
+lies inside a service CIDR (every node announces those and kube-proxy serves them locally;
+Calico's kernel filter rejects them, `/rejectcidrs`). How often the AS_PATH may hold our AS is
+per peer, BIRD's `allow local as N` (BGPPeer numAllowedLocalASNumbers). Policy is applied between
+the Adj-RIB-In and the decision, not by dropping paths on arrival, so a pool added, or an
+allowance raised, later takes effect at once, without asking every peer for a route refresh.
 
 Graceful restart (RFC 4724 §4.2, the Receiving Speaker): ExaBGP 5.0 does nothing when a peer
 restarts (reference/exabgp.md §0 finding 3), so the RIB keeps the peer's paths as stale until the
@@ -372,6 +375,13 @@ def reflect(path: Path, to: Peer, *, cluster_id: str | ipaddress.IPv4Address,
     return path.replace(originator_id=originator, cluster_list=(cluster, *path.cluster_list))
 
 
+def _ranges(networks: Iterable[Prefix]) -> tuple[tuple[int, int, int, int], ...]:
+    """(version, network as an int, mask, length) of each network: "inside" as integer
+    arithmetic, not ipaddress's subnet_of, which caches two more addresses on every prefix it is
+    asked about."""
+    return tuple((n.version, int(n.network_address), int(n.netmask), n.prefixlen) for n in networks)
+
+
 def _key(peer: Peer | str | Address) -> Address:
     return peer.address if isinstance(peer, Peer) else as_address(peer)
 
@@ -530,15 +540,20 @@ class Rib:
         own_addresses: Iterable[str | Address] = (),
         cluster_id: str | ipaddress.IPv4Address | None = None,
         allow_own_as: int = 0,
+        service_cidrs: Iterable[str | Prefix] = (),
     ) -> None:
         self._router_id = ipaddress.IPv4Address(router_id)
         self._cluster_id = ipaddress.IPv4Address(cluster_id) if cluster_id is not None else None
-        # Calico's BGPPeer.numAllowedLocalASNumbers: designs with one AS per rack need it.
+        # Calico's BGPPeer.numAllowedLocalASNumbers: designs with one AS per rack need it. The
+        # default for every peer, and per peer address what set_allow_own_as says.
         self._allow_own_as = allow_own_as
-        # attributes object, local AS -> _attributes_rejection's answer, for the last asked: the
-        # router id, cluster id and allowance it depends on are fixed for the RIB's life
-        self._attributes_memo: tuple[object, int, tuple] = (None, 0, (None, None))
+        self._allow_own_as_of: dict[Address, int] = {}
+        # attributes object, peer -> _attributes_rejection's answer, for the last asked: the
+        # router id and cluster id it depends on are fixed for the RIB's life, the allowance
+        # (per peer) resets it when it changes
+        self._attributes_memo: tuple[object, object, tuple] = (None, None, (None, None))
         self._set_pools(pools)
+        self._set_service_cidrs(service_cidrs)
         self._set_own_blocks(own_blocks)
         self._set_own_addresses(own_addresses)
 
@@ -560,11 +575,10 @@ class Rib:
 
     def _set_pools(self, pools: Iterable[str | Prefix]) -> None:
         self._pools = tuple(as_prefix(p) for p in pools)
-        # (version, network as an int, mask, length): "inside a pool" as integer arithmetic, not
-        # ipaddress's subnet_of, which caches two more addresses on every prefix it is asked about
-        self._pool_ranges = tuple(
-            (pool.version, int(pool.network_address), int(pool.netmask), pool.prefixlen)
-            for pool in self._pools)
+        self._pool_ranges = _ranges(self._pools)
+
+    def _set_service_cidrs(self, cidrs: Iterable[str | Prefix]) -> None:
+        self._service_ranges = _ranges(as_prefix(c) for c in cidrs)
 
     def _set_own_blocks(self, blocks: Iterable[str | Prefix]) -> None:
         self._own_blocks = frozenset(as_prefix(b) for b in blocks)
@@ -582,6 +596,22 @@ class Rib:
         self._set_pools(pools)
         for destination in self._destinations.values():
             destination.verdict = _UNJUDGED
+        self._decide_all()
+
+    def set_service_cidrs(self, cidrs: Iterable[str | Prefix]) -> None:
+        """The service CIDRs of the global BGPConfiguration: a prefix inside one is never
+        installed, whoever sends it (other nodes announce the same ranges)."""
+        self._set_service_cidrs(cidrs)
+        for destination in self._destinations.values():
+            destination.verdict = _UNJUDGED
+        self._decide_all()
+
+    def set_allow_own_as(self, allowed: Mapping[str | Address, int]) -> None:
+        """How many times each peer's paths may hold our AS in their AS_PATH (BIRD's `allow
+        local as N`); a peer left out gets the RIB's default. Refused paths stay in the
+        Adj-RIB-In and every path is judged again, so no route refresh is needed."""
+        self._allow_own_as_of = {as_address(a): n for a, n in allowed.items()}
+        self._attributes_memo = (None, None, (None, None))
         self._decide_all()
 
     def set_own_blocks(self, blocks: Iterable[str | Prefix]) -> None:
@@ -789,13 +819,16 @@ class Rib:
         return verdict or self._path_rejection(path)
 
     def _path_rejection(self, path: Path) -> str | None:
-        attributes, local_asn = path.attributes, path.peer.local_asn
+        attributes, peer = path.attributes, path.peer
         memo = self._attributes_memo
-        if memo[0] is attributes and memo[1] == local_asn:
+        # The paths of an UPDATE share both objects: one judgement serves them all.
+        if memo[0] is attributes and memo[1] is peer:
             mine, loop = memo[2]
         else:
-            mine, loop = self._attributes_rejection(attributes, local_asn)
-            self._attributes_memo = (attributes, local_asn, (mine, loop))
+            allowed = self._allow_own_as_of.get(peer.address, self._allow_own_as) \
+                if self._allow_own_as_of else self._allow_own_as
+            mine, loop = self._attributes_rejection(attributes, peer.local_asn, allowed)
+            self._attributes_memo = (attributes, peer, (mine, loop))
         if mine:
             return mine
         next_hop = path.next_hop
@@ -809,7 +842,7 @@ class Rib:
             return "own route: the next hop is one of our addresses"
         return loop
 
-    def _attributes_rejection(self, attributes: PathAttributes, local_asn: int
+    def _attributes_rejection(self, attributes: PathAttributes, local_asn: int, allowed: int
                               ) -> tuple[str | None, str | None]:
         """What the attributes alone say against a path, as (own route, loop): the part of the
         judgement a decoder's paths share, since every prefix of an UPDATE has the same
@@ -820,8 +853,9 @@ class Rib:
             return "own route: ORIGINATOR_ID is our router id", None
         if self._cluster_id is not None and self._cluster_id in attributes.cluster_list:
             return None, "loop: our CLUSTER_ID is in the CLUSTER_LIST (RFC 4456 §8)"
+        # BIRD counts every occurrence, in AS_SETs too, and refuses more than `allow local as N`.
         own_as_count = sum(segment.asns.count(local_asn) for segment in attributes.as_path)
-        if own_as_count > self._allow_own_as:
+        if own_as_count > allowed:
             return None, "loop: our AS is in the AS_PATH (RFC 4271 §9.1.2)"
         return None, None
 
@@ -832,6 +866,9 @@ class Rib:
         version, address, length = prefix._version, prefix.network_address._ip, prefix._prefixlen
         if (version, address, length) in self._own_block_keys:
             return "own route: one of our blocks"
+        for cidr_version, network, mask, cidr_length in self._service_ranges:
+            if version == cidr_version and length >= cidr_length and address & mask == network:
+                return "inside a service CIDR: kube-proxy serves it on every node"
         for pool_version, network, mask, pool_length in self._pool_ranges:
             if version == pool_version and length >= pool_length and address & mask == network:
                 return None

@@ -152,3 +152,91 @@ async def test_the_incremental_table_follows_a_pools_disable_bgp_export():
     table.pool("p", quiet)
     assert table.pool("p", None) is True
     assert table.current.prefixes == {block}
+
+
+# ---------------------------------------------------------------- service CIDRs
+
+def bgp_configuration(name: str = "default", **spec):
+    from percale.api import parse
+    return parse({"apiVersion": "percale.io/v1", "kind": "BGPConfiguration",
+                  "metadata": {"name": name}, "spec": spec})
+
+
+def a_node(name: str, labels: dict[str, str] | None = None):
+    from percale.api import parse
+    return parse({"apiVersion": "percale.io/v1", "kind": "Node",
+                  "metadata": {"name": name, "labels": labels or {}}, "spec": {}})
+
+
+SERVICES = bgp_configuration(
+    serviceClusterIPs=[{"cidr": "10.96.0.0/12"}, {"cidr": "fd00:96::/112"}],
+    serviceExternalIPs=[{"cidr": "203.0.113.0/24"}],
+    serviceLoadBalancerIPs=[{"cidr": "198.51.100.0/24"}])
+ALL_SERVICES = {"10.96.0.0/12", "fd00:96::/112", "203.0.113.0/24", "198.51.100.0/24"}
+
+
+async def test_every_node_announces_the_service_cidrs_of_the_global_configuration():
+    """Calico advertises serviceClusterIPs, serviceExternalIPs and serviceLoadBalancerIPs from
+    every node, IPv4 and IPv6, beside the node's own blocks, and never as the node's blocks (no
+    blackhole, not an "own route" to the RIB)."""
+    store = MemoryDatastore()
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)
+    await IPAM(store).auto_assign("n1", handle_id="a", num4=1)
+    affinities = [kv.value for kv in (await store.list("BlockAffinity")).items]
+    all_blocks = [kv.value for kv in (await store.list("IPAMBlock")).items]
+
+    n1 = announcements("n1", affinities, all_blocks, configs=[SERVICES])
+    assert n1.services == ALL_SERVICES
+    assert n1.prefixes == n1.blocks | ALL_SERVICES and len(n1.blocks) == 1
+    assert announcements("n2", affinities, all_blocks, configs=[SERVICES]).prefixes == ALL_SERVICES
+    assert announcements("n2", [], [], configs=[bgp_configuration()]).prefixes == set()
+
+
+async def test_a_node_labelled_exclude_from_external_load_balancers_announces_no_service_cidr():
+    """confd's ExcludeServiceAdvertisement: the label, with the value "true" only."""
+    excluded = a_node("n1", {"node.kubernetes.io/exclude-from-external-load-balancers": "true"})
+    other_value = a_node("n1", {"node.kubernetes.io/exclude-from-external-load-balancers": "yes"})
+    assert announcements("n1", [], [], configs=[SERVICES], nodes=[excluded]).prefixes == set()
+    assert announcements("n1", [], [], configs=[SERVICES], nodes=[other_value]).services == ALL_SERVICES
+    # another node's label is not this node's
+    assert announcements("n2", [], [], configs=[SERVICES], nodes=[excluded]).services == ALL_SERVICES
+
+
+async def test_a_service_cidr_inside_a_pool_with_disable_bgp_export_is_withheld():
+    """BIRD's export filter rejects the disabled pool's range before it accepts static routes."""
+    from percale.api import parse
+    quiet = parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "q"},
+                   "spec": {"cidr": "198.51.100.0/24", "disableBGPExport": True}})
+    n1 = announcements("n1", [], [], pools=[quiet], configs=[SERVICES])
+    assert n1.prefixes == ALL_SERVICES - {"198.51.100.0/24"}
+
+
+def test_the_incremental_table_follows_the_service_cidrs_and_the_nodes_label():
+    """Adding, changing or dropping service CIDRs in the global BGPConfiguration changes what the
+    node announces; any other field, or a node.<name> configuration, is no change here; the
+    node's exclusion label withdraws them all and gives them back."""
+    from percale.bgpd.announcements import AnnouncementTable
+
+    table = AnnouncementTable("n1")
+    assert table.configuration("default", bgp_configuration(asNumber=64513)) is False
+    assert table.configuration("default", SERVICES) is True
+    assert table.current.prefixes == ALL_SERVICES
+    assert table.configuration("default", SERVICES.model_copy(
+        update={"spec": SERVICES.spec.model_copy(update={"as_number": 64513})})) is False
+    assert table.configuration("node.n1", bgp_configuration("node.n1", listenPort=1790)) is False
+
+    fewer = bgp_configuration(serviceClusterIPs=[{"cidr": "10.96.0.0/12"}])
+    assert table.configuration("default", fewer) is True
+    assert table.current.prefixes == {"10.96.0.0/12"}
+
+    label = {"node.kubernetes.io/exclude-from-external-load-balancers": "true"}
+    assert table.own_node(a_node("n1", {"rack": "a"})) is False
+    assert table.own_node(a_node("n1", label)) is True
+    assert table.current.prefixes == set()
+    assert table.configuration("default", SERVICES) is False  # excluded: still nothing announced
+    assert table.current.prefixes == set()
+    assert table.own_node(a_node("n1")) is True
+    assert table.current.prefixes == ALL_SERVICES
+
+    assert table.configuration("default", None) is True  # the global configuration deleted
+    assert table.current.prefixes == set()

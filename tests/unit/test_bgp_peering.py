@@ -315,3 +315,20 @@ def test_router_id_and_addresses():
     speaker = local_speaker("a", [a], [])
     assert (speaker.ipv4_address, speaker.ipv6_address, speaker.cluster_id) == ("10.0.0.9", "fd00::9", None)
     assert local_speaker("missing", [a], []) is None
+
+
+def test_num_allowed_local_as_numbers_reaches_peer_ip_sessions_only():
+    """confd copies numAllowedLocalASNumbers onto a peerIP peering (BIRD `allow local as N`);
+    peerSelector and reverse peerings between percale nodes, and the mesh, never carry it."""
+    nodes = [node("a", "10.0.0.1/24", labels={"rr": "yes"}), node("b", "10.0.0.2/24")]
+    peers = [peer("tor", peerIP="10.0.0.254", asNumber=65000, numAllowedLocalASNumbers=2),
+             peer("rr", peerSelector="rr == 'yes'", numAllowedLocalASNumbers=3)]
+    no_mesh = [config(nodeToNodeMeshEnabled=False)]
+    b = by_name(sessions_for("b", nodes, peers, no_mesh))
+    assert b["Global_10_0_0_254"].allow_local_as == 2
+    assert b["Global_10_0_0_1"].allow_local_as == 0  # by peerSelector
+    a = by_name(sessions_for("a", nodes, peers, no_mesh))
+    assert a["Node_10_0_0_2"].allow_local_as == 0  # the reverse of b's
+    assert by_name(sessions_for("b", nodes, peers, []))["Mesh_10_0_0_1"].allow_local_as == 0
+    assert by_name(sessions_for("b", nodes, [peer("tor", peerIP="10.0.0.254", asNumber=65000)],
+                                []))["Global_10_0_0_254"].allow_local_as == 0

@@ -315,6 +315,51 @@ def test_allow_own_as():
     assert net(P) in rib.fib
 
 
+def test_allow_own_as_is_per_peer_and_counts_occurrences_as_bird_does():
+    """BGPPeer numAllowedLocalASNumbers (BIRD `allow local as N`): a path from that peer may hold
+    our AS up to N times, in AS_SEQUENCEs and AS_SETs alike; other peers keep the loop check."""
+    rib = make_rib()
+    rib.set_allow_own_as({"192.0.2.1": 1})
+    once = path(E, as_path=(65001, 64512))
+    twice = path(E, "10.244.3.0/26", as_path=(65001, 64512, 65003, 64512))
+    in_a_set = path(E, "10.244.4.0/26", as_path=[("as-sequence", (65001,)), ("as-set", (64512, 65009))])
+    other_peer = path(E2, "10.244.5.0/26", as_path=(65002, 64512))
+    announce(rib, once, twice, in_a_set, other_peer)
+    assert set(rib.fib) == {net(P), net("10.244.4.0/26")}
+    assert "AS_PATH" in rib.rejection(twice)
+    assert "AS_PATH" in rib.rejection(other_peer)
+
+
+def test_an_allowance_set_later_installs_what_the_peer_already_sent_and_its_removal_takes_it_out():
+    """The refused path stays in the peer's Adj-RIB-In: raising the allowance needs no route
+    refresh (ExaBGP passes such paths on; the RIB alone refuses them), and lowering it again
+    removes the route."""
+    rib = make_rib()
+    looped = path(E, as_path=(65001, 64512))
+    announce(rib, looped)
+    assert rib.fib == {} and rib.adj_rib_in(E)[NLRI(net(P))] == looped
+    rib.changes()
+    rib.set_allow_own_as({"192.0.2.1": 1})
+    assert rib.changes() == FibChanges(added={net(P): hops("192.0.2.1")})
+    rib.set_allow_own_as({})
+    assert rib.changes() == FibChanges(removed=frozenset({net(P)}))
+
+
+def test_prefixes_inside_a_service_cidr_are_never_installed():
+    """Every node announces the service CIDRs (a LoadBalancer range may well be an IP pool):
+    what other nodes send of them is not routed, as Calico's kernel filter rejects them."""
+    rib = make_rib(service_cidrs=["10.244.200.0/24"])
+    announce(rib, path(A, "10.244.200.0/24"), path(B, "10.244.200.7/32"), path(A))
+    assert set(rib.fib) == {net(P)}
+    assert "service CIDR" in rib.rejection(path(A, "10.244.200.0/24"))
+    rib.changes()
+    rib.set_service_cidrs([])
+    assert rib.changes() == FibChanges(added={net("10.244.200.0/24"): hops("10.0.0.2"),
+                                              net("10.244.200.7/32"): hops("10.0.0.3")})
+    rib.set_service_cidrs(["10.244.200.0/25"])
+    assert rib.changes() == FibChanges(removed=frozenset({net("10.244.200.7/32")}))
+
+
 def test_pools_can_be_changed_and_paths_are_judged_again():
     rib = make_rib()
     announce(rib, path(A, "192.168.0.0/26"), path(A))
