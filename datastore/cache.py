@@ -30,6 +30,18 @@ too. When the watch brings back a revision this process wrote, the view keeps th
 wrote rather than decode the event's copy (Cache.known); values of others' writes are decoded
 when first read.
 
+Objects that cannot be read. One stored object of a kind whose value cannot be decoded or
+validated (written by hand, by an older version, accepted by a CRD schema the model refuses, a
+Kubernetes NetworkPolicy whose converted name is too long) must not blind the agent to the rest
+of the kind, as it did when the whole list or watch failed and was retried for ever. The view
+asks the store to `defer_errors` (contract.Datastore.list), and reads each value before it
+tells a listener of it (listeners that read values: subscribe); one it cannot read is left out
+of the view as if absent (Cache.unreadable says which, and why), logged once per revision, and
+taken in again when a write makes it readable. `values` and `get_value`, which read, leave such
+an object out too. The view reads nothing else ahead of its readers: with no listener that
+reads values, `items`, `get` and CachedDatastore hand out what the store handed, and a value
+nobody has read fails its first reader (DatastoreError naming it), as the store's own pair would.
+
 Values are shared between readers: never mutate what the view hands out (model_copy it).
 """
 
@@ -88,6 +100,16 @@ class Change:
 Listener = Callable[[Change], None]
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """An object the view leaves out because its stored value cannot be read: the revision it
+    could not read, and why (the DatastoreError's message, naming kind, name and revision)."""
+
+    key: Key
+    revision: str
+    reason: str
+
+
 class Cache:
     def __init__(self, store: Datastore, kinds: Iterable[str] = AGENT_KINDS, *,
                  node: str | None = None, retry_delay: float = 0.05,
@@ -105,6 +127,8 @@ class Cache:
         self._listed: set[str] = set()
         self._synced = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._reading_listeners = 0  # how many of them read the values they are told of
+        self._unreadable: dict[Key, Unreadable] = {}  # see unreadable
         self._known: dict[Key, list[KVPair]] = {}  # see known()
         # Keys this process is writing through a CachedDatastore (how many writes each), and the
         # changes of them the watch brought meanwhile, told once the writes are answered.
@@ -133,15 +157,30 @@ class Cache:
         return self._objects[key.kind].get(key)
 
     def get_value(self, kind: str, name: str, namespace: str | None = None) -> Resource | None:
+        """The object's value; None when the view has none, or it cannot be read (which leaves
+        it out of the view)."""
         kv = self._objects[kind].get(Key(kind, name, namespace))
-        return kv.value if kv is not None else None
+        return self._read(kv) if kv is not None else None
 
     def items(self, kind: str) -> Mapping[Key, KVPair]:
-        """Every object of a kind, read-only and live (it changes as the watch delivers)."""
+        """Every object of a kind, read-only and live (it changes as the watch delivers). Every
+        value a listener that reads values was told of can be read; see the module's docstring
+        for a view without one."""
         return MappingProxyType(self._objects[kind])
 
     def values(self, kind: str) -> list[Resource]:
-        return [kv.value for kv in self._objects[kind].values()]
+        """The value of every object of a kind, less those that cannot be read (which leave the
+        view)."""
+        read = [self._read(kv) for kv in list(self._objects[kind].values())]
+        return [value for value in read if value is not None]
+
+    @property
+    def unreadable(self) -> Mapping[Key, Unreadable]:
+        """The objects of the kinds followed that the view leaves out because their stored
+        value cannot be read, each with the revision and the reason; an object leaves this when
+        it is deleted or written again readable. Read-only and live. (Only what was read: a
+        view with no listener that reads values has not read what nobody asked for.)"""
+        return MappingProxyType(self._unreadable)
 
     def revision(self, kind: str) -> str:
         return self._revisions.get(kind, "0")
@@ -153,10 +192,18 @@ class Cache:
     async def wait_synced(self) -> None:
         await self._synced.wait()
 
-    def subscribe(self, listener: Listener) -> None:
+    def subscribe(self, listener: Listener, *, reads_values: bool = True) -> None:
         """Call `listener` with every change, the initial list included (as additions). It runs
-        on the event loop inside the watch: it must be quick and must not block."""
+        on the event loop inside the watch: it must be quick and must not block.
+
+        The view reads a value before it tells a listener of it, and tells a value it cannot
+        read as a deletion (or not at all, if the listener never heard of the object): the
+        agent's parts read what they are told, so that costs them nothing. A listener that
+        reads only keys and revisions says `reads_values=False`, and a view with only such
+        listeners decodes nothing ahead of its readers."""
         self._listeners.append(listener)
+        if reads_values:
+            self._reading_listeners += 1
 
     # -- following -------------------------------------------------------------------------
 
@@ -182,8 +229,10 @@ class Cache:
             try:
                 busy = False
                 # A deletion's last value is the one the view holds: etcd need not send it.
+                # An object that cannot be read must not end the watch (see _readable).
                 watch = self.store.watch(kind, revision=self._revisions[kind],
-                                         node=self._scope(kind), deleted_values=False)
+                                         node=self._scope(kind), deleted_values=False,
+                                         defer_errors=True)
                 burst = _Burst(lambda: self._busy_limit(kind)) if changes is not None else None
                 async with aclosing(watch) as events:
                     async for event in events:
@@ -247,26 +296,30 @@ class Cache:
     async def _apply_changes(self, kind: str, changes: Changes, store: ChangesDatastore) -> None:
         """A poll's answer, told as the watch would have told it, less the revisions between."""
         objects = self._objects[kind]
-        fresh = sum(1 for kv in changes.changed if kv.key not in objects)
-        if changes.count != len(objects) + fresh:
+        # The store counts the objects the view leaves out as unreadable too.
+        left_out = [key for key in self._unreadable if key.kind == kind]
+        fresh = sum(1 for kv in changes.changed
+                    if kv.key not in objects and kv.key not in self._unreadable)
+        if changes.count != len(objects) + len(left_out) + fresh:
             # Fewer than held plus new: something was deleted. Which keys are left, at the
             # same revision (rare: blocks are deleted when emptied and released).
             present = await store.keys_at(kind, changes.revision, node=self._scope(kind))
-            for key in [key for key in objects if key not in present]:
+            for key in [key for key in (*objects, *left_out) if key not in present]:
                 self._apply(WatchEvent.later("DELETED", key, changes.revision, None))
         for kv in changes.changed:
             self._apply(WatchEvent.of("MODIFIED" if kv.key in objects else "ADDED", kv))
         self._revisions[kind] = changes.revision
 
     async def _list(self, kind: str) -> None:
-        result = await self.store.list(kind, node=self._scope(kind))
+        result = await self.store.list(kind, node=self._scope(kind), defer_errors=True)
         self.lists += 1
         self._revisions[kind] = result.revision
         objects = self._objects[kind]
-        for kv in result.items:
+        items = self._not_known_unreadable(kind, result.items)
+        for kv in items:
             objects[kv.key] = kv
         self._listed.add(kind)
-        for kv in result.items:
+        for kv in items:
             self._tell(Change(kv.key, None, kv))
         if self._listed.issuperset(self.kinds):
             self._synced.set()
@@ -274,7 +327,7 @@ class Cache:
     async def _relist(self, kind: str) -> None:
         while True:
             try:
-                result = await self.store.list(kind, node=self._scope(kind))
+                result = await self.store.list(kind, node=self._scope(kind), defer_errors=True)
                 break
             except DatastoreError as err:
                 log.warning("listing %s again: %s", kind, err)
@@ -284,7 +337,7 @@ class Cache:
             del self._known[key]
         objects = self._objects[kind]
         before = dict(objects)
-        after = {kv.key: kv for kv in result.items}
+        after = {kv.key: kv for kv in self._not_known_unreadable(kind, result.items)}
         objects.clear()  # in place: a view handed out by items() stays live
         objects.update(after)
         self._revisions[kind] = result.revision
@@ -304,6 +357,7 @@ class Cache:
         if event.type == "DELETED":
             # Every revision this process held of the key came before, or never will.
             self._known.pop(event.key, None)
+            self._unreadable.pop(event.key, None)
             if old is None:
                 return
             del objects[event.key]
@@ -313,8 +367,90 @@ class Cache:
             if new is None:
                 assert event.pair is not None
                 new = event.pair
+            left_out = self._unreadable.get(event.key)
+            if left_out is not None:
+                if left_out.revision == new.revision:
+                    return  # brought again (a poll after a relist): still unreadable
+                # A new revision: readable or not, it is read afresh (_readable).
+                del self._unreadable[event.key]
             objects[event.key] = new
             self._tell(Change(event.key, old, new))
+
+    # -- objects that cannot be read -----------------------------------------------------------
+
+    def _readable(self, kv: KVPair) -> bool:
+        """Whether `kv`'s value can be read, reading it (once: the pair keeps it). One that
+        cannot be is recorded in `unreadable` and logged, once per revision.
+
+        Why not fail the kind: one bad object (a NetworkPolicy whose converted name is too long,
+        a pool edited by hand) made the list or watch fail, the view retried it for ever, and
+        the agent saw none of the kind's other objects. Calico's syncer logs a key it cannot
+        parse and carries on with the rest."""
+        known = self._unreadable.get(kv.key)
+        if known is not None and known.revision == kv.revision:
+            return False
+        try:
+            kv.value
+        except DatastoreError as err:
+            self._unreadable[kv.key] = Unreadable(kv.key, kv.revision, str(err))
+            log.warning("%s; the view leaves it out until it is written again", err)
+            return False
+        return True
+
+    def _read(self, kv: KVPair) -> Resource | None:
+        """`kv`'s value for a reader of the view; None when it cannot be read, and then the view
+        no longer holds it. Nobody is told: a listener that reads values was told of it already
+        (and then it was read before), or never heard of it (subscribed later)."""
+        if self._readable(kv):
+            return kv.value
+        objects = self._objects[kv.key.kind]
+        if objects.get(kv.key) is kv:
+            del objects[kv.key]
+        return None
+
+    def _not_known_unreadable(self, kind: str, items: list[KVPair]) -> list[KVPair]:
+        """A list's items less those the view knows it cannot read at that revision (so a
+        relist does not read them again); objects left out that are gone or written since are
+        forgotten, and read afresh."""
+        listed = {kv.key: kv.revision for kv in items}
+        for key in [key for key in self._unreadable if key.kind == kind]:
+            if listed.get(key) != self._unreadable[key].revision:
+                del self._unreadable[key]
+        return [kv for kv in items if kv.key not in self._unreadable]
+
+    def _as_read(self, change: Change) -> Change | None:
+        """`change` as listeners that read values hear it: a new value that cannot be read is
+        left out of the view, and told as the object's deletion (nothing, if they never heard
+        of it).
+
+        Why a deletion, when the view held an older, readable revision: that revision is no
+        longer what is stored. Keeping it would have this node act on a state the store has
+        left (a pool's old CIDR, a policy as it was) while every other reader (percalectl, a
+        node starting now) finds the object broken, so nodes would disagree by their start time
+        and the view would no longer be what the store holds. Calico's syncer does the same: a
+        key whose value fails to convert is sent on as a delete, so that bad configuration
+        cannot leave a stale entry stuck in the syncer (libcalico-go, lib/backend/syncersv1/
+        updateprocessors/conflictresolvingcache.go). The object comes back, as an addition,
+        with the first write that can be read."""
+        key, old, new = change.key, change.old, change.new
+        left_out = self._unreadable.get(key)
+        if old is not None and left_out is not None and left_out.revision == old.revision:
+            # Held changes told in a row (see writing): listeners never had that revision.
+            old = None
+        if new is not None:
+            if self._readable(new):
+                self._unreadable.pop(key, None)
+            else:
+                objects = self._objects[key.kind]
+                held = objects.get(key)
+                if held is not None and held.revision == new.revision:
+                    del objects[key]
+                new = None
+        if old is None and new is None:
+            return None
+        if old is change.old and new is change.new:
+            return change
+        return Change(key, old, new)
 
     def known(self, kv: KVPair) -> None:
         """`kv` is a revision of a key this process holds already (it wrote it, or a conflict
@@ -356,6 +492,11 @@ class Cache:
         if change.key in self._writing:
             self._held.setdefault(change.key, []).append(change)
             return
+        if self._reading_listeners:
+            told = self._as_read(change)
+            if told is None:
+                return
+            change = told
         for listener in self._listeners:
             try:
                 listener(change)
@@ -427,7 +568,7 @@ class CachedDatastore:
     def __init__(self, store: Datastore, cache: Cache) -> None:
         self.store, self.cache = store, cache
         self._overlay: dict[Key, tuple[object, str | None, float]] = {}  # key -> (KVPair|_GONE|_ASK, revision, when)
-        cache.subscribe(self._caught_up)
+        cache.subscribe(self._caught_up, reads_values=False)  # revisions only
         self.reads_from_store = 0  # gets and lists the view could not answer
         # (kind, namespace, node) -> (the kind's revision, the selection, sorted): see list().
         self._selections: dict[tuple[str, str | None, str | None],
@@ -502,11 +643,13 @@ class CachedDatastore:
         return kv
 
     async def list(self, kind: str, namespace: str | None = None, *,
-                   node: str | None = None) -> ListResult:
+                   node: str | None = None, defer_errors: bool = False) -> ListResult:
+        """From the view when it follows the kind (what it holds: see Cache), else from the
+        store (`defer_errors` as the caller asked)."""
         scoped = kind in NODE_SCOPED_KINDS and self.cache.node is not None
         if not (kind in self.cache.kinds and self.cache.listed(kind)) or (scoped and node != self.cache.node):
             self.reads_from_store += 1
-            return await self.store.list(kind, namespace, node=node)
+            return await self.store.list(kind, namespace, node=node, defer_errors=defer_errors)
         # Select first, then overlay and sort what is left: an allocation lists one node's
         # affinities out of every node's, and hashing or comparing every Key shows in its cost.
         narrow = node is not None and kind in NODE_SCOPED_KINDS and self.cache.node is None
@@ -534,7 +677,7 @@ class CachedDatastore:
             value = self._overlaid(key)
             if value is _ASK:
                 self.reads_from_store += 1
-                return await self.store.list(kind, namespace, node=node)
+                return await self.store.list(kind, namespace, node=node, defer_errors=defer_errors)
             if not wanted(key):
                 continue
             if value is _GONE:
@@ -609,9 +752,10 @@ class CachedDatastore:
             return done
 
     def watch(self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-              node: str | None = None, deleted_values: bool = True) -> AsyncIterator[WatchEvent]:
+              node: str | None = None, deleted_values: bool = True,
+              defer_errors: bool = False) -> AsyncIterator[WatchEvent]:
         return self.store.watch(kind, revision=revision, namespace=namespace, node=node,
-                                deleted_values=deleted_values)
+                                deleted_values=deleted_values, defer_errors=defer_errors)
 
     async def compact(self, revision: str) -> None:
         await self.store.compact(revision)

@@ -23,12 +23,14 @@ def encode(value: Resource) -> bytes:
 
 
 def decode(kind: str, data: bytes, revision: str) -> Resource:
+    """The resource stored as `data` at `revision`. Raises DatastoreError saying what is wrong
+    (a lazily decoded KVPair adds which object it is)."""
     # Stored values were validated when they were written; validating again on read keeps a
     # hand-edited or corrupt value from travelling further as if it were sound.
     try:
         value = KINDS[kind].model_validate_json(data)
     except ValidationError as err:
-        raise DatastoreError(f"a stored {kind} is not valid (revision {revision}): {err}") from None
+        raise DatastoreError(f"the value stored is not a valid {kind}: {err}") from None
     value.metadata.resource_version = revision
     return value
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from percale.api import Resource
+from percale.datastore.errors import DatastoreError
 
 
 # Kinds whose objects belong to one node, so `list(kind, node=...)` can read just that node's.
@@ -49,8 +50,8 @@ class KVPair:
     A backend may hand one out before decoding it (`KVPair.later`): the value is decoded, and
     checked, when first read, once, and kept. A watch-fed view follows every block of the
     cluster; a process that reads few of them decodes few, and a corrupt value fails whoever
-    reads it, not the whole watch. Treat it as immutable, as its value: both are shared between
-    readers."""
+    reads it (DatastoreError naming the object and the revision), not the whole watch. Treat
+    it as immutable, as its value: both are shared between readers."""
 
     __slots__ = ("key", "revision", "_value", "_decode")
 
@@ -61,16 +62,33 @@ class KVPair:
 
     @classmethod
     def later(cls, key: Key, revision: str, decode: Callable[[], Resource]) -> KVPair:
-        """A pair whose value `decode()` gives, called on first use (it may raise
-        DatastoreError)."""
+        """A pair whose value `decode()` gives, called on first use. It may raise
+        DatastoreError saying what is wrong with the value; reading the pair then raises one
+        that names the object and the revision too (the decoder has only the bytes)."""
         pair = cls.__new__(cls)
         pair.key, pair.revision, pair._value, pair._decode = key, revision, None, decode
         return pair
 
+    @classmethod
+    def unreadable(cls, key: Key, revision: str, reason: str) -> KVPair:
+        """A pair whose value cannot be read: reading it raises DatastoreError(reason). What a
+        backend that decodes as it reads (Kubernetes) hands out for such an object when asked
+        to `defer_errors`, as etcd and memory hand out every value (see Datastore.list)."""
+
+        def refuse() -> Resource:
+            raise DatastoreError(reason)
+
+        return cls.later(key, revision, refuse)
+
     @property
     def value(self) -> Resource:
         if self._decode is not None:
-            self._value, self._decode = self._decode(), None
+            try:
+                value = self._decode()
+            except DatastoreError as err:
+                raise DatastoreError(
+                    f"{self.key} (revision {self.revision}) cannot be read: {err}") from None
+            self._value, self._decode = value, None
         return self._value  # type: ignore[return-value]
 
     def __eq__(self, other: object) -> bool:
@@ -142,10 +160,20 @@ class Datastore(Protocol):
         """The stored value and its revision. Raises NotFound."""
 
     async def list(
-        self, kind: str, namespace: str | None = None, *, node: str | None = None
+        self, kind: str, namespace: str | None = None, *, node: str | None = None,
+        defer_errors: bool = False,
     ) -> ListResult:
         """Every object of a kind (in one namespace, if given), ordered by key. `node` narrows a
-        node-scoped kind (BlockAffinity) to one node's objects without reading the others'."""
+        node-scoped kind (BlockAffinity) to one node's objects without reading the others'.
+
+        An object whose stored value cannot be decoded or validated (written by hand, by an
+        older version, or accepted by a CRD schema that the model refuses) fails its reader:
+        reading its pair's value raises DatastoreError naming it. etcd and memory decode
+        values when first read, so that is always where it fails. Kubernetes decodes as it
+        reads, so by default the whole list fails, which is what a user asking for the objects
+        (`percalectl get`) should hear; `defer_errors=True` asks it to hand such an object out
+        as an unreadable pair (KVPair.unreadable) among the others instead. A reader that can
+        do without one object (the agent's view) asks for that, and leaves it out."""
 
     async def create(self, value: Resource) -> KVPair:
         """Store a new object; the datastore sets its uid and creationTimestamp.
@@ -162,7 +190,7 @@ class Datastore(Protocol):
 
     def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None, deleted_values: bool = True,
+        node: str | None = None, deleted_values: bool = True, defer_errors: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         """Changes to a kind, in revision order, strictly after `revision` (from now if None);
         `node` narrows a node-scoped kind to one node's objects, as for list. Raises
@@ -171,7 +199,11 @@ class Datastore(Protocol):
 
         `deleted_values=False`: a watcher that keeps its own copy of every object (the Cache)
         does not need DELETED events to carry the last value, and a backend may leave it out
-        (etcd then skips reading the previous revision for every event and every watcher)."""
+        (etcd then skips reading the previous revision for every event and every watcher).
+
+        `defer_errors=True`: as for list, an object that cannot be read comes as an event
+        whose value raises DatastoreError, and the watch goes on; without it, a backend that
+        decodes as it reads (Kubernetes) ends the watch with that DatastoreError."""
 
     async def compact(self, revision: str) -> None:
         """Forget history at and before `revision`; watches from there raise RevisionCompacted."""

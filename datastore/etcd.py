@@ -83,8 +83,11 @@ class EtcdDatastore:
         return self._pair(key, response.kvs[0])
 
     async def list(
-        self, kind: str, namespace: str | None = None, *, node: str | None = None
+        self, kind: str, namespace: str | None = None, *, node: str | None = None,
+        defer_errors: bool = False,
     ) -> ListResult:
+        # defer_errors is moot: every value is decoded when first read (KVPair.later), so one
+        # that cannot be fails its reader, never the list.
         prefix = layout.prefix(kind, namespace, node=node)
         response = await self.client.range(prefix.encode(), prefix=True)
         items = [self._pair(layout.key(kind, kv.key.decode()), kv) for kv in response.kvs]
@@ -208,8 +211,9 @@ class EtcdDatastore:
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None, deleted_values: bool = True,
+        node: str | None = None, deleted_values: bool = True, defer_errors: bool = False,
     ) -> AsyncIterator[WatchEvent]:
+        # defer_errors is moot, as for list.
         prefix = layout.prefix(kind, namespace, node=node).encode()
         if revision is None:
             revision = str((await self.client.range(prefix)).header.revision)

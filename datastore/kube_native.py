@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from percale.api import InvalidResource, Node, Profile, Resource, WorkloadEndpoint
 from percale.api.k8s_policy import parse_kubernetes_policy
+from percale.api.workloadendpoint import workload_endpoint_name
 from percale.policy.convert import convert
 from percale.datastore.contract import Key, KVPair
 from percale.datastore.errors import DatastoreError
@@ -75,7 +76,14 @@ def node_from_object(obj: dict[str, Any]) -> KVPair:
         target = spec
         for part in path[:-1]:
             target = target.setdefault(part, {})
-        target[path[-1]] = int(value) if suffix == "ASNumber" else value
+        if suffix == "ASNumber":
+            try:
+                value = int(value)
+            except ValueError:
+                raise DatastoreError(
+                    f"the Node {meta.get('name')!r} read from Kubernetes is not valid: annotation "
+                    f"{PREFIX}ASNumber {value!r} is not a number") from None
+        target[path[-1]] = value
     addresses = [{"address": a["address"], "type": a["type"]}
                  for a in (obj.get("status") or {}).get("addresses", [])
                  if a.get("type") in ("InternalIP", "ExternalIP")]
@@ -139,8 +147,11 @@ def endpoint_from_pod(pod: dict[str, Any]) -> KVPair | None:
     try:
         stored = json.loads(raw)
     except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
         raise DatastoreError(
-            f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation {ENDPOINT} is not JSON") from None
+            f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation {ENDPOINT} is not a "
+            "JSON object")
     spec = dict(stored.get("spec", {}))
     # Named ports, for policy: the Pod's containers' (percale's own record has none).
     named = [{"name": port["name"], "protocol": port.get("protocol", "TCP"), "port": port["containerPort"]}
@@ -153,6 +164,22 @@ def endpoint_from_pod(pod: dict[str, Any]) -> KVPair | None:
         "metadata": _meta(pod, stored.get("name", ""), meta.get("namespace")),
         "spec": spec,
     })
+
+
+def endpoint_key(pod: dict[str, Any]) -> Key:
+    """The key of the endpoint a Pod carries, read without checking the endpoint: the name its
+    annotation gives, else the one percale's CNI side gives a pod's endpoint (eth0 on the Pod's
+    node). For naming an endpoint that cannot be read."""
+    meta = pod.get("metadata", {})
+    try:
+        stored = json.loads((meta.get("annotations") or {}).get(ENDPOINT) or "")
+    except ValueError:
+        stored = None
+    name = stored.get("name") if isinstance(stored, dict) else None
+    if not isinstance(name, str) or not name:
+        name = workload_endpoint_name((pod.get("spec") or {}).get("nodeName") or "", "k8s",
+                                      meta.get("name", ""), "eth0")
+    return Key("WorkloadEndpoint", name, meta.get("namespace"))
 
 
 def profile_from_namespace(namespace: dict[str, Any]) -> KVPair:

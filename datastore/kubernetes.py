@@ -97,6 +97,28 @@ def to_object(value: Resource, revision: str | None = None) -> dict[str, Any]:
     return doc
 
 
+def key_of(kind: str, obj: dict[str, Any]) -> Key:
+    """The key of the percale object a Kubernetes object holds, read from its metadata (and the
+    spec fields that name IPAM objects) without checking the rest, as from_object would key it
+    if it could read it: an object it cannot read still has a name to be reported and left out
+    under (a name the spec cannot give falls back to the Kubernetes name)."""
+    meta = obj.get("metadata", {})
+    name, namespace = meta.get("name", ""), meta.get("namespace")
+    if kind == "Node":
+        return Key(kind, name)
+    if kind == "Profile":
+        return Key(kind, f"{NAMESPACE_PROFILE_PREFIX}{name}")
+    if kind == "KubernetesNetworkPolicy":
+        return Key("NetworkPolicy", f"{KUBERNETES_POLICY_PREFIX}{name}", namespace)
+    if kind == "WorkloadEndpoint":
+        return kube_native.endpoint_key(obj)
+    try:
+        name = kube_names.percale_name(kind, name, obj.get("spec") or {})
+    except (KeyError, ValueError, TypeError):
+        pass
+    return Key(kind, name, namespace)
+
+
 def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
     """The percale resource a custom object holds, under its percale name."""
     if kind == "Node":
@@ -121,6 +143,21 @@ def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
             f"the {kind} {meta.get('name')!r} stored in Kubernetes is not valid "
             f"(resourceVersion {revision}): {err}") from None
     return KVPair(Key.of(value), value, revision)
+
+
+def _read(kind: str, obj: dict[str, Any], defer_errors: bool) -> KVPair | None:
+    """The pair an object holds (None: a Pod without an endpoint). With `defer_errors`, one
+    that cannot be read is an unreadable pair under its key (see Datastore.list), not an error
+    for the whole list or watch."""
+    try:
+        if kind == "WorkloadEndpoint":
+            return kube_native.endpoint_from_pod(obj)
+        return from_object(kind, obj)
+    except DatastoreError as err:
+        if not defer_errors:
+            raise
+        revision = obj.get("metadata", {}).get("resourceVersion", "")
+        return KVPair.unreadable(key_of(kind, obj), revision, str(err))
 
 
 class KubeDatastore:
@@ -149,17 +186,20 @@ class KubeDatastore:
         return from_object(key.kind, obj)
 
     async def list(
-        self, kind: str, namespace: str | None = None, *, node: str | None = None
+        self, kind: str, namespace: str | None = None, *, node: str | None = None,
+        defer_errors: bool = False,
     ) -> ListResult:
         if kind == "NetworkPolicy":
-            own = await self._list(kind, namespace, node=node)
-            native = await self._list("KubernetesNetworkPolicy", namespace, node=node)
+            own = await self._list(kind, namespace, node=node, defer_errors=defer_errors)
+            native = await self._list("KubernetesNetworkPolicy", namespace, node=node,
+                                      defer_errors=defer_errors)
             items = sorted(own.items + native.items, key=lambda kv: (kv.key.namespace or "", kv.key.name))
             return ListResult(items, max(own.revision, native.revision, key=_revision_order))
-        return await self._list(kind, namespace, node=node)
+        return await self._list(kind, namespace, node=node, defer_errors=defer_errors)
 
     async def _list(
-        self, kind: str, namespace: str | None = None, *, node: str | None = None
+        self, kind: str, namespace: str | None = None, *, node: str | None = None,
+        defer_errors: bool = False,
     ) -> ListResult:
         query: dict[str, Any] = {"limit": PAGE}
         if node is not None:
@@ -178,11 +218,8 @@ class KubeDatastore:
                     items = []
                     continue
                 raise _verdict(err, Key(kind, "", namespace)) from None
-            if kind == "WorkloadEndpoint":
-                found = (kube_native.endpoint_from_pod(pod) for pod in page.get("items", []))
-                items.extend(pair for pair in found if pair is not None)
-            else:
-                items.extend(from_object(kind, obj) for obj in page.get("items", []))
+            found = (_read(kind, obj, defer_errors) for obj in page.get("items", []))
+            items.extend(pair for pair in found if pair is not None)
             revision = revision or page["metadata"]["resourceVersion"]
             token = page["metadata"].get("continue")
             if not token:
@@ -359,11 +396,12 @@ class KubeDatastore:
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None, deleted_values: bool = True,
+        node: str | None = None, deleted_values: bool = True, defer_errors: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         # deleted_values is moot: the apiserver's DELETED events always carry the object.
         if kind != "NetworkPolicy":
-            async for event in self._watch(kind, revision=revision, namespace=namespace, node=node):
+            async for event in self._watch(kind, revision=revision, namespace=namespace, node=node,
+                                           defer_errors=defer_errors):
                 yield event
             return
         # percale's NetworkPolicies and Kubernetes' side by side, as one stream. Both come from
@@ -372,7 +410,8 @@ class KubeDatastore:
 
         async def follow(sub: str) -> None:
             try:
-                async for event in self._watch(sub, revision=revision, namespace=namespace, node=node):
+                async for event in self._watch(sub, revision=revision, namespace=namespace,
+                                               node=node, defer_errors=defer_errors):
                     await events.put(event)
             except BaseException as err:  # noqa: BLE001 - handed to the reader below
                 await events.put(err)
@@ -391,7 +430,7 @@ class KubeDatastore:
 
     async def _watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None,
+        node: str | None = None, defer_errors: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         query: dict[str, Any] = {"watch": "true", "allowWatchBookmarks": "true",
                                  "timeoutSeconds": WATCH_SECONDS}
@@ -417,14 +456,15 @@ class KubeDatastore:
                         raise _watch_error(obj, last)
                     last = obj["metadata"]["resourceVersion"]
                     if kind == "WorkloadEndpoint":
-                        event_out = endpoints.event(type_, obj)
+                        event_out = endpoints.event(type_, obj, defer_errors)
                         if event_out is not None:
                             yield event_out
                         continue
-                    pair = from_object(kind, obj)
-                    if kind == "Node" and not nodes.changed(type_, pair):
+                    pair = _read(kind, obj, defer_errors)
+                    assert pair is not None
+                    if kind == "Node" and not nodes.changed(type_, pair, obj):
                         continue  # a kubelet heartbeat: nothing percale reads changed
-                    yield WatchEvent(type_, pair.key, pair.value, pair.revision)
+                    yield WatchEvent.of(type_, pair)
             except KubeError as err:
                 raise _watch_error(err.body, last) from None
 
@@ -440,24 +480,38 @@ class _EndpointEvents:
     def __init__(self) -> None:
         self._known: dict[tuple[str, str], KVPair] = {}
 
-    def event(self, type_: str, pod: dict[str, Any]) -> WatchEvent | None:
+    def event(self, type_: str, pod: dict[str, Any],
+              defer_errors: bool = False) -> WatchEvent | None:
         meta = pod.get("metadata", {})
         where = (meta.get("namespace", ""), meta.get("name", ""))
-        now = None if type_ == "DELETED" else kube_native.endpoint_from_pod(pod)
+        now = None if type_ == "DELETED" else _read("WorkloadEndpoint", pod, defer_errors)
         before = self._known.pop(where, None)
         if now is not None:
             self._known[where] = now
-            if before is not None and before.value.spec == now.value.spec and \
-                    before.value.metadata.labels == now.value.metadata.labels:
+            if before is not None and _same_endpoint(before, now):
                 return None
-            return WatchEvent("MODIFIED" if before else "ADDED", now.key, now.value, now.revision)
+            return WatchEvent.of("MODIFIED" if before else "ADDED", now)
         if before is None:
             if type_ == "DELETED":
-                gone = kube_native.endpoint_from_pod(pod)
+                gone = _read("WorkloadEndpoint", pod, defer_errors)
                 if gone is not None:
-                    return WatchEvent("DELETED", gone.key, gone.value, meta["resourceVersion"])
+                    return _deleted(gone, meta["resourceVersion"])
             return None
-        return WatchEvent("DELETED", before.key, before.value, meta["resourceVersion"])
+        return _deleted(before, meta["resourceVersion"])
+
+
+def _same_endpoint(before: KVPair, now: KVPair) -> bool:
+    try:
+        return (before.value.spec == now.value.spec
+                and before.value.metadata.labels == now.value.metadata.labels)
+    except DatastoreError:  # one of them cannot be read (defer_errors): tell the change
+        return False
+
+
+def _deleted(last: KVPair, revision: str) -> WatchEvent:
+    """A DELETED event at `revision` carrying `last`'s value (read when asked: it may be one
+    that cannot be read)."""
+    return WatchEvent.later("DELETED", last.key, revision, lambda: last.value)
 
 
 class _NodeChanges:
@@ -465,17 +519,24 @@ class _NodeChanges:
     when the Node it derives from it differs."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, Resource] = {}
+        self._seen: dict[str, object] = {}
 
-    def changed(self, type_: str, pair: KVPair) -> bool:
-        meta = pair.value.metadata.model_copy(update={"resource_version": None})
-        bare = pair.value.model_copy(update={"metadata": meta})
+    def changed(self, type_: str, pair: KVPair, obj: dict[str, Any]) -> bool:
         if type_ == "DELETED":
             self._seen.pop(pair.key.name, None)
             return True
-        if self._seen.get(pair.key.name) == bare:
+        try:
+            meta = pair.value.metadata.model_copy(update={"resource_version": None})
+            seen: object = pair.value.model_copy(update={"metadata": meta})
+        except DatastoreError:
+            # A Node percale cannot read (defer_errors): what percale reads of it, as it stands,
+            # so heartbeats do not report (and log) it again and again.
+            raw = obj.get("metadata", {})
+            seen = ("unreadable", raw.get("annotations"), raw.get("labels"),
+                    (obj.get("status") or {}).get("addresses"))
+        if self._seen.get(pair.key.name) == seen:
             return False
-        self._seen[pair.key.name] = bare
+        self._seen[pair.key.name] = seen
         return True
 
 

@@ -66,8 +66,10 @@ class MemoryDatastore:
         return self._pair(key, stored)
 
     async def list(
-        self, kind: str, namespace: str | None = None, *, node: str | None = None
+        self, kind: str, namespace: str | None = None, *, node: str | None = None,
+        defer_errors: bool = False,
     ) -> ListResult:
+        # defer_errors is moot: values are decoded when first read, as etcd's are.
         items = [
             self._pair(key, stored)
             for key, stored in sorted(self._objects.items(), key=lambda kv: _sort_key(kv[0]))
@@ -76,7 +78,9 @@ class MemoryDatastore:
         if node is not None:
             if kind not in NODE_SCOPED_KINDS:
                 raise ValueError(f"{kind} is not node-scoped")
-            items = [kv for kv in items if kv.value.spec.node == node]
+            # By name, as etcd's key prefix and this store's watch select: no value is read, so
+            # one that cannot be fails its reader, not the list.
+            items = [kv for kv in items if node_of(kv.key) == node]
         return ListResult(items, str(self._revision))
 
     # -- writes --------------------------------------------------------------------------------
@@ -133,6 +137,12 @@ class MemoryDatastore:
         stored = self._check_revision(key, revision)
         self._write("DELETED", key, stored.data)
         return self._pair(key, stored)
+
+    def put_raw(self, key: Key, data: bytes) -> str:
+        """Store `data` under `key` as it is, unchecked, and return its revision: what a hand
+        edit, a bug or an older version can leave in etcd (`etcdctl put`), for tests of the
+        readers that must survive it."""
+        return self._write("MODIFIED" if key in self._objects else "ADDED", key, data).revision
 
     @property
     def write_together(self) -> WriteTogether | None:
@@ -198,9 +208,9 @@ class MemoryDatastore:
 
     async def watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
-        node: str | None = None, deleted_values: bool = True,
+        node: str | None = None, deleted_values: bool = True, defer_errors: bool = False,
     ) -> AsyncIterator[WatchEvent]:
-        # deleted_values is moot: the last value is at hand anyway.
+        # deleted_values is moot: the last value is at hand anyway; defer_errors too, as in list.
         if node is not None and kind not in NODE_SCOPED_KINDS:
             raise ValueError(f"{kind} is not node-scoped")
         after = self._revision if revision is None else int(revision)

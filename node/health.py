@@ -8,7 +8,9 @@
               percale_bgp_routes_programmed, percale_bgp_sync_seconds (one pass from a change
               of the node's blocks to its announcements sent: the claim-to-announce delay);
               percale_datastore_requests_total{method} (every request to etcd: Range, Txn,
-              Watch, ...), percale_datastore_view_events_total, percale_datastore_view_lists_total
+              Watch, ...), percale_datastore_view_events_total, percale_datastore_view_lists_total,
+              percale_datastore_view_polls_total, percale_datastore_view_unreadable_objects{kind}
+              (stored objects the view leaves out because they cannot be read; the log says why)
 
 A tiny asyncio server (two paths and a text body do not need a web framework); the metrics are
 read from the agent's parts when asked, so nothing can drift.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -89,6 +92,14 @@ class _DatastoreCollector:
             yield CounterMetricFamily("percale_datastore_view_polls",
                                       "Reads of what changed in a kind that was too busy to follow "
                                       "event by event", value=self.cache.polls)
+            unreadable = GaugeMetricFamily(
+                "percale_datastore_view_unreadable_objects",
+                "Stored objects the agent's view leaves out because their value cannot be decoded "
+                "or validated (the agent's log names each and says why)", labels=["kind"])
+            counts = Counter(key.kind for key in self.cache.unreadable)
+            for kind in self.cache.kinds:
+                unreadable.add_metric([kind], counts.get(kind, 0))
+            yield unreadable
 
 
 # A policy rule's nft comment: "<Kind>/<id> <direction> <index> <action>" (policy/compile.py).

@@ -1,4 +1,4 @@
-"""The datastore contract, run against every backend: memory and a real etcd.
+"""The datastore contract, run against every backend: memory, a real etcd and a real kube-apiserver.
 
 Each test states one promise the rest of percale relies on (IPAM's compare-and-swap loop, the
 agent's list-then-watch), so a backend that breaks it fails here first.
@@ -7,20 +7,26 @@ agent's list-then-watch), so a backend that breaks it fails here first.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import multiprocessing
+import subprocess
 import time
+import uuid
 
 import pytest
 
 from percale.datastore import (
     AlreadyExists,
     Conflict,
+    DatastoreError,
     Key,
     MemoryDatastore,
     NotFound,
     RevisionCompacted,
     TransactionConflict,
 )
+from percale.datastore import layout
 from percale.datastore.cache import Cache, CachedDatastore
 from percale.datastore.contract import Create, Delete, Update, reads_changes, writes_together
 from percale.datastore.etcd import EtcdDatastore
@@ -607,3 +613,226 @@ async def test_a_view_of_a_busy_kind_ends_where_the_store_ends(store):
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+# -- objects that cannot be read ---------------------------------------------------------------
+
+def unreadable_pool(name: str, cidr: str) -> dict:
+    """A pool the model refuses (its nodeSelector does not parse) though the CRD's schema takes
+    it (a string): what kubectl, a hand edit in etcd or an older version can leave stored."""
+    return {"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": name},
+            "spec": {"cidr": cidr, "nodeSelector": "not a selector((("}}
+
+
+async def store_unchecked(store, doc: dict) -> None:
+    """Store `doc` as it is, past percale's checks: memory's put_raw, etcdctl put under the
+    kind's key, kubectl apply (the apiserver checks the CRD's schema only)."""
+    key = Key(doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace"))
+    if isinstance(store, MemoryDatastore):
+        store.put_raw(key, json.dumps(doc).encode())
+    elif isinstance(store, EtcdDatastore):
+        await asyncio.to_thread(
+            subprocess.run, ["etcdctl", "--endpoints", store.client.endpoint, "put",
+                             layout.path(key), json.dumps(doc)],
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+    else:
+        await asyncio.to_thread(store.kube.kubectl, "apply", "-f", "-", input=json.dumps(doc))
+
+
+async def repair(store, value) -> None:
+    """Write `value` over an object that cannot be read, as its owner would: on Kubernetes with
+    kubectl (percale's update reads the current object first, and cannot)."""
+    if isinstance(store, KubeDatastore):
+        await asyncio.to_thread(store.kube.kubectl, "apply", "-f", "-",
+                                input=json.dumps(value.to_document()))
+    else:
+        await store.update(value, revision=None)
+
+
+NAMED_BAD = r"IPPool\(bad\)|IPPool 'bad'"  # as etcd and memory name it | as Kubernetes does
+
+
+async def test_with_defer_errors_an_object_that_cannot_be_read_fails_only_its_own_pair(store):
+    """What the agent's view asks for: a list and a watch that hand an unreadable object out
+    among the others, its value raising DatastoreError that names it. Without asking, a reader
+    of every value (percalectl get) still hears of the broken one."""
+    await store.create(pool("a", "10.1.0.0/16"))
+    start = (await store.list("IPPool")).revision
+    events = store.watch("IPPool", revision=start, defer_errors=True)
+    await store_unchecked(store, unreadable_pool("bad", "10.9.0.0/16"))
+    await store.create(pool("z", "10.26.0.0/16"))
+    got = await _take(events, 2, timeout=30)
+    await events.aclose()
+    assert [(e.type, e.key.name) for e in got] == [("ADDED", "bad"), ("ADDED", "z")]
+    with pytest.raises(DatastoreError, match=NAMED_BAD):
+        got[0].value
+    assert got[1].value.spec.cidr == "10.26.0.0/16"
+
+    listed = (await store.list("IPPool", defer_errors=True)).items
+    assert [kv.key.name for kv in listed] == ["a", "bad", "z"]
+    with pytest.raises(DatastoreError, match=NAMED_BAD):
+        listed[1].value
+    assert [kv.value.spec.cidr for kv in (listed[0], listed[2])] == ["10.1.0.0/16", "10.26.0.0/16"]
+
+    with pytest.raises(DatastoreError, match=NAMED_BAD):
+        [kv.value for kv in (await store.list("IPPool")).items]
+    with pytest.raises(DatastoreError, match=NAMED_BAD):
+        (await store.get(Key("IPPool", "bad"))).value
+
+
+async def test_a_view_follows_a_kind_past_an_object_it_cannot_read(store, caplog):
+    """One stored pool the model refuses among good ones: the view holds every good one and
+    keeps receiving their changes; the bad one is left out, listed in `unreadable` and logged
+    once; a direct read still fails naming it; written readable, it appears. A good pool that
+    becomes unreadable leaves the view as a deletion."""
+    await store.create(pool("a", "10.1.0.0/16"))
+    await store.create(pool("b", "10.2.0.0/16"))
+    await store_unchecked(store, unreadable_pool("bad", "10.9.0.0/16"))
+    bad, b = Key("IPPool", "bad"), Key("IPPool", "b")
+    cache = Cache(store, ["IPPool"])
+    told = []
+    cache.subscribe(told.append)
+    following = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        assert sorted(key.name for key in cache.items("IPPool")) == ["a", "b"]
+        assert list(cache.unreadable) == [bad]
+        assert "nodeSelector" in cache.unreadable[bad].reason
+        with pytest.raises(DatastoreError, match=NAMED_BAD):
+            (await store.get(bad)).value
+
+        # The good ones keep coming.
+        c = await store.create(pool("c", "10.3.0.0/16"))
+        a = await store.get(Key("IPPool", "a"))
+        a = await store.update(pool("a", "10.1.0.0/16", natOutgoing=True), revision=a.revision)
+        await asyncio.wait_for(_until(lambda: cache.get(c.key) is not None
+                                      and cache.get(a.key).revision == a.revision), 30)
+        assert cache.get_value("IPPool", "a").spec.nat_outgoing is True
+
+        # Written readable: it appears, as a new object.
+        await repair(store, pool("bad", "10.9.0.0/16"))
+        await asyncio.wait_for(_until(lambda: cache.get(bad) is not None), 30)
+        assert not cache.unreadable
+        assert [change.old for change in told if change.key == bad] == [None]
+
+        # A good pool overwritten with what cannot be read: told as deleted, with what it was.
+        await store_unchecked(store, unreadable_pool("b", "10.2.0.0/16"))
+        await asyncio.wait_for(_until(lambda: cache.get(b) is None), 30)
+        assert told[-1].key == b and told[-1].new is None
+        assert told[-1].old.value.spec.cidr == "10.2.0.0/16"
+        assert list(cache.unreadable) == [b]
+        assert sorted(p.metadata.name for p in cache.values("IPPool")) == ["a", "bad", "c"]
+
+        warned = [r for r in caplog.records if r.name == "percale.datastore.cache"
+                  and r.levelno == logging.WARNING and "cannot be read" in r.getMessage()]
+        assert [r.getMessage().split(" (revision")[0] for r in warned] == ["IPPool(bad)", "IPPool(b)"]
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_a_view_follows_network_policies_past_a_kubernetes_policy_it_cannot_convert(kube):
+    """The apiserver takes a NetworkPolicy name of up to 253 characters, but percale's
+    knp.default.<name> holds at most 241: such a policy is left out of the view, which goes on
+    following every other policy, percale's and Kubernetes'. Asked directly, the list and the
+    get still fail, naming it."""
+    store = KubeDatastore(kube.admin)
+    namespace = f"unreadable-{uuid.uuid4().hex[:6]}"
+    long_name = "a" * 250
+
+    def kubernetes_policy(name: str) -> str:
+        return json.dumps({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                           "metadata": {"name": name, "namespace": namespace},
+                           "spec": {"podSelector": {}}})
+
+    kube.kubectl("create", "namespace", namespace)
+    cache = Cache(store, ["NetworkPolicy"])
+    cache.subscribe(lambda change: None)
+    following = None
+    try:
+        for name in ("fine", long_name):
+            kube.kubectl("create", "-f", "-", input=kubernetes_policy(name))
+        await store.create(parse({"apiVersion": "percale.io/v1", "kind": "NetworkPolicy",
+                                  "metadata": {"name": "own", "namespace": namespace},
+                                  "spec": {"selector": "all()"}}))
+        bad = Key("NetworkPolicy", f"knp.default.{long_name}", namespace)
+        following = asyncio.create_task(cache.run())
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        assert sorted(key.name for key in cache.items("NetworkPolicy")) == ["knp.default.fine", "own"]
+        assert list(cache.unreadable) == [bad]
+        assert "at most 241 characters" in cache.unreadable[bad].reason
+
+        # percalectl get's path, and a get: the broken policy is named.
+        with pytest.raises(DatastoreError, match=long_name):
+            await store.list("NetworkPolicy", namespace)
+        with pytest.raises(DatastoreError, match=long_name):
+            await store.get(bad)
+
+        # Still following: a new policy arrives; the bad one deleted is no longer left out.
+        await asyncio.to_thread(kube.kubectl, "create", "-f", "-", input=kubernetes_policy("later"))
+        later = Key("NetworkPolicy", "knp.default.later", namespace)
+        await asyncio.wait_for(_until(lambda: cache.get(later) is not None), 30)
+        await asyncio.to_thread(kube.kubectl, "delete", "networkpolicy", long_name, "-n", namespace)
+        await asyncio.wait_for(_until(lambda: not cache.unreadable), 30)
+        assert sorted(key.name for key in cache.items("NetworkPolicy")) == [
+            "knp.default.fine", "knp.default.later", "own"]
+    finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+        # kube.wipe() leaves Kubernetes' own policies: one this long breaks every later list.
+        kube.kubectl("delete", "networkpolicies", "--all", "-n", namespace, "--wait=false")
+        await store.close()
+
+
+async def test_a_view_of_kubernetes_nodes_leaves_out_one_whose_percale_fields_cannot_be_read(
+        kube, caplog):
+    """A Node whose percale.io/ASNumber annotation someone set by hand to a word: the view
+    follows every other Node, does not report the broken one again for each kubelet heartbeat
+    (a status write that changes nothing percale reads), and takes it in once annotated right."""
+    kube.node("good", "10.0.0.1")
+    kube.node("odd", "10.0.0.2")
+    kube.kubectl("annotate", "node", "odd", "percale.io/ASNumber=sixty-four")
+    store = KubeDatastore(kube.admin)
+    cache = Cache(store, ["Node"])
+    cache.subscribe(lambda change: None)
+    following = asyncio.create_task(cache.run())
+    odd = Key("Node", "odd")
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        assert list(cache.items("Node")) == [Key("Node", "good")]
+        assert list(cache.unreadable) == [odd] and "ASNumber" in cache.unreadable[odd].reason
+
+        def warnings() -> int:
+            return len([r for r in caplog.records if r.name == "percale.datastore.cache"
+                        and r.getMessage().startswith("Node(odd)")])
+
+        async def heartbeat(at: str) -> None:
+            status = {"status": {"conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready",
+                "lastHeartbeatTime": at, "lastTransitionTime": "2030-01-01T00:00:00Z"}]}}
+            await asyncio.to_thread(kube.kubectl, "patch", "node", "odd", "--subresource=status",
+                                    "--type=merge", "-p", json.dumps(status))
+            # One watch, in revision order: once this label is in the view, so is the heartbeat.
+            await asyncio.to_thread(kube.kubectl, "label", "node", "good", f"beat={at[:4]}",
+                                    "--overwrite")
+            await asyncio.wait_for(_until(
+                lambda: cache.get_value("Node", "good").metadata.labels.get("beat") == at[:4]), 30)
+
+        # The watch had not seen the Node before its first heartbeat (the list had): that one
+        # is a new revision to read. After it, heartbeats change nothing percale reads.
+        await heartbeat("2030-01-01T00:00:00Z")
+        logged = warnings()
+        await heartbeat("2031-01-01T00:00:00Z")
+        await heartbeat("2032-01-01T00:00:00Z")
+        assert warnings() == logged and cache.get(odd) is None
+
+        await asyncio.to_thread(kube.kubectl, "annotate", "node", "odd",
+                                "percale.io/ASNumber=64512", "--overwrite")
+        await asyncio.wait_for(_until(lambda: cache.get(odd) is not None), 30)
+        assert cache.get_value("Node", "odd").spec.bgp.as_number == 64512
+        assert not cache.unreadable
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await store.close()

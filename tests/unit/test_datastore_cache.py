@@ -7,13 +7,15 @@ at once without asking the store."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
 from percale.api import BlockAffinity, IPPool, ObjectMeta, parse
 from percale.api.ipam import BlockAffinitySpec, affinity_name
-from percale.datastore import DatastoreUnavailable, Key, MemoryDatastore, NotFound
+from percale.datastore import DatastoreError, DatastoreUnavailable, Key, MemoryDatastore, NotFound
 from percale.datastore.cache import Cache, CachedDatastore, Change
 from percale.datastore.errors import Conflict
 
@@ -54,15 +56,13 @@ class FlakyWatches:
         self.reads += 1
         return await self.store.get(key)
 
-    async def list(self, kind, namespace=None, *, node=None):
+    async def list(self, kind, namespace=None, **options):
         self.reads += 1
-        return await self.store.list(kind, namespace, node=node)
+        return await self.store.list(kind, namespace, **options)
 
-    async def watch(self, kind, *, revision=None, namespace=None, node=None,
-                    deleted_values=True) -> AsyncIterator:
+    async def watch(self, kind, **options) -> AsyncIterator:
         seen = 0
-        async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node,
-                                            deleted_values=deleted_values):
+        async for event in self.store.watch(kind, **options):
             yield event
             seen += 1
             if seen >= self.every:
@@ -106,10 +106,9 @@ async def test_compacted_history_is_listed_again_and_the_difference_reported():
         """Watches that wait until released, so the history moves on without them."""
         release = asyncio.Event()
 
-        async def watch(self, kind, *, revision=None, namespace=None, node=None, deleted_values=True):
+        async def watch(self, kind, **options):
             await self.release.wait()
-            async for event in self.store.watch(kind, revision=revision, namespace=namespace, node=node,
-                                                deleted_values=deleted_values):
+            async for event in self.store.watch(kind, **options):
                 yield event
 
     store = Paused(memory, every=10**9)
@@ -326,3 +325,256 @@ async def test_changes_of_a_key_being_written_are_told_after_the_answer_with_the
         assert not cache._writing and not cache._held
     finally:
         task.cancel()
+
+
+# -- objects that cannot be read ---------------------------------------------------------------
+
+UNPARSABLE = "not a selector((("  # a string the CRD schema takes and the model refuses
+
+
+def unreadable_pool(name: str, cidr: str) -> bytes:
+    """A pool as a hand edit or an older version can leave it: JSON the model refuses."""
+    return json.dumps({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": name},
+                       "spec": {"cidr": cidr, "nodeSelector": UNPARSABLE}}).encode()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(wait(), timeout)
+
+
+def left_out_logs(caplog, key: Key) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "percale.datastore.cache" and r.levelno == logging.WARNING
+            and r.getMessage().startswith(f"{key} (revision ")]
+
+
+async def test_one_object_that_cannot_be_read_does_not_hide_the_rest_of_its_kind(caplog):
+    """Among good pools, one the model refuses: the view holds every good one and keeps being
+    told their changes; the bad one is left out as if absent, listed in `unreadable`, logged
+    once per revision, and told as an addition once a write makes it readable. A store read of
+    it still fails, naming it."""
+    memory = MemoryDatastore()
+    await memory.create(pool("a", "10.1.0.0/16"))
+    await memory.create(pool("b", "10.2.0.0/16"))
+    bad = Key("IPPool", "bad")
+    broken_at = memory.put_raw(bad, unreadable_pool("bad", "10.9.0.0/16"))
+    cache = Cache(memory, ["IPPool"])
+    told: list[Change] = []
+    cache.subscribe(told.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 5)
+        assert sorted(k.name for k in cache.items("IPPool")) == ["a", "b"]
+        assert sorted(p.metadata.name for p in cache.values("IPPool")) == ["a", "b"]
+        assert cache.get(bad) is None and cache.get_value("IPPool", "bad") is None
+        assert [c.key.name for c in told] == ["a", "b"]
+        assert list(cache.unreadable) == [bad]
+        assert cache.unreadable[bad].revision == broken_at
+        assert "nodeSelector" in cache.unreadable[bad].reason
+        assert len(left_out_logs(caplog, bad)) == 1
+        with pytest.raises(DatastoreError, match=r"IPPool\(bad\) \(revision \d+\) cannot be read"):
+            (await memory.get(bad)).value
+
+        # The good ones keep coming.
+        c = await memory.create(pool("c", "10.3.0.0/16"))
+        a = await memory.update(pool("a", "10.1.0.0/16", disabled=True), revision=None)
+        await until(lambda: cache.get(c.key) is not None
+                    and cache.get(a.key).revision == a.revision)
+        assert cache.get_value("IPPool", "a").spec.disabled is True
+
+        # Broken again by another write: one more warning, for the new revision only.
+        again = memory.put_raw(bad, unreadable_pool("bad", "10.9.0.0/16"))
+        await until(lambda: cache.unreadable.get(bad) and cache.unreadable[bad].revision == again)
+        assert len(left_out_logs(caplog, bad)) == 2
+
+        # Written readable: it appears, told as new.
+        fixed = await memory.update(pool("bad", "10.9.0.0/16"), revision=None)
+        await until(lambda: cache.get(bad) is not None)
+        assert cache.get(bad).revision == fixed.revision and not cache.unreadable
+        assert [(ch.old, ch.new.revision) for ch in told if ch.key == bad] == [(None, fixed.revision)]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_object_that_becomes_unreadable_is_told_as_deleted_and_comes_back():
+    """A readable pool overwritten with what cannot be read: listeners are told it was deleted
+    (with the value they had), as Calico's syncer treats a key that fails to parse, rather than
+    keep acting on a revision the store no longer holds."""
+    memory = MemoryDatastore()
+    made = await memory.create(pool("p", "10.1.0.0/16"))
+    cache = Cache(memory, ["IPPool"])
+    told: list[Change] = []
+    cache.subscribe(told.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 5)
+        memory.put_raw(made.key, unreadable_pool("p", "10.1.0.0/16"))
+        await until(lambda: cache.get(made.key) is None)
+        gone = told[-1]
+        assert gone.key == made.key and gone.new is None and gone.old.revision == made.revision
+        assert cache.values("IPPool") == [] and list(cache.unreadable) == [made.key]
+
+        back = await memory.update(pool("p", "10.1.0.0/16", disabled=True), revision=None)
+        await until(lambda: cache.get(made.key) is not None)
+        assert (told[-1].old, told[-1].new.revision) == (None, back.revision)
+        # Deleted while unreadable: nothing more to tell, nothing left out.
+        memory.put_raw(made.key, unreadable_pool("p", "10.1.0.0/16"))
+        await until(lambda: made.key in cache.unreadable)
+        count = len(told)
+        await memory.delete(made.key)
+        await until(lambda: not cache.unreadable)
+        assert len(told) == count
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_view_nobody_listens_to_decodes_nothing_but_its_reads_leave_out_what_cannot_be_read():
+    """With no listener that reads values, the view decodes nothing ahead of its readers (IPAM
+    lists every block by name and reads few); values() and get_value(), which read, leave out
+    what cannot be read and record it."""
+    memory = MemoryDatastore()
+    await memory.create(pool("a", "10.1.0.0/16"))
+    bad = Key("IPPool", "bad")
+    memory.put_raw(bad, unreadable_pool("bad", "10.9.0.0/16"))
+    cache = Cache(memory, ["IPPool"])
+    CachedDatastore(memory, cache)  # its bookkeeping reads revisions only
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 5)
+        assert cache.get(bad) is not None and not cache.unreadable  # not read yet
+        assert [p.metadata.name for p in cache.values("IPPool")] == ["a"]
+        assert cache.get(bad) is None and list(cache.unreadable) == [bad]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_busy_kind_polled_accounts_for_what_it_leaves_out():
+    """A poll compares the store's count with what the view holds; an object left out as
+    unreadable is still in the store's count, so it must not look like a deletion to find at
+    every poll (one more read each time), and a deletion of it is still found."""
+    from percale.api import IPAMBlock
+    from percale.api.ipam import host_affinity
+
+    class Counting(MemoryDatastore):
+        keys_read = 0
+
+        async def keys_at(self, kind, revision, *, node=None):
+            self.keys_read += 1
+            return await super().keys_at(kind, revision, node=node)
+
+    memory = Counting()
+    bad = Key("IPAMBlock", "10.201.0.0-26")
+    memory.put_raw(bad, b"written by an older version")
+    cache = Cache(memory, ["IPAMBlock"], busy_events=5, poll_seconds=0.05)
+    cache.subscribe(lambda change: None)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 5)
+        assert list(cache.unreadable) == [bad]
+        for i in range(20):
+            await memory.create(IPAMBlock.empty(f"10.200.{i}.0/26", host_affinity("node-1")))
+        await until(lambda: len(cache.items("IPAMBlock")) == 20)
+        assert cache.polls > 0, "20 blocks at once never made the view poll"
+        assert memory.keys_read == 0
+        await memory.delete(bad)
+        for i in range(20, 30):  # busy still, so a poll finds the deletion
+            await memory.create(IPAMBlock.empty(f"10.200.{i}.0/26", host_affinity("node-1")))
+        await until(lambda: not cache.unreadable and len(cache.items("IPAMBlock")) == 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_agents_metrics_count_what_its_view_leaves_out():
+    from prometheus_client import generate_latest
+    from types import SimpleNamespace
+
+    from percale.node import health
+
+    memory = MemoryDatastore()
+    memory.put_raw(Key("IPPool", "bad"), unreadable_pool("bad", "10.9.0.0/16"))
+    await memory.create(pool("good", "10.1.0.0/16"))
+    cache = Cache(memory, ["IPPool", "Node"])
+    cache.subscribe(lambda change: None)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 5)
+        bgp = SimpleNamespace(peers={}, rib=None, fib=None, synced=True, reconciled=True)
+        metrics = generate_latest(health.registry_for(bgp, cache=cache)).decode()
+        assert 'percale_datastore_view_unreadable_objects{kind="IPPool"} 1.0' in metrics
+        assert 'percale_datastore_view_unreadable_objects{kind="Node"} 0.0' in metrics
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_listed_again_after_compaction_the_view_still_leaves_out_what_it_cannot_read(caplog):
+    """A relist brings the unreadable object again: still left out, not logged again (same
+    revision), and the difference with the view told as usual."""
+    memory = MemoryDatastore(history_limit=5)
+    await memory.create(pool("a", "10.1.0.0/16"))
+    bad = Key("IPPool", "bad")
+    memory.put_raw(bad, unreadable_pool("bad", "10.9.0.0/16"))
+
+    class Paused(FlakyWatches):
+        release = asyncio.Event()
+
+        async def watch(self, kind, **options):
+            await self.release.wait()
+            async for event in self.store.watch(kind, **options):
+                yield event
+
+    cache = Cache(Paused(memory, every=10**9), ["IPPool"])
+    told: list[Change] = []
+    cache.subscribe(told.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 5)
+        for i in range(10):  # more than the history keeps
+            await memory.create(pool(f"n{i}", f"10.{100 + i}.0.0/16"))
+        Paused.release.set()
+        await until(lambda: len(cache.items("IPPool")) == 11)
+        assert cache.lists == 2 and list(cache.unreadable) == [bad]
+        assert bad not in {c.key for c in told}
+        assert len(left_out_logs(caplog, bad)) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_write_of_this_process_overtaken_by_an_unreadable_one_is_told_then_deleted():
+    """The watch brings this process's write and, before the write is answered, someone else's
+    write that cannot be read: the changes held meanwhile are told in order, the second as the
+    object's deletion, and the view ends without it."""
+    heard: list[Change] = []
+    memory = MemoryDatastore()
+    store = SlowAnswers(memory, 0.05, heard)
+    cache = Cache(store, ["IPPool"])
+    cache.subscribe(heard.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        view = CachedDatastore(store, cache)
+        key = Key("IPPool", "new")
+
+        async def overwrite() -> None:
+            await until(lambda: cache.get(key) is not None)  # the watch brought the write
+            memory.put_raw(key, unreadable_pool("new", "10.245.0.0/16"))
+
+        other = asyncio.create_task(overwrite())
+        created = await view.create(pool("new", "10.245.0.0/16"))
+        await other
+        await until(lambda: key in cache.unreadable)
+        assert store.seen_before_answer == [[]]  # both changes came while the write was out
+        assert [(c.old and c.old.revision, c.new and c.new.revision) for c in heard] == [
+            (None, created.revision), (created.revision, None)]
+        assert cache.get(key) is None and cache.values("IPPool") == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
