@@ -17,6 +17,7 @@ to its node, as the scheduler would, since the endpoint is written on it; and de
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import uuid
@@ -25,9 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from percale.lab.runner import Lab, LabError, sh
+from percale.lab.topology import netns_name_problem
 
 IFNAME = "eth0"
 K8S_NAMESPACE = "default"
+# A pod's name and its Kubernetes namespace reach the plugins in CNI_ARGS (K8S_POD_NAME=...;...),
+# where ';' and '=' would forge fields, and the pod's name ends its network namespace's name. In
+# a lab that runs Kubernetes the pod's name is also its container's and its `run` label's, so a
+# DNS-1123 label, as a namespace's name is.
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class PluginFailed(LabError):
@@ -212,22 +219,41 @@ def _create_pod(lab: Lab, node: str, name: str, meta: PodMeta) -> None:
     _kubectl(lab, node, "create", "-f", "-", input=json.dumps(pod))
 
 
+def _check_label(what: str, value: str) -> None:
+    if not DNS_LABEL.match(value):
+        raise LabError(f"{what} {value!r}: must be a DNS-1123 label (at most 63 lowercase letters, "
+                       "digits and '-', beginning and ending with a letter or digit), as "
+                       "Kubernetes names are")
+
+
 def add(lab: Lab, node: str, name: str, meta: PodMeta = PodMeta()) -> Pod:
-    """A pod on `node`: its namespace, a CNI ADD through the conflist, recorded in the lab."""
+    """A pod on `node`: its namespace, a CNI ADD through the conflist, recorded in the lab once
+    its namespace exists (and forgotten again if the ADD fails)."""
+    _check_label("pod name", name)
+    _check_label("pod namespace", meta.namespace)
     lab.node(node)
     if not lab.is_percale(lab.topology.nodes[node]):
         raise LabError(f"node {node} is not a percale node (image {lab.topology.nodes[node].image!r})")
+    if not lab.owns(lab.topology.namespace(node)):
+        raise LabError(f"node {node} is not up (percalectl lab up -t {lab.topology.path})")
     if any(p.name == name for p in pods(lab)):
         raise LabError(f"a pod named {name!r} exists already")
     netns = f"{lab.topology.namespace(node)}.{name}"
+    if problem := netns_name_problem(netns):
+        raise LabError(f"pod {name!r}: its namespace name {problem}")
+    if lab._namespace_exists(netns):
+        raise LabError(f"pod {name!r}: network namespace {netns!r} exists already")
     container_id = uuid.uuid4().hex
-    with lab._editing() as state:
-        state.setdefault("pods", {})[name] = {"name": name, "node": node, "namespace": netns,
-                                              "container_id": container_id, "addresses": [],
-                                              **meta.record()}
-    sh("ip", "netns", "add", netns)
-    sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
+
+    def claim(state: dict) -> None:
+        if name in state.setdefault("pods", {}):  # added meanwhile, on another node
+            raise LabError(f"a pod named {name!r} exists already")
+        state["pods"][name] = {"name": name, "node": node, "namespace": netns,
+                               "container_id": container_id, "addresses": [], **meta.record()}
+
+    lab.make_namespace(netns, claim)
     try:
+        sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
         if _runs_kubernetes(lab):
             _create_pod(lab, node, name, meta)
         result = _chain(lab, node, "ADD", netns, container_id, name, meta)

@@ -19,7 +19,10 @@
 
 Every process is started in its own session, logged to <lab dir>/<node>/<node>.log, and recorded
 (PID and start time) in <lab dir>/state.json before the next step, so `down` stops exactly what
-`up` started even after `up` itself crashed, and removes every namespace by name.
+`up` started even after `up` itself crashed. Every namespace is recorded there as soon as
+`ip netns add` has made it, never before: `down` removes exactly those (and the pods the lab's
+kubelets made in them), so a namespace the lab did not make, whatever its name, is left alone
+with its processes. `up` refuses, before making anything, when a namespace it needs exists.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from percale.lab.topology import Node, Topology, TopologyError
@@ -47,6 +50,10 @@ CNI_REFERENCE_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plu
 VENV_BIN = Path(sys.executable).parent
 # Nodes started at once: each start is mostly waiting (an interpreter starting, etcd answering).
 START_PARALLELISM = 8
+# A cmd that cannot run (not found, a bad flag) exits within moments of starting, where Docker
+# would refuse to start the container; `up` watches each node's cmd this long after its start
+# (waiting, once for the whole lab, only for what is left of it after the last start).
+START_GRACE = 0.5
 
 
 class LabError(RuntimeError):
@@ -79,9 +86,16 @@ def alive(record: dict) -> bool:
     return _start_time(record["pid"]) == record["start"]
 
 
+def exit_status(returncode: int) -> str:
+    """A process's end, as a returncode says it (negative: the signal that ended it)."""
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
 @dataclass
 class Lab:
     topology: Topology
+    # The processes this Lab started: node -> (Popen, monotonic start), for their exit status.
+    _started: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- where things are --------------------------------------------------------------------
 
@@ -115,8 +129,17 @@ class Lab:
             os.replace(temporary, self.state_file)
 
     def is_up(self) -> bool:
-        return self.state_file.exists() or any(
-            self._namespace_exists(self.topology.namespace(n)) for n in self.topology.nodes)
+        """The lab has state: `up` made something (and may still be making it), `down` has not
+        run since."""
+        return self.state_file.exists()
+
+    def _needed_namespaces(self) -> list[str]:
+        return [self.topology.mgmt_namespace,
+                *(self.topology.namespace(n) for n in self.topology.nodes)]
+
+    def owns(self, namespace: str) -> bool:
+        """The namespace exists and this lab made it."""
+        return namespace in self.state()["namespaces"] and self._namespace_exists(namespace)
 
     @staticmethod
     def _namespace_exists(name: str) -> bool:
@@ -170,14 +193,24 @@ class Lab:
         if self.is_up():
             raise LabError(f"lab {self.topology.name!r} is already up "
                            f"(percalectl lab down -t {self.topology.path} first)")
+        taken = [name for name in self._needed_namespaces() if self._namespace_exists(name)]
+        if taken:
+            # Not ours to use, nor to delete when `up` fails: refused before anything is made.
+            what = (f"network namespace {taken[0]!r} exists" if len(taken) == 1 else
+                    f"network namespaces {', '.join(map(repr, taken))} exist")
+            raise LabError(f"lab {self.topology.name!r}: {what} already, made by something other "
+                           f"than this lab: remove {'it' if len(taken) == 1 else 'them'} (ip netns "
+                           "del NAME) or change the topology's prefix or node names")
         if warning := neighbour_table_warning(self.topology):
             progress(warning)
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._editing() as state:
             state.update(topology=str(self.topology.path), started=time.time())
+        self._started.clear()
         try:
             self._networks(progress)
             self._start_nodes(progress)
+            self._check_started(list(self._started))
         except BaseException:
             self.down()
             raise
@@ -205,10 +238,23 @@ class Lab:
                     future.cancel()
 
     def _namespace(self, name: str) -> None:
-        with self._editing() as state:
-            state["namespaces"].append(name)  # recorded first: a crash between still cleans it
-        sh("ip", "netns", "add", name)
+        self.make_namespace(name, lambda state: state["namespaces"].append(name))
         sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+
+    def make_namespace(self, name: str, record) -> None:
+        """`ip netns add NAME`, then `record(state)` under the state's lock.
+
+        Recorded only once made: `ip netns add` fails on a name that exists, and a name recorded
+        before would have `down` delete someone else's namespace and kill what runs in it. The
+        price is a namespace left behind if the runner is killed in the moment between (`up`
+        names it next time); an exception there (Ctrl-C, or `record` refusing) removes it."""
+        sh("ip", "netns", "add", name)
+        try:
+            with self._editing() as state:
+                record(state)
+        except BaseException:
+            sh("ip", "netns", "del", name, check=False)
+            raise
 
     def _networks(self, progress) -> None:
         topology = self.topology
@@ -270,9 +316,39 @@ class Lab:
         for command in node.exec:
             done = self.exec(node.name, ["sh", "-c", self.rewrite(node, command)], capture=True)
             if done.returncode != 0:
-                raise LabError(f"node {node.name}: exec {command!r} failed: "
-                               f"{(done.stderr or done.stdout).strip()}")
+                output = (done.stderr or done.stdout).strip()
+                raise LabError(f"node {node.name}: exec {command!r} failed "
+                               f"({exit_status(done.returncode)})"
+                               + (f": {output}" if output else ""))
+        self._check_running(node)
         progress(f"{node.name} started")
+
+    def _exited(self, node: str) -> int | None:
+        """The exit status of the node's cmd as this Lab started it, None while it runs."""
+        started = self._started.get(node)
+        return None if started is None else started[0].poll()
+
+    def _check_running(self, node: Node) -> None:
+        """A cmd that ended with an error has failed to start, as Docker fails to start a
+        container whose command cannot run; one that ended with status 0 is a node whose work
+        is done (a finished container), and stays `exited`."""
+        status = self._exited(node.name)
+        if status:
+            raise LabError(f"node {node.name}: cmd {node.cmd!r} ended ({exit_status(status)})"
+                           + self.log_tail(node.name))
+
+    def _check_started(self, nodes: list[str]) -> None:
+        """The nodes' cmds (started by this Lab) still running, or ended well, START_GRACE
+        after the last of them started."""
+        if not nodes:
+            return
+        deadline = max(self._started[name][1] for name in nodes) + START_GRACE
+        while True:
+            for name in nodes:
+                self._check_running(self.topology.nodes[name])
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
     def start_process(self, node: Node) -> dict:
         """Start the node's cmd in its namespace, in a session of its own; record it."""
@@ -288,6 +364,7 @@ class Lab:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=self.environment(node), cwd=self.node_dir(node.name), start_new_session=True)
         log.close()
+        self._started[node.name] = (process, time.monotonic())
         record = {"node": node.name, "pid": process.pid, "start": _start_time(process.pid),
                   "cmd": node.cmd}
         with self._editing() as state:
@@ -311,7 +388,11 @@ class Lab:
         deadline = time.monotonic() + timeout
         while not socket.exists():
             if not self.node_running(node.name) or time.monotonic() > deadline:
-                raise LabError(f"node {node.name}: percale-node did not start: "
+                status = self._exited(node.name)
+                why = (exit_status(status) if status is not None
+                       else "it stopped" if not self.node_running(node.name)
+                       else f"no socket {socket} after {timeout:g} s")
+                raise LabError(f"node {node.name}: percale-node did not start ({why})"
                                + self.log_tail(node.name))
             time.sleep(0.05)
 
@@ -320,26 +401,35 @@ class Lab:
         if check is None:
             return
         time.sleep(check.start_period)
+        last = ""
         for _ in range(max(check.retries, 1)):
             try:
                 done = self.exec(node.name, ["sh", "-c", self.rewrite(node, check.test)],
                                  capture=True, timeout=check.timeout)
                 if done.returncode == 0:
                     return
+                output = (done.stderr or done.stdout).strip()
+                last = exit_status(done.returncode) + (f": {output}" if output else "")
             except subprocess.TimeoutExpired:
-                pass
+                last = f"timed out after {check.timeout:g} s"
             if node.cmd and not self.node_running(node.name):
+                status = self._exited(node.name)
+                last += "; its cmd ended"
+                if status is not None:
+                    last += f" ({exit_status(status)})"
                 break
             time.sleep(check.interval)
-        raise LabError(f"node {node.name}: not healthy ({check.test!r} keeps failing): "
+        raise LabError(f"node {node.name}: not healthy ({check.test!r}: {last})"
                        + self.log_tail(node.name))
 
     def log_tail(self, node: str, lines: int = 15) -> str:
+        """The end of the node's log on lines of its own, or "" when it wrote nothing."""
         log = self.node_dir(node) / f"{node}.log"
         try:
-            return "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
-            return "(no log)"
+            return ""
+        return "".join(f"\n{line}" for line in tail)
 
     # -- using a running lab -----------------------------------------------------------------
 
@@ -356,7 +446,7 @@ class Lab:
         are rewritten as in the node's own commands."""
         spec = self.node(node)
         ns = self.topology.namespace(node)
-        if not self._namespace_exists(ns):
+        if not self.owns(ns):
             raise LabError(f"node {node} is not up (percalectl lab up -t {self.topology.path})")
         argv = [self.rewrite(spec, arg) for arg in argv]
         return subprocess.run(["ip", "netns", "exec", ns, *argv], env=self.environment(spec),
@@ -395,15 +485,17 @@ class Lab:
         self.start_process(spec)
         if self.is_percale(spec):
             self._wait_for_agent(spec)
+        self._check_started([node])
 
     def status(self) -> list[dict]:
         """One row per node: name, kind, image, state, management address, PIDs."""
         addresses = self.topology.mgmt_addresses()
+        ours = self.state()["namespaces"]
         rows = []
         for node in self.topology.nodes.values():
             ns = self.topology.namespace(node.name)
             records = self.processes(node.name)
-            if not self._namespace_exists(ns):
+            if ns not in ours or not self._namespace_exists(ns):
                 state = "absent"
             elif node.is_bridge or not node.cmd:
                 state = "up"
@@ -420,20 +512,25 @@ class Lab:
     # -- down --------------------------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Stop every recorded process, then remove every namespace of the lab (those recorded
-        and those its names say are ours), pods included; then the lab's directory."""
+        """Stop every recorded process, then remove the namespaces the lab made and every
+        process in them: those recorded (nodes, the management network, pods), and the pods of
+        its lab kubelets; then the lab's directory. A namespace the lab did not make is left
+        alone, whatever it is called: with `prefix: ""` a node's name may be anyone's."""
         state = self.state()
         for record in state["processes"]:
             _signal_session(record, signal.SIGTERM, 10)
         names = set(state["namespaces"])
         names |= {pod["namespace"] for pod in state.get("pods", {}).values()}
-        names |= {self.topology.namespace(n) for n in self.topology.nodes}
-        names.add(self.topology.mgmt_namespace)
-        pod_prefixes = tuple(f"{self.topology.namespace(n)}." for n in self.topology.nodes)
-        for listed in sh("ip", "netns", "list", check=False).stdout.splitlines():
-            name = listed.split()[0] if listed.split() else ""
-            if name.startswith(pod_prefixes):
-                names.add(name)
+        # A kubelet names its pods' namespaces after its own (lab/kubelet.py) and removes them
+        # when stopped; one killed before it finished leaves them, in no record of ours.
+        kubelet_prefixes = tuple(
+            f"{self.topology.namespace(n.name)}." for n in self.topology.nodes.values()
+            if self.is_kubelet(n) and self.topology.namespace(n.name) in state["namespaces"])
+        if kubelet_prefixes:
+            for listed in sh("ip", "netns", "list", check=False).stdout.splitlines():
+                name = listed.split()[0] if listed.split() else ""
+                if name.startswith(kubelet_prefixes):
+                    names.add(name)
         removed = []
         # Pods first (their veths' host ends live in the nodes), then nodes.
         for name in sorted(names, key=lambda n: ("." not in n, n)):

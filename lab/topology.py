@@ -6,13 +6,16 @@ The subset percale's runner honours, with containerlab's meaning (exabgp.md §3.
     kind, image, cmd, exec, env, binds, mgmt-ipv4, healthcheck, stages.<stage>.wait-for, labels
   topology.links: the brief form `endpoints: ["a:eth1", "b:eth1"]` (optional `mtu`), and the
     extended `type: veth` form with endpoints {node, interface, mac, ipv4, ipv6}
-  kind `bridge` nodes: a switch that links join as ports; every other kind is a host running
-    its `cmd` and `exec` commands. `__clabNodeDir__` and `__clabDir__` in binds expand to the
-    node's and the lab's directories, as containerlab expands them.
+  kind `bridge` (and `ovs-bridge`) nodes: a switch that links join as ports; kind `linux`: a
+    host running its `cmd` and `exec` commands; other kinds (a vendor's NOS) are refused.
+    `__clabNodeDir__` and `__clabDir__` in binds expand to the node's and the lab's directories,
+    as containerlab expands them.
 
 Everything else in the file is accepted and ignored (so files written for containerlab load),
 except what would make the runner do something other than containerlab would: those are errors
-naming the field.
+naming the field. So are what the runner could only fail on halfway through `up`: names no
+network namespace or interface can have, a MAC address that is none, and a key given twice (YAML
+would silently keep the last, dropping a node).
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ import yaml
 DEFAULT_MGMT_SUBNET = "172.20.20.0/24"  # containerlab's default management network
 DEFAULT_MTU = 9500  # containerlab's default for veth links
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+# Linux refuses '/', ':' and white space in an interface name, '.' and '..', and more than 15
+# bytes (IFNAMSIZ); `ip` reads ':' as an alias label.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 BRIDGE_KINDS = ("bridge", "ovs-bridge")
+KINDS = ("linux", *BRIDGE_KINDS)  # what the runner implements (see the module docstring)
+# A network namespace is a file /var/run/netns/NAME, and each node's log is
+# <lab dir>/<node>/<node>.log: every such name is at most NAME_MAX bytes.
+NAME_MAX = 255
 
 
 class TopologyError(ValueError):
@@ -92,7 +102,7 @@ class Topology:
 
     def namespace(self, node: str) -> str:
         """The node's network namespace, named as containerlab names the node's container."""
-        return f"{self.prefix}-{self.name}-{node}" if self.prefix else node
+        return _namespace_name(self.prefix, self.name, node)
 
     @property
     def mgmt_namespace(self) -> str:
@@ -137,16 +147,75 @@ class Topology:
         return found
 
 
+def _namespace_name(prefix: str, lab: str, node: str) -> str:
+    return f"{prefix}-{lab}-{node}" if prefix else node
+
+
 def load(path: str | Path) -> Topology:
     """Read and check a topology file; raises TopologyError naming the field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except OSError as err:
         raise TopologyError(f"{path}: {err.strerror}") from None
+    try:
+        text = raw.decode("utf-8")  # as containerlab reads it
+    except UnicodeDecodeError as err:
+        raise TopologyError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    try:
+        data = _read_yaml(text, path)
     except yaml.YAMLError as err:
         raise TopologyError(f"{path}: not valid YAML: {err}") from None
     return parse(data, path)
+
+
+def _read_yaml(text: str, path: Path) -> Any:
+    """`yaml.safe_load`, refusing a key given twice in one mapping: YAML keeps the last, so a
+    node written twice (or an env variable, a link field) would silently lose the first."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _refuse_duplicate_keys(loader, root, path, "", set())
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, path: Path, where: str,
+                           seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: its anchor's node, checked once (and perhaps recursive)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict = {}
+        for key_node, value_node in node.value:
+            child = where
+            # `<<: *anchor` merges: a key it brings may be overridden, as YAML means it to be.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = loader.construct_object(key_node)
+                child = f"{where}.{key}" if where else str(key)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise TopologyError(f"{path}: {child}: is given twice (lines {lines[key]} and "
+                                        f"{line}); YAML would keep only the last")
+                lines[key] = line
+            _refuse_duplicate_keys(loader, value_node, path, child, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(loader, item, path, f"{where}[{i}]", seen)
+
+
+def netns_name_problem(name: str) -> str | None:
+    """Why `ip netns add NAME` would refuse the name (a phrase following "its namespace name"),
+    or None."""
+    if name in ("", ".", "..") or "/" in name:
+        return f"{name!r} is no file name (not '.' or '..', no '/')"
+    if len(name.encode()) > NAME_MAX:
+        return (f"would be {len(name.encode())} bytes long; a network namespace name has at "
+                f"most {NAME_MAX}")
+    return None
 
 
 def parse(data: Any, path: Path) -> Topology:
@@ -160,11 +229,18 @@ def parse(data: Any, path: Path) -> Topology:
     name = data.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise fail("name", "must be a name of letters, digits, '-', '_' or '.'")
+    if len(name.encode()) > NAME_MAX:  # the lab's directory is named by it
+        raise fail("name", f"is {len(name.encode())} bytes long; at most {NAME_MAX}")
     prefix = data.get("prefix", "clab")
     if prefix == "__lab-name":
         prefix = name
-    if not isinstance(prefix, str):
-        raise fail("prefix", "must be a string")
+    # It begins every namespace name, as it begins every container name in containerlab, where
+    # Docker allows these characters; "" names the namespaces by the nodes alone.
+    if not isinstance(prefix, str) or (prefix and not _NAME.match(prefix)):
+        raise fail("prefix", f"{prefix!r} is not empty or a name of letters, digits, '-', '_' "
+                             "or '.'")
+    if problem := netns_name_problem(_namespace_name(prefix, name, "mgmt")):
+        raise fail("name", f"the management network's namespace name {problem}")
     mgmt = data.get("mgmt") or {}
     if not isinstance(mgmt, dict):
         raise fail("mgmt", "must be a mapping")
@@ -183,18 +259,33 @@ def parse(data: Any, path: Path) -> Topology:
         field_name = f"topology.nodes.{node_name}"
         if not isinstance(node_name, str) or not _NAME.match(node_name):
             raise fail(field_name, "a node name is letters, digits, '-', '_' or '.'")
+        if problem := netns_name_problem(_namespace_name(prefix, name, node_name)):
+            raise fail(field_name, f"its namespace name {problem}")
+        if len(f"{node_name}.log".encode()) > NAME_MAX:
+            raise fail(field_name, f"a node name is at most {NAME_MAX - 4} bytes (its log is "
+                                   "<node>/<node>.log)")
         spec = _mapping(spec, field_name, fail)
         kind = spec.get("kind", defaults.get("kind"))
         if not isinstance(kind, str):
             raise fail(f"{field_name}.kind", "is missing")
-        merged = _merge(defaults, _mapping(kinds.get(kind), f"topology.kinds.{kind}", fail), spec)
+        if kind not in KINDS:
+            # Run as a plain Linux host, a vendor's NOS would not be what containerlab runs.
+            raise fail(f"{field_name}.kind", f"{kind!r} is not a kind this runner implements "
+                                             f"({', '.join(KINDS)})")
+        kind_field = f"topology.kinds.{kind}"
+        layers = ((defaults, "topology.defaults"),
+                  (_mapping(kinds.get(kind), kind_field, fail), kind_field), (spec, field_name))
+        for layer, layer_name in layers:
+            for key in ("env", "labels"):  # merged key by key, so each layer's must be a mapping
+                _mapping(layer.get(key), f"{layer_name}.{key}", fail)
+        merged = _merge(*(layer for layer, _ in layers))
         nodes[node_name] = _node(node_name, kind, merged, path, field_name, fail)
     for node in nodes.values():
         for other in node.wait_for:
             if other not in nodes:
                 raise fail(f"topology.nodes.{node.name}.stages", f"waits for unknown node {other!r}")
     links = tuple(_link(i, link, nodes, fail)
-                  for i, link in enumerate(topology.get("links") or []))
+                  for i, link in enumerate(_list(topology.get("links"), "topology.links", fail)))
     _unique_interfaces(links, fail)
     if "mgmt" in nodes:
         raise fail("topology.nodes.mgmt", "'mgmt' is the management network's name here")
@@ -221,6 +312,14 @@ def _mapping(value: Any, field_name: str, fail) -> dict:
     return value
 
 
+def _list(value: Any, field_name: str, fail) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(field_name, "must be a list")
+    return value
+
+
 def _merge(*layers: dict) -> dict:
     """containerlab's inheritance: later layers win; env and labels merge key by key; binds and
     exec from the most specific layer that has them."""
@@ -228,7 +327,7 @@ def _merge(*layers: dict) -> dict:
     for layer in layers:
         for key, value in layer.items():
             if key in ("env", "labels") and isinstance(value, dict):
-                merged[key] = {**merged.get(key, {}), **value}
+                merged[key] = {**(merged.get(key) or {}), **value}
             else:
                 merged[key] = value
     return merged
@@ -249,8 +348,11 @@ def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -
     env = spec.get("env") or {}
     if not isinstance(env, dict):
         raise fail(f"{field_name}.env", "must be a mapping of names to values")
+    labels = spec.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise fail(f"{field_name}.labels", "must be a mapping of names to values")
     binds = []
-    for i, bind in enumerate(spec.get("binds") or []):
+    for i, bind in enumerate(_list(spec.get("binds"), f"{field_name}.binds", fail)):
         parts = str(bind).split(":")
         if len(parts) not in (2, 3) or not parts[1].startswith("/"):
             raise fail(f"{field_name}.binds[{i}]", f"{bind!r} is not HOST:/PATH[:ro]")
@@ -265,7 +367,8 @@ def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -
     stages = _mapping(spec.get("stages"), f"{field_name}.stages", fail)
     for stage, body in stages.items():
         body = _mapping(body, f"{field_name}.stages.{stage}", fail)
-        for i, wait in enumerate(body.get("wait-for") or []):
+        waits = _list(body.get("wait-for"), f"{field_name}.stages.{stage}.wait-for", fail)
+        for i, wait in enumerate(waits):
             if not isinstance(wait, dict) or not isinstance(wait.get("node"), str):
                 raise fail(f"{field_name}.stages.{stage}.wait-for[{i}]", "needs a node")
             wait_for.append(wait["node"])
@@ -275,14 +378,15 @@ def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -
     return Node(name, kind, str(spec.get("image", "")), text("cmd"), tuple(commands),
                 {str(k): str(v) for k, v in env.items()}, tuple(binds),
                 str(mgmt) if mgmt else None, healthcheck, tuple(wait_for),
-                {str(k): str(v) for k, v in (spec.get("labels") or {}).items()})
+                {str(k): str(v) for k, v in labels.items()})
 
 
 def _healthcheck(spec: Any, field_name: str, fail) -> Healthcheck:
     spec = _mapping(spec, field_name, fail)
     test = spec.get("test")
     if isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL"):
-        test = test[1] if test[0] == "CMD-SHELL" and len(test) == 2 else shlex.join(test[1:])
+        test = (test[1] if test[0] == "CMD-SHELL" and len(test) == 2
+                else shlex.join(map(str, test[1:])))
     if not isinstance(test, str) or not test:
         raise fail(f"{field_name}.test", "must be a command (a string, or [CMD-SHELL, ...])")
     numbers = {}
@@ -305,17 +409,31 @@ def _endpoint(value: Any, field_name: str, nodes: dict[str, Node], fail) -> Endp
     node, interface = str(value["node"]), str(value["interface"])
     if node not in nodes:
         raise fail(field_name, f"no node named {node!r}")
-    if not _IFNAME.match(interface):
-        raise fail(field_name, f"{interface!r} is not an interface name (at most 15 characters)")
-    if interface in ("lo", "eth0") and not nodes[node].is_bridge:
-        raise fail(field_name, f"{interface} is the node's {'loopback' if interface == 'lo' else 'management'} interface")
+    if not _IFNAME.match(interface) or interface in (".", ".."):
+        raise fail(field_name, f"{interface!r} is not an interface name (at most 15 characters: "
+                               "letters, digits, '_', '-' and '.'; not '.' or '..')")
+    if interface == "lo":
+        raise fail(field_name, "lo is the node's loopback interface")
+    if interface == "eth0" and not nodes[node].is_bridge:
+        raise fail(field_name, "eth0 is the node's management interface")
+    if nodes[node].is_bridge and interface == node[:15]:
+        raise fail(field_name, f"{interface} is the name of bridge {node}'s own device")
+    mac = value.get("mac")
+    if mac is not None and (not isinstance(mac, str) or not _unicast_mac(mac)):
+        raise fail(f"{field_name}.mac", f"{mac!r} is not a unicast MAC address, such as "
+                                        "'02:00:00:00:00:01' (quoted: YAML reads some as numbers)")
     for family in ("ipv4", "ipv6"):
         if value.get(family) is not None:
             try:
                 ipaddress.ip_interface(str(value[family]))
             except ValueError as err:
                 raise fail(f"{field_name}.{family}", str(err)) from None
-    return Endpoint(node, interface, value.get("mac"), value.get("ipv4"), value.get("ipv6"))
+    return Endpoint(node, interface, mac, value.get("ipv4"), value.get("ipv6"))
+
+
+def _unicast_mac(mac: str) -> bool:
+    """What the kernel takes as a veth's address: six octets, not multicast, not all zero."""
+    return bool(_MAC.match(mac)) and not int(mac[:2], 16) & 1 and int(mac.replace(":", ""), 16) != 0
 
 
 def _link(i: int, spec: Any, nodes: dict[str, Node], fail) -> Link:

@@ -1,9 +1,10 @@
 """The lab runner's promises, on small topologies of plain processes (no percale): what `up`
-makes `down` removes, also after `up` failed or was killed halfway; refusals are one line
-naming the node and the step."""
+makes `down` removes, also after `up` failed or was killed halfway, and nothing it did not make;
+refusals are one line naming the node and the step."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from percale.lab.runner import open_lab
+from percale.lab import pods
+from percale.lab.runner import Lab, LabError, open_lab
 
 pytestmark = pytest.mark.lab
 
@@ -94,7 +96,7 @@ def test_a_failed_exec_removes_everything_up_made(tmp_path):
     try:
         up = lab_cli("up", "-t", str(path))
         assert up.returncode == 1
-        assert "Error: node b: exec 'false' failed" in up.stderr
+        assert "Error: node b: exec 'false' failed (exit status 1)\n" in up.stderr
         assert "Traceback" not in up.stderr
         assert namespaces(f"clab-{name}-") == []
         assert not open_lab(path).dir.exists()
@@ -127,4 +129,175 @@ def test_down_cleans_up_after_up_was_killed_halfway(tmp_path):
         if up.poll() is None:
             up.kill()
             up.wait()
+        open_lab(path).down()
+
+
+def write_doc(tmp_path: Path, name: str, nodes: dict, **extra) -> Path:
+    doc = {"name": name, "mgmt": {"ipv4-subnet": "172.20.99.0/24"}, "topology": {"nodes": nodes},
+           **extra}
+    path = tmp_path / f"{name}.clab.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@contextlib.contextmanager
+def foreign_namespace(name: str):
+    """A namespace some other tool made, with a process in it; removed by name afterwards."""
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    process = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def untouched(name: str, process: subprocess.Popen) -> bool:
+    return namespaces(name) == [name] and process.poll() is None
+
+
+def test_down_and_up_leave_a_namespace_the_lab_did_not_make_alone(tmp_path):
+    """With `prefix: ""` a node's namespace is named by the node alone, which another tool may
+    have taken: `down` (the lab never up) must not remove it or kill its process, and `up` must
+    refuse before making anything."""
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    victim = f"rv{uuid.uuid4().hex[:6]}"
+    path = write_doc(tmp_path, name, {victim: {"kind": "linux", "cmd": "sleep 600"}}, prefix="")
+    with foreign_namespace(victim) as process:
+        try:
+            down = lab_cli("down", "-t", str(path))
+            assert down.returncode == 0, down.stderr
+            assert down.stdout == f"lab {name}: removed 0 namespaces\n"
+            assert untouched(victim, process)
+
+            up = lab_cli("up", "-t", str(path))
+            assert up.returncode == 1
+            assert up.stderr == (f"Error: lab '{name}': network namespace '{victim}' exists already, "
+                                 "made by something other than this lab: remove it (ip netns del "
+                                 "NAME) or change the topology's prefix or node names\n")
+            assert untouched(victim, process)
+            assert not open_lab(path).dir.exists()
+        finally:
+            open_lab(path).down()
+        assert untouched(victim, process)
+
+
+def test_up_refuses_an_existing_management_namespace(tmp_path):
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    path = write(tmp_path, name)
+    with foreign_namespace(f"clab-{name}-mgmt") as process:
+        try:
+            up = lab_cli("up", "-t", str(path))
+            assert up.returncode == 1
+            assert f"Error: lab '{name}': network namespace 'clab-{name}-mgmt' exists already" in up.stderr
+            assert namespaces(f"clab-{name}-") == [f"clab-{name}-mgmt"]  # nothing made
+            assert untouched(f"clab-{name}-mgmt", process)
+            assert lab_cli("down", "-t", str(path)).stdout == f"lab {name}: removed 0 namespaces\n"
+            assert untouched(f"clab-{name}-mgmt", process)
+        finally:
+            open_lab(path).down()
+
+
+def test_a_failed_up_removes_only_the_namespaces_it_made(tmp_path, monkeypatch):
+    """A namespace made by someone else after `up` looked (here: `up` told nothing is in the
+    way) makes `ip netns add` fail; the cleanup removes what `up` made before, not that one."""
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    taken = f"clab-{name}-b"
+    path = write(tmp_path, name)
+    monkeypatch.setattr(Lab, "_needed_namespaces", lambda self: [])
+    with foreign_namespace(taken) as process:
+        try:
+            with pytest.raises(LabError, match=f"ip netns add {taken}: .*File exists"):
+                open_lab(path).up()
+            assert namespaces(f"clab-{name}-") == [taken]  # mgmt and a made, and removed
+            assert untouched(taken, process)
+            assert not open_lab(path).dir.exists()
+        finally:
+            open_lab(path).down()
+
+
+def test_a_cmd_that_cannot_run_fails_up(tmp_path):
+    """Docker fails to start a container whose command is not found; so does `up`, with the exit
+    status and the node's log, and removes what it made. A cmd that ends well is a node whose
+    work is done."""
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    nodes = {"a": {"kind": "linux", "cmd": "sleep 600"},
+             "b": {"kind": "linux", "cmd": "nosuchcommand --flag"}}
+    path = write_doc(tmp_path, name, nodes)
+    try:
+        started = time.monotonic()
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 1
+        assert "Error: node b: cmd 'nosuchcommand --flag' ended (exit status 127)\n" in up.stderr
+        assert "nosuchcommand: not found" in up.stderr
+        assert "Traceback" not in up.stderr
+        assert time.monotonic() - started < 10
+        assert namespaces(f"clab-{name}-") == []
+        assert not open_lab(path).dir.exists()
+
+        path = write_doc(tmp_path, name, {**nodes, "b": {"kind": "linux", "cmd": "true"}})
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 0, up.stderr
+        assert {row["name"]: row["state"] for row in open_lab(path).status()} == {
+            "a": "running", "b": "exited"}
+    finally:
+        open_lab(path).down()
+
+
+def test_an_unhealthy_node_says_how_its_healthcheck_failed(tmp_path):
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    path = write_doc(tmp_path, name, {"a": {"kind": "linux", "cmd": "sleep 600", "healthcheck": {
+        "test": "echo >&2 not yet; exit 3", "retries": 2, "interval": 0.1}}})
+    try:
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 1
+        assert up.stderr == ("Error: node a: not healthy ('echo >&2 not yet; exit 3': exit status 3: "
+                             "not yet)\n")
+        assert namespaces(f"clab-{name}-") == []
+    finally:
+        open_lab(path).down()
+
+
+@pytest.mark.parametrize("pod", ["a/b", "", "p" * 250, "a b", "..", "a;K8S_POD_NAMESPACE=x", "Web"])
+def test_a_pod_name_is_checked_before_anything_is_made(tmp_path, pod):
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    path = write_doc(tmp_path, name, {"a": {"kind": "linux", "image": "percale/node",
+                                            "cmd": "percale-node"}})
+    try:
+        added = lab_cli("pod", "add", "-t", str(path), "a", pod)
+        assert added.returncode == 1
+        assert added.stderr == (f"Error: pod name {pod!r}: must be a DNS-1123 label (at most 63 "
+                                "lowercase letters, digits and '-', beginning and ending with a "
+                                "letter or digit), as Kubernetes names are\n")
+        listed = lab_cli("pod", "list", "-t", str(path))
+        assert listed.stdout.splitlines()[1:] == []
+        assert not open_lab(path).dir.exists()
+        namespace = lab_cli("pod", "add", "-t", str(path), "a", "web", "--namespace", "x;y")
+        assert namespace.returncode == 1 and "Error: pod namespace 'x;y': must be" in namespace.stderr
+    finally:
+        open_lab(path).down()
+
+
+def test_a_pod_is_recorded_only_once_its_namespace_exists(tmp_path):
+    """A pod whose namespace could not be made is no pod (`pod list` would show a phantom), and
+    a namespace of that name that some other tool made stays, with what runs in it."""
+    name = f"rt{uuid.uuid4().hex[:6]}"
+    path = write_doc(tmp_path, name, {"p": {"kind": "linux", "image": "percale/node",
+                                            "cmd": "percale-node"}})
+    lab = open_lab(path)
+    try:
+        lab._namespace(f"clab-{name}-p")  # the node, as `up` makes it (its agent not needed)
+        with foreign_namespace(f"clab-{name}-p.web") as process:
+            with pytest.raises(LabError, match=f"network namespace 'clab-{name}-p.web' exists already"):
+                pods.add(lab, "p", "web")
+            assert pods.pods(lab) == []
+            # Made, then the ADD fails (this node has no CNI config): forgotten and removed.
+            with pytest.raises(LabError, match="has no CNI network config"):
+                pods.add(lab, "p", "web2")
+            assert pods.pods(lab) == []
+            assert namespaces(f"clab-{name}-p.") == [f"clab-{name}-p.web"]
+            assert lab.down() == [f"clab-{name}-p"]
+            assert untouched(f"clab-{name}-p.web", process)
+    finally:
         open_lab(path).down()

@@ -95,6 +95,28 @@ def mutate(path: str, value) -> dict:
     ("topology.links.0", {"type": "vxlan", "endpoints": ["n1:eth1", "sw:p1"]}, "'vxlan' links are not supported"),
     ("topology.links.0", {"endpoints": ["n1:eth1", "sw:p1"], "mtu": 20}, "topology.links[0].mtu: must be a number"),
     ("topology.links.0", {"endpoints": [{"node": "n1", "interface": "eth1", "ipv4": "10.0.0.300/24"}, "sw:p1"]}, "topology.links[0].endpoints[0].ipv4:"),
+    # What `ip` would refuse halfway through `up` is refused here, naming the field.
+    ("topology.links.0", {"endpoints": ["n1:eth1:x", "sw:p1"]}, "topology.links[0].endpoints[0]: 'eth1:x' is not an interface name"),
+    ("topology.links.0", {"endpoints": ["n1:..", "sw:p1"]}, "topology.links[0].endpoints[0]: '..' is not an interface name"),
+    ("topology.links.0", {"endpoints": ["n1:.", "sw:p1"]}, "topology.links[0].endpoints[0]: '.' is not an interface name"),
+    ("topology.links.0", {"endpoints": ["n1:eth1", "sw:sw"]}, "topology.links[0].endpoints[1]: sw is the name of bridge sw's own device"),
+    ("topology.links.0", {"endpoints": ["n1:eth1", "sw:lo"]}, "topology.links[0].endpoints[1]: lo is the node's loopback interface"),
+    ("topology.links.0", {"endpoints": [{"node": "n1", "interface": "eth1", "mac": "not-a-mac"}, "sw:p1"]}, "topology.links[0].endpoints[0].mac: 'not-a-mac' is not a unicast MAC address"),
+    ("topology.links.0", {"endpoints": [{"node": "n1", "interface": "eth1", "mac": "01:00:5e:00:00:01"}, "sw:p1"]}, "topology.links[0].endpoints[0].mac: '01:00:5e:00:00:01' is not a unicast"),
+    # YAML 1.1 reads an unquoted 12:00:00:00:00:01 as a base-60 number.
+    ("topology.links.0", {"endpoints": [{"node": "n1", "interface": "eth1", "mac": yaml.safe_load("12:00:00:00:00:01")}, "sw:p1"]}, "topology.links[0].endpoints[0].mac: 9331200001 is not a unicast MAC address, such as '02:00:00:00:00:01' (quoted: YAML reads some as numbers)"),
+    ("prefix", "x/y", "prefix: 'x/y' is not empty or a name"),
+    ("prefix", None, "prefix: None is not empty or a name"),
+    ("topology.nodes.n2", {"kind": "foo_unknown"}, "topology.nodes.n2.kind: 'foo_unknown' is not a kind this runner implements (linux, bridge, ovs-bridge)"),
+    ("topology.nodes." + "n" * 250, {"kind": "linux"}, f"topology.nodes.{'n' * 250}: its namespace name would be 257 bytes long; a network namespace name has at most 255"),
+    ("name", "t" * 250, "name: the management network's namespace name would be 260 bytes long"),
+    ("name", "t" * 256, "name: is 256 bytes long; at most 255"),
+    # Shapes that used to raise a TypeError instead.
+    ("topology.nodes.n2", {"kind": "linux", "labels": ["a"]}, "topology.nodes.n2.labels: must be a mapping"),
+    ("topology.defaults", {"env": "A=1"}, "topology.defaults.env: must be a mapping"),
+    ("topology.links", 3, "topology.links: must be a list"),
+    ("topology.nodes.n2", {"kind": "linux", "binds": 3}, "topology.nodes.n2.binds: must be a list"),
+    ("topology.nodes.n2", {"kind": "linux", "stages": {"create": {"wait-for": 1.5}}}, "topology.nodes.n2.stages.create.wait-for: must be a list"),
 ])
 def test_refusals_name_the_field(path, value, message):
     with pytest.raises(TopologyError) as err:
@@ -115,6 +137,78 @@ def test_the_shipped_topologies_load(tmp_path):
         load(tmp_path / "bad.clab.yml")
     with pytest.raises(TopologyError, match="No such file"):
         load(tmp_path / "missing.clab.yml")
+
+
+def test_a_node_name_fits_its_namespace_and_its_log():
+    doc = mutate("prefix", "")
+    doc["topology"]["nodes"]["n" * 251] = {"kind": "linux"}
+    assert "n" * 251 in parse(doc, HERE).nodes  # its namespace: 251 bytes; its log 255
+    doc["topology"]["nodes"]["n" * 252] = {"kind": "linux"}
+    with pytest.raises(TopologyError, match=r"a node name is at most 251 bytes"):
+        parse(doc, HERE)
+    doc["topology"]["nodes"] = {"n" * 256: {"kind": "linux"}}
+    with pytest.raises(TopologyError, match=r"its namespace name would be 256 bytes long"):
+        parse(doc, HERE)
+
+
+def test_prefixes_containerlab_allows_still_parse():
+    assert parse(mutate("prefix", ""), HERE).namespace("n1") == "n1"
+    assert parse(mutate("prefix", "__lab-name"), HERE).namespace("n1") == "t-t-n1"
+    assert parse(mutate("prefix", "lab_2.x"), HERE).mgmt_namespace == "lab_2.x-t-mgmt"
+    t = parse(mutate("topology.links.0", {"endpoints": [
+        {"node": "n1", "interface": "eth1.10", "mac": "02:42:AC:14:14:02"}, "sw:p1"]}), HERE)
+    assert (t.links[0].a.interface, t.links[0].a.mac) == ("eth1.10", "02:42:AC:14:14:02")
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    from percale.lab.topology import load
+
+    path = tmp_path / "latin.clab.yml"
+    path.write_bytes(b"\xff\xfename: rv1\n")
+    with pytest.raises(TopologyError) as err:
+        load(path)
+    assert str(err.value) == f"{path}: not UTF-8 text (byte 0: invalid start byte)"
+
+
+def test_a_key_given_twice_is_refused_not_dropped(tmp_path):
+    """YAML keeps the last of two equal keys: a node written twice would silently vanish."""
+    from percale.lab.topology import load
+
+    path = tmp_path / "twice.clab.yml"
+    path.write_text("name: t\n"
+                    "topology:\n"
+                    "  nodes:\n"
+                    "    n1: {kind: linux}\n"
+                    "    n2: {kind: linux}\n"
+                    "    n1: {kind: linux, cmd: sleep 1}\n")
+    with pytest.raises(TopologyError) as err:
+        load(path)
+    assert str(err.value) == (f"{path}: topology.nodes.n1: is given twice (lines 4 and 6); YAML "
+                              "would keep only the last")
+    path.write_text("name: t\n"
+                    "topology:\n"
+                    "  nodes: {n1: {kind: linux}, n2: {kind: linux}}\n"
+                    "  links:\n"
+                    "    - endpoints: [n1:eth1, n2:eth1]\n"
+                    "      mtu: 1500\n"
+                    "      mtu: 9000\n")
+    with pytest.raises(TopologyError, match=r": topology.links\[0\].mtu: is given twice \(lines 6 and 7\)"):
+        load(path)
+
+
+def test_merge_keys_and_aliases_are_no_duplicates(tmp_path):
+    """`<<: *anchor` may bring a key the mapping sets again: YAML's override, not a mistake."""
+    from percale.lab.topology import load
+
+    path = tmp_path / "anchors.clab.yml"
+    path.write_text("name: t\n"
+                    "x-host: &host {kind: linux, cmd: sleep 1, env: {A: '1'}}\n"
+                    "topology:\n"
+                    "  nodes:\n"
+                    "    n1: {<<: *host, cmd: sleep 2}\n"
+                    "    n2: *host\n")
+    t = load(path)
+    assert (t.nodes["n1"].cmd, t.nodes["n2"].cmd, t.nodes["n2"].env) == ("sleep 2", "sleep 1", {"A": "1"})
 
 
 def test_a_big_lab_is_warned_about_the_machine_wide_arp_table(tmp_path, monkeypatch):
