@@ -49,21 +49,26 @@ from percale.node.cni_types import (
     NetConf,
     check_container_id,
     check_interface_name,
+    check_ipam_type,
     parse_cni_args,
     parse_netconf,
     result,
 )
-from percale.api import ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec
+from percale.api import ObjectMeta, WorkloadEndpoint
+from percale.api.meta import validation_problems
 from percale.api.workloadendpoint import WorkloadEndpointPort, workload_endpoint_name
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 class Pod:
-    """Who a request is for: the container, and the Kubernetes pod when CNI_ARGS names it."""
+    """Who a request is for: the container, and the Kubernetes pod when CNI_ARGS names it.
 
-    def __init__(self, request: dict[str, Any], conf: NetConf):
-        args = parse_cni_args(request.get("args", ""))
+    `deleting`: DEL takes pod names ADD refuses (parse_cni_args), as it must succeed for a pod
+    whose ADD was refused, and that left nothing to find under them."""
+
+    def __init__(self, request: dict[str, Any], conf: NetConf, *, deleting: bool = False):
+        args = parse_cni_args(request.get("args", ""), kubernetes_names=not deleting)
         self.container_id = check_container_id(request.get("containerID"))
         self.ifname = check_interface_name(request.get("ifname") or "eth0")
         netns = request.get("netns") or ""
@@ -72,6 +77,7 @@ class Pod:
         self.netns = netns
         self.namespace = args.get("K8S_POD_NAMESPACE") or "default"
         # Without Kubernetes arguments the container stands for the pod, as in Calico.
+        self.named_by = "K8S_POD_NAME" if args.get("K8S_POD_NAME") else "CNI_CONTAINERID"
         self.name = args.get("K8S_POD_NAME") or self.container_id
         self.handle_id = f"{conf.name}.{self.container_id}"
         # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
@@ -191,6 +197,11 @@ class CNIHandlers:
     def _node(self, conf: NetConf) -> str:
         return conf.nodename or self.node
 
+    def _endpoint_key(self, pod: Pod, conf: NetConf) -> Key:
+        """Where the pod's WorkloadEndpoint for this interface is stored."""
+        return Key("WorkloadEndpoint", workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname),
+                   pod.namespace)
+
     async def _allocate(self, pod: Pod, conf: NetConf, narrow: bool = True) -> list[Interface]:
         try:
             got = await self.ipam.auto_assign(
@@ -219,9 +230,13 @@ class CNIHandlers:
         return pod_mtu(self.host_mtu, await self.ipam.pools())
 
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
+        # Everything that can be refused is refused before anything is taken.
         pod = Pod(request, conf)
+        check_ipam_type(conf)
+        labels, ports = endpoint_args(conf)
+        self._check_endpoint(pod, conf, labels, ports)
         _check_netns(pod.netns, "ADD")
-        labels, ports = endpoint_args(conf)  # refused before anything is taken
+        await self._refuse_second_add(pod, conf)
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
@@ -238,7 +253,8 @@ class CNIHandlers:
                 raise CNIError(INTERFACE_EXISTS, str(err)) from None
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
-            endpoint = self._endpoint(pod, conf, link, addresses, labels, ports)
+            endpoint = self._endpoint(pod, conf, labels, ports, link.host_name, link.container_mac,
+                                      addresses)
             if self.policy is not None:
                 # Its chains are compiled and written while the pod is configured and the
                 # datastore stores it.
@@ -297,19 +313,74 @@ class CNIHandlers:
                 "routes": prev.get("routes", []) + ours["routes"],
                 "dns": prev.get("dns") or ours["dns"]}
 
-    def _endpoint(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
-                  addresses: list[Interface], labels: dict[str, str],
-                  ports: list[dict[str, Any]]) -> WorkloadEndpoint:
-        name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
-        return WorkloadEndpoint(
-            metadata=ObjectMeta(name=name, namespace=pod.namespace, labels=labels),
-            spec=WorkloadEndpointSpec.model_validate({
+    def _endpoint(self, pod: Pod, conf: NetConf, labels: dict[str, str],
+                  ports: list[dict[str, Any]], host_name: str, mac: str | None,
+                  addresses: list[Interface]) -> WorkloadEndpoint:
+        key = self._endpoint_key(pod, conf)
+        # Validated as one document, so a refusal names its field by its path (spec.containerID).
+        return WorkloadEndpoint.model_validate({
+            "metadata": {"name": key.name, "namespace": key.namespace, "labels": labels},
+            "spec": {
                 "orchestrator": "k8s", "node": self._node(conf),
                 "containerID": pod.container_id, "pod": pod.name, "endpoint": pod.ifname,
                 "ipNetworks": [str(a) for a in addresses], "profiles": [f"kns.{pod.namespace}"],
-                "interfaceName": link.host_name, "mac": link.container_mac, "ports": ports,
-            }),
-        )
+                "interfaceName": host_name, "mac": mac, "ports": ports,
+            },
+        })
+
+    def _check_endpoint(self, pod: Pod, conf: NetConf, labels: dict[str, str],
+                        ports: list[dict[str, Any]]) -> None:
+        """Refuse, before anything is taken, names the pod's WorkloadEndpoint cannot hold: the
+        endpoint itself is built with everything but the link and the addresses, which are
+        percale's own. A name libcni or the kernel allows can still fail here: a container ID
+        with '_' or '.', an interface name in upper case, or a long pod name whose '-'s the
+        endpoint's name doubles (<node>-k8s-<pod>-<interface>, at most 253 characters)."""
+        try:
+            self._endpoint(pod, conf, labels, ports, pod.host_veth, None, [])
+        except ValidationError as err:
+            problems = {p.field: p.reason for p in validation_problems(err)}
+            if not problems.keys() & {"spec.node", "spec.containerID", "metadata"}:
+                raise  # no input of the request explains it: a bug, for the agent's log
+        else:
+            return
+        if "spec.node" in problems:
+            raise CNIError(INVALID_CONFIG, f"nodename: {problems['spec.node']}")
+        if "spec.containerID" in problems:
+            raise CNIError(INVALID_ENVIRONMENT,
+                           f"CNI_CONTAINERID {pod.container_id!r} cannot be recorded in the pod's "
+                           f"WorkloadEndpoint: {problems['spec.containerID']}")
+        name = self._endpoint_key(pod, conf).name
+        if pod.named_by == "CNI_CONTAINERID":
+            culprit = f"CNI_CONTAINERID {pod.container_id!r} (the pod's name without K8S_POD_NAME)"
+        elif len(name) > 253:
+            raise CNIError(INVALID_ENVIRONMENT,
+                           f"CNI_ARGS K8S_POD_NAME is too long for this node: the pod's WorkloadEndpoint "
+                           f"name <node>-k8s-<pod>-<interface>, each '-' in them doubled, would be "
+                           f"{len(name)} characters, at most 253")
+        else:
+            culprit = f"CNI_IFNAME {pod.ifname!r}"
+        raise CNIError(INVALID_ENVIRONMENT,
+                       f"{culprit} cannot make the pod's WorkloadEndpoint: {problems['metadata']}")
+
+    async def _refuse_second_add(self, pod: Pod, conf: NetConf) -> None:
+        """A container ID names one sandbox: while an ADD's attachment of this container and
+        interface stands (its endpoint is there until a DEL), a second ADD is the runtime's
+        mistake (CNI spec: no ADD twice for a (CNI_CONTAINERID, CNI_IFNAME) without a DEL).
+        Into the same netns the kernel would refuse it; into another one it replaced the pod's
+        host veth, cutting off the first netns, and took a second address under the handle.
+        Refused before anything is taken. An endpoint of another container of the pod is a
+        sandbox replaced, and the new one takes over (Calico does the same)."""
+        try:
+            current = (await self.store.get(self._endpoint_key(pod, conf))).value
+        except NotFound:
+            return
+        if current.spec.container_id != pod.container_id:
+            return
+        where = ", ".join(current.spec.ip_networks) or "no address"
+        raise CNIError(INTERFACE_EXISTS,
+                       f"container {pod.container_id} already has {pod.ifname}, added for pod "
+                       f"{pod.namespace}/{pod.name} on node {self._node(conf)} ({where}, host veth "
+                       f"{current.spec.interface_name}); DEL it before adding it again")
 
     async def _write_endpoint(self, endpoint: WorkloadEndpoint) -> KVPair:
         # An ADD always writes the endpoint, even over an older container's (Calico does too);
@@ -328,13 +399,12 @@ class CNIHandlers:
                                         f"{endpoint.metadata.namespace}/{endpoint.metadata.name}")
 
     async def delete(self, request: dict[str, Any], conf: NetConf) -> None:
-        pod = Pod(request, conf)
+        pod = Pod(request, conf, deleting=True)
         if pod.netns and Path(pod.netns).exists():
             # A netns that is gone is normal for DEL (the runtime may delete it first); one that
             # is there but is no network namespace would have DEL step into the wrong place.
             _check_netns(pod.netns, "DEL")
-        name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
-        key = Key("WorkloadEndpoint", name, pod.namespace)
+        key = self._endpoint_key(pod, conf)
 
         async def forget_endpoint() -> None:
             try:
@@ -359,6 +429,7 @@ class CNIHandlers:
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
+        check_ipam_type(conf)
         _check_netns(pod.netns, "CHECK")
         prev = conf.prev_result
         if not prev or not prev.get("ips"):
@@ -366,9 +437,10 @@ class CNIHandlers:
         addresses = [ipaddress.ip_interface(ip["address"]) for ip in prev["ips"]]
         problems = await self.workers.run(pod_network.check, pod.netns, pod.ifname, pod.host_veth,
                                           addresses)
-        name = workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname)
+        key = self._endpoint_key(pod, conf)
+        name = key.name
         try:
-            endpoint = (await self.store.get(Key("WorkloadEndpoint", name, pod.namespace))).value
+            endpoint = (await self.store.get(key)).value
             if endpoint.spec.container_id != pod.container_id:
                 problems.append(f"WorkloadEndpoint {name} belongs to container {endpoint.spec.container_id}")
             if sorted(endpoint.spec.ip_networks) != sorted(str(a) for a in addresses):
@@ -393,7 +465,7 @@ class CNIHandlers:
                       gateways={4: pod_network.GATEWAY_V4})
 
     async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
-        pod = Pod(request, conf)
+        pod = Pod(request, conf, deleting=True)
         await self.ipam.release_by_handle(pod.handle_id)
         await self.ipam.release_by_handle(pod.workload_handle_id)
 
@@ -418,7 +490,10 @@ class CNIHandlers:
         """Release this network's allocations on this node whose attachment the runtime no
         longer lists in cni.dev/valid-attachments."""
         if conf.valid_attachments is None:
-            raise CNIError(INVALID_ENVIRONMENT, "GC needs cni.dev/valid-attachments")
+            # A key of the configuration the runtime derives for GC (CNI spec, "GC: Input"),
+            # not a variable of its environment.
+            raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments in the network "
+                                           "configuration (the attachments still in use)")
         valid = {f"{conf.name}.{a.get('containerID')}" for a in conf.valid_attachments}
         node = self._node(conf)
         for kv in (await self.store.list("IPAMHandle")).items:
@@ -435,25 +510,41 @@ def endpoint_args(conf: NetConf) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """The pod's labels and named ports a runtime passes in the network configuration's args:
     `args.cni.labels` ([{key, value}], the CNI conventions' form) and percale's
     `args.percale.namedPorts` ([{name, protocol, port}]). Policy selects and resolves with them
-    where no Kubernetes Pod says (the etcd datastore, the lab)."""
-    args = conf.raw.get("args") or {}
-    if not isinstance(args, dict):
-        raise CNIError(INVALID_CONFIG, "args must be an object")
+    where no Kubernetes Pod says (the etcd datastore, the lab). A refusal names the field by its
+    path in the configuration."""
+    args = _object(conf.raw, "args")
     labels: dict[str, str] = {}
-    for item in ((args.get("cni") or {}).get("labels") or []):
+    items = _object(args, "cni", "args.").get("labels") or []
+    if not isinstance(items, list):
+        raise CNIError(INVALID_CONFIG, "args.cni.labels must be a list of {\"key\": ..., \"value\": ...}")
+    for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("value"), str):
             raise CNIError(INVALID_CONFIG, "args.cni.labels: each label is {\"key\": ..., \"value\": ...} with strings")
         labels[item["key"]] = item["value"]
-    ports = (args.get("percale") or {}).get("namedPorts") or []
+    ports = _object(args, "percale", "args.").get("namedPorts") or []
     if not isinstance(ports, list):
         raise CNIError(INVALID_CONFIG, "args.percale.namedPorts must be a list")
     try:
         ObjectMeta(name="labels", labels=labels)
-        checked = [WorkloadEndpointPort.model_validate(p).model_dump(by_alias=True, exclude_none=True)
-                   for p in ports]
     except ValidationError as err:
-        raise CNIError(INVALID_CONFIG, f"args: {err.errors()[0]['msg']}") from None
+        raise CNIError(INVALID_CONFIG, f"args.cni.labels: {validation_problems(err)[0].reason}") from None
+    checked = []
+    for i, port in enumerate(ports):
+        try:
+            checked.append(WorkloadEndpointPort.model_validate(port).model_dump(by_alias=True,
+                                                                                exclude_none=True))
+        except ValidationError as err:
+            problem = validation_problems(err)[0]
+            where = f"args.percale.namedPorts[{i}]" + (f".{problem.field}" if problem.field else "")
+            raise CNIError(INVALID_CONFIG, f"{where}: {problem.reason}") from None
     return labels, checked
+
+
+def _object(parent: dict[str, Any], key: str, path: str = "") -> dict[str, Any]:
+    value = parent.get(key) or {}
+    if not isinstance(value, dict):
+        raise CNIError(INVALID_CONFIG, f"{path}{key} must be an object")
+    return value
 
 
 def _check_netns(path: str, command: str) -> None:

@@ -18,6 +18,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from percale.api.meta import DNS_SUBDOMAIN_RULE, ObjectMeta, Resource, validation_problems
+
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 # The spec's codes, and percale's own (100 and above).
@@ -60,8 +64,13 @@ class CNIError(Exception):
         return json.dumps(doc)
 
 
+# The only IPAM percale's main plugin knows: it allocates in the agent and runs no IPAM plugin.
+PERCALE_IPAM = "percale-ipam"
+
+
 @dataclass(frozen=True)
 class IPAMSettings:
+    type: str | None = None  # ipam.type; None when the config has none
     assign_ipv4: bool = True
     assign_ipv6: bool = False
     ipv4_pools: list[str] = field(default_factory=list)
@@ -102,8 +111,11 @@ def parse_netconf(text: Any) -> NetConf:
     if not isinstance(raw, dict):
         raise CNIError(DECODING_FAILURE, "the network configuration on stdin is not a JSON object")
     version = raw.get("cniVersion")
-    if not isinstance(version, str) or not version:
+    if version is None or version == "":
         raise CNIError(INVALID_CONFIG, "cniVersion is missing from the network configuration")
+    if not isinstance(version, str):
+        raise CNIError(INVALID_CONFIG, f"cniVersion must be a string such as \"1.0.0\", "
+                                       f"not {json.dumps(version)[:80]}")
     if version not in SUPPORTED_VERSIONS:
         raise CNIError(INCOMPATIBLE_VERSION, f"cniVersion {version} is not supported",
                        f"supported: {', '.join(SUPPORTED_VERSIONS)}")
@@ -122,7 +134,12 @@ def parse_netconf(text: Any) -> NetConf:
     ipam = raw.get("ipam") or {}
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_CONFIG, "ipam must be an object")
+    ipam_type = ipam.get("type")
+    if ipam_type is not None and (not isinstance(ipam_type, str) or not ipam_type):
+        raise CNIError(INVALID_CONFIG,
+                       f"ipam.type must be an IPAM plugin's name, not {json.dumps(ipam_type)[:80]}")
     settings = IPAMSettings(
+        type=ipam_type,
         assign_ipv4=_flag(ipam.get("assign_ipv4", True), "ipam.assign_ipv4"),
         assign_ipv6=_flag(ipam.get("assign_ipv6", False), "ipam.assign_ipv6"),
         ipv4_pools=_strings(ipam.get("ipv4_pools"), "ipam.ipv4_pools"),
@@ -180,9 +197,29 @@ def check_interface_name(ifname: Any) -> str:
     return ifname
 
 
-def parse_cni_args(text: Any) -> dict[str, str]:
+def check_ipam_type(conf: NetConf) -> None:
+    """percale's main plugin allocates through the agent and delegates to no IPAM plugin, so a
+    configuration that names another (host-local, calico-ipam) would get percale's addresses
+    while its author expects that plugin's. Calico's plugin runs whatever ipam.type names, and
+    fails without one; percale refuses both alike, before anything is taken."""
+    kind = conf.ipam.type
+    if kind is None:
+        raise CNIError(INVALID_CONFIG, f"ipam.type is missing: percale's plugin allocates with "
+                                       f"{PERCALE_IPAM}; set \"ipam\": {{\"type\": \"{PERCALE_IPAM}\"}}")
+    if kind != PERCALE_IPAM:
+        raise CNIError(INVALID_CONFIG, f"ipam.type: {kind[:80]!r} is not supported: percale's plugin "
+                                       f"allocates with {PERCALE_IPAM} and runs no other IPAM plugin")
+
+
+def parse_cni_args(text: Any, *, kubernetes_names: bool = True) -> dict[str, str]:
     """CNI_ARGS: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;..." The pod's namespace and name
-    become datastore keys and attributes, so they may not hold "/" or control characters."""
+    become datastore keys, IPAM attributes and its WorkloadEndpoint's name and namespace, so they
+    must be what Kubernetes allows: a namespace is a DNS label, a pod name a DNS subdomain. Left
+    to the endpoint's own validation they were refused only after the address was taken and the
+    veth made (999, every step undone). An empty value counts as absent.
+
+    `kubernetes_names=False` (DEL: it must succeed for a pod ADD refused, which left nothing)
+    refuses only what would put a key in the wrong place: '/', control characters, length."""
     if not isinstance(text, str):
         raise CNIError(INVALID_ENVIRONMENT, "CNI_ARGS must be text")
     out = {}
@@ -193,11 +230,29 @@ def parse_cni_args(text: Any) -> dict[str, str]:
         out[key] = value
     for key, limit in (("K8S_POD_NAMESPACE", 63), ("K8S_POD_NAME", 253)):
         value = out.get(key)
-        if value is not None and (len(value) > limit or "/" in value or _CONTROL.search(value)):
-            raise CNIError(INVALID_ENVIRONMENT,
-                           f"CNI_ARGS {key} {value[:80]!r} is not a Kubernetes name (at most {limit}"
-                           " characters, no '/' or control characters)")
+        if not value:
+            continue
+        if kubernetes_names and len(value) <= limit:
+            problem = _kubernetes_name_problem(key, value)
+        elif len(value) > limit or "/" in value or _CONTROL.search(value):
+            problem = (f"{value[:80]!r} is not a Kubernetes name (at most {limit} characters, no '/'"
+                       " or control characters)")
+        else:
+            problem = None
+        if problem:
+            raise CNIError(INVALID_ENVIRONMENT, f"CNI_ARGS {key}: {problem}")
     return out
+
+
+def _kubernetes_name_problem(key: str, value: str) -> str | None:
+    if key == "K8S_POD_NAME":
+        return None if Resource.name_pattern.fullmatch(value) else \
+            f"{value!r} is not a valid pod name: {DNS_SUBDOMAIN_RULE}"
+    try:  # the namespace rule is ObjectMeta's, which every stored endpoint passes
+        ObjectMeta(name="pod", namespace=value)
+    except ValidationError as err:
+        return validation_problems(err)[0].reason
+    return None
 
 
 def result(

@@ -21,6 +21,7 @@ from percale.dataplane import pod_network
 from percale.datastore import Key
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.ipam.allocator import IPAM
+from percale.ipam.check import check as ipam_check
 from tests.helpers.cni_node import CNINode, PluginResult, netconf
 from tests.helpers.shims import compiled_shim
 from tests.netns.conftest import POOL, reset_store
@@ -149,6 +150,50 @@ def test_second_add_for_the_same_container_is_refused_and_leaks_nothing(node, et
     assert node.exec("ping", "-c1", "-W2", pod_ip(first.json), check=False).returncode == 0
 
 
+def test_a_second_add_of_the_container_into_another_netns_is_refused_and_leaks_nothing(node, etcd_server):
+    """A container ID names one sandbox with one netns: while its first ADD stands, a second ADD
+    for the same container and interface is refused (102) wherever it points, before anything
+    is taken. Into another netns it used to succeed: the pod's host veth was replaced (the
+    first netns lost its eth0) and the handle held a second address the endpoint did not
+    list, which ipam check reported leaked."""
+    first_netns, second_netns = node.new_pod_netns(), node.new_pod_netns()
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-moved", netns=first_netns,
+                        args=k8s("default", "moved"))
+    assert first.code == 0, first.out
+    address, host_veth = pod_ip(first.json), first.json["interfaces"][0]["name"]
+
+    second = node.plugin("percale", "ADD", netconf(node), container_id="c-moved", netns=second_netns,
+                         args=k8s("default", "moved"))
+    assert second.code == 1 and second.json["code"] == 102, second.out
+    message = second.json["msg"]
+    assert all(w in message for w in ("c-moved", "eth0", "default/moved", address, host_veth)), message
+
+    # The first pod is as its ADD left it; the second netns got nothing.
+    assert in_pod(second_netns, "ip", "-o", "link").stdout.count("\n") == 1  # lo only
+    assert f"inet {address}/32" in in_pod(first_netns, "ip", "-o", "addr", "show", "eth0").stdout
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    held = with_store(etcd_server.endpoint, lambda s: IPAM(s).ips_by_handle("k8s-pod-network.c-moved"))
+    assert held == [address]
+    wep_name = workload_endpoint_name(node.name, "k8s", "moved", "eth0")
+    wep = with_store(etcd_server.endpoint, lambda s: s.get(Key("WorkloadEndpoint", wep_name, "default"))).value
+    assert (wep.spec.container_id, wep.spec.ip_networks, wep.spec.interface_name) == \
+        ("c-moved", [f"{address}/32"], host_veth)
+    report = with_store(etcd_server.endpoint, ipam_check)
+    assert address not in report.leaked_ips
+    assert "k8s-pod-network.c-moved" not in [h.id for h in report.leaked_handles + report.overstated_handles]
+
+    # After a DEL the container may be added again, wherever the runtime wants it.
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-moved", netns=first_netns,
+                       args=k8s("default", "moved")).code == 0
+    assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
+    again = node.plugin("percale", "ADD", netconf(node), container_id="c-moved", netns=second_netns,
+                        args=k8s("default", "moved"))
+    assert again.code == 0, again.out
+    assert node.exec("ping", "-c1", "-W2", pod_ip(again.json), check=False).returncode == 0
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-moved", netns=second_netns,
+                       args=k8s("default", "moved")).code == 0
+
+
 def test_pods_on_one_node_reach_each_other(node):
     pods = []
     for i in range(2):
@@ -232,6 +277,13 @@ def test_version_status_and_gc(node, etcd_server):
     assert gc.code == 0, gc.out
     handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
     assert "k8s-pod-network.c-keep" in handles and "k8s-pod-network.c-stray" not in handles
+    # The list is a key of GC's configuration (CNI spec, "GC: Input"): without it the
+    # configuration is wrong (7), and nothing is released.
+    unlisted = node.plugin("percale", "GC", netconf(node, version="1.1.0"))
+    assert unlisted.code == 1 and unlisted.json["code"] == 7, unlisted.out
+    assert "cni.dev/valid-attachments" in unlisted.json["msg"]
+    handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+    assert "k8s-pod-network.c-keep" in handles
 
 
 def test_error_codes(node):
@@ -398,9 +450,10 @@ def test_ctrl_c_stops_the_agent_which_wires_pods_without_helper_processes(etcd_s
 
 def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_server, tmp_path):
     """Each refused with the code that tells a runtime what to do (4: fix the environment, 6/7:
-    fix the config), naming what is wrong; no address, endpoint or veth is left, and the agent
-    serves the next pod as before."""
+    fix the config), naming what is wrong; no address, endpoint or veth is left, the agent logs
+    no traceback (none is a bug), and it serves the next pod as before."""
     netns = node.new_pod_netns()
+    log_before = (node.workdir / "agent.log").stat().st_size
     not_a_namespace = tmp_path / "netns-file"
     not_a_namespace.write_text("")
     conf = netconf(node)
@@ -432,13 +485,34 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
         ("container ID with a newline", run(container_id="c-\nhostile"), 4, "CNI_CONTAINERID"),
         ("container ID with a control character", run(container_id="c-\x01x"), 4, "CNI_CONTAINERID"),
         ("pod name with /", run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b"), 4, "K8S_POD_NAME"),
+        # Kubernetes' rules, which the pod's endpoint needs (they were a 999 after the address
+        # was taken and the veth made, both undone).
+        ("pod name with a space", run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=has space"), 4,
+         "K8S_POD_NAME: 'has space' is not a valid pod name: lower-case letters"),
+        ("pod name in upper case", run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=Upper"), 4,
+         "K8S_POD_NAME: 'Upper' is not a valid pod name"),
+        ("namespace with _", run(args="K8S_POD_NAMESPACE=Bad_NS;K8S_POD_NAME=hostile"), 4,
+         "K8S_POD_NAMESPACE: namespace 'Bad_NS' is not a valid namespace"),
+        ("interface name in upper case", run(ifname="Eth0"), 4, "CNI_IFNAME 'Eth0'"),
+        ("pod name too long for the endpoint's name",
+         run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + "h-" * 100 + "x"), 4, "K8S_POD_NAME is too long"),
+        # percale's plugin runs no IPAM plugin: a config that names one is not served from percale's pools.
+        ("another IPAM plugin", run({**conf, "ipam": {"type": "host-local", "subnet": "10.1.0.0/16"}}), 7,
+         "ipam.type: 'host-local' is not supported"),
+        ("an IPAM plugin that does not exist", run({**conf, "ipam": {"type": "nosuch-ipam"}}), 7,
+         "ipam.type: 'nosuch-ipam' is not supported"),
+        ("cniVersion a number", run({**conf, "cniVersion": 1}), 7, "cniVersion must be a string"),
         # The pod's labels and named ports for policy (args.cni.labels, args.percale.namedPorts).
         ("label not key/value", run({**conf, "args": {"cni": {"labels": [{"key": "app"}]}}}), 7,
          "args.cni.labels"),
         ("label value invalid", run({**conf, "args": {"cni": {"labels": [{"key": "app", "value": "a b"}]}}}),
-         7, "invalid value"),
+         7, "args.cni.labels: label value 'a b' is not valid"),
         ("named port too long", run({**conf, "args": {"percale": {"namedPorts": [
-            {"name": "a-port-name-over-fifteen", "protocol": "TCP", "port": 80}]}}}), 7, "port name"),
+            {"name": "a-port-name-over-fifteen", "protocol": "TCP", "port": 80}]}}}), 7,
+         "args.percale.namedPorts[0].name: 'a-port-name-over-fifteen' is not a port name"),
+        ("named port not a number", run({**conf, "args": {"percale": {"namedPorts": [
+            {"name": "http", "protocol": "TCP", "port": "eighty"}]}}}), 7,
+         "args.percale.namedPorts[0].port: Input should be a valid integer"),
     ]
     for what, result, code, words in cases:
         assert result.code == 1, (what, result.out, result.err)
@@ -452,7 +526,12 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
         return handles, endpoints
 
     assert with_store(etcd_server.endpoint, leftovers) == ([], [])
-    assert pod_network.host_veth_name("default", "hostile") not in node.exec("ip", "link").stdout
+    links = node.exec("ip", "link").stdout
+    assert [pod for pod in ("hostile", "has space", "Upper") if pod_network.host_veth_name("default", pod) in links] == []
+    assert pod_network.host_veth_name("Bad_NS", "hostile") not in links
+    with open(node.workdir / "agent.log", "rb") as log:
+        log.seek(log_before)
+        assert b"Traceback" not in log.read()
     assert in_pod(netns, "ip", "-o", "link").stdout.count("\n") == 1  # lo only
     added = node.plugin("percale", "ADD", conf, container_id="c-after", netns=netns, args=k8s("default", "after"))
     assert added.code == 0, added.out
