@@ -195,7 +195,9 @@ class KubeControlPlane:
         terminating.)"""
         kinds = ",".join(p.name.split("_", 1)[1].removesuffix(".yaml") + ".percale.io"
                          for p in sorted(CRDS.glob("percale.io_*.yaml")))
-        self.kubectl("delete", kinds, "--all", "--wait=false")
+        # --all-namespaces: percale's NetworkPolicies are namespaced, and one left in a test's own
+        # namespace showed up in the next test's view of every namespace.
+        self.kubectl("delete", kinds, "--all", "--all-namespaces", "--wait=false")
         self.kubectl("delete", "pods", "--all", "--all-namespaces", "--force",
                      "--grace-period=0", "--wait=false")
         self.kubectl("delete", "nodes", "--all", "--wait=false")
