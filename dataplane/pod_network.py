@@ -303,6 +303,11 @@ def unwire(netns: str, ifname: str) -> bool:
     return True
 
 
+def host_link_exists(host_name: str) -> bool:
+    """Whether the node has an interface of that name (a pod's host veth still standing)."""
+    return _host_netlink().link(name=host_name) is not None
+
+
 def remove_host_veth(host_name: str) -> bool:
     """Undo a create_link whose pod could not be wired."""
     return _delete(_host_netlink(), host_name)

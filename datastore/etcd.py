@@ -222,7 +222,8 @@ class EtcdDatastore:
             for event in response.events:
                 key = layout.key(kind, event.kv.key.decode())
                 rev = str(event.kv.mod_revision)
-                # Decoded when read (KVPair.later): a view follows every block and reads few.
+                # Decoded when read (KVPair.later): a view whose listeners read no values (IPAM's
+                # bookkeeping) decodes nothing; one whose listeners do reads each once.
                 if event.type == _DELETE:
                     prev = event.prev_kv.value if event.HasField("prev_kv") else None
                     yield WatchEvent.later("DELETED", key, rev,

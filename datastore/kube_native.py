@@ -152,18 +152,27 @@ def endpoint_from_pod(pod: dict[str, Any]) -> KVPair | None:
         raise DatastoreError(
             f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation {ENDPOINT} is not a "
             "JSON object")
-    spec = dict(stored.get("spec", {}))
+    spec = stored.get("spec", {})
+    if not isinstance(spec, dict):
+        raise DatastoreError(
+            f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation {ENDPOINT} has a spec "
+            "that is not a JSON object")
+    spec = dict(spec)
     # Named ports, for policy: the Pod's containers' (percale's own record has none).
     named = [{"name": port["name"], "protocol": port.get("protocol", "TCP"), "port": port["containerPort"]}
              for container in (pod.get("spec") or {}).get("containers") or []
              for port in container.get("ports") or [] if port.get("name") and port.get("containerPort")]
     if named:
         spec["ports"] = named
-    return _validated(WorkloadEndpoint, {
-        "apiVersion": "percale.io/v1", "kind": "WorkloadEndpoint",
-        "metadata": _meta(pod, stored.get("name", ""), meta.get("namespace")),
-        "spec": spec,
-    })
+    try:
+        return _validated(WorkloadEndpoint, {
+            "apiVersion": "percale.io/v1", "kind": "WorkloadEndpoint",
+            "metadata": _meta(pod, stored.get("name", ""), meta.get("namespace")),
+            "spec": spec,
+        })
+    except DatastoreError as err:
+        raise DatastoreError(f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation "
+                             f"{ENDPOINT}: {err}") from None
 
 
 def endpoint_key(pod: dict[str, Any]) -> Key:

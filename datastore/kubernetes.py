@@ -150,9 +150,17 @@ def _read(kind: str, obj: dict[str, Any], defer_errors: bool) -> KVPair | None:
     that cannot be read is an unreadable pair under its key (see Datastore.list), not an error
     for the whole list or watch."""
     try:
-        if kind == "WorkloadEndpoint":
-            return kube_native.endpoint_from_pod(obj)
-        return from_object(kind, obj)
+        try:
+            if kind == "WorkloadEndpoint":
+                return kube_native.endpoint_from_pod(obj)
+            return from_object(kind, obj)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            # A shape no check foresaw (an annotation edited by hand): the same verdict as a
+            # value the model refuses, not an exception that ends the list or watch.
+            meta = obj.get("metadata") or {}
+            where = "/".join(filter(None, (meta.get("namespace"), meta.get("name"))))
+            raise DatastoreError(f"the {kind} of {where} (resourceVersion "
+                                 f"{meta.get('resourceVersion')}) cannot be read: {err}") from None
     except DatastoreError as err:
         if not defer_errors:
             raise

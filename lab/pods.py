@@ -220,7 +220,7 @@ def _create_pod(lab: Lab, node: str, name: str, meta: PodMeta) -> None:
 
 
 def _check_label(what: str, value: str) -> None:
-    if not DNS_LABEL.match(value):
+    if not DNS_LABEL.fullmatch(value):
         raise LabError(f"{what} {value!r}: must be a DNS-1123 label (at most 63 lowercase letters, "
                        "digits and '-', beginning and ending with a letter or digit), as "
                        "Kubernetes names are")

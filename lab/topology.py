@@ -227,7 +227,7 @@ def parse(data: Any, path: Path) -> Topology:
     if not isinstance(data, dict):
         raise TopologyError(f"{where}: a topology is a mapping with name and topology")
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise fail("name", "must be a name of letters, digits, '-', '_' or '.'")
     if len(name.encode()) > NAME_MAX:  # the lab's directory is named by it
         raise fail("name", f"is {len(name.encode())} bytes long; at most {NAME_MAX}")
@@ -236,7 +236,7 @@ def parse(data: Any, path: Path) -> Topology:
         prefix = name
     # It begins every namespace name, as it begins every container name in containerlab, where
     # Docker allows these characters; "" names the namespaces by the nodes alone.
-    if not isinstance(prefix, str) or (prefix and not _NAME.match(prefix)):
+    if not isinstance(prefix, str) or (prefix and not _NAME.fullmatch(prefix)):
         raise fail("prefix", f"{prefix!r} is not empty or a name of letters, digits, '-', '_' "
                              "or '.'")
     if problem := netns_name_problem(_namespace_name(prefix, name, "mgmt")):
@@ -257,7 +257,7 @@ def parse(data: Any, path: Path) -> Topology:
     nodes = {}
     for node_name, spec in topology["nodes"].items():
         field_name = f"topology.nodes.{node_name}"
-        if not isinstance(node_name, str) or not _NAME.match(node_name):
+        if not isinstance(node_name, str) or not _NAME.fullmatch(node_name):
             raise fail(field_name, "a node name is letters, digits, '-', '_' or '.'")
         if problem := netns_name_problem(_namespace_name(prefix, name, node_name)):
             raise fail(field_name, f"its namespace name {problem}")
@@ -409,7 +409,7 @@ def _endpoint(value: Any, field_name: str, nodes: dict[str, Node], fail) -> Endp
     node, interface = str(value["node"]), str(value["interface"])
     if node not in nodes:
         raise fail(field_name, f"no node named {node!r}")
-    if not _IFNAME.match(interface) or interface in (".", ".."):
+    if not _IFNAME.fullmatch(interface) or interface in (".", ".."):
         raise fail(field_name, f"{interface!r} is not an interface name (at most 15 characters: "
                                "letters, digits, '_', '-' and '.'; not '.' or '..')")
     if interface == "lo":
@@ -433,7 +433,7 @@ def _endpoint(value: Any, field_name: str, nodes: dict[str, Node], fail) -> Endp
 
 def _unicast_mac(mac: str) -> bool:
     """What the kernel takes as a veth's address: six octets, not multicast, not all zero."""
-    return bool(_MAC.match(mac)) and not int(mac[:2], 16) & 1 and int(mac.replace(":", ""), 16) != 0
+    return bool(_MAC.fullmatch(mac)) and not int(mac[:2], 16) & 1 and int(mac.replace(":", ""), 16) != 0
 
 
 def _link(i: int, spec: Any, nodes: dict[str, Node], fail) -> Link:

@@ -369,12 +369,23 @@ class CNIHandlers:
         Into the same netns the kernel would refuse it; into another one it replaced the pod's
         host veth, cutting off the first netns, and took a second address under the handle.
         Refused before anything is taken. An endpoint of another container of the pod is a
-        sandbox replaced, and the new one takes over (Calico does the same)."""
+        sandbox replaced, and the new one takes over (Calico does the same).
+
+        An endpoint whose host veth is gone is an attachment that did not survive (a reboot, an
+        agent that died before the DEL): runtimes that keep container IDs across restarts
+        (Podman, nerdctl) ADD it again. Its addresses, under this container's handle, are freed
+        and the ADD goes on, rather than refusing it until someone runs DEL by hand."""
         try:
             current = (await self.store.get(self._endpoint_key(pod, conf))).value
         except NotFound:
             return
         if current.spec.container_id != pod.container_id:
+            return
+        veth = current.spec.interface_name
+        if not veth or not await self.workers.run(pod_network.host_link_exists, veth):
+            log.info("container %s: its earlier %s (host veth %s) is gone; adding it afresh",
+                     pod.container_id, pod.ifname, veth)
+            await self.ipam.release_by_handle(pod.handle_id)
             return
         where = ", ".join(current.spec.ip_networks) or "no address"
         raise CNIError(INTERFACE_EXISTS,

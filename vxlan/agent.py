@@ -79,7 +79,7 @@ class VXLANAgent:
     def _changed(self, change: Change) -> None:
         if change.kind not in ("IPPool", "Node", "IPAMBlock"):
             # The view hands every kind to every listener: endpoints and handles are not
-            # VXLAN's, and their values are left undecoded.
+            # VXLAN's (the view has read their values already, to leave out any it cannot).
             return
         value: Any = change.new.value if change.new else None
         for plan in self.plans.values():

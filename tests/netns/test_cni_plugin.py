@@ -194,6 +194,32 @@ def test_a_second_add_of_the_container_into_another_netns_is_refused_and_leaks_n
                        args=k8s("default", "moved")).code == 0
 
 
+def test_an_attachment_that_did_not_survive_is_added_afresh(node, etcd_server):
+    """A runtime that keeps container IDs across a reboot (Podman, nerdctl) ADDs a container
+    whose DEL never came: its endpoint is stored, its host veth is gone. The ADD goes on, the
+    old address is freed, and nothing is left leaked."""
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-reboot",
+                        netns=node.new_pod_netns(),
+                        args=k8s("default", "reboot"))
+    assert first.code == 0, first.out
+    old_address, host_veth = pod_ip(first.json), first.json["interfaces"][0]["name"]
+    node.exec("ip", "link", "del", host_veth)  # the reboot: the veth pair is gone, the record stays
+
+    new_netns = node.new_pod_netns()
+    again = node.plugin("percale", "ADD", netconf(node), container_id="c-reboot",
+                        netns=new_netns, args=k8s("default", "reboot"))
+    assert again.code == 0, again.out
+    address = pod_ip(again.json)
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    held = with_store(etcd_server.endpoint, lambda s: IPAM(s).ips_by_handle("k8s-pod-network.c-reboot"))
+    assert held == [address]
+    report = with_store(etcd_server.endpoint, ipam_check)
+    assert old_address not in report.leaked_ips and address not in report.leaked_ips
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-reboot",
+                       netns=new_netns, args=k8s("default", "reboot")).code == 0
+    assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
+
+
 def test_pods_on_one_node_reach_each_other(node):
     pods = []
     for i in range(2):
