@@ -98,7 +98,10 @@ def render(router_id: str, neighbors: Iterable[Neighbor], helper_command: str) -
             # §10's suggestion), so BIRD's `keepalive time N` becomes a hold time of 3N.
             lines.append(f"    hold-time {3 * n.keepalive_time};")
         if n.ttl_security:
-            # GTSM (RFC 5082): accept only packets that crossed at most `hops` routers.
+            # GTSM (RFC 5082): accept only packets that crossed at most `hops` routers, and send
+            # with TTL 255 (ExaBGP's default for a neighbour with incoming-ttl). ExaBGP as shipped
+            # put this minimum on the listening socket every session shares; exabgp_pace.py
+            # checks it per accepted connection instead, so other peers can still connect.
             lines.append(f"    incoming-ttl {256 - n.ttl_security};")
         family = "ipv4 unicast" if n.family == 4 else "ipv6 unicast"
         lines += [f"    family {{ {family}; }}",

@@ -20,8 +20,11 @@ at most that late. A signal (SIGUSR1, the agent's reload; SIGTERM) wakes the sle
 through a wake-up pipe, since Python would otherwise resume the poll after running the handler.
 
 Received routes are decoded with three of ExaBGP's per-NLRI costs taken away (`_lean_parsing`),
-and written to the API as the same JSON with less work per prefix (`_lean_update_json`);
-nothing else in ExaBGP is changed.
+and written to the API as the same JSON with less work per prefix (`_lean_update_json`).
+
+GTSM (a BGPPeer's ttlSecurity, `incoming-ttl`) is applied to each accepted connection, not to
+the listening socket that every session on the node's address shares (`_gtsm_per_connection`).
+Nothing else in ExaBGP is changed.
 """
 
 from __future__ import annotations
@@ -257,10 +260,117 @@ def _lean_update_json() -> None:
     JSON._update = update_json
 
 
+# linux/tcp.h; CPython's socket module exports neither.
+TCP_SAVE_SYN = getattr(socket, "TCP_SAVE_SYN", 27)
+TCP_SAVED_SYN = getattr(socket, "TCP_SAVED_SYN", 28)
+# RFC 5082 §3: a GTSM speaker sends with the highest TTL, so that what arrives tells the hops.
+GTSM_TTL = 255
+
+
+def _syn_ttl(sock: socket.socket) -> int | None:
+    """The TTL (IPv4) or hop limit (IPv6) an accepted connection's SYN arrived with, read from
+    the SYN its listening socket saved (TCP_SAVE_SYN: the IP and TCP headers). None when none was
+    saved: a connection made through a SYN cookie, while the listen queue overflowed. The kernel
+    hands the SYN over once and then frees it."""
+    try:
+        syn = sock.getsockopt(socket.IPPROTO_TCP, TCP_SAVED_SYN, 512)
+    except OSError:
+        return None
+    version = syn[0] >> 4 if syn else 0
+    if version == 4 and len(syn) >= 20:
+        return syn[8]
+    if version == 6 and len(syn) >= 40:
+        return syn[7]
+    return None
+
+
+def _gtsm_per_connection() -> None:
+    """GTSM (RFC 5082) for the sessions a peer opens, without it reaching every other session.
+
+    ExaBGP listens with one socket per (address, port), shared by every neighbour with that
+    local address: for percale, every session of the node. A neighbour's `incoming-ttl` set
+    IP_MINTTL on that socket, so the kernel dropped every SYN below it, whichever peer sent it.
+    One BGPPeer with ttlSecurity (incoming-ttl 255) cut the node off from every mesh peer and
+    route reflector that connects to it with the default TTL of 64: in a mesh the node with the
+    lower address is passive, so those sessions never came up (tests/interop/test_ttl_security.py,
+    the kernel's TCPMinTTLDrop counting B's SYNs). And the socket answered every SYN with a
+    SYN-ACK at the default TTL, which the GTSM peer itself drops: a GTSM session came up only
+    when percale connected out, never when the peer did.
+
+    So here the listening socket checks no TTL, answers every SYN with TTL 255 (harmless to a
+    peer that checks nothing) and saves each SYN (TCP_SAVE_SYN). Once ExaBGP has matched an
+    accepted connection to its neighbour, and before the neighbour's state machine sees it:
+      * a GTSM neighbour's connection is closed unless its SYN arrived with at least
+        incoming-ttl (no SYN saved: closed too, GTSM fails closed); then IP_MINTTL on the
+        connection makes the kernel hold every later packet to the same minimum;
+      * every connection sends with its neighbour's TTL: outgoing-ttl, else 255 for GTSM, else
+        the kernel's default again (-1) rather than the listener's 255.
+    A packet that reached the connection between the handshake and the IP_MINTTL is not
+    checked by the kernel; to be accepted a packet from further away would have to belong to a
+    connection whose SYN passed the check, that is, to guess its sequence numbers.
+    Connections percale opens are ExaBGP's own (reactor/network/outgoing.py): minimum and
+    sending TTL on the one socket, unchanged.
+    """
+    from exabgp.logger import log
+    from exabgp.reactor.listener import Listener
+    from exabgp.reactor.network.error import NetworkError
+    from exabgp.reactor.network.tcp import sending_ttl, set_minimum_ttl, set_sending_ttl
+    from exabgp.reactor.peer import Peer
+
+    listen_as_shipped = Listener._listen
+    handle_as_shipped = Peer.handle_connection
+
+    def listen(self, local_ip, peer_ip, local_port, use_md5, md5_base64, ttl_in):
+        listen_as_shipped(self, local_ip, peer_ip, local_port, use_md5, md5_base64, None)
+        for sock, (local, port, _, _) in self._sockets.items():
+            if (local, port) != (local_ip.top(), local_port):
+                continue
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_SAVE_SYN, 1)
+            except OSError as exc:
+                log.error(lambda exc=exc: f"could not save SYNs on {local}:{port} ({exc}): "
+                          "connections from GTSM neighbours will be refused", "network")
+            set_sending_ttl(sock, local_ip.afi, local, GTSM_TTL)
+
+    def handle_connection(self, connection):
+        neighbor, sock = self.neighbor, connection.io
+        if sock is None:
+            return handle_as_shipped(self, connection)
+        minimum = neighbor["incoming-ttl"]
+        if minimum:
+            arrived = _syn_ttl(sock)
+            refused = None
+            if arrived is None:
+                refused = "no SYN was saved to check"
+            elif arrived < minimum:
+                refused = f"its SYN arrived with TTL {arrived}"
+            else:
+                try:
+                    set_minimum_ttl(sock, connection.afi, neighbor["peer-address"].top(), minimum)
+                except NetworkError as exc:
+                    refused = str(exc)
+            if refused:
+                log.warning(lambda: f"refused a connection from {neighbor['peer-address']}: "
+                            f"{refused}, and incoming-ttl is {minimum} (GTSM)", "network")
+                connection.close()
+                return iter(())  # the listener's "denied": the state machine never sees it
+        try:
+            set_sending_ttl(sock, connection.afi, neighbor["peer-address"].top(),
+                            sending_ttl(neighbor["outgoing-ttl"], minimum) or -1)
+        except NetworkError as exc:
+            log.error(lambda: f"could not set the sending TTL of {connection.name()} ({exc})",
+                      "network")
+        return handle_as_shipped(self, connection)
+
+    Listener._listen = listen
+    Peer.handle_connection = handle_connection
+
+
 def main() -> int:
     global _wakeup
     _lean_parsing()
     _lean_update_json()
+    _gtsm_per_connection()
     Reactor._wait_for_io = _paced_wait_for_io
     _wakeup = _WakeUp()
     sys.argv[0] = "exabgp"

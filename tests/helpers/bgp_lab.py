@@ -79,8 +79,11 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 def gobgp_config(asn: int, router_id: str, local_address: str,
-                 neighbors: list[tuple[str, int]], *, restart_time: int = 120) -> str:
-    """gobgpd.toml: one neighbour per (address, AS), graceful restart on (helper mode)."""
+                 neighbors: list[tuple[str, int]], *, restart_time: int = 120,
+                 ttl_min: int | None = None, passive: bool = False) -> str:
+    """gobgpd.toml: one neighbour per (address, AS), graceful restart on (helper mode).
+    `ttl_min`: GTSM on every neighbour (GoBGP sends with TTL 255 and drops what arrives below
+    ttl-min). `passive`: GoBGP never connects out, so a session is the other side's doing."""
     conf = [f'[global.config]\n  as = {asn}\n  router-id = "{router_id}"\n'
             f'  local-address-list = ["{local_address}"]\n']
     for address, peer_as in neighbors:
@@ -93,6 +96,10 @@ def gobgp_config(asn: int, router_id: str, local_address: str,
             '  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n'
             '      afi-safi-name = "ipv4-unicast"\n'
             '    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n')
+        if ttl_min is not None:
+            conf.append(f'  [neighbors.ttl-security.config]\n    enabled = true\n    ttl-min = {ttl_min}\n')
+        if passive:
+            conf.append('  [neighbors.transport.config]\n    passive-mode = true\n')
     return "".join(conf)
 
 
@@ -350,9 +357,11 @@ class Router(_Processes):
     # -- GoBGP -----------------------------------------------------------------------------
 
     def gobgp(self, neighbors: list[tuple[str, int]], asn: int = 64512,
-              router_id: str | None = None, *, restart_time: int = 120) -> None:
+              router_id: str | None = None, *, restart_time: int = 120,
+              ttl_min: int | None = None, passive: bool = False) -> None:
         self._gobgp(self.ns, gobgp_config(asn, router_id or self.ip, self.ip, neighbors,
-                                          restart_time=restart_time))
+                                          restart_time=restart_time, ttl_min=ttl_min,
+                                          passive=passive))
 
     def gobgp_rib(self) -> dict:
         """GoBGP's global RIB, prefix -> paths (each with "stale" when graceful restart keeps it)."""

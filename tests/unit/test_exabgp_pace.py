@@ -94,8 +94,8 @@ PRELUDE = textwrap.dedent("""
 """)
 
 
-def run(body: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
+def run(body: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body), *args],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
@@ -221,3 +221,80 @@ def test_the_patched_encoder_writes_every_update_as_exabgp_does():
     assert compact[12]["update"]["announce"]["ipv4 multicast"] == {
         "192.168.1.2": ["232.2.0.0/16", "232.3.0.0/16"]}
     assert "eor" in compact[13]
+
+
+GTSM = textwrap.dedent("""
+    import socket, types
+    from exabgp.protocol.ip import IP
+    from exabgp.reactor.listener import Listener
+    from exabgp.reactor.peer import Peer
+
+    ADDRESS = sys.argv[1]
+    FAMILY = socket.AF_INET6 if ":" in ADDRESS else socket.AF_INET
+    # The TTL (hop limit) sent with, and the minimum accepted (IP_MINTTL, IPV6_MINHOPCOUNT).
+    LEVEL = socket.IPPROTO_IPV6 if ":" in ADDRESS else socket.IPPROTO_IP
+    SENT, MINIMUM = (socket.IPV6_UNICAST_HOPS, 73) if ":" in ADDRESS else (socket.IP_TTL, 21)
+    Peer.handle_connection = lambda self, connection: "to the state machine"
+    pace._gtsm_per_connection()
+
+    probe = socket.socket(FAMILY)
+    probe.bind((ADDRESS, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    listener = Listener(reactor=None)
+    # The first neighbour on the address asks for GTSM: the socket is shared all the same.
+    assert listener.listen_on(IP.create(ADDRESS), IP.create(ADDRESS), port, None, False, 255)
+    [listening] = listener._sockets
+
+    def accepted(ttl):
+        client = socket.socket(FAMILY)
+        client.setsockopt(LEVEL, SENT, ttl)
+        client.settimeout(2)
+        try:
+            client.connect((ADDRESS, port))
+        except TimeoutError:  # the kernel dropped the SYN
+            return client, None
+        while not listener.incoming():
+            pass
+        [connection] = listener._connected()
+        return client, connection
+
+    def admitted(ttl, incoming, outgoing=None):
+        neighbor = {"incoming-ttl": incoming, "outgoing-ttl": outgoing,
+                    "peer-address": IP.create(ADDRESS)}
+        client, connection = accepted(ttl)
+        if connection is None:
+            return {"SYN dropped": True}
+        answer = Peer.handle_connection(types.SimpleNamespace(neighbor=neighbor), connection)
+        sock = connection.io
+        if sock is None:
+            client.settimeout(5)
+            return {"answer": list(answer), "closed": client.recv(1) == b""}
+        return {"answer": answer, "min": sock.getsockopt(LEVEL, MINIMUM),
+                "ttl": sock.getsockopt(LEVEL, SENT)}
+
+    default = socket.socket(FAMILY).getsockopt(LEVEL, SENT)
+    print(json.dumps({
+        "listener": [listening.getsockopt(LEVEL, MINIMUM), listening.getsockopt(LEVEL, SENT),
+                     listening.getsockopt(socket.IPPROTO_TCP, pace.TCP_SAVE_SYN)],
+        "default": default,
+        "gtsm": admitted(255, 255), "gtsm, one hop": admitted(254, 254),
+        "gtsm, too far": admitted(254, 255), "gtsm, far": admitted(64, 255),
+        "plain": admitted(64, None), "outgoing-ttl": admitted(64, None, 10),
+    }))
+""")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_gtsm_is_checked_per_accepted_connection_and_not_on_the_shared_listener(address):
+    """incoming-ttl on the listening socket (as ExaBGP sets it) dropped every neighbour's SYNs
+    below it. Patched: the listener checks nothing and answers with TTL 255 (a GTSM peer drops a
+    SYN-ACK below its minimum); each connection is judged by its own neighbour."""
+    got = run(GTSM, address)
+    assert got["listener"] == [0, 255, 1]
+    shipped = "to the state machine"
+    assert got["gtsm"] == {"answer": shipped, "min": 255, "ttl": 255}
+    assert got["gtsm, one hop"] == {"answer": shipped, "min": 254, "ttl": 255}
+    assert got["gtsm, too far"] == got["gtsm, far"] == {"answer": [], "closed": True}
+    assert got["plain"] == {"answer": shipped, "min": 0, "ttl": got["default"]}
+    assert got["outgoing-ttl"] == {"answer": shipped, "min": 0, "ttl": 10}
