@@ -27,7 +27,7 @@ from percale.api.meta import (
 from percale.api.policy import port_name_problem
 # The checks percale's own labels and selectors use: a selector that passes here also parses
 # once converted.
-from percale.api.selector import label_key_problem, label_value_problem
+from percale.api.selector import label_key_problem, label_value_problem, labels_problem
 
 API_VERSION = "networking.k8s.io/v1"
 # What messages call this kind, to tell it from percale's own NetworkPolicy.
@@ -69,11 +69,8 @@ class LabelSelector(Model):
     @field_validator("match_labels")
     @classmethod
     def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            if problem := label_key_problem(key):
-                raise ValueError(problem)
-            if problem := label_value_problem(value):
-                raise ValueError(f"{problem} (label {key!r})")
+        if problem := labels_problem(labels):
+            raise ValueError(problem)
         return labels
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from percale.api.selector import label_key_problem, label_value_problem
+from percale.api.selector import labels_problem
 
 API_VERSION = "percale.io/v1"
 
@@ -56,11 +56,8 @@ class ObjectMeta(Model):
     @field_validator("labels")
     @classmethod
     def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            if problem := label_key_problem(key):
-                raise ValueError(problem)
-            if problem := label_value_problem(value):
-                raise ValueError(f"{problem} (label {key!r})")
+        if problem := labels_problem(labels):
+            raise ValueError(problem)
         return labels
 
     @field_validator("namespace")

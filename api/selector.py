@@ -250,6 +250,17 @@ def label_value_problem(value: str) -> str | None:
     return None
 
 
+def labels_problem(labels: Mapping[str, str]) -> str | None:
+    """Why `labels` is not a map of Kubernetes labels (the first key or value that is not), or
+    None when it is one."""
+    for key, value in labels.items():
+        if problem := label_key_problem(key):
+            return problem
+        if problem := label_value_problem(value):
+            return f"{problem} (label {key!r})"
+    return None
+
+
 def label_key_problem(key: str) -> str | None:
     """Why `key` is not a Kubernetes label key (an optional DNS-subdomain prefix and '/', then a
     name), or None when it is one."""

@@ -70,6 +70,21 @@ class FlakyWatches:
                 raise DatastoreUnavailable("the connection broke")
 
 
+def paused_watches() -> type[FlakyWatches]:
+    """Watches that wait until `release` is set (a fresh event per call), so the history moves
+    on without them."""
+
+    class Paused(FlakyWatches):
+        release = asyncio.Event()
+
+        async def watch(self, kind, **options):
+            await self.release.wait()
+            async for event in self.store.watch(kind, **options):
+                yield event
+
+    return Paused
+
+
 async def test_the_view_follows_every_change_in_order_across_broken_watches():
     memory = MemoryDatastore()
     await memory.create(pool("before", "10.1.0.0/16"))
@@ -102,14 +117,7 @@ async def test_compacted_history_is_listed_again_and_the_difference_reported():
     for name in ("a", "b", "c"):
         await memory.create(pool(name, f"10.{ord(name)}.0.0/16"))
 
-    class Paused(FlakyWatches):
-        """Watches that wait until released, so the history moves on without them."""
-        release = asyncio.Event()
-
-        async def watch(self, kind, **options):
-            await self.release.wait()
-            async for event in self.store.watch(kind, **options):
-                yield event
+    Paused = paused_watches()
 
     store = Paused(memory, every=10**9)
     cache = Cache(store, ["IPPool"])
@@ -522,13 +530,7 @@ async def test_listed_again_after_compaction_the_view_still_leaves_out_what_it_c
     bad = Key("IPPool", "bad")
     memory.put_raw(bad, unreadable_pool("bad", "10.9.0.0/16"))
 
-    class Paused(FlakyWatches):
-        release = asyncio.Event()
-
-        async def watch(self, kind, **options):
-            await self.release.wait()
-            async for event in self.store.watch(kind, **options):
-                yield event
+    Paused = paused_watches()
 
     cache = Cache(Paused(memory, every=10**9), ["IPPool"])
     told: list[Change] = []
