@@ -58,7 +58,7 @@ def overlapping_pools(new: Iterable[IPPool], stored: Iterable[IPPool]) -> dict[i
 
 def check_batch(
     batch: list[Resource], stored: Mapping[tuple[str, str | None, str], Resource],
-    stored_pools: Iterable[IPPool], sources: list[str] | None = None,
+    stored_pools: Iterable[IPPool], sources: list[str],
 ) -> dict[int, list[Problem]]:
     """Problems by position in `batch`. `stored` maps (kind, namespace, name) to what is stored
     now for the objects the batch names; `stored_pools` is every stored pool; `sources`, where
@@ -76,8 +76,7 @@ def check_batch(
     for i, resource in enumerate(batch):
         key = (resource.kind, resource.metadata.namespace, resource.metadata.name)
         if key in seen:
-            first = sources[seen[key]] if sources else f"resource {seen[key] + 1} of the batch"
-            problems.setdefault(i, []).append(
-                Problem("metadata.name", f"the same {resource.kind} is also given in {first}"))
+            problems.setdefault(i, []).append(Problem(
+                "metadata.name", f"the same {resource.kind} is also given in {sources[seen[key]]}"))
         seen[key] = i
     return problems
