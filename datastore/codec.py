@@ -11,6 +11,13 @@ from percale.datastore.errors import DatastoreError
 from percale.api import KINDS, Resource
 from percale.api.fields import format_time
 
+# Stored values are read as Calico's Go structs read theirs: a field this version does not know is
+# dropped, not refused. A newer percale (a node upgraded first in a rolling upgrade, a newer
+# percalectl) may store fields an older node has never heard of, and refusing them would blind
+# that node to the whole object (its view tells it as deleted). What a user writes is still held
+# to the known fields (api.meta.Model's extra="forbid"): a typo must not vanish silently.
+READ_EXTRA = "ignore"
+
 
 def encode(value: Resource) -> bytes:
     """The wire form (Resource.to_document) as compact JSON, fields in the models' order, as
@@ -28,7 +35,7 @@ def decode(kind: str, data: bytes, revision: str) -> Resource:
     # Stored values were validated when they were written; validating again on read keeps a
     # hand-edited or corrupt value from travelling further as if it were sound.
     try:
-        value = KINDS[kind].model_validate_json(data)
+        value = KINDS[kind].model_validate_json(data, extra=READ_EXTRA)
     except ValidationError as err:
         raise DatastoreError(f"the value stored is not a valid {kind}: {err}") from None
     value.metadata.resource_version = revision

@@ -30,6 +30,7 @@ from percale.api.meta import API_VERSION
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
 from percale.policy.convert import KUBERNETES_POLICY_PREFIX
 from percale.datastore import kube_names, kube_native
+from percale.datastore.codec import READ_EXTRA
 from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
 from percale.datastore.errors import (
     AlreadyExists, Conflict, DatastoreError, DatastoreUnavailable, NotFound, RevisionCompacted,
@@ -137,7 +138,7 @@ def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
     revision = meta.get("resourceVersion", "")
     try:
         kept["name"] = kube_names.percale_name(kind, meta.get("name", ""), spec)
-        value = KINDS[kind].model_validate({**doc, "metadata": kept})
+        value = KINDS[kind].model_validate({**doc, "metadata": kept}, extra=READ_EXTRA)
     except (ValidationError, KeyError, ValueError) as err:
         raise DatastoreError(
             f"the {kind} {meta.get('name')!r} stored in Kubernetes is not valid "

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+from pydantic import ValidationError
 
 from percale.datastore import (
     AlreadyExists,
@@ -31,7 +32,7 @@ from percale.datastore.cache import Cache, CachedDatastore
 from percale.datastore.contract import Create, Delete, Update, reads_changes, writes_together
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.kubernetes import KubeDatastore
-from percale.api import parse
+from percale.api import IPPool, parse
 from percale.api.workloadendpoint import workload_endpoint_name
 from tests.helpers import cas_worker
 from tests.helpers.store import with_store
@@ -624,9 +625,10 @@ def unreadable_pool(name: str, cidr: str) -> dict:
             "spec": {"cidr": cidr, "nodeSelector": "not a selector((("}}
 
 
-async def store_unchecked(store, doc: dict) -> None:
+async def store_unchecked(store, doc: dict, *, kubectl_validate: str = "strict") -> None:
     """Store `doc` as it is, past percale's checks: memory's put_raw, etcdctl put under the
-    kind's key, kubectl apply (the apiserver checks the CRD's schema only)."""
+    kind's key, kubectl apply (the apiserver checks the CRD's schema only; with
+    `kubectl_validate="false"` it drops the fields the schema does not declare instead)."""
     key = Key(doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace"))
     if isinstance(store, MemoryDatastore):
         store.put_raw(key, json.dumps(doc).encode())
@@ -636,7 +638,8 @@ async def store_unchecked(store, doc: dict) -> None:
                              layout.path(key), json.dumps(doc)],
             env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
     else:
-        await asyncio.to_thread(store.kube.kubectl, "apply", "-f", "-", input=json.dumps(doc))
+        await asyncio.to_thread(store.kube.kubectl, "apply", f"--validate={kubectl_validate}",
+                                "-f", "-", input=json.dumps(doc))
 
 
 async def repair(store, value) -> None:
@@ -729,6 +732,36 @@ async def test_a_view_follows_a_kind_past_an_object_it_cannot_read(store, caplog
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_fields_a_newer_version_stores_are_ignored_when_read(store):
+    """A rolling upgrade: a newer percale stores a pool with fields this version has never heard
+    of, at the top, in metadata and in spec. This version reads the pool as Calico's Go structs
+    would, without them (a view that refused it would tell its nodes the pool was deleted), while
+    a user who writes an unknown field is still refused. (On Kubernetes the apiserver drops the
+    fields its CRD does not declare; test_kube_native_input covers a newer CRD that declares
+    them.)"""
+    newer = {"apiVersion": "percale.io/v1", "kind": "IPPool", "futureTop": {"x": 1},
+             "metadata": {"name": "newer", "futureMeta": "m"},
+             "spec": {"cidr": "10.7.0.0/16", "natOutgoing": True, "futureMode": "Sometimes",
+                      "futureNested": {"a": [1, 2]}}}
+    await store_unchecked(store, newer, kubectl_validate="false")
+    got = (await store.get(Key("IPPool", "newer"))).value
+    assert got.spec.cidr == "10.7.0.0/16" and got.spec.nat_outgoing is True
+    assert [kv.value.metadata.name for kv in (await store.list("IPPool")).items] == ["newer"]
+
+    cache = Cache(store, ["IPPool"])
+    following = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        assert [p.spec.cidr for p in cache.values("IPPool")] == ["10.7.0.0/16"]
+        assert not cache.unreadable
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+
+    with pytest.raises(ValidationError, match="futureMode"):
+        IPPool.model_validate({k: v for k, v in newer.items() if k != "futureTop"})
 
 
 async def test_a_view_follows_network_policies_past_a_kubernetes_policy_it_cannot_convert(kube):

@@ -10,6 +10,7 @@ import pytest
 from percale.api import IPAMBlock, IPAMHandle, IPPool, Node, ObjectMeta, parse
 from percale.api.ipam import IPAMHandleSpec
 from percale.api.ippool import IPPoolSpec
+from percale.datastore import DatastoreError
 from percale.datastore.codec import decode, encode
 from percale.ipam import blocks
 
@@ -59,3 +60,19 @@ def test_decode_reads_back_what_encode_wrote(value):
     back = decode(value.kind, encode(value), "42")
     assert back.metadata.resource_version == "42"
     assert back.model_copy(update={"metadata": value.metadata}) == value
+
+
+def test_decode_drops_fields_a_newer_version_stored_and_still_refuses_a_bad_value():
+    """A block written by a newer percale, with fields at every level this version does not
+    know: read without them, as Calico's Go decoders read (an older node must not lose the block
+    in a rolling upgrade). A known field with a bad value is still refused."""
+    doc = json.loads(encode(block_with_allocations()))
+    doc["futureTop"] = 1
+    doc["metadata"]["futureMeta"] = {"a": 1}
+    doc["spec"]["futureField"] = [1, 2]
+    doc["spec"]["attributes"][0]["futureAttribute"] = "x"
+    back = decode("IPAMBlock", json.dumps(doc).encode(), "9")
+    assert back.spec == block_with_allocations().spec
+    doc["spec"]["cidr"] = "not a cidr"
+    with pytest.raises(DatastoreError, match="not a valid IPAMBlock"):
+        decode("IPAMBlock", json.dumps(doc).encode(), "9")

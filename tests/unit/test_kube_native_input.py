@@ -10,7 +10,7 @@ import pytest
 
 from percale.datastore import DatastoreError
 from percale.datastore.kube_native import ENDPOINT
-from percale.datastore.kubernetes import _read
+from percale.datastore.kubernetes import _read, from_object
 
 pytestmark = pytest.mark.unit
 
@@ -37,3 +37,20 @@ def test_a_hand_edited_endpoint_annotation_is_unreadable_not_a_crash(annotation)
     assert deferred is not None and deferred.revision == "42"
     with pytest.raises(DatastoreError, match="web-0"):
         deferred.value
+
+
+def test_fields_a_newer_version_wrote_are_dropped_when_read():
+    """A rolling upgrade on Kubernetes: the newer percale's CRD declares a field this version
+    does not know, and its CNI side writes a field more into a Pod's annotation. This version
+    reads both objects without them, instead of losing the pool or the endpoint."""
+    pool = from_object("IPPool", {
+        "apiVersion": "percale.io/v1", "kind": "IPPool",
+        "metadata": {"name": "newer", "resourceVersion": "7"},
+        "spec": {"cidr": "10.7.0.0/16", "natOutgoing": True, "futureMode": "Sometimes"}})
+    assert pool.value.spec.cidr == "10.7.0.0/16" and pool.revision == "7"
+    endpoint = _read("WorkloadEndpoint", pod(json.dumps({
+        "name": "node1-k8s-web--0-eth0",
+        "spec": {"node": "node1", "orchestrator": "k8s", "endpoint": "eth0", "pod": "web-0",
+                 "interfaceName": "cali0123456789a", "ipNetworks": ["10.0.0.5/32"],
+                 "futureField": {"x": 1}}})), False)
+    assert endpoint.value.spec.ip_networks == ["10.0.0.5/32"]
