@@ -1,6 +1,8 @@
 """Route reflection in the agent (RFC 4456), since ExaBGP cannot reflect: on a node with a
 routeReflectorClusterID, each best path learned from an iBGP peer goes to the other iBGP peers
-its client status allows, with ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged.
+its client status allows, with ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged,
+unless the session says `nextHopMode: Self` (BIRD's `next hop self`): then the reflector's own
+address on that session, so the client sends through the reflector.
 
 Which path goes where is decided by bgpd.rib.reflect (pure); this module remembers what it sent
 to each peer and sends only the difference.
@@ -45,7 +47,7 @@ class Reflector:
                 except ValueError:
                     continue  # the sender's identifier is not known yet (its OPEN is pending)
                 if path is not None:
-                    want[str(prefix)] = announcement(path)
+                    want[str(prefix)] = announcement(path, next_hop_self=session.next_hop_self)
             sent = self.sent.setdefault(session.peer_address, {})
             for prefix in sorted(set(sent) - set(want)):
                 await self.speaker.send(f"neighbor {session.peer_address} withdraw route {prefix}")
@@ -56,9 +58,11 @@ class Reflector:
                     sent[prefix] = text
 
 
-def announcement(path: Path) -> str:
-    """An ExaBGP `announce route` carrying a reflected path's attributes."""
-    parts = [f"announce route {path.prefix} next-hop {path.next_hop}",
+def announcement(path: Path, *, next_hop_self: bool = False) -> str:
+    """An ExaBGP `announce route` carrying a reflected path's attributes; with `next_hop_self`,
+    ExaBGP puts the session's local address in the next hop."""
+    next_hop = "self" if next_hop_self else path.next_hop
+    parts = [f"announce route {path.prefix} next-hop {next_hop}",
              f"origin {path.origin.name.lower()}"]
     asns = [asn for segment in path.as_path for asn in segment.asns]
     if asns:

@@ -1,6 +1,6 @@
 """Two percale nodes as clients of a percale route reflector, the mesh off: the reflector passes
-each client's blocks to the other (next hop unchanged), and pods on the clients reach each
-other with no outside router."""
+each client's blocks to the other (next hop unchanged, or the reflector's own with the BGPPeer's
+`nextHopMode: Self`), and pods on the clients reach each other with no outside router."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def doc(kind: str, name: str, spec: dict, labels: dict | None = None) -> object:
                   "metadata": {"name": name, "labels": labels or {}}, "spec": spec})
 
 
-def test_percale_reflector_carries_routes_between_clients(etcd):
+@pytest.mark.parametrize("next_hop_mode", [None, "Self"])
+def test_percale_reflector_carries_routes_between_clients(etcd, next_hop_mode):
     fabric = f"fab{int(time.time() * 1000) % 100000}"
     nodes = [CNINode(etcd.unix_endpoint) for _ in range(3)]  # reflector, client a, client b
     try:
@@ -51,8 +52,9 @@ def test_percale_reflector_carries_routes_between_clients(etcd):
                 labels={"route-reflector": "true"}))
             for node, n in ((a, 2), (b, 3)):
                 await store.create(doc("Node", node.name, {"bgp": {"ipv4Address": f"10.99.0.{n}/24"}}))
+            mode = {"nextHopMode": next_hop_mode} if next_hop_mode else {}
             await store.create(doc("BGPPeer", "to-reflectors", {
-                "nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}))
+                "nodeSelector": "all()", "peerSelector": "route-reflector == 'true'", **mode}))
 
         with_store(etcd.endpoint, configure)
         pods = {}
@@ -70,9 +72,14 @@ def test_percale_reflector_carries_routes_between_clients(etcd):
         assert wait_for(lambda: route_to(a, pods[b.name][1]) and route_to(b, pods[a.name][1]), 40), (
             a.exec("ip", "route").stdout + (reflector.workdir / "agent.log").read_text()[-2000:]
             + (reflector.workdir / "bgp" / "exabgp.log").read_text()[-3000:])
-        # Reflected with the next hop unchanged: straight to the other client, not via the reflector.
-        assert route_to(a, pods[b.name][1])["gateway"] == "10.99.0.3"
-        assert route_to(b, pods[a.name][1])["gateway"] == "10.99.0.2"
+        if next_hop_mode == "Self":
+            # The reflector's own address: the clients send through it, and it forwards.
+            assert route_to(a, pods[b.name][1])["gateway"] == "10.99.0.1"
+            assert route_to(b, pods[a.name][1])["gateway"] == "10.99.0.1"
+        else:
+            # Reflected with the next hop unchanged: straight to the other client.
+            assert route_to(a, pods[b.name][1])["gateway"] == "10.99.0.3"
+            assert route_to(b, pods[a.name][1])["gateway"] == "10.99.0.2"
         ping = subprocess.run(["ip", "netns", "exec", pods[a.name][0], "ping", "-c3", "-i0.2", "-W2",
                                str(pods[b.name][1])], capture_output=True, text=True)
         assert ping.returncode == 0, ping.stdout
