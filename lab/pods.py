@@ -256,6 +256,10 @@ def add(lab: Lab, node: str, name: str, meta: PodMeta = PodMeta()) -> Pod:
         sh("ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up")
         if _runs_kubernetes(lab):
             _create_pod(lab, node, name, meta)
+            # Only a Pod this lab made is deleted with it: a Pod of the same name made some
+            # other way (create refuses to replace it) is not the lab's to remove.
+            with lab._editing() as state:
+                state["pods"][name]["k8s_pod"] = True
         result = _chain(lab, node, "ADD", netns, container_id, name, meta)
     except BaseException:
         try:
@@ -286,7 +290,7 @@ def delete(lab: Lab, name: str) -> None:
 def _forget(lab: Lab, name: str, netns: str) -> None:
     sh("ip", "netns", "del", netns, check=False)
     record = lab.state().get("pods", {}).get(name)
-    if record and _runs_kubernetes(lab):
+    if record and record.get("k8s_pod") and _runs_kubernetes(lab):
         try:
             _kubectl(lab, record["node"], "delete", "pod", name, "-n",
                      record.get("k8s_namespace", K8S_NAMESPACE), "--force",

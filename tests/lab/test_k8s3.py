@@ -84,3 +84,19 @@ def test_a_deleted_pod_leaves_nothing(lab):
     assert "extra" not in kubectl(lab, "get", "pods")
     check = lab.exec("node1", ["percalectl", "ipam", "check"], capture=True)
     assert check.returncode == 0 and check.stdout.endswith("found 0 problems.\n"), check.stdout
+
+
+def test_a_pod_name_kubernetes_has_already_is_refused_and_its_pod_left_alone(lab):
+    """`pod add` of a name whose Pod someone else made: refused, and that Pod still there (the
+    failed add's clean-up deletes only a Pod the lab made)."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "theirs", "namespace": "default"},
+           "spec": {"nodeName": "node2", "containers": [{"name": "c", "image": "percale.invalid/pause"}]}}
+    done = lab.exec("kube", [KUBECTL, "create", "-f", "-"], input=json.dumps(pod), capture=True)
+    assert done.returncode == 0, done.stderr
+    try:
+        with pytest.raises(pods.LabError, match="AlreadyExists|already exists"):
+            pods.add(lab, "node2", "theirs")
+        assert "theirs" not in [p.name for p in pods.pods(lab)]
+        assert json.loads(kubectl(lab, "get", "pod", "theirs", "-o", "json"))["metadata"]["name"] == "theirs"
+    finally:
+        kubectl(lab, "delete", "pod", "theirs", "--force", "--grace-period=0", "--ignore-not-found")
