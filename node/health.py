@@ -117,15 +117,18 @@ class _PolicyCollector:
                                       labels=["policy", "rule", "action"])
         size = CounterMetricFamily("percale_policy_bytes", "Bytes that matched a policy rule",
                                    labels=["policy", "rule", "action"])
+        applied = self.policy.table.applied
+        shortened = applied.shortened if applied else {}
         for comment, (count, octets) in sorted(self.policy.table.counters().items()):
             match = _RULE_COMMENT.fullmatch(comment)
             if match:
-                labels = [match["policy"], f"{match['direction']} {match['index']}", match["action"]]
+                # A name too long for nft's comment was cut there (policy.compile); whole here.
+                policy = shortened.get(match["policy"], match["policy"])
+                labels = [policy, f"{match['direction']} {match['index']}", match["action"]]
                 packets.add_metric(labels, count)
                 size.add_metric(labels, octets)
         yield packets
         yield size
-        applied = self.policy.table.applied
         yield GaugeMetricFamily("percale_policy_endpoints", "Local endpoints with policy chains",
                                 value=len(applied.from_endpoint) if applied else 0)
         yield GaugeMetricFamily("percale_policy_last_apply_seconds",

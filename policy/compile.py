@@ -51,6 +51,12 @@ FAMILY = "inet"
 INTERFACE_PREFIX = "pcl"
 ACCEPT_MARK, PASS_MARK = 0x10000, 0x20000
 LOG_PREFIX = "percale-policy "
+# nft refuses a comment longer than this, and with it the whole transaction: one policy with a
+# long name (a valid name has up to 253 characters) stopped every policy change on the node.
+COMMENT_LIMIT = 128
+# What follows a name in a comment (" ingress 12 Allow", ": the profile did not allow it") fits in
+# this much, so a name too long is cut to the same length in every comment it is in.
+_COMMENT_AFTER_NAME = 32
 PROTOCOL_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp", 136: "udplite"}
 
 
@@ -101,6 +107,8 @@ class Ruleset:
     chains: dict[str, list[str]] = field(default_factory=dict)
     from_endpoint: dict[str, str] = field(default_factory=dict)  # interface -> chain
     to_endpoint: dict[str, str] = field(default_factory=dict)
+    # A policy's or profile's key cut to fit nft's comment limit -> the whole key (metrics).
+    shortened: dict[str, str] = field(default_factory=dict)
 
     @functools.cached_property
     def size(self) -> int:
@@ -124,6 +132,16 @@ DISPATCH_CHAINS = {
     "to-endpoint-dispatch": ["oifname vmap @to-endpoint",
                              f'oifname "{INTERFACE_PREFIX}*" counter drop comment "no policy programmed yet"'],
 }
+
+
+def within_comment_limit(key: str, rest: str = "") -> str:
+    """`key` followed by `rest` (at most _COMMENT_AFTER_NAME characters), as an nft comment:
+    when too long, `key` is cut, the same way whatever follows it, and ends with `~` and a
+    digest of the whole key, so two long names that share a beginning stay apart."""
+    if len(key) + len(rest) <= COMMENT_LIMIT:
+        return key + rest
+    digest = "~" + _digest(key)
+    return key[:COMMENT_LIMIT - _COMMENT_AFTER_NAME - len(digest)] + digest + rest
 
 
 def _digest(*parts: object) -> str:
@@ -356,8 +374,17 @@ class _Compiler:
             rules = policy.spec.ingress if direction == "Ingress" else policy.spec.egress
             self.ruleset.chains[chain] = [
                 r for i, rule in enumerate(rules)
-                for r in self.rule(rule, scope, f"{key} {direction.lower()} {i} {rule.action}")]
+                for r in self.rule(rule, scope, self._rule_comment(key, direction, i, rule))]
         return chain
+
+    def _rule_comment(self, key: str, direction: str, index: int, rule: Rule) -> str:
+        """The rule's identity, "<kind>/<id> <direction> <index> <action>", as the metrics read
+        it back; a key too long for nft is shortened, and the Ruleset says what it stood for."""
+        rest = f" {direction.lower()} {index} {rule.action}"
+        comment = within_comment_limit(key, rest)
+        if not comment.startswith(key + " "):
+            self.ruleset.shortened[comment[:-len(rest)]] = key
+        return comment
 
     def profile_chain(self, profile: Profile, direction: str) -> str:
         chain = ("pri-" if direction == "Ingress" else "pro-") + _name_digest("profile", profile.metadata.name)
@@ -365,7 +392,7 @@ class _Compiler:
             rules = profile.spec.ingress if direction == "Ingress" else profile.spec.egress
             self.ruleset.chains[chain] = [
                 r for i, rule in enumerate(rules)
-                for r in self.rule(rule, None, f"Profile/{profile.metadata.name} {direction.lower()} {i} {rule.action}")]
+                for r in self.rule(rule, None, self._rule_comment(f"Profile/{profile.metadata.name}", direction, i, rule))]
         return chain
 
     def endpoint_chain(self, endpoint: PolicyEndpoint, direction: str,
@@ -387,9 +414,11 @@ class _Compiler:
             # The first policy always runs; a later one only while no policy passed.
             rules += [jump if i == 0 else f"{not_passed} {jump}", accepted]
         if applicable:
-            rules.append(f'{not_passed} counter drop comment "{endpoint.key}: no policy allowed it"')
+            comment = within_comment_limit(endpoint.key, ": no policy allowed it")
+            rules.append(f'{not_passed} counter drop comment "{comment}"')
+        comment = within_comment_limit(endpoint.key, ": the profile did not allow it")
         rules += [f"jump {self.profile_chain(profile, direction)}", accepted,
-                  f'counter drop comment "{endpoint.key}: the profile did not allow it"']
+                  f'counter drop comment "{comment}"']
         return _EndpointChain(direction, name, rules, applicable, profile)
 
 

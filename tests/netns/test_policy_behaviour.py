@@ -294,3 +294,27 @@ def _serves(world: World, node, interface: str, pod: str) -> bool:
     """Whether `interface` on `node` is the host end of `pod`'s veth (its /32 route)."""
     routes = node.exec("ip", "-4", "route", "show", "dev", interface).stdout
     return world.parties[pod].address in routes
+
+
+def test_a_policy_with_a_long_name_is_in_force_and_counted_under_its_name(world):
+    """nft refuses a comment over 128 characters, and with it the whole transaction: one policy
+    with a long (valid) name stopped every policy change on the node. Its rules now carry the
+    name cut with a digest, it is in force, and the metrics give the whole name."""
+    name = ".".join(["deny-other-to-backend", "a" * 63, "b" * 63, "c" * 40])
+    deny = {"apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": name},
+            "spec": {"order": 1, "selector": "app == 'backend'",
+                     "ingress": [{"action": "Deny", "source": {"selector": "app == 'other'"}},
+                                 {"action": "Allow"}]}}
+    applied = world.percalectl("apply", "-f", "-", input=yaml.safe_dump(deny))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        assert world.settled(lambda: not world.reaches("other", "backend", "TCP", 8080)), world.tables()
+        assert world.reaches("frontend", "backend", "TCP", 8080)
+        metrics = world.nodes[1].exec("curl", "-s", "http://127.0.0.1:9099/metrics").stdout
+        denied = [line for line in metrics.splitlines()
+                  if line.startswith("percale_policy_packets_total{") and f"GlobalNetworkPolicy/{name}\"" in line
+                  and 'rule="ingress 0"' in line]
+        assert denied and float(denied[0].split()[-1]) >= 1, metrics
+    finally:
+        world.percalectl("delete", "globalnetworkpolicy", name)
+    assert world.settled(lambda: world.reaches("other", "backend", "TCP", 8080))

@@ -6,13 +6,16 @@ first; a chain kept when it should have been rebuilt would leave a pod under old
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from percale.api import parse
-from percale.policy.compile import PolicyEndpoint, RulesetCompiler, _Compiler, compile_ruleset, render
+from percale.policy.compile import (
+    COMMENT_LIMIT, PolicyEndpoint, RulesetCompiler, _Compiler, compile_ruleset, render,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -154,3 +157,21 @@ def test_a_compilation_that_fails_halfway_leaves_nothing_half_carried_over(monke
     monkeypatch.setattr(_Compiler, "endpoint_chain", real)
     for world in ([endpoints[0]], endpoints):
         assert render(compiler.compile([], {}, world)) == render(compile_ruleset([], {}, world))
+
+
+def test_every_comment_fits_nfts_limit_and_long_names_stay_apart():
+    """nft refuses a comment over 128 characters (and the whole table with it). Two policies
+    whose long names share their first 200 characters get different comments, and the ruleset
+    says which whole name each cut one stands for; an endpoint with a long key fits too."""
+    common = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 10])
+    first, second = policy(common + "1", None, "web", 1, "api"), policy(common + "2", None, "web", 2, "api")
+    web = PolicyEndpoint(key="n" * 63 + "/" + "w" * 200, namespace="shop", interface="pcl000000000001",
+                         addresses=("10.244.0.1",), labels={"app": "web"})
+    ruleset = compile_ruleset([first, second], {}, [web])
+    comments = re.findall(r'comment "([^"]*)"', render(ruleset))
+    assert comments and max(map(len, comments)) <= COMMENT_LIMIT
+    cut = {c.split(" ")[0] for c in comments if c.startswith("GlobalNetworkPolicy/")}
+    assert len(cut) == 2  # one per policy, the same in its ingress and egress rules
+    assert sorted(ruleset.shortened[c] for c in cut) == [
+        f"GlobalNetworkPolicy/{common}1", f"GlobalNetworkPolicy/{common}2"]
+    assert any(c.endswith(": no policy allowed it") for c in comments)
