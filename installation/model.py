@@ -4,20 +4,24 @@ cluster wants percale installed, in the tigera operator's terms where they apply
 
 The schema (what the CRD enforces, generated from these classes) holds types and the closed sets
 of values; what needs the whole spec -- pools that overlap, a block size outside its family's
-range, an encapsulation percale does not have yet -- is `problems()`, which the operator turns
-into a Degraded condition naming the field, changing nothing that runs.
+range, an encapsulation percale does not have yet, and whatever the apiserver, install-cni or
+percale-node would refuse once rendered -- is `problems()`, which the operator turns into a
+Degraded condition naming the field, changing nothing that runs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
 from percale.api import IPPool, ObjectMeta
 from percale.api.consistency import overlapping_pools
+from percale.api.ippool import DEFAULT_BLOCK_SIZE
 from percale.api.meta import Model, Problem, validation_problems
+from percale.api.selector import labels_problem
 
 GROUP, VERSION, KIND, PLURAL = "operator.percale.io", "v1", "Installation", "installations"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -26,6 +30,10 @@ NAME = "default"
 Encapsulation = Literal["IPIP", "IPIPCrossSubnet", "VXLAN", "VXLANCrossSubnet", "None"]
 Switch = Literal["Enabled", "Disabled"]
 UNSUPPORTED_ENCAPSULATIONS = {"IPIP", "IPIPCrossSubnet"}
+# The smallest pod MTU `percalectl cni install --mtu` takes (MTU_MIN in ctl/cni_cmd.py, from
+# node/cni_types.py; installation/ may not import either): a smaller calicoNetwork.mtu would make
+# install-cni refuse it on every node and crash-loop.
+POD_MTU_MIN = 576
 
 
 class IPPoolEntry(Model):
@@ -140,7 +148,9 @@ def with_defaults(spec: InstallationSpec) -> InstallationSpec:
             "encapsulation": pool.encapsulation or ("VXLAN" if not bgp else "None" if v6 else "VXLANCrossSubnet"),
             "nat_outgoing": pool.nat_outgoing or ("Disabled" if v6 else "Enabled"),
             "node_selector": pool.node_selector or "all()",
-            "block_size": pool.block_size or (122 if v6 else 26),
+            # An explicit 0 is kept, for problems() to refuse, not taken for "unset".
+            "block_size": (DEFAULT_BLOCK_SIZE[family or 4] if pool.block_size is None
+                           else pool.block_size),
             "disable_bgp_export": bool(pool.disable_bgp_export),
             "disable_new_allocations": bool(pool.disable_new_allocations),
         }))
@@ -154,12 +164,24 @@ def with_defaults(spec: InstallationSpec) -> InstallationSpec:
     strategy = (spec.node_update_strategy or NodeUpdateStrategy()).model_copy(deep=True)
     strategy.type = strategy.type or "RollingUpdate"
     if strategy.type == "RollingUpdate":
-        strategy.rolling_update = strategy.rolling_update or RollingUpdate(max_unavailable=1)
+        # `rollingUpdate: {}` is an object, so truthy: without this it rendered maxUnavailable: null.
+        rolling = strategy.rolling_update or RollingUpdate()
+        if rolling.max_unavailable is None:
+            rolling.max_unavailable = 1
+        strategy.rolling_update = rolling
     return spec.model_copy(update={"calico_network": network, "node_update_strategy": strategy,
                                    "registry": spec.registry or ""})
 
 
 def pool_name_from_cidr(cidr: str) -> str:
+    """A pool name for a CIDR, from its canonical text: "FD00::/48" and "fd00::/48" are one pool,
+    and an upper-case hex digit would make the name invalid."""
+    try:
+        # ip_interface, not ip_network: host bits are kept, so the name still shows the CIDR
+        # the user wrote (problems() refuses host bits on the cidr field).
+        cidr = str(ipaddress.ip_interface(cidr))
+    except ValueError:
+        pass  # problems() reports the CIDR itself
     return "pool-" + cidr.replace(".", "-").replace(":", "-").replace("/", "-").strip("-")
 
 
@@ -178,28 +200,41 @@ def ip_pool(entry: IPPoolEntry) -> IPPool:
     })
 
 
-def problems(spec: InstallationSpec, installed_pools: dict[str, str] | None = None) -> list[Problem]:
-    """What is wrong with an effective spec, each naming its field. `installed_pools` maps the
-    names of pools this Installation created earlier to their CIDRs: a pool's CIDR cannot change
-    after install."""
+# The IPPool fields whose Installation spelling differs: what problems() names, so the user
+# finds the field they wrote (an invalid name is refused on IPPool's whole metadata).
+_ENTRY_FIELDS = {"metadata": "name", "metadata.name": "name", "spec.vxlanMode": "encapsulation",
+                 "spec.ipipMode": "encapsulation", "spec.disabled": "disableNewAllocations"}
+
+
+def _entry_field(pool_field: str) -> str:
+    return _ENTRY_FIELDS.get(pool_field, pool_field.removeprefix("spec."))
+
+
+def _encapsulation_problem(entry: IPPoolEntry, bgp: Switch | None) -> str | None:
+    if entry.encapsulation in UNSUPPORTED_ENCAPSULATIONS:
+        return f"{entry.encapsulation} is not supported by percale yet; use VXLAN, VXLANCrossSubnet or None"
+    # Without BGP nothing tells the other nodes where an unencapsulated pool's blocks are
+    # (tigera refuses the same).
+    if entry.encapsulation == "None" and bgp == "Disabled":
+        return ("Unencapsulated IP pools require that BGP is enabled; use VXLAN or VXLANCrossSubnet, "
+                "or bgp: Enabled")
+    return None
+
+
+def _pool_problems(network: CalicoNetworkSpec, installed_pools: dict[str, str]) -> list[Problem]:
     found: list[Problem] = []
-    network = spec.calico_network or CalicoNetworkSpec()
     good: list[IPPool] = []
     where_of: dict[str, str] = {}
     for i, entry in enumerate(network.ip_pools or []):
         where = f"spec.calicoNetwork.ipPools[{i}]"
-        if entry.encapsulation in UNSUPPORTED_ENCAPSULATIONS:
-            found.append(Problem(f"{where}.encapsulation",
-                                 f"{entry.encapsulation} is not supported by percale yet; use VXLAN, "
-                                 "VXLANCrossSubnet or None"))
+        if problem := _encapsulation_problem(entry, network.bgp):
+            found.append(Problem(f"{where}.encapsulation", problem))
         try:
             pool = ip_pool(entry)
         except ValidationError as err:
-            for p in validation_problems(err):
-                field = p.field.removeprefix("spec.").removeprefix("metadata.")
-                found.append(Problem(f"{where}.{field}", p.reason))
+            found += [Problem(f"{where}.{_entry_field(p.field)}", p.reason) for p in validation_problems(err)]
             continue
-        before = (installed_pools or {}).get(pool.metadata.name)
+        before = installed_pools.get(pool.metadata.name)
         if before is not None and before != pool.spec.cidr:
             found.append(Problem(f"{where}.cidr", f"pool {pool.metadata.name} was installed with "
                                  f"{before}; a pool's CIDR cannot be changed after install"))
@@ -210,16 +245,79 @@ def problems(spec: InstallationSpec, installed_pools: dict[str, str] | None = No
         found.append(Problem(f"{where_of[name]}.name", f"two pools are named {name}"))
     for position, problem in overlapping_pools(good, []).items():
         found.append(Problem(f"{where_of[good[position].metadata.name]}.cidr", problem.reason))
+    return found
+
+
+def _detection_cidr_problem(cidr: str, version: int) -> str | None:
+    # Parsed as percale-node parses cidr= (node/registration.py), which refuses at start what
+    # does not parse, and finds no address in a CIDR of the other family.
+    try:
+        network = ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        return f"invalid CIDR provided for node address autodetection: {cidr!r}"
+    if network.version != version:
+        return f"{cidr} is an IPv{network.version} CIDR; this method finds the node's IPv{version} address"
+    return None
+
+
+def _interface_regex_problem(regexes: str) -> str | None:
+    # percale-node splits the value on commas and compiles each part with `re` before it looks
+    # for an address (node/registration.py); one that does not compile stops it at start.
+    for regex in filter(None, (r.strip() for r in regexes.split(","))):
+        try:
+            re.compile(regex)
+        except re.error as err:
+            return f"{regex!r} is not a regular expression: {err}"
+    return None
+
+
+def _autodetection_problems(network: CalicoNetworkSpec, version: int) -> list[Problem]:
+    where = f"spec.calicoNetwork.nodeAddressAutodetectionV{version}"
+    method: NodeAddressAutodetection | None = getattr(network, f"node_address_autodetection_v{version}")
+    if method is None:
+        return []
+    found = []
+    if sum(v is not None and v is not False for v in method.model_dump().values()) > 1:
+        found.append(Problem(where, "set no more than one detection method"))
+    for i, cidr in enumerate(method.cidrs or []):
+        if problem := _detection_cidr_problem(cidr, version):
+            found.append(Problem(f"{where}.cidrs[{i}]", problem))
+    for field, regexes in (("interface", method.interface), ("skipInterface", method.skip_interface)):
+        if regexes and (problem := _interface_regex_problem(regexes)):
+            found.append(Problem(f"{where}.{field}", problem))
+    return found
+
+
+def _node_problems(spec: InstallationSpec) -> list[Problem]:
+    """What the apiserver or install-cni would refuse in the DaemonSet and Deployment."""
+    found = []
+    mtu = (spec.calico_network or CalicoNetworkSpec()).mtu
+    if mtu and mtu < POD_MTU_MIN:
+        found.append(Problem("spec.calicoNetwork.mtu",
+                             f"{mtu} is below {POD_MTU_MIN}, the smallest pod MTU install-cni takes; "
+                             f"use 0 (detect it) or {POD_MTU_MIN}-65535"))
+    rolling = (spec.node_update_strategy or NodeUpdateStrategy()).rolling_update
+    if rolling is not None and rolling.max_unavailable is not None and rolling.max_unavailable < 1:
+        found.append(Problem("spec.nodeUpdateStrategy.rollingUpdate.maxUnavailable",
+                             f"{rolling.max_unavailable} must be at least 1: no rolling update can "
+                             "start with no node allowed down, and the apiserver refuses the DaemonSet"))
+    if problem := labels_problem(spec.control_plane_node_selector or {}):
+        found.append(Problem("spec.controlPlaneNodeSelector", problem))
+    return found
+
+
+def problems(spec: InstallationSpec, installed_pools: dict[str, str] | None = None) -> list[Problem]:
+    """What is wrong with an effective spec, each naming its field. `installed_pools` maps the
+    names of pools this Installation created earlier to their CIDRs: a pool's CIDR cannot change
+    after install."""
+    network = spec.calico_network or CalicoNetworkSpec()
+    found = _pool_problems(network, installed_pools or {})
     if network.linux_dataplane not in (None, "Nftables"):
         found.append(Problem("spec.calicoNetwork.linuxDataplane",
                              f"{network.linux_dataplane} is not supported; percale's dataplane is Nftables"))
-    for family in ("V4", "V6"):
-        method = getattr(network, f"node_address_autodetection_{family.lower()}")
-        if method is not None and sum(v is not None and v is not False
-                                      for v in method.model_dump().values()) > 1:
-            found.append(Problem(f"spec.calicoNetwork.nodeAddressAutodetection{family}",
-                                 "set no more than one detection method"))
-    return found
+    for version in (4, 6):
+        found += _autodetection_problems(network, version)
+    return found + _node_problems(spec)
 
 
 def parse_installation(document: dict) -> Installation:

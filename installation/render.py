@@ -27,8 +27,17 @@ HEALTH_PORT = 9099
 CNI_CONFIG = "percale-cni-config"
 
 
+def registry_prefix(registry: str | None) -> str:
+    """What goes before an image's name, as tigera reads `registry` (kubernetes.md §B1): it ends
+    with "/", added when left out ("quay.io" rendered "quay.iopercale/node"), and "UseDefault"
+    means the default registry, which for percale is none (Docker Hub)."""
+    if not registry or registry == "UseDefault":
+        return ""
+    return registry if registry.endswith("/") else f"{registry}/"
+
+
 def image(spec: InstallationSpec, name: str, version: str) -> str:
-    return f"{spec.registry or ''}{name}:{version}"
+    return f"{registry_prefix(spec.registry)}{name}:{version}"
 
 
 def autodetection_method(method: NodeAddressAutodetection | None) -> str | None:
