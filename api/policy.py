@@ -14,10 +14,11 @@ Kubernetes NetworkPolicies (percale.api.k8s_policy) are converted into this mode
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from percale.api.fields import CIDR, Selector
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
@@ -25,6 +26,8 @@ from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 Action = Literal["Allow", "Deny", "Log", "Pass"]
 Direction = Literal["Ingress", "Egress"]
 PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+# The same by number: a rule may name its protocol either way (Calico's SupportsPorts).
+PORT_PROTOCOL_NUMBERS = frozenset({6, 17, 132})
 # IANA protocol numbers for the names Calico accepts.
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ICMPv6": 58, "SCTP": 132, "UDPLite": 136}
 MAX_RULES = 1024  # per direction, as Calico's validation allows
@@ -81,6 +84,8 @@ def port_range(port: int | str) -> tuple[int, int] | None:
 def _protocol(value: str | int) -> str | int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a protocol")
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # "6", as YAML gives a quoted number: the number, as Calico reads it
     if isinstance(value, int):
         if not 1 <= value <= 255:
             raise ValueError(f"protocol number {value} is not between 1 and 255")
@@ -99,9 +104,16 @@ def protocol_number(protocol: str | int) -> int:
     return protocol if isinstance(protocol, int) else PROTOCOL_NUMBERS[protocol]
 
 
+def _not_a_bool(value: object) -> object:
+    # pydantic reads true as 1 where a number is wanted; Calico's Go decoding refuses it.
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is not a number")
+    return value
+
+
 class ICMPMatch(Model):
-    type: Annotated[int, Field(ge=0, le=254)] | None = None
-    code: Annotated[int, Field(ge=0, le=255)] | None = None
+    type: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0, le=254)] | None = None
+    code: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0, le=255)] | None = None
 
     @model_validator(mode="after")
     def _code_needs_type(self) -> ICMPMatch:
@@ -136,20 +148,46 @@ class Rule(Model):
     source: EntityRule = Field(default_factory=EntityRule)
     destination: EntityRule = Field(default_factory=EntityRule)
 
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The IP versions this rule applies to, as felix renders rules: each version its
+        ipVersion allows for which every non-empty list of nets and notNets holds a CIDR of that
+        version (notNets all of the other family leave the rule out, as in felix)."""
+        lists = [nets for entity in (self.source, self.destination)
+                 for nets in (entity.nets, entity.not_nets) if nets]
+        return tuple(v for v in (4, 6) if self.ip_version in (None, v)
+                     and all(any(ipaddress.ip_network(n).version == v for n in nets) for nets in lists))
+
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
+        ports_allowed = (self.protocol is not None
+                         and protocol_number(self.protocol) in PORT_PROTOCOL_NUMBERS)
         for side in ("source", "destination"):
             entity: EntityRule = getattr(self, side)
-            if entity.has_ports and self.protocol not in PORT_PROTOCOLS:
+            if entity.has_ports and not ports_allowed:
                 field = "ports" if entity.ports else "notPorts"
                 raise FieldError(f"{side}.{field}",
-                                 "ports need protocol TCP, UDP or SCTP in the same rule")
+                                 "ports need protocol TCP, UDP or SCTP (6, 17 or 132) in the same rule")
             for key in ("nets", "not_nets"):
+                field = f"{side}.{'notNets' if key == 'not_nets' else 'nets'}"
                 for net in getattr(entity, key):
                     version = ipaddress.ip_network(net).version
                     if self.ip_version is not None and version != self.ip_version:
-                        raise FieldError(f"{side}.{'notNets' if key == 'not_nets' else 'nets'}",
-                                         f"{net} is not IPv{self.ip_version} (ipVersion)")
+                        raise FieldError(field, f"{net} is not IPv{self.ip_version} (ipVersion)")
+        if not self.families:
+            # Say source.nets IPv4 and destination.nets IPv6: no packet has both, and the rule
+            # would be left out of the table without a word.
+            raise FieldError("destination" if self.destination.nets or self.destination.not_nets
+                             else "source",
+                             "its CIDRs leave the rule no address family to match (each list of "
+                             "nets or notNets needs one of the packet's family): write one rule "
+                             "per family")
+        for key, protocol in (("protocol", self.protocol), ("notProtocol", self.not_protocol)):
+            number = None if protocol is None else protocol_number(protocol)
+            wanted = {1: 4, 58: 6}.get(number) if number is not None else None
+            if wanted is not None and self.ip_version not in (None, wanted):
+                raise FieldError("ipVersion", f"{self.ip_version}: {key} {protocol} "
+                                 f"is an IPv{wanted} protocol; set ipVersion {wanted} or leave it out")
         icmp_protocols = ("ICMP", "ICMPv6", 1, 58)
         for key, match in (("icmp", self.icmp), ("notICMP", self.not_icmp)):
             if match is not None and self.protocol not in icmp_protocols:
@@ -167,7 +205,9 @@ Rules = Annotated[list[Rule], AfterValidator(_rules)]
 
 
 class PolicySpec(Model):
-    order: float | None = None
+    # Infinity sorts last (stored as such, datastore/codec.py); NaN would sort nowhere, and
+    # scrambled the order of the other policies.
+    order: Annotated[float, BeforeValidator(_not_a_bool)] | None = None
     tier: Literal["default"] = "default"
     selector: Selector = "all()"
     types: list[Direction] | None = None
@@ -185,6 +225,13 @@ class PolicySpec(Model):
         if self.egress:
             return ("Ingress", "Egress")
         return ("Ingress",)
+
+    @field_validator("order")
+    @classmethod
+    def _order_is_a_number(cls, order: float | None) -> float | None:
+        if order is not None and math.isnan(order):
+            raise ValueError("NaN is not an order: give a number")
+        return order
 
     @model_validator(mode="after")
     def _types_unique(self) -> PolicySpec:

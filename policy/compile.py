@@ -277,9 +277,7 @@ class _Compiler:
         rendered = []
         for port_kind in self._port_kinds(rule):
             per_family = []
-            for version in (4, 6):
-                if rule.ip_version not in (None, version):
-                    continue
+            for version in rule.families:  # ipVersion, and nets and notNets as felix reads them
                 if (rule.protocol in ("ICMP", 1) and version == 6
                         or rule.protocol in ("ICMPv6", 58) and version == 4):
                     continue

@@ -200,7 +200,9 @@ def _entity_matches(entity: EntityRule, party: Party, flow: Flow, namespace: str
 
 
 def _rule_matches(rule: Rule, flow: Flow, namespace: str | None) -> bool:
-    if rule.ip_version is not None and _address(flow.destination).version != rule.ip_version:
+    # ipVersion, and a list of nets or notNets with nothing of the flow's family, as felix
+    # reads them (Rule.families).
+    if _address(flow.destination).version not in rule.families:
         return False
     number = protocol_number(flow.protocol)
     if rule.protocol is not None and protocol_number(rule.protocol) != number:

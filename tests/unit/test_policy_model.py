@@ -51,6 +51,13 @@ def test_kubernetes_policy_types_default_as_kubernetes_defaults_them():
      "spec.ingress.0.destination.ports.0", "lower to a higher"),
     ({"action": "Allow", "protocol": "GRE"}, "spec.ingress.0.protocol", "unknown protocol"),
     ({"action": "Allow", "source": {"nets": ["10.0.0.0/33"]}}, "spec.ingress.0.source.nets.0", ""),
+    # No packet is from an IPv4 net to an IPv6 one: the rule would match nothing, silently.
+    ({"action": "Deny", "source": {"nets": ["10.0.0.0/8"]}, "destination": {"nets": ["fd00::/8"]}},
+     "spec.ingress.0.destination", "no address family"),
+    ({"action": "Deny", "protocol": "ICMP", "ipVersion": 6}, "spec.ingress.0.ipVersion", "IPv4 protocol"),
+    ({"action": "Deny", "notProtocol": 58, "ipVersion": 4}, "spec.ingress.0.ipVersion", "IPv6 protocol"),
+    ({"action": "Deny", "protocol": 1, "destination": {"ports": [80]}}, "destination.ports", "6, 17 or 132"),
+    ({"action": "Deny", "protocol": "ICMP", "icmp": {"type": True}}, "spec.ingress.0.icmp.type", "not a number"),
 ])
 def test_a_bad_rule_is_refused_naming_its_field(rule, field, words):
     text = problem(policy(ingress=[rule]))
@@ -77,3 +84,32 @@ def test_a_global_policy_takes_a_namespace_selector_and_a_namespaced_one_does_no
     parse({"apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "g"},
            "spec": {"namespaceSelector": "team == 'a'", "order": 10}})
     assert "namespaceSelector" in problem(policy(namespaceSelector="all()"))
+
+
+@pytest.mark.parametrize("order,words", [(float("nan"), "NaN"), (True, "not a number")])
+def test_an_order_must_be_a_number(order, words):
+    # NaN sorts nowhere: stored, it scrambled the order of every other policy.
+    text = problem(policy(order=order))
+    assert "spec.order" in text and words in text, text
+    assert parse(policy(order=float("inf"))).spec.order == float("inf")  # last, on purpose
+
+
+@pytest.mark.parametrize("protocol", [6, "6", "TCP", "tcp"])
+def test_ports_take_tcp_by_name_or_number(protocol):
+    rule = parse(policy(ingress=[{"action": "Allow", "protocol": protocol,
+                                  "destination": {"ports": [80]}}])).spec.ingress[0]
+    assert rule.protocol in (6, "TCP")
+
+
+@pytest.mark.parametrize("rule,families", [
+    ({"action": "Allow"}, (4, 6)),
+    ({"action": "Allow", "ipVersion": 6}, (6,)),
+    # Both families in one list: each family's rule keeps its own CIDRs (felix does the same).
+    ({"action": "Allow", "source": {"nets": ["10.0.0.0/8", "fd00::/8"]}}, (4, 6)),
+    ({"action": "Allow", "source": {"nets": ["10.0.0.0/8", "fd00::/8"]},
+      "destination": {"nets": ["10.1.0.0/16"]}}, (4,)),
+    # notNets all of the other family leave the rule out of this family, as in felix.
+    ({"action": "Allow", "source": {"notNets": ["fd00::/8"]}}, (6,)),
+])
+def test_the_families_a_rule_applies_to(rule, families):
+    assert parse(policy(ingress=[rule])).spec.ingress[0].families == families

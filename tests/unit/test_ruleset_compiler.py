@@ -175,3 +175,14 @@ def test_every_comment_fits_nfts_limit_and_long_names_stay_apart():
     assert sorted(ruleset.shortened[c] for c in cut) == [
         f"GlobalNetworkPolicy/{common}1", f"GlobalNetworkPolicy/{common}2"]
     assert any(c.endswith(": no policy allowed it") for c in comments)
+
+
+def test_a_rule_whose_not_nets_are_all_of_the_other_family_is_left_out_of_this_one():
+    """As felix renders it: `notNets: [fd00::/8]` and nothing else makes an IPv6 rule only; it
+    rendered an IPv4 rule that allowed everything."""
+    allow = parse({"apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "p"},
+                   "spec": {"selector": "all()", "ingress": [{"action": "Allow", "source": {"notNets": ["fd00::/8"]}}]}})
+    web = PolicyEndpoint(key="shop/web", namespace="shop", interface="pcl000000000001",
+                         addresses=("10.244.0.1",), labels={"app": "web"})
+    rules = [r for r in render(compile_ruleset([allow], {}, [web])).splitlines() if "GlobalNetworkPolicy/p ingress 0" in r]
+    assert len(rules) == 1 and "nfproto ipv6" in rules[0] and "!= { fd00::/8 }" in rules[0], rules
