@@ -36,7 +36,19 @@ KIND = f"NetworkPolicy ({API_VERSION})"
 MAX_NAME_LENGTH = 253
 
 
-class LabelSelectorRequirement(Model):
+class _KubernetesModel(Model):
+    """A part of a Kubernetes object: a field given as null is a field left out, as Go's
+    decoding has it (`podSelector:` with nothing after it, in YAML, is null)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class LabelSelectorRequirement(_KubernetesModel):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
@@ -60,7 +72,7 @@ class LabelSelectorRequirement(Model):
         return self
 
 
-class LabelSelector(Model):
+class LabelSelector(_KubernetesModel):
     """Empty: every pod (or namespace)."""
 
     match_labels: dict[str, str] = Field(default_factory=dict)
@@ -74,7 +86,7 @@ class LabelSelector(Model):
         return labels
 
 
-class IPBlock(Model):
+class IPBlock(_KubernetesModel):
     cidr: CIDR
     except_: list[CIDR] = Field(default_factory=list, alias="except")
 
@@ -88,7 +100,7 @@ class IPBlock(Model):
         return self
 
 
-class NetworkPolicyPeer(Model):
+class NetworkPolicyPeer(_KubernetesModel):
     pod_selector: LabelSelector | None = None
     namespace_selector: LabelSelector | None = None
     ip_block: IPBlock | None = None
@@ -110,7 +122,7 @@ def _int_or_name(value: Any) -> Any:
     return value
 
 
-class NetworkPolicyPort(Model):
+class NetworkPolicyPort(_KubernetesModel):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     port: Annotated[int | str, BeforeValidator(_int_or_name)] | None = None
     end_port: int | None = None
@@ -130,17 +142,17 @@ class NetworkPolicyPort(Model):
         return self
 
 
-class IngressRule(Model):
+class IngressRule(_KubernetesModel):
     from_: list[NetworkPolicyPeer] = Field(default_factory=list, alias="from")
     ports: list[NetworkPolicyPort] = Field(default_factory=list)
 
 
-class EgressRule(Model):
+class EgressRule(_KubernetesModel):
     to: list[NetworkPolicyPeer] = Field(default_factory=list)
     ports: list[NetworkPolicyPort] = Field(default_factory=list)
 
 
-class NetworkPolicySpec(Model):
+class NetworkPolicySpec(_KubernetesModel):
     pod_selector: LabelSelector = Field(default_factory=LabelSelector)
     policy_types: list[Literal["Ingress", "Egress"]] | None = None
     ingress: list[IngressRule] = Field(default_factory=list)
@@ -155,7 +167,7 @@ class NetworkPolicySpec(Model):
         return ("Ingress", "Egress") if self.egress else ("Ingress",)
 
 
-class KubernetesNetworkPolicy(Model):
+class KubernetesNetworkPolicy(_KubernetesModel):
     api_version: Literal["networking.k8s.io/v1"] = API_VERSION
     kind: Literal["NetworkPolicy"] = "NetworkPolicy"
     metadata: ObjectMeta
@@ -180,9 +192,19 @@ def is_kubernetes_policy(document: Any) -> bool:
             and document.get("kind") == "NetworkPolicy")
 
 
+# Metadata the apiserver writes and percale does not keep (ObjectMeta keeps uid,
+# creationTimestamp and resourceVersion).
+_SERVER_METADATA = frozenset({"generation", "managedFields", "selfLink"})
+
+
 def parse_kubernetes_policy(document: dict) -> KubernetesNetworkPolicy:
     """Validate a networking.k8s.io/v1 NetworkPolicy document; InvalidResource names the field."""
-    name = (document.get("metadata") or {}).get("name") if isinstance(document.get("metadata"), dict) else None
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if isinstance(metadata, dict) and _SERVER_METADATA & metadata.keys():
+        # What `kubectl get -o yaml` prints is something to apply again.
+        document = {**document, "metadata": {k: v for k, v in metadata.items()
+                                             if k not in _SERVER_METADATA}}
     try:
         return KubernetesNetworkPolicy.model_validate(document)
     except ValidationError as err:

@@ -113,3 +113,16 @@ def test_ports_take_tcp_by_name_or_number(protocol):
 ])
 def test_the_families_a_rule_applies_to(rule, families):
     assert parse(policy(ingress=[rule])).spec.ingress[0].families == families
+
+
+def test_a_kubernetes_policy_as_kubectl_prints_it_and_with_null_fields_is_taken():
+    """`kubectl get -o yaml` output (generation, managedFields) applies again, and a field left
+    null (`podSelector:` with nothing after it) means what Kubernetes reads: left out."""
+    document = k8s(podSelector=None, ingress=[{"from": None, "ports": None},
+                                              {"from": [{"podSelector": None, "namespaceSelector": {}}]}])
+    document["metadata"].update(generation=3, managedFields=[{"manager": "kubectl"}],
+                                uid="1f0e1f0e-0000-0000-0000-000000000000", resourceVersion="55")
+    spec = parse_kubernetes_policy(document).spec
+    assert spec.pod_selector.match_labels == {} and spec.ingress[0].from_ == []
+    assert spec.ingress[1].from_[0].pod_selector is None
+    assert spec.ingress[1].from_[0].namespace_selector is not None
