@@ -33,6 +33,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from percale.api import Node
+from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
 from percale.bgpd.agent import BGPAgent
 from percale.bgpd.status import NoBGP
@@ -63,6 +65,7 @@ from percale.node.policy_agent import POLICY_KINDS, PolicyAgent
 from percale.node.pools import DEFAULT_MTU_FILE, PoolFollower
 from percale.node.status import NodeStatusPublisher, serve_status
 from percale.vxlan.agent import VXLANAgent
+from percale.vxlan.plan import HOST_MTU_MIN, POD_MTU_MIN, VXLAN_OVERHEAD, MTUTooSmall
 
 log = logging.getLogger("percale.node")
 
@@ -108,9 +111,54 @@ class Options:
     backend: str = "bgp"  # bgp, vxlan or none (Calico's CALICO_NETWORKING_BACKEND)
     bgp_dir: Path = Path("/var/run/percale/bgp")
     secrets_dir: Optional[Path] = None
-    health_listen: str = "127.0.0.1:9099"
+    health_listen: Optional[tuple[str, int]] = ("127.0.0.1", 9099)  # None: no health endpoints
     router_id: Optional[str] = None
     policy_reconcile_seconds: float = 30.0
+
+
+def resolve_node_name(given: Optional[str]) -> str:
+    """The node's name: `given`, else as calico-node and the kubelet name a node by default, the
+    host name lower-cased. RegistrationError if it cannot name a Node (found at start, not as a
+    traceback once the Node is written)."""
+    name = given or socket.gethostname().strip().lower()
+    if len(name) > 253 or not Node.name_pattern.fullmatch(name):
+        setting = "--node-name (NODENAME)" if given else "the host name (set --node-name or NODENAME)"
+        raise registration.RegistrationError(f"{setting} {name!r}: not a node name ({DNS_SUBDOMAIN_RULE})")
+    return name
+
+
+def health_address(listen: str) -> tuple[str, int]:
+    """--health-listen's HOST:PORT: an IPv6 host in brackets ([::1]:9099), no host for loopback.
+    ValueError saying what is wrong."""
+    host, colon, port = listen.rpartition(":")
+    if not colon:
+        raise ValueError("not HOST:PORT")
+    # Port 0 would be a port the kernel picks, which no probe could know.
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address in brackets") from None
+        return host[1:-1], int(port)
+    if ":" in host:
+        raise ValueError("an IPv6 host goes in brackets, as [::1]:9099")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        # Node names are RFC 1123 DNS subdomains: the syntax of a host name.
+        if host and not (len(host) <= 253 and Node.name_pattern.fullmatch(host.lower())):
+            raise ValueError(f"host {host!r} is neither an IP address nor a host name") from None
+    return host or "127.0.0.1", int(port)
+
+
+def check_host_mtu(host_mtu: int, source: str) -> None:
+    """MTUTooSmall, naming `source`, if pods would get less than POD_MTU_MIN under the largest
+    encapsulation: found at start, not as a pod MTU of -49 once a VXLAN pool appears."""
+    if host_mtu < HOST_MTU_MIN:
+        raise MTUTooSmall(f"{source}: host MTU {host_mtu} is below {HOST_MTU_MIN} (pods get it less up"
+                          f" to {max(VXLAN_OVERHEAD.values())} bytes of VXLAN and need {POD_MTU_MIN})")
 
 
 async def run(options: Options, settings: dict[str, Optional[str]],
@@ -131,8 +179,15 @@ async def run(options: Options, settings: dict[str, Optional[str]],
         await store.close()
         return
     enable_forwarding()
+    # Detected once the datastore answers, as before: by then the host's interfaces are up.
     host_mtu = options.host_mtu or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
     log.info("host MTU %d (%s)", host_mtu, "given" if options.host_mtu else f"detected, {options.mtu_pattern}")
+    if not options.host_mtu:
+        try:
+            check_host_mtu(host_mtu, f"interfaces matching --mtu-iface-pattern {options.mtu_pattern!r}")
+        except MTUTooSmall:
+            await store.close()
+            raise
     cache = Cache(store, AGENT_KINDS + POLICY_KINDS, node=node)
     view = CachedDatastore(store, cache)
     ipam = IPAM(view, authority=store)
@@ -164,9 +219,8 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     status_server = await serve_status(bgp_agent, node, status_socket)
     log.info("percale-node %s answering status on %s", node, status_socket)
     health_server = None
-    if options.health_listen:
-        host, _, port = options.health_listen.rpartition(":")
-        health_server = await health.serve(bgp_agent, host or "127.0.0.1", int(port),
+    if options.health_listen is not None:
+        health_server = await health.serve(bgp_agent, *options.health_listen,
                                            datastore=store, cache=cache, policy=policy_agent)
     parts = [following]
     if isinstance(bgp_agent, BGPAgent):
@@ -249,7 +303,8 @@ def main(
         help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret")] = None,
     health_listen: Annotated[str, typer.Option(
         envvar="PERCALE_HEALTH_LISTEN",
-        help="HOST:PORT for /livez, /readyz and /metrics; empty to turn them off")] = "127.0.0.1:9099",
+        help="HOST:PORT for /livez, /readyz and /metrics ([ADDR]:PORT for IPv6, :PORT for"
+        " 127.0.0.1); empty to turn them off")] = "127.0.0.1:9099",
     ip: Annotated[Optional[str], typer.Option(
         "--ip", envvar="IP", help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none';"
         " unset leaves the Node resource as it is")] = None,
@@ -276,6 +331,9 @@ def main(
 ) -> None:
     """Run the percale node agent (CNI server, BGP, VXLAN, natOutgoing, network policy, status)
     until SIGTERM."""
+    if not isinstance(logging.getLevelName(log_level.upper()), int):
+        typer.echo(f"percale-node: --log-level {log_level!r}: use debug, info, warning or error", err=True)
+        raise typer.Exit(1)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # `kill -QUIT <pid>` prints every thread's stack to stderr and the agent carries on, as a Go
     # program (calico-node) prints its goroutines: for an agent that seems stuck.
@@ -298,14 +356,21 @@ def main(
             except ValueError:
                 raise registration.RegistrationError(
                     f"--router-id: {router_id!r} is neither 'hash' nor an IPv4 address") from None
+        if mtu:  # 0: detected, and checked then
+            check_host_mtu(mtu, "--mtu (PERCALE_MTU)")
+        try:
+            health_at = health_address(health_listen) if health_listen else None
+        except ValueError as err:
+            raise registration.RegistrationError(
+                f"--health-listen (PERCALE_HEALTH_LISTEN) {health_listen!r}: {err}") from None
+        node = resolve_node_name(node_name)
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
-        # As calico-node and the kubelet name a node by default: the host name, lower-cased.
-        options = Options(node_name or socket.gethostname().strip().lower(), cni_socket, status_socket, mtu,
-                          mtu_iface_pattern, mtu_file, backend, bgp_dir, secrets_dir, health_listen,
-                          router_id or None, policy_reconcile_seconds)
+        options = Options(node, cni_socket, status_socket, mtu, mtu_iface_pattern, mtu_file, backend,
+                          bgp_dir, secrets_dir, health_at, router_id or None, policy_reconcile_seconds)
         asyncio.run(run(options, settings, addresses))
-    except (ConfigError, DatastoreError, OSError, registration.RegistrationError, AgentFailed) as err:
+    except (ConfigError, DatastoreError, OSError, registration.RegistrationError, MTUTooSmall,
+            AgentFailed) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None
 

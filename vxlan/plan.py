@@ -32,6 +32,17 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Bytes each encapsulation adds to a packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70.
 VXLAN_OVERHEAD = {4: 50, 6: 70}
+# The smallest pod MTU: every IPv4 host must take 576-byte datagrams (RFC 791), and it is the
+# least the CNI side accepts (node/cni_types.py; ctl/cni_cmd.py's MTU_MIN, which node may not
+# import: keep the three equal). Below it, pods' packets are cut to pieces or lost.
+POD_MTU_MIN = 576
+# The smallest host MTU that still leaves pods POD_MTU_MIN under the largest encapsulation:
+# pools (and so the encapsulation) change while percale-node runs; its MTU setting does not.
+HOST_MTU_MIN = POD_MTU_MIN + max(VXLAN_OVERHEAD.values())
+
+
+class MTUTooSmall(ValueError):
+    """The host's MTU leaves pods less than POD_MTU_MIN: fix the MTU setting or the interfaces."""
 
 
 def vtep_mac(node: str, version: int = 4) -> str:
@@ -48,11 +59,16 @@ def vxlan_pools(pools: Iterable[IPPool], version: int = 4) -> list[IPPool]:
 
 def pod_mtu(host_mtu: int, pools: Iterable[IPPool]) -> int:
     """The host's MTU less the largest overhead of an encapsulation an enabled pool uses: a
-    pod's packets must still fit the underlay once wrapped."""
+    pod's packets must still fit the underlay once wrapped. MTUTooSmall below POD_MTU_MIN
+    (a host MTU of 1 once became a pod MTU of -49, written to the MTU file)."""
     enabled = [p for p in pools if not p.spec.disabled]
     overhead = max([VXLAN_OVERHEAD[p.spec.network.version] for p in enabled if p.spec.vxlan_mode != "Never"]
                    + [20 for p in enabled if p.spec.ipip_mode != "Never"] + [0])
-    return host_mtu - overhead
+    mtu = host_mtu - overhead
+    if mtu < POD_MTU_MIN:
+        raise MTUTooSmall(f"host MTU {host_mtu} less {overhead} bytes of encapsulation leaves pods {mtu},"
+                          f" below the smallest pod MTU, {POD_MTU_MIN}")
+    return mtu
 
 
 @dataclass(frozen=True)
