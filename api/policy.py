@@ -112,8 +112,10 @@ def _not_a_bool(value: object) -> object:
 
 
 class ICMPMatch(Model):
-    type: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0, le=254)] | None = None
-    code: Annotated[int, BeforeValidator(_not_a_bool), Field(ge=0, le=255)] | None = None
+    type: Annotated[int, Field(ge=0, le=254)] | None = None
+    code: Annotated[int, Field(ge=0, le=255)] | None = None
+
+    _numbers = field_validator("type", "code", mode="before")(_not_a_bool)
 
     @model_validator(mode="after")
     def _code_needs_type(self) -> ICMPMatch:
