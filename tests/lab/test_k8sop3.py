@@ -45,9 +45,10 @@ class Cluster:
         return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
     def node_pods(self) -> dict[str, dict]:
-        """percale-node's pods by node name."""
+        """percale-node's pods by node name; a pod the scheduler has not bound yet (a DaemonSet's
+        replacement, for a moment) has no node and is left out."""
         listed = self.json("pods", "-n", "percale-system", "-l", "app.kubernetes.io/name=percale-node")
-        return {p["spec"]["nodeName"]: p for p in listed["items"]}
+        return {p["spec"]["nodeName"]: p for p in listed["items"] if p["spec"].get("nodeName")}
 
 
 @pytest.fixture(scope="module")
