@@ -83,7 +83,9 @@ def _start_time(pid: int) -> int | None:
 
 
 def alive(record: dict) -> bool:
-    return _start_time(record["pid"]) == record["start"]
+    # A process recorded without a start time had ended before it was recorded (a node whose
+    # cmd is `true`): None == None must not keep `down` waiting for it for ever.
+    return record["start"] is not None and _start_time(record["pid"]) == record["start"]
 
 
 def exit_status(returncode: int) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from percale.lab import pods
+from percale.lab import pods, runner
 from percale.lab.runner import Lab, LabError, open_lab
 
 pytestmark = pytest.mark.lab
@@ -301,3 +301,15 @@ def test_a_pod_is_recorded_only_once_its_namespace_exists(tmp_path):
             assert untouched(f"clab-{name}-p.web", process)
     finally:
         open_lab(path).down()
+
+
+def test_a_process_that_ended_before_it_was_recorded_is_not_waited_for():
+    """A node whose cmd (`true`) ends before `up` reads its start time is recorded without one;
+    `down` waited for ever for such a process to go (None matched None)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    record = {"pid": ended.pid, "start": None}
+    assert not runner.alive(record)
+    started = time.monotonic()
+    runner._signal_session(record, signal.SIGTERM, 10)
+    assert time.monotonic() - started < 1
