@@ -16,6 +16,11 @@ from pydantic import AfterValidator, BeforeValidator
 
 from percale.api import selector as _selector
 
+# The pod MTUs percale accepts, wherever one is given (CNI config, percalectl cni install, the
+# Installation, percale-node's own setting): every IPv4 host takes 576-byte datagrams (RFC 791);
+# below that, pods' packets are cut to pieces or lost. 0 means "detected", where allowed.
+POD_MTU_MIN, POD_MTU_MAX = 576, 65535
+
 # Link-local ranges are the node's own business (169.254.1.1 is every pod's gateway), so no pool
 # may cover them.
 LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))

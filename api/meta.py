@@ -102,10 +102,16 @@ class Resource(Model):
     # The names this kind's objects may take; most kinds use Kubernetes DNS-subdomain names.
     name_pattern: ClassVar[re.Pattern[str]] = _DNS_SUBDOMAIN
 
+    @classmethod
+    def is_valid_name(cls, name: str) -> bool:
+        """Whether an object of this kind may be called `name` (also for settings that name
+        one, such as a node's name, checked before anything is written)."""
+        return len(name) <= 253 and cls.name_pattern.fullmatch(name) is not None
+
     @field_validator("metadata")
     @classmethod
     def _metadata_fits_kind(cls, meta: ObjectMeta) -> ObjectMeta:
-        if len(meta.name) > 253 or not cls.name_pattern.fullmatch(meta.name):
+        if not cls.is_valid_name(meta.name):
             rule = f": {DNS_SUBDOMAIN_RULE}" if cls.name_pattern is _DNS_SUBDOMAIN else ""
             raise ValueError(f"name {meta.name!r} is not a valid {cls.info.kind} name{rule}")
         if cls.info.namespaced and not meta.namespace:

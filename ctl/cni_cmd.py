@@ -27,6 +27,7 @@ import typer
 from percale_cni import build, shim
 
 from percale.api import Node
+from percale.api.fields import POD_MTU_MAX, POD_MTU_MIN
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.ctl.context import fail
 
@@ -96,9 +97,6 @@ def plugin_file(kind: str, python: str) -> tuple[bytes, str]:
     return plugin_source(python).encode(), f"python, {python} -IS"
 
 
-# The pod MTUs percale-node's CNI side accepts (node/cni_types.py): a config outside them would
-# be installed and then fail every ADD with error 7.
-MTU_MIN, MTU_MAX = 576, 65535
 
 
 def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shim_kind: str,
@@ -116,10 +114,11 @@ def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shi
                         "(it becomes the plugins' #! line)")
     if not node_name:
         problems.append("--node-name: must not be empty")
-    elif len(node_name) > 253 or not Node.name_pattern.fullmatch(node_name):
+    elif not Node.is_valid_name(node_name):
         problems.append(f"--node-name {node_name!r}: not a node name ({DNS_SUBDOMAIN_RULE})")
-    if mtu and not MTU_MIN <= mtu <= MTU_MAX:
-        problems.append(f"--mtu {mtu}: must be 0 (percale-node detects it) or {MTU_MIN}-{MTU_MAX}")
+    # Outside them, the config would be installed and then fail every ADD with error 7.
+    if mtu and not POD_MTU_MIN <= mtu <= POD_MTU_MAX:
+        problems.append(f"--mtu {mtu}: must be 0 (percale-node detects it) or {POD_MTU_MIN}-{POD_MTU_MAX}")
     if problems:
         raise fail(*problems, "Nothing was installed.")
 

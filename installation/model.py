@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError
 
 from percale.api import IPPool, ObjectMeta
 from percale.api.consistency import overlapping_pools
+from percale.api.fields import POD_MTU_MIN
 from percale.api.ippool import DEFAULT_BLOCK_SIZE
 from percale.api.meta import Model, Problem, validation_problems
 from percale.api.selector import labels_problem
@@ -30,10 +31,6 @@ NAME = "default"
 Encapsulation = Literal["IPIP", "IPIPCrossSubnet", "VXLAN", "VXLANCrossSubnet", "None"]
 Switch = Literal["Enabled", "Disabled"]
 UNSUPPORTED_ENCAPSULATIONS = {"IPIP", "IPIPCrossSubnet"}
-# The smallest pod MTU `percalectl cni install --mtu` takes (MTU_MIN in ctl/cni_cmd.py, from
-# node/cni_types.py; installation/ may not import either): a smaller calicoNetwork.mtu would make
-# install-cni refuse it on every node and crash-loop.
-POD_MTU_MIN = 576
 
 
 class IPPoolEntry(Model):
@@ -292,6 +289,7 @@ def _node_problems(spec: InstallationSpec) -> list[Problem]:
     """What the apiserver or install-cni would refuse in the DaemonSet and Deployment."""
     found = []
     mtu = (spec.calico_network or CalicoNetworkSpec()).mtu
+    # install-cni would refuse a smaller one on every node and crash-loop.
     if mtu and mtu < POD_MTU_MIN:
         found.append(Problem("spec.calicoNetwork.mtu",
                              f"{mtu} is below {POD_MTU_MIN}, the smallest pod MTU install-cni takes; "

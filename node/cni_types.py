@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from percale.api.fields import POD_MTU_MAX, POD_MTU_MIN
 from percale.api.meta import DNS_SUBDOMAIN_RULE, ObjectMeta, Resource, validation_problems
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -129,8 +130,8 @@ def parse_netconf(text: Any) -> NetConf:
     if not isinstance(kind, str) or not kind:
         raise CNIError(INVALID_CONFIG, f"type must be the plugin's name as a string, not {kind!r}")
     mtu = raw.get("mtu", 0)
-    if not isinstance(mtu, int) or isinstance(mtu, bool) or not (mtu == 0 or 576 <= mtu <= 65535):
-        raise CNIError(INVALID_CONFIG, f"mtu must be 0 (detect) or 576-65535, not {mtu!r}")
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not (mtu == 0 or POD_MTU_MIN <= mtu <= POD_MTU_MAX):
+        raise CNIError(INVALID_CONFIG, f"mtu must be 0 (detect) or {POD_MTU_MIN}-{POD_MTU_MAX}, not {mtu!r}")
     ipam = raw.get("ipam") or {}
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_CONFIG, "ipam must be an object")

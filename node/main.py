@@ -34,6 +34,7 @@ from typing import Annotated, Optional
 import typer
 
 from percale.api import Node
+from percale.api.fields import POD_MTU_MIN
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
 from percale.bgpd.agent import BGPAgent
@@ -65,7 +66,7 @@ from percale.node.policy_agent import POLICY_KINDS, PolicyAgent
 from percale.node.pools import DEFAULT_MTU_FILE, PoolFollower
 from percale.node.status import NodeStatusPublisher, serve_status
 from percale.vxlan.agent import VXLANAgent
-from percale.vxlan.plan import HOST_MTU_MIN, POD_MTU_MIN, VXLAN_OVERHEAD, MTUTooSmall
+from percale.vxlan.plan import HOST_MTU_MIN, VXLAN_OVERHEAD, MTUTooSmall
 
 log = logging.getLogger("percale.node")
 
@@ -121,7 +122,7 @@ def resolve_node_name(given: Optional[str]) -> str:
     host name lower-cased. RegistrationError if it cannot name a Node (found at start, not as a
     traceback once the Node is written)."""
     name = given or socket.gethostname().strip().lower()
-    if len(name) > 253 or not Node.name_pattern.fullmatch(name):
+    if not Node.is_valid_name(name):
         setting = "--node-name (NODENAME)" if given else "the host name (set --node-name or NODENAME)"
         raise registration.RegistrationError(f"{setting} {name!r}: not a node name ({DNS_SUBDOMAIN_RULE})")
     return name
@@ -148,7 +149,7 @@ def health_address(listen: str) -> tuple[str, int]:
         ipaddress.IPv4Address(host)
     except ValueError:
         # Node names are RFC 1123 DNS subdomains: the syntax of a host name.
-        if host and not (len(host) <= 253 and Node.name_pattern.fullmatch(host.lower())):
+        if host and not Node.is_valid_name(host.lower()):
             raise ValueError(f"host {host!r} is neither an IP address nor a host name") from None
     return host or "127.0.0.1", int(port)
 

@@ -26,16 +26,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from percale.api import IPAMBlock, IPPool, Node
+from percale.api.fields import POD_MTU_MIN
 
 IPv4Net = ipaddress.IPv4Network | ipaddress.IPv6Network  # a prefix of the plan's family
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Bytes each encapsulation adds to a packet (Calico's figures): VXLAN over IPv4 50, over IPv6 70.
 VXLAN_OVERHEAD = {4: 50, 6: 70}
-# The smallest pod MTU: every IPv4 host must take 576-byte datagrams (RFC 791), and it is the
-# least the CNI side accepts (node/cni_types.py; ctl/cni_cmd.py's MTU_MIN, which node may not
-# import: keep the three equal). Below it, pods' packets are cut to pieces or lost.
-POD_MTU_MIN = 576
 # The smallest host MTU that still leaves pods POD_MTU_MIN under the largest encapsulation:
 # pools (and so the encapsulation) change while percale-node runs; its MTU setting does not.
 HOST_MTU_MIN = POD_MTU_MIN + max(VXLAN_OVERHEAD.values())
