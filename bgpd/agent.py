@@ -448,8 +448,10 @@ class BGPAgent:
             if not self.programmer.swept:
                 wait = min(wait, 1.0)
             try:
-                await asyncio.wait_for(self._housekeeping_due.wait(), max(wait, 0.05))
-            except asyncio.TimeoutError:
+                # not wait_for: see bgpd/speaker.py's wait_connected
+                async with asyncio.timeout(max(wait, 0.05)):
+                    await self._housekeeping_due.wait()
+            except TimeoutError:
                 pass
             self._housekeeping_due.clear()
 

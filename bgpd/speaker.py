@@ -125,7 +125,10 @@ class ExaBGP:
         log.info("started ExaBGP (pid %s)", self.process.pid)
 
     async def wait_connected(self, timeout: float = 30) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        # asyncio.timeout, never wait_for: Python 3.11's wait_for swallows a cancellation that
+        # arrives as the awaited thing completes, and the agent, cancelled, then never stops.
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
 
     async def _on_bridge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:
@@ -171,7 +174,9 @@ class ExaBGP:
         self._acks.append(ack)
         self._writer.write(command.encode() + b"\n")
         await self._writer.drain()
-        if await asyncio.wait_for(ack, timeout) != "done":
+        async with asyncio.timeout(timeout):
+            answer = await ack
+        if answer != "done":
             raise SpeakerError(f"ExaBGP refused: {command}")
 
     async def reload(self, config: str) -> None:
@@ -247,8 +252,9 @@ class ExaBGP:
         if self.process and self.process.returncode is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(10):
+                    await self.process.wait()
+            except TimeoutError:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 await self.process.wait()
         if self._server:

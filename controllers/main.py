@@ -78,8 +78,10 @@ async def run(settings: dict, interval: float, grace: float, rounds: int | None)
                 log.warning("IPAM GC round failed, trying again next round: %s", err)
             done += 1
             try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
+                # not wait_for, which in Python 3.11 can swallow a cancellation for good
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            except TimeoutError:
                 pass
     finally:
         await store.close()

@@ -93,9 +93,11 @@ async def register_when_reachable(store, node: str, addresses: tuple, stop: asyn
         except DatastoreUnavailable as err:
             log.warning("datastore not reachable yet (%s); trying again in %.1f s", err, delay)
         try:
-            await asyncio.wait_for(stop.wait(), delay)
+            # not wait_for, which in Python 3.11 can swallow a cancellation for good
+            async with asyncio.timeout(delay):
+                await stop.wait()
             return False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             delay = min(delay * 2, 10)
 
 

@@ -217,8 +217,11 @@ class PolicyAgent:
         self._waiters.setdefault(interface, []).append(waiter)
         self._due.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
+            # not wait_for, which in Python 3.11 can swallow a cancellation (a CNI request
+            # given up) that arrives as the chains land
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
             return False
         finally:
             waiters = self._waiters.get(interface, [])
@@ -231,8 +234,11 @@ class PolicyAgent:
         next_check = time.monotonic() + self.reconcile_seconds
         while True:
             try:
-                await asyncio.wait_for(self._due.wait(), max(0.0, next_check - time.monotonic()))
-            except asyncio.TimeoutError:
+                # not wait_for, which in Python 3.11 can swallow a cancellation: the agent would
+                # go on after percale-node was told to stop
+                async with asyncio.timeout(max(0.0, next_check - time.monotonic())):
+                    await self._due.wait()
+            except TimeoutError:
                 next_check = time.monotonic() + self.reconcile_seconds
                 if await asyncio.to_thread(self.table.drifted):
                     log.warning("the policy table changed behind percale; writing it whole")
