@@ -10,6 +10,7 @@ the rules of every policy selecting a pod add up.
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
@@ -116,15 +117,18 @@ class NetworkPolicyPeer(_KubernetesModel):
         return self
 
 
-def _int_or_name(value: Any) -> Any:
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return value
+def _int_or_string(value: Any) -> Any:
+    """Kubernetes' IntOrString: an integer, or a string (a quoted "8080" is a string, a port
+    name, and an invalid one: a name needs a letter); true or 80.0 is neither."""
+    if value is None or isinstance(value, str) or (
+            isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{json.dumps(value, default=repr)} is not a port: a number or a port name")
 
 
 class NetworkPolicyPort(_KubernetesModel):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
-    port: Annotated[int | str, BeforeValidator(_int_or_name)] | None = None
+    port: Annotated[int | str | None, BeforeValidator(_int_or_string)] = None
     end_port: int | None = None
 
     @model_validator(mode="after")

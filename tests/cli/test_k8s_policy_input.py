@@ -77,6 +77,15 @@ CASES = {
              '[{key: "a b", operator: Exists}]}}]}]',
         "(NetworkPolicy 'p'): spec.ingress.0.from.0.namespaceSelector.matchExpressions.0.key: "
         f"label key 'a b' {KEY_RULE}"),
+    # Kubernetes reads a quoted port as a port name, and a name needs a letter.
+    "quoted port number": (
+        "p", '  ingress: [{ports: [{port: "8080"}]}]',
+        "(NetworkPolicy 'p'): spec.ingress.0.ports.0.port: '8080' is not a port name (lower-case "
+        "letters, digits and inner dashes, with at least one letter)"),
+    "boolean port": (
+        "p", '  ingress: [{ports: [{port: true}]}]',
+        "(NetworkPolicy 'p'): spec.ingress.0.ports.0.port: true is not a port: a number or a port "
+        "name"),
 }
 
 
