@@ -17,7 +17,7 @@ The language, loosest binding first::
     k contains "s", k starts with "s", k ends with "s"   (false when k is absent)
 
 Strings take single or double quotes and have no escapes. Keys are Kubernetes label keys. An
-empty selector means all().
+empty selector means all(). Calico's global() is refused with its reason (see _primary).
 
 `str(selector)` is the canonical form: one space around binary operators and comparisons, none
 after `!`, strings in double quotes unless the value holds a double quote (then single quotes),
@@ -400,6 +400,12 @@ class _Parser:
         if token.kind != _WORD_KIND:
             self._fail(_OPERAND_EXPECTED)
         # "has" and "all" are only functions when a '(' follows; otherwise they are label keys.
+        if token.text == "global" and self._peek(1).kind == "(":
+            # Calico's namespaceSelector: global() picks what lives outside namespaces: host
+            # endpoints and global network sets. percale has neither, so a rule meant for them
+            # is refused rather than left to match nothing.
+            self._fail("global() selects host endpoints and global network sets, which "
+                       "percale does not have")
         if token.text in ("has", "all") and self._peek(1).kind == "(":
             self._next()
             self._next()

@@ -86,6 +86,7 @@ NODE = {"rack": "a", "zone": "eu-1", "kubernetes.io/hostname": "node-7", "route-
         ("in in {'x'}", {"in": "x"}, True),
         ("not not in {'x'}", {"not": "y"}, True),
         ("has(has) && has(all)", {"has": "", "all": ""}, True),
+        ("global == 'x' && has(global)", {"global": "x"}, True),
     ],
 )
 def test_examples(selector: str, labels: dict[str, str], expected: bool) -> None:
@@ -206,6 +207,9 @@ def test_invalid_label_keys(key: str) -> None:
         ("has(a", 5, "expected ')'"),
         ("has(a b)", 6, "expected ')'"),
         ("all(a)", 4, "expected ')'"),
+        # Calico's namespaceSelector for what lives outside namespaces; percale has none of it.
+        ("global()", 0, "global() selects host endpoints and global network sets"),
+        ("has(a) && global()", 10, "which percale does not have"),
     ],
 )
 def test_invalid_selectors(selector: str, position: int, reason: str) -> None:
