@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -161,10 +161,48 @@ def readiness(bgp: BGPHealth, cache: Any = None) -> list[str]:
     return problems
 
 
+class Endpoints:
+    """The health and metrics listener, in two steps: `bind` takes the address when the node
+    starts, so one it cannot have (not on this machine, in use) stops it before it registers,
+    and `serve` begins answering once the parts it reports on exist."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self._answer: Handler | None = None
+
+    async def bind(self, host: str, port: int) -> None:
+        """OSError if this machine cannot listen there."""
+        self.server = await asyncio.start_server(self._connected, host, port, start_serving=False)
+
+    async def serve(self, bgp: BGPHealth, *, datastore: Any = None, cache: Any = None,
+                    policy: Any = None) -> None:
+        assert self.server is not None, "bind() first"
+        self._answer = _answering(registry_for(bgp, datastore, cache, policy), bgp, cache)
+        await self.server.start_serving()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._answer is not None  # connections are accepted only once serve() set it
+        await self._answer(reader, writer)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 async def serve(bgp: BGPHealth, host: str, port: int, *, datastore: Any = None,
                 cache: Any = None, policy: Any = None) -> asyncio.AbstractServer:
-    registry = registry_for(bgp, datastore, cache, policy)
+    """Bind and answer at once."""
+    endpoints = Endpoints()
+    await endpoints.bind(host, port)
+    await endpoints.serve(bgp, datastore=datastore, cache=cache, policy=policy)
+    assert endpoints.server is not None
+    return endpoints.server
 
+
+def _answering(registry: CollectorRegistry, bgp: BGPHealth, cache: Any) -> Handler:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = (await reader.readline()).decode(errors="replace").split()
@@ -191,5 +229,5 @@ async def serve(bgp: BGPHealth, host: str, port: int, *, datastore: Any = None,
         finally:
             writer.close()
 
-    return await asyncio.start_server(answer, host, port)
+    return answer
 

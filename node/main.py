@@ -164,8 +164,36 @@ def check_host_mtu(host_mtu: int, source: str) -> None:
                           f" to {max(VXLAN_OVERHEAD.values())} bytes of VXLAN and need {POD_MTU_MIN})")
 
 
+async def bind_health(listen: tuple[str, int] | None) -> health.Endpoints | None:
+    """The health endpoints' address taken, or a RegistrationError naming the setting: one this
+    machine cannot listen on (not its address, in use, a name that does not resolve)."""
+    if listen is None:
+        return None
+    endpoints = health.Endpoints()
+    try:
+        await endpoints.bind(*listen)
+    except OSError as err:
+        host, port = listen
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise registration.RegistrationError(
+            f"--health-listen (PERCALE_HEALTH_LISTEN) {shown!r}: cannot listen there: "
+            f"{err.strerror or err}") from None
+    return endpoints
+
+
 async def run(options: Options, settings: dict[str, Optional[str]],
               addresses: tuple = (None, None, None)) -> None:
+    # Bound before anything else: an address the node cannot have stops it before it registers.
+    health_endpoints = await bind_health(options.health_listen)
+    try:
+        await serve_node(options, settings, addresses, health_endpoints)
+    finally:
+        if health_endpoints is not None:
+            health_endpoints.close()
+
+
+async def serve_node(options: Options, settings: dict[str, Optional[str]], addresses: tuple,
+                     health_endpoints: health.Endpoints | None) -> None:
     node, cni_socket, status_socket = options.node, options.cni_socket, options.status_socket
     config = load_config(**settings)
     store = open_datastore(config)
@@ -221,10 +249,8 @@ async def run(options: Options, settings: dict[str, Optional[str]],
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
     status_server = await serve_status(bgp_agent, node, status_socket)
     log.info("percale-node %s answering status on %s", node, status_socket)
-    health_server = None
-    if options.health_listen is not None:
-        health_server = await health.serve(bgp_agent, *options.health_listen,
-                                           datastore=store, cache=cache, policy=policy_agent)
+    if health_endpoints is not None:
+        await health_endpoints.serve(bgp_agent, datastore=store, cache=cache, policy=policy_agent)
     parts = [following]
     if isinstance(bgp_agent, BGPAgent):
         parts.append(asyncio.create_task(bgp_agent.run(), name="BGP"))
@@ -255,8 +281,6 @@ async def run(options: Options, settings: dict[str, Optional[str]],
             except (asyncio.CancelledError, Exception):
                 pass  # a failure was logged above
         await status_server.wait_closed()
-        if health_server is not None:
-            health_server.close()
         for table in (fib, vxlan_fib):
             if table is not None:
                 table.close()

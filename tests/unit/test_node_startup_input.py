@@ -8,6 +8,7 @@ checks would leave it waiting for the datastore until the timeout."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def start_node(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     ("PERCALE_HEALTH_LISTEN", "bogus"),            # was ValueError: invalid literal for int()
     ("PERCALE_HEALTH_LISTEN", "127.0.0.1:99999"),  # was OverflowError from bind()
     ("PERCALE_HEALTH_LISTEN", "::1:9099"),
+    ("PERCALE_HEALTH_LISTEN", "192.0.2.1:9099"),   # not this machine's: was found after registering
     ("NODENAME", "Node_1"),                        # was InvalidResource, after serving CNI
     ("NODENAME", " n1 "),
     ("PERCALE_MTU", "1"),                          # was a pod MTU of -49 in the MTU file
@@ -47,6 +49,21 @@ def test_a_bad_setting_stops_the_node_before_it_starts(tmp_path, setting, value)
     done = start_node(tmp_path, **{setting: value})
     assert done.returncode == 1
     assert setting in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "cni.sock").exists()
+
+
+def test_a_health_port_in_use_stops_the_node_before_it_registers(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = start_node(tmp_path, PERCALE_HEALTH_LISTEN=f"127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(
+        f"percale-node: --health-listen (PERCALE_HEALTH_LISTEN) '127.0.0.1:{port}': cannot listen "
+        "there"), done.stderr
+    assert "address already in use" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "cni.sock").exists()
 
