@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from percale.api.fields import (
     CIDR,
@@ -22,6 +22,7 @@ from percale.api.fields import (
     PeerIP,
     Port,
     Selector,
+    refuse_boolean,
     split_peer_ip,
 )
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
@@ -37,12 +38,45 @@ GLOBAL_CONFIG_NAME = "default"
 NODE_CONFIG_PREFIX = "node."
 
 # Calico's logLevel validation set.
-LogSeverity = Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"]
+_SEVERITIES = ("Trace", "Debug", "Info", "Warning", "Error", "Fatal")
+
+
+def _severity(value: object) -> object:
+    # Calico's CRD pattern takes any case ((?i)); stored as Calico spells it.
+    if isinstance(value, str):
+        return next((s for s in _SEVERITIES if s.lower() == value.lower()), value)
+    return value
+
+
+LogSeverity = Annotated[Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"],
+                        BeforeValidator(_severity)]
 
 
 class SecretKeyRef(Model):
+    """A key of a Secret: read from <secrets dir>/<name>/<key> on the node, so both are held
+    to Kubernetes' rules, which keep them inside that directory."""
+
     name: str
     key: str
+
+    @field_validator("name")
+    @classmethod
+    def _secret_name(cls, value: str) -> str:
+        if not Resource.is_valid_name(value):
+            raise ValueError(f"{value!r} is not a Secret name (lower-case letters, digits, '-' and "
+                             "'.', at most 253 characters)")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _secret_key(cls, value: str) -> str:
+        if not (_SECRET_KEY.fullmatch(value) and value not in (".", "..") and len(value) <= 253):
+            raise ValueError(f"{value!r} is not a Secret key (letters, digits, '-', '_' and '.', "
+                             "at most 253 characters, not '.' or '..')")
+        return value
+
+
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 class BGPPassword(Model):
@@ -241,7 +275,7 @@ class BGPPeerSpec(Model):
     max_restart_time: Duration | None = None
     keepalive_time: Duration | None = None
     num_allowed_local_as_numbers: int | None = Field(None, ge=0, alias="numAllowedLocalASNumbers")
-    ttl_security: int | None = Field(None, ge=0, le=255)
+    ttl_security: Annotated[int | None, BeforeValidator(refuse_boolean)] = Field(None, ge=0, le=255)
     # Gateway to the peer: the speaker adds a static route peerIP/32 via this address.
     reachable_by: IPAddress | None = None
     filters: list[str] | None = None

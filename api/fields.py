@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import re
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -26,9 +26,17 @@ POD_MTU_MIN, POD_MTU_MAX = 576, 65535
 LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
 
 
+def _no_zone(value: str) -> None:
+    """Python's ipaddress takes an IPv6 scope zone ("fe80::1%eth0"); Go's net.ParseIP, and so
+    Calico, and ExaBGP's configuration do not: a zone would break every node's BGP config."""
+    if "%" in value:
+        raise ValueError(f"{value!r} has a zone (%...): give the address without it")
+
+
 def _network(value: str) -> str:
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/16")
+    _no_zone(value)
     try:
         # Parsed once per text (network_of is strict too): every handle IPAM writes carries a
         # block CIDR to validate.
@@ -45,6 +53,7 @@ def _network(value: str) -> str:
 def _address(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("must be an IP address string")
+    _no_zone(value)
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -71,6 +80,7 @@ def _interface(version: int):
     def check(value: str) -> str:
         if not isinstance(value, str):
             raise ValueError("must be an address with a prefix length, such as 10.0.0.5/24")
+        _no_zone(value)
         try:
             iface = ipaddress.ip_interface(value)
         except ValueError:
@@ -88,9 +98,9 @@ def _as_number(value: int | str) -> int:
         raise ValueError("must be an AS number, not a boolean")
     if isinstance(value, str):
         text = value.strip()
-        if re.fullmatch(r"\d+", text):
+        if re.fullmatch(r"[0-9]+", text):
             value = int(text)
-        elif m := re.fullmatch(r"(\d+)\.(\d+)", text):
+        elif m := re.fullmatch(r"([0-9]+)\.([0-9]+)", text):
             high, low = int(m[1]), int(m[2])
             if high > 0xFFFF or low > 0xFFFF:
                 raise ValueError(f"{value!r} is not a valid AS-dot number")
@@ -102,7 +112,9 @@ def _as_number(value: int | str) -> int:
     return value
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+# Go's time.Duration is int64 nanoseconds: about 2562047h47m; ParseDuration refuses more.
+DURATION_MAX_SECONDS = (2**63 - 1) / 1e9
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -117,6 +129,8 @@ def duration_seconds(text: str) -> float:
         pos = m.end()
     if not text:
         raise ValueError("a duration cannot be empty")
+    if total > DURATION_MAX_SECONDS:
+        raise ValueError(f"{text!r} is longer than a duration can be (2562047h47m16s)")
     return total
 
 
@@ -137,6 +151,13 @@ def _selector_text(value: str) -> str:
     return value
 
 
+def refuse_boolean(value: Any) -> Any:
+    # Read before pydantic's int, which takes true as 1 (Calico's uint16 refuses it).
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
         raise ValueError(f"{value} is not a port between 1 and 65535")
@@ -153,14 +174,15 @@ def _peer_ip(value: str) -> str:
 
 def split_peer_ip(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
     """Split a peerIP into address and optional port; raise ValueError when it is neither form."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", value)
+    _no_zone(value)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)", value)
     if m:
         addr, port = m[1], int(m[2])
         if ipaddress.ip_address(addr).version != 6:
             raise ValueError(f"{value!r}: brackets are only for IPv6 addresses")
     elif value.count(":") == 1:
         addr, port_text = value.split(":")
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"{value!r} is not an address with a port")
         port = int(port_text)
     else:
@@ -189,7 +211,7 @@ IPv6Interface = Annotated[str, AfterValidator(_interface(6))]
 ASNumber = Annotated[int, BeforeValidator(_as_number)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Selector = Annotated[str, AfterValidator(_selector_text)]
-Port = Annotated[int, AfterValidator(_port)]
+Port = Annotated[int, BeforeValidator(refuse_boolean), AfterValidator(_port)]
 PeerIP = Annotated[str, AfterValidator(_peer_ip)]
 MACAddress = Annotated[str, AfterValidator(_mac)]
 

@@ -73,12 +73,26 @@ def _return_freed_memory() -> None:
 
 def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str | None:
     """A BGP password from `<secrets_dir>/<secret name>/<key>` (a mounted Kubernetes secret has
-    this layout)."""
+    this layout). One that cannot be read, or that ExaBGP's configuration cannot hold, is logged
+    and the session goes without it, as in Calico: it then fails alone, where raising here
+    kept every session of the node, mesh included, from being configured."""
     if ref is None:
         return None
+    where = f"secret {ref.name!r}, key {ref.key!r}"
     if secrets_dir is None:
-        raise ValueError(f"a BGP password refers to secret {ref.name}, but no secrets directory is set")
-    return (secrets_dir / ref.name / ref.key).read_text().strip()
+        log.error("a BGP password refers to %s, but no secrets directory is set; "
+                  "the session goes without a password", where)
+        return None
+    try:
+        password = (secrets_dir / ref.name / ref.key).read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        log.error("cannot read the BGP password of %s (%s); the session goes without one", where, err)
+        return None
+    if not password or '"' in password or "\n" in password:
+        log.error("the BGP password in %s is empty or holds a double quote or a line break; "
+                  "the session goes without one", where)
+        return None
+    return password
 
 
 def neighbors(sessions: list[peering.Session], listen_port: int,

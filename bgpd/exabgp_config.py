@@ -26,6 +26,11 @@ from dataclasses import dataclass
 HELPER = "percale"
 DEFAULT_RESTART_TIME = 120
 HOLD_TIME = 90
+# The largest values BGP can carry: the OPEN's 16-bit hold time, and graceful restart's 12-bit
+# restart time (RFC 4724 §3). ExaBGP sends only the low 12 bits of a longer restart time, so
+# 5000 s would reach the peer as 904 s; it is sent as 4095 s instead.
+HOLD_TIME_MAX = 65535
+RESTART_TIME_MAX = 4095
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,9 @@ def render(router_id: str, neighbors: Iterable[Neighbor], helper_command: str) -
         if n.keepalive_time:
             # ExaBGP has no keepalive setting: it sends keepalives every hold time / 3 (RFC 4271
             # §10's suggestion), so BIRD's `keepalive time N` becomes a hold time of 3N.
-            lines.append(f"    hold-time {3 * n.keepalive_time};")
+            # The OPEN message holds 16 bits of it: longer keepalives get the longest hold
+            # time (ExaBGP refuses a configuration above it, which would stop every session).
+            lines.append(f"    hold-time {min(3 * n.keepalive_time, HOLD_TIME_MAX)};")
         if n.ttl_security:
             # GTSM (RFC 5082): accept only packets that crossed at most `hops` routers, and send
             # with TTL 255 (ExaBGP's default for a neighbour with incoming-ttl). ExaBGP as shipped
@@ -105,7 +112,8 @@ def render(router_id: str, neighbors: Iterable[Neighbor], helper_command: str) -
             lines.append(f"    incoming-ttl {256 - n.ttl_security};")
         family = "ipv4 unicast" if n.family == 4 else "ipv6 unicast"
         lines += [f"    family {{ {family}; }}",
-                  f"    capability {{ graceful-restart {n.restart_time}; route-refresh; }}", "}"]
+                  f"    capability {{ graceful-restart {min(n.restart_time, RESTART_TIME_MAX)};"
+                  " route-refresh; }", "}"]
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,19 @@ def test_rendered_configuration_validates(tmp_path):
     assert text.count("listen 179;") == 4  # every session with a local address accepts connections
 
 
+def test_times_beyond_what_bgp_carries_are_sent_as_the_longest_it_can(tmp_path):
+    """A restart time over graceful restart's 12 bits (ExaBGP would send 5000 s as 904 s), a
+    keepalive whose hold time passes the OPEN's 16 bits (ExaBGP refuses the whole file)."""
+    long = Neighbor("Global_10_0_0_2", 4, "10.0.0.2", 179, 64512, 64512, "10.0.0.1",
+                    passive=False, restart_time=5000, keepalive_time=30000)
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(render("10.0.0.1", [long], f"{sys.executable} -m percale.bgpd.bridge /tmp/x.sock"))
+    done = subprocess.run([EXABGP, "validate", str(conf)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = conf.read_text()
+    assert "graceful-restart 4095;" in text and "hold-time 65535;" in text
+
+
 async def speaker_with_gobgp(lab: Lab, events: list[dict]) -> tuple[ExaBGP, str]:
     """percale's ExaBGP in the lab's node, its session with the lab's GoBGP Established; the
     events it reports are appended to `events`. Returns the speaker and its configuration."""

@@ -714,3 +714,57 @@ def test_node_status_session_state_must_be_a_bgp_state():
 ])
 def test_ippool_load_balancer_rules(spec, field, reason):
     rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", **spec}), field, reason)
+
+
+# Found by a review probe: each was stored, and then broke a node's BGP (a zone in every node's
+# ExaBGP configuration, an infinite restart time in peering) or read a file outside the secrets.
+
+@pytest.mark.parametrize("spec, field, reason", [
+    ({"peerIP": "fe80::1%eth0", "asNumber": 1}, "spec.peerIP", "has a zone"),
+    ({"peerIP": "[fe80::1%eth0]:179", "asNumber": 1}, "spec.peerIP", "has a zone"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "reachableBy": "fe80::1%eth0"}, "spec.reachableBy",
+     "has a zone"),
+    ({"peerIP": "10.0.0.9:\u0661\u0667\u0669", "asNumber": 1}, "spec.peerIP", "with a port"),
+    ({"peerIP": "10.0.0.9", "asNumber": "\u0666\u0665\u0660\u0660\u0661"}, "spec.asNumber",
+     "not an AS number"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "maxRestartTime": "9" * 400 + "h"},
+     "spec.maxRestartTime", "longer than a duration can be"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "maxRestartTime": "2562048h"},
+     "spec.maxRestartTime", "longer than a duration can be"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "ttlSecurity": True}, "spec.ttlSecurity",
+     "not true"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1,
+      "password": {"secretKeyRef": {"name": "../../../etc", "key": "shadow"}}},
+     "spec.password.secretKeyRef.name", "not a Secret name"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "password": {"secretKeyRef": {"name": "", "key": ""}}},
+     "spec.password.secretKeyRef.name", "not a Secret name"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "password": {"secretKeyRef": {"name": "s", "key": ".."}}},
+     "spec.password.secretKeyRef.key", "not a Secret key"),
+    ({"peerIP": "10.0.0.9", "asNumber": 1, "password": {"secretKeyRef": {"name": "s", "key": "a/b"}}},
+     "spec.password.secretKeyRef.key", "not a Secret key"),
+])
+def test_bgp_peer_values_that_broke_a_node_later_are_refused(spec, field, reason):
+    rejected(peer(**spec), field, reason)
+
+
+def test_bgp_peer_secret_keys_as_kubernetes_allows_them():
+    ref = parse(peer(peerIP="10.0.0.9", asNumber=1, password={
+        "secretKeyRef": {"name": "bgp-secrets.tor", "key": "Tor_1.password-v2"}})).spec.password
+    assert (ref.secret_key_ref.name, ref.secret_key_ref.key) == ("bgp-secrets.tor", "Tor_1.password-v2")
+
+
+def test_addresses_with_a_zone_are_refused_for_nodes_and_services():
+    rejected(doc("Node", "node-1", {"bgp": {"ipv6Address": "fe80::5%eth0/64"}}),
+             "spec.bgp.ipv6Address", "has a zone")
+    rejected(doc("BGPConfiguration", "default", {"serviceClusterIPs": [{"cidr": "fe80::%eth0/64"}]}),
+             "spec.serviceClusterIPs.0.cidr", "has a zone")
+
+
+def test_bgp_configuration_listen_port_is_a_number_not_a_boolean():
+    rejected(doc("BGPConfiguration", "default", {"listenPort": True}), "spec.listenPort", "not true")
+
+
+@pytest.mark.parametrize("given, stored", [("debug", "Debug"), ("WARNING", "Warning"), ("Info", "Info")])
+def test_bgp_configuration_log_severity_in_any_case_as_calicos_crd_takes_it(given, stored):
+    configuration = parse(doc("BGPConfiguration", "node.n1", {"logSeverityScreen": given}))
+    assert configuration.spec.log_severity_screen == stored
