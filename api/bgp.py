@@ -12,7 +12,10 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator,
+    model_validator,
+)
 
 from percale.api.fields import (
     CIDR,
@@ -49,7 +52,10 @@ def _severity(value: object) -> object:
 
 
 LogSeverity = Annotated[Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"],
-                        BeforeValidator(_severity)]
+                        BeforeValidator(_severity),
+                        # the CRD's too, as Calico's: kubectl may give "debug" as well
+                        WithJsonSchema({"type": "string",
+                                        "pattern": "^(?i)(Trace|Debug|Info|Warning|Error|Fatal)$"})]
 
 
 class SecretKeyRef(Model):

@@ -94,3 +94,16 @@ def test_ipam_blocks_show_in_kubectl_and_percalectl(kube, kcli):
     released = kcli("ipam", "release", "--ip", given[0])
     assert released.code == 0, released.err
     assert len(kube.get_json("ipamhandles")["items"]) == 2
+
+
+def test_a_log_severity_in_any_case_is_taken_by_kubectl_and_read_as_calico_spells_it(kube, kcli):
+    """Calico's CRD matches logSeverityScreen without regard to case; so does percale's, and
+    percale reads it in Calico's spelling. A severity that is none of them is still refused."""
+    config = ("apiVersion: percale.io/v1\nkind: BGPConfiguration\nmetadata:\n  name: node.n1\n"
+              "spec:\n  logSeverityScreen: {}\n")
+    kube.kubectl("apply", "-f", "-", input=config.format("debug"))
+    shown = kcli("get", "bgpconfiguration", "node.n1", "-o", "yaml")
+    assert shown.code == 0, shown.err
+    assert "logSeverityScreen: Debug" in shown.out
+    refused = kube.kubectl("apply", "-f", "-", input=config.format("chatty"), check=False)
+    assert refused.returncode != 0 and "logSeverityScreen" in refused.stderr
