@@ -50,14 +50,19 @@ def _network(value: str) -> str:
     raise ValueError(f"{value!r} has host bits set; the network is {loose}")
 
 
+def plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address as Go's net.ParseIP reads one, so without an IPv6 zone; ValueError if not."""
+    _no_zone(text)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid IP address") from None
+
+
 def _address(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("must be an IP address string")
-    _no_zone(value)
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid IP address") from None
+    return str(plain_ip(value))
 
 
 def _ipv4(value: str) -> str:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, NonNegativeInt, field_validator, model_validator
+from pydantic import BeforeValidator, Field, NonNegativeInt, field_validator, model_validator
 
-from percale.api.fields import CIDR, network_of, Timestamp
+from percale.api.fields import CIDR, Timestamp, network_of, refuse_boolean
 from percale.api.ippool import BLOCK_SIZE_RANGE
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 from percale.api.node import Node, NodeName
@@ -35,7 +35,8 @@ MAX_IP_COOLDOWN_SECONDS = 1200
 class IPAMConfigSpec(Model):
     strict_affinity: bool = False
     auto_allocate_blocks: bool = True
-    max_blocks_per_host: int = Field(0, ge=0)
+    # Calico's is an int32; a number, never a boolean (pydantic would read true as 1)
+    max_blocks_per_host: Annotated[int, BeforeValidator(refuse_boolean)] = Field(0, ge=0, le=2**31 - 1)
     ip_cooldown_seconds: int = Field(0, ge=0, le=MAX_IP_COOLDOWN_SECONDS)
 
     @property

@@ -7,11 +7,11 @@ Fields, defaults and rules follow Calico's IPPool. Rules that need other pools (
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from percale.api.fields import CIDR, network_of, LINK_LOCAL, Selector
+from percale.api.fields import CIDR, LINK_LOCAL, Selector, network_of, refuse_boolean
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 
 EncapMode = Literal["Never", "Always", "CrossSubnet"]
@@ -24,7 +24,7 @@ BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 class IPPoolSpec(Model):
     cidr: CIDR
     # Left out, it becomes the family's default: 26 for IPv4, 122 for IPv6.
-    block_size: int | None = Field(None, validate_default=True)
+    block_size: Annotated[int | None, BeforeValidator(refuse_boolean)] = Field(None, validate_default=True)
     ipip_mode: EncapMode = "Never"
     vxlan_mode: EncapMode = "Never"
     nat_outgoing: bool = False
@@ -59,7 +59,7 @@ class IPPoolSpec(Model):
             return size
         net = ipaddress.ip_network(info.data["cidr"])
         if size is None:
-            return DEFAULT_BLOCK_SIZE[net.version]
+            return DEFAULT_BLOCK_SIZE[net.version]  # held to the pool by _default_block_fits_pool
         low, high = BLOCK_SIZE_RANGE[net.version]
         if not low <= size <= high:
             raise ValueError(f"{size} is outside {low}-{high} for an IPv{net.version} pool")
@@ -69,6 +69,18 @@ class IPPoolSpec(Model):
                 f"use a block size of at least {net.prefixlen}"
             )
         return size
+
+    @model_validator(mode="after")
+    def _default_block_fits_pool(self) -> IPPoolSpec:
+        # As Calico fills the default in before checking: a /28 pool stored with /26 blocks
+        # could never be read back, and with it no pool at all. A model check, so the error
+        # names spec.blockSize (pydantic names a default's errors by the Python name).
+        net = self.network
+        if "block_size" not in self.model_fields_set and self.block_size is not None \
+                and self.block_size < net.prefixlen:
+            raise FieldError("blockSize", f"blockSize /{self.block_size} (the default) is larger "
+                             f"than the pool {net}; give a blockSize of at least {net.prefixlen}")
+        return self
 
     @field_validator("ipip_mode")
     @classmethod

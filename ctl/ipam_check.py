@@ -16,7 +16,6 @@ only if they are unchanged since the report. A report from another cluster match
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +39,7 @@ from percale.ipam.check import (
 )
 from percale.ipam.check import check as scan
 from percale.ipam.gc import release_leaks, released_by_handle, repair_handle
-from percale.api.fields import format_time
+from percale.api.fields import format_time, plain_ip
 
 VERSION = f"v{__version__}"
 TOP_NODES = 20
@@ -184,14 +183,19 @@ def _load_reports(paths: list[Path]) -> list[ReportFile]:
     reports = []
     for path in paths:
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise fail(f"Failed to read the report {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:  # e.g. saved again as UTF-16 by an editor
+            raise fail(f"The report {path} is not UTF-8 text, as `percalectl ipam check -o` "
+                       f"writes it: byte {err.start} cannot be read") from None
         try:
             document = json.loads(text)
         except json.JSONDecodeError as err:
             raise fail(f"The report {path} is not valid JSON: {err.msg} "
                        f"(line {err.lineno}, column {err.colno})") from None
+        except RecursionError:
+            raise fail(f"The report {path} nests too deeply to be a report") from None
         try:
             reports.append(parse_report(document))
         except ReportError as err:
@@ -282,7 +286,7 @@ def release_command(
         return
     assert ip is not None
     try:
-        address = str(ipaddress.ip_address(ip))
+        address = str(plain_ip(ip))
     except ValueError:
         raise fail(f"Invalid IP address specified: {ip!r}") from None
     if not with_datastore(lambda store: _release_one(store, address)):

@@ -13,7 +13,6 @@ tables, calico.md §5.1 and §5.3); this module reads the datastore and formats 
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from typing import Annotated, Optional
 
@@ -26,6 +25,7 @@ from percale.datastore import Datastore
 from percale.ipam.allocator import IPAM, Allocation
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
+from percale.api.fields import plain_ip
 from percale.api.meta import InvalidResource
 
 USAGE_HEADERS = ("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE")
@@ -132,7 +132,7 @@ def show(
         raise fail("Give at most one of --ip, --show-blocks, --show-borrowed and --show-configuration.")
     if ip is not None:
         try:
-            address = str(ipaddress.ip_address(ip))
+            address = str(plain_ip(ip))
         except ValueError:
             raise fail(f"Error executing command: invalid IP address specified: {ip}") from None
         allocation = with_datastore(lambda store: IPAM(store).get_allocation(address))

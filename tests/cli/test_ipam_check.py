@@ -153,6 +153,9 @@ async def test_release_one_address(cli, ipam):
     assert (again.code, again.out, again.err) == (1, "", f"IP address {ip} is not assigned\n")
     bad = cli("ipam", "release", "--ip", "10.20.0.300")
     assert bad.code == 1 and "Invalid IP address specified: '10.20.0.300'" in bad.err
+    # A zone, which Go's ParseIP (calicoctl) refuses: it was released as the address without it.
+    zoned = cli("ipam", "release", "--ip", "fd00::1%eth0")
+    assert zoned.code == 1 and "Invalid IP address specified: 'fd00::1%eth0'" in zoned.err
     neither = cli("ipam", "release")
     assert neither.code == 1 and "Give either --ip ADDR or --from-report REPORT" in neither.err
 
@@ -256,10 +259,16 @@ async def test_only_leaks_common_to_every_report_are_released(cli, ipam, tmp_pat
     ('{"version": "v0.1.0"}', "The report {path} is not a percalectl ipam check report: allocations: Field required"),
     ('{"version": "v0.1.0", "allocations": {"10.0.0.1": [{"ip": "10.0.0.1"}]}}',
      "The report {path} is not a percalectl ipam check report: allocations.10.0.0.1.0.inUse: Field required"),
+    # Each was a traceback: a report saved again as UTF-16, and JSON nested past Python's stack.
+    ('{"version": "v0.1.0"}'.encode("utf-16"),
+     "The report {path} is not UTF-8 text, as `percalectl ipam check -o` writes it: byte 0 cannot be read"),
+    ("[" * 100000, "The report {path} nests too deeply to be a report"),
 ])
 def test_a_bad_report_is_refused_with_a_reason(cli, tmp_path, content, message):
     path = tmp_path / "report.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     result = cli("ipam", "release", "--from-report", str(path))
     assert (result.code, result.out) == (1, "")

@@ -110,6 +110,8 @@ Active Owner Attributes:
     bad = cli("ipam", "show", "--ip", "10.0.0.256")
     assert (bad.code, bad.out) == (1, "")
     assert bad.err == "Error executing command: invalid IP address specified: 10.0.0.256\n"
+    zoned = cli("ipam", "show", "--ip", "fd00::1%eth0")
+    assert zoned.err == "Error executing command: invalid IP address specified: fd00::1%eth0\n"
     both = cli("ipam", "show", "--show-blocks", "--show-borrowed")
     assert both.code == 1 and "at most one of" in both.err
 

@@ -125,6 +125,18 @@ def test_ippool_block_size_larger_than_the_pool_is_rejected():
     rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/28", "blockSize": 26}), "spec.blockSize", "larger than the pool")
 
 
+@pytest.mark.parametrize("cidr", ["10.21.0.5/32", "10.0.0.0/27", "fd00::/124"])
+def test_ippool_smaller_than_the_default_block_is_rejected(cidr):
+    """Stored with the default filled in, such a pool was unreadable, and with it every pool:
+    no allocation anywhere, and not even `percalectl delete` could remove it."""
+    rejected(doc("IPPool", "p", {"cidr": cidr}), "spec.blockSize", "(the default) is larger than the pool")
+
+
+@pytest.mark.parametrize("cidr, size", [("10.0.0.0/26", 26), ("fd00::/122", 122)])
+def test_ippool_as_small_as_the_default_block_takes_it(cidr, size):
+    assert parse(doc("IPPool", "p", {"cidr": cidr})).spec.block_size == size
+
+
 def test_ippool_ipip_and_vxlan_together_are_rejected():
     rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "ipipMode": "Always", "vxlanMode": "Always"}),
              "spec.vxlanMode", "cannot both be enabled")
@@ -768,3 +780,12 @@ def test_bgp_configuration_listen_port_is_a_number_not_a_boolean():
 def test_bgp_configuration_log_severity_in_any_case_as_calicos_crd_takes_it(given, stored):
     configuration = parse(doc("BGPConfiguration", "node.n1", {"logSeverityScreen": given}))
     assert configuration.spec.log_severity_screen == stored
+
+
+def test_ipam_numbers_are_numbers_in_calicos_range():
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "blockSize": True}), "spec.blockSize",
+             "not true")
+    rejected(doc("IPAMConfig", "default", {"strictAffinity": True, "maxBlocksPerHost": True}),
+             "spec.maxBlocksPerHost", "not true")
+    rejected(doc("IPAMConfig", "default", {"strictAffinity": True, "maxBlocksPerHost": 2**31}),
+             "spec.maxBlocksPerHost", "2147483647")
