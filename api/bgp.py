@@ -51,11 +51,11 @@ def _severity(value: object) -> object:
     return value
 
 
-LogSeverity = Annotated[Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"],
+LogSeverity = Annotated[Literal[_SEVERITIES],  # type: ignore[valid-type]
                         BeforeValidator(_severity),
                         # the CRD's too, as Calico's: kubectl may give "debug" as well
                         WithJsonSchema({"type": "string",
-                                        "pattern": "^(?i)(Trace|Debug|Info|Warning|Error|Fatal)$"})]
+                                        "pattern": f"^(?i)({'|'.join(_SEVERITIES)})$"})]
 
 
 class SecretKeyRef(Model):

@@ -36,7 +36,7 @@ from typing import Any
 from percale.bgpd import collector, peering
 from percale.bgpd.announcements import Announcements, AnnouncementTable, service_cidrs
 from percale.bgpd.announcer import Announcer
-from percale.bgpd.exabgp_config import Neighbor
+from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.peers import PeerTable
 from percale.bgpd.programmer import FibProgrammer
@@ -88,9 +88,10 @@ def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str 
     except (OSError, UnicodeDecodeError) as err:
         log.error("cannot read the BGP password of %s (%s); the session goes without one", where, err)
         return None
-    if not password or '"' in password or "\n" in password:
-        log.error("the BGP password in %s is empty or holds a double quote or a line break; "
-                  "the session goes without one", where)
+    problem = password_problem(password) if password else "a BGP password cannot be empty"
+    if problem:
+        log.error("the BGP password in %s cannot be used (%s); the session goes without one",
+                  where, problem)
         return None
     return password
 

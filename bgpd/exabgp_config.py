@@ -52,9 +52,16 @@ class Neighbor:
     keepalive_time: int | None = None  # BGPPeer keepaliveTime, seconds
 
 
-def _quote(text: str) -> str:
+def password_problem(text: str) -> str | None:
+    """Why ExaBGP's configuration cannot hold `text` as an MD5 password; None if it can."""
     if '"' in text or "\n" in text:
-        raise ValueError("a BGP password cannot contain a double quote or a newline")
+        return "a BGP password cannot contain a double quote or a line break"
+    return None
+
+
+def _quote(text: str) -> str:
+    if problem := password_problem(text):
+        raise ValueError(problem)
     return f'"{text}"'
 
 
