@@ -203,6 +203,12 @@ def validation_problems(err: ValidationError) -> list[Problem]:
     return problems
 
 
+def explained(err: ValidationError) -> str:
+    """A pydantic error in one line: each field (wire spelling) with its reason, as `percalectl
+    apply` reports a document, without pydantic's input echo and links."""
+    return "; ".join(map(str, validation_problems(err)))
+
+
 def parse(document: Any) -> Resource:
     """Validate one document (a dict from YAML or JSON) into its resource class."""
     if not isinstance(document, dict):

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from percale.datastore.errors import DatastoreError
 from percale.api import KINDS, Resource
+from percale.api.meta import explained
 from percale.api.fields import format_time
 
 # Stored values are read as Calico's Go structs read theirs: a field this version does not know is
@@ -37,7 +38,7 @@ def decode(kind: str, data: bytes, revision: str) -> Resource:
     try:
         value = KINDS[kind].model_validate_json(data, extra=READ_EXTRA)
     except ValidationError as err:
-        raise DatastoreError(f"the value stored is not a valid {kind}: {err}") from None
+        raise DatastoreError(f"the value stored is not a valid {kind}: {explained(err)}") from None
     value.metadata.resource_version = revision
     return value
 

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from percale.api import InvalidResource, Node, Profile, Resource, WorkloadEndpoint
+from percale.api.meta import explained
 from percale.api.k8s_policy import parse_kubernetes_policy
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.policy.convert import convert
@@ -248,5 +249,5 @@ def _validated(cls: type[Resource], doc: dict[str, Any]) -> KVPair:
         value = cls.model_validate(doc, extra=READ_EXTRA)
     except ValidationError as err:
         name = doc["metadata"].get("name")
-        raise DatastoreError(f"the {cls.info.kind} {name!r} read from Kubernetes is not valid: {err}") from None
+        raise DatastoreError(f"the {cls.info.kind} {name!r} read from Kubernetes is not valid: {explained(err)}") from None
     return KVPair(Key.of(value), value, value.metadata.resource_version or "")

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from percale.api import KINDS, Resource
-from percale.api.meta import API_VERSION
+from percale.api.meta import API_VERSION, explained
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
 from percale.policy.convert import KUBERNETES_POLICY_PREFIX
 from percale.datastore import kube_names, kube_native
@@ -140,9 +140,10 @@ def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
         kept["name"] = kube_names.percale_name(kind, meta.get("name", ""), spec)
         value = KINDS[kind].model_validate({**doc, "metadata": kept}, extra=READ_EXTRA)
     except (ValidationError, KeyError, ValueError) as err:
+        reason = explained(err) if isinstance(err, ValidationError) else err
         raise DatastoreError(
             f"the {kind} {meta.get('name')!r} stored in Kubernetes is not valid "
-            f"(resourceVersion {revision}): {err}") from None
+            f"(resourceVersion {revision}): {reason}") from None
     return KVPair(Key.of(value), value, revision)
 
 
