@@ -13,8 +13,8 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (
-    AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator,
-    model_validator,
+    AfterValidator, BeforeValidator, Field, StrictBool, ValidationInfo, WithJsonSchema,
+    field_validator, model_validator,
 )
 
 from percale.api.fields import (
@@ -142,7 +142,7 @@ _GLOBAL_ONLY = (
 
 class BGPConfigurationSpec(Model):
     log_severity_screen: LogSeverity | None = None
-    node_to_node_mesh_enabled: bool | None = None
+    node_to_node_mesh_enabled: StrictBool | None = None
     as_number: ASNumber | None = None
     listen_port: Port | None = None
     # NodeIP: listen on the node's address only, not on every address.
@@ -274,7 +274,7 @@ class BGPPeerSpec(Model):
     local_as_number: ASNumber | None = Field(None, alias="localASNumber")
     peer_selector: Selector | None = None
     local_workload_selector: Selector | None = None
-    keep_original_next_hop: bool = False  # deprecated by nextHopMode
+    keep_original_next_hop: StrictBool = False  # deprecated by nextHopMode
     next_hop_mode: Literal["Auto", "Self", "Keep"] | None = None
     password: BGPPassword | None = None
     source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"

@@ -15,7 +15,7 @@ import re
 import time
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, NonNegativeInt, field_validator, model_validator
+from pydantic import BeforeValidator, Field, NonNegativeInt, StrictBool, field_validator, model_validator
 
 from percale.api.fields import CIDR, Timestamp, network_of, refuse_boolean
 from percale.api.ippool import BLOCK_SIZE_RANGE
@@ -33,8 +33,8 @@ MAX_IP_COOLDOWN_SECONDS = 1200
 
 
 class IPAMConfigSpec(Model):
-    strict_affinity: bool = False
-    auto_allocate_blocks: bool = True
+    strict_affinity: StrictBool = False
+    auto_allocate_blocks: StrictBool = True
     # Calico's is an int32; a number, never a boolean (pydantic would read true as 1)
     max_blocks_per_host: Annotated[int, BeforeValidator(refuse_boolean)] = Field(0, ge=0, le=2**31 - 1)
     ip_cooldown_seconds: int = Field(0, ge=0, le=MAX_IP_COOLDOWN_SECONDS)
@@ -146,7 +146,7 @@ class IPAMBlockSpec(Model):
     sequence_number: NonNegativeInt = 0
     sequence_number_for_allocation: dict[str, NonNegativeInt] = Field(default_factory=dict)
     # First step of the two-step delete on datastores without compare-and-delete; readers skip it.
-    deleted: bool = False
+    deleted: StrictBool = False
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -275,7 +275,7 @@ class BlockAffinitySpec(Model):
     # Calico also has "virtual" affinities for LoadBalancer blocks; percale has only host ones.
     type: Literal["host"] = "host"
     cidr: CIDR
-    deleted: bool = False
+    deleted: StrictBool = False
 
 
 class BlockAffinity(Resource):
@@ -311,7 +311,7 @@ class IPAMHandleSpec(Model):
     # Block CIDR -> how many addresses this handle holds there. Written before the block, so after
     # a crash it can overstate what the blocks hold; `ipam check` reports that, never the reverse.
     block: dict[CIDR, NonNegativeInt] = Field(default_factory=dict)
-    deleted: bool = False
+    deleted: StrictBool = False
 
 
 class IPAMHandle(Resource):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from percale.api.fields import CIDR, LINK_LOCAL, Selector, network_of, refuse_boolean
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
@@ -27,9 +27,9 @@ class IPPoolSpec(Model):
     block_size: Annotated[int | None, BeforeValidator(refuse_boolean)] = Field(None, validate_default=True)
     ipip_mode: EncapMode = "Never"
     vxlan_mode: EncapMode = "Never"
-    nat_outgoing: bool = False
-    disabled: bool = False
-    disable_bgp_export: bool = Field(False, alias="disableBGPExport")
+    nat_outgoing: StrictBool = False
+    disabled: StrictBool = False
+    disable_bgp_export: StrictBool = Field(False, alias="disableBGPExport")
     node_selector: Selector = "all()"
     namespace_selector: Selector | None = None
     allowed_uses: list[AllowedUse] = Field(default_factory=lambda: ["Workload", "Tunnel"])

@@ -15,7 +15,7 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, StrictBool, ValidationError
 
 from percale.api import IPPool, ObjectMeta
 from percale.api.consistency import overlapping_pools
@@ -40,14 +40,14 @@ class IPPoolEntry(Model):
     nat_outgoing: Switch | None = None
     node_selector: str | None = None
     block_size: int | None = None
-    disable_bgp_export: bool | None = Field(None, alias="disableBGPExport")
-    disable_new_allocations: bool | None = None
+    disable_bgp_export: StrictBool | None = Field(None, alias="disableBGPExport")
+    disable_new_allocations: StrictBool | None = None
 
 
 class NodeAddressAutodetection(Model):
     """One way to find a node's address (Calico's IP_AUTODETECTION_METHOD)."""
 
-    first_found: bool | None = None
+    first_found: StrictBool | None = None
     kubernetes: Literal["NodeInternalIP"] | None = None
     interface: str | None = None
     skip_interface: str | None = None

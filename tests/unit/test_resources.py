@@ -789,3 +789,19 @@ def test_ipam_numbers_are_numbers_in_calicos_range():
              "spec.maxBlocksPerHost", "not true")
     rejected(doc("IPAMConfig", "default", {"strictAffinity": True, "maxBlocksPerHost": 2**31}),
              "spec.maxBlocksPerHost", "2147483647")
+
+
+@pytest.mark.parametrize("kind, name, spec, field", [
+    ("IPPool", "p", {"cidr": "10.0.0.0/16", "natOutgoing": "yes"}, "spec.natOutgoing"),
+    ("IPPool", "p", {"cidr": "10.0.0.0/16", "disabled": 1}, "spec.disabled"),
+    ("IPPool", "p", {"cidr": "10.0.0.0/16", "disableBGPExport": "true"}, "spec.disableBGPExport"),
+    ("BGPConfiguration", "default", {"nodeToNodeMeshEnabled": "off"}, "spec.nodeToNodeMeshEnabled"),
+    ("BGPPeer", "p", {"peerIP": "10.0.0.9", "asNumber": 1, "keepOriginalNextHop": "yes"},
+     "spec.keepOriginalNextHop"),
+    ("IPAMConfig", "default", {"strictAffinity": "yes"}, "spec.strictAffinity"),
+    ("IPAMConfig", "default", {"autoAllocateBlocks": 0}, "spec.autoAllocateBlocks"),
+])
+def test_switches_are_booleans_not_words_or_numbers(kind, name, spec, field):
+    """As Calico's Go structs read them: `natOutgoing: "yes"` is refused, not taken as true
+    (YAML's unquoted yes/no are booleans before percale sees them, as they are for calicoctl)."""
+    rejected(doc(kind, name, spec), field, "valid boolean")
