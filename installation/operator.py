@@ -40,6 +40,7 @@ from percale.installation.rbac import NAMESPACE
 log = logging.getLogger("percale.operator")
 FIELD_MANAGER = "percale-operator"
 RESYNC = 5.0
+STOP_POLL = 0.5  # seconds between kopf's looks at a timer it is stopping (configure)
 _INSTALLATION = f"/apis/{model.GROUP}/{model.VERSION}/{model.PLURAL}/{model.NAME}"
 _client: KubeClient | None = None
 _lock = asyncio.Lock()
@@ -184,6 +185,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = "operator.percale.io/finalizer"
     settings.posting.enabled = False
     settings.watching.server_timeout = 60
+    # A deletion that lands while the resync timer's reconcile runs: kopf stops the timer, finds
+    # it still finishing, and by default looks again (and only then drops its finalizer, which
+    # lets the garbage collector take what the Installation owned) 60 s later. Measured against a
+    # real apiserver: 60.2 s with the default, 0.66 s with 0.5. A look costs one patch.
+    settings.background.cancellation_polling = STOP_POLL
 
 
 def _is_default(name: str, **_: Any) -> bool:
