@@ -51,12 +51,17 @@ def _network(value: str) -> str:
 
 
 def plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IP address as Go's net.ParseIP reads one, so without an IPv6 zone; ValueError if not."""
+    """An IP address as Go's net.ParseIP reads one, so without an IPv6 zone, and an IPv4-mapped
+    IPv6 address (::ffff:10.0.0.1) as the IPv4 address it maps, as Go's To4 and String see it
+    (calicoctl looks up 10.0.0.1); ValueError if not an address."""
     _no_zone(text)
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a valid IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _address(value: str) -> str:

@@ -101,6 +101,9 @@ Active Owner Attributes:
     v6 = cli("ipam", "show", "--ip", "FD00:10:244:0::3:D38A:1D00")
     assert v6.out.splitlines()[:2] == [
         "IP fd00:10:244::3:d38a:1d00 is in use", "Handle ID: k8s-pod-network.web-api-1"]
+    # An IPv4-mapped IPv6 address is the IPv4 address it maps, as Go's net.ParseIP reads it.
+    assert cli("ipam", "show", "--ip", "::ffff:10.138.29.0").out.splitlines()[:2] == [
+        "IP 10.138.29.0 is in use", "Handle ID: k8s-pod-network.web-api-1"]
     # An orphan block is still found without its pool.
     assert cli("ipam", "show", "--ip", str(legacy.ipv4[1].ip)).out.splitlines()[:2] == [
         "IP 192.168.0.65 is in use", "Handle ID: k8s-pod-network.legacy-db-0"]

@@ -805,3 +805,12 @@ def test_switches_are_booleans_not_words_or_numbers(kind, name, spec, field):
     """As Calico's Go structs read them: `natOutgoing: "yes"` is refused, not taken as true
     (YAML's unquoted yes/no are booleans before percale sees them, as they are for calicoctl)."""
     rejected(doc(kind, name, spec), field, "valid boolean")
+
+
+def test_an_ipv4_mapped_address_is_the_ipv4_address_it_maps():
+    """Go's net.ParseIP reads ::ffff:10.0.0.9 as 10.0.0.9 (To4, String): so does percale, in
+    every address field, and an IPv6-only field refuses it as Calico's does."""
+    node = parse(doc("Node", "n1", {"ipv4VXLANTunnelAddr": "::ffff:10.0.0.9"}))
+    assert node.spec.ipv4_vxlan_tunnel_addr == "10.0.0.9"
+    rejected(doc("Node", "n1", {"ipv6VXLANTunnelAddr": "::ffff:10.0.0.9"}),
+             "spec.ipv6VXLANTunnelAddr", "not an IPv6 address")
