@@ -38,6 +38,10 @@ def _files(target: str) -> list[tuple[str, str]]:
     """(display name, text) for each file `-f` names; a folder gives its YAML and JSON files."""
     if target == "-":
         return [("<stdin>", sys.stdin.read())]
+    if not target:
+        # Path("") is the working directory: `-f "$FILE"` with FILE unset would apply (or
+        # delete) every resource file there.
+        raise InputError(["-f: the file name is empty"])
     path = Path(target)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
@@ -101,6 +105,9 @@ def load(targets: list[str]) -> list[Document]:
                 at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
                 reason = getattr(err, "problem", None) or str(err)
                 problems.append(f"{name}: not valid YAML or JSON{at}: {reason}")
+                continue
+            except RecursionError:
+                problems.append(f"{name}: nested too deeply to read")
                 continue
             for number, doc in enumerate(raw, 1):
                 if doc is None:

@@ -30,11 +30,12 @@ class CLI:
     # An etcd URL, or a kubeconfig for the Kubernetes datastore (tests/helpers/store.py).
     endpoint: str
 
-    def __call__(self, *args: str, stdin: str | None = None, env: dict | None = None) -> Result:
+    def __call__(self, *args: str, stdin: str | None = None, env: dict | None = None,
+                 cwd: Path | None = None) -> Result:
         environ = {**os.environ, **store_env(self.endpoint), **(env or {})}
         done = subprocess.run(
             [PERCALECTL, *args], input=stdin, capture_output=True, text=True, env=environ,
-            timeout=60,
+            timeout=60, cwd=cwd,
         )
         assert "Traceback" not in done.stderr, done.stderr
         return Result(done.returncode, done.stdout, done.stderr)

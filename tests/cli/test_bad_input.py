@@ -135,6 +135,23 @@ def test_missing_file_and_empty_input(cli, tmp_path):
     assert empty.code == 1 and "no resources found" in empty.err
 
 
+def test_an_empty_file_name_is_refused_not_read_as_the_working_directory(cli, tmp_path):
+    """`-f "$FILE"` with FILE unset: Path("") is the working directory, whose resource files
+    apply and delete took, every one."""
+    (tmp_path / "pool.yaml").write_text(GOOD)
+    for verb in ("apply", "create", "replace", "delete"):
+        result = cli(verb, "-f", "", cwd=tmp_path)
+        assert result.code == 1 and "-f: the file name is empty" in result.err, (verb, result)
+    assert cli.stored() == {}
+
+
+def test_input_nested_too_deeply_is_one_line(cli, tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    result = cli("apply", "-f", str(deep))
+    assert result.code == 1 and "deep.yaml: nested too deeply to read" in result.err, result.err
+
+
 def test_managed_ipam_kinds_are_not_written_by_hand(cli, tmp_path):
     handle = tmp_path / "handle.yaml"
     handle.write_text("apiVersion: percale.io/v1\nkind: IPAMHandle\nmetadata: {name: h}\n"
