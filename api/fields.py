@@ -236,7 +236,9 @@ def _timestamp(value: str) -> str:
     if not m:
         raise ValueError(f"{value!r} is not an RFC 3339 time such as 2024-05-01T12:00:00Z")
     try:
-        datetime.fromisoformat(m[1])
+        # The whole of it: the offset too (+99:99 matches the pattern, and only the reader of
+        # the stored time would have found it out).
+        parse_time(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a real date and time") from None
     return value

@@ -121,7 +121,9 @@ class PeerRow:
     kind: str  # PEER TYPE: node-to-node mesh, global, node specific
     state: str  # STATE: BIRD's protocol state, up or start
     info: str  # INFO: the BGP state and any reason: Established, Connect, Passive (...)
-    since: datetime | None  # aware; SINCE shows it in local time
+    # Aware; SINCE shows it in local time. Text when a NodeStatus record holds a `since` that
+    # is not an RFC 3339 time: Calico's is free text (BIRD's own, such as 12:34:56), shown as is.
+    since: datetime | str | None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ class NodeView:
     def table(self) -> tuple:
         """The part whose change is published at once: running, and each peer's state."""
         return self.bgp_running, tuple((p.address, p.state, p.info) for p in self.peers)
+
+
+def _since_text(since: datetime | str | None) -> str | None:
+    return format_time(since) if isinstance(since, datetime) else since
 
 
 def view_of(bgp: BGPState) -> NodeView:
@@ -216,7 +222,7 @@ def to_json(node: str, view: NodeView) -> dict[str, Any]:
             "running": view.bgp_running,
             "peers": [
                 {"address": p.address, "family": p.family, "kind": p.kind, "state": p.state,
-                 "info": p.info, "since": format_time(p.since) if p.since else None}
+                 "info": p.info, "since": _since_text(p.since)}
                 for p in view.peers
             ],
         },
@@ -274,7 +280,7 @@ def status_record(classes: list[str], view: NodeView, now: datetime,
             established[p.family] += state == "Established"
             peers[p.family].append(NodePeerStatus(
                 peer_ip=p.address, type=_RECORD_TYPE.get(p.kind, "NodePeer"), state=state,
-                since=format_time(p.since) if p.since else None))
+                since=_since_text(p.since)))
         bgp = NodeBGPStatus(
             number_established_v4=established[4],
             number_not_established_v4=len(peers[4]) - established[4],
@@ -302,9 +308,18 @@ def view_of_record(record: NodeStatus) -> NodeView:
             rows.extend(
                 PeerRow(p.peer_ip, family, _KIND_OF_TYPE[p.type],
                         "up" if p.state == "Established" else "start", p.state,
-                        parse_time(p.since) if p.since else None)
+                        _moment_or_text(p.since))
                 for p in peers)
     return NodeView(running, tuple(rows))
+
+
+def _moment_or_text(since: str | None) -> datetime | str | None:
+    if not since:
+        return None
+    try:
+        return parse_time(since)
+    except ValueError:
+        return since
 
 
 def staleness(record: NodeStatus, now: datetime) -> float | None:

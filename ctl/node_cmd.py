@@ -55,6 +55,12 @@ QUERY_TIMEOUT_SECONDS = 2.0
 # -- pure formatting ---------------------------------------------------------------------------
 
 
+def _since(since: datetime | str | None, tz: tzinfo | None) -> str:
+    if isinstance(since, datetime):
+        return since.astimezone(tz).strftime("%H:%M:%S")
+    return since or ""
+
+
 def render(view: NodeView, running_line: str = RUNNING, tz: tzinfo | None = None) -> str:
     """calicoctl's text: the running line; then an IPv4 and an IPv6 table (or `No IPvN peers
     found.`), or the line saying the BGP backend is not running; then one blank line. SINCE is
@@ -64,8 +70,7 @@ def render(view: NodeView, running_line: str = RUNNING, tz: tzinfo | None = None
         out.append(f"\n{BGP_NOT_RUNNING}\n")
     else:
         for family in (4, 6):
-            rows = [[p.address, p.kind, p.state,
-                     p.since.astimezone(tz).strftime("%H:%M:%S") if p.since else "", p.info]
+            rows = [[p.address, p.kind, p.state, _since(p.since, tz), p.info]
                     for p in view.peers if p.family == family]
             out.append(f"\nIPv{family} BGP status\n")
             out.append(ascii_table.render(PEER_HEADERS, rows) if rows

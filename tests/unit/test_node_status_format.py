@@ -203,3 +203,20 @@ def test_a_record_without_class_bgp_does_not_pretend_there_are_no_peers():
 def test_the_socket_and_the_datastore_are_asked_one_at_a_time(args, message):
     done = CliRunner().invoke(app, ["node", "status", *args])
     assert (done.exit_code, done.stderr) == (1, message)
+
+
+def test_a_since_that_is_not_a_time_is_shown_as_written():
+    """Calico's `since` is free text (BIRD's, such as 12:34:56): a record holding one, written
+    by hand or by another tool, is shown as it is, not a traceback for every node's status."""
+    written = record(MESH_V4, NOW - timedelta(seconds=12))
+    written.status.bgp.peers_v4[0].since = "12:34:56"
+    text, ok = render_record("node1", written, NOW, tz=UTC)
+    assert ok
+    assert "| 172.17.8.102 | node-to-node mesh | up    | 12:34:56 | Established |" in text
+
+
+def test_a_last_updated_with_an_offset_past_a_day_is_refused():
+    with pytest.raises(ValueError, match="not a real date and time"):
+        NodeStatus.model_validate({
+            "apiVersion": "percale.io/v1", "kind": "NodeStatus", "metadata": {"name": "node1"},
+            "spec": {"node": "node1"}, "status": {"lastUpdated": "2026-12-07T07:00:00+99:99"}})
