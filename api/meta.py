@@ -65,10 +65,8 @@ class ObjectMeta(Model):
     def _namespace_is_a_dns_label(cls, namespace: str | None) -> str | None:
         # The namespace is one segment of the stored key: a '/' in it would put the object
         # under another namespace when the key is read back.
-        if namespace is not None and (len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)):
-            raise ValueError(f"namespace {namespace!r} is not a valid namespace: lower-case letters, "
-                             "digits and '-', starting and ending with a letter or digit, at most 63 "
-                             "characters")
+        if namespace is not None and (problem := namespace_problem(namespace)):
+            raise ValueError(problem)
         return namespace
 
     @field_validator("annotations")
@@ -182,6 +180,14 @@ class InvalidResource(ValueError):
         self.kind, self.name, self.problems = kind, name, problems
         what = f"{kind} {name!r}" if name else kind
         super().__init__(f"invalid {what}: " + "; ".join(map(str, problems)))
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why `namespace` is not a Kubernetes namespace name (a DNS label); None if it is one."""
+    if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
+        return (f"namespace {namespace!r} is not a valid namespace: lower-case letters, digits "
+                "and '-', starting and ending with a letter or digit, at most 63 characters")
+    return None
 
 
 def validation_problems(err: ValidationError) -> list[Problem]:

@@ -172,6 +172,10 @@ def get(
     async def read(store: Datastore) -> tuple[list[Resource], str | None, int]:
         revision = None
         if names:
+            # A name this kind cannot take names nothing stored (and has no key to look under:
+            # a BlockAffinity's key is built from the node and block its name holds).
+            if bad := next((n for n in names if not cls.is_valid_name(n)), None):
+                raise DatastoreError(f"resource does not exist: {cls.info.kind}({bad})")
             try:
                 found = [(await store.get(Key(cls.info.kind, n, ns or _namespace(cls, None)))).value
                          for n in names]

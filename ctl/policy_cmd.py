@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from percale.api import Profile, WorkloadEndpoint
+from percale.api.meta import namespace_problem
 from percale.api.policy import EntityRule, Rule, namespace_labels
 from percale.ctl.context import fail, with_datastore
 from percale.datastore import Datastore, Key, NotFound
@@ -91,6 +92,8 @@ def render(endpoint: WorkloadEndpoint, policies: list, profile: Profile,
 def show(pod: Annotated[str, typer.Argument(help="The pod's name")],
          namespace: Annotated[str, typer.Option("--namespace", "-n", help="Its namespace")] = "default") -> None:
     """The policies and rules that apply to a pod, in the order the dataplane applies them."""
+    if problem := namespace_problem(namespace):
+        raise fail(f"--namespace: {problem}")
 
     async def read(store: Datastore):
         endpoints = [kv.value for kv in (await store.list("WorkloadEndpoint")).items

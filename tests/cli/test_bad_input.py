@@ -152,6 +152,21 @@ def test_input_nested_too_deeply_is_one_line(cli, tmp_path):
     assert result.code == 1 and "deep.yaml: nested too deeply to read" in result.err, result.err
 
 
+@pytest.mark.parametrize("kind, name", [("blockaffinities", "x"), ("blockaffinities", "a-b"),
+                                        ("ipamblocks", "x"), ("ippools", "a/b")])
+def test_getting_a_name_the_kind_cannot_have_is_not_found(cli, kind, name):
+    result = cli("get", kind, name)
+    assert result.code == 1 and "resource does not exist: " in result.err, result.err
+    assert f"({name})" in result.err
+
+
+@pytest.mark.parametrize("namespace", ["Default", "a/b", ""])
+def test_policy_show_names_a_namespace_that_cannot_be_one(cli, namespace):
+    result = cli("policy", "show", "pod2", "-n", namespace)
+    assert result.code == 1, result
+    assert f"--namespace: namespace {namespace!r} is not a valid namespace" in result.err, result.err
+
+
 def test_managed_ipam_kinds_are_not_written_by_hand(cli, tmp_path):
     handle = tmp_path / "handle.yaml"
     handle.write_text("apiVersion: percale.io/v1\nkind: IPAMHandle\nmetadata: {name: h}\n"
