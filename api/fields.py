@@ -209,6 +209,12 @@ def split_peer_ip(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
 def _mac(value: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", value):
         raise ValueError(f"{value!r} is not a MAC address such as 66:aa:bb:cc:dd:ee")
+    # Calico takes any (net.ParseMAC), but the kernel gives neither to an interface: a VXLAN
+    # device with one failed on every retry, and the other nodes put it in their FDB.
+    if int(value[:2], 16) & 1:
+        raise ValueError(f"{value!r} is a multicast MAC address; an interface needs a unicast one")
+    if value == "00:00:00:00:00:00":
+        raise ValueError(f"{value!r} is the zero MAC address; an interface needs a unicast one")
     return value.lower()
 
 

@@ -578,6 +578,11 @@ def test_node_route_reflector_cluster_id_is_ipv4():
 
 def test_node_vxlan_mac_must_be_a_mac():
     rejected(doc("Node", "n", {"vxlanTunnelMACAddr": "66:aa:bb"}), "spec.vxlanTunnelMACAddr", "MAC address")
+    # The kernel refuses both for a device (EADDRNOTAVAIL): the node's VXLAN never came up.
+    rejected(doc("Node", "n", {"vxlanTunnelMACAddr": "01:00:5e:00:00:01"}),
+             "spec.vxlanTunnelMACAddr", "multicast MAC address")
+    rejected(doc("Node", "n", {"vxlanTunnelMACAddrV6": "00:00:00:00:00:00"}),
+             "spec.vxlanTunnelMACAddrV6", "zero MAC address")
 
 
 def test_node_address_type_must_be_known():
