@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from percale.api.selector import labels_problem
+from percale.api.selector import label_key_problem, labels_problem
 
 API_VERSION = "percale.io/v1"
 
@@ -72,6 +72,10 @@ class ObjectMeta(Model):
     @field_validator("annotations")
     @classmethod
     def _annotations_fit_kubernetes(cls, annotations: dict[str, str]) -> dict[str, str]:
+        for key in annotations:
+            # Kubernetes checks the key lower-cased (an upper-case prefix passes), as here.
+            if label_key_problem(key.lower()):
+                raise ValueError(label_key_problem(key, "annotation key"))
         size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
         if size > ANNOTATIONS_LIMIT:
             raise ValueError(f"annotations hold {size} bytes; at most {ANNOTATIONS_LIMIT} (256 KiB) "

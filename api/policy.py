@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from percale.api.fields import CIDR, Selector
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
+from percale.api.selector import labels_problem
 
 Action = Literal["Allow", "Deny", "Log", "Pass"]
 Direction = Literal["Ingress", "Egress"]
@@ -275,6 +276,15 @@ class ProfileSpec(Model):
     labels_to_apply: dict[str, str] = Field(default_factory=dict)
     ingress: Rules = Field(default_factory=lambda: [Rule(action="Allow")])
     egress: Rules = Field(default_factory=lambda: [Rule(action="Allow")])
+
+    @field_validator("labels_to_apply")
+    @classmethod
+    def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        # Endpoints take these as labels, which namespaceSelectors then match: held to the
+        # rule of labels, as Calico holds them.
+        if problem := labels_problem(labels):
+            raise ValueError(problem)
+        return labels
 
 
 class Profile(Resource):

@@ -261,17 +261,17 @@ def labels_problem(labels: Mapping[str, str]) -> str | None:
     return None
 
 
-def label_key_problem(key: str) -> str | None:
+def label_key_problem(key: str, what: str = "label key") -> str | None:
     """Why `key` is not a Kubernetes label key (an optional DNS-subdomain prefix and '/', then a
-    name), or None when it is one."""
+    name), or None when it is one. Annotation keys follow the same rule (`what` names which)."""
     prefix, slash, name = key.rpartition("/")
     if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        return f"label key {key!r} has a prefix that is not a DNS subdomain"
+        return f"{what} {key!r} has a prefix that is not a DNS subdomain"
     if len(name) > 63:
-        return f"label key {key!r} has a name longer than 63 characters"
+        return f"{what} {key!r} has a name longer than 63 characters"
     if not _LABEL_NAME.fullmatch(name):
         return (
-            f"label key {key!r} is not valid: a name starts and ends with a letter or digit, "
+            f"{what} {key!r} is not valid: a name starts and ends with a letter or digit, "
             "with only letters, digits, '-', '_' and '.' between"
         )
     return None

@@ -819,3 +819,24 @@ def test_an_ipv4_mapped_address_is_the_ipv4_address_it_maps():
     assert node.spec.ipv4_vxlan_tunnel_addr == "10.0.0.9"
     rejected(doc("Node", "n1", {"ipv6VXLANTunnelAddr": "::ffff:10.0.0.9"}),
              "spec.ipv6VXLANTunnelAddr", "not an IPv6 address")
+
+
+def test_annotation_keys_and_a_profiles_labels_follow_kubernetes_rules():
+    """As Calico holds them (annotation keys are qualified names; labelsToApply are labels
+    that endpoints then carry): `bad key!` was stored and shown by policy show."""
+    rejected({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}),
+              "metadata": {"name": "p", "annotations": {"bad key!": "v"}}},
+             "metadata.annotations", "annotation key 'bad key!' is not valid")
+    rejected({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}),
+              "metadata": {"name": "p", "annotations": {"": "v"}}},
+             "metadata.annotations", "annotation key '' is not valid")
+    rejected(doc("Profile", "kns.default", {"labelsToApply": {"bad key!": "v"}}),
+             "spec.labelsToApply", "label key 'bad key!' is not valid")
+    rejected(doc("Profile", "kns.default", {"labelsToApply": {"team": "ünïcode value"}}),
+             "spec.labelsToApply", "(label 'team')")
+    profile = parse(doc("Profile", "kns.default", {"labelsToApply": {
+        "pcns.kubernetes.io/metadata.name": "default", "pcns.team": "a"}}))
+    assert profile.spec.labels_to_apply["pcns.team"] == "a"
+    ippool = parse({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}), "metadata": {
+        "name": "p", "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}})
+    assert ippool.metadata.annotations
