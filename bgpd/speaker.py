@@ -200,7 +200,8 @@ class ExaBGP:
                 if not self.process or self.process.returncode is not None:
                     return  # supervise() starts a new ExaBGP, which reads the file
                 mark = self._log_size()
-                os.kill(self.process.pid, signal.SIGUSR1)
+                if not self._signal(signal.SIGUSR1, group=False):
+                    return  # it exited this moment; supervise() starts one that reads the file
                 self.reconfigured_at = time.time()
                 if await self._reload_logged(mark):
                     return
@@ -245,17 +246,29 @@ class ExaBGP:
             delay = min(delay * 2, 10)
             await self._spawn()
 
+    def _signal(self, sig: int, group: bool = True) -> bool:
+        """Send ExaBGP (or its whole process group) a signal; False when it is already gone.
+
+        returncode is None is not proof it still runs: asyncio's watcher thread reaps the child
+        first and sets returncode a turn of the event loop later, and in between the pid is free."""
+        assert self.process is not None
+        try:
+            (os.killpg if group else os.kill)(self.process.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
     async def stop(self) -> None:
         """Stop ExaBGP. With graceful restart negotiated it closes sessions without a
         NOTIFICATION, so peers keep percale's routes while the agent is away."""
         self._stopping = True
         if self.process and self.process.returncode is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 async with asyncio.timeout(10):
                     await self.process.wait()
             except TimeoutError:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self._signal(signal.SIGKILL)
                 await self.process.wait()
         if self._server:
             self._server.close()
