@@ -8,7 +8,7 @@ endpoints were tried; neither prints a traceback (ctl/context.py).
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -32,6 +32,9 @@ from percale.datastore.options import (
     Kubeconfig,
 )
 from percale.api import KINDS, Resource, kind_named
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 app = typer.Typer(
     name="percalectl",
@@ -209,19 +212,27 @@ def crds(
 ) -> None:
     """Print the CustomResourceDefinitions of percale's kinds (for the Kubernetes datastore), made
     from the same models `percalectl apply` validates with."""
-    from pathlib import Path
-
     from percale.ctl import crd_schema
 
     if output_dir is None:
         sys.stdout.write("---\n".join(crd_schema.rendered().values()))
         return
     try:
-        written = crd_schema.write(Path(output_dir))
+        written = crd_schema.write(_folder("--output-dir", output_dir))
     except OSError as err:
         raise fail(_write_failure("--output-dir", output_dir, err)) from None
     for name in written:
         typer.echo(f"{output_dir.rstrip('/')}/{name}")
+
+
+def _folder(option: str, value: str) -> Path:
+    """The folder an option names. Path("") is the working directory, so an empty value (a
+    script's --output-dir "$DIR" with DIR unset) would write there: refused instead."""
+    from pathlib import Path
+
+    if not value:
+        raise fail(f"{option}: the folder name is empty")
+    return Path(value)
 
 
 def _write_failure(option: str, folder: str, err: OSError) -> str:
@@ -235,12 +246,10 @@ def manifests(
 ) -> None:
     """Write manifests/rbac.yaml (percale's RBAC) and manifests/operator.yaml (the CRDs and
     percale-operator), made from the same code the operator renders with."""
-    from pathlib import Path
-
     from percale.ctl import crd_schema
     from percale.installation import manifests as files
 
-    folder = Path(output_dir)
+    folder = _folder("--output-dir", output_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in files.rendered(crd_schema.rendered(), __version__).items():

@@ -145,6 +145,14 @@ def test_an_empty_file_name_is_refused_not_read_as_the_working_directory(cli, tm
     assert cli.stored() == {}
 
 
+
+@pytest.mark.parametrize("command", ["crds", "manifests"])
+def test_an_empty_output_folder_is_refused_not_read_as_the_working_directory(cli, tmp_path, command):
+    """--output-dir "$DIR" with DIR unset wrote into the working directory and printed /rbac.yaml."""
+    result = cli(command, "--output-dir", "", cwd=tmp_path)
+    assert result.code == 1 and "--output-dir: the folder name is empty" in result.err, result
+    assert list(tmp_path.iterdir()) == []
+
 def test_input_nested_too_deeply_is_one_line(cli, tmp_path):
     deep = tmp_path / "deep.yaml"
     deep.write_text("[" * 5000 + "]" * 5000)
