@@ -91,8 +91,9 @@ class BGPPassword(Model):
     secret_key_ref: SecretKeyRef
 
 
-_STANDARD_COMMUNITY = re.compile(r"(\d+):(\d+)")
-_LARGE_COMMUNITY = re.compile(r"(\d+):(\d+):(\d+)")
+# re.ASCII: \d alone takes any script's digits, which ExaBGP's configuration does not.
+_STANDARD_COMMUNITY = re.compile(r"(\d+):(\d+)", re.ASCII)
+_LARGE_COMMUNITY = re.compile(r"(\d+):(\d+):(\d+)", re.ASCII)
 
 
 def community_problem(value: str) -> str | None:

@@ -233,7 +233,7 @@ MACAddress = Annotated[str, AfterValidator(_mac)]
 
 
 # RFC 3339 as Kubernetes metav1.Time writes it; Go adds up to nine fractional digits.
-_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
 
 
 def _timestamp(value: str) -> str:

@@ -57,9 +57,9 @@ def _port(value: int | str) -> int | str:
         return value
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a port, a range first:last or a port name")
-    if re.fullmatch(r"\d+", value):
+    if re.fullmatch(r"[0-9]+", value):
         return _port(int(value))
-    if match := re.fullmatch(r"(\d+):(\d+)", value):
+    if match := re.fullmatch(r"([0-9]+):([0-9]+)", value):
         first, last = int(match[1]), int(match[2])
         if not 0 <= first <= last <= 65535:
             raise ValueError(f"port range {value} must run from a lower to a higher port, "
@@ -77,7 +77,7 @@ def port_range(port: int | str) -> tuple[int, int] | None:
     """(first, last) of a numeric port or range; None for a named port."""
     if isinstance(port, int):
         return port, port
-    if match := re.fullmatch(r"(\d+):(\d+)", port):
+    if match := re.fullmatch(r"([0-9]+):([0-9]+)", port):
         return int(match[1]), int(match[2])
     return None
 

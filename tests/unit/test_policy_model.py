@@ -49,6 +49,9 @@ def test_kubernetes_policy_types_default_as_kubernetes_defaults_them():
      "spec.ingress.0.destination.ports.0", "longer than 15"),
     ({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["90:80"]}},
      "spec.ingress.0.destination.ports.0", "lower to a higher"),
+    # Digits other than 0-9 (Arabic-Indic here) read as a port by Python's \d, never by Calico.
+    ({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["\u0668\u0660:\u0669\u0660"]}},
+     "spec.ingress.0.destination.ports.0", "not a port name"),
     ({"action": "Allow", "protocol": "GRE"}, "spec.ingress.0.protocol", "unknown protocol"),
     ({"action": "Allow", "source": {"nets": ["10.0.0.0/33"]}}, "spec.ingress.0.source.nets.0", ""),
     # No packet is from an IPv4 net to an IPv6 one: the rule would match nothing, silently.

@@ -298,6 +298,9 @@ def test_block_affinity_must_be_a_host():
 
 def test_block_claim_time_must_be_rfc3339():
     rejected(block_doc(affinityClaimTime="yesterday"), "spec.affinityClaimTime", "RFC 3339")
+    arabic_indic_year = "\u0662\u0660\u0662\u0666"  # 2026 in digits Go's time.Parse refuses
+    rejected(block_doc(affinityClaimTime=arabic_indic_year + "-05-01T12:00:00Z"),
+             "spec.affinityClaimTime", "RFC 3339")
 
 
 def test_block_sequence_number_must_not_be_negative():
@@ -428,6 +431,7 @@ def test_bgp_configuration_mesh_restart_time_needs_the_mesh():
 
 @pytest.mark.parametrize("value,reason", [
     ("65536:1", "16 bits"), ("1:2:4294967296", "32 bits"), ("100", "aa:nn"), ("1:2:3:4", "aa:nn"),
+    ("\u0666\u0665\u0660\u0660\u0660:1", "aa:nn"),  # Arabic-Indic digits: ExaBGP reads 0-9 only
 ])
 def test_bgp_configuration_bad_community_values_are_rejected(value, reason):
     rejected(doc("BGPConfiguration", "default", {
