@@ -52,10 +52,24 @@ class Neighbor:
     keepalive_time: int | None = None  # BGPPeer keepaliveTime, seconds
 
 
+# The kernel's TCP_MD5SIG key holds at most 80 bytes; ExaBGP refuses a longer password, and
+# with it the whole configuration (every session of the node).
+MAX_PASSWORD_BYTES = 80
+# ExaBGP's tokenizer switches quoting at either quote and unescapes backslashes, and its TCP code
+# encodes the password as ASCII (anything else killed ExaBGP at start, every session with it).
+_PASSWORD_REFUSED = {'"': "a double quote", "'": "a single quote", "\\": "a backslash"}
+
+
 def password_problem(text: str) -> str | None:
     """Why ExaBGP's configuration cannot hold `text` as an MD5 password; None if it can."""
-    if '"' in text or "\n" in text:
-        return "a BGP password cannot contain a double quote or a line break"
+    for char in text:
+        if char in _PASSWORD_REFUSED:
+            return f"a BGP password cannot contain {_PASSWORD_REFUSED[char]}"
+        if not " " <= char <= "~":
+            return ("a BGP password is printable ASCII: it cannot contain a line break, "
+                    "a control character or a character outside ASCII")
+    if len(text) > MAX_PASSWORD_BYTES:
+        return f"a BGP password is at most {MAX_PASSWORD_BYTES} characters (it has {len(text)})"
     return None
 
 

@@ -39,6 +39,18 @@ def test_rendered_configuration_validates(tmp_path):
     assert text.count("listen 179;") == 4  # every session with a local address accepts connections
 
 
+def test_the_widest_password_percale_passes_on_is_one_exabgp_takes(tmp_path):
+    """80 characters, the most the kernel holds, with every character ExaBGP's configuration
+    gives a meaning to outside quotes (password_problem refuses those it cannot quote)."""
+    password = ("#;{}[], =" * 9)[:80]
+    neighbor = Neighbor("Global_10_0_0_2", 4, "10.0.0.2", 179, 64512, 64512, "10.0.0.1",
+                        passive=False, password=password)
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(render("10.0.0.1", [neighbor], f"{sys.executable} -m percale.bgpd.bridge /tmp/x.sock"))
+    done = subprocess.run([EXABGP, "validate", str(conf)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'md5-password "{password}";' in conf.read_text()
+
 def test_times_beyond_what_bgp_carries_are_sent_as_the_longest_it_can(tmp_path):
     """A restart time over graceful restart's 12 bits (ExaBGP would send 5000 s as 904 s), a
     keepalive whose hold time passes the OPEN's 16 bits (ExaBGP refuses the whole file)."""

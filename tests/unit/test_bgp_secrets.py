@@ -24,6 +24,11 @@ def test_a_mounted_secret_is_read_without_its_line_break(tmp_path):
     ("", "empty"),
     ('pass"word', "double quote"),
     ("line one\nline two", "line break"),
+    ("it's", "single quote"),                   # ExaBGP's tokenizer switches quoting at it
+    ("back\\slash", "backslash"),                # ... and unescapes at it
+    ("pässwörd", "outside ASCII"),              # ExaBGP encodes it as ASCII and dies at start
+    ("tab\there", "control character"),
+    ("a" * 81, "at most 80 characters"),        # the kernel's TCP_MD5SIG key length
     (b"\xff\xfe", "cannot read"),
 ])
 def test_a_password_that_cannot_be_used_leaves_the_session_without_one(tmp_path, caplog, content, logged):
