@@ -26,6 +26,7 @@ import ipaddress
 import os
 import random
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,13 +117,34 @@ def _in_pod(netns: str) -> Iterator[Netlink]:
         pod.close()
 
 
+def _namespace_id(path: str) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+# The namespace the agent started in: the node's own. A request naming it would wire, or on DEL
+# delete, the node's interfaces (DEL removes CNI_IFNAME from CNI_NETNS: eth0 is the uplink).
+_NODE_NAMESPACE = _namespace_id("/proc/self/ns/net")
+
+
 def netns_problem(path: str) -> str | None:
     """Why `path` is not a network namespace a pod can be wired in; None when it is one. Safe
     in any process: it opens the file and asks the kernel its type, and enters nothing."""
     if not path:
         return "is not set"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        found = os.stat(path)
+    except OSError as err:
+        return f"cannot be opened: {err.strerror}"
+    # A namespace file is a regular file (nsfs). Anything else is refused before it is opened:
+    # opening a FIFO waits for a writer (the agent stood still meanwhile), and opening a device
+    # can have effects of its own.
+    if not stat.S_ISREG(found.st_mode):
+        return "is not a namespace"
+    if (found.st_dev, found.st_ino) == _NODE_NAMESPACE:
+        return "is the node's own network namespace, not a pod's"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
         return f"cannot be opened: {err.strerror}"
     try:

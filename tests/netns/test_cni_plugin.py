@@ -482,6 +482,8 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
     log_before = (node.workdir / "agent.log").stat().st_size
     not_a_namespace = tmp_path / "netns-file"
     not_a_namespace.write_text("")
+    fifo = tmp_path / "netns-fifo"  # opening it would wait for a writer, and the agent with it
+    os.mkfifo(fifo)
     conf = netconf(node)
 
     def run(config=None, *, raw: bytes | None = None, **how):
@@ -508,6 +510,9 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
         ("netns missing", run(env={"CNI_NETNS": "/var/run/netns/no-such-pod"}), 4, "CNI_NETNS"),
         ("netns a plain file", run(env={"CNI_NETNS": str(not_a_namespace)}), 4, "CNI_NETNS"),
         ("netns of another kind", run(env={"CNI_NETNS": "/proc/self/ns/uts"}), 4, "network namespace"),
+        ("netns a FIFO", run(env={"CNI_NETNS": str(fifo)}), 4, "is not a namespace"),
+        ("netns the node's own", run(env={"CNI_NETNS": f"/var/run/netns/{node.name}"}), 4,
+         "is the node's own network namespace"),
         ("container ID with a newline", run(container_id="c-\nhostile"), 4, "CNI_CONTAINERID"),
         ("container ID with a control character", run(container_id="c-\x01x"), 4, "CNI_CONTAINERID"),
         ("pod name with /", run(args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b"), 4, "K8S_POD_NAME"),
@@ -564,6 +569,23 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
     assert node.plugin("percale", "DEL", conf, container_id="c-after", netns=netns,
                        args=k8s("default", "after")).code == 0
 
+
+def test_del_naming_the_nodes_own_namespace_deletes_nothing_of_the_node(node, etcd_server):
+    """DEL removes CNI_IFNAME from CNI_NETNS: pointed at the node's namespace, it deleted the
+    node's interfaces by name (another pod's host veth here; eth0 would be the uplink)."""
+    netns = node.new_pod_netns()
+    added = node.plugin("percale", "ADD", netconf(node), container_id="c-victim", netns=netns,
+                        args=k8s("default", "victim"))
+    assert added.code == 0, added.out
+    victim = pod_network.host_veth_name("default", "victim")
+    deleted = node.plugin("percale", "DEL", netconf(node), container_id="c-other", ifname=victim,
+                          args=k8s("default", "other"),
+                          env={"CNI_NETNS": f"/var/run/netns/{node.name}"})
+    assert deleted.code == 1 and deleted.json["code"] == 4, deleted.out
+    assert "is the node's own network namespace" in deleted.json["msg"]
+    assert victim in node.exec("ip", "link").stdout
+    address = ipaddress.ip_interface(added.json["ips"][0]["address"]).ip
+    assert f"{address} dev {victim}" in node.exec("ip", "route").stdout
 
 def test_the_agent_answers_a_request_too_long_for_it_and_keeps_serving(node):
     """Past the shim's own check (another client of the socket): the agent reads the whole
