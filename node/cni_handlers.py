@@ -37,6 +37,7 @@ from percale.node.cni_types import (
     CHECK_FAILED,
     DATAPLANE_FAILED,
     INTERFACE_EXISTS,
+    INCOMPATIBLE_VERSION,
     INVALID_CONFIG,
     INVALID_ENVIRONMENT,
     NO_ADDRESSES,
@@ -60,6 +61,9 @@ from percale.api.workloadendpoint import WorkloadEndpointPort, workload_endpoint
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
+# A datastore object's name is a DNS subdomain: at most this long.
+MAX_NAME_LENGTH = 253
+
 
 class Pod:
     """Who a request is for: the container, and the Kubernetes pod when CNI_ARGS names it.
@@ -80,6 +84,13 @@ class Pod:
         self.named_by = "K8S_POD_NAME" if args.get("K8S_POD_NAME") else "CNI_CONTAINERID"
         self.name = args.get("K8S_POD_NAME") or self.container_id
         self.handle_id = f"{conf.name}.{self.container_id}"
+        if len(self.handle_id) > MAX_NAME_LENGTH:
+            # The IPAM handle is a datastore object named so: refused now, not once IPAM is
+            # asked (999, every step undone).
+            raise CNIError(INVALID_ENVIRONMENT,
+                           f"CNI_CONTAINERID is too long: the IPAM handle {conf.name}.<container ID> "
+                           f"may have at most {MAX_NAME_LENGTH} characters, and would have "
+                           f"{len(self.handle_id)}")
         # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
         self.workload_handle_id = f"{self.namespace}.{self.name}"
         self.host_veth = pod_network.host_veth_name(self.namespace, self.name)
@@ -163,6 +174,7 @@ class CNIHandlers:
             conf = parse_netconf(request.get("config", ""))
             version = conf.cni_version
             command = request.get("command")
+            _check_version_allows(command, version)
             ipam_only = request.get("plugin") == "percale-ipam"
             if command == "ADD":
                 return 0, json.dumps(await (self.ipam_add if ipam_only else self.add)(request, conf))
@@ -303,14 +315,14 @@ class CNIHandlers:
         prev = conf.prev_result or {}
         # A plugin earlier in the chain already reported its interfaces: ours follow them, and
         # everything it reported passes through (CNI spec, "prevResult").
-        first = len(prev.get("interfaces", []))
+        first = len(prev.get("interfaces") or [])
         ours = result(conf.cni_version, addresses, interfaces, first + 1, routes, conf.dns)
         if not prev:
             return ours
         return {**prev, "cniVersion": conf.cni_version,
-                "interfaces": prev.get("interfaces", []) + ours["interfaces"],
-                "ips": prev.get("ips", []) + ours["ips"],
-                "routes": prev.get("routes", []) + ours["routes"],
+                "interfaces": (prev.get("interfaces") or []) + ours["interfaces"],
+                "ips": (prev.get("ips") or []) + ours["ips"],
+                "routes": (prev.get("routes") or []) + ours["routes"],
                 "dns": prev.get("dns") or ours["dns"]}
 
     def _endpoint(self, pod: Pod, conf: NetConf, labels: dict[str, str],
@@ -556,6 +568,18 @@ def _object(parent: dict[str, Any], key: str, path: str = "") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CNIError(INVALID_CONFIG, f"{path}{key} must be an object")
     return value
+
+
+# The CNI version each command came in; a configuration of an older version cannot ask for it
+# (libcni refuses so too). GC's list of attachments in use is a key only 1.1.0 defines.
+_COMMAND_SINCE = {"CHECK": (0, 4, 0), "STATUS": (1, 1, 0), "GC": (1, 1, 0)}
+
+
+def _check_version_allows(command: Any, version: str) -> None:
+    since = _COMMAND_SINCE.get(command) if isinstance(command, str) else None
+    if since and tuple(int(part) for part in version.split(".")) < since:
+        raise CNIError(INCOMPATIBLE_VERSION, f"cniVersion {version} does not allow {command}: it "
+                                             f"came in CNI {'.'.join(map(str, since))}")
 
 
 def _check_netns(path: str, command: str) -> None:

@@ -109,6 +109,10 @@ def parse_netconf(text: Any) -> NetConf:
         raw = json.loads(text)
     except ValueError as err:
         raise CNIError(DECODING_FAILURE, "the network configuration on stdin is not JSON", str(err)) from None
+    except RecursionError:
+        # The shims refuse deeper nesting themselves; the agent's stack is deeper than theirs.
+        raise CNIError(DECODING_FAILURE, "the network configuration on stdin nests too deeply "
+                                         "to read") from None
     if not isinstance(raw, dict):
         raise CNIError(DECODING_FAILURE, "the network configuration on stdin is not a JSON object")
     version = raw.get("cniVersion")
@@ -153,19 +157,71 @@ def parse_netconf(text: Any) -> NetConf:
                                  or _CONTROL.search(nodename) or "/" in nodename):
         raise CNIError(INVALID_CONFIG, f"nodename must be a node's name, not {nodename!r}")
     prev = raw.get("prevResult")
-    if prev is not None and not isinstance(prev, dict):
-        raise CNIError(INVALID_CONFIG, "prevResult must be an object")
+    if prev is not None:
+        _check_prev_result(prev)
     dns = raw.get("dns")
-    if dns is not None and not isinstance(dns, dict):
-        raise CNIError(INVALID_CONFIG, "dns must be an object")
+    if dns is not None:
+        _check_dns(dns, "dns")
     attachments = raw.get("cni.dev/valid-attachments")
-    if attachments is not None and (not isinstance(attachments, list)
-                                    or not all(isinstance(a, dict) for a in attachments)):
-        raise CNIError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of objects")
+    if attachments is not None:
+        _check_attachments(attachments)
     return NetConf(
         name=name, cni_version=version, mtu=mtu, nodename=nodename,
         ipam=settings, prev_result=prev, dns=dns, valid_attachments=attachments, raw=raw,
     )
+
+
+def _objects(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise CNIError(INVALID_CONFIG, f"{where} must be a list of objects")
+    return value
+
+
+def _check_prev_result(prev: Any) -> None:
+    """The parts of a prevResult percale reads (ADD passes them on, CHECK compares the
+    addresses): checked before anything is taken, so a malformed one cannot fail an ADD after
+    the pod was wired."""
+    if not isinstance(prev, dict):
+        raise CNIError(INVALID_CONFIG, "prevResult must be an object")
+    for part in ("interfaces", "routes"):
+        if prev.get(part) is not None:
+            _objects(prev[part], f"prevResult.{part}")
+    if prev.get("ips") is not None:
+        for i, ip in enumerate(_objects(prev["ips"], "prevResult.ips")):
+            address = ip.get("address")
+            try:
+                ipaddress.ip_interface(address if isinstance(address, str) else None)
+            except ValueError:
+                raise CNIError(INVALID_CONFIG, f"prevResult.ips[{i}].address must be an address "
+                                               f"with its prefix, such as 10.0.0.2/24, not "
+                                               f"{json.dumps(address)[:80]}") from None
+    if prev.get("dns") is not None:
+        _check_dns(prev["dns"], "prevResult.dns")
+
+
+def _check_dns(dns: Any, where: str) -> None:
+    """The CNI spec's DNS: nameservers, search and options lists of strings, domain a string.
+    Passed into the result as given, where a runtime that cannot read it fails the pod after it
+    was wired."""
+    if not isinstance(dns, dict):
+        raise CNIError(INVALID_CONFIG, f"{where} must be an object")
+    for key in ("nameservers", "search", "options"):
+        value = dns.get(key)
+        if value is not None and (not isinstance(value, list)
+                                  or not all(isinstance(v, str) for v in value)):
+            raise CNIError(INVALID_CONFIG, f"{where}.{key} must be a list of strings")
+    if dns.get("domain") is not None and not isinstance(dns["domain"], str):
+        raise CNIError(INVALID_CONFIG, f"{where}.domain must be a string")
+
+
+def _check_attachments(attachments: Any) -> None:
+    """GC's list of attachments still in use. An entry without its containerID would keep no
+    one's addresses: GC would then release those of running pods."""
+    for i, attachment in enumerate(_objects(attachments, "cni.dev/valid-attachments")):
+        for key in ("containerID", "ifname"):
+            if not isinstance(attachment.get(key), str) or not attachment[key]:
+                raise CNIError(INVALID_CONFIG, f"cni.dev/valid-attachments[{i}].{key} must be "
+                                               "set, as a string")
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -189,7 +245,14 @@ def check_container_id(container_id: Any) -> str:
 def check_interface_name(ifname: Any) -> str:
     if not isinstance(ifname, str) or not ifname:
         raise CNIError(INVALID_ENVIRONMENT, "CNI_IFNAME is not set")
-    if len(ifname.encode()) > 15:
+    try:
+        encoded = ifname.encode()
+    except UnicodeEncodeError:  # bytes of the environment that are not UTF-8
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not UTF-8 text") from None
+    if ifname in ("all", "default"):
+        # Names of the kernel's per-family settings (net.ipv4.conf.all): it refuses them.
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is reserved by the kernel")
+    if len(encoded) > 15:
         raise CNIError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is longer than the kernel's 15 bytes")
     if ifname in (".", "..") or _IFNAME_FORBIDDEN.search(ifname) or _CONTROL.search(ifname):
         raise CNIError(INVALID_ENVIRONMENT,
@@ -223,6 +286,10 @@ def parse_cni_args(text: Any, *, kubernetes_names: bool = True) -> dict[str, str
     refuses only what would put a key in the wrong place: '/', control characters, length."""
     if not isinstance(text, str):
         raise CNIError(INVALID_ENVIRONMENT, "CNI_ARGS must be text")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes of the environment that are not UTF-8
+        raise CNIError(INVALID_ENVIRONMENT, "CNI_ARGS is not UTF-8 text") from None
     out = {}
     for part in filter(None, text.split(";")):
         key, sep, value = part.partition("=")

@@ -41,6 +41,7 @@
 #define MAX_CONFIG_BYTES (1 << 20)
 /* Python's json gives up (RecursionError) near its recursion limit of 1000. */
 #define MAX_DEPTH 1000
+#define TOO_DEEP "the network configuration on stdin nests too deeply to read"
 
 enum { INVALID_ENVIRONMENT = 4, DECODING_FAILURE = 6, INVALID_CONFIG = 7, TRY_AGAIN_LATER = 11,
        INTERNAL = 999 };
@@ -756,10 +757,9 @@ int main(int argc, char **argv)
     int utf8 = utf8_valid((const unsigned char *)config.data, config.len);
     jtype kind = utf8 ? parse_document(&parser, remember_member, &conf) : J_ERROR;
     if (parser.too_deep) {
-        /* Python's json raises RecursionError here, which shim.py reports as its own failure. */
+        /* Where Python's json gives up (RecursionError): shim.py answers the same, at once. */
         buf_str(&version, DEFAULT_VERSION);
-        return failf(INTERNAL, "", "%s failed: the network configuration nests more than %d deep",
-                     plugin, MAX_DEPTH);
+        return fail(DECODING_FAILURE, TOO_DEEP, "");
     }
     if (kind == J_OBJECT && conf.version_kind == J_STRING)
         string_value(config.data, conf.version_start, conf.version_end, &version);

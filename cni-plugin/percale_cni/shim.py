@@ -48,6 +48,7 @@ REQUIRED_ENV = {
 # CNI spec error codes. 999 is libcni's ErrInternal.
 INVALID_ENVIRONMENT = 4
 DECODING_FAILURE = 6
+TOO_DEEP = "the network configuration on stdin nests too deeply to read"
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
 INTERNAL = 999
@@ -114,6 +115,10 @@ def run(plugin, environ, stdin):
             raise ValueError("the network configuration is not a JSON object")
     except ValueError as err:  # UnicodeDecodeError is a ValueError too
         conf, conf_error = None, err
+    except RecursionError:
+        # Nested past what json reads (the compiled shim stops at the same depth): answered at
+        # once, whatever the command, as the compiled shim answers it.
+        return 1, error_json(DEFAULT_VERSION, DECODING_FAILURE, TOO_DEEP)
     version = conf.get("cniVersion") if conf is not None else None
     if not isinstance(version, str) or not version:
         version = DEFAULT_VERSION

@@ -163,3 +163,78 @@ async def test_gc_without_valid_attachments_is_code_7(agent):
     assert code == 7 and "cni.dev/valid-attachments" in msg
     listed = request("GC", cniVersion="1.1.0", **{"cni.dev/valid-attachments": []})
     assert await ask(handlers, listed) == (0, "")
+
+
+@pytest.mark.parametrize(("container_id", "ifname", "cni_args", "words"), [
+    # The IPAM handle k8s-pod-network.<ID> is a datastore name: at most 253 characters.
+    ("a" * 238, "eth0", POD, ["CNI_CONTAINERID is too long", "would have 254"]),
+    # The kernel's names for every interface's and the default settings (net.ipv4.conf.all).
+    ("c1", "all", POD, ["CNI_IFNAME 'all' is reserved"]),
+    ("c1", "default", POD, ["CNI_IFNAME 'default' is reserved"]),
+    # Environment bytes that are not UTF-8 reach the agent as lone surrogates.
+    ("c1", "et\udcffh", POD, ["CNI_IFNAME", "not UTF-8"]),
+    ("c1", "eth0", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p\udcff5", ["CNI_ARGS is not UTF-8"]),
+])
+async def test_names_the_datastore_or_kernel_cannot_take_are_code_4(
+        agent, container_id, ifname, cni_args, words):
+    """Each was a 999 with a traceback in the agent's log."""
+    store, handlers = agent
+    for command in ("ADD", "DEL"):
+        code, msg = await ask(handlers, request(command, container_id=container_id, ifname=ifname,
+                                                cni_args=cni_args))
+        assert code == 4 and all(w in msg for w in words), (command, msg)
+    await nothing_taken(store)
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    # A prevResult ADD passes on and CHECK compares: refused before anything is taken, where a
+    # malformed one failed the ADD (999) after the pod was wired and its endpoint stored.
+    ({"prevResult": {"interfaces": 5}}, ["prevResult.interfaces must be a list of objects"]),
+    ({"prevResult": {"routes": "x"}}, ["prevResult.routes must be a list of objects"]),
+    ({"prevResult": {"ips": [5]}}, ["prevResult.ips must be a list of objects"]),
+    ({"prevResult": {"ips": [{"address": "garbage"}]}},
+     ['prevResult.ips[0].address must be an address with its prefix', '"garbage"']),
+    ({"prevResult": {"ips": [{}]}}, ["prevResult.ips[0].address", "not null"]),
+    ({"prevResult": {"dns": {"nameservers": "8.8.8.8"}}},
+     ["prevResult.dns.nameservers must be a list of strings"]),
+    # Passed into the result as given, where a runtime that cannot read it fails the pod.
+    ({"dns": {"nameservers": 5}}, ["dns.nameservers must be a list of strings"]),
+    ({"dns": {"domain": ["a"]}}, ["dns.domain must be a string"]),
+])
+async def test_a_malformed_prev_result_or_dns_is_code_7_before_anything_is_taken(agent, config, words):
+    store, handlers = agent
+    for command in ("ADD", "CHECK"):
+        code, msg = await ask(handlers, request(command, **config))
+        assert code == 7 and all(w in msg for w in words), (command, msg)
+    await nothing_taken(store)
+
+
+async def test_a_config_nested_past_what_json_reads_is_code_6(agent):
+    _, handlers = agent
+    req = request()
+    req["config"] = req["config"][:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert await ask(handlers, req) == (6, "the network configuration on stdin nests too deeply to read")
+
+
+@pytest.mark.parametrize(("command", "version", "since"), [
+    ("GC", "1.0.0", "1.1.0"), ("STATUS", "0.4.0", "1.1.0"), ("CHECK", "0.3.1", "0.4.0"),
+])
+async def test_a_command_newer_than_the_config_version_is_code_1(agent, command, version, since):
+    """As libcni refuses them: a 0.3.1 configuration knows no CHECK, a 1.0.0 one no GC."""
+    _, handlers = agent
+    code, msg = await ask(handlers, request(command, cniVersion=version,
+                                            **{"cni.dev/valid-attachments": []}))
+    assert (code, msg) == (1, f"cniVersion {version} does not allow {command}: it came in CNI {since}")
+
+
+@pytest.mark.parametrize("attachment", [{"containerid": "c1", "ifname": "eth0"}, {"ifname": "eth0"},
+                                        {"containerID": 5, "ifname": "eth0"}, {"containerID": "c1"}])
+async def test_gc_with_a_malformed_attachment_is_code_7_and_releases_nothing(agent, attachment):
+    """An entry without its containerID kept no one's addresses: GC released those of the very
+    pod it listed, while the pod ran."""
+    store, handlers = agent
+    assert (await ask(handlers, request(plugin="percale-ipam")))[0] == 0
+    gc = request("GC", cniVersion="1.1.0", **{"cni.dev/valid-attachments": [attachment]})
+    code, msg = await ask(handlers, gc)
+    assert code == 7 and "cni.dev/valid-attachments[0]." in msg, msg
+    assert [kv.key.name for kv in (await store.list("IPAMHandle")).items] == ["k8s-pod-network.c1"]

@@ -215,6 +215,14 @@ def test_stdin_that_is_not_a_json_object_is_code_6(stdin, agent):
     assert agent.received == []
 
 
+@pytest.mark.parametrize("stdin", ["[" * 1200 + "]" * 1200, '{"a":' * 1200 + "1" + "}" * 1200])
+@pytest.mark.parametrize("command", ["ADD", "VERSION"])
+def test_a_config_nested_past_what_json_reads_is_code_6(stdin, command, agent):
+    """It was 999, "failed: RecursionError", as if percale had a bug."""
+    ran = run_plugin(command, stdin, env={"PERCALE_CNI_SOCKET": agent.path})
+    assert_error(ran, 6, "nests too deeply to read", cni_version="1.1.0")
+    assert agent.received == []
+
 def test_stdin_over_a_mebibyte_is_code_7_and_the_agent_is_not_asked(agent):
     ran = run_plugin("ADD", conf(agent_socket=agent.path, padding="x" * (1 << 20)))
     assert_error(ran, 7, "bytes")
