@@ -19,7 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from percale.ipc.unix_server import serve_unix
-from percale.node.cni_types import DECODING_FAILURE, INTERNAL, INVALID_CONFIG, MAX_REQUEST_BYTES, CNIError
+from percale.node.cni_types import (
+    DECODING_FAILURE,
+    INTERNAL,
+    INVALID_CONFIG,
+    MAX_CONFIG_BYTES,
+    MAX_REQUEST_BYTES,
+    CNIError,
+)
 
 log = logging.getLogger("percale.node.cni")
 
@@ -59,7 +66,7 @@ async def serve(handle: Handle, path: str = DEFAULT_SOCKET) -> asyncio.AbstractS
             if line is None:
                 code, out = INVALID_CONFIG, CNIError(
                     INVALID_CONFIG, f"the request is over {MAX_REQUEST_BYTES} bytes; percale "
-                    "accepts network configurations up to that size").to_json("1.0.0")
+                    f"accepts network configurations up to {MAX_CONFIG_BYTES} bytes").to_json("1.0.0")
             elif not line.strip():
                 return  # nothing was asked
             else:

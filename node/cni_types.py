@@ -39,9 +39,12 @@ INTERFACE_EXISTS = 102  # ADD: the container already has an interface of that na
 DATAPLANE_FAILED = 103  # ADD: the kernel refused part of the set-up (all of it was undone)
 
 
-# One request line may be this long; CNI configurations are a few kilobytes, and a prevResult
-# with many interfaces stays far below. The shim refuses more before it asks the agent.
-MAX_REQUEST_BYTES = 1 << 20
+# The largest network configuration the shims pass on (they refuse more before asking).
+MAX_CONFIG_BYTES = 1 << 20
+# One request line may be this long. The configuration travels in it as a JSON string, where a
+# character can take six bytes (\u00e9, \u0001), beside the CNI_* variables (the kernel caps each
+# at 128 KiB): so a configuration the shim passes on always fits.
+MAX_REQUEST_BYTES = 6 * MAX_CONFIG_BYTES + (2 << 20)
 
 # libcni's rules: a container ID and a network name are used in file names, handle IDs and
 # datastore keys, so they are restricted to these characters (ValidateContainerID,

@@ -31,8 +31,8 @@ DEFAULT_SOCKET = "/var/run/percale/cni.sock"
 CONNECT_TIMEOUT = 2
 # An ADD may wait in the agent while datastore conflicts are retried.
 ANSWER_TIMEOUT = 120.0
-# The largest network configuration passed on (the agent's limit too: cni_types.MAX_REQUEST_BYTES
-# bounds the whole request line, of which the configuration is most).
+# The largest network configuration passed on (cni_types.MAX_CONFIG_BYTES; the agent's limit
+# on the whole request line leaves room for it escaped).
 MAX_CONFIG_BYTES = 1 << 20
 
 # The variables each command cannot do without (CNI spec, "Parameters"). DEL may come after the

@@ -587,12 +587,24 @@ def test_del_naming_the_nodes_own_namespace_deletes_nothing_of_the_node(node, et
     address = ipaddress.ip_interface(added.json["ips"][0]["address"]).ip
     assert f"{address} dev {victim}" in node.exec("ip", "route").stdout
 
+def test_a_configuration_the_shim_passes_on_fits_the_agent_however_it_is_escaped(node):
+    """Just under the shim's 1 MiB of UTF-8, every character escaped to six bytes on its way to
+    the agent: it was refused as "over 1048576 bytes" by the agent, against the protocol."""
+    netns = node.new_pod_netns()
+    conf = json.dumps({**netconf(node), "padding": "\u00e9" * 500_000}, ensure_ascii=False)
+    assert len(conf.encode()) < 1 << 20
+    added = node.plugin("percale", "ADD", conf, container_id="c-wide", netns=netns,
+                        args=k8s("default", "wide"))
+    assert added.code == 0, added.out[:300]
+    assert node.plugin("percale", "DEL", conf, container_id="c-wide", netns=netns,
+                       args=k8s("default", "wide")).code == 0
+
 def test_the_agent_answers_a_request_too_long_for_it_and_keeps_serving(node):
     """Past the shim's own check (another client of the socket): the agent reads the whole
     over-long line, answers code 7, and the next request is served."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(node.socket)
-        client.sendall(b'{"padding": "' + b"y" * (3 << 20) + b'"}\n')
+        client.sendall(b'{"padding": "' + b"y" * (9 << 20) + b'"}\n')
         answer = json.loads(client.makefile("rb").readline())
     assert answer["code"] == 7 and json.loads(answer["stdout"])["code"] == 7
     status = node.plugin("percale", "VERSION", netconf(node))
