@@ -71,10 +71,15 @@ class PodLink:
     mtu: int
 
 
-def host_veth_name(namespace: str, pod: str) -> str:
+def host_veth_name(namespace: str, pod: str, ifname: str = "eth0") -> str:
     """pcl + 12 hex digits of SHA-1("<namespace>.<pod>"): stable for a pod across restarts and
-    container IDs, so DEL finds it from the pod's name alone; 15 characters, the kernel's limit."""
-    return HOST_VETH_PREFIX + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:12]
+    container IDs, so DEL finds it from the pod's name alone; 15 characters, the kernel's limit.
+
+    A pod's other interfaces (net1 from a second network, as Multus adds them) hash
+    "<namespace>.<pod>.<ifname>": under the pod's one name, the second ADD took the first's host
+    veth for a stale one and deleted it, leaving eth0's address and endpoint to nothing."""
+    wired = f"{namespace}.{pod}" if ifname == "eth0" else f"{namespace}.{pod}.{ifname}"
+    return HOST_VETH_PREFIX + hashlib.sha1(wired.encode()).hexdigest()[:12]
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -231,14 +236,24 @@ def configure(netns: str, ifname: str, host_name: str, addresses: list[Interface
             for address in addresses:
                 pod.add_address(link.index, ipaddress.ip_interface(address.ip),
                                 nodad=address.version == 6)
-            if any(a.version == 4 for a in addresses):
-                gateway = ipaddress.IPv4Address(GATEWAY_V4)
-                pod.add_route(ipaddress.IPv4Network(f"{GATEWAY_V4}/32"), oif=link.index,
-                              scope=RT_SCOPE_LINK)
-                pod.add_route(ipaddress.IPv4Network("0.0.0.0/0"), gateway=gateway, oif=link.index)
-            if any(a.version == 6 for a in addresses):
-                pod.add_route(ipaddress.IPv6Network("::/0"), gateway=ipaddress.IPv6Address(GATEWAY_V6),
-                              oif=link.index)
+            try:
+                if any(a.version == 4 for a in addresses):
+                    gateway = ipaddress.IPv4Address(GATEWAY_V4)
+                    pod.add_route(ipaddress.IPv4Network(f"{GATEWAY_V4}/32"), oif=link.index,
+                                  scope=RT_SCOPE_LINK)
+                    pod.add_route(ipaddress.IPv4Network("0.0.0.0/0"), gateway=gateway, oif=link.index)
+                if any(a.version == 6 for a in addresses):
+                    pod.add_route(ipaddress.IPv6Network("::/0"),
+                                  gateway=ipaddress.IPv6Address(GATEWAY_V6), oif=link.index)
+            except NetlinkError as err:
+                if err.errno != errno.EEXIST:
+                    raise
+                # Another interface of the pod (percale's eth0, from a first network) holds the
+                # gateway and default routes: percale wires one interface per pod.
+                raise DataplaneError(
+                    f"configuring {ifname} in {netns}: the pod's gateway and default routes are "
+                    "already through another of its interfaces; percale wires one interface per "
+                    "pod") from None
         host_link = host.link(name=host_name)
         if host_link is None:
             raise DataplaneError(f"configuring {ifname} in {netns}: {host_name} is gone")

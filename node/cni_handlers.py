@@ -93,7 +93,7 @@ class Pod:
                            f"{len(self.handle_id)}")
         # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
         self.workload_handle_id = f"{self.namespace}.{self.name}"
-        self.host_veth = pod_network.host_veth_name(self.namespace, self.name)
+        self.host_veth = pod_network.host_veth_name(self.namespace, self.name, self.ifname)
 
 
 log = logging.getLogger("percale.node.cni")

@@ -570,6 +570,30 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
                        args=k8s("default", "after")).code == 0
 
 
+def test_a_second_network_on_the_same_pod_is_refused_and_the_first_stays(node, etcd_server):
+    """Multus adds net1 from a second network: its host veth was named from the pod alone, so
+    the second ADD took eth0's host veth for a stale one and deleted it (eth0 went from the pod,
+    its address and endpoint stayed, and the ADD answered 0). percale wires one interface per
+    pod: the second is refused, undone, and the first left as it was."""
+    netns = node.new_pod_netns()
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-multi", netns=netns,
+                        args=k8s("default", "multi"))
+    assert first.code == 0, first.out
+    second = node.plugin("percale", "ADD", {**netconf(node), "name": "net-b"}, container_id="c-multi",
+                         netns=netns, ifname="net1", args=k8s("default", "multi"))
+    assert second.code == 1 and second.json["code"] == 103, second.out
+    assert "percale wires one interface per pod" in second.json["msg"]
+    assert "eth0@" in in_pod(netns, "ip", "-o", "link").stdout
+    assert "net1" not in in_pod(netns, "ip", "-o", "link").stdout
+    eth0 = pod_network.host_veth_name("default", "multi")
+    links = node.exec("ip", "link").stdout
+    assert eth0 in links and pod_network.host_veth_name("default", "multi", "net1") not in links
+    handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+    assert "k8s-pod-network.c-multi" in handles and "net-b.c-multi" not in handles
+    address = ipaddress.ip_interface(first.json["ips"][0]["address"]).ip
+    assert f"{address} dev {eth0}" in node.exec("ip", "route").stdout
+
+
 def test_del_naming_the_nodes_own_namespace_deletes_nothing_of_the_node(node, etcd_server):
     """DEL removes CNI_IFNAME from CNI_NETNS: pointed at the node's namespace, it deleted the
     node's interfaces by name (another pod's host veth here; eth0 would be the uplink)."""
