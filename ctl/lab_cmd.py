@@ -218,16 +218,21 @@ def ping(topology: TopologyOption,
 @lab_app.command("generate-mesh")
 def generate_mesh(
         nodes: Annotated[int, typer.Option("--nodes", "-n", help="How many percale nodes")],
-        output_dir: Annotated[Path, typer.Option("--output-dir", "-o",
-                                                 help="Where to write the files")] = Path("."),
+        # A str, not a Path: Path("") is the working directory, so an empty value (a script's
+        # -o "$DIR" with DIR unset) could not be told from "." and wrote there.
+        output_dir: Annotated[str, typer.Option("--output-dir", "-o",
+                                                help="Where to write the files")] = ".",
         vxlan: Annotated[bool, typer.Option(
             "--vxlan", help="No BGP: every block through VXLAN (like vxlan3)")] = False) -> None:
     """Write a node-to-node mesh topology of N nodes (like mesh3, or vxlan3 with --vxlan) and
     its cluster.yaml; print the topology file's path."""
     from percale.lab.generate import write_mesh
 
+    if not output_dir:
+        typer.echo("Error: --output-dir: the folder name is empty", err=True)
+        raise typer.Exit(1)
     try:
-        path = write_mesh(nodes, output_dir, vxlan=vxlan)
+        path = write_mesh(nodes, Path(output_dir), vxlan=vxlan)
     except ValueError as err:
         typer.echo(f"Error: --nodes: {err}", err=True)
         raise typer.Exit(1) from None

@@ -88,6 +88,22 @@ def alive(record: dict) -> bool:
     return record["start"] is not None and _start_time(record["pid"]) == record["start"]
 
 
+@contextlib.contextmanager
+def _starting(what: str):
+    """Popen's refusals as a LabError, "<what> could not start (<why>)": reading the topology
+    refuses what it can (a NUL byte, an env name with '='), but not a command line too long for
+    the kernel (E2BIG), a program missing from this machine or a directory removed meanwhile."""
+    try:
+        yield
+    except UnicodeError:
+        raise  # output that is not text: the process did start
+    except ValueError as err:
+        raise LabError(f"{what} could not start ({err})") from None
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        raise LabError(f"{what} could not start ({err.strerror or err}{where})") from None
+
+
 def exit_status(returncode: int) -> str:
     """A process's end, as a returncode says it (negative: the signal that ended it)."""
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
@@ -262,7 +278,7 @@ class Lab:
         topology = self.topology
         mgmt = topology.mgmt_namespace
         self._namespace(mgmt)
-        gateway = next(topology.mgmt_subnet.hosts())
+        gateway = topology.mgmt_gateway
         sh("ip", "netns", "exec", mgmt, "ip", "link", "add", "mgmt", "type", "bridge")
         sh("ip", "netns", "exec", mgmt, "ip", "addr", "add",
            f"{gateway}/{topology.mgmt_subnet.prefixlen}", "dev", "mgmt")
@@ -361,11 +377,11 @@ class Lab:
         # must be visible to the lab's tools and to the pods it starts later.
         enter = (["nsenter", f"--net=/var/run/netns/{ns}"] if self.is_kubelet(node)
                  else ["ip", "netns", "exec", ns])
-        process = subprocess.Popen(
-            [*enter, "sh", "-c", "exec " + self.rewrite(node, node.cmd)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=self.environment(node), cwd=self.node_dir(node.name), start_new_session=True)
-        log.close()
+        with log, _starting(f"node {node.name}: cmd {node.cmd!r}"):
+            process = subprocess.Popen(
+                [*enter, "sh", "-c", "exec " + self.rewrite(node, node.cmd)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.environment(node), cwd=self.node_dir(node.name), start_new_session=True)
         self._started[node.name] = (process, time.monotonic())
         record = {"node": node.name, "pid": process.pid, "start": _start_time(process.pid),
                   "cmd": node.cmd}
@@ -451,9 +467,10 @@ class Lab:
         if not self.owns(ns):
             raise LabError(f"node {node} is not up (percalectl lab up -t {self.topology.path})")
         argv = [self.rewrite(spec, arg) for arg in argv]
-        return subprocess.run(["ip", "netns", "exec", ns, *argv], env=self.environment(spec),
-                              cwd=self.node_dir(node), capture_output=capture, text=True,
-                              timeout=timeout, input=input)
+        with _starting(f"node {node}: {shlex.join(argv)!r}"):
+            return subprocess.run(["ip", "netns", "exec", ns, *argv], env=self.environment(spec),
+                                  cwd=self.node_dir(node), capture_output=capture, text=True,
+                                  timeout=timeout, input=input)
 
     def processes(self, node: str) -> list[dict]:
         return [p for p in self.state()["processes"] if p["node"] == node]

@@ -14,13 +14,15 @@ The subset percale's runner honours, with containerlab's meaning (exabgp.md §3.
 Everything else in the file is accepted and ignored (so files written for containerlab load),
 except what would make the runner do something other than containerlab would: those are errors
 naming the field. So are what the runner could only fail on halfway through `up`: names no
-network namespace or interface can have, a MAC address that is none, and a key given twice (YAML
-would silently keep the last, dropping a node).
+network namespace or interface can have, a MAC address that is none, a NUL byte where a command
+line or environment would carry it, a healthcheck time no clock takes, a management address two
+nodes share, and a key given twice (YAML would silently keep the last, dropping a node).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -38,6 +40,10 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 BRIDGE_KINDS = ("bridge", "ovs-bridge")
 KINDS = ("linux", *BRIDGE_KINDS)  # what the runner implements (see the module docstring)
+# The longest healthcheck time (start-period, interval, timeout) taken, in seconds: a day is
+# longer than any lab waits for a node, and an infinite or huge value overflows time.sleep and
+# subprocess's timeout halfway through `up` ("timestamp too large").
+MAX_HEALTHCHECK_SECONDS = 86400
 # A network namespace is a file /var/run/netns/NAME, and each node's log is
 # <lab dir>/<node>/<node>.log: every such name is at most NAME_MAX bytes.
 NAME_MAX = 255
@@ -129,12 +135,21 @@ class Topology:
                 visit(node, ())
         return done
 
+    @property
+    def mgmt_gateway(self) -> ipaddress.IPv4Address:
+        """The management network's gateway: its first host address (.1), as Docker's."""
+        # parse refuses a /32, the one subnet whose hosts() is a list, not an iterator
+        return next(self.mgmt_subnet.hosts())
+
     def mgmt_addresses(self) -> dict[str, ipaddress.IPv4Interface]:
         """Every host's management address: its mgmt-ipv4, or the next free one (as Docker
         hands them out); .1 is the gateway."""
         subnet = self.mgmt_subnet
+        # Every explicit address is taken before any is handed out, so a node's free address
+        # is never one a later node asks for.
         taken = {ipaddress.ip_address(n.mgmt_ipv4) for n in self.nodes.values() if n.mgmt_ipv4}
-        free = (a for a in list(subnet.hosts())[1:] if a not in taken)
+        # Lazily: a /8 has 16 million hosts, and a list of them exhausted memory.
+        free = (a for a in itertools.islice(subnet.hosts(), 1, None) if a not in taken)
         found = {}
         for node in self.nodes.values():
             if node.is_bridge:
@@ -244,10 +259,15 @@ def parse(data: Any, path: Path) -> Topology:
     mgmt = data.get("mgmt") or {}
     if not isinstance(mgmt, dict):
         raise fail("mgmt", "must be a mapping")
+    subnet_text = mgmt.get("ipv4-subnet", DEFAULT_MGMT_SUBNET)
+    if not isinstance(subnet_text, str):  # IPv4Network(5) would be 0.0.0.5/32
+        raise fail("mgmt.ipv4-subnet", f"{subnet_text!r} is not a subnet such as {DEFAULT_MGMT_SUBNET}")
     try:
-        subnet = ipaddress.IPv4Network(mgmt.get("ipv4-subnet", DEFAULT_MGMT_SUBNET))
+        subnet = ipaddress.IPv4Network(subnet_text)
     except ValueError as err:
         raise fail("mgmt.ipv4-subnet", str(err)) from None
+    if subnet.prefixlen > 31:  # the gateway would be the only address: no room for a node
+        raise fail("mgmt.ipv4-subnet", f"{subnet} has no address beside its gateway's (/31 or shorter)")
     topology = data.get("topology")
     if not isinstance(topology, dict) or not isinstance(topology.get("nodes"), dict) \
             or not topology["nodes"]:
@@ -290,15 +310,26 @@ def parse(data: Any, path: Path) -> Topology:
     if "mgmt" in nodes:
         raise fail("topology.nodes.mgmt", "'mgmt' is the management network's name here")
     parsed = Topology(name, path.resolve(), prefix, subnet, nodes, links)
+    reserved = {subnet.network_address, parsed.mgmt_gateway}
+    if subnet.prefixlen < 31:  # RFC 3021: a /31 has no broadcast address, both are hosts'
+        reserved.add(subnet.broadcast_address)
+    owners: dict[ipaddress.IPv4Address, str] = {}
     for node in nodes.values():
         if node.mgmt_ipv4:
+            mgmt_field = f"topology.nodes.{node.name}.mgmt-ipv4"
             try:
                 address = ipaddress.IPv4Address(node.mgmt_ipv4)
             except ValueError as err:
-                raise fail(f"topology.nodes.{node.name}.mgmt-ipv4", str(err)) from None
-            if address not in subnet or address in (subnet.network_address, next(subnet.hosts())):
-                raise fail(f"topology.nodes.{node.name}.mgmt-ipv4",
+                raise fail(mgmt_field, str(err)) from None
+            if address not in subnet or address in reserved:
+                raise fail(mgmt_field,
                            f"{address} is not a host address of {subnet} other than its gateway")
+            if not node.is_bridge:  # a bridge has no management interface: its address is unused
+                # Two nodes with one address on the management bridge answer each other's ARP.
+                if address in owners:
+                    raise fail(mgmt_field, f"{address} is already used by "
+                                           f"topology.nodes.{owners[address]}")
+                owners[address] = node.name
     parsed.start_order()  # cycles are errors now, not halfway through `up`
     parsed.mgmt_addresses()
     return parsed
@@ -333,6 +364,24 @@ def _merge(*layers: dict) -> dict:
     return merged
 
 
+def _string(value: Any) -> str:
+    """An env or label value as containerlab reads it into a Go string: null is empty, a boolean
+    is written lower-case."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _no_nul(value: str, field_name: str, fail) -> str:
+    """A string the runner passes in a command line or an environment, where the kernel's
+    strings end at a NUL byte: Popen refuses it, halfway through `up`."""
+    if "\0" in value:
+        raise fail(field_name, "holds a NUL byte, which no command line or environment can carry")
+    return value
+
+
 def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -> Node:
     def text(key: str) -> str:
         value = spec.get(key, "")
@@ -345,15 +394,25 @@ def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -
     commands = spec.get("exec") or []
     if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
         raise fail(f"{field_name}.exec", "must be a list of commands")
+    for i, command in enumerate(commands):
+        _no_nul(command, f"{field_name}.exec[{i}]", fail)
     env = spec.get("env") or {}
     if not isinstance(env, dict):
         raise fail(f"{field_name}.env", "must be a mapping of names to values")
+    env = {_string(k): _string(v) for k, v in env.items()}
+    for key, value in env.items():
+        # execve takes NAME=VALUE: a name with '=' (or none) would be another variable's.
+        if not key or "=" in key or "\0" in key:
+            raise fail(f"{field_name}.env", f"{key!r} is not a variable name (it is empty or "
+                                            "holds '=' or a NUL byte)")
+        _no_nul(value, f"{field_name}.env.{key}", fail)
     labels = spec.get("labels") or {}
     if not isinstance(labels, dict):
         raise fail(f"{field_name}.labels", "must be a mapping of names to values")
     binds = []
     for i, bind in enumerate(_list(spec.get("binds"), f"{field_name}.binds", fail)):
-        parts = str(bind).split(":")
+        # A bind's host path replaces its node path in cmd, exec and env.
+        parts = _no_nul(str(bind), f"{field_name}.binds[{i}]", fail).split(":")
         if len(parts) not in (2, 3) or not parts[1].startswith("/"):
             raise fail(f"{field_name}.binds[{i}]", f"{bind!r} is not HOST:/PATH[:ro]")
         host = parts[0]
@@ -375,10 +434,10 @@ def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -
     mgmt = spec.get("mgmt-ipv4")
     if kind in BRIDGE_KINDS and (spec.get("cmd") or commands):
         raise fail(field_name, f"a {kind} node runs no commands")
-    return Node(name, kind, str(spec.get("image", "")), text("cmd"), tuple(commands),
-                {str(k): str(v) for k, v in env.items()}, tuple(binds),
-                str(mgmt) if mgmt else None, healthcheck, tuple(wait_for),
-                {str(k): str(v) for k, v in labels.items()})
+    return Node(name, kind, str(spec.get("image", "")),
+                _no_nul(text("cmd"), f"{field_name}.cmd", fail), tuple(commands), env,
+                tuple(binds), str(mgmt) if mgmt else None, healthcheck, tuple(wait_for),
+                {_string(k): _string(v) for k, v in labels.items()})
 
 
 def _healthcheck(spec: Any, field_name: str, fail) -> Healthcheck:
@@ -389,15 +448,21 @@ def _healthcheck(spec: Any, field_name: str, fail) -> Healthcheck:
                 else shlex.join(map(str, test[1:])))
     if not isinstance(test, str) or not test:
         raise fail(f"{field_name}.test", "must be a command (a string, or [CMD-SHELL, ...])")
-    numbers = {}
-    for key, default in (("start-period", 0.0), ("interval", 1.0), ("timeout", 5.0),
-                         ("retries", 60)):
+    _no_nul(test, f"{field_name}.test", fail)
+    seconds = {}
+    for key, default in (("start-period", 0.0), ("interval", 1.0), ("timeout", 5.0)):
         value = spec.get(key, default)
-        if not isinstance(value, (int, float)) or value < 0:
-            raise fail(f"{field_name}.{key}", "must be a number of seconds (retries: a count)")
-        numbers[key.replace("-", "_")] = value
-    return Healthcheck(test, numbers["start_period"], numbers["interval"], numbers["timeout"],
-                       int(numbers["retries"]))
+        # bool is an int to Python; YAML's .inf is past the bound and .nan compares false.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 <= value <= MAX_HEALTHCHECK_SECONDS:
+            raise fail(f"{field_name}.{key}", f"must be a number of seconds from 0 to "
+                                              f"{MAX_HEALTHCHECK_SECONDS} (a day)")
+        seconds[key.replace("-", "_")] = value
+    retries = spec.get("retries", 60)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise fail(f"{field_name}.retries", "must be a whole number of tries, 0 or more")
+    return Healthcheck(test, seconds["start_period"], seconds["interval"], seconds["timeout"],
+                       retries)
 
 
 def _endpoint(value: Any, field_name: str, nodes: dict[str, Node], fail) -> Endpoint:

@@ -70,3 +70,18 @@ def test_mesh_is_pure_and_named(tmp_path):
 def test_out_of_range_sizes_are_refused(n):
     with pytest.raises(ValueError, match="1 to"):
         generate.mesh(n)
+
+
+def test_an_empty_output_folder_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch):
+    """-o "$DIR" with DIR unset: Path("") is the working directory, which it wrote into."""
+    from typer.testing import CliRunner
+
+    from percale.ctl.lab_cmd import lab_app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(lab_app, ["generate-mesh", "--nodes", "2", "-o", ""])
+    assert result.exit_code == 1 and result.stderr == "Error: --output-dir: the folder name is empty\n"
+    assert list(tmp_path.iterdir()) == []
+    written = CliRunner().invoke(lab_app, ["generate-mesh", "--nodes", "2", "-o", "out"])
+    assert written.exit_code == 0 and written.stdout == "out/mesh2.clab.yml\n"
+    assert (tmp_path / "out" / "mesh2.clab.yml").exists()

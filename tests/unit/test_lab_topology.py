@@ -3,12 +3,15 @@ does it, start order, management addresses, and every refusal naming its field."
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from percale.lab.topology import DEFAULT_MTU, TopologyError, parse
+from percale.lab.topology import DEFAULT_MTU, Node, TopologyError, parse
 
 pytestmark = pytest.mark.unit
 
@@ -117,6 +120,37 @@ def mutate(path: str, value) -> dict:
     ("topology.links", 3, "topology.links: must be a list"),
     ("topology.nodes.n2", {"kind": "linux", "binds": 3}, "topology.nodes.n2.binds: must be a list"),
     ("topology.nodes.n2", {"kind": "linux", "stages": {"create": {"wait-for": 1.5}}}, "topology.nodes.n2.stages.create.wait-for: must be a list"),
+    # Healthcheck numbers time.sleep and subprocess take: .inf and .nan raised OverflowError or
+    # ValueError here (retries), or passed and overflowed the clock halfway through `up`.
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "retries": yaml.safe_load(".inf")}}, "topology.nodes.n2.healthcheck.retries: must be a whole number of tries, 0 or more"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "retries": yaml.safe_load(".nan")}}, "topology.nodes.n2.healthcheck.retries: must be a whole number"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "retries": True}}, "topology.nodes.n2.healthcheck.retries: must be a whole number"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "retries": 2.5}}, "topology.nodes.n2.healthcheck.retries: must be a whole number"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "start-period": yaml.safe_load(".inf")}}, "topology.nodes.n2.healthcheck.start-period: must be a number of seconds from 0 to 86400 (a day)"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "interval": yaml.safe_load(".inf")}}, "topology.nodes.n2.healthcheck.interval: must be a number of seconds"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "timeout": yaml.safe_load(".nan")}}, "topology.nodes.n2.healthcheck.timeout: must be a number of seconds"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "interval": 86401}}, "topology.nodes.n2.healthcheck.interval: must be a number of seconds"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true", "interval": True}}, "topology.nodes.n2.healthcheck.interval: must be a number of seconds"),
+    # What Popen refuses (a NUL byte; an env name execve would read as NAME=VALUE) is refused
+    # here, not halfway through `up`.
+    ("topology.nodes.n2", {"kind": "linux", "cmd": "sleep\0 5"}, "topology.nodes.n2.cmd: holds a NUL byte, which no command line or environment can carry"),
+    ("topology.nodes.n2", {"kind": "linux", "cmd": ["sleep", "5\0"]}, "topology.nodes.n2.cmd: holds a NUL byte"),
+    ("topology.nodes.n2", {"kind": "linux", "exec": ["true", "ip\0link"]}, "topology.nodes.n2.exec[1]: holds a NUL byte"),
+    ("topology.nodes.n2", {"kind": "linux", "env": {"C": "a\0b"}}, "topology.nodes.n2.env.C: holds a NUL byte"),
+    ("topology.nodes.n2", {"kind": "linux", "env": {"A=B": "x"}}, "topology.nodes.n2.env: 'A=B' is not a variable name (it is empty or holds '=' or a NUL byte)"),
+    ("topology.nodes.n2", {"kind": "linux", "env": {"": "x"}}, "topology.nodes.n2.env: '' is not a variable name"),
+    ("topology.nodes.n2", {"kind": "linux", "env": {"A\0": "x"}}, "topology.nodes.n2.env: 'A\\x00' is not a variable name"),
+    ("topology.defaults", {"env": {"A=B": "x"}}, "topology.nodes.db.env: 'A=B' is not a variable name"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": "true\0"}}, "topology.nodes.n2.healthcheck.test: holds a NUL byte"),
+    ("topology.nodes.n2", {"kind": "linux", "healthcheck": {"test": ["CMD", "true", "\0"]}}, "topology.nodes.n2.healthcheck.test: holds a NUL byte"),
+    ("topology.nodes.n2", {"kind": "linux", "binds": ["/etc/a\0b:/x"]}, "topology.nodes.n2.binds[0]: holds a NUL byte"),
+    # Management addresses: the broadcast address, and one address on two nodes (an ARP
+    # conflict on the management bridge), were accepted.
+    ("topology.nodes.n2", {"kind": "linux", "mgmt-ipv4": "172.20.20.255"}, "topology.nodes.n2.mgmt-ipv4: 172.20.20.255 is not a host address of 172.20.20.0/24 other than its gateway"),
+    ("topology.nodes.n2", {"kind": "linux", "mgmt-ipv4": "172.20.20.9"}, "topology.nodes.n2.mgmt-ipv4: 172.20.20.9 is already used by topology.nodes.db"),
+    ("topology.defaults", {"mgmt-ipv4": "172.20.20.7"}, "topology.nodes.n2.mgmt-ipv4: 172.20.20.7 is already used by topology.nodes.n1"),
+    ("mgmt", {"ipv4-subnet": "172.20.20.9/32"}, "mgmt.ipv4-subnet: 172.20.20.9/32 has no address beside its gateway's (/31 or shorter)"),
+    ("mgmt", {"ipv4-subnet": 5}, "mgmt.ipv4-subnet: 5 is not a subnet such as 172.20.20.0/24"),
 ])
 def test_refusals_name_the_field(path, value, message):
     with pytest.raises(TopologyError) as err:
@@ -224,3 +258,87 @@ def test_a_big_lab_is_warned_about_the_machine_wide_arp_table(tmp_path, monkeypa
     assert runner.neighbour_table_warning(small) is None
     warning = runner.neighbour_table_warning(big)
     assert "net.ipv4.neigh.default.gc_thresh3" in warning and "1683 ARP entries" in warning
+
+
+def test_healthcheck_numbers_at_their_bounds_are_taken():
+    t = parse(mutate("topology.nodes.n2", {"kind": "linux", "healthcheck": {
+        "test": "true", "start-period": 86400, "interval": 0, "timeout": 0.5, "retries": 0}}), HERE)
+    check = t.nodes["n2"].healthcheck
+    assert (check.start_period, check.interval, check.timeout, check.retries) == (86400, 0, 0.5, 0)
+
+
+def test_env_values_read_as_containerlab_reads_them():
+    """containerlab reads env into Go strings: null is "", a boolean true or false (Python's
+    str() gave "None" and "True")."""
+    doc = mutate("topology.nodes.n2", {"kind": "linux", "env": {"C": None, "D": True, "E": False,
+                                                                 "F": 1, "G": "x"},
+                                       "labels": {"l": None, "m": True}})
+    n2 = parse(doc, HERE).nodes["n2"]
+    assert n2.env == {"A": "default", "B": "kind", "C": "", "D": "true", "E": "false", "F": "1",
+                      "G": "x"}
+    assert n2.labels == {"l": "", "m": "true"}
+
+
+def test_a_large_management_subnet_is_not_listed(tmp_path):
+    """mgmt_addresses made a list of every host: a /8 took gigabytes, in every lab command. Run
+    with a 512 MiB address-space limit, where that list cannot be made."""
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from percale.lab.topology import parse\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n"
+        "doc = {'name': 't', 'mgmt': {'ipv4-subnet': '10.0.0.0/8'}, 'topology': {'nodes': {\n"
+        "    'a': {'kind': 'linux'}, 'b': {'kind': 'linux', 'mgmt-ipv4': '10.255.255.254'},\n"
+        "    'c': {'kind': 'linux'}}}}\n"
+        "t = parse(doc, Path('/labs/t.clab.yml'))\n"
+        "print(sorted(str(a) for a in t.mgmt_addresses().values()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['10.0.0.2/8', '10.0.0.3/8', '10.255.255.254/8']"
+
+
+def test_a_free_management_address_is_never_one_a_node_asks_for():
+    doc = mutate("topology.nodes.n2", {"kind": "linux", "mgmt-ipv4": "172.20.20.2"})
+    doc["topology"]["nodes"]["n3"] = {"kind": "linux", "mgmt-ipv4": "172.20.20.3"}
+    doc["topology"]["nodes"]["sw"]["mgmt-ipv4"] = "172.20.20.4"  # a bridge's: no interface uses it
+    doc["topology"]["nodes"]["n4"] = {"kind": "linux", "mgmt-ipv4": "172.20.20.4"}
+    addresses = {n: str(a) for n, a in parse(doc, HERE).mgmt_addresses().items()}
+    # n1 comes before n2, n3 and n4 in the file, and still skips the addresses they ask for.
+    assert addresses == {"db": "172.20.20.9/24", "n1": "172.20.20.5/24", "n2": "172.20.20.2/24",
+                         "n3": "172.20.20.3/24", "n4": "172.20.20.4/24"}
+
+
+def test_a_31_management_subnet_has_a_gateway_and_one_node():
+    """RFC 3021: both addresses of a /31 are hosts'; the first is the gateway."""
+    doc = {"name": "t", "mgmt": {"ipv4-subnet": "10.9.0.0/31"},
+           "topology": {"nodes": {"a": {"kind": "linux"}}}}
+    t = parse(doc, HERE)
+    assert (str(t.mgmt_gateway), str(t.mgmt_addresses()["a"])) == ("10.9.0.0", "10.9.0.1/31")
+
+
+def node_with(**changes) -> Node:
+    return dataclasses.replace(parse(topo(), HERE).nodes["n2"], **{"cmd": "sleep 5", **changes})
+
+
+def test_a_process_popen_refuses_is_a_lab_error_not_a_traceback(tmp_path, monkeypatch):
+    """The backstop behind the checks above: what Popen refuses is one line naming the node."""
+    from percale.lab import runner
+
+    monkeypatch.setattr(runner, "LAB_ROOT", tmp_path)
+    lab = runner.Lab(parse(topo(), HERE))
+    lab.node_dir("n2").mkdir(parents=True)
+    with pytest.raises(runner.LabError) as err:
+        lab.start_process(node_with(cmd="sleep\0 5"))
+    assert str(err.value) == "node n2: cmd 'sleep\\x00 5' could not start (embedded null byte)"
+    assert not lab.state_file.exists()  # nothing recorded
+
+    monkeypatch.setattr(runner.Lab, "owns", lambda self, namespace: True)
+    monkeypatch.setitem(lab.topology.nodes, "n2", node_with(env={"A=B": "x"}))
+    with pytest.raises(runner.LabError, match=r"^node n2: 'true' could not start \(illegal "
+                                              r"environment variable name\)$"):
+        lab.exec("n2", ["true"])
+    monkeypatch.setitem(lab.topology.nodes, "n1", node_with(name="n1"))  # no directory made
+    with pytest.raises(runner.LabError) as err:
+        lab.exec("n1", ["true"])
+    assert str(err.value) == (f"node n1: 'true' could not start (No such file or directory: "
+                              f"{tmp_path / 't' / 'n1'})")
