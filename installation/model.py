@@ -45,7 +45,9 @@ class IPPoolEntry(Model):
 
 
 class NodeAddressAutodetection(Model):
-    """One way to find a node's address (Calico's IP_AUTODETECTION_METHOD)."""
+    """One way to find a node's address (Calico's IP_AUTODETECTION_METHOD). At most one method;
+    none at all (`{}`, `firstFound: false`, an empty string or list) is tigera's "detection
+    disabled": the address is the one written on the Node resource by hand."""
 
     first_found: StrictBool | None = None
     kubernetes: Literal["NodeInternalIP"] | None = None
@@ -71,7 +73,9 @@ class LocalObjectReference(Model):
 
 
 class RollingUpdate(Model):
-    max_unavailable: int | None = None
+    # apps/v1 holds an int32 here: a larger number passed the CRD and the apiserver then refused
+    # the DaemonSet, after the ConfigMap was applied.
+    max_unavailable: int | None = Field(None, le=2**31 - 1)
 
 
 class NodeUpdateStrategy(Model):
@@ -257,15 +261,47 @@ def _detection_cidr_problem(cidr: str, version: int) -> str | None:
     return None
 
 
+def _method_values(value: str) -> list[str]:
+    # How percale-node reads a method's value (node/registration.py `autodetect`): split on
+    # commas, each part stripped, empty parts dropped.
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def _interface_regex_problem(regexes: str) -> str | None:
-    # percale-node splits the value on commas and compiles each part with `re` before it looks
-    # for an address (node/registration.py); one that does not compile stops it at start.
-    for regex in filter(None, (r.strip() for r in regexes.split(","))):
+    # percale-node compiles each part with `re` before it looks for an address; a value with no
+    # part at all ("," or " ") is not a method to it. Either stops it at start on every node.
+    parts = _method_values(regexes)
+    if not parts:
+        return f"{regexes!r} names no interface: give one or more regular expressions, comma-separated"
+    for regex in parts:
         try:
             re.compile(regex)
         except re.error as err:
             return f"{regex!r} is not a regular expression: {err}"
     return None
+
+
+def _can_reach_problem(destination: str, version: int) -> str | None:
+    # percale-node takes exactly one part, and asks the kernel for its route to it as an address
+    # literal (dataplane/host.py `source_address_towards`): a host name, or an address of the
+    # other family, finds no address and stops it at start.
+    parts = _method_values(destination)
+    if len(parts) != 1:
+        return f"{destination!r} is {len(parts)} destinations; canReach takes exactly one address"
+    try:
+        address = ipaddress.ip_address(parts[0])
+    except ValueError:
+        return f"{parts[0]!r} is not an IP address (percale-node does not resolve host names)"
+    if address.version != version:
+        return f"{address} is an IPv{address.version} address; this method finds the node's IPv{version} address"
+    return None
+
+
+def _detection_methods(method: NodeAddressAutodetection) -> list[str]:
+    """The methods a detection setting names, counted as tigera counts them (and as render picks
+    one): firstFound only when true, an empty string or list not at all."""
+    return [field.alias or name for name, field in NodeAddressAutodetection.model_fields.items()
+            if getattr(method, name)]
 
 
 def _autodetection_problems(network: CalicoNetworkSpec, version: int) -> list[Problem]:
@@ -274,14 +310,16 @@ def _autodetection_problems(network: CalicoNetworkSpec, version: int) -> list[Pr
     if method is None:
         return []
     found = []
-    if sum(v is not None and v is not False for v in method.model_dump().values()) > 1:
-        found.append(Problem(where, "set no more than one detection method"))
+    if len(named := _detection_methods(method)) > 1:
+        found.append(Problem(where, f"set no more than one detection method (found {', '.join(named)})"))
     for i, cidr in enumerate(method.cidrs or []):
         if problem := _detection_cidr_problem(cidr, version):
             found.append(Problem(f"{where}.cidrs[{i}]", problem))
     for field, regexes in (("interface", method.interface), ("skipInterface", method.skip_interface)):
         if regexes and (problem := _interface_regex_problem(regexes)):
             found.append(Problem(f"{where}.{field}", problem))
+    if method.can_reach and (problem := _can_reach_problem(method.can_reach, version)):
+        found.append(Problem(f"{where}.canReach", problem))
     return found
 
 

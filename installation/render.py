@@ -73,21 +73,28 @@ def cni_config(spec: InstallationSpec) -> dict[str, Any]:
                      "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d"}}
 
 
+def _address_env(variable: str, setting: NodeAddressAutodetection | None) -> list[dict[str, Any]]:
+    """IP or IP6 for percale-node. No setting: the node has no address of that family ("none").
+    A setting that names no method is tigera's "detection disabled, the address is written on
+    the Node by hand", which calico-node's IP=none keeps; percale-node's "none" would remove that
+    address, so the variable is left out, which leaves the Node's address as it is."""
+    method = autodetection_method(setting)
+    if method:
+        return [{"name": variable, "value": "autodetect"},
+                {"name": f"{variable}_AUTODETECTION_METHOD", "value": method}]
+    return [] if setting is not None else [{"name": variable, "value": "none"}]
+
+
 def _node_env(spec: InstallationSpec) -> list[dict[str, Any]]:
     network = spec.calico_network
     v4 = autodetection_method(network.node_address_autodetection_v4)
-    v6 = autodetection_method(network.node_address_autodetection_v6)
     env: list[dict[str, Any]] = [
         {"name": "PERCALE_DATASTORE_TYPE", "value": "kubernetes"},
         {"name": "NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "PERCALE_NETWORKING_BACKEND", "value": "bgp" if network.bgp == "Enabled" else "vxlan"},
-        {"name": "IP", "value": "autodetect" if v4 else "none"},
+        *_address_env("IP", network.node_address_autodetection_v4),
+        *_address_env("IP6", network.node_address_autodetection_v6),
     ]
-    if v4:
-        env.append({"name": "IP_AUTODETECTION_METHOD", "value": v4})
-    env.append({"name": "IP6", "value": "autodetect" if v6 else "none"})
-    if v6:
-        env.append({"name": "IP6_AUTODETECTION_METHOD", "value": v6})
     if network.bgp == "Enabled" and not v4:
         env.append({"name": "PERCALE_ROUTER_ID", "value": "hash"})
     env.append({"name": "PERCALE_HEALTH_LISTEN", "value": f"127.0.0.1:{HEALTH_PORT}"})

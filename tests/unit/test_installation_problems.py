@@ -1,12 +1,20 @@
 """Installations the operator must refuse (installation/model.py `problems()`) rather than render
 into objects the apiserver, install-cni or percale-node then refuse: each problem names the field
-the user wrote and why. Also how `registry` reaches the images (installation/render.py)."""
+the user wrote and why. Also how `registry` reaches the images and a detection setting reaches
+percale-node's IP and IP6 (installation/render.py)."""
 
 from __future__ import annotations
 
-import pytest
+import ipaddress
 
+import pytest
+from pydantic import ValidationError
+
+from percale.api.meta import validation_problems
+from percale.ctl import crd_schema
 from percale.installation import model, render
+from percale.node import registration
+from percale.node.registration import HostAddress, RegistrationError
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +28,7 @@ def _pools(*pools: dict, **network) -> dict:
 
 
 V4 = "spec.calicoNetwork.nodeAddressAutodetectionV4"
+V6 = "spec.calicoNetwork.nodeAddressAutodetectionV6"
 
 
 @pytest.mark.parametrize("spec, field, words", [
@@ -45,6 +54,23 @@ V4 = "spec.calicoNetwork.nodeAddressAutodetectionV4"
      f"{V4}.interface", "regular expression"),
     ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"skipInterface": "^br-.*,eth["}}},
      f"{V4}.skipInterface", "regular expression"),
+    # percale-node drops empty parts and then has no method at all: every node crash-looped.
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"interface": ","}}}, f"{V4}.interface", "no interface"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"interface": " "}}}, f"{V4}.interface", "no interface"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"skipInterface": ", ,"}}},
+     f"{V4}.skipInterface", "no interface"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"canReach": "10.0.0.1,10.0.0.2"}}},
+     f"{V4}.canReach", "exactly one"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"canReach": " "}}}, f"{V4}.canReach", "exactly one"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"canReach": "gw.example.com"}}},
+     f"{V4}.canReach", "not an IP address"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"canReach": "fd00::1"}}}, f"{V4}.canReach", "IPv6"),
+    (_pools({"cidr": "fd00::/48"}, nodeAddressAutodetectionV6={"interface": ","}), f"{V6}.interface",
+     "no interface"),
+    (_pools({"cidr": "fd00::/48"}, nodeAddressAutodetectionV6={"canReach": "10.0.0.1"}), f"{V6}.canReach",
+     "IPv4"),
+    ({"calicoNetwork": {"nodeAddressAutodetectionV4": {"firstFound": True, "interface": "eth0"}}},
+     V4, "no more than one"),
     # The name is the pool's, not its metadata's: the user wrote ipPools[0].name.
     (_pools({"cidr": "10.0.0.0/16", "name": "Bad_Name"}), "spec.calicoNetwork.ipPools[0].name",
      "Bad_Name"),
@@ -64,11 +90,99 @@ def test_problems_name_the_field_and_the_reason(spec, field, words):
     {"controlPlaneNodeSelector": {"node-role.kubernetes.io/control-plane": ""}},
     {"calicoNetwork": {"nodeAddressAutodetectionV4": {"cidrs": ["10.0.0.0/8", "192.168.1.5/24"]}}},
     {"calicoNetwork": {"nodeAddressAutodetectionV4": {"interface": "eth.*,ens[0-9]+"}}},
+    {"calicoNetwork": {"nodeAddressAutodetectionV4": {"canReach": "10.0.0.1"}}},
+    # An empty string is not a method (tigera's rule, and render's): one method here, not two.
+    {"calicoNetwork": {"nodeAddressAutodetectionV4": {"firstFound": True, "interface": ""}}},
+    {"calicoNetwork": {"nodeAddressAutodetectionV4": {"firstFound": False, "interface": "ens5"}}},
+    {"nodeUpdateStrategy": {"rollingUpdate": {"maxUnavailable": 2**31 - 1}}},
     _pools({"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}, bgp="Disabled"),
     _pools({"cidr": "10.0.0.0/16", "encapsulation": "None"}, bgp="Enabled"),
 ])
 def test_what_is_fine_stays_fine(spec):
     assert model.problems(_effective(spec)) == []
+
+
+# A host with an address of each family on eth0, whose kernel routes every address out of it.
+HOST = [HostAddress("eth0", ipaddress.ip_interface("10.0.0.5/24")),
+        HostAddress("eth0", ipaddress.ip_interface("fd00::5/64"))]
+
+
+def _route_source(destination: str) -> str | None:
+    try:  # as dataplane/host.py source_address_towards: no route to what is not an address
+        return {4: "10.0.0.5", 6: "fd00::5"}[ipaddress.ip_address(destination).version]
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("version, setting, refused", [
+    (4, {"interface": ","}, True),
+    (4, {"interface": " "}, True),
+    (4, {"skipInterface": ", ,"}, True),
+    (4, {"interface": "eth("}, True),
+    (4, {"canReach": "10.0.0.1,10.0.0.2"}, True),
+    (4, {"canReach": " "}, True),
+    (4, {"canReach": "gw.example.com"}, True),
+    (4, {"canReach": "fd00::1"}, True),
+    (6, {"canReach": "10.0.0.1"}, True),
+    (4, {"cidrs": ["fd00::/64"]}, True),
+    (4, {"interface": "eth0,"}, False),
+    (4, {"skipInterface": "lo, docker.*"}, False),
+    (4, {"canReach": " 10.0.0.1"}, False),
+    (6, {"canReach": "fd00::1"}, False),
+    (4, {"cidrs": ["10.0.0.0/8"]}, False),
+    (6, {"firstFound": True}, False),
+])
+def test_problems_refuse_what_percale_node_refuses(version, setting, refused):
+    """The rendered method on a host where any sound method finds eth0's address: percale-node's
+    autodetect refuses it exactly when problems() names the field."""
+    spec = _effective(_pools({"cidr": "10.0.0.0/16"}, {"cidr": "fd00::/48"},
+                             **{f"nodeAddressAutodetectionV{version}": setting}))
+    method = render.autodetection_method(getattr(spec.calico_network, f"node_address_autodetection_v{version}"))
+    found = model.problems(spec)
+    try:
+        registration.autodetect(version, method, HOST, can_reach=_route_source)
+    except RegistrationError:
+        assert refused and [p.field for p in found] == [
+            f"spec.calicoNetwork.nodeAddressAutodetectionV{version}.{next(iter(setting))}"
+            + ("[0]" if "cidrs" in setting else "")], found
+    else:
+        assert not refused and found == []
+
+
+def _env(spec: model.InstallationSpec) -> dict[str, str]:
+    daemonset = render.node_daemonset(spec, "0.1.0")
+    return {e["name"]: e.get("value") for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("setting", [{}, {"firstFound": False}, {"interface": ""}, {"canReach": ""},
+                                     {"cidrs": []}])
+def test_a_detection_setting_with_no_method_leaves_the_node_address_alone(setting):
+    """tigera: "If no detection option is specified, then IP auto detection will be disabled for
+    this address family and IPs must be specified directly on the Node resource" (IP=none, which
+    calico-node reads as "keep the Node's address"). percale-node's none removes the address, so
+    IP is left out: the address written on the Node stays. It rendered IP=none."""
+    spec = _effective(_pools({"cidr": "10.0.0.0/16"}, nodeAddressAutodetectionV4=setting))
+    assert model.problems(spec) == []
+    env = _env(spec)
+    assert "IP" not in env and "IP_AUTODETECTION_METHOD" not in env, env
+    assert registration.resolve(4, env.get("IP"), env.get("IP_AUTODETECTION_METHOD")) is None
+
+
+def test_no_detection_setting_and_no_pool_of_the_family_means_no_address():
+    env = _env(_effective(_pools({"cidr": "10.0.0.0/16"})))
+    assert (env["IP"], env["IP_AUTODETECTION_METHOD"], env["IP6"]) == ("autodetect", "first-found", "none")
+
+
+def test_max_unavailable_fits_the_daemonsets_int32():
+    """apps/v1 holds maxUnavailable in an int32: a larger number passed and the apiserver then
+    refused the DaemonSet. The CRD refuses it now, and so does the operator's own parse."""
+    with pytest.raises(ValidationError) as refused:
+        model.InstallationSpec.model_validate({"nodeUpdateStrategy": {"rollingUpdate": {"maxUnavailable": 2**31}}})
+    assert [p.field for p in validation_problems(refused.value)] == [
+        "nodeUpdateStrategy.rollingUpdate.maxUnavailable"]
+    schema = crd_schema.installation_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    strategy = schema["properties"]["spec"]["properties"]["nodeUpdateStrategy"]
+    assert strategy["properties"]["rollingUpdate"]["properties"]["maxUnavailable"]["maximum"] == 2**31 - 1
 
 
 def test_an_upper_case_ipv6_cidr_derives_a_valid_pool_name():
