@@ -95,6 +95,10 @@ def _interface(version: int):
             iface = ipaddress.ip_interface(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an address with a prefix length") from None
+        if isinstance(iface, ipaddress.IPv6Interface) and iface.ip.ipv4_mapped is not None:
+            # ::ffff:10.0.0.1/120 would be peered with as IPv6; Calico's To4 reads it as IPv4.
+            raise ValueError(f"{value!r} is an IPv4-mapped address: write the IPv4 address "
+                             f"{iface.ip.ipv4_mapped} with its own prefix length")
         if iface.version != version:
             raise ValueError(f"{value!r} is not an IPv{version} address")
         return str(iface)
@@ -118,7 +122,11 @@ def _as_number(value: int | str) -> int:
         else:
             raise ValueError(f"{value!r} is not an AS number")
     if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
-        raise ValueError(f"{value!r} is not an AS number between 0 and 4294967295")
+        raise ValueError(f"{value!r} is not an AS number between 1 and 4294967295")
+    if value == 0:
+        # Reserved (RFC 7607): BIRD, GoBGP and FRR refuse an OPEN from AS 0, so every session
+        # of the node would fail, where the file was accepted.
+        raise ValueError("AS 0 is reserved (RFC 7607) and no BGP peer accepts it")
     return value
 
 
@@ -178,8 +186,10 @@ def _peer_ip(value: str) -> str:
     """`IPv4`, `IPv4:port`, `IPv6` or `[IPv6]:port`, as BGPPeer.peerIP takes them."""
     if not isinstance(value, str):
         raise ValueError("must be an IP address, optionally with a port")
-    split = split_peer_ip(value)
-    return str(split[0]) if split[1] is None else value
+    address, port = split_peer_ip(value)
+    if port is None:
+        return str(address)
+    return f"{address}:{port}" if address.version == 4 else f"[{address}]:{port}"
 
 
 def split_peer_ip(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]:
@@ -198,7 +208,9 @@ def split_peer_ip(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
     else:
         addr, port = value, None
     try:
-        ip = ipaddress.ip_address(addr)
+        # An IPv4-mapped address is the IPv4 peer it maps, as Calico's To4 reads it: kept as
+        # IPv6 it got no session on an IPv4 node, silently.
+        ip = plain_ip(addr)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address, IP:port or [IPv6]:port") from None
     if port is not None:

@@ -492,6 +492,24 @@ def test_bgp_peer_defaults_and_scopes():
     assert parse(peer(peerIP="10.0.0.9:1179", asNumber=64513)).spec.peer_ip == "10.0.0.9:1179"
 
 
+def test_an_ipv4_mapped_peer_is_the_ipv4_peer_it_maps():
+    """As Calico's To4 reads it: kept as IPv6 it got no session on an IPv4 node, silently."""
+    assert parse(peer(peerIP="::ffff:192.0.2.1", asNumber=65000)).spec.peer_ip == "192.0.2.1"
+    assert parse(peer(peerIP="[::ffff:192.0.2.1]:1179", asNumber=65000)).spec.peer_ip == "192.0.2.1:1179"
+    rejected(doc("Node", "n", {"bgp": {"ipv6Address": "::ffff:10.0.0.1/120"}}),
+             "spec.bgp.ipv6Address", "IPv4-mapped address: write the IPv4 address 10.0.0.1")
+
+
+@pytest.mark.parametrize("where, document", [
+    ("spec.asNumber", lambda: doc("BGPConfiguration", "default", {"asNumber": 0})),
+    ("spec.bgp.asNumber", lambda: doc("Node", "n", {"bgp": {"ipv4Address": "10.0.0.5/24", "asNumber": "0"}})),
+    ("spec.localASNumber", lambda: peer(peerIP="10.0.0.9", asNumber=65000, localASNumber=0)),
+    ("spec.asNumber", lambda: peer(peerSelector="all()", asNumber="0.0")),
+])
+def test_as_zero_is_refused_as_every_peer_refuses_it(where, document):
+    rejected(document(), where, "AS 0 is reserved (RFC 7607)")
+
+
 def test_bgp_peer_node_and_node_selector_are_exclusive():
     rejected(peer(node="node-1", nodeSelector="all()", peerIP="10.0.0.9", asNumber=1),
              "spec.nodeSelector", "node and nodeSelector")
