@@ -12,12 +12,11 @@ Degraded condition naming the field, changing nothing that runs.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Literal
 
 from pydantic import Field, StrictBool, ValidationError
 
-from percale.api import IPPool, ObjectMeta
+from percale.api import IPPool, ObjectMeta, autodetection
 from percale.api.consistency import overlapping_pools
 from percale.api.fields import POD_MTU_MIN
 from percale.api.ippool import DEFAULT_BLOCK_SIZE
@@ -249,54 +248,6 @@ def _pool_problems(network: CalicoNetworkSpec, installed_pools: dict[str, str]) 
     return found
 
 
-def _detection_cidr_problem(cidr: str, version: int) -> str | None:
-    # Parsed as percale-node parses cidr= (node/registration.py), which refuses at start what
-    # does not parse, and finds no address in a CIDR of the other family.
-    try:
-        network = ipaddress.ip_network(cidr.strip(), strict=False)
-    except ValueError:
-        return f"invalid CIDR provided for node address autodetection: {cidr!r}"
-    if network.version != version:
-        return f"{cidr} is an IPv{network.version} CIDR; this method finds the node's IPv{version} address"
-    return None
-
-
-def _method_values(value: str) -> list[str]:
-    # How percale-node reads a method's value (node/registration.py `autodetect`): split on
-    # commas, each part stripped, empty parts dropped.
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _interface_regex_problem(regexes: str) -> str | None:
-    # percale-node compiles each part with `re` before it looks for an address; a value with no
-    # part at all ("," or " ") is not a method to it. Either stops it at start on every node.
-    parts = _method_values(regexes)
-    if not parts:
-        return f"{regexes!r} names no interface: give one or more regular expressions, comma-separated"
-    for regex in parts:
-        try:
-            re.compile(regex)
-        except re.error as err:
-            return f"{regex!r} is not a regular expression: {err}"
-    return None
-
-
-def _can_reach_problem(destination: str, version: int) -> str | None:
-    # percale-node takes exactly one part, and asks the kernel for its route to it as an address
-    # literal (dataplane/host.py `source_address_towards`): a host name, or an address of the
-    # other family, finds no address and stops it at start.
-    parts = _method_values(destination)
-    if len(parts) != 1:
-        return f"{destination!r} is {len(parts)} destinations; canReach takes exactly one address"
-    try:
-        address = ipaddress.ip_address(parts[0])
-    except ValueError:
-        return f"{parts[0]!r} is not an IP address (percale-node does not resolve host names)"
-    if address.version != version:
-        return f"{address} is an IPv{address.version} address; this method finds the node's IPv{version} address"
-    return None
-
-
 def _detection_methods(method: NodeAddressAutodetection) -> list[str]:
     """The methods a detection setting names, counted as tigera counts them (and as render picks
     one): firstFound only when true, an empty string or list not at all."""
@@ -312,13 +263,15 @@ def _autodetection_problems(network: CalicoNetworkSpec, version: int) -> list[Pr
     found = []
     if len(named := _detection_methods(method)) > 1:
         found.append(Problem(where, f"set no more than one detection method (found {', '.join(named)})"))
+    # The rules percale-node applies to the rendered method (api/autodetection.py): what they
+    # refuse would stop it at start on every node.
     for i, cidr in enumerate(method.cidrs or []):
-        if problem := _detection_cidr_problem(cidr, version):
+        if problem := autodetection.cidr_problem(cidr, version):
             found.append(Problem(f"{where}.cidrs[{i}]", problem))
     for field, regexes in (("interface", method.interface), ("skipInterface", method.skip_interface)):
-        if regexes and (problem := _interface_regex_problem(regexes)):
+        if regexes and (problem := autodetection.interfaces_problem(regexes)):
             found.append(Problem(f"{where}.{field}", problem))
-    if method.can_reach and (problem := _can_reach_problem(method.can_reach, version)):
+    if method.can_reach and (problem := autodetection.can_reach_problem(method.can_reach, version)):
         found.append(Problem(f"{where}.canReach", problem))
     return found
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from percale.dataplane.host import HostAddress, host_addresses, source_address_towards
 from percale.datastore import AlreadyExists, Conflict, Datastore, Key, NotFound
-from percale.api import parse
+from percale.api import autodetection, parse
 
 # calico.md §1.10: interfaces first-found never picks (container, bridge, tunnel and pod links).
 FIRST_FOUND_EXCLUDED = (
@@ -66,22 +66,27 @@ def autodetect(version: int, method: str, addresses: list[HostAddress],
     setting = _method_setting(version)
     candidates = [a for a in addresses if a.address.version == version]
     name, _, value = (method or "first-found").partition("=")
-    values = [v.strip() for v in value.split(",") if v.strip()]
+    values = autodetection.method_values(value)
+    # The operator refuses an Installation whose method these rules refuse (installation/model.py).
+    if name in ("interface", "skip-interface"):
+        problem = autodetection.interfaces_problem(value)
+    elif name == "cidr" and values:
+        problem = next(filter(None, (autodetection.cidr_problem(v, version) for v in values)), None)
+    elif name == "can-reach":
+        problem = autodetection.can_reach_problem(value, version)
+    else:
+        problem = None
+    if problem:
+        raise RegistrationError(f"{setting}: {name}={value}: {problem}")
     if name == "first-found":
         picked = [a for a in candidates
                   if not any(re.match(p, a.interface) for p in FIRST_FOUND_EXCLUDED)]
     elif name in ("interface", "skip-interface") and values:
-        try:
-            patterns = [re.compile(v) for v in values]
-        except re.error as err:
-            raise RegistrationError(f"{setting}: {name}={value}: bad regular expression: {err}") from None
+        patterns = [re.compile(v) for v in values]
         matches = [a for a in candidates if any(p.match(a.interface) for p in patterns)]
         picked = matches if name == "interface" else [a for a in candidates if a not in matches]
     elif name == "cidr" and values:
-        try:
-            networks = [ipaddress.ip_network(v, strict=False) for v in values]
-        except ValueError as err:
-            raise RegistrationError(f"{setting}: {err}") from None
+        networks = [ipaddress.ip_network(v, strict=False) for v in values]
         picked = [a for a in candidates if any(a.address.ip in n for n in networks)]
     elif name == "can-reach" and len(values) == 1:
         source = can_reach(values[0])

@@ -53,8 +53,12 @@ def test_ipv6_detection_ignores_ipv4_addresses():
 @pytest.mark.parametrize("method, message", [
     ("interface=wlan.*", "--ip-autodetection-method: no IPv4 address found with interface=wlan.*"),
     ("nearest", "--ip-autodetection-method: 'nearest' is not a detection method"),
-    ("interface=(", "bad regular expression"),
+    ("interface=(", "interface=(: '(' is not a regular expression"),
+    ("interface=,", "names no interface"),
     ("cidr=10.0.0.0/33", "--ip-autodetection-method:"),
+    ("cidr=fd00::/64", "is an IPv6 CIDR; this method finds the node's IPv4 address"),
+    ("can-reach=example.com", "'example.com' is not an IP address"),
+    ("can-reach=10.0.0.1,10.0.0.2", "2 destinations; can-reach takes exactly one address"),
 ])
 def test_detection_failures_name_the_setting(method, message):
     with pytest.raises(RegistrationError, match=message.replace("(", r"\(").replace("*", r"\*")):
