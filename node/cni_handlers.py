@@ -517,8 +517,15 @@ class CNIHandlers:
             # not a variable of its environment.
             raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments in the network "
                                            "configuration (the attachments still in use)")
-        valid = {f"{conf.name}.{a.get('containerID')}" for a in conf.valid_attachments}
+        valid = {f"{conf.name}.{a['containerID']}" for a in conf.valid_attachments}
         node = self._node(conf)
+        # A runtime lists every attachment it still has, so one it does not list is gone; but
+        # if its host veth still stands (a sandbox the runtime lost track of), its routes hold
+        # the addresses: they go first, with its endpoint, as DEL takes them, or the next pod
+        # given one of the addresses would find its route taken.
+        endpoints = {kv.value.spec.container_id: kv
+                     for kv in (await self.store.list("WorkloadEndpoint")).items
+                     if kv.value.spec.node == node}
         for kv in (await self.store.list("IPAMHandle")).items:
             handle = kv.value.spec.handle_id
             if not handle.startswith(f"{conf.name}.") or handle in valid:
@@ -526,6 +533,15 @@ class CNIHandlers:
             addresses = await self.ipam.ips_by_handle(handle)
             owners = [await self.ipam.get_allocation(a) for a in addresses]
             if owners and all(o is not None and o.attributes.get("node") == node for o in owners):
+                endpoint = endpoints.get(handle.removeprefix(f"{conf.name}."))
+                if endpoint is not None:
+                    if endpoint.value.spec.interface_name:
+                        await self.workers.run(pod_network.remove_host_veth,
+                                               endpoint.value.spec.interface_name)
+                    try:
+                        await self.store.delete(endpoint.key, revision=endpoint.revision)
+                    except (NotFound, Conflict):
+                        pass  # deleted, or taken by a newer ADD of the pod, meanwhile
                 await self.ipam.release_by_handle(handle)
 
 
@@ -564,7 +580,8 @@ def endpoint_args(conf: NetConf) -> tuple[dict[str, str], list[dict[str, Any]]]:
 
 
 def _object(parent: dict[str, Any], key: str, path: str = "") -> dict[str, Any]:
-    value = parent.get(key) or {}
+    value = parent.get(key)
+    value = {} if value is None else value  # [] or "" is no object: refused, not read as absent
     if not isinstance(value, dict):
         raise CNIError(INVALID_CONFIG, f"{path}{key} must be an object")
     return value

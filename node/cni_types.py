@@ -138,8 +138,10 @@ def parse_netconf(text: Any) -> NetConf:
         raise CNIError(INVALID_CONFIG, f"type must be the plugin's name as a string, not {kind!r}")
     mtu = raw.get("mtu", 0)
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not (mtu == 0 or POD_MTU_MIN <= mtu <= POD_MTU_MAX):
-        raise CNIError(INVALID_CONFIG, f"mtu must be 0 (detect) or {POD_MTU_MIN}-{POD_MTU_MAX}, not {mtu!r}")
-    ipam = raw.get("ipam") or {}
+        raise CNIError(INVALID_CONFIG, f"mtu must be 0 (detect) or {POD_MTU_MIN}-{POD_MTU_MAX}, "
+                                       f"not {json.dumps(mtu)[:80]}")
+    ipam = raw.get("ipam")
+    ipam = {} if ipam is None else ipam  # [] or "" is no object: refused, not read as absent
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_CONFIG, "ipam must be an object")
     ipam_type = ipam.get("type")

@@ -297,12 +297,26 @@ def test_version_status_and_gc(node, etcd_server):
     kept = node.plugin("percale", "ADD", netconf(node), container_id="c-keep", netns=netns, args=k8s("default", "keep"))
     stray = node.plugin("percale-ipam", "ADD", netconf(node), container_id="c-stray",
                         netns=node.new_pod_netns(), args=k8s("default", "stray"))
-    assert kept.code == 0 and stray.code == 0
+    # A sandbox the runtime lost track of, still wired: GC takes its veth (and with it its
+    # routes) and its endpoint before its address, as DEL does; it released only the address,
+    # which the next pod then got, to find its route taken (103).
+    lost = node.plugin("percale", "ADD", netconf(node), container_id="c-lost",
+                       netns=node.new_pod_netns(), args=k8s("default", "lost"))
+    assert kept.code == 0 and stray.code == 0 and lost.code == 0
+    lost_address = ipaddress.ip_interface(lost.json["ips"][0]["address"]).ip
     gc = node.plugin("percale", "GC", {**netconf(node, version="1.1.0"),
                                        "cni.dev/valid-attachments": [{"containerID": "c-keep", "ifname": "eth0"}]})
     assert gc.code == 0, gc.out
     handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
     assert "k8s-pod-network.c-keep" in handles and "k8s-pod-network.c-stray" not in handles
+    assert "k8s-pod-network.c-lost" not in handles
+    endpoints = [kv.value.spec.container_id for kv in
+                 with_store(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint")).items]
+    assert "c-keep" in endpoints and "c-lost" not in endpoints
+    links, routes = node.exec("ip", "link").stdout, node.exec("ip", "route").stdout
+    assert pod_network.host_veth_name("default", "keep") in links
+    assert pod_network.host_veth_name("default", "lost") not in links
+    assert f"{lost_address} dev" not in routes
     # The list is a key of GC's configuration (CNI spec, "GC: Input"): without it the
     # configuration is wrong (7), and nothing is released.
     unlisted = node.plugin("percale", "GC", netconf(node, version="1.1.0"))
@@ -592,6 +606,8 @@ def test_a_second_network_on_the_same_pod_is_refused_and_the_first_stays(node, e
     assert "k8s-pod-network.c-multi" in handles and "net-b.c-multi" not in handles
     address = ipaddress.ip_interface(first.json["ips"][0]["address"]).ip
     assert f"{address} dev {eth0}" in node.exec("ip", "route").stdout
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-multi", netns=netns,
+                       args=k8s("default", "multi")).code == 0
 
 
 def test_del_naming_the_nodes_own_namespace_deletes_nothing_of_the_node(node, etcd_server):
@@ -610,6 +626,8 @@ def test_del_naming_the_nodes_own_namespace_deletes_nothing_of_the_node(node, et
     assert victim in node.exec("ip", "link").stdout
     address = ipaddress.ip_interface(added.json["ips"][0]["address"]).ip
     assert f"{address} dev {victim}" in node.exec("ip", "route").stdout
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-victim", netns=netns,
+                       args=k8s("default", "victim")).code == 0
 
 def test_a_configuration_the_shim_passes_on_fits_the_agent_however_it_is_escaped(node):
     """Just under the shim's 1 MiB of UTF-8, every character escaped to six bytes on its way to

@@ -147,6 +147,11 @@ async def test_a_config_naming_no_ipam_plugin_can_still_be_deleted(agent):
     ({"args": {"cni": {"labels": [{"key": "app", "value": "a b"}]}}}, ["args.cni.labels: ", "'a b'"]),
     ({"args": {"percale": "x"}}, ["args.percale must be an object"]),
     ({"args": {"cni": {"labels": 5}}}, ["args.cni.labels must be a list"]),
+    # Empty but of the wrong kind: refused, where they were read as absent.
+    ({"args": []}, ["args must be an object"]),
+    ({"args": {"cni": ""}}, ["args.cni must be an object"]),
+    ({"ipam": []}, ["ipam must be an object"]),
+    ({"mtu": None}, ["mtu must be 0 (detect)", "not null"]),
 ])
 async def test_a_wrong_field_is_code_7_named_by_its_path(agent, config, words):
     store, handlers = agent
