@@ -328,7 +328,9 @@ def main(
         envvar="PERCALE_BGP_DIR", help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
     secrets_dir: Annotated[Optional[Path], typer.Option(
         help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret; a"
-        " session whose password cannot be read goes without one (logged), as in Calico")] = None,
+        " session whose password cannot be read, or is not 1-80 printable ASCII characters"
+        " without quotes or backslashes (what ExaBGP and the kernel take), goes without one"
+        " (logged), as in Calico")] = None,
     health_listen: Annotated[str, typer.Option(
         envvar="PERCALE_HEALTH_LISTEN",
         help="HOST:PORT for /livez, /readyz and /metrics ([ADDR]:PORT for IPv6, :PORT for"
