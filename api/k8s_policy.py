@@ -20,6 +20,7 @@ from percale.api.meta import (
     DNS_SUBDOMAIN_RULE,
     FieldError,
     InvalidResource,
+    KubernetesLabels,
     Model,
     ObjectMeta,
     Resource,
@@ -28,7 +29,7 @@ from percale.api.meta import (
 from percale.api.policy import port_name_problem
 # The checks percale's own labels and selectors use: a selector that passes here also parses
 # once converted.
-from percale.api.selector import label_key_problem, label_value_problem, labels_problem
+from percale.api.selector import label_key_problem, label_value_problem
 
 API_VERSION = "networking.k8s.io/v1"
 # What messages call this kind, to tell it from percale's own NetworkPolicy.
@@ -76,15 +77,8 @@ class LabelSelectorRequirement(_KubernetesModel):
 class LabelSelector(_KubernetesModel):
     """Empty: every pod (or namespace)."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_labels: KubernetesLabels = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
-
-    @field_validator("match_labels")
-    @classmethod
-    def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        if problem := labels_problem(labels):
-            raise ValueError(problem)
-        return labels
 
 
 class IPBlock(_KubernetesModel):

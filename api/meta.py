@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from percale.api.selector import label_key_problem, labels_problem
@@ -42,23 +42,27 @@ DNS_SUBDOMAIN_RULE = ("lower-case letters, digits, '-' and '.', each part betwee
 ANNOTATIONS_LIMIT = 256 * 1024
 
 
+def _kubernetes_labels(labels: dict[str, str]) -> dict[str, str]:
+    if problem := labels_problem(labels):
+        raise ValueError(problem)
+    return labels
+
+
+# A map of labels as Kubernetes allows them: an object's own, a Profile's labelsToApply, a
+# LabelSelector's matchLabels.
+KubernetesLabels = Annotated[dict[str, str], AfterValidator(_kubernetes_labels)]
+
+
 class ObjectMeta(Model):
     name: str
     namespace: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: KubernetesLabels = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     # Set by the datastore, never by the user: the opaque revision of the stored value, and the
     # identity and birth time it got when it was created.
     resource_version: str | None = None
     uid: str | None = None
     creation_timestamp: str | None = None
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        if problem := labels_problem(labels):
-            raise ValueError(problem)
-        return labels
 
     @field_validator("namespace")
     @classmethod

@@ -21,8 +21,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from percale.api.fields import CIDR, Selector
-from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
-from percale.api.selector import labels_problem
+from percale.api.meta import FieldError, KubernetesLabels, Model, ObjectMeta, Resource, register
 
 Action = Literal["Allow", "Deny", "Log", "Pass"]
 Direction = Literal["Ingress", "Egress"]
@@ -273,18 +272,11 @@ class ProfileSpec(Model):
     namespaceSelectors to match, and the rules that apply when no policy selects an endpoint
     (Calico's: allow everything both ways)."""
 
-    labels_to_apply: dict[str, str] = Field(default_factory=dict)
+    # Endpoints take these as labels, which namespaceSelectors then match: held to the rule of
+    # labels, as Calico holds them.
+    labels_to_apply: KubernetesLabels = Field(default_factory=dict)
     ingress: Rules = Field(default_factory=lambda: [Rule(action="Allow")])
     egress: Rules = Field(default_factory=lambda: [Rule(action="Allow")])
-
-    @field_validator("labels_to_apply")
-    @classmethod
-    def _labels_are_kubernetes_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        # Endpoints take these as labels, which namespaceSelectors then match: held to the
-        # rule of labels, as Calico holds them.
-        if problem := labels_problem(labels):
-            raise ValueError(problem)
-        return labels
 
 
 class Profile(Resource):
