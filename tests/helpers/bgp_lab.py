@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.helpers.processes import stop_process
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -66,16 +66,6 @@ class _Processes:
             return json.loads(out or "{}")
         except json.JSONDecodeError:
             return {}  # gobgpd is starting or stopping
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def gobgp_config(asn: int, router_id: str, local_address: str,

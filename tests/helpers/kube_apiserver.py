@@ -26,6 +26,7 @@ import yaml
 
 from tests.helpers.etcd_server import EtcdServer, free_port
 from tests.helpers.pki import CertificateAuthority, signing_key
+from tests.helpers.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -235,13 +236,8 @@ class KubeControlPlane:
 
     def stop(self) -> None:
         manager = getattr(self, "manager", None)
-        if manager is not None and manager.poll() is None:
-            manager.terminate()
-            try:
-                manager.wait(10)
-            except subprocess.TimeoutExpired:
-                manager.kill()
-                manager.wait()
+        if manager is not None:
+            stop_process(manager)
         if self.process and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
             try:

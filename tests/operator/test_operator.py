@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.kube_apiserver import ROOT, KubeControlPlane
+from tests.helpers.processes import stop_process
 
 pytestmark = pytest.mark.operator
 
@@ -49,12 +50,7 @@ def operator(plane):
                                stdout=log, stderr=subprocess.STDOUT)
     log.close()
     yield process
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process, 15)
 
 
 def get(plane, *args: str) -> dict | None:

@@ -16,6 +16,7 @@ import pytest
 
 from percale.installation.operator import STOP_POLL
 from tests.helpers.kube_apiserver import ROOT, KubeControlPlane
+from tests.helpers.processes import stop_process
 from tests.operator import busy_timer
 from tests.operator.test_operator import get, wait_for
 
@@ -46,10 +47,5 @@ def test_an_installation_deleted_while_a_timer_runs_goes_once_the_timer_ends(tmp
             f"the Installation went {took:.1f} s after its deletion",
             (tmp_path / "operator.log").read_text()[-3000:])
     finally:
-        operator.terminate()
-        try:
-            operator.wait(15)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
+        stop_process(operator, 15)
         plane.stop()
