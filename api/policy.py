@@ -124,6 +124,12 @@ class ICMPMatch(Model):
         return self
 
 
+def _empty_is_unset(value: object) -> object:
+    # Calico's rule selectors are omitempty strings: "" is a selector not given, where parsed it
+    # was all() (namespaceSelector: "" widened an Allow to every namespace).
+    return None if value == "" else value
+
+
 class EntityRule(Model):
     """One end of a rule: where traffic comes from (source) or goes to (destination)."""
 
@@ -134,6 +140,20 @@ class EntityRule(Model):
     namespace_selector: Selector | None = None
     ports: list[PolicyPort] = Field(default_factory=list)
     not_ports: list[PolicyPort] = Field(default_factory=list)
+
+    _selectors_given = field_validator("selector", "not_selector", "namespace_selector",
+                                       mode="before")(_empty_is_unset)
+
+    @field_validator("not_nets")
+    @classmethod
+    def _no_catch_all(cls, nets: list[str]) -> list[str]:
+        # As Calico refuses it: not in 0.0.0.0/0 (or ::/0) is no packet of that family, so the
+        # rule would silently match nothing there.
+        for net in nets:
+            if ipaddress.ip_network(net).prefixlen == 0:
+                raise ValueError(f"{net} matches every address: in notNets it leaves the rule "
+                                 "nothing to match")
+        return nets
 
     @property
     def has_ports(self) -> bool:

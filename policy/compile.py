@@ -314,11 +314,18 @@ class _Compiler:
             parts.append(f"meta l4proto != {PROTOCOL_NAMES.get(number, number)}")
         if rule.icmp is not None or rule.not_icmp is not None:
             icmp = "icmp" if version == 4 else "icmpv6"
-            for match, negate in ((rule.icmp, ""), (rule.not_icmp, "!= ")):
-                if match is not None and match.type is not None:
-                    parts.append(f"{icmp} type {negate}{match.type}")
-                    if match.code is not None:
-                        parts.append(f"{icmp} code {negate}{match.code}")
+            if rule.icmp is not None and rule.icmp.type is not None:
+                parts.append(f"{icmp} type {rule.icmp.type}")
+                if rule.icmp.code is not None:
+                    parts.append(f"{icmp} code {rule.icmp.code}")
+            if rule.not_icmp is not None and rule.not_icmp.type is not None:
+                if rule.not_icmp.code is None:
+                    parts.append(f"{icmp} type != {rule.not_icmp.type}")
+                else:
+                    # Not that type with that code, as iptables' ! --icmp-type T/C: two
+                    # separate != matched neither the type nor, with any type, the code.
+                    parts.append(f"{icmp} type . {icmp} code != "
+                                 f"{{ {rule.not_icmp.type} . {rule.not_icmp.code} }}")
         for (side, entity), kind in zip((("source", rule.source), ("destination", rule.destination)),
                                         (k for _, k in port_kind)):
             address = f"{ip} {'saddr' if side == 'source' else 'daddr'}"
@@ -331,7 +338,11 @@ class _Compiler:
             not_nets = _families(entity.not_nets)[version]
             if not_nets:
                 parts.append(f"{address} != {{ {', '.join(not_nets)} }}")
-            if entity.selector is not None or entity.namespace_selector is not None:
+            # In a namespaced policy any selector, a notSelector alone included, limits the side
+            # to endpoints of the policy's namespace (Calico's getEndpointSelector): a notSelector
+            # alone matched every other namespace, and hosts, in an Allow.
+            if (entity.selector is not None or entity.namespace_selector is not None
+                    or (scope is not None and entity.not_selector is not None)):
                 parts.append(f"{address} @{self.selector_set(entity, 'selector', scope, version)}")
             if entity.not_selector is not None:
                 parts.append(f"{address} != @{self.selector_set(entity, 'not_selector', scope, version)}")

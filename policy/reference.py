@@ -179,7 +179,9 @@ def _entity_matches(entity: EntityRule, party: Party, flow: Flow, namespace: str
         return False
     if entity.not_nets and _in_nets(party, entity.not_nets):
         return False
-    if entity.selector is not None or entity.namespace_selector is not None:
+    # In a namespaced policy a notSelector alone also limits the side to the policy's namespace.
+    if (entity.selector is not None or entity.namespace_selector is not None
+            or (namespace is not None and entity.not_selector is not None)):
         if not isinstance(party, Endpoint):
             return False
         if entity.namespace_selector is not None:

@@ -247,6 +247,11 @@ CASES = [
             {"action": "Log"},
             {"action": "Allow", "protocol": "TCP", "destination": {"notPorts": [81]}},
             {"action": "Allow", "protocol": "UDP", "destination": {"notSelector": "pod == 'c'"}}]}, "eg")]),
+    # A notSelector alone keeps to the policy's namespace, as Calico scopes any selector there:
+    # y/*, z/* and the outside host stay out (it let them all in).
+    ("calico-not-selector-alone-stays-in-namespace", [], [
+        own({"selector": "pod == 'a'", "ingress": [
+            {"action": "Allow", "source": {"notSelector": "pod == 'b'"}}]}, "not-b")]),
 ]
 
 

@@ -61,6 +61,10 @@ def test_kubernetes_policy_types_default_as_kubernetes_defaults_them():
     ({"action": "Deny", "notProtocol": 58, "ipVersion": 4}, "spec.ingress.0.ipVersion", "IPv6 protocol"),
     ({"action": "Deny", "protocol": 1, "destination": {"ports": [80]}}, "destination.ports", "6, 17 or 132"),
     ({"action": "Deny", "protocol": "ICMP", "icmp": {"type": True}}, "spec.ingress.0.icmp.type", "not a number"),
+    # As Calico refuses it: not in every address leaves the rule no packet of that family.
+    ({"action": "Deny", "source": {"notNets": ["10.0.0.0/8", "0.0.0.0/0"]}},
+     "spec.ingress.0.source.notNets", "0.0.0.0/0 matches every address"),
+    ({"action": "Deny", "destination": {"notNets": ["::/0"]}}, "destination.notNets", "::/0 matches every"),
 ])
 def test_a_bad_rule_is_refused_naming_its_field(rule, field, words):
     text = problem(policy(ingress=[rule]))
@@ -81,6 +85,15 @@ def test_a_bad_rule_is_refused_naming_its_field(rule, field, words):
 def test_a_bad_kubernetes_policy_is_refused_naming_its_field(spec, field, words):
     text = problem(k8s(**spec), parse_kubernetes_policy)
     assert field in text and words in text, text
+
+
+def test_an_empty_rule_selector_is_a_selector_not_given():
+    """Calico's rule selectors are omitempty strings: "" is none given. Parsed, it was all(),
+    and namespaceSelector: "" beside a selector let the pods it names in from every namespace."""
+    rule = parse(policy(ingress=[{"action": "Allow", "source": {
+        "selector": "app == 'a'", "namespaceSelector": "", "notSelector": ""}}])).spec.ingress[0]
+    assert (rule.source.selector, rule.source.namespace_selector, rule.source.not_selector) == (
+        "app == 'a'", None, None)
 
 
 def test_a_global_policy_takes_a_namespace_selector_and_a_namespaced_one_does_not():

@@ -163,3 +163,15 @@ def test_the_seed_policy():
     assert not world.allowed(Flow(backend, database, "TCP", 5433))
     assert world.allowed(Flow(backend, "192.0.2.53", "UDP", 53))
     assert not world.allowed(Flow(backend, "192.0.2.53", "TCP", 443))
+
+
+def test_a_not_selector_alone_keeps_to_the_policys_namespace_and_not_in_a_global_one():
+    """Calico's getEndpointSelector: in a namespaced policy any selector of a rule, a notSelector
+    alone included, scopes the side to the policy's namespace; a global policy's does not."""
+    rule = {"action": "Allow", "source": {"notSelector": "pod == 'b'"}}
+    namespaced = World(percale=[percale({"selector": "pod == 'a'", "ingress": [rule]})])
+    assert allowed_into(namespaced, "x/a") == {"x/c"}
+    assert not reach(namespaced, EXTERNAL, "x/a")
+    everywhere = World(percale=[percale({"selector": "pod == 'a'", "ingress": [rule]}, namespace=None)])
+    assert allowed_into(everywhere, "x/a") == {p for p in EVERYONE if not p.endswith("/b")} - {"x/a"}
+    assert reach(everywhere, EXTERNAL, "x/a")
