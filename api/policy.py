@@ -177,7 +177,11 @@ class Rule(Model):
         version (notNets all of the other family leave the rule out, as in felix)."""
         lists = [nets for entity in (self.source, self.destination)
                  for nets in (entity.nets, entity.not_nets) if nets]
-        return tuple(v for v in (4, 6) if self.ip_version in (None, v)
+        # ICMP is IPv4's, ICMPv6 IPv6's: such a rule has no other family (with only CIDRs of the
+        # other family it has none, and is refused rather than left out without a word).
+        protocol = None if self.protocol is None else protocol_number(self.protocol)
+        only = {1: 4, 58: 6}.get(protocol) if protocol is not None else None
+        return tuple(v for v in (4, 6) if self.ip_version in (None, v) and only in (None, v)
                      and all(any(ipaddress.ip_network(n).version == v for n in nets) for nets in lists))
 
     @model_validator(mode="after")
@@ -196,20 +200,23 @@ class Rule(Model):
                     version = ipaddress.ip_network(net).version
                     if self.ip_version is not None and version != self.ip_version:
                         raise FieldError(field, f"{net} is not IPv{self.ip_version} (ipVersion)")
-        if not self.families:
-            # Say source.nets IPv4 and destination.nets IPv6: no packet has both, and the rule
-            # would be left out of the table without a word.
-            raise FieldError("destination" if self.destination.nets or self.destination.not_nets
-                             else "source",
-                             "its CIDRs leave the rule no address family to match (each list of "
-                             "nets or notNets needs one of the packet's family): write one rule "
-                             "per family")
         for key, protocol in (("protocol", self.protocol), ("notProtocol", self.not_protocol)):
             number = None if protocol is None else protocol_number(protocol)
             wanted = {1: 4, 58: 6}.get(number) if number is not None else None
             if wanted is not None and self.ip_version not in (None, wanted):
                 raise FieldError("ipVersion", f"{self.ip_version}: {key} {protocol} "
                                  f"is an IPv{wanted} protocol; set ipVersion {wanted} or leave it out")
+        if not self.families:
+            # Say source.nets IPv4 and destination.nets IPv6: no packet has both, and the rule
+            # would be left out of the table without a word.
+            icmp = {1: "ICMP is IPv4's", 58: "ICMPv6 is IPv6's"}.get(
+                protocol_number(self.protocol) if self.protocol is not None else -1)
+            raise FieldError("destination" if self.destination.nets or self.destination.not_nets
+                             else "source",
+                             f"{icmp + ', and ' if icmp else ''}"
+                             "its CIDRs leave the rule no address family to match (each list of "
+                             "nets or notNets needs one of the packet's family): write one rule "
+                             "per family")
         icmp_protocols = ("ICMP", "ICMPv6", 1, 58)
         for key, match in (("icmp", self.icmp), ("notICMP", self.not_icmp)):
             if match is not None and self.protocol not in icmp_protocols:

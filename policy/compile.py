@@ -277,10 +277,7 @@ class _Compiler:
         rendered = []
         for port_kind in self._port_kinds(rule):
             per_family = []
-            for version in rule.families:  # ipVersion, and nets and notNets as felix reads them
-                if (rule.protocol in ("ICMP", 1) and version == 6
-                        or rule.protocol in ("ICMPv6", 58) and version == 4):
-                    continue
+            for version in rule.families:  # ipVersion, ICMP's, nets and notNets as felix reads them
                 matches = self._matches(rule, scope, version, port_kind)
                 if matches is not None:  # None: its nets are all of the other family
                     per_family.append(matches)
