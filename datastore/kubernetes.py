@@ -20,6 +20,7 @@ subresource after the object itself.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -87,6 +88,11 @@ def to_object(value: Resource, revision: str | None = None) -> dict[str, Any]:
     meta = doc["metadata"]
     key = Key.of(value)
     spec = doc.get("spec")
+    order = spec.get("order") if isinstance(spec, dict) else None
+    if isinstance(order, float) and math.isinf(order):
+        # etcd keeps Infinity (it sorts last); the apiserver reads JSON, which has none.
+        raise DatastoreError(f"{key}: spec.order: Infinity cannot be stored in a Kubernetes "
+                             "object (JSON has no infinity); leave order out, which sorts last")
     meta["name"] = kube_names.object_name(key, spec)
     for field in ("resourceVersion", "creationTimestamp"):
         meta.pop(field, None)

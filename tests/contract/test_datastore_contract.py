@@ -877,3 +877,20 @@ async def test_a_view_of_kubernetes_nodes_leaves_out_one_whose_percale_fields_ca
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await store.close()
+
+
+async def test_an_infinite_policy_order_is_kept_or_refused_naming_the_field(store):
+    """Infinity sorts last; etcd (and memory) keep it as written. A Kubernetes object is JSON,
+    which has no Infinity: the write is refused naming spec.order, before the apiserver is
+    asked, where it sent text that is no JSON."""
+    policy = parse({"apiVersion": "percale.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "last", "namespace": "default"},
+                    "spec": {"order": float("inf"), "selector": "all()"}})
+    if isinstance(store, KubeDatastore):
+        with pytest.raises(DatastoreError, match=r"spec\.order: Infinity cannot be stored"):
+            await store.create(policy)
+        with pytest.raises(NotFound):
+            await store.get(Key.of(policy))
+    else:
+        await store.create(policy)
+        assert (await store.get(Key.of(policy))).value.spec.order == float("inf")
