@@ -298,7 +298,9 @@ class GarbageCollector:
         seen_twice = [b for cidr, b in empty.items()
                       if self._empty_last_round.get(cidr) == b.sequence_number]
         self._empty_last_round = {cidr: b.sequence_number for cidr, b in empty.items()}
-        for spec in sorted(seen_twice, key=lambda b: b.network, reverse=True):
+        # Highest first, IPv6 after IPv4: Python orders no IPv4 network against an IPv6 one, and
+        # a dual-stack cluster's collector stopped there with a TypeError on every round.
+        for spec in sorted(seen_twice, key=lambda b: (b.network.version, b.network), reverse=True):
             node = spec.affinity_node or ""
             if owned[node] <= 1:
                 done.kept_last_blocks += 1

@@ -206,3 +206,26 @@ async def test_an_empty_block_that_changed_between_observations_waits_again(ipam
     assert (await gc.run_once(at(1))).released_blocks == 0
     assert (await gc.run_once(at(2))).released_blocks == 1
     assert not await block_exists(ipam, cidr)
+
+
+async def test_empty_blocks_of_both_families_are_collected_together():
+    """A dual-stack cluster: its collector sorted IPv4 and IPv6 blocks together, which Python
+    refuses (TypeError on every round, so nothing was ever collected)."""
+    store = MemoryDatastore()
+    await add_pool(store, "v4", "10.0.0.0/24", blockSize=30)
+    await add_pool(store, "v6", "fd00:10::/120", blockSize=126)
+    await store.create(node("node1"))
+    ipam = IPAM(store)
+    handles = []
+    for i in range(5):  # two blocks of each family: one to empty, one to keep
+        handle = f"k8s-pod-network.c{i}"
+        await ipam.auto_assign("node1", handle_id=handle, num4=1, num6=1)
+        handles.append(handle)
+    for handle in handles[:4]:
+        await ipam.release_by_handle(handle)
+    gc = GarbageCollector(ipam)
+    await gc.run_once(at(0))
+    second = await gc.run_once(at(1))
+    assert second.released_blocks == 2  # one empty block of each family; the last ones stay
+    remaining = sorted(kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items)
+    assert [":" in c for c in remaining] == [False, True]
