@@ -31,6 +31,8 @@ class Model(BaseModel):
     )
 
 
+# The longest name a DNS subdomain, and so any object's name, may have.
+DNS_SUBDOMAIN_MAX = 253
 # Kubernetes' (and Calico's) DNS names: a label is 1-63 lower-case letters, digits and '-', not
 # starting or ending with '-'; a subdomain is labels joined by '.', at most 253 characters.
 _DNS_LABEL_FORMAT = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -112,7 +114,7 @@ class Resource(Model):
     def is_valid_name(cls, name: str) -> bool:
         """Whether an object of this kind may be called `name` (also for settings that name
         one, such as a node's name, checked before anything is written)."""
-        return len(name) <= 253 and cls.name_pattern.fullmatch(name) is not None
+        return len(name) <= DNS_SUBDOMAIN_MAX and cls.name_pattern.fullmatch(name) is not None
 
     @field_validator("metadata")
     @classmethod

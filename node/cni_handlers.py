@@ -56,13 +56,10 @@ from percale.node.cni_types import (
     result,
 )
 from percale.api import ObjectMeta, WorkloadEndpoint
-from percale.api.meta import validation_problems
+from percale.api.meta import DNS_SUBDOMAIN_MAX, validation_problems
 from percale.api.workloadendpoint import WorkloadEndpointPort, workload_endpoint_name
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-# A datastore object's name is a DNS subdomain: at most this long.
-MAX_NAME_LENGTH = 253
 
 
 class Pod:
@@ -84,12 +81,12 @@ class Pod:
         self.named_by = "K8S_POD_NAME" if args.get("K8S_POD_NAME") else "CNI_CONTAINERID"
         self.name = args.get("K8S_POD_NAME") or self.container_id
         self.handle_id = f"{conf.name}.{self.container_id}"
-        if len(self.handle_id) > MAX_NAME_LENGTH:
+        if len(self.handle_id) > DNS_SUBDOMAIN_MAX:
             # The IPAM handle is a datastore object named so: refused now, not once IPAM is
             # asked (999, every step undone).
             raise CNIError(INVALID_ENVIRONMENT,
                            f"CNI_CONTAINERID is too long: the IPAM handle {conf.name}.<container ID> "
-                           f"may have at most {MAX_NAME_LENGTH} characters, and would have "
+                           f"may have at most {DNS_SUBDOMAIN_MAX} characters, and would have "
                            f"{len(self.handle_id)}")
         # Older allocations, and CRI runtimes that changed container IDs, used the workload ID.
         self.workload_handle_id = f"{self.namespace}.{self.name}"
@@ -364,11 +361,11 @@ class CNIHandlers:
         name = self._endpoint_key(pod, conf).name
         if pod.named_by == "CNI_CONTAINERID":
             culprit = f"CNI_CONTAINERID {pod.container_id!r} (the pod's name without K8S_POD_NAME)"
-        elif len(name) > 253:
+        elif len(name) > DNS_SUBDOMAIN_MAX:
             raise CNIError(INVALID_ENVIRONMENT,
                            f"CNI_ARGS K8S_POD_NAME is too long for this node: the pod's WorkloadEndpoint "
                            f"name <node>-k8s-<pod>-<interface>, each '-' in them doubled, would be "
-                           f"{len(name)} characters, at most 253")
+                           f"{len(name)} characters, at most {DNS_SUBDOMAIN_MAX}")
         else:
             culprit = f"CNI_IFNAME {pod.ifname!r}"
         raise CNIError(INVALID_ENVIRONMENT,
