@@ -3,7 +3,8 @@
 
 Today that is IPAM garbage collection (ipam/gc.py, Calico's kube-controllers IPAM GC, calico.md
 §1.9): every `--gc-interval` a full round finds addresses no pod uses and releases them once
-they are confirmed leaks (`--leak-grace-period`, 15 minutes; at once for a deleted node), and
+they are confirmed leaks (`--leak-grace-period`, 15 minutes; at once for a deleted node; 0 turns
+leak collection off, as Calico's leakGracePeriod: 0 does), and
 gives back a node's empty blocks after two rounds saw them empty (never its last block). A block
 given back is withdrawn by its node's agent and can be claimed again by any node.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Optional
@@ -42,19 +44,30 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-def seconds(text: str, option: str) -> float:
-    """'300', '300s', '5m', '1h' -> seconds; a bad value names the option."""
+# The longest duration either option takes: a year is already far past any sensible round or
+# grace period, and a bound keeps timedelta and asyncio's timers from overflowing.
+LONGEST = 365 * 24 * 3600
+
+
+def seconds(text: str, option: str, *, zero: bool = True) -> float:
+    """'300', '300s', '5m', '1h' -> seconds; a bad value names the option. `zero`: whether 0
+    is a meaningful value of the option."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
+        if not text.isascii() or "_" in text:
+            raise ValueError(text)  # float() would read '１２' and '1_0' as numbers
         if text and text[-1] in units:
             value = float(text[:-1]) * units[text[-1]]
         else:
             value = float(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise typer.BadParameter(f"{text!r} is not a duration such as 30s, 5m or 1h",
-                                 param_hint=option)
+        value = math.nan
+    # Comparisons with NaN are all false, so "nan" is refused here along with "soon".
+    if not 0 <= value <= LONGEST:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 30s, 5m or 1h (at most "
+                                 f"a year)", param_hint=option)
+    if value == 0 and not zero:
+        raise typer.BadParameter("must be longer than 0", param_hint=option)
     return value
 
 
@@ -100,7 +113,8 @@ def main(
         envvar="PERCALE_GC_INTERVAL", help="Time between IPAM GC rounds (30s, 5m, ...)")] = "5m",
     leak_grace_period: Annotated[str, typer.Option(
         envvar="PERCALE_LEAK_GRACE_PERIOD",
-        help="How long an unused address stays allocated before GC releases it")] =
+        help="How long an unused address stays allocated before GC releases it (0: never, "
+             "except on a deleted node)")] =
         f"{int(DEFAULT_GRACE_PERIOD.total_seconds())}s",
     rounds: Annotated[Optional[int], typer.Option(
         min=1, help="Stop after this many rounds (default: run until SIGTERM)")] = None,
@@ -108,7 +122,8 @@ def main(
 ) -> None:
     """Run percale's cluster-wide controllers (IPAM garbage collection) until SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    interval = seconds(gc_interval, "--gc-interval")
+    # An interval of 0 would be a busy loop against the datastore.
+    interval = seconds(gc_interval, "--gc-interval", zero=False)
     grace = seconds(leak_grace_period, "--leak-grace-period")
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
                                   etcd_key_file, datastore_type, kubeconfig)

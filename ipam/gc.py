@@ -18,7 +18,9 @@ is a compare-and-swap on the revision the re-check read.
 
 What the collector adds, after Calico's kube-controllers (calico.md §1.9, issue #5044 for why):
   * a candidate leak is confirmed only after `grace_period` (15 minutes), or at once when the
-    address's node is gone;
+    address's node is gone; a grace period of 0 turns leak collection off, as Calico's
+    `leakGracePeriod: 0` does (candidates are still counted and logged, and a gone node's
+    addresses are still released);
   * release is all-or-nothing per handle: if any address of a handle is still in use, or not
     yet confirmed, none of the handle's addresses is released;
   * an empty block is released only after two consecutive rounds saw it empty with the same
@@ -250,7 +252,7 @@ class GarbageCollector:
             if a.node in gone:
                 log.info("Confirmed IP leak: node %s is gone handle=%s ip=%s", a.node, a.handle, a.ip)
                 confirmed.add(key)
-            elif now - candidate.first_seen >= self.grace_period:
+            elif self.grace_period and now - candidate.first_seen >= self.grace_period:
                 log.info("Confirmed IP leak after %s handle=%s ip=%s node=%s",
                          self.grace_period, a.handle, a.ip, a.node)
                 confirmed.add(key)

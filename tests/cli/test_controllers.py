@@ -1,6 +1,7 @@
 """percale-controllers as it runs in a cluster, against the session's etcd: a leaked address is
 released once its grace period has passed, a node's surplus empty block goes back after two
-rounds, its last block stays; bad settings are refused naming the option."""
+rounds, its last block stays; a grace period of 0 collects no leaks (Calico's meaning); bad
+settings are refused naming the option."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_gc_releases_leaks_and_surplus_empty_blocks(etcd):
         await ipam.auto_assign("node-a", handle_id="k8s-pod-network.leaked", num4=9)
 
     with_store(etcd.endpoint, setup)
-    done = run(etcd, "--rounds", "3", "--gc-interval", "0s", "--leak-grace-period", "0s")
+    done = run(etcd, "--rounds", "4", "--gc-interval", "0.2s", "--leak-grace-period", "0.1s")
     assert done.returncode == 0, done.stderr
 
     async def after(store):
@@ -45,8 +46,8 @@ def test_gc_releases_leaks_and_surplus_empty_blocks(etcd):
 
     blocks, held = with_store(etcd.endpoint, after)
     assert held == []
-    # Round one released the leaks; rounds two and three saw both blocks empty, and one went
-    # back: never a node's last block.
+    # Round one saw the leaks, round two (past the grace period) released them; rounds three
+    # and four saw both blocks empty, and one went back: never a node's last block.
     assert [b.affinity for b in blocks] == ["host:node-a"]
 
 
@@ -54,3 +55,31 @@ def test_bad_durations_name_the_option(etcd):
     done = run(etcd, "--gc-interval", "soon")
     assert done.returncode == 2
     assert "--gc-interval" in done.stderr and "'soon' is not a duration" in done.stderr
+
+
+def test_a_grace_period_of_zero_collects_no_leaks(etcd):
+    async def setup(store):
+        await add_pool(store, "pods", "10.251.0.0/24", blockSize=29)
+        await IPAM(store).auto_assign("node-z", handle_id="k8s-pod-network.kept", num4=2)
+
+    with_store(etcd.endpoint, setup)
+    done = run(etcd, "--rounds", "3", "--gc-interval", "0.1s", "--leak-grace-period", "0")
+    assert done.returncode == 0, done.stderr
+
+    async def after(store):
+        return await IPAM(store).ips_by_handle("k8s-pod-network.kept")
+
+    assert len(with_store(etcd.endpoint, after)) == 2
+
+
+@pytest.mark.parametrize("option, value, reason", [
+    ("--gc-interval", "0", "must be longer than 0"),
+    ("--gc-interval", "nan", "is not a duration"),
+    ("--leak-grace-period", "1e20", "is not a duration"),
+    ("--leak-grace-period", "inf", "is not a duration"),
+    ("--leak-grace-period", "\uff11\uff12s", "is not a duration"),
+])
+def test_durations_out_of_range_name_the_option(etcd, option, value, reason):
+    done = run(etcd, option, value)
+    assert done.returncode == 2
+    assert option in done.stderr and reason in done.stderr
