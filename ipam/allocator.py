@@ -297,9 +297,8 @@ class IPAM:
     ) -> list[Interface]:
         got: list[Interface] = []
         try:
-            owned = list(await self._owned(node))
             pool_cidrs = tuple(p.spec.cidr for p in pools)
-            mine = [c for c in owned if _block_in_pools(c, pool_cidrs)]
+            mine = [c for c in await self._owned(node) if _block_in_pools(c, pool_cidrs)]
             # The block that served this node last most likely has room still.
             mine.sort(key=lambda c: c != self._last_block.get(node))
             for cidr in mine:
@@ -314,13 +313,16 @@ class IPAM:
             cap = min(limits) if limits else DEFAULT_MAX_BLOCKS_PER_HOST
             at_limit = False
             while len(got) < num and config.auto_allocate_blocks:
-                if len(owned) >= cap:
+                # The cap counts this family's blocks in the pools that may serve the request, as
+                # Calico's autoAssign does: a dual-stack node's IPv6 blocks do not use up its IPv4
+                # allowance.
+                if len(mine) >= cap:
                     at_limit = True
                     break
                 cidr = await self._claim_new_block(node, pools)
                 if cidr is None:
                     break
-                owned.append(cidr)
+                mine.append(cidr)
                 self._last_block[node] = cidr
                 got += await self._assign_from_block(cidr, num - len(got), handle, secondary, node)
 

@@ -120,6 +120,21 @@ async def test_block_limit_per_node(store):
     assert "h3" not in set((await allocations(store)).values())
 
 
+async def test_the_block_limit_counts_each_family_apart(store):
+    # A dual-stack node at its cap of IPv6 blocks may still claim IPv4 blocks up to the same
+    # cap, as Calico counts the affine blocks of the family being assigned.
+    await add_pool(store, "v4", "10.0.0.0/24", blockSize=30)
+    await add_pool(store, "v6", "fd00::/120", blockSize=126)
+    ipam = IPAM(store)
+    await ipam.set_config(strict_affinity=True, max_blocks_per_host=2)
+    await ipam.auto_assign("n1", handle_id="h1", num6=8)
+    got = await ipam.auto_assign("n1", handle_id="h2", num4=8)
+    assert len(got.ipv4) == 8
+    with pytest.raises(BlockLimitReached, match="limit of 2 blocks"):
+        await ipam.auto_assign("n1", handle_id="h3", num6=1)
+    await assert_consistent(store)
+
+
 async def test_dual_stack_is_all_or_nothing(store):
     await add_pool(store, "v4", "10.0.0.0/24")
     ipam = IPAM(store)
