@@ -54,7 +54,8 @@ from percale.ipam.errors import (
     TooManyConflicts,
 )
 from percale.ipam.pools import (
-    automatic, block_of, candidate_blocks, pool_of, seeded_position, selects_namespace, usable,
+    OtherSizeBlocks, automatic, block_of, candidate_blocks, pool_of, seeded_position,
+    selects_namespace, usable,
 )
 from percale.api import (
     BlockAffinity,
@@ -448,10 +449,13 @@ class IPAM:
                     for kv in (await self.store.list("IPAMBlock")).items}
         reclaimable: list[KVPair] = []
         for pool in pools:
+            other_size = OtherSizeBlocks((ipaddress.ip_network(c) for c in existing), pool)
             seen = 0
             for net in candidate_blocks(pool, node):
                 found = existing.get(str(net))
                 if found is None:
+                    if other_size.overlap(net):
+                        continue
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
                     continue
@@ -662,7 +666,14 @@ class IPAM:
                 try:
                     current = await self.store.get(key)
                 except NotFound:
-                    await self.claim_affinity(node, cidr)
+                    # A block of another size may hold the address (the pool was created again
+                    # with another blockSize): take it from there, never from a new block cut
+                    # over it.
+                    holder = next(iter(await self._blocks_holding([address])), None)
+                    if holder is not None and holder != cidr:
+                        cidr, key = holder, Key("IPAMBlock", block_name(holder))
+                    else:
+                        await self.claim_affinity(node, cidr)
                     continue
                 spec = current.value.spec
                 index = blocks.ordinal(spec, address)

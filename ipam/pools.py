@@ -9,7 +9,7 @@ the nodeSelector) for every request; then, for a request that names no pool, `au
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from percale.api import selector
 from percale.api import IPPool
@@ -81,6 +81,34 @@ def candidate_blocks(pool: IPPool, node: str) -> Iterator[Network]:
     for i in range(count):
         index = (start + i) % count
         yield cls((base + index * step, pool.spec.block_size))
+
+
+class OtherSizeBlocks:
+    """The existing blocks of a pool's range whose size is not the pool's blockSize.
+
+    blockSize cannot change, but a pool can be deleted and created again with another one while
+    its old blocks still hold addresses (Calico issue #10778). A new block cut at the new size
+    over an old block would hand out addresses the old one still holds, so the walk steps round
+    every block that overlaps one of these.
+    """
+
+    def __init__(self, existing: Iterable[Network], pool: IPPool):
+        size, version = pool.spec.block_size, pool.spec.network.version
+        # Larger old blocks, by prefix length; smaller ones, as the new-size block that holds each.
+        self._larger: dict[int, set[Network]] = {}
+        self._inside: set[Network] = set()
+        for net in existing:
+            if net.version != version or net.prefixlen == size:
+                continue
+            if net.prefixlen < size:
+                self._larger.setdefault(net.prefixlen, set()).add(net)
+            else:
+                self._inside.add(net.supernet(new_prefix=size))
+
+    def overlap(self, block: Network) -> bool:
+        """Whether a new block would overlap an old block of another size."""
+        return block in self._inside or any(
+            block.supernet(new_prefix=prefixlen) in nets for prefixlen, nets in self._larger.items())
 
 
 def block_of(pool: IPPool, address: str) -> Network:

@@ -361,6 +361,40 @@ async def test_addresses_in_blocks_of_an_older_block_size_are_found_and_released
     await assert_consistent(store)
 
 
+@pytest.mark.parametrize("old_size, new_size", [(26, 28), (28, 26)])
+async def test_a_pool_created_again_with_another_block_size_cuts_no_block_over_an_old_one(
+        store, old_size, new_size):
+    # A block cut at the new size over a surviving old block would hand out the old block's
+    # addresses a second time; the walk steps round it, whether the old block is larger or
+    # smaller than the new ones. In a pool of one /26, every new block would overlap the old.
+    await add_pool(store, "p", "10.0.0.0/26", blockSize=old_size)
+    ipam = IPAM(store)
+    old = await ipam.auto_assign("n1", handle_id="old", num4=2)
+    await store.delete(Key("IPPool", "p"))
+    await add_pool(store, "p", "10.0.0.0/26", blockSize=new_size)
+    new = await ipam.auto_assign("n2", handle_id="new", num4=3)
+    held = await assert_consistent(store)  # no two blocks overlap, no address is held twice
+    assert sorted(held.values()) == ["new"] * 3 + ["old"] * 2
+    # n2 borrowed from the old block: no block of its own could be cut.
+    [block] = [kv.value.spec for kv in (await store.list("IPAMBlock")).items]
+    assert block.affinity == "host:n1"
+    assert not {i.ip for i in old.ipv4} & {i.ip for i in new.ipv4}
+
+
+async def test_a_given_address_in_a_block_of_an_older_size_is_taken_from_that_block(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=26)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="old", num4=1)
+    [old_block] = [kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items]
+    await store.delete(Key("IPPool", "p"))
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    wanted = str(ipaddress.ip_network(old_block)[40])  # in the old /26, outside its first /28
+    await ipam.assign_ip("n1", wanted, handle_id="given")
+    held = await assert_consistent(store)
+    assert held[wanted] == "given"
+    assert [kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items] == [old_block]
+
+
 class _DeleteBlockBeforeWrite:
     """A store that releases a block (as garbage collection or another node's reclaim would)
     between the allocator's read of it and its compare-and-swap write."""
