@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ from datetime import datetime, timedelta, timezone
 from pydantic import ValidationError
 
 from percale.datastore import (
-    AlreadyExists, Conflict, Datastore, Key, KVPair, NotFound, TransactionConflict,
+    AlreadyExists, Conflict, Datastore, DatastoreError, Key, KVPair, NotFound,
+    TransactionConflict,
 )
 from percale.datastore.contract import Create, Delete, Update, WriteTogether, writes_together
 from percale.ipam import blocks
@@ -60,6 +62,7 @@ from percale.ipam.pools import (
 from percale.api import (
     BlockAffinity,
     IPAMBlock,
+    IPAMBlockSpec,
     IPAMConfig,
     IPAMConfigSpec,
     IPAMHandle,
@@ -79,6 +82,8 @@ from percale.api.ipam import (
     block_name,
     host_affinity,
 )
+
+log = logging.getLogger(__name__)
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -363,8 +368,9 @@ class IPAM:
                     except AlreadyExists:
                         pass
                     continue
-            spec = current.value.spec
-            if spec.deleted or (owner is not None and spec.affinity != host_affinity(owner)):
+            spec = _readable(current)
+            if spec is None or spec.deleted or (
+                    owner is not None and spec.affinity != host_affinity(owner)):
                 return []
             count = min(want, blocks.free_count(spec))
             if count == 0:
@@ -446,7 +452,7 @@ class IPAM:
         # the blocks on this node's walk need reading (decoding every block of the cluster
         # made a claim cost 20 ms with 200 blocks).
         existing = {block_cidr(kv.key.name): kv
-                    for kv in (await self.store.list("IPAMBlock")).items}
+                    for kv in (await self.store.list("IPAMBlock", defer_errors=True)).items}
         reclaimable: list[KVPair] = []
         for pool in pools:
             other_size = OtherSizeBlocks((ipaddress.ip_network(c) for c in existing), pool)
@@ -459,8 +465,10 @@ class IPAM:
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
                     continue
-                spec = found.value.spec
-                if spec.affinity == host_affinity(node) and blocks.free_count(spec):
+                spec = _readable(found)
+                if spec is None:
+                    pass  # someone's block, as far as anyone can tell: never cut over it
+                elif spec.affinity == host_affinity(node) and blocks.free_count(spec):
                     # Ours already (a claim cut short before its affinity was confirmed).
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
@@ -524,8 +532,11 @@ class IPAM:
         try:
             await self.store.create(self._new_block(cidr, node))
         except AlreadyExists:
-            block = await self.store.get(Key("IPAMBlock", block_name(cidr)))
-            if block.value.spec.affinity != host_affinity(node):
+            try:
+                block = _readable(await self.store.get(Key("IPAMBlock", block_name(cidr))))
+            except NotFound:
+                block = None  # deleted since, or left out by a view that cannot read it
+            if block is None or block.affinity != host_affinity(node):
                 await self._delete_quietly(key)
                 return False
         for _ in range(self.retries):
@@ -634,7 +645,8 @@ class IPAM:
         secondary: Mapping[str, str],
     ) -> list[Interface]:
         got: list[Interface] = []
-        existing = [kv.value.spec for kv in (await self.store.list("IPAMBlock")).items]
+        existing = [spec for kv in (await self.store.list("IPAMBlock", defer_errors=True)).items
+                    if (spec := _readable(kv)) is not None]
         for pool in pools:
             inside = [s for s in existing if _in_pools(s.network, [pool])]
             for spec in sorted(inside, key=lambda s, pool=pool: seeded_position(pool, node, s.network)):
@@ -747,8 +759,9 @@ class IPAM:
     async def _blocks_holding(self, addresses: list[str]) -> dict[str, list[str]]:
         """The existing blocks that contain `addresses`, by a scan of every block."""
         found: dict[str, list[str]] = defaultdict(list)
-        nets = [kv.value.spec.network for kv in (await self.store.list("IPAMBlock")).items
-                if not kv.value.spec.deleted]
+        nets = [spec.network
+                for kv in (await self.store.list("IPAMBlock", defer_errors=True)).items
+                if (spec := _readable(kv)) is not None and not spec.deleted]
         for text in addresses:
             ip = ipaddress.ip_address(text)
             holder = next((n for n in nets if ip in n), None)
@@ -1008,6 +1021,17 @@ class IPAM:
             await self.store.delete(key)
         except NotFound:
             pass
+
+
+def _readable(block: KVPair) -> IPAMBlockSpec | None:
+    """A block's spec, or None (logged) when its stored value cannot be read. One block written
+    wrongly (by hand, by another tool) must not stop every node from claiming or borrowing: it
+    is left alone, neither written nor cut over, until someone repairs or deletes it."""
+    try:
+        return block.value.spec
+    except DatastoreError as err:
+        log.warning("IPAM leaves alone a block it cannot read: %s", err)
+        return None
 
 
 @functools.lru_cache(maxsize=65536)

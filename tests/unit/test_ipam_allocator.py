@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -24,7 +25,7 @@ from percale.ipam.errors import (
     StrictAffinityExhausted,
 )
 from percale.api import BlockAffinity, ObjectMeta, parse
-from percale.api.ipam import BlockAffinitySpec, IPAMBlock, affinity_name
+from percale.api.ipam import BlockAffinitySpec, IPAMBlock, affinity_name, block_cidr, block_name
 from tests.helpers.ipam_world import add_pool, allocations, assert_consistent
 
 pytestmark = pytest.mark.unit
@@ -393,6 +394,38 @@ async def test_a_given_address_in_a_block_of_an_older_size_is_taken_from_that_bl
     held = await assert_consistent(store)
     assert held[wanted] == "given"
     assert [kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items] == [old_block]
+
+
+@pytest.mark.parametrize("through_view", [False, True], ids=["store", "agent-view"])
+async def test_a_block_that_cannot_be_read_stops_no_one_else(store, caplog, through_view):
+    # A block written by hand that the model refuses: nodes still claim, borrow and release
+    # around it, never write it or cut a block over it, and say why it is left alone.
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)  # four blocks of four
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="a", num4=1)
+    [first] = [kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items]
+    bad = Key("IPAMBlock", block_name("10.0.0.8/30") if first != "10.0.0.8/30"
+              else block_name("10.0.0.12/30"))
+    store.put_raw(bad, json.dumps({"apiVersion": "percale.io/v1", "kind": "IPAMBlock",
+                                   "metadata": {"name": bad.name},
+                                   "spec": {"cidr": "not a cidr"}}).encode())
+    following = None
+    if through_view:  # the agent's view leaves the bad block out of its lists
+        view, following = await agent_view(store, "n2")
+        ipam = IPAM(view, authority=store)
+    # Two new blocks and one address borrowed from n1: the walk and the borrowing meet the bad
+    # block on the way.
+    try:
+        got = await ipam.auto_assign("n2", handle_id="b", num4=9)
+    finally:
+        if following is not None:
+            following.cancel()
+    assert len(got.ipv4) == 9
+    taken = {i.ip for i in got.ipv4}
+    assert not taken & set(ipaddress.ip_network(block_cidr(bad.name)))
+    assert (await ipam.release_ips([str(i.ip) for i in got.ipv4])).released
+    assert any("cannot be read" in r.getMessage() for r in caplog.records
+               if r.name in ("percale.ipam.allocator", "percale.datastore.cache"))
 
 
 class _DeleteBlockBeforeWrite:
