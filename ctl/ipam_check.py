@@ -55,6 +55,9 @@ def check_lines(report: Report, *, show_all_ips: bool, show_problem_ips: bool) -
     out = ["Checking IPAM for inconsistencies...", ""]
 
     out += ["Loading all IPAM blocks...", f"Found {len(report.blocks)} IPAM blocks."]
+    # percale's addition: a block the check cannot read is a problem it names, not a failure.
+    out += [f"  IPAM block {cidr} cannot be read, skipping it: {why}"
+            for cidr, why in report.unreadable_blocks.items()]
     if show_all_ips:
         for spec in sorted(report.blocks, key=lambda b: (b.network.version, b.network)):
             out.append(f" IPAM block {spec.cidr} affinity={spec.affinity or '<none>'}:")

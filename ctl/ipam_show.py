@@ -21,7 +21,7 @@ import typer
 from percale.ctl import ascii_table
 from percale.ctl.context import fail, with_datastore
 from percale.ctl.ipam_app import ipam_app
-from percale.datastore import Datastore
+from percale.datastore import Datastore, DatastoreError
 from percale.ipam.allocator import IPAM, Allocation
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
@@ -178,7 +178,15 @@ def configure(
 
 
 async def _read_blocks(store: Datastore) -> list[IPAMBlock]:
-    return [kv.value for kv in (await store.list("IPAMBlock")).items]
+    """Every block that can be read. One that cannot (written by hand or by another tool) is
+    named on stderr and left out, rather than hiding every other block's figures."""
+    found = []
+    for kv in (await store.list("IPAMBlock", defer_errors=True)).items:
+        try:
+            found.append(kv.value)
+        except DatastoreError as err:
+            typer.echo(f"warning: left out of these figures: {err}", err=True)
+    return found
 
 
 async def _read_usage(store: Datastore) -> Usage:

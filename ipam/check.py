@@ -20,21 +20,28 @@ Problems, as Calico counts them, plus one of percale's:
   * handles whose counts overstate what the blocks hold (percale's addition: the same crash on a
     handle that has other addresses, which Calico's check does not see).
 Handles that blocks mention but that do not exist are reported and, as in Calico, not counted.
+
+A block whose stored value cannot be read (written by hand or by another tool) is reported as a
+problem of its own and judged by no one: the addresses inside it are neither leaked nor
+unallocated, and a handle that counts addresses in it is left out of the handle checks, since
+what the block holds is unknown. One such block no longer stops the whole check, nor the
+garbage collector that runs it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from percale.datastore import Datastore, KVPair
+from percale.datastore import Datastore, DatastoreError, KVPair
 from percale.ipam import blocks
 from percale.api import IPAMBlockSpec, IPPool, Node, WorkloadEndpoint
+from percale.api.ipam import block_cidr
 
 # The `type` attribute of tunnel addresses (calico.md §1.2); such an address belongs to a Node,
 # not to a workload.
@@ -67,19 +74,34 @@ class Snapshot:
     nodes: list[Node]
     endpoints: list[WorkloadEndpoint]
     handles: list[KVPair]
+    unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
 
 
 async def load(store: Datastore) -> Snapshot:
     """Read what the check needs. Blocks first, handles last: see the module docstring."""
-    block_specs = [kv.value.spec for kv in (await store.list("IPAMBlock")).items]
+    block_specs: list[IPAMBlockSpec] = []
+    unreadable: dict[str, str] = {}
+    for kv in (await store.list("IPAMBlock", defer_errors=True)).items:
+        try:
+            block_specs.append(kv.value.spec)
+        except DatastoreError as err:
+            unreadable[_cidr_of(kv.key.name)] = str(err)
     pools = [kv.value for kv in (await store.list("IPPool")).items]
     nodes = [kv.value for kv in (await store.list("Node")).items]
     endpoints = [kv.value for kv in (await store.list("WorkloadEndpoint")).items]
     handles = (await store.list("IPAMHandle")).items
     return Snapshot(
         [b for b in block_specs if not b.deleted], pools, nodes, endpoints,
-        [h for h in handles if not h.value.spec.deleted],
+        [h for h in handles if not h.value.spec.deleted], unreadable,
     )
+
+
+def _cidr_of(block_name: str) -> str:
+    """The CIDR a block's name spells, or the name itself when it spells none."""
+    try:
+        return str(ipaddress.ip_network(block_cidr(block_name)))
+    except ValueError:
+        return block_name
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,6 +183,7 @@ class Report:
     leaked_handles: list[HandleInfo] = field(default_factory=list)
     overstated_handles: list[HandleInfo] = field(default_factory=list)
     missing_handles: list[str] = field(default_factory=list)
+    unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
 
     @property
     def allocation_count(self) -> int:
@@ -179,7 +202,8 @@ class Report:
         """Calico's count (leaked addresses, both kinds of unallocated use, handles with no
         addresses) plus handles that overstate. Missing handles are shown but not counted."""
         return (len(self.leaked_ips) + len(self.not_in_pool) + len(self.not_allocated)
-                + len(self.leaked_handles) + len(self.overstated_handles))
+                + len(self.leaked_handles) + len(self.overstated_handles)
+                + len(self.unreadable_blocks))
 
     def allocations_by_node(self) -> list[tuple[str, int]]:
         """Nodes by number of allocations, most first (ties by name)."""
@@ -247,23 +271,39 @@ def analyse(snapshot: Snapshot) -> Report:
         active_pools=[p.spec.cidr for p in pools], node_ips=node_ips, workload_ips=workload_ips,
         in_use=dict(sorted(in_use.items(), key=lambda kv: ip_order(kv[0]))),
         nodes=frozenset(n.metadata.name for n in snapshot.nodes), handles=handles,
+        unreadable_blocks=dict(snapshot.unreadable_blocks),
     )
+    unknown = _networks(snapshot.unreadable_blocks)
     report.leaked = [a for allocs in allocations.values() for a in allocs if not a.in_use]
     for ip, owners in report.in_use.items():
         if ip in allocations:
             continue
         address = ipaddress.ip_address(ip)
+        if any(address in net for net in unknown):
+            continue  # perhaps held by the block that cannot be read
         if any(address in p.spec.network for p in pools):
             report.not_allocated.append((ip, owners))
         else:
             report.not_in_pool.append((ip, owners))
     for handle in sorted(handles.values(), key=lambda h: h.id):
+        if set(handle.recorded) & set(snapshot.unreadable_blocks):
+            continue  # counts addresses in a block that cannot be read: nothing to compare with
         if not handle.actual:
             report.leaked_handles.append(handle)
         elif handle.overstated:
             report.overstated_handles.append(handle)
     report.missing_handles = sorted(set(actual) - set(handles))
     return report
+
+
+def _networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    found = []
+    for cidr in cidrs:
+        try:
+            found.append(ipaddress.ip_network(cidr))
+        except ValueError:
+            pass  # a name that spells no CIDR covers no address
+    return found
 
 
 async def check(store: Datastore) -> Report:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
-from percale.datastore import Key
+from percale.datastore import Key, layout
 from percale.datastore.etcd import EtcdDatastore
 from percale.ipam.allocator import IPAM, tunnel_handle
 from tests.helpers.ipam_pods import add_pod, allocate, endpoint, node
@@ -280,3 +281,29 @@ def test_a_report_that_cannot_be_written_is_an_error(cli, tmp_path):
     assert result.code == 1
     assert result.err.endswith(f"Failed to write the report to {tmp_path / 'missing-dir' / 'report.json'}: "
                                "No such file or directory\n")
+
+
+async def test_a_block_that_cannot_be_read_is_named_and_the_rest_still_checked(cli, ipam):
+    # A block written by hand that the model refuses: check names it as a problem of its own
+    # and still checks every other block; show leaves it out of its figures and says so.
+    await add_pod(ipam, "node1", "web")
+    [leaked] = await allocate(ipam, "node2", "crashed")
+    bad = Key("IPAMBlock", "10.20.99.0-26")
+    subprocess.run(["etcdctl", "--endpoints", cli.endpoint, "put", layout.path(bad), json.dumps(
+        {"apiVersion": "percale.io/v1", "kind": "IPAMBlock", "metadata": {"name": bad.name},
+         "spec": {"cidr": "10.20.99.0/26", "allocations": "garbage"}})],
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+    # A workload listing an address in the unreadable block is not judged "unallocated".
+    await ipam.store.create(endpoint("node2", "inside", ["10.20.99.7"]))
+
+    done = cli("ipam", "check", "--show-problem-ips")
+    assert done.code == 0, done.err
+    assert "  IPAM block 10.20.99.0/26 cannot be read, skipping it: " in done.out
+    assert f"  {leaked} leaked;" in done.out
+    assert "Found 0 in-use IPs that are in active IP pools but have no corresponding" in done.out
+    assert "Check complete; found 2 problems." in done.out  # the leak and the block
+
+    shown = cli("ipam", "show", "--show-blocks")
+    assert shown.code == 0, shown.err
+    assert "IPAMBlock(10.20.99.0-26)" in shown.err and "left out of these figures" in shown.err
+    assert "10.20.99.0/26" not in shown.out

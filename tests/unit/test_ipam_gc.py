@@ -45,14 +45,14 @@ class Interleaving:
     def arm(self, hook, skip: int = 0) -> None:
         self._hook, self._skip = hook, skip
 
-    async def list(self, kind, namespace=None, *, node=None):
+    async def list(self, kind, namespace=None, **options):
         if kind == "WorkloadEndpoint" and self._hook is not None:
             if self._skip:
                 self._skip -= 1
             else:
                 hook, self._hook = self._hook, None
                 await hook()
-        return await self._store.list(kind, namespace, node=node)
+        return await self._store.list(kind, namespace, **options)
 
     def __getattr__(self, name):
         return getattr(self._store, name)
