@@ -1,7 +1,8 @@
 """Rules that span more than one resource, checked before anything is written.
 
 One document can be valid alone and still wrong against the rest: a pool overlapping another
-pool, or a change to a field Calico makes immutable. These checks see the whole batch and what is
+pool, or a change to a field Calico makes immutable. One rule here concerns a document alone but
+holds only for what is written now: no new IPIP pool (`ipip_refused`). These checks see the whole batch and what is
 stored, so a bad batch is refused whole.
 """
 
@@ -56,6 +57,19 @@ def overlapping_pools(new: Iterable[IPPool], stored: Iterable[IPPool]) -> dict[i
     return problems
 
 
+def ipip_refused(pool: IPPool) -> Problem | None:
+    """percale has no IPIP dataplane (no tunnel device, routes or MTU for it, and some kernels it
+    runs on have no ipip device), so a pool written now that asks for IPIP would be carried
+    unencapsulated without a word: it is refused, pointing at vxlanMode, as the operator refuses
+    an Installation pool with IPIP. Checked on write, not in the model, so that a pool already
+    stored with IPIP (by Calico, or an older percale) stays readable."""
+    if pool.spec.ipip_mode == "Never":
+        return None
+    return Problem("spec.ipipMode", f"ipipMode {pool.spec.ipip_mode} is not supported: percale has "
+                   "no IPIP dataplane; set ipipMode to Never and use vxlanMode (Always or "
+                   "CrossSubnet) to encapsulate")
+
+
 def check_batch(
     batch: list[Resource], stored: Mapping[tuple[str, str | None, str], Resource],
     stored_pools: Iterable[IPPool], sources: list[str],
@@ -69,6 +83,9 @@ def check_batch(
         if key in stored:
             problems.setdefault(i, []).extend(immutable_changes(stored[key], resource))
     pools = [(i, r) for i, r in enumerate(batch) if isinstance(r, IPPool)]
+    for i, pool in pools:
+        if (problem := ipip_refused(pool)) is not None:
+            problems.setdefault(i, []).append(problem)
     overlaps = overlapping_pools([p for _, p in pools], stored_pools)
     for position, problem in overlaps.items():
         problems.setdefault(pools[position][0], []).append(problem)

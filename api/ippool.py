@@ -2,6 +2,10 @@
 
 Fields, defaults and rules follow Calico's IPPool. Rules that need other pools (no overlap) live in
 `percale.api.consistency`, because one pool alone cannot know them.
+
+`ipipMode` is read as Calico stores it, but percale has no IPIP dataplane: a new pool asking for
+IPIP is refused where it is written (`percale.api.consistency`), and a stored one stays readable
+(its addresses still route, unencapsulated; percale-node says so in its log).
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ class IPPoolSpec(Model):
     @classmethod
     def _one_encapsulation(cls, mode: str, info: ValidationInfo) -> str:
         if mode != "Never" and info.data.get("ipip_mode", "Never") != "Never":
-            raise ValueError("ipipMode and vxlanMode cannot both be enabled")
+            raise ValueError("ipipMode and vxlanMode cannot both be enabled; percale has no IPIP "
+                             "dataplane, so set ipipMode to Never")
         return mode
 
     @model_validator(mode="after")

@@ -67,6 +67,11 @@ CASES = {
         + "  ipipMode: Always\n  vxlanMode: Always\n",
         ["(IPPool 'bad-pool')", "ipipMode and vxlanMode cannot both be enabled"],
     ),
+    "ipip-pool": (
+        GOOD + "---\n" + GOOD.replace("good-pool", "bad-pool").replace("10.10.0.0/16", "10.51.0.0/16")
+        + "  ipipMode: CrossSubnet\n",
+        ["(IPPool 'bad-pool')", "spec.ipipMode", "percale has no IPIP dataplane", "vxlanMode"],
+    ),
     "peer-node-and-selector": (
         GOOD + "---\napiVersion: percale.io/v1\nkind: BGPPeer\nmetadata: {name: tor}\n"
         "spec: {peerIP: 192.0.2.1, asNumber: 64600, node: node1, nodeSelector: all()}\n",

@@ -1,0 +1,76 @@
+"""natOutgoing as the kernel gets it from the node's IPPool follower, in a fresh network namespace:
+a disabled pool's addresses are still masqueraded, a LoadBalancer pool's addresses are not kept
+from masquerade, and an MTU file that cannot be written holds none of it back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+SCRIPT = r"""
+import asyncio, json, pathlib, shutil, subprocess, sys, tempfile
+from percale.api import parse
+from percale.dataplane.nat import OutgoingNAT
+from percale.datastore import MemoryDatastore
+from percale.datastore.cache import Cache
+from percale.node.pools import PoolFollower
+
+def pool(name, cidr, **spec):
+    return parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": name},
+                  "spec": {"cidr": cidr, **spec}})
+
+def elements(listing, name):
+    for item in listing["nftables"]:
+        found = item.get("set")
+        if found and found["name"] == name:
+            return sorted(f"{e['prefix']['addr']}/{e['prefix']['len']}" if "prefix" in e else json.dumps(e)
+                          for e in found.get("elem", []))
+    return None
+
+async def main():
+    memory = MemoryDatastore()
+    for p in (pool("old-pods", "10.244.0.0/16", natOutgoing=True, disabled=True),
+              pool("new-pods", "10.250.0.0/16", natOutgoing=True),
+              pool("services", "192.0.2.0/24", allowedUses=["LoadBalancer"])):
+        await memory.create(p)
+    blocker = pathlib.Path(tempfile.mkdtemp()) / "not-a-directory"
+    blocker.write_text("")
+    cache = Cache(memory, ["IPPool"])
+    follower = PoolFollower(cache, 1500, str(blocker / "mtu"), OutgoingNAT())
+    tasks = [asyncio.create_task(cache.run()), asyncio.create_task(follower.run())]
+    for _ in range(300):
+        done = subprocess.run(["nft", "-j", "list", "table", "ip", "percale"], capture_output=True, text=True)
+        if done.returncode == 0:
+            listing = json.loads(done.stdout)
+            print(json.dumps({"masq": elements(listing, "masq-pools"),
+                              "all": elements(listing, "all-pools")}))
+            break
+        await asyncio.sleep(0.01)
+    else:
+        print(json.dumps(None))
+    for task in tasks:
+        task.cancel()
+    shutil.rmtree(blocker.parent)
+
+asyncio.run(main())
+"""
+
+
+def test_the_kernel_masquerades_a_disabled_pool_while_the_mtu_file_cannot_be_written():
+    netns = f"pnat{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found is not None, f"no natOutgoing table was written: {done.stderr}"
+    assert found == {"masq": ["10.244.0.0/16", "10.250.0.0/16"], "all": ["10.244.0.0/16", "10.250.0.0/16"]}
