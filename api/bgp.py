@@ -25,7 +25,7 @@ from percale.api.fields import (
     PeerIP,
     Port,
     Selector,
-    refuse_boolean,
+    whole_number,
     split_peer_ip,
 )
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
@@ -281,8 +281,9 @@ class BGPPeerSpec(Model):
     source_address: Literal["UseNodeIP", "None"] = "UseNodeIP"
     max_restart_time: Duration | None = None
     keepalive_time: Duration | None = None
-    num_allowed_local_as_numbers: int | None = Field(None, ge=0, alias="numAllowedLocalASNumbers")
-    ttl_security: Annotated[int | None, BeforeValidator(refuse_boolean)] = Field(None, ge=0, le=255)
+    num_allowed_local_as_numbers: Annotated[int | None, BeforeValidator(whole_number)] = Field(
+        None, ge=0, alias="numAllowedLocalASNumbers")
+    ttl_security: Annotated[int | None, BeforeValidator(whole_number)] = Field(None, ge=0, le=255)
     # Gateway to the peer: the speaker adds a static route peerIP/32 via this address.
     reachable_by: IPAddress | None = None
     filters: list[str] | None = None

@@ -169,10 +169,13 @@ def _selector_text(value: str) -> str:
     return value
 
 
-def refuse_boolean(value: Any) -> Any:
-    # Read before pydantic's int, which takes true as 1 (Calico's uint16 refuses it).
+def whole_number(value: Any) -> Any:
+    """Read before pydantic's int, which would take true as 1, "3" as 3 and 2.0 as 2: Calico
+    reads these fields into Go integers, which refuse all three."""
     if isinstance(value, bool):
         raise ValueError(f"must be a number, not {str(value).lower()}")
+    if value is not None and not isinstance(value, int):  # None: an optional field left out
+        raise ValueError(f"must be a whole number, not {value!r}")
     return value
 
 
@@ -239,7 +242,7 @@ IPv6Interface = Annotated[str, AfterValidator(_interface(6))]
 ASNumber = Annotated[int, BeforeValidator(_as_number)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Selector = Annotated[str, AfterValidator(_selector_text)]
-Port = Annotated[int, BeforeValidator(refuse_boolean), AfterValidator(_port)]
+Port = Annotated[int, BeforeValidator(whole_number), AfterValidator(_port)]
 PeerIP = Annotated[str, AfterValidator(_peer_ip)]
 MACAddress = Annotated[str, AfterValidator(_mac)]
 

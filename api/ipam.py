@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, NonNegativeInt, StrictBool, field_validator, model_validator
 
-from percale.api.fields import CIDR, Timestamp, network_of, refuse_boolean
+from percale.api.fields import CIDR, Timestamp, network_of, whole_number
 from percale.api.ippool import BLOCK_SIZE_RANGE
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 from percale.api.node import Node, NodeName
@@ -36,8 +36,8 @@ class IPAMConfigSpec(Model):
     strict_affinity: StrictBool = False
     auto_allocate_blocks: StrictBool = True
     # Calico's is an int32; a number, never a boolean (pydantic would read true as 1)
-    max_blocks_per_host: Annotated[int, BeforeValidator(refuse_boolean)] = Field(0, ge=0, le=2**31 - 1)
-    ip_cooldown_seconds: int = Field(0, ge=0, le=MAX_IP_COOLDOWN_SECONDS)
+    max_blocks_per_host: Annotated[int, BeforeValidator(whole_number)] = Field(0, ge=0, le=2**31 - 1)
+    ip_cooldown_seconds: Annotated[int, BeforeValidator(whole_number)] = Field(0, ge=0, le=MAX_IP_COOLDOWN_SECONDS)
 
     @property
     def effective_max_blocks_per_host(self) -> int:

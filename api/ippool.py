@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
-from percale.api.fields import CIDR, LINK_LOCAL, Selector, network_of, refuse_boolean
+from percale.api.fields import CIDR, LINK_LOCAL, Selector, network_of, whole_number
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 
 EncapMode = Literal["Never", "Always", "CrossSubnet"]
@@ -24,11 +24,13 @@ AllowedUse = Literal["Workload", "Tunnel", "LoadBalancer"]
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
 
 class IPPoolSpec(Model):
     cidr: CIDR
     # Left out, it becomes the family's default: 26 for IPv4, 122 for IPv6.
-    block_size: Annotated[int | None, BeforeValidator(refuse_boolean)] = Field(None, validate_default=True)
+    block_size: Annotated[int | None, BeforeValidator(whole_number)] = Field(None, validate_default=True)
     ipip_mode: EncapMode = "Never"
     vxlan_mode: EncapMode = "Never"
     nat_outgoing: StrictBool = False
@@ -54,6 +56,18 @@ class IPPoolSpec(Model):
         for reserved in LINK_LOCAL:
             if net.version == reserved.version and net.overlaps(reserved):
                 raise ValueError(f"{cidr} overlaps the link-local range {reserved}")
+        return cidr
+
+    @field_validator("cidr")
+    @classmethod
+    def _not_ipv4_mapped(cls, cidr: str) -> str:
+        # ::ffff:0:0/96 names IPv4 addresses as a socket sees them; no packet carries one, so
+        # a pool there would hand pods addresses nothing can reach.
+        net = ipaddress.ip_network(cidr)
+        if net.version == 6 and net.subnet_of(_IPV4_MAPPED):  # type: ignore[arg-type]
+            mapped = ipaddress.ip_network(
+                (int(net.network_address) & 0xFFFFFFFF, max(net.prefixlen - 96, 0)), strict=False)
+            raise ValueError(f"{cidr} is an IPv4-mapped IPv6 range; give the IPv4 pool {mapped}")
         return cidr
 
     @field_validator("block_size")

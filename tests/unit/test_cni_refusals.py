@@ -139,7 +139,7 @@ async def test_a_config_naming_no_ipam_plugin_can_still_be_deleted(agent):
     ({"cniVersion": 1.0}, ["cniVersion must be a string", "not 1.0"]),
     ({"cniVersion": None}, ["cniVersion is missing"]),
     ({"args": {"percale": {"namedPorts": [{"name": "http", "protocol": "TCP", "port": "eighty"}]}}},
-     ["args.percale.namedPorts[0].port: ", "valid integer"]),
+     ["args.percale.namedPorts[0].port: ", "whole number"]),
     ({"args": {"percale": {"namedPorts": [{"name": "http", "protocol": "TCP", "port": 80},
                                           {"protocol": "TCP", "port": 81}]}}},
      ["args.percale.namedPorts[1].name: ", "needs a name"]),

@@ -196,6 +196,27 @@ def test_ipamconfig_cooldown_above_1200_is_rejected():
     rejected(doc("IPAMConfig", "default", {"ipCooldownSeconds": 1201}), "spec.ipCooldownSeconds", "1200")
 
 
+def test_an_ipv4_mapped_pool_is_refused_naming_the_ipv4_pool_to_give():
+    rejected(doc("IPPool", "mapped", {"cidr": "::ffff:10.0.0.0/104"}), "spec.cidr",
+             "IPv4-mapped IPv6 range; give the IPv4 pool 10.0.0.0/8")
+
+
+@pytest.mark.parametrize("kind, spec, field", [
+    # Calico reads these into Go integers, which refuse a string, a fraction and a boolean;
+    # pydantic alone would have stored 3, 2 and 1.
+    ("IPAMConfig", {"strictAffinity": True, "maxBlocksPerHost": "3"}, "spec.maxBlocksPerHost"),
+    ("IPAMConfig", {"ipCooldownSeconds": 2.0}, "spec.ipCooldownSeconds"),
+    ("IPPool", {"cidr": "10.0.0.0/16", "blockSize": "26"}, "spec.blockSize"),
+    ("IPPool", {"cidr": "10.0.0.0/16", "blockSize": 26.0}, "spec.blockSize"),
+    ("BGPPeer", {"peerIP": "192.0.2.1", "asNumber": 64512, "ttlSecurity": "1"}, "spec.ttlSecurity"),
+    ("BGPPeer", {"peerIP": "192.0.2.1", "asNumber": 64512, "numAllowedLocalASNumbers": 1.5},
+     "spec.numAllowedLocalASNumbers"),
+])
+def test_whole_number_fields_refuse_strings_and_fractions(kind, spec, field):
+    name = "default" if kind == "IPAMConfig" else "x"
+    rejected(doc(kind, name, spec), field, "must be a whole number")
+
+
 # ---------------------------------------------------------------------------------------------
 # IPAMBlock
 
