@@ -25,8 +25,9 @@ from percale.api.fields import (
     PeerIP,
     Port,
     Selector,
-    whole_number,
+    duration_seconds,
     split_peer_ip,
+    whole_number,
 )
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 from percale.api.node import Node, NodeName
@@ -297,6 +298,16 @@ class BGPPeerSpec(Model):
         if self.node_selector:
             return "nodeSelector"
         return "global"
+
+    @field_validator("keepalive_time")
+    @classmethod
+    def _whole_seconds(cls, value: str | None) -> str | None:
+        # BGP counts keepalives in whole seconds, rounded as confd rounds them: under half a
+        # second becomes 0, which BIRD refuses and percale's speaker read as "not set".
+        if value is not None and duration_seconds(value) < 0.5:
+            raise ValueError(f"{value} rounds to 0 seconds; BGP keepalives are whole seconds, "
+                             "so give at least 1s")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> BGPPeerSpec:

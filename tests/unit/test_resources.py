@@ -196,6 +196,15 @@ def test_ipamconfig_cooldown_above_1200_is_rejected():
     rejected(doc("IPAMConfig", "default", {"ipCooldownSeconds": 1201}), "spec.ipCooldownSeconds", "1200")
 
 
+@pytest.mark.parametrize("keepalive", ["300ms", "0s"])
+def test_a_keepalive_time_that_rounds_to_zero_is_refused(keepalive):
+    rejected(doc("BGPPeer", "tor", {"peerIP": "192.0.2.1", "asNumber": 64512,
+                                    "keepaliveTime": keepalive}),
+             "spec.keepaliveTime", "rounds to 0 seconds")
+    assert parse(doc("BGPPeer", "tor", {"peerIP": "192.0.2.1", "asNumber": 64512,
+                                        "keepaliveTime": "500ms"})).spec.keepalive_time == "500ms"
+
+
 def test_an_ipv4_mapped_pool_is_refused_naming_the_ipv4_pool_to_give():
     rejected(doc("IPPool", "mapped", {"cidr": "::ffff:10.0.0.0/104"}), "spec.cidr",
              "IPv4-mapped IPv6 range; give the IPv4 pool 10.0.0.0/8")
