@@ -123,6 +123,9 @@ class AllocationAttribute(Model):
     handle_id: str | None = Field(None, alias="handle_id")
     # node, pod, namespace, timestamp for pods; node and type for tunnel addresses.
     secondary: dict[str, str] = Field(default_factory=dict)
+    # Set on the entry of addresses released while IPAMConfig's ipCooldownSeconds is above 0:
+    # they stay held, by no handle, until the cooldown has passed (ipam/blocks.py).
+    released_at: Timestamp | None = Field(None, alias="releasedAt")
 
 
 class IPAMBlockSpec(Model):

@@ -64,7 +64,10 @@ def check_lines(report: Report, *, show_all_ips: bool, show_problem_ips: bool) -
             for allocs in report.allocations.values():
                 out += [f"  {a.ip} allocated; attrs {a.attr_string()}" for a in allocs
                         if a.block == spec.cidr]
-    out += [f"IPAM blocks record {report.allocation_count} allocations.", ""]
+    out += [f"IPAM blocks record {report.allocation_count} allocations."]
+    if report.cooling:
+        out.append(f"IPAM blocks hold {report.cooling} released IPs cooling down (ipCooldownSeconds).")
+    out.append("")
 
     out += ["Loading all IPAM pools..."]
     out += [f"  {cidr}" for cidr in report.active_pools]

@@ -310,7 +310,8 @@ class IPAM:
             for cidr in mine:
                 if len(got) == num:
                     break
-                taken = await self._assign_from_block(cidr, num - len(got), handle, secondary, node)
+                taken = await self._assign_from_block(cidr, num - len(got), handle, secondary, node,
+                                                      config.ip_cooldown_seconds)
                 if taken:
                     self._last_block[node] = cidr
                 got += taken
@@ -330,12 +331,14 @@ class IPAM:
                     break
                 mine.append(cidr)
                 self._last_block[node] = cidr
-                got += await self._assign_from_block(cidr, num - len(got), handle, secondary, node)
+                got += await self._assign_from_block(cidr, num - len(got), handle, secondary, node,
+                                                     config.ip_cooldown_seconds)
 
             if len(got) < num and config.strict_affinity:
                 raise BlockLimitReached(cap) if at_limit else StrictAffinityExhausted()
             if len(got) < num:
-                got += await self._borrow(node, pools, num - len(got), handle, secondary)
+                got += await self._borrow(node, pools, num - len(got), handle, secondary,
+                                          config.ip_cooldown_seconds)
             if len(got) < num:
                 raise PoolsExhausted([p.spec.cidr for p in pools])
             return got
@@ -346,11 +349,11 @@ class IPAM:
 
     async def _assign_from_block(
         self, cidr: str, want: int, handle: _Handle, secondary: Mapping[str, str],
-        owner: str | None,
+        owner: str | None, cooldown_seconds: int,
     ) -> list[Interface]:
         """Up to `want` addresses from one block. With `owner`, only while the block is still
         that node's; a confirmed affinity whose block is missing (a claim cut short) gets its
-        block created now."""
+        block created now. Addresses whose cooldown has passed are freed first."""
         key = Key("IPAMBlock", block_name(cidr))
         current: KVPair | None = None
         for _ in range(self.retries):
@@ -372,6 +375,7 @@ class IPAM:
             if spec is None or spec.deleted or (
                     owner is not None and spec.affinity != host_affinity(owner)):
                 return []
+            spec = blocks.collect_cooled(spec, cooldown_seconds, self.clock())
             count = min(want, blocks.free_count(spec))
             if count == 0:
                 return []
@@ -642,7 +646,7 @@ class IPAM:
 
     async def _borrow(
         self, node: str, pools: list[IPPool], want: int, handle: _Handle,
-        secondary: Mapping[str, str],
+        secondary: Mapping[str, str], cooldown_seconds: int,
     ) -> list[Interface]:
         got: list[Interface] = []
         existing = [spec for kv in (await self.store.list("IPAMBlock", defer_errors=True)).items
@@ -652,9 +656,10 @@ class IPAM:
             for spec in sorted(inside, key=lambda s, pool=pool: seeded_position(pool, node, s.network)):
                 if len(got) == want:
                     return got
-                if blocks.free_count(spec) and not spec.deleted:
+                if not spec.deleted and blocks.free_count(
+                        blocks.collect_cooled(spec, cooldown_seconds, self.clock())):
                     got += await self._assign_from_block(
-                        spec.cidr, want - len(got), handle, secondary, None)
+                        spec.cidr, want - len(got), handle, secondary, None, cooldown_seconds)
         return got
 
     # -- assign a given address ----------------------------------------------------------------
@@ -687,8 +692,13 @@ class IPAM:
                     else:
                         await self.claim_affinity(node, cidr)
                     continue
-                spec = current.value.spec
+                spec = blocks.collect_cooled(current.value.spec, config.ip_cooldown_seconds,
+                                             self.clock())
                 index = blocks.ordinal(spec, address)
+                if blocks.cooling_down(spec, index):
+                    raise AddressInUse(
+                        f"{address} was released less than ipCooldownSeconds "
+                        f"({config.ip_cooldown_seconds}s) ago and is cooling down")
                 if spec.allocations[index] is not None:
                     raise AddressInUse(f"Address already assigned in block: {address}")
                 if config.strict_affinity and spec.affinity != host_affinity(node):
@@ -808,12 +818,14 @@ class IPAM:
         checked = self.authority is self.store
         write_together = writes_together(self.store)
         handles = {} if handles is None else handles
+        cooldown = (await self.get_config()).ip_cooldown_seconds
         for _ in range(self.retries):
             if current is None:
                 current = await self.store.get(key)  # NotFound: the caller decides what it means
             spec = current.value.spec
             ordinals, guard = choose(spec)
-            outcome = blocks.release(spec, ordinals, guard)
+            outcome = blocks.release(spec, ordinals, guard, cooldown_seconds=cooldown,
+                                     now=self.clock())
             result = ReleaseResult(
                 [ordinals[o] for o in outcome.released],
                 [ordinals[o] for o in outcome.already_free],
@@ -900,6 +912,37 @@ class IPAM:
         """An empty affine block stays with its node only while an enabled pool still covers it."""
         return _in_pools(network, [p for p in pools if not p.spec.disabled])
 
+    async def collect_cooled(self, cidr: str, now: datetime | None = None) -> int:
+        """Free the addresses of block `cidr` whose cooldown has passed and write the block back
+        (compare-and-swap); how many were freed. An unaffine block left empty is deleted, as a
+        release would. Every allocation from a block does the first part itself; this is for
+        blocks no one allocates from (percale-controllers' rounds)."""
+        key = Key("IPAMBlock", block_name(cidr))
+        cooldown = (await self.get_config()).ip_cooldown_seconds
+        for _ in range(self.retries):
+            try:
+                current = await self.authority.get(key)
+            except NotFound:
+                return 0
+            spec = current.value.spec
+            collected = blocks.collect_cooled(spec, cooldown, now or self.clock())
+            if collected is spec:
+                return 0
+            try:
+                if spec.affinity is None and blocks.is_empty(collected):
+                    await self.store.delete(key, revision=current.revision)
+                else:
+                    await self.store.update(current.value.model_copy(update={"spec": collected.model_copy(
+                        update={"sequence_number": spec.sequence_number + 1})}),
+                        revision=current.revision)
+            except Conflict:
+                self.conflicts += 1
+                continue
+            except NotFound:
+                return 0
+            return len(collected.unallocated) - len(spec.unallocated)
+        raise TooManyConflicts()
+
     # -- reading -------------------------------------------------------------------------------
 
     async def get_allocation(self, address: str) -> Allocation | None:
@@ -918,8 +961,8 @@ class IPAM:
                     continue
                 index = blocks.ordinal(spec, ip)
                 slot = spec.allocations[index]
-                if slot is None:
-                    return None
+                if slot is None or blocks.cooling_down(spec, index):
+                    return None  # free, or released and cooling down: held by no one
                 attribute = spec.attributes[slot]
                 return Allocation(
                     str(ip), cidr, attribute.handle_id, dict(attribute.secondary),

@@ -3,6 +3,12 @@
 Every function returns a new spec and never changes the one it was given: the allocator keeps the
 value it read until its compare-and-swap succeeds (Calico learned this in PR 12697, where a
 mutated cached block outlived a failed write).
+
+IP cooldown (IPAMConfig ipCooldownSeconds, as Calico has it): an address released while the
+cooldown is above 0 is not freed but pointed at an entry of its own that holds only the time of
+its release (`releasedAt`), and belongs to no handle. It goes back on the free list once the
+cooldown has passed (`collect_cooled`), which every allocation from the block does first, so
+an address a pod just left is not handed to the next pod at once.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
+from percale.api.fields import format_time, parse_time
 from percale.api.ipam import AllocationAttribute, IPAMBlockSpec
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -59,8 +67,46 @@ def ordinals_of_handle(spec: IPAMBlockSpec, handle_id: str) -> list[int]:
 
 
 def handle_counts(spec: IPAMBlockSpec) -> Counter[str]:
-    """How many addresses each handle holds in the block."""
-    return Counter(spec.attributes[slot].handle_id for slot in spec.allocations if slot is not None)
+    """How many addresses each handle holds in the block (addresses cooling down belong to no
+    handle)."""
+    return Counter(spec.attributes[slot].handle_id for slot in spec.allocations
+                   if slot is not None and spec.attributes[slot].released_at is None)
+
+
+def cooling_down(spec: IPAMBlockSpec, index: int) -> bool:
+    """Whether the address at `index` was released and waits out the cooldown."""
+    slot = spec.allocations[index]
+    return slot is not None and spec.attributes[slot].released_at is not None
+
+
+def earliest_release(spec: IPAMBlockSpec) -> datetime | None:
+    """When the longest-cooling address of the block was released; None if none is cooling."""
+    times = [parse_time(a.released_at) for a in spec.attributes if a.released_at is not None]
+    return min(times, default=None)
+
+
+def collect_cooled(spec: IPAMBlockSpec, cooldown_seconds: int, now: datetime) -> IPAMBlockSpec:
+    """The block with every address whose cooldown has passed put back on the free list (to the
+    back, as a release would have); `spec` itself when there is none."""
+    released = [a.released_at for a in spec.attributes]
+    if not any(released):
+        return spec  # the common case: one look at the block's few entries
+    cutoff = now - timedelta(seconds=cooldown_seconds)
+    cooled = {slot for slot, at in enumerate(released) if at is not None and parse_time(at) <= cutoff}
+    if not cooled:
+        return spec
+    allocations = list(spec.allocations)
+    unallocated = list(spec.unallocated)
+    per_ordinal = dict(spec.sequence_number_for_allocation)
+    for o, slot in enumerate(allocations):
+        if slot in cooled:
+            allocations[o] = None
+            unallocated.append(o)
+            per_ordinal.pop(str(o), None)
+    attributes, allocations = _compact(spec.attributes, allocations)
+    return spec.model_copy(update={"allocations": allocations, "unallocated": unallocated,
+                                   "attributes": attributes,
+                                   "sequence_number_for_allocation": per_ordinal})
 
 
 def _with_attribute(
@@ -120,17 +166,24 @@ class Released:
 
 def release(
     spec: IPAMBlockSpec, ordinals: Iterable[int], sequence_numbers: Mapping[int, int] | None = None,
+    *, cooldown_seconds: int = 0, now: datetime | None = None,
 ) -> Released:
     """Free `ordinals`. An ordinal given with a sequence number is freed only if it still carries
-    that number: the address was not released and handed out again since it was observed."""
+    that number: the address was not released and handed out again since it was observed.
+
+    With `cooldown_seconds` above 0 the ordinals are released into the cooldown instead (see
+    the module docstring), stamped `now`; an address already cooling down counts as free."""
     allocations = list(spec.allocations)
     unallocated = list(spec.unallocated)
     per_ordinal = dict(spec.sequence_number_for_allocation)
+    attributes = list(spec.attributes)
+    sequence = spec.sequence_number + 1
+    cooling_slot: int | None = None
     released, already_free, stale = [], [], []
     by_handle: Counter[str] = Counter()
     for o in dict.fromkeys(ordinals):
         slot = allocations[o]
-        if slot is None:
+        if slot is None or spec.attributes[slot].released_at is not None:
             already_free.append(o)
             continue
         if sequence_numbers is not None and o in sequence_numbers \
@@ -138,21 +191,36 @@ def release(
             stale.append(o)
             continue
         by_handle[spec.attributes[slot].handle_id or ""] += 1
-        allocations[o] = None
-        unallocated.append(o)  # to the back: the longest-free address is reused first
-        per_ordinal.pop(str(o), None)
         released.append(o)
+        if cooldown_seconds > 0:
+            if cooling_slot is None:
+                cooling_slot = len(attributes)
+                attributes.append(AllocationAttribute(released_at=format_time(now or _utcnow())))
+            allocations[o] = cooling_slot
+            # A new number: whoever observed the allocation cannot release the cooling address.
+            per_ordinal[str(o)] = sequence
+        else:
+            allocations[o] = None
+            unallocated.append(o)  # to the back: the longest-free address is reused first
+            per_ordinal.pop(str(o), None)
     if not released:
         return Released(spec, [], already_free, stale, by_handle)
-    attributes, allocations = _compact(spec.attributes, allocations)
+    attributes, allocations = _compact(attributes, allocations)
     new = spec.model_copy(update={
         "allocations": allocations,
         "unallocated": unallocated,
         "attributes": attributes,
-        "sequence_number": spec.sequence_number + 1,
+        "sequence_number": sequence,
         "sequence_number_for_allocation": per_ordinal,
     })
-    return Released(new, released, already_free, stale, by_handle)
+    # Whatever else has cooled long enough goes back now too (the cooldown may have been
+    # shortened, or set to 0, since those addresses were released).
+    return Released(collect_cooled(new, cooldown_seconds, now or _utcnow()), released,
+                    already_free, stale, by_handle)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _compact(

@@ -184,6 +184,7 @@ class Report:
     overstated_handles: list[HandleInfo] = field(default_factory=list)
     missing_handles: list[str] = field(default_factory=list)
     unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
+    cooling: int = 0  # addresses released and waiting out ipCooldownSeconds
 
     @property
     def allocation_count(self) -> int:
@@ -240,11 +241,15 @@ def analyse(snapshot: Snapshot) -> Report:
 
     allocations: dict[str, list[AllocationInfo]] = defaultdict(list)
     actual: dict[str, Counter[str]] = defaultdict(Counter)
+    cooling = 0
     for spec in sorted(snapshot.blocks, key=lambda b: ip_order(str(b.network.network_address))):
         for ordinal, slot in enumerate(spec.allocations):
             if slot is None:
                 continue
             attribute = spec.attributes[slot]
+            if attribute.released_at is not None:
+                cooling += 1  # released, waiting out ipCooldownSeconds: no one's, and no leak
+                continue
             attrs = dict(attribute.secondary)
             ip = str(blocks.address(spec, ordinal))
             node = attrs.get("node") or spec.affinity_node
@@ -271,7 +276,7 @@ def analyse(snapshot: Snapshot) -> Report:
         active_pools=[p.spec.cidr for p in pools], node_ips=node_ips, workload_ips=workload_ips,
         in_use=dict(sorted(in_use.items(), key=lambda kv: ip_order(kv[0]))),
         nodes=frozenset(n.metadata.name for n in snapshot.nodes), handles=handles,
-        unreadable_blocks=dict(snapshot.unreadable_blocks),
+        unreadable_blocks=dict(snapshot.unreadable_blocks), cooling=cooling,
     )
     unknown = _networks(snapshot.unreadable_blocks)
     report.leaked = [a for allocs in allocations.values() for a in allocs if not a.in_use]

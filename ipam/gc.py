@@ -24,7 +24,9 @@ What the collector adds, after Calico's kube-controllers (calico.md §1.9, issue
   * release is all-or-nothing per handle: if any address of a handle is still in use, or not
     yet confirmed, none of the handle's addresses is released;
   * an empty block is released only after two consecutive rounds saw it empty with the same
-    sequence number, and never a node's last block.
+    sequence number, and never a node's last block;
+  * addresses released into a cooldown (IPAMConfig ipCooldownSeconds) are freed once it has
+    passed, in blocks no allocation would otherwise touch.
 
 Blocks and affinities are written only through `IPAM` (`release_ips`, whose handle decrements
 keep handles right, and `_release_block_affinity`). The one write made here is `repair_handle`,
@@ -185,6 +187,7 @@ class GCRound:
     empty_blocks: int = 0      # affine blocks seen empty this round
     released_blocks: int = 0   # empty blocks given back
     kept_last_blocks: int = 0  # empty blocks kept because they are their node's last
+    cooled: int = 0            # released addresses freed at the end of their cooldown
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class GarbageCollector:
         if confirmed:
             await self._release_confirmed(confirmed, done)
         await self._release_empty_blocks(report, done)
+        await self._collect_cooled(report, now, done)
 
         self.last_round = done
         self.total_released += done.released
@@ -292,6 +296,20 @@ class GarbageCollector:
         for a in result.released:
             self._candidates.pop(_key(a), None)
             log.info("Released leaked IP %s handle=%s node=%s", a.ip, a.handle, a.node)
+
+    async def _collect_cooled(self, report: Report, now: datetime, done: GCRound) -> None:
+        """Free the addresses whose cooldown has passed in blocks no allocation touches (every
+        allocation frees its block's own first), as Calico's kube-controllers does: a block
+        waiting for no one would otherwise hold them, and look full, for good."""
+        cooldown: timedelta | None = None
+        for spec in report.blocks:
+            earliest = blocks.earliest_release(spec)
+            if earliest is None:
+                continue
+            if cooldown is None:
+                cooldown = timedelta(seconds=(await self.ipam.get_config()).ip_cooldown_seconds)
+            if earliest + cooldown <= now:
+                done.cooled += await self.ipam.collect_cooled(spec.cidr, now)
 
     async def _release_empty_blocks(self, report: Report, done: GCRound) -> None:
         owned: Counter[str] = Counter(b.affinity_node for b in report.blocks if b.affinity_node)

@@ -107,8 +107,8 @@ def borrowed(blocks: Iterable[IPAMBlock]) -> Borrowing:
     for spec in _live(blocks):
         owner = spec.affinity_node or ""
         for ordinal, slot in enumerate(spec.allocations):
-            if slot is None:
-                continue
+            if slot is None or spec.attributes[slot].released_at is not None:
+                continue  # free, or released and cooling down
             attrs = spec.attributes[slot].secondary
             node = attrs.get("node")
             if node is None:
