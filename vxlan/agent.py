@@ -7,6 +7,10 @@
                               FDB entry per remote end (one plan and one device per family)
     dataplane.fib.FIB         the VXLAN routes (protocol 204), taking a block over from BGP
 
+Each family is programmed on its own: one that cannot be (its device refused by the kernel, or
+a host MTU too small for it) is logged once, with the reason, and its routes wait while the
+other family goes on.
+
 VXLAN routes come from the datastore, not from BGP, so they work with BGP off (`bgp=False`:
 then this agent also routes same-subnet blocks of CrossSubnet pools directly and keeps the
 node's own blocks blackholed, as no BGP side does). With BGP on, `claimed()` tells the BGP side
@@ -21,11 +25,11 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from percale.dataplane.blackholes import Blackholes
-from percale.dataplane.fib import FIB, NextHop
+from percale.dataplane.fib import FIB, NetlinkFailure, NextHop, Outcome, Prefix
 from percale.dataplane.host import interface_holding
 from percale.dataplane.vxlan import DEVICE, DEVICE_V6, Device, Tunnel
 from percale.datastore import Datastore, DatastoreError
@@ -34,11 +38,13 @@ from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError
 from percale.vxlan import tunnel_address
 from percale.vxlan.plan import (
-    VXLAN_OVERHEAD,
+    Clash,
     Hop,
+    MTUTooSmall,
     RoutePlan,
     node_interface,
     tunnel_fields,
+    tunnel_mtu,
     vtep_mac,
     vxlan_pools,
 )
@@ -47,6 +53,7 @@ log = logging.getLogger("percale.vxlan")
 
 SETTLE_SECONDS = 0.01
 RETRY_SECONDS = 1.0
+REFUSED_SHOWN = 5  # refused routes named in one log line; the rest are counted
 
 
 class VXLANAgent:
@@ -63,6 +70,12 @@ class VXLANAgent:
         self.on_claims: Callable[[], Awaitable[None]] | None = None
         self.device_index: dict[int, int | None] = {4: None, 6: None}
         self._applied: dict[int, int | None] | None = None  # device indices the routes were written with
+        # What was logged, so each problem is told once, when it appears or changes: why a family
+        # cannot be programmed, the routes the kernel refused (prefix -> its reason), and clashes.
+        self._family_trouble: dict[int, str] = {}
+        self._refused: dict[Prefix, str] = {}
+        self._clashes_told: dict[int, set[Clash]] = {4: set(), 6: set()}
+        self._retry: asyncio.TimerHandle | None = None
         self._address_due = asyncio.Event()
         self._kernel_due = asyncio.Event()
         # The devices are looked at again only when this node, the pools, or a resync ask; a
@@ -139,7 +152,9 @@ class VXLANAgent:
             self._kernel_due.clear()
             try:
                 await self.program()
-            except OSError as err:
+            except (OSError, NetlinkFailure) as err:
+                # NetlinkFailure: the FIB's socket failed mid-batch; writing in full again
+                # repairs whatever it left half done.
                 log.warning("programming VXLAN failed, trying again: %s", err)
                 await asyncio.sleep(RETRY_SECONDS)
                 self._devices_due = True
@@ -160,12 +175,14 @@ class VXLANAgent:
                 for plan in self.plans.values():
                     plan.vteps_changed = True
                 self._kernel_due.set()
-            except OSError as err:
+            except (OSError, NetlinkFailure) as err:
                 log.warning("checking VXLAN routes failed: %s", err)
 
     # -- the kernel ----------------------------------------------------------------------------
 
     def wanted_device(self, version: int) -> Device | None:
+        """The device of one family as this node's Node and the pools say; None if it needs
+        none. MTUTooSmall if it needs one the host MTU cannot carry."""
         me = self.cache.get_value("Node", self.node)
         if me is None:
             return None
@@ -175,11 +192,11 @@ class VXLANAgent:
             return None
         if not vxlan_pools(self.cache.values("IPPool"), version):  # type: ignore[arg-type]
             return None
+        mtu = tunnel_mtu(self.host_mtu, version)
         parent = interface_holding(interface.ip)
         if parent is None:
             return None
-        return Device(address, mac or vtep_mac(self.node, version), self.host_mtu - VXLAN_OVERHEAD[version],
-                      interface.ip, parent)
+        return Device(address, mac or vtep_mac(self.node, version), mtu, interface.ip, parent)
 
     async def program(self) -> None:
         """The devices, the tunnel ends and the routes as the plans say; then the BGP side is
@@ -187,30 +204,25 @@ class VXLANAgent:
         started = time.monotonic()
         devices_due, self._devices_due = self._devices_due, False
         for version, tunnel in self.tunnels.items():
-            plan = self.plans[version]
-            if devices_due:
-                device = await asyncio.to_thread(self.wanted_device, version)
-                if device is None:
-                    if self.device_index[version] is not None or self._applied is None:
-                        await asyncio.to_thread(tunnel.remove)
-                    self.device_index[version] = None
-                else:
-                    index = await asyncio.to_thread(tunnel.ensure, device)
-                    plan.vteps_changed |= index != self.device_index[version]
-                    self.device_index[version] = index
-            if self.device_index[version] is not None and plan.vteps_changed:
-                plan.vteps_changed = False
-                await asyncio.to_thread(tunnel.set_vteps, plan.vteps())
+            try:
+                await self._program_tunnel(version, tunnel, devices_due)
+            except (MTUTooSmall, OSError) as err:
+                self._family_failed(version, err)
+            else:
+                if devices_due:
+                    self._family_works(version)
         if self.routes is not None:
             changes = {p: hop for plan in self.plans.values() for p, hop in plan.changes().items()}
             if self._applied != self.device_index:
                 routes = {p: hops for plan in self.plans.values() for p, hop in plan.routes.items()
                           if (hops := self._hops(hop)) is not None}
-                await asyncio.to_thread(self.routes.replace_all, routes)
+                outcome = await asyncio.to_thread(self.routes.replace_all, routes)
                 self._applied = dict(self.device_index)
+                self._report_refused(outcome, None)
             elif changes:
                 batch = {p: (self._hops(hop) if hop else None) for p, hop in changes.items()}
-                await asyncio.to_thread(self.routes.apply, batch)
+                outcome = await asyncio.to_thread(self.routes.apply, batch)
+                self._report_refused(outcome, batch)
         if self.blackholes is not None:
             own = set().union(*(plan.own_blocks() for plan in self.plans.values()))
             await asyncio.to_thread(self.blackholes.sync, own)
@@ -220,6 +232,95 @@ class VXLANAgent:
             if self.on_claims is not None:
                 await self.on_claims()
         log.debug("VXLAN programmed in %.1f ms", (time.monotonic() - started) * 1000)
+
+    async def _program_tunnel(self, version: int, tunnel: Tunnel, devices_due: bool) -> None:
+        """One family's device and tunnel ends. Whatever fails here stops this family alone:
+        with no device index its routes wait (and leave the kernel), the other family's go on."""
+        plan = self.plans[version]
+        if devices_due:
+            before, self.device_index[version] = self.device_index[version], None
+            too_small: MTUTooSmall | None = None
+            try:
+                device = await asyncio.to_thread(self.wanted_device, version)
+            except MTUTooSmall as err:
+                device, too_small = None, err  # a device left from before cannot carry it either
+            if device is None and (before is not None or self._applied is None):
+                await asyncio.to_thread(tunnel.remove)
+            if too_small is not None:
+                raise too_small
+            if device is not None:
+                index = await asyncio.to_thread(tunnel.ensure, device)
+                plan.vteps_changed |= index != before
+                self.device_index[version] = index
+        if self.device_index[version] is not None and plan.vteps_changed:
+            plan.vteps_changed = False
+            vteps = plan.vteps()
+            self._report_clashes(version, plan.clashes())
+            try:
+                await asyncio.to_thread(tunnel.set_vteps, vteps)
+            except OSError:
+                plan.vteps_changed = True
+                raise
+
+    def _family_failed(self, version: int, err: Exception) -> None:
+        reason = str(err)
+        if self._family_trouble.get(version) != reason:
+            self._family_trouble[version] = reason
+            log.error("IPv%d VXLAN cannot be programmed on this node, its routes wait: %s",
+                      version, reason)
+        if isinstance(err, MTUTooSmall):
+            return  # the host MTU is read once, at start: trying again cannot help
+        # Later, and without holding up the other family: a timer, not a sleep in this loop.
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._devices_again)
+
+    def _devices_again(self) -> None:
+        self._retry = None
+        self._devices_due = True
+        self._kernel_due.set()
+
+    def _family_works(self, version: int) -> None:
+        if self._family_trouble.pop(version, None) is not None:
+            log.info("IPv%d VXLAN is programmed again", version)
+
+    def _report_clashes(self, version: int, clashes: set[Clash]) -> None:
+        for clash in sorted(clashes - self._clashes_told[version]):
+            log.warning("nodes %s and %s publish the same IPv%d VXLAN %s, %s: %s keeps it (the "
+                        "first by name) and %s is left out, with no neighbour or FDB entry and its "
+                        "blocks unreachable through VXLAN, until one of the two Nodes changes",
+                        clash.kept, clash.left_out, version, clash.what, clash.value, clash.kept,
+                        clash.left_out)
+        self._clashes_told[version] = clashes
+
+    def _report_refused(self, outcome: Outcome, tried: Mapping[Prefix, object] | None) -> None:
+        """Log the routes the kernel refused, once for each prefix and reason. The FIB keeps a
+        refused route wanted and tries it again at each resync; without this a block would be
+        unreachable with nothing said. `tried`: the prefixes sent (None: all, a full replace)."""
+        if tried is None:
+            self._refused = {p: r for p, r in self._refused.items() if p in outcome.failed}
+        else:
+            for prefix in tried:
+                if prefix not in outcome.failed:
+                    self._refused.pop(prefix, None)
+        fresh: dict[str, list[Prefix]] = {}
+        for prefix, reason in outcome.failed.items():
+            if self._refused.get(prefix) != reason:
+                self._refused[prefix] = reason
+                fresh.setdefault(reason, []).append(prefix)
+        for reason, prefixes in fresh.items():
+            prefixes.sort(key=lambda p: (p.version, p))
+            shown = ", ".join(self._route_text(p) for p in prefixes[:REFUSED_SHOWN])
+            more = len(prefixes) - REFUSED_SHOWN
+            log.warning("the kernel refused %s to %s%s: %s",
+                        "the VXLAN route" if len(prefixes) == 1 else f"{len(prefixes)} VXLAN routes",
+                        shown, f" and {more} more" if more > 0 else "", reason)
+
+    def _route_text(self, prefix: Prefix) -> str:
+        hop = self.plans[prefix.version].routes.get(prefix)
+        if hop is None:
+            return f"{prefix} (its removal)"
+        return f"{prefix} via {hop.via}" + (f" dev {self.tunnels[hop.via.version].name}"
+                                            if hop.tunnel and self.tunnels else "")
 
     def _hops(self, hop: Hop) -> set[NextHop] | None:
         if not hop.tunnel:

@@ -11,7 +11,8 @@ node (a /32 to the borrower), by the mode of the pool that holds it:
 
 "Same subnet" is felix's test, asymmetric on purpose: this node's `spec.bgp.ipv4Address` prefix
 contains the other node's address. Every prefix decided here is *claimed*: the BGP side never
-installs it (`RoutePlan.claimed`), and a VXLAN route waits until its node's tunnel end is known.
+installs it (`RoutePlan.claimed`), and a VXLAN route waits until its node's tunnel end is known
+and is not left out by a clash (two nodes publishing one tunnel address or MAC, see `Clash`).
 
 `RoutePlan` keeps the answer current one change at a time: a block changed anywhere costs a look
 at that block, a node changed a look at the prefixes it serves.
@@ -35,7 +36,12 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 # The smallest host MTU that still leaves pods POD_MTU_MIN under the largest encapsulation:
 # pools (and so the encapsulation) change while percale-node runs; its MTU setting does not.
+# IPv6 needs more (IPV6_MIN_MTU): `tunnel_mtu` checks each family where its device is made, so
+# a host that cannot carry IPv6 VXLAN still carries IPv4.
 HOST_MTU_MIN = POD_MTU_MIN + max(VXLAN_OVERHEAD.values())
+# RFC 8200 §5: every link that carries IPv6 must take 1280-byte packets. Linux turns IPv6 off on
+# a device set below it and refuses the device an IPv6 address.
+IPV6_MIN_MTU = 1280
 
 
 class MTUTooSmall(ValueError):
@@ -68,6 +74,19 @@ def pod_mtu(host_mtu: int, pools: Iterable[IPPool]) -> int:
     return mtu
 
 
+def tunnel_mtu(host_mtu: int, version: int) -> int:
+    """The MTU of the VXLAN device of one family: the host's less that family's overhead.
+    MTUTooSmall if the family cannot run over it (IPv6 below IPV6_MIN_MTU, IPv4 below
+    POD_MTU_MIN)."""
+    mtu = host_mtu - VXLAN_OVERHEAD[version]
+    least, what = (IPV6_MIN_MTU, "IPv6's minimum link MTU (RFC 8200)") if version == 6 else (
+        POD_MTU_MIN, "the smallest pod MTU")
+    if mtu < least:
+        raise MTUTooSmall(f"host MTU {host_mtu} less {VXLAN_OVERHEAD[version]} bytes of VXLAN over"
+                          f" IPv{version} leaves the tunnel {mtu}, below {what}, {least}")
+    return mtu
+
+
 @dataclass(frozen=True)
 class Vtep:
     """A node's tunnel end, as its Node publishes it."""
@@ -76,6 +95,25 @@ class Vtep:
     tunnel_address: Address
     mac: str
     node_address: Address
+
+
+@dataclass(frozen=True, order=True)
+class Clash:
+    """Two nodes publish the same tunnel address, or the same MAC, in one family.
+
+    The kernel holds one neighbour entry per tunnel address and one FDB entry per MAC: program
+    both nodes' tunnel ends and each write overwrites the other, the winner changing with the
+    order a set iterates in, so traffic to both flaps. Instead the node whose name sorts first
+    keeps the value, and every other node publishing it is left out: no neighbour or FDB entry,
+    and its routes wait as for a node with no tunnel end. Every node reads the same Nodes, so
+    the whole cluster agrees which one that is, whatever order the Nodes arrived in. A node is
+    left out by any earlier name sharing either value with it, even one left out itself: that
+    decides from the nodes sharing a value alone, so a change costs a look at them only."""
+
+    what: str  # "tunnel address" or "MAC"
+    value: str
+    kept: str
+    left_out: str
 
 
 @dataclass(frozen=True)
@@ -155,6 +193,9 @@ class RoutePlan:
         self._routes: dict[IPv4Net, Hop] = {}
         self._claims: set[IPv4Net] = set()
         self._changed: dict[IPv4Net, Hop | None] = {}
+        # Which nodes publish each tunnel address and MAC, and the nodes a clash leaves out.
+        self._holders: dict[tuple[str, str], set[str]] = {}
+        self._left_out: set[str] = set()
         self.claims_changed = False
         self.vteps_changed = True  # another node's tunnel end came, went or moved
 
@@ -176,9 +217,19 @@ class RoutePlan:
         return changed
 
     def vteps(self) -> set[Vtep]:
-        """Every other node's tunnel end that is known."""
+        """Every other node's tunnel end that is known and not left out by a clash."""
         return {v for name, node in self._nodes.items()
-                if name != self.me and (v := vtep_of(node, self.version))}
+                if name != self.me and name not in self._left_out
+                and (v := vtep_of(node, self.version))}
+
+    def clashes(self) -> set[Clash]:
+        """Each node left out, with the node it clashes with (see Clash)."""
+        found = set()
+        for (what, value), holders in self._holders.items():
+            if len(holders) > 1:
+                kept, *others = sorted(holders)
+                found.update(Clash(what, value, kept, other) for other in others)
+        return found
 
     def own_blocks(self) -> set[str]:
         """The blocks this node owns (for its blackholes when no BGP side keeps them)."""
@@ -194,9 +245,14 @@ class RoutePlan:
 
     def set_node(self, name: str, node: Node | None) -> None:
         before = self._nodes.get(name)
-        if name != self.me and (vtep_of(before, self.version) if before else None) != (
-                vtep_of(node, self.version) if node else None):
-            self.vteps_changed = True
+        vtep_before = vtep_of(before, self.version) if before else None
+        vtep_after = vtep_of(node, self.version) if node else None
+        flipped: set[str] = set()
+        if vtep_before != vtep_after:
+            self.vteps_changed |= name != self.me
+            # This node's own tunnel end counts too: a remote one sharing its values is left out.
+            flipped = self._reindex(name, vtep_before, vtep_after)
+            self.vteps_changed |= bool(flipped - {self.me})
         if node is None:
             self._nodes.pop(name, None)
         else:
@@ -205,6 +261,8 @@ class RoutePlan:
             self._decide(list(self._target))  # this node's subnet decides for every prefix
         else:
             self._decide(list(self._by_node.get(name, ())))
+        for other in flipped - {name}:
+            self._decide(list(self._by_node.get(other, ())))
 
     def set_block(self, cidr: str, block: IPAMBlock | None) -> None:
         before = self._by_block.pop(cidr, {})
@@ -221,6 +279,26 @@ class RoutePlan:
             self._target[prefix] = node
             self._by_node.setdefault(node, set()).add(prefix)
         self._decide(set(before) | set(after))
+
+    def _reindex(self, name: str, before: Vtep | None, after: Vtep | None) -> set[str]:
+        """Move `name` between the holders of tunnel addresses and MACs; returns the nodes now
+        left out that were not, or the reverse (see Clash)."""
+        touched = {name}
+        for vtep, add in ((before, False), (after, True)):
+            for key in _clash_keys(vtep):
+                holders = self._holders.setdefault(key, set())
+                (holders.add if add else holders.discard)(name)
+                touched |= holders
+                if not holders:
+                    del self._holders[key]
+        flipped = set()
+        for node in touched:
+            vtep = after if node == name else vtep_of(self._nodes[node], self.version)
+            left_out = any(min(self._holders[key]) != node for key in _clash_keys(vtep))
+            if left_out != (node in self._left_out):
+                flipped.add(node)
+                (self._left_out.add if left_out else self._left_out.discard)(node)
+        return flipped
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -256,4 +334,12 @@ class RoutePlan:
                 return None, False  # BGP routes it directly
             return Hop(address, tunnel=False), True
         vtep = vtep_of(node, self.version) if node is not None else None
-        return (Hop(vtep.tunnel_address, tunnel=True) if vtep else None), True
+        if vtep is None or node_name in self._left_out:
+            return None, True  # waits for a tunnel end this node can program
+        return Hop(vtep.tunnel_address, tunnel=True), True
+
+
+def _clash_keys(vtep: Vtep | None) -> tuple[tuple[str, str], ...]:
+    if vtep is None:
+        return ()
+    return ("tunnel address", str(vtep.tunnel_address)), ("MAC", vtep.mac)

@@ -1,7 +1,9 @@
 """dataplane/vxlan.py in two namespaces joined by a veth pair, as two nodes on one link: the
 device as Calico's felix makes it (VNI 4096, port 4789, no learning, the tunnel address /32), a
 permanent neighbour and FDB entry per remote end, traffic through the tunnel both ways, a device
-with the wrong VNI made again, and remote ends removed when they go."""
+with the wrong VNI made again, and remote ends removed when they go. In one namespace: routes
+through the device kept across a change of its tunnel address, and a device of another name
+holding the VNI (Calico's, deleted; anyone else's, named and left alone)."""
 
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ with Netlink() as nl:
     parent = nl.link(name="under").index
 tunnel = Tunnel()
 index = tunnel.ensure(Device(ip(step["tunnel"]), step["mac"], step["mtu"], ip(step["local"]), parent))
-tunnel.set_vteps({Vtep(ip(v[0]), v[1], ip(v[2])) for v in step["vteps"]})
-with FIB(protocol=RouteProtocol.VXLAN, takeover=True) as fib:
-    fib.replace_all({net: {NextHop(ip(via), index, onlink=True)} for net, via in step["routes"].items()})
+if "vteps" in step:  # a step without vteps or routes leaves them as they are
+    tunnel.set_vteps({Vtep(ip(v[0]), v[1], ip(v[2])) for v in step["vteps"]})
+if "routes" in step:
+    with FIB(protocol=RouteProtocol.VXLAN, takeover=True) as fib:
+        fib.replace_all({net: {NextHop(ip(via), index, onlink=True)} for net, via in step["routes"].items()})
 print(index)
 """
 
@@ -132,3 +136,64 @@ def test_the_ipv6_device_carries_ipv6_pods_between_two_nodes():
     finally:
         for ns in (a, b):
             sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def node_ns():
+    """One namespace as a node: `under` (192.0.2.1/24, fd00:99::1/64) up, its peer inside too."""
+    ns = f"vx1{uuid.uuid4().hex[:5]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "add", "under", "type", "veth", "peer", "name", "peer")
+        sh("ip", "-n", ns, "addr", "add", "192.0.2.1/24", "dev", "under")
+        sh("ip", "-n", ns, "addr", "add", "fd00:99::1/64", "dev", "under", "nodad")
+        for device in ("lo", "under", "peer"):
+            sh("ip", "-n", ns, "link", "set", device, "up")
+        yield ns
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def test_routes_through_the_device_stay_when_its_tunnel_address_changes(node_ns):
+    """The kernel flushes every route through a device that loses its last IPv4 address, and the
+    agent, believing its routes in place, would not write them again before its next resync
+    (30 s): the new address must be on before the old one goes."""
+    mac_b = "66:00:00:00:00:0b"
+    configure(node_ns, tunnel="10.244.1.0", mac="66:00:00:00:00:0a", mtu=1450, local="192.0.2.1",
+              vteps=[["10.244.2.0", mac_b, "192.0.2.2"]], routes={"10.244.2.0/26": "10.244.2.0"})
+    configure(node_ns, tunnel="10.244.1.64", mac="66:00:00:00:00:0a", mtu=1450, local="192.0.2.1")
+    addresses = sh("ip", "-n", node_ns, "-4", "addr", "show", "vxlan.percale").stdout
+    assert "10.244.1.64/32" in addresses and "10.244.1.0/32" not in addresses
+    route = sh("ip", "-n", node_ns, "route", "show", "10.244.2.0/26").stdout
+    assert "via 10.244.2.0 dev vxlan.percale proto 204 onlink" in route
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_calicos_leftover_device_holding_the_vni_gives_way(node_ns, version):
+    """Calico leaves vxlan.calico (vxlan-v6.calico) behind when percale replaces it, holding VNI
+    4096 on port 4789: the kernel would refuse ours (EEXIST) for as long as it stays."""
+    calico, ours, local, tunnel = (("vxlan.calico", "vxlan.percale", "192.0.2.1", "10.244.1.0")
+                                   if version == 4 else
+                                   ("vxlan-v6.calico", "vxlan6.percale", "fd00:99::1", "fd00:10:0:1::"))
+    sh("ip", "-n", node_ns, "link", "add", calico, "type", "vxlan", "id", "4096", "dstport", "4789",
+       "dev", "under", "local", local, "nolearning")
+    step = {"tunnel": tunnel, "mac": "66:00:00:00:00:0a", "mtu": 1400, "local": local}
+    script = SCRIPT if version == 4 else SCRIPT.replace("Tunnel()", "Tunnel('vxlan6.percale')")
+    done = sh("ip", "netns", "exec", node_ns, sys.executable, "-c", script, json.dumps(step), check=False)
+    assert done.returncode == 0, done.stderr
+    details = json.loads(sh("ip", "-j", "-d", "-n", node_ns, "link", "show", ours).stdout)[0]
+    assert (details["linkinfo"]["info_data"]["id"], details["mtu"]) == (4096, 1400)
+    assert sh("ip", "-n", node_ns, "link", "show", calico, check=False).returncode != 0
+    assert f"deleting {calico}, left by Calico" in done.stderr
+
+
+def test_another_device_holding_the_vni_is_named_and_left_alone(node_ns):
+    sh("ip", "-n", node_ns, "link", "add", "overlay0", "type", "vxlan", "id", "4096", "dstport", "4789",
+       "dev", "under", "local", "192.0.2.1")
+    step = {"tunnel": "10.244.1.0", "mac": "66:00:00:00:00:0a", "mtu": 1450, "local": "192.0.2.1"}
+    done = sh("ip", "netns", "exec", node_ns, sys.executable, "-c", SCRIPT, json.dumps(step), check=False)
+    assert done.returncode != 0
+    assert ("VNIInUse: [Errno 17] overlay0 holds VXLAN VNI 4096 on port 4789, so vxlan.percale cannot"
+            " be made") in done.stderr and "ip link del overlay0" in done.stderr
+    assert sh("ip", "-n", node_ns, "link", "show", "overlay0", check=False).returncode == 0
+

@@ -10,7 +10,7 @@ import pytest
 
 from percale.api import IPAMBlock, parse
 from percale.ipam import blocks as block_math
-from percale.vxlan.plan import Hop, RoutePlan, pod_mtu, vtep_mac
+from percale.vxlan.plan import Clash, Hop, MTUTooSmall, RoutePlan, pod_mtu, tunnel_mtu, vtep_mac
 
 pytestmark = pytest.mark.unit
 
@@ -134,3 +134,63 @@ def test_the_ipv6_plan_routes_ipv6_blocks_to_ipv6_tunnel_ends():
     assert dict(plan.routes) == {net("fd00:10:0:2::/122"): Hop(ip("fd00:10:0:2::"), tunnel=True)}
     (vtep,) = plan.vteps()
     assert (vtep.node_address, vtep.mac) == (ip("fd00:2::2"), vtep_mac("b", 6))
+
+
+def test_a_host_mtu_too_small_for_ipv6_stops_the_ipv6_tunnel_alone():
+    """Above the start-up minimum (646) but below 1350, IPv4 VXLAN fits and IPv6 cannot: IPv6
+    needs a 1280-byte link (RFC 8200 §5), and Linux refuses an IPv6 address on a smaller one."""
+    assert tunnel_mtu(1300, 4) == 1250
+    with pytest.raises(MTUTooSmall, match=r"leaves the tunnel 1230, below IPv6's minimum.*1280"):
+        tunnel_mtu(1300, 6)
+    assert tunnel_mtu(1350, 6) == 1280
+
+
+def clashing_nodes():
+    return [node("a", "10.0.1.11/24", "10.244.1.0", "66:00:00:00:00:0a"),
+            node("c", "10.0.2.13/24", "10.244.3.0", "66:00:00:00:00:0c"),
+            node("b", "10.0.1.12/24", "10.244.3.0", "66:00:00:00:00:0b"),  # c's tunnel address
+            node("d", "10.0.2.14/24", "10.244.4.0", "66:00:00:00:00:0b")]  # b's MAC
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["b-first", "d-first"])
+def test_nodes_sharing_a_tunnel_address_or_mac_keep_the_first_by_name(order):
+    """The kernel holds one neighbour entry per tunnel address and one FDB entry per MAC: of two
+    nodes publishing one, the first by name is programmed and the other left out, its routes
+    waiting, whatever order the Nodes arrived in (every node of the cluster agrees)."""
+    plan = RoutePlan("a", bgp=True)
+    plan.set_pools([pool("10.244.0.0/16", "Always")])
+    for cidr, owner in (("10.244.2.0/26", "b"), ("10.244.3.0/26", "c"), ("10.244.4.0/26", "d")):
+        plan.set_block(cidr, block(cidr, owner, owner))
+    for n in clashing_nodes()[::order]:
+        plan.set_node(n.metadata.name, n)
+    assert {v.node for v in plan.vteps()} == {"b"}
+    assert plan.clashes() == {Clash("tunnel address", "10.244.3.0", "b", "c"),
+                              Clash("MAC", "66:00:00:00:00:0b", "b", "d")}
+    # b's block goes to b; c's and d's wait.
+    assert dict(plan.routes) == {net("10.244.2.0/26"): Hop(ip("10.244.3.0"), tunnel=True)}
+    assert net("10.244.3.0/26") in plan.claimed  # still VXLAN's: BGP must not take it meanwhile
+
+    # c takes an address of its own: it is programmed and routed, and the clash is over.
+    plan.changes()
+    plan.vteps_changed = False
+    plan.set_node("c", node("c", "10.0.2.13/24", "10.244.3.64", "66:00:00:00:00:0c"))
+    assert plan.vteps_changed and {v.node for v in plan.vteps()} == {"b", "c"}
+    assert plan.changes() == {net("10.244.3.0/26"): Hop(ip("10.244.3.64"), tunnel=True)}
+    assert plan.clashes() == {Clash("MAC", "66:00:00:00:00:0b", "b", "d")}
+    # b goes: d's MAC is its own again.
+    plan.set_node("b", None)
+    assert {v.node for v in plan.vteps()} == {"c", "d"} and plan.clashes() == set()
+    assert plan.routes[net("10.244.4.0/26")] == Hop(ip("10.244.4.0"), tunnel=True)
+
+
+def test_a_node_publishing_this_nodes_tunnel_address_is_left_out_when_it_sorts_after():
+    plan = RoutePlan("a", bgp=True)
+    plan.set_pools([pool("10.244.0.0/16", "Always")])
+    plan.set_block("10.244.2.0/26", block("10.244.2.0/26", "b", "b"))
+    plan.set_node("b", node("b", "10.0.1.12/24", "10.244.1.0"))
+    assert {v.node for v in plan.vteps()} == {"b"}
+    plan.vteps_changed = False
+    plan.set_node("a", node("a", "10.0.1.11/24", "10.244.1.0"))  # this node, sorting first
+    assert plan.vteps_changed and plan.vteps() == set() and dict(plan.routes) == {}
+    assert plan.clashes() == {Clash("tunnel address", "10.244.1.0", "a", "b")}
+
