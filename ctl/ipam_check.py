@@ -283,11 +283,23 @@ def release_command(
         "--from-report", dir_okay=False,
         help="Release the leaked addresses of this `ipam check -o` report (repeatable: only "
              "leaks common to all reports)")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Release from a report that another version of percalectl wrote")] = False,
 ) -> None:
     if bool(ip) == bool(from_report):
         raise fail("Give either --ip ADDR or --from-report REPORT (see --help).")
     if from_report:
         reports = _load_reports(from_report)
+        # As calicoctl: another version may have judged leaks by other rules.
+        for path, report in zip(from_report, reports, strict=True):
+            if report.version == VERSION:
+                continue
+            if not force:
+                raise fail(f"The report {path} was produced by another version ({report.version}) "
+                           f"of percalectl than this one ({VERSION}). Refusing to release; "
+                           "check again, or give --force")
+            typer.echo(f"WARNING: the report {path} was produced by another version "
+                       f"({report.version}) of percalectl. Going on, as --force asks")
         with_datastore(lambda store: _release_from_reports(store, reports))
         return
     assert ip is not None

@@ -307,3 +307,23 @@ async def test_a_block_that_cannot_be_read_is_named_and_the_rest_still_checked(c
     assert shown.code == 0, shown.err
     assert "IPAMBlock(10.20.99.0-26)" in shown.err and "left out of these figures" in shown.err
     assert "10.20.99.0/26" not in shown.out
+
+
+async def test_a_report_from_another_version_is_refused_unless_forced(cli, ipam, tmp_path):
+    [leaked] = await allocate(ipam, "node2", "crashed")
+    report_file = tmp_path / "report.json"
+    assert cli("ipam", "check", "-o", str(report_file)).code == 0
+    document = json.loads(report_file.read_text())
+    document["version"] = "v0.0.1"
+    report_file.write_text(json.dumps(document))
+
+    refused = cli("ipam", "release", "--from-report", str(report_file))
+    assert refused.code == 1
+    assert "produced by another version (v0.0.1) of percalectl" in refused.err
+    assert "Refusing to release" in refused.err
+    assert await ipam.get_allocation(leaked) is not None
+
+    forced = cli("ipam", "release", "--from-report", str(report_file), "--force")
+    assert forced.code == 0, forced.err
+    assert "WARNING: the report" in forced.out and "Released 1 IPs successfully" in forced.out
+    assert await ipam.get_allocation(leaked) is None
