@@ -71,6 +71,7 @@ from percale.api import (
 )
 from percale.api.fields import format_time, network_of, parse_time
 from percale.api.meta import InvalidResource, Problem, validation_problems
+from percale.api import selector
 from percale.api.policy import namespace_profile_name
 from percale.api.policy import namespace_labels as labels_of_namespace
 from percale.api.ipam import (
@@ -285,7 +286,7 @@ class IPAM:
                                               namespace, namespace_labels or {})
                         got += await self._assign_family(
                             node, version, num, handle, secondary, eligible, config,
-                            max_blocks_per_host,
+                            max_blocks_per_host, pools, labels,
                         )
             except BaseException:
                 # All-or-nothing: a dual-stack request that fails on IPv6 gives back its IPv4.
@@ -300,11 +301,15 @@ class IPAM:
     async def _assign_family(
         self, node: str, version: int, num: int, handle: _Handle, secondary: dict[str, str],
         pools: list[IPPool], config: IPAMConfigSpec, max_blocks_per_host: int,
+        all_pools: list[IPPool], labels: Mapping[str, str],
     ) -> list[Interface]:
         got: list[Interface] = []
         try:
             pool_cidrs = tuple(p.spec.cidr for p in pools)
-            mine = [c for c in await self._owned(node) if _block_in_pools(c, pool_cidrs)]
+            owned = await self._owned(node)
+            mine = [c for c in owned if _block_in_pools(c, pool_cidrs)]
+            if len(mine) < len(owned):
+                await self._give_back_unselected(node, version, owned, all_pools, labels)
             # The block that served this node last most likely has room still.
             mine.sort(key=lambda c: c != self._last_block.get(node))
             for cidr in mine:
@@ -606,6 +611,26 @@ class IPAM:
             await self._delete_quietly(key)
             return True
         raise TooManyConflicts()
+
+    async def _give_back_unselected(
+        self, node: str, version: int, owned: list[str], pools: list[IPPool],
+        labels: Mapping[str, str],
+    ) -> None:
+        """Release `node`'s empty blocks of this family whose pool no longer selects it (its
+        nodeSelector was narrowed, or the node's labels changed), so that a node the pool does
+        select can have them, as Calico's autoAssign does on each allocation. A block that still
+        holds addresses stays until it is empty; a block in no pool is left alone."""
+        for cidr in owned:
+            network = network_of(cidr)
+            if network.version != version:
+                continue
+            pool = next((p for p in pools if p.spec.network.version == version
+                         and network.subnet_of(p.spec.network)), None)  # type: ignore[arg-type]
+            if pool is None or selector.parse(pool.spec.node_selector).matches(labels):
+                continue
+            if await self._release_block_affinity(node, cidr, require_empty=True):
+                log.info("Released block %s, affine to %s: its pool %s no longer selects the node",
+                         cidr, node, pool.metadata.name)
 
     async def _restore_affinity(self, key: Key) -> None:
         try:

@@ -428,6 +428,35 @@ async def test_a_block_that_cannot_be_read_stops_no_one_else(store, caplog, thro
                if r.name in ("percale.ipam.allocator", "percale.datastore.cache"))
 
 
+async def test_a_pool_that_no_longer_selects_a_node_gets_its_empty_blocks_back(store):
+    # Calico's autoAssign gives back, on the node's next allocation, the empty blocks of pools
+    # that no longer select it; blocks still holding addresses wait until they are empty.
+    from percale.api import Node
+
+    await store.create(Node.model_validate({"apiVersion": "percale.io/v1", "kind": "Node",
+                                            "metadata": {"name": "n1", "labels": {"rack": "a"}}}))
+    await add_pool(store, "old", "10.0.0.0/24", blockSize=30)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="keep", num4=1)
+    await ipam.auto_assign("n1", handle_id="gone", num4=4)  # fills the rest, and a second block
+    await ipam.release_by_handle("gone")
+    kept_block = (await ipam.get_allocation(
+        str((await ipam.ips_by_handle("keep"))[0]))).block
+    assert len(await ipam._owned("n1")) == 2
+
+    current = await store.get(Key("IPPool", "old"))
+    narrowed = current.value.model_copy(update={"spec": current.value.spec.model_copy(
+        update={"node_selector": "rack == 'b'"})})
+    await store.update(narrowed, revision=current.revision)
+    await add_pool(store, "new", "10.1.0.0/24", blockSize=30)
+    await ipam.auto_assign("n1", handle_id="next", num4=1)
+
+    owned = await ipam._owned("n1")
+    assert kept_block in owned  # still holds an address
+    assert [c for c in owned if c.startswith("10.0.")] == [kept_block]
+    await assert_consistent(store)
+
+
 class _DeleteBlockBeforeWrite:
     """A store that releases a block (as garbage collection or another node's reclaim would)
     between the allocator's read of it and its compare-and-swap write."""
