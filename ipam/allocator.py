@@ -291,7 +291,7 @@ class IPAM:
             except BaseException:
                 # All-or-nothing: a dual-stack request that fails on IPv6 gives back its IPv4.
                 if got:
-                    await asyncio.shield(self.release_ips([str(i.ip) for i in got]))
+                    await asyncio.shield(self.release_ips([str(i.ip) for i in got], cooldown=False))
                 raise
         return Assignment(
             ipv4=[i for i in got if i.version == 4],  # type: ignore[misc]
@@ -349,7 +349,7 @@ class IPAM:
             return got
         except BaseException:
             if got:
-                await asyncio.shield(self.release_ips([str(i.ip) for i in got]))
+                await asyncio.shield(self.release_ips([str(i.ip) for i in got], cooldown=False))
             raise
 
     async def _assign_from_block(
@@ -460,15 +460,16 @@ class IPAM:
         # By name, which is the CIDR: a view decodes a block's value when first read, and only
         # the blocks on this node's walk need reading (decoding every block of the cluster
         # made a claim cost 20 ms with 200 blocks).
-        existing = {block_cidr(kv.key.name): kv
-                    for kv in (await self.store.list("IPAMBlock", defer_errors=True)).items}
+        existing = _by_cidr((await self.store.list("IPAMBlock", defer_errors=True)).items)
         reclaimable: list[KVPair] = []
         for pool in pools:
-            other_size = OtherSizeBlocks((ipaddress.ip_network(c) for c in existing), pool)
+            other_size: OtherSizeBlocks | None = None  # built when first needed: rarely is
             seen = 0
             for net in candidate_blocks(pool, node):
                 found = existing.get(str(net))
                 if found is None:
+                    if other_size is None:
+                        other_size = OtherSizeBlocks(existing, pool)
                     if other_size.overlap(net):
                         continue
                     if await self.claim_affinity(node, str(net)):
@@ -714,8 +715,14 @@ class IPAM:
                     holder = next(iter(await self._blocks_holding([address])), None)
                     if holder is not None and holder != cidr:
                         cidr, key = holder, Key("IPAMBlock", block_name(holder))
-                    else:
-                        await self.claim_affinity(node, cidr)
+                        continue
+                    listed = _by_cidr((await self.store.list("IPAMBlock", defer_errors=True)).items)
+                    if OtherSizeBlocks(listed, pool).overlap(network_of(cidr)):
+                        raise IPAMError(
+                            f"{address} cannot be assigned: its block {cidr} would overlap a "
+                            f"block of another size that the pool {pool.metadata.name} had before "
+                            "it was created again; it can be assigned once that block is gone")
+                    await self.claim_affinity(node, cidr)
                     continue
                 spec = blocks.collect_cooled(current.value.spec, config.ip_cooldown_seconds,
                                              self.clock())
@@ -751,9 +758,12 @@ class IPAM:
 
     async def release_ips(
         self, addresses: list[str], *, sequence_numbers: Mapping[str, int] | None = None,
+        cooldown: bool = True,
     ) -> ReleaseResult:
         """Free addresses. One given with a sequence number (from `get_allocation` or a leak
-        report) is freed only if it was not released and handed out again since."""
+        report) is freed only if it was not released and handed out again since. `cooldown`:
+        False for addresses no pod ever had (an all-or-nothing request undone), which need no
+        ipCooldownSeconds: a retried ADD would otherwise hold one more address each time."""
         pools = await self.pools()
         by_block: dict[str, list[str]] = defaultdict(list)
         lost: list[str] = []
@@ -772,7 +782,7 @@ class IPAM:
                 ordinals = {blocks.ordinal(spec, ip): ip for ip in ips}
                 return ordinals, {o: seqs[ip] for o, ip in ordinals.items() if ip in seqs}
 
-            result.merge(await self._release_in_block(cidr, choose, pools))
+            result.merge(await self._release_in_block(cidr, choose, pools, cooldown=cooldown))
 
         for cidr, ips in by_block.items():
             try:
@@ -831,7 +841,7 @@ class IPAM:
 
     async def _release_in_block(
         self, cidr: str, choose: Callable[..., tuple[dict[int, str], dict[int, int]]],
-        pools: list[IPPool], handles: dict[str, _Handle] | None = None,
+        pools: list[IPPool], handles: dict[str, _Handle] | None = None, *, cooldown: bool = True,
     ) -> ReleaseResult:
         """Release what `choose(spec)` picks in one block: {ordinal: address} and the sequence
         numbers to hold some of them to. Raises NotFound when there is no such block.
@@ -843,13 +853,13 @@ class IPAM:
         checked = self.authority is self.store
         write_together = writes_together(self.store)
         handles = {} if handles is None else handles
-        cooldown = (await self.get_config()).ip_cooldown_seconds
+        cooldown_seconds = (await self.get_config()).ip_cooldown_seconds if cooldown else 0
         for _ in range(self.retries):
             if current is None:
                 current = await self.store.get(key)  # NotFound: the caller decides what it means
             spec = current.value.spec
             ordinals, guard = choose(spec)
-            outcome = blocks.release(spec, ordinals, guard, cooldown_seconds=cooldown,
+            outcome = blocks.release(spec, ordinals, guard, cooldown_seconds=cooldown_seconds,
                                      now=self.clock())
             result = ReleaseResult(
                 [ordinals[o] for o in outcome.released],
@@ -1089,6 +1099,18 @@ class IPAM:
             await self.store.delete(key)
         except NotFound:
             pass
+
+
+def _by_cidr(listed: list[KVPair]) -> dict[str, KVPair]:
+    """Blocks by the CIDR their names spell. A name that spells none (written by hand) belongs
+    to no block IPAM can serve; it is logged and left out."""
+    found = {}
+    for kv in listed:
+        try:
+            found[block_cidr(kv.key.name)] = kv
+        except ValueError as err:
+            log.warning("IPAM leaves alone %s: %s", kv.key, err)
+    return found
 
 
 def _readable(block: KVPair) -> IPAMBlockSpec | None:

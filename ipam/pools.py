@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from percale.api import selector
 from percale.api import IPPool
+from percale.api.fields import network_of
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -92,12 +93,17 @@ class OtherSizeBlocks:
     every block that overlaps one of these.
     """
 
-    def __init__(self, existing: Iterable[Network], pool: IPPool):
+    def __init__(self, existing: Iterable[str], pool: IPPool):
+        """`existing`: the CIDRs of every block."""
         size, version = pool.spec.block_size, pool.spec.network.version
         # Larger old blocks, by prefix length; smaller ones, as the new-size block that holds each.
         self._larger: dict[int, set[Network]] = {}
         self._inside: set[Network] = set()
-        for net in existing:
+        same_size = f"/{size}"
+        for cidr in existing:
+            if cidr.endswith(same_size):
+                continue  # the common case, told without parsing
+            net = network_of(cidr)
             if net.version != version or net.prefixlen == size:
                 continue
             if net.prefixlen < size:

@@ -19,6 +19,7 @@ from percale.ipam.allocator import IPAM, tunnel_handle
 from percale.ipam.errors import (
     AddressInUse,
     BlockLimitReached,
+    IPAMError,
     NoPools,
     NotInPool,
     PoolsExhausted,
@@ -455,6 +456,29 @@ async def test_a_pool_that_no_longer_selects_a_node_gets_its_empty_blocks_back(s
     assert kept_block in owned  # still holds an address
     assert [c for c in owned if c.startswith("10.0.")] == [kept_block]
     await assert_consistent(store)
+
+
+async def test_a_given_address_never_gets_a_block_cut_over_an_older_smaller_one(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n1", handle_id="old", num4=1)  # 10.0.0.0, in 10.0.0.0/28
+    await store.delete(Key("IPPool", "p"))
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=26)
+    # 10.0.0.40 is in no old block, but its new /26 would cover the old /28.
+    with pytest.raises(IPAMError, match="would overlap a block of another size"):
+        await ipam.assign_ip("n2", "10.0.0.40", handle_id="given")
+    await assert_consistent(store)
+    await ipam.assign_ip("n2", "10.0.0.70", handle_id="given")  # a /26 clear of it is fine
+    await assert_consistent(store)
+
+
+async def test_a_block_whose_name_spells_no_cidr_stops_no_claim(store):
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=28)
+    store.put_raw(Key("IPAMBlock", "junk"), json.dumps(
+        {"apiVersion": "percale.io/v1", "kind": "IPAMBlock", "metadata": {"name": "junk"},
+         "spec": {"cidr": "10.0.0.0/28"}}).encode())
+    got = await IPAM(store).auto_assign("n1", handle_id="a", num4=1)
+    assert len(got.ipv4) == 1
 
 
 class _DeleteBlockBeforeWrite:

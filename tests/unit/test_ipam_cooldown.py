@@ -92,3 +92,21 @@ async def test_with_no_cooldown_a_released_address_is_free_at_once():
            for i in range(4)]
     await ipam.release_ips([got[2]])
     assert str((await ipam.auto_assign("n1", handle_id="next", num4=1)).ipv4[0].ip) == got[2]
+
+
+async def test_an_undone_request_puts_nothing_into_the_cooldown():
+    # A dual-stack ADD that fails on IPv6 gives its IPv4 address back; no pod ever had it, so it
+    # is free at once, or every retry of the ADD would hold one more address for the cooldown.
+    store = MemoryDatastore()
+    await add_pool(store, "v4", "10.0.0.0/30", blockSize=30)
+    await add_pool(store, "v6", "fd00::/127", blockSize=127)
+    ipam = IPAM(store)
+    await ipam.set_config(ip_cooldown_seconds=600)
+    for i in range(2):
+        await ipam.auto_assign("n1", handle_id=f"ok-{i}", num4=1, num6=1)
+    for _ in range(2):  # IPv6 is full: the ADD fails, and is tried again
+        with pytest.raises(PoolsExhausted):
+            await ipam.auto_assign("n1", handle_id="pending", num4=1, num6=1)
+    got = await ipam.auto_assign("n1", handle_id="v4-only", num4=2)
+    assert len(got.ipv4) == 2
+    assert (await check(store)).cooling == 0
