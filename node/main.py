@@ -24,20 +24,24 @@ import asyncio
 import ipaddress
 import faulthandler
 import logging
+import os
 import re
 import signal
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from percale.api import Node
+from percale.api import InvalidResource, Node
 from percale.api.fields import POD_MTU_MIN
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
 from percale.bgpd.agent import BGPAgent
+from percale.bgpd.peering import node_addresses
+from percale.bgpd.speaker import ExaBGP
 from percale.bgpd.status import NoBGP
 from percale.dataplane.fib import FIB
 from percale.datastore.options import (
@@ -50,11 +54,12 @@ from percale.datastore.options import (
     Kubeconfig,
     datastore_settings,
 )
-from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding
+from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding, interface_holding
 from percale.dataplane.host import host_mtu as detect_host_mtu
 from percale.dataplane.nat import OutgoingNAT
+from percale.dataplane.netlink import Link, Netlink
 from percale.dataplane.route_owners import RouteProtocol
-from percale.datastore import DatastoreError, DatastoreUnavailable
+from percale.datastore import DatastoreError, DatastoreUnavailable, Key, NotFound
 from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
@@ -164,6 +169,95 @@ def check_host_mtu(host_mtu: int, source: str) -> None:
                           f" to {max(VXLAN_OVERHEAD.values())} bytes of VXLAN and need {POD_MTU_MIN})")
 
 
+# sun_path in <sys/un.h> is 108 bytes with its terminating NUL: a longer path fails only when the
+# socket is bound, after the node has registered, as an OSError naming neither setting nor limit.
+SOCKET_PATH_MAX = 107
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a UNIX socket's path ("is ... long; ..."); None when it can."""
+    size = len(os.fsencode(path))
+    if size > SOCKET_PATH_MAX:
+        return f"is {size} bytes long; a UNIX socket path must be shorter than {SOCKET_PATH_MAX + 1} bytes"
+    return None
+
+
+def warn_if_not_here(*settings: tuple[str, Optional[str], object]) -> None:
+    """A warning for each (flag, setting, resolved address) given as an address that none of this
+    host's interfaces has, as calico-node warns: not refused, since the address may be added
+    after the agent starts, but peers and tunnels reach the node there only once it is."""
+    for flag, setting, address in settings:
+        if setting == "autodetect" or not isinstance(
+                address, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+            continue  # unset, none, or detected: found on the host's interfaces
+        try:
+            missing = registration.not_on_this_host(address)
+        except OSError as err:
+            log.debug("could not list this host's addresses to check %s: %s", flag, err)
+            continue
+        if missing:
+            log.warning("%s %s: no interface of this host has %s (yet): peers and VXLAN tunnels"
+                        " cannot reach this node there until one has", flag, setting, address.ip)
+
+
+def node_links(addresses: Iterable[str]) -> list[Link]:
+    """The links in this namespace holding `addresses` (the node's BGP addresses): the parents
+    its VXLAN devices are made on."""
+    links = []
+    for address in addresses:
+        index = interface_holding(ipaddress.ip_address(address))
+        if index is None:
+            continue  # not here (yet): the VXLAN agent makes no device on it either
+        with Netlink() as nl:
+            link = nl.link(index=index)
+        if link is not None and link.mtu:
+            links.append(link)
+    return links
+
+
+def fit_host_mtu(host_mtu: int, source: str, parents: list[Link]) -> tuple[int, Link | None]:
+    """`host_mtu`, or the MTU of the narrowest of `parents` when that is smaller, with a warning
+    naming `source`; and that parent when it was lowered.
+
+    No packet larger than a parent's MTU leaves on it, and the kernel keeps a VXLAN device within
+    its parent's MTU less the overhead: a larger one is cut down when the device is made, and
+    every later attempt to set it fails with EINVAL, so the VXLAN agent retried forever after a
+    restart while pods were handed an MTU the host cannot carry. Capped with a warning rather
+    than refused: the value is too big for this host, not malformed, and the node still works at
+    the largest MTU it can carry (an interface's MTU may differ from one host to the next under
+    one DaemonSet setting)."""
+    narrowest = min(parents, key=lambda link: link.mtu, default=None)
+    if narrowest is None or host_mtu <= narrowest.mtu:
+        return host_mtu, None
+    log.warning("%s: host MTU %d is above the MTU %d of %s, which holds this node's address:"
+                " using %d, as no larger packet leaves on %s", source, host_mtu, narrowest.mtu,
+                narrowest.name, narrowest.mtu, narrowest.name)
+    return narrowest.mtu, narrowest
+
+
+async def decide_host_mtu(options: Options, store, node: str) -> int:
+    """The host MTU: given (--mtu) or detected, capped by the interfaces holding the node's
+    addresses as registered (fit_host_mtu). MTUTooSmall naming where it came from."""
+    given = options.host_mtu
+    host_mtu = given or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
+    source = ("--mtu (PERCALE_MTU)" if given
+              else f"interfaces matching --mtu-iface-pattern {options.mtu_pattern!r}")
+    if not given:
+        check_host_mtu(host_mtu, source)
+    try:
+        registered = node_addresses((await store.get(Key("Node", node))).value)
+    except NotFound:
+        registered = {}  # nothing registered it (no --ip, and percalectl never wrote it)
+    parents = await asyncio.to_thread(node_links, registered.values())
+    host_mtu, capped_by = fit_host_mtu(host_mtu, source, parents)
+    if capped_by is not None:
+        check_host_mtu(host_mtu, f"{capped_by.name}, which holds this node's address")
+    origin = (f"the MTU of {capped_by.name}" if capped_by is not None
+              else "given" if given else f"detected, {options.mtu_pattern}")
+    log.info("host MTU %d (%s)", host_mtu, origin)
+    return host_mtu
+
+
 async def bind_health(listen: tuple[str, int] | None) -> health.Endpoints | None:
     """The health endpoints' address taken, or a RegistrationError naming the setting: one this
     machine cannot listen on (not its address, in use, a name that does not resolve)."""
@@ -210,15 +304,13 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
         await store.close()
         return
     enable_forwarding()
-    # Detected once the datastore answers, as before: by then the host's interfaces are up.
-    host_mtu = options.host_mtu or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
-    log.info("host MTU %d (%s)", host_mtu, "given" if options.host_mtu else f"detected, {options.mtu_pattern}")
-    if not options.host_mtu:
-        try:
-            check_host_mtu(host_mtu, f"interfaces matching --mtu-iface-pattern {options.mtu_pattern!r}")
-        except MTUTooSmall:
-            await store.close()
-            raise
+    # Decided once the datastore answers: by then the host's interfaces are up, and the Node
+    # says which of them hold its addresses.
+    try:
+        host_mtu = await decide_host_mtu(options, store, node)
+    except BaseException:
+        await store.close()
+        raise
     cache = Cache(store, AGENT_KINDS + POLICY_KINDS, node=node)
     view = CachedDatastore(store, cache)
     ipam = IPAM(view, authority=store)
@@ -306,7 +398,8 @@ def main(
         envvar="PERCALE_MTU", min=0, max=65535,
         help="The host's (underlay) MTU; 0 detects it: the smallest MTU of the up interfaces"
         " matching --mtu-iface-pattern. Pods get it less the overhead of the encapsulations"
-        " the enabled pools use (VXLAN 50, IPv6 VXLAN 70); a conflist mtu wins")] = 0,
+        " the enabled pools use (VXLAN 50, IPv6 VXLAN 70); a conflist mtu wins. Above the MTU"
+        " of the interface holding the node's address, that interface's MTU is used (logged)")] = 0,
     mtu_iface_pattern: Annotated[str, typer.Option(
         envvar="PERCALE_MTU_IFACE_PATTERN",
         help="Interfaces whose MTU is the host's (felix's MTUIfacePattern)")] = DEFAULT_MTU_PATTERN,
@@ -382,10 +475,14 @@ def main(
                 f"--mtu-iface-pattern: {mtu_iface_pattern!r} is not a regular expression: {err}") from None
         if router_id not in (None, "", "hash"):
             try:
-                ipaddress.IPv4Address(router_id)
+                given_id = ipaddress.IPv4Address(router_id)
             except ValueError:
                 raise registration.RegistrationError(
                     f"--router-id: {router_id!r} is neither 'hash' nor an IPv4 address") from None
+            if not int(given_id):
+                # RFC 6286 §2.1: a non-zero four-octet number; peers refuse an OPEN carrying 0.
+                raise registration.RegistrationError(
+                    f"--router-id: {router_id!r}: a BGP router ID must not be 0 (RFC 6286)")
         if mtu:  # 0: detected, and checked then
             check_host_mtu(mtu, "--mtu (PERCALE_MTU)")
         try:
@@ -393,14 +490,26 @@ def main(
         except ValueError as err:
             raise registration.RegistrationError(
                 f"--health-listen (PERCALE_HEALTH_LISTEN) {health_listen!r}: {err}") from None
+        # (setting, its value, what names the socket, the socket's path)
+        sockets = [("--cni-socket (PERCALE_CNI_SOCKET)", cni_socket, "the path", cni_socket),
+                   ("--status-socket (PERCALE_STATUS_SOCKET)", status_socket, "the path", status_socket)]
+        if backend == "bgp":
+            # ExaBGP's helper connects back to the agent on a socket in that directory.
+            exabgp_socket = str(ExaBGP(bgp_dir, on_event=lambda event: None).socket_path)
+            sockets.append(("--bgp-dir (PERCALE_BGP_DIR)", str(bgp_dir),
+                            f"ExaBGP's socket there, {exabgp_socket!r},", exabgp_socket))
+        for setting, value, subject, path in sockets:
+            if problem := socket_path_problem(path):
+                raise registration.RegistrationError(f"{setting} {value!r}: {subject} {problem}")
         node = resolve_node_name(node_name)
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
+        warn_if_not_here(("--ip", ip, addresses[0]), ("--ip6", ip6, addresses[1]))
         options = Options(node, cni_socket, status_socket, mtu, mtu_iface_pattern, mtu_file, backend,
                           bgp_dir, secrets_dir, health_at, router_id or None, policy_reconcile_seconds)
         asyncio.run(run(options, settings, addresses))
     except (ConfigError, DatastoreError, OSError, registration.RegistrationError, MTUTooSmall,
-            AgentFailed) as err:
+            InvalidResource, AgentFailed) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None
 

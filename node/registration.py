@@ -8,7 +8,10 @@
     `kubernetes: NodeInternalIP` asks, read from the API once it answers);
   * `none`: this node has no address of that family (the field is removed);
   * an address with its prefix (10.0.0.5/24): used as given. The prefix matters — CrossSubnet
-    compares subnets — so a bare address is refused rather than stored as a /32.
+    compares subnets — so a bare address is refused rather than stored as a /32. So is one no
+    peer could reach (unspecified, loopback, multicast, link-local). One that is on none of this
+    host's interfaces is only warned about, as calico-node warns: it may be added after the agent
+    starts (a lab node gets its fabric address so).
 
 The Node is created when it does not exist. Another node already using the address is an error,
 as in Calico: two nodes with one BGP address would steal each other's sessions.
@@ -21,9 +24,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter, ValidationError
+
 from percale.dataplane.host import HostAddress, host_addresses, source_address_towards
 from percale.datastore import AlreadyExists, Conflict, Datastore, Key, NotFound
 from percale.api import autodetection, parse
+from percale.api.fields import IPv4Interface, IPv6Interface
+from percale.api.meta import explained
 
 # calico.md §1.10: interfaces first-found never picks (container, bridge, tunnel and pod links).
 FIRST_FOUND_EXCLUDED = (
@@ -133,7 +140,37 @@ def resolve(version: int, setting: str | None, method: str | None, addresses=hos
         raise RegistrationError(f"{flag}: {setting!r} is not an address with a prefix") from None
     if address.version != version:
         raise RegistrationError(f"{flag}: {setting} is not an IPv{version} address")
+    try:
+        # The Node's own rule for spec.bgp (no zone, no IPv4-mapped address), here so that the
+        # flag is named at start, not an invalid Node reported once the datastore answers.
+        TypeAdapter(IPv4Interface if version == 4 else IPv6Interface).validate_python(setting)
+    except ValidationError as err:
+        raise RegistrationError(f"{flag}: {explained(err)}") from None
+    if problem := unusable_problem(address.ip):
+        raise RegistrationError(f"{flag}: {setting}: {problem}")
     return address
+
+
+def unusable_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `address` cannot be a node's BGP address (the one its peers connect to and its VXLAN
+    tunnels start from); None when it can."""
+    if address.is_unspecified:
+        return "the unspecified address names no host: no peer could connect to it"
+    if address.is_loopback:
+        return "a loopback address never leaves this host: no peer could reach it"
+    if address.is_multicast:
+        return "a multicast address cannot be a BGP session's end: give this node's unicast address"
+    if address.is_link_local:
+        # IPv4 link-local is also the pods' side of the node (169.254.1.1 is their gateway).
+        return ("a link-local address reaches only its own link and, for IPv6, needs a zone that"
+                " neither BGP nor the Node can carry: give a global or unique-local address")
+    return None
+
+
+def not_on_this_host(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                     addresses=host_addresses) -> bool:
+    """True when no interface of this network namespace has `address` (its prefix aside)."""
+    return all(a.address.ip != address.ip for a in addresses())
 
 
 async def from_kubernetes_node(wanted: FromKubernetesNode, node: str, client,
