@@ -5,11 +5,10 @@ from masquerade, and an MTU file that cannot be written holds none of it back.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import uuid
 
 import pytest
+
+from tests.helpers.netns_script import run_in_new_netns
 
 pytestmark = pytest.mark.netns
 
@@ -63,13 +62,7 @@ asyncio.run(main())
 
 
 def test_the_kernel_masquerades_a_disabled_pool_while_the_mtu_file_cannot_be_written():
-    netns = f"pnat{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+    done = run_in_new_netns("pnat", SCRIPT)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found is not None, f"no natOutgoing table was written: {done.stderr}"

@@ -4,11 +4,10 @@ same table, a change rewrites only what changed, and a refused transaction chang
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import uuid
 
 import pytest
+
+from tests.helpers.netns_script import run_in_new_netns
 
 pytestmark = pytest.mark.netns
 
@@ -49,15 +48,9 @@ print(json.dumps(found))
 
 
 def test_library_and_process_write_the_same_table():
-    netns = f"pnft{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        found = json.loads(done.stdout)
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+    done = run_in_new_netns("pnft", SCRIPT)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
     process, library = found["process"], found["library"]
     assert process["whole"] == library["whole"] and "x/p0" in process["whole"]
     assert process["changed"] == library["changed"]
