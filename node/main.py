@@ -235,9 +235,11 @@ def fit_host_mtu(host_mtu: int, source: str, parents: list[Link]) -> tuple[int, 
     return narrowest.mtu, narrowest
 
 
-async def decide_host_mtu(options: Options, store, node: str) -> int:
+async def decide_host_mtu(options: Options, store, node: str, given_addresses: Iterable[object]) -> int:
     """The host MTU: given (--mtu) or detected, capped by the interfaces holding the node's
-    addresses as registered (fit_host_mtu). MTUTooSmall naming where it came from."""
+    addresses as registered (fit_host_mtu), or as --ip/--ip6 give them while the datastore does
+    not answer (the agent starts anyway, and tells CNI callers to try again). MTUTooSmall naming
+    where it came from."""
     given = options.host_mtu
     host_mtu = given or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
     source = ("--mtu (PERCALE_MTU)" if given
@@ -245,10 +247,13 @@ async def decide_host_mtu(options: Options, store, node: str) -> int:
     if not given:
         check_host_mtu(host_mtu, source)
     try:
-        registered = node_addresses((await store.get(Key("Node", node))).value)
+        registered = list(node_addresses((await store.get(Key("Node", node))).value).values())
     except NotFound:
-        registered = {}  # nothing registered it (no --ip, and percalectl never wrote it)
-    parents = await asyncio.to_thread(node_links, registered.values())
+        registered = []  # nothing registered it (no --ip, and percalectl never wrote it)
+    except DatastoreError:
+        registered = [str(a.ip) for a in given_addresses
+                      if isinstance(a, (ipaddress.IPv4Interface, ipaddress.IPv6Interface))]
+    parents = await asyncio.to_thread(node_links, registered)
     host_mtu, capped_by = fit_host_mtu(host_mtu, source, parents)
     if capped_by is not None:
         check_host_mtu(host_mtu, f"{capped_by.name}, which holds this node's address")
@@ -307,7 +312,7 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     # Decided once the datastore answers: by then the host's interfaces are up, and the Node
     # says which of them hold its addresses.
     try:
-        host_mtu = await decide_host_mtu(options, store, node)
+        host_mtu = await decide_host_mtu(options, store, node, addresses[:2])
     except BaseException:
         await store.close()
         raise

@@ -557,7 +557,7 @@ def test_hostile_requests_get_a_cni_error_and_leave_nothing_behind(node, etcd_se
          "args.percale.namedPorts[0].name: 'a-port-name-over-fifteen' is not a port name"),
         ("named port not a number", run({**conf, "args": {"percale": {"namedPorts": [
             {"name": "http", "protocol": "TCP", "port": "eighty"}]}}}), 7,
-         "args.percale.namedPorts[0].port: Input should be a valid integer"),
+         "args.percale.namedPorts[0].port: must be a whole number, not 'eighty'"),
     ]
     for what, result, code, words in cases:
         assert result.code == 1, (what, result.out, result.err)
