@@ -856,7 +856,16 @@ class IPAM:
         cooldown_seconds = (await self.get_config()).ip_cooldown_seconds if cooldown else 0
         for _ in range(self.retries):
             if current is None:
-                current = await self.store.get(key)  # NotFound: the caller decides what it means
+                try:
+                    current = await self.store.get(key)  # NotFound: the caller decides
+                except NotFound:
+                    if self.authority is self.store:
+                        raise
+                    # A view may lag a block just made, or leave out one it cannot read: ask
+                    # the store before the handle is taken to overstate and deleted.
+                    current = await self.authority.get(key)
+            # A block that cannot be read raises here, naming it: the release fails whole and
+            # its handle stays, rather than the handle going while the block holds the address.
             spec = current.value.spec
             ordinals, guard = choose(spec)
             outcome = blocks.release(spec, ordinals, guard, cooldown_seconds=cooldown_seconds,

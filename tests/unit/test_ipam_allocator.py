@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from percale.datastore import Key, MemoryDatastore, NotFound
+from percale.datastore import DatastoreError, Key, MemoryDatastore, NotFound
 from percale.datastore.contract import Update
 from percale.datastore.cache import Cache, CachedDatastore
 from percale.ipam import blocks
@@ -479,6 +479,31 @@ async def test_a_block_whose_name_spells_no_cidr_stops_no_claim(store):
          "spec": {"cidr": "10.0.0.0/28"}}).encode())
     got = await IPAM(store).auto_assign("n1", handle_id="a", num4=1)
     assert len(got.ipv4) == 1
+
+
+async def test_a_release_through_the_view_keeps_the_handle_of_a_block_it_cannot_read(store):
+    # The agent's view leaves such a block out; releasing by handle used to take that as "the
+    # handle overstated" and delete the handle, leaving the address held by no handle.
+    await add_pool(store, "p", "10.0.0.0/28", blockSize=30)
+    await IPAM(store).auto_assign("n1", handle_id="pod-a", num4=1)
+    [kv] = (await store.list("IPAMBlock")).items
+    view, following = await agent_view(store)
+    try:
+        document = kv.value.to_document()
+        document["spec"]["allocations"] = "garbage"
+        store.put_raw(kv.key, json.dumps(document).encode())
+        # A listener that reads blocks (VXLAN, BGP) makes the view drop it: as one would.
+        for _ in range(300):
+            if view.cache.get_value("IPAMBlock", kv.key.name) is None:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(NotFound):
+            await view.get(kv.key)
+        with pytest.raises(DatastoreError, match="cannot be read"):
+            await IPAM(view, authority=store).release_by_handle("pod-a")
+    finally:
+        following.cancel()
+    assert (await store.get(Key("IPAMHandle", "pod-a"))).value.spec.block == {kv.value.spec.cidr: 1}
 
 
 class _DeleteBlockBeforeWrite:
