@@ -26,6 +26,8 @@ from percale.api.ipam import (
     IPAMConfigSpec,
     IPAMHandle,
     IPAMHandleSpec,
+    IPReservation,
+    IPReservationSpec,
 )
 from percale.api.bgp import BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec
 from percale.api.node import Node, NodeSpec
@@ -38,7 +40,7 @@ __all__ = [
     "kind_named", "parse",
     "IPPool", "IPPoolSpec",
     "IPAMConfig", "IPAMConfigSpec", "IPAMBlock", "IPAMBlockSpec", "BlockAffinity",
-    "BlockAffinitySpec", "IPAMHandle", "IPAMHandleSpec",
+    "BlockAffinitySpec", "IPAMHandle", "IPAMHandleSpec", "IPReservation", "IPReservationSpec",
     "BGPConfiguration", "BGPConfigurationSpec", "BGPPeer", "BGPPeerSpec",
     "Node", "NodeSpec", "WorkloadEndpoint", "WorkloadEndpointSpec", "NodeStatus", "NodeStatusSpec",
     "NetworkPolicy", "GlobalNetworkPolicy", "Profile",

@@ -233,7 +233,16 @@ def _mac(value: str) -> str:
     return value.lower()
 
 
+def _cidr_or_ip(value: str) -> str:
+    # A bare address is the one-address network (Calico's ParseCIDROrIP); kept as written.
+    if isinstance(value, str) and "/" not in value:
+        _address(value)
+        return value
+    return _network(value)
+
+
 CIDR = Annotated[str, AfterValidator(_network)]
+CIDROrIP = Annotated[str, AfterValidator(_cidr_or_ip)]
 IPAddress = Annotated[str, AfterValidator(_address)]
 IPv4Address = Annotated[str, AfterValidator(_ipv4)]
 IPv6Address = Annotated[str, AfterValidator(_ipv6)]

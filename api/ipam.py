@@ -1,4 +1,5 @@
-"""IPAM kinds: the IPAMConfig singleton, and the blocks, affinities and handles IPAM keeps.
+"""IPAM kinds: the IPAMConfig singleton, IPReservations, and the blocks, affinities and handles
+IPAM keeps.
 
 IPAMConfig is the user's (`percalectl ipam configure` writes it); the allocator reads it. IPAMBlock,
 BlockAffinity and IPAMHandle are percale's own bookkeeping: only the IPAM allocator writes them,
@@ -17,7 +18,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, NonNegativeInt, StrictBool, field_validator, model_validator
 
-from percale.api.fields import CIDR, Timestamp, network_of, whole_number
+from percale.api.fields import CIDR, CIDROrIP, Timestamp, network_of, whole_number
 from percale.api.ippool import BLOCK_SIZE_RANGE
 from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
 from percale.api.node import Node, NodeName
@@ -75,6 +76,27 @@ class IPAMConfig(Resource):
 
 
 register(IPAMConfig, plural="ipamconfigs", short_names=("ipamconfiguration", "ipamconfigurations"))
+
+
+# --------------------------------------------------------------------------------------------
+# IPReservation
+
+
+class IPReservationSpec(Model):
+    # Addresses IPAM never hands out automatically (each a CIDR, or an address alone); what is
+    # already allocated in them stays, and an address given explicitly (assign_ip) is not held
+    # back. As Calico's IPReservation.
+    reserved_cidrs: list[CIDROrIP] = Field(default_factory=list, alias="reservedCIDRs")
+
+
+class IPReservation(Resource):
+    kind: Literal["IPReservation"] = "IPReservation"
+    metadata: ObjectMeta
+    spec: IPReservationSpec = Field(default_factory=IPReservationSpec)
+
+
+register(IPReservation, plural="ipreservations", short_names=("ipreservation", "reservation",
+                                                               "reservations"))
 
 # --------------------------------------------------------------------------------------------
 # Block and affinity names

@@ -23,12 +23,16 @@ from percale.ctl.context import fail, with_datastore
 from percale.ctl.ipam_app import ipam_app
 from percale.datastore import Datastore, DatastoreError
 from percale.ipam.allocator import IPAM, Allocation
+from percale.ipam.reservations import Reservations
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
 from percale.api.fields import plain_ip
 from percale.api.meta import InvalidResource
 
 USAGE_HEADERS = ("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE")
+# With IPReservations, Calico's HEAD column for them between IN USE and FREE; without any, the
+# classic table, line for line.
+USAGE_HEADERS_RESERVED = ("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS RESERVED", "IPS FREE")
 BORROWED_HEADERS = ("IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "TYPE", "ALLOCATED-TO")
 CONFIG_HEADERS = ("PROPERTY", "VALUE")
 
@@ -41,30 +45,38 @@ def go_count(n: float) -> str:
     return "%.5g" % n
 
 
-def usage_row(grouping: str, cidr: str, capacity: int, in_use: int) -> list[str]:
-    """One row of the utilisation table: `78 (0%)`, `65458 (100%)`.
+def usage_row(grouping: str, cidr: str, capacity: int, in_use: int, free: int | None = None,
+              reserved: int | None = None) -> list[str]:
+    """One row of the utilisation table: `78 (0%)`, `65458 (100%)`; with `reserved`, the IPS
+    RESERVED cell too. `free` defaults to what is not in use.
 
     calicoctl works in float64 and prints percentages with Go's %.f; Python's % formatting rounds
     the same way (the exact binary value, halves to even), so 0.5% shows as 0% in both.
     """
-    total, used = float(capacity), float(in_use)
-    free = total - used
-    return [
-        grouping, cidr, go_count(total),
-        f"{go_count(used)} ({'%.0f' % (100 * used / total)}%)",
-        f"{go_count(free)} ({'%.0f' % (100 * free / total)}%)",
-    ]
+    total = float(capacity)
+
+    def cell(n: float) -> str:
+        return f"{go_count(n)} ({'%.0f' % (100 * n / total)}%)"
+
+    counts = [in_use] + ([] if reserved is None else [reserved])
+    counts.append(capacity - in_use if free is None else free)
+    return [grouping, cidr, go_count(total), *(cell(float(n)) for n in counts)]
 
 
-def usage_rows(found: Usage, show_blocks: bool) -> list[list[str]]:
+def usage_rows(found: Usage, show_blocks: bool, reserved: bool = False) -> list[list[str]]:
+    """The table's rows; `reserved`: with the IPS RESERVED column (IPReservations exist)."""
+    def row(grouping: str, u) -> list[str]:
+        return usage_row(grouping, u.cidr, u.capacity, u.in_use, u.free,
+                         u.reserved if reserved else None)
+
     rows = []
     for pool in found.pools:
-        rows.append(usage_row("IP Pool", pool.cidr, pool.capacity, pool.in_use))
+        rows.append(row("IP Pool", pool))
         if show_blocks:
-            rows += [usage_row("Block", b.cidr, b.capacity, b.in_use) for b in pool.blocks]
+            rows += [row("Block", b) for b in pool.blocks]
     if show_blocks:
         # No pool row: there is no pool, and its "total" would mean nothing.
-        rows += [usage_row("Block", b.cidr, b.capacity, b.in_use) for b in found.orphans]
+        rows += [row("Block", b) for b in found.orphans]
     return rows
 
 
@@ -144,8 +156,9 @@ def show(
         config = with_datastore(lambda store: IPAM(store).get_config())
         sys.stdout.write(ascii_table.render(CONFIG_HEADERS, configuration_rows(config)))
     else:
-        found = with_datastore(_read_usage)
-        sys.stdout.write(ascii_table.render(USAGE_HEADERS, usage_rows(found, show_blocks)))
+        found, reserved = with_datastore(_read_usage)
+        headers = USAGE_HEADERS_RESERVED if reserved else USAGE_HEADERS
+        sys.stdout.write(ascii_table.render(headers, usage_rows(found, show_blocks, reserved)))
 
 
 @ipam_app.command()
@@ -189,6 +202,9 @@ async def _read_blocks(store: Datastore) -> list[IPAMBlock]:
     return found
 
 
-async def _read_usage(store: Datastore) -> Usage:
+async def _read_usage(store: Datastore) -> tuple[Usage, bool]:
+    """The usage, and whether any IPReservation exists."""
     pools = [kv.value for kv in (await store.list("IPPool")).items]
-    return usage(pools, await _read_blocks(store))
+    reservations = Reservations(
+        cidr for kv in (await store.list("IPReservation")).items for cidr in kv.value.spec.reserved_cidrs)
+    return usage(pools, await _read_blocks(store), reservations), bool(reservations)

@@ -57,6 +57,10 @@ def _node_ip(version: int) -> Row:
 
 _NAME: tuple[str, Row] = ("NAME", lambda r, _: r.metadata.name)
 
+
+def _truncated(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
 _BGP_PEER = [
     _NAME,
     ("PEERIP", lambda r, _: r.spec.peer_ip or ""),
@@ -147,6 +151,8 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
         ],
     ),
     "IPAMConfig": (_IPAM_CONFIG, _IPAM_CONFIG),
+    # calicoctl's: the CIDRs joined, cut at 80 characters.
+    "IPReservation": ([_NAME], [_NAME, ("CIDRS", lambda r, _: _truncated(",".join(r.spec.reserved_cidrs), 80))]),
     "IPAMBlock": (
         [_NAME, ("CIDR", lambda r, _: r.spec.cidr), ("AFFINITY", lambda r, _: r.spec.affinity or "")],
         [

@@ -55,6 +55,7 @@ from percale.ipam.errors import (
     StrictAffinityExhausted,
     TooManyConflicts,
 )
+from percale.ipam.reservations import Reservations
 from percale.ipam.pools import (
     OtherSizeBlocks, automatic, block_of, candidate_blocks, pool_of, seeded_position,
     selects_namespace, usable,
@@ -182,6 +183,15 @@ class _Handle:
         return Update(value.model_copy(update={"spec": spec}), self.stored.revision)
 
 
+@dataclass(frozen=True)
+class _Terms:
+    """What an automatic assignment keeps to besides the pools: the IP cooldown and the
+    IPReservations, read once per request."""
+
+    cooldown_seconds: int
+    reservations: Reservations
+
+
 class IPAM:
     def __init__(
         self, store: Datastore, *, retries: int = DATASTORE_RETRIES,
@@ -258,15 +268,17 @@ class IPAM:
         handle = _Handle(handle_id)
         async with self._locks[node]:
             if self.authority is self.store:
-                # Three reads from the datastore itself: one round trip's wait, not three.
-                config, pools, labels = await asyncio.gather(
-                    self.get_config(), self.pools(), self._node_labels(node))
+                # Four reads from the datastore itself: one round trip's wait, not four.
+                config, pools, labels, reservations = await asyncio.gather(
+                    self.get_config(), self.pools(), self._node_labels(node), self._reservations())
             else:
-                # A view answers from memory without waiting, and the three tasks of a gather
-                # cost a tenth of an allocation's CPU there.
+                # A view answers from memory without waiting, and the tasks of a gather cost a
+                # tenth of an allocation's CPU there.
                 config = await self.get_config()
                 pools = await self.pools()
                 labels = await self._node_labels(node)
+                reservations = await self._reservations()
+            terms = _Terms(config.ip_cooldown_seconds, reservations)
             if self.authority is not self.store and any(
                     num > 0 and not usable(pools, version, labels, use)
                     for version, num in ((4, num4), (6, num6))):
@@ -286,7 +298,7 @@ class IPAM:
                                               namespace, namespace_labels or {})
                         got += await self._assign_family(
                             node, version, num, handle, secondary, eligible, config,
-                            max_blocks_per_host, pools, labels,
+                            max_blocks_per_host, pools, labels, terms,
                         )
             except BaseException:
                 # All-or-nothing: a dual-stack request that fails on IPv6 gives back its IPv4.
@@ -301,7 +313,7 @@ class IPAM:
     async def _assign_family(
         self, node: str, version: int, num: int, handle: _Handle, secondary: dict[str, str],
         pools: list[IPPool], config: IPAMConfigSpec, max_blocks_per_host: int,
-        all_pools: list[IPPool], labels: Mapping[str, str],
+        all_pools: list[IPPool], labels: Mapping[str, str], terms: _Terms,
     ) -> list[Interface]:
         got: list[Interface] = []
         try:
@@ -316,7 +328,7 @@ class IPAM:
                 if len(got) == num:
                     break
                 taken = await self._assign_from_block(cidr, num - len(got), handle, secondary, node,
-                                                      config.ip_cooldown_seconds)
+                                                      terms)
                 if taken:
                     self._last_block[node] = cidr
                 got += taken
@@ -331,19 +343,18 @@ class IPAM:
                 if len(mine) >= cap:
                     at_limit = True
                     break
-                cidr = await self._claim_new_block(node, pools)
+                cidr = await self._claim_new_block(node, pools, terms.reservations)
                 if cidr is None:
                     break
                 mine.append(cidr)
                 self._last_block[node] = cidr
                 got += await self._assign_from_block(cidr, num - len(got), handle, secondary, node,
-                                                     config.ip_cooldown_seconds)
+                                                     terms)
 
             if len(got) < num and config.strict_affinity:
                 raise BlockLimitReached(cap) if at_limit else StrictAffinityExhausted()
             if len(got) < num:
-                got += await self._borrow(node, pools, num - len(got), handle, secondary,
-                                          config.ip_cooldown_seconds)
+                got += await self._borrow(node, pools, num - len(got), handle, secondary, terms)
             if len(got) < num:
                 raise PoolsExhausted([p.spec.cidr for p in pools])
             return got
@@ -354,7 +365,7 @@ class IPAM:
 
     async def _assign_from_block(
         self, cidr: str, want: int, handle: _Handle, secondary: Mapping[str, str],
-        owner: str | None, cooldown_seconds: int,
+        owner: str | None, terms: _Terms,
     ) -> list[Interface]:
         """Up to `want` addresses from one block. With `owner`, only while the block is still
         that node's; a confirmed affinity whose block is missing (a claim cut short) gets its
@@ -380,11 +391,12 @@ class IPAM:
             if spec is None or spec.deleted or (
                     owner is not None and spec.affinity != host_affinity(owner)):
                 return []
-            spec = blocks.collect_cooled(spec, cooldown_seconds, self.clock())
-            count = min(want, blocks.free_count(spec))
+            spec = blocks.collect_cooled(spec, terms.cooldown_seconds, self.clock())
+            reserved = terms.reservations.ordinals(spec.network)
+            count = min(want, blocks.free_count(spec, reserved))
             if count == 0:
                 return []
-            new_spec, taken = blocks.assign(spec, count, handle.id, secondary)
+            new_spec, taken = blocks.assign(spec, count, handle.id, secondary, reserved=reserved)
             new_block = current.value.model_copy(update={"spec": new_spec})
             write_together = writes_together(self.store)
             if write_together is not None:
@@ -455,8 +467,11 @@ class IPAM:
 
     # -- claiming blocks -----------------------------------------------------------------------
 
-    async def _claim_new_block(self, node: str, pools: list[IPPool]) -> str | None:
-        """Find a block for `node` and claim it; its CIDR, or None when every block is taken."""
+    async def _claim_new_block(
+        self, node: str, pools: list[IPPool], reservations: Reservations,
+    ) -> str | None:
+        """Find a block for `node` and claim it; its CIDR, or None when every block is taken
+        (or wholly reserved)."""
         # By name, which is the CIDR: a view decodes a block's value when first read, and only
         # the blocks on this node's walk need reading (decoding every block of the cluster
         # made a claim cost 20 ms with 200 blocks).
@@ -470,7 +485,7 @@ class IPAM:
                 if found is None:
                     if other_size is None:
                         other_size = OtherSizeBlocks(existing, pool)
-                    if other_size.overlap(net):
+                    if other_size.overlap(net) or reservations.covers(net):
                         continue
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
@@ -478,7 +493,8 @@ class IPAM:
                 spec = _readable(found)
                 if spec is None:
                     pass  # someone's block, as far as anyone can tell: never cut over it
-                elif spec.affinity == host_affinity(node) and blocks.free_count(spec):
+                elif spec.affinity == host_affinity(node) and blocks.free_count(
+                        spec, reservations.ordinals(spec.network)):
                     # Ours already (a claim cut short before its affinity was confirmed).
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
@@ -672,7 +688,7 @@ class IPAM:
 
     async def _borrow(
         self, node: str, pools: list[IPPool], want: int, handle: _Handle,
-        secondary: Mapping[str, str], cooldown_seconds: int,
+        secondary: Mapping[str, str], terms: _Terms,
     ) -> list[Interface]:
         got: list[Interface] = []
         existing = [spec for kv in (await self.store.list("IPAMBlock", defer_errors=True)).items
@@ -683,9 +699,10 @@ class IPAM:
                 if len(got) == want:
                     return got
                 if not spec.deleted and blocks.free_count(
-                        blocks.collect_cooled(spec, cooldown_seconds, self.clock())):
+                        blocks.collect_cooled(spec, terms.cooldown_seconds, self.clock()),
+                        terms.reservations.ordinals(spec.network)):
                     got += await self._assign_from_block(
-                        spec.cidr, want - len(got), handle, secondary, None, cooldown_seconds)
+                        spec.cidr, want - len(got), handle, secondary, None, terms)
         return got
 
     # -- assign a given address ----------------------------------------------------------------
@@ -1034,6 +1051,17 @@ class IPAM:
 
     async def pools(self) -> list[IPPool]:
         return [kv.value for kv in (await self.store.list("IPPool")).items]
+
+    async def _reservations(self) -> Reservations:
+        """Every IPReservation's CIDRs. One that cannot be read is logged and left out: one bad
+        object must not stop every allocation."""
+        cidrs: list[str] = []
+        for kv in (await self.store.list("IPReservation", defer_errors=True)).items:
+            try:
+                cidrs += kv.value.spec.reserved_cidrs
+            except DatastoreError as err:
+                log.warning("IPAM leaves out a reservation it cannot read: %s", err)
+        return Reservations(cidrs)
 
     async def _owned(self, node: str) -> list[str]:
         """The blocks `node` holds a confirmed affinity for (a pending one counts as absent)."""

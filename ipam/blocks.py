@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -48,8 +48,11 @@ def interface(spec: IPAMBlockSpec, index: int) -> Interface:
     return cls((int(net.network_address) + index, net.prefixlen))
 
 
-def free_count(spec: IPAMBlockSpec) -> int:
-    return len(spec.unallocated)
+def free_count(spec: IPAMBlockSpec, reserved: Collection[int] = ()) -> int:
+    """Free addresses that may be handed out: not the `reserved` ordinals (IPReservations)."""
+    if not reserved:
+        return len(spec.unallocated)
+    return sum(1 for o in spec.unallocated if o not in reserved)
 
 
 def is_empty(spec: IPAMBlockSpec) -> bool:
@@ -124,15 +127,17 @@ def _with_attribute(
 
 def assign(
     spec: IPAMBlockSpec, count: int, handle_id: str, secondary: Mapping[str, str],
-    ordinals: Iterable[int] | None = None,
+    ordinals: Iterable[int] | None = None, reserved: Collection[int] = (),
 ) -> tuple[IPAMBlockSpec, list[int]]:
-    """Allocate `count` addresses from the front of the free list (or exactly `ordinals`).
+    """Allocate `count` addresses from the front of the free list, passing over the `reserved`
+    ordinals, which keep their place (or exactly `ordinals`).
 
     Returns the new spec and the ordinals taken. Each taken ordinal records the new sequence
     number, which no other allocation in this block will ever share.
     """
     if ordinals is None:
-        taken = spec.unallocated[:count]
+        taken = (spec.unallocated[:count] if not reserved else
+                 [o for o in spec.unallocated if o not in reserved][:count])
     else:
         taken = list(ordinals)
         if any(spec.allocations[o] is not None for o in taken):

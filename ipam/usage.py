@@ -12,7 +12,9 @@ Counting follows Calico's GetUtilization (calico.md §5.3):
     list of their own, both families;
   * blocks are listed in address order (Calico lists them in datastore key order, where
     10.0.0.128/26 comes before 10.0.0.64/26);
-  * a block marked deleted (the first step of a two-step delete) is already gone.
+  * a block marked deleted (the first step of a two-step delete) is already gone;
+  * an address an IPReservation covers is reserved, and not free even where no block holds it
+    yet; one allocated before it was reserved counts as in use and as reserved (Calico's HEAD).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 
 from percale.ipam import blocks as block_math
 from percale.api import IPAMBlock, IPPool
+from percale.api.fields import network_of
 from percale.api.ipam import IPAMBlockSpec
+from percale.ipam.reservations import Reservations
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,10 +37,13 @@ class BlockUsage:
     cidr: str
     capacity: int
     in_use: int
+    reserved: int = 0
+    # Addresses that can still be handed out; None: all not in use (nothing reserved).
+    available: int | None = None
 
     @property
     def free(self) -> int:
-        return self.capacity - self.in_use
+        return self.capacity - self.in_use if self.available is None else self.available
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class PoolUsage:
     cidr: str
     capacity: int
     blocks: tuple[BlockUsage, ...]
+    reserved: int = 0
+    # Reserved addresses of the pool that no block holds yet: not free either.
+    reserved_outside_blocks: int = 0
 
     @property
     def in_use(self) -> int:
@@ -52,7 +62,8 @@ class PoolUsage:
 
     @property
     def free(self) -> int:
-        return self.capacity - self.in_use
+        unblocked = self.capacity - sum(b.capacity for b in self.blocks)
+        return unblocked - self.reserved_outside_blocks + sum(b.free for b in self.blocks)
 
 
 @dataclass(frozen=True)
@@ -62,23 +73,29 @@ class Usage:
     orphans: tuple[BlockUsage, ...]
 
 
-def usage(pools: Sequence[IPPool], blocks: Iterable[IPAMBlock]) -> Usage:
-    """Addresses in use and free per pool (in the order given) and per block."""
+def usage(pools: Sequence[IPPool], blocks: Iterable[IPAMBlock],
+          reservations: Reservations = Reservations()) -> Usage:
+    """Addresses in use, reserved and free per pool (in the order given) and per block."""
     networks = [p.spec.network for p in pools]
     held: list[list[BlockUsage]] = [[] for _ in pools]
     orphans: list[BlockUsage] = []
     for spec in _live(blocks):
-        counted = BlockUsage(spec.cidr, len(spec.allocations),
-                             len(spec.allocations) - block_math.free_count(spec))
+        in_use = len(spec.allocations) - block_math.free_count(spec)
+        if reservations:
+            reserved = reservations.ordinals(spec.network)
+            counted = BlockUsage(spec.cidr, len(spec.allocations), in_use, len(reserved),
+                                 block_math.free_count(spec, reserved))
+        else:
+            counted = BlockUsage(spec.cidr, len(spec.allocations), in_use)
         home = next((i for i, net in enumerate(networks) if _overlap(net, spec.network)), None)
         (orphans if home is None else held[home]).append(counted)
-    return Usage(
-        pools=tuple(
-            PoolUsage(p.metadata.name, p.spec.cidr, net.num_addresses, tuple(held[i]))
-            for i, (p, net) in enumerate(zip(pools, networks, strict=True))
-        ),
-        orphans=tuple(orphans),
-    )
+    found = []
+    for i, (p, net) in enumerate(zip(pools, networks, strict=True)):
+        reserved = reservations.count(net) if reservations else 0
+        in_blocks = sum(reservations.count(network_of(b.cidr)) for b in held[i]) if reserved else 0
+        found.append(PoolUsage(p.metadata.name, p.spec.cidr, net.num_addresses, tuple(held[i]),
+                               reserved, reserved - in_blocks))
+    return Usage(pools=tuple(found), orphans=tuple(orphans))
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,21 @@ async def test_configure_refuses_a_combination_ipamconfig_forbids(cli, store):
     # Setting what is already set is fine.
     again = cli("ipam", "configure", "--strictaffinity=true")
     assert (again.code, again.out) == (0, "Successfully set StrictAffinity to: true\n")
+
+
+async def test_reservations_are_shown_and_counted(cli, store, tmp_path):
+    await add_pool(store, "pool1", "10.30.0.0/24", blockSize=29)
+    reservation = tmp_path / "reservation.yaml"
+    reservation.write_text("apiVersion: percale.io/v1\nkind: IPReservation\n"
+                           "metadata: {name: gateways}\nspec:\n  reservedCIDRs: [10.30.0.0/30, 10.30.0.9]\n")
+    created = cli("create", "-f", str(reservation))
+    assert created.code == 0, created.err
+    listed = cli("get", "ipreservations", "-o", "wide")
+    assert listed.out.splitlines()[1:] == ["gateways   10.30.0.0/30,10.30.0.9"], listed.out
+    got = await ipam(store).auto_assign("node1", handle_id="k8s-pod-network.a", num4=1)
+    assert str(got.ipv4[0].ip) not in ("10.30.0.0", "10.30.0.1", "10.30.0.2", "10.30.0.3")
+
+    shown = cli("ipam", "show")
+    assert shown.code == 0, shown.err
+    assert "| IPS RESERVED |" in shown.out.splitlines()[1]
+    assert "| IP Pool  | 10.30.0.0/24 |       256 | 1 (0%)     | 5 (2%)       | 250 (98%)" in shown.out
