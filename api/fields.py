@@ -233,12 +233,24 @@ def _mac(value: str) -> str:
     return value.lower()
 
 
+def cidr_or_ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network an IP-or-CIDR text means, as Calico's ParseCIDROrIP reads it: an address
+    alone is its one-address network (an IPv4-mapped one, the IPv4 address it maps), and the
+    host bits of a CIDR are masked. ValueError, saying why, if it is neither."""
+    if not isinstance(text, str):
+        raise ValueError("must be a CIDR or an IP address")
+    _no_zone(text)
+    if "/" not in text:
+        return ipaddress.ip_network(plain_ip(text))
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a CIDR nor an IP address") from None
+
+
 def _cidr_or_ip(value: str) -> str:
-    # A bare address is the one-address network (Calico's ParseCIDROrIP); kept as written.
-    if isinstance(value, str) and "/" not in value:
-        _address(value)
-        return value
-    return _network(value)
+    cidr_or_ip_network(value)  # kept as written: Calico stores it so, and reads it as above
+    return value
 
 
 CIDR = Annotated[str, AfterValidator(_network)]

@@ -205,6 +205,11 @@ async def _read_blocks(store: Datastore) -> list[IPAMBlock]:
 async def _read_usage(store: Datastore) -> tuple[Usage, bool]:
     """The usage, and whether any IPReservation exists."""
     pools = [kv.value for kv in (await store.list("IPPool")).items]
-    reservations = Reservations(
-        cidr for kv in (await store.list("IPReservation")).items for cidr in kv.value.spec.reserved_cidrs)
+    cidrs: list[str] = []
+    for kv in (await store.list("IPReservation", defer_errors=True)).items:
+        try:
+            cidrs += kv.value.spec.reserved_cidrs
+        except DatastoreError as err:
+            typer.echo(f"warning: left out of these figures: {err}", err=True)
+    reservations = Reservations(cidrs)
     return usage(pools, await _read_blocks(store), reservations), bool(reservations)

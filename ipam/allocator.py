@@ -480,12 +480,14 @@ class IPAM:
         for pool in pools:
             other_size: OtherSizeBlocks | None = None  # built when first needed: rarely is
             seen = 0
-            for net in candidate_blocks(pool, node):
+            covered = (reservations.covered_blocks(pool.spec.network, pool.spec.block_size)
+                       if reservations else ())
+            for net in candidate_blocks(pool, node, covered):
                 found = existing.get(str(net))
                 if found is None:
                     if other_size is None:
                         other_size = OtherSizeBlocks(existing, pool)
-                    if other_size.overlap(net) or reservations.covers(net):
+                    if other_size.overlap(net):
                         continue
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
@@ -498,7 +500,10 @@ class IPAM:
                     # Ours already (a claim cut short before its affinity was confirmed).
                     if await self.claim_affinity(node, str(net)):
                         return str(net)
-                elif spec.affinity and blocks.is_empty(spec) and self._old_claim(spec.affinity_claim_time):
+                elif (spec.affinity and blocks.is_empty(spec)
+                      and self._old_claim(spec.affinity_claim_time)
+                      and blocks.free_count(spec, reservations.ordinals(spec.network))):
+                    # Not one reserved whole: taking it from its node would give this one nothing.
                     reclaimable.append(found)
                 # Every block past the existing ones is free, so the walk ends after at most
                 # len(existing) + 1 steps even in a pool of 2^74 blocks.
@@ -840,6 +845,7 @@ class IPAM:
             return []
         pools = await self.pools()
         released: list[str] = []
+        unreadable = False
         handles = {handle_id: _Handle(handle_id, handle)}
         for cidr in list(handle.value.spec.block):
             def choose(spec):
@@ -850,9 +856,16 @@ class IPAM:
                 released += (await self._release_in_block(cidr, choose, pools, handles)).released
             except NotFound:
                 pass  # the handle overstated: that block holds nothing of it
+            except DatastoreError as err:
+                # A block that cannot be read keeps what it holds, and the handle keeps counting
+                # it, for `ipam check` to show; the pod's other addresses are freed all the same
+                # (a CNI DEL that failed here would be retried for ever).
+                log.warning("releasing %s: %s; its address there stays held until the block is "
+                            "repaired", handle_id, err)
+                unreadable = True
         # Decrements delete the handle at zero; one that overstated (a crash between handle and
         # block writes) is deleted here. Written together with its blocks, it is known gone.
-        if handles[handle_id].stored is not None:
+        if handles[handle_id].stored is not None and not unreadable:
             await self._delete_quietly(key)
         return released
 

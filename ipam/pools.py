@@ -9,7 +9,7 @@ the nodeSelector) for every request; then, for a request that names no pool, `au
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from percale.api import selector
 from percale.api import IPPool
@@ -68,8 +68,12 @@ def seeded_position(pool: IPPool, node: str, block: Network) -> int:
     return (index - fnv32a(node) % block_count(pool)) % block_count(pool)
 
 
-def candidate_blocks(pool: IPPool, node: str) -> Iterator[Network]:
-    """Every block of the pool, starting at an index seeded by the node's name and wrapping round.
+def candidate_blocks(
+    pool: IPPool, node: str, skip: Sequence[tuple[int, int]] = (),
+) -> Iterator[Network]:
+    """Every block of the pool, starting at an index seeded by the node's name and wrapping round,
+    less the runs of block indexes in `skip` ((first, last), in order: blocks reserved whole),
+    each stepped over in one stride however long it is.
 
     One node always probes in the same order, so its blocks sit next to each other; different
     nodes start in different places, so they rarely race for the same block.
@@ -79,9 +83,18 @@ def candidate_blocks(pool: IPPool, node: str) -> Iterator[Network]:
     base = int(pool.spec.network.network_address)
     step = 2 ** (pool.spec.network.max_prefixlen - pool.spec.block_size)
     cls = type(pool.spec.network)
-    for i in range(count):
-        index = (start + i) % count
-        yield cls((base + index * step, pool.spec.block_size))
+    for first, last in ((start, count - 1), (0, start - 1)):
+        index = first
+        for low, high in skip:
+            if high < index or low > last:
+                continue
+            while index < low:
+                yield cls((base + index * step, pool.spec.block_size))
+                index += 1
+            index = max(index, high + 1)
+        while index <= last:
+            yield cls((base + index * step, pool.spec.block_size))
+            index += 1
 
 
 class OtherSizeBlocks:

@@ -5,14 +5,21 @@ explicitly (`IPAM.assign_ip`, the ipAddrs annotation) is not held back, and what
 before the reservation stays. A block wholly reserved is neither claimed nor taken from; in a
 block partly reserved the reserved ordinals are passed over and keep their place in the free
 list, so they come back in order when the reservation goes.
+
+The reservations are kept as merged ranges of addresses, so every question is answered in
+arithmetic over the ranges, never address by address or block by block: a reservation may
+cover most of an IPv6 /64 pool.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable
 
-from percale.api.fields import network_of
+from percale.api.fields import cidr_or_ip_network
+
+log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -21,39 +28,59 @@ _NONE: frozenset[int] = frozenset()
 
 class Reservations:
     def __init__(self, cidrs: Iterable[str] = ()):
-        # A bare address is its own one-address network.
-        self._nets: list[Network] = [network_of(c if "/" in c else str(ipaddress.ip_network(c)))
-                                     for c in cidrs]
+        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for text in cidrs:
+            try:
+                net = cidr_or_ip_network(text)
+            except ValueError as err:
+                log.warning("IPAM leaves out a reserved CIDR it cannot read: %s", err)
+                continue
+            spans[net.version].append((int(net.network_address), int(net.broadcast_address)))
+        # Per family, sorted and merged: adjacent or overlapping reservations become one range.
+        self._ranges: dict[int, list[tuple[int, int]]] = {}
+        for version, found in spans.items():
+            merged: list[tuple[int, int]] = []
+            for low, high in sorted(found):
+                if merged and low <= merged[-1][1] + 1:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+                else:
+                    merged.append((low, high))
+            self._ranges[version] = merged
 
     def __bool__(self) -> bool:
-        return bool(self._nets)
+        return any(self._ranges.values())
+
+    def _within(self, network: Network) -> list[tuple[int, int]]:
+        """The reserved ranges inside `network`, clipped to it."""
+        start, end = int(network.network_address), int(network.broadcast_address)
+        return [(max(low, start), min(high, end)) for low, high in self._ranges[network.version]
+                if low <= end and high >= start]
 
     def count(self, network: Network) -> int:
-        """How many addresses of `network` are reserved, however many reservations overlap:
-        arithmetic, as a pool (an IPv6 /64) is too large to count address by address."""
-        inside = 0
-        for net in ipaddress.collapse_addresses(  # type: ignore[type-var]
-                [n for n in self._nets if n.version == network.version]):
-            low = max(int(net.network_address), int(network.network_address))
-            high = min(int(net.broadcast_address), int(network.broadcast_address))
-            inside += max(0, high - low + 1)
-        return inside
+        """How many addresses of `network` are reserved."""
+        return sum(high - low + 1 for low, high in self._within(network))
 
     def covers(self, block: Network) -> bool:
-        """Whether every address of `block` is reserved (by one reservation, or several)."""
-        return len(self.ordinals(block)) == block.num_addresses
+        """Whether every address of `block` is reserved."""
+        return self.count(block) == block.num_addresses
 
     def ordinals(self, block: Network) -> frozenset[int]:
         """The ordinals of `block` that are reserved; the same empty set when none is (the case
-        of nearly every allocation, answered without arithmetic)."""
-        if not self._nets:
+        of nearly every allocation, answered at once)."""
+        if not self:
             return _NONE
-        start, end = int(block.network_address), int(block.broadcast_address)
-        found: set[int] = set()
-        for net in self._nets:
-            if net.version != block.version:
-                continue
-            low, high = max(start, int(net.network_address)), min(end, int(net.broadcast_address))
-            if low <= high:
-                found.update(range(low - start, high - start + 1))
+        start = int(block.network_address)
+        found = {o for low, high in self._within(block) for o in range(low - start, high - start + 1)}
         return frozenset(found) if found else _NONE
+
+    def covered_blocks(self, pool: Network, block_size: int) -> list[tuple[int, int]]:
+        """The indexes (first, last) of the runs of `pool`'s blocks that are reserved whole, in
+        order: what a walk of the pool's blocks steps over in one stride."""
+        start = int(pool.network_address)
+        step = 2 ** (pool.max_prefixlen - block_size)
+        runs = []
+        for low, high in self._within(pool):
+            first, last = -(-(low - start) // step), (high - start + 1) // step - 1
+            if first <= last:
+                runs.append((first, last))
+        return runs

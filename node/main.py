@@ -40,7 +40,6 @@ from percale.api.fields import POD_MTU_MIN
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
 from percale.bgpd.agent import BGPAgent
-from percale.bgpd.peering import node_addresses
 from percale.bgpd.speaker import ExaBGP
 from percale.bgpd.status import NoBGP
 from percale.dataplane.fib import FIB
@@ -200,12 +199,16 @@ def warn_if_not_here(*settings: tuple[str, Optional[str], object]) -> None:
                         " cannot reach this node there until one has", flag, setting, address.ip)
 
 
-def node_links(addresses: Iterable[str]) -> list[Link]:
+def node_links(addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> list[Link]:
     """The links in this namespace holding `addresses` (the node's BGP addresses): the parents
-    its VXLAN devices are made on."""
+    its VXLAN devices are made on. Not for an address with a host prefix (/32, /128): that is a
+    routed-to-host design's stub (a dummy or loopback interface), and the node's traffic leaves
+    by the uplinks its routes name, not by the stub."""
     links = []
     for address in addresses:
-        index = interface_holding(ipaddress.ip_address(address))
+        if address.network.prefixlen == address.max_prefixlen:
+            continue
+        index = interface_holding(address.ip)
         if index is None:
             continue  # not here (yet): the VXLAN agent makes no device on it either
         with Netlink() as nl:
@@ -246,12 +249,15 @@ async def decide_host_mtu(options: Options, store, node: str, given_addresses: I
               else f"interfaces matching --mtu-iface-pattern {options.mtu_pattern!r}")
     if not given:
         check_host_mtu(host_mtu, source)
+    registered: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
     try:
-        registered = list(node_addresses((await store.get(Key("Node", node))).value).values())
+        bgp = (await store.get(Key("Node", node))).value.spec.bgp
+        registered = [ipaddress.ip_interface(a) for a in
+                      ((bgp.ipv4_address, bgp.ipv6_address) if bgp else ()) if a]
     except NotFound:
         registered = []  # nothing registered it (no --ip, and percalectl never wrote it)
     except DatastoreError:
-        registered = [str(a.ip) for a in given_addresses
+        registered = [a for a in given_addresses
                       if isinstance(a, (ipaddress.IPv4Interface, ipaddress.IPv6Interface))]
     parents = await asyncio.to_thread(node_links, registered)
     host_mtu, capped_by = fit_host_mtu(host_mtu, source, parents)

@@ -4,11 +4,13 @@ is not held back; `ipam show` counts reserved addresses apart from free ones."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from datetime import datetime, timezone
 
 import pytest
 
-from percale.api import IPReservation, parse
+from percale.api import parse
 from percale.ctl.ipam_show import usage_rows
 from percale.datastore import Key, MemoryDatastore
 from percale.ipam.allocator import IPAM
@@ -71,13 +73,40 @@ async def test_what_was_allocated_stays_and_an_address_given_explicitly_is_not_h
     await assert_consistent(store)
 
 
-def test_a_reservation_takes_addresses_or_cidrs_and_refuses_host_bits():
-    ok = parse({"apiVersion": "percale.io/v1", "kind": "IPReservation", "metadata": {"name": "r"},
-                "spec": {"reservedCIDRs": ["10.0.0.1", "fd00::/120"]}})
-    assert isinstance(ok, IPReservation)
-    with pytest.raises(Exception, match="spec.reservedCIDRs.0: '10.0.0.1/24' has host bits set"):
+async def test_entries_are_read_as_calico_reads_them(store):
+    # Host bits masked (10.0.0.5/31 is 10.0.0.4/31) and an IPv4-mapped address as the IPv4 one,
+    # as Calico's ParseCIDROrIP: refused or misread, they reserved nothing.
+    await add_pool(store, "p", "10.0.0.0/29", blockSize=29)
+    await reserve(store, "r", "10.0.0.5/31", "::ffff:10.0.0.0")
+    got = await IPAM(store).auto_assign("n1", handle_id="a", num4=5)
+    assert ips(got) == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.6", "10.0.0.7"]
+    with pytest.raises(Exception, match="spec.reservedCIDRs.0: 'junk' is not a valid IP address"):
         parse({"apiVersion": "percale.io/v1", "kind": "IPReservation", "metadata": {"name": "r"},
-               "spec": {"reservedCIDRs": ["10.0.0.1/24"]}})
+               "spec": {"reservedCIDRs": ["junk"]}})
+
+
+async def test_a_reservation_over_most_of_an_ipv6_pool_is_stepped_over_at_once(store):
+    # 2^42 blocks reserved whole ahead of the node's first candidate: each run is one stride.
+    await add_pool(store, "v6", "fd00:10:244::/48", blockSize=122)
+    await reserve(store, "most", "fd00:10:244::/49")
+    got = await asyncio.wait_for(IPAM(store).auto_assign("n1", handle_id="a", num6=1), 5)
+    assert ipaddress.ip_address(got.ipv6[0].ip) in ipaddress.ip_network("fd00:10:244:8000::/49")
+
+
+async def test_an_empty_block_reserved_whole_is_not_taken_from_its_node(store):
+    clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    await add_pool(store, "p", "10.0.0.0/29", blockSize=30)
+    old = IPAM(store, clock=lambda: clock)
+    await old.auto_assign("a", handle_id="x", num4=1)
+    await old.auto_assign("b", handle_id="y", num4=4)  # b's block full: nothing to borrow
+    await old.release_by_handle("x")  # a's block is empty, and long claimed
+    [a_block] = [kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items
+                 if kv.value.spec.affinity == "host:a"]
+    await reserve(store, "r", a_block)
+    with pytest.raises(PoolsExhausted):
+        await IPAM(store).auto_assign("c", handle_id="z", num4=1)
+    owners = {kv.value.spec.cidr: kv.value.spec.affinity for kv in (await store.list("IPAMBlock")).items}
+    assert owners[a_block] == "host:a"
 
 
 def test_counting_is_arithmetic_for_pools_and_merges_overlaps():

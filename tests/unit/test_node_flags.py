@@ -3,6 +3,7 @@ warnings as a user sees them: tests/cli/test_node_options.py and test_node_flags
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import pytest
@@ -44,3 +45,11 @@ def test_an_mtu_below_the_interface_is_left_alone(caplog):
         assert fit_host_mtu(1400, "--mtu (PERCALE_MTU)", [link("eth0", 1500)]) == (1400, None)
         assert fit_host_mtu(1500, "--mtu (PERCALE_MTU)", []) == (1500, None)  # no address here
     assert caplog.messages == []
+
+
+def test_a_node_address_with_a_host_prefix_caps_nothing():
+    # A routed-to-host design puts the node's address, as a /32, on a stub (dummy, loopback):
+    # its traffic leaves by the uplinks, so the stub's MTU says nothing of what leaves.
+    from percale.node.main import node_links
+
+    assert node_links([ipaddress.ip_interface("127.0.0.1/32"), ipaddress.ip_interface("::1/128")]) == []
