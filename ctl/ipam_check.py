@@ -67,6 +67,8 @@ def check_lines(report: Report, *, show_all_ips: bool, show_problem_ips: bool) -
     out += [f"IPAM blocks record {report.allocation_count} allocations."]
     if report.cooling:
         out.append(f"IPAM blocks hold {report.cooling} released IPs cooling down (ipCooldownSeconds).")
+    out += [f"  IPAM block {cidr} has IPs released in the future, suggesting clock skew between "
+            "nodes" for cidr in report.released_in_future]
     out.append("")
 
     out += ["Loading all IPAM pools..."]

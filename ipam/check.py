@@ -31,6 +31,7 @@ garbage collector that runs it.
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime, timezone
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from percale.datastore import Datastore, DatastoreError, KVPair
 from percale.ipam import blocks
 from percale.api import IPAMBlockSpec, IPPool, Node, WorkloadEndpoint
+from percale.api.fields import parse_time
 from percale.api.ipam import block_cidr
 
 # The `type` attribute of tunnel addresses (calico.md §1.2); such an address belongs to a Node,
@@ -75,12 +77,14 @@ class Snapshot:
     endpoints: list[WorkloadEndpoint]
     handles: list[KVPair]
     unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
+    read_at: datetime | None = None  # when the blocks were read: releasedAt past it is skew
 
 
 async def load(store: Datastore) -> Snapshot:
     """Read what the check needs. Blocks first, handles last: see the module docstring."""
     block_specs: list[IPAMBlockSpec] = []
     unreadable: dict[str, str] = {}
+    read_at = datetime.now(timezone.utc)
     for kv in (await store.list("IPAMBlock", defer_errors=True)).items:
         try:
             block_specs.append(kv.value.spec)
@@ -92,7 +96,7 @@ async def load(store: Datastore) -> Snapshot:
     handles = (await store.list("IPAMHandle")).items
     return Snapshot(
         [b for b in block_specs if not b.deleted], pools, nodes, endpoints,
-        [h for h in handles if not h.value.spec.deleted], unreadable,
+        [h for h in handles if not h.value.spec.deleted], unreadable, read_at,
     )
 
 
@@ -185,6 +189,7 @@ class Report:
     missing_handles: list[str] = field(default_factory=list)
     unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
     cooling: int = 0  # addresses released and waiting out ipCooldownSeconds
+    released_in_future: list[str] = field(default_factory=list)  # blocks: clock skew
 
     @property
     def allocation_count(self) -> int:
@@ -204,7 +209,7 @@ class Report:
         addresses) plus handles that overstate. Missing handles are shown but not counted."""
         return (len(self.leaked_ips) + len(self.not_in_pool) + len(self.not_allocated)
                 + len(self.leaked_handles) + len(self.overstated_handles)
-                + len(self.unreadable_blocks))
+                + len(self.unreadable_blocks) + len(self.released_in_future))
 
     def allocations_by_node(self) -> list[tuple[str, int]]:
         """Nodes by number of allocations, most first (ties by name)."""
@@ -242,6 +247,7 @@ def analyse(snapshot: Snapshot) -> Report:
     allocations: dict[str, list[AllocationInfo]] = defaultdict(list)
     actual: dict[str, Counter[str]] = defaultdict(Counter)
     cooling = 0
+    released_ahead: set[str] = set()
     for spec in sorted(snapshot.blocks, key=lambda b: ip_order(str(b.network.network_address))):
         for ordinal, slot in enumerate(spec.allocations):
             if slot is None:
@@ -249,6 +255,10 @@ def analyse(snapshot: Snapshot) -> Report:
             attribute = spec.attributes[slot]
             if attribute.released_at is not None:
                 cooling += 1  # released, waiting out ipCooldownSeconds: no one's, and no leak
+                if snapshot.read_at and parse_time(attribute.released_at) > snapshot.read_at:
+                    # Released "later" than now: the releasing node's clock runs ahead, and
+                    # the address cools that much longer (calicoctl flags it too).
+                    released_ahead.add(spec.cidr)
                 continue
             attrs = dict(attribute.secondary)
             ip = str(blocks.address(spec, ordinal))
@@ -277,6 +287,7 @@ def analyse(snapshot: Snapshot) -> Report:
         in_use=dict(sorted(in_use.items(), key=lambda kv: ip_order(kv[0]))),
         nodes=frozenset(n.metadata.name for n in snapshot.nodes), handles=handles,
         unreadable_blocks=dict(snapshot.unreadable_blocks), cooling=cooling,
+        released_in_future=sorted(released_ahead, key=lambda c: ip_order(c.split("/")[0])),
     )
     unknown = _networks(snapshot.unreadable_blocks)
     report.leaked = [a for allocs in allocations.values() for a in allocs if not a.in_use]

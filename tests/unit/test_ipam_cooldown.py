@@ -110,3 +110,18 @@ async def test_an_undone_request_puts_nothing_into_the_cooldown():
     got = await ipam.auto_assign("n1", handle_id="v4-only", num4=2)
     assert len(got.ipv4) == 2
     assert (await check(store)).cooling == 0
+
+
+async def test_the_check_names_a_block_whose_addresses_were_released_in_the_future():
+    # A node whose clock runs ahead stamps releasedAt later than now: the address cools that
+    # much longer. calicoctl's check calls it clock skew; so does this one.
+    store = MemoryDatastore()
+    await add_pool(store, "p", "10.0.0.0/30", blockSize=30)
+    ahead = Clock()
+    ahead.now = datetime.now(timezone.utc) + timedelta(hours=1)
+    ipam = IPAM(store, clock=ahead)
+    await ipam.set_config(ip_cooldown_seconds=60)
+    got = await ipam.auto_assign("n1", handle_id="a", num4=1)
+    await ipam.release_ips([str(got.ipv4[0].ip)])
+    report = await check(store)
+    assert report.released_in_future == ["10.0.0.0/30"] and report.problems == 1
