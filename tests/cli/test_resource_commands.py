@@ -200,6 +200,6 @@ async def test_every_kind_prints_as_a_table(cli):
     assert cli("get", "blockaffinities").out.splitlines()[1].split() == [
         "node1-10.0.0.0-26", "node1", "10.0.0.0/26", "confirmed"]
     assert set(k for k in KINDS) == {
-        "IPPool", "IPAMConfig", "IPAMBlock", "BlockAffinity", "IPAMHandle", "BGPConfiguration",
-        "BGPPeer", "Node", "WorkloadEndpoint", "NodeStatus", "NetworkPolicy",
+        "IPPool", "IPAMConfig", "IPReservation", "IPAMBlock", "BlockAffinity", "IPAMHandle",
+        "BGPConfiguration", "BGPPeer", "Node", "WorkloadEndpoint", "NodeStatus", "NetworkPolicy",
         "GlobalNetworkPolicy", "Profile"}
