@@ -85,16 +85,19 @@ def autodetect(version: int, method: str, addresses: list[HostAddress],
         problem = None
     if problem:
         raise RegistrationError(f"{setting}: {name}={value}: {problem}")
+    # Calico's enumerating methods take global unicast addresses only: a 169.254 address given
+    # global scope (a cloud's metadata link) is no node address (unusable_problem).
+    unicast = [a for a in candidates if unusable_problem(a.address.ip) is None]
     if name == "first-found":
-        picked = [a for a in candidates
+        picked = [a for a in unicast
                   if not any(re.match(p, a.interface) for p in FIRST_FOUND_EXCLUDED)]
     elif name in ("interface", "skip-interface") and values:
         patterns = [re.compile(v) for v in values]
-        matches = [a for a in candidates if any(p.match(a.interface) for p in patterns)]
-        picked = matches if name == "interface" else [a for a in candidates if a not in matches]
+        matches = [a for a in unicast if any(p.match(a.interface) for p in patterns)]
+        picked = matches if name == "interface" else [a for a in unicast if a not in matches]
     elif name == "cidr" and values:
         networks = [ipaddress.ip_network(v, strict=False) for v in values]
-        picked = [a for a in candidates if any(a.address.ip in n for n in networks)]
+        picked = [a for a in unicast if any(a.address.ip in n for n in networks)]
     elif name == "can-reach" and len(values) == 1:
         source = can_reach(values[0])
         picked = [a for a in candidates if source and str(a.address.ip) == source]

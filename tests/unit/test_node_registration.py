@@ -42,6 +42,19 @@ def test_detection_methods_pick_as_calico_does(method, expected):
     assert str(autodetect(4, method, HOST)) == expected
 
 
+@pytest.mark.parametrize("method", ["first-found", "interface=ens.*", "cidr=169.254.0.0/16"])
+def test_enumerating_methods_take_global_unicast_addresses_only(method):
+    # A cloud's metadata link can carry 169.254.x.x with global scope; Calico's enumeration keeps
+    # global unicast addresses only, so it is never the node's address.
+    host = [HostAddress("ens4", ipaddress.ip_interface("169.254.169.2/16")),
+            HostAddress("ens5", ipaddress.ip_interface("10.1.0.7/24"))]
+    if method.startswith("cidr"):
+        with pytest.raises(RegistrationError, match="no IPv4 address found"):
+            autodetect(4, method, host)
+    else:
+        assert str(autodetect(4, method, host)) == "10.1.0.7/24"
+
+
 def test_can_reach_picks_the_source_address_of_the_route():
     assert str(autodetect(4, "can-reach=10.0.0.1", HOST, can_reach=lambda _: "10.0.0.11")) == "10.0.0.11/24"
 
