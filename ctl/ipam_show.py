@@ -23,7 +23,7 @@ from percale.ctl.context import fail, with_datastore
 from percale.ctl.ipam_app import ipam_app
 from percale.datastore import Datastore, DatastoreError
 from percale.ipam.allocator import IPAM, Allocation
-from percale.ipam.reservations import Reservations
+from percale.ipam.reservations import read_reservations
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
 from percale.api.fields import plain_ip
@@ -205,11 +205,6 @@ async def _read_blocks(store: Datastore) -> list[IPAMBlock]:
 async def _read_usage(store: Datastore) -> tuple[Usage, bool]:
     """The usage, and whether any IPReservation exists."""
     pools = [kv.value for kv in (await store.list("IPPool")).items]
-    cidrs: list[str] = []
-    for kv in (await store.list("IPReservation", defer_errors=True)).items:
-        try:
-            cidrs += kv.value.spec.reserved_cidrs
-        except DatastoreError as err:
-            typer.echo(f"warning: left out of these figures: {err}", err=True)
-    reservations = Reservations(cidrs)
+    reservations = await read_reservations(
+        store, lambda err: typer.echo(f"warning: left out of these figures: {err}", err=True))
     return usage(pools, await _read_blocks(store), reservations), bool(reservations)

@@ -55,7 +55,7 @@ from percale.ipam.errors import (
     StrictAffinityExhausted,
     TooManyConflicts,
 )
-from percale.ipam.reservations import Reservations
+from percale.ipam.reservations import Reservations, read_reservations
 from percale.ipam.pools import (
     OtherSizeBlocks, automatic, block_of, candidate_blocks, pool_of, seeded_position,
     selects_namespace, usable,
@@ -1066,15 +1066,8 @@ class IPAM:
         return [kv.value for kv in (await self.store.list("IPPool")).items]
 
     async def _reservations(self) -> Reservations:
-        """Every IPReservation's CIDRs. One that cannot be read is logged and left out: one bad
-        object must not stop every allocation."""
-        cidrs: list[str] = []
-        for kv in (await self.store.list("IPReservation", defer_errors=True)).items:
-            try:
-                cidrs += kv.value.spec.reserved_cidrs
-            except DatastoreError as err:
-                log.warning("IPAM leaves out a reservation it cannot read: %s", err)
-        return Reservations(cidrs)
+        return await read_reservations(
+            self.store, lambda err: log.warning("IPAM leaves out a reservation it cannot read: %s", err))
 
     async def _owned(self, node: str) -> list[str]:
         """The blocks `node` holds a confirmed affinity for (a pending one counts as absent)."""

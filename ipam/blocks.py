@@ -178,6 +178,7 @@ def release(
 
     With `cooldown_seconds` above 0 the ordinals are released into the cooldown instead (see
     the module docstring), stamped `now`; an address already cooling down counts as free."""
+    now = now or _utcnow()
     allocations = list(spec.allocations)
     unallocated = list(spec.unallocated)
     per_ordinal = dict(spec.sequence_number_for_allocation)
@@ -200,7 +201,7 @@ def release(
         if cooldown_seconds > 0:
             if cooling_slot is None:
                 cooling_slot = len(attributes)
-                attributes.append(AllocationAttribute(released_at=format_time(now or _utcnow())))
+                attributes.append(AllocationAttribute(released_at=format_time(now)))
             allocations[o] = cooling_slot
             # A new number: whoever observed the allocation cannot release the cooling address.
             per_ordinal[str(o)] = sequence
@@ -220,7 +221,7 @@ def release(
     })
     # Whatever else has cooled long enough goes back now too (the cooldown may have been
     # shortened, or set to 0, since those addresses were released).
-    return Released(collect_cooled(new, cooldown_seconds, now or _utcnow()), released,
+    return Released(collect_cooled(new, cooldown_seconds, now), released,
                     already_free, stale, by_handle)
 
 

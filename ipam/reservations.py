@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from percale.api.fields import cidr_or_ip_network
+from percale.datastore import Datastore, DatastoreError
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ class Reservations:
         """How many addresses of `network` are reserved."""
         return sum(high - low + 1 for low, high in self._within(network))
 
-    def covers(self, block: Network) -> bool:
-        """Whether every address of `block` is reserved."""
-        return self.count(block) == block.num_addresses
-
     def ordinals(self, block: Network) -> frozenset[int]:
         """The ordinals of `block` that are reserved; the same empty set when none is (the case
         of nearly every allocation, answered at once)."""
@@ -84,3 +81,17 @@ class Reservations:
             if first <= last:
                 runs.append((first, last))
         return runs
+
+
+async def read_reservations(
+    store: Datastore, unreadable: Callable[[DatastoreError], None],
+) -> Reservations:
+    """Every IPReservation's CIDRs in `store`. One object that cannot be read is handed to
+    `unreadable` (to log or print) and left out: it must not stop every allocation."""
+    cidrs: list[str] = []
+    for kv in (await store.list("IPReservation", defer_errors=True)).items:
+        try:
+            cidrs += kv.value.spec.reserved_cidrs
+        except DatastoreError as err:
+            unreadable(err)
+    return Reservations(cidrs)

@@ -114,7 +114,8 @@ def test_counting_is_arithmetic_for_pools_and_merges_overlaps():
     assert r.count(ipaddress.ip_network("10.0.0.0/16")) == 4 + 256
     assert r.count(ipaddress.ip_network("fd00::/48")) == 2 ** 64
     assert r.ordinals(ipaddress.ip_network("10.0.0.0/29")) == {0, 1, 2, 3}
-    assert r.covers(ipaddress.ip_network("10.0.1.64/26"))
+    # 10.0.1.0/24 holds /26 blocks 4-7 of 10.0.0.0/23, reserved whole; 10.0.0.0/26 only in part.
+    assert r.covered_blocks(ipaddress.ip_network("10.0.0.0/23"), 26) == [(4, 7)]
     assert not Reservations().ordinals(ipaddress.ip_network("10.0.0.0/29"))
 
 
