@@ -22,8 +22,7 @@ from percale.ctl import ascii_table
 from percale.ctl.context import fail, with_datastore
 from percale.ctl.ipam_app import ipam_app
 from percale.datastore import Datastore, DatastoreError
-from percale.ipam.allocator import IPAM, Allocation
-from percale.ipam.reservations import read_reservations
+from percale.ipam.allocator import IPAM, Allocation, read_reservations
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
 from percale.api.fields import plain_ip

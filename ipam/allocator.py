@@ -55,7 +55,7 @@ from percale.ipam.errors import (
     StrictAffinityExhausted,
     TooManyConflicts,
 )
-from percale.ipam.reservations import Reservations, read_reservations
+from percale.ipam.reservations import Reservations
 from percale.ipam.pools import (
     OtherSizeBlocks, automatic, block_of, candidate_blocks, pool_of, seeded_position,
     selects_namespace, usable,
@@ -1142,6 +1142,21 @@ class IPAM:
             await self.store.delete(key)
         except NotFound:
             pass
+
+
+async def read_reservations(
+    store: Datastore, unreadable: Callable[[DatastoreError], None],
+) -> Reservations:
+    """Every IPReservation's CIDRs in `store` (read here: ipam.reservations does no I/O). One
+    object that cannot be read is handed to `unreadable` (to log or print) and left out: it must
+    not stop every allocation."""
+    cidrs: list[str] = []
+    for kv in (await store.list("IPReservation", defer_errors=True)).items:
+        try:
+            cidrs += kv.value.spec.reserved_cidrs
+        except DatastoreError as err:
+            unreadable(err)
+    return Reservations(cidrs)
 
 
 def _by_cidr(listed: list[KVPair]) -> dict[str, KVPair]:

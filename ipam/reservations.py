@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from percale.api.fields import cidr_or_ip_network
-from percale.datastore import Datastore, DatastoreError
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +81,3 @@ class Reservations:
                 runs.append((first, last))
         return runs
 
-
-async def read_reservations(
-    store: Datastore, unreadable: Callable[[DatastoreError], None],
-) -> Reservations:
-    """Every IPReservation's CIDRs in `store`. One object that cannot be read is handed to
-    `unreadable` (to log or print) and left out: it must not stop every allocation."""
-    cidrs: list[str] = []
-    for kv in (await store.list("IPReservation", defer_errors=True)).items:
-        try:
-            cidrs += kv.value.spec.reserved_cidrs
-        except DatastoreError as err:
-            unreadable(err)
-    return Reservations(cidrs)
