@@ -13,6 +13,8 @@ Its parts, each one job:
                                    BGPConfiguration or own Node, said to ExaBGP
     rib.Rib + exabgp_json.RibFeed  what the node learns, from ExaBGP's events
     reflector.Reflector            in-agent route reflection, on a route-reflector node
+    relay.Relay                    learned routes passed on as Calico's BIRD does (the mesh's
+                                   blocks to eBGP peers, an eBGP peer's pool routes to the mesh)
     programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer
     peers.PeerTable                each session's state, for status and health
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -41,7 +44,8 @@ from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibF
 from percale.bgpd.peers import PeerTable
 from percale.bgpd.programmer import FibProgrammer
 from percale.bgpd.reflector import Reflector
-from percale.bgpd.rib import Rib
+from percale.bgpd.relay import Relay
+from percale.bgpd.rib import FibChanges, Rib
 from percale.bgpd.seams import BlackholeTable, RouteTable
 from percale.bgpd.speaker import ExaBGP, SpeakerError
 from percale.datastore.cache import Cache, Change
@@ -119,6 +123,7 @@ class BGPAgent:
         self.table = AnnouncementTable(node)
         self.announcer = Announcer(self.speaker)
         self.reflector = Reflector(self.speaker)
+        self.relay = Relay(self.speaker)
         self.programmer = FibProgrammer(fib, blackholes)
         self.peers = PeerTable()
         self.rib: Rib | None = None
@@ -227,6 +232,7 @@ class BGPAgent:
     def _on_connect(self) -> None:
         # A fresh ExaBGP knows none of our routes, and every session of the old one has ended.
         self.announcer.speaker_restarted()
+        self.relay.speaker_restarted()
         self._announce_due.set()
         if self.feed is not None:
             self.feed.speaker_restarted(time.monotonic())
@@ -298,7 +304,10 @@ class BGPAgent:
         if self.feed is not None and self.feed.configured(
                 [s.peer_address for s in self.sessions], time.monotonic()):
             self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends
-        pools = [p.spec.cidr for p in self.cache.values("IPPool") if not p.spec.disabled]  # type: ignore[attr-defined]
+        all_pools = self.cache.values("IPPool")
+        pools = [p.spec.cidr for p in all_pools if not p.spec.disabled]  # type: ignore[attr-defined]
+        relay_due = self.relay.configure(
+            self.sessions, [p.spec.cidr for p in all_pools if p.spec.disable_bgp_export])  # type: ignore[attr-defined]
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
         # Every node announces the service CIDRs: what the others send of them is never routed,
         # on a node excluded from announcing them too (confd's /rejectcidrs).
@@ -333,6 +342,8 @@ class BGPAgent:
         self._config = config
         await self.speaker.wait_connected()
         await self._restart_revived()
+        if relay_due:
+            self._fib_due.set()  # the programming loop passes the whole table on again
         self.synced = True
         self._announce_due.set()
 
@@ -371,14 +382,36 @@ class BGPAgent:
             try:
                 self.reflector.forget(peer)
                 await self._reflect()
+                if self.rib is not None:
+                    await self.relay.everything(self.rib, self._up(), self.announcer.announced,
+                                                only=peer)
                 await self.announcer.announce_to(peer)
             except SpeakerError as err:
                 log.warning("re-announcing to %s: %s", peer, err)
 
+    def _up(self) -> set[str]:
+        return {address for address, _ in self.peers.established()}
+
     async def _reflect(self) -> None:
         if self.cluster_id and self.rib is not None and self.feed is not None:
-            up = {address for address, _ in self.peers.established()}
-            await self.reflector.reflect(self.rib, self.feed, self.sessions, up, self.cluster_id)
+            await self.reflector.reflect(self.rib, self.feed, self.sessions, self._up(),
+                                         self.cluster_id)
+
+    async def _pass_on(self, changes: FibChanges) -> None:
+        if self.rib is None:
+            return
+        try:
+            if self.relay.behind:
+                await self.relay.everything(self.rib, self._up(), self.announcer.announced)
+            elif changes:
+                await self.relay.changed(
+                    self.rib, itertools.chain(changes.added, changes.changed, changes.removed),
+                    self._up(), self.announcer.announced)
+        except SpeakerError as err:
+            # ExaBGP refuses announcements for a moment after it restarts: the whole table
+            # again, a little later.
+            log.warning("passing routes on failed, trying again: %s", err)
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._fib_due.set)
 
     async def _programming(self) -> None:
         """Hand the RIB's changes on as they come: a burst of updates is one netlink batch.
@@ -410,6 +443,8 @@ class BGPAgent:
                     self._reapply = False
                     await self.programmer.reapply(self.rib)
                 if not changes:
+                    if self.relay.behind:
+                        await self._pass_on(changes)
                     continue
                 try:
                     await self._reflect()
@@ -418,6 +453,9 @@ class BGPAgent:
                 if in_kernel is not None:
                     await in_kernel  # one part waiting behind the one being programmed, no more
                 in_kernel = asyncio.ensure_future(self.programmer.apply(changes))
+                # While the route table's thread programs the part: the routes passed on wait
+                # for ExaBGP's answers, which the kernel need not.
+                await self._pass_on(changes)
                 programmed += len(changes.added) + len(changes.changed) + len(changes.removed)
                 if not self.rib.pending:  # the batch's last part
                     if programmed >= TRIM_AFTER_ROUTES:

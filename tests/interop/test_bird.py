@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from percale.datastore.contract import Key
 from percale.dataplane.route_owners import RouteProtocol
 
 from tests.helpers.bgp_lab import (
@@ -28,6 +29,7 @@ from tests.helpers.bgp_lab import (
     wait_for,
 )
 from tests.helpers.cni_node import CNINode
+from tests.helpers.store import with_store
 
 pytestmark = pytest.mark.interop
 
@@ -120,6 +122,74 @@ def test_bird_as_route_reflector_for_two_nodes(etcd):
         assert there.returncode == 0, there.stdout
         back = ping(pod_b, ip_a)
         assert back.returncode == 0, back.stdout
+    finally:
+        a.stop()
+        b.stop()
+        router.down()
+
+
+def bird_as_path(router: Router, prefix: str) -> str:
+    """The AS_PATH of BIRD's preferred route to `prefix` ('' when it has none)."""
+    found = re.search(r"BGP\.as_path:(.*)", router.birdc(f"show route {prefix} all", check=False))
+    return found.group(1).strip() if found else ""
+
+
+def update_spec(etcd, kind: str, name: str, **spec) -> None:
+    async def work(store):
+        current = await store.get(Key(kind, name))
+        new_spec = current.value.spec.model_copy(update=spec)
+        await store.update(current.value.model_copy(update={"spec": new_spec}),
+                           revision=current.revision)
+
+    with_store(etcd.endpoint, work)
+
+
+def test_a_node_passes_the_mesh_blocks_on_to_its_ebgp_peer_and_back(etcd):
+    """Only node a peers with BIRD (eBGP), beside the mesh with b. As Calico's BIRD does, a passes
+    on what it learns inside the pools: b's block reaches BIRD from a, with a's address as next
+    hop and our AS prepended (b's own address with keepOriginalNextHop); BIRD's pool route
+    reaches b over the mesh through a, its next hop BIRD's; when b leaves the mesh, a withdraws
+    b's block from BIRD."""
+    router = Router()
+    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
+    try:
+        router.up()
+        a.start(), b.start()
+        router.attach(a.netns, "10.99.0.1/24")
+        router.attach(b.netns, "10.99.0.2/24")
+        tor_route = far_block(a.name, b.name)
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", CLUSTER_AS, export="static"),
+        ], static=[tor_route]))
+        setup_store(
+            etcd,
+            resource("Node", a.name, {"bgp": {"ipv4Address": "10.99.0.1/24"}}),
+            resource("Node", b.name, {"bgp": {"ipv4Address": "10.99.0.2/24"}}),
+            resource("BGPPeer", "tor", {"node": a.name, "peerIP": router.ip, "asNumber": TOR_AS}),
+        )
+        assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, a, b)
+
+        _, ip_a = a.add_pod()
+        _, ip_b = b.add_pod()
+        block_a, block_b = block_of(ip_a), block_of(ip_b)
+        assert wait_for(lambda: {block_a, block_b} <= set(router.bird_routes("node_a")), 15), (
+            diagnose(router, a, b))
+        assert router.bird_routes("node_a")[block_b].via == "10.99.0.1"
+        assert bird_as_path(router, block_b) == str(CLUSTER_AS)
+        # BIRD's route: learned by a over eBGP, passed to b over the mesh with BIRD's next hop.
+        assert wait_for(lambda: b.routes(PROTO_BGP).get(tor_route) == router.ip, 15), (
+            diagnose(router, a, b))
+
+        update_spec(etcd, "BGPPeer", "tor", keep_original_next_hop=True)
+        assert wait_for(lambda: getattr(router.bird_routes("node_a").get(block_b), "via", None)
+                        == "10.99.0.2", 15), diagnose(router, a, b)
+        assert router.bird_routes("node_a")[block_a].via == "10.99.0.1"  # a's own, as before
+
+        # b leaves the mesh (no BGP address): a no longer has its block to pass on.
+        update_spec(etcd, "Node", b.name, bgp=None)
+        assert wait_for(lambda: block_b not in router.bird_routes("node_a"), 15), (
+            diagnose(router, a, b))
+        assert block_a in router.bird_routes("node_a")
     finally:
         a.stop()
         b.stop()

@@ -1,0 +1,96 @@
+"""Which learned routes a node passes on to its other peers, and as what (pure).
+
+Calico ends the export filter of every BIRD session with calico_export_to_bgp_peers, which
+accepts any route inside an enabled pool, whoever it came from. BIRD then sends each peer its
+best route to such a prefix, so a node that alone peers with an outside router announces there
+the blocks it learned from the mesh, and a route from an eBGP peer reaches the mesh. What BIRD
+itself holds back:
+
+- a route is never sent back to the peer it was learned from;
+- a route learned over iBGP goes to no iBGP peer (RFC 4271 §9.1.1); only a route reflector
+  passes such routes on, which is `reflector.py`'s job;
+- a pool with disableBGPExport is rejected by the filter (the caller leaves those prefixes out).
+
+What the peer receives is what BIRD sends on Calico's sessions, all `multihop`:
+- over eBGP, our AS prepended to the AS_PATH (ExaBGP prepends nothing to a path it is given,
+  reference/exabgp.md §1), ORIGIN and communities kept, no LOCAL_PREF, MED, ORIGINATOR_ID or
+  CLUSTER_LIST; our own address as next hop (BIRD's choice on a multihop eBGP session), the
+  original next hop when the BGPPeer asks to keep it (keepOriginalNextHop, nextHopMode Keep:
+  BIRD's `next hop keep`);
+- over iBGP, a route learned over eBGP with its attributes as learned, the next hop unchanged
+  (BIRD's iBGP default) unless the BGPPeer says nextHopMode Self.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from percale.bgpd.peering import Session
+from percale.bgpd.prefixes import Prefix
+from percale.bgpd.rib import AS_SET, Path
+
+
+def pass_on(best: Path, to: Session) -> str | None:
+    """The ExaBGP `announce route` that passes `best` (the RIB's best path to its prefix) on
+    over `to`, or None when BIRD would send it nothing."""
+    source = best.peer
+    if best.prefix.version != to.family or str(source.address) == to.peer_address:
+        return None
+    ebgp_to = to.peer_as != to.local_as
+    if source.ibgp and not ebgp_to:
+        return None
+    if ebgp_to:
+        next_hop = str(best.next_hop) if to.keep_next_hop else "self"
+        as_path = _as_path_text(best, prepend=to.local_as)
+        parts = [f"announce route {best.prefix} next-hop {next_hop}",
+                 f"origin {best.origin.name.lower()}", f"as-path {as_path}"]
+    else:
+        next_hop = "self" if to.next_hop_self else str(best.next_hop)
+        parts = [f"announce route {best.prefix} next-hop {next_hop}",
+                 f"origin {best.origin.name.lower()}"]
+        as_path = _as_path_text(best)
+        if as_path:
+            parts.append(f"as-path {as_path}")
+        if best.local_pref is not None:
+            parts.append(f"local-preference {best.local_pref}")
+        if best.med is not None:
+            parts.append(f"med {best.med}")
+    if best.communities:
+        parts.append(f"community [ {' '.join(f'{a}:{b}' for a, b in best.communities)} ]")
+    if best.large_communities:
+        parts.append("large-community [ "
+                     f"{' '.join(f'{a}:{b}:{c}' for a, b, c in best.large_communities)} ]")
+    return " ".join(parts)
+
+
+def may_pass_on(sessions: list[Session]) -> bool:
+    """Whether any route can be passed on over these sessions at all: it takes two sessions (a
+    route never goes back to its source), one of them eBGP (iBGP to iBGP is reflection). A node
+    with one peer, or only iBGP ones, looks at no prefix."""
+    return len(sessions) > 1 and any(s.peer_as != s.local_as for s in sessions)
+
+
+def _as_path_text(path: Path, prepend: int | None = None) -> str:
+    """ExaBGP's AS_PATH text, segment after segment: an AS_SEQUENCE in brackets, an AS_SET in
+    parentheses (`[ 64512 65000 ] ( 1 2 )`); '' for an empty path."""
+    segments: list[tuple[str, list[int]]] = [("seq", [prepend])] if prepend is not None else []
+    for segment in path.as_path:
+        kind = "set" if segment.type == AS_SET else "seq"
+        if kind == "seq" and segments and segments[-1][0] == "seq":
+            segments[-1][1].extend(segment.asns)  # one sequence, as on the wire
+        elif segment.asns:
+            segments.append((kind, list(segment.asns)))
+    return " ".join(f"[ {' '.join(map(str, asns))} ]" if kind == "seq"
+                    else f"( {' '.join(map(str, asns))} )" for kind, asns in segments)
+
+
+def held_back(prefix: Prefix, pools: Sequence[Prefix]) -> bool:
+    """Whether `prefix` lies inside one of `pools` (those with disableBGPExport), with integers:
+    ipaddress's subnet_of caches two addresses on every prefix it is asked about."""
+    version, length = prefix.version, prefix.prefixlen
+    address = int(prefix.network_address)
+    for pool in pools:
+        if (pool.version == version and length >= pool.prefixlen
+                and address & int(pool.netmask) == int(pool.network_address)):
+            return True
+    return False

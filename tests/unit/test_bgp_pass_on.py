@@ -1,0 +1,168 @@
+"""Learned routes passed on to other peers as Calico's BIRD does: the rule and the ExaBGP
+announcement (bgpd/pass_on.py), and the per-peer difference the relay sends (bgpd/relay.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from percale.bgpd.pass_on import held_back, may_pass_on, pass_on
+from percale.bgpd.peering import GLOBAL, MESH, Session
+from percale.bgpd.relay import Relay
+from percale.bgpd.rib import AS_SET, AS_SEQUENCE, Path, Peer, Rib
+from percale.bgpd.speaker import SpeakerError
+
+pytestmark = pytest.mark.unit
+
+LOCAL_AS, TOR_AS = 64512, 65000
+MESH_PEER = Peer("10.0.0.2", LOCAL_AS, LOCAL_AS, "10.0.0.2")
+TOR = Peer("10.0.0.254", TOR_AS, LOCAL_AS, "10.0.0.254")
+OTHER_TOR = Peer("10.0.0.253", 65001, LOCAL_AS, "10.0.0.253")
+BLOCK = "10.244.2.0/26"  # another node's block, learned over the mesh
+
+
+def session(peer: Peer, **overrides) -> Session:
+    fields = dict(name=f"Global_{peer.address}", kind=MESH if peer.ibgp else GLOBAL, family=4,
+                  peer_address=str(peer.address), peer_port=179, peer_as=peer.asn,
+                  local_as=LOCAL_AS, local_address="10.0.0.1")
+    return Session(**(fields | overrides))
+
+
+def test_a_mesh_route_goes_to_an_ebgp_peer_with_our_as_and_our_address():
+    best = Path(BLOCK, "10.0.0.2", MESH_PEER, local_pref=100, med=5, originator_id="10.0.0.9",
+                cluster_list=["244.0.0.1"])
+    assert pass_on(best, session(TOR)) == (
+        f"announce route {BLOCK} next-hop self origin igp as-path [ {LOCAL_AS} ]")
+
+
+def test_keeping_the_next_hop_sends_the_originating_node():
+    best = Path(BLOCK, "10.0.0.2", MESH_PEER)
+    assert pass_on(best, session(TOR, keep_next_hop=True)) == (
+        f"announce route {BLOCK} next-hop 10.0.0.2 origin igp as-path [ {LOCAL_AS} ]")
+
+
+def test_no_route_goes_back_to_its_source_and_ibgp_routes_stay_off_ibgp_peers():
+    from_tor = Path(BLOCK, "10.0.0.254", TOR, as_path=(TOR_AS,))
+    assert pass_on(from_tor, session(TOR)) is None
+    assert pass_on(Path(BLOCK, "10.0.0.2", MESH_PEER), session(MESH_PEER)) is None
+    other_mesh = Peer("10.0.0.3", LOCAL_AS, LOCAL_AS, "10.0.0.3")
+    assert pass_on(Path(BLOCK, "10.0.0.2", MESH_PEER), session(other_mesh)) is None
+
+
+def test_an_ebgp_route_reaches_the_mesh_as_learned_and_other_ebgp_peers_prepended():
+    best = Path(BLOCK, "10.0.0.254", TOR, as_path=(TOR_AS, 65100), med=7,
+                communities=[(65000, 1)], large_communities=[(65000, 2, 3)])
+    assert pass_on(best, session(MESH_PEER)) == (
+        f"announce route {BLOCK} next-hop 10.0.0.254 origin igp as-path [ {TOR_AS} 65100 ] "
+        "med 7 community [ 65000:1 ] large-community [ 65000:2:3 ]")
+    assert pass_on(best, session(MESH_PEER, next_hop_self=True)).startswith(
+        f"announce route {BLOCK} next-hop self ")
+    assert pass_on(best, session(OTHER_TOR)) == (
+        f"announce route {BLOCK} next-hop self origin igp as-path [ {LOCAL_AS} {TOR_AS} 65100 ] "
+        "community [ 65000:1 ] large-community [ 65000:2:3 ]")
+
+
+def test_an_as_set_keeps_its_parentheses():
+    best = Path(BLOCK, "10.0.0.254", TOR, as_path=((AS_SEQUENCE, (TOR_AS,)), (AS_SET, (1, 2))))
+    assert pass_on(best, session(OTHER_TOR)).endswith(f"as-path [ {LOCAL_AS} {TOR_AS} ] ( 1 2 )")
+
+
+def test_a_prefix_only_goes_to_sessions_of_its_family():
+    v6 = Peer("fd00::2", LOCAL_AS, LOCAL_AS, "10.0.0.2")
+    best = Path("fd00:244::/122", "fd00::2", v6)
+    assert pass_on(best, session(TOR)) is None
+    assert pass_on(best, session(TOR, family=6, peer_address="fd00::254")) is not None
+
+
+def test_only_a_node_with_two_sessions_one_of_them_ebgp_can_pass_anything_on():
+    assert not may_pass_on([session(TOR)])
+    assert not may_pass_on([session(MESH_PEER), session(Peer("10.0.0.3", LOCAL_AS, LOCAL_AS))])
+    assert may_pass_on([session(MESH_PEER), session(TOR)])
+
+
+def test_held_back_inside_a_pool_that_disables_export():
+    pools = [ipaddress.ip_network("10.245.0.0/16"), ipaddress.ip_network("fd00:245::/48")]
+    assert held_back(ipaddress.ip_network("10.245.3.0/26"), pools)
+    assert held_back(ipaddress.ip_network("fd00:245::/122"), pools)
+    assert not held_back(ipaddress.ip_network(BLOCK), pools)
+    assert not held_back(ipaddress.ip_network("10.0.0.0/8"), pools)  # wider than the pool
+
+
+class Recorder:
+    def __init__(self, refuse: bool = False):
+        self.commands: list[str] = []
+        self.refuse = refuse
+
+    async def send(self, command: str, timeout: float = 30) -> None:
+        if self.refuse:
+            raise SpeakerError("refused")
+        self.commands.append(command)
+
+
+def rib_with(*paths: Path) -> Rib:
+    rib = Rib(router_id="10.0.0.1", pools=["10.244.0.0/16", "10.245.0.0/16"])
+    for path in paths:
+        rib.update(path.peer, [path])
+    rib.changes()
+    return rib
+
+
+def test_the_relay_sends_each_change_once_and_withdraws_what_goes():
+    speaker = Recorder()
+    relay = Relay(speaker)
+    sessions = [session(MESH_PEER), session(TOR)]
+    assert relay.configure(sessions, [])
+    assert not relay.configure(sessions, [])  # nothing changed: no walk of the table due
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
+    up = {"10.0.0.2", "10.0.0.254"}
+    asyncio.run(relay.everything(rib, up, frozenset()))
+    assert speaker.commands == [
+        f"neighbor 10.0.0.254 announce route {BLOCK} next-hop self origin igp as-path [ {LOCAL_AS} ]"]
+    asyncio.run(relay.changed(rib, [ipaddress.ip_network(BLOCK)], up, frozenset()))
+    assert len(speaker.commands) == 1  # unchanged: not sent again
+    rib.update(MESH_PEER, withdrawn=[BLOCK])
+    asyncio.run(relay.changed(rib, rib.changes().removed, up, frozenset()))
+    assert speaker.commands[-1] == f"neighbor 10.0.0.254 withdraw route {BLOCK}"
+    assert relay.sent == {}
+
+
+def test_the_relay_holds_back_no_export_pools_and_own_prefixes_and_follows_the_settings():
+    speaker = Recorder()
+    relay = Relay(speaker)
+    sessions = [session(MESH_PEER), session(TOR)]
+    relay.configure(sessions, ["10.245.0.0/16"])
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER), Path("10.245.0.0/26", "10.0.0.2", MESH_PEER),
+                   Path("10.244.9.1/32", "10.0.0.2", MESH_PEER))
+    up = {"10.0.0.2", "10.0.0.254"}
+    asyncio.run(relay.everything(rib, up, frozenset({"10.244.9.1/32"})))
+    assert [c.split()[4] for c in speaker.commands] == [BLOCK]
+    # The BGPPeer now keeps the next hop: the route is sent again with it.
+    assert relay.configure([session(MESH_PEER), session(TOR, keep_next_hop=True)], ["10.245.0.0/16"])
+    asyncio.run(relay.everything(rib, up, frozenset({"10.244.9.1/32"})))
+    assert speaker.commands[-1].endswith("next-hop 10.0.0.2 origin igp as-path [ 64512 ]")
+    # The ToR peering goes: what it was sent is forgotten with its neighbour.
+    assert relay.configure([session(MESH_PEER)], ["10.245.0.0/16"])
+    assert relay.sent == {}
+
+
+def test_a_session_that_comes_up_is_sent_everything_again_and_a_failure_leaves_the_relay_behind():
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(MESH_PEER), session(TOR)], [])
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
+    up = {"10.0.0.2", "10.0.0.254"}
+    asyncio.run(relay.everything(rib, up, frozenset()))
+    assert not relay.behind
+    asyncio.run(relay.everything(rib, up, frozenset(), only="10.0.0.254"))
+    assert len(speaker.commands) == 2  # the same announcement once more, as ExaBGP may have lost it
+    speaker.refuse = True
+    rib.update(MESH_PEER, withdrawn=[BLOCK])
+    with pytest.raises(SpeakerError):
+        asyncio.run(relay.changed(rib, rib.changes().removed, up, frozenset()))
+    assert relay.behind
+    speaker.refuse = False
+    asyncio.run(relay.everything(rib, up, frozenset()))
+    assert speaker.commands[-1] == f"neighbor 10.0.0.254 withdraw route {BLOCK}"
+    assert not relay.behind
