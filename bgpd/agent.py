@@ -12,9 +12,9 @@ Its parts, each one job:
                                    kept current per changed affinity, block, pool,
                                    BGPConfiguration or own Node, said to ExaBGP
     rib.Rib + exabgp_json.RibFeed  what the node learns, from ExaBGP's events
-    reflector.Reflector            in-agent route reflection, on a route-reflector node
     relay.Relay                    learned routes passed on as Calico's BIRD does (the mesh's
-                                   blocks to eBGP peers, an eBGP peer's pool routes to the mesh)
+                                   blocks to eBGP peers, an eBGP peer's pool routes to the
+                                   mesh), and reflected on a route-reflector node
     programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer
     peers.PeerTable                each session's state, for status and health
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -43,9 +42,8 @@ from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.peers import PeerTable
 from percale.bgpd.programmer import FibProgrammer
-from percale.bgpd.reflector import Reflector
 from percale.bgpd.relay import Relay
-from percale.bgpd.rib import FibChanges, Rib
+from percale.bgpd.rib import Rib
 from percale.bgpd.seams import BlackholeTable, RouteTable
 from percale.bgpd.speaker import ExaBGP, SpeakerError
 from percale.datastore.cache import Cache, Change
@@ -122,7 +120,6 @@ class BGPAgent:
         self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
         self.table = AnnouncementTable(node)
         self.announcer = Announcer(self.speaker)
-        self.reflector = Reflector(self.speaker)
         self.relay = Relay(self.speaker)
         self.programmer = FibProgrammer(fib, blackholes)
         self.peers = PeerTable()
@@ -307,7 +304,8 @@ class BGPAgent:
         all_pools = self.cache.values("IPPool")
         pools = [p.spec.cidr for p in all_pools if not p.spec.disabled]  # type: ignore[attr-defined]
         relay_due = self.relay.configure(
-            self.sessions, [p.spec.cidr for p in all_pools if p.spec.disable_bgp_export])  # type: ignore[attr-defined]
+            self.sessions, [p.spec.cidr for p in all_pools if p.spec.disable_bgp_export],  # type: ignore[attr-defined]
+            self.cluster_id or None)
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
         # Every node announces the service CIDRs: what the others send of them is never routed,
         # on a node excluded from announcing them too (confd's /rejectcidrs).
@@ -318,6 +316,7 @@ class BGPAgent:
                            own_blocks=self.table.current.blocks, service_cidrs=services)
             self.rib.set_allow_own_as(allow_own_as)
             self._rib_blocks = self.table.current.blocks
+            self.rib.watch_best(self.relay.active)
             self.feed = RibFeed(self.rib)
         else:
             # Each setter re-judges every prefix: only when something changed.
@@ -329,6 +328,7 @@ class BGPAgent:
                 self.rib.set_service_cidrs(services)
             if allow_own_as != self._allow_own_as:
                 self.rib.set_allow_own_as(allow_own_as)
+            self.rib.watch_best(self.relay.active)
             self._fib_due.set()
         self._pools, self._own_addresses = pools, own_addresses
         self._services, self._allow_own_as = services, allow_own_as
@@ -380,11 +380,9 @@ class BGPAgent:
             peer = await self._peer_ups.get()
             await self.announcer.ready.wait()
             try:
-                self.reflector.forget(peer)
-                await self._reflect()
                 if self.rib is not None:
-                    await self.relay.everything(self.rib, self._up(), self.announcer.announced,
-                                                only=peer)
+                    await self.relay.everything(self.rib, self.feed, self._up(),
+                                                self.announcer.announced, only=peer)
                 await self.announcer.announce_to(peer)
             except SpeakerError as err:
                 log.warning("re-announcing to %s: %s", peer, err)
@@ -392,21 +390,16 @@ class BGPAgent:
     def _up(self) -> set[str]:
         return {address for address, _ in self.peers.established()}
 
-    async def _reflect(self) -> None:
-        if self.cluster_id and self.rib is not None and self.feed is not None:
-            await self.reflector.reflect(self.rib, self.feed, self.sessions, self._up(),
-                                         self.cluster_id)
-
-    async def _pass_on(self, changes: FibChanges) -> None:
+    async def _pass_on(self) -> None:
         if self.rib is None:
             return
         try:
             if self.relay.behind:
-                await self.relay.everything(self.rib, self._up(), self.announcer.announced)
-            elif changes:
-                await self.relay.changed(
-                    self.rib, itertools.chain(changes.added, changes.changed, changes.removed),
-                    self._up(), self.announcer.announced)
+                await self.relay.everything(self.rib, self.feed, self._up(),
+                                            self.announcer.announced)
+            else:
+                await self.relay.changed(self.rib, self.feed, self._up(),
+                                         self.announcer.announced)
         except SpeakerError as err:
             # ExaBGP refuses announcements for a moment after it restarts: the whole table
             # again, a little later.
@@ -443,19 +436,14 @@ class BGPAgent:
                     self._reapply = False
                     await self.programmer.reapply(self.rib)
                 if not changes:
-                    if self.relay.behind:
-                        await self._pass_on(changes)
+                    await self._pass_on()  # a new best path with the same next hops
                     continue
-                try:
-                    await self._reflect()
-                except SpeakerError as err:
-                    log.warning("reflecting routes: %s", err)
                 if in_kernel is not None:
                     await in_kernel  # one part waiting behind the one being programmed, no more
                 in_kernel = asyncio.ensure_future(self.programmer.apply(changes))
                 # While the route table's thread programs the part: the routes passed on wait
                 # for ExaBGP's answers, which the kernel need not.
-                await self._pass_on(changes)
+                await self._pass_on()
                 programmed += len(changes.added) + len(changes.changed) + len(changes.removed)
                 if not self.rib.pending:  # the batch's last part
                     if programmed >= TRIM_AFTER_ROUTES:

@@ -7,8 +7,10 @@ the blocks it learned from the mesh, and a route from an eBGP peer reaches the m
 itself holds back:
 
 - a route is never sent back to the peer it was learned from;
-- a route learned over iBGP goes to no iBGP peer (RFC 4271 §9.1.1); only a route reflector
-  passes such routes on, which is `reflector.py`'s job;
+- a route learned over iBGP goes to no iBGP peer (RFC 4271 §9.1.1), unless this node is a route
+  reflector (RFC 4456, which ExaBGP cannot do): then `rib.reflect` says which iBGP peers get it,
+  with ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged, unless the session says
+  `nextHopMode: Self` (BIRD's `next hop self`), so that clients send through the reflector;
 - a pool with disableBGPExport is rejected by the filter (the caller leaves those prefixes out).
 
 What the peer receives is what BIRD sends on Calico's sessions, all `multihop`:
@@ -23,22 +25,42 @@ What the peer receives is what BIRD sends on Calico's sessions, all `multihop`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix
-from percale.bgpd.rib import AS_SET, Path
+from percale.bgpd.rib import AS_SET, Address, Path, Peer, reflect
 
 
-def pass_on(best: Path, to: Session) -> str | None:
+@dataclass(frozen=True)
+class Reflection:
+    """This node reflects routes (its Node has a routeReflectorClusterID)."""
+
+    cluster_id: ipaddress.IPv4Address
+    clients: Collection[Address]  # the addresses of its clients' sessions
+
+
+def pass_on(best: Path, to: Session, *, reflection: Reflection | None = None,
+            to_peer: Peer | None = None) -> str | None:
     """The ExaBGP `announce route` that passes `best` (the RIB's best path to its prefix) on
-    over `to`, or None when BIRD would send it nothing."""
+    over `to`, or None when BIRD would send it nothing. A reflector also gives `to_peer`, the
+    session's peer as the RIB knows it (with its BGP Identifier once its OPEN was seen).
+
+    Raises ValueError when reflection needs the BGP Identifier of the path's sender, not known
+    yet."""
     source = best.peer
     if best.prefix.version != to.family or str(source.address) == to.peer_address:
         return None
     ebgp_to = to.peer_as != to.local_as
     if source.ibgp and not ebgp_to:
-        return None
+        if reflection is None:
+            return None
+        peer = to_peer or Peer(to.peer_address, to.peer_as, to.local_as)
+        reflected = reflect(best, peer, cluster_id=reflection.cluster_id,
+                            clients=reflection.clients)
+        return None if reflected is None else _reflected(reflected, to.next_hop_self)
     if ebgp_to:
         next_hop = str(best.next_hop) if to.keep_next_hop else "self"
         as_path = _as_path_text(best, prepend=to.local_as)
@@ -55,19 +77,45 @@ def pass_on(best: Path, to: Session) -> str | None:
             parts.append(f"local-preference {best.local_pref}")
         if best.med is not None:
             parts.append(f"med {best.med}")
-    if best.communities:
-        parts.append(f"community [ {' '.join(f'{a}:{b}' for a, b in best.communities)} ]")
-    if best.large_communities:
-        parts.append("large-community [ "
-                     f"{' '.join(f'{a}:{b}:{c}' for a, b, c in best.large_communities)} ]")
-    return " ".join(parts)
+    return " ".join([*parts, *_communities(best)])
 
 
-def may_pass_on(sessions: list[Session]) -> bool:
+def may_pass_on(sessions: list[Session], reflecting: bool = False) -> bool:
     """Whether any route can be passed on over these sessions at all: it takes two sessions (a
-    route never goes back to its source), one of them eBGP (iBGP to iBGP is reflection). A node
-    with one peer, or only iBGP ones, looks at no prefix."""
-    return len(sessions) > 1 and any(s.peer_as != s.local_as for s in sessions)
+    route never goes back to its source), one of them eBGP unless this node reflects. A node
+    with one peer, or only iBGP ones and no cluster ID (every mesh-only node), looks at no
+    prefix."""
+    return len(sessions) > 1 and (reflecting or any(s.peer_as != s.local_as for s in sessions))
+
+
+def _reflected(path: Path, next_hop_self: bool) -> str:
+    """A reflected path's `announce route`: its attributes as learned, ORIGINATOR_ID and
+    CLUSTER_LIST as reflection set them; with `next_hop_self`, ExaBGP puts the session's local
+    address in the next hop."""
+    next_hop = "self" if next_hop_self else path.next_hop
+    parts = [f"announce route {path.prefix} next-hop {next_hop}",
+             f"origin {path.origin.name.lower()}"]
+    as_path = _as_path_text(path)
+    if as_path:
+        parts.append(f"as-path {as_path}")
+    if path.local_pref is not None:
+        parts.append(f"local-preference {path.local_pref}")
+    if path.med is not None:
+        parts.append(f"med {path.med}")
+    parts.append(f"originator-id {path.originator_id}")
+    parts.append(f"cluster-list [ {' '.join(map(str, path.cluster_list))} ]")
+    return " ".join([*parts, *_communities(path)])
+
+
+def _communities(path: Path) -> list[str]:
+    """The communities BIRD passes on with a route, standard and large, in ExaBGP's words."""
+    parts = []
+    if path.communities:
+        parts.append(f"community [ {' '.join(f'{a}:{b}' for a, b in path.communities)} ]")
+    if path.large_communities:
+        parts.append("large-community [ "
+                     f"{' '.join(f'{a}:{b}:{c}' for a, b, c in path.large_communities)} ]")
+    return parts
 
 
 def _as_path_text(path: Path, prepend: int | None = None) -> str:

@@ -570,6 +570,10 @@ class Rib:
         # One frozenset per distinct set of next hops, shared by every prefix that has it.
         self._hop_sets: dict[object, frozenset[Address]] = {}
         self._last_hop: tuple[object, frozenset[Address]] = (None, frozenset())
+        # Prefixes whose best path changed since the last take_best_changes(), kept only while
+        # someone passes routes on (watch_best): the FIB's changes miss a new best path with the
+        # same next hops, which a peer it is passed on to must still hear of.
+        self._best_changed: dict[Prefix, None] | None = None
 
     # ---------------------------------------------------------------- configuration
 
@@ -790,6 +794,22 @@ class Rib:
         nothing: a prefix that changed back)."""
         return bool(self._dirty)
 
+    def watch_best(self, on: bool) -> None:
+        """Keep (or stop keeping) the prefixes whose best path changes, for take_best_changes."""
+        if not on:
+            self._best_changed = None
+        elif self._best_changed is None:
+            self._best_changed = {}
+
+    def take_best_changes(self) -> list[Prefix]:
+        """The prefixes whose best path changed (or may have: an UPDATE repeating a path counts)
+        since the last call, in the order they changed; [] when not watching."""
+        changed = self._best_changed
+        if not changed:
+            return []
+        self._best_changed = {}
+        return list(changed)
+
     def best(self, prefix: str | Prefix) -> Path | None:
         destination = self._destinations.get(as_prefix(prefix))
         return destination.best if destination is not None else None
@@ -989,6 +1009,8 @@ class Rib:
                     if len(self._hop_sets) >= _HOP_SETS_KEPT:
                         self._hop_sets.clear()
                     next_hops = self._hop_sets[hops] = hops
+        if self._best_changed is not None and best is not destination.best:
+            self._best_changed[destination.prefix] = None
         destination.best = best
         before = destination.next_hops
         if next_hops is not before and next_hops != before:

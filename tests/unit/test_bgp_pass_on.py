@@ -10,6 +10,7 @@ import pytest
 
 from percale.bgpd.pass_on import held_back, may_pass_on, pass_on
 from percale.bgpd.peering import GLOBAL, MESH, Session
+from percale.bgpd.exabgp_json import RibFeed
 from percale.bgpd.relay import Relay
 from percale.bgpd.rib import AS_SET, AS_SEQUENCE, Path, Peer, Rib
 from percale.bgpd.speaker import SpeakerError
@@ -103,6 +104,7 @@ class Recorder:
 
 def rib_with(*paths: Path) -> Rib:
     rib = Rib(router_id="10.0.0.1", pools=["10.244.0.0/16", "10.245.0.0/16"])
+    rib.watch_best(True)
     for path in paths:
         rib.update(path.peer, [path])
     rib.changes()
@@ -117,13 +119,19 @@ def test_the_relay_sends_each_change_once_and_withdraws_what_goes():
     assert not relay.configure(sessions, [])  # nothing changed: no walk of the table due
     rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
     up = {"10.0.0.2", "10.0.0.254"}
-    asyncio.run(relay.everything(rib, up, frozenset()))
+    asyncio.run(relay.everything(rib, None, up, frozenset()))
     assert speaker.commands == [
         f"neighbor 10.0.0.254 announce route {BLOCK} next-hop self origin igp as-path [ {LOCAL_AS} ]"]
-    asyncio.run(relay.changed(rib, [ipaddress.ip_network(BLOCK)], up, frozenset()))
+    rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER)])  # the same route again
+    asyncio.run(relay.changed(rib, None, up, frozenset()))
     assert len(speaker.commands) == 1  # unchanged: not sent again
+    # A new best path with the same next hop (the FIB sees no change): passed on as it is now.
+    rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER, origin="incomplete")])
+    assert not rib.changes()
+    asyncio.run(relay.changed(rib, None, up, frozenset()))
+    assert speaker.commands[-1].endswith("origin incomplete as-path [ 64512 ]")
     rib.update(MESH_PEER, withdrawn=[BLOCK])
-    asyncio.run(relay.changed(rib, rib.changes().removed, up, frozenset()))
+    asyncio.run(relay.changed(rib, None, up, frozenset()))
     assert speaker.commands[-1] == f"neighbor 10.0.0.254 withdraw route {BLOCK}"
     assert relay.sent == {}
 
@@ -136,11 +144,11 @@ def test_the_relay_holds_back_no_export_pools_and_own_prefixes_and_follows_the_s
     rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER), Path("10.245.0.0/26", "10.0.0.2", MESH_PEER),
                    Path("10.244.9.1/32", "10.0.0.2", MESH_PEER))
     up = {"10.0.0.2", "10.0.0.254"}
-    asyncio.run(relay.everything(rib, up, frozenset({"10.244.9.1/32"})))
+    asyncio.run(relay.everything(rib, None, up, frozenset({"10.244.9.1/32"})))
     assert [c.split()[4] for c in speaker.commands] == [BLOCK]
     # The BGPPeer now keeps the next hop: the route is sent again with it.
     assert relay.configure([session(MESH_PEER), session(TOR, keep_next_hop=True)], ["10.245.0.0/16"])
-    asyncio.run(relay.everything(rib, up, frozenset({"10.244.9.1/32"})))
+    asyncio.run(relay.everything(rib, None, up, frozenset({"10.244.9.1/32"})))
     assert speaker.commands[-1].endswith("next-hop 10.0.0.2 origin igp as-path [ 64512 ]")
     # The ToR peering goes: what it was sent is forgotten with its neighbour.
     assert relay.configure([session(MESH_PEER)], ["10.245.0.0/16"])
@@ -153,16 +161,56 @@ def test_a_session_that_comes_up_is_sent_everything_again_and_a_failure_leaves_t
     relay.configure([session(MESH_PEER), session(TOR)], [])
     rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
     up = {"10.0.0.2", "10.0.0.254"}
-    asyncio.run(relay.everything(rib, up, frozenset()))
+    asyncio.run(relay.everything(rib, None, up, frozenset()))
     assert not relay.behind
-    asyncio.run(relay.everything(rib, up, frozenset(), only="10.0.0.254"))
+    asyncio.run(relay.everything(rib, None, up, frozenset(), only="10.0.0.254"))
     assert len(speaker.commands) == 2  # the same announcement once more, as ExaBGP may have lost it
     speaker.refuse = True
     rib.update(MESH_PEER, withdrawn=[BLOCK])
     with pytest.raises(SpeakerError):
-        asyncio.run(relay.changed(rib, rib.changes().removed, up, frozenset()))
+        asyncio.run(relay.changed(rib, None, up, frozenset()))
     assert relay.behind
     speaker.refuse = False
-    asyncio.run(relay.everything(rib, up, frozenset()))
+    asyncio.run(relay.everything(rib, None, up, frozenset()))
     assert speaker.commands[-1] == f"neighbor 10.0.0.254 withdraw route {BLOCK}"
     assert not relay.behind
+
+
+def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing_else():
+    clients = [Peer(f"10.0.0.{n}", LOCAL_AS, LOCAL_AS, f"10.0.0.{n}") for n in range(2, 6)]
+    sessions = [session(p, route_reflector_client=True, cluster_id="244.0.0.1") for p in clients]
+    speaker = Recorder()
+    relay = Relay(speaker)
+    assert relay.configure(sessions, [], "244.0.0.1")
+    rib = rib_with(*(Path(f"10.244.{n}.0/26", str(p.address), p) for n, p in enumerate(clients)))
+    up = {str(p.address) for p in clients}
+    feed = RibFeed(rib)
+    asyncio.run(relay.everything(rib, feed, up, frozenset()))
+    assert len(speaker.commands) == 4 * 3  # each block to the three other clients
+    assert (f"neighbor 10.0.0.3 announce route 10.244.0.0/26 next-hop 10.0.0.2 origin igp "
+            "originator-id 10.0.0.2 cluster-list [ 244.0.0.1 ]") in speaker.commands
+    assert not any(c.startswith("neighbor 10.0.0.2 announce route 10.244.0.0/26")
+                   for c in speaker.commands)
+    # One more block on one client: three announcements, nothing else looked at or sent.
+    speaker.commands.clear()
+    rib.update(clients[0], [Path("10.244.9.0/26", "10.0.0.2", clients[0])])
+    asyncio.run(relay.changed(rib, feed, up, frozenset()))
+    assert sorted(c.split()[1] for c in speaker.commands) == ["10.0.0.3", "10.0.0.4", "10.0.0.5"]
+    # nextHopMode Self towards one client: only that session's announcements change.
+    speaker.commands.clear()
+    sessions[1] = session(clients[1], route_reflector_client=True, cluster_id="244.0.0.1",
+                          next_hop_self=True)
+    assert relay.configure(sessions, [], "244.0.0.1")
+    asyncio.run(relay.everything(rib, feed, up, frozenset()))
+    assert {c.split()[1] for c in speaker.commands} == {"10.0.0.3"}
+    assert all(" next-hop self " in c for c in speaker.commands)
+
+
+def test_a_node_without_anything_to_pass_on_keeps_no_list_of_changes():
+    relay = Relay(Recorder())
+    relay.configure([session(MESH_PEER), session(Peer("10.0.0.3", LOCAL_AS, LOCAL_AS))], [])
+    assert not relay.active
+    rib = Rib(router_id="10.0.0.1", pools=["10.244.0.0/16"])
+    rib.watch_best(relay.active)
+    rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER)])
+    assert rib.take_best_changes() == []
