@@ -5,10 +5,10 @@ a few seconds, no root. For 50, 200 and 500 clients holding 2 blocks each, it fi
 clients' UPDATEs would (bgpd/rib.py), then times, with an ExaBGP stand-in that acknowledges each
 command at once (so only percale's own work is timed):
 
-  whole table   Relay.everything: every client sent every other client's blocks, as when the
-                reflector's configuration changes for all sessions
-  one block     one more block from one client, then Relay.changed: what the reflector does each
-                time a node claims a block
+  whole table   the first Relay.catch_up: every client sent every other client's blocks, as when
+                what every session depends on changes (the cluster ID, a client's status)
+  one block     one more block from one client, then Relay.catch_up: what the reflector does
+                each time a node claims a block
 
 Until 2026-12-07 a reflector walked the whole table for every client on each change (the
 removed bgpd/reflector.py, measured with this same setup at c296fb6): one block cost 62 ms with
@@ -70,14 +70,14 @@ async def measure(clients: int) -> tuple[float, int, float, int]:
     up = {s.peer_address for s in sessions}
 
     started = time.perf_counter()
-    await relay.everything(rib, feed, up, frozenset())
+    await relay.catch_up(rib, feed, up)
     whole, whole_commands = time.perf_counter() - started, speaker.commands
 
     speaker.commands = 0
     rib.update(peers[0], [Path(block(clients * BLOCKS_PER_CLIENT), peers[0].address, peers[0])])
     rib.changes()
     started = time.perf_counter()
-    await relay.changed(rib, feed, up, frozenset())
+    await relay.catch_up(rib, feed, up)
     return whole, whole_commands, time.perf_counter() - started, speaker.commands
 
 

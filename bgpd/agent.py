@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -38,6 +39,7 @@ from typing import Any
 from percale.bgpd import collector, peering
 from percale.bgpd.announcements import Announcements, AnnouncementTable, service_cidrs
 from percale.bgpd.announcer import Announcer
+from percale.bgpd.communities import CommunityRule, communities_for, community_rules, community_text
 from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.peers import PeerTable
@@ -71,6 +73,15 @@ def _return_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc
+
+
+def _attributes(prefix: str, rules: tuple[CommunityRule, ...]) -> str:
+    """What an own prefix is announced with: our address as next hop, and the communities of
+    the prefixAdvertisements that cover it."""
+    if not rules:
+        return "next-hop self"
+    communities = community_text(*communities_for(ipaddress.ip_network(prefix), rules))
+    return f"next-hop self {communities}" if communities else "next-hop self"
 
 
 def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str | None:
@@ -141,6 +152,7 @@ class BGPAgent:
         self._configure_due = asyncio.Event()
         self._announce_due = asyncio.Event()
         self._fib_due = asyncio.Event()
+        self._pass_on_due = asyncio.Event()
         self._housekeeping_due = asyncio.Event()
         self._peer_ups: asyncio.Queue[str] = asyncio.Queue()
         self._reapply = False
@@ -181,9 +193,10 @@ class BGPAgent:
         if kind in SESSION_KINDS:
             self._configure_due.set()
         if kind == "BGPConfiguration":
-            # Service CIDRs added or removed: announced or withdrawn, no session touched.
-            if self.table.configuration(change.key.name, change.new.value if change.new else None):
-                self._announce_due.set()
+            # Service CIDRs added or removed: announced or withdrawn, no session touched; and
+            # the prefixAdvertisements' communities looked at again (_announce).
+            self.table.configuration(change.key.name, change.new.value if change.new else None)
+            self._announce_due.set()
         elif kind == "Node":
             if change.key.name == self.node and self.table.own_node(
                     change.new.value if change.new else None):
@@ -254,6 +267,7 @@ class BGPAgent:
         self._configure_due.set()
         self._announce_due.set()
         loops = [self._configuring(), self._announcing(), self._peers_coming_up(),
+                 self._passing_on(),
                  self._programming(), self._housekeeping()]
         tasks = [asyncio.ensure_future(loop) for loop in loops]
         try:
@@ -343,7 +357,7 @@ class BGPAgent:
         await self.speaker.wait_connected()
         await self._restart_revived()
         if relay_due:
-            self._fib_due.set()  # the programming loop passes the whole table on again
+            self._pass_on_due.set()
         self.synced = True
         self._announce_due.set()
 
@@ -369,8 +383,14 @@ class BGPAgent:
             self.rib.set_own_blocks(desired.blocks)
             self._rib_blocks = desired.blocks
             self._fib_due.set()
+        rules = community_rules(self.node, self.cache.values("BGPConfiguration"))  # type: ignore[arg-type]
+        want = {prefix: _attributes(prefix, rules) for prefix in desired.prefixes}
         # Announce first: a claimed block should reach the peers before any kernel housekeeping.
-        await self.announcer.announce(desired.prefixes, self.peers.established())
+        await self.announcer.announce(want, self.peers.established())
+        # What is passed on carries the communities too, and keeps off what we now announce.
+        if (self.relay.set_communities(rules)
+                | self.relay.set_own(self.announcer.announced, desired.blocks)):
+            self._pass_on_due.set()
         await self.programmer.own_blocks(desired.blocks)
         if self.on_sync:
             self.on_sync(time.monotonic() - started)
@@ -379,10 +399,9 @@ class BGPAgent:
         while True:
             peer = await self._peer_ups.get()
             await self.announcer.ready.wait()
+            self.relay.session_up(peer)
+            self._pass_on_due.set()
             try:
-                if self.rib is not None:
-                    await self.relay.everything(self.rib, self.feed, self._up(),
-                                                self.announcer.announced, only=peer)
                 await self.announcer.announce_to(peer)
             except SpeakerError as err:
                 log.warning("re-announcing to %s: %s", peer, err)
@@ -390,21 +409,18 @@ class BGPAgent:
     def _up(self) -> set[str]:
         return {address for address, _ in self.peers.established()}
 
+    def _passing_on(self) -> Coroutine[Any, Any, None]:
+        """Learned routes passed on (bgpd/relay.py) in a loop of their own: each is a command
+        ExaBGP answers, and the kernel's routes need not wait for thousands of them."""
+        return self._retrying(self._pass_on_due, self._pass_on, "passing routes on")
+
     async def _pass_on(self) -> None:
         if self.rib is None:
             return
-        try:
-            if self.relay.behind:
-                await self.relay.everything(self.rib, self.feed, self._up(),
-                                            self.announcer.announced)
-            else:
-                await self.relay.changed(self.rib, self.feed, self._up(),
-                                         self.announcer.announced)
-        except SpeakerError as err:
-            # ExaBGP refuses announcements for a moment after it restarts: the whole table
-            # again, a little later.
-            log.warning("passing routes on failed, trying again: %s", err)
-            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._fib_due.set)
+        await self.relay.catch_up(self.rib, self.feed, self._up())
+        if self.relay.behind and not self._pass_on_due.is_set():
+            # A reflection waits for a sender's BGP Identifier: look again in a moment.
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._pass_on_due.set)
 
     async def _programming(self) -> None:
         """Hand the RIB's changes on as they come: a burst of updates is one netlink batch.
@@ -435,15 +451,13 @@ class BGPAgent:
                 if self._reapply:
                     self._reapply = False
                     await self.programmer.reapply(self.rib)
+                if self.relay.active:
+                    self._pass_on_due.set()  # a new best path may change no next hop
                 if not changes:
-                    await self._pass_on()  # a new best path with the same next hops
                     continue
                 if in_kernel is not None:
                     await in_kernel  # one part waiting behind the one being programmed, no more
                 in_kernel = asyncio.ensure_future(self.programmer.apply(changes))
-                # While the route table's thread programs the part: the routes passed on wait
-                # for ExaBGP's answers, which the kernel need not.
-                await self._pass_on()
                 programmed += len(changes.added) + len(changes.changed) + len(changes.removed)
                 if not self.rib.pending:  # the batch's last part
                     if programmed >= TRIM_AFTER_ROUTES:

@@ -2,15 +2,17 @@
 again, then End-of-RIB, whenever ExaBGP (re)starts; everything towards a peer whose session
 comes up (ExaBGP does not send routes announced before a neighbour existed, exabgp.md §1.8).
 
-What to announce comes from bgpd.announcements (the AnnouncementTable the agent keeps current);
-this module only says it to the speaker.
+What to announce comes from bgpd.announcements (the AnnouncementTable the agent keeps current),
+each prefix with its attributes (next hop self, and the communities of bgpd.communities); this
+module only says it to the speaker. A prefix whose attributes change is announced again: ExaBGP
+replaces the route, and the peers hear an implicit withdraw, with no session touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from percale.bgpd.peers import PeerStatus
 from percale.bgpd.seams import Speaker
@@ -26,7 +28,7 @@ def _family(address: str) -> str:
 class Announcer:
     def __init__(self, speaker: Speaker) -> None:
         self.speaker = speaker
-        self.announced: frozenset[str] = frozenset()
+        self.announced: dict[str, str] = {}  # prefix -> its attributes, as last announced
         self._everything = True  # the speaker knows nothing of ours yet
         # Set once the current ExaBGP has been given everything we announce: only then may a
         # peer be sent End-of-RIB, or it would drop routes graceful restart kept for us.
@@ -34,7 +36,7 @@ class Announcer:
 
     def speaker_restarted(self) -> None:
         """A fresh ExaBGP knows none of our routes, and every session of the old one ended."""
-        self.announced = frozenset()
+        self.announced = {}
         self._everything = True
         self.ready.clear()
 
@@ -43,16 +45,20 @@ class Announcer:
         """Whether the speaker must be told everything again."""
         return self._everything
 
-    async def announce(self, want: frozenset[str], peers: Iterable[tuple[str, PeerStatus]]) -> None:
-        """Make the speaker announce exactly `want`: withdrawals first, then announcements; after
-        a (re)start of the speaker, End-of-RIB to each established session in `peers` too."""
+    async def announce(self, want: Mapping[str, str],
+                       peers: Iterable[tuple[str, PeerStatus]]) -> None:
+        """Make the speaker announce exactly `want` (prefix -> its attributes: `next-hop self`
+        and any communities): withdrawals first, then announcements; after a (re)start of the
+        speaker, End-of-RIB to each established session in `peers` too."""
         first = self._everything
-        for prefix in sorted(self.announced - want):
+        for prefix in sorted(self.announced.keys() - want.keys()):
             await self.speaker.send(f"withdraw route {prefix}")
-            self.announced = self.announced - {prefix}
-        for prefix in sorted(want - self.announced):
-            await self.speaker.send(f"announce route {prefix} next-hop self")
-            self.announced = self.announced | {prefix}
+            del self.announced[prefix]
+        for prefix in sorted(want):
+            attributes = want[prefix]
+            if self.announced.get(prefix) != attributes:
+                await self.speaker.send(f"announce route {prefix} {attributes}")
+                self.announced[prefix] = attributes
         self._everything = False
         self.ready.set()
         if first:
@@ -71,6 +77,6 @@ class Announcer:
 
     async def announce_to(self, peer: str) -> None:
         """Everything we announce, then End-of-RIB, to one peer whose session just came up."""
-        for prefix in sorted(self.announced):
-            await self.speaker.send(f"neighbor {peer} announce route {prefix} next-hop self")
+        for prefix, attributes in sorted(self.announced.items()):
+            await self.speaker.send(f"neighbor {peer} announce route {prefix} {attributes}")
         await self.speaker.send(f"neighbor {peer} announce eor {_family(peer)} unicast")

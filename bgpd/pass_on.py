@@ -11,7 +11,10 @@ itself holds back:
   reflector (RFC 4456, which ExaBGP cannot do): then `rib.reflect` says which iBGP peers get it,
   with ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged, unless the session says
   `nextHopMode: Self` (BIRD's `next hop self`), so that clients send through the reflector;
-- a pool with disableBGPExport is rejected by the filter (the caller leaves those prefixes out).
+- a pool with disableBGPExport is rejected by the filter (the caller leaves those prefixes out,
+  and more-specifics of the node's own blocks, which calico_aggr() rejects);
+- the well-known communities (RFC 1997): NO_ADVERTISE goes to no peer, NO_EXPORT and
+  NO_EXPORT_SUBCONFED to no eBGP peer.
 
 What the peer receives is what BIRD sends on Calico's sessions, all `multihop`:
 - over eBGP, our AS prepended to the AS_PATH (ExaBGP prepends nothing to a path it is given,
@@ -19,8 +22,9 @@ What the peer receives is what BIRD sends on Calico's sessions, all `multihop`:
   CLUSTER_LIST; our own address as next hop (BIRD's choice on a multihop eBGP session), the
   original next hop when the BGPPeer asks to keep it (keepOriginalNextHop, nextHopMode Keep:
   BIRD's `next hop keep`);
-- over iBGP, a route learned over eBGP with its attributes as learned, the next hop unchanged
-  (BIRD's iBGP default) unless the BGPPeer says nextHopMode Self.
+- over iBGP, a route learned over eBGP with its attributes as learned but LOCAL_PREF (which an
+  eBGP peer's is not trusted for: BIRD drops it on import, RFC 4271 §5.1.5), the next hop
+  unchanged (BIRD's iBGP default) unless the BGPPeer says nextHopMode Self.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from percale.bgpd.communities import Large, Standard, community_text
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix
 from percale.bgpd.rib import AS_SET, Address, Path, Peer, reflect
@@ -42,11 +47,17 @@ class Reflection:
     clients: Collection[Address]  # the addresses of its clients' sessions
 
 
+NO_COMMUNITIES: tuple[tuple[Standard, ...], tuple[Large, ...]] = ((), ())
+
+
 def pass_on(best: Path, to: Session, *, reflection: Reflection | None = None,
-            to_peer: Peer | None = None) -> str | None:
+            to_peer: Peer | None = None,
+            adding: tuple[tuple[Standard, ...], tuple[Large, ...]] = NO_COMMUNITIES) -> str | None:
     """The ExaBGP `announce route` that passes `best` (the RIB's best path to its prefix) on
     over `to`, or None when BIRD would send it nothing. A reflector also gives `to_peer`, the
     session's peer as the RIB knows it (with its BGP Identifier once its OPEN was seen).
+    `adding`: the communities this node's prefixAdvertisements add to the route
+    (bgpd/communities.py), besides those it carries.
 
     Raises ValueError when reflection needs the BGP Identifier of the path's sender, not known
     yet."""
@@ -54,13 +65,15 @@ def pass_on(best: Path, to: Session, *, reflection: Reflection | None = None,
     if best.prefix.version != to.family or str(source.address) == to.peer_address:
         return None
     ebgp_to = to.peer_as != to.local_as
+    if best.communities and _kept_home(best.communities, ebgp_to):
+        return None
     if source.ibgp and not ebgp_to:
         if reflection is None:
             return None
         peer = to_peer or Peer(to.peer_address, to.peer_as, to.local_as)
         reflected = reflect(best, peer, cluster_id=reflection.cluster_id,
                             clients=reflection.clients)
-        return None if reflected is None else _reflected(reflected, to.next_hop_self)
+        return None if reflected is None else _reflected(reflected, to.next_hop_self, adding)
     if ebgp_to:
         next_hop = str(best.next_hop) if to.keep_next_hop else "self"
         as_path = _as_path_text(best, prepend=to.local_as)
@@ -73,11 +86,18 @@ def pass_on(best: Path, to: Session, *, reflection: Reflection | None = None,
         as_path = _as_path_text(best)
         if as_path:
             parts.append(f"as-path {as_path}")
-        if best.local_pref is not None:
-            parts.append(f"local-preference {best.local_pref}")
         if best.med is not None:
             parts.append(f"med {best.med}")
-    return " ".join([*parts, *_communities(best)])
+    return _joined(parts, best, adding)
+
+
+NO_EXPORT, NO_ADVERTISE, NO_EXPORT_SUBCONFED = (65535, 65281), (65535, 65282), (65535, 65283)
+
+
+def _kept_home(communities: tuple[tuple[int, int], ...], ebgp_to: bool) -> bool:
+    if NO_ADVERTISE in communities:
+        return True
+    return ebgp_to and (NO_EXPORT in communities or NO_EXPORT_SUBCONFED in communities)
 
 
 def may_pass_on(sessions: list[Session], reflecting: bool = False) -> bool:
@@ -88,7 +108,8 @@ def may_pass_on(sessions: list[Session], reflecting: bool = False) -> bool:
     return len(sessions) > 1 and (reflecting or any(s.peer_as != s.local_as for s in sessions))
 
 
-def _reflected(path: Path, next_hop_self: bool) -> str:
+def _reflected(path: Path, next_hop_self: bool,
+               adding: tuple[tuple[Standard, ...], tuple[Large, ...]]) -> str:
     """A reflected path's `announce route`: its attributes as learned, ORIGINATOR_ID and
     CLUSTER_LIST as reflection set them; with `next_hop_self`, ExaBGP puts the session's local
     address in the next hop."""
@@ -104,18 +125,17 @@ def _reflected(path: Path, next_hop_self: bool) -> str:
         parts.append(f"med {path.med}")
     parts.append(f"originator-id {path.originator_id}")
     parts.append(f"cluster-list [ {' '.join(map(str, path.cluster_list))} ]")
-    return " ".join([*parts, *_communities(path)])
+    return _joined(parts, path, adding)
 
 
-def _communities(path: Path) -> list[str]:
-    """The communities BIRD passes on with a route, standard and large, in ExaBGP's words."""
-    parts = []
-    if path.communities:
-        parts.append(f"community [ {' '.join(f'{a}:{b}' for a, b in path.communities)} ]")
-    if path.large_communities:
-        parts.append("large-community [ "
-                     f"{' '.join(f'{a}:{b}:{c}' for a, b, c in path.large_communities)} ]")
-    return parts
+def _joined(parts: list[str], path: Path,
+            adding: tuple[tuple[Standard, ...], tuple[Large, ...]]) -> str:
+    """The announcement with the communities BIRD sends with the route: those it carries, and
+    those apply_communities() adds, each once."""
+    standard = dict.fromkeys((*path.communities, *adding[0]))
+    large = dict.fromkeys((*path.large_communities, *adding[1]))
+    communities = community_text(standard, large)
+    return " ".join([*parts, communities]) if communities else " ".join(parts)
 
 
 def _as_path_text(path: Path, prepend: int | None = None) -> str:

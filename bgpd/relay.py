@@ -10,8 +10,17 @@ every block of the cluster for every client (5.6 s of CPU per claimed block, whe
 the whole table on each change), and a node that learns 100k routes from its ToR looks at each
 once as it changes. A node whose sessions can pass nothing on (one peer, or only iBGP peers and
 no cluster ID: every mesh-only node) looks at none, and its RIB keeps no list of changes for it.
-The whole table is walked only when a session comes up, when what may be passed on changes
-(sessions, next-hop modes, cluster ID, pools with disableBGPExport), or after a failed send.
+The whole table is walked for one peer when its session comes up or its own settings change,
+and for all when what every session depends on changes (pools with disableBGPExport, the
+cluster ID, a peer's client status, the communities) or a send failed.
+
+The node's own announcements (bgpd/announcer.py) and what is passed on share ExaBGP's
+per-neighbour table, where a route is known by its prefix alone: a withdrawal of a passed-on
+route would take an own announcement of the same prefix with it. So a prefix the node
+announces itself is never passed on nor withdrawn here; when it becomes the node's own, what
+was passed on for it is forgotten (the own announcement replaced it), and when it stops being
+its own, it is looked at again. More-specifics of the node's own blocks stay home too, as
+calico_aggr() keeps them (another node's /32 borrowed from one of our blocks).
 """
 
 from __future__ import annotations
@@ -20,13 +29,13 @@ import ipaddress
 import logging
 from collections.abc import Collection, Iterable
 
+from percale.bgpd.communities import CommunityRule, communities_for
 from percale.bgpd.exabgp_json import RibFeed
-from percale.bgpd.pass_on import Reflection, held_back, may_pass_on, pass_on
+from percale.bgpd.pass_on import NO_COMMUNITIES, Reflection, held_back, may_pass_on, pass_on
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix
 from percale.bgpd.rib import Path, Peer, Rib
 from percale.bgpd.seams import Speaker
-from percale.bgpd.speaker import SpeakerError
 
 log = logging.getLogger("percale.bgpd.relay")
 
@@ -39,41 +48,48 @@ class Relay:
         self.active = False  # may_pass_on(sessions): the RIB should watch best paths for us
         self._held: tuple[Prefix, ...] = ()  # pools with disableBGPExport
         self._reflection: Reflection | None = None
+        self._communities: tuple[CommunityRule, ...] = ()  # prefixAdvertisements
+        self._own: frozenset[str] = frozenset()  # what the node announces itself
+        self._own_blocks: tuple[Prefix, ...] = ()
         self._shared: object = None  # what every session's routes depend on
         self._each: dict[str, tuple] = {}  # peer -> what its own routes depend on
-        # The peers `everything` must look at; None: all of them (a send failed, a reflection
-        # waited for a BGP Identifier, or what every session depends on changed).
+        # The peers whose routes must be worked out from the whole table; None: every peer.
         self._due: set[str] | None = set()
+        self._resend: set[str] = set()  # peers whose sessions came up: sent everything again
+        self._recheck: set[Prefix] = set()  # prefixes to look at again, the RIB aside
+        self._blocks_changed: tuple[Prefix, ...] = ()  # own blocks gained or lost
 
     @property
     def behind(self) -> bool:
-        """Whether `everything` is due."""
-        return self._due is None or bool(self._due)
+        """Whether anything is due besides the RIB's changes."""
+        return (self._due is None or bool(self._due) or bool(self._recheck)
+                or bool(self._blocks_changed))
+
+    # -- what the agent tells it ---------------------------------------------------------------
 
     def configure(self, sessions: list[Session], no_export_pools: Iterable[str],
                   cluster_id: str | None = None) -> bool:
         """Take the node's sessions, its pools with disableBGPExport and its cluster ID (None:
-        it reflects nothing). Returns whether what may be passed on changed; then `everything`
-        is due (`behind`), for every session or only those whose own settings changed: a node
-        joining a reflector's cluster costs the reflector no walk of its table for the others.
-        A new session needs none: it is sent everything when it comes up."""
+        it reflects nothing). Returns whether what may be passed on changed. A session whose
+        own settings changed is worked out again alone: a node joining a reflector's cluster
+        costs the reflector no walk of its table for the others. A new session needs nothing
+        now: it is sent everything when it comes up (`session_up`)."""
         held = tuple(sorted({ipaddress.ip_network(c) for c in no_export_pools}, key=str))
         clients = frozenset(ipaddress.ip_address(s.peer_address) for s in sessions
                             if s.route_reflector_client)
         active = may_pass_on(sessions, reflecting=cluster_id is not None)
         each = {s.peer_address: (s.family, s.peer_as, s.local_as, s.keep_next_hop,
                                  s.next_hop_self, s.route_reflector_client) for s in sessions}
+        # What was sent to a peer no longer configured stays known: should it be configured
+        # again before ExaBGP's reload drops it, ExaBGP still holds those routes for it.
         self._sessions = sessions
-        for gone in set(self.sent) - each.keys():
-            del self.sent[gone]  # its neighbour left ExaBGP, and what it was sent with it
         shared = (held, cluster_id, active)
         changed = {a for a, settings in each.items()
                    if a in self._each and self._each[a] != settings}
         if shared == self._shared and not changed:
             self._each = each
             return False
-        if shared != self._shared or any(
-                self._each[a][-1] != each[a][-1] for a in changed):
+        if shared != self._shared or any(self._each[a][-1] != each[a][-1] for a in changed):
             # A client becoming a non-client (or the reverse) changes what the others get.
             self._due = None
         elif self._due is not None:
@@ -83,80 +99,107 @@ class Relay:
             ipaddress.IPv4Address(cluster_id), clients)
         return True
 
+    def set_communities(self, rules: tuple[CommunityRule, ...]) -> bool:
+        """Take the communities the node's prefixAdvertisements add to what it exports. Returns
+        whether they changed; then every route passed on is due again."""
+        if rules == self._communities:
+            return False
+        self._communities = rules
+        self._due = None
+        return True
+
+    def set_own(self, prefixes: Collection[str], blocks: Collection[str]) -> bool:
+        """Take what the node announces itself and its own blocks. Returns whether anything is
+        due."""
+        own = frozenset(prefixes)
+        own_blocks = tuple(sorted({ipaddress.ip_network(b) for b in blocks}, key=str))
+        if own == self._own and own_blocks == self._own_blocks:
+            return False
+        for prefix in own - self._own:
+            network = ipaddress.ip_network(prefix)
+            for peer in list(self.sent):  # the own announcement took its place in ExaBGP
+                self._forget(peer, network)
+        self._recheck.update(ipaddress.ip_network(p) for p in self._own - own)
+        if own_blocks != self._own_blocks:
+            self._blocks_changed += tuple(set(own_blocks) ^ set(self._own_blocks))
+        self._own, self._own_blocks = own, own_blocks
+        return True
+
+    def session_up(self, peer: str) -> None:
+        """`peer`'s session came up: it is sent everything, as ExaBGP may have kept nothing."""
+        self._resend.add(peer)
+        if self._due is not None:
+            self._due.add(peer)
+
     def speaker_restarted(self) -> None:
-        """A fresh ExaBGP has sent nobody anything."""
+        """A fresh ExaBGP has sent nobody anything (every session comes up again)."""
         self.sent.clear()
 
-    async def changed(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
-                      own: Collection[str]) -> None:
-        """Pass on what changed for the prefixes whose best path changed (the RIB's list) to the
-        sessions that are `up`; `own` are the prefixes this node announces itself, which it does
-        not pass on."""
-        prefixes = rib.take_best_changes()
-        if not self.active or not prefixes:
-            return
-        targets = self._targets(feed, up)
+    # -- sending -------------------------------------------------------------------------------
+
+    async def catch_up(self, rib: Rib, feed: RibFeed | None, up: Collection[str]) -> None:
+        """Send the sessions that are `up` what changed: for the prefixes whose best path
+        changed and those due a look, and the whole table to the peers due it. After a
+        failure, everything is due again."""
         try:
-            for prefix in prefixes:
-                best = rib.best(prefix)
-                held = best is None or held_back(prefix, self._held) or str(prefix) in own
-                for session, peer in targets:
-                    text = None if held else self._text(best, session, peer)  # type: ignore[arg-type]
-                    await self._send(session.peer_address, prefix, text)
-        except SpeakerError:
+            await self._catch_up(rib, feed, up)
+        except BaseException:
             self._due = None
             raise
 
-    async def everything(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
-                         own: Collection[str], *, only: str | None = None) -> None:
-        """Bring each session that is `up` (or only the peer `only`, whose session just came
-        up: it is sent everything again, as ExaBGP may have kept nothing of it) in line with
-        the whole RIB."""
-        due: set[str] | None = {only} if only is not None else self._due
-        if only is None:
+    async def _catch_up(self, rib: Rib, feed: RibFeed | None, up: Collection[str]) -> None:
+        if self._due is None:
+            rib.take_best_changes()  # every prefix is looked at now, for every peer
+            self._recheck.clear()
+            self._blocks_changed = ()
+            await self._whole_table(rib, feed, up, None)
             self._due = set()
-            if due is None:
-                rib.take_best_changes()  # every prefix is looked at now, for every peer
-            else:
-                # Only some peers: the others still need what changed meanwhile.
-                await self.changed(rib, feed, up, own)
-        try:
-            await self._everything(rib, feed, up, own, due, resend=only is not None)
-        except SpeakerError:
-            if only is None:
-                self._due = None
-            raise
-
-    async def _everything(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
-                          own: Collection[str], due: set[str] | None, resend: bool) -> None:
-        # Each prefix judged once, not once per session: a reflector has hundreds.
-        candidates: list[tuple[Prefix, Path]] = []
-        if due is not None and not due:
             return
+        prefixes = dict.fromkeys(rib.take_best_changes())
+        prefixes.update(dict.fromkeys(self._recheck))
+        if self._blocks_changed:
+            changed_blocks, self._blocks_changed = self._blocks_changed, ()
+            prefixes.update(dict.fromkeys(p for p in rib.fib if held_back(p, changed_blocks)))
+        self._recheck = set()
+        if self.active and prefixes:
+            targets = self._targets(feed, up)
+            for prefix in prefixes:
+                best = rib.best(prefix)
+                if self._own_prefix(prefix):
+                    continue
+                held = best is None or self._held_back(prefix)
+                adding = self._adding(prefix)
+                for session, peer in targets:
+                    text = None if held else self._text(best, session, peer, adding)  # type: ignore[arg-type]
+                    await self._send(session.peer_address, prefix, text)
+        if self._due:
+            due, self._due = self._due, set()
+            await self._whole_table(rib, feed, up, due)
+
+    async def _whole_table(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
+                           due: set[str] | None) -> None:
+        # Each prefix judged once, not once per session: a reflector has hundreds.
+        candidates: list[tuple[Prefix, Path, tuple]] = []
         if self.active:
             for prefix in rib.fib:
                 best = rib.best(prefix)
-                if best is not None and not held_back(prefix, self._held) and str(prefix) not in own:
-                    candidates.append((prefix, best))
+                if best is not None and not self._own_prefix(prefix) and not self._held_back(prefix):
+                    candidates.append((prefix, best, self._adding(prefix)))
             candidates.sort(key=lambda item: str(item[0]))
         for session, peer in self._targets(feed, up):
             address = session.peer_address
             if due is not None and address not in due:
                 continue
+            resend = address in self._resend
             want: dict[Prefix, str] = {}
-            for prefix, best in candidates:
-                text = self._text(best, session, peer)
+            for prefix, best, adding in candidates:
+                text = self._text(best, session, peer, adding)
                 if text is not None:
                     want[prefix] = text
             sent = self.sent.setdefault(address, {})
             for prefix in sorted(sent.keys() - want.keys(), key=str):
-                try:
+                if not self._own_prefix(prefix):
                     await self.speaker.send(f"neighbor {address} withdraw route {prefix}")
-                except SpeakerError as err:
-                    if not resend:
-                        raise
-                    # What a session that just came up never got need not be withdrawn.
-                    log.debug("withdrawing %s from %s: %s", prefix, address, err)
                 del sent[prefix]
             for prefix, text in want.items():
                 if resend or sent.get(prefix) != text:
@@ -164,6 +207,7 @@ class Relay:
                     sent[prefix] = text
             if not sent:
                 del self.sent[address]
+            self._resend.discard(address)
 
     def _targets(self, feed: RibFeed | None, up: Collection[str]) -> list[tuple[Session, Peer | None]]:
         """The sessions that are up, each with its peer as the RIB knows it (a reflector needs
@@ -171,13 +215,25 @@ class Relay:
         return [(s, feed.peer(s.peer_address) if feed is not None and self._reflection else None)
                 for s in self._sessions if s.peer_address in up]
 
-    def _text(self, best: Path, session: Session, peer: Peer | None) -> str | None:
+    def _own_prefix(self, prefix: Prefix) -> bool:
+        return bool(self._own) and str(prefix) in self._own
+
+    def _held_back(self, prefix: Prefix) -> bool:
+        """Inside a pool with disableBGPExport, or more specific than one of our blocks."""
+        return held_back(prefix, self._held) or (
+            bool(self._own_blocks) and held_back(prefix, self._own_blocks))
+
+    def _adding(self, prefix: Prefix) -> tuple:
+        return communities_for(prefix, self._communities) if self._communities else NO_COMMUNITIES
+
+    def _text(self, best: Path, session: Session, peer: Peer | None, adding: tuple) -> str | None:
         try:
-            return pass_on(best, session, reflection=self._reflection, to_peer=peer)
+            return pass_on(best, session, reflection=self._reflection, to_peer=peer,
+                           adding=adding)
         except ValueError as err:
-            # The sender's OPEN is not seen yet: looked at again by the next whole pass.
+            # The sender's OPEN is not seen yet: looked at again with the next whole table.
             log.debug("%s", err)
-            self._due = None
+            self._recheck.add(best.prefix)
             return None
 
     async def _send(self, address: str, prefix: Prefix, text: str | None) -> None:
@@ -185,11 +241,20 @@ class Relay:
         if text == (sent.get(prefix) if sent else None):
             return
         if text is None:
-            assert sent is not None
             await self.speaker.send(f"neighbor {address} withdraw route {prefix}")
-            del sent[prefix]
-            if not sent:
-                del self.sent[address]
         else:
             await self.speaker.send(f"neighbor {address} {text}")
+        self._remember(address, prefix, text)
+
+    def _remember(self, address: str, prefix: Prefix, text: str | None) -> None:
+        if text is not None:
             self.sent.setdefault(address, {})[prefix] = text
+        else:
+            self._forget(address, prefix)
+
+    def _forget(self, address: str, prefix: Prefix) -> None:
+        sent = self.sent.get(address)
+        if sent is not None:
+            sent.pop(prefix, None)  # type: ignore[call-overload]
+            if not sent:
+                del self.sent[address]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
@@ -132,6 +133,62 @@ def bird_as_path(router: Router, prefix: str) -> str:
     """The AS_PATH of BIRD's preferred route to `prefix` ('' when it has none)."""
     found = re.search(r"BGP\.as_path:(.*)", router.birdc(f"show route {prefix} all", check=False))
     return found.group(1).strip() if found else ""
+
+
+def bird_attribute(router: Router, prefix: str, name: str) -> str:
+    """An attribute of BIRD's preferred route to `prefix` (`show route all`: BGP.community ...),
+    '' when it has none."""
+    found = re.search(rf"BGP\.{name}:(.*)", router.birdc(f"show route {prefix} all", check=False))
+    return found.group(1).strip() if found else ""
+
+
+def test_prefix_advertisement_communities_reach_bird_and_follow_the_configuration(etcd):
+    """BGPConfiguration prefixAdvertisements: the node's block carries the communities of the
+    advertisements that cover it, by name or by value, standard and large; a change of them
+    reaches BIRD with the session left up."""
+    router, node = Router(), CNINode(etcd.unix_endpoint)
+    try:
+        router.up()
+        node.start()
+        router.attach(node.netns, "10.99.0.1/24")
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", NODE_AS, export="none"),
+        ], precise_since=True))
+        setup_store(
+            etcd,
+            resource("BGPConfiguration", "default", {
+                "communities": [{"name": "pods", "value": "65000:100"}],
+                "prefixAdvertisements": [
+                    {"cidr": "10.244.0.0/16", "communities": ["pods", "65000:1:2"]},
+                    {"cidr": "10.96.0.0/12", "communities": ["7:7"]}]}),
+            resource("Node", node.name, {"bgp": {"ipv4Address": "10.99.0.1/24", "asNumber": NODE_AS}}),
+            resource("BGPPeer", "tor", {"nodeSelector": "all()", "peerIP": router.ip,
+                                        "asNumber": TOR_AS}),
+        )
+        assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, node)
+        _, pod_ip = node.add_pod()
+        block = block_of(pod_ip)
+        assert wait_for(lambda: block in router.bird_routes("node_a"), 10), diagnose(router, node)
+        assert bird_attribute(router, block, "community") == "(65000,100)"
+        assert bird_attribute(router, block, "large_community") == "(65000, 1, 2)"
+        since = router.bird_since("node_a")
+
+        update_spec(etcd, "BGPConfiguration", "default", prefix_advertisements=[
+            parse_advertisement({"cidr": "10.244.0.0/16", "communities": ["65001:7"]})])
+        assert wait_for(lambda: bird_attribute(router, block, "community") == "(65001,7)", 10), (
+            diagnose(router, node))
+        assert bird_attribute(router, block, "large_community") == ""
+        # The session stayed up (BIRD recomputes the time it prints, off by microseconds).
+        later = datetime.fromisoformat(router.bird_since("node_a"))
+        assert abs((later - datetime.fromisoformat(since)).total_seconds()) < 0.1
+    finally:
+        node.stop()
+        router.down()
+
+
+def parse_advertisement(document: dict):
+    from percale.api.bgp import PrefixAdvertisement
+    return PrefixAdvertisement.model_validate(document)
 
 
 def update_spec(etcd, kind: str, name: str, **spec) -> None:

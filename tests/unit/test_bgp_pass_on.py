@@ -10,6 +10,7 @@ import pytest
 
 from percale.bgpd.pass_on import held_back, may_pass_on, pass_on
 from percale.bgpd.peering import GLOBAL, MESH, Session
+from percale.bgpd.communities import CommunityRule
 from percale.bgpd.exabgp_json import RibFeed
 from percale.bgpd.relay import Relay
 from percale.bgpd.rib import AS_SET, AS_SEQUENCE, Path, Peer, Rib
@@ -92,14 +93,27 @@ def test_held_back_inside_a_pool_that_disables_export():
 
 
 class Recorder:
+    """ExaBGP as the relay sees it: the commands it was sent, and each neighbour's table of
+    routes, known by prefix alone (ExaBGP's adj-rib-out)."""
+
     def __init__(self, refuse: bool = False):
         self.commands: list[str] = []
         self.refuse = refuse
+        self.tables: dict[str, dict[str, str]] = {}
 
     async def send(self, command: str, timeout: float = 30) -> None:
         if self.refuse:
             raise SpeakerError("refused")
         self.commands.append(command)
+        words = command.split()
+        peers = [words[1]] if words[0] == "neighbor" else list(self.tables) or ["*"]
+        verb, prefix = (words[2], words[4]) if words[0] == "neighbor" else (words[0], words[2])
+        for peer in peers:
+            table = self.tables.setdefault(peer, {})
+            if verb == "announce":
+                table[prefix] = command
+            else:
+                table.pop(prefix, None)
 
 
 def rib_with(*paths: Path) -> Rib:
@@ -111,6 +125,13 @@ def rib_with(*paths: Path) -> Rib:
     return rib
 
 
+UP = {"10.0.0.2", "10.0.0.254"}
+
+
+def catch_up(relay: Relay, rib: Rib, feed=None, up=UP) -> None:
+    asyncio.run(relay.catch_up(rib, feed, up))
+
+
 def test_the_relay_sends_each_change_once_and_withdraws_what_goes():
     speaker = Recorder()
     relay = Relay(speaker)
@@ -118,41 +139,82 @@ def test_the_relay_sends_each_change_once_and_withdraws_what_goes():
     assert relay.configure(sessions, [])
     assert not relay.configure(sessions, [])  # nothing changed: no walk of the table due
     rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
-    up = {"10.0.0.2", "10.0.0.254"}
-    asyncio.run(relay.everything(rib, None, up, frozenset()))
+    catch_up(relay, rib)
     assert speaker.commands == [
         f"neighbor 10.0.0.254 announce route {BLOCK} next-hop self origin igp as-path [ {LOCAL_AS} ]"]
     rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER)])  # the same route again
-    asyncio.run(relay.changed(rib, None, up, frozenset()))
+    catch_up(relay, rib)
     assert len(speaker.commands) == 1  # unchanged: not sent again
     # A new best path with the same next hop (the FIB sees no change): passed on as it is now.
     rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER, origin="incomplete")])
     assert not rib.changes()
-    asyncio.run(relay.changed(rib, None, up, frozenset()))
+    catch_up(relay, rib)
     assert speaker.commands[-1].endswith("origin incomplete as-path [ 64512 ]")
     rib.update(MESH_PEER, withdrawn=[BLOCK])
-    asyncio.run(relay.changed(rib, None, up, frozenset()))
+    catch_up(relay, rib)
     assert speaker.commands[-1] == f"neighbor 10.0.0.254 withdraw route {BLOCK}"
     assert relay.sent == {}
 
 
-def test_the_relay_holds_back_no_export_pools_and_own_prefixes_and_follows_the_settings():
+def test_a_route_that_moves_to_another_source_with_the_same_next_hop_is_followed():
+    """Two ToRs send one prefix with the same third-party next hop; the first goes: the route
+    now comes from the second, which must not be sent its own route, and the first gets it."""
+    tor2 = Peer("10.0.0.253", TOR_AS, LOCAL_AS, "10.0.0.253")
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(TOR), session(tor2)], [])
+    rib = rib_with(Path(BLOCK, "10.0.0.9", TOR, as_path=(TOR_AS,)))
+    rib.update(tor2, [Path(BLOCK, "10.0.0.9", tor2, as_path=(TOR_AS, 1))])
+    rib.changes()
+    up = {"10.0.0.254", "10.0.0.253"}
+    catch_up(relay, rib, up=up)
+    assert set(relay.sent) == {"10.0.0.253"}
+    rib.update(TOR, withdrawn=[BLOCK])
+    assert not rib.changes()  # the next hop stays 10.0.0.9
+    catch_up(relay, rib, up=up)
+    assert set(relay.sent) == {"10.0.0.254"}
+    assert speaker.tables["10.0.0.253"] == {}
+
+
+def test_own_prefixes_are_never_passed_on_nor_withdrawn_and_more_specifics_of_own_blocks_stay():
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(MESH_PEER), session(TOR)], [])
+    borrowed = "10.244.2.7/32"
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
+    catch_up(relay, rib)
+    assert BLOCK in speaker.tables["10.0.0.254"]
+    # The block becomes ours (claimed while the old owner's withdrawal is on its way): the
+    # announcer's announcement replaces the passed-on one, and the relay withdraws nothing.
+    asyncio.run(speaker.send(f"announce route {BLOCK} next-hop self"))
+    assert relay.set_own({BLOCK}, {BLOCK})
+    rib.update(MESH_PEER, [Path(borrowed, "10.0.0.2", MESH_PEER)])
+    rib.update(MESH_PEER, withdrawn=[BLOCK])
+    catch_up(relay, rib)
+    assert speaker.tables["10.0.0.254"] == {BLOCK: f"announce route {BLOCK} next-hop self"}
+    assert relay.sent == {}  # nor the /32 another node borrowed from our block
+    # No longer ours while the mesh peer announces it again: passed on once more.
+    rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER)])
+    asyncio.run(speaker.send(f"withdraw route {BLOCK}"))
+    assert relay.set_own(set(), set())
+    catch_up(relay, rib)
+    assert speaker.tables["10.0.0.254"][BLOCK].startswith(f"neighbor 10.0.0.254 announce route {BLOCK}")
+    assert borrowed in speaker.tables["10.0.0.254"]
+
+
+def test_the_relay_holds_back_no_export_pools_and_follows_the_settings():
     speaker = Recorder()
     relay = Relay(speaker)
     sessions = [session(MESH_PEER), session(TOR)]
     relay.configure(sessions, ["10.245.0.0/16"])
-    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER), Path("10.245.0.0/26", "10.0.0.2", MESH_PEER),
-                   Path("10.244.9.1/32", "10.0.0.2", MESH_PEER))
-    up = {"10.0.0.2", "10.0.0.254"}
-    asyncio.run(relay.everything(rib, None, up, frozenset({"10.244.9.1/32"})))
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER), Path("10.245.0.0/26", "10.0.0.2", MESH_PEER))
+    catch_up(relay, rib)
     assert [c.split()[4] for c in speaker.commands] == [BLOCK]
-    # The BGPPeer now keeps the next hop: the route is sent again with it.
+    # The BGPPeer now keeps the next hop: that session alone is worked out again.
     assert relay.configure([session(MESH_PEER), session(TOR, keep_next_hop=True)], ["10.245.0.0/16"])
-    asyncio.run(relay.everything(rib, None, up, frozenset({"10.244.9.1/32"})))
+    catch_up(relay, rib)
     assert speaker.commands[-1].endswith("next-hop 10.0.0.2 origin igp as-path [ 64512 ]")
-    # The ToR peering goes: what it was sent is forgotten with its neighbour.
-    assert relay.configure([session(MESH_PEER)], ["10.245.0.0/16"])
-    assert relay.sent == {}
+    assert len(speaker.commands) == 2
 
 
 def test_a_session_that_comes_up_is_sent_everything_again_and_a_failure_leaves_the_relay_behind():
@@ -160,20 +222,45 @@ def test_a_session_that_comes_up_is_sent_everything_again_and_a_failure_leaves_t
     relay = Relay(speaker)
     relay.configure([session(MESH_PEER), session(TOR)], [])
     rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
-    up = {"10.0.0.2", "10.0.0.254"}
-    asyncio.run(relay.everything(rib, None, up, frozenset()))
+    catch_up(relay, rib)
     assert not relay.behind
-    asyncio.run(relay.everything(rib, None, up, frozenset(), only="10.0.0.254"))
+    relay.session_up("10.0.0.254")
+    assert relay.behind
+    catch_up(relay, rib)
     assert len(speaker.commands) == 2  # the same announcement once more, as ExaBGP may have lost it
     speaker.refuse = True
     rib.update(MESH_PEER, withdrawn=[BLOCK])
     with pytest.raises(SpeakerError):
-        asyncio.run(relay.changed(rib, None, up, frozenset()))
+        catch_up(relay, rib)
     assert relay.behind
     speaker.refuse = False
-    asyncio.run(relay.everything(rib, None, up, frozenset()))
+    catch_up(relay, rib)
     assert speaker.commands[-1] == f"neighbor 10.0.0.254 withdraw route {BLOCK}"
     assert not relay.behind
+
+
+def test_well_known_communities_and_an_ebgp_peers_local_preference_stay_home():
+    no_export = Path(BLOCK, "10.0.0.254", TOR, as_path=(TOR_AS,), communities=[(65535, 65281)])
+    assert pass_on(no_export, session(OTHER_TOR)) is None
+    assert pass_on(no_export, session(MESH_PEER)) is not None
+    no_advertise = Path(BLOCK, "10.0.0.254", TOR, as_path=(TOR_AS,), communities=[(65535, 65282)])
+    assert pass_on(no_advertise, session(MESH_PEER)) is None
+    with_pref = Path(BLOCK, "10.0.0.254", TOR, as_path=(TOR_AS,), local_pref=300)
+    assert "local-preference" not in pass_on(with_pref, session(MESH_PEER))
+
+
+def test_prefix_advertisement_communities_are_added_to_what_is_passed_on():
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(MESH_PEER), session(TOR)], [])
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER, communities=[(1, 1)]))
+    catch_up(relay, rib)
+    rule = CommunityRule(ipaddress.ip_network("10.244.0.0/16"), ((65000, 100), (1, 1)),
+                         ((65000, 1, 2),))
+    assert relay.set_communities((rule,))
+    catch_up(relay, rib)
+    assert speaker.commands[-1].endswith(
+        "community [ 1:1 65000:100 ] large-community [ 65000:1:2 ]")
 
 
 def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing_else():
@@ -185,7 +272,7 @@ def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing
     rib = rib_with(*(Path(f"10.244.{n}.0/26", str(p.address), p) for n, p in enumerate(clients)))
     up = {str(p.address) for p in clients}
     feed = RibFeed(rib)
-    asyncio.run(relay.everything(rib, feed, up, frozenset()))
+    catch_up(relay, rib, feed, up)
     assert len(speaker.commands) == 4 * 3  # each block to the three other clients
     assert (f"neighbor 10.0.0.3 announce route 10.244.0.0/26 next-hop 10.0.0.2 origin igp "
             "originator-id 10.0.0.2 cluster-list [ 244.0.0.1 ]") in speaker.commands
@@ -194,14 +281,14 @@ def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing
     # One more block on one client: three announcements, nothing else looked at or sent.
     speaker.commands.clear()
     rib.update(clients[0], [Path("10.244.9.0/26", "10.0.0.2", clients[0])])
-    asyncio.run(relay.changed(rib, feed, up, frozenset()))
+    catch_up(relay, rib, feed, up)
     assert sorted(c.split()[1] for c in speaker.commands) == ["10.0.0.3", "10.0.0.4", "10.0.0.5"]
     # nextHopMode Self towards one client: only that session's announcements change.
     speaker.commands.clear()
     sessions[1] = session(clients[1], route_reflector_client=True, cluster_id="244.0.0.1",
                           next_hop_self=True)
     assert relay.configure(sessions, [], "244.0.0.1")
-    asyncio.run(relay.everything(rib, feed, up, frozenset()))
+    catch_up(relay, rib, feed, up)
     assert {c.split()[1] for c in speaker.commands} == {"10.0.0.3"}
     assert all(" next-hop self " in c for c in speaker.commands)
 
