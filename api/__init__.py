@@ -29,7 +29,17 @@ from percale.api.ipam import (
     IPReservation,
     IPReservationSpec,
 )
-from percale.api.bgp import BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec
+from percale.api.bgp import (
+    BGPConfiguration,
+    BGPConfigurationSpec,
+    BGPFilter,
+    BGPFilterCommunityMatch,
+    BGPFilterPrefixLength,
+    BGPFilterRule,
+    BGPFilterSpec,
+    BGPPeer,
+    BGPPeerSpec,
+)
 from percale.api.node import Node, NodeSpec
 from percale.api.workloadendpoint import WorkloadEndpoint, WorkloadEndpointSpec
 from percale.api.nodestatus import NodeStatus, NodeStatusSpec
@@ -42,6 +52,7 @@ __all__ = [
     "IPAMConfig", "IPAMConfigSpec", "IPAMBlock", "IPAMBlockSpec", "BlockAffinity",
     "BlockAffinitySpec", "IPAMHandle", "IPAMHandleSpec", "IPReservation", "IPReservationSpec",
     "BGPConfiguration", "BGPConfigurationSpec", "BGPPeer", "BGPPeerSpec",
+    "BGPFilter", "BGPFilterSpec", "BGPFilterRule", "BGPFilterPrefixLength", "BGPFilterCommunityMatch",
     "Node", "NodeSpec", "WorkloadEndpoint", "WorkloadEndpointSpec", "NodeStatus", "NodeStatusSpec",
     "NetworkPolicy", "GlobalNetworkPolicy", "Profile",
 ]

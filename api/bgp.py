@@ -1,7 +1,9 @@
-"""BGP kinds: BGPConfiguration (cluster-wide and per-node BGP settings) and BGPPeer (extra sessions).
+"""BGP kinds: BGPConfiguration (cluster-wide and per-node BGP settings), BGPPeer (extra sessions)
+and BGPFilter (import and export rules a BGPPeer names).
 
-Users write both with `percalectl apply`; the BGP speaker on every node reads them to decide its
-AS, listen port, mesh and peerings (calico.md §2.1, §2.2, §2.4), and `percalectl get` prints them.
+Users write them with `percalectl apply`; the BGP speaker on every node reads them to decide its
+AS, listen port, mesh, peerings and what each session takes and sends (calico.md §2.1, §2.2,
+§2.4), and `percalectl get` prints them.
 BGPConfiguration keeps unset fields as None so the CLI can print `-` for them; the `effective_*`
 properties and the DEFAULT_* constants give the value that applies when a field is unset.
 """
@@ -26,6 +28,7 @@ from percale.api.fields import (
     Port,
     Selector,
     duration_seconds,
+    network_of,
     split_peer_ip,
     whole_number,
 )
@@ -358,3 +361,159 @@ class BGPPeer(Resource):
 
 
 register(BGPPeer, plural="bgppeers", short_names=("bgpp", "bgpps", "bp", "bps"))
+
+# --------------------------------------------------------------------------------------------
+# BGPFilter
+
+# The longest prefix of each family: a V4 list's prefix lengths stop at 32, a V6 list's at 128.
+_PREFIX_BITS = {4: 32, 6: 128}
+
+
+def _prefix_length(value: int | None) -> int | None:
+    # The widest bound of either family; a V4 list is held to 32 by BGPFilterSpec, which knows
+    # the family.
+    if value is not None and not 0 <= value <= 128:
+        raise ValueError(f"{value} is not a prefix length between 0 and 128")
+    return value
+
+
+PrefixLengthBound = Annotated[int | None, BeforeValidator(whole_number), AfterValidator(_prefix_length)]
+
+
+class BGPFilterPrefixLength(Model):
+    """The prefix lengths a rule's cidr matches; an end left out is the cidr's own length (min)
+    or the family's longest prefix (max), as Calico's confd fills them in."""
+
+    min: PrefixLengthBound = Field(None, json_schema_extra={"minimum": 0, "maximum": 128})
+    max: PrefixLengthBound = Field(None, json_schema_extra={"minimum": 0, "maximum": 128})
+
+
+class BGPFilterCommunityMatch(Model):
+    # Checked here rather than by min/max_length, whose message does not say why one.
+    values: list[Annotated[str, AfterValidator(_community)]] = Field(
+        json_schema_extra={"minItems": 1, "maxItems": 1})
+
+    @field_validator("values")
+    @classmethod
+    def _exactly_one(cls, values: list[str]) -> list[str]:
+        # Calico's MaxItems=1: several values have no agreed meaning yet (any of them, or all).
+        if len(values) != 1:
+            raise ValueError(f"values holds {len(values)} communities; a rule matches exactly one, "
+                             "as Calico's BGPFilter: write one rule per community")
+        return values
+
+
+# Calico fields percale refuses by name rather than as unknown, so a filter brought over from
+# Calico says why it cannot apply instead of only that the field is not known.
+_UNSUPPORTED_RULE_FIELDS = {
+    "interface": "interface is not supported: percale exports no interface routes, so a rule "
+                 "matching a route's outgoing interface would match nothing; remove it",
+    "priority": "priority is not supported: percale has no route priority (Felix's "
+                "...RoutePriority), so no route carries one to match; remove it",
+    "operations": "operations are not supported: percale does not implement addCommunity, "
+                  "prependASPath or setPriority in a BGPFilter; remove them",
+}
+
+
+class BGPFilterRule(Model):
+    """One rule of a BGPFilter list: a route that matches every criterion set gets `action`, and
+    the rules after it are not looked at. The same model serves V4 and V6 lists (Calico has one
+    type for each); BGPFilterSpec holds each rule to its list's family."""
+
+    action: Literal["Accept", "Reject"]
+    cidr: CIDR | None = None
+    match_operator: Literal["Equal", "NotEqual", "In", "NotIn"] | None = None
+    prefix_length: BGPFilterPrefixLength | None = None
+    # RemotePeers: only routes learned from a BGP peer, not those the node originates.
+    source: Literal["RemotePeers"] | None = None
+    peer_type: Literal["eBGP", "iBGP"] | None = None
+    communities: BGPFilterCommunityMatch | None = None
+    # The AS path must begin with these ASes, in this order.
+    as_path_prefix: list[ASNumber] | None = Field(None, alias="asPathPrefix")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        for name, why in _UNSUPPORTED_RULE_FIELDS.items():
+            # Empty is unset, as Calico's omitempty reads it: nothing to refuse.
+            if data.get(name) not in (None, "", []):
+                raise FieldError(name, why)
+        return {k: v for k, v in data.items() if k not in _UNSUPPORTED_RULE_FIELDS}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BGPFilterRule:
+        # Calico's CEL rule: cidr and matchOperator are one criterion, meaningless apart.
+        if self.cidr and not self.match_operator:
+            raise FieldError("matchOperator", f"cidr {self.cidr} needs matchOperator (Equal, NotEqual, "
+                             "In or NotIn): it says how a route's prefix is compared with cidr")
+        if self.match_operator and not self.cidr:
+            raise FieldError("cidr", f"matchOperator {self.match_operator} needs cidr, the prefix "
+                             "routes are compared with")
+        lengths = self.prefix_length
+        if lengths is None:
+            return self
+        if not self.cidr:
+            raise FieldError("prefixLength", "prefixLength needs cidr: it narrows the lengths of the "
+                             "prefixes matched within cidr")
+        if self.match_operator in ("Equal", "NotEqual"):
+            # With prefixLength the match is a prefix set, cidr{min,max}; BIRD compares a prefix
+            # with a set only by ~ and !~, and refuses the whole configuration otherwise.
+            raise FieldError("prefixLength", f"prefixLength cannot be used with matchOperator "
+                             f"{self.match_operator}: a prefix is compared with a range of prefix "
+                             "lengths only by In or NotIn; use matchOperator In or NotIn")
+        if lengths.min is not None and lengths.max is not None and lengths.min > lengths.max:
+            raise FieldError("prefixLength.min", f"prefixLength.min {lengths.min} is greater than "
+                             f"max {lengths.max}: no prefix length lies between them")
+        own = network_of(self.cidr).prefixlen
+        if lengths.max is not None and lengths.max < own:
+            # confd raises min to the cidr's length and writes cidr{own,max}, a range BIRD
+            # refuses (min above max), taking every other filter and peer down with it.
+            raise FieldError("prefixLength.max", f"prefixLength.max {lengths.max} is shorter than "
+                             f"cidr {self.cidr} itself: every prefix within it is at least /{own}, "
+                             "so the rule would match nothing")
+        return self
+
+
+# Each list of BGPFilterSpec: its wire name and the address family of its rules.
+_FILTER_LISTS = (("export_v4", 4), ("import_v4", 4), ("export_v6", 6), ("import_v6", 6))
+
+
+class BGPFilterSpec(Model):
+    """Ordered rule lists, each applied to one direction and family of one peer's routes; the
+    first rule a route matches decides."""
+
+    export_v4: list[BGPFilterRule] = Field(default_factory=list, alias="exportV4")
+    import_v4: list[BGPFilterRule] = Field(default_factory=list, alias="importV4")
+    export_v6: list[BGPFilterRule] = Field(default_factory=list, alias="exportV6")
+    import_v6: list[BGPFilterRule] = Field(default_factory=list, alias="importV6")
+
+    @model_validator(mode="after")
+    def _rules_fit_their_family(self) -> BGPFilterSpec:
+        for name, version in _FILTER_LISTS:
+            alias = BGPFilterSpec.model_fields[name].alias
+            bits = _PREFIX_BITS[version]
+            for i, rule in enumerate(getattr(self, name)):
+                if rule.cidr and (got := network_of(rule.cidr).version) != version:
+                    other = alias[:-1] + str(got)
+                    raise FieldError(f"{alias}.{i}.cidr", f"cidr {rule.cidr} is IPv{got}, but {alias} "
+                                     f"holds IPv{version} rules; put the rule in {other}")
+                for end in ("min", "max"):
+                    value = getattr(rule.prefix_length, end, None)
+                    if value is not None and value > bits:
+                        raise FieldError(f"{alias}.{i}.prefixLength.{end}",
+                                         f"prefixLength.{end} {value} is longer than an IPv{version} "
+                                         f"prefix can be ({bits})")
+        return self
+
+
+class BGPFilter(Resource):
+    """Import and export rules that BGPPeers name in `filters`."""
+
+    kind: Literal["BGPFilter"] = "BGPFilter"
+    metadata: ObjectMeta
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
+
+
+register(BGPFilter, plural="bgpfilters", short_names=("bgpf", "bgpfs", "bf", "bfs"))

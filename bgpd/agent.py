@@ -42,6 +42,7 @@ from percale.bgpd.announcer import Announcer
 from percale.bgpd.communities import CommunityRule, communities_for, community_rules, community_text
 from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
+from percale.bgpd.filters import export_tables, import_rejections, session_filters
 from percale.bgpd.peers import PeerTable
 from percale.bgpd.programmer import FibProgrammer
 from percale.bgpd.relay import Relay
@@ -53,7 +54,7 @@ from percale.datastore.cache import Cache, Change
 log = logging.getLogger("percale.bgpd")
 
 # Kinds whose change may change this node's sessions, router ID or the RIB's import policy.
-SESSION_KINDS = frozenset({"Node", "BGPPeer", "BGPConfiguration", "IPPool"})
+SESSION_KINDS = frozenset({"Node", "BGPPeer", "BGPConfiguration", "IPPool", "BGPFilter"})
 # A burst of changes (a node and its peers applied together) is taken as one.
 SETTLE_SECONDS = 0.02
 # The Cease subcode (RFC 4486) of a session percale restarts on purpose.
@@ -148,6 +149,8 @@ class BGPAgent:
         self._own_addresses: list[str] = []
         self._services: list[str] = []
         self._allow_own_as: dict[str, int] = {}
+        self._filters: dict = {}  # BGPFilters by name
+        self._import_key: dict = {}  # what the RIB's import filters were made from
         self._rib_blocks: frozenset[str] = frozenset()
         self._configure_due = asyncio.Event()
         self._announce_due = asyncio.Event()
@@ -317,9 +320,17 @@ class BGPAgent:
             self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends
         all_pools = self.cache.values("IPPool")
         pools = [p.spec.cidr for p in all_pools if not p.spec.disabled]  # type: ignore[attr-defined]
+        # A view that does not follow BGPFilters (an older agent's kinds) has none.
+        followed = "BGPFilter" in self.cache.kinds
+        self._filters = {f.metadata.name: f
+                         for f in (self.cache.values("BGPFilter") if followed else ())}
         relay_due = self.relay.configure(
             self.sessions, [p.spec.cidr for p in all_pools if p.spec.disable_bgp_export],  # type: ignore[attr-defined]
-            self.cluster_id or None)
+            self.cluster_id or None, self._filters)  # type: ignore[arg-type]
+        import_filters = import_rejections(self.sessions, self._filters)  # type: ignore[arg-type]
+        import_key = {a: tuple(repr(f.spec) for f in found) for a, found in
+                      ((s.peer_address, session_filters(s, self._filters)) for s in self.sessions)  # type: ignore[arg-type]
+                      if a in import_filters}
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
         # Every node announces the service CIDRs: what the others send of them is never routed,
         # on a node excluded from announcing them too (confd's /rejectcidrs).
@@ -331,6 +342,7 @@ class BGPAgent:
             self.rib.set_allow_own_as(allow_own_as)
             self._rib_blocks = self.table.current.blocks
             self.rib.watch_best(self.relay.active)
+            self.rib.set_import_filters(import_filters)
             self.feed = RibFeed(self.rib)
         else:
             # Each setter re-judges every prefix: only when something changed.
@@ -342,9 +354,12 @@ class BGPAgent:
                 self.rib.set_service_cidrs(services)
             if allow_own_as != self._allow_own_as:
                 self.rib.set_allow_own_as(allow_own_as)
+            if import_key != self._import_key:
+                self.rib.set_import_filters(import_filters)
             self.rib.watch_best(self.relay.active)
             self._fib_due.set()
         self._pools, self._own_addresses = pools, own_addresses
+        self._import_key = import_key
         self._services, self._allow_own_as = services, allow_own_as
         config = self.speaker.render(speaker.router_id,
                                      neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
@@ -385,11 +400,13 @@ class BGPAgent:
             self._fib_due.set()
         rules = community_rules(self.node, self.cache.values("BGPConfiguration"))  # type: ignore[arg-type]
         want = {prefix: _attributes(prefix, rules) for prefix in desired.prefixes}
+        # Sessions with BGPFilters exporting: each neighbour its own table.
+        per_peer = export_tables(self.sessions, self._filters, want, desired.withheld)
         # Announce first: a claimed block should reach the peers before any kernel housekeeping.
-        await self.announcer.announce(want, self.peers.established())
+        await self.announcer.announce(want, self.peers.established(), per_peer)
         # What is passed on carries the communities too, and keeps off what we now announce.
         if (self.relay.set_communities(rules)
-                | self.relay.set_own(self.announcer.announced, desired.blocks)):
+                | self.relay.set_own(self.announcer.own_prefixes, desired.blocks)):
             self._pass_on_due.set()
         await self.programmer.own_blocks(desired.blocks)
         if self.on_sync:

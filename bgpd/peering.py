@@ -104,6 +104,8 @@ class Session:
     # BIRD's `allow local as N`: the peer's routes may hold our AS this many times in their
     # AS_PATH (BGPPeer numAllowedLocalASNumbers); the RIB applies it.
     allow_local_as: int = 0
+    # The BGPFilters the BGPPeer names, in order (bgpd/filters.py); mesh sessions have none.
+    filters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ class _Peering:
     keep_original_next_hop: bool = False
     next_hop_mode: str | None = None
     allow_local_as: int = 0
+    filters: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -337,6 +340,8 @@ def _settings(spec: BGPPeerSpec) -> dict:
         # nextHopMode supersedes the deprecated flag (validation forbids setting both).
         "keep_original_next_hop": spec.next_hop_mode is None and spec.keep_original_next_hop,
         "next_hop_mode": spec.next_hop_mode,
+        # Named BGPFilters, in order; confd carries them on every peering a BGPPeer makes.
+        "filters": tuple(spec.filters or ()),
     }
 
 
@@ -498,4 +503,5 @@ def _render(peering: _Peering, kind: SessionKind, me: _Host, cluster: _Cluster) 
         next_hop_self=peering.next_hop_mode == "Self",
         peer_node=peering.peer_node,
         allow_local_as=peering.allow_local_as,
+        filters=peering.filters,
     )

@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from percale.bgpd.communities import CommunityRule, communities_for
 from percale.bgpd.exabgp_json import RibFeed
+from percale.bgpd.filters import session_filters, verdict
 from percale.bgpd.pass_on import NO_COMMUNITIES, Reflection, held_back, may_pass_on, pass_on
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix
 from percale.bgpd.rib import Path, Peer, Rib
 from percale.bgpd.seams import Speaker
+
+if TYPE_CHECKING:
+    from percale.api import BGPFilter
 
 log = logging.getLogger("percale.bgpd.relay")
 
@@ -53,6 +58,7 @@ class Relay:
         self._own_blocks: tuple[Prefix, ...] = ()
         self._shared: object = None  # what every session's routes depend on
         self._each: dict[str, tuple] = {}  # peer -> what its own routes depend on
+        self._filters_of: dict[str, tuple[BGPFilter, ...]] = {}  # peer -> its BGPFilters
         # The peers whose routes must be worked out from the whole table; None: every peer.
         self._due: set[str] | None = set()
         self._resend: set[str] = set()  # peers whose sessions came up: sent everything again
@@ -68,7 +74,8 @@ class Relay:
     # -- what the agent tells it ---------------------------------------------------------------
 
     def configure(self, sessions: list[Session], no_export_pools: Iterable[str],
-                  cluster_id: str | None = None) -> bool:
+                  cluster_id: str | None = None,
+                  filters: Mapping[str, BGPFilter] | None = None) -> bool:
         """Take the node's sessions, its pools with disableBGPExport and its cluster ID (None:
         it reflects nothing). Returns whether what may be passed on changed. A session whose
         own settings changed is worked out again alone: a node joining a reflector's cluster
@@ -78,11 +85,13 @@ class Relay:
         clients = frozenset(ipaddress.ip_address(s.peer_address) for s in sessions
                             if s.route_reflector_client)
         active = may_pass_on(sessions, reflecting=cluster_id is not None)
-        each = {s.peer_address: (s.family, s.peer_as, s.local_as, s.keep_next_hop,
-                                 s.next_hop_self, s.route_reflector_client) for s in sessions}
+        filters_of = {s.peer_address: session_filters(s, filters or {}) for s in sessions}
+        each = {s.peer_address: (s.family, s.peer_as, s.local_as, s.keep_next_hop, s.next_hop_self,
+                                 tuple(repr(f.spec) for f in filters_of[s.peer_address]),
+                                 s.route_reflector_client) for s in sessions}
         # What was sent to a peer no longer configured stays known: should it be configured
         # again before ExaBGP's reload drops it, ExaBGP still holds those routes for it.
-        self._sessions = sessions
+        self._sessions, self._filters_of = sessions, filters_of
         shared = (held, cluster_id, active)
         changed = {a for a, settings in each.items()
                    if a in self._each and self._each[a] != settings}
@@ -167,10 +176,10 @@ class Relay:
                 best = rib.best(prefix)
                 if self._own_prefix(prefix):
                     continue
-                held = best is None or self._held_back(prefix)
+                held = self._held_back(prefix)
                 adding = self._adding(prefix)
                 for session, peer in targets:
-                    text = None if held else self._text(best, session, peer, adding)  # type: ignore[arg-type]
+                    text = None if best is None else self._decide(best, held, adding, session, peer)
                     await self._send(session.peer_address, prefix, text)
         if self._due:
             due, self._due = self._due, set()
@@ -179,12 +188,12 @@ class Relay:
     async def _whole_table(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
                            due: set[str] | None) -> None:
         # Each prefix judged once, not once per session: a reflector has hundreds.
-        candidates: list[tuple[Prefix, Path, tuple]] = []
+        candidates: list[tuple[Prefix, Path, bool, tuple]] = []
         if self.active:
             for prefix in rib.fib:
                 best = rib.best(prefix)
-                if best is not None and not self._own_prefix(prefix) and not self._held_back(prefix):
-                    candidates.append((prefix, best, self._adding(prefix)))
+                if best is not None and not self._own_prefix(prefix):
+                    candidates.append((prefix, best, self._held_back(prefix), self._adding(prefix)))
             candidates.sort(key=lambda item: str(item[0]))
         for session, peer in self._targets(feed, up):
             address = session.peer_address
@@ -192,8 +201,8 @@ class Relay:
                 continue
             resend = address in self._resend
             want: dict[Prefix, str] = {}
-            for prefix, best, adding in candidates:
-                text = self._text(best, session, peer, adding)
+            for prefix, best, held, adding in candidates:
+                text = self._decide(best, held, adding, session, peer)
                 if text is not None:
                     want[prefix] = text
             sent = self.sent.setdefault(address, {})
@@ -225,6 +234,21 @@ class Relay:
 
     def _adding(self, prefix: Prefix) -> tuple:
         return communities_for(prefix, self._communities) if self._communities else NO_COMMUNITIES
+
+    def _decide(self, best: Path, held: bool, adding: tuple, session: Session,
+                peer: Peer | None) -> str | None:
+        """What `session` gets for `best`: its BGPFilters first (bgpd/filters.py), then Calico's
+        own export filter (`held`: a no-export pool or inside an own block; `adding`: the
+        prefixAdvertisements' communities), which a filter's Accept skips."""
+        found = self._filters_of.get(session.peer_address)
+        if found:
+            said = verdict(found, "export", best.prefix, ibgp=session.peer_as == session.local_as,
+                           path=best)
+            if said == "Reject":
+                return None
+            if said == "Accept":
+                return self._text(best, session, peer, NO_COMMUNITIES)
+        return None if held else self._text(best, session, peer, adding)
 
     def _text(self, best: Path, session: Session, peer: Peer | None, adding: tuple) -> str | None:
         try:

@@ -36,7 +36,7 @@ ipaddress prefix objects, which the FIB layer keys the kernel's routes by too.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, ItemsView, Iterable, Mapping
+from collections.abc import Callable, Collection, ItemsView, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
@@ -548,6 +548,9 @@ class Rib:
         # default for every peer, and per peer address what set_allow_own_as says.
         self._allow_own_as = allow_own_as
         self._allow_own_as_of: dict[Address, int] = {}
+        # Per peer address, its BGPFilters' import verdict on a path (bgpd/filters.py): True
+        # when they reject it.
+        self._import_filters: dict[Address, Callable[[Path], bool]] = {}
         # attributes object, peer -> _attributes_rejection's answer, for the last asked: the
         # router id and cluster id it depends on are fixed for the RIB's life, the allowance
         # (per peer) resets it when it changes
@@ -616,6 +619,13 @@ class Rib:
         Adj-RIB-In and every path is judged again, so no route refresh is needed."""
         self._allow_own_as_of = {as_address(a): n for a, n in allowed.items()}
         self._attributes_memo = (None, None, (None, None))
+        self._decide_all()
+
+    def set_import_filters(self, rejects: Mapping[str | Address, Callable[[Path], bool]]) -> None:
+        """Each peer's import filter (its BGPPeer's BGPFilters): a function saying whether it
+        rejects a path. Refused paths stay in the Adj-RIB-In and every path is judged again, so a
+        filter changed or removed takes effect at once, without a route refresh."""
+        self._import_filters = {as_address(a): f for a, f in rejects.items()}
         self._decide_all()
 
     def set_own_blocks(self, blocks: Iterable[str | Prefix]) -> None:
@@ -840,6 +850,10 @@ class Rib:
 
     def _path_rejection(self, path: Path) -> str | None:
         attributes, peer = path.attributes, path.peer
+        if self._import_filters:
+            rejects = self._import_filters.get(peer.address)
+            if rejects is not None and rejects(path):
+                return "rejected by the peer's BGPFilter"
         memo = self._attributes_memo
         # The paths of an UPDATE share both objects: one judgement serves them all.
         if memo[0] is attributes and memo[1] is peer:

@@ -73,6 +73,14 @@ _BGP_CONFIGURATION = [
     ("MESHENABLED", lambda r, _: _bool(r.spec.node_to_node_mesh_enabled)),
     ("ASNUMBER", lambda r, _: _unset(r.spec.as_number)),
 ]
+# calicoctl's: how many rules each list holds.
+_BGP_FILTER = [
+    _NAME,
+    ("NUMEXPORTV4", lambda r, _: str(len(r.spec.export_v4))),
+    ("NUMIMPORTV4", lambda r, _: str(len(r.spec.import_v4))),
+    ("NUMEXPORTV6", lambda r, _: str(len(r.spec.export_v6))),
+    ("NUMIMPORTV6", lambda r, _: str(len(r.spec.import_v6))),
+]
 _IPAM_CONFIG = [
     _NAME,
     ("STRICTAFFINITY", lambda r, _: _bool(r.spec.strict_affinity)),
@@ -132,6 +140,7 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     ),
     "BGPPeer": (_BGP_PEER, _BGP_PEER),
     "BGPConfiguration": (_BGP_CONFIGURATION, _BGP_CONFIGURATION),
+    "BGPFilter": (_BGP_FILTER, _BGP_FILTER),
     "WorkloadEndpoint": (
         [
             ("NAMESPACE", lambda r, _: r.metadata.namespace),

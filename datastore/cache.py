@@ -69,8 +69,8 @@ log = logging.getLogger("percale.datastore.cache")
 
 # What percale-node keeps: everything its BGP side, IPAM and status read more than once. Not
 # handles, endpoints or NodeStatus: the agent reads those only for the object at hand.
-AGENT_KINDS = ("Node", "BGPPeer", "BGPConfiguration", "IPPool", "IPAMConfig", "IPReservation",
-               "BlockAffinity", "IPAMBlock")
+AGENT_KINDS = ("Node", "BGPPeer", "BGPConfiguration", "BGPFilter", "IPPool", "IPAMConfig",
+               "IPReservation", "BlockAffinity", "IPAMBlock")
 
 # A kind whose watch brings more than BUSY_EVENTS changes within a second, and more than a read
 # of all its objects every POLL_SECONDS would, is followed by such reads instead while the store

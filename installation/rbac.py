@@ -61,7 +61,7 @@ rules:
     resources: [pods/status]
     verbs: [patch]
   - apiGroups: [percale.io]
-    resources: [ippools, ipreservations, bgpconfigurations, bgppeers, networkpolicies, globalnetworkpolicies, profiles]
+    resources: [ippools, ipreservations, bgpconfigurations, bgppeers, bgpfilters, networkpolicies, globalnetworkpolicies, profiles]
     verbs: [get, list, watch]
   - apiGroups: [""]
     resources: [namespaces]

@@ -138,6 +138,37 @@ def test_immutable_pool_fields_cannot_change(cli, tmp_path):
     assert cli.stored() == before
 
 
+BGP_FILTER = """\
+apiVersion: percale.io/v1
+kind: BGPFilter
+metadata:
+  name: edge
+spec:
+  exportV4:
+  - {action: Accept, cidr: 10.244.0.0/16, matchOperator: In, prefixLength: {max: 26}}
+  - {action: Reject}
+  importV6:
+  - {action: Reject, cidr: 'fd00::/8', matchOperator: NotIn}
+"""
+
+
+def test_bgpfilters_print_calicoctls_rule_counts_and_apply_back(cli, tmp_path):
+    assert cli("apply", "-f", write(tmp_path, "f.yaml", BGP_FILTER)).code == 0
+    table = ("NAME   NUMEXPORTV4   NUMIMPORTV4   NUMEXPORTV6   NUMIMPORTV6\n"
+             "edge   2             0             0             1\n")
+    assert cli("get", "bgpfilters").out == table
+    assert cli("get", "bgpf", "-o", "wide").out == table
+    before = cli.stored()
+    listed = cli("get", "bgpfilter", "edge", "-o", "yaml")
+    assert cli("apply", "-f", "-", stdin=listed.out).code == 0
+    assert cli.stored() == before
+    # Refused by name, with the reason, as percalectl reports any invalid field.
+    priority = cli("apply", "-f", write(
+        tmp_path, "p.yaml", BGP_FILTER.replace("{action: Reject}", "{action: Reject, priority: 512}")))
+    assert priority.code == 1
+    assert "spec.exportV4.1.priority: priority is not supported" in priority.err
+
+
 def test_namespaced_endpoints(cli, tmp_path):
     wep = """\
     apiVersion: percale.io/v1
@@ -201,5 +232,5 @@ async def test_every_kind_prints_as_a_table(cli):
         "node1-10.0.0.0-26", "node1", "10.0.0.0/26", "confirmed"]
     assert set(k for k in KINDS) == {
         "IPPool", "IPAMConfig", "IPReservation", "IPAMBlock", "BlockAffinity", "IPAMHandle",
-        "BGPConfiguration", "BGPPeer", "Node", "WorkloadEndpoint", "NodeStatus", "NetworkPolicy",
+        "BGPConfiguration", "BGPPeer", "BGPFilter", "Node", "WorkloadEndpoint", "NodeStatus", "NetworkPolicy",
         "GlobalNetworkPolicy", "Profile"}

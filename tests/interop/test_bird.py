@@ -16,6 +16,7 @@ from datetime import datetime
 import pytest
 
 from percale.datastore.contract import Key
+from percale.datastore.errors import NotFound
 from percale.dataplane.route_owners import RouteProtocol
 
 from tests.helpers.bgp_lab import (
@@ -251,6 +252,88 @@ def test_a_node_passes_the_mesh_blocks_on_to_its_ebgp_peer_and_back(etcd):
         a.stop()
         b.stop()
         router.down()
+
+
+def write(etcd, *resources) -> None:
+    """Create each resource, or replace it if it exists."""
+    async def work(store):
+        for r in resources:
+            try:
+                current = await store.get(Key.of(r))
+            except NotFound:
+                await store.create(r)
+            else:
+                await store.update(r, revision=current.revision)
+
+    with_store(etcd.endpoint, work)
+
+
+def test_bgp_filters_on_a_tor_session_and_none_on_the_mesh(etcd):
+    """Node a peers with BIRD through a BGPPeer naming a BGPFilter, and with b over the mesh.
+    Import: a route BIRD sends that a rule rejects reaches neither a's kernel nor b (a passes on
+    the other). Export: a rule rejecting b's block keeps it from BIRD while a's own block goes;
+    one rejecting a's own block keeps that from BIRD while b still learns it over the mesh. With
+    the filter gone from the BGPPeer, everything flows again; no session restarts."""
+    router = Router()
+    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
+    try:
+        router.up()
+        a.start(), b.start()
+        router.attach(a.netns, "10.99.0.1/24")
+        router.attach(b.netns, "10.99.0.2/24")
+        kept, rejected = far_blocks(2, a.name, b.name)
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", CLUSTER_AS, export="static"),
+        ], static=[kept, rejected], precise_since=True))
+        setup_store(
+            etcd,
+            resource("Node", a.name, {"bgp": {"ipv4Address": "10.99.0.1/24"}}),
+            resource("Node", b.name, {"bgp": {"ipv4Address": "10.99.0.2/24"}}),
+        )
+        _, ip_a = a.add_pod()
+        _, ip_b = b.add_pod()
+        block_a, block_b = block_of(ip_a), block_of(ip_b)
+
+        def tor_filter(export_rejects: str) -> object:
+            return resource("BGPFilter", "tor", {
+                "importV4": [{"action": "Reject", "cidr": rejected, "matchOperator": "Equal"}],
+                "exportV4": [{"action": "Reject", "cidr": export_rejects, "matchOperator": "Equal"}]})
+
+        write(etcd, tor_filter(block_b), resource("BGPPeer", "tor", {
+            "node": a.name, "peerIP": router.ip, "asNumber": TOR_AS, "filters": ["tor"]}))
+        assert wait_for(lambda: router.bird_established("node_a"), 15), diagnose(router, a, b)
+        assert wait_for(lambda: block_a in router.bird_routes("node_a")
+                        and b.routes(PROTO_BGP).get(kept) == router.ip, 15), diagnose(router, a, b)
+        assert block_b not in router.bird_routes("node_a")
+        assert rejected not in a.routes(PROTO_BGP) and rejected not in b.routes(PROTO_BGP)
+        since = datetime.fromisoformat(router.bird_since("node_a"))
+
+        # The rule now rejects a's own block: BIRD loses it and gets b's; b keeps a's.
+        write(etcd, tor_filter(block_a))
+        assert wait_for(lambda: block_b in router.bird_routes("node_a")
+                        and block_a not in router.bird_routes("node_a"), 15), diagnose(router, a, b)
+        assert b.routes(PROTO_BGP).get(block_a) == "10.99.0.1"
+
+        # No filter on the BGPPeer: both blocks go, the rejected route comes in.
+        update_spec(etcd, "BGPPeer", "tor", filters=None)
+        assert wait_for(lambda: {block_a, block_b} <= set(router.bird_routes("node_a"))
+                        and a.routes(PROTO_BGP).get(rejected) == router.ip, 15), (
+            diagnose(router, a, b))
+        later = datetime.fromisoformat(router.bird_since("node_a"))
+        assert abs((later - since).total_seconds()) < 0.1  # the session stayed up throughout
+    finally:
+        a.stop()
+        b.stop()
+        router.down()
+
+
+def far_blocks(count: int, *node_names: str) -> list[str]:
+    """`count` blocks of the pool none of these nodes claims for its first pods."""
+    from percale.ipam.pools import candidate_blocks
+    pool = resource("IPPool", "pods", {"cidr": "10.244.0.0/16"})
+    firsts = {str(next(candidate_blocks(pool, name))) for name in node_names}
+    blocks = [str(b) for b in candidate_blocks(pool, node_names[0])]
+    return [b for b in reversed(blocks) if b not in firsts][:count]
 
 
 def test_md5_password_with_bird(etcd, tmp_path):
