@@ -328,9 +328,11 @@ class BGPAgent:
             self.sessions, [p.spec.cidr for p in all_pools if p.spec.disable_bgp_export],  # type: ignore[attr-defined]
             self.cluster_id or None, self._filters)  # type: ignore[arg-type]
         import_filters = import_rejections(self.sessions, self._filters)  # type: ignore[arg-type]
-        import_key = {a: tuple(repr(f.spec) for f in found) for a, found in
-                      ((s.peer_address, session_filters(s, self._filters)) for s in self.sessions)  # type: ignore[arg-type]
-                      if a in import_filters}
+        # What each import filter was made from: its rules, and whether the session is iBGP
+        # (peerType rules; a BGPPeer's asNumber may change).
+        import_key = {s.peer_address: (s.peer_as == s.local_as,
+                                       tuple(repr(f.spec) for f in session_filters(s, self._filters)))  # type: ignore[arg-type]
+                      for s in self.sessions if s.peer_address in import_filters}
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
         # Every node announces the service CIDRs: what the others send of them is never routed,
         # on a node excluded from announcing them too (confd's /rejectcidrs).
@@ -406,7 +408,8 @@ class BGPAgent:
         await self.announcer.announce(want, self.peers.established(), per_peer)
         # What is passed on carries the communities too, and keeps off what we now announce.
         if (self.relay.set_communities(rules)
-                | self.relay.set_own(self.announcer.own_prefixes, desired.blocks)):
+                | self.relay.set_own(self.announcer.announced, desired.blocks,
+                                      self.announcer.per_peer)):
             self._pass_on_due.set()
         await self.programmer.own_blocks(desired.blocks)
         if self.on_sync:

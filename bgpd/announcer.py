@@ -41,6 +41,9 @@ class Announcer:
         # Set once the current ExaBGP has been given everything we announce: only then may a
         # peer be sent End-of-RIB, or it would drop routes graceful restart kept for us.
         self.ready = asyncio.Event()
+        # announce and announce_to run from different loops of the agent: one at a time, or a
+        # peer coming up is sent a route withdrawn (or filtered) while its table was being sent.
+        self._lock = asyncio.Lock()
 
     def speaker_restarted(self) -> None:
         """A fresh ExaBGP knows none of our routes, and every session of the old one ended."""
@@ -54,13 +57,6 @@ class Announcer:
         """Whether the speaker must be told everything again."""
         return self._everything
 
-    @property
-    def own_prefixes(self) -> frozenset[str]:
-        """Every prefix some neighbour was told of as ours."""
-        if self.per_peer is None:
-            return frozenset(self.announced)
-        return frozenset(self.announced).union(*self.per_peer.values())
-
     async def announce(self, want: Mapping[str, str],
                        peers: Iterable[tuple[str, PeerStatus]],
                        per_peer: Mapping[str, Mapping[str, str]] | None = None) -> None:
@@ -68,6 +64,11 @@ class Announcer:
         and any communities), or, with `per_peer`, each configured neighbour exactly its own
         table: withdrawals first, then announcements; after a (re)start of the speaker,
         End-of-RIB to each established session in `peers` too."""
+        async with self._lock:
+            await self._announce(want, peers, per_peer)
+
+    async def _announce(self, want: Mapping[str, str], peers: Iterable[tuple[str, PeerStatus]],
+                        per_peer: Mapping[str, Mapping[str, str]] | None) -> None:
         first = self._everything
         if per_peer is None:
             await self._announce_to_all(want)
@@ -93,11 +94,19 @@ class Announcer:
         if self.per_peer is not None:
             # Leaving per-neighbour tables: each prefix announced once to all puts it back where
             # a filter had kept it; what some neighbours were told and none should be, goes.
-            told = set(self.announced).union(*self.per_peer.values())
+            # Each table is kept true as the commands go, so a failure half-way (retried, or
+            # followed by the filter's return) starts from what the neighbours really hold.
+            tables = self.per_peer.values()
+            told = set(self.announced).union(*tables)
             for prefix in sorted(told - want.keys()):
                 await self.speaker.send(f"withdraw route {prefix}")
+                self.announced.pop(prefix, None)
+                for table in tables:
+                    table.pop(prefix, None)
             for prefix in sorted(want):
                 await self.speaker.send(f"announce route {prefix} {want[prefix]}")
+                for table in tables:
+                    table[prefix] = want[prefix]
             self.announced, self.per_peer = dict(want), None
             return
         for prefix in sorted(self.announced.keys() - want.keys()):
@@ -130,6 +139,10 @@ class Announcer:
 
     async def announce_to(self, peer: str) -> None:
         """Everything we announce, then End-of-RIB, to one peer whose session just came up."""
+        async with self._lock:
+            await self._announce_to(peer)
+
+    async def _announce_to(self, peer: str) -> None:
         table = self.announced if self.per_peer is None else self.per_peer.get(peer, {})
         for prefix, attributes in sorted(table.items()):
             await self.speaker.send(f"neighbor {peer} announce route {prefix} {attributes}")

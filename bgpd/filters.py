@@ -20,7 +20,9 @@ What a rule matches, as BIRD reads the rendered condition:
 - source RemotePeers: the route was learned from a BGP peer (the node's own never are);
 - peerType: the session is eBGP or iBGP;
 - communities: the route carries the community (the node's own carry none at that point);
-- asPathPrefix: the route's AS_PATH begins with those AS numbers.
+- asPathPrefix: the route's AS_PATH begins with those AS numbers; on export to an eBGP peer
+  the path BIRD's filter sees already starts with our AS (Calico's BIRD prepends it before the
+  filter runs): `[our AS, ...as learned]`, or `[our AS]` for the node's own routes.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ Verdict = Literal["Accept", "Reject"] | None
 
 
 def verdict(filters: Sequence[BGPFilter], direction: Direction, prefix: Prefix, *,
-            ibgp: bool, path: Path | None = None) -> Verdict:
+            ibgp: bool, path: Path | None = None, local_as: int | None = None) -> Verdict:
     """What the session's `filters` say of a route to `prefix`: `path` is the learned route
-    (None: one of the node's own), `ibgp` whether the session is iBGP. None: no rule matched."""
+    (None: one of the node's own), `ibgp` whether the session is iBGP, `local_as` our AS on it
+    (for the AS_PATH an eBGP export is judged by). None: no rule matched."""
+    prepend = local_as if direction == "export" and not ibgp else None
     for bgp_filter in filters:
         for rule in _rules(bgp_filter, direction, prefix.version):
-            if _matches(rule, prefix, ibgp, path):
+            if _matches(rule, prefix, ibgp, path, prepend):
                 return rule.action
     return None
 
@@ -59,7 +63,7 @@ def _rules(bgp_filter: BGPFilter, direction: Direction, version: int) -> Iterabl
     return spec.export_v4 if version == 4 else spec.export_v6
 
 
-def _matches(rule, prefix: Prefix, ibgp: bool, path: Path | None) -> bool:
+def _matches(rule, prefix: Prefix, ibgp: bool, path: Path | None, prepend: int | None) -> bool:
     if rule.cidr is not None and not _cidr_matches(rule, prefix):
         return False
     if rule.source == "RemotePeers" and path is None:
@@ -75,6 +79,8 @@ def _matches(rule, prefix: Prefix, ibgp: bool, path: Path | None) -> bool:
             return False
     if rule.as_path_prefix:
         asns = [asn for segment in path.as_path for asn in segment.asns] if path else []
+        if prepend is not None:
+            asns.insert(0, prepend)
         if asns[:len(rule.as_path_prefix)] != [int(a) for a in rule.as_path_prefix]:
             return False
     return True
@@ -145,7 +151,8 @@ def export_tables(sessions: Iterable[Session], filters: Mapping[str, BGPFilter],
         for text, prefix in candidates:
             if prefix.version != session.family:
                 continue
-            said = verdict(found, "export", prefix, ibgp=ibgp) if found else None
+            said = verdict(found, "export", prefix, ibgp=ibgp,
+                           local_as=session.local_as) if found else None
             if said == "Accept":
                 table[text] = "next-hop self"
             elif said is None and text in want:

@@ -74,21 +74,14 @@ def pass_on(best: Path, to: Session, *, reflection: Reflection | None = None,
         reflected = reflect(best, peer, cluster_id=reflection.cluster_id,
                             clients=reflection.clients)
         return None if reflected is None else _reflected(reflected, to.next_hop_self, adding)
-    if ebgp_to:
-        next_hop = str(best.next_hop) if to.keep_next_hop else "self"
-        as_path = _as_path_text(best, prepend=to.local_as)
-        parts = [f"announce route {best.prefix} next-hop {next_hop}",
-                 f"origin {best.origin.name.lower()}", f"as-path {as_path}"]
-    else:
-        next_hop = "self" if to.next_hop_self else str(best.next_hop)
-        parts = [f"announce route {best.prefix} next-hop {next_hop}",
-                 f"origin {best.origin.name.lower()}"]
-        as_path = _as_path_text(best)
-        if as_path:
-            parts.append(f"as-path {as_path}")
-        if best.med is not None:
-            parts.append(f"med {best.med}")
-    return _joined(parts, best, adding)
+    if not ebgp_to:
+        # An eBGP peer's LOCAL_PREF is not passed on: BIRD drops it on import.
+        return _as_learned(best, "self" if to.next_hop_self else str(best.next_hop),
+                           local_pref=False, adding=adding)
+    next_hop = str(best.next_hop) if to.keep_next_hop else "self"
+    return _joined([f"announce route {best.prefix} next-hop {next_hop}",
+                    f"origin {best.origin.name.lower()}",
+                    f"as-path {_as_path_text(best, prepend=to.local_as)}"], best, adding)
 
 
 NO_EXPORT, NO_ADVERTISE, NO_EXPORT_SUBCONFED = (65535, 65281), (65535, 65282), (65535, 65283)
@@ -113,19 +106,27 @@ def _reflected(path: Path, next_hop_self: bool,
     """A reflected path's `announce route`: its attributes as learned, ORIGINATOR_ID and
     CLUSTER_LIST as reflection set them; with `next_hop_self`, ExaBGP puts the session's local
     address in the next hop."""
-    next_hop = "self" if next_hop_self else path.next_hop
+    return _as_learned(path, "self" if next_hop_self else str(path.next_hop), local_pref=True,
+                       adding=adding, then=[
+                           f"originator-id {path.originator_id}",
+                           f"cluster-list [ {' '.join(map(str, path.cluster_list))} ]"])
+
+
+def _as_learned(path: Path, next_hop: str, *, local_pref: bool,
+                adding: tuple[tuple[Standard, ...], tuple[Large, ...]],
+                then: list[str] | None = None) -> str:
+    """An iBGP `announce route` carrying the path's attributes as learned (LOCAL_PREF only
+    with `local_pref`), then `then`, then the communities."""
     parts = [f"announce route {path.prefix} next-hop {next_hop}",
              f"origin {path.origin.name.lower()}"]
     as_path = _as_path_text(path)
     if as_path:
         parts.append(f"as-path {as_path}")
-    if path.local_pref is not None:
+    if local_pref and path.local_pref is not None:
         parts.append(f"local-preference {path.local_pref}")
     if path.med is not None:
         parts.append(f"med {path.med}")
-    parts.append(f"originator-id {path.originator_id}")
-    parts.append(f"cluster-list [ {' '.join(map(str, path.cluster_list))} ]")
-    return _joined(parts, path, adding)
+    return _joined([*parts, *(then or [])], path, adding)
 
 
 def _joined(parts: list[str], path: Path,

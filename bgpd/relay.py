@@ -17,9 +17,11 @@ cluster ID, a peer's client status, the communities) or a send failed.
 The node's own announcements (bgpd/announcer.py) and what is passed on share ExaBGP's
 per-neighbour table, where a route is known by its prefix alone: a withdrawal of a passed-on
 route would take an own announcement of the same prefix with it. So a prefix the node
-announces itself is never passed on nor withdrawn here; when it becomes the node's own, what
-was passed on for it is forgotten (the own announcement replaced it), and when it stops being
-its own, it is looked at again. More-specifics of the node's own blocks stay home too, as
+announces to a peer itself is never passed on to it nor withdrawn from it here; when it becomes
+the node's own there, what was passed on for it is forgotten (the own announcement replaced
+it), and when it stops being so, it is looked at again. Per peer: once a BGPFilter gives each
+neighbour its own table, a peer whose filter keeps an own prefix away still holds what was
+passed on for it, which is then withdrawn. More-specifics of the node's own blocks stay home too, as
 calico_aggr() keeps them (another node's /32 borrowed from one of our blocks).
 """
 
@@ -55,6 +57,9 @@ class Relay:
         self._reflection: Reflection | None = None
         self._communities: tuple[CommunityRule, ...] = ()  # prefixAdvertisements
         self._own: frozenset[str] = frozenset()  # what the node announces itself
+        # While the announcer tells each neighbour its own table (a session filters its
+        # exports): per peer, what it was told of as ours; else None and `_own` is every peer's.
+        self._own_of: dict[str, frozenset[str]] | None = None
         self._own_blocks: tuple[Prefix, ...] = ()
         self._shared: object = None  # what every session's routes depend on
         self._each: dict[str, tuple] = {}  # peer -> what its own routes depend on
@@ -117,21 +122,27 @@ class Relay:
         self._due = None
         return True
 
-    def set_own(self, prefixes: Collection[str], blocks: Collection[str]) -> bool:
-        """Take what the node announces itself and its own blocks. Returns whether anything is
-        due."""
+    def set_own(self, prefixes: Collection[str], blocks: Collection[str],
+                per_peer: Mapping[str, Collection[str]] | None = None) -> bool:
+        """Take what the node announces itself (to every peer, or with `per_peer` to each peer
+        its own table, as the announcer says it) and its own blocks. Returns whether anything
+        is due. For each peer, a prefix that became its own is forgotten here (the own
+        announcement took its place in ExaBGP), and one that stopped being so is looked at
+        again."""
         own = frozenset(prefixes)
+        own_of = None if per_peer is None else {p: frozenset(t) for p, t in per_peer.items()}
         own_blocks = tuple(sorted({ipaddress.ip_network(b) for b in blocks}, key=str))
-        if own == self._own and own_blocks == self._own_blocks:
+        if own == self._own and own_of == self._own_of and own_blocks == self._own_blocks:
             return False
-        for prefix in own - self._own:
-            network = ipaddress.ip_network(prefix)
-            for peer in list(self.sent):  # the own announcement took its place in ExaBGP
-                self._forget(peer, network)
-        self._recheck.update(ipaddress.ip_network(p) for p in self._own - own)
+        peers = {s.peer_address for s in self._sessions} | set(self.sent)
+        for peer in peers:
+            before, after = self._own_table(peer), (own if own_of is None else own_of.get(peer, frozenset()))
+            for prefix in after - before:
+                self._forget(peer, ipaddress.ip_network(prefix))
+            self._recheck.update(ipaddress.ip_network(p) for p in before - after)
         if own_blocks != self._own_blocks:
             self._blocks_changed += tuple(set(own_blocks) ^ set(self._own_blocks))
-        self._own, self._own_blocks = own, own_blocks
+        self._own, self._own_of, self._own_blocks = own, own_of, own_blocks
         return True
 
     def session_up(self, peer: str) -> None:
@@ -174,11 +185,12 @@ class Relay:
             targets = self._targets(feed, up)
             for prefix in prefixes:
                 best = rib.best(prefix)
-                if self._own_prefix(prefix):
-                    continue
                 held = self._held_back(prefix)
                 adding = self._adding(prefix)
+                key = str(prefix)
                 for session, peer in targets:
+                    if self._own_prefix(session.peer_address, key):
+                        continue
                     text = None if best is None else self._decide(best, held, adding, session, peer)
                     await self._send(session.peer_address, prefix, text)
         if self._due:
@@ -188,26 +200,29 @@ class Relay:
     async def _whole_table(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
                            due: set[str] | None) -> None:
         # Each prefix judged once, not once per session: a reflector has hundreds.
-        candidates: list[tuple[Prefix, Path, bool, tuple]] = []
+        candidates: list[tuple[str, Prefix, Path, bool, tuple]] = []
         if self.active:
             for prefix in rib.fib:
                 best = rib.best(prefix)
-                if best is not None and not self._own_prefix(prefix):
-                    candidates.append((prefix, best, self._held_back(prefix), self._adding(prefix)))
-            candidates.sort(key=lambda item: str(item[0]))
+                if best is not None:
+                    candidates.append((str(prefix), prefix, best, self._held_back(prefix),
+                                       self._adding(prefix)))
+            candidates.sort(key=lambda item: item[0])
         for session, peer in self._targets(feed, up):
             address = session.peer_address
             if due is not None and address not in due:
                 continue
             resend = address in self._resend
             want: dict[Prefix, str] = {}
-            for prefix, best, held, adding in candidates:
+            for key, prefix, best, held, adding in candidates:
+                if self._own_prefix(address, key):
+                    continue
                 text = self._decide(best, held, adding, session, peer)
                 if text is not None:
                     want[prefix] = text
             sent = self.sent.setdefault(address, {})
             for prefix in sorted(sent.keys() - want.keys(), key=str):
-                if not self._own_prefix(prefix):
+                if not self._own_prefix(address, str(prefix)):
                     await self.speaker.send(f"neighbor {address} withdraw route {prefix}")
                 del sent[prefix]
             for prefix, text in want.items():
@@ -224,8 +239,13 @@ class Relay:
         return [(s, feed.peer(s.peer_address) if feed is not None and self._reflection else None)
                 for s in self._sessions if s.peer_address in up]
 
-    def _own_prefix(self, prefix: Prefix) -> bool:
-        return bool(self._own) and str(prefix) in self._own
+    def _own_table(self, peer: str) -> frozenset[str]:
+        """What `peer` was told of as the node's own."""
+        return self._own if self._own_of is None else self._own_of.get(peer, frozenset())
+
+    def _own_prefix(self, peer: str, prefix: str) -> bool:
+        own = self._own_table(peer)
+        return bool(own) and prefix in own
 
     def _held_back(self, prefix: Prefix) -> bool:
         """Inside a pool with disableBGPExport, or more specific than one of our blocks."""
@@ -243,7 +263,7 @@ class Relay:
         found = self._filters_of.get(session.peer_address)
         if found:
             said = verdict(found, "export", best.prefix, ibgp=session.peer_as == session.local_as,
-                           path=best)
+                           path=best, local_as=session.local_as)
             if said == "Reject":
                 return None
             if said == "Accept":

@@ -408,13 +408,19 @@ def far_block(*node_names: str, pool: str = POOL) -> str:
     """A block of the pool that none of these nodes claims for its first pods, for a route a
     router originates inside the pool: the last block of the first node's walk of the pool
     (ipam/pools.py), checked against every node's first block."""
+    return far_blocks(1, *node_names, pool=pool)[0]
+
+
+def far_blocks(count: int, *node_names: str, pool: str = POOL) -> list[str]:
+    """`count` such blocks, from the far end of the first node's walk of the pool."""
     from percale.ipam.pools import candidate_blocks
     ippool = resource("IPPool", "pods", {"cidr": pool})
     firsts = {str(next(candidate_blocks(ippool, name))) for name in node_names}
-    for block in reversed(list(candidate_blocks(ippool, node_names[0]))):
-        if str(block) not in firsts:
-            return str(block)
-    raise ValueError("no free block")
+    found = [str(b) for b in reversed(list(candidate_blocks(ippool, node_names[0])))
+             if str(b) not in firsts][:count]
+    if len(found) < count:
+        raise ValueError("no free block")
+    return found
 
 
 def diagnose(router: Router, *nodes) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -26,6 +28,7 @@ from tests.helpers.bgp_lab import (
     block_of,
     diagnose,
     far_block,
+    far_blocks,
     resource,
     setup_store,
     wait_for,
@@ -83,9 +86,10 @@ def test_bird_as_ebgp_top_of_rack(etcd):
         router.down()
 
 
-def test_bird_as_route_reflector_for_two_nodes(etcd):
-    """Mesh off, each node peers only with BIRD (`rr client`): each node's block reaches the
-    other's kernel with the originating node as next hop, and pods ping across."""
+@contextmanager
+def two_nodes_on_a_router(etcd) -> Iterator[tuple[Router, CNINode, CNINode]]:
+    """A router's segment (BIRD not started yet) with nodes a at 10.99.0.1 and b at 10.99.0.2,
+    all stopped and removed afterwards."""
     router = Router()
     a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
     try:
@@ -93,6 +97,17 @@ def test_bird_as_route_reflector_for_two_nodes(etcd):
         a.start(), b.start()
         router.attach(a.netns, "10.99.0.1/24")
         router.attach(b.netns, "10.99.0.2/24")
+        yield router, a, b
+    finally:
+        a.stop()
+        b.stop()
+        router.down()
+
+
+def test_bird_as_route_reflector_for_two_nodes(etcd):
+    """Mesh off, each node peers only with BIRD (`rr client`): each node's block reaches the
+    other's kernel with the originating node as next hop, and pods ping across."""
+    with two_nodes_on_a_router(etcd) as (router, a, b):
         router.bird(bird_config(router.ip, [
             BirdPeer("node_a", router.ip, CLUSTER_AS, "10.99.0.1", CLUSTER_AS, rr_client=True),
             BirdPeer("node_b", router.ip, CLUSTER_AS, "10.99.0.2", CLUSTER_AS, rr_client=True),
@@ -124,10 +139,6 @@ def test_bird_as_route_reflector_for_two_nodes(etcd):
         assert there.returncode == 0, there.stdout
         back = ping(pod_b, ip_a)
         assert back.returncode == 0, back.stdout
-    finally:
-        a.stop()
-        b.stop()
-        router.down()
 
 
 def bird_as_path(router: Router, prefix: str) -> str:
@@ -208,13 +219,7 @@ def test_a_node_passes_the_mesh_blocks_on_to_its_ebgp_peer_and_back(etcd):
     hop and our AS prepended (b's own address with keepOriginalNextHop); BIRD's pool route
     reaches b over the mesh through a, its next hop BIRD's; when b leaves the mesh, a withdraws
     b's block from BIRD."""
-    router = Router()
-    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
-    try:
-        router.up()
-        a.start(), b.start()
-        router.attach(a.netns, "10.99.0.1/24")
-        router.attach(b.netns, "10.99.0.2/24")
+    with two_nodes_on_a_router(etcd) as (router, a, b):
         tor_route = far_block(a.name, b.name)
         router.bird(bird_config(router.ip, [
             BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", CLUSTER_AS, export="static"),
@@ -248,10 +253,6 @@ def test_a_node_passes_the_mesh_blocks_on_to_its_ebgp_peer_and_back(etcd):
         assert wait_for(lambda: block_b not in router.bird_routes("node_a"), 15), (
             diagnose(router, a, b))
         assert block_a in router.bird_routes("node_a")
-    finally:
-        a.stop()
-        b.stop()
-        router.down()
 
 
 def write(etcd, *resources) -> None:
@@ -274,13 +275,7 @@ def test_bgp_filters_on_a_tor_session_and_none_on_the_mesh(etcd):
     the other). Export: a rule rejecting b's block keeps it from BIRD while a's own block goes;
     one rejecting a's own block keeps that from BIRD while b still learns it over the mesh. With
     the filter gone from the BGPPeer, everything flows again; no session restarts."""
-    router = Router()
-    a, b = CNINode(etcd.unix_endpoint), CNINode(etcd.unix_endpoint)
-    try:
-        router.up()
-        a.start(), b.start()
-        router.attach(a.netns, "10.99.0.1/24")
-        router.attach(b.netns, "10.99.0.2/24")
+    with two_nodes_on_a_router(etcd) as (router, a, b):
         kept, rejected = far_blocks(2, a.name, b.name)
         router.bird(bird_config(router.ip, [
             BirdPeer("node_a", router.ip, TOR_AS, "10.99.0.1", CLUSTER_AS, export="static"),
@@ -321,19 +316,6 @@ def test_bgp_filters_on_a_tor_session_and_none_on_the_mesh(etcd):
             diagnose(router, a, b))
         later = datetime.fromisoformat(router.bird_since("node_a"))
         assert abs((later - since).total_seconds()) < 0.1  # the session stayed up throughout
-    finally:
-        a.stop()
-        b.stop()
-        router.down()
-
-
-def far_blocks(count: int, *node_names: str) -> list[str]:
-    """`count` blocks of the pool none of these nodes claims for its first pods."""
-    from percale.ipam.pools import candidate_blocks
-    pool = resource("IPPool", "pods", {"cidr": "10.244.0.0/16"})
-    firsts = {str(next(candidate_blocks(pool, name))) for name in node_names}
-    blocks = [str(b) for b in candidate_blocks(pool, node_names[0])]
-    return [b for b in reversed(blocks) if b not in firsts][:count]
 
 
 def test_md5_password_with_bird(etcd, tmp_path):

@@ -50,11 +50,11 @@ def test_per_neighbour_tables_while_filtered_and_one_table_again_after():
     announce(announcer, want, {"x": want, "y": {A: "next-hop self", C: "next-hop self"}})
     assert exabgp.tables == {"x": want, "y": {A: "next-hop self", C: "next-hop self"}}
     assert B not in exabgp.ever["y"] and C not in exabgp.ever["x"]
-    assert announcer.own_prefixes == {A, B, C}
+    assert announcer.per_peer == exabgp.tables
     # The filter goes: one table for all again, and C, which only y had, is withdrawn.
     announce(announcer, want)
     assert exabgp.tables == {"x": want, "y": want}
-    assert announcer.per_peer is None and announcer.own_prefixes == {A, B}
+    assert announcer.per_peer is None and announcer.announced == want
 
 
 def test_a_session_coming_up_is_told_its_own_table():

@@ -126,3 +126,20 @@ def test_import_rejections_only_for_sessions_with_import_rules_of_their_family()
     reject = rejections["10.0.0.254"]
     assert reject(Path("10.244.9.0/26", "10.0.0.254", TOR))
     assert not reject(Path("10.244.8.0/26", "10.0.0.254", TOR))
+
+
+def test_on_export_to_an_ebgp_peer_the_as_path_already_starts_with_our_as():
+    learned = Path("10.244.1.0/26", "10.0.0.254", TOR, as_path=(65100,))
+    ours = [bgp_filter(exportV4=[rule(asPathPrefix=[64512])])]
+    theirs = [bgp_filter(exportV4=[rule(asPathPrefix=[65100])])]
+    both = [bgp_filter(exportV4=[rule(asPathPrefix=[64512, 65100])])]
+    kwargs = {"ibgp": False, "path": learned, "local_as": 64512}
+    assert verdict(ours, "export", learned.prefix, **kwargs) == "Reject"
+    assert verdict(both, "export", learned.prefix, **kwargs) == "Reject"
+    assert verdict(theirs, "export", learned.prefix, **kwargs) is None
+    # An own route: [our AS] to an eBGP peer, an empty path to an iBGP one.
+    assert verdict(ours, "export", learned.prefix, ibgp=False, local_as=64512) == "Reject"
+    assert verdict(ours, "export", learned.prefix, ibgp=True, local_as=64512) is None
+    # Import sees the path as the peer sent it.
+    assert verdict([bgp_filter(importV4=[rule(asPathPrefix=[65100])])], "import",
+                   learned.prefix, ibgp=False, path=learned, local_as=64512) == "Reject"

@@ -301,3 +301,18 @@ def test_a_node_without_anything_to_pass_on_keeps_no_list_of_changes():
     rib.watch_best(relay.active)
     rib.update(MESH_PEER, [Path(BLOCK, "10.0.0.2", MESH_PEER)])
     assert rib.take_best_changes() == []
+
+
+def test_a_prefix_that_becomes_our_own_is_withdrawn_where_a_filter_keeps_our_own_away():
+    """Per-neighbour tables: the ToR's filter rejects our own routes, so the own announcement
+    does not replace the passed-on route there: the relay withdraws it."""
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(MESH_PEER), session(TOR)], [])
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
+    catch_up(relay, rib)
+    assert BLOCK in speaker.tables["10.0.0.254"]
+    assert relay.set_own({BLOCK}, {BLOCK}, {"10.0.0.2": {BLOCK}, "10.0.0.254": set()})
+    rib.update(MESH_PEER, withdrawn=[BLOCK])
+    catch_up(relay, rib)
+    assert BLOCK not in speaker.tables["10.0.0.254"]
