@@ -167,6 +167,10 @@ def unusable_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
         # IPv4 link-local is also the pods' side of the node (169.254.1.1 is their gateway).
         return ("a link-local address reaches only its own link and, for IPv6, needs a zone that"
                 " neither BGP nor the Node can carry: give a global or unique-local address")
+    if address.version == 4 and address.is_reserved:
+        # 240.0.0.0/4 and the limited broadcast 255.255.255.255: Linux routes neither to a peer.
+        return ("an address of 240.0.0.0/4 (reserved, 255.255.255.255 the broadcast) is not sent "
+                "by this host's kernel: give the node's unicast address")
     return None
 
 

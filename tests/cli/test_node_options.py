@@ -62,6 +62,8 @@ def refused(*args: str) -> str:
     ("--ip6", "ff02::5/64", "ff02::5/64: a multicast address cannot be a BGP session's end"),
     ("--ip", "169.254.3.4/16", "169.254.3.4/16: a link-local address reaches only its own link"),
     ("--ip6", "fe80::5/64", "fe80::5/64: a link-local address reaches only its own link"),
+    ("--ip", "240.0.0.1/24", "240.0.0.1/24: an address of 240.0.0.0/4 (reserved"),
+    ("--ip", "255.255.255.255/32", "255.255.255.255/32: an address of 240.0.0.0/4 (reserved"),
 ])
 def test_an_address_no_peer_could_use_is_refused_naming_the_flag(flag, value, reason):
     assert refused(flag, value).startswith(f"percale-node: {flag}: {reason}")
