@@ -168,6 +168,14 @@ class Relay:
             raise
 
     async def _catch_up(self, rib: Rib, feed: RibFeed | None, up: Collection[str]) -> None:
+        if not self.active:
+            # Nothing to pass on (a mesh-only node): only what was sent before goes, once.
+            self._recheck.clear()
+            self._blocks_changed = ()
+            if self._due is None or self._due:
+                await self._whole_table(rib, feed, up, self._due)
+            self._due = set()
+            return
         if self._due is None:
             rib.take_best_changes()  # every prefix is looked at now, for every peer
             self._recheck.clear()

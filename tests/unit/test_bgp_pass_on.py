@@ -316,3 +316,21 @@ def test_a_prefix_that_becomes_our_own_is_withdrawn_where_a_filter_keeps_our_own
     rib.update(MESH_PEER, withdrawn=[BLOCK])
     catch_up(relay, rib)
     assert BLOCK not in speaker.tables["10.0.0.254"]
+
+
+def test_when_nothing_can_be_passed_on_any_more_what_was_sent_is_withdrawn_once():
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(MESH_PEER), session(TOR)], [])
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
+    catch_up(relay, rib)
+    assert BLOCK in speaker.tables["10.0.0.254"]
+    # The ToR's BGPPeer now says our AS: iBGP only, nothing to pass on.
+    assert relay.configure([session(MESH_PEER), session(TOR, peer_as=LOCAL_AS)], [])
+    assert not relay.active
+    catch_up(relay, rib)
+    assert speaker.tables["10.0.0.254"] == {} and relay.sent == {}
+    sent = len(speaker.commands)
+    relay.set_own({"10.244.9.0/26"}, {"10.244.9.0/26"})  # a block claimed: nothing to look at
+    catch_up(relay, rib)
+    assert len(speaker.commands) == sent and not relay.behind
