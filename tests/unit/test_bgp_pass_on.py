@@ -93,10 +93,12 @@ def test_held_back_inside_a_pool_that_disables_export():
 
 
 class Recorder:
-    """ExaBGP as the relay sees it: the commands it was sent, and each neighbour's table of
-    routes, known by prefix alone (ExaBGP's adj-rib-out)."""
+    """ExaBGP as the relay sees it: the commands it was sent (`raw`), each as one command per
+    neighbour it names (`commands`: `neighbor A , neighbor B announce ...` is two), and each
+    neighbour's table of routes, known by prefix alone (ExaBGP's adj-rib-out)."""
 
     def __init__(self, refuse: bool = False):
+        self.raw: list[str] = []
         self.commands: list[str] = []
         self.refuse = refuse
         self.tables: dict[str, dict[str, str]] = {}
@@ -104,14 +106,20 @@ class Recorder:
     async def send(self, command: str, timeout: float = 30) -> None:
         if self.refuse:
             raise SpeakerError("refused")
-        self.commands.append(command)
+        self.raw.append(command)
         words = command.split()
-        peers = [words[1]] if words[0] == "neighbor" else list(self.tables) or ["*"]
-        verb, prefix = (words[2], words[4]) if words[0] == "neighbor" else (words[0], words[2])
-        for peer in peers:
+        peers = []
+        while words[0] == "neighbor":
+            peers.append(words[1])
+            words = words[3:] if words[2] == "," else words[2:]
+        rest = " ".join(words)
+        verb, prefix = words[0], words[2]
+        for peer in peers or list(self.tables) or ["*"]:
+            one = f"neighbor {peer} {rest}" if peers else command
+            self.commands.append(one)
             table = self.tables.setdefault(peer, {})
             if verb == "announce":
-                table[prefix] = command
+                table[prefix] = one
             else:
                 table.pop(prefix, None)
 
@@ -274,17 +282,20 @@ def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing
     feed = RibFeed(rib)
     catch_up(relay, rib, feed, up)
     assert len(speaker.commands) == 4 * 3  # each block to the three other clients
+    assert len(speaker.raw) == 4  # in one command each
     assert (f"neighbor 10.0.0.3 announce route 10.244.0.0/26 next-hop 10.0.0.2 origin igp "
             "originator-id 10.0.0.2 cluster-list [ 244.0.0.1 ]") in speaker.commands
     assert not any(c.startswith("neighbor 10.0.0.2 announce route 10.244.0.0/26")
                    for c in speaker.commands)
     # One more block on one client: three announcements, nothing else looked at or sent.
-    speaker.commands.clear()
+    speaker.commands.clear(), speaker.raw.clear()
     rib.update(clients[0], [Path("10.244.9.0/26", "10.0.0.2", clients[0])])
     catch_up(relay, rib, feed, up)
     assert sorted(c.split()[1] for c in speaker.commands) == ["10.0.0.3", "10.0.0.4", "10.0.0.5"]
+    assert speaker.raw[-1].startswith(
+        "neighbor 10.0.0.3 , neighbor 10.0.0.4 , neighbor 10.0.0.5 announce route 10.244.9.0/26 ")
     # nextHopMode Self towards one client: only that session's announcements change.
-    speaker.commands.clear()
+    speaker.commands.clear(), speaker.raw.clear()
     sessions[1] = session(clients[1], route_reflector_client=True, cluster_id="244.0.0.1",
                           next_hop_self=True)
     assert relay.configure(sessions, [], "244.0.0.1")
