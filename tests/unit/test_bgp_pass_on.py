@@ -140,6 +140,16 @@ def catch_up(relay: Relay, rib: Rib, feed=None, up=UP) -> None:
     asyncio.run(relay.catch_up(rib, feed, up))
 
 
+def passing_a_mesh_block_to_the_tor() -> tuple[Recorder, Relay, Rib]:
+    """A node with the mesh and a ToR, which it has sent the mesh peer's block."""
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure([session(MESH_PEER), session(TOR)], [])
+    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
+    catch_up(relay, rib)
+    return speaker, relay, rib
+
+
 def test_the_relay_sends_each_change_once_and_withdraws_what_goes():
     speaker = Recorder()
     relay = Relay(speaker)
@@ -226,11 +236,7 @@ def test_the_relay_holds_back_no_export_pools_and_follows_the_settings():
 
 
 def test_a_session_that_comes_up_is_sent_everything_again_and_a_failure_leaves_the_relay_behind():
-    speaker = Recorder()
-    relay = Relay(speaker)
-    relay.configure([session(MESH_PEER), session(TOR)], [])
-    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
-    catch_up(relay, rib)
+    speaker, relay, rib = passing_a_mesh_block_to_the_tor()
     assert not relay.behind
     relay.session_up("10.0.0.254")
     assert relay.behind
@@ -317,11 +323,7 @@ def test_a_node_without_anything_to_pass_on_keeps_no_list_of_changes():
 def test_a_prefix_that_becomes_our_own_is_withdrawn_where_a_filter_keeps_our_own_away():
     """Per-neighbour tables: the ToR's filter rejects our own routes, so the own announcement
     does not replace the passed-on route there: the relay withdraws it."""
-    speaker = Recorder()
-    relay = Relay(speaker)
-    relay.configure([session(MESH_PEER), session(TOR)], [])
-    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
-    catch_up(relay, rib)
+    speaker, relay, rib = passing_a_mesh_block_to_the_tor()
     assert BLOCK in speaker.tables["10.0.0.254"]
     assert relay.set_own({BLOCK}, {BLOCK}, {"10.0.0.2": {BLOCK}, "10.0.0.254": set()})
     rib.update(MESH_PEER, withdrawn=[BLOCK])
@@ -330,11 +332,7 @@ def test_a_prefix_that_becomes_our_own_is_withdrawn_where_a_filter_keeps_our_own
 
 
 def test_when_nothing_can_be_passed_on_any_more_what_was_sent_is_withdrawn_once():
-    speaker = Recorder()
-    relay = Relay(speaker)
-    relay.configure([session(MESH_PEER), session(TOR)], [])
-    rib = rib_with(Path(BLOCK, "10.0.0.2", MESH_PEER))
-    catch_up(relay, rib)
+    speaker, relay, rib = passing_a_mesh_block_to_the_tor()
     assert BLOCK in speaker.tables["10.0.0.254"]
     # The ToR's BGPPeer now says our AS: iBGP only, nothing to pass on.
     assert relay.configure([session(MESH_PEER), session(TOR, peer_as=LOCAL_AS)], [])
