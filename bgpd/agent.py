@@ -343,7 +343,6 @@ class BGPAgent:
                            own_blocks=self.table.current.blocks, service_cidrs=services)
             self.rib.set_allow_own_as(allow_own_as)
             self._rib_blocks = self.table.current.blocks
-            self.rib.watch_best(self.relay.active)
             self.rib.set_import_filters(import_filters)
             self.feed = RibFeed(self.rib)
         else:
@@ -358,8 +357,8 @@ class BGPAgent:
                 self.rib.set_allow_own_as(allow_own_as)
             if import_key != self._import_key:
                 self.rib.set_import_filters(import_filters)
-            self.rib.watch_best(self.relay.active)
             self._fib_due.set()
+        self.rib.watch_best(self.relay.active)  # the relay lists best-path changes while active
         self._pools, self._own_addresses = pools, own_addresses
         self._import_key = import_key
         self._services, self._allow_own_as = services, allow_own_as

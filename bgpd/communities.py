@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from percale.api import BGPConfiguration
 from percale.api.bgp import GLOBAL_CONFIG_NAME, NODE_CONFIG_PREFIX, community_problem
+from percale.bgpd.prefixes import inside
 
 Standard = tuple[int, int]
 Large = tuple[int, int, int]
@@ -70,11 +71,7 @@ def communities_for(prefix: ipaddress.IPv4Network | ipaddress.IPv6Network,
     standard: dict[Standard, None] = {}
     large: dict[Large, None] = {}
     for rule in rules:
-        network = rule.network
-        # Integers, not subnet_of, which caches two addresses on every prefix it is asked about.
-        if (prefix.version == network.version and prefix.prefixlen >= network.prefixlen
-                and int(prefix.network_address) & int(network.netmask)
-                == int(network.network_address)):
+        if inside(prefix, rule.network):
             standard.update(dict.fromkeys(rule.standard))
             large.update(dict.fromkeys(rule.large))
     return tuple(standard), tuple(large)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from percale.bgpd.peering import Session
-from percale.bgpd.prefixes import Prefix
+from percale.bgpd.prefixes import Prefix, inside
 from percale.bgpd.rib import Path
 
 if TYPE_CHECKING:
@@ -93,14 +93,13 @@ def _cidr_matches(rule, prefix: Prefix) -> bool:
     operator = rule.match_operator
     if operator in ("Equal", "NotEqual"):
         return (prefix == network) == (operator == "Equal")
-    inside = (prefix.prefixlen >= network.prefixlen
-              and int(prefix.network_address) & int(network.netmask) == int(network.network_address))
+    within = inside(prefix, network)
     if rule.prefix_length is not None:
         low = max(network.prefixlen, rule.prefix_length.min or 0)
         high = min(network.max_prefixlen, network.max_prefixlen
                    if rule.prefix_length.max is None else rule.prefix_length.max)
-        inside = inside and low <= prefix.prefixlen <= high
-    return inside == (operator == "In")
+        within = within and low <= prefix.prefixlen <= high
+    return within == (operator == "In")
 
 
 def session_filters(session: Session, filters: Mapping[str, BGPFilter]) -> tuple[BGPFilter, ...]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from percale.bgpd.communities import Large, Standard, community_text
 from percale.bgpd.peering import Session
-from percale.bgpd.prefixes import Prefix
+from percale.bgpd.prefixes import Prefix, inside
 from percale.bgpd.rib import AS_SET, Address, Path, Peer, reflect
 
 
@@ -154,12 +154,5 @@ def _as_path_text(path: Path, prepend: int | None = None) -> str:
 
 
 def held_back(prefix: Prefix, pools: Sequence[Prefix]) -> bool:
-    """Whether `prefix` lies inside one of `pools` (those with disableBGPExport), with integers:
-    ipaddress's subnet_of caches two addresses on every prefix it is asked about."""
-    version, length = prefix.version, prefix.prefixlen
-    address = int(prefix.network_address)
-    for pool in pools:
-        if (pool.version == version and length >= pool.prefixlen
-                and address & int(pool.netmask) == int(pool.network_address)):
-            return True
-    return False
+    """Whether `prefix` lies inside one of `pools` (those with disableBGPExport, or own blocks)."""
+    return any(inside(prefix, pool) for pool in pools)

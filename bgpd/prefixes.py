@@ -77,3 +77,11 @@ def parse_prefix(text: str) -> Prefix:
     prefix.netmask = netmask
     prefix._prefixlen = length
     return prefix
+
+
+def inside(prefix: Prefix, network: Prefix) -> bool:
+    """Whether `prefix` lies within `network` (or is it), with integers: ipaddress's subnet_of
+    caches two addresses on every prefix it is asked about, which a RIB's worth of prefixes
+    would keep for good."""
+    return (prefix.version == network.version and prefix.prefixlen >= network.prefixlen
+            and int(prefix.network_address) & int(network.netmask) == int(network.network_address))

@@ -173,19 +173,14 @@ class Relay:
             raise
 
     async def _catch_up(self, rib: Rib, feed: RibFeed | None, up: Collection[str]) -> None:
-        if not self.active:
-            # Nothing to pass on (a mesh-only node): only what was sent before goes, once.
+        if not self.active or self._due is None:
+            # Every prefix looked at now, for every peer due; or nothing to pass on (a
+            # mesh-only node), and only what was sent before goes, once.
+            rib.take_best_changes()
             self._recheck.clear()
             self._blocks_changed = ()
             if self._due is None or self._due:
                 await self._whole_table(rib, feed, up, self._due)
-            self._due = set()
-            return
-        if self._due is None:
-            rib.take_best_changes()  # every prefix is looked at now, for every peer
-            self._recheck.clear()
-            self._blocks_changed = ()
-            await self._whole_table(rib, feed, up, None)
             self._due = set()
             return
         prefixes = dict.fromkeys(rib.take_best_changes())
@@ -194,7 +189,7 @@ class Relay:
             changed_blocks, self._blocks_changed = self._blocks_changed, ()
             prefixes.update(dict.fromkeys(p for p in rib.fib if held_back(p, changed_blocks)))
         self._recheck = set()
-        if self.active and prefixes:
+        if prefixes:
             targets = self._targets(feed, up)
             for prefix in prefixes:
                 best = rib.best(prefix)
@@ -302,7 +297,8 @@ class Relay:
             return pass_on(best, session, reflection=self._reflection, to_peer=peer,
                            adding=adding)
         except ValueError as err:
-            # The sender's OPEN is not seen yet: looked at again with the next whole table.
+            # The sender's OPEN is not seen yet: the prefix is looked at again a moment later
+            # (the agent's retry while `behind`).
             log.debug("%s", err)
             self._recheck.add(best.prefix)
             return None

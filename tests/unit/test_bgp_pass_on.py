@@ -289,7 +289,7 @@ def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing
     catch_up(relay, rib, feed, up)
     assert len(speaker.commands) == 4 * 3  # each block to the three other clients
     assert len(speaker.raw) == 4  # in one command each
-    assert (f"neighbor 10.0.0.3 announce route 10.244.0.0/26 next-hop 10.0.0.2 origin igp "
+    assert ("neighbor 10.0.0.3 announce route 10.244.0.0/26 next-hop 10.0.0.2 origin igp "
             "originator-id 10.0.0.2 cluster-list [ 244.0.0.1 ]") in speaker.commands
     assert not any(c.startswith("neighbor 10.0.0.2 announce route 10.244.0.0/26")
                    for c in speaker.commands)
