@@ -358,7 +358,9 @@ def _gtsm_per_connection() -> None:
             set_sending_ttl(sock, connection.afi, neighbor["peer-address"].top(),
                             sending_ttl(neighbor["outgoing-ttl"], minimum) or -1)
         except NetworkError as exc:
-            log.error(lambda: f"could not set the sending TTL of {connection.name()} ({exc})",
+            # The message is made by ExaBGP's logger, maybe after `exc` is unbound.
+            reason = str(exc)
+            log.error(lambda: f"could not set the sending TTL of {connection.name()} ({reason})",
                       "network")
         return handle_as_shipped(self, connection)
 

@@ -8,7 +8,7 @@ itself holds back:
 
 - a route is never sent back to the peer it was learned from;
 - a route learned over iBGP goes to no iBGP peer (RFC 4271 §9.1.1), unless this node is a route
-  reflector (RFC 4456, which ExaBGP cannot do): then `rib.reflect` says which iBGP peers get it,
+  reflector (RFC 4456, which ExaBGP cannot do): then `rib.reflects` says which iBGP peers get it,
   with ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged, unless the session says
   `nextHopMode: Self` (BIRD's `next hop self`), so that clients send through the reflector;
 - a pool with disableBGPExport is rejected by the filter (the caller leaves those prefixes out,
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from percale.bgpd.communities import Large, Standard, community_text
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix, inside
-from percale.bgpd.rib import AS_SET, Address, Path, Peer, reflect
+from percale.bgpd.rib import AS_SET, Address, Path, Peer, reflected, reflects
 
 
 @dataclass(frozen=True)
@@ -57,31 +57,73 @@ def pass_on(best: Path, to: Session, *, reflection: Reflection | None = None,
     over `to`, or None when BIRD would send it nothing. A reflector also gives `to_peer`, the
     session's peer as the RIB knows it (with its BGP Identifier once its OPEN was seen).
     `adding`: the communities this node's prefixAdvertisements add to the route
-    (bgpd/communities.py), besides those it carries.
+    (bgpd/communities.py), besides those it carries. For one path and many sessions, an
+    `Outgoing` builds each text once.
 
     Raises ValueError when reflection needs the BGP Identifier of the path's sender, not known
     yet."""
-    source = best.peer
-    if best.prefix.version != to.family or str(source.address) == to.peer_address:
-        return None
-    ebgp_to = to.peer_as != to.local_as
-    if best.communities and _kept_home(best.communities, ebgp_to):
-        return None
-    if source.ibgp and not ebgp_to:
-        if reflection is None:
+    return Outgoing(best, reflection, adding).to(to, to_peer)
+
+
+class Outgoing:
+    """One best path on its way to a node's sessions. Whether a session gets it depends on the
+    session, but what it gets only on a few of its settings (eBGP or iBGP, our AS, the next-hop
+    mode), so each such text is built once: a reflector sends each client's block to hundreds
+    of others, and building the reflected path and its text for each was most of the work."""
+
+    __slots__ = ("best", "reflection", "adding", "_source", "_kept_home", "_texts")
+
+    def __init__(self, best: Path, reflection: Reflection | None = None,
+                 adding: tuple[tuple[Standard, ...], tuple[Large, ...]] = NO_COMMUNITIES) -> None:
+        self.best, self.reflection, self.adding = best, reflection, adding
+        self._source = str(best.peer.address)
+        communities = best.communities
+        # (to iBGP, to eBGP): held back by a well-known community
+        self._kept_home = ((False, False) if not communities else
+                           (_kept_home(communities, False), _kept_home(communities, True)))
+        self._texts: dict[tuple, str | None] = {}
+
+    def to(self, session: Session, peer: Peer | None = None) -> str | None:
+        """What `session` gets (see `pass_on`); `peer` as `pass_on`'s `to_peer`."""
+        best = self.best
+        if best.prefix.version != session.family or self._source == session.peer_address:
             return None
-        peer = to_peer or Peer(to.peer_address, to.peer_as, to.local_as)
-        reflected = reflect(best, peer, cluster_id=reflection.cluster_id,
-                            clients=reflection.clients)
-        return None if reflected is None else _reflected(reflected, to.next_hop_self, adding)
-    if not ebgp_to:
-        # An eBGP peer's LOCAL_PREF is not passed on: BIRD drops it on import.
-        return _as_learned(best, "self" if to.next_hop_self else str(best.next_hop),
-                           local_pref=False, adding=adding)
-    next_hop = str(best.next_hop) if to.keep_next_hop else "self"
-    return _joined([f"announce route {best.prefix} next-hop {next_hop}",
-                    f"origin {best.origin.name.lower()}",
-                    f"as-path {_as_path_text(best, prepend=to.local_as)}"], best, adding)
+        ebgp_to = session.peer_as != session.local_as
+        if self._kept_home[ebgp_to]:
+            return None
+        if best.peer.ibgp and not ebgp_to:
+            reflection = self.reflection
+            if reflection is None:
+                return None
+            peer = peer or Peer(session.peer_address, session.peer_as, session.local_as)
+            if not reflects(best, peer, cluster_id=reflection.cluster_id,
+                            clients=reflection.clients):
+                return None
+            form: tuple = ("reflected", session.next_hop_self)
+        elif not ebgp_to:
+            form = ("ibgp", session.next_hop_self)
+        else:
+            form = ("ebgp", session.local_as, session.keep_next_hop)
+        try:
+            return self._texts[form]
+        except KeyError:
+            text = self._texts[form] = self._text(form)
+            return text
+
+    def _text(self, form: tuple) -> str:
+        best, adding = self.best, self.adding
+        if form[0] == "reflected":
+            assert self.reflection is not None
+            return _reflected(reflected(best, self.reflection.cluster_id), form[1], adding)
+        if form[0] == "ibgp":
+            # An eBGP peer's LOCAL_PREF is not passed on: BIRD drops it on import.
+            return _as_learned(best, "self" if form[1] else str(best.next_hop),
+                               local_pref=False, adding=adding)
+        _, local_as, keep_next_hop = form
+        next_hop = str(best.next_hop) if keep_next_hop else "self"
+        return _joined([f"announce route {best.prefix} next-hop {next_hop}",
+                        f"origin {best.origin.name.lower()}",
+                        f"as-path {_as_path_text(best, prepend=local_as)}"], best, adding)
 
 
 NO_EXPORT, NO_ADVERTISE, NO_EXPORT_SUBCONFED = (65535, 65281), (65535, 65282), (65535, 65283)

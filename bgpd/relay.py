@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING
 from percale.bgpd.communities import CommunityRule, communities_for
 from percale.bgpd.exabgp_json import RibFeed
 from percale.bgpd.filters import session_filters, verdict
-from percale.bgpd.pass_on import NO_COMMUNITIES, Reflection, held_back, may_pass_on, pass_on
+from percale.bgpd.pass_on import NO_COMMUNITIES, Outgoing, Reflection, held_back, may_pass_on
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix
-from percale.bgpd.rib import Path, Peer, Rib
+from percale.bgpd.rib import Peer, Rib
 from percale.bgpd.seams import Speaker
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class Relay:
         self._shared: object = None  # what every session's routes depend on
         self._each: dict[str, tuple] = {}  # peer -> what its own routes depend on
         self._filters_of: dict[str, tuple[BGPFilter, ...]] = {}  # peer -> its BGPFilters
+        # peer -> the peer as its session describes it, until the RIB knows its BGP Identifier
+        self._described: dict[str, Peer] = {}
         # The peers whose routes must be worked out from the whole table; None: every peer.
         self._due: set[str] | None = set()
         self._resend: set[str] = set()  # peers whose sessions came up: sent everything again
@@ -102,6 +104,8 @@ class Relay:
         # What was sent to a peer no longer configured stays known: should it be configured
         # again before ExaBGP's reload drops it, ExaBGP still holds those routes for it.
         self._sessions, self._filters_of = sessions, filters_of
+        self._described = {s.peer_address: Peer(s.peer_address, s.peer_as, s.local_as)
+                           for s in sessions}
         shared = (held, cluster_id, active)
         changed = {a for a, settings in each.items()
                    if a in self._each and self._each[a] != settings}
@@ -194,14 +198,15 @@ class Relay:
             for prefix in prefixes:
                 best = rib.best(prefix)
                 held = self._held_back(prefix)
-                adding = self._adding(prefix)
+                route = None if best is None else Outgoing(best, self._reflection,
+                                                           self._adding(prefix))
                 key = str(prefix)
                 plan: dict[str | None, list[str]] = {}  # what to send -> to whom
                 for session, peer in targets:
                     address = session.peer_address
                     if self._own_prefix(address, key):
                         continue
-                    text = None if best is None else self._decide(best, held, adding, session, peer)
+                    text = None if route is None else self._decide(route, held, session, peer)
                     sent = self.sent.get(address)
                     if text != (sent.get(prefix) if sent else None):
                         plan.setdefault(text, []).append(address)
@@ -214,13 +219,14 @@ class Relay:
     async def _whole_table(self, rib: Rib, feed: RibFeed | None, up: Collection[str],
                            due: set[str] | None) -> None:
         # Each prefix judged once, not once per session: a reflector has hundreds.
-        candidates: list[tuple[str, Prefix, Path, bool, tuple]] = []
+        candidates: list[tuple[str, Prefix, Outgoing, bool]] = []
         if self.active:
             for prefix in rib.fib:
                 best = rib.best(prefix)
                 if best is not None:
-                    candidates.append((str(prefix), prefix, best, self._held_back(prefix),
-                                       self._adding(prefix)))
+                    candidates.append((str(prefix), prefix,
+                                       Outgoing(best, self._reflection, self._adding(prefix)),
+                                       self._held_back(prefix)))
             candidates.sort(key=lambda item: item[0])
         # What to send, per route and text, to whom: withdrawals first, each prefix once for
         # all the peers it goes to.
@@ -233,10 +239,10 @@ class Relay:
                 continue
             resend = address in self._resend
             want: dict[Prefix, str] = {}
-            for key, prefix, best, held, adding in candidates:
+            for key, prefix, route, held in candidates:
                 if self._own_prefix(address, key):
                     continue
-                text = self._decide(best, held, adding, session, peer)
+                text = self._decide(route, held, session, peer)
                 if text is not None:
                     want[prefix] = text
             sent = self.sent.get(address, {})
@@ -257,9 +263,18 @@ class Relay:
 
     def _targets(self, feed: RibFeed | None, up: Collection[str]) -> list[tuple[Session, Peer | None]]:
         """The sessions that are up, each with its peer as the RIB knows it (a reflector needs
-        the peer's BGP Identifier)."""
-        return [(s, feed.peer(s.peer_address) if feed is not None and self._reflection else None)
-                for s in self._sessions if s.peer_address in up]
+        the peer's BGP Identifier), or as its session describes it until the RIB knows it."""
+        if not self._reflection:
+            return [(s, None) for s in self._sessions if s.peer_address in up]
+        described = self._described
+        targets = []
+        for s in self._sessions:
+            if s.peer_address in up:
+                peer = described[s.peer_address]
+                # Looked up by the parsed address: parsing 500 of them is most of a change's cost.
+                known = feed.peer(peer.address) if feed is not None else None
+                targets.append((s, known or peer))
+        return targets
 
     def _own_table(self, peer: str) -> frozenset[str]:
         """What `peer` was told of as the node's own."""
@@ -277,30 +292,32 @@ class Relay:
     def _adding(self, prefix: Prefix) -> tuple:
         return communities_for(prefix, self._communities) if self._communities else NO_COMMUNITIES
 
-    def _decide(self, best: Path, held: bool, adding: tuple, session: Session,
+    def _decide(self, route: Outgoing, held: bool, session: Session,
                 peer: Peer | None) -> str | None:
-        """What `session` gets for `best`: its BGPFilters first (bgpd/filters.py), then Calico's
-        own export filter (`held`: a no-export pool or inside an own block; `adding`: the
-        prefixAdvertisements' communities), which a filter's Accept skips."""
+        """What `session` gets of `route`: its BGPFilters first (bgpd/filters.py), then Calico's
+        own export filter (`held`: a no-export pool or inside an own block; the route's `adding`:
+        the prefixAdvertisements' communities), which a filter's Accept skips."""
         found = self._filters_of.get(session.peer_address)
         if found:
+            best = route.best
             said = verdict(found, "export", best.prefix, ibgp=session.peer_as == session.local_as,
                            path=best, local_as=session.local_as)
             if said == "Reject":
                 return None
             if said == "Accept":
-                return self._text(best, session, peer, NO_COMMUNITIES)
-        return None if held else self._text(best, session, peer, adding)
+                if route.adding is not NO_COMMUNITIES:
+                    route = Outgoing(best, self._reflection)
+                return self._text(route, session, peer)
+        return None if held else self._text(route, session, peer)
 
-    def _text(self, best: Path, session: Session, peer: Peer | None, adding: tuple) -> str | None:
+    def _text(self, route: Outgoing, session: Session, peer: Peer | None) -> str | None:
         try:
-            return pass_on(best, session, reflection=self._reflection, to_peer=peer,
-                           adding=adding)
+            return route.to(session, peer)
         except ValueError as err:
             # The sender's OPEN is not seen yet: the prefix is looked at again a moment later
             # (the agent's retry while `behind`).
             log.debug("%s", err)
-            self._recheck.add(best.prefix)
+            self._recheck.add(route.best.prefix)
             return None
 
     async def _send(self, addresses: list[str], prefix: Prefix, text: str | None) -> None:

@@ -359,20 +359,39 @@ def reflect(path: Path, to: Peer, *, cluster_id: str | ipaddress.IPv4Address,
     Routes learned over eBGP are not reflected: sending them to iBGP peers is ordinary
     advertisement, not reflection.
     """
+    cluster = _cluster(cluster_id)
+    if not reflects(path, to, cluster_id=cluster, clients=clients):
+        return None
+    return reflected(path, cluster)
+
+
+def reflects(path: Path, to: Peer, *, cluster_id: str | ipaddress.IPv4Address,
+             clients: Collection[Address]) -> bool:
+    """Whether `reflect` sends `to` anything for `path`, without building what it would send:
+    whatever the peer, what is reflected is the same (`reflected`), so a reflector with
+    hundreds of clients builds it once per path. Raises ValueError as `reflect` does."""
     source = path.peer
     if not source.ibgp or not to.ibgp or to.address == source.address:
-        return None
+        return False
     if source.address not in clients and to.address not in clients:
-        return None
-    cluster = ipaddress.IPv4Address(cluster_id)
-    if cluster in path.cluster_list:
-        return None
+        return False
+    if _cluster(cluster_id) in path.cluster_list:
+        return False
     originator = path.originator_id or source.router_id
     if originator is None:
         raise ValueError(f"cannot reflect {path.prefix}: the BGP Identifier of {source.address} is unknown")
-    if to.router_id == originator:
-        return None
-    return path.replace(originator_id=originator, cluster_list=(cluster, *path.cluster_list))
+    return to.router_id != originator
+
+
+def reflected(path: Path, cluster_id: str | ipaddress.IPv4Address) -> Path:
+    """`path` as a reflector sends it to any peer `reflects` allows: ORIGINATOR_ID set to the
+    sender's BGP Identifier if absent, the CLUSTER_ID prepended to the CLUSTER_LIST."""
+    return path.replace(originator_id=path.originator_id or path.peer.router_id,
+                        cluster_list=(_cluster(cluster_id), *path.cluster_list))
+
+
+def _cluster(cluster_id: str | ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+    return cluster_id if isinstance(cluster_id, ipaddress.IPv4Address) else ipaddress.IPv4Address(cluster_id)
 
 
 def _ranges(networks: Iterable[Prefix]) -> tuple[tuple[int, int, int, int], ...]:

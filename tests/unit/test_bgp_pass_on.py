@@ -8,12 +8,12 @@ import ipaddress
 
 import pytest
 
-from percale.bgpd.pass_on import held_back, may_pass_on, pass_on
+from percale.bgpd.pass_on import Outgoing, Reflection, held_back, may_pass_on, pass_on
 from percale.bgpd.peering import GLOBAL, MESH, Session
 from percale.bgpd.communities import CommunityRule
 from percale.bgpd.exabgp_json import RibFeed
 from percale.bgpd.relay import Relay
-from percale.bgpd.rib import AS_SET, AS_SEQUENCE, Path, Peer, Rib
+from percale.bgpd.rib import AS_SET, AS_SEQUENCE, Path, Peer, Rib, reflect, reflects
 from percale.bgpd.speaker import SpeakerError
 
 pytestmark = pytest.mark.unit
@@ -82,6 +82,33 @@ def test_only_a_node_with_two_sessions_one_of_them_ebgp_can_pass_anything_on():
     assert not may_pass_on([session(TOR)])
     assert not may_pass_on([session(MESH_PEER), session(Peer("10.0.0.3", LOCAL_AS, LOCAL_AS))])
     assert may_pass_on([session(MESH_PEER), session(TOR)])
+
+
+def test_one_outgoing_route_gives_each_session_what_pass_on_would():
+    """Outgoing builds each text once per form (eBGP with our AS and next-hop mode, iBGP,
+    reflected) and shares it; every session still gets exactly what pass_on gives it alone."""
+    clients = [Peer(f"10.0.0.{n}", LOCAL_AS, LOCAL_AS, f"10.0.0.{n}") for n in range(2, 6)]
+    outside = [Peer("10.0.0.254", TOR_AS, LOCAL_AS, "10.0.0.254"),
+               Peer("10.0.0.253", 65001, 64600, "10.0.0.253")]
+    reflection = Reflection(ipaddress.IPv4Address("244.0.0.1"),
+                            {clients[0].address, clients[1].address})
+    sessions = [session(clients[0]), session(clients[1], next_hop_self=True),
+                session(clients[2]), session(clients[3], next_hop_self=True),
+                session(outside[0]), session(outside[0], keep_next_hop=True),
+                session(outside[1], local_as=64600)]
+    adding = (((64512, 7),), ())
+    for best in (Path(BLOCK, "10.0.0.2", clients[0], communities=[(65000, 1)]),
+                 Path(BLOCK, "10.0.0.4", clients[2]),  # a non-client's: to the clients only
+                 Path(BLOCK, "10.0.0.254", outside[0], as_path=(TOR_AS,), local_pref=300)):
+        route = Outgoing(best, reflection, adding)
+        alone = [pass_on(best, s, reflection=reflection, adding=adding) for s in sessions]
+        assert [route.to(s) for s in sessions] == alone
+        assert len(set(alone)) > 2  # the sessions do differ
+    # The same decision as reflect's, without building the reflected path.
+    best = Path(BLOCK, "10.0.0.2", clients[0])
+    for to in clients:
+        assert reflects(best, to, cluster_id="244.0.0.1", clients=reflection.clients) is (
+            reflect(best, to, cluster_id="244.0.0.1", clients=reflection.clients) is not None)
 
 
 def test_held_back_inside_a_pool_that_disables_export():
