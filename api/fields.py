@@ -20,6 +20,9 @@ from percale.api import selector as _selector
 # Installation, percale-node's own setting): every IPv4 host takes 576-byte datagrams (RFC 791);
 # below that, pods' packets are cut to pieces or lost. 0 means "detected", where allowed.
 POD_MTU_MIN, POD_MTU_MAX = 576, 65535
+# RFC 8200 §5: every link that carries IPv6 must take 1280-byte packets. Linux turns IPv6 off on
+# a device set below it and refuses the device an IPv6 address.
+IPV6_MIN_MTU = 1280
 
 # Link-local ranges are the node's own business (169.254.1.1 is every pod's gateway), so no pool
 # may cover them.

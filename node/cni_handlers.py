@@ -29,6 +29,7 @@ from percale.datastore import (
 )
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
+from percale.api.fields import IPV6_MIN_MTU
 from percale.vxlan.plan import pod_mtu
 from percale.dataplane import pod_network
 from percale.dataplane.workers import DataplaneWorkers
@@ -51,6 +52,7 @@ from percale.node.cni_types import (
     check_container_id,
     check_interface_name,
     check_ipam_type,
+    ipv6_mtu_problem,
     parse_cni_args,
     parse_netconf,
     result,
@@ -235,8 +237,12 @@ class CNIHandlers:
         enabled pool uses: a pod whose packets grow past the underlay MTU inside a tunnel loses
         them silently (Calico users meet this as "large packets vanish")."""
         if conf.mtu:
-            return conf.mtu
-        return pod_mtu(self.host_mtu, await self.ipam.pools())
+            return conf.mtu  # parse_netconf held it to IPv6's minimum where that applies
+        mtu = pod_mtu(self.host_mtu, await self.ipam.pools())
+        if conf.ipam.assign_ipv6 and mtu < IPV6_MIN_MTU:
+            raise CNIError(INVALID_CONFIG, ipv6_mtu_problem(
+                f"the pod MTU {mtu} (percale-node's host MTU {self.host_mtu}, less encapsulation)"))
+        return mtu
 
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         # Everything that can be refused is refused before anything is taken.

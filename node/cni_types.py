@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from percale.api.fields import POD_MTU_MAX, POD_MTU_MIN
+from percale.api.fields import IPV6_MIN_MTU, POD_MTU_MAX, POD_MTU_MIN
 from percale.api.meta import DNS_SUBDOMAIN_RULE, ObjectMeta, Resource, validation_problems
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -157,6 +157,8 @@ def parse_netconf(text: Any) -> NetConf:
     )
     if not settings.assign_ipv4 and not settings.assign_ipv6:
         raise CNIError(INVALID_CONFIG, "ipam.assign_ipv4 and ipam.assign_ipv6 are both false")
+    if settings.assign_ipv6 and 0 < mtu < IPV6_MIN_MTU:
+        raise CNIError(INVALID_CONFIG, ipv6_mtu_problem(f"mtu {mtu}"))
     nodename = raw.get("nodename")
     if nodename is not None and (not isinstance(nodename, str) or not nodename
                                  or _CONTROL.search(nodename) or "/" in nodename):
@@ -174,6 +176,13 @@ def parse_netconf(text: Any) -> NetConf:
         name=name, cni_version=version, mtu=mtu, nodename=nodename,
         ipam=settings, prev_result=prev, dns=dns, valid_attachments=attachments, raw=raw,
     )
+
+
+def ipv6_mtu_problem(mtu: str) -> str:
+    """Why a pod that gets an IPv6 address cannot have `mtu` (below IPV6_MIN_MTU): said before
+    anything is taken, where the kernel would refuse the address half-way through the ADD."""
+    return (f"{mtu} is below {IPV6_MIN_MTU}, the smallest link MTU IPv6 allows (RFC 8200), and"
+            " ipam.assign_ipv6 is true: the pod's IPv6 address could not be set")
 
 
 def _objects(value: Any, where: str) -> list[dict[str, Any]]:

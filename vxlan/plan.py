@@ -27,7 +27,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from percale.api import IPAMBlock, IPPool, Node
-from percale.api.fields import POD_MTU_MIN
+from percale.api.fields import IPV6_MIN_MTU, POD_MTU_MIN
 
 IPv4Net = ipaddress.IPv4Network | ipaddress.IPv6Network  # a prefix of the plan's family
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -39,9 +39,6 @@ VXLAN_OVERHEAD = {4: 50, 6: 70}
 # IPv6 needs more (IPV6_MIN_MTU): `tunnel_mtu` checks each family where its device is made, so
 # a host that cannot carry IPv6 VXLAN still carries IPv4.
 HOST_MTU_MIN = POD_MTU_MIN + max(VXLAN_OVERHEAD.values())
-# RFC 8200 §5: every link that carries IPv6 must take 1280-byte packets. Linux turns IPv6 off on
-# a device set below it and refuses the device an IPv6 address.
-IPV6_MIN_MTU = 1280
 
 
 class MTUTooSmall(ValueError):

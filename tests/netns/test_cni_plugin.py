@@ -372,6 +372,40 @@ def test_mtu_from_config_or_the_underlay_minus_the_tunnel(node, etcd_server):
         with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("tunnelled"))
 
 
+def test_an_ipv6_pod_below_ipv6s_minimum_mtu_is_refused_naming_it_and_nothing_is_taken(node, etcd_server):
+    """IPv6 needs links of 1280 bytes (RFC 8200); the kernel refuses an IPv6 address on a
+    smaller veth, which used to fail the ADD half-way with "No such file or directory:
+    .../proxy_ndp". Now it is refused before anything is taken, naming the MTU: the config's,
+    or the one derived from percale-node's host MTU."""
+    dual = {"type": "percale-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint,
+                                          lambda s: add_pool(s, "pods6", "fd00:61::/48")))
+    small = CNINode(etcd_server.unix_endpoint, shim=node.shim).start(mtu=1250)
+    try:
+        refusals = [(node, netconf(node, mtu=1200, ipam=dual), "mtu 1200 is below 1280"),
+                    (small, netconf(small, ipam=dual),
+                     "the pod MTU 1250 (percale-node's host MTU 1250, less encapsulation) is below 1280")]
+        for at, conf, said in refusals:
+            netns = at.new_pod_netns()
+            refused = at.plugin("percale", "ADD", conf, container_id="c-mtu6", netns=netns,
+                                args=k8s("default", "mtu6"))
+            assert refused.code == 1 and refused.json["code"] == 7, refused.out
+            assert said in refused.json["msg"] and "ipam.assign_ipv6" in refused.json["msg"]
+            assert "eth0" not in in_pod(netns, "ip", "link").stdout
+        handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
+        assert "k8s-pod-network.c-mtu6" not in handles
+        # An IPv4-only pod at that MTU is wired as before.
+        netns = small.new_pod_netns()
+        plain = small.plugin("percale", "ADD", netconf(small), container_id="c-mtu4", netns=netns,
+                             args=k8s("default", "mtu4"))
+        assert plain.code == 0 and "mtu 1250" in in_pod(netns, "ip", "link", "show", "eth0").stdout
+        assert small.plugin("percale", "DEL", netconf(small), container_id="c-mtu4", netns=netns,
+                            args=k8s("default", "mtu4")).code == 0
+    finally:
+        small.stop()
+        with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("pods6"))
+
+
 def test_del_of_an_older_container_leaves_the_newer_one_alone(node, etcd_server):
     """A pod's sandbox replaced: the new container's ADD comes before the old one's DEL."""
     old_netns, new_netns = node.new_pod_netns(), node.new_pod_netns()
