@@ -1,7 +1,8 @@
 """The datastore: one async contract (`api.Datastore`) and its backends.
 
-`MemoryDatastore` keeps everything in one process; `EtcdDatastore` talks to etcd v3; a Kubernetes
-backend comes later. Only this package imports a backend's client library.
+`MemoryDatastore` keeps everything in one process; `EtcdDatastore` talks to etcd v3;
+`KubeDatastore` (datastore/kubernetes.py) keeps percale's kinds as custom resources of a
+kube-apiserver. Only this package imports a backend's client library.
 """
 
 from percale.datastore.contract import Datastore, Key, KVPair, ListResult, WatchEvent
@@ -11,6 +12,7 @@ from percale.datastore.errors import (
     DatastoreError,
     DatastoreUnavailable,
     NotFound,
+    NotInstalled,
     RevisionCompacted,
     TransactionConflict,
 )
@@ -18,6 +20,6 @@ from percale.datastore.memory import MemoryDatastore
 
 __all__ = [
     "AlreadyExists", "Conflict", "Datastore", "DatastoreError", "DatastoreUnavailable", "Key",
-    "KVPair", "ListResult", "MemoryDatastore", "NotFound", "RevisionCompacted",
+    "KVPair", "ListResult", "MemoryDatastore", "NotFound", "NotInstalled", "RevisionCompacted",
     "TransactionConflict", "WatchEvent",
 ]

@@ -19,6 +19,10 @@ with the view is delivered as changes: what vanished as deletions, what changed 
 A kind too busy to take event by event (IPAMBlock while pods start everywhere; only the kinds
 in `poll_when_busy`) is read every `poll_seconds` instead, when the store can say what changed
 since a revision (etcd, memory), until the store calms down (_busy_limit, _poll_while_busy).
+A kind the datastore does not have at all (NotInstalled: on Kubernetes its CRD is missing, as
+when a node is upgraded before the cluster's CRDs) is followed as empty and looked for again
+every `not_installed_seconds`, as Calico's watcher cache does: the view is in sync without it,
+where it used to wait for it for ever and the agent never started.
 
 Consistency. The view is exactly what the watches (or those reads) said, in their order: it
 never runs ahead of them. A process that writes needs to read its own writes at once, though
@@ -62,7 +66,8 @@ from percale.datastore.contract import (
     WatchEvent, Write, WriteTogether, node_of, reads_changes, writes_together,
 )
 from percale.datastore.errors import (
-    AlreadyExists, Conflict, DatastoreError, NotFound, RevisionCompacted, TransactionConflict,
+    AlreadyExists, Conflict, DatastoreError, NotFound, NotInstalled, RevisionCompacted,
+    TransactionConflict,
 )
 
 log = logging.getLogger("percale.datastore.cache")
@@ -81,6 +86,8 @@ AGENT_KINDS = ("Node", "BGPPeer", "BGPConfiguration", "BGPFilter", "IPPool", "IP
 POLL_WHEN_BUSY = ("IPAMBlock",)
 BUSY_EVENTS = 100
 POLL_SECONDS = 0.2
+# How often a kind the datastore does not have (its CRD is missing) is looked for again.
+NOT_INSTALLED_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,8 @@ class Cache:
     def __init__(self, store: Datastore, kinds: Iterable[str] = AGENT_KINDS, *,
                  node: str | None = None, retry_delay: float = 0.05,
                  max_retry_delay: float = 0.5, poll_when_busy: Iterable[str] = POLL_WHEN_BUSY,
-                 busy_events: int = BUSY_EVENTS, poll_seconds: float = POLL_SECONDS) -> None:
+                 busy_events: int = BUSY_EVENTS, poll_seconds: float = POLL_SECONDS,
+                 not_installed_seconds: float = NOT_INSTALLED_SECONDS) -> None:
         self.store = store
         self.kinds = tuple(kinds)
         self.node = node  # node-scoped kinds are followed for this node only
@@ -122,6 +130,7 @@ class Cache:
         # See _poll_while_busy.
         self.poll_when_busy = frozenset(poll_when_busy)
         self.busy_events, self.poll_seconds = busy_events, poll_seconds
+        self.not_installed_seconds = not_installed_seconds
         self._objects: dict[str, dict[Key, KVPair]] = {kind: {} for kind in self.kinds}
         self._revisions: dict[str, str] = {}
         self._listed: set[str] = set()
@@ -140,6 +149,7 @@ class Cache:
         self.watch_restarts = 0
         self.polls = 0  # reads of what changed in a busy kind (_poll_while_busy)
         self.polling: set[str] = set()  # the kinds followed that way now
+        self.not_installed: set[str] = set()  # kinds the datastore has not at all (_while_not_installed)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -219,6 +229,8 @@ class Cache:
         while kind not in self._listed:
             try:
                 await self._list(kind)
+            except NotInstalled as err:
+                await self._while_not_installed(kind, err)
             except DatastoreError as err:
                 log.warning("listing %s: %s; trying again in %.2f s", kind, err, delay)
                 await asyncio.sleep(delay)
@@ -248,6 +260,9 @@ class Cache:
             except RevisionCompacted:
                 log.info("the history of %s was compacted; listing it again", kind)
                 await self._relist(kind)
+                continue
+            except NotInstalled as err:
+                await self._while_not_installed(kind, err)
                 continue
             except DatastoreError as err:
                 log.warning("watching %s: %s; resuming in %.2f s", kind, err, delay)
@@ -321,6 +336,10 @@ class Cache:
         self._listed.add(kind)
         for kv in items:
             self._tell(Change(kv.key, None, kv))
+        self._mark_listed(kind)
+
+    def _mark_listed(self, kind: str) -> None:
+        self._listed.add(kind)
         if self._listed.issuperset(self.kinds):
             self._synced.set()
 
@@ -329,10 +348,46 @@ class Cache:
             try:
                 result = await self.store.list(kind, node=self._scope(kind), defer_errors=True)
                 break
+            except NotInstalled as err:
+                await self._while_not_installed(kind, err)
+                return
             except DatastoreError as err:
                 log.warning("listing %s again: %s", kind, err)
                 await asyncio.sleep(self.max_retry_delay)
         self.lists += 1
+        self._take_list(kind, result)
+
+    async def _while_not_installed(self, kind: str, err: NotInstalled) -> None:
+        """`kind` is not in the datastore at all (its CRD is missing: a node upgraded before the
+        cluster's CRDs). As Calico's watcher cache does, that is a state the view can live in:
+        the kind is followed as empty (what the view held of it is told as deleted), counts as
+        listed, so the view is in sync and the agent works with the rest, and is listed again
+        every `not_installed_seconds` until it exists. Returns once it was listed."""
+        log.warning("%s; following %s as empty, looking again every %g s", err, kind,
+                    self.not_installed_seconds)
+        self._take_list(kind, ListResult([], self._revisions.get(kind, "0")))
+        self._mark_listed(kind)
+        self.not_installed.add(kind)
+        try:
+            while True:
+                await asyncio.sleep(self.not_installed_seconds)
+                try:
+                    result = await self.store.list(kind, node=self._scope(kind),
+                                                   defer_errors=True)
+                except NotInstalled:
+                    continue
+                except DatastoreError as failed:
+                    log.debug("listing %s: %s", kind, failed)
+                    continue
+                break
+        finally:
+            self.not_installed.discard(kind)
+        log.info("%s is in the datastore now: following it", kind)
+        self.lists += 1
+        self._take_list(kind, result)
+
+    def _take_list(self, kind: str, result: ListResult) -> None:
+        """A fresh list of `kind` in place of what the view held: the differences told."""
         for key in [k for k in self._known if k.kind == kind]:
             del self._known[key]
         objects = self._objects[kind]

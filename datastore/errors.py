@@ -3,6 +3,8 @@
     DatastoreError
      ├── AlreadyExists        create: the key is taken                      -> fix the input
      ├── NotFound             get/update/delete: no such key                -> fix the input
+     │    └── NotInstalled    list/watch: the datastore has no such kind    -> install its CRD
+     │                        (Kubernetes: its CustomResourceDefinition)       (a view waits)
      ├── Conflict             update/delete: the revision is stale; carries -> re-read, retry
      │                        the current value
      ├── TransactionConflict  write_together: a compare failed, nothing    -> retry with what
@@ -36,6 +38,20 @@ class NotFound(DatastoreError):
     def __init__(self, key: Key):
         self.key = key
         super().__init__(f"resource does not exist: {key}")
+
+
+class NotInstalled(NotFound):
+    """The datastore holds no kind of that name at all: on Kubernetes, its CustomResourceDefinition
+    is not installed (a percale newer than the cluster's CRDs, half-way through an upgrade)."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        from percale.datastore.contract import Key
+
+        self.kind = kind
+        DatastoreError.__init__(
+            self, f"the datastore has no {kind} at all: its CustomResourceDefinition is not"
+                  f" installed{f' ({detail})' if detail else ''}")
+        self.key = Key(kind, "")
 
 
 class Conflict(DatastoreError):

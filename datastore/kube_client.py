@@ -124,10 +124,9 @@ class KubeClient:
             data = await response.read()
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
             raise DatastoreUnavailable(f"the Kubernetes API connection broke: {err}") from None
-        doc = json.loads(data) if data else {}
         if response.status >= 300:
-            raise _error(response.status, doc)
-        return doc
+            raise _error(response.status, _status_document(data))
+        return json.loads(data) if data else {}
 
     async def stream(self, path: str, query: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A watch: one JSON document per line until the server ends the stream."""
@@ -138,7 +137,7 @@ class KubeClient:
         try:
             if response.status >= 300:
                 data = await raw.read()
-                raise _error(response.status, json.loads(data) if data else {})
+                raise _error(response.status, _status_document(data))
             async for line in raw.content:
                 if line.strip():
                     yield json.loads(line)
@@ -149,6 +148,18 @@ class KubeClient:
 
     async def close(self) -> None:
         await self._api.close()
+
+
+def _status_document(data: bytes) -> dict[str, Any]:
+    """A refusal's body: the apiserver's Status, or for a path it serves nothing at (a group
+    whose CRDs are all gone) the plain text "404 page not found" as its message."""
+    try:
+        doc = json.loads(data) if data else {}
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    return {"message": data.decode(errors="replace").strip()[:200]}
 
 
 def _error(status: int, doc: dict[str, Any]) -> Exception:

@@ -34,7 +34,8 @@ from percale.datastore import kube_names, kube_native
 from percale.datastore.codec import READ_EXTRA
 from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
 from percale.datastore.errors import (
-    AlreadyExists, Conflict, DatastoreError, DatastoreUnavailable, NotFound, RevisionCompacted,
+    AlreadyExists, Conflict, DatastoreError, DatastoreUnavailable, NotFound, NotInstalled,
+    RevisionCompacted,
 )
 from percale.datastore.kube_client import KubeClient, KubeError, configuration
 
@@ -233,6 +234,9 @@ class KubeDatastore:
                     query.pop("continue", None)
                     items = []
                     continue
+                if err.status == 404:
+                    # A collection the apiserver does not serve: its CRD is missing.
+                    raise NotInstalled(kind, collection_path(kind, namespace)) from None
                 raise _verdict(err, Key(kind, "", namespace)) from None
             found = (_read(kind, obj, defer_errors) for obj in page.get("items", []))
             items.extend(pair for pair in found if pair is not None)
@@ -455,8 +459,11 @@ class KubeDatastore:
                 raise ValueError(f"{kind} is not node-scoped")
             query["labelSelector"] = kube_names.node_selector(node)
         if revision is None:
-            probe = await self.client.request(
-                "GET", collection_path(kind, namespace), query={"limit": 1})
+            try:
+                probe = await self.client.request(
+                    "GET", collection_path(kind, namespace), query={"limit": 1})
+            except KubeError as err:
+                raise _watch_failure(err, "", kind) from None
             revision = probe["metadata"]["resourceVersion"]
         last = revision
         endpoints, nodes = _EndpointEvents(), _NodeChanges()
@@ -469,7 +476,7 @@ class KubeDatastore:
                         last = obj["metadata"]["resourceVersion"]
                         continue
                     if type_ == "ERROR":
-                        raise _watch_error(obj, last)
+                        raise _watch_error(obj, last, kind)
                     last = obj["metadata"]["resourceVersion"]
                     if kind == "WorkloadEndpoint":
                         event_out = endpoints.event(type_, obj, defer_errors)
@@ -482,7 +489,7 @@ class KubeDatastore:
                         continue  # a kubelet heartbeat: nothing percale reads changed
                     yield WatchEvent.of(type_, pair)
             except KubeError as err:
-                raise _watch_error(err.body, last) from None
+                raise _watch_failure(err, last, kind) from None
 
     async def close(self) -> None:
         await self.client.close()
@@ -590,8 +597,16 @@ def _verdict(err: KubeError, key: Key) -> Exception:
     return DatastoreError(f"Kubernetes refused {key}: {err}")
 
 
-def _watch_error(status: dict[str, Any], revision: str) -> Exception:
+def _watch_failure(err: KubeError, revision: str, kind: str) -> Exception:
+    """A watch request the apiserver refused, as _watch_error says it (the HTTP status where
+    the body is no Status)."""
+    return _watch_error({"code": err.status, **err.body}, revision, kind)
+
+
+def _watch_error(status: dict[str, Any], revision: str, kind: str) -> Exception:
     code = status.get("code")
+    if code == 404:
+        return NotInstalled(kind, str(status.get("message") or "the watch found no such resource"))
     if code == 410:
         return RevisionCompacted(revision, _oldest(status.get("message", "")))
     if code in (429, 500, 503, 504):

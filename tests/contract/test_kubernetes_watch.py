@@ -2,7 +2,8 @@
 the apiserver's history: the connection is cut, the cluster changes, the apiserver restarts (its
 watch cache begins again at the newest revision), and the resumed watch is answered 410. The view
 lists again and reports exactly the changes it missed -- none lost, none twice -- then follows
-the watch as before."""
+the watch as before. And when a kind's CRD is missing (a node upgraded before the cluster's CRDs),
+or removed while the view follows it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from percale.datastore import Key
 from percale.datastore.cache import Cache, Change
 from percale.datastore.kubernetes import KubeDatastore
 from tests.helpers.etcd_server import free_port
+from tests.helpers.kube_apiserver import CRDS
 from tests.helpers.netns_relay import pipe
 
 pytestmark = pytest.mark.contract
@@ -105,3 +107,55 @@ async def test_a_watch_answered_410_lists_again_and_misses_nothing(kube):
         await cable.close()
         await through_cable.close()
         await admin.close()
+
+
+async def until(check, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_kind_whose_crd_is_missing_is_followed_as_empty_until_it_is_installed(kube):
+    """A node newer than the cluster's CRDs (BGPFilter's missing) used to wait for that kind for
+    ever, and its agent never started. Now, as Calico's watcher cache does, the view is in sync
+    with the kind empty, looks for it again every `not_installed_seconds`, and follows it once
+    installed; a CRD removed under it empties the kind again (its objects told as deleted)."""
+    crd = str(CRDS / "percale.io_bgpfilters.yaml")
+    bgp_filter = parse({"apiVersion": "percale.io/v1", "kind": "BGPFilter", "metadata": {"name": "f"},
+                        "spec": {"exportV4": [{"action": "Reject", "matchOperator": "In",
+                                               "cidr": "10.0.0.0/8"}]}})
+    admin = KubeDatastore(kube.admin)
+    await asyncio.to_thread(kube.kubectl, "delete", "-f", crd)
+    cache = Cache(admin, ["IPPool", "BGPFilter"], not_installed_seconds=0.5)
+    seen: list[Change] = []
+    cache.subscribe(seen.append)
+    task = asyncio.create_task(cache.run())
+    try:
+        await admin.create(pool("a", "10.1.0.0/16"))
+        await asyncio.wait_for(cache.wait_synced(), 20)
+        assert cache.not_installed == {"BGPFilter"} and not cache.items("BGPFilter")
+        await settle(cache, admin)
+
+        await asyncio.to_thread(kube.kubectl, "apply", "-f", crd)
+        await asyncio.to_thread(kube.kubectl, "wait", "--for", "condition=Established",
+                                "crd/bgpfilters.percale.io")
+        await asyncio.to_thread(kube._wait_discoverable, 30)
+        await admin.create(bgp_filter)
+        await until(lambda: Key("BGPFilter", "f") in cache.items("BGPFilter"))
+        assert not cache.not_installed
+        assert [c.key for c in seen if c.key.kind == "BGPFilter"] == [Key("BGPFilter", "f")]
+
+        # Removed while followed: the filter goes with it, and the kind is looked for again.
+        await asyncio.to_thread(kube.kubectl, "delete", "-f", crd)
+        await until(lambda: cache.not_installed == {"BGPFilter"})
+        assert not cache.items("BGPFilter")
+        assert seen[-1].key == Key("BGPFilter", "f") and seen[-1].new is None
+        await admin.create(pool("b", "10.2.0.0/16"))
+        await settle(cache, admin)  # the other kinds are followed all along
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await admin.close()
+        await asyncio.to_thread(kube.kubectl, "apply", "-f", crd)
+        await asyncio.to_thread(kube._wait_discoverable, 60)
