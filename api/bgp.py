@@ -288,7 +288,8 @@ class BGPPeerSpec(Model):
     num_allowed_local_as_numbers: Annotated[int | None, BeforeValidator(whole_number)] = Field(
         None, ge=0, alias="numAllowedLocalASNumbers")
     ttl_security: Annotated[int | None, BeforeValidator(whole_number)] = Field(None, ge=0, le=255)
-    # Gateway to the peer: the speaker adds a static route peerIP/32 via this address.
+    # Gateway to the peer: the node routes peerIP/32 (/128) via this address
+    # (bgpd/peer_routes.py).
     reachable_by: IPAddress | None = None
     filters: list[str] | None = None
     reverse_peering: Literal["Auto", "Manual"] | None = None
@@ -345,6 +346,12 @@ class BGPPeerSpec(Model):
                     "reachableBy",
                     f"reachableBy {self.reachable_by} is IPv{gateway.version} but peerIP "
                     f"{self.peer_ip} is IPv{peer.version}"
+                )
+            if gateway.version == 6 and gateway.is_link_local:
+                raise FieldError(
+                    "reachableBy",
+                    f"reachableBy {self.reachable_by} is link-local, which names no interface: "
+                    "give the gateway's address on the network both share"
                 )
         if self.keep_original_next_hop and self.next_hop_mode is not None:
             raise FieldError(

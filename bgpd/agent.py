@@ -44,6 +44,7 @@ from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.filters import export_tables, import_rejections, session_filters
 from percale.bgpd.peers import PeerTable
+from percale.bgpd.peer_routes import peer_routes
 from percale.bgpd.programmer import FibProgrammer
 from percale.bgpd.relay import Relay
 from percale.bgpd.rib import Rib
@@ -123,7 +124,7 @@ def neighbors(sessions: list[peering.Session], listen_port: int,
 class BGPAgent:
     def __init__(self, cache: Cache, node: str, workdir: Path, *,
                  fib: RouteTable | None = None, blackholes: BlackholeTable | None = None,
-                 netns: str | None = None, secrets_dir: Path | None = None,
+                 peer_routes: RouteTable | None = None, netns: str | None = None, secrets_dir: Path | None = None,
                  router_id: str | None = None, resync: float = 30.0):
         self.cache, self.node = cache, node
         self.secrets_dir = secrets_dir
@@ -133,7 +134,7 @@ class BGPAgent:
         self.table = AnnouncementTable(node)
         self.announcer = Announcer(self.speaker)
         self.relay = Relay(self.speaker)
-        self.programmer = FibProgrammer(fib, blackholes)
+        self.programmer = FibProgrammer(fib, blackholes, peers=peer_routes)
         self.peers = PeerTable()
         self.rib: Rib | None = None
         self.feed: RibFeed | None = None
@@ -310,11 +311,13 @@ class BGPAgent:
         configs = self.cache.values("BGPConfiguration")
         speaker = peering.local_speaker(self.node, nodes, configs, self.router_id_setting)  # type: ignore[arg-type]
         if speaker is None or speaker.router_id is None:
+            await self.programmer.peer_routes({})
             self.synced = True  # this node has no BGP address (yet): nothing to run
             return
         self.cluster_id, self.router_id = speaker.cluster_id, speaker.router_id
         self.sessions = peering.sessions_for(self.node, nodes, self.cache.values("BGPPeer"), configs)  # type: ignore[arg-type]
         self.peers.configure(self.sessions)
+        await self.programmer.peer_routes(peer_routes(self.sessions))
         if self.feed is not None and self.feed.configured(
                 [s.peer_address for s in self.sessions], time.monotonic()):
             self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends

@@ -106,6 +106,9 @@ class Session:
     allow_local_as: int = 0
     # The BGPFilters the BGPPeer names, in order (bgpd/filters.py); mesh sessions have none.
     filters: tuple[str, ...] = ()
+    # BGPPeer reachableBy: the gateway the peer's address is routed through, as a host route
+    # of its own (bgpd/peer_routes.py), so that the route to it is never one learned over BGP.
+    reachable_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,7 @@ class _Peering:
     next_hop_mode: str | None = None
     allow_local_as: int = 0
     filters: tuple[str, ...] = ()
+    reachable_by: str | None = None  # peerIP peerings only, as confd's
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -386,6 +390,7 @@ def _forward(peer: BGPPeer, cluster: _Cluster) -> list[_Peering]:
         # confd copies numAllowedLocalASNumbers onto peerIP peerings only: peerSelector and
         # reverse peerings (between percale nodes) never carry it.
         allow_local_as=spec.num_allowed_local_as_numbers or 0,
+        reachable_by=spec.reachable_by and str(spec.reachable_by),
         **_settings(spec),
     )]
 
@@ -504,4 +509,5 @@ def _render(peering: _Peering, kind: SessionKind, me: _Host, cluster: _Cluster) 
         peer_node=peering.peer_node,
         allow_local_as=peering.allow_local_as,
         filters=peering.filters,
+        reachable_by=peering.reachable_by,
     )

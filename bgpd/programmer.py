@@ -13,6 +13,9 @@ After a restart the route table holds the routes the previous agent installed (i
 Once every peer has sent End-of-RIB, or the restart time has passed, `sweep` makes the table
 exactly what the RIB relearned: what no peer announced again goes.
 
+The host routes to peers that a BGPPeer's reachableBy asks for (bgpd/peer_routes.py) are a
+table of their own (RouteProtocol.PEER): `peer_routes` makes it exactly what the sessions say.
+
 Some prefixes are another owner's even though a peer announces them: blocks of VXLAN pools are
 routed by the VXLAN side (vxlan/plan.py claims them). `claimed` says which; they never reach the
 table, and `reapply` follows a change of what is claimed.
@@ -39,9 +42,12 @@ T = TypeVar("T")
 
 class FibProgrammer:
     def __init__(self, routes: RouteTable | None, blackholes: BlackholeTable | None, *,
-                 claimed: Callable[[], Collection[Any]] | None = None) -> None:
+                 claimed: Callable[[], Collection[Any]] | None = None,
+                 peers: RouteTable | None = None) -> None:
         self.routes = routes
         self.blackholes = blackholes
+        self.peers = peers  # the host routes to peers (reachableBy)
+        self._peer_routes: dict[str, str] | None = None  # what `peers` was last told
         # the prefixes another owner routes, asked for each batch: a set, so that a batch looks
         # at the smaller of the two (asking a predicate of each prefix of a 100k-route load was
         # 4% of the agent's share of it)
@@ -133,7 +139,27 @@ class FibProgrammer:
         timer, not on every change (changes reach the kernel through `apply`)."""
         if self.routes is not None:
             await self._in_worker(self.routes.reconcile)
+        if self.peers is not None and self._peer_routes is not None:
+            self._log_refused(await self._in_worker(self.peers.reconcile))
         self.reconciled = True
+
+    async def peer_routes(self, routes: dict[str, str]) -> None:
+        """Make the host routes to peers exactly `routes` (prefix -> gateway): before ExaBGP
+        is told of the sessions, so that it connects through them."""
+        if self.peers is None or routes == self._peer_routes:
+            return
+        outcome = await self._in_worker(self.peers.replace_all,
+                                        {prefix: [gateway] for prefix, gateway in routes.items()})
+        self._peer_routes = dict(routes)
+        self._log_refused(outcome)
+
+    def _log_refused(self, outcome: Any) -> None:
+        # A gateway on no connected network: the kernel says so, and the BGPPeer is to blame.
+        assert self._peer_routes is not None
+        for prefix, reason in outcome.failed.items():
+            log.warning("the route to BGP peer %s via its reachableBy %s: the kernel refused it "
+                        "(%s); is the gateway on a connected network?", prefix,
+                        self._peer_routes.get(str(prefix)), reason)
 
 
 class _Withdrawals(Mapping[Any, None]):

@@ -11,6 +11,8 @@ learned to tag their routes; felix's guessing by shape is what it regrets).
     203     dataplane.blackholes           a blackhole for each of the node's own blocks
     204     vxlan.agent (dataplane.fib)    blocks routed through vxlan.percale, or directly
                                            when no BGP runs (CrossSubnet, same subnet)
+    205     bgpd (dataplane.fib)           a /32 or /128 to a BGPPeer's peerIP via its
+                                           reachableBy gateway (bgpd/peer_routes.py)
 
 Tests import these numbers instead of writing them out.
 """
@@ -25,3 +27,4 @@ class RouteProtocol(IntEnum):
     BGP = 202
     BLACKHOLE = 203
     VXLAN = 204
+    PEER = 205

@@ -335,8 +335,11 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     bgp_agent: BGPAgent | NoBGP
     if bgp_on:
         fib = FIB()
+        # reachableBy's host routes to peers: an owner of their own, adopted across a restart.
+        peer_routes = FIB(protocol=RouteProtocol.PEER)
         bgp_agent = BGPAgent(cache, node, options.bgp_dir, fib=fib, blackholes=Blackholes(),
-                             secrets_dir=options.secrets_dir, router_id=options.router_id)
+                             peer_routes=peer_routes, secrets_dir=options.secrets_dir,
+                             router_id=options.router_id)
         bgp_agent.on_sync = health.SYNC_SECONDS.observe
         # Blocks the VXLAN side routes are never BGP's to install.
         bgp_agent.programmer.claimed = vxlan_agent.claimed

@@ -157,6 +157,8 @@ class BirdPeer:
     # The session's address family (4 or 6): its `ipv4` or `ipv6` channel; "static" exports
     # the static routes of that family.
     family: int = 4
+    # eBGP to a neighbour that is not on a connected network (BIRD's `multihop`).
+    multihop: bool = False
 
 
 def bird_config(router_id: str, peers: list[BirdPeer], static: list[str] = (), *,
@@ -197,6 +199,8 @@ def bird_config(router_id: str, peers: list[BirdPeer], static: list[str] = (), *
         ]
         if ibgp:
             lines.append("    direct;")
+        if p.multihop:
+            lines.append("    multihop;")
         if p.rr_client:
             lines.append("    rr client;")
         if p.debug:

@@ -86,6 +86,49 @@ def test_bird_as_ebgp_top_of_rack(etcd):
         router.down()
 
 
+def test_a_peer_on_a_loopback_is_reached_through_its_reachable_by_gateway(etcd):
+    """BIRD peers from its loopback 10.255.0.1, which the node has no route to. The BGPPeer's
+    reachableBy 10.99.0.254 gives the node a host route of its own (RouteProtocol.PEER), as
+    Calico's `route 10.255.0.1/32 via 10.99.0.254` does, and the session comes up over it. A
+    gateway on no connected network is refused by the kernel and said in the agent's log, naming
+    reachableBy, and the route stays as it was (a route is replaced whole or not at all);
+    without reachableBy the route goes."""
+    router, node = Router(), CNINode(etcd.unix_endpoint)
+    try:
+        router.up()
+        node.start()
+        router.attach(node.netns, "10.99.0.1/24")
+        router.exec(router.ns, "ip", "addr", "add", "10.255.0.1/32", "dev", "lo")
+        router.bird(bird_config(router.ip, [
+            BirdPeer("node_a", "10.255.0.1", TOR_AS, "10.99.0.1", NODE_AS, export="none",
+                     multihop=True),
+        ]))
+        setup_store(
+            etcd,
+            resource("Node", node.name, {"bgp": {"ipv4Address": "10.99.0.1/24", "asNumber": NODE_AS}}),
+            resource("BGPPeer", "tor", {"peerIP": "10.255.0.1", "asNumber": TOR_AS,
+                                        "reachableBy": "10.99.0.254"}),
+        )
+        peer_routes = lambda: node.routes(RouteProtocol.PEER)  # noqa: E731
+        assert wait_for(lambda: peer_routes() == {"10.255.0.1/32": "10.99.0.254"}, 15), (
+            diagnose(router, node))
+        assert wait_for(lambda: router.bird_established("node_a"), 20), diagnose(router, node)
+
+        update_spec(etcd, "BGPPeer", "tor", reachable_by="10.98.0.1")
+        assert wait_for(lambda: "via its reachableBy 10.98.0.1: the kernel refused it"
+                        in (node.workdir / "agent.log").read_text(), 15), diagnose(router, node)
+        assert peer_routes() == {"10.255.0.1/32": "10.99.0.254"}
+        assert router.bird_established("node_a")
+
+        update_spec(etcd, "BGPPeer", "tor", reachable_by="10.99.0.254")
+        assert wait_for(lambda: peer_routes() == {"10.255.0.1/32": "10.99.0.254"}, 15)
+        update_spec(etcd, "BGPPeer", "tor", reachable_by=None)
+        assert wait_for(lambda: peer_routes() == {}, 15), diagnose(router, node)
+    finally:
+        node.stop()
+        router.down()
+
+
 @contextmanager
 def two_nodes_on_a_router(etcd) -> Iterator[tuple[Router, CNINode, CNINode]]:
     """A router's segment (BIRD not started yet) with nodes a at 10.99.0.1 and b at 10.99.0.2,

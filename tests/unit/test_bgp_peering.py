@@ -332,3 +332,24 @@ def test_num_allowed_local_as_numbers_reaches_peer_ip_sessions_only():
     assert by_name(sessions_for("b", nodes, peers, []))["Mesh_10_0_0_1"].allow_local_as == 0
     assert by_name(sessions_for("b", nodes, [peer("tor", peerIP="10.0.0.254", asNumber=65000)],
                                 []))["Global_10_0_0_254"].allow_local_as == 0
+
+
+def test_reachable_by_gives_each_peer_ip_session_a_host_route_through_its_gateway():
+    """BGPPeer reachableBy: confd's static route `<peerIP>/32 via <reachableBy>` for the peerIP
+    peerings of this node (global and node-scoped), none for peerSelector ones or the mesh."""
+    from percale.bgpd.peer_routes import peer_routes
+
+    nodes = [node("a", "10.0.0.1/24", v6="fd00::1/64", labels={"rack": "1"}), node("b", "10.0.0.2/24")]
+    peers = [peer("tor", peerIP="10.255.0.1", asNumber=65000, reachableBy="10.0.0.254"),
+             peer("tor-bgp2", peerIP="10.255.0.1:1790", asNumber=65000, reachableBy="10.0.0.253"),
+             peer("tor6", peerIP="fd00:255::1", asNumber=65000, reachableBy="fd00::fe"),
+             peer("rack", node="a", peerIP="10.255.1.1", asNumber=65001, reachableBy="10.0.0.250"),
+             peer("plain", peerIP="10.0.0.99", asNumber=65002)]
+    sessions = sessions_for("a", nodes, peers, [])
+    assert by_name(sessions)["Global_10_255_0_1"].reachable_by == "10.0.0.254"
+    assert by_name(sessions)["Mesh_10_0_0_2"].reachable_by is None
+    # The same address on two ports: the first session by name gives the gateway.
+    assert peer_routes(sessions) == {"10.255.0.1/32": "10.0.0.254", "fd00:255::1/128": "fd00::fe",
+                                     "10.255.1.1/32": "10.0.0.250"}
+    # Node b gets no node-scoped route of a's, and the peerIP ones it shares.
+    assert peer_routes(sessions_for("b", nodes, peers, [])) == {"10.255.0.1/32": "10.0.0.254"}

@@ -580,6 +580,11 @@ def test_bgp_peer_reachable_by_must_be_the_peer_family():
              "is IPv6 but peerIP")
 
 
+def test_bgp_peer_reachable_by_is_no_ipv6_link_local_address():
+    rejected(peer(peerIP="fd00::9", asNumber=1, reachableBy="fe80::1"), "spec.reachableBy",
+             "is link-local, which names no interface")
+
+
 def test_bgp_peer_keep_original_next_hop_conflicts_with_next_hop_mode():
     rejected(peer(peerIP="10.0.0.9", asNumber=1, keepOriginalNextHop=True, nextHopMode="Keep"),
              "spec.keepOriginalNextHop", "keepOriginalNextHop is deprecated")
