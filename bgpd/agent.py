@@ -44,6 +44,7 @@ from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.filters import export_tables, import_rejections, session_filters
 from percale.bgpd.peers import PeerTable
+from percale.bgpd.log_level import bgp_log_level
 from percale.bgpd.peer_routes import peer_routes
 from percale.bgpd.programmer import FibProgrammer
 from percale.bgpd.relay import Relay
@@ -151,6 +152,7 @@ class BGPAgent:
         self._services: list[str] = []
         self._allow_own_as: dict[str, int] = {}
         self._filters: dict = {}  # BGPFilters by name
+        self._log_level: int | None = None  # from logSeverityScreen (bgpd/log_level.py)
         self._import_key: dict = {}  # what the RIB's import filters were made from
         self._rib_blocks: frozenset[str] = frozenset()
         self._configure_due = asyncio.Event()
@@ -309,6 +311,7 @@ class BGPAgent:
     async def _configure(self) -> None:
         nodes = self.cache.values("Node")
         configs = self.cache.values("BGPConfiguration")
+        self._follow_log_severity(configs)
         speaker = peering.local_speaker(self.node, nodes, configs, self.router_id_setting)  # type: ignore[arg-type]
         if speaker is None or speaker.router_id is None:
             await self.programmer.peer_routes({})
@@ -379,6 +382,20 @@ class BGPAgent:
             self._pass_on_due.set()
         self.synced = True
         self._announce_due.set()
+
+    def _follow_log_severity(self, configs: list) -> None:
+        """BGPConfiguration logSeverityScreen sets the level of the percale.bgpd loggers
+        (bgpd/log_level.py)."""
+        level = bgp_log_level(self.node, configs)
+        if level == self._log_level:
+            return
+        self._log_level = level
+        logging.getLogger("percale.bgpd").setLevel(logging.NOTSET if level is None else level)
+        # Said at WARNING by a logger above percale.bgpd, so that it is seen at any level.
+        logging.getLogger("percale").warning("BGP logging now at %s (%s)",
+                    "percale-node's --log-level" if level is None else logging.getLevelName(level),
+                    "no BGPConfiguration sets logSeverityScreen" if level is None
+                    else "BGPConfiguration logSeverityScreen")
 
     async def _restart_revived(self) -> None:
         """Restart each session that outlived its peer's removal (RibFeed.to_restart): the

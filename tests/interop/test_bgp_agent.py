@@ -332,3 +332,39 @@ def test_bind_mode_node_ip_listens_on_the_node_address_only(etcd):
         asyncio.run(scenario())
     finally:
         lab.down()
+
+
+def test_log_severity_screen_sets_the_bgp_loggers_level_node_config_first(etcd, caplog):
+    """BGPConfiguration logSeverityScreen, as confd reads it (node.<name> over default), sets
+    the level of the percale.bgpd loggers while the agent runs; unset, they follow the
+    process's own level again. Each change is said at WARNING."""
+    import logging
+
+    bgpd_logger = logging.getLogger("percale.bgpd")
+    lab = Lab().up()
+    caplog.set_level(logging.WARNING, logger="percale")
+    try:
+        async def scenario():
+            debug = resource("BGPConfiguration", "default", {"logSeverityScreen": "Debug"})
+            async with agent_of_node_a(lab, etcd.endpoint, others=(debug,)) as (store, _):
+                await until(lambda: bgpd_logger.level == logging.DEBUG, 20, "never at DEBUG")
+                await store.create(resource("BGPConfiguration", "node.node-a",
+                                            {"logSeverityScreen": "error"}))
+                await until(lambda: bgpd_logger.level == logging.ERROR, 10,
+                            "the node's own configuration did not win")
+                await store.delete(Key("BGPConfiguration", "node.node-a"))
+                await until(lambda: bgpd_logger.level == logging.DEBUG, 10, "not back at DEBUG")
+                await store.delete(Key("BGPConfiguration", "default"))
+                await until(lambda: bgpd_logger.level == logging.NOTSET, 10,
+                            "not back to the process's level")
+            said = [r.getMessage() for r in caplog.records if r.name == "percale"]
+            assert said == ["BGP logging now at DEBUG (BGPConfiguration logSeverityScreen)",
+                            "BGP logging now at ERROR (BGPConfiguration logSeverityScreen)",
+                            "BGP logging now at DEBUG (BGPConfiguration logSeverityScreen)",
+                            "BGP logging now at percale-node's --log-level (no BGPConfiguration "
+                            "sets logSeverityScreen)"]
+
+        asyncio.run(scenario())
+    finally:
+        bgpd_logger.setLevel(logging.NOTSET)
+        lab.down()

@@ -353,3 +353,17 @@ def test_reachable_by_gives_each_peer_ip_session_a_host_route_through_its_gatewa
                                      "10.255.1.1/32": "10.0.0.250"}
     # Node b gets no node-scoped route of a's, and the peerIP ones it shares.
     assert peer_routes(sessions_for("b", nodes, peers, [])) == {"10.255.0.1/32": "10.0.0.254"}
+
+
+def test_bgp_log_level_from_log_severity_screen_node_config_first():
+    import logging
+
+    from percale.bgpd.log_level import bgp_log_level
+
+    assert bgp_log_level("a", []) is None
+    assert bgp_log_level("a", [config(logSeverityScreen="Warning")]) == logging.WARNING
+    both = [config(logSeverityScreen="Warning"), config("node.a", logSeverityScreen="fatal")]
+    assert bgp_log_level("a", both) == logging.CRITICAL
+    assert bgp_log_level("b", both) == logging.WARNING
+    # A node's configuration that leaves it unset (it sets its listenPort) defers to the global.
+    assert bgp_log_level("a", [config(logSeverityScreen="Debug"), config("node.a", listenPort=1790)]) == logging.DEBUG

@@ -61,7 +61,7 @@ PURE = [
     "percale.api.*",
     "percale.ipam.blocks", "percale.ipam.pools", "percale.ipam.usage", "percale.ipam.errors",
     "percale.ipam.reservations",
-    "percale.bgpd.peering", "percale.bgpd.peer_routes", "percale.bgpd.pass_on", "percale.bgpd.communities", "percale.bgpd.filters", "percale.bgpd.rib", "percale.bgpd.prefixes", "percale.bgpd.announcements",
+    "percale.bgpd.peering", "percale.bgpd.peer_routes", "percale.bgpd.log_level", "percale.bgpd.pass_on", "percale.bgpd.communities", "percale.bgpd.filters", "percale.bgpd.rib", "percale.bgpd.prefixes", "percale.bgpd.announcements",
     "percale.bgpd.exabgp_config", "percale.bgpd.exabgp_json", "percale.bgpd.peers",
     "percale.bgpd.status", "percale.vxlan.plan", "percale.dataplane.route_owners",
     "percale.node.cni_types",
