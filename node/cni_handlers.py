@@ -237,11 +237,13 @@ class CNIHandlers:
         enabled pool uses: a pod whose packets grow past the underlay MTU inside a tunnel loses
         them silently (Calico users meet this as "large packets vanish")."""
         if conf.mtu:
-            return conf.mtu  # parse_netconf held it to IPv6's minimum where that applies
-        mtu = pod_mtu(self.host_mtu, await self.ipam.pools())
+            mtu, said = conf.mtu, f"mtu {conf.mtu}"
+        else:
+            mtu = pod_mtu(self.host_mtu, await self.ipam.pools())
+            said = f"the pod MTU {mtu} (percale-node's host MTU {self.host_mtu}, less encapsulation)"
+        # Only ADD: a DEL under the same configuration must still free what a pod holds.
         if conf.ipam.assign_ipv6 and mtu < IPV6_MIN_MTU:
-            raise CNIError(INVALID_CONFIG, ipv6_mtu_problem(
-                f"the pod MTU {mtu} (percale-node's host MTU {self.host_mtu}, less encapsulation)"))
+            raise CNIError(INVALID_CONFIG, ipv6_mtu_problem(said))
         return mtu
 
     async def add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:

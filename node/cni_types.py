@@ -157,8 +157,6 @@ def parse_netconf(text: Any) -> NetConf:
     )
     if not settings.assign_ipv4 and not settings.assign_ipv6:
         raise CNIError(INVALID_CONFIG, "ipam.assign_ipv4 and ipam.assign_ipv6 are both false")
-    if settings.assign_ipv6 and 0 < mtu < IPV6_MIN_MTU:
-        raise CNIError(INVALID_CONFIG, ipv6_mtu_problem(f"mtu {mtu}"))
     nodename = raw.get("nodename")
     if nodename is not None and (not isinstance(nodename, str) or not nodename
                                  or _CONTROL.search(nodename) or "/" in nodename):

@@ -392,6 +392,9 @@ def test_an_ipv6_pod_below_ipv6s_minimum_mtu_is_refused_naming_it_and_nothing_is
             assert refused.code == 1 and refused.json["code"] == 7, refused.out
             assert said in refused.json["msg"] and "ipam.assign_ipv6" in refused.json["msg"]
             assert "eth0" not in in_pod(netns, "ip", "link").stdout
+            # The runtime's DEL after a failed ADD, under the same configuration, succeeds.
+            assert at.plugin("percale", "DEL", conf, container_id="c-mtu6", netns=netns,
+                             args=k8s("default", "mtu6")).code == 0
         handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
         assert "k8s-pod-network.c-mtu6" not in handles
         # An IPv4-only pod at that MTU is wired as before.
