@@ -133,6 +133,7 @@ class Cache:
         self.not_installed_seconds = not_installed_seconds
         self._objects: dict[str, dict[Key, KVPair]] = {kind: {} for kind in self.kinds}
         self._revisions: dict[str, str] = {}
+        self._relisted: dict[str, int] = {}  # see relisted()
         self._listed: set[str] = set()
         self._synced = asyncio.Event()
         self._listeners: list[Listener] = []
@@ -194,6 +195,11 @@ class Cache:
 
     def revision(self, kind: str) -> str:
         return self._revisions.get(kind, "0")
+
+    def relisted(self, kind: str) -> int:
+        """How many times `kind`'s objects were replaced by a list's (_take_list): a kind that
+        vanished from the datastore empties the view without a new revision."""
+        return self._relisted.get(kind, 0)
 
     @property
     def synced(self) -> bool:
@@ -261,8 +267,10 @@ class Cache:
                 log.info("the history of %s was compacted; listing it again", kind)
                 await self._relist(kind)
                 continue
-            except NotInstalled as err:
-                await self._while_not_installed(kind, err)
+            except NotInstalled:
+                # A 404 may be a moment's (an apiserver restarting): a list says whether the
+                # kind is gone, and _relist follows it as empty only then.
+                await self._relist(kind)
                 continue
             except DatastoreError as err:
                 log.warning("watching %s: %s; resuming in %.2f s", kind, err, delay)
@@ -388,6 +396,7 @@ class Cache:
 
     def _take_list(self, kind: str, result: ListResult) -> None:
         """A fresh list of `kind` in place of what the view held: the differences told."""
+        self._relisted[kind] = self._relisted.get(kind, 0) + 1
         for key in [k for k in self._known if k.kind == kind]:
             del self._known[key]
         objects = self._objects[kind]
@@ -717,13 +726,15 @@ class CachedDatastore:
         # The selection from the view, kept while the kind stands still: an allocation lists its
         # node's affinities and the pools every time, and they seldom change.
         revision = self.cache.revision(kind)
+        # A kind listed anew (its CRD removed, say) may change at the same revision.
+        stamp = (revision, self.cache.relisted(kind))
         kept = self._selections.get((kind, namespace, node))
-        if kept is None or kept[0] != revision:
+        if kept is None or kept[0] != stamp:
             if len(self._selections) > 256:
                 self._selections.clear()
             selected = {key: kv for key, kv in self.cache.items(kind).items() if wanted(key)}
             kept = self._selections[(kind, namespace, node)] = (
-                revision, selected, [kv for _, kv in sorted(selected.items(), key=_by_name)])
+                stamp, selected, [kv for _, kv in sorted(selected.items(), key=_by_name)])
         overlaid = [k for k in self._overlay if k.kind == kind]
         if not overlaid:
             return ListResult(list(kept[2]), revision)

@@ -13,7 +13,7 @@ import pytest
 
 from percale.api import parse
 from percale.datastore import Key
-from percale.datastore.cache import Cache, Change
+from percale.datastore.cache import Cache, CachedDatastore, Change
 from percale.datastore.kubernetes import KubeDatastore
 from tests.helpers.etcd_server import free_port
 from tests.helpers.kube_apiserver import CRDS
@@ -144,6 +144,8 @@ async def test_a_kind_whose_crd_is_missing_is_followed_as_empty_until_it_is_inst
         await admin.create(bgp_filter)
         await until(lambda: Key("BGPFilter", "f") in cache.items("BGPFilter"))
         assert not cache.not_installed
+        view = CachedDatastore(admin, cache)  # as the agent reads: a list kept per revision
+        assert [kv.key.name for kv in (await view.list("BGPFilter")).items] == ["f"]
         assert [c.key for c in seen if c.key.kind == "BGPFilter"] == [Key("BGPFilter", "f")]
 
         # Removed while followed: the filter goes with it, and the kind is looked for again.
@@ -151,6 +153,7 @@ async def test_a_kind_whose_crd_is_missing_is_followed_as_empty_until_it_is_inst
         await until(lambda: cache.not_installed == {"BGPFilter"})
         assert not cache.items("BGPFilter")
         assert seen[-1].key == Key("BGPFilter", "f") and seen[-1].new is None
+        assert (await view.list("BGPFilter")).items == []
         await admin.create(pool("b", "10.2.0.0/16"))
         await settle(cache, admin)  # the other kinds are followed all along
     finally:
