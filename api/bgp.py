@@ -32,7 +32,7 @@ from percale.api.fields import (
     split_peer_ip,
     whole_number,
 )
-from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register
+from percale.api.meta import FieldError, Model, ObjectMeta, Resource, register, written
 from percale.api.node import Node, NodeName
 
 # The values that apply when BGPConfiguration leaves a field unset (calico.md §2.1).
@@ -314,7 +314,7 @@ class BGPPeerSpec(Model):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> BGPPeerSpec:
+    def _consistent(self, info: ValidationInfo) -> BGPPeerSpec:
         if self.node and self.node_selector:
             raise FieldError(
                 "nodeSelector", "node and nodeSelector cannot both be set; use one to choose the local nodes"
@@ -347,7 +347,9 @@ class BGPPeerSpec(Model):
                     f"reachableBy {self.reachable_by} is IPv{gateway.version} but peerIP "
                     f"{self.peer_ip} is IPv{peer.version}"
                 )
-            if gateway.version == 6 and gateway.is_link_local:
+            # Refused since reachableBy is acted on; a value stored before stays readable (and
+            # bgpd/peer_routes.py leaves it out).
+            if gateway.version == 6 and gateway.is_link_local and written(info):
                 raise FieldError(
                     "reachableBy",
                     f"reachableBy {self.reachable_by} is link-local, which names no interface: "

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from percale.api.selector import label_key_problem, labels_problem
@@ -169,6 +171,13 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+def written(info: ValidationInfo) -> bool:
+    """Whether a validator judges new input rather than a value read back from the datastore
+    (which validates with context {"stored": True}, datastore/codec.py READ_CONTEXT): a rule
+    added later holds what users write to it, not what they stored before it existed."""
+    return not (isinstance(info.context, dict) and info.context.get("stored"))
 
 
 class FieldError(ValueError):

@@ -18,6 +18,9 @@ from percale.api.fields import format_time
 # that node to the whole object (its view tells it as deleted). What a user writes is still held
 # to the known fields (api.meta.Model's extra="forbid"): a typo must not vanish silently.
 READ_EXTRA = "ignore"
+# And a check that only new input is held to (api.meta.written) is skipped: a value stored
+# before percale refused it must not vanish from every view on upgrade.
+READ_CONTEXT = {"stored": True}
 
 
 def encode(value: Resource) -> bytes:
@@ -36,7 +39,7 @@ def decode(kind: str, data: bytes, revision: str) -> Resource:
     # Stored values were validated when they were written; validating again on read keeps a
     # hand-edited or corrupt value from travelling further as if it were sound.
     try:
-        value = KINDS[kind].model_validate_json(data, extra=READ_EXTRA)
+        value = KINDS[kind].model_validate_json(data, extra=READ_EXTRA, context=READ_CONTEXT)
     except ValidationError as err:
         raise DatastoreError(f"the value stored is not a valid {kind}: {explained(err)}") from None
     value.metadata.resource_version = revision

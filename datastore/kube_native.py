@@ -27,7 +27,7 @@ from percale.api.meta import explained
 from percale.api.k8s_policy import parse_kubernetes_policy
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.policy.convert import convert
-from percale.datastore.codec import READ_EXTRA
+from percale.datastore.codec import READ_CONTEXT, READ_EXTRA
 from percale.datastore.contract import Key, KVPair
 from percale.datastore.errors import DatastoreError
 
@@ -246,7 +246,7 @@ def endpoint_patch(value: WorkloadEndpoint | None, revision: str | None,
 
 def _validated(cls: type[Resource], doc: dict[str, Any]) -> KVPair:
     try:
-        value = cls.model_validate(doc, extra=READ_EXTRA)
+        value = cls.model_validate(doc, extra=READ_EXTRA, context=READ_CONTEXT)
     except ValidationError as err:
         name = doc["metadata"].get("name")
         raise DatastoreError(f"the {cls.info.kind} {name!r} read from Kubernetes is not valid: {explained(err)}") from None

@@ -31,7 +31,7 @@ from percale.api.meta import API_VERSION, explained
 from percale.api.policy import NAMESPACE_PROFILE_PREFIX
 from percale.policy.convert import KUBERNETES_POLICY_PREFIX
 from percale.datastore import kube_names, kube_native
-from percale.datastore.codec import READ_EXTRA
+from percale.datastore.codec import READ_CONTEXT, READ_EXTRA
 from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
 from percale.datastore.errors import (
     AlreadyExists, Conflict, DatastoreError, DatastoreUnavailable, NotFound, NotInstalled,
@@ -145,7 +145,8 @@ def from_object(kind: str, obj: dict[str, Any]) -> KVPair:
     revision = meta.get("resourceVersion", "")
     try:
         kept["name"] = kube_names.percale_name(kind, meta.get("name", ""), spec)
-        value = KINDS[kind].model_validate({**doc, "metadata": kept}, extra=READ_EXTRA)
+        value = KINDS[kind].model_validate({**doc, "metadata": kept}, extra=READ_EXTRA,
+                                             context=READ_CONTEXT)
     except (ValidationError, KeyError, ValueError) as err:
         reason = explained(err) if isinstance(err, ValidationError) else err
         raise DatastoreError(

@@ -583,6 +583,14 @@ def test_bgp_peer_reachable_by_must_be_the_peer_family():
 def test_bgp_peer_reachable_by_is_no_ipv6_link_local_address():
     rejected(peer(peerIP="fd00::9", asNumber=1, reachableBy="fe80::1"), "spec.reachableBy",
              "is link-local, which names no interface")
+    # Refused since reachableBy is acted on: one stored before is still read (and not routed).
+    import json
+
+    from percale.datastore.codec import decode
+
+    stored = decode("BGPPeer", json.dumps(peer(peerIP="fd00::9", asNumber=1,
+                                               reachableBy="fe80::1")).encode(), "7")
+    assert str(stored.spec.reachable_by) == "fe80::1"
 
 
 def test_bgp_peer_keep_original_next_hop_conflicts_with_next_hop_mode():
