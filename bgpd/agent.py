@@ -314,13 +314,16 @@ class BGPAgent:
         self._follow_log_severity(configs)
         speaker = peering.local_speaker(self.node, nodes, configs, self.router_id_setting)  # type: ignore[arg-type]
         if speaker is None or speaker.router_id is None:
-            await self.programmer.peer_routes({})
+            await self._route_to_peers({})
             self.synced = True  # this node has no BGP address (yet): nothing to run
             return
         self.cluster_id, self.router_id = speaker.cluster_id, speaker.router_id
         self.sessions = peering.sessions_for(self.node, nodes, self.cache.values("BGPPeer"), configs)  # type: ignore[arg-type]
         self.peers.configure(self.sessions)
-        await self.programmer.peer_routes(peer_routes(self.sessions))
+        to_peers = peer_routes(self.sessions)
+        # New routes to peers before ExaBGP connects through them; those of peers gone after it
+        # closed their sessions (its NOTIFICATION still needs the way there).
+        await self._route_to_peers({**(self.programmer.peer_routes_given or {}), **to_peers})
         if self.feed is not None and self.feed.configured(
                 [s.peer_address for s in self.sessions], time.monotonic()):
             self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends
@@ -377,11 +380,18 @@ class BGPAgent:
             await self.speaker.reload(config)
         self._config = config
         await self.speaker.wait_connected()
+        await self._route_to_peers(to_peers)
         await self._restart_revived()
         if relay_due:
             self._pass_on_due.set()
         self.synced = True
         self._announce_due.set()
+
+    async def _route_to_peers(self, routes: dict[str, str]) -> None:
+        """The host routes to peers (reachableBy); a change of their prefixes puts the RIB
+        through the programmer's exclusions again."""
+        if await self.programmer.peer_routes(routes):
+            await self.exclusions_changed()
 
     def _follow_log_severity(self, configs: list) -> None:
         """BGPConfiguration logSeverityScreen sets the level of the percale.bgpd loggers

@@ -14,7 +14,8 @@ Once every peer has sent End-of-RIB, or the restart time has passed, `sweep` mak
 exactly what the RIB relearned: what no peer announced again goes.
 
 The host routes to peers that a BGPPeer's reachableBy asks for (bgpd/peer_routes.py) are a
-table of their own (RouteProtocol.PEER): `peer_routes` makes it exactly what the sessions say.
+table of their own (RouteProtocol.PEER): `peer_routes` makes it exactly what the sessions say,
+and their prefixes are claimed from the RIB, as BIRD prefers its static route to a learned one.
 
 Some prefixes are another owner's even though a peer announces them: blocks of VXLAN pools are
 routed by the VXLAN side (vxlan/plan.py claims them). `claimed` says which; they never reach the
@@ -32,6 +33,7 @@ from itertools import repeat
 from typing import Any, TypeVar
 
 from percale.bgpd import collector
+from percale.bgpd.prefixes import parse_prefix
 from percale.bgpd.rib import FibChanges, Rib
 from percale.bgpd.seams import BlackholeTable, RouteTable
 
@@ -48,6 +50,8 @@ class FibProgrammer:
         self.blackholes = blackholes
         self.peers = peers  # the host routes to peers (reachableBy)
         self._peer_routes: dict[str, str] | None = None  # what `peers` was last told
+        self._peer_prefixes: frozenset[Any] = frozenset()  # theirs, not the RIB's
+        self._peer_retry = False  # the last telling failed
         # the prefixes another owner routes, asked for each batch: a set, so that a batch looks
         # at the smaller of the two (asking a predicate of each prefix of a 100k-route load was
         # 4% of the agent's share of it)
@@ -92,7 +96,10 @@ class FibProgrammer:
         await self._apply({p: (None if p in claimed else hops) for p, hops in rib.fib.items()})
 
     def _claimed(self) -> Collection[Any]:
-        return self.claimed() if self.claimed is not None else ()
+        claimed = self.claimed() if self.claimed is not None else ()
+        if self._peer_prefixes:
+            return self._peer_prefixes.union(claimed)
+        return claimed
 
     def _claimed_among(self, *routes: Mapping[Any, Any]) -> list[Any]:
         claimed = self._claimed()
@@ -140,26 +147,46 @@ class FibProgrammer:
         if self.routes is not None:
             await self._in_worker(self.routes.reconcile)
         if self.peers is not None and self._peer_routes is not None:
-            self._log_refused(await self._in_worker(self.peers.reconcile))
+            if self._peer_retry:
+                await self.peer_routes(self._peer_routes)
+            else:
+                self._log_refused(await self._in_worker(self.peers.reconcile))
         self.reconciled = True
 
-    async def peer_routes(self, routes: dict[str, str]) -> None:
-        """Make the host routes to peers exactly `routes` (prefix -> gateway): before ExaBGP
-        is told of the sessions, so that it connects through them."""
-        if self.peers is None or routes == self._peer_routes:
-            return
-        outcome = await self._in_worker(self.peers.replace_all,
-                                        {prefix: [gateway] for prefix, gateway in routes.items()})
+    async def peer_routes(self, routes: Mapping[str, str]) -> bool:
+        """Make the host routes to peers exactly `routes` (prefix -> gateway). Those prefixes
+        are no longer the RIB's to install (as BIRD prefers its static route to a learned one):
+        returns whether that set changed, for the caller to put the RIB through it again
+        (`reapply`). A failure is logged and tried again by the next `reconcile`."""
+        if self.peers is None:
+            return False
+        prefixes = frozenset(parse_prefix(prefix) for prefix in routes)
+        changed, self._peer_prefixes = prefixes != self._peer_prefixes, prefixes
+        if dict(routes) == self._peer_routes and not self._peer_retry:
+            return changed
         self._peer_routes = dict(routes)
+        try:
+            outcome = await self._in_worker(
+                self.peers.replace_all, {prefix: [gateway] for prefix, gateway in routes.items()})
+        except Exception as err:  # noqa: BLE001 - the kernel's answer, not a bug of ours
+            log.warning("programming the routes to BGP peers (reachableBy) failed: %s; trying "
+                        "again at the next check", err)
+            self._peer_retry = True
+            return changed
+        self._peer_retry = False
         self._log_refused(outcome)
+        return changed
+
+    @property
+    def peer_routes_given(self) -> Mapping[str, str] | None:
+        """The host routes to peers last asked for (None: never)."""
+        return self._peer_routes
 
     def _log_refused(self, outcome: Any) -> None:
-        # A gateway on no connected network: the kernel says so, and the BGPPeer is to blame.
         assert self._peer_routes is not None
         for prefix, reason in outcome.failed.items():
-            log.warning("the route to BGP peer %s via its reachableBy %s: the kernel refused it "
-                        "(%s); is the gateway on a connected network?", prefix,
-                        self._peer_routes.get(str(prefix)), reason)
+            log.warning("the kernel refused the route to BGP peer %s via its reachableBy %s: %s",
+                        prefix, self._peer_routes.get(str(prefix)), reason)
 
 
 class _Withdrawals(Mapping[Any, None]):
