@@ -109,8 +109,11 @@ class Relay:
         shared = (held, cluster_id, active)
         changed = {a for a, settings in each.items()
                    if a in self._each and self._each[a] != settings}
+        reflection = None if cluster_id is None else Reflection(
+            ipaddress.IPv4Address(cluster_id), clients)
         if shared == self._shared and not changed:
-            self._each = each
+            # A session added as a client is one now (it is sent everything when it comes up).
+            self._each, self._reflection = each, reflection
             return False
         if shared != self._shared or any(self._each[a][-1] != each[a][-1] for a in changed):
             # A client becoming a non-client (or the reverse) changes what the others get.
@@ -118,8 +121,7 @@ class Relay:
         elif self._due is not None:
             self._due |= changed
         self._shared, self._each, self._held, self.active = shared, each, held, active
-        self._reflection = None if cluster_id is None else Reflection(
-            ipaddress.IPv4Address(cluster_id), clients)
+        self._reflection = reflection
         return True
 
     def set_communities(self, rules: tuple[CommunityRule, ...]) -> bool:

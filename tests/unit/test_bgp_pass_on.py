@@ -337,6 +337,28 @@ def test_a_reflector_passes_one_clients_block_to_the_others_and_looks_at_nothing
     assert all(" next-hop self " in c for c in speaker.commands)
 
 
+def test_a_session_added_as_a_client_is_reflected_to_at_once():
+    """A reflector with one client and one non-client gains a second client: routes from the
+    non-client go to it once its session is up (it is a client now, though nothing else of the
+    configuration changed)."""
+    client, other = (Peer(f"10.0.0.{n}", LOCAL_AS, LOCAL_AS, f"10.0.0.{n}") for n in (2, 3))
+    non_client = Peer("10.0.0.9", LOCAL_AS, LOCAL_AS, "10.0.0.9")
+    rr = dict(route_reflector_client=True, cluster_id="244.0.0.1")
+    sessions = [session(client, **rr), session(non_client)]
+    speaker = Recorder()
+    relay = Relay(speaker)
+    relay.configure(sessions, [], "244.0.0.1")
+    rib = rib_with(Path("10.244.9.0/26", "10.0.0.9", non_client))
+    feed = RibFeed(rib)
+    catch_up(relay, rib, feed, {"10.0.0.2", "10.0.0.9"})
+    assert [c.split()[1] for c in speaker.commands] == ["10.0.0.2"]
+    speaker.commands.clear()
+    relay.configure([*sessions, session(other, **rr)], [], "244.0.0.1")
+    relay.session_up("10.0.0.3")
+    catch_up(relay, rib, feed, {"10.0.0.2", "10.0.0.3", "10.0.0.9"})
+    assert [c.split()[1] for c in speaker.commands] == ["10.0.0.3"]
+
+
 def test_a_node_without_anything_to_pass_on_keeps_no_list_of_changes():
     relay = Relay(Recorder())
     relay.configure([session(MESH_PEER), session(Peer("10.0.0.3", LOCAL_AS, LOCAL_AS))], [])
