@@ -46,12 +46,15 @@ class Cluster:
         first try made are then 'already exists', which is no error."""
         for attempt in range(3):
             done = self.kubectl("create", "-f", str(path), check=False)
-            errors = [line for line in done.stderr.splitlines() if line.strip()]
+            if done.returncode == 0:
+                return
+            errors = [line for line in done.stderr.splitlines()
+                      if line.strip() and not line.startswith("Warning:")]
             if attempt:
                 errors = [line for line in errors if "(AlreadyExists)" not in line]
             if not errors or not all(any(t in line for t in TRANSIENT) for line in errors):
                 break
-        assert not errors and (done.returncode == 0 or attempt), f"kubectl create -f {path}: {done.stderr}"
+        assert not errors and attempt, f"kubectl create -f {path}: {done.stderr}"
 
     def json(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
