@@ -115,8 +115,9 @@ def test_a_peer_on_a_loopback_is_reached_through_its_reachable_by_gateway(etcd):
         assert wait_for(lambda: router.bird_established("node_a"), 20), diagnose(router, node)
 
         update_spec(etcd, "BGPPeer", "tor", reachable_by="10.98.0.1")
-        assert wait_for(lambda: "via its reachableBy 10.98.0.1: the kernel refused it"
-                        in (node.workdir / "agent.log").read_text(), 15), diagnose(router, node)
+        assert wait_for(lambda: "the kernel refused the route to BGP peer 10.255.0.1/32 via its "
+                        "reachableBy 10.98.0.1" in (node.workdir / "agent.log").read_text(), 15), (
+            diagnose(router, node))
         assert peer_routes() == {"10.255.0.1/32": "10.99.0.254"}
         assert router.bird_established("node_a")
 
