@@ -43,9 +43,9 @@ from percale.bgpd.communities import CommunityRule, communities_for, community_r
 from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.filters import export_tables, import_rejections, session_filters
-from percale.bgpd.peers import PeerTable
 from percale.bgpd.log_level import bgp_log_level
 from percale.bgpd.peer_routes import peer_routes
+from percale.bgpd.peers import PeerTable
 from percale.bgpd.programmer import FibProgrammer
 from percale.bgpd.relay import Relay
 from percale.bgpd.rib import Rib
@@ -125,8 +125,9 @@ def neighbors(sessions: list[peering.Session], listen_port: int,
 class BGPAgent:
     def __init__(self, cache: Cache, node: str, workdir: Path, *,
                  fib: RouteTable | None = None, blackholes: BlackholeTable | None = None,
-                 peer_routes: RouteTable | None = None, netns: str | None = None, secrets_dir: Path | None = None,
-                 router_id: str | None = None, resync: float = 30.0):
+                 peer_routes: RouteTable | None = None, netns: str | None = None,
+                 secrets_dir: Path | None = None, router_id: str | None = None,
+                 resync: float = 30.0):
         self.cache, self.node = cache, node
         self.secrets_dir = secrets_dir
         self.router_id_setting = router_id  # CALICO_ROUTER_ID's meaning: None, "hash" or an ID
@@ -402,10 +403,11 @@ class BGPAgent:
         self._log_level = level
         logging.getLogger("percale.bgpd").setLevel(logging.NOTSET if level is None else level)
         # Said at WARNING by a logger above percale.bgpd, so that it is seen at any level.
-        logging.getLogger("percale").warning("BGP logging now at %s (%s)",
-                    "percale-node's --log-level" if level is None else logging.getLevelName(level),
-                    "no BGPConfiguration sets logSeverityScreen" if level is None
-                    else "BGPConfiguration logSeverityScreen")
+        if level is None:
+            now, why = "percale-node's --log-level", "no BGPConfiguration sets logSeverityScreen"
+        else:
+            now, why = logging.getLevelName(level), "BGPConfiguration logSeverityScreen"
+        logging.getLogger("percale").warning("BGP logging now at %s (%s)", now, why)
 
     async def _restart_revived(self) -> None:
         """Restart each session that outlived its peer's removal (RibFeed.to_restart): the

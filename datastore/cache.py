@@ -150,7 +150,8 @@ class Cache:
         self.watch_restarts = 0
         self.polls = 0  # reads of what changed in a busy kind (_poll_while_busy)
         self.polling: set[str] = set()  # the kinds followed that way now
-        self.not_installed: set[str] = set()  # kinds the datastore has not at all (_while_not_installed)
+        # kinds the datastore does not have at all (_while_not_installed)
+        self.not_installed: set[str] = set()
 
     # -- reading ---------------------------------------------------------------------------
 

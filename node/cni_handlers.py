@@ -240,7 +240,8 @@ class CNIHandlers:
             mtu, said = conf.mtu, f"mtu {conf.mtu}"
         else:
             mtu = pod_mtu(self.host_mtu, await self.ipam.pools())
-            said = f"the pod MTU {mtu} (percale-node's host MTU {self.host_mtu}, less encapsulation)"
+            said = (f"the pod MTU {mtu} (percale-node's host MTU {self.host_mtu}, less"
+                    " encapsulation)")
         # Only ADD: a DEL under the same configuration must still free what a pod holds.
         if conf.ipam.assign_ipv6 and mtu < IPV6_MIN_MTU:
             raise CNIError(INVALID_CONFIG, ipv6_mtu_problem(said))
