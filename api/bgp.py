@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -262,6 +263,18 @@ class BGPConfiguration(Resource):
 
 
 register(BGPConfiguration, plural="bgpconfigurations", short_names=("bgpconfig", "bgpconfigs"))
+
+
+def configuration_for(node: str, configs: Iterable[BGPConfiguration],
+                      field: str) -> BGPConfiguration | None:
+    """The BGPConfiguration whose `field` (a spec attribute) applies on `node`, as confd reads
+    per-node settings: the node's own `node.<name>` when it sets the field, else the global one
+    (None when there is neither)."""
+    by_name = {c.metadata.name: c for c in configs}
+    own = by_name.get(NODE_CONFIG_PREFIX + node)
+    if own is not None and getattr(own.spec, field) is not None:
+        return own
+    return by_name.get(GLOBAL_CONFIG_NAME)
 
 # --------------------------------------------------------------------------------------------
 # BGPPeer

@@ -42,7 +42,7 @@ from percale.bgpd.announcer import Announcer
 from percale.bgpd.communities import CommunityRule, communities_for, community_rules, community_text
 from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
-from percale.bgpd.filters import export_tables, import_rejections, session_filters
+from percale.bgpd.filters import export_tables, import_rejections, rules_key, session_filters
 from percale.bgpd.log_level import bgp_log_level
 from percale.bgpd.peer_routes import peer_routes
 from percale.bgpd.peers import PeerTable
@@ -341,7 +341,7 @@ class BGPAgent:
         # What each import filter was made from: its rules, and whether the session is iBGP
         # (peerType rules; a BGPPeer's asNumber may change).
         import_key = {s.peer_address: (s.peer_as == s.local_as,
-                                       tuple(repr(f.spec) for f in session_filters(s, self._filters)))  # type: ignore[arg-type]
+                                       rules_key(session_filters(s, self._filters)))  # type: ignore[arg-type]
                       for s in self.sessions if s.peer_address in import_filters}
         own_addresses = [a for a in (speaker.ipv4_address, speaker.ipv6_address) if a]
         # Every node announces the service CIDRs: what the others send of them is never routed,

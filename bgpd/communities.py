@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from percale.api import BGPConfiguration
-from percale.api.bgp import GLOBAL_CONFIG_NAME, NODE_CONFIG_PREFIX, community_problem
+from percale.api.bgp import community_problem, configuration_for
 from percale.bgpd.prefixes import inside
 
 Standard = tuple[int, int]
@@ -37,10 +37,7 @@ class CommunityRule:
 
 def community_rules(node: str, configs: Iterable[BGPConfiguration]) -> tuple[CommunityRule, ...]:
     """The rules that apply on `node`, from the cluster's BGPConfigurations."""
-    by_name = {c.metadata.name: c for c in configs}
-    chosen = by_name.get(NODE_CONFIG_PREFIX + node)
-    if chosen is None or chosen.spec.prefix_advertisements is None:
-        chosen = by_name.get(GLOBAL_CONFIG_NAME)
+    chosen = configuration_for(node, configs, "prefix_advertisements")
     if chosen is None:
         return ()
     defined = {c.name: c.value for c in chosen.spec.communities or ()}

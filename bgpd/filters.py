@@ -108,6 +108,12 @@ def session_filters(session: Session, filters: Mapping[str, BGPFilter]) -> tuple
     return tuple(filters[name] for name in session.filters if name in filters)
 
 
+def rules_key(found: Sequence[BGPFilter]) -> tuple[str, ...]:
+    """What a session's verdicts depend on, comparable between configurations: a change of it
+    makes what was judged by those filters due again."""
+    return tuple(repr(f.spec) for f in found)
+
+
 def _has_rules(found: Sequence[BGPFilter], direction: Direction, version: int) -> bool:
     return any(_rules(f, direction, version) for f in found)
 

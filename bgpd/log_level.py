@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 
 from percale.api import BGPConfiguration
-from percale.api.bgp import GLOBAL_CONFIG_NAME, NODE_CONFIG_PREFIX
+from percale.api.bgp import configuration_for
 
 LEVELS = {"Trace": logging.DEBUG, "Debug": logging.DEBUG, "Info": logging.INFO,
           "Warning": logging.WARNING, "Error": logging.ERROR, "Fatal": logging.CRITICAL}
@@ -22,9 +22,7 @@ LEVELS = {"Trace": logging.DEBUG, "Debug": logging.DEBUG, "Info": logging.INFO,
 
 def bgp_log_level(node: str, configs: Iterable[BGPConfiguration]) -> int | None:
     """The level of `node`'s percale.bgpd loggers, or None: --log-level's."""
-    by_name = {c.metadata.name: c for c in configs}
-    for name in (NODE_CONFIG_PREFIX + node, GLOBAL_CONFIG_NAME):
-        chosen = by_name.get(name)
-        if chosen is not None and chosen.spec.log_severity_screen is not None:
-            return LEVELS[chosen.spec.log_severity_screen]
-    return None
+    chosen = configuration_for(node, configs, "log_severity_screen")
+    if chosen is None or chosen.spec.log_severity_screen is None:
+        return None
+    return LEVELS[chosen.spec.log_severity_screen]

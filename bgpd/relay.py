@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from percale.bgpd.communities import CommunityRule, communities_for
 from percale.bgpd.exabgp_json import RibFeed
-from percale.bgpd.filters import session_filters, verdict
+from percale.bgpd.filters import rules_key, session_filters, verdict
 from percale.bgpd.pass_on import NO_COMMUNITIES, Outgoing, Reflection, held_back, may_pass_on
 from percale.bgpd.peering import Session
 from percale.bgpd.prefixes import Prefix
@@ -99,7 +99,7 @@ class Relay:
         active = may_pass_on(sessions, reflecting=cluster_id is not None)
         filters_of = {s.peer_address: session_filters(s, filters or {}) for s in sessions}
         each = {s.peer_address: (s.family, s.peer_as, s.local_as, s.keep_next_hop, s.next_hop_self,
-                                 tuple(repr(f.spec) for f in filters_of[s.peer_address]),
+                                 rules_key(filters_of[s.peer_address]),
                                  s.route_reflector_client) for s in sessions}
         # What was sent to a peer no longer configured stays known: should it be configured
         # again before ExaBGP's reload drops it, ExaBGP still holds those routes for it.
