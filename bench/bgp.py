@@ -513,6 +513,10 @@ def resource(kind: str, name: str, spec: dict) -> object:
 
 # -- the agent's processes -------------------------------------------------------------------------
 
+# ExaBGP's helper as its command line names it: compiled, or Python (run as a file or a module).
+BRIDGE_NAMES = ("percale-bgp-bridge", "bgpd/bridge.py", "percale.bgpd.bridge")
+
+
 def agent_tree(agent_pid: int) -> dict[str, list[int]]:
     """percale-node and the processes below it, by role."""
     roles: dict[str, list[int]] = {"percale-node": [agent_pid], "ExaBGP": [], "bridge": [],
@@ -525,7 +529,7 @@ def agent_tree(agent_pid: int) -> dict[str, list[int]]:
         # Before issue #15 the CNI dataplane was a process pool (multiprocessing's forkserver,
         # workers, resource tracker); it is threads of the agent now, so this role stays empty
         # unless that comes back.
-        role = ("bridge" if "bgpd/bridge.py" in command or "percale.bgpd.bridge" in command
+        role = ("bridge" if any(name in command for name in BRIDGE_NAMES)
                 else "ExaBGP" if "exabgp" in command
                 else "CNI workers" if "multiprocessing" in command else "other")
         roles[role].append(pid)

@@ -1,7 +1,7 @@
 """ExaBGP as a child of percale-node: started, fed, drained, restarted.
 
-The agent listens on a unix socket; ExaBGP's helper (bgpd/bridge.py) connects to it and relays
-every line both ways. Lines from ExaBGP are JSON events (`{...}`, handed on as they are), acknowledgements
+The agent listens on a unix socket; ExaBGP's helper (the bridge: bgpd/bridge.c compiled, or
+bgpd/bridge.py) connects to it and relays every line both ways. Lines from ExaBGP are JSON events (`{...}`, handed on as they are), acknowledgements
 (`done`, `error`, one per command, in order), or text. Commands wait for their acknowledgement, so a
 caller knows ExaBGP queued the change (exabgp.md §1.5). Reading never stops while ExaBGP runs.
 """
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from percale.bgpd import bridge, exabgp_config
+from percale.ipc import compiled
 from percale.ipc.unix_server import serve_unix
 
 log = logging.getLogger("percale.bgpd.speaker")
@@ -31,6 +32,20 @@ RELOAD_CONFIRM = 2.0
 RELOAD_ATTEMPTS = 10
 RELOAD_SEEN = b"performing reload"
 
+# ExaBGP's helper compiled from bgpd/bridge.c, as scripts/dev.sh builds it beside the venv's
+# python: about 1 MB resident, where the Python bridge is an interpreter of 10 MB for as long as
+# ExaBGP runs.
+BRIDGE_SOURCE = Path(bridge.__file__).with_name("bridge.c")
+BRIDGE_BINARY = "percale-bgp-bridge"
+
+
+def bridge_command(python: str | None = None) -> list[str]:
+    """How ExaBGP runs the bridge, its socket aside: the compiled one while it is current, else
+    the Python one, run as a file without site (it needs only the standard library, and
+    skipping the package machinery makes it smaller)."""
+    binary = compiled.beside_python(BRIDGE_SOURCE, BRIDGE_BINARY)
+    return [str(binary)] if binary else [python or sys.executable, "-I", "-S", bridge.__file__]
+
 
 class SpeakerError(Exception):
     """ExaBGP refused a command, or is not there to take it."""
@@ -40,7 +55,7 @@ class ExaBGP:
     def __init__(
         self, workdir: Path, on_event: Callable[[str], None], *,
         netns: str | None = None, exabgp: str | None = None, python: str = sys.executable,
-        on_connect: Callable[[], None] | None = None,
+        on_connect: Callable[[], None] | None = None, bridge: list[str] | None = None,
     ):
         self.workdir = workdir
         self.on_event = on_event
@@ -52,7 +67,7 @@ class ExaBGP:
         # file with `-P`: this directory's modules must not shadow any that ExaBGP imports.
         # Not imported here: that would load ExaBGP into the agent.
         self.exabgp = [exabgp] if exabgp else [python, "-P", str(Path(__file__).with_name("exabgp_pace.py"))]
-        self.python = python
+        self.bridge = bridge or bridge_command(python)
         self.process: asyncio.subprocess.Process | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -74,9 +89,7 @@ class ExaBGP:
         return self.workdir / "exabgp.conf"
 
     def render(self, router_id: str, neighbors: list[exabgp_config.Neighbor]) -> str:
-        # Run as a file, without site: it needs only the standard library, and skipping the
-        # package machinery makes this process (one per node, always running) smaller.
-        helper = f"{self.python} -I -S {bridge.__file__} {self.socket_path}"
+        helper = " ".join([*self.bridge, str(self.socket_path)])
         return exabgp_config.render(router_id, neighbors, helper)
 
     async def start(self, config: str) -> None:

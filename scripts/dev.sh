@@ -43,10 +43,12 @@ install_python_environment() {
     echo "$want" >"$stamp"
 }
 
-build_cni_shim() {
+build_compiled() {
     # The compiled CNI shim (cni-plugin/percale_cni/shim.c) beside percalectl, where
-    # `percalectl cni install` takes it from; rebuilt only when its source changed.
+    # `percalectl cni install` takes it from, and ExaBGP's compiled bridge (bgpd/bridge.c),
+    # which percale-node runs when it finds it there; each rebuilt only when its source changed.
     "$VENV/bin/python" -m percale_cni.build "$VENV/bin/percale-cni" >/dev/null
+    "$VENV/bin/python" -m percale.ipc.compiled bgpd/bridge.c "$VENV/bin/percale-bgp-bridge" >/dev/null
 }
 
 kubernetes_binaries() {
@@ -59,7 +61,7 @@ case "${1:-}" in
     demo)
         install_debian_packages
         install_python_environment
-        build_cni_shim
+        build_compiled
         kubernetes_binaries
         shift
         exec bash scripts/demo.sh "$@"
@@ -67,7 +69,7 @@ case "${1:-}" in
     test)
         install_debian_packages
         install_python_environment
-        build_cni_shim
+        build_compiled
         kubernetes_binaries
         shift
         exec "$VENV/bin/python" -m pytest "$@"
@@ -76,7 +78,7 @@ case "${1:-}" in
         # What a node needs (docker/node.Dockerfile runs this): no Kubernetes binaries, no Go.
         install_debian_packages
         install_python_environment
-        build_cni_shim
+        build_compiled
         ;;
     *)
         echo "usage: bash scripts/dev.sh demo [k8s] [--keep] | test [pytest args] | setup" >&2
