@@ -42,14 +42,20 @@ PLUGIN_NAMES = ("percale", "percale-ipam")
 SHIM_KINDS = ("auto", "compiled", "python")
 
 
-def conflist(node_name: str, agent_socket: str, mtu: int, cni_version: str) -> dict:
-    """The network config, in the shape of Calico's 10-calico.conflist."""
+FLAGS = ("true", "false")
+
+
+def conflist(node_name: str, agent_socket: str, mtu: int, cni_version: str,
+             assign_ipv4: str = "true", assign_ipv6: str = "false") -> dict:
+    """The network config, in the shape of Calico's 10-calico.conflist: which families a pod
+    gets as the operator writes them, the strings "true" and "false"."""
     return {
         "name": NETWORK_NAME,
         "cniVersion": cni_version,
         "plugins": [
             {"type": "percale", "nodename": node_name, "agent_socket": agent_socket, "mtu": mtu,
-             "ipam": {"type": "percale-ipam"}},
+             "ipam": {"type": "percale-ipam", "assign_ipv4": assign_ipv4,
+                      "assign_ipv6": assign_ipv6}},
             {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
         ],
     }
@@ -100,8 +106,13 @@ def plugin_file(kind: str, python: str) -> tuple[bytes, str]:
 
 
 def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shim_kind: str,
-           mtu: int = 0) -> None:
+           mtu: int = 0, assign_ipv4: str = "true", assign_ipv6: str = "false") -> None:
     problems = []
+    for option, value in (("--assign-ipv4", assign_ipv4), ("--assign-ipv6", assign_ipv6)):
+        if value not in FLAGS:
+            problems.append(f"{option} {value!r}: use true or false")
+    if (assign_ipv4, assign_ipv6) == ("false", "false"):
+        problems.append("--assign-ipv4 and --assign-ipv6 are both false: a pod would get no address")
     if shim_kind not in SHIM_KINDS:
         problems.append(f"--shim {shim_kind!r}: use one of {', '.join(SHIM_KINDS)}")
     if cni_version not in shim.SUPPORTED_VERSIONS:
@@ -138,13 +149,18 @@ def install(
     shim_kind: Annotated[str, typer.Option(
         "--shim", help="Which shim: compiled (percale-cni beside percalectl), python (shim.py), "
         "or auto: compiled when it is built, else python")] = "auto",
+    assign_ipv4: Annotated[str, typer.Option(
+        help="Whether pods get an IPv4 address: true or false")] = "true",
+    assign_ipv6: Annotated[str, typer.Option(
+        help="Whether pods get an IPv6 address: true or false")] = "false",
 ) -> None:
     """Install the percale and percale-ipam plugins and 10-percale.conflist; re-running replaces them."""
     # percale-node's default, the host name lower-cased, as calico-node and the kubelet name nodes.
     node_name = socket.gethostname().strip().lower() if node_name is None else node_name
-    _check(cni_version, agent_socket, python, node_name, shim_kind, mtu)
+    _check(cni_version, agent_socket, python, node_name, shim_kind, mtu, assign_ipv4, assign_ipv6)
     plugin, kind = plugin_file(shim_kind, python)
-    config = json.dumps(conflist(node_name, agent_socket, mtu, cni_version), indent=2) + "\n"
+    config = json.dumps(conflist(node_name, agent_socket, mtu, cni_version, assign_ipv4,
+                                 assign_ipv6), indent=2) + "\n"
     step = f"create {bin_dir}"
     try:
         for directory in (bin_dir, conf_dir):
@@ -159,4 +175,11 @@ def install(
     except OSError as err:
         raise fail(f"Failed to install the CNI plugins: cannot {step}: {err.strerror or err}") from None
     typer.echo(f"Wrote {conf_dir / CONFLIST_NAME} (node {node_name}, agent socket {agent_socket}, "
-               f"mtu {mtu or 'detected'}, cniVersion {cni_version})")
+               f"mtu {mtu or 'detected'}, cniVersion {cni_version}, "
+               f"{families(assign_ipv4, assign_ipv6)})")
+
+
+def families(assign_ipv4: str, assign_ipv6: str) -> str:
+    chosen = [name for name, flag in (("IPv4", assign_ipv4), ("IPv6", assign_ipv6))
+              if flag == "true"]
+    return " and ".join(chosen)

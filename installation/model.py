@@ -18,7 +18,7 @@ from pydantic import Field, StrictBool, ValidationError
 
 from percale.api import IPPool, ObjectMeta, autodetection
 from percale.api.consistency import overlapping_pools
-from percale.api.fields import POD_MTU_MIN
+from percale.api.fields import IPV6_MIN_MTU, POD_MTU_MIN
 from percale.api.ippool import DEFAULT_BLOCK_SIZE
 from percale.api.meta import Model, Problem, validation_problems
 from percale.api.selector import labels_problem
@@ -285,6 +285,12 @@ def _node_problems(spec: InstallationSpec) -> list[Problem]:
         found.append(Problem("spec.calicoNetwork.mtu",
                              f"{mtu} is below {POD_MTU_MIN}, the smallest pod MTU install-cni takes; "
                              f"use 0 (detect it) or {POD_MTU_MIN}-65535"))
+    elif mtu and mtu < IPV6_MIN_MTU and any(
+            _family(pool.cidr) == 6 for pool in (spec.calico_network.ip_pools or [])):
+        # Pods get IPv6 from such a pool, and CNI ADD refuses them an MTU IPv6 cannot carry.
+        found.append(Problem("spec.calicoNetwork.mtu",
+                             f"{mtu} is below {IPV6_MIN_MTU}, the smallest MTU IPv6 carries, and "
+                             "an IPv6 pool gives pods IPv6 addresses"))
     rolling = (spec.node_update_strategy or NodeUpdateStrategy()).rolling_update
     if rolling is not None and rolling.max_unavailable is not None and rolling.max_unavailable < 1:
         found.append(Problem("spec.nodeUpdateStrategy.rollingUpdate.maxUnavailable",

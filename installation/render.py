@@ -16,6 +16,7 @@ pods roll, as tigera rolls them on a cni-config change.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from typing import Any
 
@@ -67,10 +68,17 @@ def _meta(name: str, namespaced: bool = True, **labels: str) -> dict[str, Any]:
 
 
 def cni_config(spec: InstallationSpec) -> dict[str, Any]:
+    """The CNI settings, the families a pod gets among them: those the Installation has pools
+    of, as tigera writes assign_ipv4 and assign_ipv6 into the conflist (IPv4 alone when it has
+    none, the CNI plugin's own default)."""
     network = spec.calico_network
+    families = {ipaddress.ip_network(pool.cidr, strict=False).version
+                for pool in network.ip_pools or []}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CNI_CONFIG),
             "data": {"mtu": str(network.mtu or 0), "cniVersion": "1.0.0",
-                     "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d"}}
+                     "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d",
+                     "assignIPv4": "true" if 4 in families or not families else "false",
+                     "assignIPv6": "true" if 6 in families else "false"}}
 
 
 def _address_env(variable: str, setting: NodeAddressAutodetection | None) -> list[dict[str, Any]]:
@@ -128,11 +136,14 @@ def node_daemonset(spec: InstallationSpec, version: str) -> dict[str, Any]:
             "command": ["percalectl", "cni", "install"],
             "args": ["--node-name", "$(NODENAME)", "--mtu", "$(CNI_MTU)",
                      "--cni-version", "$(CNI_VERSION)",
+                     "--assign-ipv4", "$(CNI_ASSIGN_IPV4)", "--assign-ipv6", "$(CNI_ASSIGN_IPV6)",
                      "--bin-dir", "/host/opt/cni/bin", "--conf-dir", "/host/etc/cni/net.d"],
             "env": [
                 {"name": "NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                 {"name": "CNI_MTU", "valueFrom": {"configMapKeyRef": {"name": CNI_CONFIG, "key": "mtu"}}},
                 {"name": "CNI_VERSION", "valueFrom": {"configMapKeyRef": {"name": CNI_CONFIG, "key": "cniVersion"}}},
+                {"name": "CNI_ASSIGN_IPV4", "valueFrom": {"configMapKeyRef": {"name": CNI_CONFIG, "key": "assignIPv4"}}},
+                {"name": "CNI_ASSIGN_IPV6", "valueFrom": {"configMapKeyRef": {"name": CNI_CONFIG, "key": "assignIPv6"}}},
             ],
             "securityContext": {"privileged": True},
             "volumeMounts": [{"name": "cni-bin-dir", "mountPath": "/host/opt/cni/bin"},

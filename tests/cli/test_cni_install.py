@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from percale.node.cni_types import parse_netconf
 from tests.cli.conftest import CLI, Result
 from tests.helpers.shims import compiled_shim
 
@@ -66,7 +67,7 @@ def test_install_writes_both_plugins_and_the_conflist(percalectl, dirs):
         "cniVersion": "1.1.0",
         "plugins": [
             {"type": "percale", "nodename": "node1", "agent_socket": "/run/p/cni.sock", "mtu": 1410,
-             "ipam": {"type": "percale-ipam"}},
+             "ipam": {"type": "percale-ipam", "assign_ipv4": "true", "assign_ipv6": "false"}},
             {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
         ],
     }
@@ -86,6 +87,20 @@ def test_the_defaults(percalectl, dirs):
     assert plugin["nodename"] == os.uname().nodename.lower()
     assert (plugin["agent_socket"], plugin["mtu"]) == ("/var/run/percale/cni.sock", 0)
     assert json.loads((conf_dir / "10-percale.conflist").read_text())["cniVersion"] == "1.0.0"
+
+
+@pytest.mark.parametrize("ipv4, ipv6, says", [("true", "true", "IPv4 and IPv6"),
+                                              ("false", "true", "IPv6)")])
+def test_the_families_a_pod_gets_reach_the_agent(percalectl, dirs, ipv4, ipv6, says):
+    """What the operator passes for a dual-stack or IPv6-only Installation: the agent reads
+    the installed conflist as giving pods those families."""
+    done = install(percalectl, dirs, "--assign-ipv4", ipv4, "--assign-ipv6", ipv6)
+    assert done.code == 0, done.err
+    assert says in done.out
+    config = json.loads((dirs[1] / "10-percale.conflist").read_text())
+    plugin = {"cniVersion": config["cniVersion"], "name": config["name"], **config["plugins"][0]}
+    parsed = parse_netconf(json.dumps(plugin))
+    assert (parsed.ipam.assign_ipv4, parsed.ipam.assign_ipv6) == (ipv4 == "true", ipv6 == "true")
 
 
 @pytest.mark.parametrize("shim", ["compiled", "python"])
@@ -143,6 +158,8 @@ def test_a_directory_that_cannot_be_created_fails_with_its_name(percalectl, dirs
     ("--mtu", "70000", "--mtu 70000: must be 0 (percale-node detects it) or 576-65535"),
     ("--mtu", "100", "--mtu 100"),
     ("--shim", "rust", "--shim"),
+    ("--assign-ipv6", "yes", "--assign-ipv6 'yes': use true or false"),
+    ("--assign-ipv4", "false", "--assign-ipv4 and --assign-ipv6 are both false"),
 ])
 def test_bad_options_install_nothing(percalectl, dirs, option, value, word):
     done = install(percalectl, dirs, option, value)

@@ -76,6 +76,9 @@ V6 = "spec.calicoNetwork.nodeAddressAutodetectionV6"
      "Bad_Name"),
     (_pools({"cidr": "10.0.0.0/16", "encapsulation": "None"}, bgp="Disabled"),
      "spec.calicoNetwork.ipPools[0].encapsulation", "BGP"),
+    # Pods get IPv6 from the pool, and CNI ADD refuses an IPv6 pod an MTU below 1280.
+    (_pools({"cidr": "10.0.0.0/16"}, {"cidr": "fd00::/48"}, mtu=1000), "spec.calicoNetwork.mtu",
+     "1280"),
 ])
 def test_problems_name_the_field_and_the_reason(spec, field, words):
     found = model.problems(_effective(spec))
@@ -97,6 +100,7 @@ def test_problems_name_the_field_and_the_reason(spec, field, words):
     {"nodeUpdateStrategy": {"rollingUpdate": {"maxUnavailable": 2**31 - 1}}},
     _pools({"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}, bgp="Disabled"),
     _pools({"cidr": "10.0.0.0/16", "encapsulation": "None"}, bgp="Enabled"),
+    _pools({"cidr": "10.0.0.0/16"}, mtu=1000),
 ])
 def test_what_is_fine_stays_fine(spec):
     assert model.problems(_effective(spec)) == []
@@ -208,3 +212,24 @@ def test_an_empty_rolling_update_still_renders_one_node_at_a_time():
 def test_the_registry_is_a_prefix_ending_in_a_slash(registry, wanted):
     spec = _effective({"registry": registry} if registry is not None else {})
     assert render.image(spec, render.NODE_IMAGE, "0.1.0") == wanted
+
+
+@pytest.mark.parametrize("pools, families", [
+    (None, ("true", "false")),  # the default pool, IPv4
+    ([{"cidr": "10.0.0.0/16"}, {"cidr": "fd00::/48"}], ("true", "true")),
+    ([{"cidr": "fd00::/48"}], ("false", "true")),
+    ([], ("true", "false")),  # no pool: the CNI plugin's own default
+])
+def test_pods_get_the_families_the_installation_has_pools_of(pools, families):
+    """tigera writes assign_ipv4 and assign_ipv6 into the conflist from the pools: without it a
+    dual-stack cluster's pods got no IPv6 address, and an IPv6-only cluster's no address."""
+    spec = _effective({} if pools is None else _pools(*pools))
+    data = render.cni_config(spec)["data"]
+    assert (data["assignIPv4"], data["assignIPv6"]) == families
+    init = render.node_daemonset(spec, "v1")["spec"]["template"]["spec"]["initContainers"][0]
+    args = init["args"]
+    assert args[args.index("--assign-ipv4") + 1] == "$(CNI_ASSIGN_IPV4)"
+    assert args[args.index("--assign-ipv6") + 1] == "$(CNI_ASSIGN_IPV6)"
+    keys = {env["name"]: env["valueFrom"]["configMapKeyRef"]["key"] for env in init["env"]
+            if "configMapKeyRef" in env.get("valueFrom", {})}
+    assert (keys["CNI_ASSIGN_IPV4"], keys["CNI_ASSIGN_IPV6"]) == ("assignIPv4", "assignIPv6")
