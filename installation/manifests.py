@@ -48,7 +48,7 @@ def operator_rbac() -> list[dict[str, Any]]:
                   [*manage, "escalate", "bind"]),
              rule(["admissionregistration.k8s.io"],
                   ["validatingadmissionpolicies", "validatingadmissionpolicybindings"], manage),
-             rule(["percale.io"], ["ippools"], ["get", "create"]),
+             rule(["percale.io"], ["ippools"], ["get", "list", "create"]),
              # kopf looks for its resources at start.
              rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"]),
          ]},

@@ -12,6 +12,7 @@ Degraded condition naming the field, changing nothing that runs.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, StrictBool, ValidationError
@@ -19,7 +20,7 @@ from pydantic import Field, StrictBool, ValidationError
 from percale.api import IPPool, ObjectMeta, autodetection
 from percale.api.consistency import overlapping_pools
 from percale.api.fields import IPV6_MIN_MTU, POD_MTU_MIN
-from percale.api.ippool import DEFAULT_BLOCK_SIZE
+from percale.api.ippool import DEFAULT_BLOCK_SIZE, IPPoolSpec
 from percale.api.meta import Model, Problem, validation_problems
 from percale.api.selector import labels_problem
 
@@ -118,16 +119,24 @@ class Installation(Model):
 DEFAULT_POOL_CIDR = "192.168.0.0/16"
 
 
-def _family(cidr: str) -> int | None:
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
-        return ipaddress.ip_network(cidr, strict=False).version
+        return ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         return None
 
 
-def with_defaults(spec: InstallationSpec) -> InstallationSpec:
+def _family(cidr: str) -> int | None:
+    network = _network(cidr)
+    return None if network is None else network.version
+
+
+def with_defaults(spec: InstallationSpec,
+                  stored_pools: Mapping[str, str] | None = None) -> InstallationSpec:
     """The spec with every default filled in (tigera's fillDefaults, in percale's terms): BGP on;
-    no pool list means one IPv4 pool 192.168.0.0/16 (an empty list means none); IPv4 pools
+    no pool list means one IPv4 pool 192.168.0.0/16 (an empty list means none); a pool with no
+    name takes that of the cluster's pool of its CIDR (`stored_pools`: name -> CIDR), else
+    default-ipv4-ippool or default-ipv6-ippool, else one from its CIDR; IPv4 pools
     VXLANCrossSubnet and NAT on (IPIP, tigera's default, needs a device this kernel may lack),
     IPv6 pools no encapsulation and no NAT -- VXLAN for both when BGP is off; /26 and /122
     blocks; first-found address detection for each family that has a pool; the nftables
@@ -137,14 +146,17 @@ def with_defaults(spec: InstallationSpec) -> InstallationSpec:
     bgp = network.bgp == "Enabled"
     if network.ip_pools is None:
         network.ip_pools = [IPPoolEntry(cidr=DEFAULT_POOL_CIDR)]
+    named_by_cidr = {parsed: name for name, cidr in (stored_pools or {}).items()
+                     if (parsed := _network(cidr)) is not None}
     pools = []
     for pool in network.ip_pools:
         family = _family(pool.cidr)
         v6 = family == 6
         pools.append(pool.model_copy(update={
-            "name": pool.name or (f"default-ipv{family or 4}-ippool"
-                                  if sum(_family(p.cidr) == family for p in network.ip_pools) == 1
-                                  else pool_name_from_cidr(pool.cidr)),
+            "name": pool.name or named_by_cidr.get(_network(pool.cidr)) or (
+                f"default-ipv{family or 4}-ippool"
+                if sum(_family(p.cidr) == family for p in network.ip_pools) == 1
+                else pool_name_from_cidr(pool.cidr)),
             "encapsulation": pool.encapsulation or ("VXLAN" if not bgp else "None" if v6 else "VXLANCrossSubnet"),
             "nat_outgoing": pool.nat_outgoing or ("Disabled" if v6 else "Enabled"),
             "node_selector": pool.node_selector or "all()",
@@ -221,7 +233,7 @@ def _encapsulation_problem(entry: IPPoolEntry, bgp: Switch | None) -> str | None
     return None
 
 
-def _pool_problems(network: CalicoNetworkSpec, installed_pools: dict[str, str]) -> list[Problem]:
+def _pool_problems(network: CalicoNetworkSpec, stored_pools: Mapping[str, str]) -> list[Problem]:
     found: list[Problem] = []
     good: list[IPPool] = []
     where_of: dict[str, str] = {}
@@ -234,7 +246,7 @@ def _pool_problems(network: CalicoNetworkSpec, installed_pools: dict[str, str]) 
         except ValidationError as err:
             found += [Problem(f"{where}.{_entry_field(p.field)}", p.reason) for p in validation_problems(err)]
             continue
-        before = installed_pools.get(pool.metadata.name)
+        before = stored_pools.get(pool.metadata.name)
         if before is not None and before != pool.spec.cidr:
             found.append(Problem(f"{where}.cidr", f"pool {pool.metadata.name} was installed with "
                                  f"{before}; a pool's CIDR cannot be changed after install"))
@@ -243,7 +255,7 @@ def _pool_problems(network: CalicoNetworkSpec, installed_pools: dict[str, str]) 
     names = [p.metadata.name for p in good]
     for name in {n for n in names if names.count(n) > 1}:
         found.append(Problem(f"{where_of[name]}.name", f"two pools are named {name}"))
-    for position, problem in overlapping_pools(good, []).items():
+    for position, problem in overlapping_pools(good, _stored(stored_pools)).items():
         found.append(Problem(f"{where_of[good[position].metadata.name]}.cidr", problem.reason))
     return found
 
@@ -301,12 +313,25 @@ def _node_problems(spec: InstallationSpec) -> list[Problem]:
     return found
 
 
-def problems(spec: InstallationSpec, installed_pools: dict[str, str] | None = None) -> list[Problem]:
-    """What is wrong with an effective spec, each naming its field. `installed_pools` maps the
-    names of pools this Installation created earlier to their CIDRs: a pool's CIDR cannot change
-    after install."""
+def _stored(stored_pools: Mapping[str, str]) -> list[IPPool]:
+    """The cluster's pools as models, to compare with the Installation's (one whose CIDR does
+    not read is left out: it overlaps nothing the apiserver would take)."""
+    pools = []
+    for name, cidr in stored_pools.items():
+        try:
+            pools.append(IPPool(metadata=ObjectMeta(name=name), spec=IPPoolSpec(cidr=cidr)))
+        except ValidationError:
+            continue
+    return pools
+
+
+def problems(spec: InstallationSpec, stored_pools: Mapping[str, str] | None = None) -> list[Problem]:
+    """What is wrong with an effective spec, each naming its field. `stored_pools` maps the
+    names of the cluster's IP pools to their CIDRs: a pool's CIDR cannot change after install,
+    and no pool of the Installation may overlap another pool of the cluster (percalectl refuses
+    that too)."""
     network = spec.calico_network or CalicoNetworkSpec()
-    found = _pool_problems(network, installed_pools or {})
+    found = _pool_problems(network, stored_pools or {})
     if network.linux_dataplane not in (None, "Nftables"):
         found.append(Problem("spec.calicoNetwork.linuxDataplane",
                              f"{network.linux_dataplane} is not supported; percale's dataplane is Nftables"))

@@ -101,15 +101,12 @@ async def create_once(obj: dict[str, Any]) -> None:
             raise
 
 
-async def installed_pools(spec: model.InstallationSpec) -> dict[str, str]:
-    """Pools of this spec's names that exist already, with their CIDRs."""
-    found = {}
-    for entry in spec.calico_network.ip_pools or []:
-        if entry.name:
-            pool = await _get(f"/apis/percale.io/v1/ippools/{entry.name}")
-            if pool is not None:
-                found[entry.name] = pool["spec"]["cidr"]
-    return found
+async def stored_pools() -> dict[str, str]:
+    """The cluster's IP pools, by name, with their CIDRs: the Installation's pools take the names
+    of those of their CIDRs, and may not overlap the others."""
+    answer = await (await client()).request("GET", "/apis/percale.io/v1/ippools")
+    return {item["metadata"]["name"]: (item.get("spec") or {}).get("cidr", "")
+            for item in answer.get("items", [])}
 
 
 def _now() -> str:
@@ -127,14 +124,19 @@ async def _reconcile(body: dict[str, Any]) -> None:
     previous = [model.Condition.model_validate(c)
                 for c in (body.get("status") or {}).get("conditions", [])]
     found: list[Problem] = []
-    failure = None
+    failure: tuple[str, str] | None = None  # (reason, message), as tigera's SetDegraded
     effective = None
     try:
         spec = model.InstallationSpec.model_validate(body.get("spec") or {})
-        effective = model.with_defaults(spec)
-        found = model.problems(effective, await installed_pools(effective))
+        stored = await stored_pools()
+        effective = model.with_defaults(spec, stored)
+        found = model.problems(effective, stored)
     except ValidationError as err:
         found = [Problem(f"spec.{p.field}", p.reason) for p in validation_problems(err)]
+    except (KubeError, DatastoreError) as err:
+        effective = None
+        failure = ("ResourceReadError", f"reading the cluster's IP pools failed: {err}")
+        log.warning("%s", failure[1])
     if effective is not None and not found:
         try:
             written = effective.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -147,14 +149,23 @@ async def _reconcile(body: dict[str, Any]) -> None:
             for pool in render.pools(effective):
                 await create_once(pool)
         except (KubeError, DatastoreError) as err:
-            failure = str(err)
+            failure = ("ResourceUpdateError", str(err))
             log.warning("applying the Installation failed: %s", err)
     for problem in found:
         log.warning("Installation refused: %s", problem)
-    daemonset = await _get(f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/percale-node")
-    deployment = await _get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/percale-controllers")
+    workloads = {}
+    for name, path in (("daemonset", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/percale-node"),
+                       ("deployment",
+                        f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/percale-controllers")):
+        try:
+            workloads[name] = await _get(path)
+        except (KubeError, DatastoreError) as err:
+            workloads[name] = None
+            failure = failure or ("ResourceReadError", f"reading {path} failed: {err}")
+            log.warning("reading %s failed: %s", path, err)
     conditions = status.conditions(generation=generation, problems=found, failure=failure,
-                                   daemonset=daemonset, deployment=deployment,
+                                   daemonset=workloads["daemonset"],
+                                   deployment=workloads["deployment"],
                                    previous=previous, now=_now())
     new_status: dict[str, Any] = {"conditions": [c.model_dump(by_alias=True, exclude_none=True)
                                                  for c in conditions]}
@@ -164,9 +175,12 @@ async def _reconcile(body: dict[str, Any]) -> None:
         if effective.calico_network.mtu:
             new_status["mtu"] = effective.calico_network.mtu
     if new_status != _comparable(body.get("status")):
+        # Replaced whole: a merge patch keeps what it leaves out, so an mtu taken out of the
+        # spec stayed in status (and in computed) and the patch was sent again every resync.
         await (await client()).request(
-            "PATCH", _INSTALLATION + "/status", body={"status": new_status},
-            content_type="application/merge-patch+json")
+            "PATCH", _INSTALLATION + "/status",
+            body=[{"op": "add", "path": "/status", "value": new_status}],
+            content_type="application/json-patch+json")
 
 
 def _comparable(old: dict[str, Any] | None) -> dict[str, Any]:

@@ -50,14 +50,15 @@ def deployment_progress(deploy: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def conditions(*, generation: int, problems: Sequence[Problem], failure: str | None,
+def conditions(*, generation: int, problems: Sequence[Problem], failure: tuple[str, str] | None,
                daemonset: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None,
                previous: Sequence[Condition], now: str) -> list[Condition]:
-    """Ready, Progressing and Degraded for one reconcile."""
+    """Ready, Progressing and Degraded for one reconcile. `failure`: what failed talking to the
+    apiserver, as (reason, message): ResourceReadError or ResourceUpdateError."""
     if problems:
         degraded = ("InvalidConfigurationError", "; ".join(map(str, problems)))
     elif failure:
-        degraded = ("ResourceUpdateError", failure)
+        degraded = failure
     else:
         degraded = None
     rolling = [why for why in (daemonset_progress(daemonset), deployment_progress(deployment)) if why]

@@ -141,6 +141,40 @@ def test_an_invalid_spec_is_degraded_and_changes_nothing(plane, operator, pools,
     assert wait_for(lambda: condition(plane, "Degraded")["status"] == "False"), log_of(plane)
 
 
+def pool_names(plane) -> list[str | None]:
+    pools = get(plane, "installation", "default")["spec"]["calicoNetwork"]["ipPools"]
+    return [pool.get("name") for pool in pools]
+
+
+def test_a_pool_already_in_the_cluster_is_adopted_and_one_overlapping_it_refused(plane, operator):
+    """tigera names an Installation's pool after the cluster's pool of its CIDR; the operator
+    created a second pool of the same CIDR beside it, and one overlapping another pool too."""
+    plane.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "hand-made"},
+        "spec": {"cidr": "10.50.0.0/16"}}))
+    saved = get(plane, "installation", "default")["spec"]["calicoNetwork"]["ipPools"]
+    try:
+        plane.kubectl("patch", "installation", "default", "--type=merge", "-p", json.dumps(
+            {"spec": {"calicoNetwork": {"ipPools": [*saved, {"cidr": "10.50.0.0/16"}]}}}))
+        # The defaults, names included, are written back into the spec.
+        names = wait_for(lambda: (n := pool_names(plane)) == [saved[0]["name"], "hand-made"] and n)
+        assert names, (pool_names(plane), log_of(plane))
+        assert condition(plane, "Degraded")["status"] == "False", condition(plane, "Degraded")
+        assert [p["metadata"]["name"] for p in get(plane, "ippools")["items"]
+                if p["spec"]["cidr"] == "10.50.0.0/16"] == ["hand-made"]
+        plane.kubectl("patch", "installation", "default", "--type=merge", "-p", json.dumps(
+            {"spec": {"calicoNetwork": {"ipPools": [*saved, {"cidr": "10.50.128.0/17"}]}}}))
+        degraded = wait_for(lambda: (c := condition(plane, "Degraded")) and c["status"] == "True" and c)
+        assert degraded and "ipPools[1].cidr" in degraded["message"] and "hand-made" in degraded[
+            "message"], (condition(plane, "Degraded"), log_of(plane))
+        assert get(plane, "ippool", "pool-10-50-128-0-17") is None
+    finally:
+        plane.kubectl("patch", "installation", "default", "--type=merge",
+                      "-p", json.dumps({"spec": {"calicoNetwork": {"ipPools": saved}}}))
+        plane.kubectl("delete", "ippool", "hand-made", check=False)
+    assert wait_for(lambda: condition(plane, "Degraded")["status"] == "False"), log_of(plane)
+
+
 def test_an_unknown_encapsulation_is_refused_by_the_schema(plane, operator):
     done = plane.kubectl(
         "patch", "installation", "default", "--type=merge", "-p",

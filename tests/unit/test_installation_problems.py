@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from percale.api.meta import validation_problems
 from percale.ctl import crd_schema
-from percale.installation import model, render
+from percale.installation import model, render, status
 from percale.node import registration
 from percale.node.registration import HostAddress, RegistrationError
 
@@ -233,3 +233,32 @@ def test_pods_get_the_families_the_installation_has_pools_of(pools, families):
     keys = {env["name"]: env["valueFrom"]["configMapKeyRef"]["key"] for env in init["env"]
             if "configMapKeyRef" in env.get("valueFrom", {})}
     assert (keys["CNI_ASSIGN_IPV4"], keys["CNI_ASSIGN_IPV6"]) == ("assignIPv4", "assignIPv6")
+
+
+def test_a_pool_takes_the_name_of_the_clusters_pool_of_its_cidr():
+    """tigera names a pool after the existing pool of its CIDR: the operator then finds it
+    installed instead of creating a second pool of the same CIDR."""
+    stored = {"my-pool": "10.244.0.0/16", "other": "fd00:1::/48"}
+    spec = model.with_defaults(model.InstallationSpec.model_validate(
+        _pools({"cidr": "10.244.0.0/16"}, {"cidr": "fd00::/48"})), stored)
+    assert [p.name for p in spec.calico_network.ip_pools] == ["my-pool", "default-ipv6-ippool"]
+    assert model.problems(spec, stored) == []
+
+
+def test_a_pool_overlapping_another_pool_of_the_cluster_is_refused():
+    stored = {"my-pool": "10.244.0.0/16"}
+    spec = model.with_defaults(model.InstallationSpec.model_validate(
+        _pools({"cidr": "10.0.0.0/16"}, {"cidr": "10.244.128.0/17"})), stored)
+    found = model.problems(spec, stored)
+    assert [(p.field, "overlaps IPPool 'my-pool'" in p.reason) for p in found] == [
+        ("spec.calicoNetwork.ipPools[1].cidr", True)]
+
+
+def test_a_failure_to_read_the_cluster_is_degraded_with_its_reason():
+    conditions = status.conditions(generation=3, problems=[],
+                                   failure=("ResourceReadError", "reading pools failed: 403"),
+                                   daemonset=None, deployment=None, previous=[],
+                                   now="2026-12-07T00:00:00Z")
+    by_type = {c.type: c for c in conditions}
+    assert (by_type["Degraded"].status, by_type["Degraded"].reason) == ("True", "ResourceReadError")
+    assert by_type["Ready"].status == "False" and "403" in by_type["Ready"].message
