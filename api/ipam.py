@@ -65,14 +65,9 @@ class IPAMConfig(Resource):
     metadata: ObjectMeta
     spec: IPAMConfigSpec = Field(default_factory=IPAMConfigSpec)
 
-    @field_validator("metadata")
-    @classmethod
-    def _singleton(cls, meta: ObjectMeta) -> ObjectMeta:
-        if meta.name != IPAM_CONFIG_NAME:
-            raise ValueError(
-                f"IPAMConfig is a singleton; its name must be {IPAM_CONFIG_NAME!r}, not {meta.name!r}"
-            )
-        return meta
+    # A singleton: any other name names nothing (and must not lead to the one config stored).
+    name_pattern: ClassVar[re.Pattern[str]] = re.compile(re.escape(IPAM_CONFIG_NAME))
+    name_rule: ClassVar[str] = f"IPAMConfig is a singleton; its name must be {IPAM_CONFIG_NAME!r}"
 
 
 register(IPAMConfig, plural="ipamconfigs", short_names=("ipamconfiguration", "ipamconfigurations"))

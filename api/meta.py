@@ -111,6 +111,8 @@ class Resource(Model):
     info: ClassVar[KindInfo]
     # The names this kind's objects may take; most kinds use Kubernetes DNS-subdomain names.
     name_pattern: ClassVar[re.Pattern[str]] = _DNS_SUBDOMAIN
+    # What a refused name is told, when the pattern alone would not say it well.
+    name_rule: ClassVar[str] = ""
 
     @classmethod
     def is_valid_name(cls, name: str) -> bool:
@@ -122,8 +124,10 @@ class Resource(Model):
     @classmethod
     def _metadata_fits_kind(cls, meta: ObjectMeta) -> ObjectMeta:
         if not cls.is_valid_name(meta.name):
-            rule = f": {DNS_SUBDOMAIN_RULE}" if cls.name_pattern is _DNS_SUBDOMAIN else ""
-            raise ValueError(f"name {meta.name!r} is not a valid {cls.info.kind} name{rule}")
+            rule = cls.name_rule or (DNS_SUBDOMAIN_RULE if cls.name_pattern is _DNS_SUBDOMAIN
+                                     else "")
+            raise ValueError(f"name {meta.name!r} is not a valid {cls.info.kind} name"
+                             + (f": {rule}" if rule else ""))
         if cls.info.namespaced and not meta.namespace:
             meta.namespace = "default"
         if not cls.info.namespaced and meta.namespace:

@@ -24,7 +24,7 @@ PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete"
 @dataclass
 class Outcome:
     action: Action
-    done: list[Resource] = field(default_factory=list)
+    done: list[Key] = field(default_factory=list)  # what was written, by key
     skipped: int = 0
     failed: DatastoreError | None = None
     total: int = 0
@@ -109,10 +109,14 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
         }
         pools = [kv.value for kv in (await store.list("IPPool")).items] if any(
             isinstance(d.resource, IPPool) for d in documents) else []
-        batch = [d.resource for d in documents]
-        sources = [d.source for d in documents]
+        # What --skip-exists leaves alone is not written, so not checked against what it
+        # would replace (a stored pool of another CIDR failed the whole batch).
+        written = [d for i, d in enumerate(documents)
+                   if not (action == "create" and skip and i in stored)]
+        batch = [d.resource for d in written]
+        sources = [d.source for d in written]
         for i, found in sorted(check_batch(batch, stored_by_key, pools, sources).items()):
-            where = f"{documents[i].source} ({batch[i].kind} {batch[i].metadata.name!r})"
+            where = f"{written[i].source} ({batch[i].kind} {batch[i].metadata.name!r})"
             problems += [f"{where}: {p}" for p in found]
     if problems:
         raise InputError(problems)
@@ -151,7 +155,7 @@ async def run(store: Datastore, action: Action, documents: list[Document],
         except DatastoreError as err:
             outcome.failed = err
             return outcome
-        outcome.done.append(resource)
+        outcome.done.append(Key.of(resource))
     return outcome
 
 
@@ -162,13 +166,17 @@ async def _delete(store: Datastore, key: Key, revision: str | None) -> KVPair:
     return await store.delete(key, revision=revision)
 
 
-async def delete_named(store: Datastore, kind: str, names: list[str], namespace: str | None,
-                       skip_not_exists: bool) -> Outcome:
+async def delete_named(store: Datastore, kind: type[Resource], names: list[str],
+                       namespace: str | None, skip_not_exists: bool) -> Outcome:
     outcome = Outcome("delete", total=len(names))
     for name in names:
-        key = Key(kind, name, namespace)
+        key = Key(kind.info.kind, name, namespace)
         try:
-            gone = await _delete(store, key, None)
+            if not kind.is_valid_name(name):
+                # Names nothing stored, and may have no key of its own to look under (every
+                # IPAMConfig name led to the one stored config, which it deleted).
+                raise NotFound(key)
+            await _delete(store, key, None)
         except NotFound as err:
             if not skip_not_exists:
                 outcome.failed = err
@@ -178,5 +186,7 @@ async def delete_named(store: Datastore, kind: str, names: list[str], namespace:
         except DatastoreError as err:
             outcome.failed = err
             return outcome
-        outcome.done.append(gone.value)
+        # Counted by its key: the value deleted may be one that does not read (which is why
+        # it is being deleted), and decoding it now would report the deletion as a failure.
+        outcome.done.append(key)
     return outcome

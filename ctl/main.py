@@ -147,7 +147,7 @@ def delete(
         raise fail(crud.managed_refusal(cls.info.kind, "delete"), "No resources were changed.")
     ns = _namespace(cls, namespace)
     outcome = with_datastore(
-        lambda store: crud.delete_named(store, cls.info.kind, names, ns, skip_not_exists))
+        lambda store: crud.delete_named(store, cls, names, ns, skip_not_exists))
     message, ok = crud.summary(outcome, [cls.info.kind])
     if not ok:
         raise fail(message)

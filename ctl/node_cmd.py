@@ -128,6 +128,7 @@ def query(path: str, timeout: float = QUERY_TIMEOUT_SECONDS) -> NodeView:
 
 @node_app.command()
 def status(
+    context: typer.Context,
     status_socket: Annotated[Optional[str], typer.Option(
         envvar="PERCALE_STATUS_SOCKET", help=f"This node's percale-node status socket (default: {DEFAULT_STATUS_SOCKET})")] = None,
     node: Annotated[Optional[str], typer.Option(
@@ -143,7 +144,11 @@ def status(
     """
     if node is not None and all_nodes:
         raise fail("Give --node NAME or --all, not both.")
-    if status_socket is not None and (node is not None or all_nodes):
+    # PERCALE_STATUS_SOCKET is only the local mode's default: it does not refuse --node.
+    # (By name: typer carries click's ParameterSource in a copy of its own.)
+    source = context.get_parameter_source("status_socket")
+    given = source is not None and source.name == "COMMANDLINE"
+    if given and (node is not None or all_nodes):
         raise fail("--status-socket asks this node's agent; --node and --all read the "
                    "datastore. Give one or the other.")
     if node is None and not all_nodes:

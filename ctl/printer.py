@@ -40,7 +40,9 @@ def _peer_node(peer: Resource, _: Context) -> str:
 
 def _node_asn(node: Resource, ctx: Context) -> str:
     bgp = node.spec.bgp
-    if bgp is not None and bgp.as_number is not None:
+    if bgp is None:
+        return ""  # no BGP on this node (VXLAN only): calicoctl leaves the cell empty
+    if bgp.as_number is not None:
         return str(bgp.as_number)
     # Inherited from the global BGPConfiguration: calicoctl shows it in parentheses.
     return f"({ctx.default_as_number})"
@@ -130,6 +132,8 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
             ("DISABLED", lambda r, _: _bool(r.spec.disabled)),
             ("DISABLEBGPEXPORT", lambda r, _: _bool(r.spec.disable_bgp_export)),
             ("SELECTOR", lambda r, _: r.spec.node_selector),
+            # calicoctl v3.30 and later end the wide table with it.
+            ("ASSIGNMENTMODE", lambda r, _: r.spec.assignment_mode),
         ],
     ),
     "Node": (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -35,9 +36,9 @@ def test_apply_examples_then_get_wide_shows_calicos_columns(cli, examples):
     pools = cli("get", "ippools", "-o", "wide")
     assert pools.code == 0
     assert pools.out == (
-        "NAME                  CIDR               NAT     IPIPMODE   VXLANMODE     DISABLED   DISABLEBGPEXPORT   SELECTOR\n"
-        "default-ipv4-ippool   10.244.0.0/16      true    Never      CrossSubnet   false      false              all()\n"
-        "default-ipv6-ippool   fd00:10:244::/48   false   Never      Never         false      false              all()\n"
+        "NAME                  CIDR               NAT     IPIPMODE   VXLANMODE     DISABLED   DISABLEBGPEXPORT   SELECTOR   ASSIGNMENTMODE\n"
+        "default-ipv4-ippool   10.244.0.0/16      true    Never      CrossSubnet   false      false              all()      Automatic\n"
+        "default-ipv6-ippool   fd00:10:244::/48   false   Never      Never         false      false              all()      Automatic\n"
     )
     assert cli("get", "ippools").out == (
         "NAME                  CIDR               SELECTOR\n"
@@ -185,6 +186,48 @@ def test_namespaced_endpoints(cli, tmp_path):
     every = cli("get", "weps", "-A").out.splitlines()
     assert every[0].split() == ["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
     assert len(every) == 3
+
+
+def test_skip_exists_leaves_a_differing_stored_resource_alone_and_creates_the_rest(cli, tmp_path):
+    assert cli("apply", "-f", write(tmp_path, "p.yaml", POOL.format(name="p", cidr="10.1.0.0/16"))).code == 0
+    both = write(tmp_path, "both.yaml", POOL.format(name="p", cidr="10.9.0.0/16") + "---\n"
+                 + POOL.format(name="q", cidr="10.2.0.0/16"))
+    done = cli("create", "-f", both, "--skip-exists")
+    assert done.code == 0, done.err
+    assert cli("get", "ippools").out.split("\n")[1:3] == [
+        "p      10.1.0.0/16   all()", "q      10.2.0.0/16   all()"]
+
+
+def test_ipamconfig_has_one_name(cli):
+    assert cli("ipam", "configure", "--strictaffinity=true").code == 0
+    for verb in ("get", "delete"):
+        done = cli(verb, "ipamconfig", "whatever")
+        assert done.code == 1 and "resource does not exist: IPAMConfig(whatever)" in done.err, done
+    assert "| StrictAffinity     | true  |" in cli("ipam", "show", "--show-configuration").out
+
+
+def test_deleting_a_stored_value_that_does_not_read_succeeds(cli):
+    path = "/percale/resources/v1/percale.io/bgppeers/corrupt"
+    subprocess.run(["etcdctl", "--endpoints", cli.endpoint, "put", path, '{"kind":"BGPPeer"}'],
+                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+    done = cli("delete", "bgppeer", "corrupt")
+    assert (done.code, done.out) == (0, "Successfully deleted 1 'BGPPeer' resource(s)\n"), done.err
+    assert cli.stored() == {}
+
+
+def test_a_node_without_bgp_has_no_asn(cli, tmp_path):
+    node = write(tmp_path, "n.yaml", "apiVersion: percale.io/v1\nkind: Node\nmetadata:\n"
+                 "  name: vxlan-only\nspec: {}\n")
+    assert cli("apply", "-f", node).code == 0
+    assert cli("get", "nodes", "-o", "wide").out.split("\n")[1].split() == ["vxlan-only"]
+
+
+def test_the_status_socket_variable_does_not_refuse_node(cli):
+    """PERCALE_STATUS_SOCKET is the local mode's default: --node still reads the datastore."""
+    done = cli("node", "status", "--node", "node9", env={"PERCALE_STATUS_SOCKET": "/tmp/none.sock"})
+    assert done.code == 1 and "No status for node node9" in done.out, done
+    both = cli("node", "status", "--node", "node9", "--status-socket", "/tmp/none.sock")
+    assert both.code == 1 and "Give one or the other" in both.err
 
 
 def test_get_errors(cli):
