@@ -1,7 +1,9 @@
 """`percalectl cni install`: put the CNI plugins and their network config on a node.
 
 This is what Calico's install-cni init container does. It copies the shim into the bin dir as
-`percale` and `percale-ipam` and writes `10-percale.conflist` into the conf dir. It needs no
+`percale` and `percale-ipam`, and the reference `portmap` plugin the conflist chains (from
+Debian's containernetworking-plugins, as Calico's image carries its own copy), and writes
+`10-percale.conflist` into the conf dir. It needs no
 datastore. The shim is the compiled one (cni-plugin/percale_cni/shim.c, built beside percalectl
 by `python -m percale_cni.build`) when it is there and current, else the Python one (shim.py)
 with a shebang for the node's python; both do the same (PROTOCOL.md), the compiled one without
@@ -39,6 +41,10 @@ cni_app = typer.Typer(
 NETWORK_NAME = "k8s-pod-network"
 CONFLIST_NAME = "10-percale.conflist"
 PLUGIN_NAMES = ("percale", "percale-ipam")
+# The reference plugin the conflist chains after percale (hostPort), and where Debian's
+# containernetworking-plugins, in the node image as on a host set up by scripts/dev.sh, keep it.
+PORTMAP = "portmap"
+REFERENCE_PLUGINS = Path("/usr/lib/cni")
 SHIM_KINDS = ("auto", "compiled", "python")
 
 
@@ -46,19 +52,23 @@ FLAGS = ("true", "false")
 
 
 def conflist(node_name: str, agent_socket: str, mtu: int, cni_version: str,
-             assign_ipv4: str = "true", assign_ipv6: str = "false") -> dict:
+             assign_ipv4: str = "true", assign_ipv6: str = "false", portmap: bool = True) -> dict:
     """The network config, in the shape of Calico's 10-calico.conflist: which families a pod
-    gets as the operator writes them, the strings "true" and "false"."""
-    return {
+    gets as the operator writes them, the strings "true" and "false"; portmap chained when
+    it is installed."""
+    config = {
         "name": NETWORK_NAME,
         "cniVersion": cni_version,
         "plugins": [
             {"type": "percale", "nodename": node_name, "agent_socket": agent_socket, "mtu": mtu,
              "ipam": {"type": "percale-ipam", "assign_ipv4": assign_ipv4,
                       "assign_ipv6": assign_ipv6}},
-            {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
+            {"type": PORTMAP, "snat": True, "capabilities": {"portMappings": True}},
         ],
     }
+    if not portmap:
+        config["plugins"].pop()
+    return config
 
 
 def plugin_source(python: str) -> str:
@@ -153,14 +163,19 @@ def install(
         help="Whether pods get an IPv4 address: true or false")] = "true",
     assign_ipv6: Annotated[str, typer.Option(
         help="Whether pods get an IPv6 address: true or false")] = "false",
+    plugins_dir: Annotated[Path, typer.Option(
+        help="Where to take the portmap plugin from (hostPort); installed into --bin-dir when "
+        "it is there, else the conflist leaves portmap out unless --bin-dir has it")] = REFERENCE_PLUGINS,
 ) -> None:
     """Install the percale and percale-ipam plugins and 10-percale.conflist; re-running replaces them."""
     # percale-node's default, the host name lower-cased, as calico-node and the kubelet name nodes.
     node_name = socket.gethostname().strip().lower() if node_name is None else node_name
     _check(cni_version, agent_socket, python, node_name, shim_kind, mtu, assign_ipv4, assign_ipv6)
     plugin, kind = plugin_file(shim_kind, python)
+    portmap = plugins_dir / PORTMAP
+    has_portmap = portmap.is_file() or (bin_dir / PORTMAP).is_file()
     config = json.dumps(conflist(node_name, agent_socket, mtu, cni_version, assign_ipv4,
-                                 assign_ipv6), indent=2) + "\n"
+                                 assign_ipv6, has_portmap), indent=2) + "\n"
     step = f"create {bin_dir}"
     try:
         for directory in (bin_dir, conf_dir):
@@ -170,6 +185,14 @@ def install(
             step = f"write {bin_dir / name}"
             write_atomically(bin_dir / name, plugin, 0o755)
             typer.echo(f"Installed {bin_dir / name} ({kind})")
+        if portmap.is_file() and portmap.resolve() != (bin_dir / PORTMAP).resolve():
+            step = f"write {bin_dir / PORTMAP}"
+            write_atomically(bin_dir / PORTMAP, portmap.read_bytes(), 0o755)
+            typer.echo(f"Installed {bin_dir / PORTMAP} (from {plugins_dir})")
+        elif not has_portmap:
+            # A conflist naming a plugin the runtime cannot find fails every pod's sandbox.
+            typer.echo(f"No {PORTMAP} in {plugins_dir} or {bin_dir}: the conflist leaves it "
+                       "out, so pods' hostPort mappings are not set up")
         step = f"write {conf_dir / CONFLIST_NAME}"
         write_atomically(conf_dir / CONFLIST_NAME, config.encode(), 0o644)
     except OSError as err:

@@ -40,7 +40,7 @@ def install(percalectl: CLI, dirs: tuple[Path, Path], *extra: str) -> Result:
 
 def leftovers(*directories: Path) -> list[str]:
     """Anything install left besides the files it is meant to write."""
-    expected = {*PLUGINS, "10-percale.conflist"}
+    expected = {*PLUGINS, "portmap", "10-percale.conflist"}
     return [p.name for d in directories if d.is_dir() for p in d.iterdir() if p.name not in expected]
 
 
@@ -72,7 +72,19 @@ def test_install_writes_both_plugins_and_the_conflist(percalectl, dirs):
         ],
     }
     assert str(conflist) in done.out
+    # The plugin the conflist chains, from the reference plugins (Debian's, as in the image).
+    assert (bin_dir / "portmap").read_bytes() == Path("/usr/lib/cni/portmap").read_bytes()
     assert leftovers(bin_dir, conf_dir) == []
+
+
+def test_without_portmap_the_conflist_leaves_it_out(percalectl, dirs, tmp_path):
+    """A conflist naming a plugin the runtime cannot find fails every pod's sandbox."""
+    done = install(percalectl, dirs, "--plugins-dir", str(tmp_path / "none"))
+    assert done.code == 0, done.err
+    assert "No portmap in" in done.out
+    plugins = json.loads((dirs[1] / "10-percale.conflist").read_text())["plugins"]
+    assert [p["type"] for p in plugins] == ["percale"]
+    assert not (dirs[0] / "portmap").exists()
 
 
 def test_the_defaults(percalectl, dirs):
