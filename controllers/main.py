@@ -5,11 +5,15 @@ Today that is IPAM garbage collection (ipam/gc.py, Calico's kube-controllers IPA
 §1.9): every `--gc-interval` a full round finds addresses no pod uses and releases them once
 they are confirmed leaks (`--leak-grace-period`, 15 minutes; at once for a deleted node; 0 turns
 leak collection off, as Calico's leakGracePeriod: 0 does), and
-gives back a node's empty blocks after two rounds saw them empty (never its last block). A block
-given back is withdrawn by its node's agent and can be claimed again by any node.
+gives back a node's empty blocks after two rounds saw them empty (never the last block of a node
+that still exists). A block given back is withdrawn by its node's agent and can be claimed again
+by any node.
 
 Several instances would be safe (every release is a compare-and-swap with the sequence number
 it checked) but wasteful.
+
+A round that fails (datastore unavailable, too many conflicts, a bug) is logged and the next
+round runs as planned: the process holds the grace timers, which a restart would start over.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from percale.datastore.options import (
 from percale.datastore import DatastoreError
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
+from percale.ipam.errors import IPAMError
 from percale.ipam.gc import DEFAULT_GRACE_PERIOD, GarbageCollector
 
 log = logging.getLogger("percale.controllers")
@@ -87,8 +92,15 @@ async def run(settings: dict, interval: float, grace: float, rounds: int | None)
                     log.info("IPAM GC: %d candidate leaks, %d addresses released, %d empty "
                              "blocks released", outcome.candidates, outcome.released,
                              outcome.released_blocks)
-            except DatastoreError as err:
+            except (DatastoreError, IPAMError) as err:
+                # IPAMError: TooManyConflicts, the round lost to other writers too often. The
+                # next round scans afresh; ending here would lose every grace timer kept so far.
                 log.warning("IPAM GC round failed, trying again next round: %s", err)
+                log.debug("The failed round's traceback:", exc_info=True)
+            except Exception:
+                # A bug in one round, for the same reason; cancellation (SIGTERM's stop aside)
+                # is no Exception and still ends the loop.
+                log.exception("IPAM GC round failed unexpectedly, trying again next round")
             done += 1
             try:
                 # not wait_for, which in Python 3.11 can swallow a cancellation for good

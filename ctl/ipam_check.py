@@ -74,6 +74,16 @@ def check_lines(report: Report, *, show_all_ips: bool, show_problem_ips: bool) -
     out += ["Loading all IPAM pools..."]
     out += [f"  {cidr}" for cidr in report.active_pools]
     out += [f"Found {len(report.active_pools)} active IP pools.", ""]
+    # percale's addition, as for blocks: an object that cannot be read is named, and whatever
+    # it may own is judged neither in use nor leaked.
+    if report.unreadable:
+        out += [f"  {key} cannot be read, skipping it: {why}"
+                for key, why in report.unreadable.items()]
+        out += [f"Holding back {len(report.held_back)} IPs that an object which cannot be read "
+                "may use.", ""]
+        if show_problems:
+            out[-1:-1] = [f"  {a.ip} held back for {a.unreadable_owner}; attrs {a.attr_string()}"
+                          for a in report.held_back]
 
     out += ["Loading all nodes."]
     if show_all_ips:

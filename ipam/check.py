@@ -26,6 +26,21 @@ problem of its own and judged by no one: the addresses inside it are neither lea
 unallocated, and a handle that counts addresses in it is left out of the handle checks, since
 what the block holds is unknown. One such block no longer stops the whole check, nor the
 garbage collector that runs it.
+
+The same holds for a Node, WorkloadEndpoint, IPPool or IPAMHandle that cannot be read (on
+Kubernetes, a Pod or Node annotation edited by hand: anyone who may annotate a pod could
+otherwise switch off the cluster's garbage collection). Such an object is named as a problem,
+and since what it holds is unknown, an address it may own is judged neither in use nor leaked
+but held back (`Report.held_back`), as Calico assumes an allocation valid when its pod
+attributes are missing (calico.md §1.9). Skipping the object instead would free addresses it
+still uses. What each kind may own:
+  * a Node: every address given to it, as its spec may name any of them as a tunnel address,
+    and the node still exists (a gone node's addresses go at once in the collector);
+  * a WorkloadEndpoint: every workload address given to a pod of its namespace, or to no
+    namespace (its own addresses and pod cannot be told apart from its neighbours');
+  * an IPAMHandle: the addresses it holds, which a release could not count off it; nor is it
+    reported missing;
+  * an IPPool owns no address: it only leaves the "in a pool or not" split unsure.
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from percale.datastore import Datastore, DatastoreError, KVPair
+from percale.datastore import Datastore, DatastoreError, Key, KVPair
 from percale.ipam import blocks
 from percale.api import IPAMBlockSpec, IPPool, Node, WorkloadEndpoint
 from percale.api.fields import parse_time
@@ -78,26 +93,39 @@ class Snapshot:
     handles: list[KVPair]
     unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
     read_at: datetime | None = None  # when the blocks were read: releasedAt past it is skew
+    # Pools, Nodes, WorkloadEndpoints and handles that cannot be read -> why.
+    unreadable: Mapping[Key, str] = field(default_factory=dict)
 
 
 async def load(store: Datastore) -> Snapshot:
     """Read what the check needs. Blocks first, handles last: see the module docstring."""
-    block_specs: list[IPAMBlockSpec] = []
-    unreadable: dict[str, str] = {}
     read_at = datetime.now(timezone.utc)
-    for kv in (await store.list("IPAMBlock", defer_errors=True)).items:
-        try:
-            block_specs.append(kv.value.spec)
-        except DatastoreError as err:
-            unreadable[_cidr_of(kv.key.name)] = str(err)
-    pools = [kv.value for kv in (await store.list("IPPool")).items]
-    nodes = [kv.value for kv in (await store.list("Node")).items]
-    endpoints = [kv.value for kv in (await store.list("WorkloadEndpoint")).items]
-    handles = (await store.list("IPAMHandle")).items
+    bad_blocks: dict[Key, str] = {}
+    block_specs = [kv.value.spec for kv in await _readable(store, "IPAMBlock", bad_blocks)]
+    unreadable: dict[Key, str] = {}
+    pools = [kv.value for kv in await _readable(store, "IPPool", unreadable)]
+    nodes = [kv.value for kv in await _readable(store, "Node", unreadable)]
+    endpoints = [kv.value for kv in await _readable(store, "WorkloadEndpoint", unreadable)]
+    handles = await _readable(store, "IPAMHandle", unreadable)
     return Snapshot(
         [b for b in block_specs if not b.deleted], pools, nodes, endpoints,
-        [h for h in handles if not h.value.spec.deleted], unreadable, read_at,
+        [h for h in handles if not h.value.spec.deleted],
+        {_cidr_of(key.name): why for key, why in bad_blocks.items()}, read_at, unreadable,
     )
+
+
+async def _readable(store: Datastore, kind: str, unreadable: dict[Key, str]) -> list[KVPair]:
+    """Every object of `kind` whose value can be read; the others go into `unreadable` with
+    why. `defer_errors`, or Kubernetes fails the whole list for one bad object."""
+    readable = []
+    for kv in (await store.list(kind, defer_errors=True)).items:
+        try:
+            kv.value
+        except DatastoreError as err:
+            unreadable[kv.key] = str(err)
+        else:
+            readable.append(kv)
+    return readable
 
 
 def _cidr_of(block_name: str) -> str:
@@ -138,6 +166,9 @@ class AllocationInfo:
     block_node: str | None
     owners: tuple[Owner, ...]
     in_use: bool
+    # Not in use as far as the readable objects tell, but one that may own it cannot be read:
+    # held back, neither in use nor leaked (see the module docstring).
+    unreadable_owner: Key | None = None
 
     @property
     def type(self) -> str | None:
@@ -188,6 +219,8 @@ class Report:
     overstated_handles: list[HandleInfo] = field(default_factory=list)
     missing_handles: list[str] = field(default_factory=list)
     unreadable_blocks: Mapping[str, str] = field(default_factory=dict)  # CIDR -> why
+    unreadable: Mapping[Key, str] = field(default_factory=dict)  # other objects -> why
+    held_back: list[AllocationInfo] = field(default_factory=list)  # their owner is unreadable
     cooling: int = 0  # addresses released and waiting out ipCooldownSeconds
     released_in_future: list[str] = field(default_factory=list)  # blocks: clock skew
 
@@ -206,10 +239,13 @@ class Report:
     @property
     def problems(self) -> int:
         """Calico's count (leaked addresses, both kinds of unallocated use, handles with no
-        addresses) plus handles that overstate. Missing handles are shown but not counted."""
+        addresses) plus handles that overstate and objects that cannot be read. Missing
+        handles are shown but not counted, nor the addresses held back (their unreadable owner
+        is the problem)."""
         return (len(self.leaked_ips) + len(self.not_in_pool) + len(self.not_allocated)
                 + len(self.leaked_handles) + len(self.overstated_handles)
-                + len(self.unreadable_blocks) + len(self.released_in_future))
+                + len(self.unreadable_blocks) + len(self.unreadable)
+                + len(self.released_in_future))
 
     def allocations_by_node(self) -> list[tuple[str, int]]:
         """Nodes by number of allocations, most first (ties by name)."""
@@ -223,6 +259,32 @@ def _uses(allocation_type: str | None, node: str | None, owners: list[Owner]) ->
     if allocation_type in TUNNEL_TYPES and node:
         return any(o.kind == "Workload" or o.name == node for o in owners)
     return bool(owners)
+
+
+class _UnreadableOwners:
+    """Which unreadable object, if any, may own an allocation (the module docstring says why
+    each kind owns what it does)."""
+
+    def __init__(self, unreadable: Iterable[Key]):
+        self.nodes: dict[str, Key] = {}
+        self.namespaces: dict[str | None, Key] = {}
+        self.handles: dict[str, Key] = {}
+        for key in sorted(unreadable, key=str):
+            if key.kind == "Node":
+                self.nodes.setdefault(key.name, key)
+            elif key.kind == "WorkloadEndpoint":
+                self.namespaces.setdefault(key.namespace, key)
+            elif key.kind == "IPAMHandle":
+                self.handles.setdefault(key.name, key)
+
+    def of(self, node: str | None, handle: str | None, attrs: Mapping[str, str]) -> Key | None:
+        found = self.nodes.get(node or "") or self.handles.get(handle or "")
+        if found is None and self.namespaces and attrs.get("type") not in TUNNEL_TYPES:
+            namespace = attrs.get("namespace")
+            # An address given to no namespace may be any endpoint's: the first one names it.
+            found = (self.namespaces.get(namespace) if namespace
+                     else next(iter(self.namespaces.values())))
+        return found
 
 
 def _node_ips(node: Node) -> list[str]:
@@ -244,6 +306,7 @@ def analyse(snapshot: Snapshot) -> Report:
     for ip, owner in node_ips + workload_ips:
         in_use[ip].append(owner)
 
+    unreadable_owners = _UnreadableOwners(snapshot.unreadable)
     allocations: dict[str, list[AllocationInfo]] = defaultdict(list)
     actual: dict[str, Counter[str]] = defaultdict(Counter)
     cooling = 0
@@ -264,11 +327,14 @@ def analyse(snapshot: Snapshot) -> Report:
             ip = str(blocks.address(spec, ordinal))
             node = attrs.get("node") or spec.affinity_node
             owners = in_use.get(ip, [])
+            used = _uses(attrs.get("type"), node, owners)
             allocations[ip].append(AllocationInfo(
                 ip=ip, block=spec.cidr, handle=attribute.handle_id,
                 sequence_number=spec.sequence_number_for_allocation.get(str(ordinal)),
                 attributes=attrs, node=node, block_node=spec.affinity_node,
-                owners=tuple(owners), in_use=_uses(attrs.get("type"), node, owners),
+                owners=tuple(owners), in_use=used,
+                unreadable_owner=None if used else unreadable_owners.of(
+                    node, attribute.handle_id, attrs),
             ))
             if attribute.handle_id is not None:
                 actual[attribute.handle_id][spec.cidr] += 1
@@ -285,12 +351,17 @@ def analyse(snapshot: Snapshot) -> Report:
         blocks=snapshot.blocks, allocations=allocations,
         active_pools=[p.spec.cidr for p in pools], node_ips=node_ips, workload_ips=workload_ips,
         in_use=dict(sorted(in_use.items(), key=lambda kv: ip_order(kv[0]))),
-        nodes=frozenset(n.metadata.name for n in snapshot.nodes), handles=handles,
-        unreadable_blocks=dict(snapshot.unreadable_blocks), cooling=cooling,
+        # A Node that cannot be read still exists: the collector must not take it for gone.
+        nodes=frozenset(n.metadata.name for n in snapshot.nodes).union(unreadable_owners.nodes),
+        handles=handles, unreadable_blocks=dict(snapshot.unreadable_blocks),
+        unreadable=dict(sorted(snapshot.unreadable.items(), key=lambda kv: str(kv[0]))),
+        cooling=cooling,
         released_in_future=sorted(released_ahead, key=lambda c: ip_order(c.split("/")[0])),
     )
     unknown = _networks(snapshot.unreadable_blocks)
-    report.leaked = [a for allocs in allocations.values() for a in allocs if not a.in_use]
+    unused = [a for allocs in allocations.values() for a in allocs if not a.in_use]
+    report.leaked = [a for a in unused if a.unreadable_owner is None]
+    report.held_back = [a for a in unused if a.unreadable_owner is not None]
     for ip, owners in report.in_use.items():
         if ip in allocations:
             continue
@@ -308,7 +379,7 @@ def analyse(snapshot: Snapshot) -> Report:
             report.leaked_handles.append(handle)
         elif handle.overstated:
             report.overstated_handles.append(handle)
-    report.missing_handles = sorted(set(actual) - set(handles))
+    report.missing_handles = sorted(set(actual) - set(handles) - set(unreadable_owners.handles))
     return report
 
 
@@ -336,9 +407,13 @@ async def check(store: Datastore) -> Report:
 # from another cluster cannot match a block's sequence numbers, which start at the block's
 # creation time in ns) and adds: `generatedAt`, each allocation's `block`, and for handles their
 # counts (`block`, as in IPAMHandle, and `inBlocks`, what the blocks held), plus
-# `overstatedHandles`. The release re-checks against these before touching anything.
+# `overstatedHandles`; where objects could not be read, `unreadable` (object -> why) and, on an
+# allocation one of them may own, `heldBack` (the object): such an allocation is no leak to
+# release. The release re-checks against these before touching anything.
 
-REPORT_FIELDS_OMITTED_WHEN_EMPTY = ("handle", "pod", "namespace", "node", "type", "creationTimestamp")
+REPORT_FIELDS_OMITTED_WHEN_EMPTY = (
+    "handle", "pod", "namespace", "node", "type", "creationTimestamp", "heldBack",
+)
 
 
 def _allocation_document(a: AllocationInfo) -> dict[str, Any]:
@@ -347,6 +422,7 @@ def _allocation_document(a: AllocationInfo) -> dict[str, Any]:
         "pod": a.attributes.get("pod"), "namespace": a.attributes.get("namespace"),
         "node": a.node, "type": a.type, "creationTimestamp": a.attributes.get("timestamp"),
         "inUse": a.in_use, "borrowed": a.borrowed, "owners": [str(o) for o in a.owners],
+        "heldBack": str(a.unreadable_owner) if a.unreadable_owner else None,
     }
     return {k: v for k, v in doc.items()
             if not (k in REPORT_FIELDS_OMITTED_WHEN_EMPTY and not v)
@@ -359,7 +435,7 @@ def _handle_document(h: HandleInfo) -> dict[str, Any]:
 
 
 def report_document(report: Report, *, version: str, generated_at: str) -> dict[str, Any]:
-    return {
+    document = {
         "version": version,
         "generatedAt": generated_at,
         "allocations": {ip: [_allocation_document(a) for a in allocs]
@@ -367,6 +443,9 @@ def report_document(report: Report, *, version: str, generated_at: str) -> dict[
         "leakedHandles": [_handle_document(h) for h in report.leaked_handles],
         "overstatedHandles": [_handle_document(h) for h in report.overstated_handles],
     }
+    if report.unreadable:
+        document["unreadable"] = {str(key): why for key, why in report.unreadable.items()}
+    return document
 
 
 class _ReportModel(BaseModel):
@@ -380,6 +459,7 @@ class ReportAllocation(_ReportModel):
     handle: str | None = None
     sequence_number: int | None = Field(None, alias="sequenceNumber")
     in_use: bool = Field(alias="inUse")
+    held_back: str | None = Field(None, alias="heldBack")
 
 
 class ReportHandle(_ReportModel):
@@ -401,7 +481,8 @@ class ReportFile(_ReportModel):
     overstated_handles: list[ReportHandle] | None = Field(None, alias="overstatedHandles")
 
     def leaks(self) -> list[ReportAllocation]:
-        return [a for allocs in self.allocations.values() for a in allocs if not a.in_use]
+        return [a for allocs in self.allocations.values() for a in allocs
+                if not a.in_use and not a.held_back]
 
 
 class ReportError(ValueError):

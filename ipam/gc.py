@@ -24,7 +24,13 @@ What the collector adds, after Calico's kube-controllers (calico.md §1.9, issue
   * release is all-or-nothing per handle: if any address of a handle is still in use, or not
     yet confirmed, none of the handle's addresses is released;
   * an empty block is released only after two consecutive rounds saw it empty with the same
-    sequence number, and never a node's last block;
+    sequence number; never the last block of a node that exists, but a gone node's last block
+    goes too, with its affinity (Calico gives up a deleted node's affinities once nothing valid
+    remains in them). "Gone" is judged as for its addresses: at once for a node an earlier round
+    saw; for a node no round has seen (not registered yet, or this collector restarted) only
+    once the block has stayed empty for `grace_period` (never, with a grace period of 0);
+  * an address that an object which cannot be read may own (a Node, a Pod's endpoint, a handle:
+    `check.py`) is held back, never released, and the object is logged by name;
   * addresses released into a cooldown (IPAMConfig ipCooldownSeconds) are freed once it has
     passed, in blocks no allocation would otherwise touch.
 
@@ -32,8 +38,8 @@ Blocks and affinities are written only through `IPAM` (`release_ips`, whose hand
 keep handles right, and `_release_block_affinity`). The one write made here is `repair_handle`,
 used by `--from-report`: a compare-and-swap delete or count correction of an IPAMHandle that a
 crash left overstated. Not done yet: the collector leaves handles to `ipam check`/`release`, and
-keeps a deleted node's last block (Calico gives up a gone node's affinities once nothing valid
-remains in them).
+does not look for a gone node's affinities that have no block (a claim that crashed half-way):
+it reads blocks, not affinities.
 """
 
 from __future__ import annotations
@@ -74,9 +80,13 @@ class LeakRelease:
     already_free: list[str] = field(default_factory=list)
     # Re-allocated (another handle or sequence number) or in use again: left alone.
     changed: list[str] = field(default_factory=list)
+    # Unused, but an object that may own them cannot be read now (check.py): left alone.
+    held_back: list[str] = field(default_factory=list)
 
 
-def still_leaked(leak: LeakRef, fresh: Report) -> AllocationInfo | Literal["free", "changed"]:
+def still_leaked(
+    leak: LeakRef, fresh: Report,
+) -> AllocationInfo | Literal["free", "changed", "held back"]:
     """The allocation `leak` names as the fresh scan sees it, if it is still the same allocation
     and still unused; else why not."""
     now = fresh.allocations.get(leak.ip)
@@ -85,6 +95,8 @@ def still_leaked(leak: LeakRef, fresh: Report) -> AllocationInfo | Literal["free
     same = [a for a in now if a.handle == leak.handle and a.sequence_number == leak.sequence_number]
     if not same or same[0].in_use:
         return "changed"
+    if same[0].unreadable_owner is not None:
+        return "held back"
     return same[0]
 
 
@@ -99,6 +111,8 @@ async def release_leaks(ipam: IPAM, leaks: Iterable[LeakRef], fresh: Report) -> 
             result.already_free.append(leak.ip)
         elif found == "changed":
             result.changed.append(leak.ip)
+        elif found == "held back":
+            result.held_back.append(leak.ip)
         else:
             confirmed[found.ip] = found
     if not confirmed:
@@ -183,10 +197,11 @@ class GCRound:
     confirmed: int = 0         # of which past their grace period, or their node is gone
     released: int = 0          # addresses released (ipam_allocations_gc_reclamations)
     changed: int = 0           # confirmed, but in use again or re-allocated at the re-check
+    held_back: int = 0         # unused, but an object that may own them cannot be read
     skipped_handles: int = 0   # handles left whole: an address still valid or not confirmed
     empty_blocks: int = 0      # affine blocks seen empty this round
     released_blocks: int = 0   # empty blocks given back
-    kept_last_blocks: int = 0  # empty blocks kept because they are their node's last
+    kept_last_blocks: int = 0  # empty blocks kept: their node's last, and it is not gone
     cooled: int = 0            # released addresses freed at the end of their cooldown
 
 
@@ -203,22 +218,30 @@ def _key(a: AllocationInfo) -> _CandidateKey:
     return a.ip, a.handle, a.sequence_number
 
 
+@dataclass(frozen=True)
+class _EmptySighting:
+    sequence_number: int
+    since: datetime  # the first of the consecutive rounds that saw it empty at that number
+
+
 class GarbageCollector:
     """Finds and releases leaked addresses and surplus empty blocks, one round per call.
 
     State kept between rounds: when each candidate was first seen, which empty blocks were
-    seen (with their sequence numbers) last round, and which nodes have been seen. A node counts
-    as gone only if an earlier round saw its Node resource: the allocator serves a node before
-    it registers (`IPAM._node_labels`), so "no Node" alone could mean "not yet". After a restart
-    the collector falls back to the grace period for such nodes.
+    seen (with their sequence numbers, and since when) last round, which nodes have been seen,
+    and which unreadable objects have been logged. A node counts as gone only if an earlier
+    round saw its Node resource: the allocator serves a node before it registers
+    (`IPAM._node_labels`), so "no Node" alone could mean "not yet". After a restart the
+    collector falls back to the grace period for such nodes.
     """
 
     def __init__(self, ipam: IPAM, *, grace_period: timedelta = DEFAULT_GRACE_PERIOD):
         self.ipam = ipam
         self.grace_period = grace_period
         self._candidates: dict[_CandidateKey, _Candidate] = {}
-        self._empty_last_round: dict[str, int] = {}
+        self._empty_last_round: dict[str, _EmptySighting] = {}
         self._known_nodes: set[str] = set()
+        self._unreadable_told: dict[Key, str] = {}
         self.last_round = GCRound()
         self.total_released = 0
         self.total_released_blocks = 0
@@ -229,16 +252,30 @@ class GarbageCollector:
         gone = self._known_nodes - report.nodes
         self._known_nodes |= report.nodes
 
+        self._tell_unreadable(report, done)
         confirmed = self._track_candidates(report, now, gone, done)
         if confirmed:
             await self._release_confirmed(confirmed, done)
-        await self._release_empty_blocks(report, done)
+        await self._release_empty_blocks(report, now, gone, done)
         await self._collect_cooled(report, now, done)
 
         self.last_round = done
         self.total_released += done.released
         self.total_released_blocks += done.released_blocks
         return done
+
+    def _tell_unreadable(self, report: Report, done: GCRound) -> None:
+        """Log each object that cannot be read, once while it stays so, with the addresses it
+        holds back: an operator has to mend it before they can be collected."""
+        held: Counter[Key] = Counter(a.unreadable_owner for a in report.held_back
+                                     if a.unreadable_owner is not None)
+        done.held_back = len(report.held_back)
+        for key, why in report.unreadable.items():
+            if self._unreadable_told.get(key) != why:
+                # `why` names the object: "Node(node-b) (revision 5) cannot be read: ...".
+                log.warning("IPAM GC: %s; holding back the %d unused addresses it may own",
+                            why, held[key])
+        self._unreadable_told = dict(report.unreadable)
 
     def _track_candidates(
         self, report: Report, now: datetime, gone: set[str], done: GCRound,
@@ -293,6 +330,7 @@ class GarbageCollector:
         result = await release_leaks(self.ipam, to_release, fresh)
         done.released += len(result.released)
         done.changed += len(result.changed) + len(result.already_free)
+        done.held_back += len(result.held_back)
         for a in result.released:
             self._candidates.pop(_key(a), None)
             log.info("Released leaked IP %s handle=%s node=%s", a.ip, a.handle, a.node)
@@ -311,18 +349,28 @@ class GarbageCollector:
             if earliest + cooldown <= now:
                 done.cooled += await self.ipam.collect_cooled(spec.cidr, now)
 
-    async def _release_empty_blocks(self, report: Report, done: GCRound) -> None:
+    async def _release_empty_blocks(
+        self, report: Report, now: datetime, gone: set[str], done: GCRound,
+    ) -> None:
         owned: Counter[str] = Counter(b.affinity_node for b in report.blocks if b.affinity_node)
         empty = {b.cidr: b for b in report.blocks if b.affinity_node and blocks.is_empty(b)}
         done.empty_blocks = len(empty)
-        seen_twice = [b for cidr, b in empty.items()
-                      if self._empty_last_round.get(cidr) == b.sequence_number]
-        self._empty_last_round = {cidr: b.sequence_number for cidr, b in empty.items()}
+        sightings: dict[str, _EmptySighting] = {}
+        seen_twice = []
+        for cidr, b in empty.items():
+            last = self._empty_last_round.get(cidr)
+            if last is not None and last.sequence_number == b.sequence_number:
+                sightings[cidr] = last
+                seen_twice.append(b)
+            else:
+                sightings[cidr] = _EmptySighting(b.sequence_number, now)
+        self._empty_last_round = sightings
         # Highest first, IPv6 after IPv4: Python orders no IPv4 network against an IPv6 one, and
         # a dual-stack cluster's collector stopped there with a TypeError on every round.
         for spec in sorted(seen_twice, key=lambda b: (b.network.version, b.network), reverse=True):
             node = spec.affinity_node or ""
-            if owned[node] <= 1:
+            if owned[node] <= 1 and not self._node_gone(node, report, gone,
+                                                         sightings[spec.cidr].since, now):
                 done.kept_last_blocks += 1
                 continue
             released = await self.ipam._release_block_affinity(
@@ -332,6 +380,18 @@ class GarbageCollector:
                 done.released_blocks += 1
                 self._empty_last_round.pop(spec.cidr, None)
                 log.info("Released empty block %s of node %s", spec.cidr, node)
+
+    def _node_gone(
+        self, node: str, report: Report, gone: set[str], empty_since: datetime, now: datetime,
+    ) -> bool:
+        """Whether `node` is gone, for its last block: as for its addresses, at once if an
+        earlier round saw it; if none did, once the block has been empty for the grace period
+        (a node not registered yet has its first block claimed before its Node exists)."""
+        if node in report.nodes:
+            return False
+        if node in gone:
+            return True
+        return bool(self.grace_period) and now - empty_since >= self.grace_period
 
 
 def released_by_handle(results: Sequence[AllocationInfo]) -> dict[str, dict[str, int]]:

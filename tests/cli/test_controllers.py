@@ -1,17 +1,25 @@
 """percale-controllers as it runs in a cluster, against the session's etcd: a leaked address is
 released once its grace period has passed, a node's surplus empty block goes back after two
 rounds, its last block stays; a grace period of 0 collects no leaks (Calico's meaning); bad
-settings are refused naming the option."""
+settings are refused naming the option; a round that fails is logged and the next one runs."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from percale.controllers import main as controllers
+from percale.datastore.options import datastore_settings
 from percale.ipam.allocator import IPAM
+from percale.ipam.errors import TooManyConflicts
+from percale.ipam.gc import GarbageCollector
+from tests.helpers.ipam_pods import node
 from tests.helpers.ipam_world import add_pool, assert_consistent
 from tests.helpers.store import with_store
 
@@ -30,6 +38,8 @@ def run(etcd, *args: str) -> subprocess.CompletedProcess:
 def test_gc_releases_leaks_and_surplus_empty_blocks(etcd):
     async def setup(store):
         await add_pool(store, "pods", "10.250.0.0/24", blockSize=29)
+        # A registered node: a node no round ever saw may be gone, and loses its last block too.
+        await store.create(node("node-a"))
         ipam = IPAM(store)
         # node-a: 8 addresses fill its first block, the 9th claims a second; no pod uses any
         # of them (no WorkloadEndpoint), so all are leaks once the grace period is over.
@@ -47,7 +57,8 @@ def test_gc_releases_leaks_and_surplus_empty_blocks(etcd):
     blocks, held = with_store(etcd.endpoint, after)
     assert held == []
     # Round one saw the leaks, round two (past the grace period) released them; rounds three
-    # and four saw both blocks empty, and one went back: never a node's last block.
+    # and four saw both blocks empty, and one went back: never the last block of a node that
+    # exists.
     assert [b.affinity for b in blocks] == ["host:node-a"]
 
 
@@ -83,3 +94,52 @@ def test_durations_out_of_range_name_the_option(etcd, option, value, reason):
     done = run(etcd, option, value)
     assert done.returncode == 2
     assert option in done.stderr and reason in done.stderr
+
+
+@pytest.fixture
+def settings(etcd):
+    """For percale-controllers' loop run in this process, on the session's etcd. The loop takes
+    SIGTERM and SIGINT; they are given back after the test, so that Ctrl-C still stops pytest."""
+    yield datastore_settings(None, etcd.endpoint, None, None, None)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+async def test_a_round_that_raises_is_logged_and_the_next_round_runs(settings, monkeypatch, caplog):
+    """TooManyConflicts is an IPAMError, not a DatastoreError: it ended the process with a
+    traceback, and with it every grace timer the collector kept. So did any bug in a round."""
+    real_run_once = GarbageCollector.run_once
+    failures = iter([TooManyConflicts(), RuntimeError("a bug")])
+    rounds = []
+
+    async def run_once(self, now):
+        rounds.append(self)
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await real_run_once(self, now)
+
+    monkeypatch.setattr(GarbageCollector, "run_once", run_once)
+    caplog.set_level(logging.DEBUG, logger="percale.controllers")
+    await controllers.run(settings, interval=0.01, grace=900, rounds=3)
+    assert len(rounds) == 3 and len(set(map(id, rounds))) == 1  # one collector throughout
+    failed = [r for r in caplog.records if "round failed" in r.getMessage()]
+    assert [r.levelno for r in failed] == [logging.WARNING, logging.ERROR]
+    assert "Max retries hit" in failed[0].getMessage()
+    assert failed[1].exc_info is not None  # the bug's traceback, for its report
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)
+
+
+async def test_cancelling_the_loop_still_stops_it(settings, monkeypatch):
+    started = asyncio.Event()
+
+    async def run_once(self, now):
+        started.set()
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(GarbageCollector, "run_once", run_once)
+    task = asyncio.create_task(controllers.run(settings, interval=0.01, grace=900, rounds=None))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)

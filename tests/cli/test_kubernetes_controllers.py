@@ -62,3 +62,43 @@ def test_a_deleted_node_gives_its_addresses_back(kube):
     assert held["web-1"] == [] and held["web-2"] == [], held
     assert held["db-1"], "another node's address went too"
     with_store(kube.admin, assert_consistent)
+
+
+def test_a_node_or_pod_that_cannot_be_read_switches_no_gc_off(kube):
+    """A Node annotated `percale.io/ASNumber: "65001a"` or a Pod annotated
+    `percale.io/workloadEndpoint: oops` failed every round: anyone allowed to annotate a pod
+    turned off the cluster's GC. Now the rounds go on and free other leaks; what the bad
+    objects may own is held back, and they are logged by name."""
+    for node in ("node-a", "node-b"):
+        kube.node(node, None)
+    kube.pod("tenant-a", "mine", node="node-a")
+    owners = {"crashed": ("node-a", "default"), "on-b": ("node-b", "default"),
+              "mine": ("node-a", "tenant-a")}
+
+    async def allocate(store):
+        await add_pool(store, "pods", "10.252.0.0/24")
+        ipam = IPAM(store)
+        for pod, (node, namespace) in owners.items():
+            await ipam.auto_assign(node, handle_id=f"k8s-pod-network.{pod}", num4=1,
+                                   attrs={"pod": pod, "namespace": namespace})
+
+    async def holders(store):
+        ipam = IPAM(store)
+        return {pod: await ipam.ips_by_handle(f"k8s-pod-network.{pod}") for pod in owners}
+
+    with_store(kube.admin, allocate)
+    # Annotated once the addresses are given: the allocator cannot read node-b either.
+    kube.kubectl("annotate", "node", "node-b", "percale.io/ASNumber=65001a")
+    kube.kubectl("annotate", "pod", "mine", "-n", "tenant-a", "percale.io/workloadEndpoint=oops")
+    controllers = kube.kubeconfig("percale-controllers", groups=("percale:controllers",))
+    done = subprocess.run(
+        [CONTROLLERS, "--datastore-type", "kubernetes", "--kubeconfig", controllers,
+         "--rounds", "3", "--gc-interval", "0.5s", "--leak-grace-period", "0.1s"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "round failed" not in done.stderr, done.stderr
+    assert "Node(node-b)" in done.stderr
+    assert "WorkloadEndpoint(tenant-a/node--a-k8s-mine-eth0)" in done.stderr
+    held = with_store(kube.admin, holders)
+    assert held["crashed"] == [], held
+    assert held["on-b"] and held["mine"], "an address whose owner could not be read was freed"

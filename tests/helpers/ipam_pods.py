@@ -5,9 +5,10 @@ code. Shared by the leak-check, garbage-collection and crash tests (pools: ipam_
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
-from percale.datastore import Datastore
+from percale.datastore import Datastore, Key, MemoryDatastore
 from percale.ipam.allocator import IPAM
 from percale.api import Node, WorkloadEndpoint, parse
 from percale.api.workloadendpoint import workload_endpoint_name
@@ -32,6 +33,27 @@ def endpoint(node_name: str, pod: str, ips: list[str], *, container_id: str | No
                      "namespace": namespace},
         "spec": spec,
     })
+
+
+def unreadable_node(store: MemoryDatastore, name: str) -> Key:
+    """Write over a Node what the model refuses, as a hand edit can leave it (on Kubernetes,
+    the annotation `percale.io/ASNumber: "65001a"`)."""
+    key = Key("Node", name)
+    store.put_raw(key, json.dumps({"apiVersion": "percale.io/v1", "kind": "Node",
+                                   "metadata": {"name": name},
+                                   "spec": {"bgp": {"asNumber": "65001a"}}}).encode())
+    return key
+
+
+def unreadable_endpoint(store: MemoryDatastore, node_name: str, pod: str, *,
+                        namespace: str = NAMESPACE) -> Key:
+    """A pod's WorkloadEndpoint that the model refuses (on Kubernetes, the Pod annotation
+    `percale.io/workloadEndpoint: oops`): which addresses it lists cannot be known."""
+    document = endpoint(node_name, pod, [], namespace=namespace).to_document()
+    document["spec"]["ipNetworks"] = ["oops"]
+    key = Key("WorkloadEndpoint", document["metadata"]["name"], namespace)
+    store.put_raw(key, json.dumps(document).encode())
+    return key
 
 
 def pod_handle(container_id: str) -> str:

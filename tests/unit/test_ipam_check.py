@@ -6,11 +6,19 @@ import json
 
 import pytest
 
+from percale.ctl.ipam_check import check_lines
 from percale.datastore import Key, MemoryDatastore
 from percale.ipam.allocator import IPAM, tunnel_handle
 from percale.ipam.check import ReportError, check, parse_report, report_document
 from percale.ipam.gc import release_leaks, repair_handle
-from tests.helpers.ipam_pods import add_pod, allocate, endpoint, node
+from tests.helpers.ipam_pods import (
+    add_pod,
+    allocate,
+    endpoint,
+    node,
+    unreadable_endpoint,
+    unreadable_node,
+)
 from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.unit
@@ -119,6 +127,53 @@ async def test_a_handle_mentioned_by_a_block_but_missing_is_shown_not_counted(ip
     report = await check(ipam.store)
     assert report.missing_handles == [handle]
     assert report.problems == 0  # as in Calico
+
+
+async def test_an_object_that_cannot_be_read_is_named_and_what_it_may_own_held_back(ipam):
+    """A Node, a pod's endpoint or a handle that cannot be read used to fail the whole check
+    (and every GC round with it). Now each is a problem named in the report, and an unused
+    address it may own is held back: neither in use nor leaked, so no release frees it."""
+    store = ipam.store
+    await add_pod(ipam, "node1", "web")
+    [leaked] = await allocate(ipam, "node1", "crashed")
+    [on_node2] = await allocate(ipam, "node2", "lost")           # node2's spec may name it
+    [in_tenant] = await allocate(ipam, "node1", "mine", namespace="tenant-a")
+    [counted] = await allocate(ipam, "node1", "counted")
+    before = await check(store)
+    handle = before.allocations[counted][0].handle
+    bad_node = unreadable_node(store, "node2")
+    bad_endpoint = unreadable_endpoint(store, "node1", "mine", namespace="tenant-a")
+    bad_handle = Key("IPAMHandle", handle)
+    store.put_raw(bad_handle, json.dumps(
+        {"apiVersion": "percale.io/v1", "kind": "IPAMHandle", "metadata": {"name": handle},
+         "spec": {"handleID": handle, "block": "garbage"}}).encode())
+
+    report = await check(store)
+    assert report.leaked_ips == [leaked]
+    assert {a.ip: a.unreadable_owner for a in report.held_back} == {
+        on_node2: bad_node, in_tenant: bad_endpoint, counted: bad_handle}
+    assert list(report.unreadable) == sorted([bad_node, bad_endpoint, bad_handle], key=str)
+    assert "asNumber" in report.unreadable[bad_node]
+    assert report.problems == 4  # the leak and the three objects
+    assert "node2" in report.nodes  # unreadable, not gone
+    assert report.missing_handles == []
+
+    doc = json.loads(json.dumps(report_document(report, version="v0.1.0", generated_at="now")))
+    assert set(doc["unreadable"]) == {"Node(node2)", f"IPAMHandle({handle})",
+                                      f"WorkloadEndpoint(tenant-a/{bad_endpoint.name})"}
+    assert doc["allocations"][on_node2][0]["heldBack"] == "Node(node2)"
+    assert [a.ip for a in parse_report(doc).leaks()] == [leaked]
+    # What percalectl ipam check prints: each object named, and what it holds back.
+    lines = check_lines(report, show_all_ips=False, show_problem_ips=True)
+    assert any(line.startswith("  Node(node2) cannot be read, skipping it: ") for line in lines)
+    assert "Holding back 3 IPs that an object which cannot be read may use." in lines
+    assert any(line.startswith(f"  {on_node2} held back for Node(node2); attrs ")
+               for line in lines)
+
+    # A report taken before they went bad: the re-check holds them back.
+    result = await release_leaks(ipam, before.leaked, report)
+    assert [a.ip for a in result.released] == [leaked]
+    assert sorted(result.held_back) == sorted([on_node2, in_tenant, counted])
 
 
 async def test_borrowed_addresses_are_marked(ipam):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -10,7 +11,14 @@ from percale.datastore import Key, MemoryDatastore, NotFound
 from percale.ipam.allocator import IPAM
 from percale.ipam.gc import GarbageCollector
 from percale.api.ipam import affinity_name, block_name
-from tests.helpers.ipam_pods import add_pod, allocate, endpoint, node
+from tests.helpers.ipam_pods import (
+    add_pod,
+    allocate,
+    endpoint,
+    node,
+    unreadable_endpoint,
+    unreadable_node,
+)
 from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.unit
@@ -156,6 +164,70 @@ async def test_a_leaked_tunnel_address_of_a_deleted_node_goes_at_once(ipam):
     await ipam.store.delete(Key("Node", "node2"))
     assert (await gc.run_once(at(1))).released == 1
     assert await ipam.get_allocation(tunnel) is None
+
+
+async def test_an_object_that_cannot_be_read_stops_no_round_and_loses_no_address(ipam, caplog):
+    """One unreadable Node or pod endpoint used to fail every round: anyone who could annotate
+    a pod switched off the cluster's GC. Now the rounds go on, the addresses such an object may
+    own are held back (not released, however long), and the object is logged once by name."""
+    [leaked] = await allocate(ipam, "node1", "crashed")
+    [on_node2] = await allocate(ipam, "node2", "lost")
+    [in_tenant] = await allocate(ipam, "node1", "mine", namespace="tenant-a")
+    gc = GarbageCollector(ipam)
+    assert (await gc.run_once(at(0))).candidates == 3
+    bad_node = unreadable_node(ipam.store, "node2")
+    bad_endpoint = unreadable_endpoint(ipam.store, "node1", "mine", namespace="tenant-a")
+
+    caplog.set_level(logging.WARNING, logger="percale.ipam.gc")
+    # node2 cannot be read, but it is there: not gone, so nothing of it goes at once.
+    done = await gc.run_once(at(1))
+    assert (done.candidates, done.held_back, done.released) == (1, 2, 0)
+    done = await gc.run_once(at(16))
+    assert (done.confirmed, done.released, done.held_back) == (1, 1, 2)
+    assert await ipam.get_allocation(leaked) is None
+    assert await ipam.get_allocation(on_node2) is not None
+    assert await ipam.get_allocation(in_tenant) is not None
+    told = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(told) == 2  # once each, not every round
+    assert any(str(bad_node) in m and "holding back the 1 unused" in m for m in told)
+    assert any(str(bad_endpoint) in m and "holding back the 1 unused" in m for m in told)
+
+
+async def test_a_deleted_nodes_last_block_goes_with_its_affinity_once_nothing_valid_is_left(ipam):
+    """Calico gives up a deleted node's affinities once no valid allocation remains; percale's
+    collector kept a node's last block even after the node was deleted, for good."""
+    await add_pod(ipam, "node1", "web")
+    [orphan] = await allocate(ipam, "node2", "orphan")
+    cidr = (await ipam.get_allocation(orphan)).block
+    gc = GarbageCollector(ipam)
+    await gc.run_once(at(0))
+    await ipam.store.delete(Key("Node", "node2"))
+    assert (await gc.run_once(at(0.1))).released == 1  # the address first, at once
+    assert (await gc.run_once(at(0.2))).released_blocks == 0  # then the block, seen empty twice
+    done = await gc.run_once(at(0.3))
+    assert (done.released_blocks, done.kept_last_blocks) == (1, 0)
+    assert not await block_exists(ipam, cidr)
+    with pytest.raises(NotFound):
+        await ipam.store.get(Key("BlockAffinity", affinity_name("node2", cidr)))
+    assert [kv.value.spec.affinity for kv in (await ipam.store.list("IPAMBlock")).items] == \
+        ["host:node1"]
+
+
+@pytest.mark.parametrize("grace, released_at", [(GRACE, 15), (timedelta(0), None)])
+async def test_the_last_block_of_a_node_no_round_saw_waits_for_the_grace_period(
+    ipam, grace, released_at,
+):
+    """A node may not have registered yet (its first block is claimed before its Node exists),
+    or this collector restarted: as for its addresses, its last block waits out the grace
+    period (for good with a grace period of 0)."""
+    [ip] = await allocate(ipam, "node3", "early")
+    cidr = (await ipam.get_allocation(ip)).block
+    await ipam.release_ips([ip])
+    gc = GarbageCollector(ipam, grace_period=grace)
+    for minute in (0, 1, 14.99):
+        assert (await gc.run_once(at(minute))).kept_last_blocks == (1 if minute else 0)
+    assert (await gc.run_once(at(15))).released_blocks == (1 if released_at else 0)
+    assert await block_exists(ipam, cidr) is (released_at is None)
 
 
 async def block_exists(ipam: IPAM, cidr: str) -> bool:
