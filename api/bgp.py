@@ -25,6 +25,7 @@ from percale.api.fields import (
     ASNumber,
     Duration,
     IPAddress,
+    NetworkOrAddress,
     PeerIP,
     Port,
     Selector,
@@ -126,13 +127,13 @@ class Community(Model):
 
 
 class PrefixAdvertisement(Model):
-    cidr: CIDR
+    cidr: NetworkOrAddress
     # Literal communities or names from spec.communities.
     communities: list[str] = Field(default_factory=list)
 
 
 class ServiceIPBlock(Model):
-    cidr: CIDR
+    cidr: NetworkOrAddress
 
 
 # Calico's ignoredInterface pattern: interface names (at most 15 characters) with * wildcards.
@@ -334,6 +335,15 @@ class BGPPeerSpec(Model):
             )
         if self.peer_ip and self.peer_selector:
             raise FieldError("peerSelector", "peerIP and peerSelector cannot both be set")
+        if self.local_workload_selector and written(info):
+            # Peering with the node's own pods needs BGPConfiguration's
+            # localWorkloadPeeringIPV4/IPV6 and sessions ExaBGP would have to open per pod:
+            # refused rather than stored and silently never acted on.
+            raise FieldError(
+                "localWorkloadSelector",
+                "peering with local workloads is not supported by percale; peer with the "
+                "workloads' addresses through peerIP instead",
+            )
         if self.local_workload_selector and (self.peer_ip or self.peer_selector):
             raise FieldError(
                 "localWorkloadSelector",

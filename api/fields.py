@@ -256,7 +256,22 @@ def _cidr_or_ip(value: str) -> str:
     return value
 
 
+def _network_or_address(value: str) -> str:
+    # Calico's `net` validator takes an address alone as its one-address network; stored as
+    # that network, so whatever reads the field reads a CIDR.
+    if isinstance(value, str) and "/" not in value:
+        _no_zone(value)
+        try:
+            return str(ipaddress.ip_network(plain_ip(value)))
+        except ValueError:
+            raise ValueError(f"{value!r} is neither a CIDR nor an IP address") from None
+    return _network(value)
+
+
 CIDR = Annotated[str, AfterValidator(_network)]
+# A CIDR, or an address alone, stored as its /32 or /128 (BGPConfiguration's service ranges and
+# prefixAdvertisements, which Calico validates with `net`).
+NetworkOrAddress = Annotated[str, AfterValidator(_network_or_address)]
 CIDROrIP = Annotated[str, AfterValidator(_cidr_or_ip)]
 IPAddress = Annotated[str, AfterValidator(_address)]
 IPv4Address = Annotated[str, AfterValidator(_ipv4)]

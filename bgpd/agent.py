@@ -145,6 +145,7 @@ class BGPAgent:
         self.router_id: str | None = None
         # For /readyz: this node's BGP configuration is applied (or it has no BGP address).
         self.synced = False
+        self._told_no_router_id = False  # logged that an IPv6-only node has no router ID
         self.on_sync: Callable[[float], None] | None = None  # each announcement pass's duration
         self._config: str | None = None
         self._supervisor: asyncio.Future[None] | None = None
@@ -314,6 +315,20 @@ class BGPAgent:
         configs = self.cache.values("BGPConfiguration")
         self._follow_log_severity(configs)
         speaker = peering.local_speaker(self.node, nodes, configs, self.router_id_setting)  # type: ignore[arg-type]
+        if speaker is not None and speaker.router_id is None and speaker.ipv6_address:
+            # An IPv6-only node: BGP needs an IPv4-format router ID, which its address cannot
+            # give. confd fails the same way; said once, and not ready, rather than no BGP at
+            # all with nothing said.
+            if not self._told_no_router_id:
+                log.error("node %s has only an IPv6 BGP address (%s), and BGP needs a router ID "
+                          "in IPv4 form: start percale-node with --router-id hash "
+                          "(PERCALE_ROUTER_ID=hash) or an IPv4 address; running no BGP until "
+                          "then", self.node, speaker.ipv6_address)
+                self._told_no_router_id = True
+            await self._route_to_peers({})
+            self.synced = False
+            return
+        self._told_no_router_id = False
         if speaker is None or speaker.router_id is None:
             await self._route_to_peers({})
             self.synced = True  # this node has no BGP address (yet): nothing to run

@@ -368,3 +368,31 @@ def test_log_severity_screen_sets_the_bgp_loggers_level_node_config_first(etcd, 
     finally:
         bgpd_logger.setLevel(logging.NOTSET)
         lab.down()
+
+
+def test_an_ipv6_only_node_without_a_router_id_says_so_and_is_not_ready(etcd, caplog):
+    """BGP needs a router ID in IPv4 form, which an IPv6 address cannot give: the agent ran no
+    BGP and reported ready, with nothing said. Now it says how to set one, once, and stays
+    not ready until the node has an IPv4 address (or percale-node a --router-id)."""
+    import logging
+
+    lab = Lab().up()
+    caplog.set_level(logging.ERROR, logger="percale.bgpd")
+    try:
+        async def scenario():
+            async with agent_of_node_a(lab, etcd.endpoint,
+                                       bgp={"ipv6Address": "fd00:99::1/64"}) as (store, agent):
+                await until(lambda: any("--router-id hash" in r.getMessage()
+                                        for r in caplog.records), 20, "nothing said")
+                assert agent.synced is False
+                stored = await store.get(Key("Node", "node-a"))
+                node = stored.value
+                node.spec.bgp.ipv4_address = "10.99.0.1/24"
+                await store.update(node, revision=stored.revision)
+                await until(lambda: agent.synced, 20, "not ready once the node had IPv4")
+            said = [r for r in caplog.records if "--router-id hash" in r.getMessage()]
+            assert len(said) == 1
+
+        asyncio.run(scenario())
+    finally:
+        lab.down()
