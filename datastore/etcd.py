@@ -77,7 +77,10 @@ class EtcdDatastore:
         return self._pair(key, kvs[0])
 
     async def get(self, key: Key) -> KVPair:
-        response = await self.client.range(layout.path(key).encode())
+        path = layout.stored_path(key)
+        if path is None:
+            raise NotFound(key)
+        response = await self.client.range(path.encode())
         if not response.kvs:
             raise NotFound(key)
         return self._pair(key, response.kvs[0])
@@ -123,7 +126,10 @@ class EtcdDatastore:
         return KVPair(key, with_revision(value, rev), rev)
 
     async def delete(self, key: Key, *, revision: str | None = None) -> KVPair:
-        path = layout.path(key).encode()
+        stored = layout.stored_path(key)
+        if stored is None:
+            raise NotFound(key)
+        path = stored.encode()
         response = await self.client.txn(
             [_compare_revision(path, revision)],
             [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=path, prev_kv=True))],

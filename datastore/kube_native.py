@@ -7,8 +7,9 @@ Pod, as in Calico's KDD (no CRD, nothing to keep in step):
 - a **WorkloadEndpoint** is a Pod that percale wired: the CNI plugin writes its endpoint as
   annotations of the Pod through `pods/status` (the IPs as `percale.io/podIP(s)`, the container
   ID, and the endpoint itself in `percale.io/workloadEndpoint`); its labels are the Pod's. A Pod
-  without the annotation has no endpoint; removing the endpoint removes the annotations but keeps
-  `percale.io/containerID`, as Calico keeps cni.projectcalico.org/containerID.
+  without the annotation has no endpoint, nor has a finished Pod (Succeeded or Failed); removing
+  the endpoint removes the annotations but keeps `percale.io/containerID`, as Calico keeps
+  cni.projectcalico.org/containerID.
 
 The revision of both is the Kubernetes object's resourceVersion. These functions are pure: the
 backend (kubernetes.py) makes the calls.
@@ -48,6 +49,8 @@ ENDPOINT = PREFIX + "workloadEndpoint"
 POD_IP = PREFIX + "podIP"
 POD_IPS = PREFIX + "podIPs"
 CONTAINER_ID = PREFIX + "containerID"
+# Pod phases after which a Pod never runs again (Kubernetes' PodSucceeded, PodFailed).
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 def _meta(obj: dict[str, Any], name: str, namespace: str | None = None,
@@ -140,11 +143,20 @@ def split_endpoint_name(name: str) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
+def finished(pod: dict[str, Any]) -> bool:
+    """Whether the Pod has run to its end (a Job's pod, one evicted): its containers are gone
+    and the kubelet tears its network down, so its addresses are free to be handed out again."""
+    return (pod.get("status") or {}).get("phase") in FINISHED_PHASES
+
+
 def endpoint_from_pod(pod: dict[str, Any]) -> KVPair | None:
-    """The WorkloadEndpoint a Pod carries, or None when percale has not wired it."""
+    """The WorkloadEndpoint a Pod carries, or None when percale has not wired it or the Pod has
+    finished. A finished Pod keeps its annotations until its CNI DEL (if that ever comes), but
+    its addresses may already belong to another pod: reported, it would give two endpoints one
+    address, so Calico's conversion drops finished Pods and so does this."""
     meta = pod.get("metadata", {})
     raw = (meta.get("annotations") or {}).get(ENDPOINT)
-    if raw is None:
+    if raw is None or finished(pod):
         return None
     try:
         stored = json.loads(raw)

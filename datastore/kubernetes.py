@@ -74,13 +74,20 @@ def collection_path(kind: str, namespace: str | None = None) -> str:
 
 
 def object_path(key: Key, name: str | None = None) -> str:
+    """Where the object `key` names is. A name no such object can have (`foo` for an endpoint,
+    which is <node>-<orchestrator>-<pod>-<endpoint>; a block name that is no CIDR) names
+    nothing: NotFound, as etcd answers for a key it does not hold, not a ValueError that
+    percalectl would print as a traceback."""
     if key.kind == "Profile":
         return f"/api/v1/namespaces/{key.name.removeprefix(NAMESPACE_PROFILE_PREFIX)}"
     if key.kind == "KubernetesNetworkPolicy":
         return f"{collection_path(key.kind, key.namespace)}/{key.name.removeprefix(KUBERNETES_POLICY_PREFIX)}"
-    if key.kind == "WorkloadEndpoint":
-        return f"{collection_path(key.kind, key.namespace)}/{kube_native.split_endpoint_name(key.name)[2]}"
-    return f"{collection_path(key.kind, key.namespace)}/{name or kube_names.object_name(key)}"
+    try:
+        if key.kind == "WorkloadEndpoint":
+            name = kube_native.split_endpoint_name(key.name)[2]
+        return f"{collection_path(key.kind, key.namespace)}/{name or kube_names.object_name(key)}"
+    except ValueError:
+        raise NotFound(key) from None
 
 
 def to_object(value: Resource, revision: str | None = None) -> dict[str, Any]:
@@ -184,12 +191,16 @@ class KubeDatastore:
 
     def __init__(self, kubeconfig: str | None = None):
         self.client = _LazyClient(kubeconfig)
+        self._policy_positions = _PolicyPositions()
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, key: Key) -> KVPair:
         if key.kind == "NetworkPolicy" and key.name.startswith(KUBERNETES_POLICY_PREFIX):
-            return await self.get(Key("KubernetesNetworkPolicy", key.name, key.namespace))
+            try:
+                return await self.get(Key("KubernetesNetworkPolicy", key.name, key.namespace))
+            except NotFound:
+                raise NotFound(key) from None  # the key asked for, not the internal kind
         if key.kind == "Profile" and not key.name.startswith(NAMESPACE_PROFILE_PREFIX):
             raise NotFound(key)
         try:
@@ -212,7 +223,14 @@ class KubeDatastore:
             native = await self._list("KubernetesNetworkPolicy", namespace, node=node,
                                       defer_errors=defer_errors)
             items = sorted(own.items + native.items, key=lambda kv: (kv.key.namespace or "", kv.key.name))
-            return ListResult(items, max(own.revision, native.revision, key=_revision_order))
+            # Two reads, each at its own revision. From the later one, a watch would miss a
+            # policy written between them into the half read first; from the earlier one it
+            # misses nothing, and may bring again what the later half holds (an update to a
+            # value the reader has). This store remembers both, so its own watch from there
+            # resumes each half exactly where it was read (see watch).
+            revision = min(own.revision, native.revision, key=_revision_order)
+            self._policy_positions.remember(namespace, revision, own.revision, native.revision)
+            return ListResult(items, revision)
         return await self._list(kind, namespace, node=node, defer_errors=defer_errors)
 
     async def _list(
@@ -327,9 +345,7 @@ class KubeDatastore:
                 f"{key}: on the Kubernetes datastore a Node is the Kubernetes Node; delete it with "
                 "kubectl delete node (percale-controllers then frees its addresses)")
         if key.kind == "WorkloadEndpoint":
-            current = await self.get(key)
-            await self._write_endpoint(key, None, revision or current.revision)
-            return current
+            return await self._write_endpoint(key, None, revision)
         # The apiserver answers a delete with a Status, not the object: read it first, and delete
         # exactly that version, so what is returned is what was deleted.
         async def attempt() -> KVPair:
@@ -346,34 +362,44 @@ class KubeDatastore:
     # -- Node and WorkloadEndpoint: Kubernetes' own objects (kube_native) ---------------------
 
     async def _create_node(self, value: Resource) -> KVPair:
+        """Write percale's fields onto the Node its kubelet registered. That Node changes on its
+        own (heartbeats, controllers' annotations), which says nothing about percale's fields:
+        a 409 reads it again and writes again, unless percale's annotations arrived meanwhile."""
         key = Key.of(value)
-        try:
-            current = await self.client.request("GET", object_path(key))
-        except KubeError as err:
-            if err.status == 404:
-                raise DatastoreError(
-                    f"{key}: no Kubernetes Node of that name; on the Kubernetes datastore nodes are "
-                    "registered by their kubelet") from None
-            raise _verdict(err, key) from None
-        if any(k.startswith(kube_native.PREFIX) for k in current["metadata"].get("annotations") or {}):
-            raise AlreadyExists(key)
-        return await self._update_node(value, current["metadata"]["resourceVersion"], current)
-
-    async def _update_node(self, value: Resource, revision: str | None,
-                           current: dict[str, Any] | None = None) -> KVPair:
-        key = Key.of(value)
-        known = [current]
 
         async def attempt() -> KVPair:
-            node, known[0] = known[0], None  # a retry reads the Node again
-            if node is None:
-                node = await self.client.request("GET", object_path(key))
-            rev = revision if revision is not None else node["metadata"]["resourceVersion"]
-            doc = kube_native.node_status_object(value, node, rev)
-            written = await self.client.request("PUT", object_path(key) + "/status", body=doc)
-            return kube_native.node_from_object(written)
+            try:
+                current = await self.client.request("GET", object_path(key))
+            except KubeError as err:
+                if err.status == 404:
+                    raise DatastoreError(
+                        f"{key}: no Kubernetes Node of that name; on the Kubernetes datastore "
+                        "nodes are registered by their kubelet") from None
+                raise
+            annotations = current["metadata"].get("annotations") or {}
+            if any(k.startswith(kube_native.PREFIX) for k in annotations):
+                raise AlreadyExists(key)
+            return await self._put_node_status(value, current)
+
+        return await self._swap(key, None, attempt)
+
+    async def _update_node(self, value: Resource, revision: str | None) -> KVPair:
+        key = Key.of(value)
+
+        async def attempt() -> KVPair:
+            node = await self.client.request("GET", object_path(key))
+            return await self._put_node_status(value, node, revision)
 
         return await self._swap(key, revision, attempt)
+
+    async def _put_node_status(self, value: Resource, node: dict[str, Any],
+                               revision: str | None = None) -> KVPair:
+        """PUT `value`'s fields onto `node` at `revision` (None: the revision `node` was read
+        at); a 409 is the KubeError the caller's _swap decides on."""
+        rev = revision if revision is not None else node["metadata"]["resourceVersion"]
+        doc = kube_native.node_status_object(value, node, rev)
+        written = await self.client.request("PUT", object_path(Key.of(value)) + "/status", body=doc)
+        return kube_native.node_from_object(written)
 
     async def _write_endpoint(self, key: Key, value: Resource | None, revision: str | None,
                               *, create: bool = False) -> KVPair:
@@ -390,15 +416,21 @@ class KubeDatastore:
             existing = kube_native.endpoint_from_pod(pod)
             if create and existing is not None:
                 raise AlreadyExists(key)
+            if create and kube_native.finished(pod):
+                raise DatastoreError(f"{key}: Pod {key.namespace}/{pod['metadata']['name']} has "
+                                     "finished; a finished Pod has no endpoint")
             if not create and (existing is None or existing.key != key):
                 raise NotFound(key)
-            rev = pod["metadata"]["resourceVersion"] if create else revision
-            patch = kube_native.endpoint_patch(value, rev)
+            # Without the caller's revision, write against the Pod just read: its kubelet
+            # rewrites its status at any time, and a 409 then reads it again (below), so a
+            # delete returns exactly the endpoint it removed.
+            patch = kube_native.endpoint_patch(
+                value, revision if revision is not None else pod["metadata"]["resourceVersion"])
             try:
                 written = await self.client.request(
                     "PATCH", path, body=patch, content_type="application/strategic-merge-patch+json")
             except KubeError as err:
-                if err.status == 409 and (create or revision is None):
+                if err.status == 409 and revision is None:
                     continue  # the Pod changed for another reason (its status): read it again
                 if err.status == 409:
                     raise Conflict(key, await self.get(key)) from None
@@ -425,29 +457,49 @@ class KubeDatastore:
                                            defer_errors=defer_errors):
                 yield event
             return
-        # percale's NetworkPolicies and Kubernetes' side by side, as one stream. Both come from
-        # the apiserver's one etcd, so one resourceVersion resumes either.
+        # percale's NetworkPolicies and Kubernetes' side by side, as one stream: two watches on
+        # two connections, so one may deliver a revision before the other delivers an older
+        # one, and a watch resumed from the newer would lose the older. Holding each event back
+        # until the other half has passed its revision would keep the order, but an idle half
+        # never passes anything: the apiserver sends it no bookmark while its kind is not
+        # written (none in 80 s, measured), so a policy would wait for a write of the other
+        # kind. Instead each half resumes from its own last event: when this stream ends, this
+        # store remembers where each half stood under the revision of the last event it
+        # delivered, and a watch from that revision starts each half there. The stream is in
+        # revision order per half (so per policy), and resumes without loss or repeat. Handed
+        # to another store (another process), a revision resumes both halves from it, which
+        # may lose an event that was in flight on the other connection.
+        if revision is None:
+            revision = await self._current_revision(kind, namespace)
+        own_from, native_from = self._policy_positions.start(namespace, revision)
+        positions = {"NetworkPolicy": own_from, "KubernetesNetworkPolicy": native_from}
         events: asyncio.Queue = asyncio.Queue()
 
         async def follow(sub: str) -> None:
             try:
-                async for event in self._watch(sub, revision=revision, namespace=namespace,
+                async for event in self._watch(sub, revision=positions[sub], namespace=namespace,
                                                node=node, defer_errors=defer_errors):
-                    await events.put(event)
+                    await events.put((sub, event))
             except BaseException as err:  # noqa: BLE001 - handed to the reader below
                 await events.put(err)
 
-        followers = [asyncio.create_task(follow(sub)) for sub in ("NetworkPolicy", "KubernetesNetworkPolicy")]
+        followers = [asyncio.create_task(follow(sub)) for sub in positions]
+        last = None
         try:
             while True:
                 item = await events.get()
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                sub, event = item
+                positions[sub] = last = event.revision
+                yield event
         finally:
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
+            if last is not None:
+                self._policy_positions.remember(namespace, last, positions["NetworkPolicy"],
+                                                positions["KubernetesNetworkPolicy"])
 
     async def _watch(
         self, kind: str, *, revision: str | None = None, namespace: str | None = None,
@@ -460,12 +512,7 @@ class KubeDatastore:
                 raise ValueError(f"{kind} is not node-scoped")
             query["labelSelector"] = kube_names.node_selector(node)
         if revision is None:
-            try:
-                probe = await self.client.request(
-                    "GET", collection_path(kind, namespace), query={"limit": 1})
-            except KubeError as err:
-                raise _watch_failure(err, "", kind) from None
-            revision = probe["metadata"]["resourceVersion"]
+            revision = await self._current_revision(kind, namespace)
         last = revision
         endpoints, nodes = _EndpointEvents(), _NodeChanges()
         while True:
@@ -492,36 +539,83 @@ class KubeDatastore:
             except KubeError as err:
                 raise _watch_failure(err, last, kind) from None
 
+    async def _current_revision(self, kind: str, namespace: str | None) -> str:
+        """The store's revision now, where a watch "from now" begins (one object read)."""
+        try:
+            probe = await self.client.request(
+                "GET", collection_path(kind, namespace), query={"limit": 1})
+        except KubeError as err:
+            raise _watch_failure(err, "", kind) from None
+        return probe["metadata"]["resourceVersion"]
+
     async def close(self) -> None:
         await self.client.close()
 
 
-class _EndpointEvents:
-    """Pod events as WorkloadEndpoint events: a Pod that gains the endpoint annotation is ADDED,
-    one that keeps it MODIFIED (only when the endpoint itself changed), one that loses it or goes
-    away DELETED; Pods without an endpoint are not reported."""
+class _PolicyPositions:
+    """Where each half of the NetworkPolicy stream (percale's, Kubernetes') stood, by the
+    revision a reader will hand back to resume: a list's, or the last event a watch delivered
+    (see KubeDatastore.watch). A few hundred are kept; a revision not known resumes both
+    halves from itself."""
+
+    KEPT = 256
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], KVPair] = {}
+        self._at: dict[tuple[str | None, str], tuple[str, str]] = {}
+
+    def remember(self, namespace: str | None, revision: str, own: str, native: str) -> None:
+        known = self._at.pop((namespace, revision), None)
+        if known is not None:
+            # Two readers stopped at the same revision with the other half at different places:
+            # the earlier of each, so neither misses an event (one may see an event again).
+            own = min(own, known[0], key=_revision_order)
+            native = min(native, known[1], key=_revision_order)
+        self._at[(namespace, revision)] = (own, native)
+        while len(self._at) > self.KEPT:
+            del self._at[next(iter(self._at))]
+
+    def start(self, namespace: str | None, revision: str) -> tuple[str, str]:
+        return self._at.get((namespace, revision), (revision, revision))
+
+
+class _EndpointEvents:
+    """Pod events as WorkloadEndpoint events: a Pod that gains the endpoint annotation is ADDED,
+    one that keeps it MODIFIED (only when the endpoint itself changed), one that loses it (or
+    finishes) or goes away DELETED; Pods without an endpoint are not reported.
+
+    A watch from a revision does not know what each Pod held at that revision: a Pod that first
+    comes (MODIFIED, or DELETED) without an endpoint may have had one then, removed by a CNI DEL
+    just after the list the watch follows. Dropping that change left the reader with a dead
+    endpoint for ever, so it is told DELETED once, under the name the endpoint had (kube_native.
+    endpoint_key); a reader that never held that key ignores it, as the Cache does."""
+
+    def __init__(self) -> None:
+        # Every Pod this watch has seen: its endpoint, or None when it has none.
+        self._known: dict[tuple[str, str], KVPair | None] = {}
 
     def event(self, type_: str, pod: dict[str, Any],
               defer_errors: bool = False) -> WatchEvent | None:
         meta = pod.get("metadata", {})
         where = (meta.get("namespace", ""), meta.get("name", ""))
         now = None if type_ == "DELETED" else _read("WorkloadEndpoint", pod, defer_errors)
+        seen = where in self._known
         before = self._known.pop(where, None)
-        if now is not None:
+        if type_ != "DELETED":
             self._known[where] = now
+        if now is not None:
             if before is not None and _same_endpoint(before, now):
                 return None
             return WatchEvent.of("MODIFIED" if before else "ADDED", now)
-        if before is None:
-            if type_ == "DELETED":
-                gone = _read("WorkloadEndpoint", pod, defer_errors)
-                if gone is not None:
-                    return _deleted(gone, meta["resourceVersion"])
-            return None
-        return _deleted(before, meta["resourceVersion"])
+        if before is not None:
+            return _deleted(before, meta["resourceVersion"])
+        if seen or type_ == "ADDED":
+            return None  # without an endpoint since this watch saw it first, or since it was made
+        if type_ == "DELETED":
+            gone = _read("WorkloadEndpoint", pod, defer_errors)
+            if gone is not None:
+                return _deleted(gone, meta["resourceVersion"])
+        return WatchEvent.later("DELETED", kube_native.endpoint_key(pod),
+                                meta["resourceVersion"], None)
 
 
 def _same_endpoint(before: KVPair, now: KVPair) -> bool:

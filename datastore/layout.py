@@ -43,6 +43,19 @@ def path(key: Key) -> str:
     return f"{_RESOURCES}/{plural}/{key.name}"
 
 
+def stored_path(key: Key) -> str | None:
+    """Where an object of `key` would be stored, or None when no object of its kind can have
+    its name (a BlockAffinity `foo` spells no node and block; an IPAMConfig other than
+    `default`, which `path` would send to the one config there is): a read or delete of it
+    finds nothing."""
+    if not KINDS[key.kind].is_valid_name(key.name):
+        return None
+    try:
+        return path(key)
+    except ValueError:
+        return None
+
+
 def prefix(kind: str, namespace: str | None = None, *, node: str | None = None) -> str:
     """The key prefix holding every object of a kind (in one namespace, or of one node)."""
     if node is not None and kind not in NODE_SCOPED_KINDS:

@@ -32,7 +32,7 @@ from percale.datastore.cache import Cache, CachedDatastore
 from percale.datastore.contract import Create, Delete, Update, reads_changes, writes_together
 from percale.datastore.etcd import EtcdDatastore
 from percale.datastore.kubernetes import KubeDatastore
-from percale.api import IPPool, parse
+from percale.api import IPAMConfig, IPPool, ObjectMeta, parse
 from percale.api.workloadendpoint import workload_endpoint_name
 from tests.helpers import cas_worker
 from tests.helpers.store import with_store
@@ -99,6 +99,41 @@ async def test_duplicate_create_fails_and_keeps_the_first(store):
 async def test_get_missing_raises_not_found(store):
     with pytest.raises(NotFound):
         await store.get(Key("IPPool", "nope"))
+
+
+@pytest.mark.parametrize("key", [
+    Key("WorkloadEndpoint", "foo", "default"),
+    Key("IPAMBlock", "foo"),
+    Key("BlockAffinity", "foo"),
+    Key("BlockAffinity", "node1-not-26"),
+    Key("IPAMConfig", "whatever"),
+], ids=str)
+async def test_a_name_no_object_can_have_is_not_found(store, key):
+    """`percalectl get workloadendpoint foo` asks for a name the kind's objects never have (an
+    endpoint is <node>-<orchestrator>-<pod>-<endpoint>): no such key, as for any other name,
+    not a traceback from the backend's translation of the name. An IPAMConfig other than
+    `default` names nothing even while the one config exists."""
+    if key.kind == "IPAMConfig":
+        await store.create(IPAMConfig(metadata=ObjectMeta(name="default")))
+    with pytest.raises(NotFound) as missing:
+        await store.get(key)
+    assert missing.value.key == key
+    with pytest.raises(NotFound):
+        await store.delete(key)
+
+
+async def test_a_missing_kubernetes_policy_is_not_found_under_the_key_asked_for(kube):
+    """knp.default.<name> is read from Kubernetes' own NetworkPolicy: when there is none, the
+    NotFound names the NetworkPolicy asked for, not the backend's internal kind."""
+    store = KubeDatastore(kube.admin)
+    key = Key("NetworkPolicy", "knp.default.nope", "default")
+    try:
+        with pytest.raises(NotFound) as missing:
+            await store.get(key)
+    finally:
+        await store.close()
+    assert missing.value.key == key
+    assert "KubernetesNetworkPolicy" not in str(missing.value)
 
 
 async def test_list_returns_one_kind_in_key_order(store):

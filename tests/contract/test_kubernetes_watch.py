@@ -8,12 +8,14 @@ or removed while the view follows it."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from percale.api import parse
 from percale.datastore import Key
 from percale.datastore.cache import Cache, CachedDatastore, Change
+from percale.datastore.errors import DatastoreUnavailable
 from percale.datastore.kubernetes import KubeDatastore
 from tests.helpers.etcd_server import free_port
 from tests.helpers.kube_apiserver import CRDS
@@ -162,3 +164,128 @@ async def test_a_kind_whose_crd_is_missing_is_followed_as_empty_until_it_is_inst
         await admin.close()
         await asyncio.to_thread(kube.kubectl, "apply", "-f", crd)
         await asyncio.to_thread(kube._wait_discoverable, 60)
+
+
+# -- NetworkPolicy: percale's and Kubernetes' own, read as one kind from two collections ------
+
+def own_policy(name: str, namespace: str):
+    return parse({"apiVersion": "percale.io/v1", "kind": "NetworkPolicy",
+                  "metadata": {"name": name, "namespace": namespace},
+                  "spec": {"selector": "all()", "ingress": [{"action": "Allow"}]}})
+
+
+def kubernetes_policy(name: str, namespace: str) -> str:
+    return json.dumps({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                       "metadata": {"name": name, "namespace": namespace},
+                       "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+
+
+async def names_seen(events, want: set[str], timeout: float = 10) -> set[str]:
+    """The names of the events until every name in `want` came, or `timeout` passed."""
+    seen: set[str] = set()
+
+    async def collect() -> None:
+        async for event in events:
+            seen.add(event.key.name)
+            if want <= seen:
+                return
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await events.aclose()
+    return seen
+
+
+async def test_a_policy_written_while_the_two_halves_are_listed_is_not_missed(kube):
+    """Listing NetworkPolicies reads percale's, then Kubernetes'. A policy of percale's written
+    between the two reads is in neither, and the list's revision used to be the later read's:
+    a view watching from there never heard of that policy."""
+    namespace = "np-list-race"
+    kube.kubectl("create", "namespace", namespace, check=False)
+    store, writer = KubeDatastore(kube.admin), KubeDatastore(kube.admin)
+    real = store.client.request
+    own_half = f"/percale.io/v1/namespaces/{namespace}/networkpolicies"
+    written = []
+
+    async def request(method: str, path: str, **kwargs):
+        answer = await real(method, path, **kwargs)
+        if method == "GET" and path.endswith(own_half) and not written:
+            written.append(await writer.create(own_policy("written-between", namespace)))
+        return answer
+
+    store.client.request = request
+    try:
+        listed = await store.list("NetworkPolicy", namespace)
+        assert written, "nothing was written between the two reads; the test proves nothing"
+        assert [kv.key.name for kv in listed.items] == []
+        seen = await names_seen(store.watch("NetworkPolicy", revision=listed.revision,
+                                            namespace=namespace), {"written-between"})
+        assert seen == {"written-between"}
+        # Another store (another process) knows only the revision: it too hears of it.
+        seen = await names_seen(writer.watch("NetworkPolicy", revision=listed.revision,
+                                             namespace=namespace), {"written-between"})
+        assert seen == {"written-between"}
+    finally:
+        await store.close()
+        await writer.close()
+
+
+async def test_a_policy_in_flight_on_the_other_connection_when_the_watch_breaks_is_not_lost(kube):
+    """The two halves of the NetworkPolicy watch come on two connections. Kubernetes' policy is
+    written first, percale's next; percale's arrives first (the other connection is slower),
+    then its connection breaks. Resumed from the revision of the last event, as the contract
+    says, the watch used to start both halves after it, and Kubernetes' policy, still in flight,
+    was never told."""
+    namespace = "np-watch-race"
+    kube.kubectl("create", "namespace", namespace, check=False)
+    store, writer = KubeDatastore(kube.admin), KubeDatastore(kube.admin)
+    real_stream = store.client.stream
+    state = {"break": False}
+
+    async def stream(path: str, query: dict):
+        async for doc in real_stream(path, query):
+            if doc.get("type") != "BOOKMARK":
+                if "networking.k8s.io" in path:
+                    await asyncio.sleep(1.0)  # this connection is a little slower
+                elif state["break"]:
+                    state["break"] = False
+                    yield doc
+                    await asyncio.sleep(0.1)
+                    raise DatastoreUnavailable("the connection broke (forced)")
+            yield doc
+
+    store.client.stream = stream
+    seen: list[str] = []
+
+    async def follow(revision: str) -> None:
+        while True:
+            try:
+                async for event in store.watch("NetworkPolicy", revision=revision,
+                                               namespace=namespace):
+                    seen.append(event.key.name)
+                    revision = event.revision
+            except DatastoreUnavailable:
+                continue  # resume from the last event's revision, as the view does
+
+    start = (await store.list("NetworkPolicy", namespace)).revision
+    following = asyncio.create_task(follow(start))
+    try:
+        await asyncio.sleep(0.5)
+        state["break"] = True
+        await asyncio.to_thread(kube.kubectl, "create", "-f", "-",
+                                input=kubernetes_policy("kube-one", namespace))
+        await writer.create(own_policy("own-one", namespace))
+        await until(lambda: len(seen) >= 2, timeout=10)
+        await asyncio.sleep(1.5)  # anything told twice comes by now
+        assert sorted(seen) == ["knp.default.kube-one", "own-one"]
+        assert not state["break"], "the connection never broke; the test proves nothing"
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        kube.kubectl("delete", "networkpolicies.networking.k8s.io", "--all", "-n", namespace,
+                     "--wait=false")
+        await store.close()
+        await writer.close()
