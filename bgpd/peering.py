@@ -496,7 +496,10 @@ def _render(peering: _Peering, kind: SessionKind, me: _Host, cluster: _Cluster) 
         peer_as=peering.as_number,
         local_as=local_as,
         local_address=own if peering.use_node_ip else None,
-        passive=kind == GLOBAL and peering.calico_node and peering.address > own,
+        # Not without a source address: ExaBGP listens for a neighbour only on its
+        # local-address, so such a session could neither connect nor be connected to.
+        passive=(kind == GLOBAL and peering.calico_node and peering.address > own
+                 and peering.use_node_ip),
         password=peering.password,
         restart_time=DEFAULT_RESTART_TIME if peering.restart_time is None else peering.restart_time,
         keepalive_time=peering.keepalive_time,

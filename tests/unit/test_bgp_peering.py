@@ -301,6 +301,18 @@ def test_local_as_override_and_source_address_none():
     assert (session.local_as, session.local_address) == (65010, None)
 
 
+def test_a_global_peering_with_another_node_without_a_source_address_is_never_passive():
+    """ExaBGP listens for a neighbour only on its local-address: a passive session without one
+    could neither connect nor be connected to (node b, 10.0.0.10, would wait for 10.0.0.9: Calico
+    compares the address text)."""
+    to_a = peer("to-a", peerIP="10.0.0.9", asNumber=64512, sourceAddress="None")
+    (session,) = sessions_for("b", MESH3, [to_a], [config(nodeToNodeMeshEnabled=False)])
+    assert (session.local_address, session.passive) == (None, False)
+    with_source = peer("to-a", peerIP="10.0.0.9", asNumber=64512)
+    (session,) = sessions_for("b", MESH3, [with_source], [config(nodeToNodeMeshEnabled=False)])
+    assert (session.local_address, session.passive) == ("10.0.0.10", True)
+
+
 def test_router_id_and_addresses():
     a = node("a", "10.0.0.9/24", "fd00::9/64")
     assert node_addresses(a) == {4: "10.0.0.9", 6: "fd00::9"}
