@@ -98,15 +98,21 @@ def _setns(fd: int) -> None:
 
 @contextmanager
 def _in_pod(netns: str) -> Iterator[Netlink]:
-    """A netlink socket inside the pod's namespace. A socket stays in the namespace it was made
-    in, so the thread steps in, makes it, and steps back at once."""
-    # thread-self: /proc/self is the main thread, and a worker thread must come back to its own.
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    """A netlink socket inside the pod's namespace, named by its path."""
+    target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(netns, os.O_RDONLY)
-    except OSError:
-        os.close(home)
-        raise
+        with _in_namespace(target) as pod:
+            yield pod
+    finally:
+        os.close(target)
+
+
+@contextmanager
+def _in_namespace(target: int) -> Iterator[Netlink]:
+    """A netlink socket inside the namespace open as `target`. A socket stays in the namespace
+    it was made in, so the thread steps in, makes it, and steps back at once."""
+    # thread-self: /proc/self is the main thread, and a worker thread must come back to its own.
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
         try:
@@ -114,7 +120,6 @@ def _in_pod(netns: str) -> Iterator[Netlink]:
         finally:
             _setns(home)
     finally:
-        os.close(target)
         os.close(home)
     try:
         yield pod
@@ -130,6 +135,14 @@ def _namespace_id(path: str) -> tuple[int, int]:
 # The namespace the agent started in: the node's own. A request naming it would wire, or on DEL
 # delete, the node's interfaces (DEL removes CNI_IFNAME from CNI_NETNS: eth0 is the uplink).
 _NODE_NAMESPACE = _namespace_id("/proc/self/ns/net")
+
+
+def is_node_namespace(path: str) -> bool:
+    """Whether `path` names the node's own network namespace."""
+    try:
+        return _namespace_id(path) == _NODE_NAMESPACE
+    except OSError:
+        return False  # no such path, or none that can exist (over PATH_MAX, a loop)
 
 
 def netns_problem(path: str) -> str | None:
@@ -271,6 +284,9 @@ def _host_sysctls(host_name: str) -> None:
     _sysctl(f"net/ipv4/conf/{host_name}/proxy_arp", "1")
     _sysctl(f"net/ipv4/neigh/{host_name}/proxy_delay", "0")
     _sysctl(f"net/ipv4/conf/{host_name}/forwarding", "1")
+    # The host may DNAT the pod's packets to 127.0.0.1 (a service on the node's loopback):
+    # without it the kernel drops them as martians arriving here. Calico sets it too.
+    _sysctl(f"net/ipv4/conf/{host_name}/route_localnet", "1")
 
 
 def _host_sysctls_v6(host_name: str) -> None:
@@ -296,48 +312,82 @@ def _delete(host: Netlink, host_name: str) -> bool:
     return link is not None and host.delete_link(link.index)
 
 
-def _container_link(netns: str, ifname: str, action) -> object:
-    """`action(pod_netlink, link)` on the pod's interface; None when the namespace or the
-    interface is gone (the runtime deleted the namespace, and the pair went with it)."""
-    if not netns or not Path(netns).exists():
-        return None
+@dataclass(frozen=True)
+class Unwired:
+    """A pod interface unwire() cut off, for tear_down() to delete: the namespace it is in, held
+    open (so it is that namespace, whatever path names it later), its identity, and the
+    interface's index (an ADD's new interface of the same name is another index)."""
+    netns_fd: int
+    namespace: tuple[int, int]  # (st_dev, st_ino), as pending_key() reads it from a path
+    index: int
+    ifname: str
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (*self.namespace, self.ifname)
+
+
+def pending_key(netns: str, ifname: str) -> tuple[int, int, str] | None:
+    """The Unwired.key an interface `ifname` in the namespace at `netns` would have; None if
+    the path names nothing."""
     try:
-        with _in_pod(netns) as pod:
-            link = pod.link(name=ifname)
-            return None if link is None else action(pod, link)
-    except FileNotFoundError:
+        return (*_namespace_id(netns), ifname)
+    except OSError:
         return None
 
 
-def tear_down(netns: str, ifname: str) -> bool:
-    """Delete the pod's interface from inside its namespace; its host end and the host routes go
-    with it. Found by the container's side, not by the host veth's name: a newer container of
-    the same pod may own that name by now. False if there was nothing to delete."""
-    return bool(_container_link(netns, ifname, lambda pod, link: pod.delete_link(link.index)))
-
-
-def unwire(netns: str, ifname: str) -> bool:
+def unwire(netns: str, ifname: str) -> Unwired | None:
     """Cut the pod off at once: its host routes removed and its host veth down. Deleting the pair
     takes the kernel tens of milliseconds, so DEL answers after this and deletes the pair
-    afterwards (tear_down); the routes are gone before the pod's addresses can be reused."""
+    afterwards (tear_down); the routes are gone before the pod's addresses can be reused. None
+    when there is nothing to cut off: the namespace or the interface is gone (the runtime
+    deleted the namespace, and the pair went with it)."""
     try:
-        peer = _container_link(netns, ifname, lambda pod, link: link.peer_index)
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
-        return False
-    if not peer:
-        return False
+        return None
+    try:
+        try:
+            with _in_namespace(target) as pod:
+                link = pod.link(name=ifname)
+        except OSError:
+            link = None  # not a network namespace (any more): nothing of the pod is in it
+        if link is None:
+            os.close(target)
+            return None
+        if link.peer_index:
+            _cut_off(link.peer_index)
+        found = os.fstat(target)
+    except BaseException:
+        os.close(target)
+        raise
+    return Unwired(target, (found.st_dev, found.st_ino), link.index, ifname)
+
+
+def _cut_off(host_index: int) -> None:
     host = _host_netlink()
     for family in (socket.AF_INET, socket.AF_INET6):
         # Only this pod's routes: the kernel filters by protocol and interface, so a node with
         # 100k BGP routes pays nothing for them.
-        for route in host.routes(family, protocol=PROTOCOL, oif=peer):
-            host.delete_route(route.destination, oif=peer, protocol=PROTOCOL)
+        for route in host.routes(family, protocol=PROTOCOL, oif=host_index):
+            host.delete_route(route.destination, oif=host_index, protocol=PROTOCOL)
     try:
-        host.set_link_up(peer, up=False)
+        host.set_link_up(host_index, up=False)
     except NetlinkError as err:
         if err.errno not in (errno.ENODEV, errno.ENOENT):
             raise
-    return True
+
+
+def tear_down(unwired: Unwired) -> bool:
+    """Delete the pod interface unwire() cut off; its host end goes with it. By its index in the
+    namespace unwire() found it in: looked up by name, it could be the interface a newer ADD into
+    the same namespace has made meanwhile. False if it was gone already. Closes
+    `unwired.netns_fd`."""
+    try:
+        with _in_namespace(unwired.netns_fd) as pod:
+            return pod.delete_link(unwired.index)
+    finally:
+        os.close(unwired.netns_fd)
 
 
 def host_link_exists(host_name: str) -> bool:

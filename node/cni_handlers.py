@@ -12,7 +12,6 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,6 +48,7 @@ from percale.node.cni_types import (
     INTERNAL,
     CNIError,
     NetConf,
+    addresses_on,
     check_container_id,
     check_interface_name,
     check_ipam_type,
@@ -120,6 +120,9 @@ class CNIHandlers:
         # Deleting a veth pair waits out RCU grace periods in the kernel (~16 ms each, one at a
         # time): a thread of its own, so no ADD or DEL queues behind a burst of them.
         self.teardowns = DataplaneWorkers(count=1)
+        # The deletions DEL has left to do, by (namespace, interface name): an ADD of that
+        # interface into that namespace waits for them (_after_teardowns).
+        self._tearing_down: dict[tuple[int, int, str], set[asyncio.Future]] = {}
         self._background: set[asyncio.Future] = set()
 
     async def start(self) -> None:
@@ -157,6 +160,28 @@ class CNIHandlers:
                 log.warning("deleting a pod's interface failed: %s", finished.exception())
 
         task.add_done_callback(done)
+
+    def _tear_down_later(self, unwired: pod_network.Unwired) -> None:
+        tearing = asyncio.ensure_future(self.teardowns.run(pod_network.tear_down, unwired))
+        pending = self._tearing_down.setdefault(unwired.key, set())
+        pending.add(tearing)
+
+        def done(finished: asyncio.Future) -> None:
+            pending.discard(finished)
+            if not pending and self._tearing_down.get(unwired.key) is pending:
+                del self._tearing_down[unwired.key]
+
+        tearing.add_done_callback(done)
+        self._in_background(tearing)
+
+    async def _after_teardowns(self, pod: Pod) -> None:
+        """Wait until the interface an earlier DEL cut off in this pod's namespace, under this
+        name, is deleted: a runtime may ADD it again as soon as the DEL answered, and the ADD
+        found it still there (102, "already has an interface named eth0")."""
+        key = pod_network.pending_key(pod.netns, pod.ifname)
+        pending = self._tearing_down.get(key) if key is not None else None
+        if pending:
+            await asyncio.wait(set(pending))
 
     def close(self) -> None:
         self.workers.close()
@@ -255,6 +280,7 @@ class CNIHandlers:
         self._check_endpoint(pod, conf, labels, ports)
         _check_netns(pod.netns, "ADD")
         await self._refuse_second_add(pod, conf)
+        await self._after_teardowns(pod)
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
         linking = asyncio.ensure_future(
@@ -301,13 +327,15 @@ class CNIHandlers:
         except BaseException:
             # Undo in reverse: the announced endpoint, the stored one, the veth (if this ADD
             # made it), then the addresses this ADD took (not those of an earlier ADD under the
-            # same handle).
+            # same handle). No pod was ever given them, so no cooldown: with ipCooldownSeconds
+            # each retry of a failing ADD held one more address.
             if announced is not None and self.policy is not None:
                 self.policy.endpoint_dropped(announced)
             await asyncio.shield(self._undo_endpoint(writing))
             await asyncio.shield(self._undo_link(linking, pod.host_veth, configuring))
             if addresses:
-                await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses]))
+                await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses],
+                                                           cooldown=False))
             raise
         interfaces = [
             {"name": link.host_name, "mac": link.host_mac},
@@ -429,11 +457,17 @@ class CNIHandlers:
 
     async def delete(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf, deleting=True)
-        if pod.netns and Path(pod.netns).exists():
-            # A netns that is gone is normal for DEL (the runtime may delete it first); one that
-            # is there but is no network namespace would have DEL step into the wrong place.
+        if pod.netns and pod_network.is_node_namespace(pod.netns):
+            # DEL removes CNI_IFNAME from CNI_NETNS: here that is the node's own (eth0, the
+            # uplink).
             _check_netns(pod.netns, "DEL")
+        # Any other problem means the pod's namespace is gone, which is normal for DEL (CNI
+        # spec: it must succeed, releasing what the container holds): a path that names
+        # nothing, or cannot (too long), or the empty file a bind mount leaves when it is
+        # unmounted. Nothing is unwired in it; the endpoint and the addresses go all the same.
+        present = bool(pod.netns) and pod_network.netns_problem(pod.netns) is None
         key = self._endpoint_key(pod, conf)
+        unwired: pod_network.Unwired | None = None
 
         async def forget_endpoint() -> None:
             try:
@@ -445,25 +479,32 @@ class CNIHandlers:
                 pass
 
         async def unwire_then_release() -> None:
+            nonlocal unwired
             # The host routes to the pod go first; only then may its addresses be handed out
             # again, or the next pod to get one would find its route taken.
-            await self.workers.run(pod_network.unwire, pod.netns, pod.ifname)
+            if present:
+                unwired = await self.workers.run(pod_network.unwire, pod.netns, pod.ifname)
             await self.ipam.release_by_handle(pod.handle_id)
             await self.ipam.release_by_handle(pod.workload_handle_id)
 
-        await asyncio.gather(forget_endpoint(), unwire_then_release())
-        # Deleting the veth pair is slow in the kernel and nothing waits on it any more: the
-        # pod is cut off, and the runtime deletes its namespace (and with it the pair) next.
-        self._in_background(self.teardowns.run(pod_network.tear_down, pod.netns, pod.ifname))
+        try:
+            await asyncio.gather(forget_endpoint(), unwire_then_release())
+        finally:
+            if unwired is not None:
+                # Deleting the veth pair is slow in the kernel and DEL need not wait for it:
+                # the pod is cut off. An ADD into the same namespace waits for it instead.
+                self._tear_down_later(unwired)
 
     async def check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
         check_ipam_type(conf)
         _check_netns(pod.netns, "CHECK")
-        prev = conf.prev_result
-        if not prev or not prev.get("ips"):
-            raise CNIError(CHECK_FAILED, "CHECK needs prevResult with the addresses ADD returned")
-        addresses = [ipaddress.ip_interface(ip["address"]) for ip in prev["ips"]]
+        # Only the addresses on this plugin's interface: chained after another plugin, the
+        # result lists that plugin's too, and they are on no interface of percale's.
+        addresses = addresses_on(conf.prev_result or {}, pod.ifname)
+        if not addresses:
+            raise CNIError(CHECK_FAILED, f"CHECK needs prevResult with the addresses ADD returned "
+                                         f"on {pod.ifname}")
         problems = await self.workers.run(pod_network.check, pod.netns, pod.ifname, pod.host_veth,
                                           addresses)
         key = self._endpoint_key(pod, conf)
@@ -485,6 +526,7 @@ class CNIHandlers:
 
     async def ipam_add(self, request: dict[str, Any], conf: NetConf) -> dict[str, Any]:
         pod = Pod(request, conf)
+        await self._refuse_second_ipam_add(pod, conf)
         # As IPAM hands them out, with the block's prefix (10.244.3.7/26), like calico-ipam's
         # library: a main plugin such as ptp expects a subnet it can route, and percale's own
         # main plugin narrows to /32 itself. The gateway is the link-local one every percale pod
@@ -492,6 +534,19 @@ class CNIHandlers:
         addresses = await self._allocate(pod, conf, narrow=False)
         return result(conf.cni_version, addresses, dns=conf.dns,
                       gateways={4: pod_network.GATEWAY_V4})
+
+    async def _refuse_second_ipam_add(self, pod: Pod, conf: NetConf) -> None:
+        """While the container's handle holds addresses, a second ADD is the runtime's mistake
+        (CNI spec: no ADD twice without a DEL), as for the main plugin. It took a second
+        address under the handle; and when the main plugin's second ADD then failed, it called
+        this plugin's DEL, which freed the running pod's address with it. Refused before
+        anything is taken (host-local refuses a duplicate too)."""
+        held = await self.ipam.ips_by_handle(pod.handle_id)
+        if held:
+            raise CNIError(INTERFACE_EXISTS,
+                           f"container {pod.container_id} already holds {', '.join(held)} on "
+                           f"network {conf.name} (IPAM handle {pod.handle_id}, asked for "
+                           f"{pod.ifname}); DEL it before adding it again")
 
     async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf, deleting=True)
@@ -538,7 +593,8 @@ class CNIHandlers:
                 continue
             addresses = await self.ipam.ips_by_handle(handle)
             owners = [await self.ipam.get_allocation(a) for a in addresses]
-            if owners and all(o is not None and o.attributes.get("node") == node for o in owners):
+            if owners and all(o is not None and o.attributes.get("node") == node
+                              and of_network(handle, conf.name) for o in owners):
                 endpoint = endpoints.get(handle.removeprefix(f"{conf.name}."))
                 if endpoint is not None:
                     if endpoint.value.spec.interface_name:
@@ -549,6 +605,18 @@ class CNIHandlers:
                     except (NotFound, Conflict):
                         pass  # deleted, or taken by a newer ADD of the pod, meanwhile
                 await self.ipam.release_by_handle(handle)
+
+
+def of_network(handle: str, network: str) -> bool:
+    """Whether the allocation under `handle` ("<network>.<container ID>", Calico's) is of CNI
+    network `network`. Both parts may hold dots: "k8s-pod-network.v2.c1" is container c1 of
+    network k8s-pod-network.v2 as much as container v2.c1 of k8s-pod-network (GC of the one
+    freed the live pods of the other). So it is `network`'s only when no dot follows
+    "<network>.", where no longer network name can claim it; a container ID with a dot (rare:
+    runtimes use hex) is then never collected by GC, which keeps it rather than free a live
+    pod's address. The allocation's attributes stay Calico's (node, namespace, pod, timestamp)."""
+    container = handle.removeprefix(f"{network}.")
+    return container != handle and "." not in container
 
 
 def endpoint_args(conf: NetConf) -> tuple[dict[str, str], list[dict[str, Any]]]:

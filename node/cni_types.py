@@ -359,3 +359,20 @@ def result(
     doc["routes"] = routes or []
     doc["dns"] = dns or {}
     return doc
+
+
+def addresses_on(prev: dict[str, Any],
+                 ifname: str) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """The addresses a result puts on the container's interface `ifname`: the `ips` whose
+    `interface` index names an entry of `interfaces` with that name and a sandbox. Those a
+    plugin earlier in the chain made are on interfaces of its own, or on none."""
+    interfaces = prev.get("interfaces") or []
+    found = []
+    for ip in prev.get("ips") or []:
+        index = ip.get("interface")
+        if type(index) is not int or not 0 <= index < len(interfaces):
+            continue  # on no interface (bool is no index either)
+        interface = interfaces[index]
+        if interface.get("name") == ifname and interface.get("sandbox"):
+            found.append(ipaddress.ip_interface(ip["address"]))
+    return found

@@ -65,6 +65,11 @@ def pod_ip(result: dict) -> str:
     return result["ips"][0]["address"].split("/")[0]
 
 
+def handle_names(etcd_server) -> list[str]:
+    held = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
+    return [kv.key.name for kv in held.items]
+
+
 def test_add_check_del(node, etcd_server):
     netns = node.new_pod_netns()
     conf = netconf(node)
@@ -87,6 +92,9 @@ def test_add_check_del(node, etcd_server):
     host_veth = result["interfaces"][0]["name"]
     assert f"{address.ip} dev {host_veth} proto 201 scope link" in node.exec("ip", "route").stdout
     assert node.exec("cat", f"/proc/sys/net/ipv4/conf/{host_veth}/proxy_arp").stdout.strip() == "1"
+    # So the host may DNAT the pod's packets to its loopback (calico.md §4.2).
+    localnet = f"/proc/sys/net/ipv4/conf/{host_veth}/route_localnet"
+    assert node.exec("cat", localnet).stdout.strip() == "1"
     # The host reaches the pod (proxy ARP answers the pod's gateway lookups).
     assert node.exec("ping", "-c1", "-W2", str(address.ip), check=False).returncode == 0
 
@@ -134,6 +142,110 @@ def test_del_after_the_netns_is_gone_releases_everything(node, etcd_server):
     # veth's deletion: the host end goes shortly after.
     host_veth = added.json["interfaces"][0]["name"]
     assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
+
+
+def test_del_when_the_netns_file_outlives_its_namespace_releases_everything(node, etcd_server):
+    """The runtime unmounted the pod's netns (the namespace is gone with its veth pair) and
+    left the empty file the bind mount was on: DEL answered 4 "is not a namespace" and freed
+    nothing, so the pod stuck in Terminating and its address leaked. A CNI_NETNS that cannot
+    name a file at all (over NAME_MAX) was a 999."""
+    netns = node.new_pod_netns()
+    added = node.plugin("percale", "ADD", netconf(node), container_id="c-unmounted", netns=netns,
+                        args=k8s("default", "unmounted"))
+    assert added.code == 0, added.out
+    subprocess.run(["umount", f"/var/run/netns/{netns}"], check=True)
+    assert os.stat(f"/var/run/netns/{netns}").st_size == 0
+    unmounted = node.plugin("percale", "DEL", netconf(node), container_id="c-unmounted",
+                            netns=netns, args=k8s("default", "unmounted"))
+    assert unmounted.code == 0, unmounted.out
+
+    gone = node.new_pod_netns()
+    added_too = node.plugin("percale", "ADD", netconf(node), container_id="c-too-long", netns=gone,
+                            args=k8s("default", "too-long"))
+    assert added_too.code == 0, added_too.out
+    subprocess.run(["ip", "netns", "del", gone], check=True)
+    too_long = node.plugin("percale", "DEL", netconf(node), container_id="c-too-long",
+                           args=k8s("default", "too-long"),
+                           env={"CNI_NETNS": "/var/run/netns/" + "x" * 300})
+    assert too_long.code == 0, too_long.out
+
+    handles = handle_names(etcd_server)
+    assert "k8s-pod-network.c-unmounted" not in handles
+    assert "k8s-pod-network.c-too-long" not in handles
+    endpoints = [kv.value.spec.container_id for kv in
+                 with_store(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint")).items]
+    assert "c-unmounted" not in endpoints and "c-too-long" not in endpoints
+    for result in (added, added_too):
+        host_veth = result.json["interfaces"][0]["name"]
+        assert wait_until(lambda: host_veth not in node.exec("ip", "link").stdout)
+
+
+def test_an_add_right_after_a_del_into_the_same_netns_is_wired_and_stays(node, etcd_server):
+    """DEL answers before the pod's veth pair is deleted (the kernel takes a while). A runtime
+    that ADDs into the same netns at once was refused (102, "already has an interface named
+    eth0"), or, when the deletion came later still, answered 0 and then lost its new eth0 to
+    the earlier DEL's deletion. Other pods' DELs queue deletions ahead of it here."""
+    others = []
+    for i in range(20):
+        netns = node.new_pod_netns()
+        added = node.plugin("percale", "ADD", netconf(node), container_id=f"c-busy-{i}",
+                            netns=netns, args=k8s("default", f"busy-{i}"))
+        assert added.code == 0, added.out
+        others.append((i, netns))
+    netns, conf, args = node.new_pod_netns(), netconf(node), k8s("default", "again")
+    added = node.plugin("percale", "ADD", conf, container_id="c-again", netns=netns, args=args)
+    assert added.code == 0, added.out
+
+    def delete_other(other: tuple[int, str]) -> PluginResult:
+        i, at = other
+        return node.plugin("percale", "DEL", conf, container_id=f"c-busy-{i}", netns=at,
+                           args=k8s("default", f"busy-{i}"))
+
+    with ThreadPoolExecutor(len(others)) as pool:
+        deleting = pool.map(delete_other, others)
+        for _ in range(5):
+            deleted = node.plugin("percale", "DEL", conf, container_id="c-again", netns=netns,
+                                  args=args)
+            assert deleted.code == 0, deleted.out
+            added = node.plugin("percale", "ADD", conf, container_id="c-again", netns=netns,
+                                args=args)
+            assert added.code == 0, added.out
+        assert all(d.code == 0 for d in deleting)
+    time.sleep(0.5)  # whatever an earlier DEL left to do is done by now
+    assert "eth0" in in_pod(netns, "ip", "-o", "link").stdout
+    checked = node.plugin("percale", "CHECK", {**conf, "prevResult": added.json},
+                          container_id="c-again", netns=netns, args=args)
+    assert checked.code == 0, checked.out
+    assert node.exec("ping", "-c1", "-W2", pod_ip(added.json), check=False).returncode == 0
+    assert node.plugin("percale", "DEL", conf, container_id="c-again", netns=netns,
+                       args=args).code == 0
+
+
+def test_a_failing_add_retried_under_an_ip_cooldown_holds_no_address(node, etcd_server):
+    """A failed ADD gives back the addresses it took at once: no pod ever had them. With
+    ipCooldownSeconds set, each retry of a failing ADD held one more address for the cooldown."""
+    netns = node.new_pod_netns()
+    # An eth0 the runtime did not expect: every ADD is refused (102) after IPAM picked an address.
+    in_pod(netns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
+
+    async def cooling(store) -> int:
+        return sum(attribute.released_at is not None
+                   for kv in (await store.list("IPAMBlock")).items
+                   for attribute in kv.value.spec.attributes)
+
+    before = with_store(etcd_server.endpoint, cooling)
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint,
+                                          lambda s: IPAM(s).set_config(ip_cooldown_seconds=600)))
+    try:
+        for _ in range(3):
+            refused = node.plugin("percale", "ADD", netconf(node), container_id="c-cool",
+                                  netns=netns, args=k8s("default", "cool"))
+            assert refused.code == 1 and refused.json["code"] == 102, refused.out
+        assert with_store(etcd_server.endpoint, cooling) == before
+        assert "k8s-pod-network.c-cool" not in handle_names(etcd_server)
+    finally:
+        node.wait_for_view(lambda: with_store(etcd_server.endpoint,
+                                              lambda s: IPAM(s).set_config(ip_cooldown_seconds=0)))
 
 
 def test_second_add_for_the_same_container_is_refused_and_leaks_nothing(node, etcd_server):
@@ -282,6 +394,15 @@ def test_percale_ipam_under_ptp(node, etcd_server):
     assert f"inet {added.json['ips'][0]['address']}" in in_pod(netns, "ip", "-o", "addr").stdout
     assert ipaddress.ip_interface(added.json["ips"][0]["address"]).network.prefixlen == 26
     assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    # A second ADD of the container: percale-ipam refuses it (102) before taking a second
+    # address, so ptp's failure calls no IPAM DEL, which freed the running pod's address.
+    again = node.plugin("ptp", "ADD", conf, container_id="c-ptp", netns=netns,
+                        args=k8s("default", "ptp"))
+    assert again.code != 0 and again.json["code"] == 102, again.out
+    assert "already holds" in again.json["msg"]
+    held = with_store(etcd_server.endpoint, lambda s: IPAM(s).ips_by_handle("ptp-net.c-ptp"))
+    assert held == [address]
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
     assert node.plugin("ptp", "DEL", conf, container_id="c-ptp", netns=netns).code == 0
     handles = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "ptp-net.c-ptp" not in [kv.key.name for kv in handles.items]
@@ -302,14 +423,19 @@ def test_version_status_and_gc(node, etcd_server):
     # which the next pod then got, to find its route taken (103).
     lost = node.plugin("percale", "ADD", netconf(node), container_id="c-lost",
                        netns=node.new_pod_netns(), args=k8s("default", "lost"))
-    assert kept.code == 0 and stray.code == 0 and lost.code == 0
+    # A network whose name extends this one's: its handle k8s-pod-network.v2.c-other was taken
+    # for container "v2.c-other" of this network, and freed.
+    other = node.plugin("percale-ipam", "ADD", {**netconf(node), "name": "k8s-pod-network.v2"},
+                        container_id="c-other", netns=node.new_pod_netns(),
+                        args=k8s("default", "other"))
+    assert kept.code == 0 and stray.code == 0 and lost.code == 0 and other.code == 0
     lost_address = ipaddress.ip_interface(lost.json["ips"][0]["address"]).ip
     gc = node.plugin("percale", "GC", {**netconf(node, version="1.1.0"),
                                        "cni.dev/valid-attachments": [{"containerID": "c-keep", "ifname": "eth0"}]})
     assert gc.code == 0, gc.out
     handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
     assert "k8s-pod-network.c-keep" in handles and "k8s-pod-network.c-stray" not in handles
-    assert "k8s-pod-network.c-lost" not in handles
+    assert "k8s-pod-network.c-lost" not in handles and "k8s-pod-network.v2.c-other" in handles
     endpoints = [kv.value.spec.container_id for kv in
                  with_store(etcd_server.endpoint, lambda s: s.list("WorkloadEndpoint")).items]
     assert "c-keep" in endpoints and "c-lost" not in endpoints
@@ -461,6 +587,13 @@ def test_add_after_another_plugin_keeps_its_result(node):
     assert out["interfaces"][0] == earlier["interfaces"][0] and len(out["interfaces"]) == 3
     assert out["ips"][0] == earlier["ips"][0] and out["ips"][1]["interface"] == 2
     assert out["dns"] == earlier["dns"]
+    # CHECK with the chain's final result compares only what percale made: the other plugin's
+    # address, on its own interface, failed it ("192.168.50.2 is not allocated to ...").
+    checked = node.plugin("percale", "CHECK", {**netconf(node), "prevResult": out},
+                          container_id="c-prev", netns=netns, args=k8s("default", "prev"))
+    assert checked.code == 0, checked.out
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-prev", netns=netns,
+                       args=k8s("default", "prev")).code == 0
 
 
 def test_a_failed_add_undoes_every_step(node, etcd_server):
