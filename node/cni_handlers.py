@@ -556,9 +556,13 @@ class CNIHandlers:
     async def ipam_check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
         held = set(await self.ipam.ips_by_handle(pod.handle_id))
-        want = {str(ipaddress.ip_interface(ip["address"]).ip) for ip in (conf.prev_result or {}).get("ips", [])}
-        if not held or not want <= held:
-            raise CNIError(CHECK_FAILED, f"{pod.handle_id} holds {sorted(held)}, expected {sorted(want)}")
+        result = {str(ipaddress.ip_interface(ip["address"]).ip)
+                  for ip in (conf.prev_result or {}).get("ips", [])}
+        # What this plugin gave must be in the result; an address another plugin of the chain
+        # added beside it is not this plugin's to vouch for.
+        if not held or not held <= result:
+            raise CNIError(CHECK_FAILED, f"{pod.handle_id} holds {sorted(held)}, but the result "
+                                         f"has {sorted(result)}")
 
     # -- STATUS and GC -------------------------------------------------------------------------
 

@@ -403,6 +403,16 @@ def test_percale_ipam_under_ptp(node, etcd_server):
     held = with_store(etcd_server.endpoint, lambda s: IPAM(s).ips_by_handle("ptp-net.c-ptp"))
     assert held == [address]
     assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    # CHECK of the IPAM plugin: what it gave is in the result, and an address another plugin
+    # of the chain added beside it does not fail it.
+    prev = {**added.json, "ips": [*added.json["ips"], {"address": "192.168.50.2/32"}]}
+    checked = node.plugin("percale-ipam", "CHECK", {**conf, "prevResult": prev},
+                          container_id="c-ptp", netns=netns)
+    assert checked.code == 0, checked.out
+    moved = {**added.json, "ips": [{"address": "10.244.255.1/26"}]}
+    wrong = node.plugin("percale-ipam", "CHECK", {**conf, "prevResult": moved},
+                        container_id="c-ptp", netns=netns)
+    assert wrong.code != 0 and wrong.json["code"] == 101, wrong.out
     assert node.plugin("ptp", "DEL", conf, container_id="c-ptp", netns=netns).code == 0
     handles = with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle"))
     assert "ptp-net.c-ptp" not in [kv.key.name for kv in handles.items]
