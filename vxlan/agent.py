@@ -225,7 +225,9 @@ class VXLANAgent:
                 self._report_refused(outcome, batch)
         if self.blackholes is not None:
             own = set().union(*(plan.own_blocks() for plan in self.plans.values()))
-            await asyncio.to_thread(self.blackholes.sync, own)
+            # Read back on every full pass (the 30 s check among them): a blackhole someone
+            # deleted is put back, as the BGP side's check does.
+            await asyncio.to_thread(self.blackholes.sync, own, check=devices_due)
         if any(plan.claims_changed for plan in self.plans.values()):
             for plan in self.plans.values():
                 plan.claims_changed = False

@@ -29,6 +29,7 @@ import asyncio, json, logging, sys
 from percale.api import IPAMBlock, parse
 from percale.datastore import Key, MemoryDatastore, NotFound
 from percale.datastore.cache import Cache
+from percale.dataplane.blackholes import Blackholes
 from percale.dataplane.fib import FIB
 from percale.dataplane.route_owners import RouteProtocol
 from percale.ipam.allocator import IPAM
@@ -45,7 +46,7 @@ class Told(logging.Handler):
 async def written_by_the_test(*args):
     return None  # this node's tunnel address is the test's to write, not IPAM's
 
-async def main(host_mtu):
+async def main(host_mtu, bgp, resync):
     vxlan_agent.tunnel_address.reconcile = written_by_the_test
     told = Told()
     logger = logging.getLogger("percale.vxlan")
@@ -55,7 +56,9 @@ async def main(host_mtu):
     cache = Cache(store, ["IPPool", "Node", "IPAMBlock"], node="a")
     agent = vxlan_agent.VXLANAgent(cache, "a", store=store, ipam=IPAM(store),
                                    routes=FIB(protocol=RouteProtocol.VXLAN, takeover=True),
-                                   tunnels=True, host_mtu=host_mtu, bgp=True, resync=3600)
+                                   tunnels=True, host_mtu=host_mtu, bgp=bgp, resync=resync,
+                                   # Without BGP the VXLAN side keeps the own blocks' blackholes.
+                                   blackholes=None if bgp else Blackholes())
     tasks = [asyncio.ensure_future(cache.run()), asyncio.ensure_future(agent.run())]
     while line := await asyncio.to_thread(sys.stdin.readline):
         for task in tasks:
@@ -79,7 +82,7 @@ async def main(host_mtu):
     for task in tasks:
         task.cancel()
 
-asyncio.run(main(int(sys.argv[1])))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2] == "bgp", float(sys.argv[3])))
 """
 
 
@@ -108,7 +111,7 @@ class AgentNamespace:
     """A namespace with an underlay `under` (192.0.2.1/24, fd00:99::1/64) and the agent of
     node "a" running in it."""
 
-    def __init__(self, host_mtu: int) -> None:
+    def __init__(self, host_mtu: int, *, bgp: bool = True, resync: float = 3600) -> None:
         self.name = f"vxg{uuid.uuid4().hex[:6]}"
         sh("ip", "netns", "add", self.name)
         self.worker: subprocess.Popen | None = None
@@ -119,7 +122,8 @@ class AgentNamespace:
             for device in ("lo", "under", "peer"):
                 self.ip("link", "set", device, "up")
             self.worker = subprocess.Popen(
-                ["ip", "netns", "exec", self.name, sys.executable, "-c", WORKER, str(host_mtu)],
+                ["ip", "netns", "exec", self.name, sys.executable, "-c", WORKER, str(host_mtu),
+                 "bgp" if bgp else "vxlan", str(resync)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         except BaseException:
             self.close()
@@ -251,3 +255,21 @@ def test_two_nodes_with_one_tunnel_address_program_the_first_by_name_and_say_so(
     assert said == ["WARNING nodes b and c publish the same IPv4 VXLAN tunnel address, 10.244.2.0: b "
                     "keeps it (the first by name) and c is left out, with no neighbour or FDB entry "
                     "and its blocks unreachable through VXLAN, until one of the two Nodes changes"], said
+
+
+def test_without_bgp_a_deleted_blackhole_of_an_own_block_comes_back_at_the_next_check():
+    """With the VXLAN backend the VXLAN side keeps the node's blackholes; its periodic check
+    trusted what it had installed, so one deleted by hand never came back, and addresses of the
+    node's block no pod holds followed the default route."""
+    ns = AgentNamespace(1500, bgp=False, resync=1.0)
+    try:
+        ns.tell(put=pool("v4", "10.244.0.0/16"))
+        ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
+        ns.tell(block=["10.244.1.0/26", "a"])
+        blackhole = lambda: "blackhole 10.244.1.0/26 proto 203" in ns.ip("-4", "route")  # noqa: E731
+        ns.until("the own block's blackhole", blackhole)
+        ns.ip("route", "del", "blackhole", "10.244.1.0/26", "proto", "203")
+        assert not blackhole()
+        ns.until("the blackhole put back by the check", blackhole, timeout=5.0)
+    finally:
+        ns.close()
