@@ -1,6 +1,7 @@
 """What follows the IPPools on a node besides IPAM and routing: the natOutgoing table
 (dataplane/nat.py) and the MTU file (felix's /var/lib/calico/mtu: the pod MTU for whoever wires
-pods without asking this agent). Assembly only: both are written again when a pool changes.
+pods without asking this agent). Assembly only: both are written again when a pool changes, and
+every RESYNC_SECONDS besides.
 
 The two are independent: an MTU file that cannot be written (a read-only or mistyped
 --mtu-file) is logged and tried again, and never keeps pods' traffic from being masqueraded.
@@ -23,6 +24,10 @@ log = logging.getLogger("percale.node.pools")
 
 DEFAULT_MTU_FILE = "/var/run/percale/mtu"
 RETRY_SECONDS = 1.0
+# How often the natOutgoing table is written again though no pool changed: something else may
+# have removed it (`systemctl restart nftables` runs `flush ruleset`), as felix refreshes its
+# dataplane and percale's policy side checks its table.
+RESYNC_SECONDS = 30.0
 
 
 def nat_sets(pools: Iterable[IPPool]) -> tuple[list[str], list[str]]:
@@ -43,8 +48,10 @@ def nat_sets(pools: Iterable[IPPool]) -> tuple[list[str], list[str]]:
 
 
 class PoolFollower:
-    def __init__(self, cache: Cache, host_mtu: int, mtu_file: str, nat: OutgoingNAT | None) -> None:
+    def __init__(self, cache: Cache, host_mtu: int, mtu_file: str, nat: OutgoingNAT | None,
+                 resync: float = RESYNC_SECONDS) -> None:
         self.cache, self.host_mtu, self.mtu_file, self.nat = cache, host_mtu, Path(mtu_file), nat
+        self.resync = resync
         self._due = asyncio.Event()
         # The reason last logged: a retry that fails the same way is not logged again.
         self._mtu_problem: str | None = None
@@ -59,7 +66,12 @@ class PoolFollower:
         await self.cache.wait_synced()
         self._due.set()
         while True:
-            await self._due.wait()
+            try:
+                async with asyncio.timeout(self.resync):
+                    await self._due.wait()
+            except TimeoutError:
+                if self.nat is not None:
+                    self.nat.forget()  # written in full again, whatever happened to it
             self._due.clear()
             pools: list[IPPool] = self.cache.values("IPPool")  # type: ignore[assignment]
             self._warn_of_ipip(pools)

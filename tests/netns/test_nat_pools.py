@@ -1,6 +1,7 @@
 """natOutgoing as the kernel gets it from the node's IPPool follower, in a fresh network namespace:
 a disabled pool's addresses are still masqueraded, a LoadBalancer pool's addresses are not kept
-from masquerade, and an MTU file that cannot be written holds none of it back."""
+from masquerade, an MTU file that cannot be written holds none of it back, and a table someone
+flushed away is written again at the next check."""
 
 from __future__ import annotations
 
@@ -67,3 +68,48 @@ def test_the_kernel_masquerades_a_disabled_pool_while_the_mtu_file_cannot_be_wri
     found = json.loads(done.stdout)
     assert found is not None, f"no natOutgoing table was written: {done.stderr}"
     assert found == {"masq": ["10.244.0.0/16", "10.250.0.0/16"], "all": ["10.244.0.0/16", "10.250.0.0/16"]}
+
+
+FLUSHED = r"""
+import asyncio, subprocess, tempfile
+from percale.api import parse
+from percale.dataplane.nat import OutgoingNAT
+from percale.datastore import MemoryDatastore
+from percale.datastore.cache import Cache
+from percale.node.pools import PoolFollower
+
+def present():
+    return subprocess.run(["nft", "list", "table", "ip", "percale"], capture_output=True).returncode == 0
+
+async def until(check, seconds):
+    for _ in range(int(seconds * 100)):
+        if check():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+async def main():
+    memory = MemoryDatastore()
+    await memory.create(parse({"apiVersion": "percale.io/v1", "kind": "IPPool",
+                               "metadata": {"name": "pods"},
+                               "spec": {"cidr": "10.244.0.0/16", "natOutgoing": True}}))
+    cache = Cache(memory, ["IPPool"])
+    follower = PoolFollower(cache, 1500, tempfile.mkdtemp() + "/mtu", OutgoingNAT(), resync=0.5)
+    tasks = [asyncio.create_task(cache.run()), asyncio.create_task(follower.run())]
+    written = await until(present, 3)
+    subprocess.run(["nft", "flush", "ruleset"], check=True)  # as `systemctl restart nftables`
+    flushed = not present()
+    back = await until(present, 3)
+    print(written, flushed, back)
+    for task in tasks:
+        task.cancel()
+
+asyncio.run(main())
+"""
+
+
+def test_a_flushed_natoutgoing_table_is_written_again():
+    """Pods lost outbound NAT until a pool changed or the agent restarted."""
+    done = run_in_new_netns("pnat", FLUSHED)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr
