@@ -47,6 +47,12 @@ def nat_sets(pools: Iterable[IPPool]) -> tuple[list[str], list[str]]:
     return masquerade, every
 
 
+def tunnelled_families(pools: Iterable[IPPool]) -> list[int]:
+    """The address families whose pools use VXLAN, so whose tunnel device needs felix's source
+    fix (dataplane/nat.py); a disabled pool's pods still use the tunnel (pure)."""
+    return sorted({p.spec.network.version for p in pools if p.spec.vxlan_mode != "Never"})
+
+
 class PoolFollower:
     def __init__(self, cache: Cache, host_mtu: int, mtu_file: str, nat: OutgoingNAT | None,
                  resync: float = RESYNC_SECONDS) -> None:
@@ -118,7 +124,7 @@ class PoolFollower:
     async def _nat_synced(nat: OutgoingNAT, pools: list[IPPool]) -> bool:
         masquerade, every = nat_sets(pools)
         try:
-            await asyncio.to_thread(nat.sync, masquerade, every)
+            await asyncio.to_thread(nat.sync, masquerade, every, tunnelled_families(pools))
         except (NATError, OSError) as err:
             log.warning("programming natOutgoing failed, trying again: %s", err)
             return False

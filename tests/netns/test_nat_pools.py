@@ -113,3 +113,35 @@ def test_a_flushed_natoutgoing_table_is_written_again():
     done = run_in_new_netns("pnat", FLUSHED)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True"], done.stdout + done.stderr
+
+
+TUNNEL_FIX = r"""
+import json, subprocess
+from percale.dataplane.nat import OutgoingNAT
+
+nat = OutgoingNAT()
+# No pool masquerades, but both families have VXLAN pools: the source fix alone.
+nat.sync([], ["10.244.0.0/16", "fd00:10::/48"], tunnels=[4, 6])
+rules = {}
+for family in ("ip", "ip6"):
+    listing = subprocess.run(["nft", "list", "table", family, "percale"], capture_output=True,
+                             text=True, check=True).stdout
+    rules[family] = [line.strip() for line in listing.splitlines() if "masquerade" in line]
+nat.sync([], ["10.244.0.0/16"], tunnels=[])
+gone = subprocess.run(["nft", "list", "table", "ip", "percale"], capture_output=True).returncode != 0
+print(json.dumps({"rules": rules, "gone": gone}))
+"""
+
+
+def test_the_tunnel_device_gets_felixs_source_fix_without_any_masquerading_pool():
+    """A host process bound to the node IP sending into vxlan.percale leaves with the tunnel
+    address, as felix's rule makes it: with the node IP, a peer with strict rp_filter dropped
+    its packets (the route back to the node IP is not through the tunnel)."""
+    done = run_in_new_netns("pnat", TUNNEL_FIX)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["rules"] == {
+        "ip": ['oifname "vxlan.percale" fib saddr . oif type != local fib saddr type local masquerade'],
+        "ip6": ['oifname "vxlan6.percale" fib saddr . oif type != local fib saddr type local masquerade'],
+    }
+    assert found["gone"]

@@ -27,8 +27,9 @@ class RecordingNAT:
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[str]]] = []
 
-    def sync(self, masquerade, pools) -> bool:
+    def sync(self, masquerade, pools, tunnels=()) -> bool:
         self.calls.append((sorted(masquerade), sorted(pools)))
+        self.tunnels = list(tunnels)
         return True
 
 
@@ -111,6 +112,19 @@ async def test_an_unwritable_mtu_file_is_logged_and_natoutgoing_is_programmed(tm
         blocker.unlink()
         await until(mtu_file.exists)
         assert mtu_file.read_text() == "1450\n"
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def test_the_families_with_vxlan_pools_get_the_tunnel_source_fix(tmp_path):
+    nat, tasks = await following([ippool("v4", "10.244.0.0/16", vxlanMode="CrossSubnet"),
+                                  ippool("v6", "fd00:10::/48"),
+                                  ippool("old", "10.9.0.0/16", vxlanMode="Always", disabled=True)],
+                                 tmp_path / "mtu")
+    try:
+        await until(lambda: nat.calls)
+        assert nat.tunnels == [4]
     finally:
         for task in tasks:
             task.cancel()
