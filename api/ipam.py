@@ -51,8 +51,7 @@ class IPAMConfigSpec(Model):
             raise FieldError(
                 "autoAllocateBlocks", "strictAffinity and autoAllocateBlocks cannot both be false"
             )
-        # Without strict affinity a host at its cap borrows from other hosts' blocks, so the cap
-        # would not bound anything.
+        # Calico's SetIPAMConfig refuses this one too.
         if self.max_blocks_per_host > 0 and not self.strict_affinity:
             raise FieldError(
                 "maxBlocksPerHost", "maxBlocksPerHost can only be set (above 0) when strictAffinity is true"

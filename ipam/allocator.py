@@ -351,8 +351,12 @@ class IPAM:
                 got += await self._assign_from_block(cidr, num - len(got), handle, secondary, node,
                                                      terms)
 
+            if at_limit:
+                # Calico's autoAssign stops here, strict affinity or not (ErrBlockLimit): the cap
+                # is a safeguard against one node taking the pool, which borrowing would defeat.
+                raise BlockLimitReached(cap)
             if len(got) < num and config.strict_affinity:
-                raise BlockLimitReached(cap) if at_limit else StrictAffinityExhausted()
+                raise StrictAffinityExhausted()
             if len(got) < num:
                 got += await self._borrow(node, pools, num - len(got), handle, secondary, terms)
             if len(got) < num:
@@ -554,12 +558,22 @@ class IPAM:
             metadata=ObjectMeta(name=key.name),
             spec=BlockAffinitySpec(state="pending", node=node, cidr=cidr),
         )
-        try:
-            await self.store.create(pending)
-        except AlreadyExists:
-            current = await self.store.get(key)
-            if current.value.spec.state == "pendingDeletion":
-                return False  # being released right now; let that finish
+        for _ in range(self.retries):
+            try:
+                await self.store.create(pending)
+            except AlreadyExists:
+                try:
+                    current = await self.store.get(key)
+                except NotFound:
+                    # Released between the two (the GC gave the empty block back): create it
+                    # again, as Calico's claim retries.
+                    self.conflicts += 1
+                    continue
+                if current.value.spec.state == "pendingDeletion":
+                    return False  # being released right now; let that finish
+            break
+        else:
+            raise TooManyConflicts()
         try:
             await self.store.create(self._new_block(cidr, node))
         except AlreadyExists:
@@ -571,7 +585,10 @@ class IPAM:
                 await self._delete_quietly(key)
                 return False
         for _ in range(self.retries):
-            current = await self.store.get(key)
+            try:
+                current = await self.store.get(key)
+            except NotFound:
+                return False  # released meanwhile, with its block: the walk looks again
             if current.value.spec.state != "confirmed":
                 confirmed = current.value.model_copy(
                     update={"spec": current.value.spec.model_copy(update={"state": "confirmed"})})
@@ -580,6 +597,8 @@ class IPAM:
                 except Conflict:
                     self.conflicts += 1
                     continue
+                except NotFound:
+                    return False  # released between the read and the write, as above
             return True
         raise TooManyConflicts()
 
@@ -630,6 +649,8 @@ class IPAM:
                     await self._restore_affinity(key)
                     return False
                 continue
+            except NotFound:
+                pass  # someone else released it first: what is left is the affinity
             await self._delete_quietly(key)
             return True
         raise TooManyConflicts()
@@ -723,6 +744,10 @@ class IPAM:
             pool = pool_of(pools, address)
             if pool is None:
                 raise NotInPool(f"{address} is not in any IP pool")
+            if pool.spec.disabled:
+                # As Calico's AssignIP looks in the enabled pools only: a disabled pool hands out
+                # nothing new, not even an address asked for by name.
+                raise NotInPool(f"{address} is in IPPool {pool.metadata.name}, which is disabled")
             cidr = str(block_of(pool, address))
             config = await self.get_config()
             key = Key("IPAMBlock", block_name(cidr))

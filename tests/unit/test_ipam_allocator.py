@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from percale.datastore import DatastoreError, Key, MemoryDatastore, NotFound
+from percale.datastore import AlreadyExists, Key, MemoryDatastore, NotFound
 from percale.datastore.contract import Update
 from percale.datastore.cache import Cache, CachedDatastore
 from percale.ipam import blocks
@@ -120,6 +120,93 @@ async def test_block_limit_per_node(store):
     with pytest.raises(BlockLimitReached, match="limit of 1 blocks"):
         await ipam.auto_assign("n2", handle_id="h3", num4=5, max_blocks_per_host=1)
     assert "h3" not in set((await allocations(store)).values())
+
+
+async def test_at_the_default_block_cap_a_node_does_not_borrow(store):
+    """Calico's autoAssign answers ErrBlockLimit at the cap whether or not affinity is strict;
+    borrowing there let one node take a whole pool past its 20-block safeguard."""
+    await add_pool(store, "p", "10.0.0.0/24", blockSize=30)
+    ipam = IPAM(store)
+    await ipam.auto_assign("n2", handle_id="other", num4=1)  # a block with room to borrow from
+    await ipam.auto_assign("n1", handle_id="h1", num4=4, max_blocks_per_host=1)
+    with pytest.raises(BlockLimitReached, match="limit of 1 blocks reached for this node"):
+        await ipam.auto_assign("n1", handle_id="h2", num4=1, max_blocks_per_host=1)
+    assert "h2" not in set((await allocations(store)).values())
+    await assert_consistent(store)
+
+
+async def test_an_address_of_a_disabled_pool_is_not_assigned(store):
+    await add_pool(store, "off", "10.1.0.0/24", disabled=True)
+    ipam = IPAM(store)
+    with pytest.raises(NotInPool, match="10.1.0.5 is in IPPool off, which is disabled"):
+        await ipam.assign_ip("n1", "10.1.0.5", handle_id="h1")
+    assert not (await store.list("IPAMBlock")).items
+    assert not (await store.list("BlockAffinity")).items
+
+
+class ReleasedMeanwhile:
+    """The store, with another process releasing an affinity just as this one writes it: the
+    affinity is there when this process creates its own (AlreadyExists) and gone when it
+    looks (the GC gave the empty block back), or gone between its read and its write."""
+
+    def __init__(self, inner, stage: str) -> None:
+        self.inner, self.stage, self.done = inner, stage, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def create(self, value):
+        if (self.stage == "create" and not self.done and value.kind == "BlockAffinity"
+                and value.spec.state == "pending"):
+            self.done = True
+            await self.inner.create(value)              # the other process's claim ...
+            await self.inner.delete(Key.of(value))      # ... given back at once
+            raise AlreadyExists(Key.of(value))
+        return await self.inner.create(value)
+
+    async def update(self, value, *, revision):
+        if (self.stage == "update" and not self.done and value.kind == "BlockAffinity"
+                and value.spec.state == "confirmed"):
+            self.done = True
+            await self.inner.delete(Key.of(value))
+        return await self.inner.update(value, revision=revision)
+
+
+@pytest.mark.parametrize("stage", ["create", "update"])
+async def test_an_affinity_released_during_a_claim_is_claimed_again_not_an_error(stage):
+    inner = MemoryDatastore(multi_key=False)
+    await add_pool(inner, "p", "10.0.0.0/28", blockSize=30)
+    ipam = IPAM(ReleasedMeanwhile(inner, stage))  # type: ignore[arg-type]
+    got = await ipam.auto_assign("n1", handle_id="h1", num4=1)
+    assert len(got.ipv4) == 1
+    await assert_consistent(inner)
+
+
+class BlockGoneFirst:
+    """The store, with another process deleting a block just before this one does."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def delete(self, key, *, revision=None):
+        if key.kind == "IPAMBlock":
+            await self.inner.delete(key)
+        return await self.inner.delete(key, revision=revision)
+
+
+async def test_a_pool_whose_empty_block_someone_else_released_first_is_deleted():
+    """percalectl delete ippool while a CNI DEL freed the block's last address: the block was
+    gone when delete_pool came to delete it, and the pool was left disabled, not deleted."""
+    inner = MemoryDatastore(multi_key=False)
+    await add_pool(inner, "p", "10.0.0.0/28", blockSize=30)
+    await IPAM(inner).auto_assign("n1", handle_id="h1", num4=1)
+    await IPAM(inner).release_by_handle("h1")
+    await IPAM(BlockGoneFirst(inner)).delete_pool("p")  # type: ignore[arg-type]
+    assert [kv.key.kind for kind in ("IPPool", "IPAMBlock", "BlockAffinity")
+            for kv in (await inner.list(kind)).items] == []
 
 
 async def test_the_block_limit_counts_each_family_apart(store):
