@@ -124,6 +124,13 @@ BASE_CHAINS = {
                 f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch',
                 f'oifname "{INTERFACE_PREFIX}*" jump to-endpoint-dispatch'],
     "input": ["type filter hook input priority filter; policy accept;",
+              # Neighbour discovery and MLD from a pod to its node, before the pod's egress
+              # policy, as felix's cali-wl-to-host allows them: conntrack leaves them untracked,
+              # so no established rule lets them by, and an egress policy cut the pod's IPv6 off
+              # (its gateway unresolved, the node's solicitations unanswered).
+              f'iifname "{INTERFACE_PREFIX}*" icmpv6 type {{ mld-listener-query, '
+              "mld-listener-report, mld-listener-done, nd-router-solicit, nd-neighbor-solicit, "
+              "nd-neighbor-advert } accept",
               f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch'],
 }
 DISPATCH_CHAINS = {
@@ -167,9 +174,12 @@ def policy_chain(direction: str, policy_key: str) -> str:
 
 
 def sort_key(policy: NetworkPolicy | GlobalNetworkPolicy) -> tuple:
+    """Order, then the name, then the namespace (a global policy's is ""): ties broken by name
+    as felix breaks them (dataplane.md §A2), so a GlobalNetworkPolicy does not come before
+    every namespaced one of the same order."""
     order = policy.spec.order
     namespace = policy.metadata.namespace if isinstance(policy, NetworkPolicy) else ""
-    return (math.inf if order is None else order, namespace or "", policy.metadata.name)
+    return (math.inf if order is None else order, policy.metadata.name, namespace or "")
 
 
 def selects(policy: NetworkPolicy | GlobalNetworkPolicy, endpoint: PolicyEndpoint) -> bool:

@@ -130,7 +130,7 @@ class _Kubernetes:
 
     @property
     def sort_key(self) -> tuple:
-        return (1000.0, self.policy.metadata.namespace or "", "knp.default." + self.policy.metadata.name)
+        return (1000.0, "knp.default." + self.policy.metadata.name, self.policy.metadata.namespace or "")
 
     def governs(self, endpoint: Endpoint, direction: str) -> bool:
         return (endpoint.namespace == self.policy.metadata.namespace
@@ -233,7 +233,7 @@ class _Percale:
     @property
     def sort_key(self) -> tuple:
         order = self.policy.spec.order
-        return (math.inf if order is None else order, self.namespace or "", self.policy.metadata.name)
+        return (math.inf if order is None else order, self.policy.metadata.name, self.namespace or "")
 
     def governs(self, endpoint: Endpoint, direction: str) -> bool:
         spec = self.policy.spec

@@ -271,3 +271,35 @@ def test_an_ipv6_pool_with_vxlan_always_carries_ipv6_pods_through_vxlan6(etcd):
     finally:
         a.stop()
         b.stop()
+
+
+def test_an_egress_policy_leaves_an_ipv6_pods_neighbour_discovery_alone(etcd):
+    """A GlobalNetworkPolicy isolating pod a for egress, with no rule: a's neighbour
+    solicitations and adverts to its node went through the pod's egress chain, which nothing in
+    it allowed (conntrack leaves them untracked), so a lost IPv6 altogether and b could not
+    reach it, though a is not isolated for ingress and its replies are established traffic."""
+    from percale.api import parse
+
+    a, b = meshed_pair(etcd.endpoint, etcd.unix_endpoint, ipv6_pool=POOL6)
+    try:
+        deny = parse({"apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy",
+                      "metadata": {"name": "a-sends-nothing"},
+                      "spec": {"selector": "pod == 'a'", "types": ["Egress"]}})
+        with_store(etcd.endpoint, lambda store: store.create(deny))
+        pods = {}
+        for name in ("a", "b"):
+            netns = a.new_pod_netns()
+            conf = dict(dual_stack_conf(a), args={"cni": {"labels": [{"key": "pod", "value": name}]}})
+            added = a.plugin("percale", "ADD", conf, container_id=f"c-{name}", netns=netns,
+                             args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}")
+            assert added.code == 0, added.out + added.err
+            v6 = [ipaddress.ip_interface(ip["address"]).ip for ip in added.json["ips"]
+                  if ":" in ip["address"]]
+            pods[name] = (netns, v6[0])
+        (netns_a, ip6_a), (netns_b, ip6_b) = pods["a"], pods["b"]
+        assert wait_for(lambda: ping6(netns_b, ip6_a), 20), a.exec("nft", "list", "table", "inet",
+                                                                  "percale").stdout
+        assert not ping6(netns_a, ip6_b)  # the policy is in force: a sends nothing new
+    finally:
+        a.stop()
+        b.stop()

@@ -143,6 +143,19 @@ def test_calico_order_deny_before_allow_and_pass_to_the_profile():
     assert allowed_into(World(percale=[denied_everywhere]), "z/c") == set()
 
 
+def test_equal_orders_are_broken_by_name_whatever_the_kind():
+    """A global Deny named zz-deny and Kubernetes' allow-all (knp.default.allow-all), both at
+    order 1000: "knp..." sorts first, so it allows, as felix orders them (dataplane.md §A2). A
+    global policy used to come before every namespaced one of its order, whatever the names."""
+    deny = percale({"order": 1000, "selector": "pod == 'a'", "types": ["Ingress"],
+                    "ingress": [{"action": "Deny"}]}, "zz-deny", namespace=None)
+    allow_all = k8s({"podSelector": {}, "ingress": [{}]}, "allow-all")
+    assert reach(World([allow_all], percale=[deny]), "x/b", "x/a")
+    first = percale({"order": 1000, "selector": "pod == 'a'", "types": ["Ingress"],
+                     "ingress": [{"action": "Deny"}]}, "a-deny", namespace=None)
+    assert not reach(World([allow_all], percale=[first]), "x/b", "x/a")
+
+
 def test_the_seed_policy():
     seed = parse_kubernetes_policy(yaml.safe_load(
         (Path(__file__).resolve().parents[2] / "examples/policy/allow-frontend-to-backend.yaml").read_text()))
@@ -175,3 +188,19 @@ def test_a_not_selector_alone_keeps_to_the_policys_namespace_and_not_in_a_global
     everywhere = World(percale=[percale({"selector": "pod == 'a'", "ingress": [rule]}, namespace=None)])
     assert allowed_into(everywhere, "x/a") == {p for p in EVERYONE if not p.endswith("/b")} - {"x/a"}
     assert reach(everywhere, EXTERNAL, "x/a")
+
+
+def test_the_compiler_orders_equal_orders_by_name_as_the_reference_does():
+    from percale.policy.compile import PolicyEndpoint, compile_ruleset, policy_chain
+    from percale.policy.convert import convert
+
+    labels = {"kubernetes.io/metadata.name": "x"}
+    a = PolicyEndpoint("x/a", "x", "pcl00000000000a", ("10.244.0.10",), {"pod": "a"}, labels)
+    deny = percale({"order": 1000, "selector": "pod == 'a'", "ingress": [{"action": "Deny"}]},
+                   "zz-deny", namespace=None)
+    allow_all = convert(k8s({"podSelector": {}, "ingress": [{}]}, "allow-all"))
+    ruleset = compile_ruleset([deny, allow_all], {}, [a])
+    jumps = [rule.split("jump ")[1] for rule in ruleset.chains["tw-pcl00000000000a"]
+             if "jump pi-" in rule]
+    assert jumps == [policy_chain("Ingress", "NetworkPolicy/x/knp.default.allow-all"),
+                     policy_chain("Ingress", "GlobalNetworkPolicy/zz-deny")]
