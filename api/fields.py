@@ -268,7 +268,22 @@ def _network_or_address(value: str) -> str:
     return _network(value)
 
 
+def _masked_network(value: str) -> str:
+    # What the apiserver still takes in a Kubernetes NetworkPolicy's ipBlock (10.0.0.5/24,
+    # with a warning, and kept in objects made before it began to refuse them), and what
+    # Calico reads as the network, host bits masked.
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/16")
+    _no_zone(value)
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid CIDR") from None
+
+
 CIDR = Annotated[str, AfterValidator(_network)]
+# A CIDR whose host bits are masked rather than refused (Kubernetes NetworkPolicy ipBlock).
+MaskedCIDR = Annotated[str, AfterValidator(_masked_network)]
 # A CIDR, or an address alone, stored as its /32 or /128 (BGPConfiguration's service ranges and
 # prefixAdvertisements, which Calico validates with `net`).
 NetworkOrAddress = Annotated[str, AfterValidator(_network_or_address)]

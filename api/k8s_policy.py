@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from percale.api.fields import CIDR
+from percale.api.fields import MaskedCIDR
 from percale.api.meta import (
     DNS_SUBDOMAIN_RULE,
     FieldError,
@@ -82,8 +82,10 @@ class LabelSelector(_KubernetesModel):
 
 
 class IPBlock(_KubernetesModel):
-    cidr: CIDR
-    except_: list[CIDR] = Field(default_factory=list, alias="except")
+    # Host bits masked, not refused: the whole policy was left out for one, and its pods were
+    # then protected by nothing.
+    cidr: MaskedCIDR
+    except_: list[MaskedCIDR] = Field(default_factory=list, alias="except")
 
     @model_validator(mode="after")
     def _except_inside(self) -> IPBlock:

@@ -85,6 +85,16 @@ def test_ip_blocks_become_nets_and_not_nets():
     assert policy.spec.types == ["Ingress", "Egress"]  # Kubernetes' default, made explicit
 
 
+def test_an_ip_block_with_host_bits_is_its_network_as_calico_reads_it():
+    """The apiserver takes 192.168.1.5/24 in an ipBlock (a warning, or an object older than its
+    refusal): the whole policy was left out for it, and its pods were protected by nothing."""
+    policy = convert(k8s({"egress": [{"to": [{"ipBlock": {"cidr": "192.168.1.5/24",
+                                                            "except": ["192.168.1.9/30"]}}]}]}))
+    assert rules(policy, "egress") == [
+        {"action": "Allow", "destination": {"nets": ["192.168.1.0/24"],
+                                            "notNets": ["192.168.1.8/30"]}}]
+
+
 KEY_RULE = ("is not valid: a name starts and ends with a letter or digit, with only letters, "
             "digits, '-', '_' and '.' between")
 VALUE_RULE = ("is not valid: a value is empty, or starts and ends with a letter or digit, with only "
