@@ -249,6 +249,7 @@ class BGPAgent:
 
     def _on_connect(self) -> None:
         # A fresh ExaBGP knows none of our routes, and every session of the old one has ended.
+        self.peers.speaker_restarted()
         self.announcer.speaker_restarted()
         self.relay.speaker_restarted()
         self._announce_due.set()

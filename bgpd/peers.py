@@ -49,6 +49,14 @@ class PeerTable(dict[str, PeerStatus]):
         self.clear()
         self.update(kept)
 
+    def speaker_restarted(self) -> None:
+        """A (new) ExaBGP connected: every session of the old one ended, and ExaBGP says `down`
+        for none of them, nor anything for a peer it then fails to reach. Each session starts
+        again from where a new one starts (waiting), so status, /readyz and /metrics stop
+        calling a peer Established that the running ExaBGP never reached."""
+        for status in self.values():
+            status.set("start", waiting(status.session))
+
     def heard(self, event: PeerState) -> None:
         status = self.get(str(event.peer.address))
         if status is None:

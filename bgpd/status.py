@@ -295,7 +295,12 @@ def status_record(classes: list[str], view: NodeView, now: datetime,
 
 def view_of_record(record: NodeStatus) -> NodeView:
     """What a NodeStatus says, as `node status` shows it. STATE is up for an established
-    session and start otherwise, as BIRD's protocol state is."""
+    session and start otherwise, as BIRD's protocol state is.
+
+    Without class Agent, whether ExaBGP runs is not reported: a record with class BGP is taken
+    as running (it lists the sessions), and one with neither says nothing of BGP at all, which
+    `bgp_running` False cannot tell from "not running": ctl/node_cmd.py's render_record looks
+    at the classes reported before it draws this view."""
     status = record.status or NodeStatusStatus()
     daemons = [d for d in (status.agent.bgp_v4, status.agent.bgp_v6) if d] if status.agent else []
     if daemons:

@@ -14,6 +14,9 @@ it checked) but wasteful.
 
 A round that fails (datastore unavailable, too many conflicts, a bug) is logged and the next
 round runs as planned: the process holds the grace timers, which a restart would start over.
+
+With `--metrics-listen HOST:PORT` it serves Prometheus metrics of the last round at /metrics
+(`GCMetrics`; the operator's Deployment listens on Calico kube-controllers' port, 9094).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Optional
 
 import typer
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from percale.api.listen import listen_address
 from percale.datastore.options import (
     ConfigFile,
     EtcdCACertFile,
@@ -76,13 +82,71 @@ def seconds(text: str, option: str, *, zero: bool = True) -> float:
     return value
 
 
-async def run(settings: dict, interval: float, grace: float, rounds: int | None) -> None:
+class GCMetrics:
+    """The collector's metrics, read from it when Prometheus asks (from the server's thread:
+    each is one int the event loop replaces whole, so no read sees half a round).
+
+    Names are Calico kube-controllers' (calico.md §1.9), so its dashboards and alerts carry
+    over, with percale's prefix (STYLE.md 6) and `_total` on counters (Prometheus naming):
+      percale_ipam_allocations_gc_candidates           Calico's ipam_allocations_gc_candidates:
+                                                       unused addresses in their grace period;
+                                                       staying above 0 means GC is stuck
+      percale_ipam_allocations_gc_reclamations_total   Calico's ipam_allocations_gc_reclamations:
+                                                       addresses released
+    and two of percale's own, named after them:
+      percale_ipam_allocations_gc_held_back            unused addresses kept because an object
+                                                       that may own them cannot be read
+      percale_ipam_blocks_gc_reclamations_total        empty blocks given back
+    No labels: a round's GCRound keeps the cluster's totals."""
+
+    def __init__(self, collector: GarbageCollector):
+        self.collector = collector
+
+    def collect(self):
+        last = self.collector.last_round
+        yield GaugeMetricFamily(
+            "percale_ipam_allocations_gc_candidates",
+            "Addresses allocated but used by no one, as the last IPAM GC round found them",
+            value=last.candidates)
+        yield GaugeMetricFamily(
+            "percale_ipam_allocations_gc_held_back",
+            "Unused addresses the last IPAM GC round kept because an object that may own them "
+            "cannot be read (the log names it)", value=last.held_back)
+        yield CounterMetricFamily(
+            "percale_ipam_allocations_gc_reclamations",
+            "Leaked addresses IPAM GC released", value=self.collector.total_released)
+        yield CounterMetricFamily(
+            "percale_ipam_blocks_gc_reclamations",
+            "Empty blocks IPAM GC gave back", value=self.collector.total_released_blocks)
+
+
+def serve_metrics(collector: GarbageCollector, listen: tuple[str, int]):
+    """Serve /metrics on `listen` from a thread of prometheus_client's; OSError if this machine
+    cannot listen there. Returns the server, to shut down."""
+    registry = CollectorRegistry()
+    registry.register(GCMetrics(collector))
+    server, _ = start_http_server(listen[1], addr=listen[0], registry=registry)
+    return server
+
+
+async def run(settings: dict, interval: float, grace: float, rounds: int | None,
+              metrics_listen: tuple[str, int] | None = None) -> None:
     store = open_datastore(load_config(**settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     collector = GarbageCollector(IPAM(store), grace_period=timedelta(seconds=grace))
+    metrics = None
+    if metrics_listen is not None:
+        try:
+            metrics = serve_metrics(collector, metrics_listen)
+        except OSError as err:
+            await store.close()
+            host, port = metrics_listen
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise OSError(f"--metrics-listen (PERCALE_METRICS_LISTEN) {shown!r}: cannot listen "
+                          f"there: {err.strerror or err}") from None
     done = 0
     try:
         while not stop.is_set() and (rounds is None or done < rounds):
@@ -109,6 +173,9 @@ async def run(settings: dict, interval: float, grace: float, rounds: int | None)
             except TimeoutError:
                 pass
     finally:
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
         await store.close()
 
 
@@ -130,6 +197,10 @@ def main(
         f"{int(DEFAULT_GRACE_PERIOD.total_seconds())}s",
     rounds: Annotated[Optional[int], typer.Option(
         min=1, help="Stop after this many rounds (default: run until SIGTERM)")] = None,
+    metrics_listen: Annotated[str, typer.Option(
+        envvar="PERCALE_METRICS_LISTEN",
+        help="HOST:PORT for Prometheus /metrics of IPAM GC ([ADDR]:PORT for IPv6, :PORT for"
+        " 127.0.0.1); empty (the default) for none. Calico kube-controllers uses port 9094")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run percale's cluster-wide controllers (IPAM garbage collection) until SIGTERM."""
@@ -137,10 +208,15 @@ def main(
     # An interval of 0 would be a busy loop against the datastore.
     interval = seconds(gc_interval, "--gc-interval", zero=False)
     grace = seconds(leak_grace_period, "--leak-grace-period")
+    try:
+        listen = listen_address(metrics_listen) if metrics_listen else None
+    except ValueError as err:
+        raise typer.BadParameter(f"{metrics_listen!r}: {err}",
+                                 param_hint="--metrics-listen (PERCALE_METRICS_LISTEN)") from None
     settings = datastore_settings(config, etcd_endpoints, etcd_ca_cert_file, etcd_cert_file,
                                   etcd_key_file, datastore_type, kubeconfig)
     try:
-        asyncio.run(run(settings, interval, grace, rounds))
+        asyncio.run(run(settings, interval, grace, rounds, listen))
     except (ConfigError, DatastoreError, OSError) as err:
         typer.echo(f"percale-controllers: {err}", err=True)
         raise typer.Exit(1) from None

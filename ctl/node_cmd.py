@@ -7,7 +7,8 @@
 The local form prints calicoctl's text with percale's name in the running line and ExaBGP's in
 the BGP backend line; scripts that read calicoctl's output read this. The datastore forms print
 the same block from what the node last published (node/status.py writes it), and say so
-when there is no record or it is stale (not refreshed for three update periods).
+when there is no record or it is stale (not refreshed for three update periods). --all says a
+record whose Node was deleted is left over from a gone node, and does not fail for it.
 
 Rendering is pure (`render`, `render_record`); the command reads the socket or the datastore.
 """
@@ -103,7 +104,12 @@ def render_record(name: str, record: NodeStatus | None, now: datetime,
     else:
         running_line = RUNNING
     view = view_of_record(record)
-    if view.bgp_running and record.status.bgp is None:
+    # A class the record does not ask for is said to be unreported: its absence is no news
+    # about the node (a record of class Routes alone once read as ExaBGP not running).
+    if record.status.agent is None and record.status.bgp is None:
+        text = (f"{running_line}\n\nThe BGP backend and its peers are not reported: NodeStatus "
+                f"{name} asks for neither class Agent nor class BGP.\n\n")
+    elif view.bgp_running and record.status.bgp is None:
         text = (f"{running_line}\n\nBGP peers are not reported: NodeStatus {name} does not ask "
                 "for class BGP.\n\n")
     else:
@@ -141,6 +147,7 @@ def status(
     Alone: asks this node's agent (as root); exits 1 if it is not running.
 
     --node, --all: read NodeStatus records; exit 1 if one is missing or stale (3 periods old).
+    --all lists a record whose Node was deleted as gone; it does not count as a failure.
     """
     if node is not None and all_nodes:
         raise fail("Give --node NAME or --all, not both.")
@@ -171,20 +178,28 @@ def _local(path: str) -> None:
     sys.stdout.write(render(view))
 
 
+def render_gone(name: str) -> str:
+    """The block of a NodeStatus whose Node no longer exists: its agent is gone with the node,
+    and nothing deletes the record, so it would read as stale, and fail --all, for good."""
+    return (f"Node {name} is gone: there is no Node {name}; its NodeStatus is left over "
+            f"(percalectl delete nodestatus {name} removes it).\n\n")
+
+
 def _from_datastore(node: str | None) -> None:
-    async def read(store: Datastore) -> list[tuple[str, NodeStatus | None]]:
+    # (name, its record, whether its Node exists)
+    async def read(store: Datastore) -> list[tuple[str, NodeStatus | None, bool]]:
         if node is not None:
             try:
-                return [(node, (await store.get(Key("NodeStatus", node))).value)]
+                return [(node, (await store.get(Key("NodeStatus", node))).value, True)]
             except NotFound:
-                return [(node, None)]
+                return [(node, None, True)]
         records = {kv.value.metadata.name: kv.value
                    for kv in (await store.list("NodeStatus")).items
                    # The records agents write are named after their node; one a user named
                    # otherwise is not a node's own.
                    if kv.value.metadata.name == kv.value.spec.node}
-        names = {kv.value.metadata.name for kv in (await store.list("Node")).items} | set(records)
-        return [(name, records.get(name)) for name in sorted(names)]
+        nodes = {kv.value.metadata.name for kv in (await store.list("Node")).items}
+        return [(name, records.get(name), name in nodes) for name in sorted(nodes | set(records))]
 
     found = with_datastore(read)
     if not found:
@@ -192,9 +207,12 @@ def _from_datastore(node: str | None) -> None:
         return
     now = datetime.now(timezone.utc)
     healthy = True
-    for name, record in found:
-        text, ok = render_record(name, record, now)
-        healthy &= ok
+    for name, record, exists in found:
+        if exists:
+            text, ok = render_record(name, record, now)
+            healthy &= ok
+        else:
+            text = render_gone(name)
         sys.stdout.write(text if node is not None else f"Node {name}:\n{text}")
     if not healthy:
         raise typer.Exit(1)

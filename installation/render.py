@@ -25,6 +25,8 @@ from percale.installation.rbac import NAMESPACE, rbac_objects
 
 NODE_IMAGE, CONTROLLERS_IMAGE = "percale/node", "percale/node"
 HEALTH_PORT = 9099
+# percale-controllers' /metrics: Calico kube-controllers' default prometheusMetricsPort.
+CONTROLLERS_METRICS_PORT = 9094
 CNI_CONFIG = "percale-cni-config"
 
 
@@ -72,13 +74,17 @@ def cni_config(spec: InstallationSpec) -> dict[str, Any]:
     of, as tigera writes assign_ipv4 and assign_ipv6 into the conflist (IPv4 alone when it has
     none, the CNI plugin's own default)."""
     network = spec.calico_network
-    families = {ipaddress.ip_network(pool.cidr, strict=False).version
-                for pool in network.ip_pools or []}
+    families = _pool_families(spec)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CNI_CONFIG),
             "data": {"mtu": str(network.mtu or 0), "cniVersion": "1.0.0",
                      "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d",
                      "assignIPv4": "true" if 4 in families or not families else "false",
                      "assignIPv6": "true" if 6 in families else "false"}}
+
+
+def _pool_families(spec: InstallationSpec) -> set[int]:
+    return {ipaddress.ip_network(pool.cidr, strict=False).version
+            for pool in spec.calico_network.ip_pools or []}
 
 
 def _address_env(variable: str, setting: NodeAddressAutodetection | None) -> list[dict[str, Any]]:
@@ -187,6 +193,11 @@ def node_daemonset(spec: InstallationSpec, version: str) -> dict[str, Any]:
 
 def controllers_deployment(spec: InstallationSpec, version: str) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": "percale-controllers"}
+    # /metrics on the pod's address, for Prometheus to scrape, as kube-controllers serves it.
+    # An IPv6-only cluster's pods have no IPv4 address; elsewhere an IPv6 socket would fail on
+    # a kernel without IPv6.
+    port = CONTROLLERS_METRICS_PORT
+    any_address = "[::]" if _pool_families(spec) == {6} else "0.0.0.0"
     pod: dict[str, Any] = {
         "serviceAccountName": "percale-controllers",
         "priorityClassName": "system-cluster-critical",
@@ -197,7 +208,9 @@ def controllers_deployment(spec: InstallationSpec, version: str) -> dict[str, An
             "name": "percale-controllers",
             "image": image(spec, CONTROLLERS_IMAGE, version),
             "command": ["percale-controllers"],
-            "env": [{"name": "PERCALE_DATASTORE_TYPE", "value": "kubernetes"}],
+            "env": [{"name": "PERCALE_DATASTORE_TYPE", "value": "kubernetes"},
+                    {"name": "PERCALE_METRICS_LISTEN", "value": f"{any_address}:{port}"}],
+            "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
         }],
     }
     if spec.image_pull_secrets:

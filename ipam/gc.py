@@ -191,7 +191,9 @@ async def repair_handle(
 
 @dataclass
 class GCRound:
-    """What one round did; the agent exports these as percale_ipam_* metrics."""
+    """What one round did. percale-controllers exports the candidates and held-back counts of
+    the last round, and the released addresses and blocks summed over rounds, as
+    percale_ipam_* metrics (controllers/main.py, GCMetrics) when given --metrics-listen."""
 
     candidates: int = 0        # addresses allocated but unused (ipam_allocations_gc_candidates)
     confirmed: int = 0         # of which past their grace period, or their node is gone

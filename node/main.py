@@ -37,6 +37,7 @@ import typer
 
 from percale.api import InvalidResource, Node
 from percale.api.fields import POD_MTU_MIN
+from percale.api.listen import listen_address
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
 from percale.bgpd.agent import BGPAgent
@@ -132,32 +133,6 @@ def resolve_node_name(given: Optional[str]) -> str:
         setting = "--node-name (NODENAME)" if given else "the host name (set --node-name or NODENAME)"
         raise registration.RegistrationError(f"{setting} {name!r}: not a node name ({DNS_SUBDOMAIN_RULE})")
     return name
-
-
-def health_address(listen: str) -> tuple[str, int]:
-    """--health-listen's HOST:PORT: an IPv6 host in brackets ([::1]:9099), no host for loopback.
-    ValueError saying what is wrong."""
-    host, colon, port = listen.rpartition(":")
-    if not colon:
-        raise ValueError("not HOST:PORT")
-    # Port 0 would be a port the kernel picks, which no probe could know.
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(f"{host} is not an IPv6 address in brackets") from None
-        return host[1:-1], int(port)
-    if ":" in host:
-        raise ValueError("an IPv6 host goes in brackets, as [::1]:9099")
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        # Node names are RFC 1123 DNS subdomains: the syntax of a host name.
-        if host and not Node.is_valid_name(host.lower()):
-            raise ValueError(f"host {host!r} is neither an IP address nor a host name") from None
-    return host or "127.0.0.1", int(port)
 
 
 def check_host_mtu(host_mtu: int, source: str) -> None:
@@ -288,7 +263,8 @@ async def bind_health(listen: tuple[str, int] | None) -> health.Endpoints | None
 
 async def run(options: Options, settings: dict[str, Optional[str]],
               addresses: tuple = (None, None, None)) -> None:
-    # Bound before anything else: an address the node cannot have stops it before it registers.
+    # Bound before anything else: an address the node cannot have stops it before it registers,
+    # and /livez answers while registering waits for the datastore (health.Endpoints).
     health_endpoints = await bind_health(options.health_listen)
     try:
         await serve_node(options, settings, addresses, health_endpoints)
@@ -356,7 +332,7 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     status_server = await serve_status(bgp_agent, node, status_socket)
     log.info("percale-node %s answering status on %s", node, status_socket)
     if health_endpoints is not None:
-        await health_endpoints.serve(bgp_agent, datastore=store, cache=cache, policy=policy_agent)
+        health_endpoints.attach(bgp_agent, datastore=store, cache=cache, policy=policy_agent)
     parts = [following]
     if isinstance(bgp_agent, BGPAgent):
         parts.append(asyncio.create_task(bgp_agent.run(), name="BGP"))
@@ -500,7 +476,7 @@ def main(
         if mtu:  # 0: detected, and checked then
             check_host_mtu(mtu, "--mtu (PERCALE_MTU)")
         try:
-            health_at = health_address(health_listen) if health_listen else None
+            health_at = listen_address(health_listen) if health_listen else None
         except ValueError as err:
             raise registration.RegistrationError(
                 f"--health-listen (PERCALE_HEALTH_LISTEN) {health_listen!r}: {err}") from None

@@ -56,8 +56,11 @@ class NodeStatusPublisher:
     """Keeps NodeStatus `<node>` current: creates it if missing (classes Agent and BGP, Calico's
     default period), rewrites its status every updatePeriodSeconds the record asks for, and at
     once when BGP starts or stops or a peer changes state. Writes are compare-and-swap, so an
-    edit of the spec made meanwhile is kept. Datastore failures are logged and retried with
-    backoff; they never stop the agent."""
+    edit of the spec made meanwhile is kept. Between writes further apart than the default
+    period it reads the record back every default period (one get, compared by revision), so an
+    edit (a shorter period, other classes, updatePeriodSeconds 0 turned on) is taken within
+    that, not when the old period (up to a day) ends. Datastore failures are logged and retried
+    with backoff; they never stop the agent."""
 
     # The driver has no change callback; looking at its in-memory table this often costs nothing.
     POLL_SECONDS = 0.5
@@ -70,20 +73,30 @@ class NodeStatusPublisher:
         self.store, self.node, self.bgp = store, node, bgp
         self.default_period = default_period
         self._warned_foreign = False
-        # The record as this publisher last wrote it: the next write compares-and-swaps against
-        # it, so a period costs one write and no read (a Conflict carries what changed).
+        # The record as this publisher last wrote or read it: the next write compares-and-swaps
+        # against it, so a period costs one write and no read (a Conflict carries what changed).
         self._record: KVPair | None = None
 
     async def run(self) -> None:
         written: tuple | None = None  # the peer table last published
-        due = retry_at = 0.0  # monotonic
+        due = read_due = retry_at = 0.0  # monotonic
         backoff = self.FIRST_BACKOFF_SECONDS
         while True:
             view = view_of(self.bgp)
             now = time.monotonic()
-            if now >= retry_at and (view.table() != written or now >= due):
+            if now >= retry_at:
                 try:
-                    period = await self.publish(view)
+                    write = view.table() != written or now >= due
+                    if not write and now >= read_due:
+                        read_due = now + self.default_period
+                        write = await self._edited()
+                    if write:
+                        period = await self.publish(view)
+                        written, backoff = view.table(), self.FIRST_BACKOFF_SECONDS
+                        # Period 0 asks for no refresh (nor does a record that is not ours):
+                        # only reading it back notices that it changed.
+                        due = now + period if period else float("inf")
+                        read_due = now + self.default_period
                 except DatastoreError as err:
                     log.warning("writing NodeStatus %s failed, retrying in %.0fs: %s",
                                 self.node, backoff, err)
@@ -91,11 +104,15 @@ class NodeStatusPublisher:
                 except Exception:  # a bug here must not take BGP or CNI down with it
                     log.exception("writing NodeStatus %s failed", self.node)
                     retry_at, backoff = now + backoff, min(backoff * 2, self.MAX_BACKOFF_SECONDS)
-                else:
-                    written, backoff = view.table(), self.FIRST_BACKOFF_SECONDS
-                    # Period 0 asks for no refresh; look at the record again after the default.
-                    due = now + (period or self.default_period)
             await asyncio.sleep(self.POLL_SECONDS)
+
+    async def _edited(self) -> bool:
+        """Read the record back: whether it changed since this publisher last wrote or read it
+        (edited, or deleted). The next write starts from what was read."""
+        fresh = await self._read(Key("NodeStatus", self.node))
+        last = self._record
+        self._record = fresh
+        return fresh is None or last is None or fresh.revision != last.revision
 
     async def publish(self, view: NodeView) -> int:
         """Write `view` into the record; returns the record's update period (0: left alone)."""
@@ -116,6 +133,8 @@ class NodeStatusPublisher:
                     current = await self._read(key)
                     continue
             spec = current.value.spec
+            if spec.node != self.node or spec.update_period_seconds == 0:
+                self._record = current  # what reading it back compares with
             if spec.node != self.node:
                 # Someone named a record after this node but pointed it elsewhere: not ours.
                 if not self._warned_foreign:

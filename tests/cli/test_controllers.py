@@ -8,17 +8,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from percale.api.listen import listen_address
 from percale.controllers import main as controllers
 from percale.datastore.options import datastore_settings
 from percale.ipam.allocator import IPAM
 from percale.ipam.errors import TooManyConflicts
 from percale.ipam.gc import GarbageCollector
+from tests.helpers.etcd_server import free_port
 from tests.helpers.ipam_pods import node
 from tests.helpers.ipam_world import add_pool, assert_consistent
 from tests.helpers.store import with_store
@@ -143,3 +146,83 @@ async def test_cancelling_the_loop_still_stops_it(settings, monkeypatch):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
+
+
+async def scrape(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    data = (await reader.read()).decode()
+    writer.close()
+    return data.partition("\r\n\r\n")[2]
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_metrics_count_candidates_and_what_was_released(etcd, settings):
+    """ipam/gc.py said its rounds were exported as metrics, and nothing served them: with
+    --metrics-listen, /metrics has Calico kube-controllers' GC metrics under percale's prefix."""
+    async def setup(store):
+        await add_pool(store, "pods", "10.251.0.0/24", blockSize=29)
+        await store.create(node("node-m"))
+        await IPAM(store).auto_assign("node-m", handle_id="k8s-pod-network.metered", num4=9)
+
+    await asyncio.to_thread(with_store, etcd.endpoint, setup)
+    port = free_port()
+    task = asyncio.create_task(controllers.run(settings, interval=0.1, grace=0.3, rounds=None,
+                                               metrics_listen=("127.0.0.1", port)))
+    try:
+        candidates = released = None
+        async with asyncio.timeout(20):
+            while not released:
+                await asyncio.sleep(0.05)
+                try:
+                    text = await scrape(port)
+                except ConnectionRefusedError:
+                    continue  # not listening yet
+                candidates = candidates or metric(text, "percale_ipam_allocations_gc_candidates")
+                released = metric(text, "percale_ipam_allocations_gc_reclamations_total")
+        # Seen as candidates first (their grace period), then released, all nine.
+        assert candidates == 9.0 and released == 9.0
+        assert metric(text, "percale_ipam_allocations_gc_held_back") == 0.0
+        async with asyncio.timeout(20):
+            while not metric(text, "percale_ipam_blocks_gc_reclamations_total"):
+                await asyncio.sleep(0.05)
+                text = await scrape(port)
+        assert metric(text, "percale_ipam_blocks_gc_reclamations_total") == 1.0
+        assert metric(text, "percale_ipam_allocations_gc_candidates") == 0.0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    with pytest.raises(ConnectionRefusedError):  # stopped with the loop
+        await scrape(port)
+
+
+def test_bad_or_busy_metrics_listen_names_the_option(etcd):
+    done = run(etcd, "--metrics-listen", "::1:9094")
+    assert done.returncode == 2 and "--metrics-listen" in done.stderr
+    assert "brackets" in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run(etcd, "--metrics-listen", f"127.0.0.1:{port}", "--rounds", "1")
+    assert done.returncode == 1
+    assert (f"--metrics-listen (PERCALE_METRICS_LISTEN) '127.0.0.1:{port}': cannot listen there"
+            in done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("listen, expected", [
+    (":9094", ("127.0.0.1", 9094)),
+    ("0.0.0.0:9094", ("0.0.0.0", 9094)),
+    ("[::]:9094", ("::", 9094)),
+    ("controllers.example:9094", ("controllers.example", 9094)),
+])
+def test_metrics_listen_is_host_and_port_as_percale_nodes_health_listen(listen, expected):
+    assert listen_address(listen) == expected

@@ -99,3 +99,18 @@ def test_a_pool_cidr_changed_after_install_is_refused():
     spec = model.with_defaults(model.InstallationSpec())
     found = model.problems(spec, {"default-ipv4-ippool": "10.9.0.0/16"})
     assert [p.field for p in found] == ["spec.calicoNetwork.ipPools[0].cidr"]
+
+
+def test_controllers_serve_metrics_on_kube_controllers_port_of_the_pods_family():
+    def listen(pools: list[dict]) -> str:
+        spec = model.with_defaults(model.InstallationSpec.model_validate(
+            {"calicoNetwork": {"ipPools": pools}}))
+        pod = render.controllers_deployment(spec, "0.1.0")["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["ports"] == [{"name": "metrics", "containerPort": 9094, "protocol": "TCP"}]
+        return {e["name"]: e.get("value") for e in container["env"]}["PERCALE_METRICS_LISTEN"]
+
+    assert listen([{"cidr": "10.0.0.0/16"}]) == "0.0.0.0:9094"
+    v6 = {"cidr": "fd00::/48", "blockSize": 122}
+    assert listen([{"cidr": "10.0.0.0/16"}, v6]) == "0.0.0.0:9094"
+    assert listen([v6]) == "[::]:9094"

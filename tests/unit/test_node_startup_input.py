@@ -17,7 +17,8 @@ import pytest
 
 from percale.api import IPPool, parse
 from percale.node import registration
-from percale.node.main import health_address, resolve_node_name
+from percale.api.listen import listen_address
+from percale.node.main import resolve_node_name
 from percale.vxlan.plan import HOST_MTU_MIN, POD_MTU_MIN, MTUTooSmall, pod_mtu
 
 pytestmark = pytest.mark.unit
@@ -83,7 +84,7 @@ def test_a_bad_log_level_is_an_error_not_a_traceback(tmp_path):
     ("localhost:1", ("localhost", 1)),
 ])
 def test_health_listen_is_host_and_port(listen, expected):
-    assert health_address(listen) == expected
+    assert listen_address(listen) == expected
 
 
 @pytest.mark.parametrize("listen, reason", [
@@ -98,7 +99,7 @@ def test_health_listen_is_host_and_port(listen, expected):
 ])
 def test_a_bad_health_listen_says_why(listen, reason):
     with pytest.raises(ValueError, match=reason):
-        health_address(listen)
+        listen_address(listen)
 
 
 def test_the_default_node_name_is_the_host_name_and_checked(monkeypatch):

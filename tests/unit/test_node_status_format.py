@@ -3,11 +3,13 @@ percale's running line and ExaBGP's backend line, from the agent's answer and fr
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from typer.testing import CliRunner
 
+from percale.ctl import node_cmd
 from percale.ctl.main import app
 from percale.ctl.node_cmd import render, render_record
 from percale.bgpd.status import (
@@ -19,7 +21,8 @@ from percale.bgpd.status import (
     to_json,
     view_of_record,
 )
-from percale.api import NodeStatus, NodeStatusSpec, ObjectMeta
+from percale.api import NodeStatus, NodeStatusSpec, ObjectMeta, parse
+from percale.datastore import MemoryDatastore
 
 pytestmark = pytest.mark.unit
 
@@ -220,3 +223,47 @@ def test_a_last_updated_with_an_offset_past_a_day_is_refused():
         NodeStatus.model_validate({
             "apiVersion": "percale.io/v1", "kind": "NodeStatus", "metadata": {"name": "node1"},
             "spec": {"node": "node1"}, "status": {"lastUpdated": "2026-12-07T07:00:00+99:99"}})
+
+
+def test_a_record_asking_for_neither_agent_nor_bgp_does_not_say_exabgp_is_down():
+    """Class Routes alone says nothing of ExaBGP: not "not running", but not reported."""
+    text, ok = render_record("node1", record(MESH_V4, NOW, classes=("Routes",)), NOW)
+    assert ok
+    assert text == ("percale process is running.\n\nThe BGP backend and its peers are not "
+                    "reported: NodeStatus node1 asks for neither class Agent nor class BGP.\n\n")
+    # With class Agent, a stopped ExaBGP is still said to be stopped.
+    stopped, _ = render_record("node1", record(NodeView(False), NOW, classes=("Agent",)), NOW)
+    assert "The BGP backend process (ExaBGP) is not running." in stopped
+
+
+def test_all_lists_a_record_whose_node_is_gone_without_failing(monkeypatch):
+    """Nothing deletes a deleted node's NodeStatus: --all says the node is gone and does not
+    exit 1 for it, while a live node's stale record still fails it."""
+    store = MemoryDatastore()
+    now = datetime.now(UTC)
+
+    def own(name: str, written: datetime) -> NodeStatus:
+        spec = NodeStatusSpec(node=name, classes=["Agent", "BGP"], update_period_seconds=10)
+        return NodeStatus(metadata=ObjectMeta(name=name), spec=spec,
+                          status=status_record(spec.classes, MESH_V4, written))
+
+    async def fill(*records: NodeStatus, nodes: tuple[str, ...]) -> None:
+        for name in nodes:
+            await store.create(parse({"apiVersion": "percale.io/v1", "kind": "Node",
+                                      "metadata": {"name": name}, "spec": {}}))
+        for value in records:
+            await store.create(value)
+
+    asyncio.run(fill(own("node1", now), own("old", now - timedelta(days=3)), nodes=("node1",)))
+    monkeypatch.setattr(node_cmd, "with_datastore", lambda work: asyncio.run(work(store)))
+    done = CliRunner().invoke(app, ["node", "status", "--all"])
+    assert done.exit_code == 0, done.output
+    assert ("Node old:\nNode old is gone: there is no Node old; its NodeStatus is left over "
+            "(percalectl delete nodestatus old removes it).\n\n") in done.output
+    assert "Node node1:\npercale process is running." in done.output
+
+    # A node that exists with a stale record still fails --all.
+    asyncio.run(fill(own("node2", now - timedelta(days=3)), nodes=("node2",)))
+    done = CliRunner().invoke(app, ["node", "status", "--all"])
+    assert done.exit_code == 1
+    assert "Status of node node2 is stale" in done.output

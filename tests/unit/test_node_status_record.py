@@ -142,3 +142,66 @@ def test_bgp_not_running_has_no_peers():
     # ExaBGP gone (restarting, or never started for want of a BGP address): no sessions to show.
     view = view_of(controller(running=False))
     assert (view.bgp_running, view.peers) == (False, ())
+
+
+async def test_an_edited_record_is_honoured_within_the_default_period():
+    """An admin lowers an hour-long period, or turns refreshing on (0 -> 1): the publisher reads
+    the record back every default period and follows it, instead of waiting out the old period
+    while `node status --node` calls the record stale."""
+    for first in (3600, 0):
+        store = MemoryDatastore()
+        await store.create(users_record(period=first))
+        publisher = NodeStatusPublisher(store, "node1", controller(), default_period=1)
+        publisher.POLL_SECONDS = 0.02
+        task = asyncio.create_task(publisher.run())
+        try:
+            while (current := await store.get(KEY)).value.status is None and first:
+                await asyncio.sleep(0.02)
+            spec = current.value.spec.model_copy(update={"update_period_seconds": 1,
+                                                         "classes": ["Agent", "BGP"]})
+            edited = await store.update(current.value.model_copy(update={"spec": spec}),
+                                        revision=current.revision)
+            # Written again on top of the edit within the default period, then every second.
+            async def rewritten(after: str) -> str:
+                while (kv := await store.get(KEY)).revision == after:
+                    await asyncio.sleep(0.02)
+                return kv.revision
+
+            again = await asyncio.wait_for(rewritten(edited.revision), 2)
+            stored = (await store.get(KEY)).value
+            assert stored.spec.update_period_seconds == 1
+            assert stored.status.agent is not None  # the class the edit added
+            await asyncio.wait_for(rewritten(again), 2)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def test_a_record_that_changes_nothing_costs_one_read_per_default_period():
+    class Counting(MemoryDatastore):
+        gets = 0
+
+        async def get(self, key):
+            self.gets += 1
+            return await super().get(key)
+
+    store = Counting()
+    await store.create(users_record(period=3600))
+    publisher = NodeStatusPublisher(store, "node1", controller(), default_period=1)
+    publisher.POLL_SECONDS = 0.02
+    task = asyncio.create_task(publisher.run())
+    try:
+        while publisher._record is None:
+            await asyncio.sleep(0.02)
+        first = publisher._record.revision
+        await asyncio.sleep(2.5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # The first write's read, then a read back about every second, and no write: the revision
+    # read back is the one written.
+    gets = store.gets
+    assert 3 <= gets <= 4
+    assert (await store.get(KEY)).revision == first
