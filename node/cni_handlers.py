@@ -115,7 +115,7 @@ class CNIHandlers:
         # Told of each endpoint as it is written; an ADD waits until the pod's host interface
         # has its policy in the kernel (node/policy_agent.py).
         self.policy = policy
-        self.host_mtu = host_mtu  # the underlay's, detected at start (or --mtu)
+        self.host_mtu = host_mtu  # the underlay's (--mtu, or detected: node/host_mtu.py)
         self.workers = DataplaneWorkers()
         # Deleting a veth pair waits out RCU grace periods in the kernel (~16 ms each, one at a
         # time): a thread of its own, so no ADD or DEL queues behind a burst of them.
@@ -182,6 +182,10 @@ class CNIHandlers:
         pending = self._tearing_down.get(key) if key is not None else None
         if pending:
             await asyncio.wait(set(pending))
+
+    def set_host_mtu(self, host_mtu: int) -> None:
+        """The host MTU changed (node/host_mtu.py): pods wired from now on are sized from it."""
+        self.host_mtu = host_mtu
 
     def close(self) -> None:
         self.workers.close()

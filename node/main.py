@@ -28,7 +28,6 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -36,7 +35,6 @@ from typing import Annotated, Optional
 import typer
 
 from percale.api import InvalidResource, Node
-from percale.api.fields import POD_MTU_MIN
 from percale.api.listen import listen_address
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
@@ -54,16 +52,15 @@ from percale.datastore.options import (
     Kubeconfig,
     datastore_settings,
 )
-from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding, interface_holding
-from percale.dataplane.host import host_mtu as detect_host_mtu
+from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding
 from percale.dataplane.nat import OutgoingNAT
-from percale.dataplane.netlink import Link, Netlink
 from percale.dataplane.route_owners import RouteProtocol
-from percale.datastore import DatastoreError, DatastoreUnavailable, Key, NotFound
+from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
 from percale.node import health, registration
+from percale.node.host_mtu import HostMTUFollower, check_host_mtu, decide_host_mtu
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
 from percale.bgpd.status import DEFAULT_STATUS_SOCKET
@@ -71,7 +68,7 @@ from percale.node.policy_agent import POLICY_KINDS, PolicyAgent
 from percale.node.pools import DEFAULT_MTU_FILE, PoolFollower
 from percale.node.status import NodeStatusPublisher, serve_status
 from percale.vxlan.agent import VXLANAgent
-from percale.vxlan.plan import HOST_MTU_MIN, VXLAN_OVERHEAD, MTUTooSmall
+from percale.vxlan.plan import MTUTooSmall
 
 log = logging.getLogger("percale.node")
 
@@ -135,14 +132,6 @@ def resolve_node_name(given: Optional[str]) -> str:
     return name
 
 
-def check_host_mtu(host_mtu: int, source: str) -> None:
-    """MTUTooSmall, naming `source`, if pods would get less than POD_MTU_MIN under the largest
-    encapsulation: found at start, not as a pod MTU of -49 once a VXLAN pool appears."""
-    if host_mtu < HOST_MTU_MIN:
-        raise MTUTooSmall(f"{source}: host MTU {host_mtu} is below {HOST_MTU_MIN} (pods get it less up"
-                          f" to {max(VXLAN_OVERHEAD.values())} bytes of VXLAN and need {POD_MTU_MIN})")
-
-
 # sun_path in <sys/un.h> is 108 bytes with its terminating NUL: a longer path fails only when the
 # socket is bound, after the node has registered, as an OSError naming neither setting nor limit.
 SOCKET_PATH_MAX = 107
@@ -172,76 +161,6 @@ def warn_if_not_here(*settings: tuple[str, Optional[str], object]) -> None:
         if missing:
             log.warning("%s %s: no interface of this host has %s (yet): peers and VXLAN tunnels"
                         " cannot reach this node there until one has", flag, setting, address.ip)
-
-
-def node_links(addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> list[Link]:
-    """The links in this namespace holding `addresses` (the node's BGP addresses): the parents
-    its VXLAN devices are made on. Not for an address with a host prefix (/32, /128): that is a
-    routed-to-host design's stub (a dummy or loopback interface), and the node's traffic leaves
-    by the uplinks its routes name, not by the stub."""
-    links = []
-    for address in addresses:
-        if address.network.prefixlen == address.max_prefixlen:
-            continue
-        index = interface_holding(address.ip)
-        if index is None:
-            continue  # not here (yet): the VXLAN agent makes no device on it either
-        with Netlink() as nl:
-            link = nl.link(index=index)
-        if link is not None and link.mtu:
-            links.append(link)
-    return links
-
-
-def fit_host_mtu(host_mtu: int, source: str, parents: list[Link]) -> tuple[int, Link | None]:
-    """`host_mtu`, or the MTU of the narrowest of `parents` when that is smaller, with a warning
-    naming `source`; and that parent when it was lowered.
-
-    No packet larger than a parent's MTU leaves on it, and the kernel keeps a VXLAN device within
-    its parent's MTU less the overhead: a larger one is cut down when the device is made, and
-    every later attempt to set it fails with EINVAL, so the VXLAN agent retried forever after a
-    restart while pods were handed an MTU the host cannot carry. Capped with a warning rather
-    than refused: the value is too big for this host, not malformed, and the node still works at
-    the largest MTU it can carry (an interface's MTU may differ from one host to the next under
-    one DaemonSet setting)."""
-    narrowest = min(parents, key=lambda link: link.mtu, default=None)
-    if narrowest is None or host_mtu <= narrowest.mtu:
-        return host_mtu, None
-    log.warning("%s: host MTU %d is above the MTU %d of %s, which holds this node's address:"
-                " using %d, as no larger packet leaves on %s", source, host_mtu, narrowest.mtu,
-                narrowest.name, narrowest.mtu, narrowest.name)
-    return narrowest.mtu, narrowest
-
-
-async def decide_host_mtu(options: Options, store, node: str, given_addresses: Iterable[object]) -> int:
-    """The host MTU: given (--mtu) or detected, capped by the interfaces holding the node's
-    addresses as registered (fit_host_mtu), or as --ip/--ip6 give them while the datastore does
-    not answer (the agent starts anyway, and tells CNI callers to try again). MTUTooSmall naming
-    where it came from."""
-    given = options.host_mtu
-    host_mtu = given or await asyncio.to_thread(detect_host_mtu, options.mtu_pattern)
-    source = ("--mtu (PERCALE_MTU)" if given
-              else f"interfaces matching --mtu-iface-pattern {options.mtu_pattern!r}")
-    if not given:
-        check_host_mtu(host_mtu, source)
-    registered: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
-    try:
-        bgp = (await store.get(Key("Node", node))).value.spec.bgp
-        registered = [ipaddress.ip_interface(a) for a in
-                      ((bgp.ipv4_address, bgp.ipv6_address) if bgp else ()) if a]
-    except NotFound:
-        registered = []  # nothing registered it (no --ip, and percalectl never wrote it)
-    except DatastoreError:
-        registered = [a for a in given_addresses
-                      if isinstance(a, (ipaddress.IPv4Interface, ipaddress.IPv6Interface))]
-    parents = await asyncio.to_thread(node_links, registered)
-    host_mtu, capped_by = fit_host_mtu(host_mtu, source, parents)
-    if capped_by is not None:
-        check_host_mtu(host_mtu, f"{capped_by.name}, which holds this node's address")
-    origin = (f"the MTU of {capped_by.name}" if capped_by is not None
-              else "given" if given else f"detected, {options.mtu_pattern}")
-    log.info("host MTU %d (%s)", host_mtu, origin)
-    return host_mtu
 
 
 async def bind_health(listen: tuple[str, int] | None) -> health.Endpoints | None:
@@ -294,7 +213,8 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     # Decided once the datastore answers: by then the host's interfaces are up, and the Node
     # says which of them hold its addresses.
     try:
-        host_mtu = await decide_host_mtu(options, store, node, addresses[:2])
+        host_mtu = await decide_host_mtu(options.host_mtu, options.mtu_pattern, store, node,
+                                         addresses[:2])
     except BaseException:
         await store.close()
         raise
@@ -323,6 +243,10 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     else:
         bgp_agent = NoBGP()
     pools = PoolFollower(cache, host_mtu, options.mtu_file, OutgoingNAT())
+    mtu_follower = HostMTUFollower(
+        lambda: decide_host_mtu(options.host_mtu, options.mtu_pattern, store, node, addresses[:2],
+                                say=False),
+        host_mtu, [handlers.set_host_mtu, vxlan_agent.set_host_mtu, pools.set_host_mtu])
     # Before the first list completes, reads go to the datastore itself: CNI is served at once.
     following = asyncio.create_task(cache.run(), name="datastore view")
     await handlers.start()
@@ -338,6 +262,7 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
         parts.append(asyncio.create_task(bgp_agent.run(), name="BGP"))
     parts += [asyncio.create_task(vxlan_agent.run(), name="VXLAN"),
               asyncio.create_task(pools.run(), name="IPPool follower"),
+              asyncio.create_task(mtu_follower.run(), name="host MTU"),
               asyncio.create_task(policy_agent.run(), name="policy"),
               asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(), name="NodeStatus")]
     stopping = asyncio.create_task(stop.wait())

@@ -68,6 +68,11 @@ class PoolFollower:
         if change.kind == "IPPool":
             self._due.set()
 
+    def set_host_mtu(self, host_mtu: int) -> None:
+        """The host MTU changed (node/host_mtu.py): the MTU file is written again from it."""
+        self.host_mtu = host_mtu
+        self._due.set()
+
     async def run(self) -> None:
         await self.cache.wait_synced()
         self._due.set()

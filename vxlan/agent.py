@@ -163,6 +163,12 @@ class VXLANAgent:
                     plan.vteps_changed = True
                 self._kernel_due.set()
 
+    def set_host_mtu(self, host_mtu: int) -> None:
+        """The host MTU changed (node/host_mtu.py): the devices are sized again from it."""
+        self.host_mtu = host_mtu
+        self._devices_due = True
+        self._kernel_due.set()
+
     async def _checking(self) -> None:
         """Every `resync` seconds the kernel is read back and repaired."""
         while True:

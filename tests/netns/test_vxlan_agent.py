@@ -24,6 +24,7 @@ pytestmark = pytest.mark.netns
 #   {"put": document}           create or update a resource
 #   {"block": [cidr, node]}     an IPAM block with that node's affinity
 #   {"logs": true}              what the agent logged so far ("percale.vxlan", INFO and up)
+#   {"host_mtu": n}             the host MTU changed (what node/host_mtu.py tells the agent)
 WORKER = r"""
 import asyncio, json, logging, sys
 from percale.api import IPAMBlock, parse
@@ -78,6 +79,8 @@ async def main(host_mtu, bgp, resync):
             await store.create(IPAMBlock.empty(cidr, affinity=f"host:{node}"))
         elif "logs" in command:
             answer["logs"] = told.lines
+        elif "host_mtu" in command:
+            agent.set_host_mtu(command["host_mtu"])
         print(json.dumps(answer), flush=True)
     for task in tasks:
         task.cancel()
@@ -273,3 +276,27 @@ def test_without_bgp_a_deleted_blackhole_of_an_own_block_comes_back_at_the_next_
         ns.until("the blackhole put back by the check", blackhole, timeout=5.0)
     finally:
         ns.close()
+
+
+def test_a_host_mtu_lowered_while_running_resizes_the_device_and_brings_the_routes_back(agent_ns):
+    """The node's address moves to an interface of MTU 1400: the device made on it is cut to
+    1350 by the kernel, and setting the 1450 of the old host MTU fails (EINVAL), so every IPv4
+    VXLAN route left the kernel until the agent restarted. Told the new host MTU (percale-node
+    decides it again every 30 s), the agent sizes the device from it and routes again."""
+    agent_ns.ip("link", "add", "narrow", "type", "veth", "peer", "name", "narrow-peer")
+    agent_ns.ip("link", "set", "narrow", "mtu", "1400")
+    agent_ns.ip("link", "set", "narrow-peer", "mtu", "1400")
+    agent_ns.ip("addr", "add", "198.51.100.1/24", "dev", "narrow")
+    for device in ("narrow", "narrow-peer"):
+        agent_ns.ip("link", "set", device, "up")
+    agent_ns.tell(put=pool("v4", "10.244.0.0/16"))
+    agent_ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
+    agent_ns.tell(put=node("b", "192.0.2.2/24", "10.244.2.0"))
+    agent_ns.tell(block=["10.244.2.0/26", "b"])
+    agent_ns.until("b's block routed", tunnel_route(agent_ns, "10.244.2.0/26", "10.244.2.0"))
+
+    agent_ns.tell(put=node("a", "198.51.100.1/24", "10.244.1.0"))
+    agent_ns.tell(host_mtu=1400)
+    agent_ns.until("the device at the new host MTU less VXLAN's 50",
+                   lambda: json.loads(agent_ns.ip("-j", "link", "show", "vxlan.percale"))[0]["mtu"] == 1350)
+    agent_ns.until("b's block routed again", tunnel_route(agent_ns, "10.244.2.0/26", "10.244.2.0"))

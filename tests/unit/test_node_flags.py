@@ -9,7 +9,8 @@ import logging
 import pytest
 
 from percale.dataplane.netlink import Link
-from percale.node.main import fit_host_mtu, socket_path_problem
+from percale.node.host_mtu import fit_host_mtu
+from percale.node.main import socket_path_problem
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +51,6 @@ def test_an_mtu_below_the_interface_is_left_alone(caplog):
 def test_a_node_address_with_a_host_prefix_caps_nothing():
     # A routed-to-host design puts the node's address, as a /32, on a stub (dummy, loopback):
     # its traffic leaves by the uplinks, so the stub's MTU says nothing of what leaves.
-    from percale.node.main import node_links
+    from percale.node.host_mtu import node_links
 
     assert node_links([ipaddress.ip_interface("127.0.0.1/32"), ipaddress.ip_interface("::1/128")]) == []
