@@ -244,7 +244,8 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
         bgp_agent = NoBGP()
     pools = PoolFollower(cache, host_mtu, options.mtu_file, OutgoingNAT())
     mtu_follower = HostMTUFollower(
-        lambda: decide_host_mtu(options.host_mtu, options.mtu_pattern, store, node, addresses[:2],
+        # Through the view: its Node is this process's copy, so a check costs no request.
+        lambda: decide_host_mtu(options.host_mtu, options.mtu_pattern, view, node, addresses[:2],
                                 say=False),
         host_mtu, [handlers.set_host_mtu, vxlan_agent.set_host_mtu, pools.set_host_mtu])
     # Before the first list completes, reads go to the datastore itself: CNI is served at once.
