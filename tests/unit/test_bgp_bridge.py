@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,79 +72,68 @@ def stopped(process: subprocess.Popen) -> None:
             stream.close()
 
 
-def test_lines_go_both_ways(bridge, path):
+@contextmanager
+def connected(bridge: list[str], path: Path) -> Iterator[tuple[subprocess.Popen, socket.socket]]:
+    """The bridge started as ExaBGP starts it, and its connection as the agent accepts it."""
     with listening(path) as server:
         process = start(bridge, path)
         try:
             agent, _ = server.accept()
             with agent:
                 agent.settimeout(5)
-                process.stdin.write(b'{"type": "state"}\n')
-                process.stdin.flush()
-                received = b""
-                while not received.endswith(b"\n"):
-                    received += agent.recv(4096)
-                assert received == b'{"type": "state"}\n'
-                agent.sendall(b"announce route 10.244.0.0/26 next-hop self\n")
-                assert read_line(process.stdout) == b"announce route 10.244.0.0/26 next-hop self\n"
+                yield process, agent
         finally:
             stopped(process)
+
+
+def test_lines_go_both_ways(bridge, path):
+    with connected(bridge, path) as (process, agent):
+        process.stdin.write(b'{"type": "state"}\n')
+        process.stdin.flush()
+        received = b""
+        while not received.endswith(b"\n"):
+            received += agent.recv(4096)
+        assert received == b'{"type": "state"}\n'
+        agent.sendall(b"announce route 10.244.0.0/26 next-hop self\n")
+        assert read_line(process.stdout) == b"announce route 10.244.0.0/26 next-hop self\n"
 
 
 def test_events_still_reach_the_agent_while_exabgp_reads_no_commands(bridge, path):
     """ExaBGP busy (not reading the bridge's stdout) must not stop its events from being read:
     a bridge that waited on one direction would stall ExaBGP's whole reactor."""
-    with listening(path) as server:
-        process = start(bridge, path)
-        try:
-            agent, _ = server.accept()
-            with agent:
-                agent.settimeout(5)
-                agent.setblocking(False)
-                # More than the pipe to ExaBGP holds (64 kB) and the socket's buffers: the bridge
-                # blocks writing to ExaBGP, and the agent's sends then stop being taken.
-                commands = b"x" * 1023 + b"\n"
-                sent = 0
-                deadline = time.monotonic() + 2
-                while time.monotonic() < deadline and sent < 4 << 20:
-                    try:
-                        sent += agent.send(commands)
-                    except BlockingIOError:
-                        time.sleep(0.01)
-                assert sent > 128 << 10, "the agent's commands were not even taken"
-                agent.setblocking(True)
-                event = b'{"type": "update"}\n' * 1000
-                process.stdin.write(event)
-                process.stdin.flush()
-                received = b""
-                while len(received) < len(event):
-                    received += agent.recv(65536)
-                assert received == event
-        finally:
-            stopped(process)
+    with connected(bridge, path) as (process, agent):
+        agent.setblocking(False)
+        # More than the pipe to ExaBGP holds (64 kB) and the socket's buffers: the bridge
+        # blocks writing to ExaBGP, and the agent's sends then stop being taken.
+        commands = b"x" * 1023 + b"\n"
+        sent = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and sent < 4 << 20:
+            try:
+                sent += agent.send(commands)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert sent > 128 << 10, "the agent's commands were not even taken"
+        agent.setblocking(True)
+        event = b'{"type": "update"}\n' * 1000
+        process.stdin.write(event)
+        process.stdin.flush()
+        received = b""
+        while len(received) < len(event):
+            received += agent.recv(65536)
+        assert received == event
 
 
 def test_it_ends_when_the_agent_goes(bridge, path):
-    with listening(path) as server:
-        process = start(bridge, path)
-        try:
-            agent, _ = server.accept()
-            agent.close()
-            assert process.wait(5) == 0
-        finally:
-            stopped(process)
+    with connected(bridge, path) as (process, agent):
+        agent.close()
+        assert process.wait(5) == 0
 
 
 def test_it_ends_when_exabgp_closes_its_input(bridge, path):
-    with listening(path) as server:
-        process = start(bridge, path)
-        try:
-            agent, _ = server.accept()
-            with agent:
-                process.stdin.close()
-                assert process.wait(5) == 0
-        finally:
-            stopped(process)
+    with connected(bridge, path) as (process, _):
+        process.stdin.close()
+        assert process.wait(5) == 0
 
 
 def test_it_waits_for_an_agent_that_is_restarting(bridge, path):

@@ -14,7 +14,6 @@ import pytest
 from percale.datastore import MemoryDatastore
 from percale.ipam.allocator import IPAM
 from percale.node.cni_handlers import CNIHandlers
-from tests.helpers.ipam_world import add_pool
 
 pytestmark = pytest.mark.unit
 
@@ -28,15 +27,6 @@ def request(command: str = "ADD", *, plugin: str = "percale", cni_args: str = PO
     return {"command": command, "plugin": plugin, "containerID": container_id,
             "netns": "/var/run/netns/no-such-pod", "ifname": ifname, "args": cni_args,
             "config": json.dumps(conf)}
-
-
-@pytest.fixture
-async def agent():
-    store = MemoryDatastore()
-    await add_pool(store, "pods", "10.244.0.0/16")
-    handlers = CNIHandlers(store, IPAM(store), "node1", 1500)
-    yield store, handlers
-    handlers.close()
 
 
 async def ask(handlers: CNIHandlers, req: dict) -> tuple[int, str]:
@@ -75,16 +65,16 @@ RULE = "lower-case letters, digits, '-' and '.'"
     (POD, "c_1", "eth0", ["CNI_CONTAINERID 'c_1'", "not a container ID"]),
 ])
 async def test_names_no_endpoint_can_hold_are_code_4_before_anything_is_taken(
-        agent, args, container_id, ifname, words):
-    store, handlers = agent
+        cni_agent, args, container_id, ifname, words):
+    store, handlers = cni_agent
     code, msg = await ask(handlers, request(cni_args=args, container_id=container_id, ifname=ifname))
     assert code == 4 and all(w in msg for w in words), msg
     await nothing_taken(store)
 
 
-async def test_every_name_the_check_passes_makes_a_valid_endpoint(agent):
+async def test_every_name_the_check_passes_makes_a_valid_endpoint(cni_agent):
     """Names at the edges of the rules pass on to CNI_NETNS (here made up, so refused there)."""
-    store, handlers = agent
+    store, handlers = cni_agent
     for args, ifname in [("K8S_POD_NAMESPACE=a" + "b" * 62 + ";K8S_POD_NAME=x.y-z.0", "eth0"),
                          ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + "a" * 200, "net1.100"),
                          ("K8S_POD_NAMESPACE=;K8S_POD_NAME=", "-eth"), ("", "eth0")]:
@@ -93,18 +83,18 @@ async def test_every_name_the_check_passes_makes_a_valid_endpoint(agent):
     await nothing_taken(store)
 
 
-async def test_ipam_del_takes_names_add_refuses(agent):
+async def test_ipam_del_takes_names_add_refuses(cni_agent):
     """DEL must succeed for a pod whose ADD was refused (CNI spec: DEL is best-effort): only
     what would misplace a key is refused."""
-    _, handlers = agent
+    _, handlers = cni_agent
     for args in ("K8S_POD_NAMESPACE=Bad_NS;K8S_POD_NAME=Upper", "K8S_POD_NAME=has space"):
         assert await ask(handlers, request("DEL", plugin="percale-ipam", cni_args=args)) == (0, "")
     code, msg = await ask(handlers, request("DEL", plugin="percale-ipam", cni_args="K8S_POD_NAME=a/b"))
     assert code == 4 and "K8S_POD_NAME" in msg
 
 
-async def test_percale_ipam_add_refuses_bad_pod_names_before_allocating(agent):
-    store, handlers = agent
+async def test_percale_ipam_add_refuses_bad_pod_names_before_allocating(cni_agent):
+    store, handlers = cni_agent
     code, msg = await ask(handlers, request(plugin="percale-ipam", cni_args="K8S_POD_NAME=Upper"))
     assert code == 4 and "K8S_POD_NAME" in msg
     await nothing_taken(store)
@@ -120,16 +110,16 @@ async def test_percale_ipam_add_refuses_bad_pod_names_before_allocating(agent):
     (None, ["ipam.type is missing"]),
     ({"type": 5}, ["ipam.type must be", "not 5"]),
 ])
-async def test_an_ipam_type_percale_does_not_run_is_code_7(agent, ipam, words):
-    store, handlers = agent
+async def test_an_ipam_type_percale_does_not_run_is_code_7(cni_agent, ipam, words):
+    store, handlers = cni_agent
     for command in ("ADD", "CHECK"):
         code, msg = await ask(handlers, request(command, ipam=ipam))
         assert code == 7 and all(w in msg for w in words), (command, msg)
     await nothing_taken(store)
 
 
-async def test_a_config_naming_no_ipam_plugin_can_still_be_deleted(agent):
-    _, handlers = agent
+async def test_a_config_naming_no_ipam_plugin_can_still_be_deleted(cni_agent):
+    _, handlers = cni_agent
     for ipam in ({"type": "host-local"}, None):
         assert await ask(handlers, request("DEL", plugin="percale-ipam", ipam=ipam)) == (0, "")
 
@@ -153,17 +143,17 @@ async def test_a_config_naming_no_ipam_plugin_can_still_be_deleted(agent):
     ({"ipam": []}, ["ipam must be an object"]),
     ({"mtu": None}, ["mtu must be 0 (detect)", "not null"]),
 ])
-async def test_a_wrong_field_is_code_7_named_by_its_path(agent, config, words):
-    store, handlers = agent
+async def test_a_wrong_field_is_code_7_named_by_its_path(cni_agent, config, words):
+    store, handlers = cni_agent
     code, msg = await ask(handlers, request(**config))
     assert code == 7 and all(w in msg for w in words), msg
     await nothing_taken(store)
 
 
-async def test_gc_without_valid_attachments_is_code_7(agent):
+async def test_gc_without_valid_attachments_is_code_7(cni_agent):
     """The CNI spec's GC input: the configuration carries cni.dev/valid-attachments; without it
     the configuration is wrong (7), not the environment (4)."""
-    _, handlers = agent
+    _, handlers = cni_agent
     code, msg = await ask(handlers, request("GC", cniVersion="1.1.0"))
     assert code == 7 and "cni.dev/valid-attachments" in msg
     listed = request("GC", cniVersion="1.1.0", **{"cni.dev/valid-attachments": []})
@@ -181,9 +171,9 @@ async def test_gc_without_valid_attachments_is_code_7(agent):
     ("c1", "eth0", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p\udcff5", ["CNI_ARGS is not UTF-8"]),
 ])
 async def test_names_the_datastore_or_kernel_cannot_take_are_code_4(
-        agent, container_id, ifname, cni_args, words):
+        cni_agent, container_id, ifname, cni_args, words):
     """Each was a 999 with a traceback in the agent's log."""
-    store, handlers = agent
+    store, handlers = cni_agent
     for command in ("ADD", "DEL"):
         code, msg = await ask(handlers, request(command, container_id=container_id, ifname=ifname,
                                                 cni_args=cni_args))
@@ -206,16 +196,16 @@ async def test_names_the_datastore_or_kernel_cannot_take_are_code_4(
     ({"dns": {"nameservers": 5}}, ["dns.nameservers must be a list of strings"]),
     ({"dns": {"domain": ["a"]}}, ["dns.domain must be a string"]),
 ])
-async def test_a_malformed_prev_result_or_dns_is_code_7_before_anything_is_taken(agent, config, words):
-    store, handlers = agent
+async def test_a_malformed_prev_result_or_dns_is_code_7_before_anything_is_taken(cni_agent, config, words):
+    store, handlers = cni_agent
     for command in ("ADD", "CHECK"):
         code, msg = await ask(handlers, request(command, **config))
         assert code == 7 and all(w in msg for w in words), (command, msg)
     await nothing_taken(store)
 
 
-async def test_a_config_nested_past_what_json_reads_is_code_6(agent):
-    _, handlers = agent
+async def test_a_config_nested_past_what_json_reads_is_code_6(cni_agent):
+    _, handlers = cni_agent
     req = request()
     req["config"] = req["config"][:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
     assert await ask(handlers, req) == (6, "the network configuration on stdin nests too deeply to read")
@@ -224,9 +214,9 @@ async def test_a_config_nested_past_what_json_reads_is_code_6(agent):
 @pytest.mark.parametrize(("command", "version", "since"), [
     ("GC", "1.0.0", "1.1.0"), ("STATUS", "0.4.0", "1.1.0"), ("CHECK", "0.3.1", "0.4.0"),
 ])
-async def test_a_command_newer_than_the_config_version_is_code_1(agent, command, version, since):
+async def test_a_command_newer_than_the_config_version_is_code_1(cni_agent, command, version, since):
     """As libcni refuses them: a 0.3.1 configuration knows no CHECK, a 1.0.0 one no GC."""
-    _, handlers = agent
+    _, handlers = cni_agent
     code, msg = await ask(handlers, request(command, cniVersion=version,
                                             **{"cni.dev/valid-attachments": []}))
     assert (code, msg) == (1, f"cniVersion {version} does not allow {command}: it came in CNI {since}")
@@ -234,10 +224,10 @@ async def test_a_command_newer_than_the_config_version_is_code_1(agent, command,
 
 @pytest.mark.parametrize("attachment", [{"containerid": "c1", "ifname": "eth0"}, {"ifname": "eth0"},
                                         {"containerID": 5, "ifname": "eth0"}, {"containerID": "c1"}])
-async def test_gc_with_a_malformed_attachment_is_code_7_and_releases_nothing(agent, attachment):
+async def test_gc_with_a_malformed_attachment_is_code_7_and_releases_nothing(cni_agent, attachment):
     """An entry without its containerID kept no one's addresses: GC released those of the very
     pod it listed, while the pod ran."""
-    store, handlers = agent
+    store, handlers = cni_agent
     assert (await ask(handlers, request(plugin="percale-ipam")))[0] == 0
     gc = request("GC", cniVersion="1.1.0", **{"cni.dev/valid-attachments": [attachment]})
     code, msg = await ask(handlers, gc)
@@ -245,11 +235,11 @@ async def test_gc_with_a_malformed_attachment_is_code_7_and_releases_nothing(age
     assert [kv.key.name for kv in (await store.list("IPAMHandle")).items] == ["k8s-pod-network.c1"]
 
 
-async def test_a_second_percale_ipam_add_of_the_container_is_code_102_and_takes_nothing(agent):
+async def test_a_second_percale_ipam_add_of_the_container_is_code_102_and_takes_nothing(cni_agent):
     """host-local refuses a duplicate too. percale-ipam gave the container a second address
     under its handle; when the main plugin's second ADD (ptp's) then failed, it called this
     plugin's DEL, which freed the running pod's address with it."""
-    store, handlers = agent
+    store, handlers = cni_agent
     code, out = await ask(handlers, request(plugin="percale-ipam"))
     assert code == 0, out
     first = json.loads(out)["ips"][0]["address"].split("/")[0]

@@ -10,9 +10,7 @@ import os
 import pytest
 
 from percale.datastore import MemoryDatastore
-from percale.ipam.allocator import IPAM
-from percale.node.cni_handlers import CNIHandlers, of_network
-from tests.helpers.ipam_world import add_pool
+from percale.node.cni_handlers import of_network
 
 pytestmark = pytest.mark.unit
 
@@ -27,15 +25,6 @@ def request(command: str, *, plugin: str = "percale", netns: str = "",
             "ifname": "eth0", "args": POD, "config": json.dumps(conf)}
 
 
-@pytest.fixture
-async def agent():
-    store = MemoryDatastore()
-    await add_pool(store, "pods", "10.244.0.0/16")
-    handlers = CNIHandlers(store, IPAM(store), "node1", 1500)
-    yield store, handlers
-    handlers.close()
-
-
 async def handles(store: MemoryDatastore) -> list[str]:
     return sorted(kv.key.name for kv in (await store.list("IPAMHandle")).items)
 
@@ -47,11 +36,11 @@ async def handles(store: MemoryDatastore) -> list[str]:
     "",
 ], ids=["unmounted", "too-long", "missing", "unset"])
 async def test_del_of_a_namespace_that_is_gone_releases_what_the_container_holds(
-        agent, tmp_path, gone):
+        cni_agent, tmp_path, gone):
     """CNI spec: DEL must succeed when the netns is gone, and release. An empty file left by
     an unmount was refused (4, "is not a namespace") and an over-long path failed (999,
     "File name too long"): the pod stuck in Terminating, its address leaked."""
-    store, handlers = agent
+    store, handlers = cni_agent
     if gone == "empty file":
         gone = str(tmp_path / "netns")
         (tmp_path / "netns").write_text("")
@@ -62,9 +51,9 @@ async def test_del_of_a_namespace_that_is_gone_releases_what_the_container_holds
     assert await handles(store) == []
 
 
-async def test_del_naming_the_nodes_own_namespace_is_code_4_and_releases_nothing(agent):
+async def test_del_naming_the_nodes_own_namespace_is_code_4_and_releases_nothing(cni_agent):
     """The one namespace problem DEL refuses: there CNI_IFNAME is the node's own interface."""
-    store, handlers = agent
+    store, handlers = cni_agent
     assert (await handlers.handle(request("ADD", plugin="percale-ipam")))[0] == 0
     for own in ("/proc/self/ns/net", f"/proc/{os.getpid()}/ns/net"):
         code, out = await handlers.handle(request("DEL", netns=own))
@@ -72,11 +61,11 @@ async def test_del_naming_the_nodes_own_namespace_is_code_4_and_releases_nothing
     assert await handles(store) == ["k8s-pod-network.c1"]
 
 
-async def test_gc_releases_only_its_own_networks_attachments(agent):
+async def test_gc_releases_only_its_own_networks_attachments(cni_agent):
     """Handles are "<network>.<container ID>": GC of k8s-pod-network took the handle
     k8s-pod-network.v2.c3, a live pod of network k8s-pod-network.v2, for container "v2.c3"
     of its own, and freed it."""
-    store, handlers = agent
+    store, handlers = cni_agent
     for network, container in (("k8s-pod-network", "c1"), ("k8s-pod-network", "c2"),
                                ("k8s-pod-network.v2", "c3")):
         code, out = await handlers.handle(request("ADD", plugin="percale-ipam", network=network,
