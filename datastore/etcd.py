@@ -36,11 +36,16 @@ _MOD = rpc.Compare.CompareTarget.Value("MOD")
 _DELETE = rpc.Event.EventType.Value("DELETE")
 
 
-def _compare_revision(path: bytes, revision: str | None) -> rpc.Compare:
+def _compare_revision(path: bytes, revision: str | None) -> list[rpc.Compare]:
+    """The key exists, and (a revision given) was last written at `revision`. Both: etcd sees a
+    missing key's mod_revision as 0, so revision "0" alone let an update create the key. A
+    revision that is no etcd revision (not a positive number) matches nothing, as memory's."""
+    exists = rpc.Compare(key=path, target=_CREATE, result=_GREATER, create_revision=0)
     if revision is None:
-        # No revision: the key only has to exist.
-        return rpc.Compare(key=path, target=_CREATE, result=_GREATER, create_revision=0)
-    return rpc.Compare(key=path, target=_MOD, result=_EQUAL, mod_revision=int(revision))
+        return [exists]
+    number = int(revision) if revision.isascii() and revision.isdigit() else 0
+    # mod_revision 0 holds for no key that exists: a stale or foreign revision is a conflict.
+    return [exists, rpc.Compare(key=path, target=_MOD, result=_EQUAL, mod_revision=number)]
 
 
 def _fresh_at(stamped: Resource, revision: str) -> Resource:
@@ -116,7 +121,7 @@ class EtcdDatastore:
         path = layout.path(key).encode()
         data = encode(value)
         response = await self.client.txn(
-            [_compare_revision(path, revision)],
+            _compare_revision(path, revision),
             [rpc.RequestOp(request_put=rpc.PutRequest(key=path, value=data))],
             [_read(path)],
         )
@@ -131,7 +136,7 @@ class EtcdDatastore:
             raise NotFound(key)
         path = stored.encode()
         response = await self.client.txn(
-            [_compare_revision(path, revision)],
+            _compare_revision(path, revision),
             [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=path, prev_kv=True))],
             [_read(path)],
         )
@@ -154,10 +159,10 @@ class EtcdDatastore:
                     rpc.Compare(key=path, target=_CREATE, result=_EQUAL, create_revision=0))
             elif isinstance(write, Update):
                 value = write.value
-                compare.append(_compare_revision(path, write.revision))
+                compare += _compare_revision(path, write.revision)
             elif isinstance(write, Delete):
                 value = None
-                compare.append(_compare_revision(path, write.revision))
+                compare += _compare_revision(path, write.revision)
             else:
                 assert_never(write)
             success.append(
@@ -212,7 +217,7 @@ class EtcdDatastore:
         prefix = layout.prefix(kind, None, node=node).encode()
         request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), keys_only=True,
                                    revision=int(revision))
-        response = await self.client.read(request)
+        response = await self.client.read(request)  # RevisionCompacted when etcd forgot it
         return frozenset(layout.key(kind, kv.key.decode()) for kv in response.kvs)
 
     async def watch(

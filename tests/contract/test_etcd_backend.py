@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,102 @@ async def test_an_agent_decodes_neither_its_own_blocks_nor_blocks_it_does_not_re
         await asyncio.gather(following, return_exceptions=True)
         await store.close()
         await elsewhere.close()
+
+
+def _two_members(tmp_path: Path) -> tuple[list[str], list[subprocess.Popen]]:
+    """A cluster of two etcd members, both up and agreeing on a leader: their client URLs and
+    processes."""
+    names = ("a", "b")
+    peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    clients = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    cluster = ",".join(f"{n}={peers[n]}" for n in names)
+    members = [subprocess.Popen(
+        ["etcd", "--name", n, "--data-dir", str(tmp_path / n), "--listen-client-urls", clients[n],
+         "--advertise-client-urls", clients[n], "--listen-peer-urls", peers[n],
+         "--initial-advertise-peer-urls", peers[n], "--initial-cluster", cluster,
+         "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in names]
+    deadline = time.monotonic() + 20
+    for url in clients.values():
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+                    if b"true" in answer.read():
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the two members never agreed on a leader"
+            time.sleep(0.1)
+    return list(clients.values()), members
+
+
+async def test_a_watch_on_a_member_that_lost_its_leader_fails_and_is_not_left_hanging(tmp_path):
+    """A member cut off from the others stays up and keeps a watch open that delivers nothing:
+    the view went stale for good. Watches ask for a leader (hasleader, as clientv3's
+    WithRequireLeader), so one on such a member fails, and the view resumes elsewhere. Here
+    the other member of two is gone, so the one left has no quorum and no leader."""
+    from percale.datastore.etcd_client import EtcdClient
+
+    endpoints, members = _two_members(tmp_path)
+    client = EtcdClient(endpoints[:1], timeout=2.0)
+    try:
+        members[1].kill()
+        members[1].wait()
+
+        async def first_event():
+            async for _ in client.watch(b"/percale/", after=0):
+                return
+
+        with pytest.raises(DatastoreUnavailable, match="leader"):
+            await asyncio.wait_for(first_event(), 15)
+    finally:
+        await client.close()
+        for member in members:
+            member.kill()
+            member.wait()
+
+
+async def test_a_revision_etcd_never_gave_is_a_conflict_not_a_write(etcd):
+    """etcd sees a missing key's mod_revision as 0: update at revision "0" created the key, and
+    delete at "0" died of an IndexError; a revision that is no number died of a ValueError.
+    As the memory store: NotFound for a missing key, Conflict for one that exists."""
+    from percale.datastore import Conflict, NotFound
+    from percale.datastore import TransactionConflict
+    from percale.datastore.contract import Delete, Update
+
+    store = EtcdDatastore([etcd.endpoint])
+    pool = parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "p0"}, "spec": {"cidr": "10.9.0.0/16"}})
+    try:
+        for revision in ("0", "abc"):
+            with pytest.raises(NotFound):
+                await store.update(pool, revision=revision)
+            with pytest.raises(NotFound):
+                await store.delete(Key("IPPool", "p0"), revision=revision)
+            with pytest.raises(TransactionConflict):
+                await store.write_together([Update(pool, revision)])
+            with pytest.raises(TransactionConflict):
+                await store.write_together([Delete(Key("IPPool", "p0"), revision)])
+        await store.create(pool)
+        for revision in ("0", "abc"):
+            with pytest.raises(Conflict):
+                await store.update(pool, revision=revision)
+            with pytest.raises(Conflict):
+                await store.delete(Key("IPPool", "p0"), revision=revision)
+    finally:
+        await store.close()
+
+
+async def test_keys_at_a_compacted_revision_is_revision_compacted(etcd):
+    from percale.datastore import RevisionCompacted
+
+    store = EtcdDatastore([etcd.endpoint])
+    try:
+        first = await store.create(parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "k1"},
+                                          "spec": {"cidr": "10.8.0.0/16"}}))
+        later = await store.create(parse({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "k2"},
+                                          "spec": {"cidr": "10.7.0.0/16"}}))
+        await store.client.compact(int(later.revision))
+        with pytest.raises(RevisionCompacted):
+            await store.keys_at("IPPool", first.revision)
+    finally:
+        await store.close()
