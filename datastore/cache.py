@@ -649,9 +649,13 @@ class CachedDatastore:
         value, revision, _ = entry
         seen = change.new.revision if change.new is not None else None
         # The view has caught up with what this process wrote (or, for a key it knew nothing
-        # of, now holds the current value).
-        if (value is _ASK or (value is _GONE and change.new is None)
-                or (revision is not None and seen == revision)):
+        # of, now holds the current value), or holds something written after it: a poll or a
+        # list after a compaction tells only the latest value, never the write itself, and the
+        # entry then hid another's newer write for OVERLAY_SECONDS. For a delete, `revision` is
+        # the deleted value's: a value newer than that was written after the delete.
+        if value is _ASK or (value is _GONE and change.new is None) or (
+                revision is not None and seen is not None
+                and (seen == revision or _later(seen, revision))):
             del self._overlay[change.key]
 
     def _remember(self, key: Key, value: object, revision: str | None) -> None:
@@ -661,7 +665,8 @@ class CachedDatastore:
             self.cache.known(value)
         seen = self.cache.get(key) if self.cache.listed(key.kind) else None
         if (value is _GONE and seen is None and self.cache.listed(key.kind)) or (
-                seen is not None and revision is not None and seen.revision == revision):
+                value is not _GONE and seen is not None and revision is not None
+                and seen.revision == revision):
             # The view holds this already (the watch was quicker): nothing to remember, and an
             # entry the watch will never match again would linger.
             self._overlay.pop(key, None)
@@ -789,7 +794,7 @@ class CachedDatastore:
             except NotFound:
                 self._remember(key, _GONE, None)
                 raise
-            self._remember(key, _GONE, None)
+            self._remember(key, _GONE, kv.revision)
             return kv
 
     @property
@@ -813,7 +818,7 @@ class CachedDatastore:
                 raise
             for write, kv in zip(writes, done, strict=True):
                 if isinstance(write, Delete):
-                    self._remember(write.key, _GONE, None)
+                    self._remember(write.key, _GONE, kv.revision)
                 else:
                     self._remember(kv.key, kv, kv.revision)
             return done
@@ -829,6 +834,12 @@ class CachedDatastore:
 
     async def close(self) -> None:
         """The store belongs to whoever made it; closing this view closes nothing."""
+
+
+def _later(revision: str, than: str) -> bool:
+    """Whether `revision` comes after `than`: etcd's and memory's revisions are numbers, and so
+    are Kubernetes' resourceVersions in practice; anything else is never taken for later."""
+    return revision.isdigit() and than.isdigit() and int(revision) > int(than)
 
 
 def _by_name(item: tuple[Key, KVPair]) -> tuple[str, str]:

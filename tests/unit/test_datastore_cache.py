@@ -580,3 +580,46 @@ async def test_a_write_of_this_process_overtaken_by_an_unreadable_one_is_told_th
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_later_write_by_another_is_served_at_once_though_the_view_only_polls():
+    """While a kind is polled, the view is told each key's latest value, never this process's
+    write itself: its overlay entry then waited out OVERLAY_SECONDS, serving the process's own
+    older write over another's newer one; likewise its own delete over another's re-create."""
+    memory = MemoryDatastore()
+    mine = await memory.create(pool("x", "10.20.0.0/16"))
+    cache = Cache(memory, ["IPPool"], poll_when_busy=["IPPool"], busy_events=5, poll_seconds=0.05)
+    view = CachedDatastore(memory, cache)
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        busy = await memory.create(pool("busy", "10.21.0.0/16"))
+        for i in range(30):  # someone else's burst: the kind is polled from now on
+            busy = await memory.update(pool("busy", "10.21.0.0/16", disabled=bool(i % 2)),
+                                       revision=busy.revision)
+        for _ in range(100):
+            if cache.polling:
+                break
+            await asyncio.sleep(0.01)
+        assert cache.polling == {"IPPool"}
+
+        mine = await view.update(pool("x", "10.20.0.0/16", disabled=True), revision=mine.revision)
+        theirs = await memory.update(pool("x", "10.20.0.0/16"), revision=mine.revision)
+        for _ in range(100):
+            if (await view.get(Key("IPPool", "x"))).revision == theirs.revision:
+                break
+            await asyncio.sleep(0.01)
+        assert (await view.get(Key("IPPool", "x"))).revision == theirs.revision
+
+        await view.delete(Key("IPPool", "x"))
+        again = await memory.create(pool("x", "10.22.0.0/16"))
+        for _ in range(100):
+            try:
+                if (await view.get(Key("IPPool", "x"))).revision == again.revision:
+                    break
+            except NotFound:
+                pass
+            await asyncio.sleep(0.01)
+        assert (await view.get(Key("IPPool", "x"))).value.spec.cidr == "10.22.0.0/16"
+    finally:
+        task.cancel()
