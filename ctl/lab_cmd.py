@@ -49,6 +49,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _command(command: list[str]) -> list[str]:
+    """The command after NODE or POD, without the `--` that may mark where it begins: options
+    end at NODE (so the command's own pass through), which leaves the `--` in the command."""
+    return command[1:] if command[:1] == ["--"] else command
+
+
+def _exit_status(returncode: int) -> int:
+    """A command's end as a shell reports it: a signal N is 128 + N (subprocess says -N, which
+    an exit status would wrap to 256 - N: 247 for SIGKILL)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 @lab_app.command()
 def up(topology: TopologyOption) -> None:
     """Create the lab: namespaces, links, the management network, every node's processes."""
@@ -65,8 +77,23 @@ def up(topology: TopologyOption) -> None:
 
 @lab_app.command()
 def down(topology: TopologyOption) -> None:
-    """Stop every process of the lab and remove its namespaces (also after a crash)."""
-    lab = _lab(topology)
+    """Stop every process of the lab and remove its namespaces (also after a crash, and when
+    the file no longer validates: then by its name and prefix and what the lab recorded)."""
+    from percale.lab.runner import Lab, open_lab
+    from percale.lab.topology import TopologyError, load_lab_only
+
+    try:
+        lab = open_lab(topology)
+    except TopologyError as err:
+        # Edited after `up`, or written for an older percale: what `up` made is in the lab's
+        # state, which the file's name finds; refusing would leave the lab neither down nor up.
+        try:
+            lab = Lab(load_lab_only(topology))
+        except TopologyError as name_err:
+            typer.echo(f"Error: {name_err}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"lab {lab.topology.name}: {err}; bringing down what {lab.state_file} "
+                   "records", err=True)
     removed = lab.down()
     typer.echo(f"lab {lab.topology.name}: removed {len(removed)} namespaces")
 
@@ -102,10 +129,10 @@ def exec_(topology: TopologyOption,
           command: Annotated[list[str], typer.Argument(help="The command and its arguments")]) -> None:
     """Run a command in a node, with its environment (e.g. `percalectl node status`)."""
     lab = _lab(topology)
-    # Paths inside the node (a bind's target, e.g. BIRD's socket) mean their host paths here.
-    spec = _run(lambda: lab.node(node))
-    done = _run(lambda: lab.exec(node, [lab.rewrite(spec, arg) for arg in command]))
-    raise typer.Exit(done.returncode)
+    # Paths inside the node (a bind's target, e.g. BIRD's socket) mean their host paths there:
+    # Lab.exec rewrites them.
+    done = _run(lambda: lab.exec(node, _command(command)))
+    raise typer.Exit(_exit_status(done.returncode))
 
 
 @lab_app.command()
@@ -193,7 +220,7 @@ def pod_exec(topology: TopologyOption,
 
     lab = _lab(topology)
     prefix, env = _run(lambda: pods.exec_argv(lab, name, container))
-    sys.exit(subprocess.run([*prefix, *command], env=env).returncode)
+    sys.exit(_exit_status(subprocess.run([*prefix, *_command(command)], env=env).returncode))
 
 
 @lab_app.command()

@@ -307,6 +307,9 @@ class Kubelet:
             running.ips = [self.ip]
         else:
             subprocess.run(["ip", "netns", "add", netns], check=True)
+            # Recorded as soon as it exists (the lab's `down` removes what is recorded), not
+            # once the pod runs: a kubelet killed during the CNI ADD would leave it unknown.
+            self.record(running)
             subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
             running.cni_result = self.cni(running, "ADD")
             running.ips = [ip["address"].split("/")[0] for ip in running.cni_result.get("ips", [])]
@@ -320,7 +323,8 @@ class Kubelet:
 
     def record(self, running: RunningPod) -> None:
         """<root>/pods/<uid>/pod.json: where the lab's tools find a pod (its network namespace,
-        its addresses, its containers' PIDs to enter), as crictl asks a runtime."""
+        its addresses, its containers' PIDs to enter), as crictl asks a runtime; no containers
+        while the pod is being set up."""
         record = {"name": running.name, "namespace": running.namespace, "node": self.node,
                   "uid": running.uid, "netns": running.netns, "addresses": running.ips,
                   "containers": {c.spec["name"]: c.process.pid for c in running.containers}}

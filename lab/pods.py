@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from percale.lab.runner import Lab, LabError, sh
+from percale.lab.runner import Lab, LabError, kubelet_pods, sh
 from percale.lab.topology import netns_name_problem
 
 IFNAME = "eth0"
@@ -61,26 +60,11 @@ class Pod:
 
 def pods(lab: Lab) -> list[Pod]:
     """The lab's pods with a network namespace of their own: those `add` made, and those lab
-    kubelets run (hostNetwork pods left out: they are their node)."""
+    kubelets run (hostNetwork pods left out: they are their node; and pods still being set up,
+    whose containers have not started)."""
     made = [Pod.from_record(r) for r in lab.state().get("pods", {}).values()]
     return made + [Pod(_kubelet_pod_name(r), r["node"], r["netns"], r["uid"], tuple(r["addresses"]))
-                   for r in kubelet_pods(lab) if r["netns"]]
-
-
-def kubelet_pods(lab: Lab) -> list[dict]:
-    """The records lab kubelets keep of the pods they run (lab/kubelet.py: pod.json)."""
-    found = []
-    for node in lab.topology.nodes.values():
-        if not lab.is_kubelet(node):
-            continue
-        argv = shlex.split(lab.rewrite(node, node.cmd))
-        root = Path(argv[argv.index("--root") + 1])
-        for path in sorted(root.glob("pods/*/pod.json")):
-            try:
-                found.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue  # the pod is going away
-    return found
+                   for r in kubelet_pods(lab) if r["netns"] and r["containers"]]
 
 
 def _kubelet_pod_name(record: dict) -> str:
@@ -101,6 +85,8 @@ def exec_argv(lab: Lab, name: str, container: str | None = None) -> tuple[list[s
         raise LabError(f"{len(matches)} pods are named {name!r}: say NAMESPACE/NAME")
     if matches:
         containers = matches[0]["containers"]
+        if not containers:
+            raise LabError(f"pod {name} is being set up: none of its containers runs yet")
         if container is None:
             container = next(iter(containers))
         if container not in containers:

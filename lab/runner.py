@@ -27,6 +27,7 @@ with its processes. `up` refuses, before making anything, when a namespace it ne
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -42,7 +43,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from percale.lab.topology import Node, Topology, TopologyError
+from percale.lab.topology import (STATE_FILE, STATE_LOCK, STATE_TEMPORARY, Node, Topology,
+                                  TopologyError)
 
 LAB_ROOT = Path(os.environ.get("PERCALE_LAB_DIR", "/var/run/percale/lab"))
 PERCALE_IMAGE = "percale/node"
@@ -54,6 +56,14 @@ START_PARALLELISM = 8
 # would refuse to start the container; `up` watches each node's cmd this long after its start
 # (waiting, once for the whole lab, only for what is left of it after the last start).
 START_GRACE = 0.5
+# sun_path in <sys/un.h> holds 108 bytes with the NUL that ends the path: percale-node refuses a
+# longer socket path only once it runs, after `up` started. node/main.py's SOCKET_PATH_MAX says
+# the same, but the lab imports no other percale package (tests/unit/test_layers.py).
+SOCKET_PATH_MAX = 107
+# The socket percale-node's ExaBGP helper connects back on, in PERCALE_BGP_DIR (bgpd/speaker.py);
+# named here for the same reason. Backends that run no BGP process have none.
+EXABGP_SOCKET = "exabgp.sock"
+BACKENDS_WITHOUT_BGP = ("vxlan", "none")
 
 
 class LabError(RuntimeError):
@@ -126,7 +136,7 @@ class Lab:
 
     @property
     def state_file(self) -> Path:
-        return self.dir / "state.json"
+        return self.dir / STATE_FILE
 
     def state(self) -> dict:
         try:
@@ -138,11 +148,11 @@ class Lab:
     def _editing(self):
         """The state, read and written back under a lock (pods may be added in parallel)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "state.lock", "w") as lock:
+        with open(self.dir / STATE_LOCK, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self.state()
             yield state
-            temporary = self.state_file.with_suffix(".tmp")
+            temporary = self.dir / STATE_TEMPORARY
             temporary.write_text(json.dumps(state, indent=1))
             os.replace(temporary, self.state_file)
 
@@ -185,10 +195,61 @@ class Lab:
         return sorted(found, key=lambda b: -len(b[1]))
 
     def rewrite(self, node: Node, text: str) -> str:
-        """`text` with each bind's path in the node replaced by its host path."""
-        for host, target in self.binds(node):
-            text = re.sub(rf"(?<![\w/.-]){re.escape(target)}(?=$|[/\s'\":;,=])", host, text)
-        return text
+        """`text` with each bind's path in the node replaced by its host path, in one pass: a
+        host path is never rewritten again (with /srv/x bound on /srv, /srv/sub is /srv/x/sub,
+        not /srv/x/x/sub), so call it once on any text, as Lab.exec does."""
+        binds = self.binds(node)
+        if not binds:
+            return text
+        hosts: dict[str, str] = {}
+        for host, target in binds:
+            hosts.setdefault(target, host)
+        # Longest path first (binds() sorts them): /etc/x.yaml before /etc.
+        paths = "|".join(re.escape(target) for target in hosts)
+        return re.sub(rf"(?<![\w/.-])(?:{paths})(?=$|[/\s'\":;,=])",
+                      lambda match: hosts[match[0]], text)
+
+    def kubelet_roots(self) -> dict[str, Path]:
+        """Each lab kubelet node's --root, where the kubelet records its pods: as `up` recorded
+        it when it started the kubelet (all `down` has when the file no longer reads), else as
+        the topology's cmd says."""
+        roots = {}
+        for node in self.topology.nodes.values():
+            if self.is_kubelet(node):
+                root = kubelet_root(self.rewrite(node, node.cmd))
+                if root is not None:
+                    roots[node.name] = root
+        for record in self.state()["processes"]:
+            if record.get("kubelet_root"):
+                roots[record["node"]] = Path(record["kubelet_root"])
+        return roots
+
+    def socket_path_problem(self) -> str | None:
+        """Why a percale node's agent could not bind one of its sockets here, which it finds
+        only once it runs, after `up` has started: its path (under the lab's directory, named
+        by the lab and the node, or set in its env) is past SOCKET_PATH_MAX. The phrase says
+        which field to change, as a TopologyError does."""
+        for node in self.topology.nodes.values():
+            if not self.is_percale(node):
+                continue
+            env = self.environment(node)
+            sockets = {"PERCALE_CNI_SOCKET": env["PERCALE_CNI_SOCKET"],
+                       "PERCALE_STATUS_SOCKET": env["PERCALE_STATUS_SOCKET"]}
+            if env.get("PERCALE_NETWORKING_BACKEND", "bgp") not in BACKENDS_WITHOUT_BGP:
+                sockets["PERCALE_BGP_DIR"] = str(Path(env["PERCALE_BGP_DIR"]) / EXABGP_SOCKET)
+            variable, path = max(sockets.items(), key=lambda item: len(os.fsencode(item[1])))
+            size = len(os.fsencode(path))
+            if size <= SOCKET_PATH_MAX:
+                continue
+            if variable in node.env:
+                field_name = f"topology.nodes.{node.name}.env.{variable}"
+                remedy = "a shorter path"
+            else:
+                field_name = "name"
+                remedy = "a shorter lab or node name, or PERCALE_LAB_DIR"
+            return (f"{field_name}: node {node.name}'s socket {path!r} would be {size} bytes long;"
+                    f" a UNIX socket path has at most {SOCKET_PATH_MAX} ({remedy})")
+        return None
 
     def environment(self, node: Node) -> dict[str, str]:
         env = {
@@ -332,7 +393,7 @@ class Lab:
             self._wait_for_agent(node)
         self._wait_healthy(node)
         for command in node.exec:
-            done = self.exec(node.name, ["sh", "-c", self.rewrite(node, command)], capture=True)
+            done = self.exec(node.name, ["sh", "-c", command], capture=True)
             if done.returncode != 0:
                 output = (done.stderr or done.stdout).strip()
                 raise LabError(f"node {node.name}: exec {command!r} failed "
@@ -385,6 +446,10 @@ class Lab:
         self._started[node.name] = (process, time.monotonic())
         record = {"node": node.name, "pid": process.pid, "start": _start_time(process.pid),
                   "cmd": node.cmd}
+        if self.is_kubelet(node):
+            # Where it records its pods, for `down` even once the file no longer reads.
+            root = kubelet_root(self.rewrite(node, node.cmd))
+            record["kubelet_root"] = str(root) if root is not None else None
         with self._editing() as state:
             state["processes"].append(record)
         return record
@@ -422,8 +487,8 @@ class Lab:
         last = ""
         for _ in range(max(check.retries, 1)):
             try:
-                done = self.exec(node.name, ["sh", "-c", self.rewrite(node, check.test)],
-                                 capture=True, timeout=check.timeout)
+                done = self.exec(node.name, ["sh", "-c", check.test], capture=True,
+                                 timeout=check.timeout)
                 if done.returncode == 0:
                     return
                 output = (done.stderr or done.stdout).strip()
@@ -461,7 +526,8 @@ class Lab:
     def exec(self, node: str, argv: list[str], *, capture: bool = False,
              timeout: float | None = None, input: str | None = None) -> subprocess.CompletedProcess:
         """Run argv in the node, with its environment, from its directory; bind paths in argv
-        are rewritten as in the node's own commands."""
+        are rewritten as in the node's own commands (here only: callers pass argv as written
+        for the node)."""
         spec = self.node(node)
         ns = self.topology.namespace(node)
         if not self.owns(ns):
@@ -493,6 +559,9 @@ class Lab:
     def start(self, node: str) -> None:
         """Start a stopped node's cmd again (and wait for a percale agent's socket)."""
         spec = self.node(node)
+        if not self.owns(self.topology.namespace(node)):
+            # Before anything is written: a state file made here would read as a lab that is up.
+            raise LabError(f"node {node} is not up (percalectl lab up -t {self.topology.path})")
         if self.node_running(node):
             raise LabError(f"node {node} is already running")
         if not spec.cmd:
@@ -536,20 +605,13 @@ class Lab:
         its lab kubelets; then the lab's directory. A namespace the lab did not make is left
         alone, whatever it is called: with `prefix: ""` a node's name may be anyone's."""
         state = self.state()
+        # Read before the processes stop: a kubelet removes its pods when stopped, and one
+        # killed before it finished leaves them, with its records of them.
+        names = self._kubelet_pod_namespaces(state)
         for record in state["processes"]:
             _signal_session(record, signal.SIGTERM, 10)
-        names = set(state["namespaces"])
+        names |= set(state["namespaces"])
         names |= {pod["namespace"] for pod in state.get("pods", {}).values()}
-        # A kubelet names its pods' namespaces after its own (lab/kubelet.py) and removes them
-        # when stopped; one killed before it finished leaves them, in no record of ours.
-        kubelet_prefixes = tuple(
-            f"{self.topology.namespace(n.name)}." for n in self.topology.nodes.values()
-            if self.is_kubelet(n) and self.topology.namespace(n.name) in state["namespaces"])
-        if kubelet_prefixes:
-            for listed in sh("ip", "netns", "list", check=False).stdout.splitlines():
-                name = listed.split()[0] if listed.split() else ""
-                if name.startswith(kubelet_prefixes):
-                    names.add(name)
         removed = []
         # Pods first (their veths' host ends live in the nodes), then nodes.
         for name in sorted(names, key=lambda n: ("." not in n, n)):
@@ -566,6 +628,21 @@ class Lab:
             removed.append(name)
         shutil.rmtree(self.dir, ignore_errors=True)
         return removed
+
+    def _kubelet_pod_namespaces(self, state: dict) -> set[str]:
+        """The pod namespaces the lab's kubelets recorded (<root>/pods/*/pod.json), not those
+        named like them: a kubelet names its pods `<its node's namespace>.<namespace>-<pod>`,
+        and so may another lab name its nodes (lab `A-k.b` beside lab A's node k). Only a
+        kubelet in a namespace this lab made, and only pods named under it (a root two labs
+        share holds the other's too)."""
+        found = set()
+        for node, record in _kubelet_records(self):
+            node_namespace = self.topology.namespace(node)
+            netns = record.get("netns")
+            if node_namespace in state["namespaces"] and isinstance(netns, str) \
+                    and netns.startswith(f"{node_namespace}."):
+                found.add(netns)
+        return found
 
 
 NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
@@ -652,10 +729,46 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def kubelet_root(cmd: str) -> Path | None:
+    """The --root of a lab kubelet's command line, read as the kubelet's argparse reads it
+    (lab/kubelet.py): `--root DIR` or `--root=DIR`, the last one given. None when it has none
+    or the line does not split: such a kubelet does not start, and has no pods."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--root")
+    try:
+        known, _ = parser.parse_known_args(shlex.split(cmd)[1:])
+    except (ValueError, argparse.ArgumentError):
+        return None
+    return Path(known.root) if known.root else None
+
+
+def _kubelet_records(lab: Lab) -> list[tuple[str, dict]]:
+    """(node, record) for each pod a lab kubelet records (lab/kubelet.py: pod.json)."""
+    found = []
+    for node, root in lab.kubelet_roots().items():
+        for path in sorted(root.glob("pods/*/pod.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # the pod is going away
+            if isinstance(record, dict):
+                found.append((node, record))
+    return found
+
+
+def kubelet_pods(lab: Lab) -> list[dict]:
+    """The records lab kubelets keep of the pods they run (lab/kubelet.py: pod.json)."""
+    return [record for _, record in _kubelet_records(lab)]
+
+
 def open_lab(path: str | Path) -> Lab:
+    """The lab a topology file describes; TopologyError when the file cannot be run."""
     from percale.lab.topology import load
 
-    return Lab(load(path))
+    lab = Lab(load(path))
+    if problem := lab.socket_path_problem():
+        raise TopologyError(f"{lab.topology.path}: {problem}")
+    return lab
 
 
-__all__ = ["Lab", "LabError", "TopologyError", "open_lab"]
+__all__ = ["Lab", "LabError", "TopologyError", "kubelet_pods", "open_lab"]

@@ -38,6 +38,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # bytes (IFNAMSIZ); `ip` reads ':' as an alias label.
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+# Device names Linux keeps: every namespace has `lo`, and `all` and `default` name the sysctl
+# directories beside each device's (/proc/sys/net/ipv4/conf/all): `ip link add` refuses them.
+KEPT_IFNAMES = ("lo", "all", "default")
+# The runner's own files in the lab directory, beside one directory per node (lab/runner.py):
+# a node of one of these names would collide with them.
+STATE_FILE, STATE_LOCK, STATE_TEMPORARY = "state.json", "state.lock", "state.tmp"
+STATE_FILES = (STATE_FILE, STATE_LOCK, STATE_TEMPORARY)
 BRIDGE_KINDS = ("bridge", "ovs-bridge")
 KINDS = ("linux", *BRIDGE_KINDS)  # what the runner implements (see the module docstring)
 # The longest healthcheck time (start-period, interval, timeout) taken, in seconds: a day is
@@ -112,7 +119,7 @@ class Topology:
 
     @property
     def mgmt_namespace(self) -> str:
-        return self.namespace("mgmt")
+        return _mgmt_namespace_name(self.prefix, self.name)
 
     def start_order(self) -> list[Node]:
         """Hosts in file order, each after the nodes it waits for."""
@@ -166,22 +173,45 @@ def _namespace_name(prefix: str, lab: str, node: str) -> str:
     return f"{prefix}-{lab}-{node}" if prefix else node
 
 
+def _mgmt_namespace_name(prefix: str, lab: str) -> str:
+    # Without a prefix a node's namespace is its bare name; the management network's cannot be
+    # (`mgmt` in every such lab, so two could not run together): it is named by the lab.
+    return _namespace_name(prefix, lab, "mgmt") if prefix else f"{lab}-mgmt"
+
+
 def load(path: str | Path) -> Topology:
     """Read and check a topology file; raises TopologyError naming the field."""
     path = Path(path)
+    return parse(_read_yaml(_read_text(path), path), path)
+
+
+def load_lab_only(path: str | Path) -> Topology:
+    """The lab a file names (its name and prefix, checked as `load` checks them), with no nodes
+    or links, and nothing else in the file read: what `down` needs (the lab's directory and its
+    namespaces' names) to remove a lab whose file no longer validates (edited after `up`, or
+    written for an older percale). TopologyError when not even those can be read."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as err:
+        raise TopologyError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise TopologyError(f"{path}: a topology is a mapping with name and topology")
+    name, prefix = _lab_name_and_prefix(data, lambda field_name, reason: TopologyError(
+        f"{path}: {field_name}: {reason}"))
+    return Topology(name, path.resolve(), prefix, ipaddress.IPv4Network(DEFAULT_MGMT_SUBNET),
+                    {}, ())
+
+
+def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise TopologyError(f"{path}: {err.strerror}") from None
     try:
-        text = raw.decode("utf-8")  # as containerlab reads it
+        return raw.decode("utf-8")  # as containerlab reads it
     except UnicodeDecodeError as err:
         raise TopologyError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
-    try:
-        data = _read_yaml(text, path)
-    except yaml.YAMLError as err:
-        raise TopologyError(f"{path}: not valid YAML: {err}") from None
-    return parse(data, path)
 
 
 def _read_yaml(text: str, path: Path) -> Any:
@@ -194,6 +224,8 @@ def _read_yaml(text: str, path: Path) -> Any:
             return None
         _refuse_duplicate_keys(loader, root, path, "", set())
         return loader.construct_document(root)
+    except yaml.YAMLError as err:
+        raise TopologyError(f"{path}: not valid YAML: {err}") from None
     finally:
         loader.dispose()
 
@@ -233,6 +265,33 @@ def netns_name_problem(name: str) -> str | None:
     return None
 
 
+def _as_string(value: Any) -> Any:
+    """A name as containerlab reads it, into a Go string: YAML's `1:` is the name "1". Other
+    values are returned as they are, for the caller to refuse."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _lab_name_and_prefix(data: dict, fail) -> tuple[str, str]:
+    name = _as_string(data.get("name"))
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise fail("name", "must be a name of letters, digits, '-', '_' or '.'")
+    if len(name.encode()) > NAME_MAX:  # the lab's directory is named by it
+        raise fail("name", f"is {len(name.encode())} bytes long; at most {NAME_MAX}")
+    prefix = _as_string(data.get("prefix", "clab"))
+    if prefix == "__lab-name":
+        prefix = name
+    # It begins every namespace name, as it begins every container name in containerlab, where
+    # Docker allows these characters; "" names the namespaces by the nodes alone.
+    if not isinstance(prefix, str) or (prefix and not _NAME.fullmatch(prefix)):
+        raise fail("prefix", f"{prefix!r} is not empty or a name of letters, digits, '-', '_' "
+                             "or '.'")
+    if problem := netns_name_problem(_mgmt_namespace_name(prefix, name)):
+        raise fail("name", f"the management network's namespace name {problem}")
+    return name, prefix
+
+
 def parse(data: Any, path: Path) -> Topology:
     where = str(path)
 
@@ -241,21 +300,7 @@ def parse(data: Any, path: Path) -> Topology:
 
     if not isinstance(data, dict):
         raise TopologyError(f"{where}: a topology is a mapping with name and topology")
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise fail("name", "must be a name of letters, digits, '-', '_' or '.'")
-    if len(name.encode()) > NAME_MAX:  # the lab's directory is named by it
-        raise fail("name", f"is {len(name.encode())} bytes long; at most {NAME_MAX}")
-    prefix = data.get("prefix", "clab")
-    if prefix == "__lab-name":
-        prefix = name
-    # It begins every namespace name, as it begins every container name in containerlab, where
-    # Docker allows these characters; "" names the namespaces by the nodes alone.
-    if not isinstance(prefix, str) or (prefix and not _NAME.fullmatch(prefix)):
-        raise fail("prefix", f"{prefix!r} is not empty or a name of letters, digits, '-', '_' "
-                             "or '.'")
-    if problem := netns_name_problem(_namespace_name(prefix, name, "mgmt")):
-        raise fail("name", f"the management network's namespace name {problem}")
+    name, prefix = _lab_name_and_prefix(data, fail)
     mgmt = data.get("mgmt") or {}
     if not isinstance(mgmt, dict):
         raise fail("mgmt", "must be a mapping")
@@ -275,10 +320,21 @@ def parse(data: Any, path: Path) -> Topology:
     defaults = _mapping(topology.get("defaults"), "topology.defaults", fail)
     kinds = _mapping(topology.get("kinds"), "topology.kinds", fail)
     nodes = {}
-    for node_name, spec in topology["nodes"].items():
+    written: dict[str, Any] = {}  # each node's name as the file wrote it
+    for key, spec in topology["nodes"].items():
+        node_name = _as_string(key)
         field_name = f"topology.nodes.{node_name}"
+        if isinstance(node_name, bool) or node_name is None:
+            # yes, no, on, off, true, false, null, ~: YAML 1.1 reads them as no string at all.
+            raise fail(field_name, f"YAML reads it as {node_name}, not as a name: quote it")
         if not isinstance(node_name, str) or not _NAME.fullmatch(node_name):
             raise fail(field_name, "a node name is letters, digits, '-', '_' or '.'")
+        if node_name in written:  # 1 and "1": two keys to YAML, one name to containerlab
+            raise fail(field_name, f"is given twice (as {written[node_name]!r} and {key!r})")
+        written[node_name] = key
+        if node_name in STATE_FILES:
+            raise fail(field_name, f"{node_name!r} is the name of the lab's state file (the lab "
+                                   "directory holds it beside a directory per node)")
         if problem := netns_name_problem(_namespace_name(prefix, name, node_name)):
             raise fail(field_name, f"its namespace name {problem}")
         if len(f"{node_name}.log".encode()) > NAME_MAX:
@@ -292,6 +348,9 @@ def parse(data: Any, path: Path) -> Topology:
             # Run as a plain Linux host, a vendor's NOS would not be what containerlab runs.
             raise fail(f"{field_name}.kind", f"{kind!r} is not a kind this runner implements "
                                              f"({', '.join(KINDS)})")
+        if kind in BRIDGE_KINDS and node_name[:15] in KEPT_IFNAMES:
+            raise fail(field_name, f"a bridge's device is named as its node, and "
+                                   f"{node_name[:15]!r} is a name Linux keeps for itself")
         kind_field = f"topology.kinds.{kind}"
         layers = ((defaults, "topology.defaults"),
                   (_mapping(kinds.get(kind), kind_field, fail), kind_field), (spec, field_name))
@@ -310,6 +369,10 @@ def parse(data: Any, path: Path) -> Topology:
     if "mgmt" in nodes:
         raise fail("topology.nodes.mgmt", "'mgmt' is the management network's name here")
     parsed = Topology(name, path.resolve(), prefix, subnet, nodes, links)
+    for node_name in nodes:
+        if parsed.namespace(node_name) == parsed.mgmt_namespace:
+            raise fail(f"topology.nodes.{node_name}",
+                       f"its namespace {parsed.mgmt_namespace!r} is the management network's")
     reserved = {subnet.network_address, parsed.mgmt_gateway}
     if subnet.prefixlen < 31:  # RFC 3021: a /31 has no broadcast address, both are hosts'
         reserved.add(subnet.broadcast_address)
@@ -428,9 +491,10 @@ def _node(name: str, kind: str, spec: dict, path: Path, field_name: str, fail) -
         body = _mapping(body, f"{field_name}.stages.{stage}", fail)
         waits = _list(body.get("wait-for"), f"{field_name}.stages.{stage}.wait-for", fail)
         for i, wait in enumerate(waits):
-            if not isinstance(wait, dict) or not isinstance(wait.get("node"), str):
+            other = _as_string(wait.get("node")) if isinstance(wait, dict) else None
+            if not isinstance(other, str):
                 raise fail(f"{field_name}.stages.{stage}.wait-for[{i}]", "needs a node")
-            wait_for.append(wait["node"])
+            wait_for.append(other)
     mgmt = spec.get("mgmt-ipv4")
     if kind in BRIDGE_KINDS and (spec.get("cmd") or commands):
         raise fail(field_name, f"a {kind} node runs no commands")
@@ -479,6 +543,9 @@ def _endpoint(value: Any, field_name: str, nodes: dict[str, Node], fail) -> Endp
                                "letters, digits, '_', '-' and '.'; not '.' or '..')")
     if interface == "lo":
         raise fail(field_name, "lo is the node's loopback interface")
+    if interface in KEPT_IFNAMES:
+        raise fail(field_name, f"{interface!r} is a name Linux keeps for itself (the sysctl "
+                               f"directory /proc/sys/net/ipv4/conf/{interface} is named so)")
     if interface == "eth0" and not nodes[node].is_bridge:
         raise fail(field_name, "eth0 is the node's management interface")
     if nodes[node].is_bridge and interface == node[:15]:

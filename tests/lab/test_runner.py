@@ -5,6 +5,7 @@ refusals are one line naming the node and the step."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -313,3 +314,132 @@ def test_a_process_that_ended_before_it_was_recorded_is_not_waited_for():
     started = time.monotonic()
     runner._signal_session(record, signal.SIGTERM, 10)
     assert time.monotonic() - started < 1
+
+
+def fxlab_name() -> str:
+    return f"fxlab{uuid.uuid4().hex[:6]}"
+
+
+def test_down_removes_the_pods_its_kubelets_recorded_and_no_other_labs(tmp_path):
+    """A lab kubelet names its pods' namespaces `<its node's namespace>.<namespace>-<pod>`, and
+    `down` took every namespace so named: lab A's down removed lab `A-k.b` (same prefix) and
+    killed its processes. It takes what the kubelet recorded (<root>/pods/*/pod.json), so a
+    kubelet that died still has its pods removed. A command killed by a signal exits as a
+    shell says it (128 + the signal), not 247."""
+    a = fxlab_name()
+    b = f"{a}-k.b"
+    root = tmp_path / "kroot"
+    path_a = write_doc(tmp_path, a, {"k": {"kind": "linux", "cmd":
+                                           f"percale-lab-kubelet --help --root={root}"}},
+                       prefix="fxlab")
+    path_b = write_doc(tmp_path, b, {"n": {"kind": "linux", "cmd": "sleep 600"}}, prefix="fxlab")
+    pod_ns = f"fxlab-{a}-k.default-web"
+    container = None
+    try:
+        for path in (path_a, path_b):
+            up = lab_cli("up", "-t", str(path))
+            assert up.returncode == 0, up.stderr
+        # What a kubelet leaves when it is killed with its pod running.
+        subprocess.run(["ip", "netns", "add", pod_ns], check=True)
+        container = subprocess.Popen(["ip", "netns", "exec", pod_ns, "sleep", "600"])
+        (root / "pods" / "u1").mkdir(parents=True)
+        (root / "pods" / "u1" / "pod.json").write_text(json.dumps({
+            "name": "web", "namespace": "default", "node": "k", "uid": "u1", "netns": pod_ns,
+            "addresses": [], "containers": {"web": container.pid}}))
+        # As docs/lab.md writes it: `--` ends percalectl's options (it was run as the command).
+        assert lab_cli("pod", "exec", "-t", str(path_a), "web", "--", "true").returncode == 0
+        assert lab_cli("exec", "-t", str(path_b), "n", "--", "true").returncode == 0
+        killed = lab_cli("pod", "exec", "-t", str(path_a), "web", "sh", "-c", "kill -9 $$")
+        assert killed.returncode == 128 + signal.SIGKILL, killed.stderr
+        killed = lab_cli("exec", "-t", str(path_b), "n", "sh", "-c", "kill -9 $$")
+        assert killed.returncode == 128 + signal.SIGKILL, killed.stderr
+        b_pids = [pid for row in open_lab(path_b).status() for pid in row["pids"]]
+
+        down = lab_cli("down", "-t", str(path_a))
+        assert down.returncode == 0 and "removed 3 namespaces" in down.stdout, down.stderr
+        assert namespaces(f"fxlab-{a}-") == [f"fxlab-{b}-mgmt", f"fxlab-{b}-n"]
+        assert b_pids and not any(gone(pid) for pid in b_pids)
+        assert container.wait(10) == -signal.SIGKILL
+    finally:
+        if container is not None and container.poll() is None:
+            container.kill()
+            container.wait()
+        for path in (path_a, path_b):
+            open_lab(path).down()
+        subprocess.run(["ip", "netns", "del", pod_ns], capture_output=True)
+    assert namespaces(f"fxlab-{a}") == []
+
+
+def test_bind_paths_are_rewritten_once(tmp_path):
+    """Exec commands, the healthcheck and `lab exec` were rewritten twice (by their callers and
+    again by Lab.exec): with a bind /srv/x:/srv, /srv/sub became /srv/x/x/sub."""
+    name = fxlab_name()
+    target = tmp_path / "srv"
+    host = target / "x"
+    (host / "sub").mkdir(parents=True)
+    check = f"test -d {target}/sub"
+    path = write_doc(tmp_path, name, {"a": {
+        "kind": "linux", "cmd": "sleep 600", "binds": [f"{host}:{target}"], "exec": [check],
+        "healthcheck": {"test": check, "retries": 1}}})
+    try:
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 0, up.stderr
+        assert lab_cli("exec", "-t", str(path), "a", "test", "-d", f"{target}/sub").returncode == 0
+        assert open_lab(path).exec("a", ["test", "-d", f"{target}/sub"]).returncode == 0
+    finally:
+        open_lab(path).down()
+    assert namespaces(f"clab-{name}-") == []
+
+
+def test_start_on_a_lab_that_is_down_is_one_line_and_writes_nothing(tmp_path):
+    """It was a FileNotFoundError traceback that left an empty state.json, after which `up`
+    refused ("already up")."""
+    name = fxlab_name()
+    path = write_doc(tmp_path, name, {"a": {"kind": "linux", "cmd": "sleep 600"}})
+    try:
+        started = lab_cli("start", "-t", str(path), "a")
+        assert started.returncode == 1
+        assert started.stderr == (f"Error: node a is not up (percalectl lab up -t "
+                                  f"{open_lab(path).topology.path})\n")
+        assert not open_lab(path).dir.exists()
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 0, up.stderr
+    finally:
+        open_lab(path).down()
+    assert namespaces(f"clab-{name}-") == []
+
+
+def test_down_works_when_the_file_no_longer_validates(tmp_path):
+    """A file edited after `up` (or written for an older percale) that no longer validates:
+    `down` refused, and the lab could be neither brought down nor up again. It goes by the
+    file's name and prefix and what state.json records, and says so."""
+    name = fxlab_name()
+    nodes = {"a": {"kind": "linux", "cmd": "sleep 600"}, "b": {"kind": "linux", "cmd": "sleep 600"}}
+    path = write_doc(tmp_path, name, nodes, prefix="fxlab")
+    try:
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 0, up.stderr
+        lab = open_lab(path)
+        pids = [pid for row in lab.status() for pid in row["pids"]]
+        write_doc(tmp_path, name, {**nodes, "b": {"kind": "ceos"}}, prefix="fxlab")
+        assert lab_cli("status", "-t", str(path)).returncode == 1
+        down = lab_cli("down", "-t", str(path))
+        assert down.returncode == 0, down.stderr
+        assert down.stderr == (f"lab {name}: {path}: topology.nodes.b.kind: 'ceos' is not a kind "
+                               "this runner implements (linux, bridge, ovs-bridge); bringing down "
+                               f"what {lab.state_file} records\n")
+        assert down.stdout == f"lab {name}: removed 3 namespaces\n"
+        assert namespaces(f"fxlab-{name}-") == [] and all(gone(pid) for pid in pids)
+        assert not lab.dir.exists()
+
+        write_doc(tmp_path, name, nodes, prefix="fxlab")
+        up = lab_cli("up", "-t", str(path))
+        assert up.returncode == 0, up.stderr
+        path.write_text("name: [unclosed")
+        down = lab_cli("down", "-t", str(path))
+        assert down.returncode == 1
+        assert down.stderr.startswith(f"Error: {path}: not valid YAML")
+    finally:
+        write_doc(tmp_path, name, nodes, prefix="fxlab")
+        open_lab(path).down()
+    assert namespaces(f"fxlab-{name}-") == []

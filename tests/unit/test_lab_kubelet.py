@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from percale.lab import kubelet
@@ -51,3 +53,36 @@ def test_a_bind_that_covers_another_bind_source_goes_last(tmp_path):
     # /var/run/netns is the machine's own (shared), so not bound; the bind onto .../run/percale
     # would hide the node's directory, where the other source lives: it comes last.
     assert [target for _, target in binds] == ["/host/opt/cni/bin", str(tmp_path / "run" / "percale")]
+
+
+@pytest.mark.parametrize("cmd", ["percale-lab-kubelet --node-name k --root {root}",
+                                 "percale-lab-kubelet --root={root} --node-name k",
+                                 "percale-lab-kubelet --root /elsewhere --root={root}"])
+def test_the_lab_finds_a_kubelets_pods_under_its_root_in_either_form(tmp_path, monkeypatch, cmd):
+    """`--root=DIR` is what argparse takes too: the lab looked only for `--root DIR`, and
+    `lab up`, `status` and `pod list` failed with "'--root' is not in list"."""
+    from percale.lab import pods, runner
+    from percale.lab.topology import parse
+
+    monkeypatch.setattr(runner, "LAB_ROOT", tmp_path / "labs")
+    root = tmp_path / "root"
+    (root / "pods" / "u1").mkdir(parents=True)
+    record = {"name": "web", "namespace": "default", "node": "k", "uid": "u1",
+              "netns": "clab-t-k.default-web", "addresses": ["10.0.0.5"], "containers": {"web": 1}}
+    (root / "pods" / "u1" / "pod.json").write_text(json.dumps(record))
+    doc = {"name": "t", "topology": {"nodes": {"k": {"kind": "linux",
+                                                     "cmd": cmd.format(root=root)}}}}
+    lab = runner.Lab(parse(doc, tmp_path / "t.clab.yml"))
+    assert pods.kubelet_pods(lab) == [record]
+
+
+@pytest.mark.parametrize("cmd", ["percale-lab-kubelet --node-name k",
+                                 "percale-lab-kubelet --root", "percale-lab-kubelet 'unclosed"])
+def test_a_kubelet_without_a_root_has_no_pods(tmp_path, monkeypatch, cmd):
+    """Such a kubelet does not start (--root is required); the lab's commands go on."""
+    from percale.lab import pods, runner
+    from percale.lab.topology import parse
+
+    monkeypatch.setattr(runner, "LAB_ROOT", tmp_path / "labs")
+    doc = {"name": "t", "topology": {"nodes": {"k": {"kind": "linux", "cmd": cmd}}}}
+    assert pods.kubelet_pods(runner.Lab(parse(doc, tmp_path / "t.clab.yml"))) == []

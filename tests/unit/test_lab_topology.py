@@ -342,3 +342,110 @@ def test_a_process_popen_refuses_is_a_lab_error_not_a_traceback(tmp_path, monkey
         lab.exec("n1", ["true"])
     assert str(err.value) == (f"node n1: 'true' could not start (No such file or directory: "
                               f"{tmp_path / 't' / 'n1'})")
+
+
+@pytest.mark.parametrize("path, value, message", [
+    # Every namespace has `lo`; `all` and `default` name the per-device sysctl directories
+    # (/proc/sys/net/ipv4/conf/all): `ip link add` refused them halfway through `up`.
+    ("topology.links.0", {"endpoints": ["n1:all", "sw:p1"]}, "topology.links[0].endpoints[0]: 'all' is a name Linux keeps for itself"),
+    ("topology.links.0", {"endpoints": ["n1:eth1", "sw:default"]}, "topology.links[0].endpoints[1]: 'default' is a name Linux keeps for itself"),
+    ("topology.nodes.lo", {"kind": "bridge"}, "topology.nodes.lo: a bridge's device is named as its node, and 'lo' is a name Linux keeps for itself"),
+    ("topology.nodes.all", {"kind": "ovs-bridge"}, "topology.nodes.all: a bridge's device is named as its node, and 'all' is"),
+    ("topology.nodes.default", {"kind": "bridge"}, "topology.nodes.default: a bridge's device"),
+    # The lab's own files sit beside the node directories: a node named so collided with them.
+    ("topology.nodes.state.json", {"kind": "linux"}, "topology.nodes.state.json: 'state.json' is the name of the lab's state file (the lab directory holds it beside a directory per node)"),
+    ("topology.nodes.state.lock", {"kind": "linux"}, "topology.nodes.state.lock: 'state.lock' is the name of the lab's state file"),
+    ("topology.nodes.state.tmp", {"kind": "linux"}, "topology.nodes.state.tmp: 'state.tmp' is the name of the lab's state file"),
+])
+def test_names_linux_or_the_lab_keep_are_refused(path, value, message):
+    doc = topo()
+    *parents, last = path.split(".", 2)
+    if parents[-1] == "nodes":
+        doc["topology"]["nodes"][last] = value
+    else:
+        doc["topology"]["links"][0] = value
+    with pytest.raises(TopologyError) as err:
+        parse(doc, HERE)
+    assert message in str(err.value)
+
+
+def test_numeric_names_are_read_as_strings_as_containerlab_reads_them():
+    """YAML reads `1:` as a number; containerlab reads map keys (and the name) as strings."""
+    doc = yaml.safe_load("name: 42\n"
+                         "topology:\n"
+                         "  nodes:\n"
+                         "    1: {kind: linux}\n"
+                         "    2: {kind: linux, stages: {create: {wait-for: [{node: 1}]}}}\n"
+                         "  links:\n"
+                         "    - endpoints: ['1:eth1', '2:eth1']\n")
+    t = parse(doc, HERE)
+    assert t.name == "42" and list(t.nodes) == ["1", "2"] and t.nodes["2"].wait_for == ("1",)
+    assert t.namespace("1") == "clab-42-1" and t.links[0].a.node == "1"
+    doc["topology"]["nodes"]["1"] = {"kind": "linux"}
+    with pytest.raises(TopologyError, match=r": topology.nodes.1: is given twice \(as 1 and '1'\)"):
+        parse(doc, HERE)
+    doc = yaml.safe_load("name: t\ntopology: {nodes: {yes: {kind: linux}}}\n")
+    with pytest.raises(TopologyError, match=r"topology.nodes.True: YAML reads it as True, not as a "
+                                            r"name: quote it"):
+        parse(doc, HERE)
+
+
+def test_without_a_prefix_the_management_namespace_is_named_by_the_lab():
+    """With `prefix: ""` it was `mgmt` in every lab: two such labs could not run together."""
+    t = parse(mutate("prefix", ""), HERE)
+    assert (t.namespace("n1"), t.mgmt_namespace) == ("n1", "t-mgmt")
+    doc = mutate("prefix", "")
+    doc["topology"]["nodes"]["t-mgmt"] = {"kind": "linux"}
+    with pytest.raises(TopologyError, match=r"topology.nodes.t-mgmt: its namespace 't-mgmt' is the "
+                                            r"management network's"):
+        parse(doc, HERE)
+
+
+def test_a_percale_node_whose_socket_path_is_too_long_is_refused_when_read(tmp_path):
+    """The agent binds its sockets in <lab dir>/<node>/run: past 107 bytes it failed after `up`
+    had started. Checked when the file is read, naming the field."""
+    from percale.lab import runner
+
+    long_name = "t" * 70
+    path = tmp_path / "long.clab.yml"
+    path.write_text(yaml.safe_dump({"name": long_name, "topology": {"nodes": {
+        "node1": {"kind": "linux", "image": "percale/node", "cmd": "percale-node"}}}}))
+    with pytest.raises(TopologyError) as err:
+        runner.open_lab(path)
+    socket = runner.LAB_ROOT / long_name / "node1" / "run" / "bgp" / "exabgp.sock"
+    assert str(err.value) == (
+        f"{path}: name: node node1's socket {str(socket)!r} would be {len(str(socket))} bytes "
+        "long; a UNIX socket path has at most 107 (a shorter lab or node name, or PERCALE_LAB_DIR)")
+    # A plain node has no sockets there, and a vxlan-only agent no ExaBGP.
+    path.write_text(yaml.safe_dump({"name": long_name, "topology": {"nodes": {
+        "node1": {"kind": "linux", "cmd": "sleep 5"}}}}))
+    assert runner.open_lab(path).topology.name == long_name
+    # The longest name that leaves ExaBGP's socket 107 bytes long is taken, one byte more not.
+    name = "t" * (107 - len(f"{runner.LAB_ROOT}//node1/run/bgp/exabgp.sock"))
+    for given, taken in ((name, True), (name + "t", False)):
+        path.write_text(yaml.safe_dump({"name": given, "topology": {"nodes": {
+            "node1": {"kind": "linux", "image": "percale/node", "cmd": "percale-node"}}}}))
+        if taken:
+            assert runner.open_lab(path).topology.name == given
+        else:
+            with pytest.raises(TopologyError, match="would be 108 bytes long"):
+                runner.open_lab(path)
+    path.write_text(yaml.safe_dump({"name": name + "t", "topology": {"nodes": {
+        "node1": {"kind": "linux", "image": "percale/node", "cmd": "percale-node",
+                  "env": {"PERCALE_NETWORKING_BACKEND": "vxlan"}}}}}))
+    assert runner.open_lab(path).topology.name == name + "t"
+
+
+def test_bind_paths_are_rewritten_once(tmp_path, monkeypatch):
+    """A host path that contains the bind's own path (/srv/x for /srv) was rewritten again:
+    /srv/sub became /srv/x/x/sub; and one bind's host path was taken for another's path."""
+    from percale.lab import runner
+
+    monkeypatch.setattr(runner, "LAB_ROOT", tmp_path)
+    doc = mutate("topology.nodes.n2", {"kind": "linux", "binds": ["/srv/x:/srv", "/c:/a"]})
+    lab = runner.Lab(parse(doc, HERE))
+    n2 = lab.topology.nodes["n2"]
+    assert lab.rewrite(n2, "ls /srv/sub /a/b") == "ls /srv/x/sub /c/b"
+    doc = mutate("topology.nodes.n2", {"kind": "linux", "binds": ["/a/b:/b", "/c:/a"]})
+    lab = runner.Lab(parse(doc, HERE))
+    assert lab.rewrite(lab.topology.nodes["n2"], "/b/x /a/y") == "/a/b/x /c/y"
