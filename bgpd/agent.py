@@ -146,6 +146,7 @@ class BGPAgent:
         # For /readyz: this node's BGP configuration is applied (or it has no BGP address).
         self.synced = False
         self._told_no_router_id = False  # logged that an IPv6-only node has no router ID
+        self._connected_to: float | None = None  # the start of the ExaBGP whose bridge connected
         self.on_sync: Callable[[float], None] | None = None  # each announcement pass's duration
         self._config: str | None = None
         self._supervisor: asyncio.Future[None] | None = None
@@ -248,14 +249,21 @@ class BGPAgent:
         self._fib_due.set()
 
     def _on_connect(self) -> None:
-        # A fresh ExaBGP knows none of our routes, and every session of the old one has ended.
-        self.peers.speaker_restarted()
+        # A bridge connected: a fresh ExaBGP's, or a new bridge of the same ExaBGP (it starts
+        # one again when its helper dies). Only a fresh ExaBGP has ended every session: one that
+        # went on keeps them up and tells the new bridge nothing of them, so taking them for
+        # ended would show them down, and drop their routes, until each flapped.
+        fresh = self.speaker.started_at != self._connected_to
+        self._connected_to = self.speaker.started_at
+        if fresh:
+            self.peers.speaker_restarted()
+            if self.feed is not None:
+                self.feed.speaker_restarted(time.monotonic())
+                self._fib_due.set()
+        # Either way what went through the old bridge may not all have arrived: said again.
         self.announcer.speaker_restarted()
         self.relay.speaker_restarted()
         self._announce_due.set()
-        if self.feed is not None:
-            self.feed.speaker_restarted(time.monotonic())
-            self._fib_due.set()
 
     # -- running ------------------------------------------------------------------------------
 

@@ -655,7 +655,9 @@ class CachedDatastore:
         # the deleted value's: a value newer than that was written after the delete.
         if value is _ASK or (value is _GONE and change.new is None) or (
                 revision is not None and seen is not None
-                and (seen == revision or _later(seen, revision))):
+                and ((seen == revision and value is not _GONE) or _later(seen, revision))):
+            # (A _GONE entry's own revision is the value it deleted: that value arriving late
+            # from the watch is no news.)
             del self._overlay[change.key]
 
     def _remember(self, key: Key, value: object, revision: str | None) -> None:

@@ -466,7 +466,7 @@ class KubeDatastore:
         # kind. Instead each half resumes from its own last event: when this stream ends, this
         # store remembers where each half stood under the revision of the last event it
         # delivered, and a watch from that revision starts each half there. The stream is in
-        # revision order per half (so per policy), and resumes without loss or repeat. Handed
+        # revision order per half (so per policy), and resumes without loss (maybe with a repeat). Handed
         # to another store (another process), a revision resumes both halves from it, which
         # may lose an event that was in flight on the other connection.
         if revision is None:

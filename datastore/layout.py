@@ -47,9 +47,10 @@ def stored_path(key: Key) -> str | None:
     """Where an object of `key` would be stored, or None when no object of its kind can have
     its name (a BlockAffinity `foo` spells no node and block; an IPAMConfig other than
     `default`, which `path` would send to the one config there is): a read or delete of it
-    finds nothing."""
-    if not KINDS[key.kind].is_valid_name(key.name):
-        return None
+    finds nothing. Other names are looked up as they are: an object stored under a name the
+    model now refuses (by hand, by an older version) can still be deleted."""
+    if key.kind == "IPAMConfig" and not KINDS[key.kind].is_valid_name(key.name):
+        return None  # path() would name the one config there is, whatever the name
     try:
         return path(key)
     except ValueError:

@@ -623,3 +623,47 @@ async def test_a_later_write_by_another_is_served_at_once_though_the_view_only_p
         assert (await view.get(Key("IPPool", "x"))).value.spec.cidr == "10.22.0.0/16"
     finally:
         task.cancel()
+
+
+class GatedWatch:
+    """The memory store, whose watch hands over one event each time the test says so: a watch
+    that lags behind this process's writes."""
+
+    def __init__(self, store: MemoryDatastore) -> None:
+        self.store, self.step = store, asyncio.Queue()
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def watch(self, kind, **options):
+        async for event in self.store.watch(kind, **options):
+            await self.step.get()
+            yield event
+
+
+async def test_an_own_delete_is_not_undone_by_the_lagging_news_of_the_write_before_it():
+    """Update then delete through the view, the watch still behind: when it brings the update
+    (the very value deleted), the view must not serve that value again."""
+    memory = MemoryDatastore()
+    gated = GatedWatch(memory)
+    cache = Cache(gated, ["IPPool"], poll_when_busy=[])
+    view = CachedDatastore(memory, cache)
+    task = asyncio.create_task(cache.run())
+    try:
+        await cache.wait_synced()
+        key = Key("IPPool", "x")
+        created = await view.create(pool("x", "10.20.0.0/16"))
+        gated.step.put_nowait(1)  # the create arrives
+        for _ in range(100):
+            if cache.get(key) is not None:
+                break
+            await asyncio.sleep(0.01)
+        await view.update(pool("x", "10.20.0.0/16", disabled=True), revision=created.revision)
+        await view.delete(key)
+        gated.step.put_nowait(1)  # only the update arrives
+        await asyncio.sleep(0.1)
+        assert cache.get(key) is not None  # the view itself is behind ...
+        with pytest.raises(NotFound):
+            await view.get(key)  # ... but reads through it know of the delete
+    finally:
+        task.cancel()

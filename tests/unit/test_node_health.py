@@ -136,7 +136,16 @@ async def test_after_exabgp_restarts_no_session_is_established_until_it_says_so_
     agent._event(state("up", peer="10.0.0.2"))
     assert health.readiness(agent) == []
 
+    agent.speaker.started_at = 1.0
+    agent._on_connect()  # the first ExaBGP's bridge
+    agent._event(state("up", peer="10.0.0.2"))
+    assert health.readiness(agent) == []
+    # Its bridge died and ExaBGP started another: the sessions went on.
+    agent._on_connect()
+    assert agent.peers["10.0.0.2"].state == "up" and health.readiness(agent) == []
+
     agent.speaker.process = SimpleNamespace(returncode=None)  # the new ExaBGP
+    agent.speaker.started_at = 2.0
     agent._on_connect()
     peer = agent.peers["10.0.0.2"]
     assert (peer.state, peer.info) == ("start", "Connect")
