@@ -1,8 +1,9 @@
 """ExaBGP as a child of percale-node: started, fed, drained, restarted.
 
 The agent listens on a unix socket; ExaBGP's helper (the bridge: bgpd/bridge.c compiled, or
-bgpd/bridge.py) connects to it and relays every line both ways. Lines from ExaBGP are JSON events (`{...}`, handed on as they are), acknowledgements
-(`done`, `error`, one per command, in order), or text. Commands wait for their acknowledgement, so a
+bgpd/bridge.py) connects to it and relays every line both ways. Lines from ExaBGP are JSON
+events (`{...}`, handed on as they are), acknowledgements (`done`, `error`, one per command, in
+order), or text. Commands wait for their acknowledgement, so a
 caller knows ExaBGP queued the change (exabgp.md §1.5). Reading never stops while ExaBGP runs.
 """
 

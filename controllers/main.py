@@ -16,7 +16,8 @@ A round that fails (datastore unavailable, too many conflicts, a bug) is logged 
 round runs as planned: the process holds the grace timers, which a restart would start over.
 
 With `--metrics-listen HOST:PORT` it serves Prometheus metrics of the last round at /metrics
-(`controllers/metrics.py`; the operator's Deployment listens on Calico kube-controllers' port, 9094).
+(`controllers/metrics.py`; the operator's Deployment listens on Calico kube-controllers' port,
+9094).
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ def _check(cni_version: str, agent_socket: str, python: str, node_name: str, shi
         if value not in FLAGS:
             problems.append(f"{option} {value!r}: use true or false")
     if (assign_ipv4, assign_ipv6) == ("false", "false"):
-        problems.append("--assign-ipv4 and --assign-ipv6 are both false: a pod would get no address")
+        problems.append("--assign-ipv4 and --assign-ipv6 are both false: "
+                        "a pod would get no address")
     if shim_kind not in SHIM_KINDS:
         problems.append(f"--shim {shim_kind!r}: use one of {', '.join(SHIM_KINDS)}")
     if cni_version not in shim.SUPPORTED_VERSIONS:
@@ -165,7 +166,8 @@ def install(
         help="Whether pods get an IPv6 address: true or false")] = "false",
     plugins_dir: Annotated[Path, typer.Option(
         help="Where to take the portmap plugin from (hostPort); installed into --bin-dir when "
-        "it is there, else the conflist leaves portmap out unless --bin-dir has it")] = REFERENCE_PLUGINS,
+        "it is there, else the conflist leaves portmap out unless --bin-dir has it"),
+    ] = REFERENCE_PLUGINS,
 ) -> None:
     """Install the percale and percale-ipam plugins and 10-percale.conflist; re-running replaces them."""
     # percale-node's default, the host name lower-cased, as calico-node and the kubelet name nodes.

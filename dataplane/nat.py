@@ -17,9 +17,11 @@ is never NATed. Where a family has VXLAN pools, a second rule is felix's tunnel 
 A packet the node itself sends into the tunnel from one of its addresses other than the tunnel
 device's (a host process or hostNetwork pod bound to the node IP, talking to a remote pod)
 leaves with the tunnel address instead: the remote node's route back to the node IP is not
-through the tunnel, so with strict rp_filter (RHEL's default) it would drop the packet. Each change is one `nft -f -` transaction that deletes and writes the table
-whole: the kernel swaps it atomically, and nothing else's rules are touched. With no pool to
-masquerade and no VXLAN pool, the table is removed.
+through the tunnel, so with strict rp_filter (RHEL's default) it would drop the packet.
+
+Each change is one `nft -f -` transaction that deletes and writes the table whole: the kernel
+swaps it atomically, and nothing else's rules are touched. With no pool to masquerade and no
+VXLAN pool, the table is removed.
 
 `render` is pure; `sync` runs the Debian `nft` program (nftables) and blocks.
 """
@@ -67,16 +69,18 @@ def render(masquerade: Iterable[str], pools: Iterable[str], tunnels: Iterable[in
         if mine:
             others = sorted(str(n) for n in every if n.version == version) or mine
             addr = "ipv4_addr" if version == 4 else "ipv6_addr"
+            kind = f"{{ type {addr}; flags interval; auto-merge; }}"
             lines += [
-                f"add set {family} {TABLE} masq-pools {{ type {addr}; flags interval; auto-merge; }}",
+                f"add set {family} {TABLE} masq-pools {kind}",
                 f"add element {family} {TABLE} masq-pools {{ {', '.join(mine)} }}",
-                f"add set {family} {TABLE} all-pools {{ type {addr}; flags interval; auto-merge; }}",
+                f"add set {family} {TABLE} all-pools {kind}",
                 f"add element {family} {TABLE} all-pools {{ {', '.join(others)} }}",
                 f"add rule {family} {TABLE} nat-postrouting {family} saddr @masq-pools "
                 f"{family} daddr != @all-pools masquerade fully-random",
             ]
         if version in tunnelled:
-            lines.append(f'add rule {family} {TABLE} nat-postrouting oifname "{TUNNEL_DEVICES[version]}" '
+            device = TUNNEL_DEVICES[version]
+            lines.append(f'add rule {family} {TABLE} nat-postrouting oifname "{device}" '
                          "fib saddr . oif type != local fib saddr type local masquerade")
     return "\n".join(lines) + "\n"
 

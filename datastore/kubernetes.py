@@ -466,9 +466,9 @@ class KubeDatastore:
         # kind. Instead each half resumes from its own last event: when this stream ends, this
         # store remembers where each half stood under the revision of the last event it
         # delivered, and a watch from that revision starts each half there. The stream is in
-        # revision order per half (so per policy), and resumes without loss (maybe with a repeat). Handed
-        # to another store (another process), a revision resumes both halves from it, which
-        # may lose an event that was in flight on the other connection.
+        # revision order per half (so per policy), and resumes without loss (maybe with a
+        # repeat). Handed to another store (another process), a revision resumes both halves
+        # from it, which may lose an event that was in flight on the other connection.
         if revision is None:
             revision = await self._current_revision(kind, namespace)
         own_from, native_from = self._policy_positions.start(namespace, revision)

@@ -325,7 +325,8 @@ def _stored(stored_pools: Mapping[str, str]) -> list[IPPool]:
     return pools
 
 
-def problems(spec: InstallationSpec, stored_pools: Mapping[str, str] | None = None) -> list[Problem]:
+def problems(spec: InstallationSpec,
+             stored_pools: Mapping[str, str] | None = None) -> list[Problem]:
     """What is wrong with an effective spec, each naming its field. `stored_pools` maps the
     names of the cluster's IP pools to their CIDRs: a pool's CIDR cannot change after install,
     and no pool of the Installation may overlap another pool of the cluster (percalectl refuses

@@ -154,9 +154,9 @@ async def _reconcile(body: dict[str, Any]) -> None:
     for problem in found:
         log.warning("Installation refused: %s", problem)
     workloads = {}
-    for name, path in (("daemonset", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/percale-node"),
-                       ("deployment",
-                        f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/percale-controllers")):
+    apps = f"/apis/apps/v1/namespaces/{NAMESPACE}"
+    for name, path in (("daemonset", f"{apps}/daemonsets/percale-node"),
+                       ("deployment", f"{apps}/deployments/percale-controllers")):
         try:
             workloads[name] = await _get(path)
         except (KubeError, DatastoreError) as err:

@@ -130,7 +130,8 @@ class _Kubernetes:
 
     @property
     def sort_key(self) -> tuple:
-        return (1000.0, "knp.default." + self.policy.metadata.name, self.policy.metadata.namespace or "")
+        meta = self.policy.metadata
+        return (1000.0, "knp.default." + meta.name, meta.namespace or "")
 
     def governs(self, endpoint: Endpoint, direction: str) -> bool:
         return (endpoint.namespace == self.policy.metadata.namespace
@@ -233,7 +234,8 @@ class _Percale:
     @property
     def sort_key(self) -> tuple:
         order = self.policy.spec.order
-        return (math.inf if order is None else order, self.policy.metadata.name, self.namespace or "")
+        return (math.inf if order is None else order, self.policy.metadata.name,
+                self.namespace or "")
 
     def governs(self, endpoint: Endpoint, direction: str) -> bool:
         spec = self.policy.spec
