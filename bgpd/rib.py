@@ -543,6 +543,18 @@ class _FibItems(ItemsView):
 _HOP_SETS_KEPT = 4096
 
 
+
+_NOT_KNOWN = object()  # _hop_sets holds None for a next hop no route can use
+
+
+def _needs_an_interface(next_hop: Address) -> bool:
+    """An IPv6 link-local next hop (a peer that sends only one: BGP over a link-local session,
+    or a global next hop ExaBGP left out) names no interface, which the kernel needs with it,
+    and the RIB does not know the session's: the path stays the best one, to pass on, but is
+    not installed. Refused by the FIB, it took every route of its batch with it."""
+    return next_hop.version == 6 and next_hop.is_link_local
+
+
 class Rib:
     """Adj-RIB-In per peer, the decision per prefix, and the desired FIB.
 
@@ -590,7 +602,7 @@ class Rib:
         # destinations whose FIB entry may have changed since the last changes()
         self._dirty: list[Destination] = []
         # One frozenset per distinct set of next hops, shared by every prefix that has it.
-        self._hop_sets: dict[object, frozenset[Address]] = {}
+        self._hop_sets: dict[object, frozenset[Address] | None] = {}
         self._last_hop: tuple[object, frozenset[Address]] = (None, frozenset())
         # Prefixes whose best path changed since the last take_best_changes(), kept only while
         # someone passes routes on (watch_best): the FIB's changes miss a new best path with the
@@ -1002,16 +1014,17 @@ class Rib:
         for destination in list(self._destinations.values()):
             self._decide(destination)
 
-    def _one_hop(self, next_hop: Address) -> frozenset[Address]:
+    def _one_hop(self, next_hop: Address) -> frozenset[Address] | None:
         last = self._last_hop
         if last[0] is next_hop:  # the usual case: the previous path's next hop, the same object
             return last[1]
         hop_sets = self._hop_sets
-        found = hop_sets.get(next_hop)
-        if found is None:
+        found = hop_sets.get(next_hop, _NOT_KNOWN)
+        if found is _NOT_KNOWN:
             if len(hop_sets) >= _HOP_SETS_KEPT:
                 hop_sets.clear()
-            found = hop_sets[next_hop] = frozenset((next_hop,))
+            found = hop_sets[next_hop] = (None if _needs_an_interface(next_hop)
+                                          else frozenset((next_hop,)))
         self._last_hop = (next_hop, found)
         return found
 
@@ -1036,9 +1049,10 @@ class Rib:
             elif candidates:
                 best, multipath = select(candidates)
                 # a set: two reflectors passing on the same route are one next hop, not two
-                hops = frozenset(p.next_hop for p in multipath)
-                next_hops = self._hop_sets.get(hops)
-                if next_hops is None:
+                hops = frozenset(p.next_hop for p in multipath
+                                 if not _needs_an_interface(p.next_hop))
+                next_hops = self._hop_sets.get(hops) if hops else None
+                if next_hops is None and hops:
                     if len(self._hop_sets) >= _HOP_SETS_KEPT:
                         self._hop_sets.clear()
                     next_hops = self._hop_sets[hops] = hops

@@ -114,6 +114,18 @@ def test_ipv6_routes():
     assert fib(rib) == {net("fd00:244::40/122"): hops("fd00::2")}
 
 
+def test_an_ipv6_link_local_next_hop_is_best_but_not_installed():
+    """It names no interface, which the kernel needs; refused by the FIB it took the whole
+    batch with it (every other route of a peer's table). The path stays the best one; in a
+    multipath set only the global next hops are installed."""
+    rib = make_rib()
+    announce(rib, path(A, "fd00:244::40/122", "fe80::3"), path(A, "fd00:244::80/122", "fd00::2"))
+    assert fib(rib) == {net("fd00:244::80/122"): hops("fd00::2")}
+    assert rib.best("fd00:244::40/122").next_hop == ip("fe80::3")
+    announce(rib, path(B, "fd00:244::40/122", "fd00::3"))
+    assert fib(rib)[net("fd00:244::40/122")] == hops("fd00::3")
+
+
 # ---------------------------------------------------------------- decision process
 
 
