@@ -101,7 +101,11 @@ class Tunnel:
                 link = nl.link(name=self.name)
                 assert link is not None
             elif link.mtu != want.mtu or link.mac != want.mac:
-                nl.set_link(link.index, mtu=want.mtu, mac=want.mac)
+                # The MAC only when it changed: the kernel flushes every neighbour entry of a
+                # device whose address is written, even with the same one (the agent writes
+                # the tunnel ends again after each device pass, for a MAC that did change).
+                nl.set_link(link.index, mtu=want.mtu,
+                            mac=want.mac if link.mac != want.mac else None)
             address = ipaddress.ip_interface(want.address)  # /32 or /128
             family = socket.AF_INET if address.version == 4 else socket.AF_INET6
             # Global addresses only: an IPv6 device keeps the link-local address the kernel gave it.

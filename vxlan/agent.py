@@ -69,6 +69,9 @@ class VXLANAgent:
         self.plans = {version: RoutePlan(node, bgp=bgp, version=version) for version in (4, 6)}
         self.on_claims: Callable[[], Awaitable[None]] | None = None
         self.device_index: dict[int, int | None] = {4: None, 6: None}
+        # The interface holding this node's address, per family: a direct (same-subnet) route
+        # to a link-local IPv6 address must name it.
+        self.parent_index: dict[int, int | None] = {4: None, 6: None}
         self._applied: dict[int, int | None] | None = None  # device indices the routes were written with
         # What was logged, so each problem is told once, when it appears or changes: why a family
         # cannot be programmed, the routes the kernel refused (prefix -> its reason), and clashes.
@@ -137,11 +140,15 @@ class VXLANAgent:
             await self._address_due.wait()
             await asyncio.sleep(SETTLE_SECONDS)
             self._address_due.clear()
-            try:
-                for version in (4, 6):
+            failed = False
+            for version in (4, 6):  # each on its own: IPv4 out of addresses stops no IPv6
+                try:
                     await tunnel_address.reconcile(self.store, self.ipam, self.node, version)
-            except (DatastoreError, IPAMError, RuntimeError) as err:
-                log.warning("keeping the VXLAN tunnel address failed, trying again: %s", err)
+                except (DatastoreError, IPAMError, RuntimeError) as err:
+                    log.warning("keeping the IPv%d VXLAN tunnel address failed, trying again: "
+                                "%s", version, err)
+                    failed = True
+            if failed:
                 await asyncio.sleep(RETRY_SECONDS)
                 self._address_due.set()
 
@@ -258,8 +265,11 @@ class VXLANAgent:
                 raise too_small
             if device is not None:
                 index = await asyncio.to_thread(tunnel.ensure, device)
-                plan.vteps_changed |= index != before
+                # Written again after every device pass, not only for a new device: a changed
+                # MAC flushes the device's neighbour entries, and the routes' next hops with them.
+                plan.vteps_changed = True
                 self.device_index[version] = index
+                self.parent_index[version] = device.parent
         if self.device_index[version] is not None and plan.vteps_changed:
             plan.vteps_changed = False
             vteps = plan.vteps()
@@ -332,6 +342,9 @@ class VXLANAgent:
 
     def _hops(self, hop: Hop) -> set[NextHop] | None:
         if not hop.tunnel:
+            if hop.via.version == 6 and hop.via.is_link_local:
+                parent = self.parent_index[6]
+                return {NextHop(hop.via, parent)} if parent else None  # waits for the parent
             return {NextHop(hop.via)}
         index = self.device_index[hop.via.version]
         if index is None:

@@ -300,3 +300,23 @@ def test_a_host_mtu_lowered_while_running_resizes_the_device_and_brings_the_rout
     agent_ns.until("the device at the new host MTU less VXLAN's 50",
                    lambda: json.loads(agent_ns.ip("-j", "link", "show", "vxlan.percale"))[0]["mtu"] == 1350)
     agent_ns.until("b's block routed again", tunnel_route(agent_ns, "10.244.2.0/26", "10.244.2.0"))
+
+
+def test_a_smaller_host_mtu_keeps_the_tunnel_ends(agent_ns):
+    """Resizing the device wrote its MAC again, unchanged, and the kernel flushes a device's
+    neighbour entries whenever its address is written: every remote tunnel end was gone, and
+    pods unreachable across nodes, until the next 30 s check."""
+    agent_ns.tell(put=pool("v4", "10.244.0.0/16"))
+    agent_ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
+    agent_ns.tell(put=node("b", "192.0.2.2/24", "10.244.2.0"))
+    agent_ns.tell(block=["10.244.2.0/26", "b"])
+    def tunnel_end() -> bool:
+        return "10.244.2.0 lladdr" in sh("ip", "-n", agent_ns.name, "neigh", "show", "dev",
+                                         "vxlan.percale", check=False).stdout
+
+    agent_ns.until("b's tunnel end", tunnel_end)
+    agent_ns.tell(host_mtu=1400)
+    agent_ns.until("the device at 1350",
+                   lambda: json.loads(agent_ns.ip("-j", "link", "show", "vxlan.percale"))[0]["mtu"] == 1350)
+    time.sleep(0.3)  # the agent's settle time, and its pass
+    assert tunnel_end(), agent_ns.ip("neigh", "show", "dev", "vxlan.percale")
