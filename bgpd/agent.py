@@ -245,6 +245,10 @@ class BGPAgent:
         if isinstance(event, PeerState):
             if event.state == "up":
                 self._peer_ups.put_nowait(str(event.peer.address))
+            elif event.state == "down":
+                # Its stale paths now have a restart time to run out: the housekeeping loop
+                # was waiting for a deadline worked out before it, up to `resync` away.
+                self._housekeeping_due.set()
             self.peers.heard(event)
         self._fib_due.set()
 
@@ -373,8 +377,11 @@ class BGPAgent:
         services = sorted({cidr for c in configs for cidr in service_cidrs(c)})  # type: ignore[arg-type]
         allow_own_as = {s.peer_address: s.allow_local_as for s in self.sessions if s.allow_local_as}
         if self.rib is None:
+            # The cluster ID too: a route reflector refuses a path whose CLUSTER_LIST holds it
+            # (RFC 4456 §8), the copy of its own reflection another reflector of the cluster sent.
             self.rib = Rib(router_id=speaker.router_id, pools=pools, own_addresses=own_addresses,
-                           own_blocks=self.table.current.blocks, service_cidrs=services)
+                           own_blocks=self.table.current.blocks, service_cidrs=services,
+                           cluster_id=speaker.cluster_id)
             self.rib.set_allow_own_as(allow_own_as)
             self._rib_blocks = self.table.current.blocks
             self.rib.set_import_filters(import_filters)

@@ -39,7 +39,10 @@ class Blackholes:
     def sync(self, blocks: Iterable[str], *, check: bool = False) -> None:
         """Make the blackholes exactly `blocks`; `check` reads the kernel first instead of
         trusting what this object installed (someone may have deleted one)."""
-        want = {str(ipaddress.ip_network(b)) for b in blocks}
+        # Not for a block of one address (blockSize 32 or 128), as Calico skips them: that
+        # route is the pod's own, which the blackhole would take.
+        want = {str(network) for network in map(ipaddress.ip_network, blocks)
+                if network.prefixlen != network.max_prefixlen}
         with Netlink() as nl:
             have = _current(nl) if check or self._installed is None else self._installed
             if have == want:

@@ -55,6 +55,8 @@ def test_blackholes_follow_the_blocks_and_the_check_repairs():
         assert sync(["10.244.0.0/26", "10.244.0.64/26"]) == ["10.244.0.64/26"]
         assert sync(["10.244.0.0/26", "10.244.0.64/26"], check=True) == [
             "10.244.0.0/26", "10.244.0.64/26"]
+        # A block of one address (blockSize 32 or 128) gets none: that route is its pod's.
+        assert sync(["10.244.0.0/26", "10.244.7.5/32", "fd00:244::5/128"]) == ["10.244.0.0/26"]
         assert sync([]) == []
         assert "10.9.0.0/26 dev lo proto 202" in ip(ns, "route")
         assert "blackhole 10.8.0.0/26" in ip(ns, "route")

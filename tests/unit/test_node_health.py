@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import tempfile
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -257,3 +258,33 @@ async def test_an_agent_waiting_for_its_datastore_is_alive_and_not_ready(tmp_pat
     finally:
         agent.cancel()
         await asyncio.gather(agent, return_exceptions=True)
+
+
+GR_2S = ('"64": { "name": "graceful restart", "time": 2, "address-family-flags": '
+         '{ "ipv4/unicast": [ "restart" ] }, "restart-flags": [ ]  }')
+
+
+async def test_a_peers_stale_routes_go_when_its_restart_time_is_up_not_at_the_next_check():
+    """A peer lost gracefully, restart time 2 s: its stale paths left only when the housekeeping
+    loop woke for its full check (resync, 10 s here, 30 by default), traffic black-holed
+    meanwhile. A session going down now wakes it, so the deadline is held."""
+    from tests.unit.test_exabgp_json import announce_v4, open_
+
+    agent = BGPAgent(Cache(MemoryDatastore(), node="n1"), "n1", Path(tempfile.mkdtemp()),
+                     resync=10)
+    agent.rib = Rib(router_id="10.99.0.1", pools=["10.244.0.0/16"])
+    agent.feed = RibFeed(agent.rib)
+    agent.programmer.swept = True  # past the start-up sweep
+    now = time.monotonic()
+    for line in (open_(GR_2S), state("up", peer="10.99.0.2"), announce_v4("10.244.1.0/26")):
+        agent.feed.feed(line, now)
+    housekeeping = asyncio.ensure_future(agent._housekeeping())
+    try:
+        await asyncio.sleep(0.3)
+        down = time.monotonic()
+        agent._event(state("down", "closing connection", peer="10.99.0.2"))
+        while agent.rib.fib and time.monotonic() - down < 8:
+            await asyncio.sleep(0.05)
+        assert not agent.rib.fib and time.monotonic() - down < 3.5
+    finally:
+        housekeeping.cancel()
