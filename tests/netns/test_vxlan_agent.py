@@ -179,12 +179,18 @@ def tunnel_route(ns: AgentNamespace, block: str, via: str, device: str = "vxlan.
     return present
 
 
+def b_routed(ns: AgentNamespace) -> None:
+    """A VXLAN pool, this node a and node b, and b's block 10.244.2.0/26 routed through the
+    tunnel to b's tunnel address."""
+    ns.tell(put=pool("v4", "10.244.0.0/16"))
+    ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
+    ns.tell(put=node("b", "192.0.2.2/24", "10.244.2.0"))
+    ns.tell(block=["10.244.2.0/26", "b"])
+    ns.until("b's block routed", tunnel_route(ns, "10.244.2.0/26", "10.244.2.0"))
+
+
 def test_routes_stay_when_this_nodes_tunnel_address_changes(agent_ns):
-    agent_ns.tell(put=pool("v4", "10.244.0.0/16"))
-    agent_ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
-    agent_ns.tell(put=node("b", "192.0.2.2/24", "10.244.2.0"))
-    agent_ns.tell(block=["10.244.2.0/26", "b"])
-    agent_ns.until("b's block routed", tunnel_route(agent_ns, "10.244.2.0/26", "10.244.2.0"))
+    b_routed(agent_ns)
 
     agent_ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.64"))
     agent_ns.until("the new tunnel address on the device",
@@ -289,11 +295,7 @@ def test_a_host_mtu_lowered_while_running_resizes_the_device_and_brings_the_rout
     agent_ns.ip("addr", "add", "198.51.100.1/24", "dev", "narrow")
     for device in ("narrow", "narrow-peer"):
         agent_ns.ip("link", "set", device, "up")
-    agent_ns.tell(put=pool("v4", "10.244.0.0/16"))
-    agent_ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
-    agent_ns.tell(put=node("b", "192.0.2.2/24", "10.244.2.0"))
-    agent_ns.tell(block=["10.244.2.0/26", "b"])
-    agent_ns.until("b's block routed", tunnel_route(agent_ns, "10.244.2.0/26", "10.244.2.0"))
+    b_routed(agent_ns)
 
     agent_ns.tell(put=node("a", "198.51.100.1/24", "10.244.1.0"))
     agent_ns.tell(host_mtu=1400)
@@ -306,10 +308,8 @@ def test_a_smaller_host_mtu_keeps_the_tunnel_ends(agent_ns):
     """Resizing the device wrote its MAC again, unchanged, and the kernel flushes a device's
     neighbour entries whenever its address is written: every remote tunnel end was gone, and
     pods unreachable across nodes, until the next 30 s check."""
-    agent_ns.tell(put=pool("v4", "10.244.0.0/16"))
-    agent_ns.tell(put=node("a", "192.0.2.1/24", "10.244.1.0"))
-    agent_ns.tell(put=node("b", "192.0.2.2/24", "10.244.2.0"))
-    agent_ns.tell(block=["10.244.2.0/26", "b"])
+    b_routed(agent_ns)
+
     def tunnel_end() -> bool:
         return "10.244.2.0 lladdr" in sh("ip", "-n", agent_ns.name, "neigh", "show", "dev",
                                          "vxlan.percale", check=False).stdout
