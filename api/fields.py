@@ -262,7 +262,7 @@ def _network_or_address(value: str) -> str:
     if isinstance(value, str) and "/" not in value:
         _no_zone(value)
         try:
-            return str(ipaddress.ip_network(plain_ip(value)))
+            return str(cidr_or_ip_network(value))
         except ValueError:
             raise ValueError(f"{value!r} is neither a CIDR nor an IP address") from None
     return _network(value)
@@ -274,11 +274,7 @@ def _masked_network(value: str) -> str:
     # Calico reads as the network, host bits masked.
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/16")
-    _no_zone(value)
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid CIDR") from None
+    return str(cidr_or_ip_network(value))
 
 
 CIDR = Annotated[str, AfterValidator(_network)]

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from percale.bgpd.status import BGPState, view_of
+from percale.bgpd.status import BGPState, NodeView, view_of
 
 SYNC_SECONDS = Histogram(
     "percale_bgp_sync_seconds", "Time of one pass from the datastore to ExaBGP (announcements sent)",
@@ -51,7 +51,7 @@ class BGPHealth(BGPState, Protocol):
     def reconciled(self) -> bool: ...
 
 
-def sessions(bgp: BGPHealth) -> dict[str, bool]:
+def sessions(bgp: BGPHealth, view: NodeView | None = None) -> dict[str, bool]:
     """Each configured session's peer address -> whether it is Established, as `node status`
     sees it (bgpd.status.view_of): /readyz and /metrics both read this. The peer table alone
     kept saying Established after ExaBGP died, since a dead ExaBGP says `down` for nothing; a
@@ -59,7 +59,7 @@ def sessions(bgp: BGPHealth) -> dict[str, bool]:
     configured = list(bgp.peers)
     if not configured:
         return {}  # nothing to hold, whether or not ExaBGP runs
-    view = view_of(bgp)
+    view = view or view_of(bgp)
     if not view.bgp_running:
         return dict.fromkeys(configured, False)
     return {row.address: row.state == "up" for row in view.peers}
@@ -180,8 +180,9 @@ def readiness(bgp: BGPHealth, cache: Any = None) -> list[str]:
         problems.append("BGP has not been configured from the datastore yet")
     if bgp.fib is not None and not bgp.reconciled:
         problems.append("the kernel's routes have not been reconciled yet")
-    held = sessions(bgp)
-    if held and not view_of(bgp).bgp_running:
+    view = view_of(bgp)
+    held = sessions(bgp, view)
+    if held and not view.bgp_running:
         problems.append("the BGP backend process (ExaBGP) is not running")
     down = [address for address, up in sorted(held.items()) if not up]
     if down:
