@@ -299,14 +299,21 @@ class Kubelet:
         meta = pod["metadata"]
         host = bool(pod["spec"].get("hostNetwork"))
         netns = None if host else f"{self.netns_prefix}.{meta['namespace']}-{meta['name']}"[:200]
-        running = RunningPod(meta["uid"], meta["name"], meta["namespace"], netns)
+        # The namespace is the pod's once this kubelet has made it: until then teardown (after a
+        # failed start) has none to delete, and one of that name that exists already (left by a
+        # kubelet killed earlier, or another's) stays as it is.
+        running = RunningPod(meta["uid"], meta["name"], meta["namespace"], None)
         (self.root / "pods" / running.uid).mkdir(parents=True, exist_ok=True)
         self.pods[running.uid] = running
         self.token(pod, running)
         if host:
             running.ips = [self.ip]
         else:
-            subprocess.run(["ip", "netns", "add", netns], check=True)
+            added = subprocess.run(["ip", "netns", "add", netns], capture_output=True, text=True)
+            if added.returncode != 0:
+                raise RuntimeError(f"cannot make network namespace {netns}: "
+                                   f"{added.stderr.strip() or added.returncode}")
+            running.netns = netns
             # Recorded as soon as it exists (the lab's `down` removes what is recorded), not
             # once the pod runs: a kubelet killed during the CNI ADD would leave it unknown.
             self.record(running)
