@@ -37,9 +37,12 @@ What the collector adds, after Calico's kube-controllers (calico.md §1.9, issue
 Blocks and affinities are written only through `IPAM` (`release_ips`, whose handle decrements
 keep handles right, and `_release_block_affinity`). The one write made here is `repair_handle`,
 used by `--from-report`: a compare-and-swap delete or count correction of an IPAMHandle that a
-crash left overstated. Not done yet: the collector leaves handles to `ipam check`/`release`, and
-does not look for a gone node's affinities that have no block (a claim that crashed half-way):
-it reads blocks, not affinities.
+crash left overstated. Not done yet: the collector leaves handles to `ipam check`/`release`.
+
+A gone node's affinities that have no block (a claim cut short between writing the affinity and
+its block) are released too, judged gone as for its last block: Calico releases every affinity
+of a deleted node, and such an affinity otherwise keeps its CIDR from every other node for good
+(a claim skips a CIDR some affinity names).
 """
 
 from __future__ import annotations
@@ -204,6 +207,7 @@ class GCRound:
     empty_blocks: int = 0      # affine blocks seen empty this round
     released_blocks: int = 0   # empty blocks given back
     kept_last_blocks: int = 0  # empty blocks kept: their node's last, and it is not gone
+    released_affinities: int = 0  # a gone node's affinities that had no block
     cooled: int = 0            # released addresses freed at the end of their cooldown
 
 
@@ -243,6 +247,8 @@ class GarbageCollector:
         self._candidates: dict[_CandidateKey, _Candidate] = {}
         self._empty_last_round: dict[str, _EmptySighting] = {}
         self._known_nodes: set[str] = set()
+        # Affinities seen without their block: since when (see _release_blockless_affinities).
+        self._blockless_since: dict[Key, datetime] = {}
         self._unreadable_told: dict[Key, str] = {}
         self.last_round = GCRound()
         self.total_released = 0
@@ -259,6 +265,7 @@ class GarbageCollector:
         if confirmed:
             await self._release_confirmed(confirmed, done)
         await self._release_empty_blocks(report, now, gone, done)
+        await self._release_blockless_affinities(report, now, gone, done)
         await self._collect_cooled(report, now, done)
 
         self.last_round = done
@@ -382,6 +389,38 @@ class GarbageCollector:
                 done.released_blocks += 1
                 self._empty_last_round.pop(spec.cidr, None)
                 log.info("Released empty block %s of node %s", spec.cidr, node)
+
+    async def _release_blockless_affinities(
+        self, report: Report, now: datetime, gone: set[str], done: GCRound,
+    ) -> None:
+        """Release the affinities of gone nodes whose block does not exist. A block that
+        exists but cannot be read is not missing: its affinity stays. The release reads the
+        block again and deletes the affinity only while it is still missing (or empty)."""
+        have = {spec.cidr for spec in report.blocks} | set(report.unreadable_blocks)
+        seen: dict[Key, datetime] = {}
+        for kv in (await self.ipam.store.list("BlockAffinity", defer_errors=True)).items:
+            try:
+                spec = kv.value.spec
+            except DatastoreError:
+                continue  # `ipam check` names it; nothing here can tell whose it is
+            if spec.cidr in have or spec.node in report.nodes:
+                continue
+            since = seen[kv.key] = self._blockless_since.get(kv.key, now)
+            if not self._node_gone(spec.node, report, gone, since, now):
+                continue
+            try:
+                released = await self.ipam._release_block_affinity(
+                    spec.node, spec.cidr, require_empty=True)
+            except DatastoreError as err:
+                log.warning("IPAM GC: cannot release affinity %s of gone node %s: %s",
+                            spec.cidr, spec.node, err)
+                continue
+            if released:
+                seen.pop(kv.key, None)
+                done.released_affinities += 1
+                log.info("Released affinity %s of gone node %s: it had no block",
+                         spec.cidr, spec.node)
+        self._blockless_since = seen
 
     def _node_gone(
         self, node: str, report: Report, gone: set[str], empty_since: datetime, now: datetime,

@@ -230,6 +230,51 @@ async def test_the_last_block_of_a_node_no_round_saw_waits_for_the_grace_period(
     assert await block_exists(ipam, cidr) is (released_at is None)
 
 
+async def _affinity_without_block(ipam: IPAM, node_name: str) -> str:
+    """What a claim cut short between its two writes leaves: the node's affinity, no block."""
+    [ip] = await allocate(ipam, node_name, "short-lived")
+    cidr = (await ipam.get_allocation(ip)).block
+    await ipam.release_ips([ip])
+    await ipam.store.delete(Key("IPAMBlock", block_name(cidr)))
+    return cidr
+
+
+async def affinity_exists(ipam: IPAM, node_name: str, cidr: str) -> bool:
+    try:
+        await ipam.store.get(Key("BlockAffinity", affinity_name(node_name, cidr)))
+        return True
+    except NotFound:
+        return False
+
+
+async def test_a_deleted_nodes_affinity_without_a_block_is_released(ipam):
+    """Calico releases every affinity of a deleted node; percale's collector read blocks only,
+    and an affinity whose block a crash never wrote kept its CIDR from every node for good.
+    A node that exists keeps such an affinity (its next claim makes the block)."""
+    gone = await _affinity_without_block(ipam, "node2")
+    kept = await _affinity_without_block(ipam, "node1")
+    gc = GarbageCollector(ipam)
+    assert (await gc.run_once(at(0))).released_affinities == 0
+    await ipam.store.delete(Key("Node", "node2"))
+    assert (await gc.run_once(at(0.1))).released_affinities == 1
+    assert not await affinity_exists(ipam, "node2", gone)
+    assert await affinity_exists(ipam, "node1", kept)
+
+
+@pytest.mark.parametrize("grace, released", [(GRACE, True), (timedelta(0), False)])
+async def test_an_affinity_without_a_block_of_a_node_no_round_saw_waits_for_the_grace_period(
+    ipam, grace, released,
+):
+    """A node claiming before it registered looks the same for a moment: as for its last
+    block, the affinity waits out the grace period (for good with a grace period of 0)."""
+    cidr = await _affinity_without_block(ipam, "node3")
+    gc = GarbageCollector(ipam, grace_period=grace)
+    for minute in (0, 14.99):
+        assert (await gc.run_once(at(minute))).released_affinities == 0
+    assert (await gc.run_once(at(15))).released_affinities == (1 if released else 0)
+    assert await affinity_exists(ipam, "node3", cidr) is not released
+
+
 async def block_exists(ipam: IPAM, cidr: str) -> bool:
     try:
         await ipam.store.get(Key("IPAMBlock", block_name(cidr)))
