@@ -46,7 +46,7 @@ def _run(work):
 
 def _fail(message: str) -> None:
     typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1)
 
 
 def _command(command: list[str]) -> list[str]:

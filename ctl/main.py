@@ -266,7 +266,14 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        # calicoctl exits 1 on every error, a command line it cannot parse included (docopt);
+        # Click exits 2 for those. Scripts written against calicoctl test for 1.
+        if done.code == 2:
+            raise SystemExit(1) from None
+        raise
 
 
 if __name__ == "__main__":

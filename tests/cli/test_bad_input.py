@@ -140,6 +140,13 @@ def test_missing_file_and_empty_input(cli, tmp_path):
     assert empty.code == 1 and "no resources found" in empty.err
 
 
+@pytest.mark.parametrize("args", [("get", "ippools", "--no-such-flag"), ("no-such-command",),
+                                  ("ipam", "show", "--ip")])
+def test_a_command_line_that_does_not_parse_exits_1_as_calicoctl(cli, args):
+    done = cli(*args)
+    assert done.code == 1 and done.err and not done.out
+
+
 def test_an_empty_file_name_is_refused_not_read_as_the_working_directory(cli, tmp_path):
     """`-f "$FILE"` with FILE unset: Path("") is the working directory, whose resource files
     apply and delete took, every one."""
