@@ -388,6 +388,10 @@ class BGPAgent:
             self.feed = RibFeed(self.rib)
         else:
             # Each setter re-judges every prefix: only when something changed.
+            identity = (ipaddress.IPv4Address(speaker.router_id),
+                        ipaddress.IPv4Address(speaker.cluster_id) if speaker.cluster_id else None)
+            if identity != self.rib.identity:
+                self.rib.set_identity(*identity)
             if pools != self._pools:
                 self.rib.set_pools(pools)
             if own_addresses != self._own_addresses:

@@ -582,9 +582,8 @@ class Rib:
         # Per peer address, its BGPFilters' import verdict on a path (bgpd/filters.py): True
         # when they reject it.
         self._import_filters: dict[Address, Callable[[Path], bool]] = {}
-        # attributes object, peer -> _attributes_rejection's answer, for the last asked: the
-        # router id and cluster id it depends on are fixed for the RIB's life, the allowance
-        # (per peer) resets it when it changes
+        # attributes object, peer -> _attributes_rejection's answer, for the last asked: a
+        # change of the router id, cluster id or allowance (per peer) resets it
         self._attributes_memo: tuple[object, object, tuple] = (None, None, (None, None))
         self._set_pools(pools)
         self._set_service_cidrs(service_cidrs)
@@ -651,6 +650,20 @@ class Rib:
         self._allow_own_as_of = {as_address(a): n for a, n in allowed.items()}
         self._attributes_memo = (None, None, (None, None))
         self._decide_all()
+
+    def set_identity(self, router_id: str | ipaddress.IPv4Address,
+                     cluster_id: str | ipaddress.IPv4Address | None) -> None:
+        """This node's router ID and route reflector cluster ID, when its Node's BGP address or
+        routeReflectorClusterID changed: the own-route (ORIGINATOR_ID) and CLUSTER_LIST loop
+        checks use them, and every path held is judged again."""
+        self._router_id = ipaddress.IPv4Address(router_id)
+        self._cluster_id = ipaddress.IPv4Address(cluster_id) if cluster_id is not None else None
+        self._attributes_memo = (None, None, (None, None))
+        self._decide_all()
+
+    @property
+    def identity(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address | None]:
+        return self._router_id, self._cluster_id
 
     def set_import_filters(self, rejects: Mapping[str | Address, Callable[[Path], bool]]) -> None:
         """Each peer's import filter (its BGPPeer's BGPFilters): a function saying whether it

@@ -305,6 +305,22 @@ def test_a_path_holding_our_cluster_id_has_looped():
     assert "CLUSTER_ID" in rib.rejection(p)
 
 
+def test_a_new_router_id_or_cluster_id_judges_every_path_again():
+    """A node made a route reflector (routeReflectorClusterID set) or given another BGP address
+    while the agent runs: the loop checks use the new IDs at once, on paths held already."""
+    rib = make_rib()
+    looped = path(R1, next_hop="10.0.0.5", originator_id="10.0.0.5", cluster_list=["244.0.0.1"])
+    rib.update(R1, [looped])
+    assert fib(rib) == {net(P): hops("10.0.0.5")}
+    rib.changes()
+    rib.set_identity(ROUTER_ID, "244.0.0.1")
+    assert fib(rib) == {} and "CLUSTER_ID" in rib.rejection(looped)
+    rib.set_identity("10.0.0.5", None)  # now the path's originator: our own route come back
+    assert fib(rib) == {} and "ORIGINATOR_ID" in rib.rejection(looped)
+    rib.set_identity(ROUTER_ID, None)
+    assert fib(rib) == {net(P): hops("10.0.0.5")}
+
+
 def test_one_attributes_object_is_judged_against_each_peers_own_as():
     """A decoder shares one PathAttributes between paths; the RIB remembers its verdict on the
     last one it saw, which must not carry over to a peer with another local AS."""
