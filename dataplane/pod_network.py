@@ -76,9 +76,12 @@ def host_veth_name(namespace: str, pod: str, ifname: str = "eth0") -> str:
     container IDs, so DEL finds it from the pod's name alone; 15 characters, the kernel's limit.
 
     A pod's other interfaces (net1 from a second network, as Multus adds them) hash
-    "<namespace>.<pod>.<ifname>": under the pod's one name, the second ADD took the first's host
-    veth for a stale one and deleted it, leaving eth0's address and endpoint to nothing."""
-    wired = f"{namespace}.{pod}" if ifname == "eth0" else f"{namespace}.{pod}.{ifname}"
+    "<namespace>.<pod>/<ifname>": under the pod's one name, the second ADD took the first's host
+    veth for a stale one and deleted it, leaving eth0's address and endpoint to nothing. The
+    separator is '/', which neither a pod name nor a kernel interface name can hold: with '.',
+    pod "web" on net1 and pod "web.net1" on eth0 hashed alike, and the ADD of either deleted the
+    other's host veth as its own stale one. eth0 keeps Calico's "<namespace>.<pod>"."""
+    wired = f"{namespace}.{pod}" if ifname == "eth0" else f"{namespace}.{pod}/{ifname}"
     return HOST_VETH_PREFIX + hashlib.sha1(wired.encode()).hexdigest()[:12]
 
 

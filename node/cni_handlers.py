@@ -26,8 +26,10 @@ from percale.datastore import (
     KVPair,
     NotFound,
 )
-from percale.ipam.allocator import IPAM
+from percale.ipam.allocator import IPAM, read_reservations
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
+from percale.ipam.pools import usable
+from percale.ipam.usage import usage
 from percale.api.fields import IPV6_MIN_MTU
 from percale.vxlan.plan import pod_mtu
 from percale.dataplane import pod_network
@@ -57,7 +59,7 @@ from percale.node.cni_types import (
     parse_netconf,
     result,
 )
-from percale.api import ObjectMeta, WorkloadEndpoint
+from percale.api import IPPool, ObjectMeta, WorkloadEndpoint
 from percale.api.meta import DNS_SUBDOMAIN_MAX, validation_problems
 from percale.api.workloadendpoint import WorkloadEndpointPort, workload_endpoint_name
 
@@ -213,7 +215,7 @@ class CNIHandlers:
                 await (self.ipam_check if ipam_only else self.check)(request, conf)
                 return 0, ""
             if command == "STATUS":
-                await self.status()
+                await self.status(conf)
                 return 0, ""
             if command == "GC":
                 await self.gc(conf)
@@ -247,7 +249,9 @@ class CNIHandlers:
             got = await self.ipam.auto_assign(
                 self._node(conf), handle_id=pod.handle_id,
                 num4=1 if conf.ipam.assign_ipv4 else 0, num6=1 if conf.ipam.assign_ipv6 else 0,
-                attrs={"namespace": pod.namespace, "pod": pod.name},
+                # The interface too: the handle is the container's on this network, shared by
+                # every CNI_IFNAME the runtime attaches to it (_release_attachment).
+                attrs={"namespace": pod.namespace, "pod": pod.name, "interface": pod.ifname},
                 ipv4_pools=conf.ipam.ipv4_pools or None, ipv6_pools=conf.ipam.ipv6_pools or None,
                 namespace=pod.namespace,  # for pools with a namespaceSelector
             )
@@ -284,6 +288,7 @@ class CNIHandlers:
         self._check_endpoint(pod, conf, labels, ports)
         _check_netns(pod.netns, "ADD")
         await self._refuse_second_add(pod, conf)
+        await self._refuse_second_interface(pod, conf)
         await self._after_teardowns(pod)
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
@@ -435,13 +440,98 @@ class CNIHandlers:
         if not veth or not await self.workers.run(pod_network.host_link_exists, veth):
             log.info("container %s: its earlier %s (host veth %s) is gone; adding it afresh",
                      pod.container_id, pod.ifname, veth)
-            await self.ipam.release_by_handle(pod.handle_id)
+            await self._release_attachment(pod.handle_id, pod.ifname, unrecorded=True)
             return
         where = ", ".join(current.spec.ip_networks) or "no address"
         raise CNIError(INTERFACE_EXISTS,
                        f"container {pod.container_id} already has {pod.ifname}, added for pod "
                        f"{pod.namespace}/{pod.name} on node {self._node(conf)} ({where}, host veth "
                        f"{current.spec.interface_name}); DEL it before adding it again")
+
+    async def _refuse_second_interface(self, pod: Pod, conf: NetConf) -> None:
+        """percale wires one interface per pod (the pod's gateway and default routes go through
+        it: pod_network.configure). An ADD of the container on another CNI_IFNAME while one of
+        its attachments to this network stands failed there, after taking an address under the
+        handle both share and making a veth. Refused before anything is taken, naming the
+        attachment that stands; the runtime's DEL that follows frees none of its addresses
+        (delete)."""
+        standing = await self._other_attachments(pod, conf)
+        if not standing:
+            return
+        other = standing[0].spec
+        where = ", ".join(other.ip_networks) or "no address"
+        raise CNIError(INTERFACE_EXISTS,
+                       f"container {pod.container_id} is attached to network {conf.name} on "
+                       f"{other.endpoint} already, for pod {pod.namespace}/{pod.name} ({where}, "
+                       f"host veth {other.interface_name}); percale wires one interface per pod, "
+                       f"so {pod.ifname} is refused")
+
+    async def _other_attachments(self, pod: Pod, conf: NetConf) -> list[WorkloadEndpoint]:
+        """This container's endpoints on this node for its other interfaces on this network:
+        those listing an address the network's handle holds. An endpoint of another network
+        (another percale network attached as net1) shares no handle with this one."""
+        # "<node>-k8s-<pod>-" begins the names of the pod's endpoints, one per interface (and,
+        # for pod web, those of pod web-1, "web--1": the container ID tells them apart).
+        prefix = workload_endpoint_name(self._node(conf), "k8s", pod.name, "")
+        own = self._endpoint_key(pod, conf).name
+        listed = (await self.store.list("WorkloadEndpoint", pod.namespace)).items
+        others = [kv.value for kv in listed
+                  if kv.key.name.startswith(prefix) and kv.key.name != own
+                  and kv.value.spec.container_id == pod.container_id]
+        if not others:
+            return []  # the common case: read from the agent's view, with no datastore request
+        held = set(await self.ipam.ips_by_handle(pod.handle_id))
+        return [e for e in others
+                if any(str(ipaddress.ip_interface(n).ip) in held for n in e.spec.ip_networks)]
+
+    async def _may_free_unrecorded(self, pod: Pod, conf: NetConf) -> bool:
+        """Whether this attachment's DEL may free the handle's addresses that have no interface
+        recorded (allocated before percale recorded it): when this container's endpoint for
+        this interface stands, or when none of its other interfaces on this network has one (an
+        ADD that died before writing its endpoint is cleaned up by its DEL all the same). The
+        runtime's DEL after a refused second interface freed the first's live address."""
+        try:
+            current = await self.store.get(self._endpoint_key(pod, conf))
+            if current.value.spec.container_id == pod.container_id:
+                return True
+        except NotFound:
+            pass
+        return not await self._other_attachments(pod, conf)
+
+    async def _addresses_of_interface(
+        self, handle_id: str, ifname: str, *, unrecorded: bool,
+    ) -> tuple[dict[str, int | None], list[str]]:
+        """What `handle_id` holds for interface `ifname`, each with its sequence number (so a
+        release cannot free the address once it is handed out again): the addresses recorded
+        as given to it, and with `unrecorded` those with no interface recorded. Then the
+        addresses it holds for other interfaces."""
+        mine: dict[str, int | None] = {}
+        kept: list[str] = []
+        for address in await self.ipam.ips_by_handle(handle_id):
+            allocation = await self.ipam.get_allocation(address)
+            if allocation is None or allocation.handle_id != handle_id:
+                continue  # released meanwhile
+            given_to = allocation.attributes.get("interface")
+            if given_to == ifname or (given_to is None and unrecorded):
+                mine[address] = allocation.sequence_number
+            else:
+                kept.append(address)
+        return mine, kept
+
+    async def _release_attachment(self, handle_id: str, ifname: str, *, unrecorded: bool) -> None:
+        """Free what `handle_id` holds for interface `ifname` (_addresses_of_interface). The
+        handle, "<network>.<container ID>", is shared by every interface the runtime attaches
+        to the network (CNI spec: an attachment is (CNI_CONTAINERID, CNI_IFNAME), and the DEL of
+        one must not undo another); released whole, the runtime's DEL for a refused net2 freed
+        eth0's live address, for the next pod to get twice."""
+        mine, kept = await self._addresses_of_interface(handle_id, ifname, unrecorded=unrecorded)
+        if not kept:
+            # All of it is this attachment's: released whole, which deletes a handle that
+            # overstated what it holds as well.
+            await self.ipam.release_by_handle(handle_id)
+        elif mine:
+            await self.ipam.release_ips(
+                list(mine), sequence_numbers={a: n for a, n in mine.items() if n is not None})
 
     async def _write_endpoint(self, endpoint: WorkloadEndpoint) -> KVPair:
         # An ADD always writes the endpoint, even over an older container's (Calico does too);
@@ -472,6 +562,8 @@ class CNIHandlers:
         present = bool(pod.netns) and pod_network.netns_problem(pod.netns) is None
         key = self._endpoint_key(pod, conf)
         unwired: pod_network.Unwired | None = None
+        # Judged before the endpoint goes (below, at the same time as the unwiring).
+        unrecorded = await self._may_free_unrecorded(pod, conf)
 
         async def forget_endpoint() -> None:
             try:
@@ -488,8 +580,8 @@ class CNIHandlers:
             # again, or the next pod to get one would find its route taken.
             if present:
                 unwired = await self.workers.run(pod_network.unwire, pod.netns, pod.ifname)
-            await self.ipam.release_by_handle(pod.handle_id)
-            await self.ipam.release_by_handle(pod.workload_handle_id)
+            for handle_id in (pod.handle_id, pod.workload_handle_id):
+                await self._release_attachment(handle_id, pod.ifname, unrecorded=unrecorded)
 
         try:
             await asyncio.gather(forget_endpoint(), unwire_then_release())
@@ -540,26 +632,32 @@ class CNIHandlers:
                       gateways={4: pod_network.GATEWAY_V4})
 
     async def _refuse_second_ipam_add(self, pod: Pod, conf: NetConf) -> None:
-        """While the container's handle holds addresses, a second ADD is the runtime's mistake
-        (CNI spec: no ADD twice without a DEL), as for the main plugin. It took a second
-        address under the handle; and when the main plugin's second ADD then failed, it called
-        this plugin's DEL, which freed the running pod's address with it. Refused before
-        anything is taken (host-local refuses a duplicate too)."""
-        held = await self.ipam.ips_by_handle(pod.handle_id)
+        """While the container's handle holds addresses for this interface, a second ADD is the
+        runtime's mistake (CNI spec: no ADD twice for a (CNI_CONTAINERID, CNI_IFNAME) without a
+        DEL), as for the main plugin. It took a second address under the handle; and when the
+        main plugin's second ADD then failed, it called this plugin's DEL, which freed the
+        running pod's address with it. Refused before anything is taken (host-local refuses a
+        duplicate too). The same container on another CNI_IFNAME of the network is another
+        attachment, which the spec allows and host-local serves; an address with no interface
+        recorded may be this interface's, and refuses it."""
+        held, _ = await self._addresses_of_interface(pod.handle_id, pod.ifname, unrecorded=True)
         if held:
             raise CNIError(INTERFACE_EXISTS,
                            f"container {pod.container_id} already holds {', '.join(held)} on "
-                           f"network {conf.name} (IPAM handle {pod.handle_id}, asked for "
-                           f"{pod.ifname}); DEL it before adding it again")
+                           f"network {conf.name} for {pod.ifname} (IPAM handle "
+                           f"{pod.handle_id}); DEL it before adding it again")
 
     async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf, deleting=True)
-        await self.ipam.release_by_handle(pod.handle_id)
-        await self.ipam.release_by_handle(pod.workload_handle_id)
+        for handle_id in (pod.handle_id, pod.workload_handle_id):
+            await self._release_attachment(handle_id, pod.ifname, unrecorded=True)
 
     async def ipam_check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
-        held = set(await self.ipam.ips_by_handle(pod.handle_id))
+        # This attachment's: the container's other interfaces on the network are in other
+        # results.
+        held = set((await self._addresses_of_interface(pod.handle_id, pod.ifname,
+                                                       unrecorded=True))[0])
         result = {str(ipaddress.ip_interface(ip["address"]).ip)
                   for ip in (conf.prev_result or {}).get("ips", [])}
         # What this plugin gave must be in the result; an address another plugin of the chain
@@ -570,13 +668,46 @@ class CNIHandlers:
 
     # -- STATUS and GC -------------------------------------------------------------------------
 
-    async def status(self) -> None:
+    async def status(self, conf: NetConf) -> None:
+        """CNI STATUS: 50 ("cannot service ADD") while an ADD would fail for want of an address:
+        the datastore cannot be read, no pool is enabled, or for a family the configuration
+        assigns, the pools this node may take from (those it names, else the Automatic ones)
+        are full. Counted as `percalectl ipam show` counts (ipam.usage), from one read of the
+        blocks, a region of a pool no block holds yet as free. Cheap, so it weighs neither
+        block affinity nor namespaceSelectors: it errs towards "available", where ADD says why."""
+        node = self._node(conf)
         try:
-            pools = await self.store.list("IPPool")
+            pools = await self.ipam.pools()
+            listed = (await self.store.list("IPAMBlock", defer_errors=True)).items
+            # An unreadable reservation or block is left out: its addresses count as free.
+            reservations = await read_reservations(self.store, lambda err: None)
+            try:
+                labels = (await self.store.get(Key("Node", node))).value.metadata.labels
+            except NotFound:
+                labels = {}  # not registered yet: only pools selecting every node serve it
         except DatastoreError as err:
             raise CNIError(NOT_AVAILABLE, f"the datastore is not reachable: {err}") from None
-        if not any(not kv.value.spec.disabled for kv in pools.items):
+        if not any(not p.spec.disabled for p in pools):
             raise CNIError(NOT_AVAILABLE, "no enabled IP pool: pods cannot get addresses yet")
+        blocks = []
+        for kv in listed:
+            try:
+                blocks.append(kv.value)
+            except DatastoreError:
+                pass
+        for version, assigned, named in ((4, conf.ipam.assign_ipv4, conf.ipam.ipv4_pools),
+                                         (6, conf.ipam.assign_ipv6, conf.ipam.ipv6_pools)):
+            if not assigned:
+                continue
+            serving = [p for p in usable(pools, version, labels) if _serves_config(p, named)]
+            if not serving:
+                raise CNIError(NOT_AVAILABLE, f"no enabled IPv{version} pool serves node {node}: "
+                                              "pods cannot get addresses")
+            counted = usage(serving, blocks, reservations).pools
+            if not any(p.free > 0 for p in counted):
+                full = ", ".join(f"{p.name} {p.in_use} of {p.capacity} in use" for p in counted)
+                raise CNIError(NOT_AVAILABLE, f"every IPv{version} pool node {node} may take from "
+                                              f"is full ({full}): pods cannot get addresses")
 
     async def gc(self, conf: NetConf) -> None:
         """Release this network's allocations on this node whose attachment the runtime no
@@ -615,6 +746,14 @@ class CNIHandlers:
                 await self.ipam.release_by_handle(handle)
 
 
+def _serves_config(pool: IPPool, named: list[str]) -> bool:
+    """Whether an ADD under a configuration that names the pools `named` (by name or CIDR; none:
+    any Automatic one) may take from `pool`. A Manual pool serves only requests that name it."""
+    if named:
+        return pool.metadata.name in named or pool.spec.cidr in named
+    return pool.spec.assignment_mode == "Automatic"
+
+
 def of_network(handle: str, network: str) -> bool:
     """Whether the allocation under `handle` ("<network>.<container ID>", Calico's) is of CNI
     network `network`. Both parts may hold dots: "k8s-pod-network.v2.c1" is container c1 of
@@ -622,7 +761,8 @@ def of_network(handle: str, network: str) -> bool:
     freed the live pods of the other). So it is `network`'s only when no dot follows
     "<network>.", where no longer network name can claim it; a container ID with a dot (rare:
     runtimes use hex) is then never collected by GC, which keeps it rather than free a live
-    pod's address. The allocation's attributes stay Calico's (node, namespace, pod, timestamp)."""
+    pod's address. The allocation's attributes stay Calico's (node, namespace, pod, timestamp),
+    with percale's interface beside them (Calico's are a free map of strings)."""
     container = handle.removeprefix(f"{network}.")
     return container != handle and "." not in container
 

@@ -8,7 +8,7 @@
  * cost near zero with a small Go binary for the same reason.
  *
  * What it does is specified in PROTOCOL.md and is exactly what shim.py does: the same request to
- * the agent, the same answers it gives itself (VERSION; codes 4, 6, 7, 11, 999), with the same
+ * the agent, the same answers it gives itself (VERSION; codes 4, 6, 7, 11, 50, 999), with the same
  * messages, and the agent's answer printed verbatim. The tests in tests/unit/test_cni_shim.py
  * and the CNI tests in tests/netns run both shims. Where a `details` text comes from a Python
  * exception (a JSON syntax error, a bad answer), this one says the same thing in its own words.
@@ -44,7 +44,7 @@
 #define TOO_DEEP "the network configuration on stdin nests too deeply to read"
 
 enum { INVALID_ENVIRONMENT = 4, DECODING_FAILURE = 6, INVALID_CONFIG = 7, TRY_AGAIN_LATER = 11,
-       INTERNAL = 999 };
+       NOT_AVAILABLE = 50, INTERNAL = 999 };
 
 /* -- growable byte buffers ------------------------------------------------------------------ */
 
@@ -574,13 +574,14 @@ static const char *reason(int err)
 }
 
 /* Send the request line and read the answer line into *answer. Returns 0, or the exit status
- * after printing the CNI error. */
-static int ask_agent(const buf_t *path, const buf_t *request, buf_t *answer)
+ * after printing the CNI error, with code `unreachable` when the agent cannot be reached or gives
+ * no answer (TRY_AGAIN_LATER; NOT_AVAILABLE for STATUS, as shim.py answers). */
+static int ask_agent(const buf_t *path, const buf_t *request, buf_t *answer, int unreachable)
 {
     const char *not_running = "is percale-node running on this node?";
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (path->len >= sizeof address.sun_path)
-        return fail_at(TRY_AGAIN_LATER, not_running, "cannot reach percale-node at ", path,
+        return fail_at(unreachable, not_running, "cannot reach percale-node at ", path,
                        ": AF_UNIX path too long");
     /* The whole name, as Python passes it: a NUL inside ends the name the kernel looks up. */
     memcpy(address.sun_path, path->data, path->len);
@@ -589,7 +590,7 @@ static int ask_agent(const buf_t *path, const buf_t *request, buf_t *answer)
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (sock < 0) {
         buf_printf(&why, ": %s", reason(errno));
-        return fail_at(TRY_AGAIN_LATER, not_running, "cannot reach percale-node at ", path, why.data);
+        return fail_at(unreachable, not_running, "cannot reach percale-node at ", path, why.data);
     }
     /* A unix-socket connect waits for room in the listener's backlog at most SO_SNDTIMEO. */
     struct timeval connect_timeout = {CONNECT_TIMEOUT_S, 0}, answer_timeout = {ANSWER_TIMEOUT_S, 0};
@@ -597,7 +598,7 @@ static int ask_agent(const buf_t *path, const buf_t *request, buf_t *answer)
     if (connect(sock, (struct sockaddr *)&address, length) != 0) {
         buf_printf(&why, ": %s", reason(errno));
         close(sock);
-        return fail_at(TRY_AGAIN_LATER, not_running, "cannot reach percale-node at ", path, why.data);
+        return fail_at(unreachable, not_running, "cannot reach percale-node at ", path, why.data);
     }
     setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &answer_timeout, sizeof answer_timeout);
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &answer_timeout, sizeof answer_timeout);
@@ -622,13 +623,13 @@ static int ask_agent(const buf_t *path, const buf_t *request, buf_t *answer)
     close(sock);
     if (err) {
         buf_printf(&why, " did not answer: %s", reason(err));
-        return fail_at(TRY_AGAIN_LATER, "see percale-node's log", "percale-node at ", path, why.data);
+        return fail_at(unreachable, "see percale-node's log", "percale-node at ", path, why.data);
     }
     size_t i = 0;
     while (i < answer->len && strchr(" \t\n\r\v\f", answer->data[i]) && answer->data[i])
         i++;
     if (i == answer->len)
-        return fail_at(TRY_AGAIN_LATER, "see percale-node's log", "percale-node at ", path,
+        return fail_at(unreachable, "see percale-node's log", "percale-node at ", path,
                        " closed the connection without answering");
     return 0;
 }
@@ -844,7 +845,10 @@ int main(int argc, char **argv)
     buf_str(&request, "}\n");
 
     buf_t answer = {0};
-    int status = ask_agent(&path, &request, &answer);
+    /* STATUS asks whether an ADD can be served now: with no agent to answer, it cannot (50, CNI
+     * spec 1.1), and 11 is no answer STATUS defines. */
+    int unreachable = strcmp(command, "STATUS") == 0 ? NOT_AVAILABLE : TRY_AGAIN_LATER;
+    int status = ask_agent(&path, &request, &answer, unreachable);
     if (status)
         return status;
     return relay_answer(&path, &answer);

@@ -51,6 +51,7 @@ DECODING_FAILURE = 6
 TOO_DEEP = "the network configuration on stdin nests too deeply to read"
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
 INTERNAL = 999
 
 JSON_WHITESPACE = " \t\n\r"
@@ -153,7 +154,12 @@ def run(plugin, environ, stdin):
         }
         code, out = ask_agent(agent_socket(conf, environ), to_json(request) + "\n")
     except CNIError as err:
-        return 1, error_json(version, err.code, err.msg, err.details)
+        code = err.code
+        if command == "STATUS" and code == TRY_AGAIN_LATER:
+            # STATUS asks whether an ADD can be served now. With no agent to answer, it cannot:
+            # 50 (CNI spec 1.1), which holds new pods back; 11 is no answer STATUS defines.
+            code = NOT_AVAILABLE
+        return 1, error_json(version, code, err.msg, err.details)
     return (0 if code == 0 else 1), out
 
 
@@ -173,7 +179,8 @@ def ask_agent(path, request):
     """Send one request line to percale-node and return (code, stdout) from its one-line answer.
 
     An agent that cannot be reached, does not answer, or closes the connection without
-    answering gives code 11: it is starting or restarting, so the runtime should try again later.
+    answering gives code 11: it is starting or restarting, so the runtime should try again later
+    (for STATUS, `run` answers 50 instead).
     """
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:

@@ -486,6 +486,15 @@ def test_agent_down_means_try_again_later(node):
     assert down.code == 1 and down.json["code"] == 11
 
 
+def test_status_with_the_agent_down_is_not_available(node):
+    """STATUS asks whether an ADD can be served now: with no agent it cannot, which the CNI
+    spec has STATUS say with 50; the shims answered 11, which STATUS does not define."""
+    absent = {**netconf(node, version="1.1.0"), "agent_socket": node.socket + ".absent"}
+    down = node.plugin("percale", "STATUS", absent)
+    assert down.code == 1 and down.json["code"] == 50, down.out
+    assert "cannot reach percale-node" in down.json["msg"]
+
+
 def test_mtu_from_config_or_the_underlay_minus_the_tunnel(node, etcd_server):
     netns = node.new_pod_netns()
     fixed = node.plugin("percale", "ADD", netconf(node, mtu=1400), container_id="c-mtu1", netns=netns,
@@ -788,6 +797,143 @@ def test_a_second_network_on_the_same_pod_is_refused_and_the_first_stays(node, e
     assert f"{address} dev {eth0}" in node.exec("ip", "route").stdout
     assert node.plugin("percale", "DEL", netconf(node), container_id="c-multi", netns=netns,
                        args=k8s("default", "multi")).code == 0
+
+
+def test_the_del_after_a_refused_second_interface_keeps_the_first(node, etcd_server):
+    """CNI spec: an attachment is (CNI_CONTAINERID, CNI_IFNAME), a runtime runs DEL after a
+    failed ADD, and the DEL of one attachment must not undo another. net2 of the same network is
+    refused (percale wires one interface per pod); the DEL for it released the handle
+    "<network>.<container ID>" that eth0's address is under too, and the next pod got it."""
+    netns, args = node.new_pod_netns(), k8s("default", "second-if")
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-second-if", netns=netns,
+                        args=args)
+    assert first.code == 0, first.out
+    address, host_veth = pod_ip(first.json), first.json["interfaces"][0]["name"]
+    second = node.plugin("percale", "ADD", netconf(node), container_id="c-second-if", netns=netns,
+                         ifname="net2", args=args)
+    assert second.code == 1 and second.json["code"] == 102, second.out
+    message = second.json["msg"]
+    assert all(w in message for w in ("percale wires one interface per pod", "eth0", address,
+                                      host_veth)), message
+    assert "net2" not in in_pod(netns, "ip", "-o", "link").stdout
+    deleted = node.plugin("percale", "DEL", netconf(node), container_id="c-second-if",
+                          netns=netns, ifname="net2", args=args)
+    assert deleted.code == 0, deleted.out
+
+    held = with_store(etcd_server.endpoint,
+                      lambda s: IPAM(s).ips_by_handle("k8s-pod-network.c-second-if"))
+    assert held == [address]
+    wep_name = workload_endpoint_name(node.name, "k8s", "second-if", "eth0")
+    wep = with_store(etcd_server.endpoint,
+                     lambda s: s.get(Key("WorkloadEndpoint", wep_name, "default"))).value
+    assert wep.spec.container_id == "c-second-if"
+    checked = node.plugin("percale", "CHECK", {**netconf(node), "prevResult": first.json},
+                          container_id="c-second-if", netns=netns, args=args)
+    assert checked.code == 0, checked.out
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-second-if", netns=netns,
+                       args=args).code == 0
+    assert "k8s-pod-network.c-second-if" not in handle_names(etcd_server)
+
+
+def test_percale_ipam_attaches_one_container_to_a_network_on_two_interfaces(node, etcd_server):
+    """CNI spec: one container may be attached to one network more than once, under different
+    CNI_IFNAMEs (host-local serves it). Under the reference bridge plugin, percale-ipam refused
+    net2 while net1 held an address, and its DEL for net2 freed net1's. Each interface gets its
+    own address now; CHECK and DEL of one concern its own only."""
+    netns, args = node.new_pod_netns(), "IgnoreUnknown=1;" + k8s("default", "twice-if")
+    conf = {"cniVersion": "1.0.0", "name": "bridged", "type": "bridge", "bridge": "pclbr-twice",
+            "agent_socket": node.socket, "nodename": node.name, "ipam": {"type": "percale-ipam"}}
+    added = {}
+    for ifname in ("net1", "net2"):
+        added[ifname] = node.plugin("bridge", "ADD", conf, container_id="c-twice-if",
+                                    netns=netns, ifname=ifname, args=args)
+        assert added[ifname].code == 0, added[ifname].out + added[ifname].err
+    net1, net2 = pod_ip(added["net1"].json), pod_ip(added["net2"].json)
+    assert net1 != net2
+    def held() -> list[str]:
+        return with_store(etcd_server.endpoint,
+                          lambda s: IPAM(s).ips_by_handle("bridged.c-twice-if"))
+
+    assert sorted(held()) == sorted([net1, net2])
+    for ifname, address in (("net1", net1), ("net2", net2)):
+        assert f"inet {address}/" in in_pod(netns, "ip", "-o", "addr", "show", ifname).stdout
+        checked = node.plugin("percale-ipam", "CHECK", {**conf, "prevResult": added[ifname].json},
+                              container_id="c-twice-if", netns=netns, ifname=ifname, args=args)
+        assert checked.code == 0, (ifname, checked.out)
+    # The same attachment twice is still refused (bridge refuses it itself before asking IPAM).
+    again = node.plugin("percale-ipam", "ADD", conf, container_id="c-twice-if", netns=netns,
+                        ifname="net1", args=args)
+    assert again.code != 0 and again.json["code"] == 102, again.out
+    assert sorted(held()) == sorted([net1, net2])
+
+    deleted = node.plugin("bridge", "DEL", conf, container_id="c-twice-if", netns=netns,
+                          ifname="net2", args=args)
+    assert deleted.code == 0, deleted.out + deleted.err
+    assert held() == [net1]
+    assert f"inet {net1}/" in in_pod(netns, "ip", "-o", "addr", "show", "net1").stdout
+    assert node.plugin("bridge", "DEL", conf, container_id="c-twice-if", netns=netns,
+                       ifname="net1", args=args).code == 0
+    assert "bridged.c-twice-if" not in handle_names(etcd_server)
+
+
+def test_pods_whose_names_and_interfaces_spell_alike_keep_their_own_host_veths(node, etcd_server):
+    """Pod names may hold dots. The host veth of an interface other than eth0 was named from
+    "<namespace>.<pod>.<ifname>": pod web's net1 and pod web.net1's eth0 had the same one, and
+    the second ADD took the first pod's veth for a stale one of its own and deleted it."""
+    first_netns, second_netns = node.new_pod_netns(), node.new_pod_netns()
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-web", netns=first_netns,
+                        ifname="net1", args=k8s("shop", "web"))
+    assert first.code == 0, first.out
+    second = node.plugin("percale", "ADD", netconf(node), container_id="c-web-net1",
+                         netns=second_netns, args=k8s("shop", "web.net1"))
+    assert second.code == 0, second.out
+    veths = [r.json["interfaces"][0]["name"] for r in (first, second)]
+    assert veths[0] != veths[1]
+    links = node.exec("ip", "link").stdout
+    assert all(veth in links for veth in veths), links
+    assert "net1@" in in_pod(first_netns, "ip", "-o", "link").stdout
+    for result in (first, second):
+        assert node.exec("ping", "-c1", "-W2", pod_ip(result.json), check=False).returncode == 0
+    checked = node.plugin("percale", "CHECK", {**netconf(node), "prevResult": first.json},
+                          container_id="c-web", netns=first_netns, ifname="net1",
+                          args=k8s("shop", "web"))
+    assert checked.code == 0, checked.out
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-web-net1",
+                       netns=second_netns, args=k8s("shop", "web.net1")).code == 0
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-web", netns=first_netns,
+                       ifname="net1", args=k8s("shop", "web")).code == 0
+
+
+def test_status_is_50_while_the_pools_an_add_may_take_from_are_full(node, etcd_server):
+    """CNI spec 1.1: STATUS returns 50 ("cannot service ADD") when the plugin's resources are
+    exhausted. It answered 0 with every address of the pool taken, and each ADD failed (100)."""
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint, lambda s: add_pool(
+        s, "full", "10.247.0.0/30", blockSize=30, assignmentMode="Manual")))
+    conf = netconf(node, version="1.1.0", ipam={"type": "percale-ipam", "ipv4_pools": ["full"]})
+    added = []
+    try:
+        assert node.plugin("percale", "STATUS", conf).code == 0
+        for i in range(4):
+            netns = node.new_pod_netns()
+            result = node.plugin("percale", "ADD", conf, container_id=f"c-full-{i}", netns=netns,
+                                 args=k8s("default", f"full-{i}"))
+            assert result.code == 0, result.out
+            added.append((i, netns))
+        status = node.plugin("percale", "STATUS", conf)
+        assert status.code == 1 and status.json["code"] == 50, status.out
+        assert "full 4 of 4 in use" in status.json["msg"]
+        # The same node, under a configuration whose pools have room, can serve ADD.
+        assert node.plugin("percale", "STATUS", netconf(node, version="1.1.0")).code == 0
+        i, netns = added.pop()
+        assert node.plugin("percale", "DEL", conf, container_id=f"c-full-{i}", netns=netns,
+                           args=k8s("default", f"full-{i}")).code == 0
+        assert node.plugin("percale", "STATUS", conf).code == 0
+    finally:
+        for i, netns in added:
+            node.plugin("percale", "DEL", conf, container_id=f"c-full-{i}", netns=netns,
+                        args=k8s("default", f"full-{i}"))
+        with_store(etcd_server.endpoint, lambda s: IPAM(s).delete_pool("full"))
 
 
 def test_del_naming_the_nodes_own_namespace_deletes_nothing_of_the_node(node, etcd_server):

@@ -9,7 +9,10 @@ import os
 
 import pytest
 
-from percale.datastore import MemoryDatastore
+from percale.api import WorkloadEndpoint
+from percale.api.workloadendpoint import workload_endpoint_name
+from percale.datastore import Key, MemoryDatastore, NotFound
+from percale.ipam.allocator import IPAM
 from percale.node.cni_handlers import of_network
 
 pytestmark = pytest.mark.unit
@@ -18,15 +21,20 @@ POD = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1"
 
 
 def request(command: str, *, plugin: str = "percale", netns: str = "",
-            network: str = "k8s-pod-network", container_id: str = "c1", **config: object) -> dict:
+            network: str = "k8s-pod-network", container_id: str = "c1", ifname: str = "eth0",
+            **config: object) -> dict:
     conf = {"cniVersion": "1.1.0", "name": network, "type": plugin, "nodename": "node1",
             "ipam": {"type": "percale-ipam"}, **config}
     return {"command": command, "plugin": plugin, "containerID": container_id, "netns": netns,
-            "ifname": "eth0", "args": POD, "config": json.dumps(conf)}
+            "ifname": ifname, "args": POD, "config": json.dumps(conf)}
 
 
 async def handles(store: MemoryDatastore) -> list[str]:
     return sorted(kv.key.name for kv in (await store.list("IPAMHandle")).items)
+
+
+def address_in(stdout: str) -> str:
+    return json.loads(stdout)["ips"][0]["address"].split("/")[0]
 
 
 @pytest.mark.parametrize("gone", [
@@ -74,6 +82,78 @@ async def test_gc_releases_only_its_own_networks_attachments(cni_agent):
     listed = [{"containerID": "c1", "ifname": "eth0"}]
     assert await handlers.handle(request("GC", **{"cni.dev/valid-attachments": listed})) == (0, "")
     assert await handles(store) == ["k8s-pod-network.c1", "k8s-pod-network.v2.c3"]
+
+
+async def test_a_percale_ipam_del_frees_only_the_addresses_of_its_interface(cni_agent):
+    """CNI spec: an attachment is (CNI_CONTAINERID, CNI_IFNAME), a runtime runs DEL after a
+    failed ADD, and the DEL of one attachment must not undo another. The handle
+    "<network>.<container ID>" is shared by every interface of the container on the network:
+    the runtime's DEL for net2 (its ADD failed) released it whole, net1's live address with it,
+    for the next pod to get twice."""
+    store, handlers = cni_agent
+    code, out = await handlers.handle(request("ADD", plugin="percale-ipam", ifname="net1"))
+    assert code == 0, out
+    net1 = address_in(out)
+    assert await handlers.handle(request("DEL", plugin="percale-ipam", ifname="net2")) == (0, "")
+    assert await IPAM(store).ips_by_handle("k8s-pod-network.c1") == [net1]
+    assert await handlers.handle(request("DEL", plugin="percale-ipam", ifname="net1")) == (0, "")
+    assert await handles(store) == []
+
+
+async def test_percale_ipam_attaches_a_container_to_one_network_on_two_interfaces(cni_agent):
+    """CNI spec: one container may be attached to one network more than once, under different
+    CNI_IFNAMEs (host-local serves it). percale-ipam refused net2 while net1 held an address.
+    Each interface has its own address now, its CHECK vouches for its own only, its DEL frees
+    its own only, and a second ADD of the same interface is still refused."""
+    store, handlers = cni_agent
+    given = {}
+    for ifname in ("net1", "net2"):
+        code, out = await handlers.handle(request("ADD", plugin="percale-ipam", ifname=ifname))
+        assert code == 0, out
+        given[ifname] = json.loads(out)
+    net1, net2 = (given[i]["ips"][0]["address"].split("/")[0] for i in ("net1", "net2"))
+    assert net1 != net2
+    assert sorted(await IPAM(store).ips_by_handle("k8s-pod-network.c1")) == sorted([net1, net2])
+    for ifname in ("net1", "net2"):
+        checked = request("CHECK", plugin="percale-ipam", ifname=ifname, prevResult=given[ifname])
+        assert await handlers.handle(checked) == (0, ""), ifname
+    code, out = await handlers.handle(request("ADD", plugin="percale-ipam", ifname="net2"))
+    assert code == 102 and net2 in json.loads(out)["msg"], out
+    assert await handlers.handle(request("DEL", plugin="percale-ipam", ifname="net2")) == (0, "")
+    assert await IPAM(store).ips_by_handle("k8s-pod-network.c1") == [net1]
+    checked = request("CHECK", plugin="percale-ipam", ifname="net1", prevResult=given["net1"])
+    assert await handlers.handle(checked) == (0, "")
+    assert await handlers.handle(request("DEL", plugin="percale-ipam", ifname="net1")) == (0, "")
+    assert await handles(store) == []
+
+
+async def test_a_del_of_another_interface_frees_no_older_allocation_whose_endpoint_stands(
+        cni_agent):
+    """An address allocated before percale recorded the interface it was given to: the main
+    plugin's DEL for a refused net2 freed it while eth0's endpoint stood. It is this DEL's only
+    when this interface's endpoint stands, or when no other interface of the container has one
+    (an ADD that died before writing its endpoint is cleaned up by its DEL all the same)."""
+    store, handlers = cni_agent
+    ipam = IPAM(store)
+    older = {"namespace": "default", "pod": "web-1"}  # no "interface"
+    got = await ipam.auto_assign("node1", handle_id="k8s-pod-network.c1", num4=1, attrs=older)
+    eth0 = str(got.ipv4[0].ip)
+    name = workload_endpoint_name("node1", "k8s", "web-1", "eth0")
+    await store.create(WorkloadEndpoint.model_validate({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"orchestrator": "k8s", "node": "node1", "containerID": "c1", "pod": "web-1",
+                 "endpoint": "eth0", "ipNetworks": [f"{eth0}/32"]}}))
+    assert await handlers.handle(request("DEL", ifname="net2")) == (0, "")
+    assert await ipam.ips_by_handle("k8s-pod-network.c1") == [eth0]
+    await store.get(Key("WorkloadEndpoint", name, "default"))  # still there
+    assert await handlers.handle(request("DEL")) == (0, "")
+    assert await handles(store) == []
+    with pytest.raises(NotFound):
+        await store.get(Key("WorkloadEndpoint", name, "default"))
+    # No endpoint at all (the ADD died before writing it): the DEL frees it.
+    await ipam.auto_assign("node1", handle_id="k8s-pod-network.c2", num4=1, attrs=older)
+    assert await handlers.handle(request("DEL", container_id="c2", ifname="net2")) == (0, "")
+    assert await handles(store) == []
 
 
 @pytest.mark.parametrize(("handle", "network", "ours"), [

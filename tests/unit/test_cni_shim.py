@@ -301,6 +301,27 @@ def test_an_agent_that_closes_without_answering_is_code_11(agent):
     assert len(agent.received) == 1
 
 
+@pytest.mark.parametrize("how", ["no socket", "no answer"])
+def test_status_without_an_agent_to_answer_is_code_50_and_the_other_commands_keep_11(
+        how, sockets, agents):
+    """STATUS asks whether an ADD can be served now: with no agent it cannot, and the CNI spec
+    has STATUS say so with 50 ("the plugin is not available"). It answered 11, which STATUS
+    does not define. ADD, DEL, CHECK and GC keep 11: a retry may find the agent back."""
+    if how == "no socket":
+        path = str(sockets / "nobody-listens.sock")
+        words = ["cannot reach percale-node at", path]
+    else:
+        agent = agents()
+        agent.answer = None
+        path, words = agent.path, [agent.path, "without answering"]
+    status = run_plugin("STATUS", conf(agent_socket=path, cniVersion="1.1.0"),
+                        drop=tuple(FULL_ENV))
+    message = assert_error(status, 50, *words, cni_version="1.1.0")["msg"]
+    for command in ("ADD", "DEL", "CHECK", "GC"):
+        other = assert_error(run_plugin(command, conf(agent_socket=path)), 11, *words)
+        assert other["msg"] == message, command
+
+
 @pytest.mark.parametrize("answer", [b"garbage\n", b'{"stdout": "x"}\n', b'{"code": "0", "stdout": "x"}\n'])
 def test_an_answer_not_in_the_protocol_is_an_internal_error(answer, agent):
     agent.answer = answer
