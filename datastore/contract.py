@@ -7,7 +7,7 @@ mod_revision or a Kubernetes resourceVersion.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -260,6 +260,29 @@ class MultiKeyDatastore(Datastore, Protocol):
     value. No key may appear twice."""
 
     write_together: WriteTogether
+
+
+@dataclass(frozen=True)
+class PodAnnotations:
+    """A Kubernetes Pod's annotations and its Namespace's."""
+
+    pod: Mapping[str, str]
+    namespace: Mapping[str, str]
+
+
+class ReadsPodAnnotations(Protocol):
+    async def __call__(self, namespace: str, pod: str) -> PodAnnotations: ...
+
+
+def reads_pod_annotations(store: Datastore) -> ReadsPodAnnotations | None:
+    """The store's reader of a Pod's and its Namespace's annotations (the Kubernetes datastore,
+    or a view over it: CachedDatastore's `store`), or None where there are no Pods (etcd)."""
+    while store is not None:
+        read = getattr(store, "pod_annotations", None)
+        if read is not None:
+            return read  # type: ignore[no-any-return]
+        store = getattr(store, "store", None)  # type: ignore[assignment]
+    return None
 
 
 def writes_together(store: Datastore) -> WriteTogether | None:

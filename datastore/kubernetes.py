@@ -32,7 +32,9 @@ from percale.api.policy import NAMESPACE_PROFILE_PREFIX
 from percale.policy.convert import KUBERNETES_POLICY_PREFIX
 from percale.datastore import kube_names, kube_native
 from percale.datastore.codec import READ_CONTEXT, READ_EXTRA
-from percale.datastore.contract import NODE_SCOPED_KINDS, Key, KVPair, ListResult, WatchEvent
+from percale.datastore.contract import (
+    NODE_SCOPED_KINDS, Key, KVPair, ListResult, PodAnnotations, WatchEvent,
+)
 from percale.datastore.errors import (
     AlreadyExists, Conflict, DatastoreError, DatastoreUnavailable, NotFound, NotInstalled,
     RevisionCompacted,
@@ -547,6 +549,20 @@ class KubeDatastore:
         except KubeError as err:
             raise _watch_failure(err, "", kind) from None
         return probe["metadata"]["resourceVersion"]
+
+    async def pod_annotations(self, namespace: str, pod: str) -> PodAnnotations:
+        """The annotations of a Pod and of its Namespace: what Calico's CNI plugin reads for a
+        pod's pools and fixed addresses (cni.projectcalico.org/ipv4pools, ipAddrs, ...)."""
+        key = Key("WorkloadEndpoint", pod, namespace)
+        try:
+            found = await self.client.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}")
+            space = await self.client.request("GET", f"/api/v1/namespaces/{namespace}")
+        except KubeError as err:
+            if err.status == 404:
+                raise NotFound(key) from None
+            raise DatastoreError(f"Kubernetes refused Pod {namespace}/{pod}: {err}") from None
+        return PodAnnotations(found["metadata"].get("annotations") or {},
+                              space["metadata"].get("annotations") or {})
 
     async def close(self) -> None:
         await self.client.close()

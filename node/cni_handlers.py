@@ -26,6 +26,7 @@ from percale.datastore import (
     KVPair,
     NotFound,
 )
+from percale.datastore.contract import reads_pod_annotations
 from percale.ipam.allocator import IPAM, read_reservations
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
 from percale.ipam.pools import usable
@@ -35,7 +36,9 @@ from percale.vxlan.plan import pod_mtu
 from percale.dataplane import pod_network
 from percale.dataplane.workers import DataplaneWorkers
 from percale.node.policy_agent import NOT_STORED, PolicyAgent
+from percale.node import cni_annotations
 from percale.node.cni_types import (
+    BAD_ANNOTATION,
     CHECK_FAILED,
     DATAPLANE_FAILED,
     INTERFACE_EXISTS,
@@ -244,15 +247,40 @@ class CNIHandlers:
         return Key("WorkloadEndpoint", workload_endpoint_name(self._node(conf), "k8s", pod.name, pod.ifname),
                    pod.namespace)
 
-    async def _allocate(self, pod: Pod, conf: NetConf, narrow: bool = True) -> list[Interface]:
+    async def _asked(self, pod: Pod) -> cni_annotations.Requested:
+        """What Calico's annotations of the pod and its namespace ask of the ADD (pools, exact
+        addresses), on the Kubernetes datastore; nothing on etcd, which has no Pods to read."""
+        read = reads_pod_annotations(self.store)
+        if read is None or pod.named_by != "K8S_POD_NAME":
+            return cni_annotations.Requested()
+        try:
+            found = await read(pod.namespace, pod.name)
+        except NotFound:
+            # Writing the endpoint, which lives on the Pod there, says so.
+            return cni_annotations.Requested()
+        except DatastoreError as err:
+            raise CNIError(TRY_AGAIN_LATER, f"cannot read the annotations of Pod "
+                                            f"{pod.namespace}/{pod.name}: {err}") from None
+        try:
+            return cni_annotations.requested(found)
+        except cni_annotations.AnnotationError as err:
+            raise CNIError(BAD_ANNOTATION, f"Pod {pod.namespace}/{pod.name}: {err}") from None
+
+    async def _allocate(self, pod: Pod, conf: NetConf, narrow: bool = True,
+                        asked: cni_annotations.Requested | None = None) -> list[Interface]:
+        asked = asked or cni_annotations.Requested()
+        # The interface too: the handle is the container's on this network, shared by every
+        # CNI_IFNAME the runtime attaches to it (_release_attachment).
+        attrs = {"namespace": pod.namespace, "pod": pod.name, "interface": pod.ifname}
+        if asked.addresses is not None:
+            return await self._assign_asked(pod, conf, asked.addresses, attrs)
         try:
             got = await self.ipam.auto_assign(
                 self._node(conf), handle_id=pod.handle_id,
                 num4=1 if conf.ipam.assign_ipv4 else 0, num6=1 if conf.ipam.assign_ipv6 else 0,
-                # The interface too: the handle is the container's on this network, shared by
-                # every CNI_IFNAME the runtime attaches to it (_release_attachment).
-                attrs={"namespace": pod.namespace, "pod": pod.name, "interface": pod.ifname},
-                ipv4_pools=conf.ipam.ipv4_pools or None, ipv6_pools=conf.ipam.ipv6_pools or None,
+                attrs=attrs,
+                ipv4_pools=asked.ipv4_pools or conf.ipam.ipv4_pools or None,
+                ipv6_pools=asked.ipv6_pools or conf.ipam.ipv6_pools or None,
                 namespace=pod.namespace,  # for pools with a namespaceSelector
             )
         except TooManyConflicts:
@@ -264,6 +292,28 @@ class CNIHandlers:
             return addresses
         # Pods get /32 and /128; the block prefix is for routing between nodes.
         return [ipaddress.ip_interface(f"{a.ip}/{a.max_prefixlen}") for a in addresses]
+
+    async def _assign_asked(
+        self, pod: Pod, conf: NetConf, addresses: list[cni_annotations.Address],
+        attrs: dict[str, str],
+    ) -> list[Interface]:
+        """The exact addresses the pod's ipAddrs annotation names, each from the pool holding it,
+        narrowed to /32 (/128); all or none."""
+        given: list[str] = []
+        try:
+            for address in addresses:
+                try:
+                    await self.ipam.assign_ip(self._node(conf), str(address),
+                                              handle_id=pod.handle_id, attrs=attrs)
+                except (NoPools, IPAMError) as err:
+                    raise CNIError(NO_ADDRESSES, f"pod annotation {cni_annotations.IP_ADDRS}: "
+                                                 f"cannot assign {address}: {err}") from None
+                given.append(str(address))
+        except BaseException:
+            if given:
+                await asyncio.shield(self.ipam.release_ips(given, cooldown=False))
+            raise
+        return [ipaddress.ip_interface(f"{a}/{a.max_prefixlen}") for a in addresses]
 
     async def _mtu_for(self, conf: NetConf) -> int:
         """The config's MTU, else the host's less the largest overhead of an encapsulation an
@@ -289,6 +339,7 @@ class CNIHandlers:
         _check_netns(pod.netns, "ADD")
         await self._refuse_second_add(pod, conf)
         await self._refuse_second_interface(pod, conf)
+        asked = await self._asked(pod)
         await self._after_teardowns(pod)
         mtu = await self._mtu_for(conf)
         # The veth pair needs no address: make it while IPAM picks one.
@@ -299,7 +350,7 @@ class CNIHandlers:
         configuring: asyncio.Future | None = None
         writing: asyncio.Future | None = None
         try:
-            addresses = await self._allocate(pod, conf)
+            addresses = await self._allocate(pod, conf, asked=asked)
             try:
                 link = await linking
             except pod_network.InterfaceExists as err:

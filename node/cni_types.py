@@ -37,6 +37,7 @@ NO_ADDRESSES = 100      # the pools are exhausted, or none is usable by this nod
 CHECK_FAILED = 101      # CHECK found the pod's network not as ADD left it
 INTERFACE_EXISTS = 102  # ADD: the container already has an interface of that name
 DATAPLANE_FAILED = 103  # ADD: the kernel refused part of the set-up (all of it was undone)
+BAD_ANNOTATION = 104    # ADD: a Calico annotation of the pod or its namespace cannot be honoured
 
 
 # The largest network configuration the shims pass on (they refuse more before asking).
