@@ -5,7 +5,8 @@ Its parts, each one job:
 
     bgpd.peering + exabgp_config   which sessions this node holds -> ExaBGP's configuration,
                                    reloaded when Nodes, BGPPeers, BGPConfigurations or IPPools
-                                   change (unchanged sessions stay up)
+                                   change, or a secret a BGP password comes from (unchanged
+                                   sessions stay up)
     announcements.AnnouncementTable + announcer.Announcer
                                    what the node announces (own blocks, borrowed /32s and the
                                    service CIDRs, less those of pools with disableBGPExport),
@@ -31,6 +32,7 @@ import asyncio
 import ctypes
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -62,6 +64,9 @@ SETTLE_SECONDS = 0.02
 # The Cease subcode (RFC 4486) of a session percale restarts on purpose.
 CEASE_ADMINISTRATIVE_RESET = 4
 RETRY_SECONDS = 1.0
+# How long a changed secret (a rotated BGP password) may go unnoticed, at most, while some
+# session's password comes from one: the housekeeping loop looks at the files at least this often.
+SECRET_CHECK_SECONDS = 10.0
 
 
 # A FIB change this large (a full table learned or flushed) leaves megabytes the C allocator
@@ -112,6 +117,19 @@ def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str 
     return password
 
 
+def secret_version(secrets_dir: Path, ref: peering.SecretRef) -> tuple[str, bytes] | None:
+    """What a secret's key holds now, to tell whether it changed since: the file its path
+    resolves to and the file's content; None when it cannot be read. Kubernetes updates a
+    mounted secret by pointing its `..data` symlink at a new directory, so the path stays and
+    what it resolves to changes; a file written in place keeps its path and changes content.
+    Reads only: read_secret, which logs what is wrong with a password, is left to configuring."""
+    path = secrets_dir / ref.name / ref.key
+    try:
+        return os.path.realpath(path), path.read_bytes()
+    except (OSError, ValueError):  # ValueError: a name the file system cannot hold
+        return None
+
+
 def neighbors(sessions: list[peering.Session], listen_port: int,
               secrets_dir: Path | None) -> list[Neighbor]:
     return [
@@ -146,6 +164,10 @@ class BGPAgent:
         # For /readyz: this node's BGP configuration is applied (or it has no BGP address).
         self.synced = False
         self._told_no_router_id = False  # logged that an IPv6-only node has no router ID
+        self._clashes_told: set[str] = set()  # sessions logged as left out (_tell_clashes)
+        # The secrets the configured passwords came from, as they were read (secret_version):
+        # a secret changes without any datastore change, so housekeeping looks at them.
+        self._secrets_read: dict[peering.SecretRef, tuple[str, bytes] | None] = {}
         self._connected_to: float | None = None  # the start of the ExaBGP whose bridge connected
         self.on_sync: Callable[[float], None] | None = None  # each announcement pass's duration
         self._config: str | None = None
@@ -339,15 +361,19 @@ class BGPAgent:
                           "then", self.node, speaker.ipv6_address)
                 self._told_no_router_id = True
             await self._route_to_peers({})
+            self._secrets_read = {}  # nothing configured from them
             self.synced = False
             return
         self._told_no_router_id = False
         if speaker is None or speaker.router_id is None:
             await self._route_to_peers({})
+            self._secrets_read = {}  # nothing configured from them
             self.synced = True  # this node has no BGP address (yet): nothing to run
             return
         self.cluster_id, self.router_id = speaker.cluster_id, speaker.router_id
-        self.sessions = peering.sessions_for(self.node, nodes, self.cache.values("BGPPeer"), configs)  # type: ignore[arg-type]
+        self.sessions, clashes = peering.sessions_with_clashes(
+            self.node, nodes, self.cache.values("BGPPeer"), configs)  # type: ignore[arg-type]
+        self._tell_clashes(clashes)
         self.peers.configure(self.sessions)
         to_peers = peer_routes(self.sessions)
         # New routes to peers before ExaBGP connects through them; those of peers gone after it
@@ -407,6 +433,10 @@ class BGPAgent:
         self._pools, self._own_addresses = pools, own_addresses
         self._import_key = import_key
         self._services, self._allow_own_as = services, allow_own_as
+        # Looked at before they are read: a change in between is seen at the next look.
+        self._secrets_read = {} if self.secrets_dir is None else {
+            ref: secret_version(self.secrets_dir, ref)
+            for ref in {s.password for s in self.sessions if s.password}}
         config = self.speaker.render(speaker.router_id,
                                      neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
         if self._config is None:
@@ -422,6 +452,14 @@ class BGPAgent:
             self._pass_on_due.set()
         self.synced = True
         self._announce_due.set()
+
+    def _tell_clashes(self, clashes: list[peering.Clash]) -> None:
+        """Log each session left out for another at its peer address (bgpd/peering.py) when it
+        first is, not at every configuration: it stays left out until a BGPPeer changes."""
+        told = {str(clash) for clash in clashes}
+        for text in sorted(told - self._clashes_told):
+            log.warning("%s", text)
+        self._clashes_told = told
 
     async def _route_to_peers(self, routes: dict[str, str]) -> None:
         """The host routes to peers (reachableBy); a change of their prefixes puts the RIB
@@ -563,12 +601,27 @@ class BGPAgent:
             (collector.pause if hold else collector.resume)()
             self._collector_held = hold
 
+    def _secrets_changed(self) -> bool:
+        """Whether a secret some session's password came from now holds something else (or
+        appeared, or went). Calico's confd watches the secrets; here they are looked at."""
+        if self.secrets_dir is None:
+            return False
+        changed = sorted({ref.name for ref, seen in self._secrets_read.items()
+                          if secret_version(self.secrets_dir, ref) != seen})
+        if changed:
+            log.info("BGP password secret %s changed: configuring BGP again", ", ".join(changed))
+        return bool(changed)
+
     async def _housekeeping(self) -> None:
         """Expire stale routes when their restart time is up, sweep adopted routes once every
-        peer has sent End-of-RIB, and every `resync` seconds check the kernel in full."""
+        peer has sent End-of-RIB, every `resync` seconds check the kernel in full, and configure
+        BGP again when a secret holding a session's password changed (looked at every round,
+        and at least every SECRET_CHECK_SECONDS while there is one)."""
         last_full = -float("inf")
         while True:
             now = time.monotonic()
+            if self._secrets_changed():
+                self._configure_due.set()
             try:
                 if self.rib is not None:
                     self.rib.expire(now)
@@ -588,6 +641,8 @@ class BGPAgent:
                 wait = min(wait, max(0.05, expiry - time.monotonic()))
             if not self.programmer.swept:
                 wait = min(wait, 1.0)
+            if self._secrets_read:
+                wait = min(wait, SECRET_CHECK_SECONDS)
             try:
                 # not wait_for: see bgpd/speaker.py's wait_connected
                 async with asyncio.timeout(max(wait, 0.05)):

@@ -24,6 +24,10 @@ and written to the API as the same JSON with less work per prefix (`_lean_update
 
 GTSM (a BGPPeer's ttlSecurity, `incoming-ttl`) is applied to each accepted connection, not to
 the listening socket that every session on the node's address shares (`_gtsm_per_connection`).
+
+A neighbour removed from the configuration (a BGPPeer deleted) ends its session with a Cease
+NOTIFICATION, "Peer De-configured", as BIRD does, graceful restart or not; stopping or
+restarting ExaBGP still closes every session silently (`_cease_when_deconfigured`).
 Nothing else in ExaBGP is changed.
 """
 
@@ -34,6 +38,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from exabgp.application.main import main as exabgp_main
 from exabgp.bgp.fsm import FSM
@@ -52,7 +57,9 @@ def _idle(reactor: Reactor) -> bool:
     for peer in reactor._peers.values():
         # Updates still to send make the peer ask for another turn at once anyway; looking at
         # them here too keeps a slow peer's queue from waiting on a long sleep.
-        if peer.fsm != FSM.ESTABLISHED or peer.neighbor.rib.outgoing.pending():
+        # A removed peer still saying goodbye (_cease_when_deconfigured) needs its turns.
+        if (peer.fsm != FSM.ESTABLISHED or peer.neighbor.rib.outgoing.pending()
+                or peer.stopping()):
             return False
     return bool(reactor._peers)
 
@@ -368,11 +375,105 @@ def _gtsm_per_connection() -> None:
     Peer.handle_connection = handle_connection
 
 
+# RFC 4486 §4: the Cease subcode of a session whose peer was removed from the configuration.
+CEASE_PEER_DECONFIGURED = 3
+# How long a removed neighbour may take to write its NOTIFICATION (a peer that stopped reading
+# leaves no room for it in the socket) before its session is closed without one.
+CEASE_WRITE_SECONDS = 5.0
+
+
+def _cease_when_deconfigured() -> None:
+    """A neighbour removed from the configuration sends a Cease NOTIFICATION, subcode 3 "Peer
+    De-configured" (RFC 4486), before its session closes.
+
+    ExaBGP's reload removes such a neighbour with Peer.remove, which closed the TCP connection
+    at once, without any NOTIFICATION. A peer that had negotiated graceful restart with us took
+    that for a restart (RFC 4724 §4.2: BIRD logs "Neighbor graceful restart detected") and kept
+    the node's routes as stale for the whole restart time (120 s by default), routing traffic to
+    a node that no longer peers with it. A NOTIFICATION tells it the session ended for good, and
+    it withdraws the routes at once, as it does when Calico's BIRD drops a BGPPeer's protocol.
+
+    Only a removal sends it: shutting ExaBGP down (the agent stopping or restarting) still goes
+    through Peer.shutdown and closes silently, so that graceful restart keeps the node's routes
+    at its peers until the next ExaBGP has announced them again.
+
+    How. remove() marks the peer and asks it to stop, leaving its connection open; the peer's
+    next turn, before its state machine (_establish or _main) resumes, writes the NOTIFICATION
+    and closes the connection. Its state machine must not resume: with graceful restart it
+    would close silently, as ExaBGP's own teardown does. A neighbour with no OPEN sent yet has
+    nothing to cease and closes as before (RFC 4271 §8.2.2, ManualStop in Connect or Active).
+    """
+    from exabgp.bgp.message import Notify
+    from exabgp.logger import log
+    from exabgp.reactor.api.processes import ProcessError
+    from exabgp.reactor.network.error import NetworkError
+    from exabgp.reactor.peer import ACTION, Peer
+
+    remove_as_shipped = Peer.remove
+    in_session = (FSM.OPENSENT, FSM.OPENCONFIRM, FSM.ESTABLISHED)
+    # The connection (its Protocol) that a removal ends with a Cease: that one only, so a peer
+    # configured again meanwhile, whose reload reestablishes it, starts its next one afresh.
+    Peer._to_cease = None
+
+    def remove(self):
+        if self.proto is None or not self.generator or self.fsm not in in_session:
+            return remove_as_shipped(self)
+        self._to_cease = self.proto
+        # What Peer.stop does but for leaving the state machine: _close reports the session
+        # down to the API only while it is in one of these states.
+        self._teardown = CEASE_PEER_DECONFIGURED
+        self._restart = False
+        self._restarted = False
+        self._delay.reset()
+        self.neighbor.rib.uncache()
+        return None
+
+    def cease(self):
+        # No data: RFC 4486 gives subcode 3 none (ExaBGP's default would add its name as text).
+        notify = Notify(6, CEASE_PEER_DECONFIGURED, b"")
+        deadline = time.monotonic() + CEASE_WRITE_SECONDS
+        sent = False
+        try:
+            for sent in self.proto.write(notify):
+                if sent or time.monotonic() > deadline:
+                    break
+                yield ACTION.LATER  # the socket is full: its next turn tries again
+        except (NetworkError, ProcessError):
+            sent = False
+        if sent:
+            log.info(lambda: f"{self.me('removed from the configuration')}: sent a Cease "
+                     "NOTIFICATION (Peer De-configured)", self.id())
+        else:
+            log.warning(lambda: f"{self.me('removed from the configuration')}: could not send "
+                        "its Cease NOTIFICATION; closing without one", self.id())
+        self._close(f"peer de-configured, notification sent (6,{CEASE_PEER_DECONFIGURED})"
+                    if sent else "peer de-configured")
+        self._to_cease = None
+        # _run ends the peer on a NetworkError; the connection is already closed.
+        raise NetworkError("peer de-configured")
+
+    def ceasing(step):
+        def run(self):
+            inner = step(self)
+            for action in inner:
+                yield action
+                if self._to_cease is not None and self._to_cease is self.proto:
+                    inner.close()
+                    yield from cease(self)
+        run.__name__ = step.__name__
+        return run
+
+    Peer.remove = remove
+    Peer._establish = ceasing(Peer._establish)
+    Peer._main = ceasing(Peer._main)
+
+
 def main() -> int:
     global _wakeup
     _lean_parsing()
     _lean_update_json()
     _gtsm_per_connection()
+    _cease_when_deconfigured()
     Reactor._wait_for_io = _paced_wait_for_io
     _wakeup = _WakeUp()
     sys.argv[0] = "exabgp"

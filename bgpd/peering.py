@@ -17,9 +17,12 @@ The computation follows confd's two stages, so corner cases come out as Calico's
    passive flag and route-reflector settings.
 
 Deliberate differences from confd:
-* BIRD can run `Mesh_10_0_0_2` beside `Node_10_0_0_2`; ExaBGP holds one session per neighbor
-  address and port, so sessions with the same address and port collapse to the first in the
-  order mesh, global, node.
+* BIRD can run `Mesh_10_0_0_2` beside `Node_10_0_0_2`, or `Global_10_0_0_9` beside
+  `Node_10_0_0_9_port_1790`; ExaBGP holds one neighbour per peer address (its configuration
+  refuses a second one as a "duplicate peer definition", and with it every session of the
+  node). So sessions with the same peer address, whatever their ports, collapse to the first
+  by Calico's precedence: mesh, then global, then node-specific, and by BGPPeer name within a
+  class. `sessions_with_clashes` says which were left out, for the agent to log.
 * Whether a peerIP names a Calico node (for the reverse peering and the default port) compares the
   port with that node's effective listen port. confd's Go also rejects the node when a per-node
   listenPort matches but a different global listenPort is set, which leaves a one-sided peering.
@@ -32,7 +35,7 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from percale.api import selector
@@ -48,8 +51,9 @@ from percale.api.fields import duration_seconds, split_peer_ip
 from percale.api.node import Node
 
 __all__ = [
-    "DEFAULT_RESTART_TIME", "GLOBAL", "MESH", "NODE", "LocalSpeaker", "SecretRef", "Session",
-    "SessionKind", "local_speaker", "node_addresses", "router_id", "sessions_for",
+    "DEFAULT_RESTART_TIME", "GLOBAL", "MESH", "NODE", "Clash", "LocalSpeaker", "SecretRef",
+    "Session", "SessionKind", "local_speaker", "node_addresses", "router_id", "sessions_for",
+    "sessions_with_clashes",
 ]
 
 # The PEER TYPE column of `calicoctl node status` (calico.md §5.2).
@@ -59,6 +63,8 @@ GLOBAL: SessionKind = "global"
 NODE: SessionKind = "node specific"
 # BIRD protocol name prefixes, which `node status` parses back into the kinds above.
 _NAME_PREFIX = {MESH: "Mesh", GLOBAL: "Global", NODE: "Node"}
+# Which session keeps a peer address that several want (Calico's order of the three kinds).
+_PRECEDENCE = {MESH: 0, GLOBAL: 1, NODE: 2}
 
 # BIRD's graceful-restart time; Calico renders another only for maxRestartTime or
 # nodeMeshMaxRestartTime (calico.md §2.7).
@@ -109,6 +115,30 @@ class Session:
     # BGPPeer reachableBy: the gateway the peer's address is routed through, as a host route
     # of its own (bgpd/peer_routes.py), so that the route to it is never one learned over BGP.
     reachable_by: str | None = None
+    # The BGPPeer the session comes from (None for the mesh). Where it came from, not a setting
+    # of the session: left out of comparisons, so renaming a BGPPeer changes no session.
+    bgp_peer: str | None = field(default=None, compare=False)
+
+    @property
+    def origin(self) -> str:
+        """Where the session comes from, in words a user can look up."""
+        if self.bgp_peer is not None:
+            return f"BGPPeer {self.bgp_peer}"
+        return f"the node-to-node mesh (node {self.peer_node})"
+
+
+class Clash(NamedTuple):
+    """A session left out because `kept` has its peer address: ExaBGP holds one neighbour per
+    peer address."""
+
+    dropped: Session
+    kept: Session
+
+    def __str__(self) -> str:
+        dropped, kept = self.dropped, self.kept
+        return (f"BGP session {dropped.name} ({dropped.origin}, port {dropped.peer_port}) is left "
+                f"out: {dropped.peer_address} already has session {kept.name} ({kept.origin}, "
+                f"port {kept.peer_port}), and ExaBGP holds one session per peer address")
 
 
 @dataclass(frozen=True)
@@ -180,11 +210,22 @@ def sessions_for(
     configs: Iterable[BGPConfiguration],
 ) -> list[Session]:
     """Every BGP session `node_name` should hold, IPv4 and IPv6, sorted by family then peer
-    address. A node that is unknown or has no BGP address has none."""
+    address: at most one per peer address. A node that is unknown or has no BGP address has
+    none."""
+    return sessions_with_clashes(node_name, nodes, peers, configs)[0]
+
+
+def sessions_with_clashes(
+    node_name: str, nodes: Iterable[Node], peers: Iterable[BGPPeer],
+    configs: Iterable[BGPConfiguration],
+) -> tuple[list[Session], list[Clash]]:
+    """`sessions_for`'s sessions, and the sessions left out because another has their peer
+    address (one per peer address: ExaBGP keys its neighbours by it; two made its whole
+    configuration invalid, and every session of the node went down with it)."""
     cluster = _Cluster.build(nodes, configs)
     me = cluster.hosts.get(node_name)
     if me is None or not me.addresses:
-        return []
+        return [], []
     global_peerings, node_peerings = _peerings(me, list(peers), cluster)
     candidates: list[Session] = []
     # An address of a family this node has no address in is skipped: it runs no speaker there.
@@ -194,10 +235,15 @@ def sessions_for(
         for peering in peerings.values():
             if peering.family in me.addresses and (session := _render(peering, kind, me, cluster)):
                 candidates.append(session)
-    chosen: dict[tuple[str, int], Session] = {}
+    # Stable: the mesh keeps its node order where two nodes share an address.
+    candidates.sort(key=lambda s: (_PRECEDENCE[s.kind], s.bgp_peer or "", s.name))
+    chosen: dict[str, Session] = {}
+    clashes = []
     for session in candidates:
-        chosen.setdefault((session.peer_address, session.peer_port), session)
-    return sorted(chosen.values(), key=_session_order)
+        kept = chosen.setdefault(session.peer_address, session)
+        if kept is not session:
+            clashes.append(Clash(session, kept))
+    return sorted(chosen.values(), key=_session_order), clashes
 
 
 def _session_order(s: Session) -> tuple[int, int, int, str]:
@@ -322,6 +368,7 @@ class _Peering:
     allow_local_as: int = 0
     filters: tuple[str, ...] = ()
     reachable_by: str | None = None  # peerIP peerings only, as confd's
+    bgp_peer: str | None = None  # the BGPPeer's name, which the log names in a clash
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -332,10 +379,12 @@ class _Peering:
         return ipaddress.ip_address(self.address).version
 
 
-def _settings(spec: BGPPeerSpec) -> dict:
+def _settings(peer: BGPPeer) -> dict:
     """What every peering a BGPPeer makes carries, forward or reverse (confd
     setPeerConfigFieldsFromV3Resource, plus the TTL and next-hop fields nodeAsBGPPeers copies)."""
+    spec = peer.spec
     return {
+        "bgp_peer": peer.metadata.name,
         "password": _secret(spec.password),
         "use_node_ip": spec.source_address == "UseNodeIP",
         "restart_time": None if spec.max_restart_time is None else _seconds(spec.max_restart_time),
@@ -350,7 +399,7 @@ def _settings(spec: BGPPeerSpec) -> dict:
 
 
 def _node_peerings(
-    host: _Host, families: Iterable[int], cluster: _Cluster, spec: BGPPeerSpec,
+    host: _Host, families: Iterable[int], cluster: _Cluster, peer: BGPPeer,
 ) -> list[_Peering]:
     """Peerings with a percale node, one per family it has an address in (confd nodeAsBGPPeers)."""
     return [
@@ -360,7 +409,7 @@ def _node_peerings(
             as_number=cluster.as_of(host),
             cluster_id=host.cluster_id,
             peer_node=host.name,
-            **_settings(spec),
+            **_settings(peer),
         )
         for family in families if family in host.addresses
     ]
@@ -373,7 +422,7 @@ def _forward(peer: BGPPeer, cluster: _Cluster) -> list[_Peering]:
     if spec.peer_selector:
         return [
             p for host in cluster.matching(spec.peer_selector)
-            for p in _node_peerings(host, (4, 6), cluster, spec)
+            for p in _node_peerings(host, (4, 6), cluster, peer)
         ]
     ip, port = split_peer_ip(spec.peer_ip)
     address = str(ip)
@@ -391,7 +440,7 @@ def _forward(peer: BGPPeer, cluster: _Cluster) -> list[_Peering]:
         # reverse peerings (between percale nodes) never carry it.
         allow_local_as=spec.num_allowed_local_as_numbers or 0,
         reachable_by=spec.reachable_by and str(spec.reachable_by),
-        **_settings(spec),
+        **_settings(peer),
     )]
 
 
@@ -410,7 +459,7 @@ def _reverse(peer: BGPPeer, me: _Host, cluster: _Cluster) -> list[_Peering]:
         return []
     return [
         p for host in cluster.local_hosts(spec)
-        for p in _node_peerings(host, families, cluster, spec)
+        for p in _node_peerings(host, families, cluster, peer)
     ]
 
 
@@ -513,4 +562,5 @@ def _render(peering: _Peering, kind: SessionKind, me: _Host, cluster: _Cluster) 
         allow_local_as=peering.allow_local_as,
         filters=peering.filters,
         reachable_by=peering.reachable_by,
+        bgp_peer=peering.bgp_peer,
     )

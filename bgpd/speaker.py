@@ -32,6 +32,10 @@ RELOAD_SPACING = 1.0
 RELOAD_CONFIRM = 2.0
 RELOAD_ATTEMPTS = 10
 RELOAD_SEEN = b"performing reload"
+# What ExaBGP logs once it has read the file: it took it, or it refused it (the lines after the
+# refusal, from its "configuration" logger, say why) and runs on with the configuration before.
+RELOAD_TAKEN = b"loaded new configuration successfully"
+CONFIG_REFUSED = b"could not load/reload configuration"
 
 # ExaBGP's helper compiled from bgpd/bridge.c, as scripts/dev.sh builds it beside the venv's
 # python: about 1 MB resident, where the Python bridge is an interpreter of 10 MB for as long as
@@ -46,6 +50,23 @@ def bridge_command(python: str | None = None) -> list[str]:
     skipping the package machinery makes it smaller)."""
     binary = compiled.beside_python(BRIDGE_SOURCE, BRIDGE_BINARY)
     return [str(binary)] if binary else [python or sys.executable, "-I", "-S", bridge.__file__]
+
+
+def refusal_reason(log_text: bytes) -> str | None:
+    """Why ExaBGP refused a configuration, from its log after the refusal (its configuration
+    logger's lines: "12:00:01 4242  configuration   duplicate peer definition 10.0.0.9");
+    None when the text holds no refusal."""
+    _, refused, after = log_text.partition(CONFIG_REFUSED)
+    if not refused:
+        return None
+    reason = []
+    for line in after.decode(errors="replace").splitlines()[1:]:
+        fields = line.split(None, 3)
+        if len(fields) < 3 or fields[2] != "configuration":
+            break  # another logger's line: the reason has ended
+        if len(fields) == 4:
+            reason.append(fields[3].strip())
+    return "; ".join(reason)
 
 
 class SpeakerError(Exception):
@@ -80,6 +101,11 @@ class ExaBGP:
         self.started_at: float | None = None
         self.reconfigured_at: float | None = None
         self._reload_lock = asyncio.Lock()
+        # The last configuration ExaBGP took; the one it was last started with, until its bridge
+        # connects (it has then taken it); and where its log stood at that start.
+        self._accepted_config: str | None = None
+        self._spawned_config: str | None = None
+        self._spawn_log_mark = 0
 
     @property
     def socket_path(self) -> Path:
@@ -130,6 +156,8 @@ class ExaBGP:
         if self.netns:
             command = ["ip", "netns", "exec", self.netns, *command]
         env = {**os.environ, **exabgp_config.environment(str(self.log_path))}
+        self._spawn_log_mark = self._log_size()
+        self._spawned_config = self.config_path.read_text()
         self.process = await asyncio.create_subprocess_exec(
             *command, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -149,6 +177,8 @@ class ExaBGP:
             self._writer.close()  # an older bridge: ExaBGP replaced it
         self._fail_pending("ExaBGP's helper reconnected")
         self._writer = writer
+        if self._spawned_config is not None:
+            self._accepted_config, self._spawned_config = self._spawned_config, None
         self._connected.set()
         if self.on_connect:
             self.on_connect()
@@ -195,12 +225,12 @@ class ExaBGP:
 
     async def reload(self, config: str) -> None:
         """Apply a new configuration. Sessions whose settings did not change stay up; new
-        neighbours connect; removed ones are shut down (ExaBGP's SIGUSR1 reload)."""
-        # Replaced whole, never rewritten in place: ExaBGP reading a half-written file fails the
-        # reload and then refuses every later one (seen with 100 peers added at once).
-        staging = self.config_path.with_suffix(".new")
-        staging.write_text(config)
-        os.replace(staging, self.config_path)
+        neighbours connect; removed ones are shut down (ExaBGP's SIGUSR1 reload).
+
+        A configuration ExaBGP refuses is logged as an error, with ExaBGP's reason; ExaBGP runs
+        on with the one before, and that one goes back into the file, so that an ExaBGP started
+        again (after a crash) comes up with it rather than refusing to start at all."""
+        self._write_config(config)
         # ExaBGP 5.0 drops a SIGUSR1 that arrives while it still has updates to send (its
         # reactor clears the signal, sees pending adj-rib-out, and moves on): the reload never
         # happens and a node keeps the neighbours it had, possibly none, for good (seen in the rr
@@ -217,7 +247,12 @@ class ExaBGP:
                 if not self._signal(signal.SIGUSR1, group=False):
                     return  # it exited this moment; supervise() starts one that reads the file
                 self.reconfigured_at = time.time()
-                if await self._reload_logged(mark):
+                outcome = await self._reload_outcome(mark)
+                if outcome == "":
+                    self._accepted_config, self._spawned_config = config, None
+                    return
+                if outcome is not None:
+                    self._refused(config, outcome)
                     return
                 log.info("ExaBGP did not perform reload %d (busy sending updates); signalling again",
                          attempt + 1)
@@ -233,19 +268,49 @@ class ExaBGP:
         except OSError:
             return 0
 
-    async def _reload_logged(self, since: int) -> bool:
-        """Whether ExaBGP's log shows a reload after byte `since`, waiting RELOAD_CONFIRM."""
+    def _log_since(self, since: int) -> bytes:
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(since)
+                return log_file.read()
+        except OSError:
+            return b""
+
+    async def _reload_outcome(self, since: int) -> str | None:
+        """What became of a reload signalled when ExaBGP's log was `since` bytes long, waiting
+        RELOAD_CONFIRM: None if ExaBGP performed no reload, "" if it took the configuration,
+        else why it refused it. A reload performed whose outcome is not logged in time counts
+        as taken: signalling again would not tell more."""
         deadline = time.monotonic() + RELOAD_CONFIRM
+        performed = False
         while time.monotonic() < deadline:
-            try:
-                with open(self.log_path, "rb") as log_file:
-                    log_file.seek(since)
-                    if RELOAD_SEEN in log_file.read():
-                        return True
-            except OSError:
-                pass
+            text = self._log_since(since)
+            performed = RELOAD_SEEN in text
+            if performed and RELOAD_TAKEN in text:
+                return ""
+            if performed and CONFIG_REFUSED in text:
+                # ExaBGP logs its reason a moment after the refusal, in a second call.
+                await asyncio.sleep(0.1)
+                return refusal_reason(self._log_since(since)) or "no reason given"
             await asyncio.sleep(0.05)
-        return False
+        return "" if performed else None
+
+    def _write_config(self, config: str) -> None:
+        # Replaced whole, never rewritten in place: ExaBGP reading a half-written file fails the
+        # reload and then refuses every later one (seen with 100 peers added at once).
+        staging = self.config_path.with_suffix(".new")
+        staging.write_text(config)
+        os.replace(staging, self.config_path)
+
+    def _refused(self, config: str, reason: str) -> None:
+        log.error("ExaBGP refused the new BGP configuration (%s) and runs on with the one "
+                  "before; no session changes until a configuration it takes", reason)
+        try:
+            unchanged = self.config_path.read_text() == config  # no newer one written since
+        except OSError:
+            unchanged = False
+        if unchanged and self._accepted_config is not None:
+            self._write_config(self._accepted_config)
 
     async def supervise(self) -> None:
         """Restart ExaBGP whenever it exits, until stop(); run it as a task."""
@@ -255,7 +320,15 @@ class ExaBGP:
             code = await self.process.wait()
             if self._stopping:
                 return
-            log.warning("ExaBGP exited with %s; starting it again in %.1fs", code, delay)
+            # Only one that never took its configuration (its bridge never connected) exited
+            # for it: a refused reload leaves ExaBGP running.
+            started = self._spawned_config is None
+            reason = None if started else refusal_reason(self._log_since(self._spawn_log_mark))
+            if reason:
+                log.error("ExaBGP refused its BGP configuration (%s) and exited with %s; "
+                          "starting it again in %.1fs", reason, code, delay)
+            else:
+                log.warning("ExaBGP exited with %s; starting it again in %.1fs", code, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
             await self._spawn()

@@ -18,6 +18,7 @@ from percale.bgpd.peering import (
     node_addresses,
     router_id,
     sessions_for,
+    sessions_with_clashes,
 )
 from percale.api import BGPConfiguration, BGPPeer, Node, parse
 
@@ -211,6 +212,70 @@ def test_duplicates_collapse_to_mesh_then_global_then_node():
     assert (session.kind, session.peer_as) == (GLOBAL, 65000)
 
 
+def test_two_bgppeers_at_one_address_on_two_ports_keep_the_global_one():
+    """Calico renders Global_10_0_0_9 and Node_10_0_0_9_port_1790 side by side; ExaBGP keys a
+    neighbour by peer address and refused both (its whole configuration: "duplicate peer
+    definition"), so the node kept no session at all, the mesh included. One is kept, by
+    Calico's precedence, and the other is reported, naming its BGPPeer."""
+    nodes = [node("a", "10.0.0.1/24")]
+    tor = peer("tor", peerIP="10.0.0.9", asNumber=64600)
+    tor_bgp2 = peer("tor-bgp2", node="a", peerIP="10.0.0.9:1790", asNumber=64601)
+    sessions, clashes = sessions_with_clashes("a", nodes, [tor_bgp2, tor], [])
+    assert [(s.name, s.peer_port, s.bgp_peer) for s in sessions] == [
+        ("Global_10_0_0_9", 179, "tor")]
+    assert sessions_for("a", nodes, [tor_bgp2, tor], []) == sessions
+    ((dropped, kept),) = clashes
+    assert (dropped.name, kept.name) == ("Node_10_0_0_9_port_1790", "Global_10_0_0_9")
+    told = str(clashes[0])
+    assert "BGPPeer tor-bgp2" in told and "BGPPeer tor," in told and "10.0.0.9" in told
+
+
+def test_the_mesh_keeps_a_nodes_address_that_a_bgppeer_names_on_another_port():
+    nodes = [node("a", "10.0.0.1/24"), node("b", "10.0.0.2/24")]
+    to_b = peer("b-second-port", node="a", peerIP="10.0.0.2:1790", asNumber=64600)
+    sessions, clashes = sessions_with_clashes("a", nodes, [to_b], [])
+    assert [(s.name, s.kind, s.peer_port) for s in sessions] == [("Mesh_10_0_0_2", MESH, 179)]
+    assert [(c.dropped.name, c.dropped.bgp_peer) for c in clashes] == [
+        ("Node_10_0_0_2_port_1790", "b-second-port")]
+    assert "node-to-node mesh (node b)" in str(clashes[0])
+
+
+def test_within_a_class_the_bgppeer_first_by_name_keeps_the_address():
+    nodes = [node("a", "10.0.0.1/24")]
+    # Not the port, nor the order given: the name decides.
+    second = peer("b-tor", peerIP="10.0.0.9", asNumber=64600)
+    first = peer("a-tor", peerIP="10.0.0.9:1790", asNumber=64601)
+    sessions, clashes = sessions_with_clashes("a", nodes, [second, first], [])
+    assert [(s.name, s.bgp_peer) for s in sessions] == [("Global_10_0_0_9_port_1790", "a-tor")]
+    assert [c.dropped.bgp_peer for c in clashes] == ["b-tor"]
+    # Node-specific ones likewise, below every global one.
+    mine = [peer("z-mine", node="a", peerIP="10.0.0.8:1791", asNumber=64602),
+            peer("y-mine", node="a", peerIP="10.0.0.8:1792", asNumber=64603)]
+    sessions, clashes = sessions_with_clashes("a", nodes, mine, [])
+    assert [s.bgp_peer for s in sessions] == ["y-mine"]
+    assert [c.dropped.bgp_peer for c in clashes] == ["z-mine"]
+
+
+def test_exabgp_is_never_given_two_neighbours_at_one_address():
+    from percale.bgpd.agent import neighbors
+    from percale.bgpd.exabgp_config import render
+
+    nodes = [node("a", "10.0.0.1/24"), node("b", "10.0.0.2/24")]
+    peers = [peer("tor", peerIP="10.0.0.9", asNumber=64600),
+             peer("tor-bgp2", node="a", peerIP="10.0.0.9:1790", asNumber=64601),
+             peer("b-second-port", node="a", peerIP="10.0.0.2:1790", asNumber=64600)]
+    text = render("10.0.0.1", neighbors(sessions_for("a", nodes, peers, []), 179, None), "true")
+    assert text.count("neighbor 10.0.0.9 {") == 1 and text.count("neighbor 10.0.0.2 {") == 1
+
+
+def test_a_session_compares_equal_whichever_bgppeer_it_comes_from():
+    # A renamed BGPPeer changes no setting of the session: nothing is reloaded for it.
+    nodes = [node("a", "10.0.0.1/24")]
+    (before,) = sessions_for("a", nodes, [peer("tor", peerIP="10.0.0.9", asNumber=64600)], [])
+    (after,) = sessions_for("a", nodes, [peer("tor-1", peerIP="10.0.0.9", asNumber=64600)], [])
+    assert before == after and (before.bgp_peer, after.bgp_peer) == ("tor", "tor-1")
+
+
 def test_ipv6_sessions():
     nodes = [node("a", "10.0.0.1/24", "fd00::1/64"), node("b", "10.0.0.2/24", "fd00::a/64"),
              node("c", "10.0.0.3/24")]
@@ -360,7 +425,7 @@ def test_reachable_by_gives_each_peer_ip_session_a_host_route_through_its_gatewa
     sessions = sessions_for("a", nodes, peers, [])
     assert by_name(sessions)["Global_10_255_0_1"].reachable_by == "10.0.0.254"
     assert by_name(sessions)["Mesh_10_0_0_2"].reachable_by is None
-    # The same address on two ports: the first session by name gives the gateway.
+    # The same address on two ports: one session (by BGPPeer name), whose gateway it is.
     assert peer_routes(sessions) == {"10.255.0.1/32": "10.0.0.254", "fd00:255::1/128": "fd00::fe",
                                      "10.255.1.1/32": "10.0.0.250"}
     # Node b gets no node-scoped route of a's, and the peerIP ones it shares.
