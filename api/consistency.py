@@ -1,9 +1,9 @@
 """Rules that span more than one resource, checked before anything is written.
 
-One document can be valid alone and still wrong against the rest: a pool overlapping another
+One document can be valid alone and still wrong against the rest: a new pool overlapping another
 pool, or a change to a field Calico makes immutable. One rule here concerns a document alone but
-holds only for what is written now: no new IPIP pool (`ipip_refused`). These checks see the whole batch and what is
-stored, so a bad batch is refused whole.
+holds only for what is written now: no new IPIP pool (`ipip_refused`). These checks see the whole
+batch and what is stored, so a bad batch is refused whole.
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ def immutable_changes(stored: Resource, new: Resource) -> list[Problem]:
         if before != after:
             name = _WIRE_NAMES.get(field, field)
             problems.append(Problem(f"spec.{name}", f"{why} (stored {before}, given {after})"))
+    if isinstance(stored, IPPool) and isinstance(new, IPPool) \
+            and "LoadBalancer" in stored.spec.allowed_uses \
+            and any(use != "LoadBalancer" for use in new.spec.allowed_uses):
+        # As Calico refuses it on update (clientv3/ippool.go validateAndSetDefaults): such a
+        # pool's addresses go to Services, not pods; made a Workload pool, its blocks would go
+        # to nodes and its addresses to pods while Services may still hold them.
+        problems.append(Problem("spec.allowedUses", "IPPool allowed use cannot be changed from "
+                                "LoadBalancer to Workload or Tunnel"))
     return problems
 
 
@@ -88,7 +96,12 @@ def check_batch(
             problems.setdefault(i, []).append(problem)
     overlaps = overlapping_pools([p for _, p in pools], stored_pools)
     for position, problem in overlaps.items():
-        problems.setdefault(pools[position][0], []).append(problem)
+        i, pool = pools[position]
+        # Only a pool not stored yet, as Calico checks overlap on create alone (clientv3/
+        # ippool.go validateAndSetDefaults, `old == nil`): two stored pools that overlap
+        # (written by kubectl, etcdctl or a migration) could otherwise never be disabled.
+        if (pool.kind, pool.metadata.namespace, pool.metadata.name) not in stored:
+            problems.setdefault(i, []).append(problem)
     seen: dict[tuple[str, str | None, str], int] = {}
     for i, resource in enumerate(batch):
         key = (resource.kind, resource.metadata.namespace, resource.metadata.name)

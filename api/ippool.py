@@ -27,18 +27,35 @@ BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
+def _zero_is_unset(zero: object, default: object) -> BeforeValidator:
+    """A before-validator giving `default` for Go's zero value of the field (and null, which Go
+    decodes to it): Calico's validateAndSetDefaults reads a zero value as "not set" and fills
+    the default in, so `blockSize: 0` or `nodeSelector: ""` from a Calico manifest means it."""
+
+    def filled(value: object) -> object:
+        # `type(...) is`: false is not 0 here (whole_number refuses it), nor is 0.0.
+        if value is None or (type(value) is type(zero) and value == zero):
+            return default
+        return value
+
+    return BeforeValidator(filled)
+
+
 class IPPoolSpec(Model):
     cidr: CIDR
-    # Left out, it becomes the family's default: 26 for IPv4, 122 for IPv6.
-    block_size: Annotated[int | None, BeforeValidator(whole_number)] = Field(None, validate_default=True)
-    ipip_mode: EncapMode = "Never"
-    vxlan_mode: EncapMode = "Never"
+    # Left out (or 0), it becomes the family's default: 26 for IPv4, 122 for IPv6. The
+    # before-validators of an Annotated run last first: 0 is made None before whole_number.
+    block_size: Annotated[int | None, BeforeValidator(whole_number), _zero_is_unset(0, None)] \
+        = Field(None, validate_default=True)
+    ipip_mode: Annotated[EncapMode, _zero_is_unset("", "Never")] = "Never"
+    vxlan_mode: Annotated[EncapMode, _zero_is_unset("", "Never")] = "Never"
     nat_outgoing: StrictBool = False
     disabled: StrictBool = False
     disable_bgp_export: StrictBool = Field(False, alias="disableBGPExport")
-    node_selector: Selector = "all()"
+    node_selector: Annotated[Selector, _zero_is_unset("", "all()")] = "all()"
     namespace_selector: Selector | None = None
-    allowed_uses: list[AllowedUse] = Field(default_factory=lambda: ["Workload", "Tunnel"])
+    allowed_uses: Annotated[list[AllowedUse], _zero_is_unset([], ["Workload", "Tunnel"])] \
+        = Field(default_factory=lambda: ["Workload", "Tunnel"])
     assignment_mode: Literal["Automatic", "Manual"] = "Automatic"
 
     @property
@@ -94,8 +111,9 @@ class IPPoolSpec(Model):
         # could never be read back, and with it no pool at all. A model check, so the error
         # names spec.blockSize (pydantic names a default's errors by the Python name).
         net = self.network
-        if "block_size" not in self.model_fields_set and self.block_size is not None \
-                and self.block_size < net.prefixlen:
+        # Whether left out or given as 0: a blockSize given otherwise was held to the pool
+        # by _block_fits_pool, and this does not run when that refused it.
+        if self.block_size is not None and self.block_size < net.prefixlen:
             raise FieldError("blockSize", f"blockSize /{self.block_size} (the default) is larger "
                              f"than the pool {net}; give a blockSize of at least {net.prefixlen}")
         return self
@@ -118,8 +136,6 @@ class IPPoolSpec(Model):
 
     @model_validator(mode="after")
     def _load_balancer_rules(self) -> IPPoolSpec:
-        if not self.allowed_uses:
-            raise FieldError("allowedUses", "allowedUses cannot be empty")
         if "LoadBalancer" in self.allowed_uses:
             if len(self.allowed_uses) > 1:
                 raise FieldError(

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -57,6 +58,16 @@ def _kubernetes_labels(labels: dict[str, str]) -> dict[str, str]:
 KubernetesLabels = Annotated[dict[str, str], AfterValidator(_kubernetes_labels)]
 
 
+# ObjectMeta fields the apiserver keeps for itself, which `kubectl get -o yaml` prints: calicoctl
+# decodes them into metav1.ObjectMeta and does not write them back, so what kubectl printed
+# applies again. percale keeps none of them for its resources: they are taken and dropped, never
+# stored, never printed back (refused as unknown, kubectl's output did not apply at all).
+SERVER_MANAGED_METADATA = frozenset({
+    "generation", "managedFields", "finalizers", "ownerReferences", "generateName",
+    "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink",
+})
+
+
 class ObjectMeta(Model):
     name: str
     namespace: str | None = None
@@ -67,6 +78,13 @@ class ObjectMeta(Model):
     resource_version: str | None = None
     uid: str | None = None
     creation_timestamp: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_server_managed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not SERVER_MANAGED_METADATA.isdisjoint(data):
+            return {k: v for k, v in data.items() if k not in SERVER_MANAGED_METADATA}
+        return data
 
     @field_validator("namespace")
     @classmethod

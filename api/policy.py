@@ -81,9 +81,13 @@ def port_range(port: int | str) -> tuple[int, int] | None:
     return None
 
 
-def _protocol(value: str | int) -> str | int:
+def _protocol(value: object) -> str | int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a protocol")
+    if not isinstance(value, (str, int)):
+        # As Calico's numorstring.Protocol decodes: an integer or a string, nothing else (6.0
+        # included). A list or map went on to .lower() and ended percalectl in a traceback.
+        raise ValueError("must be a protocol name or a number 1-255")
     if isinstance(value, str) and value.isdigit():
         value = int(value)  # "6", as YAML gives a quoted number: the number, as Calico reads it
     if isinstance(value, int):

@@ -1,24 +1,35 @@
-"""apply, create, replace and delete: resources from files into the datastore.
+"""apply, create, replace, delete and patch: resources from files (or a patch) into the datastore.
 
-Order of work, so that bad input loses nothing: read and validate every document, read what is
-stored for each, check the whole batch (existence, immutable fields, overlapping pools), and only
-then write, one compare-and-swap at a time. A write that still fails (another client raced us) is
-reported as calicoctl reports it: what succeeded, then the error.
+Order of work for apply, create and replace, so that bad input loses nothing: read and validate
+every document, read what is stored for each, check the whole batch (existence, immutable
+fields, overlapping new pools), and only then write, one compare-and-swap at a time. A write
+that still fails (another client raced us) is reported as calicoctl reports it: what succeeded,
+then the error.
+
+delete goes on past a resource it cannot delete, as calicoctl's does: it deletes every one that
+exists, then names each failure ("Failed to delete 'IPPool' resource: ...") and exits 1.
+
+patch merges a JSON merge patch (RFC 7386) into the stored document and writes the result as
+replace writes a file: the same validation, the same checks, at the revision it read.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import typer
 
 from percale.ctl.documents import Document, InputError
 from percale.datastore import Datastore, DatastoreError, Key, KVPair, NotFound
 from percale.ipam.allocator import IPAM
-from percale.api import IPPool, Resource
+from percale.api import InvalidResource, IPPool, Resource, parse
 from percale.api.consistency import check_batch
 
-Action = Literal["apply", "create", "replace", "delete"]
-PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete": "deleted"}
+Action = Literal["apply", "create", "replace", "delete", "patch"]
+PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete": "deleted",
+        "patch": "patched"}
 
 
 @dataclass
@@ -26,23 +37,33 @@ class Outcome:
     action: Action
     done: list[Key] = field(default_factory=list)  # what was written, by key
     skipped: int = 0
-    failed: DatastoreError | None = None
+    failed: DatastoreError | None = None  # the write that ended an apply, create or replace
+    # Each resource a delete could not delete; the delete went on with the next one.
+    failures: list[DatastoreError] = field(default_factory=list)
     total: int = 0
 
 
-def summary(outcome: Outcome, kinds: list[str]) -> tuple[str, bool]:
-    """calicoctl's closing line for a run over resources of `kinds`, and whether it succeeded."""
+def summary(outcome: Outcome, kinds: list[str]) -> tuple[list[str], list[str]]:
+    """calicoctl's closing lines for a run over resources of `kinds`: those for stdout, and
+    those for stderr, which are there exactly when the run failed."""
     verb = PAST[outcome.action]
     kind = f"'{kinds[0]}' " if len(set(kinds)) == 1 else ""
+    handled = len(outcome.done) + outcome.skipped
+    if outcome.action == "delete":
+        # calicoctl's delete: the count of what it handled, when any, then each failure.
+        done = [f"Successfully deleted {handled} {kind}resource(s)"] if handled else []
+        return done, [f"Failed to delete {kind}resource: {err}" for err in outcome.failures]
+    if outcome.action == "patch":
+        # calicoctl's patch: one resource, so no "(s)"; a failure is its "hit error".
+        if outcome.failed is None:
+            return [f"Successfully patched {handled} {kind}resource"], []
+        return [], [f"Hit error: {outcome.failed}"]
     if outcome.failed is None:
-        return f"Successfully {verb} {len(outcome.done) + outcome.skipped} {kind}resource(s)", True
+        return [f"Successfully {verb} {handled} {kind}resource(s)"], []
     if not outcome.done:
-        return f"Failed to {outcome.action} any {kind}resources: {outcome.failed}", False
-    return (
-        f"Partial success: {verb} the first {len(outcome.done)} out of {outcome.total} "
-        f"{kind}resources:\nHit error: {outcome.failed}",
-        False,
-    )
+        return [], [f"Failed to {outcome.action} any {kind}resources: {outcome.failed}"]
+    return [], [f"Partial success: {verb} the first {len(outcome.done)} out of {outcome.total} "
+                f"{kind}resources:", f"Hit error: {outcome.failed}"]
 
 
 def _same_content(stored: Resource, new: Resource) -> bool:
@@ -75,22 +96,39 @@ def managed_refusal(kind: str, action: Action) -> str:
     return f"{kind} resources are maintained by percale's IPAM; they cannot be written with percalectl"
 
 
-async def preflight(store: Datastore, action: Action, documents: list[Document],
-                    skip: bool = False) -> dict[int, KVPair]:
-    """Everything that can be known before writing; raises InputError listing every problem.
-
-    `skip` is --skip-exists for create and --skip-not-exists for delete."""
+def _refuse_managed(action: Action, documents: list[Document]) -> None:
     for doc in documents:
         info = doc.resource.info
         if info.managed:
             raise InputError([f"{doc.source}: {managed_refusal(info.kind, action)}"])
+
+
+def readable(pairs: list[KVPair], left_out: str) -> list[Resource]:
+    """The values of `pairs` that can be read. One that cannot (edited by hand, or written by
+    kubectl past rules its CRD does not hold) is named on stderr, saying what it is `left_out`
+    of, rather than failing the command for every other object."""
+    found = []
+    for kv in pairs:
+        try:
+            found.append(kv.value)
+        except DatastoreError as err:
+            typer.echo(f"warning: left out of {left_out}: {err}", err=True)
+    return found
+
+
+async def preflight(store: Datastore, action: Action, documents: list[Document],
+                    skip: bool = False) -> dict[int, KVPair]:
+    """Everything that can be known before writing; raises InputError listing every problem.
+
+    `skip` is --skip-exists for create."""
+    _refuse_managed(action, documents)
     stored = await _stored(store, documents)
     problems: list[str] = []
     for i, doc in enumerate(documents):
         key = Key.of(doc.resource)
         if action == "create" and i in stored and not skip:
             problems.append(f"{doc.source}: resource already exists: {key}")
-        if action in ("replace", "delete") and i not in stored and not (skip and action == "delete"):
+        if action == "replace" and i not in stored:
             problems.append(f"{doc.source}: resource does not exist: {key}")
         given = doc.resource.metadata.resource_version
         if action == "create" and given:
@@ -102,22 +140,26 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
                 f"{doc.source}: update conflict: {key} has been modified since resourceVersion "
                 f"{given} was read (now {stored[i].revision}); get it again or remove resourceVersion"
             )
-    if action != "delete":
-        stored_by_key = {
-            (kv.value.kind, kv.value.metadata.namespace, kv.value.metadata.name): kv.value
-            for kv in stored.values()
-        }
-        pools = [kv.value for kv in (await store.list("IPPool")).items] if any(
-            isinstance(d.resource, IPPool) for d in documents) else []
-        # What --skip-exists leaves alone is not written, so not checked against what it
-        # would replace (a stored pool of another CIDR failed the whole batch).
-        written = [d for i, d in enumerate(documents)
-                   if not (action == "create" and skip and i in stored)]
-        batch = [d.resource for d in written]
-        sources = [d.source for d in written]
-        for i, found in sorted(check_batch(batch, stored_by_key, pools, sources).items()):
-            where = f"{written[i].source} ({batch[i].kind} {batch[i].metadata.name!r})"
-            problems += [f"{where}: {p}" for p in found]
+    stored_by_key = {
+        (kv.value.kind, kv.value.metadata.namespace, kv.value.metadata.name): kv.value
+        for kv in stored.values()
+    }
+    pools: list[IPPool] = []
+    if any(isinstance(d.resource, IPPool) for d in documents):
+        # One stored pool that cannot be read must not stop every other pool being written:
+        # it is left out of the overlap check, and said so.
+        listed = await store.list("IPPool", defer_errors=True)
+        pools = [p for p in readable(listed.items, "the IPPool overlap check")
+                 if isinstance(p, IPPool)]
+    # What --skip-exists leaves alone is not written, so not checked against what it
+    # would replace (a stored pool of another CIDR failed the whole batch).
+    written = [d for i, d in enumerate(documents)
+               if not (action == "create" and skip and i in stored)]
+    batch = [d.resource for d in written]
+    sources = [d.source for d in written]
+    for i, found in sorted(check_batch(batch, stored_by_key, pools, sources).items()):
+        where = f"{written[i].source} ({batch[i].kind} {batch[i].metadata.name!r})"
+        problems += [f"{where}: {p}" for p in found]
     if problems:
         raise InputError(problems)
     return stored
@@ -125,17 +167,17 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
 
 async def run(store: Datastore, action: Action, documents: list[Document],
               skip: bool = False) -> Outcome:
+    """`skip` is --skip-exists for create and --skip-not-exists for delete."""
+    if action == "delete":
+        _refuse_managed(action, documents)
+        targets = [(Key.of(d.resource), d.resource.metadata.resource_version) for d in documents]
+        return await delete_each(store, targets, skip)
     stored = await preflight(store, action, documents, skip)
     outcome = Outcome(action, total=len(documents))
     for i, doc in enumerate(documents):
         resource, current = doc.resource, stored.get(i)
         try:
-            if action == "delete":
-                if current is None:
-                    outcome.skipped += 1
-                    continue
-                await _delete(store, Key.of(resource), resource.metadata.resource_version)
-            elif current is None:
+            if current is None:
                 if action == "replace":
                     raise NotFound(Key.of(resource))
                 await store.create(resource)
@@ -168,23 +210,95 @@ async def _delete(store: Datastore, key: Key, revision: str | None) -> KVPair:
 
 async def delete_named(store: Datastore, kind: type[Resource], names: list[str],
                        namespace: str | None, skip_not_exists: bool) -> Outcome:
-    outcome = Outcome("delete", total=len(names))
-    for name in names:
-        key = Key(kind.info.kind, name, namespace)
+    # A name the kind refuses is looked up all the same (the datastore answers NotFound where
+    # no object can have it): one stored by hand or by an older version goes.
+    targets = [(Key(kind.info.kind, name, namespace), None) for name in names]
+    return await delete_each(store, targets, skip_not_exists)
+
+
+async def delete_each(store: Datastore, targets: list[tuple[Key, str | None]],
+                      skip_not_exists: bool) -> Outcome:
+    """Delete each key (at the revision given with it, if any), going on past those that
+    cannot be: one missing name in a list must not leave the others standing."""
+    outcome = Outcome("delete", total=len(targets))
+    for key, revision in targets:
         try:
-            # A name the kind refuses is looked up all the same (the datastore answers NotFound
-            # where no object can have it): one stored by hand or by an older version goes.
-            await _delete(store, key, None)
+            await _delete(store, key, revision)
         except NotFound as err:
-            if not skip_not_exists:
-                outcome.failed = err
-                return outcome
-            outcome.skipped += 1
+            if skip_not_exists:
+                outcome.skipped += 1
+            else:
+                outcome.failures.append(err)
             continue
         except DatastoreError as err:
-            outcome.failed = err
-            return outcome
+            outcome.failures.append(err)
+            continue
         # Counted by its key: the value deleted may be one that does not read (which is why
         # it is being deleted), and decoding it now would report the deletion as a failure.
         outcome.done.append(key)
+    return outcome
+
+
+PATCH_SOURCE = "--patch"
+
+
+def patch_document(text: str) -> dict[str, Any]:
+    """The JSON object `--patch` gives; InputError saying why when it is none. A key given
+    twice is refused, as in a file (documents.load), not read as its last value."""
+
+    def refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in found:
+                raise ValueError(f'key "{key}" already set in map')
+            found[key] = value
+        return found
+
+    try:
+        changes = json.loads(text, object_pairs_hook=refuse_repeats)
+    except RecursionError:
+        raise InputError([f"{PATCH_SOURCE}: nested too deeply to read"]) from None
+    except ValueError as err:
+        raise InputError([f"{PATCH_SOURCE}: not valid JSON: {err}"]) from None
+    if not isinstance(changes, dict):
+        raise InputError([f"{PATCH_SOURCE}: must be a JSON object, such as "
+                          '\'{"spec":{"disabled":true}}\''])
+    return changes
+
+
+def merge_patch(target: Any, changes: Any) -> Any:
+    """RFC 7386 section 2: an object merges key by key, null removing the key; anything else,
+    a list included, replaces what it patches whole."""
+    if not isinstance(changes, dict):
+        return changes
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+async def patch(store: Datastore, kind: type[Resource], name: str, namespace: str | None,
+                changes: dict[str, Any]) -> Outcome:
+    """Merge `changes` into the stored document and replace it with the result; InputError
+    when the result is not valid or fails replace's checks. The revision read goes with the
+    document, so a write in between is a conflict, not lost."""
+    key = Key(kind.info.kind, name, namespace)
+    try:
+        current = await store.get(key)
+    except NotFound as err:
+        return Outcome("patch", failed=err, total=1)
+    patched = merge_patch(current.value.to_document(), changes)
+    try:
+        resource = parse(patched)
+    except InvalidResource as err:
+        where = f"{PATCH_SOURCE} ({key.kind} {key.name!r})"
+        raise InputError([f"{where}: {problem}" for problem in err.problems]) from None
+    if Key.of(resource) != key:
+        raise InputError([f"{PATCH_SOURCE}: a patch cannot change the kind, name or namespace "
+                          f"of {key} (it names {Key.of(resource)})"])
+    outcome = await run(store, "replace", [Document(PATCH_SOURCE, resource)])
+    outcome.action = "patch"
     return outcome

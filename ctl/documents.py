@@ -60,6 +60,29 @@ def _files(target: str) -> list[tuple[str, str]]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML (and JSON) read as calicoctl's strict decoding reads it: a key repeated in one
+    mapping is refused, naming it. Read leniently, the last value won without a word: two
+    `spec:` blocks stored the second alone, the first's fields (a BGP password) dropped."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            # A merge (`<<: *base`) may be overridden by the mapping's own keys, as YAML says.
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # unhashable: the base constructor refuses it with its own message
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'key "{key}" already set in map', key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _where(source: str, doc: object) -> str:
     if isinstance(doc, dict):
         meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
@@ -99,7 +122,7 @@ def load(targets: list[str]) -> list[Document]:
             continue
         for name, text in files:
             try:
-                raw = [d for d in yaml.safe_load_all(text)]
+                raw = list(yaml.load_all(text, Loader=_StrictLoader))
             except yaml.YAMLError as err:
                 mark = getattr(err, "problem_mark", None)
                 at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -76,16 +76,21 @@ FileOption = Annotated[list[str], typer.Option(
     "--filename", "-f", help="File, folder or - (stdin) holding YAML or JSON resources")]
 
 
+def _report(outcome: crud.Outcome, kinds: list[str]) -> None:
+    done, failed = crud.summary(outcome, kinds)
+    for line in done:
+        typer.echo(line)
+    if failed:
+        raise fail(*failed)
+
+
 def _write(action: crud.Action, filenames: list[str], skip: bool = False) -> None:
     try:
         documents = load(filenames)
     except InputError as err:
         raise fail(*err.problems, "No resources were changed.") from None
     outcome = with_datastore(lambda store: crud.run(store, action, documents, skip))
-    message, ok = crud.summary(outcome, [d.resource.kind for d in documents])
-    if not ok:
-        raise fail(message)
-    typer.echo(message)
+    _report(outcome, [d.resource.kind for d in documents])
 
 
 @app.command()
@@ -134,7 +139,8 @@ def delete(
     skip_not_exists: Annotated[bool, typer.Option(
         help="Skip resources that do not exist")] = False,
 ) -> None:
-    """Delete resources named on the command line (KIND NAME...) or in files (-f)."""
+    """Delete resources named on the command line (KIND NAME...) or in files (-f); each that
+    cannot be deleted is named and the others are deleted all the same (exit 1)."""
     if filename:
         if kind:
             raise fail("Give either -f or KIND NAME, not both.")
@@ -148,10 +154,30 @@ def delete(
     ns = _namespace(cls, namespace)
     outcome = with_datastore(
         lambda store: crud.delete_named(store, cls, names, ns, skip_not_exists))
-    message, ok = crud.summary(outcome, [cls.info.kind])
-    if not ok:
-        raise fail(message)
-    typer.echo(message)
+    _report(outcome, [cls.info.kind])
+
+
+@app.command()
+def patch(
+    kind: Annotated[str, typer.Argument(help="Kind, e.g. ippool")],
+    name: Annotated[str, typer.Argument(help="Name of the resource")],
+    changes: Annotated[str, typer.Option(
+        "--patch", "-p",
+        help="JSON merge patch (RFC 7386), e.g. '{\"spec\":{\"disabled\":true}}'")],
+    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n")] = None,
+) -> None:
+    """Patch a stored resource in place: the JSON merge patch is merged into it (null removes a
+    field, a list replaces the list) and the result is checked and written as replace writes."""
+    cls = _kind(kind)
+    if cls.info.managed:
+        raise fail(crud.managed_refusal(cls.info.kind, "patch"), "No resources were changed.")
+    try:
+        document = crud.patch_document(changes)
+    except InputError as err:
+        raise fail(*err.problems, "No resources were changed.") from None
+    ns = _namespace(cls, namespace)
+    outcome = with_datastore(lambda store: crud.patch(store, cls, name, ns, document))
+    _report(outcome, [cls.info.kind])
 
 
 OUTPUTS = ("ps", "table", "wide", "yaml", "json")
@@ -185,8 +211,8 @@ def get(
             except NotFound as err:
                 raise DatastoreError(str(err)) from None
         else:
-            listed = await store.list(cls.info.kind, ns)
-            found, revision = [kv.value for kv in listed.items], listed.revision
+            listed = await store.list(cls.info.kind, ns, defer_errors=True)
+            found, revision = crud.readable(listed.items, "this list"), listed.revision
         default_as = 64512
         if cls.info.kind == "Node" and output == "wide":
             try:

@@ -170,10 +170,10 @@ class Datastore(Protocol):
         older version, or accepted by a CRD schema that the model refuses) fails its reader:
         reading its pair's value raises DatastoreError naming it. etcd and memory decode
         values when first read, so that is always where it fails. Kubernetes decodes as it
-        reads, so by default the whole list fails, which is what a user asking for the objects
-        (`percalectl get`) should hear; `defer_errors=True` asks it to hand such an object out
-        as an unreadable pair (KVPair.unreadable) among the others instead. A reader that can
-        do without one object (the agent's view) asks for that, and leaves it out."""
+        reads, so by default the whole list fails; `defer_errors=True` asks it to hand such an
+        object out as an unreadable pair (KVPair.unreadable) among the others instead. A reader
+        that can do without one object (the agent's view; `percalectl get`, which names it on
+        stderr) asks for that, and leaves it out."""
 
     async def create(self, value: Resource) -> KVPair:
         """Store a new object; the datastore sets its uid and creationTimestamp.

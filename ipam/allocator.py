@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -40,8 +41,8 @@ from datetime import datetime, timedelta, timezone
 from pydantic import ValidationError
 
 from percale.datastore import (
-    AlreadyExists, Conflict, Datastore, DatastoreError, Key, KVPair, NotFound,
-    TransactionConflict,
+    AlreadyExists, Conflict, Datastore, DatastoreError, DatastoreUnavailable, Key, KVPair,
+    NotFound, TransactionConflict,
 )
 from percale.datastore.contract import Create, Delete, Update, WriteTogether, writes_together
 from percale.ipam import blocks
@@ -693,11 +694,21 @@ class IPAM:
     async def delete_pool(self, name: str, *, revision: str | None = None) -> KVPair:
         """Delete an IPPool the way Calico does: disable it (no new blocks or addresses), give up
         every node's affinity for its blocks (empty blocks go, the others become unaffine and
-        go with their last address), then delete it. Running pods keep their addresses."""
+        go with their last address), then delete it. Running pods keep their addresses.
+
+        A pool whose stored value cannot be read (edited by hand, or written by kubectl past
+        rules its CRD does not hold) goes too, as Calico, whose decoding reads it, deletes it:
+        the affinities its stored CIDR covers are given up if that CIDR can be read, and the
+        key is deleted at the revision it was read at. Nothing can allocate from such a pool,
+        so there is nothing to disable first."""
         key = Key("IPPool", name)
-        pool = await self.store.get(key)
+        pool = await self._stored_pool(key)
         if revision is not None and pool.revision != revision:
             raise Conflict(key, pool)
+        try:
+            pool.value
+        except DatastoreError:
+            return await self._delete_unreadable_pool(pool)
         if not pool.value.spec.disabled:
             disabled = pool.value.model_copy(
                 update={"spec": pool.value.spec.model_copy(update={"disabled": True})})
@@ -709,6 +720,30 @@ class IPAM:
                 await self._release_block_affinity(kv.value.spec.node, kv.value.spec.cidr,
                                                    require_empty=False)
         return await self.store.delete(key, revision=pool.revision)
+
+    async def _stored_pool(self, key: Key) -> KVPair:
+        """The stored pool, read or not: etcd and memory hand out a value unread, but
+        Kubernetes decodes as it reads and refuses a `get` of one it cannot read, while its
+        list hands that one out unread when asked to defer errors."""
+        try:
+            return await self.store.get(key)
+        except (NotFound, DatastoreUnavailable):
+            raise
+        except DatastoreError:
+            listed = await self.store.list("IPPool", defer_errors=True)
+            found = next((kv for kv in listed.items if kv.key == key), None)
+            if found is None:
+                raise NotFound(key) from None
+            return found
+
+    async def _delete_unreadable_pool(self, pool: KVPair) -> KVPair:
+        network = _stored_cidr(pool)
+        if network is not None:
+            for kv in (await self.store.list("BlockAffinity")).items:
+                spec = kv.value.spec
+                if _block_in_pools(spec.cidr, (str(network),)):
+                    await self._release_block_affinity(spec.node, spec.cidr, require_empty=False)
+        return await self.store.delete(pool.key, revision=pool.revision)
 
     # -- borrowing -----------------------------------------------------------------------------
 
@@ -1214,6 +1249,29 @@ def _block_in_pools(cidr: str, pool_cidrs: tuple[str, ...]) -> bool:
     network = network_of(cidr)
     return any(network.version == pool.version and network.subnet_of(pool)  # type: ignore[arg-type]
                for pool in map(network_of, pool_cidrs))
+
+
+def _stored_cidr(pool: KVPair) -> Network | None:
+    """The network an unreadable pool's stored spec.cidr names, read from the stored JSON alone
+    (as Calico's delete parses it, cnet.ParseCIDR: host bits masked); None when that JSON is
+    not at hand or names no CIDR.
+
+    The datastore contract has no read of a value's raw form. etcd and memory hand out a pair
+    whose pending decoder holds the stored bytes (KVPair.later with functools.partial), and
+    they are read from there; Kubernetes hands out only why it could not read the object
+    (KVPair.unreadable), so there nothing is found and no affinity is given up."""
+    decoder = getattr(pool, "_decode", None)
+    data = next((arg for arg in getattr(decoder, "args", ())
+                 if isinstance(arg, (bytes, bytearray))), None)
+    if data is None:
+        return None
+    try:
+        cidr = json.loads(data)["spec"]["cidr"]
+        if not isinstance(cidr, str) or "/" not in cidr:
+            return None
+        return ipaddress.ip_network(cidr, strict=False)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _in_pools(network: Network, pools: list[IPPool]) -> bool:

@@ -23,6 +23,9 @@ spec:
   cidr: 10.10.0.0/16
 """
 
+POLICY = ("apiVersion: percale.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {{name: proto}}\n"
+          "spec:\n  {rule}\n")
+
 CASES = {
     "malformed-yaml": (
         GOOD + "---\napiVersion: percale.io/v1\nkind: IPPool\nmetadata:\n  name: [broken\n",
@@ -96,6 +99,20 @@ CASES = {
         "metadata: {name: np, namespace: a/b}\nspec: {selector: all()}\n",
         ["document 2", "metadata.namespace", "'a/b' is not a valid namespace"],
     ),
+    # A protocol neither a name nor an integer ended percalectl in a traceback.
+    "protocol-as-a-list": (
+        GOOD + "---\n" + POLICY.format(rule="ingress:\n  - {action: Allow, protocol: [TCP, UDP]}"),
+        ["document 2 (GlobalNetworkPolicy 'proto')",
+         "spec.ingress.0.protocol: must be a protocol name or a number 1-255"],
+    ),
+    "not-protocol-as-a-float": (
+        GOOD + "---\n" + POLICY.format(rule="egress:\n  - {action: Deny, notProtocol: 6.0}"),
+        ["spec.egress.0.notProtocol: must be a protocol name or a number 1-255"],
+    ),
+    "protocol-as-a-map": (
+        GOOD + "---\n" + POLICY.format(rule="ingress:\n  - {action: Allow, protocol: {name: TCP}}"),
+        ["spec.ingress.0.protocol: must be a protocol name or a number 1-255"],
+    ),
     # etcd refuses a request over 1.5 MiB only when the batch is half written: caught first.
     "annotations-too-large": (
         GOOD + "---\n" + GOOD.replace("good-pool", "big-pool").replace("10.10.0.0/16", "10.80.0.0/16")
@@ -123,6 +140,46 @@ def test_bad_input_exits_1_names_the_problem_and_writes_nothing(cli, tmp_path, c
         assert "No resources were changed." in result.err
         assert result.out == ""
         assert cli.stored() == before
+
+
+REPEATED_KEYS = {
+    # Two spec blocks: the first one's password was dropped without a word.
+    "spec.yaml": ("apiVersion: percale.io/v1\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n"
+                  "  peerIP: 192.0.2.1\n  asNumber: 65001\n  password:\n"
+                  "    secretKeyRef: {name: bgp, key: pw}\nspec:\n  peerIP: 192.0.2.1\n"
+                  "  asNumber: 65001\n",
+                  'at line 10, column 1: key "spec" already set in map'),
+    "field.yaml": (GOOD + "  natOutgoing: true\n  blockSize: 24\n  natOutgoing: false\n",
+                   'at line 9, column 3: key "natOutgoing" already set in map'),
+    "flow.yaml": (GOOD.replace("  name: good-pool\n", "  {name: good-pool, name: other}\n")
+                  .replace("metadata:\n  {", "metadata: {"),
+                  'at line 3, column 29: key "name" already set in map'),
+    "pool.json": ('{"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "a"},\n'
+                  ' "spec": {"cidr": "10.10.0.0/16"}, "spec": {"cidr": "10.11.0.0/16"}}\n',
+                  'at line 2, column 36: key "spec" already set in map'),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPEATED_KEYS))
+def test_a_key_repeated_in_one_mapping_is_refused_naming_it(cli, tmp_path, name):
+    """As calicoctl's strict decoding refuses it (`key "x" already set in map`); percalectl
+    kept the last value and wrote the resource."""
+    text, where = REPEATED_KEYS[name]
+    bad = tmp_path / name
+    bad.write_text(text)
+    result = cli("apply", "-f", str(bad))
+    assert (result.code, result.out) == (1, "")
+    assert result.err == f"{bad}: not valid YAML or JSON {where}\nNo resources were changed.\n"
+    assert cli.stored() == {}
+
+
+def test_a_merged_key_may_be_given_again(cli, tmp_path):
+    """YAML's merge key is meant to be overridden by the mapping's own keys: not a repeat."""
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(GOOD.replace("  cidr: 10.10.0.0/16\n",
+                                   "  <<: {cidr: 10.10.0.0/16, blockSize: 26}\n  blockSize: 28\n"))
+    assert cli("apply", "-f", str(merged)).code == 0
+    assert "blockSize: 28" in cli("get", "ippool", "good-pool", "-o", "yaml").out
 
 
 def test_a_bad_file_in_a_folder_stops_the_whole_folder(cli, tmp_path):

@@ -127,6 +127,191 @@ def test_create_replace_and_delete(cli, tmp_path):
     assert cli.stored() == {}
 
 
+def _pool(tmp_path: Path, name: str, cidr: str, extra: str = "") -> str:
+    return write(tmp_path, f"{name}.yaml", POOL.format(name=name, cidr=cidr) + extra)
+
+
+def test_delete_goes_on_past_what_does_not_exist_and_names_each(cli, tmp_path):
+    """As calicoctl's delete: every resource that exists is deleted, each that does not is
+    named on stderr, exit 1. A missing name used to leave the names after it standing."""
+    for n in (1, 2, 3):
+        assert cli("create", "-f", _pool(tmp_path, f"del{n}", f"10.13{n}.0.0/16")).code == 0
+    missing = "Failed to delete 'IPPool' resource: resource does not exist: IPPool({})\n"
+    named = cli("delete", "ippool", "gone", "del1", "lost")
+    assert (named.code, named.out) == (1, "Successfully deleted 1 'IPPool' resource(s)\n")
+    assert named.err == missing.format("gone") + missing.format("lost")
+    none = cli("delete", "ippool", "gone")
+    assert (none.code, none.out, none.err) == (1, "", missing.format("gone"))
+
+    batch = write(tmp_path, "batch.yaml", POOL.format(name="gone", cidr="10.139.0.0/16")
+                  + "---\n" + POOL.format(name="del2", cidr="10.132.0.0/16"))
+    by_file = cli("delete", "-f", batch)
+    assert (by_file.code, by_file.out) == (1, "Successfully deleted 1 'IPPool' resource(s)\n")
+    assert by_file.err == missing.format("gone")
+    assert cli("get", "ippools").out.splitlines()[1:] == ["del3   10.133.0.0/16   all()"]
+
+    # Of more than one kind, calicoctl names no kind.
+    mixed = write(tmp_path, "mixed.yaml", POOL.format(name="del3", cidr="10.133.0.0/16")
+                  + "---\napiVersion: percale.io/v1\nkind: BGPPeer\nmetadata: {name: nobody}\n"
+                  "spec: {peerIP: 192.0.2.1, asNumber: 65001}\n")
+    done = cli("delete", "-f", mixed)
+    assert (done.code, done.out) == (1, "Successfully deleted 1 resource(s)\n")
+    assert done.err == "Failed to delete resource: resource does not exist: BGPPeer(nobody)\n"
+    skipped = cli("delete", "-f", mixed, "--skip-not-exists")
+    assert (skipped.code, skipped.out, skipped.err) == (
+        0, "Successfully deleted 2 resource(s)\n", "")
+    assert cli.stored() == {}
+
+
+def _etcdctl(cli, *args: str) -> None:
+    subprocess.run(["etcdctl", "--endpoints", cli.endpoint, *args],
+                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, check=True,
+                   capture_output=True)
+
+
+POOLS_KEY = "/percale/resources/v1/percale.io/ippools/"
+CORRUPT_POOL = ('{"apiVersion":"percale.io/v1","kind":"IPPool","metadata":{"name":"corrupt"},'
+                '"spec":{"cidr":"10.99.0.0/16","blockSize":99}}')
+
+
+def test_a_pool_that_cannot_be_read_blocks_no_other_and_can_be_deleted(cli, tmp_path):
+    """blockSize 99, as kubectl on the Kubernetes datastore or a hand edit can store it: every
+    pool write and `get ippools` failed on it, and `delete ippool corrupt` could not delete it."""
+    _etcdctl(cli, "put", POOLS_KEY + "corrupt", CORRUPT_POOL)
+    unreadable = "IPPool(corrupt) (revision "
+    created = cli("create", "-f", _pool(tmp_path, "p", "10.97.0.0/16"))
+    assert (created.code, created.out) == (0, "Successfully created 1 'IPPool' resource(s)\n")
+    assert created.err.startswith(
+        f"warning: left out of the IPPool overlap check: {unreadable}"), created.err
+    assert "spec.blockSize: 99 is outside 20-32" in created.err and created.err.count("\n") == 1
+    listed = cli("get", "ippools")
+    assert (listed.code, listed.out) == (
+        0, "NAME   CIDR           SELECTOR\np      10.97.0.0/16   all()\n")
+    assert listed.err.startswith(f"warning: left out of this list: {unreadable}")
+    # Asked for by name, it is an error still.
+    assert cli("get", "ippool", "corrupt").code == 1
+
+    deleted = cli("delete", "ippool", "corrupt")
+    assert (deleted.code, deleted.out) == (
+        0, "Successfully deleted 1 'IPPool' resource(s)\n"), deleted.err
+    assert list(cli.stored()) == [POOLS_KEY + "p"]
+    _etcdctl(cli, "put", POOLS_KEY + "corrupt", CORRUPT_POOL)
+    skipping = cli("delete", "ippool", "corrupt", "--skip-not-exists")
+    assert skipping.code == 0, skipping.err
+    assert list(cli.stored()) == [POOLS_KEY + "p"]
+
+
+def test_a_stored_pool_that_overlaps_another_can_still_be_updated(cli, tmp_path):
+    """Written past percalectl (kubectl, etcdctl, a migration), two overlapping pools refused
+    every update, so neither could be disabled. Calico judges overlap on create only."""
+    assert cli("create", "-f", _pool(tmp_path, "ov-a", "10.120.0.0/16")).code == 0
+    _etcdctl(cli, "put", POOLS_KEY + "ov-b",
+             '{"apiVersion":"percale.io/v1","kind":"IPPool","metadata":{"name":"ov-b"},'
+             '"spec":{"cidr":"10.120.0.0/24"}}')
+    disable = _pool(tmp_path, "ov-b", "10.120.0.0/24", "  disabled: true\n")
+    for verb in ("apply", "replace"):
+        done = cli(verb, "-f", disable)
+        assert done.code == 0, done.err
+    shown = yaml.safe_load(cli("get", "ippool", "ov-b", "-o", "yaml").out)
+    assert shown["spec"]["disabled"] is True
+    new = cli("create", "-f", _pool(tmp_path, "ov-c", "10.120.1.0/24"))
+    assert new.code == 1 and "overlaps IPPool 'ov-a' (10.120.0.0/16)" in new.err
+
+
+def test_a_load_balancer_pool_cannot_be_made_a_workload_pool(cli, tmp_path):
+    assert cli("create", "-f", _pool(
+        tmp_path, "lbp", "10.150.0.0/16", "  allowedUses: [LoadBalancer]\n")).code == 0
+    before = cli.stored()
+    changed = cli("apply", "-f", _pool(
+        tmp_path, "lbp", "10.150.0.0/16", "  allowedUses: [Workload, Tunnel]\n"))
+    assert changed.code == 1
+    assert ("(IPPool 'lbp'): spec.allowedUses: IPPool allowed use cannot be changed from "
+            "LoadBalancer to Workload or Tunnel") in changed.err
+    assert cli.stored() == before
+
+
+def test_calicos_zero_values_are_stored_as_its_defaults(cli, tmp_path):
+    pools = "---\n".join(POOL.format(name=name, cidr=cidr) + extra for name, cidr, extra in [
+        ("zd1", "10.94.0.0/16", '  nodeSelector: ""\n'),
+        ("zd2", "10.95.0.0/16", '  nodeSelector: ""\n  allowedUses: [LoadBalancer]\n'),
+        ("zd3", "10.96.0.0/16", "  blockSize: 0\n  allowedUses: []\n"),
+        ("zd4", "fd00:96::/48", '  blockSize: 0\n  vxlanMode: ""\n  ipipMode: ""\n'),
+    ])
+    done = cli("create", "-f", write(tmp_path, "zero.yaml", pools))
+    assert done.code == 0, done.err
+    listed = yaml.safe_load(cli("get", "ippools", "-o", "yaml").out)["items"]
+    fields = ("nodeSelector", "blockSize", "allowedUses", "ipipMode", "vxlanMode")
+    assert {d["metadata"]["name"]: tuple(d["spec"][f] for f in fields) for d in listed} == {
+        "zd1": ("all()", 26, ["Workload", "Tunnel"], "Never", "Never"),
+        "zd2": ("all()", 26, ["LoadBalancer"], "Never", "Never"),
+        "zd3": ("all()", 26, ["Workload", "Tunnel"], "Never", "Never"),
+        "zd4": ("all()", 122, ["Workload", "Tunnel"], "Never", "Never"),
+    }
+
+
+KUBECTL_EXPORT = """\
+apiVersion: percale.io/v1
+kind: IPPool
+metadata:
+  name: from-kubectl
+  generation: 1
+  managedFields:
+  - {apiVersion: percale.io/v1, fieldsType: FieldsV1, manager: kubectl, operation: Update}
+  finalizers: []
+  ownerReferences: []
+  selfLink: /apis/percale.io/v1/ippools/from-kubectl
+spec:
+  cidr: 10.92.0.0/16
+"""
+
+
+def test_a_resource_as_kubectl_prints_it_applies_and_its_server_fields_are_dropped(cli, tmp_path):
+    done = cli("create", "-f", write(tmp_path, "k.yaml", KUBECTL_EXPORT))
+    assert done.code == 0, done.err
+    (stored,) = [value for _, value in cli.stored().values()]
+    assert not any(f in stored for f in ("generation", "managedFields", "finalizers", "selfLink"))
+    shown = yaml.safe_load(cli("get", "ippool", "from-kubectl", "-o", "yaml").out)["metadata"]
+    assert set(shown) == {"name", "resourceVersion", "uid", "creationTimestamp"}
+
+
+def test_patch_merges_into_the_stored_resource_and_checks_it_as_replace_does(cli, tmp_path):
+    lb = _pool(tmp_path, "p", "10.1.0.0/16", "  allowedUses: [LoadBalancer]\n")
+    assert cli("create", "-f", lb).code == 0
+    uid = yaml.safe_load(cli("get", "ippool", "p", "-o", "yaml").out)["metadata"]["uid"]
+    done = cli("patch", "ippool", "p", "-p", '{"spec": {"disabled": true, "natOutgoing": true}}')
+    assert (done.code, done.out, done.err) == (0, "Successfully patched 1 'IPPool' resource\n", "")
+    got = yaml.safe_load(cli("get", "ippool", "p", "-o", "yaml").out)
+    assert got["metadata"]["uid"] == uid
+    assert (got["spec"]["disabled"], got["spec"]["natOutgoing"]) == (True, True)
+    assert got["spec"]["allowedUses"] == ["LoadBalancer"]
+
+    before = cli.stored()
+    where = "--patch (IPPool 'p'): "
+    refused = {
+        '{"spec": {"blockSize": 24}}': where + "spec.blockSize: a pool's blockSize cannot",
+        '{"spec": {"allowedUses": ["Workload"]}}':
+            where + "spec.allowedUses: IPPool allowed use cannot be changed",
+        '{"spec": {"cidr": null}}': where + "spec.cidr: required field is missing",
+        '{"spec": {"blokSize": 26}}': where + "spec.blokSize: unknown field",
+        '{"metadata": {"name": "q"}}': "a patch cannot change the kind, name or namespace",
+        '{"metadata": {"resourceVersion": "1"}}': "update conflict: IPPool(p) has been modified",
+        '{"spec": {}, "spec": {"disabled": false}}': 'key "spec" already set in map',
+        '["spec"]': "--patch: must be a JSON object",
+    }
+    for changes, reason in refused.items():
+        result = cli("patch", "ippool", "p", "--patch", changes)
+        assert (result.code, result.out) == (1, ""), changes
+        assert reason in result.err, result.err
+        assert result.err.endswith("No resources were changed.\n"), result.err
+    assert cli.stored() == before
+
+    missing = cli("patch", "ippool", "q", "-p", "{}")
+    assert (missing.code, missing.err) == (1, "Hit error: resource does not exist: IPPool(q)\n")
+    managed = cli("patch", "ipamblock", "10.1.0.0-26", "-p", "{}")
+    assert managed.code == 1 and "maintained by percale's IPAM" in managed.err
+    assert cli.stored() == before
+
+
 def test_immutable_pool_fields_cannot_change(cli, tmp_path):
     assert cli("apply", "-f", write(tmp_path, "p.yaml", POOL.format(name="p", cidr="10.1.0.0/16"))).code == 0
     before = cli.stored()

@@ -11,8 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from percale.datastore import AlreadyExists, Key, MemoryDatastore, NotFound
-from percale.datastore.contract import Update
+from percale.datastore import (
+    AlreadyExists, Conflict, DatastoreError, Key, MemoryDatastore, NotFound,
+)
+from percale.datastore.contract import KVPair, ListResult, Update
 from percale.datastore.cache import Cache, CachedDatastore
 from percale.ipam import blocks
 from percale.ipam.allocator import IPAM, tunnel_handle
@@ -423,6 +425,103 @@ async def test_deleting_a_pool_releases_its_blocks_in_calicos_order(store):
     assert all(c.startswith("10.9.") for c in
                (kv.value.spec.cidr for kv in (await store.list("IPAMBlock")).items))
     await assert_consistent(store)
+
+
+def _unreadable_pool(name: str, cidr: object) -> bytes:
+    """A pool as kubectl on the Kubernetes datastore or a hand edit can leave it: its CRD has no
+    cross-field rules, and the model refuses blockSize 99."""
+    return json.dumps({"apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": name},
+                       "spec": {"cidr": cidr, "blockSize": 99}}).encode()
+
+
+async def _pool_with_a_running_and_an_emptied_block(store) -> tuple[str, str]:
+    """Pool `old` with n1 holding a block that a running pod uses and emptied blocks; pool
+    `other` with n2's block. The running pod's block and n2's."""
+    await add_pool(store, "old", "10.0.0.0/24", blockSize=28)
+    await add_pool(store, "other", "10.9.0.0/24", blockSize=28)
+    ipam = IPAM(store)
+    kept = await ipam.auto_assign("n1", handle_id="running-pod", num4=1, ipv4_pools=["old"])
+    await ipam.auto_assign("n1", handle_id="gone-pod", num4=20, ipv4_pools=["old"])
+    await ipam.release_by_handle("gone-pod")
+    elsewhere = await ipam.auto_assign("n2", handle_id="elsewhere", num4=1, ipv4_pools=["other"])
+    return str(kept.ipv4[0].network), str(elsewhere.ipv4[0].network)
+
+
+async def test_a_pool_that_cannot_be_read_is_deleted_releasing_what_its_cidr_covers(store):
+    """Calico reads and deletes such a pool; percalectl could not delete it, and it blocked
+    every pool written meanwhile."""
+    kept, elsewhere = await _pool_with_a_running_and_an_emptied_block(store)
+    store.put_raw(Key("IPPool", "old"), _unreadable_pool("old", "10.0.0.0/24"))
+
+    await IPAM(store).delete_pool("old")
+    assert [kv.key.name for kv in (await store.list("IPPool")).items] == ["other"]
+    remaining = {kv.value.spec.cidr: kv.value.spec.affinity
+                 for kv in (await store.list("IPAMBlock")).items}
+    assert remaining == {kept: None, elsewhere: "host:n2"}
+    assert [kv.value.spec.cidr for kv in (await store.list("BlockAffinity")).items] == [elsewhere]
+
+
+async def test_a_pool_that_cannot_be_read_nor_its_cidr_goes_alone(store):
+    await _pool_with_a_running_and_an_emptied_block(store)
+    affinities = [kv.key for kv in (await store.list("BlockAffinity")).items]
+    store.put_raw(Key("IPPool", "old"), _unreadable_pool("old", ["10.0.0.0/24"]))
+
+    await IPAM(store).delete_pool("old")
+    assert [kv.key.name for kv in (await store.list("IPPool")).items] == ["other"]
+    assert [kv.key for kv in (await store.list("BlockAffinity")).items] == affinities
+
+
+async def test_a_pool_that_cannot_be_read_goes_only_at_the_revision_given(store):
+    await add_pool(store, "old", "10.0.0.0/24")
+    revision = store.put_raw(Key("IPPool", "old"), _unreadable_pool("old", "10.0.0.0/24"))
+    with pytest.raises(Conflict):
+        await IPAM(store).delete_pool("old", revision=str(int(revision) - 1))
+    assert [kv.key.name for kv in (await store.list("IPPool")).items] == ["old"]
+    await IPAM(store).delete_pool("old", revision=revision)
+    assert (await store.list("IPPool")).items == []
+
+
+class DecodesAsItReads:
+    """The store as Kubernetes reads it: a get of a value it cannot read fails, and a list
+    hands that value out unread (KVPair.unreadable) only when asked to defer errors."""
+
+    def __init__(self, inner: MemoryDatastore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def get(self, key):
+        pair = await self.inner.get(key)
+        pair.value  # noqa: B018 - raises DatastoreError for a value that cannot be read
+        return pair
+
+    async def list(self, kind, namespace=None, *, node=None, defer_errors=False):
+        listed = await self.inner.list(kind, namespace, node=node)
+        items = []
+        for pair in listed.items:
+            try:
+                pair.value  # noqa: B018
+            except DatastoreError as err:
+                if not defer_errors:
+                    raise
+                pair = KVPair.unreadable(pair.key, pair.revision, str(err))
+            items.append(pair)
+        return ListResult(items, listed.revision)
+
+
+async def test_a_pool_that_cannot_be_read_is_found_where_get_refuses_it():
+    inner = MemoryDatastore(multi_key=False)
+    await _pool_with_a_running_and_an_emptied_block(inner)
+    affinities = [kv.key for kv in (await inner.list("BlockAffinity")).items]
+    inner.put_raw(Key("IPPool", "old"), _unreadable_pool("old", "10.0.0.0/24"))
+
+    await IPAM(DecodesAsItReads(inner)).delete_pool("old")  # type: ignore[arg-type]
+    assert [kv.key.name for kv in (await inner.list("IPPool")).items] == ["other"]
+    # Such a store hands out no stored bytes to read the CIDR from: nothing else is touched.
+    assert [kv.key for kv in (await inner.list("BlockAffinity")).items] == affinities
+    with pytest.raises(NotFound):
+        await IPAM(DecodesAsItReads(inner)).delete_pool("old")  # type: ignore[arg-type]
 
 
 async def test_a_forbidden_config_names_the_field_and_changes_nothing(store):

@@ -53,6 +53,14 @@ def test_kubernetes_policy_types_default_as_kubernetes_defaults_them():
     ({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["\u0668\u0660:\u0669\u0660"]}},
      "spec.ingress.0.destination.ports.0", "not a port name"),
     ({"action": "Allow", "protocol": "GRE"}, "spec.ingress.0.protocol", "unknown protocol"),
+    # Neither a name nor an integer, as Calico's numorstring.Protocol refuses them: each ended
+    # percalectl in a traceback (.lower() on a list, a map, a float).
+    ({"action": "Allow", "protocol": ["TCP", "UDP"]}, "spec.ingress.0.protocol",
+     "must be a protocol name or a number 1-255"),
+    ({"action": "Allow", "protocol": {"name": "TCP"}}, "spec.ingress.0.protocol",
+     "must be a protocol name or a number 1-255"),
+    ({"action": "Allow", "notProtocol": 6.0}, "spec.ingress.0.notProtocol",
+     "must be a protocol name or a number 1-255"),
     ({"action": "Allow", "source": {"nets": ["10.0.0.0/33"]}}, "spec.ingress.0.source.nets.0", ""),
     # No packet is from an IPv4 net to an IPv6 one: the rule would match nothing, silently.
     ({"action": "Deny", "source": {"nets": ["10.0.0.0/8"]}, "destination": {"nets": ["fd00::/8"]}},

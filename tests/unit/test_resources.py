@@ -100,6 +100,39 @@ def test_ippool_defaults_are_filled():
     assert parse(doc("IPPool", "pool-b", {"cidr": "fd00::/48"})).spec.block_size == 122
 
 
+@pytest.mark.parametrize("cidr, given", [
+    ("10.0.0.0/16", {"nodeSelector": ""}),
+    ("10.0.0.0/16", {"blockSize": 0}),
+    ("fd00::/48", {"blockSize": 0}),
+    ("10.0.0.0/16", {"allowedUses": []}),
+    ("10.0.0.0/16", {"ipipMode": "", "vxlanMode": ""}),
+    ("10.0.0.0/16", {"nodeSelector": None, "allowedUses": None, "vxlanMode": None}),
+])
+def test_ippool_zero_values_take_calicos_defaults(cidr, given):
+    """Calico (clientv3/ippool.go validateAndSetDefaults) reads a field's zero value as not
+    set: "" was stored as a node selector, and 0, [] and "" were refused."""
+    spec = parse(doc("IPPool", "p", {"cidr": cidr, **given})).spec
+    left_out = parse(doc("IPPool", "p", {"cidr": cidr})).spec
+    assert spec == left_out
+    assert (spec.node_selector, spec.allowed_uses, spec.ipip_mode, spec.vxlan_mode) == (
+        "all()", ["Workload", "Tunnel"], "Never", "Never")
+
+
+def test_ippool_zero_values_fill_in_before_the_rules_judge_them():
+    # The default selector is the one a LoadBalancer pool needs, and the default block size
+    # is held to the pool as when it is left out.
+    lb = parse(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "nodeSelector": "",
+                                   "allowedUses": ["LoadBalancer"]})).spec
+    assert (lb.node_selector, lb.allowed_uses) == ("all()", ["LoadBalancer"])
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/28", "blockSize": 0}), "spec.blockSize",
+             "(the default) is larger than the pool")
+    # Not zero values in Go's decoding, which refuses them: still refused.
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "blockSize": False}), "spec.blockSize",
+             "not false")
+    rejected(doc("IPPool", "p", {"cidr": "10.0.0.0/16", "blockSize": 0.0}), "spec.blockSize",
+             "whole number")
+
+
 def test_ippool_round_trips():
     round_trips(doc("IPPool", "pool-a", {
         "cidr": "10.1.0.0/16", "blockSize": 28, "vxlanMode": "CrossSubnet", "natOutgoing": True,
@@ -806,7 +839,6 @@ def test_node_status_session_state_must_be_a_bgp_state():
 
 
 @pytest.mark.parametrize("spec, field, reason", [
-    ({"allowedUses": []}, "spec.allowedUses", "cannot be empty"),
     ({"allowedUses": ["LoadBalancer", "Workload"]}, "spec.allowedUses", "cannot be combined"),
     ({"allowedUses": ["LoadBalancer"], "vxlanMode": "Always"}, "spec.vxlanMode", "LoadBalancer"),
     ({"allowedUses": ["LoadBalancer"], "disableBGPExport": True}, "spec.disableBGPExport", "LoadBalancer"),
@@ -902,6 +934,25 @@ def test_an_ipv4_mapped_address_is_the_ipv4_address_it_maps():
     assert node.spec.ipv4_vxlan_tunnel_addr == "10.0.0.9"
     rejected(doc("Node", "n1", {"ipv6VXLANTunnelAddr": "::ffff:10.0.0.9"}),
              "spec.ipv6VXLANTunnelAddr", "not an IPv6 address")
+
+
+def test_server_managed_metadata_is_taken_and_dropped():
+    """`kubectl get -o yaml` prints what the apiserver keeps for itself; calicoctl takes it
+    (metav1.ObjectMeta) and percale drops it: refused as unknown, such output did not apply."""
+    server_kept = {
+        "generation": 3, "selfLink": "/apis/percale.io/v1/ippools/p", "generateName": "p-",
+        "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update"}],
+        "finalizers": ["example.com/keep"], "ownerReferences": [], "deletionGracePeriodSeconds": 0,
+        "deletionTimestamp": "2026-01-01T00:00:00Z",
+    }
+    pool = parse({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}),
+                  "metadata": {"name": "p", "labels": {"a": "b"}, **server_kept}})
+    assert pool.to_document()["metadata"] == {"name": "p", "labels": {"a": "b"}}
+    assert pool == parse({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}),
+                          "metadata": {"name": "p", "labels": {"a": "b"}}})
+    # Still refused: a field Kubernetes' ObjectMeta does not have at all.
+    rejected({**doc("IPPool", "p", {"cidr": "10.0.0.0/16"}),
+              "metadata": {"name": "p", "lables": {"a": "b"}}}, "metadata.lables", "unknown field")
 
 
 def test_annotation_keys_and_a_profiles_labels_follow_kubernetes_rules():
