@@ -328,11 +328,17 @@ def namespace_profile_name(namespace: str) -> str:
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
+# Calico's profile of a namespace applies its name as well (pcns.projectcalico.org/name;
+# dataplane.md §A2), last, so labelsToApply cannot make one namespace pass for another.
+CALICO_NAMESPACE_NAME_LABEL = "projectcalico.org/name"
+
+
 def namespace_labels(namespace: str, profile: Profile | None) -> dict[str, str]:
     """What a namespaceSelector (a policy's, a rule's, an IPPool's) sees of `namespace`: the
-    labels its Profile kns.<namespace> applies (on Kubernetes, the Namespace's own), and its name."""
+    labels its Profile kns.<namespace> applies (on Kubernetes, the Namespace's own), its name,
+    and Calico's projectcalico.org/name."""
     applied = profile.spec.labels_to_apply if profile is not None else {}
-    return {NAMESPACE_NAME_LABEL: namespace, **applied}
+    return {NAMESPACE_NAME_LABEL: namespace, **applied, CALICO_NAMESPACE_NAME_LABEL: namespace}
 
 
 register(Profile, plural="profiles", short_names=("pro", "pros"))

@@ -60,7 +60,8 @@ def render(endpoint: WorkloadEndpoint, policies: list, profile: Profile,
     namespace = endpoint.metadata.namespace or "default"
     view = PolicyEndpoint(f"{namespace}/{endpoint.spec.workload_name}", namespace,
                           endpoint.spec.interface_name, (), dict(endpoint.metadata.labels),
-                          namespace_labels)
+                          namespace_labels, orchestrator=endpoint.spec.orchestrator,
+                          service_account=endpoint.spec.service_account_name)
     labels = ", ".join(f"{k}={v}" for k, v in sorted(endpoint.metadata.labels.items())) or "(none)"
     ns_labels = ", ".join(f"{k}={v}" for k, v in sorted(namespace_labels.items()))
     lines = [f"Workload endpoint {namespace}/{endpoint.metadata.name}",

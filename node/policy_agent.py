@@ -46,6 +46,8 @@ TRUST_WRITTEN_SECONDS = 10.0
 
 def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
                     namespace_labels: dict[str, dict[str, str]]) -> PolicyEndpoint:
+    """The endpoint as the compiler sees it; its selector labels add Calico's to the pod's
+    (PolicyEndpoint.selector_labels), from its namespace, orchestrator and service account."""
     namespace = endpoint.metadata.namespace or "default"
     return PolicyEndpoint(
         key=f"{namespace}/{endpoint.spec.workload_name}",
@@ -54,7 +56,9 @@ def policy_endpoint(endpoint: WorkloadEndpoint, node: str,
         addresses=tuple(str(ipaddress.ip_network(n).network_address) for n in endpoint.spec.ip_networks),
         labels=dict(endpoint.metadata.labels),
         namespace_labels=namespace_labels.get(namespace, labels_of_namespace(namespace, None)),
-        ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in endpoint.spec.ports if p.name))
+        ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in endpoint.spec.ports if p.name),
+        orchestrator=endpoint.spec.orchestrator,
+        service_account=endpoint.spec.service_account_name)
 
 
 class PolicyAgent:

@@ -4,6 +4,9 @@ writer (percale.policy.nft) applies what this returns.
 
 One table, `inet percale`:
 
+  prerouting          base chain (raw priority, before conntrack): a packet from a pod interface
+                      whose source address does not route back out of that interface is dropped
+                      (anti-spoofing, felix's raw cali-PREROUTING)
   forward, input      base chains (filter priority): a packet from a pod interface (pcl*) goes
                       through its endpoint's egress chain, one to a pod interface through the
                       endpoint's ingress chain, pod-to-pod on one node through both
@@ -11,8 +14,9 @@ One table, `inet percale`:
   to-endpoint         pcl* that is in no map is dropped (fail closed: a pod whose chains are
                       not programmed yet gets nothing through)
   fw-<if>, tw-<if>    an endpoint's egress (from workload) and ingress (to workload) chain:
-                      replies of allowed connections accepted, invalid dropped, then each
-                      policy that selects the endpoint in order, then its namespace profile
+                      replies of allowed connections accepted, invalid dropped, (fw- only) VXLAN
+                      and IP-in-IP the pod sends dropped, then each policy that selects the
+                      endpoint in order, then its namespace profile
   po-<id>, pi-<id>    a policy's egress and ingress rules, shared by every endpoint it selects
   pro-<id>, pri-<id>  a profile's rules
   s4-…, s6-…          addresses of the endpoints a rule's selector matches
@@ -58,6 +62,18 @@ COMMENT_LIMIT = 128
 # this much, so a name too long is cut to the same length in every comment it is in.
 _COMMENT_AFTER_NAME = 32
 PROTOCOL_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp", 136: "udplite"}
+# What a pod may not send whatever its policy says (felix's cali-fw-*, dataplane.md §B4 step 7):
+# a node unwraps VXLAN (this port: dataplane/vxlan.py's PORT, which policy may not import) and
+# IP-in-IP (protocol 4, IPv4 in IPv4 or in IPv6) and forwards the inner packet, whose egress
+# policy then never ran: a pod allowed the internet reached every pod through a node's address.
+VXLAN_PORT = 4789
+IPIP_PROTOCOL = 4
+# Calico's labels on every workload endpoint (libcalico-go's LabelNamespace, LabelOrchestrator,
+# LabelServiceAccount; dataplane.md §A2), for selectors written for Calico. Without them such a
+# selector matched nothing, and a Deny written with one denied nothing.
+NAMESPACE_LABEL = "projectcalico.org/namespace"
+ORCHESTRATOR_LABEL = "projectcalico.org/orchestrator"
+SERVICE_ACCOUNT_LABEL = "projectcalico.org/serviceaccount"
 
 
 @dataclass(frozen=True)
@@ -75,15 +91,31 @@ class PolicyEndpoint:
     namespace: str
     interface: str | None  # the host-side veth; None for endpoints of other nodes
     addresses: tuple[str, ...]  # without prefix length
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # the pod's own
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[NamedPort, ...] = ()
+    orchestrator: str = "k8s"
+    service_account: str | None = None  # None: not known
+
+    @functools.cached_property
+    def selector_labels(self) -> Mapping[str, str]:
+        """What selectors match: the pod's labels, then Calico's. Calico's come last, as
+        Calico writes them, so a pod cannot label itself into another namespace's policies;
+        a service account label the pod gives itself is dropped when its real one is not
+        known, or a pod would pass for any service account an Allow names."""
+        labels = {key: value for key, value in self.labels.items()
+                  if key != SERVICE_ACCOUNT_LABEL}
+        labels[NAMESPACE_LABEL] = self.namespace
+        labels[ORCHESTRATOR_LABEL] = self.orchestrator
+        if self.service_account:
+            labels[SERVICE_ACCOUNT_LABEL] = self.service_account
+        return labels
 
     @functools.cached_property
     def likeness(self) -> tuple:
         """What policy can tell apart: namespace, labels, namespace labels (a Deployment's
         replicas are alike). Kept on the endpoint, which is built once per revision."""
-        return (self.namespace, frozenset(self.labels.items()),
+        return (self.namespace, frozenset(self.selector_labels.items()),
                 frozenset(self.namespace_labels.items()))
 
 
@@ -120,6 +152,23 @@ class Ruleset:
 
 
 BASE_CHAINS = {
+    # Anti-spoofing, felix's raw cali-PREROUTING (dataplane.md §B3): a packet from a pod whose
+    # source does not route back out of the interface it came in on is dropped, before conntrack
+    # and before any policy trusts its source. rp_filter does it for IPv4 only, and only where
+    # the node sets it (percale does not; often it is 0); IPv6 has nothing of the kind: a pod
+    # sending with another pod's address passed selector-based ingress policy as that pod.
+    # Pods' /32 and /128 routes point at their pcl veth (dataplane/pod_network.py), the veth's
+    # fe80::/64 route takes their link-local sources, and a CNI ADD answers only once the routes
+    # are in: nothing the pod runs sends before them.
+    "prerouting": ["type filter hook prerouting priority raw; policy accept;",
+                   # Duplicate address detection and MLD before the pod has an address: from ::
+                   # to link-local scope. Recent kernels' fib lets these through by itself
+                   # (nft_fib_v6_skip_icmpv6); older ones found no route to :: via the pod and
+                   # dropped them, which would hide a duplicate address.
+                   f'iifname "{INTERFACE_PREFIX}*" ip6 saddr :: ip6 daddr ff02::/16 '
+                   "meta l4proto ipv6-icmp accept",
+                   f'iifname "{INTERFACE_PREFIX}*" fib saddr . iif oif missing counter drop '
+                   'comment "source address not routed to the pod that sent it"'],
     "forward": ["type filter hook forward priority filter; policy accept;",
                 f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch',
                 f'oifname "{INTERFACE_PREFIX}*" jump to-endpoint-dispatch'],
@@ -189,7 +238,7 @@ def selects(policy: NetworkPolicy | GlobalNetworkPolicy, endpoint: PolicyEndpoin
     elif policy.spec.namespace_selector is not None and not selector.matches(
             policy.spec.namespace_selector, endpoint.namespace_labels):
         return False
-    return selector.matches(policy.spec.selector, endpoint.labels)
+    return selector.matches(policy.spec.selector, endpoint.selector_labels)
 
 
 def _families(addresses: Iterable[str]) -> dict[int, list[str]]:
@@ -264,7 +313,7 @@ class _Compiler:
                             continue
                     elif scope is not None and endpoint.namespace != scope:
                         continue
-                if chosen is not None and not selector.matches(chosen, endpoint.labels):
+                if chosen is not None and not selector.matches(chosen, endpoint.selector_labels):
                     continue
                 for member in group:
                     for address in member.addresses:
@@ -420,6 +469,11 @@ class _Compiler:
         not_passed = f"meta mark and 0x{PASS_MARK:x} == 0x0"
         rules = ["ct state established,related accept", "ct state invalid drop",
                  f"meta mark set mark and 0x{~(ACCEPT_MARK | PASS_MARK) & 0xffffffff:x}"]
+        if direction == "Egress":
+            for matches, what in ((f"udp dport {VXLAN_PORT}", ": VXLAN sent by the pod"),
+                                  (f"meta l4proto {IPIP_PROTOCOL}", ": IP-in-IP sent by the pod")):
+                comment = within_comment_limit(endpoint.key, what)
+                rules.append(f'{matches} counter drop comment "{comment}"')
         likeness = (endpoint.likeness, direction)
         if likeness not in self._applicable:
             self._applicable[likeness] = tuple(p for p, types in policies

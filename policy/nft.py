@@ -22,7 +22,7 @@ import subprocess
 import threading
 from collections.abc import Mapping
 
-from percale.policy.compile import FAMILY, TABLE, Ruleset, render
+from percale.policy.compile import BASE_CHAINS, DISPATCH_CHAINS, FAMILY, TABLE, Ruleset, render
 
 log = logging.getLogger("percale.policy")
 
@@ -189,10 +189,12 @@ class PolicyTable:
             elif "map" in item:
                 maps[item["map"]["name"]] = len(item["map"].get("elem", []))
         want = self.applied
-        expected_rules = {name: len(body) for name, body in want.chains.items()}
-        present = {name: count for name, count in rules.items()
-                   if name not in ("forward", "input", "from-endpoint-dispatch", "to-endpoint-dispatch")}
-        return (present != expected_rules
+        # The fixed chains too: a flushed prerouting chain is anti-spoofing gone. A base chain's
+        # first line is its hook, not a rule.
+        expected_rules = {**{name: len(body) - 1 for name, body in BASE_CHAINS.items()},
+                          **{name: len(body) for name, body in DISPATCH_CHAINS.items()},
+                          **{name: len(body) for name, body in want.chains.items()}}
+        return (rules != expected_rules
                 or sets != {name: len(s.elements) for name, s in want.sets.items()}
                 or maps != {"from-endpoint": len(want.from_endpoint), "to-endpoint": len(want.to_endpoint)})
 

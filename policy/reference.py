@@ -8,10 +8,16 @@ two meet as Calico makes them meet (a Kubernetes policy is an allow-only policy 
 
 A flow goes from a source to a destination: each is an Endpoint (a pod) or a bare address (a host
 outside the pools). It is allowed when the source's egress and the destination's ingress both
-allow it; an address has no policy of its own. Per endpoint and direction: the policies that
-select it and govern that direction, in order; the first Allow allows, the first Deny denies, a
-Pass goes on to the namespace's profile, Log goes on; when policies applied and none decided, the
-flow is denied. With no policy, the profile decides (by default it allows).
+allow it; an address has no policy of its own. A pod never sends VXLAN or IP-in-IP, whatever its
+policy says (felix drops them before any policy: the node would unwrap them and forward what is
+inside unchecked). Per endpoint and direction: the policies that select it and govern that
+direction, in order; the first Allow allows, the first Deny denies, a Pass goes on to the
+namespace's profile, Log goes on; when policies applied and none decided, the flow is denied.
+With no policy, the profile decides (by default it allows).
+
+Selectors, Kubernetes' included (Calico converts them to its own), see a pod's labels with
+Calico's after them (projectcalico.org/namespace, /orchestrator, /serviceaccount) and its
+namespace's labels with projectcalico.org/name (dataplane.md §A2).
 """
 
 from __future__ import annotations
@@ -41,14 +47,39 @@ class NamedPort:
     port: int
 
 
+# Calico's labels and the encapsulations a pod may not send, spelled out here and not taken
+# from the compiler, so that a mistake in either shows as a difference.
+CALICO_NAMESPACE = "projectcalico.org/namespace"
+CALICO_ORCHESTRATOR = "projectcalico.org/orchestrator"
+CALICO_SERVICE_ACCOUNT = "projectcalico.org/serviceaccount"
+CALICO_NAMESPACE_NAME = "projectcalico.org/name"
+VXLAN_PORT = 4789
+IPIP_PROTOCOL = 4
+
+
 @dataclass(frozen=True)
 class Endpoint:
     name: str
     namespace: str
     address: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # the pod's own
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)  # the namespace's own
     ports: tuple[NamedPort, ...] = ()
+    service_account: str | None = None
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        """The pod's labels, then Calico's: the pod cannot override them, nor claim a
+        service account that is not known to be its own."""
+        own = {k: v for k, v in self.labels.items() if k != CALICO_SERVICE_ACCOUNT}
+        calico = {CALICO_NAMESPACE: self.namespace, CALICO_ORCHESTRATOR: "k8s"}
+        if self.service_account:
+            calico[CALICO_SERVICE_ACCOUNT] = self.service_account
+        return {**own, **calico}
+
+    @property
+    def selector_namespace_labels(self) -> dict[str, str]:
+        return {**self.namespace_labels, CALICO_NAMESPACE_NAME: self.namespace}
 
 
 Party = Endpoint | str  # a pod, or the address of something that is not one
@@ -58,7 +89,7 @@ Party = Endpoint | str  # a pod, or the address of something that is not one
 class Flow:
     source: Party
     destination: Party
-    protocol: str  # TCP, UDP, SCTP, ICMP
+    protocol: str | int  # TCP, UDP, SCTP, ICMP, or a number (4: IP-in-IP)
     port: int | None = None  # the destination port (none for ICMP)
     source_port: int | None = None
 
@@ -99,11 +130,12 @@ def _k8s_peer_matches(peer: NetworkPolicyPeer, party: Party, namespace: str) -> 
     if not isinstance(party, Endpoint):
         return False
     if peer.namespace_selector is not None:
-        if not _label_selector_matches(peer.namespace_selector, party.namespace_labels):
+        if not _label_selector_matches(peer.namespace_selector, party.selector_namespace_labels):
             return False
     elif party.namespace != namespace:
         return False
-    return peer.pod_selector is None or _label_selector_matches(peer.pod_selector, party.labels)
+    return (peer.pod_selector is None
+            or _label_selector_matches(peer.pod_selector, party.selector_labels))
 
 
 def _k8s_port_matches(ports, flow: Flow, owner: Party) -> bool:
@@ -136,7 +168,8 @@ class _Kubernetes:
     def governs(self, endpoint: Endpoint, direction: str) -> bool:
         return (endpoint.namespace == self.policy.metadata.namespace
                 and direction in self.policy.spec.effective_types
-                and _label_selector_matches(self.policy.spec.pod_selector, endpoint.labels))
+                and _label_selector_matches(self.policy.spec.pod_selector,
+                                            endpoint.selector_labels))
 
     def decide(self, direction: str, flow: Flow) -> str | None:
         namespace = self.policy.metadata.namespace or "default"
@@ -186,14 +219,15 @@ def _entity_matches(entity: EntityRule, party: Party, flow: Flow, namespace: str
         if not isinstance(party, Endpoint):
             return False
         if entity.namespace_selector is not None:
-            if not selector.matches(entity.namespace_selector, party.namespace_labels):
+            if not selector.matches(entity.namespace_selector, party.selector_namespace_labels):
                 return False
         elif namespace is not None and party.namespace != namespace:
             return False
-        if entity.selector is not None and not selector.matches(entity.selector, party.labels):
+        if (entity.selector is not None
+                and not selector.matches(entity.selector, party.selector_labels)):
             return False
     if (entity.not_selector is not None and isinstance(party, Endpoint)
-            and selector.matches(entity.not_selector, party.labels)):
+            and selector.matches(entity.not_selector, party.selector_labels)):
         return False
     if entity.ports and not _port_in(port, entity.ports, flow, party):
         return False
@@ -244,9 +278,10 @@ class _Percale:
         if self.namespace is not None and endpoint.namespace != self.namespace:
             return False
         namespace_selector = getattr(spec, "namespace_selector", None)
-        if namespace_selector is not None and not selector.matches(namespace_selector, endpoint.namespace_labels):
+        if namespace_selector is not None and not selector.matches(
+                namespace_selector, endpoint.selector_namespace_labels):
             return False
-        return selector.matches(spec.selector, endpoint.labels)
+        return selector.matches(spec.selector, endpoint.selector_labels)
 
     def decide(self, direction: str, flow: Flow) -> str | None:
         rules = self.policy.spec.ingress if direction == "Ingress" else self.policy.spec.egress
@@ -254,6 +289,12 @@ class _Percale:
 
 
 # -- the verdict ------------------------------------------------------------------------------
+
+def _encapsulated(flow: Flow) -> bool:
+    number = protocol_number(flow.protocol)
+    udp = protocol_number("UDP")
+    return number == IPIP_PROTOCOL or (number == udp and flow.port == VXLAN_PORT)
+
 
 class World:
     """The policies and profiles in force."""
@@ -285,6 +326,8 @@ class World:
         return _first_action(rules, flow, None) == "Allow"
 
     def allowed(self, flow: Flow) -> bool:
+        if isinstance(flow.source, Endpoint) and _encapsulated(flow):
+            return False
         if isinstance(flow.source, Endpoint) and not self.direction_allows(flow.source, "Egress", flow):
             return False
         if isinstance(flow.destination, Endpoint) and not self.direction_allows(flow.destination, "Ingress", flow):

@@ -252,6 +252,14 @@ CASES = [
     ("calico-not-selector-alone-stays-in-namespace", [], [
         own({"selector": "pod == 'a'", "ingress": [
             {"action": "Allow", "source": {"notSelector": "pod == 'b'"}}]}, "not-b")]),
+    # Calico's own endpoint labels, as policies written for Calico use them: they matched
+    # nothing, so this Deny denied nothing.
+    ("calico-builtin-endpoint-labels", [], [
+        own({"order": 1, "selector": "projectcalico.org/namespace == 'x' && pod == 'a'",
+             "ingress": [{"action": "Deny", "source": {
+                 "selector": "projectcalico.org/orchestrator == 'k8s' && "
+                             "projectcalico.org/namespace == 'y'"}},
+                         {"action": "Pass"}]}, "g", namespace=None)]),
 ]
 
 

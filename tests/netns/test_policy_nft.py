@@ -42,6 +42,9 @@ for name, runner in (("process", run_nft), ("library", LibNftables())):
         refused = str(err)
     found[name] = {"whole": whole, "changed": changed, "refused": refused,
                    "unchanged": listing() == before, "drifted": table.drifted()}
+    # The fixed chains count too: a flushed prerouting chain is anti-spoofing gone.
+    subprocess.run(["nft", "flush", "chain", "inet", "percale", "prerouting"], check=True)
+    found[name]["drifted_without_prerouting"] = table.drifted()
     subprocess.run(["nft", "delete", "table", "inet", "percale"], check=True)
 print(json.dumps(found))
 """
@@ -58,3 +61,4 @@ def test_library_and_process_write_the_same_table():
     assert "pi-" not in process["changed"]  # the policy's chain went with the policy
     for runner in (process, library):
         assert "no-such-chain" in runner["refused"] and runner["unchanged"] and not runner["drifted"]
+        assert runner["drifted_without_prerouting"]

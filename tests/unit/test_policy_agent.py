@@ -11,7 +11,7 @@ import pytest
 from percale.api import ObjectMeta, Profile, WorkloadEndpoint, WorkloadEndpointSpec, parse
 from percale.datastore import Key, KVPair, MemoryDatastore
 from percale.datastore.cache import Cache
-from percale.node.policy_agent import NOT_STORED, POLICY_KINDS, PolicyAgent
+from percale.node.policy_agent import NOT_STORED, POLICY_KINDS, PolicyAgent, policy_endpoint
 from percale.policy.compile import render
 
 pytestmark = pytest.mark.unit
@@ -303,3 +303,100 @@ async def test_an_announced_endpoint_once_stored_keeps_the_chains_built_for_it(w
     agent.endpoint_written(KVPair(Key.of(other), other, NOT_STORED))
     assert await agent.wait_programmed("pcl000000000012", timeout=2)
     assert table.applied.chains["fw-pcl000000000011"] is built
+
+
+def workload(namespace: str, pod: str, address: str, interface: str,
+             labels: dict[str, str] | None = None,
+             service_account: str | None = None) -> WorkloadEndpoint:
+    return WorkloadEndpoint(
+        metadata=ObjectMeta(name=f"node1-k8s-{pod}-eth0", namespace=namespace,
+                            labels=labels or {}),
+        spec=WorkloadEndpointSpec.model_validate({
+            "orchestrator": "k8s", "node": "node1", "containerID": "c1", "pod": pod,
+            "endpoint": "eth0", "ipNetworks": [f"{address}/32"], "profiles": [f"kns.{namespace}"],
+            "interfaceName": interface, "serviceAccountName": service_account}))
+
+
+def members_of_rule(ruleset, policy: str, direction: str, index: int) -> set[str]:
+    """The IPv4 addresses in the selector set that rule `index` of `policy` matches its peer
+    with (the rule's IPv4 nft rule)."""
+    from percale.policy.compile import policy_chain
+
+    rule = next(r for r in ruleset.chains[policy_chain(direction, policy)]
+                if f" {direction.lower()} {index} " in r and "@s4-" in r)
+    name = "s4-" + rule.split("@s4-", 1)[1].split()[0]
+    return set(ruleset.sets[name].elements)
+
+
+async def stored_and_seen(memory, cache, *resources) -> None:
+    for resource in resources:
+        await in_view(cache, (await memory.create(resource)).key)
+
+
+def test_calicos_endpoint_labels_come_after_the_pods_own():
+    """A workload endpoint's labels as Calico writes them (dataplane.md §A2): the pod's, then
+    projectcalico.org/namespace, /orchestrator and /serviceaccount (when known). A pod labelling
+    itself with them changes nothing; without a known service account, its claim to one goes."""
+    claims = {"app": "web", "projectcalico.org/namespace": "prod",
+              "projectcalico.org/orchestrator": "none",
+              "projectcalico.org/serviceaccount": "admin"}
+    unknown = policy_endpoint(workload("shop", "web", "10.0.0.1", "pcl000000000021", claims),
+                              "node1", {})
+    assert unknown.selector_labels == {"app": "web", "projectcalico.org/namespace": "shop",
+                                       "projectcalico.org/orchestrator": "k8s"}
+    known = policy_endpoint(
+        workload("shop", "web", "10.0.0.1", "pcl000000000021", claims, "web-sa"), "node1", {})
+    assert known.selector_labels["projectcalico.org/serviceaccount"] == "web-sa"
+    assert known.labels == claims  # the pod's own, as shown to users
+
+
+async def test_calico_style_selectors_select_endpoints(world):
+    """A GlobalNetworkPolicy written the usual Calico way: selected by namespace label, denying
+    by orchestrator and service account label. It selected nothing, so its Deny denied nothing."""
+    memory, cache, agent, table = world
+    deny = parse({
+        "apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "d"},
+        "spec": {"selector": "projectcalico.org/namespace == 'prod'", "ingress": [
+            {"action": "Deny", "source": {
+                "selector": "projectcalico.org/orchestrator == 'k8s' && app == 'evil'"}},
+            {"action": "Deny", "source": {
+                "selector": "projectcalico.org/serviceaccount == 'scanner'"}}]}})
+    await stored_and_seen(
+        memory, cache, deny,
+        workload("prod", "db", "10.0.0.1", "pcl000000000022", {"app": "db"}),
+        workload("untrusted", "evil", "10.0.9.9", "pcl000000000023", {"app": "evil"}),
+        workload("untrusted", "scan", "10.0.9.10", "pcl000000000024", {}, "scanner"),
+        # Claims the service account by label: not the one it runs as.
+        workload("untrusted", "liar", "10.0.9.11", "pcl000000000025",
+                 {"projectcalico.org/serviceaccount": "scanner"}))
+    ruleset = agent.desired()
+    assert any("jump pi-" in rule for rule in ruleset.chains["tw-pcl000000000022"])
+    assert not any("jump pi-" in rule for rule in ruleset.chains["tw-pcl000000000023"])
+    key = "GlobalNetworkPolicy/d"
+    assert members_of_rule(ruleset, key, "Ingress", 0) == {"10.0.9.9"}
+    assert members_of_rule(ruleset, key, "Ingress", 1) == {"10.0.9.10"}
+
+
+async def test_a_namespace_selector_sees_calicos_namespace_name_label(world):
+    """A namespace's labels, as namespaceSelectors see them, carry projectcalico.org/name (in
+    Calico, its profile applies pcns.projectcalico.org/name), after its own labels: a namespace
+    labelled with another's name is not that namespace. Needs api.policy.namespace_labels to add
+    the label."""
+    memory, cache, agent, table = world
+    by_name = parse({
+        "apiVersion": "percale.io/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "n"},
+        "spec": {"selector": "all()", "ingress": [
+            {"action": "Deny",
+             "source": {"namespaceSelector": "projectcalico.org/name == 'untrusted'"}},
+            {"action": "Allow",
+             "source": {"namespaceSelector": "projectcalico.org/name == 'prod'"}}]}})
+    await stored_and_seen(
+        memory, cache, by_name,
+        Profile(metadata={"name": "kns.untrusted"},
+                spec={"labelsToApply": {"projectcalico.org/name": "prod"}}),
+        workload("prod", "db", "10.0.0.1", "pcl000000000026", {"app": "db"}),
+        workload("untrusted", "evil", "10.0.9.9", "pcl000000000027", {"app": "evil"}))
+    ruleset = agent.desired()
+    key = "GlobalNetworkPolicy/n"
+    assert members_of_rule(ruleset, key, "Ingress", 0) == {"10.0.9.9"}
+    assert members_of_rule(ruleset, key, "Ingress", 1) == {"10.0.0.1"}

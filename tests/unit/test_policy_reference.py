@@ -10,7 +10,7 @@ import yaml
 
 from percale.api import parse
 from percale.api.k8s_policy import parse_kubernetes_policy
-from percale.policy.reference import Endpoint, Flow, NamedPort, World
+from percale.policy.reference import VXLAN_PORT, Endpoint, Flow, NamedPort, World
 
 pytestmark = pytest.mark.unit
 
@@ -204,3 +204,46 @@ def test_the_compiler_orders_equal_orders_by_name_as_the_reference_does():
              if "jump pi-" in rule]
     assert jumps == [policy_chain("Ingress", "NetworkPolicy/x/knp.default.allow-all"),
                      policy_chain("Ingress", "GlobalNetworkPolicy/zz-deny")]
+
+
+def test_a_pod_never_sends_vxlan_or_ip_in_ip():
+    """Whatever its policy says (felix's cali-fw-* drops them first): a node would unwrap them
+    and forward what is inside with no egress policy of its own. Sent to a pod, they are just
+    traffic."""
+    world = World()
+    assert not reach(world, "x/a", EXTERNAL, VXLAN_PORT, "UDP")
+    assert not reach(world, "x/a", "y/b", VXLAN_PORT, "UDP")
+    assert not reach(world, "x/a", EXTERNAL, None, 4)
+    assert reach(world, "x/a", EXTERNAL, VXLAN_PORT, "TCP")
+    assert reach(world, EXTERNAL, "x/a", VXLAN_PORT, "UDP")
+
+
+def test_calicos_endpoint_labels_select_pods_and_a_pod_cannot_claim_them():
+    """projectcalico.org/namespace, /orchestrator and /serviceaccount (dataplane.md §A2), after
+    the pod's own labels: a Deny written with them denies."""
+    liar = Endpoint("liar", "x", "10.244.9.1", {"projectcalico.org/namespace": "y",
+                                                "projectcalico.org/serviceaccount": "scanner"})
+    scanner = Endpoint("scan", "z", "10.244.9.2", service_account="scanner")
+    deny = percale({"order": 1, "selector": "projectcalico.org/namespace == 'y'", "ingress": [
+        {"action": "Deny", "source": {"selector": "projectcalico.org/orchestrator == 'k8s' && "
+                                                  "pod == 'a'"}},
+        {"action": "Deny",
+         "source": {"selector": "projectcalico.org/serviceaccount == 'scanner'"}},
+        {"action": "Allow"}]}, namespace=None)
+    world = World(percale=[deny])
+    assert allowed_into(world, "y/b") == EVERYONE - {"y/b", "x/a", "y/a", "z/a"}
+    assert allowed_into(world, "x/b") == EVERYONE - {"x/b"}  # not selected
+    assert not world.allowed(Flow(scanner, PODS["y/b"], "TCP", 80))
+    assert world.allowed(Flow(liar, PODS["y/b"], "TCP", 80))  # its claims are not its labels
+    assert world.allowed(Flow(PODS["y/a"], liar, "TCP", 80))  # nor is it selected as y's
+
+
+def test_a_namespace_selector_sees_calicos_namespace_name():
+    """A namespace's labels carry projectcalico.org/name (Calico's pcns.projectcalico.org/name),
+    after its own: one labelled with another namespace's name is not that namespace."""
+    impostor = Endpoint("a", "w", "10.244.9.3", {"pod": "a"},
+                        {"kubernetes.io/metadata.name": "w", "projectcalico.org/name": "y"})
+    world = World(percale=[percale({"selector": "pod == 'a'", "ingress": [
+        {"action": "Allow", "source": {"namespaceSelector": "projectcalico.org/name == 'y'"}}]})])
+    assert allowed_into(world, "x/a") == {"y/a", "y/b", "y/c"}
+    assert not world.allowed(Flow(impostor, PODS["x/a"], "TCP", 80))
