@@ -383,7 +383,9 @@ class BGPAgent:
                 [s.peer_address for s in self.sessions], time.monotonic()):
             self._fib_due.set()  # a removed peer's routes leave the kernel before its session ends
         all_pools = self.cache.values("IPPool")
-        pools = [p.spec.cidr for p in all_pools if not p.spec.disabled]  # type: ignore[attr-defined]
+        # Every pool, disabled ones too: disabling stops new addresses, not the routes to the
+        # pods that hold one (Calico's kernel filter never looks at `disabled`).
+        pools = [p.spec.cidr for p in all_pools]  # type: ignore[attr-defined]
         # A view that does not follow BGPFilters (an older agent's kinds) has none.
         followed = "BGPFilter" in self.cache.kinds
         self._filters = {f.metadata.name: f
