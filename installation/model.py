@@ -20,7 +20,7 @@ from pydantic import Field, StrictBool, ValidationError
 from percale.api import IPPool, ObjectMeta, autodetection
 from percale.api.consistency import overlapping_pools
 from percale.api.fields import IPV6_MIN_MTU, POD_MTU_MIN
-from percale.api.ippool import DEFAULT_BLOCK_SIZE, IPPoolSpec
+from percale.api.ippool import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, IPPoolSpec
 from percale.api.meta import Model, Problem, validation_problems
 from percale.api.selector import labels_problem
 
@@ -241,6 +241,9 @@ def _pool_problems(network: CalicoNetworkSpec, stored_pools: Mapping[str, str]) 
         where = f"spec.calicoNetwork.ipPools[{i}]"
         if problem := _encapsulation_problem(entry, network.bgp):
             found.append(Problem(f"{where}.encapsulation", problem))
+        if problem := _zero_block_size_problem(entry):
+            found.append(Problem(f"{where}.blockSize", problem))
+            continue
         try:
             pool = ip_pool(entry)
         except ValidationError as err:
@@ -258,6 +261,20 @@ def _pool_problems(network: CalicoNetworkSpec, stored_pools: Mapping[str, str]) 
     for position, problem in overlapping_pools(good, _stored(stored_pools)).items():
         found.append(Problem(f"{where_of[good[position].metadata.name]}.cidr", problem.reason))
     return found
+
+
+def _zero_block_size_problem(entry: IPPoolEntry) -> str | None:
+    """tigera holds an Installation pool's blockSize, 0 included, to its family's range; an
+    IPPool reads 0 as Calico's "not set" (api/ippool.py), so the pool would be made with 26 (122)
+    without a word."""
+    if entry.block_size != 0:
+        return None
+    try:
+        version = ipaddress.ip_network(entry.cidr, strict=False).version
+    except ValueError:
+        return None  # the CIDR's own problem is named when the pool is made
+    low, high = BLOCK_SIZE_RANGE[version]
+    return f"0 is outside {low}-{high} for an IPv{version} pool"
 
 
 def _detection_methods(method: NodeAddressAutodetection) -> list[str]:
