@@ -7,7 +7,9 @@ that still fails (another client raced us) is reported as calicoctl reports it: 
 then the error.
 
 delete goes on past a resource it cannot delete, as calicoctl's does: it deletes every one that
-exists, then names each failure ("Failed to delete 'IPPool' resource: ...") and exits 1.
+exists, then names each failure ("Failed to delete 'IPPool' resource: ...") and exits 1. A pool
+goes with its blocks' affinities, and a Node with its endpoints, addresses, affinities and BGP
+settings (ipam/node_removal.py), as in Calico.
 
 patch merges a JSON merge patch (RFC 7386) into the stored document and writes the result as
 replace writes a file: the same validation, the same checks, at the revision it read.
@@ -24,6 +26,7 @@ import typer
 from percale.ctl.documents import Document, InputError
 from percale.datastore import Datastore, DatastoreError, Key, KVPair, NotFound
 from percale.ipam.allocator import IPAM
+from percale.ipam.node_removal import NodeRemoval, remove_node
 from percale.api import InvalidResource, IPPool, Resource, parse
 from percale.api.consistency import check_batch
 
@@ -205,7 +208,24 @@ async def _delete(store: Datastore, key: Key, revision: str | None) -> KVPair:
     if key.kind == "IPPool":
         # Blocks and affinities hang off the pool: IPAM takes them down in Calico's order.
         return await IPAM(store).delete_pool(key.name, revision=revision)
+    if key.kind == "Node":
+        return await _delete_node(store, key.name, revision)
     return await store.delete(key, revision=revision)
+
+
+async def _delete_node(store: Datastore, name: str, revision: str | None) -> KVPair:
+    """A Node goes with its endpoints, addresses, affinities and BGP settings, as in Calico
+    (ipam/node_removal.py): deleted alone, they leaked for good. What went is said in one line,
+    also when the Node itself then could not be deleted, so a second run is no surprise."""
+    removal = NodeRemoval(name)
+    try:
+        deleted = await remove_node(store, name, revision=revision, removal=removal)
+    except Exception:
+        if removal.anything_done:
+            typer.echo(removal.summary())
+        raise
+    typer.echo(removal.summary())
+    return deleted
 
 
 async def delete_named(store: Datastore, kind: type[Resource], names: list[str],

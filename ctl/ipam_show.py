@@ -5,7 +5,8 @@
     ipam show --ip ADDR             who holds one address
     ipam show --show-borrowed       addresses nodes took from other nodes' blocks
     ipam show --show-configuration  the IPAMConfig values in force
-    ipam configure --strictaffinity=true|false
+    ipam configure [--strictaffinity=true|false] [--max-blocks-per-host=N]
+                   [--ip-cooldown-seconds=N]   at least one of them
 
 Counting lives in `percale.ipam.usage`, drawing in `percale.ctl.ascii_table` (calicoctl's classic
 tables, calico.md §5.1 and §5.3); this module reads the datastore and formats numbers as Go does.
@@ -13,6 +14,7 @@ tables, calico.md §5.1 and §5.3); this module reads the datastore and formats 
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -25,6 +27,7 @@ from percale.datastore import Datastore, DatastoreError
 from percale.ipam.allocator import IPAM, Allocation, read_reservations
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
+from percale.api.ipam import MAX_IP_COOLDOWN_SECONDS
 from percale.api.fields import plain_ip
 from percale.api.meta import InvalidResource
 
@@ -108,12 +111,15 @@ def go_value(value: bool | int) -> str:
 
 
 def configuration_rows(config: IPAMConfigSpec) -> list[list[str]]:
+    """calicoctl's rows: one per field of its IPAMConfig, in the struct's order, named as the
+    field (show.go walks the struct). Its KubeVirtVMAddressPersistence has no counterpart here."""
     # The stored maxBlocksPerHost, 0 when unset, as calicoctl shows it; the allocator then
     # applies its default cap.
     return [
         ["StrictAffinity", go_value(config.strict_affinity)],
         ["AutoAllocateBlocks", go_value(config.auto_allocate_blocks)],
         ["MaxBlocksPerHost", go_value(config.max_blocks_per_host)],
+        ["IPCooldownSeconds", go_value(config.ip_cooldown_seconds)],
     ]
 
 
@@ -122,6 +128,19 @@ _GO_BOOLS = {
     **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
     **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
 }
+
+# Go's strconv.Atoi, which calicoctl uses for --max-blocks-per-host: an optional sign and decimal
+# digits, nothing else (Python's int() would take spaces and underscores too), within int64.
+_GO_INT = re.compile(r"[+-]?[0-9]+")
+_INT64 = range(-(2**63), 2**63)
+
+
+def go_atoi(text: str) -> int | None:
+    """`text` as strconv.Atoi reads it; None where it refuses it."""
+    if not _GO_INT.fullmatch(text):
+        return None
+    number = int(text)
+    return number if number in _INT64 else None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -162,28 +181,53 @@ def show(
 
 @ipam_app.command()
 def configure(
-    strictaffinity: Annotated[str, typer.Option(
+    strictaffinity: Annotated[Optional[str], typer.Option(
         "--strictaffinity", metavar="true|false",
         help="Set StrictAffinity to true/false. When StrictAffinity is true, borrowing IP "
-             "addresses is not allowed.")],
+             "addresses is not allowed.")] = None,
+    max_blocks_per_host: Annotated[Optional[str], typer.Option(
+        "--max-blocks-per-host", metavar="NUMBER",
+        help="Set the maximum number of blocks that can be affine to a host (above 0 only "
+             "with StrictAffinity true; 0: the default cap of 20).")] = None,
+    ip_cooldown_seconds: Annotated[Optional[int], typer.Option(
+        "--ip-cooldown-seconds", metavar="SECONDS", min=0, max=MAX_IP_COOLDOWN_SECONDS,
+        help="Set the minimum time between release and re-allocation of an IP address.")] = None,
 ) -> None:
-    """Modify configuration for IP address management."""
-    strict = _GO_BOOLS.get(strictaffinity)
-    if strict is None:
-        raise fail("Invalid value. Use true or false to set strictaffinity")
+    """Modify configuration for IP address management: give at least one setting."""
+    # As calicoctl: an empty value is a setting not given.
+    strict: bool | None = None
+    if strictaffinity:
+        strict = _GO_BOOLS.get(strictaffinity)
+        if strict is None:
+            raise fail("Invalid value. Use true or false to set strictaffinity")
+    max_blocks: int | None = None
+    if max_blocks_per_host:
+        max_blocks = go_atoi(max_blocks_per_host)
+        if max_blocks is None:
+            raise fail("Invalid value for maxblockhost. Use a valid number")
+    # (calicoctl's field name, percale's, the value), in calicoctl's order of reporting.
+    settings = [(name, field, value) for name, field, value in (
+        ("StrictAffinity", "strict_affinity", strict),
+        ("MaxBlocksPerHost", "max_blocks_per_host", max_blocks),
+        ("IPCooldownSeconds", "ip_cooldown_seconds", ip_cooldown_seconds),
+    ) if value is not None]
+    if not settings:
+        raise fail("at least one configuration option must be specified")
 
     async def apply(store: Datastore) -> list[str]:
         try:
-            await IPAM(store).set_config(strict_affinity=strict)
+            await IPAM(store).set_config(**{field: value for _, field, value in settings})
         except InvalidResource as err:
             return [str(p) for p in err.problems]
         return []
 
     problems = with_datastore(apply)
     if problems:
-        raise fail(f"Cannot set StrictAffinity to {go_value(strict)} in IPAMConfig 'default':",
+        asked = " and ".join(f"{name} to {go_value(value)}" for name, _, value in settings)
+        raise fail(f"Cannot set {asked} in IPAMConfig 'default':",
                    *(f"  {p}" for p in problems), "IPAMConfig was not changed.")
-    typer.echo(f"Successfully set StrictAffinity to: {go_value(strict)}")
+    for name, _, value in settings:
+        typer.echo(f"Successfully set {name} to: {go_value(value)}")
 
 
 # -- datastore ---------------------------------------------------------------------------------

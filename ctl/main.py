@@ -140,7 +140,9 @@ def delete(
         help="Skip resources that do not exist")] = False,
 ) -> None:
     """Delete resources named on the command line (KIND NAME...) or in files (-f); each that
-    cannot be deleted is named and the others are deleted all the same (exit 1)."""
+    cannot be deleted is named and the others are deleted all the same (exit 1). A Node goes
+    with its endpoints, addresses, block affinities, BGPPeers and node.NAME BGPConfiguration, as
+    calicoctl's; on the Kubernetes datastore, delete the Kubernetes Node with kubectl first."""
     if filename:
         if kind:
             raise fail("Give either -f or KIND NAME, not both.")

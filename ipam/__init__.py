@@ -9,5 +9,7 @@ imported here, and every write is a compare-and-swap retried only on conflict.
     usage.py      utilisation per pool and block, borrowed addresses (percalectl ipam show)
     check.py      the leak check and its JSON report (percalectl ipam check)
     gc.py         releasing confirmed leaks and empty blocks, for the agent to run
+    node_removal.py  what goes with a deleted Node (percalectl delete node): its endpoints'
+                  and tunnel addresses, endpoints, affinities, BGPPeers, node.<name> config
     errors.py     the IPAM exception tree
 """

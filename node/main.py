@@ -346,13 +346,19 @@ def main(
         " 127.0.0.1); empty to turn them off")] = "127.0.0.1:9099",
     ip: Annotated[Optional[str], typer.Option(
         "--ip", envvar="IP", help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none';"
-        " unset leaves the Node resource as it is")] = None,
+        " unset keeps the Node's address, or autodetects one when it has none (as calico-node)",
+    )] = None,
     ip6: Annotated[Optional[str], typer.Option(
-        "--ip6", envvar="IP6", help="This node's IPv6 BGP address, as --ip")] = None,
+        "--ip6", envvar="IP6",
+        help="This node's IPv6 BGP address, as --ip; unset leaves the Node's IPv6 address as"
+        " it is",
+    )] = None,
     ip_autodetection_method: Annotated[str, typer.Option(
         envvar="IP_AUTODETECTION_METHOD", help="first-found, interface=REGEX,..., skip-interface=REGEX,...,"
         " cidr=CIDR,..., can-reach=ADDRESS or kubernetes-internal-ip (the Kubernetes Node's"
-        " InternalIP)")] = "first-found",
+        " InternalIP). As in Calico: the links are looked at from the last made to the first, a"
+        " REGEX matches anywhere in a link's name (anchor it with ^ and $), and skip-interface"
+        " skips first-found's links (docker*, veth*, cali*, pcl*, ...) as well")] = "first-found",
     ip6_autodetection_method: Annotated[str, typer.Option(
         envvar="IP6_AUTODETECTION_METHOD", help="As --ip-autodetection-method, for --ip6")] = "first-found",
     as_number: Annotated[Optional[int], typer.Option(

@@ -177,6 +177,7 @@ async def test_configure_strict_affinity_round_trip(cli, store):
 | StrictAffinity     | false |
 | AutoAllocateBlocks | true  |
 | MaxBlocksPerHost   |     0 |
+| IPCooldownSeconds  |     0 |
 +--------------------+-------+
 """
     before = cli.stored()
@@ -200,9 +201,52 @@ async def test_configure_strict_affinity_round_trip(cli, store):
 
     unknown = cli("ipam", "configure", "--strictaffinity=maybe")
     assert (unknown.code, unknown.err) == (1, "Invalid value. Use true or false to set strictaffinity\n")
-    missing = cli("ipam", "configure")
-    assert missing.code != 0 and "--strictaffinity" in missing.err
+    # calicoctl's configure.go: every setting is optional, and one must be given.
+    for nothing in ((), ("--strictaffinity", ""), ("--max-blocks-per-host=",)):
+        missing = cli("ipam", "configure", *nothing)
+        assert (missing.code, missing.out, missing.err) == (
+            1, "", "at least one configuration option must be specified\n"), nothing
     assert cli.stored() == final
+
+
+async def test_configure_max_blocks_per_host_and_ip_cooldown(cli, store):
+    """calicoctl's --max-blocks-per-host (a number as Go's strconv.Atoi reads it), alone or with
+    --strictaffinity, and --ip-cooldown-seconds; each set value reported in calicoctl's order."""
+    refused = cli("ipam", "configure", "--max-blocks-per-host=4")
+    assert (refused.code, refused.out) == (1, "")
+    assert refused.err == (
+        "Cannot set MaxBlocksPerHost to 4 in IPAMConfig 'default':\n"
+        "  spec.maxBlocksPerHost: maxBlocksPerHost can only be set (above 0) when strictAffinity"
+        " is true\nIPAMConfig was not changed.\n")
+    both = cli("ipam", "configure", "--max-blocks-per-host", "+4", "--strictaffinity=true")
+    assert (both.code, both.err) == (0, "")
+    assert both.out == ("Successfully set StrictAffinity to: true\n"
+                        "Successfully set MaxBlocksPerHost to: 4\n")
+    config = await ipam(store).get_config()
+    assert (config.strict_affinity, config.max_blocks_per_host) == (True, 4)
+
+    before = cli.stored()
+    for number in ("four", "4.0", " 4", "1_0", "9223372036854775808"):
+        bad = cli("ipam", "configure", f"--max-blocks-per-host={number}")
+        assert (bad.code, bad.err) == (1, "Invalid value for maxblockhost. Use a valid number\n")
+    for seconds in ("-1", "1201"):
+        bad = cli("ipam", "configure", "--ip-cooldown-seconds", seconds)
+        assert bad.code == 1 and "'--ip-cooldown-seconds'" in bad.err, bad.err
+    assert cli.stored() == before
+
+    cooled = cli("ipam", "configure", "--ip-cooldown-seconds", "30", "--max-blocks-per-host=0")
+    assert cooled.out == ("Successfully set MaxBlocksPerHost to: 0\n"
+                          "Successfully set IPCooldownSeconds to: 30\n")
+    assert cli("ipam", "show", "--show-configuration").out == """\
++--------------------+-------+
+|      PROPERTY      | VALUE |
++--------------------+-------+
+| StrictAffinity     | true  |
+| AutoAllocateBlocks | true  |
+| MaxBlocksPerHost   |     0 |
+| IPCooldownSeconds  |    30 |
++--------------------+-------+
+"""
 
 
 async def test_configure_refuses_a_combination_ipamconfig_forbids(cli, store):
@@ -226,6 +270,7 @@ async def test_configure_refuses_a_combination_ipamconfig_forbids(cli, store):
 | StrictAffinity     | true  |
 | AutoAllocateBlocks | true  |
 | MaxBlocksPerHost   |     4 |
+| IPCooldownSeconds  |     0 |
 +--------------------+-------+
 """
     # Setting what is already set is fine.

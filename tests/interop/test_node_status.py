@@ -104,9 +104,11 @@ def test_node_status_shows_the_mesh_locally_and_from_the_datastore(etcd):
 
 
 def test_an_agent_without_bgp_then_stopped(etcd):
-    node = CNINode(etcd.unix_endpoint)
+    # IP=none: no BGP address (left unset, the agent would detect one, as calico-node does),
+    # so ExaBGP is not started.
+    node = CNINode(etcd.unix_endpoint, agent_args=["--ip", "none"])
     try:
-        node.start()  # no Node resource: no BGP address, so ExaBGP is not started
+        node.start()
         assert wait_for(lambda: local_status(node).returncode == 0, 10)
         assert local_status(node).stdout == (
             "percale process is running.\n"

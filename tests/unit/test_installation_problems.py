@@ -164,12 +164,14 @@ def test_a_detection_setting_with_no_method_leaves_the_node_address_alone(settin
     """tigera: "If no detection option is specified, then IP auto detection will be disabled for
     this address family and IPs must be specified directly on the Node resource" (IP=none, which
     calico-node reads as "keep the Node's address"). percale-node's none removes the address, so
-    IP is left out: the address written on the Node stays. It rendered IP=none."""
+    IP is left out: the address written on the Node stays (only a Node without one gets one
+    detected, as calico-node detects for an empty IP). It rendered IP=none."""
     spec = _effective(_pools({"cidr": "10.0.0.0/16"}, nodeAddressAutodetectionV4=setting))
     assert model.problems(spec) == []
     env = _env(spec)
     assert "IP" not in env and "IP_AUTODETECTION_METHOD" not in env, env
-    assert registration.resolve(4, env.get("IP"), env.get("IP_AUTODETECTION_METHOD")) is None
+    assert registration.resolve(4, env.get("IP"), env.get("IP_AUTODETECTION_METHOD")) == \
+        registration.UnlessRegistered(4, "first-found")
 
 
 def test_no_detection_setting_and_no_pool_of_the_family_means_no_address():

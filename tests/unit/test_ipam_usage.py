@@ -171,7 +171,8 @@ def test_allocation_report():
 
 def test_configuration_rows_print_go_values_and_the_stored_block_cap():
     assert configuration_rows(IPAMConfigSpec()) == [
-        ["StrictAffinity", "false"], ["AutoAllocateBlocks", "true"], ["MaxBlocksPerHost", "0"]]
+        ["StrictAffinity", "false"], ["AutoAllocateBlocks", "true"], ["MaxBlocksPerHost", "0"],
+        ["IPCooldownSeconds", "0"]]
     strict = IPAMConfigSpec(strict_affinity=True, max_blocks_per_host=4)
     assert configuration_rows(strict)[0] == ["StrictAffinity", "true"]
     assert configuration_rows(strict)[2] == ["MaxBlocksPerHost", "4"]
