@@ -88,15 +88,14 @@ def _pool_families(spec: InstallationSpec) -> set[int]:
 
 
 def _address_env(variable: str, setting: NodeAddressAutodetection | None) -> list[dict[str, Any]]:
-    """IP or IP6 for percale-node. No setting: the node has no address of that family ("none").
-    A setting that names no method is tigera's "detection disabled, the address is written on
-    the Node by hand", which calico-node's IP=none keeps; percale-node's "none" would remove that
-    address, so the variable is left out, which leaves the Node's address as it is."""
+    """IP or IP6 for percale-node, as tigera renders them for calico-node: a detection method, or
+    none without one (no setting, or one naming no method: tigera's "detection disabled, the
+    address is written on the Node by hand"), which keeps the Node's address as it is."""
     method = autodetection_method(setting)
     if method:
         return [{"name": variable, "value": "autodetect"},
                 {"name": f"{variable}_AUTODETECTION_METHOD", "value": method}]
-    return [] if setting is not None else [{"name": variable, "value": "none"}]
+    return [{"name": variable, "value": "none"}]
 
 
 def _node_env(spec: InstallationSpec) -> list[dict[str, Any]]:

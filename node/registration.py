@@ -11,7 +11,8 @@
     interface=REGEX,..., skip-interface=REGEX,..., cidr=CIDR,..., can-reach=ADDRESS, or
     kubernetes-internal-ip: the InternalIP of this node's Kubernetes Node, as the operator's
     `kubernetes: NodeInternalIP` asks, read from the API once it answers);
-  * `none`: this node has no address of that family (the field is removed);
+  * `none`: no detection; the Node's address of that family stays as it is, written by hand or
+    absent (calico-node's IP=none: "Autodetection disabled, keeping existing value");
   * an address with its prefix (10.0.0.5/24): used as given. The prefix matters — CrossSubnet
     compares subnets — so a bare address is refused rather than stored as a /32. So is one no
     peer could reach (unspecified, loopback, multicast, link-local). One that is on none of this
@@ -181,9 +182,9 @@ def _named(interface: str, patterns: Sequence[str]) -> bool:
 def resolve(version: int, setting: str | None, method: str | None, addresses=host_addresses,
             ) -> (ipaddress.IPv4Interface | ipaddress.IPv6Interface | FromKubernetesNode
                   | UnlessRegistered | str | None):
-    """What `--ip` (4) or `--ip6` (6) asks for: None to leave the Node alone, "none" to remove the
-    address, the address with its prefix, FromKubernetesNode, or for an empty --ip,
-    UnlessRegistered."""
+    """What `--ip` (4) or `--ip6` (6) asks for: None (an empty --ip6) or "none" to leave the
+    Node's address alone, the address with its prefix, FromKubernetesNode, or for an empty
+    --ip, UnlessRegistered."""
     flag = "--ip" if version == 4 else "--ip6"
     if not setting:
         if version == 6:
@@ -347,9 +348,7 @@ async def register(store: Datastore, node: str, ipv4, ipv6, as_number: int | Non
                                                  detected, addresses)
                 if value is not None:
                     bgp[field] = str(value)
-            elif value == "none":
-                bgp.pop(field, None)
-            elif value is not None:
+            elif value is not None and value != "none":
                 await _refuse_duplicate(store, node, field, value)
                 bgp[field] = str(value)
         if as_number is not None:

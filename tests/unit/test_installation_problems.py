@@ -162,16 +162,13 @@ def _env(spec: model.InstallationSpec) -> dict[str, str]:
                                      {"cidrs": []}])
 def test_a_detection_setting_with_no_method_leaves_the_node_address_alone(setting):
     """tigera: "If no detection option is specified, then IP auto detection will be disabled for
-    this address family and IPs must be specified directly on the Node resource" (IP=none, which
-    calico-node reads as "keep the Node's address"). percale-node's none removes the address, so
-    IP is left out: the address written on the Node stays (only a Node without one gets one
-    detected, as calico-node detects for an empty IP). It rendered IP=none."""
+    this address family and IPs must be specified directly on the Node resource": IP=none, which
+    calico-node, and percale-node, read as "keep the Node's address"."""
     spec = _effective(_pools({"cidr": "10.0.0.0/16"}, nodeAddressAutodetectionV4=setting))
     assert model.problems(spec) == []
     env = _env(spec)
-    assert "IP" not in env and "IP_AUTODETECTION_METHOD" not in env, env
-    assert registration.resolve(4, env.get("IP"), env.get("IP_AUTODETECTION_METHOD")) == \
-        registration.UnlessRegistered(4, "first-found")
+    assert env["IP"] == "none" and "IP_AUTODETECTION_METHOD" not in env, env
+    assert registration.resolve(4, env["IP"], None) == "none"
 
 
 def test_no_detection_setting_and_no_pool_of_the_family_means_no_address():
