@@ -16,7 +16,9 @@ Its parts, each one job:
     relay.Relay                    learned routes passed on as Calico's BIRD does (the mesh's
                                    blocks to eBGP peers, an eBGP peer's pool routes to the
                                    mesh), and reflected on a route-reflector node
-    programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer
+    programmer.FibProgrammer       RIB changes and own blocks into the kernel, checked on a timer;
+                                   next hops on no connected network resolved through the kernel's
+                                   route to them, and followed as it changes
     peers.PeerTable                each session's state, for status and health
 
 React, don't re-read. The agent reads nothing from the datastore itself: the Cache it is given
@@ -311,7 +313,7 @@ class BGPAgent:
         self._announce_due.set()
         loops = [self._configuring(), self._announcing(), self._peers_coming_up(),
                  self._passing_on(),
-                 self._programming(), self._housekeeping()]
+                 self._programming(), self._housekeeping(), self.programmer.follow_underlay()]
         tasks = [asyncio.ensure_future(loop) for loop in loops]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -20,6 +20,12 @@ and their prefixes are claimed from the RIB, as BIRD prefers its static route to
 Some prefixes are another owner's even though a peer announces them: blocks of VXLAN pools are
 routed by the VXLAN side (vxlan/plan.py claims them). `claimed` says which; they never reach the
 table, and `reapply` follows a change of what is claimed.
+
+A next hop on no connected network is installed through the kernel's route to it, as Calico's
+BIRD does with `gateway recursive` (dataplane/fib.py). The route table says, through a file
+descriptor, when the kernel's routes change while it installs any such next hop; `follow_underlay`
+waits for that and has the table resolve them again, so that a changed route to a node moves
+the routes through it at once rather than at the next timed reconcile.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from percale.bgpd.seams import BlackholeTable, RouteTable
 log = logging.getLogger("percale.bgpd.programmer")
 
 T = TypeVar("T")
+
+# A change of the underlay comes as a burst (a link going down takes its addresses and routes
+# with it, one notification each): they are let settle and taken as one.
+UNDERLAY_SETTLE_SECONDS = 0.05
 
 
 class FibProgrammer:
@@ -112,12 +122,47 @@ class FibProgrammer:
     async def _apply(self, batch: Mapping[Any, Any]) -> None:
         assert self.routes is not None
         try:
-            outcome = await self._in_worker(self._paused_apply, batch)
-            if outcome.failed:
-                log.warning("the kernel refused %d routes: %s", len(outcome.failed),
-                            dict(list(outcome.failed.items())[:3]))
+            self._log_failed(await self._in_worker(self._paused_apply, batch))
         except Exception as err:  # the next reconcile repairs whatever did not land
             log.warning("programming routes failed: %s", err)
+
+    @staticmethod
+    def _log_failed(outcome: Any) -> None:
+        if outcome.failed:
+            log.warning("the kernel refused %d routes: %s", len(outcome.failed),
+                        dict(list(outcome.failed.items())[:3]))
+
+    async def follow_underlay(self) -> None:
+        """Runs until cancelled: whenever the route table's `underlay_events` becomes readable
+        (the kernel's routes, addresses or links changed while a next hop is installed through
+        another route), the table resolves those next hops again (`follow_underlay`) in its
+        thread. A table without `underlay_events` (one that resolves nothing, a test's
+        stand-in) has nothing to follow: bgpd.seams does not ask for it."""
+        events = getattr(self.routes, "underlay_events", None)
+        if events is None:
+            return
+        follow = self.routes.follow_underlay  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def readable() -> None:
+            # level-triggered: left registered, it would fire on every turn of the loop until
+            # the table's thread has read the notifications
+            loop.remove_reader(events)
+            changed.set()
+
+        try:
+            while True:
+                loop.add_reader(events, readable)
+                await changed.wait()
+                changed.clear()
+                await asyncio.sleep(UNDERLAY_SETTLE_SECONDS)
+                try:
+                    self._log_failed(await self._in_worker(follow))
+                except Exception as err:  # noqa: BLE001 - the timed reconcile resolves again
+                    log.warning("following the routes to next hops failed: %s", err)
+        finally:
+            loop.remove_reader(events)
 
     def _paused_apply(self, batch: Mapping[Any, Any]) -> Any:
         # the batch's plan and messages are objects too (bgpd/collector.py)

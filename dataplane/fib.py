@@ -44,12 +44,39 @@ back, and `replace_all()` removes whatever the RIB did not relearn.
 Speed. Messages are packed by hand here (the route's head is one struct.pack, the next hops'
 attributes are packed once per set of hops) and sent many to a send() through
 dataplane.netlink's batches: one ACK read per batch, every route's outcome still checked.
+
+Recursive next hops (BGP's FIB only: Calico's BIRD runs every session with `gateway recursive`)
+-----------------------------------------------------------------------------------------------
+A BGP next hop on no connected network (a mesh peer or a reflected route's node in another
+subnet) is refused by the kernel: IPv4 answers ENETUNREACH ("Nexthop has invalid gateway"),
+IPv6 EHOSTUNREACH. As BIRD does, such a route is installed through the kernel's route to the
+next hop instead: that route's gateways and devices (a default route, a static route, one
+learned by another daemon). The desired state keeps the BGP next hops; `_via` maps a set of
+them to what is installed in its place, and `_kernel` holds what was installed.
+
+* Only what the kernel refuses is resolved: a directly reachable next hop costs nothing, and
+  whether it is reachable is the kernel's own judgement (IPv4 asks for a route of link scope,
+  IPv6 for one without a gateway), not a guess. A refused set is resolved once, each of its next
+  hops with one `ip route get fibmatch`, and its refused routes are sent again at once; later
+  batches plan it resolved from the start.
+* Never through a route of BGP's (RouteProtocol.BGP, which would include the very route being
+  installed: a loop) or VXLAN's (RouteProtocol.VXLAN, blocks through the tunnel): the next best
+  route then (`Netlink.route_match`).
+* A next hop that nothing resolves is logged once, when it becomes so; its routes are kept out
+  of the kernel (a route of ours already there for the prefix is deleted) and reported in
+  `Outcome.failed`, and they go in when it resolves.
+* Followed: `underlay_events` is a socket of route, address and link notifications (not ours:
+  a socket filter drops them in the kernel), joined only while some next hop is resolved. When
+  it is readable, `follow_underlay()` resolves every such next hop again and re-programs the
+  routes whose resolution changed; `reconcile()` does the same on its timer, so a change the
+  kernel never notifies (IPv4 routes flushed with their link) is caught there.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -85,6 +112,7 @@ from percale.dataplane.netlink import (
     RTM_GETROUTE,
     RTM_NEWROUTE,
     RTMSG,
+    RT_SCOPE_LINK,
     RTN_UNICAST,
     RTNH,
     RTNH_F_ONLINK,
@@ -92,6 +120,8 @@ from percale.dataplane.netlink import (
     attr,
 )
 from percale.dataplane.route_owners import RouteProtocol
+
+log = logging.getLogger("percale.dataplane.fib")
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PREFIX_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)
@@ -119,6 +149,13 @@ _BY_VERSION = {
 BATCH_BYTES = 128 * 1024
 _SNDBUF = 1 << 20
 _RCVBUF = 8 << 20
+# A gateway on no connected network, as each family refuses it (fib_check_nh_v4_gw,
+# ip6_route_check_nh): what resolving the next hop through another route can cure.
+_NOT_DIRECTLY_REACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH})
+# Never resolved through: our own BGP routes (among them the route being installed) and the
+# VXLAN side's.
+_NEVER_THROUGH = frozenset({RouteProtocol.BGP, RouteProtocol.VXLAN})
+_NOWHERE: frozenset = frozenset()  # what an unresolvable set of next hops installs
 
 
 class FIBError(Exception):
@@ -187,10 +224,15 @@ class FIB:
     `adopt=True` (the default) makes the routes already in the kernel with this protocol the
     desired state, so nothing moves until the caller says otherwise; `adopt=False` starts from an
     empty desired state, and the first reconcile() deletes them.
+
+    `recursive`: a next hop the kernel refuses as on no connected network is installed through
+    the kernel's route to it (the module docstring's last part). By default BGP's FIB does
+    that and no other: the VXLAN side's routes and reachableBy's name their gateways exactly.
     """
 
     def __init__(self, *, table: int = RT_TABLE_MAIN, protocol: int = RouteProtocol.BGP,
-                 adopt: bool = True, takeover: bool = False) -> None:
+                 adopt: bool = True, takeover: bool = False,
+                 recursive: bool | None = None) -> None:
         self.table = table
         self.protocol = protocol
         # takeover: a prefix held by another owner's route is replaced rather than left alone.
@@ -208,14 +250,27 @@ class FIB:
         self._table_attr = RTA_U32.pack(8, RTA_TABLE, table)
         self._rtm_table = table if table < 256 else 0
         self._stale = False  # a batch's answers were lost: read the kernel before the next apply
+        # Recursive next hops: a set of next hops the kernel refused -> what is installed in its
+        # place (itself when it turned out direct, _NOWHERE when nothing resolves it); each next
+        # hop of those sets -> the hops of the kernel's route to it (itself when direct, _NOWHERE
+        # when there is none); prefixes refused in this call, to resolve when it has sent all.
+        self._via: dict[Hops, Hops] = {}
+        self._hop_routes: dict[NextHop, Hops] = {}
+        self._refused_unreachable: list[Prefix] = []
+        self._reasons: dict[Hops, str] = {}  # why a set's routes are not installed
+        self._recursive = protocol == RouteProtocol.BGP if recursive is None else recursive
+        self._events: netlink.RouteEvents | None = None
         try:
             self._netlink = netlink.Netlink(send_buffer=_SNDBUF, receive_buffer=_RCVBUF)
+            if self._recursive:
+                self._events = netlink.RouteEvents(_NEVER_THROUGH)
         except OSError as err:
+            self.close()
             raise NetlinkFailure(f"opening a netlink socket: {err}") from err
         try:
             self._kernel, _ = self._dump()
         except BaseException:
-            self._netlink.close()
+            self.close()
             raise
         if adopt:
             self._desired = {p: h for p, h in self._kernel.items() if h}
@@ -229,8 +284,33 @@ class FIB:
 
     @property
     def programmed(self) -> Mapping[Prefix, Hops]:
-        """The routes this FIB believes are in the kernel, read-only (a live view)."""
+        """The routes this FIB believes are in the kernel, read-only (a live view): for a
+        resolved next hop, the gateways it was installed through."""
         return MappingProxyType(self._kernel)
+
+    @property
+    def underlay_events(self) -> int | None:
+        """A file descriptor that becomes readable when the kernel's routes, addresses or links
+        change while some next hop is resolved through another route: then call
+        `follow_underlay()`. None for a FIB that resolves nothing (`recursive` off)."""
+        return self._events.fileno() if self._events is not None else None
+
+    def follow_underlay(self) -> Outcome:
+        """Resolve again every next hop installed through another route, after a change
+        `underlay_events` told of, and re-program the routes of those whose resolution changed
+        (the next hop's route changed, it became directly reachable, or nothing resolves it
+        now: its routes leave the kernel)."""
+        with self._lock:
+            if self._events is None or not self._events.drain() or not self._hop_routes:
+                return Outcome()
+            if self._stale:
+                self._kernel, _ = self._dump()
+                self._stale = False
+            changed = self._resolve_again()
+            if not changed:
+                return Outcome()
+            plan = self._plan_resolved(changed)
+            return self._program(plan, len(plan))
 
     def apply(self, changes: Mapping[object, Iterable[object] | None]) -> Outcome:
         """Change the desired state for these prefixes and program them now, in batches.
@@ -270,7 +350,9 @@ class FIB:
             return Outcome(adopted=len(self._desired))
 
     def close(self) -> None:
-        self._netlink.close()
+        for sock in (getattr(self, "_netlink", None), self._events):
+            if sock is not None:
+                sock.close()
 
     def __enter__(self) -> Self:
         return self
@@ -361,19 +443,24 @@ class FIB:
         goes (`_program` sees the plan through, even when the kernel cannot be reached).
         `pairs` are normalised already, or canonical but for the next-hop sets `translate`
         maps (see `_translation`)."""
-        desired, kernel = self._desired, self._kernel
+        desired, kernel, via = self._desired, self._kernel, self._via
         same = _Same()
         new = self._new
-        for prefix, hops in pairs:
-            if translate is not None and hops is not None:
-                hops = translate[hops]
+        # Worked out once per run of one set of next hops (a load is long runs of one): the
+        # canonical set, what is installed for it, and the plan's kinds for it.
+        last: object = _NO_HOPS
+        for prefix, given in pairs:
+            if given is not last:
+                last = given
+                hops = translate[given] if translate is not None and given is not None else given
+                installed, sent, add, replace = self._installation(hops, via, new)
             if hops:
                 desired[prefix] = hops
                 current = kernel.get(prefix)
                 if current is None:
-                    yield (new, prefix, hops, None)
-                elif not same(hops, current):
-                    yield (_REPLACE, prefix, hops, current)
+                    yield (add, prefix, sent, None)
+                elif not same(installed, current):
+                    yield (replace, prefix, sent, current)
             else:
                 desired.pop(prefix, None)
                 # gone from what we believe the kernel holds as it is planned (one lookup, not
@@ -383,18 +470,35 @@ class FIB:
                 if current is not None:
                     yield (_DELETE, prefix, None, current)
 
+    def _installation(self, hops: Hops | None, via: Mapping[Hops, Hops], new: str
+                      ) -> tuple[Hops | None, Hops | None, str, str]:
+        """For a desired set of next hops: what is installed for it, what the plan carries for
+        it (the installed set, or the desired one when nothing is installed, for the reason),
+        and the plan's kinds for a prefix the kernel lacks and for one it holds otherwise."""
+        installed = via.get(hops, hops) if via and hops else hops
+        if installed is _NOWHERE:
+            return installed, hops, _UNRESOLVED, _UNRESOLVED
+        return installed, installed, new, _REPLACE
+
     def _reconcile(self) -> Outcome:
         kernel, strays = self._dump()
         self._kernel = kernel
         self._stale = False
+        if self._via:
+            self._forget_unused()
+            self._resolve_again()  # its changes are planned below, as any other difference
         plan: list[tuple] = [(_DELETE_STRAY, prefix, stray, None) for prefix, stray in strays]
         same = _Same()
+        via, new, last = self._via, self._new, _NO_HOPS
         for prefix, hops in self._desired.items():
+            if hops is not last:
+                last = hops
+                installed, sent, add, replace = self._installation(hops, via, new)
             current = kernel.get(prefix)
             if current is None:
-                plan.append((self._new, prefix, hops, None))
-            elif not same(hops, current):
-                plan.append((_REPLACE, prefix, hops, current))
+                plan.append((add, prefix, sent, None))
+            elif not same(installed, current):
+                plan.append((replace, prefix, sent, current))
         deletes = [(prefix, current) for prefix, current in kernel.items()
                    if prefix not in self._desired]
         for prefix, _ in deletes:  # as `_plan_apply` does: out when planned, back if refused
@@ -444,7 +548,10 @@ class FIB:
         plan = iter(plan)
         try:
             self._send_plan(plan, count, outcome)
+            if self._refused_unreachable:
+                self._resolve_refused(outcome)
         except BaseException:
+            self._refused_unreachable = []
             for _ in plan:  # the rest of the desired state, for the next reconcile to program
                 pass
             # Draining the plan took its deletes out of what we believe the kernel holds, and
@@ -483,6 +590,13 @@ class FIB:
                 batch.append((kind, prefix, before))
                 kernel[prefix] = hops
             else:
+                if kind is _UNRESOLVED:
+                    outcome.failed[prefix] = self._unresolved_reason(hops)
+                    if before is None:
+                        continue
+                    # what the kernel holds for it goes: the desired next hops lead nowhere
+                    kind = _DELETE
+                    kernel.pop(prefix, None)
                 tail = table_attr
                 if kind is _DELETE_STRAY:
                     metric, stray_hops = hops
@@ -544,7 +658,159 @@ class FIB:
             if kind is _ADD and code == errno.EEXIST:
                 reason = ("the kernel already holds a route to this prefix that the FIB does not "
                           "know as its own (another protocol's); left alone")
+            elif code in _NOT_DIRECTLY_REACHABLE and self._recursive and kind is not _DELETE \
+                    and kind is not _DELETE_STRAY:
+                self._refused_unreachable.append(prefix)
             outcome.failed[prefix] = reason
+
+    # -- recursive next hops ------------------------------------------------------------------
+
+    def _resolve_refused(self, outcome: Outcome) -> None:
+        """The routes the kernel refused in this call as not directly reachable: each set of
+        next hops among them not resolved before is resolved now, and its routes are sent
+        again through what resolves it. A set resolved before waits for the next resolution
+        (`follow_underlay`, `reconcile`): resolving it again for every batch that carries it
+        would cost a lookup per next hop and batch, and find the same."""
+        refused, self._refused_unreachable = self._refused_unreachable, []
+        desired, via = self._desired, self._via
+        waiting: dict[Hops, list[Prefix]] = {}
+        for prefix in refused:
+            hops = desired.get(prefix)
+            if hops is not None and hops not in via:
+                waiting.setdefault(hops, []).append(prefix)
+        if not waiting:
+            return
+        assert self._events is not None
+        self._events.follow(True)  # before looking: a change meanwhile is noticed
+        kernel, plan = self._kernel, []
+        for hops, prefixes in waiting.items():
+            installed = via[hops] = self._installed_for(hops)
+            if installed is hops:
+                continue  # direct after all: refused for a reason resolving cannot cure
+            for prefix in prefixes:
+                current = kernel.get(prefix)  # a refused replace left the route before
+                if installed is _NOWHERE:
+                    if current is not None:
+                        plan.append((_UNRESOLVED, prefix, hops, current))
+                    continue  # failed with the kernel's own reason
+                outcome.failed.pop(prefix, None)
+                if current is None:
+                    plan.append((self._new, prefix, installed, None))
+                elif not _same(installed, current):
+                    plan.append((_REPLACE, prefix, installed, current))
+        if plan:
+            self._send_plan(iter(plan), len(plan), outcome)
+        self._refused_unreachable = []  # refused again: known now, and failed as reported
+
+    def _installed_for(self, hops: Hops) -> Hops:
+        """What to install for a set of next hops, each resolved (once: `_hop_routes`): `hops`
+        itself when every one is direct, _NOWHERE when none resolves. One that nothing
+        resolves is left out of a multipath route, as BIRD leaves an unresolvable path out."""
+        for hop in hops:
+            if hop not in self._hop_routes:
+                self._hop_routes[hop] = resolved = self._resolve(hop)
+                self._tell(hop, None, resolved)
+        return self._combined(hops)
+
+    def _combined(self, hops: Hops) -> Hops:
+        installed = frozenset().union(*(self._hop_routes[hop] for hop in hops))
+        if not installed:
+            return _NOWHERE
+        return hops if installed == hops else installed
+
+    def _resolve(self, hop: NextHop) -> Hops:
+        """The hops the kernel's route to `hop` gives (never one of _NEVER_THROUGH): `hop`
+        itself when that route is a connected network's, _NOWHERE when there is none or it
+        goes nowhere (a blackhole, an unreachable)."""
+        if hop.ifindex:
+            return frozenset((hop,))  # pinned to its device by whoever asked: not ours to move
+        try:
+            route = self._netlink.route_match(hop.gateway, skip_protocols=_NEVER_THROUGH,
+                                              table=self.table)
+        except OSError as err:
+            raise NetlinkFailure(f"netlink: looking up the route to {hop.gateway}: {err}") from err
+        if route is None or route.type != RTN_UNICAST:
+            return _NOWHERE
+        if route.multipath is not None:
+            return _parse_multipath(route.multipath) or _NOWHERE
+        if route.gateway is not None:
+            return frozenset((NextHop(route.gateway, route.oif,
+                                      bool(route.flags & RTNH_F_ONLINK)),))
+        if route.family == socket.AF_INET6 or route.scope >= RT_SCOPE_LINK:
+            return frozenset((hop,))  # a connected network: the kernel takes it as it is
+        # a device route of global scope: the next hop is on that device's link
+        return frozenset((NextHop(hop.gateway, route.oif, True),))
+
+    def _resolve_again(self) -> set[Hops]:
+        """Every next hop resolved before, looked up again: the sets whose installation
+        changed."""
+        changed_hops = set()
+        for hop, before in list(self._hop_routes.items()):
+            now = self._resolve(hop)
+            if now != before:
+                self._hop_routes[hop] = now
+                changed_hops.add(hop)
+                self._tell(hop, before, now)
+        changed = set()
+        if changed_hops:
+            for hops, installed in list(self._via.items()):
+                if not changed_hops.isdisjoint(hops):
+                    now = self._combined(hops)
+                    if now != installed:
+                        self._via[hops] = now
+                        changed.add(hops)
+        return changed
+
+    def _plan_resolved(self, changed: set[Hops]) -> list[tuple]:
+        """The routes whose next hops' installation changed, planned as it is now."""
+        plan: list[tuple] = []
+        kernel, via, new, same = self._kernel, self._via, self._new, _Same()
+        for prefix, hops in self._desired.items():
+            if hops in changed:
+                installed, sent, add, replace = self._installation(hops, via, new)
+                current = kernel.get(prefix)
+                if current is None:
+                    plan.append((add, prefix, sent, None))
+                elif not same(installed, current):
+                    plan.append((replace, prefix, sent, current))
+        return plan
+
+    def _forget_unused(self) -> None:
+        """Sets of next hops no desired route has any more, and their next hops, are forgotten;
+        with none left, the notifications are left too."""
+        in_use = set(self._desired.values())
+        for hops in [hops for hops in self._via if hops not in in_use]:
+            del self._via[hops]
+        kept = set().union(*self._via)
+        for hop in [hop for hop in self._hop_routes if hop not in kept]:
+            del self._hop_routes[hop]
+        self._reasons.clear()
+        if not self._hop_routes and self._events is not None:
+            self._events.follow(False)
+
+    def _unresolved_reason(self, hops: Hops) -> str:
+        reason = self._reasons.get(hops)
+        if reason is None:  # once per set: all of a node's blocks share it
+            gateways = ", ".join(sorted(str(hop.gateway) for hop in hops))
+            reason = self._reasons[hops] = (
+                f"next hop {gateways} unreachable: on no connected network, and no route to it "
+                f"resolves it (BGP's and VXLAN's own routes left out)")
+        return reason
+
+    def _tell(self, hop: NextHop, before: Hops | None, now: Hops) -> None:
+        """A next hop's resolution, logged when it changes (not per route: a node's next hop
+        carries all of its blocks)."""
+        if now == frozenset((hop,)):
+            if before is not None:
+                log.info("next hop %s is directly reachable now: its routes go to it",
+                         hop.gateway)
+        elif now:
+            log.info("next hop %s is on no connected network: its routes go %s, as the kernel's "
+                     "route to it does", hop.gateway, " and ".join(sorted(map(_described, now))))
+        else:
+            log.warning("next hop %s is on no connected network, and no route to it (but BGP's "
+                        "and VXLAN's own) resolves it: its routes stay out of the kernel until "
+                        "one does", hop.gateway)
 
     # -- dump -------------------------------------------------------------------------------
 
@@ -626,6 +892,10 @@ class FIB:
             strays.append((network, (metric, hops)))
 
 _ADD, _REPLACE, _DELETE, _DELETE_STRAY = "add", "replace", "delete", "delete-stray"
+# nothing to install for the prefix (its next hops resolve nowhere): reported failed, and what the
+# kernel holds of ours for it deleted
+_UNRESOLVED = "unresolved"
+_NO_HOPS = object()  # no set of next hops seen yet in a pass
 _KIND = itemgetter(0)  # of a batch entry (kind, prefix, what the kernel held before)
 
 
@@ -663,6 +933,16 @@ def _same(want: Hops, have: Hops) -> bool:
         else:
             return False
     return True
+
+
+def _described(hop: NextHop) -> str:
+    """A next hop as `ip route` shows it: its device by name."""
+    try:
+        device = socket.if_indextoname(hop.ifindex) if hop.ifindex else ""
+    except OSError:  # gone meanwhile
+        device = str(hop.ifindex)
+    return (f"via {hop.gateway}" + (f" dev {device}" if device else "")
+            + (" onlink" if hop.onlink else ""))
 
 
 def _parse_multipath(value: bytes) -> Hops:

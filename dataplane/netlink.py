@@ -1,8 +1,9 @@
 """rtnetlink, packed by hand: the one place percale talks to the kernel's routing socket.
 
-Users: dataplane.fib (BGP routes, in large batches), dataplane.blackholes, dataplane.pod_network
-(a pod's veth pair, addresses and routes) and dataplane.host (the node's addresses, the source
-address towards a destination, the underlay's MTU).
+Users: dataplane.fib (BGP routes, in large batches; the routes their next hops resolve through,
+and `RouteEvents` to follow those), dataplane.blackholes, dataplane.pod_network (a pod's veth
+pair, addresses and routes) and dataplane.host (the node's addresses, the source address towards
+a destination, the underlay's MTU).
 
     with Netlink() as nl:                      # NETLINK_ROUTE in the calling thread's namespace
         nl.add_route(route_message(...))       # one request, one ACK; NetlinkError(errno)
@@ -24,12 +25,14 @@ instead of raising, so one bad route does not hide the outcome of the others.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Self
 
@@ -44,8 +47,9 @@ NLM_F_ACK_TLVS = 0x200  # in an error answer: extended-ACK attributes follow
 NLMSGERR_ATTR_MSG = 1
 NLA_F_NESTED = 0x8000
 SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP = 1, 2
 NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 10, 11, 12
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_ATTACH_FILTER = 32, 33, 26
 
 # linux/rtnetlink.h
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -62,6 +66,9 @@ RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RT_TABLE_MAIN = 254
 RTNH_F_ONLINK = 4
+RTM_F_FIB_MATCH = 0x2000  # in a GET's rtm_flags: answer with the table's route, not a lookup's
+RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE = 1, 5, 7
+RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE = 9, 11
 
 # linux/if_link.h, linux/if_addr.h, linux/veth.h
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
@@ -594,6 +601,60 @@ class Netlink:
         answer = self.ask(message(RTM_GETROUTE, NLM_F_REQUEST, body))
         return parse_route(*answer) if answer else None
 
+    def route_match(self, destination: Address, *, skip_protocols: Collection[int] = (),
+                    table: int = RT_TABLE_MAIN) -> Route | None:
+        """The route `destination` matches, as its table holds it (`ip route get fibmatch`:
+        its protocol, and every next hop of a multipath route), leaving out the routes of
+        `skip_protocols`; None when no other route leads there.
+
+        The kernel's lookup cannot leave a protocol out: when the route it matches is one of
+        those, the next best comes from a dump of `table` (longest prefix, then lowest metric),
+        which costs a walk of the whole table and so is only for that case."""
+        family = family_of(destination)
+        body = (RTMSG.pack(family, destination.max_prefixlen, 0, 0, 0, 0, 0, 0, RTM_F_FIB_MATCH)
+                + attr(RTA_DST, destination.packed))
+        answer = self.ask(message(RTM_GETROUTE, NLM_F_REQUEST, body))
+        if answer is None:
+            return None  # no route in any table: nor one among the others
+        route = parse_route(*answer)
+        if route.protocol not in skip_protocols:
+            return route
+        return self._longest_match(destination, skip_protocols, table)
+
+    def _longest_match(self, destination: Address, skip_protocols: Collection[int],
+                       table: int) -> Route | None:
+        family, width = family_of(destination), destination.max_prefixlen
+        wanted = int(destination)
+        body = RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0)
+        request = message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
+                          body + attr_u32(RTA_TABLE, table))
+        best: list = []  # [(prefix length, -metric), the route's message]
+
+        def visit(buf: bytearray, start: int, end: int) -> None:
+            if NLMSGHDR.unpack_from(buf, start)[1] != RTM_NEWROUTE:
+                return
+            rfamily, dst_len, _, _, rtable, protocol, _, _, _ = RTMSG.unpack_from(
+                buf, start + BODY_AT)
+            # the header first: a node's table is mostly the skipped protocols' routes
+            if rfamily != family or protocol in skip_protocols or (best and dst_len < best[0][0]):
+                return
+            found = attributes(buf, start + BODY_AT + RTMSG.size, end)
+            if RTA_TABLE in found:
+                rtable = U32.unpack(found[RTA_TABLE])[0]
+            mask = ((1 << dst_len) - 1) << (width - dst_len)
+            network = int.from_bytes(found.get(RTA_DST, bytes(width // 8)))
+            if rtable != table or (network ^ wanted) & mask:
+                return
+            rank = (dst_len, -U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found else 0)
+            if not best or rank > best[0]:
+                best[:] = [rank, bytes(buf[start:end])]
+
+        for _ in range(5):
+            best.clear()
+            if not self.dump(request, visit):
+                break
+        return parse_route(best[1], 0, len(best[1])) if best else None
+
     # -- batches -----------------------------------------------------------------------------
 
     def send_batch(self, buf: bytearray, first: int, last: int, last_offset: int) -> dict[int, tuple[int, str]]:
@@ -618,3 +679,109 @@ class Netlink:
                 if seq == last:
                     return errors
         raise AssertionError("unreachable: _answers reads until the socket fails")
+
+
+# -- notifications --------------------------------------------------------------------------------
+
+
+class RouteEvents:
+    """The kernel's notifications of routes, addresses and links changing (both families), on a
+    socket of their own: for following what other routes resolve through.
+
+    The socket joins those groups only while `follow(True)` says so: a member is sent a copy of
+    every change, and a node with nothing to follow should pay nothing for it. Route changes of
+    `quiet_protocols` are dropped in the kernel by a socket filter, before they reach the
+    socket: a 100k-route load of percale's own routes would otherwise wake the reader 100k
+    times. Nothing is parsed: the reader wants to know that something changed, and then looks.
+
+    Non-blocking: `drain()` reads what waits and says how much; select on `fileno()`."""
+
+    GROUPS = (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_IFADDR,
+              RTNLGRP_IPV6_ROUTE)
+
+    def __init__(self, quiet_protocols: Collection[int] = (), *,
+                 receive_buffer: int = 1 << 20) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            if quiet_protocols:
+                _attach_filter(sock, _quiet_routes_filter(quiet_protocols))
+            sock.setblocking(False)
+            sock.bind((0, 0))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.following = False
+        self._rbuf = bytearray(1 << 16)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def follow(self, on: bool) -> None:
+        """Join the groups (or leave them); what waits from before stays to be drained."""
+        if on == self.following:
+            return
+        option = NETLINK_ADD_MEMBERSHIP if on else NETLINK_DROP_MEMBERSHIP
+        for group in self.GROUPS:
+            self.sock.setsockopt(SOL_NETLINK, option, group)
+        self.following = on
+
+    def drain(self) -> int:
+        """Read every notification waiting; how many reads found something. An overflowed
+        socket (ENOBUFS: notifications were lost) counts as a change."""
+        reads = 0
+        while True:
+            try:
+                if not self.sock.recv_into(self._rbuf):
+                    return reads
+            except BlockingIOError:
+                return reads
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+            reads += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# linux/filter.h: classic BPF, as SO_ATTACH_FILTER takes it
+_BPF_LD_B_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x30, 0x15, 0x06
+_BPF_INSTRUCTION = struct.Struct("=HBBI")  # code, jump if true, jump if false, k
+_SOCK_FPROG = struct.Struct("@HP")  # length, the instructions' address
+
+
+def _quiet_routes_filter(protocols: Collection[int]) -> list[tuple[int, int, int, int]]:
+    """A program that drops RTM_NEWROUTE / RTM_DELROUTE of `protocols` and keeps the rest.
+    One notification is one message, so its header is at offset 0."""
+    protocols = sorted(set(protocols))
+    # nlmsg_type is host-endian and below 256 here: one byte of it tells
+    type_byte = 4 if sys.byteorder == "little" else 5
+    protocol_byte = NLMSGHDR.size + 5  # rtmsg's rtm_protocol
+    count = len(protocols)
+    program = [(_BPF_LD_B_ABS, 0, 0, type_byte),
+               (_BPF_JEQ_K, 1, 0, RTM_NEWROUTE),
+               (_BPF_JEQ_K, 0, count + 1, RTM_DELROUTE),
+               (_BPF_LD_B_ABS, 0, 0, protocol_byte)]
+    for index, protocol in enumerate(protocols):
+        program.append((_BPF_JEQ_K, count - index, 0, protocol))
+    program += [(_BPF_RET_K, 0, 0, 0xFFFFFFFF), (_BPF_RET_K, 0, 0, 0)]
+    return program
+
+
+def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    code = ctypes.create_string_buffer(b"".join(_BPF_INSTRUCTION.pack(*i) for i in program))
+    # the kernel copies the program during the call
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    _SOCK_FPROG.pack(len(program), ctypes.addressof(code)))

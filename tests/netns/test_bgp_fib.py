@@ -4,14 +4,16 @@ back with `ip -json route show proto 202`."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from percale.dataplane.route_owners import RouteProtocol
-from tests.helpers.fib_worker import FibNamespace
+from tests.helpers.fib_worker import REPO, FibNamespace
 
 pytestmark = pytest.mark.netns
 
@@ -343,3 +345,216 @@ def test_every_refusal_is_reported_across_batches(ns, fib):
     gone = fib.call("apply", changes={p: None for p in prefixes})
     assert counts(gone) == (0, 0, 6000 - len(bad)) and gone["outcome"]["failed"] == {}
     assert table(ns) == {}
+
+
+# -- recursive next hops: a next hop on no connected network goes through the route to it --------
+
+@pytest.fixture
+def routed_ns():
+    """A namespace whose uplink also leads further: default routes via 10.0.0.254 and
+    2001:db8::fe, as a node's default gateway is its rack's router."""
+    with FibNamespace(prefix="pfr-") as namespace:
+        namespace.ip("route", "add", "default", "via", "10.0.0.254")
+        namespace.ip("-6", "route", "add", "default", "via", "2001:db8::fe")
+        yield namespace
+
+
+@pytest.fixture
+def routed_fib(routed_ns):
+    with routed_ns.worker() as worker:
+        worker.call("open")
+        yield worker
+
+
+def test_a_next_hop_on_no_connected_network_goes_through_the_route_to_it(routed_ns, routed_fib):
+    answer = routed_fib.call("apply", changes={
+        "11.0.0.0/26": ["172.16.5.5"],  # a node in another subnet
+        "11.0.0.64/26": ["10.0.0.2"],  # a node on this one
+        "11.0.0.128/26": ["10.0.0.3", "172.16.5.5"],
+        "2001:db8:1::/64": ["2001:db9::5"],
+    })
+    assert counts(answer) == (4, 0, 0) and answer["outcome"]["failed"] == {}
+    assert table(routed_ns) == {"11.0.0.0/26": "10.0.0.254", "11.0.0.64/26": "10.0.0.2",
+                                "11.0.0.128/26": ["10.0.0.254", "10.0.0.3"]}
+    assert table(routed_ns, 6) == {"2001:db8:1::/64": "2001:db8::fe"}
+    assert {r["dev"] for r in routed_ns.routes(BGP) + routed_ns.routes(BGP, 6)
+            if "dev" in r} == {"uplink"}
+    # The desired state keeps BGP's next hops; what went in is the kernel's business.
+    assert routed_fib.call("desired")["desired"]["11.0.0.0/26"] == ["172.16.5.5"]
+    # Known now: more routes through it go in at once, and nothing is sent again.
+    answer = routed_fib.call("apply", changes={"11.0.1.0/26": ["172.16.5.5"],
+                                               "11.0.0.0/26": ["172.16.5.5"]})
+    assert counts(answer) == (1, 0, 0) and answer["outcome"]["failed"] == {}
+    assert counts(routed_fib.call("reconcile")) == (0, 0, 0)
+
+
+def test_the_timed_check_follows_the_route_to_the_next_hop(routed_ns, routed_fib):
+    routed_fib.call("apply", changes={"11.0.0.0/26": ["172.16.5.5"],
+                                      "2001:db8:1::/64": ["2001:db9::5"]})
+    monitor = RouteMonitor(routed_ns)
+    routed_ns.ip("route", "replace", "default", "via", "10.0.0.253")
+    assert counts(routed_fib.call("reconcile")) == (0, 1, 0)
+    assert table(routed_ns)["11.0.0.0/26"] == "10.0.0.253"
+    # A more specific route, learned otherwise, wins as it does for the kernel.
+    routed_ns.ip("route", "add", "172.16.0.0/16", "via", "10.0.0.9", "proto", "static")
+    routed_ns.ip("-6", "route", "add", "2001:db9::/32", "via", "2001:db8::9", "proto", "static")
+    assert counts(routed_fib.call("reconcile")) == (0, 2, 0)
+    assert table(routed_ns)["11.0.0.0/26"] == "10.0.0.9"
+    assert table(routed_ns, 6)["2001:db8:1::/64"] == "2001:db8::9"
+    # The next hop's network becomes connected: the route goes to it, as any direct one.
+    routed_ns.ip("addr", "add", "172.16.5.1/24", "dev", "uplink")
+    assert counts(routed_fib.call("reconcile")) == (0, 1, 0)
+    assert table(routed_ns)["11.0.0.0/26"] == "172.16.5.5"
+    events = monitor.stop()
+    # Every change was one replace: the route never left the kernel.
+    assert not [line for line in events if line.startswith("Deleted 11.")], events
+
+
+def test_an_unresolvable_next_hop_keeps_its_routes_out_and_no_other(routed_ns, routed_fib):
+    routed_fib.call("apply", changes={"11.0.0.0/26": ["172.16.5.5"],
+                                      "11.0.0.128/26": ["10.0.0.3", "172.16.5.5"],
+                                      "2001:db8:1::/64": ["2001:db9::5"]})
+    routed_ns.ip("route", "del", "default")
+    routed_ns.ip("-6", "route", "del", "default")
+    answer = routed_fib.call("reconcile")
+    # Routes through it leave the kernel (it is unreachable now); a multipath route keeps the
+    # path that still leads somewhere.
+    assert counts(answer) == (0, 1, 2)
+    assert set(answer["outcome"]["failed"]) == {"11.0.0.0/26", "2001:db8:1::/64"}
+    assert "172.16.5.5 unreachable" in answer["outcome"]["failed"]["11.0.0.0/26"]
+    assert table(routed_ns) == {"11.0.0.128/26": "10.0.0.3"} and table(routed_ns, 6) == {}
+    # New routes through it fail alone, without a message to the kernel; the others go in.
+    answer = routed_fib.call("apply", changes={"11.0.1.0/26": ["172.16.5.5"],
+                                               "11.0.2.0/26": ["10.0.0.2"]})
+    assert counts(answer) == (1, 0, 0) and list(answer["outcome"]["failed"]) == ["11.0.1.0/26"]
+    # Still desired: they come back with a route to the next hop.
+    routed_ns.ip("route", "add", "default", "via", "10.0.0.254")
+    routed_ns.ip("-6", "route", "add", "default", "via", "2001:db8::fe")
+    answer = routed_fib.call("reconcile")
+    assert counts(answer) == (3, 1, 0) and answer["outcome"]["failed"] == {}
+    assert table(routed_ns) == {"11.0.0.0/26": "10.0.0.254", "11.0.1.0/26": "10.0.0.254",
+                                "11.0.0.128/26": ["10.0.0.254", "10.0.0.3"],
+                                "11.0.2.0/26": "10.0.0.2"}
+    assert table(routed_ns, 6) == {"2001:db8:1::/64": "2001:db8::fe"}
+
+
+def test_a_next_hop_that_never_resolved_fails_with_the_kernels_reason(ns, fib):
+    # No route leads to it at all (this namespace has no default route).
+    answer = fib.call("apply", changes={"11.0.0.0/26": ["172.16.5.5"],
+                                        "2001:db8:1::/64": ["2001:db9::5"]})
+    assert counts(answer) == (0, 0, 0)
+    failed = answer["outcome"]["failed"]
+    assert "Nexthop has invalid gateway" in failed["11.0.0.0/26"]
+    assert "No route to host" in failed["2001:db8:1::/64"]
+    assert table(ns) == {} and table(ns, 6) == {}
+
+
+def test_never_through_its_own_routes_nor_vxlans(routed_ns, routed_fib):
+    # BGP's own route to the next hop's network, a VXLAN route to it, and a route whose
+    # prefix holds its own next hop (installing it through itself would loop).
+    routed_ns.ip("route", "add", "172.16.5.0/28", "via", "10.0.0.8", "proto",
+                 str(RouteProtocol.VXLAN))
+    answer = routed_fib.call("apply", changes={"172.16.5.0/24": ["10.0.0.7"],
+                                               "172.16.0.0/12": ["172.16.5.5"],
+                                               "11.0.0.0/26": ["172.16.5.5"],
+                                               "2001:db9::/32": ["2001:db9::5"]})
+    assert counts(answer) == (4, 0, 0) and answer["outcome"]["failed"] == {}
+    assert table(routed_ns) == {"172.16.5.0/24": "10.0.0.7", "172.16.0.0/12": "10.0.0.254",
+                                "11.0.0.0/26": "10.0.0.254"}
+    assert table(routed_ns, 6) == {"2001:db9::/32": "2001:db8::fe"}
+    routed_ns.ip("route", "replace", "default", "via", "10.0.0.253")
+    assert counts(routed_fib.call("reconcile")) == (0, 2, 0)
+    assert table(routed_ns)["11.0.0.0/26"] == "10.0.0.253"
+
+
+def test_a_restarted_fib_keeps_its_resolved_routes_untouched(routed_ns):
+    routes = {"11.0.0.0/26": ["172.16.5.5"], "2001:db8:1::/64": ["2001:db9::5"],
+              "11.0.0.64/26": ["10.0.0.2"]}
+    with routed_ns.worker() as first:
+        first.call("open")
+        assert counts(first.call("apply", changes=routes)) == (3, 0, 0)
+    before = (routed_ns.routes(BGP, 4), routed_ns.routes(BGP, 6))
+    monitor = RouteMonitor(routed_ns)
+    with routed_ns.worker() as second:
+        second.call("open")
+        # The RIB relearns the same routes: refused as they are, resolved, found in place.
+        answer = second.call("apply", changes=routes)
+        assert counts(answer) == (0, 0, 0) and answer["outcome"]["failed"] == {}
+        assert counts(second.call("replace_all", routes=routes)) == (0, 0, 0)
+        assert monitor.stop() == []
+    assert (routed_ns.routes(BGP, 4), routed_ns.routes(BGP, 6)) == before
+
+
+# The FIB in the namespace, driven by a script: it follows route notifications, which the JSON
+# worker has no command for. Each step changes the namespace's routes and prints what
+# follow_underlay() did once the FIB's socket said so, and the routes of protocol 202.
+FOLLOWING = r"""
+import ipaddress, json, select, subprocess, sys
+from percale.dataplane.fib import FIB, NextHop
+
+def step(command):
+    if command:
+        subprocess.run(["ip", *command.split()], check=True)
+    readable = select.select([fib.underlay_events], [], [], 1.0)[0]
+    outcome = fib.follow_underlay() if readable else None
+    routes = subprocess.run(["ip", "-j", "route", "show", "proto", "202"], check=True,
+                            capture_output=True, text=True).stdout
+    print(json.dumps({
+        "woken": bool(readable),
+        "counts": outcome and [outcome.added, outcome.replaced, outcome.deleted],
+        "failed": outcome and sorted(map(str, outcome.failed)),
+        "routes": {r["dst"]: r.get("gateway") or sorted(h["gateway"] for h in r["nexthops"])
+                   for r in json.loads(routes)}}), flush=True)
+
+fib = FIB()
+direct = {ipaddress.ip_network(f"11.1.{i // 4}.{i % 4 * 64}/26"): [NextHop("10.0.0.2")]
+          for i in range(1000)}
+fib.apply(direct)
+step("")  # nothing resolved yet: the FIB does not listen
+fib.apply({ipaddress.ip_network("11.0.0.0/26"): [NextHop("172.16.5.5")]})
+step("")  # its own route, written while it listens, wakes nothing
+fib.apply({p: None for p in direct})
+step("")  # nor do 1,000 of them withdrawn
+for command in sys.argv[1:]:
+    step(command)
+"""
+
+
+def settle(ns: FibNamespace) -> None:
+    """Until the namespace's links have their IPv6 link-local addresses (duplicate address
+    detection, ~2 s after a link comes up, notifies address and route changes of its own)."""
+    deadline = time.monotonic() + 10
+    while ns.ip("-6", "addr", "show", "tentative").stdout.strip():
+        assert time.monotonic() < deadline, "IPv6 addresses still tentative after 10 s"
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
+def test_a_change_of_the_route_to_the_next_hop_is_followed_at_once(routed_ns):
+    settle(routed_ns)
+    steps = ["route replace default via 10.0.0.253",
+             "route add 172.16.0.0/16 via 10.0.0.9 proto static",
+             "route add 172.16.5.0/24 via 10.0.0.8 proto 204",  # VXLAN's: not even woken
+             "addr add 172.16.5.1/24 dev uplink",
+             "addr del 172.16.5.1/24 dev uplink",
+             "route del 172.16.0.0/16",
+             "route del default",
+             "route add default via 10.0.0.254"]
+    run = subprocess.run(["ip", "netns", "exec", routed_ns.name, sys.executable, "-c", FOLLOWING,
+                          *steps], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    seen = [json.loads(line) for line in run.stdout.splitlines()]
+    quiet = [(s["woken"], len(s["routes"])) for s in seen[:3]]
+    assert quiet == [(False, 1000), (False, 1001), (False, 1)]
+    followed = [(s["woken"], s["counts"], s["routes"].get("11.0.0.0/26")) for s in seen[3:]]
+    assert followed == [
+        (True, [0, 1, 0], "10.0.0.253"),
+        (True, [0, 1, 0], "10.0.0.9"),
+        (False, None, "10.0.0.9"),
+        (True, [0, 1, 0], "172.16.5.5"),
+        (True, [0, 1, 0], "10.0.0.9"),
+        (True, [0, 1, 0], "10.0.0.253"),
+        (True, [0, 0, 1], None),
+        (True, [1, 0, 0], "10.0.0.254"),
+    ], run.stdout
+    assert seen[-2]["failed"] == ["11.0.0.0/26"]

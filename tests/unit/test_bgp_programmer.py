@@ -84,3 +84,61 @@ def test_a_load_with_nothing_claimed_among_it_is_handed_over_as_it_is():
 
 def test_nothing_to_do_tells_the_table_nothing():
     assert applied(FibChanges()) == []
+
+
+class FollowingTable(RecordingTable):
+    """A route table that resolves next hops through other routes: its `underlay_events` is
+    one end of a socket pair, the test writes the kernel's notifications into the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import socket
+
+        self.kernel, self.events = socket.socketpair()
+        self.events.setblocking(False)
+        self.followed = 0
+
+    @property
+    def underlay_events(self) -> int:
+        return self.events.fileno()
+
+    def follow_underlay(self):
+        while True:  # as the FIB does: reads every notification waiting
+            try:
+                self.events.recv(4096)
+            except BlockingIOError:
+                break
+        self.followed += 1
+        return Outcome(failed={net("10.244.9.0/26"): "next hop 172.16.5.5 unreachable"})
+
+
+def test_a_change_of_the_underlay_is_followed_once_per_burst(caplog):
+    table = FollowingTable()
+    programmer = FibProgrammer(table, None)
+
+    async def scenario() -> list[int]:
+        following = asyncio.ensure_future(programmer.follow_underlay())
+        seen = []
+        await asyncio.sleep(0.1)
+        seen.append(table.followed)  # nothing changed: nothing followed
+        for _ in range(5):  # a burst: a link down takes its addresses and routes along
+            table.kernel.send(b"x")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        seen.append(table.followed)
+        table.kernel.send(b"x")  # the reader is watching again after a pass
+        await asyncio.sleep(0.2)
+        seen.append(table.followed)
+        following.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await following
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+    assert "10.244.9.0/26" in caplog.text
+
+
+def test_a_table_that_resolves_nothing_has_nothing_to_follow():
+    programmer = FibProgrammer(RecordingTable(), None)
+    asyncio.run(asyncio.wait_for(programmer.follow_underlay(), 1))  # returns at once
+    asyncio.run(asyncio.wait_for(FibProgrammer(None, None).follow_underlay(), 1))
