@@ -86,7 +86,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Self
+from typing import Any, Self
 
 from percale.dataplane import netlink
 from percale.dataplane.netlink import (
@@ -488,17 +488,7 @@ class FIB:
             self._forget_unused()
             self._resolve_again()  # its changes are planned below, as any other difference
         plan: list[tuple] = [(_DELETE_STRAY, prefix, stray, None) for prefix, stray in strays]
-        same = _Same()
-        via, new, last = self._via, self._new, _NO_HOPS
-        for prefix, hops in self._desired.items():
-            if hops is not last:
-                last = hops
-                installed, sent, add, replace = self._installation(hops, via, new)
-            current = kernel.get(prefix)
-            if current is None:
-                plan.append((add, prefix, sent, None))
-            elif not same(installed, current):
-                plan.append((replace, prefix, sent, current))
+        plan += self._differences(self._desired.items(), kernel)
         deletes = [(prefix, current) for prefix, current in kernel.items()
                    if prefix not in self._desired]
         for prefix, _ in deletes:  # as `_plan_apply` does: out when planned, back if refused
@@ -763,17 +753,25 @@ class FIB:
 
     def _plan_resolved(self, changed: set[Hops]) -> list[tuple]:
         """The routes whose next hops' installation changed, planned as it is now."""
-        plan: list[tuple] = []
-        kernel, via, new, same = self._kernel, self._via, self._new, _Same()
-        for prefix, hops in self._desired.items():
-            if hops in changed:
+        return list(self._differences(
+            ((prefix, hops) for prefix, hops in self._desired.items() if hops in changed),
+            self._kernel))
+
+    def _differences(self, wanted: Iterable[tuple[Any, Hops | None]],
+                     kernel: Mapping[Any, Any]) -> Iterator[tuple]:
+        """The plan's add or replace for each (prefix, next hops) in `wanted` whose kernel route
+        is missing or differs from its installation. Routes share their set of next hops object
+        (the RIB interns them): its installation is worked out once per run of equal sets."""
+        via, new, same, last = self._via, self._new, _Same(), _NO_HOPS
+        for prefix, hops in wanted:
+            if hops is not last:
+                last = hops
                 installed, sent, add, replace = self._installation(hops, via, new)
-                current = kernel.get(prefix)
-                if current is None:
-                    plan.append((add, prefix, sent, None))
-                elif not same(installed, current):
-                    plan.append((replace, prefix, sent, current))
-        return plan
+            current = kernel.get(prefix)
+            if current is None:
+                yield (add, prefix, sent, None)
+            elif not same(installed, current):
+                yield (replace, prefix, sent, current)
 
     def _forget_unused(self) -> None:
         """Sets of next hops no desired route has any more, and their next hops, are forgotten;
