@@ -329,8 +329,8 @@ async def register(store: Datastore, node: str, ipv4, ipv6, as_number: int | Non
     """Create or update Node `node` with the resolved addresses (see resolve) and AS number,
     refusing an address another Node already has. An UnlessRegistered keeps the Node's address,
     or registers one found on `addresses()`. Retries on a concurrent update."""
-    if ipv4 is None and ipv6 is None and as_number is None:
-        return
+    if ipv4 in (None, "none") and ipv6 in (None, "none") and as_number is None:
+        return  # nothing to write: "none" keeps the Node's addresses, and makes no Node
     # Found once, however often a concurrent update makes the Node be read again.
     detected: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
     for _ in range(10):

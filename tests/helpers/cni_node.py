@@ -58,6 +58,10 @@ class CNINode:
     relay: subprocess.Popen | None = None
     # Which CNI shim `percalectl cni install` puts in bin/: auto (the compiled one), compiled, python.
     shim: str = "auto"
+    # The agent's --ip unless agent_args gives one: none, so the Node keeps what the test writes
+    # on it (left unset, the agent registers an address it detects, as calico-node does, and a
+    # test writing its Node after the start finds it there). None: --ip left unset.
+    ip: str | None = "none"
 
     @property
     def netns(self) -> str:
@@ -125,6 +129,9 @@ class CNINode:
                 "--node-name", self.name, "--cni-socket", self.socket, *self.datastore_args,
                 "--bgp-dir", str(self.workdir / "bgp"), "--status-socket", self.status_socket,
                 *self.agent_args]
+        if self.ip is not None and not any(a == "--ip" or a.startswith("--ip=")
+                                           for a in self.agent_args):
+            args += ["--ip", self.ip]
         if self.mtu:
             args += ["--mtu", str(self.mtu)]
         # A socket left by an agent that was killed would look like a live one.

@@ -26,7 +26,7 @@ DETECT = ("import sys\n"
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"fxn-{uuid.uuid4().hex[:8]}"
+    name = f"pad-{uuid.uuid4().hex[:8]}"
     sh("ip", "netns", "add", name)
     try:
         yield name
@@ -64,7 +64,7 @@ def test_the_link_made_last_is_looked_at_first(netns):
 
 
 def test_an_agent_with_no_ip_registers_what_it_finds_and_keeps_what_its_node_has(etcd):
-    node = CNINode(etcd.unix_endpoint, name=f"fxn-{uuid.uuid4().hex[:6]}")
+    node = CNINode(etcd.unix_endpoint, name=f"pad-{uuid.uuid4().hex[:6]}", ip=None)
 
     async def address(store) -> str:
         return str((await store.get(Key("Node", node.name))).value.spec.bgp.ipv4_address)
