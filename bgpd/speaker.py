@@ -147,7 +147,7 @@ class ExaBGP:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 5
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     async def _spawn(self) -> None:
@@ -363,3 +363,15 @@ class ExaBGP:
             self._writer.close()
         self._fail_pending("stopped")
         self.socket_path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited. A killed ExaBGP whose parent (a killed
+    agent) is gone stays a zombie until init reaps it, which took seconds here: waiting for
+    /proc/<pid> to vanish held the starting agent's event loop, and its CNI requests, that long.
+    A zombie holds no socket and no session."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -8,7 +8,9 @@ gateway answered by proxy ARP on the host side, and a host route to the pod.
                 10.244.3.7 dev pcl<hash> scope link proto 201
 
 Owner: this module owns the host veths and the /32 (/128) host routes of pods, the latter tagged
-RouteProtocol.POD; nothing else in percale touches them.
+RouteProtocol.POD; nothing else in percale touches them. The CNI ADD makes them (create_link,
+configure); the agent's reconciler (node/pod_routes.py) reads them back with read_host_routes
+and puts back or removes routes with repair_host_routes, as felix keeps Calico's.
 
 Where it runs: the functions block (netlink) and step into the pod's network namespace with
 setns(2) to open a socket there, then step back; setns moves only the calling thread. The agent
@@ -28,12 +30,12 @@ import random
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from percale.dataplane.netlink import RT_SCOPE_LINK, Netlink, NetlinkError
+from percale.dataplane.netlink import IFF_UP, RT_SCOPE_LINK, Link, Netlink, NetlinkError
 from percale.dataplane.route_owners import RouteProtocol
 
 HOST_VETH_PREFIX = "pcl"
@@ -45,6 +47,7 @@ GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 PROTOCOL = RouteProtocol.POD
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
@@ -69,6 +72,8 @@ class PodLink:
     container_name: str
     container_mac: str
     mtu: int
+    # create_link deleted the pod's interface an ADD killed midway had left under this name
+    replaced_leftover: bool = False
 
 
 def host_veth_name(namespace: str, pod: str, ifname: str = "eth0") -> str:
@@ -198,17 +203,32 @@ def _random_mac() -> str:
     return ":".join(f"{o:02x}" for o in octets)
 
 
-def create_link(netns: str, ifname: str, host_name: str, mtu: int) -> PodLink:
+def create_link(netns: str, ifname: str, host_name: str, mtu: int, *,
+                replace_leftover: bool = False, spare_mac: str | None = None) -> PodLink:
     """The veth pair, the host end up and with its sysctls: the part of wiring a pod that needs
     no address, so it runs while IPAM picks one. Raises InterfaceExists, or DataplaneError having
-    removed what it made."""
+    removed what it made.
+
+    `replace_leftover`: an `ifname` already in the pod whose peer is `host_name` was left by an
+    ADD of this pod that the agent's death cut short (the caller found no attachment of the
+    container standing, and knows no other ADD of the veth runs): it is deleted, pair and host
+    routes, and the ADD goes on (PodLink.replaced_leftover says so). Not one with `spare_mac`,
+    the MAC the endpoint of the pod's other container records: that is its live pod, in the
+    namespace a runtime named by mistake. Looked at only when `ifname` is there already, so an
+    ADD into an empty namespace pays nothing for it."""
     host = _host_netlink()
     container_mac = _random_mac()
-    made = False
+    made = replaced = False
     try:
         with _in_pod(netns) as pod:
-            if pod.link(name=ifname) is not None:
-                raise InterfaceExists(f"the container already has an interface named {ifname}")
+            existing = pod.link(name=ifname)
+            if existing is not None:
+                leftover = host.link(name=host_name) if replace_leftover else None
+                if leftover is None or not _is_pair(leftover, existing) or (
+                        spare_mac and (existing.mac or "").lower() == spare_mac.lower()):
+                    raise InterfaceExists(f"the container already has an interface named {ifname}")
+                host.delete_link(leftover.index)  # its peer, and the routes through it, go too
+                replaced = True
             stale = host.link(name=host_name)
             if stale is not None:
                 # A host veth left by an earlier ADD of this pod: its container is gone.
@@ -234,7 +254,13 @@ def create_link(netns: str, ifname: str, host_name: str, mtu: int) -> PodLink:
         if made:
             _delete(host, host_name)
         raise
-    return PodLink(host_name, HOST_VETH_MAC, ifname, container_mac, mtu)
+    return PodLink(host_name, HOST_VETH_MAC, ifname, container_mac, mtu, replaced)
+
+
+def _is_pair(host_link: Link, pod_link: Link) -> bool:
+    """Whether the two are the ends of one veth pair: each names the other as its peer (a veth
+    in another namespace is named by its index there)."""
+    return host_link.peer_index == pod_link.index and pod_link.peer_index == host_link.index
 
 
 def configure(netns: str, ifname: str, host_name: str, addresses: list[Interface]) -> None:
@@ -406,34 +432,128 @@ def remove_host_veth(host_name: str) -> bool:
 def check(netns: str, ifname: str, host_name: str, addresses: list[Interface]) -> list[str]:
     """What differs from what create_link and configure leave behind; [] when the pod is wired
     as it should be."""
-    problems: list[str] = []
     host = _host_netlink()
     host_link = host.link(name=host_name)
     if host_link is None:
         return [f"host interface {host_name} is missing"]
-    routed = {route.destination
-              for family in (socket.AF_INET, socket.AF_INET6)
-              for route in host.routes(family, protocol=PROTOCOL, oif=host_link.index)}
-    for address in addresses:
-        if ipaddress.ip_network(address.ip) not in routed:
-            problems.append(f"host route to {address.ip} via {host_name} is missing")
+    problems = [f"host route to {address.ip} via {host_name} is missing"
+                for address in _unrouted(host, host_link.index, addresses)]
     if not Path(netns).exists():
         return problems + [f"network namespace {netns} is gone"]
     with _in_pod(netns) as pod:
         link = pod.link(name=ifname)
         if link is None:
             return problems + [f"container interface {ifname} is missing"]
-        have = {a.interface for a in pod.addresses(index=link.index)}
-        for address in addresses:
-            want = ipaddress.ip_interface(address.ip)
-            if want not in have:
-                problems.append(f"address {want} is missing from {ifname}")
-        # Both families, as configure sets both up: without the IPv6 half a dual-stack pod that
-        # lost its IPv6 default route passed CHECK.
-        for version, family, gateway in ((4, socket.AF_INET, GATEWAY_V4),
-                                         (6, socket.AF_INET6, GATEWAY_V6)):
-            if any(a.version == version for a in addresses):
-                gateways = {str(r.gateway) for r in pod.routes(family, default_only=True)}
-                if gateway not in gateways:
-                    problems.append(f"default route via {gateway} is missing")
+        return problems + _pod_side_problems(pod, link, addresses)
+
+
+def _unrouted(host: Netlink, host_index: int, addresses: list[Interface]) -> list[Interface]:
+    """The addresses with no host route of this module's through the interface `host_index`."""
+    routed = {route.destination
+              for family in (socket.AF_INET, socket.AF_INET6)
+              for route in host.routes(family, protocol=PROTOCOL, oif=host_index)}
+    return [a for a in addresses if ipaddress.ip_network(a.ip) not in routed]
+
+
+def _pod_side_problems(pod: Netlink, link: Link, addresses: list[Interface]) -> list[str]:
+    """What the pod's interface `link` lacks of what configure gives it."""
+    problems = []
+    have = {a.interface for a in pod.addresses(index=link.index)}
+    for address in addresses:
+        want = ipaddress.ip_interface(address.ip)
+        if want not in have:
+            problems.append(f"address {want} is missing from {link.name}")
+    # Both families, as configure sets both up: without the IPv6 half a dual-stack pod that
+    # lost its IPv6 default route passed CHECK.
+    for version, family, gateway in ((4, socket.AF_INET, GATEWAY_V4),
+                                     (6, socket.AF_INET6, GATEWAY_V6)):
+        if any(a.version == version for a in addresses):
+            gateways = {str(r.gateway) for r in pod.routes(family, default_only=True)}
+            if gateway not in gateways:
+                problems.append(f"default route via {gateway} is missing")
     return problems
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """The pod's end of an earlier ADD, found in the namespace a new ADD names: the peer of the
+    pod's host veth. `wired`: up, with the addresses and the default routes configure gives,
+    and the host routes to it in place."""
+    link: PodLink
+    wired: bool
+
+
+def find_attachment(netns: str, ifname: str, host_name: str,
+                    addresses: list[Interface]) -> Attachment | None:
+    """The interface `ifname` in `netns` when it is the peer of `host_name`; None when it is not
+    there (that attachment is in another namespace, or gone). A wired one's missing host
+    routes are put back: the ADD that made them may have died before it got to them, and its
+    retry answers that the pod is reachable."""
+    host = _host_netlink()
+    host_link = host.link(name=host_name)
+    if host_link is None:
+        return None
+    try:
+        with _in_pod(netns) as pod:
+            link = pod.link(name=ifname)
+            if link is None or not _is_pair(host_link, link):
+                return None
+            wired = bool(link.flags & IFF_UP) and not _pod_side_problems(pod, link, addresses)
+    except OSError as err:
+        raise DataplaneError(f"looking for {ifname} in {netns}: {err}") from None
+    found = PodLink(host_name, host_link.mac or HOST_VETH_MAC, ifname, link.mac or "", link.mtu)
+    if wired:
+        try:
+            for address in _unrouted(host, host_link.index, addresses):
+                _route_to_pod(host, address, host_link.index)
+        except DataplaneError:
+            wired = False  # the address is routed elsewhere: wiring it afresh says so (103)
+    return Attachment(found, wired)
+
+
+# -- the pods' host routes, kept by the agent (node/pod_routes.py) --------------------------------
+
+@dataclass(frozen=True)
+class HostRoutes:
+    """The pods' host routes in the kernel and the links they may go through, read together.
+    `routes`: (destination, interface index) of each route of this module's protocol in the
+    main table; `links`: each link of the node by name, as (index, up)."""
+    routes: frozenset[tuple[Network, int]]
+    links: Mapping[str, tuple[int, bool]]
+
+
+def read_host_routes() -> HostRoutes:
+    """One dump of the routes with this module's protocol (per family, the kernel filtering, so
+    BGP's 100k routes cost nothing), then one of the links. In that order: a route's interface
+    either is in the links read after it or is gone, and its routes with it; read the other
+    way round, a veth made in between would be unknown while its route was not."""
+    with Netlink() as nl:
+        routes = frozenset((route.destination, route.oif)
+                           for family in (socket.AF_INET, socket.AF_INET6)
+                           for route in nl.routes(family, protocol=PROTOCOL))
+        links = {link.name: (link.index, bool(link.flags & IFF_UP)) for link in nl.links()}
+    return HostRoutes(routes, links)
+
+
+def repair_host_routes(remove: Iterable[tuple[Network, int]],
+                       add: Iterable[tuple[Network, int]]) -> dict[Network, str]:
+    """Delete, then add, host routes to pods, each (destination, interface index). A deletion
+    names the interface and the protocol, so it can only take the very route it was decided on
+    (a pod's ADD may have routed the address through a new veth meanwhile). Additions the kernel
+    refuses come back as {destination: why}: the address is routed elsewhere (another owner's
+    route, which is never replaced, as configure does not). An interface deleted or taken down
+    meanwhile (its pod's DEL, an ADD replacing it) is no refusal: nothing is to be routed
+    through it."""
+    refused: dict[Network, str] = {}
+    with Netlink() as nl:
+        for destination, index in remove:
+            nl.delete_route(destination, oif=index, protocol=PROTOCOL)  # gone already: fine
+        for destination, index in add:
+            try:
+                nl.add_route(destination, oif=index, scope=RT_SCOPE_LINK, protocol=PROTOCOL)
+            except NetlinkError as err:
+                if err.errno == errno.EEXIST:
+                    refused[destination] = "already routed elsewhere; not replacing that route"
+                elif err.errno not in (errno.ENODEV, errno.ENETDOWN):
+                    raise
+    return refused

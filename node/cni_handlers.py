@@ -1,17 +1,21 @@
 """What the agent does for each CNI request from the `percale` and `percale-ipam` plugins.
 
 ADD undoes every earlier step when a later one fails (the addresses it took, the veth), so a
-failed ADD leaves nothing behind. DEL is idempotent and works when the netns is already gone.
-The request arrives as cni-plugin/PROTOCOL.md describes; the answer is (CNI code, stdout).
+failed ADD leaves nothing behind. An ADD the agent's death cut short (the shim answered 11) may
+be sent again: one that had finished is answered as it was, one that had not is done afresh
+(_earlier_attachment). DEL is idempotent and works when the netns is already gone. The request
+arrives as cni-plugin/PROTOCOL.md describes; the answer is (CNI code, stdout).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,7 +31,7 @@ from percale.datastore import (
     NotFound,
 )
 from percale.datastore.contract import reads_pod_annotations
-from percale.ipam.allocator import IPAM, read_reservations
+from percale.ipam.allocator import IPAM, Allocation, read_reservations
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
 from percale.ipam.pools import usable
 from percale.ipam.usage import usage
@@ -103,6 +107,15 @@ class Pod:
 log = logging.getLogger("percale.node.cni")
 
 
+@dataclass(frozen=True)
+class _Earlier:
+    """What an earlier ADD of the same container and interface left in the namespace this ADD
+    names (_earlier_attachment): its endpoint and its veth pair; `wired` when that ADD had
+    finished, its pod wired as the endpoint says."""
+    endpoint: WorkloadEndpoint
+    link: pod_network.PodLink
+    wired: bool
+
 
 async def _settled(future: asyncio.Future) -> Any:
     """`future`'s result once it is done; None when it failed or was cancelled (its error
@@ -129,6 +142,12 @@ class CNIHandlers:
         # interface into that namespace waits for them (_after_teardowns).
         self._tearing_down: dict[tuple[int, int, str], set[asyncio.Future]] = {}
         self._background: set[asyncio.Future] = set()
+        # The host veths ADDs are making or wiring now, each with how many (two containers of one
+        # pod share its veth's name). Such an ADD's route stands before its endpoint is stored,
+        # so the pod routes' reconciler (node/pod_routes.py) and GC leave these veths alone, and
+        # a second ADD does not take their pod interface for one a killed ADD left. The ADD
+        # pays an insertion and a removal in this dict for it, no I/O.
+        self.adding: dict[str, int] = {}
 
     async def start(self) -> None:
         await asyncio.gather(self.workers.start(), self.teardowns.start())
@@ -187,6 +206,16 @@ class CNIHandlers:
         pending = self._tearing_down.get(key) if key is not None else None
         if pending:
             await asyncio.wait(set(pending))
+
+    def _start_adding(self, host_veth: str) -> None:
+        self.adding[host_veth] = self.adding.get(host_veth, 0) + 1
+
+    def _done_adding(self, host_veth: str) -> None:
+        left = self.adding[host_veth] - 1
+        if left:
+            self.adding[host_veth] = left
+        else:
+            del self.adding[host_veth]
 
     def set_host_mtu(self, host_mtu: int) -> None:
         """The host MTU changed (node/host_mtu.py): pods wired from now on are sized from it."""
@@ -337,14 +366,34 @@ class CNIHandlers:
         labels, ports = endpoint_args(conf)
         self._check_endpoint(pod, conf, labels, ports)
         _check_netns(pod.netns, "ADD")
-        await self._refuse_second_add(pod, conf)
+        try:
+            stored: WorkloadEndpoint | None = (
+                await self.store.get(self._endpoint_key(pod, conf))).value
+        except NotFound:
+            stored = None
+        earlier = await self._earlier_attachment(pod, conf, stored)
+        if earlier is not None and earlier.wired:
+            return await self._answer_again(pod, conf, earlier)
         await self._refuse_second_interface(pod, conf)
         asked = await self._asked(pod)
         await self._after_teardowns(pod)
         mtu = await self._mtu_for(conf)
-        # The veth pair needs no address: make it while IPAM picks one.
-        linking = asyncio.ensure_future(
-            self.workers.run(pod_network.create_link, pod.netns, pod.ifname, pod.host_veth, mtu))
+        # With another ADD of this pod's veth running, what stands under its name may be that
+        # ADD's, not one a killed ADD left: it is not taken (create_link then answers 102).
+        others_adding = pod.host_veth in self.adding
+        self._start_adding(pod.host_veth)
+        try:
+            if earlier is not None and not others_adding:
+                await self._clear_unfinished(pod, earlier)
+            other_container = stored is not None and stored.spec.container_id != pod.container_id
+            # The veth pair needs no address: make it while IPAM picks one.
+            linking = asyncio.ensure_future(self.workers.run(
+                functools.partial(pod_network.create_link, replace_leftover=not others_adding,
+                                  spare_mac=stored.spec.mac if other_container else None),
+                pod.netns, pod.ifname, pod.host_veth, mtu))
+        except BaseException:
+            self._done_adding(pod.host_veth)
+            raise
         addresses: list[Interface] = []
         announced: Key | None = None
         configuring: asyncio.Future | None = None
@@ -357,6 +406,8 @@ class CNIHandlers:
                 raise CNIError(INTERFACE_EXISTS, str(err)) from None
             except pod_network.DataplaneError as err:
                 raise CNIError(DATAPLANE_FAILED, str(err)) from None
+            if link.replaced_leftover:
+                await self._release_leftover(pod, addresses)
             endpoint = self._endpoint(pod, conf, labels, ports, link.host_name, link.container_mac,
                                       addresses)
             if self.policy is not None:
@@ -397,6 +448,14 @@ class CNIHandlers:
                 await asyncio.shield(self.ipam.release_ips([str(a.ip) for a in addresses],
                                                            cooldown=False))
             raise
+        finally:
+            self._done_adding(pod.host_veth)
+        return self._result(pod, conf, link, addresses)
+
+    def _result(self, pod: Pod, conf: NetConf, link: pod_network.PodLink,
+                addresses: list[Interface]) -> dict[str, Any]:
+        """The ADD's result: the pod's addresses on its interface, both ends of the veth pair,
+        the default routes, after whatever a plugin earlier in the chain reported."""
         interfaces = [
             {"name": link.host_name, "mac": link.host_mac},
             {"name": link.container_name, "mac": link.container_mac, "sandbox": pod.netns},
@@ -468,36 +527,96 @@ class CNIHandlers:
         raise CNIError(INVALID_ENVIRONMENT,
                        f"{culprit} cannot make the pod's WorkloadEndpoint: {problems['metadata']}")
 
-    async def _refuse_second_add(self, pod: Pod, conf: NetConf) -> None:
-        """A container ID names one sandbox: while an ADD's attachment of this container and
-        interface stands (its endpoint is there until a DEL), a second ADD is the runtime's
-        mistake (CNI spec: no ADD twice for a (CNI_CONTAINERID, CNI_IFNAME) without a DEL).
-        Into the same netns the kernel would refuse it; into another one it replaced the pod's
-        host veth, cutting off the first netns, and took a second address under the handle.
-        Refused before anything is taken. An endpoint of another container of the pod is a
-        sandbox replaced, and the new one takes over (Calico does the same).
+    async def _earlier_attachment(self, pod: Pod, conf: NetConf,
+                                  current: WorkloadEndpoint | None) -> _Earlier | None:
+        """What an earlier ADD of this container and interface left in the netns this ADD names,
+        as its endpoint (`current`, stored for the pod's interface) says; None when nothing of
+        it stands. Looked at only when that endpoint is this container's.
+
+        A container ID names one sandbox: while an ADD's attachment of this container and
+        interface stands (its endpoint is there until a DEL) in another netns, a second ADD is
+        the runtime's mistake (CNI spec: no ADD twice for a (CNI_CONTAINERID, CNI_IFNAME)
+        without a DEL); there it replaced the pod's host veth, cutting off the first netns, and
+        took a second address under the handle. Refused (102) before anything is taken. An
+        endpoint of another container of the pod is a sandbox replaced, and the new one takes
+        over (Calico does the same).
+
+        Into the same netns it is the runtime trying again after an ADD that got no answer (the
+        agent died, and the shim said 11, "try again later"): Calico's ADD allocates and writes
+        the endpoint again, so its retry succeeds, where this one was refused (102) until a DEL.
+        If that ADD had finished (the pod's interface is the peer of the endpoint's host veth,
+        wired as the endpoint says, and the handle holds its addresses), the retry is answered
+        with its result and takes nothing (`wired`); if not, the ADD clears what it left and
+        goes on afresh (_clear_unfinished). An ADD killed before it stored the endpoint left no
+        endpoint to find here: create_link takes the interface it left (replace_leftover).
 
         An endpoint whose host veth is gone is an attachment that did not survive (a reboot, an
         agent that died before the DEL): runtimes that keep container IDs across restarts
         (Podman, nerdctl) ADD it again. Its addresses, under this container's handle, are freed
         and the ADD goes on, rather than refusing it until someone runs DEL by hand."""
-        try:
-            current = (await self.store.get(self._endpoint_key(pod, conf))).value
-        except NotFound:
-            return
-        if current.spec.container_id != pod.container_id:
-            return
+        if current is None or current.spec.container_id != pod.container_id:
+            return None
         veth = current.spec.interface_name
         if not veth or not await self.workers.run(pod_network.host_link_exists, veth):
             log.info("container %s: its earlier %s (host veth %s) is gone; adding it afresh",
                      pod.container_id, pod.ifname, veth)
             await self._release_attachment(pod.handle_id, pod.ifname, unrecorded=True)
-            return
+            return None
+        addresses = [ipaddress.ip_interface(n) for n in current.spec.ip_networks]
+        found = None
+        if veth not in self.adding:  # an ADD still wiring it is no earlier one
+            try:
+                found = await self.workers.run(pod_network.find_attachment, pod.netns,
+                                               pod.ifname, veth, addresses)
+            except pod_network.DataplaneError as err:
+                raise CNIError(DATAPLANE_FAILED, str(err)) from None
+        if found is not None:
+            wired = found.wired and _same_mac(found.link.container_mac, current.spec.mac)
+            if wired:
+                held = set(await self.ipam.ips_by_handle(pod.handle_id))
+                wired = bool(addresses) and all(str(a.ip) in held for a in addresses)
+            return _Earlier(current, found.link, wired)
         where = ", ".join(current.spec.ip_networks) or "no address"
         raise CNIError(INTERFACE_EXISTS,
                        f"container {pod.container_id} already has {pod.ifname}, added for pod "
                        f"{pod.namespace}/{pod.name} on node {self._node(conf)} ({where}, host veth "
                        f"{current.spec.interface_name}); DEL it before adding it again")
+
+    async def _answer_again(self, pod: Pod, conf: NetConf, earlier: _Earlier) -> dict[str, Any]:
+        """The result the finished ADD would have answered, for the runtime's retry of it."""
+        link = earlier.link
+        log.info("container %s: %s is wired as its endpoint says; answering its ADD again",
+                 pod.container_id, pod.ifname)
+        if self.policy is not None and not await self.policy.wait_programmed(link.host_name):
+            log.warning("pod %s/%s: policy not programmed yet for %s; its traffic is dropped "
+                        "until it is", pod.namespace, pod.name, link.host_name)
+        addresses = [ipaddress.ip_interface(n) for n in earlier.endpoint.spec.ip_networks]
+        return self._result(pod, conf, link, addresses)
+
+    async def _clear_unfinished(self, pod: Pod, earlier: _Earlier) -> None:
+        """Remove what an ADD of this attachment that never finished left (its endpoint stored,
+        its pod not wired as that says): the veth pair and the host routes first, then the
+        addresses, or the next pod given one would find its route taken. The endpoint is
+        written over by this ADD."""
+        log.info("container %s: an earlier ADD of %s did not finish; adding it afresh",
+                 pod.container_id, pod.ifname)
+        await self.workers.run(pod_network.remove_host_veth, earlier.link.host_name)
+        await self._release_attachment(pod.handle_id, pod.ifname, unrecorded=True)
+
+    async def _release_leftover(self, pod: Pod, taken: Iterable[Interface]) -> None:
+        """Free what an ADD killed before it stored its endpoint took for this interface: its
+        pod interface, found by create_link, is gone with its routes, and no endpoint lists the
+        addresses; this ADD's own (`taken`) stay. By sequence number, so an address handed out
+        again meanwhile stays with its new holder."""
+        kept = {str(a.ip) for a in taken}
+        mine, _ = await self._addresses_of_interface(pod.handle_id, pod.ifname, unrecorded=False)
+        stale = {a: n for a, n in mine.items() if a not in kept}
+        log.info("container %s: took over %s left by an ADD that did not finish%s",
+                 pod.container_id, pod.ifname,
+                 f"; releasing {', '.join(sorted(stale))}" if stale else "")
+        if stale:
+            await self.ipam.release_ips(
+                list(stale), sequence_numbers={a: n for a, n in stale.items() if n is not None})
 
     async def _refuse_second_interface(self, pod: Pod, conf: NetConf) -> None:
         """percale wires one interface per pod (the pod's gateway and default routes go through
@@ -774,9 +893,9 @@ class CNIHandlers:
         # if its host veth still stands (a sandbox the runtime lost track of), its routes hold
         # the addresses: they go first, with its endpoint, as DEL takes them, or the next pod
         # given one of the addresses would find its route taken.
-        endpoints = {kv.value.spec.container_id: kv
-                     for kv in (await self.store.list("WorkloadEndpoint")).items
-                     if kv.value.spec.node == node}
+        endpoints = [kv for kv in (await self.store.list("WorkloadEndpoint")).items
+                     if kv.value.spec.node == node]
+        collected: list[tuple[str, list[str], list[Allocation | None]]] = []
         for kv in (await self.store.list("IPAMHandle")).items:
             handle = kv.value.spec.handle_id
             if not handle.startswith(f"{conf.name}.") or handle in valid:
@@ -785,16 +904,46 @@ class CNIHandlers:
             owners = [await self.ipam.get_allocation(a) for a in addresses]
             if owners and all(o is not None and o.attributes.get("node") == node
                               and of_network(handle, conf.name) for o in owners):
-                endpoint = endpoints.get(handle.removeprefix(f"{conf.name}."))
-                if endpoint is not None:
-                    if endpoint.value.spec.interface_name:
-                        await self.workers.run(pod_network.remove_host_veth,
-                                               endpoint.value.spec.interface_name)
-                    try:
-                        await self.store.delete(endpoint.key, revision=endpoint.revision)
-                    except (NotFound, Conflict):
-                        pass  # deleted, or taken by a newer ADD of the pod, meanwhile
-                await self.ipam.release_by_handle(handle)
+                collected.append((handle, addresses, owners))
+        # A container's endpoints: those listing an address its handle holds (another network
+        # attached to the same container has other handles and addresses).
+        of_collected = {handle: [kv for kv in endpoints
+                                 if f"{conf.name}.{kv.value.spec.container_id}" == handle
+                                 and any(str(ipaddress.ip_interface(n).ip) in addresses
+                                         for n in kv.value.spec.ip_networks)]
+                        for handle, addresses, _ in collected}
+        gone = {kv.key for kvs in of_collected.values() for kv in kvs}
+        # A host veth is named for the pod, not the container (host_veth_name): a newer
+        # container of the same pod, still in use, has the one a collected container had.
+        in_use = {kv.value.spec.interface_name for kv in endpoints if kv.key not in gone}
+        for handle, _, owners in collected:
+            mine = of_collected[handle]
+            # Its veth found by name as well: an ADD killed before it stored the endpoint, or an
+            # endpoint deleted by hand, left a veth that no endpoint names.
+            veths = {kv.value.spec.interface_name for kv in mine} | set(_host_veths_of(owners))
+            for veth in sorted(v for v in veths if v and v not in in_use and v not in self.adding):
+                await self.workers.run(pod_network.remove_host_veth, veth)
+            for endpoint in mine:
+                try:
+                    await self.store.delete(endpoint.key, revision=endpoint.revision)
+                except (NotFound, Conflict):
+                    pass  # deleted, or taken by a newer ADD of the pod, meanwhile
+            await self.ipam.release_by_handle(handle)
+
+
+def _host_veths_of(allocations: Iterable[Allocation | None]) -> list[str]:
+    """The host veth names the pods holding these allocations were wired with, from the pod,
+    namespace and interface each records (an allocation from before percale recorded the
+    interface was eth0's)."""
+    return [pod_network.host_veth_name(a.attributes["namespace"], a.attributes["pod"],
+                                       a.attributes.get("interface") or "eth0")
+            for a in allocations
+            if a is not None and a.attributes.get("namespace") and a.attributes.get("pod")]
+
+
+def _same_mac(found: str, recorded: str | None) -> bool:
+    """Whether the kernel's MAC is the one the endpoint records (none recorded: any)."""
+    return not recorded or found.lower() == recorded.lower()
 
 
 def _serves_config(pool: IPPool, named: list[str]) -> bool:

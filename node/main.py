@@ -11,8 +11,13 @@ the host), and then runs, side by side:
     blocks, and learned routes go through the RIB to the kernel (dataplane/fib.py);
   * network policy (node/policy_agent.py): the view's policies, profiles and endpoints compiled
     into the `inet percale` nftables table; a CNI ADD returns once the pod's chains are in;
+  * the pods' host routes kept as the endpoints say (node/pod_routes.py);
   * its status on the status socket and as the node's NodeStatus (node/status.py), and
     /livez, /readyz, /metrics (node/health.py).
+
+One agent runs per state directory (--bgp-dir: ExaBGP's pid file, configuration and socket): a
+second one is refused at start (hold_agent_lock). Two served the same sockets and killed each
+other's ExaBGP through its pid file for as long as both ran.
 
 It stops cleanly on SIGTERM or SIGINT, leaving its routes in the kernel and letting peers keep
 ours (graceful restart). Assembly only: the logic lives in the packages it wires together.
@@ -21,6 +26,8 @@ ours (graceful restart). Assembly only: the logic lives in the packages it wires
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import ipaddress
 import faulthandler
 import logging
@@ -59,11 +66,13 @@ from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
+from percale.ipc.unix_server import SocketFile
 from percale.node import health, registration
 from percale.node.host_mtu import HostMTUFollower, check_host_mtu, decide_host_mtu
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
 from percale.bgpd.status import DEFAULT_STATUS_SOCKET
+from percale.node.pod_routes import PodRoutes
 from percale.node.policy_agent import POLICY_KINDS, PolicyAgent
 from percale.node.pools import DEFAULT_MTU_FILE, PoolFollower
 from percale.node.status import NodeStatusPublisher, serve_status
@@ -78,6 +87,39 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 
 class AgentFailed(Exception):
     """A part of the agent that must run until it stops ended on its own."""
+
+
+class AgentRunning(Exception):
+    """Another percale-node holds this agent's state directory."""
+
+
+LOCK_FILE = "percale-node.lock"
+
+
+def hold_agent_lock(state_dir: Path, node: str) -> int:
+    """An exclusive flock on <state_dir>/percale-node.lock, held as long as the returned
+    descriptor is open (the kernel lets go when the process ends, however it ends). AgentRunning,
+    naming the holder, when another process holds it. The file keeps "<pid> <node>" of the
+    holder for that message; it is never removed, as a lock file removed while another process
+    opens it locks nothing. The descriptor is not inherited (os.open's default): an ExaBGP that
+    outlived its agent would otherwise hold the lock and keep every later agent out."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").split()
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        pid = holder[0] if holder else "unknown"
+        their_node = holder[1] if len(holder) > 1 else node
+        raise AgentRunning(f"another percale-node (pid {pid}) is running for node {their_node} "
+                           f"(lock {path})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {node}\n".encode(), 0)
+    return fd
 
 
 async def register_when_reachable(store, node: str, addresses: tuple, stop: asyncio.Event,
@@ -119,6 +161,7 @@ class Options:
     health_listen: Optional[tuple[str, int]] = ("127.0.0.1", 9099)  # None: no health endpoints
     router_id: Optional[str] = None
     policy_reconcile_seconds: float = 30.0
+    pod_routes_reconcile_seconds: float = 30.0
 
 
 def resolve_node_name(given: Optional[str]) -> str:
@@ -182,14 +225,20 @@ async def bind_health(listen: tuple[str, int] | None) -> health.Endpoints | None
 
 async def run(options: Options, settings: dict[str, Optional[str]],
               addresses: tuple = (None, None, None)) -> None:
-    # Bound before anything else: an address the node cannot have stops it before it registers,
-    # and /livez answers while registering waits for the datastore (health.Endpoints).
-    health_endpoints = await bind_health(options.health_listen)
+    # First of all: a second agent must not touch the first one's sockets, ExaBGP or health port.
+    lock = hold_agent_lock(options.bgp_dir, options.node)
     try:
-        await serve_node(options, settings, addresses, health_endpoints)
+        # Bound before anything else: an address the node cannot have stops it before it
+        # registers, and /livez answers while registering waits for the datastore
+        # (health.Endpoints).
+        health_endpoints = await bind_health(options.health_listen)
+        try:
+            await serve_node(options, settings, addresses, health_endpoints)
+        finally:
+            if health_endpoints is not None:
+                health_endpoints.close()
     finally:
-        if health_endpoints is not None:
-            health_endpoints.close()
+        os.close(lock)
 
 
 async def serve_node(options: Options, settings: dict[str, Optional[str]], addresses: tuple,
@@ -252,10 +301,14 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     following = asyncio.create_task(cache.run(), name="datastore view")
     await handlers.start()
     server = await serve(handlers.handle, cni_socket)
+    cni_file = SocketFile.of(cni_socket)
     log.info("percale-node %s serving CNI on %s", node, cni_socket)
     print(f"percale-node {node}: serving CNI requests on {cni_socket}", flush=True)
     status_server = await serve_status(bgp_agent, node, status_socket)
+    status_file = SocketFile.of(status_socket)
     log.info("percale-node %s answering status on %s", node, status_socket)
+    pod_routes = PodRoutes(cache, view, node, handlers.adding,
+                           resync=options.pod_routes_reconcile_seconds)
     if health_endpoints is not None:
         health_endpoints.attach(bgp_agent, datastore=store, cache=cache, policy=policy_agent)
     parts = [following]
@@ -265,6 +318,7 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
               asyncio.create_task(pools.run(), name="IPPool follower"),
               asyncio.create_task(mtu_follower.run(), name="host MTU"),
               asyncio.create_task(policy_agent.run(), name="policy"),
+              asyncio.create_task(pod_routes.run(), name="pod routes"),
               asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(), name="NodeStatus")]
     stopping = asyncio.create_task(stop.wait())
     failed: str | None = None
@@ -281,7 +335,9 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
         stopping.cancel()
         # Gone first, so `node status` says the agent is not running while it stops.
         status_server.close()
-        Path(status_socket).unlink(missing_ok=True)
+        # Only the file this agent bound: one another process bound since is that one's.
+        if status_file is not None:
+            status_file.unlink()
         for task in reversed(parts):
             task.cancel()
             try:
@@ -294,7 +350,8 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
                 table.close()
         server.close()
         await server.wait_closed()
-        Path(cni_socket).unlink(missing_ok=True)
+        if cni_file is not None:
+            cni_file.unlink()
         handlers.close()
         await store.close()
     if failed is not None:
@@ -373,6 +430,11 @@ def main(
         envvar="PERCALE_POLICY_RECONCILE_SECONDS", min=0.1,
         help="How often the policy table in the kernel is compared with what percale wrote "
         "(and written whole again when someone changed it)")] = 30.0,
+    pod_routes_reconcile_seconds: Annotated[float, typer.Option(
+        envvar="PERCALE_POD_ROUTES_RECONCILE_SECONDS", min=0.1,
+        help="How often the pods' host routes (protocol 201) are compared with this node's "
+        "WorkloadEndpoints: a missing one is put back, one no endpoint wants is removed "
+        "(felix's RouteRefreshInterval)")] = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the percale node agent (CNI server, BGP, VXLAN, natOutgoing, network policy, status)
@@ -429,10 +491,11 @@ def main(
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
         warn_if_not_here(("--ip", ip, addresses[0]), ("--ip6", ip6, addresses[1]))
         options = Options(node, cni_socket, status_socket, mtu, mtu_iface_pattern, mtu_file, backend,
-                          bgp_dir, secrets_dir, health_at, router_id or None, policy_reconcile_seconds)
+                          bgp_dir, secrets_dir, health_at, router_id or None,
+                          policy_reconcile_seconds, pod_routes_reconcile_seconds)
         asyncio.run(run(options, settings, addresses))
     except (ConfigError, DatastoreError, OSError, registration.RegistrationError, MTUTooSmall,
-            InvalidResource, AgentFailed) as err:
+            InvalidResource, AgentFailed, AgentRunning) as err:
         typer.echo(f"percale-node: {err}", err=True)
         raise typer.Exit(1) from None
 

@@ -248,18 +248,131 @@ def test_a_failing_add_retried_under_an_ip_cooldown_holds_no_address(node, etcd_
                                               lambda s: IPAM(s).set_config(ip_cooldown_seconds=0)))
 
 
-def test_second_add_for_the_same_container_is_refused_and_leaks_nothing(node, etcd_server):
-    netns = node.new_pod_netns()
-    first = node.plugin("percale", "ADD", netconf(node), container_id="c-twice", netns=netns, args=k8s("default", "twice"))
-    assert first.code == 0
-    second = node.plugin("percale", "ADD", netconf(node), container_id="c-twice", netns=netns, args=k8s("default", "twice"))
-    assert second.code == 1 and second.json["code"] == 102
-    assert "eth0" in second.json["msg"]
-    # The first pod is untouched and the second attempt's address went back.
-    held = with_store(etcd_server.endpoint,
-                      lambda s: s.get(Key("IPAMHandle", "k8s-pod-network.c-twice"))).value.spec.block
-    assert sum(held.values()) == 1
-    assert node.exec("ping", "-c1", "-W2", pod_ip(first.json), check=False).returncode == 0
+def stored_endpoint(node, etcd_server, pod: str):
+    key = Key("WorkloadEndpoint", workload_endpoint_name(node.name, "k8s", pod, "eth0"), "default")
+    return with_store(etcd_server.endpoint, lambda s: s.get(key))
+
+
+def forget_endpoint(node, etcd_server, pod: str) -> None:
+    """Delete the pod's endpoint from the datastore, and wait until the agent's view has seen
+    it go: what an ADD killed before it stored the endpoint leaves."""
+    key = Key("WorkloadEndpoint", workload_endpoint_name(node.name, "k8s", pod, "eth0"), "default")
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint, lambda s: s.delete(key)))
+
+
+def held_by(etcd_server, container: str) -> list[str]:
+    return with_store(etcd_server.endpoint,
+                      lambda s: IPAM(s).ips_by_handle(f"k8s-pod-network.{container}"))
+
+
+def test_the_same_add_again_is_answered_as_the_first_and_takes_nothing(node, etcd_server):
+    """A runtime sends an ADD again when it got no answer: the agent died after finishing it,
+    and the shim said 11, "try again later" (cni-plugin/PROTOCOL.md). It was refused (102,
+    "already has eth0 ... DEL it before adding it again") until a DEL; Calico's ADD succeeds
+    again. It is answered with the first ADD's result, nothing is taken and the pod is as it
+    was; a host route lost meanwhile is put back."""
+    netns, args = node.new_pod_netns(), k8s("default", "twice")
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-twice", netns=netns,
+                        args=args)
+    assert first.code == 0, first.out
+    address, host_veth = pod_ip(first.json), first.json["interfaces"][0]["name"]
+    written = stored_endpoint(node, etcd_server, "twice")
+    node.exec("ip", "route", "del", address, "dev", host_veth, "proto", "201")
+    for _ in range(2):
+        again = node.plugin("percale", "ADD", netconf(node), container_id="c-twice",
+                            netns=netns, args=args)
+        assert again.code == 0, again.out
+        assert again.json == first.json
+    assert held_by(etcd_server, "c-twice") == [address]
+    assert stored_endpoint(node, etcd_server, "twice").revision == written.revision
+    assert f"{address} dev {host_veth} proto 201" in node.exec("ip", "route").stdout
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-twice", netns=netns,
+                       args=args).code == 0
+
+
+def test_an_add_killed_before_it_stored_its_endpoint_is_done_afresh_when_sent_again(
+        node, etcd_server):
+    """The agent died after it made the pod's veth pair (here: wired it too) but before it
+    stored the endpoint: the runtime's retry was refused (102, "the container already has an
+    interface named eth0") until a DEL. That interface is the peer of the pod's own host veth:
+    it goes, with the address the killed ADD took, and the ADD is done afresh."""
+    netns, args = node.new_pod_netns(), k8s("default", "killed-early")
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-killed-early",
+                        netns=netns, args=args)
+    assert first.code == 0, first.out
+    forget_endpoint(node, etcd_server, "killed-early")
+    again = node.plugin("percale", "ADD", netconf(node), container_id="c-killed-early",
+                        netns=netns, args=args)
+    assert again.code == 0, again.out
+    address = pod_ip(again.json)
+    assert held_by(etcd_server, "c-killed-early") == [address]
+    assert f"inet {address}/32" in in_pod(netns, "ip", "-o", "addr", "show", "eth0").stdout
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    wep = stored_endpoint(node, etcd_server, "killed-early").value
+    assert wep.spec.container_id == "c-killed-early" and wep.spec.ip_networks == [f"{address}/32"]
+    report = with_store(etcd_server.endpoint, ipam_check)
+    assert "k8s-pod-network.c-killed-early" not in [
+        h.id for h in report.leaked_handles + report.overstated_handles]
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-killed-early",
+                       netns=netns, args=args).code == 0
+
+
+def test_an_add_killed_after_it_stored_its_endpoint_but_before_it_wired_the_pod_is_done_afresh(
+        node, etcd_server):
+    """The pod is configured while the endpoint is stored: the agent may die with the one done
+    and not the other. Sent again, the ADD finds its pod interface not wired as the endpoint
+    says (here: no default route), clears it and wires the pod afresh."""
+    netns, args = node.new_pod_netns(), k8s("default", "killed-late")
+    first = node.plugin("percale", "ADD", netconf(node), container_id="c-killed-late",
+                        netns=netns, args=args)
+    assert first.code == 0, first.out
+    in_pod(netns, "ip", "route", "del", "default")
+    again = node.plugin("percale", "ADD", netconf(node), container_id="c-killed-late",
+                        netns=netns, args=args)
+    assert again.code == 0, again.out
+    address = pod_ip(again.json)
+    assert held_by(etcd_server, "c-killed-late") == [address]
+    assert "default via 169.254.1.1 dev eth0" in in_pod(netns, "ip", "route").stdout
+    assert node.exec("ping", "-c1", "-W2", address, check=False).returncode == 0
+    assert stored_endpoint(node, etcd_server, "killed-late").value.spec.ip_networks == \
+        [f"{address}/32"]
+    assert node.plugin("percale", "DEL", netconf(node), container_id="c-killed-late",
+                       netns=netns, args=args).code == 0
+
+
+def test_an_add_cut_short_by_the_agents_death_succeeds_when_sent_again(node, etcd_server):
+    """The agent is killed (SIGKILL) at moments spread over an ADD, started again, and the
+    runtime sends the same ADD again, as the shim's 11 tells it to: whatever the first left,
+    the retry wires the pod, and a DEL then leaves nothing of it."""
+    conf = json.dumps(netconf(node))
+    answered = []
+    for i, delay in enumerate((0.0, 0.004, 0.008, 0.012, 0.016, 0.024, 0.032, 0.05)):
+        netns, pod = node.new_pod_netns(), f"cut-{i}"
+        environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c-{pod}",
+                   "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_IFNAME": "eth0",
+                   "CNI_ARGS": k8s("default", pod), "CNI_PATH": str(node.bin_dir),
+                   "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        adding = subprocess.Popen(["ip", "netns", "exec", node.name, str(node.bin_dir / "percale")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environ,
+                                  text=True)
+        adding.stdin.write(conf)
+        adding.stdin.close()
+        time.sleep(delay)
+        node.agent.kill()
+        node.agent.wait()
+        out = adding.stdout.read()
+        adding.wait()
+        answered.append(json.loads(out).get("code", 0) if out.strip() else None)
+        node.start_agent()
+        again = node.plugin("percale", "ADD", netconf(node), container_id=f"c-{pod}",
+                            netns=netns, args=k8s("default", pod))
+        assert again.code == 0, (delay, again.out)
+        assert node.exec("ping", "-c1", "-W2", pod_ip(again.json), check=False).returncode == 0
+        assert node.plugin("percale", "DEL", netconf(node), container_id=f"c-{pod}",
+                           netns=netns, args=k8s("default", pod)).code == 0
+        assert held_by(etcd_server, f"c-{pod}") == []
+    assert 11 in answered, answered  # some kills did land in the middle of an ADD
 
 
 def test_a_second_add_of_the_container_into_another_netns_is_refused_and_leaks_nothing(node, etcd_server):
@@ -460,6 +573,35 @@ def test_version_status_and_gc(node, etcd_server):
     assert "cni.dev/valid-attachments" in unlisted.json["msg"]
     handles = [kv.key.name for kv in with_store(etcd_server.endpoint, lambda s: s.list("IPAMHandle")).items]
     assert "k8s-pod-network.c-keep" in handles
+
+
+def test_gc_removes_a_collected_containers_veth_no_endpoint_names_but_not_a_newer_ones(
+        node, etcd_server):
+    """GC found a collected container's host veth only through its WorkloadEndpoint: the veth
+    an ADD killed before it stored the endpoint left (or one whose endpoint was deleted) stayed,
+    holding the route to an address GC released, and the next pod given it could not be wired
+    (103). Its name comes from the allocation's pod and namespace now. A newer container of the
+    same pod, still in use, keeps the veth of that name."""
+    conf = netconf(node, version="1.1.0")
+    orphan = node.plugin("percale", "ADD", conf, container_id="c-gc-orphan",
+                         netns=node.new_pod_netns(), args=k8s("default", "gc-orphan"))
+    assert orphan.code == 0, orphan.out
+    forget_endpoint(node, etcd_server, "gc-orphan")
+    old = node.plugin("percale", "ADD", conf, container_id="c-gc-old",
+                      netns=node.new_pod_netns(), args=k8s("default", "gc-renewed"))
+    new = node.plugin("percale", "ADD", conf, container_id="c-gc-new",
+                      netns=node.new_pod_netns(), args=k8s("default", "gc-renewed"))
+    assert old.code == 0 and new.code == 0, old.out + new.out
+    gc = node.plugin("percale", "GC", {**conf, "cni.dev/valid-attachments": [
+        {"containerID": "c-gc-new", "ifname": "eth0"}]})
+    assert gc.code == 0, gc.out
+    links, routes = node.exec("ip", "link").stdout, node.exec("ip", "route").stdout
+    assert orphan.json["interfaces"][0]["name"] not in links
+    assert f"{pod_ip(orphan.json)} dev" not in routes
+    assert held_by(etcd_server, "c-gc-orphan") == [] and held_by(etcd_server, "c-gc-old") == []
+    assert new.json["interfaces"][0]["name"] in links
+    assert node.exec("ping", "-c1", "-W2", pod_ip(new.json), check=False).returncode == 0
+    assert held_by(etcd_server, "c-gc-new") == [pod_ip(new.json)]
 
 
 def test_error_codes(node):

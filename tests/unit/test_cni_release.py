@@ -11,6 +11,8 @@ import pytest
 
 from percale.api import WorkloadEndpoint
 from percale.api.workloadendpoint import workload_endpoint_name
+from percale.dataplane import pod_network
+from percale.dataplane.pod_network import host_veth_name
 from percale.datastore import Key, MemoryDatastore, NotFound
 from percale.ipam.allocator import IPAM
 from percale.node.cni_handlers import of_network
@@ -166,3 +168,32 @@ async def test_a_del_of_another_interface_frees_no_older_allocation_whose_endpoi
 ])
 def test_an_allocation_is_of_the_network_its_handle_leaves_no_doubt_about(handle, network, ours):
     assert of_network(handle, network) is ours
+
+
+async def test_gc_removes_the_host_veth_no_endpoint_names_but_not_a_newer_containers(
+        cni_agent, monkeypatch):
+    """GC found a collected container's host veth only through its WorkloadEndpoint: an ADD
+    killed before it stored the endpoint, or an endpoint deleted by hand, left a veth holding
+    the address's route, and the next pod given the address could not be wired. The veth's
+    name comes from the allocation's pod, namespace and interface then. A host veth is named
+    for the pod, though: a newer container of the same pod, still in use, has the same one."""
+    store, handlers = cni_agent
+    removed: list[str] = []
+    monkeypatch.setattr(pod_network, "remove_host_veth", lambda name: removed.append(name))
+    for container, pod in (("c1", "web-1"), ("c2", "db"), ("c3", "db")):
+        cni_args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"
+        code, out = await handlers.handle({**request("ADD", plugin="percale-ipam",
+                                                     container_id=container),
+                                           "args": cni_args})
+        assert code == 0, out
+        if container == "c3":  # db's newer container, wired and in use
+            await store.create(WorkloadEndpoint.model_validate({
+                "metadata": {"name": workload_endpoint_name("node1", "k8s", "db", "eth0"),
+                             "namespace": "default"},
+                "spec": {"orchestrator": "k8s", "node": "node1", "containerID": "c3",
+                         "pod": "db", "endpoint": "eth0", "ipNetworks": [f"{address_in(out)}/32"],
+                         "interfaceName": host_veth_name("default", "db")}}))
+    listed = [{"containerID": "c3", "ifname": "eth0"}]
+    assert await handlers.handle(request("GC", **{"cni.dev/valid-attachments": listed})) == (0, "")
+    assert await handles(store) == ["k8s-pod-network.c3"]
+    assert removed == [host_veth_name("default", "web-1")]
