@@ -92,12 +92,18 @@ class CNINode:
             self.exec("ip", "link", "set", link, "up")
         self.exec("ip", "addr", "add", "192.0.2.10/24", "dev", up)
         self.exec("ip", "route", "add", "default", "via", "192.0.2.1", "dev", up, "onlink")
-        if self.kube is not None:
-            self._reach_apiserver()
-        self.install()
-        if mtu:
-            self.mtu = mtu
-        self.start_agent()
+        try:
+            if self.kube is not None:
+                self._reach_apiserver()
+            self.install()
+            if mtu:
+                self.mtu = mtu
+            self.start_agent()
+        except BaseException:
+            # A test whose node does not start never reaches its own clean-up: the agent, its
+            # namespace and its directory would outlive it.
+            self.stop()
+            raise
         return self
 
     KUBE_PORT = 6443
@@ -140,6 +146,7 @@ class CNINode:
         deadline = time.monotonic() + 20
         while not Path(self.socket).exists():
             if self.agent.poll() is not None or time.monotonic() > deadline:
+                self.stop_agent()  # one that is still trying must not outlive the test
                 raise RuntimeError("percale-node did not start: " + (self.workdir / "agent.log").read_text())
             time.sleep(0.05)
 
