@@ -402,7 +402,8 @@ def main(
         help="HOST:PORT for /livez, /readyz and /metrics ([ADDR]:PORT for IPv6, :PORT for"
         " 127.0.0.1); empty to turn them off")] = "127.0.0.1:9099",
     ip: Annotated[Optional[str], typer.Option(
-        "--ip", envvar="IP", help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none'"
+        "--ip", envvar="IP",
+        help="This node's IPv4 BGP address: ADDR/PREFIX, 'autodetect' or 'none'"
         " (no detection: the Node's address stays as it is); unset keeps the Node's address, or"
         " autodetects one when it has none (as calico-node)",
     )] = None,

@@ -66,7 +66,9 @@ def test_routes_flushed_by_hand_are_put_back_within_a_round(node):
     assert all(reachable(node, address) for _, address, _ in pods)
 
 
-def test_a_restarted_agent_puts_back_what_went_and_removes_what_no_endpoint_wants(node, etcd_server):
+def test_a_restarted_agent_puts_back_what_went_and_removes_what_no_endpoint_wants(
+    node, etcd_server,
+):
     """While the agent is down: one pod's route is deleted, another pod's endpoint goes (the
     pod was deleted then) while its veth stays, and a route of protocol 201 to an address no
     pod has is added through a live pod's veth."""

@@ -47,5 +47,6 @@ def test_an_annotation_that_cannot_be_honoured_is_named(annotations, words):
 
 
 def test_a_bad_namespace_annotation_says_it_is_the_namespaces():
-    with pytest.raises(AnnotationError, match="namespace annotation cni.projectcalico.org/ipv6pools"):
+    with pytest.raises(AnnotationError,
+                       match="namespace annotation cni.projectcalico.org/ipv6pools"):
         requested(PodAnnotations({}, {V6: "{"}))
