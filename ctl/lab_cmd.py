@@ -55,6 +55,12 @@ def _command(command: list[str]) -> list[str]:
     return command[1:] if command[:1] == ["--"] else command
 
 
+class CommandStatus(SystemExit):
+    """The exit status of a command `lab exec` ran, passed on as it is: percalectl's main()
+    turns Click's usage errors (2) into calicoctl's 1, and a command's own 2 (grep's, diff's)
+    must not go with them."""
+
+
 def _exit_status(returncode: int) -> int:
     """A command's end as a shell reports it: a signal N is 128 + N (subprocess says -N, which
     an exit status would wrap to 256 - N: 247 for SIGKILL)."""
@@ -132,7 +138,7 @@ def exec_(topology: TopologyOption,
     # Paths inside the node (a bind's target, e.g. BIRD's socket) mean their host paths there:
     # Lab.exec rewrites them.
     done = _run(lambda: lab.exec(node, _command(command)))
-    raise typer.Exit(_exit_status(done.returncode))
+    raise CommandStatus(_exit_status(done.returncode))
 
 
 @lab_app.command()
@@ -220,7 +226,8 @@ def pod_exec(topology: TopologyOption,
 
     lab = _lab(topology)
     prefix, env = _run(lambda: pods.exec_argv(lab, name, container))
-    sys.exit(_exit_status(subprocess.run([*prefix, *_command(command)], env=env).returncode))
+    raise CommandStatus(_exit_status(
+        subprocess.run([*prefix, *_command(command)], env=env).returncode))
 
 
 @lab_app.command()

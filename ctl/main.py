@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from percale.ctl import __version__
-from percale.ctl import crud, ipam_check, ipam_show, printer
+from percale.ctl import crud, ipam_check, ipam_show, lab_cmd, printer
 from percale.ctl.cni_cmd import cni_app
 from percale.ctl.context import fail, settings, with_datastore
 from percale.ctl.documents import InputError, load
@@ -298,8 +298,9 @@ def main() -> None:
         app()
     except SystemExit as done:
         # calicoctl exits 1 on every error, a command line it cannot parse included (docopt);
-        # Click exits 2 for those. Scripts written against calicoctl test for 1.
-        if done.code == 2:
+        # Click exits 2 for those. Scripts written against calicoctl test for 1. A command
+        # `lab exec` ran keeps its own status (CommandStatus).
+        if done.code == 2 and not isinstance(done, lab_cmd.CommandStatus):
             raise SystemExit(1) from None
         raise
 
