@@ -771,18 +771,28 @@ class CNIHandlers:
         if not addresses:
             raise CNIError(CHECK_FAILED, f"CHECK needs prevResult with the addresses ADD returned "
                                          f"on {pod.ifname}")
-        problems = await self.workers.run(pod_network.check, pod.netns, pod.ifname, pod.host_veth,
-                                          addresses)
         key = self._endpoint_key(pod, conf)
         name = key.name
+        stored: list[str] = []
         try:
             endpoint = (await self.store.get(key)).value
-            if endpoint.spec.container_id != pod.container_id:
-                problems.append(f"WorkloadEndpoint {name} belongs to container {endpoint.spec.container_id}")
-            if sorted(endpoint.spec.ip_networks) != sorted(str(a) for a in addresses):
-                problems.append(f"WorkloadEndpoint {name} lists {endpoint.spec.ip_networks}")
         except NotFound:
-            problems.append(f"WorkloadEndpoint {pod.namespace}/{name} is missing")
+            endpoint = None
+            stored.append(f"WorkloadEndpoint {pod.namespace}/{name} is missing")
+        host_veth = pod.host_veth
+        if endpoint is not None:
+            if endpoint.spec.container_id != pod.container_id:
+                stored.append(f"WorkloadEndpoint {name} belongs to container "
+                              f"{endpoint.spec.container_id}")
+            elif endpoint.spec.interface_name:
+                # The name the ADD gave it: an interface other than eth0 wired before its name
+                # was hashed with '/' keeps the older one.
+                host_veth = endpoint.spec.interface_name
+            if sorted(endpoint.spec.ip_networks) != sorted(str(a) for a in addresses):
+                stored.append(f"WorkloadEndpoint {name} lists {endpoint.spec.ip_networks}")
+        problems = await self.workers.run(pod_network.check, pod.netns, pod.ifname, host_veth,
+                                          addresses)
+        problems += stored
         held = set(await self.ipam.ips_by_handle(pod.handle_id))
         problems += [f"{a.ip} is not allocated to {pod.handle_id}" for a in addresses if str(a.ip) not in held]
         if problems:

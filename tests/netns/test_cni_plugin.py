@@ -248,6 +248,35 @@ def test_a_failing_add_retried_under_an_ip_cooldown_holds_no_address(node, etcd_
                                               lambda s: IPAM(s).set_config(ip_cooldown_seconds=0)))
 
 
+def test_check_finds_a_host_veth_by_the_name_its_add_gave_it(node, etcd_server):
+    """A pod's interface other than eth0 wired by an older percale has a host veth hashed from
+    "<ns>.<pod>.<ifname>"; CHECK looks for the name its endpoint records, not the name an ADD
+    would give it now, and passes."""
+    import hashlib
+    netns, conf, args = node.new_pod_netns(), netconf(node), k8s("shop", "older-1")
+    added = node.plugin("percale", "ADD", conf, container_id="c-older", netns=netns,
+                        ifname="net1", args=args)
+    assert added.code == 0, added.out + added.err
+    now = added.json["interfaces"][0]["name"]
+    older = "pcl" + hashlib.sha1(b"shop.older-1.net1").hexdigest()[:12]
+    node.exec("ip", "link", "set", now, "name", older)
+    key = Key("WorkloadEndpoint", workload_endpoint_name(node.name, "k8s", "older-1", "net1"),
+              "shop")
+
+    async def rename(store):
+        current = await store.get(key)
+        spec = current.value.spec.model_copy(update={"interface_name": older})
+        await store.update(current.value.model_copy(update={"spec": spec}),
+                           revision=current.revision)
+    node.wait_for_view(lambda: with_store(etcd_server.endpoint, rename))
+    checked = node.plugin("percale", "CHECK", {**conf, "prevResult": added.json},
+                          container_id="c-older", netns=netns, ifname="net1", args=args)
+    assert checked.code == 0, checked.out
+    deleted = node.plugin("percale", "DEL", conf, container_id="c-older", netns=netns,
+                          ifname="net1", args=args)
+    assert deleted.code == 0, deleted.out
+
+
 def stored_endpoint(node, etcd_server, pod: str):
     key = Key("WorkloadEndpoint", workload_endpoint_name(node.name, "k8s", pod, "eth0"), "default")
     return with_store(etcd_server.endpoint, lambda s: s.get(key))
