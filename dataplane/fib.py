@@ -155,6 +155,10 @@ _NOT_DIRECTLY_REACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH})
 # Never resolved through: our own BGP routes (among them the route being installed) and the
 # VXLAN side's.
 _NEVER_THROUGH = frozenset({RouteProtocol.BGP, RouteProtocol.VXLAN})
+# Route changes that never move the way to another node, dropped in the kernel before they wake
+# the next-hop follower: our own BGP and VXLAN routes, and the pods' /32s and blocks' blackholes,
+# which every CNI ADD and DEL writes.
+_NOT_THE_UNDERLAY = _NEVER_THROUGH | {RouteProtocol.POD, RouteProtocol.BLACKHOLE}
 _NOWHERE: frozenset = frozenset()  # what an unresolvable set of next hops installs
 
 
@@ -263,7 +267,7 @@ class FIB:
         try:
             self._netlink = netlink.Netlink(send_buffer=_SNDBUF, receive_buffer=_RCVBUF)
             if self._recursive:
-                self._events = netlink.RouteEvents(_NEVER_THROUGH)
+                self._events = netlink.RouteEvents(_NOT_THE_UNDERLAY)
         except OSError as err:
             self.close()
             raise NetlinkFailure(f"opening a netlink socket: {err}") from err
