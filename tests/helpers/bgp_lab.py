@@ -395,21 +395,12 @@ def setup_store(etcd, *resources, pool: str = POOL) -> None:
     from tests.helpers.ipam_world import add_pool
     from tests.helpers.store import with_store
 
-    from percale.datastore import AlreadyExists, Key
+    from tests.helpers.store import put_node
 
     async def work(store):
         await add_pool(store, "pods", pool)
         for r in resources:
-            try:
-                await store.create(r)
-            except AlreadyExists:
-                if r.kind != "Node":
-                    raise
-                # Its agent registered it first (with no IP set it registers what it detects,
-                # as calico-node does): the test's spec is the one wanted.
-                current = await store.get(Key.of(r))
-                await store.update(current.value.model_copy(update={"spec": r.spec}),
-                                   revision=current.revision)
+            await (put_node(store, r) if r.kind == "Node" else store.create(r))
 
     with_store(etcd.endpoint, work)
 

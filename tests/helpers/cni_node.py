@@ -322,9 +322,7 @@ def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str, *,
     datastore instead of etcd. The caller stops both nodes."""
     from percale.api import parse
     from tests.helpers.ipam_world import add_pool
-    from tests.helpers.store import with_store
-
-    from percale.datastore import AlreadyExists, Key
+    from tests.helpers.store import put_node, with_store
 
     a, b = CNINode(etcd_unix_endpoint, kube=kube), CNINode(etcd_unix_endpoint, kube=kube)
     try:
@@ -345,16 +343,9 @@ def meshed_pair(etcd_endpoint: str, etcd_unix_endpoint: str, *,
                 await add_pool(store, "pods6", ipv6_pool)
             for node, address, address6 in addresses:
                 bgp = {"ipv4Address": address, **({"ipv6Address": address6} if ipv6_pool else {})}
-                wanted = parse({
+                await put_node(store, parse({
                     "apiVersion": "percale.io/v1", "kind": "Node", "metadata": {"name": node.name},
-                    "spec": {"bgp": bgp}})
-                try:
-                    await store.create(wanted)
-                except AlreadyExists:  # the agent registered it first
-                    current = await store.get(Key("Node", node.name))
-                    spec = current.value.spec.model_copy(update={"bgp": wanted.spec.bgp})
-                    await store.update(current.value.model_copy(update={"spec": spec}),
-                                       revision=current.revision)
+                    "spec": {"bgp": bgp}}))
 
         with_store(kube.admin if kube is not None else etcd_endpoint, register)
     except BaseException:

@@ -47,3 +47,15 @@ def with_store(endpoint: str, work: Callable[[Datastore], Awaitable[T]]) -> T:
             await store.close()
 
     return asyncio.run(main())
+
+
+async def put_node(store: Datastore, wanted) -> None:
+    """Write the Node `wanted` with its spec, over a Node its agent registered first (an agent
+    with no IP set registers what it detects, as calico-node does)."""
+    from percale.datastore import AlreadyExists, Key
+    try:
+        await store.create(wanted)
+    except AlreadyExists:
+        current = await store.get(Key.of(wanted))
+        await store.update(current.value.model_copy(update={"spec": wanted.spec}),
+                           revision=current.revision)

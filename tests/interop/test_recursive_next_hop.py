@@ -27,7 +27,7 @@ from percale.dataplane.route_owners import RouteProtocol
 
 from tests.helpers.bgp_lab import BirdPeer, bird_config, resource, wait_for
 from tests.helpers.cni_node import CNINode, netconf, sh
-from tests.helpers.store import with_store
+from tests.helpers.store import put_node, with_store
 
 pytestmark = pytest.mark.interop
 
@@ -77,7 +77,6 @@ class TwoRacks:
     def register(self, etcd_endpoint: str, *extra: object, ipv6: bool = True) -> None:
         """The pools (vxlanMode Never: nothing is encapsulated), each node's BGP addresses, and
         `extra` resources."""
-        from percale.datastore import AlreadyExists, Key
         from tests.helpers.ipam_world import add_pool
 
         async def work(store) -> None:
@@ -87,14 +86,7 @@ class TwoRacks:
             for node, (address, _, address6, _) in zip(self.nodes, RACKS):
                 bgp = {"ipv4Address": f"{address}/24",
                        **({"ipv6Address": f"{address6}/64"} if ipv6 else {})}
-                wanted = resource("Node", node.name, {"bgp": bgp})
-                try:
-                    await store.create(wanted)
-                except AlreadyExists:  # the agent registered it first
-                    current = await store.get(Key("Node", node.name))
-                    spec = current.value.spec.model_copy(update={"bgp": wanted.spec.bgp})
-                    await store.update(current.value.model_copy(update={"spec": spec}),
-                                       revision=current.revision)
+                await put_node(store, resource("Node", node.name, {"bgp": bgp}))
             for item in extra:
                 await store.create(item)
 

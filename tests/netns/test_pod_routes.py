@@ -6,13 +6,13 @@ half second (--pod-routes-reconcile-seconds; 30 by default)."""
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import pytest
 
 from percale.api.workloadendpoint import workload_endpoint_name
 from percale.dataplane.route_owners import RouteProtocol
 from percale.datastore import Key
+from tests.helpers.bgp_lab import wait_for
 from tests.helpers.cni_node import CNINode, netconf
 from tests.helpers.store import with_store
 from tests.netns.conftest import POOL, reset_store
@@ -29,15 +29,6 @@ def node(etcd_server):
                   agent_args=["--pod-routes-reconcile-seconds", "0.5"]).start()
     yield cni
     cni.stop()
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def add_pod(node: CNINode, pod: str) -> tuple[str, str, str]:
@@ -62,7 +53,7 @@ def test_routes_flushed_by_hand_are_put_back_within_a_round(node):
     pods = [add_pod(node, f"flushed-{i}") for i in range(2)]
     node.exec("ip", "route", "flush", "proto", str(POD))
     assert not any(routed(node, address, veth) for _, address, veth in pods)
-    assert wait_until(lambda: all(routed(node, address, veth) for _, address, veth in pods))
+    assert wait_for(lambda: all(routed(node, address, veth) for _, address, veth in pods), 10)
     assert all(reachable(node, address) for _, address, _ in pods)
 
 
@@ -82,8 +73,8 @@ def test_a_restarted_agent_puts_back_what_went_and_removes_what_no_endpoint_want
     stray = "10.244.255.254"
     node.exec("ip", "route", "add", stray, "dev", kept_veth, "proto", str(POD), "scope", "link")
     node.start_agent()
-    assert wait_until(lambda: routed(node, kept, kept_veth))
-    assert wait_until(lambda: f"{orphan}/32" not in node.routes(POD)
-                      and f"{stray}/32" not in node.routes(POD))
+    assert wait_for(lambda: routed(node, kept, kept_veth), 10)
+    assert wait_for(lambda: f"{orphan}/32" not in node.routes(POD)
+                    and f"{stray}/32" not in node.routes(POD), 10)
     assert reachable(node, kept)
     assert orphan_veth in node.exec("ip", "link").stdout  # the route went, nothing else
