@@ -34,7 +34,7 @@ import ipaddress
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -138,6 +138,15 @@ class Allocation:
     attributes: dict[str, str]
     sequence_number: int | None
     block_affinity: str | None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A handle as read, and the allocations its blocks give it: what a CNI DEL decides on
+    before it releases, without reading the handle a second time."""
+
+    stored: KVPair
+    allocations: list[Allocation]
 
 
 def _now() -> datetime:
@@ -896,13 +905,18 @@ class IPAM:
                 found[str(holder)].append(text)
         return found
 
-    async def release_by_handle(self, handle_id: str) -> list[str]:
-        """Free every address of `handle_id` and delete the handle; [] when there is none."""
+    async def release_by_handle(self, handle_id: str, *, stored: KVPair | None = None
+                                ) -> list[str]:
+        """Free every address of `handle_id` and delete the handle; [] when there is none.
+        `stored`: the handle as the caller read it a moment ago (`holding`), to write against
+        without reading it again; a change since costs a conflict, and the handle is read."""
         key = Key("IPAMHandle", handle_id)
-        try:
-            handle = await self.store.get(key)
-        except NotFound:
-            return []
+        handle = stored
+        if handle is None:
+            try:
+                handle = await self.store.get(key)
+            except NotFound:
+                return []
         pools = await self.pools()
         released: list[str] = []
         unreadable = False
@@ -1111,14 +1125,38 @@ class IPAM:
             handle = await self.store.get(Key("IPAMHandle", handle_id))
         except NotFound:
             return []
+        return [str(blocks.address(spec, o)) async for _, spec in self._blocks_of(handle)
+                for o in blocks.ordinals_of_handle(spec, handle_id)]
+
+    async def holding(self, handle_id: str) -> Holding | None:
+        """`handle_id`'s handle and each address its blocks hold for it, with the allocation's
+        attributes and sequence number (an address cooling down is no one's); None when there
+        is no handle. The handle read here can be released as read (`release_by_handle`)."""
+        try:
+            handle = await self.store.get(Key("IPAMHandle", handle_id))
+        except NotFound:
+            return None
         found = []
+        async for cidr, spec in self._blocks_of(handle):
+            if spec.deleted:
+                continue
+            for index in blocks.ordinals_of_handle(spec, handle_id):
+                if blocks.cooling_down(spec, index):
+                    continue
+                attribute = spec.attributes[spec.allocations[index]]
+                found.append(Allocation(
+                    str(blocks.address(spec, index)), cidr, handle_id, dict(attribute.secondary),
+                    spec.sequence_number_for_allocation.get(str(index)), spec.affinity))
+        return Holding(handle, found)
+
+    async def _blocks_of(self, handle: KVPair) -> AsyncIterator[tuple[str, IPAMBlockSpec]]:
+        """The blocks a handle counts addresses in, as (CIDR, spec); those gone are left out."""
         for cidr in handle.value.spec.block:
             try:
-                spec = (await self.store.get(Key("IPAMBlock", block_name(cidr)))).value.spec
+                block = await self.store.get(Key("IPAMBlock", block_name(cidr)))
             except NotFound:
                 continue
-            found += [str(blocks.address(spec, o)) for o in blocks.ordinals_of_handle(spec, handle_id)]
-        return found
+            yield cidr, block.value.spec
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from percale.datastore import (
     NotFound,
 )
 from percale.datastore.contract import reads_pod_annotations
-from percale.ipam.allocator import IPAM, Allocation, read_reservations
+from percale.ipam.allocator import IPAM, Allocation, Holding, read_reservations
 from percale.ipam.errors import IPAMError, NoPools, TooManyConflicts
 from percale.ipam.pools import usable
 from percale.ipam.usage import usage
@@ -671,37 +671,37 @@ class CNIHandlers:
     async def _addresses_of_interface(
         self, handle_id: str, ifname: str, *, unrecorded: bool,
     ) -> tuple[dict[str, int | None], list[str]]:
-        """What `handle_id` holds for interface `ifname`, each with its sequence number (so a
-        release cannot free the address once it is handed out again): the addresses recorded
-        as given to it, and with `unrecorded` those with no interface recorded. Then the
-        addresses it holds for other interfaces."""
-        mine: dict[str, int | None] = {}
-        kept: list[str] = []
-        for address in await self.ipam.ips_by_handle(handle_id):
-            allocation = await self.ipam.get_allocation(address)
-            if allocation is None or allocation.handle_id != handle_id:
-                continue  # released meanwhile
-            given_to = allocation.attributes.get("interface")
-            if given_to == ifname or (given_to is None and unrecorded):
-                mine[address] = allocation.sequence_number
-            else:
-                kept.append(address)
-        return mine, kept
+        """What `handle_id` holds for interface `ifname` and for its others
+        (`_split_by_interface`)."""
+        return _split_by_interface(await self.ipam.holding(handle_id), ifname, unrecorded)
 
-    async def _release_attachment(self, handle_id: str, ifname: str, *, unrecorded: bool) -> None:
-        """Free what `handle_id` holds for interface `ifname` (_addresses_of_interface). The
-        handle, "<network>.<container ID>", is shared by every interface the runtime attaches
-        to the network (CNI spec: an attachment is (CNI_CONTAINERID, CNI_IFNAME), and the DEL of
-        one must not undo another); released whole, the runtime's DEL for a refused net2 freed
-        eth0's live address, for the next pod to get twice."""
-        mine, kept = await self._addresses_of_interface(handle_id, ifname, unrecorded=unrecorded)
+    async def _release_attachment(self, handle_id: str, ifname: str, *, unrecorded: bool) -> bool:
+        """Free what `handle_id` holds for interface `ifname` (`_split_by_interface`); False
+        when there is no such handle. The handle, "<network>.<container ID>", is shared by
+        every interface the runtime attaches to the network (CNI spec: an attachment is
+        (CNI_CONTAINERID, CNI_IFNAME), and the DEL of one must not undo another); released
+        whole, the runtime's DEL for a refused net2 freed eth0's live address, for the next pod
+        to get twice."""
+        holding = await self.ipam.holding(handle_id)
+        if holding is None:
+            return False
+        mine, kept = _split_by_interface(holding, ifname, unrecorded)
         if not kept:
             # All of it is this attachment's: released whole, which deletes a handle that
-            # overstated what it holds as well.
-            await self.ipam.release_by_handle(handle_id)
+            # overstated what it holds as well. Written against the handle just read.
+            await self.ipam.release_by_handle(handle_id, stored=holding.stored)
         elif mine:
             await self.ipam.release_ips(
                 list(mine), sequence_numbers={a: n for a, n in mine.items() if n is not None})
+        return True
+
+    async def _release_pod_attachment(self, pod: Pod, *, unrecorded: bool) -> None:
+        """Free what the pod's attachment holds, in Calico's order: by the container's handle,
+        and only when there is none by the workload's (allocations older than container
+        handles). Reading both every time cost each DEL two handle reads of the datastore."""
+        if not await self._release_attachment(pod.handle_id, pod.ifname, unrecorded=unrecorded):
+            await self._release_attachment(pod.workload_handle_id, pod.ifname,
+                                           unrecorded=unrecorded)
 
     async def _write_endpoint(self, endpoint: WorkloadEndpoint) -> KVPair:
         # An ADD always writes the endpoint, even over an older container's (Calico does too);
@@ -750,8 +750,7 @@ class CNIHandlers:
             # again, or the next pod to get one would find its route taken.
             if present:
                 unwired = await self.workers.run(pod_network.unwire, pod.netns, pod.ifname)
-            for handle_id in (pod.handle_id, pod.workload_handle_id):
-                await self._release_attachment(handle_id, pod.ifname, unrecorded=unrecorded)
+            await self._release_pod_attachment(pod, unrecorded=unrecorded)
 
         try:
             await asyncio.gather(forget_endpoint(), unwire_then_release())
@@ -829,8 +828,7 @@ class CNIHandlers:
 
     async def ipam_del(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf, deleting=True)
-        for handle_id in (pod.handle_id, pod.workload_handle_id):
-            await self._release_attachment(handle_id, pod.ifname, unrecorded=True)
+        await self._release_pod_attachment(pod, unrecorded=True)
 
     async def ipam_check(self, request: dict[str, Any], conf: NetConf) -> None:
         pod = Pod(request, conf)
@@ -939,6 +937,23 @@ class CNIHandlers:
                 except (NotFound, Conflict):
                     pass  # deleted, or taken by a newer ADD of the pod, meanwhile
             await self.ipam.release_by_handle(handle)
+
+
+def _split_by_interface(holding: Holding | None, ifname: str, unrecorded: bool,
+                        ) -> tuple[dict[str, int | None], list[str]]:
+    """What a handle holds for interface `ifname`, each address with its sequence number (so a
+    release cannot free the address once it is handed out again): the addresses recorded as
+    given to it, and with `unrecorded` those with no interface recorded. Then the addresses it
+    holds for other interfaces."""
+    mine: dict[str, int | None] = {}
+    kept: list[str] = []
+    for allocation in holding.allocations if holding is not None else ():
+        given_to = allocation.attributes.get("interface")
+        if given_to == ifname or (given_to is None and unrecorded):
+            mine[allocation.address] = allocation.sequence_number
+        else:
+            kept.append(allocation.address)
+    return mine, kept
 
 
 def _host_veths_of(allocations: Iterable[Allocation | None]) -> list[str]:

@@ -102,6 +102,24 @@ async def test_a_percale_ipam_del_frees_only_the_addresses_of_its_interface(cni_
     assert await handles(store) == []
 
 
+@pytest.mark.parametrize("plugin", ["percale", "percale-ipam"])
+async def test_a_del_frees_the_workload_handle_when_the_container_has_none(cni_agent, plugin):
+    """Calico's DEL releases by the container's handle and, when there is none, by the
+    workload's ("<namespace>.<pod>", what older allocations were held by): a pod allocated so
+    kept its address for ever. The workload's handle is read only then."""
+    store, handlers = cni_agent
+    ipam = IPAM(store)
+    older = await ipam.auto_assign("node1", handle_id="default.web-1", num4=1)
+    assert older.ipv4
+    assert await handlers.handle(request("DEL", plugin=plugin)) == (0, "")
+    assert await handles(store) == []
+    # With the container's own handle found, what a workload handle holds is not touched.
+    await ipam.auto_assign("node1", handle_id="default.web-1", num4=1)
+    assert (await handlers.handle(request("ADD", plugin="percale-ipam")))[0] == 0
+    assert await handlers.handle(request("DEL", plugin=plugin)) == (0, "")
+    assert await handles(store) == ["default.web-1"]
+
+
 async def test_percale_ipam_attaches_a_container_to_one_network_on_two_interfaces(cni_agent):
     """CNI spec: one container may be attached to one network more than once, under different
     CNI_IFNAMEs (host-local serves it). percale-ipam refused net2 while net1 held an address.
