@@ -294,7 +294,7 @@ class IPAM:
                     for version, num in ((4, num4), (6, num6))):
                 # The view may lag a pool created a moment ago (a pod's ADD right after it):
                 # ask the store itself before answering that there is none.
-                pools = [kv.value for kv in (await self.authority.list("IPPool")).items]
+                pools = await read_pools(self.authority, _leave_out_pool)
             got: list[Interface] = []
             namespace_labels: Mapping[str, str] | None = None  # read once, and only if a pool asks
             try:
@@ -1161,7 +1161,7 @@ class IPAM:
     # -- helpers -------------------------------------------------------------------------------
 
     async def pools(self) -> list[IPPool]:
-        return [kv.value for kv in (await self.store.list("IPPool")).items]
+        return await read_pools(self.store, _leave_out_pool)
 
     async def _reservations(self) -> Reservations:
         return await read_reservations(
@@ -1240,6 +1240,24 @@ class IPAM:
             await self.store.delete(key)
         except NotFound:
             pass
+
+
+async def read_pools(store: Datastore, unreadable: Callable[[DatastoreError], None],
+                     ) -> list[IPPool]:
+    """Every IPPool in `store` that can be read. One that cannot (written by kubectl past what
+    its CRD checks, or by hand) is handed to `unreadable` and left out: it must not fail every
+    pod's ADD, every release and every `ipam show`."""
+    pools: list[IPPool] = []
+    for kv in (await store.list("IPPool", defer_errors=True)).items:
+        try:
+            pools.append(kv.value)
+        except DatastoreError as err:
+            unreadable(err)
+    return pools
+
+
+def _leave_out_pool(err: DatastoreError) -> None:
+    log.warning("IPAM leaves out a pool it cannot read: %s", err)
 
 
 async def read_reservations(

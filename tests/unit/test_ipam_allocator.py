@@ -271,6 +271,22 @@ async def test_disabled_pool_gives_no_new_addresses_but_releases(store):
     await assert_consistent(store)
 
 
+async def test_a_pool_that_cannot_be_read_stops_no_allocation_or_release(store, caplog):
+    """A pool written past what its CRD checks (by kubectl, or by hand) failed every pod's
+    ADD and every release on that datastore; it is left out, and logged, naming it."""
+    await add_pool(store, "p", "10.0.0.0/24")
+    ipam = IPAM(store)
+    got = await ipam.auto_assign("n1", handle_id="h1", num4=1)
+    store.put_raw(Key("IPPool", "broken"), json.dumps({
+        "apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "broken"},
+        "spec": {"cidr": "garbage"}}).encode())
+    more = await ipam.auto_assign("n1", handle_id="h2", num4=1)
+    assert ipaddress.ip_address(more.ipv4[0].ip) in ipaddress.ip_network("10.0.0.0/24")
+    assert await ipam.release_by_handle("h1") == [str(got.ipv4[0].ip)]
+    assert "IPAM leaves out a pool it cannot read" in caplog.text and "broken" in caplog.text
+    await assert_consistent(store)
+
+
 async def test_deleted_pool_addresses_can_still_be_released(store):
     await add_pool(store, "p", "10.0.0.0/24")
     ipam = IPAM(store)
