@@ -46,7 +46,9 @@ from percale.bgpd.announcer import Announcer
 from percale.bgpd.communities import CommunityRule, communities_for, community_rules, community_text
 from percale.bgpd.exabgp_config import Neighbor, password_problem
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
-from percale.bgpd.filters import export_tables, import_rejections, rules_key, session_filters
+from percale.bgpd.filters import (
+    export_tables, import_accepting, import_verdicts, rules_key, session_filters,
+)
 from percale.bgpd.log_level import bgp_log_level
 from percale.bgpd.peer_routes import peer_routes
 from percale.bgpd.peers import PeerTable
@@ -395,7 +397,9 @@ class BGPAgent:
         relay_due = self.relay.configure(
             self.sessions, [p.spec.cidr for p in all_pools if p.spec.disable_bgp_export],  # type: ignore[attr-defined]
             self.cluster_id or None, self._filters)  # type: ignore[arg-type]
-        import_filters = import_rejections(self.sessions, self._filters)  # type: ignore[arg-type]
+        import_filters = import_verdicts(self.sessions, self._filters)  # type: ignore[arg-type]
+        # Whose Accept lets a route outside the pools in; made from the same rules as the key.
+        accepting = import_accepting(self.sessions, self._filters)  # type: ignore[arg-type]
         # What each import filter was made from: its rules, and whether the session is iBGP
         # (peerType rules; a BGPPeer's asNumber may change).
         import_key = {s.peer_address: (s.peer_as == s.local_as,
@@ -414,7 +418,7 @@ class BGPAgent:
                            cluster_id=speaker.cluster_id)
             self.rib.set_allow_own_as(allow_own_as)
             self._rib_blocks = self.table.current.blocks
-            self.rib.set_import_filters(import_filters)
+            self.rib.set_import_filters(import_filters, accepting)
             self.feed = RibFeed(self.rib)
         else:
             # Each setter re-judges every prefix: only when something changed.
@@ -431,7 +435,7 @@ class BGPAgent:
             if allow_own_as != self._allow_own_as:
                 self.rib.set_allow_own_as(allow_own_as)
             if import_key != self._import_key:
-                self.rib.set_import_filters(import_filters)
+                self.rib.set_import_filters(import_filters, accepting)
             self._fib_due.set()
         self.rib.watch_best(self.relay.active)  # the relay lists best-path changes while active
         self._pools, self._own_addresses = pools, own_addresses

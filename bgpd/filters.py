@@ -5,8 +5,14 @@ direction and family (importV4, exportV6, ...) are tried in order, filter after 
 first rule that matches decides: Accept or Reject. BIRD calls the filters' functions before its
 own policy, so:
 
-- import: Reject drops the route; Accept, or no rule matching, leaves it to percale's own import
-  policy (the RIB's: pools, loops, own routes), as Calico's import then accepts everything;
+- import: Reject drops the route; no rule matching leaves it to percale's own import policy
+  (the RIB's: pools, loops, own routes, service CIDRs); Accept makes a route outside every IP
+  pool a candidate too (a top-of-rack router's default route, an external network), which the
+  RIB otherwise refuses: Calico's import and kernel filters end in `accept`, and BIRD installs
+  such routes; percale does only when asked (DESIGN.md item 4). Accept overrides that one rule:
+  own routes, loops, service CIDRs and the node's own blocks stay refused. Such a route reaches
+  the kernel as any BGP route, and goes on to no other peer unless an export Accept sends it
+  (Calico's export filter passes on pool routes only; bgpd/relay.py);
 - export: Reject keeps the route from that peer; Accept sends it even where Calico's own export
   filter (calico_export_to_bgp_peers) would not: inside a pool with disableBGPExport, a
   more-specific of an own block, and without the prefixAdvertisements' communities, which that
@@ -118,21 +124,31 @@ def _has_rules(found: Sequence[BGPFilter], direction: Direction, version: int) -
     return any(_rules(f, direction, version) for f in found)
 
 
-def import_rejections(sessions: Iterable[Session], filters: Mapping[str, BGPFilter]
-                      ) -> dict[str, Callable[[Path], bool]]:
-    """For each session whose filters have import rules of its family, whether they reject a
-    path (the RIB's per-peer import filter)."""
-    rejections: dict[str, Callable[[Path], bool]] = {}
+def import_verdicts(sessions: Iterable[Session], filters: Mapping[str, BGPFilter]
+                    ) -> dict[str, Callable[[Path], Verdict]]:
+    """For each session whose filters have import rules of its family, their verdict on a path
+    (the RIB's per-peer import filter, `Rib.set_import_filters`)."""
+    verdicts: dict[str, Callable[[Path], Verdict]] = {}
     for session in sessions:
         found = session_filters(session, filters)
         if _has_rules(found, "import", session.family):
             ibgp = session.peer_as == session.local_as
-            rejections[session.peer_address] = functools.partial(_rejects, found, ibgp)
-    return rejections
+            verdicts[session.peer_address] = functools.partial(_import_verdict, found, ibgp)
+    return verdicts
 
 
-def _rejects(found: tuple[BGPFilter, ...], ibgp: bool, path: Path) -> bool:
-    return verdict(found, "import", path.prefix, ibgp=ibgp, path=path) == "Reject"
+def import_accepting(sessions: Iterable[Session], filters: Mapping[str, BGPFilter]
+                     ) -> frozenset[str]:
+    """The sessions whose filters have an import Accept rule of their family: only their paths
+    outside every IP pool can be candidates, so the RIB asks only them about such prefixes."""
+    return frozenset(
+        s.peer_address for s in sessions
+        if any(r.action == "Accept" for f in session_filters(s, filters)
+               for r in _rules(f, "import", s.family)))
+
+
+def _import_verdict(found: tuple[BGPFilter, ...], ibgp: bool, path: Path) -> Verdict:
+    return verdict(found, "import", path.prefix, ibgp=ibgp, path=path)
 
 
 def export_tables(sessions: Iterable[Session], filters: Mapping[str, BGPFilter],

@@ -12,7 +12,9 @@ itself holds back:
   with ORIGINATOR_ID and CLUSTER_LIST set and the next hop unchanged, unless the session says
   `nextHopMode: Self` (BIRD's `next hop self`), so that clients send through the reflector;
 - a pool with disableBGPExport is rejected by the filter (the caller leaves those prefixes out,
-  and more-specifics of the node's own blocks, which calico_aggr() rejects);
+  and more-specifics of the node's own blocks, which calico_aggr() rejects, and routes outside
+  every pool, which a BGPFilter import Accept let into the RIB: the filter accepts pool routes
+  only; an export Accept sends any of them all the same, bgpd/relay.py);
 - the well-known communities (RFC 1997): NO_ADVERTISE goes to no peer, NO_EXPORT and
   NO_EXPORT_SUBCONFED to no eBGP peer.
 

@@ -22,7 +22,10 @@ the node's own there, what was passed on for it is forgotten (the own announceme
 it), and when it stops being so, it is looked at again. Per peer: once a BGPFilter gives each
 neighbour its own table, a peer whose filter keeps an own prefix away still holds what was
 passed on for it, which is then withdrawn. More-specifics of the node's own blocks stay home too, as
-calico_aggr() keeps them (another node's /32 borrowed from one of our blocks).
+calico_aggr() keeps them (another node's /32 borrowed from one of our blocks). So do routes
+outside every IP pool, which the RIB holds only as a BGPFilter import Accept let them in
+(`Rib.outside_pools`): calico_export_to_bgp_peers passes on pool routes only, so such a route
+goes to a peer only as an export Accept of that peer's filters sends it.
 """
 
 from __future__ import annotations
@@ -197,9 +200,11 @@ class Relay:
         self._recheck = set()
         if prefixes:
             targets = self._targets(feed, up)
+            outside = rib.accepts_outside_pools
             for prefix in prefixes:
                 best = rib.best(prefix)
-                held = self._held_back(prefix)
+                held = self._held_back(prefix) or (
+                    outside and best is not None and rib.outside_pools(prefix))
                 route = None if best is None else Outgoing(best, self._reflection,
                                                            self._adding(prefix))
                 key = str(prefix)
@@ -223,12 +228,14 @@ class Relay:
         # Each prefix judged once, not once per session: a reflector has hundreds.
         candidates: list[tuple[str, Prefix, Outgoing, bool]] = []
         if self.active:
+            outside = rib.accepts_outside_pools
             for prefix in rib.fib:
                 best = rib.best(prefix)
                 if best is not None:
                     candidates.append((str(prefix), prefix,
                                        Outgoing(best, self._reflection, self._adding(prefix)),
-                                       self._held_back(prefix)))
+                                       self._held_back(prefix)
+                                       or (outside and rib.outside_pools(prefix))))
             candidates.sort(key=lambda item: item[0])
         # What to send, per route and text, to whom: withdrawals first, each prefix once for
         # all the peers it goes to.
@@ -297,8 +304,9 @@ class Relay:
     def _decide(self, route: Outgoing, held: bool, session: Session,
                 peer: Peer | None) -> str | None:
         """What `session` gets of `route`: its BGPFilters first (bgpd/filters.py), then Calico's
-        own export filter (`held`: a no-export pool or inside an own block; the route's `adding`:
-        the prefixAdvertisements' communities), which a filter's Accept skips."""
+        own export filter (`held`: a no-export pool, inside an own block, or outside every pool;
+        the route's `adding`: the prefixAdvertisements' communities), which a filter's Accept
+        skips."""
         found = self._filters_of.get(session.peer_address)
         if found:
             best = route.best

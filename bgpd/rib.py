@@ -20,6 +20,14 @@ per peer, BIRD's `allow local as N` (BGPPeer numAllowedLocalASNumbers). Policy i
 the Adj-RIB-In and the decision, not by dropping paths on arrival, so a pool added, or an
 allowance raised, later takes effect at once, without asking every peer for a route refresh.
 
+Each peer's BGPFilters (bgpd/filters.py) judge its paths first: Reject refuses a path. Accept
+overrides one rule only, "outside every IP pool": Calico's BIRD installs whatever a peer sends
+outside the pools (a top-of-rack router's default route, external networks), percale only what
+a filter accepts (DESIGN.md item 4 keeps the refusal as the default). Own routes, loops, service
+CIDRs and own blocks stay refused whatever a filter says. Only the peers whose filters have an
+import Accept are asked about prefixes outside the pools, so for the others such a prefix costs
+what it did: its cached verdict, and no look at its paths.
+
 Graceful restart (RFC 4724 §4.2, the Receiving Speaker): ExaBGP 5.0 does nothing when a peer
 restarts (reference/exabgp.md §0 finding 3), so the RIB keeps the peer's paths as stale until the
 peer's End-of-RIB or until its restart time runs out.
@@ -427,6 +435,9 @@ def _same_peer(a: Address, b: Address) -> bool:
 
 _UNJUDGED = object()
 _CLEAN = object()
+# The prefix verdict a BGPFilter import Accept overrides (Rib.set_import_filters); known by
+# identity in the hot path.
+OUTSIDE_POOLS = "outside every IP pool"
 
 
 class Destination:
@@ -579,9 +590,11 @@ class Rib:
         # default for every peer, and per peer address what set_allow_own_as says.
         self._allow_own_as = allow_own_as
         self._allow_own_as_of: dict[Address, int] = {}
-        # Per peer address, its BGPFilters' import verdict on a path (bgpd/filters.py): True
-        # when they reject it.
-        self._import_filters: dict[Address, Callable[[Path], bool]] = {}
+        # Per peer address, its BGPFilters' import verdict on a path (bgpd/filters.py): "Accept",
+        # "Reject" or None (no rule matched); and those of the peers whose filters can accept,
+        # the only ones asked about a prefix outside every pool.
+        self._import_filters: dict[Address, Callable[[Path], str | None]] = {}
+        self._import_accepts: dict[Address, Callable[[Path], str | None]] = {}
         # attributes object, peer -> _attributes_rejection's answer, for the last asked: a
         # change of the router id, cluster id or allowance (per peer) resets it
         self._attributes_memo: tuple[object, object, tuple] = (None, None, (None, None))
@@ -629,11 +642,18 @@ class Rib:
         self._own_memo: tuple[object, bool] = (None, False)
 
     def set_pools(self, pools: Iterable[str | Prefix]) -> None:
-        """The IP pool CIDRs; a prefix inside none of them is never installed."""
+        """The IP pool CIDRs; a prefix inside none of them is installed only as a BGPFilter
+        import Accept lets it in."""
+        # A path a filter let in outside the pools keeps being the best one when a pool comes to
+        # cover its prefix (or stops covering it); whoever passes routes on must still look
+        # again: only pool routes go on without an export Accept.
+        outside_before = self._best_outside() if self._import_accepts else ()
         self._set_pools(pools)
         for destination in self._destinations.values():
             destination.verdict = _UNJUDGED
         self._decide_all()
+        if self._import_accepts and self._best_changed is not None:
+            self._best_changed.update(dict.fromkeys((*outside_before, *self._best_outside())))
 
     def set_service_cidrs(self, cidrs: Iterable[str | Prefix]) -> None:
         """The service CIDRs of the global BGPConfiguration: a prefix inside one is never
@@ -665,11 +685,17 @@ class Rib:
     def identity(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address | None]:
         return self._router_id, self._cluster_id
 
-    def set_import_filters(self, rejects: Mapping[str | Address, Callable[[Path], bool]]) -> None:
-        """Each peer's import filter (its BGPPeer's BGPFilters): a function saying whether it
-        rejects a path. Refused paths stay in the Adj-RIB-In and every path is judged again, so a
-        filter changed or removed takes effect at once, without a route refresh."""
-        self._import_filters = {as_address(a): f for a, f in rejects.items()}
+    def set_import_filters(self, verdicts: Mapping[str | Address, Callable[[Path], str | None]],
+                           accepting: Iterable[str | Address] = ()) -> None:
+        """Each peer's import filter (its BGPPeer's BGPFilters): a function giving its verdict
+        on a path, "Accept", "Reject" or None (no rule matched). Reject refuses the path; Accept,
+        from a peer in `accepting` (those whose filters have an import Accept rule), makes a path
+        outside every IP pool a candidate. Refused paths stay in the Adj-RIB-In and every path is
+        judged again, so a filter changed or removed takes effect at once, without a route
+        refresh."""
+        self._import_filters = {as_address(a): f for a, f in verdicts.items()}
+        accepting = {as_address(a) for a in accepting}
+        self._import_accepts = {a: f for a, f in self._import_filters.items() if a in accepting}
         self._decide_all()
 
     def set_own_blocks(self, blocks: Iterable[str | Prefix]) -> None:
@@ -890,13 +916,43 @@ class Rib:
             if destination.verdict is _UNJUDGED:
                 destination.verdict = self._judge_prefix(path.prefix)
             verdict = destination.verdict
+        if verdict is OUTSIDE_POOLS and self._accepted(path):
+            return self._path_rejection(path, filtered=True)
         return verdict or self._path_rejection(path)
 
-    def _path_rejection(self, path: Path) -> str | None:
+    def outside_pools(self, prefix: str | Prefix) -> bool:
+        """Whether `prefix` lies outside every IP pool (not a service CIDR, not an own block):
+        a route to it is a candidate only as its peer's BGPFilter accepts it, and goes on to
+        other peers only as an export Accept sends it (Calico's export filter passes on pool
+        routes only)."""
+        prefix = as_prefix(prefix)
+        destination = self._destinations.get(prefix)
+        if destination is None or destination.verdict is _UNJUDGED:
+            return self._judge_prefix(prefix) is OUTSIDE_POOLS
+        return destination.verdict is OUTSIDE_POOLS
+
+    @property
+    def accepts_outside_pools(self) -> bool:
+        """Whether any peer's BGPFilters have an import Accept: without one, no route outside
+        the pools is a candidate, and nobody needs to ask `outside_pools`."""
+        return bool(self._import_accepts)
+
+    def _accepted(self, path: Path) -> bool:
+        """Whether the peer's BGPFilters accept `path` (Accept, not merely no rule matching)."""
+        judge = self._import_accepts.get(path.peer.address)
+        return judge is not None and judge(path) == "Accept"
+
+    def _best_outside(self) -> list[Prefix]:
+        return [d.prefix for d in self._destinations.values()
+                if d.best is not None and d.verdict is OUTSIDE_POOLS]
+
+    def _path_rejection(self, path: Path, filtered: bool = False) -> str | None:
+        """What refuses `path` besides its prefix: the peer's BGPFilters (unless `filtered`:
+        they accepted it already), an own route, a loop."""
         attributes, peer = path.attributes, path.peer
-        if self._import_filters:
-            rejects = self._import_filters.get(peer.address)
-            if rejects is not None and rejects(path):
+        if self._import_filters and not filtered:
+            judge = self._import_filters.get(peer.address)
+            if judge is not None and judge(path) == "Reject":
                 return "rejected by the peer's BGPFilter"
         memo = self._attributes_memo
         # The paths of an UPDATE share both objects: one judgement serves them all.
@@ -950,7 +1006,7 @@ class Rib:
         for pool_version, network, mask, pool_length in self._pool_ranges:
             if version == pool_version and length >= pool_length and address & mask == network:
                 return None
-        return "outside every IP pool"
+        return OUTSIDE_POOLS
 
     def _count(self, key: Address, change: int) -> None:
         held = self._path_counts.get(key, 0) + change
@@ -1041,6 +1097,24 @@ class Rib:
         self._last_hop = (next_hop, found)
         return found
 
+    def _chosen(self, candidates: list[Path]) -> tuple[Path | None, frozenset[Address] | None]:
+        """The best of a prefix's candidate paths and its FIB entry, the next hops of its
+        multipath set (None, None: no candidate)."""
+        if len(candidates) == 1:
+            best = candidates[0]
+            return best, self._one_hop(best.next_hop)
+        if not candidates:
+            return None, None
+        best, multipath = select(candidates)
+        # a set: two reflectors passing on the same route are one next hop, not two
+        hops = frozenset(p.next_hop for p in multipath if not _needs_an_interface(p.next_hop))
+        next_hops = self._hop_sets.get(hops) if hops else None
+        if next_hops is None and hops:
+            if len(self._hop_sets) >= _HOP_SETS_KEPT:
+                self._hop_sets.clear()
+            next_hops = self._hop_sets[hops] = hops
+        return best, next_hops
+
     def _decide(self, destination: Destination) -> None:
         verdict = destination.verdict
         if verdict is _UNJUDGED:
@@ -1049,26 +1123,18 @@ class Rib:
         best: Path | None = None
         next_hops: frozenset[Address] | None = None
         if verdict is not None or paths is None:
-            pass
+            if verdict is OUTSIDE_POOLS and self._import_accepts and paths is not None:
+                # only what a BGPFilter accepts, and what the path's own checks let through
+                best, next_hops = self._chosen([
+                    p for p in ((paths,) if isinstance(paths, Path) else paths.values())
+                    if self._accepted(p) and self._path_rejection(p, filtered=True) is None])
         elif isinstance(paths, Path):
             if self._path_rejection(paths) is None:
                 best = paths
                 next_hops = self._one_hop(paths.next_hop)
         else:
-            candidates = [p for p in paths.values() if self._path_rejection(p) is None]
-            if len(candidates) == 1:
-                best = candidates[0]
-                next_hops = self._one_hop(best.next_hop)
-            elif candidates:
-                best, multipath = select(candidates)
-                # a set: two reflectors passing on the same route are one next hop, not two
-                hops = frozenset(p.next_hop for p in multipath
-                                 if not _needs_an_interface(p.next_hop))
-                next_hops = self._hop_sets.get(hops) if hops else None
-                if next_hops is None and hops:
-                    if len(self._hop_sets) >= _HOP_SETS_KEPT:
-                        self._hop_sets.clear()
-                    next_hops = self._hop_sets[hops] = hops
+            best, next_hops = self._chosen(
+                [p for p in paths.values() if self._path_rejection(p) is None])
         if self._best_changed is not None and best is not destination.best:
             self._best_changed[destination.prefix] = None
         destination.best = best

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from percale.api import parse
-from percale.bgpd.filters import export_tables, import_rejections, verdict
+from percale.bgpd.filters import export_tables, import_verdicts, verdict
 from percale.bgpd.peering import GLOBAL, MESH, Session
 from percale.bgpd.rib import Path, Peer
 
@@ -116,16 +116,16 @@ def test_own_prefixes_per_session_only_once_a_session_filters_its_exports():
     }
 
 
-def test_import_rejections_only_for_sessions_with_import_rules_of_their_family():
+def test_import_verdicts_only_for_sessions_with_import_rules_of_their_family():
     filters = {"f": bgp_filter("f", importV4=[rule(cidr="10.244.9.0/26", matchOperator="Equal")]),
                "six": bgp_filter("six", importV6=[rule()])}
     sessions = [session("10.0.0.254", 65000, ("f",)), session("10.0.0.2", 64512),
                 session("10.0.0.3", 64512, ("six",))]
-    rejections = import_rejections(sessions, filters)
-    assert set(rejections) == {"10.0.0.254"}
-    reject = rejections["10.0.0.254"]
-    assert reject(Path("10.244.9.0/26", "10.0.0.254", TOR))
-    assert not reject(Path("10.244.8.0/26", "10.0.0.254", TOR))
+    verdicts = import_verdicts(sessions, filters)
+    assert set(verdicts) == {"10.0.0.254"}
+    judge = verdicts["10.0.0.254"]
+    assert judge(Path("10.244.9.0/26", "10.0.0.254", TOR)) == "Reject"
+    assert judge(Path("10.244.8.0/26", "10.0.0.254", TOR)) is None
 
 
 def test_on_export_to_an_ebgp_peer_the_as_path_already_starts_with_our_as():
