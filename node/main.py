@@ -12,6 +12,8 @@ the host), and then runs, side by side:
   * network policy (node/policy_agent.py): the view's policies, profiles and endpoints compiled
     into the `inet percale` nftables table; a CNI ADD returns once the pod's chains are in;
   * the pods' host routes kept as the endpoints say (node/pod_routes.py);
+  * an autodetected address detected again every --autodetect-poll-interval, and a change
+    written to the Node (node/address_monitor.py), as calico-node's monitor-addresses;
   * its status on the status socket and as the node's NodeStatus (node/status.py), and
     /livez, /readyz, /metrics (node/health.py).
 
@@ -67,7 +69,7 @@ from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
 from percale.ipam.allocator import IPAM
 from percale.ipc.unix_server import SocketFile
-from percale.node import health, registration
+from percale.node import address_monitor, health, registration
 from percale.node.host_mtu import HostMTUFollower, check_host_mtu, decide_host_mtu
 from percale.node.cni_handlers import CNIHandlers
 from percale.node.cni_server import DEFAULT_SOCKET, serve
@@ -162,6 +164,9 @@ class Options:
     router_id: Optional[str] = None
     policy_reconcile_seconds: float = 30.0
     pod_routes_reconcile_seconds: float = 30.0
+    # The families whose address is detected again while the agent runs, and how often.
+    detected: tuple[address_monitor.Detected, ...] = ()
+    autodetect_poll_seconds: float = 60.0
 
 
 def resolve_node_name(given: Optional[str]) -> str:
@@ -320,6 +325,11 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
               asyncio.create_task(policy_agent.run(), name="policy"),
               asyncio.create_task(pod_routes.run(), name="pod routes"),
               asyncio.create_task(NodeStatusPublisher(store, node, bgp_agent).run(), name="NodeStatus")]
+    if options.detected:
+        monitor = address_monitor.AddressMonitor(
+            store, view, node, options.detected, options.autodetect_poll_seconds,
+            kubeconfig=config.kubeconfig)
+        parts.append(asyncio.create_task(monitor.run(), name="address monitor"))
     stopping = asyncio.create_task(stop.wait())
     failed: str | None = None
     try:
@@ -420,6 +430,12 @@ def main(
         " skips first-found's links (docker*, veth*, cali*, pcl*, ...) as well")] = "first-found",
     ip6_autodetection_method: Annotated[str, typer.Option(
         envvar="IP6_AUTODETECTION_METHOD", help="As --ip-autodetection-method, for --ip6")] = "first-found",
+    autodetect_poll_interval: Annotated[str, typer.Option(
+        envvar="AUTODETECT_POLL_INTERVAL",
+        help="How often an autodetected address (--ip or --ip6 autodetect; an empty --ip while"
+        " the Node has no IPv4 address) is detected again, a change written to the Node, as"
+        " calico-node's monitor-addresses: a duration such as 60s or 1m30s, above 0"
+        )] = address_monitor.DEFAULT_POLL_INTERVAL,
     as_number: Annotated[Optional[int], typer.Option(
         "--as", envvar="AS", min=1, max=4294967295,
         help="This node's AS number (default: BGPConfiguration's asNumber)")] = None,
@@ -491,9 +507,13 @@ def main(
         addresses = (registration.resolve(4, ip, ip_autodetection_method),
                      registration.resolve(6, ip6, ip6_autodetection_method), as_number)
         warn_if_not_here(("--ip", ip, addresses[0]), ("--ip6", ip6, addresses[1]))
+        poll_seconds = address_monitor.poll_seconds(autodetect_poll_interval)
         options = Options(node, cni_socket, status_socket, mtu, mtu_iface_pattern, mtu_file, backend,
                           bgp_dir, secrets_dir, health_at, router_id or None,
-                          policy_reconcile_seconds, pod_routes_reconcile_seconds)
+                          policy_reconcile_seconds, pod_routes_reconcile_seconds,
+                          detected=address_monitor.detected(ip, ip6, ip_autodetection_method,
+                                                            ip6_autodetection_method),
+                          autodetect_poll_seconds=poll_seconds)
         asyncio.run(run(options, settings, addresses))
     except (ConfigError, DatastoreError, OSError, registration.RegistrationError, MTUTooSmall,
             InvalidResource, AgentFailed, AgentRunning) as err:

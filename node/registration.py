@@ -20,7 +20,8 @@
     starts (a lab node gets its fabric address so).
 
 Detection walks the host's links from the last to the first, and matches interface names
-anywhere (an unanchored search), as Calico does: see autodetect.
+anywhere (an unanchored search), as Calico does: see autodetect. While the agent runs, an
+autodetected address is detected again and a change written here (node/address_monitor.py).
 
 The Node is created when it does not exist. Another node already using the address is an error,
 as in Calico: two nodes with one BGP address would steal each other's sessions. An address found
@@ -90,12 +91,12 @@ def _method_setting(version: int) -> str:
 def autodetect(version: int, method: str, addresses: list[HostAddress],
                can_reach=source_address_towards,
                internal_ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
-               ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+               *, say: bool = True) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """This node's address of one IP version, picked from `addresses` (host_addresses: in link
     order) by a Calico detection method (for kubernetes-internal-ip, the host's address that is
     one of the Kubernetes Node's `internal_ips`, with that interface's prefix), and logged with
-    its interface and the method. Raises RegistrationError naming the method when nothing
-    matches."""
+    its interface and the method (unless not `say`: the address monitor detects every minute).
+    Raises RegistrationError naming the method when nothing matches."""
     setting = _method_setting(version)
     name, value, values = _parsed_method(version, method)
     candidates = [a for a in _from_last_link(addresses) if a.address.version == version]
@@ -131,8 +132,9 @@ def autodetect(version: int, method: str, addresses: list[HostAddress],
         raise RegistrationError(
             f"{setting}: no IPv{version} address found with {method or 'first-found'}")
     chosen = picked[0]
-    log.info("Using autodetected IPv%d address %s on interface %s (%s %s)", version,
-             chosen.address, chosen.interface, setting, method or "first-found")
+    log.log(logging.INFO if say else logging.DEBUG,
+            "Using autodetected IPv%d address %s on interface %s (%s %s)", version,
+            chosen.address, chosen.interface, setting, method or "first-found")
     return chosen.address
 
 
@@ -247,10 +249,12 @@ def not_on_this_host(address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
 
 
 async def from_kubernetes_node(wanted: FromKubernetesNode, node: str, client,
-                               addresses=host_addresses) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+                               addresses=host_addresses, *, say: bool = True,
+                               ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """The address kubernetes-internal-ip picks: the Kubernetes Node `node`'s InternalIP of the
-    wanted version, as this host carries it. `client` is a KubeClient (datastore/kube_client.py);
-    its DatastoreUnavailable is left to the caller, which waits and asks again."""
+    wanted version, as this host carries it (logged unless not `say`). `client` is a KubeClient
+    (datastore/kube_client.py); its DatastoreUnavailable is left to the caller, which waits and
+    asks again."""
     from percale.datastore.kube_client import KubeError
 
     setting = f"{_method_setting(wanted.version)}: {KUBERNETES_INTERNAL_IP}"
@@ -267,20 +271,23 @@ async def from_kubernetes_node(wanted: FromKubernetesNode, node: str, client,
                 internal.append(ipaddress.ip_address(entry.get("address", "")))
             except ValueError:
                 continue  # not an address: the kubelet never writes one; skip rather than fail
-    return autodetect(wanted.version, KUBERNETES_INTERNAL_IP, addresses(), internal_ips=internal)
+    return autodetect(wanted.version, KUBERNETES_INTERNAL_IP, addresses(), internal_ips=internal,
+                      say=say)
 
 
 async def kubernetes_addresses(addresses: tuple, node: str, store: Datastore,
-                               kubeconfig: str | None, host=host_addresses) -> tuple:
+                               kubeconfig: str | None, host=host_addresses, *,
+                               say: bool = True) -> tuple:
     """`addresses` (resolve()'s answers, then the AS number) with each FromKubernetesNode replaced
     by the address it names, and each UnlessRegistered of kubernetes-internal-ip given that
     address as `found` when the Node has none of its own to keep (only then: a Node that keeps
     its address needs no Kubernetes API). The Kubernetes API is the datastore's own on the
     kubernetes datastore; with etcd it is reached through `kubeconfig` (else $KUBECONFIG,
-    ~/.kube/config or the pod's service account), as calico-node reaches it for this method."""
+    ~/.kube/config or the pod's service account), as calico-node reaches it for this method.
+    `say`: log what is found (autodetect)."""
     lookups = [a for a in addresses if isinstance(a, FromKubernetesNode)
                or (isinstance(a, UnlessRegistered) and a.method == KUBERNETES_INTERNAL_IP
-                   and a.found is None and not await _registered(store, node, a.version))]
+                   and a.found is None and not await registered(store, node, a.version))]
     if not lookups:
         return addresses
     from percale.datastore.kube_client import KubeClient, KubeConfigError, configuration
@@ -303,7 +310,7 @@ async def kubernetes_addresses(addresses: tuple, node: str, store: Datastore,
                 resolved.append(wanted)
                 continue
             found = await from_kubernetes_node(FromKubernetesNode(wanted.version), node, client,
-                                               host)
+                                               host, say=say)
             resolved.append(replace(wanted, found=found)
                             if isinstance(wanted, UnlessRegistered) else found)
         return tuple(resolved)
@@ -312,7 +319,7 @@ async def kubernetes_addresses(addresses: tuple, node: str, store: Datastore,
             await own.close()
 
 
-async def _registered(store: Datastore, node: str, version: int) -> str | None:
+async def registered(store: Datastore, node: str, version: int) -> str | None:
     """The address of IP `version` Node `node` has (None: none, or no Node)."""
     try:
         bgp = (await store.get(Key("Node", node))).value.spec.bgp

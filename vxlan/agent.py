@@ -72,6 +72,11 @@ class VXLANAgent:
         # The interface holding this node's address, per family: a direct (same-subnet) route
         # to a link-local IPv6 address must name it.
         self.parent_index: dict[int, int | None] = {4: None, 6: None}
+        # The Node's address no interface holds, per family, when that is why wanted_device
+        # found no device (set by wanted_device); and the one a warning named.
+        self.parent_missing: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {
+            4: None, 6: None}
+        self._parent_told: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._applied: dict[int, int | None] | None = None  # device indices the routes were written with
         # What was logged, so each problem is told once, when it appears or changes: why a family
         # cannot be programmed, the routes the kernel refused (prefix -> its reason), and clashes.
@@ -195,7 +200,9 @@ class VXLANAgent:
 
     def wanted_device(self, version: int) -> Device | None:
         """The device of one family as this node's Node and the pools say; None if it needs
-        none. MTUTooSmall if it needs one the host MTU cannot carry."""
+        none, or if no interface holds the Node's address (then `parent_missing[version]` names
+        it). MTUTooSmall if it needs one the host MTU cannot carry."""
+        self.parent_missing[version] = None
         me = self.cache.get_value("Node", self.node)
         if me is None:
             return None
@@ -208,6 +215,7 @@ class VXLANAgent:
         mtu = tunnel_mtu(self.host_mtu, version)
         parent = interface_holding(interface.ip)
         if parent is None:
+            self.parent_missing[version] = interface.ip
             return None
         return Device(address, mac or vtep_mac(self.node, version), mtu, interface.ip, parent)
 
@@ -259,10 +267,12 @@ class VXLANAgent:
                 device = await asyncio.to_thread(self.wanted_device, version)
             except MTUTooSmall as err:
                 device, too_small = None, err  # a device left from before cannot carry it either
+            removed = False
             if device is None and (before is not None or self._applied is None):
-                await asyncio.to_thread(tunnel.remove)
+                removed = await asyncio.to_thread(tunnel.remove)
             if too_small is not None:
                 raise too_small
+            self._tell_parent(version, tunnel, device, removed)
             if device is not None:
                 index = await asyncio.to_thread(tunnel.ensure, device)
                 # Written again after every device pass, not only for a new device: a changed
@@ -279,6 +289,27 @@ class VXLANAgent:
             except OSError:
                 plan.vteps_changed = True
                 raise
+
+    def _tell_parent(self, version: int, tunnel: Tunnel, device: Device | None,
+                     removed: bool) -> None:
+        """A warning, once per address, when the family has no device because no interface
+        holds the Node's address (its address moved, and the Node still names the old one; or
+        it is not up yet): the device and every VXLAN route of the family are gone, and were
+        gone without a word. An info when a device is made again after that."""
+        missing = self.parent_missing[version]
+        if device is None and missing is not None:
+            if self._parent_told.get(version) != missing:
+                self._parent_told[version] = missing
+                log.warning("no interface holds %s, this node's IPv%d address on its Node: %s %s,"
+                            " and the IPv%d VXLAN routes wait until an interface has it or the"
+                            " Node names another address", missing, version, tunnel.name,
+                            "removed" if removed else "not made", version)
+        elif device is not None and version in self._parent_told:
+            del self._parent_told[version]
+            log.info("%s made again on the interface holding %s, this node's IPv%d address",
+                     tunnel.name, device.local, version)
+        elif device is None:
+            self._parent_told.pop(version, None)  # no device wanted at all now: nothing to wait for
 
     def _family_failed(self, version: int, err: Exception) -> None:
         reason = str(err)
