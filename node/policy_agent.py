@@ -11,6 +11,12 @@ by default) and written whole when it drifted. The CNI ADD announces its endpoin
 writing it (`endpoint_written`), and waits (`wait_programmed`) until the new pod's interface is
 in the table: until then the table's dispatch drops everything to or
 from an unknown pcl* interface, so a pod is never reachable before its policy holds.
+
+Nodes and IPPools, when the view follows them (percale-node's does, for its other parts), give
+the table its guard of the VXLAN port (compile.vxlan_guard): while a pool of a family has VXLAN
+in use, VXLAN to the node is taken only from the Nodes' addresses of that family, the ones the
+VXLAN side sends from and points its FDB entries at (vxlan/plan.py's node_interface). A Node
+that comes, goes or changes its address changes that set, and the table's set with it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from percale.datastore import Key, KVPair
 from percale.datastore.cache import Cache, Change
 from percale.policy.compile import NamedPort, PolicyEndpoint, Ruleset, RulesetCompiler
 from percale.policy.nft import NftError, PolicyTable
+from percale.vxlan.plan import node_interface, vxlan_pools
 
 log = logging.getLogger("percale.node.policy")
 
@@ -88,9 +95,18 @@ class PolicyAgent:
         self._namespace_labels: dict[str, dict[str, str]] = {}
         self._compiler = RulesetCompiler()  # keeps unchanged endpoints' chains between compilations
         self.last_apply_seconds = 0.0
+        # For the VXLAN guard, kept from the changes: each Node's address per IP version, the IP
+        # version of each pool with VXLAN in use, and what the compiler was given (None: to
+        # work out again).
+        self._node_addresses: dict[str, dict[int, str]] = {}
+        self._vxlan_pools: dict[str, int] = {}
+        self._vxlan_sources: dict[int, tuple[str, ...]] | None = {}
         cache.subscribe(self._changed)
 
     def _changed(self, change: Change) -> None:
+        if change.kind in ("Node", "IPPool"):
+            self._vxlan_changed(change)
+            return
         if change.kind == "WorkloadEndpoint":
             self._mark_stale(change.key)
         ours = self._written.get(change.key)
@@ -106,6 +122,45 @@ class PolicyAgent:
             return
         if change.kind in POLICY_KINDS:
             self._due.set()
+
+    def _vxlan_changed(self, change: Change) -> None:
+        """A Node or an IPPool changed: the table is due if the VXLAN guard's sources did."""
+        value = change.new.value if change.new is not None else None
+        name = change.key.name
+        if change.kind == "Node":
+            addresses = {version: str(interface.ip) for version in (4, 6)
+                         if (interface := node_interface(value, version)) is not None}
+            if self._node_addresses.get(name, {}) == addresses:
+                return  # another field of the Node (its tunnel address, its ASN)
+            if addresses:
+                self._node_addresses[name] = addresses
+            else:
+                self._node_addresses.pop(name, None)
+            if not self._vxlan_pools:
+                return
+        else:
+            version = value.spec.network.version if value is not None else None
+            using = version if version is not None and vxlan_pools([value], version) else None
+            if self._vxlan_pools.get(name) == using:
+                return
+            families = set(self._vxlan_pools.values())
+            if using is None:
+                self._vxlan_pools.pop(name, None)
+            else:
+                self._vxlan_pools[name] = using
+            if set(self._vxlan_pools.values()) == families:
+                return
+        self._vxlan_sources = None
+        self._due.set()
+
+    def vxlan_sources(self) -> dict[int, tuple[str, ...]]:
+        """Each IP version a VXLAN pool uses -> the Nodes' addresses of that version."""
+        if self._vxlan_sources is None:
+            self._vxlan_sources = {
+                version: tuple(sorted({found[version] for found in self._node_addresses.values()
+                                       if version in found}))
+                for version in sorted(set(self._vxlan_pools.values()))}
+        return self._vxlan_sources
 
     def endpoint_written(self, pair: KVPair) -> None:
         """The CNI side wrote this endpoint, or is about to (revision NOT_STORED): program it
@@ -211,7 +266,7 @@ class PolicyAgent:
         self._converted, self._stale = converted, set()
         endpoints = [endpoint for _, _, endpoint in converted.values()]
         policies = [*self.cache.values("NetworkPolicy"), *self.cache.values("GlobalNetworkPolicy")]
-        return self._compiler.compile(policies, profiles, endpoints)
+        return self._compiler.compile(policies, profiles, endpoints, self.vxlan_sources())
 
     async def wait_programmed(self, interface: str, timeout: float = 10.0) -> bool:
         """Until `interface` has its chains in the kernel (True), or `timeout` (False)."""

@@ -21,6 +21,9 @@ One table, `inet percale`:
   pro-<id>, pri-<id>  a profile's rules
   s4-…, s6-…          addresses of the endpoints a rule's selector matches
   n4-…, n6-…          address . protocol . port of a rule's named ports, per endpoint
+  vxlan-input         jumped to from input for UDP to the VXLAN port: per family that has VXLAN
+                      in use, a source outside all-vxlan-net4 / all-vxlan-net6 (the nodes'
+                      underlay addresses) is dropped, as felix's cali-INPUT drops it
 
 A rule that allows sets the ACCEPT mark and returns; Pass sets PASS and returns; Deny drops; Log
 logs and goes on. After each policy the endpoint chain returns on ACCEPT, and once PASS is set it
@@ -68,6 +71,11 @@ PROTOCOL_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp", 
 # policy then never ran: a pod allowed the internet reached every pod through a node's address.
 VXLAN_PORT = 4789
 IPIP_PROTOCOL = 4
+# VXLAN to the node itself is taken only from nodes (felix's all-vxlan-net, dataplane.md §B3):
+# the devices unwrap whatever reaches the port, so any host that could reach a node's address
+# sent a frame with a pod's source inside, and the pod behind it took it as from that pod.
+VXLAN_INPUT_CHAIN = "vxlan-input"
+VXLAN_SOURCE_SETS = {4: "all-vxlan-net4", 6: "all-vxlan-net6"}
 # Calico's labels on every workload endpoint (libcalico-go's LabelNamespace, LabelOrchestrator,
 # LabelServiceAccount; dataplane.md §A2), for selectors written for Calico. Without them such a
 # selector matched nothing, and a Deny written with one denied nothing.
@@ -180,7 +188,10 @@ BASE_CHAINS = {
               f'iifname "{INTERFACE_PREFIX}*" icmpv6 type {{ mld-listener-query, '
               "mld-listener-report, mld-listener-done, nd-router-solicit, nd-neighbor-solicit, "
               "nd-neighbor-advert } accept",
-              f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch'],
+              f'iifname "{INTERFACE_PREFIX}*" jump from-endpoint-dispatch',
+              # After the pod's egress chain, which drops a pod's own VXLAN under its name: what
+              # reaches this is VXLAN from outside the pods (VXLAN_INPUT_CHAIN's comment).
+              f"udp dport {VXLAN_PORT} jump {VXLAN_INPUT_CHAIN}"],
 }
 DISPATCH_CHAINS = {
     "from-endpoint-dispatch": ["iifname vmap @from-endpoint",
@@ -188,6 +199,22 @@ DISPATCH_CHAINS = {
     "to-endpoint-dispatch": ["oifname vmap @to-endpoint",
                              f'oifname "{INTERFACE_PREFIX}*" counter drop comment "no policy programmed yet"'],
 }
+
+
+def vxlan_guard(ruleset: Ruleset, sources: Mapping[int, Iterable[str]]) -> None:
+    """The VXLAN_INPUT_CHAIN and its sets into `ruleset`: for each family in `sources` (those
+    with a VXLAN pool), VXLAN from an address not in that family's set is dropped. The chain is
+    there, empty, with no family: the input chain jumps to it whatever the pools say. The
+    addresses live in a set, not in the rule, so a node that comes, goes or moves changes set
+    elements and no chain."""
+    rules = []
+    for version, addresses in sorted(sources.items()):
+        name = VXLAN_SOURCE_SETS[version]
+        ruleset.sets[name] = NftSet("ipv4_addr" if version == 4 else "ipv6_addr", False,
+                                    tuple(sorted(set(addresses))))
+        rules.append(f'{"ip" if version == 4 else "ip6"} saddr != @{name} counter drop '
+                     f'comment "IPv{version} VXLAN from a host that is not a node"')
+    ruleset.chains[VXLAN_INPUT_CHAIN] = rules
 
 
 def within_comment_limit(key: str, rest: str = "") -> str:
@@ -506,11 +533,13 @@ def default_profile(namespace: str) -> Profile:
 
 
 def compile_ruleset(policies: Iterable[NetworkPolicy | GlobalNetworkPolicy],
-                    profiles: Mapping[str, Profile], endpoints: Iterable[PolicyEndpoint]) -> Ruleset:
+                    profiles: Mapping[str, Profile], endpoints: Iterable[PolicyEndpoint],
+                    vxlan_sources: Mapping[int, Iterable[str]] | None = None) -> Ruleset:
     """The ruleset for the endpoints with an interface (this node's), against every endpoint
     (the cluster's: selectors and named ports reach pods of other nodes). `profiles` maps a
-    namespace to its profile."""
-    return RulesetCompiler().compile(policies, profiles, endpoints)
+    namespace to its profile; `vxlan_sources` each IP version with VXLAN in use to the nodes'
+    addresses of that version (vxlan_guard)."""
+    return RulesetCompiler().compile(policies, profiles, endpoints, vxlan_sources)
 
 
 class RulesetCompiler:
@@ -533,7 +562,8 @@ class RulesetCompiler:
         self._jumps: dict[tuple, list] = {}
 
     def compile(self, policies: Iterable[NetworkPolicy | GlobalNetworkPolicy],
-                profiles: Mapping[str, Profile], endpoints: Iterable[PolicyEndpoint]) -> Ruleset:
+                profiles: Mapping[str, Profile], endpoints: Iterable[PolicyEndpoint],
+                vxlan_sources: Mapping[int, Iterable[str]] | None = None) -> Ruleset:
         everyone = list(endpoints)
         ordered = [(p, p.spec.effective_types) for p in sorted(policies, key=sort_key)]
         same = (len(ordered) == len(self._policies)
@@ -545,10 +575,12 @@ class RulesetCompiler:
             self._start_over()
         self._policies, self._profiles = ordered, dict(profiles)
         try:
-            return self._compile(_Compiler(everyone), everyone, ordered, profiles)
+            ruleset = self._compile(_Compiler(everyone), everyone, ordered, profiles)
         except BaseException:
             self._start_over()  # half carried over: the next compilation builds everything
             raise
+        vxlan_guard(ruleset, vxlan_sources or {})
+        return ruleset
 
     def _start_over(self) -> None:
         self._policies, self._profiles = [], {}

@@ -65,13 +65,16 @@ except TimeoutError:
 """
 
 # Sends one datagram: kind (udp, or an IP protocol number for a raw IPv4 socket), destination,
-# port, payload in hex, and a source address to bind ("": the pod's own).
+# port, payload in hex, and a source address to bind ("": the pod's own). IPv4 UDP may go to a
+# broadcast address.
 SENDER = """
 import socket, sys
 kind, destination, port, payload, source = sys.argv[1:6]
 family = socket.AF_INET6 if ":" in destination else socket.AF_INET
 if kind == "udp":
     s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 else:
     s = socket.socket(family, socket.SOCK_RAW, int(kind))
 if source:
@@ -126,11 +129,25 @@ def ipv4_udp(source: str, destination: str, port: int, payload: bytes) -> bytes:
     return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + udp
 
 
+def ipv6_udp(source: str, destination: str, port: int, payload: bytes) -> bytes:
+    """An IPv6 packet holding a UDP datagram, its checksum computed (IPv6 requires one)."""
+    source_bytes = ipaddress.IPv6Address(source).packed
+    destination_bytes = ipaddress.IPv6Address(destination).packed
+    length = 8 + len(payload)
+    pseudo = source_bytes + destination_bytes + struct.pack("!IxxxB", length, 17)
+    unsummed = struct.pack("!HHHH", 40000, port, length, 0) + payload
+    checksum = _checksum(pseudo + unsummed + b"\x00" * (len(unsummed) % 2)) or 0xFFFF
+    udp = struct.pack("!HHHH", 40000, port, length, checksum) + payload
+    return (struct.pack("!IHBB", 6 << 28, length, 17, 64) + source_bytes + destination_bytes
+            + udp)
+
+
 def vxlan_frame(destination_mac: str, packet: bytes) -> bytes:
     """A VXLAN payload as percale's devices carry it (VNI 4096): an Ethernet frame to the
-    VTEP's MAC holding `packet`."""
+    VTEP's MAC holding `packet` (IPv4 or IPv6, as its first four bits say)."""
+    ethertype = b"\x86\xdd" if packet[0] >> 4 == 6 else b"\x08\x00"
     ethernet = (bytes.fromhex(destination_mac.replace(":", "")) + bytes.fromhex("020000000001")
-                + b"\x08\x00")
+                + ethertype)
     return struct.pack("!II", 0x08000000, VXLAN_VNI << 8) + ethernet + packet
 
 
