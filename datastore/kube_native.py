@@ -172,12 +172,20 @@ def endpoint_from_pod(pod: dict[str, Any]) -> KVPair | None:
             f"Pod {meta.get('namespace')}/{meta.get('name')}: annotation {ENDPOINT} has a spec "
             "that is not a JSON object")
     spec = dict(spec)
-    # Named ports, for policy: the Pod's containers' (percale's own record has none).
+    pod_spec = pod.get("spec") or {}
+    # Named ports, for policy: the Pod's containers', its init containers' too (a native
+    # sidecar's metrics port), as Calico's conversion reads both; percale's record has none.
     named = [{"name": port["name"], "protocol": port.get("protocol", "TCP"), "port": port["containerPort"]}
-             for container in (pod.get("spec") or {}).get("containers") or []
+             for container in [*(pod_spec.get("containers") or []),
+                               *(pod_spec.get("initContainers") or [])]
              for port in container.get("ports") or [] if port.get("name") and port.get("containerPort")]
     if named:
         spec["ports"] = named
+    # The service account, for Calico's projectcalico.org/serviceaccount label, from the Pod's
+    # spec (which the Pod's owner cannot change once it runs), never from the annotation: a
+    # policy written with that label selected nothing on this datastore, so a Deny denied nothing.
+    account = pod_spec.get("serviceAccountName")
+    spec["serviceAccountName"] = account if isinstance(account, str) and account else None
     try:
         return _validated(WorkloadEndpoint, {
             "apiVersion": "percale.io/v1", "kind": "WorkloadEndpoint",

@@ -115,7 +115,8 @@ class PolicyEndpoint:
                   if key != SERVICE_ACCOUNT_LABEL}
         labels[NAMESPACE_LABEL] = self.namespace
         labels[ORCHESTRATOR_LABEL] = self.orchestrator
-        if self.service_account:
+        if self.service_account and len(self.service_account) < 63:
+            # A label value holds 63 characters at most: Calico leaves a longer name out too.
             labels[SERVICE_ACCOUNT_LABEL] = self.service_account
         return labels
 

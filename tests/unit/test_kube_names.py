@@ -108,6 +108,22 @@ def test_an_endpoint_round_trips_through_pod_annotations():
     assert pair.value.metadata.labels == {"app": "web"}
 
 
+def test_an_endpoint_takes_its_service_account_and_sidecar_ports_from_the_pod():
+    """Calico's conversion reads spec.serviceAccountName (for projectcalico.org/serviceaccount,
+    which a Deny written for Calico selects by) and the named ports of init containers too (a
+    native sidecar's): percale read neither, so such a Deny denied nothing and an Allow on the
+    sidecar's port allowed nothing."""
+    annotations = kube_native.endpoint_patch(_endpoint(), "12")["metadata"]["annotations"]
+    pod = {"metadata": {"name": "web", "namespace": "prod", "annotations": annotations},
+           "spec": {"serviceAccountName": "untrusted",
+                    "containers": [{"ports": [{"name": "web", "containerPort": 8080}]}],
+                    "initContainers": [{"restartPolicy": "Always", "ports": [
+                        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]}]}}
+    spec = kube_native.endpoint_from_pod(pod).value.spec
+    assert spec.service_account_name == "untrusted"
+    assert sorted((p.name, p.port) for p in spec.ports) == [("metrics", 9090), ("web", 8080)]
+
+
 def test_removing_an_endpoint_keeps_the_container_id():
     annotations = kube_native.endpoint_patch(None, "12")["metadata"]["annotations"]
     assert annotations == {"percale.io/workloadEndpoint": None, "percale.io/podIP": None,

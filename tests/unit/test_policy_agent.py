@@ -348,6 +348,10 @@ def test_calicos_endpoint_labels_come_after_the_pods_own():
         workload("shop", "web", "10.0.0.1", "pcl000000000021", claims, "web-sa"), "node1", {})
     assert known.selector_labels["projectcalico.org/serviceaccount"] == "web-sa"
     assert known.labels == claims  # the pod's own, as shown to users
+    # A label value holds 63 characters: Calico leaves a longer service account's name out.
+    long_name = policy_endpoint(
+        workload("shop", "web", "10.0.0.1", "pcl000000000021", claims, "s" * 63), "node1", {})
+    assert "projectcalico.org/serviceaccount" not in long_name.selector_labels
 
 
 async def test_calico_style_selectors_select_endpoints(world):
