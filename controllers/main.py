@@ -6,7 +6,7 @@ Today that is IPAM garbage collection (ipam/gc.py, Calico's kube-controllers IPA
 they are confirmed leaks (`--leak-grace-period`, 15 minutes; at once for a deleted node; 0 turns
 leak collection off, as Calico's leakGracePeriod: 0 does), and
 gives back a node's empty blocks after two rounds saw them empty (never the last block of a node
-that still exists). A block given back is withdrawn by its node's agent and can be claimed again
+that still exists; a deleted node's in the round its addresses go). A block given back is withdrawn by its node's agent and can be claimed again
 by any node.
 
 Several instances would be safe (every release is a compare-and-swap with the sequence number
@@ -145,8 +145,10 @@ def main(
         envvar="PERCALE_GC_INTERVAL", help="Time between IPAM GC rounds (30s, 5m, ...)")] = "5m",
     leak_grace_period: Annotated[str, typer.Option(
         envvar="PERCALE_LEAK_GRACE_PERIOD",
-        help="How long an unused address stays allocated before GC releases it (0: never, "
-             "except on a deleted node)")] =
+        help="How long an unused address stays allocated before GC releases it (0: never). "
+             "On a node that has no Node (deleted, even before GC first ran) it goes in the "
+             "next round at any value, with the node's blocks and affinities, once older "
+             "than 60s")] =
         f"{int(DEFAULT_GRACE_PERIOD.total_seconds())}s",
     rounds: Annotated[Optional[int], typer.Option(
         min=1, help="Stop after this many rounds (default: run until SIGTERM)")] = None,

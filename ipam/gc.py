@@ -21,16 +21,21 @@ What the collector adds, after Calico's kube-controllers (calico.md §1.9, issue
     address's node is gone; a grace period of 0 turns leak collection off, as Calico's
     `leakGracePeriod: 0` does (candidates are still counted and logged, and a gone node's
     addresses are still released);
+  * a node is gone when it has no Node: at once if an earlier round saw its Node; if none did
+    (the Node was deleted while this collector was down or moving, or the node never
+    registered), when a read of its Node made after the round's scan finds none, and then only
+    for allocations older than `UNREGISTERED_NODE_MARGIN` (a minute: the allocator serves a
+    node before its Node exists, and an ADD in flight writes its endpoint within that);
   * release is all-or-nothing per handle: if any address of a handle is still in use, or not
     yet confirmed, none of the handle's addresses is released;
   * an empty block is released only after two consecutive rounds saw it empty with the same
-    sequence number; never the last block of a node that exists, but a gone node's last block
-    goes too, with its affinity (Calico gives up a deleted node's affinities once nothing valid
-    remains in them). "Gone" is judged as for its addresses: at once for a node an earlier round
-    saw; for a node no round has seen (not registered yet, or this collector restarted) only
-    once the block has stayed empty for `grace_period` (never, with a grace period of 0);
+    sequence number; never the last block of a node that exists. A gone node's blocks go, last
+    one included, with their affinities, in the round that empties them (Calico gives up a
+    deleted node's affinities in the pass that finds nothing valid in them); for a node no
+    round saw, a block it held empty before the round waits until seen empty for the margin;
   * an address that an object which cannot be read may own (a Node, a Pod's endpoint, a handle:
-    `check.py`) is held back, never released, and the object is logged by name;
+    `check.py`) is held back, never released, and the object is logged by name; a Node whose
+    read fails (anything but "not found") is not taken for gone;
   * addresses released into a cooldown (IPAMConfig ipCooldownSeconds) are freed once it has
     passed, in blocks no allocation would otherwise touch.
 
@@ -40,9 +45,9 @@ used by `--from-report`: a compare-and-swap delete or count correction of an IPA
 crash left overstated. Not done yet: the collector leaves handles to `ipam check`/`release`.
 
 A gone node's affinities that have no block (a claim cut short between writing the affinity and
-its block) are released too, judged gone as for its last block: Calico releases every affinity
-of a deleted node, and such an affinity otherwise keeps its CIDR from every other node for good
-(a claim skips a CIDR some affinity names).
+its block) are released too, at once, or for a node no round saw once seen without a block for
+the margin: Calico releases every affinity of a deleted node, and such an affinity otherwise
+keeps its CIDR from every other node for good (a claim skips a CIDR some affinity names).
 """
 
 from __future__ import annotations
@@ -51,10 +56,13 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Literal, Protocol
 
-from percale.datastore import Conflict, DatastoreError, Key, NotFound
+from percale.api import IPAMBlockSpec
+from percale.api.fields import parse_time
+from percale.api.ipam import block_name
+from percale.datastore import Conflict, Datastore, DatastoreError, Key, NotFound
 from percale.ipam import blocks
 from percale.ipam.allocator import IPAM
 from percale.ipam.check import AllocationInfo, HandleInfo, Report, check
@@ -62,6 +70,17 @@ from percale.ipam.check import AllocationInfo, HandleInfo, Report, check
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_PERIOD = timedelta(minutes=15)
+
+# How old an allocation on a node without a Node (one no round saw) must be before the node
+# counts as gone for it, and how long such a node's empty block or blockless affinity must have
+# been seen so. The allocator serves a node before its Node exists (`IPAM._node_labels`; on etcd
+# an agent started with IP=none and nothing else to write never registers one), and an ADD
+# allocates first and writes the pod's endpoint after: in between, its address is unused on a
+# node with no Node. That takes well under a second (a claim of a block, between its writes,
+# likewise); a minute leaves room for a slow datastore or a busy node and is still "at once"
+# next to the 15-minute grace period. Timestamps are the allocating node's clock: one behind
+# the collector's by more than this shortens it.
+UNREGISTERED_NODE_MARGIN = timedelta(seconds=60)
 
 
 class LeakRef(Protocol):
@@ -230,15 +249,81 @@ class _EmptySighting:
     since: datetime  # the first of the consecutive rounds that saw it empty at that number
 
 
+def _allocated_before(a: AllocationInfo, moment: datetime) -> bool:
+    """Whether `a` was allocated before `moment`, by the timestamp the allocator records with
+    it. One with no timestamp it can read was not made by an ADD of percale's in flight (every
+    one records it): it counts as old."""
+    stamp = a.attributes.get("timestamp")
+    try:
+        allocated = parse_time(stamp) if stamp else None
+    except ValueError:
+        return True
+    if allocated is None:
+        return True
+    if allocated.tzinfo is None:
+        allocated = allocated.replace(tzinfo=timezone.utc)
+    return allocated <= moment
+
+
+NodeState = Literal["present", "gone", "missing"]
+
+
+class _Nodes:
+    """What one round knows of a node: present (in the scan, or it cannot be told), gone (an
+    earlier round saw its Node, this round's scan did not) or missing (no round saw its Node,
+    and a read made after the scan finds none).
+
+    Why the read after the scan, and not the scan's Node list: check.py reads the blocks first
+    and the Nodes after, so everything this round judges (allocations, blocks) was read, and
+    made, before this read. A NotFound here then means the node had no Node at a moment after
+    all it is judged on: a node that has registered by now, however long after it allocated,
+    is seen and left alone, including one that registered between the scan's Node list and
+    here; and it would stay so if check.py read the Nodes first, where a node registering
+    between the two lists would look gone. What is left is a node that has not registered
+    yet; an agent registers before it serves CNI (node/main.py), so that is one that never
+    will, and UNREGISTERED_NODE_MARGIN covers its ADD in flight.
+    """
+
+    def __init__(self, store: Datastore, report: Report, gone: set[str]):
+        self._store = store
+        self._present = report.nodes
+        self._gone = gone
+        self._missing: dict[str, bool] = {}  # read once per round
+
+    async def state(self, node: str | None) -> NodeState:
+        if not node or node in self._present:
+            return "present"
+        if node in self._gone:
+            return "gone"
+        if node not in self._missing:
+            self._missing[node] = await self._has_no_node(node)
+        return "missing" if self._missing[node] else "present"
+
+    async def _has_no_node(self, node: str) -> bool:
+        try:
+            await self._store.get(Key("Node", node))
+        except NotFound:
+            return True
+        except DatastoreError as err:
+            # Unavailable, forbidden, ...: it may well exist. Only "not found" says it does not.
+            log.warning("IPAM GC: cannot read Node %s (%s); not taking it for gone", node, err)
+            return False
+        return False  # registered since the scan
+
+
 class GarbageCollector:
     """Finds and releases leaked addresses and surplus empty blocks, one round per call.
 
     State kept between rounds: when each candidate was first seen, which empty blocks were
     seen (with their sequence numbers, and since when) last round, which nodes have been seen,
-    and which unreadable objects have been logged. A node counts as gone only if an earlier
-    round saw its Node resource: the allocator serves a node before it registers
-    (`IPAM._node_labels`), so "no Node" alone could mean "not yet". After a restart the
-    collector falls back to the grace period for such nodes.
+    and which unreadable objects have been logged. A node whose Node an earlier round saw and
+    this round's scan lacks is gone at once. A node no round saw (its Node deleted while this
+    collector restarted or moved, often because the deleted node ran it; or never registered)
+    is gone only if a read of its Node made after the scan finds none (`_Nodes`), and since the
+    allocator serves a node before its Node exists (`IPAM._node_labels`), only for what has
+    been so for UNREGISTERED_NODE_MARGIN: allocations older than that, blocks and blockless
+    affinities seen so for that long, and blocks this round's release emptied. Such a node's
+    addresses go in the first round, at any grace period, as Calico's kube-controllers does.
     """
 
     def __init__(self, ipam: IPAM, *, grace_period: timedelta = DEFAULT_GRACE_PERIOD):
@@ -259,13 +344,15 @@ class GarbageCollector:
         report = await check(self.ipam.store)
         gone = self._known_nodes - report.nodes
         self._known_nodes |= report.nodes
+        nodes = _Nodes(self.ipam.store, report, gone)
 
         self._tell_unreadable(report, done)
-        confirmed = self._track_candidates(report, now, gone, done)
+        confirmed = await self._track_candidates(report, now, nodes, done)
+        emptied: set[str] = set()
         if confirmed:
-            await self._release_confirmed(confirmed, done)
-        await self._release_empty_blocks(report, now, gone, done)
-        await self._release_blockless_affinities(report, now, gone, done)
+            emptied = await self._release_confirmed(confirmed, done)
+        await self._release_empty_blocks(report, now, nodes, emptied, done)
+        await self._release_blockless_affinities(report, now, nodes, done)
         await self._collect_cooled(report, now, done)
 
         self.last_round = done
@@ -286,8 +373,8 @@ class GarbageCollector:
                             why, held[key])
         self._unreadable_told = dict(report.unreadable)
 
-    def _track_candidates(
-        self, report: Report, now: datetime, gone: set[str], done: GCRound,
+    async def _track_candidates(
+        self, report: Report, now: datetime, nodes: _Nodes, done: GCRound,
     ) -> set[_CandidateKey]:
         seen: dict[_CandidateKey, _Candidate] = {}
         confirmed: set[_CandidateKey] = set()
@@ -299,8 +386,12 @@ class GarbageCollector:
                 log.info("Candidate IP leak handle=%s ip=%s node=%s pod=%s",
                          a.handle, a.ip, a.node, a.attributes.get("pod"))
             seen[key] = candidate
-            if a.node in gone:
-                log.info("Confirmed IP leak: node %s is gone handle=%s ip=%s", a.node, a.handle, a.ip)
+            state = await nodes.state(a.node)
+            if state == "gone" or (
+                    state == "missing"
+                    and _allocated_before(a, now - UNREGISTERED_NODE_MARGIN)):
+                log.info("Confirmed IP leak: node %s is gone handle=%s ip=%s",
+                         a.node, a.handle, a.ip)
                 confirmed.add(key)
             elif self.grace_period and now - candidate.first_seen >= self.grace_period:
                 log.info("Confirmed IP leak after %s handle=%s ip=%s node=%s",
@@ -311,7 +402,8 @@ class GarbageCollector:
         done.candidates, done.confirmed = len(seen), len(confirmed)
         return confirmed
 
-    async def _release_confirmed(self, confirmed: set[_CandidateKey], done: GCRound) -> None:
+    async def _release_confirmed(self, confirmed: set[_CandidateKey], done: GCRound) -> set[str]:
+        """Release the confirmed leaks, whole handles only; the blocks it released from."""
         fresh = await check(self.ipam.store)
         by_handle: dict[str | None, list[AllocationInfo]] = defaultdict(list)
         for allocs in fresh.allocations.values():
@@ -335,7 +427,7 @@ class GarbageCollector:
         done.changed += sum(1 for key in confirmed if key[1] not in skipped and key not in kept)
         done.skipped_handles += len(skipped)
         if not to_release:
-            return
+            return set()
         result = await release_leaks(self.ipam, to_release, fresh)
         done.released += len(result.released)
         done.changed += len(result.changed) + len(result.already_free)
@@ -343,6 +435,7 @@ class GarbageCollector:
         for a in result.released:
             self._candidates.pop(_key(a), None)
             log.info("Released leaked IP %s handle=%s node=%s", a.ip, a.handle, a.node)
+        return {a.block for a in result.released}
 
     async def _collect_cooled(self, report: Report, now: datetime, done: GCRound) -> None:
         """Free the addresses whose cooldown has passed in blocks no allocation touches (every
@@ -359,27 +452,44 @@ class GarbageCollector:
                 done.cooled += await self.ipam.collect_cooled(spec.cidr, now)
 
     async def _release_empty_blocks(
-        self, report: Report, now: datetime, gone: set[str], done: GCRound,
+        self, report: Report, now: datetime, nodes: _Nodes, emptied: set[str], done: GCRound,
     ) -> None:
+        """Release empty blocks: a gone node's at once (Calico's releaseNodes), a missing
+        node's once empty for the margin or emptied by this round's release, any other node's
+        once two rounds saw them empty, and never the last block of a present node."""
         owned: Counter[str] = Counter(b.affinity_node for b in report.blocks if b.affinity_node)
         empty = {b.cidr: b for b in report.blocks if b.affinity_node and blocks.is_empty(b)}
+        # The scan saw these holding what this round released: read again, for a gone or missing
+        # node's may go now, held to the sequence number read here.
+        for cidr in sorted(emptied - empty.keys()):
+            spec = await self._read_block(cidr)
+            if (spec is not None and spec.affinity_node and blocks.is_empty(spec)
+                    and await nodes.state(spec.affinity_node) != "present"):
+                empty[cidr] = spec
         done.empty_blocks = len(empty)
         sightings: dict[str, _EmptySighting] = {}
-        seen_twice = []
+        seen_twice: set[str] = set()
         for cidr, b in empty.items():
             last = self._empty_last_round.get(cidr)
             if last is not None and last.sequence_number == b.sequence_number:
                 sightings[cidr] = last
-                seen_twice.append(b)
+                seen_twice.add(cidr)
             else:
                 sightings[cidr] = _EmptySighting(b.sequence_number, now)
         self._empty_last_round = sightings
         # Highest first, IPv6 after IPv4: Python orders no IPv4 network against an IPv6 one, and
         # a dual-stack cluster's collector stopped there with a TypeError on every round.
-        for spec in sorted(seen_twice, key=lambda b: (b.network.version, b.network), reverse=True):
+        for spec in sorted(empty.values(), key=lambda b: (b.network.version, b.network),
+                           reverse=True):
             node = spec.affinity_node or ""
-            if owned[node] <= 1 and not self._node_gone(node, report, gone,
-                                                         sightings[spec.cidr].since, now):
+            state = await nodes.state(node)
+            if state == "gone" or (state == "missing" and (
+                    spec.cidr in emptied
+                    or now - sightings[spec.cidr].since >= UNREGISTERED_NODE_MARGIN)):
+                pass  # its last block included, in this round
+            elif spec.cidr not in seen_twice:
+                continue
+            elif owned[node] <= 1:
                 done.kept_last_blocks += 1
                 continue
             released = await self.ipam._release_block_affinity(
@@ -390,12 +500,21 @@ class GarbageCollector:
                 self._empty_last_round.pop(spec.cidr, None)
                 log.info("Released empty block %s of node %s", spec.cidr, node)
 
+    async def _read_block(self, cidr: str) -> IPAMBlockSpec | None:
+        try:
+            spec = (await self.ipam.store.get(Key("IPAMBlock", block_name(cidr)))).value.spec
+        except DatastoreError:
+            return None  # released already, or unreadable: nothing to give back here
+        return None if spec.deleted else spec
+
     async def _release_blockless_affinities(
-        self, report: Report, now: datetime, gone: set[str], done: GCRound,
+        self, report: Report, now: datetime, nodes: _Nodes, done: GCRound,
     ) -> None:
-        """Release the affinities of gone nodes whose block does not exist. A block that
-        exists but cannot be read is not missing: its affinity stays. The release reads the
-        block again and deletes the affinity only while it is still missing (or empty)."""
+        """Release the affinities of gone nodes whose block does not exist: at once, or for a
+        missing node once seen so for the margin (a claim writes the affinity before the
+        block). A block that exists but cannot be read is not missing: its affinity stays.
+        The release reads the block again and deletes the affinity only while it is still
+        missing (or empty)."""
         have = {spec.cidr for spec in report.blocks} | set(report.unreadable_blocks)
         seen: dict[Key, datetime] = {}
         for kv in (await self.ipam.store.list("BlockAffinity", defer_errors=True)).items:
@@ -406,7 +525,9 @@ class GarbageCollector:
             if spec.cidr in have or spec.node in report.nodes:
                 continue
             since = seen[kv.key] = self._blockless_since.get(kv.key, now)
-            if not self._node_gone(spec.node, report, gone, since, now):
+            state = await nodes.state(spec.node)
+            if state == "present" or (
+                    state == "missing" and now - since < UNREGISTERED_NODE_MARGIN):
                 continue
             try:
                 released = await self.ipam._release_block_affinity(
@@ -421,18 +542,6 @@ class GarbageCollector:
                 log.info("Released affinity %s of gone node %s: it had no block",
                          spec.cidr, spec.node)
         self._blockless_since = seen
-
-    def _node_gone(
-        self, node: str, report: Report, gone: set[str], empty_since: datetime, now: datetime,
-    ) -> bool:
-        """Whether `node` is gone, for its last block: as for its addresses, at once if an
-        earlier round saw it; if none did, once the block has been empty for the grace period
-        (a node not registered yet has its first block claimed before its Node exists)."""
-        if node in report.nodes:
-            return False
-        if node in gone:
-            return True
-        return bool(self.grace_period) and now - empty_since >= self.grace_period
 
 
 def released_by_handle(results: Sequence[AllocationInfo]) -> dict[str, dict[str, int]]:

@@ -74,6 +74,8 @@ def test_bad_durations_name_the_option(etcd):
 def test_a_grace_period_of_zero_collects_no_leaks(etcd):
     async def setup(store):
         await add_pool(store, "pods", "10.251.0.0/24", blockSize=29)
+        # A node that exists: one without a Node is gone, and its leaks go at any grace period.
+        await store.create(node("node-z"))
         await IPAM(store).auto_assign("node-z", handle_id="k8s-pod-network.kept", num4=2)
 
     with_store(etcd.endpoint, setup)

@@ -14,6 +14,7 @@ from percale.ipam.check import check
 from percale.ipam.errors import AddressInUse, PoolsExhausted
 from percale.ipam.gc import GarbageCollector
 from percale.api.ipam import block_name
+from tests.helpers.ipam_pods import node
 from tests.helpers.ipam_world import add_pool, assert_consistent
 
 pytestmark = pytest.mark.unit
@@ -32,6 +33,7 @@ async def world(request):
     """A pool of one /30 block (four addresses), full on node n1, one address released."""
     store = MemoryDatastore(multi_key=request.param)
     await add_pool(store, "p", "10.0.0.0/30", blockSize=30)
+    await store.create(node("n1"))  # a live node: a node with no Node is gone, for the collector
     clock = Clock()
     ipam = IPAM(store, clock=clock)
     await ipam.set_config(ip_cooldown_seconds=60)

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from percale.datastore import Key, MemoryDatastore, NotFound
+from percale.datastore import DatastoreUnavailable, Key, MemoryDatastore, NotFound
 from percale.ipam.allocator import IPAM
-from percale.ipam.gc import GarbageCollector
+from percale.ipam.gc import UNREGISTERED_NODE_MARGIN, GarbageCollector
 from percale.api.ipam import affinity_name, block_name
 from tests.helpers.ipam_pods import (
     add_pod,
@@ -31,6 +31,16 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
+class Clock:
+    """The allocator's clock, driven like the collector's: allocations are stamped with it."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @pytest.fixture
 async def ipam():
     store = MemoryDatastore()
@@ -38,7 +48,7 @@ async def ipam():
     await add_pool(store, "pool1", "10.0.0.0/24", blockSize=30)
     for name in ("node1", "node2"):
         await store.create(node(name))
-    return IPAM(store)
+    return IPAM(store, clock=Clock())
 
 
 class Interleaving:
@@ -94,10 +104,108 @@ async def test_a_leak_on_a_deleted_node_is_released_at_once(ipam):
     done = await gc.run_once(at(0.1))
     assert (done.confirmed, done.released) == (1, 1)
     assert await ipam.get_allocation(on_node2) is None
-    # A node the collector never saw may just not have registered yet: it gets the grace period.
+    # A node the collector never saw and that has no Node may have an ADD in flight: its
+    # address waits for the margin from its allocation, then goes.
     assert await ipam.get_allocation(unregistered) is not None
-    assert (await gc.run_once(at(15))).released == 1
+    assert (await gc.run_once(at(1))).released == 1
     assert await ipam.get_allocation(unregistered) is None
+
+
+@pytest.mark.parametrize("grace", [GRACE, timedelta(0)])
+async def test_a_node_deleted_before_any_round_saw_it_is_collected_in_the_first_round(
+    ipam, grace,
+):
+    """The Node went, its pods with it, while percale-controllers restarted or moved (often
+    because the deleted node ran it): no round saw it. Its pods' addresses, its tunnel address,
+    the block they emptied and its affinity all go in the first round, at any grace period, as
+    Calico's kube-controllers does. They went after one grace period and the block after a
+    second, and with a grace period of 0 never."""
+    ipam.clock.now = at(-10)
+    [used] = await add_pod(ipam, "node1", "web")
+    pods = [(await allocate(ipam, "node2", f"p{i}"))[0] for i in range(2)]
+    got = await ipam.auto_assign("node2", handle_id="vxlan-tunnel-addr-node2", num4=1,
+                                 use="Tunnel", attrs={"type": "vxlanTunnelAddress"})
+    gone = pods + [str(got.ipv4[0].ip)]
+    cidrs = {(await ipam.get_allocation(ip)).block for ip in gone}
+    await ipam.store.delete(Key("Node", "node2"))
+
+    ipam.clock.now = at(0)
+    gc = GarbageCollector(ipam, grace_period=grace)
+    done = await gc.run_once(at(0))
+    assert (done.confirmed, done.released, done.released_blocks) == (3, 3, len(cidrs))
+    assert [await ipam.get_allocation(ip) for ip in gone] == [None] * 3
+    for cidr in cidrs:
+        assert not await block_exists(ipam, cidr)
+        assert not await affinity_exists(ipam, "node2", cidr)
+    assert await ipam.get_allocation(used) is not None
+
+
+async def test_a_node_that_never_registered_keeps_addresses_younger_than_the_margin(ipam):
+    """The allocator serves a node before its Node exists (on etcd an agent started with
+    IP=none may never write one), and an ADD allocates before it writes the pod's endpoint: in
+    between, the address is unused on a node without a Node. It stays, with its block, until
+    the allocation is older than the margin, at any grace period; then it goes, as a gone
+    node's."""
+    ipam.clock.now = at(0) - UNREGISTERED_NODE_MARGIN / 2
+    [ip] = await allocate(ipam, "node3", "starting")
+    cidr = (await ipam.get_allocation(ip)).block
+    gc = GarbageCollector(ipam, grace_period=timedelta(0))
+    for moment in (at(0), at(0) + UNREGISTERED_NODE_MARGIN / 2 - timedelta(seconds=1)):
+        done = await gc.run_once(moment)
+        assert (done.candidates, done.released, done.released_blocks) == (1, 0, 0)
+    assert await ipam.get_allocation(ip) is not None
+    done = await gc.run_once(at(0) + UNREGISTERED_NODE_MARGIN / 2)
+    assert (done.released, done.released_blocks) == (1, 1)
+    assert not await block_exists(ipam, cidr)
+
+
+class NodeReads:
+    """A datastore whose reads of Nodes fail while `failing`, or that writes `register` (a
+    Node) in the middle of the collector's scan: after its list of Nodes, before the
+    collector's own read of the Node."""
+
+    def __init__(self, store):
+        self._store = store
+        self.failing = False
+        self.register = None
+
+    async def get(self, key):
+        if self.failing and key.kind == "Node":
+            raise DatastoreUnavailable("etcd did not answer")
+        return await self._store.get(key)
+
+    async def list(self, kind, namespace=None, **options):
+        listed = await self._store.list(kind, namespace, **options)
+        if kind == "IPAMHandle" and self.register is not None:  # the scan's last list
+            node_resource, self.register = self.register, None
+            await self._store.create(node_resource)
+        return listed
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+async def test_a_node_whose_read_fails_or_that_registers_during_the_scan_is_not_gone(
+    ipam, caplog,
+):
+    """Only "not found" makes a node without a Node gone: a read that fails holds its
+    addresses back (and says so), and a Node written after the scan listed the Nodes is seen
+    by the collector's own read, which comes after the scan."""
+    store = NodeReads(ipam.store)
+    ipam.clock.now = at(-10)
+    [ip] = await allocate(ipam, "node3", "lost")
+    gc = GarbageCollector(IPAM(store), grace_period=timedelta(0))
+    caplog.set_level(logging.WARNING, logger="percale.ipam.gc")
+    store.failing = True
+    assert (await gc.run_once(at(0))).released == 0
+    assert any("cannot read Node node3" in r.getMessage() for r in caplog.records)
+    store.failing, store.register = False, node("node3")
+    assert (await gc.run_once(at(1))).released == 0
+    assert await ipam.get_allocation(ip) is not None
+    # No round's scan saw it; deleted again, it has no Node: gone.
+    await ipam.store.delete(Key("Node", "node3"))
+    assert (await gc.run_once(at(2))).released == 1
+    assert await ipam.get_allocation(ip) is None
 
 
 async def test_a_handle_with_one_valid_address_is_left_whole(ipam):
@@ -202,10 +310,10 @@ async def test_a_deleted_nodes_last_block_goes_with_its_affinity_once_nothing_va
     gc = GarbageCollector(ipam)
     await gc.run_once(at(0))
     await ipam.store.delete(Key("Node", "node2"))
-    assert (await gc.run_once(at(0.1))).released == 1  # the address first, at once
-    assert (await gc.run_once(at(0.2))).released_blocks == 0  # then the block, seen empty twice
-    done = await gc.run_once(at(0.3))
-    assert (done.released_blocks, done.kept_last_blocks) == (1, 0)
+    # The address, the block it emptied and its affinity, all in one round (Calico's
+    # releaseNodes); they went two rounds apart, "seen empty twice".
+    done = await gc.run_once(at(0.1))
+    assert (done.released, done.released_blocks, done.kept_last_blocks) == (1, 1, 0)
     assert not await block_exists(ipam, cidr)
     with pytest.raises(NotFound):
         await ipam.store.get(Key("BlockAffinity", affinity_name("node2", cidr)))
@@ -213,21 +321,21 @@ async def test_a_deleted_nodes_last_block_goes_with_its_affinity_once_nothing_va
         ["host:node1"]
 
 
-@pytest.mark.parametrize("grace, released_at", [(GRACE, 15), (timedelta(0), None)])
-async def test_the_last_block_of_a_node_no_round_saw_waits_for_the_grace_period(
-    ipam, grace, released_at,
-):
-    """A node may not have registered yet (its first block is claimed before its Node exists),
-    or this collector restarted: as for its addresses, its last block waits out the grace
-    period (for good with a grace period of 0)."""
+@pytest.mark.parametrize("grace", [GRACE, timedelta(0)])
+async def test_the_empty_last_block_of_a_node_without_a_node_waits_for_the_margin(ipam, grace):
+    """A node no round saw that has no Node may be claiming its first block (claimed before its
+    Node exists): its empty last block waits until seen empty for the margin, at any grace
+    period. It waited for the grace period, and with 0 for good."""
     [ip] = await allocate(ipam, "node3", "early")
     cidr = (await ipam.get_allocation(ip)).block
     await ipam.release_ips([ip])
     gc = GarbageCollector(ipam, grace_period=grace)
-    for minute in (0, 1, 14.99):
-        assert (await gc.run_once(at(minute))).kept_last_blocks == (1 if minute else 0)
-    assert (await gc.run_once(at(15))).released_blocks == (1 if released_at else 0)
-    assert await block_exists(ipam, cidr) is (released_at is None)
+    for minute in (0, 0.5, 0.99):
+        done = await gc.run_once(at(minute))
+        assert (done.released_blocks, done.kept_last_blocks) == (0, 1 if minute else 0)
+    assert (await gc.run_once(at(1))).released_blocks == 1
+    assert not await block_exists(ipam, cidr)
+    assert not await affinity_exists(ipam, "node3", cidr)
 
 
 async def _affinity_without_block(ipam: IPAM, node_name: str) -> str:
@@ -261,18 +369,19 @@ async def test_a_deleted_nodes_affinity_without_a_block_is_released(ipam):
     assert await affinity_exists(ipam, "node1", kept)
 
 
-@pytest.mark.parametrize("grace, released", [(GRACE, True), (timedelta(0), False)])
-async def test_an_affinity_without_a_block_of_a_node_no_round_saw_waits_for_the_grace_period(
-    ipam, grace, released,
+@pytest.mark.parametrize("grace", [GRACE, timedelta(0)])
+async def test_an_affinity_without_a_block_of_a_node_without_a_node_waits_for_the_margin(
+    ipam, grace,
 ):
-    """A node claiming before it registered looks the same for a moment: as for its last
-    block, the affinity waits out the grace period (for good with a grace period of 0)."""
+    """A node claiming before it registered looks the same for a moment (the affinity is
+    written before the block): the affinity waits until seen so for the margin, at any grace
+    period. It waited for the grace period, and with 0 for good."""
     cidr = await _affinity_without_block(ipam, "node3")
     gc = GarbageCollector(ipam, grace_period=grace)
-    for minute in (0, 14.99):
+    for minute in (0, 0.99):
         assert (await gc.run_once(at(minute))).released_affinities == 0
-    assert (await gc.run_once(at(15))).released_affinities == (1 if released else 0)
-    assert await affinity_exists(ipam, "node3", cidr) is not released
+    assert (await gc.run_once(at(1))).released_affinities == 1
+    assert not await affinity_exists(ipam, "node3", cidr)
 
 
 async def block_exists(ipam: IPAM, cidr: str) -> bool:
