@@ -24,7 +24,7 @@ from percale.ctl import ascii_table
 from percale.ctl.context import fail, with_datastore
 from percale.ctl.ipam_app import ipam_app
 from percale.datastore import Datastore, DatastoreError
-from percale.ipam.allocator import IPAM, Allocation, read_reservations
+from percale.ipam.allocator import IPAM, Allocation, read_pools, read_reservations
 from percale.ipam.usage import Borrowing, Usage, borrowed, usage
 from percale.api import IPAMBlock, IPAMConfigSpec
 from percale.api.ipam import MAX_IP_COOLDOWN_SECONDS
@@ -247,7 +247,9 @@ async def _read_blocks(store: Datastore) -> list[IPAMBlock]:
 
 async def _read_usage(store: Datastore) -> tuple[Usage, bool]:
     """The usage, and whether any IPReservation exists."""
-    pools = [kv.value for kv in (await store.list("IPPool")).items]
-    reservations = await read_reservations(
-        store, lambda err: typer.echo(f"warning: left out of these figures: {err}", err=True))
+    def left_out(err: DatastoreError) -> None:
+        typer.echo(f"warning: left out of these figures: {err}", err=True)
+
+    pools = await read_pools(store, left_out)
+    reservations = await read_reservations(store, left_out)
     return usage(pools, await _read_blocks(store), reservations), bool(reservations)
