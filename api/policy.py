@@ -293,7 +293,10 @@ class GlobalNetworkPolicy(Resource):
     spec: GlobalPolicySpec = Field(default_factory=GlobalPolicySpec)
 
 
-register(NetworkPolicy, plural="networkpolicies", short_names=("netpol", "netpols", "np"),
+# calicoctl's names (resourcemgr/networkpolicy.go), `get policy` as Calico's docs write it, and
+# percale's netpol/netpols.
+register(NetworkPolicy, plural="networkpolicies",
+         short_names=("np", "policy", "policies", "pol", "pols", "netpol", "netpols"),
          namespaced=True)
 register(GlobalNetworkPolicy, plural="globalnetworkpolicies", short_names=("gnp", "gnps"))
 

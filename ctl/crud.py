@@ -12,7 +12,12 @@ goes with its blocks' affinities, and a Node with its endpoints, addresses, affi
 settings (ipam/node_removal.py), as in Calico.
 
 patch merges a JSON merge patch (RFC 7386) into the stored document and writes the result as
-replace writes a file: the same validation, the same checks, at the revision it read.
+replace writes a file: the same validation, the same checks, at the revision it read. `label`
+writes through patch.
+
+A NetworkPolicy named knp.default.<name> is a Kubernetes NetworkPolicy's conversion (Calico's
+name for it): written only as that conversion, never as a policy of percale's own nor edited in
+place, as calicoctl refuses (see kubernetes_policy_refusal).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from percale.ipam.allocator import IPAM
 from percale.ipam.node_removal import NodeRemoval, remove_node
 from percale.api import InvalidResource, IPPool, Resource, parse
 from percale.api.consistency import check_batch
+from percale.policy.convert import KUBERNETES_POLICY_PREFIX, SOURCE_ANNOTATION, SOURCE_KUBERNETES
 
 Action = Literal["apply", "create", "replace", "delete", "patch"]
 PAST = {"apply": "applied", "create": "created", "replace": "replaced", "delete": "deleted",
@@ -96,7 +102,8 @@ def managed_refusal(kind: str, action: Action) -> str:
     if action == "delete":
         return (f"{kind} resources are maintained by percale's IPAM; they cannot be deleted with "
                 "percalectl (free addresses with `percalectl ipam release`)")
-    return f"{kind} resources are maintained by percale's IPAM; they cannot be written with percalectl"
+    return (f"{kind} resources are maintained by percale's IPAM; they cannot be written with "
+            "percalectl")
 
 
 def _refuse_managed(action: Action, documents: list[Document]) -> None:
@@ -104,6 +111,34 @@ def _refuse_managed(action: Action, documents: list[Document]) -> None:
         info = doc.resource.info
         if info.managed:
             raise InputError([f"{doc.source}: {managed_refusal(info.kind, action)}"])
+
+
+def kubernetes_policy_refusal(name: str) -> str:
+    """Why a NetworkPolicy named knp.default.<name> is not written as given. It stands for a
+    Kubernetes NetworkPolicy: written over by a policy of percale's own (a copy of `get -o yaml`
+    edited), the Kubernetes policy's rules went and `get` showed it as percale's. calicoctl's
+    words, then where such a policy is changed."""
+    return (f"NetworkPolicy {name!r}: kubernetes network policies must be managed through the "
+            "kubernetes API (kubectl on the Kubernetes datastore; on etcd, `percalectl apply` "
+            "or `delete -f` of the networking.k8s.io/v1 NetworkPolicy)")
+
+
+def is_kubernetes_policy_name(kind: str, name: str) -> bool:
+    return kind == "NetworkPolicy" and name.startswith(KUBERNETES_POLICY_PREFIX)
+
+
+def _refuse_kubernetes_policies(documents: list[Document]) -> None:
+    """A knp.default.<name> policy is written only as the conversion of a Kubernetes
+    NetworkPolicy: converted from one in the input (documents.load), or as `get -o yaml`
+    printed one, which keeps the conversion's mark, so a backup applies back."""
+    problems = [
+        f"{doc.source}: {kubernetes_policy_refusal(doc.resource.metadata.name)}"
+        for doc in documents
+        if is_kubernetes_policy_name(doc.resource.kind, doc.resource.metadata.name)
+        and doc.resource.metadata.annotations.get(SOURCE_ANNOTATION) != SOURCE_KUBERNETES
+    ]
+    if problems:
+        raise InputError(problems)
 
 
 def readable(pairs: list[KVPair], left_out: str) -> list[Resource]:
@@ -125,6 +160,7 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
 
     `skip` is --skip-exists for create."""
     _refuse_managed(action, documents)
+    _refuse_kubernetes_policies(documents)
     stored = await _stored(store, documents)
     problems: list[str] = []
     for i, doc in enumerate(documents):
@@ -136,12 +172,13 @@ async def preflight(store: Datastore, action: Action, documents: list[Document],
         given = doc.resource.metadata.resource_version
         if action == "create" and given:
             # As calicoctl: a revision names a stored version, and a new object has none yet.
-            problems.append(f"{doc.source}: metadata.resourceVersion: must not be set when creating "
-                            f"{key} (got {given!r})")
+            problems.append(f"{doc.source}: metadata.resourceVersion: must not be set when "
+                            f"creating {key} (got {given!r})")
         if action in ("apply", "replace") and i in stored and given and given != stored[i].revision:
             problems.append(
                 f"{doc.source}: update conflict: {key} has been modified since resourceVersion "
-                f"{given} was read (now {stored[i].revision}); get it again or remove resourceVersion"
+                f"{given} was read (now {stored[i].revision}); get it again or remove "
+                "resourceVersion"
             )
     stored_by_key = {
         (kv.value.kind, kv.value.metadata.namespace, kv.value.metadata.name): kv.value
@@ -188,7 +225,8 @@ async def run(store: Datastore, action: Action, documents: list[Document],
                 outcome.skipped += 1  # --skip-exists
                 continue
             elif _same_content(current.value, resource):
-                outcome.skipped += 1  # applying what is stored changes nothing, not even the revision
+                # Applying what is stored changes nothing, not even the revision.
+                outcome.skipped += 1
                 continue
             else:
                 meta = resource.metadata.model_copy(update={
@@ -306,10 +344,24 @@ async def patch(store: Datastore, kind: type[Resource], name: str, namespace: st
     when the result is not valid or fails replace's checks. The revision read goes with the
     document, so a write in between is a conflict, not lost."""
     key = Key(kind.info.kind, name, namespace)
+    refuse_kubernetes_policy_edit(key)
     try:
         current = await store.get(key)
     except NotFound as err:
         return Outcome("patch", failed=err, total=1)
+    return await patch_stored(store, current, changes)
+
+
+def refuse_kubernetes_policy_edit(key: Key, source: str = PATCH_SOURCE) -> None:
+    """A conversion edited in place (patch, label) is no Kubernetes policy's any more, and the
+    next apply of the Kubernetes one undoes the edit: the change belongs in that policy."""
+    if is_kubernetes_policy_name(key.kind, key.name):
+        raise InputError([f"{source}: {kubernetes_policy_refusal(key.name)}"])
+
+
+async def patch_stored(store: Datastore, current: KVPair, changes: dict[str, Any]) -> Outcome:
+    """`changes` merged into `current` and written as replace writes, at current's revision."""
+    key = current.key
     patched = merge_patch(current.value.to_document(), changes)
     try:
         resource = parse(patched)

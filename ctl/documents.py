@@ -1,5 +1,6 @@
 """Reading resources from `-f FILE|DIR|-`: YAML or JSON, several documents, `List` wrappers;
 Kubernetes NetworkPolicies (networking.k8s.io/v1) too, converted into percale's NetworkPolicy.
+`-n NAMESPACE` is the namespace of a namespaced document that names none, as in calicoctl.
 
 Every document is validated before anything is written, and every problem is reported with where
 it came from: the file, the document's position in it, the kind and name, the field and the reason.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from percale.api import InvalidResource, Resource, parse
+from percale.api import KINDS, InvalidResource, Problem, Resource, parse
 from percale.api.k8s_policy import is_kubernetes_policy, parse_kubernetes_policy
 from percale.policy.convert import convert
 
@@ -102,16 +103,48 @@ def _expand(source: str, doc: object) -> list[tuple[str, object]]:
     return [(source, doc)]
 
 
-def _resource(document: object) -> Resource:
+def not_namespaced(kind: str, flag: str = "-n") -> str:
+    """calicoctl's refusal of -n (or -A) for a global kind, and what to do."""
+    return f"{kind} is not namespaced: leave out {flag}"
+
+
+def in_namespace(document: object, namespace: str | None) -> object:
+    """`document` as read with `-n namespace` (calicoctl's handleNamespace): a namespaced
+    document that names no namespace takes it; one that names another is refused, as is a
+    global kind. Without -n, a namespaced document names "default" (the model fills it in).
+    Read as given (no namespace), `delete -f pol.yaml -n production` deleted default's policy
+    of that name, another one, and left production's in place."""
+    if namespace is None or not isinstance(document, dict):
+        return document
+    kind = document.get("kind")
+    meta = document.get("metadata")
+    # A Kubernetes NetworkPolicy is kind NetworkPolicy too: namespaced, as percale's.
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None or not isinstance(meta, dict):
+        return document  # parse names what is wrong with it
+    name = meta.get("name") if isinstance(meta.get("name"), str) else None
+    if not cls.info.namespaced:
+        raise InvalidResource(kind, name, [Problem("", not_namespaced(kind))])
+    given = meta.get("namespace")
+    if given and given != namespace:
+        raise InvalidResource(kind, name, [Problem(
+            "metadata.namespace", "resource namespace does not match client namespace: "
+            f"{given} != {namespace} (-n)")])
+    return {**document, "metadata": {**meta, "namespace": namespace}}
+
+
+def _resource(document: object, namespace: str | None) -> Resource:
     """A percale resource, or a Kubernetes NetworkPolicy stored converted as Calico's policy
     controller stores it (knp.default.<name>)."""
+    document = in_namespace(document, namespace)
     if is_kubernetes_policy(document):
         return convert(parse_kubernetes_policy(document))
     return parse(document)
 
 
-def load(targets: list[str]) -> list[Document]:
-    """Every resource in the named files, in order; raises InputError naming every problem."""
+def load(targets: list[str], namespace: str | None = None) -> list[Document]:
+    """Every resource in the named files, in order, namespaced documents that name no
+    namespace in `namespace` (-n); raises InputError naming every problem."""
     documents: list[Document] = []
     problems: list[str] = []
     for target in targets:
@@ -143,7 +176,7 @@ def load(targets: list[str]) -> list[Document]:
                     continue
                 for where, item in expanded:
                     try:
-                        documents.append(Document(where, _resource(item)))
+                        documents.append(Document(where, _resource(item, namespace)))
                     except InvalidResource as err:
                         for problem in err.problems:
                             problems.append(f"{_where(where, item)}: {problem}")

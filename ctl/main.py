@@ -3,25 +3,30 @@
 
 Bad input names the file, document, field and reason; an unreachable datastore says which
 endpoints were tried; neither prints a traceback (ctl/context.py).
+
+The datastore options go before the command or, as calicoctl takes `-c`, after it
+(_DatastoreOptionsEverywhere).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from percale.ctl import __version__
 from percale.ctl import crud, ipam_check, ipam_show, lab_cmd, printer
 from percale.ctl.cni_cmd import cni_app
 from percale.ctl.context import fail, settings, with_datastore
-from percale.ctl.documents import InputError, load
+from percale.ctl.documents import InputError, load, not_namespaced
 from percale.ctl.ipam_app import ipam_app
 from percale.ctl.lab_cmd import lab_app
 from percale.ctl.node_cmd import node_app
 from percale.ctl.policy_cmd import policy_app
-from percale.datastore import Datastore, DatastoreError, Key, NotFound
+from percale.datastore import Datastore, Key, NotFound
 from percale.datastore.options import (
     ConfigFile,
     DatastoreType,
@@ -32,12 +37,51 @@ from percale.datastore.options import (
     Kubeconfig,
 )
 from percale.api import KINDS, Resource, kind_named
+from percale.api.meta import namespace_problem
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+# The commands that read or write the datastore: each takes the datastore options after it too.
+DATASTORE_COMMANDS = ("apply", "create", "replace", "delete", "patch", "get", "label", "ipam",
+                      "node", "policy")
+
+
+class _DatastoreOptionsEverywhere(TyperGroup):
+    """percalectl's group: every command of DATASTORE_COMMANDS also takes the group's datastore
+    options (`percalectl get nodes -c FILE`, calicoctl's only form); given there, an option
+    wins over the same one given before the command."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in DATASTORE_COMMANDS:
+            for command in _leaves(self.commands[name]):
+                _take_datastore_options(command, self.params)
+
+
+def _leaves(command: TyperCommand) -> list[TyperCommand]:
+    # A group by what it has: typer builds its commands with its own copy of Click.
+    if subcommands := getattr(command, "commands", None):
+        return [leaf for sub in subcommands.values() for leaf in _leaves(sub)]
+    return [command]
+
+
+def _take_datastore_options(command: TyperCommand, options: list) -> None:
+    names = [option.name for option in options]
+    run = command.callback
+
+    def callback(**values):
+        given = {name: values.pop(name) for name in names}
+        _settings(**{name: value for name, value in given.items() if value is not None})
+        return run(**values)
+
+    command.params = [*command.params, *(copy.copy(option) for option in options)]
+    command.callback = callback
+
+
 app = typer.Typer(
     name="percalectl",
+    cls=_DatastoreOptionsEverywhere,
     help="Manage percale resources (IP pools, BGP peers, nodes, ...) in the datastore.",
     no_args_is_help=True,
     add_completion=False,
@@ -64,12 +108,17 @@ def datastore_options(
     etcd_key_file: EtcdKeyFile = None,
     kubeconfig: Kubeconfig = None,
 ) -> None:
-    """Datastore settings: flags win over environment, environment over the config file."""
-    settings.update(
-        config_file=config, datastore_type=datastore_type, etcd_endpoints=etcd_endpoints,
-        etcd_ca_cert_file=etcd_ca_cert_file, etcd_cert_file=etcd_cert_file,
-        etcd_key_file=etcd_key_file, kubeconfig=kubeconfig,
-    )
+    """Datastore settings: flags win over environment, environment over the config file. They
+    may follow the command instead (`percalectl get ippools -c FILE`), as in calicoctl."""
+    _settings(config=config, datastore_type=datastore_type, etcd_endpoints=etcd_endpoints,
+              etcd_ca_cert_file=etcd_ca_cert_file, etcd_cert_file=etcd_cert_file,
+              etcd_key_file=etcd_key_file, kubeconfig=kubeconfig)
+
+
+def _settings(**options: Optional[str]) -> None:
+    """The datastore options given, by their parameter names, into the settings."""
+    settings.update({"config_file" if name == "config" else name: value
+                     for name, value in options.items()})
 
 
 FileOption = Annotated[list[str], typer.Option(
@@ -84,9 +133,21 @@ def _report(outcome: crud.Outcome, kinds: list[str]) -> None:
         raise fail(*failed)
 
 
-def _write(action: crud.Action, filenames: list[str], skip: bool = False) -> None:
+NamespaceOption = Annotated[Optional[str], typer.Option(
+    "--namespace", "-n",
+    help="Namespace of namespaced resources that name none (default: default)")]
+
+
+def _checked(namespace: Optional[str]) -> Optional[str]:
+    if namespace is not None and (problem := namespace_problem(namespace)):
+        raise fail(f"--namespace: {problem}")
+    return namespace
+
+
+def _write(action: crud.Action, filenames: list[str], skip: bool = False,
+           namespace: Optional[str] = None) -> None:
     try:
-        documents = load(filenames)
+        documents = load(filenames, _checked(namespace))
     except InputError as err:
         raise fail(*err.problems, "No resources were changed.") from None
     outcome = with_datastore(lambda store: crud.run(store, action, documents, skip))
@@ -94,24 +155,25 @@ def _write(action: crud.Action, filenames: list[str], skip: bool = False) -> Non
 
 
 @app.command()
-def apply(filename: FileOption) -> None:
+def apply(filename: FileOption, namespace: NamespaceOption = None) -> None:
     """Create or update resources from files; unchanged resources are left as they are."""
-    _write("apply", filename)
+    _write("apply", filename, namespace=namespace)
 
 
 @app.command()
 def create(
     filename: FileOption,
     skip_exists: Annotated[bool, typer.Option(help="Skip resources that already exist")] = False,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Create resources from files; fails, writing nothing, if any already exists."""
-    _write("create", filename, skip_exists)
+    _write("create", filename, skip_exists, namespace)
 
 
 @app.command()
-def replace(filename: FileOption) -> None:
+def replace(filename: FileOption, namespace: NamespaceOption = None) -> None:
     """Replace existing resources from files; fails, writing nothing, if any does not exist."""
-    _write("replace", filename)
+    _write("replace", filename, namespace=namespace)
 
 
 def _kind(name: str) -> type[Resource]:
@@ -123,8 +185,19 @@ def _kind(name: str) -> type[Resource]:
                    f"use one of: {known}") from None
 
 
-def _namespace(cls: type[Resource], namespace: Optional[str], all_namespaces: bool = False) -> Optional[str]:
-    if not cls.info.namespaced or all_namespaces:
+def _namespace(cls: type[Resource], namespace: Optional[str],
+               all_namespaces: bool = False) -> Optional[str]:
+    """Where to find resources of `cls` by -n and -A, as calicoctl's handleNamespace: None is
+    every namespace (-A) or a global kind. Either flag on a global kind is refused, and both
+    together, rather than one of them quietly ignored."""
+    _checked(namespace)
+    if not cls.info.namespaced:
+        if namespace is not None or all_namespaces:
+            raise fail(not_namespaced(cls.info.kind, "-n" if namespace is not None else "-A"))
+        return None
+    if all_namespaces:
+        if namespace is not None:
+            raise fail("cannot use both --namespace and --all-namespaces at the same time")
         return None
     return namespace or "default"
 
@@ -135,9 +208,9 @@ def delete(
     names: Annotated[Optional[list[str]], typer.Argument(help="Names of the resources")] = None,
     filename: Annotated[Optional[list[str]], typer.Option(
         "--filename", "-f", help="File, folder or - naming the resources to delete")] = None,
-    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n")] = None,
+    namespace: NamespaceOption = None,
     skip_not_exists: Annotated[bool, typer.Option(
-        help="Skip resources that do not exist")] = False,
+        "--skip-not-exists", "-s", help="Skip resources that do not exist")] = False,
 ) -> None:
     """Delete resources named on the command line (KIND NAME...) or in files (-f); each that
     cannot be deleted is named and the others are deleted all the same (exit 1). A Node goes
@@ -146,7 +219,7 @@ def delete(
     if filename:
         if kind:
             raise fail("Give either -f or KIND NAME, not both.")
-        _write("delete", filename, skip_not_exists)
+        _write("delete", filename, skip_not_exists, namespace)
         return
     if not kind or not names:
         raise fail("Give the resources to delete: percalectl delete KIND NAME... or -f FILE.")
@@ -166,7 +239,7 @@ def patch(
     changes: Annotated[str, typer.Option(
         "--patch", "-p",
         help="JSON merge patch (RFC 7386), e.g. '{\"spec\":{\"disabled\":true}}'")],
-    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n")] = None,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Patch a stored resource in place: the JSON merge patch is merged into it (null removes a
     field, a list replaces the list) and the result is checked and written as replace writes."""
@@ -182,7 +255,7 @@ def patch(
     _report(outcome, [cls.info.kind])
 
 
-OUTPUTS = ("ps", "table", "wide", "yaml", "json")
+OUTPUTS = ("ps", "table", "wide", "yaml", "yml", "json")
 
 
 @app.command()
@@ -190,28 +263,35 @@ def get(
     kind: Annotated[str, typer.Argument(help="Kind, e.g. ippools, nodes, bgppeers, bgpconfig")],
     names: Annotated[Optional[list[str]], typer.Argument(help="Names; all when omitted")] = None,
     output: Annotated[str, typer.Option(
-        "--output", "-o", help="table (also ps), wide, yaml or json")] = "ps",
-    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n")] = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+        "--output", "-o", help="table (also ps), wide, yaml (also yml) or json")] = "ps",
+    namespace: Annotated[Optional[str], typer.Option(
+        "--namespace", "-n", help="Namespace of a namespaced kind (default: default)")] = None,
+    all_namespaces: Annotated[bool, typer.Option(
+        "--all-namespaces", "-A", help="Every namespace (not with NAME)")] = False,
 ) -> None:
-    """Show resources as a table, or as YAML/JSON that `apply -f` takes back unchanged."""
+    """Show resources as a table, or as YAML/JSON that `apply -f` takes back unchanged. Each
+    NAME not found is named on stderr after what was found is shown (exit 1), as calicoctl."""
     if output not in OUTPUTS:
         raise fail(f"Invalid value for --output: {output!r}; use one of: {', '.join(OUTPUTS)}")
     cls = _kind(kind)
     ns = _namespace(cls, namespace, all_namespaces)
+    if names and all_namespaces:
+        raise fail("cannot use --all-namespaces to get a resource by name; give its -n instead")
 
-    async def read(store: Datastore) -> tuple[list[Resource], str | None, int]:
-        revision = None
+    async def read(store: Datastore) -> tuple[list[Resource], list[str], str | None, int]:
+        revision, missing = None, []
         if names:
-            # A name this kind cannot take names nothing stored (and has no key to look under:
-            # a BlockAffinity's key is built from the node and block its name holds).
-            if bad := next((n for n in names if not cls.is_valid_name(n)), None):
-                raise DatastoreError(f"resource does not exist: {cls.info.kind}({bad})")
-            try:
-                found = [(await store.get(Key(cls.info.kind, n, ns or _namespace(cls, None)))).value
-                         for n in names]
-            except NotFound as err:
-                raise DatastoreError(str(err)) from None
+            found = []
+            for name in names:
+                # A name this kind cannot take names nothing stored (and has no key to look
+                # under: a BlockAffinity's key is built from the node and block its name holds).
+                if not cls.is_valid_name(name):
+                    missing.append(f"resource does not exist: {cls.info.kind}({name})")
+                    continue
+                try:
+                    found.append((await store.get(Key(cls.info.kind, name, ns))).value)
+                except NotFound as err:
+                    missing.append(str(err))
         else:
             listed = await store.list(cls.info.kind, ns, defer_errors=True)
             found, revision = crud.readable(listed.items, "this list"), listed.revision
@@ -222,15 +302,79 @@ def get(
                 default_as = config.spec.as_number or default_as
             except NotFound:
                 pass
-        return found, revision, default_as
+        return found, missing, revision, default_as
 
-    resources, revision, default_as = with_datastore(read)
-    if output in ("yaml", "json"):
+    resources, missing, revision, default_as = with_datastore(read)
+    if not resources and names:
+        pass  # nothing to show: only the errors
+    elif output in ("yaml", "yml", "json"):
         doc = printer.document(cls.info.kind, resources, revision, single=len(names or []) == 1)
-        sys.stdout.write(printer.as_yaml(doc) if output == "yaml" else printer.as_json(doc))
+        sys.stdout.write(printer.as_json(doc) if output == "json" else printer.as_yaml(doc))
     else:
         ctx = printer.Context(default_as)
-        sys.stdout.write(printer.table(cls.info.kind, resources, output == "wide", ctx))
+        wide, namespace_column = output == "wide", namespace is not None or all_namespaces
+        # calicoctl prints a table per resource it was asked for by name, one for a list.
+        tables = [[r] for r in resources] if names else [resources]
+        sys.stdout.write("".join(printer.table(cls.info.kind, rows, wide, ctx, namespace_column)
+                                 for rows in tables))
+    if missing:
+        raise fail(*missing)
+
+
+@app.command()
+def label(
+    kind: Annotated[str, typer.Argument(help="Kind, e.g. nodes")],
+    name: Annotated[str, typer.Argument(help="Name of the resource")],
+    label_text: Annotated[str, typer.Argument(
+        metavar="KEY=VALUE|KEY", help="The label to set, or with --remove the key to remove")],
+    namespace: NamespaceOption = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the value of a label the resource already has")] = False,
+    remove: Annotated[bool, typer.Option(help="Remove the label KEY")] = False,
+) -> None:
+    """Set (or with --remove remove) one label of a stored resource, as calicoctl label: a
+    label it has already with another value is changed only with --overwrite. Written as
+    patch writes, at the revision read."""
+    if remove:
+        key, value = label_text, None
+    elif "=" in label_text:
+        key, value = label_text.split("=", 1)
+    else:
+        raise fail(f"invalid label {label_text}")
+    cls = _kind(kind)
+    if cls.info.managed:
+        raise fail(crud.managed_refusal(cls.info.kind, "patch"), "No resources were changed.")
+    ns = _namespace(cls, namespace)
+    what = f"{kind} {name}"
+
+    async def relabel(store: Datastore) -> str:
+        try:
+            if not cls.is_valid_name(name):
+                raise NotFound(Key(cls.info.kind, name, ns))
+            current = await store.get(Key(cls.info.kind, name, ns))
+        except NotFound:
+            raise fail(f"{what} not found") from None
+        labels = current.value.metadata.labels
+        if remove and key not in labels:
+            raise fail(f"cannot remove label of {what}, key {key} does not exist")
+        if value is not None and labels.get(key, value) != value and not overwrite:
+            raise fail(f"failed to update label of {what}, key {key} is already present. "
+                       "please use '--overwrite' to set a new value")
+        try:
+            crud.refuse_kubernetes_policy_edit(current.key, "label")
+            outcome = await crud.patch_stored(
+                store, current, {"metadata": {"labels": {key: value}}})
+        except InputError as err:
+            raise fail(f"failed to update {what}, label not changed", *err.problems) from None
+        if outcome.failed is not None:
+            raise fail(f"failed to update {what}, label not changed: {outcome.failed}")
+        if remove:
+            return f"Successfully removed label {key} from {what}"
+        if key in labels:
+            return f"Successfully updated label {key} on {what}"
+        return f"Successfully set label {key} on {what}"
+
+    typer.echo(with_datastore(relabel))
 
 
 @app.command()
@@ -270,7 +414,8 @@ def _write_failure(option: str, folder: str, err: OSError) -> str:
 
 @app.command()
 def manifests(
-    output_dir: Annotated[str, typer.Option(help="Folder to write rbac.yaml and operator.yaml into")] = "manifests",
+    output_dir: Annotated[str, typer.Option(
+        help="Folder to write rbac.yaml and operator.yaml into")] = "manifests",
 ) -> None:
     """Write manifests/rbac.yaml (percale's RBAC) and manifests/operator.yaml (the CRDs and
     percale-operator), made from the same code the operator renders with."""

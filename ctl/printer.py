@@ -1,17 +1,20 @@
 """Output of `percalectl get`: calicoctl's tables, or YAML/JSON that `apply` takes back unchanged.
 
 Tables are laid out as Go's text/tabwriter lays out calicoctl's (minimum cell width 5, padding 3,
-spaces), so scripts written against calicoctl's columns keep working.
+spaces), so scripts written against calicoctl's columns keep working; as calicoctl's printer
+(commands/common/printer.go), each table ends with a blank line, and a namespaced kind has a
+NAMESPACE column first when -n or -A was given.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from decimal import Decimal
 
 import yaml
 
-from percale.api import API_VERSION, Resource
+from percale.api import API_VERSION, KINDS, Resource
 
 Row = Callable[[Resource, "Context"], str]
 
@@ -67,7 +70,9 @@ _BGP_PEER = [
     _NAME,
     ("PEERIP", lambda r, _: r.spec.peer_ip or ""),
     ("NODE", _peer_node),
-    ("ASN", lambda r, _: _unset(r.spec.as_number) if r.spec.peer_ip else ""),
+    # calicoctl prints the number as stored, 0 when unset (a peerSelector peer's AS is each
+    # selected node's).
+    ("ASN", lambda r, _: str(r.spec.as_number or 0)),
 ]
 _BGP_CONFIGURATION = [
     _NAME,
@@ -87,8 +92,9 @@ _IPAM_CONFIG = [
     _NAME,
     ("STRICTAFFINITY", lambda r, _: _bool(r.spec.strict_affinity)),
     ("AUTOALLOCATEBLOCKS", lambda r, _: _bool(r.spec.auto_allocate_blocks)),
-    ("MAXBLOCKSPERHOST", lambda r, _: str(r.spec.max_blocks_per_host)),
 ]
+_IPAM_CONFIG_WIDE = [
+    *_IPAM_CONFIG, ("MAXBLOCKSPERHOST", lambda r, _: str(r.spec.max_blocks_per_host))]
 _BLOCK_AFFINITY = [
     _NAME,
     ("NODE", lambda r, _: r.spec.node),
@@ -99,15 +105,38 @@ _IPAM_HANDLE = [
     _NAME,
     ("BLOCKS", lambda r, _: ",".join(f"{b}:{n}" for b, n in sorted(r.spec.block.items()))),
 ]
-_NODE_STATUS = [
-    _NAME,
-    ("NODE", lambda r, _: r.spec.node or ""),
-    ("CLASSES", lambda r, _: ",".join(r.spec.classes)),
-]
+_NODE_STATUS = [_NAME, ("NODE", lambda r, _: r.spec.node or "")]
+_NODE_STATUS_WIDE = [*_NODE_STATUS, ("CLASSES", lambda r, _: ",".join(r.spec.classes))]
+
+
+def go_float(value: float) -> str:
+    """`value` as Go's %v prints a float64 (calicoctl's {{.Spec.Order}}): the shortest digits
+    that read back as the same float, in exponent form when the decimal exponent is below -4
+    or at least 6 (1234567 -> 1.234567e+06, 1e-05). Rounded to six digits (%g), 1234.5678 and
+    1234.5679 both printed 1234.57: two policies looked tied that are not."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
+    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    if digits == (0,):
+        return "-0" if sign else "0"
+    text = "".join(map(str, digits))
+    point = len(digits) + exponent  # the decimal exponent is point - 1
+    if -4 <= point - 1 < 6:
+        if point <= 0:
+            text = "0." + "0" * -point + text
+        elif point < len(text):
+            text = f"{text[:point]}.{text[point:]}"
+        else:
+            text += "0" * (point - len(text))
+    else:
+        mantissa = text[0] + (f".{text[1:]}" if len(text) > 1 else "")
+        text = f"{mantissa}e{'-' if point - 1 < 0 else '+'}{abs(point - 1):02d}"
+    return ("-" if sign else "") + text
+
 
 def _order(resource, _) -> str:
     order = resource.spec.order
-    return "" if order is None else f"{order:g}"
+    return "" if order is None else go_float(order)
 
 
 def _source(resource, _) -> str:
@@ -118,11 +147,13 @@ def _source(resource, _) -> str:
 
 _NAMESPACE = ("NAMESPACE", lambda r, _: r.metadata.namespace or "")
 _SELECTOR = ("SELECTOR", lambda r, _: r.spec.selector)
+_TIER = ("TIER", lambda r, _: r.spec.tier)
 
 # kind -> (default columns, wide columns)
 COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     "IPPool": (
-        [_NAME, ("CIDR", lambda r, _: r.spec.cidr), ("SELECTOR", lambda r, _: r.spec.node_selector)],
+        [_NAME, ("CIDR", lambda r, _: r.spec.cidr),
+         ("SELECTOR", lambda r, _: r.spec.node_selector)],
         [
             _NAME,
             ("CIDR", lambda r, _: r.spec.cidr),
@@ -147,14 +178,12 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     "BGPFilter": (_BGP_FILTER, _BGP_FILTER),
     "WorkloadEndpoint": (
         [
-            ("NAMESPACE", lambda r, _: r.metadata.namespace),
             ("WORKLOAD", lambda r, _: r.spec.pod or r.spec.workload or ""),
             ("NODE", lambda r, _: r.spec.node or ""),
             ("NETWORKS", lambda r, _: ",".join(r.spec.ip_networks)),
             ("INTERFACE", lambda r, _: r.spec.interface_name or ""),
         ],
         [
-            ("NAMESPACE", lambda r, _: r.metadata.namespace),
             _NAME,
             ("WORKLOAD", lambda r, _: r.spec.pod or r.spec.workload or ""),
             ("NODE", lambda r, _: r.spec.node or ""),
@@ -163,11 +192,13 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
             ("PROFILES", lambda r, _: ",".join(r.spec.profiles)),
         ],
     ),
-    "IPAMConfig": (_IPAM_CONFIG, _IPAM_CONFIG),
+    "IPAMConfig": (_IPAM_CONFIG, _IPAM_CONFIG_WIDE),
     # calicoctl's: the CIDRs joined, cut at 80 characters.
-    "IPReservation": ([_NAME], [_NAME, ("CIDRS", lambda r, _: _truncated(",".join(r.spec.reserved_cidrs), 80))]),
+    "IPReservation": ([_NAME], [_NAME, ("CIDRS", lambda r, _: _truncated(
+        ",".join(r.spec.reserved_cidrs), 80))]),
     "IPAMBlock": (
-        [_NAME, ("CIDR", lambda r, _: r.spec.cidr), ("AFFINITY", lambda r, _: r.spec.affinity or "")],
+        [_NAME, ("CIDR", lambda r, _: r.spec.cidr),
+         ("AFFINITY", lambda r, _: r.spec.affinity or "")],
         [
             _NAME,
             ("CIDR", lambda r, _: r.spec.cidr),
@@ -178,12 +209,13 @@ COLUMNS: dict[str, tuple[list[tuple[str, Row]], list[tuple[str, Row]]]] = {
     ),
     "BlockAffinity": (_BLOCK_AFFINITY, _BLOCK_AFFINITY),
     "IPAMHandle": (_IPAM_HANDLE, _IPAM_HANDLE),
-    "NodeStatus": (_NODE_STATUS, _NODE_STATUS),
+    "NodeStatus": (_NODE_STATUS, _NODE_STATUS_WIDE),
+    # calicoctl's, then percale's SOURCE: kubernetes for a converted Kubernetes policy.
     "NetworkPolicy": (
-        [_NAMESPACE, _NAME],
-        [_NAMESPACE, _NAME, ("ORDER", _order), _SELECTOR, ("SOURCE", _source)],
+        [_NAME, _TIER],
+        [_NAME, _TIER, ("ORDER", _order), _SELECTOR, ("SOURCE", _source)],
     ),
-    "GlobalNetworkPolicy": ([_NAME], [_NAME, ("ORDER", _order), _SELECTOR]),
+    "GlobalNetworkPolicy": ([_NAME, _TIER], [_NAME, _TIER, ("ORDER", _order), _SELECTOR]),
     "Profile": ([_NAME], [_NAME, ("LABELS", lambda r, _: ",".join(
         f"{k}={v}" for k, v in sorted(r.spec.labels_to_apply.items())))]),
 }
@@ -202,11 +234,16 @@ def tabwrite(rows: list[list[str]], minwidth: int = 5, padding: int = 3) -> str:
     )
 
 
-def table(kind: str, resources: list[Resource], wide: bool, ctx: Context) -> str:
+def table(kind: str, resources: list[Resource], wide: bool, ctx: Context,
+          namespace_column: bool = False) -> str:
+    """One table, then the blank line calicoctl leaves after each. `namespace_column`
+    (calicoctl's, when -n or -A is given) puts a namespaced kind's NAMESPACE first."""
     columns = COLUMNS.get(kind, ([_NAME], [_NAME]))[1 if wide else 0]
+    if namespace_column and kind in KINDS and KINDS[kind].info.namespaced:
+        columns = [_NAMESPACE, *columns]
     rows = [[title for title, _ in columns]]
     rows += [[cell(r, ctx) for _, cell in columns] for r in resources]
-    return tabwrite(rows)
+    return tabwrite(rows) + "\n"
 
 
 def document(kind: str, resources: list[Resource], revision: str | None, single: bool) -> dict:

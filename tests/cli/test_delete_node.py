@@ -63,7 +63,7 @@ def test_a_node_goes_with_its_state_and_a_second_delete_finds_nothing(cli):
     assert check.code == 0 and "Check complete; found 0 problems." in check.out, check.out
     assert cli("get", "bgppeers").out.split()[4:] == ["node-a-tor", "192.0.2.254", "node-a",
                                                       "65001"]
-    assert [line.split()[0] for line in cli("get", "bgpconfig").out.splitlines()[1:]] == [
+    assert [line.split()[0] for line in cli("get", "bgpconfig").out.splitlines()[1:] if line] == [
         "node.node-a"]
 
     async def node_a(store):

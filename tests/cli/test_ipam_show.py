@@ -286,7 +286,7 @@ async def test_reservations_are_shown_and_counted(cli, store, tmp_path):
     created = cli("create", "-f", str(reservation))
     assert created.code == 0, created.err
     listed = cli("get", "ipreservations", "-o", "wide")
-    assert listed.out.splitlines()[1:] == ["gateways   10.30.0.0/30,10.30.0.9"], listed.out
+    assert listed.out.splitlines()[1:] == ["gateways   10.30.0.0/30,10.30.0.9", ""], listed.out
     got = await ipam(store).auto_assign("node1", handle_id="k8s-pod-network.a", num4=1)
     assert str(got.ipv4[0].ip) not in ("10.30.0.0", "10.30.0.1", "10.30.0.2", "10.30.0.3")
 

@@ -30,7 +30,7 @@ def test_kubectl_and_percalectl_read_the_same_pools(kube, kcli, examples):
     kube.kubectl("apply", "-f", str(examples / "ippools.yaml"))
     wide = kcli("get", "ippools", "-o", "wide")
     assert wide.code == 0, wide.err
-    rows = {line.split()[0]: line.split() for line in wide.out.splitlines()[1:]}
+    rows = {line.split()[0]: line.split() for line in wide.out.splitlines()[1:] if line}
     assert rows["default-ipv4-ippool"][1:3] == ["10.244.0.0/16", "true"]
     assert "CrossSubnet" in rows["default-ipv4-ippool"]
     assert rows["default-ipv6-ippool"][1] == "fd00:10:244::/48"

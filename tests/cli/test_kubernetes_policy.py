@@ -58,7 +58,7 @@ def test_kubernetes_policies_and_namespaces_are_read_converted(kube, namespace):
     cli = CLI(kube.admin)
     listed = cli("get", "networkpolicies", "-n", namespace, "-o", "wide")
     assert listed.code == 0, listed.err
-    rows = [line.split() for line in listed.out.splitlines()[1:]]
+    rows = [line.split() for line in listed.out.splitlines()[1:] if line]
     assert [(r[1], r[-1]) for r in rows] == [("knp.default.allow-frontend-to-backend", "kubernetes"),
                                              ("own", "percale")]
 

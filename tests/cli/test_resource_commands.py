@@ -39,26 +39,27 @@ def test_apply_examples_then_get_wide_shows_calicos_columns(cli, examples):
         "NAME                  CIDR               NAT     IPIPMODE   VXLANMODE     DISABLED   DISABLEBGPEXPORT   SELECTOR   ASSIGNMENTMODE\n"
         "default-ipv4-ippool   10.244.0.0/16      true    Never      CrossSubnet   false      false              all()      Automatic\n"
         "default-ipv6-ippool   fd00:10:244::/48   false   Never      Never         false      false              all()      Automatic\n"
+        "\n"  # calicoctl's blank line after each table
     )
     assert cli("get", "ippools").out == (
         "NAME                  CIDR               SELECTOR\n"
         "default-ipv4-ippool   10.244.0.0/16      all()\n"
-        "default-ipv6-ippool   fd00:10:244::/48   all()\n"
+        "default-ipv6-ippool   fd00:10:244::/48   all()\n\n"
     )
     # calicoctl's columns, then the VXLAN tunnel address (empty: these nodes run no agent).
     assert cli("get", "nodes", "-o", "wide").out == (
         "NAME    ASN       IPV4          IPV6               VXLANTUNNEL\n"
         "node1   (64512)   10.0.0.1/24                      \n"
         "node2   (64512)   10.0.0.2/24   fd00:0:0:1::2/64   \n"
-        "node3   64513     10.0.0.3/24                      \n"
+        "node3   64513     10.0.0.3/24                      \n\n"
     )
     assert cli("get", "bgppeers").out == (
         "NAME         PEERIP      NODE          ASN\n"
-        "rack-a-tor   192.0.2.1   rack == 'a'   64600\n"
+        "rack-a-tor   192.0.2.1   rack == 'a'   64600\n\n"
     )
     assert cli("get", "bgpconfig").out == (
         "NAME      LOGSEVERITY   MESHENABLED   ASNUMBER\n"
-        "default   Info          true          64512\n"
+        "default   Info          true          64512\n\n"
     )
 
 
@@ -120,7 +121,7 @@ def test_create_replace_and_delete(cli, tmp_path):
     gone = cli("delete", "ippool", "p")
     assert gone.code == 1 and "resource does not exist: IPPool(p)" in gone.err
     assert cli("delete", "ippool", "p", "--skip-not-exists").code == 0
-    assert cli("get", "ippools").out == "NAME   CIDR   SELECTOR\n"
+    assert cli("get", "ippools").out == "NAME   CIDR   SELECTOR\n\n"
 
     assert cli("apply", "-f", pool).code == 0
     assert cli("delete", "-f", pool).out == "Successfully deleted 1 'IPPool' resource(s)\n"
@@ -148,7 +149,7 @@ def test_delete_goes_on_past_what_does_not_exist_and_names_each(cli, tmp_path):
     by_file = cli("delete", "-f", batch)
     assert (by_file.code, by_file.out) == (1, "Successfully deleted 1 'IPPool' resource(s)\n")
     assert by_file.err == missing.format("gone")
-    assert cli("get", "ippools").out.splitlines()[1:] == ["del3   10.133.0.0/16   all()"]
+    assert cli("get", "ippools").out.splitlines()[1:] == ["del3   10.133.0.0/16   all()", ""]
 
     # Of more than one kind, calicoctl names no kind.
     mixed = write(tmp_path, "mixed.yaml", POOL.format(name="del3", cidr="10.133.0.0/16")
@@ -186,7 +187,7 @@ def test_a_pool_that_cannot_be_read_blocks_no_other_and_can_be_deleted(cli, tmp_
     assert "spec.blockSize: 99 is outside 20-32" in created.err and created.err.count("\n") == 1
     listed = cli("get", "ippools")
     assert (listed.code, listed.out) == (
-        0, "NAME   CIDR           SELECTOR\np      10.97.0.0/16   all()\n")
+        0, "NAME   CIDR           SELECTOR\np      10.97.0.0/16   all()\n\n")
     assert listed.err.startswith(f"warning: left out of this list: {unreadable}")
     # Asked for by name, it is an error still.
     assert cli("get", "ippool", "corrupt").code == 1
@@ -199,6 +200,21 @@ def test_a_pool_that_cannot_be_read_blocks_no_other_and_can_be_deleted(cli, tmp_
     skipping = cli("delete", "ippool", "corrupt", "--skip-not-exists")
     assert skipping.code == 0, skipping.err
     assert list(cli.stored()) == [POOLS_KEY + "p"]
+
+
+def test_a_pool_that_cannot_be_read_stops_no_ipam_command(cli, tmp_path):
+    """`ipam show` (every form) and `ipam release --ip` failed on one unreadable pool, where
+    `get ippools` leaves it out with a warning."""
+    assert cli("create", "-f", _pool(tmp_path, "p", "10.97.0.0/16")).code == 0
+    _etcdctl(cli, "put", POOLS_KEY + "corrupt", CORRUPT_POOL)
+    for command in (("ipam", "show"), ("ipam", "show", "--show-blocks"),
+                    ("ipam", "show", "--ip", "10.97.0.1")):
+        shown = cli(*command)
+        assert shown.code == 0, (command, shown.err)
+        assert "IPPool(corrupt)" in shown.err, (command, shown.err)
+    assert "10.97.0.0/16" in cli("ipam", "show").out
+    released = cli("ipam", "release", "--ip", "10.97.0.1")
+    assert "is not assigned" in released.out + released.err and "Traceback" not in released.err
 
 
 def test_a_stored_pool_that_overlaps_another_can_still_be_updated(cli, tmp_path):
@@ -341,7 +357,7 @@ spec:
 def test_bgpfilters_print_calicoctls_rule_counts_and_apply_back(cli, tmp_path):
     assert cli("apply", "-f", write(tmp_path, "f.yaml", BGP_FILTER)).code == 0
     table = ("NAME   NUMEXPORTV4   NUMIMPORTV4   NUMEXPORTV6   NUMIMPORTV6\n"
-             "edge   2             0             0             1\n")
+             "edge   2             0             0             1\n\n")
     assert cli("get", "bgpfilters").out == table
     assert cli("get", "bgpf", "-o", "wide").out == table
     before = cli.stored()
@@ -370,7 +386,10 @@ def test_namespaced_endpoints(cli, tmp_path):
     assert "web2" in cli("get", "wep", "-n", "shop").out
     every = cli("get", "weps", "-A").out.splitlines()
     assert every[0].split() == ["NAMESPACE", "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
-    assert len(every) == 3
+    assert len(every) == 4 and every[-1] == ""
+    # calicoctl's columns: NAMESPACE only with -n or -A.
+    assert cli("get", "weps").out.splitlines()[0].split() == [
+        "WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
 
 
 def test_skip_exists_leaves_a_differing_stored_resource_alone_and_creates_the_rest(cli, tmp_path):
@@ -460,7 +479,7 @@ async def test_every_kind_prints_as_a_table(cli):
         for output in ("ps", "wide"):
             result = cli("get", kind, "-o", output)
             assert result.code == 0, result.err
-            assert len(result.out.splitlines()) == 2, result.out
+            assert len(result.out.splitlines()) == 3 and result.out.endswith("\n\n"), result.out
     wide = cli("get", "ipamblocks", "-o", "wide").out.splitlines()
     assert wide[1].split() == ["10.0.0.0-26", "10.0.0.0/26", "host:node1", "0", "64"]
     assert cli("get", "blockaffinities").out.splitlines()[1].split() == [
