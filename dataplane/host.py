@@ -79,6 +79,14 @@ def underlay_mtu() -> int:
 
 
 def enable_forwarding() -> None:
-    """Pods reach each other and the world through the host."""
-    for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
-        Path("/proc/sys", path).write_text("1")
+    """Pods reach each other and the world through the host (IPv4; IPv6 once IPv6 is in use:
+    enable_ipv6_forwarding)."""
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+
+
+def enable_ipv6_forwarding() -> None:
+    """IPv6 pods reach each other and the world through the host. Only where IPv6 pods are
+    (node/pools.py), as felix writes it only with IPv6 support: with forwarding on, the kernel
+    ignores router advertisements, so an IPv4-only node whose own IPv6 default route and
+    addresses come from them lost both when they expired."""
+    Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")

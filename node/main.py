@@ -61,13 +61,15 @@ from percale.datastore.options import (
     Kubeconfig,
     datastore_settings,
 )
-from percale.dataplane.host import DEFAULT_MTU_PATTERN, enable_forwarding
+from percale.dataplane.host import (
+    DEFAULT_MTU_PATTERN, enable_forwarding, enable_ipv6_forwarding,
+)
 from percale.dataplane.nat import OutgoingNAT
 from percale.dataplane.route_owners import RouteProtocol
 from percale.datastore import DatastoreError, DatastoreUnavailable
 from percale.datastore.cache import AGENT_KINDS, Cache, CachedDatastore
 from percale.datastore.config import ConfigError, load_config, open_datastore
-from percale.ipam.allocator import IPAM
+from percale.ipam.allocator import IPAM, read_pools
 from percale.ipc.unix_server import SocketFile
 from percale.node import address_monitor, health, registration
 from percale.node.host_mtu import HostMTUFollower, check_host_mtu, decide_host_mtu
@@ -264,6 +266,14 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
         await store.close()
         return
     enable_forwarding()
+    try:
+        # IPv6 only where IPv6 pods are (dataplane/host.py), before CNI is served; a pool made
+        # later turns it on as the view brings it (node/pools.py).
+        if any(p.spec.network.version == 6 for p in await read_pools(store, lambda err: None)):
+            enable_ipv6_forwarding()
+    except BaseException:
+        await store.close()
+        raise
     # Decided once the datastore answers: by then the host's interfaces are up, and the Node
     # says which of them hold its addresses.
     try:

@@ -1,9 +1,10 @@
 """What follows the IPPools on a node besides IPAM and routing: the natOutgoing table
-(dataplane/nat.py) and the MTU file (felix's /var/lib/calico/mtu: the pod MTU for whoever wires
-pods without asking this agent). Assembly only: both are written again when a pool changes, and
-every RESYNC_SECONDS besides.
+(dataplane/nat.py), the MTU file (felix's /var/lib/calico/mtu: the pod MTU for whoever wires
+pods without asking this agent) and IPv6 forwarding, on once an IPv6 pool exists (disabled or
+not: its pods still route). Assembly only: all are written again when a pool changes, and every
+RESYNC_SECONDS besides.
 
-The two are independent: an MTU file that cannot be written (a read-only or mistyped
+They are independent: an MTU file that cannot be written (a read-only or mistyped
 --mtu-file) is logged and tried again, and never keeps pods' traffic from being masqueraded.
 """
 
@@ -12,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from percale.api import IPPool
+from percale.dataplane.host import enable_ipv6_forwarding
 from percale.dataplane.nat import NATError, OutgoingNAT
 from percale.datastore.cache import Cache, Change
 from percale.vxlan.plan import MTUTooSmall, pod_mtu
@@ -55,9 +57,12 @@ def tunnelled_families(pools: Iterable[IPPool]) -> list[int]:
 
 class PoolFollower:
     def __init__(self, cache: Cache, host_mtu: int, mtu_file: str, nat: OutgoingNAT | None,
-                 resync: float = RESYNC_SECONDS) -> None:
+                 resync: float = RESYNC_SECONDS,
+                 ipv6_forwarding: Callable[[], None] | None = enable_ipv6_forwarding) -> None:
         self.cache, self.host_mtu, self.mtu_file, self.nat = cache, host_mtu, Path(mtu_file), nat
         self.resync = resync
+        self.ipv6_forwarding = ipv6_forwarding
+        self._forwarding_problem: str | None = None
         self._due = asyncio.Event()
         # The reason last logged: a retry that fails the same way is not logged again.
         self._mtu_problem: str | None = None
@@ -87,6 +92,7 @@ class PoolFollower:
             pools: list[IPPool] = self.cache.values("IPPool")  # type: ignore[assignment]
             self._warn_of_ipip(pools)
             done = self._mtu_written(pools)
+            done = self._ipv6_forwarded(pools) and done
             if self.nat is not None:
                 done = await self._nat_synced(self.nat, pools) and done
             if not done:
@@ -123,6 +129,22 @@ class PoolFollower:
         if self._mtu_problem is not None:
             log.info("wrote the pod MTU file %s after all", self.mtu_file)
             self._mtu_problem = None
+        return True
+
+    def _ipv6_forwarded(self, pools: list[IPPool]) -> bool:
+        """IPv6 forwarding on while an IPv6 pool exists (written again each pass: it is cheap,
+        and something may have turned it off); never turned off here, as felix leaves it."""
+        if self.ipv6_forwarding is None or not any(p.spec.network.version == 6 for p in pools):
+            return True
+        try:
+            self.ipv6_forwarding()
+        except OSError as err:
+            if str(err) != self._forwarding_problem:
+                log.warning("cannot turn IPv6 forwarding on for the IPv6 pools' pods: %s; "
+                            "trying again", err)
+                self._forwarding_problem = str(err)
+            return False
+        self._forwarding_problem = None
         return True
 
     @staticmethod

@@ -63,7 +63,7 @@ async def test_the_node_says_once_that_a_stored_ipip_pool_is_routed_unencapsulat
     stored: IPPool = parse(pool(ipipMode="Always"))  # type: ignore[assignment]
     await memory.create(stored)
     cache = Cache(memory, ["IPPool"])
-    follower = PoolFollower(cache, 1500, str(tmp_path / "mtu"), None)
+    follower = PoolFollower(cache, 1500, str(tmp_path / "mtu"), None, ipv6_forwarding=None)
     tasks = [asyncio.create_task(cache.run()), asyncio.create_task(follower.run())]
     try:
         with caplog.at_level(logging.WARNING, logger="percale.node.pools"):

@@ -26,6 +26,10 @@ class RecordingNAT:
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[str]]] = []
+        self.forwarded = 0  # IPv6 forwarding counted, not written: this is the machine's namespace
+
+    def forward(self) -> None:
+        self.forwarded += 1
 
     def sync(self, masquerade, pools, tunnels=()) -> bool:
         self.calls.append((sorted(masquerade), sorted(pools)))
@@ -45,7 +49,8 @@ async def following(pools: list[IPPool], mtu_file: Path):
         await memory.create(pool)
     cache = Cache(memory, ["IPPool"])
     nat = RecordingNAT()
-    follower = PoolFollower(cache, 1500, str(mtu_file), nat)  # type: ignore[arg-type]
+    follower = PoolFollower(cache, 1500, str(mtu_file), nat,  # type: ignore[arg-type]
+                            ipv6_forwarding=nat.forward)
     tasks = [asyncio.create_task(cache.run()), asyncio.create_task(follower.run())]
     return nat, tasks
 
@@ -125,6 +130,7 @@ async def test_the_families_with_vxlan_pools_get_the_tunnel_source_fix(tmp_path)
     try:
         await until(lambda: nat.calls)
         assert nat.tunnels == [4]
+        assert nat.forwarded  # an IPv6 pool: its pods are forwarded
     finally:
         for task in tasks:
             task.cancel()
