@@ -7,6 +7,11 @@ gateway answered by proxy ARP on the host side, and a host route to the pod.
     host:       pcl<hash>  (mac ee:ee:ee:ee:ee:ee, proxy_arp=1, no address)
                 10.244.3.7 dev pcl<hash> scope link proto 201
 
+IPv6 likewise: the pod's /128 and `default via fe80::ecee:eeff:feee:eeee dev eth0`, the host
+veth's own link-local address (no proxy). For such a pod configure turns IPv6 on at both ends,
+whatever the node's or the sandbox's defaults, and turns off duplicate address detection there,
+as Calico does.
+
 Owner: this module owns the host veths and the /32 (/128) host routes of pods, the latter tagged
 RouteProtocol.POD; nothing else in percale touches them. The CNI ADD makes them (create_link,
 configure); the agent's reconciler (node/pod_routes.py) reads them back with read_host_routes
@@ -105,25 +110,29 @@ def _setns(fd: int) -> None:
 
 
 @contextmanager
-def _in_pod(netns: str) -> Iterator[Netlink]:
-    """A netlink socket inside the pod's namespace, named by its path."""
+def _in_pod(netns: str, sysctls: Iterable[tuple[str, str]] = ()) -> Iterator[Netlink]:
+    """A netlink socket inside the pod's namespace, named by its path; `sysctls` (path under
+    /proc/sys, value) are written there first."""
     target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with _in_namespace(target) as pod:
+        with _in_namespace(target, sysctls) as pod:
             yield pod
     finally:
         os.close(target)
 
 
 @contextmanager
-def _in_namespace(target: int) -> Iterator[Netlink]:
+def _in_namespace(target: int, sysctls: Iterable[tuple[str, str]] = ()) -> Iterator[Netlink]:
     """A netlink socket inside the namespace open as `target`. A socket stays in the namespace
-    it was made in, so the thread steps in, makes it, and steps back at once."""
+    it was made in, so the thread steps in, makes it, and steps back at once. `sysctls` are
+    written while it is in: /proc/sys/net is the calling thread's namespace's."""
     # thread-self: /proc/self is the main thread, and a worker thread must come back to its own.
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
         try:
+            for path, value in sysctls:
+                _sysctl(path, value)
             pod = Netlink()
         finally:
             _setns(home)
@@ -267,10 +276,11 @@ def configure(netns: str, ifname: str, host_name: str, addresses: list[Interface
     """The pod's addresses and routes, and the host's routes to it. Raises DataplaneError; the
     caller removes the pair."""
     host = _host_netlink()
+    ipv6 = any(a.version == 6 for a in addresses)
     try:
-        if any(a.version == 6 for a in addresses):
+        if ipv6:
             _host_sysctls_v6(host_name)
-        with _in_pod(netns) as pod:
+        with _in_pod(netns, _pod_sysctls_v6(ifname) if ipv6 else ()) as pod:
             link = pod.link(name=ifname)
             if link is None:
                 raise DataplaneError(f"configuring {ifname} in {netns}: the interface is gone")
@@ -319,9 +329,28 @@ def _host_sysctls(host_name: str) -> None:
 
 
 def _host_sysctls_v6(host_name: str) -> None:
+    # Before the pod's end goes up. The host end is born up but has no carrier until then, and
+    # the kernel gives it its link-local address, the pod's IPv6 gateway, only with the carrier.
+    # Without accept_dad=0 that address stays tentative for about 2 s of duplicate address
+    # detection (pointless on a point-to-point link), and the host ignores the pod's neighbour
+    # solicitations for it: a new pod's first IPv6 packets waited 2 s. Calico writes it too.
+    _sysctl(f"net/ipv6/conf/{host_name}/accept_dad", "0")
+    # A host with net.ipv6.conf.default.disable_ipv6=1 makes the veth without IPv6: the host
+    # route to the pod was refused ("IPv6 is disabled on nexthop device"). As Calico's.
+    _sysctl(f"net/ipv6/conf/{host_name}/disable_ipv6", "0")
     _sysctl(f"net/ipv6/conf/{host_name}/proxy_ndp", "1")
     _sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0")
     _sysctl(f"net/ipv6/conf/{host_name}/forwarding", "1")
+
+
+def _pod_sysctls_v6(ifname: str) -> list[tuple[str, str]]:
+    """Written inside the pod before its interface goes up. A sandbox made with IPv6 off
+    (all/default disable_ipv6=1, and so its interfaces) refused the pod's IPv6 address ("IPv6
+    is disabled on this device"); `all` turns it on for the interfaces there already, `default`
+    for later ones, `lo` as Calico. No duplicate address detection on the pod's end either,
+    as Calico: its link-local address is usable as soon as the link is up."""
+    return [("net/ipv6/conf/all/disable_ipv6", "0"), ("net/ipv6/conf/default/disable_ipv6", "0"),
+            ("net/ipv6/conf/lo/disable_ipv6", "0"), (f"net/ipv6/conf/{ifname}/accept_dad", "0")]
 
 
 def _route_to_pod(host: Netlink, address: Interface, host_index: int) -> None:
