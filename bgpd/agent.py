@@ -34,17 +34,16 @@ import asyncio
 import ctypes
 import ipaddress
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-from percale.bgpd import collector, peering
+from percale.bgpd import collector, peering, secret_sources
 from percale.bgpd.announcements import Announcements, AnnouncementTable, service_cidrs
 from percale.bgpd.announcer import Announcer
 from percale.bgpd.communities import CommunityRule, communities_for, community_rules, community_text
-from percale.bgpd.exabgp_config import Neighbor, password_problem
+from percale.bgpd.exabgp_config import Neighbor
 from percale.bgpd.exabgp_json import EndOfRib, MalformedMessage, PeerState, RibFeed
 from percale.bgpd.filters import (
     export_tables, import_accepting, import_verdicts, rules_key, session_filters,
@@ -55,6 +54,7 @@ from percale.bgpd.peers import PeerTable
 from percale.bgpd.programmer import FibProgrammer
 from percale.bgpd.relay import Relay
 from percale.bgpd.rib import Rib
+from percale.bgpd.secret_sources import NoSecrets, SecretFiles, SecretSource
 from percale.bgpd.seams import BlackholeTable, RouteTable
 from percale.bgpd.speaker import ExaBGP, SpeakerError
 from percale.datastore.cache import Cache, Change
@@ -69,7 +69,7 @@ SETTLE_SECONDS = 0.02
 CEASE_ADMINISTRATIVE_RESET = 4
 RETRY_SECONDS = 1.0
 # How long a changed secret (a rotated BGP password) may go unnoticed, at most, while some
-# session's password comes from one: the housekeeping loop looks at the files at least this often.
+# session's password comes from one: the housekeeping loop looks at the secrets this often.
 SECRET_CHECK_SECONDS = 10.0
 
 
@@ -96,49 +96,17 @@ def _attributes(prefix: str, rules: tuple[CommunityRule, ...]) -> str:
     return f"next-hop self {communities}" if communities else "next-hop self"
 
 
-def read_secret(secrets_dir: Path | None, ref: peering.SecretRef | None) -> str | None:
-    """A BGP password from `<secrets_dir>/<secret name>/<key>` (a mounted Kubernetes secret has
-    this layout). One that cannot be read, or that ExaBGP's configuration cannot hold, is logged
-    and the session goes without it, as in Calico: it then fails alone, where raising here
-    kept every session of the node, mesh included, from being configured."""
-    if ref is None:
-        return None
-    where = f"secret {ref.name!r}, key {ref.key!r}"
-    if secrets_dir is None:
-        log.error("a BGP password refers to %s, but no secrets directory is set; "
-                  "the session goes without a password", where)
-        return None
-    try:
-        password = (secrets_dir / ref.name / ref.key).read_text().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        log.error("cannot read the BGP password of %s (%s); the session goes without one", where, err)
-        return None
-    problem = password_problem(password) if password else "a BGP password cannot be empty"
-    if problem:
-        log.error("the BGP password in %s cannot be used (%s); the session goes without one",
-                  where, problem)
-        return None
-    return password
-
-
-def secret_version(secrets_dir: Path, ref: peering.SecretRef) -> tuple[str, bytes] | None:
-    """What a secret's key holds now, to tell whether it changed since: the file its path
-    resolves to and the file's content; None when it cannot be read. Kubernetes updates a
-    mounted secret by pointing its `..data` symlink at a new directory, so the path stays and
-    what it resolves to changes; a file written in place keeps its path and changes content.
-    Reads only: read_secret, which logs what is wrong with a password, is left to configuring."""
-    path = secrets_dir / ref.name / ref.key
-    try:
-        return os.path.realpath(path), path.read_bytes()
-    except (OSError, ValueError):  # ValueError: a name the file system cannot hold
-        return None
+# The mounted files' reading, where callers have found it.
+read_secret, secret_version = secret_sources.read_secret, secret_sources.secret_version
 
 
 def neighbors(sessions: list[peering.Session], listen_port: int,
-              secrets_dir: Path | None) -> list[Neighbor]:
+              passwords: Mapping[peering.SecretRef, str | None] | None) -> list[Neighbor]:
+    """ExaBGP's neighbours; `passwords` as the secret source read them (None: none read)."""
     return [
         Neighbor(s.name, s.family, s.peer_address, s.peer_port, s.peer_as, s.local_as,
-                 s.local_address, s.passive, s.restart_time, read_secret(secrets_dir, s.password),
+                 s.local_address, s.passive, s.restart_time,
+                 (passwords or {}).get(s.password) if s.password else None,
                  s.ttl_security, listen_port, s.keepalive_time)
         for s in sessions
     ]
@@ -148,10 +116,13 @@ class BGPAgent:
     def __init__(self, cache: Cache, node: str, workdir: Path, *,
                  fib: RouteTable | None = None, blackholes: BlackholeTable | None = None,
                  peer_routes: RouteTable | None = None, netns: str | None = None,
-                 secrets_dir: Path | None = None, router_id: str | None = None,
-                 resync: float = 30.0):
+                 secrets_dir: Path | None = None, secrets: SecretSource | None = None,
+                 router_id: str | None = None, resync: float = 30.0):
+        """`secrets`: where BGP passwords come from (secret_sources.choose); without it, the
+        files under `secrets_dir`."""
         self.cache, self.node = cache, node
-        self.secrets_dir = secrets_dir
+        self.secrets: SecretSource = secrets or (
+            SecretFiles(secrets_dir) if secrets_dir is not None else NoSecrets())
         self.router_id_setting = router_id  # CALICO_ROUTER_ID's meaning: None, "hash" or an ID
         self.resync = resync
         self.speaker = ExaBGP(workdir, self._event, netns=netns, on_connect=self._on_connect)
@@ -171,7 +142,7 @@ class BGPAgent:
         self._clashes_told: set[str] = set()  # sessions logged as left out (_tell_clashes)
         # The secrets the configured passwords came from, as they were read (secret_version):
         # a secret changes without any datastore change, so housekeeping looks at them.
-        self._secrets_read: dict[peering.SecretRef, tuple[str, bytes] | None] = {}
+        self._secrets_read: dict[peering.SecretRef, Hashable] = {}
         self._connected_to: float | None = None  # the start of the ExaBGP whose bridge connected
         self.on_sync: Callable[[float], None] | None = None  # each announcement pass's duration
         self._config: str | None = None
@@ -442,11 +413,11 @@ class BGPAgent:
         self._import_key = import_key
         self._services, self._allow_own_as = services, allow_own_as
         # Looked at before they are read: a change in between is seen at the next look.
-        self._secrets_read = {} if self.secrets_dir is None else {
-            ref: secret_version(self.secrets_dir, ref)
-            for ref in {s.password for s in self.sessions if s.password}}
+        refs = sorted({s.password for s in self.sessions if s.password})
+        self._secrets_read = {ref: await self.secrets.version(ref) for ref in refs}
+        passwords = {ref: await self.secrets.read(ref) for ref in refs}
         config = self.speaker.render(speaker.router_id,
-                                     neighbors(self.sessions, speaker.listen_port, self.secrets_dir))
+                                     neighbors(self.sessions, speaker.listen_port, passwords))
         if self._config is None:
             await self.speaker.start(config)
             self._supervisor = asyncio.ensure_future(self.speaker.supervise())
@@ -609,13 +580,11 @@ class BGPAgent:
             (collector.pause if hold else collector.resume)()
             self._collector_held = hold
 
-    def _secrets_changed(self) -> bool:
+    async def _secrets_changed(self) -> bool:
         """Whether a secret some session's password came from now holds something else (or
         appeared, or went). Calico's confd watches the secrets; here they are looked at."""
-        if self.secrets_dir is None:
-            return False
         changed = sorted({ref.name for ref, seen in self._secrets_read.items()
-                          if secret_version(self.secrets_dir, ref) != seen})
+                          if await self.secrets.version(ref) != seen})
         if changed:
             log.info("BGP password secret %s changed: configuring BGP again", ", ".join(changed))
         return bool(changed)
@@ -623,13 +592,16 @@ class BGPAgent:
     async def _housekeeping(self) -> None:
         """Expire stale routes when their restart time is up, sweep adopted routes once every
         peer has sent End-of-RIB, every `resync` seconds check the kernel in full, and configure
-        BGP again when a secret holding a session's password changed (looked at every round,
-        and at least every SECRET_CHECK_SECONDS while there is one)."""
-        last_full = -float("inf")
+        BGP again when a secret holding a session's password changed (looked at every
+        SECRET_CHECK_SECONDS while there is one: not every round, which may come every 50 ms,
+        as a look may be a request to the apiserver)."""
+        last_full = last_secrets = -float("inf")
         while True:
             now = time.monotonic()
-            if self._secrets_changed():
-                self._configure_due.set()
+            if now - last_secrets >= SECRET_CHECK_SECONDS:
+                last_secrets = now
+                if await self._secrets_changed():
+                    self._configure_due.set()
             try:
                 if self.rib is not None:
                     self.rib.expire(now)
@@ -650,7 +622,7 @@ class BGPAgent:
             if not self.programmer.swept:
                 wait = min(wait, 1.0)
             if self._secrets_read:
-                wait = min(wait, SECRET_CHECK_SECONDS)
+                wait = min(wait, SECRET_CHECK_SECONDS - (time.monotonic() - last_secrets))
             try:
                 # not wait_for: see bgpd/speaker.py's wait_connected
                 async with asyncio.timeout(max(wait, 0.05)):

@@ -47,6 +47,7 @@ from percale.api import InvalidResource, Node
 from percale.api.listen import listen_address
 from percale.api.meta import DNS_SUBDOMAIN_RULE
 from percale.dataplane.blackholes import Blackholes
+from percale.bgpd import secret_sources
 from percale.bgpd.agent import BGPAgent
 from percale.bgpd.speaker import ExaBGP
 from percale.bgpd.status import NoBGP
@@ -297,8 +298,11 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
         fib = FIB()
         # reachableBy's host routes to peers: an owner of their own, adopted across a restart.
         peer_routes = FIB(protocol=RouteProtocol.PEER)
+        # BGP passwords: the files under --secrets-dir, else the Secrets through the
+        # Kubernetes API on that datastore.
         bgp_agent = BGPAgent(cache, node, options.bgp_dir, fib=fib, blackholes=Blackholes(),
-                             peer_routes=peer_routes, secrets_dir=options.secrets_dir,
+                             peer_routes=peer_routes,
+                             secrets=secret_sources.choose(options.secrets_dir, store),
                              router_id=options.router_id)
         bgp_agent.on_sync = health.SYNC_SECONDS.observe
         # Blocks the VXLAN side routes are never BGP's to install.
@@ -413,8 +417,9 @@ def main(
     bgp_dir: Annotated[Path, typer.Option(
         envvar="PERCALE_BGP_DIR", help="Where ExaBGP's configuration, socket and log live")] = Path("/var/run/percale/bgp"),
     secrets_dir: Annotated[Optional[Path], typer.Option(
-        help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret; a"
-        " session whose password cannot be read, or is not 1-80 printable ASCII characters"
+        help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret"
+        " (without it, on the Kubernetes datastore, the Secret in this pod's namespace through"
+        " the API, as calico-node); a session whose password cannot be read, or is not 1-80 printable ASCII characters"
         " without quotes or backslashes (what ExaBGP and the kernel take), goes without one"
         " (logged), as in Calico")] = None,
     health_listen: Annotated[str, typer.Option(
