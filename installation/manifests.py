@@ -48,7 +48,10 @@ def operator_rbac() -> list[dict[str, Any]]:
                   [*manage, "escalate", "bind"]),
              rule(["admissionregistration.k8s.io"],
                   ["validatingadmissionpolicies", "validatingadmissionpolicybindings"], manage),
-             rule(["percale.io"], ["ippools"], ["get", "list", "create"]),
+             # The Installation's pools: created, updated and, once removed from it, disabled
+             # and deleted when no block inside them holds an address (installation/pools.py).
+             rule(["percale.io"], ["ippools"], ["get", "list", "create", "update", "delete"]),
+             rule(["percale.io"], ["ipamblocks"], ["get", "list"]),
              # kopf looks for its resources at start.
              rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"]),
          ]},

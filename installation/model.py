@@ -12,7 +12,8 @@ Degraded condition naming the field, changing nothing that runs.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field, StrictBool, ValidationError
@@ -131,11 +132,14 @@ def _family(cidr: str) -> int | None:
     return None if network is None else network.version
 
 
-def with_defaults(spec: InstallationSpec,
-                  stored_pools: Mapping[str, str] | None = None) -> InstallationSpec:
+def with_defaults(spec: InstallationSpec, stored_pools: Mapping[str, str] | None = None,
+                  platform_cidrs: Sequence[str] = ()) -> InstallationSpec:
     """The spec with every default filled in (tigera's fillDefaults, in percale's terms): BGP on;
-    no pool list means one IPv4 pool 192.168.0.0/16 (an empty list means none); a pool with no
-    name takes that of the cluster's pool of its CIDR (`stored_pools`: name -> CIDR), else
+    no pool list means, in a cluster with no pool yet, a pool for each of `platform_cidrs`
+    (kubeadm's podSubnet, `kubeadm_pod_cidrs`) or else one IPv4 pool 192.168.0.0/16, and in a
+    cluster that has pools already none at all (they are managed out of band, as tigera reads
+    it; an empty list always means none); a pool with no name takes that of the cluster's pool
+    of its CIDR (`stored_pools`: name -> CIDR), else
     default-ipv4-ippool or default-ipv6-ippool, else one from its CIDR; IPv4 pools
     VXLANCrossSubnet and NAT on (IPIP, tigera's default, needs a device this kernel may lack),
     IPv6 pools no encapsulation and no NAT -- VXLAN for both when BGP is off; /26 and /122
@@ -145,7 +149,10 @@ def with_defaults(spec: InstallationSpec,
     network.bgp = network.bgp or "Enabled"
     bgp = network.bgp == "Enabled"
     if network.ip_pools is None:
-        network.ip_pools = [IPPoolEntry(cidr=DEFAULT_POOL_CIDR)]
+        # Written back as []: the Installation goes on leaving those pools alone, and a pool the
+        # administrator deletes later is not replaced by 192.168.0.0/16 on the next resync.
+        network.ip_pools = ([] if stored_pools else _platform_pools(platform_cidrs)
+                            or [IPPoolEntry(cidr=DEFAULT_POOL_CIDR)])
     named_by_cidr = {parsed: name for name, cidr in (stored_pools or {}).items()
                      if (parsed := _network(cidr)) is not None}
     pools = []
@@ -183,6 +190,38 @@ def with_defaults(spec: InstallationSpec,
         strategy.rolling_update = rolling
     return spec.model_copy(update={"calico_network": network, "node_update_strategy": strategy,
                                    "registry": spec.registry or ""})
+
+
+KUBEADM_CONFIG = ("kube-system", "kubeadm-config")  # the ConfigMap `kubeadm init` writes
+_POD_SUBNET = re.compile(r"podSubnet: (.*)")
+
+
+def kubeadm_pod_cidrs(data: Mapping[str, str]) -> list[str]:
+    """The pod CIDRs kubeadm was given (`--pod-network-cidr`), from the data of its ConfigMap:
+    ClusterConfiguration's `networking.podSubnet`, "v4,v6" in a dual-stack cluster; as tigera
+    reads it, the first `podSubnet:` line of any key. ValueError when there is none or a CIDR
+    does not read: the default pool would otherwise sit outside the cluster's pod range."""
+    found = next((m for text in data.values() if (m := _POD_SUBNET.search(text))), None)
+    if found is None:
+        raise ValueError("kubeadm configuration is missing required podSubnet field")
+    cidrs = [cidr.strip().strip("\"'") for cidr in found.group(1).split(",")]
+    for cidr in cidrs:
+        if _network(cidr) is None:
+            raise ValueError(f"kubeadm's podSubnet {found.group(1).strip()!r}: "
+                             f"{cidr!r} is not a CIDR")
+    return cidrs
+
+
+def _platform_pools(cidrs: Sequence[str]) -> list[IPPoolEntry]:
+    """A pool for each platform CIDR: the first of each family takes its default-ipvN-ippool
+    name, the others one from their CIDR (tigera's mergePlatformPodCIDRs)."""
+    entries, named = [], set()
+    for cidr in cidrs:
+        family = _family(cidr)
+        entries.append(IPPoolEntry(cidr=cidr, name=None if family in named
+                                   else f"default-ipv{family}-ippool"))
+        named.add(family)
+    return entries
 
 
 def pool_name_from_cidr(cidr: str) -> str:
@@ -363,4 +402,4 @@ def parse_installation(document: dict) -> Installation:
 
 
 __all__ = ["Installation", "InstallationSpec", "IPPoolEntry", "ObjectMeta", "problems",
-           "with_defaults", "ip_pool"]
+           "with_defaults", "ip_pool", "kubeadm_pod_cidrs"]

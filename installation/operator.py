@@ -5,11 +5,12 @@ decision is in model.py (defaults, what is refused), render.py (what runs) and s
 For the Installation `default`, on create, update, resume and every RESYNC seconds:
   1. fill the defaults and write them back into its spec (tigera's "poor man's defaulting");
   2. refuse an invalid spec -- overlapping pools, a block size outside its family's range, an
-     encapsulation percale lacks, a pool whose CIDR changed since it was installed -- with
+     encapsulation percale lacks, a pool whose CIDR or block size changed since it was
+     installed, an entry for a pool the operator does not own that differs from it -- with
      Degraded naming the field, and change nothing that runs;
   3. server-side apply every rendered object (field manager percale-operator, forced, owned by
-     the Installation), which also puts back a deleted DaemonSet or a hand-edited field; create
-     each IP pool once and never overwrite it;
+     the Installation), which also puts back a deleted DaemonSet or a hand-edited field; create,
+     update and retire the IP pools it owns to match `ipPools` (pools.py);
   4. write Ready / Progressing / Degraded from the workloads' own status, and `computed` and
      `mtu` once Ready.
 A DaemonSet or Deployment of percale's that is deleted is put back at once, not at the next
@@ -34,7 +35,7 @@ from pydantic import ValidationError
 from percale.api.meta import Problem, validation_problems
 from percale.datastore.errors import DatastoreError
 from percale.datastore.kube_client import KubeClient, KubeError, configuration
-from percale.installation import model, render, status
+from percale.installation import model, pools, render, status
 from percale.installation.rbac import NAMESPACE
 
 log = logging.getLogger("percale.operator")
@@ -92,21 +93,59 @@ async def apply(obj: dict[str, Any]) -> None:
         body=obj, content_type="application/apply-patch+yaml")
 
 
-async def create_once(obj: dict[str, Any]) -> None:
-    path = object_path(obj).rsplit("/", 1)[0]
+_IPPOOLS = "/apis/percale.io/v1/ippools"
+
+
+async def stored_pools() -> list[dict[str, Any]]:
+    """The cluster's IP pools as the apiserver holds them: the Installation's pools take the
+    names of those of their CIDRs, may not overlap the others, and update the operator's own."""
+    return (await (await client()).request("GET", _IPPOOLS)).get("items", [])
+
+
+def _cidrs(pools: list[dict[str, Any]]) -> dict[str, str]:
+    return {p["metadata"]["name"]: (p.get("spec") or {}).get("cidr", "") for p in pools}
+
+
+async def platform_cidrs() -> list[str]:
+    """kubeadm's pod CIDRs, [] on a cluster kubeadm did not make (tigera's fillDefaults, asked
+    only while the cluster has no pool). PlatformError if its podSubnet does not read."""
+    namespace, name = model.KUBEADM_CONFIG
+    config = await _get(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
     try:
-        await (await client()).request("POST", path, body=obj)
-    except KubeError as err:
-        if err.status != 409:  # exists: the administrator's now, never overwritten
-            raise
+        return [] if config is None else model.kubeadm_pod_cidrs(config.get("data") or {})
+    except ValueError as err:
+        raise PlatformError(f"{namespace}/{name}: {err}") from None
 
 
-async def stored_pools() -> dict[str, str]:
-    """The cluster's IP pools, by name, with their CIDRs: the Installation's pools take the names
-    of those of their CIDRs, and may not overlap the others."""
-    answer = await (await client()).request("GET", "/apis/percale.io/v1/ippools")
-    return {item["metadata"]["name"]: (item.get("spec") or {}).get("cidr", "")
-            for item in answer.get("items", [])}
+class PlatformError(Exception):
+    """The cluster's own pod CIDRs cannot be read: no default pool is made until they can."""
+
+
+async def carry_out(plan: pools.PoolPlan) -> str | None:
+    """Create, update and retire pools as planned (pools.py); what is still waiting, if any.
+    Updates and deletes carry the resourceVersion read: a pool changed meanwhile is a
+    Conflict, retried at the next pass with what is then stored."""
+    kube = await client()
+    for pool in plan.create:
+        await kube.request("POST", _IPPOOLS, body=pool)
+    for pool in plan.update:
+        await kube.request("PUT", f"{_IPPOOLS}/{pool['metadata']['name']}", body=pool)
+    waiting = []
+    for pool in plan.retire:
+        name, cidr = pool["metadata"]["name"], (pool.get("spec") or {}).get("cidr", "")
+        if not (pool.get("spec") or {}).get("disabled"):
+            pool = await kube.request("PUT", f"{_IPPOOLS}/{name}", body=pools.disabled(pool))
+            log.info("IPPool %s is no longer in the Installation: disabled", name)
+        blocks = (await kube.request("GET", "/apis/percale.io/v1/ipamblocks")).get("items", [])
+        if held := pools.addresses_in_use(cidr, blocks):
+            waiting.append(f"IPPool {name} ({cidr}), removed from spec.calicoNetwork.ipPools, is "
+                           f"disabled and is deleted once the {held} addresses pods hold in it "
+                           "are released (recreate those pods)")
+            continue
+        await kube.request("DELETE", f"{_IPPOOLS}/{name}", body={
+            "preconditions": {"resourceVersion": pool["metadata"]["resourceVersion"]}})
+        log.info("IPPool %s is no longer in the Installation and holds no address: deleted", name)
+    return "; ".join(waiting) or None
 
 
 def _now() -> str:
@@ -114,9 +153,15 @@ def _now() -> str:
 
 
 async def reconcile(body: dict[str, Any]) -> None:
-    """One pass over the Installation; serialised, since handlers and the timer may overlap."""
+    """One pass over the Installation; serialised, since handlers and the timer may overlap.
+    The Installation is read again under the lock: a handler's body may predate the defaults
+    the pass before wrote back, and a stale spec with no `ipPools` in a cluster that now has
+    the pools the operator made from it reads as "pools managed out of band" (none), which
+    retired them."""
     async with _lock:
-        await _reconcile(body)
+        current = await _get(_INSTALLATION)
+        if current is not None and current["metadata"].get("uid") == body["metadata"].get("uid"):
+            await _reconcile(current)
 
 
 async def _reconcile(body: dict[str, Any]) -> None:
@@ -126,16 +171,26 @@ async def _reconcile(body: dict[str, Any]) -> None:
     found: list[Problem] = []
     failure: tuple[str, str] | None = None  # (reason, message), as tigera's SetDegraded
     effective = None
+    plan = pools.PoolPlan()
     try:
         spec = model.InstallationSpec.model_validate(body.get("spec") or {})
         stored = await stored_pools()
-        effective = model.with_defaults(spec, stored)
-        found = model.problems(effective, stored)
+        unlisted = spec.calico_network is None or spec.calico_network.ip_pools is None
+        platform = await platform_cidrs() if not stored and unlisted else []
+        effective = model.with_defaults(spec, _cidrs(stored), platform)
+        found = model.problems(effective, _cidrs(stored))
+        if not found:
+            plan = pools.plan(effective, stored)
+            found = plan.problems
     except ValidationError as err:
         found = [Problem(f"spec.{p.field}", p.reason) for p in validation_problems(err)]
     except (KubeError, DatastoreError) as err:
         effective = None
         failure = ("ResourceReadError", f"reading the cluster's IP pools failed: {err}")
+        log.warning("%s", failure[1])
+    except PlatformError as err:  # as tigera's "error filling IP pool defaults"
+        effective = None
+        failure = ("ResourceReadError", f"error filling IP pool defaults: {err}")
         log.warning("%s", failure[1])
     if effective is not None and not found:
         try:
@@ -146,8 +201,8 @@ async def _reconcile(body: dict[str, Any]) -> None:
                     content_type="application/merge-patch+json")
             for obj in render.render(effective, version()):
                 await apply(owned(obj, body))
-            for pool in render.pools(effective):
-                await create_once(pool)
+            if waiting := await carry_out(plan):
+                failure = ("ResourceNotReady", waiting)
         except (KubeError, DatastoreError) as err:
             failure = ("ResourceUpdateError", str(err))
             log.warning("applying the Installation failed: %s", err)

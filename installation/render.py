@@ -7,7 +7,8 @@ plain dicts out, the same every time, so golden files can hold them.
     ConfigMap percale-cni-config      the CNI settings the init container installs
     DaemonSet percale-node            hostNetwork, privileged, every taint tolerated, rolling
     Deployment percale-controllers    IPAM garbage collection, one replica
-    IPPools                           created once, never overwritten (`pools()`)
+    IPPools                           the entries of `ipPools` (`pools()`); installation/pools.py
+                                      decides which to create, update or retire
 
 A change to the CNI settings changes the DaemonSet's pod template (a hash annotation), so the
 pods roll, as tigera rolls them on a cni-config change.
@@ -224,8 +225,9 @@ def controllers_deployment(spec: InstallationSpec, version: str) -> dict[str, An
 
 
 def pools(spec: InstallationSpec) -> list[dict[str, Any]]:
-    """The IPPools the spec asks for, as percale.io objects. The operator creates each once and
-    never overwrites it (tigera's rule): later edits belong to the cluster's administrator."""
+    """The IPPools the spec asks for, as percale.io objects. The operator keeps the ones it owns
+    equal to them, and retires those whose entry is gone (installation/pools.py, tigera's pool
+    controller); the pools carry no owner reference, so they outlive the Installation."""
     return [ip_pool(entry).to_document() for entry in spec.calico_network.ip_pools or []]
 
 

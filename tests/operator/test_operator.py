@@ -6,20 +6,14 @@ lets the garbage collector remove what it owned."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.helpers.kube_apiserver import ROOT, KubeControlPlane
-from tests.helpers.processes import stop_process
+from tests.helpers.kube_apiserver import ROOT
 
 pytestmark = pytest.mark.operator
 
-OPERATOR = str(Path(sys.executable).parent / "percale-operator")
 NS = "percale-system"
 
 
@@ -30,27 +24,6 @@ def wait_for(check, timeout: float = 30, interval: float = 0.2):
             return value
         time.sleep(interval)
     return None
-
-
-@pytest.fixture(scope="module")
-def plane():
-    plane = KubeControlPlane().start(controller_manager=True)
-    yield plane
-    plane.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(plane):
-    """percale-operator with the identity manifests/operator.yaml gives it (its service account's
-    user name on a client certificate), not as an administrator."""
-    plane.kubectl("apply", "-f", str(ROOT / "manifests" / "operator.yaml"))
-    identity = plane.kubeconfig("system:serviceaccount:percale-operator:percale-operator")
-    log = open(plane.work / "operator.log", "ab")
-    process = subprocess.Popen([OPERATOR], env={**os.environ, "KUBECONFIG": identity},
-                               stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    yield process
-    stop_process(process, 15)
 
 
 def get(plane, *args: str) -> dict | None:
@@ -147,8 +120,9 @@ def pool_names(plane) -> list[str | None]:
 
 
 def test_a_pool_already_in_the_cluster_is_adopted_and_one_overlapping_it_refused(plane, operator):
-    """tigera names an Installation's pool after the cluster's pool of its CIDR; the operator
-    created a second pool of the same CIDR beside it, and one overlapping another pool too."""
+    """tigera names an Installation's pool after the cluster's pool of its CIDR, and takes it as
+    its own only if it equals the entry; the operator created a second pool of the same CIDR
+    beside it, and one overlapping another pool too."""
     plane.kubectl("create", "-f", "-", input=json.dumps({
         "apiVersion": "percale.io/v1", "kind": "IPPool", "metadata": {"name": "hand-made"},
         "spec": {"cidr": "10.50.0.0/16"}}))
@@ -156,10 +130,25 @@ def test_a_pool_already_in_the_cluster_is_adopted_and_one_overlapping_it_refused
     try:
         plane.kubectl("patch", "installation", "default", "--type=merge", "-p", json.dumps(
             {"spec": {"calicoNetwork": {"ipPools": [*saved, {"cidr": "10.50.0.0/16"}]}}}))
+        # The entry takes the pool's name, but its defaults (VXLANCrossSubnet, NAT) are not the
+        # pool's: it stays the administrator's, untouched (tigera's "Cannot update an IP pool
+        # not owned by the operator").
+        degraded = wait_for(lambda: (c := condition(plane, "Degraded"))
+                            and c["status"] == "True" and c)
+        assert degraded and "ipPools[1]" in degraded["message"] and "not owned" in degraded[
+            "message"] and "hand-made" in degraded["message"], (condition(plane, "Degraded"),
+                                                                 log_of(plane))
+        assert get(plane, "ippool", "hand-made")["spec"].get("natOutgoing") in (None, False)
+        # An entry equal to the pool adopts it.
+        plane.kubectl("patch", "installation", "default", "--type=merge", "-p", json.dumps(
+            {"spec": {"calicoNetwork": {"ipPools": [*saved, {
+                "cidr": "10.50.0.0/16", "encapsulation": "None", "natOutgoing": "Disabled"}]}}}))
+        assert wait_for(lambda: condition(plane, "Degraded")["status"] == "False"), (
+            condition(plane, "Degraded"), log_of(plane))
         # The defaults, names included, are written back into the spec.
-        names = wait_for(lambda: (n := pool_names(plane)) == [saved[0]["name"], "hand-made"] and n)
-        assert names, (pool_names(plane), log_of(plane))
-        assert condition(plane, "Degraded")["status"] == "False", condition(plane, "Degraded")
+        assert pool_names(plane) == [saved[0]["name"], "hand-made"], log_of(plane)
+        assert wait_for(lambda: (get(plane, "ippool", "hand-made")["metadata"].get("labels") or {})
+                        .get("app.kubernetes.io/managed-by") == "percale-operator"), log_of(plane)
         assert [p["metadata"]["name"] for p in get(plane, "ippools")["items"]
                 if p["spec"]["cidr"] == "10.50.0.0/16"] == ["hand-made"]
         plane.kubectl("patch", "installation", "default", "--type=merge", "-p", json.dumps(
