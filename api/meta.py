@@ -171,12 +171,14 @@ _BY_NAME: dict[str, type[Resource]] = {}
 
 def register(
     cls: type[Resource], *, plural: str, short_names: tuple[str, ...] = (),
-    namespaced: bool = False, managed: bool = False,
+    namespaced: bool = False, managed: bool = False, cli_aliases: tuple[str, ...] = (),
 ) -> type[Resource]:
+    """`short_names` go into the kind's CRD (kubectl's) as well; `cli_aliases` are percalectl's
+    only (calicoctl's names that would read oddly to kubectl, such as `policy`)."""
     kind = cls.model_fields["kind"].default
     cls.info = KindInfo(kind, plural, short_names, namespaced, managed)
     KINDS[kind] = cls
-    for alias in (kind, plural, *short_names):
+    for alias in (kind, plural, *short_names, *cli_aliases):
         _BY_NAME[alias.lower()] = cls
     return cls
 

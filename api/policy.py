@@ -293,11 +293,10 @@ class GlobalNetworkPolicy(Resource):
     spec: GlobalPolicySpec = Field(default_factory=GlobalPolicySpec)
 
 
-# calicoctl's names (resourcemgr/networkpolicy.go), `get policy` as Calico's docs write it, and
-# percale's netpol/netpols.
-register(NetworkPolicy, plural="networkpolicies",
-         short_names=("np", "policy", "policies", "pol", "pols", "netpol", "netpols"),
-         namespaced=True)
+# calicoctl's names (resourcemgr/networkpolicy.go), `get policy` as Calico's docs write it, for
+# percalectl only: in the CRD, kubectl would take `policy` (an API group's name) for this kind.
+register(NetworkPolicy, plural="networkpolicies", short_names=("netpol", "netpols", "np"),
+         namespaced=True, cli_aliases=("policy", "policies", "pol", "pols"))
 register(GlobalNetworkPolicy, plural="globalnetworkpolicies", short_names=("gnp", "gnps"))
 
 

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-from percale.bgpd import collector, peering, secret_sources
+from percale.bgpd import collector, peering
 from percale.bgpd.announcements import Announcements, AnnouncementTable, service_cidrs
 from percale.bgpd.announcer import Announcer
 from percale.bgpd.communities import CommunityRule, communities_for, community_rules, community_text
@@ -94,10 +94,6 @@ def _attributes(prefix: str, rules: tuple[CommunityRule, ...]) -> str:
         return "next-hop self"
     communities = community_text(*communities_for(ipaddress.ip_network(prefix), rules))
     return f"next-hop self {communities}" if communities else "next-hop self"
-
-
-# The mounted files' reading, where callers have found it.
-read_secret, secret_version = secret_sources.read_secret, secret_sources.secret_version
 
 
 def neighbors(sessions: list[peering.Session], listen_port: int,

@@ -18,6 +18,7 @@ configures BGP again when a version differs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -36,6 +37,10 @@ log = logging.getLogger("percale.bgpd")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Calico's: calico-node reads its Secrets from $NAMESPACE, else kube-system.
 DEFAULT_NAMESPACE = "kube-system"
+# How long one look at a Secret may take. The BGP agent looks between its other housekeeping
+# (graceful-restart timers, sweeps): an apiserver that does not answer must not hold those up
+# for the client's whole timeout per key; the last answer stands meanwhile.
+LOOK_SECONDS = 2.0
 
 
 class SecretSource(Protocol):
@@ -142,9 +147,10 @@ class SecretsFromAPI:
         from percale.datastore.kube_client import KubeError
 
         try:
-            doc = await self.client.request("GET", self._path(ref.name))
-        except DatastoreError as err:  # DatastoreUnavailable, mostly
-            return self._last.get(ref) or (UNREACHABLE, str(err))
+            doc = await asyncio.wait_for(self.client.request("GET", self._path(ref.name)),
+                                         LOOK_SECONDS)
+        except (DatastoreError, TimeoutError) as err:  # DatastoreUnavailable, mostly
+            return self._last.get(ref) or (UNREACHABLE, str(err) or "no answer in time")
         except KubeError as err:
             reason = {404: NO_SECRET, 403: FORBIDDEN}.get(err.status, f"refused ({err.status})")
             found = (reason, str(err))

@@ -6,8 +6,8 @@ Today that is IPAM garbage collection (ipam/gc.py, Calico's kube-controllers IPA
 they are confirmed leaks (`--leak-grace-period`, 15 minutes; at once for a deleted node; 0 turns
 leak collection off, as Calico's leakGracePeriod: 0 does), and
 gives back a node's empty blocks after two rounds saw them empty (never the last block of a node
-that still exists; a deleted node's in the round its addresses go). A block given back is withdrawn by its node's agent and can be claimed again
-by any node.
+that still exists; a deleted node's in the round its addresses go). A block given back is
+withdrawn by its node's agent and can be claimed again by any node.
 
 Several instances would be safe (every release is a compare-and-swap with the sequence number
 it checked) but wasteful.

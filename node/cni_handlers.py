@@ -903,16 +903,16 @@ class CNIHandlers:
         # given one of the addresses would find its route taken.
         endpoints = [kv for kv in (await self.store.list("WorkloadEndpoint")).items
                      if kv.value.spec.node == node]
-        collected: list[tuple[str, list[str], list[Allocation | None]]] = []
+        collected: list[tuple[str, list[str], list[Allocation]]] = []
         for kv in (await self.store.list("IPAMHandle")).items:
             handle = kv.value.spec.handle_id
             if not handle.startswith(f"{conf.name}.") or handle in valid:
                 continue
-            addresses = await self.ipam.ips_by_handle(handle)
-            owners = [await self.ipam.get_allocation(a) for a in addresses]
-            if owners and all(o is not None and o.attributes.get("node") == node
-                              and of_network(handle, conf.name) for o in owners):
-                collected.append((handle, addresses, owners))
+            holding = await self.ipam.holding(handle)
+            owners = holding.allocations if holding is not None else []
+            if owners and all(o.attributes.get("node") == node and of_network(handle, conf.name)
+                              for o in owners):
+                collected.append((handle, [o.address for o in owners], owners))
         # A container's endpoints: those listing an address its handle holds (another network
         # attached to the same container has other handles and addresses).
         of_collected = {handle: [kv for kv in endpoints

@@ -270,7 +270,9 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     try:
         # IPv6 only where IPv6 pods are (dataplane/host.py), before CNI is served; a pool made
         # later turns it on as the view brings it (node/pools.py).
-        if any(p.spec.network.version == 6 for p in await read_pools(store, lambda err: None)):
+        stored_pools = await read_pools(store, lambda err: log.warning(
+            "IPv6 forwarding: leaving out a pool that cannot be read: %s", err))
+        if any(p.spec.network.version == 6 for p in stored_pools):
             enable_ipv6_forwarding()
     except BaseException:
         await store.close()
@@ -419,7 +421,8 @@ def main(
     secrets_dir: Annotated[Optional[Path], typer.Option(
         help="BGP passwords: <dir>/<secret name>/<key>, as a mounted Kubernetes secret"
         " (without it, on the Kubernetes datastore, the Secret in this pod's namespace through"
-        " the API, as calico-node); a session whose password cannot be read, or is not 1-80 printable ASCII characters"
+        " the API, as calico-node); a session whose password cannot be read, or is not 1-80"
+        " printable ASCII characters"
         " without quotes or backslashes (what ExaBGP and the kernel take), goes without one"
         " (logged), as in Calico")] = None,
     health_listen: Annotated[str, typer.Option(

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from percale.bgpd import agent as agent_module
-from percale.bgpd.agent import BGPAgent, read_secret, secret_version
+from percale.bgpd.agent import BGPAgent
+from percale.bgpd.secret_sources import read_secret, secret_version
 from percale.bgpd.peering import SecretRef
 from percale.datastore import MemoryDatastore
 from percale.datastore.cache import Cache
