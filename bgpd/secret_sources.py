@@ -147,8 +147,8 @@ class SecretsFromAPI:
         from percale.datastore.kube_client import KubeError
 
         try:
-            doc = await asyncio.wait_for(self.client.request("GET", self._path(ref.name)),
-                                         LOOK_SECONDS)
+            async with asyncio.timeout(LOOK_SECONDS):
+                doc = await self.client.request("GET", self._path(ref.name))
         except (DatastoreError, TimeoutError) as err:  # DatastoreUnavailable, mostly
             return self._last.get(ref) or (UNREACHABLE, str(err) or "no answer in time")
         except KubeError as err:

@@ -269,14 +269,17 @@ async def serve_node(options: Options, settings: dict[str, Optional[str]], addre
     enable_forwarding()
     try:
         # IPv6 only where IPv6 pods are (dataplane/host.py), before CNI is served; a pool made
-        # later turns it on as the view brings it (node/pools.py).
+        # later, or one the datastore cannot show now, turns it on as the view brings it
+        # (node/pools.py): an agent serves CNI ("try again") while its datastore is away.
         stored_pools = await read_pools(store, lambda err: log.warning(
             "IPv6 forwarding: leaving out a pool that cannot be read: %s", err))
-        if any(p.spec.network.version == 6 for p in stored_pools):
-            enable_ipv6_forwarding()
+    except DatastoreError:
+        stored_pools = []
     except BaseException:
         await store.close()
         raise
+    if any(p.spec.network.version == 6 for p in stored_pools):
+        enable_ipv6_forwarding()
     # Decided once the datastore answers: by then the host's interfaces are up, and the Node
     # says which of them hold its addresses.
     try:

@@ -273,6 +273,10 @@ def test_ipv6_neighbour_discovery_and_duplicate_detection_pass_the_anti_spoofing
     assert guards.ping6("a", f"{GATEWAY6}%eth0")
     assert guards.ping6("b", a.v6)
     duplicate = f"{GATEWAY6}/64"
+    # The CNI turns duplicate address detection off on a pod's interface, as Calico; a pod may
+    # turn it on again, and its probes from :: must still pass.
+    subprocess.run(["ip", "netns", "exec", a.netns, "sysctl", "-qw",
+                    "net.ipv6.conf.eth0.accept_dad=1"], check=True)
     subprocess.run(["ip", "netns", "exec", a.netns, "ip", "addr", "add", duplicate, "dev", "eth0"],
                    check=True)
     try:
